@@ -1,0 +1,39 @@
+# freshrec: two commands on a fresh machine.
+#   make demo   creates .venv if missing, installs the exact pins, runs the pipeline on a local Ray
+#   make test   the same environment, then the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.freshrec-installed
+DEMO_OUT ?= demo-out
+
+.PHONY: demo test test-unit test-integration protos bench install clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps torchrec==1.8.0
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(MAKE) --no-print-directory protos
+	@touch $@
+
+protos:
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. protos/freshrec/v1/*.proto
+
+demo: $(STAMP)
+	$(VENV)/bin/freshrec demo --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+test-integration: $(STAMP)
+	$(PY) -m pytest -q tests/integration
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .hypothesis
