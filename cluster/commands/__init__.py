@@ -1,0 +1,1 @@
+"""One module per ``freshrec`` command; each exposes ``register(subparsers)``."""

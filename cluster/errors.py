@@ -1,0 +1,7 @@
+"""Errors meant for the person at the terminal: the CLI prints them without a traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input from the user (a missing file, a wrong flag); the message says what to do."""
