@@ -1,0 +1,51 @@
+"""The dead-letter file: one JSON object per rejected row, with its source, row and reason.
+
+    {"source": "day1.csv", "row": 17, "reason": "unknown action", "detail": "behavior", "raw": "1,2,3,clik,1511658000"}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import IO
+
+
+class DeadLetterWriter:
+    """Appends rejected rows to a JSON Lines file (opened lazily, flushed per write)."""
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path is not None else None
+        self._fh: IO[str] | None = None
+        self.written = 0
+
+    def write(self, source: str, rows, reasons, details, raws) -> None:
+        if self.path is None:
+            self.written += len(rows)
+            return
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")
+        lines = [
+            json.dumps({"source": source, "row": int(r), "reason": str(reason), "detail": d, "raw": raw}, ensure_ascii=False)
+            for r, reason, d, raw in zip(rows, reasons, details, raws)
+        ]
+        if lines:
+            self._fh.write("\n".join(lines) + "\n")
+            self._fh.flush()
+        self.written += len(lines)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> "DeadLetterWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_dead_letters(path: str | Path) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
