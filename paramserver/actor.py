@@ -1,0 +1,130 @@
+"""Every Ray call of the parameter server lives here: the shard actor and its creation.
+
+``ShardHost`` only hosts an :class:`EmbeddingShard` and adds what needs an event loop:
+in sync mode a pull for step s waits (without blocking the actor) until step s-1 is
+applied; pushes are assembled per step by :class:`SyncAggregator`; in async mode each push
+is checked by :class:`StalenessPolicy`. The actor is an asyncio actor: method bodies run
+one at a time on its loop, so the shard needs no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from paramserver.config import PSConfig
+from paramserver.consistency import SyncAggregator
+from paramserver.errors import BadPullError, BadPushError, ShardUnavailableError
+from paramserver.policies import StaleDecision, StalenessPolicy
+
+
+class ShardHost:
+    """Hosts shard ``index``; methods take and return numpy arrays only."""
+
+    def __init__(self, cfg: PSConfig, index: int) -> None:
+        import torch
+
+        from paramserver.shard import EmbeddingShard
+
+        torch.set_num_threads(1)
+        self.cfg = cfg
+        self.shard = EmbeddingShard(cfg, index)
+        self.aggregator = SyncAggregator(cfg.num_workers)
+        self.policy = StalenessPolicy(cfg.max_staleness, cfg.stale_policy)
+        self._applied: asyncio.Condition | None = None
+
+    def _condition(self) -> asyncio.Condition:
+        if self._applied is None:
+            self._applied = asyncio.Condition()
+        return self._applied
+
+    async def ready(self) -> int:
+        return self.shard.index
+
+    async def pull(self, batch: dict, step: int | None) -> tuple[dict[str, np.ndarray], int]:
+        """Rows for ``{table: (distinct ids, counts)}``; sync mode waits for steps < ``step``."""
+        if self.cfg.mode == "sync" and step is not None:
+            if step < 0:
+                raise BadPullError("*", f"step must be >= 0, got {step}")
+            cond = self._condition()
+            async with cond:
+                await cond.wait_for(lambda: self.shard.version >= step)
+        return self.shard.pull(batch, step), self.shard.version
+
+    async def push(self, batch: dict, step: int | None, rank: int, read_version: int | None) -> dict:
+        """Apply (async) or buffer until the step is complete (sync); returns what happened."""
+        if self.cfg.mode == "sync":
+            if step is None:
+                raise BadPushError("*", "sync mode needs push_many(..., step=s) with s counting up from 0")
+            prepared = self.shard.prepare_push(batch)
+            ready = self.aggregator.add(rank, step, prepared, next_step=self.shard.version)
+            for s, merged in ready:
+                self.shard.apply_push(merged, s)
+            if ready:
+                cond = self._condition()
+                async with cond:
+                    cond.notify_all()
+            return {"applied_steps": [s for s, _ in ready], "version": self.shard.version}
+        prepared = self.shard.prepare_push(batch)
+        decision = self.policy.decide(read_version, self.shard.version)
+        if decision is not StaleDecision.APPLY:
+            self.shard.count_stale(dropped=decision is StaleDecision.DROP)
+        if decision is not StaleDecision.DROP:
+            self.shard.apply_push(prepared, step)
+        return {"decision": decision.value, "version": self.shard.version}
+
+    async def stats(self) -> dict:
+        return self.shard.stats()
+
+    async def take_dirty(self) -> dict:
+        return self.shard.take_dirty()
+
+    async def read(self, table: str, ids: np.ndarray) -> np.ndarray:
+        return self.shard.read(table, ids)
+
+
+def create_shard_actors(cfg: PSConfig) -> list:
+    """Start ``cfg.num_shards`` shard actors and wait until each holds its tables."""
+    import ray
+
+    remote_cls = ray.remote(ShardHost)
+    actors = [remote_cls.options(num_cpus=cfg.actor_num_cpus, max_concurrency=1000).remote(cfg, i)
+              for i in range(cfg.num_shards)]
+    for i, actor in enumerate(actors):
+        get(actor.ready.remote(), i)
+    return actors
+
+
+def submit(actor, method: str, *args):
+    """Start ``actor.method(*args)``; returns an object ref."""
+    return getattr(actor, method).remote(*args)
+
+
+def get(ref, shard: int):
+    """Wait for one shard's reply; PS errors come back as themselves, a dead shard as ShardUnavailableError."""
+    import ray
+    from ray import exceptions as rex
+
+    try:
+        return ray.get(ref)
+    except rex.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, Exception) and not isinstance(cause, rex.RayError):
+            raise cause from None
+        raise ShardUnavailableError(shard, repr(exc)) from None
+    except (rex.RayActorError, rex.ActorUnavailableError, rex.ObjectLostError) as exc:
+        raise ShardUnavailableError(shard, f"{type(exc).__name__}: {exc}") from None
+
+
+def kill(actors: list) -> None:
+    import ray
+
+    for actor in actors:
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:  # already gone
+            pass
+
+
+__all__ = ["ShardHost", "create_shard_actors", "get", "kill", "submit"]

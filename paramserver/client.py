@@ -1,0 +1,199 @@
+"""The worker's side of the parameter server, in the spirit of ps-lite's KVWorker.
+
+Every call is non-blocking and returns a :class:`Ticket`; ``wait(ticket)`` returns the
+result (or raises the shard's error). The id contract, for every method:
+
+* ids are a 1-D numpy array of signed integers (int64 raw ids: any value, negative or
+  huge); any order; duplicates allowed;
+* pulled rows come back float32 ``[len(ids), dim]``, aligned with the ids as given,
+  duplicates included;
+* pushed grads are float32 ``[len(ids), dim]``; the grads of duplicate ids are SUMMED
+  before sending (as a TBE backward sums duplicates of one batch).
+
+Example, a table "item" of dim 4::
+
+    ids   = [42, 7, 42]                 ->  pulled rows [r42, r7, r42]
+    grads = [g0, g1, g2] for [42, 7, 42] ->  shard of 42 receives g0 + g2, shard of 7 g1
+
+The client de-duplicates, routes with :func:`shard_of`, sends ONE actor call per shard
+covering all tables of a step, and ships numpy arrays only. It pickles (it holds only the
+config and actor handles), so Ray Train workers can receive it; give each worker its own
+rank with :meth:`PSClient.for_rank` in sync mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import numpy as np
+
+from paramserver import actor as _ray
+from paramserver.config import PSConfig
+from paramserver.errors import BadPullError, BadPushError, UnknownTableError
+from paramserver.sharding import group_by_shard
+
+
+@dataclasses.dataclass
+class Ticket:
+    """A request in flight: ``client.wait(ticket)`` returns its result (once)."""
+
+    kind: str  # "pull" | "push" | "pull_one" | "push_one"
+    refs: list  # [(shard, object ref)]
+    plan: dict = dataclasses.field(default_factory=dict)  # how to reassemble a pull
+    step: int | None = None
+    single: str | None = None
+
+
+class PSClient:
+    """Push/pull client over the shard actors (see the module docstring for the id contract)."""
+
+    def __init__(self, cfg: PSConfig, actors: list, rank: int = 0) -> None:
+        if not 0 <= rank < cfg.num_workers:
+            raise ValueError(f"rank {rank} is outside [0, num_workers={cfg.num_workers})")
+        self.cfg = cfg
+        self.rank = rank
+        self._actors = list(actors)
+        self._dims = {t.name: t.dim for t in cfg.tables}
+        self._read_versions: dict = {}
+
+    def for_rank(self, rank: int) -> "PSClient":
+        """The same parameter server seen by worker ``rank`` (sync mode needs one rank per worker)."""
+        return PSClient(self.cfg, self._actors, rank)
+
+    def __getstate__(self) -> dict:
+        return {"cfg": self.cfg, "rank": self.rank, "actors": self._actors}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["cfg"], state["actors"], state["rank"])
+
+    # ------------------------------------------------------------------- pull
+    def pull(self, table: str, ids: np.ndarray, step: int | None = None) -> Ticket:
+        """Rows of ``ids`` of one table; ``wait`` returns float32 [len(ids), dim].
+
+        >>> t = client.pull("item", np.array([42, 7, 42]))   # doctest: +SKIP
+        >>> client.wait(t).shape                              # doctest: +SKIP
+        (3, 16)
+        """
+        ticket = self.pull_many({table: ids}, step=step)
+        ticket.single = table
+        return ticket
+
+    def pull_many(self, ids_by_table: Mapping[str, np.ndarray], step: int | None = None) -> Ticket:
+        """Rows of several tables in one call per shard; ``wait`` returns {table: rows}.
+
+        Pulling counts as seeing the ids (frequency admission, LFU, TTL). In sync mode
+        a pull for ``step`` s waits until every worker's push of step s-1 is applied; issue
+        it early (prefetch) and ``wait`` for it when the rows are needed::
+
+            nxt = client.pull_many({"user": u2, "item": i2}, step=s + 1)  # doctest: +SKIP
+            client.wait(client.push_many(grads, step=s))                  # doctest: +SKIP
+            rows = client.wait(nxt)                                       # doctest: +SKIP
+        """
+        n = self.cfg.num_shards
+        per_shard: list[dict] = [{} for _ in range(n)]
+        plan = {}
+        for table, ids in ids_by_table.items():
+            ids = self._ids(table, ids, BadPullError)
+            uniq, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+            groups = group_by_shard(uniq, n)
+            for s, pos in enumerate(groups):
+                if len(pos):
+                    per_shard[s][table] = (uniq[pos], counts[pos])
+            plan[table] = (len(uniq), inverse, groups)
+        refs = [(s, _ray.submit(self._actors[s], "pull", b, step)) for s, b in enumerate(per_shard) if b]
+        return Ticket("pull", refs, plan, step)
+
+    # ------------------------------------------------------------------- push
+    def push(self, table: str, ids: np.ndarray, grads: np.ndarray, step: int | None = None) -> Ticket:
+        """Push grads of one table (duplicates summed); ``wait`` returns per-shard replies."""
+        return self.push_many({table: (ids, grads)}, step=step)
+
+    def push_many(self, grads_by_table: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                  step: int | None = None) -> Ticket:
+        """Push {table: (ids, grads)} as ONE call per shard.
+
+        Sync mode: ``step`` is required and counts up from 0; every worker pushes every
+        step (an empty dict is fine) and the shard applies step s once all have. Async
+        mode: the push carries the version this worker read at ``pull_many(step=step)``,
+        so the shard can measure its staleness. Everything is validated here first: a bad
+        push raises BadPushError and nothing is sent.
+        """
+        n = self.cfg.num_shards
+        per_shard: list[dict] = [{} for _ in range(n)]
+        for table, value in grads_by_table.items():
+            if not isinstance(value, tuple) or len(value) != 2:
+                raise BadPushError(table, "expected a pair (ids, grads)")
+            ids = self._ids(table, value[0], BadPushError)
+            grads = value[1]
+            dim = self._dims[table]
+            if not isinstance(grads, np.ndarray) or grads.dtype != np.float32:
+                raise BadPushError(table, f"grads must be a float32 numpy array, got "
+                                          f"{getattr(grads, 'dtype', type(grads).__name__)}")
+            if grads.shape != (len(ids), dim):
+                raise BadPushError(table, f"grads must have shape [len(ids)={len(ids)}, dim={dim}], "
+                                          f"got {list(grads.shape)}")
+            if not np.isfinite(grads).all():
+                raise BadPushError(table, "gradients hold NaN or inf")
+            from paramserver.shard import sum_duplicates
+
+            uniq, summed = sum_duplicates(ids, grads)
+            for s, pos in enumerate(group_by_shard(uniq, n)):
+                if len(pos):
+                    per_shard[s][table] = (uniq[pos], summed[pos])
+        versions = self._read_versions.pop(step, None) if step is not None else None
+        sync = self.cfg.mode == "sync"
+        refs = []
+        for s, batch in enumerate(per_shard):
+            if batch or sync:  # in sync mode every shard must hear from every worker each step
+                read_version = None if versions is None else versions.get(s)
+                refs.append((s, _ray.submit(self._actors[s], "push", batch, step, self.rank, read_version)))
+        return Ticket("push", refs, step=step)
+
+    # ------------------------------------------------------------------- wait
+    def wait(self, ticket: Ticket):
+        """Block until ``ticket`` is done; returns the pull's rows or the pushes' replies."""
+        replies = [(s, _ray.get(ref, s)) for s, ref in ticket.refs]
+        if ticket.kind == "push":
+            return {s: r for s, r in replies}
+        by_shard = {s: rows for s, (rows, _) in replies}
+        if ticket.step is not None:
+            self._read_versions[ticket.step] = {s: v for s, (_, v) in replies}
+            for old in [k for k in self._read_versions if k < ticket.step - 64]:
+                del self._read_versions[old]
+        out = {}
+        for table, (n_uniq, inverse, groups) in ticket.plan.items():
+            uniq_rows = np.empty((n_uniq, self._dims[table]), np.float32)
+            for s, pos in enumerate(groups):
+                if len(pos):
+                    uniq_rows[pos] = by_shard[s][table]
+            out[table] = uniq_rows[inverse]
+        return out[ticket.single] if ticket.single is not None else out
+
+    # ------------------------------------------------------------- management
+    def stats(self) -> list[dict]:
+        """Per-shard counters: rows, admitted, evicted, dropped_grads, stale_pushes, pulls, pushes, ..."""
+        return [_ray.get(_ray.submit(a, "stats"), s) for s, a in enumerate(self._actors)]
+
+    def take_dirty(self) -> dict[str, dict[str, np.ndarray]]:
+        """Rows touched and ids evicted since the last call, all shards merged (see EmbeddingShard)."""
+        parts = [_ray.get(_ray.submit(a, "take_dirty"), s) for s, a in enumerate(self._actors)]
+        return {t: {k: np.concatenate([p[t][k] for p in parts]) for k in ("ids", "rows", "evicted")}
+                for t in self.cfg.table_names}
+
+    def shutdown(self) -> None:
+        """Kill the shard actors (their rows are lost)."""
+        _ray.kill(self._actors)
+
+    def _ids(self, table: str, ids, error: type) -> np.ndarray:
+        if table not in self._dims:
+            raise UnknownTableError(table, self.cfg.table_names)
+        if not isinstance(ids, np.ndarray) or ids.ndim != 1 or ids.dtype.kind != "i":
+            raise error(table, f"ids must be a 1-D numpy signed integer array, got "
+                               f"{getattr(ids, 'dtype', type(ids).__name__)}")
+        return ids.astype(np.int64, copy=False)
+
+
+def create_parameter_server(cfg: PSConfig) -> PSClient:
+    """Start the shard actors of ``cfg`` on the current Ray and return a client (rank 0)."""
+    return PSClient(cfg, _ray.create_shard_actors(cfg))

@@ -1,0 +1,145 @@
+"""Typed, frozen configuration of the parameter server; every error says what to fix."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from cluster.config import ConfigError, check_keys
+
+OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
+CPU_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd")
+WEIGHTS_DTYPES = ("fp32", "fp16")
+MODES = ("sync", "async")
+DEVICES = ("cpu", "cuda", "auto")
+STALE_POLICIES = ("drop", "apply")
+
+
+@dataclasses.dataclass(frozen=True)
+class TableConfig:
+    """One embedding table: ``name``, row ``dim`` (a multiple of 4, FBGEMM's rule).
+
+    ``init_scale``: new rows are uniform in [-init_scale, init_scale]; ``None`` means
+    ``1 / sqrt(dim)``. See :func:`paramserver.init_rows`.
+    """
+
+    name: str
+    dim: int
+    init_scale: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"table name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.dim, int) or self.dim <= 0 or self.dim % 4:
+            raise ConfigError(f"table {self.name!r}: dim must be a positive multiple of 4 (FBGEMM), got {self.dim!r}")
+        if self.init_scale is not None and not (0.0 <= self.init_scale < float("inf")):
+            raise ConfigError(f"table {self.name!r}: init_scale must be >= 0 and finite, got {self.init_scale!r}")
+
+    @property
+    def scale(self) -> float:
+        return self.init_scale if self.init_scale is not None else self.dim ** -0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class PSConfig:
+    """The whole parameter server.
+
+    capacity_per_shard: rows each shard holds for each table (LFU eviction beyond it).
+    optimizer: rowwise_adagrad (default) | adagrad | sgd | adam (CUDA only).
+    weights_dtype: fp32 | fp16 row storage. admission_threshold: pulls before an id gets a row.
+    ttl_steps: evict rows not seen for this many steps (None: never).
+    mode: sync (bulk-synchronous over num_workers, deterministic) | async (bounded staleness).
+    max_staleness / stale_policy: in async mode a push whose read version is more than
+    max_staleness versions behind is dropped ("drop") or applied anyway ("apply"); both count.
+    actor_num_cpus: CPUs each shard actor reserves (0 lets shards share a small local Ray).
+    """
+
+    tables: tuple[TableConfig, ...]
+    num_shards: int = 1
+    capacity_per_shard: int = 1 << 16
+    optimizer: str = "rowwise_adagrad"
+    learning_rate: float = 0.01
+    eps: float = 1e-8
+    weights_dtype: str = "fp32"
+    admission_threshold: int = 1
+    ttl_steps: int | None = None
+    mode: str = "sync"
+    max_staleness: int = 8
+    stale_policy: str = "drop"
+    num_workers: int = 1
+    seed: int = 0
+    device: str = "cpu"
+    actor_num_cpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        tables = tuple(TableConfig(**t) if isinstance(t, dict) else t for t in self.tables)
+        object.__setattr__(self, "tables", tables)
+        if not tables:
+            raise ConfigError("ps.tables is empty: list at least one table, e.g. {name: user_id, dim: 16}")
+        if not all(isinstance(t, TableConfig) for t in tables):
+            raise ConfigError("ps.tables must hold TableConfig objects or mappings")
+        names = [t.name for t in tables]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"ps.tables: table names must be unique, {dup} repeat")
+        _positive_int("num_shards", self.num_shards)
+        _positive_int("capacity_per_shard", self.capacity_per_shard)
+        _positive_int("admission_threshold", self.admission_threshold)
+        _positive_int("num_workers", self.num_workers)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("weights_dtype", self.weights_dtype, WEIGHTS_DTYPES)
+        _choice("mode", self.mode, MODES)
+        _choice("device", self.device, DEVICES)
+        _choice("stale_policy", self.stale_policy, STALE_POLICIES)
+        if self.device == "cpu" and self.optimizer not in CPU_OPTIMIZERS:
+            raise ConfigError(
+                f"ps.optimizer={self.optimizer!r} needs CUDA: FBGEMM's CPU kernels offer only "
+                f"{list(CPU_OPTIMIZERS)}; pick one of those or set ps.device to 'cuda'")
+        if not (self.learning_rate > 0 and self.learning_rate < float("inf")):
+            raise ConfigError(f"ps.learning_rate must be a positive finite number, got {self.learning_rate!r}")
+        if not (self.eps > 0 and self.eps < float("inf")):
+            raise ConfigError(f"ps.eps must be a positive finite number, got {self.eps!r}")
+        if self.ttl_steps is not None:
+            _positive_int("ttl_steps", self.ttl_steps)
+        if not isinstance(self.max_staleness, int) or self.max_staleness < 0:
+            raise ConfigError(f"ps.max_staleness must be an integer >= 0, got {self.max_staleness!r}")
+        if not isinstance(self.seed, int):
+            raise ConfigError(f"ps.seed must be an integer, got {self.seed!r}")
+        if not (0 <= self.actor_num_cpus < float("inf")):
+            raise ConfigError(f"ps.actor_num_cpus must be >= 0, got {self.actor_num_cpus!r}")
+
+    @property
+    def table_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tables)
+
+    def table(self, name: str) -> TableConfig:
+        for t in self.tables:
+            if t.name == name:
+                return t
+        from paramserver.errors import UnknownTableError
+
+        raise UnknownTableError(name, self.table_names)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "PSConfig":
+        """Build from a YAML mapping (``ps:`` section), refusing unknown keys."""
+        check_keys(cls, raw, "ps")
+        raw = dict(raw)
+        tables = []
+        for i, t in enumerate(raw.get("tables", ())):
+            if not isinstance(t, dict):
+                raise ConfigError(f"ps.tables[{i}] must be a mapping with name and dim")
+            check_keys(TableConfig, t, f"ps.tables[{i}]")
+            tables.append(TableConfig(**t))
+        raw["tables"] = tuple(tables)
+        return cls(**raw)
+
+
+def _positive_int(key: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"ps.{key} must be an integer >= 1, got {value!r}")
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"ps.{key} must be one of {list(allowed)}, got {value!r}")

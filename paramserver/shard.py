@@ -1,0 +1,405 @@
+"""One parameter-server shard as a plain Python/torch object (an actor merely hosts it).
+
+The shard holds its part of every table in one FBGEMM table-batched embedding module
+(``SplitTableBatchedEmbeddingBagsCodegen``) with the optimizer fused into backward. Raw
+ids map to slots through :class:`IdMap`; per-slot metadata is ``count`` (times pulled),
+``last_seen`` (step), ``last_version`` (shard version of the last update) and ``dirty``.
+
+Rules (vectorised; no Python loop over ids, only over tables):
+
+* A pull *sees* its ids: counts go up, and an id that reaches ``admission_threshold``
+  gets a slot whose row is ``init_rows(table, id, seed)``. Ids without a slot read zeros.
+* A push of (ids, grads) is ONE fused backward + optimizer step over all tables: each id
+  is its own SUM bag of length 1, tables with fewer ids are padded with empty bags, and
+  ``grad_output`` is [B, sum(dims)]. Duplicate ids are summed first (what a TBE backward
+  does with duplicates in one batch). Gradients for ids without a slot are dropped and
+  counted. Everything is validated before any table changes.
+* Eviction: TTL (rows not seen for ``ttl_steps``, swept when the step advances) and LFU
+  when a table is full; an evicted row is zeroed with its optimizer state and its id is
+  recorded for the next delta snapshot (``take_dirty``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from cluster.config import ConfigError
+from paramserver.config import PSConfig, TableConfig
+from paramserver.errors import BadPullError, BadPushError, UnknownTableError
+from paramserver.hashing import init_rows
+from paramserver.idmap import CountTable, IdMap
+from paramserver.policies import expired_slots, lfu_victims
+
+PullBatch = Mapping[str, "np.ndarray | tuple[np.ndarray, np.ndarray]"]
+PushBatch = Mapping[str, "tuple[np.ndarray, np.ndarray]"]
+
+
+@dataclasses.dataclass
+class _TableState:
+    cfg: TableConfig
+    col: int  # first column of this table in the TBE output
+    ids: IdMap
+    pending: CountTable
+    count: np.ndarray
+    last_seen: np.ndarray
+    last_version: np.ndarray
+    dirty: np.ndarray
+    evicted: list
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedPush:
+    """A validated push: per table, distinct ids (ascending) and their summed float32 grads."""
+
+    tables: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def _build_tbe(cfg: PSConfig, device: torch.device):
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType as OptimType
+    from fbgemm_gpu.split_embedding_configs import SparseType
+    from fbgemm_gpu.split_table_batched_embeddings_ops_common import (
+        BoundsCheckMode,
+        EmbeddingLocation,
+        PoolingMode,
+    )
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+        ComputeDevice,
+        SplitTableBatchedEmbeddingBagsCodegen,
+    )
+
+    optim = {"rowwise_adagrad": OptimType.EXACT_ROWWISE_ADAGRAD, "adagrad": OptimType.EXACT_ADAGRAD,
+             "sgd": OptimType.EXACT_SGD, "adam": OptimType.ADAM}[cfg.optimizer]
+    if device.type == "cuda":
+        location, compute = EmbeddingLocation.DEVICE, ComputeDevice.CUDA
+    else:
+        location, compute = EmbeddingLocation.HOST, ComputeDevice.CPU
+    specs = [(cfg.capacity_per_shard, t.dim, location, compute) for t in cfg.tables]
+    return SplitTableBatchedEmbeddingBagsCodegen(
+        specs,
+        optimizer=optim,
+        learning_rate=cfg.learning_rate,
+        eps=cfg.eps,
+        weights_precision=SparseType.FP16 if cfg.weights_dtype == "fp16" else SparseType.FP32,
+        output_dtype=SparseType.FP32,
+        pooling_mode=PoolingMode.SUM,
+        stochastic_rounding=False,  # deterministic fp16 updates (sync mode is bit-exact)
+        bounds_check_mode=BoundsCheckMode.NONE,  # slots come from IdMap, always in range
+        device=device,
+    )
+
+
+def resolve_device(cfg: PSConfig) -> torch.device:
+    """The torch device of a shard; ConfigError when the optimizer needs CUDA and there is none."""
+    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if want_cuda and not torch.cuda.is_available():
+        raise ConfigError("ps.device='cuda' but no CUDA device is visible here; use 'cpu' or 'auto'")
+    if not want_cuda and cfg.optimizer == "adam":
+        raise ConfigError("ps.optimizer='adam' needs CUDA (FBGEMM's CPU kernels have no Adam); "
+                          "use rowwise_adagrad, adagrad or sgd on CPU")
+    return torch.device("cuda") if want_cuda else torch.device("cpu")
+
+
+class EmbeddingShard:
+    """Shard ``index`` of ``num_shards``: storage, id map, admission/eviction and updates."""
+
+    def __init__(self, cfg: PSConfig, index: int = 0) -> None:
+        self.cfg = cfg
+        self.index = index
+        self.device = resolve_device(cfg)
+        self._tbe = _build_tbe(cfg, self.device)
+        self._weights = self._tbe.split_embedding_weights()
+        states = self._tbe.split_optimizer_states() if cfg.optimizer != "sgd" else []
+        self._states = [list(s) for s in states] if states else [[] for _ in cfg.tables]
+        cap = cfg.capacity_per_shard
+        self._tables: dict[str, _TableState] = {}
+        col = 0
+        for t, w in zip(cfg.tables, self._weights):
+            w.zero_()
+            self._tables[t.name] = _TableState(
+                cfg=t, col=col, ids=IdMap(cap), pending=CountTable(2 * cap),
+                count=np.zeros(cap, np.int64), last_seen=np.zeros(cap, np.int64),
+                last_version=np.zeros(cap, np.int64), dirty=np.zeros(cap, bool), evicted=[])
+            col += t.dim
+        for states_t in self._states:
+            for s in states_t:
+                s.zero_()
+        self._total_dim = col
+        self.version = 0  # updates applied (async: pushes; sync: steps)
+        self.step = 0  # highest step seen
+        self._stats = dict(admitted=0, evicted=0, evicted_ttl=0, evicted_lfu=0, dropped_grads=0,
+                           stale_pushes=0, dropped_stale_pushes=0, pulls=0, pushes=0, rows_pulled=0,
+                           rows_pushed=0)
+
+    # ------------------------------------------------------------------ reads
+    def pull(self, batch: PullBatch, step: int | None = None) -> dict[str, np.ndarray]:
+        """Rows of the ids of each table: {table: float32 [n, dim]} aligned with the input ids.
+
+        ``batch[table]`` is an int64 id array (duplicates allowed) or ``(distinct_ids, counts)``
+        as the client sends it. The pull counts as seeing the ids (admission, LFU, TTL).
+        """
+        prepared = {name: self._prepare_pull(name, v) for name, v in batch.items()}
+        step = self._advance(step)
+        out = {}
+        for name, (ids, counts, inverse) in prepared.items():
+            slots = self._see(self._tables[name], ids, counts, step)
+            rows = self._gather(name, slots)
+            out[name] = rows if inverse is None else rows[inverse]
+            self._stats["rows_pulled"] += len(ids)
+        self._stats["pulls"] += 1
+        return out
+
+    def read(self, table: str, ids: np.ndarray) -> np.ndarray:
+        """Current rows of ``ids`` without counting them as seen (zeros where no slot)."""
+        ts = self._table(table)
+        ids = _as_ids(ids, table, BadPullError)
+        return self._gather(table, ts.ids.lookup(ids))
+
+    def metadata(self, table: str, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-row metadata of ``ids``: count, last_seen, last_version (0 where no slot), admitted."""
+        ts = self._table(table)
+        slots = ts.ids.lookup(_as_ids(ids, table, BadPullError))
+        has = slots >= 0
+        out = {"admitted": has}
+        for key in ("count", "last_seen", "last_version"):
+            arr = np.zeros(len(slots), np.int64)
+            arr[has] = getattr(ts, key)[slots[has]]
+            out[key] = arr
+        return out
+
+    # ----------------------------------------------------------------- writes
+    def prepare_push(self, batch: PushBatch) -> PreparedPush:
+        """Validate every table of ``batch`` and sum duplicate ids; raises before any change."""
+        out = {}
+        for name, value in batch.items():
+            ts = self._table(name)
+            if not isinstance(value, tuple) or len(value) != 2:
+                raise BadPushError(name, "expected a pair (ids, grads)")
+            ids = _as_ids(value[0], name, BadPushError)
+            grads = value[1]
+            if not isinstance(grads, np.ndarray) or grads.dtype != np.float32:
+                raise BadPushError(name, f"grads must be a float32 numpy array, got "
+                                         f"{getattr(grads, 'dtype', type(grads).__name__)}")
+            if grads.ndim != 2 or grads.shape != (len(ids), ts.cfg.dim):
+                raise BadPushError(name, f"grads must have shape [len(ids)={len(ids)}, dim={ts.cfg.dim}], "
+                                         f"got {list(grads.shape)}")
+            if not np.isfinite(grads).all():
+                bad = int(np.count_nonzero(~np.isfinite(grads).all(axis=1)))
+                raise BadPushError(name, f"{bad} gradient row(s) hold NaN or inf")
+            out[name] = sum_duplicates(ids, grads)
+        return PreparedPush(out)
+
+    def apply_push(self, prepared: PreparedPush, step: int | None = None) -> None:
+        """One fused backward + optimizer step over all tables of ``prepared``."""
+        step = self._advance(step)
+        self.version += 1
+        parts = []
+        for name, (ids, grads) in prepared.tables.items():
+            ts = self._tables[name]
+            slots = ts.ids.lookup(ids)
+            hit = slots >= 0
+            self._stats["dropped_grads"] += int(len(ids) - np.count_nonzero(hit))
+            hs = slots[hit]
+            ts.last_seen[hs] = step
+            ts.last_version[hs] = self.version
+            ts.dirty[hs] = True
+            parts.append((ts, hs, grads[hit] if not hit.all() else grads))
+            self._stats["rows_pushed"] += len(hs)
+        self._stats["pushes"] += 1
+        self._fused_step(parts)
+
+    def push(self, batch: PushBatch, step: int | None = None) -> None:
+        """Validate then apply (see :meth:`prepare_push`, :meth:`apply_push`)."""
+        self.apply_push(self.prepare_push(batch), step)
+
+    def count_stale(self, dropped: bool) -> None:
+        self._stats["stale_pushes"] += 1
+        if dropped:
+            self._stats["dropped_stale_pushes"] += 1
+
+    # -------------------------------------------------------------- snapshots
+    def take_dirty(self) -> dict[str, dict[str, np.ndarray]]:
+        """Rows touched and ids evicted since the last call, per table; resets both.
+
+        ``{table: {"ids": int64 [n], "rows": float32 [n, dim], "evicted": int64 [m]}}``; an id
+        evicted and re-admitted since the last cut appears only in ``ids`` (its new row).
+        """
+        out = {}
+        for name, ts in self._tables.items():
+            slots = np.flatnonzero(ts.dirty)
+            ids = ts.ids.slot_key[slots].copy()
+            evicted = np.unique(np.concatenate(ts.evicted)) if ts.evicted else np.empty(0, np.int64)
+            out[name] = {"ids": ids, "rows": self._gather(name, slots),
+                         "evicted": np.setdiff1d(evicted, ids)}
+            ts.dirty[:] = False
+            ts.evicted = []
+        return out
+
+    def table_rows(self, table: str) -> tuple[np.ndarray, np.ndarray]:
+        """Every admitted (id, row) of ``table``, ids ascending (a full snapshot)."""
+        ids, slots = self._table(table).ids.items()
+        return ids, self._gather(table, slots)
+
+    def stats(self) -> dict[str, int]:
+        """Counters since start: rows (admitted and resident), admitted, evicted, dropped_grads, ..."""
+        rows = {name: len(ts.ids) for name, ts in self._tables.items()}
+        return {"shard": self.index, "rows": sum(rows.values()), "rows_per_table": rows,
+                "version": self.version, "step": self.step, **self._stats}
+
+    # -------------------------------------------------------------- internals
+    def _table(self, name: str) -> _TableState:
+        try:
+            return self._tables[name]
+        except (KeyError, TypeError):
+            raise UnknownTableError(str(name), self.cfg.table_names) from None
+
+    def _prepare_pull(self, name, value):
+        self._table(name)
+        if isinstance(value, tuple):
+            if len(value) != 2:
+                raise BadPullError(name, "expected ids or a pair (distinct ids, counts)")
+            ids = _as_ids(value[0], name, BadPullError)
+            counts = np.asarray(value[1], dtype=np.int64)
+            if counts.shape != ids.shape or (counts < 1).any():
+                raise BadPullError(name, "counts must be >= 1 and as long as ids")
+            return ids, counts, None
+        ids = _as_ids(value, name, BadPullError)
+        uniq, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+        return uniq, counts.astype(np.int64), inverse
+
+    def _advance(self, step: int | None) -> int:
+        if step is None:
+            return self.step
+        step = int(step)
+        if step > self.step:
+            self.step = step
+            if self.cfg.ttl_steps is not None:
+                for ts in self._tables.values():
+                    victims = expired_slots(ts.ids.occupied, ts.last_seen, step, self.cfg.ttl_steps)
+                    self._evict(ts, victims, "evicted_ttl")
+        return step
+
+    def _see(self, ts: _TableState, ids: np.ndarray, counts: np.ndarray, step: int) -> np.ndarray:
+        slots = ts.ids.lookup(ids)
+        hit = slots >= 0
+        hs = slots[hit]
+        ts.count[hs] += counts[hit]
+        ts.last_seen[hs] = step
+        miss = np.flatnonzero(~hit)
+        if len(miss) == 0:
+            return slots
+        if self.cfg.admission_threshold > 1:
+            totals = ts.pending.add(ids[miss], counts[miss], step)
+            ready = totals >= self.cfg.admission_threshold
+            miss, totals = miss[ready], totals[ready]
+        else:
+            totals = counts[miss]
+        if len(miss) == 0:
+            return slots
+        short = len(miss) - ts.ids.free
+        if short > 0:
+            victims = lfu_victims(ts.ids.occupied, ts.count, ts.last_seen, hs, short)
+            self._evict(ts, victims, "evicted_lfu")
+        if len(miss) > ts.ids.free:  # still full (the batch itself fills the table): most frequent first
+            keep = np.sort(np.argsort(-totals, kind="stable")[:ts.ids.free])
+            miss, totals = miss[keep], totals[keep]
+        new_ids = ids[miss]
+        new_slots = ts.ids.insert(new_ids)
+        self._reset_rows(ts, new_slots, init_rows(ts.cfg, new_ids, self.cfg.seed))
+        ts.count[new_slots] = totals
+        ts.last_seen[new_slots] = step
+        ts.last_version[new_slots] = self.version
+        ts.dirty[new_slots] = True
+        if self.cfg.admission_threshold > 1:
+            ts.pending.discard(new_ids)
+        self._stats["admitted"] += len(new_slots)
+        slots[miss] = new_slots
+        return slots
+
+    def _evict(self, ts: _TableState, slots: np.ndarray, reason: str) -> None:
+        if len(slots) == 0:
+            return
+        ts.evicted.append(ts.ids.remove_slots(slots))
+        self._reset_rows(ts, slots, None)
+        ts.count[slots] = 0
+        ts.last_seen[slots] = 0
+        ts.last_version[slots] = 0
+        ts.dirty[slots] = False
+        self._stats["evicted"] += len(slots)
+        self._stats[reason] += len(slots)
+
+    def _reset_rows(self, ts: _TableState, slots: np.ndarray, rows: np.ndarray | None) -> None:
+        t = self.cfg.table_names.index(ts.cfg.name)
+        idx = torch.from_numpy(slots).to(self.device)
+        w = self._weights[t]
+        if rows is None:
+            w.index_fill_(0, idx, 0.0)
+        else:
+            w.index_copy_(0, idx, torch.from_numpy(rows).to(device=self.device, dtype=w.dtype))
+        for s in self._states[t]:
+            s.index_fill_(0, idx, 0.0)
+
+    def _gather(self, name: str, slots: np.ndarray) -> np.ndarray:
+        ts = self._tables[name]
+        t = self.cfg.table_names.index(name)
+        hit = slots >= 0
+        if hit.all():
+            return self._weights[t].index_select(0, torch.from_numpy(slots).to(self.device)).float().cpu().numpy()
+        rows = np.zeros((len(slots), ts.cfg.dim), np.float32)
+        if hit.any():
+            idx = torch.from_numpy(slots[hit]).to(self.device)
+            rows[hit] = self._weights[t].index_select(0, idx).float().cpu().numpy()
+        return rows
+
+    def _fused_step(self, parts: list) -> None:
+        sizes = [len(hs) for _, hs, _ in parts]
+        batch = max(sizes, default=0)
+        if batch == 0:
+            return
+        num_tables = len(self._tables)
+        position = {name: i for i, name in enumerate(self._tables)}
+        lengths = np.zeros(num_tables * batch, np.int64)
+        indices = []
+        grad_out = np.zeros((batch, self._total_dim), np.float32)
+        by_table = {ts.cfg.name: (hs, g) for ts, hs, g in parts}
+        for name, ts in self._tables.items():  # table order fixes the index layout
+            if name not in by_table:
+                continue
+            hs, g = by_table[name]
+            t = position[name]
+            lengths[t * batch:t * batch + len(hs)] = 1
+            indices.append(hs)
+            grad_out[:len(hs), ts.col:ts.col + ts.cfg.dim] = g
+        offsets = np.zeros(num_tables * batch + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        idx = torch.from_numpy(np.concatenate(indices)).to(self.device)
+        out = self._tbe(idx, torch.from_numpy(offsets).to(self.device))
+        out.backward(torch.from_numpy(grad_out).to(self.device))
+
+
+def sum_duplicates(ids: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct ids (ascending) and the sum of the grads of each, in input order.
+
+    >>> sum_duplicates(np.array([7, 3, 7]), np.array([[1.], [2.], [4.]], np.float32))
+    (array([3, 7]), array([[2.],
+           [5.]], dtype=float32))
+    """
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    if len(uniq) == len(ids):
+        out = np.empty_like(grads)
+        out[inverse] = grads
+        return uniq, out
+    out = np.zeros((len(uniq), grads.shape[1]), np.float32)
+    np.add.at(out, inverse, grads)
+    return uniq, out
+
+
+def _as_ids(ids, table: str, error: type) -> np.ndarray:
+    if not isinstance(ids, np.ndarray):
+        raise error(table, f"ids must be a numpy int64 array, got {type(ids).__name__}")
+    if ids.ndim != 1 or ids.dtype.kind != "i":
+        raise error(table, f"ids must be a 1-D signed integer array, got {ids.dtype} with shape {list(ids.shape)}")
+    return ids.astype(np.int64, copy=False)
