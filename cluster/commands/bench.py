@@ -32,6 +32,8 @@ def print_table(result: dict, indent: str = "") -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    if not _available():
+        return
     p = sub.add_parser("bench", help="run a benchmark (ratios against a same-run baseline)")
     bsub = p.add_subparsers(dest="bench", metavar="NAME", required=True)
     for name in _available():

@@ -146,19 +146,17 @@ def _csv_fast(block: bytes, names: list[str], delimiter: str, n_lines: int):
     """pyarrow parse of a block; None if anything about it needs the exact slow path."""
     if b"\n\n" in block or b"\n\r\n" in block or block.startswith((b"\n", b"\r\n")):
         return None
-    problems = []
     try:
         table = pcsv.read_csv(
             io.BytesIO(block),
             read_options=pcsv.ReadOptions(column_names=names, use_threads=False),
-            parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=False,
-                                            invalid_row_handler=lambda row: problems.append(1) or "skip"),
+            parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=False),
             convert_options=pcsv.ConvertOptions(column_types={n: pa.string() for n in names}, check_utf8=True,
                                                 strings_can_be_null=False, quoted_strings_can_be_null=False),
         )
     except (pa.ArrowException, UnicodeDecodeError, ValueError):
         return None
-    if problems or table.num_rows != n_lines:
+    if table.num_rows != n_lines:
         return None
     return table, np.arange(n_lines, dtype=np.int64), [], None
 

@@ -1,0 +1,1 @@
+"""serving: Ray Serve replicas answering gRPC scoring calls (see protos/)."""

@@ -1,0 +1,129 @@
+"""The parameter server through real shard actors on one shared local Ray (module scope)."""
+
+import numpy as np
+import pytest
+
+from paramserver import (BadPushError, PSConfig, ShardUnavailableError, TableConfig, UnknownTableError,
+                         create_parameter_server, init_rows)
+from paramserver import actor as ps_actor
+from paramserver.reference import LocalTables
+from paramserver.shard import sum_duplicates
+
+pytestmark = pytest.mark.integration
+TABLES = (TableConfig("user", 8), TableConfig("item", 4))
+
+
+def make_steps(seed, num_steps, num_workers, universe):
+    rng = np.random.default_rng(seed)
+    steps = []
+    for _ in range(num_steps):
+        per_worker = []
+        for _ in range(num_workers):
+            ids = {t.name: rng.choice(universe, size=30) for t in TABLES}
+            per_worker.append({t.name: (ids[t.name], rng.standard_normal((30, t.dim)).astype(np.float32))
+                               for t in TABLES})
+        steps.append(per_worker)
+    return steps
+
+
+def reference(cfg, steps, universe):
+    ref = LocalTables(cfg, {t.name: universe for t in TABLES})
+    for per_worker in steps:
+        ids, grads = {}, {}
+        for t in TABLES:
+            cat_ids, cat_g = zip(*[sum_duplicates(*w[t.name]) for w in per_worker])  # rank order
+            ids[t.name], grads[t.name] = sum_duplicates(np.concatenate(cat_ids), np.concatenate(cat_g))
+        ref.forward_backward(ids, grads)
+    return ref
+
+
+def test_sync_actors_are_bit_identical_to_one_local_tbe(ray_local):
+    universe = np.random.default_rng(0).integers(-(2**62), 2**62, size=80)
+    steps = make_steps(1, 5, 2, universe)
+    for n in (1, 2, 4):
+        cfg = PSConfig(tables=TABLES, num_shards=n, num_workers=2, mode="sync", learning_rate=0.05,
+                       capacity_per_shard=128)
+        c0 = create_parameter_server(cfg)
+        c1 = ray_local.get(ray_local.put(c0.for_rank(1)))  # clients pickle (actor handles inside)
+        try:
+            clients = (c0, c1)
+            pulls = [c.pull_many({t: w[t][0] for t in w}, step=0) for c, w in zip(clients, steps[0])]
+            for s, per_worker in enumerate(steps):
+                rows = [c.wait(p) for c, p in zip(clients, pulls)]
+                for t in TABLES:
+                    assert rows[0][t.name].shape == (30, t.dim)
+                if s + 1 < len(steps):  # prefetch the next step before pushing this one
+                    pulls = [c.pull_many({t: w[t][0] for t in w}, step=s + 1)
+                             for c, w in zip(clients, steps[s + 1])]
+                for c, w in reversed(list(zip(clients, per_worker))):
+                    c.push_many(w, step=s)
+            final = c0.wait(c0.pull_many({t.name: universe for t in TABLES}, step=len(steps)))
+            ref = reference(cfg, steps, universe)
+            seen = {t.name: np.isin(universe, np.concatenate([w[t.name][0] for ws in steps for w in ws]))
+                    for t in TABLES}
+            for t in TABLES:
+                m = seen[t.name]
+                np.testing.assert_array_equal(final[t.name][m], ref.read(t.name, universe[m]), err_msg=f"{n} shards")
+                np.testing.assert_array_equal(final[t.name][~m], init_rows(t, universe[~m]))
+            stats = c0.stats()
+            assert len(stats) == n and all(s["version"] == len(steps) for s in stats)
+        finally:
+            c0.shutdown()
+
+
+def test_async_two_concurrent_clients_and_bounded_staleness(ray_local):
+    cfg = PSConfig(tables=TABLES, num_shards=2, mode="async", num_workers=2, optimizer="sgd",
+                   learning_rate=0.1, max_staleness=1000, capacity_per_shard=64)
+    client = create_parameter_server(cfg)
+    try:
+        ids = np.arange(10)
+        start = client.wait(client.pull("user", ids))
+
+        @ray_local.remote(num_cpus=0)
+        def worker(c, steps):
+            for s in range(steps):
+                c.wait(c.pull_many({"user": np.arange(10)}, step=s))
+                c.wait(c.push_many({"user": (np.arange(10), np.ones((10, 8), np.float32))}, step=s))
+            return True
+
+        assert ray_local.get([worker.remote(client.for_rank(r), 20) for r in range(2)]) == [True, True]
+        end = client.wait(client.pull("user", ids))
+        np.testing.assert_allclose(end, start - 0.1 * 40, rtol=1e-5)
+        assert sum(s["pushes"] for s in client.stats()) == 2 * 2 * 20
+    finally:
+        client.shutdown()
+
+    strict = create_parameter_server(PSConfig(tables=TABLES, mode="async", num_workers=2, max_staleness=0))
+    try:
+        a, b = strict, strict.for_rank(1)
+        one = np.array([1])
+        a.wait(a.pull_many({"user": one}, step=0))
+        b.wait(b.pull_many({"user": one}, step=0))
+        g = np.ones((1, 8), np.float32)
+        assert b.wait(b.push_many({"user": (one, g)}, step=0))[0]["decision"] == "apply"
+        assert a.wait(a.push_many({"user": (one, g)}, step=0))[0]["decision"] == "drop"  # read before b's update
+        stats = strict.stats()[0]
+        assert stats["stale_pushes"] == 1 and stats["dropped_stale_pushes"] == 1 and stats["pushes"] == 1
+    finally:
+        strict.shutdown()
+
+
+def test_bad_calls_are_rejected_by_the_shard_and_a_dead_shard_is_named(ray_local):
+    cfg = PSConfig(tables=TABLES, num_shards=2, mode="async")
+    client = create_parameter_server(cfg)
+    ids = np.array([3, 4, 5])
+    before = client.wait(client.pull("user", ids))
+    with pytest.raises(BadPushError, match="NaN"):
+        client.push("user", ids, np.full((3, 8), np.nan, np.float32))  # refused before sending
+    actor = client._actors[0]
+    bad = {"item": (np.array([1]), np.ones((1, 4), np.float32)),
+           "user": (np.array([3]), np.full((1, 8), np.inf, np.float32))}
+    with pytest.raises(BadPushError, match="NaN or inf"):  # the shard validates too, before any change
+        ps_actor.get(actor.push.remote(bad, None, 0, None), 0)
+    with pytest.raises(UnknownTableError):
+        ps_actor.get(actor.pull.remote({"nope": (np.array([1]), np.array([1]))}, None), 0)
+    np.testing.assert_array_equal(client.wait(client.pull("user", ids)), before)
+    assert sum(s["pushes"] for s in client.stats()) == 0
+    client.shutdown()
+    with pytest.raises(ShardUnavailableError, match="shard"):
+        client.wait(client.pull("user", ids))

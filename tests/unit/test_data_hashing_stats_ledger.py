@@ -1,0 +1,92 @@
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trainer.data import DataLedger, LedgerError, RunningStats
+from trainer.data.dedup import DedupWindow
+from trainer.data.hashing import combine, hash_strings
+
+
+
+def test_hash_is_stable_across_processes():
+    code = "import pyarrow as pa; from trainer.data.hashing import hash_strings; print(list(hash_strings(pa.array(['alice', '', '商品-42']))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONHASHSEED": "123", "PATH": ""}, cwd=".").stdout
+    here = list(hash_strings(pa.array(["alice", "", "商品-42"])))
+    assert out.strip() == str(here)
+
+
+def test_hash_golden_values():
+    # FNV-1a 64 + splitmix64 of the UTF-8 bytes: fixed forever (ids in stored models depend on it)
+    got = hash_strings(pa.array(["alice", "", "a"]))
+    assert got.dtype == np.int64
+    fnv = 0xCBF29CE484222325
+    for b in b"a":
+        fnv = ((fnv ^ b) * 0x100000001B3) & (2**64 - 1)
+    z = fnv
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
+    z = z ^ (z >> 31)
+    assert int(got[2]) == (z - 2**64 if z >= 2**63 else z)
+
+
+@given(st.lists(st.text(max_size=40), min_size=1, max_size=60))
+@settings(max_examples=60, deadline=None)
+def test_hash_equal_strings_equal_hashes(strings):
+    h = hash_strings(pa.array(strings))
+    for s in set(strings):
+        idx = [i for i, x in enumerate(strings) if x == s]
+        assert len(set(h[idx].tolist())) == 1
+    assert len(set(h.tolist())) == len(set(strings))  # no collisions on small sets
+
+
+def test_combine_orders_matter():
+    a, b = np.array([1, 2]), np.array([2, 1])
+    assert combine([a, b])[0] != combine([b, a])[0]
+
+
+@given(st.lists(st.floats(-1e6, 1e6), min_size=2, max_size=200), st.integers(1, 199))
+@settings(max_examples=50, deadline=None)
+def test_running_stats_merge_equals_whole(values, cut):
+    x = np.asarray(values, np.float64).reshape(-1, 1)
+    cut = min(cut, len(x) - 1)
+    whole = RunningStats(1).update(x)
+    merged = RunningStats(1).update(x[:cut]).merge(RunningStats(1).update(x[cut:]))
+    np.testing.assert_allclose(merged.mean, x.mean(axis=0), rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(merged.var, x.var(axis=0), rtol=1e-6, atol=1e-3)
+    np.testing.assert_allclose(merged.mean, whole.mean, rtol=1e-9, atol=1e-6)
+    restored = RunningStats.from_state_dict(merged.state_dict())
+    np.testing.assert_array_equal(restored.normalize(x), merged.normalize(x))
+
+
+def test_ledger_roundtrip_and_order():
+    led = DataLedger()
+    led.record("d/part-1.parquet", 10, complete=True)
+    led.record("d/part-2.parquet", 4, complete=False)
+    led.record("d/part-2.parquet", 9, complete=True)
+    again = DataLedger.from_json(led.to_json())
+    assert again == led and again.total_rows == 19
+    assert [p.name for p in again.pending(["x/part-3.parquet", "x/part-1.parquet"])] == ["part-3.parquet"]
+    with pytest.raises(LedgerError, match="refusing"):
+        again.record("part-1.parquet", 10, complete=True)
+    with pytest.raises(LedgerError, match="name order"):
+        again.record("part-0.parquet", 1, complete=True)
+
+
+def test_dedup_window_bounded_and_exact():
+    w = DedupWindow(capacity=1000)
+    rng = np.random.default_rng(0)
+    seen = []
+    for _ in range(40):
+        ids = rng.integers(-2**62, 2**62, 100)
+        assert not w.contains(ids).any()
+        w.add(ids)
+        seen.append(ids)
+        assert w.contains(ids).all()
+    assert len(w) <= 1000 + 100 * 12
+    assert w.contains(seen[-1]).all()

@@ -1,0 +1,134 @@
+"""Typed, frozen configuration of the model and of training; every error says what to fix.
+
+>>> ModelConfig(interaction="dot").interaction
+'dot'
+>>> TrainConfig(strategy="fusion", fusion_lambda=0.7).fusion_lambda
+0.7
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+from cluster.config import ConfigError, check_keys
+
+INTERACTIONS = ("dcn", "dot")
+DENSE_OPTIMIZERS = ("adagrad", "sgd")
+
+
+@enum.unique
+class Strategy(str, enum.Enum):
+    """How a model follows new shards (see :mod:`trainer.strategies`)."""
+
+    ONLINE = "online"  # train on each new shard once, in time order
+    PERIODIC = "periodic"  # every `period` shards, one pass over the last `window` shards
+    FUSION = "fusion"  # online, then theta = lambda * theta_new + (1 - lambda) * theta_prev (dense params)
+    FULL_RETRAIN = "full_retrain"  # from scratch on all shards so far, `epochs_full_retrain` epochs (baseline)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A DLRM-style model: bottom MLP on dense features, an interaction, a top MLP, one logit.
+
+    interaction: ``dcn`` (DCNv2 cross layers over [embeddings, bottom output]) or ``dot``
+    (DLRM pairwise dot products; every embedding dim must equal ``bottom_mlp[-1]``).
+    ``dcn_rank``: 0 for full-rank cross weights, else the low-rank factor (DCN-Mix style U V^T).
+    """
+
+    interaction: str = "dcn"
+    dcn_layers: int = 2
+    dcn_rank: int = 0
+    bottom_mlp: tuple[int, ...] = (16,)
+    top_mlp: tuple[int, ...] = (64, 32)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bottom_mlp", tuple(self.bottom_mlp))
+        object.__setattr__(self, "top_mlp", tuple(self.top_mlp))
+        if self.interaction not in INTERACTIONS:
+            raise ConfigError(f"model.interaction must be one of {list(INTERACTIONS)}, got {self.interaction!r}")
+        _int_at_least("model.dcn_layers", self.dcn_layers, 0)
+        _int_at_least("model.dcn_rank", self.dcn_rank, 0)
+        if not self.bottom_mlp:
+            raise ConfigError("model.bottom_mlp must list at least one layer width, e.g. [16]")
+        for key in ("bottom_mlp", "top_mlp"):
+            for w in getattr(self, key):
+                if not isinstance(w, int) or isinstance(w, bool) or w < 1:
+                    raise ConfigError(f"model.{key} must hold positive integer widths, got {getattr(self, key)!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train.
+
+    batch_size: examples per minibatch (one optimizer step each).
+    sparse_lr / sparse_eps: row-wise Adagrad of the embedding rows (fused into backward).
+    dense_lr / dense_optimizer: the MLP and interaction parameters (``adagrad`` or ``sgd``).
+    seed: parameter init (dense and embedding rows) and the shuffling of full retrains.
+    strategy: online | periodic | fusion | full_retrain (see :class:`Strategy`).
+    fusion_lambda: weight of the new dense params in fusion, in [0, 1].
+    window / period: periodic batch update over the last ``window`` shards every ``period`` shards.
+    epochs_full_retrain: passes over all data so far in a full retrain (shuffled each epoch).
+    table_capacity: rows per embedding table in local training (ids beyond it raise).
+    dense_clip: normalised dense features are clipped to [-dense_clip, dense_clip] (a feature
+    constant so far, e.g. the hour in a 2-hour log, would otherwise become huge when it moves).
+    """
+
+    batch_size: int = 256
+    sparse_lr: float = 0.05
+    sparse_eps: float = 1e-8
+    dense_lr: float = 0.05
+    dense_optimizer: str = "adagrad"
+    seed: int = 0
+    strategy: Strategy = Strategy.ONLINE
+    fusion_lambda: float = 0.5
+    window: int = 4
+    period: int = 1
+    epochs_full_retrain: int = 2
+    table_capacity: int = 1 << 17
+    dense_clip: float = 5.0
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "strategy", Strategy(self.strategy))
+        except ValueError:
+            raise ConfigError(f"train.strategy must be one of {[s.value for s in Strategy]}, "
+                              f"got {self.strategy!r}") from None
+        _int_at_least("train.batch_size", self.batch_size, 1)
+        _int_at_least("train.window", self.window, 1)
+        _int_at_least("train.period", self.period, 1)
+        _int_at_least("train.epochs_full_retrain", self.epochs_full_retrain, 1)
+        _int_at_least("train.table_capacity", self.table_capacity, 1)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError(f"train.seed must be an integer, got {self.seed!r}")
+        for key in ("sparse_lr", "sparse_eps", "dense_lr", "dense_clip"):
+            v = getattr(self, key)
+            if not isinstance(v, (int, float)) or not (0 < v < float("inf")):
+                raise ConfigError(f"train.{key} must be a positive finite number, got {v!r}")
+        if self.dense_optimizer not in DENSE_OPTIMIZERS:
+            raise ConfigError(f"train.dense_optimizer must be one of {list(DENSE_OPTIMIZERS)}, "
+                              f"got {self.dense_optimizer!r}")
+        if not isinstance(self.fusion_lambda, (int, float)) or not 0.0 <= self.fusion_lambda <= 1.0:
+            raise ConfigError(f"train.fusion_lambda must be in [0, 1] (1 keeps only the new params), "
+                              f"got {self.fusion_lambda!r}")
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "TrainConfig":
+        """Build from a YAML mapping (``train:`` section), refusing unknown keys."""
+        check_keys(cls, raw, "train")
+        return cls(**raw)
+
+
+def model_config_from_dict(raw: dict[str, Any]) -> ModelConfig:
+    """Build from a YAML mapping (``model:`` section), refusing unknown keys."""
+    check_keys(ModelConfig, raw, "model")
+    return ModelConfig(**raw)
+
+
+def _int_at_least(key: str, value: Any, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"{key} must be an integer >= {low}, got {value!r}")
