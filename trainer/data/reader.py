@@ -110,6 +110,7 @@ def _read_text(path: Path, spec: FeatureSpec, fmt: str, block_size: int) -> Iter
     delimiter = spec.delimiter or ("\t" if fmt == "tsv" else ",")
     names: list[str] | None = None if (spec.header and fmt != "jsonl") else [c.source_name for c in spec.columns]
     next_row = 1  # 1-based line number of the first line of the block
+    types, typed_ok = None, True
     for block in _lines_of(path, block_size):
         if names is None:  # the header is the first line
             nl = block.find(b"\n")
@@ -123,7 +124,13 @@ def _read_text(path: Path, spec: FeatureSpec, fmt: str, block_size: int) -> Iter
         if fmt == "jsonl":
             chunk = _jsonl_fast(block, n_lines) or _jsonl_slow(block, spec)
         else:
-            chunk = _csv_fast(block, names, delimiter, n_lines) or _csv_slow(block, names, delimiter)
+            if types is None:
+                types = _arrow_types(spec, names)
+            chunk = None
+            if typed_ok:  # once a block needs text columns, the rest of the file is read as text
+                chunk = _csv_fast(block, names, delimiter, n_lines, types)
+                typed_ok = chunk is not None
+            chunk = chunk or _csv_fast(block, names, delimiter, n_lines, None) or _csv_slow(block, names, delimiter)
         table, offsets, rejects, raw_lines = chunk
         rows = next_row + offsets
         rejects = [dataclasses.replace(r, row=next_row + r.row) for r in rejects]
@@ -142,16 +149,31 @@ def _raw_text_fn(block: bytes, offsets: np.ndarray, raw_lines: list[bytes] | Non
     return raw_text
 
 
-def _csv_fast(block: bytes, names: list[str], delimiter: str, n_lines: int):
-    """pyarrow parse of a block; None if anything about it needs the exact slow path."""
+def _arrow_types(spec: FeatureSpec, names: list[str]) -> dict[str, pa.DataType]:
+    """Typed columns for pyarrow's CSV conversion: numbers parsed in C, the rest as text."""
+    from trainer.data.spec import ColumnType
+
+    typed = {ColumnType.ID: pa.int64(), ColumnType.INT: pa.int64(), ColumnType.FLOAT: pa.float64(),
+             ColumnType.TIMESTAMP: pa.float64()}
+    by_source = {c.source_name: typed.get(c.type, pa.string()) for c in spec.columns}
+    return {n: by_source.get(n, pa.string()) for n in names}
+
+
+def _csv_fast(block: bytes, names: list[str], delimiter: str, n_lines: int, types: dict[str, pa.DataType] | None):
+    """pyarrow parse of a block; None if anything about it needs the exact slow path.
+
+    With ``types`` pyarrow converts numbers itself; if any value does not convert
+    (a text id, an ISO time, garbage), the caller retries the block as text.
+    """
     if b"\n\n" in block or b"\n\r\n" in block or block.startswith((b"\n", b"\r\n")):
         return None
+    column_types = types or {n: pa.string() for n in names}
     try:
         table = pcsv.read_csv(
             io.BytesIO(block),
             read_options=pcsv.ReadOptions(column_names=names, use_threads=False),
             parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=False),
-            convert_options=pcsv.ConvertOptions(column_types={n: pa.string() for n in names}, check_utf8=True,
+            convert_options=pcsv.ConvertOptions(column_types=column_types, check_utf8=True,
                                                 strings_can_be_null=False, quoted_strings_can_be_null=False),
         )
     except (pa.ArrowException, UnicodeDecodeError, ValueError):
