@@ -124,7 +124,7 @@ def choose_points(shard_rows: Sequence[int], warmup: int, points: int, min_rows:
     """``points`` shard indices >= warmup spread evenly (0: all), skipping shards under ``min_rows``.
 
     >>> choose_points([5000] * 10, warmup=2, points=3)
-    [2, 5, 9]
+    [2, 6, 9]
     """
     cand = [i for i in range(warmup, len(shard_rows)) if shard_rows[i] >= min_rows]
     if points <= 0 or points >= len(cand):
