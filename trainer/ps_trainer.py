@@ -1,0 +1,293 @@
+"""PS-mode training: the model's dense part in each Ray Train worker (DDP), embedding rows in
+the parameter server, pulled and pushed through :class:`paramserver.PSClient`.
+
+One step of worker ``r`` of ``W`` on global minibatch ``k`` (rows [k*B, (k+1)*B) of the shard,
+split in W nearly equal parts, part r for worker r)::
+
+    ids {table: int64 [b_r]} ─► client.pull_many(step=s) ─► rows {table: [b_r, dim]} (leaf tensors)
+    loss_r = W * sum(BCE over the b_r rows) / B_k           (B_k: rows of global minibatch k)
+    loss_r.backward()      dense grads: DDP averages over W  -> mean over the global minibatch
+    client.push_many({table: (ids, row_grads / W)}, step=s)  shards sum W pushes -> the same
+    dense_optimizer.step()
+
+With W=1 this is exactly :class:`trainer.local.LocalTrainer`'s update (the sync-mode test
+checks parameters agree within 1e-6). Dense features are normalised with running stats that
+every worker updates from the whole shard (each worker reads the whole shard: shards are
+small time windows, and this keeps the stats identical without communication). Progressive
+validation: rank 0 scores the whole shard before anyone trains on it.
+
+Sync mode: a pull for step s waits until every worker's push of step s-1 is applied, so the
+next pull is issued right after the push. Async mode: the next minibatch's rows are
+prefetched before the current one is computed (staleness 1, within the PS's bound).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainer.config import ModelConfig, TrainConfig
+from trainer.data import DataLedger, EventBatch, RunningStats
+from trainer.local import SCORE_BATCH, dense_optimizer
+from trainer.metrics import ProgressiveValidator, ShardMetrics
+from trainer.model import DLRM, build_model
+
+
+class PSTrainerCore:
+    """The per-worker training logic; hosts no Ray Train calls (the loop below does)."""
+
+    def __init__(self, spec, model_cfg: ModelConfig, train_cfg: TrainConfig, client, rank: int = 0,
+                 world: int = 1, wrap_model=None) -> None:
+        self.spec, self.cfg, self.client = spec, train_cfg, client
+        self.rank, self.world = rank, world
+        self.model: torch.nn.Module = build_model(spec, model_cfg, train_cfg.seed)
+        if wrap_model is not None:
+            self.model = wrap_model(self.model)
+        self.stats = RunningStats(len(spec.dense))
+        self.optimizer = dense_optimizer(self.model.parameters(), train_cfg)
+        self.validator = ProgressiveValidator()
+        self.step = 0  # the sync step counter, identical on every worker
+        self.examples_trained = 0
+        self.async_mode = client.cfg.mode == "async"
+
+    def _normalize(self, dense: np.ndarray) -> np.ndarray:
+        x = self.stats.normalize(dense)
+        return np.clip(x, -self.cfg.dense_clip, self.cfg.dense_clip, out=x)
+
+    def score(self, batch: EventBatch) -> np.ndarray:
+        """Probabilities for ``batch``; waits for every applied step (reads a consistent state)."""
+        dense = self._normalize(batch.dense)
+        out = np.empty(len(batch), np.float32)
+        self.model.eval()
+        with torch.no_grad():
+            for lo in range(0, len(batch), SCORE_BATCH):
+                hi = min(lo + SCORE_BATCH, len(batch))
+                ids = {k: v[lo:hi] for k, v in batch.sparse.items()}
+                step = None if self.async_mode else self.step
+                rows = self.client.wait(self.client.pull_many(ids, step=step))
+                emb = {k: torch.from_numpy(v) for k, v in rows.items()}
+                out[lo:hi] = DLRM.scores(self.model(emb, torch.from_numpy(dense[lo:hi]))).numpy()
+        return out
+
+    def _parts(self, n: int) -> list[np.ndarray]:
+        """This worker's row indices of each global minibatch (possibly empty)."""
+        bs = self.cfg.batch_size
+        return [np.array_split(np.arange(lo, min(lo + bs, n)), self.world)[self.rank] for lo in range(0, n, bs)]
+
+    def train(self, batch: EventBatch) -> dict[str, float]:
+        t0 = time.perf_counter()
+        self.stats.update(batch.dense)
+        dense = torch.from_numpy(self._normalize(batch.dense))
+        labels = torch.from_numpy(np.ascontiguousarray(batch.label, np.float32))
+        n, bs = len(batch), self.cfg.batch_size
+        parts = self._parts(n)
+        self.model.train()
+        client, world = self.client, self.world
+        step0 = self.step
+
+        def pull(k: int):
+            return client.pull_many({t: v[parts[k]] for t, v in batch.sparse.items()}, step=step0 + k)
+
+        ticket = pull(0) if parts else None
+        total_loss = 0.0
+        for k, idx in enumerate(parts):
+            rows = client.wait(ticket)
+            if self.async_mode and k + 1 < len(parts):
+                ticket = pull(k + 1)  # prefetch: the next rows load while this step computes
+            emb = {t: torch.from_numpy(r).requires_grad_(True) for t, r in rows.items()}
+            n_global = min(bs, n - k * bs)
+            ti = torch.from_numpy(idx)
+            logits = self.model(emb, dense[ti])
+            loss_sum = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels[ti], reduction="sum")
+            loss = loss_sum * (world / n_global)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grads = {t: (batch.sparse[t][idx], (e.grad.numpy() / world).astype(np.float32, copy=False))
+                     for t, e in emb.items()}
+            push = client.push_many(grads, step=step0 + k)
+            if not self.async_mode and k + 1 < len(parts):
+                ticket = pull(k + 1)  # issued now: the shard answers once every worker's step k is in
+            self.optimizer.step()
+            client.wait(push)
+            total_loss += float(loss_sum)
+        self.step = step0 + len(parts)
+        self.examples_trained += n
+        seconds = time.perf_counter() - t0
+        return {"examples": n, "seconds": seconds, "loss": total_loss}
+
+    def step_shard(self, batch: EventBatch, name: str) -> ShardMetrics | None:
+        """Progressive validation (rank 0 scores the whole shard first), then train once."""
+        metrics = None
+        if self.rank == 0:
+            self.validator.record(name, batch.label, self.score(batch))
+        info = self.train(batch)
+        if self.rank == 0:
+            self.validator.set_train_seconds(info["seconds"])
+            metrics = self.validator.shards[-1]
+        return metrics
+
+    def dense_state(self) -> dict[str, torch.Tensor]:
+        model = getattr(self.model, "module", self.model)  # unwrap DDP
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# --------------------------------------------------------------------------- shards
+def follow_shards(history: Path | None, incoming: Path | None, ledger: DataLedger, drain: bool,
+                  poll_s: float = 0.2, idle_timeout_s: float | None = None) -> Iterator[Path]:
+    """Yield shard files in name order, each once: first ``history``, then ``incoming`` as they land.
+
+    New files in ``incoming`` are noticed within ``poll_s``. With ``drain`` the iterator
+    ends once every shard present has been yielded; otherwise it waits for more (until
+    ``idle_timeout_s`` without a new shard, if given). Files being written (dot-prefixed
+    temporaries) are ignored; the ledger says which shards were already taken.
+    """
+    from trainer.data import expand_inputs
+
+    for path in ledger.pending(expand_inputs([history])) if history else []:
+        yield path
+    if incoming is None:
+        return
+    idle_since = time.monotonic()
+    taken: set[str] = set()
+    while True:
+        fresh = [p for p in ledger.pending(expand_inputs([incoming])) if p.name not in taken and not p.name.startswith(".")]
+        for path in fresh:
+            taken.add(path.name)
+            yield path
+            idle_since = time.monotonic()
+        if not fresh:
+            if drain:
+                return
+            if idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
+                return
+            time.sleep(poll_s)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "ledger.json"
+
+    @property
+    def dead_letter(self) -> Path:
+        return self.root / "dead-letter.jsonl"
+
+    @property
+    def dense(self) -> Path:
+        return self.root / "dense.pt"
+
+
+def shard_line(i: int, m: ShardMetrics, cumulative_auc: float) -> str:
+    return (f"[shard {i:>4}] {m.shard:<34} rows {m.examples:>7,}  auc {m.auc:.4f}  cum-auc {cumulative_auc:.4f}  "
+            f"logloss {m.log_loss:.4f}  {m.examples_per_s:>9,.0f} ex/s")
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """The Ray Train loop: every worker follows the same shards; rank 0 keeps the books."""
+    import ray.train
+    import ray.train.torch
+
+    from trainer.data import DeadLetterWriter, Validator, read_shard
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(config["train_cfg"].seed)
+    torch.set_num_threads(1)
+    client = config["client"].for_rank(rank)
+    wrap = ray.train.torch.prepare_model if world > 1 else None
+    core = PSTrainerCore(config["spec"], config["model_cfg"], config["train_cfg"], client, rank, world, wrap)
+    paths = RunPaths(Path(config["run_dir"]))
+    ledger = DataLedger()
+    dead = DeadLetterWriter(paths.dead_letter if rank == 0 else None)
+    validator = Validator(config["spec"], dead)
+    history = Path(config["history"]) if config.get("history") else None
+    incoming = Path(config["incoming"]) if config.get("incoming") else None
+    n = 0
+    for shard in follow_shards(history, incoming, ledger, config["drain"], idle_timeout_s=config.get("idle_timeout_s")):
+        before = validator.report.rows_in
+        batch = read_shard(shard, validator)
+        metrics = core.step_shard(batch, shard.name)
+        ledger.record(shard, validator.report.rows_in - before, complete=True)
+        n += 1
+        if rank == 0:
+            cum = core.validator.cumulative()["auc"]
+            record = {**dataclasses.asdict(metrics), "examples_per_s": metrics.examples_per_s, "cumulative_auc": cum,
+                      "ledger_rows": ledger.total_rows, "wall_time": time.time()}
+            with open(paths.metrics, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            tmp = paths.ledger.with_suffix(".tmp")
+            tmp.write_text(ledger.to_json())
+            tmp.replace(paths.ledger)
+            print(shard_line(n, metrics, cum), flush=True)
+    dead.close()
+    if rank == 0:
+        torch.save({"dense": core.dense_state(), "stats": core.stats.state_dict(), "steps": core.step}, paths.dense)
+    ray.train.report({"shards": n, "steps": core.step, "examples": core.examples_trained})
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    metrics: list[dict]
+    shards: int
+    steps: int
+    seconds: float
+
+
+def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: Path, *,
+                    history: Path | None = None, incoming: Path | None = None, drain: bool = True,
+                    num_workers: int = 1, num_shards: int = 2, mode: str = "sync", client=None,
+                    idle_timeout_s: float | None = None, keep_ps: bool = False):
+    """Start the PS (unless ``client`` is given) and a Ray Train run over the shards.
+
+    Returns ``(RunResult, client)``; the PS is shut down unless ``keep_ps``.
+    """
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from cluster.ray_runtime import ensure_ray
+    from paramserver import create_parameter_server
+    from trainer.embeddings import ps_config_for
+
+    ensure_ray()
+    run_dir = Path(run_dir).absolute()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (RunPaths(run_dir).metrics, RunPaths(run_dir).ledger):
+        stale.unlink(missing_ok=True)
+    if client is None:
+        client = create_parameter_server(ps_config_for(spec, train_cfg, num_shards=num_shards, num_workers=num_workers,
+                                                       mode=mode))
+    config = {"spec": spec, "model_cfg": model_cfg, "train_cfg": train_cfg, "client": client, "run_dir": str(run_dir),
+              "history": str(history) if history else None, "incoming": str(incoming) if incoming else None,
+              "drain": drain, "idle_timeout_s": idle_timeout_s}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend="gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=False,
+                                               resources_per_worker={"CPU": 1}),
+        run_config=ray.train.RunConfig(storage_path=str(run_dir / "ray"), name="train"),
+    )
+    t0 = time.perf_counter()
+    trainer.fit()
+    seconds = time.perf_counter() - t0
+    paths = RunPaths(run_dir)
+    metrics = [json.loads(line) for line in paths.metrics.read_text().splitlines()] if paths.metrics.exists() else []
+    steps = int(torch.load(paths.dense)["steps"]) if paths.dense.exists() else 0
+    out = RunResult(run_dir, metrics, len(metrics), steps, seconds)
+    if not keep_ps:
+        client.shutdown()
+    return out, client
