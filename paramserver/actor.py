@@ -10,6 +10,7 @@ one at a time on its loop, so the shard needs no locks.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 
@@ -33,6 +34,7 @@ class ShardHost:
         self.aggregator = SyncAggregator(cfg.num_workers)
         self.policy = StalenessPolicy(cfg.max_staleness, cfg.stale_policy)
         self._applied: asyncio.Condition | None = None
+        self._busy = {"pull_busy_s": 0.0, "push_busy_s": 0.0}
 
     def _condition(self) -> asyncio.Condition:
         if self._applied is None:
@@ -50,10 +52,20 @@ class ShardHost:
             cond = self._condition()
             async with cond:
                 await cond.wait_for(lambda: self.shard.version >= step)
-        return self.shard.pull(batch, step), self.shard.version
+        t0 = time.perf_counter()
+        rows = self.shard.pull(batch, step)
+        self._busy["pull_busy_s"] += time.perf_counter() - t0
+        return rows, self.shard.version
 
     async def push(self, batch: dict, step: int | None, rank: int, read_version: int | None) -> dict:
         """Apply (async) or buffer until the step is complete (sync); returns what happened."""
+        t0 = time.perf_counter()
+        try:
+            return await self._push(batch, step, rank, read_version)
+        finally:
+            self._busy["push_busy_s"] += time.perf_counter() - t0
+
+    async def _push(self, batch: dict, step: int | None, rank: int, read_version: int | None) -> dict:
         if self.cfg.mode == "sync":
             if step is None:
                 raise BadPushError("*", "sync mode needs push_many(..., step=s) with s counting up from 0")
@@ -75,7 +87,7 @@ class ShardHost:
         return {"decision": decision.value, "version": self.shard.version}
 
     async def stats(self) -> dict:
-        return self.shard.stats()
+        return {**self.shard.stats(), **self._busy}
 
     async def take_dirty(self) -> dict:
         return self.shard.take_dirty()

@@ -49,9 +49,14 @@ def init_rows(table: TableConfig, ids: np.ndarray, seed: int = 0) -> np.ndarray:
     """
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
     key = table_key(table, seed)
+    half = (table.dim + 1) // 2  # one 64-bit hash gives two 24-bit uniforms (columns 2j and 2j+1)
     with np.errstate(over="ignore"):
         h = splitmix64(ids.view(np.uint64) ^ key)
-        cols = np.arange(table.dim, dtype=np.uint64) * _GOLDEN
+        cols = np.arange(half, dtype=np.uint64) * _GOLDEN
         bits = splitmix64(h[:, None] + cols[None, :])
-    unit = (bits >> np.uint64(40)).astype(np.float64) * (1.0 / (1 << 24))  # [0, 1), 24 bits
-    return ((2.0 * unit - 1.0) * table.scale).astype(np.float32)
+    pairs = np.empty((len(ids), half, 2), np.float32)
+    pairs[:, :, 0] = bits >> np.uint64(40)
+    pairs[:, :, 1] = (bits >> np.uint64(8)) & np.uint64(0xFFFFFF)
+    unit = pairs.reshape(len(ids), 2 * half)[:, :table.dim]  # integers in [0, 2**24), exact in float32
+    scale = np.float32(table.scale)
+    return unit * np.float32(2.0 / (1 << 24)) * scale - scale
