@@ -73,6 +73,7 @@ class TrainConfig:
     table_capacity: rows per embedding table in local training (ids beyond it raise).
     dense_clip: normalised dense features are clipped to [-dense_clip, dense_clip] (a feature
     constant so far, e.g. the hour in a 2-hour log, would otherwise become huge when it moves).
+    init_scale: new embedding rows are uniform in +-init_scale (None: 1/sqrt(dim), the PS default).
     """
 
     batch_size: int = 256
@@ -88,6 +89,7 @@ class TrainConfig:
     epochs_full_retrain: int = 2
     table_capacity: int = 1 << 17
     dense_clip: float = 5.0
+    init_scale: float | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -106,6 +108,9 @@ class TrainConfig:
             v = getattr(self, key)
             if not isinstance(v, (int, float)) or not (0 < v < float("inf")):
                 raise ConfigError(f"train.{key} must be a positive finite number, got {v!r}")
+        if self.init_scale is not None and not (isinstance(self.init_scale, (int, float))
+                                                and 0 <= self.init_scale < float("inf")):
+            raise ConfigError(f"train.init_scale must be None or a finite number >= 0, got {self.init_scale!r}")
         if self.dense_optimizer not in DENSE_OPTIMIZERS:
             raise ConfigError(f"train.dense_optimizer must be one of {list(DENSE_OPTIMIZERS)}, "
                               f"got {self.dense_optimizer!r}")

@@ -47,14 +47,14 @@ class TableFullError(RuntimeError):
         return (TableFullError, (self.table, self.capacity, self.needed))
 
 
-def table_configs(spec) -> tuple[TableConfig, ...]:
-    """The PS table configs of a :class:`trainer.data.FeatureSpec` (name, dim; default init scale)."""
-    return tuple(TableConfig(f.name, f.dim) for f in spec.sparse)
+def table_configs(spec, init_scale: float | None = None) -> tuple[TableConfig, ...]:
+    """The PS table configs of a :class:`trainer.data.FeatureSpec` (name, dim, init scale)."""
+    return tuple(TableConfig(f.name, f.dim, init_scale) for f in spec.sparse)
 
 
 def ps_config_for(spec, train, **overrides) -> PSConfig:
     """The PS config under which a sync-mode PS run matches :class:`LocalEmbeddings` (same update, init)."""
-    kw = dict(tables=table_configs(spec), optimizer="rowwise_adagrad", learning_rate=train.sparse_lr,
+    kw = dict(tables=table_configs(spec, train.init_scale), optimizer="rowwise_adagrad", learning_rate=train.sparse_lr,
               eps=train.sparse_eps, seed=train.seed, admission_threshold=1, mode="sync",
               capacity_per_shard=train.table_capacity)
     kw.update(overrides)
@@ -117,7 +117,7 @@ class LocalEmbeddings:
     @classmethod
     def for_spec(cls, spec, train) -> "LocalEmbeddings":
         """Tables of ``spec`` with the sparse optimizer, capacity and seed of a :class:`TrainConfig`."""
-        return cls(table_configs(spec), train.table_capacity, train.sparse_lr, train.sparse_eps, train.seed)
+        return cls(table_configs(spec, train.init_scale), train.table_capacity, train.sparse_lr, train.sparse_eps, train.seed)
 
     def __len__(self) -> int:
         return sum(len(m) for m in self._maps.values())
