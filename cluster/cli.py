@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="freshrec",
         description="freshrec: incremental training on a Ray parameter server, with fresh, consistent serving.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level and show Ray worker logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         try:
@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.verbose:
+        from cluster.ray_runtime import set_verbose
+
+        set_verbose(True)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -52,6 +52,7 @@ class RayConfig:
     num_cpus: int | None = None
     object_store_memory: int | None = None
     namespace: str = "freshrec"
+    log_to_driver: bool = False  # worker logs in the driver's terminal (freshrec -v turns it on)
 
     def __post_init__(self) -> None:
         if self.num_cpus is not None and self.num_cpus < 1:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from cluster.config import RayConfig
 
 log = logging.getLogger(__name__)
+
+
+_VERBOSE = False
+
+
+def set_verbose(on: bool) -> None:
+    """Show Ray worker logs in this terminal (``freshrec -v``)."""
+    global _VERBOSE
+    _VERBOSE = on
 
 
 def ensure_ray(cfg: RayConfig | None = None) -> None:
@@ -16,7 +26,9 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
     if ray.is_initialized():
         return
     cfg = cfg or RayConfig()
-    kwargs: dict = {"namespace": cfg.namespace, "include_dashboard": False, "log_to_driver": True}
+    if _VERBOSE and not cfg.log_to_driver:
+        cfg = dataclasses.replace(cfg, log_to_driver=True)
+    kwargs: dict = {"namespace": cfg.namespace, "include_dashboard": False, "log_to_driver": cfg.log_to_driver}
     if cfg.address is None:
         kwargs["num_cpus"] = cfg.num_cpus
         if cfg.object_store_memory:

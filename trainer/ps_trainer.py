@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,7 +116,7 @@ class PSTrainerCore:
                 ticket = pull(k + 1)  # issued now: the shard answers once every worker's step k is in
             self.optimizer.step()
             client.wait(push)
-            total_loss += float(loss_sum)
+            total_loss += float(loss_sum.detach())
         self.step = step0 + len(parts)
         self.examples_trained += n
         seconds = time.perf_counter() - t0
@@ -190,9 +191,33 @@ class RunPaths:
         return self.root / "dense.pt"
 
 
-def shard_line(i: int, m: ShardMetrics, cumulative_auc: float) -> str:
-    return (f"[shard {i:>4}] {m.shard:<34} rows {m.examples:>7,}  auc {m.auc:.4f}  cum-auc {cumulative_auc:.4f}  "
-            f"logloss {m.log_loss:.4f}  {m.examples_per_s:>9,.0f} ex/s")
+class MetricsFollower(threading.Thread):
+    """Tails a run's metrics.jsonl in the driver and hands each new record to ``on_record``."""
+
+    def __init__(self, path: Path, on_record, poll_s: float = 0.2) -> None:
+        super().__init__(daemon=True, name="freshrec-metrics")
+        self.path, self.on_record, self.poll_s = path, on_record, poll_s
+        self._stop_event = threading.Event()
+        self._seen = 0
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.drain()
+            self._stop_event.wait(self.poll_s)
+
+    def drain(self) -> None:
+        if not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines()
+        complete = lines if self.path.read_text().endswith("\n") else lines[:-1]
+        for line in complete[self._seen:]:
+            self._seen += 1
+            self.on_record(self._seen, json.loads(line))
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+        self.drain()
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -231,7 +256,6 @@ def train_loop_per_worker(config: dict) -> None:
             tmp = paths.ledger.with_suffix(".tmp")
             tmp.write_text(ledger.to_json())
             tmp.replace(paths.ledger)
-            print(shard_line(n, metrics, cum), flush=True)
     dead.close()
     if rank == 0:
         torch.save({"dense": core.dense_state(), "stats": core.stats.state_dict(), "steps": core.step}, paths.dense)
@@ -250,10 +274,10 @@ class RunResult:
 def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: Path, *,
                     history: Path | None = None, incoming: Path | None = None, drain: bool = True,
                     num_workers: int = 1, num_shards: int = 2, mode: str = "sync", client=None,
-                    idle_timeout_s: float | None = None, keep_ps: bool = False):
+                    idle_timeout_s: float | None = None, keep_ps: bool = False, on_shard=None):
     """Start the PS (unless ``client`` is given) and a Ray Train run over the shards.
 
-    Returns ``(RunResult, client)``; the PS is shut down unless ``keep_ps``.
+    ``on_shard(i, record)`` is called in the driver as each shard is done (for progress lines). Returns ``(RunResult, client)``; the PS is shut down unless ``keep_ps``.
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -281,8 +305,13 @@ def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_di
                                                resources_per_worker={"CPU": 1}),
         run_config=ray.train.RunConfig(storage_path=str(run_dir / "ray"), name="train"),
     )
+    follower = MetricsFollower(RunPaths(run_dir).metrics, on_shard or (lambda i, rec: None))
+    follower.start()
     t0 = time.perf_counter()
-    trainer.fit()
+    try:
+        trainer.fit()
+    finally:
+        follower.stop()
     seconds = time.perf_counter() - t0
     paths = RunPaths(run_dir)
     metrics = [json.loads(line) for line in paths.metrics.read_text().splitlines()] if paths.metrics.exists() else []
