@@ -18,6 +18,7 @@ from paramserver.config import PSConfig
 from paramserver.consistency import SyncAggregator
 from paramserver.errors import BadPullError, BadPushError, ShardUnavailableError
 from paramserver.policies import StaleDecision, StalenessPolicy
+from paramserver import wire
 
 
 class ShardHost:
@@ -34,6 +35,7 @@ class ShardHost:
         self.aggregator = SyncAggregator(cfg.num_workers)
         self.policy = StalenessPolicy(cfg.max_staleness, cfg.stale_policy)
         self._applied: asyncio.Condition | None = None
+        self._dims = {t.name: t.dim for t in cfg.tables}
         self._busy = {"pull_busy_s": 0.0, "push_busy_s": 0.0}
 
     def _condition(self) -> asyncio.Condition:
@@ -44,8 +46,8 @@ class ShardHost:
     async def ready(self) -> int:
         return self.shard.index
 
-    async def pull(self, batch: dict, step: int | None) -> tuple[dict[str, np.ndarray], int]:
-        """Rows for ``{table: (distinct ids, counts)}``; sync mode waits for steps < ``step``."""
+    async def pull(self, msg: tuple, step: int | None) -> tuple[np.ndarray, int]:
+        """Rows for a packed pull request (see :mod:`paramserver.wire`); sync mode waits for steps < ``step``."""
         if self.cfg.mode == "sync" and step is not None:
             if step < 0:
                 raise BadPullError("*", f"step must be >= 0, got {step}")
@@ -53,14 +55,16 @@ class ShardHost:
             async with cond:
                 await cond.wait_for(lambda: self.shard.version >= step)
         t0 = time.perf_counter()
-        rows = self.shard.pull(batch, step)
+        batch = wire.unpack_ids(msg)
+        rows = wire.pack_rows(msg[0], self.shard.pull(batch, step))
         self._busy["pull_busy_s"] += time.perf_counter() - t0
         return rows, self.shard.version
 
-    async def push(self, batch: dict, step: int | None, rank: int, read_version: int | None) -> dict:
-        """Apply (async) or buffer until the step is complete (sync); returns what happened."""
+    async def push(self, msg: tuple, step: int | None, rank: int, read_version: int | None) -> dict:
+        """Apply (async) or buffer until the step is complete (sync) a packed push; returns what happened."""
         t0 = time.perf_counter()
         try:
+            batch = wire.unpack_grads(msg, self._dims)
             return await self._push(batch, step, rank, read_version)
         finally:
             self._busy["push_busy_s"] += time.perf_counter() - t0

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from paramserver import actor as _ray
+from paramserver import wire
 from paramserver.config import PSConfig
 from paramserver.errors import BadPullError, BadPushError, UnknownTableError
 from paramserver.sharding import group_by_shard
@@ -43,6 +44,7 @@ class Ticket:
     plan: dict = dataclasses.field(default_factory=dict)  # how to reassemble a pull
     step: int | None = None
     single: str | None = None
+    layout: dict = dataclasses.field(default_factory=dict)  # shard -> (table names, lengths) on the wire
 
 
 class PSClient:
@@ -97,12 +99,16 @@ class PSClient:
             ids = self._ids(table, ids, BadPullError)
             uniq, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
             groups = group_by_shard(uniq, n)
-            for s, pos in enumerate(groups):
-                if len(pos):
-                    per_shard[s][table] = (uniq[pos], counts[pos])
+            if n == 1:
+                per_shard[0][table] = (uniq, counts)
+            else:
+                for s, pos in enumerate(groups):
+                    if len(pos):
+                        per_shard[s][table] = (uniq[pos], counts[pos])
             plan[table] = (len(uniq), inverse, groups)
-        refs = [(s, _ray.submit(self._actors[s], "pull", b, step)) for s, b in enumerate(per_shard) if b]
-        return Ticket("pull", refs, plan, step)
+        sent = {s: wire.pack_ids(b) for s, b in enumerate(per_shard) if b}
+        refs = [(s, _ray.submit(self._actors[s], "pull", msg, step)) for s, msg in sent.items()]
+        return Ticket("pull", refs, plan, step, layout={s: (msg[0], msg[1]) for s, msg in sent.items()})
 
     # ------------------------------------------------------------------- push
     def push(self, table: str, ids: np.ndarray, grads: np.ndarray, step: int | None = None) -> Ticket:
@@ -138,6 +144,9 @@ class PSClient:
             from paramserver.shard import sum_duplicates
 
             uniq, summed = sum_duplicates(ids, grads)
+            if n == 1:
+                per_shard[0][table] = (uniq, summed)
+                continue
             for s, pos in enumerate(group_by_shard(uniq, n)):
                 if len(pos):
                     per_shard[s][table] = (uniq[pos], summed[pos])
@@ -147,7 +156,8 @@ class PSClient:
         for s, batch in enumerate(per_shard):
             if batch or sync:  # in sync mode every shard must hear from every worker each step
                 read_version = None if versions is None else versions.get(s)
-                refs.append((s, _ray.submit(self._actors[s], "push", batch, step, self.rank, read_version)))
+                refs.append((s, _ray.submit(self._actors[s], "push", wire.pack_grads(batch), step, self.rank,
+                                            read_version)))
         return Ticket("push", refs, step=step)
 
     # ------------------------------------------------------------------- wait
@@ -156,13 +166,17 @@ class PSClient:
         replies = [(s, _ray.get(ref, s)) for s, ref in ticket.refs]
         if ticket.kind == "push":
             return {s: r for s, r in replies}
-        by_shard = {s: rows for s, (rows, _) in replies}
+        by_shard = {s: wire.unpack_rows(*ticket.layout[s], self._dims, flat)
+                    for s, (flat, _) in replies}
         if ticket.step is not None:
             self._read_versions[ticket.step] = {s: v for s, (_, v) in replies}
             for old in [k for k in self._read_versions if k < ticket.step - 64]:
                 del self._read_versions[old]
         out = {}
         for table, (n_uniq, inverse, groups) in ticket.plan.items():
+            if len(groups) == 1 and n_uniq:
+                out[table] = by_shard[0][table][inverse]
+                continue
             uniq_rows = np.empty((n_uniq, self._dims[table]), np.float32)
             for s, pos in enumerate(groups):
                 if len(pos):

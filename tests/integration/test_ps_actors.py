@@ -6,6 +6,7 @@ import pytest
 from paramserver import (BadPushError, PSConfig, ShardUnavailableError, TableConfig, UnknownTableError,
                          create_parameter_server, init_rows)
 from paramserver import actor as ps_actor
+from paramserver import wire
 from paramserver.reference import LocalTables
 from paramserver.shard import sum_duplicates
 
@@ -119,9 +120,9 @@ def test_bad_calls_are_rejected_by_the_shard_and_a_dead_shard_is_named(ray_local
     bad = {"item": (np.array([1]), np.ones((1, 4), np.float32)),
            "user": (np.array([3]), np.full((1, 8), np.inf, np.float32))}
     with pytest.raises(BadPushError, match="NaN or inf"):  # the shard validates too, before any change
-        ps_actor.get(actor.push.remote(bad, None, 0, None), 0)
+        ps_actor.get(actor.push.remote(wire.pack_grads(bad), None, 0, None), 0)
     with pytest.raises(UnknownTableError):
-        ps_actor.get(actor.pull.remote({"nope": (np.array([1]), np.array([1]))}, None), 0)
+        ps_actor.get(actor.pull.remote(wire.pack_ids({"nope": (np.array([1]), np.array([1]))}), None), 0)
     np.testing.assert_array_equal(client.wait(client.pull("user", ids)), before)
     assert sum(s["pushes"] for s in client.stats()) == 0
     client.shutdown()
