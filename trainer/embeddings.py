@@ -14,10 +14,10 @@ same parameters as a sync-mode PS run (same data, same seed):
 
 The batch layout handed to the TBE (one id per bag, SUM pooling)::
 
-    tables    user            item            category
-    bags      b0 b1 .. bB-1   b0 b1 .. bB-1   b0 b1 .. bB-1     (T * B bags, length 1 each)
-    indices   slot(user[i])   slot(item[i])   slot(cat[i])
-    output    [B, dim_user + dim_item + dim_category], split back per table
+    tables    user              item              category
+    bags      b0 .. bU-1 (pad)  b0 .. bU-1 (pad)  b0 .. bU-1 (pad)   T * U bags, U = most distinct ids
+    indices   slot(distinct user ids)  slot(distinct item ids) ...   length 1 each, 0 for padding
+    output    [U, dim_user + dim_item + dim_category] -> per table, rows[inverse] -> [B, dim]
 """
 
 from __future__ import annotations
@@ -33,6 +33,21 @@ from cluster.config import ConfigError
 from paramserver.config import PSConfig, TableConfig
 from paramserver.hashing import init_rows
 from paramserver.idmap import IdMap
+from paramserver.shard import sum_duplicates
+
+
+class _GatherRows(torch.autograd.Function):
+    """rows[inverse]; backward sums the gradients of repeated ids with the PS's own ``sum_duplicates``."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, inverse: torch.Tensor, ids: np.ndarray) -> torch.Tensor:
+        ctx.ids = ids
+        return rows[inverse]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        _, summed = sum_duplicates(ctx.ids, np.ascontiguousarray(grad.numpy(), dtype=np.float32))
+        return torch.from_numpy(np.ascontiguousarray(summed)), None, None
 
 
 class TableFullError(RuntimeError):
@@ -147,15 +162,31 @@ class LocalEmbeddings:
 
         The result is part of autograd: ``backward`` through it applies the fused row-wise
         Adagrad step to the rows looked up. Under ``torch.no_grad()`` it only reads.
+
+        Like a PS round trip, each table's ids are de-duplicated first: the TBE sees every
+        distinct id once, and the gradients of a repeated id are summed by
+        ``paramserver.shard.sum_duplicates`` (what ``EmbeddingShard.push`` does), so both
+        paths apply bit-identical row updates.
         """
         missing = [n for n in self.names if n not in sparse]
         if missing:
             raise KeyError(f"lookup: no ids for tables {missing}; the batch has {sorted(sparse)}")
-        b = len(sparse[self.names[0]])
-        idx = np.concatenate([self.slots(n, sparse[n]) for n in self.names])
-        offsets = torch.arange(len(self.names) * b + 1, dtype=torch.int64)
-        out = self._tbe(torch.from_numpy(idx), offsets)
-        return {n: out[:, self._cols[i]:self._cols[i + 1]] for i, n in enumerate(self.names)}
+        uniq, inverse, raw = [], [], []
+        for n in self.names:
+            ids = np.asarray(sparse[n], dtype=np.int64)
+            u, inv = np.unique(ids, return_inverse=True)
+            uniq.append(self.slots(n, u))
+            inverse.append(torch.from_numpy(inv.reshape(-1)))
+            raw.append(ids)
+        width = max(len(u) for u in uniq)
+        lengths = np.zeros(len(self.names) * width, np.int64)
+        for t, u in enumerate(uniq):
+            lengths[t * width:t * width + len(u)] = 1
+        offsets = np.zeros(len(lengths) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        out = self._tbe(torch.from_numpy(np.concatenate(uniq)), torch.from_numpy(offsets))
+        return {n: _GatherRows.apply(out[:len(uniq[i]), self._cols[i]:self._cols[i + 1]], inverse[i], raw[i])
+                for i, n in enumerate(self.names)}
 
     def table_rows(self, table: str) -> tuple[np.ndarray, np.ndarray]:
         """Every (id, row) of ``table``, ids ascending: comparable with ``EmbeddingShard.table_rows``."""

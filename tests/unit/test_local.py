@@ -85,6 +85,6 @@ def test_matches_a_sync_parameter_server_shard_step_for_step(interaction):
         lid, lrows = local.embeddings.table_rows(table)
         pid, prows = shard.table_rows(table)
         assert np.array_equal(lid, pid)
-        np.testing.assert_allclose(lrows, prows, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(lrows, prows)  # bit-identical, not just within 1e-6
     for k, v in model.state_dict().items():
-        np.testing.assert_allclose(local.model.state_dict()[k].numpy(), v.numpy(), rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(local.model.state_dict()[k].numpy(), v.numpy())
