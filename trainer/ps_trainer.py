@@ -297,12 +297,13 @@ def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_di
     config = {"spec": spec, "model_cfg": model_cfg, "train_cfg": train_cfg, "client": client, "run_dir": str(run_dir),
               "history": str(history) if history else None, "incoming": str(incoming) if incoming else None,
               "drain": drain, "idle_timeout_s": idle_timeout_s}
+    use_gpu = torch.cuda.is_available()  # NCCL for the dense all-reduce on GPUs, gloo on CPU
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
-        torch_config=TorchConfig(backend="gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=False,
-                                               resources_per_worker={"CPU": 1}),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                               resources_per_worker=None if use_gpu else {"CPU": 1}),
         run_config=ray.train.RunConfig(storage_path=str(run_dir / "ray"), name="train"),
     )
     follower = MetricsFollower(RunPaths(run_dir).metrics, on_shard or (lambda i, rec: None))
