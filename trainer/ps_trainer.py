@@ -44,10 +44,11 @@ class PSTrainerCore:
     """The per-worker training logic; hosts no Ray Train calls (the loop below does)."""
 
     def __init__(self, spec, model_cfg: ModelConfig, train_cfg: TrainConfig, client, rank: int = 0,
-                 world: int = 1, wrap_model=None) -> None:
+                 world: int = 1, wrap_model=None, device: torch.device | None = None) -> None:
         self.spec, self.cfg, self.client = spec, train_cfg, client
         self.rank, self.world = rank, world
-        self.model: torch.nn.Module = build_model(spec, model_cfg, train_cfg.seed)
+        self.device = device or torch.device("cpu")
+        self.model: torch.nn.Module = build_model(spec, model_cfg, train_cfg.seed).to(self.device)
         if wrap_model is not None:
             self.model = wrap_model(self.model)
         self.stats = RunningStats(len(spec.dense))
@@ -72,8 +73,9 @@ class PSTrainerCore:
                 ids = {k: v[lo:hi] for k, v in batch.sparse.items()}
                 step = None if self.async_mode else self.step
                 rows = self.client.wait(self.client.pull_many(ids, step=step))
-                emb = {k: torch.from_numpy(v) for k, v in rows.items()}
-                out[lo:hi] = DLRM.scores(self.model(emb, torch.from_numpy(dense[lo:hi]))).numpy()
+                emb = {k: torch.from_numpy(v).to(self.device) for k, v in rows.items()}
+                dense_t = torch.from_numpy(dense[lo:hi]).to(self.device)
+                out[lo:hi] = DLRM.scores(self.model(emb, dense_t)).cpu().numpy()
         return out
 
     def _parts(self, n: int) -> list[np.ndarray]:
@@ -84,8 +86,8 @@ class PSTrainerCore:
     def train(self, batch: EventBatch) -> dict[str, float]:
         t0 = time.perf_counter()
         self.stats.update(batch.dense)
-        dense = torch.from_numpy(self._normalize(batch.dense))
-        labels = torch.from_numpy(np.ascontiguousarray(batch.label, np.float32))
+        dense = torch.from_numpy(self._normalize(batch.dense)).to(self.device)
+        labels = torch.from_numpy(np.ascontiguousarray(batch.label, np.float32)).to(self.device)
         n, bs = len(batch), self.cfg.batch_size
         parts = self._parts(n)
         self.model.train()
@@ -101,15 +103,15 @@ class PSTrainerCore:
             rows = client.wait(ticket)
             if self.async_mode and k + 1 < len(parts):
                 ticket = pull(k + 1)  # prefetch: the next rows load while this step computes
-            emb = {t: torch.from_numpy(r).requires_grad_(True) for t, r in rows.items()}
+            emb = {t: torch.from_numpy(r).to(self.device).requires_grad_(True) for t, r in rows.items()}
             n_global = min(bs, n - k * bs)
-            ti = torch.from_numpy(idx)
+            ti = torch.from_numpy(idx).to(self.device)
             logits = self.model(emb, dense[ti])
             loss_sum = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels[ti], reduction="sum")
             loss = loss_sum * (world / n_global)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grads = {t: (batch.sparse[t][idx], (e.grad.numpy() / world).astype(np.float32, copy=False))
+            grads = {t: (batch.sparse[t][idx], (e.grad.cpu().numpy() / world).astype(np.float32, copy=False))
                      for t, e in emb.items()}
             push = client.push_many(grads, step=step0 + k)
             if not self.async_mode and k + 1 < len(parts):
@@ -233,7 +235,8 @@ def train_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(1)
     client = config["client"].for_rank(rank)
     wrap = ray.train.torch.prepare_model if world > 1 else None
-    core = PSTrainerCore(config["spec"], config["model_cfg"], config["train_cfg"], client, rank, world, wrap)
+    core = PSTrainerCore(config["spec"], config["model_cfg"], config["train_cfg"], client, rank, world, wrap,
+                         device=ray.train.torch.get_device())
     paths = RunPaths(Path(config["run_dir"]))
     ledger = DataLedger()
     dead = DeadLetterWriter(paths.dead_letter if rank == 0 else None)
