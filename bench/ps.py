@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", default="1,2,4", help="shard counts to run (default 1,2,4)")
     parser.add_argument("--naive-steps", type=int, default=5, help="timed steps of the naive PS (default 5)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    parser.add_argument("--chunk", type=int, default=5, help="steps per alternation PS <-> local baseline (default 5)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -41,44 +42,59 @@ def _batches(args, steps: int):
     return out
 
 
-def _local_tbe(args, batches, grads) -> float:
-    """Seconds per step of one local TBE forward + backward over all tables."""
-    import numpy as np
-    import torch
+class _LocalTBE:
+    """One local TBE (all tables, fused row-wise Adagrad): the baseline, forward + backward per step."""
 
-    from paramserver.config import PSConfig, TableConfig
-    from paramserver.shard import _build_tbe
+    def __init__(self, args, grads) -> None:
+        import numpy as np
+        import torch
 
-    cfg = PSConfig(tables=tuple(TableConfig(f"t{i}", args.dim) for i in range(args.tables)),
-                   capacity_per_shard=args.rows)
-    tbe = _build_tbe(cfg, torch.device("cpu"))
-    offsets = torch.arange(args.tables * args.batch + 1, dtype=torch.int64)
-    grad = torch.from_numpy(np.concatenate([grads[f"t{i}"] for i in range(args.tables)], axis=1))
-    inputs = [torch.from_numpy(np.concatenate([b[f"t{i}"] for i in range(args.tables)])) for b in batches]
-    for idx in inputs[:args.warmup]:
-        tbe(idx, offsets).backward(grad)
-    t0 = time.perf_counter()
-    for idx in inputs[args.warmup:]:
-        tbe(idx, offsets).backward(grad)
-    return (time.perf_counter() - t0) / (len(inputs) - args.warmup)
+        from paramserver.config import PSConfig, TableConfig
+        from paramserver.shard import _build_tbe
+
+        cfg = PSConfig(tables=tuple(TableConfig(f"t{i}", args.dim) for i in range(args.tables)),
+                       capacity_per_shard=args.rows)
+        self.tables = args.tables
+        self.tbe = _build_tbe(cfg, torch.device("cpu"))
+        self.offsets = torch.arange(args.tables * args.batch + 1, dtype=torch.int64)
+        self.grad = torch.from_numpy(np.concatenate([grads[f"t{i}"] for i in range(args.tables)], axis=1))
+
+    def run(self, batches) -> float:
+        """Seconds for forward + backward of every batch."""
+        import numpy as np
+        import torch
+
+        inputs = [torch.from_numpy(np.concatenate([b[f"t{i}"] for i in range(self.tables)])) for b in batches]
+        t0 = time.perf_counter()
+        for idx in inputs:
+            self.tbe(idx, self.offsets).backward(self.grad)
+        return time.perf_counter() - t0
 
 
-def _ps(args, shards: int, batches, grads) -> tuple[float, dict]:
-    """Seconds per step of pull_many + push_many through the client, next pull prefetched."""
+def _ps(args, shards: int, batches, grads, local: _LocalTBE) -> tuple[float, float, dict]:
+    """Seconds per step of pull_many + push_many through the client (next pull prefetched), and of
+    the local TBE on the same batches, measured in alternating chunks of ``args.chunk`` steps so
+    that both see the same background load."""
     from paramserver import PSConfig, TableConfig, create_parameter_server
 
     cfg = PSConfig(tables=tuple(TableConfig(f"t{i}", args.dim) for i in range(args.tables)),
                    num_shards=shards, capacity_per_shard=int(args.rows * 1.2 / shards) + 1024,
                    mode="sync", num_workers=1, learning_rate=0.01, seed=args.seed)
     client = create_parameter_server(cfg)
+    ps_time = local_time = 0.0
     try:
+        local.run(batches[:args.warmup])
         ticket = client.pull_many(batches[0], step=0)
         pushes = []
-        t0 = 0.0
+        t0 = time.perf_counter()
         for s, batch in enumerate(batches):
-            if s == args.warmup:
+            if s >= args.warmup and (s - args.warmup) % args.chunk == 0:  # chunk boundary: swap to the baseline
                 for p in pushes:
                     client.wait(p)
+                pushes = []
+                if s > args.warmup:
+                    ps_time += time.perf_counter() - t0
+                local_time += local.run(batches[s:s + args.chunk])
                 t0 = time.perf_counter()
             client.wait(ticket)  # rows of this step (the model would compute here)
             if s + 1 < len(batches):
@@ -86,11 +102,14 @@ def _ps(args, shards: int, batches, grads) -> tuple[float, dict]:
             pushes.append(client.push_many({t: (ids, grads[t]) for t, ids in batch.items()}, step=s))
         for p in pushes:
             client.wait(p)
-        per_step = (time.perf_counter() - t0) / (len(batches) - args.warmup)
+        ps_time += time.perf_counter() - t0
         stats = client.stats()
     finally:
         client.shutdown()
-    return per_step, {"rows": sum(s["rows"] for s in stats), "dropped_grads": sum(s["dropped_grads"] for s in stats)}
+    steps = len(batches) - args.warmup
+    return ps_time / steps, local_time / steps, {
+        "rows": sum(s["rows"] for s in stats),
+        "shard_busy_ms_per_step": 1e3 * sum(s["pull_busy_s"] + s["push_busy_s"] for s in stats) / len(batches)}
 
 
 class _NaiveShard:
@@ -172,9 +191,11 @@ def run(args: argparse.Namespace) -> dict:
         "ratio_vs_local_tbe": {}, "ratio_vs_naive_ps": {},
         "local_tbe_ms_per_step": {}, "ps_ms_per_step": {}, "naive_ps_ms_per_step": {},
     }
-    for n in shard_counts:  # the baselines are re-measured next to each PS run: this machine is noisy
-        local = _local_tbe(args, batches, grads)
-        per_step, _ = _ps(args, n, batches, grads)
+    baseline = _LocalTBE(args, grads)
+    result["shard_busy_ms_per_step"] = {}
+    for n in shard_counts:  # the local baseline alternates with the PS in chunks: this machine is noisy
+        per_step, local, info = _ps(args, n, batches, grads, baseline)
+        result["shard_busy_ms_per_step"][str(n)] = info["shard_busy_ms_per_step"]
         naive = _naive(args, n, batches, grads)
         key = str(n)
         result["local_tbe_rows_per_s"][key] = rows_per_step / local
