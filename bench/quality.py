@@ -46,6 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: less noise from neighbours)")
     p.add_argument("--plot-dir", type=Path, default=None, help="write quality_<dataset>.png here")
     p.add_argument("--per-point", action="store_true", help="include the per-point table in the result")
+    p.add_argument("--strategies", action="store_true",
+                   help="also replay periodic (window 4) and fusion (lambda 0.5) and report their mean AUC")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -78,6 +80,14 @@ def run(args: argparse.Namespace) -> dict:
     model = ModelConfig(interaction=args.interaction, bottom_mlp=(16,))
     result = run_quality(args.dataset, spec, shards, names, model, train, points)
     out = {"dataset": args.dataset, **result.summary(), "wall_s": time.perf_counter() - t0}
+    if args.strategies:
+        from trainer.quality import run_strategy
+        from trainer.strategies import FusionPolicy, OnlinePolicy, PeriodicPolicy
+
+        policies = {"online": OnlinePolicy(), "periodic_w4": PeriodicPolicy(window=4),
+                    "fusion_0.5": FusionPolicy(0.5), "fusion_0.9": FusionPolicy(0.9)}
+        out["strategies"] = {name: run_strategy(spec, shards, model, train, pol, points)
+                             for name, pol in policies.items()}
     if args.plot_dir is not None:
         from trainer.report import write_report
 

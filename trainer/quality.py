@@ -193,3 +193,29 @@ def synthetic_shard(spec, n: int, seed: int, start_ts: int = 1_511_658_000, n_us
     eid = (np.int64(seed) << 32) + np.arange(n, dtype=np.int64)
     return EventBatch(source=f"synthetic-{seed}", event_id=eid, ts=ts, label=label, sparse=sparse, dense=dense,
                       rows=np.arange(1, n + 1, dtype=np.int64), table=pa.table({"event_id": eid}))
+
+
+def run_strategy(spec, shards: Sequence[EventBatch], model_cfg: ModelConfig, train_cfg: TrainConfig, policy,
+                 points: Sequence[int]) -> dict[str, float]:
+    """Progressive replay under ``policy`` (:mod:`trainer.strategies`): before each shard t in
+    ``points`` the current model scores shard t; after every shard the policy's decision is
+    applied. Returns the mean AUC / log-loss over ``points`` and the examples trained up to the
+    last point.
+    """
+    from trainer.strategies import apply_decision
+
+    trainer = LocalTrainer(spec, model_cfg, train_cfg)
+    aucs, losses, examples, seconds = [], [], 0, 0.0
+    last = max(points)
+    for t in range(last + 1):
+        if t in points:
+            s = trainer.score(shards[t])
+            aucs.append(auc(shards[t].label, s))
+            losses.append(log_loss(shards[t].label, s))
+        if t == last:
+            break
+        trainer, spent = apply_decision(trainer, policy.decide(t), shards)
+        examples += spent["examples"]
+        seconds += spent["seconds"]
+    return {"auc": float(np.nanmean(aucs)), "log_loss": float(np.mean(losses)), "examples": examples,
+            "seconds": seconds}

@@ -40,3 +40,18 @@ def test_small_quality_run_on_real_taobao(taobao_csv, tmp_path):
     assert math.isclose(s["compute_ratio"], sum(rows[:5]) / (2 * sum(rows[:3]) + 2 * sum(rows[:5])))
     assert r.points[1].inc_examples == rows[3] + rows[4]
     assert len(r.incremental_auc_by_shard) == 6
+
+
+def test_online_strategy_replay_agrees_with_the_incremental_side_of_run_quality():
+    from trainer.quality import run_strategy, synthetic_shard
+    from trainer.strategies import OnlinePolicy, PeriodicPolicy
+
+    spec = load_spec("taobao")
+    shards = [synthetic_shard(spec, 800, seed=s) for s in range(5)]
+    cfg = TrainConfig(batch_size=128, epochs_full_retrain=1, table_capacity=4096)
+    r = run_quality("synthetic", spec, shards, [str(i) for i in range(5)], ModelConfig(), cfg, points=[2, 4])
+    online = run_strategy(spec, shards, ModelConfig(), cfg, OnlinePolicy(), [2, 4])
+    assert online["auc"] == r.summary()["auc_incremental"]
+    assert online["examples"] == r.summary()["incremental_examples"] == 3200
+    periodic = run_strategy(spec, shards, ModelConfig(), cfg, PeriodicPolicy(window=2), [2, 4])
+    assert periodic["examples"] == 800 * (1 + 2 + 2 + 2)
