@@ -36,7 +36,7 @@ class ShardHost:
         self.policy = StalenessPolicy(cfg.max_staleness, cfg.stale_policy)
         self._applied: asyncio.Condition | None = None
         self._dims = {t.name: t.dim for t in cfg.tables}
-        self._busy = {"pull_busy_s": 0.0, "push_busy_s": 0.0}
+        self._busy = {"pull_cpu_s": 0.0, "push_cpu_s": 0.0}
 
     def _condition(self) -> asyncio.Condition:
         if self._applied is None:
@@ -54,20 +54,20 @@ class ShardHost:
             cond = self._condition()
             async with cond:
                 await cond.wait_for(lambda: self.shard.version >= step)
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         batch = wire.unpack_ids(msg)
         rows = wire.pack_rows(msg[0], self.shard.pull(batch, step))
-        self._busy["pull_busy_s"] += time.perf_counter() - t0
+        self._busy["pull_cpu_s"] += time.thread_time() - t0
         return rows, self.shard.version
 
     async def push(self, msg: tuple, step: int | None, rank: int, read_version: int | None) -> dict:
         """Apply (async) or buffer until the step is complete (sync) a packed push; returns what happened."""
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         try:
             batch = wire.unpack_grads(msg, self._dims)
             return await self._push(batch, step, rank, read_version)
         finally:
-            self._busy["push_busy_s"] += time.perf_counter() - t0
+            self._busy["push_cpu_s"] += time.thread_time() - t0
 
     async def _push(self, batch: dict, step: int | None, rank: int, read_version: int | None) -> dict:
         if self.cfg.mode == "sync":
