@@ -31,7 +31,11 @@ class ShardHost:
 
         torch.set_num_threads(1)
         self.cfg = cfg
-        self.shard = EmbeddingShard(cfg, index)
+        self._init_error: Exception | None = None
+        try:
+            self.shard = EmbeddingShard(cfg, index)
+        except Exception as exc:  # re-raised by ready(), so the caller gets the error itself
+            self._init_error = exc
         self.aggregator = SyncAggregator(cfg.num_workers)
         self.policy = StalenessPolicy(cfg.max_staleness, cfg.stale_policy)
         self._applied: asyncio.Condition | None = None
@@ -44,6 +48,8 @@ class ShardHost:
         return self._applied
 
     async def ready(self) -> int:
+        if self._init_error is not None:
+            raise self._init_error
         return self.shard.index
 
     async def pull(self, msg: tuple, step: int | None) -> tuple[np.ndarray, int]:
@@ -107,8 +113,12 @@ def create_shard_actors(cfg: PSConfig) -> list:
     remote_cls = ray.remote(ShardHost)
     actors = [remote_cls.options(num_cpus=cfg.actor_num_cpus, max_concurrency=1000).remote(cfg, i)
               for i in range(cfg.num_shards)]
-    for i, actor in enumerate(actors):
-        get(actor.ready.remote(), i)
+    try:
+        for i, actor in enumerate(actors):
+            get(actor.ready.remote(), i)
+    except Exception:
+        kill(actors)
+        raise
     return actors
 
 

@@ -126,6 +126,8 @@ class PSClient:
         push raises BadPushError and nothing is sent.
         """
         n = self.cfg.num_shards
+        if self.cfg.mode == "sync" and (step is None or step < 0):
+            raise BadPushError("*", f"sync mode needs push_many(..., step=s) with s >= 0 counting up from 0, got {step}")
         per_shard: list[dict] = [{} for _ in range(n)]
         for table, value in grads_by_table.items():
             if not isinstance(value, tuple) or len(value) != 2:

@@ -128,3 +128,10 @@ def test_bad_calls_are_rejected_by_the_shard_and_a_dead_shard_is_named(ray_local
     client.shutdown()
     with pytest.raises(ShardUnavailableError, match="shard"):
         client.wait(client.pull("user", ids))
+
+
+def test_a_shard_that_cannot_start_reports_the_reason(ray_local):
+    from cluster.config import ConfigError
+
+    with pytest.raises(ConfigError, match="needs CUDA"):  # no GPU here: Adam on "auto" resolves to CPU
+        create_parameter_server(PSConfig(tables=TABLES, optimizer="adam", device="auto"))
