@@ -131,6 +131,7 @@ class EmbeddingShard:
         self._total_dim = col
         self.version = 0  # updates applied (async: pushes; sync: steps)
         self.step = 0  # highest step seen
+        self._next_ttl_sweep = 0
         self._stats = dict(admitted=0, evicted=0, evicted_ttl=0, evicted_lfu=0, dropped_grads=0,
                            stale_pushes=0, dropped_stale_pushes=0, pulls=0, pushes=0, rows_pulled=0,
                            rows_pushed=0)
@@ -277,7 +278,9 @@ class EmbeddingShard:
         step = int(step)
         if step > self.step:
             self.step = step
-            if self.cfg.ttl_steps is not None:
+            # TTL sweep every ttl/8 steps (O(capacity) each): a row expires at most ttl/8 steps late
+            if self.cfg.ttl_steps is not None and step >= self._next_ttl_sweep:
+                self._next_ttl_sweep = step + max(1, self.cfg.ttl_steps // 8)
                 for ts in self._tables.values():
                     victims = expired_slots(ts.ids.occupied, ts.last_seen, step, self.cfg.ttl_steps)
                     self._evict(ts, victims, "evicted_ttl")
@@ -301,7 +304,8 @@ class EmbeddingShard:
         if len(miss) == 0:
             return slots
         short = len(miss) - ts.ids.free
-        if short > 0:
+        if short > 0:  # evict 1% of the table beyond what is needed, so a full table does not scan every step
+            short = max(short, ts.ids.capacity // 100)
             victims = lfu_victims(ts.ids.occupied, ts.count, ts.last_seen, hs, short)
             self._evict(ts, victims, "evicted_lfu")
         if len(miss) > ts.ids.free:  # still full (the batch itself fills the table): most frequent first

@@ -265,3 +265,22 @@ def test_sync_aggregator_waits_for_every_rank_and_rejects_replays():
 ])
 def test_staleness_policy_decisions(read, version, policy, decision):
     assert StalenessPolicy(2, policy).decide(read, version) is decision
+
+
+def test_pending_counts_stay_bounded_and_keep_the_recent_ids():
+    from paramserver.idmap import CountTable
+
+    table = CountTable(limit=100)
+    for step in range(10):
+        ids = np.arange(step * 50, step * 50 + 50)
+        table.add(ids, np.ones(50, np.int64), step)
+        assert len(table) <= 100
+    totals = table.add(np.array([449, 0]), np.array([1, 1]), 10)  # 449 (step 8) kept, 0 (step 0) forgotten
+    assert totals.tolist() == [2, 1]
+
+
+def test_a_full_table_evicts_one_percent_beyond_the_need():
+    shard = EmbeddingShard(cfg_of(capacity_per_shard=200))
+    shard.pull({"user": np.arange(200)}, step=0)
+    shard.pull({"user": np.array([1000])}, step=1)
+    assert shard.stats()["evicted_lfu"] == 2 and shard.stats()["rows_per_table"]["user"] == 199
