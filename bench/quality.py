@@ -20,11 +20,13 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TAOBAO = DATA / "taobao_userbehavior" / "UserBehavior_timeordered_96k.csv"
 ML100K = DATA / "ml-100k" / "ml-100k.inter"
 
-# Tuned once for both sides alike (docs/benchmarks.md, "Quality" section).
-DEFAULTS = dict(batch_size=256, sparse_lr=0.01, dense_lr=0.003, init_scale=0.01)
-# Full-retrain epochs (k) with the best full-retrain AUC in the sweep: a second pass over the
-# Taobao log overfits the id embeddings (log-loss 0.34 -> 0.52); MovieLens gains a little from 2.
-EPOCHS = {"taobao": 1, "movielens": 2}
+# Per data set, tuned for the best full-retrain AUC and used by both sides alike (the sweep is
+# in docs/benchmarks.md, "Quality" section). epochs = full-retrain epochs k: a second pass over
+# the Taobao log overfits the id embeddings (log-loss 0.34 -> 0.52); MovieLens gains a little.
+DEFAULTS = {
+    "taobao": dict(batch_size=256, sparse_lr=0.03, dense_lr=0.003, init_scale=0.01, epochs=1),
+    "movielens": dict(batch_size=256, sparse_lr=0.1, dense_lr=0.01, init_scale=0.01, epochs=2),
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,13 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=4, help="shards before the first point")
     p.add_argument("--every", default="5m", help="Taobao shard length (default 5m)")
     p.add_argument("--shards", type=int, default=20, help="MovieLens: equal-count shards by timestamp")
-    p.add_argument("--epochs", type=int, default=None,
-                   help=f"full-retrain epochs k (default per data set: {EPOCHS})")
+    p.add_argument("--epochs", type=int, default=None, help="full-retrain epochs k (default: per data set)")
     p.add_argument("--interaction", choices=("dcn", "dot"), default="dcn")
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    p.add_argument("--sparse-lr", type=float, default=DEFAULTS["sparse_lr"])
-    p.add_argument("--dense-lr", type=float, default=DEFAULTS["dense_lr"])
-    p.add_argument("--init-scale", type=float, default=DEFAULTS["init_scale"])
+    p.add_argument("--batch-size", type=int, default=None, help="default: per data set (see DEFAULTS)")
+    p.add_argument("--sparse-lr", type=float, default=None, help="row-wise Adagrad lr; default: per data set")
+    p.add_argument("--dense-lr", type=float, default=None, help="dense Adagrad lr; default: per data set")
+    p.add_argument("--init-scale", type=float, default=None, help="new rows in +-init_scale; default: per data set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: less noise from neighbours)")
     p.add_argument("--plot-dir", type=Path, default=None, help="write quality_<dataset>.png here")
@@ -73,13 +74,21 @@ def run(args: argparse.Namespace) -> dict:
     points = choose_points([len(s) for s in shards], args.warmup, args.points)
     if not points:
         raise UserError(f"no evaluation point: {len(shards)} shards and --warmup {args.warmup}")
-    train = TrainConfig(batch_size=args.batch_size, sparse_lr=args.sparse_lr, dense_lr=args.dense_lr,
-                        init_scale=args.init_scale, seed=args.seed,
-                        epochs_full_retrain=args.epochs or EPOCHS[args.dataset],
+    d = DEFAULTS[args.dataset]
+
+    def pick(name):
+        value = getattr(args, name)
+        return d[name] if value is None else value
+
+    train = TrainConfig(batch_size=pick("batch_size"), sparse_lr=pick("sparse_lr"), dense_lr=pick("dense_lr"),
+                        init_scale=pick("init_scale"), seed=args.seed, epochs_full_retrain=pick("epochs"),
                         table_capacity=1 << 17)
     model = ModelConfig(interaction=args.interaction, bottom_mlp=(16,))
     result = run_quality(args.dataset, spec, shards, names, model, train, points)
-    out = {"dataset": args.dataset, **result.summary(), "wall_s": time.perf_counter() - t0}
+    out = {"dataset": args.dataset, **result.summary(), "wall_s": time.perf_counter() - t0,
+           "config": {k: getattr(train, k) for k in ("batch_size", "sparse_lr", "dense_lr", "init_scale", "seed")}
+           | {"interaction": args.interaction, "shards_every": args.every if args.dataset == "taobao" else
+              f"{args.shards} equal-count"}}
     if args.strategies:
         from trainer.quality import run_strategy
         from trainer.strategies import FusionPolicy, OnlinePolicy, PeriodicPolicy

@@ -23,6 +23,7 @@ def write_report(results, out_dir: str | Path, dpi: int = 90) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     if not isinstance(results, Sequence):
         results = [results]
@@ -50,6 +51,7 @@ def write_report(results, out_dir: str | Path, dpi: int = 90) -> list[Path]:
         ax2.set_ylabel("incremental\nexamples/s")
         ax2.set_xlabel("shard index t (time order)")
         ax2.grid(alpha=0.3)
+        ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.tight_layout()
         path = out / f"quality_{r.dataset}.png"
         fig.savefig(path, dpi=dpi)

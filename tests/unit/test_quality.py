@@ -55,3 +55,16 @@ def test_online_strategy_replay_agrees_with_the_incremental_side_of_run_quality(
     assert online["examples"] == r.summary()["incremental_examples"] == 3200
     periodic = run_strategy(spec, shards, ModelConfig(), cfg, PeriodicPolicy(window=2), [2, 4])
     assert periodic["examples"] == 800 * (1 + 2 + 2 + 2)
+
+
+def test_write_report_makes_a_png(tmp_path):
+    from trainer.quality import synthetic_shard
+    from trainer.report import write_report
+
+    spec = load_spec("taobao")
+    shards = [synthetic_shard(spec, 400, seed=s) for s in range(4)]
+    cfg = TrainConfig(batch_size=128, epochs_full_retrain=1, table_capacity=4096)
+    r = run_quality("synthetic", spec, shards, [str(i) for i in range(4)], ModelConfig(), cfg, points=[2, 3])
+    (path,) = write_report(r, tmp_path)
+    assert path.name == "quality_synthetic.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
