@@ -32,6 +32,7 @@ from paramserver import actor as _ray
 from paramserver import wire
 from paramserver.config import PSConfig
 from paramserver.errors import BadPullError, BadPushError, UnknownTableError
+from paramserver.shard import sum_duplicates
 from paramserver.sharding import group_by_shard
 
 
@@ -143,8 +144,6 @@ class PSClient:
                                           f"got {list(grads.shape)}")
             if not np.isfinite(grads).all():
                 raise BadPushError(table, "gradients hold NaN or inf")
-            from paramserver.shard import sum_duplicates
-
             uniq, summed = sum_duplicates(ids, grads)
             if n == 1:
                 per_shard[0][table] = (uniq, summed)
