@@ -284,7 +284,7 @@ class EmbeddingShard:
                 for ts in self._tables.values():
                     victims = expired_slots(ts.ids.occupied, ts.last_seen, step, self.cfg.ttl_steps)
                     self._evict(ts, victims, "evicted_ttl")
-        return step
+        return self.step  # a lagging async worker's step never moves last_seen backwards
 
     def _see(self, ts: _TableState, ids: np.ndarray, counts: np.ndarray, step: int) -> np.ndarray:
         slots = ts.ids.lookup(ids)
