@@ -74,22 +74,25 @@ class TrainConfig:
     dense_clip: normalised dense features are clipped to [-dense_clip, dense_clip] (a feature
     constant so far, e.g. the hour in a 2-hour log, would otherwise become huge when it moves).
     init_scale: new embedding rows are uniform in +-init_scale (None: 1/sqrt(dim), the PS default).
+
+    The defaults of the learning rates, init_scale and epochs_full_retrain are the ones tuned on
+    the Taobao log (docs/benchmarks.md, "Quality"); a full retrain beyond one epoch overfits there.
     """
 
     batch_size: int = 256
-    sparse_lr: float = 0.05
+    sparse_lr: float = 0.03
     sparse_eps: float = 1e-8
-    dense_lr: float = 0.05
+    dense_lr: float = 0.003
     dense_optimizer: str = "adagrad"
     seed: int = 0
     strategy: Strategy = Strategy.ONLINE
     fusion_lambda: float = 0.5
     window: int = 4
     period: int = 1
-    epochs_full_retrain: int = 2
+    epochs_full_retrain: int = 1
     table_capacity: int = 1 << 17
     dense_clip: float = 5.0
-    init_scale: float | None = None
+    init_scale: float | None = 0.01
 
     def __post_init__(self) -> None:
         try:
