@@ -56,9 +56,9 @@ class OnlinePolicy:
 class PeriodicPolicy:
     """Periodic batch update: every ``period`` shards, one pass over the last ``window`` shards.
 
-    >>> PeriodicPolicy(window=3, period=2).decide(4).shards
-    (2, 3, 4)
-    >>> PeriodicPolicy(window=3, period=2).decide(3).action
+    >>> PeriodicPolicy(window=3, period=2).decide(5).shards
+    (3, 4, 5)
+    >>> PeriodicPolicy(window=3, period=2).decide(4).action
     <Action.SKIP: 'skip'>
     """
 
