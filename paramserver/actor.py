@@ -127,13 +127,17 @@ def submit(actor, method: str, *args):
     return getattr(actor, method).remote(*args)
 
 
-def get(ref, shard: int):
-    """Wait for one shard's reply; PS errors come back as themselves, a dead shard as ShardUnavailableError."""
+def get(ref, shard: int, timeout_s: float | None = None):
+    """Wait for one shard's reply; PS errors come back as themselves, a dead or silent shard
+    as ShardUnavailableError."""
     import ray
     from ray import exceptions as rex
 
     try:
-        return ray.get(ref)
+        return ray.get(ref, timeout=timeout_s)
+    except rex.GetTimeoutError:
+        raise ShardUnavailableError(shard, f"no reply within {timeout_s} s (sync mode: does every worker "
+                                           "push every step?)") from None
     except rex.RayTaskError as exc:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, Exception) and not isinstance(cause, rex.RayError):

@@ -162,9 +162,13 @@ class PSClient:
         return Ticket("push", refs, step=step)
 
     # ------------------------------------------------------------------- wait
-    def wait(self, ticket: Ticket):
-        """Block until ``ticket`` is done; returns the pull's rows or the pushes' replies."""
-        replies = [(s, _ray.get(ref, s)) for s, ref in ticket.refs]
+    def wait(self, ticket: Ticket, timeout_s: float | None = None):
+        """Block until ``ticket`` is done; returns the pull's rows or the pushes' replies.
+
+        ``timeout_s`` bounds the wait for each shard (ShardUnavailableError past it; the
+        request itself is not cancelled).
+        """
+        replies = [(s, _ray.get(ref, s, timeout_s)) for s, ref in ticket.refs]
         if ticket.kind == "push":
             return {s: r for s, r in replies}
         by_shard = {s: wire.unpack_rows(*ticket.layout[s], self._dims, flat)

@@ -130,6 +130,20 @@ def test_bad_calls_are_rejected_by_the_shard_and_a_dead_shard_is_named(ray_local
         client.wait(client.pull("user", ids))
 
 
+def test_a_sync_pull_waits_for_every_worker_and_can_time_out(ray_local):
+    client = create_parameter_server(PSConfig(tables=TABLES, mode="sync", num_workers=2))
+    try:
+        one = np.array([1])
+        client.wait(client.pull("user", one, step=0))
+        client.wait(client.push("user", one, np.ones((1, 8), np.float32), step=0))  # rank 1 never pushes
+        with pytest.raises(ShardUnavailableError, match="every worker"):
+            client.wait(client.pull("user", one, step=1), timeout_s=0.5)
+        client.for_rank(1).push_many({}, step=0)
+        assert client.wait(client.pull("user", one, step=1), timeout_s=30).shape == (1, 8)
+    finally:
+        client.shutdown()
+
+
 def test_a_shard_that_cannot_start_reports_the_reason(ray_local):
     from cluster.config import ConfigError
 
