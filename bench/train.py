@@ -17,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows", type=int, default=48_000, help="use the first ROWS rows of the log")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--every", default="5m", help="shard window")
+    p.add_argument("--mode", choices=["sync", "async"], default="sync", help="PS consistency mode")
 
 
 def _head(src: Path, rows: int, dst: Path) -> None:
@@ -61,12 +62,14 @@ def run(args: argparse.Namespace) -> dict:
         ps_rate = {}
         for workers in (1, 2):
             result, _ = run_ps_training(spec, mcfg, tcfg, tmp / f"run{workers}", history=tmp / "shards",
-                                        num_workers=workers, num_shards=2, mode="sync")
-            ps_rate[str(workers)] = sum(m["examples"] for m in result.metrics) / sum(m["train_seconds"] for m in result.metrics)
+                                        num_workers=workers, num_shards=2, mode=args.mode)
+            ps_rate[str(workers)] = (sum(m["examples_trained"] for m in result.metrics)
+                                    / sum(m["train_seconds"] for m in result.metrics))
     return {
         "rows": examples,
         "shards": len(shards),
         "batch_size": args.batch_size,
+        "mode": args.mode,
         "local_examples_per_s": local_rate,
         "ps_examples_per_s": ps_rate,
         "ratio_vs_local": ps_rate["1"] / local_rate,

@@ -96,6 +96,12 @@ class ShardHost:
             self.shard.apply_push(prepared, step)
         return {"decision": decision.value, "version": self.shard.version}
 
+    async def push_pull(self, push_msg: tuple, pull_msg: tuple, step: int, rank: int,
+                        read_version: int | None) -> tuple[np.ndarray, int]:
+        """Push of ``step`` then pull for ``step + 1`` (sync: once the step is applied) in one call."""
+        await self.push(push_msg, step, rank, read_version)
+        return await self.pull(pull_msg, step + 1)
+
     async def stats(self) -> dict:
         return {**self.shard.stats(), **self._busy}
 

@@ -40,7 +40,7 @@ from paramserver.sharding import group_by_shard
 class Ticket:
     """A request in flight: ``client.wait(ticket)`` returns its result (once)."""
 
-    kind: str  # "pull" | "push" | "pull_one" | "push_one"
+    kind: str  # "pull" | "push" | "push_pull"
     refs: list  # [(shard, object ref)]
     plan: dict = dataclasses.field(default_factory=dict)  # how to reassemble a pull
     step: int | None = None
@@ -93,6 +93,12 @@ class PSClient:
             client.wait(client.push_many(grads, step=s))                  # doctest: +SKIP
             rows = client.wait(nxt)                                       # doctest: +SKIP
         """
+        sent, plan = self._route_pull(ids_by_table)
+        refs = [(s, _ray.submit(self._actors[s], "pull", msg, step)) for s, msg in sent.items()]
+        return Ticket("pull", refs, plan, step, layout={s: (msg[0], msg[1]) for s, msg in sent.items()})
+
+    def _route_pull(self, ids_by_table: Mapping[str, np.ndarray]) -> tuple[dict[int, tuple], dict]:
+        """De-duplicate and route: ({shard: packed request}, plan to reassemble the reply)."""
         n = self.cfg.num_shards
         per_shard: list[dict] = [{} for _ in range(n)]
         plan = {}
@@ -107,9 +113,7 @@ class PSClient:
                     if len(pos):
                         per_shard[s][table] = (uniq[pos], counts[pos])
             plan[table] = (len(uniq), inverse, groups)
-        sent = {s: wire.pack_ids(b) for s, b in enumerate(per_shard) if b}
-        refs = [(s, _ray.submit(self._actors[s], "pull", msg, step)) for s, msg in sent.items()]
-        return Ticket("pull", refs, plan, step, layout={s: (msg[0], msg[1]) for s, msg in sent.items()})
+        return {s: wire.pack_ids(b) for s, b in enumerate(per_shard) if b}, plan
 
     # ------------------------------------------------------------------- push
     def push(self, table: str, ids: np.ndarray, grads: np.ndarray, step: int | None = None) -> Ticket:
@@ -126,6 +130,43 @@ class PSClient:
         so the shard can measure its staleness. Everything is validated here first: a bad
         push raises BadPushError and nothing is sent.
         """
+        sent = self._route_push(grads_by_table, step)
+        refs = [(s, _ray.submit(self._actors[s], "push", msg, step, self.rank, version))
+                for s, (msg, version) in sent.items()]
+        return Ticket("push", refs, step=step)
+
+    def push_pull(self, grads_by_table: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                  next_ids_by_table: Mapping[str, np.ndarray], step: int) -> Ticket:
+        """Push step ``step``'s grads and pull the rows of step ``step + 1``: ONE call per shard.
+
+        ps-lite's PushPull: it halves the round trips of a training step. ``wait`` returns
+        the rows of ``next_ids_by_table`` as :meth:`pull_many` would; in sync mode the shard
+        answers once every worker's push of ``step`` is applied (the rows are exactly
+        those a separate ``pull_many(step=step + 1)`` would return).
+
+            rows = client.wait(client.pull_many(ids0, step=0))                 # doctest: +SKIP
+            for s in range(steps):                                               # doctest: +SKIP
+                grads = compute(rows)                                            # doctest: +SKIP
+                rows = client.wait(client.push_pull(grads, ids[s + 1], step=s))  # doctest: +SKIP
+        """
+        if step is None or step < 0:
+            raise BadPushError("*", f"push_pull needs step >= 0, got {step}")
+        pushes = self._route_push(grads_by_table, step)
+        pulls, plan = self._route_pull(next_ids_by_table)
+        empty = wire.pack_ids({})
+        refs = []
+        for s in sorted(set(pushes) | set(pulls)):
+            if s in pushes:
+                msg, version = pushes[s]
+                refs.append((s, _ray.submit(self._actors[s], "push_pull", msg, pulls.get(s, empty), step, self.rank,
+                                            version)))
+            else:  # async mode: nothing to push to this shard
+                refs.append((s, _ray.submit(self._actors[s], "pull", pulls[s], step + 1)))
+        return Ticket("push_pull", refs, plan, step + 1, layout={s: (m[0], m[1]) for s, m in pulls.items()})
+
+    def _route_push(self, grads_by_table: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                    step: int | None) -> dict[int, tuple]:
+        """Validate, sum duplicates, route: {shard: (packed push, read version)}; raises before sending."""
         n = self.cfg.num_shards
         if self.cfg.mode == "sync" and (step is None or step < 0):
             raise BadPushError("*", f"sync mode needs push_many(..., step=s) with s >= 0 counting up from 0, got {step}")
@@ -153,13 +194,9 @@ class PSClient:
                     per_shard[s][table] = (uniq[pos], summed[pos])
         versions = self._read_versions.pop(step, None) if step is not None else None
         sync = self.cfg.mode == "sync"
-        refs = []
-        for s, batch in enumerate(per_shard):
-            if batch or sync:  # in sync mode every shard must hear from every worker each step
-                read_version = None if versions is None else versions.get(s)
-                refs.append((s, _ray.submit(self._actors[s], "push", wire.pack_grads(batch), step, self.rank,
-                                            read_version)))
-        return Ticket("push", refs, step=step)
+        return {s: (wire.pack_grads(batch), None if versions is None else versions.get(s))
+                for s, batch in enumerate(per_shard)
+                if batch or sync}  # in sync mode every shard must hear from every worker each step
 
     # ------------------------------------------------------------------- wait
     def wait(self, ticket: Ticket, timeout_s: float | None = None):
@@ -172,7 +209,7 @@ class PSClient:
         if ticket.kind == "push":
             return {s: r for s, r in replies}
         by_shard = {s: wire.unpack_rows(*ticket.layout[s], self._dims, flat)
-                    for s, (flat, _) in replies}
+                    for s, (flat, _) in replies if s in ticket.layout}
         if ticket.step is not None:
             self._read_versions[ticket.step] = {s: v for s, (_, v) in replies}
             for old in [k for k in self._read_versions if k < ticket.step - 64]:

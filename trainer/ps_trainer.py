@@ -16,9 +16,11 @@ every worker updates from the whole shard (each worker reads the whole shard: sh
 small time windows, and this keeps the stats identical without communication). Progressive
 validation: rank 0 scores the whole shard before anyone trains on it.
 
-Sync mode: a pull for step s waits until every worker's push of step s-1 is applied, so the
-next pull is issued right after the push. Async mode: the next minibatch's rows are
-prefetched before the current one is computed (staleness 1, within the PS's bound).
+Sync mode: a pull for step s can only be answered once every worker's push of step s-1 is
+applied, so each step makes ONE round trip per shard, ``push_pull`` (push step s, pull the
+rows of step s+1). Async mode: the next minibatch's rows are prefetched before the current
+one is computed (staleness 1, within the PS's bound) and pushes are not waited for until
+four are in flight.
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.config import ModelConfig, TrainConfig
+from cluster.config import ConfigError
+from trainer.config import ModelConfig, Strategy, TrainConfig
 from trainer.data import DataLedger, EventBatch, RunningStats
 from trainer.local import SCORE_BATCH, dense_optimizer
 from trainer.metrics import ProgressiveValidator, ShardMetrics
 from trainer.model import DLRM, build_model
+from trainer.strategies import Action, fuse, make_policy
 
 
 class PSTrainerCore:
@@ -57,6 +61,12 @@ class PSTrainerCore:
         self.step = 0  # the sync step counter, identical on every worker
         self.examples_trained = 0
         self.async_mode = client.cfg.mode == "async"
+        if train_cfg.strategy is Strategy.FULL_RETRAIN:
+            raise ConfigError("train.strategy=full_retrain is the baseline of `freshrec bench quality`, not a PS "
+                              "mode: use online, periodic or fusion")
+        self.policy = make_policy(train_cfg)
+        self._recent: dict[int, EventBatch] = {}  # shards a periodic update may revisit
+        self._shards_seen = 0
 
     def _normalize(self, dense: np.ndarray) -> np.ndarray:
         x = self.stats.normalize(dense)
@@ -94,15 +104,17 @@ class PSTrainerCore:
         client, world = self.client, self.world
         step0 = self.step
 
-        def pull(k: int):
-            return client.pull_many({t: v[parts[k]] for t, v in batch.sparse.items()}, step=step0 + k)
+        def ids_of(k: int) -> dict[str, np.ndarray]:
+            return {t: v[parts[k]] for t, v in batch.sparse.items()}
 
-        ticket = pull(0) if parts else None
+        ticket = client.pull_many(ids_of(0), step=step0) if parts else None
+        pending = []  # push tickets not yet waited for
         total_loss = 0.0
         for k, idx in enumerate(parts):
             rows = client.wait(ticket)
-            if self.async_mode and k + 1 < len(parts):
-                ticket = pull(k + 1)  # prefetch: the next rows load while this step computes
+            last = k + 1 == len(parts)
+            if self.async_mode and not last:
+                ticket = client.pull_many(ids_of(k + 1), step=step0 + k + 1)  # prefetch during this step
             emb = {t: torch.from_numpy(r).to(self.device).requires_grad_(True) for t, r in rows.items()}
             n_global = min(bs, n - k * bs)
             ti = torch.from_numpy(idx).to(self.device)
@@ -113,31 +125,51 @@ class PSTrainerCore:
             loss.backward()
             grads = {t: (batch.sparse[t][idx], (e.grad.cpu().numpy() / world).astype(np.float32, copy=False))
                      for t, e in emb.items()}
-            push = client.push_many(grads, step=step0 + k)
-            if not self.async_mode and k + 1 < len(parts):
-                ticket = pull(k + 1)  # issued now: the shard answers once every worker's step k is in
+            if self.async_mode or last:
+                pending.append(client.push_many(grads, step=step0 + k))
+            else:  # sync: one round trip per shard pushes step k and brings step k+1's rows
+                ticket = client.push_pull(grads, ids_of(k + 1), step=step0 + k)
             self.optimizer.step()
-            client.wait(push)
             total_loss += float(loss_sum.detach())
+            while len(pending) > 4 or (last and pending):  # bound what is in flight; errors surface here
+                client.wait(pending.pop(0))
         self.step = step0 + len(parts)
         self.examples_trained += n
         seconds = time.perf_counter() - t0
         return {"examples": n, "seconds": seconds, "loss": total_loss}
 
     def step_shard(self, batch: EventBatch, name: str) -> ShardMetrics | None:
-        """Progressive validation (rank 0 scores the whole shard first), then train once."""
+        """Progressive validation (rank 0 scores the whole shard first), then the update the
+        strategy decides (online: this shard once; periodic: the last W shards every P-th
+        shard; fusion: online, then theta = lambda * theta_new + (1 - lambda) * theta_prev)."""
         metrics = None
+        i = self._shards_seen
+        self._shards_seen += 1
         if self.rank == 0:
             self.validator.record(name, batch.label, self.score(batch))
-        info = self.train(batch)
+        decision = self.policy.decide(i)
+        self._recent[i] = batch
+        keep = getattr(self.policy, "window", 1)
+        for old in [j for j in self._recent if j <= i - keep]:
+            del self._recent[old]
+        seconds, self.last_trained = 0.0, 0
+        if decision.action is Action.TRAIN and decision.shards:
+            prev = self.dense_state() if decision.fuse_lambda is not None else None
+            todo = EventBatch.concat([self._recent[j] for j in decision.shards])
+            seconds = self.train(todo)["seconds"]
+            self.last_trained = len(todo)
+            if prev is not None:
+                self._model().load_state_dict(fuse(self.dense_state(), prev, decision.fuse_lambda))
         if self.rank == 0:
-            self.validator.set_train_seconds(info["seconds"])
+            self.validator.set_train_seconds(seconds)
             metrics = self.validator.shards[-1]
         return metrics
 
+    def _model(self) -> torch.nn.Module:
+        return getattr(self.model, "module", self.model)  # unwrap DDP
+
     def dense_state(self) -> dict[str, torch.Tensor]:
-        model = getattr(self.model, "module", self.model)  # unwrap DDP
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return {k: v.detach().clone() for k, v in self._model().state_dict().items()}
 
 
 # --------------------------------------------------------------------------- shards
@@ -252,7 +284,9 @@ def train_loop_per_worker(config: dict) -> None:
         n += 1
         if rank == 0:
             cum = core.validator.cumulative()["auc"]
-            record = {**dataclasses.asdict(metrics), "examples_per_s": metrics.examples_per_s, "cumulative_auc": cum,
+            rate = core.last_trained / metrics.train_seconds if metrics.train_seconds > 0 else float("nan")
+            record = {**dataclasses.asdict(metrics), "examples_trained": core.last_trained, "examples_per_s": rate,
+                      "cumulative_auc": cum,
                       "ledger_rows": ledger.total_rows, "wall_time": time.time()}
             with open(paths.metrics, "a") as fh:
                 fh.write(json.dumps(record) + "\n")

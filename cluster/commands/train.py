@@ -16,6 +16,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["sync", "async"], default="sync", help="PS consistency (sync: deterministic)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strategy", choices=["online", "periodic", "fusion"], default="online",
+                   help="online: each shard once; periodic: the last --window shards every --period shards; "
+                        "fusion: online, then dense theta = lambda*new + (1-lambda)*prev")
+    p.add_argument("--window", type=int, default=4, help="periodic: shards per update")
+    p.add_argument("--period", type=int, default=1, help="periodic: update every N shards")
+    p.add_argument("--fusion-lambda", type=float, default=0.5, help="fusion: weight of the new dense params")
     p.add_argument("--address", default=None, help="join an existing Ray cluster (default: start a local Ray)")
 
 
@@ -51,7 +57,9 @@ def _configs(args):
     from trainer.data import load_spec
 
     try:
-        return load_spec(args.spec), ModelConfig(), TrainConfig(batch_size=args.batch_size, seed=args.seed)
+        train = TrainConfig(batch_size=args.batch_size, seed=args.seed, strategy=args.strategy, window=args.window,
+                            period=args.period, fusion_lambda=args.fusion_lambda)
+        return load_spec(args.spec), ModelConfig(), train
     except ConfigError as exc:
         raise UserError(str(exc)) from exc
 

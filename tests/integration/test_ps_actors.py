@@ -72,6 +72,34 @@ def test_sync_actors_are_bit_identical_to_one_local_tbe(ray_local):
             c0.shutdown()
 
 
+def test_sync_push_pull_rounds_equal_separate_push_and_pull(ray_local):
+    """push_pull (one call per shard per step) gives the rows and tables of push_many + pull_many."""
+    universe = np.random.default_rng(2).integers(-(2**62), 2**62, size=80)
+    steps = make_steps(3, 5, 2, universe)
+    cfg = PSConfig(tables=TABLES, num_shards=2, num_workers=2, mode="sync", learning_rate=0.05, capacity_per_shard=128)
+    c0 = create_parameter_server(cfg)
+    c1 = c0.for_rank(1)
+    try:
+        clients = (c0, c1)
+        tickets = [c.pull_many({t: w[t][0] for t in w}, step=0) for c, w in zip(clients, steps[0])]
+        for s, per_worker in enumerate(steps):
+            rows = [c.wait(tk) for c, tk in zip(clients, tickets)]
+            assert all(rows[r][t.name].shape == (30, t.dim) for r in range(2) for t in TABLES)
+            if s + 1 < len(steps):
+                tickets = [c.push_pull(w, {t: nw[t][0] for t in nw}, step=s)
+                           for c, w, nw in zip(clients, per_worker, steps[s + 1])]
+            else:
+                for c, w in zip(clients, per_worker):
+                    c.wait(c.push_many(w, step=s))
+        final = c0.wait(c0.pull_many({t.name: universe for t in TABLES}, step=len(steps)))
+        ref = reference(cfg, steps, universe)
+        for t in TABLES:
+            seen = np.isin(universe, np.concatenate([w[t.name][0] for ws in steps for w in ws]))
+            np.testing.assert_array_equal(final[t.name][seen], ref.read(t.name, universe[seen]))
+    finally:
+        c0.shutdown()
+
+
 def test_async_two_concurrent_clients_and_bounded_staleness(ray_local):
     cfg = PSConfig(tables=TABLES, num_shards=2, mode="async", num_workers=2, optimizer="sgd",
                    learning_rate=0.1, max_staleness=1000, capacity_per_shard=64)

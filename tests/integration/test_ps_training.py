@@ -69,3 +69,33 @@ def test_two_workers_stream_incoming_once_each(ray_local, small_shards, tmp_path
     assert all(s.name in ledger for s in shards)
     assert result.metrics[-1]["ledger_rows"] == sum(len(read_shard(s, Validator(spec))) for s in shards)
     assert all(0.0 <= m["auc"] <= 1.0 for m in result.metrics if m["auc"] == m["auc"])
+
+
+@pytest.mark.parametrize("strategy", ["periodic", "fusion"])
+def test_ps_strategies_match_local_strategies(ray_local, small_shards, strategy):
+    """Periodic window updates and dense fusion in PS mode (no Ray Train: one core object)."""
+    from paramserver import create_parameter_server
+    from trainer.embeddings import ps_config_for
+    from trainer.ps_trainer import PSTrainerCore
+    from trainer.strategies import apply_decision, make_policy
+
+    spec = load_spec("taobao")
+    mcfg = ModelConfig()
+    tcfg = TrainConfig(batch_size=128, seed=5, strategy=strategy, window=2, period=2, fusion_lambda=0.3)
+    v = Validator(spec)
+    batches = [read_shard(p, v) for p in sorted(small_shards.glob("part-*.parquet"))]
+    local, policy = LocalTrainer(spec, mcfg, tcfg), make_policy(tcfg)
+    for i, b in enumerate(batches):
+        local.validator.record(str(i), b.label, local.score(b))
+        local, _ = apply_decision(local, policy.decide(i), batches)
+    client = create_parameter_server(ps_config_for(spec, tcfg, num_shards=2))
+    try:
+        core = PSTrainerCore(spec, mcfg, tcfg, client)
+        for i, b in enumerate(batches):
+            core.step_shard(b, str(i))
+        np.testing.assert_allclose([m.auc for m in core.validator.shards], [m.auc for m in local.validator.shards],
+                                   atol=1e-5)
+        for k, v_local in local.dense_state().items():
+            torch.testing.assert_close(core.dense_state()[k], v_local, atol=1e-6, rtol=0)
+    finally:
+        client.shutdown()
