@@ -14,11 +14,11 @@ import argparse
 import time
 from pathlib import Path
 
+from trainer.data.fetch import SHARED_ML100K as ML100K
+from trainer.data.fetch import SHARED_TAOBAO as TAOBAO
+
 DESCRIPTION = ("AUC of incremental training (each shard once, in time order) vs a full retrain from scratch "
                "at each point, on real data; compute_ratio = incremental / full-retrain examples")
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-TAOBAO = DATA / "taobao_userbehavior" / "UserBehavior_timeordered_96k.csv"
-ML100K = DATA / "ml-100k" / "ml-100k.inter"
 
 # Per data set, tuned for the best full-retrain AUC and used by both sides alike (the sweep is
 # in docs/benchmarks.md, "Quality" section). epochs = full-retrain epochs k: a second pass over

@@ -7,13 +7,14 @@ import statistics
 import time
 from pathlib import Path
 
+from trainer.data.fetch import SHARED_TAOBAO
+
 DESCRIPTION = ("rows/s of freshrec's read + validate + featurise on the Taobao log, as a ratio against "
                "pyarrow's plain CSV read of the same file in the same run")
-DEFAULT_INPUT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "taobao_userbehavior" / "UserBehavior_timeordered_96k.csv"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="CSV file (default: the shared Taobao log)")
+    p.add_argument("--input", type=Path, default=SHARED_TAOBAO, help="CSV file (default: the shared Taobao log)")
     p.add_argument("--spec", default="taobao")
     p.add_argument("--repeats", type=int, default=5, help="timed runs of each side (median is reported)")
 

@@ -6,13 +6,14 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from trainer.data.fetch import SHARED_TAOBAO
+
 DESCRIPTION = ("training examples/s in PS mode (Ray Train, 1 and 2 workers, 2 PS shards) as a ratio against the "
                "local reference trainer (one process, FBGEMM TBE, no PS) on the same model and data in the same run")
-DEFAULT_INPUT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "taobao_userbehavior" / "UserBehavior_timeordered_96k.csv"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="behaviour log (default: the shared Taobao log)")
+    p.add_argument("--input", type=Path, default=SHARED_TAOBAO, help="behaviour log (default: the shared Taobao log)")
     p.add_argument("--spec", default="taobao")
     p.add_argument("--rows", type=int, default=48_000, help="use the first ROWS rows of the log")
     p.add_argument("--batch-size", type=int, default=256)

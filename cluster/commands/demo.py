@@ -8,7 +8,6 @@ from pathlib import Path
 
 from cluster.errors import UserError
 
-SHARED_TAOBAO = Path(__file__).resolve().parents[3] / "shared" / "data" / "taobao_userbehavior" / "UserBehavior_timeordered_96k.csv"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +25,8 @@ def _pick_data(args: argparse.Namespace, out: Path) -> tuple[list[Path], str, st
         if not args.spec:
             raise UserError("--input needs --spec (a YAML file or a built-in name)")
         return [args.input], args.spec, "5m"
+    from trainer.data.fetch import SHARED_TAOBAO
+
     if SHARED_TAOBAO.exists():
         return [SHARED_TAOBAO], "taobao", "5m"
     from trainer.data.fetch import fetch_movielens_100k

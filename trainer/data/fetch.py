@@ -20,6 +20,12 @@ ML100K_FILES = ("ml-100k.inter", "ml-100k.item", "ml-100k.user")
 
 DATASETS = ("movielens-100k",)
 
+# Development copies of the real data sets, beside the checkout (../shared/data, see its
+# README); benchmarks and the demo use them when present. Never committed here.
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+SHARED_TAOBAO = SHARED_DATA / "taobao_userbehavior" / "UserBehavior_timeordered_96k.csv"
+SHARED_ML100K = SHARED_DATA / "ml-100k" / "ml-100k.inter"
+
 
 class FetchError(RuntimeError):
     """The download or extraction failed; the message says what to try."""
