@@ -1,7 +1,7 @@
 """``freshrec bench ps``: parameter-server pull+push rows/s through the client.
 
-For 1, 2 and 4 shards it times the trainer's step pattern (pull_many with the next
-batch prefetched, push_many of the current one, sync mode) on 4 tables x batch 8192 of
+For 1, 2 and 4 shards it times the trainer's sync step pattern (``push_pull``: push step s
+and pull the rows of step s+1 in one call per shard) on 4 tables x batch 8192 of
 Zipf-distributed ids, and states it as a ratio against two baselines measured in the same
 run on the same ids: a direct local FBGEMM TBE forward + backward (fused row-wise Adagrad)
 and a naive actor parameter server that ships whole tables (Ray's documentation pattern:
@@ -72,7 +72,7 @@ class _LocalTBE:
 
 
 def _ps(args, shards: int, batches, grads, local: _LocalTBE) -> tuple[float, float, dict]:
-    """Seconds per step of pull_many + push_many through the client (next pull prefetched), and of
+    """Seconds per step of push + pull through the client (``push_pull``, as the trainer steps), and of
     the local TBE on the same batches, measured in alternating chunks of ``args.chunk`` steps so
     that both see the same background load."""
     from paramserver import PSConfig, TableConfig, create_parameter_server
@@ -85,23 +85,19 @@ def _ps(args, shards: int, batches, grads, local: _LocalTBE) -> tuple[float, flo
     try:
         local.run(batches[:args.warmup])
         ticket = client.pull_many(batches[0], step=0)
-        pushes = []
         t0 = time.perf_counter()
         for s, batch in enumerate(batches):
+            client.wait(ticket)  # rows of this step (the model would compute here)
             if s >= args.warmup and (s - args.warmup) % args.chunk == 0:  # chunk boundary: swap to the baseline
-                for p in pushes:
-                    client.wait(p)
-                pushes = []
                 if s > args.warmup:
                     ps_time += time.perf_counter() - t0
                 local_time += local.run(batches[s:s + args.chunk])
                 t0 = time.perf_counter()
-            client.wait(ticket)  # rows of this step (the model would compute here)
-            if s + 1 < len(batches):
-                ticket = client.pull_many(batches[s + 1], step=s + 1)  # prefetch
-            pushes.append(client.push_many({t: (ids, grads[t]) for t, ids in batch.items()}, step=s))
-        for p in pushes:
-            client.wait(p)
+            grads_s = {t: (ids, grads[t]) for t, ids in batch.items()}
+            if s + 1 < len(batches):  # the trainer's sync step: push s and pull s+1 in one call per shard
+                ticket = client.push_pull(grads_s, batches[s + 1], step=s)
+            else:
+                client.wait(client.push_many(grads_s, step=s))
         ps_time += time.perf_counter() - t0
         stats = client.stats()
     finally:

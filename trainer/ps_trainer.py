@@ -331,8 +331,10 @@ def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_di
     if client is None:
         client = create_parameter_server(ps_config_for(spec, train_cfg, num_shards=num_shards, num_workers=num_workers,
                                                        mode=mode))
+    # Ray Train workers run in their own working directory: hand them absolute paths
     config = {"spec": spec, "model_cfg": model_cfg, "train_cfg": train_cfg, "client": client, "run_dir": str(run_dir),
-              "history": str(history) if history else None, "incoming": str(incoming) if incoming else None,
+              "history": str(Path(history).absolute()) if history else None,
+              "incoming": str(Path(incoming).absolute()) if incoming else None,
               "drain": drain, "idle_timeout_s": idle_timeout_s}
     use_gpu = torch.cuda.is_available()  # NCCL for the dense all-reduce on GPUs, gloo on CPU
     trainer = TorchTrainer(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 
 from cluster.errors import UserError
@@ -49,7 +50,8 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"[1/2] validate + split {', '.join(str(i) for i in inputs)} (spec {spec.name}) into {every} shards")
     with DeadLetterWriter(out / "dead-letter.jsonl") as dl:
         validator = Validator(spec, dl)
-        result = split_into_shards(inputs, validator, parse_duration(every), out / "shards")
+        result = split_into_shards(inputs, validator, parse_duration(every), out / "shards",
+                                   progress=sys.stderr.isatty())
     r = validator.report
     print(f"      rows in {r.rows_in:,}: good {r.rows_good:,}, dead {r.rows_dead:,}, duplicate {r.rows_duplicate:,} "
           f"(balanced: {r.balanced}); {len(result.shards)} shards in {out / 'shards'}")
