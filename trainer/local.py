@@ -42,6 +42,34 @@ def dense_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adagrad(params, lr=cfg.dense_lr, eps=1e-10)
 
 
+def normalize_dense(stats: RunningStats, dense: np.ndarray, clip: float) -> np.ndarray:
+    """Running-stats normalisation, clipped to +-clip (float32 [n, d])."""
+    x = stats.normalize(dense)
+    return np.clip(x, -clip, clip, out=x)
+
+
+def score_minibatches(model: torch.nn.Module, dense: np.ndarray, sparse: dict[str, np.ndarray], lookup,
+                      device: torch.device | None = None) -> np.ndarray:
+    """Probabilities float32 [n], SCORE_BATCH rows at a time, no gradients.
+
+    ``dense`` is already normalised; ``lookup({table: ids}) -> {table: tensor [b, dim]}`` gives
+    the embedding rows (local TBE or parameter server).
+    """
+    n = len(dense)
+    out = np.empty(n, np.float32)
+    model.eval()
+    with torch.no_grad():
+        for lo in range(0, n, SCORE_BATCH):
+            hi = min(lo + SCORE_BATCH, n)
+            emb = lookup({k: v[lo:hi] for k, v in sparse.items()})
+            dense_t = torch.from_numpy(dense[lo:hi])
+            if device is not None:
+                emb = {k: v.to(device) for k, v in emb.items()}
+                dense_t = dense_t.to(device)
+            out[lo:hi] = DLRM.scores(model(emb, dense_t)).cpu().numpy()
+    return out
+
+
 class LocalTrainer:
     """Train and score one model in this process.
 
@@ -70,15 +98,7 @@ class LocalTrainer:
     # ------------------------------------------------------------------ scoring
     def score(self, batch: EventBatch) -> np.ndarray:
         """Probabilities float32 [n] for ``batch`` (no training, statistics unchanged)."""
-        dense = self._normalize(batch.dense)
-        out = np.empty(len(batch), np.float32)
-        self.model.eval()
-        with torch.no_grad():
-            for lo in range(0, len(batch), SCORE_BATCH):
-                hi = min(lo + SCORE_BATCH, len(batch))
-                emb = self.embeddings.lookup({k: v[lo:hi] for k, v in batch.sparse.items()})
-                out[lo:hi] = DLRM.scores(self.model(emb, torch.from_numpy(dense[lo:hi]))).numpy()
-        return out
+        return score_minibatches(self.model, self._normalize(batch.dense), batch.sparse, self.embeddings.lookup)
 
     # ----------------------------------------------------------------- training
     def train(self, batch: EventBatch, epochs: int = 1, shuffle: bool = False) -> dict[str, float]:
@@ -126,9 +146,7 @@ class LocalTrainer:
         return self.validator.shards[-1]
 
     def _normalize(self, dense: np.ndarray) -> np.ndarray:
-        """Running-stats normalisation, clipped to +-dense_clip (float32 [n, d])."""
-        x = self.stats.normalize(dense)
-        return np.clip(x, -self.cfg.dense_clip, self.cfg.dense_clip, out=x)
+        return normalize_dense(self.stats, dense, self.cfg.dense_clip)
 
     # -------------------------------------------------------------------- state
     def dense_state(self) -> dict[str, torch.Tensor]:

@@ -38,9 +38,9 @@ import torch
 from cluster.config import ConfigError
 from trainer.config import ModelConfig, Strategy, TrainConfig
 from trainer.data import DataLedger, EventBatch, RunningStats
-from trainer.local import SCORE_BATCH, dense_optimizer
+from trainer.local import dense_optimizer, normalize_dense, score_minibatches
 from trainer.metrics import ProgressiveValidator, ShardMetrics
-from trainer.model import DLRM, build_model
+from trainer.model import build_model
 from trainer.strategies import Action, fuse, make_policy
 
 
@@ -69,24 +69,16 @@ class PSTrainerCore:
         self._shards_seen = 0
 
     def _normalize(self, dense: np.ndarray) -> np.ndarray:
-        x = self.stats.normalize(dense)
-        return np.clip(x, -self.cfg.dense_clip, self.cfg.dense_clip, out=x)
+        return normalize_dense(self.stats, dense, self.cfg.dense_clip)
 
     def score(self, batch: EventBatch) -> np.ndarray:
-        """Probabilities for ``batch``; waits for every applied step (reads a consistent state)."""
-        dense = self._normalize(batch.dense)
-        out = np.empty(len(batch), np.float32)
-        self.model.eval()
-        with torch.no_grad():
-            for lo in range(0, len(batch), SCORE_BATCH):
-                hi = min(lo + SCORE_BATCH, len(batch))
-                ids = {k: v[lo:hi] for k, v in batch.sparse.items()}
-                step = None if self.async_mode else self.step
-                rows = self.client.wait(self.client.pull_many(ids, step=step))
-                emb = {k: torch.from_numpy(v).to(self.device) for k, v in rows.items()}
-                dense_t = torch.from_numpy(dense[lo:hi]).to(self.device)
-                out[lo:hi] = DLRM.scores(self.model(emb, dense_t)).cpu().numpy()
-        return out
+        """Probabilities for ``batch``; in sync mode reads once every step so far is applied."""
+        step = None if self.async_mode else self.step
+
+        def lookup(ids: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+            return {k: torch.from_numpy(v) for k, v in self.client.wait(self.client.pull_many(ids, step=step)).items()}
+
+        return score_minibatches(self.model, self._normalize(batch.dense), batch.sparse, lookup, self.device)
 
     def _parts(self, n: int) -> list[np.ndarray]:
         """This worker's row indices of each global minibatch (possibly empty)."""
