@@ -261,6 +261,8 @@ def _jsonl_slow(block: bytes, spec: FeatureSpec):
 
 def _read_parquet(path: Path, spec: FeatureSpec) -> Iterator[RawChunk]:
     pf = pq.ParquetFile(path)
+    total_rows = max(pf.metadata.num_rows, 1)
+    file_size = path.stat().st_size
     present = set(pf.schema_arrow.names)
     wanted = [c for c in {*(c.source_name for c in spec.columns), *(c.name for c in spec.columns)} if c in present]
     start = 1
@@ -277,4 +279,5 @@ def _read_parquet(path: Path, spec: FeatureSpec) -> Iterator[RawChunk]:
             sub = t.take(pa.array(index, pa.int64())).to_pylist()
             return [json.dumps(r, default=str)[:MAX_RAW_CHARS] for r in sub]
 
-        yield RawChunk(str(path), table, rows, [], 0, raw_text)
+        # progress in bytes: the chunk's share of the file by rows
+        yield RawChunk(str(path), table, rows, [], file_size * table.num_rows // total_rows, raw_text)
