@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--spec", required=True, help="feature spec: a YAML file or a built-in name")
     s.add_argument("--every", default="5m", help="window length: 30s, 5m, 1h, 1d (default 5m)")
     s.add_argument("--out", required=True, type=Path, help="directory for the shards (must not hold shards of the same windows)")
-    s.add_argument("--dead-letter", type=Path, default=None, help="dead-letter file (default OUT/dead-letter.jsonl)")
+    s.add_argument("--dead-letter", type=Path, default=None,
+                   help="dead-letter file (default: OUT-dead-letter.jsonl beside OUT, never among the shards)")
     s.add_argument("--json", action="store_true", help="print one JSON object with the counts and shards")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_split)
@@ -102,7 +103,8 @@ def _split(args: argparse.Namespace) -> int:
         every = parse_duration(args.every)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    dead = args.dead_letter or args.out / "dead-letter.jsonl"
+    out_abs = args.out.resolve()
+    dead = args.dead_letter or out_abs.with_name(out_abs.name + "-dead-letter.jsonl")
     with DeadLetterWriter(dead) as dl:
         validator = Validator(spec, dl)
         try:
