@@ -183,7 +183,7 @@ def follow_shards(history: Path | None, incoming: Path | None, ledger: DataLedge
     idle_since = time.monotonic()
     taken: set[str] = set()
     while True:
-        fresh = [p for p in ledger.pending(expand_inputs([incoming])) if p.name not in taken and not p.name.startswith(".")]
+        fresh = [p for p in ledger.pending(expand_inputs([incoming])) if p.name not in taken]
         for path in fresh:
             taken.add(path.name)
             yield path

@@ -65,7 +65,7 @@ def _train_stage(args, out, spec, shards) -> None:
     from cluster.ray_runtime import ensure_ray
     from trainer.config import ModelConfig, TrainConfig
     from trainer.ps_trainer import run_ps_training
-    from trainer.run_report import plot_run, table_header, table_row
+    from trainer.report import plot_run, table_header, table_row
 
     history, incoming = out / "history", out / "incoming"
     history.mkdir()

@@ -68,7 +68,7 @@ def run_and_summarise(args, history: Path | None, incoming: Path | None, drain: 
     from cluster.config import RayConfig
     from cluster.ray_runtime import ensure_ray
     from trainer.ps_trainer import run_ps_training
-    from trainer.run_report import table_header, table_row
+    from trainer.report import table_header, table_row
 
     for d in (history, incoming):
         if d is not None and not d.is_dir():
@@ -98,7 +98,7 @@ def _stream(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from trainer.run_report import load_metrics, plot_run
+    from trainer.report import load_metrics, plot_run
 
     try:
         metrics = load_metrics(args.run_dir)

@@ -18,12 +18,14 @@ SHARD_SUFFIXES = (".parquet", ".csv", ".tsv", ".jsonl", ".inter")
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files as given; a directory stands for its shard files in name order."""
+    """Files as given; a directory stands for its shard files in name order (by suffix;
+    hidden files, such as shards still being written, are skipped)."""
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            out.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in SHARD_SUFFIXES and q.is_file()))
+            out.extend(sorted(q for q in p.iterdir()
+                              if q.suffix.lower() in SHARD_SUFFIXES and not q.name.startswith(".") and q.is_file()))
         elif p.exists():
             out.append(p)
         else:
