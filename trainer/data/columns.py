@@ -18,7 +18,8 @@ _FLOAT_RE = r"^\s*[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|nan|NaN|NAN|inf|Inf|INF
 _TIME_FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%d")
 
 
-def _np(arr: pa.Array) -> np.ndarray:
+def to_numpy(arr: pa.Array) -> np.ndarray:
+    """An arrow array as numpy (copies only where arrow must, e.g. booleans)."""
     return arr.to_numpy(zero_copy_only=False)
 
 
@@ -39,9 +40,9 @@ def is_nested(arr: pa.Array) -> bool:
 
 def missing(arr: pa.Array) -> np.ndarray:
     """Null, or empty/blank text."""
-    miss = ~_np(arr.is_valid())
+    miss = ~to_numpy(arr.is_valid())
     if is_text(arr):
-        blank = _np(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(arr), ""), True))
+        blank = to_numpy(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(arr), ""), True))
         miss |= blank
     elif pa.types.is_null(arr.type):
         miss[:] = True
@@ -51,24 +52,24 @@ def missing(arr: pa.Array) -> np.ndarray:
 def text_length(arr: pa.Array) -> np.ndarray:
     if not is_text(arr):
         return np.zeros(len(arr), np.int64)
-    return _np(pc.fill_null(pc.utf8_length(arr), 0)).astype(np.int64)
+    return to_numpy(pc.fill_null(pc.utf8_length(arr), 0)).astype(np.int64)
 
 
 def _match(arr: pa.Array, pattern: str) -> np.ndarray:
-    return _np(pc.fill_null(pc.match_substring_regex(arr, pattern), False))
+    return to_numpy(pc.fill_null(pc.match_substring_regex(arr, pattern), False))
 
 
 def _cast_where(arr: pa.Array, ok: np.ndarray, to: pa.DataType, fill: str) -> np.ndarray:
     safe = pc.if_else(pa.array(ok), pc.utf8_trim_whitespace(arr), pa.scalar(fill, arr.type))
-    return _np(pc.cast(safe, to))
+    return to_numpy(pc.cast(safe, to))
 
 
 def parse_int(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     n = len(arr)
     if pa.types.is_integer(arr.type):
-        return _np(pc.fill_null(pc.cast(arr, pa.int64(), safe=False), 0)), np.zeros(n, bool)
+        return to_numpy(pc.fill_null(pc.cast(arr, pa.int64(), safe=False), 0)), np.zeros(n, bool)
     if pa.types.is_floating(arr.type):
-        v = _np(pc.fill_null(arr, 0.0)).astype(np.float64)
+        v = to_numpy(pc.fill_null(arr, 0.0)).astype(np.float64)
         ok = np.isfinite(v) & (np.floor(v) == v) & (np.abs(v) < 2**62)
         return np.where(ok, v, 0).astype(np.int64), ~ok
     if is_text(arr):
@@ -91,12 +92,12 @@ def parse_id(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 def parse_float(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     n = len(arr)
     if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
-        return _np(pc.fill_null(pc.cast(arr, pa.float64()), 0.0)), np.zeros(n, bool)
+        return to_numpy(pc.fill_null(pc.cast(arr, pa.float64()), 0.0)), np.zeros(n, bool)
     if is_text(arr):
         ok = _match(arr, _FLOAT_RE)
         return _cast_where(arr, ok, pa.float64(), "0"), ~ok
     if pa.types.is_boolean(arr.type):
-        return _np(pc.fill_null(arr, False)).astype(np.float64), np.zeros(n, bool)
+        return to_numpy(pc.fill_null(arr, False)).astype(np.float64), np.zeros(n, bool)
     return np.zeros(n, np.float64), np.ones(n, bool)
 
 
@@ -105,7 +106,7 @@ def parse_time(arr: pa.Array, unit: str) -> tuple[np.ndarray, np.ndarray]:
     n = len(arr)
     if pa.types.is_timestamp(arr.type) or pa.types.is_date(arr.type):
         secs = pc.cast(pc.cast(arr, pa.timestamp("s"), safe=False), pa.int64())
-        return _np(pc.fill_null(secs, 0)), np.zeros(n, bool)
+        return to_numpy(pc.fill_null(secs, 0)), np.zeros(n, bool)
     scale = 1000.0 if unit == "ms" else 1.0
     values, bad = parse_float(arr)
     with np.errstate(invalid="ignore"):
@@ -117,8 +118,8 @@ def parse_time(arr: pa.Array, unit: str) -> tuple[np.ndarray, np.ndarray]:
             if not todo.any():
                 break
             parsed = pc.strptime(pc.utf8_trim_whitespace(arr), format=fmt, unit="s", error_is_null=True)
-            got = _np(parsed.is_valid()) & todo
+            got = to_numpy(parsed.is_valid()) & todo
             if got.any():
-                secs = np.where(got, _np(pc.fill_null(pc.cast(parsed, pa.int64()), 0)), secs)
+                secs = np.where(got, to_numpy(pc.fill_null(pc.cast(parsed, pa.int64()), 0)), secs)
                 ok |= got
     return secs, ~ok

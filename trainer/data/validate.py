@@ -126,10 +126,10 @@ class Validator:
                 reject(C.text_length(raw[col.name]) > col.max_len, Reason.OVERSIZED_STRING, f"{col.name} longer than {col.max_len}")
 
         parsed: dict[str, np.ndarray] = {}
-        absent = C.missing  # optional columns that are absent parse as zeros, never rejected
         for col in spec.columns:
             arr = raw[col.name]
-            optional_gap = absent(arr) if not col.required else np.zeros(n, bool)
+            # an optional column's empty values parse as zeros and are never rejected
+            optional_gap = C.missing(arr) if not col.required else np.zeros(n, bool)
             if col.type is ColumnType.TIMESTAMP:
                 values, bad = C.parse_time(arr, col.unit)
                 reject(bad & ~optional_gap, Reason.UNPARSABLE_TIME, col.name)
@@ -153,7 +153,7 @@ class Validator:
         if spec.actions is not None:
             known = pa.array(list(spec.actions.values), pa.string())
             act = pc.utf8_trim_whitespace(pc.cast(raw[spec.actions.column], pa.string())) if not C.is_nested(raw[spec.actions.column]) else pa.nulls(n, pa.string())
-            is_known = C._np(pc.fill_null(pc.is_in(act, value_set=known), False))
+            is_known = C.to_numpy(pc.fill_null(pc.is_in(act, value_set=known), False))
             reject(~is_known, Reason.UNKNOWN_ACTION, spec.actions.column)
             parsed[spec.actions.column] = act
         for f in spec.dense:
@@ -206,7 +206,7 @@ class Validator:
         ts = np.asarray(parsed[spec.time_column], np.int64)[idx]
         if spec.label.actions:
             act = parsed[spec.actions.column].take(pa.array(idx, pa.int64()))
-            label = C._np(pc.fill_null(pc.is_in(act, value_set=pa.array(list(spec.label.actions))), False))
+            label = C.to_numpy(pc.fill_null(pc.is_in(act, value_set=pa.array(list(spec.label.actions))), False))
         else:
             label = np.asarray(parsed[spec.label.column], np.float64)[idx] >= spec.label.threshold
         dense = np.zeros((len(idx), len(spec.dense)), np.float32)
