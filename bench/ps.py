@@ -50,12 +50,12 @@ class _LocalTBE:
         import torch
 
         from paramserver.config import PSConfig, TableConfig
-        from paramserver.shard import _build_tbe
+        from paramserver.tbe import build_tbe
 
         cfg = PSConfig(tables=tuple(TableConfig(f"t{i}", args.dim) for i in range(args.tables)),
                        capacity_per_shard=args.rows)
         self.tables = args.tables
-        self.tbe = _build_tbe(cfg, torch.device("cpu"))
+        self.tbe = build_tbe(cfg.tables, cfg.capacity_per_shard, cfg.optimizer, cfg.learning_rate, cfg.eps)
         self.offsets = torch.arange(args.tables * args.batch + 1, dtype=torch.int64)
         self.grad = torch.from_numpy(np.concatenate([grads[f"t{i}"] for i in range(args.tables)], axis=1))
 

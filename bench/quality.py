@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> dict:
     from trainer.config import ModelConfig, TrainConfig
     from trainer.data import load_spec
     from trainer.data.split import parse_duration
-    from trainer.quality import choose_points, movielens_shards, run_quality, taobao_shards
+    from trainer.quality import choose_points, movielens_files, run_quality, taobao_files
 
     torch.set_num_threads(args.threads)
     path = args.input or (TAOBAO if args.dataset == "taobao" else ML100K)
@@ -67,10 +67,10 @@ def run(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     if args.dataset == "taobao":
         spec = load_spec("taobao")
-        shards, names = taobao_shards(path, parse_duration(args.every))
+        shards, names = taobao_files(path, parse_duration(args.every))
     else:
         spec = load_spec("movielens100k")
-        shards, names = movielens_shards(path, args.shards)
+        shards, names = movielens_files(path, args.shards)
     points = choose_points([len(s) for s in shards], args.warmup, args.points)
     if not points:
         raise UserError(f"no evaluation point: {len(shards)} shards and --warmup {args.warmup}")

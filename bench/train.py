@@ -35,8 +35,8 @@ def run(args: argparse.Namespace) -> dict:
     from cluster.errors import UserError
     from cluster.ray_runtime import ensure_ray
     from trainer.config import ModelConfig, TrainConfig
-    from trainer.data import Validator, load_spec, read_shard
-    from trainer.data.split import parse_duration, split_into_shards
+    from trainer.data import Validator, load_spec, read_data_file
+    from trainer.data.split import parse_duration, split_into_files
     from trainer.local import LocalTrainer
     from trainer.ps_trainer import run_ps_training
 
@@ -47,12 +47,12 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="freshrec-bench-train-") as tmp:
         tmp = Path(tmp)
         _head(args.input, args.rows, tmp / "head.csv")
-        shards = split_into_shards([tmp / "head.csv"], Validator(spec), parse_duration(args.every), tmp / "shards",
-                                   progress=False).shards
+        shards = split_into_files([tmp / "head.csv"], Validator(spec), parse_duration(args.every), tmp / "shards",
+                                   progress=False).files
         torch.set_num_threads(1)  # as each Ray Train worker does
         local = LocalTrainer(spec, mcfg, tcfg)
         v = Validator(spec)
-        batches = [read_shard(s, v) for s in shards]
+        batches = [read_data_file(s, v) for s in shards]
         seconds = examples = 0
         for b in batches:
             info = local.train(b)

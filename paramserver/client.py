@@ -32,7 +32,7 @@ from paramserver import actor as _ray
 from paramserver import wire
 from paramserver.config import PSConfig
 from paramserver.errors import BadPullError, BadPushError, UnknownTableError
-from paramserver.shard import sum_duplicates
+from paramserver.tbe import sum_duplicates
 from paramserver.sharding import group_by_shard
 
 

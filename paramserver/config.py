@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from cluster.config import ConfigError, check_keys
+from common.config import ConfigError, check_keys
 
 OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
 CPU_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd")

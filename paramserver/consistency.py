@@ -51,7 +51,7 @@ class SyncAggregator:
 
 def merge_in_rank_order(by_rank: dict[int, PreparedPush]) -> PreparedPush:
     """Concatenate the ranks' (ids, grads) per table in rank order and sum duplicates in that order."""
-    from paramserver.shard import sum_duplicates
+    from paramserver.tbe import sum_duplicates
 
     ranks = sorted(by_rank)
     if len(ranks) == 1:

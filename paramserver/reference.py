@@ -11,18 +11,16 @@ import torch
 
 from paramserver.config import PSConfig
 from paramserver.hashing import init_rows
-from paramserver.shard import _build_tbe
+from paramserver.tbe import build_tbe
 
 
 class LocalTables:
     """Every table of ``cfg`` in one TBE with one row per id of ``universe`` (ids can be any int64)."""
 
     def __init__(self, cfg: PSConfig, universe: dict[str, np.ndarray]) -> None:
-        import dataclasses
-
         self.cfg = cfg
         size = max(len(np.unique(universe[t.name])) for t in cfg.tables)
-        self._tbe = _build_tbe(dataclasses.replace(cfg, capacity_per_shard=max(size, 1)), torch.device("cpu"))
+        self._tbe = build_tbe(cfg.tables, max(size, 1), cfg.optimizer, cfg.learning_rate, cfg.eps, cfg.weights_dtype)
         self._keys = {}
         for t, w in zip(cfg.tables, self._tbe.split_embedding_weights()):
             keys = np.unique(universe[t.name]).astype(np.int64)

@@ -22,18 +22,18 @@ Rules (vectorised; no Python loop over ids, only over tables):
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 
-from cluster.config import ConfigError
+from common.config import ConfigError
 from paramserver.config import PSConfig, TableConfig
 from paramserver.errors import BadPullError, BadPushError, UnknownTableError
 from paramserver.hashing import init_rows
 from paramserver.idmap import CountTable, IdMap
 from paramserver.policies import expired_slots, lfu_victims
+from paramserver.tbe import build_tbe, sum_duplicates
 
 PullBatch = Mapping[str, "np.ndarray | tuple[np.ndarray, np.ndarray]"]
 PushBatch = Mapping[str, "tuple[np.ndarray, np.ndarray]"]
@@ -59,40 +59,6 @@ class PreparedPush:
     tables: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-def _build_tbe(cfg: PSConfig, device: torch.device):
-    from fbgemm_gpu.split_embedding_configs import EmbOptimType as OptimType
-    from fbgemm_gpu.split_embedding_configs import SparseType
-    from fbgemm_gpu.split_table_batched_embeddings_ops_common import (
-        BoundsCheckMode,
-        EmbeddingLocation,
-        PoolingMode,
-    )
-    from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
-        ComputeDevice,
-        SplitTableBatchedEmbeddingBagsCodegen,
-    )
-
-    optim = {"rowwise_adagrad": OptimType.EXACT_ROWWISE_ADAGRAD, "adagrad": OptimType.EXACT_ADAGRAD,
-             "sgd": OptimType.EXACT_SGD, "adam": OptimType.ADAM}[cfg.optimizer]
-    if device.type == "cuda":
-        location, compute = EmbeddingLocation.DEVICE, ComputeDevice.CUDA
-    else:
-        location, compute = EmbeddingLocation.HOST, ComputeDevice.CPU
-    specs = [(cfg.capacity_per_shard, t.dim, location, compute) for t in cfg.tables]
-    return SplitTableBatchedEmbeddingBagsCodegen(
-        specs,
-        optimizer=optim,
-        learning_rate=cfg.learning_rate,
-        eps=cfg.eps,
-        weights_precision=SparseType.FP16 if cfg.weights_dtype == "fp16" else SparseType.FP32,
-        output_dtype=SparseType.FP32,
-        pooling_mode=PoolingMode.SUM,
-        stochastic_rounding=False,  # deterministic fp16 updates (sync mode is bit-exact)
-        bounds_check_mode=BoundsCheckMode.NONE,  # slots come from IdMap, always in range
-        device=device,
-    )
-
-
 def resolve_device(cfg: PSConfig) -> torch.device:
     """The torch device of a shard; ConfigError when the optimizer needs CUDA and there is none."""
     want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
@@ -111,7 +77,8 @@ class EmbeddingShard:
         self.cfg = cfg
         self.index = index
         self.device = resolve_device(cfg)
-        self._tbe = _build_tbe(cfg, self.device)
+        self._tbe = build_tbe(cfg.tables, cfg.capacity_per_shard, cfg.optimizer, cfg.learning_rate, cfg.eps,
+                              cfg.weights_dtype, self.device)
         self._weights = self._tbe.split_embedding_weights()
         states = self._tbe.split_optimizer_states() if cfg.optimizer != "sgd" else []
         self._states = [list(s) for s in states] if states else [[] for _ in cfg.tables]
@@ -384,37 +351,6 @@ class EmbeddingShard:
         idx = torch.from_numpy(np.concatenate(indices)).to(self.device)
         out = self._tbe(idx, torch.from_numpy(offsets).to(self.device))
         out.backward(torch.from_numpy(grad_out).to(self.device))
-
-
-def sum_duplicates(ids: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct ids (ascending) and the float32 sum of the grads of each, added in input order.
-
-    >>> sum_duplicates(np.array([7, 3, 7]), np.array([[1.], [2.], [4.]], np.float32))
-    (array([3, 7]), array([[2.],
-           [5.]], dtype=float32))
-
-    The sum is a sparse one-hot matrix (CSR, rows = distinct ids) times ``grads``: each
-    output row adds its inputs in their original order, like ``np.add.at`` but about 5x
-    faster, and deterministic (the same inputs give the same bits).
-    """
-    if len(ids) < 2 or (ids[1:] > ids[:-1]).all():  # already distinct and ascending (what the client sends)
-        return ids, grads
-    order = np.argsort(ids, kind="stable")
-    sorted_ids = ids[order]
-    first = np.empty(len(ids), dtype=bool)
-    first[:1] = True
-    np.not_equal(sorted_ids[1:], sorted_ids[:-1], out=first[1:])
-    starts = np.flatnonzero(first)
-    uniq = sorted_ids[starts]
-    if len(uniq) == len(ids):
-        return uniq, grads[order]
-    crow = torch.from_numpy(np.append(starts, len(ids)).astype(np.int64))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch marks sparse CSR as beta
-        onehot = torch.sparse_csr_tensor(crow, torch.from_numpy(order.astype(np.int64)),
-                                         torch.ones(len(ids), dtype=torch.float32), size=(len(uniq), len(ids)))
-        summed = onehot @ torch.from_numpy(np.ascontiguousarray(grads))
-    return uniq, summed.numpy()
 
 
 def _as_ids(ids, table: str, error: type) -> np.ndarray:

@@ -19,7 +19,7 @@ _EXPORTS = {
     "auc": "trainer.metrics",
     "PSTrainerCore": "trainer.ps_trainer",
     "run_ps_training": "trainer.ps_trainer",
-    "follow_shards": "trainer.ps_trainer",
+    "follow_data_files": "trainer.data.follow",
 }
 
 __all__ = sorted(_EXPORTS)

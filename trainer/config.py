@@ -12,7 +12,7 @@ import dataclasses
 import enum
 from typing import Any
 
-from cluster.config import ConfigError, check_keys
+from common.config import ConfigError, check_keys
 
 INTERACTIONS = ("dcn", "dot")
 DENSE_OPTIMIZERS = ("adagrad", "sgd")

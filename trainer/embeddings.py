@@ -27,13 +27,13 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from cluster.config import ConfigError
+from common.config import ConfigError
 
 # The swappable pieces: the id map and the deterministic row initialiser, shared with the PS.
 from paramserver.config import PSConfig, TableConfig
 from paramserver.hashing import init_rows
 from paramserver.idmap import IdMap
-from paramserver.shard import sum_duplicates
+from paramserver.tbe import sum_duplicates
 
 
 class _GatherRows(torch.autograd.Function):

@@ -30,7 +30,7 @@ import torch
 from trainer.config import ModelConfig, TrainConfig
 from trainer.data import EventBatch, RunningStats
 from trainer.embeddings import LocalEmbeddings
-from trainer.metrics import ProgressiveValidator, ShardMetrics
+from trainer.metrics import ProgressiveValidator, FileMetrics
 from trainer.model import DLRM, build_model
 
 SCORE_BATCH = 8192
@@ -74,8 +74,8 @@ class LocalTrainer:
     """Train and score one model in this process.
 
     >>> t = LocalTrainer(load_spec("taobao"), ModelConfig(), TrainConfig(seed=1))  # doctest: +SKIP
-    >>> t.step_shard(shard_batch, "part-20171126T010000Z")                           # doctest: +SKIP
-    ShardMetrics(shard='part-...', examples=4012, positives=389, auc=0.61, log_loss=0.33, ...)
+    >>> t.step_file(shard_batch, "part-20171126T010000Z")                           # doctest: +SKIP
+    FileMetrics(shard='part-...', examples=4012, positives=389, auc=0.61, log_loss=0.33, ...)
     """
 
     def __init__(self, spec, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
@@ -137,13 +137,13 @@ class LocalTrainer:
         self.train_seconds += seconds
         return {"examples": seen, "seconds": seconds, "loss": total_loss / max(seen, 1)}
 
-    def step_shard(self, batch: EventBatch, name: str = "") -> ShardMetrics:
+    def step_file(self, batch: EventBatch, name: str = "") -> FileMetrics:
         """Progressive validation: score ``batch`` with the current model, record, then train once."""
         scores = self.score(batch)
         self.validator.record(name or batch.source, batch.label, scores)
         info = self.train(batch)
         self.validator.set_train_seconds(info["seconds"])
-        return self.validator.shards[-1]
+        return self.validator.files[-1]
 
     def _normalize(self, dense: np.ndarray) -> np.ndarray:
         return normalize_dense(self.stats, dense, self.cfg.dense_clip)

@@ -64,10 +64,10 @@ def log_loss(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
-class ShardMetrics:
-    """Progressive metrics of one shard: scored before training on it."""
+class FileMetrics:
+    """Progressive metrics of one data file: scored before training on it."""
 
-    shard: str
+    file: str
     examples: int
     positives: int
     auc: float
@@ -90,27 +90,27 @@ class ProgressiveValidator:
     """
 
     def __init__(self) -> None:
-        self.shards: list[ShardMetrics] = []
+        self.files: list[FileMetrics] = []
         self._labels: list[np.ndarray] = []
         self._scores: list[np.ndarray] = []
 
-    def record(self, shard: str, labels: np.ndarray, scores: np.ndarray, train_seconds: float = 0.0) -> ShardMetrics:
+    def record(self, file: str, labels: np.ndarray, scores: np.ndarray, train_seconds: float = 0.0) -> FileMetrics:
         labels = np.asarray(labels, np.float32).reshape(-1)
         scores = np.asarray(scores, np.float64).reshape(-1)
-        m = ShardMetrics(shard, len(labels), int((labels > 0.5).sum()), auc(labels, scores),
+        m = FileMetrics(file, len(labels), int((labels > 0.5).sum()), auc(labels, scores),
                          log_loss(labels, scores), train_seconds)
-        self.shards.append(m)
+        self.files.append(m)
         self._labels.append(labels)
         self._scores.append(scores)
         return m
 
     def set_train_seconds(self, seconds: float) -> None:
         """Attach the training time of the last recorded shard (known only after training on it)."""
-        self.shards[-1] = dataclasses.replace(self.shards[-1], train_seconds=seconds)
+        self.files[-1] = dataclasses.replace(self.files[-1], train_seconds=seconds)
 
     def cumulative(self) -> dict[str, float]:
         """AUC and log-loss over every example scored so far (one pooled ranking)."""
-        if not self.shards:
+        if not self.files:
             return {"examples": 0, "auc": float("nan"), "log_loss": float("nan")}
         y = np.concatenate(self._labels)
         s = np.concatenate(self._scores)
@@ -118,5 +118,5 @@ class ProgressiveValidator:
 
     def mean_shard_auc(self) -> float:
         """Mean of the per-shard AUCs (shards with one class only are left out)."""
-        vals = [m.auc for m in self.shards if not np.isnan(m.auc)]
+        vals = [m.auc for m in self.files if not np.isnan(m.auc)]
         return float(np.mean(vals)) if vals else float("nan")

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from cluster.config import ConfigError
+from common.config import ConfigError
 from trainer.config import ModelConfig
 
 

@@ -35,11 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cluster.config import ConfigError
+from common.config import ConfigError
 from trainer.config import ModelConfig, Strategy, TrainConfig
 from trainer.data import DataLedger, EventBatch, RunningStats
 from trainer.local import dense_optimizer, normalize_dense, score_minibatches
-from trainer.metrics import ProgressiveValidator, ShardMetrics
+from trainer.data.follow import follow_data_files
+from trainer.metrics import FileMetrics, ProgressiveValidator
 from trainer.model import build_model
 from trainer.strategies import Action, fuse, make_policy
 
@@ -130,7 +131,7 @@ class PSTrainerCore:
         seconds = time.perf_counter() - t0
         return {"examples": n, "seconds": seconds, "loss": total_loss}
 
-    def step_shard(self, batch: EventBatch, name: str) -> ShardMetrics | None:
+    def step_file(self, batch: EventBatch, name: str) -> FileMetrics | None:
         """Progressive validation (rank 0 scores the whole shard first), then the update the
         strategy decides (online: this shard once; periodic: the last W shards every P-th
         shard; fusion: online, then theta = lambda * theta_new + (1 - lambda) * theta_prev)."""
@@ -154,7 +155,7 @@ class PSTrainerCore:
                 self._model().load_state_dict(fuse(self.dense_state(), prev, decision.fuse_lambda))
         if self.rank == 0:
             self.validator.set_train_seconds(seconds)
-            metrics = self.validator.shards[-1]
+            metrics = self.validator.files[-1]
         return metrics
 
     def _model(self) -> torch.nn.Module:
@@ -162,38 +163,6 @@ class PSTrainerCore:
 
     def dense_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self._model().state_dict().items()}
-
-
-# --------------------------------------------------------------------------- shards
-def follow_shards(history: Path | None, incoming: Path | None, ledger: DataLedger, drain: bool,
-                  poll_s: float = 0.2, idle_timeout_s: float | None = None) -> Iterator[Path]:
-    """Yield shard files in name order, each once: first ``history``, then ``incoming`` as they land.
-
-    New files in ``incoming`` are noticed within ``poll_s``. With ``drain`` the iterator
-    ends once every shard present has been yielded; otherwise it waits for more (until
-    ``idle_timeout_s`` without a new shard, if given). Files being written (dot-prefixed
-    temporaries) are ignored; the ledger says which shards were already taken.
-    """
-    from trainer.data import expand_inputs
-
-    for path in ledger.pending(expand_inputs([history])) if history else []:
-        yield path
-    if incoming is None:
-        return
-    idle_since = time.monotonic()
-    taken: set[str] = set()
-    while True:
-        fresh = [p for p in ledger.pending(expand_inputs([incoming])) if p.name not in taken]
-        for path in fresh:
-            taken.add(path.name)
-            yield path
-            idle_since = time.monotonic()
-        if not fresh:
-            if drain:
-                return
-            if idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
-                return
-            time.sleep(poll_s)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,7 +220,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from trainer.data import DeadLetterWriter, Validator, read_shard
+    from trainer.data import DeadLetterWriter, Validator, read_data_file
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -268,10 +237,10 @@ def train_loop_per_worker(config: dict) -> None:
     history = Path(config["history"]) if config.get("history") else None
     incoming = Path(config["incoming"]) if config.get("incoming") else None
     n = 0
-    for shard in follow_shards(history, incoming, ledger, config["drain"], idle_timeout_s=config.get("idle_timeout_s")):
+    for shard in follow_data_files(history, incoming, ledger, config["drain"], idle_timeout_s=config.get("idle_timeout_s")):
         before = validator.report.rows_in
-        batch = read_shard(shard, validator)
-        metrics = core.step_shard(batch, shard.name)
+        batch = read_data_file(shard, validator)
+        metrics = core.step_file(batch, shard.name)
         ledger.record(shard, validator.report.rows_in - before, complete=True)
         n += 1
         if rank == 0:

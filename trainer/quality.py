@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.config import ModelConfig, TrainConfig
-from trainer.data import EventBatch, Validator, iter_batches, load_spec, read_shard
+from trainer.data import EventBatch, Validator, iter_batches, load_spec, read_data_file
 from trainer.local import LocalTrainer
 from trainer.metrics import auc, log_loss
 from trainer.strategies import FullRetrainPolicy, apply_decision
@@ -90,21 +90,21 @@ class QualityResult:
 
 
 # ---------------------------------------------------------------- data sets
-def taobao_shards(csv: str | Path, every_s: int = 300, work_dir: str | Path | None = None
+def taobao_files(csv: str | Path, every_s: int = 300, work_dir: str | Path | None = None
                   ) -> tuple[list[EventBatch], list[str]]:
     """The Taobao log split into ``every_s``-second shards (parquet, in a temp dir), read back."""
-    from trainer.data.split import split_into_shards
+    from trainer.data.split import split_into_files
 
     spec = load_spec("taobao")
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        result = split_into_shards([csv], Validator(spec), every_s, tmp, progress=False)
+        result = split_into_files([csv], Validator(spec), every_s, tmp, progress=False)
         v = Validator(spec)
-        batches = [read_shard(p, v) for p in result.shards]
-        names = [p.stem for p in result.shards]
+        batches = [read_data_file(p, v) for p in result.files]
+        names = [p.stem for p in result.files]
     return batches, names
 
 
-def movielens_shards(inter: str | Path, n_shards: int = 20) -> tuple[list[EventBatch], list[str]]:
+def movielens_files(inter: str | Path, n_shards: int = 20) -> tuple[list[EventBatch], list[str]]:
     """MovieLens-100K sorted by timestamp and cut into ``n_shards`` shards of equal count.
 
     Equal counts rather than calendar weeks: ratings are very unevenly spread over the 7
@@ -160,10 +160,10 @@ def run_quality(dataset: str, spec, shards: Sequence[EventBatch], names: Sequenc
         if t == last:
             online.validator.record(names[t], batch.label, online.score(batch))
             break
-        m = online.step_shard(batch, names[t])
+        m = online.step_file(batch, names[t])
         since_ex += m.examples
         since_s += m.train_seconds
-    v = online.validator.shards
+    v = online.validator.files
     return QualityResult(
         dataset=dataset, shards=tuple(names), shard_rows=tuple(len(b) for b in shards), points=tuple(out),
         epochs_full_retrain=train_cfg.epochs_full_retrain,

@@ -72,12 +72,12 @@ def load_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def table_header() -> str:
-    return f"{'#':>4}  {'shard':<32} {'rows':>8} {'auc':>7} {'cum-auc':>8} {'logloss':>8} {'train ex/s':>10}"
+    return f"{'#':>4}  {'data file':<32} {'rows':>8} {'auc':>7} {'cum-auc':>8} {'logloss':>8} {'train ex/s':>10}"
 
 
 def table_row(i: int, m: dict) -> str:
     """One shard's progressive metrics (scored before training on it)."""
-    return (f"{i:>4}  {m['shard']:<32} {m['examples']:>8,} {m['auc']:>7.4f} {m['cumulative_auc']:>8.4f} "
+    return (f"{i:>4}  {m['file']:<32} {m['examples']:>8,} {m['auc']:>7.4f} {m['cumulative_auc']:>8.4f} "
             f"{m['log_loss']:>8.4f} {m['examples_per_s']:>10,.0f}")
 
 

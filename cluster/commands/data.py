@@ -12,11 +12,11 @@ from trainer.data.fetch import DATASETS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="validate, split into time-ordered shards, fetch public data sets")
+    p = sub.add_parser("data", help="validate, split into time-ordered data files, fetch public data sets")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     v = dsub.add_parser("validate", help="validate input files against a feature spec; bad rows go to the dead-letter file",
-                        description="Read INPUT (files or directories of shards), validate every row against the spec, "
+                        description="Read INPUT (files or directories of data files), validate every row against the spec, "
                                     "write each rejected row with its source, row number and reason to --dead-letter, "
                                     "and print the counts. rows_in == rows_good + rows_dead + rows_duplicate.")
     v.add_argument("inputs", nargs="+", metavar="INPUT", help="csv/tsv/jsonl/parquet files or directories")
@@ -26,16 +26,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--no-progress", action="store_true", help="no progress bar")
     v.set_defaults(func=_validate)
 
-    s = dsub.add_parser("split", help="split validated events into time-ordered shards (parquet)",
-                        description="Validate INPUT and write its good rows as one parquet shard per time window "
+    s = dsub.add_parser("split", help="split validated events into time-ordered data files (parquet)",
+                        description="Validate INPUT and write its good rows as one parquet data file per time window "
                                     "(named part-YYYYmmddTHHMMSSZ.parquet, so name order is time order).")
     s.add_argument("inputs", nargs="+", metavar="INPUT")
     s.add_argument("--spec", required=True, help="feature spec: a YAML file or a built-in name")
     s.add_argument("--every", default="5m", help="window length: 30s, 5m, 1h, 1d (default 5m)")
-    s.add_argument("--out", required=True, type=Path, help="directory for the shards (must not hold shards of the same windows)")
+    s.add_argument("--out", required=True, type=Path, help="directory for the data files (must not hold files of the same windows)")
     s.add_argument("--dead-letter", type=Path, default=None,
-                   help="dead-letter file (default: OUT-dead-letter.jsonl beside OUT, never among the shards)")
-    s.add_argument("--json", action="store_true", help="print one JSON object with the counts and shards")
+                   help="dead-letter file (default: OUT-dead-letter.jsonl beside OUT, never among the data files)")
+    s.add_argument("--json", action="store_true", help="print one JSON object with the counts and data files")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_split)
 
@@ -96,7 +96,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _split(args: argparse.Namespace) -> int:
     from trainer.data import DeadLetterWriter, Validator
-    from trainer.data.split import parse_duration, split_into_shards
+    from trainer.data.split import parse_duration, split_into_files
 
     spec = _load(args.spec)
     files = _inputs(args.inputs)
@@ -109,14 +109,14 @@ def _split(args: argparse.Namespace) -> int:
     with DeadLetterWriter(dead) as dl:
         validator = Validator(spec, dl)
         try:
-            result = split_into_shards(files, validator, every, args.out, progress=not args.no_progress and sys.stderr.isatty())
+            result = split_into_files(files, validator, every, args.out, progress=not args.no_progress and sys.stderr.isatty())
         except FileExistsError as exc:
             raise UserError(str(exc)) from exc
     report = validator.report.as_dict()
-    extra = {"shards": len(result.shards), "out": str(args.out), "dead_letter": str(dead)}
+    extra = {"files": len(result.files), "out": str(args.out), "dead_letter": str(dead)}
     _print_report(report, args.json, extra)
     if not args.json:
-        print(f"wrote {len(result.shards)} shards to {args.out} ({args.every} windows)")
+        print(f"wrote {len(result.files)} data files to {args.out} ({args.every} windows)")
     return 0
 
 

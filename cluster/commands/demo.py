@@ -39,7 +39,7 @@ def _pick_data(args: argparse.Namespace, out: Path) -> tuple[list[Path], str, st
 
 def _demo(args: argparse.Namespace) -> int:
     from trainer.data import DeadLetterWriter, Validator, load_spec
-    from trainer.data.split import parse_duration, split_into_shards
+    from trainer.data.split import parse_duration, split_into_files
 
     out: Path = args.out
     if out.exists():
@@ -50,14 +50,14 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"[1/2] validate + split {', '.join(str(i) for i in inputs)} (spec {spec.name}) into {every} shards")
     with DeadLetterWriter(out / "dead-letter.jsonl") as dl:
         validator = Validator(spec, dl)
-        result = split_into_shards(inputs, validator, parse_duration(every), out / "shards",
+        result = split_into_files(inputs, validator, parse_duration(every), out / "data",
                                    progress=sys.stderr.isatty())
     r = validator.report
     print(f"      rows in {r.rows_in:,}: good {r.rows_good:,}, dead {r.rows_dead:,}, duplicate {r.rows_duplicate:,} "
-          f"(balanced: {r.balanced}); {len(result.shards)} shards in {out / 'shards'}")
+          f"(balanced: {r.balanced}); {len(result.files)} data files in {out / 'data'}")
     for reason, count in sorted(r.by_reason.items()):
         print(f"      dead-letter {reason}: {count:,}")
-    _train_stage(args, out, spec, result.shards)
+    _train_stage(args, out, spec, result.files)
     return 0
 
 

@@ -8,7 +8,7 @@ from paramserver import (BadPushError, PSConfig, ShardUnavailableError, TableCon
 from paramserver import actor as ps_actor
 from paramserver import wire
 from paramserver.reference import LocalTables
-from paramserver.shard import sum_duplicates
+from paramserver.tbe import sum_duplicates
 
 pytestmark = pytest.mark.integration
 TABLES = (TableConfig("user", 8), TableConfig("item", 4))

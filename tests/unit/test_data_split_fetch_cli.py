@@ -5,9 +5,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from cluster.cli import main
-from trainer.data import Validator, load_spec, read_shard
+from trainer.data import Validator, load_spec, read_data_file
 from trainer.data.fetch import FetchError, extract_ml100k
-from trainer.data.split import parse_duration, shard_name, split_into_shards
+from trainer.data.split import parse_duration, data_file_name, split_into_files
 
 CSV = "".join(f"{u},{i},{i % 3},{'buy' if u % 5 == 0 else 'pv'},{1511658000 + t}\n"
               for u, i, t in [(k, k * 7, k * 37) for k in range(1, 200)])
@@ -24,20 +24,20 @@ def test_split_windows_are_time_ordered_and_complete(tmp_path):
     src = tmp_path / "log.csv"
     src.write_text(CSV)
     spec = load_spec("taobao")
-    result = split_into_shards([src], Validator(spec), 300, tmp_path / "shards", progress=False)
-    names = [p.name for p in result.shards]
-    assert names == sorted(names) and names[0] == shard_name(1511658000 // 300 * 300)
+    result = split_into_files([src], Validator(spec), 300, tmp_path / "shards", progress=False)
+    names = [p.name for p in result.files]
+    assert names == sorted(names) and names[0] == data_file_name(1511658000 // 300 * 300)
     assert sum(result.rows) == 199
     last_max = -1
-    for p in result.shards:
+    for p in result.files:
         ts = pq.read_table(p).column("ts").to_numpy()
         w = ts // 300
         assert (w == w[0]).all() and (ts[:-1] <= ts[1:]).all() and ts.min() > last_max
         last_max = ts.max()
-    again = read_shard(result.shards[0], Validator(spec))  # shards read back with the same spec
+    again = read_data_file(result.files[0], Validator(spec))  # shards read back with the same spec
     assert len(again) == result.rows[0]
     with pytest.raises(FileExistsError, match="immutable"):
-        split_into_shards([src], Validator(spec), 300, tmp_path / "shards", progress=False)
+        split_into_files([src], Validator(spec), 300, tmp_path / "shards", progress=False)
 
 
 def test_cli_validate_json(tmp_path, capsys):
@@ -56,7 +56,7 @@ def test_cli_split_and_errors(tmp_path, capsys):
     src.write_text(CSV)
     assert main(["data", "split", str(src), "--spec", "taobao", "--every", "5m", "--out", str(tmp_path / "s"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["shards"] == len(list((tmp_path / "s").glob("part-*.parquet"))) > 1
+    assert out["files"] == len(list((tmp_path / "s").glob("part-*.parquet"))) > 1
     assert main(["data", "validate", str(tmp_path / "nope.csv"), "--spec", "taobao", "--dead-letter", "x"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["data", "validate", str(src), "--spec", "nospec", "--dead-letter", "x"]) == 2

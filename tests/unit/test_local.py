@@ -19,11 +19,11 @@ CFG = TrainConfig(batch_size=128, sparse_lr=0.1, dense_lr=0.05, seed=11, table_c
 def test_learns_a_synthetic_signal_on_a_held_out_shard():
     t = LocalTrainer(SPEC, ModelConfig(), CFG)
     for s in range(4):
-        t.step_shard(synthetic_shard(SPEC, 3000, seed=s))
+        t.step_file(synthetic_shard(SPEC, 3000, seed=s))
     held_out = synthetic_shard(SPEC, 3000, seed=99)
     a = auc(held_out.label, t.score(held_out))
     assert a > 0.75, a  # the Bayes AUC of this signal is about 0.8; an untrained model gives 0.5
-    first, last = t.validator.shards[0], t.validator.shards[-1]
+    first, last = t.validator.files[0], t.validator.files[-1]
     assert last.auc > first.auc + 0.1
     assert last.examples_per_s > 0
 
@@ -32,7 +32,7 @@ def test_same_seed_gives_bit_identical_parameters():
     def run(seed):
         t = LocalTrainer(SPEC, ModelConfig(), CFG.replace(seed=seed))
         for s in range(2):
-            t.step_shard(synthetic_shard(SPEC, 1500, seed=s))
+            t.step_file(synthetic_shard(SPEC, 1500, seed=s))
         t.train(synthetic_shard(SPEC, 1000, seed=5), epochs=2, shuffle=True)
         return t.state_dict()
 

@@ -8,7 +8,7 @@ from paramserver import BadPullError, BadPushError, EmbeddingShard, PSConfig, Ta
 from paramserver.consistency import SyncAggregator
 from paramserver.policies import StaleDecision, StalenessPolicy
 from paramserver.reference import LocalTables
-from paramserver.shard import sum_duplicates
+from paramserver.tbe import sum_duplicates
 from paramserver.sharding import group_by_shard
 
 TABLES = (TableConfig("user", 8), TableConfig("item", 4))

@@ -6,7 +6,7 @@ import numpy as np
 
 from trainer.config import ModelConfig, TrainConfig
 from trainer.data import load_spec
-from trainer.quality import choose_points, run_quality, taobao_shards
+from trainer.quality import choose_points, run_quality, taobao_files
 
 
 def test_choose_points_spreads_and_skips_small_shards():
@@ -25,7 +25,7 @@ def test_small_quality_run_on_real_taobao(taobao_csv, tmp_path):
     lines = taobao_csv.read_text().splitlines()[:n]
     part = tmp_path / "slice.csv"
     part.write_text("\n".join(lines) + "\n")
-    shards, names = taobao_shards(part, every_s=300, work_dir=tmp_path)
+    shards, names = taobao_files(part, every_s=300, work_dir=tmp_path)
     assert len(shards) >= 6 and sum(len(s) for s in shards) == n
     spec = load_spec("taobao")
     cfg = TrainConfig(epochs_full_retrain=2, table_capacity=1 << 15)

@@ -9,7 +9,7 @@ from trainer.report import auc_table, load_metrics
 def _run_dir(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    recs = [{"shard": f"part-{i}.parquet", "examples": 100 + i, "positives": 10, "auc": 0.5 + i / 100,
+    recs = [{"file": f"part-{i}.parquet", "examples": 100 + i, "positives": 10, "auc": 0.5 + i / 100,
              "log_loss": 0.4, "train_seconds": 0.5, "examples_trained": 100 + i, "examples_per_s": 200.0 + i,
              "cumulative_auc": 0.5 + i / 200, "ledger_rows": 100 * (i + 1), "wall_time": 0.0} for i in range(3)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))

@@ -1,4 +1,4 @@
-"""trainer.data: feature specs, the shard reader, validation with a dead-letter file,
+"""trainer.data: feature specs, the data-file reader, validation with a dead-letter file,
 stable id hashing, running feature statistics and the data ledger.
 
 Typical use::
@@ -15,7 +15,7 @@ from trainer.data.batch import EventBatch
 from trainer.data.deadletter import DeadLetterWriter, read_dead_letters
 from trainer.data.hashing import hash_strings
 from trainer.data.ledger import DataLedger, LedgerError
-from trainer.data.pipeline import expand_inputs, iter_batches, read_shard
+from trainer.data.pipeline import expand_inputs, iter_batches, read_data_file
 from trainer.data.reasons import Reason
 from trainer.data.spec import FeatureSpec, load_spec
 from trainer.data.stats import RunningStats
@@ -24,5 +24,5 @@ from trainer.data.validate import ValidationReport, Validator
 __all__ = [
     "DataLedger", "DeadLetterWriter", "EventBatch", "FeatureSpec", "LedgerError", "Reason", "RunningStats",
     "ValidationReport", "Validator", "expand_inputs", "hash_strings", "iter_batches", "load_spec",
-    "read_dead_letters", "read_shard",
+    "read_dead_letters", "read_data_file",
 ]

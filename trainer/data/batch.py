@@ -10,7 +10,7 @@ import pyarrow as pa
 
 @dataclasses.dataclass(frozen=True)
 class EventBatch:
-    """Good rows of one chunk of one shard file.
+    """Good rows of one chunk of one data file.
 
     ================  ==================  ==============================================
     field             dtype / shape       meaning
@@ -21,7 +21,7 @@ class EventBatch:
     sparse[name]      int64 [n]           raw id for embedding table ``name``
     dense             float32 [n, d]      raw dense features (normalise with RunningStats)
     rows              int64 [n]           1-based row (line) number in ``source``
-    table             pyarrow.Table       the canonical typed columns (what shards store)
+    table             pyarrow.Table       the canonical typed columns (what split data files store)
     ================  ==================  ==============================================
     """
 

@@ -14,18 +14,18 @@ from trainer.data.reader import DEFAULT_BLOCK_SIZE, read_chunks
 from trainer.data.spec import FeatureSpec
 from trainer.data.validate import Validator
 
-SHARD_SUFFIXES = (".parquet", ".csv", ".tsv", ".jsonl", ".inter")
+DATA_SUFFIXES = (".parquet", ".csv", ".tsv", ".jsonl", ".inter")
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files as given; a directory stands for its shard files in name order (by suffix;
-    hidden files, such as shards still being written, are skipped)."""
+    """Files as given; a directory stands for its data files in name order (by suffix;
+    hidden files, such as data files still being written, are skipped)."""
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             out.extend(sorted(q for q in p.iterdir()
-                              if q.suffix.lower() in SHARD_SUFFIXES and not q.name.startswith(".") and q.is_file()))
+                              if q.suffix.lower() in DATA_SUFFIXES and not q.name.startswith(".") and q.is_file()))
         elif p.exists():
             out.append(p)
         else:
@@ -52,8 +52,8 @@ def iter_batches(
                     yield batch
 
 
-def read_shard(path: str | Path, validator: Validator) -> EventBatch:
-    """All good rows of one shard file as one batch (shards are small time windows)."""
+def read_data_file(path: str | Path, validator: Validator) -> EventBatch:
+    """All good rows of one data file as one batch (data files are small time windows)."""
     batches = list(iter_batches([path], validator, progress=False))
     if batches:
         return EventBatch.concat(batches)

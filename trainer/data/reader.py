@@ -1,4 +1,4 @@
-"""Streaming shard reader: CSV, TSV, JSON Lines and Parquet, in bounded memory.
+"""Streaming data-file reader: CSV, TSV, JSON Lines and Parquet, in bounded memory.
 
 ``read_chunks(path, spec)`` yields :class:`RawChunk` objects: a pyarrow table of the
 raw columns (named by the spec's source names), the 1-based row number of each row
@@ -67,7 +67,7 @@ def file_format(path: Path, spec: FeatureSpec) -> str:
 
 
 def read_chunks(path: str | Path, spec: FeatureSpec, block_size: int = DEFAULT_BLOCK_SIZE) -> Iterator[RawChunk]:
-    """Yield the raw chunks of one shard file (see the module docstring)."""
+    """Yield the raw chunks of one data file (see the module docstring)."""
     path = Path(path)
     fmt = "parquet" if path.suffix.lower() in (".parquet", ".pq") else file_format(path, spec)
     try:
@@ -268,7 +268,7 @@ def _read_parquet(path: Path, spec: FeatureSpec) -> Iterator[RawChunk]:
     start = 1
     for rb in pf.iter_batches(batch_size=65536, columns=wanted):
         table = pa.Table.from_batches([rb])
-        # shards written by freshrec use canonical names; raw parquet may use source names
+        # data files written by freshrec use canonical names; raw parquet may use source names
         rename = {c.name: c.source_name for c in spec.columns if c.name in table.column_names and c.source_name not in table.column_names}
         if rename:
             table = table.rename_columns([rename.get(n, n) for n in table.column_names])

@@ -29,7 +29,7 @@ import enum
 from pathlib import Path
 from typing import Any
 
-from cluster.config import ConfigError, check_keys, load_yaml_config
+from common.config import ConfigError, check_keys, load_yaml_config
 
 SPECS_DIR = Path(__file__).resolve().parents[1] / "specs"
 

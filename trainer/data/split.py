@@ -1,11 +1,11 @@
-"""Split validated events into time-ordered shard files, one per time window.
+"""Split validated events into time-ordered data files, one per time window.
 
-A shard is named after the UTC start of its window, ``part-20171126T010000Z.parquet``,
+A data file is named after the UTC start of its window, ``part-20171126T010000Z.parquet``,
 so name order is time order. A window is written once no later good row can fall in it
 (the validator refuses rows older than the latest by more than ``max_out_of_order_s``),
 so memory holds only the open windows. Files are written under a temporary name and
-renamed, so a follower never sees a half-written shard; an existing shard is never
-overwritten (shards are immutable).
+renamed, so a follower never sees a half-written data file; an existing data file is
+never overwritten (data files are immutable).
 """
 
 from __future__ import annotations
@@ -35,31 +35,31 @@ def parse_duration(text: str) -> int:
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
-def shard_name(window_start: int) -> str:
+def data_file_name(window_start: int) -> str:
     return "part-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(window_start)) + ".parquet"
 
 
 @dataclasses.dataclass(frozen=True)
 class SplitResult:
-    shards: tuple[Path, ...]
+    files: tuple[Path, ...]
     rows: tuple[int, ...]
 
 
-def write_shard_atomic(table: pa.Table, path: Path) -> None:
+def write_data_file_atomic(table: pa.Table, path: Path) -> None:
     if path.exists():
-        raise FileExistsError(f"shard {path} already exists; shards are immutable: split into an empty directory")
+        raise FileExistsError(f"data file {path} already exists; data files are immutable: split into an empty directory")
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, tmp)
     tmp.rename(path)
 
 
-def split_into_shards(inputs: Iterable[str | Path], validator: Validator, every_s: int, out_dir: str | Path,
+def split_into_files(inputs: Iterable[str | Path], validator: Validator, every_s: int, out_dir: str | Path,
                       progress: bool = True) -> SplitResult:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tol = validator.spec.max_out_of_order_s
     open_windows: dict[int, list[pa.Table]] = {}
-    shards: list[Path] = []
+    files: list[Path] = []
     rows: list[int] = []
 
     def flush(upto: int | None) -> None:
@@ -68,9 +68,9 @@ def split_into_shards(inputs: Iterable[str | Path], validator: Validator, every_
                 break
             table = pa.concat_tables(open_windows.pop(w))
             order = np.argsort(table.column("ts").to_numpy(), kind="stable")
-            path = out / shard_name(w * every_s)
-            write_shard_atomic(table.take(pa.array(order)), path)
-            shards.append(path)
+            path = out / data_file_name(w * every_s)
+            write_data_file_atomic(table.take(pa.array(order)), path)
+            files.append(path)
             rows.append(table.num_rows)
 
     for batch in iter_batches(inputs, validator, progress=progress):
@@ -81,4 +81,4 @@ def split_into_shards(inputs: Iterable[str | Path], validator: Validator, every_
             open_windows.setdefault(int(win[idx[0]]), []).append(batch.table.take(pa.array(idx)))
         flush(validator.watermark - tol)
     flush(None)
-    return SplitResult(tuple(shards), tuple(rows))
+    return SplitResult(tuple(files), tuple(rows))

@@ -1,10 +1,10 @@
-"""follow_shards: history first, then incoming shards as they land, each once, in name order."""
+"""follow_data_files: history first, then incoming data files as they land, each once, in name order."""
 
 import threading
 import time
 
 from trainer.data import DataLedger
-from trainer.ps_trainer import follow_shards
+from trainer.data.follow import follow_data_files
 
 
 def _touch(path, text="x"):
@@ -19,7 +19,7 @@ def test_history_then_incoming_in_order_and_once(tmp_path):
     for name in ("part-2.parquet", "part-1.parquet"):
         _touch(history / name)
     _touch(incoming / "part-3.parquet")
-    got = [p.name for p in follow_shards(history, incoming, DataLedger(), drain=True)]
+    got = [p.name for p in follow_data_files(history, incoming, DataLedger(), drain=True)]
     assert got == ["part-1.parquet", "part-2.parquet", "part-3.parquet"]
 
 
@@ -28,10 +28,10 @@ def test_ledger_skips_what_was_taken(tmp_path):
         _touch(tmp_path / name)
     ledger = DataLedger()
     ledger.record("part-1.parquet", 10, complete=True)
-    assert [p.name for p in follow_shards(tmp_path, None, ledger, drain=True)] == ["part-2.parquet"]
+    assert [p.name for p in follow_data_files(tmp_path, None, ledger, drain=True)] == ["part-2.parquet"]
 
 
-def test_new_shards_are_picked_up_within_a_second(tmp_path):
+def test_new_data_files_are_picked_up_within_a_second(tmp_path):
     landed: dict[str, float] = {}
 
     def land():
@@ -43,7 +43,7 @@ def test_new_shards_are_picked_up_within_a_second(tmp_path):
     writer = threading.Thread(target=land)
     writer.start()
     seen = {}
-    for path in follow_shards(None, tmp_path, DataLedger(), drain=False, poll_s=0.05, idle_timeout_s=1.5):
+    for path in follow_data_files(None, tmp_path, DataLedger(), drain=False, poll_s=0.05, idle_timeout_s=1.5):
         seen[path.name] = time.monotonic()
     writer.join()
     assert sorted(seen) == sorted(landed)
