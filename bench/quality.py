@@ -81,8 +81,7 @@ def run(args: argparse.Namespace) -> dict:
         return d[name] if value is None else value
 
     train = TrainConfig(batch_size=pick("batch_size"), sparse_lr=pick("sparse_lr"), dense_lr=pick("dense_lr"),
-                        init_scale=pick("init_scale"), seed=args.seed, epochs_full_retrain=pick("epochs"),
-                        table_capacity=1 << 17)
+                        init_scale=pick("init_scale"), seed=args.seed, epochs_full_retrain=pick("epochs"))
     model = ModelConfig(interaction=args.interaction, bottom_mlp=(16,))
     result = run_quality(args.dataset, spec, shards, names, model, train, points)
     out = {"dataset": args.dataset, **result.summary(), "wall_s": time.perf_counter() - t0,
@@ -103,7 +102,7 @@ def run(args: argparse.Namespace) -> dict:
         out["plots"] = [str(p) for p in write_report([result], args.plot_dir)]
     if args.per_point:
         out["per_point"] = {
-            f"{p.point:02d} {p.shard}": {
+            f"{p.point:02d} {p.file}": {
                 "rows": p.examples, "positives": p.positives,
                 "auc_inc": round(p.auc_incremental, 4), "auc_full": round(p.auc_full_retrain, 4),
                 "logloss_inc": round(p.log_loss_incremental, 4), "logloss_full": round(p.log_loss_full_retrain, 4),

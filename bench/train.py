@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", default="taobao")
     p.add_argument("--rows", type=int, default=48_000, help="use the first ROWS rows of the log")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--every", default="5m", help="shard window")
+    p.add_argument("--every", default="5m", help="data file window")
     p.add_argument("--mode", choices=["sync", "async"], default="sync", help="PS consistency mode")
 
 
@@ -34,11 +34,11 @@ def run(args: argparse.Namespace) -> dict:
 
     from cluster.errors import UserError
     from cluster.ray_runtime import ensure_ray
-    from trainer.config import ModelConfig, TrainConfig
+    from trainer.config import ModelConfig, PSOptions, TrainConfig
     from trainer.data import Validator, load_spec, read_data_file
     from trainer.data.split import parse_duration, split_into_files
     from trainer.local import LocalTrainer
-    from trainer.ps_trainer import run_ps_training
+    from trainer.run import run_ps_training
 
     if not args.input.exists():
         raise UserError(f"{args.input} not found: pass --input, or see ../shared/data/README.md")
@@ -47,12 +47,12 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="freshrec-bench-train-") as tmp:
         tmp = Path(tmp)
         _head(args.input, args.rows, tmp / "head.csv")
-        shards = split_into_files([tmp / "head.csv"], Validator(spec), parse_duration(args.every), tmp / "shards",
-                                   progress=False).files
+        files = split_into_files([tmp / "head.csv"], Validator(spec), parse_duration(args.every), tmp / "data",
+                                 progress=False).files
         torch.set_num_threads(1)  # as each Ray Train worker does
         local = LocalTrainer(spec, mcfg, tcfg)
         v = Validator(spec)
-        batches = [read_data_file(s, v) for s in shards]
+        batches = [read_data_file(f, v) for f in files]
         seconds = examples = 0
         for b in batches:
             info = local.train(b)
@@ -62,13 +62,13 @@ def run(args: argparse.Namespace) -> dict:
         ensure_ray()
         ps_rate = {}
         for workers in (1, 2):
-            result, _ = run_ps_training(spec, mcfg, tcfg, tmp / f"run{workers}", history=tmp / "shards",
-                                        num_workers=workers, num_shards=2, mode=args.mode)
+            result, _ = run_ps_training(spec, mcfg, tcfg, tmp / f"run{workers}", history=tmp / "data",
+                                        num_workers=workers, ps=PSOptions(num_shards=2, mode=args.mode))
             ps_rate[str(workers)] = (sum(m["examples_trained"] for m in result.metrics)
                                     / sum(m["train_seconds"] for m in result.metrics))
     return {
         "rows": examples,
-        "shards": len(shards),
+        "files": len(files),
         "batch_size": args.batch_size,
         "mode": args.mode,
         "local_examples_per_s": local_rate,

@@ -1,14 +1,20 @@
-"""Typed, frozen configuration shared by the CLI and the packages.
+"""The one config tree of a run (:class:`RunConfig`) and what belongs to the cluster itself (Ray).
 
-Each package owns the config of its own part (``trainer.data.FeatureSpec``,
-``paramserver.PSConfig``...); this module holds what belongs to the cluster itself
-and the helpers every config uses: YAML loading with errors that say what to fix.
+Each package owns the config of its own part (``trainer.config.TrainConfig``,
+``trainer.config.PSOptions``, ``paramserver.PSConfig``...); the tree gathers them, loads them
+from a run YAML and applies command-line overrides. Errors say what to fix.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from common.config import ConfigError, check_keys, load_yaml_config  # noqa: F401  (re-exported)
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from common.config import ConfigError, check_keys, load_yaml_config
+
+if TYPE_CHECKING:
+    from trainer.config import ModelConfig, PSOptions, TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,3 +36,115 @@ class RayConfig:
             raise ConfigError(f"ray.num_cpus must be >= 1, got {self.num_cpus}")
         if self.address is not None and self.num_cpus is not None:
             raise ConfigError("ray.num_cpus applies only to an embedded Ray; drop it when --address is set")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """The one config tree of a run: what ``train``, ``stream``, ``demo`` and ``config show`` use.
+
+    Loaded from a run YAML (every section optional, unknown keys refused) and overridden from
+    the command line (``--set train.batch_size=512`` or the dedicated flags)::
+
+        spec: taobao              # a feature spec YAML file or a built-in name
+        workers: 2                # Ray Train workers (dense params synchronised with DDP)
+        model: {arch: dlrm, interaction: dcn, bottom_mlp: [16], top_mlp: [64, 32]}
+        train: {batch_size: 256, sparse_optimizer: rowwise_adagrad, sparse_lr: 0.03, dense_lr: 0.003,
+                strategy: online, seed: 0}
+        ps: {num_shards: 2, capacity_per_shard: 131072, admission_threshold: 1, ttl_steps: null, mode: sync}
+        ray: {address: null}      # null: start an embedded local Ray; "auto" or host:port joins one
+    """
+
+    spec: str = "taobao"
+    workers: int = 1
+    model: "ModelConfig" = None  # type: ignore[assignment]  (filled in __post_init__)
+    train: "TrainConfig" = None  # type: ignore[assignment]
+    ps: "PSOptions" = None  # type: ignore[assignment]
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+
+    def __post_init__(self) -> None:
+        from trainer.config import ModelConfig, PSOptions, TrainConfig
+
+        for key, cls in (("model", ModelConfig), ("train", TrainConfig), ("ps", PSOptions)):
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, cls())
+        if not isinstance(self.spec, str) or not self.spec:
+            raise ConfigError(f"spec must name a feature spec (a YAML file or a built-in name), got {self.spec!r}")
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
+            raise ConfigError(f"workers must be an integer >= 1 (Ray Train workers), got {self.workers!r}")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
+        """Build from a mapping (a run YAML), refusing unknown keys in every section."""
+        from trainer.config import PSOptions, TrainConfig, model_config_from_dict
+
+        check_keys(cls, raw, "config")
+        kw: dict[str, Any] = {k: raw[k] for k in ("spec", "workers") if k in raw}
+        builders = {"model": model_config_from_dict, "train": TrainConfig.from_dict, "ps": PSOptions.from_dict,
+                    "ray": _ray_from_dict}
+        for key, build in builders.items():
+            section = raw.get(key)
+            if section is None:
+                continue
+            if not isinstance(section, dict):
+                raise ConfigError(f"{key}: expected a mapping of settings, got {section!r}")
+            try:
+                kw[key] = build(section)
+            except TypeError as exc:  # e.g. a list where a number belongs
+                raise ConfigError(f"{key}: {exc}") from None
+        return cls(**kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML-able values (enums as their names, tuples as lists)."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _ray_from_dict(raw: dict[str, Any]) -> RayConfig:
+    check_keys(RayConfig, raw, "ray")
+    return RayConfig(**raw)
+
+
+def _plain(value: Any) -> Any:
+    import enum
+
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``["train.batch_size=512", "ps.ttl_steps=null"]`` applied to a nested mapping (values parsed as YAML).
+
+    >>> apply_overrides({"train": {"seed": 1}}, ["train.batch_size=512", "workers=2"])
+    {'train': {'seed': 1, 'batch_size': 512}, 'workers': 2}
+    """
+    import copy
+
+    import yaml
+
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.batch_size=512")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc})") from None
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """The effective config: defaults, then the run YAML at ``path``, then ``overrides`` (KEY=VALUE)."""
+    raw = load_yaml_config(path) if path else {}
+    return RunConfig.from_dict(apply_overrides(raw, list(overrides or [])))

@@ -1,5 +1,6 @@
-"""trainer: the data layer (``trainer.data``), the DLRM-style model, the local reference
-trainer, update strategies, progressive validation, and PS-mode training on Ray Train.
+"""trainer: the data layer (``trainer.data``), the DLRM-style model over TorchRec-shaped input,
+one training core with pluggable embedding backends (in-process FBGEMM, the parameter
+server), update strategies, progressive validation, and PS-mode training on Ray Train.
 
 The public names are imported lazily (PEP 562) so that ``import trainer.data`` and the CLI's
 ``--help`` do not pay for torch.
@@ -14,11 +15,15 @@ _EXPORTS = {
     "TrainConfig": "trainer.config",
     "Strategy": "trainer.config",
     "DLRM": "trainer.model",
+    "PSOptions": "trainer.config",
+    "TrainerCore": "trainer.core",
+    "LocalBackend": "trainer.backends",
+    "ps_config_for": "trainer.backends",
+    "BackendEmbeddingBagCollection": "trainer.sparse",
     "LocalTrainer": "trainer.local",
     "ProgressiveValidator": "trainer.metrics",
     "auc": "trainer.metrics",
-    "PSTrainerCore": "trainer.ps_trainer",
-    "run_ps_training": "trainer.ps_trainer",
+    "run_ps_training": "trainer.run",
     "follow_data_files": "trainer.data.follow",
 }
 

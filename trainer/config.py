@@ -15,7 +15,9 @@ from typing import Any
 from common.config import ConfigError, check_keys
 
 INTERACTIONS = ("dcn", "dot")
+ARCHS = ("dlrm", "torchrec_dlrm", "torchrec_dlrm_dcn")
 DENSE_OPTIMIZERS = ("adagrad", "sgd")
+SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
 
 
 @enum.unique
@@ -32,12 +34,16 @@ class Strategy(str, enum.Enum):
 class ModelConfig:
     """A DLRM-style model: bottom MLP on dense features, an interaction, a top MLP, one logit.
 
+    arch: ``dlrm`` (freshrec's, below), ``torchrec_dlrm`` or ``torchrec_dlrm_dcn`` (TorchRec's own
+    ``DLRM`` / ``DLRM_DCN`` classes over the same embedding collection; every embedding dim must
+    equal ``bottom_mlp[-1]``; ``dcn_layers`` / ``dcn_rank`` configure DLRM_DCN's cross net).
     interaction: ``dcn`` (DCNv2 cross layers over [embeddings, bottom output]) or ``dot``
     (DLRM pairwise dot products; every embedding dim must equal ``bottom_mlp[-1]``).
     ``dcn_rank``: 0 for full-rank cross weights, else the low-rank factor (DCN-Mix style U V^T).
     """
 
     interaction: str = "dcn"
+    arch: str = "dlrm"
     dcn_layers: int = 2
     dcn_rank: int = 0
     bottom_mlp: tuple[int, ...] = (16,)
@@ -46,6 +52,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "bottom_mlp", tuple(self.bottom_mlp))
         object.__setattr__(self, "top_mlp", tuple(self.top_mlp))
+        if self.arch not in ARCHS:
+            raise ConfigError(f"model.arch must be one of {list(ARCHS)}, got {self.arch!r}")
         if self.interaction not in INTERACTIONS:
             raise ConfigError(f"model.interaction must be one of {list(INTERACTIONS)}, got {self.interaction!r}")
         _int_at_least("model.dcn_layers", self.dcn_layers, 0)
@@ -63,14 +71,14 @@ class TrainConfig:
     """How to train.
 
     batch_size: examples per minibatch (one optimizer step each).
-    sparse_lr / sparse_eps: row-wise Adagrad of the embedding rows (fused into backward).
+    sparse_optimizer / sparse_lr / sparse_eps: the update of the embedding rows, fused into FBGEMM's
+    backward (rowwise_adagrad, adagrad or sgd on CPU; adam needs CUDA).
     dense_lr / dense_optimizer: the MLP and interaction parameters (``adagrad`` or ``sgd``).
     seed: parameter init (dense and embedding rows) and the shuffling of full retrains.
     strategy: online | periodic | fusion | full_retrain (see :class:`Strategy`).
     fusion_lambda: weight of the new dense params in fusion, in [0, 1].
     window / period: periodic batch update over the last ``window`` shards every ``period`` shards.
     epochs_full_retrain: passes over all data so far in a full retrain (shuffled each epoch).
-    table_capacity: rows per embedding table in local training (ids beyond it raise).
     dense_clip: normalised dense features are clipped to [-dense_clip, dense_clip] (a feature
     constant so far, e.g. the hour in a 2-hour log, would otherwise become huge when it moves).
     init_scale: new embedding rows are uniform in +-init_scale (None: 1/sqrt(dim), the PS default).
@@ -80,6 +88,7 @@ class TrainConfig:
     """
 
     batch_size: int = 256
+    sparse_optimizer: str = "rowwise_adagrad"
     sparse_lr: float = 0.03
     sparse_eps: float = 1e-8
     dense_lr: float = 0.003
@@ -90,7 +99,6 @@ class TrainConfig:
     window: int = 4
     period: int = 1
     epochs_full_retrain: int = 1
-    table_capacity: int = 1 << 17
     dense_clip: float = 5.0
     init_scale: float | None = 0.01
 
@@ -104,7 +112,6 @@ class TrainConfig:
         _int_at_least("train.window", self.window, 1)
         _int_at_least("train.period", self.period, 1)
         _int_at_least("train.epochs_full_retrain", self.epochs_full_retrain, 1)
-        _int_at_least("train.table_capacity", self.table_capacity, 1)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError(f"train.seed must be an integer, got {self.seed!r}")
         for key in ("sparse_lr", "sparse_eps", "dense_lr", "dense_clip"):
@@ -114,6 +121,9 @@ class TrainConfig:
         if self.init_scale is not None and not (isinstance(self.init_scale, (int, float))
                                                 and 0 <= self.init_scale < float("inf")):
             raise ConfigError(f"train.init_scale must be None or a finite number >= 0, got {self.init_scale!r}")
+        if self.sparse_optimizer not in SPARSE_OPTIMIZERS:
+            raise ConfigError(f"train.sparse_optimizer must be one of {list(SPARSE_OPTIMIZERS)}, "
+                              f"got {self.sparse_optimizer!r}")
         if self.dense_optimizer not in DENSE_OPTIMIZERS:
             raise ConfigError(f"train.dense_optimizer must be one of {list(DENSE_OPTIMIZERS)}, "
                               f"got {self.dense_optimizer!r}")
@@ -135,6 +145,42 @@ def model_config_from_dict(raw: dict[str, Any]) -> ModelConfig:
     """Build from a YAML mapping (``model:`` section), refusing unknown keys."""
     check_keys(ModelConfig, raw, "model")
     return ModelConfig(**raw)
+
+
+@dataclasses.dataclass(frozen=True)
+class PSOptions:
+    """The parameter-server settings of a run (the ``ps:`` section); tables, the sparse optimizer,
+    its learning rate and the seed come from the spec and ``train`` (see :func:`trainer.backends.ps_config_for`).
+
+    num_shards: shard actors (partitions of every table). capacity_per_shard: rows each shard holds
+    per table (the local backend holds this many per table too). admission_threshold: pulls before
+    an id gets a row. ttl_steps: evict rows unseen for this many steps (None: never). LFU eviction
+    when a table is full. mode: sync (deterministic) | async (bounded staleness: max_staleness,
+    stale_policy drop | apply). weights_dtype: fp32 | fp16 rows. device: cpu | cuda | auto.
+    actor_num_cpus: CPUs each shard actor reserves (0 lets shards share a small local Ray).
+    """
+
+    num_shards: int = 2
+    capacity_per_shard: int = 1 << 17
+    admission_threshold: int = 1
+    ttl_steps: int | None = None
+    mode: str = "sync"
+    max_staleness: int = 8
+    stale_policy: str = "drop"
+    weights_dtype: str = "fp32"
+    device: str = "cpu"
+    actor_num_cpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        from paramserver.config import PSConfig, TableConfig
+
+        # one validation for every knob: the PS's own (errors name ps.<key>)
+        PSConfig(tables=(TableConfig("probe", 4),), **dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "PSOptions":
+        check_keys(cls, raw, "ps")
+        return cls(**raw)
 
 
 def _int_at_least(key: str, value: Any, low: int) -> None:

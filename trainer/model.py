@@ -1,10 +1,13 @@
-"""A DLRM-style ranking model that takes already-looked-up embeddings.
+"""DLRM-style ranking models over TorchRec-shaped input: ``model(dense, kjt) -> logits``.
 
-Embedding storage is not in the model: rows come from the parameter server (PS mode) or
-from :class:`trainer.embeddings.LocalEmbeddings` (one process), so one class serves both::
+The sparse side is a :class:`trainer.sparse.BackendEmbeddingBagCollection` (KJT in, pooled
+``KeyedTensor`` out) whose rows come from the embedding backend (in-process FBGEMM or the
+parameter server), so one model class serves every mode. ``build_model`` makes freshrec's
+own DLRM (``arch: dlrm``, below) or TorchRec's ``DLRM`` / ``DLRM_DCN`` over the same
+collection (``arch: torchrec_dlrm`` / ``torchrec_dlrm_dcn``)::
 
-    emb   = {"user": [B, 16], "item": [B, 16], "category": [B, 16]}   # pooled rows
-    dense = [B, d]                                                      # normalised
+    kjt   ─► embedding bag collection ─► {"user": [B, 16], "item": [B, 16], ...}   pooled rows
+    dense = [B, d]                                                                   normalised
           │
           ├─ bottom MLP(dense) ─────────────► b [B, bottom_mlp[-1]]
           ▼
@@ -21,8 +24,11 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
 from common.config import ConfigError
 from trainer.config import ModelConfig
+from trainer.sparse import BackendEmbeddingBagCollection, tables_for_spec
 
 
 def mlp(widths: Sequence[int], in_dim: int, last_relu: bool = True) -> nn.Sequential:
@@ -54,16 +60,23 @@ class CrossNet(nn.Module):
 
 
 class DLRM(nn.Module):
-    """The model. ``tables`` maps table name -> embedding dim, in the spec's order.
+    """freshrec's DLRM. ``embedding_bag_collection`` gives one pooled row per feature.
 
-    >>> m = DLRM({"user": 8, "item": 8}, dense_dim=2, cfg=ModelConfig(bottom_mlp=(8,)))
-    >>> m({"user": torch.zeros(3, 8), "item": torch.zeros(3, 8)}, torch.zeros(3, 2)).shape
+    >>> from trainer.sparse import EmbeddingBagConfig
+    >>> ebc = BackendEmbeddingBagCollection([EmbeddingBagConfig(num_embeddings=64, embedding_dim=8, name="user", feature_names=["user"])])
+    >>> m = DLRM(ebc, dense_dim=2, cfg=ModelConfig(bottom_mlp=(8,)))
+    >>> m.forward_pooled({"user": torch.zeros(3, 8)}, torch.zeros(3, 2)).shape
     torch.Size([3])
     """
 
-    def __init__(self, tables: Mapping[str, int], dense_dim: int, cfg: ModelConfig) -> None:
+    def __init__(self, embedding_bag_collection: BackendEmbeddingBagCollection, dense_dim: int,
+                 cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.embedding_bag_collection = embedding_bag_collection
+        features = [(f, t.embedding_dim) for t in embedding_bag_collection.embedding_bag_configs()
+                    for f in t.feature_names]
+        tables = dict(features)
         self.tables = tuple(tables)
         self.dims = tuple(tables.values())
         self.dense_dim = dense_dim
@@ -83,10 +96,12 @@ class DLRM(nn.Module):
         self.top = mlp(cfg.top_mlp, width)
         self.head = nn.Linear(cfg.top_mlp[-1] if cfg.top_mlp else width, 1)
 
-    def forward(self, emb: Mapping[str, torch.Tensor], dense: torch.Tensor) -> torch.Tensor:
-        """Logits [B] from pooled rows ``emb[table]`` [B, dim] and normalised ``dense`` [B, d]."""
-        if self.dense_dim == 0:  # a spec without dense features: a constant input
-            dense = torch.ones(len(next(iter(emb.values()))), 1)
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        """Logits [B] from normalised ``dense`` [B, max(d, 1)] and the sparse features ``sparse``."""
+        return self.forward_pooled(self.embedding_bag_collection(sparse).to_dict(), dense)
+
+    def forward_pooled(self, emb: Mapping[str, torch.Tensor], dense: torch.Tensor) -> torch.Tensor:
+        """Logits [B] from pooled rows ``emb[feature]`` [B, dim] and ``dense`` [B, max(d, 1)]."""
         b = self.bottom(dense)
         es = [emb[t] for t in self.tables]
         if self.cfg.interaction == "dcn":
@@ -106,11 +121,38 @@ class DLRM(nn.Module):
         return torch.sigmoid(logits)
 
 
-def build_model(spec, cfg: ModelConfig, seed: int = 0) -> DLRM:
-    """The model for a :class:`trainer.data.FeatureSpec`, its dense params initialised from ``seed``."""
+def build_model(spec, cfg: ModelConfig, seed: int = 0) -> nn.Module:
+    """The model for a :class:`trainer.data.FeatureSpec`, its dense params initialised from ``seed``.
+
+    Every arch reads its embeddings through one :class:`BackendEmbeddingBagCollection` (one
+    table per sparse feature of the spec) and takes ``(dense [B, max(d, 1)], kjt)``; a spec
+    without dense features gets a constant 1 column. TorchRec's models return logits [B, 1].
+    """
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        return DLRM({f.name: f.dim for f in spec.sparse}, len(spec.dense), cfg)
+        ebc = BackendEmbeddingBagCollection(tables_for_spec(spec))
+        if cfg.arch == "dlrm":
+            return DLRM(ebc, len(spec.dense), cfg)
+        return _torchrec_model(ebc, max(len(spec.dense), 1), cfg)
     finally:
         torch.random.set_rng_state(gen_state)
+
+
+def _torchrec_model(ebc: BackendEmbeddingBagCollection, dense_in: int, cfg: ModelConfig) -> nn.Module:
+    from torchrec.models.dlrm import DLRM as TorchRecDLRM
+    from torchrec.models.dlrm import DLRM_DCN
+
+    dims = {t.name: t.embedding_dim for t in ebc.embedding_bag_configs()}
+    dim = cfg.bottom_mlp[-1]
+    bad = {t: d for t, d in dims.items() if d != dim}
+    if bad:
+        raise ConfigError(f"model.arch={cfg.arch!r} (TorchRec) needs every embedding dim == bottom_mlp[-1]={dim}; "
+                          f"tables {bad} differ: change bottom_mlp[-1] or the spec's dims")
+    over = [*cfg.top_mlp, 1]
+    if cfg.arch == "torchrec_dlrm":
+        return TorchRecDLRM(embedding_bag_collection=ebc, dense_in_features=dense_in,
+                            dense_arch_layer_sizes=list(cfg.bottom_mlp), over_arch_layer_sizes=over)
+    return DLRM_DCN(embedding_bag_collection=ebc, dense_in_features=dense_in,
+                    dense_arch_layer_sizes=list(cfg.bottom_mlp), over_arch_layer_sizes=over,
+                    dcn_num_layers=cfg.dcn_layers, dcn_low_rank_dim=cfg.dcn_rank or dim)

@@ -1,18 +1,18 @@
 """Quality of incremental training against full retrain, by replaying a log in time order.
 
-The log is cut into time-ordered shards 0..N-1. After ``warmup`` shards, at each
-evaluation point t (a shard index) two models score shard t, which neither has trained on:
+The log is cut into time-ordered files 0..N-1. After ``warmup`` files, at each
+evaluation point t (a file index) two models score file t, which neither has trained on:
 
-* incremental: the online model that has trained on shards 0..t-1 one pass each, in
-  time order (its score of shard t is its progressive-validation score);
+* incremental: the online model that has trained on files 0..t-1 one pass each, in
+  time order (its score of file t is its progressive-validation score);
 * full retrain: a fresh model (same architecture, hyper-parameters and seed) trained on
-  shards 0..t-1 concatenated, ``epochs`` passes, shuffled each pass.
+  files 0..t-1 concatenated, ``epochs`` passes, shuffled each pass.
 
 Compute is counted in examples processed by training (each example of each epoch once;
-scoring is not counted, both sides score the same shards) and in wall seconds of
+scoring is not counted, both sides score the same files) and in wall seconds of
 training. For the run as a whole::
 
-    incremental compute  = sum of n_s over shards s < last point        (each shard once)
+    incremental compute  = sum of n_s over files s < last point        (each file once)
     full-retrain compute = sum over points t of epochs * sum_{s < t} n_s (a retrain per point)
     compute_ratio        = incremental compute / full-retrain compute
 
@@ -34,14 +34,14 @@ from trainer.config import ModelConfig, TrainConfig
 from trainer.data import EventBatch, Validator, iter_batches, load_spec, read_data_file
 from trainer.local import LocalTrainer
 from trainer.metrics import auc, log_loss
-from trainer.strategies import FullRetrainPolicy, apply_decision
+from trainer.strategies import FullRetrainPolicy
 
 
 @dataclasses.dataclass(frozen=True)
 class QualityPoint:
-    point: int  # shard index t
-    shard: str
-    examples: int  # rows of shard t (scored by both models)
+    point: int  # data file index t
+    file: str
+    examples: int  # rows of data file t (scored by both models)
     positives: int
     auc_incremental: float
     log_loss_incremental: float
@@ -49,23 +49,23 @@ class QualityPoint:
     log_loss_full_retrain: float
     inc_examples: int  # examples the online model trained on since the previous point
     inc_seconds: float
-    full_examples: int  # examples the full retrain processed (epochs * rows of shards < t)
+    full_examples: int  # examples the full retrain processed (epochs * rows of files < t)
     full_seconds: float
 
 
 @dataclasses.dataclass(frozen=True)
 class QualityResult:
     dataset: str
-    shards: tuple[str, ...]
-    shard_rows: tuple[int, ...]
+    files: tuple[str, ...]
+    file_rows: tuple[int, ...]
     points: tuple[QualityPoint, ...]
     epochs_full_retrain: int
-    incremental_auc_by_shard: tuple[float, ...]  # progressive AUC of every shard (nan before any training)
-    incremental_examples_per_s: tuple[float, ...]  # training throughput of the online model per shard
+    incremental_auc_by_file: tuple[float, ...]  # progressive AUC of every file (nan before any training)
+    incremental_examples_per_s: tuple[float, ...]  # training throughput of the online model per file
 
     def summary(self) -> dict[str, float]:
         p = self.points
-        inc_ex = sum(self.shard_rows[:p[-1].point]) if p else 0
+        inc_ex = sum(self.file_rows[:p[-1].point]) if p else 0
         inc_s = sum(q.inc_seconds for q in p)
         full_ex = sum(q.full_examples for q in p)
         full_s = sum(q.full_seconds for q in p)
@@ -84,7 +84,7 @@ class QualityResult:
             "incremental_seconds": inc_s,
             "full_retrain_seconds": full_s,
             "points": len(p),
-            "shards": len(self.shards),
+            "files": len(self.files),
             "epochs_full_retrain": self.epochs_full_retrain,
         }
 
@@ -92,7 +92,7 @@ class QualityResult:
 # ---------------------------------------------------------------- data sets
 def taobao_files(csv: str | Path, every_s: int = 300, work_dir: str | Path | None = None
                   ) -> tuple[list[EventBatch], list[str]]:
-    """The Taobao log split into ``every_s``-second shards (parquet, in a temp dir), read back."""
+    """The Taobao log split into ``every_s``-second files (parquet, in a temp dir), read back."""
     from trainer.data.split import split_into_files
 
     spec = load_spec("taobao")
@@ -104,29 +104,29 @@ def taobao_files(csv: str | Path, every_s: int = 300, work_dir: str | Path | Non
     return batches, names
 
 
-def movielens_files(inter: str | Path, n_shards: int = 20) -> tuple[list[EventBatch], list[str]]:
-    """MovieLens-100K sorted by timestamp and cut into ``n_shards`` shards of equal count.
+def movielens_files(inter: str | Path, n_files: int = 20) -> tuple[list[EventBatch], list[str]]:
+    """MovieLens-100K sorted by timestamp and cut into ``n_files`` files of equal count.
 
     Equal counts rather than calendar weeks: ratings are very unevenly spread over the 7
-    months (a few weeks hold a large part of them), so weekly shards would range from a
-    few hundred to over ten thousand rows and the per-shard AUC would be noisy where small.
+    months (a few weeks hold a large part of them), so weekly files would range from a
+    few hundred to over ten thousand rows and the per-file AUC would be noisy where small.
     """
     spec = load_spec("movielens100k")
     batch = EventBatch.concat(list(iter_batches([inter], Validator(spec), progress=False)))
     batch = batch.take(np.argsort(batch.ts, kind="stable"))
-    bounds = np.linspace(0, len(batch), n_shards + 1).round().astype(np.int64)
-    shards = [batch.take(np.arange(lo, hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
-    names = [f"ml-{i:02d}-" + time.strftime("%Y%m%d", time.gmtime(int(s.ts[0]))) for i, s in enumerate(shards)]
-    return shards, names
+    bounds = np.linspace(0, len(batch), n_files + 1).round().astype(np.int64)
+    files = [batch.take(np.arange(lo, hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    names = [f"ml-{i:02d}-" + time.strftime("%Y%m%d", time.gmtime(int(s.ts[0]))) for i, s in enumerate(files)]
+    return files, names
 
 
-def choose_points(shard_rows: Sequence[int], warmup: int, points: int, min_rows: int = 1000) -> list[int]:
-    """``points`` shard indices >= warmup spread evenly (0: all), skipping shards under ``min_rows``.
+def choose_points(file_rows: Sequence[int], warmup: int, points: int, min_rows: int = 1000) -> list[int]:
+    """``points`` file indices >= warmup spread evenly (0: all), skipping files under ``min_rows``.
 
     >>> choose_points([5000] * 10, warmup=2, points=3)
     [2, 6, 9]
     """
-    cand = [i for i in range(warmup, len(shard_rows)) if shard_rows[i] >= min_rows]
+    cand = [i for i in range(warmup, len(file_rows)) if file_rows[i] >= min_rows]
     if points <= 0 or points >= len(cand):
         return cand
     pick = np.linspace(0, len(cand) - 1, points).round().astype(int)
@@ -134,22 +134,23 @@ def choose_points(shard_rows: Sequence[int], warmup: int, points: int, min_rows:
 
 
 # ------------------------------------------------------------------- replay
-def run_quality(dataset: str, spec, shards: Sequence[EventBatch], names: Sequence[str], model_cfg: ModelConfig,
+def run_quality(dataset: str, spec, files: Sequence[EventBatch], names: Sequence[str], model_cfg: ModelConfig,
                 train_cfg: TrainConfig, points: Sequence[int], progress=None) -> QualityResult:
-    """Replay ``shards`` in order; at each of ``points`` compare incremental with a full retrain."""
+    """Replay ``files`` in order; at each of ``points`` compare incremental with a full retrain."""
     points = sorted(points)
     online = LocalTrainer(spec, model_cfg, train_cfg)
     retrain = FullRetrainPolicy(train_cfg.epochs_full_retrain)
     out: list[QualityPoint] = []
     last = points[-1] if points else -1
     since_ex, since_s = 0, 0.0
-    for t, batch in enumerate(shards[:last + 1]):
+    for t, batch in enumerate(files[:last + 1]):
         if t in points:
             inc_scores = online.score(batch)
-            full, spent = apply_decision(online.fresh(), retrain.decide(t - 1), shards)
+            full = online.fresh()
+            spent = full.apply_decision(retrain.decide(t - 1), files)
             full_scores = full.score(batch)
             out.append(QualityPoint(
-                point=t, shard=names[t], examples=len(batch), positives=int((batch.label > 0.5).sum()),
+                point=t, file=names[t], examples=len(batch), positives=int((batch.label > 0.5).sum()),
                 auc_incremental=auc(batch.label, inc_scores), log_loss_incremental=log_loss(batch.label, inc_scores),
                 auc_full_retrain=auc(batch.label, full_scores), log_loss_full_retrain=log_loss(batch.label, full_scores),
                 inc_examples=since_ex, inc_seconds=since_s,
@@ -165,15 +166,15 @@ def run_quality(dataset: str, spec, shards: Sequence[EventBatch], names: Sequenc
         since_s += m.train_seconds
     v = online.validator.files
     return QualityResult(
-        dataset=dataset, shards=tuple(names), shard_rows=tuple(len(b) for b in shards), points=tuple(out),
+        dataset=dataset, files=tuple(names), file_rows=tuple(len(b) for b in files), points=tuple(out),
         epochs_full_retrain=train_cfg.epochs_full_retrain,
-        incremental_auc_by_shard=tuple(m.auc for m in v),
+        incremental_auc_by_file=tuple(m.auc for m in v),
         incremental_examples_per_s=tuple(m.examples_per_s for m in v))
 
 
 def synthetic_shard(spec, n: int, seed: int, start_ts: int = 1_511_658_000, n_users: int = 300,
                     n_items: int = 200) -> EventBatch:
-    """A shard with a known signal, for tests and smoke runs: P(click) depends on the item
+    """A file with a known signal, for tests and smoke runs: P(click) depends on the item
     (a fixed "good" half: 0.6, the rest: 0.1) and on the first dense feature (+0.2 when > 0).
     Every sparse table of ``spec`` gets ids; tables other than user/item get item // 10.
     """
@@ -195,26 +196,24 @@ def synthetic_shard(spec, n: int, seed: int, start_ts: int = 1_511_658_000, n_us
                       rows=np.arange(1, n + 1, dtype=np.int64), table=pa.table({"event_id": eid}))
 
 
-def run_strategy(spec, shards: Sequence[EventBatch], model_cfg: ModelConfig, train_cfg: TrainConfig, policy,
+def run_strategy(spec, files: Sequence[EventBatch], model_cfg: ModelConfig, train_cfg: TrainConfig, policy,
                  points: Sequence[int]) -> dict[str, float]:
-    """Progressive replay under ``policy`` (:mod:`trainer.strategies`): before each shard t in
-    ``points`` the current model scores shard t; after every shard the policy's decision is
+    """Progressive replay under ``policy`` (:mod:`trainer.strategies`): before each file t in
+    ``points`` the current model scores file t; after every file the policy's decision is
     applied. Returns the mean AUC / log-loss over ``points`` and the examples trained up to the
     last point.
     """
-    from trainer.strategies import apply_decision
-
     trainer = LocalTrainer(spec, model_cfg, train_cfg)
     aucs, losses, examples, seconds = [], [], 0, 0.0
     last = max(points)
     for t in range(last + 1):
         if t in points:
-            s = trainer.score(shards[t])
-            aucs.append(auc(shards[t].label, s))
-            losses.append(log_loss(shards[t].label, s))
+            s = trainer.score(files[t])
+            aucs.append(auc(files[t].label, s))
+            losses.append(log_loss(files[t].label, s))
         if t == last:
             break
-        trainer, spent = apply_decision(trainer, policy.decide(t), shards)
+        spent = trainer.apply_decision(policy.decide(t), files)
         examples += spent["examples"]
         seconds += spent["seconds"]
     return {"auc": float(np.nanmean(aucs)), "log_loss": float(np.mean(losses)), "examples": examples,

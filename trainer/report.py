@@ -39,8 +39,8 @@ def write_report(results, out_dir: str | Path, dpi: int = 90) -> list[Path]:
         s = r.summary()
         fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True,
                                        gridspec_kw={"height_ratios": [2, 1]})
-        x = np.arange(len(r.incremental_auc_by_shard))
-        ax1.plot(x, r.incremental_auc_by_shard, color="tab:blue", alpha=0.35, lw=1,
+        x = np.arange(len(r.incremental_auc_by_file))
+        ax1.plot(x, r.incremental_auc_by_file, color="tab:blue", alpha=0.35, lw=1,
                  label="incremental, every shard")
         px = [p.point for p in r.points]
         ax1.plot(px, [p.auc_incremental for p in r.points], "o-", color="tab:blue",

@@ -1,25 +1,24 @@
-"""Update strategies: small policies that say what to train when shard ``i`` has landed.
+"""Update strategies: small policies that say what to train when data file ``i`` has landed.
 
-A policy never trains; it returns a :class:`Decision` (which shards, how many epochs,
+A policy never trains; it returns a :class:`Decision` (which data files, how many epochs,
 shuffled or not, from scratch or not, fuse the dense params or not) and
-:func:`apply_decision` carries it out on a :class:`trainer.local.LocalTrainer`::
+:meth:`trainer.core.TrainerCore.apply_decision` carries it out, the same way in every mode::
 
-    policy                 decide(i) for shard i (0-based)
+    policy                 decide(i) for data file i (0-based)
     ─────────────────────  ────────────────────────────────────────────────────────────
     OnlinePolicy           train [i], 1 epoch, in time order
-    PeriodicPolicy(W, P)   every P-th shard: train [i-W+1 .. i], 1 epoch, warm start; else skip
+    PeriodicPolicy(W, P)   every P-th file: train [i-W+1 .. i], 1 epoch, warm start; else skip
     FusionPolicy(lam)      train [i] (online), then theta = lam * theta_new + (1 - lam) * theta_prev
     FullRetrainPolicy(k)   from scratch on [0 .. i], k epochs, shuffled (the baseline)
 
 Fusion applies to the dense parameters only (MLP and interaction); embedding rows keep
-the online update (they are sparse: a row the new shard did not touch is unchanged anyway).
+the online update (they are sparse: a row the new data file did not touch is unchanged anyway).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Sequence
 
 import torch
 
@@ -36,17 +35,17 @@ class Action(enum.Enum):
 @dataclasses.dataclass(frozen=True)
 class Decision:
     action: Action
-    shards: tuple[int, ...] = ()
+    files: tuple[int, ...] = ()
     epochs: int = 1
     shuffle: bool = False
     fuse_lambda: float | None = None  # None: no fusion
 
 
 class OnlinePolicy:
-    """Plain online learning: each new shard once, in time order.
+    """Plain online learning: each new data file once, in time order.
 
     >>> OnlinePolicy().decide(3)
-    Decision(action=<Action.TRAIN: 'train'>, shards=(3,), epochs=1, shuffle=False, fuse_lambda=None)
+    Decision(action=<Action.TRAIN: 'train'>, files=(3,), epochs=1, shuffle=False, fuse_lambda=None)
     """
 
     def decide(self, i: int) -> Decision:
@@ -54,9 +53,9 @@ class OnlinePolicy:
 
 
 class PeriodicPolicy:
-    """Periodic batch update: every ``period`` shards, one pass over the last ``window`` shards.
+    """Periodic batch update: every ``period`` files, one pass over the last ``window`` files.
 
-    >>> PeriodicPolicy(window=3, period=2).decide(5).shards
+    >>> PeriodicPolicy(window=3, period=2).decide(5).files
     (3, 4, 5)
     >>> PeriodicPolicy(window=3, period=2).decide(4).action
     <Action.SKIP: 'skip'>
@@ -90,10 +89,10 @@ class FusionPolicy:
 
 
 class FullRetrainPolicy:
-    """The baseline: a fresh model trained on every shard so far, ``epochs`` shuffled passes.
+    """The baseline: a fresh model trained on every data file so far, ``epochs`` shuffled passes.
 
     >>> FullRetrainPolicy(2).decide(2)
-    Decision(action=<Action.RETRAIN: 'retrain'>, shards=(0, 1, 2), epochs=2, shuffle=True, fuse_lambda=None)
+    Decision(action=<Action.RETRAIN: 'retrain'>, files=(0, 1, 2), epochs=2, shuffle=True, fuse_lambda=None)
     """
 
     def __init__(self, epochs: int) -> None:
@@ -120,23 +119,3 @@ def fuse(new: dict[str, torch.Tensor], prev: dict[str, torch.Tensor], lam: float
     if new.keys() != prev.keys():
         raise KeyError(f"fuse: parameter names differ: {sorted(set(new) ^ set(prev))}")
     return {k: lam * new[k] + (1.0 - lam) * prev[k] for k in new}
-
-
-def apply_decision(trainer, decision: Decision, shards: Sequence) -> tuple[object, dict[str, float]]:
-    """Carry out ``decision`` on ``trainer`` with ``shards`` (EventBatch per index).
-
-    Returns the trainer to use from now on (a new one after RETRAIN) and the compute spent:
-    {"examples": examples processed in training, all epochs; "seconds": wall seconds}.
-    """
-    from trainer.data import EventBatch
-
-    if decision.action is Action.SKIP or not decision.shards:
-        return trainer, {"examples": 0, "seconds": 0.0}
-    if decision.action is Action.RETRAIN:
-        trainer = trainer.fresh()
-    prev = trainer.dense_state() if decision.fuse_lambda is not None else None
-    batch = EventBatch.concat([shards[i] for i in decision.shards])
-    info = trainer.train(batch, epochs=decision.epochs, shuffle=decision.shuffle)
-    if prev is not None:
-        trainer.load_dense_state(fuse(trainer.dense_state(), prev, decision.fuse_lambda))
-    return trainer, {"examples": info["examples"], "seconds": info["seconds"]}

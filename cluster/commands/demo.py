@@ -13,7 +13,7 @@ from cluster.errors import UserError
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the pipeline end to end on real data (local Ray)",
-                       description="Validate a real behaviour log, split it into 5-minute shards, and train on them. "
+                       description="Validate a real behaviour log, split it into 5-minute data files, and train on them. "
                                    "Uses the Taobao log in ../shared/data when present, else fetches MovieLens-100K from PyPI.")
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="working directory (recreated)")
     p.add_argument("--input", type=Path, default=None, help="a log file to use instead (needs --spec)")
@@ -47,7 +47,7 @@ def _demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True)
     inputs, spec_name, every = _pick_data(args, out)
     spec = load_spec(spec_name)
-    print(f"[1/2] validate + split {', '.join(str(i) for i in inputs)} (spec {spec.name}) into {every} shards")
+    print(f"[1/2] validate + split {', '.join(str(i) for i in inputs)} (spec {spec.name}) into {every} data files")
     with DeadLetterWriter(out / "dead-letter.jsonl") as dl:
         validator = Validator(spec, dl)
         result = split_into_files(inputs, validator, parse_duration(every), out / "data",
@@ -61,28 +61,31 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_stage(args, out, spec, shards) -> None:
+def _train_stage(args, out, spec, files) -> None:
+    from cluster.config import RunConfig
     from cluster.ray_runtime import ensure_ray
-    from trainer.config import ModelConfig, TrainConfig
-    from trainer.ps_trainer import run_ps_training
     from trainer.report import plot_run, table_header, table_row
+    from trainer.run import run_ps_training
+
+    cfg = RunConfig(spec=spec.name, workers=2)
 
     history, incoming = out / "history", out / "incoming"
     history.mkdir()
     incoming.mkdir()
-    cut = max(1, len(shards) // 3)
-    for i, shard in enumerate(shards):  # the first third is history, the rest lands as new shards
-        shard.rename((history if i < cut else incoming) / shard.name)
-    print(f"[2/2] local Ray; parameter server (2 shard actors, FBGEMM row-wise Adagrad); Ray Train with 2 workers "
-          f"(gloo DDP); cold start on {cut} history shards, then stream {len(shards) - cut} incoming shards")
-    ensure_ray()
-    print("progressive validation: each shard is scored before the model trains on it")
+    cut = max(1, len(files) // 3)
+    for i, f in enumerate(files):  # the first third is history, the rest lands as new data files
+        f.rename((history if i < cut else incoming) / f.name)
+    print(f"[2/2] local Ray; parameter server ({cfg.ps.num_shards} shard actors, FBGEMM row-wise Adagrad); Ray Train "
+          f"with {cfg.workers} workers (gloo DDP); cold start on {cut} history data files, then stream "
+          f"{len(files) - cut} incoming data files")
+    ensure_ray(cfg.ray)
+    print("progressive validation: each data file is scored before the model trains on it")
     print(table_header(), flush=True)
-    result, _ = run_ps_training(spec, ModelConfig(), TrainConfig(), out / "run", history=history, incoming=incoming,
-                                drain=True, num_workers=2, num_shards=2, mode="sync",
-                                on_shard=lambda i, m: print(table_row(i, m), flush=True))
+    result, _ = run_ps_training(spec, cfg.model, cfg.train, out / "run", ps=cfg.ps, history=history,
+                                incoming=incoming, drain=True, num_workers=cfg.workers,
+                                on_file=lambda i, m: print(table_row(i, m), flush=True))
     last = result.metrics[-1]
     plots = plot_run(result.metrics, out / "run")
-    print(f"trained on {len(result.metrics)} shards ({result.steps} sync steps) in {result.seconds:.1f} s; "
+    print(f"trained on {len(result.metrics)} data files ({result.steps} sync steps) in {result.seconds:.1f} s; "
           f"cumulative progressive AUC {last['cumulative_auc']:.4f}")
     print(f"run directory {out / 'run'}: metrics.jsonl, ledger.json, dense.pt, {', '.join(p.name for p in plots)}")

@@ -1,4 +1,5 @@
-"""PS-mode training on Ray Train against the local reference trainer (real Ray, FBGEMM, gloo)."""
+"""One training core, two backends: the local (in-process FBGEMM) backend and the parameter server
+(real shard actors, real Ray Train workers with gloo DDP) end with the same parameters."""
 
 from __future__ import annotations
 
@@ -8,13 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.config import ModelConfig, TrainConfig
+from paramserver import create_parameter_server
+from trainer.backends import ps_config_for
+from trainer.config import ModelConfig, PSOptions, TrainConfig
+from trainer.core import TrainerCore
 from trainer.data import Validator, load_spec, read_data_file
 from trainer.data.split import split_into_files
 from trainer.local import LocalTrainer
-from trainer.ps_trainer import run_ps_training
+from trainer.run import run_ps_training
 
 pytestmark = pytest.mark.integration
+SPEC = load_spec("taobao")
+TABLES = ("user", "item", "category")
 
 
 def _synthetic_log(path, rows=4000, seed=0):
@@ -28,7 +34,7 @@ def _synthetic_log(path, rows=4000, seed=0):
 
 @pytest.fixture(scope="module")
 def small_files(tmp_path_factory):
-    """The first 4,000 rows of the real Taobao log in 2-minute shards; a synthetic log of the
+    """The first 4,000 rows of the real Taobao log in 2-minute data files; a synthetic log of the
     same format when the shared data is absent (the PS training path is tested either way)."""
     from tests.conftest import TAOBAO_CSV
 
@@ -39,78 +45,141 @@ def small_files(tmp_path_factory):
             head.write_text("".join(next(src) for _ in range(4000)))
     else:
         _synthetic_log(head)
-    out = split_into_files([head], Validator(load_spec("taobao")), 120, root / "shards", progress=False)
+    out = split_into_files([head], Validator(SPEC), 120, root / "data", progress=False)
     assert len(out.files) >= 2
-    return root / "shards"
+    return root / "data"
 
 
-def test_sync_one_worker_matches_local_trainer(ray_local, small_files, tmp_path):
-    spec = load_spec("taobao")
-    mcfg, tcfg = ModelConfig(), TrainConfig(batch_size=128, seed=3)
-    local = LocalTrainer(spec, mcfg, tcfg)
-    v = Validator(spec)
-    local_aucs = []
-    for shard in sorted(small_files.glob("part-*.parquet")):
-        local_aucs.append(local.step_file(read_data_file(shard, v), shard.name).auc)
+@pytest.fixture(scope="module")
+def batches(small_files):
+    v = Validator(SPEC)
+    return [(p.name, read_data_file(p, v)) for p in sorted(small_files.glob("part-*.parquet"))]
 
-    result, client = run_ps_training(spec, mcfg, tcfg, tmp_path / "run", history=small_files, num_workers=1,
-                                     num_shards=2, mode="sync", keep_ps=True)
+
+def _rows(backend, table, ids):
+    return backend.wait(backend.pull_many({table: ids}))[table]
+
+
+def _assert_same_model(local: TrainerCore, other: TrainerCore, backend_other, exact: bool, atol: float = 0.0):
+    for k, v in local.dense_state().items():
+        if exact:
+            assert torch.equal(other.dense_state()[k], v), k
+        else:
+            torch.testing.assert_close(other.dense_state()[k], v, atol=atol, rtol=0)
+    assert local.stats.state_dict() == other.stats.state_dict()
+    for table in TABLES:
+        ids, rows = local.backend.table_rows(table)
+        got = _rows(backend_other, table, ids)
+        if exact:
+            np.testing.assert_array_equal(got, rows, err_msg=table)
+        else:
+            assert np.abs(got - rows).max() <= atol, table
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, 4])
+def test_sync_core_on_the_ps_is_bit_identical_to_the_local_backend(ray_local, batches, num_shards):
+    """The same core over the PS client (1 worker, 1/2/4 shard actors) and over in-process FBGEMM."""
+    tcfg = TrainConfig(batch_size=128, seed=3)
+    local = LocalTrainer(SPEC, ModelConfig(), tcfg)
+    client = create_parameter_server(ps_config_for(SPEC, tcfg, PSOptions(num_shards=num_shards)))
     try:
-        assert [m["file"] for m in result.metrics] == [p.name for p in sorted(small_files.glob("part-*.parquet"))]
-        np.testing.assert_allclose([m["auc"] for m in result.metrics], local_aucs, atol=1e-5)
-        dense = torch.load(result.run_dir / "dense.pt")["dense"]
-        for k, v_local in local.dense_state().items():
-            torch.testing.assert_close(dense[k], v_local, atol=1e-6, rtol=0)
-        for table in ("user", "item", "category"):
-            ids, rows = local.embeddings.table_rows(table)
-            ps_rows = client.wait(client.pull(table, ids))
-            assert np.abs(ps_rows - rows).max() <= 1e-6, table
+        core = TrainerCore(SPEC, ModelConfig(), tcfg, client)
+        for name, b in batches:
+            local.step_file(b, name)
+            core.step_file(b, name)
+        assert [m.auc for m in core.validator.files] == [m.auc for m in local.validator.files]
+        _assert_same_model(local, core, client, exact=True)
     finally:
         client.shutdown()
 
 
-def test_two_workers_stream_incoming_once_each(ray_local, small_files, tmp_path):
-    spec = load_spec("taobao")
-    shards = sorted(small_files.glob("part-*.parquet"))
-    history, incoming = tmp_path / "history", tmp_path / "incoming"
-    history.mkdir(), incoming.mkdir()
-    shutil.copy(shards[0], history / shards[0].name)
-    for s in shards[1:]:
-        shutil.copy(s, incoming / s.name)
-    result, _ = run_ps_training(spec, ModelConfig(), TrainConfig(batch_size=128, seed=3), tmp_path / "run",
-                                history=history, incoming=incoming, drain=True, num_workers=2, num_shards=2)
-    assert [m["file"] for m in result.metrics] == [s.name for s in shards]
-    ledger = (result.run_dir / "ledger.json").read_text()
-    assert all(s.name in ledger for s in shards)
-    assert result.metrics[-1]["ledger_rows"] == sum(len(read_data_file(s, Validator(spec))) for s in shards)
-    assert all(0.0 <= m["auc"] <= 1.0 for m in result.metrics if m["auc"] == m["auc"])
+def test_torchrec_dlrm_dcn_trains_through_the_ps_like_the_local_backend(ray_local, batches):
+    """TorchRec's own DLRM_DCN, built from the spec, over the parameter server (2 shards) and locally."""
+    from torchrec.models.dlrm import DLRM_DCN
+
+    mcfg = ModelConfig(arch="torchrec_dlrm_dcn", bottom_mlp=(32, 16), top_mlp=(32,), dcn_layers=2, dcn_rank=8)
+    tcfg = TrainConfig(batch_size=128, seed=4)
+    local = LocalTrainer(SPEC, mcfg, tcfg)
+    assert isinstance(local.base_model, DLRM_DCN)
+    client = create_parameter_server(ps_config_for(SPEC, tcfg, PSOptions(num_shards=2)))
+    try:
+        core = TrainerCore(SPEC, mcfg, tcfg, client)
+        for name, b in batches:
+            local.step_file(b, name)
+            core.step_file(b, name)
+        _assert_same_model(local, core, client, exact=True)
+        assert local.validator.cumulative()["auc"] > 0.5
+    finally:
+        client.shutdown()
 
 
 @pytest.mark.parametrize("strategy", ["periodic", "fusion"])
-def test_ps_strategies_match_local_strategies(ray_local, small_files, strategy):
-    """Periodic window updates and dense fusion in PS mode (no Ray Train: one core object)."""
-    from paramserver import create_parameter_server
-    from trainer.embeddings import ps_config_for
-    from trainer.ps_trainer import PSTrainerCore
-    from trainer.strategies import apply_decision, make_policy
-
-    spec = load_spec("taobao")
-    mcfg = ModelConfig()
+def test_ps_strategies_match_local_strategies(ray_local, batches, strategy):
     tcfg = TrainConfig(batch_size=128, seed=5, strategy=strategy, window=2, period=2, fusion_lambda=0.3)
-    v = Validator(spec)
-    batches = [read_data_file(p, v) for p in sorted(small_files.glob("part-*.parquet"))]
-    local, policy = LocalTrainer(spec, mcfg, tcfg), make_policy(tcfg)
-    for i, b in enumerate(batches):
-        local.validator.record(str(i), b.label, local.score(b))
-        local, _ = apply_decision(local, policy.decide(i), batches)
-    client = create_parameter_server(ps_config_for(spec, tcfg, num_shards=2))
+    local = LocalTrainer(SPEC, ModelConfig(), tcfg)
+    client = create_parameter_server(ps_config_for(SPEC, tcfg, PSOptions(num_shards=2)))
     try:
-        core = PSTrainerCore(spec, mcfg, tcfg, client)
-        for i, b in enumerate(batches):
-            core.step_file(b, str(i))
-        np.testing.assert_allclose([m.auc for m in core.validator.files], [m.auc for m in local.validator.files],
-                                   atol=1e-5)
-        for k, v_local in local.dense_state().items():
-            torch.testing.assert_close(core.dense_state()[k], v_local, atol=1e-6, rtol=0)
+        core = TrainerCore(SPEC, ModelConfig(), tcfg, client)
+        for name, b in batches:
+            local.step_file(b, name)
+            core.step_file(b, name)
+        _assert_same_model(local, core, client, exact=True)
+    finally:
+        client.shutdown()
+
+
+def _check_run_against_local(result, client, local, batches, exact: bool) -> None:
+    assert [m["file"] for m in result.metrics] == [name for name, _ in batches]
+    aucs = [m["auc"] for m in result.metrics]
+    if exact:
+        assert aucs == [m.auc for m in local.validator.files]
+    else:
+        np.testing.assert_allclose(aucs, [m.auc for m in local.validator.files], atol=1e-4)
+    saved = torch.load(result.run_dir / "dense.pt")
+    assert saved["step"] == local.step and saved["stats"] == local.stats.state_dict()
+    for k, v in local.dense_state().items():
+        torch.testing.assert_close(saved["model"][k], v, atol=0 if exact else 1e-5, rtol=0)
+    for table in TABLES:
+        ids, rows = local.backend.table_rows(table)
+        diff = np.abs(_rows(client, table, ids) - rows).max()
+        assert (diff == 0) if exact else (diff <= 1e-5), (table, diff)
+
+
+@pytest.fixture(scope="module")
+def local_reference(batches):
+    local = LocalTrainer(SPEC, ModelConfig(), TrainConfig(batch_size=128, seed=3))
+    for name, b in batches:
+        local.step_file(b, name)
+    return local
+
+
+def test_ray_train_one_worker_is_bit_identical_to_one_process(ray_local, small_files, batches, local_reference,
+                                                              tmp_path):
+    result, client = run_ps_training(SPEC, ModelConfig(), TrainConfig(batch_size=128, seed=3), tmp_path / "run",
+                                     history=small_files, num_workers=1, ps=PSOptions(num_shards=2), keep_ps=True)
+    try:
+        _check_run_against_local(result, client, local_reference, batches, exact=True)
+    finally:
+        client.shutdown()
+
+
+def test_two_workers_stream_each_file_once_and_match_one_process(ray_local, small_files, batches, local_reference,
+                                                                 tmp_path):
+    """W=2 (gloo DDP, both ranks push rows) equals one process on the same global minibatches within
+    float rounding; history then incoming, each data file once, in order, in the ledger."""
+    files = sorted(small_files.glob("part-*.parquet"))
+    history, incoming = tmp_path / "history", tmp_path / "incoming"
+    history.mkdir(), incoming.mkdir()
+    shutil.copy(files[0], history / files[0].name)
+    for f in files[1:]:
+        shutil.copy(f, incoming / f.name)
+    result, client = run_ps_training(SPEC, ModelConfig(), TrainConfig(batch_size=128, seed=3), tmp_path / "run",
+                                     history=history, incoming=incoming, drain=True, num_workers=2,
+                                     ps=PSOptions(num_shards=2), keep_ps=True)
+    try:
+        _check_run_against_local(result, client, local_reference, batches, exact=False)
+        ledger = (result.run_dir / "ledger.json").read_text()
+        assert all(f.name in ledger for f in files)
+        assert result.metrics[-1]["ledger_rows"] == sum(len(b) for _, b in batches)
     finally:
         client.shutdown()

@@ -6,18 +6,21 @@ import torch
 
 from trainer.config import ModelConfig, TrainConfig
 from trainer.data import EventBatch, RunningStats, load_spec
-from trainer.embeddings import ps_config_for
-from trainer.local import LocalTrainer, dense_optimizer
+from trainer.backends import ps_config_for
+from trainer.config import PSOptions
+from trainer.core import dense_optimizer
+from trainer.local import LocalTrainer
 from trainer.metrics import auc
 from trainer.model import DLRM, build_model
 from trainer.quality import synthetic_shard
 
 SPEC = load_spec("taobao")
-CFG = TrainConfig(batch_size=128, sparse_lr=0.1, dense_lr=0.05, seed=11, table_capacity=1024)
+CFG = TrainConfig(batch_size=128, sparse_lr=0.1, dense_lr=0.05, seed=11)
+PS = PSOptions(capacity_per_shard=1024)
 
 
 def test_learns_a_synthetic_signal_on_a_held_out_shard():
-    t = LocalTrainer(SPEC, ModelConfig(), CFG)
+    t = LocalTrainer(SPEC, ModelConfig(), CFG, PS)
     for s in range(4):
         t.step_file(synthetic_shard(SPEC, 3000, seed=s))
     held_out = synthetic_shard(SPEC, 3000, seed=99)
@@ -30,7 +33,7 @@ def test_learns_a_synthetic_signal_on_a_held_out_shard():
 
 def test_same_seed_gives_bit_identical_parameters():
     def run(seed):
-        t = LocalTrainer(SPEC, ModelConfig(), CFG.replace(seed=seed))
+        t = LocalTrainer(SPEC, ModelConfig(), CFG.replace(seed=seed), PS)
         for s in range(2):
             t.step_file(synthetic_shard(SPEC, 1500, seed=s))
         t.train(synthetic_shard(SPEC, 1000, seed=5), epochs=2, shuffle=True)
@@ -40,14 +43,14 @@ def test_same_seed_gives_bit_identical_parameters():
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     for table in a["embeddings"]:
-        for key in ("ids", "rows", "adagrad"):
+        for key in ("ids", "rows", "state"):
             assert np.array_equal(a["embeddings"][table][key], b["embeddings"][table][key]), (table, key)
     assert a["stats"] == b["stats"]
     assert not np.array_equal(a["embeddings"]["item"]["rows"], c["embeddings"]["item"]["rows"])
 
 
 def test_score_does_not_change_the_model_or_the_statistics():
-    t = LocalTrainer(SPEC, ModelConfig(), CFG)
+    t = LocalTrainer(SPEC, ModelConfig(), CFG, PS)
     t.train(synthetic_shard(SPEC, 500, seed=0))
     before = t.state_dict()
     t.score(synthetic_shard(SPEC, 500, seed=1))
@@ -58,15 +61,15 @@ def test_score_does_not_change_the_model_or_the_statistics():
 
 @pytest.mark.parametrize("interaction", ["dcn", "dot"])
 def test_matches_a_sync_parameter_server_shard_step_for_step(interaction):
-    """The PS-mode recipe (pull rows, forward, backward to the rows, push grads) ends where local ends."""
+    """The core's recipe equals a hand-written pull / forward / backward / push loop on a PS shard."""
     from paramserver.shard import EmbeddingShard
 
     mcfg = ModelConfig(interaction, bottom_mlp=(16,))
     batch = EventBatch.concat([synthetic_shard(SPEC, 700, seed=s) for s in range(2)])
-    local = LocalTrainer(SPEC, mcfg, CFG)
+    local = LocalTrainer(SPEC, mcfg, CFG, PS)
     local.train(batch)
 
-    shard = EmbeddingShard(ps_config_for(SPEC, CFG))
+    shard = EmbeddingShard(ps_config_for(SPEC, CFG, PS))
     model = build_model(SPEC, mcfg, CFG.seed)
     opt = dense_optimizer(model.parameters(), CFG)
     stats = RunningStats(len(SPEC.dense)).update(batch.dense)
@@ -75,14 +78,14 @@ def test_matches_a_sync_parameter_server_shard_step_for_step(interaction):
         sl = slice(lo, lo + CFG.batch_size)
         ids = {k: v[sl] for k, v in batch.sparse.items()}
         rows = {k: torch.from_numpy(r).requires_grad_() for k, r in shard.pull(ids, step=step).items()}
-        loss = DLRM.loss(model(rows, dense[sl]), torch.from_numpy(batch.label[sl]))
+        loss = DLRM.loss(model.forward_pooled(rows, dense[sl]), torch.from_numpy(batch.label[sl]))
         opt.zero_grad()
         loss.backward()
         shard.push({k: (ids[k], rows[k].grad.numpy()) for k in ids}, step=step)
         opt.step()
 
-    for table in local.embeddings.names:
-        lid, lrows = local.embeddings.table_rows(table)
+    for table in ("user", "item", "category"):
+        lid, lrows = local.backend.table_rows(table)
         pid, prows = shard.table_rows(table)
         assert np.array_equal(lid, pid)
         np.testing.assert_array_equal(lrows, prows)  # bit-identical, not just within 1e-6

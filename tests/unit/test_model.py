@@ -7,17 +7,22 @@ import torch
 from cluster.config import ConfigError
 from trainer.config import ModelConfig, TrainConfig
 from trainer.data import load_spec
-from trainer.embeddings import LocalEmbeddings, TableFullError
+from trainer.backends import LocalBackend, ps_config_for
 from trainer.model import DLRM, build_model
-from paramserver.config import TableConfig
+from trainer.sparse import BackendEmbeddingBagCollection, EmbeddingBagConfig, batch_to_kjt
+from paramserver.config import TableConfig, PSConfig
+
+
+def _ebc(dims):
+    return BackendEmbeddingBagCollection([EmbeddingBagConfig(num_embeddings=64, embedding_dim=d, name=t, feature_names=[t]) for t, d in dims.items()])
 
 
 @pytest.mark.parametrize("cfg", [ModelConfig("dcn", dcn_layers=2), ModelConfig("dcn", dcn_layers=3, dcn_rank=4),
                                  ModelConfig("dot", bottom_mlp=(32, 16)), ModelConfig("dcn", top_mlp=())])
 def test_forward_shapes_and_loss(cfg):
-    m = DLRM({"user": 16, "item": 16, "category": 16}, dense_dim=2, cfg=cfg)
+    m = DLRM(_ebc({"user": 16, "item": 16, "category": 16}), dense_dim=2, cfg=cfg)
     emb = {t: torch.randn(5, 16) for t in ("user", "item", "category")}
-    logits = m(emb, torch.randn(5, 2))
+    logits = m.forward_pooled(emb, torch.randn(5, 2))
     assert logits.shape == (5,)
     loss = DLRM.loss(logits, torch.tensor([0, 1, 0, 1, 1.0]))
     assert loss.ndim == 0 and torch.isfinite(loss)
@@ -27,7 +32,11 @@ def test_forward_shapes_and_loss(cfg):
 
 def test_dot_needs_matching_dims_and_configs_explain():
     with pytest.raises(ConfigError, match="bottom_mlp"):
-        DLRM({"user": 16, "item": 8}, 2, ModelConfig("dot", bottom_mlp=(16,)))
+        DLRM(_ebc({"user": 16, "item": 8}), 2, ModelConfig("dot", bottom_mlp=(16,)))
+    with pytest.raises(ConfigError, match="TorchRec"):
+        build_model(load_spec("taobao"), ModelConfig(arch="torchrec_dlrm", bottom_mlp=(8,)))
+    with pytest.raises(ConfigError, match="arch must be one of"):
+        ModelConfig(arch="wide_deep")
     with pytest.raises(ConfigError, match="interaction must be one of"):
         ModelConfig("fm")
     with pytest.raises(ConfigError, match="fusion_lambda must be in"):
@@ -49,33 +58,36 @@ def test_build_model_is_seeded_and_leaves_global_rng_alone():
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-@pytest.mark.parametrize("interaction", ["dcn", "dot"])
-def test_backward_updates_exactly_the_rows_looked_up(interaction):
+@pytest.mark.parametrize("arch", ["dlrm", "torchrec_dlrm", "torchrec_dlrm_dcn"])
+def test_a_push_updates_exactly_the_rows_looked_up(arch):
+    """Pull -> stage -> forward -> backward -> push changes the looked-up rows and no other."""
+    from trainer.quality import synthetic_shard
+
     spec = load_spec("taobao")
-    emb = LocalEmbeddings.for_spec(spec, TrainConfig(table_capacity=64))
-    model = build_model(spec, ModelConfig(interaction, bottom_mlp=(16,)))
-    ids = {"user": np.array([5, 9, 5]), "item": np.array([100, 200, 300]), "category": np.array([1, 1, 2])}
-    emb.lookup({"user": np.array([77]), "item": np.array([77]), "category": np.array([77])})  # untouched rows
-    before = {t: dict(zip(*map(list, emb.table_rows(t)))) for t in emb.names}
-    out = emb.lookup(ids)
-    assert out["user"].requires_grad
-    DLRM.loss(model(out, torch.randn(3, 2)), torch.tensor([1.0, 0.0, 1.0])).backward()
-    for t in emb.names:
-        ids_after, rows_after = emb.table_rows(t)
-        for i, r in zip(ids_after, rows_after):
-            changed = not np.array_equal(before[t].get(i, r), r) if i in before[t] else True
+    backend = LocalBackend(ps_config_for(spec, TrainConfig()))
+    model = build_model(spec, ModelConfig(interaction="dot", arch=arch, bottom_mlp=(16,)))
+    ebc = model.embedding_bag_collection if arch == "dlrm" else model.sparse_arch.embedding_bag_collection
+    batch = synthetic_shard(spec, 3, seed=0)
+    untouched = {"user": np.array([7777]), "item": np.array([7777]), "category": np.array([7777])}
+    backend.wait(backend.pull_many(untouched, step=0))
+    before = {t: dict(zip(*map(list, backend.table_rows(t)))) for t in untouched}
+    kjt = batch_to_kjt(batch, ["user", "item", "category"])
+    ids = ebc.table_ids(kjt)
+    ebc.stage(ids, backend.wait(backend.pull_many(ids, step=0)), requires_grad=True)
+    logits = model(torch.randn(3, 2), kjt).reshape(-1)
+    DLRM.loss(logits, torch.tensor([1.0, 0.0, 1.0])).backward()
+    backend.wait(backend.push_many(ebc.take_grads(), step=0))
+    for t in untouched:
+        for i, r in zip(*backend.table_rows(t)):
+            changed = not np.array_equal(before[t][i], r) if i in before[t] else True
             assert changed == (i in set(ids[t].tolist())), (t, i)
-    assert model.head.weight.grad is not None
 
 
-def test_new_rows_are_the_ps_initial_rows_and_full_tables_say_so():
+def test_new_rows_are_the_ps_initial_rows():
     from paramserver.hashing import init_rows
 
     t = TableConfig("item", 8)
-    e = LocalEmbeddings((t,), capacity=4, lr=0.1, seed=3)
-    with torch.no_grad():
-        rows = e.lookup({"item": np.array([2**40, -5, 2**40])})["item"].numpy()
+    b = LocalBackend(PSConfig(tables=(t,), capacity_per_shard=4, seed=3))
+    rows = b.wait(b.pull_many({"item": np.array([2**40, -5, 2**40])}, step=0))["item"]
     assert np.array_equal(rows, init_rows(t, np.array([2**40, -5, 2**40]), seed=3))
-    assert len(e) == 2
-    with pytest.raises(TableFullError, match="table_capacity"):
-        e.lookup({"item": np.array([1, 2, 3])})
+    assert len(b.table_rows("item")[0]) == 2

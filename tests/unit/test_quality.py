@@ -28,18 +28,18 @@ def test_small_quality_run_on_real_taobao(taobao_csv, tmp_path):
     shards, names = taobao_files(part, every_s=300, work_dir=tmp_path)
     assert len(shards) >= 6 and sum(len(s) for s in shards) == n
     spec = load_spec("taobao")
-    cfg = TrainConfig(epochs_full_retrain=2, table_capacity=1 << 15)
+    cfg = TrainConfig(epochs_full_retrain=2)
     r = run_quality("taobao", spec, shards, names, ModelConfig(), cfg, points=[3, 5])
     s = r.summary()
     assert [p.point for p in r.points] == [3, 5]
     assert all(0.0 <= p.auc_incremental <= 1.0 and 0.0 <= p.auc_full_retrain <= 1.0 for p in r.points)
-    rows = r.shard_rows
+    rows = r.file_rows
     # incremental: shards 0..4 once; full retrain: 2 epochs over shards < 3 and over shards < 5
     assert s["incremental_examples"] == sum(rows[:5])
     assert s["full_retrain_examples"] == 2 * sum(rows[:3]) + 2 * sum(rows[:5])
     assert math.isclose(s["compute_ratio"], sum(rows[:5]) / (2 * sum(rows[:3]) + 2 * sum(rows[:5])))
     assert r.points[1].inc_examples == rows[3] + rows[4]
-    assert len(r.incremental_auc_by_shard) == 6
+    assert len(r.incremental_auc_by_file) == 6
 
 
 def test_online_strategy_replay_agrees_with_the_incremental_side_of_run_quality():
@@ -48,7 +48,7 @@ def test_online_strategy_replay_agrees_with_the_incremental_side_of_run_quality(
 
     spec = load_spec("taobao")
     shards = [synthetic_shard(spec, 800, seed=s) for s in range(5)]
-    cfg = TrainConfig(batch_size=128, epochs_full_retrain=1, table_capacity=4096)
+    cfg = TrainConfig(batch_size=128, epochs_full_retrain=1)
     r = run_quality("synthetic", spec, shards, [str(i) for i in range(5)], ModelConfig(), cfg, points=[2, 4])
     online = run_strategy(spec, shards, ModelConfig(), cfg, OnlinePolicy(), [2, 4])
     assert online["auc"] == r.summary()["auc_incremental"]
@@ -63,7 +63,7 @@ def test_write_report_makes_a_png(tmp_path):
 
     spec = load_spec("taobao")
     shards = [synthetic_shard(spec, 400, seed=s) for s in range(4)]
-    cfg = TrainConfig(batch_size=128, epochs_full_retrain=1, table_capacity=4096)
+    cfg = TrainConfig(batch_size=128, epochs_full_retrain=1)
     r = run_quality("synthetic", spec, shards, [str(i) for i in range(4)], ModelConfig(), cfg, points=[2, 3])
     (path,) = write_report(r, tmp_path)
     assert path.name == "quality_synthetic.png"

@@ -1,4 +1,4 @@
-"""Update policies return the right decisions; fusion is exact; apply_decision does what it says."""
+"""Update policies return the right decisions; fusion is exact; the core applies them."""
 
 import pytest
 import torch
@@ -14,13 +14,12 @@ from trainer.strategies import (
     FusionPolicy,
     OnlinePolicy,
     PeriodicPolicy,
-    apply_decision,
     fuse,
     make_policy,
 )
 
 SPEC = load_spec("taobao")
-CFG = TrainConfig(batch_size=128, seed=3, table_capacity=1024)
+CFG = TrainConfig(batch_size=128, seed=3)
 
 
 def test_online_trains_each_new_shard_once_in_order():
@@ -31,7 +30,7 @@ def test_periodic_trains_the_window_every_period_shards():
     p = PeriodicPolicy(window=3, period=2)
     got = [p.decide(i) for i in range(6)]
     assert [d.action for d in got] == [Action.SKIP, Action.TRAIN] * 3
-    assert [d.shards for d in got if d.action is Action.TRAIN] == [(0, 1), (1, 2, 3), (3, 4, 5)]
+    assert [d.files for d in got if d.action is Action.TRAIN] == [(0, 1), (1, 2, 3), (3, 4, 5)]
     assert all(d.epochs == 1 and not d.shuffle for d in got)
     with pytest.raises(ValueError):
         PeriodicPolicy(window=0)
@@ -40,7 +39,7 @@ def test_periodic_trains_the_window_every_period_shards():
 def test_fusion_and_full_retrain_decisions():
     assert FusionPolicy(0.25).decide(4) == Decision(Action.TRAIN, (4,), fuse_lambda=0.25)
     d = FullRetrainPolicy(3).decide(2)
-    assert (d.action, d.shards, d.epochs, d.shuffle) == (Action.RETRAIN, (0, 1, 2), 3, True)
+    assert (d.action, d.files, d.epochs, d.shuffle) == (Action.RETRAIN, (0, 1, 2), 3, True)
     for s, cls in [("online", OnlinePolicy), ("periodic", PeriodicPolicy), ("fusion", FusionPolicy),
                    ("full_retrain", FullRetrainPolicy)]:
         assert isinstance(make_policy(TrainConfig(strategy=s)), cls)
@@ -66,8 +65,8 @@ def test_apply_fusion_mixes_dense_params_of_before_and_after():
     prev = t.dense_state()
     plain = LocalTrainer(SPEC, ModelConfig(), CFG)
     plain.train(shards[0])
-    plain, _ = apply_decision(plain, OnlinePolicy().decide(1), shards)
-    t, spent = apply_decision(t, FusionPolicy(0.3).decide(1), shards)
+    plain.apply_decision(OnlinePolicy().decide(1), shards)
+    spent = t.apply_decision(FusionPolicy(0.3).decide(1), shards)
     assert spent["examples"] == 600
     for k, v in t.dense_state().items():
         assert torch.equal(v, 0.3 * plain.dense_state()[k] + 0.7 * prev[k]), k
@@ -77,7 +76,11 @@ def test_full_retrain_starts_fresh_and_counts_every_epoch():
     shards = [synthetic_shard(SPEC, 400, seed=s) for s in range(3)]
     t = LocalTrainer(SPEC, ModelConfig(), CFG)
     t.train(shards[0])
-    new, spent = apply_decision(t, FullRetrainPolicy(2).decide(2), shards)
-    assert new is not t and spent["examples"] == 2 * 1200 and new.examples_trained == 2400
-    skip, spent = apply_decision(t, PeriodicPolicy(2, period=2).decide(0), shards)
-    assert skip is t and spent["examples"] == 0
+    fresh = t.fresh()
+    fresh.apply_decision(FullRetrainPolicy(2).decide(2), shards)
+    spent = t.apply_decision(FullRetrainPolicy(2).decide(2), shards)
+    assert spent["examples"] == 2 * 1200 and t.examples_trained == 2400
+    for k, v in fresh.dense_state().items():  # a retrain in place equals one on a fresh trainer
+        assert torch.equal(v, t.dense_state()[k]), k
+    spent = t.apply_decision(PeriodicPolicy(2, period=2).decide(0), shards)
+    assert spent["examples"] == 0

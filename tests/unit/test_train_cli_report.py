@@ -31,11 +31,39 @@ def test_report_on_a_missing_run_says_what_to_do(tmp_path, capsys):
     assert "run directory" in capsys.readouterr().err
 
 
-def test_train_refuses_a_missing_shard_directory(tmp_path, capsys):
-    assert main(["train", "--shards", str(tmp_path / "nope"), "--spec", "taobao"]) == 2
+def test_train_refuses_bad_input_before_ray_starts(tmp_path, capsys, monkeypatch):
+    import cluster.ray_runtime
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray must not start for a bad command line")
+
+    monkeypatch.setattr(cluster.ray_runtime, "ensure_ray", no_ray)
+    assert main(["train", "--data", str(tmp_path / "nope"), "--spec", "taobao"]) == 2
     assert "freshrec data split" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path), "--spec", "taobao"]) == 2  # an empty directory
+    assert "no data files" in capsys.readouterr().err
     assert main(["stream", "--incoming", str(tmp_path), "--spec", "nospec"]) == 2
     assert "built-in" in capsys.readouterr().err
+    for bad, says in ((["--workers", "0"], "workers must be"), (["--ps-shards", "0"], "ps.num_shards"),
+                      (["--set", "train.lr=1"], "unknown key"), (["--set", "ps.mode=fast"], "ps.mode"),
+                      (["--set", "oops"], "KEY=VALUE"), (["--config", str(tmp_path / "none.yaml")], "does not exist")):
+        assert main(["stream", "--incoming", str(tmp_path), "--spec", "taobao", *bad]) == 2, bad
+        assert says in capsys.readouterr().err, bad
+    assert main(["stream", "--incoming", str(tmp_path), "--spec", "taobao", "--idle-timeout", "0"]) == 2
+
+
+def test_config_show_layers_defaults_yaml_set_and_flags(tmp_path, capsys):
+    import yaml
+
+    run = tmp_path / "run.yaml"
+    run.write_text("spec: movielens100k\nworkers: 2\ntrain: {batch_size: 64, sparse_lr: 0.1}\nps: {num_shards: 3}\n")
+    assert main(["config", "show", "--config", str(run), "--set", "train.batch_size=128", "--seed", "7"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["spec"] == "movielens100k" and cfg["workers"] == 2
+    assert cfg["train"]["batch_size"] == 128 and cfg["train"]["sparse_lr"] == 0.1 and cfg["train"]["seed"] == 7
+    assert cfg["ps"]["num_shards"] == 3 and cfg["ps"]["mode"] == "sync" and cfg["ray"]["address"] is None
+    assert main(["config", "show", "--json", "--set", "model.arch=torchrec_dlrm_dcn"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["arch"] == "torchrec_dlrm_dcn"
 
 
 def test_every_command_has_help(capsys):
@@ -43,7 +71,7 @@ def test_every_command_has_help(capsys):
 
     for argv in (["--help"], ["data", "--help"], ["data", "validate", "--help"], ["data", "split", "--help"],
                  ["data", "fetch", "--help"], ["train", "--help"], ["stream", "--help"], ["report", "--help"],
-                 ["demo", "--help"], ["bench", "--help"], ["bench", "reader", "--help"], ["bench", "ps", "--help"],
+                 ["demo", "--help"], ["config", "show", "--help"], ["bench", "--help"], ["bench", "reader", "--help"], ["bench", "ps", "--help"],
                  ["bench", "train", "--help"], ["bench", "quality", "--help"]):
         with pytest.raises(SystemExit) as exc:
             main(argv)

@@ -1,0 +1,107 @@
+"""Embedding backends: where the training core's embedding rows live.
+
+Every backend speaks the parameter-server client's ticket API (ps-lite's worker API), so
+the core is written once::
+
+    ticket = backend.pull_many({table: ids}, step=s)          rows of step s
+    rows   = backend.wait(ticket)                             {table: float32 [len(ids), dim]}
+    ticket = backend.push_pull({table: (ids, grads)}, next_ids, step=s)   push s, pull s + 1
+    backend.wait(backend.push_many({table: (ids, grads)}, step=s))
+    backend.cfg.mode                                          "sync" | "async" (a paramserver.PSConfig)
+
+* :class:`LocalBackend`: one :class:`paramserver.EmbeddingShard` in this process (FBGEMM TBE,
+  fused row-wise optimizer, collisionless id map, admission and eviction), no Ray.
+* :class:`paramserver.PSClient`: the shard actors of a Ray parameter server.
+
+Both run the same shard code, so a sync run gives the same parameters on either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import numpy as np
+
+from paramserver.config import PSConfig, TableConfig
+from paramserver.shard import EmbeddingShard
+from trainer.config import PSOptions, TrainConfig
+
+
+def table_configs(spec, init_scale: float | None = None) -> tuple[TableConfig, ...]:
+    """The PS table configs of a :class:`trainer.data.FeatureSpec` (name, dim, init scale)."""
+    return tuple(TableConfig(f.name, f.dim, init_scale) for f in spec.sparse)
+
+
+def ps_config_for(spec, train: TrainConfig, ps: PSOptions | None = None, num_workers: int = 1) -> PSConfig:
+    """The parameter-server config of a run: tables from the spec, the sparse optimizer and seed from
+    ``train``, everything else from ``ps``."""
+    ps = ps or PSOptions()
+    return PSConfig(tables=table_configs(spec, train.init_scale), optimizer=train.sparse_optimizer,
+                    learning_rate=train.sparse_lr, eps=train.sparse_eps, seed=train.seed, num_workers=num_workers,
+                    **dataclasses.asdict(ps))
+
+
+@dataclasses.dataclass
+class _Done:
+    """A finished request (the local backend answers at once)."""
+
+    result: object
+
+
+class LocalBackend:
+    """The embedding rows in this process: one :class:`EmbeddingShard` behind the PS ticket API.
+
+    >>> from paramserver.config import PSConfig, TableConfig
+    >>> b = LocalBackend(PSConfig(tables=(TableConfig("item", 4),)))
+    >>> b.wait(b.pull_many({"item": np.array([42, 7, 42])}, step=0))["item"].shape
+    (3, 4)
+    """
+
+    def __init__(self, cfg: PSConfig) -> None:
+        self.cfg = dataclasses.replace(cfg, num_shards=1, num_workers=1)
+        self.shard = EmbeddingShard(self.cfg, 0)
+
+    def pull_many(self, ids_by_table: Mapping[str, np.ndarray], step: int | None = None) -> _Done:
+        return _Done(self.shard.pull(ids_by_table, step))
+
+    def push_many(self, grads_by_table: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                  step: int | None = None) -> _Done:
+        if grads_by_table:
+            self.shard.push(grads_by_table, step)
+        return _Done({})
+
+    def push_pull(self, grads_by_table, next_ids_by_table, step: int) -> _Done:
+        self.push_many(grads_by_table, step)
+        return self.pull_many(next_ids_by_table, step + 1)
+
+    def wait(self, ticket: _Done, timeout_s: float | None = None):
+        return ticket.result
+
+    def reset(self) -> None:
+        """Forget every row (a full retrain starts from scratch)."""
+        self.shard = EmbeddingShard(self.cfg, 0)
+
+    def shutdown(self) -> None:
+        pass
+
+    # ------------------------------------------------------------------ reads
+    def table_rows(self, table: str) -> tuple[np.ndarray, np.ndarray]:
+        """Every (id, row) of ``table``, ids ascending."""
+        return self.shard.table_rows(table)
+
+    def state_dict(self) -> dict[str, dict[str, np.ndarray]]:
+        """{table: {"ids", "rows", "state"}}: rows and the first optimizer state per id, ids ascending."""
+        out = {}
+        for t in self.cfg.table_names:
+            ids, rows = self.shard.table_rows(t)
+            out[t] = {"ids": ids, "rows": rows, "state": self._optimizer_state(t)}
+        return out
+
+    def _optimizer_state(self, table: str) -> np.ndarray:
+        ts = self.shard._tables[table]  # noqa: SLF001 (read-only view of the shard's own state)
+        states = self.shard._states[self.cfg.table_names.index(table)]  # noqa: SLF001
+        if not states:
+            return np.zeros(0, np.float32)
+        _, slots = ts.ids.items()
+        return states[0].detach().cpu().reshape(ts.ids.capacity, -1)[slots].numpy().copy()

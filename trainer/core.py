@@ -1,0 +1,285 @@
+"""The training core: ONE implementation of scoring, training and update strategies for every mode.
+
+It holds everything a model version needs except the embedding rows: the dense parameters
+and their optimizer state, the feature statistics, the strategy state (which data files a
+periodic update may revisit, counters), the step counter and the data ledger. The rows live
+in an embedding backend (:mod:`trainer.backends`): in-process FBGEMM (local mode, the
+quality benchmark) or the parameter-server client (Ray Train workers).
+
+One training step of worker ``r`` of ``W`` on global minibatch ``k`` (rows [k*B, (k+1)*B) of
+the batch, split in W nearly equal parts, part r of b_r rows for worker r)::
+
+    kjt_r = the part's sparse features (TorchRec KeyedJaggedTensor)
+    rows  = backend.wait(ticket_k)                   pulled (sync: once step k-1 is applied everywhere)
+    ebc.stage(rows) ; logits = model(dense_r, kjt_r)
+    loss_r = mean BCE over the b_r rows * (W * b_r / B_k)     (exactly the mean when W = 1)
+    loss_r.backward()        dense grads: DDP averages over W -> the mean over the global minibatch
+    ticket_k+1 = backend.push_pull(grads / W, ids of k+1, step=k)   one round trip (sync)
+    dense_optimizer.step()
+
+Sync mode pushes step k and pulls step k+1 in one call per shard (the shards answer once all
+W pushes of step k are applied). Async mode prefetches step k+1's rows before computing step
+k and keeps up to four pushes in flight. Progressive validation: rank 0 scores each data file
+with the current model before anyone trains on it.
+
+Rules every backend follows, so that local and sync-PS runs end with the same parameters:
+``train(batch)`` first folds ``batch.dense`` into the running statistics (training data only;
+scoring never changes them), normalises the whole batch (clipped to +-dense_clip), then walks
+minibatches in order (or in a permutation seeded by (seed, epoch, examples trained so far)).
+A new id's row is ``paramserver.init_rows(table, id, seed)`` with zero optimizer state, created
+the first time the id is pulled (scoring included).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.config import ConfigError
+from trainer.config import ModelConfig, Strategy, TrainConfig
+from trainer.data import DataLedger, EventBatch, RunningStats
+from trainer.metrics import FileMetrics, ProgressiveValidator
+from trainer.model import build_model
+from trainer.sparse import batch_to_kjt, find_collection
+from trainer.strategies import Action, Decision, fuse, make_policy
+
+SCORE_BATCH = 8192
+MAX_PUSHES_IN_FLIGHT = 4
+
+
+def dense_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.dense_optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.dense_lr)
+    return torch.optim.Adagrad(params, lr=cfg.dense_lr, eps=1e-10)
+
+
+def logits_of(model: nn.Module, dense: torch.Tensor, kjt) -> torch.Tensor:
+    """Logits [B] (TorchRec's models return [B, 1])."""
+    out = model(dense, kjt)
+    return out.squeeze(-1) if out.dim() == 2 else out
+
+
+class TrainerCore:
+    """Score and train one model over an embedding backend (see the module docstring).
+
+    >>> core = TrainerCore(spec, ModelConfig(), TrainConfig(), LocalBackend(ps_config_for(spec, TrainConfig())))  # doctest: +SKIP
+    >>> core.step_file(batch, "part-20171126T010000Z.parquet")                                                # doctest: +SKIP
+    FileMetrics(file='part-...', examples=4012, positives=389, auc=0.61, log_loss=0.33, train_seconds=0.2)
+    """
+
+    def __init__(self, spec, model_cfg: ModelConfig, train_cfg: TrainConfig, backend, *, rank: int = 0,
+                 world: int = 1, wrap_model=None, device: torch.device | None = None,
+                 model: nn.Module | None = None) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is outside [0, world={world})")
+        self.spec, self.model_cfg, self.cfg = spec, model_cfg, train_cfg
+        self.backend = backend
+        self.rank, self.world = rank, world
+        self.device = device or torch.device("cpu")
+        self._wrap = wrap_model
+        self._user_model = model is not None
+        self._build(model)
+        if train_cfg.strategy is Strategy.FULL_RETRAIN and not hasattr(backend, "reset"):
+            raise ConfigError("train.strategy=full_retrain is the baseline of `freshrec bench quality`, not a PS "
+                              "mode: use online, periodic or fusion")
+        self.policy = make_policy(train_cfg)
+        self.validator = ProgressiveValidator()
+        self.ledger = DataLedger()
+        self.files_seen = 0  # data files handed to step_file (the strategy's clock)
+        self._recent: dict[int, tuple[str, EventBatch]] = {}  # data files a periodic update may revisit
+        self.last_trained = 0  # examples trained by the last step_file
+
+    def _build(self, model: nn.Module | None) -> None:
+        base = model if model is not None else build_model(self.spec, self.model_cfg, self.cfg.seed)
+        self.base_model = base.to(self.device)
+        self.ebc = find_collection(self.base_model)
+        self.features = list(self.ebc.feature_names)
+        self.model = self._wrap(self.base_model) if self._wrap is not None else self.base_model
+        self.optimizer = dense_optimizer(self.base_model.parameters(), self.cfg)
+        self.stats = RunningStats(len(self.spec.dense))
+        self.step = 0  # sync steps taken, identical on every worker
+        self.examples_trained = 0  # every example of every epoch
+        self.train_seconds = 0.0
+
+    @property
+    def async_mode(self) -> bool:
+        return self.backend.cfg.mode == "async"
+
+    # ------------------------------------------------------------------ inputs
+    def _dense(self, batch: EventBatch) -> torch.Tensor:
+        """Normalised dense features float32 [n, max(d, 1)] (a constant 1 column when the spec has none)."""
+        if batch.dense.shape[1] == 0:
+            return torch.ones(len(batch), 1)
+        x = self.stats.normalize(batch.dense)
+        return torch.from_numpy(np.clip(x, -self.cfg.dense_clip, self.cfg.dense_clip, out=x))
+
+    # ----------------------------------------------------------------- scoring
+    def score(self, batch: EventBatch) -> np.ndarray:
+        """Probabilities float32 [n] (statistics unchanged); sync mode reads once every step so far is applied."""
+        step = None if self.async_mode else self.step
+        dense = self._dense(batch)
+        n = len(batch)
+        out = np.empty(n, np.float32)
+        model = self.base_model  # never the DDP wrapper: scoring is rank 0's alone
+        model.eval()
+        with torch.no_grad():
+            for lo in range(0, n, SCORE_BATCH):
+                rows = slice(lo, min(lo + SCORE_BATCH, n))
+                kjt = batch_to_kjt(batch, self.features, rows)
+                ids = self.ebc.table_ids(kjt)
+                self.ebc.stage(ids, self.backend.wait(self.backend.pull_many(ids, step=step)), requires_grad=False)
+                out[rows] = torch.sigmoid(logits_of(model, dense[rows].to(self.device), kjt)).cpu().numpy()
+        return out
+
+    # ---------------------------------------------------------------- training
+    def _parts(self, order: np.ndarray | None, n: int) -> list[tuple[np.ndarray, int]]:
+        """This worker's rows of each global minibatch and the minibatch's size."""
+        bs = self.cfg.batch_size
+        out = []
+        for lo in range(0, n, bs):
+            rows = order[lo:lo + bs] if order is not None else np.arange(lo, min(lo + bs, n))
+            out.append((np.array_split(rows, self.world)[self.rank], len(rows)))
+        return out
+
+    def train(self, batch: EventBatch, epochs: int = 1, shuffle: bool = False) -> dict[str, float]:
+        """``epochs`` passes over ``batch``; returns {"examples", "seconds", "loss"} (loss: mean per example).
+
+        ``shuffle`` visits rows in a permutation drawn from (seed, epoch, examples trained so
+        far); otherwise in the batch's order (time order for a data file).
+        """
+        t0 = time.perf_counter()
+        self.stats.update(batch.dense)
+        dense = self._dense(batch).to(self.device)
+        labels = torch.from_numpy(np.ascontiguousarray(batch.label, np.float32)).to(self.device)
+        n = len(batch)
+        self.model.train()
+        loss_total, seen = 0.0, 0
+        for epoch in range(epochs):
+            order = None
+            if shuffle:
+                order = np.random.default_rng([self.cfg.seed, epoch, self.examples_trained]).permutation(n)
+            loss_sum, m = self._pass(batch, dense, labels, self._parts(order, n))
+            loss_total += loss_sum
+            seen += m
+            self.examples_trained += n
+        seconds = time.perf_counter() - t0
+        self.train_seconds += seconds
+        return {"examples": n * epochs, "seconds": seconds, "loss": loss_total / max(seen, 1)}
+
+    def _pass(self, batch: EventBatch, dense: torch.Tensor, labels: torch.Tensor,
+              parts: list[tuple[np.ndarray, int]]) -> tuple[float, int]:
+        backend, world, ebc = self.backend, self.world, self.ebc
+        kjts = [batch_to_kjt(batch, self.features, idx) for idx, _ in parts]
+        ids = [ebc.table_ids(k) for k in kjts]
+        step0 = self.step
+        ticket = backend.pull_many(ids[0], step=step0) if parts else None
+        pending: list = []
+        loss_sum, seen = 0.0, 0
+        for k, (idx, n_global) in enumerate(parts):
+            rows = backend.wait(ticket)
+            last = k + 1 == len(parts)
+            if self.async_mode and not last:
+                ticket = backend.pull_many(ids[k + 1], step=step0 + k + 1)  # prefetch during this step
+            ebc.stage(ids[k], rows, requires_grad=True)
+            ti = torch.from_numpy(idx).to(self.device)
+            logits = logits_of(self.model, dense[ti], kjts[k])
+            y = labels[ti]
+            if len(idx):
+                mean = nn.functional.binary_cross_entropy_with_logits(logits, y)
+                loss = mean * (world * len(idx) / n_global) if world > 1 else mean
+                loss_sum += float(mean.detach()) * len(idx)
+            else:  # an empty part still joins the step (DDP all-reduce, sync push)
+                loss = logits.sum() * 0.0
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grads = ebc.take_grads(1.0 / world)
+            if self.async_mode or last:
+                pending.append(backend.push_many(grads, step=step0 + k))
+            else:  # sync: one round trip per shard pushes step k and brings step k+1's rows
+                ticket = backend.push_pull(grads, ids[k + 1], step=step0 + k)
+            self.optimizer.step()
+            seen += len(idx)
+            while len(pending) > MAX_PUSHES_IN_FLIGHT or (last and pending):  # errors surface here
+                backend.wait(pending.pop(0))
+        self.step = step0 + len(parts)
+        return loss_sum, seen
+
+    # --------------------------------------------------------------- strategies
+    def apply_decision(self, decision: Decision, batches: Mapping[int, EventBatch]) -> dict[str, float]:
+        """Carry out a strategy's decision: the one place where TRAIN, RETRAIN, SKIP and fusion happen.
+
+        ``batches[i]`` is data file i. RETRAIN starts from a fresh model and fresh embeddings
+        (local backend only). Returns {"examples": processed in training, all epochs; "seconds"}.
+        """
+        if decision.action is Action.SKIP or not decision.files:
+            return {"examples": 0, "seconds": 0.0}
+        if decision.action is Action.RETRAIN:
+            self.reset()
+        prev = self.dense_state() if decision.fuse_lambda is not None else None
+        info = self.train(EventBatch.concat([batches[i] for i in decision.files]), epochs=decision.epochs,
+                          shuffle=decision.shuffle)
+        if prev is not None:
+            self.load_dense_state(fuse(self.dense_state(), prev, decision.fuse_lambda))
+        return {"examples": info["examples"], "seconds": info["seconds"]}
+
+    def step_file(self, batch: EventBatch, name: str = "", rows_read: int | None = None) -> FileMetrics | None:
+        """Progressive validation (rank 0 scores the whole file first), then the strategy's update.
+
+        ``rows_read`` (good + dead + duplicate rows of the file) is recorded in the ledger.
+        Returns the file's metrics on rank 0, None elsewhere.
+        """
+        name = name or batch.source
+        i = self.files_seen
+        self.files_seen += 1
+        if self.rank == 0:
+            self.validator.record(name, batch.label, self.score(batch))
+        decision = self.policy.decide(i)
+        self._recent[i] = (name, batch)
+        keep = getattr(self.policy, "window", 1)
+        for old in [j for j in self._recent if j <= i - keep]:
+            del self._recent[old]
+        spent = self.apply_decision(decision, {j: b for j, (_, b) in self._recent.items()})
+        self.last_trained = int(spent["examples"])
+        if rows_read is not None:
+            self.ledger.record(name, rows_read, complete=True)
+        if self.rank != 0:
+            return None
+        self.validator.set_train_seconds(spent["seconds"])
+        return self.validator.files[-1]
+
+    # -------------------------------------------------------------------- state
+    def reset(self) -> None:
+        """A fresh, untrained model and empty embeddings (the start of a full retrain); local backend only."""
+        if not hasattr(self.backend, "reset"):
+            raise ConfigError("a full retrain resets the embeddings, which only the local backend can do: use "
+                              "strategy online, periodic or fusion with the parameter server")
+        if self._user_model:
+            raise ConfigError("reset() rebuilds the model from the spec; it cannot rebuild a model passed in")
+        self.backend.reset()
+        self._build(None)
+
+    def dense_state(self) -> dict[str, torch.Tensor]:
+        """A copy of the dense (MLP and interaction) parameters."""
+        return {k: v.detach().clone() for k, v in self.base_model.state_dict().items()}
+
+    def load_dense_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.base_model.load_state_dict(state)
+
+    def state_dict(self) -> dict:
+        """Everything of the model but its embedding rows: dense params and optimizer, statistics,
+        counters, strategy state and the data ledger."""
+        return {
+            "model": self.dense_state(),
+            "dense_optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "stats": self.stats.state_dict(),
+            "step": self.step,
+            "examples_trained": self.examples_trained,
+            "files_seen": self.files_seen,
+            "recent_files": {i: name for i, (name, _) in self._recent.items()},
+            "ledger": self.ledger.to_dict(),
+        }
