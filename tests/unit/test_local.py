@@ -49,6 +49,15 @@ def test_same_seed_gives_bit_identical_parameters():
     assert not np.array_equal(a["embeddings"]["item"]["rows"], c["embeddings"]["item"]["rows"])
 
 
+def test_scoring_a_fresh_model_leaves_the_batch_alone():
+    """Regression: with empty statistics, scoring clipped the batch's own dense features in place."""
+    batch = synthetic_shard(SPEC, 300, seed=4)
+    batch.dense[:, 0] = 23.0  # beyond dense_clip: a raw hour of day
+    before = batch.dense.copy()
+    LocalTrainer(SPEC, ModelConfig(), CFG, PS).score(batch)
+    np.testing.assert_array_equal(batch.dense, before)
+
+
 def test_score_does_not_change_the_model_or_the_statistics():
     t = LocalTrainer(SPEC, ModelConfig(), CFG, PS)
     t.train(synthetic_shard(SPEC, 500, seed=0))

@@ -47,9 +47,9 @@ class RunningStats:
         return self.m2 / self.count if self.count else np.ones(self.dim)
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
-        """(x - mean) / std, as float32; the identity before any update."""
+        """(x - mean) / std, as a NEW float32 array (the caller may write into it); a copy of x before any update."""
         if self.count == 0:
-            return np.asarray(x, np.float32)
+            return np.array(x, np.float32)  # never an alias of the input: scoring must not change a batch
         return ((np.asarray(x, np.float64) - self.mean) / np.sqrt(self.var + self.eps)).astype(np.float32)
 
     def state_dict(self) -> dict:
