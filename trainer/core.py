@@ -270,6 +270,54 @@ class TrainerCore:
     def load_dense_state(self, state: Mapping[str, torch.Tensor]) -> None:
         self.base_model.load_state_dict(state)
 
+    def export_state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """The core's part of a model version as (arrays, JSON-able meta), for the version store.
+
+        arrays: ``model/<param>`` (dense parameters) and ``optimizer/<i>/<key>`` (dense optimizer
+        state per parameter); meta: optimizer param groups, feature statistics, counters, the
+        strategy's recent data files and the data ledger. :meth:`import_state` is the inverse.
+        """
+        arrays = {f"model/{k}": v.detach().cpu().numpy().copy() for k, v in self.base_model.state_dict().items()}
+        opt = self.optimizer.state_dict()
+        for i, per_param in opt["state"].items():
+            for key, value in per_param.items():
+                arrays[f"optimizer/{i}/{key}"] = torch.as_tensor(value).detach().cpu().numpy().copy()
+        meta = {
+            "optimizer_param_groups": opt["param_groups"],
+            "stats": self.stats.state_dict(),
+            "step": self.step,
+            "examples_trained": self.examples_trained,
+            "files_seen": self.files_seen,
+            "recent_files": {str(i): name for i, (name, _) in self._recent.items()},
+            "ledger": self.ledger.to_dict(),
+            "arch": self.model_cfg.arch,
+        }
+        return arrays, meta
+
+    def import_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping, reread=None) -> None:
+        """Restore what :meth:`export_state` gave (the embedding rows are the backend's business).
+
+        ``reread(name) -> EventBatch`` reads a data file again, for the strategy's recent files
+        (a periodic update revisits them); without it they are forgotten.
+        """
+        params = {k[len("model/"):]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("model/")}
+        self.base_model.load_state_dict(params)
+        state: dict = {}
+        for key, value in arrays.items():
+            if key.startswith("optimizer/"):
+                _, i, name = key.split("/", 2)
+                state.setdefault(int(i), {})[name] = torch.from_numpy(np.array(value))
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_param_groups"]})
+        self.stats = RunningStats.from_state_dict(meta["stats"])
+        self.step = int(meta["step"])
+        self.examples_trained = int(meta["examples_trained"])
+        self.files_seen = int(meta["files_seen"])
+        self.ledger = DataLedger.from_dict(meta["ledger"])
+        self._recent = {}
+        if reread is not None:
+            for i, name in meta.get("recent_files", {}).items():
+                self._recent[int(i)] = (name, reread(name))
+
     def state_dict(self) -> dict:
         """Everything of the model but its embedding rows: dense params and optimizer, statistics,
         counters, strategy state and the data ledger."""
