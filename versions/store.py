@@ -54,6 +54,7 @@ _VDIR = re.compile(r"^v(\d{8})$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*(/[A-Za-z0-9][A-Za-z0-9._=-]*)*$")
 MANIFEST = "MANIFEST.json"
 BEGUN = "_BEGUN.json"
+ABORTED = "_ABORTED"
 LATEST = "LATEST"
 
 
@@ -445,14 +446,14 @@ class VersionStore:
         return {"removed": removed, "kept": sorted(needed), "removed_uncommitted": stale}
 
     def _began_at(self, version: int) -> float | None:
-        try:
-            return float(json.loads(self._read_small(f"{self.vdir(version)}/{BEGUN}"))["began_at"])
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
-            with contextlib.suppress(Exception):
-                info = self.fs.info(self.vdir(version))
-                t = info.get("mtime") or info.get("LastModified") or info.get("created")
-                return float(t.timestamp() if hasattr(t, "timestamp") else t)
-            return None
+        for name, key in ((ABORTED, "aborted_at"), (BEGUN, "began_at")):
+            with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError):
+                return float(json.loads(self._read_small(f"{self.vdir(version)}/{name}"))[key])
+        with contextlib.suppress(Exception):  # no marker (a crash right after mkdir): the directory's time
+            info = self.fs.info(self.vdir(version))
+            t = info.get("mtime") or info.get("LastModified") or info.get("created")
+            return float(t.timestamp() if hasattr(t, "timestamp") else t)
+        return None
 
     def compact(self, version: int, step: int | None = None, extra: Mapping | None = None) -> Manifest:
         """Write a new full version equal to materialising ``version`` (same content, digest, ledger, step).
@@ -550,11 +551,15 @@ class VersionWriter:
         return manifest
 
     def abort(self) -> None:
-        """Remove this version's parts (nothing of it was visible)."""
+        """Remove this version's parts (nothing of it was visible). The directory keeps a small
+        ``_ABORTED`` marker until gc, so the number is not reused while a late writer might still
+        write a part of it."""
         if self.done:
             return
         self.done = True
-        self.store.remove_version(self.version)
+        store = self.store
+        store.remove_version(self.version)
+        store._write_small(f"{store.vdir(self.version)}/{ABORTED}", json.dumps({"aborted_at": time.time()}).encode())
 
 
 class PartWriter:
