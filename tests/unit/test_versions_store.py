@@ -289,3 +289,19 @@ def test_write_part_from_another_process_by_url(tmp_path):
     assert store.materialize(1, table_parts("user"))["ids"].tolist() == [1, 2]
     with pytest.raises(ValueError, match="bad part name"):
         w.write_part("../escape", {"x": np.zeros(1)})
+
+
+def test_versions_is_a_leaf_package():
+    """versions/ imports only common (plus numpy, fsspec and the standard library)."""
+    import ast
+    import pathlib
+    import sys as _sys
+
+    allowed = {"common", "versions", "numpy", "fsspec", "__future__"}
+    for path in pathlib.Path(__file__).resolve().parents[2].joinpath("versions").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            for name in names:
+                top = name.split(".")[0]
+                assert top in allowed or top in _sys.stdlib_module_names, f"{path.name} imports {name}"
