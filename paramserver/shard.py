@@ -220,10 +220,15 @@ class EmbeddingShard:
 
         return write(self, cut_id, store, version, storage_options)
 
-    def restore(self, content) -> None:
-        """Rebuild every table from a version's content (see :func:`paramserver.cuts.restore`)."""
-        from paramserver.cuts import restore
+    def restore(self, content, counters: dict | None = None) -> None:
+        """Rebuild every table from materialised content: a :class:`paramserver.cuts.RestoreContent`, or
+        ``{table: {"ids", "rows", "opt_state_0".., "count", "last_seen", "last_version"}}`` (as
+        :meth:`table_state` returns) with ``counters`` ``{"version", "step", "next_ttl_sweep"}``.
+        Tables not given end up empty. Everything is checked before anything changes (RestoreError)."""
+        from paramserver.cuts import RestoreContent, restore
 
+        if not isinstance(content, RestoreContent):
+            content = RestoreContent(None, dict(content), {}, dict(counters or {}))
         restore(self, content)
 
     def restore_from_store(self, store, version: int, storage_options=None) -> None:

@@ -404,6 +404,10 @@ class VersionStore:
         self._write_small(f"{path}/{BEGUN}", json.dumps(began).encode())
         return VersionWriter(self, version, kind, parent, int(step), meta)
 
+    def part_writer(self, version: int) -> "PartWriter":
+        """A picklable writer of ``version``'s parts (begun, not committed) for another process."""
+        return PartWriter(self.url, version, self.storage_options)
+
     def remove_version(self, version: int) -> None:
         """Delete a version directory (manifest first, so it stops being visible before its parts go)."""
         path = self.vdir(version)

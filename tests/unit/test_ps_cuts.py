@@ -98,7 +98,7 @@ OPS = st.lists(st.tuples(st.sampled_from(["train", "train", "train", "delta", "f
                          st.integers(0, 2**31 - 1)), min_size=3, max_size=14)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=OPS, ttl=st.sampled_from([None, 3]), threshold=st.sampled_from([1, 2]))
 def test_a_delta_chain_materialises_to_the_shards_content(tmp_path_factory, ops, ttl, threshold):
     """Random pushes with LFU (capacity 24 < universe), TTL and re-admissions; cuts committed, aborted
@@ -189,3 +189,15 @@ def test_restore_refuses_what_does_not_fit_and_leaves_the_shard_unchanged(tmp_pa
     other = EmbeddingShard(cfg_of(optimizer="adagrad"))
     with pytest.raises(RestoreError, match="optimizer"):
         other.restore_from_store(store, m.version)
+
+
+def test_restore_from_table_state_gives_an_equal_shard():
+    rng = np.random.default_rng(5)
+    src = EmbeddingShard(cfg_of(capacity_per_shard=30))
+    for s in range(6):
+        step(src, rng, s, universe=50)
+    dst = EmbeddingShard(cfg_of(capacity_per_shard=30))
+    dst.restore({t.name: src.table_state(t.name) for t in TABLES}, {"version": src.version, "step": src.step})
+    for t in TABLES:
+        assert_same(dst.table_state(t.name), src.table_state(t.name), t.name)
+    assert model_digest(content([dst])) == model_digest(content([src]))
