@@ -145,7 +145,8 @@ def write(shard, cut_id: str, store, version: int, storage_options=None) -> list
     cut = _cut(shard, cut_id)
     cfg = shard.cfg
     common = {"shard": shard.index, "num_shards": cfg.num_shards, "kind": "full" if cut.full else "delta",
-              "optimizer": cfg.optimizer, "weights_dtype": cfg.weights_dtype, **cut.counters}
+              "optimizer": cfg.optimizer, "weights_dtype": cfg.weights_dtype,
+              **{f"ps_{k}": v for k, v in cut.counters.items()}}
     infos = []
     for name, arrays in cut.tables.items():
         meta = {"role": "table", "table": name, "merge": "by_id", "dim": cfg.table(name).dim,
@@ -179,7 +180,8 @@ def read_content(store, version: int, cfg, index: int, storage_options=None) -> 
         log.warning("version %d holds tables %s that this parameter server does not have; they are ignored",
                     version, unknown)
     metas = [p.meta for p in manifest.parts if p.meta.get("role") == "table"]
-    counters = {k: max((int(m.get(k, 0)) for m in metas), default=0) for k in ("version", "step", "next_ttl_sweep")}
+    counters = {k: max((int(m.get(f"ps_{k}", 0)) for m in metas), default=0)
+                for k in ("version", "step", "next_ttl_sweep")}
     return RestoreContent(version, tables, pending, counters)
 
 

@@ -44,7 +44,7 @@ def _bytes(arr: np.ndarray) -> memoryview:
 
 
 def _le_str(arr: np.ndarray) -> str:
-    return np.asarray(arr).dtype.newbyteorder("<").str if np.asarray(arr).dtype.itemsize > 1 else np.asarray(arr).dtype.str
+    return np.asarray(arr).dtype.newbyteorder("<").str  # "<f2", "<i8"; "|b1" for bools
 
 
 def canonical_table(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -63,9 +63,10 @@ class ModelDigest:
     """Incremental form of :func:`model_digest`: feed tables, then dense tensors, then other
     arrays, each in name order (one table at a time, so a whole model never needs to be in memory).
 
-    >>> d = ModelDigest(); d.table("item", {"ids": np.array([2, 1]), "rows": np.zeros((2, 4), np.float16)})
-    >>> len(d.hexdigest())
-    64
+        d = ModelDigest()
+        d.table("item", {"ids": np.array([2, 1]), "rows": np.zeros((2, 4), np.float16)})
+        d.dense("mlp.0.weight", w0)
+        d.hexdigest()  ->  "3b1f..." (64 hex digits)
     """
 
     _SECTIONS = ("table", "dense", "array")
