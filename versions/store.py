@@ -44,7 +44,8 @@ import numpy as np
 
 from versions import partfile
 from versions.digest import ModelDigest
-from versions.errors import CorruptVersionError, NoSuchVersionError, StoreUnavailableError, VersionWriteError
+from versions.errors import (CorruptVersionError, NoSuchVersionError, StoreUnavailableError, VersionError,
+                             VersionWriteError)
 from versions.manifest import KINDS, Manifest, PartInfo, as_json_value, data_files_of, now, rows_of
 from versions.merge import Keep, merge_keyed
 
@@ -117,9 +118,11 @@ class VersionStore:
     def _io(self, what: str):
         try:
             yield
-        except (FileNotFoundError, CorruptVersionError, NoSuchVersionError, VersionWriteError):
+        except (FileNotFoundError, VersionError):
             raise
-        except (OSError, ImportError, ValueError, RuntimeError) as exc:
+        except (TypeError, AttributeError, KeyError, NameError, AssertionError):
+            raise  # bugs, not storage trouble
+        except Exception as exc:  # OSError, botocore's connection and client errors, unknown protocols, ...
             raise StoreUnavailableError(self.url, f"{what}: {type(exc).__name__}: {exc}") from exc
 
     def vdir(self, version: int) -> str:
@@ -154,6 +157,7 @@ class VersionStore:
     # ---------------------------------------------------------------- reading
     def _version_dirs(self) -> list[int]:
         with self._io(f"list {self.root}"):
+            self.fs.invalidate_cache(self.root)  # object stores cache listings; other processes write here
             try:
                 names = self.fs.ls(self.root, detail=False)
             except FileNotFoundError:
@@ -168,6 +172,7 @@ class VersionStore:
     def versions(self) -> list[int]:
         """Committed version numbers (those with a manifest), ascending."""
         with self._io(f"list {self.root}"):
+            self.fs.invalidate_cache(self.root)
             try:
                 paths = self.fs.glob(f"{self.root}/v*/{MANIFEST}")
             except FileNotFoundError:
@@ -265,6 +270,8 @@ class VersionStore:
         """Problems of ``version`` (missing, wrong size, bad checksum); empty when every part is good."""
         problems = []
         m = self.manifest(version)
+        with self._io(f"list {self.vdir(version)}"):
+            self.fs.invalidate_cache(self.vdir(version))
         for info in m.parts:
             path = self.part_path(version, info.name)
             try:
@@ -518,6 +525,8 @@ class VersionWriter:
             raise VersionWriteError(v, f"parts listed twice: {dup}")
         if not parts:
             raise VersionWriteError(v, "no parts: a version needs at least one part")
+        with store._io(f"list {store.vdir(v)}"):
+            store.fs.invalidate_cache(store.vdir(v))  # parts were written by other processes
         if store._exists(f"{store.vdir(v)}/{MANIFEST}"):
             raise VersionWriteError(v, "it is already committed")
         for p in parts:

@@ -36,7 +36,7 @@ def s3_store(s3_server, monkeypatch):
         monkeypatch.setenv(key, value)
     bucket = f"models-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
-    options = {"endpoint_url": s3_server, "key": "test", "secret": "test", "use_listings_cache": False}
+    options = {"endpoint_url": s3_server, "key": "test", "secret": "test"}  # listings cache on, as by default
     return VersionStore(f"s3://{bucket}/run-1/versions", options)
 
 
@@ -70,3 +70,19 @@ def test_s3_round_trip_delta_chain_verify_and_gc(s3_store):
         VersionStore(store.url, store.storage_options).read_part(1, "ps/shard-0/user")
     assert VersionStore(store.url, store.storage_options).latest_valid() is None
     assert fresh.gc(keep=1, grace_s=0)["removed_uncommitted"] == [unfinished.version]
+
+
+def test_an_unreachable_endpoint_is_a_store_unavailable_error():
+    import socket
+
+    pytest.importorskip("s3fs", reason="s3fs is needed for the S3 tests; pip install -r requirements-dev.txt")
+    from versions import StoreUnavailableError
+
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = VersionStore("s3://models/run", {"endpoint_url": f"http://127.0.0.1:{port}", "key": "x", "secret": "y",
+                                            "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1}})
+    with pytest.raises(StoreUnavailableError, match=f"127.0.0.1:{port}") as err:
+        store.versions()
+    assert "storage_options" in str(err.value)
