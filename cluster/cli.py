@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "cluster.commands.data",
     "cluster.commands.train",
     "cluster.commands.config",
+    "cluster.commands.snapshots",
     "cluster.commands.bench",
 )
 

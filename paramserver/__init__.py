@@ -7,7 +7,8 @@
 
 from paramserver.client import PSClient, create_parameter_server
 from paramserver.config import PSConfig, TableConfig
-from paramserver.errors import BadPullError, BadPushError, PSError, ShardUnavailableError, UnknownTableError
+from paramserver.errors import (BadPullError, BadPushError, CutError, PSError, RestoreError, ShardUnavailableError,
+                                UnknownTableError)
 from paramserver.hashing import init_rows
 from paramserver.shard import EmbeddingShard
 from paramserver.sharding import shard_of
@@ -15,10 +16,12 @@ from paramserver.sharding import shard_of
 __all__ = [
     "BadPullError",
     "BadPushError",
+    "CutError",
     "EmbeddingShard",
     "PSClient",
     "PSConfig",
     "PSError",
+    "RestoreError",
     "ShardUnavailableError",
     "TableConfig",
     "UnknownTableError",

@@ -105,8 +105,37 @@ class ShardHost:
     async def stats(self) -> dict:
         return {**self.shard.stats(), **self._busy}
 
-    async def take_dirty(self) -> dict:
-        return self.shard.take_dirty()
+    # --------------------------------------------------------------- versions
+    async def prepare_cut(self, cut_id: str, full: bool) -> dict:
+        """Copy what version cut ``cut_id`` needs; the only part of a version inside the training pause."""
+        return self.shard.prepare_cut(cut_id, full)
+
+    async def write_cut(self, cut_id: str, store_url: str, version: int, storage_options: dict | None = None) -> list:
+        """Write this shard's parts in a thread, so pulls and pushes go on meanwhile; returns PartInfos."""
+        return await asyncio.to_thread(self.shard.write_cut, cut_id, store_url, version, storage_options)
+
+    async def commit_cut(self, cut_id: str) -> None:
+        self.shard.commit_cut(cut_id)
+
+    async def abort_cut(self, cut_id: str) -> bool:
+        return self.shard.abort_cut(cut_id)
+
+    async def restore(self, store_url: str, version: int, storage_options: dict | None = None) -> dict:
+        """Read ``version`` (off the event loop), then replace this shard's state with its rows."""
+        from paramserver.cuts import read_content
+
+        content = await asyncio.to_thread(read_content, store_url, version, self.cfg, self.shard.index,
+                                          storage_options)
+        self.shard.restore(content)
+        self.aggregator = SyncAggregator(self.cfg.num_workers)
+        cond = self._condition()
+        async with cond:
+            cond.notify_all()
+        return self.shard.stats()
+
+    async def table_state(self, table: str) -> dict:
+        """This shard's rows of ``table`` with optimizer state and metadata (for the model digest)."""
+        return self.shard.table_state(table)
 
     async def read(self, table: str, ids: np.ndarray) -> np.ndarray:
         return self.shard.read(table, ids)

@@ -231,11 +231,55 @@ class PSClient:
         """Per-shard counters: rows, admitted, evicted, dropped_grads, stale_pushes, pulls, pushes, ..."""
         return [_ray.get(_ray.submit(a, "stats"), s) for s, a in enumerate(self._actors)]
 
-    def take_dirty(self) -> dict[str, dict[str, np.ndarray]]:
-        """Rows touched and ids evicted since the last call, all shards merged (see EmbeddingShard)."""
-        parts = [_ray.get(_ray.submit(a, "take_dirty"), s) for s, a in enumerate(self._actors)]
-        return {t: {k: np.concatenate([p[t][k] for p in parts]) for k in ("ids", "rows", "evicted")}
-                for t in self.cfg.table_names}
+    # --------------------------------------------------------------- versions
+    def _all(self, method: str, *args, timeout_s: float | None = None) -> list:
+        """Call ``method`` on every shard at once; wait for all, then raise the first error (if any)."""
+        refs = [(s, _ray.submit(a, method, *args)) for s, a in enumerate(self._actors)]
+        out, first = [], None
+        for s, ref in refs:
+            try:
+                out.append(_ray.get(ref, s, timeout_s))
+            except Exception as exc:  # keep waiting for the others: no call is left running unseen
+                first = first or exc
+                out.append(None)
+        if first is not None:
+            raise first
+        return out
+
+    def prepare_cut(self, cut_id: str, full: bool) -> list[dict]:
+        """Every shard copies what version cut ``cut_id`` needs (call it with training paused).
+
+        Returns one summary per shard: ``{"cut_id", "full", "rows": {table: n}, "deleted": {table: n}, "pause_ms"}``.
+        """
+        return self._all("prepare_cut", cut_id, bool(full))
+
+    def write_cut(self, cut_id: str, store_url: str, version: int, storage_options: dict | None = None) -> list:
+        """Every shard writes its parts of ``version`` (``ps/shard-{i}/{table}``) itself; returns all PartInfos."""
+        return [info for infos in self._all("write_cut", cut_id, store_url, int(version), storage_options)
+                for info in infos]
+
+    def commit_cut(self, cut_id: str) -> None:
+        """The version is committed: every shard forgets the changes the cut covered."""
+        self._all("commit_cut", cut_id)
+
+    def abort_cut(self, cut_id: str) -> None:
+        """The version failed: every shard forgets the copy and keeps every change pending."""
+        self._all("abort_cut", cut_id)
+
+    def restore(self, store_url: str, version: int, storage_options: dict | None = None) -> list[dict]:
+        """Every shard replaces its state with its ids of ``version`` (any shard count wrote it); returns stats."""
+        return self._all("restore", store_url, int(version), storage_options)
+
+    def table_state(self) -> dict[str, dict[str, np.ndarray]]:
+        """Every table's rows, optimizer state and metadata from all shards, ids ascending (for
+        :func:`versions.model_digest`; this ships every row to the caller)."""
+        out = {}
+        for table in self.cfg.table_names:
+            parts = self._all("table_state", table)
+            merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            order = np.argsort(merged["ids"], kind="stable")
+            out[table] = {k: v[order] for k, v in merged.items()}
+        return out
 
     def shutdown(self) -> None:
         """Kill the shard actors (their rows are lost)."""

@@ -60,3 +60,28 @@ class ShardUnavailableError(PSError, RuntimeError):
 
     def __str__(self) -> str:
         return f"parameter-server shard {self.shard} is unavailable: {self.cause}"
+
+
+class CutError(PSError, RuntimeError):
+    """A version cut was used wrongly (unknown or already finished cut id); nothing was changed."""
+
+    def __init__(self, cut_id: str, reason: str) -> None:
+        super().__init__(cut_id, reason)
+        self.cut_id = cut_id
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"cut {self.cut_id!r}: {self.reason}"
+
+
+class RestoreError(PSError, ValueError):
+    """A version cannot be restored into this shard (capacity, dims, optimizer); the shard is unchanged."""
+
+    def __init__(self, shard: int, version: int | None, reason: str) -> None:
+        super().__init__(shard, version, reason)
+        self.shard = shard
+        self.version = version
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"shard {self.shard} cannot restore version {self.version}: {self.reason}"

@@ -135,3 +135,14 @@ class CountTable:
             keep = np.ones(len(self._keys), dtype=bool)
             keep[pos[hit]] = False
             self._keys, self._counts, self._last = self._keys[keep], self._counts[keep], self._last[keep]
+
+    def items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Copies of (ids ascending, counts, last step seen)."""
+        return self._keys.copy(), self._counts.copy(), self._last.copy()
+
+    def load(self, ids: np.ndarray, counts: np.ndarray, last: np.ndarray) -> None:
+        """Replace the content with (distinct ``ids``, ``counts``, ``last``) (a restored version)."""
+        order = np.argsort(np.asarray(ids, np.int64), kind="stable")
+        self._keys = np.asarray(ids, np.int64)[order]
+        self._counts = np.asarray(counts, np.int64)[order]
+        self._last = np.asarray(last, np.int64)[order]

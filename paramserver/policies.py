@@ -43,8 +43,13 @@ def expired_slots(occupied: np.ndarray, last_seen: np.ndarray, step: int, ttl_st
 
 
 def lfu_victims(occupied: np.ndarray, count: np.ndarray, last_seen: np.ndarray,
-                protected: np.ndarray, n: int) -> np.ndarray:
-    """LFU: the ``n`` occupied, unprotected slots with the lowest count (older last_seen first on ties)."""
+                protected: np.ndarray, n: int, slot_key: np.ndarray | None = None) -> np.ndarray:
+    """LFU: the ``n`` occupied, unprotected slots with the lowest count (older last_seen first on ties,
+    then lower id when ``slot_key`` (slot -> id) is given).
+
+    With ``slot_key`` the choice depends only on (id, count, last_seen), not on which slot holds
+    which id, so a shard restored from a version (other slots) evicts exactly the same rows.
+    """
     if n <= 0:
         return np.empty(0, dtype=np.int64)
     eligible = occupied.copy()
@@ -53,4 +58,10 @@ def lfu_victims(occupied: np.ndarray, count: np.ndarray, last_seen: np.ndarray,
     if len(cand) <= n:
         return cand
     key = (np.minimum(count[cand], (1 << 31) - 1) << 32) | (last_seen[cand] & 0xFFFFFFFF)
-    return cand[np.argpartition(key, n - 1)[:n]]
+    if slot_key is None:
+        return cand[np.argpartition(key, n - 1)[:n]]
+    kth = np.partition(key, n - 1)[n - 1]
+    below = cand[key < kth]
+    tied = cand[key == kth]
+    tied = tied[np.argsort(slot_key[tied], kind="stable")[:n - len(below)]]
+    return np.concatenate([below, tied])

@@ -3,7 +3,8 @@
 The shard holds its part of every table in one FBGEMM table-batched embedding module
 (``SplitTableBatchedEmbeddingBagsCodegen``) with the optimizer fused into backward. Raw
 ids map to slots through :class:`IdMap`; per-slot metadata is ``count`` (times pulled),
-``last_seen`` (step), ``last_version`` (shard version of the last update) and ``dirty``.
+``last_seen`` (step), ``last_version`` (shard version of the last update) and ``touched``
+(the cut epoch of the row's last change: what a delta version must carry).
 
 Rules (vectorised; no Python loop over ids, only over tables):
 
@@ -16,7 +17,10 @@ Rules (vectorised; no Python loop over ids, only over tables):
   counted. Everything is validated before any table changes.
 * Eviction: TTL (rows not seen for ``ttl_steps``, swept when the step advances) and LFU
   when a table is full; an evicted row is zeroed with its optimizer state and its id is
-  recorded for the next delta snapshot (``take_dirty``).
+  recorded for the next delta version (``deleted``).
+* Versions (:mod:`paramserver.cuts`): ``prepare_cut`` copies what a version needs without
+  clearing anything, ``commit_cut`` clears exactly what that copy covered, ``abort_cut``
+  forgets it; ``restore`` rebuilds the shard from a version's content.
 """
 
 from __future__ import annotations
@@ -48,8 +52,8 @@ class _TableState:
     count: np.ndarray
     last_seen: np.ndarray
     last_version: np.ndarray
-    dirty: np.ndarray
-    evicted: list
+    touched: np.ndarray  # int32: cut epoch of the last change (pull, admission, push); 0 = none since restore
+    evicted: list  # [(epoch, ids)] evicted and not yet covered by a committed cut
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +94,7 @@ class EmbeddingShard:
             self._tables[t.name] = _TableState(
                 cfg=t, col=col, ids=IdMap(cap), pending=CountTable(2 * cap),
                 count=np.zeros(cap, np.int64), last_seen=np.zeros(cap, np.int64),
-                last_version=np.zeros(cap, np.int64), dirty=np.zeros(cap, bool), evicted=[])
+                last_version=np.zeros(cap, np.int64), touched=np.zeros(cap, np.int32), evicted=[])
             col += t.dim
         for states_t in self._states:
             for s in states_t:
@@ -99,6 +103,9 @@ class EmbeddingShard:
         self.version = 0  # updates applied (async: pushes; sync: steps)
         self.step = 0  # highest step seen
         self._next_ttl_sweep = 0
+        self._epoch = 1  # changes are stamped with the current cut epoch; prepare_cut starts a new one
+        self._committed_epoch = 0  # changes stamped <= this are in a committed version
+        self._cuts: dict = {}  # cut_id -> PreparedCut (at most one)
         self._stats = dict(admitted=0, evicted=0, evicted_ttl=0, evicted_lfu=0, dropped_grads=0,
                            stale_pushes=0, dropped_stale_pushes=0, pulls=0, pushes=0, rows_pulled=0,
                            rows_pushed=0)
@@ -174,7 +181,7 @@ class EmbeddingShard:
             hs = slots[hit]
             ts.last_seen[hs] = step
             ts.last_version[hs] = self.version
-            ts.dirty[hs] = True
+            ts.touched[hs] = self._epoch
             parts.append((ts, hs, grads[hit] if not hit.all() else grads))
             self._stats["rows_pushed"] += len(hs)
         self._stats["pushes"] += 1
@@ -189,23 +196,55 @@ class EmbeddingShard:
         if dropped:
             self._stats["dropped_stale_pushes"] += 1
 
-    # -------------------------------------------------------------- snapshots
-    def take_dirty(self) -> dict[str, dict[str, np.ndarray]]:
-        """Rows touched and ids evicted since the last call, per table; resets both.
+    # --------------------------------------------------------------- versions
+    def prepare_cut(self, cut_id: str, full: bool) -> dict:
+        """Copy what a version needs (see :func:`paramserver.cuts.prepare`); nothing is cleared."""
+        from paramserver.cuts import prepare
 
-        ``{table: {"ids": int64 [n], "rows": float32 [n, dim], "evicted": int64 [m]}}``; an id
-        evicted and re-admitted since the last cut appears only in ``ids`` (its new row).
-        """
-        out = {}
-        for name, ts in self._tables.items():
-            slots = np.flatnonzero(ts.dirty)
-            ids = ts.ids.slot_key[slots].copy()
-            evicted = np.unique(np.concatenate(ts.evicted)) if ts.evicted else np.empty(0, np.int64)
-            out[name] = {"ids": ids, "rows": self._gather(name, slots),
-                         "evicted": np.setdiff1d(evicted, ids)}
-            ts.dirty[:] = False
-            ts.evicted = []
-        return out
+        return prepare(self, cut_id, full)
+
+    def commit_cut(self, cut_id: str) -> None:
+        """The version holding cut ``cut_id`` is committed: clear exactly the changes it covered."""
+        from paramserver.cuts import commit
+
+        commit(self, cut_id)
+
+    def abort_cut(self, cut_id: str) -> bool:
+        """Forget cut ``cut_id``; every change stays pending for the next cut. False if unknown."""
+        return self._cuts.pop(cut_id, None) is not None
+
+    def write_cut(self, cut_id: str, store, version: int, storage_options=None) -> list:
+        """Write the parts of prepared cut ``cut_id`` into ``version`` of ``store`` (a VersionStore or
+        URL): ``ps/shard-{index}/{table}`` per table. Returns their PartInfos."""
+        from paramserver.cuts import write
+
+        return write(self, cut_id, store, version, storage_options)
+
+    def restore(self, content, counters: dict | None = None) -> None:
+        """Rebuild every table from materialised content: a :class:`paramserver.cuts.RestoreContent`, or
+        ``{table: {"ids", "rows", "opt_state_0".., "count", "last_seen", "last_version"}}`` (as
+        :meth:`table_state` returns) with ``counters`` ``{"version", "step", "next_ttl_sweep"}``.
+        Tables not given end up empty. Everything is checked before anything changes (RestoreError)."""
+        from paramserver.cuts import RestoreContent, restore
+
+        if not isinstance(content, RestoreContent):
+            content = RestoreContent(None, dict(content), {}, dict(counters or {}))
+        restore(self, content)
+
+    def restore_from_store(self, store, version: int, storage_options=None) -> None:
+        """Read ``version`` of ``store`` (its chain) and keep the ids that route to this shard."""
+        from paramserver.cuts import read_content, restore
+
+        restore(self, read_content(store, version, self.cfg, self.index, storage_options))
+
+    def table_state(self, table: str) -> dict[str, np.ndarray]:
+        """Every admitted row of ``table`` with its optimizer state and metadata, ids ascending:
+        ``{"ids", "rows" (stored dtype), "opt_state_0"..., "count", "last_seen", "last_version"}``."""
+        from paramserver.cuts import table_arrays
+
+        ts = self._table(table)
+        ids, slots = ts.ids.items()
+        return table_arrays(self, ts, ids, slots)
 
     def table_rows(self, table: str) -> tuple[np.ndarray, np.ndarray]:
         """Every admitted (id, row) of ``table``, ids ascending (a full snapshot)."""
@@ -259,6 +298,7 @@ class EmbeddingShard:
         hs = slots[hit]
         ts.count[hs] += counts[hit]
         ts.last_seen[hs] = step
+        ts.touched[hs] = self._epoch  # count and last_seen are part of a version (they drive eviction)
         miss = np.flatnonzero(~hit)
         if len(miss) == 0:
             return slots
@@ -273,7 +313,7 @@ class EmbeddingShard:
         short = len(miss) - ts.ids.free
         if short > 0:  # evict 1% of the table beyond what is needed, so a full table does not scan every step
             short = max(short, ts.ids.capacity // 100)
-            victims = lfu_victims(ts.ids.occupied, ts.count, ts.last_seen, hs, short)
+            victims = lfu_victims(ts.ids.occupied, ts.count, ts.last_seen, hs, short, ts.ids.slot_key)
             self._evict(ts, victims, "evicted_lfu")
         if len(miss) > ts.ids.free:  # still full (the batch itself fills the table): most frequent first
             keep = np.sort(np.argsort(-totals, kind="stable")[:ts.ids.free])
@@ -284,7 +324,7 @@ class EmbeddingShard:
         ts.count[new_slots] = totals
         ts.last_seen[new_slots] = step
         ts.last_version[new_slots] = self.version
-        ts.dirty[new_slots] = True
+        ts.touched[new_slots] = self._epoch
         if self.cfg.admission_threshold > 1:
             ts.pending.discard(new_ids)
         self._stats["admitted"] += len(new_slots)
@@ -294,12 +334,12 @@ class EmbeddingShard:
     def _evict(self, ts: _TableState, slots: np.ndarray, reason: str) -> None:
         if len(slots) == 0:
             return
-        ts.evicted.append(ts.ids.remove_slots(slots))
+        ts.evicted.append((self._epoch, ts.ids.remove_slots(slots)))
         self._reset_rows(ts, slots, None)
         ts.count[slots] = 0
         ts.last_seen[slots] = 0
         ts.last_version[slots] = 0
-        ts.dirty[slots] = False
+        ts.touched[slots] = 0
         self._stats["evicted"] += len(slots)
         self._stats[reason] += len(slots)
 

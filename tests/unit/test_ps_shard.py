@@ -161,13 +161,15 @@ def test_ttl_evicts_rows_not_seen_and_readmission_reinitialises():
     shard = EmbeddingShard(cfg_of(ttl_steps=2, optimizer="rowwise_adagrad"))
     shard.pull({"user": np.array([1, 2])}, step=0)
     shard.push({"user": (np.array([1, 2]), np.ones((2, 8), np.float32))}, step=0)
-    shard.take_dirty()
+    shard.prepare_cut("c0", full=True)
+    shard.commit_cut("c0")
     for step in (1, 2, 3):
         shard.pull({"user": np.array([2])}, step=step)
     assert shard.metadata("user", np.array([1, 2]))["admitted"].tolist() == [False, True]
     assert shard.stats()["evicted_ttl"] == 1
-    cut = shard.take_dirty()["user"]
-    assert cut["evicted"].tolist() == [1] and cut["ids"].tolist() == []  # pulls alone do not dirty a row
+    shard.prepare_cut("c1", full=False)
+    cut = shard._cuts["c1"].tables["user"]
+    assert cut["deleted"].tolist() == [1] and cut["ids"].tolist() == [2]  # 2 was pulled: its count changed
     # re-admitted: fresh initial row and fresh optimizer state (a first push moves it by lr)
     row = shard.pull({"user": np.array([1])}, step=4)["user"][0]
     np.testing.assert_array_equal(row, init_rows(TABLES[0], np.array([1]))[0])
@@ -187,18 +189,6 @@ def test_lfu_makes_room_when_full_and_never_evicts_the_current_batch():
     assert shard.stats()["rows_per_table"]["user"] == 4
     assert (rows[4] == 0).all()  # 23: seen once, loses the tie to 20 and 22 (lower ids first)
     assert not (rows[[0, 1, 3, 5]] == 0).any()
-
-
-def test_take_dirty_reports_rows_touched_since_last_cut():
-    shard = EmbeddingShard(cfg_of())
-    shard.pull({"user": np.array([1, 2]), "item": np.array([7])})
-    first = shard.take_dirty()
-    assert sorted(first["user"]["ids"].tolist()) == [1, 2] and first["item"]["ids"].tolist() == [7]
-    shard.push({"user": (np.array([2]), np.ones((1, 8), np.float32))})
-    cut = shard.take_dirty()
-    assert cut["user"]["ids"].tolist() == [2] and len(cut["item"]["ids"]) == 0
-    np.testing.assert_array_equal(cut["user"]["rows"], shard.read("user", np.array([2])))
-    assert all(len(v["ids"]) == 0 for v in shard.take_dirty().values())
 
 
 # ------------------------------------------------------------------------ bad calls

@@ -1,0 +1,107 @@
+"""``freshrec snapshots list / show / verify / gc`` on a real local store, with exit codes."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cluster.cli import main
+from versions import VersionStore, model_digest
+
+KEYED = {"role": "table", "table": "user", "merge": "by_id"}
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    store = VersionStore(tmp_path / "versions")
+    ids = np.arange(10, dtype=np.int64)
+    rows = np.ones((10, 4), np.float16)
+    tables = {"user": {"ids": ids, "rows": rows}}
+    w = store.begin("full", step=100)
+    parts = [w.write_part("ps/shard-0/user", {"ids": ids, "rows": rows, "deleted": np.empty(0, np.int64)},
+                          {**KEYED, "rows_after": 10})]
+    w.commit(parts, ledger={"version": 2, "entries": [{"file": "part-1.parquet", "rows": 7, "complete": True}]},
+             model_digest=model_digest(tables))
+    w = store.begin("delta", parent=1, step=200)
+    rows2 = np.full((1, 4), 2, np.float16)
+    part = w.write_part("ps/shard-0/user", {"ids": np.array([3]), "rows": rows2, "deleted": np.array([9])},
+                        {**KEYED, "rows_after": 9})
+    tables2 = {"user": {"ids": np.delete(ids, 9), "rows": np.delete(rows, 9, axis=0)}}
+    tables2["user"]["rows"][3] = 2
+    w.commit([part], model_digest=model_digest(tables2))
+    return tmp_path
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_list_and_show(run_dir, capsys):
+    code, out, _ = run(capsys, "snapshots", "list", "--run-dir", str(run_dir), "--json")
+    rows = json.loads(out)
+    assert code == 0 and [r["version"] for r in rows] == [1, 2]
+    assert rows[0]["data_files"] == ["part-1.parquet"] and rows[1]["parent"] == 1 and rows[1]["rows"] == 9
+    assert set(rows[0]) >= {"version", "parent", "kind", "step", "committed_at", "data_files", "rows", "bytes",
+                            "model_digest"}
+    code, out, _ = run(capsys, "snapshots", "list", "--store", str(run_dir / "versions"))
+    assert code == 0 and "delta" in out and "part-1.parquet" in out
+    code, out, _ = run(capsys, "snapshots", "show", "latest", "--run-dir", str(run_dir), "--json")
+    shown = json.loads(out)
+    assert code == 0 and shown["version"] == 2 and shown["parts"][0]["name"] == "ps/shard-0/user"
+
+
+def test_verify_passes_then_names_the_bad_part(run_dir, capsys):
+    code, out, _ = run(capsys, "snapshots", "verify", "2", "--run-dir", str(run_dir))
+    assert code == 0 and "OK" in out and "digest matches" in out
+    store = VersionStore(run_dir / "versions")
+    path = store.part_path(1, "ps/shard-0/user")
+    data = bytearray(open(path, "rb").read())
+    data[-3] ^= 0x10
+    open(path, "wb").write(bytes(data))
+    code, _, err = run(capsys, "snapshots", "verify", "2", "--run-dir", str(run_dir))
+    assert code == 1 and "ps/shard-0/user" in err and "version 1" in err
+
+
+def test_verify_detects_a_digest_mismatch(run_dir, capsys):
+    store = VersionStore(run_dir / "versions")
+    m = store.manifest(2)
+    text = open(f"{store.vdir(2)}/MANIFEST.json").read().replace(m.model_digest, "0" * 64)
+    open(f"{store.vdir(2)}/MANIFEST.json", "w").write(text)
+    code, out, _ = run(capsys, "snapshots", "verify", "2", "--run-dir", str(run_dir), "--json")
+    result = json.loads(out)
+    assert code == 1 and "digest mismatch" in result["problems"][0] and result["recomputed_digest"] == m.model_digest
+    code, _, _ = run(capsys, "snapshots", "verify", "2", "--run-dir", str(run_dir), "--no-digest")
+    assert code == 0
+
+
+def test_gc_and_user_errors(run_dir, capsys):
+    code, out, _ = run(capsys, "snapshots", "gc", "--keep", "1", "--run-dir", str(run_dir), "--json")
+    assert code == 0 and json.loads(out)["removed"] == []  # 2 needs its base 1
+    code, _, err = run(capsys, "snapshots", "show", "7", "--run-dir", str(run_dir))
+    assert code == 2 and "freshrec: error: no committed version 7" in err and "[1, 2]" in err
+    code, _, err = run(capsys, "snapshots", "show", "latest", "--store", str(run_dir / "empty"))
+    assert code == 2 and "no committed version" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["snapshots", "gc", "--keep", "0", "--run-dir", "x"], "integer >= 1"),
+    (["snapshots", "show", "abc", "--run-dir", "x"], "positive integer or 'latest'"),
+    (["snapshots", "list"], "one of the arguments --store --run-dir is required"),
+    (["snapshots", "list", "--store", "a", "--run-dir", "b"], "not allowed with"),
+    (["snapshots", "list", "--store", "a", "--storage-option", "novalue"], "KEY=VALUE"),
+])
+def test_bad_arguments_are_refused_by_argparse(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bench_snapshot_runs_small(capsys):
+    code = main(["bench", "snapshot", "--rows", "20000", "--rounds", "1", "--json"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and result["rows"] == 20000 and result["restored_sample_equal"] is True
+    for key in ("delta_over_full", "pause_ms", "restore_s", "bytes_per_row"):
+        assert result[key] > 0
+    assert result["bytes_per_row_by_kind"]["rows"] == 128

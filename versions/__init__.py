@@ -1,0 +1,37 @@
+"""freshrec's version store: consistent model versions (full and delta) with checksums and a digest.
+
+    store = VersionStore("runs/r1/versions")                 # or s3://bucket/prefix, memory://x
+    w = store.begin("delta", parent=store.latest(), step=5400)
+    parts = [w.write_part("dense", dense_arrays, {"role": "dense"}), *shard_parts]
+    w.commit(parts, ledger=ledger.to_dict(), model_digest=digest)
+    store.materialize(store.latest(), table_parts("user"))   # {"ids", "rows", "opt_state_0", ...}
+
+A leaf package: it imports only ``common`` (plus numpy and fsspec).
+"""
+
+from versions.digest import ModelDigest, model_digest
+from versions.errors import (CorruptVersionError, NoSuchVersionError, StoreUnavailableError, VersionError,
+                             VersionWriteError)
+from versions.manifest import Manifest, PartInfo
+from versions.policy import SnapshotConfig, SnapshotDecision, SnapshotPolicy
+from versions.store import PartWriter, VersionStore, VersionWriter, table_parts, write_part
+
+__all__ = [
+    "CorruptVersionError",
+    "Manifest",
+    "ModelDigest",
+    "NoSuchVersionError",
+    "PartInfo",
+    "PartWriter",
+    "SnapshotConfig",
+    "SnapshotDecision",
+    "SnapshotPolicy",
+    "StoreUnavailableError",
+    "VersionError",
+    "VersionStore",
+    "VersionWriteError",
+    "VersionWriter",
+    "model_digest",
+    "table_parts",
+    "write_part",
+]

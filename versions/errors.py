@@ -1,0 +1,69 @@
+"""Version-store errors: each carries its context, says what to do, and pickles cleanly.
+
+Every error keeps its constructor arguments in ``self.args`` and rebuilds itself from them
+(``__reduce__``), so it crosses a Ray actor boundary with its fields intact.
+"""
+
+from __future__ import annotations
+
+
+class VersionError(Exception):
+    """Base class of every version-store error."""
+
+    def __reduce__(self):
+        return (type(self), self.args)
+
+
+class CorruptVersionError(VersionError):
+    """A part of ``version`` is missing, truncated or fails its checksum; the version must not be loaded."""
+
+    def __init__(self, version: int, part: str, reason: str) -> None:
+        super().__init__(version, part, reason)
+        self.version = version
+        self.part = part
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return (f"version {self.version} is corrupt: part {self.part!r} {self.reason}; load an earlier version "
+                f"(VersionStore.latest_valid()) and check the storage, or rewrite it with a full version")
+
+
+class NoSuchVersionError(VersionError, LookupError):
+    """``version`` has no manifest (never committed, aborted or collected)."""
+
+    def __init__(self, version: int | None, available: tuple[int, ...] | list[int] = ()) -> None:
+        super().__init__(version, tuple(available))
+        self.version = version
+        self.available = tuple(available)
+
+    def __str__(self) -> str:
+        if not self.available:
+            return f"no committed version {self.version} in the store: the store holds no committed version yet"
+        shown = list(self.available[-10:])
+        more = f" (newest 10 of {len(self.available)})" if len(self.available) > 10 else ""
+        return f"no committed version {self.version} in the store; committed versions: {shown}{more}"
+
+
+class StoreUnavailableError(VersionError):
+    """The store at ``url`` could not be read or written; ``cause`` is the underlying error as text."""
+
+    def __init__(self, url: str, cause: str) -> None:
+        super().__init__(url, str(cause))
+        self.url = url
+        self.cause = str(cause)
+
+    def __str__(self) -> str:
+        return (f"version store {self.url} is unavailable: {self.cause}; check the URL, the credentials "
+                f"(storage_options) and that the bucket or directory exists")
+
+
+class VersionWriteError(VersionError):
+    """A version could not be written or committed as asked (``version`` may be None before allocation)."""
+
+    def __init__(self, version: int | None, reason: str) -> None:
+        super().__init__(version, reason)
+        self.version = version
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"cannot write version {self.version}: {self.reason}"

@@ -1,0 +1,646 @@
+"""The version store: committed model versions under one root URL (local path or any fsspec URL).
+
+Layout::
+
+    ROOT/
+      LATEST                     "12\\n": the newest committed version (written after its manifest)
+      v00000011/
+        MANIFEST.json            present  <=>  version 11 is committed (readers list these only)
+        ps/shard-0/user.part     part files (see versions.partfile)
+        ps/shard-1/user.part
+        dense.part
+      v00000012/ ...
+      v00000013/
+        _BEGUN.json              a writer is (or was) writing 13: not visible, gc removes it later
+
+Commit protocol (two-phase; the version is visible only once step 3 is done)::
+
+    begin()         allocate 13, write _BEGUN.json
+    write_part()*   part files, each under a temporary name then renamed (local), checksummed
+    commit(parts)   1. every listed part exists with its size
+                    2. MANIFEST.json  (temporary name + fsync + atomic rename; one PUT on object stores)
+                    3. LATEST         (the same way, only if 13 is newer than what it names)
+
+A crash before 2 leaves a directory without a manifest: never listed, removed by ``gc``
+after a grace period. A crash between 2 and 3 leaves a committed version that LATEST does
+not name yet: ``latest()`` still finds it (it checks for newer manifests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import time
+import uuid
+from collections.abc import Mapping
+
+import numpy as np
+
+from versions import partfile
+from versions.digest import ModelDigest
+from versions.errors import (CorruptVersionError, NoSuchVersionError, StoreUnavailableError, VersionError,
+                             VersionWriteError)
+from versions.manifest import KINDS, Manifest, PartInfo, as_json_value, data_files_of, now, rows_of
+from versions.merge import Keep, merge_keyed
+
+log = logging.getLogger(__name__)
+
+_VDIR = re.compile(r"^v(\d{8})$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*(/[A-Za-z0-9][A-Za-z0-9._=-]*)*$")
+MANIFEST = "MANIFEST.json"
+BEGUN = "_BEGUN.json"
+ABORTED = "_ABORTED"
+LATEST = "LATEST"
+
+
+def check_part_name(name: str) -> str:
+    """A part name is slash-separated segments of letters, digits, ``._=-`` (``ps/shard-0/user``)."""
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name or name.endswith(".part"):
+        raise ValueError(f"bad part name {name!r}: use slash-separated segments of letters, digits and ._=- "
+                         f"(e.g. 'ps/shard-0/user' or 'dense')")
+    return name
+
+
+class VersionStore:
+    """Committed versions under ``url`` (``/path``, ``file://``, ``s3://bucket/prefix``, ``memory://``).
+
+    Picklable (it holds only the URL and ``storage_options``), so actors can open the same store.
+
+        store = VersionStore("s3://models/run-7", {"endpoint_url": "http://127.0.0.1:5000"})
+        w = store.begin("full", step=1200)
+        parts = [w.write_part("dense", {"w": w_np})] + shard_parts
+        store_manifest = w.commit(parts, ledger=ledger.to_dict(), model_digest=digest)
+        store.latest()  ->  1
+    """
+
+    def __init__(self, url: str | os.PathLike, storage_options: Mapping | None = None) -> None:
+        self.url = os.fspath(url)
+        self.storage_options = dict(storage_options or {})
+        self._fs = None
+        self._root = ""
+        self._manifests: dict[int, Manifest] = {}
+
+    def __reduce__(self):
+        return (VersionStore, (self.url, self.storage_options))
+
+    def __repr__(self) -> str:
+        return f"VersionStore({self.url!r})"
+
+    # ------------------------------------------------------------ file system
+    @property
+    def fs(self):
+        if self._fs is None:
+            import fsspec
+
+            with self._io("open"):
+                self._fs, self._root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+            self._root = self._root.rstrip("/") or "/"
+        return self._fs
+
+    @property
+    def root(self) -> str:
+        self.fs
+        return self._root
+
+    @property
+    def local(self) -> bool:
+        from fsspec.implementations.local import LocalFileSystem
+
+        return isinstance(self.fs, LocalFileSystem)
+
+    @contextlib.contextmanager
+    def _io(self, what: str):
+        try:
+            yield
+        except (FileNotFoundError, VersionError):
+            raise
+        except (TypeError, AttributeError, KeyError, NameError, AssertionError):
+            raise  # bugs, not storage trouble
+        except Exception as exc:  # OSError, botocore's connection and client errors, unknown protocols, ...
+            raise StoreUnavailableError(self.url, f"{what}: {type(exc).__name__}: {exc}") from exc
+
+    def vdir(self, version: int) -> str:
+        return f"{self.root}/v{int(version):08d}"
+
+    def part_path(self, version: int, name: str) -> str:
+        return f"{self.vdir(version)}/{check_part_name(name)}.part"
+
+    def _exists(self, path: str) -> bool:
+        with self._io(f"check {path}"):
+            return self.fs.exists(path)
+
+    def _write_small(self, path: str, data: bytes) -> None:
+        """Write a small file atomically: temp + fsync + rename locally, one PUT elsewhere."""
+        with self._io(f"write {path}"):
+            if self.local:
+                tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+                _fsync_dir(os.path.dirname(path))
+            else:
+                self.fs.pipe_file(path, data)
+
+    def _read_small(self, path: str) -> bytes:
+        with self._io(f"read {path}"):
+            return self.fs.cat_file(path)
+
+    # ---------------------------------------------------------------- reading
+    def _version_dirs(self) -> list[int]:
+        with self._io(f"list {self.root}"):
+            self.fs.invalidate_cache(self.root)  # object stores cache listings; other processes write here
+            try:
+                names = self.fs.ls(self.root, detail=False)
+            except FileNotFoundError:
+                return []
+        out = []
+        for n in names:
+            m = _VDIR.match(n.rstrip("/").rsplit("/", 1)[-1])
+            if m:
+                out.append(int(m.group(1)))
+        return sorted(set(out))
+
+    def versions(self) -> list[int]:
+        """Committed version numbers (those with a manifest), ascending."""
+        with self._io(f"list {self.root}"):
+            self.fs.invalidate_cache(self.root)
+            try:
+                paths = self.fs.glob(f"{self.root}/v*/{MANIFEST}")
+            except FileNotFoundError:
+                return []
+        out = []
+        for p in paths:
+            m = _VDIR.match(p.rstrip("/").rsplit("/", 2)[-2])
+            if m:
+                out.append(int(m.group(1)))
+        return sorted(set(out))
+
+    def manifest(self, version: int) -> Manifest:
+        """The manifest of a committed ``version``; NoSuchVersionError when it has none."""
+        version = int(version)
+        if version in self._manifests:
+            return self._manifests[version]
+        try:
+            text = self._read_small(f"{self.vdir(version)}/{MANIFEST}")
+        except FileNotFoundError:
+            raise NoSuchVersionError(version, self.versions()) from None
+        m = Manifest.from_json(text)
+        self._manifests[version] = m
+        return m
+
+    def list(self) -> list[Manifest]:
+        """Every committed version's manifest, oldest first."""
+        return [self.manifest(v) for v in self.versions()]
+
+    def latest(self) -> int | None:
+        """The newest committed version (LATEST, or a newer manifest if a commit stopped before LATEST)."""
+        named = None
+        try:
+            named = int(self._read_small(f"{self.root}/{LATEST}").decode().strip())
+        except (FileNotFoundError, ValueError):
+            pass
+        newer = [v for v in self._version_dirs() if named is None or v > named]
+        for v in sorted(newer, reverse=True):
+            if self._exists(f"{self.vdir(v)}/{MANIFEST}"):
+                return v
+        if named is not None and self._exists(f"{self.vdir(named)}/{MANIFEST}"):
+            return named
+        committed = self.versions()
+        return committed[-1] if committed else None
+
+    def chain(self, version: int) -> list[Manifest]:
+        """Manifests from the full base of ``version`` up to ``version``: ``[full, delta, ..., version]``."""
+        out = [self.manifest(version)]
+        while out[-1].kind == "delta":
+            parent = out[-1].parent
+            try:
+                out.append(self.manifest(parent))
+            except NoSuchVersionError:
+                raise CorruptVersionError(version, f"(parent {parent})",
+                                          f"is missing: version {out[-1].version} is a delta on it") from None
+        return out[::-1]
+
+    def read_part(self, version: int, name: str, verify: bool = True) -> dict[str, np.ndarray]:
+        """The arrays of part ``name`` of ``version``; CorruptVersionError on a missing part, a size or
+        (``verify``) checksum mismatch."""
+        return self._read_part(version, name, verify)[1]
+
+    def read_part_meta(self, version: int, name: str) -> dict:
+        return self.manifest(version).part(name).meta
+
+    def _read_part(self, version: int, name: str, verify: bool) -> tuple[dict, dict[str, np.ndarray]]:
+        info = self.manifest(version).part(name)
+        buf = self._read_bytes(version, info)
+        if verify:
+            got = hashlib.sha256(buf).hexdigest()
+            if got != info.sha256:
+                raise CorruptVersionError(version, name, f"fails its checksum (sha256 {got[:12]}..., "
+                                                         f"manifest says {info.sha256[:12]}...)")
+        try:
+            return partfile.decode(buf)
+        except ValueError as exc:
+            raise CorruptVersionError(version, name, str(exc)) from None
+
+    def _read_bytes(self, version: int, info: PartInfo) -> bytearray:
+        path = self.part_path(version, info.name)
+        with self._io(f"read {path}"):
+            try:
+                size = self.fs.size(path)
+            except FileNotFoundError:
+                raise CorruptVersionError(version, info.name, "is missing") from None
+            if size != info.bytes:
+                raise CorruptVersionError(version, info.name, f"has {size} bytes, the manifest says {info.bytes}")
+            buf = bytearray(size)
+            with self.fs.open(path, "rb") as f:
+                got = f.readinto(memoryview(buf)) if size else 0
+            if got != size:
+                raise CorruptVersionError(version, info.name, f"read {got} of {size} bytes")
+        return buf
+
+    def verify(self, version: int, parts: bool = True) -> list[str]:
+        """Problems of ``version`` (missing, wrong size, bad checksum); empty when every part is good."""
+        problems = []
+        m = self.manifest(version)
+        with self._io(f"list {self.vdir(version)}"):
+            self.fs.invalidate_cache(self.vdir(version))
+        for info in m.parts:
+            path = self.part_path(version, info.name)
+            try:
+                with self._io(f"verify {path}"):
+                    size = self.fs.size(path)
+                    if size != info.bytes:
+                        problems.append(f"part {info.name!r}: {size} bytes, the manifest says {info.bytes}")
+                        continue
+                    if not parts:
+                        continue
+                    h = hashlib.sha256()
+                    with self.fs.open(path, "rb") as f:
+                        while chunk := f.read(16 << 20):
+                            h.update(chunk)
+                    if h.hexdigest() != info.sha256:
+                        problems.append(f"part {info.name!r}: checksum mismatch (sha256 {h.hexdigest()[:12]}..., "
+                                        f"manifest says {info.sha256[:12]}...)")
+            except FileNotFoundError:
+                problems.append(f"part {info.name!r}: missing")
+        return problems
+
+    def verify_chain(self, version: int) -> list[str]:
+        """Problems of ``version`` and of every version its chain needs."""
+        try:
+            chain = self.chain(version)
+        except CorruptVersionError as exc:
+            return [str(exc)]
+        return [f"version {m.version}: {p}" for m in chain for p in self.verify(m.version)]
+
+    def latest_valid(self) -> int | None:
+        """The newest committed version whose whole chain verifies; each skipped version is logged
+        as a warning naming its bad part."""
+        for v in reversed(self.versions()):
+            problems = self.verify_chain(v)
+            if not problems:
+                return v
+            log.warning("version %d is refused, falling back to an earlier one: %s", v, "; ".join(problems))
+        return None
+
+    def materialize(self, version: int, select: "str | Selector", keep: Keep | None = None, verify: bool = True
+                    ) -> dict[str, np.ndarray]:
+        """The merged content of the parts ``select``-ed at ``version``: ``select`` is an fnmatch
+        pattern over part names (``"dense"``, ``"ps/shard-*/user"``) or a predicate over PartInfo
+        (:func:`table_parts`).
+
+        Keyed parts (``meta["merge"] == "by_id"``) merge across the chain (versions.merge: upsert by
+        id, drop ``deleted``); ``keep(ids) -> mask`` filters ids as they are read. Other parts come
+        from the newest version of the chain that has them (several matches are concatenated
+        along axis 0 in name order, then filtered by ``keep`` if they hold ``ids``).
+        """
+        pick = select if callable(select) else (lambda p, pat=select: fnmatch.fnmatchcase(p.name, pat))
+        chain = self.chain(version)
+        layers = [(m, sorted((p for p in m.parts if pick(p)), key=lambda p: p.name)) for m in chain]
+        found = [p for _, ps in layers for p in ps]
+        if not found:
+            raise KeyError(f"version {version}: no part matches {select!r} in its chain {[m.version for m in chain]}")
+        if any(p.meta.get("merge") == "by_id" for p in found):
+            loaded = [[self.read_part(m.version, p.name, verify) for p in ps] for m, ps in layers]
+            return merge_keyed(loaded, keep)
+        m, ps = [(m, ps) for m, ps in layers if ps][-1]
+        arrays = [self.read_part(m.version, p.name, verify) for p in ps]
+        out = arrays[0] if len(arrays) == 1 else {k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]}
+        if keep is not None and "ids" in out:
+            mask = keep(np.asarray(out["ids"]))
+            out = {k: v[mask] for k, v in out.items()}
+        return out
+
+    def groups(self, version: int) -> dict[tuple, list[str]]:
+        """The logical groups of ``version``'s chain: ``("table", t)`` / ``("pending", t)`` for parameter-server
+        parts (whatever the shard count of each version), ``("part", name)`` for every other part."""
+        out: dict[tuple, set] = {}
+        for m in self.chain(version):
+            for p in m.parts:
+                out.setdefault(group_of(p), set()).add(p.name)
+        return {k: sorted(v) for k, v in sorted(out.items())}
+
+    def digest(self, version: int, verify: bool = True) -> str:
+        """Recompute :func:`versions.model_digest` of ``version`` from its parts.
+
+        Tables: parts with ``meta["role"] == "table"``, grouped by ``meta["table"]`` and merged over
+        the chain; dense tensors: the arrays of ``role == "dense"`` parts; other arrays: those of
+        parts without a role, named ``"<part>/<array>"``. Parts with ``role == "pending"`` (ids
+        waiting for admission, shard-local bookkeeping) are not model content and are left out.
+        """
+        d = ModelDigest()
+        chain = self.chain(version)
+        dense: dict[str, np.ndarray] = {}
+        extra: dict[str, np.ndarray] = {}
+        for (kind, name), _ in self.groups(version).items():
+            if kind == "table":
+                d.table(name, self.materialize(version, table_parts(name), verify=verify))
+            elif kind == "part":
+                role = next((p.meta.get("role") for m in reversed(chain) for p in m.parts if p.name == name), None)
+                arrays = self.materialize(version, _escape(name), verify=verify)
+                if role == "dense":
+                    dense.update(arrays)
+                else:
+                    extra.update({f"{name}/{k}": v for k, v in arrays.items()})
+        for k in sorted(dense):
+            d.dense(k, dense[k])
+        for k in sorted(extra):
+            d.array(k, extra[k])
+        return d.hexdigest()
+
+    # ---------------------------------------------------------------- writing
+    def begin(self, kind: str = "full", parent: int | None = None, step: int = 0, meta: Mapping | None = None
+              ) -> "VersionWriter":
+        """Start writing the next version. A delta needs a committed ``parent``; ``meta`` becomes the
+        default of the manifest's ``extra``."""
+        if kind not in KINDS:
+            raise VersionWriteError(None, f"kind must be one of {list(KINDS)}, got {kind!r}")
+        if kind == "delta":
+            if parent is None:
+                raise VersionWriteError(None, "a delta needs parent=<a committed version>; write a full version first")
+            try:
+                self.manifest(parent)
+            except NoSuchVersionError as exc:
+                raise VersionWriteError(None, f"the parent of a delta must be committed: {exc}") from None
+        if not isinstance(step, (int, np.integer)) or step < 0:
+            raise VersionWriteError(None, f"step must be an integer >= 0, got {step!r}")
+        meta = as_json_value(dict(meta or {}), "begin(meta=...)")
+        taken = self._version_dirs()
+        latest = self.latest()
+        version = max(taken + ([latest] if latest is not None else []) + [0]) + 1
+        while True:  # locally, mkdir is an exclusive claim of the number; elsewhere one writer is assumed
+            path = self.vdir(version)
+            if self.local:
+                os.makedirs(self.root, exist_ok=True)
+                try:
+                    os.mkdir(path)
+                except FileExistsError:
+                    version += 1
+                    continue
+            break
+        began = {"version": version, "kind": kind, "parent": parent, "step": int(step), "meta": meta,
+                 "began_at": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
+        self._write_small(f"{path}/{BEGUN}", json.dumps(began).encode())
+        return VersionWriter(self, version, kind, parent, int(step), meta)
+
+    def part_writer(self, version: int) -> "PartWriter":
+        """A picklable writer of ``version``'s parts (begun, not committed) for another process."""
+        return PartWriter(self.url, version, self.storage_options)
+
+    def remove_version(self, version: int) -> None:
+        """Delete a version directory (manifest first, so it stops being visible before its parts go)."""
+        path = self.vdir(version)
+        with self._io(f"remove {path}"):
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(f"{path}/{MANIFEST}")
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm(path, recursive=True)
+        self._manifests.pop(int(version), None)
+
+    def gc(self, keep: int = 5, grace_s: float = 3600.0) -> dict[str, list[int]]:
+        """Keep the newest ``keep`` committed versions and every version their chains need; delete
+        the other committed versions and uncommitted directories older than ``grace_s``.
+
+        Returns ``{"removed": [...], "kept": [...], "removed_uncommitted": [...]}``.
+        """
+        if not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"gc keep must be an integer >= 1, got {keep!r}")
+        committed = self.versions()
+        latest = self.latest()
+        wanted = set(committed[-keep:]) | ({latest} if latest is not None else set())
+        needed = set()
+        for v in wanted:
+            try:
+                needed |= {m.version for m in self.chain(v)}
+            except CorruptVersionError:
+                needed.add(v)  # keep what is there; verify reports the gap
+        removed = [v for v in committed if v not in needed]
+        for v in removed:
+            self.remove_version(v)
+        stale = []
+        committed_set = set(committed)
+        for v in self._version_dirs():
+            if v in committed_set:
+                continue
+            began = self._began_at(v)
+            if began is None or time.time() - began > grace_s:
+                self.remove_version(v)
+                stale.append(v)
+        return {"removed": removed, "kept": sorted(needed), "removed_uncommitted": stale}
+
+    def _began_at(self, version: int) -> float | None:
+        for name, key in ((ABORTED, "aborted_at"), (BEGUN, "began_at")):
+            with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError):
+                return float(json.loads(self._read_small(f"{self.vdir(version)}/{name}"))[key])
+        with contextlib.suppress(Exception):  # no marker (a crash right after mkdir): the directory's time
+            info = self.fs.info(self.vdir(version))
+            t = info.get("mtime") or info.get("LastModified") or info.get("created")
+            return float(t.timestamp() if hasattr(t, "timestamp") else t)
+        return None
+
+    def compact(self, version: int, step: int | None = None, extra: Mapping | None = None) -> Manifest:
+        """Write a new full version equal to materialising ``version`` (same content, digest, ledger, step).
+
+        Each table becomes one part ``compacted/<table>`` (readers select tables by ``meta``, not by
+        name, so any shard count restores from it); other parts are copied from the newest version
+        that has them.
+        """
+        src = self.manifest(version)
+        w = self.begin("full", parent=version, step=src.step if step is None else step,
+                       meta={**src.extra, **dict(extra or {}), "compacted_from": version})
+        try:
+            infos = []
+            for (kind, name), part_names in self.groups(version).items():
+                newest = next(p for m in reversed(self.chain(version)) for p in m.parts
+                              if group_of(p) == (kind, name))
+                if kind == "table":
+                    arrays = self.materialize(version, table_parts(name))
+                    meta = {**newest.meta, "kind": "full", "rows_after": len(arrays["ids"])}
+                    for k in ("shard", "num_shards"):
+                        meta.pop(k, None)
+                    infos.append(w.write_part(f"compacted/{name}", arrays, meta))
+                elif kind == "pending":
+                    arrays = self.materialize(version, table_parts(name, role="pending"))
+                    infos.append(w.write_part(f"compacted/{name}.pending", arrays, dict(newest.meta)))
+                else:
+                    infos.append(w.write_part(name, self.materialize(version, _escape(name)), dict(newest.meta)))
+            return w.commit(infos, ledger=src.ledger, model_digest=src.model_digest)
+        except BaseException:
+            w.abort()
+            raise
+
+
+class VersionWriter:
+    """Writes one version: ``write_part`` (or ``part_writer()`` in other processes), then ``commit``
+    or ``abort``."""
+
+    def __init__(self, store: VersionStore, version: int, kind: str, parent: int | None, step: int, meta: dict):
+        self.store, self.version, self.kind, self.parent, self.step, self.meta = store, version, kind, parent, step, meta
+        self.done = False
+
+    def part_writer(self) -> "PartWriter":
+        """A picklable writer of this version's parts, for Ray actors writing their own parts."""
+        return PartWriter(self.store.url, self.version, self.store.storage_options)
+
+    def write_part(self, name: str, arrays: Mapping[str, np.ndarray], meta: Mapping | None = None) -> PartInfo:
+        return write_part(self.store, self.version, name, arrays, meta=meta)
+
+    def commit(self, parts: list[PartInfo], ledger: Mapping | None = None, model_digest: str = "",
+               extra: Mapping | None = None, rows: int | None = None) -> Manifest:
+        """Check every part, write MANIFEST.json, then LATEST. Returns the manifest."""
+        store, v = self.store, self.version
+        if self.done:
+            raise VersionWriteError(v, "this writer already committed or aborted")
+        names = [p.name for p in parts]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise VersionWriteError(v, f"parts listed twice: {dup}")
+        if not parts:
+            raise VersionWriteError(v, "no parts: a version needs at least one part")
+        with store._io(f"list {store.vdir(v)}"):
+            store.fs.invalidate_cache(store.vdir(v))  # parts were written by other processes
+        if store._exists(f"{store.vdir(v)}/{MANIFEST}"):
+            raise VersionWriteError(v, "it is already committed")
+        for p in parts:
+            path = store.part_path(v, p.name)
+            with store._io(f"check {path}"):
+                try:
+                    size = store.fs.size(path)
+                except FileNotFoundError:
+                    raise VersionWriteError(v, f"part {p.name!r} was not written (no {path})") from None
+            if size != p.bytes:
+                raise VersionWriteError(v, f"part {p.name!r} has {size} bytes on storage, {p.bytes} were written")
+        if self.kind == "delta":
+            try:
+                store.manifest(self.parent)
+            except NoSuchVersionError:
+                raise VersionWriteError(v, f"its parent {self.parent} is no longer committed (gc?)") from None
+        ledger = as_json_value(dict(ledger or {}), "ledger")
+        t, iso = now()
+        manifest = Manifest(
+            version=v, parent=self.parent, kind=self.kind, step=self.step, committed_at=t, committed_at_iso=iso,
+            ledger=ledger, data_files=data_files_of(ledger),
+            rows=int(rows) if rows is not None else rows_of(parts, self.kind),
+            bytes=sum(p.bytes for p in parts), model_digest=str(model_digest), parts=tuple(parts),
+            extra=as_json_value({**self.meta, **dict(extra or {})}, "extra"))
+        store._write_small(f"{store.vdir(v)}/{MANIFEST}", manifest.to_json().encode())
+        self.done = True
+        current = None
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            current = int(store._read_small(f"{store.root}/{LATEST}").decode().strip())
+        if current is None or v > current:
+            store._write_small(f"{store.root}/{LATEST}", f"{v}\n".encode())
+        with contextlib.suppress(Exception):
+            store.fs.rm_file(f"{store.vdir(v)}/{BEGUN}")
+        store._manifests[v] = manifest
+        return manifest
+
+    def abort(self) -> None:
+        """Remove this version's parts (nothing of it was visible). The directory keeps a small
+        ``_ABORTED`` marker until gc, so the number is not reused while a late writer might still
+        write a part of it."""
+        if self.done:
+            return
+        self.done = True
+        store = self.store
+        store.remove_version(self.version)
+        store._write_small(f"{store.vdir(self.version)}/{ABORTED}", json.dumps({"aborted_at": time.time()}).encode())
+
+
+class PartWriter:
+    """Picklable: writes parts of one version of the store at ``url`` (from any process)."""
+
+    def __init__(self, url: str, version: int, storage_options: Mapping | None = None) -> None:
+        self.url, self.version, self.storage_options = url, int(version), dict(storage_options or {})
+
+    def write(self, name: str, arrays: Mapping[str, np.ndarray], meta: Mapping | None = None) -> PartInfo:
+        return write_part(self.url, self.version, name, arrays, self.storage_options, meta)
+
+
+def write_part(store: VersionStore | str, version: int, name: str, arrays: Mapping[str, np.ndarray],
+               storage_options: Mapping | None = None, meta: Mapping | None = None) -> PartInfo:
+    """Write part ``name`` of (uncommitted) ``version``; returns its PartInfo for ``commit``.
+
+    ``store`` is a VersionStore or its URL. ``rows`` in the PartInfo is ``len(arrays["ids"])``
+    for a keyed part, else 0. Locally the file is written under a temporary name, fsynced and
+    renamed; on an object store one upload is one atomic object.
+    """
+    if not isinstance(store, VersionStore):
+        store = VersionStore(store, storage_options)
+    check_part_name(name)
+    meta = as_json_value(dict(meta or {}), f"meta of part {name!r}")
+    path = store.part_path(version, name)
+    with store._io(f"write {path}"):
+        if store.local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+            with open(tmp, "wb") as f:
+                sha, size = partfile.write(f, arrays, meta)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            with store.fs.open(path, "wb") as f:
+                sha, size = partfile.write(f, arrays, meta)
+    rows = len(arrays["ids"]) if "ids" in arrays else 0
+    return PartInfo(name=name, sha256=sha, bytes=size, rows=int(rows), meta=meta)
+
+
+def _fsync_dir(path: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _escape(name: str) -> str:
+    return re.sub(r"([*?\[\]])", r"[\1]", name)
+
+
+Selector = "Callable[[PartInfo], bool]"
+
+
+def table_parts(table: str, role: str = "table"):
+    """Selector of the parameter-server parts of ``table`` (any shard count, any part name)."""
+    def select(p: PartInfo) -> bool:
+        return p.meta.get("role") == role and p.meta.get("table") == table
+    select.__name__ = f"{role}_parts({table!r})"
+    return select
+
+
+def group_of(p: PartInfo) -> tuple[str, str]:
+    """The logical group of a part (see :meth:`VersionStore.groups`)."""
+    role = p.meta.get("role")
+    if role in ("table", "pending") and "table" in p.meta:
+        return (role, str(p.meta["table"]))
+    return ("part", p.name)
