@@ -105,6 +105,12 @@ class ShardHost:
     async def stats(self) -> dict:
         return {**self.shard.stats(), **self._busy}
 
+    async def pid(self) -> int:
+        """The process hosting this shard (operations, and the recovery tests that SIGKILL it)."""
+        import os
+
+        return os.getpid()
+
     # --------------------------------------------------------------- versions
     async def prepare_cut(self, cut_id: str, full: bool) -> dict:
         """Copy what version cut ``cut_id`` needs; the only part of a version inside the training pause."""

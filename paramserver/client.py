@@ -246,6 +246,10 @@ class PSClient:
             raise first
         return out
 
+    def pids(self) -> list[int]:
+        """The process id of each shard actor, by shard index."""
+        return self._all("pid")
+
     def prepare_cut(self, cut_id: str, full: bool) -> list[dict]:
         """Every shard copies what version cut ``cut_id`` needs (call it with training paused).
 

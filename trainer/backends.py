@@ -91,17 +91,25 @@ class LocalBackend:
         return self.shard.table_rows(table)
 
     def state_dict(self) -> dict[str, dict[str, np.ndarray]]:
-        """{table: {"ids", "rows", "state"}}: rows and the first optimizer state per id, ids ascending."""
-        out = {}
-        for t in self.cfg.table_names:
-            ids, rows = self.shard.table_rows(t)
-            out[t] = {"ids": ids, "rows": rows, "state": self._optimizer_state(t)}
-        return out
+        """{table: {"ids", "rows", "opt_state_0".., "count", "last_seen", "last_version"}}, ids ascending."""
+        return self.table_state()
 
-    def _optimizer_state(self, table: str) -> np.ndarray:
-        ts = self.shard._tables[table]  # noqa: SLF001 (read-only view of the shard's own state)
-        states = self.shard._states[self.cfg.table_names.index(table)]  # noqa: SLF001
-        if not states:
-            return np.zeros(0, np.float32)
-        _, slots = ts.ids.items()
-        return states[0].detach().cpu().reshape(ts.ids.capacity, -1)[slots].numpy().copy()
+    # --------------------------------------------------- versions (as PSClient)
+    def table_state(self) -> dict[str, dict[str, np.ndarray]]:
+        return {t: self.shard.table_state(t) for t in self.cfg.table_names}
+
+    def prepare_cut(self, cut_id: str, full: bool) -> list[dict]:
+        return [self.shard.prepare_cut(cut_id, full)]
+
+    def write_cut(self, cut_id: str, store_url: str, version: int, storage_options: dict | None = None) -> list:
+        return self.shard.write_cut(cut_id, store_url, version, storage_options)
+
+    def commit_cut(self, cut_id: str) -> None:
+        self.shard.commit_cut(cut_id)
+
+    def abort_cut(self, cut_id: str) -> None:
+        self.shard.abort_cut(cut_id)
+
+    def restore(self, store_url: str, version: int, storage_options: dict | None = None) -> list[dict]:
+        self.shard.restore_from_store(store_url, version, storage_options)
+        return [self.shard.stats()]

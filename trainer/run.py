@@ -15,7 +15,7 @@ import torch
 
 from trainer.backends import ps_config_for
 from trainer.config import ModelConfig, PSOptions, TrainConfig
-from trainer.runfiles import MetricsFollower, RunPaths
+from trainer.runfiles import MetricsFollower, RunPaths, keep_metrics_of
 from trainer.worker import train_loop_per_worker
 
 
@@ -26,51 +26,105 @@ class RunResult:
     files: int
     steps: int
     seconds: float
+    resumed_from: int | None = None  # the version this run started from (None: from scratch)
+    restarts: int = 0  # times the PS and the workers were restarted from the last version after a failure
+    store_url: str | None = None
+
+
+def _failure_cause(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) < 600 else text[:600] + " ..."
 
 
 def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: Path, *,
                     ps: PSOptions | None = None, history: Path | None = None, incoming: Path | None = None,
                     drain: bool = True, num_workers: int = 1, client=None, idle_timeout_s: float | None = None,
-                    keep_ps: bool = False, on_file=None):
+                    keep_ps: bool = False, on_file=None, store_url: str | None = None, snapshots=None,
+                    storage_options: dict | None = None, version_extra: dict | None = None, versions: bool = True,
+                    max_restarts: int = 3, on_event=None):
     """Start the PS (unless ``client`` is given) and a Ray Train run over the data files.
 
-    ``on_file(i, record)`` is called in the driver as each data file is done (progress lines).
-    Returns ``(RunResult, client)``; the PS is shut down unless ``keep_ps``.
+    With ``versions`` (the default) model versions go to ``store_url`` (default
+    ``RUN_DIR/versions``) at the data-file boundaries ``snapshots`` (a versions.SnapshotConfig)
+    picks, and a run directory that holds committed versions resumes from the newest valid one.
+    A failure during training (a shard actor or a worker that died) restarts the PS and the
+    workers from the last committed version, up to ``max_restarts`` times: nothing is lost or
+    applied twice. ``on_file(i, record)`` is called in the driver as each data file is done,
+    ``on_event(text)`` for resumes and restarts. Returns ``(RunResult, client)``; the PS is shut
+    down unless ``keep_ps``.
     """
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from paramserver import create_parameter_server
+    from versions import VersionStore
 
     if not ray.is_initialized():
         raise RuntimeError("run_ps_training needs a running Ray: call cluster.ray_runtime.ensure_ray() first")
+    on_event = on_event or (lambda text: None)
     run_dir = Path(run_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
     paths = RunPaths(run_dir)
-    for stale in (paths.metrics, paths.ledger):
-        stale.unlink(missing_ok=True)
+    paths.stop.unlink(missing_ok=True)
+    resumed_from, kept = None, 0
+    if versions:
+        store_url = store_url or str(paths.versions)
+        store = VersionStore(store_url, storage_options)
+        resumed_from = store.latest_valid()
+        consumed = set()
+        if resumed_from is not None:
+            manifest = store.manifest(resumed_from)
+            consumed = set(manifest.data_files)
+            on_event(f"resuming from version {resumed_from} (step {manifest.step}, {len(consumed)} data files "
+                     f"consumed, committed {manifest.committed_at_iso})")
+        kept = keep_metrics_of(paths.metrics, consumed)
+    else:
+        store_url = None
+        for stale in (paths.metrics, paths.ledger):
+            stale.unlink(missing_ok=True)
+    ps_cfg = ps_config_for(spec, train_cfg, ps, num_workers=num_workers)
     if client is None:
-        client = create_parameter_server(ps_config_for(spec, train_cfg, ps, num_workers=num_workers))
+        client = create_parameter_server(ps_cfg)
     # Ray Train workers run in their own working directory: hand them absolute paths
     config = {"spec": spec, "model_cfg": model_cfg, "train_cfg": train_cfg, "client": client, "run_dir": str(run_dir),
               "history": str(Path(history).absolute()) if history else None,
               "incoming": str(Path(incoming).absolute()) if incoming else None,
-              "drain": drain, "idle_timeout_s": idle_timeout_s}
+              "drain": drain, "idle_timeout_s": idle_timeout_s, "store_url": store_url, "snapshots": snapshots,
+              "storage_options": storage_options, "version_extra": version_extra or {}}
     use_gpu = torch.cuda.is_available()  # NCCL for the dense all-reduce on GPUs, gloo on CPU
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=config,
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
-                                               resources_per_worker=None if use_gpu else {"CPU": 1}),
-        run_config=ray.train.RunConfig(storage_path=str(run_dir / "ray"), name="train"),
-    )
-    follower = MetricsFollower(paths.metrics, on_file or (lambda i, rec: None))
+    follower = MetricsFollower(paths.metrics, on_file or (lambda i, rec: None), skip=kept)
     follower.start()
     t0 = time.perf_counter()
+    restarts = 0
     try:
-        trainer.fit()
+        while True:
+            trainer = TorchTrainer(
+                train_loop_per_worker,
+                train_loop_config=config,
+                torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+                scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                                       resources_per_worker=None if use_gpu else {"CPU": 1}),
+                run_config=ray.train.RunConfig(storage_path=str(run_dir / "ray"), name=f"train-{restarts}"),
+            )
+            try:
+                trainer.fit()
+                break
+            except Exception as exc:  # noqa: BLE001 (a dead shard or worker: restart from the last version)
+                if store_url is None or restarts >= max_restarts:
+                    raise
+                restarts += 1
+                on_event(f"training failed ({_failure_cause(exc)}); restart {restarts}/{max_restarts}: new shard "
+                         f"actors and workers resume from the last committed version")
+                client.shutdown()
+                client = create_parameter_server(ps_cfg)
+                config["client"] = client
+                # the data files after the last version are replayed: drop their metrics records
+                follower.stop()
+                last = store.latest_valid()
+                kept = keep_metrics_of(paths.metrics, set(store.manifest(last).data_files) if last else set())
+                follower = MetricsFollower(paths.metrics, on_file or (lambda i, rec: None), skip=kept)
+                follower.start()
     finally:
         follower.stop()
         if not keep_ps:
@@ -78,4 +132,5 @@ def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_di
     seconds = time.perf_counter() - t0
     metrics = [json.loads(line) for line in paths.metrics.read_text().splitlines()] if paths.metrics.exists() else []
     steps = metrics[-1]["step"] if metrics else 0
-    return RunResult(run_dir, metrics, len(metrics), steps, seconds), client
+    result = RunResult(run_dir, metrics, len(metrics), steps, seconds, resumed_from, restarts, store_url)
+    return result, client

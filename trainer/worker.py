@@ -4,7 +4,9 @@ Each worker reads every data file (files are small time windows; reading them al
 feature statistics identical without communication), trains on its part of every global
 minibatch, and pushes/pulls rows through its rank's parameter-server client. Rank 0 scores
 each file first (progressive validation) and keeps the books: metrics.jsonl, ledger.json,
-the dead-letter file and, at a clean end, dense.pt.
+the dead-letter file and, at a clean end, dense.pt. With a version store, every rank first
+restores the newest valid version (rank 0 restores the shards), and a version is cut at the
+data-file boundaries the snapshot policy picks (:mod:`trainer.versioning`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,21 @@ from trainer.core import TrainerCore
 from trainer.data import DeadLetterWriter, Validator, read_data_file
 from trainer.data.follow import follow_data_files
 from trainer.runfiles import RunPaths, write_atomic
+from trainer.versioning import VersionKeeper
+
+
+def collectives(world: int):
+    """(barrier, broadcast-from-rank-0) over the process group Ray Train set up; no-ops for one worker."""
+    if world == 1:
+        return (lambda: None), (lambda value: value)
+    import torch.distributed as dist
+
+    def broadcast(value):
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    return dist.barrier, broadcast
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -31,14 +48,22 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(config["train_cfg"].seed)
     torch.set_num_threads(1)
     spec = config["spec"]
+    client = config["client"].for_rank(rank)
     wrap = ray.train.torch.prepare_model if world > 1 else None
-    core = TrainerCore(spec, config["model_cfg"], config["train_cfg"], config["client"].for_rank(rank), rank=rank,
-                       world=world, wrap_model=wrap, device=ray.train.torch.get_device())
+    core = TrainerCore(spec, config["model_cfg"], config["train_cfg"], client, rank=rank, world=world,
+                       wrap_model=wrap, device=ray.train.torch.get_device())
     paths = RunPaths(Path(config["run_dir"]))
     dead = DeadLetterWriter(paths.dead_letter if rank == 0 else None)
     validator = Validator(spec, dead)
     history = Path(config["history"]) if config.get("history") else None
     incoming = Path(config["incoming"]) if config.get("incoming") else None
+    barrier, broadcast = collectives(world)
+    keeper = None
+    if config.get("store_url"):
+        keeper = VersionKeeper(config["store_url"], client, core, config.get("snapshots"),
+                               storage_options=config.get("storage_options"), extra=config.get("version_extra"),
+                               barrier=barrier, broadcast=broadcast)
+        keeper.restore(reread=lambda name: _reread(name, history, incoming, spec))
     files = 0
     for path in follow_data_files(history, incoming, core.ledger, config["drain"],
                                   idle_timeout_s=config.get("idle_timeout_s")):
@@ -54,7 +79,23 @@ def train_loop_per_worker(config: dict) -> None:
             with open(paths.metrics, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
             write_atomic(paths.ledger, core.ledger.to_json())
+        stop = broadcast(paths.stop.exists() if rank == 0 else None)
+        if keeper is not None:
+            keeper.after_file(force=bool(stop))
+        if stop:
+            break
     dead.close()
+    if keeper is not None and rank == 0:
+        keeper.wait()
     if rank == 0:
         torch.save(core.state_dict(), paths.dense)
-    ray.train.report({"files": files, "steps": core.step, "examples": core.examples_trained})
+    ray.train.report({"files": files, "steps": core.step, "examples": core.examples_trained,
+                      "version": keeper.last_version if keeper else None})
+
+
+def _reread(name: str, history: Path | None, incoming: Path | None, spec):
+    """A data file a periodic update may revisit after a restore, read again by name."""
+    for d in (history, incoming):
+        if d is not None and (d / name).exists():
+            return read_data_file(d / name, Validator(spec))
+    raise FileNotFoundError(f"data file {name} of the restored strategy state is in neither {history} nor {incoming}")

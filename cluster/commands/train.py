@@ -14,7 +14,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train on every data file of --data in name (time) order, scoring each file before "
                                    "training on it (progressive validation). Prints one line per data file.")
     t.add_argument("--data", type=Path, required=True, help="directory of data files (freshrec data split)")
-    t.add_argument("--run-dir", type=Path, default=Path("runs/latest"), help="metrics, ledger, dead letters, dense state")
+    t.add_argument("--run-dir", type=Path, default=Path("runs/latest"),
+                   help="metrics, ledger, dead letters, model versions (RUN_DIR/versions); a run directory that holds "
+                        "versions resumes from the newest")
+    t.add_argument("--store", default=None, metavar="URL", help="version store (default RUN_DIR/versions; s3://... works)")
     add_run_options(t)
     t.set_defaults(func=_train)
 
@@ -26,7 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--history", type=Path, default=None)
     s.add_argument("--drain", action="store_true", help="stop once every data file present has been consumed")
     s.add_argument("--idle-timeout", type=float, default=None, help="stop after this many seconds without a new file")
-    s.add_argument("--run-dir", type=Path, default=Path("runs/latest"), help="metrics, ledger, dead letters, dense state")
+    s.add_argument("--run-dir", type=Path, default=Path("runs/latest"),
+                   help="metrics, ledger, dead letters, model versions (RUN_DIR/versions); a run directory that holds "
+                        "versions resumes from the newest")
+    s.add_argument("--store", default=None, metavar="URL", help="version store (default RUN_DIR/versions; s3://... works)")
     add_run_options(s)
     s.set_defaults(func=_stream)
 
@@ -66,20 +72,79 @@ def run_and_summarise(args, history: Path | None, incoming: Path | None, drain: 
 
     from cluster.ray_runtime import ensure_ray
     from trainer.run import run_ps_training
+    from trainer.versioning import version_extra
 
     ensure_ray(cfg.ray)
-    print(f"parameter server: {cfg.ps.num_shards} shard actors ({cfg.ps.mode}); Ray Train: {cfg.workers} worker(s)")
+    print(f"parameter server: {cfg.ps.num_shards} shard actors ({cfg.ps.mode}); Ray Train: {cfg.workers} worker(s); "
+          f"versions in {args.store or args.run_dir / 'versions'}")
     print(table_header(), flush=True)
-    result, _ = run_ps_training(spec, cfg.model, cfg.train, args.run_dir, ps=cfg.ps, history=history,
-                                incoming=incoming, drain=drain, num_workers=cfg.workers, idle_timeout_s=idle_timeout,
-                                on_file=lambda i, m: print(table_row(i, m), flush=True))
+    with graceful_stop(args.run_dir) as stopping:
+        result, _ = run_ps_training(spec, cfg.model, cfg.train, args.run_dir, ps=cfg.ps, history=history,
+                                    incoming=incoming, drain=drain, num_workers=cfg.workers,
+                                    idle_timeout_s=idle_timeout, store_url=args.store, snapshots=cfg.snapshots,
+                                    version_extra=version_extra(cfg.spec, cfg.to_dict()),
+                                    on_file=lambda i, m: print(table_row(i, m), flush=True),
+                                    on_event=lambda text: print(text, flush=True))
+    print_summary(result)
+    if stopping.requested:
+        print("stopped on request: the last version above holds everything trained so far; run the same command "
+              "again to resume")
+        return 130
     if not result.metrics:
         print(f"no data files were consumed from {history or ''} {incoming or ''}")
         return 1
-    last = result.metrics[-1]
-    print(f"{result.files} data files, {result.steps} steps in {result.seconds:.1f} s; cumulative progressive AUC "
-          f"{last['cumulative_auc']:.4f}; run directory {result.run_dir}")
     return 0
+
+
+def print_summary(result) -> None:
+    from versions import VersionStore
+
+    if result.metrics:
+        last = result.metrics[-1]
+        print(f"{result.files} data files, {result.steps} steps in {result.seconds:.1f} s; cumulative progressive "
+              f"AUC {last['cumulative_auc']:.4f}; run directory {result.run_dir}")
+    if result.store_url:
+        manifests = VersionStore(result.store_url).list()
+        if manifests:
+            m = manifests[-1]
+            print(f"versions: {len(manifests)} committed in {result.store_url}; latest v{m.version} ({m.kind}, step "
+                  f"{m.step}, {len(m.data_files)} data files, digest {m.model_digest[:12]})"
+                  + (f"; restarted {result.restarts} time(s) from the last version" if result.restarts else ""))
+
+
+class graceful_stop:
+    """Ctrl-C / SIGTERM: the first asks the workers to commit a final version and stop at the next data-file
+    boundary; a second interrupts at once (the last committed version is still intact)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir, self.requested, self._old = run_dir, False, {}
+
+    def _handle(self, signum, frame) -> None:
+        import sys
+
+        from trainer.runfiles import request_stop
+
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        request_stop(self.run_dir)
+        print("\nstopping: committing a final version at the next data-file boundary (Ctrl-C again to abort "
+              "at once)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "graceful_stop":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def _train(args: argparse.Namespace) -> int:

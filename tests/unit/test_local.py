@@ -43,7 +43,7 @@ def test_same_seed_gives_bit_identical_parameters():
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     for table in a["embeddings"]:
-        for key in ("ids", "rows", "state"):
+        for key in ("ids", "rows", "opt_state_0", "count", "last_seen"):
             assert np.array_equal(a["embeddings"][table][key], b["embeddings"][table][key]), (table, key)
     assert a["stats"] == b["stats"]
     assert not np.array_equal(a["embeddings"]["item"]["rows"], c["embeddings"]["item"]["rows"])

@@ -1,0 +1,184 @@
+"""Model versions from the training loop: consistent cuts, background writes, two-phase commit, resume.
+
+A version is a consistent cut, at one step boundary, of every parameter-server shard (rows,
+optimizer state, id map, row metadata) and of the training core (dense parameters and their
+optimizer state, feature statistics, counters, strategy state, data ledger). Every rank calls
+:meth:`VersionKeeper.after_file` at the same data-file boundary; rank 0 drives::
+
+    all ranks   barrier                         every rank has waited for its own pushes:
+                                                every step so far is applied in every shard
+    rank 0      backend.prepare_cut(cut)        each shard copies what changed (nothing cleared)
+                core.export_state()             dense params, optimizer, statistics, ledger
+    all ranks   barrier                         training resumes (the pause is only the copies)
+    rank 0      background thread:
+                  backend.write_cut(cut, v)     each shard writes ps/shard-i/<table> itself
+                  write_part("trainer/core")    checksummed parts first,
+                  digest over the whole model   then the manifest, then LATEST (atomic renames)
+                  backend.commit_cut(cut)       the shards forget the changes the version covers
+                (on any failure: backend.abort_cut(cut): nothing is lost, the next cut retries)
+
+A run directory's store is ``RUN_DIR/versions`` unless a store URL (``s3://...``) is given.
+On start, :meth:`restore` loads the newest version whose whole chain verifies (a corrupt part
+is refused with a warning and an earlier version is used): the shards, the core's state and
+the ledger, so consumed data files are skipped and nothing is trained twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import numpy as np
+
+from versions import SnapshotConfig, SnapshotPolicy, VersionStore
+
+log = logging.getLogger(__name__)
+CORE_PART = "trainer/core"
+
+
+def _single_process_barrier() -> None:
+    pass
+
+
+def _single_process_broadcast(value):
+    return value
+
+
+class VersionKeeper:
+    """Writes and restores the model versions of one run (see the module docstring).
+
+    ``barrier()`` and ``broadcast(value) -> value`` synchronise the ranks (gloo collectives in
+    Ray Train; no-ops in one process). ``extra`` goes into every manifest (spec, configs).
+    """
+
+    def __init__(self, store_url: str, backend, core, snapshots: SnapshotConfig | None = None, *,
+                 storage_options: dict | None = None, extra: dict | None = None,
+                 barrier: Callable[[], None] = _single_process_barrier,
+                 broadcast: Callable = _single_process_broadcast, on_commit=None) -> None:
+        self.url, self.storage_options = str(store_url), storage_options
+        self.store = VersionStore(self.url, storage_options)
+        self.backend, self.core = backend, core
+        self.policy = SnapshotPolicy(snapshots)
+        self.extra = dict(extra or {})
+        self.barrier, self.broadcast = barrier, broadcast
+        self.on_commit = on_commit or (lambda manifest, pause_ms: None)
+        self.rank = core.rank
+        self.last_version: int | None = None  # the newest version committed (or restored) by this run
+        self.pauses_ms: list[float] = []
+        self.failures = 0
+        self._writer: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    # ---------------------------------------------------------------- restore
+    def restore(self, reread=None) -> int | None:
+        """Every rank: load the newest valid version (shards by rank 0); None when the store has none."""
+        version = self.broadcast(self.store.latest_valid() if self.rank == 0 else None)
+        if version is None:
+            return None
+        if self.rank == 0:
+            self.backend.restore(self.url, version, self.storage_options)
+        self.barrier()
+        arrays = self.store.read_part(version, CORE_PART)
+        meta = self.store.manifest(version).part(CORE_PART).meta["core"]
+        self.core.import_state(arrays, meta, reread)
+        self.policy.restored(self.core.step, time.time())
+        self.last_version = version
+        return version
+
+    # -------------------------------------------------------------------- cut
+    def after_file(self, force: bool = False) -> bool:
+        """Every rank, at the same data-file boundary: cut a version if the policy (or ``force``) says so."""
+        decision = None
+        if self.rank == 0:
+            self._raise_writer_error()
+            d = self.policy.decide(self.core.step, time.time(), data_file_done=True)
+            if d.snapshot or force:
+                decision = (d.kind, d.reason or "final")
+        decision = self.broadcast(decision)
+        if decision is None:
+            return False
+        kind, _reason = decision
+        self.barrier()  # every rank has waited for its pushes: all steps are applied
+        if self.rank == 0:
+            self.wait()  # one version in flight at a time
+            cut_id = uuid.uuid4().hex
+            t0 = time.perf_counter()
+            self.backend.prepare_cut(cut_id, kind == "full")
+            arrays, meta = self.core.export_state()
+            pause_ms = (time.perf_counter() - t0) * 1e3
+            self.pauses_ms.append(pause_ms)
+            step = self.core.step
+            self._writer = threading.Thread(target=self._write, args=(cut_id, kind, step, arrays, meta, pause_ms),
+                                            name="freshrec-version-writer", daemon=True)
+            self._writer.start()
+        self.barrier()  # training resumes
+        return True
+
+    def _write(self, cut_id: str, kind: str, step: int, arrays: dict, meta: dict, pause_ms: float) -> None:
+        parent = self.last_version if kind == "delta" else None
+        if kind == "delta" and parent is None:
+            kind = "full"
+        writer = None
+        try:
+            writer = self.store.begin(kind, parent=parent, step=step, meta=self.extra)
+            parts = list(self.backend.write_cut(cut_id, self.url, writer.version, self.storage_options))
+            parts.append(writer.write_part(CORE_PART, _core_arrays(arrays, meta), {"role": "dense", "core": meta}))
+            digest = writer.digest(parts)
+            manifest = writer.commit(parts, ledger=meta["ledger"], model_digest=digest,
+                                     extra={"pause_ms": round(pause_ms, 3), "examples_trained": meta["examples_trained"]})
+            self.backend.commit_cut(cut_id)
+            self.policy.record(_decision(kind), step, time.time())
+            self.last_version = manifest.version
+            self.on_commit(manifest, pause_ms)
+        except BaseException as exc:  # noqa: BLE001 (reported by the next after_file or wait)
+            self.failures += 1
+            try:
+                self.backend.abort_cut(cut_id)
+                if writer is not None and not writer.done:
+                    writer.abort()
+            except Exception:  # noqa: BLE001
+                log.exception("aborting a failed version")
+            self._error = exc
+
+    def wait(self) -> None:
+        """Block until the version being written is committed (or raise its error)."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        self._raise_writer_error()
+
+    def _raise_writer_error(self) -> None:
+        if self._error is not None:
+            exc, self._error = self._error, None
+            raise RuntimeError(f"writing a model version failed (its changes stay pending for the next one): "
+                               f"{type(exc).__name__}: {exc}") from exc
+
+
+def version_extra(spec_source: str, run_config: dict | None = None) -> dict:
+    """What every manifest carries so that a version is self-contained: the feature spec's YAML text
+    (``spec_source`` is a spec file or a built-in name) and the run's configuration."""
+    from pathlib import Path
+
+    from trainer.data.spec import builtin_specs
+
+    path = Path(spec_source)
+    if not path.exists():
+        path = builtin_specs()[str(spec_source)]
+    return {"spec_source": str(spec_source), "spec_yaml": path.read_text(encoding="utf-8"),
+            "config": dict(run_config or {})}
+
+
+def _decision(kind: str):
+    from versions import SnapshotDecision
+
+    return SnapshotDecision(True, kind, "")
+
+
+def _core_arrays(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.ndarray]:
+    """The core's arrays plus the feature statistics as arrays (so the digest covers them)."""
+    stats = meta["stats"]
+    return {**arrays, "stats/count": np.array([stats["count"]], np.int64),
+            "stats/mean": np.asarray(stats["mean"], np.float64), "stats/m2": np.asarray(stats["m2"], np.float64)}
