@@ -30,6 +30,7 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
         cfg = dataclasses.replace(cfg, log_to_driver=True)
     kwargs: dict = {"namespace": cfg.namespace, "include_dashboard": False, "log_to_driver": cfg.log_to_driver}
     if cfg.address is None:
+        kwargs["address"] = "local"  # always a new embedded Ray: never join a `ray start` cluster by accident
         kwargs["num_cpus"] = cfg.num_cpus
         if cfg.object_store_memory:
             kwargs["object_store_memory"] = cfg.object_store_memory

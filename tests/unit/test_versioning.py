@@ -1,0 +1,94 @@
+"""Model versions written from the training core (local backend, no Ray): resume equals an
+uninterrupted run, corrupt versions are refused, a failed write loses nothing."""
+
+import json
+
+import numpy as np
+import pytest
+
+from trainer.config import ModelConfig, TrainConfig
+from trainer.data import load_spec
+from trainer.local import LocalTrainer
+from trainer.quality import synthetic_shard
+from trainer.versioning import CORE_PART, VersionKeeper
+from versions import SnapshotConfig, VersionStore
+
+SPEC = load_spec("taobao")
+FILES = [synthetic_shard(SPEC, 600, seed=s) for s in range(5)]
+
+
+def _run(url, upto, snapshots=None, strategy="online"):
+    """Train files [ledger..upto) on a trainer that first restores the newest valid version of ``url``."""
+    t = LocalTrainer(SPEC, ModelConfig(), TrainConfig(seed=2, batch_size=128, strategy=strategy, window=2, period=2))
+    keeper = VersionKeeper(url, t.backend, t, snapshots, extra={"spec": "taobao"})
+    keeper.restore(reread=lambda name: FILES[int(name[1:])])
+    for i in range(len(t.ledger.entries), upto):
+        t.step_file(FILES[i], f"f{i}", rows_read=len(FILES[i]))
+        keeper.after_file()
+    keeper.wait()
+    return t, keeper
+
+
+@pytest.mark.parametrize("strategy", ["online", "periodic"])
+def test_a_resumed_run_ends_with_the_digest_of_an_uninterrupted_one(tmp_path, strategy):
+    _run(str(tmp_path / "a"), 5, strategy=strategy)
+    _run(str(tmp_path / "b"), 2, strategy=strategy)  # "killed" after two data files
+    t, keeper = _run(str(tmp_path / "b"), 5, strategy=strategy)
+    a, b = VersionStore(str(tmp_path / "a")), VersionStore(str(tmp_path / "b"))
+    assert [e.file for e in t.ledger.entries] == [f"f{i}" for i in range(5)]  # each data file once
+    assert a.manifest(a.latest()).model_digest == b.manifest(b.latest()).model_digest
+    assert b.digest(b.latest()) == b.manifest(b.latest()).model_digest  # recomputed from the parts
+    kinds = [m.kind for m in b.list()]
+    assert kinds[0] == "full" and kinds[2] == "full" and "delta" in kinds  # a resumed run starts a new chain
+    assert all(p < 1000 for p in keeper.pauses_ms)
+
+
+def test_deltas_hold_only_changed_rows_and_the_chain_materialises_the_model(tmp_path):
+    t, _ = _run(str(tmp_path), 5, SnapshotConfig(full_every=5))
+    store = VersionStore(str(tmp_path))
+    assert [m.kind for m in store.list()] == ["full", "delta", "delta", "delta", "delta"]
+    last = store.list()[-1]
+    assert last.rows < store.list()[0].rows * 3  # a delta carries the rows one file touched, not all
+    user = store.materialize(last.version, "ps/shard-*/user")
+    state = t.backend.table_state()["user"]
+    for key in ("ids", "rows", "opt_state_0", "count"):
+        np.testing.assert_array_equal(user[key], state[key], err_msg=key)
+    meta = last.part(CORE_PART).meta["core"]
+    assert meta["step"] == t.step and meta["ledger"]["entries"][-1]["file"] == "f4"
+
+
+def test_a_corrupt_version_is_refused_and_resume_falls_back(tmp_path, caplog):
+    _run(str(tmp_path), 3)
+    store = VersionStore(str(tmp_path))
+    latest = store.manifest(store.latest())
+    victim = next(p for p in sorted(tmp_path.rglob("*")) if p.is_file() and f"v{latest.version:08d}" in str(p)
+                  and "MANIFEST" not in p.name)
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    assert store.verify(latest.version)
+    t, keeper = _run(str(tmp_path), 3)  # resumes from the version before, replays the third file
+    assert keeper.last_version > latest.version and "refused" in caplog.text
+    assert [e.file for e in t.ledger.entries] == ["f0", "f1", "f2"]
+
+
+def test_a_failed_write_loses_no_dirty_row(tmp_path):
+    t = LocalTrainer(SPEC, ModelConfig(), TrainConfig(seed=2, batch_size=128))
+    keeper = VersionKeeper(str(tmp_path), t.backend, t)
+    t.step_file(FILES[0], "f0", rows_read=600)
+    keeper.after_file()
+    keeper.wait()
+    t.step_file(FILES[1], "f1", rows_read=600)
+    real = t.backend.write_cut
+    t.backend.write_cut = lambda *a, **k: (_ for _ in ()).throw(OSError("disk full"))
+    keeper.after_file()
+    with pytest.raises(RuntimeError, match="disk full"):
+        keeper.wait()
+    t.backend.write_cut = real
+    keeper.after_file(force=True)  # the next version carries what the failed one would have
+    keeper.wait()
+    store = VersionStore(str(tmp_path))
+    assert [m.version for m in store.list()] == [1, 3] and store.verify(3) == []
+    user = store.materialize(3, "ps/shard-*/user")
+    np.testing.assert_array_equal(user["rows"], t.backend.table_state()["user"]["rows"])
+    assert json.loads(json.dumps(store.manifest(3).ledger))["entries"][-1]["file"] == "f1"
