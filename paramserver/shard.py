@@ -335,6 +335,9 @@ class EmbeddingShard:
         if len(slots) == 0:
             return
         ts.evicted.append((self._epoch, ts.ids.remove_slots(slots)))
+        if len(ts.evicted) > 64:  # no version for a while: fold the log (a later epoch only keeps ids longer)
+            ids = np.unique(np.concatenate([e for _, e in ts.evicted]))
+            ts.evicted = [(self._epoch, ids[ts.ids.lookup(ids) < 0])]
         self._reset_rows(ts, slots, None)
         ts.count[slots] = 0
         ts.last_seen[slots] = 0

@@ -201,3 +201,14 @@ def test_restore_from_table_state_gives_an_equal_shard():
     for t in TABLES:
         assert_same(dst.table_state(t.name), src.table_state(t.name), t.name)
     assert model_digest(content([dst])) == model_digest(content([src]))
+
+
+def test_the_eviction_log_stays_bounded_without_versions_and_deltas_stay_exact(tmp_path):
+    shard = EmbeddingShard(cfg_of(capacity_per_shard=8))
+    store = VersionStore(tmp_path / "v")
+    version([shard], store, full=True)
+    for s in range(200):  # every pull of 3 new ids evicts: 200 log entries without folding
+        shard.pull({"user": np.arange(3 * s, 3 * s + 3)}, step=s)
+    assert len(shard._tables["user"].evicted) <= 65
+    m = version([shard], store, full=False)
+    assert_same(store.materialize(m.version, table_parts("user")), shard.table_state("user"))
