@@ -486,6 +486,10 @@ class VersionStore:
                     meta = {**newest.meta, "kind": "full", "rows_after": len(arrays["ids"])}
                     for k in ("shard", "num_shards"):
                         meta.pop(k, None)
+                    siblings = [p.meta for m in reversed(self.chain(version)) for p in m.parts
+                                if group_of(p) == (kind, name)]
+                    for k in [k for k in meta if k.startswith("ps_")]:  # shard counters: the largest
+                        meta[k] = max(int(sm.get(k, 0)) for sm in siblings)
                     infos.append(w.write_part(f"compacted/{name}", arrays, meta))
                 elif kind == "pending":
                     arrays = self.materialize(version, table_parts(name, role="pending"))

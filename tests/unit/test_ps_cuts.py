@@ -212,3 +212,26 @@ def test_the_eviction_log_stays_bounded_without_versions_and_deltas_stay_exact(t
     assert len(shard._tables["user"].evicted) <= 65
     m = version([shard], store, full=False)
     assert_same(store.materialize(m.version, table_parts("user")), shard.table_state("user"))
+
+
+def test_deltas_continue_on_a_compacted_full_version(tmp_path):
+    """full_by: compaction: the shards only ever cut deltas after the first full; compact() writes
+    the full from the store, and the next delta builds on it."""
+    store = VersionStore(tmp_path / "v")
+    rng = np.random.default_rng(9)
+    shard = EmbeddingShard(cfg_of(capacity_per_shard=30))
+    step(shard, rng, 0, universe=50)
+    version([shard], store, full=True)
+    for s in (1, 2):
+        step(shard, rng, s, universe=50)
+        version([shard], store, full=False)
+    c = store.compact(store.latest())
+    assert c.kind == "full" and store.latest() == c.version and store.digest(c.version) == c.model_digest
+    step(shard, rng, 3, universe=50)
+    m = version([shard], store, full=False)
+    assert [x.version for x in store.chain(m.version)] == [c.version, m.version]
+    back = EmbeddingShard(cfg_of(capacity_per_shard=30))
+    back.restore_from_store(store, m.version)
+    for t in TABLES:
+        assert_same(back.table_state(t.name), shard.table_state(t.name), t.name)
+    assert (back.version, back.step) == (shard.version, shard.step)
