@@ -266,8 +266,9 @@ class VersionStore:
                 raise CorruptVersionError(version, info.name, f"read {got} of {size} bytes")
         return buf
 
-    def verify(self, version: int, parts: bool = True) -> list[str]:
-        """Problems of ``version`` (missing, wrong size, bad checksum); empty when every part is good."""
+    def verify(self, version: int, checksums: bool = True) -> list[str]:
+        """Problems of ``version`` (missing, wrong size, bad checksum); empty when every part is good.
+        ``checksums=False`` checks presence and sizes only (no read)."""
         problems = []
         m = self.manifest(version)
         with self._io(f"list {self.vdir(version)}"):
@@ -280,7 +281,7 @@ class VersionStore:
                     if size != info.bytes:
                         problems.append(f"part {info.name!r}: {size} bytes, the manifest says {info.bytes}")
                         continue
-                    if not parts:
+                    if not checksums:
                         continue
                     h = hashlib.sha256()
                     with self.fs.open(path, "rb") as f:
@@ -293,19 +294,26 @@ class VersionStore:
                 problems.append(f"part {info.name!r}: missing")
         return problems
 
-    def verify_chain(self, version: int) -> list[str]:
+    def verify_chain(self, version: int, _memo: dict | None = None) -> list[str]:
         """Problems of ``version`` and of every version its chain needs."""
         try:
             chain = self.chain(version)
         except CorruptVersionError as exc:
             return [str(exc)]
-        return [f"version {m.version}: {p}" for m in chain for p in self.verify(m.version)]
+        memo = {} if _memo is None else _memo
+        out = []
+        for m in chain:
+            if m.version not in memo:
+                memo[m.version] = self.verify(m.version)
+            out += [f"version {m.version}: {p}" for p in memo[m.version]]
+        return out
 
     def latest_valid(self) -> int | None:
-        """The newest committed version whose whole chain verifies; each skipped version is logged
-        as a warning naming its bad part."""
+        """The newest committed version whose whole chain verifies (each version is read once);
+        each skipped version is logged as a warning naming its bad part."""
+        memo: dict[int, list[str]] = {}
         for v in reversed(self.versions()):
-            problems = self.verify_chain(v)
+            problems = self.verify_chain(v, memo)
             if not problems:
                 return v
             log.warning("version %d is refused, falling back to an earlier one: %s", v, "; ".join(problems))
