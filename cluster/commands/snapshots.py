@@ -31,6 +31,16 @@ def _positive(text: str) -> int:
     return v
 
 
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return v
+
+
 def _option(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -75,7 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     gc = ssub.add_parser("gc", help="delete old versions, keeping the newest N and every version their chains need")
     gc.add_argument("--keep", type=_positive, default=5, metavar="N", help="committed versions to keep (default 5)")
-    gc.add_argument("--grace-s", type=float, default=3600.0, metavar="S",
+    gc.add_argument("--grace-s", type=_seconds, default=3600.0, metavar="S",
                     help="uncommitted directories older than this are removed (default 3600)")
     _store_args(gc)
     gc.set_defaults(func=_gc)
