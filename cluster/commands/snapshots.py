@@ -132,13 +132,13 @@ def _do_list(args, store) -> int:
     if not rows:
         print(f"no committed versions in {store.url}")
         return 0
-    print(f"{'version':>7} {'parent':>6} {'kind':5} {'step':>8} {'committed_at':25} {'rows':>11} {'bytes':>13} "
+    print(f"{'version':>7} {'parent':>6} {'kind':5} {'step':>8} {'committed_at (UTC)':20} {'rows':>11} {'bytes':>13} "
           f"{'digest':12} data files")
     for r in rows:
         files = r["data_files"]
         shown = f"{len(files)} (last {files[-1]})" if files else "0"
         print(f"{r['version']:>7} {r['parent'] if r['parent'] is not None else '-':>6} {r['kind']:5} {r['step']:>8} "
-              f"{r['committed_at'][:25]:25} {r['rows']:>11,} {r['bytes']:>13,} {r['model_digest'][:12]:12} {shown}")
+              f"{r['committed_at'][:19].replace('T', ' '):20} {r['rows']:>11,} {r['bytes']:>13,} {r['model_digest'][:12]:12} {shown}")
     return 0
 
 
