@@ -525,6 +525,19 @@ class VersionWriter:
     def write_part(self, name: str, arrays: Mapping[str, np.ndarray], meta: Mapping | None = None) -> PartInfo:
         return write_part(self.store, self.version, name, arrays, meta=meta)
 
+    def digest(self, parts: list[PartInfo]) -> str:
+        """The model digest of the version ``parts`` would commit (its parent's chain plus these
+        parts), computed from the store: what the manifest's ``model_digest`` should say, without
+        shipping any row to this process through Ray. O(rows of the model) reads."""
+        store = self.store
+        store._manifests[self.version] = Manifest(
+            version=self.version, parent=self.parent, kind=self.kind, step=self.step, committed_at=0.0,
+            committed_at_iso="", ledger={}, data_files=(), rows=0, bytes=0, model_digest="", parts=tuple(parts))
+        try:
+            return store.digest(self.version)
+        finally:
+            store._manifests.pop(self.version, None)
+
     def commit(self, parts: list[PartInfo], ledger: Mapping | None = None, model_digest: str = "",
                extra: Mapping | None = None, rows: int | None = None) -> Manifest:
         """Check every part, write MANIFEST.json, then LATEST. Returns the manifest."""

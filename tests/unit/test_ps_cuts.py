@@ -34,7 +34,9 @@ def version(shards, store, full, cut_id="c"):
     latest = store.latest()
     w = store.begin("full" if full or latest is None else "delta", parent=latest, step=shards[0].step)
     infos = [i for sh in shards for i in sh.write_cut(cut_id, store, w.version)]
-    m = w.commit(infos, model_digest=model_digest(content(shards)))
+    digest = w.digest(infos)  # from the store, before commit
+    assert digest == model_digest(content(shards))
+    m = w.commit(infos, model_digest=digest)
     for sh in shards:
         sh.commit_cut(cut_id)
     return m
