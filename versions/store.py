@@ -38,7 +38,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -319,14 +319,15 @@ class VersionStore:
             log.warning("version %d is refused, falling back to an earlier one: %s", v, "; ".join(problems))
         return None
 
-    def materialize(self, version: int, select: "str | Selector", keep: Keep | None = None, verify: bool = True
-                    ) -> dict[str, np.ndarray]:
+    def materialize(self, version: int, select: "str | Selector", keep: Keep | None = None, verify: bool = True,
+                    fields: "Sequence[str] | None" = None) -> dict[str, np.ndarray]:
         """The merged content of the parts ``select``-ed at ``version``: ``select`` is an fnmatch
         pattern over part names (``"dense"``, ``"ps/shard-*/user"``) or a predicate over PartInfo
         (:func:`table_parts`).
 
         Keyed parts (``meta["merge"] == "by_id"``) merge across the chain (versions.merge: upsert by
-        id, drop ``deleted``); ``keep(ids) -> mask`` filters ids as they are read. Other parts come
+        id, drop ``deleted``); ``keep(ids) -> mask`` filters ids as they are read; ``fields`` limits
+        the arrays gathered (e.g. ``("rows",)`` for serving). Other parts come
         from the newest version of the chain that has them (several matches are concatenated
         along axis 0 in name order, then filtered by ``keep`` if they hold ``ids``).
         """
@@ -338,7 +339,7 @@ class VersionStore:
             raise KeyError(f"version {version}: no part matches {select!r} in its chain {[m.version for m in chain]}")
         if any(p.meta.get("merge") == "by_id" for p in found):
             loaded = [[self.read_part(m.version, p.name, verify) for p in ps] for m, ps in layers]
-            return merge_keyed(loaded, keep)
+            return merge_keyed(loaded, keep, fields)
         m, ps = [(m, ps) for m, ps in layers if ps][-1]
         arrays = [self.read_part(m.version, p.name, verify) for p in ps]
         out = arrays[0] if len(arrays) == 1 else {k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]}
@@ -346,6 +347,23 @@ class VersionStore:
             mask = keep(np.asarray(out["ids"]))
             out = {k: v[mask] for k, v in out.items()}
         return out
+
+    def apply(self, table: Mapping[str, np.ndarray], version: int, select: "str | Selector",
+              keep: Keep | None = None, verify: bool = True) -> dict[str, np.ndarray]:
+        """``table`` (the materialised content of ``version``'s parent, e.g. what a serving replica
+        holds) with ``version``'s own parts applied: O(rows changed + rows held), no chain read.
+
+        ``table`` may hold only some fields (``{"ids", "rows"}``); the delta's other arrays are
+        ignored. For a full ``version`` the result is simply its content.
+        """
+        m = self.manifest(version)
+        pick = select if callable(select) else (lambda p, pat=select: fnmatch.fnmatchcase(p.name, pat))
+        parts = [self.read_part(version, p.name, verify) for p in sorted(m.parts, key=lambda p: p.name) if pick(p)]
+        fields = [k for k in table if k not in ("ids", "deleted")]
+        if m.kind == "full":
+            return merge_keyed([parts], keep, fields)
+        parts = [{k: v for k, v in p.items() if k in ("ids", "deleted", *fields)} for p in parts]
+        return merge_keyed([[dict(table)], parts], keep, fields)
 
     def groups(self, version: int) -> dict[tuple, list[str]]:
         """The logical groups of ``version``'s chain: ``("table", t)`` / ``("pending", t)`` for parameter-server
