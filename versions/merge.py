@@ -66,6 +66,12 @@ def merge_keyed(layers: Sequence[Sequence[dict[str, np.ndarray]]], keep: Keep | 
         if missing:
             raise ValueError(f"keyed parts have no array(s) {missing}; they hold {sorted(names)}")
         names = [k for k in names if k in fields]
+    if len(sources) == 1 and len(ids_l) == 1:  # one part, no deletions: no sort or gather when sorted
+        ids, pos = ids_l[0], pos_l[0]
+        if len(ids) < 2 or (ids[1:] > ids[:-1]).all():
+            whole = len(pos) == len(sources[0]["ids"])
+            return {"ids": ids, **{k: (np.asarray(sources[0][k]) if whole else np.asarray(sources[0][k])[pos])
+                                   for k in names}}
     all_ids = np.concatenate(ids_l) if ids_l else np.empty(0, np.int64)
     all_src = np.concatenate(src_l) if src_l else np.empty(0, np.int32)
     all_pos = np.concatenate(pos_l) if pos_l else np.empty(0, np.int64)
