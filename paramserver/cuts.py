@@ -37,6 +37,9 @@ import numpy as np
 import torch
 
 from paramserver.errors import CutError, RestoreError
+from paramserver.idmap import CountTable, IdMap
+from paramserver.sharding import shard_of
+from versions import VersionStore, table_parts, write_part
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +143,6 @@ def part_name(index: int, table: str) -> str:
 
 def write(shard, cut_id: str, store, version: int, storage_options=None) -> list:
     """Write the parts of a prepared cut; returns their PartInfos (the cut stays prepared)."""
-    from versions import write_part
-
     cut = _cut(shard, cut_id)
     cfg = shard.cfg
     common = {"shard": shard.index, "num_shards": cfg.num_shards, "kind": "full" if cut.full else "delta",
@@ -161,9 +162,6 @@ def write(shard, cut_id: str, store, version: int, storage_options=None) -> list
 
 def read_content(store, version: int, cfg, index: int, storage_options=None) -> RestoreContent:
     """Read ``version`` (its chain) and keep the ids routed to shard ``index`` of ``cfg.num_shards``."""
-    from paramserver.sharding import shard_of
-    from versions import VersionStore, table_parts
-
     if not isinstance(store, VersionStore):
         store = VersionStore(store, storage_options)
     n = cfg.num_shards
@@ -187,8 +185,6 @@ def read_content(store, version: int, cfg, index: int, storage_options=None) -> 
 
 def restore(shard, content: RestoreContent) -> None:
     """Replace the shard's whole state with ``content``; checks everything before changing anything."""
-    from paramserver.idmap import CountTable, IdMap
-
     cfg = shard.cfg
     cap = cfg.capacity_per_shard
     for name, ts in shard._tables.items():

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from common.config import ConfigError
+from paramserver import cuts
 from paramserver.config import PSConfig, TableConfig
 from paramserver.errors import BadPullError, BadPushError, UnknownTableError
 from paramserver.hashing import init_rows
@@ -199,15 +200,11 @@ class EmbeddingShard:
     # --------------------------------------------------------------- versions
     def prepare_cut(self, cut_id: str, full: bool) -> dict:
         """Copy what a version needs (see :func:`paramserver.cuts.prepare`); nothing is cleared."""
-        from paramserver.cuts import prepare
-
-        return prepare(self, cut_id, full)
+        return cuts.prepare(self, cut_id, full)
 
     def commit_cut(self, cut_id: str) -> None:
         """The version holding cut ``cut_id`` is committed: clear exactly the changes it covered."""
-        from paramserver.cuts import commit
-
-        commit(self, cut_id)
+        cuts.commit(self, cut_id)
 
     def abort_cut(self, cut_id: str) -> bool:
         """Forget cut ``cut_id``; every change stays pending for the next cut. False if unknown."""
@@ -216,35 +213,27 @@ class EmbeddingShard:
     def write_cut(self, cut_id: str, store, version: int, storage_options=None) -> list:
         """Write the parts of prepared cut ``cut_id`` into ``version`` of ``store`` (a VersionStore or
         URL): ``ps/shard-{index}/{table}`` per table. Returns their PartInfos."""
-        from paramserver.cuts import write
-
-        return write(self, cut_id, store, version, storage_options)
+        return cuts.write(self, cut_id, store, version, storage_options)
 
     def restore(self, content, counters: dict | None = None) -> None:
         """Rebuild every table from materialised content: a :class:`paramserver.cuts.RestoreContent`, or
         ``{table: {"ids", "rows", "opt_state_0".., "count", "last_seen", "last_version"}}`` (as
         :meth:`table_state` returns) with ``counters`` ``{"version", "step", "next_ttl_sweep"}``.
         Tables not given end up empty. Everything is checked before anything changes (RestoreError)."""
-        from paramserver.cuts import RestoreContent, restore
-
-        if not isinstance(content, RestoreContent):
-            content = RestoreContent(None, dict(content), {}, dict(counters or {}))
-        restore(self, content)
+        if not isinstance(content, cuts.RestoreContent):
+            content = cuts.RestoreContent(None, dict(content), {}, dict(counters or {}))
+        cuts.restore(self, content)
 
     def restore_from_store(self, store, version: int, storage_options=None) -> None:
         """Read ``version`` of ``store`` (its chain) and keep the ids that route to this shard."""
-        from paramserver.cuts import read_content, restore
-
-        restore(self, read_content(store, version, self.cfg, self.index, storage_options))
+        cuts.restore(self, cuts.read_content(store, version, self.cfg, self.index, storage_options))
 
     def table_state(self, table: str) -> dict[str, np.ndarray]:
         """Every admitted row of ``table`` with its optimizer state and metadata, ids ascending:
         ``{"ids", "rows" (stored dtype), "opt_state_0"..., "count", "last_seen", "last_version"}``."""
-        from paramserver.cuts import table_arrays
-
         ts = self._table(table)
         ids, slots = ts.ids.items()
-        return table_arrays(self, ts, ids, slots)
+        return cuts.table_arrays(self, ts, ids, slots)
 
     def table_rows(self, table: str) -> tuple[np.ndarray, np.ndarray]:
         """Every admitted (id, row) of ``table``, ids ascending (a full snapshot)."""
@@ -335,6 +324,9 @@ class EmbeddingShard:
         if len(slots) == 0:
             return
         ts.evicted.append((self._epoch, ts.ids.remove_slots(slots)))
+        if len(ts.evicted) > 64:  # no version for a while: fold the log (a later epoch only keeps ids longer)
+            ids = np.unique(np.concatenate([e for _, e in ts.evicted]))
+            ts.evicted = [(self._epoch, ids[ts.ids.lookup(ids) < 0])]
         self._reset_rows(ts, slots, None)
         ts.count[slots] = 0
         ts.last_seen[slots] = 0

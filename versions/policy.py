@@ -3,8 +3,17 @@
     policy = SnapshotPolicy.from_dict({"every_data_file": True, "full_every": 10})
     decision = policy.decide(step=5400, now=time.time(), data_file_done=True)
     if decision.snapshot:
-        write(kind=decision.kind)          # "full" or "delta"
+        v = write(kind=decision.kind)      # "full" (a full cut of every shard) or "delta"
+        if decision.compact:
+            store.compact(v)               # the new full version, built from the store: no training pause
         policy.record(decision, step=5400, now=time.time())
+
+With ``full_by: compaction`` (the default) only the first version is a full cut; every
+``full_every``-th version is then followed by ``store.compact(v)``, which writes a full
+version equal to v from the store alone, so training never pauses for a full copy of the
+shards. Run it before the next version begins (one writer at a time): the next delta then
+builds on the compacted full and the chain stays short. ``full_by: cut`` makes that version
+a full cut instead (the pause copies every row: about 140 ms per million rows here).
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ class SnapshotDecision:
     snapshot: bool
     kind: str = "delta"  # "full" | "delta"
     reason: str = ""
+    compact: bool = False  # after committing, write store.compact(version) before the next version
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,13 +38,16 @@ class SnapshotConfig:
     """Cadence: a version every ``every_steps`` steps, every ``every_seconds`` seconds and/or after each
     data file (``every_data_file``, the default for streaming); whichever comes first.
     ``full_every``: every K-th version is full (the others are deltas on the previous one), which
-    bounds the chain a reader applies; ``1`` means always full. ``keep``: committed versions
-    retained by gc (plus the chains they need)."""
+    bounds the chain a reader applies; ``1`` means always full. ``full_by``: ``"compaction"``
+    (the version is a delta, then ``store.compact`` writes the full from the store) or ``"cut"``
+    (a full cut of the shards). ``keep``: committed versions retained by gc (plus the chains
+    they need)."""
 
     every_steps: int | None = None
     every_seconds: float | None = None
     every_data_file: bool = True
     full_every: int = 10
+    full_by: str = "compaction"
     keep: int = 5
 
     def __post_init__(self) -> None:
@@ -51,6 +64,8 @@ class SnapshotConfig:
                               "(otherwise no version is ever written)")
         if not _is_int(self.full_every) or self.full_every < 1:
             raise ConfigError(f"snapshots.full_every must be an integer >= 1 (1 = always full), got {self.full_every!r}")
+        if self.full_by not in ("compaction", "cut"):
+            raise ConfigError(f"snapshots.full_by must be 'compaction' or 'cut', got {self.full_by!r}")
         if not _is_int(self.keep) or self.keep < 1:
             raise ConfigError(f"snapshots.keep must be an integer >= 1, got {self.keep!r}")
 
@@ -75,11 +90,20 @@ class SnapshotPolicy:
         check_keys(SnapshotConfig, raw, "snapshots")
         return cls(SnapshotConfig(**raw))
 
+    def _full_due(self) -> bool:
+        return self._since_full is None or self._since_full + 1 >= self.cfg.full_every
+
     def kind(self) -> str:
-        """The kind of the next version: full first, then every ``full_every``-th."""
-        if self._since_full is None or self._since_full + 1 >= self.cfg.full_every:
+        """The kind of the next version: a full cut first (and every ``full_every``-th with
+        ``full_by: cut``), else a delta."""
+        if self._since_full is None or (self.cfg.full_by == "cut" and self._full_due()):
             return "full"
         return "delta"
+
+    def _compact(self) -> bool:
+        """With compaction: this delta's chain (full + deltas since + this one) reaches ``full_every``."""
+        return (self.cfg.full_by == "compaction" and self._since_full is not None
+                and self._since_full + 2 >= self.cfg.full_every)
 
     def decide(self, step: int, now: float, data_file_done: bool = False) -> SnapshotDecision:
         c = self.cfg
@@ -93,15 +117,16 @@ class SnapshotPolicy:
         if self._last_time is None and c.every_seconds is not None:
             self._last_time = now  # the clock starts at the first decision
         if not reasons:
-            return SnapshotDecision(False, self.kind(), "")
-        return SnapshotDecision(True, self.kind(), ", ".join(reasons))
+            return SnapshotDecision(False, self.kind(), "", False)
+        return SnapshotDecision(True, self.kind(), ", ".join(reasons), self._compact())
 
     def record(self, decision: SnapshotDecision, step: int, now: float) -> None:
         """A version of ``decision.kind`` was committed at ``step``/``now``."""
         self._last_step, self._last_time = step, now
-        self._since_full = 0 if decision.kind == "full" else (self._since_full or 0) + 1
+        self._since_full = 0 if decision.kind == "full" or decision.compact else (self._since_full or 0) + 1
 
-    def restored(self, step: int, now: float) -> None:
-        """Training resumed from a committed version at ``step``: the next version may be a delta on it
-        only if the caller knows its chain; to be safe the next one is full."""
-        self._last_step, self._last_time, self._since_full = step, now, None
+    def restored(self, step: int, now: float, chain_length: int = 1) -> None:
+        """Training resumed from a committed version at ``step`` whose chain has ``chain_length``
+        versions: the shards' next delta builds on it (their marks were reset by the restore)."""
+        self._last_step, self._last_time = step, now
+        self._since_full = max(0, int(chain_length) - 1)

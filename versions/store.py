@@ -38,7 +38,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -266,8 +266,9 @@ class VersionStore:
                 raise CorruptVersionError(version, info.name, f"read {got} of {size} bytes")
         return buf
 
-    def verify(self, version: int, parts: bool = True) -> list[str]:
-        """Problems of ``version`` (missing, wrong size, bad checksum); empty when every part is good."""
+    def verify(self, version: int, checksums: bool = True) -> list[str]:
+        """Problems of ``version`` (missing, wrong size, bad checksum); empty when every part is good.
+        ``checksums=False`` checks presence and sizes only (no read)."""
         problems = []
         m = self.manifest(version)
         with self._io(f"list {self.vdir(version)}"):
@@ -280,7 +281,7 @@ class VersionStore:
                     if size != info.bytes:
                         problems.append(f"part {info.name!r}: {size} bytes, the manifest says {info.bytes}")
                         continue
-                    if not parts:
+                    if not checksums:
                         continue
                     h = hashlib.sha256()
                     with self.fs.open(path, "rb") as f:
@@ -293,32 +294,40 @@ class VersionStore:
                 problems.append(f"part {info.name!r}: missing")
         return problems
 
-    def verify_chain(self, version: int) -> list[str]:
+    def verify_chain(self, version: int, _memo: dict | None = None) -> list[str]:
         """Problems of ``version`` and of every version its chain needs."""
         try:
             chain = self.chain(version)
         except CorruptVersionError as exc:
             return [str(exc)]
-        return [f"version {m.version}: {p}" for m in chain for p in self.verify(m.version)]
+        memo = {} if _memo is None else _memo
+        out = []
+        for m in chain:
+            if m.version not in memo:
+                memo[m.version] = self.verify(m.version)
+            out += [f"version {m.version}: {p}" for p in memo[m.version]]
+        return out
 
     def latest_valid(self) -> int | None:
-        """The newest committed version whose whole chain verifies; each skipped version is logged
-        as a warning naming its bad part."""
+        """The newest committed version whose whole chain verifies (each version is read once);
+        each skipped version is logged as a warning naming its bad part."""
+        memo: dict[int, list[str]] = {}
         for v in reversed(self.versions()):
-            problems = self.verify_chain(v)
+            problems = self.verify_chain(v, memo)
             if not problems:
                 return v
             log.warning("version %d is refused, falling back to an earlier one: %s", v, "; ".join(problems))
         return None
 
-    def materialize(self, version: int, select: "str | Selector", keep: Keep | None = None, verify: bool = True
-                    ) -> dict[str, np.ndarray]:
+    def materialize(self, version: int, select: "str | Selector", keep: Keep | None = None, verify: bool = True,
+                    fields: "Sequence[str] | None" = None) -> dict[str, np.ndarray]:
         """The merged content of the parts ``select``-ed at ``version``: ``select`` is an fnmatch
         pattern over part names (``"dense"``, ``"ps/shard-*/user"``) or a predicate over PartInfo
         (:func:`table_parts`).
 
         Keyed parts (``meta["merge"] == "by_id"``) merge across the chain (versions.merge: upsert by
-        id, drop ``deleted``); ``keep(ids) -> mask`` filters ids as they are read. Other parts come
+        id, drop ``deleted``); ``keep(ids) -> mask`` filters ids as they are read; ``fields`` limits
+        the arrays gathered (e.g. ``("rows",)`` for serving). Other parts come
         from the newest version of the chain that has them (several matches are concatenated
         along axis 0 in name order, then filtered by ``keep`` if they hold ``ids``).
         """
@@ -330,7 +339,7 @@ class VersionStore:
             raise KeyError(f"version {version}: no part matches {select!r} in its chain {[m.version for m in chain]}")
         if any(p.meta.get("merge") == "by_id" for p in found):
             loaded = [[self.read_part(m.version, p.name, verify) for p in ps] for m, ps in layers]
-            return merge_keyed(loaded, keep)
+            return merge_keyed(loaded, keep, fields)
         m, ps = [(m, ps) for m, ps in layers if ps][-1]
         arrays = [self.read_part(m.version, p.name, verify) for p in ps]
         out = arrays[0] if len(arrays) == 1 else {k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]}
@@ -338,6 +347,23 @@ class VersionStore:
             mask = keep(np.asarray(out["ids"]))
             out = {k: v[mask] for k, v in out.items()}
         return out
+
+    def apply(self, table: Mapping[str, np.ndarray], version: int, select: "str | Selector",
+              keep: Keep | None = None, verify: bool = True) -> dict[str, np.ndarray]:
+        """``table`` (the materialised content of ``version``'s parent, e.g. what a serving replica
+        holds) with ``version``'s own parts applied: O(rows changed + rows held), no chain read.
+
+        ``table`` may hold only some fields (``{"ids", "rows"}``); the delta's other arrays are
+        ignored. For a full ``version`` the result is simply its content.
+        """
+        m = self.manifest(version)
+        pick = select if callable(select) else (lambda p, pat=select: fnmatch.fnmatchcase(p.name, pat))
+        parts = [self.read_part(version, p.name, verify) for p in sorted(m.parts, key=lambda p: p.name) if pick(p)]
+        fields = [k for k in table if k not in ("ids", "deleted")]
+        if m.kind == "full":
+            return merge_keyed([parts], keep, fields)
+        parts = [{k: v for k, v in p.items() if k in ("ids", "deleted", *fields)} for p in parts]
+        return merge_keyed([[dict(table)], parts], keep, fields)
 
     def groups(self, version: int) -> dict[tuple, list[str]]:
         """The logical groups of ``version``'s chain: ``("table", t)`` / ``("pending", t)`` for parameter-server
@@ -486,6 +512,10 @@ class VersionStore:
                     meta = {**newest.meta, "kind": "full", "rows_after": len(arrays["ids"])}
                     for k in ("shard", "num_shards"):
                         meta.pop(k, None)
+                    siblings = [p.meta for m in reversed(self.chain(version)) for p in m.parts
+                                if group_of(p) == (kind, name)]
+                    for k in [k for k in meta if k.startswith("ps_")]:  # shard counters: the largest
+                        meta[k] = max(int(sm.get(k, 0)) for sm in siblings)
                     infos.append(w.write_part(f"compacted/{name}", arrays, meta))
                 elif kind == "pending":
                     arrays = self.materialize(version, table_parts(name, role="pending"))
@@ -512,6 +542,19 @@ class VersionWriter:
 
     def write_part(self, name: str, arrays: Mapping[str, np.ndarray], meta: Mapping | None = None) -> PartInfo:
         return write_part(self.store, self.version, name, arrays, meta=meta)
+
+    def digest(self, parts: list[PartInfo]) -> str:
+        """The model digest of the version ``parts`` would commit (its parent's chain plus these
+        parts), computed from the store: what the manifest's ``model_digest`` should say, without
+        shipping any row to this process through Ray. O(rows of the model) reads."""
+        store = self.store
+        store._manifests[self.version] = Manifest(
+            version=self.version, parent=self.parent, kind=self.kind, step=self.step, committed_at=0.0,
+            committed_at_iso="", ledger={}, data_files=(), rows=0, bytes=0, model_digest="", parts=tuple(parts))
+        try:
+            return store.digest(self.version)
+        finally:
+            store._manifests.pop(self.version, None)
 
     def commit(self, parts: list[PartInfo], ledger: Mapping | None = None, model_digest: str = "",
                extra: Mapping | None = None, rows: int | None = None) -> Manifest:

@@ -31,6 +31,16 @@ def _positive(text: str) -> int:
     return v
 
 
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return v
+
+
 def _option(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -75,7 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     gc = ssub.add_parser("gc", help="delete old versions, keeping the newest N and every version their chains need")
     gc.add_argument("--keep", type=_positive, default=5, metavar="N", help="committed versions to keep (default 5)")
-    gc.add_argument("--grace-s", type=float, default=3600.0, metavar="S",
+    gc.add_argument("--grace-s", type=_seconds, default=3600.0, metavar="S",
                     help="uncommitted directories older than this are removed (default 3600)")
     _store_args(gc)
     gc.set_defaults(func=_gc)
@@ -122,13 +132,13 @@ def _do_list(args, store) -> int:
     if not rows:
         print(f"no committed versions in {store.url}")
         return 0
-    print(f"{'version':>7} {'parent':>6} {'kind':5} {'step':>8} {'committed_at':25} {'rows':>11} {'bytes':>13} "
+    print(f"{'version':>7} {'parent':>6} {'kind':5} {'step':>8} {'committed_at (UTC)':20} {'rows':>11} {'bytes':>13} "
           f"{'digest':12} data files")
     for r in rows:
         files = r["data_files"]
         shown = f"{len(files)} (last {files[-1]})" if files else "0"
         print(f"{r['version']:>7} {r['parent'] if r['parent'] is not None else '-':>6} {r['kind']:5} {r['step']:>8} "
-              f"{r['committed_at'][:25]:25} {r['rows']:>11,} {r['bytes']:>13,} {r['model_digest'][:12]:12} {shown}")
+              f"{r['committed_at'][:19].replace('T', ' '):20} {r['rows']:>11,} {r['bytes']:>13,} {r['model_digest'][:12]:12} {shown}")
     return 0
 
 

@@ -34,7 +34,9 @@ def version(shards, store, full, cut_id="c"):
     latest = store.latest()
     w = store.begin("full" if full or latest is None else "delta", parent=latest, step=shards[0].step)
     infos = [i for sh in shards for i in sh.write_cut(cut_id, store, w.version)]
-    m = w.commit(infos, model_digest=model_digest(content(shards)))
+    digest = w.digest(infos)  # from the store, before commit
+    assert digest == model_digest(content(shards))
+    m = w.commit(infos, model_digest=digest)
     for sh in shards:
         sh.commit_cut(cut_id)
     return m
@@ -201,3 +203,37 @@ def test_restore_from_table_state_gives_an_equal_shard():
     for t in TABLES:
         assert_same(dst.table_state(t.name), src.table_state(t.name), t.name)
     assert model_digest(content([dst])) == model_digest(content([src]))
+
+
+def test_the_eviction_log_stays_bounded_without_versions_and_deltas_stay_exact(tmp_path):
+    shard = EmbeddingShard(cfg_of(capacity_per_shard=8))
+    store = VersionStore(tmp_path / "v")
+    version([shard], store, full=True)
+    for s in range(200):  # every pull of 3 new ids evicts: 200 log entries without folding
+        shard.pull({"user": np.arange(3 * s, 3 * s + 3)}, step=s)
+    assert len(shard._tables["user"].evicted) <= 65
+    m = version([shard], store, full=False)
+    assert_same(store.materialize(m.version, table_parts("user")), shard.table_state("user"))
+
+
+def test_deltas_continue_on_a_compacted_full_version(tmp_path):
+    """full_by: compaction: the shards only ever cut deltas after the first full; compact() writes
+    the full from the store, and the next delta builds on it."""
+    store = VersionStore(tmp_path / "v")
+    rng = np.random.default_rng(9)
+    shard = EmbeddingShard(cfg_of(capacity_per_shard=30))
+    step(shard, rng, 0, universe=50)
+    version([shard], store, full=True)
+    for s in (1, 2):
+        step(shard, rng, s, universe=50)
+        version([shard], store, full=False)
+    c = store.compact(store.latest())
+    assert c.kind == "full" and store.latest() == c.version and store.digest(c.version) == c.model_digest
+    step(shard, rng, 3, universe=50)
+    m = version([shard], store, full=False)
+    assert [x.version for x in store.chain(m.version)] == [c.version, m.version]
+    back = EmbeddingShard(cfg_of(capacity_per_shard=30))
+    back.restore_from_store(store, m.version)
+    for t in TABLES:
+        assert_same(back.table_state(t.name), shard.table_state(t.name), t.name)
+    assert (back.version, back.step) == (shard.version, shard.step)

@@ -87,6 +87,7 @@ def test_gc_and_user_errors(run_dir, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["snapshots", "gc", "--keep", "0", "--run-dir", "x"], "integer >= 1"),
+    (["snapshots", "gc", "--grace-s", "-1", "--run-dir", "x"], "seconds >= 0"),
     (["snapshots", "show", "abc", "--run-dir", "x"], "positive integer or 'latest'"),
     (["snapshots", "list"], "one of the arguments --store --run-dir is required"),
     (["snapshots", "list", "--store", "a", "--run-dir", "b"], "not allowed with"),

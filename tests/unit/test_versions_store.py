@@ -305,3 +305,19 @@ def test_versions_is_a_leaf_package():
             for name in names:
                 top = name.split(".")[0]
                 assert top in allowed or top in _sys.stdlib_module_names, f"{path.name} imports {name}"
+
+
+def test_a_reader_applies_each_delta_to_what_it_holds(store):
+    """What a serving replica does: hold ids + rows of v, apply v+1's own parts, equal to materialising v+1."""
+    commit_full(store, ids=[3, 5, 9], value=1.0)
+    held = store.materialize(1, table_parts("user"), fields=("rows",))
+    assert sorted(held) == ["ids", "rows"]
+    commit_delta(store, 1, [5, 11], 2.0, deleted=[9])
+    commit_delta(store, 2, [9, 3], 3.0, deleted=[11])
+    for v in (2, 3):
+        held = store.apply(held, v, table_parts("user"))
+        want = store.materialize(v, table_parts("user"), fields=("rows",))
+        assert held["ids"].tolist() == want["ids"].tolist()
+        np.testing.assert_array_equal(held["rows"], want["rows"])
+    with pytest.raises(ValueError, match="no array"):
+        store.materialize(3, table_parts("user"), fields=("nope",))
