@@ -15,6 +15,8 @@ optimizer state, feature statistics, counters, strategy state, data ledger). Eve
                   write_part("trainer/core")    checksummed parts first,
                   digest over the whole model   then the manifest, then LATEST (atomic renames)
                   backend.commit_cut(cut)       the shards forget the changes the version covers
+                  store.compact(v)              every full_every-th version: a full version built
+                                                from the store (no training pause)
                 (on any failure: backend.abort_cut(cut): nothing is lost, the next cut retries)
 
 A run directory's store is ``RUN_DIR/versions`` unless a store URL (``s3://...``) is given.
@@ -25,6 +27,7 @@ the ledger, so consumed data files are skipped and nothing is trained twice.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -84,7 +87,7 @@ class VersionKeeper:
         arrays = self.store.read_part(version, CORE_PART)
         meta = self.store.manifest(version).part(CORE_PART).meta["core"]
         self.core.import_state(arrays, meta, reread)
-        self.policy.restored(self.core.step, time.time())
+        self.policy.restored(self.core.step, time.time(), chain_length=len(self.store.chain(version)))
         self.last_version = version
         return version
 
@@ -96,11 +99,11 @@ class VersionKeeper:
             self._raise_writer_error()
             d = self.policy.decide(self.core.step, time.time(), data_file_done=True)
             if d.snapshot or force:
-                decision = (d.kind, d.reason or "final")
+                decision = d if d.snapshot else dataclasses.replace(d, snapshot=True, reason="final")
         decision = self.broadcast(decision)
         if decision is None:
             return False
-        kind, _reason = decision
+        kind = decision.kind
         self.barrier()  # every rank has waited for its pushes: all steps are applied
         if self.rank == 0:
             self.wait()  # one version in flight at a time
@@ -111,13 +114,14 @@ class VersionKeeper:
             pause_ms = (time.perf_counter() - t0) * 1e3
             self.pauses_ms.append(pause_ms)
             step = self.core.step
-            self._writer = threading.Thread(target=self._write, args=(cut_id, kind, step, arrays, meta, pause_ms),
+            self._writer = threading.Thread(target=self._write, args=(cut_id, decision, step, arrays, meta, pause_ms),
                                             name="freshrec-version-writer", daemon=True)
             self._writer.start()
         self.barrier()  # training resumes
         return True
 
-    def _write(self, cut_id: str, kind: str, step: int, arrays: dict, meta: dict, pause_ms: float) -> None:
+    def _write(self, cut_id: str, decision, step: int, arrays: dict, meta: dict, pause_ms: float) -> None:
+        kind = decision.kind
         parent = self.last_version if kind == "delta" else None
         if kind == "delta" and parent is None:
             kind = "full"
@@ -130,9 +134,11 @@ class VersionKeeper:
             manifest = writer.commit(parts, ledger=meta["ledger"], model_digest=digest,
                                      extra={"pause_ms": round(pause_ms, 3), "examples_trained": meta["examples_trained"]})
             self.backend.commit_cut(cut_id)
-            self.policy.record(_decision(kind), step, time.time())
+            self.policy.record(decision, step, time.time())
             self.last_version = manifest.version
             self.on_commit(manifest, pause_ms)
+            if decision.compact:  # a full version built from the store: the chain stays short, no pause
+                self.last_version = self.store.compact(manifest.version).version
         except BaseException as exc:  # noqa: BLE001 (reported by the next after_file or wait)
             self.failures += 1
             try:
@@ -169,12 +175,6 @@ def version_extra(spec_source: str, run_config: dict | None = None) -> dict:
         path = builtin_specs()[str(spec_source)]
     return {"spec_source": str(spec_source), "spec_yaml": path.read_text(encoding="utf-8"),
             "config": dict(run_config or {})}
-
-
-def _decision(kind: str):
-    from versions import SnapshotDecision
-
-    return SnapshotDecision(True, kind, "")
 
 
 def _core_arrays(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.ndarray]:

@@ -548,6 +548,8 @@ class VersionWriter:
         parts), computed from the store: what the manifest's ``model_digest`` should say, without
         shipping any row to this process through Ray. O(rows of the model) reads."""
         store = self.store
+        with store._io(f"list {store.vdir(self.version)}"):
+            store.fs.invalidate_cache(store.vdir(self.version))  # parts were written by other processes
         store._manifests[self.version] = Manifest(
             version=self.version, parent=self.parent, kind=self.kind, step=self.step, committed_at=0.0,
             committed_at_iso="", ledger={}, data_files=(), rows=0, bytes=0, model_digest="", parts=tuple(parts))
@@ -605,21 +607,6 @@ class VersionWriter:
             store.fs.rm_file(f"{store.vdir(v)}/{BEGUN}")
         store._manifests[v] = manifest
         return manifest
-
-    def digest(self, parts: list[PartInfo], verify: bool = True) -> str:
-        """:meth:`VersionStore.digest` of this version as it will be once committed with ``parts``
-        (written, not yet visible): the digest can go into the manifest that makes it visible."""
-        store, v = self.store, self.version
-        pending = Manifest(version=v, parent=self.parent, kind=self.kind, step=self.step, committed_at=0.0,
-                           committed_at_iso="", ledger={}, data_files=(), rows=0,
-                           bytes=sum(p.bytes for p in parts), model_digest="", parts=tuple(parts), extra={})
-        with store._io(f"list {store.vdir(v)}"):
-            store.fs.invalidate_cache(store.vdir(v))  # parts were written by other processes
-        store._manifests[v] = pending  # seen by chain() / materialize() for this call only
-        try:
-            return store.digest(v, verify=verify)
-        finally:
-            store._manifests.pop(v, None)
 
     def abort(self) -> None:
         """Remove this version's parts (nothing of it was visible). The directory keeps a small
