@@ -17,7 +17,8 @@ optimizer state, feature statistics, counters, strategy state, data ledger). Eve
                   backend.commit_cut(cut)       the shards forget the changes the version covers
                   store.compact(v)              every full_every-th version: a full version built
                                                 from the store (no training pause)
-                (on any failure: backend.abort_cut(cut): nothing is lost, the next cut retries)
+                (on any failure: backend.abort_cut(cut): nothing is lost, the next version carries
+                 the changes; three failures in a row stop the run with the error)
 
 A run directory's store is ``RUN_DIR/versions`` unless a store URL (``s3://...``) is given.
 On start, :meth:`restore` loads the newest version whose whole chain verifies (a corrupt part
@@ -72,6 +73,8 @@ class VersionKeeper:
         self.last_version: int | None = None  # the newest version committed (or restored) by this run
         self.pauses_ms: list[float] = []
         self.failures = 0
+        self.max_failures = 3  # consecutive failed versions before the run stops with the error
+        self._consecutive_failures = 0
         self._writer: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -96,7 +99,14 @@ class VersionKeeper:
         """Every rank, at the same data-file boundary: cut a version if the policy (or ``force``) says so."""
         decision = None
         if self.rank == 0:
-            self._raise_writer_error()
+            self._join()  # the previous version is committed (or failed) before the policy decides the next
+            if self._error is not None:  # its changes stay pending: the next version carries them
+                self._consecutive_failures += 1
+                if self._consecutive_failures >= self.max_failures:
+                    self._raise_writer_error()
+                log.warning("writing a model version failed (%d in a row; training goes on, the next version "
+                            "carries its changes): %s", self._consecutive_failures, self._error)
+                self._error = None
             d = self.policy.decide(self.core.step, time.time(), data_file_done=True)
             if d.snapshot or force:
                 decision = d if d.snapshot else dataclasses.replace(d, snapshot=True, reason="final")
@@ -106,7 +116,6 @@ class VersionKeeper:
         kind = decision.kind
         self.barrier()  # every rank has waited for its pushes: all steps are applied
         if self.rank == 0:
-            self.wait()  # one version in flight at a time
             cut_id = uuid.uuid4().hex
             t0 = time.perf_counter()
             self.backend.prepare_cut(cut_id, kind == "full")
@@ -136,6 +145,7 @@ class VersionKeeper:
             self.backend.commit_cut(cut_id)
             self.policy.record(decision, step, time.time())
             self.last_version = manifest.version
+            self._consecutive_failures = 0
             self.on_commit(manifest, pause_ms)
             if decision.compact:  # a full version built from the store: the chain stays short, no pause
                 self.last_version = self.store.compact(manifest.version).version
@@ -151,10 +161,13 @@ class VersionKeeper:
 
     def wait(self) -> None:
         """Block until the version being written is committed (or raise its error)."""
+        self._join()
+        self._raise_writer_error()
+
+    def _join(self) -> None:
         if self._writer is not None:
             self._writer.join()
             self._writer = None
-        self._raise_writer_error()
 
     def _raise_writer_error(self) -> None:
         if self._error is not None:

@@ -11,7 +11,7 @@ from trainer.data import load_spec
 from trainer.local import LocalTrainer
 from trainer.quality import synthetic_shard
 from trainer.versioning import CORE_PART, VersionKeeper
-from versions import SnapshotConfig, VersionStore
+from versions import SnapshotConfig, VersionStore, table_parts
 
 SPEC = load_spec("taobao")
 FILES = [synthetic_shard(SPEC, 600, seed=s) for s in range(5)]
@@ -51,7 +51,7 @@ def test_deltas_hold_only_changed_rows_and_the_chain_materialises_the_model(tmp_
     assert [m.kind for m in versions] == ["full", "delta", "delta", "full", "delta", "delta", "full"]
     assert versions[3].model_digest == versions[2].model_digest and versions[4].parent == 4
     last = versions[-1]
-    user = store.materialize(last.version, "ps/shard-*/user")
+    user = store.materialize(last.version, table_parts("user"))
     state = t.backend.table_state()["user"]
     for key in ("ids", "rows", "opt_state_0", "count"):
         np.testing.assert_array_equal(user[key], state[key], err_msg=key)
