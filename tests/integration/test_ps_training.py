@@ -147,9 +147,15 @@ def _check_run_against_local(result, client, local, batches, exact: bool) -> Non
 
 @pytest.fixture(scope="module")
 def local_reference(batches):
-    local = LocalTrainer(SPEC, ModelConfig(), TrainConfig(batch_size=128, seed=3))
-    for name, b in batches:
-        local.step_file(b, name)
+    """One process on one thread, as each Ray Train worker runs (products on two threads may round differently)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = LocalTrainer(SPEC, ModelConfig(), TrainConfig(batch_size=128, seed=3))
+        for name, b in batches:
+            local.step_file(b, name)
+    finally:
+        torch.set_num_threads(threads)
     return local
 
 

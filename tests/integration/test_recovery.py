@@ -45,8 +45,36 @@ def data_files(tmp_path_factory):
     return list(files)
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread, as in each Ray Train worker (products on two threads may round differently)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def explain_mismatch(a_url: str, b_url: str) -> str:
+    """Which part of the model differs between the latest versions of two stores (test diagnostics)."""
+    from versions import table_parts
+
+    a, b = VersionStore(a_url), VersionStore(b_url)
+    va, vb = a.latest(), b.latest()
+    out = []
+    for table in SPEC.sparse:
+        ta, tb = a.materialize(va, table_parts(table.name)), b.materialize(vb, table_parts(table.name))
+        for k in ta:
+            if k in tb and (ta[k].shape != tb[k].shape or not np.array_equal(ta[k], tb[k])):
+                out.append(f"{table.name}.{k}: {ta[k].shape} vs {tb[k].shape}")
+    ca, cb = a.read_part(va, "trainer/core"), b.read_part(vb, "trainer/core")
+    out += [f"core {k}" for k in ca if k not in cb or not np.array_equal(ca[k], cb[k])]
+    return "; ".join(out) or "no difference in content"
+
+
 def local_digest(files, tmp_path) -> str:
-    """The reference: one process, local backend, the same files in order."""
+    """The reference: one process, local backend, the same files in order (use with ``one_thread``)."""
     t = LocalTrainer(SPEC, ModelConfig(), TCFG)
     keeper = VersionKeeper(str(tmp_path / "local-versions"), t.backend, t)
     v = Validator(SPEC)
@@ -58,7 +86,7 @@ def local_digest(files, tmp_path) -> str:
     return store.manifest(store.latest()).model_digest
 
 
-def test_one_shard_two_shards_and_local_end_with_the_same_digest(ray_local, data_files, tmp_path):
+def test_one_shard_two_shards_and_local_end_with_the_same_digest(ray_local, data_files, tmp_path, one_thread):
     want = local_digest(data_files, tmp_path)
     for shards in (1, 2):
         client = create_parameter_server(ps_config_for(SPEC, TCFG, PSOptions(num_shards=shards)))
@@ -76,7 +104,7 @@ def test_one_shard_two_shards_and_local_end_with_the_same_digest(ray_local, data
             client.shutdown()
 
 
-def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(ray_local, data_files, tmp_path):
+def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(ray_local, data_files, tmp_path, one_thread):
     """Sync mode: SIGKILL shard 0's process after a few versions; the driver restarts the shards and
     the worker from the last version, the stream completes, and the final digest is the one of an
     uninterrupted run; the ledger holds every data file exactly once."""
@@ -112,7 +140,7 @@ def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(ray_local
     try:
         assert result.restarts >= 1 and any("restart" in e for e in events), events
         manifest = store.manifest(store.latest())
-        assert manifest.model_digest == want
+        assert manifest.model_digest == want, explain_mismatch(str(tmp_path / "local-versions"), str(run_dir / "versions"))
         assert list(manifest.data_files) == [f.name for f in data_files]  # each once, in order
         assert [m["file"] for m in result.metrics] == [f.name for f in data_files]
     finally:
