@@ -7,7 +7,8 @@ from trainer.data import DataLedger
 from trainer.data.follow import follow_data_files
 
 
-def _touch(path, text="x"):
+def _touch(path, text=None):
+    text = path.name if text is None else text  # different files have different content
     tmp = path.with_name("." + path.name + ".tmp")  # as split writes: temp name, then rename
     tmp.write_text(text)
     tmp.rename(path)

@@ -483,6 +483,8 @@ def spec_from_dict(raw: dict[str, Any], where: str = "spec", spec_dir: str | Pat
     side = raw.get("side_tables") or []
     if not isinstance(side, list):
         raise ConfigError(f"{where}.side_tables: must be a list")
+    # YAML 1.1 reads a bare `on:` key as the boolean true: take it back as "on"
+    side = [{("on" if k is True else k): v for k, v in t.items()} if isinstance(t, dict) else t for t in side]
     raw["side_tables"] = tuple(
         _build(SideTable, t, f"{where}.side_tables[{i}]", columns=lambda c, i=i: _columns(c, f"{where}.side_tables[{i}].columns"))
         for i, t in enumerate(side))

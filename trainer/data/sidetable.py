@@ -1,0 +1,123 @@
+"""Side tables: columns of a catalogue joined onto each event by id, vectorised.
+
+    side_tables:
+      - name: items
+        path: ml-100k.item          # beside the input data file, else beside the spec file
+        format: tsv
+        header: true
+        key: item_id                # the side table's id column
+        on: item_id                 # the event column it matches
+        columns:
+          - {name: item_id, source: "item_id:token", type: id}
+          - {name: genre, source: "class:token_seq", type: id_list, separator: " ", required: false}
+
+An event whose key is absent from the side table gets each joined column's missing value
+(``fill``, or the empty list for an id_list). The join is ``np.searchsorted`` over the
+sorted keys; a repeated key keeps its first row. Side-table rows that do not parse are
+counted in ``rows_dead`` of the loaded table and left out (the error, if every row is
+bad, says so).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from common.config import ConfigError
+from trainer.data import storage
+from trainer.data.parse import Jagged, Rejections, parse_columns, take_value
+from trainer.data.reader import read_chunks
+from trainer.data.spec import ColumnType, SideTable
+
+
+class SideTableError(ConfigError):
+    """A side table cannot be found or read; the message says where it was looked for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedSideTable:
+    spec: SideTable
+    path: str
+    keys: np.ndarray  # int64, sorted, unique
+    values: dict  # joined column name -> parsed values in key order
+    rows_dead: int
+
+    def join(self, on: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
+        """(joined values, missing mask) for event keys ``on``."""
+        on = np.asarray(on, np.int64)
+        pos = np.searchsorted(self.keys, on)
+        pos_c = np.minimum(pos, max(len(self.keys) - 1, 0))
+        found = (pos < len(self.keys)) & (self.keys[pos_c] == on) if len(self.keys) else np.zeros(len(on), bool)
+        idx = np.where(found, pos_c, 0)
+        out, miss = {}, {}
+        for col in self.spec.joined:
+            v = self.values[col.name]
+            if isinstance(v, Jagged):
+                got = v.take(idx) if len(self.keys) else Jagged(np.zeros(0, np.int64), np.zeros(len(on), np.int64))
+                lengths = np.where(found, got.lengths, 0)
+                out[col.name] = Jagged(got.values[np.repeat(found, got.lengths)], lengths)
+            else:
+                fill = col.fill if col.fill is not None else ("" if col.type is ColumnType.STRING else 0)
+                if len(self.keys):
+                    got = take_value(v, idx)
+                else:
+                    got = np.zeros(len(on), np.int64)
+                if col.type is ColumnType.STRING:
+                    got = pc.if_else(pa.array(found), got if len(self.keys) else pa.nulls(len(on), pa.string()), pa.scalar(fill, pa.string()))
+                else:
+                    got = np.where(found, got, np.asarray(fill, np.asarray(got).dtype))
+                out[col.name] = got
+            miss[col.name] = ~found
+        return out, miss
+
+
+def resolve_path(table: SideTable, input_file: str | None, spec_dir: str | None, override: str | None = None) -> str:
+    """Where the side table is: an override, an absolute path or URL, or a relative path looked
+    up beside the input data file first, then beside the spec file."""
+    if override:
+        return override
+    if storage.is_url(table.path) or Path(table.path).is_absolute():
+        return table.path
+    tried = []
+    for base in (storage.parent_of(input_file) if input_file else None, spec_dir):
+        if base is None:
+            continue
+        cand = storage.join(base, table.path)
+        tried.append(cand)
+        if storage.exists(cand):
+            return cand
+    raise SideTableError(f"side table {table.name}: {table.path} not found (looked in {tried}); put it beside the "
+                         f"input file, give an absolute path in the spec, or pass --side-table {table.name}=PATH")
+
+
+def load_side_table(table: SideTable, path: str) -> LoadedSideTable:
+    """Read and parse a side table (it is small: a catalogue, held in memory)."""
+    parts, dead = [], 0
+    key_col = next(c for c in table.columns if c.name == table.key)
+    for chunk in read_chunks(path, table.layout):
+        if any(r.row == 0 for r in chunk.rejects):
+            raise SideTableError(f"side table {table.name}: {path}: {chunk.rejects[0].detail}")
+        dead += len(chunk.rejects)
+        rej = Rejections(chunk.table.num_rows)
+        parsed, _ = parse_columns(chunk.table, table.columns, table.layout.null_tokens, rej)
+        good = np.flatnonzero(rej.good)
+        dead += chunk.table.num_rows - len(good)
+        parts.append({k: take_value(v, good) for k, v in parsed.items()})
+    if not parts or sum(len(p[key_col.name]) for p in parts) == 0:
+        raise SideTableError(f"side table {table.name}: {path} has no good rows ({dead} bad); check its columns in the spec")
+    keys = np.concatenate([p[key_col.name] for p in parts]).astype(np.int64)
+    values = {c.name: _concat([p[c.name] for p in parts]) for c in table.joined}
+    keys_sorted, first = np.unique(keys, return_index=True)  # a repeated key keeps its first row
+    return LoadedSideTable(table, path, keys_sorted, {k: take_value(v, first) for k, v in values.items()}, dead)
+
+
+def _concat(parts: list):
+    if isinstance(parts[0], Jagged):
+        return Jagged(np.concatenate([p.values for p in parts]), np.concatenate([p.lengths for p in parts]))
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    return pa.concat_arrays([p.combine_chunks() if isinstance(p, pa.ChunkedArray) else p for p in parts])
