@@ -21,6 +21,10 @@ _FLOAT_RE = r"^\s*[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|nan|NaN|NAN|inf|Inf|INF
 _TIME_FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%d")
 
 
+def _no_nulls(arr: pa.Array, fill) -> pa.Array:
+    return pc.fill_null(arr, fill) if arr.null_count else arr
+
+
 def to_numpy(arr: pa.Array) -> np.ndarray:
     """An arrow array as numpy (copies only where arrow must, e.g. booleans)."""
     return arr.to_numpy(zero_copy_only=False)
@@ -48,7 +52,7 @@ def missing(arr: pa.Array, null_tokens: tuple[str, ...] = ("",)) -> np.ndarray:
     >>> missing(pa.array(["7", "", " NaN ", None, "null"]), ("", "NaN", "null")).tolist()
     [False, True, True, True, True]
     """
-    miss = ~to_numpy(arr.is_valid())
+    miss = ~to_numpy(arr.is_valid()) if arr.null_count else np.zeros(len(arr), bool)
     if is_text(arr):
         trimmed = pc.utf8_trim_whitespace(arr)
         blank = pc.equal(trimmed, "")
@@ -109,9 +113,9 @@ def _cast_where(arr: pa.Array, ok: np.ndarray, to: pa.DataType, fill: str) -> np
 def parse_int(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     n = len(arr)
     if pa.types.is_integer(arr.type):
-        return to_numpy(pc.fill_null(pc.cast(arr, pa.int64(), safe=False), 0)), np.zeros(n, bool)
+        return to_numpy(_no_nulls(pc.cast(arr, pa.int64(), safe=False), 0)), np.zeros(n, bool)
     if pa.types.is_floating(arr.type):
-        v = to_numpy(pc.fill_null(arr, 0.0)).astype(np.float64)
+        v = to_numpy(_no_nulls(arr, 0.0)).astype(np.float64)
         ok = np.isfinite(v) & (np.floor(v) == v) & (np.abs(v) < 2**62)
         return np.where(ok, v, 0).astype(np.int64), ~ok
     if is_text(arr):
@@ -134,7 +138,7 @@ def parse_id(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 def parse_float(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     n = len(arr)
     if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
-        return to_numpy(pc.fill_null(pc.cast(arr, pa.float64()), 0.0)), np.zeros(n, bool)
+        return to_numpy(_no_nulls(pc.cast(arr, pa.float64()), 0.0)), np.zeros(n, bool)
     if is_text(arr):
         ok = _match(arr, _FLOAT_RE)
         return _cast_where(arr, ok, pa.float64(), "0"), ~ok

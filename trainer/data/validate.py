@@ -228,12 +228,17 @@ class Validator:
         for j, f in enumerate(spec.dense):
             dense[:, j] = dense_values(f, parsed[f.column], missing.get(f.column), idx)
         event_id = parsed["__event_id"][idx]
+        everything = len(idx) == len(keep)  # the usual case: no copies
+
+        def rows(value):
+            return value if everything else take_value(value, idx)
+
         cols = {"event_id": pa.array(event_id, pa.int64())}
         for col in spec.column_map.values():
-            cols[col.name] = to_arrow(col, take_value(parsed[col.name], idx))
+            cols[col.name] = to_arrow(col, rows(parsed[col.name]))
         sparse, lengths = {}, {}
         for f in spec.sparse:
-            v = take_value(parsed[f.column], idx)
+            v = rows(parsed[f.column])
             if isinstance(v, Jagged):
                 sparse[f.name], lengths[f.name] = v.values, v.lengths
             else:
