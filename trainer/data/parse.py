@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from trainer.data import columns as C
+from trainer.data.hashing import hash_strings
 from trainer.data.reasons import Reason
 from trainer.data.spec import ID_TYPES, ColumnSpec, ColumnType, describe_time
 
@@ -117,7 +118,7 @@ def _parse_one(col: ColumnSpec, arr: pa.Array, gap: np.ndarray, reject: Rejectio
         fill = col.fill if col.fill is not None else ""
         text = pc.cast(arr, pa.string()) if not C.is_text(arr) else arr
         return pc.if_else(pa.array(gap), pa.scalar(fill, text.type), text) if gap.any() else text
-    fill = col.fill if col.fill is not None else 0
+    fill = fill_value(col)
     if t is ColumnType.TIMESTAMP:
         values, bad = C.parse_time(arr, col.unit, col.format)
         reject(bad & ~gap, Reason.UNPARSABLE_TIME,
@@ -150,6 +151,18 @@ def _parse_one(col: ColumnSpec, arr: pa.Array, gap: np.ndarray, reject: Rejectio
     if gap.any():
         values = np.where(gap, np.asarray(fill, values.dtype), values)
     return values
+
+
+def fill_value(col: ColumnSpec):
+    """What a missing field of an optional column becomes: its ``fill`` (a string id's fill
+    hashed like any string id), else 0 or the empty text."""
+    if col.type is ColumnType.STRING:
+        return col.fill if col.fill is not None else ""
+    if col.fill is None:
+        return 0
+    if isinstance(col.fill, str):
+        return int(hash_strings(pa.array([col.fill.strip()]))[0])
+    return col.fill
 
 
 def take_value(value, index: np.ndarray):

@@ -296,6 +296,15 @@ def _jsonl_fast(block: bytes, n_lines: int):
     return table, np.arange(n_lines, dtype=np.int64), [], None
 
 
+def _is_id_element(x) -> bool:
+    """An element of a JSON list of ids: text, an integer (or an integral float), or null."""
+    if x is None or isinstance(x, str):
+        return True
+    if isinstance(x, bool) or isinstance(x, (list, dict)):
+        return False
+    return isinstance(x, int) or (isinstance(x, float) and x.is_integer())
+
+
 def _json_scalar_text(v) -> str | None:
     return None if v is None else (v if isinstance(v, str) else json.dumps(v))
 
@@ -321,9 +330,9 @@ def _jsonl_slow(block: bytes, layout: Layout):
         if not isinstance(obj, dict):
             rejects.append(Reject(i, Reason.INVALID_JSON, f"expected a JSON object, got {type(obj).__name__}", raw))
             continue
-        bad_list = [n for n in lists if isinstance(obj.get(n), list) and any(isinstance(x, (list, dict)) for x in obj[n])]
+        bad_list = [n for n in lists if isinstance(obj.get(n), list) and not all(map(_is_id_element, obj[n]))]
         if bad_list:
-            rejects.append(Reject(i, Reason.MALFORMED_ID, f"{bad_list[0]}: a list of ids holds a nested value", raw))
+            rejects.append(Reject(i, Reason.MALFORMED_ID, f"{bad_list[0]}: an element is not an id (text or integer)", raw))
             continue
         for n in names:  # as text (lists of text): the validator parses every type from text
             v = obj.get(n)
@@ -343,7 +352,7 @@ def _list_field(v, separator: str | None, null_tokens: tuple[str, ...]) -> list[
     if v is None:
         return None
     if isinstance(v, list):
-        return [_json_scalar_text(x) for x in v]
+        return [str(int(x)) if isinstance(x, float) else _json_scalar_text(x) for x in v]
     if isinstance(v, str):
         if v.strip() in null_tokens:
             return None
@@ -357,7 +366,8 @@ def _read_parquet(path: str, layout: Layout) -> Iterator[RawChunk]:
         total_rows = max(pf.metadata.num_rows, 1)
         file_size = storage.stat(path).size
         present = set(pf.schema_arrow.names)
-        wanted = [c for c in {*(c.source_name for c in layout.columns), *(c.name for c in layout.columns)} if c in present]
+        names = {*(c.source_name for c in layout.columns), *(c.name for c in layout.columns), *layout.also}
+        wanted = [c for c in pf.schema_arrow.names if c in names]
         start = 1
         for rb in pf.iter_batches(batch_size=65536, columns=wanted):
             table = pa.Table.from_batches([rb])

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from common.config import ConfigError
 from trainer.data import storage
-from trainer.data.parse import Jagged, Rejections, parse_columns, take_value
+from trainer.data.parse import Jagged, Rejections, fill_value, parse_columns, take_value
 from trainer.data.reader import read_chunks
 from trainer.data.spec import ColumnType, SideTable
 
@@ -61,7 +61,7 @@ class LoadedSideTable:
                 lengths = np.where(found, got.lengths, 0)
                 out[col.name] = Jagged(got.values[np.repeat(found, got.lengths)], lengths)
             else:
-                fill = col.fill if col.fill is not None else ("" if col.type is ColumnType.STRING else 0)
+                fill = fill_value(col)
                 if len(self.keys):
                     got = take_value(v, idx)
                 else:

@@ -281,6 +281,7 @@ class Layout:
     delimiter: str | None
     pad_trailing: bool
     null_tokens: tuple[str, ...]
+    also: tuple[str, ...] = ()  # columns read when a file has them (side-table columns in data files)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,7 +401,8 @@ class FeatureSpec:
 
     @property
     def layout(self) -> Layout:
-        return Layout(self.columns, self.format, self.header, self.delimiter, self.pad_trailing, self.null_tokens)
+        joined = tuple(c.name for t in self.side_tables for c in t.joined)
+        return Layout(self.columns, self.format, self.header, self.delimiter, self.pad_trailing, self.null_tokens, joined)
 
     def with_header(self, header: bool | str) -> "FeatureSpec":
         """The same spec with ``header`` overridden (``--header`` / ``--no-header``)."""
