@@ -30,7 +30,7 @@ def follow_data_files(history: str | os.PathLike | None, incoming: str | os.Path
     New files in ``incoming`` are noticed within ``poll_s`` (plus ``settle_s``, default
     ``poll_s``: a file must keep its size for that long). With ``drain`` the iterator ends
     once every settled data file present has been yielded; otherwise it waits for more
-    (until ``idle_timeout_s`` without a new data file, if given). The consumer records
+    (until ``idle_timeout_s`` without a new or changing data file, if given). The consumer records
     each file in ``ledger`` (complete only if it was read to its end).
     """
     yielded: set[str] = set()
@@ -55,6 +55,7 @@ def follow_data_files(history: str | os.PathLike | None, incoming: str | os.Path
             if (size, mtime) != (f.size, f.mtime):
                 seen[f.path] = (f.size, f.mtime, now)
                 since = now
+                idle_since = now  # a file appearing or growing is activity, not idleness
             key = (f.path, f.size, f.mtime)
             if key in hashes and (hashes[key] in yielded or ledger.is_complete(DataFileRef(f.name, hashes[key], f.path))):
                 continue

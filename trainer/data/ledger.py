@@ -122,7 +122,8 @@ class DataLedger:
 
     @property
     def entries(self) -> list[LedgerEntry]:
-        return sorted(self._entries.values(), key=lambda e: (e.file, e.sha256 or ""))
+        """In the order the files were first taken."""
+        return list(self._entries.values())
 
     @property
     def total_rows(self) -> int:

@@ -98,9 +98,11 @@ def sorted_by_time(tables: Iterable[pa.Table], column: str, memory_rows: int, tm
             buffer, held = [], 0
 
         for t in tables:
-            if t.num_rows:
-                buffer.append(t)
-                held += t.num_rows
+            while t.num_rows:
+                piece = t.slice(0, memory_rows - held)
+                t = t.slice(piece.num_rows)
+                buffer.append(piece)
+                held += piece.num_rows
                 if held >= memory_rows:
                     spill()
         if not runs:
