@@ -241,7 +241,7 @@ def train_loop_per_worker(config: dict) -> None:
         before = validator.report.rows_in
         batch = read_data_file(shard, validator)
         metrics = core.step_file(batch, shard.name)
-        ledger.record(shard, validator.report.rows_in - before, complete=True)
+        ledger.record(shard, validator.report.rows_in - before, complete=validator.last_file.complete)
         n += 1
         if rank == 0:
             cum = core.validator.cumulative()["auc"]

@@ -315,3 +315,61 @@ def test_spec_errors_for_new_options():
     ]:
         with pytest.raises(ConfigError, match=message):
             spec_from_dict({**raw, **patch})
+
+
+# -- fuzzing the new paths ------------------------------------------------------------------------------
+import string  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+FUZZ_SPEC = spec_from_dict({
+    "name": "fuzz", "format": "tsv", "header": "auto", "pad_trailing": True,
+    "columns": [{"name": "e", "type": "int_id"}, {"name": "u", "type": "string_id", "max_len": 12},
+                {"name": "tags", "type": "id_list", "separator": "|", "required": False, "max_items": 4, "max_len": 6},
+                {"name": "x", "type": "float", "required": False},
+                {"name": "ts", "type": "timestamp", "format": "%y%m%d%H"}],
+    "time_column": "ts", "event_id": {"column": "e"}, "label": {"column": "e", "threshold": 50},
+    "lateness": {"allowed_s": 3600, "policy": "defer"},
+    "sparse": [{"name": "u", "column": "u", "dim": 4}, {"name": "tags", "column": "tags", "dim": 4}],
+    "dense": [{"name": "x", "column": "x", "transform": "log1p", "clip_max": 1e6},
+              {"name": "x_missing", "column": "x", "transform": "missing"}],
+})
+fuzz_field = st.one_of(
+    st.sampled_from(["", "NaN", "null", "\\N", "7", "-1", "a|b", "a||b|c|d|e", "x\x01y", "14102100", "14102223",
+                     "1410210", "99999999", "1e308", "inf", "e", "ts"]),
+    st.integers(0, 100).map(str),
+    st.text(alphabet=string.printable.replace("\n", "").replace("\r", ""), max_size=12),
+)
+good_line = st.tuples(st.integers(0, 60), st.integers(0, 23), st.sampled_from(["", "a|b", "7", "NaN"]),
+                      st.sampled_from(["", "2.5", "-3"])).map(
+    lambda t: f"{t[0]}\tu{t[0]}\t{t[2]}\t{t[3]}\t141021{t[1]:02d}")  # valid: exercises late rows and duplicates
+fuzz_line = st.one_of(
+    good_line, good_line,
+    st.lists(fuzz_field, min_size=5, max_size=5).map("\t".join),
+    st.lists(fuzz_field, min_size=0, max_size=7).map("\t".join),
+    st.binary(max_size=40).map(lambda b: b.replace(b"\n", b" ").replace(b"\r", b" ").decode("latin-1")),
+)
+
+
+@given(st.lists(st.lists(fuzz_line, max_size=25), min_size=1, max_size=3), st.sampled_from([64, 4096]))
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_fuzz_stream_with_new_paths_keeps_the_invariant(tmp_path, files, block):
+    v = Validator(FUZZ_SPEC, stream=True)
+    trained = 0
+    for i, lines in enumerate(files):
+        path = tmp_path / f"part-{i}.tsv"
+        path.write_bytes("\n".join(lines).encode("utf-8", "surrogateescape") + b"\n")
+        late = v.take_late()
+        trained += len(late) if late is not None else 0
+        for b in iter_batches([path], v, progress=False, block_size=block):
+            trained += len(b)
+            assert len(b.lengths["tags"]) == len(b) and b.lengths["tags"].sum() == len(b.sparse["tags"])
+            assert np.isfinite(b.dense).all() and b.dense.shape == (len(b), 2)
+        f = v.last_file
+        assert f.balanced, f.as_dict()
+    late = v.take_late()
+    trained += len(late) if late is not None else 0
+    r = v.report
+    assert r.rows_in == r.rows_good + r.rows_dead + r.rows_duplicate + r.rows_late
+    assert trained == r.rows_good + r.rows_late  # every good row trained exactly once, late ones included
