@@ -45,9 +45,14 @@ def test_take_with_index_permutation_mask_and_slice(lengths, data):
         st.permutations(list(range(n))).map(lambda p: np.asarray(p, np.int64)),
         st.lists(st.booleans(), min_size=n, max_size=n).map(lambda m: np.asarray(m, bool)),
         st.tuples(st.integers(0, n), st.integers(0, n)).map(lambda t: np.arange(min(t), max(t))),
+        st.tuples(st.integers(-n - 1, n + 1), st.integers(-n - 1, n + 1), st.sampled_from([1, 2, -1, -3])).map(
+            lambda t: slice(*t)),
     ))
     got = b.take(index)
-    pick = np.flatnonzero(index) if index.dtype == bool else index
+    if isinstance(index, slice):
+        pick = np.arange(n)[index]
+    else:
+        pick = np.flatnonzero(index) if index.dtype == bool else index
     assert len(got) == len(pick)
     assert _rows(got) == [ref[i] for i in pick]
     assert got.sparse["user"].tolist() == b.sparse["user"][pick].tolist()

@@ -68,8 +68,11 @@ class EventBatch:
             return self.sparse[name], self.lengths[name]
         return self.sparse[name], np.ones(len(self), np.int64)
 
-    def take(self, index: np.ndarray) -> "EventBatch":
-        """A new batch of the rows at ``index`` (an int array or a boolean mask)."""
+    def take(self, index: np.ndarray | slice) -> "EventBatch":
+        """A new batch of the rows at ``index``: an int array (a permutation, repeats allowed),
+        a boolean mask, or a slice."""
+        if isinstance(index, slice):
+            index = np.arange(len(self))[index]
         index = np.asarray(index)
         index = np.flatnonzero(index) if index.dtype == bool else index.astype(np.int64, copy=False)
         sparse, lengths = {}, {}
