@@ -373,3 +373,23 @@ def test_fuzz_stream_with_new_paths_keeps_the_invariant(tmp_path, files, block):
     r = v.report
     assert r.rows_in == r.rows_good + r.rows_dead + r.rows_duplicate + r.rows_late
     assert trained == r.rows_good + r.rows_late  # every good row trained exactly once, late ones included
+
+
+json_value = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=10)
+    | st.sampled_from(["NaN", "a|b", "14102100", "u\x01"]),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=3), inner, max_size=2),
+    max_leaves=8)
+json_row = st.fixed_dictionaries({}, optional={k: json_value for k in ("e", "u", "tags", "x", "ts")})
+
+
+@given(st.lists(st.one_of(json_row.map(json.dumps), st.text(max_size=20)), max_size=30), st.sampled_from([64, 4096]))
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_fuzz_json_lines_with_lists_never_crash(tmp_path, lines, block):
+    import dataclasses
+
+    path = tmp_path / "f.jsonl"
+    path.write_text("\n".join(line.replace("\n", " ") for line in lines) + "\n")
+    v = Validator(dataclasses.replace(FUZZ_SPEC, format="jsonl"))
+    got = sum(len(b) for b in iter_batches([path], v, progress=False, block_size=block))
+    assert v.report.balanced and got == v.report.rows_good
