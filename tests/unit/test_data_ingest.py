@@ -206,7 +206,7 @@ def test_zero_dense_features_end_to_end(tmp_path):
 def test_headers_checked_per_file(tmp_path, capsys):
     raw = {**load_spec_raw(), "header": True}
     with_header, without = tmp_path / "a.csv", tmp_path / "b.csv"
-    with_header.write_text(f"e,y,ts\n1,0,{T0}\n")
+    with_header.write_text(f"\ufeffe,y,ts\r\n1,0,{T0}\r\n")  # a byte-order mark and CRLF, as some exporters write
     without.write_text(f"2,1,{T0}\n3,0,{T0}\n")
     v, b, _ = _run(without, spec_from_dict(raw), tmp_path)
     assert b is None and v.last_file.error and "--no-header" in v.last_file.error and v.report.rows_in == 0

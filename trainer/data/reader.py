@@ -143,7 +143,11 @@ def _read_text(path: str, layout: Layout, fmt: str, block_size: int) -> Iterator
     names: list[str] | None = spec_names if (layout.header is False or fmt == "jsonl") else None
     next_row = 1  # 1-based line number of the first line of the block
     types, typed_ok = None, True
+    first_block = True
     for block in _lines_of(path, block_size):
+        if first_block and block.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark, as some exporters write
+            block = block[3:]
+        first_block = False
         if names is None:  # the first line: a header, or (header: auto) maybe a row
             nl = block.find(b"\n")
             first = block[: nl if nl >= 0 else len(block)]
