@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from common.config import ConfigError
 from trainer.data import DeadLetterWriter, EventBatch, Validator, iter_batches, load_spec, read_data_file, read_dead_letters
+from trainer.data.hashing import hash_strings
 from trainer.data.spec import spec_from_dict
 from trainer.data.split import split_into_files
 
@@ -225,3 +226,26 @@ def test_movielens_genres_on_real_data(ml100k_dir, tmp_path):
     first = np.flatnonzero(b.sparse["item"] == 1)[0]
     assert lengths[first] == 3
     assert len(np.unique(b.sparse["genre"])) <= 19 + 1  # 18 genres + "unknown" (+ the split "Children's" form)
+
+
+@given(st.dictionaries(st.integers(0, 30), st.lists(st.integers(0, 99), max_size=4), max_size=15),
+       st.lists(st.integers(0, 35), max_size=40))
+@settings(max_examples=80, deadline=None)
+def test_side_table_join_matches_a_dict_lookup(catalogue, events):
+    from trainer.data.parse import Jagged
+    from trainer.data.sidetable import LoadedSideTable
+
+    table = spec_from_dict(SIDE).side_tables[0]
+    keys = np.asarray(sorted(catalogue), np.int64)
+    genre = Jagged(np.asarray([g for k in keys for g in catalogue[int(k)]], np.int64),
+                   np.asarray([len(catalogue[int(k)]) for k in keys], np.int64))
+    brand = keys * 10 + 1
+    loaded = LoadedSideTable(table, "mem", keys, {"genre": genre, "brand": brand}, 0)
+    out, missing = loaded.join(np.asarray(events, np.int64))
+    got = out["genre"]
+    offsets = np.concatenate([[0], np.cumsum(got.lengths)])
+    assert [got.values[offsets[i]:offsets[i + 1]].tolist() for i in range(len(events))] == \
+        [catalogue.get(e, []) for e in events]
+    assert missing["genre"].tolist() == missing["brand"].tolist() == [e not in catalogue for e in events]
+    fill = int(hash_strings(pa.array(["none"]))[0])  # the brand's fill, "none", hashed like any string id
+    assert out["brand"].tolist() == [e * 10 + 1 if e in catalogue else fill for e in events]
