@@ -130,7 +130,7 @@ def _header_fields(line: bytes, delimiter: str) -> list[str]:
 
 
 def _names_match(fields: list[str], layout: Layout) -> bool:
-    """The line names the spec's columns: every required column, and no field that is not a column."""
+    """The line names the spec's columns: every required column, and at least half of its fields are column names."""
     wanted = {c.source_name for c in layout.columns}
     required = {c.source_name for c in layout.columns if c.required}
     got = set(fields)
