@@ -53,8 +53,9 @@ def test_validate_and_read_from_s3_urls(s3):
 
 
 def test_follow_an_s3_prefix_as_files_land(s3):
-    s3.pipe("logs/incoming/part-1.csv", "".join(ROWS[:10]).encode())
     ledger = DataLedger()
+    assert list(follow_data_files(None, "s3://logs/incoming/", ledger, drain=True, poll_s=0.05)) == []  # no prefix yet
+    s3.pipe("logs/incoming/part-1.csv", "".join(ROWS[:10]).encode())
     v = Validator(load_spec("taobao"), stream=True)
     seen = []
     for ref in follow_data_files(None, "s3://logs/incoming/", ledger, drain=True, poll_s=0.05, settle_s=0.0):

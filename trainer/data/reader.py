@@ -293,6 +293,7 @@ def _jsonl_fast(block: bytes, n_lines: int):
         return None
     try:
         table = pjson.read_json(io.BytesIO(block), read_options=pjson.ReadOptions(use_threads=False))
+        table.validate(full=True)  # pyarrow 26's JSON reader can build invalid lists (e.g. [null, null])
     except (pa.ArrowException, ValueError):
         return None
     if table.num_rows != n_lines:

@@ -94,8 +94,12 @@ def list_files(directory: str | os.PathLike) -> list[FileInfo]:
         fs, p = _fs(s)
         fs.invalidate_cache(p)
         proto = s.split("://", 1)[0]
+        try:
+            listing = fs.ls(p, detail=True)
+        except FileNotFoundError:  # an object-store prefix with no objects yet is simply empty
+            return []
         out = []
-        for info in fs.ls(p, detail=True):
+        for info in listing:
             if info.get("type") != "file":
                 continue
             name = info["name"]
