@@ -393,3 +393,45 @@ def test_fuzz_json_lines_with_lists_never_crash(tmp_path, lines, block):
     v = Validator(dataclasses.replace(FUZZ_SPEC, format="jsonl"))
     got = sum(len(b) for b in iter_batches([path], v, progress=False, block_size=block))
     assert v.report.balanced and got == v.report.rows_good
+
+
+@st.composite
+def arrow_column(draw, n):
+    opt = st.none
+    kind = draw(st.sampled_from(["int", "float", "str", "bool", "list_int", "list_str", "list_float", "struct", "null",
+                                 "ts", "dict"]))
+    values = {
+        "int": (st.integers(-2**63, 2**63 - 1), pa.int64()), "float": (st.floats(), pa.float64()),
+        "str": (st.text(max_size=12), pa.string()), "bool": (st.booleans(), pa.bool_()),
+        "list_int": (st.lists(st.integers(-99, 99) | opt(), max_size=6), pa.list_(pa.int64())),
+        "list_str": (st.lists(st.text(max_size=8) | opt(), max_size=6), pa.list_(pa.string())),
+        "list_float": (st.lists(st.floats() | opt(), max_size=6), pa.list_(pa.float64())),
+        "ts": (st.integers(0, 2**40), pa.timestamp("s")),
+    }
+    if kind == "struct":
+        return pa.array([{"a": i} for i in range(n)])
+    if kind == "null":
+        return pa.nulls(n)
+    if kind == "dict":
+        return pa.array(draw(st.lists(st.sampled_from(["a", "7"]), min_size=n, max_size=n))).dictionary_encode()
+    strategy, typ = values[kind]
+    return pa.array(draw(st.lists(strategy | opt(), min_size=n, max_size=n)), typ)
+
+
+@st.composite
+def arrow_table(draw):
+    n = draw(st.integers(0, 6))
+    return pa.table({name: draw(arrow_column(n)) for name in ("e", "u", "tags", "x", "ts") if draw(st.booleans())}
+                    or {"e": pa.nulls(n)})
+
+
+@given(arrow_table())
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_fuzz_parquet_of_any_column_types_never_crashes(tmp_path, table):
+    import dataclasses
+
+    path = tmp_path / "f.parquet"
+    pq.write_table(table, path)
+    v = Validator(dataclasses.replace(FUZZ_SPEC, format="parquet"))
+    got = sum(len(b) for b in iter_batches([path], v, progress=False))
+    assert v.report.balanced and got == v.report.rows_good

@@ -138,7 +138,7 @@ def parse_id(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 def parse_float(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     n = len(arr)
     if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
-        return to_numpy(_no_nulls(pc.cast(arr, pa.float64()), 0.0)), np.zeros(n, bool)
+        return to_numpy(_no_nulls(pc.cast(arr, pa.float64(), safe=False), 0.0)), np.zeros(n, bool)
     if is_text(arr):
         ok = _match(arr, _FLOAT_RE)
         return _cast_where(arr, ok, pa.float64(), "0"), ~ok

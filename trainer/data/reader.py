@@ -385,8 +385,21 @@ def _read_parquet(path: str, layout: Layout) -> Iterator[RawChunk]:
             start += table.num_rows
 
             def raw_text(index: np.ndarray, t=table) -> list[str]:
-                sub = t.take(pa.array(index, pa.int64())).to_pylist()
-                return [json.dumps(r, default=str)[:MAX_RAW_CHARS] for r in sub]
+                sub = t.take(pa.array(index, pa.int64()))
+                cols = {name: _printable(sub.column(name)) for name in sub.column_names}
+                rows = [dict(zip(cols, values)) for values in zip(*cols.values())] if cols else [{} for _ in index]
+                return [json.dumps(r, default=str)[:MAX_RAW_CHARS] for r in rows]
 
             # progress in bytes: the chunk's share of the file by rows
             yield RawChunk(path, table, rows, [], file_size * table.num_rows // total_rows, raw_text)
+
+
+def _printable(col: pa.ChunkedArray) -> list:
+    """A column's values for the dead letter, even where Python cannot hold them (a year 10000)."""
+    try:
+        return col.to_pylist()
+    except (ValueError, OverflowError, pa.ArrowException):
+        try:
+            return col.cast(pa.string()).to_pylist()
+        except (ValueError, OverflowError, pa.ArrowException):
+            return [f"<{col.type} value>"] * len(col)
