@@ -129,32 +129,37 @@ def _print_report(report: dict, as_json: bool, extra: dict | None = None) -> Non
         print(f"warning: {line}")
 
 
-def _check_files(validator, share: float) -> None:
-    """After a run: the first refused file, or one with too many dead rows, is an error."""
+def _file_failure(report, share: float) -> str | None:
+    """The message of a refused file, or one with too many dead rows; None if it is fine."""
     from trainer.data import FileQualityError, check_file_report
 
-    for f in validator.report.per_file:
-        try:
-            check_file_report(f, share)
-        except FileQualityError as exc:
-            raise UserError(str(exc)) from exc
+    try:
+        check_file_report(report, share)
+    except FileQualityError as exc:
+        return str(exc)
+    return None
 
 
 def _validate(args: argparse.Namespace) -> int:
     from common.config import ConfigError
     from trainer.data import DeadLetterWriter, iter_batches
 
+    failure = None
     with DeadLetterWriter(args.dead_letter) as dl:
         validator, share = _validator(args, dl)
         files = _inputs(args.inputs)
-        try:
-            for _ in iter_batches(files, validator, progress=not args.no_progress and sys.stderr.isatty()):
-                pass
-        except ConfigError as exc:  # a side table that cannot be found or read
-            raise UserError(str(exc)) from exc
+        for f in files:  # every file is validated and counted; the first bad one fails the run at the end
+            try:
+                for _ in iter_batches([f], validator, progress=not args.no_progress and sys.stderr.isatty()):
+                    pass
+            except ConfigError as exc:  # a side table that cannot be found or read
+                raise UserError(str(exc)) from exc
+            failure = failure or _file_failure(validator.last_file, share)
     report = validator.report.as_dict()
-    _print_report(report, args.json, {"dead_letter": str(args.dead_letter)})
-    _check_files(validator, share)
+    _print_report(report, args.json, {"dead_letter": str(args.dead_letter),
+                                      "per_file": [r.as_dict() for r in validator.report.per_file]})
+    if failure:
+        raise UserError(failure)
     return 0
 
 

@@ -188,12 +188,18 @@ SIDE = {
 
 
 def test_side_table_join_split_and_read_back_without_it(tmp_path):
-    (tmp_path / "items.tsv").write_text("item_id\tgenre\tbrand\n1\tAction Comedy\tacme\n2\t\tzeta\n3\tDrama\t\n")
+    (tmp_path / "items.tsv").write_text("item_id\tgenre\tbrand\n1\tAction Comedy\tacme\n2\t\tzeta\n3\tDrama\t\n"
+                                        "x\tbad\tkey\n1\tRepeated\tacme\n")
     (tmp_path / "log.csv").write_text("user,item,click,ts\nu1,1,1,1700000000\nu2,2,0,1700000001\nu3,9,0,1700000002\n"
                                       "u4,3,1,1700000003\n")
     spec = spec_from_dict(SIDE)
-    b = read_data_file(tmp_path / "log.csv", Validator(spec))
+    with DeadLetterWriter(tmp_path / "dead.jsonl") as dl:
+        v = Validator(spec, dl)
+        b = read_data_file(tmp_path / "log.csv", v)
     assert b.lengths["genre"].tolist() == [2, 0, 0, 1]  # item 9 is not in the table: the empty list
+    assert v.last_file.warnings == [f"side table items ({tmp_path / 'items.tsv'}): 1 rows did not parse "
+                                    "(dead-lettered), 1 repeated keys (first row kept); 3 keys loaded"]
+    assert [(d["row"], d["reason"]) for d in read_dead_letters(tmp_path / "dead.jsonl")] == [(5, "malformed id")]
     brands = b.sparse["brand"]
     assert brands[1] != brands[0] and brands[2] == brands[3]  # missing key and empty brand both take fill "none"
     result = split_into_files([tmp_path / "log.csv"], Validator(spec), 3600, tmp_path / "files", progress=False)

@@ -14,8 +14,8 @@
 An event whose key is absent from the side table gets each joined column's missing value
 (``fill``, or the empty list for an id_list). The join is ``np.searchsorted`` over the
 sorted keys; a repeated key keeps its first row. Side-table rows that do not parse are
-counted in ``rows_dead`` of the loaded table and left out (the error, if every row is
-bad, says so).
+dead-lettered with their reasons and left out; the first event file's report warns about
+them and about repeated keys (a table with no good row is an error).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from common.config import ConfigError
 from trainer.data import storage
-from trainer.data.parse import Jagged, Rejections, fill_value, parse_columns, take_value
+from trainer.data.parse import REASON_CODES, Jagged, Rejections, fill_value, parse_columns, take_value
 from trainer.data.reader import read_chunks
 from trainer.data.spec import ColumnType, SideTable
 
@@ -44,7 +44,15 @@ class LoadedSideTable:
     path: str
     keys: np.ndarray  # int64, sorted, unique
     values: dict  # joined column name -> parsed values in key order
-    rows_dead: int
+    rows_dead: int  # rows that did not parse (dead-lettered), left out
+    keys_repeated: int = 0  # rows whose key an earlier row already had, left out
+
+    @property
+    def warning(self) -> str | None:
+        if not (self.rows_dead or self.keys_repeated):
+            return None
+        return (f"side table {self.spec.name} ({self.path}): {self.rows_dead} rows did not parse (dead-lettered), "
+                f"{self.keys_repeated} repeated keys (first row kept); {len(self.keys)} keys loaded")
 
     def join(self, on: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
         """(joined values, missing mask) for event keys ``on``."""
@@ -94,25 +102,34 @@ def resolve_path(table: SideTable, input_file: str | None, spec_dir: str | None,
                          f"input file, give an absolute path in the spec, or pass --side-table {table.name}=PATH")
 
 
-def load_side_table(table: SideTable, path: str) -> LoadedSideTable:
-    """Read and parse a side table (it is small: a catalogue, held in memory)."""
+def load_side_table(table: SideTable, path: str, dead_letter=None) -> LoadedSideTable:
+    """Read and parse a side table (it is small: a catalogue, held in memory). Rows that do
+    not parse go to ``dead_letter`` (a DeadLetterWriter) with their reasons, like event rows;
+    ``rows_dead`` and ``keys_repeated`` say how many rows were left out."""
     parts, dead = [], 0
     key_col = next(c for c in table.columns if c.name == table.key)
     for chunk in read_chunks(path, table.layout):
         if any(r.row == 0 for r in chunk.rejects):
             raise SideTableError(f"side table {table.name}: {path}: {chunk.rejects[0].detail}")
-        dead += len(chunk.rejects)
         rej = Rejections(chunk.table.num_rows)
         parsed, _ = parse_columns(chunk.table, table.columns, table.layout.null_tokens, rej)
         good = np.flatnonzero(rej.good)
-        dead += chunk.table.num_rows - len(good)
+        bad = np.flatnonzero(~rej.good)
+        dead += len(chunk.rejects) + len(bad)
+        if dead_letter is not None and (chunk.rejects or len(bad)):
+            rows = [r.row for r in chunk.rejects] + chunk.rows[bad].tolist()
+            reasons = [r.reason.value for r in chunk.rejects] + [REASON_CODES[c].value for c in rej.code[bad]]
+            details = [f"side table {table.name}: {r.detail}" for r in chunk.rejects] + \
+                [f"side table {table.name}: {d}" for d in rej.detail[bad]]
+            dead_letter.write(path, rows, reasons, details, [r.raw for r in chunk.rejects] + chunk.raw_text(bad))
         parts.append({k: take_value(v, good) for k, v in parsed.items()})
     if not parts or sum(len(p[key_col.name]) for p in parts) == 0:
         raise SideTableError(f"side table {table.name}: {path} has no good rows ({dead} bad); check its columns in the spec")
     keys = np.concatenate([p[key_col.name] for p in parts]).astype(np.int64)
     values = {c.name: _concat([p[c.name] for p in parts]) for c in table.joined}
     keys_sorted, first = np.unique(keys, return_index=True)  # a repeated key keeps its first row
-    return LoadedSideTable(table, path, keys_sorted, {k: take_value(v, first) for k, v in values.items()}, dead)
+    return LoadedSideTable(table, path, keys_sorted, {k: take_value(v, first) for k, v in values.items()}, dead,
+                           len(keys) - len(keys_sorted))
 
 
 def _concat(parts: list):

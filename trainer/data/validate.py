@@ -40,6 +40,7 @@ from trainer.data.sidetable import LoadedSideTable, load_side_table, resolve_pat
 from trainer.data.spec import ColumnType, DenseTransform, FeatureSpec, LatePolicy
 
 _DUP = REASON_CODES.index(Reason.DUPLICATE)
+MAX_FILE_REPORTS = 10_000  # per-file reports kept in ValidationReport.per_file (the latest)
 
 
 class Validator:
@@ -78,6 +79,8 @@ class Validator:
         if f is not None:
             f.finish()
             self.report.per_file.append(f)
+            if len(self.report.per_file) > MAX_FILE_REPORTS:  # a long stream keeps the latest only
+                del self.report.per_file[: len(self.report.per_file) - MAX_FILE_REPORTS]
             self.last_file = f
         return f
 
@@ -160,7 +163,9 @@ class Validator:
     def _side_table(self, side, source: str) -> LoadedSideTable:
         if side.name not in self._side:
             path = resolve_path(side, source, self.spec.spec_dir, self._side_paths.get(side.name))
-            self._side[side.name] = load_side_table(side, path)
+            loaded = self._side[side.name] = load_side_table(side, path, self.dead_letter)
+            if loaded.warning and self._file is not None:
+                self._file.warnings.append(loaded.warning)
         return self._side[side.name]
 
     def _key(self, name: str, values) -> np.ndarray:
