@@ -227,13 +227,16 @@ class TrainerCore:
             self.load_dense_state(fuse(self.dense_state(), prev, decision.fuse_lambda))
         return {"examples": info["examples"], "seconds": info["seconds"]}
 
-    def step_file(self, batch: EventBatch, name: str = "", rows_read: int | None = None) -> FileMetrics | None:
+    def step_file(self, batch: EventBatch, file=None, rows_read: int | None = None,
+                  complete: bool = True) -> FileMetrics | None:
         """Progressive validation (rank 0 scores the whole file first), then the strategy's update.
 
-        ``rows_read`` (good + dead + duplicate rows of the file) is recorded in the ledger.
-        Returns the file's metrics on rank 0, None elsewhere.
+        ``file`` is the data file's name or its :class:`trainer.data.DataFileRef` (name + sha256);
+        with ``rows_read`` (every row the reader took: good, dead, duplicate, late) it goes into the
+        ledger, ``complete`` unless the file could not be read to its end (it is retried later;
+        the rows trained now are then refused as duplicates). Returns the file's metrics on rank 0.
         """
-        name = name or batch.source
+        name = getattr(file, "name", file) or batch.source
         i = self.files_seen
         self.files_seen += 1
         if self.rank == 0:
@@ -246,7 +249,7 @@ class TrainerCore:
         spent = self.apply_decision(decision, {j: b for j, (_, b) in self._recent.items()})
         self.last_trained = int(spent["examples"])
         if rows_read is not None:
-            self.ledger.record(name, rows_read, complete=True)
+            self.ledger.record(file if file is not None else name, rows_read, complete=complete)
         if self.rank != 0:
             return None
         self.validator.set_train_seconds(spent["seconds"])

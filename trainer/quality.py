@@ -192,8 +192,9 @@ def synthetic_shard(spec, n: int, seed: int, start_ts: int = 1_511_658_000, n_us
         sparse[f.name] = {"user": user, "item": item}.get(f.name, item // 10).astype(np.int64)
     ts = start_ts + np.sort(rng.integers(0, 300, n)).astype(np.int64)
     eid = (np.int64(seed) << 32) + np.arange(n, dtype=np.int64)
+    lengths = {f.name: np.ones(n, np.int64) for f in spec.sparse if f.multi_valued}  # one id per row
     return EventBatch(source=f"synthetic-{seed}", event_id=eid, ts=ts, label=label, sparse=sparse, dense=dense,
-                      rows=np.arange(1, n + 1, dtype=np.int64), table=pa.table({"event_id": eid}))
+                      rows=np.arange(1, n + 1, dtype=np.int64), table=pa.table({"event_id": eid}), lengths=lengths)
 
 
 def run_strategy(spec, files: Sequence[EventBatch], model_cfg: ModelConfig, train_cfg: TrainConfig, policy,

@@ -76,9 +76,10 @@ def table_header() -> str:
 
 
 def table_row(i: int, m: dict) -> str:
-    """One shard's progressive metrics (scored before training on it)."""
+    """One data file's progressive metrics (scored before training on it), then its warnings if any."""
+    warn = "".join(f"  warning: {w}" for w in m.get("warnings") or [])
     return (f"{i:>4}  {m['file']:<32} {m['examples']:>8,} {m['auc']:>7.4f} {m['cumulative_auc']:>8.4f} "
-            f"{m['log_loss']:>8.4f} {m['examples_per_s']:>10,.0f}")
+            f"{m['log_loss']:>8.4f} {m['examples_per_s']:>10,.0f}{warn}")
 
 
 def auc_table(metrics: list[dict]) -> str:

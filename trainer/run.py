@@ -31,6 +31,38 @@ class RunResult:
     store_url: str | None = None
 
 
+class DataFileError(RuntimeError):
+    """A data file stopped the run (most of its rows were dead-lettered: usually the wrong spec)."""
+
+
+def _data_error(exc: BaseException) -> str | None:
+    """The FileQualityError message inside a Ray Train failure, if that is what it was."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if type(e).__name__ == "FileQualityError":
+            return str(e)
+        text = str(e)
+        if "FileQualityError" in text:
+            return text[text.index("FileQualityError"):].split("\n")[0]
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        todo += [v for v in getattr(e, "worker_failures", {}).values()] if isinstance(
+            getattr(e, "worker_failures", None), dict) else []
+    return None
+
+
+def _absolute(path) -> str | None:
+    """An absolute local path (Ray Train workers run in their own directory) or the URL as it is."""
+    from trainer.data import storage
+
+    if path is None:
+        return None
+    return str(path) if storage.is_url(str(path)) else str(Path(path).absolute())
+
+
 def _failure_cause(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) < 600 else text[:600] + " ..."
@@ -88,8 +120,7 @@ def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_di
         client = create_parameter_server(ps_cfg)
     # Ray Train workers run in their own working directory: hand them absolute paths
     config = {"spec": spec, "model_cfg": model_cfg, "train_cfg": train_cfg, "client": client, "run_dir": str(run_dir),
-              "history": str(Path(history).absolute()) if history else None,
-              "incoming": str(Path(incoming).absolute()) if incoming else None,
+              "history": _absolute(history), "incoming": _absolute(incoming),
               "drain": drain, "idle_timeout_s": idle_timeout_s, "store_url": store_url, "snapshots": snapshots,
               "storage_options": storage_options, "version_extra": version_extra or {}}
     use_gpu = torch.cuda.is_available()  # NCCL for the dense all-reduce on GPUs, gloo on CPU
@@ -111,6 +142,9 @@ def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_di
                 trainer.fit()
                 break
             except Exception as exc:  # noqa: BLE001 (a dead shard or worker: restart from the last version)
+                data_error = _data_error(exc)
+                if data_error is not None:  # the same file would fail again: stop and say why
+                    raise DataFileError(data_error) from None
                 if store_url is None or restarts >= max_restarts:
                     raise
                 restarts += 1

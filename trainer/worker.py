@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from trainer.core import TrainerCore
-from trainer.data import DeadLetterWriter, Validator, read_data_file
+from trainer.data import DeadLetterWriter, Validator, check_file_report, read_data_file
 from trainer.data.follow import follow_data_files
 from trainer.runfiles import RunPaths, write_atomic
 from trainer.versioning import VersionKeeper
@@ -54,9 +54,8 @@ def train_loop_per_worker(config: dict) -> None:
                        wrap_model=wrap, device=ray.train.torch.get_device())
     paths = RunPaths(Path(config["run_dir"]))
     dead = DeadLetterWriter(paths.dead_letter if rank == 0 else None)
-    validator = Validator(spec, dead)
-    history = Path(config["history"]) if config.get("history") else None
-    incoming = Path(config["incoming"]) if config.get("incoming") else None
+    validator = Validator(spec, dead, stream=True)  # late events: the spec's lateness policy
+    history, incoming = config.get("history"), config.get("incoming")  # paths or fsspec URLs
     barrier, broadcast = collectives(world)
     keeper = None
     if config.get("store_url"):
@@ -65,16 +64,19 @@ def train_loop_per_worker(config: dict) -> None:
                                barrier=barrier, broadcast=broadcast)
         keeper.restore(reread=lambda name: _reread(name, history, incoming, spec))
     files = 0
-    for path in follow_data_files(history, incoming, core.ledger, config["drain"],
-                                  idle_timeout_s=config.get("idle_timeout_s")):
-        before = validator.report.rows_in
-        batch = read_data_file(path, validator)
-        metrics = core.step_file(batch, path.name, rows_read=validator.report.rows_in - before)
+    for ref in follow_data_files(history, incoming, core.ledger, config["drain"],
+                                 idle_timeout_s=config.get("idle_timeout_s")):
+        batch = read_data_file(ref, validator)
+        report = check_file_report(validator.last_file, config.get("max_dead_share", spec.max_dead_share))
+        metrics = core.step_file(batch, ref, rows_read=report.rows_in, complete=report.complete)
         files += 1
         if rank == 0:
             rate = core.last_trained / metrics.train_seconds if metrics.train_seconds > 0 else float("nan")
             record = {**dataclasses.asdict(metrics), "examples_trained": core.last_trained, "examples_per_s": rate,
                       "cumulative_auc": core.validator.cumulative()["auc"], "ledger_rows": core.ledger.total_rows,
+                      "rows_dead": report.rows_dead, "rows_late": report.rows_late,
+                      "warnings": list(report.warnings) + ([] if report.complete else [report.unreadable or
+                                                           "not read to its end: retried when it changes"]),
                       "step": core.step, "wall_time": time.time()}
             with open(paths.metrics, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
@@ -93,9 +95,13 @@ def train_loop_per_worker(config: dict) -> None:
                       "version": keeper.last_version if keeper else None})
 
 
-def _reread(name: str, history: Path | None, incoming: Path | None, spec):
+def _reread(name: str, history, incoming, spec):
     """A data file a periodic update may revisit after a restore, read again by name."""
+    from trainer.data import storage
+
     for d in (history, incoming):
-        if d is not None and (d / name).exists():
-            return read_data_file(d / name, Validator(spec))
+        if d is not None:
+            path = storage.join(str(d), name)
+            if storage.exists(path):
+                return read_data_file(path, Validator(spec))
     raise FileNotFoundError(f"data file {name} of the restored strategy state is in neither {history} nor {incoming}")

@@ -78,13 +78,19 @@ def run_and_summarise(args, history: Path | None, incoming: Path | None, drain: 
     print(f"parameter server: {cfg.ps.num_shards} shard actors ({cfg.ps.mode}); Ray Train: {cfg.workers} worker(s); "
           f"versions in {args.store or args.run_dir / 'versions'}")
     print(table_header(), flush=True)
+    from trainer.run import DataFileError
+
     with graceful_stop(args.run_dir) as stopping:
-        result, _ = run_ps_training(spec, cfg.model, cfg.train, args.run_dir, ps=cfg.ps, history=history,
-                                    incoming=incoming, drain=drain, num_workers=cfg.workers,
-                                    idle_timeout_s=idle_timeout, store_url=args.store, snapshots=cfg.snapshots,
-                                    version_extra=version_extra(cfg.spec, cfg.to_dict()),
-                                    on_file=lambda i, m: print(table_row(i, m), flush=True),
-                                    on_event=lambda text: print(text, flush=True))
+        try:
+            result, _ = run_ps_training(spec, cfg.model, cfg.train, args.run_dir, ps=cfg.ps, history=history,
+                                        incoming=incoming, drain=drain, num_workers=cfg.workers,
+                                        idle_timeout_s=idle_timeout, store_url=args.store, snapshots=cfg.snapshots,
+                                        version_extra=version_extra(cfg.spec, cfg.to_dict()),
+                                        on_file=lambda i, m: print(table_row(i, m), flush=True),
+                                        on_event=lambda text: print(text, flush=True))
+        except DataFileError as exc:
+            raise UserError(f"{exc} (the versions committed so far are intact; fix the spec or the file and run "
+                            f"the same command again)") from None
     print_summary(result)
     if stopping.requested:
         print("stopped on request: the last version above holds everything trained so far; run the same command "

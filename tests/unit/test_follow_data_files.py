@@ -7,7 +7,8 @@ from trainer.data import DataLedger
 from trainer.data.follow import follow_data_files
 
 
-def _touch(path, text="x"):
+def _touch(path, text=None):
+    text = path.name if text is None else text  # different files have different content
     tmp = path.with_name("." + path.name + ".tmp")  # as split writes: temp name, then rename
     tmp.write_text(text)
     tmp.rename(path)
@@ -48,3 +49,70 @@ def test_new_data_files_are_picked_up_within_a_second(tmp_path):
     writer.join()
     assert sorted(seen) == sorted(landed)
     assert max(seen[n] - landed[n] for n in seen) < 1.0
+
+
+def test_same_name_different_content_both_taken_and_renamed_copy_is_not(tmp_path):
+    history, incoming = tmp_path / "h", tmp_path / "i"
+    history.mkdir(), incoming.mkdir()
+    _touch(history / "part-1.parquet", "window 1, first export")
+    _touch(incoming / "part-1.parquet", "window 1, a different file")
+    ledger = DataLedger()
+    got = []
+    for ref in follow_data_files(history, incoming, ledger, drain=True, poll_s=0.01, settle_s=0.0):
+        got.append(ref)
+        ledger.record(ref, 1, complete=True)
+    assert [r.name for r in got] == ["part-1.parquet", "part-1.parquet"] and got[0].sha256 != got[1].sha256
+    _touch(incoming / "part-2.parquet", "window 1, first export")  # the history file again, renamed
+    assert list(follow_data_files(None, incoming, ledger, drain=True, poll_s=0.01, settle_s=0.0)) == []
+    assert len(ledger.entries) == 2
+
+
+def test_a_file_still_being_written_is_not_taken_early(tmp_path):
+    path = tmp_path / "part-1.csv"
+    stop = threading.Event()
+
+    def copy_slowly():  # a producer that copies in place, ignoring the rename protocol
+        with open(path, "w") as fh:
+            while not stop.is_set():
+                fh.write("1,2,3,pv,1511658000\n")
+                fh.flush()
+                time.sleep(0.02)
+
+    writer = threading.Thread(target=copy_slowly)
+    writer.start()
+    try:
+        it = follow_data_files(None, tmp_path, DataLedger(), drain=False, poll_s=0.05, settle_s=0.3, idle_timeout_s=0.6)
+        t0 = time.monotonic()
+        timer = threading.Timer(0.8, stop.set)
+        timer.start()
+        ref = next(it)
+        assert time.monotonic() - t0 >= 0.8  # only once the writer stopped and the size settled
+        assert ref.sha256 and ref.name == "part-1.csv"
+    finally:
+        stop.set()
+        writer.join()
+
+
+def test_a_file_read_incompletely_is_retried_when_its_content_changes(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from trainer.data import Validator, load_spec, read_data_file
+
+    whole = tmp_path / "whole.parquet"
+    pq.write_table(pa.table({"user_id": [1, 2], "item_id": [3, 4], "category_id": [5, 6], "behavior": ["pv", "buy"],
+                             "ts": [1511658000, 1511658001]}), whole)
+    incoming = tmp_path / "in"
+    incoming.mkdir()
+    target = incoming / "part-1.parquet"
+    target.write_bytes(whole.read_bytes()[:40])  # half-copied
+    ledger, v = DataLedger(), Validator(load_spec("taobao"), stream=True)
+    taken = []
+    for ref in follow_data_files(None, incoming, ledger, drain=False, poll_s=0.02, settle_s=0.0, idle_timeout_s=0.5):
+        batch = read_data_file(ref, v)
+        ledger.record(ref, v.last_file.rows_in, complete=v.last_file.complete)
+        taken.append((len(batch), v.last_file.complete))
+        if not v.last_file.complete:
+            target.write_bytes(whole.read_bytes())  # the copy finishes
+    assert taken == [(0, False), (2, True)]
+    assert [e.complete for e in ledger.entries] in ([False, True], [True, False])

@@ -21,7 +21,8 @@ class RunningStats:
         self.m2 = np.zeros(dim, np.float64)
 
     def update(self, x: np.ndarray) -> "RunningStats":
-        x = np.asarray(x, np.float64).reshape(-1, self.dim)
+        x = np.asarray(x, np.float64)
+        x = x.reshape(len(x), self.dim) if self.dim == 0 else x.reshape(-1, self.dim)
         if len(x):
             other = RunningStats(self.dim, self.eps)
             other.count = len(x)

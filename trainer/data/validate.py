@@ -1,166 +1,172 @@
 """Validation: raw chunks in, good rows out as an EventBatch, every bad row dead-lettered.
 
-The invariant, checked by the property tests::
+The invariant, per file and in total, checked by the property tests::
 
-    rows_in == rows_good + rows_dead + rows_duplicate
+    rows_in == rows_good + rows_dead + rows_duplicate + rows_late
 
 Each rejected row gets the first reason that applies, in this order: could not be
-parsed (reader), missing field, oversized string, unparsable time, not a number,
-non-finite number, out-of-range number, unknown action, event far out of time order
-(older than the latest good event by more than ``max_out_of_order_s``), duplicate
-event id (against the last ``dedup_window`` good events, and within the chunk).
+parsed (reader), then the column reasons of :mod:`trainer.data.parse` (control
+characters, missing field, oversized string, too many items, malformed id, unparsable
+time, time out of range, not a number, non-finite, out of range), unknown action,
+duplicate event id (against the last ``dedup_window`` good events, and within the
+chunk), late event.
+
+Order is never a reason to reject a row in batch mode (the default): ``data split``
+sorts by time. With ``stream=True`` (a trainer following data files as they land) an
+event older than the watermark (the latest good event time so far) minus
+``lateness.allowed_s`` is late: under ``policy: defer`` it is held back, counted in
+``rows_late``, and handed to the consumer with the next data file
+(:meth:`Validator.take_late`, which :func:`trainer.data.read_data_file` calls first);
+under ``policy: dead_letter`` it is dead-lettered with reason ``late event``.
 """
 
 from __future__ import annotations
-
-import dataclasses
-from collections import Counter
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from trainer.data import columns as C
+from trainer.data import storage
 from trainer.data.batch import EventBatch
 from trainer.data.deadletter import DeadLetterWriter
 from trainer.data.dedup import DedupWindow
 from trainer.data.hashing import combine, hash_strings
+from trainer.data.parse import REASON_CODES, Jagged, Rejections, parse_columns, take_value, to_arrow
 from trainer.data.reader import RawChunk
 from trainer.data.reasons import Reason
-from trainer.data.spec import ColumnType, DenseTransform, FeatureSpec
+from trainer.data.report import FileReport, ValidationReport
+from trainer.data.sidetable import LoadedSideTable, load_side_table, resolve_path
+from trainer.data.spec import ColumnType, DenseTransform, FeatureSpec, LatePolicy
 
-_REASON_CODES = list(Reason)
-
-
-@dataclasses.dataclass
-class ValidationReport:
-    rows_in: int = 0
-    rows_good: int = 0
-    rows_dead: int = 0
-    rows_duplicate: int = 0
-    files: int = 0
-    files_unreadable: int = 0
-    by_reason: Counter = dataclasses.field(default_factory=Counter)
-
-    def as_dict(self) -> dict:
-        return {
-            "rows_in": self.rows_in,
-            "rows_good": self.rows_good,
-            "rows_dead": self.rows_dead,
-            "rows_duplicate": self.rows_duplicate,
-            "files": self.files,
-            "files_unreadable": self.files_unreadable,
-            "by_reason": dict(sorted(self.by_reason.items())),
-        }
-
-    @property
-    def balanced(self) -> bool:
-        return self.rows_in == self.rows_good + self.rows_dead + self.rows_duplicate
+_DUP = REASON_CODES.index(Reason.DUPLICATE)
+MAX_FILE_REPORTS = 10_000  # per-file reports kept in ValidationReport.per_file (the latest)
 
 
 class Validator:
-    """Turns RawChunks into EventBatches for one spec, keeping counts, watermark and dedup state."""
+    """Turns RawChunks into EventBatches for one spec, keeping counts, watermark, dedup state
+    and (in a stream) the late rows deferred to the next data file.
 
-    def __init__(self, spec: FeatureSpec, dead_letter: DeadLetterWriter | None = None):
+    ``side_tables`` overrides where a side table is read from: ``{"items": "/data/items.tsv"}``.
+    """
+
+    def __init__(self, spec: FeatureSpec, dead_letter: DeadLetterWriter | None = None, stream: bool = False,
+                 side_tables: dict[str, str] | None = None):
         self.spec = spec
         self.dead_letter = dead_letter or DeadLetterWriter(None)
+        self.stream = stream
         self.report = ValidationReport()
         self.dedup = DedupWindow(spec.dedup_window)
         self.watermark = -(2**62)  # latest good event time, unix seconds (none yet: far past)
+        self.last_file: FileReport | None = None
+        self._file: FileReport | None = None
+        self._late: list[EventBatch] = []
+        self._ordinal = 0  # time: row_order -> the next row's ordinal
+        self._side_paths = dict(side_tables or {})
+        self._side: dict[str, LoadedSideTable] = {}
+
+    # -- files ------------------------------------------------------------------------
+    def start_file(self, name: str) -> FileReport:
+        if self._file is not None:
+            self.finish_file()
+        self.report.files += 1
+        self._file = FileReport(str(name))
+        return self._file
+
+    def finish_file(self) -> FileReport | None:
+        """Close the current file's report (adds its warnings); it becomes ``last_file``."""
+        f, self._file = self._file, None
+        if f is not None:
+            f.finish()
+            self.report.per_file.append(f)
+            if len(self.report.per_file) > MAX_FILE_REPORTS:  # a long stream keeps the latest only
+                del self.report.per_file[: len(self.report.per_file) - MAX_FILE_REPORTS]
+            self.last_file = f
+        return f
+
+    def take_late(self) -> EventBatch | None:
+        """The late rows deferred so far (stream, policy defer), to train with the next data
+        file; None if there are none. They are counted in ``rows_late`` of the file they came from."""
+        late, self._late = self._late, []
+        return EventBatch.concat(late) if late else None
 
     # -- public -----------------------------------------------------------------
     def process(self, chunk: RawChunk) -> EventBatch:
-        rep = self.report
+        if self._file is None:
+            self.start_file(chunk.source)
+        rep, frep = self.report, self._file
+        rows_rej = [r for r in chunk.rejects if r.row > 0]
         for rej in chunk.rejects:
-            if rej.reason is Reason.UNREADABLE_FILE:
+            if rej.row == 0:  # the whole file
                 rep.files_unreadable += 1
-            else:
-                rep.rows_in += 1
-                rep.rows_dead += 1
+                if rej.reason is Reason.HEADER_MISMATCH:
+                    frep.error = rej.detail
+                else:
+                    frep.unreadable = rej.detail
             rep.by_reason[rej.reason.value] += 1
+            frep.by_reason[rej.reason.value] += 1
+        self._count(len(rows_rej), dead=len(rows_rej))
         if chunk.rejects:
             self.dead_letter.write(chunk.source, [r.row for r in chunk.rejects], [r.reason.value for r in chunk.rejects],
                                    [r.detail for r in chunk.rejects], [r.raw for r in chunk.rejects])
         n = chunk.table.num_rows
-        rep.rows_in += n
-        reason = np.full(n, -1, np.int16)  # index into Reason, -1 = good
-        detail = np.full(n, "", object)
-        parsed = self._parse(chunk.table, reason, detail)
-        self._check_order_and_duplicates(parsed, reason, detail)
+        rej = Rejections(n)
+        parsed, missing = self._parse(chunk, rej)
+        late = self._order_and_duplicates(chunk, parsed, rej)
 
-        good = reason < 0
-        dead = np.flatnonzero(~good)
+        dead = np.flatnonzero(~rej.good)
+        dup = 0
         if len(dead):
-            reasons = [_REASON_CODES[c].value for c in reason[dead]]
-            self.dead_letter.write(chunk.source, chunk.rows[dead], reasons, list(detail[dead]), chunk.raw_text(dead))
+            reasons = [REASON_CODES[c].value for c in rej.code[dead]]
+            self.dead_letter.write(chunk.source, chunk.rows[dead], reasons, list(rej.detail[dead]), chunk.raw_text(dead))
             rep.by_reason.update(reasons)
-            dup = int(np.count_nonzero(reason[dead] == _REASON_CODES.index(Reason.DUPLICATE)))
-            rep.rows_duplicate += dup
-            rep.rows_dead += len(dead) - dup
-        rep.rows_good += int(good.sum())
-        return self._batch(chunk, parsed, good)
+            frep.by_reason.update(reasons)
+            dup = int(np.count_nonzero(rej.code[dead] == _DUP))
+        good = rej.good & ~late
+        batch = self._batch(chunk, parsed, missing, good)
+        self._count(n, good=int(good.sum()), dead=len(dead) - dup, dup=dup, late=int(late.sum()))
+        frep.positives += int((batch.label > 0.5).sum())
+        if late.any():
+            self._late.append(self._batch(chunk, parsed, missing, late))
+        return batch
+
+    def _count(self, rows_in: int, good: int = 0, dead: int = 0, dup: int = 0, late: int = 0) -> None:
+        for r in (self.report, self._file):
+            r.rows_in += rows_in
+            r.rows_good += good
+            r.rows_dead += dead
+            r.rows_duplicate += dup
+            r.rows_late += late
 
     # -- parsing ----------------------------------------------------------------
-    def _parse(self, table: pa.Table, reason: np.ndarray, detail: np.ndarray) -> dict[str, np.ndarray]:
-        spec, n = self.spec, table.num_rows
-        raw: dict[str, pa.Array] = {}
-        for col in spec.columns:
-            if col.source_name in table.column_names:
-                raw[col.name] = C.combined(table.column(col.source_name))
+    def _parse(self, chunk: RawChunk, rej: Rejections) -> tuple[dict, dict]:
+        spec, table, n = self.spec, chunk.table, chunk.table.num_rows
+        parsed, missing = parse_columns(table, spec.columns, spec.null_tokens, rej)
+        for side in spec.side_tables:
+            present = all(c.name in table.column_names for c in side.joined)
+            if present or n == 0:  # a data file written by split carries the joined columns
+                p, m = parse_columns(table, side.joined, spec.null_tokens, rej)
             else:
-                raw[col.name] = pa.nulls(n, pa.string())
-
-        def reject(mask: np.ndarray, why: Reason, what: str) -> None:
-            hit = mask & (reason < 0)
-            reason[hit] = _REASON_CODES.index(why)
-            detail[hit] = what
-
-        for col in spec.columns:
-            arr = raw[col.name]
-            if col.required:
-                reject(C.missing(arr), Reason.MISSING_FIELD, col.name)
-            if C.is_nested(arr) and not pa.types.is_null(arr.type):
-                reject(np.ones(n, bool), Reason.NOT_A_NUMBER if col.type is not ColumnType.STRING else Reason.MISSING_FIELD, f"{col.name}: unsupported type {arr.type}")
-        for col in spec.columns:
-            if col.type in (ColumnType.STRING, ColumnType.ID):
-                reject(C.text_length(raw[col.name]) > col.max_len, Reason.OVERSIZED_STRING, f"{col.name} longer than {col.max_len}")
-
-        parsed: dict[str, np.ndarray] = {}
-        for col in spec.columns:
-            arr = raw[col.name]
-            # an optional column's empty values parse as zeros and are never rejected
-            optional_gap = C.missing(arr) if not col.required else np.zeros(n, bool)
-            if col.type is ColumnType.TIMESTAMP:
-                values, bad = C.parse_time(arr, col.unit)
-                reject(bad & ~optional_gap, Reason.UNPARSABLE_TIME, col.name)
-            elif col.type is ColumnType.ID:
-                values, bad = C.parse_id(arr)
-                reject(bad & ~optional_gap, Reason.NOT_A_NUMBER, col.name)
-            elif col.type in (ColumnType.INT, ColumnType.FLOAT):
-                values, bad = C.parse_int(arr) if col.type is ColumnType.INT else C.parse_float(arr)
-                reject(bad & ~optional_gap, Reason.NOT_A_NUMBER, col.name)
-                if col.type is ColumnType.FLOAT:
-                    reject(~np.isfinite(values) & ~optional_gap, Reason.NON_FINITE, col.name)
-                with np.errstate(invalid="ignore"):
-                    if col.min is not None:
-                        reject((values < col.min) & ~optional_gap, Reason.OUT_OF_RANGE, f"{col.name} < {col.min}")
-                    if col.max is not None:
-                        reject((values > col.max) & ~optional_gap, Reason.OUT_OF_RANGE, f"{col.name} > {col.max}")
-            else:  # STRING: keep the arrow array; hash for keys
-                values = arr
-            parsed[col.name] = values
-
+                p, m = self._side_table(side, chunk.source).join(parsed[side.on])
+            parsed.update(p)
+            missing.update(m)
         if spec.actions is not None:
+            raw = table.column(spec.column_map[spec.actions.column].source_name) \
+                if spec.column_map[spec.actions.column].source_name in table.column_names else pa.nulls(n, pa.string())
+            raw = C.combined(raw)
+            act = pc.utf8_trim_whitespace(pc.cast(raw, pa.string())) if not C.is_nested(raw) else pa.nulls(n, pa.string())
             known = pa.array(list(spec.actions.values), pa.string())
-            act = pc.utf8_trim_whitespace(pc.cast(raw[spec.actions.column], pa.string())) if not C.is_nested(raw[spec.actions.column]) else pa.nulls(n, pa.string())
-            is_known = C.to_numpy(pc.fill_null(pc.is_in(act, value_set=known), False))
-            reject(~is_known, Reason.UNKNOWN_ACTION, spec.actions.column)
+            rej(~C.to_numpy(pc.fill_null(pc.is_in(act, value_set=known), False)), Reason.UNKNOWN_ACTION, spec.actions.column)
             parsed[spec.actions.column] = act
-        for f in spec.dense:
-            if f.transform is DenseTransform.LOG1P:
-                with np.errstate(invalid="ignore"):
-                    reject(~(parsed[f.column] > -1), Reason.OUT_OF_RANGE, f"{f.column} <= -1 (log1p)")
-        return parsed
+        return parsed, missing
+
+    def _side_table(self, side, source: str) -> LoadedSideTable:
+        if side.name not in self._side:
+            path = resolve_path(side, source, self.spec.spec_dir, self._side_paths.get(side.name))
+            loaded = self._side[side.name] = load_side_table(side, path, self.dead_letter)
+            if loaded.warning and self._file is not None:
+                self._file.warnings.append(loaded.warning)
+        return self._side[side.name]
 
     def _key(self, name: str, values) -> np.ndarray:
         col = self.spec.column_map[name]
@@ -171,39 +177,53 @@ class Validator:
         return np.asarray(values, np.int64)
 
     # -- order and duplicates --------------------------------------------------------
-    def _check_order_and_duplicates(self, parsed: dict, reason: np.ndarray, detail: np.ndarray) -> None:
-        spec = self.spec
+    def _order_and_duplicates(self, chunk: RawChunk, parsed: dict, rej: Rejections) -> np.ndarray:
+        """Mark duplicates (and, in a stream, late rows); return the deferred-late mask."""
+        spec, n = self.spec, chunk.table.num_rows
+        if spec.row_order:
+            parsed["__ts"] = self._ordinal + np.arange(n, dtype=np.int64)
+            self._ordinal += n
+        else:
+            parsed["__ts"] = np.asarray(parsed[spec.time_column], np.int64)
         if spec.event_id_column:
             parsed["__event_id"] = self._key(spec.event_id_column, parsed[spec.event_id_column])
-        else:
+        elif spec.event_id_derive:
             parsed["__event_id"] = combine([self._key(c, parsed[c]) for c in spec.event_id_derive])
-        ts = parsed[spec.time_column]
-        cand = np.flatnonzero(reason < 0)
-        if len(cand):
-            t = ts[cand]
-            prefix = np.maximum.accumulate(np.concatenate([[self.watermark], t]))[:-1]
-            late = t < prefix - spec.max_out_of_order_s
-            reason[cand[late]] = _REASON_CODES.index(Reason.OUT_OF_ORDER)
-            detail[cand[late]] = f"older than the latest event by more than {spec.max_out_of_order_s}s"
-        cand = np.flatnonzero(reason < 0)
-        if len(cand):
+        else:  # event_id: row -> the file's name and the row number
+            name = hash_strings(pa.array([storage.base_name(chunk.source)]))[0]
+            parsed["__event_id"] = combine([np.full(n, name, np.int64), chunk.rows])
+        late = np.zeros(n, bool)
+        cand = np.flatnonzero(rej.good)
+        if len(cand) and not spec.event_id_row:
             eid = parsed["__event_id"][cand]
             _, first = np.unique(eid, return_index=True)
             repeat = np.ones(len(cand), bool)
             repeat[first] = False
             repeat |= self.dedup.contains(eid)
-            reason[cand[repeat]] = _REASON_CODES.index(Reason.DUPLICATE)
-            detail[cand[repeat]] = "event id seen before"
-            keep = cand[~repeat]
-            self.dedup.add(parsed["__event_id"][keep])
-            if len(keep):
-                self.watermark = max(self.watermark, int(ts[keep].max()))
+            rej(_mask(n, cand[repeat]), Reason.DUPLICATE, "event id seen before")
+            self.dedup.add(parsed["__event_id"][cand[~repeat]])
+        cand = np.flatnonzero(rej.good)
+        if len(cand) and self.stream and not spec.row_order:
+            ts = parsed["__ts"][cand]
+            prefix = np.maximum.accumulate(np.concatenate([[self.watermark], ts]))[:-1]
+            is_late = ts < prefix - spec.lateness.allowed_s
+            if spec.lateness.policy is LatePolicy.DEAD_LETTER:
+                rej(_mask(n, cand[is_late]), Reason.LATE,
+                    f"older than the watermark by more than {spec.lateness.allowed_s}s")
+            else:
+                late[cand[is_late]] = True
+            on_time = cand[~is_late]
+            if len(on_time):
+                self.watermark = max(self.watermark, int(parsed["__ts"][on_time].max()))
+        elif len(cand) and not spec.row_order:
+            self.watermark = max(self.watermark, int(parsed["__ts"][cand].max()))
+        return late
 
     # -- output -----------------------------------------------------------------------
-    def _batch(self, chunk: RawChunk, parsed: dict, good: np.ndarray) -> EventBatch:
+    def _batch(self, chunk: RawChunk, parsed: dict, missing: dict, keep: np.ndarray) -> EventBatch:
         spec = self.spec
-        idx = np.flatnonzero(good)
-        ts = np.asarray(parsed[spec.time_column], np.int64)[idx]
+        idx = np.flatnonzero(keep)
+        ts = parsed["__ts"][idx]
         if spec.label.actions:
             act = parsed[spec.actions.column].take(pa.array(idx, pa.int64()))
             label = C.to_numpy(pc.fill_null(pc.is_in(act, value_set=pa.array(list(spec.label.actions))), False))
@@ -211,33 +231,47 @@ class Validator:
             label = np.asarray(parsed[spec.label.column], np.float64)[idx] >= spec.label.threshold
         dense = np.zeros((len(idx), len(spec.dense)), np.float32)
         for j, f in enumerate(spec.dense):
-            v = parsed[f.column][idx]
-            if f.transform is DenseTransform.HOUR_OF_DAY:
-                dense[:, j] = (v // 3600) % 24
-            elif f.transform is DenseTransform.DAY_OF_WEEK:
-                dense[:, j] = (v // 86400 + 3) % 7
-            elif f.transform is DenseTransform.LOG1P:
-                dense[:, j] = np.log1p(np.asarray(v, np.float64))
-            else:
-                dense[:, j] = v
+            dense[:, j] = dense_values(f, parsed[f.column], missing.get(f.column), idx)
         event_id = parsed["__event_id"][idx]
+        everything = len(idx) == len(keep)  # the usual case: no copies
+
+        def rows(value):
+            return value if everything else take_value(value, idx)
+
         cols = {"event_id": pa.array(event_id, pa.int64())}
-        take = pa.array(idx, pa.int64())
-        for col in spec.columns:
-            v = parsed[col.name]
-            if col.type is ColumnType.STRING:
-                cols[col.name] = pc.cast(v, pa.string()).take(take)
-            elif col.type is ColumnType.FLOAT:
-                cols[col.name] = pa.array(np.asarray(v, np.float64)[idx])
+        for col in spec.column_map.values():
+            cols[col.name] = to_arrow(col, rows(parsed[col.name]))
+        sparse, lengths = {}, {}
+        for f in spec.sparse:
+            v = rows(parsed[f.column])
+            if isinstance(v, Jagged):
+                sparse[f.name], lengths[f.name] = v.values, v.lengths
             else:
-                cols[col.name] = pa.array(np.asarray(v, np.int64)[idx])
-        return EventBatch(
-            source=chunk.source,
-            event_id=event_id,
-            ts=ts,
-            label=label.astype(np.float32),
-            sparse={f.name: np.asarray(parsed[f.column], np.int64)[idx] for f in spec.sparse},
-            dense=dense,
-            rows=chunk.rows[idx],
-            table=pa.table(cols),
-        )
+                sparse[f.name] = np.asarray(v, np.int64)
+        return EventBatch(source=chunk.source, event_id=event_id, ts=ts, label=label.astype(np.float32), sparse=sparse,
+                          dense=dense, rows=chunk.rows[idx], table=pa.table(cols), lengths=lengths)
+
+
+def _mask(n: int, index: np.ndarray) -> np.ndarray:
+    m = np.zeros(n, bool)
+    m[index] = True
+    return m
+
+
+def dense_values(f, values, missing: np.ndarray | None, idx: np.ndarray) -> np.ndarray:
+    """One dense feature for rows ``idx`` (see DenseTransform); never rejects a row."""
+    if f.transform is DenseTransform.MISSING:
+        return missing[idx].astype(np.float32) if missing is not None else np.zeros(len(idx), np.float32)
+    v = np.asarray(values)[idx]
+    if f.transform is DenseTransform.HOUR_OF_DAY:
+        return (v // 3600) % 24
+    if f.transform is DenseTransform.DAY_OF_WEEK:
+        return (v // 86400 + 3) % 7
+    x = v.astype(np.float64) + f.shift
+    if f.clip_min is not None or f.clip_max is not None:
+        x = np.clip(x, f.clip_min if f.clip_min is not None else -np.inf, f.clip_max if f.clip_max is not None else np.inf)
+    if f.transform is DenseTransform.LOG1P:
+        return np.log1p(np.maximum(x, 0.0))
+    if f.transform is DenseTransform.BUCKETIZE:
+        return np.searchsorted(np.asarray(f.boundaries, np.float64), x, side="right").astype(np.float64)
+    return x

@@ -1,0 +1,143 @@
+"""Where data files live: local paths or fsspec URLs (``s3://bucket/prefix/``, ``gs://``, ...).
+
+Local paths use the standard library (fast, no extra dependency); a URL goes through
+fsspec, so any filesystem fsspec knows works once its package is installed (``s3fs``
+for S3). Credentials and endpoints come from the usual environment, e.g. for S3
+``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and ``AWS_ENDPOINT_URL``.
+
+    list_files("s3://logs/incoming/")   -> [FileInfo("s3://logs/incoming/part-1.csv", size=..., mtime=...)]
+    open_binary("s3://logs/incoming/part-1.csv")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import IO
+
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+://")
+HASH_BLOCK = 1 << 20
+
+
+def is_url(path: str | os.PathLike) -> bool:
+    return isinstance(path, str) and bool(_URL.match(path)) and not path.startswith("file://")
+
+
+def base_name(path: str | os.PathLike) -> str:
+    """The file name of a path or URL."""
+    return str(path).rstrip("/").rsplit("/", 1)[-1] if is_url(str(path)) else Path(path).name
+
+
+def parent_of(path: str | os.PathLike) -> str:
+    s = str(path)
+    return s.rstrip("/").rsplit("/", 1)[0] if is_url(s) else str(Path(s).parent)
+
+
+def join(directory: str, name: str) -> str:
+    return directory.rstrip("/") + "/" + name if is_url(directory) else str(Path(directory) / name)
+
+
+def _fs(url: str):
+    import fsspec
+
+    fs, _, paths = fsspec.get_fs_token_paths(url)
+    return fs, paths[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class FileInfo:
+    path: str  # local path or URL
+    size: int
+    mtime: float  # seconds; 0.0 where the filesystem does not say
+
+    @property
+    def name(self) -> str:
+        return base_name(self.path)
+
+
+def _mtime(info: dict) -> float:
+    for key in ("mtime", "LastModified", "last_modified", "updated", "created"):
+        v = info.get(key)
+        if v is None:
+            continue
+        if hasattr(v, "timestamp"):
+            return float(v.timestamp())
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            continue
+    return 0.0
+
+
+def exists(path: str | os.PathLike) -> bool:
+    if is_url(str(path)):
+        fs, p = _fs(str(path))
+        return fs.exists(p)
+    return Path(path).exists()
+
+
+def is_dir(path: str | os.PathLike) -> bool:
+    s = str(path)
+    if is_url(s):
+        fs, p = _fs(s)
+        return s.endswith("/") or fs.isdir(p)
+    return Path(path).is_dir()
+
+
+def list_files(directory: str | os.PathLike) -> list[FileInfo]:
+    """The plain files directly in ``directory`` (fresh: never from a listing cache)."""
+    s = str(directory)
+    if is_url(s):
+        fs, p = _fs(s)
+        fs.invalidate_cache(p)
+        proto = s.split("://", 1)[0]
+        try:
+            listing = fs.ls(p, detail=True)
+        except FileNotFoundError:  # an object-store prefix with no objects yet is simply empty
+            return []
+        out = []
+        for info in listing:
+            if info.get("type") != "file":
+                continue
+            name = info["name"]
+            url = name if _URL.match(name) else f"{proto}://{name}"
+            out.append(FileInfo(url, int(info.get("size") or 0), _mtime(info)))
+        return out
+    out = []
+    with os.scandir(s) as it:
+        for entry in it:
+            if entry.is_file():
+                st = entry.stat()
+                out.append(FileInfo(entry.path, st.st_size, st.st_mtime))
+    return out
+
+
+def stat(path: str | os.PathLike) -> FileInfo:
+    s = str(path)
+    if is_url(s):
+        fs, p = _fs(s)
+        info = fs.info(p)
+        return FileInfo(s, int(info.get("size") or 0), _mtime(info))
+    st = os.stat(s)
+    return FileInfo(s, st.st_size, st.st_mtime)
+
+
+def open_binary(path: str | os.PathLike) -> IO[bytes]:
+    s = str(path)
+    if is_url(s):
+        import fsspec
+
+        return fsspec.open(s, "rb").open()
+    return open(s, "rb")
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """Hex sha256 of the file's bytes (what identifies a data file in the ledger)."""
+    h = hashlib.sha256()
+    with open_binary(path) as fh:
+        while block := fh.read(HASH_BLOCK):
+            h.update(block)
+    return h.hexdigest()
