@@ -75,6 +75,7 @@ class VersionKeeper:
         self.failures = 0
         self.max_failures = 3  # consecutive failed versions before the run stops with the error
         self._consecutive_failures = 0
+        self._cut_step = 0  # the step of the last version cut (or restored)
         self._writer: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -92,6 +93,7 @@ class VersionKeeper:
         self.core.import_state(arrays, meta, reread)
         self.policy.restored(self.core.step, time.time(), chain_length=len(self.store.chain(version)))
         self.last_version = version
+        self._cut_step = self.core.step
         return version
 
     # -------------------------------------------------------------------- cut
@@ -114,6 +116,7 @@ class VersionKeeper:
         if decision is None:
             return False
         kind = decision.kind
+        self._cut_step = self.core.step  # every rank: the same step (finish() decides on it)
         self.barrier()  # every rank has waited for its pushes: all steps are applied
         if self.rank == 0:
             cut_id = uuid.uuid4().hex
@@ -128,6 +131,14 @@ class VersionKeeper:
             self._writer.start()
         self.barrier()  # training resumes
         return True
+
+    def finish(self) -> None:
+        """Every rank, at the end of a run (drained, idle, or stopped): a final version if anything was
+        trained since the last one, then wait until it is committed."""
+        if self.core.step != self._cut_step:
+            self.after_file(force=True)
+        if self.rank == 0:
+            self.wait()
 
     def _write(self, cut_id: str, decision, step: int, arrays: dict, meta: dict, pause_ms: float) -> None:
         kind = decision.kind

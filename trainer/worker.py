@@ -64,8 +64,7 @@ def train_loop_per_worker(config: dict) -> None:
                                barrier=barrier, broadcast=broadcast)
         keeper.restore(reread=lambda name: _reread(name, history, incoming, spec))
     files = 0
-    for ref in follow_data_files(history, incoming, core.ledger, config["drain"],
-                                 idle_timeout_s=config.get("idle_timeout_s")):
+    for ref in _followed(rank, broadcast, history, incoming, core.ledger, config, paths):
         batch = read_data_file(ref, validator)
         report = check_file_report(validator.last_file, config.get("max_dead_share", spec.max_dead_share))
         metrics = core.step_file(batch, ref, rows_read=report.rows_in, complete=report.complete)
@@ -81,18 +80,33 @@ def train_loop_per_worker(config: dict) -> None:
             with open(paths.metrics, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
             write_atomic(paths.ledger, core.ledger.to_json())
-        stop = broadcast(paths.stop.exists() if rank == 0 else None)
+        stop = broadcast(paths.stop.exists() if rank == 0 else None)  # one decision for every rank
         if keeper is not None:
             keeper.after_file(force=bool(stop))
         if stop:
             break
     dead.close()
-    if keeper is not None and rank == 0:
-        keeper.wait()
+    if keeper is not None:
+        keeper.finish()
     if rank == 0:
         torch.save(core.state_dict(), paths.dense)
     ray.train.report({"files": files, "steps": core.step, "examples": core.examples_trained,
                       "version": keeper.last_version if keeper else None})
+
+
+def _followed(rank: int, broadcast, history, incoming, ledger, config: dict, paths: RunPaths):
+    """The data files to train on, in the same order on every rank: rank 0 follows the directories
+    and broadcasts each file (None: the end, also on a stop request while it waits for files)."""
+    files = None
+    if rank == 0:
+        files = follow_data_files(history, incoming, ledger, config["drain"], idle_timeout_s=config.get("idle_timeout_s"),
+                                  stop=paths.stop.exists)
+    while True:
+        ref = next(files, None) if rank == 0 else None
+        ref = broadcast(ref)
+        if ref is None:
+            return
+        yield ref
 
 
 def _reread(name: str, history, incoming, spec):

@@ -24,14 +24,15 @@ from trainer.data.pipeline import expand_inputs, is_data_file_name
 
 def follow_data_files(history: str | os.PathLike | None, incoming: str | os.PathLike | None, ledger: DataLedger,
                       drain: bool, poll_s: float = 0.2, idle_timeout_s: float | None = None,
-                      settle_s: float | None = None) -> Iterator[DataFileRef]:
+                      settle_s: float | None = None, stop=None) -> Iterator[DataFileRef]:
     """Yield DataFileRefs in name order, each once: first ``history``, then ``incoming`` as they land.
 
     New files in ``incoming`` are noticed within ``poll_s`` (plus ``settle_s``, default
     ``poll_s``: a file must keep its size for that long). With ``drain`` the iterator ends
     once every settled data file present has been yielded; otherwise it waits for more
-    (until ``idle_timeout_s`` without a new or changing data file, if given). The consumer records
-    each file in ``ledger`` (complete only if it was read to its end).
+    (until ``idle_timeout_s`` without a new or changing data file, if given, or until
+    ``stop()`` returns true). The consumer records each file in ``ledger`` (complete only if it
+    was read to its end).
     """
     yielded: set[str] = set()
     if history is not None:
@@ -77,5 +78,7 @@ def follow_data_files(history: str | os.PathLike | None, incoming: str | os.Path
             if drain and not waiting:
                 return
             if idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
+                return
+            if stop is not None and stop():
                 return
             time.sleep(poll_s)
