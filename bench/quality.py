@@ -17,7 +17,7 @@ from pathlib import Path
 from trainer.data.fetch import SHARED_ML100K as ML100K
 from trainer.data.fetch import SHARED_TAOBAO as TAOBAO
 
-DESCRIPTION = ("AUC of incremental training (each shard once, in time order) vs a full retrain from scratch "
+DESCRIPTION = ("AUC of incremental training (each data file once, in time order) vs a full retrain from scratch "
                "at each point, on real data; compute_ratio = incremental / full-retrain examples")
 
 # Per data set, tuned for the best full-retrain AUC and used by both sides alike (the sweep is
@@ -27,16 +27,24 @@ DEFAULTS = {
     "taobao": dict(batch_size=256, sparse_lr=0.03, dense_lr=0.003, init_scale=0.01, epochs=1),
     "movielens": dict(batch_size=256, sparse_lr=0.1, dense_lr=0.01, init_scale=0.01, epochs=2),
 }
+DEFAULTS["movielens_genres"] = DEFAULTS["movielens"]
+# preset -> (spec, shared input, how it is cut into data files)
+PRESETS = {"taobao": ("taobao", TAOBAO, "every"), "movielens": ("movielens100k", ML100K, "files"),
+           "movielens_genres": ("movielens100k_genres", ML100K, "files")}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", choices=("taobao", "movielens"), default="taobao")
-    p.add_argument("--input", type=Path, default=None,
-                   help="data file (default: the shared Taobao CSV or ml-100k.inter)")
-    p.add_argument("--points", type=int, default=0, help="evaluation points spread over the log (0: every shard)")
-    p.add_argument("--warmup", type=int, default=4, help="shards before the first point")
-    p.add_argument("--every", default="5m", help="Taobao shard length (default 5m)")
-    p.add_argument("--shards", type=int, default=20, help="MovieLens: equal-count shards by timestamp")
+    p.add_argument("--dataset", choices=tuple(PRESETS), default="taobao",
+                   help="a preset: its spec, the shared data file, how it is cut, tuned learning rates")
+    p.add_argument("--spec", default=None, help="any feature spec (YAML or built-in name); with --data")
+    p.add_argument("--data", nargs="+", default=None, metavar="PATH",
+                   help="the log(s) to replay with --spec (default: the preset's shared file)")
+    p.add_argument("--input", type=Path, default=None, help=argparse.SUPPRESS)  # older name of --data
+    p.add_argument("--points", type=int, default=0, help="evaluation points spread over the log (0: every data file)")
+    p.add_argument("--warmup", type=int, default=4, help="data files before the first point")
+    p.add_argument("--every", default=None, help="cut into time windows of this length (Taobao preset: 5m)")
+    p.add_argument("--files", type=int, default=None,
+                   help="cut into this many equal-count data files in time order (MovieLens presets: 20)")
     p.add_argument("--epochs", type=int, default=None, help="full-retrain epochs k (default: per data set)")
     p.add_argument("--interaction", choices=("dcn", "dot"), default="dcn")
     p.add_argument("--batch-size", type=int, default=None, help="default: per data set (see DEFAULTS)")
@@ -54,27 +62,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     import torch
 
+    from common.config import ConfigError
     from cluster.errors import UserError
     from trainer.config import ModelConfig, TrainConfig
     from trainer.data import load_spec
     from trainer.data.split import parse_duration
-    from trainer.quality import choose_points, movielens_files, run_quality, taobao_files
+    from trainer.quality import choose_points, log_files, run_quality
 
     torch.set_num_threads(args.threads)
-    path = args.input or (TAOBAO if args.dataset == "taobao" else ML100K)
-    if not Path(path).exists():
-        raise UserError(f"{path} not found: pass --input, or see ../shared/data/README.md")
+    preset_spec, preset_input, preset_cut = PRESETS[args.dataset]
+    if args.data and not args.spec:
+        raise UserError("--data needs --spec (the feature spec of that data)")
+    inputs = args.data or [args.input or preset_input]
+    for path in inputs:
+        if "://" not in str(path) and not Path(path).exists():
+            raise UserError(f"{path} not found: pass --data, or see ../shared/data/README.md")
+    if args.every and args.files:
+        raise UserError("give --every or --files, not both")
+    try:
+        spec = load_spec(args.spec or preset_spec)
+        every = parse_duration(args.every) if args.every else None
+    except (ConfigError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    n_files = args.files
+    if every is None and n_files is None:
+        every, n_files = (parse_duration("5m"), None) if preset_cut == "every" and not args.spec else (None, 20)
     t0 = time.perf_counter()
-    if args.dataset == "taobao":
-        spec = load_spec("taobao")
-        shards, names = taobao_files(path, parse_duration(args.every))
-    else:
-        spec = load_spec("movielens100k")
-        shards, names = movielens_files(path, args.shards)
+    shards, names = log_files(spec, inputs, every_s=every, n_files=n_files)
     points = choose_points([len(s) for s in shards], args.warmup, args.points)
     if not points:
-        raise UserError(f"no evaluation point: {len(shards)} shards and --warmup {args.warmup}")
-    d = DEFAULTS[args.dataset]
+        raise UserError(f"no evaluation point: {len(shards)} data files and --warmup {args.warmup}")
+    d = DEFAULTS[args.dataset] if not args.spec else DEFAULTS["taobao"]
 
     def pick(name):
         value = getattr(args, name)
@@ -83,11 +101,12 @@ def run(args: argparse.Namespace) -> dict:
     train = TrainConfig(batch_size=pick("batch_size"), sparse_lr=pick("sparse_lr"), dense_lr=pick("dense_lr"),
                         init_scale=pick("init_scale"), seed=args.seed, epochs_full_retrain=pick("epochs"))
     model = ModelConfig(interaction=args.interaction, bottom_mlp=(16,))
-    result = run_quality(args.dataset, spec, shards, names, model, train, points)
-    out = {"dataset": args.dataset, **result.summary(), "wall_s": time.perf_counter() - t0,
+    dataset = spec.name if args.spec else args.dataset
+    result = run_quality(dataset, spec, shards, names, model, train, points)
+    out = {"dataset": dataset, "spec": spec.name, **result.summary(), "wall_s": time.perf_counter() - t0,
            "config": {k: getattr(train, k) for k in ("batch_size", "sparse_lr", "dense_lr", "init_scale", "seed")}
-           | {"interaction": args.interaction, "shards_every": args.every if args.dataset == "taobao" else
-              f"{args.shards} equal-count"}}
+           | {"interaction": args.interaction,
+              "files": f"every {args.every or '5m'}" if every else f"{n_files} equal-count"}}
     if args.strategies:
         from trainer.quality import run_strategy
         from trainer.strategies import FusionPolicy, OnlinePolicy, PeriodicPolicy

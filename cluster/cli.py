@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "cluster.commands.demo",
     "cluster.commands.data",
     "cluster.commands.train",
+    "cluster.commands.evaluate",
     "cluster.commands.config",
     "cluster.commands.snapshots",
     "cluster.commands.bench",

@@ -90,34 +90,46 @@ class QualityResult:
 
 
 # ---------------------------------------------------------------- data sets
-def taobao_files(csv: str | Path, every_s: int = 300, work_dir: str | Path | None = None
-                  ) -> tuple[list[EventBatch], list[str]]:
-    """The Taobao log split into ``every_s``-second files (parquet, in a temp dir), read back."""
+def log_files(spec, inputs: Sequence[str | Path], every_s: int | None = None, n_files: int | None = None,
+              work_dir: str | Path | None = None) -> tuple[list[EventBatch], list[str]]:
+    """Any log replayed as data files, for a feature spec: ``every_s``-second time windows (split
+    as ``freshrec data split`` does, parquet in a temp dir, read back), or ``n_files`` files of
+    equal count in time order (row order for a spec without a time column)."""
     from trainer.data.split import split_into_files
 
-    spec = load_spec("taobao")
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        result = split_into_files([csv], Validator(spec), every_s, tmp, progress=False)
-        v = Validator(spec)
-        batches = [read_data_file(p, v) for p in result.files]
-        names = [p.stem for p in result.files]
-    return batches, names
+    if (every_s is None) == (n_files is None):
+        raise ValueError("log_files: give exactly one of every_s or n_files")
+    if every_s is not None:
+        with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+            result = split_into_files(list(inputs), Validator(spec), every_s, tmp, progress=False)
+            v = Validator(spec)
+            batches = [read_data_file(p, v) for p in result.files]
+            names = [p.stem for p in result.files]
+        return batches, names
+    batch = EventBatch.concat(list(iter_batches(list(inputs), Validator(spec), progress=False)))
+    batch = batch.take(np.argsort(batch.ts, kind="stable"))
+    bounds = np.linspace(0, len(batch), n_files + 1).round().astype(np.int64)
+    files = [batch.take(np.arange(lo, hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    names = [f"part-{i:02d}-" + time.strftime("%Y%m%d", time.gmtime(int(f.ts[0]))) if len(f) else f"part-{i:02d}"
+             for i, f in enumerate(files)]
+    return files, names
 
 
-def movielens_files(inter: str | Path, n_files: int = 20) -> tuple[list[EventBatch], list[str]]:
+def taobao_files(csv: str | Path, every_s: int = 300, work_dir: str | Path | None = None
+                 ) -> tuple[list[EventBatch], list[str]]:
+    """The Taobao log split into ``every_s``-second files."""
+    return log_files(load_spec("taobao"), [csv], every_s=every_s, work_dir=work_dir)
+
+
+def movielens_files(inter: str | Path, n_files: int = 20, spec: str = "movielens100k") -> tuple[list[EventBatch], list[str]]:
     """MovieLens-100K sorted by timestamp and cut into ``n_files`` files of equal count.
 
     Equal counts rather than calendar weeks: ratings are very unevenly spread over the 7
     months (a few weeks hold a large part of them), so weekly files would range from a
     few hundred to over ten thousand rows and the per-file AUC would be noisy where small.
     """
-    spec = load_spec("movielens100k")
-    batch = EventBatch.concat(list(iter_batches([inter], Validator(spec), progress=False)))
-    batch = batch.take(np.argsort(batch.ts, kind="stable"))
-    bounds = np.linspace(0, len(batch), n_files + 1).round().astype(np.int64)
-    files = [batch.take(np.arange(lo, hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
-    names = [f"ml-{i:02d}-" + time.strftime("%Y%m%d", time.gmtime(int(s.ts[0]))) for i, s in enumerate(files)]
-    return files, names
+    files, names = log_files(load_spec(spec), [inter], n_files=n_files)
+    return files, [n.replace("part-", "ml-", 1) for n in names]
 
 
 def choose_points(file_rows: Sequence[int], warmup: int, points: int, min_rows: int = 1000) -> list[int]:

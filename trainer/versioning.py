@@ -187,6 +187,39 @@ class VersionKeeper:
                                f"{type(exc).__name__}: {exc}") from exc
 
 
+def load_trainer(store_url: str, version: int | None = None, spec=None, storage_options: dict | None = None):
+    """A :class:`trainer.local.LocalTrainer` holding committed ``version`` (default: the newest valid
+    one) of a store: embeddings, dense state, statistics, ledger. It scores exactly as the run did.
+    ``spec`` overrides the feature spec stored with the version (e.g. to point a side table elsewhere).
+    Returns (trainer, manifest)."""
+    import yaml
+
+    from trainer.config import ModelConfig, PSOptions, TrainConfig, model_config_from_dict
+    from trainer.data.spec import spec_from_dict
+    from trainer.local import LocalTrainer
+    from versions import NoSuchVersionError
+
+    store = VersionStore(str(store_url), storage_options)
+    if version is None:
+        version = store.latest_valid()
+        if version is None:
+            raise NoSuchVersionError(None, store.versions())
+    manifest = store.manifest(version)
+    extra = manifest.extra
+    config = extra.get("config", {})
+    if spec is None:
+        if "spec_yaml" not in extra:
+            raise ValueError(f"version {version} does not carry its feature spec: pass the spec explicitly")
+        spec = spec_from_dict(yaml.safe_load(extra["spec_yaml"]), where=f"the spec of version {version}")
+    model_cfg = model_config_from_dict(config["model"]) if "model" in config else ModelConfig()
+    train_cfg = TrainConfig.from_dict(config["train"]) if "train" in config else TrainConfig()
+    ps = PSOptions.from_dict(config["ps"]) if "ps" in config else PSOptions()
+    trainer = LocalTrainer(spec, model_cfg, train_cfg, ps)
+    trainer.backend.restore(str(store_url), version, storage_options)
+    trainer.import_state(store.read_part(version, CORE_PART), manifest.part(CORE_PART).meta["core"])
+    return trainer, manifest
+
+
 def version_extra(spec_source: str, run_config: dict | None = None) -> dict:
     """What every manifest carries so that a version is self-contained: the feature spec's YAML text
     (``spec_source`` is a spec file or a built-in name) and the run's configuration."""

@@ -57,17 +57,22 @@ def _demo(args: argparse.Namespace) -> int:
           f"(balanced: {r.balanced}); {len(result.files)} data files in {out / 'data'}")
     for reason, count in sorted(r.by_reason.items()):
         print(f"      dead-letter {reason}: {count:,}")
-    _train_stage(args, out, spec, result.files)
+    _train_stage(args, out, spec, result.files, spec_name)
     return 0
 
 
-def _train_stage(args, out, spec, files) -> None:
+def _train_stage(args, out, spec, files, spec_name: str) -> None:
+    from cluster.commands.snapshots import print_versions
+    from cluster.commands.train import VersionTicker
     from cluster.config import RunConfig
     from cluster.ray_runtime import ensure_ray
     from trainer.report import plot_run, table_header, table_row
     from trainer.run import run_ps_training
+    from trainer.versioning import version_extra
+    from versions import VersionStore
 
-    cfg = RunConfig(spec=spec.name, workers=2)
+    cfg = RunConfig(spec=spec_name, workers=2)
+    store_url = str((out / "run" / "versions").absolute())
 
     history, incoming = out / "history", out / "incoming"
     history.mkdir()
@@ -79,13 +84,22 @@ def _train_stage(args, out, spec, files) -> None:
           f"with {cfg.workers} workers (gloo DDP); cold start on {cut} history data files, then stream "
           f"{len(files) - cut} incoming data files")
     ensure_ray(cfg.ray)
-    print("progressive validation: each data file is scored before the model trains on it")
+    print("progressive validation: each data file is scored before the model trains on it; after each one a "
+          "consistent model version (every shard's rows + the dense model + the ledger) is committed to "
+          f"{store_url}")
     print(table_header(), flush=True)
-    result, _ = run_ps_training(spec, cfg.model, cfg.train, out / "run", ps=cfg.ps, history=history,
-                                incoming=incoming, drain=True, num_workers=cfg.workers,
-                                on_file=lambda i, m: print(table_row(i, m), flush=True))
+    with VersionTicker(store_url):
+        result, _ = run_ps_training(spec, cfg.model, cfg.train, out / "run", ps=cfg.ps, history=history,
+                                    incoming=incoming, drain=True, num_workers=cfg.workers, store_url=store_url,
+                                    snapshots=cfg.snapshots, version_extra=version_extra(spec_name, cfg.to_dict()),
+                                    on_file=lambda i, m: print(table_row(i, m), flush=True))
     last = result.metrics[-1]
     plots = plot_run(result.metrics, out / "run")
     print(f"trained on {len(result.metrics)} data files ({result.steps} sync steps) in {result.seconds:.1f} s; "
           f"cumulative progressive AUC {last['cumulative_auc']:.4f}")
-    print(f"run directory {out / 'run'}: metrics.jsonl, ledger.json, dense.pt, {', '.join(p.name for p in plots)}")
+    print(f"run directory {out / 'run'}: metrics.jsonl, ledger.json, dense.pt, versions/, "
+          f"{', '.join(p.name for p in plots)}")
+    print("model versions (freshrec snapshots list --run-dir " f"{out / 'run'}):")
+    print_versions(VersionStore(store_url))
+    print(f"a restart on the same run directory resumes from the newest version: freshrec stream --spec {spec_name} "
+          f"--history {history} --incoming {incoming} --run-dir {out / 'run'}")

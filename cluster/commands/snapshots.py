@@ -129,6 +129,12 @@ def _do_list(args, store) -> int:
     if args.json:
         print(json.dumps(rows))
         return 0
+    return print_versions(store, rows)
+
+
+def print_versions(store, rows: list[dict] | None = None) -> int:
+    """The table of ``freshrec snapshots list``."""
+    rows = [m.summary() for m in store.list()] if rows is None else rows
     if not rows:
         print(f"no committed versions in {store.url}")
         return 0

@@ -80,11 +80,12 @@ def run_and_summarise(args, history: Path | None, incoming: Path | None, drain: 
     print(table_header(), flush=True)
     from trainer.run import DataFileError
 
-    with graceful_stop(args.run_dir) as stopping:
+    store_url = args.store or str((args.run_dir / "versions").absolute())
+    with graceful_stop(args.run_dir) as stopping, VersionTicker(store_url):
         try:
             result, _ = run_ps_training(spec, cfg.model, cfg.train, args.run_dir, ps=cfg.ps, history=history,
                                         incoming=incoming, drain=drain, num_workers=cfg.workers,
-                                        idle_timeout_s=idle_timeout, store_url=args.store, snapshots=cfg.snapshots,
+                                        idle_timeout_s=idle_timeout, store_url=store_url, snapshots=cfg.snapshots,
                                         version_extra=version_extra(cfg.spec, cfg.to_dict()),
                                         on_file=lambda i, m: print(table_row(i, m), flush=True),
                                         on_event=lambda text: print(text, flush=True))
@@ -116,6 +117,48 @@ def print_summary(result) -> None:
             print(f"versions: {len(manifests)} committed in {result.store_url}; latest v{m.version} ({m.kind}, step "
                   f"{m.step}, {len(m.data_files)} data files, digest {m.model_digest[:12]})"
                   + (f"; restarted {result.restarts} time(s) from the last version" if result.restarts else ""))
+
+
+class VersionTicker:
+    """Prints a line as each new model version of a store is committed (a thread polling the store)."""
+
+    def __init__(self, store_url: str, poll_s: float = 0.3) -> None:
+        import threading
+
+        from versions import VersionStore
+
+        self.store = VersionStore(store_url)
+        self.seen = self.store.latest() or 0
+        self.poll_s = poll_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="freshrec-version-ticker")
+
+    def __enter__(self) -> "VersionTicker":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._tick()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self._tick()
+
+    def _tick(self) -> None:
+        try:
+            committed = [v for v in self.store.versions() if v > self.seen]
+        except Exception:  # noqa: BLE001 (a store being written: next poll)
+            return
+        for v in committed:
+            m = self.store.manifest(v)
+            last = m.data_files[-1] if m.data_files else "-"
+            how = f"compacted from v{m.extra['compacted_from']}" if "compacted_from" in m.extra else \
+                f"pause {m.extra.get('pause_ms', 0):.1f} ms"
+            print(f"      committed version {v}: {m.kind}, step {m.step}, after {last}, {m.rows:,} rows, "
+                  f"digest {m.model_digest[:12]} ({how})", flush=True)
+            self.seen = v
 
 
 class graceful_stop:
