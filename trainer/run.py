@@ -48,9 +48,11 @@ def _data_error(exc: BaseException) -> str | None:
         text = str(e)
         if "FileQualityError" in text:
             return text[text.index("FileQualityError"):].split("\n")[0]
-        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
-        todo += [v for v in getattr(e, "worker_failures", {}).values()] if isinstance(
-            getattr(e, "worker_failures", None), dict) else []
+        if isinstance(e, BaseException):
+            todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+            failures = getattr(e, "worker_failures", None)
+            if isinstance(failures, dict):
+                todo += list(failures.values())
     return None
 
 

@@ -120,9 +120,12 @@ def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(ray_local
     out: dict = {}
 
     def run():
-        out["result"], out["client"] = run_ps_training(
-            SPEC, ModelConfig(), TCFG, run_dir, ps=PSOptions(num_shards=2), history=history, incoming=incoming,
-            drain=False, idle_timeout_s=8.0, client=client, on_event=events.append)
+        try:
+            out["result"], out["client"] = run_ps_training(
+                SPEC, ModelConfig(), TCFG, run_dir, ps=PSOptions(num_shards=2), history=history, incoming=incoming,
+                drain=False, idle_timeout_s=8.0, client=client, on_event=events.append)
+        except BaseException as exc:  # noqa: BLE001 (reported by the test below)
+            out["error"] = exc
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -136,6 +139,7 @@ def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(ray_local
         shutil.copy(f, incoming)
     thread.join(timeout=300)
     assert not thread.is_alive()
+    assert "error" not in out, f"the run failed: {out.get('error')!r}; events: {events}"
     result = out["result"]
     try:
         assert result.restarts >= 1 and any("restart" in e for e in events), events

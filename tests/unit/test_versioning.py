@@ -94,3 +94,17 @@ def test_a_failed_write_loses_no_dirty_row(tmp_path):
     user = store.materialize(3, "ps/shard-*/user")
     np.testing.assert_array_equal(user["rows"], t.backend.table_state()["user"]["rows"])
     assert json.loads(json.dumps(store.manifest(3).ledger))["entries"][-1]["file"] == "f1"
+
+
+def test_a_data_error_is_found_inside_a_ray_train_failure():
+    from trainer.run import _data_error
+
+    class WorkerGroupError(RuntimeError):
+        def __init__(self, failures):
+            super().__init__("Training failed due to worker errors")
+            self.worker_failures = failures
+
+    inner = RuntimeError("x")
+    assert _data_error(WorkerGroupError({0: "Traceback ... FileQualityError: 93% of f1 dead-lettered\nmore"})) == \
+        "FileQualityError: 93% of f1 dead-lettered"
+    assert _data_error(WorkerGroupError({0: inner, 1: "shard 0 is unavailable"})) is None
