@@ -56,6 +56,27 @@ def _data_error(exc: BaseException) -> str | None:
     return None
 
 
+def _fit(trainer) -> None:
+    """``trainer.fit()`` in a helper thread: Ray Train then leaves SIGINT to the caller (the CLI asks the
+    workers to commit a final version; Ray Train's own handler would abort the run instead)."""
+    import threading
+
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 (re-raised in the calling thread)
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="freshrec-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)  # short waits keep the main thread responsive to signals
+    if "error" in box:
+        raise box["error"]
+
+
 def _absolute(path) -> str | None:
     """An absolute local path (Ray Train workers run in their own directory) or the URL as it is."""
     from trainer.data import storage
@@ -141,7 +162,7 @@ def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_di
                 run_config=ray.train.RunConfig(storage_path=str(run_dir / "ray"), name=f"train-{restarts}"),
             )
             try:
-                trainer.fit()
+                _fit(trainer)
                 break
             except Exception as exc:  # noqa: BLE001 (a dead shard or worker: restart from the last version)
                 data_error = _data_error(exc)
