@@ -16,7 +16,8 @@ optimizer state, feature statistics, counters, strategy state, data ledger). Eve
                   digest over the whole model   then the manifest, then LATEST (atomic renames)
                   backend.commit_cut(cut)       the shards forget the changes the version covers
                   store.compact(v)              every full_every-th version: a full version built
-                                                from the store (no training pause)
+                                                from the store (no training pause), then
+                  store.gc(keep)                retention (snapshots.keep), never a needed base
                 (on any failure: backend.abort_cut(cut): nothing is lost, the next version carries
                  the changes; three failures in a row stop the run with the error)
 
@@ -160,6 +161,7 @@ class VersionKeeper:
             self.on_commit(manifest, pause_ms)
             if decision.compact:  # a full version built from the store: the chain stays short, no pause
                 self.last_version = self.store.compact(manifest.version).version
+                self.store.gc(keep=self.policy.cfg.keep)  # retention: never a base a kept delta needs
         except BaseException as exc:  # noqa: BLE001 (reported by the next after_file or wait)
             self.failures += 1
             try:

@@ -44,7 +44,7 @@ def test_a_resumed_run_ends_with_the_digest_of_an_uninterrupted_one(tmp_path, st
 
 
 def test_deltas_hold_only_changed_rows_and_the_chain_materialises_the_model(tmp_path):
-    t, _ = _run(str(tmp_path), 5, SnapshotConfig(full_every=3))
+    t, _ = _run(str(tmp_path), 5, SnapshotConfig(full_every=3, keep=10))
     store = VersionStore(str(tmp_path))
     # the 3rd version is followed by a compacted full one (built from the store, no pause)
     versions = store.list()
@@ -108,3 +108,12 @@ def test_a_data_error_is_found_inside_a_ray_train_failure():
     assert _data_error(WorkerGroupError({0: "Traceback ... FileQualityError: 93% of f1 dead-lettered\nmore"})) == \
         "FileQualityError: 93% of f1 dead-lettered"
     assert _data_error(WorkerGroupError({0: inner, 1: "shard 0 is unavailable"})) is None
+
+
+def test_retention_keeps_the_newest_versions_and_the_bases_they_need(tmp_path):
+    _run(str(tmp_path), 5, SnapshotConfig(full_every=2, keep=2))
+    store = VersionStore(str(tmp_path))
+    kept = store.versions()
+    assert len(kept) < 8 and kept[-1] == store.latest()  # older versions went at each compaction
+    for v in kept:
+        assert store.verify_chain(v) == []  # no kept version lost a base or a delta it needs
