@@ -17,7 +17,6 @@ from trainer.backends import ps_config_for
 from trainer.config import ModelConfig, PSOptions, TrainConfig
 from trainer.core import TrainerCore
 from trainer.data import Validator, load_spec, read_data_file
-from trainer.data.split import split_into_files
 from trainer.local import LocalTrainer
 from trainer.run import run_ps_training
 from trainer.versioning import VersionKeeper
@@ -30,19 +29,11 @@ TCFG = TrainConfig(batch_size=128, seed=7)
 
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory):
-    from tests.conftest import TAOBAO_CSV
-    from tests.integration.test_ps_training import _synthetic_log
+    from tests.integration.conftest import taobao_data_files
 
-    root = tmp_path_factory.mktemp("recovery")
-    head = root / "head.csv"
-    if TAOBAO_CSV.exists():
-        with open(TAOBAO_CSV) as src:
-            head.write_text("".join(next(src) for _ in range(5000)))
-    else:
-        _synthetic_log(head, rows=5000)
-    files = split_into_files([head], Validator(SPEC), 60, root / "data", progress=False).files
+    files = taobao_data_files(tmp_path_factory.mktemp("recovery"))
     assert len(files) >= 5
-    return list(files)
+    return files
 
 
 @pytest.fixture

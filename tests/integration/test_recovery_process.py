@@ -12,8 +12,7 @@ import time
 
 import pytest
 
-from trainer.data import Validator, load_spec
-from trainer.data.split import split_into_files
+from trainer.data import load_spec
 from versions import VersionStore
 
 pytestmark = pytest.mark.integration
@@ -23,17 +22,9 @@ ARGS = ["--spec", "taobao", "--batch-size", "128", "--seed", "7", "--ps-shards",
 
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory):
-    from tests.conftest import TAOBAO_CSV
-    from tests.integration.test_ps_training import _synthetic_log
+    from tests.integration.conftest import taobao_data_files
 
-    root = tmp_path_factory.mktemp("process")
-    head = root / "head.csv"
-    if TAOBAO_CSV.exists():
-        with open(TAOBAO_CSV) as src:
-            head.write_text("".join(next(src) for _ in range(5000)))
-    else:
-        _synthetic_log(head, rows=5000)
-    files = list(split_into_files([head], Validator(SPEC), 60, root / "data", progress=False).files)
+    files = taobao_data_files(tmp_path_factory.mktemp("process"))
     assert len(files) >= 5
     return files
 
