@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from pathlib import Path
 
@@ -46,8 +47,9 @@ def _data_error(exc: BaseException) -> str | None:
         if type(e).__name__ == "FileQualityError":
             return str(e)
         text = str(e)
-        if "FileQualityError" in text:
-            return text[text.index("FileQualityError"):].split("\n")[0]
+        found = re.findall(r"FileQualityError: ([^\n]+)", text)
+        if found:  # the last line of a remote traceback: "...FileQualityError: <message>"
+            return found[-1]
         if isinstance(e, BaseException):
             todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
             failures = getattr(e, "worker_failures", None)

@@ -105,8 +105,8 @@ def test_a_data_error_is_found_inside_a_ray_train_failure():
             self.worker_failures = failures
 
     inner = RuntimeError("x")
-    assert _data_error(WorkerGroupError({0: "Traceback ... FileQualityError: 93% of f1 dead-lettered\nmore"})) == \
-        "FileQualityError: 93% of f1 dead-lettered"
+    text = "  raise FileQualityError(report, share)\ntrainer.data.report.FileQualityError: 93% of f1 dead-lettered\n"
+    assert _data_error(WorkerGroupError({0: text})) == "93% of f1 dead-lettered"
     assert _data_error(WorkerGroupError({0: inner, 1: "shard 0 is unavailable"})) is None
 
 
