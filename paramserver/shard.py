@@ -262,6 +262,9 @@ class EmbeddingShard:
             counts = np.asarray(value[1], dtype=np.int64)
             if counts.shape != ids.shape or (counts < 1).any():
                 raise BadPullError(name, "counts must be >= 1 and as long as ids")
+            if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():  # a repeated id would get two slots
+                raise BadPullError(name, "the (ids, counts) form needs distinct ids in ascending order "
+                                         "(send raw ids instead, or np.unique them)")
             return ids, counts, None
         ids = _as_ids(value, name, BadPullError)
         uniq, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)

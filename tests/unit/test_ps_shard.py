@@ -274,3 +274,16 @@ def test_a_full_table_evicts_one_percent_beyond_the_need():
     shard.pull({"user": np.arange(200)}, step=0)
     shard.pull({"user": np.array([1000])}, step=1)
     assert shard.stats()["evicted_lfu"] == 2 and shard.stats()["rows_per_table"]["user"] == 199
+
+
+def test_the_wire_form_refuses_repeated_or_unsorted_ids_and_leaves_the_table_alone():
+    """An RPC surface: pull({'t': ([5, 5], [1, 1]))}) used to give id 5 two slots."""
+    from paramserver.errors import BadPullError
+
+    shard = EmbeddingShard(PSConfig(tables=(TableConfig("t", 4),), capacity_per_shard=8))
+    for ids in ([5, 5], [7, 3]):
+        with pytest.raises(BadPullError, match="distinct ids in ascending order"):
+            shard.pull({"t": (np.array(ids), np.array([1, 1]))})
+    assert shard.stats()["rows"] == 0
+    rows = shard.pull({"t": (np.array([3, 7]), np.array([2, 1]))})["t"]
+    assert rows.shape == (2, 4) and shard.stats()["rows"] == 2
