@@ -37,10 +37,12 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollectionInterface
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from common.config import ConfigError
+from trainer.data.columns import jagged_take
 
 
 def take_jagged(values: np.ndarray, lengths: np.ndarray, rows: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
-    """The bags of ``rows`` (an index array or a slice) of a jagged feature, vectorised.
+    """The bags of ``rows`` (an index array or a slice) of a jagged feature, vectorised: a slice is a
+    view, one id per row is a plain gather, anything else :func:`trainer.data.columns.jagged_take`.
 
     >>> take_jagged(np.array([3, 8, 8, 9, 11]), np.array([2, 0, 3]), np.array([2, 0]))
     (array([ 8,  9, 11,  3,  8]), array([3, 2]))
@@ -50,31 +52,16 @@ def take_jagged(values: np.ndarray, lengths: np.ndarray, rows: np.ndarray | slic
         lo, hi, _ = rows.indices(len(lengths))
         return values[offsets[lo]:offsets[hi]], lengths[lo:hi]
     rows = np.asarray(rows, np.int64)
-    picked = lengths[rows]
     if len(values) == len(lengths) and (lengths == 1).all():  # single-valued: one id per row
-        return values[rows], picked
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[rows]
-    total = int(picked.sum())
-    # position of every output value: its bag's start plus its rank inside the bag
-    out_start = np.concatenate([[0], np.cumsum(picked)[:-1]])
-    pos = np.repeat(starts - out_start, picked) + np.arange(total)
-    return values[pos], picked
-
-
-def feature_arrays(batch, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(values, lengths) of feature ``name`` of an EventBatch; lengths of ones when single-valued."""
-    jagged = getattr(batch, "lengths", None) or {}
-    values = np.asarray(batch.sparse[name], np.int64)
-    if name in jagged:
-        return values, np.asarray(jagged[name], np.int64)
-    return values, np.ones(len(values), np.int64)
+        return values[rows], lengths[rows]
+    return jagged_take(values, lengths, rows)
 
 
 def batch_to_kjt(batch, features: Sequence[str], rows: np.ndarray | slice | None = None) -> KeyedJaggedTensor:
     """The KJT of ``features`` for ``rows`` of ``batch`` (all rows when None)."""
     values, lengths = [], []
     for name in features:
-        v, ln = feature_arrays(batch, name)
+        v, ln = batch.jagged(name)
         if rows is not None:
             v, ln = take_jagged(v, ln, rows)
         values.append(v)
