@@ -9,16 +9,20 @@ from cluster.commands.options import add_run_options, run_config_from_args
 from cluster.errors import UserError
 
 
+def _training_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", type=Path, default=Path("runs/latest"),
+                   help="metrics, ledger, dead letters, model versions (RUN_DIR/versions); a run directory that holds "
+                        "versions resumes from the newest")
+    p.add_argument("--store", default=None, metavar="URL", help="version store (default RUN_DIR/versions; s3://... works)")
+    add_run_options(p)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="cold start: train on a directory of data files (PS mode, Ray Train)",
                        description="Train on every data file of --data in name (time) order, scoring each file before "
                                    "training on it (progressive validation). Prints one line per data file.")
     t.add_argument("--data", type=Path, required=True, help="directory of data files (freshrec data split)")
-    t.add_argument("--run-dir", type=Path, default=Path("runs/latest"),
-                   help="metrics, ledger, dead letters, model versions (RUN_DIR/versions); a run directory that holds "
-                        "versions resumes from the newest")
-    t.add_argument("--store", default=None, metavar="URL", help="version store (default RUN_DIR/versions; s3://... works)")
-    add_run_options(t)
+    _training_options(t)
     t.set_defaults(func=_train)
 
     s = sub.add_parser("stream", help="incremental: follow a directory of incoming data files, each consumed once, in order",
@@ -29,11 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--history", type=Path, default=None)
     s.add_argument("--drain", action="store_true", help="stop once every data file present has been consumed")
     s.add_argument("--idle-timeout", type=float, default=None, help="stop after this many seconds without a new file")
-    s.add_argument("--run-dir", type=Path, default=Path("runs/latest"),
-                   help="metrics, ledger, dead letters, model versions (RUN_DIR/versions); a run directory that holds "
-                        "versions resumes from the newest")
-    s.add_argument("--store", default=None, metavar="URL", help="version store (default RUN_DIR/versions; s3://... works)")
-    add_run_options(s)
+    _training_options(s)
     s.set_defaults(func=_stream)
 
     r = sub.add_parser("report", help="write PNG plots (AUC over time, throughput) of a run",
