@@ -9,9 +9,10 @@
 * ``FRESHREC_RAY_ADDRESS`` stands in for ``--address`` (``freshrec submit`` sets it to
   ``auto`` so that a submitted command joins the cluster it runs on).
 
-Clusters with Ray's token authentication (``RAY_AUTH_MODE=token``, the default of a
-``ray start --head`` since Ray 2.5x): the token is read from ``RAY_AUTH_TOKEN``, the file named
-by ``RAY_AUTH_TOKEN_PATH``, or ``~/.ray/auth_token``; a missing or wrong one is reported as such.
+Clusters with Ray's token authentication (a ``ray start --head`` with ``RAY_AUTH_MODE=token``, or
+on a machine where ``~/.ray/auth_token`` exists): with ``RAY_AUTH_MODE=token`` the token is read
+from ``RAY_AUTH_TOKEN``, the file named by ``RAY_AUTH_TOKEN_PATH``, or ``~/.ray/auth_token``; a
+missing or wrong one is reported as such.
 """
 
 from __future__ import annotations
@@ -144,8 +145,13 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})") from None
         if isinstance(exc, (ConnectionError, TimeoutError)):  # the port answered (checked above): its GCS refused
             token = token_source()
-            why = (f"with the token from {token} (is it this cluster's token?)" if token else
-                   "without an authentication token")
+            if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+                why = ("without an authentication token (RAY_AUTH_MODE is not 'token', so none was sent: joining an "
+                       "explicit --address never turns it on by itself)")
+            elif token:
+                why = f"with the token from {token} (is it this cluster's token?)"
+            else:
+                why = "without an authentication token (none in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)"
             raise UserError(f"the Ray cluster at {target} answers but refused this process {why}: most likely "
                             f"{AUTH_HELP}. ({exc})") from None
         raise

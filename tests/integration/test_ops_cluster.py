@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import select
 import signal
@@ -165,6 +166,28 @@ def test_submit_runs_a_freshrec_command_as_a_ray_job(head):
 
     missing = freshrec(head, "jobs", "status", "raysubmit_nosuchjob", "--address", head.dashboard)
     assert missing.returncode == 2 and "freshrec: error:" in missing.stderr
+
+
+def test_a_submitted_training_run_joins_the_cluster_and_commits_a_version(head, tmp_path):
+    from tests.integration.test_ps_training import _synthetic_log
+    from trainer.data import Validator, load_spec
+    from trainer.data.split import split_into_files
+    from versions import VersionStore
+
+    log = tmp_path / "log.csv"
+    _synthetic_log(log, rows=1500)
+    split_into_files([log], Validator(load_spec("taobao")), 300, tmp_path / "data", progress=False)
+    run_dir = tmp_path / "run"
+    sub = freshrec(head, "submit", "--address", head.dashboard, "--python", sys.executable, "--follow",
+                   "--timeout", "240", "--", "train", "--data", str(tmp_path / "data"), "--spec", "taobao",
+                   "--run-dir", str(run_dir), "--workers", "1", "--ps-shards", "1", "--batch-size", "256",
+                   timeout=300)
+    assert sub.returncode == 0, sub.stdout[-3000:] + sub.stderr[-3000:]
+    # FRESHREC_RAY_ADDRESS=auto from the runtime env: the job joined this cluster, no embedded Ray
+    assert re.search(rf"connecting to Ray at \S+:{head.ports['port']}\b", sub.stdout + sub.stderr), sub.stdout[-3000:]
+    assert "starting an embedded local Ray" not in sub.stdout + sub.stderr
+    manifest = VersionStore(str(run_dir / "versions")).list()[-1]
+    assert len(manifest.data_files) >= 2 and manifest.rows > 0
 
 
 def test_a_bad_command_is_refused_before_submission(head):
