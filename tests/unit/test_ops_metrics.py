@@ -94,3 +94,11 @@ def test_trainer_telemetry_maps_a_file_record_and_a_version(monkeypatch):
     assert ("freshrec_versions_latest_version", 4, {}) in sent
     for name, value, tags in sent:
         metrics.check(name, value, tags)
+
+
+def test_every_series_is_documented():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    missing = [d.name for d in metrics.DEFINITIONS if f"`ray_{d.name}`" not in doc]
+    assert not missing, f"add to the series table of docs/operations.md: {missing}"
