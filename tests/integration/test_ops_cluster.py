@@ -190,6 +190,23 @@ def test_a_submitted_training_run_joins_the_cluster_and_commits_a_version(head, 
     assert len(manifest.data_files) >= 2 and manifest.rows > 0
 
 
+def test_a_streaming_job_runs_until_stopped(head, tmp_path):
+    (tmp_path / "incoming").mkdir()
+    sub = freshrec(head, "submit", "--address", head.dashboard, "--python", sys.executable, "--", "stream",
+                   "--incoming", str(tmp_path / "incoming"), "--spec", "taobao", "--run-dir", str(tmp_path / "run"),
+                   "--workers", "1", "--ps-shards", "1", "--idle-timeout", "600")
+    assert sub.returncode == 0, sub.stderr
+    job_id = sub.stdout.splitlines()[0].strip()
+    # running and waiting for data files: the Ray Train worker has started (the table header is printed)
+    wait_until("the stream job to follow its directory",
+               lambda: "auc" in freshrec(head, "jobs", "logs", job_id, "--address", head.dashboard).stdout.lower(),
+               180, every_s=3)
+    stop = freshrec(head, "jobs", "stop", job_id, "--wait", "--timeout", "90", "--address", head.dashboard)
+    assert stop.returncode == 0 and f"{job_id}: STOPPED" in stop.stdout, stop.stdout + stop.stderr
+    status = freshrec(head, "jobs", "status", job_id, "--address", head.dashboard)
+    assert "STOPPED" in status.stdout
+
+
 def test_a_bad_command_is_refused_before_submission(head):
     bad = freshrec(head, "submit", "--address", head.dashboard, "--", "train", "--spec", "taobao")
     assert bad.returncode == 2
