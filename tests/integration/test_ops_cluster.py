@@ -188,6 +188,21 @@ def test_a_submitted_training_run_joins_the_cluster_and_commits_a_version(head, 
     assert "starting an embedded local Ray" not in sub.stdout + sub.stderr
     manifest = VersionStore(str(run_dir / "versions")).list()[-1]
     assert len(manifest.data_files) >= 2 and manifest.rows > 0
+    # the run's own emission points (worker.py, versioning.py, the shard actor) reached the metrics endpoint
+    want = {"ray_freshrec_trainer_data_files_total", "ray_freshrec_versions_committed_total",
+            "ray_freshrec_ps_push_latency_seconds_bucket"}
+    wait_until("the training run's series", lambda: want <= set(scrape(head)), 60, every_s=2)
+
+
+def scrape(head: Head) -> dict[str, list[str]]:
+    """{series name: sample lines} of freshrec's series on the head's metrics endpoint."""
+    with urllib.request.urlopen(head.metrics_url, timeout=5) as r:
+        text = r.read().decode()
+    seen: dict[str, list[str]] = {}
+    for row in text.splitlines():
+        if row.startswith("ray_freshrec_"):
+            seen.setdefault(row.split("{")[0].split(" ")[0], []).append(row)
+    return seen
 
 
 def test_a_streaming_job_runs_until_stopped(head, tmp_path):
@@ -314,17 +329,13 @@ def test_the_metrics_endpoint_serves_freshrec_series(head):
                 "ray_freshrec_versions_latest_version", "ray_freshrec_serving_requests_total"}
         seen: dict[str, list[str]] = {}
 
-        def scrape() -> bool:
-            with urllib.request.urlopen(head.metrics_url, timeout=5) as r:
-                text = r.read().decode()
+        def found() -> bool:
             seen.clear()
-            for row in text.splitlines():
-                if row.startswith("ray_freshrec_"):
-                    seen.setdefault(row.split("{")[0].split(" ")[0], []).append(row)
+            seen.update(scrape(head))
             return want <= set(seen)
 
         try:
-            wait_until("the freshrec series on the metrics endpoint", scrape, 60, every_s=2)
+            wait_until("the freshrec series on the metrics endpoint", found, 60, every_s=2)
         except AssertionError as exc:
             raise AssertionError(f"{exc}; missing {sorted(want - set(seen))}") from None
         assert any('reason="unknown action"' in row and row.endswith(" 3.0")
