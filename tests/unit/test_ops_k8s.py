@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 SCHEMAS = REPO.parent / "shared" / "k8s-schemas"
 KUBE_VERSION = "1.37.0"
-OVERLAYS = ("base", "overlays/cpu", "overlays/gpu")
+OVERLAYS = ("base", "overlays/cpu", "overlays/gpu", "overlays/s3")
 CRD_SCHEMA = {"RayJob": "rayjob_v1.json", "RayService": "rayservice_v1.json", "RayCluster": "raycluster_v1.json"}
 
 
@@ -142,11 +142,14 @@ def test_the_serve_config_is_generated_by_the_cli_and_valid_for_ray_serve(capsys
     from cluster.cli import main
     from cluster.serve_config import serve_deploy_config, validate_serve_config
 
+    for overlay in OVERLAYS:  # generated, not hand-edited, in every overlay
+        service = next(d for d in build(overlay) if d["kind"] == "RayService")
+        embedded = yaml.safe_load(service["spec"]["serveConfigV2"])
+        assert embedded == serve_deploy_config(embedded["applications"][0]["args"]["store"]), overlay
     service = next(d for d in build("base") if d["kind"] == "RayService")
     embedded = yaml.safe_load(service["spec"]["serveConfigV2"])
     store = embedded["applications"][0]["args"]["store"]
     assert store == "/data/versions"
-    assert embedded == serve_deploy_config(store)  # generated, not hand-edited
     assert main(["k8s", "serve-config", "--store", store]) == 0
     assert yaml.safe_load(capsys.readouterr().out) == embedded
     schema = validate_serve_config(embedded)
@@ -251,3 +254,24 @@ def test_the_dockerfile_installs_the_pins_like_the_makefile():
     assert "-r requirements.txt -c constraints.txt" in text
     assert "--no-deps torchrec==1.8.0" in make and "--no-deps torchrec==1.8.0" in text
     assert "USER 1000" in text
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_serving_follows_the_store_training_writes(overlay):
+    docs = build(overlay)
+    job = next(d for d in docs if d["kind"] == "RayJob")
+    service = next(d for d in docs if d["kind"] == "RayService")
+    argv = job["spec"]["entrypoint"].split()
+    store = argv[argv.index("--store") + 1]
+    assert yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]["store"] == store
+    secret_env = [{"secretRef": {"name": "freshrec-object-store"}}]
+    for doc in (job, service):
+        for where, template in pod_templates(doc):
+            if where == "submitter":
+                continue
+            container = template["spec"]["containers"][0]
+            if store.startswith("s3://"):  # credentials for the object store, from the Secret
+                assert container["envFrom"] == secret_env, (overlay, where)
+            else:  # the shared volume
+                assert "envFrom" not in container
+                assert {"name": "data", "mountPath": "/data"}.items() <= container["volumeMounts"][0].items()
