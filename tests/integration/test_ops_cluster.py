@@ -28,7 +28,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -275,7 +274,6 @@ def test_a_dead_address_fails_fast_and_no_address_starts_an_embedded_ray(head):
 
 DRIVER = """
 import sys, types
-import numpy as np
 import ray
 from cluster.config import RayConfig
 from cluster.ray_runtime import ensure_ray
