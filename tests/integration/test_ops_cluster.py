@@ -274,6 +274,7 @@ def test_a_dead_address_fails_fast_and_no_address_starts_an_embedded_ray(head):
 
 DRIVER = """
 import sys, types
+import numpy as np
 import ray
 from cluster.config import RayConfig
 from cluster.ray_runtime import ensure_ray
