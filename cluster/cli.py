@@ -20,6 +20,8 @@ COMMAND_MODULES = (
     "cluster.commands.evaluate",
     "cluster.commands.config",
     "cluster.commands.snapshots",
+    "cluster.commands.jobs",
+    "cluster.commands.k8s",
     "cluster.commands.bench",
 )
 

@@ -18,6 +18,7 @@ from paramserver.config import PSConfig
 from paramserver.consistency import SyncAggregator
 from paramserver.errors import BadPullError, BadPushError, ShardUnavailableError
 from paramserver.policies import StaleDecision, StalenessPolicy
+from paramserver.telemetry import ShardTelemetry
 from paramserver import wire
 
 
@@ -41,6 +42,7 @@ class ShardHost:
         self._applied: asyncio.Condition | None = None
         self._dims = {t.name: t.dim for t in cfg.tables}
         self._busy = {"pull_cpu_s": 0.0, "push_cpu_s": 0.0}
+        self.telemetry = ShardTelemetry(index)
 
     def _condition(self) -> asyncio.Condition:
         if self._applied is None:
@@ -54,6 +56,7 @@ class ShardHost:
 
     async def pull(self, msg: tuple, step: int | None) -> tuple[np.ndarray, int]:
         """Rows for a packed pull request (see :mod:`paramserver.wire`); sync mode waits for steps < ``step``."""
+        t_call = time.perf_counter()
         if self.cfg.mode == "sync" and step is not None:
             if step < 0:
                 raise BadPullError("*", f"step must be >= 0, got {step}")
@@ -64,16 +67,19 @@ class ShardHost:
         batch = wire.unpack_ids(msg)
         rows = wire.pack_rows(msg[0], self.shard.pull(batch, step))
         self._busy["pull_cpu_s"] += time.thread_time() - t0
+        self.telemetry.latency("pull", time.perf_counter() - t_call)
         return rows, self.shard.version
 
     async def push(self, msg: tuple, step: int | None, rank: int, read_version: int | None) -> dict:
         """Apply (async) or buffer until the step is complete (sync) a packed push; returns what happened."""
-        t0 = time.thread_time()
+        t0, t_call = time.thread_time(), time.perf_counter()
         try:
             batch = wire.unpack_grads(msg, self._dims)
             return await self._push(batch, step, rank, read_version)
         finally:
             self._busy["push_cpu_s"] += time.thread_time() - t0
+            self.telemetry.latency("push", time.perf_counter() - t_call)
+            self.telemetry.counters(self.shard.stats)
 
     async def _push(self, batch: dict, step: int | None, rank: int, read_version: int | None) -> dict:
         if self.cfg.mode == "sync":
@@ -103,6 +109,7 @@ class ShardHost:
         return await self.pull(pull_msg, step + 1)
 
     async def stats(self) -> dict:
+        self.telemetry.counters(self.shard.stats, force=True)
         return {**self.shard.stats(), **self._busy}
 
     async def pid(self) -> int:

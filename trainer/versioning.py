@@ -38,6 +38,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from trainer import telemetry
 from versions import SnapshotConfig, SnapshotPolicy, VersionStore
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ class VersionKeeper:
             self.wait()
 
     def _write(self, cut_id: str, decision, step: int, arrays: dict, meta: dict, pause_ms: float) -> None:
+        t_write = time.perf_counter()
         kind = decision.kind
         parent = self.last_version if kind == "delta" else None
         if kind == "delta" and parent is None:
@@ -158,12 +160,14 @@ class VersionKeeper:
             self.policy.record(decision, step, time.time())
             self.last_version = manifest.version
             self._consecutive_failures = 0
+            telemetry.record_version(manifest, pause_ms, time.perf_counter() - t_write)
             self.on_commit(manifest, pause_ms)
             if decision.compact:  # a full version built from the store: the chain stays short, no pause
                 self.last_version = self.store.compact(manifest.version).version
                 self.store.gc(keep=self.policy.cfg.keep)  # retention: never a base a kept delta needs
         except BaseException as exc:  # noqa: BLE001 (reported by the next after_file or wait)
             self.failures += 1
+            telemetry.record_version_failure()
             try:
                 self.backend.abort_cut(cut_id)
                 if writer is not None and not writer.done:

@@ -22,6 +22,7 @@ from trainer.core import TrainerCore
 from trainer.data import DeadLetterWriter, Validator, check_file_report, read_data_file
 from trainer.data.follow import follow_data_files
 from trainer.runfiles import RunPaths, write_atomic
+from trainer.telemetry import record_file
 from trainer.versioning import VersionKeeper
 
 
@@ -79,6 +80,7 @@ def train_loop_per_worker(config: dict) -> None:
                       "step": core.step, "wall_time": time.time()}
             with open(paths.metrics, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
+            record_file(record, report)  # Prometheus series through Ray's metrics
             write_atomic(paths.ledger, core.ledger.to_json())
         stop = broadcast(paths.stop.exists() if rank == 0 else None)  # one decision for every rank
         if keeper is not None:
