@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "cluster.commands.train",
     "cluster.commands.config",
     "cluster.commands.snapshots",
+    "cluster.commands.serve",
     "cluster.commands.bench",
 )
 
