@@ -7,6 +7,10 @@ version has no row for gets what training would give it on its first pull::
     admission_threshold == 1   paramserver.init_rows(table, id, seed)   (a pull admits it)
     admission_threshold  > 1   zeros                                    (not admitted yet)
 
+(rounded to fp16 when the PS stores fp16 rows, as the shard does when it admits the id). With
+``admission_threshold > 1`` training's own scoring pull also counts the ids of the batch and may
+admit an id during it; serving never changes the model, so such an id keeps its zero row.
+
 so that an offline score and a served score are the same number.
 
 >>> t = FrozenTable.build(TableConfig("item", 4), np.array([3, 9]), np.ones((2, 4), np.float32), seed=0, admit=True)
@@ -34,16 +38,18 @@ class FrozenTable:
     rows: torch.Tensor  # float32 [n, dim]
     seed: int
     admit: bool  # unknown ids get init_rows (True) or zeros (False)
+    fp16: bool = False  # the PS stores rows in fp16: an admitted row is its init_rows rounded to fp16
 
     @classmethod
-    def build(cls, cfg: TableConfig, ids: np.ndarray, rows: np.ndarray, seed: int, admit: bool) -> "FrozenTable":
+    def build(cls, cfg: TableConfig, ids: np.ndarray, rows: np.ndarray, seed: int, admit: bool,
+              fp16: bool = False) -> "FrozenTable":
         ids = np.ascontiguousarray(ids, np.int64)
         rows = np.asarray(rows)
         if rows.shape != (len(ids), cfg.dim):
             raise ValueError(f"table {cfg.name}: rows {rows.shape} do not fit {len(ids)} ids x dim {cfg.dim}")
         if len(ids) > 1 and not (np.diff(ids) > 0).all():
             raise ValueError(f"table {cfg.name}: ids must be strictly ascending")
-        return cls(cfg, ids, torch.from_numpy(np.ascontiguousarray(rows, np.float32)), seed, admit)
+        return cls(cfg, ids, torch.from_numpy(np.ascontiguousarray(rows, np.float32)), seed, admit, fp16)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -64,7 +70,11 @@ class FrozenTable:
             np.zeros((len(pos), self.cfg.dim), np.float32)
         if not known.all():
             miss = ~known
-            rows[miss] = init_rows(self.cfg, np.asarray(ids, np.int64)[miss], self.seed) if self.admit else 0.0
+            if self.admit:
+                cold = init_rows(self.cfg, np.asarray(ids, np.int64)[miss], self.seed)
+                rows[miss] = cold.astype(np.float16).astype(np.float32) if self.fp16 else cold
+            else:
+                rows[miss] = 0.0
         return rows, known
 
 
@@ -87,7 +97,7 @@ class FrozenTables:
         out = {}
         for t in ps_cfg.tables:
             a = arrays.get(t.name, {"ids": np.zeros(0, np.int64), "rows": np.zeros((0, t.dim), np.float32)})
-            out[t.name] = FrozenTable.build(t, a["ids"], a["rows"], ps_cfg.seed, admit)
+            out[t.name] = FrozenTable.build(t, a["ids"], a["rows"], ps_cfg.seed, admit, ps_cfg.weights_dtype == "fp16")
         return cls(out, ps_cfg)
 
     def __getitem__(self, name: str) -> FrozenTable:
