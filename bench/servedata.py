@@ -68,6 +68,25 @@ class StoreTrainer:
         self.keeper.wait()
         return self.keeper.last_version
 
+    def restore(self) -> int | None:
+        """Continue from the newest valid version in the store (None when it has none)."""
+        return self.keeper.restore()
+
+    def follow(self, incoming: str | Path, files: int, idle_timeout_s: float = 120.0, poll_s: float = 0.05) -> list[int]:
+        """Train on data files as they land in ``incoming`` (the stream's follower), a version after each;
+        stop after ``files`` files or ``idle_timeout_s`` without one. Returns the versions committed."""
+        from trainer.data import DataLedger
+        from trainer.data.follow import follow_data_files
+
+        out = []
+        for ref in follow_data_files(None, str(incoming), DataLedger(), drain=False, poll_s=poll_s, settle_s=0.0,
+                                     idle_timeout_s=idle_timeout_s):
+            out.append(self.add_file(ref.path))
+            print(f"committed version {out[-1]} with {ref.name}", flush=True)
+            if len(out) >= files:
+                break
+        return out
+
     def read(self, path: str | Path):
         """The EventBatch of a data file as training reads it (no training, no ledger)."""
         return read_data_file(Path(path), Validator(self.spec))
@@ -81,3 +100,23 @@ def _plain(cfg) -> dict:
     for k, v in dataclasses.asdict(cfg).items():
         out[k] = v.value if isinstance(v, enum.Enum) else list(v) if isinstance(v, tuple) else v
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.servedata --store URL --incoming DIR --files N``: a trainer process for ``bench serve``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m bench.servedata")
+    p.add_argument("--store", required=True)
+    p.add_argument("--incoming", required=True)
+    p.add_argument("--files", type=int, required=True)
+    p.add_argument("--idle-timeout", type=float, default=120.0)
+    args = p.parse_args(argv)
+    t = StoreTrainer(args.store)
+    print(f"restored version {t.restore()}", flush=True)
+    t.follow(args.incoming, args.files, args.idle_timeout)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -35,7 +35,12 @@ APP_NAME = "freshrec"
 @serve.deployment(name="Scorer", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64,
                   health_check_period_s=2.0)
 class ScorerDeployment:
-    """One replica: a ScoringService and the gRPC methods of freshrec.v1.Scorer."""
+    """One replica: a ScoringService and the gRPC methods of freshrec.v1.Scorer.
+
+    The methods are coroutines that compute without awaiting: a request costs 1-3 ms of CPU, less
+    than a hop to a thread pool, and the replica's loop runs one at a time (the model's lock is
+    never contended). Loading versions happens on the follower's own thread.
+    """
 
     def __init__(self, cfg: ServeConfig) -> None:
         logging.basicConfig(level=logging.INFO)
@@ -52,13 +57,13 @@ class ScorerDeployment:
             grpc_context.set_details(exc.message)
             return empty
 
-    def Score(self, request, grpc_context):  # noqa: N802 (gRPC method names)
+    async def Score(self, request, grpc_context):  # noqa: N802 (gRPC method names)
         return self._call(self.service.score, request, grpc_context, pb.ScoreResponse())
 
-    def Recommend(self, request, grpc_context):  # noqa: N802
+    async def Recommend(self, request, grpc_context):  # noqa: N802
         return self._call(self.service.recommend, request, grpc_context, pb.RecommendResponse())
 
-    def ModelInfo(self, request, grpc_context):  # noqa: N802
+    async def ModelInfo(self, request, grpc_context):  # noqa: N802
         return self._call(self.service.model_info, request, grpc_context, pb.ModelInfoResponse())
 
     def check_health(self) -> None:
