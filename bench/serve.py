@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="proxy: Ray Serve's gRPC proxy (default); throughput: RAY_SERVE_THROUGHPUT_OPTIMIZED=1 "
                              "(direct ingress, user code on the replica's loop)")
     parser.add_argument("--data", default=str(TAOBAO), help="a Taobao-format CSV (default: the shared Taobao log)")
+    parser.add_argument("--recall-users", type=int, default=100,
+                        help="users for retrieval recall@k against the full model over the whole catalogue (default 100)")
     parser.add_argument("--skip", default="", help="comma list of phases to skip: grpcio,recommend,swaps,freshness")
 
 
@@ -220,6 +222,8 @@ def run(args: argparse.Namespace) -> dict:
     result["score_in_process"] = _timed(lambda i: svc.score(reqs[i % 64]), 400)
     result["recommend_in_process"] = _timed(lambda i: svc.recommend(rec_reqs[i % 64]), 200)
     result["catalogue_items"] = len(model.index) if model.index is not None else 0
+    if "recall" not in skip and model.index is not None:
+        result["recall"] = _recall(model, args.k, args.recall_users)
     svc.stop()
     del svc, model
 
@@ -273,6 +277,32 @@ def run(args: argparse.Namespace) -> dict:
         ray.shutdown()
     result["loadavg_end"] = list(os.getloadavg())
     return result
+
+
+def _recall(model, k: int, users: int, seed: int = 2) -> dict:
+    """Retrieval recall@k: the share of the full model's top k over the WHOLE catalogue that the inner-product
+    retrieval of n candidates finds (and that Recommend, which ranks those n, returns), averaged over users."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    ids = model.index.ids
+    picked = rng.choice(model.tables[model.roles.user_feature].ids, users, replace=False)
+    sizes = (k, 100, 200, 1000, 5000)
+    found = {n: [] for n in sizes}
+    t0 = time.perf_counter()
+    for u in picked.tolist():
+        batch, _ = model.features.batch({"user_id": u, "ts": 1_511_700_000}, {"item_id": pa.array(ids)}, len(ids))
+        scores, _ = model.score(batch)
+        truth = set(ids[np.argpartition(-scores, k)[:k]].tolist())
+        for n in sizes:
+            got, _ = model.index.top(model.user_vector(u), n)
+            found[n].append(len(truth & set(got.tolist())) / k)
+    out = {f"recall_at_{k}_retrieve_{n}": float(np.mean(v)) for n, v in found.items()}
+    out["random_baseline_retrieve_200"] = min(1.0, 200 / len(ids))
+    out["users"] = users
+    out["catalogue_items"] = len(ids)
+    out["seconds"] = time.perf_counter() - t0
+    return out
 
 
 def _trainer(store_url: str, incoming: Path, files: int, work: Path, name: str) -> subprocess.Popen:
