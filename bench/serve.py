@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _prepare(args, work: Path) -> dict:
     from bench.servedata import write_taobao_csv
 
-    later_n = args.swaps + args.fresh_files + 1
+    later_n = 2 * args.swaps + args.fresh_files + 1
     data = Path(args.data)
     if data.exists():
         lines = data.read_text().splitlines()
@@ -264,10 +264,24 @@ def run(args: argparse.Namespace) -> dict:
                        "qps": result["score_serve"]["qps"]})
         later = list(data["later"])
         if "swaps" not in skip:
-            result.update(_swaps(args, store_url, work, target, reqs, later[:args.swaps], result["p99_ms"]))
+            from ray import serve
+
+            from serving.app import APP_NAME, build_app
+
+            # control: the same load and the same trainer work, the replica pinned (no swap)
+            pinned = ScoringClient(target).model_info().model_version
+            serve.run(build_app(cfg.replace(pin_version=pinned)), name=APP_NAME, route_prefix="/", blocking=False)
+            control = _swaps(args, store_url, work, target, reqs, later[:args.swaps], result["p99_ms"], "control")
+            result["swap_control_pinned"] = control
+            serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=False)
+            ScoringClient(target).wait_ready(60, min_version=pinned + 1)
+            swaps = _swaps(args, store_url, work, target, reqs, later[args.swaps:2 * args.swaps], result["p99_ms"],
+                           "swap")
+            result.update({f"swap_{k}": v for k, v in swaps.items()})
+            result["swap_p99_over_pinned_control"] = swaps["p99_ms"] / control["p99_ms"]
+        later = later[2 * args.swaps:]
         if "freshness" not in skip:
-            result.update(_freshness(args, store, store_url, work, target, reqs[0],
-                                     later[args.swaps:args.swaps + args.fresh_files]))
+            result.update(_freshness(args, store, store_url, work, target, reqs[0], later[:args.fresh_files]))
     finally:
         if grpcio_proc is not None:
             grpcio_proc.kill()
@@ -322,12 +336,13 @@ def _wait_line(work: Path, name: str, text: str, timeout: float = 120) -> None:
     raise RuntimeError(f"the trainer process did not print {text!r}: see {work / f'{name}.log'}")
 
 
-def _swaps(args, store_url: str, work: Path, target: str, reqs, files: list[str], steady_p99: float) -> dict:
+def _swaps(args, store_url: str, work: Path, target: str, reqs, files: list[str], steady_p99: float,
+           name: str) -> dict:
     """Land ``files`` one by one while Score runs at the offered load: every file becomes a version."""
-    incoming = work / "incoming-swaps"
+    incoming = work / f"incoming-{name}"
     incoming.mkdir()
-    proc = _trainer(store_url, incoming, len(files), work, "swaps")
-    _wait_line(work, "swaps", "restored version")
+    proc = _trainer(store_url, incoming, len(files), work, name)
+    _wait_line(work, name, "restored version")
     interval = 0.8
     seconds = len(files) * interval + 3.0
     box = {}
@@ -336,17 +351,16 @@ def _swaps(args, store_url: str, work: Path, target: str, reqs, files: list[str]
     load.start()
     time.sleep(1.0)
     for i, text in enumerate(files):
-        _land(incoming, f"part-a-swap-{i:04d}.csv", text)
+        _land(incoming, f"part-a-{name}-{i:04d}.csv", text)
         time.sleep(interval)
     load.join()
     proc.wait(timeout=60)
     res = box["res"]
     s = res.summary()
     seen = sorted({v for _, v in res.versions})
-    return {"swap_failed_requests": s["errors"], "swap_error_codes": s["error_codes"], "swap_requests": s["sent"],
-            "swap_p50_ms": s["p50_ms"], "swap_p99_ms": s["p99_ms"],
-            "swap_p99_over_steady": s["p99_ms"] / steady_p99, "swap_versions_seen": len(seen),
-            "swap_versions": [seen[0], seen[-1]] if seen else []}
+    return {"failed_requests": s["errors"], "error_codes": s["error_codes"], "requests": s["sent"],
+            "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"], "p99_over_steady": s["p99_ms"] / steady_p99,
+            "versions_seen": len(seen), "versions": [seen[0], seen[-1]] if seen else []}
 
 
 def _freshness(args, store, store_url: str, work: Path, target: str, req, files: list[str]) -> dict:
