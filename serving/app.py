@@ -103,6 +103,23 @@ def start_serving(cfg: ServeConfig, grpc_port: int | None = None, replicas: int 
     return grpc_port
 
 
+def serve_and_wait(cfg: ServeConfig, grpc_port: int | None = None, replicas: int = 1,
+                   timeout_s: float = 120.0) -> tuple[str, int]:
+    """Deploy (Ray initialised first) and wait until a version answers: ("127.0.0.1:PORT", version).
+
+    What ``freshrec demo`` calls after training::
+
+        target, version = serve_and_wait(ServeConfig(store_url=str(run_dir / "versions")))
+        print(score_and_show(target, user=1, items=[2268318, 2333346]))   # serving.client
+    """
+    from serving.client import ScoringClient
+
+    port = start_serving(cfg, grpc_port, replicas)
+    target = f"127.0.0.1:{port}"
+    with ScoringClient(target) as client:
+        return target, client.wait_ready(timeout_s).model_version
+
+
 def pin(version: int | None, replicas: int = 1, cfg: ServeConfig | None = None) -> None:
     """Pin every replica to ``version`` (rollback), or follow the newest again (None): a user_config update."""
     if cfg is None:
