@@ -264,17 +264,17 @@ def run(args: argparse.Namespace) -> dict:
                        "qps": result["score_serve"]["qps"]})
         later = list(data["later"])
         if "swaps" not in skip:
-            from ray import serve
+            from serving.app import pin
 
-            from serving.app import APP_NAME, build_app
-
-            # control: the same load and the same trainer work, the replica pinned (no swap)
+            # control: the same load and the same trainer work, the replica pinned (no swap); pinning is a
+            # user_config update: the same replica goes on serving
             pinned = ScoringClient(target).model_info().model_version
-            serve.run(build_app(cfg.replace(pin_version=pinned)), name=APP_NAME, route_prefix="/", blocking=False)
+            pin(cfg, pinned)
             control = _swaps(args, store_url, work, target, reqs, later[:args.swaps], result["p99_ms"], "control")
             result["swap_control_pinned"] = control
-            serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=False)
+            pin(cfg, None)
             ScoringClient(target).wait_ready(60, min_version=pinned + 1)
+            time.sleep(2.0)
             swaps = _swaps(args, store_url, work, target, reqs, later[args.swaps:2 * args.swaps], result["p99_ms"],
                            "swap")
             result.update({f"swap_{k}": v for k, v in swaps.items()})

@@ -84,8 +84,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def build_app(cfg: ServeConfig, replicas: int = 1):
-    user_config = {"pin_version": cfg.pin_version, "poll_interval_s": cfg.poll_interval_s}
+_FOLLOW = object()
+
+
+def build_app(cfg: ServeConfig, replicas: int = 1, pin_version=_FOLLOW):
+    """The application. ``pin_version`` (default: ``cfg.pin_version``) travels in ``user_config``: re-running
+    the same ``cfg`` with another pin is a lightweight update (``reconfigure`` on the running replicas, no
+    restart); a different ``cfg`` would replace the replicas."""
+    pin = cfg.pin_version if pin_version is _FOLLOW else pin_version
+    user_config = {"pin_version": pin, "poll_interval_s": cfg.poll_interval_s}
     return ScorerDeployment.options(num_replicas=replicas, user_config=user_config).bind(cfg)
 
 
@@ -120,12 +127,10 @@ def serve_and_wait(cfg: ServeConfig, grpc_port: int | None = None, replicas: int
         return target, client.wait_ready(timeout_s).model_version
 
 
-def pin(version: int | None, replicas: int = 1, cfg: ServeConfig | None = None) -> None:
-    """Pin every replica to ``version`` (rollback), or follow the newest again (None): a user_config update."""
-    if cfg is None:
-        raise ValueError("pin needs the ServeConfig the application was started with")
-    cfg = dataclasses.replace(cfg, pin_version=version)
-    serve.run(build_app(cfg, replicas), name=APP_NAME, route_prefix="/", blocking=False)
+def pin(cfg: ServeConfig, version: int | None, replicas: int = 1) -> None:
+    """Pin every replica to ``version`` (rollback), or follow the newest again (None): a user_config
+    update of the running application started with ``cfg`` (the replicas stay up and keep serving)."""
+    serve.run(build_app(cfg, replicas, pin_version=version), name=APP_NAME, route_prefix="/", blocking=False)
 
 
 def stop_serving() -> None:
