@@ -88,6 +88,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="data files (the spec's format) giving each item's item-side columns (e.g. category_id) "
                         "for Recommend and category filters")
     p.add_argument("--address", default=None, help="join an existing Ray cluster (default: start a local Ray)")
+    p.add_argument("--throughput-optimized", action="store_true",
+                   help="a local Ray with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (direct ingress; lower latency, "
+                        "see docs/benchmarks.md#serving)")
     p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                    help="fsspec storage option of the store (repeatable)")
     p.set_defaults(func=_serve)
@@ -140,6 +143,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.address is None:  # the replicas and the proxy import this checkout's serving code and stubs
         os.environ["PYTHONPATH"] = worker_env()["env_vars"]["PYTHONPATH"]
+        if args.throughput_optimized:
+            os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    elif args.throughput_optimized:
+        raise UserError("--throughput-optimized sets up a local Ray; on a cluster set RAY_SERVE_THROUGHPUT_OPTIMIZED=1 "
+                        "in its environment instead")
     ensure_ray(RayConfig(address=args.address))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own SIGTERM handler
