@@ -280,3 +280,34 @@ def test_fuzzed_recommend_requests(served, k, num, user, exclude, category):
         assert exc.message
         return
     assert len(r.items) <= k and not set(exclude) & {i.item_id for i in r.items}
+
+
+# ------------------------------------------------------------------------------ CLI clients
+def test_score_and_recommend_commands_against_a_grpcio_server(served, capsys):
+    import json as _json
+
+    from cluster.cli import main
+    from serving.grpc_server import start_grpc_server
+
+    server, port = start_grpc_server(served[3])
+    try:
+        target = f"127.0.0.1:{port}"
+        assert main(["score", "--target", target, "--user", "5", "--items", "2,4,7", "--context", "ts=1511658000",
+                     "--application", "", "--json"]) == 0
+        out = _json.loads(capsys.readouterr().out)
+        assert out["model_version"] == 2 and len(out["scores"]) == 3 and out["items"] == [2, 4, 7]
+        assert main(["recommend", "--target", target, "--user", "5", "--k", "3", "--exclude", "2,4",
+                     "--application", ""]) == 0
+        assert capsys.readouterr().out.startswith("version 2")
+        assert main(["score", "--target", target, "--user", "5", "--items", "1", "--context", "ts=nan",
+                     "--application", ""]) == 2
+        assert "INVALID_ARGUMENT: context.ts: non-finite number" in capsys.readouterr().err
+    finally:
+        server.stop(0)
+
+
+def test_serve_refuses_a_missing_run_dir(tmp_path, capsys):
+    from cluster.cli import main
+
+    assert main(["serve", "--run-dir", str(tmp_path / "nope")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
