@@ -49,6 +49,7 @@ class ServeConfig:
     (None: the feature called ``user`` / ``item``, or whose column starts with ``user`` / ``item``).
     retrieve: candidates Recommend retrieves by inner product before the full model ranks them.
     torch_threads: intra-op threads of the replica's torch (1: requests run side by side).
+    metrics_path: the run's ``metrics.jsonl`` (progressive validation per data file) for ModelInfo.
     """
 
     store_url: str
@@ -60,6 +61,7 @@ class ServeConfig:
     item_feature: str | None = None
     retrieve: int = 200
     torch_threads: int = 1
+    metrics_path: str | None = None
     limits: Limits = Limits()
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ INVALID_ARGUMENT and go on serving.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -28,6 +29,7 @@ from serving.config import FollowSettings, ServeConfig
 from serving.errors import InvalidRequestError, NotReadyError, UnsupportedError, VersionMismatchError
 from serving.follower import VersionFollower
 from serving.model import ServableModel, load_model
+from serving.validation import validation_metrics
 from serving.wire import pb
 from versions import VersionStore
 
@@ -63,8 +65,12 @@ class ScoringService:
         if not self._catalogue_loaded:
             self._catalogue = self._read_catalogue(version)
             self._catalogue_loaded = True
-        return load_model(self.store, version, self._catalogue, previous, self.cfg.user_feature,
-                          self.cfg.item_feature)
+        model = load_model(self.store, version, self._catalogue, previous, self.cfg.user_feature,
+                           self.cfg.item_feature)
+        metrics = validation_metrics(self.cfg.metrics_path, model.info.data_files)
+        if metrics:
+            model.info = dataclasses.replace(model.info, metrics={**model.info.metrics, **metrics})
+        return model
 
     def _read_catalogue(self, version: int) -> ItemCatalogue:
         from serving.features import SpecRoles

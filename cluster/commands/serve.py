@@ -130,7 +130,8 @@ def _serve(args: argparse.Namespace) -> int:
         from serving.config import ServeConfig
 
         cfg = ServeConfig(store_url=store, storage_options=options, pin_version=args.pin_version,
-                          poll_interval_s=args.poll_interval, catalogue=tuple(args.catalogue))
+                          poll_interval_s=args.poll_interval, catalogue=tuple(args.catalogue),
+                          metrics_path=str(Path(args.run_dir) / "metrics.jsonl") if args.run_dir else None)
     except ConfigError as exc:
         raise UserError(str(exc)) from None
     if args.run_dir and not Path(args.run_dir).is_dir():

@@ -164,6 +164,21 @@ def _score_request(items=(1, 2, 3), pin=0, **context) -> pb.ScoreRequest:
     return req
 
 
+def test_model_info_carries_the_versions_validation_metrics(served):
+    import dataclasses as dc
+    import json as _json
+
+    root, trainer, paths, svc = served
+    path = root / "metrics.jsonl"
+    path.write_text("\n".join(_json.dumps({"file": f"part-{i}.csv", "auc": 0.6 + i / 100, "log_loss": 0.3,
+                                            "cumulative_auc": 0.62}) for i in range(2)) + "\n{\"file\": \"par")
+    other = ScoringService(dc.replace(svc.cfg, metrics_path=str(path), catalogue=()))
+    other.follower.poll()
+    m = other.model_info().metrics
+    assert m["progressive_auc"] == pytest.approx(0.61) and m["cumulative_auc"] == pytest.approx(0.62)
+    assert m["files_validated"] == 2 and "examples_trained" in m
+
+
 def test_model_info_and_recommend(served):
     root, trainer, paths, svc = served
     info = svc.model_info()
