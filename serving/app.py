@@ -67,7 +67,7 @@ class ScorerDeployment:
         return self._call(self.service.model_info, request, grpc_context, pb.ModelInfoResponse())
 
     def check_health(self) -> None:
-        if self.service.follower._thread is None or not self.service.follower._thread.is_alive():
+        if not self.service.follower.alive:
             raise RuntimeError("the version follower thread is not running")
 
     def __del__(self) -> None:

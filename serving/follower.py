@@ -57,6 +57,11 @@ class VersionFollower:
         """The served model (None until a first version loads)."""
         return self._model
 
+    @property
+    def alive(self) -> bool:
+        """True while the background thread follows the store."""
+        return self._thread is not None and self._thread.is_alive()
+
     # ---------------------------------------------------------------- control
     def start(self) -> "VersionFollower":
         if self._thread is None:
