@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "cluster.commands.snapshots",
     "cluster.commands.jobs",
     "cluster.commands.k8s",
+    "cluster.commands.serve",
     "cluster.commands.bench",
 )
 

@@ -1,0 +1,81 @@
+"""A bounded, open-loop gRPC load generator (asyncio, loopback): a fixed offered load, latencies, errors.
+
+Requests are sent at fixed times t0 + i / qps whatever the answers (open loop, so a slow
+server cannot lower the load it is measured under); a request's latency runs from its
+scheduled time to its answer. Bounded in count (qps x seconds) and time (a per-call deadline).
+
+    res = asyncio.run(offered_load(lambda stub, i: stub.Score(reqs[i % 64]), target, qps=200, seconds=10))
+    res.summary()   # {"sent": 2000, "ok": 2000, "errors": 0, "p50_ms": 2.1, "p99_ms": 6.3, "qps": 199.7}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections import Counter
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class LoadResult:
+    latencies_ms: list[float]
+    errors: Counter
+    sent: int
+    wall_s: float
+    versions: list[tuple[float, int]]  # (answer time, model_version) of each answer
+
+    def summary(self) -> dict:
+        lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.asarray([np.nan])
+        return {"sent": self.sent, "ok": len(self.latencies_ms), "errors": sum(self.errors.values()),
+                "error_codes": dict(self.errors), "p50_ms": float(np.percentile(lat, 50)),
+                "p99_ms": float(np.percentile(lat, 99)), "qps": len(self.latencies_ms) / self.wall_s}
+
+
+async def offered_load(call, target: str, qps: float, seconds: float, timeout_s: float = 2.0,
+                       metadata=(("application", "freshrec"),), channels: int = 2) -> LoadResult:
+    """``call(stub, i)`` returns the awaitable of request i on a ``ScorerStub`` of a grpc.aio channel."""
+    import grpc
+
+    from serving.wire import pb_grpc
+
+    chans = [grpc.aio.insecure_channel(target) for _ in range(channels)]
+    stubs = [pb_grpc.ScorerStub(c) for c in chans]
+    n = int(qps * seconds)
+    lat: list[float] = []
+    versions: list[tuple[float, int]] = []
+    errors: Counter = Counter()
+
+    async def one(i: int, due: float) -> None:
+        try:
+            r = await call(stubs[i % channels], i, timeout_s, metadata)
+            now = time.perf_counter()
+            lat.append((now - due) * 1e3)
+            versions.append((time.time(), int(getattr(r, "model_version", 0))))
+        except grpc.RpcError as exc:
+            errors[exc.code().name] += 1
+        except Exception as exc:  # noqa: BLE001
+            errors[type(exc).__name__] += 1
+
+    try:
+        for c in chans:
+            await c.channel_ready()
+        t0 = time.perf_counter() + 0.05
+        tasks = []
+        for i in range(n):
+            due = t0 + i / qps
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, due)))
+        await asyncio.gather(*tasks)
+        wall = time.perf_counter() - t0
+    finally:
+        for c in chans:
+            await c.close()
+    return LoadResult(lat, errors, n, wall, versions)
+
+
+def run_load(call, target: str, qps: float, seconds: float, **kw) -> LoadResult:
+    return asyncio.run(offered_load(call, target, qps, seconds, **kw))

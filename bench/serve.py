@@ -1,0 +1,422 @@
+"""``freshrec bench serve``: Score/Recommend latency over gRPC, version swaps under load, and freshness.
+
+In one run, on loopback, at a fixed offered load (open loop, :mod:`bench.loadgen`):
+
+* Score with ``--candidates`` items and Recommend (``--k``) through Ray Serve's gRPC proxy,
+  against the same model hosted by a plain grpcio server (another process) and against the
+  model's bare in-process forward (the training core's score on a prepared batch) and the
+  in-process service (validation + features + forward), rounds alternating;
+* ``--swaps`` version swaps under that load: failed requests, p99 during swaps over steady p99;
+* freshness over ``--fresh-files`` data files: from a file's rename into the incoming directory
+  to the first Score answer by a version that includes it (a trainer process follows the
+  directory and commits a version per file, like ``freshrec stream``; a prober scores every 10 ms).
+
+The model: the Taobao log when present (the first 60% of rows trained as history, the rest cut
+into small data files), otherwise a synthetic log of the same format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+DESCRIPTION = "Score/Recommend p50/p99 over Ray Serve gRPC vs grpcio and the bare forward; swaps; freshness"
+REPO = Path(__file__).resolve().parents[1]
+TAOBAO = REPO.parent / "shared" / "data" / "taobao_userbehavior" / "UserBehavior_timeordered_96k.csv"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--qps", type=float, default=100.0, help="offered load, requests/s (default 100)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="seconds per load phase (default 8)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds grpcio <-> Ray Serve (default 2)")
+    parser.add_argument("--candidates", type=int, default=100, help="candidates per Score (default 100)")
+    parser.add_argument("--k", type=int, default=20, help="k of Recommend (default 20)")
+    parser.add_argument("--swaps", type=int, default=10, help="versions committed under load (default 10)")
+    parser.add_argument("--fresh-files", type=int, default=20, help="data files for freshness (default 20)")
+    parser.add_argument("--ingress", choices=("proxy", "throughput"), default="proxy",
+                        help="proxy: Ray Serve's gRPC proxy (default); throughput: RAY_SERVE_THROUGHPUT_OPTIMIZED=1 "
+                             "(direct ingress, user code on the replica's loop)")
+    parser.add_argument("--data", default=str(TAOBAO), help="a Taobao-format CSV (default: the shared Taobao log)")
+    parser.add_argument("--recall-users", type=int, default=100,
+                        help="users for retrieval recall@k against the full model over the whole catalogue (default 100)")
+    parser.add_argument("--skip", default="", help="comma list of phases to skip: grpcio,recommend,swaps,freshness")
+
+
+# ---------------------------------------------------------------------------- data
+def _prepare(args, work: Path) -> dict:
+    from bench.servedata import write_taobao_csv
+
+    later_n = 2 * args.swaps + args.fresh_files + 1
+    data = Path(args.data)
+    if data.exists():
+        lines = data.read_text().splitlines()
+        cut = int(len(lines) * 0.6)
+        (work / "history").mkdir(parents=True)
+        (work / "history" / "part-0000.csv").write_text("\n".join(lines[:cut]) + "\n")
+        chunks = np.array_split(np.arange(cut, len(lines)), later_n)
+        later = ["\n".join(lines[c[0]:c[-1] + 1]) + "\n" for c in chunks]
+        source = f"taobao {data.name}: {cut} history rows, {later_n} files of ~{len(chunks[0])} rows"
+    else:
+        write_taobao_csv(work / "history" / "part-0000.csv", 30000, 0, users=2000, items=5000)
+        later = []
+        for i in range(later_n):
+            p = write_taobao_csv(work / f"gen-{i}.csv", 800, i + 1, start_ts=1_511_700_000 + 600 * i,
+                                 users=2000, items=5000, new_items=100)
+            later.append(p.read_text())
+        source = "synthetic taobao-format log (the Taobao file is absent)"
+    return {"history": work / "history" / "part-0000.csv", "later": later, "source": source}
+
+
+def _land(incoming: Path, name: str, text: str) -> float:
+    """Write a data file under a temporary name and rename it: the moment it lands."""
+    incoming.mkdir(parents=True, exist_ok=True)
+    tmp = incoming / f".{name}.tmp"
+    tmp.write_text(text)
+    t = time.time()
+    os.rename(tmp, incoming / name)
+    return t
+
+
+def _requests(model, n_req: int, candidates: int, seed: int = 0):
+    """Score requests: a known user, ``candidates`` catalogue items, the log's time."""
+    from serving.wire import pb
+
+    rng = np.random.default_rng(seed)
+    users = model.tables[model.roles.user_feature].ids
+    items = model.index.ids if model.index is not None else model.tables[model.roles.item_feature].ids
+    out = []
+    for _ in range(n_req):
+        r = pb.ScoreRequest()
+        r.context["user_id"].id = int(rng.choice(users))
+        r.context["ts"].id = 1_511_700_000
+        r.candidate_columns["item_id"].ids.extend(rng.choice(items, candidates, replace=False).tolist())
+        out.append(r)
+    return out
+
+
+def _recommend_requests(model, n_req: int, k: int, seed: int = 1):
+    from serving.wire import pb
+
+    rng = np.random.default_rng(seed)
+    users = model.tables[model.roles.user_feature].ids
+    out = []
+    for _ in range(n_req):
+        r = pb.RecommendRequest(k=k)
+        r.context["user_id"].id = int(rng.choice(users))
+        r.context["ts"].id = 1_511_700_000
+        out.append(r)
+    return out
+
+
+# ------------------------------------------------------------------------ in-process
+def _timed(fn, reps: int) -> dict:
+    for _ in range(min(20, reps)):
+        fn(0)
+    lat = []
+    for i in range(reps):
+        t0 = time.perf_counter()
+        fn(i)
+        lat.append((time.perf_counter() - t0) * 1e3)
+    return {"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            "qps": 1e3 / float(np.mean(lat))}
+
+
+# ----------------------------------------------------------------------- servers
+def _grpcio_main(store: str, catalogue: str, port_file: str) -> None:
+    """Entry of the baseline process: a plain grpcio server with the same ScoringService."""
+    from serving.config import ServeConfig
+    from serving.grpc_server import start_grpc_server
+    from serving.service import ScoringService
+
+    svc = ScoringService(ServeConfig(store_url=store, catalogue=(catalogue,), poll_interval_s=0.1)).start(wait_s=60)
+    server, port = start_grpc_server(svc, "127.0.0.1:0", threads=4)
+    Path(port_file).write_text(str(port))
+    server.wait_for_termination()
+
+
+def _start_grpcio(store: str, catalogue: str, work: Path) -> tuple[subprocess.Popen, str]:
+    port_file = work / "grpcio.port"
+    code = f"import bench.serve as b; b._grpcio_main({store!r}, {catalogue!r}, {str(port_file)!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not port_file.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    if not port_file.exists():
+        proc.kill()
+        raise RuntimeError("the grpcio baseline server did not start")
+    return proc, f"127.0.0.1:{port_file.read_text()}"
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _load(target: str, reqs, method: str, qps: float, seconds: float, app: bool):
+    from bench.loadgen import run_load
+
+    md = (("application", "freshrec"),) if app else ()
+
+    def call(stub, i, timeout, metadata):
+        return getattr(stub, method)(reqs[i % len(reqs)], timeout=timeout, metadata=metadata)
+
+    return run_load(call, target, qps, seconds, metadata=md)
+
+
+def _median_of(rounds: list[dict]) -> dict:
+    out = {}
+    for key in ("p50_ms", "p99_ms", "qps"):
+        vals = [r[key] for r in rounds]
+        out[key] = statistics.median(vals)
+        out[f"{key}_range"] = [min(vals), max(vals)]
+    out["errors"] = sum(r["errors"] for r in rounds)
+    return out
+
+
+# --------------------------------------------------------------------------- run
+def run(args: argparse.Namespace) -> dict:
+    import ray
+
+    from bench.servedata import StoreTrainer
+    from cluster.config import RayConfig
+    from cluster.ray_runtime import ensure_ray
+    from serving.app import start_serving, worker_env
+    from serving.client import ScoringClient
+    from serving.config import ServeConfig
+    from serving.model import load_model
+    from serving.service import ScoringService
+    from versions import VersionStore
+
+    skip = set(filter(None, args.skip.split(",")))
+    result: dict = {"loadavg_start": list(os.getloadavg()), "ingress": args.ingress}
+    work = Path(tempfile.mkdtemp(prefix="freshrec-bench-serve-"))
+    data = _prepare(args, work)
+    result["data"] = data["source"]
+    store_url = str(work / "versions")
+    t0 = time.perf_counter()
+    StoreTrainer(store_url).add_file(data["history"])
+    result["train_history_s"] = time.perf_counter() - t0
+    store = VersionStore(store_url)
+    catalogue = str(data["history"])
+
+    # in-process baselines: the bare forward, and the service (validation + features + forward)
+    svc = ScoringService(ServeConfig(store_url=store_url, catalogue=(catalogue,))).start()
+    model = svc.follower.model
+    reqs = _requests(model, 64, args.candidates)
+    rec_reqs = _recommend_requests(model, 64, args.k)
+    batches = [model.features.batch({"user_id": r.context["user_id"].id, "ts": r.context["ts"].id},
+                                    {"item_id": __import__("pyarrow").array(list(r.candidate_columns["item_id"].ids))},
+                                    args.candidates)[0] for r in reqs]
+    result["score_bare_forward"] = _timed(lambda i: model.score(batches[i % 64]), 400)
+    result["score_in_process"] = _timed(lambda i: svc.score(reqs[i % 64]), 400)
+    result["recommend_in_process"] = _timed(lambda i: svc.recommend(rec_reqs[i % 64]), 200)
+    result["catalogue_items"] = len(model.index) if model.index is not None else 0
+    if "recall" not in skip and model.index is not None:
+        result["recall"] = _recall(model, args.k, args.recall_users)
+    svc.stop()
+    del svc, model
+
+    if args.ingress == "throughput":
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    os.environ["PYTHONPATH"] = worker_env()["env_vars"]["PYTHONPATH"]
+    ensure_ray(RayConfig(num_cpus=2))
+    grpcio_proc = None
+    try:
+        cfg = ServeConfig(store_url=store_url, poll_interval_s=0.1, catalogue=(catalogue,))
+        port = start_serving(cfg)
+        target = f"127.0.0.1:{port}"
+        ScoringClient(target).wait_ready(120)
+        if "grpcio" not in skip:
+            grpcio_proc, grpcio_target = _start_grpcio(store_url, catalogue, work)
+            ScoringClient(grpcio_target, None).wait_ready(120)
+        serve_rounds, grpcio_rounds, serve_rec, grpcio_rec = [], [], [], []
+        for _ in range(args.rounds):
+            if grpcio_proc is not None:
+                grpcio_rounds.append(_load(grpcio_target, reqs, "Score", args.qps, args.seconds, False).summary())
+            serve_rounds.append(_load(target, reqs, "Score", args.qps, args.seconds, True).summary())
+            if "recommend" not in skip:
+                if grpcio_proc is not None:
+                    grpcio_rec.append(_load(grpcio_target, rec_reqs, "Recommend", args.qps, args.seconds,
+                                            False).summary())
+                serve_rec.append(_load(target, rec_reqs, "Recommend", args.qps, args.seconds, True).summary())
+        result["score_serve"] = _median_of(serve_rounds)
+        if grpcio_rounds:
+            result["score_grpcio"] = _median_of(grpcio_rounds)
+        if serve_rec:
+            result["recommend_serve"] = _median_of(serve_rec)
+        if grpcio_rec:
+            result["recommend_grpcio"] = _median_of(grpcio_rec)
+        if grpcio_proc is not None:
+            grpcio_proc.kill()
+            grpcio_proc = None
+        result.update({"p50_ms": result["score_serve"]["p50_ms"], "p99_ms": result["score_serve"]["p99_ms"],
+                       "qps": result["score_serve"]["qps"]})
+        later = list(data["later"])
+        if "swaps" not in skip:
+            from serving.app import pin
+
+            # control: the same load and the same trainer work, the replica pinned (no swap); pinning is a
+            # user_config update: the same replica goes on serving
+            pinned = ScoringClient(target).model_info().model_version
+            pin(cfg, pinned)
+            control = _swaps(args, store_url, work, target, reqs, later[:args.swaps], result["p99_ms"], "control")
+            result["swap_control_pinned"] = control
+            pin(cfg, None)
+            ScoringClient(target).wait_ready(60, min_version=pinned + 1)
+            time.sleep(2.0)
+            swaps = _swaps(args, store_url, work, target, reqs, later[args.swaps:2 * args.swaps], result["p99_ms"],
+                           "swap")
+            result.update({f"swap_{k}": v for k, v in swaps.items()})
+            result["swap_p99_over_pinned_control"] = swaps["p99_ms"] / control["p99_ms"]
+        later = later[2 * args.swaps:]
+        if "freshness" not in skip:
+            result.update(_freshness(args, store, store_url, work, target, reqs[0], later[:args.fresh_files]))
+    finally:
+        if grpcio_proc is not None:
+            grpcio_proc.kill()
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+    result["loadavg_end"] = list(os.getloadavg())
+    return result
+
+
+def _recall(model, k: int, users: int, seed: int = 2) -> dict:
+    """Retrieval recall@k: the share of the full model's top k over the WHOLE catalogue that the inner-product
+    retrieval of n candidates finds (and that Recommend, which ranks those n, returns), averaged over users."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    ids = model.index.ids
+    picked = rng.choice(model.tables[model.roles.user_feature].ids, users, replace=False)
+    sizes = (k, 100, 200, 1000, 5000)
+    found = {n: [] for n in sizes}
+    t0 = time.perf_counter()
+    for u in picked.tolist():
+        batch, _ = model.features.batch({"user_id": u, "ts": 1_511_700_000}, {"item_id": pa.array(ids)}, len(ids))
+        scores, _ = model.score(batch)
+        truth = set(ids[np.argpartition(-scores, k)[:k]].tolist())
+        for n in sizes:
+            got, _ = model.index.top(model.user_vector(u), n)
+            found[n].append(len(truth & set(got.tolist())) / k)
+    out = {f"recall_at_{k}_retrieve_{n}": float(np.mean(v)) for n, v in found.items()}
+    out["random_baseline_retrieve_200"] = min(1.0, 200 / len(ids))
+    out["users"] = users
+    out["catalogue_items"] = len(ids)
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _trainer(store_url: str, incoming: Path, files: int, work: Path, name: str) -> subprocess.Popen:
+    log = open(work / f"{name}.log", "w")
+    return subprocess.Popen([sys.executable, "-m", "bench.servedata", "--store", store_url, "--incoming",
+                             str(incoming), "--files", str(files), "--idle-timeout", "60"],
+                            cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait_line(work: Path, name: str, text: str, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        p = work / f"{name}.log"
+        if p.exists() and text in p.read_text():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"the trainer process did not print {text!r}: see {work / f'{name}.log'}")
+
+
+def _swaps(args, store_url: str, work: Path, target: str, reqs, files: list[str], steady_p99: float,
+           name: str) -> dict:
+    """Land ``files`` one by one while Score runs at the offered load: every file becomes a version."""
+    incoming = work / f"incoming-{name}"
+    incoming.mkdir()
+    proc = _trainer(store_url, incoming, len(files), work, name)
+    _wait_line(work, name, "restored version")
+    interval = 0.8
+    seconds = len(files) * interval + 3.0
+    box = {}
+    load = threading.Thread(target=lambda: box.setdefault("res", _load(target, reqs, "Score", args.qps, seconds,
+                                                                         True)))
+    load.start()
+    time.sleep(1.0)
+    for i, text in enumerate(files):
+        _land(incoming, f"part-a-{name}-{i:04d}.csv", text)
+        time.sleep(interval)
+    load.join()
+    proc.wait(timeout=60)
+    res = box["res"]
+    s = res.summary()
+    seen = sorted({v for _, v in res.versions})
+    return {"failed_requests": s["errors"], "error_codes": s["error_codes"], "requests": s["sent"],
+            "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"], "p99_over_steady": s["p99_ms"] / steady_p99,
+            "versions_seen": len(seen), "versions": [seen[0], seen[-1]] if seen else []}
+
+
+def _freshness(args, store, store_url: str, work: Path, target: str, req, files: list[str]) -> dict:
+    """Land files one at a time; a prober scores every 10 ms; freshness = first answer by a version with the file."""
+    import grpc
+
+    from serving.wire import pb_grpc
+
+    incoming = work / "incoming-fresh"
+    incoming.mkdir()
+    proc = _trainer(store_url, incoming, len(files), work, "fresh")
+    _wait_line(work, "fresh", "restored version")
+    answers: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        with grpc.insecure_channel(target) as ch:
+            stub = pb_grpc.ScorerStub(ch)
+            while not stop.is_set():
+                try:
+                    r = stub.Score(req, timeout=2, metadata=(("application", "freshrec"),))
+                    answers.append((time.time(), r.model_version))
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.01)
+
+    th = threading.Thread(target=probe, daemon=True)
+    th.start()
+    landed = {}
+    for i, text in enumerate(files):
+        name = f"part-b-fresh-{i:04d}.csv"
+        before = answers[-1][1] if answers else 0
+        landed[name] = _land(incoming, name, text)
+        deadline = time.time() + 10
+        while time.time() < deadline and (not answers or answers[-1][1] <= before):
+            time.sleep(0.01)
+        time.sleep(0.2)
+    stop.set()
+    th.join()
+    proc.wait(timeout=60)
+    first_with = {}  # file -> first version that includes it
+    for m in store.list():
+        for f in m.data_files:
+            first_with.setdefault(f, m.version)
+    fresh, to_commit = [], []
+    for name, t_land in landed.items():
+        v = first_with.get(name)
+        if v is None:
+            continue
+        t = next((t for t, ver in answers if ver >= v and t >= t_land), None)
+        if t is not None:
+            fresh.append(t - t_land)
+            to_commit.append(store.manifest(v).committed_at - t_land)
+    if not fresh:
+        return {"freshness_p50_s": float("nan"), "freshness_p99_s": float("nan"), "freshness_files": 0}
+    return {"freshness_p50_s": float(np.percentile(fresh, 50)), "freshness_p99_s": float(np.percentile(fresh, 99)),
+            "freshness_max_s": float(max(fresh)), "freshness_files": len(fresh),
+            "land_to_commit_p50_s": float(np.percentile(to_commit, 50)),
+            "commit_to_served_p50_s": float(np.percentile(np.subtract(fresh, to_commit), 50))}

@@ -1,0 +1,217 @@
+"""``freshrec serve`` (a Ray Serve gRPC application that follows the version store), ``score`` and
+``recommend`` (clients of it). See docs/serving.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from cluster.errors import UserError
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def _port(text: str) -> int:
+    v = _positive(text)
+    if v > 65535:
+        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {v}")
+    return v
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0.01 <= v <= 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds in [0.01, 3600], got {text!r}")
+    return v
+
+
+def _id(text: str) -> int | str:
+    """A numeric id stays an int; anything else is a text id (hashed by the server like in training)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _ids(text: str) -> list:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of ids, e.g. 42,57,90")
+    return [_id(t) for t in items]
+
+
+def _context(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected COLUMN=VALUE, got {text!r}")
+    try:
+        return key, int(value)
+    except ValueError:
+        try:
+            return key, float(value)
+        except ValueError:
+            return key, value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve the newest model version over gRPC (Ray Serve), following new versions",
+                       description="Run freshrec's Ray Serve application (freshrec.v1.Scorer: Score, Recommend, "
+                                   "ModelInfo; gRPC server reflection on) in the foreground. Each replica loads the "
+                                   "newest committed version, follows the store and swaps atomically. Ctrl-C or "
+                                   "SIGTERM stops it.")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--run-dir", metavar="DIR", help="a training run directory: the store at DIR/versions")
+    where.add_argument("--store", metavar="URL", help="the version store: a path, file://, s3://bucket/prefix")
+    p.add_argument("--grpc-port", type=_port, default=9000, help="gRPC port of the Serve proxy (default 9000)")
+    p.add_argument("--replicas", type=_positive, default=1, help="replicas of the scorer (default 1)")
+    p.add_argument("--pin-version", type=_positive, default=None, metavar="V",
+                   help="serve exactly version V (rollback) instead of following the newest")
+    p.add_argument("--poll-interval", type=_seconds, default=0.2, metavar="S",
+                   help="seconds between looks for a newer version (default 0.2)")
+    p.add_argument("--catalogue", nargs="+", default=[], metavar="FILE",
+                   help="data files (the spec's format) giving each item's item-side columns (e.g. category_id) "
+                        "for Recommend and category filters")
+    p.add_argument("--address", default=None, help="join an existing Ray cluster (default: start a local Ray)")
+    p.add_argument("--throughput-optimized", action="store_true",
+                   help="a local Ray with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (direct ingress; lower latency, "
+                        "see docs/benchmarks.md#serving)")
+    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="fsspec storage option of the store (repeatable)")
+    p.set_defaults(func=_serve)
+
+    s = sub.add_parser("score", help="score items for a user on a running server (gRPC client)")
+    _client_args(s)
+    s.add_argument("--items", type=_ids, required=True, metavar="I1,I2,...", help="candidate item ids")
+    s.set_defaults(func=_score)
+
+    r = sub.add_parser("recommend", help="top-k items for a user from a running server (gRPC client)")
+    _client_args(r)
+    r.add_argument("--k", type=_positive, default=10, help="how many items (default 10)")
+    r.add_argument("--exclude", type=_ids, default=[], metavar="I1,I2,...", help="items never to return")
+    r.add_argument("--category", type=_id, default=None, help="only items of this category")
+    r.set_defaults(func=_recommend)
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="127.0.0.1:9000", metavar="HOST:PORT", help="the server (default 127.0.0.1:9000)")
+    p.add_argument("--user", type=_id, required=True, help="the user id")
+    p.add_argument("--context", type=_context, action="append", default=[], metavar="COLUMN=VALUE",
+                   help="another context column, e.g. ts=1511658000 (repeatable)")
+    p.add_argument("--application", default="freshrec", help="the Ray Serve application name (default freshrec)")
+    p.add_argument("--timeout", type=_seconds, default=10.0, help="seconds per call (default 10)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from cluster.commands.snapshots import _option
+    from cluster.config import RayConfig
+    from cluster.ray_runtime import ensure_ray
+    from common.config import ConfigError
+
+    store = args.store or str(Path(args.run_dir) / "versions")
+    options = dict(_option(o) for o in args.storage_option) or None
+    try:
+        from serving.config import ServeConfig
+
+        cfg = ServeConfig(store_url=store, storage_options=options, pin_version=args.pin_version,
+                          poll_interval_s=args.poll_interval, catalogue=tuple(args.catalogue),
+                          metrics_path=str(Path(args.run_dir) / "metrics.jsonl") if args.run_dir else None)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    if args.run_dir and not Path(args.run_dir).is_dir():
+        raise UserError(f"--run-dir {args.run_dir} is not a directory")
+    missing = [c for c in args.catalogue if not Path(c).exists() and "://" not in c]
+    if missing:
+        raise UserError(f"--catalogue file(s) not found: {missing}")
+    from serving.app import start_serving, stop_serving, worker_env
+    from serving.client import ScoringClient
+
+    if args.address is None:  # the replicas and the proxy import this checkout's serving code and stubs
+        os.environ["PYTHONPATH"] = worker_env()["env_vars"]["PYTHONPATH"]
+        if args.throughput_optimized:
+            os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    elif args.throughput_optimized:
+        raise UserError("--throughput-optimized sets up a local Ray; on a cluster set RAY_SERVE_THROUGHPUT_OPTIMIZED=1 "
+                        "in its environment instead")
+    ensure_ray(RayConfig(address=args.address))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own SIGTERM handler
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        port = start_serving(cfg, args.grpc_port, args.replicas)
+        target = f"127.0.0.1:{port}"
+        with ScoringClient(target) as client:
+            waited = False
+            while not stop.is_set():
+                try:
+                    info = client.wait_ready(timeout_s=5.0)
+                    break
+                except TimeoutError as exc:
+                    if not waited:
+                        print(f"waiting for a first committed version in {store} ({exc})", file=sys.stderr)
+                        waited = True
+            else:
+                return 130
+        print(f"serving freshrec.v1 on {target} (version {info.model_version})", flush=True)
+        stop.wait()
+        print("stopping", file=sys.stderr)
+        return 0
+    finally:
+        try:
+            stop_serving()
+        finally:
+            import ray
+
+            ray.shutdown()
+
+
+def _call(args: argparse.Namespace, fn):
+    import grpc
+
+    from serving.client import ScoringClient
+
+    try:
+        with ScoringClient(args.target, args.application or None, args.timeout) as c:
+            return fn(c)
+    except grpc.RpcError as exc:
+        raise UserError(f"{args.target}: {exc.code().name}: {exc.details()}") from None
+
+
+def _score(args: argparse.Namespace) -> int:
+    r = _call(args, lambda c: c.score(args.user, args.items, dict(args.context)))
+    if args.json:
+        print(json.dumps({"model_version": r.model_version, "items": args.items, "scores": list(r.scores),
+                          "defaulted_columns": list(r.defaulted_columns), "unknown_ids": r.unknown_ids}))
+        return 0
+    print(f"version {r.model_version}")
+    for item, s in zip(args.items, r.scores):
+        print(f"  {item}  {s:.6f}")
+    return 0
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    r = _call(args, lambda c: c.recommend(args.user, args.k, dict(args.context), args.exclude, args.category))
+    items = [{"item_id": i.item_id, "score": i.score, "retrieval_score": i.retrieval_score} for i in r.items]
+    if args.json:
+        print(json.dumps({"model_version": r.model_version, "items": items, "catalogue_items": r.catalogue_items}))
+        return 0
+    print(f"version {r.model_version} ({r.catalogue_items} items in the index)")
+    for i in items:
+        print(f"  {i['item_id']}  {i['score']:.6f}")
+    return 0

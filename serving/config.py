@@ -1,0 +1,109 @@
+"""Typed, frozen settings of a serving replica; every error says what to fix.
+
+>>> ServeConfig(store_url="runs/r1/versions", poll_interval_s=0.1).limits.max_candidates
+1000
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from common.config import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What a request may ask for; anything beyond is INVALID_ARGUMENT (the replica keeps serving).
+
+    max_candidates: candidates of one Score call. max_k: items of one Recommend call.
+    max_retrieve: candidates Recommend retrieves before ranking. max_request_bytes: the
+    serialised request (gRPC's own transport limit, 4 MiB, answers RESOURCE_EXHAUSTED above it).
+    max_exclude: excluded items of one Recommend call.
+    """
+
+    max_candidates: int = 1000
+    max_k: int = 1000
+    max_retrieve: int = 5000
+    max_request_bytes: int = 1 << 20
+    max_exclude: int = 10_000
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"serve.limits.{f.name} must be an integer >= 1, got {v!r}")
+        if self.max_retrieve < self.max_k:
+            raise ConfigError(f"serve.limits.max_retrieve ({self.max_retrieve}) must be >= max_k ({self.max_k})")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """One replica's settings (Ray Serve passes them as the deployment's init argument).
+
+    store_url / storage_options: the version store (``RUN_DIR/versions``, ``s3://...``).
+    pin_version: serve exactly this version (rollback) instead of following the newest.
+    poll_interval_s: how often the replica looks for a newer committed version.
+    catalogue: data files (the spec's format) whose item-side columns (e.g. category_id) give
+    each item's features for Recommend and for Score requests that leave them out.
+    user_feature / item_feature: the spec's sparse features that name the user and the item
+    (None: the feature called ``user`` / ``item``, or whose column starts with ``user`` / ``item``).
+    retrieve: candidates Recommend retrieves by inner product before the full model ranks them.
+    torch_threads: intra-op threads of the replica's torch (1: requests run side by side).
+    metrics_path: the run's ``metrics.jsonl`` (progressive validation per data file) for ModelInfo.
+    """
+
+    store_url: str
+    storage_options: dict | None = None
+    pin_version: int | None = None
+    poll_interval_s: float = 0.2
+    catalogue: tuple[str, ...] = ()
+    user_feature: str | None = None
+    item_feature: str | None = None
+    retrieve: int = 200
+    torch_threads: int = 1
+    metrics_path: str | None = None
+    limits: Limits = Limits()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "catalogue", tuple(str(p) for p in self.catalogue))
+        if isinstance(self.limits, dict):
+            object.__setattr__(self, "limits", Limits(**self.limits))
+        if not self.store_url:
+            raise ConfigError("serve: store_url is empty: pass --store URL or --run-dir DIR")
+        if self.pin_version is not None and (not isinstance(self.pin_version, int) or self.pin_version < 1):
+            raise ConfigError(f"serve.pin_version must be a version number >= 1 or None, got {self.pin_version!r}")
+        if not (isinstance(self.poll_interval_s, (int, float)) and 0.01 <= self.poll_interval_s <= 3600):
+            raise ConfigError(f"serve.poll_interval_s must be in [0.01, 3600] seconds, got {self.poll_interval_s!r}")
+        if not isinstance(self.retrieve, int) or not 1 <= self.retrieve <= self.limits.max_retrieve:
+            raise ConfigError(f"serve.retrieve must be in [1, {self.limits.max_retrieve}], got {self.retrieve!r}")
+        if not isinstance(self.torch_threads, int) or self.torch_threads < 1:
+            raise ConfigError(f"serve.torch_threads must be >= 1, got {self.torch_threads!r}")
+
+    def replace(self, **changes) -> "ServeConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class FollowSettings:
+    """What Ray Serve's ``user_config`` may change on a running replica (never weights).
+
+    >>> FollowSettings.from_user_config({"pin_version": 3})
+    FollowSettings(pin_version=3, poll_interval_s=None)
+    """
+
+    pin_version: int | None = None  # None: follow the newest committed version
+    poll_interval_s: float | None = None  # None: keep the replica's setting
+
+    @classmethod
+    def from_user_config(cls, raw: dict | None) -> "FollowSettings":
+        raw = dict(raw or {})
+        unknown = sorted(set(raw) - {"pin_version", "poll_interval_s"})
+        if unknown:
+            raise ConfigError(f"serve user_config: unknown key(s) {unknown}; allowed: pin_version, poll_interval_s")
+        pin = raw.get("pin_version")
+        if pin is not None and (not isinstance(pin, int) or isinstance(pin, bool) or pin < 1):
+            raise ConfigError(f"serve user_config: pin_version must be a version >= 1 or null, got {pin!r}")
+        poll = raw.get("poll_interval_s")
+        if poll is not None and not (isinstance(poll, (int, float)) and 0.01 <= poll <= 3600):
+            raise ConfigError(f"serve user_config: poll_interval_s must be in [0.01, 3600], got {poll!r}")
+        return cls(pin, None if poll is None else float(poll))

