@@ -2,14 +2,15 @@
 (``serveConfigV2``) and what ``serve deploy`` takes, generated in one place and checked against
 Ray Serve's own schema (``ray.serve.schema.ServeDeploySchema``).
 
-Assumption shared with serving/: the application builder is ``serving.app:build_app``, called by
-Ray Serve with ``args`` ``{"store": URL, "grpc_port": PORT}`` (plus ``replicas``), and the gRPC
+The application builder is ``serving.app:app_from_args``, called by Ray Serve with ``args``
+``{"store": URL, "grpc_port": PORT, "replicas": N}`` (a unit test builds the application from
+the generated args), and the gRPC
 servicer is ``protos.freshrec.v1.scoring_pb2_grpc.add_ScorerServicer_to_server`` (service
 ``freshrec.v1.Scorer``); the proxy listens for gRPC on ``grpc_options.port``.
 
     >>> cfg = serve_deploy_config("/data/versions")
     >>> cfg["applications"][0]["import_path"], cfg["grpc_options"]["port"]
-    ('serving.app:build_app', 9000)
+    ('serving.app:app_from_args', 9000)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from common.config import ConfigError
 
 APP_NAME = "freshrec"
-IMPORT_PATH = "serving.app:build_app"
+IMPORT_PATH = "serving.app:app_from_args"
 SERVICER_FUNCTION = "protos.freshrec.v1.scoring_pb2_grpc.add_ScorerServicer_to_server"
 DEPLOYMENT = "Scorer"
 GRPC_PORT = 9000

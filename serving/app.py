@@ -96,6 +96,20 @@ def build_app(cfg: ServeConfig, replicas: int = 1, pin_version=_FOLLOW):
     return ScorerDeployment.options(num_replicas=replicas, user_config=user_config).bind(cfg)
 
 
+def app_from_args(args: dict):
+    """The builder a Ray Serve config file names (``import_path: serving.app:app_from_args``, as the
+    KubeRay RayService in k8s/ does): Ray Serve calls it with the application's ``args``,
+    ``{"store": URL, "replicas": N, "pin_version": V|null, "catalogue": [FILES], "poll_interval_s": S}``
+    (``grpc_port`` belongs to the proxy and is ignored here)."""
+    args = dict(args or {})
+    if not args.get("store"):
+        raise ServingError("serve config args: 'store' (the version store URL) is required")
+    cfg = ServeConfig(store_url=str(args["store"]), pin_version=args.get("pin_version"),
+                      catalogue=tuple(args.get("catalogue") or ()),
+                      poll_interval_s=float(args.get("poll_interval_s", ServeConfig.poll_interval_s)))
+    return build_app(cfg, replicas=int(args.get("replicas", 1)))
+
+
 def start_serving(cfg: ServeConfig, grpc_port: int | None = None, replicas: int = 1, http_port: int | None = None,
                   wait_s: float = 120.0) -> int:
     """Deploy the application on the connected Ray (``ray.init`` first) and return the gRPC port.

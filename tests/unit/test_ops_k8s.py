@@ -155,7 +155,14 @@ def test_the_serve_config_is_generated_by_the_cli_and_valid_for_ray_serve(capsys
     schema = validate_serve_config(embedded)
     assert isinstance(schema, ServeDeploySchema)
     assert schema.grpc_options.port == embedded["applications"][0]["args"]["grpc_port"] == 9000
-    assert schema.applications[0].import_path == "serving.app:build_app"
+    assert schema.applications[0].import_path == "serving.app:app_from_args"
+    # the import path builds freshrec's application from these very args (what Ray Serve does)
+    from ray.serve import Application
+    from ray.serve._private.utils import import_attr
+
+    app = import_attr(schema.applications[0].import_path)(embedded["applications"][0]["args"])
+    assert isinstance(app, Application)
+    assert app._bound_deployment.name == embedded["applications"][0]["deployments"][0]["name"] == "Scorer"
     # the gRPC port the Serve proxy listens on is the one the pods expose and the Service targets
     grpc_ports = {p["containerPort"] for _, t in pod_templates(service) for c in t["spec"]["containers"]
                   for p in c.get("ports", []) if p.get("name") == "grpc"}
