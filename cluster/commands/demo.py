@@ -47,7 +47,7 @@ def _demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True)
     inputs, spec_name, every = _pick_data(args, out)
     spec = load_spec(spec_name)
-    print(f"[1/2] validate + split {', '.join(str(i) for i in inputs)} (spec {spec.name}) into {every} data files")
+    print(f"[1/3] validate + split {', '.join(str(i) for i in inputs)} (spec {spec.name}) into {every} data files")
     with DeadLetterWriter(out / "dead-letter.jsonl") as dl:
         validator = Validator(spec, dl)
         result = split_into_files(inputs, validator, parse_duration(every), out / "data",
@@ -57,11 +57,13 @@ def _demo(args: argparse.Namespace) -> int:
           f"(balanced: {r.balanced}); {len(result.files)} data files in {out / 'data'}")
     for reason, count in sorted(r.by_reason.items()):
         print(f"      dead-letter {reason}: {count:,}")
-    _train_stage(args, out, spec, result.files, spec_name)
+    held_back = result.files[-1]  # lands after serving has started: the newer version answers
+    run = _train_stage(args, out, spec, result.files[:-1], spec_name)
+    _serve_stage(out, spec, spec_name, run, held_back)
     return 0
 
 
-def _train_stage(args, out, spec, files, spec_name: str) -> None:
+def _train_stage(args, out, spec, files, spec_name: str) -> dict:
     from cluster.commands.snapshots import print_versions
     from cluster.commands.train import VersionTicker
     from cluster.config import RunConfig
@@ -80,7 +82,7 @@ def _train_stage(args, out, spec, files, spec_name: str) -> None:
     cut = max(1, len(files) // 3)
     for i, f in enumerate(files):  # the first third is history, the rest lands as new data files
         f.rename((history if i < cut else incoming) / f.name)
-    print(f"[2/2] local Ray; parameter server ({cfg.ps.num_shards} shard actors, FBGEMM row-wise Adagrad); Ray Train "
+    print(f"[2/3] local Ray; parameter server ({cfg.ps.num_shards} shard actors, FBGEMM row-wise Adagrad); Ray Train "
           f"with {cfg.workers} workers (gloo DDP); cold start on {cut} history data files, then stream "
           f"{len(files) - cut} incoming data files")
     ensure_ray(cfg.ray)
@@ -103,3 +105,45 @@ def _train_stage(args, out, spec, files, spec_name: str) -> None:
     print_versions(VersionStore(store_url))
     print(f"a restart on the same run directory resumes from the newest version: freshrec stream --spec {spec_name} "
           f"--history {history} --incoming {incoming} --run-dir {out / 'run'}")
+    return {"cfg": cfg, "store_url": store_url, "history": history, "incoming": incoming}
+
+
+def _serve_stage(out, spec, spec_name: str, run: dict, held_back) -> None:
+    """Serve the newest version over gRPC, score with it, land one more data file, train on it (the run
+    resumes from its versions) and show the newer version answering."""
+    from serving.app import serve_and_wait, stop_serving
+    from serving.client import ScoringClient, score_and_show
+    from serving.config import ServeConfig
+    from trainer.data import Validator, read_data_file
+    from trainer.report import table_row
+    from trainer.run import run_ps_training
+    from trainer.versioning import version_extra
+
+    cfg, store_url = run["cfg"], run["store_url"]
+    print(f"[3/3] serving: Ray Serve gRPC (freshrec.v1.Scorer, reflection on) following {store_url}")
+    target, version = serve_and_wait(ServeConfig(store_url=store_url, catalogue=(str(run["history"]),)))
+    batch = read_data_file(held_back, Validator(spec))
+    user_col = next(f.column for f in spec.sparse if f.name == "user")
+    item_col = next(f.column for f in spec.sparse if f.name == "item")
+    user = int(batch.table.column(user_col)[0].as_py())
+    items = list(dict.fromkeys(int(x) for x in batch.table.column(item_col).to_pylist()[:8]))[:5]
+    print(f"      serving freshrec.v1 on {target} (version {version})")
+    print(f"      Score user {user}, {len(items)} candidates -> {score_and_show(target, user, items)}")
+    try:
+        tmp = run["incoming"] / f".{held_back.name}.tmp"  # the documented protocol: write, then rename
+        held_back.rename(tmp)
+        tmp.rename(run["incoming"] / held_back.name)
+        print(f"      landed {held_back.name}; the stream resumes from version {version} and trains on it")
+        run_ps_training(spec, cfg.model, cfg.train, out / "run", ps=cfg.ps, history=run["history"],
+                        incoming=run["incoming"], drain=True, num_workers=cfg.workers, store_url=store_url,
+                        snapshots=cfg.snapshots, version_extra=version_extra(spec_name, cfg.to_dict()),
+                        on_file=lambda i, m: print(table_row(i, m), flush=True))
+        with ScoringClient(target) as client:
+            newer = client.wait_ready(60, min_version=version + 1).model_version
+        print(f"      the replica swapped to version {newer} on its own; the same request now answers:")
+        print(f"      Score user {user}, {len(items)} candidates -> {score_and_show(target, user, items)}")
+        print(f"      (try it yourself while a `freshrec serve --run-dir {out / 'run'}` runs: grpcurl -plaintext "
+              f"HOST:PORT list, or freshrec score --target HOST:PORT --user {user} --items "
+              f"{','.join(map(str, items))})")
+    finally:
+        stop_serving()

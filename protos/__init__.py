@@ -1,0 +1,1 @@
+"""Generated gRPC stubs live here (`make protos`); this file makes the folder an importable package."""
