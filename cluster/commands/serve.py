@@ -11,17 +11,8 @@ import sys
 import threading
 from pathlib import Path
 
+from cluster.commands.argtypes import positive_int as _positive
 from cluster.errors import UserError
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
 
 
 def _port(text: str) -> int:

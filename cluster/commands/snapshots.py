@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from cluster.commands.argtypes import positive_int as _positive
 from cluster.errors import UserError
 
 
@@ -18,16 +19,6 @@ def _version(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"VERSION must be a positive integer or 'latest', got {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"VERSION must be >= 1, got {v}")
-    return v
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
     return v
 
 
