@@ -90,12 +90,9 @@ class LocalBackend:
         """Every (id, row) of ``table``, ids ascending."""
         return self.shard.table_rows(table)
 
-    def state_dict(self) -> dict[str, dict[str, np.ndarray]]:
-        """{table: {"ids", "rows", "opt_state_0".., "count", "last_seen", "last_version"}}, ids ascending."""
-        return self.table_state()
-
     # --------------------------------------------------- versions (as PSClient)
     def table_state(self) -> dict[str, dict[str, np.ndarray]]:
+        """{table: {"ids", "rows", "opt_state_0".., "count", "last_seen", "last_version"}}, ids ascending."""
         return {t: self.shard.table_state(t) for t in self.cfg.table_names}
 
     def prepare_cut(self, cut_id: str, full: bool) -> list[dict]:

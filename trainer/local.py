@@ -31,4 +31,4 @@ class LocalTrainer(TrainerCore):
 
     def state_dict(self) -> dict:
         """The core's state plus the embeddings: {table: {"ids", "rows", "state"}}, ids ascending."""
-        return {**super().state_dict(), "embeddings": self.backend.state_dict()}
+        return {**super().state_dict(), "embeddings": self.backend.table_state()}

@@ -124,22 +124,28 @@ def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_di
     run_dir.mkdir(parents=True, exist_ok=True)
     paths = RunPaths(run_dir)
     paths.stop.unlink(missing_ok=True)
-    resumed_from, kept = None, 0
+    resumed_from, store = None, None
     if versions:
         store_url = store_url or str(paths.versions)
         store = VersionStore(store_url, storage_options)
         resumed_from = store.latest_valid()
-        consumed = set()
         if resumed_from is not None:
             manifest = store.manifest(resumed_from)
-            consumed = set(manifest.data_files)
-            on_event(f"resuming from version {resumed_from} (step {manifest.step}, {len(consumed)} data files "
-                     f"consumed, committed {manifest.committed_at_iso})")
-        kept = keep_metrics_of(paths.metrics, consumed)
+            on_event(f"resuming from version {resumed_from} (step {manifest.step}, {len(manifest.data_files)} data "
+                     f"files consumed, committed {manifest.committed_at_iso})")
     else:
         store_url = None
         for stale in (paths.metrics, paths.ledger):
             stale.unlink(missing_ok=True)
+
+    def follow_from(version: int | None) -> MetricsFollower:
+        """Tail metrics.jsonl from the records of ``version``'s data files on (later files are replayed)."""
+        consumed = set(store.manifest(version).data_files) if version is not None else set()
+        follower = MetricsFollower(paths.metrics, on_file or (lambda i, rec: None),
+                                   skip=keep_metrics_of(paths.metrics, consumed))
+        follower.start()
+        return follower
+
     ps_cfg = ps_config_for(spec, train_cfg, ps, num_workers=num_workers)
     if client is None:
         client = create_parameter_server(ps_cfg)
@@ -149,8 +155,7 @@ def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_di
               "drain": drain, "idle_timeout_s": idle_timeout_s, "store_url": store_url, "snapshots": snapshots,
               "storage_options": storage_options, "version_extra": version_extra or {}}
     use_gpu = torch.cuda.is_available()  # NCCL for the dense all-reduce on GPUs, gloo on CPU
-    follower = MetricsFollower(paths.metrics, on_file or (lambda i, rec: None), skip=kept)
-    follower.start()
+    follower = follow_from(resumed_from)
     t0 = time.perf_counter()
     restarts = 0
     try:
@@ -178,12 +183,8 @@ def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_di
                 client.shutdown()
                 client = create_parameter_server(ps_cfg)
                 config["client"] = client
-                # the data files after the last version are replayed: drop their metrics records
                 follower.stop()
-                last = store.latest_valid()
-                kept = keep_metrics_of(paths.metrics, set(store.manifest(last).data_files) if last else set())
-                follower = MetricsFollower(paths.metrics, on_file or (lambda i, rec: None), skip=kept)
-                follower.start()
+                follower = follow_from(store.latest_valid())
     finally:
         follower.stop()
         if not keep_ps:

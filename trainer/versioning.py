@@ -53,6 +53,20 @@ def _single_process_broadcast(value):
     return value
 
 
+def collectives(world: int):
+    """(barrier, broadcast-from-rank-0) over the process group Ray Train set up; no-ops for one process."""
+    if world == 1:
+        return _single_process_barrier, _single_process_broadcast
+    import torch.distributed as dist
+
+    def broadcast(value):
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    return dist.barrier, broadcast
+
+
 class VersionKeeper:
     """Writes and restores the model versions of one run (see the module docstring).
 

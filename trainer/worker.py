@@ -23,21 +23,7 @@ from trainer.data import DeadLetterWriter, Validator, check_file_report, read_da
 from trainer.data.follow import follow_data_files
 from trainer.runfiles import RunPaths, write_atomic
 from trainer.telemetry import record_file
-from trainer.versioning import VersionKeeper
-
-
-def collectives(world: int):
-    """(barrier, broadcast-from-rank-0) over the process group Ray Train set up; no-ops for one worker."""
-    if world == 1:
-        return (lambda: None), (lambda value: value)
-    import torch.distributed as dist
-
-    def broadcast(value):
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    return dist.barrier, broadcast
+from trainer.versioning import VersionKeeper, collectives
 
 
 def train_loop_per_worker(config: dict) -> None:
