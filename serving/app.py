@@ -14,6 +14,7 @@ and changes settings only, never weights::
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -26,6 +27,7 @@ from ray.serve.config import gRPCOptions
 from serving.config import ServeConfig
 from serving.errors import ServingError
 from serving.service import ScoringService
+from serving.shards import RemoteTables, ShardSlice, merge_changes
 from serving.wire import SERVICER_FUNCTION, pb
 
 log = logging.getLogger(__name__)
@@ -42,9 +44,22 @@ class ScorerDeployment:
     never contended). Loading versions happens on the follower's own thread.
     """
 
-    def __init__(self, cfg: ServeConfig) -> None:
+    def __init__(self, cfg: ServeConfig, *shards) -> None:
         logging.basicConfig(level=logging.INFO)
-        self.service = ScoringService(cfg).start()
+        self.shards = shards  # DeploymentHandles of the TableShard deployments (cfg.remote_tables)
+        remote = None
+        if cfg.remote_tables:
+            remote = RemoteTables(cfg.remote_tables, len(shards), cfg.cache_rows, self._shard_load, self._shard_fetch)
+        # with shards, the first version is loaded by the follower thread (a constructor must not wait on them)
+        self.service = ScoringService(cfg, remote=remote).start(load_now=remote is None)
+
+    def _shard_load(self, version: int, since: int | None):
+        calls = [h.load.remote(version, since) for h in self.shards]
+        return merge_changes([c.result() for c in calls])
+
+    def _shard_fetch(self, version: int, table: str, asked):
+        calls = {s: self.shards[s].lookup.remote(version, table, ids) for s, ids in asked.items()}
+        return {s: c.result() for s, c in calls.items()}
 
     def reconfigure(self, user_config: dict) -> None:
         self.service.reconfigure(user_config)
@@ -57,11 +72,17 @@ class ScorerDeployment:
             grpc_context.set_details(exc.message)
             return empty
 
+    async def _answer(self, fn, request, grpc_context, empty):
+        if not self.shards:  # compute on the loop: cheaper than a hop to a thread
+            return self._call(fn, request, grpc_context, empty)
+        # remote tables wait on shard calls, which must not block (or run on) the replica's event loop
+        return await asyncio.get_running_loop().run_in_executor(None, self._call, fn, request, grpc_context, empty)
+
     async def Score(self, request, grpc_context):  # noqa: N802 (gRPC method names)
-        return self._call(self.service.score, request, grpc_context, pb.ScoreResponse())
+        return await self._answer(self.service.score, request, grpc_context, pb.ScoreResponse())
 
     async def Recommend(self, request, grpc_context):  # noqa: N802
-        return self._call(self.service.recommend, request, grpc_context, pb.RecommendResponse())
+        return await self._answer(self.service.recommend, request, grpc_context, pb.RecommendResponse())
 
     async def ModelInfo(self, request, grpc_context):  # noqa: N802
         return self._call(self.service.model_info, request, grpc_context, pb.ModelInfoResponse())
@@ -75,6 +96,40 @@ class ScorerDeployment:
             self.service.stop()
         except Exception:  # noqa: BLE001
             pass
+
+
+@serve.deployment(name="TableShard", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256,
+                  health_check_period_s=2.0)
+class TableShardDeployment:
+    """One read-only shard of the ``remote_tables`` (:class:`serving.shards.ShardSlice`): it restores its
+    ids from the version store and follows the versions the scoring replicas ask for."""
+
+    def __init__(self, cfg: ServeConfig, index: int) -> None:
+        import threading
+
+        from versions import VersionStore
+
+        logging.basicConfig(level=logging.INFO)
+        self.cfg, self.index = cfg, index
+        self.store = VersionStore(cfg.store_url, cfg.storage_options)
+        self.slice: ShardSlice | None = None
+        self._lock = threading.Lock()
+
+    def _slice(self, version: int) -> ShardSlice:
+        with self._lock:
+            if self.slice is None:
+                from serving.model import ps_config_of
+
+                self.slice = ShardSlice(self.store, ps_config_of(self.store, version), self.cfg.remote_tables,
+                                        self.index, self.cfg.table_shards)
+            return self.slice
+
+    async def load(self, version: int, since: int | None = None):
+        """Hold ``version`` (loaded on a thread: lookups of held versions go on meanwhile)."""
+        return await asyncio.to_thread(lambda: self._slice(version).load(version, since))
+
+    def lookup(self, version: int, table: str, ids):
+        return self._slice(version).lookup(version, table, ids)
 
 
 def free_port() -> int:
@@ -93,20 +148,26 @@ def build_app(cfg: ServeConfig, replicas: int = 1, pin_version=_FOLLOW):
     restart); a different ``cfg`` would replace the replicas."""
     pin = cfg.pin_version if pin_version is _FOLLOW else pin_version
     user_config = {"pin_version": pin, "poll_interval_s": cfg.poll_interval_s}
-    return ScorerDeployment.options(num_replicas=replicas, user_config=user_config).bind(cfg)
+    shards = [TableShardDeployment.options(name=f"TableShard{i}").bind(cfg, i)
+              for i in range(cfg.table_shards if cfg.remote_tables else 0)]
+    return ScorerDeployment.options(num_replicas=replicas, user_config=user_config).bind(cfg, *shards)
 
 
 def app_from_args(args: dict):
     """The builder a Ray Serve config file names (``import_path: serving.app:app_from_args``, as the
     KubeRay RayService in k8s/ does): Ray Serve calls it with the application's ``args``,
-    ``{"store": URL, "replicas": N, "pin_version": V|null, "catalogue": [FILES], "poll_interval_s": S}``
+    ``{"store": URL, "replicas": N, "pin_version": V|null, "catalogue": [FILES], "poll_interval_s": S,
+    "remote_tables": [TABLES], "table_shards": N, "cache_rows": R}``
     (``grpc_port`` belongs to the proxy and is ignored here)."""
     args = dict(args or {})
     if not args.get("store"):
         raise ServingError("serve config args: 'store' (the version store URL) is required")
     cfg = ServeConfig(store_url=str(args["store"]), pin_version=args.get("pin_version"),
                       catalogue=tuple(args.get("catalogue") or ()),
-                      poll_interval_s=float(args.get("poll_interval_s", ServeConfig.poll_interval_s)))
+                      poll_interval_s=float(args.get("poll_interval_s", ServeConfig.poll_interval_s)),
+                      remote_tables=tuple(args.get("remote_tables") or ()),
+                      table_shards=int(args.get("table_shards", ServeConfig.table_shards)),
+                      cache_rows=int(args.get("cache_rows", ServeConfig.cache_rows)))
     return build_app(cfg, replicas=int(args.get("replicas", 1)))
 
 

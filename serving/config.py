@@ -50,6 +50,9 @@ class ServeConfig:
     retrieve: candidates Recommend retrieves by inner product before the full model ranks them.
     torch_threads: intra-op threads of the replica's torch (1: requests run side by side).
     metrics_path: the run's ``metrics.jsonl`` (progressive validation per data file) for ModelInfo.
+    remote_tables: tables too large for one replica, read through ``table_shards`` read-only shards
+    restored from the version (:mod:`serving.shards`) with a hot-row cache of ``cache_rows`` rows
+    (a power of two) per table in each replica. Keep the item table local: retrieval needs its rows.
     """
 
     store_url: str
@@ -63,6 +66,9 @@ class ServeConfig:
     torch_threads: int = 1
     metrics_path: str | None = None
     limits: Limits = Limits()
+    remote_tables: tuple[str, ...] = ()
+    table_shards: int = 2
+    cache_rows: int = 1 << 16
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "catalogue", tuple(str(p) for p in self.catalogue))
@@ -76,6 +82,14 @@ class ServeConfig:
             raise ConfigError(f"serve.poll_interval_s must be in [0.01, 3600] seconds, got {self.poll_interval_s!r}")
         if not isinstance(self.retrieve, int) or not 1 <= self.retrieve <= self.limits.max_retrieve:
             raise ConfigError(f"serve.retrieve must be in [1, {self.limits.max_retrieve}], got {self.retrieve!r}")
+        object.__setattr__(self, "remote_tables", tuple(str(t) for t in self.remote_tables))
+        if len(set(self.remote_tables)) != len(self.remote_tables):
+            raise ConfigError(f"serve.remote_tables names a table twice: {list(self.remote_tables)}")
+        if not isinstance(self.table_shards, int) or isinstance(self.table_shards, bool) or not 1 <= self.table_shards <= 256:
+            raise ConfigError(f"serve.table_shards must be an integer in [1, 256], got {self.table_shards!r}")
+        c = self.cache_rows
+        if not isinstance(c, int) or isinstance(c, bool) or c < 1 or c & (c - 1):
+            raise ConfigError(f"serve.cache_rows must be a power of two >= 1 (e.g. 65536), got {c!r}")
         if not isinstance(self.torch_threads, int) or self.torch_threads < 1:
             raise ConfigError(f"serve.torch_threads must be >= 1, got {self.torch_threads!r}")
 

@@ -29,7 +29,7 @@ from serving.catalogue import ItemCatalogue
 from serving.errors import UnsupportedError
 from serving.features import RequestFeatures, SpecRoles
 from serving.retrieval import ItemIndex
-from serving.tables import FrozenTables
+from serving.tables import FrozenTable, FrozenTables
 from trainer.backends import ps_config_for
 from trainer.config import ModelConfig, PSOptions, Strategy, TrainConfig, model_config_from_dict
 from trainer.core import TrainerCore
@@ -119,6 +119,10 @@ class ServableModel:
         if item is None or user is None or self.tables[item].cfg.dim != self.tables[user].cfg.dim:
             return None
         t = self.tables[item]
+        if not isinstance(t, FrozenTable):  # read through shards: no local rows to search
+            log.warning("the item table %r is served by read-only shards: Recommend has no retrieval index "
+                        "(keep the item table local: serve --remote-tables names the user-side tables)", item)
+            return None
         cats = None
         if self.catalogue is not None:
             cat_col = self.category_column
@@ -144,9 +148,15 @@ class ServableModel:
         return rows[0]
 
 
+def ps_config_of(store: VersionStore, version: int):
+    """The parameter-server configuration (tables, seed, admission) a version was trained with."""
+    setup = ModelSetup.from_manifest(store.manifest(version))
+    return ps_config_for(setup.spec, setup.train_cfg, setup.ps)
+
+
 def load_model(store: VersionStore, version: int, catalogue: ItemCatalogue | None = None,
                previous: ServableModel | None = None, user_feature: str | None = None,
-               item_feature: str | None = None) -> ServableModel:
+               item_feature: str | None = None, remote=None) -> ServableModel:
     """Build version ``version`` from the store, every part checksummed (CorruptVersionError otherwise).
 
     With ``previous`` (a model of an earlier version of the same chain) only the deltas after it
@@ -158,8 +168,20 @@ def load_model(store: VersionStore, version: int, catalogue: ItemCatalogue | Non
     if previous is not None and previous.setup.spec_yaml == setup.spec_yaml:
         setup = dataclasses.replace(setup, spec=previous.setup.spec)
     ps_cfg = ps_config_for(setup.spec, setup.train_cfg, setup.ps)
-    arrays = _tables(store, chain, ps_cfg, previous)
-    tables = FrozenTables.from_arrays(arrays, ps_cfg)
+    remote_names = set(remote.names) if remote is not None else set()
+    arrays = _tables(store, chain, ps_cfg, previous, remote_names)
+    opened = None
+    if remote is not None:
+        unknown = sorted(remote_names - {t.name for t in ps_cfg.tables})
+        if unknown:
+            raise UnsupportedError(f"remote tables {unknown} are not tables of version {version} "
+                                   f"({[t.name for t in ps_cfg.tables]})")
+        before = None
+        if previous is not None and all(n in previous.tables.tables and not isinstance(previous.tables[n], FrozenTable)
+                                        for n in remote_names):
+            before = {n: previous.tables[n] for n in remote_names}
+        opened = remote.open(ps_cfg, version, before)
+    tables = FrozenTables.from_arrays(arrays, ps_cfg, opened)
     core = TrainerCore(setup.spec, setup.model_cfg, setup.train_cfg, tables)
     core_arrays, core_meta = _core_part(store, chain)
     core.import_state(core_arrays, core_meta)
@@ -168,7 +190,8 @@ def load_model(store: VersionStore, version: int, catalogue: ItemCatalogue | Non
     return ServableModel(VersionInfo.of(m, setup.spec.name), setup, core, tables, roles, catalogue)
 
 
-def _tables(store: VersionStore, chain, ps_cfg, previous: ServableModel | None) -> dict[str, dict[str, np.ndarray]]:
+def _tables(store: VersionStore, chain, ps_cfg, previous: ServableModel | None,
+            skip: set[str] = frozenset()) -> dict[str, dict[str, np.ndarray]]:
     versions = [c.version for c in chain]
     same_tables = previous is not None and [t for t in previous.tables.cfg.tables] == list(ps_cfg.tables)
     if same_tables and previous.version in versions:
@@ -176,6 +199,8 @@ def _tables(store: VersionStore, chain, ps_cfg, previous: ServableModel | None) 
         out = {}
         for t in ps_cfg.tables:
             cur = previous.tables[t.name]
+            if t.name in skip or not isinstance(cur, FrozenTable):
+                continue
             table = {"ids": cur.ids, "rows": cur.rows.numpy()}
             for mf in todo:
                 if any(p.meta.get("role") == "table" and p.meta.get("table") == t.name for p in mf.parts):
@@ -184,6 +209,8 @@ def _tables(store: VersionStore, chain, ps_cfg, previous: ServableModel | None) 
         return out
     out = {}
     for t in ps_cfg.tables:
+        if t.name in skip:
+            continue
         try:
             out[t.name] = store.materialize(chain[-1].version, table_parts(t.name), fields=("rows",))
         except KeyError:  # no row of this table yet: every id is cold

@@ -35,8 +35,14 @@ from versions import VersionStore
 
 
 class ScoringService:
-    def __init__(self, cfg: ServeConfig, catalogue: ItemCatalogue | None = None) -> None:
+    def __init__(self, cfg: ServeConfig, catalogue: ItemCatalogue | None = None, remote=None) -> None:
+        """``remote``: a :class:`serving.shards.RemoteTables` for ``cfg.remote_tables`` (the Ray app builds it
+        over its shard deployments); required when ``cfg.remote_tables`` is set."""
+        if cfg.remote_tables and remote is None:
+            raise UnsupportedError(f"serve.remote_tables {list(cfg.remote_tables)} need read-only table shards: "
+                                   "run them with the Ray Serve application (freshrec serve), not a plain process")
         self.cfg = cfg
+        self.remote = remote
         torch.set_num_threads(cfg.torch_threads)
         self.store = VersionStore(cfg.store_url, cfg.storage_options)
         self._catalogue = catalogue
@@ -44,9 +50,12 @@ class ScoringService:
         self.follower = VersionFollower(self.store, self._load, poll_interval_s=cfg.poll_interval_s,
                                         pin_version=cfg.pin_version)
 
-    def start(self, wait_s: float = 0.0) -> "ScoringService":
-        """Load the first version now (if there is one) and follow the store in the background."""
-        self.follower.poll()
+    def start(self, wait_s: float = 0.0, load_now: bool = True) -> "ScoringService":
+        """Load the first version now (if there is one, and ``load_now``) and follow the store in the
+        background (a Ray Serve replica with remote tables leaves the first load to the follower thread:
+        it waits on the shards, which a constructor must not)."""
+        if load_now:
+            self.follower.poll()
         self.follower.start()
         deadline = time.monotonic() + wait_s
         while self.follower.model is None and time.monotonic() < deadline:
@@ -66,7 +75,7 @@ class ScoringService:
             self._catalogue = self._read_catalogue(version)
             self._catalogue_loaded = True
         model = load_model(self.store, version, self._catalogue, previous, self.cfg.user_feature,
-                           self.cfg.item_feature)
+                           self.cfg.item_feature, remote=self.remote)
         metrics = validation_metrics(self.cfg.metrics_path, model.info.data_files)
         if metrics:
             model.info = dataclasses.replace(model.info, metrics={**model.info.metrics, **metrics})

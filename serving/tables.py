@@ -91,11 +91,15 @@ class FrozenTables:
         self.unknown = 0  # ids without a row in the last pull (the caller holds the model's lock)
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, Mapping[str, np.ndarray]], ps_cfg: PSConfig) -> "FrozenTables":
-        """``arrays[table] = {"ids", "rows"}`` as :meth:`versions.VersionStore.materialize` gives them."""
+    def from_arrays(cls, arrays: Mapping[str, Mapping[str, np.ndarray]], ps_cfg: PSConfig,
+                    remote: Mapping[str, object] | None = None) -> "FrozenTables":
+        """``arrays[table] = {"ids", "rows"}`` as :meth:`versions.VersionStore.materialize` gives them;
+        ``remote[table]``: a table read through read-only shards (:class:`serving.shards.RemoteTable`)."""
         admit = ps_cfg.admission_threshold <= 1
-        out = {}
+        out = dict(remote or {})
         for t in ps_cfg.tables:
+            if t.name in out:
+                continue
             a = arrays.get(t.name, {"ids": np.zeros(0, np.int64), "rows": np.zeros((0, t.dim), np.float32)})
             out[t.name] = FrozenTable.build(t, a["ids"], a["rows"], ps_cfg.seed, admit, ps_cfg.weights_dtype == "fp16")
         return cls(out, ps_cfg)

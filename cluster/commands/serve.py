@@ -60,6 +60,13 @@ def _context(text: str) -> tuple[str, object]:
             return key, value
 
 
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of table names, e.g. user")
+    return names
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the newest model version over gRPC (Ray Serve), following new versions",
                        description="Run freshrec's Ray Serve application (freshrec.v1.Scorer: Score, Recommend, "
@@ -78,6 +85,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--catalogue", nargs="+", default=[], metavar="FILE",
                    help="data files (the spec's format) giving each item's item-side columns (e.g. category_id) "
                         "for Recommend and category filters")
+    p.add_argument("--remote-tables", type=_names, default=(), metavar="T1,T2",
+                   help="tables too large for one replica (e.g. user): read through read-only shards restored "
+                        "from the version, with a hot-row cache in each replica (keep the item table local)")
+    p.add_argument("--table-shards", type=_positive, default=2, metavar="N",
+                   help="read-only shards of the --remote-tables (default 2)")
+    p.add_argument("--cache-rows", type=_positive, default=1 << 16, metavar="R",
+                   help="hot-row cache per remote table in each replica, a power of two (default 65536)")
     p.add_argument("--address", default=None, help="join an existing Ray cluster (default: start a local Ray)")
     p.add_argument("--throughput-optimized", action="store_true",
                    help="a local Ray with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (direct ingress; lower latency, "
@@ -122,7 +136,9 @@ def _serve(args: argparse.Namespace) -> int:
 
         cfg = ServeConfig(store_url=store, storage_options=options, pin_version=args.pin_version,
                           poll_interval_s=args.poll_interval, catalogue=tuple(args.catalogue),
-                          metrics_path=str(Path(args.run_dir) / "metrics.jsonl") if args.run_dir else None)
+                          metrics_path=str(Path(args.run_dir) / "metrics.jsonl") if args.run_dir else None,
+                          remote_tables=args.remote_tables, table_shards=args.table_shards,
+                          cache_rows=args.cache_rows)
     except ConfigError as exc:
         raise UserError(str(exc)) from None
     if args.run_dir and not Path(args.run_dir).is_dir():

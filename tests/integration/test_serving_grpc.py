@@ -112,3 +112,36 @@ def test_a_new_version_is_served_within_seconds_and_pinning_rolls_back(app):
     pin(app["cfg"], None)
     assert client.wait_ready(30, min_version=v).model_version == v
     assert client.model_info().loaded_at_unix_ms > before
+
+
+def test_remote_tables_through_read_only_shard_deployments_score_like_local_tables(app):
+    """The user and category tables read through 2 read-only TableShard deployments and the replica's
+    cache: the same numbers as the application holding every table, at the same version."""
+    from ray import serve
+
+    from serving.app import build_app
+    from serving.client import ScoringClient
+
+    cfg = app["cfg"].replace(remote_tables=("user", "category"), table_shards=2, cache_rows=1024)
+    serve.run(build_app(cfg), name="freshrec-remote", route_prefix="/remote", blocking=False)
+    trainer = app["trainer"]
+    batch = trainer.read(write_taobao_csv(app["root"] / "probe-remote.csv", 200, 11, start_ts=1_511_671_000,
+                                          users=400))
+    cols = {c: batch.table.column(c).cast("int64").to_numpy().tolist() for c in ("user_id", "item_id", "category_id", "ts")}
+    with ScoringClient(f"127.0.0.1:{app['port']}", "freshrec-remote") as remote:
+        info = remote.wait_ready(120)
+        local = app["client"].wait_ready(30, min_version=info.model_version)
+        assert local.model_version == info.model_version
+        for _ in range(2):  # cold cache, then warm
+            a = remote.score(None, cols["item_id"], item_columns={k: v for k, v in cols.items() if k != "item_id"})
+            b = app["client"].score(None, cols["item_id"], item_columns={k: v for k, v in cols.items() if k != "item_id"})
+            assert a.model_version == b.model_version and a.unknown_ids == b.unknown_ids
+            np.testing.assert_array_equal(np.float32(a.scores), np.float32(b.scores))
+        v = trainer.add_file(write_taobao_csv(app["root"] / "in" / "part-99.csv", 600, 10, start_ts=1_511_710_000))
+        assert remote.wait_ready(timeout_s=15, min_version=v).model_version == v  # shards follow the deltas
+        app["client"].wait_ready(timeout_s=15, min_version=v)
+        a = remote.score(5, [1, 2, 3])
+        b = app["client"].score(5, [1, 2, 3])
+        assert a.model_version == b.model_version == v
+        np.testing.assert_array_equal(np.float32(a.scores), np.float32(b.scores))
+    serve.delete("freshrec-remote")

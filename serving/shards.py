@@ -1,0 +1,230 @@
+"""Tables too large for one replica: read-only shards restored from a version, read through a hot-row cache.
+
+A table named in ``ServeConfig.remote_tables`` is not held by the scoring replicas. It is split
+over ``table_shards`` read-only shards by the parameter server's own routing
+(``paramserver.shard_of``); each shard restores only its ids from the version store (the
+``keep`` filter as parts are read) and follows versions with the deltas, as a replica does::
+
+    replica ── RemoteTable(version v) ── HotRowCache ──miss──► ShardSlice k of n  (ids with shard_of(id, n) == k)
+                                                               versions {v-1: FrozenTable, v: FrozenTable}
+
+Every lookup names its version, and a shard keeps the last few versions it loaded, so a request
+is answered by one version even while the shards load the next one. A shard that does not hold
+the asked version loads it first (a restarted shard heals itself). Unknown ids get the same
+cold-start row as in a local table (:class:`serving.tables.FrozenTable`).
+
+The replica's cache for version v+1 starts as v's cache minus the ids v+1 changed
+(:meth:`ShardSlice.load` returns them), so following a stream of small deltas keeps it warm.
+
+This module is plain Python (tested without Ray); :mod:`serving.app` hosts a ``ShardSlice`` in a
+Ray Serve deployment per shard and hands the replicas a fetch function over their handles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from paramserver.config import PSConfig, TableConfig
+from paramserver.sharding import group_by_shard, shard_of
+from serving.cache import HotRowCache
+from serving.tables import FrozenTable
+from versions import VersionStore, table_parts
+from versions.merge import merge_keyed
+
+log = logging.getLogger(__name__)
+
+# fetch(version, table, {shard: ids}) -> {shard: (rows float32 [n, dim], known bool [n])}
+Fetch = Callable[[int, str, Mapping[int, np.ndarray]], Mapping[int, tuple[np.ndarray, np.ndarray]]]
+
+
+class ShardSlice:
+    """Shard ``index`` of ``num_shards`` of the ``tables`` of a version store, read-only.
+
+    >>> s = ShardSlice(VersionStore("runs/r1/versions"), ps_cfg, ("user",), 0, 2)   # doctest: +SKIP
+    >>> s.load(7)                 # {"user": ids changed since the version loaded before}, or None
+    >>> s.lookup(7, "user", np.array([3, 11]))   # (rows, known) of this shard's ids
+    """
+
+    def __init__(self, store: VersionStore, ps_cfg: PSConfig, tables: Sequence[str], index: int, num_shards: int,
+                 keep_versions: int = 3) -> None:
+        if not 0 <= index < num_shards:
+            raise ValueError(f"shard index {index} is not in [0, {num_shards})")
+        by_name = {t.name: t for t in ps_cfg.tables}
+        unknown = sorted(set(tables) - set(by_name))
+        if unknown:
+            raise ValueError(f"remote tables {unknown} are not tables of the model ({sorted(by_name)})")
+        self.store, self.ps_cfg = store, ps_cfg
+        self.cfgs: dict[str, TableConfig] = {t: by_name[t] for t in tables}
+        self.index, self.num_shards, self.keep_versions = index, num_shards, max(2, keep_versions)
+        self._versions: dict[int, dict[str, FrozenTable]] = {}
+        self._changed: dict[int, tuple[int, dict[str, np.ndarray] | None]] = {}  # v -> (loaded on, changed ids)
+        self._lock = threading.Lock()
+
+    def _keep(self, ids: np.ndarray) -> np.ndarray:
+        return shard_of(ids, self.num_shards) == self.index
+
+    @property
+    def versions(self) -> list[int]:
+        return sorted(self._versions)
+
+    def rows_held(self, version: int) -> int:
+        return sum(len(t) for t in self._versions.get(version, {}).values())
+
+    def load(self, version: int, since: int | None = None) -> dict[str, np.ndarray] | None:
+        """Hold ``version`` (deltas applied to the newest held version of its chain, else its whole
+        chain read); return the ids of each table changed after ``since`` (None: unknown, e.g. a
+        full version in between or ``since`` never held here)."""
+        with self._lock:
+            if version not in self._versions:
+                self._load(version)
+            return self._changes(since, version)
+
+    def _load(self, version: int) -> None:
+        chain = self.store.chain(version)
+        numbers = [m.version for m in chain]
+        base = max((v for v in self._versions if v in numbers and v < version), default=None)
+        admit, fp16 = self.ps_cfg.admission_threshold <= 1, self.ps_cfg.weights_dtype == "fp16"
+        out: dict[str, FrozenTable] = {}
+        changed: dict[str, np.ndarray] | None = {} if base is not None else None
+        for name, cfg in self.cfgs.items():
+            select = table_parts(name)
+            if base is None:
+                try:
+                    arrays = self.store.materialize(version, select, keep=self._keep, fields=("rows",))
+                except KeyError:  # no row of this table yet
+                    arrays = {"ids": np.zeros(0, np.int64), "rows": np.zeros((0, cfg.dim), np.float32)}
+            else:
+                held = self._versions[base][name]
+                arrays = {"ids": held.ids, "rows": held.rows.numpy()}
+                moved = []
+                for m in chain[numbers.index(base) + 1:]:
+                    parts = [self.store.read_part(m.version, p.name) for p in sorted(m.parts, key=lambda p: p.name)
+                             if select(p)]
+                    if not parts:
+                        continue
+                    if m.kind == "full":
+                        changed = None
+                    parts = [{k: v for k, v in p.items() if k in ("ids", "deleted", "rows")} for p in parts]
+                    for p in parts:
+                        for k in ("ids", "deleted"):
+                            if k in p and len(p[k]):
+                                ids = np.asarray(p[k], np.int64)
+                                moved.append(ids[self._keep(ids)])
+                    layers = [parts] if m.kind == "full" else [[arrays], parts]
+                    arrays = merge_keyed(layers, self._keep, ("rows",))
+                if changed is not None:
+                    changed[name] = np.unique(np.concatenate(moved)) if moved else np.zeros(0, np.int64)
+            out[name] = FrozenTable.build(cfg, arrays["ids"], arrays["rows"], self.ps_cfg.seed, admit, fp16)
+        self._versions[version] = out
+        self._changed[version] = (base, changed)
+        for old in sorted(self._versions)[:-self.keep_versions]:
+            del self._versions[old]
+        for old in [v for v in self._changed if v not in self._versions and v < min(self._versions)]:
+            self._changed.pop(old, None)
+        log.info("shard %d/%d holds version %d (%d rows%s)", self.index, self.num_shards, version,
+                 self.rows_held(version), f", deltas on {base}" if base is not None else "")
+
+    def _changes(self, since: int | None, version: int) -> dict[str, np.ndarray] | None:
+        if since is None or since >= version:
+            return None
+        acc: dict[str, list[np.ndarray]] = {t: [] for t in self.cfgs}
+        v = version
+        while v != since:  # walk back along the load history: version <- base <- ... <- since
+            if v not in self._changed:
+                return None
+            base, changed = self._changed[v]
+            if base is None or changed is None or base < since:
+                return None
+            for t, ids in changed.items():
+                acc[t].append(ids)
+            v = base
+        return {t: np.unique(np.concatenate(a)) if a else np.zeros(0, np.int64) for t, a in acc.items()}
+
+    def lookup(self, version: int, table: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows float32 [n, dim], known [n]) of ``ids`` (all routed to this shard) at ``version``."""
+        held = self._versions.get(version)
+        if held is None:
+            self.load(version)
+            held = self._versions[version]
+        if table not in held:
+            raise KeyError(f"table {table!r} is not served by the read-only shards (they hold {sorted(held)})")
+        return held[table].lookup(np.asarray(ids, np.int64))
+
+
+@dataclasses.dataclass
+class RemoteTable:
+    """One table of one version, read through the shards and the replica's hot-row cache.
+
+    It answers like a :class:`serving.tables.FrozenTable` (``cfg``, ``lookup``) so the training
+    core's scoring code path is the same whether a table is local or remote.
+    """
+
+    cfg: TableConfig
+    version: int
+    num_shards: int
+    fetch: Fetch
+    cache: HotRowCache
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.asarray(ids, np.int64)
+        uniq, inverse = np.unique(ids, return_inverse=True)
+        with self._lock:
+            rows, known, miss = self.cache.get(uniq)
+            if len(miss):
+                missing = uniq[miss]
+                groups = group_by_shard(missing, self.num_shards)
+                asked = {s: missing[g] for s, g in enumerate(groups) if len(g)}
+                got = self.fetch(self.version, self.cfg.name, asked)
+                for s, g in enumerate(groups):
+                    if len(g):
+                        r, k = got[s]
+                        rows[miss[g]] = r
+                        known[miss[g]] = k
+                self.cache.put(missing, rows[miss], known[miss])
+        return rows[inverse], known[inverse]
+
+
+class RemoteTables:
+    """The remote side of a replica: opens each version's :class:`RemoteTable` s, caches carried over.
+
+    ``load(version, since) -> {table: changed ids} | None`` asks every shard to hold ``version``
+    (merged over shards); ``fetch`` reads rows. Both are the Ray calls :mod:`serving.app` provides.
+    """
+
+    def __init__(self, tables: Sequence[str], num_shards: int, cache_rows: int,
+                 load: Callable[[int, int | None], dict[str, np.ndarray] | None], fetch: Fetch) -> None:
+        self.names = tuple(tables)
+        self.num_shards, self.cache_rows = num_shards, cache_rows
+        self._load, self._fetch = load, fetch
+
+    def open(self, ps_cfg: PSConfig, version: int,
+             previous: Mapping[str, RemoteTable] | None = None) -> dict[str, RemoteTable]:
+        since = next(iter(previous.values())).version if previous else None
+        changed = self._load(version, since)
+        by_name = {t.name: t for t in ps_cfg.tables}
+        out = {}
+        for name in self.names:
+            cfg = by_name[name]
+            old = (previous or {}).get(name)
+            if old is not None and old.cfg == cfg:
+                cache = old.cache.carried(None if changed is None else changed.get(name))
+            else:
+                cache = HotRowCache(self.cache_rows, cfg.dim)
+            out[name] = RemoteTable(cfg, version, self.num_shards, self._fetch, cache)
+        return out
+
+
+def merge_changes(per_shard: Sequence[dict[str, np.ndarray] | None]) -> dict[str, np.ndarray] | None:
+    """The union over shards of :meth:`ShardSlice.load` answers (None if any shard could not say)."""
+    if any(c is None for c in per_shard):
+        return None
+    names = {t for c in per_shard for t in c}
+    return {t: np.concatenate([c[t] for c in per_shard if t in c]) for t in names}
