@@ -50,6 +50,8 @@ class ServeConfig:
     retrieve: candidates Recommend retrieves by inner product before the full model ranks them.
     torch_threads: intra-op threads of the replica's torch (1: requests run side by side).
     metrics_path: the run's ``metrics.jsonl`` (progressive validation per data file) for ModelInfo.
+    ann_above / ann_nprobe: Recommend retrieves exactly up to ``ann_above`` items, above that with a
+    FAISS IVF index (:mod:`serving.ann`) scanning ``ann_nprobe`` inverted lists per query.
     remote_tables: tables too large for one replica, read through ``table_shards`` read-only shards
     restored from the version (:mod:`serving.shards`) with a hot-row cache of ``cache_rows`` rows
     (a power of two) per table in each replica. Keep the item table local: retrieval needs its rows.
@@ -66,6 +68,8 @@ class ServeConfig:
     torch_threads: int = 1
     metrics_path: str | None = None
     limits: Limits = Limits()
+    ann_above: int = 1_000_000
+    ann_nprobe: int = 64
     remote_tables: tuple[str, ...] = ()
     table_shards: int = 2
     cache_rows: int = 1 << 16
@@ -82,6 +86,10 @@ class ServeConfig:
             raise ConfigError(f"serve.poll_interval_s must be in [0.01, 3600] seconds, got {self.poll_interval_s!r}")
         if not isinstance(self.retrieve, int) or not 1 <= self.retrieve <= self.limits.max_retrieve:
             raise ConfigError(f"serve.retrieve must be in [1, {self.limits.max_retrieve}], got {self.retrieve!r}")
+        for name in ("ann_above", "ann_nprobe"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"serve.{name} must be an integer >= 1, got {v!r}")
         object.__setattr__(self, "remote_tables", tuple(str(t) for t in self.remote_tables))
         if len(set(self.remote_tables)) != len(self.remote_tables):
             raise ConfigError(f"serve.remote_tables names a table twice: {list(self.remote_tables)}")

@@ -28,6 +28,7 @@ import yaml
 from serving.catalogue import ItemCatalogue
 from serving.errors import UnsupportedError
 from serving.features import RequestFeatures, SpecRoles
+from serving.ann import AnnItemIndex, AnnOptions
 from serving.retrieval import ItemIndex
 from serving.tables import FrozenTable, FrozenTables
 from trainer.backends import ps_config_for
@@ -92,6 +93,15 @@ class ModelSetup:
         return cls(spec, model_cfg, train_cfg, ps, extra["spec_yaml"])
 
 
+@dataclasses.dataclass(frozen=True)
+class RetrievalOptions:
+    """Recommend's candidate retrieval: exact inner product up to ``ann_above`` items, else a FAISS
+    IVF index (:mod:`serving.ann`) with ``ann`` settings."""
+
+    ann_above: int = 1_000_000
+    ann: AnnOptions = AnnOptions()
+
+
 class ServableModel:
     """One version, ready to score (thread-safe: the core's forward runs under a lock).
 
@@ -102,19 +112,21 @@ class ServableModel:
     """
 
     def __init__(self, info: VersionInfo, setup: ModelSetup, core: TrainerCore, tables: FrozenTables,
-                 roles: SpecRoles, catalogue: ItemCatalogue | None) -> None:
+                 roles: SpecRoles, catalogue: ItemCatalogue | None, retrieval: "RetrievalOptions | None" = None,
+                 previous: "ServableModel | None" = None) -> None:
         self.info, self.setup, self.core, self.tables = info, setup, core, tables
         self.roles, self.catalogue = roles, catalogue
         self.spec = setup.spec
         self.features = RequestFeatures(setup.spec, roles, catalogue)
-        self.index = self._index()
+        self.retrieval = retrieval or RetrievalOptions()
+        self.index = self._index(previous.index if previous is not None else None)
         self._lock = threading.Lock()
 
     @property
     def version(self) -> int:
         return self.info.version
 
-    def _index(self) -> ItemIndex | None:
+    def _index(self, previous=None) -> "ItemIndex | AnnItemIndex | None":
         item, user = self.roles.item_feature, self.roles.user_feature
         if item is None or user is None or self.tables[item].cfg.dim != self.tables[user].cfg.dim:
             return None
@@ -128,6 +140,10 @@ class ServableModel:
             cat_col = self.category_column
             if cat_col is not None:
                 cats = self.catalogue.lookup(cat_col, t.ids)
+        if len(t) > self.retrieval.ann_above:  # exact search would cost O(N d) per query
+            if isinstance(previous, AnnItemIndex) and previous.options == self.retrieval.ann:
+                return previous.updated(t.ids, t.rows, cats)
+            return AnnItemIndex.build(t.ids, t.rows, cats, self.retrieval.ann)
         return ItemIndex(t.ids, t.rows, cats)
 
     @property
@@ -156,7 +172,8 @@ def ps_config_of(store: VersionStore, version: int):
 
 def load_model(store: VersionStore, version: int, catalogue: ItemCatalogue | None = None,
                previous: ServableModel | None = None, user_feature: str | None = None,
-               item_feature: str | None = None, remote=None) -> ServableModel:
+               item_feature: str | None = None, remote=None,
+               retrieval: RetrievalOptions | None = None) -> ServableModel:
     """Build version ``version`` from the store, every part checksummed (CorruptVersionError otherwise).
 
     With ``previous`` (a model of an earlier version of the same chain) only the deltas after it
@@ -187,7 +204,8 @@ def load_model(store: VersionStore, version: int, catalogue: ItemCatalogue | Non
     core.import_state(core_arrays, core_meta)
     core.base_model.eval()
     roles = SpecRoles.of(setup.spec, user_feature, item_feature)
-    return ServableModel(VersionInfo.of(m, setup.spec.name), setup, core, tables, roles, catalogue)
+    return ServableModel(VersionInfo.of(m, setup.spec.name), setup, core, tables, roles, catalogue, retrieval,
+                         previous)
 
 
 def _tables(store: VersionStore, chain, ps_cfg, previous: ServableModel | None,

@@ -28,7 +28,8 @@ from serving.catalogue import ItemCatalogue
 from serving.config import FollowSettings, ServeConfig
 from serving.errors import InvalidRequestError, NotReadyError, UnsupportedError, VersionMismatchError
 from serving.follower import VersionFollower
-from serving.model import ServableModel, load_model
+from serving.ann import AnnOptions
+from serving.model import RetrievalOptions, ServableModel, load_model
 from serving.validation import validation_metrics
 from serving.wire import pb
 from versions import VersionStore
@@ -43,6 +44,7 @@ class ScoringService:
                                    "run them with the Ray Serve application (freshrec serve), not a plain process")
         self.cfg = cfg
         self.remote = remote
+        self.retrieval = RetrievalOptions(cfg.ann_above, AnnOptions(nprobe=cfg.ann_nprobe))
         torch.set_num_threads(cfg.torch_threads)
         self.store = VersionStore(cfg.store_url, cfg.storage_options)
         self._catalogue = catalogue
@@ -75,7 +77,7 @@ class ScoringService:
             self._catalogue = self._read_catalogue(version)
             self._catalogue_loaded = True
         model = load_model(self.store, version, self._catalogue, previous, self.cfg.user_feature,
-                           self.cfg.item_feature, remote=self.remote)
+                           self.cfg.item_feature, remote=self.remote, retrieval=self.retrieval)
         metrics = validation_metrics(self.cfg.metrics_path, model.info.data_files)
         if metrics:
             model.info = dataclasses.replace(model.info, metrics={**model.info.metrics, **metrics})

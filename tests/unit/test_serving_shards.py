@@ -160,3 +160,87 @@ def test_remote_tables_need_shards_and_valid_settings(tmp_path):
         ServeConfig(store_url="x", remote_tables=("user",), cache_rows=1000)
     with pytest.raises(ConfigError, match="twice"):
         ServeConfig(store_url="x", remote_tables=("user", "user"))
+
+
+# -------------------------------------------------------------------------------------------- ANN
+def _clustered(n: int, d: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((40, d)).astype(np.float32) * 3
+    rows = centers[rng.integers(0, 40, n)] + rng.standard_normal((n, d)).astype(np.float32)
+    return np.sort(rng.choice(10**9, n, replace=False)).astype(np.int64), rows.astype(np.float32)
+
+
+def test_ann_index_recall_filters_and_deltas():
+    import torch
+
+    from serving.ann import AnnItemIndex, AnnOptions
+    from serving.retrieval import ItemIndex
+
+    ids, rows = _clustered(20_000)
+    cats = (ids % 7).astype(np.int64)
+    ann = AnnItemIndex.build(ids, rows, cats, AnnOptions(nprobe=16))
+    exact = ItemIndex(ids, torch.from_numpy(rows), cats)
+    queries = rows[:30] + 0.05
+    recall = np.mean([len(np.intersect1d(ann.top(q, 50)[0], exact.top(q, 50)[0])) / 50 for q in queries])
+    assert recall >= 0.9, recall
+    got, scores = ann.top(queries[0], 20, exclude=ids[:5000], category=3)
+    assert len(got) == 20 and (got % 7 == 3).all() and not np.isin(got, ids[:5000]).any()
+    assert (np.diff(scores) <= 1e-6).all()
+    got, _ = ann.top(queries[0], 50, exclude=exact.top(queries[0], 10)[0])
+    assert not np.isin(got, exact.top(queries[0], 10)[0]).any()
+    # the next version: 100 rows moved, 50 items removed, 80 new ones
+    new_ids, new_rows = _clustered(80, seed=5)
+    rows2 = rows.copy()
+    rows2[100:200] *= -1
+    keep = np.ones(len(ids), bool)
+    keep[1000:1050] = False
+    ids3 = np.concatenate([ids[keep], new_ids + 10**9])
+    rows3 = np.concatenate([rows2[keep], new_rows])
+    order = np.argsort(ids3)
+    ids3, rows3 = ids3[order], rows3[order]
+    upd = ann.updated(ids3, rows3)
+    assert upd.index.ntotal == len(ids3) and ann.index.ntotal == len(ids)  # the old version's index is untouched
+    assert np.isin(new_ids[0] + 10**9, upd.top(new_rows[0], 5)[0])
+    assert not np.isin(upd.top(rows[1000], 200)[0], ids[1000:1050]).any()
+    exact3 = ItemIndex(ids3, torch.from_numpy(rows3))
+    moved = [len(np.intersect1d(upd.top(q, 20)[0], exact3.top(q, 20)[0])) / 20 for q in rows2[100:200:5]]
+    assert np.mean(moved) >= 0.9  # the moved items are found where they are now
+    full = AnnItemIndex.build(ids3, rows3, None, AnnOptions(nprobe=16))
+    both = [len(np.intersect1d(upd.top(q, 50)[0], full.top(q, 50)[0])) / 50 for q in queries]
+    assert np.mean(both) >= 0.9
+
+
+def test_recommend_uses_the_ann_index_above_its_threshold(tmp_path):
+    from serving.ann import AnnItemIndex
+    from serving.wire import pb
+
+    trainer, paths = make_store(tmp_path, files=2)
+    svc = ScoringService(ServeConfig(store_url=str(tmp_path / "versions"), ann_above=10, ann_nprobe=1000)).start()
+    exact = ScoringService(ServeConfig(store_url=str(tmp_path / "versions"))).start()
+    try:
+        assert isinstance(svc.follower.model.index, AnnItemIndex)
+        req = pb.RecommendRequest(k=5, num_candidates=50)
+        req.context["user_id"].id = 7
+        req.exclude_item_ids.extend([1, 2])
+        a, b = svc.recommend(req), exact.recommend(req)
+        # nprobe >= nlist scans every list: the same candidates, the same ranking as exact retrieval
+        assert [i.item_id for i in a.items] == [i.item_id for i in b.items]
+        trainer.add_file(write_taobao_csv(tmp_path / "in" / "part-8.csv", 600, 8, start_ts=1_511_700_000,
+                                          new_items=50))
+        assert svc.follower.poll() and exact.follower.poll()
+        assert isinstance(svc.follower.model.index, AnnItemIndex)
+        a, b = svc.recommend(req), exact.recommend(req)
+        assert a.model_version == b.model_version and [i.item_id for i in a.items] == [i.item_id for i in b.items]
+    finally:
+        svc.stop()
+        exact.stop()
+
+
+def test_bench_ann_runs_small(capsys):
+    import json
+
+    from cluster.cli import main
+
+    assert main(["bench", "ann", "--items", "5000", "--queries", "5", "--rounds", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["items"] == 5000 and 0.5 <= out["recall_at_n"] <= 1.0 and out["ann_ms_per_query"] > 0
