@@ -17,7 +17,8 @@ class Limits:
 
     max_candidates: candidates of one Score call. max_k: items of one Recommend call.
     max_retrieve: candidates Recommend retrieves before ranking. max_request_bytes: the
-    serialised request (gRPC's own transport limit, 4 MiB, answers RESOURCE_EXHAUSTED above it).
+    serialised request (the Ray Serve proxy accepts up to 2 GiB and the plain grpcio host 64 MiB, so
+    anything from this limit up to those answers INVALID_ARGUMENT with the limit in the message).
     max_exclude: excluded items of one Recommend call.
     """
 

@@ -45,7 +45,10 @@ class ScorerServicer(pb_grpc.ScorerServicer):
 def start_grpc_server(service: ScoringService, address: str = "127.0.0.1:0", threads: int = 4,
                       reflection: bool = True) -> tuple[grpc.Server, int]:
     """Start a grpcio server on ``address`` (port 0: a free one); returns (server, port)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads))
+    # the transport accepts up to 64 MiB so that the service's own size check answers INVALID_ARGUMENT
+    # (with its limit in the message) instead of gRPC's bare RESOURCE_EXHAUSTED above 4 MiB
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads),
+                         options=[("grpc.max_receive_message_length", 64 << 20)])
     pb_grpc.add_ScorerServicer_to_server(ScorerServicer(service), server)
     if reflection:
         from grpc_reflection.v1alpha import reflection as refl
