@@ -102,12 +102,16 @@ DEFINITIONS: tuple[MetricDef, ...] = (
     _c("freshrec_versions_committed_total", "Versions committed", "kind"),
     _c("freshrec_versions_failed_total", "Version writes that failed (their changes go into the next version)"),
     _g("freshrec_versions_latest_version", "Number of the newest committed version"),
+    _c("freshrec_versions_published_total", "Versions the publish gate let through to serving"),
+    _c("freshrec_versions_held_total", "Versions the publish gate held back, by reason (checksum, auc_drop)",
+       "reason"),
+    _g("freshrec_versions_published_version", "Number of the newest published version (what replicas follow)"),
     # serving (defined here, emitted by serving/)
     _h("freshrec_serving_request_latency_seconds", "Time to answer one gRPC request", _RPC_S, "method"),
     _c("freshrec_serving_requests_total", "gRPC requests answered, by status code (OK, INVALID_ARGUMENT, ...)",
        "method", "code"),
-    _g("freshrec_serving_version_lag_versions", "Committed versions the replica has not loaded yet "
-       "(latest committed minus served)", "replica"),
+    _g("freshrec_serving_version_lag_versions", "Versions the replica is behind the one it should serve "
+       "(pinned, else published, else latest committed; minus served)", "replica"),
     _g("freshrec_serving_loaded_version", "Number of the version the replica serves", "replica"),
     _h("freshrec_serving_freshness_seconds", "From a data file landing to a replica serving a version that holds it",
        _FRESH_S, "replica"),

@@ -86,6 +86,7 @@ def run_and_summarise(args, history: Path | None, incoming: Path | None, drain: 
             result, _ = run_ps_training(spec, cfg.model, cfg.train, args.run_dir, ps=cfg.ps, history=history,
                                         incoming=incoming, drain=drain, num_workers=cfg.workers,
                                         idle_timeout_s=idle_timeout, store_url=store_url, snapshots=cfg.snapshots,
+                                        publish=cfg.publish,
                                         version_extra=version_extra(cfg.spec, cfg.to_dict()),
                                         on_file=lambda i, m: print(table_row(i, m), flush=True),
                                         on_event=lambda text: print(text, flush=True))
