@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "cluster.commands.evaluate",
     "cluster.commands.config",
     "cluster.commands.snapshots",
+    "cluster.commands.report",
     "cluster.commands.jobs",
     "cluster.commands.k8s",
     "cluster.commands.serve",

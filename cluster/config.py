@@ -15,7 +15,7 @@ from common.config import ConfigError, check_keys, load_yaml_config
 
 if TYPE_CHECKING:
     from trainer.config import ModelConfig, PSOptions, TrainConfig
-    from versions import SnapshotConfig
+    from versions import PublishConfig, SnapshotConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,7 @@ class RunConfig:
                 strategy: online, seed: 0}
         ps: {num_shards: 2, capacity_per_shard: 131072, admission_threshold: 1, ttl_steps: null, mode: sync}
         snapshots: {every_data_file: true, every_steps: null, every_seconds: null, full_every: 10, keep: 5}
+        publish: {max_auc_drop: 0.05, min_examples: 500, verify_checksums: true}   # the publish gate
         ray: {address: null}      # null: start an embedded local Ray; "auto" or host:port joins one
     """
 
@@ -62,14 +63,15 @@ class RunConfig:
     train: "TrainConfig" = None  # type: ignore[assignment]
     ps: "PSOptions" = None  # type: ignore[assignment]
     snapshots: "SnapshotConfig" = None  # type: ignore[assignment]
+    publish: "PublishConfig" = None  # type: ignore[assignment]
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
         from trainer.config import ModelConfig, PSOptions, TrainConfig
-        from versions import SnapshotConfig
+        from versions import PublishConfig, SnapshotConfig
 
         for key, cls in (("model", ModelConfig), ("train", TrainConfig), ("ps", PSOptions),
-                         ("snapshots", SnapshotConfig)):
+                         ("snapshots", SnapshotConfig), ("publish", PublishConfig)):
             if getattr(self, key) is None:
                 object.__setattr__(self, key, cls())
         if not isinstance(self.spec, str) or not self.spec:
@@ -84,10 +86,11 @@ class RunConfig:
 
         check_keys(cls, raw, "config")
         kw: dict[str, Any] = {k: raw[k] for k in ("spec", "workers") if k in raw}
-        from versions import SnapshotPolicy
+        from versions import PublishConfig, SnapshotPolicy
 
         builders = {"model": model_config_from_dict, "train": TrainConfig.from_dict, "ps": PSOptions.from_dict,
-                    "snapshots": lambda raw: SnapshotPolicy.from_dict(raw).cfg, "ray": _ray_from_dict}
+                    "snapshots": lambda raw: SnapshotPolicy.from_dict(raw).cfg, "publish": PublishConfig.from_dict,
+                    "ray": _ray_from_dict}
         for key, build in builders.items():
             section = raw.get(key)
             if section is None:

@@ -102,12 +102,16 @@ DEFINITIONS: tuple[MetricDef, ...] = (
     _c("freshrec_versions_committed_total", "Versions committed", "kind"),
     _c("freshrec_versions_failed_total", "Version writes that failed (their changes go into the next version)"),
     _g("freshrec_versions_latest_version", "Number of the newest committed version"),
+    _c("freshrec_versions_published_total", "Versions the publish gate let through to serving"),
+    _c("freshrec_versions_held_total", "Versions the publish gate held back, by reason (checksum, auc_drop)",
+       "reason"),
+    _g("freshrec_versions_published_version", "Number of the newest published version (what replicas follow)"),
     # serving (defined here, emitted by serving/)
     _h("freshrec_serving_request_latency_seconds", "Time to answer one gRPC request", _RPC_S, "method"),
     _c("freshrec_serving_requests_total", "gRPC requests answered, by status code (OK, INVALID_ARGUMENT, ...)",
        "method", "code"),
-    _g("freshrec_serving_version_lag_versions", "Committed versions the replica has not loaded yet "
-       "(latest committed minus served)", "replica"),
+    _g("freshrec_serving_version_lag_versions", "Versions the replica is behind the one it should serve "
+       "(pinned, else published, else latest committed; minus served)", "replica"),
     _g("freshrec_serving_loaded_version", "Number of the version the replica serves", "replica"),
     _h("freshrec_serving_freshness_seconds", "From a data file landing to a replica serving a version that holds it",
        _FRESH_S, "replica"),
@@ -117,6 +121,13 @@ BY_NAME: dict[str, MetricDef] = {d.name: d for d in DEFINITIONS}
 
 _lock = threading.Lock()
 _built: dict[str, object] = {}  # name -> ray.util.metrics object, in this process
+# Ray (2.60) drops a gauge series from the Prometheus endpoint about two export intervals after
+# its last ``set`` (so that the gauges of dead workers go away). A gauge freshrec sets once per
+# data file or per version would vanish between two files; each process therefore sets its
+# gauges' last values again every GAUGE_REFRESH_S, so a live process keeps them visible.
+GAUGE_REFRESH_S = 5.0
+_gauges: dict[tuple, tuple[float, dict]] = {}  # (name, tags) -> (last value, tags)
+_refresher: threading.Thread | None = None
 
 
 def _ray_ready() -> bool:
@@ -178,9 +189,35 @@ def record(name: str, value: float = 1.0, **tags: str) -> bool:
         m.inc(value, tags=tags or None)
     elif d.kind == "gauge":
         m.set(value, tags=tags or None)
+        _keep_gauge(d.name, value, tags)
     else:
         m.observe(value, tags=tags or None)
     return True
+
+
+def _keep_gauge(name: str, value: float, tags: dict) -> None:
+    global _refresher
+    with _lock:
+        _gauges[(name, tuple(sorted(tags.items())))] = (value, tags)
+        if _refresher is None or not _refresher.is_alive():
+            _refresher = threading.Thread(target=_refresh_gauges, name="freshrec-gauges", daemon=True)
+            _refresher.start()
+
+
+def _refresh_gauges() -> None:
+    import time
+
+    while True:
+        time.sleep(GAUGE_REFRESH_S)
+        if not _ray_ready():
+            continue
+        with _lock:
+            items = list(_gauges.items())
+        for (name, _), (value, tags) in items:
+            try:
+                _handle(BY_NAME[name]).set(value, tags=tags or None)
+            except Exception:  # noqa: BLE001 (metrics never break the work they describe)
+                pass
 
 
 def names(component: str | None = None) -> list[str]:

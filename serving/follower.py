@@ -3,7 +3,8 @@
 One daemon thread per replica::
 
     every poll_interval_s:
-        v = store.latest()            (or the pinned version)
+        v = the target                user_config pin, else the store's PINNED (freshrec snapshots
+                                      rollback), else PUBLISHED (the publish gate), else LATEST
         v == serving, or v refused before  -> nothing
         build ServableModel(v)        deltas after the served version applied to its tables;
                                       every part read is checksummed
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable
 
 from serving.model import ServableModel
+from serving.telemetry import ReplicaTelemetry
 from versions import VersionStore
 from versions.errors import VersionError
 
@@ -34,11 +36,14 @@ class VersionFollower:
     """Holds the served model and replaces it with newer versions (see the module docstring).
 
     ``load(version, previous) -> ServableModel``. ``on_swap(model)`` runs after each swap.
+    ``telemetry`` receives the served version and its lag at each poll, and the freshness of each
+    forward swap (a newer version while following; not the first load, not a pin).
     """
 
     def __init__(self, store: VersionStore, load: Callable[[int, ServableModel | None], ServableModel], *,
                  poll_interval_s: float = 0.2, pin_version: int | None = None,
-                 on_swap: Callable[[ServableModel], None] | None = None) -> None:
+                 on_swap: Callable[[ServableModel], None] | None = None,
+                 telemetry: ReplicaTelemetry | None = None) -> None:
         self.store, self._load = store, load
         self.poll_interval_s = poll_interval_s
         self.pin_version = pin_version
@@ -47,6 +52,9 @@ class VersionFollower:
         self.refused: dict[int, str] = {}  # version -> why (corrupt, unservable)
         self.last_error: str | None = None  # the last poll's failure (store unreachable ...), None when fine
         self.swaps = 0
+        self.telemetry = telemetry or ReplicaTelemetry()
+        self._newest: int | None = None  # the newest version this replica has served
+        self.why: str | None = None  # why the last target was chosen: config-pin, pinned, published, latest
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._poll_lock = threading.Lock()
@@ -90,41 +98,70 @@ class VersionFollower:
             self._wake.clear()
 
     # ------------------------------------------------------------------- poll
+    @property
+    def pinned(self) -> bool:
+        """True while the replica serves a pinned version (user_config or the store's PINNED)."""
+        return self.why in ("config-pin", "pinned")
+
     def target(self) -> int | None:
-        """The version to serve now: the pinned one, else the newest committed one."""
-        return self.pin_version if self.pin_version is not None else self.store.latest()
+        """The version to serve now: the user_config pin, else the store's PINNED, else PUBLISHED, else
+        LATEST (a store that was never published: written before the gate, or without it)."""
+        if self.pin_version is not None:
+            self.why = "config-pin"
+            return self.pin_version
+        for why, read in (("pinned", self.store.pinned), ("published", self.store.published),
+                          ("latest", self.store.latest)):
+            v = read()
+            if v is not None:
+                self.why = why
+                return v
+        self.why = None
+        return None
 
     def poll(self) -> bool:
         """Look once; load and swap if there is a newer (or a newly pinned) version. True on a swap."""
         with self._poll_lock:
+            target = [None]
             try:
-                v = self.target()
-            except Exception as exc:  # noqa: BLE001 (an unreachable store: keep serving)
-                self._failed(f"the version store is unavailable: {type(exc).__name__}: {exc}")
-                return False
-            current = self._model
-            if v is None or (current is not None and current.version == v) or v in self.refused:
-                self.last_error = None if v is not None else "the store has no committed version yet"
-                return False
-            previous = current if current is not None and v > current.version else None
-            t0 = time.perf_counter()
+                return self._poll(target)
+            finally:
+                self.telemetry.poll(self._model.version if self._model is not None else None, target[0])
+
+    def _poll(self, target: list) -> bool:
+        try:
+            v = target[0] = self.target()
+        except Exception as exc:  # noqa: BLE001 (an unreachable store: keep serving)
+            self._failed(f"the version store is unavailable: {type(exc).__name__}: {exc}")
+            return False
+        current = self._model
+        if v is None or (current is not None and current.version == v) or v in self.refused:
+            self.last_error = None if v is not None else "the store has no committed version yet"
+            return False
+        previous = current if current is not None and v > current.version else None
+        t0 = time.perf_counter()
+        try:
+            model = self._load(v, previous)
+        except (VersionError, ValueError, KeyError) as exc:  # corrupt or unservable: never retried
+            self.refused[v] = f"{type(exc).__name__}: {exc}"
+            self._failed(f"version {v} is refused, serving {current.version if current else 'nothing'}: "
+                         f"{self.refused[v]}")
+            return False
+        except Exception as exc:  # noqa: BLE001 (I/O: retried at the next poll)
+            self._failed(f"loading version {v} failed (retried): {type(exc).__name__}: {exc}")
+            return False
+        self._model = model  # the atomic swap
+        newest, self._newest = self._newest, max(v, self._newest or 0)
+        self.swaps += 1
+        self.last_error = None
+        if newest is not None and v > newest and not self.pinned:  # a version newer than any served: freshness
             try:
-                model = self._load(v, previous)
-            except (VersionError, ValueError, KeyError) as exc:  # corrupt or unservable: never retried
-                self.refused[v] = f"{type(exc).__name__}: {exc}"
-                self._failed(f"version {v} is refused, serving {current.version if current else 'nothing'}: "
-                             f"{self.refused[v]}")
-                return False
-            except Exception as exc:  # noqa: BLE001 (I/O: retried at the next poll)
-                self._failed(f"loading version {v} failed (retried): {type(exc).__name__}: {exc}")
-                return False
-            self._model = model  # the atomic swap
-            self.swaps += 1
-            self.last_error = None
-            log.info("serving version %d (loaded in %.0f ms%s)", v, (time.perf_counter() - t0) * 1e3,
-                     f", deltas on {previous.version}" if previous is not None else "")
-            self.on_swap(model)
-            return True
+                self.telemetry.swap(self.store.manifest(v).extra)
+            except Exception:  # noqa: BLE001 (metrics never fail a swap)
+                log.debug("freshness of version %d not recorded", v, exc_info=True)
+        log.info("serving version %d (loaded in %.0f ms%s)", v, (time.perf_counter() - t0) * 1e3,
+                 f", deltas on {previous.version}" if previous is not None else "")
+        self.on_swap(model)
+        return True
 
     def _failed(self, why: str) -> None:
         if why != self.last_error:

@@ -26,17 +26,24 @@ import torch
 
 from serving.catalogue import ItemCatalogue
 from serving.config import FollowSettings, ServeConfig
-from serving.errors import InvalidRequestError, NotReadyError, UnsupportedError, VersionMismatchError
+from serving.errors import InvalidRequestError, NotReadyError, ServingError, UnsupportedError, VersionMismatchError
 from serving.follower import VersionFollower
 from serving.ann import AnnOptions
 from serving.model import RetrievalOptions, ServableModel, load_model
+from serving.telemetry import ReplicaTelemetry
 from serving.validation import validation_metrics
 from serving.wire import pb
 from versions import VersionStore
 
 
 class ScoringService:
-    def __init__(self, cfg: ServeConfig, catalogue: ItemCatalogue | None = None, remote=None) -> None:
+    """Every call of :meth:`score`, :meth:`recommend` and :meth:`model_info` is timed and counted by
+    status code (``freshrec_serving_request_latency_seconds{method}``,
+    ``freshrec_serving_requests_total{method,code}``: OK, INVALID_ARGUMENT, ..., INTERNAL for an
+    unexpected exception); the follower reports the served version, its lag and freshness."""
+
+    def __init__(self, cfg: ServeConfig, catalogue: ItemCatalogue | None = None,
+                 telemetry: ReplicaTelemetry | None = None, remote=None) -> None:
         """``remote``: a :class:`serving.shards.RemoteTables` for ``cfg.remote_tables`` (the Ray app builds it
         over its shard deployments); required when ``cfg.remote_tables`` is set."""
         if cfg.remote_tables and remote is None:
@@ -45,12 +52,13 @@ class ScoringService:
         self.cfg = cfg
         self.remote = remote
         self.retrieval = RetrievalOptions(cfg.ann_above, AnnOptions(nprobe=cfg.ann_nprobe))
+        self.telemetry = telemetry or ReplicaTelemetry()
         torch.set_num_threads(cfg.torch_threads)
         self.store = VersionStore(cfg.store_url, cfg.storage_options)
         self._catalogue = catalogue
         self._catalogue_loaded = catalogue is not None or not cfg.catalogue
         self.follower = VersionFollower(self.store, self._load, poll_interval_s=cfg.poll_interval_s,
-                                        pin_version=cfg.pin_version)
+                                        pin_version=cfg.pin_version, telemetry=self.telemetry)
 
     def start(self, wait_s: float = 0.0, load_now: bool = True) -> "ScoringService":
         """Load the first version now (if there is one, and ``load_now``) and follow the store in the
@@ -110,8 +118,30 @@ class ScoringService:
             raise InvalidRequestError(f"the request is {size} bytes, over the limit of "
                                       f"{self.cfg.limits.max_request_bytes} bytes: send fewer candidates per call")
 
-    # ------------------------------------------------------------------ Score
+    def _timed(self, method: str, fn, request):
+        t0 = time.perf_counter()
+        code = "INTERNAL"  # an unexpected exception: the transport answers it as an internal error
+        try:
+            out = fn(request)
+            code = "OK"
+            return out
+        except ServingError as exc:
+            code = exc.code
+            raise
+        finally:
+            self.telemetry.request(method, code, time.perf_counter() - t0)
+
     def score(self, request: "pb.ScoreRequest") -> "pb.ScoreResponse":
+        return self._timed("Score", self._score, request)
+
+    def recommend(self, request: "pb.RecommendRequest") -> "pb.RecommendResponse":
+        return self._timed("Recommend", self._recommend, request)
+
+    def model_info(self, request: "pb.ModelInfoRequest | None" = None) -> "pb.ModelInfoResponse":
+        return self._timed("ModelInfo", self._model_info, request)
+
+    # ------------------------------------------------------------------ Score
+    def _score(self, request: "pb.ScoreRequest") -> "pb.ScoreResponse":
         self._check_size(request)
         if request.pin_version < 0:
             raise InvalidRequestError(f"pin_version must be >= 0 (0: the served version), got {request.pin_version}")
@@ -124,7 +154,7 @@ class ScoringService:
                                 defaulted_columns=list(defaulted), unknown_ids=unknown)
 
     # -------------------------------------------------------------- Recommend
-    def recommend(self, request: "pb.RecommendRequest") -> "pb.RecommendResponse":
+    def _recommend(self, request: "pb.RecommendRequest") -> "pb.RecommendResponse":
         self._check_size(request)
         lim = self.cfg.limits
         if not 1 <= request.k <= lim.max_k:
@@ -181,14 +211,14 @@ class ScoringService:
         return int(np.asarray(parsed[col])[0])
 
     # -------------------------------------------------------------- ModelInfo
-    def model_info(self, request: "pb.ModelInfoRequest | None" = None) -> "pb.ModelInfoResponse":
+    def _model_info(self, request: "pb.ModelInfoRequest | None" = None) -> "pb.ModelInfoResponse":
         model = self.model()
         i = model.info
         return pb.ModelInfoResponse(
             model_version=i.version, spec_name=i.spec_name, committed_at_unix_ms=int(i.committed_at * 1000),
             kind=i.kind, step=i.step, data_files=len(i.data_files), rows_trained=i.rows_trained,
             last_data_file=i.data_files[-1] if i.data_files else "", model_digest=i.model_digest,
-            metrics=i.metrics, pinned=self.follower.pin_version is not None,
+            metrics=i.metrics, pinned=self.follower.pinned,
             loaded_at_unix_ms=int(i.loaded_at * 1000), catalogue_items=len(model.index) if model.index else 0)
 
 

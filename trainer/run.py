@@ -98,12 +98,13 @@ def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_di
                     drain: bool = True, num_workers: int = 1, client=None, idle_timeout_s: float | None = None,
                     keep_ps: bool = False, on_file=None, store_url: str | None = None, snapshots=None,
                     storage_options: dict | None = None, version_extra: dict | None = None, versions: bool = True,
-                    max_restarts: int = 3, on_event=None):
+                    max_restarts: int = 3, on_event=None, publish=None):
     """Start the PS (unless ``client`` is given) and a Ray Train run over the data files.
 
     With ``versions`` (the default) model versions go to ``store_url`` (default
     ``RUN_DIR/versions``) at the data-file boundaries ``snapshots`` (a versions.SnapshotConfig)
-    picks, and a run directory that holds committed versions resumes from the newest valid one.
+    picks, and a run directory that holds committed versions resumes from the newest valid one;
+    ``publish`` (a versions.PublishConfig, default: its defaults) configures the publish gate.
     A failure during training (a shard actor or a worker that died) restarts the PS and the
     workers from the last committed version, up to ``max_restarts`` times: nothing is lost or
     applied twice. ``on_file(i, record)`` is called in the driver as each data file is done,
@@ -153,7 +154,7 @@ def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_di
     config = {"spec": spec, "model_cfg": model_cfg, "train_cfg": train_cfg, "client": client, "run_dir": str(run_dir),
               "history": _absolute(history), "incoming": _absolute(incoming),
               "drain": drain, "idle_timeout_s": idle_timeout_s, "store_url": store_url, "snapshots": snapshots,
-              "storage_options": storage_options, "version_extra": version_extra or {}}
+              "storage_options": storage_options, "version_extra": version_extra or {}, "publish": publish}
     use_gpu = torch.cuda.is_available()  # NCCL for the dense all-reduce on GPUs, gloo on CPU
     follower = follow_from(resumed_from)
     t0 = time.perf_counter()

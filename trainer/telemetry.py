@@ -39,3 +39,12 @@ def record_version(manifest, pause_ms: float, write_s: float) -> None:
 
 def record_version_failure() -> None:
     record("freshrec_versions_failed_total", 1)
+
+
+def record_gate(decision, version: int) -> None:
+    """The publish gate judged ``version``: published, or held back (by reason code)."""
+    if decision.publish:
+        record("freshrec_versions_published_total", 1)
+        record("freshrec_versions_published_version", int(version))
+    else:
+        record("freshrec_versions_held_total", 1, reason=decision.code)

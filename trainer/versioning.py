@@ -18,6 +18,9 @@ optimizer state, feature statistics, counters, strategy state, data ledger). Eve
                   store.compact(v)              every full_every-th version: a full version built
                                                 from the store (no training pause), then
                   store.gc(keep)                retention (snapshots.keep), never a needed base
+                  publish gate (versions.publish) checksums of the chain + progressive AUC of the
+                                                version's window vs the last published version:
+                                                PUBLISHED <- v, or held back (logged, counted)
                 (on any failure: backend.abort_cut(cut): nothing is lost, the next version carries
                  the changes; three failures in a row stop the run with the error)
 
@@ -39,7 +42,7 @@ from collections.abc import Callable
 import numpy as np
 
 from trainer import telemetry
-from versions import SnapshotConfig, SnapshotPolicy, VersionStore
+from versions import PublishConfig, Publisher, SnapshotConfig, SnapshotPolicy, VersionMetrics, VersionStore
 
 log = logging.getLogger(__name__)
 CORE_PART = "trainer/core"
@@ -72,12 +75,16 @@ class VersionKeeper:
 
     ``barrier()`` and ``broadcast(value) -> value`` synchronise the ranks (gloo collectives in
     Ray Train; no-ops in one process). ``extra`` goes into every manifest (spec, configs).
+    ``publish`` configures the publish gate run after each commit (:mod:`versions.publish`); every
+    manifest's ``extra["metrics"]`` holds the progressive validation of the version's window (the
+    data files trained since the previous version, each scored before training on it).
     """
 
     def __init__(self, store_url: str, backend, core, snapshots: SnapshotConfig | None = None, *,
                  storage_options: dict | None = None, extra: dict | None = None,
                  barrier: Callable[[], None] = _single_process_barrier,
-                 broadcast: Callable = _single_process_broadcast, on_commit=None) -> None:
+                 broadcast: Callable = _single_process_broadcast, on_commit=None,
+                 publish: PublishConfig | None = None) -> None:
         self.url, self.storage_options = str(store_url), storage_options
         self.store = VersionStore(self.url, storage_options)
         self.backend, self.core = backend, core
@@ -94,6 +101,21 @@ class VersionKeeper:
         self._cut_step = 0  # the step of the last version cut (or restored)
         self._writer: threading.Thread | None = None
         self._error: BaseException | None = None
+        self.publisher = Publisher(self.store, publish)
+        self.decisions: dict[int, object] = {}  # version -> PublishDecision (this run's)
+        self._files_mark = self._validated()  # validated data files already in a version
+        self._picked_up_at: float | None = None  # when rank 0 took the newest data file (freshness)
+
+    def _validated(self) -> int:
+        validator = getattr(self.core, "validator", None)
+        return len(validator.files) if validator is not None else 0
+
+    def _window_metrics(self) -> VersionMetrics:
+        """Progressive validation of the data files trained since the last cut (rank 0's validator)."""
+        validator = getattr(self.core, "validator", None)
+        files = validator.files[self._files_mark:] if validator is not None else []
+        self._files_mark = self._validated()
+        return VersionMetrics.of_files(files)
 
     # ---------------------------------------------------------------- restore
     def restore(self, reread=None) -> int | None:
@@ -110,12 +132,16 @@ class VersionKeeper:
         self.policy.restored(self.core.step, time.time(), chain_length=len(self.store.chain(version)))
         self.last_version = version
         self._cut_step = self.core.step
+        self._files_mark = self._validated()
         return version
 
     # -------------------------------------------------------------------- cut
-    def after_file(self, force: bool = False) -> bool:
-        """Every rank, at the same data-file boundary: cut a version if the policy (or ``force``) says so."""
+    def after_file(self, force: bool = False, picked_up_at: float | None = None) -> bool:
+        """Every rank, at the same data-file boundary: cut a version if the policy (or ``force``) says so.
+        ``picked_up_at`` (rank 0): when the data file just trained was taken from its directory."""
         decision = None
+        if picked_up_at is not None:
+            self._picked_up_at = float(picked_up_at)
         if self.rank == 0:
             self._join()  # the previous version is committed (or failed) before the policy decides the next
             if self._error is not None:  # its changes stay pending: the next version carries them
@@ -142,7 +168,11 @@ class VersionKeeper:
             pause_ms = (time.perf_counter() - t0) * 1e3
             self.pauses_ms.append(pause_ms)
             step = self.core.step
-            self._writer = threading.Thread(target=self._write, args=(cut_id, decision, step, arrays, meta, pause_ms),
+            window = {"metrics": self._window_metrics().to_dict()}
+            if self._picked_up_at is not None:
+                window["freshness"] = {"newest_file_picked_up_at": self._picked_up_at}
+            self._writer = threading.Thread(target=self._write,
+                                            args=(cut_id, decision, step, arrays, meta, pause_ms, window),
                                             name="freshrec-version-writer", daemon=True)
             self._writer.start()
         self.barrier()  # training resumes
@@ -156,7 +186,8 @@ class VersionKeeper:
         if self.rank == 0:
             self.wait()
 
-    def _write(self, cut_id: str, decision, step: int, arrays: dict, meta: dict, pause_ms: float) -> None:
+    def _write(self, cut_id: str, decision, step: int, arrays: dict, meta: dict, pause_ms: float,
+               window: dict | None = None) -> None:
         t_write = time.perf_counter()
         kind = decision.kind
         parent = self.last_version if kind == "delta" else None
@@ -169,15 +200,18 @@ class VersionKeeper:
             parts.append(writer.write_part(CORE_PART, _core_arrays(arrays, meta), {"role": "dense", "core": meta}))
             digest = writer.digest(parts)
             manifest = writer.commit(parts, ledger=meta["ledger"], model_digest=digest,
-                                     extra={"pause_ms": round(pause_ms, 3), "examples_trained": meta["examples_trained"]})
+                                     extra={"pause_ms": round(pause_ms, 3), "examples_trained": meta["examples_trained"],
+                                            **(window or {})})
             self.backend.commit_cut(cut_id)
             self.policy.record(decision, step, time.time())
             self.last_version = manifest.version
             self._consecutive_failures = 0
             telemetry.record_version(manifest, pause_ms, time.perf_counter() - t_write)
             self.on_commit(manifest, pause_ms)
+            self._gate(manifest.version)
             if decision.compact:  # a full version built from the store: the chain stays short, no pause
                 self.last_version = self.store.compact(manifest.version).version
+                self._gate(self.last_version)  # the same model: the same decision, unless its parts are bad
                 self.store.gc(keep=self.policy.cfg.keep)  # retention: never a base a kept delta needs
         except BaseException as exc:  # noqa: BLE001 (reported by the next after_file or wait)
             self.failures += 1
@@ -189,6 +223,17 @@ class VersionKeeper:
             except Exception:  # noqa: BLE001
                 log.exception("aborting a failed version")
             self._error = exc
+
+    def _gate(self, version: int) -> None:
+        """The publish gate on a committed version; its own failure (the store unreachable) leaves the
+        version unpublished (the next one is judged again) and never fails the version."""
+        try:
+            d = self.publisher(version)
+        except Exception:  # noqa: BLE001
+            log.exception("the publish gate could not judge version %d: it stays unpublished", version)
+            return
+        self.decisions[version] = d
+        telemetry.record_gate(d, version)
 
     def wait(self) -> None:
         """Block until the version being written is committed (or raise its error)."""

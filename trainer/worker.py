@@ -48,10 +48,11 @@ def train_loop_per_worker(config: dict) -> None:
     if config.get("store_url"):
         keeper = VersionKeeper(config["store_url"], client, core, config.get("snapshots"),
                                storage_options=config.get("storage_options"), extra=config.get("version_extra"),
-                               barrier=barrier, broadcast=broadcast)
+                               barrier=barrier, broadcast=broadcast, publish=config.get("publish"))
         keeper.restore(reread=lambda name: _reread(name, history, incoming, spec))
     files = 0
     for ref in _followed(rank, broadcast, history, incoming, core.ledger, config, paths):
+        picked_up_at = time.time()  # rank 0: the data file has landed and was taken (freshness starts)
         batch = read_data_file(ref, validator)
         report = check_file_report(validator.last_file, config.get("max_dead_share", spec.max_dead_share))
         metrics = core.step_file(batch, ref, rows_read=report.rows_in, complete=report.complete)
@@ -63,14 +64,14 @@ def train_loop_per_worker(config: dict) -> None:
                       "rows_dead": report.rows_dead, "rows_late": report.rows_late,
                       "warnings": list(report.warnings) + ([] if report.complete else [report.unreadable or
                                                            "not read to its end: retried when it changes"]),
-                      "step": core.step, "wall_time": time.time()}
+                      "step": core.step, "picked_up_at": picked_up_at, "wall_time": time.time()}
             with open(paths.metrics, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
             record_file(record, report)  # Prometheus series through Ray's metrics
             write_atomic(paths.ledger, core.ledger.to_json())
         stop = broadcast(paths.stop.exists() if rank == 0 else None)  # one decision for every rank
         if keeper is not None:
-            keeper.after_file(force=bool(stop))
+            keeper.after_file(force=bool(stop), picked_up_at=picked_up_at if rank == 0 else None)
         if stop:
             break
     dead.close()

@@ -5,6 +5,8 @@
     parts = [w.write_part("dense", dense_arrays, {"role": "dense"}), *shard_parts]
     w.commit(parts, ledger=ledger.to_dict(), model_digest=digest)
     store.materialize(store.latest(), table_parts("user"))   # {"ids", "rows", "opt_state_0", ...}
+    Publisher(store, PublishConfig(max_auc_drop=0.05))(13)   # the publish gate: PUBLISHED <- 13, or held back
+    store.serving_state()["target"]                           # PINNED, else PUBLISHED, else LATEST
 
 A leaf package: it imports only ``common`` (plus numpy and fsspec).
 """
@@ -14,6 +16,7 @@ from versions.errors import (CorruptVersionError, NoSuchVersionError, StoreUnava
                              VersionWriteError)
 from versions.manifest import Manifest, PartInfo
 from versions.policy import SnapshotConfig, SnapshotDecision, SnapshotPolicy
+from versions.publish import PublishConfig, PublishDecision, Publisher, PublishGate, VersionMetrics
 from versions.store import PartWriter, VersionStore, VersionWriter, table_parts, write_part
 
 __all__ = [
@@ -23,11 +26,16 @@ __all__ = [
     "NoSuchVersionError",
     "PartInfo",
     "PartWriter",
+    "PublishConfig",
+    "PublishDecision",
+    "PublishGate",
+    "Publisher",
     "SnapshotConfig",
     "SnapshotDecision",
     "SnapshotPolicy",
     "StoreUnavailableError",
     "VersionError",
+    "VersionMetrics",
     "VersionStore",
     "VersionWriteError",
     "VersionWriter",

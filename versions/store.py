@@ -4,8 +4,11 @@ Layout::
 
     ROOT/
       LATEST                     "12\\n": the newest committed version (written after its manifest)
+      PUBLISHED                  "11\\n": the newest version that passed the publish gate (versions.publish)
+      PINNED                     "9\\n": the version serving is pinned to (rollback); absent when not pinned
       v00000011/
         MANIFEST.json            present  <=>  version 11 is committed (readers list these only)
+        GATE.json                the publish gate's decision on it (publish / hold, and why)
         ps/shard-0/user.part     part files (see versions.partfile)
         ps/shard-1/user.part
         dense.part
@@ -48,6 +51,7 @@ from versions.errors import (CorruptVersionError, NoSuchVersionError, StoreUnava
                              VersionWriteError)
 from versions.manifest import KINDS, Manifest, PartInfo, as_json_value, data_files_of, now, rows_of
 from versions.merge import Keep, merge_keyed
+from versions.publish import GATE, PINNED, PUBLISHED, decision_json, read_pointer, serving_target
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +220,63 @@ class VersionStore:
             return named
         committed = self.versions()
         return committed[-1] if committed else None
+
+    # ------------------------------------------------------- serving pointers
+    def _pointer(self, name: str) -> int | None:
+        try:
+            return read_pointer(self._read_small(f"{self.root}/{name}"))
+        except FileNotFoundError:
+            return None
+
+    def published(self) -> int | None:
+        """The newest version the publish gate let through (PUBLISHED); None when none was published."""
+        return self._pointer(PUBLISHED)
+
+    def publish(self, version: int) -> None:
+        """Point PUBLISHED at committed ``version`` (atomic; only forward: an older one is ignored)."""
+        version = int(version)
+        self.manifest(version)  # NoSuchVersionError if not committed
+        current = self.published()
+        if current is None or version > current:
+            self._write_small(f"{self.root}/{PUBLISHED}", f"{version}\n".encode())
+
+    def pinned(self) -> int | None:
+        """The version serving is pinned to (PINNED), None when serving follows PUBLISHED/LATEST."""
+        return self._pointer(PINNED)
+
+    def pin(self, version: int) -> None:
+        """Pin serving to committed ``version`` (rollback): every replica following this store loads it."""
+        version = int(version)
+        self.manifest(version)
+        self._write_small(f"{self.root}/{PINNED}", f"{version}\n".encode())
+
+    def unpin(self) -> bool:
+        """Remove the pin (serving follows PUBLISHED again); False when nothing was pinned."""
+        path = f"{self.root}/{PINNED}"
+        with self._io(f"remove {path}"):
+            try:
+                self.fs.rm_file(path)
+            except FileNotFoundError:
+                return False
+        return True
+
+    def serving_state(self) -> dict:
+        """``{"pinned", "published", "latest", "target", "why"}``: what a replica should serve and why
+        (PINNED, else PUBLISHED, else LATEST for a store that never published)."""
+        pinned, published, latest = self.pinned(), self.published(), self.latest()
+        target, why = serving_target(pinned, published, latest)
+        return {"pinned": pinned, "published": published, "latest": latest, "target": target, "why": why}
+
+    def write_gate_decision(self, version: int, decision: Mapping) -> None:
+        """Keep the publish gate's decision beside the version (``vNNNNNNNN/GATE.json``)."""
+        self._write_small(f"{self.vdir(version)}/{GATE}", decision_json(dict(decision)))
+
+    def gate_decision(self, version: int) -> dict | None:
+        """The publish gate's decision on ``version``; None when the gate never judged it."""
+        try:
+            return json.loads(self._read_small(f"{self.vdir(version)}/{GATE}"))
+        except FileNotFoundError:
+            return None
 
     def chain(self, version: int) -> list[Manifest]:
         """Manifests from the full base of ``version`` up to ``version``: ``[full, delta, ..., version]``."""
@@ -452,7 +513,7 @@ class VersionStore:
         self._manifests.pop(int(version), None)
 
     def gc(self, keep: int = 5, grace_s: float = 3600.0) -> dict[str, list[int]]:
-        """Keep the newest ``keep`` committed versions and every version their chains need; delete
+        """Keep the newest ``keep`` committed versions, LATEST, PUBLISHED, PINNED and the chains they need; delete
         the other committed versions and uncommitted directories older than ``grace_s``.
 
         Returns ``{"removed": [...], "kept": [...], "removed_uncommitted": [...]}``.
@@ -461,7 +522,8 @@ class VersionStore:
             raise ValueError(f"gc keep must be an integer >= 1, got {keep!r}")
         committed = self.versions()
         latest = self.latest()
-        wanted = set(committed[-keep:]) | ({latest} if latest is not None else set())
+        serving = {self.published(), self.pinned()} & set(committed)  # what replicas serve or roll back to
+        wanted = set(committed[-keep:]) | ({latest} if latest is not None else set()) | serving
         needed = set()
         for v in wanted:
             try:

@@ -93,7 +93,8 @@ def _train_stage(args, out, spec, files, spec_name: str) -> dict:
     with VersionTicker(store_url):
         result, _ = run_ps_training(spec, cfg.model, cfg.train, out / "run", ps=cfg.ps, history=history,
                                     incoming=incoming, drain=True, num_workers=cfg.workers, store_url=store_url,
-                                    snapshots=cfg.snapshots, version_extra=version_extra(spec_name, cfg.to_dict()),
+                                    snapshots=cfg.snapshots, publish=cfg.publish,
+                                    version_extra=version_extra(spec_name, cfg.to_dict()),
                                     on_file=lambda i, m: print(table_row(i, m), flush=True))
     last = result.metrics[-1]
     plots = plot_run(result.metrics, out / "run")
@@ -118,6 +119,7 @@ def _serve_stage(out, spec, spec_name: str, run: dict, held_back) -> None:
     from trainer.report import table_row
     from trainer.run import run_ps_training
     from trainer.versioning import version_extra
+    from versions import VersionStore
 
     cfg, store_url = run["cfg"], run["store_url"]
     print(f"[3/3] serving: Ray Serve gRPC (freshrec.v1.Scorer, reflection on) following {store_url}")
@@ -136,12 +138,20 @@ def _serve_stage(out, spec, spec_name: str, run: dict, held_back) -> None:
         print(f"      landed {held_back.name}; the stream resumes from version {version} and trains on it")
         run_ps_training(spec, cfg.model, cfg.train, out / "run", ps=cfg.ps, history=run["history"],
                         incoming=run["incoming"], drain=True, num_workers=cfg.workers, store_url=store_url,
-                        snapshots=cfg.snapshots, version_extra=version_extra(spec_name, cfg.to_dict()),
+                        snapshots=cfg.snapshots, publish=cfg.publish,
+                        version_extra=version_extra(spec_name, cfg.to_dict()),
                         on_file=lambda i, m: print(table_row(i, m), flush=True))
-        with ScoringClient(target) as client:
-            newer = client.wait_ready(60, min_version=version + 1).model_version
-        print(f"      the replica swapped to version {newer} on its own; the same request now answers:")
-        print(f"      Score user {user}, {len(items)} candidates -> {score_and_show(target, user, items)}")
+        store = VersionStore(store_url)
+        latest = store.latest()
+        decision = store.gate_decision(latest) or {}
+        if decision.get("decision") == "hold":  # the publish gate kept it from serving: say so
+            print(f"      the publish gate held version {latest} back ({decision.get('reason')}); the replica keeps "
+                  f"serving version {store.published()} (freshrec snapshots status --run-dir {out / 'run'})")
+        else:
+            with ScoringClient(target) as client:
+                newer = client.wait_ready(60, min_version=version + 1).model_version
+            print(f"      the replica swapped to version {newer} on its own; the same request now answers:")
+            print(f"      Score user {user}, {len(items)} candidates -> {score_and_show(target, user, items)}")
         print(f"      (try it yourself while a `freshrec serve --run-dir {out / 'run'}` runs: grpcurl -plaintext "
               f"HOST:PORT list, or freshrec score --target HOST:PORT --user {user} --items "
               f"{','.join(map(str, items))})")

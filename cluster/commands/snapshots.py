@@ -1,4 +1,12 @@
-"""``freshrec snapshots``: list, show, verify and garbage-collect committed model versions."""
+"""``freshrec snapshots``: list, show, verify and garbage-collect committed model versions; see what
+serving follows (``status``), roll serving back to a version (``rollback``) and release it (``unpin``).
+
+Rollback works through the store, not through Ray: ``rollback V`` writes ``ROOT/PINNED`` (atomic),
+every replica following the store reads it at its next poll (0.2 s by default) and loads V in the
+background; ``unpin`` removes it and replicas follow ``PUBLISHED`` again. So it reaches replicas
+started by ``freshrec serve``, by ``freshrec submit -- serve`` on a Ray cluster and by a KubeRay
+RayService alike, with nothing but access to the store.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +27,13 @@ def _version(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"VERSION must be a positive integer or 'latest', got {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"VERSION must be >= 1, got {v}")
+    return v
+
+
+def _version_number(text: str) -> int:
+    v = _version(text)
+    if v == "latest":
+        raise argparse.ArgumentTypeError("VERSION must be a version number (see `freshrec snapshots list`)")
     return v
 
 
@@ -52,7 +67,7 @@ def _store_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("snapshots", help="list, show, verify and gc committed model versions",
+    p = sub.add_parser("snapshots", help="list, show, verify and gc committed model versions; roll serving back",
                        description="Committed model versions (full and delta) in a version store; see docs/versions.md.")
     ssub = p.add_subparsers(dest="snapshots_command", metavar="ACTION", required=True)
 
@@ -80,6 +95,31 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="uncommitted directories older than this are removed (default 3600)")
     _store_args(gc)
     gc.set_defaults(func=_gc)
+
+    status = ssub.add_parser("status", help="what serving follows: PINNED, PUBLISHED, LATEST and the gate's last decisions")
+    _store_args(status)
+    status.set_defaults(func=_status)
+
+    rb = ssub.add_parser("rollback", help="pin serving to an earlier version (every replica, within seconds)",
+                         description="Write the store's PINNED pointer: every replica following the store loads "
+                                     "VERSION at its next poll and serves it until `freshrec snapshots unpin`. The "
+                                     "version's chain is verified first (a corrupt one is refused, exit 1). A replica "
+                                     "started with `freshrec serve --pin-version` keeps its own pin.")
+    rb.add_argument("version", type=_version_number, metavar="VERSION", help="a committed version number")
+    rb.add_argument("--wait-target", metavar="HOST:PORT",
+                    help="then wait until the gRPC server at HOST:PORT answers ModelInfo with VERSION")
+    rb.add_argument("--timeout", type=_seconds, default=30.0, metavar="S", help="for --wait-target (default 30)")
+    _store_args(rb)
+    rb.set_defaults(func=_rollback)
+
+    un = ssub.add_parser("unpin", help="serving follows the newest published version again",
+                         description="Remove the store's PINNED pointer: replicas go back to PUBLISHED (or LATEST "
+                                     "for a store that was never published) at their next poll.")
+    un.add_argument("--wait-target", metavar="HOST:PORT",
+                    help="then wait until the gRPC server at HOST:PORT serves the version it should follow")
+    un.add_argument("--timeout", type=_seconds, default=30.0, metavar="S", help="for --wait-target (default 30)")
+    _store_args(un)
+    un.set_defaults(func=_unpin)
 
 
 def _open(args: argparse.Namespace):
@@ -116,26 +156,41 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _do_list(args, store) -> int:
-    rows = [m.summary() for m in store.list()]
+    rows = with_serving(store, [m.summary() for m in store.list()])
     if args.json:
         print(json.dumps(rows))
         return 0
     return print_versions(store, rows)
 
 
+def with_serving(store, rows: list[dict]) -> list[dict]:
+    """Each row plus ``gate`` (publish / hold / None: never judged), ``gate_reason`` and ``pointers``
+    (LATEST, PUBLISHED, PINNED naming it)."""
+    state = store.serving_state() if rows else {}
+    for r in rows:
+        d = store.gate_decision(r["version"])
+        r["gate"] = d.get("decision") if d else None
+        r["gate_reason"] = d.get("reason") if d else None
+        r["pointers"] = [name.upper() for name in ("latest", "published", "pinned") if state.get(name) == r["version"]]
+    return rows
+
+
 def print_versions(store, rows: list[dict] | None = None) -> int:
     """The table of ``freshrec snapshots list``."""
-    rows = [m.summary() for m in store.list()] if rows is None else rows
+    rows = with_serving(store, [m.summary() for m in store.list()]) if rows is None else rows
     if not rows:
         print(f"no committed versions in {store.url}")
         return 0
     print(f"{'version':>7} {'parent':>6} {'kind':5} {'step':>8} {'committed_at (UTC)':20} {'rows':>11} {'bytes':>13} "
-          f"{'digest':12} data files")
+          f"{'digest':12} {'gate':8} data files")
     for r in rows:
         files = r["data_files"]
         shown = f"{len(files)} (last {files[-1]})" if files else "0"
+        gate = r.get("gate") or "-"
+        marks = f"  <- {', '.join(r['pointers'])}" if r.get("pointers") else ""
         print(f"{r['version']:>7} {r['parent'] if r['parent'] is not None else '-':>6} {r['kind']:5} {r['step']:>8} "
-              f"{r['committed_at'][:19].replace('T', ' '):20} {r['rows']:>11,} {r['bytes']:>13,} {r['model_digest'][:12]:12} {shown}")
+              f"{r['committed_at'][:19].replace('T', ' '):20} {r['rows']:>11,} {r['bytes']:>13,} "
+              f"{r['model_digest'][:12]:12} {gate:8} {shown}{marks}")
     return 0
 
 
@@ -199,3 +254,86 @@ def _do_gc(args, store) -> int:
         print(f"removed versions {result['removed'] or 'none'}; kept {result['kept']}; "
               f"removed uncommitted {result['removed_uncommitted'] or 'none'}")
     return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    return _run(_do_status, args)
+
+
+def _do_status(args, store) -> int:
+    state = store.serving_state()
+    held = []
+    for v in reversed(store.versions()):
+        if state["published"] is not None and v <= state["published"]:
+            break
+        d = store.gate_decision(v)
+        if d and d.get("decision") == "hold":
+            held.append({"version": v, "code": d.get("code"), "reason": d.get("reason")})
+    state["held_since_published"] = held[::-1]
+    if args.json:
+        print(json.dumps(state))
+        return 0
+    print(f"serving follows version {state['target']} ({state['why']})" if state["target"] is not None
+          else "no committed version yet: replicas wait")
+    for name in ("pinned", "published", "latest"):
+        print(f"  {name.upper():9} {state[name] if state[name] is not None else '-'}")
+    for h in state["held_since_published"]:
+        print(f"  held back: version {h['version']} ({h['code']}): {h['reason']}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    return _run(_do_rollback, args)
+
+
+def _do_rollback(args, store) -> int:
+    v = args.version
+    store.manifest(v)  # NoSuchVersionError (exit 2) names the committed versions
+    problems = store.verify_chain(v)
+    if problems:
+        for p in problems:
+            print(f"BAD  {p}", file=sys.stderr)
+        print(f"freshrec: error: version {v} does not verify: not pinned (serving is unchanged)", file=sys.stderr)
+        return 1
+    store.pin(v)
+    print(f"pinned serving to version {v}: replicas following {store.url} load it at their next poll; "
+          f"`freshrec snapshots unpin` releases it")
+    return _wait(args, v)
+
+
+def _unpin(args: argparse.Namespace) -> int:
+    return _run(_do_unpin, args)
+
+
+def _do_unpin(args, store) -> int:
+    was = store.pinned()
+    store.unpin()
+    state = store.serving_state()
+    print(f"unpinned (was {was if was is not None else 'not pinned'}): serving follows version {state['target']} "
+          f"({state['why']})")
+    return _wait(args, state["target"]) if state["target"] is not None else 0
+
+
+def _wait(args, version: int) -> int:
+    if not args.wait_target:
+        return 0
+    import time
+
+    from serving.client import ScoringClient
+
+    deadline = time.monotonic() + args.timeout
+    t0 = time.monotonic()
+    last = None
+    with ScoringClient(args.wait_target) as client:
+        while time.monotonic() < deadline:
+            try:
+                last = client.model_info().model_version
+            except Exception as exc:  # noqa: BLE001 (grpc errors: keep trying until the deadline)
+                last = f"{type(exc).__name__}"
+            if last == version:
+                print(f"{args.wait_target} serves version {version} ({time.monotonic() - t0:.2f} s)")
+                return 0
+            time.sleep(0.05)
+    print(f"freshrec: error: {args.wait_target} did not serve version {version} within {args.timeout:g} s "
+          f"(last answer: {last}); the pointer is written, replicas may still be loading it", file=sys.stderr)
+    return 1

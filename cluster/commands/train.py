@@ -1,4 +1,4 @@
-"""``freshrec train`` (cold start), ``freshrec stream`` (incremental), ``freshrec report`` (plots)."""
+"""``freshrec train`` (cold start) and ``freshrec stream`` (incremental); ``freshrec report`` is in report.py."""
 
 from __future__ import annotations
 
@@ -35,12 +35,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--idle-timeout", type=float, default=None, help="stop after this many seconds without a new file")
     _training_options(s)
     s.set_defaults(func=_stream)
-
-    r = sub.add_parser("report", help="write PNG plots (AUC over time, throughput) of a run",
-                       description="Reads RUN_DIR/metrics.jsonl and writes auc.png and throughput.png.")
-    r.add_argument("--run-dir", type=Path, default=Path("runs/latest"))
-    r.add_argument("--out", type=Path, default=None, help="output directory (default: the run directory)")
-    r.set_defaults(func=_report)
 
 
 def _data_files(d: Path, what: str) -> list[Path]:
@@ -86,6 +80,7 @@ def run_and_summarise(args, history: Path | None, incoming: Path | None, drain: 
             result, _ = run_ps_training(spec, cfg.model, cfg.train, args.run_dir, ps=cfg.ps, history=history,
                                         incoming=incoming, drain=drain, num_workers=cfg.workers,
                                         idle_timeout_s=idle_timeout, store_url=store_url, snapshots=cfg.snapshots,
+                                        publish=cfg.publish,
                                         version_extra=version_extra(cfg.spec, cfg.to_dict()),
                                         on_file=lambda i, m: print(table_row(i, m), flush=True),
                                         on_event=lambda text: print(text, flush=True))
@@ -203,14 +198,3 @@ def _train(args: argparse.Namespace) -> int:
 def _stream(args: argparse.Namespace) -> int:
     return run_and_summarise(args, args.history, args.incoming, drain=args.drain, idle_timeout=args.idle_timeout)
 
-
-def _report(args: argparse.Namespace) -> int:
-    from trainer.report import load_metrics, plot_run
-
-    try:
-        metrics = load_metrics(args.run_dir)
-    except FileNotFoundError as exc:
-        raise UserError(str(exc)) from exc
-    for path in plot_run(metrics, args.out or args.run_dir):
-        print(path)
-    return 0

@@ -302,9 +302,39 @@ def trainer_side():  # the trainer's telemetry, from a worker process as in Ray 
     return True
 
 assert ray.get(trainer_side.remote(), timeout=60)
-assert metrics.record("freshrec_serving_requests_total", 1, method="Score", code="OK")  # the driver too
+
+# serving: a real Ray Serve replica answers gRPC calls and follows a store the publish gate writes
+import tempfile, time
+from pathlib import Path
+import grpc
+from bench.servedata import StoreTrainer, write_taobao_csv
+from serving.app import start_serving
+from serving.client import ScoringClient
+from serving.config import ServeConfig
+from serving.wire import pb
+
+root = Path(tempfile.mkdtemp(prefix="frh-serve-"))
+st = StoreTrainer(root / "versions")  # in this driver: the gate's published_total / published_version
+st.add_file(write_taobao_csv(root / "in" / "part-0.csv", 600, 0))
+port = start_serving(ServeConfig(store_url=str(root / "versions"), poll_interval_s=0.1))
+c = ScoringClient(f"127.0.0.1:{port}")
+c.wait_ready(120)
+for _ in range(3):
+    c.score(5, [1, 2])
+try:
+    c.stub.Score(pb.ScoreRequest(), metadata=c.metadata, timeout=10)  # no candidates: INVALID_ARGUMENT
+except grpc.RpcError as exc:
+    assert exc.code() is grpc.StatusCode.INVALID_ARGUMENT
+path = write_taobao_csv(root / "in" / "part-1.csv", 600, 1, start_ts=1_511_662_000)
+picked = time.time()  # a new version with a pick-up time: the replica's forward swap records freshness
+st.trainer.step_file(st.read(path), path.name, rows_read=600)
+st.keeper.after_file(picked_up_at=picked)
+st.keeper.wait()
+c.wait_ready(60, min_version=st.keeper.last_version)
 print("emitted", flush=True)
 sys.stdin.read()  # the series stay while this driver lives: the test closes stdin once it has scraped
+from ray import serve
+serve.shutdown()
 client.shutdown()
 """
 
@@ -315,8 +345,12 @@ def test_the_metrics_endpoint_serves_freshrec_series(head):
     driver = subprocess.Popen([sys.executable, "-c", DRIVER, head.gcs], cwd=REPO, env=head.env(),
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        ready, _, _ = select.select([driver.stdout], [], [], 120)  # bounded wait for "emitted"
-        line = driver.stdout.readline() if ready else "(no answer within 120 s)"
+        deadline, line = time.monotonic() + 240, ""
+        while line.strip() != "emitted" and time.monotonic() < deadline:  # bounded wait for "emitted"
+            ready, _, _ = select.select([driver.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            line = driver.stdout.readline() if ready else "(no answer within 240 s)"
+            if not line:  # the driver ended
+                break
         assert line.strip() == "emitted", driver.stderr.read()[-3000:] if driver.poll() is not None else line
         want = {"ray_freshrec_ps_pull_latency_seconds_bucket", "ray_freshrec_ps_push_latency_seconds_count",
                 "ray_freshrec_ps_rows_pulled_total", "ray_freshrec_ps_rows_pushed_total",
@@ -325,7 +359,10 @@ def test_the_metrics_endpoint_serves_freshrec_series(head):
                 "ray_freshrec_trainer_progressive_logloss_nats", "ray_freshrec_trainer_dead_letters_total",
                 "ray_freshrec_trainer_late_rows_total", "ray_freshrec_versions_size_bytes",
                 "ray_freshrec_versions_pause_seconds_bucket", "ray_freshrec_versions_write_duration_seconds_sum",
-                "ray_freshrec_versions_latest_version", "ray_freshrec_serving_requests_total"}
+                "ray_freshrec_versions_latest_version", "ray_freshrec_versions_published_total",
+                "ray_freshrec_versions_published_version", "ray_freshrec_serving_requests_total",
+                "ray_freshrec_serving_request_latency_seconds_bucket", "ray_freshrec_serving_loaded_version",
+                "ray_freshrec_serving_version_lag_versions", "ray_freshrec_serving_freshness_seconds_count"}
         seen: dict[str, list[str]] = {}
 
         def found() -> bool:
@@ -341,6 +378,12 @@ def test_the_metrics_endpoint_serves_freshrec_series(head):
                    for row in seen["ray_freshrec_trainer_dead_letters_total"])
         assert any('shard="0"' in row and row.endswith(" 30.0") for row in seen["ray_freshrec_ps_rows_pulled_total"])
         assert any(row.endswith(" 0.71") for row in seen["ray_freshrec_trainer_progressive_auc_ratio"])
+        # the replica's own series: requests by method and code, the served version, its lag, freshness
+        requests = seen["ray_freshrec_serving_requests_total"]
+        assert any('method="Score"' in r and 'code="OK"' in r and r.endswith(" 3.0") for r in requests), requests
+        assert any('method="Score"' in r and 'code="INVALID_ARGUMENT"' in r and r.endswith(" 1.0") for r in requests)
+        assert any(r.endswith(" 2.0") for r in seen["ray_freshrec_serving_loaded_version"])  # version 2 served
+        assert any(r.endswith(" 0.0") for r in seen["ray_freshrec_serving_version_lag_versions"])
         exported = {n for d in metrics.DEFINITIONS for n in metrics.exported_names(d)}
         assert set(seen) <= exported  # everything freshrec exports is defined, under Ray's ray_ prefix
     finally:

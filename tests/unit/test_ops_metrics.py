@@ -102,3 +102,29 @@ def test_every_series_is_documented():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
     missing = [d.name for d in metrics.DEFINITIONS if f"`ray_{d.name}`" not in doc]
     assert not missing, f"add to the series table of docs/operations.md: {missing}"
+
+
+def test_a_gauge_is_set_again_while_the_process_lives(monkeypatch):
+    """Ray drops a gauge series ~2 export intervals after its last set: record keeps setting its last value."""
+    import time
+
+    sets = []
+
+    class FakeGauge:
+        def set(self, value, tags=None):
+            sets.append((value, tags))
+
+    monkeypatch.setattr(metrics, "_ray_ready", lambda: True)
+    monkeypatch.setattr(metrics, "_handle", lambda d: FakeGauge())
+    monkeypatch.setattr(metrics, "GAUGE_REFRESH_S", 0.05)
+    monkeypatch.setattr(metrics, "_gauges", {})
+    monkeypatch.setattr(metrics, "_refresher", None)
+    assert metrics.record("freshrec_serving_loaded_version", 7, replica="r")
+    metrics.record("freshrec_serving_loaded_version", 8, replica="r")  # the last value is what is repeated
+    deadline = time.monotonic() + 5
+    while len(sets) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sets[:2] == [(7, {"replica": "r"}), (8, {"replica": "r"})]
+    assert len(sets) >= 5 and all(s == (8, {"replica": "r"}) for s in sets[2:])
+    monkeypatch.setattr(metrics, "_ray_ready", lambda: False)  # stop sending before the fakes go away
+    time.sleep(0.1)

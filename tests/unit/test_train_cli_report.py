@@ -20,7 +20,7 @@ def test_report_writes_pngs(tmp_path, capsys):
     run = _run_dir(tmp_path)
     assert main(["report", "--run-dir", str(run), "--out", str(tmp_path / "plots")]) == 0
     pngs = sorted((tmp_path / "plots").glob("*.png"))
-    assert [p.name for p in pngs] == ["auc.png", "throughput.png"]
+    assert [p.name for p in pngs] == ["quality.png", "throughput.png"]  # no version store: no version plots
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in pngs)
     table = auc_table(load_metrics(run))
     assert "part-2.parquet" in table and "0.5200" in table

@@ -64,7 +64,7 @@ def test_a_corrupt_version_is_refused_and_resume_falls_back(tmp_path, caplog):
     store = VersionStore(str(tmp_path))
     latest = store.manifest(store.latest())
     victim = next(p for p in sorted(tmp_path.rglob("*")) if p.is_file() and f"v{latest.version:08d}" in str(p)
-                  and "MANIFEST" not in p.name)
+                  and p.suffix == ".part")
     data = bytearray(victim.read_bytes())
     data[-1] ^= 0xFF
     victim.write_bytes(bytes(data))
