@@ -19,6 +19,21 @@ from tests.unit.test_serving import make_store, row_request
 from versions import VersionStore, table_parts
 
 
+def follow(*services, timeout_s: float = 30.0) -> int:
+    """Wait until every service serves the version its follower targets (the background thread may swap first)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for svc in services:
+            svc.follower.poll()
+        versions = {svc.follower.model.version for svc in services}
+        if len(versions) == 1 and versions == {services[0].follower.target()}:
+            return versions.pop()
+        time.sleep(0.05)
+    raise AssertionError(f"not followed: {[svc.follower.model.version for svc in services]}")
+
+
 class InProcessShards:
     """What serving.app does over Ray Serve handles, as plain calls (and counted)."""
 
@@ -141,7 +156,7 @@ def test_scores_through_remote_tables_equal_local_scores_across_a_swap(tmp_path)
             assert a.model_version == b.model_version and a.unknown_ids == b.unknown_ids > 0
             np.testing.assert_array_equal(np.asarray(a.scores), np.asarray(b.scores))
         trainer.add_file(later)  # a new version: both replicas follow it
-        assert remote_svc.follower.poll() and local_svc.follower.poll()
+        assert follow(remote_svc, local_svc) == store.latest()
         a, b = remote_svc.score(req), local_svc.score(req)
         assert a.model_version == b.model_version == store.latest()
         np.testing.assert_array_equal(np.asarray(a.scores), np.asarray(b.scores))
@@ -227,7 +242,7 @@ def test_recommend_uses_the_ann_index_above_its_threshold(tmp_path):
         assert [i.item_id for i in a.items] == [i.item_id for i in b.items]
         trainer.add_file(write_taobao_csv(tmp_path / "in" / "part-8.csv", 600, 8, start_ts=1_511_700_000,
                                           new_items=50))
-        assert svc.follower.poll() and exact.follower.poll()
+        follow(svc, exact)
         assert isinstance(svc.follower.model.index, AnnItemIndex)
         a, b = svc.recommend(req), exact.recommend(req)
         assert a.model_version == b.model_version and [i.item_id for i in a.items] == [i.item_id for i in b.items]
