@@ -1,0 +1,122 @@
+"""(query, product) pairs as the training core's :class:`trainer.data.EventBatch`, vectorised.
+
+``ProductFeatures`` precomputes, once per catalogue, each product's hashed ids per field (jagged:
+values row after row, lengths per row). ``pair_batch`` gathers the candidates' rows with
+:func:`trainer.data.columns.jagged_take` and computes the cross features with ``np.isin`` and
+segment sums: no Python loop over products (see :mod:`search.spec` for the feature list).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from search.data import Catalogue
+from search.index import category_prefixes, classes_of
+from search.spec import DENSE, SearchSpec
+from search.tokenizer import hash_bags, hash_tokens
+from trainer.data import EventBatch
+from trainer.data.columns import jagged_take
+from trainer.data.hashing import combine
+
+
+@dataclasses.dataclass(frozen=True)
+class Jagged:
+    values: np.ndarray
+    lengths: np.ndarray
+
+    def take(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return jagged_take(self.values, self.lengths, rows)
+
+
+def _bags(namespace: str, bags: list[list[str]]) -> Jagged:
+    v, ln = hash_bags(namespace, bags)
+    return Jagged(v, ln)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProductFeatures:
+    """Per catalogue row: embedding ids of name tokens, classes and category prefixes; raw token hashes
+    (namespace ``tok``) of the name, class and category text for matching a query's tokens."""
+
+    name_ids: Jagged
+    class_ids: Jagged
+    category_ids: Jagged
+    name_tok: Jagged
+    class_tok: Jagged
+    category_tok: Jagged
+    any_tok: Jagged
+
+    @staticmethod
+    def build(catalogue: Catalogue, spec: SearchSpec) -> "ProductFeatures":
+        tok = spec.tokenizer
+        names = [tok.unique(n) for n in catalogue.name]
+        classes = [classes_of(c, spec.class_separator) for c in catalogue.product_class]
+        class_words = [tok.unique(c.replace(spec.class_separator, " ")) for c in catalogue.product_class]
+        cats = [category_prefixes(c, spec.category_separator) for c in catalogue.category]
+        cat_words = [tok.unique(c) for c in catalogue.category]
+        anyw = [list(dict.fromkeys(a + b + c)) for a, b, c in zip(names, class_words, cat_words)]
+        return ProductFeatures(_bags("name", names), _bags("class", classes), _bags("cat", cats),
+                               _bags("tok", names), _bags("tok", class_words), _bags("tok", cat_words),
+                               _bags("tok", anyw))
+
+
+def _segment_sum(mask: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Per row, how many of its (flat, row after row) entries are True."""
+    seg = np.repeat(np.arange(len(lengths)), lengths)
+    return np.bincount(seg, weights=mask, minlength=len(lengths)).astype(np.float32)
+
+
+def pair_batch(spec: SearchSpec, products: ProductFeatures, query_tokens: Sequence[str], rows: np.ndarray,
+               bm25: np.ndarray, bm25_rank: np.ndarray, relevance: np.ndarray | None = None,
+               source: str = "search") -> EventBatch:
+    """The EventBatch of one query against catalogue ``rows`` (int64 [n]).
+
+    ``bm25`` [n]: the lexical score of each row; ``bm25_rank`` [n]: its 0-based rank in the query's
+    BM25 order; ``relevance`` [n] in [0, 1] (gain / max gain; zeros when scoring).
+    """
+    rows = np.asarray(rows, np.int64)
+    n = len(rows)
+    q = list(dict.fromkeys(query_tokens))
+    q_raw = hash_tokens("tok", q)
+    q_ids = hash_tokens("query", q)
+    sparse, lengths = {}, {}
+    sparse["query_tokens"] = np.tile(q_ids, n)
+    lengths["query_tokens"] = np.full(n, len(q_ids), np.int64)
+    sparse["name_tokens"], lengths["name_tokens"] = products.name_ids.take(rows)
+    sparse["product_class"], lengths["product_class"] = products.class_ids.take(rows)
+    sparse["category"], lengths["category"] = products.category_ids.take(rows)
+    cls_v, cls_l = sparse["product_class"], lengths["product_class"]
+    # query_x_class: every (query token, class) pair of a row, hashed by trainer.data.hashing.combine
+    per_row = cls_l * len(q)
+    cls_rep = np.repeat(cls_v, len(q))
+    tok_rep = np.tile(hash_tokens("qx", q), len(cls_v)) if len(q) else np.zeros(0, np.int64)
+    sparse["query_x_class"] = combine([tok_rep, cls_rep]) if len(cls_rep) else np.zeros(0, np.int64)
+    lengths["query_x_class"] = per_row.astype(np.int64)
+    dense = np.zeros((n, len(DENSE)), np.float32)
+    col = {name: i for i, name in enumerate(DENSE)}
+    qn = max(len(q), 1)
+    for field, key in ((products.name_tok, "match_name"), (products.class_tok, "match_class"),
+                       (products.category_tok, "match_category")):
+        v, ln = field.take(rows)
+        dense[:, col[key]] = _segment_sum(np.isin(v, q_raw), ln) / qn
+    v, ln = products.any_tok.take(rows)
+    hit = np.isin(v, q_raw)
+    dense[:, col["match_any"]] = _segment_sum(hit, ln) / qn
+    # matched_tokens: the query's tokens found anywhere in the product (namespace "match")
+    sparse["matched_tokens"] = combine([v[hit], np.full(int(hit.sum()), 0x6D61746368, np.int64)]) if hit.any() \
+        else np.zeros(0, np.int64)
+    lengths["matched_tokens"] = _segment_sum(hit, ln).astype(np.int64)
+    best = float(bm25.max()) if n else 0.0
+    dense[:, col["bm25"]] = bm25
+    dense[:, col["bm25_rel"]] = bm25 / best if best > 0 else 0.0
+    dense[:, col["bm25_rank"]] = np.log1p(bm25_rank)
+    dense[:, col["query_len"]] = len(q)
+    dense[:, col["name_len"]] = products.name_ids.lengths[rows]
+    label = np.zeros(n, np.float32) if relevance is None else np.asarray(relevance, np.float32)
+    return EventBatch(source=source, event_id=np.arange(n, dtype=np.int64), ts=np.zeros(n, np.int64), label=label,
+                      sparse=sparse, dense=dense, rows=np.arange(1, n + 1, dtype=np.int64),
+                      table=pa.table({"row": pa.array(rows)}), lengths=lengths)
