@@ -20,7 +20,7 @@ class SearchClient:
         self.channel = grpc.insecure_channel(target)
         self.stub = pb_grpc.SearchStub(self.channel)
         self.timeout_s = timeout_s
-        self.metadata = (("application", application),)
+        self.metadata = (("application", application),) if application else ()
 
     def __enter__(self) -> "SearchClient":
         return self
