@@ -35,8 +35,8 @@ from trainer.data import EventBatch
 class RankerConfig:
     """The ranker's model and training settings (the core's own configs) and the retrieval depth."""
 
-    num_candidates: int = 200
-    epochs: int = 2
+    num_candidates: int = 20
+    epochs: int = 4
     train_on_judged_outside: bool = False  # also train on judged products outside the BM25 top num_candidates
     model: ModelConfig = ModelConfig(bottom_mlp=(16,), top_mlp=(64, 32), dcn_layers=1)
     train: TrainConfig = TrainConfig(batch_size=64, seed=0, dense_lr=0.01, sparse_lr=0.05)

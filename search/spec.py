@@ -8,13 +8,16 @@ Features of one (query, product) pair::
       query_tokens      the query's distinct tokens                    ["king", "poster", "bed"]
       name_tokens       the product name's distinct tokens             ["king", "tufted", "bed", ...]
       product_class     the product's classes (split on "|")           ["Beds"]
-      category          every prefix of the category path              ["Furniture", "Furniture / Bedroom Furniture", ...]
+      category          every prefix of the category path              ["Furniture", "Furniture / Bedroom ...", ...]
       query_x_class     cross: (query token, product class) pairs     ["king|Beds", "poster|Beds", "bed|Beds"]
       matched_tokens    cross: query tokens found in the product text  ["king", "bed"]
     dense (normalised with the core's running statistics)
       bm25, bm25_rel, bm25_rank     the lexical index's score, score / the query's best, log1p(rank)
       match_name, match_class, match_category, match_any   share of query tokens found in each field
       query_len, name_len           token counts
+
+Every feature is computed for every pair; ``SearchSpec.sparse_features`` picks the embedding tables the
+model reads (default: the two cross features, see docs/search.md for why).
 
 The label is the graded gain (Exact 2, Partial 1, Irrelevant 0, unjudged 0) divided by the largest
 gain: a soft target in [0, 1] for the core's binary cross-entropy.
@@ -30,6 +33,9 @@ from trainer.data.spec import (ColumnSpec, ColumnType, DenseFeature, FeatureSpec
                                SparseFeature)
 
 SPARSE = ("query_tokens", "name_tokens", "product_class", "category", "query_x_class", "matched_tokens")
+# what the ranker's model reads by default: the cross features. Query-only and product-only token embeddings
+# memorise the training queries and lower held-out NDCG@10 (docs/search.md, "Which features").
+DEFAULT_SPARSE = ("query_x_class", "matched_tokens")
 DENSE = ("bm25", "bm25_rel", "bm25_rank", "match_name", "match_class", "match_category", "match_any",
          "query_len", "name_len")
 
@@ -56,7 +62,7 @@ class SearchSpec:
     tokenizer: Tokenizer = Tokenizer()
     dim: int = 8
     max_query_chars: int = 512
-    sparse_features: tuple[str, ...] = SPARSE
+    sparse_features: tuple[str, ...] = DEFAULT_SPARSE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sparse_features", tuple(self.sparse_features))
@@ -105,7 +111,7 @@ class SearchSpec:
         raw = dict(raw)
         raw["tokenizer"] = Tokenizer(**raw.get("tokenizer", {}))
         raw["gains"] = tuple(tuple(g) for g in raw.get("gains", SearchSpec.gains))
-        raw["sparse_features"] = tuple(raw.get("sparse_features", SPARSE))
+        raw["sparse_features"] = tuple(raw.get("sparse_features", DEFAULT_SPARSE))
         try:
             return SearchSpec(**raw)
         except TypeError as exc:

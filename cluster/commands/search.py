@@ -75,7 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_serve)
 
     c = sub.add_parser("search", help="search products on a running search server (gRPC client)")
-    c.add_argument("--target", default="127.0.0.1:9000", metavar="HOST:PORT", help="the server (default 127.0.0.1:9000)")
+    c.add_argument("--target", default="127.0.0.1:9000", metavar="HOST:PORT",
+                   help="the server (default 127.0.0.1:9000)")
     c.add_argument("--query", type=_query, required=True, help="the query text")
     c.add_argument("--k", type=_k, default=10, help=f"how many products, 1..{MAX_K} (default 10)")
     c.add_argument("--user", type=int, default=None, help="the user id (accepted; not used by the current ranker)")
@@ -83,7 +84,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="only products of this class (repeatable: any of them)")
     c.add_argument("--category", action="append", default=[], metavar="PATH",
                    help="only products under this category path, e.g. 'Furniture / Bedroom Furniture' (repeatable)")
-    c.add_argument("--num-candidates", type=_candidates, default=0, help="retrieved before ranking (default: the server's)")
+    c.add_argument("--num-candidates", type=_candidates, default=0,
+                   help="retrieved before ranking (default: the server's)")
     c.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default 10)")
     c.add_argument("--json", action="store_true", help="print JSON")
     c.set_defaults(func=_search)
@@ -137,7 +139,8 @@ def _serve(args: argparse.Namespace) -> int:
     from search.service import SearchServeConfig
     from serving.app import worker_env
 
-    cfg = SearchServeConfig(store_url=store, catalogue=str(Path(args.catalogue).resolve()), pin_version=args.pin_version)
+    cfg = SearchServeConfig(store_url=store, catalogue=str(Path(args.catalogue).resolve()),
+                            pin_version=args.pin_version)
     os.environ["PYTHONPATH"] = worker_env()["env_vars"]["PYTHONPATH"]
     ensure_ray(RayConfig())
     stop = threading.Event()

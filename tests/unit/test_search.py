@@ -96,7 +96,9 @@ def test_spec_gains_and_feature_spec():
     with pytest.raises(ValueError, match="unknown label"):
         spec.gain_of("Great")
     fs = spec.feature_spec()
-    assert [f.name for f in fs.sparse] == list(SPARSE) and fs.multi_valued == SPARSE
+    assert [f.name for f in fs.sparse] == ["query_x_class", "matched_tokens"] == list(fs.multi_valued)
+    every = SearchSpec(sparse_features=SPARSE).feature_spec()
+    assert [f.name for f in every.sparse] == list(SPARSE) and every.multi_valued == SPARSE
     assert fs.dense_names == DENSE
     assert SearchSpec.from_dict(spec.to_dict()) == spec
     for bad in ({"dim": 6}, {"gains": (("Exact", 1.0), ("Exact", 2.0))}, {"gains": (("A", -1.0),)},
@@ -321,7 +323,8 @@ def test_replay_versions_serve_the_same_ranking(synthetic, tmp_path):
             svc.search(pb.SearchRequest(query="bed", k=0))
         req = pb.SearchRequest(query="king", k=50)
         req.filters.product_class.append("Beds")
-        assert {catalogue.product_class[i] for i in corpus.rows_of(np.array([h.product_id for h in svc.search(req).hits]))} == {"Beds"}
+        found = corpus.rows_of(np.array([h.product_id for h in svc.search(req).hits]))
+        assert found.size and {catalogue.product_class[i] for i in found} == {"Beds"}
         # the catalogue changes on disk: the index follows
         path = root / "eval40_products.tsv"
         text = path.read_text()
