@@ -122,20 +122,29 @@ class SearchService:
         except Exception as exc:  # noqa: BLE001 (serving goes on with the last good catalogue)
             self.last_error = f"catalogue {self.cfg.catalogue}: {exc}"
             log.warning("search: %s", self.last_error)
-        try:
-            from versions import VersionStore
+        from versions import VersionStore
 
+        try:
             want = self.pinned if self.pinned is not None else VersionStore(self.cfg.store_url).latest()
-            if want is None or want in self._refused or (self.ranker is not None and self.ranker.version == want):
-                return
-            ranker = load_ranker(self.cfg.store_url, want)
-            self.ranker = ranker  # one reference assignment: the swap
-            log.info("search: serving ranker version %d", ranker.version)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 (an unreachable store is retried at the next poll)
             self.last_error = f"version store {self.cfg.store_url}: {exc}"
-            if "want" in locals() and want is not None and not isinstance(exc, OSError):
-                self._refused.add(want)
             log.warning("search: %s", self.last_error)
+            return
+        if want is None or want in self._refused or (self.ranker is not None and self.ranker.version == want):
+            return
+        try:
+            ranker = load_ranker(self.cfg.store_url, want)
+        except OSError as exc:  # retried at the next poll
+            self.last_error = f"version {want} of {self.cfg.store_url}: {exc}"
+            log.warning("search: %s", self.last_error)
+            return
+        except Exception as exc:  # noqa: BLE001 (corrupt or not a search ranker: refused, never retried)
+            self._refused.add(want)
+            self.last_error = f"version {want} of {self.cfg.store_url} refused: {exc}"
+            log.warning("search: %s", self.last_error)
+            return
+        self.ranker = ranker  # one reference assignment: the swap
+        log.info("search: serving ranker version %d", ranker.version)
 
     def reconfigure(self, user_config: dict) -> None:
         if "pin_version" in user_config:

@@ -367,3 +367,23 @@ def synthetic_service(synthetic, tmp_path_factory):
     svc = SearchService(SearchServeConfig(store, str(root / "eval40_products.tsv"))).start()
     yield svc, len(catalogue)
     svc.stop()
+
+
+def test_service_is_unavailable_without_a_version_and_refuses_a_non_search_version(synthetic, tmp_path):
+    from search.service import SearchServeConfig, SearchService
+    from serving.errors import NotReadyError
+    from versions import VersionStore
+
+    root, _, _ = synthetic
+    store = str(tmp_path / "versions")
+    svc = SearchService(SearchServeConfig(store, str(root / "eval40_products.tsv")))
+    svc.poll_once()
+    with pytest.raises(NotReadyError) as exc:
+        svc.search(pb.SearchRequest(query="bed", k=3))
+    assert exc.value.code == "UNAVAILABLE"
+    w = VersionStore(store).begin("full", meta={"spec_source": "taobao"})  # a recommendation-like version
+    w.commit([w.write_part("dense", {"x": np.zeros(2, np.float32)}, {"role": "dense"})])
+    svc.poll_once()
+    assert 1 in svc._refused and "not a search ranker" in svc.last_error
+    with pytest.raises(NotReadyError):
+        svc.search(pb.SearchRequest(query="bed", k=3))
