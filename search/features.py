@@ -70,32 +70,44 @@ def _segment_sum(mask: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.bincount(seg, weights=mask, minlength=len(lengths)).astype(np.float32)
 
 
+_QUERY, _QX, _MATCH = np.int64(0x7175657279), np.int64(0x7178), np.int64(0x6D61746368)  # "query", "qx", "match"
+
+
+def _keyed(ids: np.ndarray, key: np.int64) -> np.ndarray:
+    """Ids of another namespace derived from token hashes (``combine`` with a constant): no re-hashing of text."""
+    return combine([ids, np.full(len(ids), key, np.int64)]) if len(ids) else np.zeros(0, np.int64)
+
+
 def pair_batch(spec: SearchSpec, products: ProductFeatures, query_tokens: Sequence[str], rows: np.ndarray,
                bm25: np.ndarray, bm25_rank: np.ndarray, relevance: np.ndarray | None = None,
-               source: str = "search") -> EventBatch:
+               source: str = "search", features: Sequence[str] | None = None) -> EventBatch:
     """The EventBatch of one query against catalogue ``rows`` (int64 [n]).
 
     ``bm25`` [n]: the lexical score of each row; ``bm25_rank`` [n]: its 0-based rank in the query's
-    BM25 order; ``relevance`` [n] in [0, 1] (gain / max gain; zeros when scoring).
+    BM25 order; ``relevance`` [n] in [0, 1] (gain / max gain; zeros when scoring). ``features``: the
+    sparse features to build (default: those the spec's model reads); the dense ones are always built.
     """
     rows = np.asarray(rows, np.int64)
+    want = set(spec.sparse_features if features is None else features)
     n = len(rows)
     q = list(dict.fromkeys(query_tokens))
-    q_raw = hash_tokens("tok", q)
-    q_ids = hash_tokens("query", q)
+    q_raw = hash_tokens("tok", q)  # the one text hash of a request
     sparse, lengths = {}, {}
-    sparse["query_tokens"] = np.tile(q_ids, n)
-    lengths["query_tokens"] = np.full(n, len(q_ids), np.int64)
-    sparse["name_tokens"], lengths["name_tokens"] = products.name_ids.take(rows)
-    sparse["product_class"], lengths["product_class"] = products.class_ids.take(rows)
-    sparse["category"], lengths["category"] = products.category_ids.take(rows)
-    cls_v, cls_l = sparse["product_class"], lengths["product_class"]
-    # query_x_class: every (query token, class) pair of a row, hashed by trainer.data.hashing.combine
-    per_row = cls_l * len(q)
-    cls_rep = np.repeat(cls_v, len(q))
-    tok_rep = np.tile(hash_tokens("qx", q), len(cls_v)) if len(q) else np.zeros(0, np.int64)
-    sparse["query_x_class"] = combine([tok_rep, cls_rep]) if len(cls_rep) else np.zeros(0, np.int64)
-    lengths["query_x_class"] = per_row.astype(np.int64)
+    if "query_tokens" in want:
+        sparse["query_tokens"] = np.tile(_keyed(q_raw, _QUERY), n)
+        lengths["query_tokens"] = np.full(n, len(q), np.int64)
+    if "name_tokens" in want:
+        sparse["name_tokens"], lengths["name_tokens"] = products.name_ids.take(rows)
+    if "category" in want:
+        sparse["category"], lengths["category"] = products.category_ids.take(rows)
+    cls_v, cls_l = products.class_ids.take(rows)
+    if "product_class" in want:
+        sparse["product_class"], lengths["product_class"] = cls_v, cls_l
+    if "query_x_class" in want:  # every (query token, class) pair of a row
+        cls_rep = np.repeat(cls_v, len(q))
+        tok_rep = np.tile(_keyed(q_raw, _QX), len(cls_v))
+        sparse["query_x_class"] = combine([tok_rep, cls_rep]) if len(cls_rep) else np.zeros(0, np.int64)
+        lengths["query_x_class"] = (cls_l * len(q)).astype(np.int64)
     dense = np.zeros((n, len(DENSE)), np.float32)
     col = {name: i for i, name in enumerate(DENSE)}
     qn = max(len(q), 1)
@@ -106,10 +118,9 @@ def pair_batch(spec: SearchSpec, products: ProductFeatures, query_tokens: Sequen
     v, ln = products.any_tok.take(rows)
     hit = np.isin(v, q_raw)
     dense[:, col["match_any"]] = _segment_sum(hit, ln) / qn
-    # matched_tokens: the query's tokens found anywhere in the product (namespace "match")
-    sparse["matched_tokens"] = combine([v[hit], np.full(int(hit.sum()), 0x6D61746368, np.int64)]) if hit.any() \
-        else np.zeros(0, np.int64)
-    lengths["matched_tokens"] = _segment_sum(hit, ln).astype(np.int64)
+    if "matched_tokens" in want:  # the query's tokens found anywhere in the product
+        sparse["matched_tokens"] = _keyed(v[hit], _MATCH)
+        lengths["matched_tokens"] = _segment_sum(hit, ln).astype(np.int64)
     best = float(bm25.max()) if n else 0.0
     dense[:, col["bm25"]] = bm25
     dense[:, col["bm25_rel"]] = bm25 / best if best > 0 else 0.0

@@ -187,7 +187,9 @@ def test_pair_features_match_a_per_pair_reference():
     prods = ProductFeatures.build(cat, spec)
     q = ["king", "bed", "bed"]
     b = pair_batch(spec, prods, q, np.array([2, 0, 1]), np.array([0.5, 3.0, 0.0], np.float32), np.array([1, 0, 2]),
-                   np.array([0.0, 1.0, 0.5], np.float32))
+                   np.array([0.0, 1.0, 0.5], np.float32), features=SPARSE)
+    assert set(pair_batch(spec, prods, q, np.array([0]), np.array([1.0], np.float32), np.array([0])).sparse) \
+        == set(spec.sparse_features)
     col = {n: i for i, n in enumerate(DENSE)}
     assert len(b) == 3 and b.label.tolist() == [0.0, 1.0, 0.5]
     assert b.dense[:, col["match_name"]].tolist() == [0.0, 1.0, 0.0]       # 2 distinct query tokens
@@ -201,7 +203,7 @@ def test_pair_features_match_a_per_pair_reference():
     assert b.lengths["matched_tokens"].tolist() == [0, 2, 0]
     assert b.lengths["category"].tolist() == [1, 2, 2]
     # the same pair gives the same ids wherever it sits in a batch
-    one = pair_batch(spec, prods, q, np.array([0]), np.array([3.0], np.float32), np.array([0]))
+    one = pair_batch(spec, prods, q, np.array([0]), np.array([3.0], np.float32), np.array([0]), features=SPARSE)
     for name in SPARSE:
         v, ln = b.jagged(name)
         start = int(ln[0])
