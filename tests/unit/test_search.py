@@ -389,3 +389,38 @@ def test_service_is_unavailable_without_a_version_and_refuses_a_non_search_versi
     assert 1 in svc._refused and "not a search ranker" in svc.last_error
     with pytest.raises(NotReadyError):
         svc.search(pb.SearchRequest(query="bed", k=3))
+
+
+# ----------------------------------------------------------------------- CLI
+@pytest.mark.parametrize("argv, message", [
+    (["search", "--query", "", "--k", "3"], "no word tokens"),
+    (["search", "--query", "?!", "--k", "3"], "no word tokens"),
+    (["search", "--query", "x" * 513], "at most 512 characters"),
+    (["search", "--query", "bed", "--k", "0"], "expected an integer >= 1"),
+    (["search", "--query", "bed", "--k", "101"], "k is at most 100"),
+    (["search", "--query", "bed", "--num-candidates", "5000"], "at most 1000"),
+    (["search-serve", "--run-dir", "r", "--catalogue", "p.tsv", "--grpc-port", "70000"], "at most 65535"),
+    (["search-train", "--data", "d", "--run-dir", "r", "--batch-queries", "0"], "expected an integer >= 1"),
+])
+def test_cli_refuses_bad_values_before_anything_starts(capsys, argv, message):
+    from cluster.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_refuses_missing_files_with_a_clear_message(capsys, tmp_path):
+    from cluster.cli import main
+
+    assert main(["search-serve", "--run-dir", str(tmp_path), "--catalogue", str(tmp_path / "none.tsv")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["search-train", "--data", str(tmp_path), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_every_public_name_of_search_imports():
+    import search
+
+    for name in search.__all__:
+        assert getattr(search, name) is not None
