@@ -12,7 +12,8 @@ of their judgments), then TRAINED on, recorded in the core's data ledger as
 
 Every manifest carries ``extra.search_spec`` (the :class:`search.spec.SearchSpec`) and
 ``extra.config`` (model, train), so :func:`search.service.load_ranker` rebuilds the ranker from
-the version alone. The catalogue is NOT part of a version: the server reads it from its own file.
+the version alone. The catalogue is NOT part of a version: the server reads it from its own file. A second replay into
+the same store resumes from its newest version and trains only queries it has not seen.
 """
 
 from __future__ import annotations
@@ -63,24 +64,44 @@ class ReplayResult:
 
 def replay(corpus: SearchCorpus, judgments: Judgments, cfg: RankerConfig, store_url: str | None,
            batch_queries: int = 4, seed: int = 0, metrics_path: str | Path | None = None,
-           on_batch: Callable[[dict], None] | None = None) -> ReplayResult:
+           on_batch: Callable[[dict], None] | None = None, resume: bool = True) -> ReplayResult:
     """Replay ``judgments`` in seeded batches of ``batch_queries`` queries: score, train, cut a version
-    (no versions when ``store_url`` is None). Appends one JSON line per batch to ``metrics_path``."""
+    (no versions when ``store_url`` is None). Appends one JSON line per batch to ``metrics_path``.
+
+    With ``resume`` and a store that holds a search version, the ranker continues from the newest valid
+    one (rows, dense state, ledger) and replays only the queries it has not trained on yet (each
+    version's ``extra.trained_queries``): judgments that arrive later are trained incrementally.
+    """
     trainer = new_trainer(corpus.spec, cfg)
     keeper = None
+    done: list[int] = []
     if store_url is not None:
         extra = {"search_spec": corpus.spec.to_dict(), "config": cfg.run_config(), "kind": "search",
-                 "catalogue_digest": corpus.catalogue.digest()}
+                 "catalogue_digest": corpus.catalogue.digest(), "trained_queries": done}
         keeper = VersionKeeper(store_url, trainer.backend, trainer,
                                SnapshotConfig(every_data_file=True, full_every=10, keep=5), extra=extra)
+        if resume and keeper.store.latest_valid() is not None:
+            restored = keeper.store.manifest(keeper.store.latest_valid()).extra
+            if restored.get("search_spec") != corpus.spec.to_dict():
+                raise ValueError(f"{store_url} holds a ranker of another search spec or not a search ranker: "
+                                 "use a new run directory (or resume=False to write a fresh ranker after it)")
+            if "trained_queries" not in restored:
+                raise ValueError(f"{store_url}: its newest version does not say which queries it was trained on: "
+                                 "use a new run directory")
+            keeper.restore()
+            done.extend(int(q) for q in restored["trained_queries"])
+    first = len(trainer.ledger.to_dict()["entries"])  # batch names continue after the restored ledger
+    new_queries = np.setdiff1d(judgments.query_ids, np.asarray(done, np.int64))
     batches, versions = [], []
-    for i, qids in enumerate(query_batches(judgments.query_ids, batch_queries, seed)):
+    for i, qids in enumerate(query_batches(new_queries, batch_queries, seed) if len(new_queries) else [],
+                             start=first):
         name = f"judgments-batch-{i:04d}"
         lex = ndcg_of(None, corpus, judgments, qids, 10, cfg.num_candidates)
         prog = ndcg_of(trainer, corpus, judgments, qids, 10, cfg.num_candidates)  # before training on them
         batch = examples(corpus, judgments, qids, cfg.num_candidates, cfg.train_on_judged_outside)
         info = trainer.train(batch, epochs=cfg.epochs, shuffle=True)
         trainer.ledger.record(name, len(batch), complete=True)
+        done.extend(int(q) for q in qids)
         version = None
         if keeper is not None:
             keeper.after_file(force=True)

@@ -53,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("search-train", help="replay graded search judgments into ranker versions (progressive NDCG@10)",
                        description="Replay the judgments of a WANDS-layout directory in seeded batches of queries: "
                                    "each batch is ranked before the ranker trains on it (progressive NDCG@10), then "
-                                   "trained on and cut as a model version in RUN_DIR/versions.")
+                                   "trained on and cut as a model version in RUN_DIR/versions. Run again on the "
+                                   "same RUN_DIR, it resumes from the newest version and trains only new queries.")
     t.add_argument("--data", required=True, metavar="DIR", help="directory with eval40_{products,queries,labels}.tsv")
     t.add_argument("--run-dir", required=True, metavar="DIR", help="where versions/ and metrics.jsonl are written")
     t.add_argument("--batch-queries", type=_positive, default=4, help="queries per replayed batch (default 4)")
@@ -114,14 +115,20 @@ def _train(args: argparse.Namespace) -> int:
             print(f"{rec['file']}: {len(rec['queries'])} queries, NDCG@10 lexical {rec['ndcg10_lexical']:.4f} "
                   f"progressive {rec['ndcg10_progressive']:.4f} -> version {rec['version']}", flush=True)
 
-    result = replay(corpus, judgments, cfg, str(run_dir / "versions"), args.batch_queries, args.seed,
-                    metrics_path=run_dir / "metrics.jsonl", on_batch=progress)
+    try:
+        result = replay(corpus, judgments, cfg, str(run_dir / "versions"), args.batch_queries, args.seed,
+                        metrics_path=run_dir / "metrics.jsonl", on_batch=progress)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     summary = result.summary()
     if args.json:
         print(json.dumps(summary))
+    elif not result.batches:
+        print(f"nothing new: every query of {args.data} is already trained into {run_dir / 'versions'}")
     else:
         print(f"progressive NDCG@10 {summary['progressive_ndcg10']:.4f} (lexical {summary['lexical_ndcg10']:.4f}) "
-              f"over {len(judgments.query_ids)} queries; versions {result.versions[0]}..{result.versions[-1]}")
+              f"over {len({q for b in result.batches for q in b['queries']})} new queries; "
+              f"versions {result.versions[0]}..{result.versions[-1]}")
     return 0
 
 

@@ -345,6 +345,32 @@ def test_replay_versions_serve_the_same_ranking(synthetic, tmp_path):
         svc.stop()
 
 
+def test_replay_resumes_from_the_store_and_trains_only_new_queries(synthetic, tmp_path):
+    from search.replay import replay
+    from versions import VersionStore
+
+    _, catalogue, judgments = synthetic
+    corpus, cfg, store = SearchCorpus(catalogue), RankerConfig(epochs=1, num_candidates=30), str(tmp_path / "v")
+    qids = judgments.query_ids
+    first = replay(corpus, judgments.of(qids[:8]), cfg, store, batch_queries=4)
+    assert first.versions == [1, 2]
+    again = replay(corpus, judgments.of(qids[:8]), cfg, store, batch_queries=4)  # nothing new arrived
+    assert again.batches == [] and again.versions == []
+    more = replay(corpus, judgments, cfg, store, batch_queries=8)  # 16 new queries arrive
+    assert more.versions == [3, 4]
+    trained = [q for b in more.batches for q in b["queries"]]
+    assert sorted(trained) == sorted(qids[8:].tolist())
+    assert [b["file"] for b in more.batches] == ["judgments-batch-0002", "judgments-batch-0003"]
+    extra = VersionStore(store).manifest(4).extra
+    assert sorted(extra["trained_queries"]) == sorted(qids.tolist())
+    # the resumed ranker continued: its step counter counts the first run's steps too
+    from search.service import load_ranker
+
+    assert load_ranker(store, 4).trainer.step > load_ranker(store, 2).trainer.step > 0
+    with pytest.raises(ValueError, match="another search spec"):
+        replay(SearchCorpus(catalogue, SearchSpec(sparse_features=("matched_tokens",))), judgments, cfg, store)
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(query=st.text(max_size=80), k=st.integers(-3, 120))
