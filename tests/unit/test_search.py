@@ -280,17 +280,17 @@ def test_validation_fuzz_accepts_or_refuses_cleanly(query, k, n, classes, pin):
 def test_ranker_learns_the_synthetic_relevance(synthetic):
     _, catalogue, judgments = synthetic
     corpus = SearchCorpus(catalogue)
-    cfg = RankerConfig(epochs=8, num_candidates=60)
+    cfg = RankerConfig(epochs=3, num_candidates=40)
     qids = judgments.query_ids
     train, test = qids[qids % 4 != 0], qids[qids % 4 == 0]
     trainer = new_trainer(corpus.spec, cfg)
-    before = ndcg_of(trainer, corpus, judgments, train, 10, 60)
+    before = ndcg_of(trainer, corpus, judgments, train, 10, 40)
     train_queries(trainer, corpus, judgments, train, cfg)
-    after = ndcg_of(trainer, corpus, judgments, train, 10, 60)
+    after = ndcg_of(trainer, corpus, judgments, train, 10, 40)
     assert np.nanmean(list(after.values())) > np.nanmean(list(before.values()))
-    batch = examples(corpus, judgments, test, 60)
+    batch = examples(corpus, judgments, test, 40)
     assert len(batch) > 0 and set(np.unique(batch.label).tolist()) <= {0.0, 0.5, 1.0}
-    r = rank(trainer, corpus, "king bed", k=5, num_candidates=60)
+    r = rank(trainer, corpus, "king bed", k=5, num_candidates=40)
     assert len(r.rows) == 5 and (np.diff(r.scores) <= 0).all()
     assert len(rank(None, corpus, "zebra", k=5).rows) == 0
 
