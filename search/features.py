@@ -111,10 +111,20 @@ def pair_batch(spec: SearchSpec, products: ProductFeatures, query_tokens: Sequen
     dense = np.zeros((n, len(DENSE)), np.float32)
     col = {name: i for i, name in enumerate(DENSE)}
     qn = max(len(q), 1)
-    for field, key in ((products.name_tok, "match_name"), (products.class_tok, "match_class"),
-                       (products.category_tok, "match_category")):
+    field_hits = []
+    for f, (field, key) in enumerate(((products.name_tok, "match_name"), (products.class_tok, "match_class"),
+                                      (products.category_tok, "match_category"))):
         v, ln = field.take(rows)
-        dense[:, col[key]] = _segment_sum(np.isin(v, q_raw), ln) / qn
+        hit_f = np.isin(v, q_raw)
+        dense[:, col[key]] = _segment_sum(hit_f, ln) / qn
+        if "matched_fields" in want:
+            field_hits.append((_keyed(v[hit_f], np.int64(0x6669656C64 + f)), np.repeat(np.arange(n), ln)[hit_f]))
+    if "matched_fields" in want:  # (query token, field it matched in) pairs of each row, rows in order
+        ids = np.concatenate([h[0] for h in field_hits])
+        row_of = np.concatenate([h[1] for h in field_hits])
+        order = np.argsort(row_of, kind="stable")
+        sparse["matched_fields"] = ids[order]
+        lengths["matched_fields"] = np.bincount(row_of, minlength=n).astype(np.int64)
     v, ln = products.any_tok.take(rows)
     hit = np.isin(v, q_raw)
     dense[:, col["match_any"]] = _segment_sum(hit, ln) / qn

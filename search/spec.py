@@ -11,6 +11,7 @@ Features of one (query, product) pair::
       category          every prefix of the category path              ["Furniture", "Furniture / Bedroom ...", ...]
       query_x_class     cross: (query token, product class) pairs     ["king|Beds", "poster|Beds", "bed|Beds"]
       matched_tokens    cross: query tokens found in the product text  ["king", "bed"]
+      matched_fields    cross: (query token, field it matched in)      ["king@name", "bed@name"]
     dense (normalised with the core's running statistics)
       bm25, bm25_rel, bm25_rank     the lexical index's score, score / the query's best, log1p(rank)
       match_name, match_class, match_category, match_any   share of query tokens found in each field
@@ -32,7 +33,8 @@ from search.tokenizer import Tokenizer
 from trainer.data.spec import (ColumnSpec, ColumnType, DenseFeature, FeatureSpec, LabelRule, Pooling,
                                SparseFeature)
 
-SPARSE = ("query_tokens", "name_tokens", "product_class", "category", "query_x_class", "matched_tokens")
+SPARSE = ("query_tokens", "name_tokens", "product_class", "category", "query_x_class", "matched_tokens",
+          "matched_fields")
 # what the ranker's model reads by default: the cross features. Query-only and product-only token embeddings
 # memorise the training queries and lower held-out NDCG@10 (docs/search.md, "Which features").
 DEFAULT_SPARSE = ("query_x_class", "matched_tokens")

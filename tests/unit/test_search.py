@@ -201,6 +201,7 @@ def test_pair_features_match_a_per_pair_reference():
     assert b.lengths["product_class"].tolist() == [1, 1, 2]
     assert b.lengths["query_x_class"].tolist() == [2, 2, 4]
     assert b.lengths["matched_tokens"].tolist() == [0, 2, 0]
+    assert b.lengths["matched_fields"].tolist() == [0, 2, 0]  # both matched in the name ("beds" is not "bed")
     assert b.lengths["category"].tolist() == [1, 2, 2]
     # the same pair gives the same ids wherever it sits in a batch
     one = pair_batch(spec, prods, q, np.array([0]), np.array([3.0], np.float32), np.array([0]), features=SPARSE)
