@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -123,15 +124,19 @@ def run(args: argparse.Namespace) -> dict:
         result["folds_seconds"] = time.perf_counter() - t0
     work = Path(tempfile.mkdtemp(prefix="freshrec-bench-search-"))
     store = str(work / "versions")
-    if "replay" not in skip or "latency" not in skip:
-        rep = replay(corpus, judgments, cfg, store, batch_queries=args.batch_queries, seed=args.seed)
-        s = rep.summary()
-        result["progressive"] = {k: v for k, v in s.items() if k not in ("batches",)}
-        result["progressive"]["per_batch"] = [{k: b[k] for k in ("batch", "ndcg10_lexical", "ndcg10_progressive",
-                                                                  "version")} for b in s["batches"]]
-        result["progressive_ndcg10"] = s["progressive_ndcg10"]
-    if "latency" not in skip:
-        result.update(_latency(args, store, str(Path(args.data) / "eval40_products.tsv"), judgments, work, skip))
+    try:
+        if "replay" not in skip or "latency" not in skip:
+            rep = replay(corpus, judgments, cfg, store, batch_queries=args.batch_queries, seed=args.seed)
+            s = rep.summary()
+            result["progressive"] = {k: v for k, v in s.items() if k not in ("batches",)}
+            result["progressive"]["per_batch"] = [{k: b[k] for k in ("batch", "ndcg10_lexical",
+                                                                      "ndcg10_progressive", "version")}
+                                                  for b in s["batches"]]
+            result["progressive_ndcg10"] = s["progressive_ndcg10"]
+        if "latency" not in skip:
+            result.update(_latency(args, store, str(Path(args.data) / "eval40_products.tsv"), judgments, work, skip))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     result["loadavg_end"] = list(os.getloadavg())
     return result
 
