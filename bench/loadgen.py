@@ -34,14 +34,17 @@ class LoadResult:
 
 
 async def offered_load(call, target: str, qps: float, seconds: float, timeout_s: float = 2.0,
-                       metadata=(("application", "freshrec"),), channels: int = 2) -> LoadResult:
-    """``call(stub, i)`` returns the awaitable of request i on a ``ScorerStub`` of a grpc.aio channel."""
+                       metadata=(("application", "freshrec"),), channels: int = 2, stub=None) -> LoadResult:
+    """``call(stub, i)`` returns the awaitable of request i on a stub (``stub``: its class, default
+    ``ScorerStub``) of a grpc.aio channel."""
     import grpc
 
-    from serving.wire import pb_grpc
+    if stub is None:
+        from serving.wire import pb_grpc
 
+        stub = pb_grpc.ScorerStub
     chans = [grpc.aio.insecure_channel(target) for _ in range(channels)]
-    stubs = [pb_grpc.ScorerStub(c) for c in chans]
+    stubs = [stub(c) for c in chans]
     n = int(qps * seconds)
     lat: list[float] = []
     versions: list[tuple[float, int]] = []

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "cluster.commands.jobs",
     "cluster.commands.k8s",
     "cluster.commands.serve",
+    "cluster.commands.search",
     "cluster.commands.bench",
 )
 

@@ -32,6 +32,8 @@ from serving.wire import SERVICER_FUNCTION, pb
 
 log = logging.getLogger(__name__)
 APP_NAME = "freshrec"
+# freshrec.v1.Search (the search application, search/app.py) shares the proxy: registered here by name only
+SEARCH_SERVICER_FUNCTION = "protos.freshrec.v1.search_pb2_grpc.add_SearchServicer_to_server"
 
 
 @serve.deployment(name="Scorer", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64,
@@ -179,8 +181,8 @@ def start_serving(cfg: ServeConfig, grpc_port: int | None = None, replicas: int 
     """
     grpc_port = grpc_port or free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": http_port or free_port()},
-                grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[SERVICER_FUNCTION],
-                                         enable_reflection=True))
+                grpc_options=gRPCOptions(port=grpc_port, enable_reflection=True,
+                                         grpc_servicer_functions=[SERVICER_FUNCTION, SEARCH_SERVICER_FUNCTION]))
     serve.run(build_app(cfg, replicas), name=APP_NAME, route_prefix="/", blocking=False)
     return grpc_port
 

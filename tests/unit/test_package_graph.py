@@ -2,6 +2,7 @@
 
     common  <-  paramserver  <-  trainer  <-  serving  <-  cluster  <-  bench
             <-  versions     <-  (paramserver, trainer, serving, cluster)
+    (common, versions, trainer, serving)  <-  search  <-  (cluster, bench)
 
 Every import counts, at module level or inside a function.
 """
@@ -10,7 +11,7 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("common", "versions", "paramserver", "trainer", "serving", "cluster", "bench")
+PACKAGES = ("common", "versions", "paramserver", "trainer", "serving", "search", "cluster", "bench")
 # what each package may import of the others
 ALLOWED = {
     "common": set(),
@@ -18,8 +19,9 @@ ALLOWED = {
     "paramserver": {"common", "versions"},
     "trainer": {"common", "versions", "paramserver"},
     "serving": {"common", "versions", "paramserver", "trainer"},
-    "cluster": {"common", "versions", "paramserver", "trainer", "serving", "bench"},
-    "bench": {"common", "versions", "paramserver", "trainer", "serving", "cluster"},
+    "search": {"common", "versions", "trainer", "serving"},
+    "cluster": {"common", "versions", "paramserver", "trainer", "serving", "search", "bench"},
+    "bench": {"common", "versions", "paramserver", "trainer", "serving", "search", "cluster"},
 }
 
 
