@@ -305,24 +305,36 @@ class DynamicFeatures:
 
 
 def _merge(t: KeyTable, uniq, pos, found, tref, cur, seqs, lens) -> KeyTable:
-    """The table with the batch's groups updated (found) and inserted (new), ids ascending."""
-    ids, last_ts, counts = t.ids.copy(), t.last_ts.copy(), t.counts.copy()
-    s_out = {s: v.copy() for s, v in t.seqs.items()}
-    l_out = {s: v.copy() for s, v in t.lens.items()}
-    p = pos[found]
-    last_ts[p] = tref[found]
-    if counts.shape[1]:
-        counts[p] = cur[found]
-    for s in seqs:
-        s_out[s][p] = seqs[s][found]
-        l_out[s][p] = lens[s][found]
+    """A new table: the batch's groups updated (found) and inserted (new), ids ascending (``t`` unchanged)."""
     new = ~found
-    if new.any():
-        at = pos[new]  # insertion points keep ids ascending (uniq is ascending)
-        ids = np.insert(ids, at, uniq[new])
-        last_ts = np.insert(last_ts, at, tref[new])
-        counts = np.insert(counts, at, cur[new] if counts.shape[1] else np.zeros((int(new.sum()), 0)), axis=0)
-        for s in seqs:
-            s_out[s] = np.insert(s_out[s], at, seqs[s][new], axis=0)
-            l_out[s] = np.insert(l_out[s], at, lens[s][new])
+    k = int(new.sum())
+    m = len(t.ids)
+    if k:
+        at = pos[new]  # insertion points (uniq is ascending): new id i lands at at[i] + i
+        moved = np.arange(m) + np.searchsorted(at, np.arange(m), side="right")  # old row i lands here
+        perm = np.empty(m + k, np.int64)  # output row -> row of (old ++ new)
+        perm[moved] = np.arange(m)
+        perm[at + np.arange(k)] = m + np.arange(k)
+
+        def grow(old: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            return np.concatenate([old, rows.astype(old.dtype, copy=False)]).take(perm, axis=0)
+
+        p = moved[pos[found]]
+    else:
+        def grow(old: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            return old.copy()
+
+        p = pos[found]
+    ids = grow(t.ids, uniq[new])
+    last_ts = grow(t.last_ts, tref[new])
+    last_ts[p] = tref[found]
+    counts = grow(t.counts, cur[new]) if t.counts.shape[1] else np.zeros((m + k, 0), np.float64)
+    if t.counts.shape[1]:
+        counts[p] = cur[found]
+    s_out, l_out = {}, {}
+    for s in t.seqs:
+        s_out[s] = grow(t.seqs[s], seqs[s][new])
+        s_out[s][p] = seqs[s][found]
+        l_out[s] = grow(t.lens[s], lens[s][new])
+        l_out[s][p] = lens[s][found]
     return KeyTable(ids, last_ts, counts, s_out, l_out)

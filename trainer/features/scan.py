@@ -5,11 +5,10 @@ Order of events: by (ts, row position in the batch); "earlier" is strictly earli
 order, so of two events with the same timestamp the one on the earlier row counts for the later
 one, never the reverse, and an event never counts for itself.
 
-No Python loop runs per row or per id. The decayed counts walk *depth* (the p-th event of every
-key at once), so the loop runs max(events of one key in the batch) times, each step vectorised
-over the keys that have that many events; each event's value is the recurrence over its own
-key's earlier events only, so dropping or permuting later events (or other keys' events) leaves
-it bit for bit unchanged.
+No Python loop runs per row or per id: decayed counts are a segmented doubling scan
+(log2(events of the busiest key) vectorised steps), sequences are gathers. Each event's value
+combines only its own key's earlier events, so dropping or permuting later events (or other
+keys' events) leaves it bit for bit unchanged.
 """
 
 from __future__ import annotations
@@ -72,29 +71,46 @@ def decayed_counts(g: Groups, ts: np.ndarray, x: np.ndarray, half_lives: np.ndar
     value_i[c] = cur[c] * 2^(-(t_i - tref)/h_c) + sum over earlier j of x_j[c] * 2^(-(t_i - t_j)/h_c).
     An event older than the saved time (a late event) reads the saved count undecayed and is
     added with the weight 2^(-(tref - t_j)/h_c).
+
+    Within a group the counts follow S_j = a_j * S_(j-1) + w_j * x_j (a_j the decay since the
+    previous event, w_j < 1 only for a late event), a linear recurrence solved by a segmented
+    doubling scan: ceil(log2(events of the largest group)) vectorised steps. Position j's result
+    combines only positions j-2^k.. of its own group, so later events and other keys never change
+    it (bit for bit); cutting the same events into other files changes it by float rounding only.
     """
     n, c = x.shape
-    out = np.empty((n, c), np.float64)
-    cur = np.array(cur, np.float64, copy=True)
-    tref = np.array(tref, np.int64, copy=True)
+    cur = np.asarray(cur, np.float64)
+    tref = np.asarray(tref, np.int64)
     if n == 0:
-        return out, cur, tref
+        return np.empty((n, c), np.float64), cur.copy(), tref.copy()
     tg = ts[g.order]
-    xg = np.asarray(x, np.float64)[g.order]
-    by_count = np.argsort(-g.count, kind="stable")
-    neg_sorted = -g.count[by_count]  # ascending
+    first = g.rank == 0
+    # the reference time before each event: the saved time for a group's first event, else the later
+    # of the saved time and the previous event's (events of a group are in time order)
+    prev = np.where(first, tref[g.seg], np.maximum(tref[g.seg], np.concatenate([[0], tg[:-1]])))
+    dt = (tg - prev).astype(np.float64)
     inv_h = 1.0 / np.asarray(half_lives, np.float64)
-    for p in range(int(g.count.max())):
-        segs = by_count[:np.searchsorted(neg_sorted, -p, side="left")]  # groups with more than p events
-        e = g.start[segs] + p
-        t = tg[e]
-        dt = (t - tref[segs]).astype(np.float64)
-        read = cur[segs] * np.exp2(-np.maximum(dt, 0.0)[:, None] * inv_h[None, :])
-        out[e] = read
-        weight = np.exp2(np.minimum(dt, 0.0)[:, None] * inv_h[None, :])  # 1 unless late
-        cur[segs] = read + xg[e] * weight
-        tref[segs] = np.maximum(tref[segs], t)
-    return g.to_rows(out), cur, tref
+    a = np.exp2(-np.maximum(dt, 0.0)[:, None] * inv_h[None, :])  # decay since the previous reference
+    b = np.asarray(x, np.float64)[g.order] * np.exp2(np.minimum(dt, 0.0)[:, None] * inv_h[None, :])
+    s0 = cur[g.seg[first]]  # the saved counts enter at each group's first event
+    A, B = a.copy(), b.copy()
+    B[first] += a[first] * s0
+    step = 1
+    while step < int(g.count.max()):
+        j = np.flatnonzero(g.rank >= step)
+        k = j - step
+        B_new = B[k] * A[j] + B[j]
+        A[j] = A[k] * A[j]
+        B[j] = B_new
+        step *= 2
+    # B[j] = counts just after event j; the value read by event j is a_j * (counts after event j-1)
+    before = np.empty_like(B)
+    before[first] = s0
+    rest = np.flatnonzero(~first)
+    before[rest] = B[rest - 1]
+    out = before * a
+    last = g.start + g.count - 1
+    return g.to_rows(out), B[last], np.maximum(tref, tg[last])
 
 
 def decayed_lookup(counts: np.ndarray, last_ts: np.ndarray, ts: np.ndarray, half_lives: np.ndarray) -> np.ndarray:
