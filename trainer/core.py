@@ -120,7 +120,7 @@ class TrainerCore:
         return self.backend.cfg.mode == "async"
 
     # ------------------------------------------------------------------ inputs
-    def features(self, batch: EventBatch) -> EventBatch:
+    def with_features(self, batch: EventBatch) -> EventBatch:
         """The events of ``batch`` with their dynamic features (from the state and the batch's strictly
         earlier events; the state is unchanged). The batch itself when the spec has none or it has them."""
         if self.dynamic is None or self.dynamic.is_annotated(batch):
@@ -144,7 +144,7 @@ class TrainerCore:
     def score(self, batch: EventBatch) -> np.ndarray:
         """Probabilities float32 [n] (statistics unchanged); sync mode reads once every step so far is applied.
 
-        A batch without its dynamic features gets them from the state only (:meth:`features` gives a
+        A batch without its dynamic features gets them from the state only (:meth:`with_features` gives a
         data file's events theirs from earlier events: what ``step_file`` scores)."""
         batch = self._candidates(batch)
         step = None if self.async_mode else self.step
@@ -179,7 +179,7 @@ class TrainerCore:
         far); otherwise in the batch's order (time order for a data file).
         """
         t0 = time.perf_counter()
-        batch = self.features(batch)
+        batch = self.with_features(batch)
         self.stats.update(batch.dense)
         dense = self._dense(batch).to(self.device)
         labels = torch.from_numpy(np.ascontiguousarray(batch.label, np.float32)).to(self.device)
@@ -267,7 +267,7 @@ class TrainerCore:
         i = self.files_seen
         self.files_seen += 1
         if self.dynamic is not None:  # features from earlier events; the state moves past this file
-            raw, batch = batch, self.features(batch)
+            raw, batch = batch, self.with_features(batch)
             self.dynamic.observe(raw)
         if self.rank == 0:
             self.validator.record(name, batch.label, self.score(batch))
