@@ -361,8 +361,8 @@ class TrainerCore:
         self.files_seen = int(meta["files_seen"])
         self.ledger = DataLedger.from_dict(meta["ledger"])
         self._recent = {}
-        if reread is not None:
-            for i, name in meta.get("recent_files", {}).items():
+        if reread is not None and self.dynamic is None:  # re-read files would not get their original dynamic
+            for i, name in meta.get("recent_files", {}).items():  # features back: with them, they are forgotten
                 self._recent[int(i)] = (name, reread(name))
 
     def state_dict(self) -> dict:
