@@ -312,12 +312,14 @@ def _merge(t: KeyTable, uniq, pos, found, tref, cur, seqs, lens) -> KeyTable:
     if k:
         at = pos[new]  # insertion points (uniq is ascending): new id i lands at at[i] + i
         moved = np.arange(m) + np.searchsorted(at, np.arange(m), side="right")  # old row i lands here
-        perm = np.empty(m + k, np.int64)  # output row -> row of (old ++ new)
-        perm[moved] = np.arange(m)
-        perm[at + np.arange(k)] = m + np.arange(k)
+
+        slots = at + np.arange(k)
 
         def grow(old: np.ndarray, rows: np.ndarray) -> np.ndarray:
-            return np.concatenate([old, rows.astype(old.dtype, copy=False)]).take(perm, axis=0)
+            out = np.empty((m + k,) + old.shape[1:], old.dtype)
+            out[moved] = old
+            out[slots] = rows
+            return out
 
         p = moved[pos[found]]
     else:
