@@ -266,3 +266,16 @@ def test_builtin_dynamic_specs_extend_the_static_ones():
         assert spec.columns == base.columns and spec.sparse == base.sparse and spec.dense == base.dense
         assert len(spec.model_dense_names) > len(base.model_dense_names)
         assert [f.name for f in spec.model_sparse][:len(base.sparse)] == [f.name for f in base.sparse]
+
+
+def test_an_empty_batch_and_an_empty_state_are_fine():
+    dyn = DynamicFeatures(SPEC)
+    empty = make_batch([], [], [], [])
+    for out in (dyn.process(empty), dyn.lookup(empty), dyn.annotate(empty)):
+        assert out.dense.shape == (0, 1 + len(SPEC.dynamic.dense_names)) and len(out.lengths["ui"]) == 0
+    one = dyn.lookup(make_batch([1], [2], ["pv"], [1_511_658_000]))
+    counters = [SPEC.model_dense_names.index(n) for c in SPEC.dynamic.counters for n in c.features]
+    assert not one.dense[:, counters].any()  # nothing seen: log1p(0) = 0
+    assert one.lengths["ui"].tolist() == [0]
+    rates = [SPEC.model_dense_names.index("icvr_1h")]
+    np.testing.assert_allclose(one.dense[:, rates], 0.1)  # an unseen item's rate is the prior
