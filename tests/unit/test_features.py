@@ -89,15 +89,16 @@ def reference(history: list[EventBatch], batch: EventBatch, spec=SPEC):
                 vals.append(s)
             raw[c.name] = vals
             row += [np.log1p(v) for v in vals]
+        by = {c.name: c for c in d.counters}
         for r in d.rates:
             for h in d.rate_half_lives(r):
-                num = raw[r.numerator][d.counters[[c.name for c in d.counters].index(r.numerator)].half_lives.index(h)]
-                den = raw[r.denominator][d.counters[[c.name for c in d.counters].index(r.denominator)].half_lives.index(h)]
+                num = raw[r.numerator][by[r.numerator].half_lives.index(h)]
+                den = raw[r.denominator][by[r.denominator].half_lives.index(h)]
                 row.append((num + r.prior * r.strength) / (den + r.strength))
         dense.append(row)
         for s in d.sequences:
-            mine = [e for e in past + sorted((e for j, e in enumerate(cur) if (e[0], j) < (t, i)),
-                                             key=lambda e: e[0]) if e[col[s.key]] == u and (not s.actions or e[3] in s.actions)]
+            in_order = past + sorted((e for j, e in enumerate(cur) if (e[0], j) < (t, i)), key=lambda e: e[0])
+            mine = [e for e in in_order if e[col[s.key]] == u and (not s.actions or e[3] in s.actions)]
             seqs[s.name].append([e[col[s.column]] for e in mine][-s.length:] if mine else [])
     return np.array(dense, np.float64).reshape(len(cur), -1), seqs
 

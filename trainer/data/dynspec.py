@@ -178,7 +178,8 @@ class DynamicSpec:
             for col in cols:
                 if col not in single:
                     raise ConfigError(f"spec {spec.name}: dynamic {what} {item.name} reads column {col!r}, which feeds "
-                                      f"no single-valued sparse feature; add one (sparse: - {{name: .., column: {col}}}) "
+                                      f"no single-valued sparse feature; add one "
+                                      f"(sparse: - {{name: .., column: {col}}}) "
                                       f"or use one of {sorted(single)}")
             unknown = set(item.actions) - actions
             if unknown:

@@ -266,7 +266,8 @@ class DynamicFeatures:
 
     def export(self) -> tuple[dict[str, np.ndarray], dict]:
         """(arrays, meta) for the version part :data:`PART` (copies: training may go on)."""
-        arrays = {f"{k}/{name}": np.array(v, copy=True) for k, t in self.tables.items() for name, v in t.arrays().items()}
+        arrays = {f"{k}/{name}": np.array(v, copy=True)
+                  for k, t in self.tables.items() for name, v in t.arrays().items()}
         arrays["watermark"] = np.array([self.watermark], np.int64)
         meta = {"keys": list(self.d.keys), "columns": {k: len(c) for k, c in self._cols.items()},
                 "sequences": {k: dict(v) for k, v in self._seqs.items()}, "stats": self.stats()}
