@@ -28,13 +28,18 @@ DEFAULTS = {
     "movielens": dict(batch_size=256, sparse_lr=0.1, dense_lr=0.01, init_scale=0.01, epochs=2),
 }
 DEFAULTS["movielens_genres"] = DEFAULTS["movielens"]
+# the same data and protocol with dynamic features (counters, rates, behaviour sequences; docs/features.md)
+DEFAULTS["taobao_dynamic"] = DEFAULTS["taobao"]
+DEFAULTS["movielens_dynamic"] = DEFAULTS["movielens"]
 # preset -> (spec, shared input, how it is cut into data files)
 PRESETS = {"taobao": ("taobao", TAOBAO, "every"), "movielens": ("movielens100k", ML100K, "files"),
-           "movielens_genres": ("movielens100k_genres", ML100K, "files")}
+           "movielens_genres": ("movielens100k_genres", ML100K, "files"),
+           "taobao_dynamic": ("taobao_dynamic", TAOBAO, "every"),
+           "movielens_dynamic": ("movielens100k_dynamic", ML100K, "files")}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", choices=tuple(PRESETS), default="taobao",
+    p.add_argument("--dataset", "--preset", choices=tuple(PRESETS), default="taobao",
                    help="a preset: its spec, the shared data file, how it is cut, tuned learning rates")
     p.add_argument("--spec", default=None, help="any feature spec (YAML or built-in name); with --data")
     p.add_argument("--data", nargs="+", default=None, metavar="PATH",
@@ -107,6 +112,13 @@ def run(args: argparse.Namespace) -> dict:
            "config": {k: getattr(train, k) for k in ("batch_size", "sparse_lr", "dense_lr", "init_scale", "seed")}
            | {"interaction": args.interaction,
               "files": f"every {args.every or '5m'}" if every else f"{n_files} equal-count"}}
+    if spec.dynamic is not None:  # the state after the whole log: tracked ids and bytes per id, per key
+        from trainer.features import DynamicFeatures
+
+        dyn = DynamicFeatures(spec)
+        for s in shards:
+            dyn.process(s)
+        out["feature_state"] = dyn.stats()
     if args.strategies:
         from trainer.quality import run_strategy
         from trainer.strategies import FusionPolicy, OnlinePolicy, PeriodicPolicy

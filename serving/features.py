@@ -11,6 +11,9 @@ hashed, times parsed, numbers checked) and the same dense features
       -> EventBatch(sparse={"user": [7, 7], "item": [42, 9], "category": [3, 3]},
                     dense=[[hour, weekday], [hour, weekday]])  (raw: the core normalises)
 
+With dynamic features (``spec.dynamic``) the core adds them from the served version's state,
+decayed to the request's time column (:mod:`trainer.features`); a request never changes the state.
+
 A needed column the request leaves out is filled and reported in ``defaulted``: the time
 column with the request's arrival time; an item-side column (``category_id``) from the item
 catalogue; anything else with the column's missing value (its ``fill``, else 0: an id whose
@@ -63,6 +66,8 @@ class SpecRoles:
         for col in [*(f.column for f in spec.sparse), *(f.column for f in spec.dense)]:
             if col not in needed:
                 needed.append(col)
+        if spec.dynamic is not None and spec.time_column not in needed:  # dynamic features decay to the request time
+            needed.append(spec.time_column)
         item_cols: list[str] = [icol] if icol else []
         for side in spec.side_tables:
             if side.on == icol:
@@ -179,7 +184,9 @@ class RequestFeatures:
             else:
                 sparse[f.name] = np.asarray(v, np.int64)
         zeros = np.zeros(n, np.int64)
-        return EventBatch(source="<request>", event_id=zeros, ts=zeros, label=np.zeros(n, np.float32), sparse=sparse,
+        tcol = self.spec.time_column
+        ts = np.asarray(parsed[tcol], np.int64) if tcol in parsed else zeros  # dynamic features decay to it
+        return EventBatch(source="<request>", event_id=zeros, ts=ts, label=np.zeros(n, np.float32), sparse=sparse,
                           dense=dense, rows=idx, table=table, lengths=lengths)
 
 

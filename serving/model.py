@@ -8,6 +8,7 @@ over the delta chain. Scoring runs the training core's own ``score`` over the fr
 
     store ──► manifest.extra {spec_yaml, config}  ──► spec, ModelConfig, TrainConfig, PSOptions
           ──► part trainer/core                    ──► TrainerCore.import_state (params, stats)
+          ──► part trainer/features (if any)       ──► TrainerCore.import_features (dynamic-feature state)
           ──► table parts (full + deltas)          ──► FrozenTables (ids, float32 rows)
     request ─► RequestFeatures.batch ─► core.score(batch) ─► probabilities
 
@@ -39,6 +40,7 @@ from versions import VersionStore, table_parts
 
 log = logging.getLogger(__name__)
 CORE_PART = "trainer/core"  # trainer.versioning.CORE_PART (not imported: it would pull the writer in)
+FEATURES_PART = "trainer/features"  # trainer.versioning.FEATURES_PART: the dynamic-feature state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +204,7 @@ def load_model(store: VersionStore, version: int, catalogue: ItemCatalogue | Non
     core = TrainerCore(setup.spec, setup.model_cfg, setup.train_cfg, tables)
     core_arrays, core_meta = _core_part(store, chain)
     core.import_state(core_arrays, core_meta)
+    core.import_features(*_features_part(store, chain))
     core.base_model.eval()
     roles = SpecRoles.of(setup.spec, user_feature, item_feature)
     return ServableModel(VersionInfo.of(m, setup.spec.name), setup, core, tables, roles, catalogue, retrieval,
@@ -234,6 +237,15 @@ def _tables(store: VersionStore, chain, ps_cfg, previous: ServableModel | None,
         except KeyError:  # no row of this table yet: every id is cold
             log.info("version %d has no rows of table %s", chain[-1].version, t.name)
     return out
+
+
+def _features_part(store: VersionStore, chain) -> tuple[dict | None, dict | None]:
+    """The dynamic-feature state of the newest version of the chain that has one (whole in each version)."""
+    for mf in reversed(chain):
+        for p in mf.parts:
+            if p.name == FEATURES_PART:
+                return store.read_part(mf.version, FEATURES_PART), p.meta.get("features", {})
+    return None, None
 
 
 def _core_part(store: VersionStore, chain) -> tuple[dict, dict]:

@@ -30,7 +30,7 @@ from trainer.config import PSOptions, TrainConfig
 
 def table_configs(spec, init_scale: float | None = None) -> tuple[TableConfig, ...]:
     """The PS table configs of a :class:`trainer.data.FeatureSpec` (name, dim, init scale)."""
-    return tuple(TableConfig(f.name, f.dim, init_scale) for f in spec.sparse)
+    return tuple(TableConfig(f.name, f.dim, init_scale) for f in spec.model_sparse)  # dynamic sequences included
 
 
 def ps_config_for(spec, train: TrainConfig, ps: PSOptions | None = None, num_workers: int = 1) -> PSConfig:

@@ -28,6 +28,12 @@ scoring never changes them), normalises the whole batch (clipped to +-dense_clip
 minibatches in order (or in a permutation seeded by (seed, epoch, examples trained so far)).
 A new id's row is ``paramserver.init_rows(table, id, seed)`` with zero optimizer state, created
 the first time the id is pulled (scoring included).
+
+Dynamic features (a spec's ``dynamic:`` section, :mod:`trainer.features`): ``step_file`` computes
+each event's features from strictly earlier events (the state plus the file's earlier events),
+scores and trains on them, and folds the file into the state; ``score`` of a batch without them
+(candidates, a serving request) reads the state only; ``train`` never changes the state. The
+state is data-derived, not learned: ``reset`` keeps it.
 """
 
 from __future__ import annotations
@@ -43,12 +49,14 @@ from torch import nn
 from common.config import ConfigError
 from trainer.config import ModelConfig, Strategy, TrainConfig
 from trainer.data import DataLedger, EventBatch, RunningStats
+from trainer.features import DynamicFeatures
 from trainer.metrics import FileMetrics, ProgressiveValidator
 from trainer.model import build_model
 from trainer.sparse import batch_to_kjt, find_collection
 from trainer.strategies import Action, Decision, fuse, make_policy
 
 SCORE_BATCH = 8192
+DYNAMIC_PART = "trainer/features"  # the version part of the dynamic-feature state (trainer.features.PART)
 MAX_PUSHES_IN_FLIGHT = 4
 
 
@@ -83,6 +91,7 @@ class TrainerCore:
         self.device = device or torch.device("cpu")
         self._wrap = wrap_model
         self._user_model = model is not None
+        self.dynamic = DynamicFeatures(spec) if getattr(spec, "dynamic", None) is not None else None
         self._build(model)
         if train_cfg.strategy is Strategy.FULL_RETRAIN and not hasattr(backend, "reset"):
             raise ConfigError("train.strategy=full_retrain is the baseline of `freshrec bench quality`, not a PS "
@@ -101,7 +110,7 @@ class TrainerCore:
         self.features = list(self.ebc.feature_names)
         self.model = self._wrap(self.base_model) if self._wrap is not None else self.base_model
         self.optimizer = dense_optimizer(self.base_model.parameters(), self.cfg)
-        self.stats = RunningStats(len(self.spec.dense))
+        self.stats = RunningStats(len(self.spec.model_dense_names))
         self.step = 0  # sync steps taken, identical on every worker
         self.examples_trained = 0  # every example of every epoch
         self.train_seconds = 0.0
@@ -111,6 +120,19 @@ class TrainerCore:
         return self.backend.cfg.mode == "async"
 
     # ------------------------------------------------------------------ inputs
+    def with_features(self, batch: EventBatch) -> EventBatch:
+        """The events of ``batch`` with their dynamic features (from the state and the batch's strictly
+        earlier events; the state is unchanged). The batch itself when the spec has none or it has them."""
+        if self.dynamic is None or self.dynamic.is_annotated(batch):
+            return batch
+        return self.dynamic.annotate(batch)
+
+    def _candidates(self, batch: EventBatch) -> EventBatch:
+        """Rows to score with their dynamic features read from the state only (rows never see each other)."""
+        if self.dynamic is None or self.dynamic.is_annotated(batch):
+            return batch
+        return self.dynamic.lookup(batch)
+
     def _dense(self, batch: EventBatch) -> torch.Tensor:
         """Normalised dense features float32 [n, max(d, 1)] (a constant 1 column when the spec has none)."""
         if batch.dense.shape[1] == 0:
@@ -120,7 +142,11 @@ class TrainerCore:
 
     # ----------------------------------------------------------------- scoring
     def score(self, batch: EventBatch) -> np.ndarray:
-        """Probabilities float32 [n] (statistics unchanged); sync mode reads once every step so far is applied."""
+        """Probabilities float32 [n] (statistics unchanged); sync mode reads once every step so far is applied.
+
+        A batch without its dynamic features gets them from the state only (:meth:`with_features` gives a
+        data file's events theirs from earlier events: what ``step_file`` scores)."""
+        batch = self._candidates(batch)
         step = None if self.async_mode else self.step
         dense = self._dense(batch)
         n = len(batch)
@@ -153,6 +179,7 @@ class TrainerCore:
         far); otherwise in the batch's order (time order for a data file).
         """
         t0 = time.perf_counter()
+        batch = self.with_features(batch)
         self.stats.update(batch.dense)
         dense = self._dense(batch).to(self.device)
         labels = torch.from_numpy(np.ascontiguousarray(batch.label, np.float32)).to(self.device)
@@ -239,6 +266,9 @@ class TrainerCore:
         name = getattr(file, "name", file) or batch.source
         i = self.files_seen
         self.files_seen += 1
+        if self.dynamic is not None:  # features from earlier events; the state moves past this file
+            raw, batch = batch, self.with_features(batch)
+            self.dynamic.observe(raw)
         if self.rank == 0:
             self.validator.record(name, batch.label, self.score(batch))
         decision = self.policy.decide(i)
@@ -297,6 +327,20 @@ class TrainerCore:
         }
         return arrays, meta
 
+    def export_features(self) -> tuple[dict[str, np.ndarray], dict] | None:
+        """The dynamic-feature state as (arrays, meta) for the version part ``trainer/features``
+        (None when the spec declares none)."""
+        return self.dynamic.export() if self.dynamic is not None else None
+
+    def import_features(self, arrays: Mapping[str, np.ndarray] | None, meta: Mapping | None) -> None:
+        """Restore :meth:`export_features`; a spec with dynamic features needs the part."""
+        if self.dynamic is None:
+            return
+        if arrays is None:
+            raise ValueError(f"the version has no {DYNAMIC_PART} part, but spec {self.spec.name} declares dynamic "
+                             "features: it was trained with another spec")
+        self.dynamic.load(arrays, meta)
+
     def import_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping, reread=None) -> None:
         """Restore what :meth:`export_state` gave (the embedding rows are the backend's business).
 
@@ -317,13 +361,14 @@ class TrainerCore:
         self.files_seen = int(meta["files_seen"])
         self.ledger = DataLedger.from_dict(meta["ledger"])
         self._recent = {}
-        if reread is not None:
-            for i, name in meta.get("recent_files", {}).items():
+        if reread is not None and self.dynamic is None:  # re-read files would not get their original dynamic
+            for i, name in meta.get("recent_files", {}).items():  # features back: with them, they are forgotten
                 self._recent[int(i)] = (name, reread(name))
 
     def state_dict(self) -> dict:
         """Everything of the model but its embedding rows: dense params and optimizer, statistics,
-        counters, strategy state and the data ledger."""
+        counters, strategy state and the data ledger (and the dynamic-feature state, if any)."""
+        extra = {"features": self.dynamic.state_dict()} if self.dynamic is not None else {}
         return {
             "model": self.dense_state(),
             "dense_optimizer": copy.deepcopy(self.optimizer.state_dict()),
@@ -333,4 +378,5 @@ class TrainerCore:
             "files_seen": self.files_seen,
             "recent_files": {i: name for i, (name, _) in self._recent.items()},
             "ledger": self.ledger.to_dict(),
+            **extra,
         }

@@ -133,8 +133,8 @@ def build_model(spec, cfg: ModelConfig, seed: int = 0) -> nn.Module:
     try:
         ebc = BackendEmbeddingBagCollection(tables_for_spec(spec))
         if cfg.arch == "dlrm":
-            return DLRM(ebc, len(spec.dense), cfg)
-        return _torchrec_model(ebc, max(len(spec.dense), 1), cfg)
+            return DLRM(ebc, len(spec.model_dense_names), cfg)
+        return _torchrec_model(ebc, max(len(spec.model_dense_names), 1), cfg)
     finally:
         torch.random.set_rng_state(gen_state)
 

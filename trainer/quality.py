@@ -18,6 +18,10 @@ training. For the run as a whole::
 
 i.e. what it costs to have a fresh model at every point either way. Per point,
 ``inc_examples`` is what the online model trained since the previous point.
+
+Dynamic features (a spec's ``dynamic:`` section) are a function of the data, not of the model:
+:func:`with_features` computes every file's once, in order, each event from strictly earlier
+events, and both models (and every strategy) score and train on those same values.
 """
 
 from __future__ import annotations
@@ -146,10 +150,22 @@ def choose_points(file_rows: Sequence[int], warmup: int, points: int, min_rows: 
 
 
 # ------------------------------------------------------------------- replay
+def with_features(spec, files: Sequence[EventBatch]) -> list[EventBatch]:
+    """``files`` with their dynamic features, each event's from strictly earlier events (the files in
+    order, then earlier rows of its own file); the files themselves for a spec without any."""
+    if spec.dynamic is None:
+        return list(files)
+    from trainer.features import DynamicFeatures
+
+    dyn = DynamicFeatures(spec)
+    return [dyn.process(f) for f in files]
+
+
 def run_quality(dataset: str, spec, files: Sequence[EventBatch], names: Sequence[str], model_cfg: ModelConfig,
                 train_cfg: TrainConfig, points: Sequence[int], progress=None) -> QualityResult:
     """Replay ``files`` in order; at each of ``points`` compare incremental with a full retrain."""
     points = sorted(points)
+    files = with_features(spec, files)
     online = LocalTrainer(spec, model_cfg, train_cfg)
     retrain = FullRetrainPolicy(train_cfg.epochs_full_retrain)
     out: list[QualityPoint] = []
@@ -216,6 +232,7 @@ def run_strategy(spec, files: Sequence[EventBatch], model_cfg: ModelConfig, trai
     applied. Returns the mean AUC / log-loss over ``points`` and the examples trained up to the
     last point.
     """
+    files = with_features(spec, files)
     trainer = LocalTrainer(spec, model_cfg, train_cfg)
     aucs, losses, examples, seconds = [], [], 0, 0.0
     last = max(points)

@@ -71,12 +71,13 @@ def batch_to_kjt(batch, features: Sequence[str], rows: np.ndarray | slice | None
 
 
 def tables_for_spec(spec, num_embeddings: int = 1 << 17) -> list[EmbeddingBagConfig]:
-    """TorchRec table configs of a feature spec: one table per sparse feature, named after it.
+    """TorchRec table configs of a feature spec: one table per sparse feature, named after it
+    (the dynamic sequences of ``spec.model_sparse`` included).
 
     ``num_embeddings`` is informational (rows live in the backend, which admits and evicts).
     """
     out = []
-    for f in spec.sparse:
+    for f in spec.model_sparse:
         pooling = PoolingType.MEAN if getattr(f, "pooling", "sum") == "mean" else PoolingType.SUM
         out.append(EmbeddingBagConfig(num_embeddings=num_embeddings, embedding_dim=f.dim, name=f.name,
                                       feature_names=[f.name], pooling=pooling))

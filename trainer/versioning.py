@@ -13,6 +13,7 @@ optimizer state, feature statistics, counters, strategy state, data ledger). Eve
     rank 0      background thread:
                   backend.write_cut(cut, v)     each shard writes ps/shard-i/<table> itself
                   write_part("trainer/core")    checksummed parts first,
+                  write_part("trainer/features")  (dynamic-feature state, whole, when the spec has any)
                   digest over the whole model   then the manifest, then LATEST (atomic renames)
                   backend.commit_cut(cut)       the shards forget the changes the version covers
                   store.compact(v)              every full_every-th version: a full version built
@@ -46,6 +47,7 @@ from versions import PublishConfig, Publisher, SnapshotConfig, SnapshotPolicy, V
 
 log = logging.getLogger(__name__)
 CORE_PART = "trainer/core"
+FEATURES_PART = "trainer/features"  # the dynamic-feature state (trainer.features), whole in every version
 
 
 def _single_process_barrier() -> None:
@@ -129,6 +131,7 @@ class VersionKeeper:
         arrays = self.store.read_part(version, CORE_PART)
         meta = self.store.manifest(version).part(CORE_PART).meta["core"]
         self.core.import_state(arrays, meta, reread)
+        self.core.import_features(*read_features(self.store, version))
         self.policy.restored(self.core.step, time.time(), chain_length=len(self.store.chain(version)))
         self.last_version = version
         self._cut_step = self.core.step
@@ -165,6 +168,9 @@ class VersionKeeper:
             t0 = time.perf_counter()
             self.backend.prepare_cut(cut_id, kind == "full")
             arrays, meta = self.core.export_state()
+            feats = self.core.export_features()
+            if feats is not None:
+                meta = {**meta, "features": feats}
             pause_ms = (time.perf_counter() - t0) * 1e3
             self.pauses_ms.append(pause_ms)
             step = self.core.step
@@ -197,7 +203,10 @@ class VersionKeeper:
         try:
             writer = self.store.begin(kind, parent=parent, step=step, meta=self.extra)
             parts = list(self.backend.write_cut(cut_id, self.url, writer.version, self.storage_options))
+            feats = meta.pop("features", None)
             parts.append(writer.write_part(CORE_PART, _core_arrays(arrays, meta), {"role": "dense", "core": meta}))
+            if feats is not None:
+                parts.append(writer.write_part(FEATURES_PART, feats[0], {"role": "features", "features": feats[1]}))
             digest = writer.digest(parts)
             manifest = writer.commit(parts, ledger=meta["ledger"], model_digest=digest,
                                      extra={"pause_ms": round(pause_ms, 3), "examples_trained": meta["examples_trained"],
@@ -282,7 +291,17 @@ def load_trainer(store_url: str, version: int | None = None, spec=None, storage_
     trainer = LocalTrainer(spec, model_cfg, train_cfg, ps)
     trainer.backend.restore(str(store_url), version, storage_options)
     trainer.import_state(store.read_part(version, CORE_PART), manifest.part(CORE_PART).meta["core"])
+    trainer.import_features(*read_features(store, version))
     return trainer, manifest
+
+
+def read_features(store: VersionStore, version: int) -> tuple[dict | None, dict | None]:
+    """(arrays, meta) of the dynamic-feature part of ``version`` (the newest in its chain), or (None, None)."""
+    for m in reversed(store.chain(version)):
+        for p in m.parts:
+            if p.name == FEATURES_PART:
+                return store.read_part(m.version, FEATURES_PART), p.meta.get("features", {})
+    return None, None
 
 
 def version_extra(spec_source: str, run_config: dict | None = None) -> dict:

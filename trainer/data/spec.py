@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import ConfigError, check_keys, load_yaml_config
+from trainer.data.dynspec import DynamicSpec, dynamic_from_dict
 
 SPECS_DIR = Path(__file__).resolve().parents[1] / "specs"
 
@@ -307,6 +308,7 @@ class FeatureSpec:
     max_dead_share: float = 0.5  # a file with more of its rows dead-lettered stops the run
     dedup_window: int = 10_000_000  # how many recent event ids are remembered for duplicates
     spec_dir: str | None = None  # the spec file's directory (for relative side-table paths)
+    dynamic: DynamicSpec | None = None  # counters, rates and sequences from earlier events (trainer.features)
 
     def __post_init__(self) -> None:
         joined = [c for t in self.side_tables for c in t.joined]
@@ -375,6 +377,10 @@ class FeatureSpec:
             raise ConfigError(f"spec {self.name}: max_dead_share must be in (0, 1], got {self.max_dead_share}")
         if self.dedup_window < 1:
             raise ConfigError(f"spec {self.name}: dedup_window must be >= 1")
+        if self.dynamic is not None:
+            if self.row_order:
+                raise ConfigError(f"spec {self.name}: dynamic features decay with event time: they need a time_column")
+            self.dynamic.check(self)
 
     def _need(self, column: str | None, what: str) -> None:
         if column not in self.column_map:
@@ -393,6 +399,21 @@ class FeatureSpec:
     @property
     def dense_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.dense)
+
+    @property
+    def model_dense_names(self) -> tuple[str, ...]:
+        """Every dense input of the model: the static dense features, then the dynamic ones."""
+        return self.dense_names + (self.dynamic.dense_names if self.dynamic is not None else ())
+
+    @property
+    def model_sparse(self) -> tuple[SparseFeature, ...]:
+        """Every embedding table of the model: the static sparse features, then the dynamic sequences
+        (multi-valued, mean-pooled, one table each)."""
+        if self.dynamic is None:
+            return self.sparse
+        seqs = tuple(SparseFeature(s.name, s.column, s.dim, Pooling.MEAN, ColumnType.ID_LIST)
+                     for s in self.dynamic.sequences)
+        return self.sparse + seqs
 
     @property
     def multi_valued(self) -> tuple[str, ...]:
@@ -492,6 +513,8 @@ def spec_from_dict(raw: dict[str, Any], where: str = "spec", spec_dir: str | Pat
         for i, t in enumerate(side))
     if spec_dir is not None:
         raw["spec_dir"] = str(spec_dir)
+    if raw.get("dynamic") is not None:
+        raw["dynamic"] = dynamic_from_dict(raw["dynamic"], f"{where}.dynamic", _build)
     return _build(FeatureSpec, raw, where)
 
 
