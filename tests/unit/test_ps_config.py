@@ -22,7 +22,12 @@ T = (TableConfig("a", 8),)
     (dict(tables=T, learning_rate=-1.0), "learning_rate"),
     (dict(tables=T, mode="bsp"), "mode must be one of"),
     (dict(tables=T, weights_dtype="bf16"), "weights_dtype"),
-    (dict(tables=T, ttl_steps=0), "ttl_steps"),
+    (dict(tables=T, ttl_versions=0), "ttl_versions"),
+    (dict(tables=T, ttl_seconds=-1.0), "ttl_seconds"),
+    (dict(tables=T, lfu_decay=1.0), "lfu_decay"),
+    (dict(tables=T, lfu_decay_every=0), "lfu_decay_every"),
+    (dict(tables=T, full_table="grow"), "full_table"),
+    (dict(tables=T, lease_timeout_s=0), "lease_timeout_s"),
     (dict(tables=T, max_staleness=-1), "max_staleness"),
 ])
 def test_bad_configs_say_what_to_fix(kwargs, match):
