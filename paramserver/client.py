@@ -82,19 +82,29 @@ class PSClient:
         ticket.single = table
         return ticket
 
-    def pull_many(self, ids_by_table: Mapping[str, np.ndarray], step: int | None = None) -> Ticket:
+    def pull_many(self, ids_by_table: Mapping[str, np.ndarray], step: int | None = None,
+                  lease: bool = False) -> Ticket:
         """Rows of several tables in one call per shard; ``wait`` returns {table: rows}.
 
-        Pulling counts as seeing the ids (frequency admission, LFU, TTL). In sync mode
-        a pull for ``step`` s waits until every worker's push of step s-1 is applied; issue
-        it early (prefetch) and ``wait`` for it when the rows are needed::
+        Pulling counts as seeing the ids (frequency admission, LFU, TTL). ``lease=True`` marks a
+        training pull: its rows stay resident until this worker's push of ``step`` is applied
+        (sync: until the step is applied; in sync mode with several workers every worker must
+        send its leased pull of each step, which this client then sends to every shard). A
+        pull for scoring leases nothing. In sync mode a pull for ``step`` s waits until every
+        worker's push of step s-1 is applied; issue it early (prefetch) and ``wait`` for it
+        when the rows are needed::
 
             nxt = client.pull_many({"user": u2, "item": i2}, step=s + 1)  # doctest: +SKIP
             client.wait(client.push_many(grads, step=s))                  # doctest: +SKIP
             rows = client.wait(nxt)                                       # doctest: +SKIP
         """
+        if lease and step is None:
+            raise BadPullError("*", "a leased (training) pull needs its step: pull_many(..., step=s, lease=True)")
         sent, plan = self._route_pull(ids_by_table)
-        refs = [(s, _ray.submit(self._actors[s], "pull", msg, step)) for s, msg in sent.items()]
+        if lease and self.cfg.mode == "sync" and self.cfg.num_workers > 1:  # every shard gathers every rank's pull
+            empty = wire.pack_ids({})
+            sent = {s: sent.get(s, empty) for s in range(self.cfg.num_shards)}
+        refs = [(s, _ray.submit(self._actors[s], "pull", msg, step, self.rank, bool(lease))) for s, msg in sent.items()]
         return Ticket("pull", refs, plan, step, layout={s: (msg[0], msg[1]) for s, msg in sent.items()})
 
     def _route_pull(self, ids_by_table: Mapping[str, np.ndarray]) -> tuple[dict[int, tuple], dict]:
@@ -161,7 +171,7 @@ class PSClient:
                 refs.append((s, _ray.submit(self._actors[s], "push_pull", msg, pulls.get(s, empty), step, self.rank,
                                             version)))
             else:  # async mode: nothing to push to this shard
-                refs.append((s, _ray.submit(self._actors[s], "pull", pulls[s], step + 1)))
+                refs.append((s, _ray.submit(self._actors[s], "pull", pulls[s], step + 1, self.rank, True)))
         return Ticket("push_pull", refs, plan, step + 1, layout={s: (m[0], m[1]) for s, m in pulls.items()})
 
     def _route_push(self, grads_by_table: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -194,9 +204,17 @@ class PSClient:
                     per_shard[s][table] = (uniq[pos], summed[pos])
         versions = self._read_versions.pop(step, None) if step is not None else None
         sync = self.cfg.mode == "sync"
-        return {s: (wire.pack_grads(batch), None if versions is None else versions.get(s))
-                for s, batch in enumerate(per_shard)
-                if batch or sync}  # in sync mode every shard must hear from every worker each step
+        out = {s: (wire.pack_grads(batch), None if versions is None else versions.get(s))
+               for s, batch in enumerate(per_shard)
+               if batch or sync}  # in sync mode every shard must hear from every worker each step
+        unread = sorted(s for s, (_, v) in out.items() if v is None)
+        if not sync and unread:
+            if versions is not None:
+                self._read_versions[step] = versions  # nothing was sent: the caller may retry
+            raise BadPushError("*", f"async push of step {step} to shard(s) {unread} that this worker's "
+                                    f"pull_many(..., step={step}) did not read (or whose rows were not waited "
+                                    "for): the shard measures staleness from the read; nothing was sent")
+        return out
 
     # ------------------------------------------------------------------- wait
     def wait(self, ticket: Ticket, timeout_s: float | None = None):

@@ -169,9 +169,10 @@ class EmbeddingShard:
             ts.pinned[slots] -= 1
         return True
 
-    def release_through(self, step: int) -> int:
-        """Sync mode: release every lease ``(rank, s)`` with ``s <= step`` (step applied); returns how many."""
-        done = [key for key in self._leases if key[1] <= step]
+    def release_through(self, step: int, rank: int | None = None) -> int:
+        """Release every lease ``(rank, s)`` with ``s <= step``, of every rank (sync: the step is applied) or of
+        ``rank`` (async: its push of ``step`` is done, and it never goes back); returns how many."""
+        done = [key for key in self._leases if key[1] <= step and (rank is None or key[0] == rank)]
         for key in done:
             self.release(key)
         return len(done)
@@ -248,9 +249,9 @@ class EmbeddingShard:
         self._sweep_versions()
         return dropped
 
-    def push(self, batch: PushBatch, step: int | None = None) -> None:
-        """Validate then apply (see :meth:`prepare_push`, :meth:`apply_push`)."""
-        self.apply_push(self.prepare_push(batch), step)
+    def push(self, batch: PushBatch, step: int | None = None) -> int:
+        """Validate then apply (see :meth:`prepare_push`, :meth:`apply_push`); returns the gradient rows dropped."""
+        return self.apply_push(self.prepare_push(batch), step)
 
     def count_stale(self, dropped: bool) -> None:
         self._stats["stale_pushes"] += 1
