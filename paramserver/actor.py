@@ -289,6 +289,19 @@ def get(ref, shard: int, timeout_s: float | None = None):
         raise ShardUnavailableError(shard, f"{type(exc).__name__}: {exc}") from None
 
 
+def get_many(refs: list, timeout_s: float | None = None) -> list:
+    """Wait for ``[(shard, ref)]`` with ONE ``ray.get``; on any failure, each reply is fetched alone so the
+    error names its shard (see :func:`get`)."""
+    import ray
+
+    if len(refs) == 1:
+        return [get(refs[0][1], refs[0][0], timeout_s)]
+    try:
+        return ray.get([ref for _, ref in refs], timeout=timeout_s)
+    except Exception:  # noqa: BLE001 (re-raised per shard below, with its shard named)
+        return [get(ref, s, timeout_s) for s, ref in refs]
+
+
 def kill(actors: list) -> None:
     import ray
 
@@ -299,4 +312,4 @@ def kill(actors: list) -> None:
             pass
 
 
-__all__ = ["ShardHost", "create_shard_actors", "get", "kill", "merge_pulls", "submit"]
+__all__ = ["ShardHost", "create_shard_actors", "get", "get_many", "kill", "merge_pulls", "submit"]

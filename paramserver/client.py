@@ -32,7 +32,7 @@ from paramserver import actor as _ray
 from paramserver import wire
 from paramserver.config import PSConfig
 from paramserver.errors import BadPullError, BadPushError, UnknownTableError
-from paramserver.tbe import sum_duplicates
+from paramserver.tbe import sum_by_inverse, sum_duplicates
 from paramserver.sharding import group_by_shard
 
 
@@ -59,6 +59,7 @@ class PSClient:
         self._actors = list(actors)
         self._dims = {t.name: t.dim for t in cfg.tables}
         self._read_versions: dict = {}
+        self._plans: dict = {}  # step -> {table: (ids object, uniq, inverse, groups)} of the step's pull
 
     def for_rank(self, rank: int) -> "PSClient":
         """The same parameter server seen by worker ``rank`` (sync mode needs one rank per worker)."""
@@ -100,22 +101,24 @@ class PSClient:
         """
         if lease and step is None:
             raise BadPullError("*", "a leased (training) pull needs its step: pull_many(..., step=s, lease=True)")
-        sent, plan = self._route_pull(ids_by_table)
+        sent, plan = self._route_pull(ids_by_table, step)
         if lease and self.cfg.mode == "sync" and self.cfg.num_workers > 1:  # every shard gathers every rank's pull
             empty = wire.pack_ids({})
             sent = {s: sent.get(s, empty) for s in range(self.cfg.num_shards)}
         refs = [(s, _ray.submit(self._actors[s], "pull", msg, step, self.rank, bool(lease))) for s, msg in sent.items()]
         return Ticket("pull", refs, plan, step, layout={s: (msg[0], msg[1]) for s, msg in sent.items()})
 
-    def _route_pull(self, ids_by_table: Mapping[str, np.ndarray]) -> tuple[dict[int, tuple], dict]:
-        """De-duplicate and route: ({shard: packed request}, plan to reassemble the reply)."""
+    def _route_pull(self, ids_by_table: Mapping[str, np.ndarray], step: int | None = None) -> tuple[dict[int, tuple], dict]:
+        """De-duplicate and route: ({shard: packed request}, plan to reassemble the reply). The plan of a
+        step's pull is kept for that step's push of the same id arrays (no second unique or routing)."""
         n = self.cfg.num_shards
         per_shard: list[dict] = [{} for _ in range(n)]
-        plan = {}
-        for table, ids in ids_by_table.items():
-            ids = self._ids(table, ids, BadPullError)
+        plan, keep = {}, {}
+        for table, raw in ids_by_table.items():
+            ids = self._ids(table, raw, BadPullError)
             uniq, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
             groups = group_by_shard(uniq, n)
+            keep[table] = (raw, uniq, inverse, groups)
             if n == 1:
                 per_shard[0][table] = (uniq, counts)
             else:
@@ -123,6 +126,10 @@ class PSClient:
                     if len(pos):
                         per_shard[s][table] = (uniq[pos], counts[pos])
             plan[table] = (len(uniq), inverse, groups)
+        if step is not None:
+            self._plans[step] = keep
+            for old in [k for k in self._plans if k < step - 8]:
+                del self._plans[old]
         return {s: wire.pack_ids(b) for s, b in enumerate(per_shard) if b}, plan
 
     # ------------------------------------------------------------------- push
@@ -162,7 +169,7 @@ class PSClient:
         if step is None or step < 0:
             raise BadPushError("*", f"push_pull needs step >= 0, got {step}")
         pushes = self._route_push(grads_by_table, step)
-        pulls, plan = self._route_pull(next_ids_by_table)
+        pulls, plan = self._route_pull(next_ids_by_table, step + 1)
         empty = wire.pack_ids({})
         refs = []
         for s in sorted(set(pushes) | set(pulls)):
@@ -181,6 +188,7 @@ class PSClient:
         if self.cfg.mode == "sync" and (step is None or step < 0):
             raise BadPushError("*", f"sync mode needs push_many(..., step=s) with s >= 0 counting up from 0, got {step}")
         per_shard: list[dict] = [{} for _ in range(n)]
+        plans = self._plans.pop(step, {}) if step is not None else {}
         for table, value in grads_by_table.items():
             if not isinstance(value, tuple) or len(value) != 2:
                 raise BadPushError(table, "expected a pair (ids, grads)")
@@ -195,11 +203,18 @@ class PSClient:
                                           f"got {list(grads.shape)}")
             if not np.isfinite(grads).all():
                 raise BadPushError(table, "gradients hold NaN or inf")
-            uniq, summed = sum_duplicates(ids, grads)
+            cached = plans.get(table)
+            if cached is not None and cached[0] is value[0]:  # the ids this step pulled: reuse that plan
+                _, uniq, inverse, groups = cached
+                summed = grads if len(uniq) == len(ids) and (ids[1:] > ids[:-1]).all() else \
+                    sum_by_inverse(len(uniq), inverse, grads)
+            else:
+                uniq, summed = sum_duplicates(ids, grads)
+                groups = group_by_shard(uniq, n) if n > 1 else None
             if n == 1:
                 per_shard[0][table] = (uniq, summed)
                 continue
-            for s, pos in enumerate(group_by_shard(uniq, n)):
+            for s, pos in enumerate(groups):
                 if len(pos):
                     per_shard[s][table] = (uniq[pos], summed[pos])
         versions = self._read_versions.pop(step, None) if step is not None else None
@@ -223,7 +238,7 @@ class PSClient:
         ``timeout_s`` bounds the wait for each shard (ShardUnavailableError past it; the
         request itself is not cancelled).
         """
-        replies = [(s, _ray.get(ref, s, timeout_s)) for s, ref in ticket.refs]
+        replies = list(zip([s for s, _ in ticket.refs], _ray.get_many(ticket.refs, timeout_s)))  # one ray.get
         if ticket.kind == "push":
             return {s: r for s, r in replies}
         by_shard = {s: wire.unpack_rows(*ticket.layout[s], self._dims, flat)
