@@ -145,7 +145,7 @@ class ShardHost:
             prepared = self.shard.prepare_push(batch)
             ready = self.aggregator.add(rank, step, prepared, next_step=self.shard.version)
             for s, merged in ready:
-                self.shard.apply_push(merged, s)
+                self.shard.apply_push(merged, s, lease=(-1 if self.cfg.num_workers > 1 else 0, s))
                 self.shard.release_through(s)  # the step is applied: its rows may go
             if ready:
                 cond = self._condition()
@@ -163,7 +163,7 @@ class ShardHost:
             self.shard.count_stale(dropped=decision is StaleDecision.DROP)
         dropped_rows = 0
         if decision is not StaleDecision.DROP:
-            dropped_rows = self.shard.apply_push(prepared, step)
+            dropped_rows = self.shard.apply_push(prepared, step, lease=(rank, step))
             self._own[rank] = own + 1
         if step is not None:
             self.shard.release_through(step, rank)  # applied or dropped: this rank is done with these rows

@@ -117,7 +117,8 @@ class EmbeddingShard:
         self.step = 0  # highest step seen
         self._next_ttl_sweep = 0  # shard version of the next ttl_versions sweep
         self._next_time_sweep = 0.0  # clock seconds of the next ttl_seconds sweep
-        self._leases: dict = {}  # key (rank, step) -> [created_at, [(table state, slots)]], oldest first
+        # key (rank, step) -> [created_at, [(table state, pinned slots)], {table: (ids, slots) with every id held}]
+        self._leases: dict = {}  # oldest first
         self._epoch = 1  # changes are stamped with the current cut epoch; prepare_cut starts a new one
         self._committed_epoch = 0  # changes stamped <= this are in a committed version
         self._cuts: dict = {}  # cut_id -> PreparedCut (at most one)
@@ -142,20 +143,27 @@ class EmbeddingShard:
         if self.cfg.full_table == "error":
             for name, (ids, counts, _) in prepared.items():
                 self._check_room(self._tables[name], ids, counts)
-        out, held = {}, []
+        out, held, plans = {}, [], {}
         for name, (ids, counts, inverse) in prepared.items():
             ts = self._tables[name]
             slots = self._see(ts, ids, counts, now)
             if lease is not None:
-                got = slots[slots >= 0]  # distinct (the ids are)
+                ok = slots >= 0
+                got = slots if ok.all() else slots[ok]  # distinct (the ids are)
                 ts.pinned[got] += 1
                 held.append((ts, got))
+                if len(got) == len(ids) and inverse is None:  # the step's push may reuse this lookup
+                    plans[name] = (ids, slots)
             rows = self._gather(name, slots)
             out[name] = rows if inverse is None else rows[inverse]
             self._stats["rows_pulled"] += len(ids)
         if lease is not None:
-            entry = self._leases.setdefault(lease, [now, []])
-            entry[1].extend(held)
+            entry = self._leases.get(lease)
+            if entry is None:
+                self._leases[lease] = [now, held, plans]
+            else:  # a second pull under the same key: pin its rows too, forget the lookups
+                entry[1].extend(held)
+                entry[2] = {}
         self._stats["pulls"] += 1
         return out
 
@@ -221,17 +229,23 @@ class EmbeddingShard:
             out[name] = sum_duplicates(ids, grads)
         return PreparedPush(out)
 
-    def apply_push(self, prepared: PreparedPush, step: int | None = None) -> int:
+    def apply_push(self, prepared: PreparedPush, step: int | None = None, lease: Hashable | None = None) -> int:
         """One fused backward + optimizer step over all tables of ``prepared``; the shard version moves
         on by one (then the ``ttl_versions`` sweep runs when due). Returns the gradient rows dropped
-        (ids without a row)."""
+        (ids without a row). ``lease``: the key of the step's pull; where a table's ids are the ones
+        that pull held, its id-map lookup is reused (the rows are pinned, so the slots are theirs)."""
         self._advance(step)
         self.version += 1
         now = self._clock()
         parts, dropped = [], 0
+        plans = self._leases[lease][2] if lease is not None and lease in self._leases else {}
         for name, (ids, grads) in prepared.tables.items():
             ts = self._tables[name]
-            slots = ts.ids.lookup(ids)
+            plan = plans.get(name)
+            if plan is not None and len(plan[0]) == len(ids) and np.array_equal(plan[0], ids):
+                slots = plan[1]
+            else:
+                slots = ts.ids.lookup(ids)
             hit = slots >= 0
             dropped += int(len(ids) - np.count_nonzero(hit))
             hs = slots[hit]
@@ -345,7 +359,7 @@ class EmbeddingShard:
         """Housekeeping before a pull: expired leases (counted), then the ``ttl_seconds`` sweep when due."""
         timeout = self.cfg.lease_timeout_s
         while self._leases:
-            key, (created, _) = next(iter(self._leases.items()))
+            key, (created, *_) = next(iter(self._leases.items()))
             if now - created <= timeout:
                 break
             self.release(key)
