@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--naive-steps", type=int, default=5, help="timed steps of the naive PS (default 5)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     parser.add_argument("--chunk", type=int, default=5, help="timed steps per round and side (default 5)")
+    parser.add_argument("--placements", default="ray,in_process",
+                        help="shard placements to time: ray (actors) and/or in_process (threads of this process); "
+                             "default both")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -76,7 +79,7 @@ class _LocalTBE:
         return time.perf_counter() - t0
 
 
-def _ps(args, shards: int, batches, grads, local: _LocalTBE) -> dict:
+def _ps(args, shards: int, batches, grads, local: _LocalTBE, placement: str = "ray") -> dict:
     """Per round: seconds per step of ``args.chunk`` PS steps (``push_pull``: push step s and pull s+1 in
     one call per shard, as the trainer steps) and of the local TBE on the same batches; the side that
     goes first alternates. Each PS chunk waits for its last reply inside its timing."""
@@ -87,7 +90,7 @@ def _ps(args, shards: int, batches, grads, local: _LocalTBE) -> dict:
     cfg = PSConfig(tables=tuple(TableConfig(f"t{i}", args.dim) for i in range(args.tables)),
                    num_shards=shards, capacity_per_shard=int(args.rows * 1.2 / shards) + 1024,
                    mode="sync", num_workers=1, learning_rate=0.01, seed=args.seed)
-    client = create_parameter_server(cfg)
+    client = create_parameter_server(cfg, placement=placement)
     state = {"step": 0, "ticket": None}
 
     def ps_steps(n: int) -> float:
@@ -196,9 +199,18 @@ def run(args: argparse.Namespace) -> dict:
     from cluster.config import RayConfig
     from cluster.ray_runtime import ensure_ray
 
+    from cluster.errors import UserError
+
+    try:
+        shard_counts = [int(s) for s in str(args.shards).split(",")]
+    except ValueError:
+        raise UserError(f"--shards {args.shards!r}: expected shard counts like 1,2,4") from None
+    placements = [p for p in str(args.placements).split(",") if p]
+    if not placements or not set(placements) <= {"ray", "in_process"} or min(shard_counts) < 1 or args.rounds < 1:
+        raise UserError("--placements takes ray and/or in_process; --shards counts and --rounds must be >= 1")
     torch.set_num_threads(1)
-    ensure_ray(RayConfig(num_cpus=2))
-    shard_counts = [int(s) for s in str(args.shards).split(",")]
+    if "ray" in placements:
+        ensure_ray(RayConfig(num_cpus=2))
     batches = _batches(args, args.warmup + args.chunk * (args.rounds + 1) + 1)
     rng = np.random.default_rng(args.seed + 1)
     grads = {f"t{i}": rng.standard_normal((args.batch, args.dim)).astype(np.float32) for i in range(args.tables)}
@@ -213,9 +225,9 @@ def run(args: argparse.Namespace) -> dict:
         "load_average_1_5_15": {}, "shard_cpu_ms_per_step": {}, "naive_ps_ms_per_step": {}, "ratio_vs_naive_ps": {},
     }
     baseline = _LocalTBE(args, grads)
-    for n in shard_counts:
-        info = _ps(args, n, batches, grads, baseline)
-        key = str(n)
+    for n, placement in [(n, p) for p in placements for n in shard_counts]:
+        info = _ps(args, n, batches, grads, baseline, placement)
+        key = str(n) if placement == "ray" else f"{n} in_process"
         base = [b for b, _ in info["rounds"]]
         ps = [p for _, p in info["rounds"]]
         result["ratio_vs_local_tbe"][key] = summary([b / p for b, p in info["rounds"]])
@@ -225,7 +237,7 @@ def run(args: argparse.Namespace) -> dict:
         result["load_average_1_5_15"][key] = {"start": [round(x, 2) for x in info["load"][0]],
                                               "end": [round(x, 2) for x in info["load"][1]]}
         result["shard_cpu_ms_per_step"][key] = info["shard_cpu_ms_per_step"]
-        if args.naive_steps > 0:
+        if args.naive_steps > 0 and placement == "ray":
             naive = _naive(args, n, batches, grads)
             result["naive_ps_ms_per_step"][key] = naive * 1e3
             result["ratio_vs_naive_ps"][key] = naive / summary(ps)["median"]

@@ -35,12 +35,13 @@ from paramserver import wire
 class ShardHost:
     """Hosts shard ``index``; methods take and return numpy arrays only."""
 
-    def __init__(self, cfg: PSConfig, index: int) -> None:
+    def __init__(self, cfg: PSConfig, index: int, set_threads: bool = True) -> None:
         import torch
 
         from paramserver.shard import EmbeddingShard
 
-        torch.set_num_threads(1)
+        if set_threads:  # an actor process: one torch thread (an in-process host leaves the caller's alone)
+            torch.set_num_threads(1)
         self.cfg = cfg
         self._init_error: Exception | None = None
         try:
@@ -265,13 +266,25 @@ def create_shard_actors(cfg: PSConfig) -> list:
 
 
 def submit(actor, method: str, *args):
-    """Start ``actor.method(*args)``; returns an object ref."""
+    """Start ``actor.method(*args)``; returns an object ref (a concurrent Future for an in-process shard)."""
+    from paramserver.inprocess import InProcessShard
+
+    if isinstance(actor, InProcessShard):
+        return actor.call(method, *args)
     return getattr(actor, method).remote(*args)
 
 
 def get(ref, shard: int, timeout_s: float | None = None):
     """Wait for one shard's reply; PS errors come back as themselves, a dead or silent shard
     as ShardUnavailableError."""
+    import concurrent.futures
+
+    if isinstance(ref, concurrent.futures.Future):  # an in-process shard: its errors come back as themselves
+        try:
+            return ref.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise ShardUnavailableError(shard, f"no reply within {timeout_s} s (sync mode: does every worker "
+                                               "push every step?)") from None
     import ray
     from ray import exceptions as rex
 
@@ -292,10 +305,12 @@ def get(ref, shard: int, timeout_s: float | None = None):
 def get_many(refs: list, timeout_s: float | None = None) -> list:
     """Wait for ``[(shard, ref)]`` with ONE ``ray.get``; on any failure, each reply is fetched alone so the
     error names its shard (see :func:`get`)."""
+    import concurrent.futures
+
+    if len(refs) == 1 or isinstance(refs[0][1], concurrent.futures.Future):
+        return [get(ref, s, timeout_s) for s, ref in refs]
     import ray
 
-    if len(refs) == 1:
-        return [get(refs[0][1], refs[0][0], timeout_s)]
     try:
         return ray.get([ref for _, ref in refs], timeout=timeout_s)
     except Exception:  # noqa: BLE001 (re-raised per shard below, with its shard named)
@@ -303,6 +318,13 @@ def get_many(refs: list, timeout_s: float | None = None) -> list:
 
 
 def kill(actors: list) -> None:
+    from paramserver.inprocess import InProcessShard
+
+    for actor in [a for a in actors if isinstance(a, InProcessShard)]:
+        actor.close()
+    actors = [a for a in actors if not isinstance(a, InProcessShard)]
+    if not actors:
+        return
     import ray
 
     for actor in actors:

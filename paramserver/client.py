@@ -331,6 +331,20 @@ class PSClient:
         return ids.astype(np.int64, copy=False)
 
 
-def create_parameter_server(cfg: PSConfig) -> PSClient:
-    """Start the shard actors of ``cfg`` on the current Ray and return a client (rank 0)."""
+PLACEMENTS = ("ray", "in_process")
+
+
+def create_parameter_server(cfg: PSConfig, placement: str = "ray") -> PSClient:
+    """Start the shards of ``cfg`` and return a client (rank 0).
+
+    ``placement="ray"``: shard actors on the current Ray (any worker process can use them).
+    ``placement="in_process"``: shards on threads of THIS process (:mod:`paramserver.inprocess`), no
+    Ray round trips; for a single worker on the shards' node (the client cannot be pickled).
+    """
+    if placement == "in_process":
+        from paramserver.inprocess import create_in_process_shards
+
+        return PSClient(cfg, create_in_process_shards(cfg))
+    if placement != "ray":
+        raise ValueError(f"placement must be one of {list(PLACEMENTS)}, got {placement!r}")
     return PSClient(cfg, _ray.create_shard_actors(cfg))
