@@ -6,6 +6,11 @@ Zipf-distributed ids, and states it as a ratio against two baselines measured in
 run on the same ids: a direct local FBGEMM TBE forward + backward (fused row-wise Adagrad)
 and a naive actor parameter server that ships whole tables (Ray's documentation pattern:
 get all weights, compute, send a whole dense update).
+
+Baseline and PS alternate in ``--rounds`` rounds of ``--chunk`` steps each (which goes first
+alternates too), so both see the same background load; the result gives, per shard count, the
+median and the range of the per-round ratios and the load average (``os.getloadavg()``) at the
+start and end of the measurement.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ DESCRIPTION = "parameter-server pull+push rows/s vs a local TBE and a naive whol
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, default=40, help="timed steps per configuration (default 40)")
+    parser.add_argument("--rounds", type=int, default=8, help="alternating rounds baseline <-> PS (default 8)")
     parser.add_argument("--rows", type=int, default=200_000, help="distinct ids per table / table size (default 200000)")
     parser.add_argument("--batch", type=int, default=8192, help="ids per table per step (default 8192)")
     parser.add_argument("--tables", type=int, default=4, help="number of tables (default 4)")
@@ -26,7 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", default="1,2,4", help="shard counts to run (default 1,2,4)")
     parser.add_argument("--naive-steps", type=int, default=5, help="timed steps of the naive PS (default 5)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
-    parser.add_argument("--chunk", type=int, default=5, help="steps per alternation PS <-> local baseline (default 5)")
+    parser.add_argument("--chunk", type=int, default=5, help="timed steps per round and side (default 5)")
+    parser.add_argument("--placements", default="ray,in_process",
+                        help="shard placements to time: ray (actors) and/or in_process (threads of this process); "
+                             "default both")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -71,41 +79,62 @@ class _LocalTBE:
         return time.perf_counter() - t0
 
 
-def _ps(args, shards: int, batches, grads, local: _LocalTBE) -> tuple[float, float, dict]:
-    """Seconds per step of push + pull through the client (``push_pull``, as the trainer steps), and of
-    the local TBE on the same batches, measured in alternating chunks of ``args.chunk`` steps so
-    that both see the same background load."""
+def _ps(args, shards: int, batches, grads, local: _LocalTBE, placement: str = "ray") -> dict:
+    """Per round: seconds per step of ``args.chunk`` PS steps (``push_pull``: push step s and pull s+1 in
+    one call per shard, as the trainer steps) and of the local TBE on the same batches; the side that
+    goes first alternates. Each PS chunk waits for its last reply inside its timing."""
+    import os
+
     from paramserver import PSConfig, TableConfig, create_parameter_server
 
     cfg = PSConfig(tables=tuple(TableConfig(f"t{i}", args.dim) for i in range(args.tables)),
                    num_shards=shards, capacity_per_shard=int(args.rows * 1.2 / shards) + 1024,
                    mode="sync", num_workers=1, learning_rate=0.01, seed=args.seed)
-    client = create_parameter_server(cfg)
-    ps_time = local_time = 0.0
-    try:
-        local.run(batches[:args.warmup])
-        ticket = client.pull_many(batches[0], step=0)
+    client = create_parameter_server(cfg, placement=placement)
+    state = {"step": 0, "ticket": None}
+
+    def ps_steps(n: int) -> float:
         t0 = time.perf_counter()
-        for s, batch in enumerate(batches):
-            client.wait(ticket)  # rows of this step (the model would compute here)
-            if s >= args.warmup and (s - args.warmup) % args.chunk == 0:  # chunk boundary: swap to the baseline
-                if s > args.warmup:
-                    ps_time += time.perf_counter() - t0
-                local_time += local.run(batches[s:s + args.chunk])
-                t0 = time.perf_counter()
+        for _ in range(n):
+            s = state["step"]
+            batch = batches[s % len(batches)]
+            if state["ticket"] is None:
+                state["ticket"] = client.pull_many(batch, step=s, lease=True)
+            client.wait(state["ticket"])  # rows of this step (the model would compute here)
             grads_s = {t: (ids, grads[t]) for t, ids in batch.items()}
-            if s + 1 < len(batches):  # the trainer's sync step: push s and pull s+1 in one call per shard
-                ticket = client.push_pull(grads_s, batches[s + 1], step=s)
+            state["ticket"] = client.push_pull(grads_s, batches[(s + 1) % len(batches)], step=s)
+            state["step"] = s + 1
+        client.wait(state["ticket"])  # the last reply counts in this chunk; the next step's rows are here
+        return time.perf_counter() - t0
+
+    rounds = []
+    try:
+        ps_steps(args.warmup)
+        local.run(batches[:args.warmup])
+        load_start = os.getloadavg()
+        for r in range(args.rounds):
+            chunk = [batches[(state["step"] + i) % len(batches)] for i in range(args.chunk)]
+            if r % 2 == 0:
+                base = local.run(chunk)
+                ps = ps_steps(args.chunk)
             else:
-                client.wait(client.push_many(grads_s, step=s))
-        ps_time += time.perf_counter() - t0
+                ps = ps_steps(args.chunk)
+                base = local.run(chunk)
+            rounds.append((base / args.chunk, ps / args.chunk))
+        load_end = os.getloadavg()
         stats = client.stats()
     finally:
         client.shutdown()
-    steps = len(batches) - args.warmup
-    return ps_time / steps, local_time / steps, {
-        "rows": sum(s["rows"] for s in stats),
-        "shard_cpu_ms_per_step": 1e3 * sum(s["pull_cpu_s"] + s["push_cpu_s"] for s in stats) / len(batches)}
+    return {"rounds": rounds, "load": (load_start, load_end), "rows": sum(s["rows"] for s in stats),
+            "shard_cpu_ms_per_step": 1e3 * sum(s["pull_cpu_s"] + s["push_cpu_s"] for s in stats)
+            / max(state["step"], 1)}
+
+
+def summary(values: list[float]) -> dict:
+    """Median and range of per-round figures."""
+    import statistics
+
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 class _NaiveShard:
@@ -170,11 +199,19 @@ def run(args: argparse.Namespace) -> dict:
     from cluster.config import RayConfig
     from cluster.ray_runtime import ensure_ray
 
+    from cluster.errors import UserError
+
+    try:
+        shard_counts = [int(s) for s in str(args.shards).split(",")]
+    except ValueError:
+        raise UserError(f"--shards {args.shards!r}: expected shard counts like 1,2,4") from None
+    placements = [p for p in str(args.placements).split(",") if p]
+    if not placements or not set(placements) <= {"ray", "in_process"} or min(shard_counts) < 1 or args.rounds < 1:
+        raise UserError("--placements takes ray and/or in_process; --shards counts and --rounds must be >= 1")
     torch.set_num_threads(1)
-    ensure_ray(RayConfig(num_cpus=2))
-    shard_counts = [int(s) for s in str(args.shards).split(",")]
-    steps = args.warmup + args.steps
-    batches = _batches(args, steps)
+    if "ray" in placements:
+        ensure_ray(RayConfig(num_cpus=2))
+    batches = _batches(args, args.warmup + args.chunk * (args.rounds + 1) + 1)
     rng = np.random.default_rng(args.seed + 1)
     grads = {f"t{i}": rng.standard_normal((args.batch, args.dim)).astype(np.float32) for i in range(args.tables)}
     rows_per_step = args.tables * args.batch
@@ -183,23 +220,25 @@ def run(args: argparse.Namespace) -> dict:
         "machine": f"{os.cpu_count()} CPUs, torch threads 1",
         "tables x batch x dim": f"{args.tables} x {args.batch} x {args.dim}, {args.rows} rows, zipf {args.zipf}",
         "unique ids per table-step": float(np.mean([len(np.unique(b["t0"])) for b in batches])),
-        "local_tbe_rows_per_s": {}, "ps_rows_per_s": {}, "naive_ps_rows_per_s": {},
-        "ratio_vs_local_tbe": {}, "ratio_vs_naive_ps": {},
-        "local_tbe_ms_per_step": {}, "ps_ms_per_step": {}, "naive_ps_ms_per_step": {},
+        "rounds x steps": f"{args.rounds} x {args.chunk} per side, alternating (baseline first on even rounds)",
+        "ratio_vs_local_tbe": {}, "local_tbe_ms_per_step": {}, "ps_ms_per_step": {}, "ps_rows_per_s_median": {},
+        "load_average_1_5_15": {}, "shard_cpu_ms_per_step": {}, "naive_ps_ms_per_step": {}, "ratio_vs_naive_ps": {},
     }
     baseline = _LocalTBE(args, grads)
-    result["shard_cpu_ms_per_step"] = {}
-    for n in shard_counts:  # the local baseline alternates with the PS in chunks: this machine is noisy
-        per_step, local, info = _ps(args, n, batches, grads, baseline)
-        result["shard_cpu_ms_per_step"][str(n)] = info["shard_cpu_ms_per_step"]
-        naive = _naive(args, n, batches, grads)
-        key = str(n)
-        result["local_tbe_rows_per_s"][key] = rows_per_step / local
-        result["local_tbe_ms_per_step"][key] = local * 1e3
-        result["naive_ps_ms_per_step"][key] = naive * 1e3
-        result["ps_rows_per_s"][key] = rows_per_step / per_step
-        result["naive_ps_rows_per_s"][key] = rows_per_step / naive
-        result["ps_ms_per_step"][key] = per_step * 1e3
-        result["ratio_vs_local_tbe"][key] = local / per_step
-        result["ratio_vs_naive_ps"][key] = naive / per_step
+    for n, placement in [(n, p) for p in placements for n in shard_counts]:
+        info = _ps(args, n, batches, grads, baseline, placement)
+        key = str(n) if placement == "ray" else f"{n} in_process"
+        base = [b for b, _ in info["rounds"]]
+        ps = [p for _, p in info["rounds"]]
+        result["ratio_vs_local_tbe"][key] = summary([b / p for b, p in info["rounds"]])
+        result["local_tbe_ms_per_step"][key] = summary([1e3 * b for b in base])
+        result["ps_ms_per_step"][key] = summary([1e3 * p for p in ps])
+        result["ps_rows_per_s_median"][key] = rows_per_step / summary(ps)["median"]
+        result["load_average_1_5_15"][key] = {"start": [round(x, 2) for x in info["load"][0]],
+                                              "end": [round(x, 2) for x in info["load"][1]]}
+        result["shard_cpu_ms_per_step"][key] = info["shard_cpu_ms_per_step"]
+        if args.naive_steps > 0 and placement == "ray":
+            naive = _naive(args, n, batches, grads)
+            result["naive_ps_ms_per_step"][key] = naive * 1e3
+            result["ratio_vs_naive_ps"][key] = naive / summary(ps)["median"]
     return result

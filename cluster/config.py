@@ -51,7 +51,8 @@ class RunConfig:
         model: {arch: dlrm, interaction: dcn, bottom_mlp: [16], top_mlp: [64, 32]}
         train: {batch_size: 256, sparse_optimizer: rowwise_adagrad, sparse_lr: 0.03, dense_lr: 0.003,
                 strategy: online, seed: 0}
-        ps: {num_shards: 2, capacity_per_shard: 131072, admission_threshold: 1, ttl_steps: null, mode: sync}
+        ps: {num_shards: 2, capacity_per_shard: 131072, admission_threshold: 1, ttl_versions: null, ttl_seconds: null,
+             lfu_decay_every: null, lfu_decay: 0.5, full_table: refuse, lease_timeout_s: 300, mode: sync}
         snapshots: {every_data_file: true, every_steps: null, every_seconds: null, full_every: 10, keep: 5}
         publish: {max_auc_drop: 0.05, min_examples: 500, verify_checksums: true}   # the publish gate
         ray: {address: null}      # null: start an embedded local Ray; "auto" or host:port joins one
@@ -126,7 +127,7 @@ def _plain(value: Any) -> Any:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``["train.batch_size=512", "ps.ttl_steps=null"]`` applied to a nested mapping (values parsed as YAML).
+    """``["train.batch_size=512", "ps.ttl_versions=null"]`` applied to a nested mapping (values parsed as YAML).
 
     >>> apply_overrides({"train": {"seed": 1}}, ["train.batch_size=512", "workers=2"])
     {'train': {'seed': 1, 'batch_size': 512}, 'workers': 2}

@@ -84,6 +84,10 @@ DEFINITIONS: tuple[MetricDef, ...] = (
     _c("freshrec_ps_stale_pushes_total", "Async pushes older than the staleness bound", "shard"),
     _c("freshrec_ps_dropped_pushes_total", "Async pushes dropped for staleness", "shard"),
     _c("freshrec_ps_evictions_total", "Rows evicted from the id map", "shard", "reason"),
+    _c("freshrec_ps_full_table_refusals_total", "New ids refused a row: the table was full of this batch's and "
+       "leased rows (they read zeros, their gradients are dropped)", "shard"),
+    _c("freshrec_ps_lease_timeouts_total", "Leases on pulled rows released by their timeout, not by their "
+       "step's push", "shard"),
     _g("freshrec_ps_resident_rows", "Rows held by the shard (all tables)", "shard"),
     # training (trainer/telemetry.py, called by rank 0 per data file)
     _g("freshrec_trainer_examples_per_second", "Training throughput of the last data file"),

@@ -5,6 +5,16 @@ in sync mode a pull for step s waits (without blocking the actor) until step s-1
 applied; pushes are assembled per step by :class:`SyncAggregator`; in async mode each push
 is checked by :class:`StalenessPolicy`. The actor is an asyncio actor: method bodies run
 one at a time on its loop, so the shard needs no locks.
+
+Leases: a training pull (``lease=True``) pins its rows until its step's push is applied: in
+async mode the lease ``(rank, step)`` is released by that rank's push of that step; in sync
+mode every lease of step s is released when step s is applied. With several workers in sync
+mode the leased pulls of one step are gathered (every rank sends one to every shard, even
+empty) and served as ONE pull of their union, counts summed in rank order: admission and
+eviction then see exactly what one process pulling the whole global minibatch sees, whatever
+the arrival order (deterministic, and equal to the local backend).
+
+``ShardHost`` is plain Python (its methods are coroutines): the unit tests drive it without Ray.
 """
 
 from __future__ import annotations
@@ -25,12 +35,13 @@ from paramserver import wire
 class ShardHost:
     """Hosts shard ``index``; methods take and return numpy arrays only."""
 
-    def __init__(self, cfg: PSConfig, index: int) -> None:
+    def __init__(self, cfg: PSConfig, index: int, set_threads: bool = True) -> None:
         import torch
 
         from paramserver.shard import EmbeddingShard
 
-        torch.set_num_threads(1)
+        if set_threads:  # an actor process: one torch thread (an in-process host leaves the caller's alone)
+            torch.set_num_threads(1)
         self.cfg = cfg
         self._init_error: Exception | None = None
         try:
@@ -40,6 +51,8 @@ class ShardHost:
         self.aggregator = SyncAggregator(cfg.num_workers)
         self.policy = StalenessPolicy(cfg.max_staleness, cfg.stale_policy)
         self._applied: asyncio.Condition | None = None
+        self._gathering: dict[int, dict] = {}  # sync, W > 1: step -> {"ranks": {rank: batch}, "done": future}
+        self._own: dict[int, int] = {}  # async: rank -> its pushes applied here (the worker's own clock)
         self._dims = {t.name: t.dim for t in cfg.tables}
         self._busy = {"pull_cpu_s": 0.0, "push_cpu_s": 0.0}
         self.telemetry = ShardTelemetry(index)
@@ -54,21 +67,66 @@ class ShardHost:
             raise self._init_error
         return self.shard.index
 
-    async def pull(self, msg: tuple, step: int | None) -> tuple[np.ndarray, int]:
-        """Rows for a packed pull request (see :mod:`paramserver.wire`); sync mode waits for steps < ``step``."""
+    async def pull(self, msg: tuple, step: int | None, rank: int = 0, lease: bool = False) -> tuple[np.ndarray, int]:
+        """Rows for a packed pull request (see :mod:`paramserver.wire`) and the read marker the rank's push
+        of this step sends back (async: the rank's own pushes applied here; sync: the shard version).
+
+        Sync mode waits for steps < ``step``. ``lease``: a training pull, whose rows stay resident
+        until the step's push is applied (module docstring)."""
         t_call = time.perf_counter()
-        if self.cfg.mode == "sync" and step is not None:
+        sync = self.cfg.mode == "sync"
+        if lease and step is None:
+            raise BadPullError("*", "a leased (training) pull needs its step")
+        if not 0 <= rank < self.cfg.num_workers:
+            raise BadPullError("*", f"rank {rank} is outside [0, num_workers={self.cfg.num_workers})")
+        if sync and step is not None:
             if step < 0:
                 raise BadPullError("*", f"step must be >= 0, got {step}")
             cond = self._condition()
             async with cond:
                 await cond.wait_for(lambda: self.shard.version >= step)
-        t0 = time.thread_time()
         batch = wire.unpack_ids(msg)
-        rows = wire.pack_rows(msg[0], self.shard.pull(batch, step))
-        self._busy["pull_cpu_s"] += time.thread_time() - t0
+        if sync and lease and self.cfg.num_workers > 1:
+            by_table = await self._gathered_pull(batch, step, rank)
+        else:
+            t0 = time.thread_time()
+            by_table = self.shard.pull(batch, step, lease=(rank, step) if lease else None)
+            self._busy["pull_cpu_s"] += time.thread_time() - t0
+        rows = wire.pack_rows(msg[0], by_table)
         self.telemetry.latency("pull", time.perf_counter() - t_call)
-        return rows, self.shard.version
+        return rows, (self._own.get(rank, 0) if not sync else self.shard.version)
+
+    async def _gathered_pull(self, batch: dict, step: int, rank: int) -> dict:
+        """Sync, W > 1: wait for every rank's leased pull of ``step``, serve their union once, hand each
+        rank its rows."""
+        entry = self._gathering.get(step)
+        if entry is None:
+            entry = self._gathering[step] = {"ranks": {}, "done": asyncio.get_running_loop().create_future()}
+        if rank in entry["ranks"]:
+            raise BadPullError("*", f"rank {rank} already sent its training pull of step {step}")
+        entry["ranks"][rank] = batch
+        if len(entry["ranks"]) == self.cfg.num_workers:
+            del self._gathering[step]
+            t0 = time.thread_time()
+            try:
+                entry["done"].set_result(self._serve_union(entry["ranks"], step))
+            except Exception as exc:  # every rank gets the error (e.g. TableFullError)
+                entry["done"].set_exception(exc)
+            self._busy["pull_cpu_s"] += time.thread_time() - t0
+        result = await asyncio.shield(entry["done"])
+        return result[rank]
+
+    def _serve_union(self, ranks: dict, step: int) -> dict:
+        union = merge_pulls([ranks[r] for r in sorted(ranks)])
+        rows = self.shard.pull(union, step, lease=(-1, step))
+        out = {}
+        for r, batch in ranks.items():
+            mine = {}
+            for table, value in batch.items():
+                ids = value[0] if isinstance(value, tuple) else value
+                mine[table] = rows[table][np.searchsorted(union[table][0], ids)]
+            out[r] = mine
+        return out
 
     async def push(self, msg: tuple, step: int | None, rank: int, read_version: int | None) -> dict:
         """Apply (async) or buffer until the step is complete (sync) a packed push; returns what happened."""
@@ -88,25 +146,36 @@ class ShardHost:
             prepared = self.shard.prepare_push(batch)
             ready = self.aggregator.add(rank, step, prepared, next_step=self.shard.version)
             for s, merged in ready:
-                self.shard.apply_push(merged, s)
+                self.shard.apply_push(merged, s, lease=(-1 if self.cfg.num_workers > 1 else 0, s))
+                self.shard.release_through(s)  # the step is applied: its rows may go
             if ready:
                 cond = self._condition()
                 async with cond:
                     cond.notify_all()
             return {"applied_steps": [s for s, _ in ready], "version": self.shard.version}
         prepared = self.shard.prepare_push(batch)
-        decision = self.policy.decide(read_version, self.shard.version)
+        if read_version is None:
+            raise BadPushError("*", f"async push of step {step} from rank {rank} carries no read version: pull the "
+                                    "ids with pull_many(..., step=s), wait for the rows, then push_many(..., step=s)")
+        own = self._own.get(rank, 0)
+        staleness = own - int(read_version)
+        decision = self.policy.decide(int(read_version), own)
         if decision is not StaleDecision.APPLY:
             self.shard.count_stale(dropped=decision is StaleDecision.DROP)
+        dropped_rows = 0
         if decision is not StaleDecision.DROP:
-            self.shard.apply_push(prepared, step)
-        return {"decision": decision.value, "version": self.shard.version}
+            dropped_rows = self.shard.apply_push(prepared, step, lease=(rank, step))
+            self._own[rank] = own + 1
+        if step is not None:
+            self.shard.release_through(step, rank)  # applied or dropped: this rank is done with these rows
+        return {"decision": decision.value, "staleness": staleness, "version": self.shard.version,
+                "dropped_rows": dropped_rows}
 
     async def push_pull(self, push_msg: tuple, pull_msg: tuple, step: int, rank: int,
                         read_version: int | None) -> tuple[np.ndarray, int]:
         """Push of ``step`` then pull for ``step + 1`` (sync: once the step is applied) in one call."""
         await self.push(push_msg, step, rank, read_version)
-        return await self.pull(pull_msg, step + 1)
+        return await self.pull(pull_msg, step + 1, rank, True)
 
     async def stats(self) -> dict:
         self.telemetry.counters(self.shard.stats, force=True)
@@ -141,6 +210,11 @@ class ShardHost:
                                           storage_options)
         self.shard.restore(content)
         self.aggregator = SyncAggregator(self.cfg.num_workers)
+        self._own = {}
+        for entry in self._gathering.values():
+            if not entry["done"].done():
+                entry["done"].set_exception(ShardUnavailableError(self.shard.index, "the shard was restored"))
+        self._gathering = {}
         cond = self._condition()
         async with cond:
             cond.notify_all()
@@ -152,6 +226,27 @@ class ShardHost:
 
     async def read(self, table: str, ids: np.ndarray) -> np.ndarray:
         return self.shard.read(table, ids)
+
+
+def merge_pulls(batches: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The union of several pulls ``{table: (distinct ids, counts)}``: distinct ids ascending, counts summed.
+
+    >>> merge_pulls([{"t": (np.array([3, 5]), np.array([1, 2]))}, {"t": (np.array([5]), np.array([4]))}])["t"]
+    (array([3, 5]), array([1, 6]))
+    """
+    tables: list[str] = []
+    for b in batches:
+        tables += [t for t in b if t not in tables]
+    out = {}
+    for t in tables:
+        parts = [b[t] if isinstance(b[t], tuple) else np.unique(b[t], return_counts=True) for b in batches if t in b]
+        ids = np.concatenate([p[0] for p in parts]).astype(np.int64, copy=False)
+        counts = np.concatenate([p[1] for p in parts]).astype(np.int64, copy=False)
+        uniq, inverse = np.unique(ids, return_inverse=True)
+        total = np.zeros(len(uniq), np.int64)
+        np.add.at(total, inverse, counts)
+        out[t] = (uniq, total)
+    return out
 
 
 def create_shard_actors(cfg: PSConfig) -> list:
@@ -171,13 +266,25 @@ def create_shard_actors(cfg: PSConfig) -> list:
 
 
 def submit(actor, method: str, *args):
-    """Start ``actor.method(*args)``; returns an object ref."""
+    """Start ``actor.method(*args)``; returns an object ref (a concurrent Future for an in-process shard)."""
+    from paramserver.inprocess import InProcessShard
+
+    if isinstance(actor, InProcessShard):
+        return actor.call(method, *args)
     return getattr(actor, method).remote(*args)
 
 
 def get(ref, shard: int, timeout_s: float | None = None):
     """Wait for one shard's reply; PS errors come back as themselves, a dead or silent shard
     as ShardUnavailableError."""
+    import concurrent.futures
+
+    if isinstance(ref, concurrent.futures.Future):  # an in-process shard: its errors come back as themselves
+        try:
+            return ref.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise ShardUnavailableError(shard, f"no reply within {timeout_s} s (sync mode: does every worker "
+                                               "push every step?)") from None
     import ray
     from ray import exceptions as rex
 
@@ -195,7 +302,29 @@ def get(ref, shard: int, timeout_s: float | None = None):
         raise ShardUnavailableError(shard, f"{type(exc).__name__}: {exc}") from None
 
 
+def get_many(refs: list, timeout_s: float | None = None) -> list:
+    """Wait for ``[(shard, ref)]`` with ONE ``ray.get``; on any failure, each reply is fetched alone so the
+    error names its shard (see :func:`get`)."""
+    import concurrent.futures
+
+    if len(refs) == 1 or isinstance(refs[0][1], concurrent.futures.Future):
+        return [get(ref, s, timeout_s) for s, ref in refs]
+    import ray
+
+    try:
+        return ray.get([ref for _, ref in refs], timeout=timeout_s)
+    except Exception:  # noqa: BLE001 (re-raised per shard below, with its shard named)
+        return [get(ref, s, timeout_s) for s, ref in refs]
+
+
 def kill(actors: list) -> None:
+    from paramserver.inprocess import InProcessShard
+
+    for actor in [a for a in actors if isinstance(a, InProcessShard)]:
+        actor.close()
+    actors = [a for a in actors if not isinstance(a, InProcessShard)]
+    if not actors:
+        return
     import ray
 
     for actor in actors:
@@ -205,4 +334,4 @@ def kill(actors: list) -> None:
             pass
 
 
-__all__ = ["ShardHost", "create_shard_actors", "get", "kill", "submit"]
+__all__ = ["ShardHost", "create_shard_actors", "get", "get_many", "kill", "merge_pulls", "submit"]

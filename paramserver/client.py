@@ -32,7 +32,7 @@ from paramserver import actor as _ray
 from paramserver import wire
 from paramserver.config import PSConfig
 from paramserver.errors import BadPullError, BadPushError, UnknownTableError
-from paramserver.tbe import sum_duplicates
+from paramserver.tbe import sum_by_inverse, sum_duplicates
 from paramserver.sharding import group_by_shard
 
 
@@ -59,6 +59,7 @@ class PSClient:
         self._actors = list(actors)
         self._dims = {t.name: t.dim for t in cfg.tables}
         self._read_versions: dict = {}
+        self._plans: dict = {}  # step -> {table: (ids object, uniq, inverse, groups)} of the step's pull
 
     def for_rank(self, rank: int) -> "PSClient":
         """The same parameter server seen by worker ``rank`` (sync mode needs one rank per worker)."""
@@ -82,30 +83,42 @@ class PSClient:
         ticket.single = table
         return ticket
 
-    def pull_many(self, ids_by_table: Mapping[str, np.ndarray], step: int | None = None) -> Ticket:
+    def pull_many(self, ids_by_table: Mapping[str, np.ndarray], step: int | None = None,
+                  lease: bool = False) -> Ticket:
         """Rows of several tables in one call per shard; ``wait`` returns {table: rows}.
 
-        Pulling counts as seeing the ids (frequency admission, LFU, TTL). In sync mode
-        a pull for ``step`` s waits until every worker's push of step s-1 is applied; issue
-        it early (prefetch) and ``wait`` for it when the rows are needed::
+        Pulling counts as seeing the ids (frequency admission, LFU, TTL). ``lease=True`` marks a
+        training pull: its rows stay resident until this worker's push of ``step`` is applied
+        (sync: until the step is applied; in sync mode with several workers every worker must
+        send its leased pull of each step, which this client then sends to every shard). A
+        pull for scoring leases nothing. In sync mode a pull for ``step`` s waits until every
+        worker's push of step s-1 is applied; issue it early (prefetch) and ``wait`` for it
+        when the rows are needed::
 
             nxt = client.pull_many({"user": u2, "item": i2}, step=s + 1)  # doctest: +SKIP
             client.wait(client.push_many(grads, step=s))                  # doctest: +SKIP
             rows = client.wait(nxt)                                       # doctest: +SKIP
         """
-        sent, plan = self._route_pull(ids_by_table)
-        refs = [(s, _ray.submit(self._actors[s], "pull", msg, step)) for s, msg in sent.items()]
+        if lease and step is None:
+            raise BadPullError("*", "a leased (training) pull needs its step: pull_many(..., step=s, lease=True)")
+        sent, plan = self._route_pull(ids_by_table, step)
+        if lease and self.cfg.mode == "sync" and self.cfg.num_workers > 1:  # every shard gathers every rank's pull
+            empty = wire.pack_ids({})
+            sent = {s: sent.get(s, empty) for s in range(self.cfg.num_shards)}
+        refs = [(s, _ray.submit(self._actors[s], "pull", msg, step, self.rank, bool(lease))) for s, msg in sent.items()]
         return Ticket("pull", refs, plan, step, layout={s: (msg[0], msg[1]) for s, msg in sent.items()})
 
-    def _route_pull(self, ids_by_table: Mapping[str, np.ndarray]) -> tuple[dict[int, tuple], dict]:
-        """De-duplicate and route: ({shard: packed request}, plan to reassemble the reply)."""
+    def _route_pull(self, ids_by_table: Mapping[str, np.ndarray], step: int | None = None) -> tuple[dict[int, tuple], dict]:
+        """De-duplicate and route: ({shard: packed request}, plan to reassemble the reply). The plan of a
+        step's pull is kept for that step's push of the same id arrays (no second unique or routing)."""
         n = self.cfg.num_shards
         per_shard: list[dict] = [{} for _ in range(n)]
-        plan = {}
-        for table, ids in ids_by_table.items():
-            ids = self._ids(table, ids, BadPullError)
+        plan, keep = {}, {}
+        for table, raw in ids_by_table.items():
+            ids = self._ids(table, raw, BadPullError)
             uniq, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
             groups = group_by_shard(uniq, n)
+            keep[table] = (raw, uniq, inverse, groups)
             if n == 1:
                 per_shard[0][table] = (uniq, counts)
             else:
@@ -113,6 +126,10 @@ class PSClient:
                     if len(pos):
                         per_shard[s][table] = (uniq[pos], counts[pos])
             plan[table] = (len(uniq), inverse, groups)
+        if step is not None:
+            self._plans[step] = keep
+            for old in [k for k in self._plans if k < step - 8]:
+                del self._plans[old]
         return {s: wire.pack_ids(b) for s, b in enumerate(per_shard) if b}, plan
 
     # ------------------------------------------------------------------- push
@@ -152,7 +169,7 @@ class PSClient:
         if step is None or step < 0:
             raise BadPushError("*", f"push_pull needs step >= 0, got {step}")
         pushes = self._route_push(grads_by_table, step)
-        pulls, plan = self._route_pull(next_ids_by_table)
+        pulls, plan = self._route_pull(next_ids_by_table, step + 1)
         empty = wire.pack_ids({})
         refs = []
         for s in sorted(set(pushes) | set(pulls)):
@@ -161,7 +178,7 @@ class PSClient:
                 refs.append((s, _ray.submit(self._actors[s], "push_pull", msg, pulls.get(s, empty), step, self.rank,
                                             version)))
             else:  # async mode: nothing to push to this shard
-                refs.append((s, _ray.submit(self._actors[s], "pull", pulls[s], step + 1)))
+                refs.append((s, _ray.submit(self._actors[s], "pull", pulls[s], step + 1, self.rank, True)))
         return Ticket("push_pull", refs, plan, step + 1, layout={s: (m[0], m[1]) for s, m in pulls.items()})
 
     def _route_push(self, grads_by_table: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -171,6 +188,7 @@ class PSClient:
         if self.cfg.mode == "sync" and (step is None or step < 0):
             raise BadPushError("*", f"sync mode needs push_many(..., step=s) with s >= 0 counting up from 0, got {step}")
         per_shard: list[dict] = [{} for _ in range(n)]
+        plans = self._plans.pop(step, {}) if step is not None else {}
         for table, value in grads_by_table.items():
             if not isinstance(value, tuple) or len(value) != 2:
                 raise BadPushError(table, "expected a pair (ids, grads)")
@@ -185,18 +203,33 @@ class PSClient:
                                           f"got {list(grads.shape)}")
             if not np.isfinite(grads).all():
                 raise BadPushError(table, "gradients hold NaN or inf")
-            uniq, summed = sum_duplicates(ids, grads)
+            cached = plans.get(table)
+            if cached is not None and cached[0] is value[0]:  # the ids this step pulled: reuse that plan
+                _, uniq, inverse, groups = cached
+                summed = grads if len(uniq) == len(ids) and (ids[1:] > ids[:-1]).all() else \
+                    sum_by_inverse(len(uniq), inverse, grads)
+            else:
+                uniq, summed = sum_duplicates(ids, grads)
+                groups = group_by_shard(uniq, n) if n > 1 else None
             if n == 1:
                 per_shard[0][table] = (uniq, summed)
                 continue
-            for s, pos in enumerate(group_by_shard(uniq, n)):
+            for s, pos in enumerate(groups):
                 if len(pos):
                     per_shard[s][table] = (uniq[pos], summed[pos])
         versions = self._read_versions.pop(step, None) if step is not None else None
         sync = self.cfg.mode == "sync"
-        return {s: (wire.pack_grads(batch), None if versions is None else versions.get(s))
-                for s, batch in enumerate(per_shard)
-                if batch or sync}  # in sync mode every shard must hear from every worker each step
+        out = {s: (wire.pack_grads(batch), None if versions is None else versions.get(s))
+               for s, batch in enumerate(per_shard)
+               if batch or sync}  # in sync mode every shard must hear from every worker each step
+        unread = sorted(s for s, (_, v) in out.items() if v is None)
+        if not sync and unread:
+            if versions is not None:
+                self._read_versions[step] = versions  # nothing was sent: the caller may retry
+            raise BadPushError("*", f"async push of step {step} to shard(s) {unread} that this worker's "
+                                    f"pull_many(..., step={step}) did not read (or whose rows were not waited "
+                                    "for): the shard measures staleness from the read; nothing was sent")
+        return out
 
     # ------------------------------------------------------------------- wait
     def wait(self, ticket: Ticket, timeout_s: float | None = None):
@@ -205,7 +238,7 @@ class PSClient:
         ``timeout_s`` bounds the wait for each shard (ShardUnavailableError past it; the
         request itself is not cancelled).
         """
-        replies = [(s, _ray.get(ref, s, timeout_s)) for s, ref in ticket.refs]
+        replies = list(zip([s for s, _ in ticket.refs], _ray.get_many(ticket.refs, timeout_s)))  # one ray.get
         if ticket.kind == "push":
             return {s: r for s, r in replies}
         by_shard = {s: wire.unpack_rows(*ticket.layout[s], self._dims, flat)
@@ -298,6 +331,20 @@ class PSClient:
         return ids.astype(np.int64, copy=False)
 
 
-def create_parameter_server(cfg: PSConfig) -> PSClient:
-    """Start the shard actors of ``cfg`` on the current Ray and return a client (rank 0)."""
+PLACEMENTS = ("ray", "in_process")
+
+
+def create_parameter_server(cfg: PSConfig, placement: str = "ray") -> PSClient:
+    """Start the shards of ``cfg`` and return a client (rank 0).
+
+    ``placement="ray"``: shard actors on the current Ray (any worker process can use them).
+    ``placement="in_process"``: shards on threads of THIS process (:mod:`paramserver.inprocess`), no
+    Ray round trips; for a single worker on the shards' node (the client cannot be pickled).
+    """
+    if placement == "in_process":
+        from paramserver.inprocess import create_in_process_shards
+
+        return PSClient(cfg, create_in_process_shards(cfg))
+    if placement != "ray":
+        raise ValueError(f"placement must be one of {list(PLACEMENTS)}, got {placement!r}")
     return PSClient(cfg, _ray.create_shard_actors(cfg))

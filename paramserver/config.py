@@ -13,6 +13,7 @@ WEIGHTS_DTYPES = ("fp32", "fp16")
 MODES = ("sync", "async")
 DEVICES = ("cpu", "cuda", "auto")
 STALE_POLICIES = ("drop", "apply")
+FULL_TABLE_POLICIES = ("refuse", "error")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,10 +48,20 @@ class PSConfig:
     capacity_per_shard: rows each shard holds for each table (LFU eviction beyond it).
     optimizer: rowwise_adagrad (default) | adagrad | sgd | adam (CUDA only).
     weights_dtype: fp32 | fp16 row storage. admission_threshold: pulls before an id gets a row.
-    ttl_steps: evict rows not seen for this many steps (None: never).
+    ttl_versions: evict rows not seen (pulled or pushed) during the last this many shard versions
+    (updates applied: sync steps, async pushes); None: never. Deterministic.
+    ttl_seconds: evict rows not seen for this many seconds of the shard's clock (None: never).
+    lfu_decay_every / lfu_decay: aged LFU: every ``lfu_decay_every`` shard versions every resident
+    row's count is multiplied by ``lfu_decay`` (floored); None: counts never decay.
+    full_table: a pull that needs more new rows than eviction can free (every other row is in
+    the batch or leased): "refuse" (the most frequent new ids get rows, the rest read zeros and
+    their gradients are dropped; counted as refused_rows) or "error" (TableFullError, nothing changed).
+    lease_timeout_s: rows pulled for a step stay resident (leased) until that step's push is
+    applied; a lease not released within this many seconds is released and counted.
     mode: sync (bulk-synchronous over num_workers, deterministic) | async (bounded staleness).
-    max_staleness / stale_policy: in async mode a push whose read version is more than
-    max_staleness versions behind is dropped ("drop") or applied anyway ("apply"); both count.
+    max_staleness / stale_policy: in async mode a push whose rows were read before more than
+    max_staleness of the SAME worker's own pushes to that shard were applied is dropped ("drop")
+    or applied anyway ("apply"); both count.
     actor_num_cpus: CPUs each shard actor reserves (0 lets shards share a small local Ray).
     """
 
@@ -62,7 +73,12 @@ class PSConfig:
     eps: float = 1e-8
     weights_dtype: str = "fp32"
     admission_threshold: int = 1
-    ttl_steps: int | None = None
+    ttl_versions: int | None = None
+    ttl_seconds: float | None = None
+    lfu_decay_every: int | None = None
+    lfu_decay: float = 0.5
+    full_table: str = "refuse"
+    lease_timeout_s: float = 300.0
     mode: str = "sync"
     max_staleness: int = 8
     stale_policy: str = "drop"
@@ -99,8 +115,18 @@ class PSConfig:
             raise ConfigError(f"ps.learning_rate must be a positive finite number, got {self.learning_rate!r}")
         if not (self.eps > 0 and self.eps < float("inf")):
             raise ConfigError(f"ps.eps must be a positive finite number, got {self.eps!r}")
-        if self.ttl_steps is not None:
-            _positive_int("ttl_steps", self.ttl_steps)
+        _choice("full_table", self.full_table, FULL_TABLE_POLICIES)
+        if self.ttl_versions is not None:
+            _positive_int("ttl_versions", self.ttl_versions)
+        if self.lfu_decay_every is not None:
+            _positive_int("lfu_decay_every", self.lfu_decay_every)
+        if self.ttl_seconds is not None:
+            _positive_number("ttl_seconds", self.ttl_seconds)
+        _positive_number("lease_timeout_s", self.lease_timeout_s)
+        if isinstance(self.lfu_decay, bool) or not isinstance(self.lfu_decay, (int, float)) \
+                or not 0.0 < self.lfu_decay < 1.0:
+            raise ConfigError(f"ps.lfu_decay must be a number in (0, 1) (the factor counts keep each period), "
+                              f"got {self.lfu_decay!r}")
         if not isinstance(self.max_staleness, int) or self.max_staleness < 0:
             raise ConfigError(f"ps.max_staleness must be an integer >= 0, got {self.max_staleness!r}")
         if not isinstance(self.seed, int):
@@ -138,6 +164,11 @@ class PSConfig:
 def _positive_int(key: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"ps.{key} must be an integer >= 1, got {value!r}")
+
+
+def _positive_number(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ConfigError(f"ps.{key} must be a positive finite number, got {value!r}")
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:

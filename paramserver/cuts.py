@@ -213,8 +213,9 @@ def restore(shard, content: RestoreContent) -> None:
         for st in shard._states[t]:
             st.zero_()
         ts.ids, ts.pending = IdMap(cap), CountTable(2 * cap)
-        for arr in (ts.count, ts.last_seen, ts.last_version, ts.touched):
+        for arr in (ts.count, ts.last_seen, ts.last_version, ts.touched, ts.pinned):
             arr[:] = 0
+        ts.seen_at[:] = shard._clock()  # restored rows count as seen now (ttl_seconds is not in a version)
         ts.evicted = []
         arrays = content.tables.get(name)
         if arrays is not None and len(arrays["ids"]):
@@ -235,3 +236,4 @@ def restore(shard, content: RestoreContent) -> None:
     shard.step = int(content.counters.get("step", 0))
     shard._next_ttl_sweep = int(content.counters.get("next_ttl_sweep", 0))
     shard._epoch, shard._committed_epoch, shard._cuts = 1, 0, {}
+    shard._leases = {}  # the leases of the pulls before the restore are void (their pushes never come)

@@ -85,3 +85,20 @@ class RestoreError(PSError, ValueError):
 
     def __str__(self) -> str:
         return f"shard {self.shard} cannot restore version {self.version}: {self.reason}"
+
+
+class TableFullError(PSError, RuntimeError):
+    """A pull needed more new rows than the table can free (``ps.full_table: error``); nothing was changed."""
+
+    def __init__(self, table: str, needed: int, available: int, capacity: int) -> None:
+        super().__init__(table, needed, available, capacity)
+        self.table = table
+        self.needed = needed
+        self.available = available
+        self.capacity = capacity
+
+    def __str__(self) -> str:
+        return (f"table {self.table!r} is full: the pull needs {self.needed} new row(s) but only {self.available} "
+                f"of {self.capacity} slots are free or evictable (the rest hold this batch or rows leased to "
+                "steps whose push is pending); raise ps.capacity_per_shard, add shards, or set "
+                "ps.full_table: refuse (the extra ids then read zeros, counted as refused_rows); nothing was changed")

@@ -128,6 +128,13 @@ class CountTable:
             self._keys, self._counts, self._last = self._keys[keep], self._counts[keep], self._last[keep]
         return totals
 
+    def peek(self, ids: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """The totals :meth:`add` would return for distinct ``ids``, without changing anything."""
+        pos, hit = _find(self._keys, ids)
+        totals = counts.astype(np.int64, copy=True)
+        totals[hit] += self._counts[pos[hit]]
+        return totals
+
     def discard(self, ids: np.ndarray) -> None:
         """Forget ``ids`` (those present)."""
         pos, hit = _find(self._keys, ids)

@@ -2,9 +2,11 @@
 
 The shard holds its part of every table in one FBGEMM table-batched embedding module
 (``SplitTableBatchedEmbeddingBagsCodegen``) with the optimizer fused into backward. Raw
-ids map to slots through :class:`IdMap`; per-slot metadata is ``count`` (times pulled),
-``last_seen`` (step), ``last_version`` (shard version of the last update) and ``touched``
-(the cut epoch of the row's last change: what a delta version must carry).
+ids map to slots through :class:`IdMap`; per-slot metadata is ``count`` (times pulled, aged),
+``last_seen`` (shard version when last pulled or pushed), ``last_version`` (shard version of
+the last update), ``touched`` (the cut epoch of the row's last change: what a delta version
+must carry), ``pinned`` (leases held on the row) and ``seen_at`` (clock seconds of the last
+sight, for ``ttl_seconds``).
 
 Rules (vectorised; no Python loop over ids, only over tables):
 
@@ -15,9 +17,14 @@ Rules (vectorised; no Python loop over ids, only over tables):
   ``grad_output`` is [B, sum(dims)]. Duplicate ids are summed first (what a TBE backward
   does with duplicates in one batch). Gradients for ids without a slot are dropped and
   counted. Everything is validated before any table changes.
-* Eviction: TTL (rows not seen for ``ttl_steps``, swept when the step advances) and LFU
-  when a table is full; an evicted row is zeroed with its optimizer state and its id is
-  recorded for the next delta version (``deleted``).
+* Leases: a pull with ``lease=(rank, step)`` pins the rows it returns; a pinned row is never
+  evicted (LFU or TTL) until :meth:`release` (the step's push was applied) or the lease
+  times out (``lease_timeout_s``, counted in ``lease_timeouts``).
+* Eviction: TTL (rows not seen for ``ttl_versions`` shard versions or ``ttl_seconds``) and
+  aged LFU when a table is full (counts decay by ``lfu_decay`` every ``lfu_decay_every``
+  versions); never a row of the current batch or a leased row. What cannot be freed is
+  refused (counted in ``refused_rows``) or raises TableFullError (``full_table``). An evicted
+  row is zeroed with its optimizer state and its id recorded for the next delta version.
 * Versions (:mod:`paramserver.cuts`): ``prepare_cut`` copies what a version needs without
   clearing anything, ``commit_cut`` clears exactly what that copy covered, ``abort_cut``
   forgets it; ``restore`` rebuilds the shard from a version's content.
@@ -26,7 +33,8 @@ Rules (vectorised; no Python loop over ids, only over tables):
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Hashable, Mapping
 
 import numpy as np
 import torch
@@ -34,10 +42,10 @@ import torch
 from common.config import ConfigError
 from paramserver import cuts
 from paramserver.config import PSConfig, TableConfig
-from paramserver.errors import BadPullError, BadPushError, UnknownTableError
+from paramserver.errors import BadPullError, BadPushError, TableFullError, UnknownTableError
 from paramserver.hashing import init_rows
 from paramserver.idmap import CountTable, IdMap
-from paramserver.policies import expired_slots, lfu_victims
+from paramserver.policies import aged_counts, expired_slots, lfu_victims
 from paramserver.tbe import build_tbe, sum_duplicates
 
 PullBatch = Mapping[str, "np.ndarray | tuple[np.ndarray, np.ndarray]"]
@@ -55,6 +63,8 @@ class _TableState:
     last_version: np.ndarray
     touched: np.ndarray  # int32: cut epoch of the last change (pull, admission, push); 0 = none since restore
     evicted: list  # [(epoch, ids)] evicted and not yet covered by a committed cut
+    pinned: np.ndarray  # int32: leases holding the row (never evicted while > 0)
+    seen_at: np.ndarray  # float64: clock seconds of the last pull or push (ttl_seconds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,9 +88,10 @@ def resolve_device(cfg: PSConfig) -> torch.device:
 class EmbeddingShard:
     """Shard ``index`` of ``num_shards``: storage, id map, admission/eviction and updates."""
 
-    def __init__(self, cfg: PSConfig, index: int = 0) -> None:
+    def __init__(self, cfg: PSConfig, index: int = 0, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.index = index
+        self._clock = clock  # seconds: ttl_seconds and lease timeouts (tests pass a fake clock)
         self.device = resolve_device(cfg)
         self._tbe = build_tbe(cfg.tables, cfg.capacity_per_shard, cfg.optimizer, cfg.learning_rate, cfg.eps,
                               cfg.weights_dtype, self.device)
@@ -95,7 +106,8 @@ class EmbeddingShard:
             self._tables[t.name] = _TableState(
                 cfg=t, col=col, ids=IdMap(cap), pending=CountTable(2 * cap),
                 count=np.zeros(cap, np.int64), last_seen=np.zeros(cap, np.int64),
-                last_version=np.zeros(cap, np.int64), touched=np.zeros(cap, np.int32), evicted=[])
+                last_version=np.zeros(cap, np.int64), touched=np.zeros(cap, np.int32), evicted=[],
+                pinned=np.zeros(cap, np.int32), seen_at=np.zeros(cap, np.float64))
             col += t.dim
         for states_t in self._states:
             for s in states_t:
@@ -103,31 +115,79 @@ class EmbeddingShard:
         self._total_dim = col
         self.version = 0  # updates applied (async: pushes; sync: steps)
         self.step = 0  # highest step seen
-        self._next_ttl_sweep = 0
+        self._next_ttl_sweep = 0  # shard version of the next ttl_versions sweep
+        self._next_time_sweep = 0.0  # clock seconds of the next ttl_seconds sweep
+        # key (rank, step) -> [created_at, [(table state, pinned slots)], {table: (ids, slots) with every id held}]
+        self._leases: dict = {}  # oldest first
         self._epoch = 1  # changes are stamped with the current cut epoch; prepare_cut starts a new one
         self._committed_epoch = 0  # changes stamped <= this are in a committed version
         self._cuts: dict = {}  # cut_id -> PreparedCut (at most one)
         self._stats = dict(admitted=0, evicted=0, evicted_ttl=0, evicted_lfu=0, dropped_grads=0,
                            stale_pushes=0, dropped_stale_pushes=0, pulls=0, pushes=0, rows_pulled=0,
-                           rows_pushed=0)
+                           rows_pushed=0, refused_rows=0, lease_timeouts=0)
 
     # ------------------------------------------------------------------ reads
-    def pull(self, batch: PullBatch, step: int | None = None) -> dict[str, np.ndarray]:
+    def pull(self, batch: PullBatch, step: int | None = None, lease: Hashable | None = None) -> dict[str, np.ndarray]:
         """Rows of the ids of each table: {table: float32 [n, dim]} aligned with the input ids.
 
         ``batch[table]`` is an int64 id array (duplicates allowed) or ``(distinct_ids, counts)``
         as the client sends it. The pull counts as seeing the ids (admission, LFU, TTL).
+        ``lease`` (a key, ``(rank, step)``): the rows returned stay resident until
+        ``release(lease)`` (or the lease times out); pulling again under the same key adds rows.
+        With ``full_table="error"`` a pull that cannot get its rows raises TableFullError first.
         """
         prepared = {name: self._prepare_pull(name, v) for name, v in batch.items()}
-        step = self._advance(step)
-        out = {}
+        self._advance(step)
+        now = self._clock()
+        self._maintain(now)
+        if self.cfg.full_table == "error":
+            for name, (ids, counts, _) in prepared.items():
+                self._check_room(self._tables[name], ids, counts)
+        out, held, plans = {}, [], {}
         for name, (ids, counts, inverse) in prepared.items():
-            slots = self._see(self._tables[name], ids, counts, step)
+            ts = self._tables[name]
+            slots = self._see(ts, ids, counts, now)
+            if lease is not None:
+                ok = slots >= 0
+                got = slots if ok.all() else slots[ok]  # distinct (the ids are)
+                ts.pinned[got] += 1
+                held.append((ts, got))
+                if len(got) == len(ids) and inverse is None:  # the step's push may reuse this lookup
+                    plans[name] = (ids, slots)
             rows = self._gather(name, slots)
             out[name] = rows if inverse is None else rows[inverse]
             self._stats["rows_pulled"] += len(ids)
+        if lease is not None:
+            entry = self._leases.get(lease)
+            if entry is None:
+                self._leases[lease] = [now, held, plans]
+            else:  # a second pull under the same key: pin its rows too, forget the lookups
+                entry[1].extend(held)
+                entry[2] = {}
         self._stats["pulls"] += 1
         return out
+
+    # ----------------------------------------------------------------- leases
+    def release(self, lease: Hashable) -> bool:
+        """Unpin the rows of ``lease`` (its step's push was applied); False if there is no such lease."""
+        entry = self._leases.pop(lease, None)
+        if entry is None:
+            return False
+        for ts, slots in entry[1]:
+            ts.pinned[slots] -= 1
+        return True
+
+    def release_through(self, step: int, rank: int | None = None) -> int:
+        """Release every lease ``(rank, s)`` with ``s <= step``, of every rank (sync: the step is applied) or of
+        ``rank`` (async: its push of ``step`` is done, and it never goes back); returns how many."""
+        done = [key for key in self._leases if key[1] <= step and (rank is None or key[0] == rank)]
+        for key in done:
+            self.release(key)
+        return len(done)
+
+    def leases(self) -> list:
+        """The keys of the leases held, oldest first."""
+        return list(self._leases)
 
     def read(self, table: str, ids: np.ndarray) -> np.ndarray:
         """Current rows of ``ids`` without counting them as seen (zeros where no slot)."""
@@ -169,28 +229,43 @@ class EmbeddingShard:
             out[name] = sum_duplicates(ids, grads)
         return PreparedPush(out)
 
-    def apply_push(self, prepared: PreparedPush, step: int | None = None) -> None:
-        """One fused backward + optimizer step over all tables of ``prepared``."""
-        step = self._advance(step)
+    def apply_push(self, prepared: PreparedPush, step: int | None = None, lease: Hashable | None = None) -> int:
+        """One fused backward + optimizer step over all tables of ``prepared``; the shard version moves
+        on by one (then the ``ttl_versions`` sweep runs when due). Returns the gradient rows dropped
+        (ids without a row). ``lease``: the key of the step's pull; where a table's ids are the ones
+        that pull held, its id-map lookup is reused (the rows are pinned, so the slots are theirs)."""
+        self._advance(step)
         self.version += 1
-        parts = []
+        now = self._clock()
+        parts, dropped = [], 0
+        plans = self._leases[lease][2] if lease is not None and lease in self._leases else {}
         for name, (ids, grads) in prepared.tables.items():
             ts = self._tables[name]
-            slots = ts.ids.lookup(ids)
+            plan = plans.get(name)
+            if plan is not None and len(plan[0]) == len(ids) and np.array_equal(plan[0], ids):
+                slots = plan[1]
+            else:
+                slots = ts.ids.lookup(ids)
             hit = slots >= 0
-            self._stats["dropped_grads"] += int(len(ids) - np.count_nonzero(hit))
+            dropped += int(len(ids) - np.count_nonzero(hit))
             hs = slots[hit]
-            ts.last_seen[hs] = step
+            if self.cfg.lfu_decay_every is not None:  # age the count to now before moving last_seen
+                ts.count[hs] = self._aged(ts, hs)
+            ts.last_seen[hs] = self.version
+            ts.seen_at[hs] = now
             ts.last_version[hs] = self.version
             ts.touched[hs] = self._epoch
             parts.append((ts, hs, grads[hit] if not hit.all() else grads))
             self._stats["rows_pushed"] += len(hs)
+        self._stats["dropped_grads"] += dropped
         self._stats["pushes"] += 1
         self._fused_step(parts)
+        self._sweep_versions()
+        return dropped
 
-    def push(self, batch: PushBatch, step: int | None = None) -> None:
-        """Validate then apply (see :meth:`prepare_push`, :meth:`apply_push`)."""
-        self.apply_push(self.prepare_push(batch), step)
+    def push(self, batch: PushBatch, step: int | None = None) -> int:
+        """Validate then apply (see :meth:`prepare_push`, :meth:`apply_push`); returns the gradient rows dropped."""
+        return self.apply_push(self.prepare_push(batch), step)
 
     def count_stale(self, dropped: bool) -> None:
         self._stats["stale_pushes"] += 1
@@ -243,8 +318,10 @@ class EmbeddingShard:
     def stats(self) -> dict[str, int]:
         """Counters since start: rows (admitted and resident), admitted, evicted, dropped_grads, ..."""
         rows = {name: len(ts.ids) for name, ts in self._tables.items()}
+        leased = sum(int(np.count_nonzero(ts.pinned)) for ts in self._tables.values())
         return {"shard": self.index, "rows": sum(rows.values()), "rows_per_table": rows,
-                "version": self.version, "step": self.step, **self._stats}
+                "version": self.version, "step": self.step, "leases": len(self._leases), "leased_rows": leased,
+                **self._stats}
 
     # -------------------------------------------------------------- internals
     def _table(self, name: str) -> _TableState:
@@ -270,32 +347,72 @@ class EmbeddingShard:
         uniq, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
         return uniq, counts.astype(np.int64), inverse
 
-    def _advance(self, step: int | None) -> int:
-        if step is None:
-            return self.step
-        step = int(step)
-        if step > self.step:
-            self.step = step
-            # TTL sweep every ttl/8 steps (O(capacity) each): a row expires at most ttl/8 steps late
-            if self.cfg.ttl_steps is not None and step >= self._next_ttl_sweep:
-                self._next_ttl_sweep = step + max(1, self.cfg.ttl_steps // 8)
-                for ts in self._tables.values():
-                    victims = expired_slots(ts.ids.occupied, ts.last_seen, step, self.cfg.ttl_steps)
-                    self._evict(ts, victims, "evicted_ttl")
-        return self.step  # a lagging async worker's step never moves last_seen backwards
+    def _advance(self, step: int | None) -> None:
+        if step is not None and int(step) > self.step:
+            self.step = int(step)  # the highest step seen (a counter of versions; eviction uses versions)
 
-    def _see(self, ts: _TableState, ids: np.ndarray, counts: np.ndarray, step: int) -> np.ndarray:
+    def _aged(self, ts: _TableState, slots: np.ndarray) -> np.ndarray:
+        return aged_counts(ts.count[slots], ts.last_seen[slots], self.version, self.cfg.lfu_decay_every,
+                           self.cfg.lfu_decay)
+
+    def _maintain(self, now: float) -> None:
+        """Housekeeping before a pull: expired leases (counted), then the ``ttl_seconds`` sweep when due."""
+        timeout = self.cfg.lease_timeout_s
+        while self._leases:
+            key, (created, *_) = next(iter(self._leases.items()))
+            if now - created <= timeout:
+                break
+            self.release(key)
+            self._stats["lease_timeouts"] += 1
+        ttl = self.cfg.ttl_seconds
+        if ttl is not None and now >= self._next_time_sweep:  # O(capacity): every ttl/8 seconds at most
+            self._next_time_sweep = now + ttl / 8
+            for ts in self._tables.values():
+                self._evict(ts, expired_slots(ts.ids.occupied, ts.seen_at, now, ttl, ts.pinned), "evicted_ttl")
+
+    def _sweep_versions(self) -> None:
+        """The ``ttl_versions`` sweep, every ttl/8 versions (O(capacity)): a row expires at most ttl/8 late."""
+        ttl = self.cfg.ttl_versions
+        if ttl is None or self.version < self._next_ttl_sweep:
+            return
+        self._next_ttl_sweep = self.version + max(1, ttl // 8)
+        for ts in self._tables.values():
+            self._evict(ts, expired_slots(ts.ids.occupied, ts.last_seen, self.version, ttl, ts.pinned),
+                        "evicted_ttl")
+
+    def _check_room(self, ts: _TableState, ids: np.ndarray, counts: np.ndarray) -> None:
+        """full_table="error": raise TableFullError, before any change, if the new rows cannot all be had."""
+        slots = ts.ids.lookup(ids)
+        miss = slots < 0
+        if self.cfg.admission_threshold > 1:
+            need = int(np.count_nonzero(ts.pending.peek(ids[miss], counts[miss]) >= self.cfg.admission_threshold))
+        else:
+            need = int(np.count_nonzero(miss))
+        if need <= ts.ids.free:
+            return
+        evictable = ts.ids.occupied & (ts.pinned == 0)
+        evictable[slots[~miss]] = False
+        available = ts.ids.free + int(np.count_nonzero(evictable))
+        if need > available:
+            raise TableFullError(ts.cfg.name, need, available, ts.ids.capacity)
+
+    def _see(self, ts: _TableState, ids: np.ndarray, counts: np.ndarray, now: float) -> np.ndarray:
+        version = self.version
         slots = ts.ids.lookup(ids)
         hit = slots >= 0
         hs = slots[hit]
-        ts.count[hs] += counts[hit]
-        ts.last_seen[hs] = step
+        if self.cfg.lfu_decay_every is not None:
+            ts.count[hs] = self._aged(ts, hs) + counts[hit]
+        else:
+            ts.count[hs] += counts[hit]
+        ts.last_seen[hs] = version
+        ts.seen_at[hs] = now
         ts.touched[hs] = self._epoch  # count and last_seen are part of a version (they drive eviction)
         miss = np.flatnonzero(~hit)
         if len(miss) == 0:
             return slots
         if self.cfg.admission_threshold > 1:
-            totals = ts.pending.add(ids[miss], counts[miss], step)
+            totals = ts.pending.add(ids[miss], counts[miss], version)
             ready = totals >= self.cfg.admission_threshold
             miss, totals = miss[ready], totals[ready]
         else:
@@ -305,16 +422,21 @@ class EmbeddingShard:
         short = len(miss) - ts.ids.free
         if short > 0:  # evict 1% of the table beyond what is needed, so a full table does not scan every step
             short = max(short, ts.ids.capacity // 100)
-            victims = lfu_victims(ts.ids.occupied, ts.count, ts.last_seen, hs, short, ts.ids.slot_key)
+            count = ts.count
+            if self.cfg.lfu_decay_every is not None:  # rank by the aged counts (lazily, no stored change)
+                count = aged_counts(ts.count, ts.last_seen, version, self.cfg.lfu_decay_every, self.cfg.lfu_decay)
+            victims = lfu_victims(ts.ids.occupied, count, ts.last_seen, hs, short, ts.ids.slot_key, ts.pinned)
             self._evict(ts, victims, "evicted_lfu")
-        if len(miss) > ts.ids.free:  # still full (the batch itself fills the table): most frequent first
+        if len(miss) > ts.ids.free:  # still full (this batch and leased rows fill it): refuse, most frequent first
+            self._stats["refused_rows"] += len(miss) - ts.ids.free
             keep = np.sort(np.argsort(-totals, kind="stable")[:ts.ids.free])
             miss, totals = miss[keep], totals[keep]
         new_ids = ids[miss]
         new_slots = ts.ids.insert(new_ids)
         self._reset_rows(ts, new_slots, init_rows(ts.cfg, new_ids, self.cfg.seed))
         ts.count[new_slots] = totals
-        ts.last_seen[new_slots] = step
+        ts.last_seen[new_slots] = version
+        ts.seen_at[new_slots] = now
         ts.last_version[new_slots] = self.version
         ts.touched[new_slots] = self._epoch
         if self.cfg.admission_threshold > 1:
@@ -335,6 +457,7 @@ class EmbeddingShard:
         ts.last_seen[slots] = 0
         ts.last_version[slots] = 0
         ts.touched[slots] = 0
+        ts.seen_at[slots] = 0.0
         self._stats["evicted"] += len(slots)
         self._stats[reason] += len(slots)
 

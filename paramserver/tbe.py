@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -60,25 +59,27 @@ def sum_duplicates(ids: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.n
     (array([3, 7]), array([[2.],
            [5.]], dtype=float32))
 
-    The sum is a sparse one-hot matrix (CSR, rows = distinct ids) times ``grads``: each
-    output row adds its inputs in their original order, like ``np.add.at`` but about 5x
-    faster, and deterministic (the same inputs give the same bits).
+    One ``np.unique`` then :func:`sum_by_inverse`: each output row adds its inputs in their
+    original order, like ``np.add.at`` but about 20x faster, and deterministic (the same inputs
+    give the same bits).
     """
     if len(ids) < 2 or (ids[1:] > ids[:-1]).all():  # already distinct and ascending (what the client sends)
         return ids, grads
-    order = np.argsort(ids, kind="stable")
-    sorted_ids = ids[order]
-    first = np.empty(len(ids), dtype=bool)
-    first[:1] = True
-    np.not_equal(sorted_ids[1:], sorted_ids[:-1], out=first[1:])
-    starts = np.flatnonzero(first)
-    uniq = sorted_ids[starts]
+    uniq, inverse = np.unique(ids, return_inverse=True)
     if len(uniq) == len(ids):
+        order = np.empty_like(inverse)
+        order[inverse] = np.arange(len(ids))
         return uniq, grads[order]
-    crow = torch.from_numpy(np.append(starts, len(ids)).astype(np.int64))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch marks sparse CSR as beta
-        onehot = torch.sparse_csr_tensor(crow, torch.from_numpy(order.astype(np.int64)),
-                                         torch.ones(len(ids), dtype=torch.float32), size=(len(uniq), len(ids)))
-        summed = onehot @ torch.from_numpy(np.ascontiguousarray(grads))
-    return uniq, summed.numpy()
+    return uniq, sum_by_inverse(len(uniq), inverse, grads)
+
+
+def sum_by_inverse(n: int, inverse: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """``out[inverse[i]] += grads[i]`` in input order, from zeros: float32 ``[n, dim]``.
+
+    ``torch.index_add_`` on CPU adds the rows one after the other in index order, so the result is
+    bit-identical to ``np.add.at`` (and to a sum in input order), at a fraction of its cost.
+    """
+    out = torch.zeros((n, grads.shape[1]), dtype=torch.float32)
+    out.index_add_(0, torch.from_numpy(np.ascontiguousarray(inverse, np.int64)),
+                   torch.from_numpy(np.ascontiguousarray(grads, np.float32)))
+    return out.numpy()

@@ -20,6 +20,8 @@ COUNTERS: dict[str, tuple[str, dict]] = {
     "dropped_stale_pushes": ("freshrec_ps_dropped_pushes_total", {}),
     "evicted_ttl": ("freshrec_ps_evictions_total", {"reason": "ttl"}),
     "evicted_lfu": ("freshrec_ps_evictions_total", {"reason": "lfu"}),
+    "refused_rows": ("freshrec_ps_full_table_refusals_total", {}),
+    "lease_timeouts": ("freshrec_ps_lease_timeouts_total", {}),
 }
 
 

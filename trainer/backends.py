@@ -62,14 +62,17 @@ class LocalBackend:
         self.cfg = dataclasses.replace(cfg, num_shards=1, num_workers=1)
         self.shard = EmbeddingShard(self.cfg, 0)
 
-    def pull_many(self, ids_by_table: Mapping[str, np.ndarray], step: int | None = None) -> _Done:
+    def pull_many(self, ids_by_table: Mapping[str, np.ndarray], step: int | None = None,
+                  lease: bool = False) -> _Done:
+        """``lease`` is accepted for the API's sake: here a step's push follows its pull at once."""
         return _Done(self.shard.pull(ids_by_table, step))
 
     def push_many(self, grads_by_table: Mapping[str, tuple[np.ndarray, np.ndarray]],
                   step: int | None = None) -> _Done:
-        if grads_by_table:
-            self.shard.push(grads_by_table, step)
-        return _Done({})
+        """Every push is applied, an empty one too: the shard version then counts steps as a sync PS
+        does (TTL in versions and aged LFU age alike in both backends)."""
+        dropped = self.shard.push(grads_by_table, step)
+        return _Done({0: {"decision": "apply", "dropped_rows": dropped, "version": self.shard.version}})
 
     def push_pull(self, grads_by_table, next_ids_by_table, step: int) -> _Done:
         self.push_many(grads_by_table, step)

@@ -154,16 +154,26 @@ class PSOptions:
 
     num_shards: shard actors (partitions of every table). capacity_per_shard: rows each shard holds
     per table (the local backend holds this many per table too). admission_threshold: pulls before
-    an id gets a row. ttl_steps: evict rows unseen for this many steps (None: never). LFU eviction
-    when a table is full. mode: sync (deterministic) | async (bounded staleness: max_staleness,
-    stale_policy drop | apply). weights_dtype: fp32 | fp16 rows. device: cpu | cuda | auto.
+    an id gets a row. ttl_versions / ttl_seconds: evict rows unseen for this many shard versions
+    (sync: steps) / seconds (None: never). lfu_decay_every / lfu_decay: aged LFU, counts multiplied
+    by lfu_decay every lfu_decay_every versions (None: no ageing). full_table: refuse | error, when
+    a pull needs more new rows than eviction can free. lease_timeout_s: rows pulled for a step stay
+    resident until its push is applied, or this many seconds (counted). mode: sync (deterministic) |
+    async (bounded staleness in the worker's own steps: max_staleness, stale_policy drop | apply).
+    weights_dtype: fp32 | fp16 rows. device: cpu | cuda | auto.
     actor_num_cpus: CPUs each shard actor reserves (0 lets shards share a small local Ray).
+    See docs/paramserver.md.
     """
 
     num_shards: int = 2
     capacity_per_shard: int = 1 << 17
     admission_threshold: int = 1
-    ttl_steps: int | None = None
+    ttl_versions: int | None = None
+    ttl_seconds: float | None = None
+    lfu_decay_every: int | None = None
+    lfu_decay: float = 0.5
+    full_table: str = "refuse"
+    lease_timeout_s: float = 300.0
     mode: str = "sync"
     max_staleness: int = 8
     stale_policy: str = "drop"

@@ -72,6 +72,11 @@ def logits_of(model: nn.Module, dense: torch.Tensor, kjt) -> torch.Tensor:
     return out.squeeze(-1) if out.dim() == 2 else out
 
 
+def dropped_parts(reply) -> int:
+    """Shard parts of a push that were dropped as too stale (async mode), from a push's reply."""
+    return sum(1 for r in (reply or {}).values() if isinstance(r, dict) and r.get("decision") == "drop")
+
+
 class TrainerCore:
     """Score and train one model over an embedding backend (see the module docstring).
 
@@ -102,6 +107,7 @@ class TrainerCore:
         self.files_seen = 0  # data files handed to step_file (the strategy's clock)
         self._recent: dict[int, tuple[str, EventBatch]] = {}  # data files a periodic update may revisit
         self.last_trained = 0  # examples trained by the last step_file
+        self.dropped_pushes = 0  # async: shard parts of this worker's pushes dropped as too stale
 
     def _build(self, model: nn.Module | None) -> None:
         base = model if model is not None else build_model(self.spec, self.model_cfg, self.cfg.seed)
@@ -204,14 +210,14 @@ class TrainerCore:
         kjts = [batch_to_kjt(batch, self.features, idx) for idx, _ in parts]
         ids = [ebc.table_ids(k) for k in kjts]
         step0 = self.step
-        ticket = backend.pull_many(ids[0], step=step0) if parts else None
+        ticket = backend.pull_many(ids[0], step=step0, lease=True) if parts else None  # rows pinned till the push
         pending: list = []
         loss_sum, seen = 0.0, 0
         for k, (idx, n_global) in enumerate(parts):
             rows = backend.wait(ticket)
             last = k + 1 == len(parts)
             if self.async_mode and not last:
-                ticket = backend.pull_many(ids[k + 1], step=step0 + k + 1)  # prefetch during this step
+                ticket = backend.pull_many(ids[k + 1], step=step0 + k + 1, lease=True)  # prefetch during this step
             ebc.stage(ids[k], rows, requires_grad=True)
             ti = torch.from_numpy(idx).to(self.device)
             logits = logits_of(self.model, dense[ti], kjts[k])
@@ -232,7 +238,7 @@ class TrainerCore:
             self.optimizer.step()
             seen += len(idx)
             while len(pending) > MAX_PUSHES_IN_FLIGHT or (last and pending):  # errors surface here
-                backend.wait(pending.pop(0))
+                self.dropped_pushes += dropped_parts(backend.wait(pending.pop(0)))
         self.step = step0 + len(parts)
         return loss_sum, seen
 

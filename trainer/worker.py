@@ -60,6 +60,7 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             rate = core.last_trained / metrics.train_seconds if metrics.train_seconds > 0 else float("nan")
             record = {**dataclasses.asdict(metrics), "examples_trained": core.last_trained, "examples_per_s": rate,
+                      "dropped_pushes": core.dropped_pushes,
                       "cumulative_auc": core.validator.cumulative()["auc"], "ledger_rows": core.ledger.total_rows,
                       "rows_dead": report.rows_dead, "rows_late": report.rows_late,
                       "warnings": list(report.warnings) + ([] if report.complete else [report.unreadable or

@@ -30,7 +30,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run configuration (defaults < --config < --set < these flags; see `freshrec config show`)")
     g.add_argument("--config", default=None, metavar="YAML", help="run YAML: spec, workers, model, train, ps, ray")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override one setting, e.g. --set train.sparse_lr=0.05 --set ps.ttl_steps=1000 (repeatable)")
+                   help="override one setting, e.g. --set train.sparse_lr=0.05 --set ps.ttl_versions=1000 (repeatable)")
     g.add_argument("--spec", default=None, help="feature spec: a YAML file or a built-in name (taobao, movielens100k)")
     g.add_argument("--workers", type=int, default=None, help="Ray Train workers (gloo DDP on CPU); default 1")
     g.add_argument("--ps-shards", type=int, default=None, help="parameter-server shard actors; default 2")

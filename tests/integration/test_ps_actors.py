@@ -126,13 +126,22 @@ def test_async_two_concurrent_clients_and_bounded_staleness(ray_local):
     try:
         a, b = strict, strict.for_rank(1)
         one = np.array([1])
-        a.wait(a.pull_many({"user": one}, step=0))
-        b.wait(b.pull_many({"user": one}, step=0))
+        a.wait(a.pull_many({"user": one}, step=0, lease=True))
+        b.wait(b.pull_many({"user": one}, step=0, lease=True))
         g = np.ones((1, 8), np.float32)
         assert b.wait(b.push_many({"user": (one, g)}, step=0))[0]["decision"] == "apply"
-        assert a.wait(a.push_many({"user": (one, g)}, step=0))[0]["decision"] == "drop"  # read before b's update
+        # b's push does not make a's read stale: staleness counts a's own pushes only
+        assert a.wait(a.push_many({"user": (one, g)}, step=0))[0]["decision"] == "apply"
+        a.wait(a.pull_many({"user": one}, step=1, lease=True))
+        a.wait(a.pull_many({"user": one}, step=2, lease=True))  # prefetched before a's push of step 1
+        assert a.wait(a.push_many({"user": (one, g)}, step=1))[0]["decision"] == "apply"
+        reply = a.wait(a.push_many({"user": (one, g)}, step=2))[0]
+        assert reply["decision"] == "drop" and reply["staleness"] == 1
+        with pytest.raises(BadPushError, match="did not read"):
+            a.push_many({"user": (one, g)}, step=3)  # no pull of step 3: refused before sending
         stats = strict.stats()[0]
-        assert stats["stale_pushes"] == 1 and stats["dropped_stale_pushes"] == 1 and stats["pushes"] == 1
+        assert stats["stale_pushes"] == 1 and stats["dropped_stale_pushes"] == 1 and stats["pushes"] == 3
+        assert stats["leases"] == 0
     finally:
         strict.shutdown()
 

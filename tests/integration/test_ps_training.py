@@ -215,3 +215,109 @@ def test_multi_valued_genres_train_on_the_ps_like_the_local_backend(ray_local, m
         np.testing.assert_array_equal(_rows(client, "genre", ids), rows)
     finally:
         client.shutdown()
+
+
+# ------------------------------------------------------------- eviction pressure
+# capacity well below the id universe (about 3,500 users, 3,900 items and 950 categories in these files):
+# scoring a file refuses rows, training evicts every step; aged LFU and TTL in versions are on
+PRESSURE = dict(capacity_per_shard=512, lfu_decay_every=8, ttl_versions=8)
+
+
+def _same_tables(a, b, exact: bool) -> None:
+    for table in TABLES:
+        sa, sb = a.table_state()[table], b.table_state()[table]
+        for key in ("ids", "count", "last_seen", "last_version"):
+            np.testing.assert_array_equal(sa[key], sb[key], err_msg=f"{table} {key}")
+        if exact:
+            np.testing.assert_array_equal(sa["rows"], sb["rows"], err_msg=table)
+        else:
+            assert np.abs(sa["rows"] - sb["rows"]).max() <= 1e-5, table
+
+
+def _train(client_or_local, tcfg, batches):
+    core = client_or_local if isinstance(client_or_local, TrainerCore) else TrainerCore(SPEC, ModelConfig(), tcfg,
+                                                                                        client_or_local)
+    for name, b in batches:
+        core.step_file(b, name)
+    return core
+
+
+def test_sync_under_eviction_pressure_equals_the_local_backend_and_repeats(ray_local, batches):
+    """1 worker: 1 shard of the local backend's capacity is bit-identical to it under eviction; 2 shards
+    give the same result run to run."""
+    tcfg = TrainConfig(batch_size=128, seed=3)
+    local = _train(LocalTrainer(SPEC, ModelConfig(), tcfg, ps=PSOptions(**PRESSURE)), tcfg, batches)
+    stats = local.backend.shard.stats()
+    assert stats["evicted_lfu"] > 1000 and stats["refused_rows"] > 0 and stats["evicted_ttl"] > 0
+    runs = []
+    for num_shards in (1, 2, 2):
+        client = create_parameter_server(ps_config_for(SPEC, tcfg, PSOptions(num_shards=num_shards, **PRESSURE)))
+        try:
+            core = _train(client, tcfg, batches)
+            runs.append((core, client.table_state(), client.stats()))
+        finally:
+            client.shutdown()
+    (one, one_state, one_stats), (two_a, state_a, _), (two_b, state_b, _) = runs
+    assert [m.auc for m in one.validator.files] == [m.auc for m in local.validator.files]
+    for k, v in local.dense_state().items():
+        assert torch.equal(one.dense_state()[k], v), k
+    local_state = local.backend.table_state()
+    for table in TABLES:
+        for key, value in local_state[table].items():
+            np.testing.assert_array_equal(one_state[table][key], value, err_msg=f"{table} {key}")
+            np.testing.assert_array_equal(state_a[table][key], state_b[table][key], err_msg=f"2 shards {table} {key}")
+    assert one_stats[0]["evicted_lfu"] == stats["evicted_lfu"] and one_stats[0]["dropped_grads"] == stats["dropped_grads"]
+    assert [m.auc for m in two_a.validator.files] == [m.auc for m in two_b.validator.files]
+
+
+def test_two_workers_under_eviction_pressure_match_one_process(ray_local, small_files, batches, tmp_path):
+    """W=2 (Ray Train, gloo DDP), 1 shard under eviction pressure: the leased pulls of a step are served as one
+    union, so admission and eviction are the one process's exactly (ids, counts); rows within float rounding."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = _train(LocalTrainer(SPEC, ModelConfig(), TrainConfig(batch_size=128, seed=3),
+                                    ps=PSOptions(**PRESSURE)), None, batches)
+    finally:
+        torch.set_num_threads(threads)
+    result, client = run_ps_training(SPEC, ModelConfig(), TrainConfig(batch_size=128, seed=3), tmp_path / "run",
+                                     history=small_files, num_workers=2, versions=False,
+                                     ps=PSOptions(num_shards=1, **PRESSURE), keep_ps=True)
+    try:
+        state, local_state = client.table_state(), local.backend.table_state()
+        for table in TABLES:
+            for key in ("ids", "count", "last_seen", "last_version"):
+                np.testing.assert_array_equal(state[table][key], local_state[table][key], err_msg=f"{table} {key}")
+            assert np.abs(state[table]["rows"] - local_state[table]["rows"]).max() <= 1e-5, table
+        stats, local_stats = client.stats()[0], local.backend.shard.stats()
+        for key in ("evicted_lfu", "evicted_ttl", "refused_rows", "dropped_grads", "admitted"):
+            assert stats[key] == local_stats[key], key
+        assert stats["leases"] == 0 and stats["lease_timeouts"] == 0
+        np.testing.assert_allclose([m["auc"] for m in result.metrics], [m.auc for m in local.validator.files],
+                                   atol=1e-4)
+    finally:
+        client.shutdown()
+
+
+def test_the_async_trainer_keeps_prefetched_rows_leased_and_reports_dropped_pushes(ray_local, batches):
+    """The trainer's async path (prefetch of step k+1, up to four pushes in flight) under eviction pressure:
+    no gradient of a pulled row is lost to eviction (leases), and with a staleness bound of 0 the
+    pushes the shards drop are the ones the trainer is told about."""
+    tcfg = TrainConfig(batch_size=128, seed=3)
+    for max_staleness in (8, 0):
+        client = create_parameter_server(ps_config_for(SPEC, tcfg, PSOptions(
+            num_shards=2, mode="async", max_staleness=max_staleness, capacity_per_shard=256)))
+        try:
+            core = _train(client, tcfg, batches)
+            stats = client.stats()
+        finally:
+            client.shutdown()
+        assert sum(s["evicted_lfu"] for s in stats) > 1000
+        assert sum(s["leases"] for s in stats) == 0 and sum(s["lease_timeouts"] for s in stats) == 0
+        dropped = sum(s["dropped_stale_pushes"] for s in stats)
+        assert core.dropped_pushes == dropped
+        if max_staleness == 8:
+            assert dropped == 0 and sum(s["dropped_grads"] for s in stats) == 0
+            assert sum(s["pushes"] for s in stats) > 0
+        else:
+            assert dropped > 0

@@ -106,7 +106,7 @@ def test_a_delta_chain_materialises_to_the_shards_content(tmp_path_factory, ops,
     """Random pushes with LFU (capacity 24 < universe), TTL and re-admissions; cuts committed, aborted
     or overtaken by training between prepare and commit: the store always equals the shard."""
     store = VersionStore(tmp_path_factory.mktemp("v"))
-    shard = EmbeddingShard(cfg_of(capacity_per_shard=24, ttl_steps=ttl, admission_threshold=threshold))
+    shard = EmbeddingShard(cfg_of(capacity_per_shard=24, ttl_versions=ttl, admission_threshold=threshold))
     s = 0
     for op, seed in ops:
         rng = np.random.default_rng(seed)
@@ -142,19 +142,19 @@ def test_a_delta_chain_materialises_to_the_shards_content(tmp_path_factory, ops,
 def test_restore_into_one_or_two_shards_is_bit_identical_and_trains_on_identically(tmp_path):
     store = VersionStore(tmp_path / "v")
     rng = np.random.default_rng(3)
-    orig = EmbeddingShard(cfg_of(capacity_per_shard=40, ttl_steps=6))
+    orig = EmbeddingShard(cfg_of(capacity_per_shard=40, ttl_versions=6))
     for s in range(8):
         step(orig, rng, s, universe=80)
         if s in (2, 5):
             version([orig], store, full=s == 2)
     m = version([orig], store, full=False)
     assert [c.kind for c in store.chain(m.version)] == ["full", "delta", "delta"]
-    one = EmbeddingShard(cfg_of(capacity_per_shard=40, ttl_steps=6))
+    one = EmbeddingShard(cfg_of(capacity_per_shard=40, ttl_versions=6))
     one.restore_from_store(store, m.version)
     for t in TABLES:
         assert_same(one.table_state(t.name), orig.table_state(t.name), t.name)
     assert (one.version, one.step) == (orig.version, orig.step)
-    two = [EmbeddingShard(cfg_of(capacity_per_shard=40, ttl_steps=6, num_shards=2), i) for i in range(2)]
+    two = [EmbeddingShard(cfg_of(capacity_per_shard=40, ttl_versions=6, num_shards=2), i) for i in range(2)]
     for sh in two:
         sh.restore_from_store(str(store.url), m.version)
         for t in TABLES:
@@ -172,7 +172,7 @@ def test_restore_into_one_or_two_shards_is_bit_identical_and_trains_on_identical
         assert_same(one.table_state(t.name), orig.table_state(t.name), f"after training {t.name}")
     # a version written by two shards restores into one
     m2 = version(two, store, full=False)
-    back = EmbeddingShard(cfg_of(capacity_per_shard=80, ttl_steps=6))
+    back = EmbeddingShard(cfg_of(capacity_per_shard=80, ttl_versions=6))
     back.restore_from_store(store, m2.version)
     assert model_digest(content([back])) == m2.model_digest
 

@@ -158,13 +158,14 @@ def test_admission_after_k_pulls_drops_and_counts_grads_before():
 
 
 def test_ttl_evicts_rows_not_seen_and_readmission_reinitialises():
-    shard = EmbeddingShard(cfg_of(ttl_steps=2, optimizer="rowwise_adagrad"))
+    shard = EmbeddingShard(cfg_of(ttl_versions=2, optimizer="rowwise_adagrad"))
     shard.pull({"user": np.array([1, 2])}, step=0)
-    shard.push({"user": (np.array([1, 2]), np.ones((2, 8), np.float32))}, step=0)
+    shard.push({"user": (np.array([1, 2]), np.ones((2, 8), np.float32))}, step=0)  # version 1
     shard.prepare_cut("c0", full=True)
     shard.commit_cut("c0")
-    for step in (1, 2, 3):
+    for step in (1, 2, 3):  # versions 2, 3, 4: row 1 last seen at version 1 expires at version 4
         shard.pull({"user": np.array([2])}, step=step)
+        shard.push({}, step=step)
     assert shard.metadata("user", np.array([1, 2]))["admitted"].tolist() == [False, True]
     assert shard.stats()["evicted_ttl"] == 1
     shard.prepare_cut("c1", full=False)
@@ -248,7 +249,6 @@ def test_sync_aggregator_waits_for_every_rank_and_rejects_replays():
 
 
 @pytest.mark.parametrize("read, version, policy, decision", [
-    (None, 100, "drop", StaleDecision.APPLY),
     (4, 6, "drop", StaleDecision.APPLY),
     (3, 6, "drop", StaleDecision.DROP),
     (3, 6, "apply", StaleDecision.APPLY_STALE),
