@@ -55,11 +55,16 @@ class PublishConfig:
     (too few to tell a drop from noise); its checksums still decide.
     verify_checksums: re-read every part of the version's chain (parts already verified by this
     writer are not read again) before publishing.
+    baseline_versions: the AUC a candidate is compared with is the example-weighted AUC of the
+    windows of the last this-many published versions (1: the last published version alone). One
+    window's AUC is noisy (a few hundred examples); against a single lucky window every following
+    version would be held back, so the baseline pools several.
     """
 
     max_auc_drop: float | None = 0.05
     min_examples: int = 500
     verify_checksums: bool = True
+    baseline_versions: int = 5
 
     def __post_init__(self) -> None:
         d = self.max_auc_drop
@@ -68,6 +73,9 @@ class PublishConfig:
                               f"got {d!r}")
         if not isinstance(self.min_examples, int) or isinstance(self.min_examples, bool) or self.min_examples < 0:
             raise ConfigError(f"publish.min_examples must be an integer >= 0, got {self.min_examples!r}")
+        b = self.baseline_versions
+        if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= 1000:
+            raise ConfigError(f"publish.baseline_versions must be an integer in [1, 1000], got {b!r}")
         if not isinstance(self.verify_checksums, bool):
             raise ConfigError(f"publish.verify_checksums must be true or false, got {self.verify_checksums!r}")
 
@@ -156,10 +164,10 @@ class PublishGate:
         elif base_auc - candidate.auc > c.max_auc_drop:
             return PublishDecision(False, "auc_drop",
                                    f"progressive AUC {candidate.auc:.4f} is {base_auc - candidate.auc:.4f} below "
-                                   f"{base_auc:.4f} of published version {baseline_version} (publish.max_auc_drop "
+                                   f"{base_auc:.4f} of the published versions up to {baseline_version} (publish.max_auc_drop "
                                    f"{c.max_auc_drop:g})", candidate.auc, baseline_version, base_auc)
         else:
-            why = (f"progressive AUC {candidate.auc:.4f} vs {base_auc:.4f} of published version {baseline_version} "
+            why = (f"progressive AUC {candidate.auc:.4f} vs {base_auc:.4f} of the published versions up to {baseline_version} "
                    f"(allowed drop {c.max_auc_drop:g})")
         return PublishDecision(True, "ok", why, candidate.auc, baseline_version, base_auc)
 
@@ -168,31 +176,51 @@ class Publisher:
     """Runs the gate on a committed version of a store and moves PUBLISHED (the writer's side).
 
     ``verified`` remembers the versions whose parts this publisher has checked, so a delta chain is
-    read once, not once per version.
+    read once, not once per version. ``recent`` holds the windows of the last
+    ``baseline_versions`` published versions (after a restart: the published version's alone,
+    refilled as versions are published).
     """
 
     def __init__(self, store, cfg: PublishConfig | None = None) -> None:
         self.store = store
         self.gate = PublishGate(cfg)
         self.verified: dict[int, list[str]] = {}
+        self.recent: list[tuple[int, VersionMetrics]] = []
+
+    def baseline(self, base_v: int) -> VersionMetrics:
+        """The pooled window metrics of the last published versions (``base_v`` the newest of them)."""
+        if not self.recent or self.recent[-1][0] != base_v:
+            self.recent = [(base_v, VersionMetrics.from_extra(self.store.manifest(base_v).extra))]
+        windows = [m for _, m in self.recent[-self.gate.cfg.baseline_versions:]]
+        pooled = VersionMetrics.of_files(_Window(m.examples, m.auc, m.log_loss) for m in windows)
+        return dataclasses.replace(pooled, files=sum(m.files for m in windows))
 
     def __call__(self, version: int) -> PublishDecision:
         store = self.store
         manifest = store.manifest(version)
         problems = store.verify_chain(version, self.verified) if self.gate.cfg.verify_checksums else []
         base_v = store.published()
-        baseline = VersionMetrics.from_extra(store.manifest(base_v).extra) if base_v is not None else None
         if base_v is not None and base_v >= version:  # re-judging an old version: compare with nothing newer
-            base_v, baseline = None, None
-        decision = self.gate.decide(VersionMetrics.from_extra(manifest.extra), problems, baseline, base_v)
+            base_v = None
+        baseline = self.baseline(base_v) if base_v is not None else None
+        candidate = VersionMetrics.from_extra(manifest.extra)
+        decision = self.gate.decide(candidate, problems, baseline, base_v)
         store.write_gate_decision(version, {**decision.to_dict(), "version": version, "decided_at": time.time()})
         if decision.publish:
             store.publish(version)
+            self.recent = [*self.recent, (version, candidate)][-self.gate.cfg.baseline_versions:]
             log.info("version %d published: %s", version, decision.reason)
         else:
             log.warning("version %d held back (%s): %s; serving stays on version %s; training goes on",
                         version, decision.code, decision.reason, base_v)
         return decision
+
+
+@dataclasses.dataclass(frozen=True)
+class _Window:
+    examples: int
+    auc: float | None
+    log_loss: float | None
 
 
 def serving_target(pinned: int | None, published: int | None, latest: int | None) -> tuple[int | None, str]:

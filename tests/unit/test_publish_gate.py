@@ -35,7 +35,7 @@ def vm(auc, examples=2000):
 @pytest.mark.parametrize("cand, problems, base, base_v, cfg, publish, code, words", [
     (vm(0.60), [], None, None, PublishConfig(), True, "ok", "no version was published before"),
     (vm(0.66), [], vm(0.70), 4, PublishConfig(), True, "ok", "allowed drop 0.05"),
-    (vm(0.64), [], vm(0.70), 4, PublishConfig(), False, "auc_drop", "0.0600 below 0.7000 of published version 4"),
+    (vm(0.64), [], vm(0.70), 4, PublishConfig(), False, "auc_drop", "0.0600 below 0.7000 of the published versions up to 4"),
     (vm(0.30), ["part 'dense': missing"], vm(0.70), 4, PublishConfig(), False, "checksum", "part 'dense': missing"),
     (vm(0.99), ["x"], None, None, PublishConfig(max_auc_drop=None), False, "checksum", "does not verify"),
     (vm(0.30), [], vm(0.70), 4, PublishConfig(max_auc_drop=None), True, "ok", "AUC check is off"),
@@ -68,7 +68,7 @@ def test_the_margin_is_in_the_run_config_tree(tmp_path):
     (tmp_path / "run.yaml").write_text("publish: {max_auc_drop: null}\n")
     assert load_run_config(tmp_path / "run.yaml").publish.max_auc_drop is None
     assert load_run_config().to_dict()["publish"] == {"max_auc_drop": 0.05, "min_examples": 500,
-                                                      "verify_checksums": True}
+                                                      "verify_checksums": True, "baseline_versions": 5}
     with pytest.raises(ConfigError, match="publish.max_auc_drop"):
         load_run_config(None, ["publish.max_auc_drop=2"])
 
@@ -287,3 +287,44 @@ def test_rollback_unpin_and_status_from_the_cli(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["snapshots", "rollback", "latest", "--run-dir", str(tmp_path)])
     assert exc.value.code == 2 and "version number" in capsys.readouterr().err
+
+
+class _FakeStore:
+    """The store calls a Publisher makes, in memory: manifests with window metrics, PUBLISHED."""
+
+    def __init__(self, aucs):
+        import types
+
+        self.extra = {v: {"metrics": {"progressive_auc": a, "examples_validated": 1000, "files_validated": 1}}
+                      for v, a in enumerate(aucs, start=1)}
+        self.pointer, self.decisions, self._types = None, {}, types
+
+    def manifest(self, v):
+        return self._types.SimpleNamespace(extra=self.extra[v])
+
+    def verify_chain(self, v, memo=None):
+        return []
+
+    def published(self):
+        return self.pointer
+
+    def publish(self, v):
+        self.pointer = v
+
+    def write_gate_decision(self, v, d):
+        self.decisions[v] = d
+
+
+@pytest.mark.parametrize("baseline_versions, held", [(1, [6, 7, 8]), (5, [])])
+def test_the_baseline_pools_recent_windows_so_one_lucky_window_does_not_hold_everything(baseline_versions, held):
+    """Windows 0.60 .. then a lucky 0.80: against it alone (baseline_versions 1) every ordinary window
+    after it is held back; pooled over 5 published windows, ordinary windows go on publishing."""
+    store = _FakeStore([0.60, 0.61, 0.59, 0.60, 0.80, 0.60, 0.61, 0.60])
+    pub = Publisher(store, PublishConfig(max_auc_drop=0.05, baseline_versions=baseline_versions))
+    got = [v for v in range(1, 9) if not pub(v).publish]
+    assert got == held
+    flipped = _FakeStore([0.60, 0.61, 0.59, 0.60, 0.80, 0.30])  # a real drop is still held either way
+    pub2 = Publisher(flipped, PublishConfig(baseline_versions=baseline_versions))
+    assert [pub2(v).publish for v in range(1, 7)] == [True] * 5 + [False]
+    with pytest.raises(ConfigError, match="baseline_versions"):
+        PublishConfig(baseline_versions=0)
