@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import statistics
 import time
 from collections import Counter
 
@@ -82,3 +83,14 @@ async def offered_load(call, target: str, qps: float, seconds: float, timeout_s:
 
 def run_load(call, target: str, qps: float, seconds: float, **kw) -> LoadResult:
     return asyncio.run(offered_load(call, target, qps, seconds, **kw))
+
+
+def median_of(rounds: list[dict]) -> dict:
+    """Median and range over rounds of p50_ms, p99_ms and qps (summaries of :func:`run_load`); errors summed."""
+    out = {}
+    for key in ("p50_ms", "p99_ms", "qps"):
+        vals = [r[key] for r in rounds]
+        out[key] = statistics.median(vals)
+        out[f"{key}_range"] = [min(vals), max(vals)]
+    out["errors"] = sum(r["errors"] for r in rounds)
+    return out

@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.loadgen import median_of
 
 DESCRIPTION = "search NDCG@10 (held-out folds, lexical vs ranker), progressive NDCG@10, Search p50/p99 over gRPC"
 REPO = Path(__file__).resolve().parents[1]
@@ -84,16 +85,6 @@ def _load(target: str, reqs, qps: float, seconds: float, app: bool) -> dict:
 
     md = (("application", APP_NAME),) if app else ()
     return run_load(call, target, qps, seconds, metadata=md, stub=pb_grpc.SearchStub).summary()
-
-
-def _median_of(rounds: list[dict]) -> dict:
-    out = {}
-    for key in ("p50_ms", "p99_ms", "qps"):
-        vals = [r[key] for r in rounds]
-        out[key] = statistics.median(vals)
-        out[f"{key}_range"] = [min(vals), max(vals)]
-    out["errors"] = sum(r["errors"] for r in rounds)
-    return out
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -181,10 +172,10 @@ def _latency(args, store: str, catalogue: str, judgments, work: Path, skip: set)
             if grpcio_proc is not None:
                 grpcio_rounds.append(_load(grpcio_target, reqs, args.qps, args.seconds, False))
             serve_rounds.append(_load(target, reqs, args.qps, args.seconds, True))
-        out["search_serve"] = _median_of(serve_rounds)
+        out["search_serve"] = median_of(serve_rounds)
         out["p50_ms"], out["p99_ms"] = out["search_serve"]["p50_ms"], out["search_serve"]["p99_ms"]
         if grpcio_rounds:
-            out["search_grpcio"] = _median_of(grpcio_rounds)
+            out["search_grpcio"] = median_of(grpcio_rounds)
             out["p99_serve_over_grpcio"] = out["p99_ms"] / out["search_grpcio"]["p99_ms"]
     finally:
         if grpcio_proc is not None:

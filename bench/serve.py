@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from bench.loadgen import median_of
 
 DESCRIPTION = "Score/Recommend p50/p99 over Ray Serve gRPC vs grpcio and the bare forward; swaps; freshness"
 REPO = Path(__file__).resolve().parents[1]
@@ -174,16 +175,6 @@ def _load(target: str, reqs, method: str, qps: float, seconds: float, app: bool)
     return run_load(call, target, qps, seconds, metadata=md)
 
 
-def _median_of(rounds: list[dict]) -> dict:
-    out = {}
-    for key in ("p50_ms", "p99_ms", "qps"):
-        vals = [r[key] for r in rounds]
-        out[key] = statistics.median(vals)
-        out[f"{key}_range"] = [min(vals), max(vals)]
-    out["errors"] = sum(r["errors"] for r in rounds)
-    return out
-
-
 # --------------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> dict:
     import ray
@@ -250,13 +241,13 @@ def run(args: argparse.Namespace) -> dict:
                     grpcio_rec.append(_load(grpcio_target, rec_reqs, "Recommend", args.qps, args.seconds,
                                             False).summary())
                 serve_rec.append(_load(target, rec_reqs, "Recommend", args.qps, args.seconds, True).summary())
-        result["score_serve"] = _median_of(serve_rounds)
+        result["score_serve"] = median_of(serve_rounds)
         if grpcio_rounds:
-            result["score_grpcio"] = _median_of(grpcio_rounds)
+            result["score_grpcio"] = median_of(grpcio_rounds)
         if serve_rec:
-            result["recommend_serve"] = _median_of(serve_rec)
+            result["recommend_serve"] = median_of(serve_rec)
         if grpcio_rec:
-            result["recommend_grpcio"] = _median_of(grpcio_rec)
+            result["recommend_grpcio"] = median_of(grpcio_rec)
         if grpcio_proc is not None:
             grpcio_proc.kill()
             grpcio_proc = None

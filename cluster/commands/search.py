@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+from cluster.commands.argtypes import port as _port
 from cluster.commands.argtypes import positive_int as _positive
 from cluster.errors import UserError
 
@@ -34,12 +35,6 @@ def _k(text: str) -> int:
         raise argparse.ArgumentTypeError(f"k is at most {MAX_K}, got {v}")
     return v
 
-
-def _port(text: str) -> int:
-    v = _positive(text)
-    if v > 65535:
-        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {v}")
-    return v
 
 
 def _candidates(text: str) -> int:

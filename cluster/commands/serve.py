@@ -11,25 +11,12 @@ import sys
 import threading
 from pathlib import Path
 
+from cluster.commands.argtypes import port as _port
 from cluster.commands.argtypes import positive_int as _positive
+from cluster.commands.argtypes import seconds as _seconds
 from cluster.errors import UserError
 
 
-def _port(text: str) -> int:
-    v = _positive(text)
-    if v > 65535:
-        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {v}")
-    return v
-
-
-def _seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not 0.01 <= v <= 3600:
-        raise argparse.ArgumentTypeError(f"expected seconds in [0.01, 3600], got {text!r}")
-    return v
 
 
 def _id(text: str) -> int | str:
