@@ -15,10 +15,10 @@ and changes settings only, never weights::
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import socket
+import threading
 
 import grpc
 from ray import serve
@@ -26,9 +26,11 @@ from ray.serve.config import gRPCOptions
 
 from serving.config import ServeConfig
 from serving.errors import ServingError
+from serving.model import ps_config_of
 from serving.service import ScoringService
 from serving.shards import RemoteTables, ShardSlice, merge_changes
 from serving.wire import SERVICER_FUNCTION, pb
+from versions import VersionStore
 
 log = logging.getLogger(__name__)
 APP_NAME = "freshrec"
@@ -107,10 +109,6 @@ class TableShardDeployment:
     ids from the version store and follows the versions the scoring replicas ask for."""
 
     def __init__(self, cfg: ServeConfig, index: int) -> None:
-        import threading
-
-        from versions import VersionStore
-
         logging.basicConfig(level=logging.INFO)
         self.cfg, self.index = cfg, index
         self.store = VersionStore(cfg.store_url, cfg.storage_options)
@@ -120,8 +118,6 @@ class TableShardDeployment:
     def _slice(self, version: int) -> ShardSlice:
         with self._lock:
             if self.slice is None:
-                from serving.model import ps_config_of
-
                 self.slice = ShardSlice(self.store, ps_config_of(self.store, version), self.cfg.remote_tables,
                                         self.index, self.cfg.table_shards)
             return self.slice

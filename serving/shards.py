@@ -108,13 +108,11 @@ class ShardSlice:
                     if not parts:
                         continue
                     if m.kind == "full":
-                        changed = None
+                        changed = None  # everything may have changed: the replicas start their caches cold
                     parts = [{k: v for k, v in p.items() if k in ("ids", "deleted", "rows")} for p in parts]
-                    for p in parts:
-                        for k in ("ids", "deleted"):
-                            if k in p and len(p[k]):
-                                ids = np.asarray(p[k], np.int64)
-                                moved.append(ids[self._keep(ids)])
+                    if changed is not None:
+                        moved += [ids[self._keep(ids)] for p in parts for k in ("ids", "deleted")
+                                  if k in p and len(ids := np.asarray(p[k], np.int64))]
                     layers = [parts] if m.kind == "full" else [[arrays], parts]
                     arrays = merge_keyed(layers, self._keep, ("rows",))
                 if changed is not None:
