@@ -79,6 +79,9 @@ class RunConfig:
             raise ConfigError(f"spec must name a feature spec (a YAML file or a built-in name), got {self.spec!r}")
         if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
             raise ConfigError(f"workers must be an integer >= 1 (Ray Train workers), got {self.workers!r}")
+        if self.ps.placement == "in_process" and self.workers > 1:
+            raise ConfigError(f"ps.placement=in_process hosts the shards in the one training worker's process, but "
+                              f"workers is {self.workers}: use ps.placement=auto or ray")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":

@@ -67,24 +67,31 @@ class ShardHost:
             raise self._init_error
         return self.shard.index
 
-    async def pull(self, msg: tuple, step: int | None, rank: int = 0, lease: bool = False) -> tuple[np.ndarray, int]:
+    async def pull(self, msg: tuple, step: int | None, rank: int = 0, lease: bool = False,
+                   stale: int = 0) -> tuple[np.ndarray, int]:
         """Rows for a packed pull request (see :mod:`paramserver.wire`) and the read marker the rank's push
         of this step sends back (async: the rank's own pushes applied here; sync: the shard version).
 
-        Sync mode waits for steps < ``step``. ``lease``: a training pull, whose rows stay resident
-        until the step's push is applied (module docstring)."""
+        Sync mode waits for steps < ``step - stale`` (``stale`` > 0: rows that may miss the updates of the
+        ``stale`` steps just before ``step``: pipelining, or ids the steps in between do not touch).
+        ``lease``: a training pull, whose rows stay resident until the step's push is applied (module
+        docstring)."""
         t_call = time.perf_counter()
         sync = self.cfg.mode == "sync"
         if lease and step is None:
             raise BadPullError("*", "a leased (training) pull needs its step")
         if not 0 <= rank < self.cfg.num_workers:
             raise BadPullError("*", f"rank {rank} is outside [0, num_workers={self.cfg.num_workers})")
+        if not isinstance(stale, int) or isinstance(stale, bool) or stale < 0:
+            raise BadPullError("*", f"stale must be an integer >= 0, got {stale!r}")
         if sync and step is not None:
             if step < 0:
                 raise BadPullError("*", f"step must be >= 0, got {step}")
-            cond = self._condition()
-            async with cond:
-                await cond.wait_for(lambda: self.shard.version >= step)
+            ready = step - stale
+            if self.shard.version < ready:
+                cond = self._condition()
+                async with cond:
+                    await cond.wait_for(lambda: self.shard.version >= ready)
         batch = wire.unpack_ids(msg)
         if sync and lease and self.cfg.num_workers > 1:
             by_table = await self._gathered_pull(batch, step, rank)
@@ -172,10 +179,13 @@ class ShardHost:
                 "dropped_rows": dropped_rows}
 
     async def push_pull(self, push_msg: tuple, pull_msg: tuple, step: int, rank: int,
-                        read_version: int | None) -> tuple[np.ndarray, int]:
-        """Push of ``step`` then pull for ``step + 1`` (sync: once the step is applied) in one call."""
+                        read_version: int | None, ahead: int = 1) -> tuple[np.ndarray, int]:
+        """Push of ``step`` then the training pull of step ``step + ahead`` in one call (sync: answered once
+        ``step`` is applied; ``ahead`` > 1 is pipelining, the rows miss the ``ahead - 1`` steps in between)."""
+        if not isinstance(ahead, int) or isinstance(ahead, bool) or ahead < 1:
+            raise BadPullError("*", f"ahead must be an integer >= 1, got {ahead!r}")
         await self.push(push_msg, step, rank, read_version)
-        return await self.pull(pull_msg, step + 1, rank, True)
+        return await self.pull(pull_msg, step + ahead, rank, True, ahead - 1)
 
     async def stats(self) -> dict:
         self.telemetry.counters(self.shard.stats, force=True)

@@ -84,7 +84,7 @@ class PSClient:
         return ticket
 
     def pull_many(self, ids_by_table: Mapping[str, np.ndarray], step: int | None = None,
-                  lease: bool = False) -> Ticket:
+                  lease: bool = False, stale: int = 0) -> Ticket:
         """Rows of several tables in one call per shard; ``wait`` returns {table: rows}.
 
         Pulling counts as seeing the ids (frequency admission, LFU, TTL). ``lease=True`` marks a
@@ -98,6 +98,11 @@ class PSClient:
             nxt = client.pull_many({"user": u2, "item": i2}, step=s + 1)  # doctest: +SKIP
             client.wait(client.push_many(grads, step=s))                  # doctest: +SKIP
             rows = client.wait(nxt)                                       # doctest: +SKIP
+
+        ``stale`` (sync mode): the rows may miss the updates of the ``stale`` steps just before
+        ``step``, so the shards answer once step ``step - 1 - stale`` is applied. Exact when those
+        steps do not touch these ids (the trainer's ``sync_prefetch``), stale by design otherwise
+        (``pipeline_depth``).
         """
         if lease and step is None:
             raise BadPullError("*", "a leased (training) pull needs its step: pull_many(..., step=s, lease=True)")
@@ -105,7 +110,8 @@ class PSClient:
         if lease and self.cfg.mode == "sync" and self.cfg.num_workers > 1:  # every shard gathers every rank's pull
             empty = wire.pack_ids({})
             sent = {s: sent.get(s, empty) for s in range(self.cfg.num_shards)}
-        refs = [(s, _ray.submit(self._actors[s], "pull", msg, step, self.rank, bool(lease))) for s, msg in sent.items()]
+        refs = [(s, _ray.submit(self._actors[s], "pull", msg, step, self.rank, bool(lease), int(stale)))
+                for s, msg in sent.items()]
         return Ticket("pull", refs, plan, step, layout={s: (msg[0], msg[1]) for s, msg in sent.items()})
 
     def _route_pull(self, ids_by_table: Mapping[str, np.ndarray], step: int | None = None) -> tuple[dict[int, tuple], dict]:
@@ -154,12 +160,14 @@ class PSClient:
 
     def push_pull(self, grads_by_table: Mapping[str, tuple[np.ndarray, np.ndarray]],
                   next_ids_by_table: Mapping[str, np.ndarray], step: int) -> Ticket:
-        """Push step ``step``'s grads and pull the rows of step ``step + 1``: ONE call per shard.
+        """Push step ``step``'s grads and pull the rows of step ``step + 1 + cfg.pipeline_depth``: ONE call
+        per shard (a leased, training pull).
 
         ps-lite's PushPull: it halves the round trips of a training step. ``wait`` returns
         the rows of ``next_ids_by_table`` as :meth:`pull_many` would; in sync mode the shard
-        answers once every worker's push of ``step`` is applied (the rows are exactly
-        those a separate ``pull_many(step=step + 1)`` would return).
+        answers once every worker's push of ``step`` is applied (with ``pipeline_depth`` 0 the
+        rows are exactly those a separate ``pull_many(step=step + 1)`` would return; with depth d
+        they are those of ``pull_many(step=step + 1 + d, stale=d)``).
 
             rows = client.wait(client.pull_many(ids0, step=0))                 # doctest: +SKIP
             for s in range(steps):                                               # doctest: +SKIP
@@ -168,18 +176,19 @@ class PSClient:
         """
         if step is None or step < 0:
             raise BadPushError("*", f"push_pull needs step >= 0, got {step}")
+        ahead = 1 + self.cfg.pipeline_depth
         pushes = self._route_push(grads_by_table, step)
-        pulls, plan = self._route_pull(next_ids_by_table, step + 1)
+        pulls, plan = self._route_pull(next_ids_by_table, step + ahead)
         empty = wire.pack_ids({})
         refs = []
         for s in sorted(set(pushes) | set(pulls)):
             if s in pushes:
                 msg, version = pushes[s]
                 refs.append((s, _ray.submit(self._actors[s], "push_pull", msg, pulls.get(s, empty), step, self.rank,
-                                            version)))
+                                            version, ahead)))
             else:  # async mode: nothing to push to this shard
                 refs.append((s, _ray.submit(self._actors[s], "pull", pulls[s], step + 1, self.rank, True)))
-        return Ticket("push_pull", refs, plan, step + 1, layout={s: (m[0], m[1]) for s, m in pulls.items()})
+        return Ticket("push_pull", refs, plan, step + ahead, layout={s: (m[0], m[1]) for s, m in pulls.items()})
 
     def _route_push(self, grads_by_table: Mapping[str, tuple[np.ndarray, np.ndarray]],
                     step: int | None) -> dict[int, tuple]:
@@ -331,20 +340,19 @@ class PSClient:
         return ids.astype(np.int64, copy=False)
 
 
-PLACEMENTS = ("ray", "in_process")
-
-
-def create_parameter_server(cfg: PSConfig, placement: str = "ray") -> PSClient:
+def create_parameter_server(cfg: PSConfig, placement: str | None = None) -> PSClient:
     """Start the shards of ``cfg`` and return a client (rank 0).
 
-    ``placement="ray"``: shard actors on the current Ray (any worker process can use them).
-    ``placement="in_process"``: shards on threads of THIS process (:mod:`paramserver.inprocess`), no
+    ``placement`` (default ``cfg.placement``; ``"auto"`` means ``"ray"`` here):
+    ``"ray"``: shard actors on the current Ray (any worker process can use them).
+    ``"in_process"``: shards on threads of THIS process (:mod:`paramserver.inprocess`), no
     Ray round trips; for a single worker on the shards' node (the client cannot be pickled).
     """
+    placement = placement or cfg.placement
     if placement == "in_process":
         from paramserver.inprocess import create_in_process_shards
 
         return PSClient(cfg, create_in_process_shards(cfg))
-    if placement != "ray":
-        raise ValueError(f"placement must be one of {list(PLACEMENTS)}, got {placement!r}")
+    if placement not in ("ray", "auto"):
+        raise ValueError(f"placement must be one of ['auto', 'ray', 'in_process'], got {placement!r}")
     return PSClient(cfg, _ray.create_shard_actors(cfg))

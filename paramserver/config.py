@@ -14,6 +14,8 @@ MODES = ("sync", "async")
 DEVICES = ("cpu", "cuda", "auto")
 STALE_POLICIES = ("drop", "apply")
 FULL_TABLE_POLICIES = ("refuse", "error")
+MAX_PIPELINE_DEPTH = 4
+PLACEMENTS = ("auto", "ray", "in_process")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +65,19 @@ class PSConfig:
     max_staleness of the SAME worker's own pushes to that shard were applied is dropped ("drop")
     or applied anyway ("apply"); both count.
     actor_num_cpus: CPUs each shard actor reserves (0 lets shards share a small local Ray).
+    pipeline_depth: sync mode, how many steps a training pull runs ahead of the updates. 0 (the
+    default): the rows of step k+1 carry step k's update (exact; bit-identical to one process).
+    d >= 1: step k's push and step k+1+d's pull travel in one call per shard, so a step's rows miss
+    the updates of the d steps before it (staleness d, deterministic) and the worker computes
+    while the shards apply. At most MAX_PIPELINE_DEPTH.
+    sync_prefetch: sync mode, pipeline_depth 0, one worker: while step k computes, pull the ids of
+    step k+1 that step k does not touch (their rows cannot change, so this stays exact); only the
+    shared ids then wait for step k's push.
+    placement: where the shards live. ray: shard actors (every worker on every node reaches them).
+    in_process: threads of the one training worker's process (no Ray round trip; one worker
+    only, and the shards live and die with it; a restart restores them from the last version).
+    auto (the default): in_process for a training run with one worker, ray otherwise;
+    :func:`paramserver.create_parameter_server` alone resolves auto to ray.
     """
 
     tables: tuple[TableConfig, ...]
@@ -86,6 +101,9 @@ class PSConfig:
     seed: int = 0
     device: str = "cpu"
     actor_num_cpus: float = 0.0
+    pipeline_depth: int = 0
+    sync_prefetch: bool = False
+    placement: str = "auto"
 
     def __post_init__(self) -> None:
         tables = tuple(TableConfig(**t) if isinstance(t, dict) else t for t in self.tables)
@@ -133,6 +151,19 @@ class PSConfig:
             raise ConfigError(f"ps.seed must be an integer, got {self.seed!r}")
         if not (0 <= self.actor_num_cpus < float("inf")):
             raise ConfigError(f"ps.actor_num_cpus must be >= 0, got {self.actor_num_cpus!r}")
+        if not isinstance(self.pipeline_depth, int) or isinstance(self.pipeline_depth, bool) \
+                or not 0 <= self.pipeline_depth <= MAX_PIPELINE_DEPTH:
+            raise ConfigError(f"ps.pipeline_depth must be an integer in [0, {MAX_PIPELINE_DEPTH}] (steps a training "
+                              f"pull runs ahead of the updates), got {self.pipeline_depth!r}")
+        if self.pipeline_depth and self.mode != "sync":
+            raise ConfigError("ps.pipeline_depth is for sync mode (async mode already pulls the next step ahead and "
+                              "bounds staleness with ps.max_staleness): set ps.pipeline_depth to 0 or ps.mode to sync")
+        _choice("placement", self.placement, PLACEMENTS)
+        if self.placement == "in_process" and self.num_workers > 1:
+            raise ConfigError(f"ps.placement=in_process hosts the shards in the one training worker's process, but "
+                              f"there are {self.num_workers} workers: use ray or auto")
+        if not isinstance(self.sync_prefetch, bool):
+            raise ConfigError(f"ps.sync_prefetch must be true or false, got {self.sync_prefetch!r}")
 
     @property
     def table_names(self) -> tuple[str, ...]:

@@ -63,20 +63,25 @@ class LocalBackend:
         self.shard = EmbeddingShard(self.cfg, 0)
 
     def pull_many(self, ids_by_table: Mapping[str, np.ndarray], step: int | None = None,
-                  lease: bool = False) -> _Done:
-        """``lease`` is accepted for the API's sake: here a step's push follows its pull at once."""
-        return _Done(self.shard.pull(ids_by_table, step))
+                  lease: bool = False, stale: int = 0) -> _Done:
+        """Every call is done when it returns, so calls take effect in the order they are made (what a PS
+        shard does with one worker's calls) and ``stale`` needs no wait. ``lease``: the rows stay resident
+        until the push of ``step`` (pipelined or prefetched pulls run ahead of the pushes, as on the PS)."""
+        return _Done(self.shard.pull(ids_by_table, step, lease=(0, step) if lease else None))
 
     def push_many(self, grads_by_table: Mapping[str, tuple[np.ndarray, np.ndarray]],
                   step: int | None = None) -> _Done:
         """Every push is applied, an empty one too: the shard version then counts steps as a sync PS
         does (TTL in versions and aged LFU age alike in both backends)."""
         dropped = self.shard.push(grads_by_table, step)
+        if step is not None:
+            self.shard.release_through(step)  # the step is applied: its rows may go
         return _Done({0: {"decision": "apply", "dropped_rows": dropped, "version": self.shard.version}})
 
     def push_pull(self, grads_by_table, next_ids_by_table, step: int) -> _Done:
+        """Push ``step``, then pull the rows of step ``step + 1 + cfg.pipeline_depth`` (as the PS client)."""
         self.push_many(grads_by_table, step)
-        return self.pull_many(next_ids_by_table, step + 1)
+        return self.pull_many(next_ids_by_table, step + 1 + self.cfg.pipeline_depth, lease=True)
 
     def wait(self, ticket: _Done, timeout_s: float | None = None):
         return ticket.result

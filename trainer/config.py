@@ -162,6 +162,10 @@ class PSOptions:
     async (bounded staleness in the worker's own steps: max_staleness, stale_policy drop | apply).
     weights_dtype: fp32 | fp16 rows. device: cpu | cuda | auto.
     actor_num_cpus: CPUs each shard actor reserves (0 lets shards share a small local Ray).
+    pipeline_depth: sync mode, steps a training pull runs ahead of the updates (0: exact; d: rows
+    miss the last d steps' updates while the worker computes beside the shards). sync_prefetch:
+    sync, depth 0, one worker: pull step k+1's ids that step k does not touch during step k (exact).
+    placement: auto (in the worker's process with one worker, shard actors otherwise) | ray | in_process.
     See docs/paramserver.md.
     """
 
@@ -180,6 +184,9 @@ class PSOptions:
     weights_dtype: str = "fp32"
     device: str = "cpu"
     actor_num_cpus: float = 0.0
+    pipeline_depth: int = 0
+    sync_prefetch: bool = False
+    placement: str = "auto"
 
     def __post_init__(self) -> None:
         from paramserver.config import PSConfig, TableConfig

@@ -77,6 +77,18 @@ def dropped_parts(reply) -> int:
     return sum(1 for r in (reply or {}).values() if isinstance(r, dict) and r.get("decision") == "drop")
 
 
+def _merge_rows(ids: Mapping[str, np.ndarray], shared: Mapping[str, np.ndarray], rest: Mapping[str, np.ndarray],
+                rows_shared: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A step's rows from its two pulls (sync_prefetch): the ids the step before did not touch and the shared ones."""
+    out = {}
+    for t, v in ids.items():
+        r = np.empty((len(v), rows_shared[t].shape[1]), np.float32)
+        r[shared[t]] = rows_shared[t]
+        r[~shared[t]] = rest[t]
+        out[t] = r
+    return out
+
+
 class TrainerCore:
     """Score and train one model over an embedding backend (see the module docstring).
 
@@ -206,18 +218,37 @@ class TrainerCore:
 
     def _pass(self, batch: EventBatch, dense: torch.Tensor, labels: torch.Tensor,
               parts: list[tuple[np.ndarray, int]]) -> tuple[float, int]:
+        """Train on ``parts`` (this worker's rows of each global minibatch), the pulls ahead as the backend's
+        mode says: async prefetches step k+1 before computing step k; sync pushes step k and pulls step
+        k+1+depth in one call (``pipeline_depth``), and with ``sync_prefetch`` (depth 0, one worker) pulls
+        step k+1's ids that step k does not touch while step k computes."""
         backend, world, ebc = self.backend, self.world, self.ebc
         kjts = [batch_to_kjt(batch, self.features, idx) for idx, _ in parts]
         ids = [ebc.table_ids(k) for k in kjts]
-        step0 = self.step
-        ticket = backend.pull_many(ids[0], step=step0, lease=True) if parts else None  # rows pinned till the push
+        step0, n = self.step, len(parts)
+        cfg = backend.cfg
+        depth = 0 if self.async_mode else cfg.pipeline_depth
+        prefetch = not self.async_mode and depth == 0 and world == 1 and cfg.sync_prefetch
+        # tickets[k]: the rows of step k (leased: pinned until that step's push is applied)
+        tickets = {k: backend.pull_many(ids[k], step=step0 + k, lease=True, stale=k) for k in range(min(depth + 1, n))}
+        split = None  # sync_prefetch: (shared masks, ticket of the rest) of the next step
         pending: list = []
         loss_sum, seen = 0.0, 0
         for k, (idx, n_global) in enumerate(parts):
-            rows = backend.wait(ticket)
-            last = k + 1 == len(parts)
+            rows = backend.wait(tickets.pop(k))
+            if split is not None:
+                rows = _merge_rows(ids[k], split[0], backend.wait(split[1]), rows)
+                split = None
+            last = k + 1 == n
+            nxt = k + 1 + depth  # the step whose rows travel with this step's push
             if self.async_mode and not last:
-                ticket = backend.pull_many(ids[k + 1], step=step0 + k + 1, lease=True)  # prefetch during this step
+                tickets[k + 1] = backend.pull_many(ids[k + 1], step=step0 + k + 1, lease=True)  # during this step
+            elif prefetch and not last:
+                shared = {t: np.isin(v, ids[k][t]) if t in ids[k] else np.zeros(len(v), bool)
+                          for t, v in ids[k + 1].items()}
+                if not all(m.all() for m in shared.values()):  # the rest cannot change in step k: exact
+                    rest = {t: v[~shared[t]] for t, v in ids[k + 1].items()}
+                    split = (shared, backend.pull_many(rest, step=step0 + k + 1, lease=True, stale=1))
             ebc.stage(ids[k], rows, requires_grad=True)
             ti = torch.from_numpy(idx).to(self.device)
             logits = logits_of(self.model, dense[ti], kjts[k])
@@ -231,15 +262,16 @@ class TrainerCore:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grads = ebc.take_grads(1.0 / world)
-            if self.async_mode or last:
+            if self.async_mode or nxt >= n:
                 pending.append(backend.push_many(grads, step=step0 + k))
-            else:  # sync: one round trip per shard pushes step k and brings step k+1's rows
-                ticket = backend.push_pull(grads, ids[k + 1], step=step0 + k)
+            else:  # sync: one round trip per shard pushes step k and brings step k+1+depth's rows
+                want = ids[nxt] if split is None else {t: v[split[0][t]] for t, v in ids[nxt].items()}
+                tickets[nxt] = backend.push_pull(grads, want, step=step0 + k)
             self.optimizer.step()
             seen += len(idx)
             while len(pending) > MAX_PUSHES_IN_FLIGHT or (last and pending):  # errors surface here
                 self.dropped_pushes += dropped_parts(backend.wait(pending.pop(0)))
-        self.step = step0 + len(parts)
+        self.step = step0 + n
         return loss_sum, seen
 
     # --------------------------------------------------------------- strategies

@@ -93,6 +93,25 @@ def _failure_cause(exc: BaseException) -> str:
     return text if len(text) < 600 else text[:600] + " ..."
 
 
+def resolve_placement(placement: str, num_workers: int, has_client: bool = False, keep_ps: bool = False) -> str:
+    """Where a run's shards live: ``ray`` (shard actors) or ``in_process`` (threads of the one worker's
+    process). ``auto`` picks in_process for one worker unless the caller brings or keeps the shards."""
+    if placement == "in_process" and (has_client or keep_ps):
+        raise ValueError("ps.placement=in_process puts the shards inside the training worker, so there is no "
+                         "client to pass in or keep: use placement ray (or auto) with client= or keep_ps=True")
+    if placement == "auto":
+        return "in_process" if num_workers == 1 and not (has_client or keep_ps) else "ray"
+    return placement
+
+
+def describe_ps(ps, num_workers: int) -> str:
+    """A run's parameter server in words, e.g. "2 shards in the worker's process (sync)"."""
+    where = ("in the worker's process" if resolve_placement(ps.placement, num_workers) == "in_process"
+             else "as Ray actors")
+    extra = f", pipeline depth {ps.pipeline_depth}" if ps.pipeline_depth else ""
+    return f"{ps.num_shards} shard(s) {where} ({ps.mode}{extra})"
+
+
 def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: Path, *,
                     ps: PSOptions | None = None, history: Path | None = None, incoming: Path | None = None,
                     drain: bool = True, num_workers: int = 1, client=None, idle_timeout_s: float | None = None,
@@ -109,7 +128,8 @@ def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_di
     workers from the last committed version, up to ``max_restarts`` times: nothing is lost or
     applied twice. ``on_file(i, record)`` is called in the driver as each data file is done,
     ``on_event(text)`` for resumes and restarts. Returns ``(RunResult, client)``; the PS is shut
-    down unless ``keep_ps``.
+    down unless ``keep_ps``. With ``ps.placement`` auto and one worker (or in_process) the shards live
+    in the worker's process and the returned client is None.
     """
     import ray
     import ray.train
@@ -148,10 +168,14 @@ def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_di
         return follower
 
     ps_cfg = ps_config_for(spec, train_cfg, ps, num_workers=num_workers)
-    if client is None:
+    ps_cfg = dataclasses.replace(ps_cfg, placement=resolve_placement(ps_cfg.placement, num_workers, client is not None,
+                                                                       keep_ps))
+    in_worker = ps_cfg.placement == "in_process"  # the one worker hosts the shards (and restores them)
+    if client is None and not in_worker:
         client = create_parameter_server(ps_cfg)
     # Ray Train workers run in their own working directory: hand them absolute paths
-    config = {"spec": spec, "model_cfg": model_cfg, "train_cfg": train_cfg, "client": client, "run_dir": str(run_dir),
+    config = {"spec": spec, "model_cfg": model_cfg, "train_cfg": train_cfg, "client": client, "ps_cfg": ps_cfg,
+              "run_dir": str(run_dir),
               "history": _absolute(history), "incoming": _absolute(incoming),
               "drain": drain, "idle_timeout_s": idle_timeout_s, "store_url": store_url, "snapshots": snapshots,
               "storage_options": storage_options, "version_extra": version_extra or {}, "publish": publish}
@@ -181,14 +205,15 @@ def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_di
                 restarts += 1
                 on_event(f"training failed ({_failure_cause(exc)}); restart {restarts}/{max_restarts}: new shard "
                          f"actors and workers resume from the last committed version")
-                client.shutdown()
-                client = create_parameter_server(ps_cfg)
-                config["client"] = client
+                if not in_worker:  # in_process: the new worker starts new shards itself
+                    client.shutdown()
+                    client = create_parameter_server(ps_cfg)
+                    config["client"] = client
                 follower.stop()
                 follower = follow_from(store.latest_valid())
     finally:
         follower.stop()
-        if not keep_ps:
+        if not keep_ps and client is not None:
             client.shutdown()
     seconds = time.perf_counter() - t0
     metrics = [json.loads(line) for line in paths.metrics.read_text().splitlines()] if paths.metrics.exists() else []

@@ -35,7 +35,23 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(config["train_cfg"].seed)
     torch.set_num_threads(1)
     spec = config["spec"]
-    client = config["client"].for_rank(rank)
+    if config["client"] is not None:
+        client = config["client"].for_rank(rank)
+    else:  # ps.placement in_process: this (only) worker hosts the shards; rank 0 restores them below
+        from paramserver import create_parameter_server
+
+        client = create_parameter_server(config["ps_cfg"], placement="in_process")
+    try:
+        _train(config, rank, world, spec, client)
+    finally:
+        if config["client"] is None:
+            client.shutdown()
+
+
+def _train(config: dict, rank: int, world: int, spec, client) -> None:
+    import ray.train
+    import ray.train.torch
+
     wrap = ray.train.torch.prepare_model if world > 1 else None
     core = TrainerCore(spec, config["model_cfg"], config["train_cfg"], client, rank=rank, world=world,
                        wrap_model=wrap, device=ray.train.torch.get_device())

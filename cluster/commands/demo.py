@@ -82,7 +82,9 @@ def _train_stage(args, out, spec, files, spec_name: str) -> dict:
     cut = max(1, len(files) // 3)
     for i, f in enumerate(files):  # the first third is history, the rest lands as new data files
         f.rename((history if i < cut else incoming) / f.name)
-    print(f"[2/3] local Ray; parameter server ({cfg.ps.num_shards} shard actors, FBGEMM row-wise Adagrad); Ray Train "
+    from trainer.run import describe_ps
+
+    print(f"[2/3] local Ray; parameter server ({describe_ps(cfg.ps, cfg.workers)}, FBGEMM row-wise Adagrad); Ray Train "
           f"with {cfg.workers} workers (gloo DDP); cold start on {cut} history data files, then stream "
           f"{len(files) - cut} incoming data files")
     ensure_ray(cfg.ray)

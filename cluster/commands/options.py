@@ -33,7 +33,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="override one setting, e.g. --set train.sparse_lr=0.05 --set ps.ttl_versions=1000 (repeatable)")
     g.add_argument("--spec", default=None, help="feature spec: a YAML file or a built-in name (taobao, movielens100k)")
     g.add_argument("--workers", type=int, default=None, help="Ray Train workers (gloo DDP on CPU); default 1")
-    g.add_argument("--ps-shards", type=int, default=None, help="parameter-server shard actors; default 2")
+    g.add_argument("--ps-shards", type=int, default=None, help="parameter-server shards; default 2")
     g.add_argument("--mode", choices=["sync", "async"], default=None, help="PS consistency (sync: deterministic)")
     g.add_argument("--batch-size", type=int, default=None)
     g.add_argument("--seed", type=int, default=None)

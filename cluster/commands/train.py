@@ -65,11 +65,11 @@ def run_and_summarise(args, history: Path | None, incoming: Path | None, drain: 
     check_inputs(history, incoming, drain)
 
     from cluster.ray_runtime import ensure_ray
-    from trainer.run import run_ps_training
+    from trainer.run import describe_ps, run_ps_training
     from trainer.versioning import version_extra
 
     ensure_ray(cfg.ray)
-    print(f"parameter server: {cfg.ps.num_shards} shard actors ({cfg.ps.mode}); Ray Train: {cfg.workers} worker(s); "
+    print(f"parameter server: {describe_ps(cfg.ps, cfg.workers)}; Ray Train: {cfg.workers} worker(s); "
           f"versions in {args.store or args.run_dir / 'versions'}")
     print(table_header(), flush=True)
     from trainer.run import DataFileError

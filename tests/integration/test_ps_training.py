@@ -270,19 +270,24 @@ def test_sync_under_eviction_pressure_equals_the_local_backend_and_repeats(ray_l
     assert [m.auc for m in two_a.validator.files] == [m.auc for m in two_b.validator.files]
 
 
-def test_two_workers_under_eviction_pressure_match_one_process(ray_local, small_files, batches, tmp_path):
+@pytest.mark.parametrize("pipeline_depth", [0, 1])
+def test_two_workers_under_eviction_pressure_match_one_process(ray_local, small_files, batches, tmp_path,
+                                                               pipeline_depth):
     """W=2 (Ray Train, gloo DDP), 1 shard under eviction pressure: the leased pulls of a step are served as one
-    union, so admission and eviction are the one process's exactly (ids, counts); rows within float rounding."""
+    union, so admission and eviction are the one process's exactly (ids, counts); rows within float rounding.
+    Pipelined (depth 1: step k's push and step k+2's pull in one call) the same holds against one process
+    pipelined alike."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         local = _train(LocalTrainer(SPEC, ModelConfig(), TrainConfig(batch_size=128, seed=3),
-                                    ps=PSOptions(**PRESSURE)), None, batches)
+                                    ps=PSOptions(**PRESSURE, pipeline_depth=pipeline_depth)), None, batches)
     finally:
         torch.set_num_threads(threads)
     result, client = run_ps_training(SPEC, ModelConfig(), TrainConfig(batch_size=128, seed=3), tmp_path / "run",
                                      history=small_files, num_workers=2, versions=False,
-                                     ps=PSOptions(num_shards=1, **PRESSURE), keep_ps=True)
+                                     ps=PSOptions(num_shards=1, **PRESSURE, pipeline_depth=pipeline_depth),
+                                     keep_ps=True)
     try:
         state, local_state = client.table_state(), local.backend.table_state()
         for table in TABLES:
@@ -297,6 +302,29 @@ def test_two_workers_under_eviction_pressure_match_one_process(ray_local, small_
                                    atol=1e-4)
     finally:
         client.shutdown()
+
+
+@pytest.mark.parametrize("extra", [dict(pipeline_depth=2), dict(sync_prefetch=True)], ids=["depth2", "prefetch"])
+def test_pipelined_and_prefetching_sync_on_shard_actors_equals_the_local_backend(ray_local, batches, extra):
+    """1 worker, 1 shard actor of the local backend's capacity, eviction pressure on: the pulls that run ahead
+    of the pushes (pipelined, or the prefetch of step k+1's untouched ids) keep their rows leased, and the
+    run is bit-identical to the local backend doing the same."""
+    tcfg = TrainConfig(batch_size=128, seed=3)
+    local = _train(LocalTrainer(SPEC, ModelConfig(), tcfg, ps=PSOptions(**PRESSURE, **extra)), tcfg, batches)
+    client = create_parameter_server(ps_config_for(SPEC, tcfg, PSOptions(num_shards=1, **PRESSURE, **extra)))
+    try:
+        core = _train(client, tcfg, batches)
+        state, stats = client.table_state(), client.stats()[0]
+    finally:
+        client.shutdown()
+    assert [m.auc for m in core.validator.files] == [m.auc for m in local.validator.files]
+    for k, v in local.dense_state().items():
+        assert torch.equal(core.dense_state()[k], v), k
+    local_state = local.backend.table_state()
+    for table in TABLES:
+        for key, value in local_state[table].items():
+            np.testing.assert_array_equal(state[table][key], value, err_msg=f"{table} {key}")
+    assert stats["evicted_lfu"] > 1000 and stats["leases"] == 0 and stats["lease_timeouts"] == 0
 
 
 def test_the_async_trainer_keeps_prefetched_rows_leased_and_reports_dropped_pushes(ray_local, batches):

@@ -95,6 +95,30 @@ def test_one_shard_two_shards_and_local_end_with_the_same_digest(ray_local, data
             client.shutdown()
 
 
+def test_one_worker_hosts_its_shards_in_process_and_ends_with_the_one_process_digest(ray_local, data_files,
+                                                                                    tmp_path, one_thread):
+    """ps.placement auto with one Ray Train worker: the shards are threads of the worker's process (no shard
+    actors, no client for the driver); versions cut there end with the digest of one local process, and a
+    restart on the same run directory resumes from them with nothing trained twice."""
+    want = local_digest(data_files, tmp_path)
+    incoming, run_dir = tmp_path / "incoming", tmp_path / "run"
+    incoming.mkdir()
+    for f in data_files[:3]:
+        shutil.copy(f, incoming)
+    first, client = run_ps_training(SPEC, ModelConfig(), TCFG, run_dir, ps=PSOptions(num_shards=2),
+                                    incoming=incoming, drain=True)
+    assert client is None and first.resumed_from is None
+    for f in data_files[3:]:
+        shutil.copy(f, incoming)
+    second, _ = run_ps_training(SPEC, ModelConfig(), TCFG, run_dir, ps=PSOptions(num_shards=2),
+                                incoming=incoming, drain=True)
+    assert second.resumed_from is not None
+    store = VersionStore(str(run_dir / "versions"))
+    manifest = store.manifest(store.latest())
+    assert manifest.model_digest == want, explain_mismatch(str(tmp_path / "local-versions"), str(run_dir / "versions"))
+    assert list(manifest.data_files) == [f.name for f in data_files]
+
+
 def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(ray_local, data_files, tmp_path, one_thread):
     """Sync mode: SIGKILL shard 0's process after a few versions; the driver restarts the shards and
     the worker from the last version, the stream completes, and the final digest is the one of an
