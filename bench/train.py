@@ -1,6 +1,9 @@
 """Training throughput: PS mode on Ray Train (1 and 2 workers, 2 PS shards) vs the local trainer.
 
-The local baseline and the two PS runs alternate over ``--rounds`` rounds (which side goes first
+Each PS run is a variant ``W:PLACEMENT:DEPTH`` (``--variants``): W Ray Train workers, the shards as
+Ray actors (``ray``) or in the one worker's process (``in_process``), and the sync pipeline depth
+(0: exact sync; d: step k's push and step k+1+d's pull in one call, rows d updates stale). The
+local baseline and the PS variants alternate over ``--rounds`` rounds (which side goes first
 alternates too): each round gives its own ratios, the result reports their median and range and
 the load average (``os.getloadavg()``) around each round, since one run of either side moves with
 the machine's background load (examples/s of training time, startup excluded).
@@ -14,8 +17,10 @@ from pathlib import Path
 
 from trainer.data.fetch import SHARED_TAOBAO
 
-DESCRIPTION = ("training examples/s in PS mode (Ray Train, 1 and 2 workers, 2 PS shards) as a ratio against the "
-               "local reference trainer (one process, FBGEMM TBE, no PS) on the same model and data in the same run")
+DESCRIPTION = ("training examples/s in PS mode (Ray Train, 1 and 2 workers, 2 PS shards, shard placement and sync "
+               "pipeline depth as variants) as a ratio against the local reference trainer (one process, FBGEMM TBE, "
+               "no PS) on the same model and data in the same run")
+DEFAULT_VARIANTS = "1:ray:0,1:in_process:0,1:ray:1,1:in_process:1,2:ray:0,2:ray:1"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,7 +31,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--every", default="5m", help="data file window")
     p.add_argument("--mode", choices=["sync", "async"], default="sync", help="PS consistency mode")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds local <-> PS (default 3)")
-    p.add_argument("--workers", default="1,2", help="PS worker counts to run each round (default 1,2)")
+    p.add_argument("--variants", default=DEFAULT_VARIANTS,
+                   help="PS runs per round as WORKERS:PLACEMENT:DEPTH, comma-separated (placement ray | in_process, "
+                        f"in_process with 1 worker only; depth = ps.pipeline_depth, sync only); default {DEFAULT_VARIANTS}")
+
+
+def parse_variants(text: str, mode: str) -> list[tuple[int, str, int]]:
+    """``"1:ray:0,2:ray:1"`` -> [(1, "ray", 0), (2, "ray", 1)]; UserError on anything else."""
+    from cluster.errors import UserError
+
+    out = []
+    for item in str(text).split(","):
+        parts = item.strip().split(":")
+        try:
+            w, placement, depth = int(parts[0]), parts[1], int(parts[2])
+        except (IndexError, ValueError):
+            raise UserError(f"--variants {item!r}: expected WORKERS:PLACEMENT:DEPTH, e.g. 1:in_process:0") from None
+        if len(parts) != 3 or w < 1 or placement not in ("ray", "in_process") or not 0 <= depth <= 4:
+            raise UserError(f"--variants {item!r}: workers >= 1, placement ray or in_process, depth 0-4")
+        if placement == "in_process" and w != 1:
+            raise UserError(f"--variants {item!r}: in_process hosts the shards in the one worker's process")
+        if depth and mode != "sync":
+            raise UserError(f"--variants {item!r}: a pipeline depth is for --mode sync")
+        out.append((w, placement, depth))
+    return out
 
 
 def _head(src: Path, rows: int, dst: Path) -> None:
@@ -53,12 +81,9 @@ def run(args: argparse.Namespace) -> dict:
 
     if not args.input.exists():
         raise UserError(f"{args.input} not found: pass --input, or see ../shared/data/README.md")
-    try:
-        workers = [int(w) for w in str(args.workers).split(",")]
-    except ValueError:
-        raise UserError(f"--workers {args.workers!r}: expected worker counts like 1,2") from None
-    if args.rounds < 1 or not workers or min(workers) < 1:
-        raise UserError("--rounds and every --workers count must be >= 1")
+    variants = parse_variants(args.variants, args.mode)
+    if args.rounds < 1:
+        raise UserError("--rounds must be >= 1")
     spec = load_spec(args.spec)
     mcfg, tcfg = ModelConfig(), TrainConfig(batch_size=args.batch_size)
     with tempfile.TemporaryDirectory(prefix="freshrec-bench-train-") as tmp:
@@ -80,9 +105,12 @@ def run(args: argparse.Namespace) -> dict:
                 examples += info["examples"]
             return examples / seconds, examples
 
-        def ps_rate(w: int, r: int) -> float:
-            result, _ = run_ps_training(spec, mcfg, tcfg, tmp / f"run{w}-{r}", history=tmp / "data", num_workers=w,
-                                        versions=False, ps=PSOptions(num_shards=2, mode=args.mode))
+        def ps_rate(variant: tuple[int, str, int], r: int) -> float:
+            w, placement, depth = variant
+            result, _ = run_ps_training(spec, mcfg, tcfg, tmp / f"run{w}-{placement}-{depth}-{r}", history=tmp / "data",
+                                        num_workers=w, versions=False,
+                                        ps=PSOptions(num_shards=2, mode=args.mode, placement=placement,
+                                                     pipeline_depth=depth))
             return (sum(m["examples_trained"] for m in result.metrics)
                     / sum(m["train_seconds"] for m in result.metrics))
 
@@ -91,9 +119,9 @@ def run(args: argparse.Namespace) -> dict:
             load_start = os.getloadavg()
             if r % 2 == 0:
                 local, examples = local_rate()
-                ps = {w: ps_rate(w, r) for w in workers}
+                ps = {v: ps_rate(v, r) for v in variants}
             else:
-                ps = {w: ps_rate(w, r) for w in workers}
+                ps = {v: ps_rate(v, r) for v in variants}
                 local, examples = local_rate()
             rounds.append({"local": local, "ps": ps, "load_start": load_start, "load_end": os.getloadavg()})
     med = statistics.median
@@ -102,15 +130,17 @@ def run(args: argparse.Namespace) -> dict:
         "files": len(files),
         "batch_size": args.batch_size,
         "mode": args.mode,
+        "shards": 2,
         "rounds": f"{args.rounds}, alternating (local first on even rounds)",
         "local_examples_per_s": {"median": med([r["local"] for r in rounds]),
                                  "min": min(r["local"] for r in rounds), "max": max(r["local"] for r in rounds)},
     }
-    for w in workers:
-        ratios = [r["ps"][w] / r["local"] for r in rounds]
-        rates = [r["ps"][w] for r in rounds]
-        out[f"ps_examples_per_s_{w}_workers"] = {"median": med(rates), "min": min(rates), "max": max(rates)}
-        out[f"ratio_vs_local_{w}_workers"] = {"median": med(ratios), "min": min(ratios), "max": max(ratios)}
+    for v in variants:
+        ratios = [r["ps"][v] / r["local"] for r in rounds]
+        rates = [r["ps"][v] for r in rounds]
+        out[f"{v[0]}_workers_{v[1]}_depth_{v[2]}"] = {
+            "examples_per_s": med(rates), "ratio_vs_local": med(ratios),
+            "ratio_min": min(ratios), "ratio_max": max(ratios)}
     out["load_average_1_5_15"] = [{"start": [round(x, 2) for x in r["load_start"]],
                                    "end": [round(x, 2) for x in r["load_end"]]} for r in rounds]
     return out

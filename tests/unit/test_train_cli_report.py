@@ -46,7 +46,10 @@ def test_train_refuses_bad_input_before_ray_starts(tmp_path, capsys, monkeypatch
     assert "built-in" in capsys.readouterr().err
     for bad, says in ((["--workers", "0"], "workers must be"), (["--ps-shards", "0"], "ps.num_shards"),
                       (["--set", "train.lr=1"], "unknown key"), (["--set", "ps.mode=fast"], "ps.mode"),
-                      (["--set", "oops"], "KEY=VALUE"), (["--config", str(tmp_path / "none.yaml")], "does not exist")):
+                      (["--set", "oops"], "KEY=VALUE"), (["--config", str(tmp_path / "none.yaml")], "does not exist"),
+                      (["--set", "ps.placement=in_process", "--workers", "2"], "one training worker's process"),
+                      (["--set", "ps.pipeline_depth=1", "--mode", "async"], "for sync mode"),
+                      (["--set", "ps.pipeline_depth=7"], "ps.pipeline_depth must be")):
         assert main(["stream", "--incoming", str(tmp_path), "--spec", "taobao", *bad]) == 2, bad
         assert says in capsys.readouterr().err, bad
     assert main(["stream", "--incoming", str(tmp_path), "--spec", "taobao", "--idle-timeout", "0"]) == 2
