@@ -124,3 +124,19 @@ def test_pipeline_options_are_checked():
         PSConfig(tables=(TableConfig("t", 4),), pipeline_depth=1, mode="async")
     with pytest.raises(ConfigError, match="sync_prefetch"):
         PSOptions(sync_prefetch="yes")
+
+
+def test_the_async_trainer_over_in_process_shards_reports_the_drops_the_shards_make():
+    """Async mode (the placement a one-worker run gets): prefetched rows stay leased, and with a staleness bound
+    of 0 every part the shards drop is counted by the trainer."""
+    client = create_parameter_server(ps_config_for(SPEC, TCFG, PSOptions(num_shards=2, mode="async", max_staleness=0,
+                                                                          capacity_per_shard=150)),
+                                     placement="in_process")
+    try:
+        core = _train(client, _batches())
+        stats = client.stats()
+    finally:
+        client.shutdown()
+    dropped = sum(s["dropped_stale_pushes"] for s in stats)
+    assert dropped > 0 and core.dropped_pushes == dropped
+    assert sum(s["leases"] for s in stats) == 0 and sum(s["evicted_lfu"] for s in stats) > 0
