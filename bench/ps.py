@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--placements", default="ray,in_process",
                         help="shard placements to time: ray (actors) and/or in_process (threads of this process); "
                              "default both")
+    parser.add_argument("--depths", default="0",
+                        help="sync pipeline depths to time (ps.pipeline_depth: step s's push travels with step "
+                             "s+1+d's pull, so the client's work overlaps the shards'); default 0, e.g. 0,1")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -79,8 +82,8 @@ class _LocalTBE:
         return time.perf_counter() - t0
 
 
-def _ps(args, shards: int, batches, grads, local: _LocalTBE, placement: str = "ray") -> dict:
-    """Per round: seconds per step of ``args.chunk`` PS steps (``push_pull``: push step s and pull s+1 in
+def _ps(args, shards: int, batches, grads, local: _LocalTBE, placement: str = "ray", depth: int = 0) -> dict:
+    """Per round: seconds per step of ``args.chunk`` PS steps (``push_pull``: push step s and pull s+1+depth in
     one call per shard, as the trainer steps) and of the local TBE on the same batches; the side that
     goes first alternates. Each PS chunk waits for its last reply inside its timing."""
     import os
@@ -89,22 +92,26 @@ def _ps(args, shards: int, batches, grads, local: _LocalTBE, placement: str = "r
 
     cfg = PSConfig(tables=tuple(TableConfig(f"t{i}", args.dim) for i in range(args.tables)),
                    num_shards=shards, capacity_per_shard=int(args.rows * 1.2 / shards) + 1024,
-                   mode="sync", num_workers=1, learning_rate=0.01, seed=args.seed)
+                   mode="sync", num_workers=1, learning_rate=0.01, seed=args.seed, pipeline_depth=depth)
     client = create_parameter_server(cfg, placement=placement)
-    state = {"step": 0, "ticket": None}
+    state = {"step": 0, "tickets": {}}
 
     def ps_steps(n: int) -> float:
         t0 = time.perf_counter()
+        tickets = state["tickets"]
         for _ in range(n):
             s = state["step"]
             batch = batches[s % len(batches)]
-            if state["ticket"] is None:
-                state["ticket"] = client.pull_many(batch, step=s, lease=True)
-            client.wait(state["ticket"])  # rows of this step (the model would compute here)
+            if not tickets:  # the first steps' rows (depth + 1 of them) are pulled up front
+                for k in range(depth + 1):
+                    tickets[s + k] = client.pull_many(batches[(s + k) % len(batches)], step=s + k, lease=True,
+                                                      stale=k)
+            client.wait(tickets.pop(s))  # rows of this step (the model would compute here)
             grads_s = {t: (ids, grads[t]) for t, ids in batch.items()}
-            state["ticket"] = client.push_pull(grads_s, batches[(s + 1) % len(batches)], step=s)
+            ahead = s + 1 + depth
+            tickets[ahead] = client.push_pull(grads_s, batches[ahead % len(batches)], step=s)
             state["step"] = s + 1
-        client.wait(state["ticket"])  # the last reply counts in this chunk; the next step's rows are here
+        client.wait(tickets[state["step"]])  # the last reply counts in this chunk; the next step's rows are here
         return time.perf_counter() - t0
 
     rounds = []
@@ -206,6 +213,12 @@ def run(args: argparse.Namespace) -> dict:
     except ValueError:
         raise UserError(f"--shards {args.shards!r}: expected shard counts like 1,2,4") from None
     placements = [p for p in str(args.placements).split(",") if p]
+    try:
+        depths = [int(d) for d in str(args.depths).split(",")]
+    except ValueError:
+        raise UserError(f"--depths {args.depths!r}: expected pipeline depths like 0,1") from None
+    if not depths or min(depths) < 0 or max(depths) > 4:
+        raise UserError("--depths takes pipeline depths in [0, 4]")
     if not placements or not set(placements) <= {"ray", "in_process"} or min(shard_counts) < 1 or args.rounds < 1:
         raise UserError("--placements takes ray and/or in_process; --shards counts and --rounds must be >= 1")
     torch.set_num_threads(1)
@@ -225,9 +238,9 @@ def run(args: argparse.Namespace) -> dict:
         "load_average_1_5_15": {}, "shard_cpu_ms_per_step": {}, "naive_ps_ms_per_step": {}, "ratio_vs_naive_ps": {},
     }
     baseline = _LocalTBE(args, grads)
-    for n, placement in [(n, p) for p in placements for n in shard_counts]:
-        info = _ps(args, n, batches, grads, baseline, placement)
-        key = str(n) if placement == "ray" else f"{n} in_process"
+    for n, placement, depth in [(n, p, d) for d in depths for p in placements for n in shard_counts]:
+        info = _ps(args, n, batches, grads, baseline, placement, depth)
+        key = (str(n) if placement == "ray" else f"{n} in_process") + (f" depth {depth}" if depth else "")
         base = [b for b, _ in info["rounds"]]
         ps = [p for _, p in info["rounds"]]
         result["ratio_vs_local_tbe"][key] = summary([b / p for b, p in info["rounds"]])
@@ -237,7 +250,7 @@ def run(args: argparse.Namespace) -> dict:
         result["load_average_1_5_15"][key] = {"start": [round(x, 2) for x in info["load"][0]],
                                               "end": [round(x, 2) for x in info["load"][1]]}
         result["shard_cpu_ms_per_step"][key] = info["shard_cpu_ms_per_step"]
-        if args.naive_steps > 0 and placement == "ray":
+        if args.naive_steps > 0 and placement == "ray" and depth == 0:
             naive = _naive(args, n, batches, grads)
             result["naive_ps_ms_per_step"][key] = naive * 1e3
             result["ratio_vs_naive_ps"][key] = naive / summary(ps)["median"]
