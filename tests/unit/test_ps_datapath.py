@@ -133,3 +133,18 @@ def test_an_empty_pull_gives_an_empty_reply():
     shard = EmbeddingShard(cfg_of("sgd", "fp32"))
     assert shard.pull_flat({"user": np.empty(0, np.int64)}).shape == (0,)
     assert shard.pull({"user": np.empty(0, np.int64)})["user"].shape == (0, 8)
+
+
+# ------------------------------------------------------------------ the microbenchmark's CLI
+def test_bench_shard_cli_runs_small_and_refuses_a_bad_dim(capsys):
+    import json
+
+    from cluster.cli import main
+
+    assert main(["bench", "shard", "--json", "--rounds", "2", "--chunk", "1", "--rows", "500", "--batch", "64",
+                 "--tables", "2", "--dim", "8", "--optimizer", "adagrad"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["direct_update"] is True and out["bit_identical_after_pushes"] is True
+    assert out["push_ratio_old_over_new"]["median"] > 0 and len(out["load_average_1_5_15"]["start"]) == 3
+    assert main(["bench", "shard", "--dim", "6"]) == 2
+    assert "multiple of 4" in capsys.readouterr().err
