@@ -115,8 +115,9 @@ def test_pull_flat_is_the_wire_reply_table_after_table(weights_dtype):
     assert np.array_equal(before["item"][5:], np.zeros((4, 16), np.float32))  # no slot: zeros
 
 
-def test_pull_returns_views_into_one_flat_buffer_and_zeros_without_a_slot():
-    shard = EmbeddingShard(cfg_of("sgd", "fp32", admission_threshold=3))
+@pytest.mark.parametrize("weights_dtype", ["fp32", "fp16"])
+def test_pull_returns_views_into_one_flat_buffer_and_zeros_without_a_slot(weights_dtype):
+    shard = EmbeddingShard(cfg_of("sgd", weights_dtype, admission_threshold=3))
     admitted = np.array([4, 8, 15], np.int64)
     for _ in range(3):
         shard.pull({"user": admitted})
