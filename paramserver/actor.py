@@ -94,18 +94,17 @@ class ShardHost:
                     await cond.wait_for(lambda: self.shard.version >= ready)
         batch = wire.unpack_ids(msg)
         if sync and lease and self.cfg.num_workers > 1:
-            by_table = await self._gathered_pull(batch, step, rank)
+            rows = await self._gathered_pull(batch, step, rank)
         else:
             t0 = time.thread_time()
-            by_table = self.shard.pull(batch, step, lease=(rank, step) if lease else None)
+            rows = self.shard.pull_flat(batch, step, lease=(rank, step) if lease else None)  # the reply itself
             self._busy["pull_cpu_s"] += time.thread_time() - t0
-        rows = wire.pack_rows(msg[0], by_table)
         self.telemetry.latency("pull", time.perf_counter() - t_call)
         return rows, (self._own.get(rank, 0) if not sync else self.shard.version)
 
-    async def _gathered_pull(self, batch: dict, step: int, rank: int) -> dict:
+    async def _gathered_pull(self, batch: dict, step: int, rank: int) -> np.ndarray:
         """Sync, W > 1: wait for every rank's leased pull of ``step``, serve their union once, hand each
-        rank its rows."""
+        rank its rows (its flat pull reply)."""
         entry = self._gathering.get(step)
         if entry is None:
             entry = self._gathering[step] = {"ranks": {}, "done": asyncio.get_running_loop().create_future()}
@@ -124,15 +123,20 @@ class ShardHost:
         return result[rank]
 
     def _serve_union(self, ranks: dict, step: int) -> dict:
+        """Each rank's pull reply (flat, :mod:`paramserver.wire`): its rows taken from the union's, once."""
         union = merge_pulls([ranks[r] for r in sorted(ranks)])
         rows = self.shard.pull(union, step, lease=(-1, step))
         out = {}
         for r, batch in ranks.items():
-            mine = {}
-            for table, value in batch.items():
-                ids = value[0] if isinstance(value, tuple) else value
-                mine[table] = rows[table][np.searchsorted(union[table][0], ids)]
-            out[r] = mine
+            parts = [(rows[t], np.searchsorted(union[t][0], v[0] if isinstance(v, tuple) else v))
+                     for t, v in batch.items()]
+            flat = np.empty(sum(len(at) * src.shape[1] for src, at in parts), np.float32)
+            start = 0
+            for src, at in parts:
+                size = len(at) * src.shape[1]
+                np.take(src, at, axis=0, out=flat[start:start + size].reshape(len(at), src.shape[1]))
+                start += size
+            out[r] = flat
         return out
 
     async def push(self, msg: tuple, step: int | None, rank: int, read_version: int | None) -> dict:

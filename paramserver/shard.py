@@ -14,9 +14,10 @@ Rules (vectorised; no Python loop over ids, only over tables):
   gets a slot whose row is ``init_rows(table, id, seed)``. Ids without a slot read zeros.
 * A push of (ids, grads) is ONE fused backward + optimizer step over all tables: each id
   is its own SUM bag of length 1, tables with fewer ids are padded with empty bags, and
-  ``grad_output`` is [B, sum(dims)]. Duplicate ids are summed first (what a TBE backward
-  does with duplicates in one batch). Gradients for ids without a slot are dropped and
-  counted. Everything is validated before any table changes.
+  ``grad_output`` is [B, sum(dims)]. On CPU the push calls FBGEMM's backward kernel
+  directly, without the forward lookup (:func:`paramserver.tbe.fused_update`). Duplicate
+  ids are summed first (what a TBE backward does with duplicates in one batch). Gradients
+  for ids without a slot are dropped and counted. Everything is validated before any table changes.
 * Leases: a pull with ``lease=(rank, step)`` pins the rows it returns; a pinned row is never
   evicted (LFU or TTL) until :meth:`release` (the step's push was applied) or the lease
   times out (``lease_timeout_s``, counted in ``lease_timeouts``).
@@ -46,7 +47,7 @@ from paramserver.errors import BadPullError, BadPushError, TableFullError, Unkno
 from paramserver.hashing import init_rows
 from paramserver.idmap import CountTable, IdMap
 from paramserver.policies import aged_counts, expired_slots, lfu_victims
-from paramserver.tbe import build_tbe, sum_duplicates
+from paramserver.tbe import autograd_update, build_tbe, fused_update, sum_duplicates
 
 PullBatch = Mapping[str, "np.ndarray | tuple[np.ndarray, np.ndarray]"]
 PushBatch = Mapping[str, "tuple[np.ndarray, np.ndarray]"]
@@ -88,13 +89,21 @@ def resolve_device(cfg: PSConfig) -> torch.device:
 class EmbeddingShard:
     """Shard ``index`` of ``num_shards``: storage, id map, admission/eviction and updates."""
 
-    def __init__(self, cfg: PSConfig, index: int = 0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, cfg: PSConfig, index: int = 0, clock: Callable[[], float] = time.time,
+                 direct_update: bool = True) -> None:
+        """``direct_update``: a push calls FBGEMM's fused backward + optimizer kernel directly
+        (:func:`paramserver.tbe.fused_update`; CPU with rowwise_adagrad, adagrad or sgd); False, or
+        where there is no such kernel (CUDA, Adam), it runs the module's forward then backward. Both
+        give the same bits; the direct call skips the forward lookup nobody reads."""
         self.cfg = cfg
         self.index = index
         self._clock = clock  # seconds: ttl_seconds and lease timeouts (tests pass a fake clock)
         self.device = resolve_device(cfg)
         self._tbe = build_tbe(cfg.tables, cfg.capacity_per_shard, cfg.optimizer, cfg.learning_rate, cfg.eps,
                               cfg.weights_dtype, self.device)
+        direct = fused_update(self._tbe, cfg.optimizer) if direct_update else None
+        self.direct_update = direct is not None
+        self._update = direct or autograd_update(self._tbe)
         self._weights = self._tbe.split_embedding_weights()
         states = self._tbe.split_optimizer_states() if cfg.optimizer != "sgd" else []
         self._states = [list(s) for s in states] if states else [[] for _ in cfg.tables]
@@ -135,6 +144,25 @@ class EmbeddingShard:
         ``lease`` (a key, ``(rank, step)``): the rows returned stay resident until
         ``release(lease)`` (or the lease times out); pulling again under the same key adds rows.
         With ``full_table="error"`` a pull that cannot get its rows raises TableFullError first.
+        The arrays are views into one buffer (see :meth:`pull_flat`).
+        """
+        flat = self.pull_flat(batch, step, lease)
+        out, at = {}, 0
+        for name, value in batch.items():
+            n, dim = len(value[0] if isinstance(value, tuple) else value), self._tables[name].cfg.dim
+            out[name] = flat[at:at + n * dim].reshape(n, dim)
+            at += n * dim
+        return out
+
+    def pull_flat(self, batch: PullBatch, step: int | None = None, lease: Hashable | None = None) -> np.ndarray:
+        """:meth:`pull`, the rows in the pull reply's wire form (:mod:`paramserver.wire`): ONE float32
+        array, table after table in ``batch`` order, each ``[n_t, dim_t]`` row-major.
+
+        Every table's rows are gathered straight into their part of this buffer (one copy of each
+        row); rows of ids without a slot are zeros.
+
+        >>> shard.pull_flat({"item": np.array([7, 3]), "user": np.array([1])})   # doctest: +SKIP
+        array([...item 7 (dim floats)..., ...item 3..., ...user 1...], dtype=float32)
         """
         prepared = {name: self._prepare_pull(name, v) for name, v in batch.items()}
         self._advance(step)
@@ -143,8 +171,11 @@ class EmbeddingShard:
         if self.cfg.full_table == "error":
             for name, (ids, counts, _) in prepared.items():
                 self._check_room(self._tables[name], ids, counts)
-        out, held, plans = {}, [], {}
-        for name, (ids, counts, inverse) in prepared.items():
+        sizes = [len(ids if inverse is None else inverse) * self._tables[name].cfg.dim
+                 for name, (ids, _, inverse) in prepared.items()]
+        flat = np.empty(sum(sizes), np.float32)
+        held, plans, at = [], {}, 0
+        for (name, (ids, counts, inverse)), size in zip(prepared.items(), sizes):
             ts = self._tables[name]
             slots = self._see(ts, ids, counts, now)
             if lease is not None:
@@ -154,8 +185,8 @@ class EmbeddingShard:
                 held.append((ts, got))
                 if len(got) == len(ids) and inverse is None:  # the step's push may reuse this lookup
                     plans[name] = (ids, slots)
-            rows = self._gather(name, slots)
-            out[name] = rows if inverse is None else rows[inverse]
+            self._gather_into(flat[at:at + size], name, slots if inverse is None else slots[inverse])
+            at += size
             self._stats["rows_pulled"] += len(ids)
         if lease is not None:
             entry = self._leases.get(lease)
@@ -165,7 +196,7 @@ class EmbeddingShard:
                 entry[1].extend(held)
                 entry[2] = {}
         self._stats["pulls"] += 1
-        return out
+        return flat
 
     # ----------------------------------------------------------------- leases
     def release(self, lease: Hashable) -> bool:
@@ -473,42 +504,51 @@ class EmbeddingShard:
             s.index_fill_(0, idx, 0.0)
 
     def _gather(self, name: str, slots: np.ndarray) -> np.ndarray:
-        ts = self._tables[name]
-        t = self.cfg.table_names.index(name)
-        hit = slots >= 0
-        if hit.all():
-            return self._weights[t].index_select(0, torch.from_numpy(slots).to(self.device)).float().cpu().numpy()
-        rows = np.zeros((len(slots), ts.cfg.dim), np.float32)
-        if hit.any():
-            idx = torch.from_numpy(slots[hit]).to(self.device)
-            rows[hit] = self._weights[t].index_select(0, idx).float().cpu().numpy()
+        rows = np.empty((len(slots), self._tables[name].cfg.dim), np.float32)
+        self._gather_into(rows.reshape(-1), name, slots)
         return rows
 
+    def _gather_into(self, out: np.ndarray, name: str, slots: np.ndarray) -> None:
+        """Rows ``slots`` of table ``name`` as float32 into ``out`` (flat, len(slots) x dim); zeros where
+        a slot is -1. One copy: ``index_select`` writes straight into ``out`` (fp32 weights on CPU)."""
+        w = self._weights[self.cfg.table_names.index(name)]
+        view = torch.from_numpy(out).view(len(slots), w.shape[1])
+        hit = slots >= 0
+        if hit.all():
+            idx = torch.from_numpy(slots)
+            if w.dtype == torch.float32 and w.device.type == "cpu":
+                torch.index_select(w, 0, idx, out=view)
+            else:
+                view.copy_(w.index_select(0, idx.to(w.device)))
+            return
+        view.zero_()
+        if hit.any():
+            where = torch.from_numpy(np.flatnonzero(hit))
+            view.index_copy_(0, where, w.index_select(0, torch.from_numpy(slots[hit]).to(w.device)).float().cpu())
+
     def _fused_step(self, parts: list) -> None:
-        sizes = [len(hs) for _, hs, _ in parts]
-        batch = max(sizes, default=0)
+        """One update of every table: each slot is its own SUM bag of length 1, tables with fewer
+        rows are padded with empty bags; ``grad_output`` is [B, sum(dims)] (zeros in padding)."""
+        batch = max((len(hs) for _, hs, _ in parts), default=0)
         if batch == 0:
             return
-        num_tables = len(self._tables)
-        position = {name: i for i, name in enumerate(self._tables)}
-        lengths = np.zeros(num_tables * batch, np.int64)
-        indices = []
-        grad_out = np.empty((batch, self._total_dim), np.float32)
         by_table = {ts.cfg.name: (hs, g) for ts, hs, g in parts}
-        for name, ts in self._tables.items():  # table order fixes the index layout
-            hs, g = by_table.get(name, (np.empty(0, np.int64), None))
-            grad_out[len(hs):, ts.col:ts.col + ts.cfg.dim] = 0.0  # padding bags
-            if g is None:
-                continue
-            t = position[name]
-            lengths[t * batch:t * batch + len(hs)] = 1
-            indices.append(hs)
-            grad_out[:len(hs), ts.col:ts.col + ts.cfg.dim] = g
-        offsets = np.zeros(num_tables * batch + 1, np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        idx = torch.from_numpy(np.concatenate(indices)).to(self.device)
-        out = self._tbe(idx, torch.from_numpy(offsets).to(self.device))
-        out.backward(torch.from_numpy(grad_out).to(self.device))
+        lengths = np.zeros((len(self._tables), batch), np.int64)
+        grad_out = np.empty((batch, self._total_dim), np.float32)
+        indices = []
+        for t, (name, ts) in enumerate(self._tables.items()):  # table order fixes the index layout
+            hs, g = by_table.get(name, (None, None))
+            n = 0 if hs is None else len(hs)
+            grad_out[n:, ts.col:ts.col + ts.cfg.dim] = 0.0  # padding bags
+            if n:
+                lengths[t, :n] = 1
+                indices.append(hs)
+                grad_out[:n, ts.col:ts.col + ts.cfg.dim] = g
+        offsets = np.zeros(lengths.size + 1, np.int64)
+        np.cumsum(lengths.reshape(-1), out=offsets[1:])
+        dev = self.device
+        self._update(torch.from_numpy(np.concatenate(indices)).to(dev), torch.from_numpy(offsets).to(dev),
+                     torch.from_numpy(grad_out).to(dev))
 
 
 def _as_ids(ids, table: str, error: type) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -50,6 +50,62 @@ def build_tbe(tables: Sequence[TableConfig], rows: int, optimizer: str = "rowwis
         device=device,
     )
 
+
+#: The CPU optimizers whose fused update :func:`fused_update` calls directly (FBGEMM's CPU kernels).
+DIRECT_UPDATE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd")
+
+FusedUpdate = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+def fused_update(tbe, optimizer: str) -> FusedUpdate | None:
+    """The TBE's own backward kernel with the optimizer fused in, callable without the forward.
+
+    A push only needs the update: ``tbe(indices, offsets).backward(grad_output)`` runs the
+    forward lookup, saves it for autograd and then calls
+    ``torch.ops.fbgemm.split_embedding_backward_codegen_<optimizer>_cpu`` with the module's
+    buffers. The function returned calls that same op with the same buffers (weights,
+    placements, offsets, optimizer state, the learning-rate tensor, eps, weight decay ...), so
+    the update is bit-identical and the forward is not paid:
+
+    >>> update = fused_update(tbe, "rowwise_adagrad")      # doctest: +SKIP
+    >>> update(indices, offsets, grad_output)             # == tbe(indices, offsets).backward(grad_output)
+
+    ``indices``/``offsets`` are int64 as the module's forward takes them (SUM pooling, no
+    per-sample weights); ``grad_output`` is float32 ``[B, total_D]``. ``None`` where there is no
+    such CPU kernel (a CUDA module, Adam): use forward + backward there.
+    """
+    if optimizer not in DIRECT_UPDATE_OPTIMIZERS or not getattr(tbe, "use_cpu", False):
+        return None
+    op = getattr(torch.ops.fbgemm, f"split_embedding_backward_codegen_{optimizer}_cpu")
+    m = tbe
+
+    def update(indices: torch.Tensor, offsets: torch.Tensor, grad_output: torch.Tensor) -> None:
+        args = m.optimizer_args  # read per call, as the forward does
+        if args.gradient_clipping:  # what the autograd backward does before the kernel
+            grad_output = grad_output.clamp(-args.max_gradient, args.max_gradient)
+        common = (grad_output, m.weights_host, m.weights_placements, m.weights_offsets, m.D_offsets, m.max_D,
+                  m.hash_size_cumsum, m.total_hash_size_bits, indices, offsets, m.pooling_mode, None,
+                  args.stochastic_rounding)
+        if optimizer == "sgd":
+            op(*common, m.learning_rate_tensor, output_dtype=m.output_dtype)
+        elif optimizer == "adagrad":
+            op(*common, m.momentum1_host, m.momentum1_placements, m.momentum1_offsets, m.learning_rate_tensor,
+               eps=args.eps, output_dtype=m.output_dtype)
+        else:
+            op(*common, m.momentum1_host, m.momentum1_placements, m.momentum1_offsets, m.learning_rate_tensor,
+               eps=args.eps, weight_decay=args.weight_decay, weight_decay_mode=args.weight_decay_mode,
+               max_norm=args.max_norm, output_dtype=m.output_dtype)
+
+    return update
+
+
+def autograd_update(tbe) -> FusedUpdate:
+    """The same update through the module: forward, then backward (which runs the fused optimizer)."""
+
+    def update(indices: torch.Tensor, offsets: torch.Tensor, grad_output: torch.Tensor) -> None:
+        tbe(indices, offsets).backward(grad_output)
+
+    return update
 
 
 def sum_duplicates(ids: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -6,6 +6,7 @@ so each message is a table-name tuple, per-table lengths and one buffer per kind
 
     pull request  (names, lengths, ids int64 [sum n], counts int64 [sum n])
     pull reply    rows float32, flat: table after table, each [n_t, dim_t] row-major
+                  (the shard gathers the rows straight into it: EmbeddingShard.pull_flat)
     push request  (names, lengths, ids int64 [sum n], grads float32 flat like the reply)
 """
 
@@ -38,7 +39,10 @@ def unpack_ids(msg: Message) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def pack_rows(names: tuple[str, ...], rows: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Rows of each table, flattened one after the other (float32)."""
+    """Rows of each table, flattened one after the other (float32): the pull reply from per-table arrays.
+
+    A copy of every row; the shard actor does not use it (``EmbeddingShard.pull_flat`` gathers the
+    rows into the reply directly)."""
     return _concat([rows[n].reshape(-1) for n in names], np.float32)
 
 
