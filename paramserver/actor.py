@@ -55,6 +55,8 @@ class ShardHost:
         self._own: dict[int, int] = {}  # async: rank -> its pushes applied here (the worker's own clock)
         self._dims = {t.name: t.dim for t in cfg.tables}
         self._busy = {"pull_cpu_s": 0.0, "push_cpu_s": 0.0}
+        self._next_call: dict = {}  # client id -> number of its next call to start (calls start in sent order)
+        self._call_waiting: dict = {}  # (client id, call number) -> future of a call that arrived early
         self.telemetry = ShardTelemetry(index)
 
     def _condition(self) -> asyncio.Condition:
@@ -67,15 +69,43 @@ class ShardHost:
             raise self._init_error
         return self.shard.index
 
+    async def _in_order(self, order: tuple | None) -> None:
+        """Start one client's calls in the order it sent them (``order`` = (client id, call number)).
+
+        Ray may start an async actor's tasks out of order (a later call is ready while an earlier
+        one's arguments are still arriving); a worker's pipelined or prefetched pulls and its pushes
+        must reach the shard in the trainer's order, since admission and eviction follow it. A call
+        that arrives early waits (without blocking the actor) for its predecessor to start."""
+        if order is None:
+            return
+        caller, n = order
+        expected = self._next_call.get(caller, 0)
+        if n < expected:
+            raise BadPullError("*", f"call {n} of client {caller} arrived twice (the next expected is {expected})")
+        if n > expected:
+            future = asyncio.get_running_loop().create_future()
+            self._call_waiting[(caller, n)] = future
+            try:
+                await asyncio.wait_for(future, self.cfg.lease_timeout_s)
+            except asyncio.TimeoutError:
+                self._call_waiting.pop((caller, n), None)
+                raise ShardUnavailableError(self.shard.index, f"call {n - 1} of client {caller} never arrived "
+                                                              f"within {self.cfg.lease_timeout_s} s") from None
+        self._next_call[caller] = n + 1
+        successor = self._call_waiting.pop((caller, n + 1), None)
+        if successor is not None and not successor.done():
+            successor.set_result(None)
+
     async def pull(self, msg: tuple, step: int | None, rank: int = 0, lease: bool = False,
-                   stale: int = 0) -> tuple[np.ndarray, int]:
+                   stale: int = 0, order: tuple | None = None) -> tuple[np.ndarray, int]:
         """Rows for a packed pull request (see :mod:`paramserver.wire`) and the read marker the rank's push
         of this step sends back (async: the rank's own pushes applied here; sync: the shard version).
 
         Sync mode waits for steps < ``step - stale`` (``stale`` > 0: rows that may miss the updates of the
         ``stale`` steps just before ``step``: pipelining, or ids the steps in between do not touch).
         ``lease``: a training pull, whose rows stay resident until the step's push is applied (module
-        docstring)."""
+        docstring). ``order``: (client id, call number), see :meth:`_in_order`."""
+        await self._in_order(order)
         t_call = time.perf_counter()
         sync = self.cfg.mode == "sync"
         if lease and step is None:
@@ -139,8 +169,10 @@ class ShardHost:
             out[r] = flat
         return out
 
-    async def push(self, msg: tuple, step: int | None, rank: int, read_version: int | None) -> dict:
+    async def push(self, msg: tuple, step: int | None, rank: int, read_version: int | None,
+                   order: tuple | None = None) -> dict:
         """Apply (async) or buffer until the step is complete (sync) a packed push; returns what happened."""
+        await self._in_order(order)
         t0, t_call = time.thread_time(), time.perf_counter()
         try:
             batch = wire.unpack_grads(msg, self._dims)
@@ -183,9 +215,10 @@ class ShardHost:
                 "dropped_rows": dropped_rows}
 
     async def push_pull(self, push_msg: tuple, pull_msg: tuple, step: int, rank: int,
-                        read_version: int | None, ahead: int = 1) -> tuple[np.ndarray, int]:
+                        read_version: int | None, ahead: int = 1, order: tuple | None = None) -> tuple[np.ndarray, int]:
         """Push of ``step`` then the training pull of step ``step + ahead`` in one call (sync: answered once
         ``step`` is applied; ``ahead`` > 1 is pipelining, the rows miss the ``ahead - 1`` steps in between)."""
+        await self._in_order(order)
         if not isinstance(ahead, int) or isinstance(ahead, bool) or ahead < 1:
             raise BadPullError("*", f"ahead must be an integer >= 1, got {ahead!r}")
         await self.push(push_msg, step, rank, read_version)

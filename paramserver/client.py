@@ -24,6 +24,7 @@ rank with :meth:`PSClient.for_rank` in sync mode.
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Mapping
 
 import numpy as np
@@ -59,6 +60,8 @@ class PSClient:
         self._actors = list(actors)
         self._dims = {t.name: t.dim for t in cfg.tables}
         self._read_versions: dict = {}
+        self._caller = uuid.uuid4().hex[:16]  # this client's id: each shard starts its calls in the order sent
+        self._calls = [0] * cfg.num_shards  # calls sent to each shard
         self._plans: dict = {}  # step -> {table: (ids object, uniq, inverse, groups)} of the step's pull
 
     def for_rank(self, rank: int) -> "PSClient":
@@ -110,8 +113,8 @@ class PSClient:
         if lease and self.cfg.mode == "sync" and self.cfg.num_workers > 1:  # every shard gathers every rank's pull
             empty = wire.pack_ids({})
             sent = {s: sent.get(s, empty) for s in range(self.cfg.num_shards)}
-        refs = [(s, _ray.submit(self._actors[s], "pull", msg, step, self.rank, bool(lease), int(stale)))
-                for s, msg in sent.items()]
+        refs = [(s, _ray.submit(self._actors[s], "pull", msg, step, self.rank, bool(lease), int(stale),
+                                self._order(s))) for s, msg in sent.items()]
         return Ticket("pull", refs, plan, step, layout={s: (msg[0], msg[1]) for s, msg in sent.items()})
 
     def _route_pull(self, ids_by_table: Mapping[str, np.ndarray], step: int | None = None) -> tuple[dict[int, tuple], dict]:
@@ -154,7 +157,7 @@ class PSClient:
         push raises BadPushError and nothing is sent.
         """
         sent = self._route_push(grads_by_table, step)
-        refs = [(s, _ray.submit(self._actors[s], "push", msg, step, self.rank, version))
+        refs = [(s, _ray.submit(self._actors[s], "push", msg, step, self.rank, version, self._order(s)))
                 for s, (msg, version) in sent.items()]
         return Ticket("push", refs, step=step)
 
@@ -185,9 +188,10 @@ class PSClient:
             if s in pushes:
                 msg, version = pushes[s]
                 refs.append((s, _ray.submit(self._actors[s], "push_pull", msg, pulls.get(s, empty), step, self.rank,
-                                            version, ahead)))
+                                            version, ahead, self._order(s))))
             else:  # async mode: nothing to push to this shard
-                refs.append((s, _ray.submit(self._actors[s], "pull", pulls[s], step + 1, self.rank, True)))
+                refs.append((s, _ray.submit(self._actors[s], "pull", pulls[s], step + 1, self.rank, True, 0,
+                                            self._order(s))))
         return Ticket("push_pull", refs, plan, step + ahead, layout={s: (m[0], m[1]) for s, m in pulls.items()})
 
     def _route_push(self, grads_by_table: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -239,6 +243,12 @@ class PSClient:
                                     f"pull_many(..., step={step}) did not read (or whose rows were not waited "
                                     "for): the shard measures staleness from the read; nothing was sent")
         return out
+
+    def _order(self, shard: int) -> tuple[str, int]:
+        """(this client's id, the number of this call to ``shard``): the shard starts them in that order."""
+        n = self._calls[shard]
+        self._calls[shard] = n + 1
+        return self._caller, n
 
     # ------------------------------------------------------------------- wait
     def wait(self, ticket: Ticket, timeout_s: float | None = None):

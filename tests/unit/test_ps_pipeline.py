@@ -140,3 +140,28 @@ def test_the_async_trainer_over_in_process_shards_reports_the_drops_the_shards_m
     dropped = sum(s["dropped_stale_pushes"] for s in stats)
     assert dropped > 0 and core.dropped_pushes == dropped
     assert sum(s["leases"] for s in stats) == 0 and sum(s["evicted_lfu"] for s in stats) > 0
+
+
+def test_the_shard_starts_one_clients_calls_in_the_order_sent():
+    """Ray may start an async actor's tasks out of order; a call that arrives before its predecessor waits for
+    it, so a pull sent after a push reads the pushed rows whatever the arrival order."""
+    cfg = PSConfig(tables=(TableConfig("t", 4),), mode="async")
+    host = ShardHost(cfg, 0, set_threads=False)
+    ids = wire.pack_ids({"t": (np.array([1, 2]), np.array([1, 1]))})
+    grads = wire.pack_grads({"t": (np.array([1, 2]), np.ones((2, 4), np.float32))})
+
+    async def scenario():
+        before, marker = await host.pull(ids, 0, 0, True, 0, ("c", 0))
+        late_pull = asyncio.ensure_future(host.pull(ids, 1, 0, True, 0, ("c", 2)))  # arrives first
+        await asyncio.sleep(0.01)
+        assert not late_pull.done()
+        await host.push(grads, 0, 0, marker, ("c", 1))
+        after, _ = await late_pull
+        assert not np.array_equal(after, before)  # the pull ran after the push it was sent after
+        np.testing.assert_array_equal(after, host.shard.read("t", np.array([1, 2])).reshape(-1))
+        with pytest.raises(Exception, match="arrived twice"):
+            await host.pull(ids, 1, 0, False, 0, ("c", 1))
+        other, _ = await host.pull(ids, None, 0, False, 0, ("d", 0))  # another client has its own order
+        np.testing.assert_array_equal(other, after)
+
+    asyncio.run(scenario())
