@@ -26,7 +26,9 @@ TABLES = ("user", "item", "category")
 def _synthetic_log(path, rows=4000, seed=0):
     """A Taobao-format log (user,item,category,behavior,ts) with a learnable signal."""
     rng = np.random.default_rng(seed)
-    users, items = rng.integers(1, 400, rows), rng.integers(1, 600, rows)
+    head = rng.random(rows) < 0.5  # half the events from a few heavy ids, half from a long tail (as the real log)
+    users = np.where(head, rng.integers(1, 200, rows), rng.integers(1, 3000, rows))
+    items = np.where(head, rng.integers(1, 300, rows), rng.integers(1, 5000, rows))
     buy = rng.random(rows) < np.where(items % 7 == 0, 0.6, 0.05)
     ts = 1511658000 + np.sort(rng.integers(0, 600, rows))
     path.write_text("".join(f"{u},{i},{i % 40},{'buy' if b else 'pv'},{t}\n" for u, i, b, t in zip(users, items, buy, ts)))
