@@ -13,12 +13,19 @@ In one run, on loopback, at a fixed offered load (open loop, :mod:`bench.loadgen
 
 The model: the Taobao log when present (the first 60% of rows trained as history, the rest cut
 into small data files), otherwise a synthetic log of the same format.
+
+The work directory (``/tmp/freshrec-bench-serve-*``: the version store, the data files, the trainer
+processes' logs) is removed at the end, also on an error, Ctrl-C or SIGTERM, together with the
+processes the run started; ``--keep-work`` keeps it and prints its path.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,6 +57,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recall-users", type=int, default=100,
                         help="users for retrieval recall@k against the full model over the whole catalogue (default 100)")
     parser.add_argument("--skip", default="", help="comma list of phases to skip: grpcio,recommend,swaps,freshness")
+    parser.add_argument("--keep-work", action="store_true",
+                        help="keep the work directory (version store, data files, trainer logs) and print its path; "
+                             "by default it is removed at the end, also on an error or Ctrl-C")
+
+
+# ----------------------------------------------------------------------- work dir
+@contextlib.contextmanager
+def work_dir(keep: bool = False, prefix: str = "freshrec-bench-serve-"):
+    """A fresh temporary directory and a list for the child processes started for it: on the way out
+    (normal end, error, Ctrl-C, or SIGTERM, turned into SystemExit(143) meanwhile) the children still
+    running are killed and the directory is removed, unless ``keep`` (then its path goes to stderr)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    children: list[subprocess.Popen] = []
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield work, children
+    finally:
+        try:
+            for proc in children:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(timeout=30)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            if keep:
+                print(f"bench serve: the work directory is kept at {work}", file=sys.stderr)
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 # ---------------------------------------------------------------------------- data
@@ -177,6 +219,14 @@ def _load(target: str, reqs, method: str, qps: float, seconds: float, app: bool)
 
 # --------------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> dict:
+    with work_dir(args.keep_work) as (work, children):
+        result = _run(args, work, children)
+    if args.keep_work:
+        result["work_dir"] = str(work)
+    return result
+
+
+def _run(args: argparse.Namespace, work: Path, children: list) -> dict:
     import ray
 
     from bench.servedata import StoreTrainer
@@ -185,13 +235,11 @@ def run(args: argparse.Namespace) -> dict:
     from serving.app import start_serving, worker_env
     from serving.client import ScoringClient
     from serving.config import ServeConfig
-    from serving.model import load_model
     from serving.service import ScoringService
     from versions import VersionStore
 
     skip = set(filter(None, args.skip.split(",")))
     result: dict = {"loadavg_start": list(os.getloadavg()), "ingress": args.ingress}
-    work = Path(tempfile.mkdtemp(prefix="freshrec-bench-serve-"))
     data = _prepare(args, work)
     result["data"] = data["source"]
     store_url = str(work / "versions")
@@ -216,7 +264,7 @@ def run(args: argparse.Namespace) -> dict:
     if "recall" not in skip and model.index is not None:
         result["recall"] = _recall(model, args.k, args.recall_users)
     svc.stop()
-    del svc, model
+    svc = model = None  # the in-process copy is freed before Ray starts
 
     if args.ingress == "throughput":
         os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
@@ -230,6 +278,7 @@ def run(args: argparse.Namespace) -> dict:
         ScoringClient(target).wait_ready(120)
         if "grpcio" not in skip:
             grpcio_proc, grpcio_target = _start_grpcio(store_url, catalogue, work)
+            children.append(grpcio_proc)
             ScoringClient(grpcio_target, None).wait_ready(120)
         serve_rounds, grpcio_rounds, serve_rec, grpcio_rec = [], [], [], []
         for _ in range(args.rounds):
@@ -261,18 +310,20 @@ def run(args: argparse.Namespace) -> dict:
             # user_config update: the same replica goes on serving
             pinned = ScoringClient(target).model_info().model_version
             pin(cfg, pinned)
-            control = _swaps(args, store_url, work, target, reqs, later[:args.swaps], result["p99_ms"], "control")
+            control = _swaps(args, store_url, work, target, reqs, later[:args.swaps], result["p99_ms"], "control",
+                             children)
             result["swap_control_pinned"] = control
             pin(cfg, None)
             ScoringClient(target).wait_ready(60, min_version=pinned + 1)
             time.sleep(2.0)
             swaps = _swaps(args, store_url, work, target, reqs, later[args.swaps:2 * args.swaps], result["p99_ms"],
-                           "swap")
+                           "swap", children)
             result.update({f"swap_{k}": v for k, v in swaps.items()})
             result["swap_p99_over_pinned_control"] = swaps["p99_ms"] / control["p99_ms"]
         later = later[2 * args.swaps:]
         if "freshness" not in skip:
-            result.update(_freshness(args, store, store_url, work, target, reqs[0], later[:args.fresh_files]))
+            result.update(_freshness(args, store, store_url, work, target, reqs[0], later[:args.fresh_files],
+                                     children))
     finally:
         if grpcio_proc is not None:
             grpcio_proc.kill()
@@ -311,10 +362,10 @@ def _recall(model, k: int, users: int, seed: int = 2) -> dict:
 
 
 def _trainer(store_url: str, incoming: Path, files: int, work: Path, name: str) -> subprocess.Popen:
-    log = open(work / f"{name}.log", "w")
-    return subprocess.Popen([sys.executable, "-m", "bench.servedata", "--store", store_url, "--incoming",
-                             str(incoming), "--files", str(files), "--idle-timeout", "60"],
-                            cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+    with open(work / f"{name}.log", "w") as log:  # the child holds its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "bench.servedata", "--store", store_url, "--incoming",
+                                 str(incoming), "--files", str(files), "--idle-timeout", "60"],
+                                cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT)
 
 
 def _wait_line(work: Path, name: str, text: str, timeout: float = 120) -> None:
@@ -328,11 +379,12 @@ def _wait_line(work: Path, name: str, text: str, timeout: float = 120) -> None:
 
 
 def _swaps(args, store_url: str, work: Path, target: str, reqs, files: list[str], steady_p99: float,
-           name: str) -> dict:
+           name: str, children: list) -> dict:
     """Land ``files`` one by one while Score runs at the offered load: every file becomes a version."""
     incoming = work / f"incoming-{name}"
     incoming.mkdir()
     proc = _trainer(store_url, incoming, len(files), work, name)
+    children.append(proc)
     _wait_line(work, name, "restored version")
     interval = 0.8
     seconds = len(files) * interval + 3.0
@@ -354,7 +406,7 @@ def _swaps(args, store_url: str, work: Path, target: str, reqs, files: list[str]
             "versions_seen": len(seen), "versions": [seen[0], seen[-1]] if seen else []}
 
 
-def _freshness(args, store, store_url: str, work: Path, target: str, req, files: list[str]) -> dict:
+def _freshness(args, store, store_url: str, work: Path, target: str, req, files: list[str], children: list) -> dict:
     """Land files one at a time; a prober scores every 10 ms; freshness = first answer by a version with the file."""
     import grpc
 
@@ -363,6 +415,7 @@ def _freshness(args, store, store_url: str, work: Path, target: str, req, files:
     incoming = work / "incoming-fresh"
     incoming.mkdir()
     proc = _trainer(store_url, incoming, len(files), work, "fresh")
+    children.append(proc)
     _wait_line(work, "fresh", "restored version")
     answers: list[tuple[float, int]] = []
     stop = threading.Event()

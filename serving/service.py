@@ -200,7 +200,7 @@ class ScoringService:
     @staticmethod
     def _category_id(model: ServableModel, feature) -> int:
         col = model.category_column
-        value = feature_value(feature, f"category")
+        value = feature_value(feature, "category")
         batch_col = model.spec.column_map[col]
         from trainer.data.parse import Rejections, parse_columns
 

@@ -49,10 +49,10 @@ def test_sync_core_on_the_ps_with_dynamic_features_is_bit_identical_to_local(ray
 
 
 @pytest.fixture(scope="module")
-def app(ray_local, tmp_path_factory):
+def app(serve_port, tmp_path_factory):
     from ray import serve
 
-    from serving.app import start_serving
+    from serving.app import APP_NAME, start_serving
     from serving.client import ScoringClient
     from serving.config import ServeConfig
 
@@ -61,12 +61,12 @@ def app(ray_local, tmp_path_factory):
     for i in range(2):
         trainer.add_file(write_taobao_csv(root / "in" / f"part-{i}.csv", 1200, i, start_ts=1_511_658_000 + 3600 * i,
                                           users=150))
-    port = start_serving(ServeConfig(store_url=str(root / "versions"), poll_interval_s=0.1))
+    port = start_serving(ServeConfig(store_url=str(root / "versions"), poll_interval_s=0.1), grpc_port=serve_port)
     client = ScoringClient(f"127.0.0.1:{port}")
     client.wait_ready(120)
     yield {"root": root, "trainer": trainer, "client": client}
     client.close()
-    serve.shutdown()
+    serve.delete(APP_NAME)  # the proxy stays for the next module (conftest)
 
 
 def test_dynamic_features_served_through_grpc_equal_offline(app):

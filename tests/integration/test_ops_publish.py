@@ -45,10 +45,10 @@ class Load(threading.Thread):
 
 
 @pytest.fixture(scope="module")
-def served(ray_local, tmp_path_factory):
+def served(serve_port, tmp_path_factory):
     from ray import serve
 
-    from serving.app import start_serving
+    from serving.app import APP_NAME, start_serving
     from serving.client import ScoringClient
     from serving.config import ServeConfig
 
@@ -57,12 +57,12 @@ def served(ray_local, tmp_path_factory):
     good = [trainer.add_file(write_taobao_csv(root / "in" / f"part-{i}.csv", 1500, i, start_ts=_ts(i)))
             for i in range(2)]
     cfg = ServeConfig(store_url=str(root / "versions"), poll_interval_s=0.1)
-    port = start_serving(cfg)
+    port = start_serving(cfg, grpc_port=serve_port)  # the shared proxy (conftest)
     client = ScoringClient(f"127.0.0.1:{port}")
     client.wait_ready(120, min_version=good[-1])
     yield {"root": root, "trainer": trainer, "good": good, "port": port, "client": client}
     client.close()
-    serve.shutdown()
+    serve.delete(APP_NAME)  # the proxy stays for the next module (conftest)
 
 
 def test_a_version_trained_on_flipped_labels_is_held_back_while_serving_keeps_the_previous(served):

@@ -78,16 +78,24 @@ def _assert_same_model(local: TrainerCore, other: TrainerCore, backend_other, ex
             assert np.abs(got - rows).max() <= atol, table
 
 
+@pytest.fixture(scope="module")
+def local_sync(batches):
+    """The local backend trained on every file (seed 3): the same reference for 1, 2 and 4 shards (read only)."""
+    local = LocalTrainer(SPEC, ModelConfig(), TrainConfig(batch_size=128, seed=3))
+    for name, b in batches:
+        local.step_file(b, name)
+    return local
+
+
 @pytest.mark.parametrize("num_shards", [1, 2, 4])
-def test_sync_core_on_the_ps_is_bit_identical_to_the_local_backend(ray_local, batches, num_shards):
+def test_sync_core_on_the_ps_is_bit_identical_to_the_local_backend(ray_local, batches, local_sync, num_shards):
     """The same core over the PS client (1 worker, 1/2/4 shard actors) and over in-process FBGEMM."""
     tcfg = TrainConfig(batch_size=128, seed=3)
-    local = LocalTrainer(SPEC, ModelConfig(), tcfg)
+    local = local_sync
     client = create_parameter_server(ps_config_for(SPEC, tcfg, PSOptions(num_shards=num_shards)))
     try:
         core = TrainerCore(SPEC, ModelConfig(), tcfg, client)
         for name, b in batches:
-            local.step_file(b, name)
             core.step_file(b, name)
         assert [m.auc for m in core.validator.files] == [m.auc for m in local.validator.files]
         _assert_same_model(local, core, client, exact=True)

@@ -27,15 +27,6 @@ SPEC = load_spec("taobao")
 TCFG = TrainConfig(batch_size=128, seed=7)
 
 
-@pytest.fixture(scope="module")
-def data_files(tmp_path_factory):
-    from tests.integration.conftest import taobao_data_files
-
-    files = taobao_data_files(tmp_path_factory.mktemp("recovery"))
-    assert len(files) >= 5
-    return files
-
-
 @pytest.fixture
 def one_thread():
     """Torch on one thread, as in each Ray Train worker (products on two threads may round differently)."""
@@ -77,8 +68,9 @@ def local_digest(files, tmp_path) -> str:
     return store.manifest(store.latest()).model_digest
 
 
-def test_one_shard_two_shards_and_local_end_with_the_same_digest(ray_local, data_files, tmp_path, one_thread):
-    want = local_digest(data_files, tmp_path)
+def test_one_shard_two_shards_and_local_end_with_the_same_digest(ray_local, data_files, uninterrupted, tmp_path,
+                                                                  one_thread):
+    want = uninterrupted[0]
     for shards in (1, 2):
         client = create_parameter_server(ps_config_for(SPEC, TCFG, PSOptions(num_shards=shards)))
         try:
@@ -96,11 +88,12 @@ def test_one_shard_two_shards_and_local_end_with_the_same_digest(ray_local, data
 
 
 def test_one_worker_hosts_its_shards_in_process_and_ends_with_the_one_process_digest(ray_local, data_files,
-                                                                                    tmp_path, one_thread):
+                                                                                    uninterrupted, tmp_path,
+                                                                                    one_thread):
     """ps.placement auto with one Ray Train worker: the shards are threads of the worker's process (no shard
     actors, no client for the driver); versions cut there end with the digest of one local process, and a
     restart on the same run directory resumes from them with nothing trained twice."""
-    want = local_digest(data_files, tmp_path)
+    want, reference = uninterrupted
     incoming, run_dir = tmp_path / "incoming", tmp_path / "run"
     incoming.mkdir()
     for f in data_files[:3]:
@@ -115,15 +108,16 @@ def test_one_worker_hosts_its_shards_in_process_and_ends_with_the_one_process_di
     assert second.resumed_from is not None
     store = VersionStore(str(run_dir / "versions"))
     manifest = store.manifest(store.latest())
-    assert manifest.model_digest == want, explain_mismatch(str(tmp_path / "local-versions"), str(run_dir / "versions"))
+    assert manifest.model_digest == want, explain_mismatch(reference, str(run_dir / "versions"))
     assert list(manifest.data_files) == [f.name for f in data_files]
 
 
-def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(ray_local, data_files, tmp_path, one_thread):
+def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(ray_local, data_files, uninterrupted, tmp_path,
+                                                                      one_thread):
     """Sync mode: SIGKILL shard 0's process after a few versions; the driver restarts the shards and
     the worker from the last version, the stream completes, and the final digest is the one of an
     uninterrupted run; the ledger holds every data file exactly once."""
-    want = local_digest(data_files, tmp_path)
+    want, reference = uninterrupted
     history, incoming, run_dir = tmp_path / "history", tmp_path / "incoming", tmp_path / "run"
     history.mkdir(), incoming.mkdir()
     shutil.copy(data_files[0], history)
@@ -159,7 +153,7 @@ def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(ray_local
     try:
         assert result.restarts >= 1 and any("restart" in e for e in events), events
         manifest = store.manifest(store.latest())
-        assert manifest.model_digest == want, explain_mismatch(str(tmp_path / "local-versions"), str(run_dir / "versions"))
+        assert manifest.model_digest == want, explain_mismatch(reference, str(run_dir / "versions"))
         assert list(manifest.data_files) == [f.name for f in data_files]  # each once, in order
         assert [m["file"] for m in result.metrics] == [f.name for f in data_files]
     finally:

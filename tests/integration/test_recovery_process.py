@@ -20,15 +20,6 @@ SPEC = load_spec("taobao")
 ARGS = ["--spec", "taobao", "--batch-size", "128", "--seed", "7", "--ps-shards", "2"]
 
 
-@pytest.fixture(scope="module")
-def data_files(tmp_path_factory):
-    from tests.integration.conftest import taobao_data_files
-
-    files = taobao_data_files(tmp_path_factory.mktemp("process"))
-    assert len(files) >= 5
-    return files
-
-
 def _stream(tmp_path, *extra: str) -> subprocess.Popen:
     log = open(tmp_path / f"stream-{time.monotonic_ns()}.log", "w")
     return subprocess.Popen([sys.executable, "-m", "cluster.cli", "stream", "--history", "history", "--incoming",
@@ -56,17 +47,8 @@ def _output(tmp_path) -> str:
     return "\n".join(p.read_text() for p in sorted(tmp_path.glob("stream-*.log")))
 
 
-def test_killed_stream_process_restarts_to_the_uninterrupted_model(data_files, tmp_path):
-    from tests.integration.test_recovery import local_digest
-
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        want = local_digest(data_files, tmp_path)
-    finally:
-        torch.set_num_threads(threads)
+def test_killed_stream_process_restarts_to_the_uninterrupted_model(data_files, uninterrupted, tmp_path):
+    want = uninterrupted[0]
     _layout(tmp_path, data_files, 3)
     store = VersionStore(str(tmp_path / "run" / "versions"))
     proc = _stream(tmp_path, "--idle-timeout", "120")

@@ -15,14 +15,13 @@ import grpc
 import numpy as np
 import pytest
 
-from search.wire import pb
 from tests.unit.test_search import write_synthetic
 
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
 
 
 @pytest.fixture(scope="module")
-def app(ray_local, tmp_path_factory):
+def app(serve_port, tmp_path_factory):
     from ray import serve
 
     from search.app import start_search_serving
@@ -31,6 +30,7 @@ def app(ray_local, tmp_path_factory):
     from search.ranker import RankerConfig, SearchCorpus
     from search.replay import replay
     from search.service import SearchServeConfig
+    from search.wire import APP_NAME
 
     root = write_synthetic(tmp_path_factory.mktemp("search"))
     catalogue, judgments = read_wands(root)
@@ -38,13 +38,14 @@ def app(ray_local, tmp_path_factory):
     store = root / "versions"
     cfg = RankerConfig(epochs=1, num_candidates=50)
     replay(corpus, judgments.of(judgments.query_ids[:8]), cfg, str(store), batch_queries=8)
-    port = start_search_serving(SearchServeConfig(str(store), str(root / "eval40_products.tsv"), poll_interval_s=0.1))
+    port = start_search_serving(SearchServeConfig(str(store), str(root / "eval40_products.tsv"), poll_interval_s=0.1),
+                                grpc_port=serve_port)  # the shared proxy (conftest)
     client = SearchClient(f"127.0.0.1:{port}")
     client.wait_ready(120)
     yield {"root": root, "corpus": corpus, "judgments": judgments, "store": store, "port": port, "client": client,
            "cfg": cfg}
     client.close()
-    serve.shutdown()
+    serve.delete(APP_NAME)  # the proxy stays for the next module (conftest)
 
 
 def test_search_over_grpc_equals_the_offline_ranking_of_the_version(app):

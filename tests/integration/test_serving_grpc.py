@@ -22,10 +22,10 @@ GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl"
 
 
 @pytest.fixture(scope="module")
-def app(ray_local, tmp_path_factory):
+def app(serve_port, tmp_path_factory):
     from ray import serve
 
-    from serving.app import start_serving
+    from serving.app import APP_NAME, start_serving
     from serving.client import ScoringClient
     from serving.config import ServeConfig
 
@@ -36,12 +36,12 @@ def app(ray_local, tmp_path_factory):
     for f in files:
         trainer.add_file(f)
     cfg = ServeConfig(store_url=str(root / "versions"), poll_interval_s=0.1, catalogue=(str(root / "in"),))
-    port = start_serving(cfg)
+    port = start_serving(cfg, grpc_port=serve_port)  # the shared proxy (conftest)
     client = ScoringClient(f"127.0.0.1:{port}")
     client.wait_ready(120)
     yield {"root": root, "trainer": trainer, "files": files, "port": port, "client": client, "cfg": cfg}
     client.close()
-    serve.shutdown()
+    serve.delete(APP_NAME)  # the proxy stays for the next module (conftest)
 
 
 def test_served_through_grpc_equals_offline(app):
