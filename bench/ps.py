@@ -217,8 +217,10 @@ def run(args: argparse.Namespace) -> dict:
         depths = [int(d) for d in str(args.depths).split(",")]
     except ValueError:
         raise UserError(f"--depths {args.depths!r}: expected pipeline depths like 0,1") from None
-    if not depths or min(depths) < 0 or max(depths) > 4:
-        raise UserError("--depths takes pipeline depths in [0, 4]")
+    from paramserver.config import MAX_PIPELINE_DEPTH
+
+    if not depths or min(depths) < 0 or max(depths) > MAX_PIPELINE_DEPTH:
+        raise UserError(f"--depths takes pipeline depths in [0, {MAX_PIPELINE_DEPTH}]")
     if not placements or not set(placements) <= {"ray", "in_process"} or min(shard_counts) < 1 or args.rounds < 1:
         raise UserError("--placements takes ray and/or in_process; --shards counts and --rounds must be >= 1")
     torch.set_num_threads(1)

@@ -39,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def parse_variants(text: str, mode: str) -> list[tuple[int, str, int]]:
     """``"1:ray:0,2:ray:1"`` -> [(1, "ray", 0), (2, "ray", 1)]; UserError on anything else."""
     from cluster.errors import UserError
+    from paramserver.config import MAX_PIPELINE_DEPTH
 
     out = []
     for item in str(text).split(","):
@@ -47,8 +48,9 @@ def parse_variants(text: str, mode: str) -> list[tuple[int, str, int]]:
             w, placement, depth = int(parts[0]), parts[1], int(parts[2])
         except (IndexError, ValueError):
             raise UserError(f"--variants {item!r}: expected WORKERS:PLACEMENT:DEPTH, e.g. 1:in_process:0") from None
-        if len(parts) != 3 or w < 1 or placement not in ("ray", "in_process") or not 0 <= depth <= 4:
-            raise UserError(f"--variants {item!r}: workers >= 1, placement ray or in_process, depth 0-4")
+        if len(parts) != 3 or w < 1 or placement not in ("ray", "in_process") or not 0 <= depth <= MAX_PIPELINE_DEPTH:
+            raise UserError(f"--variants {item!r}: workers >= 1, placement ray or in_process, "
+                            f"depth 0-{MAX_PIPELINE_DEPTH}")
         if placement == "in_process" and w != 1:
             raise UserError(f"--variants {item!r}: in_process hosts the shards in the one worker's process")
         if depth and mode != "sync":

@@ -31,7 +31,7 @@ import numpy as np
 
 from paramserver import actor as _ray
 from paramserver import wire
-from paramserver.config import PSConfig
+from paramserver.config import PLACEMENTS, PSConfig
 from paramserver.errors import BadPullError, BadPushError, UnknownTableError
 from paramserver.tbe import sum_by_inverse, sum_duplicates
 from paramserver.sharding import group_by_shard
@@ -364,5 +364,5 @@ def create_parameter_server(cfg: PSConfig, placement: str | None = None) -> PSCl
 
         return PSClient(cfg, create_in_process_shards(cfg))
     if placement not in ("ray", "auto"):
-        raise ValueError(f"placement must be one of ['auto', 'ray', 'in_process'], got {placement!r}")
+        raise ValueError(f"placement must be one of {list(PLACEMENTS)}, got {placement!r}")
     return PSClient(cfg, _ray.create_shard_actors(cfg))
