@@ -2,11 +2,27 @@
 
 * ``auc(labels, scores)``: the probability that a random positive scores above a random
   negative, ties counting one half (Mann-Whitney U with average ranks); equals
-  ``sklearn.metrics.roc_auc_score``. NaN when only one class is present.
+  ``sklearn.metrics.roc_auc_score``. NaN when only one class is present, and NaN when any score
+  is NaN or infinite (a broken model is never ranked: NaN sorts last, so ranking it would give
+  a model that scores NaN for every positive an AUC of 1.0).
 * ``log_loss(labels, scores)``: mean of -[y log p + (1 - y) log(1 - p)], p clipped to
-  [1e-7, 1 - 1e-7].
-* :class:`ProgressiveValidator`: each shard is scored *before* the model trains on it;
-  the validator keeps per-shard metrics and cumulative ones over every scored example.
+  [1e-7, 1 - 1e-7]; NaN when any score is NaN or infinite.
+* :class:`ProgressiveValidator`: each data file is scored *before* the model trains on it. Per
+  file, the exact AUC and log-loss and the count of non-finite and out-of-range scores
+  (:class:`FileMetrics`); cumulatively and per version window, a fixed-size score histogram per
+  class (:class:`versions.publish.ScoreHistogram`, 2048 log-odds bins), so its state does not grow
+  with the number of examples. The cumulative AUC is the binned scores' AUC; its distance from the
+  exact AUC of every example is at most ``auc_error_bound`` (half the share of positive/negative
+  pairs whose scores share a bin), reported beside it. The cumulative log-loss is exact (a
+  running sum).
+
+Why not ``torchrec.metrics`` (installed; AUCMetric, NE, calibration): its ``compute_auc`` sorts
+the raw scores of the window with ``torch.argsort`` and integrates per example, so NaN scores
+(sorted first in descending order) give AUC 1.0 like the old ``auc()`` here, tied scores are
+ordered arbitrarily (four equal scores with labels 1, 1, 0, 0 give 1.0, not 0.5), and a window
+with one class is reported as 0.5; its windowed AUC keeps the window's raw tensors and re-sorts
+them on every compute (memory O(window), not a cumulative AUC), and the publish gate, which
+reads these statistics, may not import torch (``versions`` imports only ``common``).
 """
 
 from __future__ import annotations
@@ -14,6 +30,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+
+from versions.publish import ScoreHistogram
 
 EPS = 1e-7
 
@@ -31,10 +49,12 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC, ties handled; NaN when labels hold one class only.
+    """ROC AUC, ties handled; NaN when labels hold one class only or any score is not finite.
 
     >>> auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
     0.75
+    >>> auc(np.array([0, 1]), np.array([0.2, np.nan]))
+    nan
     """
     y = np.asarray(labels).reshape(-1) > 0.5
     s = np.asarray(scores, np.float64).reshape(-1)
@@ -42,30 +62,33 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
         raise ValueError(f"auc: {len(y)} labels but {len(s)} scores")
     n_pos = int(y.sum())
     n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if n_pos == 0 or n_neg == 0 or not np.isfinite(s).all():
         return float("nan")
     r = _average_ranks(s)
     return float((r[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def log_loss(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Mean binary cross-entropy of probabilities ``scores``; NaN for no examples.
+    """Mean binary cross-entropy of probabilities ``scores``; NaN for no examples or any non-finite score.
 
     >>> round(log_loss(np.array([1, 0]), np.array([0.5, 0.5])), 6)
     0.693147
     """
     y = np.asarray(labels, np.float64).reshape(-1)
-    p = np.clip(np.asarray(scores, np.float64).reshape(-1), EPS, 1 - EPS)
-    if len(y) != len(p):
-        raise ValueError(f"log_loss: {len(y)} labels but {len(p)} scores")
-    if len(y) == 0:
+    s = np.asarray(scores, np.float64).reshape(-1)
+    if len(y) != len(s):
+        raise ValueError(f"log_loss: {len(y)} labels but {len(s)} scores")
+    if len(y) == 0 or not np.isfinite(s).all():
         return float("nan")
+    p = np.clip(s, EPS, 1 - EPS)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
 
 @dataclasses.dataclass(frozen=True)
 class FileMetrics:
-    """Progressive metrics of one data file: scored before training on it."""
+    """Progressive metrics of one data file: scored before training on it. ``nonfinite``: scores
+    that were NaN or infinite (then ``auc`` and ``log_loss`` are NaN); ``out_of_range``: finite
+    scores outside [0, 1]; ``score_min``/``score_max`` over the finite scores (None when none)."""
 
     file: str
     examples: int
@@ -73,6 +96,10 @@ class FileMetrics:
     auc: float
     log_loss: float
     train_seconds: float = 0.0
+    nonfinite: int = 0
+    out_of_range: int = 0
+    score_min: float | None = None
+    score_max: float | None = None
 
     @property
     def examples_per_s(self) -> float:
@@ -80,7 +107,12 @@ class FileMetrics:
 
 
 class ProgressiveValidator:
-    """Per-shard and cumulative AUC / log-loss of scores made before training.
+    """Per-file (exact) and cumulative (binned, bounded) AUC / log-loss of scores made before training.
+
+    Its state is the list of per-file records (a few numbers per data file) and two fixed-size
+    histograms (cumulative, and the current version window's): it does not grow with the
+    number of examples. ``take_window()`` hands the histogram of the scores recorded since the
+    last call to the version writer and starts a new one.
 
     >>> v = ProgressiveValidator()
     >>> v.record("s0", np.array([0, 1]), np.array([0.2, 0.9])).auc
@@ -91,30 +123,50 @@ class ProgressiveValidator:
 
     def __init__(self) -> None:
         self.files: list[FileMetrics] = []
-        self._labels: list[np.ndarray] = []
-        self._scores: list[np.ndarray] = []
+        self._hist = ScoreHistogram.empty()
+        self._window = ScoreHistogram.empty()
+        self._loss_sum = 0.0  # sum of per-example log-loss over examples with finite scores
+        self._loss_n = 0
+        self._nonfinite = 0
+        self._examples = 0
 
     def record(self, file: str, labels: np.ndarray, scores: np.ndarray, train_seconds: float = 0.0) -> FileMetrics:
         labels = np.asarray(labels, np.float32).reshape(-1)
         scores = np.asarray(scores, np.float64).reshape(-1)
-        m = FileMetrics(file, len(labels), int((labels > 0.5).sum()), auc(labels, scores),
-                         log_loss(labels, scores), train_seconds)
+        h = ScoreHistogram.of(labels, scores)
+        ll = log_loss(labels, scores)
+        m = FileMetrics(file, len(labels), int((labels > 0.5).sum()), auc(labels, scores), ll, train_seconds,
+                        h.nonfinite, h.out_of_range, h.score_min, h.score_max)
         self.files.append(m)
-        self._labels.append(labels)
-        self._scores.append(scores)
+        self._hist = self._hist + h
+        self._window = self._window + h
+        self._examples += len(labels)
+        self._nonfinite += h.nonfinite
+        if h.nonfinite == 0 and len(labels):
+            self._loss_sum += ll * len(labels)
+            self._loss_n += len(labels)
         return m
 
     def set_train_seconds(self, seconds: float) -> None:
         """Attach the training time of the last recorded shard (known only after training on it)."""
         self.files[-1] = dataclasses.replace(self.files[-1], train_seconds=seconds)
 
+    def take_window(self) -> ScoreHistogram:
+        """The score histogram of every example recorded since the last call (a version's window)."""
+        w, self._window = self._window, ScoreHistogram.empty()
+        return w
+
     def cumulative(self) -> dict[str, float]:
-        """AUC and log-loss over every example scored so far (one pooled ranking)."""
-        if not self.files:
-            return {"examples": 0, "auc": float("nan"), "log_loss": float("nan")}
-        y = np.concatenate(self._labels)
-        s = np.concatenate(self._scores)
-        return {"examples": len(y), "auc": auc(y, s), "log_loss": log_loss(y, s)}
+        """AUC and log-loss over every example scored so far: the AUC of the pooled binned scores
+        (``auc_error_bound``: at most this far from the exact pooled AUC), the log-loss exact (a
+        running sum); ``nonfinite``: examples with a NaN/inf score (when any, the AUC and the
+        log-loss are NaN: a broken model never looks good)."""
+        a, _, bound = self._hist.auc()
+        ll = self._loss_sum / self._loss_n if self._loss_n else float("nan")
+        if self._nonfinite:
+            a = bound = ll = float("nan")
+        return {"examples": self._examples, "auc": a, "auc_error_bound": bound, "log_loss": ll,
+                "nonfinite": self._nonfinite}
 
     def mean_shard_auc(self) -> float:
         """Mean of the per-shard AUCs (shards with one class only are left out)."""

@@ -117,7 +117,8 @@ class VersionKeeper:
         validator = getattr(self.core, "validator", None)
         files = validator.files[self._files_mark:] if validator is not None else []
         self._files_mark = self._validated()
-        return VersionMetrics.of_files(files)
+        take = getattr(validator, "take_window", None)  # the window's score histogram (the publish gate's test)
+        return VersionMetrics.of_files(files, take() if take is not None else None)
 
     # ---------------------------------------------------------------- restore
     def restore(self, reread=None) -> int | None:

@@ -32,17 +32,28 @@ def vm(auc, examples=2000):
     return VersionMetrics(auc=auc, log_loss=0.4, examples=examples, files=1)
 
 
+OLD = PublishConfig(max_auc_drop=0.05)  # the fixed-drop rule of manifests without a score histogram
+
+
 @pytest.mark.parametrize("cand, problems, base, base_v, cfg, publish, code, words", [
-    (vm(0.60), [], None, None, PublishConfig(), True, "ok", "no version was published before"),
-    (vm(0.66), [], vm(0.70), 4, PublishConfig(), True, "ok", "allowed drop 0.05"),
-    (vm(0.64), [], vm(0.70), 4, PublishConfig(), False, "auc_drop", "0.0600 below 0.7000 of the published versions up to 4"),
-    (vm(0.30), ["part 'dense': missing"], vm(0.70), 4, PublishConfig(), False, "checksum", "part 'dense': missing"),
+    (vm(0.60), [], None, None, OLD, True, "ok", "no version was published before"),
+    (vm(0.66), [], vm(0.70), 4, OLD, True, "ok", "allowed drop 0.05"),
+    (vm(0.64), [], vm(0.70), 4, OLD, False, "auc_drop", "0.0600 below 0.7000 of the published versions up to 4"),
+    (vm(0.30), ["part 'dense': missing"], vm(0.70), 4, OLD, False, "checksum", "part 'dense': missing"),
     (vm(0.99), ["x"], None, None, PublishConfig(max_auc_drop=None), False, "checksum", "does not verify"),
     (vm(0.30), [], vm(0.70), 4, PublishConfig(max_auc_drop=None), True, "ok", "AUC check is off"),
-    (vm(0.30, examples=100), [], vm(0.70), 4, PublishConfig(), True, "ok", "100 validated examples"),
-    (vm(None), [], vm(0.70), 4, PublishConfig(), True, "ok", "this version has no progressive AUC"),
-    (vm(0.30), [], vm(None), 4, PublishConfig(), True, "ok", "version 4 has no progressive AUC"),
+    (vm(0.30, examples=100), [], vm(0.70), 4, OLD, False, "small_window", "100 validated examples"),
+    (vm(None), [], vm(0.70), 4, OLD, False, "small_window", "one class only"),
+    (vm(0.30), [], vm(None), 4, OLD, True, "ok", "version 4 has no progressive AUC"),
     (vm(0.69), [], vm(0.70), 4, PublishConfig(max_auc_drop=0.0), False, "auc_drop", "max_auc_drop 0"),
+    (VersionMetrics(None, None, 900, 1, nonfinite=900), [], vm(0.70), 4, OLD, False, "nonfinite_scores",
+     "900 of the 900 scores"),
+    (VersionMetrics(0.7, 0.4, 900, 1, nonfinite=3), [], None, None, PublishConfig(max_auc_drop=None), False,
+     "nonfinite_scores", "NaN or infinite"),
+    (VersionMetrics(0.7, 0.4, 900, 1, out_of_range=2, score_min=-0.5, score_max=1.0), [], None, None, OLD, False,
+     "scores_out_of_range", "outside [0, 1]"),
+    (VersionMetrics(None, 0.4, 900, 1, score_min=0.25, score_max=0.25), [], vm(0.7), 4, OLD, False,
+     "constant_scores", "all 900 scores of its window are 0.25"),
 ])
 def test_the_gate_publishes_or_holds_with_a_reason(cand, problems, base, base_v, cfg, publish, code, words):
     d = PublishGate(cfg).decide(cand, problems, base, base_v)
@@ -56,6 +67,8 @@ def test_the_gate_publishes_or_holds_with_a_reason(cand, problems, base, base_v,
     ({"min_examples": -1}, "min_examples must be an integer >= 0"),
     ({"verify_checksums": "yes"}, "verify_checksums must be true or false"),
     ({"margin": 0.1}, "margin"),
+    ({"significance": 0.7}, "significance must be a p-value"),
+    ({"significance": 0}, "significance"),
 ])
 def test_publish_config_errors_say_what_to_fix(raw, message):
     with pytest.raises(ConfigError, match=message):
@@ -67,8 +80,9 @@ def test_the_margin_is_in_the_run_config_tree(tmp_path):
     assert cfg.publish == PublishConfig(max_auc_drop=0.02, min_examples=0)
     (tmp_path / "run.yaml").write_text("publish: {max_auc_drop: null}\n")
     assert load_run_config(tmp_path / "run.yaml").publish.max_auc_drop is None
-    assert load_run_config().to_dict()["publish"] == {"max_auc_drop": 0.05, "min_examples": 500,
-                                                      "verify_checksums": True, "baseline_versions": 5}
+    assert load_run_config().to_dict()["publish"] == {"max_auc_drop": 0.02, "min_examples": 500,
+                                                      "verify_checksums": True, "baseline_versions": 5,
+                                                      "significance": 0.001}
     with pytest.raises(ConfigError, match="publish.max_auc_drop"):
         load_run_config(None, ["publish.max_auc_drop=2"])
 
@@ -125,7 +139,7 @@ def test_gc_keeps_the_published_and_the_pinned_version(tmp_path):
 
 def test_the_publisher_holds_an_auc_drop_and_a_bad_checksum_and_keeps_its_decisions(tmp_path):
     store = VersionStore(tmp_path)
-    pub = Publisher(store, PublishConfig(max_auc_drop=0.05))
+    pub = Publisher(store, PublishConfig(max_auc_drop=0.05))  # manifests with scalars only: the fixed-drop rule
     v1 = _commit(store, 0.70)
     assert pub(v1).publish and store.published() == v1
     v2 = _commit(store, 0.40)  # labels flipped: the AUC collapses
@@ -324,7 +338,7 @@ def test_the_baseline_pools_recent_windows_so_one_lucky_window_does_not_hold_eve
     got = [v for v in range(1, 9) if not pub(v).publish]
     assert got == held
     flipped = _FakeStore([0.60, 0.61, 0.59, 0.60, 0.80, 0.30])  # a real drop is still held either way
-    pub2 = Publisher(flipped, PublishConfig(baseline_versions=baseline_versions))
+    pub2 = Publisher(flipped, PublishConfig(max_auc_drop=0.05, baseline_versions=baseline_versions))
     assert [pub2(v).publish for v in range(1, 7)] == [True] * 5 + [False]
     with pytest.raises(ConfigError, match="baseline_versions"):
         PublishConfig(baseline_versions=0)
