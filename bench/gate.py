@@ -111,9 +111,11 @@ def run(args: argparse.Namespace) -> dict:
         t = StoreTrainer(work / "versions", model=ModelConfig(bottom_mlp=(16,)), train=train)
         t.keeper.publisher = Publisher(t.keeper.store, cfg)  # the gate under test, with this run's config
         rows: list[dict] = []
+        windows: dict[int, dict] = {}  # version -> its extra["metrics"] (gc removes old versions)
         for path in replay:
             v = t.add_file(path)
             rows.append(_row(t, v, path))
+            windows[v] = dict(t.keeper.store.manifest(v).extra.get("metrics", {}))
         good = [r for r in rows if r["version"] is not None]
         held = [r for r in good if r["decision"] == "hold"]
         faults = {}
@@ -137,7 +139,7 @@ def run(args: argparse.Namespace) -> dict:
             faults[name] = {"held": r["decision"] == "hold", "code": r["code"], "expected": EXPECTED[name],
                             "reason": r["reason"]}
         examples = np.array([r["examples"] for r in good], np.float64)
-        before = _fixed_drop_holds(t.keeper.store, [r["version"] for r in good])
+        before = _fixed_drop_holds(windows, [r["version"] for r in good])
         out = {
             "data": source,
             "versions": len(good),
@@ -193,7 +195,7 @@ class _Windows:
         pass
 
 
-def _fixed_drop_holds(store, versions: list[int]) -> int:
+def _fixed_drop_holds(metrics: dict[int, dict], versions: list[int]) -> int:
     """How many of ``versions`` the gate before the significance test held: a fixed drop of 0.05 in
     the example-weighted progressive AUC against the pooled last 5 published windows (the same
     manifests, their histograms left out; every window compared, as with ``publish.min_examples`` 0)."""
@@ -201,8 +203,7 @@ def _fixed_drop_holds(store, versions: list[int]) -> int:
 
     extras = {}
     for v in versions:
-        m = dict(store.manifest(v).extra.get("metrics", {}))
-        m.pop("score_histogram", None)
+        m = {k: x for k, x in metrics[v].items() if k != "score_histogram"}
         extras[v] = {"metrics": m}
     windows = _Windows(extras)
     pub = Publisher(windows, PublishConfig(max_auc_drop=0.05, min_examples=0, verify_checksums=False))

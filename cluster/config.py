@@ -55,7 +55,7 @@ class RunConfig:
              lfu_decay_every: null, lfu_decay: 0.5, full_table: refuse, lease_timeout_s: 300, mode: sync,
              pipeline_depth: 0, sync_prefetch: false, placement: auto}
         snapshots: {every_data_file: true, every_steps: null, every_seconds: null, full_every: 10, keep: 5}
-        publish: {max_auc_drop: 0.05, min_examples: 500, verify_checksums: true}   # the publish gate
+        publish: {max_auc_drop: 0.02, significance: 0.001, min_examples: 500, verify_checksums: true}   # the publish gate
         ray: {address: null}      # null: start an embedded local Ray; "auto" or host:port joins one
     """
 
