@@ -41,6 +41,21 @@ from trainer.metrics import auc, log_loss
 from trainer.strategies import FullRetrainPolicy
 
 
+def mean_auc(aucs: Sequence[float], losses: Sequence[float]) -> float:
+    """Mean of per-file AUCs, files with one class (AUC NaN, log-loss finite) left out; NaN when
+    any file's scores were not finite (its log-loss is NaN): a broken model never averages away.
+
+    >>> mean_auc([0.6, float("nan"), 0.8], [0.4, 0.3, 0.5])
+    0.7
+    >>> mean_auc([0.6, float("nan")], [0.4, float("nan")])
+    nan
+    """
+    if not len(aucs) or not np.isfinite(np.asarray(losses, np.float64)).all():
+        return float("nan")
+    a = np.asarray(aucs, np.float64)
+    return float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")
+
+
 @dataclasses.dataclass(frozen=True)
 class QualityPoint:
     point: int  # data file index t
@@ -73,8 +88,8 @@ class QualityResult:
         inc_s = sum(q.inc_seconds for q in p)
         full_ex = sum(q.full_examples for q in p)
         full_s = sum(q.full_seconds for q in p)
-        a_inc = float(np.nanmean([q.auc_incremental for q in p])) if p else float("nan")
-        a_full = float(np.nanmean([q.auc_full_retrain for q in p])) if p else float("nan")
+        a_inc = mean_auc([q.auc_incremental for q in p], [q.log_loss_incremental for q in p])
+        a_full = mean_auc([q.auc_full_retrain for q in p], [q.log_loss_full_retrain for q in p])
         return {
             "auc_incremental": a_inc,
             "auc_full_retrain": a_full,
@@ -246,5 +261,5 @@ def run_strategy(spec, files: Sequence[EventBatch], model_cfg: ModelConfig, trai
         spent = trainer.apply_decision(policy.decide(t), files)
         examples += spent["examples"]
         seconds += spent["seconds"]
-    return {"auc": float(np.nanmean(aucs)), "log_loss": float(np.mean(losses)), "examples": examples,
+    return {"auc": mean_auc(aucs, losses), "log_loss": float(np.mean(losses)), "examples": examples,
             "seconds": seconds}

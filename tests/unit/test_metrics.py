@@ -138,3 +138,11 @@ def test_take_window_holds_the_scores_since_the_last_call():
     w2 = v.take_window()
     assert (w2.examples, w2.nonfinite, w2.auc()[0]) == (3, 1, 0.0)
     assert v.take_window().examples == 0 and v.cumulative()["examples"] == 7
+
+
+def test_the_quality_replays_mean_auc_never_averages_a_broken_model_away():
+    from trainer.quality import mean_auc
+
+    assert mean_auc([0.6, float("nan"), 0.8], [0.4, 0.3, 0.5]) == pytest.approx(0.7)  # one-class file left out
+    assert math.isnan(mean_auc([0.6, float("nan")], [0.4, float("nan")]))  # NaN scores: no mean
+    assert math.isnan(mean_auc([], [])) and math.isnan(mean_auc([float("nan")], [0.3]))
