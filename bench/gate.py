@@ -86,13 +86,12 @@ def run(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
+    from bench.quality import DEFAULTS
     from bench.servedata import StoreTrainer
     from cluster.errors import UserError
     from trainer.config import ModelConfig, TrainConfig
     from trainer.data import read_data_file
     from versions import Publisher
-
-    from bench.quality import DEFAULTS
 
     torch.set_num_threads(1)
     cfg = _publish_config(args)

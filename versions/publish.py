@@ -108,12 +108,12 @@ class ScoreHistogram:
     logit_range: float = HIST_LOGIT
 
     @classmethod
-    def empty(cls, bins: int = HIST_BINS, logit_range: float = HIST_LOGIT) -> "ScoreHistogram":
+    def empty(cls, bins: int = HIST_BINS, logit_range: float = HIST_LOGIT) -> ScoreHistogram:
         return cls(np.zeros(bins, np.int64), np.zeros(bins, np.int64), bins=bins, logit_range=logit_range)
 
     @classmethod
     def of(cls, labels: np.ndarray, scores: np.ndarray, bins: int = HIST_BINS,
-           logit_range: float = HIST_LOGIT) -> "ScoreHistogram":
+           logit_range: float = HIST_LOGIT) -> ScoreHistogram:
         y = np.asarray(labels).reshape(-1) > 0.5
         s = np.asarray(scores, np.float64).reshape(-1)
         if len(y) != len(s):
@@ -128,7 +128,7 @@ class ScoreHistogram:
         return cls(pos, neg, int((~finite).sum()), int((finite & ~ok).sum()),
                    float(fs.min()) if len(fs) else None, float(fs.max()) if len(fs) else None, bins, logit_range)
 
-    def __add__(self, other: "ScoreHistogram") -> "ScoreHistogram":
+    def __add__(self, other: ScoreHistogram) -> ScoreHistogram:
         if (self.bins, self.logit_range) != (other.bins, other.logit_range):
             raise ValueError(f"cannot pool score histograms of {self.bins} bins / logit {self.logit_range} and "
                              f"{other.bins} / {other.logit_range}")
@@ -174,7 +174,7 @@ class ScoreHistogram:
                 "score_min": self.score_min, "score_max": self.score_max}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ScoreHistogram":
+    def from_dict(cls, d: dict) -> ScoreHistogram:
         bins = int(d["bins"])
 
         def dense(s):
@@ -231,7 +231,7 @@ class PublishConfig:
                               f"that sure), got {a!r}")
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any] | None) -> "PublishConfig":
+    def from_dict(cls, raw: dict[str, Any] | None) -> PublishConfig:
         raw = {} if raw is None else raw
         check_keys(cls, raw, "publish")
         return cls(**raw)
@@ -267,7 +267,7 @@ class VersionMetrics:
         return d
 
     @classmethod
-    def from_extra(cls, extra: dict | None) -> "VersionMetrics":
+    def from_extra(cls, extra: dict | None) -> VersionMetrics:
         """From a manifest's ``extra["metrics"]`` (a version written before the gate has none). A
         log-loss that is there but not finite counts the window's examples as non-finite."""
         m = (extra or {}).get("metrics") or {}
@@ -282,7 +282,7 @@ class VersionMetrics:
                    _finite(m.get("score_max")), ScoreHistogram.from_dict(hist) if hist else None)
 
     @classmethod
-    def of_files(cls, files, histogram: ScoreHistogram | None = None) -> "VersionMetrics":
+    def of_files(cls, files, histogram: ScoreHistogram | None = None) -> VersionMetrics:
         """From per-file records with ``examples``, ``auc`` and ``log_loss`` (and, from
         trainer.metrics.FileMetrics, ``nonfinite``, ``out_of_range``, ``score_min``, ``score_max``),
         and the window's pooled histogram. A file whose log-loss is not finite never disappears
@@ -310,7 +310,7 @@ class VersionMetrics:
                    histogram)
 
     @classmethod
-    def pooled(cls, windows: list["VersionMetrics"]) -> "VersionMetrics":
+    def pooled(cls, windows: list[VersionMetrics]) -> VersionMetrics:
         """Several windows as one (their histograms added when every one has one)."""
         windows = list(windows)
         m = cls.of_files(windows)
@@ -424,7 +424,7 @@ class PublishGate:
         gap = a - b + margin
         z = gap / se if se > 0 else (math.inf if gap >= 0 else -math.inf)
         p = normal_cdf(z)
-        stats = dict(auc=a, baseline_auc=b, p_value=p, auc_bin_error=max(ea, eb), examples_judged=n)
+        stats = {"auc": a, "baseline_auc": b, "p_value": p, "auc_bin_error": max(ea, eb), "examples_judged": n}
         detail = (f"margin publish.max_auc_drop {margin:g}, one-sided DeLong p={p:.3g}, publish.significance "
                   f"{c.significance:g}; {n} examples{note} vs {baseline.examples}; bin error <= {max(ea, eb):.4f}")
         if p < c.significance:

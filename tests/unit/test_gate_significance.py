@@ -145,7 +145,7 @@ def test_the_gate_needs_no_torch_and_reports_its_statistics():
     import sys
     code = ("import sys, versions.publish; bad = [m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'trainer', 'serving', 'paramserver')]; print(bad); sys.exit(1 if bad else 0)")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, check=False).returncode == 0
 
 
 def test_a_nan_log_loss_in_an_older_manifest_is_not_dropped():
