@@ -311,16 +311,27 @@ class VersionMetrics:
 
     @classmethod
     def pooled(cls, windows: list[VersionMetrics]) -> VersionMetrics:
-        """Several windows as one (their histograms added when every one has one)."""
+        """Several windows as one: example-weighted AUC and log-loss (windows without one left out),
+        counts added, histograms added when every window has one."""
         windows = list(windows)
-        m = cls.of_files(windows)
+
+        def weighted(get):
+            xs = [(w.examples, v) for w in windows if w.examples and (v := _finite(get(w))) is not None]
+            n = sum(e for e, _ in xs)
+            return sum(e * v for e, v in xs) / n if n else None
+
+        nonfinite = sum(w.nonfinite for w in windows)
+        lo = [w.score_min for w in windows if w.score_min is not None]
+        hi = [w.score_max for w in windows if w.score_max is not None]
         hists = [w.histogram for w in windows]
         hist = None
         if hists and all(h is not None for h in hists):
             hist = hists[0]
             for h in hists[1:]:
                 hist = hist + h
-        return dataclasses.replace(m, files=sum(w.files for w in windows), histogram=hist)
+        return cls(weighted(lambda w: w.auc), None if nonfinite else weighted(lambda w: w.log_loss),
+                   sum(w.examples for w in windows), sum(w.files for w in windows), nonfinite,
+                   sum(w.out_of_range for w in windows), min(lo) if lo else None, max(hi) if hi else None, hist)
 
 
 @dataclasses.dataclass(frozen=True)
