@@ -162,3 +162,18 @@ def test_histograms_of_different_binning_do_not_pool(field):
     with pytest.raises(ValueError, match="cannot pool"):
         a + ScoreHistogram.empty(bins=16)
     assert getattr(a, field).shape == (2048,)
+
+
+def test_every_decision_is_logged_with_its_reason(caplog):
+    import logging
+
+    rng = np.random.default_rng(4)
+    store = FakeStore()
+    pub = Publisher(store, PublishConfig())
+    with caplog.at_level(logging.INFO, logger="versions.publish"):
+        pub(store.add(window(rng)))
+        pub(store.add(window(rng, scores=lambda n: np.full(n, np.nan))))
+    published, held = caplog.records[-2:]
+    assert published.levelno == logging.INFO and "version 1 published" in published.getMessage()
+    assert held.levelno == logging.WARNING and "version 2 held back (nonfinite_scores)" in held.getMessage()
+    assert store.decisions[2]["decision"] == "hold" and store.decisions[2]["code"] == "nonfinite_scores"
