@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from trainer.metrics import ProgressiveValidator
-from versions.publish import PublishConfig, PublishGate, Publisher, ScoreHistogram, VersionMetrics
+from versions.publish import (
+    PublishConfig,
+    Publisher,
+    PublishGate,
+    ScoreHistogram,
+    VersionMetrics,
+)
 
 
 def window(rng, n=940, sep=1.0, rate=0.1, flip=False, scores=None):
