@@ -168,25 +168,24 @@ class RemoteTable:
     fetch: Fetch
     cache: HotRowCache
 
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
-
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Concurrent requests share the cache: ``get`` and ``put`` are each atomic (the cache's lock),
+        the shard fetch runs outside any lock; two requests missing the same id both fetch it and
+        put the same row of this version."""
         ids = np.asarray(ids, np.int64)
         uniq, inverse = np.unique(ids, return_inverse=True)
-        with self._lock:
-            rows, known, miss = self.cache.get(uniq)
-            if len(miss):
-                missing = uniq[miss]
-                groups = group_by_shard(missing, self.num_shards)
-                asked = {s: missing[g] for s, g in enumerate(groups) if len(g)}
-                got = self.fetch(self.version, self.cfg.name, asked)
-                for s, g in enumerate(groups):
-                    if len(g):
-                        r, k = got[s]
-                        rows[miss[g]] = r
-                        known[miss[g]] = k
-                self.cache.put(missing, rows[miss], known[miss])
+        rows, known, miss = self.cache.get(uniq)
+        if len(miss):
+            missing = uniq[miss]
+            groups = group_by_shard(missing, self.num_shards)
+            asked = {s: missing[g] for s, g in enumerate(groups) if len(g)}
+            got = self.fetch(self.version, self.cfg.name, asked)
+            for s, g in enumerate(groups):
+                if len(g):
+                    r, k = got[s]
+                    rows[miss[g]] = r
+                    known[miss[g]] = k
+            self.cache.put(missing, rows[miss], known[miss])
         return rows[inverse], known[inverse]
 
 
