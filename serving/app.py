@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import threading
+import time
 
 import grpc
 from ray import serve
@@ -36,6 +37,30 @@ log = logging.getLogger(__name__)
 APP_NAME = "freshrec"
 # freshrec.v1.Search (the search application, search/app.py) shares the proxy: registered here by name only
 SEARCH_SERVICER_FUNCTION = "protos.freshrec.v1.search_pb2_grpc.add_SearchServicer_to_server"
+# grpc.health.v1.Health/Check, answered by the replica the proxy routes it to (metadata ``application``)
+HEALTH_SERVICER_FUNCTION = "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server"
+# a replica that has not loaded a version this long after it started fails Ray Serve's health check
+# (and is restarted); shorter would restart replicas whose first load is still reading the store
+READY_GRACE_S = 60.0
+
+
+def health_check(health, started: float, grace_s: float = READY_GRACE_S) -> None:
+    """Raise (Ray Serve's ``check_health`` contract) when ``health() -> (ok, why)`` is not ok: at once when
+    the follower thread died, after ``grace_s`` when no version has loaded yet."""
+    ok, why = health()
+    if ok:
+        return
+    if "not running" in why or time.monotonic() - started > grace_s:
+        raise RuntimeError(why)
+
+
+def health_response(health):
+    """A ``grpc.health.v1.HealthCheckResponse`` from ``health() -> (ok, why)``."""
+    from grpc_health.v1 import health_pb2
+
+    ok, _ = health()
+    return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING if ok
+                                          else health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
 @serve.deployment(name="Scorer", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64,
@@ -50,6 +75,7 @@ class ScorerDeployment:
 
     def __init__(self, cfg: ServeConfig, *shards) -> None:
         logging.basicConfig(level=logging.INFO)
+        self._started = time.monotonic()
         self.shards = shards  # DeploymentHandles of the TableShard deployments (cfg.remote_tables)
         remote = None
         if cfg.remote_tables:
@@ -91,9 +117,11 @@ class ScorerDeployment:
     async def ModelInfo(self, request, grpc_context):  # noqa: N802
         return self._call(self.service.model_info, request, grpc_context, pb.ModelInfoResponse())
 
+    async def Check(self, request, grpc_context):  # noqa: N802 (grpc.health.v1.Health/Check)
+        return health_response(self.service.health)
+
     def check_health(self) -> None:
-        if not self.service.follower.alive:
-            raise RuntimeError("the version follower thread is not running")
+        health_check(self.service.health, self._started)
 
     def __del__(self) -> None:
         try:
@@ -178,7 +206,8 @@ def start_serving(cfg: ServeConfig, grpc_port: int | None = None, replicas: int 
     grpc_port = grpc_port or free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": http_port or free_port()},
                 grpc_options=gRPCOptions(port=grpc_port, enable_reflection=True,
-                                         grpc_servicer_functions=[SERVICER_FUNCTION, SEARCH_SERVICER_FUNCTION]))
+                                         grpc_servicer_functions=[SERVICER_FUNCTION, SEARCH_SERVICER_FUNCTION,
+                                                                  HEALTH_SERVICER_FUNCTION]))
     serve.run(build_app(cfg, replicas), name=APP_NAME, route_prefix="/", blocking=False)
     return grpc_port
 

@@ -75,6 +75,10 @@ class ScoringService:
     def stop(self) -> None:
         self.follower.stop()
 
+    def health(self) -> tuple[bool, str]:
+        """(serving, why): False until a first version loaded (the reason: the store's or the load's error)."""
+        return self.follower.health()
+
     def reconfigure(self, user_config: dict | None) -> None:
         """Ray Serve's ``user_config``: pin a version or follow the newest (settings, never weights)."""
         s = FollowSettings.from_user_config(user_config)
@@ -104,9 +108,8 @@ class ScoringService:
         """The model to answer with (read once per request)."""
         m = self.follower.model
         if m is None:
-            why = self.follower.last_error or "no version loaded yet"
-            raise NotReadyError(f"no model version is served yet ({why}); the replica keeps polling "
-                                f"{self.cfg.store_url}")
+            raise NotReadyError(f"no model version is served yet ({self.follower.health()[1]}); the replica keeps "
+                                f"polling {self.cfg.store_url}")
         if pin and pin != m.version:
             raise VersionMismatchError(f"pin_version {pin} is not served: this replica serves version {m.version} "
                                        f"(pin one with `freshrec serve --pin-version {pin}`)")
