@@ -13,8 +13,8 @@ A leaf package: it imports only ``common`` (plus numpy and fsspec).
 """
 
 from versions.digest import ModelDigest, model_digest
-from versions.errors import (CorruptVersionError, NoSuchVersionError, StoreUnavailableError, VersionError,
-                             VersionWriteError)
+from versions.errors import (CorruptVersionError, NoSuchVersionError, StoreError, StoreUnavailableError,
+                             VersionError, VersionWriteError, WriterFencedError)
 from versions.leases import ServingLease
 from versions.manifest import Manifest, PartInfo
 from versions.policy import SnapshotConfig, SnapshotDecision, SnapshotPolicy
@@ -36,12 +36,14 @@ __all__ = [
     "SnapshotConfig",
     "SnapshotDecision",
     "SnapshotPolicy",
+    "StoreError",
     "StoreUnavailableError",
     "VersionError",
     "VersionMetrics",
     "VersionStore",
     "VersionWriteError",
     "VersionWriter",
+    "WriterFencedError",
     "model_digest",
     "table_parts",
     "write_part",

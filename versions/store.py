@@ -47,8 +47,8 @@ import numpy as np
 
 from versions import partfile
 from versions.digest import ModelDigest
-from versions.errors import (CorruptVersionError, NoSuchVersionError, StoreUnavailableError, VersionError,
-                             VersionWriteError)
+from versions.errors import (CorruptVersionError, NoSuchVersionError, StoreError, StoreUnavailableError,
+                             VersionWriteError, WriterFencedError)
 from versions.leases import LEASES, ServingLease, check_lease_args, holder_file
 from versions.manifest import KINDS, Manifest, PartInfo, as_json_value, data_files_of, now, rows_of
 from versions.merge import Keep, merge_keyed
@@ -124,7 +124,7 @@ class VersionStore:
     def _io(self, what: str):
         try:
             yield
-        except (FileNotFoundError, VersionError):
+        except (FileNotFoundError, StoreError):
             raise
         except (TypeError, AttributeError, KeyError, NameError, AssertionError):
             raise  # bugs, not storage trouble
@@ -199,7 +199,10 @@ class VersionStore:
             text = self._read_small(f"{self.vdir(version)}/{MANIFEST}")
         except FileNotFoundError:
             raise NoSuchVersionError(version, self.versions()) from None
-        m = Manifest.from_json(text)
+        try:
+            m = Manifest.from_json(text)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptVersionError(version, MANIFEST, f"is not a manifest: {type(exc).__name__}: {exc}") from None
         self._manifests[version] = m
         return m
 
