@@ -15,6 +15,7 @@ and changes settings only, never weights::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
@@ -25,10 +26,12 @@ import grpc
 from ray import serve
 from ray.serve.config import gRPCOptions
 
-from serving.config import ServeConfig
+from serving.config import FollowSettings, ServeConfig
+from serving.follower import LeaseSettings, VersionFollower
 from serving.errors import ServingError
 from serving.model import ps_config_of
 from serving.service import ScoringService
+from serving.telemetry import replica_name
 from serving.shards import RemoteTables, ShardSlice, merge_changes
 from serving.wire import SERVICER_FUNCTION, pb
 from versions import VersionStore
@@ -130,6 +133,13 @@ class ScorerDeployment:
             pass
 
 
+@dataclasses.dataclass(frozen=True)
+class HeldVersion:
+    """What a table shard's follower "serves": the version it holds (the rows live in the ShardSlice)."""
+
+    version: int
+
+
 @serve.deployment(name="TableShard", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256,
                   health_check_period_s=2.0)
 class TableShardDeployment:
@@ -142,6 +152,30 @@ class TableShardDeployment:
         self.store = VersionStore(cfg.store_url, cfg.storage_options)
         self.slice: ShardSlice | None = None
         self._lock = threading.Lock()
+        # the shard follows the same pointers as the replicas (the one follower): it loads the target before
+        # the replicas ask for it, and leases it; any other version a replica asks for is loaded on demand
+        self.follower = VersionFollower(
+            self.store, self._prefetch, poll_interval_s=cfg.poll_interval_s, pin_version=cfg.pin_version,
+            lease=LeaseSettings(holder=f"table-shard-{index}-{replica_name()}", role="table-shard"),
+            name=f"table-shard-{index}").start()
+
+    def _prefetch(self, version: int, previous) -> HeldVersion:
+        self._slice(version).load(version)
+        return HeldVersion(version)
+
+    def reconfigure(self, user_config: dict) -> None:
+        s = FollowSettings.from_user_config(user_config)
+        self.follower.configure(s.pin_version, s.poll_interval_s)
+
+    def check_health(self) -> None:
+        if not self.follower.alive:
+            raise RuntimeError("the table shard's version follower thread is not running")
+
+    def __del__(self) -> None:
+        try:
+            self.follower.stop()
+        except Exception:  # noqa: BLE001
+            pass
 
     def _slice(self, version: int) -> ShardSlice:
         with self._lock:
@@ -174,7 +208,7 @@ def build_app(cfg: ServeConfig, replicas: int = 1, pin_version=_FOLLOW):
     restart); a different ``cfg`` would replace the replicas."""
     pin = cfg.pin_version if pin_version is _FOLLOW else pin_version
     user_config = {"pin_version": pin, "poll_interval_s": cfg.poll_interval_s}
-    shards = [TableShardDeployment.options(name=f"TableShard{i}").bind(cfg, i)
+    shards = [TableShardDeployment.options(name=f"TableShard{i}", user_config=user_config).bind(cfg, i)
               for i in range(cfg.table_shards if cfg.remote_tables else 0)]
     return ScorerDeployment.options(num_replicas=replicas, user_config=user_config).bind(cfg, *shards)
 

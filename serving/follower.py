@@ -10,9 +10,11 @@ daemon thread per follower::
         v == serving                  -> renew the serving lease, nothing else
         v refused (corrupt) recently  -> nothing; re-checked once ``retry.recheck_corrupt_s`` passed
         v failed transiently          -> nothing until its jittered backoff expires, then retried
+        lease v                       the serving lease moves to v BEFORE loading (gc keeps leased versions)
         build T(v)                    deltas after the served version applied; every part checksummed
         self._model = new             ONE reference assignment: the swap is atomic
-        renew the serving lease for v (the store's gc keeps what is leased)
+
+The lease (``VersionStore.renew_lease(holder, v)``, renewed every ttl/3) is released on :meth:`stop`.
 
 Transient is not corrupt. A load that fails with a checksum or format error
 (:class:`versions.CorruptVersionError`, :class:`serving.errors.UnsupportedError`, ``ValueError``,
@@ -277,19 +279,23 @@ class VersionFollower(Generic[T]):
         if v in self.refused:
             if now - self._refused_at.get(v, now) < self.retry.recheck_corrupt_s:
                 self.last_error = None  # nothing failed this poll: the refusal is in ``refused``
+                self._renew(served)
                 return False
             log.warning("%s: re-checking version %d, refused %.0f s ago: %s", self.name, v,
                         now - self._refused_at[v], self.refused[v])
             self.telemetry.load_failure("recheck")
         b = self._backoff.get(v)
         if b is not None and now < b.next_at:
+            self._renew(served)
             return False
         previous = current if current is not None and v > served else None
+        self._renew(v, force=True)  # lease the target before loading it: gc must not collect it meanwhile
         t0 = time.perf_counter()
         try:
             model = self._load(v, previous)
         except Exception as exc:  # noqa: BLE001 (classified: corrupt is refused, the rest retried)
             why = f"{type(exc).__name__}: {exc}"
+            self._renew(served, force=True)  # the lease goes back to what is served
             if is_corrupt(exc):
                 self._remember(self.refused, v, why)
                 self._refused_at = {k: t for k, t in self._refused_at.items() if k in self.refused}
@@ -311,7 +317,6 @@ class VersionFollower(Generic[T]):
         newest, self._newest = self._newest, max(v, self._newest or 0)
         self.swaps += 1
         self.last_error = None
-        self._renew(v, force=True)
         if newest is not None and v > newest and not self.pinned:  # a version newer than any served: freshness
             try:
                 self.telemetry.swap(self.store.manifest(v).extra)
@@ -325,7 +330,7 @@ class VersionFollower(Generic[T]):
 
     def _renew(self, version: int, force: bool = False) -> None:
         """Renew the serving lease for ``version`` (at most every ttl/3 unless the version changed)."""
-        if self.lease.holder is None:
+        if self.lease.holder is None or version is None:
             return
         now = self._clock()
         if not force and self._leased is not None and self._leased[0] == version and \

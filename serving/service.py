@@ -27,7 +27,7 @@ import torch
 from serving.catalogue import ItemCatalogue
 from serving.config import FollowSettings, ServeConfig
 from serving.errors import InvalidRequestError, NotReadyError, ServingError, UnsupportedError, VersionMismatchError
-from serving.follower import VersionFollower
+from serving.follower import LeaseSettings, VersionFollower
 from serving.ann import AnnOptions
 from serving.model import RetrievalOptions, ServableModel, load_model
 from serving.telemetry import ReplicaTelemetry
@@ -58,7 +58,9 @@ class ScoringService:
         self._catalogue = catalogue
         self._catalogue_loaded = catalogue is not None or not cfg.catalogue
         self.follower = VersionFollower(self.store, self._load, poll_interval_s=cfg.poll_interval_s,
-                                        pin_version=cfg.pin_version, telemetry=self.telemetry)
+                                        pin_version=cfg.pin_version, telemetry=self.telemetry,
+                                        lease=LeaseSettings(holder=f"scorer-{self.telemetry.replica}", role="replica"),
+                                        name="scorer")
 
     def start(self, wait_s: float = 0.0, load_now: bool = True) -> "ScoringService":
         """Load the first version now (if there is one, and ``load_now``) and follow the store in the

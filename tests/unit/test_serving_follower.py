@@ -193,6 +193,17 @@ def test_leases_follow_the_served_version_and_are_released_on_stop():
     store._latest = 2
     f.poll()
     assert store.leases == {"replica-a": (2, "replica")}
+    store._latest = 3
+    loader.fail[3] = [OSError("reset")] * 2
+    seen = []
+    store.renew_lease = lambda holder, v, **kw: (seen.append(v), FakeStore.renew_lease(store, holder, v, **kw))
+    f.poll()
+    assert seen == [3, 2] and store.leases == {"replica-a": (2, "replica")}  # leased before loading, then back
+    f.poll()  # inside the backoff: nothing to renew yet
+    assert len(seen) == 2
+    clock.t += 11
+    f.poll()  # retried after the backoff, fails again: the lease is back on the served version
+    assert seen[2:] == [3, 2] and store.leases == {"replica-a": (2, "replica")}
     f.start()
     f.stop()
     assert store.leases == {}
