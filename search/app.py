@@ -14,11 +14,10 @@ import time
 
 import grpc
 from ray import serve
-from ray.serve.config import gRPCOptions
 
 from search.service import SearchServeConfig, SearchService
-from search.wire import APP_NAME, SERVICER_FUNCTION, pb
-from serving.app import HEALTH_SERVICER_FUNCTION, health_check, health_response
+from search.wire import APP_NAME, pb
+from serving.app import health_check, health_response
 from serving.errors import ServingError
 
 
@@ -60,17 +59,15 @@ def build_search_app(cfg: SearchServeConfig, replicas: int = 1):
     return SearchDeployment.options(num_replicas=replicas, user_config={"pin_version": cfg.pin_version}).bind(cfg)
 
 
-def start_search_serving(cfg: SearchServeConfig, grpc_port: int | None = None, replicas: int = 1) -> int:
+def start_search_serving(cfg: SearchServeConfig, grpc_port: int | None = None, replicas: int = 1,
+                         host: str = "127.0.0.1") -> int:
     """Deploy on the connected Ray (``ray.init`` first); returns the gRPC port. The proxy is started with
     the Scorer's and Search's servicers, so ``freshrec serve``'s application can share it."""
-    from serving.app import free_port
-    from serving.wire import SERVICER_FUNCTION as SCORER_FUNCTION
+    from serving.app import free_port, start_proxy
+    from serving.config import Limits
 
     grpc_port = grpc_port or free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": free_port()},
-                grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[SCORER_FUNCTION, SERVICER_FUNCTION,
-                                                                                  HEALTH_SERVICER_FUNCTION],
-                                         enable_reflection=True))
+    start_proxy(grpc_port, Limits().max_request_bytes, host)  # the proxy is shared with the Scorer: its limit
     serve.run(build_search_app(cfg, replicas), name=APP_NAME, route_prefix="/search", blocking=False)
     return grpc_port
 

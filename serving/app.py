@@ -231,17 +231,39 @@ def app_from_args(args: dict):
     return build_app(cfg, replicas=int(args.get("replicas", 1)))
 
 
-def start_serving(cfg: ServeConfig, grpc_port: int | None = None, replicas: int = 1, http_port: int | None = None,
-                  wait_s: float = 120.0) -> int:
-    """Deploy the application on the connected Ray (``ray.init`` first) and return the gRPC port.
+GRPC_SIZE_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"  # Ray 2.60's proxy reads its receive/send limit here at start
 
-    The proxy serves ``freshrec.v1.Scorer`` with reflection; HTTP is bound to loopback on a free port.
-    """
-    grpc_port = grpc_port or free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": http_port or free_port()},
+
+def proxy_env(max_request_bytes: int) -> dict[str, str]:
+    """The environment that makes Serve's gRPC proxy refuse a message above ``max_request_bytes`` before
+    parsing it (gRPCOptions has no size field in Ray 2.60; its default is 2 GiB). Set it where the proxy
+    starts: the local Ray's environment (``freshrec serve`` sets it before ``ray.init``), the controller's
+    runtime_env (:func:`start_serving`), the pods' env (k8s/base/rayservice.yaml)."""
+    return {GRPC_SIZE_ENV: str(int(max_request_bytes))}
+
+
+def start_proxy(grpc_port: int, max_request_bytes: int, host: str = "127.0.0.1",
+                http_port: int | None = None) -> None:
+    """Start Serve (once per Ray cluster) with the gRPC proxy serving Scorer, Search and grpc.health.v1.
+
+    ``host``: the HTTP proxy's bind address (loopback unless told otherwise). Ray 2.60's gRPC proxy binds
+    every interface (``[::]:PORT``, not configurable): keep the port closed to the outside by the network
+    (the k8s NetworkPolicy, a host firewall) where that matters."""
+    serve.start(http_options={"host": host, "port": http_port or free_port()},
                 grpc_options=gRPCOptions(port=grpc_port, enable_reflection=True,
                                          grpc_servicer_functions=[SERVICER_FUNCTION, SEARCH_SERVICER_FUNCTION,
-                                                                  HEALTH_SERVICER_FUNCTION]))
+                                                                  HEALTH_SERVICER_FUNCTION]),
+                controller_options={"runtime_env": {"env_vars": proxy_env(max_request_bytes)}})
+
+
+def start_serving(cfg: ServeConfig, grpc_port: int | None = None, replicas: int = 1, http_port: int | None = None,
+                  wait_s: float = 120.0, host: str = "127.0.0.1") -> int:
+    """Deploy the application on the connected Ray (``ray.init`` first) and return the gRPC port.
+
+    The proxy serves ``freshrec.v1.Scorer`` with reflection (:func:`start_proxy`); HTTP binds ``host``.
+    """
+    grpc_port = grpc_port or free_port()
+    start_proxy(grpc_port, cfg.limits.max_request_bytes, host, http_port)
     serve.run(build_app(cfg, replicas), name=APP_NAME, route_prefix="/", blocking=False)
     return grpc_port
 
