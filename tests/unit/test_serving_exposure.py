@@ -63,3 +63,11 @@ def test_the_plain_grpc_host_refuses_an_oversized_message_before_parsing_and_rep
     finally:
         server.stop(grace=None)
         svc.stop()
+
+
+def test_the_k8s_serve_config_registers_the_same_health_servicer_as_the_app():
+    from cluster.serve_config import HEALTH_SERVICER_FUNCTION as K8S
+    from cluster.serve_config import serve_deploy_config
+    from serving.app import HEALTH_SERVICER_FUNCTION as APP
+
+    assert K8S == APP and APP in serve_deploy_config("/data/versions")["grpc_options"]["grpc_servicer_functions"]
