@@ -5,8 +5,9 @@ Ray Serve's own schema (``ray.serve.schema.ServeDeploySchema``).
 The application builder is ``serving.app:app_from_args``, called by Ray Serve with ``args``
 ``{"store": URL, "grpc_port": PORT, "replicas": N}`` (a unit test builds the application from
 the generated args), and the gRPC
-servicer is ``protos.freshrec.v1.scoring_pb2_grpc.add_ScorerServicer_to_server`` (service
-``freshrec.v1.Scorer``); the proxy listens for gRPC on ``grpc_options.port``.
+servicers are ``protos.freshrec.v1.scoring_pb2_grpc.add_ScorerServicer_to_server`` (service
+``freshrec.v1.Scorer``) and ``grpc.health.v1.Health`` (answered by a replica: NOT_SERVING until it
+loaded a version); the proxy listens for gRPC on ``grpc_options.port``.
 
     >>> cfg = serve_deploy_config("/data/versions")
     >>> cfg["applications"][0]["import_path"], cfg["grpc_options"]["port"]
@@ -22,6 +23,8 @@ from common.config import ConfigError
 APP_NAME = "freshrec"
 IMPORT_PATH = "serving.app:app_from_args"
 SERVICER_FUNCTION = "protos.freshrec.v1.scoring_pb2_grpc.add_ScorerServicer_to_server"
+# grpc.health.v1.Health/Check (with the ``application`` metadata): SERVING once the replica loaded a version
+HEALTH_SERVICER_FUNCTION = "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server"
 DEPLOYMENT = "Scorer"
 GRPC_PORT = 9000
 HTTP_PORT = 8000  # Serve's HTTP proxy: health checks only (/-/healthz); not exposed outside the cluster
@@ -39,7 +42,8 @@ def serve_deploy_config(store: str, *, grpc_port: int = GRPC_PORT, replicas: int
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": HTTP_PORT},
-        "grpc_options": {"port": grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]},
+        "grpc_options": {"port": grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION,
+                                                                                 HEALTH_SERVICER_FUNCTION]},
         "applications": [{
             "name": APP_NAME,
             "route_prefix": "/",

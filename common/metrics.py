@@ -117,6 +117,8 @@ DEFINITIONS: tuple[MetricDef, ...] = (
     _g("freshrec_serving_version_lag_versions", "Versions the replica is behind the one it should serve "
        "(pinned, else published, else latest committed; minus served)", "replica"),
     _g("freshrec_serving_loaded_version", "Number of the version the replica serves", "replica"),
+    _c("freshrec_serving_load_failures_total", "Version loads that failed: transient (retried with backoff), "
+       "corrupt (refused), recheck (a refused version looked at again)", "replica", "kind"),
     _h("freshrec_serving_freshness_seconds", "From a data file landing to a replica serving a version that holds it",
        _FRESH_S, "replica"),
 )

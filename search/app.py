@@ -10,25 +10,28 @@ application ``freshrec`` (the proxy picks one by the ``application`` metadata)::
 from __future__ import annotations
 
 import logging
+import time
 
 import grpc
 from ray import serve
-from ray.serve.config import gRPCOptions
 
 from search.service import SearchServeConfig, SearchService
-from search.wire import APP_NAME, SERVICER_FUNCTION, pb
+from search.wire import APP_NAME, pb
+from serving.app import health_check, health_response
 from serving.errors import ServingError
 
 
 @serve.deployment(name="Search", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64,
                   health_check_period_s=2.0)
 class SearchDeployment:
-    """One replica: a SearchService; its gRPC method computes without awaiting (1-3 ms of CPU)."""
+    """One replica: a SearchService (read-only, concurrent); its gRPC method computes without awaiting
+    (1-3 ms of CPU). ``check_health`` fails when no ranker version has loaded within the grace period."""
 
     def __init__(self, cfg: SearchServeConfig) -> None:
         import torch
 
         logging.basicConfig(level=logging.INFO)
+        self._started = time.monotonic()
         torch.set_num_threads(1)  # a request is ~200 rows: intra-op threads only contend (7x slower on 2 busy cores)
         self.service = SearchService(cfg).start()
 
@@ -43,25 +46,28 @@ class SearchDeployment:
             grpc_context.set_details(exc.message)
             return pb.SearchResponse()
 
+    async def Check(self, request, grpc_context):  # noqa: N802 (grpc.health.v1.Health/Check)
+        return health_response(self.service.health)
+
     def check_health(self) -> None:
         if not self.service.alive:
-            raise RuntimeError("the search follower thread is not running")
+            raise RuntimeError("the search follower threads are not running")
+        health_check(self.service.health, self._started)
 
 
 def build_search_app(cfg: SearchServeConfig, replicas: int = 1):
     return SearchDeployment.options(num_replicas=replicas, user_config={"pin_version": cfg.pin_version}).bind(cfg)
 
 
-def start_search_serving(cfg: SearchServeConfig, grpc_port: int | None = None, replicas: int = 1) -> int:
+def start_search_serving(cfg: SearchServeConfig, grpc_port: int | None = None, replicas: int = 1,
+                         host: str = "127.0.0.1") -> int:
     """Deploy on the connected Ray (``ray.init`` first); returns the gRPC port. The proxy is started with
     the Scorer's and Search's servicers, so ``freshrec serve``'s application can share it."""
-    from serving.app import free_port
-    from serving.wire import SERVICER_FUNCTION as SCORER_FUNCTION
+    from serving.app import free_port, start_proxy
+    from serving.config import Limits
 
     grpc_port = grpc_port or free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": free_port()},
-                grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[SCORER_FUNCTION, SERVICER_FUNCTION],
-                                         enable_reflection=True))
+    start_proxy(grpc_port, Limits().max_request_bytes, host)  # the proxy is shared with the Scorer: its limit
     serve.run(build_search_app(cfg, replicas), name=APP_NAME, route_prefix="/search", blocking=False)
     return grpc_port
 

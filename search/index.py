@@ -124,21 +124,16 @@ class LexicalIndex:
                                            + [(tantivy.Occur.Must, tantivy.Query.const_score_query(f, 0.0))
                                               for f in filters])
 
+    def view(self) -> "IndexView":
+        """An immutable snapshot (searcher and catalogue together): searches on it never see a refresh."""
+        with self._lock:
+            return IndexView(self, self._searcher, self._order, self._sorted_ids, self.catalogue)
+
     def search(self, tokens: Sequence[str], n: int, classes: Sequence[str] = (),
                categories: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
         """Catalogue rows int64 [m] and BM25 scores float32 [m] of the best ``n`` products matching any token
         (and every filter: one of ``classes``, one of ``categories`` (a category path prefix)), best first."""
-        if not tokens or n < 1:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        with self._lock:
-            searcher, order, sorted_ids = self._searcher, self._order, self._sorted_ids
-        result = searcher.search(self._query(tokens, classes, categories), limit=int(n), count=False)
-        hits = result.hits
-        if not hits:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        scores = np.fromiter((h[0] for h in hits), np.float32, len(hits))
-        pids = np.asarray(searcher.fast_field_values("pid", [h[1] for h in hits]), np.int64)
-        return order[np.searchsorted(sorted_ids, pids)], scores
+        return self.view().search(tokens, n, classes, categories)
 
     def scores_all(self, tokens: Sequence[str]) -> np.ndarray:
         """BM25 of every catalogue row for ``tokens`` float32 [len(catalogue)] (0 where nothing matches)."""
@@ -146,3 +141,30 @@ class LexicalIndex:
         rows, scores = self.search(tokens, max(len(self.catalogue), 1))
         out[rows] = scores
         return out
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexView:
+    """One committed state of a :class:`LexicalIndex`: its searcher and the catalogue it indexes. Any number
+    of threads search a view at once; a refresh makes a new one."""
+
+    index: LexicalIndex
+    searcher: object
+    order: np.ndarray
+    sorted_ids: np.ndarray
+    catalogue: Catalogue
+
+    def __len__(self) -> int:
+        return len(self.catalogue)
+
+    def search(self, tokens: Sequence[str], n: int, classes: Sequence[str] = (),
+               categories: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+        if not tokens or n < 1:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        result = self.searcher.search(self.index._query(tokens, classes, categories), limit=int(n), count=False)
+        hits = result.hits
+        if not hits:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        scores = np.fromiter((h[0] for h in hits), np.float32, len(hits))
+        pids = np.asarray(self.searcher.fast_field_values("pid", [h[1] for h in hits]), np.int64)
+        return self.order[np.searchsorted(self.sorted_ids, pids)], scores

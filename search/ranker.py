@@ -63,20 +63,26 @@ class SearchCorpus:
         self.index = LexicalIndex(catalogue, spec)
         self.products = ProductFeatures.build(catalogue, spec)
         self.digest = catalogue.digest()
-        self.lock = threading.Lock()  # held by refresh and by a search reading the corpus
+        self.lock = threading.Lock()  # held by refresh and while a view is taken (never while ranking)
 
     @property
     def catalogue(self) -> Catalogue:
         return self.index.catalogue
 
     def refresh(self, catalogue: Catalogue) -> RefreshStats:
-        """Re-index what changed; a search holding ``lock`` sees the old or the new catalogue, never a mix."""
+        """Re-index what changed; a search on a :meth:`view` sees the old or the new catalogue, never a mix."""
         products = ProductFeatures.build(catalogue, self.spec)
         with self.lock:
             stats = self.index.refresh(catalogue)
             self.products = products
             self.digest = catalogue.digest()
         return stats
+
+    def view(self) -> "CorpusView":
+        """An immutable snapshot of the corpus (index, product features, digest): what one search reads.
+        Taking it holds ``lock`` for three reference reads; searches on views run side by side."""
+        with self.lock:
+            return CorpusView(self.spec, self.index.view(), self.products, self.digest)
 
     def rows_of(self, product_ids: np.ndarray) -> np.ndarray:
         """Catalogue rows of ``product_ids`` (-1 where a product is not in the catalogue)."""
@@ -86,6 +92,20 @@ class SearchCorpus:
         pos = np.minimum(pos, len(cat) - 1)
         found = cat[order][pos] == product_ids
         return np.where(found, order[pos], -1)
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusView:
+    """One state of a :class:`SearchCorpus` (duck-types it for :func:`candidates` and :func:`rank`)."""
+
+    spec: SearchSpec
+    index: "object"  # search.index.IndexView
+    products: ProductFeatures
+    digest: str
+
+    @property
+    def catalogue(self) -> Catalogue:
+        return self.index.catalogue
 
 
 def new_trainer(spec: SearchSpec, cfg: RankerConfig):

@@ -1,21 +1,30 @@
-"""The Search service: messages in, messages out; one ranker version and one catalogue per answer.
+"""The Search service: a read-only, concurrent replica; one ranker version and one catalogue per answer.
 
     service = SearchService(SearchServeConfig(store_url="runs/s1/versions", catalogue="products.tsv")).start()
     service.search(pb.SearchRequest(query="king poster bed", k=10))   # SearchResponse, best first
 
-A background thread (``poll_interval_s``) follows the version store (a newer committed version is
-loaded off the request path with :func:`trainer.versioning.load_trainer` and swapped in by one
-reference assignment) and the catalogue file (when its size or modification time changes it is
-re-read and the lexical index refreshed in place: only added, changed and removed products are
-re-indexed). A request reads the current (ranker, corpus) pair once, so it is answered by one of
-each. A version or catalogue that fails to load is logged and the last good one keeps serving.
+The ranker follows the store with serving's one follower (:class:`serving.follower.VersionFollower`:
+the explicit pin, else PINNED, else PUBLISHED, else LATEST; transient store errors retried with
+backoff, corrupt versions refused and re-checked; a serving lease on the served version). A version
+is loaded as the training core over FROZEN tables (:func:`serving.model.load_model`, deltas applied
+to the previous version's tables), so scoring never admits or evicts a row: a token the version has
+no row for gets the cold-start row training would give it (:class:`serving.tables.FrozenTable`), and
+the answer is bit-identical to ranking offline with that version (:func:`load_ranker`'s trainer).
+
+Concurrency: no global lock. A request takes an immutable view of the corpus (index searcher,
+product features, digest) and one of ``scorers`` copies of the core (they share the frozen tables;
+a core stages a batch's rows, so one request uses one copy at a time). A second thread follows the
+catalogue file (when its size or modification time changes it is re-read and the lexical index
+refreshed: only added, changed and removed products are re-indexed; searches on older views go on).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
+import queue
 import threading
 import time
 
@@ -27,6 +36,8 @@ from search.spec import SearchSpec
 from search.validation import SearchLimits, validate
 from search.wire import pb
 from serving.errors import NotReadyError, VersionMismatchError
+from serving.follower import LeaseSettings, VersionFollower
+from serving.telemetry import replica_name
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +49,12 @@ class SearchServeConfig:
     pin_version: int | None = None
     poll_interval_s: float = 0.5
     limits: SearchLimits = SearchLimits()
+    scorers: int = 4  # requests scored side by side in one replica (copies of the core over shared tables)
+    storage_options: dict | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.scorers, int) or isinstance(self.scorers, bool) or not 1 <= self.scorers <= 64:
+            raise ValueError(f"search serve: scorers must be an integer in [1, 64], got {self.scorers!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,22 +86,81 @@ def load_ranker(store_url: str, version: int | None = None) -> ServedRanker:
     return ServedRanker(manifest.version, trainer, spec, n, threading.Lock())
 
 
+class FrozenRanker:
+    """One search ranker version, read-only (see the module docstring): ``score(batch)`` like a trainer's."""
+
+    def __init__(self, model, spec: SearchSpec, num_candidates: int, scorers: int) -> None:
+        self.model, self.spec, self.num_candidates = model, spec, num_candidates
+        self.version = model.version
+        self._cores: queue.SimpleQueue = queue.SimpleQueue()
+        self._cores.put(model.core)
+        shared = {id(model.tables): model.tables}  # every copy reads the same frozen tables
+        for _ in range(scorers - 1):
+            self._cores.put(copy.deepcopy(model.core, dict(shared)))
+
+    def score(self, batch) -> np.ndarray:
+        core = self._cores.get()
+        try:
+            return core.score(batch)
+        finally:
+            self._cores.put(core)
+
+
+def load_frozen_ranker(store, version: int, previous: FrozenRanker | None = None, scorers: int = 4) -> FrozenRanker:
+    """The read-only ranker of committed ``version`` (``previous``: the served one, whose tables the deltas
+    after it are applied to). ValueError when the version is not a search ranker (refused by the follower)."""
+    from serving.model import load_model
+
+    extra = store.manifest(version).extra
+    if "search_spec" not in extra:
+        raise ValueError(f"version {version} of {store.url} is not a search ranker (no extra.search_spec): "
+                         "train one with `freshrec search-train`")
+    spec = SearchSpec.from_dict(extra["search_spec"])
+    n = int(extra.get("config", {}).get("search", {}).get("num_candidates", RankerConfig.num_candidates))
+    prev = previous.model if previous is not None and previous.spec == spec else None
+    model = load_model(store, version, previous=prev, spec=spec.feature_spec())
+    return FrozenRanker(model, spec, n, scorers)
+
+
 class SearchService:
     def __init__(self, cfg: SearchServeConfig) -> None:
+        from versions import VersionStore
+
         self.cfg = cfg
-        self.ranker: ServedRanker | None = None
+        self.store = VersionStore(cfg.store_url, cfg.storage_options)
         self.corpus: SearchCorpus | None = None
-        self.pinned = cfg.pin_version
         self._catalogue_stamp: tuple | None = None
-        self._refused: set[int] = set()
+        self.catalogue_error: str | None = None
+        self.follower: VersionFollower[FrozenRanker] = VersionFollower(
+            self.store, self._load, poll_interval_s=cfg.poll_interval_s, pin_version=cfg.pin_version,
+            lease=LeaseSettings(holder=f"search-{replica_name()}", role="search"), name="search")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.last_error: str | None = None
+
+    def _load(self, version: int, previous: FrozenRanker | None) -> FrozenRanker:
+        return load_frozen_ranker(self.store, version, previous, self.cfg.scorers)
+
+    @property
+    def ranker(self) -> FrozenRanker | None:
+        return self.follower.model
+
+    @property
+    def pinned(self) -> int | None:
+        return self.follower.pin_version
+
+    @property
+    def _refused(self) -> dict[int, str]:
+        return self.follower.refused
+
+    @property
+    def last_error(self) -> str | None:
+        return self.follower.last_error or self.catalogue_error
 
     # ------------------------------------------------------------ following
     def start(self, wait_s: float = 0.0) -> "SearchService":
         self.poll_once()
-        self._thread = threading.Thread(target=self._follow, name="freshrec-search-follower", daemon=True)
+        self.follower.start()
+        self._thread = threading.Thread(target=self._follow, name="freshrec-search-catalogue", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + wait_s
         while self.ranker is None and time.monotonic() < deadline:
@@ -93,19 +169,26 @@ class SearchService:
 
     def stop(self) -> None:
         self._stop.set()
+        self.follower.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread is not None and self._thread.is_alive() and self.follower.alive
+
+    def health(self) -> tuple[bool, str]:
+        """(serving, why): not until both a catalogue and a ranker version are loaded."""
+        if self.corpus is None:
+            return False, f"no catalogue indexed yet ({self.catalogue_error or 'reading ' + self.cfg.catalogue})"
+        return self.follower.health()
 
     def _follow(self) -> None:
         while not self._stop.wait(self.cfg.poll_interval_s):
-            self.poll_once()
+            self.poll_catalogue()
 
-    def poll_once(self) -> None:
-        """Refresh the catalogue if its file changed; load a newer (or the pinned) version."""
+    def poll_catalogue(self) -> None:
+        """Refresh the catalogue if its file changed (the last good one keeps serving otherwise)."""
         try:
             st = os.stat(self.cfg.catalogue)
             stamp = (st.st_size, st.st_mtime_ns)
@@ -119,54 +202,35 @@ class SearchService:
                     stats = self.corpus.refresh(catalogue)
                     log.info("search: catalogue refreshed: %s", stats)
                 self._catalogue_stamp = stamp
+            self.catalogue_error = None
         except Exception as exc:  # noqa: BLE001 (serving goes on with the last good catalogue)
-            self.last_error = f"catalogue {self.cfg.catalogue}: {exc}"
-            log.warning("search: %s", self.last_error)
-        from versions import VersionStore
+            self.catalogue_error = f"catalogue {self.cfg.catalogue}: {exc}"
+            log.warning("search: %s", self.catalogue_error)
 
-        try:
-            want = self.pinned if self.pinned is not None else VersionStore(self.cfg.store_url).latest()
-        except Exception as exc:  # noqa: BLE001 (an unreachable store is retried at the next poll)
-            self.last_error = f"version store {self.cfg.store_url}: {exc}"
-            log.warning("search: %s", self.last_error)
-            return
-        if want is None or want in self._refused or (self.ranker is not None and self.ranker.version == want):
-            return
-        try:
-            ranker = load_ranker(self.cfg.store_url, want)
-        except OSError as exc:  # retried at the next poll
-            self.last_error = f"version {want} of {self.cfg.store_url}: {exc}"
-            log.warning("search: %s", self.last_error)
-            return
-        except Exception as exc:  # noqa: BLE001 (corrupt or not a search ranker: refused, never retried)
-            self._refused.add(want)
-            self.last_error = f"version {want} of {self.cfg.store_url} refused: {exc}"
-            log.warning("search: %s", self.last_error)
-            return
-        self.ranker = ranker  # one reference assignment: the swap
-        log.info("search: serving ranker version %d", ranker.version)
+    def poll_once(self) -> None:
+        """Refresh the catalogue if its file changed; load the target version if it moved."""
+        self.poll_catalogue()
+        self.follower.poll()
 
     def reconfigure(self, user_config: dict) -> None:
         if "pin_version" in user_config:
-            self.pinned = user_config["pin_version"]
-            self.poll_once()
+            self.follower.configure(user_config["pin_version"])
 
     # -------------------------------------------------------------- answers
     def search(self, request) -> "pb.SearchResponse":
         ranker, corpus = self.ranker, self.corpus
         if ranker is None or corpus is None:
-            raise NotReadyError(f"no ranker version loaded yet ({self.last_error or 'waiting for the store'})")
+            raise NotReadyError(f"not ready: {self.health()[1]}")
         limits = dataclasses.replace(self.cfg.limits, default_candidates=min(ranker.num_candidates,
                                                                              self.cfg.limits.max_candidates))
         req = validate(request, limits, ranker.spec.tokenizer)
         if req.pin_version is not None and req.pin_version != ranker.version:
             raise VersionMismatchError(f"pin_version {req.pin_version} is not served (serving {ranker.version})")
-        with ranker.lock, corpus.lock:
-            ranked = rank(ranker.trainer, corpus, " ".join(req.tokens), req.k, req.num_candidates, req.classes,
-                          req.categories)
-            cat, digest = corpus.catalogue, corpus.digest
+        view = corpus.view()  # one catalogue state for the whole answer; no lock held while ranking
+        ranked = rank(ranker, view, " ".join(req.tokens), req.k, req.num_candidates, req.classes, req.categories)
+        cat = view.catalogue
         ids = cat.product_id[ranked.rows]
-        resp = pb.SearchResponse(model_version=ranker.version, catalogue_digest=digest,
+        resp = pb.SearchResponse(model_version=ranker.version, catalogue_digest=view.digest,
                                  candidates=int(ranked.candidates), catalogue_products=len(cat))
         for pid, row, s, b in zip(ids.tolist(), ranked.rows.tolist(), np.asarray(ranked.scores).tolist(),
                                   ranked.bm25.tolist()):

@@ -15,19 +15,23 @@ and changes settings only, never weights::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
 import threading
+import time
 
 import grpc
 from ray import serve
 from ray.serve.config import gRPCOptions
 
-from serving.config import ServeConfig
+from serving.config import FollowSettings, ServeConfig
+from serving.follower import LeaseSettings, VersionFollower
 from serving.errors import ServingError
 from serving.model import ps_config_of
 from serving.service import ScoringService
+from serving.telemetry import replica_name
 from serving.shards import RemoteTables, ShardSlice, merge_changes
 from serving.wire import SERVICER_FUNCTION, pb
 from versions import VersionStore
@@ -36,6 +40,30 @@ log = logging.getLogger(__name__)
 APP_NAME = "freshrec"
 # freshrec.v1.Search (the search application, search/app.py) shares the proxy: registered here by name only
 SEARCH_SERVICER_FUNCTION = "protos.freshrec.v1.search_pb2_grpc.add_SearchServicer_to_server"
+# grpc.health.v1.Health/Check, answered by the replica the proxy routes it to (metadata ``application``)
+HEALTH_SERVICER_FUNCTION = "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server"
+# a replica that has not loaded a version this long after it started fails Ray Serve's health check
+# (and is restarted); shorter would restart replicas whose first load is still reading the store
+READY_GRACE_S = 60.0
+
+
+def health_check(health, started: float, grace_s: float = READY_GRACE_S) -> None:
+    """Raise (Ray Serve's ``check_health`` contract) when ``health() -> (ok, why)`` is not ok: at once when
+    the follower thread died, after ``grace_s`` when no version has loaded yet."""
+    ok, why = health()
+    if ok:
+        return
+    if "not running" in why or time.monotonic() - started > grace_s:
+        raise RuntimeError(why)
+
+
+def health_response(health):
+    """A ``grpc.health.v1.HealthCheckResponse`` from ``health() -> (ok, why)``."""
+    from grpc_health.v1 import health_pb2
+
+    ok, _ = health()
+    return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING if ok
+                                          else health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
 @serve.deployment(name="Scorer", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64,
@@ -50,6 +78,7 @@ class ScorerDeployment:
 
     def __init__(self, cfg: ServeConfig, *shards) -> None:
         logging.basicConfig(level=logging.INFO)
+        self._started = time.monotonic()
         self.shards = shards  # DeploymentHandles of the TableShard deployments (cfg.remote_tables)
         remote = None
         if cfg.remote_tables:
@@ -91,15 +120,24 @@ class ScorerDeployment:
     async def ModelInfo(self, request, grpc_context):  # noqa: N802
         return self._call(self.service.model_info, request, grpc_context, pb.ModelInfoResponse())
 
+    async def Check(self, request, grpc_context):  # noqa: N802 (grpc.health.v1.Health/Check)
+        return health_response(self.service.health)
+
     def check_health(self) -> None:
-        if not self.service.follower.alive:
-            raise RuntimeError("the version follower thread is not running")
+        health_check(self.service.health, self._started)
 
     def __del__(self) -> None:
         try:
             self.service.stop()
         except Exception:  # noqa: BLE001
             pass
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldVersion:
+    """What a table shard's follower "serves": the version it holds (the rows live in the ShardSlice)."""
+
+    version: int
 
 
 @serve.deployment(name="TableShard", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256,
@@ -114,6 +152,30 @@ class TableShardDeployment:
         self.store = VersionStore(cfg.store_url, cfg.storage_options)
         self.slice: ShardSlice | None = None
         self._lock = threading.Lock()
+        # the shard follows the same pointers as the replicas (the one follower): it loads the target before
+        # the replicas ask for it, and leases it; any other version a replica asks for is loaded on demand
+        self.follower = VersionFollower(
+            self.store, self._prefetch, poll_interval_s=cfg.poll_interval_s, pin_version=cfg.pin_version,
+            lease=LeaseSettings(holder=f"table-shard-{index}-{replica_name()}", role="table-shard"),
+            name=f"table-shard-{index}").start()
+
+    def _prefetch(self, version: int, previous) -> HeldVersion:
+        self._slice(version).load(version)
+        return HeldVersion(version)
+
+    def reconfigure(self, user_config: dict) -> None:
+        s = FollowSettings.from_user_config(user_config)
+        self.follower.configure(s.pin_version, s.poll_interval_s)
+
+    def check_health(self) -> None:
+        if not self.follower.alive:
+            raise RuntimeError("the table shard's version follower thread is not running")
+
+    def __del__(self) -> None:
+        try:
+            self.follower.stop()
+        except Exception:  # noqa: BLE001
+            pass
 
     def _slice(self, version: int) -> ShardSlice:
         with self._lock:
@@ -146,7 +208,7 @@ def build_app(cfg: ServeConfig, replicas: int = 1, pin_version=_FOLLOW):
     restart); a different ``cfg`` would replace the replicas."""
     pin = cfg.pin_version if pin_version is _FOLLOW else pin_version
     user_config = {"pin_version": pin, "poll_interval_s": cfg.poll_interval_s}
-    shards = [TableShardDeployment.options(name=f"TableShard{i}").bind(cfg, i)
+    shards = [TableShardDeployment.options(name=f"TableShard{i}", user_config=user_config).bind(cfg, i)
               for i in range(cfg.table_shards if cfg.remote_tables else 0)]
     return ScorerDeployment.options(num_replicas=replicas, user_config=user_config).bind(cfg, *shards)
 
@@ -169,16 +231,39 @@ def app_from_args(args: dict):
     return build_app(cfg, replicas=int(args.get("replicas", 1)))
 
 
+GRPC_SIZE_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"  # Ray 2.60's proxy reads its receive/send limit here at start
+
+
+def proxy_env(max_request_bytes: int) -> dict[str, str]:
+    """The environment that makes Serve's gRPC proxy refuse a message above ``max_request_bytes`` before
+    parsing it (gRPCOptions has no size field in Ray 2.60; its default is 2 GiB). Set it where the proxy
+    starts: the local Ray's environment (``freshrec serve`` sets it before ``ray.init``), the controller's
+    runtime_env (:func:`start_serving`), the pods' env (k8s/base/rayservice.yaml)."""
+    return {GRPC_SIZE_ENV: str(int(max_request_bytes))}
+
+
+def start_proxy(grpc_port: int, max_request_bytes: int, host: str = "127.0.0.1",
+                http_port: int | None = None) -> None:
+    """Start Serve (once per Ray cluster) with the gRPC proxy serving Scorer, Search and grpc.health.v1.
+
+    ``host``: the HTTP proxy's bind address (loopback unless told otherwise). Ray 2.60's gRPC proxy binds
+    every interface (``[::]:PORT``, not configurable): keep the port closed to the outside by the network
+    (the k8s NetworkPolicy, a host firewall) where that matters."""
+    serve.start(http_options={"host": host, "port": http_port or free_port()},
+                grpc_options=gRPCOptions(port=grpc_port, enable_reflection=True,
+                                         grpc_servicer_functions=[SERVICER_FUNCTION, SEARCH_SERVICER_FUNCTION,
+                                                                  HEALTH_SERVICER_FUNCTION]),
+                controller_options={"runtime_env": {"env_vars": proxy_env(max_request_bytes)}})
+
+
 def start_serving(cfg: ServeConfig, grpc_port: int | None = None, replicas: int = 1, http_port: int | None = None,
-                  wait_s: float = 120.0) -> int:
+                  wait_s: float = 120.0, host: str = "127.0.0.1") -> int:
     """Deploy the application on the connected Ray (``ray.init`` first) and return the gRPC port.
 
-    The proxy serves ``freshrec.v1.Scorer`` with reflection; HTTP is bound to loopback on a free port.
+    The proxy serves ``freshrec.v1.Scorer`` with reflection (:func:`start_proxy`); HTTP binds ``host``.
     """
     grpc_port = grpc_port or free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": http_port or free_port()},
-                grpc_options=gRPCOptions(port=grpc_port, enable_reflection=True,
-                                         grpc_servicer_functions=[SERVICER_FUNCTION, SEARCH_SERVICER_FUNCTION]))
+    start_proxy(grpc_port, cfg.limits.max_request_bytes, host, http_port)
     serve.run(build_app(cfg, replicas), name=APP_NAME, route_prefix="/", blocking=False)
     return grpc_port
 

@@ -12,6 +12,12 @@ Each entry also holds whether the version had a row for the id (``known``), so a
 cold-start row still counts as unknown. A cache belongs to ONE model version; the next version
 starts from a copy without the ids its deltas changed (:meth:`carried`).
 
+Thread safety: ``get``, ``put`` and ``carried`` each hold the cache's lock, so an entry's id, row
+and flags are written and read together. ``carried`` is a snapshot of the previous version's cache
+taken while requests on that version keep filling it: it never pairs one id with another id's row
+(issue 20; ``tests/unit/test_serving_cache_race.py``). The lock is held for array copies only, never
+for a fetch. The cache is bounded: ``capacity`` entries, whatever the traffic.
+
 >>> c = HotRowCache(4, dim=2)
 >>> rows, known, miss = c.get(np.array([7, 8]))
 >>> miss.tolist()
@@ -23,6 +29,8 @@ starts from a copy without the ids its deltas changed (:meth:`carried`).
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -41,6 +49,7 @@ class HotRowCache:
         self.rows = np.zeros((capacity, dim), np.float32)
         self.hits = 0
         self.misses = 0
+        self._lock = threading.Lock()
 
     def slots(self, ids: np.ndarray) -> np.ndarray:
         return (splitmix64(np.asarray(ids, np.int64).view(np.uint64)) & self._mask).astype(np.int64)
@@ -49,32 +58,37 @@ class HotRowCache:
         """(rows float32 [n, dim], known [n], positions of the misses): rows of misses are zeros."""
         ids = np.asarray(ids, np.int64)
         slot = self.slots(ids)
-        hit = self.filled[slot] & (self.ids[slot] == ids)
-        rows = self.rows[slot]  # fancy indexing copies: later puts never change an answer
+        with self._lock:
+            hit = self.filled[slot] & (self.ids[slot] == ids)
+            rows = self.rows[slot]  # fancy indexing copies: later puts never change an answer
+            known = self.known[slot] & hit
+            miss = np.flatnonzero(~hit)
+            self.hits += len(ids) - len(miss)
+            self.misses += len(miss)
         rows[~hit] = 0.0
-        miss = np.flatnonzero(~hit)
-        self.hits += len(ids) - len(miss)
-        self.misses += len(miss)
-        return rows, self.known[slot] & hit, miss
+        return rows, known, miss
 
     def put(self, ids: np.ndarray, rows: np.ndarray, known: np.ndarray) -> None:
         """Store entries (distinct ids); an id whose slot is taken replaces the entry there."""
         ids = np.asarray(ids, np.int64)
         slot = self.slots(ids)
-        self.ids[slot] = ids
-        self.rows[slot] = rows
-        self.known[slot] = known
-        self.filled[slot] = True
+        with self._lock:
+            self.ids[slot] = ids
+            self.rows[slot] = rows
+            self.known[slot] = known
+            self.filled[slot] = True
 
     def carried(self, changed: np.ndarray | None) -> "HotRowCache":
         """A copy for the next version without the entries of ``changed`` ids (None: an empty cache).
 
         The copy is what the next version's model reads; this cache stays as it is for the requests
-        still running on the previous version."""
+        still running on the previous version (they may go on filling it: the copy is taken under
+        this cache's lock, a consistent snapshot)."""
         out = HotRowCache(self.capacity, self.dim)
         if changed is None:
             return out
-        out.ids[:], out.rows[:], out.known[:], out.filled[:] = self.ids, self.rows, self.known, self.filled
+        with self._lock:
+            out.ids[:], out.rows[:], out.known[:], out.filled[:] = self.ids, self.rows, self.known, self.filled
         changed = np.asarray(changed, np.int64)
         if len(changed):
             slot = self.slots(changed)
@@ -84,4 +98,5 @@ class HotRowCache:
 
     @property
     def size(self) -> int:
-        return int(self.filled.sum())
+        with self._lock:
+            return int(self.filled.sum())

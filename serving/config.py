@@ -17,8 +17,9 @@ class Limits:
 
     max_candidates: candidates of one Score call. max_k: items of one Recommend call.
     max_retrieve: candidates Recommend retrieves before ranking. max_request_bytes: the
-    serialised request (the Ray Serve proxy accepts up to 2 GiB and the plain grpcio host 64 MiB, so
-    anything from this limit up to those answers INVALID_ARGUMENT with the limit in the message).
+    serialised request: the transports refuse a larger one before parsing it (RESOURCE_EXHAUSTED: the
+    grpcio host's max_receive_message_length, the Serve proxy's RAY_SERVE_GRPC_MAX_MESSAGE_SIZE); the
+    service's own check answers INVALID_ARGUMENT for in-process callers.
     max_exclude: excluded items of one Recommend call.
     """
 

@@ -95,6 +95,16 @@ class ModelSetup:
         return cls(spec, model_cfg, train_cfg, ps, extra["spec_yaml"])
 
 
+def setup_with_spec(m, spec) -> ModelSetup:
+    """The setup of a version whose feature spec the caller gives (a search ranker carries a SearchSpec,
+    not a spec YAML): the run config still comes from the manifest."""
+    cfg = (m.extra or {}).get("config") or {}
+    model_cfg = model_config_from_dict(dict(cfg.get("model") or {}))
+    train_cfg = TrainConfig.from_dict(dict(cfg.get("train") or {})).replace(strategy=Strategy.ONLINE)
+    ps = PSOptions.from_dict(dict(cfg.get("ps") or {}))
+    return ModelSetup(spec, model_cfg, train_cfg, ps, repr(spec))
+
+
 @dataclasses.dataclass(frozen=True)
 class RetrievalOptions:
     """Recommend's candidate retrieval: exact inner product up to ``ann_above`` items, else a FAISS
@@ -175,15 +185,16 @@ def ps_config_of(store: VersionStore, version: int):
 def load_model(store: VersionStore, version: int, catalogue: ItemCatalogue | None = None,
                previous: ServableModel | None = None, user_feature: str | None = None,
                item_feature: str | None = None, remote=None,
-               retrieval: RetrievalOptions | None = None) -> ServableModel:
+               retrieval: RetrievalOptions | None = None, spec=None) -> ServableModel:
     """Build version ``version`` from the store, every part checksummed (CorruptVersionError otherwise).
 
     With ``previous`` (a model of an earlier version of the same chain) only the deltas after it
     are read and applied to its tables: O(rows changed + rows held) instead of the whole chain.
+    ``spec``: the feature spec, when the version does not carry one as YAML (a search ranker).
     """
     chain = store.chain(version)
     m = chain[-1]
-    setup = ModelSetup.from_manifest(m)
+    setup = ModelSetup.from_manifest(m) if spec is None else setup_with_spec(m, spec)
     if previous is not None and previous.setup.spec_yaml == setup.spec_yaml:
         setup = dataclasses.replace(setup, spec=previous.setup.spec)
     ps_cfg = ps_config_for(setup.spec, setup.train_cfg, setup.ps)

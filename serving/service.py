@@ -27,7 +27,7 @@ import torch
 from serving.catalogue import ItemCatalogue
 from serving.config import FollowSettings, ServeConfig
 from serving.errors import InvalidRequestError, NotReadyError, ServingError, UnsupportedError, VersionMismatchError
-from serving.follower import VersionFollower
+from serving.follower import LeaseSettings, VersionFollower
 from serving.ann import AnnOptions
 from serving.model import RetrievalOptions, ServableModel, load_model
 from serving.telemetry import ReplicaTelemetry
@@ -58,7 +58,9 @@ class ScoringService:
         self._catalogue = catalogue
         self._catalogue_loaded = catalogue is not None or not cfg.catalogue
         self.follower = VersionFollower(self.store, self._load, poll_interval_s=cfg.poll_interval_s,
-                                        pin_version=cfg.pin_version, telemetry=self.telemetry)
+                                        pin_version=cfg.pin_version, telemetry=self.telemetry,
+                                        lease=LeaseSettings(holder=f"scorer-{self.telemetry.replica}", role="replica"),
+                                        name="scorer")
 
     def start(self, wait_s: float = 0.0, load_now: bool = True) -> "ScoringService":
         """Load the first version now (if there is one, and ``load_now``) and follow the store in the
@@ -74,6 +76,10 @@ class ScoringService:
 
     def stop(self) -> None:
         self.follower.stop()
+
+    def health(self) -> tuple[bool, str]:
+        """(serving, why): False until a first version loaded (the reason: the store's or the load's error)."""
+        return self.follower.health()
 
     def reconfigure(self, user_config: dict | None) -> None:
         """Ray Serve's ``user_config``: pin a version or follow the newest (settings, never weights)."""
@@ -104,9 +110,8 @@ class ScoringService:
         """The model to answer with (read once per request)."""
         m = self.follower.model
         if m is None:
-            why = self.follower.last_error or "no version loaded yet"
-            raise NotReadyError(f"no model version is served yet ({why}); the replica keeps polling "
-                                f"{self.cfg.store_url}")
+            raise NotReadyError(f"no model version is served yet ({self.follower.health()[1]}); the replica keeps "
+                                f"polling {self.cfg.store_url}")
         if pin and pin != m.version:
             raise VersionMismatchError(f"pin_version {pin} is not served: this replica serves version {m.version} "
                                        f"(pin one with `freshrec serve --pin-version {pin}`)")

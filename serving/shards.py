@@ -8,9 +8,11 @@ over ``table_shards`` read-only shards by the parameter server's own routing
     replica ── RemoteTable(version v) ── HotRowCache ──miss──► ShardSlice k of n  (ids with shard_of(id, n) == k)
                                                                versions {v-1: FrozenTable, v: FrozenTable}
 
-Every lookup names its version, and a shard keeps the last few versions it loaded, so a request
-is answered by one version even while the shards load the next one. A shard that does not hold
-the asked version loads it first (a restarted shard heals itself). Unknown ids get the same
+Every lookup names its version, and a shard serves any version a replica asks for that is still in
+the store: one it does not hold is loaded on demand (a rollback target, a lagging replica, a
+restarted shard). It keeps every version a serving lease names (``VersionStore.leases``) and, up to
+``keep_versions`` in all, the most recently asked-for others (least recently used evicted first),
+so a request is answered by one version even while the shards load the next one. Unknown ids get the same
 cold-start row as in a local table (:class:`serving.tables.FrozenTable`).
 
 The replica's cache for version v+1 starts as v's cache minus the ids v+1 changed
@@ -25,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -62,6 +65,7 @@ class ShardSlice:
         self.cfgs: dict[str, TableConfig] = {t: by_name[t] for t in tables}
         self.index, self.num_shards, self.keep_versions = index, num_shards, max(2, keep_versions)
         self._versions: dict[int, dict[str, FrozenTable]] = {}
+        self._used: dict[int, float] = {}  # version -> when a replica last asked for it (load or lookup)
         self._changed: dict[int, tuple[int, dict[str, np.ndarray] | None]] = {}  # v -> (loaded on, changed ids)
         self._lock = threading.Lock()
 
@@ -80,9 +84,37 @@ class ShardSlice:
         chain read); return the ids of each table changed after ``since`` (None: unknown, e.g. a
         full version in between or ``since`` never held here)."""
         with self._lock:
-            if version not in self._versions:
-                self._load(version)
+            self._hold(version)
             return self._changes(since, version)
+
+    def _hold(self, version: int) -> dict[str, FrozenTable]:
+        """The tables of ``version``, loaded on demand (the caller holds the lock)."""
+        self._used[version] = time.monotonic()
+        held = self._versions.get(version)
+        if held is None:
+            self._load(version)
+            held = self._versions[version]
+            self._evict(keep={version})
+        return held
+
+    def _evict(self, keep: set[int]) -> None:
+        """Keep ``keep`` (the version just loaded), every version a serving lease names, and the most
+        recently asked-for others up to ``keep_versions`` in all: the least recently used go first
+        (not the oldest: a rollback target or a lagging replica's version stays while it is used)."""
+        try:
+            leased = {lease.version for lease in self.store.leases()}
+        except Exception as exc:  # noqa: BLE001 (leases unreadable: evict by use only)
+            log.warning("shard %d/%d: serving leases unreadable (%s): evicting by use only", self.index,
+                        self.num_shards, exc)
+            leased = set()
+        protected = (keep | leased) & set(self._versions)
+        others = sorted((v for v in self._versions if v not in protected), key=lambda v: self._used.get(v, 0.0))
+        room = max(0, self.keep_versions - len(protected))
+        for old in others[:max(0, len(others) - room)]:
+            del self._versions[old]
+            self._used.pop(old, None)
+        for old in [v for v in self._changed if v not in self._versions]:
+            self._changed.pop(old, None)
 
     def _load(self, version: int) -> None:
         chain = self.store.chain(version)
@@ -120,10 +152,6 @@ class ShardSlice:
             out[name] = FrozenTable.build(cfg, arrays["ids"], arrays["rows"], self.ps_cfg.seed, admit, fp16)
         self._versions[version] = out
         self._changed[version] = (base, changed)
-        for old in sorted(self._versions)[:-self.keep_versions]:
-            del self._versions[old]
-        for old in [v for v in self._changed if v not in self._versions and v < min(self._versions)]:
-            self._changed.pop(old, None)
         log.info("shard %d/%d holds version %d (%d rows%s)", self.index, self.num_shards, version,
                  self.rows_held(version), f", deltas on {base}" if base is not None else "")
 
@@ -146,9 +174,11 @@ class ShardSlice:
     def lookup(self, version: int, table: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rows float32 [n, dim], known [n]) of ``ids`` (all routed to this shard) at ``version``."""
         held = self._versions.get(version)
-        if held is None:
-            self.load(version)
-            held = self._versions[version]
+        if held is None:  # a version this shard does not hold (a rollback, a lagging replica): load it
+            with self._lock:
+                held = self._hold(version)
+        else:
+            self._used[version] = time.monotonic()
         if table not in held:
             raise KeyError(f"table {table!r} is not served by the read-only shards (they hold {sorted(held)})")
         return held[table].lookup(np.asarray(ids, np.int64))
@@ -168,25 +198,24 @@ class RemoteTable:
     fetch: Fetch
     cache: HotRowCache
 
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
-
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Concurrent requests share the cache: ``get`` and ``put`` are each atomic (the cache's lock),
+        the shard fetch runs outside any lock; two requests missing the same id both fetch it and
+        put the same row of this version."""
         ids = np.asarray(ids, np.int64)
         uniq, inverse = np.unique(ids, return_inverse=True)
-        with self._lock:
-            rows, known, miss = self.cache.get(uniq)
-            if len(miss):
-                missing = uniq[miss]
-                groups = group_by_shard(missing, self.num_shards)
-                asked = {s: missing[g] for s, g in enumerate(groups) if len(g)}
-                got = self.fetch(self.version, self.cfg.name, asked)
-                for s, g in enumerate(groups):
-                    if len(g):
-                        r, k = got[s]
-                        rows[miss[g]] = r
-                        known[miss[g]] = k
-                self.cache.put(missing, rows[miss], known[miss])
+        rows, known, miss = self.cache.get(uniq)
+        if len(miss):
+            missing = uniq[miss]
+            groups = group_by_shard(missing, self.num_shards)
+            asked = {s: missing[g] for s, g in enumerate(groups) if len(g)}
+            got = self.fetch(self.version, self.cfg.name, asked)
+            for s, g in enumerate(groups):
+                if len(g):
+                    r, k = got[s]
+                    rows[miss[g]] = r
+                    known[miss[g]] = k
+            self.cache.put(missing, rows[miss], known[miss])
         return rows[inverse], known[inverse]
 
 

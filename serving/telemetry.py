@@ -5,6 +5,7 @@
                                                 # freshrec_serving_requests_total{method,code}
     t.poll(served=12, target=13)                # freshrec_serving_loaded_version, _version_lag_versions
     t.swap(manifest_extra, now)                 # freshrec_serving_freshness_seconds
+    t.load_failure("transient")                 # freshrec_serving_load_failures_total{kind}
 
 Without Ray (unit tests, the plain grpcio server outside Ray) the calls check their arguments
 and send nothing; ``record`` is injectable for tests.
@@ -50,3 +51,8 @@ class ReplicaTelemetry:
         fresh = max(0.0, (time.time() if now is None else now) - float(picked))
         self._record("freshrec_serving_freshness_seconds", fresh, replica=self.replica)
         return fresh
+
+    def load_failure(self, kind: str) -> None:
+        """A version failed to load: ``transient`` (retried with backoff), ``corrupt`` (refused) or
+        ``recheck`` (a refused version is looked at again)."""
+        self._record("freshrec_serving_load_failures_total", 1, replica=self.replica, kind=kind)

@@ -7,13 +7,15 @@
     store.materialize(store.latest(), table_parts("user"))   # {"ids", "rows", "opt_state_0", ...}
     Publisher(store, PublishConfig(max_auc_drop=0.05))(13)   # the publish gate: PUBLISHED <- 13, or held back
     store.serving_state()["target"]                           # PINNED, else PUBLISHED, else LATEST
+    store.renew_lease("replica-3@pod-a", 13, ttl_s=60)        # serving leases: gc keeps what is served
 
 A leaf package: it imports only ``common`` (plus numpy and fsspec).
 """
 
 from versions.digest import ModelDigest, model_digest
-from versions.errors import (CorruptVersionError, NoSuchVersionError, StoreUnavailableError, VersionError,
-                             VersionWriteError)
+from versions.errors import (CorruptVersionError, NoSuchVersionError, StoreError, StoreUnavailableError,
+                             VersionError, VersionWriteError, WriterFencedError)
+from versions.leases import ServingLease
 from versions.manifest import Manifest, PartInfo
 from versions.policy import SnapshotConfig, SnapshotDecision, SnapshotPolicy
 from versions.publish import PublishConfig, PublishDecision, Publisher, PublishGate, VersionMetrics
@@ -30,15 +32,18 @@ __all__ = [
     "PublishDecision",
     "PublishGate",
     "Publisher",
+    "ServingLease",
     "SnapshotConfig",
     "SnapshotDecision",
     "SnapshotPolicy",
+    "StoreError",
     "StoreUnavailableError",
     "VersionError",
     "VersionMetrics",
     "VersionStore",
     "VersionWriteError",
     "VersionWriter",
+    "WriterFencedError",
     "model_digest",
     "table_parts",
     "write_part",

@@ -2,16 +2,35 @@
 
 Every error keeps its constructor arguments in ``self.args`` and rebuilds itself from them
 (``__reduce__``), so it crosses a Ray actor boundary with its fields intact.
+
+The hierarchy separates *the version is bad* from *the storage is not answering right now*::
+
+    StoreError                              anything the version store raises
+    ├── VersionError                        about a version itself: retrying the same read will not help
+    │   ├── CorruptVersionError             a part is missing, truncated, fails its checksum or its format
+    │   ├── NoSuchVersionError (LookupError)  no manifest: never committed, aborted or collected
+    │   └── VersionWriteError               a version could not be written or committed as asked
+    │       └── WriterFencedError           another writer holds the store (or took it over from this one)
+    └── StoreUnavailableError (ConnectionError)  transient: connection reset, timeout, S3 503, any OSError
+                                            that is not a checksum/format failure; retry with backoff
+
+``StoreUnavailableError`` is deliberately **not** a ``VersionError``: a reader that marks a version
+bad on ``VersionError`` (or ``CorruptVersionError``) must retry on ``StoreUnavailableError``. It is an
+``OSError`` (``ConnectionError``), so code that retries I/O errors retries it too.
 """
 
 from __future__ import annotations
 
 
-class VersionError(Exception):
+class StoreError(Exception):
     """Base class of every version-store error."""
 
     def __reduce__(self):
         return (type(self), self.args)
+
+
+class VersionError(StoreError):
+    """Something is wrong with a version (not with reaching the store): see the subclasses."""
 
 
 class CorruptVersionError(VersionError):
@@ -44,17 +63,20 @@ class NoSuchVersionError(VersionError, LookupError):
         return f"no committed version {self.version} in the store; committed versions: {shown}{more}"
 
 
-class StoreUnavailableError(VersionError):
-    """The store at ``url`` could not be read or written; ``cause`` is the underlying error as text."""
+class StoreUnavailableError(StoreError, ConnectionError):
+    """The store at ``url`` could not be read or written (transient: retry); ``cause`` is the underlying
+    error as text. Not a VersionError: nothing is known to be wrong with any version."""
 
     def __init__(self, url: str, cause: str) -> None:
         super().__init__(url, str(cause))
         self.url = url
         self.cause = str(cause)
+        self.args = (url, str(cause))
 
     def __str__(self) -> str:
-        return (f"version store {self.url} is unavailable: {self.cause}; check the URL, the credentials "
-                f"(storage_options) and that the bucket or directory exists")
+        return (f"version store {self.url} is unavailable: {self.cause}; this may be transient (retry with "
+                f"backoff); if it persists check the URL, the credentials (storage_options) and that the bucket "
+                f"or directory exists")
 
 
 class VersionWriteError(VersionError):
@@ -67,3 +89,14 @@ class VersionWriteError(VersionError):
 
     def __str__(self) -> str:
         return f"cannot write version {self.version}: {self.reason}"
+
+
+class WriterFencedError(VersionWriteError):
+    """Another writer holds the store's writer lease (``holder``, fencing ``epoch``), or took it over
+    from this writer: this writer must not begin or commit a version."""
+
+    def __init__(self, version: int | None, reason: str, holder: str = "", epoch: int = 0) -> None:
+        super().__init__(version, reason)
+        self.args = (version, reason, holder, epoch)
+        self.holder = holder
+        self.epoch = int(epoch)

@@ -47,8 +47,9 @@ import numpy as np
 
 from versions import partfile
 from versions.digest import ModelDigest
-from versions.errors import (CorruptVersionError, NoSuchVersionError, StoreUnavailableError, VersionError,
-                             VersionWriteError)
+from versions.errors import (CorruptVersionError, NoSuchVersionError, StoreError, StoreUnavailableError,
+                             VersionWriteError, WriterFencedError)
+from versions.leases import LEASES, ServingLease, check_lease_args, holder_file
 from versions.manifest import KINDS, Manifest, PartInfo, as_json_value, data_files_of, now, rows_of
 from versions.merge import Keep, merge_keyed
 from versions.publish import GATE, PINNED, PUBLISHED, decision_json, read_pointer, serving_target
@@ -61,6 +62,7 @@ MANIFEST = "MANIFEST.json"
 BEGUN = "_BEGUN.json"
 ABORTED = "_ABORTED"
 LATEST = "LATEST"
+LEASE_SKEW_S = 30.0  # gc keeps a leased version this long past its lease's expiry (clock skew between hosts)
 
 
 def check_part_name(name: str) -> str:
@@ -122,7 +124,7 @@ class VersionStore:
     def _io(self, what: str):
         try:
             yield
-        except (FileNotFoundError, VersionError):
+        except (FileNotFoundError, StoreError):
             raise
         except (TypeError, AttributeError, KeyError, NameError, AssertionError):
             raise  # bugs, not storage trouble
@@ -197,7 +199,10 @@ class VersionStore:
             text = self._read_small(f"{self.vdir(version)}/{MANIFEST}")
         except FileNotFoundError:
             raise NoSuchVersionError(version, self.versions()) from None
-        m = Manifest.from_json(text)
+        try:
+            m = Manifest.from_json(text)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptVersionError(version, MANIFEST, f"is not a manifest: {type(exc).__name__}: {exc}") from None
         self._manifests[version] = m
         return m
 
@@ -266,6 +271,52 @@ class VersionStore:
         pinned, published, latest = self.pinned(), self.published(), self.latest()
         target, why = serving_target(pinned, published, latest)
         return {"pinned": pinned, "published": published, "latest": latest, "target": target, "why": why}
+
+    # --------------------------------------------------------- serving leases
+    def _lease_path(self, holder: str) -> str:
+        return f"{self.root}/{LEASES}/{holder_file(holder)}.json"
+
+    def renew_lease(self, holder: str, version: int, *, ttl_s: float = 60.0, role: str = "replica") -> ServingLease:
+        """Record (or renew) that ``holder`` serves ``version`` for the next ``ttl_s`` seconds
+        (``ROOT/leases/<holder>.json``, written atomically). gc keeps every version an unexpired lease
+        names. Renew well within ``ttl_s`` (every ``ttl_s / 3``); take the lease before loading."""
+        version, ttl_s, role = check_lease_args(version, ttl_s, role)
+        lease = ServingLease(holder=holder, version=version, role=role, expires_at=time.time() + ttl_s,
+                             host=socket.gethostname())
+        self._write_small(self._lease_path(holder), lease.to_json())
+        return lease
+
+    def release_lease(self, holder: str) -> None:
+        """Drop ``holder``'s lease (idempotent: nothing happens when it holds none)."""
+        path = self._lease_path(holder)
+        with self._io(f"remove {path}"):
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(path)
+
+    def leases(self, *, include_expired: bool = False) -> list[ServingLease]:
+        """The serving leases in the store (unexpired ones unless ``include_expired``), by holder.
+        An unreadable lease object is skipped with a warning."""
+        folder = f"{self.root}/{LEASES}"
+        with self._io(f"list {folder}"):
+            self.fs.invalidate_cache(folder)
+            try:
+                names = self.fs.ls(folder, detail=False)
+            except FileNotFoundError:
+                return []
+        out, t = [], time.time()
+        for name in sorted(names):
+            if not name.endswith(".json"):
+                continue  # a temporary file of a lease being written
+            try:
+                lease = ServingLease.from_json(self._read_small(name))
+            except FileNotFoundError:
+                continue  # released while listing
+            except ValueError as exc:
+                log.warning("skipping the unreadable serving lease %s: %s", name, exc)
+                continue
+            if include_expired or not lease.expired(t):
+                out.append(lease)
+        return sorted(out, key=lambda x: x.holder)
 
     def write_gate_decision(self, version: int, decision: Mapping) -> None:
         """Keep the publish gate's decision beside the version (``vNNNNNNNN/GATE.json``)."""
@@ -512,9 +563,11 @@ class VersionStore:
                 self.fs.rm(path, recursive=True)
         self._manifests.pop(int(version), None)
 
-    def gc(self, keep: int = 5, grace_s: float = 3600.0) -> dict[str, list[int]]:
-        """Keep the newest ``keep`` committed versions, LATEST, PUBLISHED, PINNED and the chains they need; delete
-        the other committed versions and uncommitted directories older than ``grace_s``.
+    def gc(self, keep: int = 5, grace_s: float = 3600.0, lease_skew_s: float = LEASE_SKEW_S) -> dict[str, list[int]]:
+        """Keep the newest ``keep`` committed versions, LATEST, PUBLISHED, PINNED, every version a serving
+        lease names (unexpired, or expired less than ``lease_skew_s`` ago: clocks differ between hosts)
+        and the chains they need; delete the other committed versions and uncommitted directories older
+        than ``grace_s``.
 
         Returns ``{"removed": [...], "kept": [...], "removed_uncommitted": [...]}``.
         """
@@ -522,7 +575,9 @@ class VersionStore:
             raise ValueError(f"gc keep must be an integer >= 1, got {keep!r}")
         committed = self.versions()
         latest = self.latest()
-        serving = {self.published(), self.pinned()} & set(committed)  # what replicas serve or roll back to
+        t = time.time()
+        leased = {lease.version for lease in self.leases(include_expired=True) if t < lease.expires_at + lease_skew_s}
+        serving = ({self.published(), self.pinned()} | leased) & set(committed)  # served, or rolled back to
         wanted = set(committed[-keep:]) | ({latest} if latest is not None else set()) | serving
         needed = set()
         for v in wanted:

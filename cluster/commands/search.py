@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cluster.commands.argtypes import port as _port
 from cluster.commands.argtypes import positive_int as _positive
+from cluster.commands.serve import _host
 from cluster.errors import UserError
 
 MAX_QUERY_CHARS = 512
@@ -66,6 +67,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     where.add_argument("--store", metavar="URL", help="the version store")
     s.add_argument("--catalogue", required=True, metavar="FILE", help="the products TSV (re-indexed when it changes)")
     s.add_argument("--grpc-port", type=_port, default=9000, help="gRPC port of the Serve proxy (default 9000)")
+    s.add_argument("--host", default="127.0.0.1", type=_host, metavar="ADDR",
+                   help="the Serve proxy's HTTP bind address (default 127.0.0.1: this machine only; the k8s manifests "
+                        "pass 0.0.0.0). Ray 2.60's gRPC proxy binds every interface whatever this says: close the "
+                        "port with a firewall where the machine is reachable")
     s.add_argument("--replicas", type=_positive, default=1, help="replicas (default 1)")
     s.add_argument("--pin-version", type=_positive, default=None, metavar="V", help="serve exactly version V")
     s.set_defaults(func=_serve)
@@ -139,17 +144,19 @@ def _serve(args: argparse.Namespace) -> int:
     from search.app import start_search_serving, stop_search_serving
     from search.client import SearchClient
     from search.service import SearchServeConfig
-    from serving.app import worker_env
+    from serving.app import proxy_env, worker_env
+    from serving.config import Limits
 
     cfg = SearchServeConfig(store_url=store, catalogue=str(Path(args.catalogue).resolve()),
                             pin_version=args.pin_version)
     os.environ["PYTHONPATH"] = worker_env()["env_vars"]["PYTHONPATH"]
+    os.environ.update(proxy_env(Limits().max_request_bytes))
     ensure_ray(RayConfig())
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        port = start_search_serving(cfg, args.grpc_port, args.replicas)
+        port = start_search_serving(cfg, args.grpc_port, args.replicas, host=args.host)
         target = f"127.0.0.1:{port}"
         with SearchClient(target) as client:
             r = client.wait_ready(timeout_s=120.0)

@@ -54,6 +54,17 @@ def _names(text: str) -> tuple[str, ...]:
     return names
 
 
+def _host(text: str) -> str:
+    """An IP address to bind (IPv4 or IPv6), e.g. 127.0.0.1 or 0.0.0.0."""
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an IP address to bind (127.0.0.1, 0.0.0.0, ::1), got {text!r}") \
+            from None
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the newest model version over gRPC (Ray Serve), following new versions",
                        description="Run freshrec's Ray Serve application (freshrec.v1.Scorer: Score, Recommend, "
@@ -64,6 +75,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     where.add_argument("--run-dir", metavar="DIR", help="a training run directory: the store at DIR/versions")
     where.add_argument("--store", metavar="URL", help="the version store: a path, file://, s3://bucket/prefix")
     p.add_argument("--grpc-port", type=_port, default=9000, help="gRPC port of the Serve proxy (default 9000)")
+    p.add_argument("--host", default="127.0.0.1", type=_host, metavar="ADDR",
+                   help="the Serve proxy's HTTP bind address (default 127.0.0.1: this machine only; the k8s manifests "
+                        "pass 0.0.0.0). Ray 2.60's gRPC proxy binds every interface whatever this says: close the "
+                        "port with a firewall where the machine is reachable")
     p.add_argument("--replicas", type=_positive, default=1, help="replicas of the scorer (default 1)")
     p.add_argument("--pin-version", type=_positive, default=None, metavar="V",
                    help="serve exactly version V (rollback) instead of following the newest")
@@ -133,11 +148,12 @@ def _serve(args: argparse.Namespace) -> int:
     missing = [c for c in args.catalogue if not Path(c).exists() and "://" not in c]
     if missing:
         raise UserError(f"--catalogue file(s) not found: {missing}")
-    from serving.app import start_serving, stop_serving, worker_env
+    from serving.app import proxy_env, start_serving, stop_serving, worker_env
     from serving.client import ScoringClient
 
     if args.address is None:  # the replicas and the proxy import this checkout's serving code and stubs
         os.environ["PYTHONPATH"] = worker_env()["env_vars"]["PYTHONPATH"]
+        os.environ.update(proxy_env(cfg.limits.max_request_bytes))  # the proxy refuses larger messages unparsed
         if args.throughput_optimized:
             os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     elif args.throughput_optimized:
@@ -148,7 +164,7 @@ def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own SIGTERM handler
         signal.signal(sig, lambda *_: stop.set())
     try:
-        port = start_serving(cfg, args.grpc_port, args.replicas)
+        port = start_serving(cfg, args.grpc_port, args.replicas, host=args.host)
         target = f"127.0.0.1:{port}"
         with ScoringClient(target) as client:
             waited = False

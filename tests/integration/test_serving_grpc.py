@@ -86,12 +86,16 @@ def test_bad_requests_get_invalid_argument_and_serving_goes_on(app):
         with pytest.raises(grpc.RpcError) as err:
             stub.Score(req, metadata=md, timeout=10)
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details()
-    huge = client.score_request(5, [1])  # 6 MiB: over the replica's limit and gRPC's default 4 MiB
+    huge = client.score_request(5, [1])  # 6 MiB: the proxy refuses it unparsed (the service's 1 MiB limit)
     huge.context["padding"].token = "x" * (6 << 20)
     with pytest.raises(grpc.RpcError) as err:
         stub.Score(huge, metadata=md, timeout=30)
-    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
-    assert "over the limit of 1048576 bytes" in err.value.details()
+    assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
+    assert "vs. 1048576" in err.value.details()
+    from grpc_health.v1 import health_pb2, health_pb2_grpc  # grpc.health.v1 through the proxy: a loaded replica
+
+    health = health_pb2_grpc.HealthStub(client.channel).Check(health_pb2.HealthCheckRequest(), metadata=md, timeout=10)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
     assert len(client.score(5, [1, 2]).scores) == 2
     r = client.recommend(5, 4, exclude=[2])
     assert len(r.items) == 4 and 2 not in [i.item_id for i in r.items]

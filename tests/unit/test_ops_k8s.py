@@ -271,14 +271,64 @@ def test_serving_follows_the_store_training_writes(overlay):
     argv = job["spec"]["entrypoint"].split()
     store = argv[argv.index("--store") + 1]
     assert yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]["store"] == store
-    secret_env = [{"secretRef": {"name": "freshrec-object-store"}}]
+    secrets = {"RayJob": "freshrec-object-store", "RayService": "freshrec-object-store-readonly"}
     for doc in (job, service):
         for where, template in pod_templates(doc):
             if where == "submitter":
                 continue
             container = template["spec"]["containers"][0]
-            if store.startswith("s3://"):  # credentials for the object store, from the Secret
-                assert container["envFrom"] == secret_env, (overlay, where)
+            if store.startswith("s3://"):  # credentials for the object store: serving gets its own read-only Secret
+                assert container["envFrom"] == [{"secretRef": {"name": secrets[doc["kind"]]}}], (overlay, where)
             else:  # the shared volume
                 assert "envFrom" not in container
                 assert {"name": "data", "mountPath": "/data"}.items() <= container["volumeMounts"][0].items()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_serve_proxies_refuse_messages_above_the_service_limit_before_parsing(overlay):
+    """Ray 2.60's gRPC proxy takes its receive limit from RAY_SERVE_GRPC_MAX_MESSAGE_SIZE (default 2 GiB) at
+    start: every serving container sets it to the service's own limit (issue 20, item 8)."""
+    from serving.config import Limits
+
+    service = next(d for d in build(overlay) if d["kind"] == "RayService")
+    for where, template in pod_templates(service):
+        env = {e["name"]: e["value"] for e in template["spec"]["containers"][0].get("env", [])}
+        assert env.get("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE") == str(Limits().max_request_bytes), (overlay, where)
+
+
+def copied_packages(dockerfile: str) -> set[str]:
+    """The top-level directories the image's COPY lines bring into /app."""
+    out = set()
+    for line in dockerfile.splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(w.startswith("--from") for w in words):
+            out |= {w.rstrip("/") for w in words[1:-1] if w.endswith("/")}
+    return out
+
+
+def imported_packages(root: Path, start: str = "cluster") -> set[str]:
+    """Top-level packages of this repository that ``start`` (the CLI) imports, transitively (AST, no import)."""
+    import ast
+
+    ours = {p.name for p in root.iterdir() if (p / "__init__.py").exists() and p.name != "tests"}
+    todo, seen = [start], set()
+    while todo:
+        pkg = todo.pop()
+        if pkg in seen:
+            continue
+        seen.add(pkg)
+        for path in (root / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+                todo += [n.split(".")[0] for n in names if n.split(".")[0] in ours]
+    return seen
+
+
+def test_the_image_copies_every_package_the_cli_imports():
+    copied = copied_packages((K8S / "Dockerfile").read_text())
+    needed = imported_packages(REPO)
+    assert {"cluster", "serving", "search", "versions"} <= needed  # the walk itself works
+    assert needed <= copied, f"add COPY lines to k8s/Dockerfile for: {sorted(needed - copied)}"
+    assert "protos" in copied  # the gRPC stubs are generated in the image from protos/
+    assert not copied_packages("COPY serving/ serving/\nCOPY cluster/ cluster/") >= needed  # a missing one shows

@@ -259,3 +259,33 @@ def test_bench_ann_runs_small(capsys):
     assert main(["bench", "ann", "--items", "5000", "--queries", "5", "--rounds", "1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["items"] == 5000 and 0.5 <= out["recall_at_n"] <= 1.0 and out["ann_ms_per_query"] > 0
+
+
+def test_a_shard_serves_any_version_still_in_the_store_and_keeps_what_replicas_lease(store_with_deltas):
+    """Issue 20 item 3: an older version (a rollback, a lagging replica) is loaded on demand and answered,
+    never inserted-then-evicted; a leased version is kept however many newer ones load."""
+    root, trainer, store = store_with_deltas
+    versions = store.versions()
+    assert len(versions) >= 3
+    ps_cfg = ps_config_of(store, versions[-1])
+    s = ShardSlice(store, ps_cfg, ("user",), 0, 1, keep_versions=2)
+    for v in versions[1:]:
+        s.load(v)
+    oldest = versions[0]
+    assert oldest not in s.versions
+    ids = store.materialize(oldest, table_parts("user"), fields=("rows",))["ids"][:40]
+    want = load_model(store, oldest).tables["user"].lookup(ids)
+    for _ in range(2):  # the old version is served (and stays held while it is asked for)
+        rows, known = s.lookup(oldest, "user", ids)
+        np.testing.assert_array_equal(rows, want[0])
+        np.testing.assert_array_equal(known, want[1])
+    assert oldest in s.versions and len(s.versions) <= 2
+    store.renew_lease("replica-lagging", oldest, role="replica")
+    for v in versions[1:]:  # newer versions come and go; the leased one stays
+        s.load(v)
+        assert oldest in s.versions
+    store.release_lease("replica-lagging")
+    for v in versions[1:]:
+        s.load(v)
+        s.lookup(v, "user", ids)
+    assert oldest not in s.versions and len(s.versions) <= 2

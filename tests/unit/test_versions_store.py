@@ -321,3 +321,30 @@ def test_a_reader_applies_each_delta_to_what_it_holds(store):
         np.testing.assert_array_equal(held["rows"], want["rows"])
     with pytest.raises(ValueError, match="no array"):
         store.materialize(3, table_parts("user"), fields=("nope",))
+
+
+def test_transient_store_errors_are_unavailable_not_corrupt(store, monkeypatch):
+    """Connection resets, timeouts and other OSErrors are StoreUnavailableError (retry), which is an
+    OSError and NOT a VersionError; only checksum/format failures are CorruptVersionError."""
+    from versions import StoreError, VersionError
+
+    assert not issubclass(StoreUnavailableError, VersionError) and issubclass(StoreUnavailableError, ConnectionError)
+    assert issubclass(CorruptVersionError, VersionError) and issubclass(VersionError, StoreError)
+    commit_full(store)
+    reader = VersionStore(store.url)
+    fs = reader.fs
+    for exc in (ConnectionResetError("reset by peer"), TimeoutError("read timed out"), OSError(5, "EIO"),
+                PermissionError("503 SlowDown")):
+        def fail(*a, exc=exc, **k):
+            raise exc
+        for name in ("cat_file", "open"):
+            with monkeypatch.context() as m:
+                m.setattr(fs, name, fail)
+                with pytest.raises(StoreUnavailableError) as err:
+                    reader._manifests.clear()
+                    reader.read_part(1, "dense")
+                assert not isinstance(err.value, VersionError) and type(exc).__name__ in str(err.value)
+    assert reader.read_part(1, "dense")["w"].shape == (2, 3)  # the faults were transient: it reads again
+    store._write_small(f"{store.vdir(1)}/{MANIFEST}", b'{"version": 1, "kind": ')  # a torn manifest
+    with pytest.raises(CorruptVersionError, match="MANIFEST.json"):
+        VersionStore(store.url).manifest(1)
