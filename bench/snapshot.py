@@ -67,8 +67,9 @@ def _held_bytes(shard) -> dict:
         out["optimizer_state"] += sum(s.numel() * s.element_size() for s in shard._states[t])
     for ts in shard._tables.values():
         m = ts.ids
-        out["id_map"] += m._keys.nbytes + m._slots.nbytes + m.slot_key.nbytes + m.occupied.nbytes + m._free.nbytes
-        out["metadata"] += ts.count.nbytes + ts.last_seen.nbytes + ts.last_version.nbytes + ts.touched.nbytes
+        out["id_map"] += m.nbytes
+        out["metadata"] += (ts.count.nbytes + ts.last_seen.nbytes + ts.last_version.nbytes + ts.touched.nbytes
+                            + ts.pinned.nbytes + ts.seen_at.nbytes)
         keys, counts, last = ts.pending.items()
         out["pending"] += keys.nbytes + counts.nbytes + last.nbytes
     return out

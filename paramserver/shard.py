@@ -331,8 +331,9 @@ class EmbeddingShard:
         cuts.restore(self, content)
 
     def restore_from_store(self, store, version: int, storage_options=None) -> None:
-        """Read ``version`` of ``store`` (its chain) and keep the ids that route to this shard."""
-        cuts.restore(self, cuts.read_content(store, version, self.cfg, self.index, storage_options))
+        """Read ``version`` of ``store`` (its chain) and keep the ids that route to this shard, one hash
+        slice at a time (see :func:`paramserver.cuts.restore_from_store`)."""
+        cuts.restore_from_store(self, store, version, storage_options)
 
     def table_state(self, table: str) -> dict[str, np.ndarray]:
         """Every admitted row of ``table`` with its optimizer state and metadata, ids ascending:
