@@ -275,6 +275,7 @@ def _reset(shard) -> None:
         shard._weights[t].zero_()
         for st in shard._states[t]:
             st.zero_()
+        ts.ids = ts.pending = None  # free the old map before the new one is allocated
         ts.ids, ts.pending = IdMap(cap), CountTable(2 * cap)
         for arr in (ts.count, ts.last_seen, ts.last_version, ts.touched, ts.pinned):
             arr[:] = 0
