@@ -143,7 +143,9 @@ def part_name(index: int, table: str) -> str:
     return f"ps/shard-{index}/{table}"
 
 
-PART_BYTES = 64 << 20  # a table's part of a cut is split into hash slices of about this many bytes
+PART_BYTES = 64 << 20  # a table's part of a cut is split into hash slices of at most about this many bytes ...
+_SLICES = 32  # ... and of about 1/32 of the table when that is smaller (restore holds a few slices) ...
+_MIN_PART_BYTES = 1 << 20  # ... but not below 1 MiB
 _SLICE_SALT = np.uint64(0x6A09E667F3BCC909)  # slices are independent of the routing hash (shard_of)
 _MAX_SLICE_BITS = 16
 
@@ -179,7 +181,8 @@ def write(shard, cut_id: str, store, version: int, storage_options=None, part_by
     """Write the parts of a prepared cut; returns their PartInfos (the cut stays prepared).
 
     A table's arrays become one part per hash slice (:func:`slice_of`, ``slice_bits`` chosen so a
-    part holds about ``part_bytes``, default :data:`PART_BYTES`), each gathered, written and
+    part holds about ``part_bytes`` (default :data:`PART_BYTES`) or 1/32 of the table if that is
+    smaller, but not under 1 MiB: a restore holds a few parts beside the table), each gathered, written and
     dropped in turn: writing holds one slice beside the cut. A table that fits one part keeps
     the name ``ps/shard-{i}/{table}``; slices are ``ps/shard-{i}/{table}.s{slice}-{bits}``. The
     table's ``rows_after`` is carried by its first part written (0 on the others), so summing
@@ -194,7 +197,8 @@ def write(shard, cut_id: str, store, version: int, storage_options=None, part_by
     for name, arrays in cut.tables.items():
         meta = {"role": "table", "table": name, "merge": "by_id", "dim": cfg.table(name).dim,
                 "rows_after": cut.rows_after[name], **common}
-        bits = slice_bits(sum(a.nbytes for a in arrays.values()), part_bytes)
+        nbytes = sum(a.nbytes for a in arrays.values())
+        bits = slice_bits(nbytes, min(part_bytes, max(_MIN_PART_BYTES, nbytes // _SLICES)))
         if bits == 0:
             infos.append(write_part(store, version, part_name(shard.index, name), arrays, storage_options,
                                     {**meta, "slice_bits": 0, "slice": 0}))
