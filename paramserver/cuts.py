@@ -57,6 +57,27 @@ class PreparedCut:
     counters: dict  # version, step, next_ttl_sweep
 
 
+@dataclasses.dataclass
+class LazyTable:
+    """A full cut's table, written without a copy of the table (copy-on-write).
+
+    At the prepare: the (id, slot) pairs held, grouped by hash slice, and ``pending`` (per slot:
+    in the cut and not written yet). Before the shard changes a pending slot (a pull's counts, a
+    push, an eviction) it saves the slot's arrays into ``saved[slice]`` and clears ``pending``
+    (:meth:`EmbeddingShard._preserve`); the writer takes each slice's pending rows live and the
+    saved ones from ``saved``, both under ``shard._cut_lock``. So the version is the table as it
+    was at the prepare, and memory beside the table is the grouping (16 B per row), the rows
+    changed while the write runs, and one slice."""
+
+    bits: int
+    ids: np.ndarray  # int64, grouped by slice, ascending within a slice
+    slots: np.ndarray  # aligned with ids
+    bounds: np.ndarray  # slice s is ids[bounds[s]:bounds[s + 1]]
+    pending: np.ndarray  # bool per slot
+    saved: list  # per slice: [arrays saved before a change]
+    written: bool = False  # a lazy cut is written once (the writer consumes what it saved)
+
+
 @dataclasses.dataclass(frozen=True)
 class RestoreContent:
     """What a shard restores: per table the merged keyed arrays (or None: the version has no rows
@@ -90,9 +111,25 @@ def prepare(shard, cut_id: str, full: bool) -> dict:
         log.warning("shard %d: cut(s) %s were never committed or aborted; cut %r replaces them",
                     shard.index, stale, cut_id)
         shard._cuts.clear()
+        shard._lazy = None
     epoch, committed = shard._epoch, shard._committed_epoch
     tables, pending, rows_after = {}, {}, {}
+    lazy = {}
     for name, ts in shard._tables.items():
+        if full and shard.lazy_full_cuts:  # no copy: copy-on-write while the cut is written
+            ids, slots = ts.ids.items()
+            bits = slice_bits(len(ids) * _row_bytes(shard, ts), _part_target(len(ids) * _row_bytes(shard, ts),
+                                                                                PART_BYTES))
+            order, bounds = _grouped(ids, bits)
+            in_cut = np.zeros(shard.cfg.capacity_per_shard, bool)
+            in_cut[slots] = True
+            lazy[name] = LazyTable(bits, ids[order], slots[order], bounds, in_cut, [[] for _ in range(1 << bits)])
+            tables[name] = lazy[name]
+            rows_after[name] = len(ts.ids)
+            if shard.cfg.admission_threshold > 1:
+                keys, counts, last = ts.pending.items()
+                pending[name] = {"ids": keys, "count": counts, "last_seen": last}
+            continue
         if full:
             ids, slots = ts.ids.items()
             deleted = np.empty(0, np.int64)
@@ -114,11 +151,13 @@ def prepare(shard, cut_id: str, full: bool) -> dict:
             keys, counts, last = ts.pending.items()
             pending[name] = {"ids": keys, "count": counts, "last_seen": last}
     shard._epoch = epoch + 1
+    shard._lazy = lazy or None
     shard._cuts[cut_id] = PreparedCut(cut_id, epoch, bool(full), tables, pending, rows_after,
                                       {"version": shard.version, "step": shard.step,
                                        "next_ttl_sweep": shard._next_ttl_sweep})
-    return {"cut_id": cut_id, "full": bool(full), "rows": {t: len(a["ids"]) for t, a in tables.items()},
-            "deleted": {t: len(a["deleted"]) for t, a in tables.items()},
+    return {"cut_id": cut_id, "full": bool(full),
+            "rows": {t: len(a.ids if isinstance(a, LazyTable) else a["ids"]) for t, a in tables.items()},
+            "deleted": {t: 0 if isinstance(a, LazyTable) else len(a["deleted"]) for t, a in tables.items()},
             "pause_ms": (time.perf_counter() - t0) * 1e3}
 
 
@@ -134,6 +173,7 @@ def _cut(shard, cut_id: str) -> PreparedCut:
 def commit(shard, cut_id: str) -> None:
     cut = _cut(shard, cut_id)
     del shard._cuts[cut_id]
+    shard._lazy = None
     shard._committed_epoch = max(shard._committed_epoch, cut.epoch)
     for ts in shard._tables.values():
         ts.evicted = [(e, ids) for e, ids in ts.evicted if e > cut.epoch]
@@ -169,12 +209,69 @@ def slice_bits(nbytes: int, part_bytes: int) -> int:
     return bits
 
 
+def _part_target(nbytes: int, part_bytes: int) -> int:
+    return min(part_bytes, max(_MIN_PART_BYTES, nbytes // _SLICES))
+
+
+def _row_bytes(shard, ts) -> int:
+    """Bytes of one row of a table's cut: id, row, optimizer state, count, last_seen, last_version."""
+    t = shard.cfg.table_names.index(ts.cfg.name)
+    w = shard._weights[t]
+    out = 8 + w.shape[1] * w.element_size() + 3 * 8
+    for st in shard._states[t]:
+        out += (st.numel() // max(1, st.shape[0])) * st.element_size()
+    return out
+
+
+def preserve(shard, ts, slots: np.ndarray) -> None:
+    """Copy-on-write for a lazy full cut (:class:`LazyTable`): save the arrays of those of ``slots``
+    that the cut still has to write, before the caller changes them."""
+    lazy = shard._lazy.get(ts.cfg.name) if shard._lazy else None
+    if lazy is None or len(slots) == 0:
+        return
+    with shard._cut_lock:
+        mask = lazy.pending[slots]
+        if not mask.any():
+            return
+        keep = slots[mask]
+        lazy.pending[keep] = False
+        arrays = table_arrays(shard, ts, ts.ids.slot_key[keep], keep)
+        sl = slice_of(arrays["ids"], lazy.bits)
+        order = np.argsort(sl, kind="stable")
+        bounds = np.searchsorted(sl[order], np.arange((1 << lazy.bits) + 1))
+        for s in np.flatnonzero(np.diff(bounds)):
+            pos = order[bounds[s]:bounds[s + 1]]
+            lazy.saved[s].append({k: v[pos] for k, v in arrays.items()})
+
+
+def _lazy_slice(shard, ts, lazy: LazyTable, s: int) -> dict:
+    """Slice ``s`` of a lazy full cut as it was at the prepare: rows not changed since, read live, and
+    the saved ones; ids ascending."""
+    with shard._cut_lock:
+        ids = lazy.ids[lazy.bounds[s]:lazy.bounds[s + 1]]
+        slots = lazy.slots[lazy.bounds[s]:lazy.bounds[s + 1]]
+        live = lazy.pending[slots]
+        parts = [table_arrays(shard, ts, ids[live], slots[live])]
+        lazy.pending[slots] = False
+        parts += lazy.saved[s]
+        lazy.saved[s] = []
+    if len(parts) == 1:
+        return parts[0]
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    order = np.argsort(out["ids"], kind="stable")
+    return {k: v[order] for k, v in out.items()}
+
+
 def _grouped(ids: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """(order, bounds): ``order[bounds[s]:bounds[s + 1]]`` are the positions of slice ``s``, ascending."""
     sl = slice_of(ids, bits)
     order = np.argsort(sl, kind="stable")
     bounds = np.searchsorted(sl[order], np.arange((1 << bits) + 1))
     return order, bounds
+
+
+def infos_of(infos: list, table: str) -> list:
+    return [i for i in infos if i.meta.get("role") == "table" and i.meta.get("table") == table]
 
 
 def write(shard, cut_id: str, store, version: int, storage_options=None, part_bytes: int | None = None) -> list:
@@ -197,8 +294,27 @@ def write(shard, cut_id: str, store, version: int, storage_options=None, part_by
     for name, arrays in cut.tables.items():
         meta = {"role": "table", "table": name, "merge": "by_id", "dim": cfg.table(name).dim,
                 "rows_after": cut.rows_after[name], **common}
+        if isinstance(arrays, LazyTable):
+            if arrays.written:
+                raise CutError(cut_id, "a full cut is written once (copy-on-write, nothing is kept after the "
+                                       "write): abort it and prepare a new one")
+            arrays.written = True
+            ts = shard._tables[name]
+            for sl in range(1 << arrays.bits):
+                part = _lazy_slice(shard, ts, arrays, sl)
+                part["deleted"] = np.empty(0, np.int64)
+                if len(part["ids"]) == 0 and not (sl == (1 << arrays.bits) - 1 and not infos_of(infos, name)):
+                    continue
+                name_s = part_name(shard.index, name) if arrays.bits == 0 else \
+                    f"{part_name(shard.index, name)}.s{sl}-{arrays.bits}"
+                first = not infos_of(infos, name)
+                infos.append(write_part(store, version, name_s, part, storage_options,
+                                        {**meta, "slice_bits": arrays.bits, "slice": sl,
+                                         "rows_after": meta["rows_after"] if first else 0}))
+                del part
+            continue
         nbytes = sum(a.nbytes for a in arrays.values())
-        bits = slice_bits(nbytes, min(part_bytes, max(_MIN_PART_BYTES, nbytes // _SLICES)))
+        bits = slice_bits(nbytes, _part_target(nbytes, part_bytes))
         if bits == 0:
             infos.append(write_part(store, version, part_name(shard.index, name), arrays, storage_options,
                                     {**meta, "slice_bits": 0, "slice": 0}))
@@ -274,6 +390,7 @@ def _check_arrays(shard, name: str, arrays: dict, version, n_total: int | None =
 def _reset(shard) -> None:
     """Every table empty (rows, optimizer state, id map, metadata); restored rows count as seen now."""
     cap = shard.cfg.capacity_per_shard
+    shard._lazy = None  # a prepared lazy cut is void (its slots are gone)
     for name, ts in shard._tables.items():
         t = shard.cfg.table_names.index(name)
         shard._weights[t].zero_()
@@ -310,6 +427,7 @@ def _set_counters(shard, counters: dict) -> None:
     shard.step = int(counters.get("step", 0))
     shard._next_ttl_sweep = int(counters.get("next_ttl_sweep", 0))
     shard._epoch, shard._committed_epoch, shard._cuts = 1, 0, {}
+    shard._lazy = None
     shard._leases = {}  # the leases of the pulls before the restore are void (their pushes never come)
 
 

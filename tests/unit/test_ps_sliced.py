@@ -4,6 +4,7 @@ those the whole-table path gives (same shard count and re-sharded), through a ch
 evictions, deletions and re-admissions; the memory a restore and a cut write hold beside
 the table is measured with tracemalloc (numpy's allocations; the torch rows are the table)."""
 
+import threading
 import tracemalloc
 
 import numpy as np
@@ -125,16 +126,17 @@ def test_restore_and_cut_write_hold_little_beside_the_table(tmp_path, monkeypatc
     shard.pull({"t": np.arange(rows, dtype=np.int64) * 7919}, step=1)
     table = _table_bytes(shard)
     store = VersionStore(str(tmp_path / "v"))
-    shard.prepare_cut("c", True)
     w = store.begin("full", step=1)
+    monkeypatch.setattr(cuts, "PART_BYTES", 1 << 20)
     tracemalloc.start()
+    shard.prepare_cut("c", True)  # copy-on-write: no copy of the table
     infos = cuts.write(shard, "c", store, w.version, part_bytes=1 << 20)
     _, write_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     w.commit(infos)
     shard.commit_cut("c")
     assert len(infos) >= 16
-    assert write_peak < 0.25 * table, (write_peak, table)  # one slice and the slice order, not a second copy
+    assert write_peak < 0.25 * table, (write_peak, table)  # the slice grouping and one slice, not a second copy
     fresh = EmbeddingShard(cfg)
     tracemalloc.start()
     fresh.restore_from_store(store, w.version)
@@ -148,3 +150,53 @@ def test_restore_and_cut_write_hold_little_beside_the_table(tmp_path, monkeypatc
                                   shard.read("t", np.arange(0, rows * 7919, 7919 * 97)))
     assert whole_peak > 1.0 * table  # the measurement sees the whole-table path's copies ...
     assert sliced_peak < 0.25 * table, (sliced_peak, table)  # ... and the sliced path stays within 1.25x
+
+
+def _train(shard, rng, steps, s0, universe=700):
+    for s in range(s0, s0 + steps):
+        ids = rng.integers(0, universe, 60).astype(np.int64)
+        shard.pull({"user": ids, "item": ids[:30]}, step=s)
+        u = np.unique(ids)
+        shard.push({"user": (u, rng.standard_normal((len(u), 8)).astype(np.float32))}, step=s)
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_a_copy_on_write_full_cut_holds_the_table_as_it_was_at_the_prepare(tmp_path, monkeypatch, concurrent):
+    """Training (pulls, pushes, LFU and TTL evictions, re-admissions into freed slots) goes on
+    after the prepare, before or while the slices are written: the version is the prepare's state."""
+    rng = np.random.default_rng(11)
+    shard = EmbeddingShard(cfg_of(capacity_per_shard=300, ttl_versions=5))
+    _train(shard, rng, 30, 0)
+    store = VersionStore(str(tmp_path / "v"))
+    monkeypatch.setattr(cuts, "PART_BYTES", 400)  # a lazy cut picks its slices at the prepare
+    shard.prepare_cut("f", True)
+    assert shard._lazy is not None
+    at_prepare = states(shard)
+    w = store.begin("full", step=shard.step)
+    if concurrent:
+        out = {}
+        writer = threading.Thread(target=lambda: out.setdefault("infos", cuts.write(shard, "f", store, w.version,
+                                                                                   part_bytes=400)))
+        writer.start()
+        _train(shard, rng, 20, 30)
+        writer.join()
+        infos = out["infos"]
+    else:
+        _train(shard, rng, 20, 30)
+        assert shard.stats()["evicted"] > 0
+        infos = cuts.write(shard, "f", store, w.version, part_bytes=400)
+    assert len(infos) > 4
+    with pytest.raises(Exception, match="written once"):
+        cuts.write(shard, "f", store, w.version, part_bytes=400)
+    w.commit(infos)
+    shard.commit_cut("f")
+    assert shard._lazy is None
+    restored = EmbeddingShard(cfg_of(capacity_per_shard=300, ttl_versions=5))
+    restored.restore_from_store(store, w.version)
+    got = states(restored)
+    for t in at_prepare:
+        for k in ("ids", "rows", "opt_state_0", "count", "last_seen", "last_version"):
+            np.testing.assert_array_equal(got[t][k], at_prepare[t][k], err_msg=f"{t} {k}")
+    # the changes after the prepare are pending for the next delta
+    shard.prepare_cut("d", False)
+    assert sum(shard._cuts["d"].tables[t]["ids"].size for t in at_prepare) > 0
