@@ -61,21 +61,23 @@ class PreparedCut:
 class LazyTable:
     """A full cut's table, written without a copy of the table (copy-on-write).
 
-    At the prepare: the (id, slot) pairs held, grouped by hash slice, and ``pending`` (per slot:
-    in the cut and not written yet). Before the shard changes a pending slot (a pull's counts, a
-    push, an eviction) it saves the slot's arrays into ``saved[slice]`` and clears ``pending``
-    (:meth:`EmbeddingShard._preserve`); the writer takes each slice's pending rows live and the
-    saved ones from ``saved``, both under ``shard._cut_lock``. So the version is the table as it
-    was at the prepare, and memory beside the table is the grouping (16 B per row), the rows
+    The prepare (inside the training pause) only copies ``pending`` (per slot: in the cut and not
+    written yet: the occupancy, 1 B per slot). Before the shard changes a pending slot (a pull's
+    counts, a push, an eviction) it saves the slot's arrays into ``saved[slice]`` and clears
+    ``pending`` (:func:`preserve`), so a slot still pending holds exactly what it held at the
+    prepare. The writer groups the pending slots by hash slice when it starts (a snapshot: a
+    slot that changes meanwhile is no longer pending and is skipped), then takes each slice's
+    pending rows live and its saved ones, under ``shard._cut_lock``. The version is the table as
+    it was at the prepare; the memory beside the table is the grouping (16 B per row), the rows
     changed while the write runs, and one slice."""
 
     bits: int
-    ids: np.ndarray  # int64, grouped by slice, ascending within a slice
-    slots: np.ndarray  # aligned with ids
-    bounds: np.ndarray  # slice s is ids[bounds[s]:bounds[s + 1]]
     pending: np.ndarray  # bool per slot
     saved: list  # per slice: [arrays saved before a change]
     written: bool = False  # a lazy cut is written once (the writer consumes what it saved)
+    ids: np.ndarray | None = None  # set by the writer: the pending slots' ids grouped by slice
+    slots: np.ndarray | None = None  # aligned with ids
+    bounds: np.ndarray | None = None  # slice s is ids[bounds[s]:bounds[s + 1]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,15 +119,12 @@ def prepare(shard, cut_id: str, full: bool) -> dict:
     lazy = {}
     for name, ts in shard._tables.items():
         if full and shard.lazy_full_cuts:  # no copy: copy-on-write while the cut is written
-            ids, slots = ts.ids.items()
-            bits = slice_bits(len(ids) * _row_bytes(shard, ts), _part_target(len(ids) * _row_bytes(shard, ts),
-                                                                                PART_BYTES))
-            order, bounds = _grouped(ids, bits)
-            in_cut = np.zeros(shard.cfg.capacity_per_shard, bool)
-            in_cut[slots] = True
-            lazy[name] = LazyTable(bits, ids[order], slots[order], bounds, in_cut, [[] for _ in range(1 << bits)])
+            n = len(ts.ids)
+            nbytes = n * _row_bytes(shard, ts)
+            lazy[name] = LazyTable(slice_bits(nbytes, _part_target(nbytes, PART_BYTES)), ts.ids.occupied.copy(),
+                                   [[] for _ in range(1 << slice_bits(nbytes, _part_target(nbytes, PART_BYTES)))])
             tables[name] = lazy[name]
-            rows_after[name] = len(ts.ids)
+            rows_after[name] = n
             if shard.cfg.admission_threshold > 1:
                 keys, counts, last = ts.pending.items()
                 pending[name] = {"ids": keys, "count": counts, "last_seen": last}
@@ -156,7 +155,7 @@ def prepare(shard, cut_id: str, full: bool) -> dict:
                                       {"version": shard.version, "step": shard.step,
                                        "next_ttl_sweep": shard._next_ttl_sweep})
     return {"cut_id": cut_id, "full": bool(full),
-            "rows": {t: len(a.ids if isinstance(a, LazyTable) else a["ids"]) for t, a in tables.items()},
+            "rows": {t: rows_after[t] if isinstance(a, LazyTable) else len(a["ids"]) for t, a in tables.items()},
             "deleted": {t: 0 if isinstance(a, LazyTable) else len(a["deleted"]) for t, a in tables.items()},
             "pause_ms": (time.perf_counter() - t0) * 1e3}
 
@@ -187,7 +186,7 @@ PART_BYTES = 64 << 20  # a table's part of a cut is split into hash slices of at
 _SLICES = 32  # ... and of about 1/32 of the table when that is smaller (restore holds a few slices) ...
 _MIN_PART_BYTES = 1 << 20  # ... but not below 1 MiB
 _SLICE_SALT = np.uint64(0x6A09E667F3BCC909)  # slices are independent of the routing hash (shard_of)
-_MAX_SLICE_BITS = 16
+_MAX_SLICE_BITS = 15
 
 
 def slice_of(ids: np.ndarray, bits: int) -> np.ndarray:
@@ -255,16 +254,14 @@ def _lazy_slice(shard, ts, lazy: LazyTable, s: int) -> dict:
         lazy.pending[slots] = False
         parts += lazy.saved[s]
         lazy.saved[s] = []
-    if len(parts) == 1:
-        return parts[0]
-    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    out = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.argsort(out["ids"], kind="stable")
     return {k: v[order] for k, v in out.items()}
 
 
 def _grouped(ids: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """(order, bounds): ``order[bounds[s]:bounds[s + 1]]`` are the positions of slice ``s``, ascending."""
-    sl = slice_of(ids, bits)
+    sl = slice_of(ids, bits).astype(np.uint16)  # bits <= 15: a stable sort of uint16 is a radix sort
     order = np.argsort(sl, kind="stable")
     bounds = np.searchsorted(sl[order], np.arange((1 << bits) + 1))
     return order, bounds
@@ -300,6 +297,9 @@ def write(shard, cut_id: str, store, version: int, storage_options=None, part_by
                                        "write): abort it and prepare a new one")
             arrays.written = True
             ts = shard._tables[name]
+            held = np.flatnonzero(arrays.pending)  # a snapshot; slots changed since are skipped per slice
+            order, bounds = _grouped(ts.ids.slot_key[held], arrays.bits)
+            arrays.ids, arrays.slots, arrays.bounds = ts.ids.slot_key[held][order], held[order], bounds
             for sl in range(1 << arrays.bits):
                 part = _lazy_slice(shard, ts, arrays, sl)
                 part["deleted"] = np.empty(0, np.int64)
