@@ -4,9 +4,11 @@ A cut is two-phase and never destroys anything until the version is committed::
 
     coordinator          shard
     pause trainers
-    prepare_cut(c, full) ──▶ copy (numpy fancy indexing) what the version needs; start a new epoch
+    prepare_cut(c, full) ──▶ delta: copy (numpy fancy indexing) the changed rows; full: mark the slots
+                              the version holds (copy-on-write, LazyTable); start a new epoch
     resume trainers           training goes on; new changes are stamped with the new epoch
-    write_cut(c, url, v) ──▶ write the copy as parts ps/shard-{i}/{table} (off the training path)
+    write_cut(c, url, v) ──▶ write the cut as hash-sliced parts ps/shard-{i}/{table}[.s{k}-{bits}],
+                              one slice at a time (off the training path)
     store commit (manifest, LATEST)
     commit_cut(c)        ──▶ forget the copy; mark the changes it covered as saved
     (or abort_cut(c)     ──▶ forget the copy; every change stays pending for the next cut)
@@ -22,9 +24,12 @@ Change tracking: each slot holds ``touched`` (int32), the epoch of its last chan
 takes epoch e and starts e+1, a commit records e as saved. So rows changed after the prepare
 (epoch e+1) stay pending when the cut commits, and an abort loses nothing.
 
-Restore: the shard reads a version's chain itself, keeps the ids that route to it
-(``shard_of(ids, num_shards) == index``, so a version written by 1 shard restores into 2) and
-rebuilds its id map, rows, optimizer state, metadata, pending admission counts and counters.
+Restore: the shard reads a version's chain itself, one hash slice at a time
+(:func:`restore_from_store`), keeps the ids that route to it (``shard_of(ids, num_shards) ==
+index``, so a version written by 1 shard restores into 2) and rebuilds its id map, rows,
+optimizer state, metadata, pending admission counts and counters. Peak memory stays near the
+table's own: a full cut holds no copy of the table, a write holds one slice, a restore one part
+per chain layer and one merged slice (docs/paramserver.md, "Sliced parts").
 """
 
 from __future__ import annotations

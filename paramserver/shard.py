@@ -26,9 +26,11 @@ Rules (vectorised; no Python loop over ids, only over tables):
   versions); never a row of the current batch or a leased row. What cannot be freed is
   refused (counted in ``refused_rows``) or raises TableFullError (``full_table``). An evicted
   row is zeroed with its optimizer state and its id recorded for the next delta version.
-* Versions (:mod:`paramserver.cuts`): ``prepare_cut`` copies what a version needs without
-  clearing anything, ``commit_cut`` clears exactly what that copy covered, ``abort_cut``
-  forgets it; ``restore`` rebuilds the shard from a version's content.
+* Versions (:mod:`paramserver.cuts`): ``prepare_cut`` takes what a version needs without
+  clearing anything (a delta copies its rows; a full cut is copy-on-write: rows it has not
+  written yet are saved before a pull, push or eviction changes them), ``commit_cut`` clears
+  exactly what the cut covered, ``abort_cut`` forgets it; ``restore`` rebuilds the shard from a
+  version's content, one hash slice at a time.
 """
 
 from __future__ import annotations
