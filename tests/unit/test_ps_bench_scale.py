@@ -33,3 +33,12 @@ def test_bench_shard_idmap_times_both_maps(capsys):
     assert out["hash_insert_over_smallest"]["0 held"] == 1.0
     assert all(v["median"] > 0 for v in out["insert_ratio_sorted_over_hash"].values())
     assert 0 < out["hash_map_bytes_per_slot"]["3000 held"] < 64
+
+
+def test_bench_snapshot_reports_peak_rss_over_table_per_phase(capsys):
+    assert main(["bench", "snapshot", "--json", "--rows", "20000", "--rounds", "1", "--free-before-restore"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    peaks = out["peak_rss_over_table"]
+    assert set(peaks) == {"full_cut", "delta_cut", "commit", "restore"}
+    assert all(v is None or v > 0 for v in peaks.values()) and out["restored_sample_equal"] is True
+    assert out["parts_per_full"] >= 1 and out["table_rss_bytes"] > 0
