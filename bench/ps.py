@@ -313,6 +313,7 @@ def _peak_rss_bytes() -> int:
 
 def _scale(args, row_counts, shard_counts, placements, depths) -> dict:
     """The table-size run (module docstring): ms per step with the tables pre-filled to each size."""
+    import gc
     import os
     import statistics
 
@@ -360,6 +361,8 @@ def _scale(args, row_counts, shard_counts, placements, depths) -> dict:
                 after = client.stats()
             finally:
                 client.shutdown()
+                del client  # free this size's tables before the next size is built
+                gc.collect()
             key = f"{rows} rows, {n} shards {placement}" + (f" depth {depth}" if depth else "")
             ms = [1e3 * x for x in per_step]
             result["ps_ms_per_step"][key] = summary(ms)
