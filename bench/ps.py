@@ -11,6 +11,14 @@ Baseline and PS alternate in ``--rounds`` rounds of ``--chunk`` steps each (whic
 alternates too), so both see the same background load; the result gives, per shard count, the
 median and the range of the per-round ratios and the load average (``os.getloadavg()``) at the
 start and end of the measurement.
+
+``--scale`` (the table-size run): for each of ``--rows`` (e.g. ``1000000,10000000,50000000``) the
+shards' tables are first pre-filled, through ordinary pulls (the admission path), to that many
+rows in all (split evenly over the tables; ids disjoint from the step's ids), then the same sync
+steps run on ids drawn from an unbounded Zipf (hot ids held, a tail of new ids admitted every
+step). It reports PS ms per step per table size and each size's ratio to the smallest (target:
+within 1.3x), shard CPU per step, new ids per step and the process's peak RSS. Sizes run one after
+the other (each table size is built, timed, then dropped); weights default to fp16 there.
 """
 
 from __future__ import annotations
@@ -23,7 +31,14 @@ DESCRIPTION = "parameter-server pull+push rows/s vs a local TBE and a naive whol
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=8, help="alternating rounds baseline <-> PS (default 8)")
-    parser.add_argument("--rows", type=int, default=200_000, help="distinct ids per table / table size (default 200000)")
+    parser.add_argument("--rows", default="200000",
+                        help="distinct ids per table / table size (default 200000); with --scale, the table sizes "
+                             "(rows in all, pre-filled) to time, e.g. 1000000,10000000,50000000")
+    parser.add_argument("--scale", action="store_true",
+                        help="the table-size run: pre-fill the tables to each --rows value and report ms per step "
+                             "per size (admission and id map cost must not grow with the table)")
+    parser.add_argument("--weights-dtype", default=None, choices=["fp32", "fp16"],
+                        help="stored row dtype (default fp32; fp16 with --scale)")
     parser.add_argument("--batch", type=int, default=8192, help="ids per table per step (default 8192)")
     parser.add_argument("--tables", type=int, default=4, help="number of tables (default 4)")
     parser.add_argument("--dim", type=int, default=64, help="row dim (default 64)")
@@ -92,7 +107,8 @@ def _ps(args, shards: int, batches, grads, local: _LocalTBE, placement: str = "r
 
     cfg = PSConfig(tables=tuple(TableConfig(f"t{i}", args.dim) for i in range(args.tables)),
                    num_shards=shards, capacity_per_shard=int(args.rows * 1.2 / shards) + 1024,
-                   mode="sync", num_workers=1, learning_rate=0.01, seed=args.seed, pipeline_depth=depth)
+                   mode="sync", num_workers=1, learning_rate=0.01, seed=args.seed, pipeline_depth=depth,
+                   weights_dtype=args.weights_dtype or "fp32")
     client = create_parameter_server(cfg, placement=placement)
     state = {"step": 0, "tickets": {}}
 
@@ -212,6 +228,12 @@ def run(args: argparse.Namespace) -> dict:
         shard_counts = [int(s) for s in str(args.shards).split(",")]
     except ValueError:
         raise UserError(f"--shards {args.shards!r}: expected shard counts like 1,2,4") from None
+    try:
+        row_counts = [int(r) for r in str(args.rows).split(",")]
+    except ValueError:
+        raise UserError(f"--rows {args.rows!r}: expected a row count like 200000 (or several with --scale)") from None
+    if not row_counts or min(row_counts) < 1 or (len(row_counts) > 1 and not args.scale):
+        raise UserError("--rows takes one positive row count (several, like 1000000,10000000, with --scale)")
     placements = [p for p in str(args.placements).split(",") if p]
     try:
         depths = [int(d) for d in str(args.depths).split(",")]
@@ -226,6 +248,9 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)
     if "ray" in placements:
         ensure_ray(RayConfig(num_cpus=2))
+    if args.scale:
+        return _scale(args, row_counts, shard_counts, placements, depths)
+    args.rows = row_counts[0]
     batches = _batches(args, args.warmup + args.chunk * (args.rounds + 1) + 1)
     rng = np.random.default_rng(args.seed + 1)
     grads = {f"t{i}": rng.standard_normal((args.batch, args.dim)).astype(np.float32) for i in range(args.tables)}
@@ -257,3 +282,122 @@ def run(args: argparse.Namespace) -> dict:
             result["naive_ps_ms_per_step"][key] = naive * 1e3
             result["ratio_vs_naive_ps"][key] = naive / summary(ps)["median"]
     return result
+
+
+def _scale_batches(args, steps: int):
+    """Steps of Zipf ids over an unbounded id space (ranks >= 0, so new ids keep coming in the tail)."""
+    import numpy as np
+
+    rng = np.random.default_rng(args.seed)
+    return [{f"t{i}": (rng.zipf(args.zipf, size=args.batch) - 1).astype(np.int64) for i in range(args.tables)}
+            for _ in range(steps)]
+
+
+def _prefill(client, tables: int, per_table: int, chunk: int = 1 << 17) -> float:
+    """Admit ``per_table`` ids (negative: disjoint from the steps' ids) into every table through pulls;
+    returns the seconds it took."""
+    import numpy as np
+
+    t0 = time.perf_counter()
+    for a in range(0, per_table, chunk):
+        ids = -1 - np.arange(a, min(per_table, a + chunk), dtype=np.int64)
+        client.wait(client.pull_many({f"t{i}": ids for i in range(tables)}))
+    return time.perf_counter() - t0
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _scale(args, row_counts, shard_counts, placements, depths) -> dict:
+    """The table-size run (module docstring): ms per step with the tables pre-filled to each size."""
+    import gc
+    import os
+    import statistics
+
+    import numpy as np
+
+    from paramserver import PSConfig, TableConfig, create_parameter_server
+
+    steps = args.warmup + args.chunk * args.rounds + 1
+    batches = _scale_batches(args, steps + max(depths) + 1)
+    rng = np.random.default_rng(args.seed + 1)
+    grads = {f"t{i}": rng.standard_normal((args.batch, args.dim)).astype(np.float32) for i in range(args.tables)}
+    seen, new_per_step = [set() for _ in range(args.tables)], []
+    for b in batches[:steps]:
+        fresh = 0
+        for i in range(args.tables):
+            u = np.unique(b[f"t{i}"]).tolist()
+            fresh += len(set(u) - seen[i])
+            seen[i].update(u)
+        new_per_step.append(fresh)
+    dtype = args.weights_dtype or "fp16"
+    result: dict = {
+        "machine": f"{os.cpu_count()} CPUs, torch threads 1",
+        "tables x batch x dim": f"{args.tables} x {args.batch} x {args.dim}, {dtype} rows, zipf {args.zipf} over "
+                                "an unbounded id space",
+        "new ids per step (all tables, median of the timed steps)": statistics.median(new_per_step[args.warmup:]),
+        "steps": f"{args.warmup} warm-up + {args.rounds} x {args.chunk} timed",
+        "ps_ms_per_step": {}, "ratio_to_smallest": {}, "shard_cpu_ms_per_step": {}, "prefill_s": {},
+        "rows_held": {}, "load_average_1_5_15": {}, "peak_rss_gib_so_far": {},
+    }
+    for n, placement, depth in [(n, p, d) for d in depths for p in placements for n in shard_counts]:
+        first = None
+        for rows in row_counts:
+            per_table = max(1, rows // args.tables)
+            cap = int(per_table * 1.05 / n) + 2 * steps * args.batch + 1024
+            cfg = PSConfig(tables=tuple(TableConfig(f"t{i}", args.dim) for i in range(args.tables)),
+                           num_shards=n, capacity_per_shard=cap, mode="sync", num_workers=1, learning_rate=0.01,
+                           seed=args.seed, pipeline_depth=depth, weights_dtype=dtype)
+            client = create_parameter_server(cfg, placement=placement)
+            try:
+                fill_s = _prefill(client, args.tables, per_table)
+                before = client.stats()
+                cpu0 = sum(s["pull_cpu_s"] + s["push_cpu_s"] for s in before)
+                per_step, load_start = _time_steps(client, args, batches, grads, depth)
+                load_end = os.getloadavg()
+                after = client.stats()
+            finally:
+                client.shutdown()
+                del client  # free this size's tables before the next size is built
+                gc.collect()
+            key = f"{rows} rows, {n} shards {placement}" + (f" depth {depth}" if depth else "")
+            ms = [1e3 * x for x in per_step]
+            result["ps_ms_per_step"][key] = summary(ms)
+            first = first or summary(ms)["median"]
+            result["ratio_to_smallest"][key] = summary(ms)["median"] / first
+            result["shard_cpu_ms_per_step"][key] = 1e3 * (sum(s["pull_cpu_s"] + s["push_cpu_s"] for s in after)
+                                                          - cpu0) / max(1, steps)
+            result["prefill_s"][key] = fill_s
+            result["rows_held"][key] = sum(s["rows"] for s in after)
+            result["load_average_1_5_15"][key] = {"start": [round(x, 2) for x in load_start],
+                                                  "end": [round(x, 2) for x in load_end]}
+            result["peak_rss_gib_so_far"][key] = _peak_rss_bytes() / 2**30
+    return result
+
+
+def _time_steps(client, args, batches, grads, depth: int):
+    """Seconds per step of each timed chunk of sync steps (``push_pull`` as the trainer steps)."""
+    import os
+
+    tickets = {k: client.pull_many(batches[k], step=k, lease=True, stale=k) for k in range(depth + 1)}
+
+    def steps(first: int, n: int) -> float:
+        t0 = time.perf_counter()
+        for s in range(first, first + n):
+            client.wait(tickets.pop(s))
+            grads_s = {t: (ids, grads[t]) for t, ids in batches[s].items()}
+            ahead = s + 1 + depth
+            tickets[ahead] = client.push_pull(grads_s, batches[ahead], step=s)
+        client.wait(tickets[first + n])
+        return time.perf_counter() - t0
+
+    steps(0, args.warmup)
+    load_start = os.getloadavg()
+    out, at = [], args.warmup
+    for _ in range(args.rounds):
+        out.append(steps(at, args.chunk) / args.chunk)
+        at += args.chunk
+    return out, load_start

@@ -250,12 +250,9 @@ class ShardHost:
         return self.shard.abort_cut(cut_id)
 
     async def restore(self, store_url: str, version: int, storage_options: dict | None = None) -> dict:
-        """Read ``version`` (off the event loop), then replace this shard's state with its rows."""
-        from paramserver.cuts import read_content
-
-        content = await asyncio.to_thread(read_content, store_url, version, self.cfg, self.shard.index,
-                                          storage_options)
-        self.shard.restore(content)
+        """Replace this shard's state with ``version``'s rows, read and loaded one hash slice at a time
+        (off the event loop; nothing else may use the shard meanwhile: restores precede training)."""
+        await asyncio.to_thread(self.shard.restore_from_store, store_url, version, storage_options)
         self.aggregator = SyncAggregator(self.cfg.num_workers)
         self._own = {}
         for entry in self._gathering.values():

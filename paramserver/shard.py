@@ -26,14 +26,17 @@ Rules (vectorised; no Python loop over ids, only over tables):
   versions); never a row of the current batch or a leased row. What cannot be freed is
   refused (counted in ``refused_rows``) or raises TableFullError (``full_table``). An evicted
   row is zeroed with its optimizer state and its id recorded for the next delta version.
-* Versions (:mod:`paramserver.cuts`): ``prepare_cut`` copies what a version needs without
-  clearing anything, ``commit_cut`` clears exactly what that copy covered, ``abort_cut``
-  forgets it; ``restore`` rebuilds the shard from a version's content.
+* Versions (:mod:`paramserver.cuts`): ``prepare_cut`` takes what a version needs without
+  clearing anything (a delta copies its rows; a full cut is copy-on-write: rows it has not
+  written yet are saved before a pull, push or eviction changes them), ``commit_cut`` clears
+  exactly what the cut covered, ``abort_cut`` forgets it; ``restore`` rebuilds the shard from a
+  version's content, one hash slice at a time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
 
@@ -131,6 +134,9 @@ class EmbeddingShard:
         self._epoch = 1  # changes are stamped with the current cut epoch; prepare_cut starts a new one
         self._committed_epoch = 0  # changes stamped <= this are in a committed version
         self._cuts: dict = {}  # cut_id -> PreparedCut (at most one)
+        self.lazy_full_cuts = True  # a full cut is written copy-on-write (cuts.LazyTable), not copied at prepare
+        self._lazy = None  # {table: cuts.LazyTable} while a lazy full cut is prepared and not committed
+        self._cut_lock = threading.Lock()  # the cut writer's thread against changes of rows it still has to write
         self._stats = dict(admitted=0, evicted=0, evicted_ttl=0, evicted_lfu=0, dropped_grads=0,
                            stale_pushes=0, dropped_stale_pushes=0, pulls=0, pushes=0, rows_pulled=0,
                            rows_pushed=0, refused_rows=0, lease_timeouts=0)
@@ -280,6 +286,8 @@ class EmbeddingShard:
             hit = slots >= 0
             dropped += int(len(ids) - np.count_nonzero(hit))
             hs = slots[hit]
+            if self._lazy is not None:
+                cuts.preserve(self, ts, hs)
             if self.cfg.lfu_decay_every is not None:  # age the count to now before moving last_seen
                 ts.count[hs] = self._aged(ts, hs)
             ts.last_seen[hs] = self.version
@@ -314,6 +322,8 @@ class EmbeddingShard:
 
     def abort_cut(self, cut_id: str) -> bool:
         """Forget cut ``cut_id``; every change stays pending for the next cut. False if unknown."""
+        if cut_id in self._cuts:
+            self._lazy = None
         return self._cuts.pop(cut_id, None) is not None
 
     def write_cut(self, cut_id: str, store, version: int, storage_options=None) -> list:
@@ -331,8 +341,9 @@ class EmbeddingShard:
         cuts.restore(self, content)
 
     def restore_from_store(self, store, version: int, storage_options=None) -> None:
-        """Read ``version`` of ``store`` (its chain) and keep the ids that route to this shard."""
-        cuts.restore(self, cuts.read_content(store, version, self.cfg, self.index, storage_options))
+        """Read ``version`` of ``store`` (its chain) and keep the ids that route to this shard, one hash
+        slice at a time (see :func:`paramserver.cuts.restore_from_store`)."""
+        cuts.restore_from_store(self, store, version, storage_options)
 
     def table_state(self, table: str) -> dict[str, np.ndarray]:
         """Every admitted row of ``table`` with its optimizer state and metadata, ids ascending:
@@ -432,6 +443,8 @@ class EmbeddingShard:
         slots = ts.ids.lookup(ids)
         hit = slots >= 0
         hs = slots[hit]
+        if self._lazy is not None:
+            cuts.preserve(self, ts, hs)
         if self.cfg.lfu_decay_every is not None:
             ts.count[hs] = self._aged(ts, hs) + counts[hit]
         else:
@@ -479,6 +492,8 @@ class EmbeddingShard:
     def _evict(self, ts: _TableState, slots: np.ndarray, reason: str) -> None:
         if len(slots) == 0:
             return
+        if self._lazy is not None:
+            cuts.preserve(self, ts, slots)
         ts.evicted.append((self._epoch, ts.ids.remove_slots(slots)))
         if len(ts.evicted) > 64:  # no version for a while: fold the log (a later epoch only keeps ids longer)
             ids = np.unique(np.concatenate([e for _, e in ts.evicted]))

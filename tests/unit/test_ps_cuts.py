@@ -84,6 +84,7 @@ def test_prepare_copies_without_clearing_and_commit_clears_only_what_it_covered(
 
 def test_a_full_cut_holds_every_row_and_its_state_in_the_stored_dtype():
     shard = EmbeddingShard(cfg_of(capacity_per_shard=16))
+    shard.lazy_full_cuts = False  # the copying cut (a lazy one copies nothing at prepare: test_ps_sliced.py)
     rng = np.random.default_rng(0)
     for s in range(5):
         step(shard, rng, s, universe=30)
