@@ -13,15 +13,15 @@ themselves, ``role: table``) and this bundle::
     part  data/dedup         keyed         the dedup window: recent event ids with their event time
                                            and arrival order; a delta holds the ids added since its
                                            parent and, as ``deleted``, the ids the window forgot
-    part  data/state         keyed         watermark, row ordinal and the deferred late rows (whole,
-                                           small: the rows held back for the next data file)
+    part  data/state         whole         watermark, row ordinal and the deferred late rows (in every
+                                           version; small: the rows held back for the next data file)
     extra spec_yaml, spec_source, config    the feature spec's YAML and the run configuration
     manifest.ledger                          a reference: {"part": "data/ledger", "files", "rows",
                                              "entries": the entries recorded since the parent}
 
-The ``data/*`` parts are bookkeeping of the data layer, not model content: they are keyed parts
-(merged over the chain by id, like tables, so a delta carries only what changed and compaction
-keeps them) with ``role: pending``, which :meth:`versions.VersionStore.digest` leaves out of the
+The ``data/*`` parts are bookkeeping of the data layer, not model content: ``data/ledger`` and
+``data/dedup`` are keyed parts (merged over the chain by id, like tables, so a delta carries only
+what changed and compaction keeps them); all three have ``role: pending``, which :meth:`versions.VersionStore.digest` leaves out of the
 ``model_digest`` (two runs that trained the same rows from copies of the same files, with
 different modification times, are the same model).
 
@@ -125,10 +125,12 @@ def write_model(writer, core: tuple[dict, dict], features: tuple[dict, dict] | N
     if features is not None:
         parts.append(writer.write_part(FEATURES_PART, features[0], {"role": "features", "features": features[1]}))
     if data is not None:
-        for name, arrays_ in ((LEDGER, data.ledger), (DEDUP, data.dedup), (STATE, data.state)):
+        for name, arrays_ in ((LEDGER, data.ledger), (DEDUP, data.dedup)):  # keyed: a delta holds the changes
             if writer.kind == "full" or len(arrays_["ids"]) or len(arrays_.get("deleted", ())):
                 parts.append(writer.write_part(name, arrays_, {"role": "pending", "table": name, "merge": "by_id",
                                                                "rows_after": 0, "owner": "trainer.bundle"}))
+        parts.append(writer.write_part(STATE, data.state, {"role": "pending", "table": STATE,  # whole, small
+                                                           "owner": "trainer.bundle"}))
     return parts
 
 

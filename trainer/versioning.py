@@ -194,8 +194,13 @@ class VersionKeeper:
 
     def finish(self) -> None:
         """Every rank, at the end of a run (drained, idle, or stopped): a final version if anything was
-        trained since the last one, then wait until it is committed."""
-        if self.core.step != self._cut_step:
+        trained (or the data layer's state changed) since the last one, then wait until it is committed."""
+        if self.rank == 0:
+            self._join()  # the version in flight is committed (or failed: after_file/wait report it)
+        need = self.core.step != self._cut_step
+        if self.data is not None:  # data-layer changes only (a refused file, a file of duplicates) count too
+            need = bool(self.broadcast((need or self.data.dirty()) if self.rank == 0 else None))
+        if need:
             self.after_file(force=True)
         if self.rank == 0:
             self.wait()
