@@ -317,3 +317,55 @@ def test_restart_recognises_consumed_files_without_reading_them(tmp_path, monkey
         assert reads == [] and len(t2.ledger) == n
     print(f"\nrestart (restore + one pass of the follower): {times[10] * 1e3:.1f} ms after 10 consumed files, "
           f"{times[1000] * 1e3:.1f} ms after 1,000 ({times[1000] / times[10]:.2f}x)")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_saved_ledger_merged_over_a_chain_of_deltas_is_the_ledger(seed):
+    """Records, partial entries replaced by complete ones, refusals and late names, saved as deltas at
+    random cuts (merged like the store merges a chain): the merge reads back as the ledger itself."""
+    import hashlib
+
+    from trainer.data import DataFileRef
+
+    rng = np.random.default_rng(seed)
+    led, layers, mark = DataLedger(), [], 0
+    for i in range(60):
+        name = f"part-{int(rng.integers(0, 40)):03d}.csv"
+        sha = hashlib.sha256(f"{seed}-{i}".encode()).hexdigest()
+        ref = DataFileRef(name, sha, name, int(rng.integers(1, 999)), float(rng.integers(1, 10**9)) / 7)
+        what = rng.random()
+        if what < 0.2 and not led.consumed(name):
+            led.record(ref, int(rng.integers(0, 5)), complete=False)  # a partial read: its position
+        elif what < 0.3 and led.consumed(name):
+            led.refuse(ref)
+        elif not led.consumed(name):
+            led.record(ref, int(rng.integers(5, 50)), complete=True)  # a partial entry is replaced
+        if rng.random() < 0.3:
+            layers.append([led.to_arrays(since=mark) if layers else led.to_arrays()])
+            mark = led.seq
+            led.trim_journal(mark)
+    layers.append([led.to_arrays(since=mark)])
+    back = DataLedger.from_arrays(merge_keyed(layers))
+    key = lambda e: (e.file, e.sha256 or "")  # noqa: E731
+    assert sorted(back.entries, key=key) == sorted(led.entries, key=key) and len(layers) > 2
+
+
+def test_a_version_that_fails_to_commit_moves_no_mark(tmp_path):
+    """The next delta carries what the failed one held (DataState.cut / committed)."""
+    from trainer.data import DataFileRef
+
+    v = Validator(SPEC, stream=True)
+    led = DataLedger()
+    state = DataState(v, lambda: led)
+    v.dedup.add(np.array([1, 2]), np.array([10, 10]))
+    led.record(DataFileRef("a.csv", "a" * 64, "a.csv", 3, 1.0), 3, complete=True)
+    state.committed(state.cut(full=True))
+    v.dedup.add(np.array([3]), np.array([11]))
+    led.record(DataFileRef("b.csv", "b" * 64, "b.csv", 3, 1.0), 3, complete=True)
+    failed = state.cut(full=False)  # written, never committed
+    assert state.dirty() and failed.dedup["ids"].tolist() == [3]
+    v.dedup.add(np.array([4]), np.array([12]))
+    nxt = state.cut(full=False)
+    assert nxt.dedup["ids"].tolist() == [3, 4] and len(nxt.ledger["ids"]) == 1
+    state.committed(nxt)
+    assert not state.dirty() and state.cut(full=False).dedup["ids"].tolist() == []

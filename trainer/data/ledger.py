@@ -253,7 +253,8 @@ class DataLedger:
                                        STATUSES[int(arrays["status"][i])], int(arrays["source"][i])))
         led = cls(entries)
         led._removed = []
-        assert len(led) == n
+        if len(led) != n:
+            raise LedgerError(f"the saved ledger has {n} entries but only {len(led)} distinct data files")
         return led
 
     def to_dict(self) -> dict:
