@@ -369,3 +369,21 @@ def test_a_version_that_fails_to_commit_moves_no_mark(tmp_path):
     assert nxt.dedup["ids"].tolist() == [3, 4] and len(nxt.ledger["ids"]) == 1
     state.committed(nxt)
     assert not state.dirty() and state.cut(full=False).dedup["ids"].tolist() == []
+
+
+def test_event_id_row_specs_are_not_deduplicated_and_a_retry_goes_on_after_the_rows_taken(tmp_path):
+    """criteo (``event_id: row``): identical rows are distinct impressions (both trained); exactly once
+    rests on the ledger's position, even across a restored version (the row ordinal is in data/state)."""
+    spec = load_spec("criteo")
+    line = "1\t" + "\t".join(["3"] * 13) + "\t" + "\t".join(["68fd1e64"] * 26) + "\n"
+    path = tmp_path / "day-0.tsv"
+    path.write_text(line * 4)
+    v = Validator(spec, stream=True)
+    assert len(read_data_file(path, v)) == 4 and v.last_file.rows_duplicate == 0
+    led = DataLedger()
+    state = DataState(v, lambda: led)
+    saved = state.cut(full=True)
+    restored = Validator(spec, stream=True)
+    DataState(restored, lambda: led).load({"ledger": None, "dedup": saved.dedup, "state": saved.state})
+    again = read_data_file(path, restored, skip_rows=3)  # a partial read took 3 rows
+    assert len(again) == 1 and again.ts.tolist() == [4]  # the ordinal goes on where the version left it
