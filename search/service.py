@@ -68,6 +68,7 @@ class ServedRanker:
 
 def load_ranker(store_url: str, version: int | None = None) -> ServedRanker:
     """The ranker of committed ``version`` (default: the newest valid one) of a search run's store."""
+    from trainer import bundle
     from trainer.versioning import load_trainer
     from versions import NoSuchVersionError, VersionStore
 
@@ -76,13 +77,13 @@ def load_ranker(store_url: str, version: int | None = None) -> ServedRanker:
         version = store.latest_valid()
         if version is None:
             raise NoSuchVersionError(None, store.versions())
-    extra = store.manifest(version).extra
-    if "search_spec" not in extra:
+    m = store.manifest(version)
+    if bundle.search_spec(m) is None:
         raise ValueError(f"version {version} of {store_url} is not a search ranker (no extra.search_spec): "
                          "train one with `freshrec search-train`")
-    spec = SearchSpec.from_dict(extra["search_spec"])
+    spec = SearchSpec.from_dict(bundle.search_spec(m))
     trainer, manifest = load_trainer(store_url, version, spec=spec.feature_spec())
-    n = int(extra.get("config", {}).get("search", {}).get("num_candidates", RankerConfig.num_candidates))
+    n = int(bundle.run_config(m).get("search", {}).get("num_candidates", RankerConfig.num_candidates))
     return ServedRanker(manifest.version, trainer, spec, n, threading.Lock())
 
 

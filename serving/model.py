@@ -32,6 +32,7 @@ from serving.features import RequestFeatures, SpecRoles
 from serving.ann import AnnItemIndex, AnnOptions
 from serving.retrieval import ItemIndex
 from serving.tables import FrozenTable, FrozenTables
+from trainer import bundle
 from trainer.backends import ps_config_for
 from trainer.config import ModelConfig, PSOptions, Strategy, TrainConfig, model_config_from_dict
 from trainer.core import TrainerCore
@@ -39,8 +40,6 @@ from trainer.data.spec import spec_from_dict
 from versions import VersionStore, table_parts
 
 log = logging.getLogger(__name__)
-CORE_PART = "trainer/core"  # trainer.versioning.CORE_PART (not imported: it would pull the writer in)
-FEATURES_PART = "trainer/features"  # trainer.versioning.FEATURES_PART: the dynamic-feature state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +59,7 @@ class VersionInfo:
 
     @classmethod
     def of(cls, m, spec_name: str) -> "VersionInfo":
-        entries = (m.ledger or {}).get("entries", [])
-        rows = sum(int(e.get("rows", e.get("rows_read", 0)) or 0) for e in entries if isinstance(e, dict))
+        _, rows = bundle.ledger_totals(m)
         metrics = {k: float(v) for k, v in (m.extra or {}).items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         metrics.update({k: float(v) for k, v in ((m.extra or {}).get("metrics") or {}).items()
@@ -82,17 +80,17 @@ class ModelSetup:
 
     @classmethod
     def from_manifest(cls, m) -> "ModelSetup":
-        extra = m.extra or {}
-        if "spec_yaml" not in extra:
+        text = bundle.spec_yaml(m)
+        if text is None:
             raise UnsupportedError(f"version {m.version} carries no feature spec (manifest extra.spec_yaml): it was "
                                    "not written by freshrec's trainer and cannot be served")
-        spec = spec_from_dict(yaml.safe_load(extra["spec_yaml"]), where=f"version {m.version} spec")
-        cfg = extra.get("config") or {}
+        spec = spec_from_dict(yaml.safe_load(text), where=f"version {m.version} spec")
+        cfg = bundle.run_config(m)
         model_cfg = model_config_from_dict(dict(cfg.get("model") or {}))
         train = dict(cfg.get("train") or {})
         train_cfg = TrainConfig.from_dict(train).replace(strategy=Strategy.ONLINE)  # serving never trains
         ps = PSOptions.from_dict(dict(cfg.get("ps") or {}))
-        return cls(spec, model_cfg, train_cfg, ps, extra["spec_yaml"])
+        return cls(spec, model_cfg, train_cfg, ps, text)
 
 
 def setup_with_spec(m, spec) -> ModelSetup:
@@ -215,7 +213,7 @@ def load_model(store: VersionStore, version: int, catalogue: ItemCatalogue | Non
     core = TrainerCore(setup.spec, setup.model_cfg, setup.train_cfg, tables)
     core_arrays, core_meta = _core_part(store, chain)
     core.import_state(core_arrays, core_meta)
-    core.import_features(*_features_part(store, chain))
+    core.import_features(*bundle.read_features(store, chain))
     core.base_model.eval()
     roles = SpecRoles.of(setup.spec, user_feature, item_feature)
     return ServableModel(VersionInfo.of(m, setup.spec.name), setup, core, tables, roles, catalogue, retrieval,
@@ -250,19 +248,9 @@ def _tables(store: VersionStore, chain, ps_cfg, previous: ServableModel | None,
     return out
 
 
-def _features_part(store: VersionStore, chain) -> tuple[dict | None, dict | None]:
-    """The dynamic-feature state of the newest version of the chain that has one (whole in each version)."""
-    for mf in reversed(chain):
-        for p in mf.parts:
-            if p.name == FEATURES_PART:
-                return store.read_part(mf.version, FEATURES_PART), p.meta.get("features", {})
-    return None, None
-
-
 def _core_part(store: VersionStore, chain) -> tuple[dict, dict]:
-    for mf in reversed(chain):
-        for p in mf.parts:
-            if p.name == CORE_PART:
-                return store.read_part(mf.version, CORE_PART), p.meta["core"]
-    raise UnsupportedError(f"version {chain[-1].version} has no {CORE_PART} part (dense parameters and feature "
-                           "statistics): it was not written by freshrec's trainer")
+    core = bundle.read_core(store, chain)
+    if core is None:
+        raise UnsupportedError(f"version {chain[-1].version} has no {bundle.CORE_PART} part (dense parameters and "
+                               "feature statistics): it was not written by freshrec's trainer")
+    return core

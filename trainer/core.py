@@ -56,7 +56,6 @@ from trainer.sparse import batch_to_kjt, find_collection
 from trainer.strategies import Action, Decision, fuse, make_policy
 
 SCORE_BATCH = 8192
-DYNAMIC_PART = "trainer/features"  # the version part of the dynamic-feature state (trainer.features.PART)
 MAX_PUSHES_IN_FLIGHT = 4
 
 
@@ -360,14 +359,13 @@ class TrainerCore:
             "examples_trained": self.examples_trained,
             "files_seen": self.files_seen,
             "recent_files": {str(i): name for i, (name, _) in self._recent.items()},
-            "ledger": self.ledger.to_dict(),
             "arch": self.model_cfg.arch,
         }
         return arrays, meta
 
     def export_features(self) -> tuple[dict[str, np.ndarray], dict] | None:
-        """The dynamic-feature state as (arrays, meta) for the version part ``trainer/features``
-        (None when the spec declares none)."""
+        """The dynamic-feature state as (arrays, meta) for a version (:mod:`trainer.bundle`; None when
+        the spec declares none)."""
         return self.dynamic.export() if self.dynamic is not None else None
 
     def import_features(self, arrays: Mapping[str, np.ndarray] | None, meta: Mapping | None) -> None:
@@ -375,12 +373,15 @@ class TrainerCore:
         if self.dynamic is None:
             return
         if arrays is None:
-            raise ValueError(f"the version has no {DYNAMIC_PART} part, but spec {self.spec.name} declares dynamic "
+            raise ValueError(f"the version has no dynamic-feature part, but spec {self.spec.name} declares dynamic "
                              "features: it was trained with another spec")
         self.dynamic.load(arrays, meta)
 
-    def import_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping, reread=None) -> None:
-        """Restore what :meth:`export_state` gave (the embedding rows are the backend's business).
+    def import_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping, reread=None,
+                     ledger: DataLedger | None = None) -> None:
+        """Restore what :meth:`export_state` gave (the embedding rows are the backend's business) and
+        ``ledger`` (a version's :class:`DataLedger`; versions written before it was a part of its own
+        carried it in ``meta``).
 
         ``reread(name) -> EventBatch`` reads a data file again, for the strategy's recent files
         (a periodic update revisits them); without it they are forgotten.
@@ -397,7 +398,10 @@ class TrainerCore:
         self.step = int(meta["step"])
         self.examples_trained = int(meta["examples_trained"])
         self.files_seen = int(meta["files_seen"])
-        self.ledger = DataLedger.from_dict(meta["ledger"])
+        if ledger is not None:
+            self.ledger = ledger
+        elif "ledger" in meta:
+            self.ledger = DataLedger.from_dict(meta["ledger"])
         self._recent = {}
         if reread is not None and self.dynamic is None:  # re-read files would not get their original dynamic
             for i, name in meta.get("recent_files", {}).items():  # features back: with them, they are forgotten

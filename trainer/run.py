@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from trainer import bundle
 from trainer.backends import ps_config_for
 from trainer.config import ModelConfig, PSOptions, TrainConfig
 from trainer.runfiles import MetricsFollower, RunPaths, keep_metrics_of
@@ -152,7 +153,7 @@ def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_di
         resumed_from = store.latest_valid()
         if resumed_from is not None:
             manifest = store.manifest(resumed_from)
-            on_event(f"resuming from version {resumed_from} (step {manifest.step}, {len(manifest.data_files)} data "
+            on_event(f"resuming from version {resumed_from} (step {manifest.step}, {bundle.ledger_totals(manifest)[0]} data "
                      f"files consumed, committed {manifest.committed_at_iso})")
     else:
         store_url = None
@@ -161,7 +162,7 @@ def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_di
 
     def follow_from(version: int | None) -> MetricsFollower:
         """Tail metrics.jsonl from the records of ``version``'s data files on (later files are replayed)."""
-        consumed = set(store.manifest(version).data_files) if version is not None else set()
+        consumed = {e.file for e in bundle.read_ledger(store, version).entries} if version is not None else set()
         follower = MetricsFollower(paths.metrics, on_file or (lambda i, rec: None),
                                    skip=keep_metrics_of(paths.metrics, consumed))
         follower.start()

@@ -12,8 +12,8 @@ optimizer state, feature statistics, counters, strategy state, data ledger). Eve
     all ranks   barrier                         training resumes (the pause is only the copies)
     rank 0      background thread:
                   backend.write_cut(cut, v)     each shard writes ps/shard-i/<table> itself
-                  write_part("trainer/core")    checksummed parts first,
-                  write_part("trainer/features")  (dynamic-feature state, whole, when the spec has any)
+                  bundle.write_model(...)       checksummed parts first: dense state, statistics,
+                                                dynamic features, the data layer's state (trainer.bundle)
                   digest over the whole model   then the manifest, then LATEST (atomic renames)
                   backend.commit_cut(cut)       the shards forget the changes the version covers
                   store.compact(v)              every full_every-th version: a full version built
@@ -27,8 +27,10 @@ optimizer state, feature statistics, counters, strategy state, data ledger). Eve
 
 A run directory's store is ``RUN_DIR/versions`` unless a store URL (``s3://...``) is given.
 On start, :meth:`restore` loads the newest version whose whole chain verifies (a corrupt part
-is refused with a warning and an earlier version is used): the shards, the core's state and
-the ledger, so consumed data files are skipped and nothing is trained twice.
+is refused with a warning and an earlier version is used): the shards, the core's state, the
+ledger and the data layer's state (dedup window, watermark, deferred late rows), so consumed
+data files are skipped, nothing is trained twice and a resumed run drops exactly the duplicates
+an uninterrupted run drops. What a version contains is :mod:`trainer.bundle`'s business.
 """
 
 from __future__ import annotations
@@ -40,14 +42,12 @@ import time
 import uuid
 from collections.abc import Callable
 
-import numpy as np
-
-from trainer import telemetry
+from trainer import bundle, telemetry
 from versions import PublishConfig, Publisher, SnapshotConfig, SnapshotPolicy, VersionMetrics, VersionStore
 
 log = logging.getLogger(__name__)
-CORE_PART = "trainer/core"
-FEATURES_PART = "trainer/features"  # the dynamic-feature state (trainer.features), whole in every version
+CORE_PART = bundle.CORE_PART  # re-exported for callers that name the parts (tests)
+FEATURES_PART = bundle.FEATURES_PART
 
 
 def _single_process_barrier() -> None:
@@ -77,7 +77,8 @@ class VersionKeeper:
 
     ``barrier()`` and ``broadcast(value) -> value`` synchronise the ranks (gloo collectives in
     Ray Train; no-ops in one process). ``extra`` goes into every manifest (spec, configs).
-    ``publish`` configures the publish gate run after each commit (:mod:`versions.publish`); every
+    ``data`` (a :class:`trainer.data.DataState`) is the data layer's state that goes into every version
+    and is restored with it. ``publish`` configures the publish gate run after each commit (:mod:`versions.publish`); every
     manifest's ``extra["metrics"]`` holds the progressive validation of the version's window (the
     data files trained since the previous version, each scored before training on it).
     """
@@ -86,10 +87,11 @@ class VersionKeeper:
                  storage_options: dict | None = None, extra: dict | None = None,
                  barrier: Callable[[], None] = _single_process_barrier,
                  broadcast: Callable = _single_process_broadcast, on_commit=None,
-                 publish: PublishConfig | None = None) -> None:
+                 publish: PublishConfig | None = None, data=None) -> None:
         self.url, self.storage_options = str(store_url), storage_options
         self.store = VersionStore(self.url, storage_options)
         self.backend, self.core = backend, core
+        self.data = data  # trainer.data.DataState: the data layer's state (every rank holds the same)
         self.policy = SnapshotPolicy(snapshots)
         self.extra = dict(extra or {})
         self.barrier, self.broadcast = barrier, broadcast
@@ -129,10 +131,11 @@ class VersionKeeper:
         if self.rank == 0:
             self.backend.restore(self.url, version, self.storage_options)
         self.barrier()
-        arrays = self.store.read_part(version, CORE_PART)
-        meta = self.store.manifest(version).part(CORE_PART).meta["core"]
-        self.core.import_state(arrays, meta, reread)
-        self.core.import_features(*read_features(self.store, version))
+        arrays, meta = bundle.read_core(self.store, version)
+        self.core.import_state(arrays, meta, reread, ledger=bundle.read_ledger(self.store, version))
+        self.core.import_features(*bundle.read_features(self.store, version))
+        if self.data is not None:
+            self.data.load(bundle.read_data(self.store, version))
         self.policy.restored(self.core.step, time.time(), chain_length=len(self.store.chain(version)))
         self.last_version = version
         self._cut_step = self.core.step
@@ -162,6 +165,9 @@ class VersionKeeper:
         if decision is None:
             return False
         kind = decision.kind
+        if kind == "delta" and self.last_version is None:  # nothing committed yet in this run: a full one
+            kind = "full"
+            decision = dataclasses.replace(decision, kind="full")
         self._cut_step = self.core.step  # every rank: the same step (finish() decides on it)
         self.barrier()  # every rank has waited for its pushes: all steps are applied
         if self.rank == 0:
@@ -172,6 +178,8 @@ class VersionKeeper:
             feats = self.core.export_features()
             if feats is not None:
                 meta = {**meta, "features": feats}
+            if self.data is not None:  # what changed since the last committed version (whole in a full one)
+                meta = {**meta, "data": self.data.cut(full=kind == "full")}
             pause_ms = (time.perf_counter() - t0) * 1e3
             self.pauses_ms.append(pause_ms)
             step = self.core.step
@@ -187,8 +195,13 @@ class VersionKeeper:
 
     def finish(self) -> None:
         """Every rank, at the end of a run (drained, idle, or stopped): a final version if anything was
-        trained since the last one, then wait until it is committed."""
-        if self.core.step != self._cut_step:
+        trained (or the data layer's state changed) since the last one, then wait until it is committed."""
+        if self.rank == 0:
+            self._join()  # the version in flight is committed (or failed: after_file/wait report it)
+        need = self.core.step != self._cut_step
+        if self.data is not None:  # data-layer changes only (a refused file, a file of duplicates) count too
+            need = bool(self.broadcast((need or self.data.dirty()) if self.rank == 0 else None))
+        if need:
             self.after_file(force=True)
         if self.rank == 0:
             self.wait()
@@ -198,20 +211,20 @@ class VersionKeeper:
         t_write = time.perf_counter()
         kind = decision.kind
         parent = self.last_version if kind == "delta" else None
-        if kind == "delta" and parent is None:
-            kind = "full"
         writer = None
         try:
             writer = self.store.begin(kind, parent=parent, step=step, meta=self.extra)
             parts = list(self.backend.write_cut(cut_id, self.url, writer.version, self.storage_options))
             feats = meta.pop("features", None)
-            parts.append(writer.write_part(CORE_PART, _core_arrays(arrays, meta), {"role": "dense", "core": meta}))
-            if feats is not None:
-                parts.append(writer.write_part(FEATURES_PART, feats[0], {"role": "features", "features": feats[1]}))
+            data = meta.pop("data", None)
+            parts += bundle.write_model(writer, (arrays, meta), feats, data)
             digest = writer.digest(parts)
-            manifest = writer.commit(parts, ledger=meta["ledger"], model_digest=digest,
+            ledger = bundle.ledger_ref(data.summary) if data is not None else self.core.ledger.to_dict()
+            manifest = writer.commit(parts, ledger=ledger, model_digest=digest, rows=bundle.model_rows(parts, kind),
                                      extra={"pause_ms": round(pause_ms, 3), "examples_trained": meta["examples_trained"],
                                             **(window or {})})
+            if data is not None:
+                self.data.committed(data)
             self.backend.commit_cut(cut_id)
             self.policy.record(decision, step, time.time())
             self.last_version = manifest.version
@@ -267,10 +280,6 @@ def load_trainer(store_url: str, version: int | None = None, spec=None, storage_
     one) of a store: embeddings, dense state, statistics, ledger. It scores exactly as the run did.
     ``spec`` overrides the feature spec stored with the version (e.g. to point a side table elsewhere).
     Returns (trainer, manifest)."""
-    import yaml
-
-    from trainer.config import ModelConfig, PSOptions, TrainConfig, model_config_from_dict
-    from trainer.data.spec import spec_from_dict
     from trainer.local import LocalTrainer
     from versions import NoSuchVersionError
 
@@ -280,47 +289,19 @@ def load_trainer(store_url: str, version: int | None = None, spec=None, storage_
         if version is None:
             raise NoSuchVersionError(None, store.versions())
     manifest = store.manifest(version)
-    extra = manifest.extra
-    config = extra.get("config", {})
     if spec is None:
-        if "spec_yaml" not in extra:
-            raise ValueError(f"version {version} does not carry its feature spec: pass the spec explicitly")
-        spec = spec_from_dict(yaml.safe_load(extra["spec_yaml"]), where=f"the spec of version {version}")
-    model_cfg = model_config_from_dict(config["model"]) if "model" in config else ModelConfig()
-    train_cfg = TrainConfig.from_dict(config["train"]) if "train" in config else TrainConfig()
-    ps = PSOptions.from_dict(config["ps"]) if "ps" in config else PSOptions()
+        try:
+            spec = bundle.load_spec(manifest)
+        except ValueError as exc:
+            raise ValueError(f"{exc}: pass the spec explicitly") from None
+    model_cfg, train_cfg, ps = bundle.configs(manifest)
     trainer = LocalTrainer(spec, model_cfg, train_cfg, ps)
     trainer.backend.restore(str(store_url), version, storage_options)
-    trainer.import_state(store.read_part(version, CORE_PART), manifest.part(CORE_PART).meta["core"])
-    trainer.import_features(*read_features(store, version))
+    arrays, meta = bundle.read_core(store, version)
+    trainer.import_state(arrays, meta, ledger=bundle.read_ledger(store, version))
+    trainer.import_features(*bundle.read_features(store, version))
     return trainer, manifest
 
 
-def read_features(store: VersionStore, version: int) -> tuple[dict | None, dict | None]:
-    """(arrays, meta) of the dynamic-feature part of ``version`` (the newest in its chain), or (None, None)."""
-    for m in reversed(store.chain(version)):
-        for p in m.parts:
-            if p.name == FEATURES_PART:
-                return store.read_part(m.version, FEATURES_PART), p.meta.get("features", {})
-    return None, None
-
-
-def version_extra(spec_source: str, run_config: dict | None = None) -> dict:
-    """What every manifest carries so that a version is self-contained: the feature spec's YAML text
-    (``spec_source`` is a spec file or a built-in name) and the run's configuration."""
-    from pathlib import Path
-
-    from trainer.data.spec import builtin_specs
-
-    path = Path(spec_source)
-    if not path.exists():
-        path = builtin_specs()[str(spec_source)]
-    return {"spec_source": str(spec_source), "spec_yaml": path.read_text(encoding="utf-8"),
-            "config": dict(run_config or {})}
-
-
-def _core_arrays(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.ndarray]:
-    """The core's arrays plus the feature statistics as arrays (so the digest covers them)."""
-    stats = meta["stats"]
-    return {**arrays, "stats/count": np.array([stats["count"]], np.int64),
-            "stats/mean": np.asarray(stats["mean"], np.float64), "stats/m2": np.asarray(stats["m2"], np.float64)}
+read_features = bundle.read_features
+version_extra = bundle.version_extra

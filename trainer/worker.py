@@ -1,8 +1,12 @@
 """The Ray Train worker loop: every worker follows the same data files through one TrainerCore.
 
-Each worker reads every data file (files are small time windows; reading them all keeps the
-feature statistics identical without communication), trains on its part of every global
-minibatch, and pushes/pulls rows through its rank's parameter-server client. Rank 0 scores
+Rank 0 follows the data files and reads each one ONCE; it broadcasts the file with its bytes,
+so every worker validates the same bytes (files are small time windows; validating them all
+keeps the feature statistics and the data layer's state identical without communication),
+trains on its part of every global minibatch, and pushes/pulls rows through its rank's
+parameter-server client. A file whose bytes changed after it was consumed is refused: recorded
+in the ledger with status ``changed``, dead-lettered with reason ``changed after consumption``,
+counted (``freshrec_trainer_dead_letters_total``) and logged; never trained. Rank 0 scores
 each file first (progressive validation) and keeps the books: metrics.jsonl, ledger.json,
 the dead-letter file and, at a clean end, dense.pt. With a version store, every rank first
 restores the newest valid version (rank 0 restores the shards), and a version is cut at the
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -21,9 +26,13 @@ import torch
 from trainer.core import TrainerCore
 from trainer.data import DeadLetterWriter, Validator, check_file_report, read_data_file
 from trainer.data.follow import follow_data_files
+from trainer.data.reasons import CHANGED_FILE
+from trainer.data.state import DataState
 from trainer.runfiles import RunPaths, write_atomic
 from trainer.telemetry import record_file
 from trainer.versioning import VersionKeeper, collectives
+
+log = logging.getLogger(__name__)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -58,20 +67,22 @@ def _train(config: dict, rank: int, world: int, spec, client) -> None:
     paths = RunPaths(Path(config["run_dir"]))
     dead = DeadLetterWriter(paths.dead_letter if rank == 0 else None)
     validator = Validator(spec, dead, stream=True)  # late events: the spec's lateness policy
+    data_state = DataState(validator, lambda: core.ledger)  # saved with every version, restored with it
     history, incoming = config.get("history"), config.get("incoming")  # paths or fsspec URLs
     barrier, broadcast = collectives(world)
     keeper = None
     if config.get("store_url"):
         keeper = VersionKeeper(config["store_url"], client, core, config.get("snapshots"),
                                storage_options=config.get("storage_options"), extra=config.get("version_extra"),
-                               barrier=barrier, broadcast=broadcast, publish=config.get("publish"))
+                               barrier=barrier, broadcast=broadcast, publish=config.get("publish"), data=data_state)
         keeper.restore(reread=lambda name: _reread(name, history, incoming, spec))
     files = 0
     for ref in _followed(rank, broadcast, history, incoming, core.ledger, config, paths):
         picked_up_at = time.time()  # rank 0: the data file has landed and was taken (freshness starts)
-        batch = read_data_file(ref, validator)
-        report = check_file_report(validator.last_file, config.get("max_dead_share", spec.max_dead_share))
-        metrics = core.step_file(batch, ref, rows_read=report.rows_in, complete=report.complete)
+        taken = consume(ref, core, validator, dead, config.get("max_dead_share", spec.max_dead_share))
+        if taken is None:  # refused: nothing trained
+            continue
+        report, metrics = taken
         files += 1
         if rank == 0:
             rate = core.last_trained / metrics.train_seconds if metrics.train_seconds > 0 else float("nan")
@@ -98,6 +109,38 @@ def _train(config: dict, rank: int, world: int, spec, client) -> None:
         torch.save(core.state_dict(), paths.dense)
     ray.train.report({"files": files, "steps": core.step, "examples": core.examples_trained,
                       "version": keeper.last_version if keeper else None})
+
+
+def consume(ref, core, validator, dead, max_dead_share: float):
+    """Every rank: take one data file (a DataFileRef carrying its bytes) into ``core``: validate the bytes,
+    train on the good rows (after the rows an earlier partial read took), record it in the ledger.
+    Returns (FileReport, FileMetrics or None off rank 0), or None for a refused file (nothing trained)."""
+    if ref.refused:
+        _refuse(ref, core, dead, core.rank)
+        return None
+    partial = core.ledger.partial(ref.name)  # an earlier read stopped part-way: go on after its rows
+    skip = partial.rows if partial is not None else 0
+    batch = read_data_file(ref, validator, skip_rows=skip)
+    report = check_file_report(validator.last_file, max_dead_share)
+    metrics = core.step_file(batch, ref, rows_read=skip + report.rows_in, complete=report.complete)
+    return report, metrics
+
+
+def _refuse(ref, core, dead, rank: int) -> None:
+    """A data file whose bytes changed after it was consumed: in the ledger (every rank), dead-lettered,
+    counted and logged (rank 0); never trained."""
+    from common.metrics import record
+
+    core.ledger.refuse(ref, ref.refused)
+    if rank != 0:
+        return
+    taken = [e.sha256 for e in core.ledger.consumed(ref.name, ref.source)]
+    detail = (f"{ref.name} now has sha256 {ref.sha256} ({ref.size} bytes); the file consumed under this name had "
+              f"{', '.join(str(t) for t in taken)}: a data file must not change after it lands (write under an "
+              "in-progress name, then rename); publish new rows as a new file")
+    dead.write(ref.path, [0], [CHANGED_FILE], [detail], [""])
+    record("freshrec_trainer_dead_letters_total", 1, reason=CHANGED_FILE)
+    log.warning("data file refused (%s): %s", CHANGED_FILE, detail)
 
 
 def _followed(rank: int, broadcast, history, incoming, ledger, config: dict, paths: RunPaths):

@@ -28,6 +28,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from common.config import ConfigError
+    from trainer import bundle
     from trainer.data import Validator, expand_inputs, load_spec, read_data_file
     from trainer.metrics import auc, log_loss
     from trainer.versioning import load_trainer
@@ -60,7 +61,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(total))
         return 0
-    print(f"model version {manifest.version} (step {manifest.step}, {len(manifest.data_files)} data files trained)")
+    print(f"model version {manifest.version} (step {manifest.step}, {bundle.ledger_totals(manifest)[0]} data files "
+          "trained)")
     for r in rows:
         print(f"  {r['file']:<34} {r['examples']:>8,}  auc {r['auc']:.4f}  log-loss {r['log_loss']:.4f}")
     print(f"overall: {total['examples']:,} examples, AUC {total['auc']:.4f}, log-loss {total['log_loss']:.4f}")

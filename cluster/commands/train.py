@@ -99,6 +99,7 @@ def run_and_summarise(args, history: Path | None, incoming: Path | None, drain: 
 
 
 def print_summary(result) -> None:
+    from trainer import bundle
     from versions import VersionStore
 
     if result.metrics:
@@ -110,7 +111,7 @@ def print_summary(result) -> None:
         if manifests:
             m = manifests[-1]
             print(f"versions: {len(manifests)} committed in {result.store_url}; latest v{m.version} ({m.kind}, step "
-                  f"{m.step}, {len(m.data_files)} data files, digest {m.model_digest[:12]})"
+                  f"{m.step}, {bundle.ledger_totals(m)[0]} data files, digest {m.model_digest[:12]})"
                   + (f"; restarted {result.restarts} time(s) from the last version" if result.restarts else ""))
 
 

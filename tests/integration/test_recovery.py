@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from paramserver import create_parameter_server
+from trainer import bundle
 from trainer.backends import ps_config_for
 from trainer.config import ModelConfig, PSOptions, TrainConfig
 from trainer.core import TrainerCore
@@ -104,7 +105,7 @@ def test_one_worker_hosts_its_shards_in_process_and_ends_with_the_one_process_di
     store = VersionStore(str(run_dir / "versions"))
     manifest = store.manifest(store.latest())
     assert manifest.model_digest == want, explain_mismatch(reference, str(run_dir / "versions"))
-    assert list(manifest.data_files) == [f.name for f in data_files]
+    assert [e.file for e in bundle.read_ledger(store, manifest.version).entries] == [f.name for f in data_files]
 
 
 def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(ray_local, data_files, uninterrupted, tmp_path,
@@ -149,7 +150,8 @@ def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(ray_local
         assert result.restarts >= 1 and any("restart" in e for e in events), events
         manifest = store.manifest(store.latest())
         assert manifest.model_digest == want, explain_mismatch(reference, str(run_dir / "versions"))
-        assert list(manifest.data_files) == [f.name for f in data_files]  # each once, in order
+        assert [e.file for e in bundle.read_ledger(store, manifest.version).entries] == \
+        [f.name for f in data_files]  # each once, in order
         assert [m["file"] for m in result.metrics] == [f.name for f in data_files]
     finally:
         out["client"].shutdown()
@@ -164,6 +166,6 @@ def test_async_mode_consumes_every_data_file(ray_local, data_files, tmp_path):
                                 incoming=incoming, drain=True, num_workers=2)
     store = VersionStore(str(tmp_path / "run" / "versions"))
     manifest = store.manifest(store.latest())
-    assert list(manifest.data_files) == [f.name for f in data_files]
+    assert [e.file for e in bundle.read_ledger(store, manifest.version).entries] == [f.name for f in data_files]
     assert store.verify(manifest.version) == [] and manifest.model_digest
     assert all(np.isfinite(m["log_loss"]) for m in result.metrics)

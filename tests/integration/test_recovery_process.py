@@ -1,5 +1,8 @@
 """The whole `freshrec stream` process: SIGKILL mid-stream then a restart on the same run directory ends
-with the digest of an uninterrupted run; Ctrl-C commits a final version and exits 130."""
+with the digest of an uninterrupted run, over data files that repeat events of the files before them and
+carry a far-future event (exactly once across the crash: issue 19); a late data file is then taken once
+and two further `stream --drain` runs exit 0, the second changing nothing; Ctrl-C commits a final
+version and exits 130."""
 
 from __future__ import annotations
 
@@ -10,8 +13,14 @@ import subprocess
 import sys
 import time
 
+import json
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
+from trainer import bundle
 from trainer.data import load_spec
 from versions import VersionStore
 
@@ -43,30 +52,141 @@ def _layout(tmp_path, files, incoming_upto: int) -> None:
         shutil.copy(f, tmp_path / "incoming")
 
 
+def _files_of(store: VersionStore) -> list[str]:
+    return [e.file for e in bundle.read_ledger(store, store.latest()).entries]
+
+
+FUTURE_TS = 4_071_000_000  # the year 2098
+
+
+@pytest.fixture(scope="module")
+def dirty_files(data_files, tmp_path_factory):
+    """The recovery data files, each repeating the first 3 events of the file before it (duplicates across
+    the file boundary, and across the crash); the third also carries one event in the year 2098."""
+    root = tmp_path_factory.mktemp("dirty")
+    out, prev = [], None
+    for k, f in enumerate(data_files):
+        table = pq.read_table(f)
+        parts = [table] + ([prev.slice(0, 3)] if prev is not None else [])
+        if k == 2:
+            row = table.slice(0, 1)
+            ts = pa.array([FUTURE_TS], pa.timestamp("s", tz="UTC")).cast(table.schema.field("ts").type)
+            row = row.set_column(row.schema.get_field_index("ts"), "ts", ts)
+            if "event_id" in row.column_names:
+                row = row.set_column(row.schema.get_field_index("event_id"), "event_id", pa.array([12345], pa.int64()))
+            parts.append(row)
+        pq.write_table(pa.concat_tables(parts), root / f.name)
+        out.append(root / f.name)
+        prev = table
+    return out
+
+
+@pytest.fixture(scope="module")
+def dirty_reference(dirty_files, tmp_path_factory):
+    """The digest of one uninterrupted process over ``dirty_files`` (local backend, one thread, a stream
+    validator: the same duplicates and the same far-future event dropped)."""
+    import torch
+
+    from tests.integration.test_recovery import TCFG
+    from trainer.config import ModelConfig
+    from trainer.data import Validator, read_data_file
+    from trainer.local import LocalTrainer
+    from trainer.versioning import VersionKeeper
+
+    root = tmp_path_factory.mktemp("dirty-reference")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t = LocalTrainer(SPEC, ModelConfig(), TCFG)
+        keeper = VersionKeeper(str(root), t.backend, t)
+        v = Validator(SPEC, stream=True)
+        dups = 0
+        for f in dirty_files:
+            t.step_file(read_data_file(f, v), f.name, rows_read=0)
+            dups += v.last_file.rows_duplicate
+            keeper.after_file()
+        keeper.wait()
+    finally:
+        torch.set_num_threads(threads)
+    assert dups == 3 * (len(dirty_files) - 1) and v.report.by_reason["future event"] == 1
+    store = VersionStore(str(root))
+    return store.manifest(store.latest()).model_digest
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the CLI's process group and every descendant (the embedded Ray's raylet and the Ray Train
+    worker may sit in sessions of their own: killing the group alone left the worker training)."""
+    import psutil
+
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    os.killpg(proc.pid, signal.SIGKILL)
+    for p in tree:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(30)
+    psutil.wait_procs(tree, timeout=30)
+
+
 def _output(tmp_path) -> str:
     return "\n".join(p.read_text() for p in sorted(tmp_path.glob("stream-*.log")))
 
 
-def test_killed_stream_process_restarts_to_the_uninterrupted_model(data_files, uninterrupted, tmp_path):
-    want = uninterrupted[0]
-    _layout(tmp_path, data_files, 3)
+def test_killed_stream_process_restarts_to_the_uninterrupted_model(data_files, dirty_files, dirty_reference,
+                                                                  tmp_path):
+    want = dirty_reference
+    _layout(tmp_path, dirty_files, 3)
     store = VersionStore(str(tmp_path / "run" / "versions"))
     proc = _stream(tmp_path, "--idle-timeout", "120")
     try:
         _wait_for_version(store, 2, proc)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its embedded Ray, at once
-        proc.wait(30)
-    for f in data_files[3:]:
+        _kill_tree(proc)
+    assert store.latest() < len(dirty_files)  # a crash mid-stream: the files after it are not consumed yet
+    for f in dirty_files[3:]:
         shutil.copy(f, tmp_path / "incoming")
     proc = _stream(tmp_path, "--drain")
     assert proc.wait(300) == 0, _output(tmp_path)
     out = _output(tmp_path)
     assert "resuming from version" in out
     manifest = store.manifest(store.latest())
-    assert manifest.model_digest == want, out
-    assert list(manifest.data_files) == [f.name for f in data_files]
+    assert manifest.model_digest == want, out  # the duplicates across the crash dropped exactly once
+    assert _files_of(store) == [f.name for f in dirty_files]
     assert store.verify(manifest.version) == []
+    dead = [json.loads(line) for line in open(tmp_path / "run" / "dead-letter.jsonl")]
+    assert [d["reason"] for d in dead].count("future event") == 1
+
+    # a late data file (named before every consumed one), half its events older than the watermark by more
+    # than lateness.allowed_s: taken once, those rows deferred by the policy, the stream goes on
+    late = pq.read_table(data_files[1])
+    if "event_id" in late.column_names:
+        late = late.drop_columns(["event_id"])
+    ts = late.column("ts")
+    seconds = pc.cast(pc.cast(ts, pa.timestamp("s", tz="UTC")), pa.int64())
+    shifted = pc.cast(pc.subtract(seconds, 7200), pa.timestamp("s", tz="UTC")).cast(ts.type)
+    idx = late.schema.get_field_index("ts")
+    late = late.set_column(idx, "ts", pa.chunked_array([pa.concat_arrays(
+        [ts.combine_chunks().slice(0, len(ts) // 2), shifted.combine_chunks().slice(len(ts) // 2)])]))
+    late = late.set_column(late.schema.get_field_index("user_id"), "user_id",
+                           pc.add(late.column("user_id"), 10**9))  # new events, not duplicates
+    name = "part-0-late.parquet"
+    assert name < min(f.name for f in data_files)
+    pq.write_table(late, tmp_path / "incoming" / f".{name}.tmp")
+    os.rename(tmp_path / "incoming" / f".{name}.tmp", tmp_path / "incoming" / name)
+    proc = _stream(tmp_path, "--drain")
+    assert proc.wait(300) == 0, _output(tmp_path)
+    after_late = store.manifest(store.latest())
+    assert _files_of(store).count(name) == 1
+    record = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl") if name in line]
+    assert len(record) == 1 and record[0]["rows_late"] > 0
+    proc = _stream(tmp_path, "--drain")
+    assert proc.wait(300) == 0, _output(tmp_path)
+    assert store.latest() == after_late.version  # nothing new: no version, the digest unchanged
+    assert store.manifest(store.latest()).model_digest == after_late.model_digest
 
 
 def test_ctrl_c_commits_a_final_version_and_exits_130(data_files, tmp_path):
@@ -83,4 +203,4 @@ def test_ctrl_c_commits_a_final_version_and_exits_130(data_files, tmp_path):
     out = _output(tmp_path)
     assert "stopped on request" in out and "run the same command again to resume" in out
     manifest = store.manifest(store.latest())
-    assert list(manifest.data_files) == [f.name for f in data_files[:3]]
+    assert _files_of(store) == [f.name for f in data_files[:3]]

@@ -13,11 +13,16 @@ Typical use::
 A trainer following data files (stream mode: late events are deferred to the next file)::
 
     v = Validator(spec, dl, stream=True)
-    for ref in follow_data_files(history, incoming, ledger, drain=False):
-        batch = read_data_file(ref, v)                 # late rows of earlier files first
+    for ref in follow_data_files(history, incoming, ledger, drain=False):   # each file's bytes, read once
+        if ref.refused:                                # changed after it was consumed: never trained
+            ledger.refuse(ref); continue
+        batch = read_data_file(ref, v)                 # late rows of earlier files first, then ref's bytes
         check_file_report(v.last_file, spec.max_dead_share)   # FileQualityError: wrong spec?
         ...train...
         ledger.record(ref, v.last_file.rows_in, complete=v.last_file.complete)
+
+The stream's state (ledger, dedup window, watermark, deferred rows) goes into every model version
+through :class:`trainer.data.state.DataState` (trainer.worker.consume is the worker's loop body).
 """
 
 from trainer.data.batch import EventBatch

@@ -1,62 +1,117 @@
 """Following a run's data files: history first, then incoming files as they land, each once, in name order.
 
-The producer's protocol: write a data file under a temporary name (``.part-1.parquet.tmp``,
-``_part-1.parquet`` or ``part-1.parquet.tmp``: hidden or ``.tmp`` names are never data
-files) and rename it when complete. As a safety net for producers that copy in place, an
-incoming file is taken only once its size and modification time have not changed for
-``settle_s``. Each file is identified by name and content hash (:class:`DataFileRef`):
-the ledger skips what was taken (a renamed copy included), and a file whose content
-changes after a failed read (it was still being copied) is yielded again.
+The writer's contract (docs/data.md): write a data file under an in-progress name and rename it
+when complete. In-progress names are never data files: a leading ``.`` or ``_``
+(``.part-1.parquet``, ``_part-1.parquet``), a ``.tmp`` or ``.inprogress`` suffix, or
+``_COPYING_`` anywhere in the name (``hdfs dfs -put``). As a safety net for writers that copy
+in place, an incoming file is taken only once its size and modification time have not changed
+for ``settle_s``.
 
-``history`` and ``incoming`` may be directories or fsspec URLs (``s3://bucket/prefix/``).
+Each file is read ONCE per consumption: the follower reads its bytes, hashes them, and hands
+them on in the :class:`DataFileRef` (``ref.data``); the consumer parses those bytes, so the sha
+in the ledger is the sha of what was trained, and every Ray Train rank trains the same rows
+(rank 0 broadcasts the ref with its bytes). A file is recognised as consumed by (name, size,
+mtime) without reading it again (restart in O(new data)); if its size or mtime changed, it is
+read and hashed: the same bytes (touched, or a renamed copy) are skipped; other bytes under
+the name of a file consumed from the same directory are a file that changed after it was
+consumed: the ref is yielded with ``refused="changed"`` (the consumer records it in the ledger
+with that status, dead-letters it with reason ``changed after consumption``, counts and logs
+it) and it is never trained. A file named before files already consumed (a late file) is
+taken like any other; its rows are judged by the spec's lateness policy.
+
+``history`` and ``incoming`` may be directories, single files or fsspec URLs (``s3://bucket/prefix/``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import time
 from collections.abc import Iterator
 
 from trainer.data import storage
 from trainer.data.ledger import DataFileRef, DataLedger
-from trainer.data.pipeline import expand_inputs, is_data_file_name
+from trainer.data.pipeline import is_data_file_name
+
+HISTORY, INCOMING = 0, 1
+
+
+def read_once(info: storage.FileInfo, source: int) -> DataFileRef:
+    """The file's bytes (read once), their sha256, and the size and mtime they were read under."""
+    with storage.open_binary(info.path) as fh:
+        data = fh.read()
+    return DataFileRef(info.name, hashlib.sha256(data).hexdigest(), info.path, len(data), info.mtime, data, source)
+
+
+def _listing(where: str | os.PathLike) -> list[storage.FileInfo]:
+    s = str(where)
+    if storage.is_dir(s):
+        files = [f for f in storage.list_files(s) if is_data_file_name(f.name)]
+    elif storage.exists(s):
+        files = [storage.stat(s)]
+    else:
+        raise FileNotFoundError(f"input {s} does not exist")
+    return sorted(files, key=lambda f: f.name)
 
 
 def follow_data_files(history: str | os.PathLike | None, incoming: str | os.PathLike | None, ledger: DataLedger,
                       drain: bool, poll_s: float = 0.2, idle_timeout_s: float | None = None,
                       settle_s: float | None = None, stop=None) -> Iterator[DataFileRef]:
-    """Yield DataFileRefs in name order, each once: first ``history``, then ``incoming`` as they land.
+    """Yield DataFileRefs (with their bytes) in name order, each once: first ``history``, then ``incoming``
+    as they land.
 
     New files in ``incoming`` are noticed within ``poll_s`` (plus ``settle_s``, default
     ``poll_s``: a file must keep its size for that long). With ``drain`` the iterator ends
     once every settled data file present has been yielded; otherwise it waits for more
     (until ``idle_timeout_s`` without a new or changing data file, if given, or until
     ``stop()`` returns true). The consumer records each file in ``ledger`` (complete only if it
-    was read to its end).
+    was read to its end; ``ledger.refuse`` for a ref with ``refused`` set).
     """
     yielded: set[str] = set()
+    hashes: dict[tuple[str, int, float], str] = {}  # (path, size, mtime) -> sha256 of what was read
+
+    def judge(f: storage.FileInfo, source: int) -> DataFileRef | None:
+        known = ledger.by_stat(f.name, f.size, f.mtime)
+        if known is not None and known.complete:
+            return None  # recognised without reading it
+        key = (f.path, f.size, f.mtime)
+        if key in hashes and (hashes[key] in yielded or ledger.is_complete(DataFileRef(f.name, hashes[key], f.path))):
+            return None
+        ref = read_once(f, source)
+        hashes[key] = ref.sha256
+        if (ref.size, ref.mtime) != (f.size, f.mtime):  # it grew while listed: the bytes read are what counts
+            hashes[(f.path, ref.size, ref.mtime)] = ref.sha256
+        if ref.sha256 in yielded or ledger.is_complete(ref):
+            return None  # the same bytes: touched, or a renamed copy
+        yielded.add(ref.sha256)
+        if any(e.sha256 != ref.sha256 for e in ledger.consumed(ref.name, source)):
+            return dataclasses.replace(ref, data=None, refused="changed")
+        return ref
+
     if history is not None:
-        for path in expand_inputs([history]):
-            ref = DataFileRef(storage.base_name(str(path)), storage.sha256_of(path), str(path))
-            if not ledger.is_complete(ref) and ref.sha256 not in yielded:
-                yielded.add(ref.sha256)
+        for f in _listing(history):
+            ref = judge(f, HISTORY)
+            if ref is not None:
                 yield ref
     if incoming is None:
         return
     settle = poll_s if settle_s is None else settle_s
     seen: dict[str, tuple[int, float, float]] = {}  # path -> (size, mtime, first seen with them)
-    hashes: dict[tuple[str, int, float], str] = {}
     idle_since = time.monotonic()
     while True:
         now = time.monotonic()
         files = sorted((f for f in storage.list_files(incoming) if is_data_file_name(f.name)), key=lambda f: f.name)
-        fresh, waiting = [], False
+        taken, waiting = 0, False
         for f in files:
             size, mtime, since = seen.get(f.path, (-1, -1.0, now))
             if (size, mtime) != (f.size, f.mtime):
                 seen[f.path] = (f.size, f.mtime, now)
                 since = now
                 idle_since = now  # a file appearing or growing is activity, not idleness
+            known = ledger.by_stat(f.name, f.size, f.mtime)
+            if known is not None and known.complete:
+                continue
             key = (f.path, f.size, f.mtime)
             if key in hashes and (hashes[key] in yielded or ledger.is_complete(DataFileRef(f.name, hashes[key], f.path))):
                 continue
@@ -64,17 +119,13 @@ def follow_data_files(history: str | os.PathLike | None, incoming: str | os.Path
             if quiet < settle or (f.size == 0 and quiet < max(settle, 1.0)):
                 waiting = True  # still being written (or just appeared): keep name order, wait for it
                 break
-            if key not in hashes:
-                hashes[key] = storage.sha256_of(f.path)
-            ref = DataFileRef(f.name, hashes[key], f.path)
-            if ref.sha256 in yielded or ledger.is_complete(ref):
+            ref = judge(f, INCOMING)
+            if ref is None:
                 continue
-            fresh.append(ref)
-        for ref in fresh:
-            yielded.add(ref.sha256)
+            taken += 1
             yield ref
             idle_since = time.monotonic()
-        if not fresh:
+        if not taken:
             if drain and not waiting:
                 return
             if idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:

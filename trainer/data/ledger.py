@@ -3,9 +3,13 @@
 A data file is identified by its name *and* the sha256 of its bytes: two different files
 with the same name (say, both named after the same time window) are two data files and
 are both consumed; the same file under a new name is recognised and not consumed twice.
-A model version stores its ledger in its manifest, so it says exactly what data it has
-seen; after a crash, training resumes from the ledger with no row lost or taken twice.
-Data files are immutable and consumed in name order.
+A model version stores its ledger (:mod:`trainer.bundle`: a keyed part of its own, a delta
+holding only the entries that changed), so it says exactly what data it has seen; after a
+crash, training resumes from the ledger with no row lost or taken twice. Each entry also
+keeps the file's size and modification time, so a restart recognises consumed files without
+reading them again, and its status: ``ok``, or ``changed`` (a file whose bytes changed after
+it was consumed: refused, never trained twice). A file named before consumed ones (a late
+file) is recorded like any other: its rows are judged by the lateness policy.
 
     ref = data_file_ref("incoming/part-000001.parquet")     # DataFileRef(name, sha256, path)
     ledger = DataLedger()
@@ -17,10 +21,13 @@ Data files are immutable and consumed in name order.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
 from pathlib import Path
+
+import numpy as np
 
 from trainer.data import storage
 
@@ -34,8 +41,13 @@ class DataFileRef:
     Usable where a path is expected (``os.fspath``, ``str``, ``.name``)."""
 
     name: str
-    sha256: str
+    sha256: str | None
     path: str
+    size: int | None = None
+    mtime: float | None = None
+    data: bytes | None = dataclasses.field(default=None, repr=False, compare=False)  # the bytes read, once
+    source: int = 0  # 0: history, 1: incoming (a changed file is judged within its own directory)
+    refused: str | None = None  # "changed": its bytes changed after it was consumed (never trained)
 
     def __fspath__(self) -> str:
         return self.path
@@ -57,14 +69,22 @@ class LedgerEntry:
     rows: int  # rows taken so far (good + dead + duplicate + late: the reader's position)
     complete: bool
     sha256: str | None = None  # content hash; None in ledgers written before hashes were kept
+    size: int | None = None  # bytes and modification time when taken: a restart recognises the file by them
+    mtime: float | None = None
+    status: str = "ok"  # "ok", or "changed": bytes changed after the file was consumed (refused, 0 rows)
+    source: int = 0  # 0: history, 1: incoming
 
     @property
     def key(self) -> str:
         return self.sha256 or "name:" + self.file
 
 
+STATUSES = ("ok", "changed")
+NAME_BYTES = 256  # a file name in the saved ledger (fixed width: the parts of a chain merge row by row)
+
+
 class LedgerError(ValueError):
-    """The ledger would go backwards, skip a data file, or was given garbage; the message says which."""
+    """The ledger would go backwards, take a file twice, or was given garbage; the message says which."""
 
 
 def _identity(file) -> tuple[str, str | None]:
@@ -73,23 +93,47 @@ def _identity(file) -> tuple[str, str | None]:
     return storage.base_name(str(os.fspath(file))), None
 
 
+def _key_id(key: str) -> int:
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little", signed=True)
+
+
 class DataLedger:
     FORMAT_VERSION = 3
 
     def __init__(self, entries: list[LedgerEntry] | None = None):
         self._entries: dict[str, LedgerEntry] = {}
+        self._by_name: dict[str, list[str]] = {}
+        self._changed: dict[str, int] = {}  # key -> change sequence number (for incremental saving)
+        self._removed: list[tuple[int, str]] = []  # (sequence, key) of entries replaced since the journal mark
+        self.seq = 0
         for e in entries or []:
-            self._entries[e.key] = e
+            self._put(e)
+
+    def _put(self, e: LedgerEntry) -> None:
+        self._entries[e.key] = e
+        keys = self._by_name.setdefault(e.file, [])
+        if e.key not in keys:
+            keys.append(e.key)
+        self.seq += 1
+        self._changed[e.key] = self.seq
+
+    def _drop(self, key: str) -> None:
+        e = self._entries.pop(key)
+        self._by_name[e.file].remove(key)
+        self._changed.pop(key, None)
+        self.seq += 1
+        self._removed.append((self.seq, key))
 
     def _find(self, file) -> LedgerEntry | None:
         name, sha = _identity(file)
         if sha is not None:  # by content; else an entry recorded by name only (no hash known)
             return self._entries.get(sha) or self._entries.get("name:" + name)
         return self._entries.get("name:" + name) or next(
-            (e for e in self._entries.values() if e.file == name), None)
+            (self._entries[k] for k in self._by_name.get(name, ())), None)
 
     def record(self, file, rows: int, complete: bool, sha256: str | None = None) -> None:
-        """Record ``rows`` taken of ``file`` (a DataFileRef, or a path with ``sha256``)."""
+        """Record ``rows`` taken of ``file`` (a DataFileRef, or a path with ``sha256``). A partly taken
+        entry of the same name (the file was still being copied) is replaced by the new one."""
         name, sha = _identity(file)
         sha = sha or sha256
         if sha is not None and not _SHA.match(sha):
@@ -97,21 +141,47 @@ class DataLedger:
         prev = self._entries.get(sha) if sha else self._find(name)
         if prev is not None and (prev.complete or rows < prev.rows):
             raise LedgerError(f"data file {name}: already recorded {prev}; refusing to take it again or go back to {rows} rows")
-        if prev is None and self._entries:
-            last = max(e.file for e in self._entries.values())
-            if name < last:
-                raise LedgerError(f"data file {name} comes before {last}, which was already taken: data files are consumed in name order")
-        entry = LedgerEntry(name, int(rows), bool(complete), sha)
-        if prev is not None and prev.key != entry.key:
-            del self._entries[prev.key]
-        self._entries[entry.key] = entry
+        partial = self.partial(name)
+        size, mtime = getattr(file, "size", None), getattr(file, "mtime", None)
+        entry = LedgerEntry(name, int(rows), bool(complete), sha, None if size is None else int(size),
+                            None if mtime is None else float(mtime), "ok", int(getattr(file, "source", 0)))
+        for old in {k for k in (prev.key if prev else None, partial.key if partial else None) if k} - {entry.key}:
+            self._drop(old)
+        self._put(entry)
+
+    def refuse(self, ref: "DataFileRef", status: str = "changed") -> LedgerEntry:
+        """Record ``ref`` as refused (0 rows, never to be taken): its bytes changed after consumption."""
+        if status not in STATUSES[1:]:
+            raise LedgerError(f"unknown refusal status {status!r}")
+        entry = LedgerEntry(ref.name, 0, True, ref.sha256, ref.size, ref.mtime, status, ref.source)
+        if entry.key in self._entries:
+            raise LedgerError(f"data file {ref.name}: already recorded {self._entries[entry.key]}")
+        self._put(entry)
+        return entry
+
+    def partial(self, name: str) -> LedgerEntry | None:
+        """The partly taken entry of a file named ``name`` (``complete=False``), if any."""
+        return next((self._entries[k] for k in self._by_name.get(name, ()) if not self._entries[k].complete), None)
+
+    def consumed(self, name: str, source: int | None = None) -> list[LedgerEntry]:
+        """Entries of files named ``name`` taken in full (from ``source``, if given)."""
+        return [e for k in self._by_name.get(name, ()) if (e := self._entries[k]).complete and e.status == "ok"
+                and (source is None or e.source == source)]
+
+    def by_stat(self, name: str, size: int, mtime: float) -> LedgerEntry | None:
+        """The entry of a file with this name, size and modification time (recognised without reading it)."""
+        for k in self._by_name.get(name, ()):
+            e = self._entries[k]
+            if e.size == size and e.mtime is not None and abs(e.mtime - mtime) < 1e-6:
+                return e
+        return None
 
     def rows_taken(self, file) -> int:
         e = self._find(file)
         return e.rows if e else 0
 
     def is_complete(self, file) -> bool:
-        """Taken in full: by content hash for a DataFileRef (the same file renamed counts), else by name."""
+        """Taken in full (or refused): by content hash for a DataFileRef (the same file renamed counts), else by name."""
         e = self._find(file)
         return bool(e and e.complete)
 
@@ -125,17 +195,78 @@ class DataLedger:
         """In the order the files were first taken."""
         return list(self._entries.values())
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
     @property
     def total_rows(self) -> int:
         return sum(e.rows for e in self._entries.values())
 
+    # -- incremental saving (trainer.data.state, trainer.bundle) ----------------------------
+    def to_arrays(self, since: int = 0) -> dict[str, np.ndarray]:
+        """Keyed arrays of the entries changed after sequence ``since`` (0: all) and, as ``deleted``,
+        the entries replaced after it; ``order`` keeps the order the entries were taken in."""
+        keys = [k for k, s in self._changed.items() if s > since]
+        es = [self._entries[k] for k in keys]
+        names = [e.file.encode() for e in es]
+        if any(len(n) > NAME_BYTES for n in names):
+            raise LedgerError(f"a data file name is longer than {NAME_BYTES} bytes: rename it")
+        name_arr = np.zeros((len(es), NAME_BYTES), np.uint8)
+        for i, n in enumerate(names):  # one row per changed file, not per event
+            name_arr[i, :len(n)] = np.frombuffer(n, np.uint8)
+        sha = np.zeros((len(es), 32), np.uint8)
+        for i, e in enumerate(es):
+            if e.sha256:
+                sha[i] = np.frombuffer(bytes.fromhex(e.sha256), np.uint8)
+        ids = np.array([_key_id(k) for k in keys], np.int64)
+        out = {"ids": ids, "name": name_arr, "name_len": np.array([len(n) for n in names], np.int64), "sha256": sha,
+               "has_sha": np.array([e.sha256 is not None for e in es], bool),
+               "rows": np.array([e.rows for e in es], np.int64), "complete": np.array([e.complete for e in es], bool),
+               "size": np.array([-1 if e.size is None else e.size for e in es], np.int64),
+               "mtime": np.array([np.nan if e.mtime is None else e.mtime for e in es], np.float64),
+               "status": np.array([STATUSES.index(e.status) for e in es], np.int8),
+               "source": np.array([e.source for e in es], np.int8),
+               "order": np.array([self._changed[k] for k in keys], np.int64)}
+        order = np.argsort(ids, kind="stable")
+        out = {k: v[order] for k, v in out.items()}
+        out["deleted"] = np.array(sorted({_key_id(k) for s, k in self._removed if s > since}
+                                         - set(ids.tolist())), np.int64)
+        return out
+
+    def trim_journal(self, upto: int) -> None:
+        """Forget replaced entries recorded up to sequence ``upto`` (a committed version holds them)."""
+        self._removed = [(s, k) for s, k in self._removed if s > upto]
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "DataLedger":
+        """The inverse of :meth:`to_arrays` over a whole (merged) ledger."""
+        n = len(arrays["ids"])
+        order = np.argsort(arrays["order"], kind="stable")
+        entries = []
+        for i in order.tolist():  # one iteration per data file
+            name = bytes(arrays["name"][i, :int(arrays["name_len"][i])]).decode()
+            sha = bytes(arrays["sha256"][i]).hex() if bool(arrays["has_sha"][i]) else None
+            size = int(arrays["size"][i])
+            mtime = float(arrays["mtime"][i])
+            entries.append(LedgerEntry(name, int(arrays["rows"][i]), bool(arrays["complete"][i]), sha,
+                                       None if size < 0 else size, None if np.isnan(mtime) else mtime,
+                                       STATUSES[int(arrays["status"][i])], int(arrays["source"][i])))
+        led = cls(entries)
+        led._removed = []
+        if len(led) != n:
+            raise LedgerError(f"the saved ledger has {n} entries but only {len(led)} distinct data files")
+        return led
+
     def to_dict(self) -> dict:
         return {"version": self.FORMAT_VERSION,
-                "entries": [{"file": e.file, "sha256": e.sha256, "rows": e.rows, "complete": e.complete} for e in self.entries]}
+                "entries": [_entry_dict(e) for e in self.entries]}
+
+    def changed_since(self, since: int) -> list[dict]:
+        """The entries changed after sequence ``since``, as dicts (what a manifest lists)."""
+        return [_entry_dict(self._entries[k]) for k, s in self._changed.items() if s > since]
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
-
     @classmethod
     def from_dict(cls, data) -> "DataLedger":
         """Versions 1 (``shard``), 2 (``file``) and 3 (``file`` + ``sha256``); anything else is a LedgerError."""
@@ -161,8 +292,20 @@ class DataLedger:
                 raise LedgerError(f"ledger entry {i} ({name}): 'complete' must be true or false, got {complete!r}"[:200])
             if sha is not None and not (isinstance(sha, str) and _SHA.match(sha)):
                 raise LedgerError(f"ledger entry {i} ({name}): 'sha256' must be 64 hex digits or null, got {sha!r}"[:200])
-            out.append(LedgerEntry(name, rows, complete, sha))
+            size, mtime, status = e.get("size"), e.get("mtime"), e.get("status", "ok")
+            if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+                raise LedgerError(f"ledger entry {i} ({name}): 'size' must be an integer >= 0 or null, got {size!r}"[:200])
+            if mtime is not None and (not isinstance(mtime, (int, float)) or isinstance(mtime, bool)):
+                raise LedgerError(f"ledger entry {i} ({name}): 'mtime' must be a number or null, got {mtime!r}"[:200])
+            if status not in STATUSES:
+                raise LedgerError(f"ledger entry {i} ({name}): 'status' must be one of {STATUSES}, got {status!r}"[:200])
+            source = e.get("source", 0)
+            if source not in (0, 1) or isinstance(source, bool):
+                raise LedgerError(f"ledger entry {i} ({name}): 'source' must be 0 or 1, got {source!r}"[:200])
+            out.append(LedgerEntry(name, rows, complete, sha, size, None if mtime is None else float(mtime), status,
+                                   source))
         ledger = cls(out)
+        ledger._removed = []
         if len(ledger._entries) != len(out):
             raise LedgerError("ledger has repeated entries for the same data file")
         return ledger
@@ -177,3 +320,16 @@ class DataLedger:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, DataLedger) and self.entries == other.entries
+
+
+def _entry_dict(e: LedgerEntry) -> dict:
+    d = {"file": e.file, "sha256": e.sha256, "rows": e.rows, "complete": e.complete}
+    if e.size is not None:
+        d["size"] = e.size
+    if e.mtime is not None:
+        d["mtime"] = e.mtime
+    if e.status != "ok":
+        d["status"] = e.status
+    if e.source:
+        d["source"] = e.source
+    return d

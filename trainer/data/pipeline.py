@@ -19,10 +19,18 @@ from trainer.data.validate import Validator
 DATA_SUFFIXES = (".parquet", ".csv", ".tsv", ".jsonl", ".inter", ".txt", ".json", ".ndjson", ".pq")
 
 
+IN_PROGRESS_SUFFIXES = (".tmp", ".inprogress")
+
+
 def is_data_file_name(name: str) -> bool:
-    """A data file by its name: a data suffix, and not a temporary (``.name``, ``_name``, ``*.tmp``)."""
+    """A data file by its name: a data suffix, and not an in-progress name (the writer's contract: a
+    leading ``.`` or ``_``, a ``.tmp`` or ``.inprogress`` suffix or infix, ``_COPYING_`` anywhere)."""
     lower = name.lower()
-    return lower.endswith(DATA_SUFFIXES) and not name.startswith((".", "_")) and not lower.endswith(".tmp")
+    if name.startswith((".", "_")) or "_copying_" in lower or lower.endswith(IN_PROGRESS_SUFFIXES):
+        return False
+    if any(f"{s}." in lower for s in IN_PROGRESS_SUFFIXES):  # part-1.tmp.parquet, part-1.inprogress.csv
+        return False
+    return lower.endswith(DATA_SUFFIXES)
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list:
@@ -81,14 +89,25 @@ def iter_batches(
                 check_file_report(report, max_dead_share)
 
 
-def read_data_file(path, validator: Validator) -> EventBatch:
+def read_data_file(path, validator: Validator, skip_rows: int = 0) -> EventBatch:
     """All rows to train with for one data file, as one batch: first the late rows deferred
     from earlier files (stream mode), then this file's good rows. ``path`` is a path, a URL,
-    or a :class:`trainer.data.DataFileRef`. ``validator.last_file`` has this file's counts
-    (check it with :func:`trainer.data.check_file_report`)."""
+    or a :class:`trainer.data.DataFileRef`; a ref that carries the bytes it was identified by
+    (``ref.data``) is parsed from those bytes, so what is trained is what was hashed.
+    ``skip_rows``: the file's first rows were taken by an earlier partial read (the ledger's
+    position). ``validator.last_file`` has this file's counts (check it with
+    :func:`trainer.data.check_file_report`)."""
     source = getattr(path, "path", path)
+    data = getattr(path, "data", None)
     late = validator.take_late()
-    batches = ([late] if late is not None else []) + list(iter_batches([source], validator, progress=False))
+    if data is None and not skip_rows:
+        batches = list(iter_batches([source], validator, progress=False))
+    else:
+        validator.start_file(str(source), skip_rows=skip_rows)
+        batches = [b for chunk in read_chunks(str(source), validator.spec, data=data)
+                   if len(b := validator.process(chunk))]
+        validator.finish_file()
+    batches = ([late] if late is not None else []) + batches
     if batches:
         return EventBatch.concat(batches)
     return empty_batch(validator.spec, str(source))

@@ -75,17 +75,19 @@ def file_format(path: str | Path, spec: FeatureSpec | Layout) -> str:
     return by_suffix[suffix]
 
 
-def read_chunks(path: str | Path, spec: FeatureSpec | Layout, block_size: int = DEFAULT_BLOCK_SIZE) -> Iterator[RawChunk]:
-    """Yield the raw chunks of one data file (see the module docstring)."""
+def read_chunks(path: str | Path, spec: FeatureSpec | Layout, block_size: int = DEFAULT_BLOCK_SIZE,
+                data: bytes | None = None) -> Iterator[RawChunk]:
+    """Yield the raw chunks of one data file (see the module docstring). With ``data`` (the file's bytes,
+    read once by the consumer) those bytes are parsed and ``path`` only names them."""
     layout = spec.layout if isinstance(spec, FeatureSpec) else spec
     path = str(path)
     lower = path.lower()
     try:
         fmt = "parquet" if lower.endswith((".parquet", ".pq")) else file_format(path, layout)
         if fmt == "parquet":
-            yield from _read_parquet(path, layout)
+            yield from _read_parquet(path, layout, data)
         else:
-            yield from _read_text(path, layout, fmt, block_size)
+            yield from _read_text(path, layout, fmt, block_size, data)
     except (OSError, ValueError, pa.ArrowException) as exc:
         yield file_reject(path, Reason.UNREADABLE_FILE, f"{type(exc).__name__}: {exc}"[:500])
 
@@ -95,9 +97,13 @@ def file_reject(path: str, reason: Reason, detail: str, raw: str = "") -> RawChu
     return RawChunk(path, pa.table({}), np.zeros(0, np.int64), [Reject(0, reason, detail, raw)], 0, lambda i: [])
 
 
-def _lines_of(path: str, block_size: int) -> Iterator[bytes]:
+def _open(path: str, data: bytes | None):
+    return io.BytesIO(data) if data is not None else storage.open_binary(path)
+
+
+def _lines_of(path: str, block_size: int, data: bytes | None = None) -> Iterator[bytes]:
     """Blocks of whole lines (the last one may lack its newline)."""
-    with storage.open_binary(path) as fh:
+    with _open(path, data) as fh:
         tail = b""
         while True:
             block = fh.read(block_size)
@@ -137,14 +143,14 @@ def _names_match(fields: list[str], layout: Layout) -> bool:
     return bool(fields) and required <= got and len(got & wanted) >= max(1, len(got) // 2)
 
 
-def _read_text(path: str, layout: Layout, fmt: str, block_size: int) -> Iterator[RawChunk]:
+def _read_text(path: str, layout: Layout, fmt: str, block_size: int, data: bytes | None = None) -> Iterator[RawChunk]:
     delimiter = layout.delimiter or ("\t" if fmt == "tsv" else ",")
     spec_names = [c.source_name for c in layout.columns]
     names: list[str] | None = spec_names if (layout.header is False or fmt == "jsonl") else None
     next_row = 1  # 1-based line number of the first line of the block
     types, typed_ok = None, True
     first_block = True
-    for block in _lines_of(path, block_size):
+    for block in _lines_of(path, block_size, data):
         if first_block and block.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark, as some exporters write
             block = block[3:]
         first_block = False
@@ -365,11 +371,11 @@ def _list_field(v, separator: str | None, null_tokens: tuple[str, ...]) -> list[
     return [_json_scalar_text(v)]
 
 
-def _read_parquet(path: str, layout: Layout) -> Iterator[RawChunk]:
-    with storage.open_binary(path) as fh:
+def _read_parquet(path: str, layout: Layout, data: bytes | None = None) -> Iterator[RawChunk]:
+    with _open(path, data) as fh:
         pf = pq.ParquetFile(fh)
         total_rows = max(pf.metadata.num_rows, 1)
-        file_size = storage.stat(path).size
+        file_size = len(data) if data is not None else storage.stat(path).size
         names = {*(c.source_name for c in layout.columns), *(c.name for c in layout.columns), *layout.also}
         wanted = [c for c in pf.schema_arrow.names if c in names]
         start = 1

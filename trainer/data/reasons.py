@@ -22,7 +22,9 @@ class Reason(str, enum.Enum):
     OUT_OF_RANGE = "out-of-range number"
     UNKNOWN_ACTION = "unknown action"
     LATE = "late event"
+    FUTURE = "future event"  # more than lateness.max_future_s ahead of the watermark and the wall clock
     DUPLICATE = "duplicate event id"
 
 
+CHANGED_FILE = "changed after consumption"  # a whole file (ledger status "changed"): refused, never trained twice
 FILE_REASONS = (Reason.UNREADABLE_FILE, Reason.HEADER_MISMATCH)

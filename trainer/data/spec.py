@@ -221,14 +221,20 @@ class Lateness:
 
     ``defer`` (default) trains it with the next data file; ``dead_letter`` rejects it.
     Batch validation and ``data split`` never look at order (split sorts by time).
+
+    Time sanity: an event more than ``max_future_s`` ahead of both the watermark and the wall
+    clock is dead-lettered (reason ``future event``) and never moves the watermark.
     """
 
     allowed_s: int = 3600
     policy: LatePolicy = LatePolicy.DEFER
+    max_future_s: int = 3600
 
     def __post_init__(self) -> None:
         if self.allowed_s < 0:
             raise ConfigError("lateness.allowed_s must be >= 0")
+        if self.max_future_s < 0:
+            raise ConfigError("lateness.max_future_s must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,6 +313,7 @@ class FeatureSpec:
     lateness: Lateness = Lateness()
     max_dead_share: float = 0.5  # a file with more of its rows dead-lettered stops the run
     dedup_window: int = 10_000_000  # how many recent event ids are remembered for duplicates
+    dedup_horizon_s: int = 7 * 86400  # stream: ids of events older than the watermark minus this are forgotten
     spec_dir: str | None = None  # the spec file's directory (for relative side-table paths)
     dynamic: DynamicSpec | None = None  # counters, rates and sequences from earlier events (trainer.features)
 
@@ -377,6 +384,8 @@ class FeatureSpec:
             raise ConfigError(f"spec {self.name}: max_dead_share must be in (0, 1], got {self.max_dead_share}")
         if self.dedup_window < 1:
             raise ConfigError(f"spec {self.name}: dedup_window must be >= 1")
+        if self.dedup_horizon_s < 0:
+            raise ConfigError(f"spec {self.name}: dedup_horizon_s must be >= 0")
         if self.dynamic is not None:
             if self.row_order:
                 raise ConfigError(f"spec {self.name}: dynamic features decay with event time: they need a time_column")

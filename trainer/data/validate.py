@@ -8,8 +8,8 @@ Each rejected row gets the first reason that applies, in this order: could not b
 parsed (reader), then the column reasons of :mod:`trainer.data.parse` (control
 characters, missing field, oversized string, too many items, malformed id, unparsable
 time, time out of range, not a number, non-finite, out of range), unknown action,
-duplicate event id (against the last ``dedup_window`` good events, and within the
-chunk), late event.
+duplicate event id (against the dedup window, and within the chunk), future event,
+late event.
 
 Order is never a reason to reject a row in batch mode (the default): ``data split``
 sorts by time. With ``stream=True`` (a trainer following data files as they land) an
@@ -17,10 +17,25 @@ event older than the watermark (the latest good event time so far) minus
 ``lateness.allowed_s`` is late: under ``policy: defer`` it is held back, counted in
 ``rows_late``, and handed to the consumer with the next data file
 (:meth:`Validator.take_late`, which :func:`trainer.data.read_data_file` calls first);
-under ``policy: dead_letter`` it is dead-lettered with reason ``late event``.
+under ``policy: dead_letter`` it is dead-lettered with reason ``late event``. An event more
+than ``lateness.max_future_s`` ahead of both the watermark and the wall clock is dead-lettered
+with reason ``future event`` and never moves the watermark.
+
+The dedup window remembers the ids of good events, bounded by count (``dedup_window``) and,
+in a stream, by time (ids of events older than the watermark minus ``dedup_horizon_s`` are
+forgotten). ``event_id: row`` specs (criteo) have no event ids and no duplicate detection:
+their exactly-once rests on the ledger alone (a file's rows are taken once, a resumed run
+starts after the rows a version took, see :meth:`Validator.start_file`).
+
+The stream's state (dedup window, watermark, row ordinal, deferred late rows) is saved with
+every model version and restored with it (:mod:`trainer.data.state`).
 """
 
 from __future__ import annotations
+
+import time
+
+import dataclasses
 
 import numpy as np
 import pyarrow as pa
@@ -62,15 +77,20 @@ class Validator:
         self._file: FileReport | None = None
         self._late: list[EventBatch] = []
         self._ordinal = 0  # time: row_order -> the next row's ordinal
+        self._skip = 0  # rows of the current file still to skip (taken by an earlier, partial read)
+        self.clock = time.time  # the wall clock (time sanity); tests may pin it
         self._side_paths = dict(side_tables or {})
         self._side: dict[str, LoadedSideTable] = {}
 
     # -- files ------------------------------------------------------------------------
-    def start_file(self, name: str) -> FileReport:
+    def start_file(self, name: str, skip_rows: int = 0) -> FileReport:
+        """Begin a file's report; ``skip_rows``: its first rows were taken by an earlier read that stopped
+        part-way (the ledger's position), so they are passed over, uncounted."""
         if self._file is not None:
             self.finish_file()
         self.report.files += 1
         self._file = FileReport(str(name))
+        self._skip = int(skip_rows)
         return self._file
 
     def finish_file(self) -> FileReport | None:
@@ -94,6 +114,8 @@ class Validator:
     def process(self, chunk: RawChunk) -> EventBatch:
         if self._file is None:
             self.start_file(chunk.source)
+        if self._skip:
+            chunk = self._skip_taken(chunk)
         rep, frep = self.report, self._file
         rows_rej = [r for r in chunk.rejects if r.row > 0]
         for rej in chunk.rejects:
@@ -129,6 +151,21 @@ class Validator:
         if late.any():
             self._late.append(self._batch(chunk, parsed, missing, late))
         return batch
+
+    def _skip_taken(self, chunk: RawChunk) -> RawChunk:
+        """The chunk without the rows an earlier partial read took (the first ``self._skip`` rows)."""
+        numbers = np.sort(np.concatenate([chunk.rows, np.array([r.row for r in chunk.rejects if r.row > 0], np.int64)]))
+        k = min(self._skip, len(numbers))
+        if k == 0:
+            return chunk
+        self._skip -= k
+        last = numbers[k - 1]
+        keep = np.flatnonzero(chunk.rows > last)
+        table = chunk.table.take(pa.array(keep, pa.int64()))
+        raw = chunk.raw_text
+        return dataclasses.replace(chunk, table=table, rows=chunk.rows[keep],
+                                   rejects=[r for r in chunk.rejects if r.row == 0 or r.row > last],
+                                   raw_text=lambda index, raw=raw, keep=keep: raw(keep[index]))
 
     def _count(self, rows_in: int, good: int = 0, dead: int = 0, dup: int = 0, late: int = 0) -> None:
         for r in (self.report, self._file):
@@ -194,6 +231,14 @@ class Validator:
             parsed["__event_id"] = combine([np.full(n, name, np.int64), chunk.rows])
         late = np.zeros(n, bool)
         cand = np.flatnonzero(rej.good)
+        timed = self.stream and not spec.row_order
+        if len(cand) and timed:  # time sanity before anything remembers the event
+            limit = max(self.watermark, int(self.clock())) + spec.lateness.max_future_s
+            future = parsed["__ts"][cand] > limit
+            if future.any():
+                rej(_mask(n, cand[future]), Reason.FUTURE,
+                    f"more than {spec.lateness.max_future_s}s ahead of the watermark and the wall clock")
+                cand = cand[~future]
         if len(cand) and not spec.event_id_row:
             eid = parsed["__event_id"][cand]
             _, first = np.unique(eid, return_index=True)
@@ -201,9 +246,10 @@ class Validator:
             repeat[first] = False
             repeat |= self.dedup.contains(eid)
             rej(_mask(n, cand[repeat]), Reason.DUPLICATE, "event id seen before")
-            self.dedup.add(parsed["__event_id"][cand[~repeat]])
+            fresh = cand[~repeat]
+            self.dedup.add(parsed["__event_id"][fresh], parsed["__ts"][fresh])
         cand = np.flatnonzero(rej.good)
-        if len(cand) and self.stream and not spec.row_order:
+        if len(cand) and timed:
             ts = parsed["__ts"][cand]
             prefix = np.maximum.accumulate(np.concatenate([[self.watermark], ts]))[:-1]
             is_late = ts < prefix - spec.lateness.allowed_s
@@ -215,6 +261,8 @@ class Validator:
             on_time = cand[~is_late]
             if len(on_time):
                 self.watermark = max(self.watermark, int(parsed["__ts"][on_time].max()))
+            if not spec.event_id_row:  # the time bound of the dedup window
+                self.dedup.forget(self.watermark - spec.dedup_horizon_s)
         elif len(cand) and not spec.row_order:
             self.watermark = max(self.watermark, int(parsed["__ts"][cand].max()))
         return late

@@ -6,7 +6,7 @@ smoothed rates, behaviour sequences), with their state saved in every model vers
     dyn.lookup(candidates)            # serving: rows scored against the state only
 """
 
-from trainer.features.dynamic import PART, DynamicFeatures, KeyTable
+from trainer.features.dynamic import DynamicFeatures, KeyTable
 from trainer.features.scan import Groups, decayed_counts, sequences
 
-__all__ = ["PART", "DynamicFeatures", "Groups", "KeyTable", "decayed_counts", "sequences"]
+__all__ = ["DynamicFeatures", "Groups", "KeyTable", "decayed_counts", "sequences"]

@@ -33,7 +33,6 @@ from trainer.data.batch import EventBatch
 from trainer.data.dynspec import DynamicSpec
 from trainer.features.scan import Groups, decayed_counts, decayed_lookup, sequence_lookup, sequences
 
-PART = "trainer/features"  # the version part that holds the state
 NO_TIME = np.iinfo(np.int64).min
 
 
@@ -265,7 +264,7 @@ class DynamicFeatures:
         return 8 + 8 + 8 * len(self._cols[key]) + sum(8 * n + 8 for n in self._seqs[key].values())
 
     def export(self) -> tuple[dict[str, np.ndarray], dict]:
-        """(arrays, meta) for the version part :data:`PART` (copies: training may go on)."""
+        """(arrays, meta) for the version's dynamic-feature part (:mod:`trainer.bundle`; copies: training may go on)."""
         arrays = {f"{k}/{name}": np.array(v, copy=True)
                   for k, t in self.tables.items() for name, v in t.arrays().items()}
         arrays["watermark"] = np.array([self.watermark], np.int64)
