@@ -111,13 +111,14 @@ def load_frozen_ranker(store, version: int, previous: FrozenRanker | None = None
     """The read-only ranker of committed ``version`` (``previous``: the served one, whose tables the deltas
     after it are applied to). ValueError when the version is not a search ranker (refused by the follower)."""
     from serving.model import load_model
+    from trainer import bundle
 
-    extra = store.manifest(version).extra
-    if "search_spec" not in extra:
+    m = store.manifest(version)
+    if bundle.search_spec(m) is None:
         raise ValueError(f"version {version} of {store.url} is not a search ranker (no extra.search_spec): "
                          "train one with `freshrec search-train`")
-    spec = SearchSpec.from_dict(extra["search_spec"])
-    n = int(extra.get("config", {}).get("search", {}).get("num_candidates", RankerConfig.num_candidates))
+    spec = SearchSpec.from_dict(bundle.search_spec(m))
+    n = int(bundle.run_config(m).get("search", {}).get("num_candidates", RankerConfig.num_candidates))
     prev = previous.model if previous is not None and previous.spec == spec else None
     model = load_model(store, version, previous=prev, spec=spec.feature_spec())
     return FrozenRanker(model, spec, n, scorers)

@@ -51,21 +51,22 @@ class VersionInfo:
     committed_at: float
     kind: str
     step: int
-    data_files: tuple[str, ...]
+    data_files: tuple[str, ...]  # the files this version added (the manifest's own ledger entries)
     rows_trained: int
     model_digest: str
     metrics: dict
     loaded_at: float
+    files_trained: int = 0  # every data file the model has consumed (the whole ledger's count)
 
     @classmethod
     def of(cls, m, spec_name: str) -> "VersionInfo":
-        _, rows = bundle.ledger_totals(m)
+        files, rows = bundle.ledger_totals(m)
         metrics = {k: float(v) for k, v in (m.extra or {}).items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         metrics.update({k: float(v) for k, v in ((m.extra or {}).get("metrics") or {}).items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
         return cls(m.version, spec_name, m.committed_at, m.kind, m.step, tuple(m.data_files), rows,
-                   m.model_digest, metrics, time.time())
+                   m.model_digest, metrics, time.time(), files)
 
 
 @dataclasses.dataclass(frozen=True)

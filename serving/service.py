@@ -221,7 +221,7 @@ class ScoringService:
         i = model.info
         return pb.ModelInfoResponse(
             model_version=i.version, spec_name=i.spec_name, committed_at_unix_ms=int(i.committed_at * 1000),
-            kind=i.kind, step=i.step, data_files=len(i.data_files), rows_trained=i.rows_trained,
+            kind=i.kind, step=i.step, data_files=i.files_trained, rows_trained=i.rows_trained,
             last_data_file=i.data_files[-1] if i.data_files else "", model_digest=i.model_digest,
             metrics=i.metrics, pinned=self.follower.pinned,
             loaded_at_unix_ms=int(i.loaded_at * 1000), catalogue_items=len(model.index) if model.index else 0)
