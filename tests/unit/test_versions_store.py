@@ -103,7 +103,7 @@ def test_a_delta_needs_a_committed_parent_and_commit_checks_its_parts(store):
 def test_an_uncommitted_version_is_invisible_and_gc_removes_it_after_the_grace(store):
     commit_full(store)
     w = store.begin("delta", parent=1, step=11)
-    w.write_part("ps/shard-0/user", table([1], 5.0), KEYED)  # a writer that never commits
+    info = w.write_part("ps/shard-0/user", table([1], 5.0), KEYED)  # a writer that never commits
     assert store.versions() == [1] and store.latest() == 1
     with pytest.raises(NoSuchVersionError, match=r"committed versions: \[1\]"):
         store.manifest(w.version)
@@ -112,8 +112,14 @@ def test_an_uncommitted_version_is_invisible_and_gc_removes_it_after_the_grace(s
     assert w3.version == 3
     w3.abort()  # an aborted number is not reused before gc: a late part write of 3 cannot land in a new 3
     assert store.begin("full").version == 4 and store.versions() == [1]
-    assert store.gc(keep=5, grace_s=0)["removed_uncommitted"] == [2, 3, 4]
+    # 2 and 4 are in flight for the live writer (its lease lists them): kept whatever the grace
+    assert store.gc(keep=5, grace_s=0)["removed_uncommitted"] == [3]
+    assert store._version_dirs() == [1, 2, 4]
+    store.release_writer()  # the writer is gone (a crash: its lease lapses): nothing of it can commit now
+    assert store.gc(keep=5, grace_s=0)["removed_uncommitted"] == [2, 4]
     assert store._version_dirs() == [1]
+    with pytest.raises(VersionWriteError, match="fenced"):
+        w.commit([info])
 
 
 def test_abort_removes_the_parts(store):
@@ -129,6 +135,7 @@ def test_a_writer_killed_mid_write_leaves_nothing_visible(tmp_path):
     """A real process writing a big part is killed with SIGKILL; readers see only version 1."""
     store = VersionStore(tmp_path / "v")
     commit_full(store)
+    store.release_writer()  # this process stops writing: the child is the writer now
     script = textwrap.dedent(f"""
         import numpy as np, sys
         from versions import VersionStore
@@ -209,7 +216,7 @@ def test_gc_keeps_every_base_and_delta_a_kept_version_needs(store):
     commit_delta(store, 2, [5], 2.0)                   # 3
     commit_full(store, ids=[9])                        # 4
     commit_delta(store, 4, [6], 2.0)                   # 5
-    assert store.gc(keep=3) == {"removed": [], "kept": [1, 2, 3, 4, 5], "removed_uncommitted": []}
+    assert store.gc(keep=3) == {"removed": [], "kept": [1, 2, 3, 4, 5], "removed_uncommitted": [], "removed_temp": []}
     assert store.gc(keep=2)["removed"] == [1, 2, 3]
     assert store.versions() == [4, 5] and store.materialize(5, table_parts("user"))["ids"].tolist() == [6, 9]
     with pytest.raises(ValueError, match="keep"):
