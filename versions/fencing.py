@@ -41,6 +41,7 @@ import logging
 import os
 import random
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -321,6 +322,8 @@ def _heartbeat() -> None:
                 log.error("the writer lease of %s was lost: %s", store.url, exc)
                 _HOLDING.discard(store)
             except (FileNotFoundError, StoreUnavailableError) as exc:
+                if sys.is_finalizing():
+                    return
                 log.warning("renewing the writer lease of %s failed (retried): %s", store.url, exc)
             except Exception:  # noqa: BLE001 (the heartbeat must not die)
                 log.exception("renewing the writer lease of %s failed", store.url)
