@@ -355,3 +355,26 @@ def test_transient_store_errors_are_unavailable_not_corrupt(store, monkeypatch):
     store._write_small(f"{store.vdir(1)}/{MANIFEST}", b'{"version": 1, "kind": ')  # a torn manifest
     with pytest.raises(CorruptVersionError, match="MANIFEST.json"):
         VersionStore(store.url).manifest(1)
+
+
+def test_the_manifest_cache_is_bounded_while_reading_2000_manifests(tmp_path):
+    """An LRU of a few hundred manifests, whatever a long-lived reader reads (a replica over days)."""
+    from versions.manifest import PartInfo
+
+    store = VersionStore(f"memory://versions-{uuid.uuid4().hex[:8]}", manifest_cache=300)
+    part = PartInfo(name="dense", sha256="0" * 64, bytes=1, rows=0, meta={})
+    for v in range(1, 2001):  # 2,000 committed manifests, written directly (no parts needed to read them)
+        m = Manifest(version=v, parent=None, kind="full", step=v, committed_at=0.0, committed_at_iso="", ledger={},
+                     data_files=(), rows=0, bytes=1, model_digest="", parts=(part,))
+        store._write_small(f"{store.vdir(v)}/{MANIFEST}", m.to_json().encode())
+    sizes = []
+    for v in range(1, 2001):
+        assert store.manifest(v).step == v
+        sizes.append(store.manifest_cache_size)
+    assert max(sizes) == 300 and store.manifest_cache_size == 300
+    assert store.manifest(2000) is store.manifest(2000)  # recent ones are served from the cache
+    assert store.manifest(1).version == 1  # an evicted one is read again
+    assert VersionStore(store.url).manifest_cache_size == 0
+    assert len(store.list()) == 2000 and store.manifest_cache_size == 300
+    with pytest.raises(ValueError, match="manifest_cache"):
+        VersionStore(store.url, manifest_cache=0)
