@@ -378,3 +378,27 @@ def test_the_manifest_cache_is_bounded_while_reading_2000_manifests(tmp_path):
     assert len(store.list()) == 2000 and store.manifest_cache_size == 300
     with pytest.raises(ValueError, match="manifest_cache"):
         VersionStore(store.url, manifest_cache=0)
+
+
+def test_temp_files_of_failed_writes_are_cleaned_by_the_next_commit_and_by_gc(tmp_path):
+    store = VersionStore(tmp_path / "v")
+    commit_full(store)
+    root = tmp_path / "v"
+    (root / "leases").mkdir()
+    old = [root / "PUBLISHED.tmp-0123456789ab", root / "leases" / "r.json.tmp-0123456789ab",
+           root / "v00000001" / "ps" / "shard-0" / "user.part.tmp-0123456789ab"]
+    fresh = root / "LATEST.tmp-ba9876543210"  # a write in progress right now (another process): kept
+    for p in old + [fresh]:
+        p.write_bytes(b"partial")
+    for p in old:
+        os.utime(p, (time.time() - 3600, time.time() - 3600))
+    w = store.begin("full")  # the next commit: the store's root, leases/ and its own version folder
+    old.append(type(root)(store.vdir(w.version)) / "dense.part.tmp-0123456789ab")
+    old[-1].parent.mkdir(parents=True, exist_ok=True)
+    old[-1].write_bytes(b"partial")
+    os.utime(old[-1], (time.time() - 3600, time.time() - 3600))
+    w.commit([w.write_part("dense", {"w": np.zeros(2)})])
+    assert [p.exists() for p in old] == [False, False, True, False] and fresh.exists()
+    result = store.gc(keep=5)  # gc: every version folder
+    assert result["removed_temp"] == [str(old[2])] and not old[2].exists() and fresh.exists()
+    assert store.verify_chain(1) == [] and store.verify_chain(2) == []
