@@ -89,7 +89,7 @@ def is_live(state: dict | None, now: float | None = None) -> bool:
 def describe(state: dict) -> str:
     left = float(state.get("expires_at", 0)) - time.time()
     return (f"{state.get('holder')!r} (host {state.get('host')}, pid {state.get('pid')}, epoch {state.get('epoch')}, "
-            f"lease {'expires in %.0f s' % left if left > 0 else 'expired'})")
+            f"lease {f'expires in {left:.0f} s' if left > 0 else 'expired'})")
 
 
 class WriterLease:
@@ -290,7 +290,7 @@ def _kind(store) -> str:
 
 
 # ------------------------------------------------------------------ heartbeat
-_HOLDING: "weakref.WeakSet" = weakref.WeakSet()
+_HOLDING: weakref.WeakSet = weakref.WeakSet()
 _HB_GUARD = threading.Lock()
 _HB_THREAD: threading.Thread | None = None
 
@@ -325,7 +325,7 @@ def _heartbeat() -> None:
                 if sys.is_finalizing():
                     return
                 log.warning("renewing the writer lease of %s failed (retried): %s", store.url, exc)
-            except Exception:  # noqa: BLE001 (the heartbeat must not die)
+            except Exception:
                 log.exception("renewing the writer lease of %s failed", store.url)
 
 
