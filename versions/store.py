@@ -706,6 +706,12 @@ class VersionStore:
                 self._writer.acquire(wait_s=0)
                 self.release_writer()
             writer, in_flight = self._in_flight()
+        done = set(in_flight) & set(committed)  # committed, but its writer could not say so (a store error)
+        if done:
+            with contextlib.suppress(StoreError):
+                self._writer.update(lambda st: None if st is None else {
+                    **st, "writing": {k: p for k, p in st.get("writing", {}).items() if int(k) not in done}})
+            in_flight = {v: p for v, p in in_flight.items() if v not in done}
         latest = self.latest()
         t = time.time()
         leased = {lease.version for lease in self.leases(include_expired=True) if t < lease.expires_at + lease_skew_s}

@@ -186,3 +186,18 @@ def test_seeded_commits_and_gc_interleaved_never_lose_a_committed_version(url_op
     ops = 8 if "s3://" in url_options[0] else 20
     counts = run_interleaved(url_options, seed, ops)
     assert counts["gc"] >= 2 and counts["commits"] >= ops // 2, counts
+
+
+def test_gc_forgets_a_committed_version_its_writer_could_not_mark_done(url_options, monkeypatch):
+    writer, collector = stores(url_options)
+    w = writer.begin("full")
+    info = parts(w, np.random.default_rng(2), "full")
+
+    def unavailable(*a, **k):
+        from versions import StoreUnavailableError
+        raise StoreUnavailableError(writer.url, "ConnectionResetError: reset by peer")
+    monkeypatch.setattr(writer, "_writer_done", unavailable)
+    assert w.commit(info).version == 1  # committed: the manifest and LATEST are written
+    assert collector.writer_state()["writing"] == {"1": None}
+    collector.gc(keep=1, grace_s=0)
+    assert collector.writer_state()["writing"] == {} and collector.verify_chain(1) == []
