@@ -6,6 +6,10 @@ Layout::
       LATEST                     "12\\n": the newest committed version (written after its manifest)
       PUBLISHED                  "11\\n": the newest version that passed the publish gate (versions.publish)
       PINNED                     "9\\n": the version serving is pinned to (rollback); absent when not pinned
+      WRITER.json                the writer lease: holder, fencing epoch, expiry, versions in flight
+                                 (versions.fencing; WRITER.lock beside it on a local file system)
+      leases/<holder>.json       serving leases: which version each replica / table shard serves
+                                 (versions.leases); gc keeps those versions
       v00000011/
         MANIFEST.json            present  <=>  version 11 is committed (readers list these only)
         GATE.json                the publish gate's decision on it (publish / hold, and why)
@@ -16,17 +20,21 @@ Layout::
       v00000013/
         _BEGUN.json              a writer is (or was) writing 13: not visible, gc removes it later
 
-Commit protocol (two-phase; the version is visible only once step 3 is done)::
+Commit protocol (two-phase; the version is visible only once step 3 (the manifest) is done)::
 
-    begin()         allocate 13, write _BEGUN.json
+    begin()         take (or renew) the writer lease; allocate 13 and list it as in flight in
+                    WRITER.json (compare-and-swap); write _BEGUN.json
     write_part()*   part files, each under a temporary name then renamed (local), checksummed
     commit(parts)   1. every listed part exists with its size
-                    2. MANIFEST.json  (temporary name + fsync + atomic rename; one PUT on object stores)
-                    3. LATEST         (the same way, only if 13 is newer than what it names)
+                    2. the writer lease is still this writer's, at the epoch 13 began under (else
+                       WriterFencedError: another writer took the store over)
+                    3. MANIFEST.json  (temporary name + fsync + atomic rename; one PUT on object stores)
+                    4. LATEST         (the same way, only if 13 is newer than what it names)
+                    5. 13 leaves the in-flight list; stale temporary files are removed
 
-A crash before 2 leaves a directory without a manifest: never listed, removed by ``gc``
-after a grace period. A crash between 2 and 3 leaves a committed version that LATEST does
-not name yet: ``latest()`` still finds it (it checks for newer manifests).
+A crash before 3 leaves a directory without a manifest: never listed; ``gc`` removes it once
+its writer can no longer commit it (see ``gc``). A crash between 3 and 4 leaves a committed
+version that LATEST does not name yet: ``latest()`` still finds it (it checks for newer manifests).
 """
 
 from __future__ import annotations
