@@ -305,8 +305,7 @@ def _register(store) -> None:
 
 
 def _heartbeat() -> None:
-    while True:
-        time.sleep(0.5)
+    while not _EXITING.wait(0.5):
         with _HB_GUARD:
             stores = list(_HOLDING)
         for store in stores:
@@ -322,15 +321,19 @@ def _heartbeat() -> None:
                 log.error("the writer lease of %s was lost: %s", store.url, exc)
                 _HOLDING.discard(store)
             except (FileNotFoundError, StoreUnavailableError) as exc:
-                if sys.is_finalizing():
+                if sys.is_finalizing() or _EXITING.is_set():
                     return
                 log.warning("renewing the writer lease of %s failed (retried): %s", store.url, exc)
             except Exception:
                 log.exception("renewing the writer lease of %s failed", store.url)
 
 
+_EXITING = threading.Event()
+
+
 @atexit.register
 def _release_all() -> None:
+    _EXITING.set()  # the heartbeat stops renewing (its I/O may already be shut down)
     for store in list(_HOLDING):
         with contextlib.suppress(Exception):
             store._writer.release()
