@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import hashlib
+import io
 import json
 import logging
 import os
@@ -229,6 +230,14 @@ class VersionStore:
                 _fsync_dir(os.path.dirname(path))
             else:
                 self.fs.pipe_file(path, data)
+
+    def _open_read(self, path: str):
+        """A file to read ``path`` from. memory:// hands every reader the same file object (one
+        shared position: concurrent readers would read each other's bytes), so there it is a copy."""
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
+        if "memory" in protocols:
+            return io.BytesIO(self.fs.cat_file(path))
+        return self.fs.open(path, "rb")
 
     def _read_small(self, path: str) -> bytes:
         with self._io(f"read {path}"):
@@ -452,7 +461,7 @@ class VersionStore:
             if size != info.bytes:
                 raise CorruptVersionError(version, info.name, f"has {size} bytes, the manifest says {info.bytes}")
             buf = bytearray(size)
-            with self.fs.open(path, "rb") as f:
+            with self._open_read(path) as f:
                 got = f.readinto(memoryview(buf)) if size else 0
             if got != size:
                 raise CorruptVersionError(version, info.name, f"read {got} of {size} bytes")
@@ -476,7 +485,7 @@ class VersionStore:
                     if not checksums:
                         continue
                     h = hashlib.sha256()
-                    with self.fs.open(path, "rb") as f:
+                    with self._open_read(path) as f:
                         while chunk := f.read(16 << 20):
                             h.update(chunk)
                     if h.hexdigest() != info.sha256:
@@ -734,8 +743,8 @@ class VersionStore:
             except CorruptVersionError:
                 needed.add(v)  # keep what is there; verify reports the gap
         removed = [v for v in committed if v not in needed]
-        for v in removed:
-            self.remove_version(v)
+        for v in reversed(removed):  # newest first: a delta goes before its base, so a version a reader
+            self.remove_version(v)   # can still see always has its whole chain
         stale = []
         for v in listed:
             if v in committed_set or v in in_flight:
