@@ -100,3 +100,7 @@ class WriterFencedError(VersionWriteError):
         self.args = (version, reason, holder, epoch)
         self.holder = holder
         self.epoch = int(epoch)
+
+    def __str__(self) -> str:
+        what = f"cannot write version {self.version}" if self.version is not None else "cannot write versions"
+        return f"{what}: {self.reason}"

@@ -50,7 +50,7 @@ class ServingLease:
         return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, text: bytes | str) -> "ServingLease":
+    def from_json(cls, text: bytes | str) -> ServingLease:
         """Parse a lease object; ValueError on anything that is not one."""
         try:
             raw = json.loads(text)

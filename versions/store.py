@@ -6,6 +6,10 @@ Layout::
       LATEST                     "12\\n": the newest committed version (written after its manifest)
       PUBLISHED                  "11\\n": the newest version that passed the publish gate (versions.publish)
       PINNED                     "9\\n": the version serving is pinned to (rollback); absent when not pinned
+      WRITER.json                the writer lease: holder, fencing epoch, expiry, versions in flight
+                                 (versions.fencing; WRITER.lock beside it on a local file system)
+      leases/<holder>.json       serving leases: which version each replica / table shard serves
+                                 (versions.leases); gc keeps those versions
       v00000011/
         MANIFEST.json            present  <=>  version 11 is committed (readers list these only)
         GATE.json                the publish gate's decision on it (publish / hold, and why)
@@ -16,17 +20,21 @@ Layout::
       v00000013/
         _BEGUN.json              a writer is (or was) writing 13: not visible, gc removes it later
 
-Commit protocol (two-phase; the version is visible only once step 3 is done)::
+Commit protocol (two-phase; the version is visible only once step 3 (the manifest) is done)::
 
-    begin()         allocate 13, write _BEGUN.json
+    begin()         take (or renew) the writer lease; allocate 13 and list it as in flight in
+                    WRITER.json (compare-and-swap); write _BEGUN.json
     write_part()*   part files, each under a temporary name then renamed (local), checksummed
     commit(parts)   1. every listed part exists with its size
-                    2. MANIFEST.json  (temporary name + fsync + atomic rename; one PUT on object stores)
-                    3. LATEST         (the same way, only if 13 is newer than what it names)
+                    2. the writer lease is still this writer's, at the epoch 13 began under (else
+                       WriterFencedError: another writer took the store over)
+                    3. MANIFEST.json  (temporary name + fsync + atomic rename; one PUT on object stores)
+                    4. LATEST         (the same way, only if 13 is newer than what it names)
+                    5. 13 leaves the in-flight list; stale temporary files are removed
 
-A crash before 2 leaves a directory without a manifest: never listed, removed by ``gc``
-after a grace period. A crash between 2 and 3 leaves a committed version that LATEST does
-not name yet: ``latest()`` still finds it (it checks for newer manifests).
+A crash before 3 leaves a directory without a manifest: never listed; ``gc`` removes it once
+its writer can no longer commit it (see ``gc``). A crash between 3 and 4 leaves a committed
+version that LATEST does not name yet: ``latest()`` still finds it (it checks for newer manifests).
 """
 
 from __future__ import annotations
@@ -34,13 +42,16 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import hashlib
+import io
 import json
 import logging
 import os
 import re
 import socket
 import time
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -49,6 +60,7 @@ from versions import partfile
 from versions.digest import ModelDigest
 from versions.errors import (CorruptVersionError, NoSuchVersionError, StoreError, StoreUnavailableError,
                              VersionWriteError, WriterFencedError)
+from versions.fencing import WriterLease, is_live
 from versions.leases import LEASES, ServingLease, check_lease_args, holder_file
 from versions.manifest import KINDS, Manifest, PartInfo, as_json_value, data_files_of, now, rows_of
 from versions.merge import Keep, merge_keyed
@@ -62,7 +74,55 @@ MANIFEST = "MANIFEST.json"
 BEGUN = "_BEGUN.json"
 ABORTED = "_ABORTED"
 LATEST = "LATEST"
+WRITER_TTL_S = 60.0  # the writer lease: renewed every ttl / 4 by a heartbeat thread while the writer lives
+MANIFEST_CACHE = 256  # manifests a VersionStore keeps in memory (LRU)
+TMP_GRACE_S = 60.0  # a temporary file (``*.tmp-*``) older than this is a failed write's: commit and gc remove it
 LEASE_SKEW_S = 30.0  # gc keeps a leased version this long past its lease's expiry (clock skew between hosts)
+
+
+class ManifestCache:
+    """A bounded LRU of parsed manifests (version -> Manifest); ``len()`` is its size."""
+
+    def __init__(self, max_entries: int = MANIFEST_CACHE) -> None:
+        self.max_entries = int(max_entries)
+        self._d: OrderedDict[int, Manifest] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, version: int) -> Manifest | None:
+        with self._lock:
+            m = self._d.get(version)
+            if m is None:
+                self.misses += 1
+                return None
+            self._d.move_to_end(version)
+            self.hits += 1
+            return m
+
+    def __setitem__(self, version: int, m: Manifest) -> None:
+        with self._lock:
+            self._d[version] = m
+            self._d.move_to_end(version)
+            while len(self._d) > self.max_entries:
+                self._d.popitem(last=False)
+
+    def __contains__(self, version) -> bool:
+        return version in self._d
+
+    def pop(self, version: int, default=None):
+        with self._lock:
+            return self._d.pop(version, default)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+def _open_store(url: str, storage_options: dict, kw: dict) -> "VersionStore":
+    return VersionStore(url, storage_options, **kw)
 
 
 def check_part_name(name: str) -> str:
@@ -85,15 +145,30 @@ class VersionStore:
         store.latest()  ->  1
     """
 
-    def __init__(self, url: str | os.PathLike, storage_options: Mapping | None = None) -> None:
+    def __init__(self, url: str | os.PathLike, storage_options: Mapping | None = None, *,
+                 writer_id: str | None = None, writer_ttl_s: float = WRITER_TTL_S,
+                 writer_wait_s: float | None = None, manifest_cache: int = MANIFEST_CACHE) -> None:
         self.url = os.fspath(url)
         self.storage_options = dict(storage_options or {})
+        if writer_id is not None and (not isinstance(writer_id, str) or not writer_id.strip()):
+            raise ValueError(f"writer_id must be a non-empty name, got {writer_id!r}")
+        if not (isinstance(writer_ttl_s, (int, float)) and 0 < writer_ttl_s < float("inf")):
+            raise ValueError(f"writer_ttl_s must be a number of seconds > 0, got {writer_ttl_s!r}")
+        if not isinstance(manifest_cache, int) or manifest_cache < 1:
+            raise ValueError(f"manifest_cache must be an integer >= 1 (manifests kept in memory), got {manifest_cache!r}")
+        self.writer_id = writer_id  # None: host:pid:token (every store of this process is the same writer)
+        self.writer_ttl_s = float(writer_ttl_s)
+        # begin() waits this long for another writer's lease to lapse (default: a crashed writer's whole ttl)
+        self.writer_wait_s = self.writer_ttl_s + 5.0 if writer_wait_s is None else float(writer_wait_s)
         self._fs = None
         self._root = ""
-        self._manifests: dict[int, Manifest] = {}
+        self._manifests = ManifestCache(manifest_cache)
+        self._writer = WriterLease(self)
 
     def __reduce__(self):
-        return (VersionStore, (self.url, self.storage_options))
+        kw = {"writer_id": self.writer_id, "writer_ttl_s": self.writer_ttl_s, "writer_wait_s": self.writer_wait_s,
+              "manifest_cache": self._manifests.max_entries}
+        return (_open_store, (self.url, self.storage_options, kw))
 
     def __repr__(self) -> str:
         return f"VersionStore({self.url!r})"
@@ -156,6 +231,14 @@ class VersionStore:
             else:
                 self.fs.pipe_file(path, data)
 
+    def _open_read(self, path: str):
+        """A file to read ``path`` from. memory:// hands every reader the same file object (one
+        shared position: concurrent readers would read each other's bytes), so there it is a copy."""
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
+        if "memory" in protocols:
+            return io.BytesIO(self.fs.cat_file(path))
+        return self.fs.open(path, "rb")
+
     def _read_small(self, path: str) -> bytes:
         with self._io(f"read {path}"):
             return self.fs.cat_file(path)
@@ -190,11 +273,17 @@ class VersionStore:
                 out.append(int(m.group(1)))
         return sorted(set(out))
 
+    @property
+    def manifest_cache_size(self) -> int:
+        """Manifests held in memory now (at most ``manifest_cache``, 256 by default: an LRU)."""
+        return len(self._manifests)
+
     def manifest(self, version: int) -> Manifest:
         """The manifest of a committed ``version``; NoSuchVersionError when it has none."""
         version = int(version)
-        if version in self._manifests:
-            return self._manifests[version]
+        cached = self._manifests.get(version)
+        if cached is not None:
+            return cached
         try:
             text = self._read_small(f"{self.vdir(version)}/{MANIFEST}")
         except FileNotFoundError:
@@ -372,7 +461,7 @@ class VersionStore:
             if size != info.bytes:
                 raise CorruptVersionError(version, info.name, f"has {size} bytes, the manifest says {info.bytes}")
             buf = bytearray(size)
-            with self.fs.open(path, "rb") as f:
+            with self._open_read(path) as f:
                 got = f.readinto(memoryview(buf)) if size else 0
             if got != size:
                 raise CorruptVersionError(version, info.name, f"read {got} of {size} bytes")
@@ -396,7 +485,7 @@ class VersionStore:
                     if not checksums:
                         continue
                     h = hashlib.sha256()
-                    with self.fs.open(path, "rb") as f:
+                    with self._open_read(path) as f:
                         while chunk := f.read(16 << 20):
                             h.update(chunk)
                     if h.hexdigest() != info.sha256:
@@ -531,23 +620,67 @@ class VersionStore:
         if not isinstance(step, (int, np.integer)) or step < 0:
             raise VersionWriteError(None, f"step must be an integer >= 0, got {step!r}")
         meta = as_json_value(dict(meta or {}), "begin(meta=...)")
-        taken = self._version_dirs()
-        latest = self.latest()
-        version = max(taken + ([latest] if latest is not None else []) + [0]) + 1
-        while True:  # locally, mkdir is an exclusive claim of the number; elsewhere one writer is assumed
+        if self._writer.epoch is None:
+            self.acquire_writer()  # waits up to writer_wait_s for another writer's lease to lapse
+        while True:
+            taken = self._version_dirs()
+            latest = self.latest()
+            floor = max(taken + ([latest] if latest is not None else []) + [0])
+            state = self._writer.update(lambda st: self._allocate(st, floor, parent))
+            self._writer.epoch, self._writer.renewed = int(state["epoch"]), time.time()
+            epoch, version = int(state["epoch"]), int(state["last_version"])
             path = self.vdir(version)
-            if self.local:
+            if self.local:  # mkdir: an exclusive claim even against a writer that predates the lease
                 os.makedirs(self.root, exist_ok=True)
                 try:
                     os.mkdir(path)
                 except FileExistsError:
-                    version += 1
+                    self._writer_done(version, epoch)
                     continue
             break
         began = {"version": version, "kind": kind, "parent": parent, "step": int(step), "meta": meta,
-                 "began_at": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
+                 "began_at": time.time(), "host": socket.gethostname(), "pid": os.getpid(), "epoch": epoch,
+                 "holder": self._writer.holder}
         self._write_small(f"{path}/{BEGUN}", json.dumps(began).encode())
-        return VersionWriter(self, version, kind, parent, int(step), meta)
+        return VersionWriter(self, version, kind, parent, int(step), meta, epoch)
+
+    def _allocate(self, state: dict | None, floor: int, parent: int | None) -> dict:
+        """(Inside the writer lease's compare-and-swap) take or renew the lease, then the next version
+        number, recorded as in flight."""
+        state = self._writer._take(state)
+        version = max(int(state.get("last_version", 0)), floor) + 1
+        writing = dict(state.get("writing", {}))
+        writing[str(version)] = parent
+        return {**state, "last_version": version, "writing": writing, "renewed_at": time.time(),
+                "expires_at": time.time() + self.writer_ttl_s}
+
+    def _writer_done(self, version: int, epoch: int) -> None:
+        """Drop ``version`` from the lease's in-flight list (committed or aborted)."""
+        def drop(state):
+            if state is None or str(version) not in state.get("writing", {}):
+                return None
+            writing = {k: p for k, p in state["writing"].items() if k != str(version)}
+            return {**state, "writing": writing}
+        self._writer.update(drop)
+
+    # ------------------------------------------------------------ writer lease
+    def acquire_writer(self, *, takeover: bool = False, wait_s: float | None = None) -> dict:
+        """Hold this store's writer lease (``begin()`` does it for you); returns the lease state.
+
+        Another holder's lease is waited for up to ``wait_s`` (default ``writer_wait_s``: a crashed
+        writer's lease lapses within ``writer_ttl_s``), then WriterFencedError names it.
+        ``takeover=True`` takes a live lease over at once (the operator knows the other writer is
+        gone): its epoch is bumped, so that writer's later commits are refused."""
+        return self._writer.acquire(takeover=takeover, wait_s=wait_s)
+
+    def release_writer(self) -> bool:
+        """Give up the writer lease now (it is also released at interpreter exit); False when not held."""
+        return self._writer.release()
+
+    def writer_state(self) -> dict | None:
+        """The store's writer lease (``WRITER.json``) plus ``live``; None when no writer ever held it."""
+        state, _ = self._writer.read()
+        return None if state is None else {**state, "live": is_live(state)}
 
     def part_writer(self, version: int) -> "PartWriter":
         """A picklable writer of ``version``'s parts (begun, not committed) for another process."""
@@ -564,20 +697,44 @@ class VersionStore:
         self._manifests.pop(int(version), None)
 
     def gc(self, keep: int = 5, grace_s: float = 3600.0, lease_skew_s: float = LEASE_SKEW_S) -> dict[str, list[int]]:
-        """Keep the newest ``keep`` committed versions, LATEST, PUBLISHED, PINNED, every version a serving
-        lease names (unexpired, or expired less than ``lease_skew_s`` ago: clocks differ between hosts)
-        and the chains they need; delete the other committed versions and uncommitted directories older
-        than ``grace_s``.
+        """Delete what no one needs; never a version that is, or may still become, committed.
 
-        Returns ``{"removed": [...], "kept": [...], "removed_uncommitted": [...]}``.
+        Kept: the newest ``keep`` committed versions, LATEST, PUBLISHED, PINNED, every version a serving
+        lease names (unexpired, or expired less than ``lease_skew_s`` ago: clocks differ between hosts),
+        the parent of every version the writer is writing, and the chains all of these need.
+
+        Uncommitted directories are judged from the **writer's state** (``WRITER.json``, read after
+        the directories were listed): a version the live writer lists as in flight is never removed;
+        one whose manifest appeared meanwhile is committed and kept. The in-flight versions of a writer
+        whose lease lapsed are removed only after gc has taken its lease over (the epoch is bumped, so
+        that writer's commit is refused), then released. Other uncommitted directories (aborted,
+        or of a fenced writer) go once older than ``grace_s``. Temporary files of failed writes
+        (``*.tmp-*`` older than a minute) go too.
+
+        Returns ``{"removed": [...], "kept": [...], "removed_uncommitted": [...], "removed_temp": [...]}``.
         """
-        if not isinstance(keep, int) or keep < 1:
+        if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
             raise ValueError(f"gc keep must be an integer >= 1, got {keep!r}")
+        listed = self._version_dirs()  # BEFORE the writer's state: what is listed was begun before it is read
         committed = self.versions()
+        writer, in_flight = self._in_flight()
+        if writer is not None and not self._writer_live(writer) and writer.get("writing"):
+            with contextlib.suppress(WriterFencedError):  # fence the lapsed writer before touching its versions
+                self._writer.acquire(wait_s=0)
+                self.release_writer()
+            writer, in_flight = self._in_flight()
+        done = set(in_flight) & set(committed)  # committed, but its writer could not say so (a store error)
+        if done:
+            with contextlib.suppress(StoreError):
+                self._writer.update(lambda st: None if st is None else {
+                    **st, "writing": {k: p for k, p in st.get("writing", {}).items() if int(k) not in done}})
+            in_flight = {v: p for v, p in in_flight.items() if v not in done}
         latest = self.latest()
         t = time.time()
         leased = {lease.version for lease in self.leases(include_expired=True) if t < lease.expires_at + lease_skew_s}
-        serving = ({self.published(), self.pinned()} | leased) & set(committed)  # served, or rolled back to
+        parents = {p for p in in_flight.values() if p is not None}
+        committed_set = set(committed)
+        serving = ({self.published(), self.pinned()} | leased | parents) & committed_set
         wanted = set(committed[-keep:]) | ({latest} if latest is not None else set()) | serving
         needed = set()
         for v in wanted:
@@ -586,28 +743,78 @@ class VersionStore:
             except CorruptVersionError:
                 needed.add(v)  # keep what is there; verify reports the gap
         removed = [v for v in committed if v not in needed]
-        for v in removed:
-            self.remove_version(v)
+        for v in reversed(removed):  # newest first: a delta goes before its base, so a version a reader
+            self.remove_version(v)   # can still see always has its whole chain
         stale = []
-        committed_set = set(committed)
-        for v in self._version_dirs():
-            if v in committed_set:
+        for v in listed:
+            if v in committed_set or v in in_flight:
                 continue
+            with self._io(f"list {self.vdir(v)}"):
+                self.fs.invalidate_cache(self.vdir(v))
+            if self._exists(f"{self.vdir(v)}/{MANIFEST}"):
+                continue  # committed while gc ran
             began = self._began_at(v)
             if began is None or time.time() - began > grace_s:
                 self.remove_version(v)
                 stale.append(v)
-        return {"removed": removed, "kept": sorted(needed), "removed_uncommitted": stale}
+        temp = []
+        with contextlib.suppress(OSError, StoreError):
+            temp = self.clean_temp_files([self.root, f"{self.root}/{LEASES}",
+                                          *(self.vdir(v) for v in self._version_dirs())])
+        return {"removed": removed, "kept": sorted(needed), "removed_uncommitted": stale, "removed_temp": temp}
+
+    def _in_flight(self) -> tuple[dict | None, dict[int, int | None]]:
+        """The writer's state and, when its lease is live, the versions it is writing -> their parents."""
+        writer, _ = self._writer.read()
+        if not self._writer_live(writer):
+            return writer, {}
+        return writer, {int(k): (None if p is None else int(p)) for k, p in writer.get("writing", {}).items()}
+
+    def _writer_live(self, writer: dict | None) -> bool:
+        """A live lease, or one held by this very process (alive, whatever its clock says)."""
+        if writer is not None and writer.get("holder") == self._writer.holder and not writer.get("released"):
+            return True
+        return is_live(writer)
+
+    def clean_temp_files(self, folders: Sequence[str], older_than_s: float = TMP_GRACE_S) -> list[str]:
+        """Remove the temporary files (``*.tmp-*``) of failed writes in ``folders`` (a version folder:
+        recursively) that are older than ``older_than_s``. Only a local store has any: elsewhere a write
+        is one PUT. Returns the paths removed."""
+        if not self.local:
+            return []
+        out, cutoff = [], time.time() - older_than_s
+        for folder in folders:
+            if not os.path.isdir(folder):
+                continue
+            if _VDIR.match(os.path.basename(folder.rstrip("/"))):
+                names = [os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs]
+            else:
+                names = [os.path.join(folder, f) for f in os.listdir(folder)]
+            for path in names:
+                if ".tmp-" not in os.path.basename(path):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if os.path.getmtime(path) < cutoff:
+                        os.remove(path)
+                        out.append(path)
+        return sorted(out)
 
     def _began_at(self, version: int) -> float | None:
         for name, key in ((ABORTED, "aborted_at"), (BEGUN, "began_at")):
             with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError):
                 return float(json.loads(self._read_small(f"{self.vdir(version)}/{name}"))[key])
-        with contextlib.suppress(Exception):  # no marker (a crash right after mkdir): the directory's time
+        times = []  # no marker (a crash right after mkdir, or a late part write): its newest file's time
+        with contextlib.suppress(Exception):
+            for info in self.fs.find(self.vdir(version), detail=True, withdirs=True).values():
+                t = info.get("mtime") or info.get("LastModified") or info.get("created")
+                if t is not None:
+                    times.append(float(t.timestamp() if hasattr(t, "timestamp") else t))
+        with contextlib.suppress(Exception):
             info = self.fs.info(self.vdir(version))
             t = info.get("mtime") or info.get("LastModified") or info.get("created")
-            return float(t.timestamp() if hasattr(t, "timestamp") else t)
-        return None
+            if t is not None:
+                times.append(float(t.timestamp() if hasattr(t, "timestamp") else t))
+        return max(times) if times else None
 
     def compact(self, version: int, step: int | None = None, extra: Mapping | None = None) -> Manifest:
         """Write a new full version equal to materialising ``version`` (same content, digest, ledger, step).
@@ -649,8 +856,10 @@ class VersionWriter:
     """Writes one version: ``write_part`` (or ``part_writer()`` in other processes), then ``commit``
     or ``abort``."""
 
-    def __init__(self, store: VersionStore, version: int, kind: str, parent: int | None, step: int, meta: dict):
+    def __init__(self, store: VersionStore, version: int, kind: str, parent: int | None, step: int, meta: dict,
+                 epoch: int | None = None):
         self.store, self.version, self.kind, self.parent, self.step, self.meta = store, version, kind, parent, step, meta
+        self.epoch = epoch  # the writer lease's epoch this version began under: commit needs it still current
         self.done = False
 
     def part_writer(self) -> "PartWriter":
@@ -697,6 +906,8 @@ class VersionWriter:
                 try:
                     size = store.fs.size(path)
                 except FileNotFoundError:
+                    if self.epoch is not None:
+                        store._writer.check(self.epoch, v)  # a fenced writer's parts may be gc'd: say fenced
                     raise VersionWriteError(v, f"part {p.name!r} was not written (no {path})") from None
             if size != p.bytes:
                 raise VersionWriteError(v, f"part {p.name!r} has {size} bytes on storage, {p.bytes} were written")
@@ -706,6 +917,8 @@ class VersionWriter:
             except NoSuchVersionError:
                 raise VersionWriteError(v, f"its parent {self.parent} is no longer committed (gc?)") from None
         ledger = as_json_value(dict(ledger or {}), "ledger")
+        if self.epoch is not None:  # fencing: refused if another writer took the store over since begin()
+            store._writer.check(self.epoch, v)
         t, iso = now()
         manifest = Manifest(
             version=v, parent=self.parent, kind=self.kind, step=self.step, committed_at=t, committed_at_iso=iso,
@@ -723,6 +936,10 @@ class VersionWriter:
         with contextlib.suppress(Exception):
             store.fs.rm_file(f"{store.vdir(v)}/{BEGUN}")
         store._manifests[v] = manifest
+        with contextlib.suppress(FileNotFoundError, StoreError):  # after the manifest: the version is committed
+            store._writer_done(v, self.epoch)
+        with contextlib.suppress(OSError, StoreError):
+            store.clean_temp_files([store.root, f"{store.root}/{LEASES}", store.vdir(v)])
         return manifest
 
     def abort(self) -> None:
@@ -735,6 +952,8 @@ class VersionWriter:
         store = self.store
         store.remove_version(self.version)
         store._write_small(f"{store.vdir(self.version)}/{ABORTED}", json.dumps({"aborted_at": time.time()}).encode())
+        with contextlib.suppress(FileNotFoundError, StoreError):
+            store._writer_done(self.version, self.epoch)
 
 
 class PartWriter:

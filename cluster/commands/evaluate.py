@@ -32,7 +32,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from trainer.data import Validator, expand_inputs, load_spec, read_data_file
     from trainer.metrics import auc, log_loss
     from trainer.versioning import load_trainer
-    from versions import VersionError
+    from versions import StoreError
 
     store = args.store or str(args.run_dir / "versions")
     try:
@@ -44,7 +44,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     try:
         spec = load_spec(args.spec) if args.spec else None
         trainer, manifest = load_trainer(store, args.version, spec)
-    except (ConfigError, VersionError, ValueError) as exc:
+    except (ConfigError, StoreError, ValueError) as exc:
         raise UserError(f"cannot load a model version from {store}: {exc}") from exc
     v = Validator(trainer.spec)
     rows, labels, scores = [], [], []

@@ -11,8 +11,10 @@ RayService alike, with nothing but access to the store.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import time
 
 from cluster.commands.argtypes import positive_int as _positive
 from cluster.errors import UserError
@@ -89,14 +91,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     _store_args(verify)
     verify.set_defaults(func=_verify)
 
-    gc = ssub.add_parser("gc", help="delete old versions, keeping the newest N and every version their chains need")
+    gc = ssub.add_parser("gc", help="delete old versions, keeping the newest N and every version their chains need",
+                         description="Keeps the newest N committed versions, LATEST, PUBLISHED, PINNED, every "
+                                     "version a serving lease names and the chains they need; never removes a "
+                                     "version the writer is still writing (its writer lease lists it). Safe while "
+                                     "training and serving run; see docs/versions.md.")
     gc.add_argument("--keep", type=_positive, default=5, metavar="N", help="committed versions to keep (default 5)")
     gc.add_argument("--grace-s", type=_seconds, default=3600.0, metavar="S",
                     help="uncommitted directories older than this are removed (default 3600)")
     _store_args(gc)
     gc.set_defaults(func=_gc)
 
-    status = ssub.add_parser("status", help="what serving follows: PINNED, PUBLISHED, LATEST and the gate's last decisions")
+    status = ssub.add_parser("status", help="what serving follows (PINNED, PUBLISHED, LATEST, the gate's last "
+                                             "decisions), who serves what (serving leases) and who writes",
+                             description="PINNED, PUBLISHED, LATEST and the versions held back since the last "
+                                         "published one; every serving lease (replica, table shard, search: the "
+                                         "version it serves, expired ones marked) and the writer lease.")
     _store_args(status)
     status.set_defaults(func=_status)
 
@@ -252,7 +262,8 @@ def _do_gc(args, store) -> int:
         print(json.dumps(result))
     else:
         print(f"removed versions {result['removed'] or 'none'}; kept {result['kept']}; "
-              f"removed uncommitted {result['removed_uncommitted'] or 'none'}")
+              f"removed uncommitted {result['removed_uncommitted'] or 'none'}; "
+              f"removed {len(result.get('removed_temp', []))} temporary files of failed writes")
     return 0
 
 
@@ -270,6 +281,14 @@ def _do_status(args, store) -> int:
         if d and d.get("decision") == "hold":
             held.append({"version": v, "code": d.get("code"), "reason": d.get("reason")})
     state["held_since_published"] = held[::-1]
+    now = time.time()
+    state["leases"] = [{**dataclasses.asdict(lease), "expired": lease.expired(now),
+                        "expires_in_s": round(lease.expires_at - now, 1)}
+                       for lease in store.leases(include_expired=True)]
+    writer = store.writer_state()
+    state["writer"] = None if writer is None else {
+        k: writer.get(k) for k in ("holder", "host", "pid", "epoch", "live", "expires_at", "last_version")} | {
+        "writing": sorted(int(v) for v in writer.get("writing", {}))}
     if args.json:
         print(json.dumps(state))
         return 0
@@ -279,6 +298,21 @@ def _do_status(args, store) -> int:
         print(f"  {name.upper():9} {state[name] if state[name] is not None else '-'}")
     for h in state["held_since_published"]:
         print(f"  held back: version {h['version']} ({h['code']}): {h['reason']}")
+    if state["leases"]:
+        print(f"serving leases ({sum(not x['expired'] for x in state['leases'])} live):")
+        print(f"  {'holder':32} {'role':11} {'version':>7} {'host':20} lease")
+        for x in state["leases"]:
+            when = (f"EXPIRED {-x['expires_in_s']:.0f} s ago" if x["expired"]
+                    else f"expires in {x['expires_in_s']:.0f} s")
+            print(f"  {x['holder']:32} {x['role']:11} {x['version']:>7} {x['host']:20} {when}")
+    else:
+        print("serving leases: none (no replica, table shard or search replica records what it serves)")
+    w = state["writer"]
+    if w is None:
+        print("writer: none has written with a lease")
+    else:
+        print(f"writer: {w['holder']} (host {w['host']}, pid {w['pid']}, epoch {w['epoch']}, "
+              f"{'live' if w['live'] else 'lease lapsed or released'}; writing {w['writing'] or 'nothing'})")
     return 0
 
 

@@ -11,8 +11,8 @@ import pytest
 @pytest.fixture(scope="module")
 def s3_server():
     try:
-        from moto.server import ThreadedMotoServer
         import s3fs  # noqa: F401
+        from moto.server import ThreadedMotoServer
     except ImportError as exc:
         pytest.skip(f"moto[server] and s3fs are needed for the S3 tests ({exc}); pip install -r requirements-dev.txt")
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

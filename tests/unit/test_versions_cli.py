@@ -106,3 +106,27 @@ def test_bench_snapshot_runs_small(capsys):
     for key in ("delta_over_full", "pause_ms", "restore_s", "bytes_per_row"):
         assert result[key] > 0
     assert result["bytes_per_row_by_kind"]["rows"] == 128
+
+
+def test_status_lists_who_serves_what_and_who_writes(run_dir, capsys):
+    import time
+
+    store = VersionStore(run_dir / "versions")
+    store.renew_lease("replica-0@pod-a", 2, ttl_s=60, role="replica")
+    store.renew_lease("shard-1@pod-b", 1, ttl_s=0.01, role="table-shard")
+    time.sleep(0.05)
+    code, out, _ = run(capsys, "snapshots", "status", "--run-dir", str(run_dir), "--json")
+    state = json.loads(out)
+    assert code == 0
+    leases = {x["holder"]: x for x in state["leases"]}
+    assert leases["replica-0@pod-a"]["version"] == 2 and not leases["replica-0@pod-a"]["expired"]
+    assert leases["shard-1@pod-b"]["expired"] and leases["shard-1@pod-b"]["role"] == "table-shard"
+    assert state["writer"]["epoch"] == 1 and state["writer"]["live"] and state["writer"]["last_version"] == 2
+    code, out, _ = run(capsys, "snapshots", "status", "--run-dir", str(run_dir))
+    assert code == 0 and "serving leases (1 live)" in out
+    line = next(x for x in out.splitlines() if "shard-1@pod-b" in x)
+    assert "EXPIRED" in line and "table-shard" in line
+    assert "expires in" in next(x for x in out.splitlines() if "replica-0@pod-a" in x)
+    assert "writer:" in out and "epoch 1" in out
+    code, out, _ = run(capsys, "snapshots", "gc", "--keep", "1", "--run-dir", str(run_dir), "--json")
+    assert code == 0 and json.loads(out)["kept"] == [1, 2]  # version 1: the base of 2, leased too

@@ -69,6 +69,8 @@ def test_s3_round_trip_delta_chain_verify_and_gc(s3_store):
     with pytest.raises(CorruptVersionError, match="checksum"):
         VersionStore(store.url, store.storage_options).read_part(1, "ps/shard-0/user")
     assert VersionStore(store.url, store.storage_options).latest_valid() is None
+    assert fresh.gc(keep=1, grace_s=0)["removed_uncommitted"] == []  # in flight for the live writer
+    store.release_writer()  # the writer stops (as if it crashed): its unfinished version can never commit now
     assert fresh.gc(keep=1, grace_s=0)["removed_uncommitted"] == [unfinished.version]
 
 

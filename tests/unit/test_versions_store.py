@@ -103,7 +103,7 @@ def test_a_delta_needs_a_committed_parent_and_commit_checks_its_parts(store):
 def test_an_uncommitted_version_is_invisible_and_gc_removes_it_after_the_grace(store):
     commit_full(store)
     w = store.begin("delta", parent=1, step=11)
-    w.write_part("ps/shard-0/user", table([1], 5.0), KEYED)  # a writer that never commits
+    info = w.write_part("ps/shard-0/user", table([1], 5.0), KEYED)  # a writer that never commits
     assert store.versions() == [1] and store.latest() == 1
     with pytest.raises(NoSuchVersionError, match=r"committed versions: \[1\]"):
         store.manifest(w.version)
@@ -112,8 +112,14 @@ def test_an_uncommitted_version_is_invisible_and_gc_removes_it_after_the_grace(s
     assert w3.version == 3
     w3.abort()  # an aborted number is not reused before gc: a late part write of 3 cannot land in a new 3
     assert store.begin("full").version == 4 and store.versions() == [1]
-    assert store.gc(keep=5, grace_s=0)["removed_uncommitted"] == [2, 3, 4]
+    # 2 and 4 are in flight for the live writer (its lease lists them): kept whatever the grace
+    assert store.gc(keep=5, grace_s=0)["removed_uncommitted"] == [3]
+    assert store._version_dirs() == [1, 2, 4]
+    store.release_writer()  # the writer is gone (a crash: its lease lapses): nothing of it can commit now
+    assert store.gc(keep=5, grace_s=0)["removed_uncommitted"] == [2, 4]
     assert store._version_dirs() == [1]
+    with pytest.raises(VersionWriteError, match="fenced"):
+        w.commit([info])
 
 
 def test_abort_removes_the_parts(store):
@@ -129,6 +135,7 @@ def test_a_writer_killed_mid_write_leaves_nothing_visible(tmp_path):
     """A real process writing a big part is killed with SIGKILL; readers see only version 1."""
     store = VersionStore(tmp_path / "v")
     commit_full(store)
+    store.release_writer()  # this process stops writing: the child is the writer now
     script = textwrap.dedent(f"""
         import numpy as np, sys
         from versions import VersionStore
@@ -209,7 +216,7 @@ def test_gc_keeps_every_base_and_delta_a_kept_version_needs(store):
     commit_delta(store, 2, [5], 2.0)                   # 3
     commit_full(store, ids=[9])                        # 4
     commit_delta(store, 4, [6], 2.0)                   # 5
-    assert store.gc(keep=3) == {"removed": [], "kept": [1, 2, 3, 4, 5], "removed_uncommitted": []}
+    assert store.gc(keep=3) == {"removed": [], "kept": [1, 2, 3, 4, 5], "removed_uncommitted": [], "removed_temp": []}
     assert store.gc(keep=2)["removed"] == [1, 2, 3]
     assert store.versions() == [4, 5] and store.materialize(5, table_parts("user"))["ids"].tolist() == [6, 9]
     with pytest.raises(ValueError, match="keep"):
@@ -337,7 +344,7 @@ def test_transient_store_errors_are_unavailable_not_corrupt(store, monkeypatch):
                 PermissionError("503 SlowDown")):
         def fail(*a, exc=exc, **k):
             raise exc
-        for name in ("cat_file", "open"):
+        for name in ("cat_file", "size", "open" if store.local else "cat_file"):  # memory:// reads by cat_file
             with monkeypatch.context() as m:
                 m.setattr(fs, name, fail)
                 with pytest.raises(StoreUnavailableError) as err:
@@ -348,3 +355,50 @@ def test_transient_store_errors_are_unavailable_not_corrupt(store, monkeypatch):
     store._write_small(f"{store.vdir(1)}/{MANIFEST}", b'{"version": 1, "kind": ')  # a torn manifest
     with pytest.raises(CorruptVersionError, match="MANIFEST.json"):
         VersionStore(store.url).manifest(1)
+
+
+def test_the_manifest_cache_is_bounded_while_reading_2000_manifests(tmp_path):
+    """An LRU of a few hundred manifests, whatever a long-lived reader reads (a replica over days)."""
+    from versions.manifest import PartInfo
+
+    store = VersionStore(f"memory://versions-{uuid.uuid4().hex[:8]}", manifest_cache=300)
+    part = PartInfo(name="dense", sha256="0" * 64, bytes=1, rows=0, meta={})
+    for v in range(1, 2001):  # 2,000 committed manifests, written directly (no parts needed to read them)
+        m = Manifest(version=v, parent=None, kind="full", step=v, committed_at=0.0, committed_at_iso="", ledger={},
+                     data_files=(), rows=0, bytes=1, model_digest="", parts=(part,))
+        store._write_small(f"{store.vdir(v)}/{MANIFEST}", m.to_json().encode())
+    sizes = []
+    for v in range(1, 2001):
+        assert store.manifest(v).step == v
+        sizes.append(store.manifest_cache_size)
+    assert max(sizes) == 300 and store.manifest_cache_size == 300
+    assert store.manifest(2000) is store.manifest(2000)  # recent ones are served from the cache
+    assert store.manifest(1).version == 1  # an evicted one is read again
+    assert VersionStore(store.url).manifest_cache_size == 0
+    assert len(store.list()) == 2000 and store.manifest_cache_size == 300
+    with pytest.raises(ValueError, match="manifest_cache"):
+        VersionStore(store.url, manifest_cache=0)
+
+
+def test_temp_files_of_failed_writes_are_cleaned_by_the_next_commit_and_by_gc(tmp_path):
+    store = VersionStore(tmp_path / "v")
+    commit_full(store)
+    root = tmp_path / "v"
+    (root / "leases").mkdir()
+    old = [root / "PUBLISHED.tmp-0123456789ab", root / "leases" / "r.json.tmp-0123456789ab",
+           root / "v00000001" / "ps" / "shard-0" / "user.part.tmp-0123456789ab"]
+    fresh = root / "LATEST.tmp-ba9876543210"  # a write in progress right now (another process): kept
+    for p in old + [fresh]:
+        p.write_bytes(b"partial")
+    for p in old:
+        os.utime(p, (time.time() - 3600, time.time() - 3600))
+    w = store.begin("full")  # the next commit: the store's root, leases/ and its own version folder
+    old.append(type(root)(store.vdir(w.version)) / "dense.part.tmp-0123456789ab")
+    old[-1].parent.mkdir(parents=True, exist_ok=True)
+    old[-1].write_bytes(b"partial")
+    os.utime(old[-1], (time.time() - 3600, time.time() - 3600))
+    w.commit([w.write_part("dense", {"w": np.zeros(2)})])
+    assert [p.exists() for p in old] == [False, False, True, False] and fresh.exists()
+    result = store.gc(keep=5)  # gc: every version folder
+    assert result["removed_temp"] == [str(old[2])] and not old[2].exists() and fresh.exists()
+    assert store.verify_chain(1) == [] and store.verify_chain(2) == []
