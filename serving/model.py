@@ -169,7 +169,7 @@ class ServableModel:
 def ps_config_of(store: VersionStore, version: int):
     """The parameter-server configuration (tables, seed, admission) a version was trained with."""
     setup = ModelSetup.from_manifest(store.manifest(version))
-    return ps_config_for(setup.spec, setup.train_cfg, setup.ps)
+    return ps_config_for(setup.spec, setup.train_cfg, setup.ps, model=setup.model_cfg)
 
 
 def load_model(store: VersionStore, version: int, catalogue: ItemCatalogue | None = None,
@@ -186,7 +186,7 @@ def load_model(store: VersionStore, version: int, catalogue: ItemCatalogue | Non
     setup = ModelSetup.from_manifest(m)
     if previous is not None and previous.setup.spec_yaml == setup.spec_yaml:
         setup = dataclasses.replace(setup, spec=previous.setup.spec)
-    ps_cfg = ps_config_for(setup.spec, setup.train_cfg, setup.ps)
+    ps_cfg = ps_config_for(setup.spec, setup.train_cfg, setup.ps, model=setup.model_cfg)
     remote_names = set(remote.names) if remote is not None else set()
     arrays = _tables(store, chain, ps_cfg, previous, remote_names)
     opened = None
