@@ -18,7 +18,8 @@ collection (``arch: torchrec_dlrm`` / ``torchrec_dlrm_dcn``)::
 
 With ``model.wide`` (Wide&Deep / DeepFM's first-order part) the collection also holds one wide table
 per sparse feature (``<feature>__wide``, rows of 4 floats: FBGEMM's smallest) and the logit gains
-``sum_f w_f[id]`` (column 0 of each pooled wide row; the other columns get no gradient and stay 0).
+``sum_f w_f[id]`` (column 0 of each pooled wide row; the other columns get no gradient and stay 0)
+plus a linear term of the normalised dense features (a dense parameter, zero at start).
 """
 
 from __future__ import annotations
@@ -107,6 +108,10 @@ class DLRM(nn.Module):
             width = b + n * (n - 1) // 2
         self.top = mlp(cfg.top_mlp, width)
         self.head = nn.Linear(cfg.top_mlp[-1] if cfg.top_mlp else width, 1)
+        # the wide part's dense term: the normalised dense features, linearly (Wide&Deep's wide part sees them too)
+        self.wide_dense = nn.Linear(max(dense_dim, 1), 1, bias=False) if cfg.wide else None
+        if self.wide_dense is not None:
+            nn.init.zeros_(self.wide_dense.weight)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         """Logits [B] from normalised ``dense`` [B, max(d, 1)] and the sparse features ``sparse``."""
@@ -123,8 +128,9 @@ class DLRM(nn.Module):
             gram = torch.bmm(z, z.transpose(1, 2))
             x = torch.cat([b, gram[:, self._tri[0], self._tri[1]]], dim=1)
         logit = self.head(self.top(x)).squeeze(1)
-        if self.wide_keys:  # first order: sum_f w_f(id), one weight per id (column 0 of the wide rows)
-            logit = logit + torch.stack([emb[k][:, 0] for k in self.wide_keys], dim=1).sum(dim=1)
+        if self.wide_dense is not None:  # first order: sum_f w_f[id] (column 0 of the wide rows) + <v, dense>
+            wide = torch.stack([emb[k][:, 0] for k in self.wide_keys], dim=1).sum(dim=1)
+            logit = logit + wide + self.wide_dense(dense).squeeze(1)
         return logit
 
     @staticmethod
