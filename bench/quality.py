@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> dict:
     try:
         train = TrainConfig(batch_size=pick("batch_size"), sparse_lr=pick("sparse_lr"), dense_lr=pick("dense_lr"),
                             init_scale=pick("init_scale"), seed=args.seed, epochs_full_retrain=pick("epochs"), **extra)
-        model = ModelConfig(interaction=args.interaction, bottom_mlp=(args.embedding_dim or 16,),
+        model = ModelConfig(interaction=args.interaction, bottom_mlp=((args.embedding_dim or 16) if args.interaction == "dot" else 16,),
                             **({} if args.wide is None else {"wide": args.wide}))
         lr = FTRLConfig(alpha=pick("lr_alpha"), beta=args.lr_beta, l1=pick("lr_l1"), l2=args.lr_l2,
                         batch_size=args.lr_batch_size, bits=args.lr_bits, seed=args.seed) if args.lr else None

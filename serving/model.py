@@ -33,7 +33,7 @@ from serving.ann import AnnItemIndex, AnnOptions
 from serving.retrieval import ItemIndex
 from serving.tables import FrozenTable, FrozenTables
 from trainer.backends import ps_config_for
-from trainer.config import ModelConfig, PSOptions, Strategy, TrainConfig, model_config_from_dict
+from trainer.config import ModelConfig, PSOptions, Strategy, TrainConfig, model_config_of_version
 from trainer.core import TrainerCore
 from trainer.data.spec import spec_from_dict
 from versions import VersionStore, table_parts
@@ -88,7 +88,7 @@ class ModelSetup:
                                    "not written by freshrec's trainer and cannot be served")
         spec = spec_from_dict(yaml.safe_load(extra["spec_yaml"]), where=f"version {m.version} spec")
         cfg = extra.get("config") or {}
-        model_cfg = model_config_from_dict(dict(cfg.get("model") or {}))
+        model_cfg = model_config_of_version(cfg.get("model"))
         train = dict(cfg.get("train") or {})
         train_cfg = TrainConfig.from_dict(train).replace(strategy=Strategy.ONLINE)  # serving never trains
         ps = PSOptions.from_dict(dict(cfg.get("ps") or {}))

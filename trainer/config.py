@@ -41,7 +41,8 @@ class ModelConfig:
     (DLRM pairwise dot products; every embedding dim must equal ``bottom_mlp[-1]``).
     ``dcn_rank``: 0 for full-rank cross weights, else the low-rank factor (DCN-Mix style U V^T).
     ``wide``: a first-order part (Wide&Deep / DeepFM): one weight per id of every sparse feature, the
-    pooled weights summed into the logit. The weights are PS tables like the others (``<feature>__wide``,
+    pooled weights summed into the logit, plus a linear term of the dense features. Default: on for
+    ``arch: dlrm`` (it helped on every shared log, docs/benchmarks.md "Quality"), off for TorchRec's archs. The weights are PS tables like the others (``<feature>__wide``,
     FBGEMM row-wise Adagrad, versioned and served alike); FBGEMM's smallest row is 4 floats, so the
     weight is column 0 of a 4-wide row whose other columns stay 0 (zero init, zero gradient).
     """
@@ -52,9 +53,11 @@ class ModelConfig:
     dcn_rank: int = 0
     bottom_mlp: tuple[int, ...] = (16,)
     top_mlp: tuple[int, ...] = (64, 32)
-    wide: bool = False
+    wide: bool | None = None  # None: on for arch dlrm (measured to help, docs/benchmarks.md), off for TorchRec's
 
     def __post_init__(self) -> None:
+        if self.wide is None:
+            object.__setattr__(self, "wide", self.arch == "dlrm")
         object.__setattr__(self, "bottom_mlp", tuple(self.bottom_mlp))
         object.__setattr__(self, "top_mlp", tuple(self.top_mlp))
         if self.arch not in ARCHS:
@@ -161,6 +164,18 @@ def model_config_from_dict(raw: dict[str, Any]) -> ModelConfig:
     """Build from a YAML mapping (``model:`` section), refusing unknown keys."""
     check_keys(ModelConfig, raw, "model")
     return ModelConfig(**raw)
+
+
+def model_config_of_version(raw: dict[str, Any] | None) -> ModelConfig:
+    """The model config a stored version was trained with (its manifest's ``config.model``). A version
+    written before ``model.wide`` existed has no such key and no wide tables: it loads with wide false.
+
+    >>> model_config_of_version({"arch": "dlrm"}).wide, model_config_of_version({"wide": True}).wide
+    (False, True)
+    """
+    raw = dict(raw or {})
+    raw.setdefault("wide", False)
+    return model_config_from_dict(raw)
 
 
 @dataclasses.dataclass(frozen=True)

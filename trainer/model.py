@@ -83,12 +83,7 @@ class DLRM(nn.Module):
         keys = getattr(embedding_bag_collection, "output_keys", [f for _, f in pairs])
         # wide (first-order) tables: their pooled column 0 is summed into the logit; the others are the deep part
         self.wide_keys = tuple(k for (t, _), k in zip(pairs, keys) if t.name.endswith(WIDE_SUFFIX))
-        if self.wide_keys and not cfg.wide:
-            raise ConfigError(f"the embedding collection holds wide tables {list(self.wide_keys)} but model.wide is "
-                              "false: build it with tables_for_spec(spec, wide=cfg.wide)")
-        if cfg.wide and not self.wide_keys:
-            raise ConfigError("model.wide is true but the embedding collection holds no <feature>__wide table: "
-                              "build it with tables_for_spec(spec, wide=True)")
+        # the collection decides: build_model gives it the wide tables when model.wide is on
         tables = {k: t.embedding_dim for (t, _), k in zip(pairs, keys) if not t.name.endswith(WIDE_SUFFIX)}
         self.tables = tuple(tables)
         self.dims = tuple(tables.values())
@@ -109,7 +104,7 @@ class DLRM(nn.Module):
         self.top = mlp(cfg.top_mlp, width)
         self.head = nn.Linear(cfg.top_mlp[-1] if cfg.top_mlp else width, 1)
         # the wide part's dense term: the normalised dense features, linearly (Wide&Deep's wide part sees them too)
-        self.wide_dense = nn.Linear(max(dense_dim, 1), 1, bias=False) if cfg.wide else None
+        self.wide_dense = nn.Linear(max(dense_dim, 1), 1, bias=False) if self.wide_keys else None
         if self.wide_dense is not None:
             nn.init.zeros_(self.wide_dense.weight)
 

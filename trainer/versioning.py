@@ -268,7 +268,7 @@ def load_trainer(store_url: str, version: int | None = None, spec=None, storage_
     Returns (trainer, manifest)."""
     import yaml
 
-    from trainer.config import ModelConfig, PSOptions, TrainConfig, model_config_from_dict
+    from trainer.config import PSOptions, TrainConfig, model_config_of_version
     from trainer.data.spec import spec_from_dict
     from trainer.local import LocalTrainer
     from versions import NoSuchVersionError
@@ -285,7 +285,7 @@ def load_trainer(store_url: str, version: int | None = None, spec=None, storage_
         if "spec_yaml" not in extra:
             raise ValueError(f"version {version} does not carry its feature spec: pass the spec explicitly")
         spec = spec_from_dict(yaml.safe_load(extra["spec_yaml"]), where=f"the spec of version {version}")
-    model_cfg = model_config_from_dict(config["model"]) if "model" in config else ModelConfig()
+    model_cfg = model_config_of_version(config.get("model"))
     train_cfg = TrainConfig.from_dict(config["train"]) if "train" in config else TrainConfig()
     ps = PSOptions.from_dict(config["ps"]) if "ps" in config else PSOptions()
     trainer = LocalTrainer(spec, model_cfg, train_cfg, ps)

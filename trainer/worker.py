@@ -67,10 +67,18 @@ def _train(config: dict, rank: int, world: int, spec, client) -> None:
                                barrier=barrier, broadcast=broadcast, publish=config.get("publish"))
         keeper.restore(reread=lambda name: _reread(name, history, incoming, spec))
     files = 0
+    extra_epochs = config["train_cfg"].history_epochs > 1
+    history_batches: list = []  # train.history_epochs: the history files of this run, for the extra passes
     for ref in _followed(rank, broadcast, history, incoming, core.ledger, config, paths):
+        from_history = extra_epochs and _is_under(ref, history)
+        if history_batches and not from_history:  # the history is done: its extra passes, then a version
+            _history_passes(core, history_batches, keeper)
+            history_batches = []
         picked_up_at = time.time()  # rank 0: the data file has landed and was taken (freshness starts)
         batch = read_data_file(ref, validator)
         report = check_file_report(validator.last_file, config.get("max_dead_share", spec.max_dead_share))
+        if from_history:
+            history_batches.append(core.with_features(batch))  # its features as the progressive pass sees them
         metrics = core.step_file(batch, ref, rows_read=report.rows_in, complete=report.complete)
         files += 1
         if rank == 0:
@@ -90,7 +98,10 @@ def _train(config: dict, rank: int, world: int, spec, client) -> None:
         if keeper is not None:
             keeper.after_file(force=bool(stop), picked_up_at=picked_up_at if rank == 0 else None)
         if stop:
+            history_batches = []  # stopped: the extra passes are not started (a restart does not redo them)
             break
+    if history_batches:  # a run of history only (`freshrec train --data`)
+        _history_passes(core, history_batches, keeper)
     dead.close()
     if keeper is not None:
         keeper.finish()
@@ -113,6 +124,25 @@ def _followed(rank: int, broadcast, history, incoming, ledger, config: dict, pat
         if ref is None:
             return
         yield ref
+
+
+def _is_under(ref, directory) -> bool:
+    """Whether data file ``ref`` was found in ``directory`` (the history), not in the incoming one."""
+    if directory is None:
+        return False
+    return str(getattr(ref, "path", ref)).startswith(str(directory).rstrip("/") + "/")
+
+
+def _history_passes(core: TrainerCore, batches: list, keeper) -> None:
+    """``train.history_epochs - 1`` more passes over the history files of this run, training only (shuffled,
+    seeded: the same on every rank), then a version that holds them. They run once, after the progressive
+    pass over the history: a run restarted after that version does not repeat them; one restarted before it
+    (a crash during the passes) resumes without them (docs/training.md, "Cold start")."""
+    from trainer.strategies import history_decision
+
+    core.apply_decision(history_decision(core.cfg, len(batches)), dict(enumerate(batches)))
+    if keeper is not None:
+        keeper.after_file(force=True)
 
 
 def _reread(name: str, history, incoming, spec):

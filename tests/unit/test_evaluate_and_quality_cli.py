@@ -1,5 +1,6 @@
 """`freshrec evaluate` scores held-out files with a committed version; `bench quality` replays any spec."""
 
+import dataclasses
 import json
 
 import pytest
@@ -29,7 +30,8 @@ def test_evaluate_scores_held_out_files_with_the_committed_model(tmp_path, capsy
     files = [_csv(tmp_path / f"f{i}.csv", 1500, i) for i in range(4)]
     t = LocalTrainer(spec, ModelConfig(), TrainConfig(batch_size=128, sparse_lr=0.1, dense_lr=0.05))
     keeper = VersionKeeper(str(tmp_path / "run" / "versions"), t.backend, t,
-                           extra=version_extra("taobao", {"model": {}, "train": {"batch_size": 128}}))
+                           extra=version_extra("taobao", {"model": dataclasses.asdict(ModelConfig()),
+                                                          "train": {"batch_size": 128}}))
     v = Validator(spec)
     for f in files[:3]:
         t.step_file(read_data_file(f, v), f.name, rows_read=1500)

@@ -31,7 +31,10 @@ def test_wide_tables_are_ps_tables_of_fbgemms_smallest_dim_with_zero_init():
     tables = {t.name: t for t in cfg.tables}
     assert [t.name for t in cfg.tables] == [f.name for f in SPEC.sparse] + WIDE_TABLES
     assert all(tables[n].dim == WIDE_DIM == 4 and tables[n].scale == 0.0 for n in WIDE_TABLES)
-    assert [t.name for t in ps_config_for(SPEC, TCFG).tables] == [f.name for f in SPEC.sparse]  # off by default
+    assert ps_config_for(SPEC, TCFG).tables == cfg.tables  # on by default (arch dlrm)
+    assert [t.name for t in ps_config_for(SPEC, TCFG, model=ModelConfig(wide=False)).tables] == [
+        f.name for f in SPEC.sparse]
+    assert ModelConfig().wide and not ModelConfig(arch="torchrec_dlrm", interaction="dot").wide
     from paramserver.config import TableConfig
 
     with pytest.raises(ConfigError, match="multiple of 4"):  # why 4: FBGEMM's TBE refuses dim 1 (see sparse.py)
@@ -62,9 +65,12 @@ def test_the_wide_part_adds_one_weight_per_id_to_the_logit():
         with_dense = model.forward_pooled({**deep, **zero}, dense)
     torch.testing.assert_close(with_w - base, sum(w[n][:, 0] for n in WIDE_TABLES))  # columns 1..3 unused
     torch.testing.assert_close(with_dense - base, 0.5 * dense.sum(dim=1))
-    no_wide = build_model(SPEC, ModelConfig(), seed=1)  # the deep part is initialised as without wide
+    no_wide = build_model(SPEC, ModelConfig(wide=False), seed=1)  # the deep part is initialised as without wide
     for k, v in no_wide.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
+    from trainer.config import model_config_of_version
+
+    assert not model_config_of_version({"arch": "dlrm"}).wide  # a version from before model.wide: no wide tables
 
 
 def _train(backend, batches, model=WIDE):
