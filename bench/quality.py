@@ -88,6 +88,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the first this many data files are the cold start's history (<= --warmup)")
     p.add_argument("--history-epochs", type=int, default=None,
                    help="train.history_epochs: passes over the history files (default: the TrainConfig default)")
+    p.add_argument("--full-retrain", action=argparse.BooleanOptionalAction, default=True,
+                   help="--no-full-retrain: skip the full retrains (a sweep of the online model against the LR)")
     p.add_argument("--lr", action=argparse.BooleanOptionalAction, default=True,
                    help="also run the FTRL-Proximal logistic-regression baseline (auc_lr, logloss_lr)")
     p.add_argument("--lr-alpha", type=float, default=None, help="FTRL alpha; default: per data set")
@@ -156,7 +158,8 @@ def run(args: argparse.Namespace) -> dict:
     except (ConfigError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     dataset = spec.name if args.spec else args.dataset
-    result = run_quality(dataset, spec, shards, names, model, train, points, lr=lr, history=args.history_files)
+    result = run_quality(dataset, spec, shards, names, model, train, points, lr=lr, history=args.history_files,
+                         full_retrain=args.full_retrain)
     out = {"dataset": dataset, "spec": spec.name, **result.summary(), "wall_s": time.perf_counter() - t0,
            "config": {k: getattr(train, k) for k in ("batch_size", "sparse_lr", "dense_lr", "init_scale", "seed",
                                                       "history_epochs")}

@@ -176,7 +176,7 @@ def with_features(spec, files: Sequence[EventBatch]) -> list[EventBatch]:
 
 def run_quality(dataset: str, spec, files: Sequence[EventBatch], names: Sequence[str], model_cfg: ModelConfig,
                 train_cfg: TrainConfig, points: Sequence[int], progress=None, lr: FTRLConfig | None = None,
-                history: int = 0) -> QualityResult:
+                history: int = 0, full_retrain: bool = True) -> QualityResult:
     """Replay ``files`` in order; at each of ``points`` compare incremental with a full retrain and, with
     ``lr``, with an FTRL-Proximal logistic regression (:mod:`trainer.ftrl`) fed the same files in the same
     order, scored at the same points before training on the file (progressive validation).
@@ -184,6 +184,8 @@ def run_quality(dataset: str, spec, files: Sequence[EventBatch], names: Sequence
     ``history``: ``train.history_epochs`` of the online model, counted in files: its cold start passes
     over files ``0..history-1`` that many times (``train_cfg.history_epochs``) before following the rest
     once each; the points must be at or after ``history`` (0: plain online from the first file).
+    ``full_retrain=False`` skips the full retrains (their figures are nan): a sweep of the online model's
+    settings against the LR baseline at a fraction of the cost.
     """
     points = sorted(points)
     if points and history > points[0]:
@@ -200,13 +202,17 @@ def run_quality(dataset: str, spec, files: Sequence[EventBatch], names: Sequence
         if t in points:
             inc_scores = online.score(batch)
             lr_scores = baseline.score(batch) if baseline is not None else None
-            full = online.fresh()
-            spent = full.apply_decision(retrain.decide(t - 1), files)
-            full_scores = full.score(batch)
+            if full_retrain:
+                full = online.fresh()
+                spent = full.apply_decision(retrain.decide(t - 1), files)
+                full_scores = full.score(batch)
+            else:
+                spent, full_scores = {"examples": 0, "seconds": 0.0}, np.full(len(batch), np.nan, np.float32)
             out.append(QualityPoint(
                 point=t, file=names[t], examples=len(batch), positives=int((batch.label > 0.5).sum()),
                 auc_incremental=auc(batch.label, inc_scores), log_loss_incremental=log_loss(batch.label, inc_scores),
-                auc_full_retrain=auc(batch.label, full_scores), log_loss_full_retrain=log_loss(batch.label, full_scores),
+                auc_full_retrain=auc(batch.label, full_scores) if full_retrain else float("nan"),
+                log_loss_full_retrain=log_loss(batch.label, full_scores) if full_retrain else float("nan"),
                 inc_examples=since_ex, inc_seconds=since_s,
                 full_examples=int(spent["examples"]), full_seconds=float(spent["seconds"]),
                 **({"auc_lr": auc(batch.label, lr_scores), "log_loss_lr": log_loss(batch.label, lr_scores)}
