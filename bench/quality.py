@@ -5,7 +5,9 @@ the incremental model has trained on shards < t one pass each in time order; the
 retrain is a fresh model trained on shards < t, ``--epochs`` shuffled passes. Reported:
 mean AUC / log-loss over the points and ``compute_ratio`` = examples the incremental model
 trained on (each shard up to the last point once) / examples all the full retrains
-processed (see trainer/quality.py and docs/benchmarks.md).
+processed (see trainer/quality.py and docs/benchmarks.md). Beside them, an FTRL-Proximal logistic
+regression (trainer/ftrl.py) follows the same files in the same order and is scored at the same
+points before it trains on the file: ``auc_lr`` / ``logloss_lr`` (``--no-lr`` skips it).
 """
 
 from __future__ import annotations
