@@ -130,7 +130,8 @@ def run(args: argparse.Namespace) -> dict:
     warmup = small_warmup if args.warmup is None else args.warmup
     n_files = args.files
     if every is None and n_files is None:
-        every, n_files = (parse_duration("5m"), None) if preset_cut == "every" and not args.spec else (None, small_files)
+        by_time = preset_cut == "every" and not args.spec
+        every, n_files = (parse_duration("5m"), None) if by_time else (None, small_files)
     if not 0 <= args.history_files <= warmup:
         raise UserError(f"--history-files must be in [0, --warmup={warmup}]: a history file is trained on more "
                         "than once, so no point may score it")
@@ -153,7 +154,8 @@ def run(args: argparse.Namespace) -> dict:
     try:
         train = TrainConfig(batch_size=pick("batch_size"), sparse_lr=pick("sparse_lr"), dense_lr=pick("dense_lr"),
                             init_scale=pick("init_scale"), seed=args.seed, epochs_full_retrain=pick("epochs"), **extra)
-        model = ModelConfig(interaction=args.interaction, bottom_mlp=((args.embedding_dim or 16) if args.interaction == "dot" else 16,),
+        bottom = (args.embedding_dim or 16) if args.interaction == "dot" else 16  # dot: == the embedding dim
+        model = ModelConfig(interaction=args.interaction, bottom_mlp=(bottom,),
                             **({} if args.wide is None else {"wide": args.wide}))
         lr = FTRLConfig(alpha=pick("lr_alpha"), beta=args.lr_beta, l1=pick("lr_l1"), l2=args.lr_l2,
                         batch_size=args.lr_batch_size, bits=args.lr_bits, seed=args.seed) if args.lr else None

@@ -42,9 +42,10 @@ class ModelConfig:
     ``dcn_rank``: 0 for full-rank cross weights, else the low-rank factor (DCN-Mix style U V^T).
     ``wide``: a first-order part (Wide&Deep / DeepFM): one weight per id of every sparse feature, the
     pooled weights summed into the logit, plus a linear term of the dense features. Default: on for
-    ``arch: dlrm`` (it helped on every shared log, docs/benchmarks.md "Quality"), off for TorchRec's archs. The weights are PS tables like the others (``<feature>__wide``,
-    FBGEMM row-wise Adagrad, versioned and served alike); FBGEMM's smallest row is 4 floats, so the
-    weight is column 0 of a 4-wide row whose other columns stay 0 (zero init, zero gradient).
+    ``arch: dlrm`` (it never hurt on the shared logs, docs/benchmarks.md "Quality"), off for TorchRec's
+    archs. The weights are PS tables like the others (``<feature>__wide``, FBGEMM row-wise Adagrad,
+    versioned and served alike); FBGEMM's smallest row is 4 floats, so the weight is column 0 of a
+    4-wide row whose other columns stay 0 (zero init, zero gradient).
     """
 
     interaction: str = "dcn"
@@ -53,7 +54,7 @@ class ModelConfig:
     dcn_rank: int = 0
     bottom_mlp: tuple[int, ...] = (16,)
     top_mlp: tuple[int, ...] = (64, 32)
-    wide: bool | None = None  # None: on for arch dlrm (measured to help, docs/benchmarks.md), off for TorchRec's
+    wide: bool | None = None  # None: on for arch dlrm (measured, docs/benchmarks.md), off for TorchRec's
 
     def __post_init__(self) -> None:
         if self.wide is None:

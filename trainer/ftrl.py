@@ -162,7 +162,8 @@ class FTRLProximal:
         """The current weights of every coordinate (hashed ids, bias, dense)."""
         return self._weights(np.arange(len(self.z)))
 
-    def _logits(self, d: _Design, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _logits(self, d: _Design, lo: int, hi: int) -> tuple[np.ndarray, ...]:
+        """(logits of rows lo..hi, their distinct coordinates, the inverse map, those weights, each non-zero's row)."""
         s, e = d.offsets[lo], d.offsets[hi]
         uniq, inv = np.unique(d.coords[s:e], return_inverse=True)
         w = self._weights(uniq)

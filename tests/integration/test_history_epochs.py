@@ -26,7 +26,8 @@ def _log(path, rows=2400, seed=4):
     users, items = rng.integers(1, 300, rows), rng.integers(1, 400, rows)
     buy = rng.random(rows) < np.where(items % 7 == 0, 0.6, 0.05)
     ts = 1511658000 + np.sort(rng.integers(0, 360, rows))
-    path.write_text("".join(f"{u},{i},{i % 40},{'buy' if b else 'pv'},{t}\n" for u, i, b, t in zip(users, items, buy, ts)))
+    lines = (f"{u},{i},{i % 40},{'buy' if b else 'pv'},{t}\n" for u, i, b, t in zip(users, items, buy, ts))
+    path.write_text("".join(lines))
 
 
 def test_history_epochs_pass_over_the_history_before_the_incoming_files(ray_local, tmp_path):
