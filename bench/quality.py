@@ -5,37 +5,55 @@ the incremental model has trained on shards < t one pass each in time order; the
 retrain is a fresh model trained on shards < t, ``--epochs`` shuffled passes. Reported:
 mean AUC / log-loss over the points and ``compute_ratio`` = examples the incremental model
 trained on (each shard up to the last point once) / examples all the full retrains
-processed (see trainer/quality.py and docs/benchmarks.md).
+processed (see trainer/quality.py and docs/benchmarks.md). Beside them, an FTRL-Proximal logistic
+regression (trainer/ftrl.py) follows the same files in the same order and is scored at the same
+points before it trains on the file: ``auc_lr`` / ``logloss_lr`` (``--no-lr`` skips it).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
+from trainer.data.fetch import SHARED_DATA
 from trainer.data.fetch import SHARED_ML100K as ML100K
 from trainer.data.fetch import SHARED_TAOBAO as TAOBAO
 
 DESCRIPTION = ("AUC of incremental training (each data file once, in time order) vs a full retrain from scratch "
-               "at each point, on real data; compute_ratio = incremental / full-retrain examples")
+               "at each point, and vs an FTRL-Proximal logistic regression fed the same files in the same order, "
+               "on real data; compute_ratio = incremental / full-retrain examples")
+
+# DeepCTR's public example files (github shenweichen/DeepCTR, examples/), kept beside the checkout like the
+# other shared data (../shared/data/deepctr_samples/SOURCE.md says how they were made): 200 Criteo rows in the
+# Kaggle layout of the built-in `criteo` spec, 100 Avazu rows (one hour) for the built-in `avazu` spec.
+CRITEO_SAMPLE = SHARED_DATA / "deepctr_samples" / "criteo_sample.tsv"
+AVAZU_SAMPLE = SHARED_DATA / "deepctr_samples" / "avazu_sample.txt"
 
 # Per data set, tuned for the best full-retrain AUC and used by both sides alike (the sweep is
 # in docs/benchmarks.md, "Quality" section). epochs = full-retrain epochs k: a second pass over
 # the Taobao log overfits the id embeddings (log-loss 0.34 -> 0.52); MovieLens gains a little.
+# lr_*: the FTRL-Proximal baseline's alpha and l1 (beta 1, l2 1), tuned on the same logs (docs/benchmarks.md).
 DEFAULTS = {
-    "taobao": dict(batch_size=256, sparse_lr=0.03, dense_lr=0.003, init_scale=0.01, epochs=1),
-    "movielens": dict(batch_size=256, sparse_lr=0.1, dense_lr=0.01, init_scale=0.01, epochs=2),
+    "taobao": dict(batch_size=256, sparse_lr=0.03, dense_lr=0.003, init_scale=0.01, epochs=1,
+                   lr_alpha=0.05, lr_l1=0.1),
+    "movielens": dict(batch_size=256, sparse_lr=0.1, dense_lr=0.01, init_scale=0.01, epochs=2,
+                      lr_alpha=0.05, lr_l1=0.1),
 }
 DEFAULTS["movielens_genres"] = DEFAULTS["movielens"]
 # the same data and protocol with dynamic features (counters, rates, behaviour sequences; docs/features.md)
 DEFAULTS["taobao_dynamic"] = DEFAULTS["taobao"]
 DEFAULTS["movielens_dynamic"] = DEFAULTS["movielens"]
+DEFAULTS["criteo"] = DEFAULTS["avazu"] = DEFAULTS["taobao"]  # a newcomer's log: the documented defaults
 # preset -> (spec, shared input, how it is cut into data files)
 PRESETS = {"taobao": ("taobao", TAOBAO, "every"), "movielens": ("movielens100k", ML100K, "files"),
            "movielens_genres": ("movielens100k_genres", ML100K, "files"),
            "taobao_dynamic": ("taobao_dynamic", TAOBAO, "every"),
-           "movielens_dynamic": ("movielens100k_dynamic", ML100K, "files")}
+           "movielens_dynamic": ("movielens100k_dynamic", ML100K, "files"),
+           "criteo": ("criteo", CRITEO_SAMPLE, "files"), "avazu": ("avazu", AVAZU_SAMPLE, "files")}
+# presets on small samples: (equal-count data files, warm-up files, smallest file that is a point)
+SMALL = {"criteo": (5, 1, 1), "avazu": (5, 1, 1)}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,10 +61,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a preset: its spec, the shared data file, how it is cut, tuned learning rates")
     p.add_argument("--spec", default=None, help="any feature spec (YAML or built-in name); with --data")
     p.add_argument("--data", nargs="+", default=None, metavar="PATH",
-                   help="the log(s) to replay with --spec (default: the preset's shared file)")
+                   help="the log(s) to replay (default: the preset's shared file); without --spec, the preset's spec, "
+                        "cut and tuned defaults apply to them")
     p.add_argument("--input", type=Path, default=None, help=argparse.SUPPRESS)  # older name of --data
     p.add_argument("--points", type=int, default=0, help="evaluation points spread over the log (0: every data file)")
-    p.add_argument("--warmup", type=int, default=4, help="data files before the first point")
+    p.add_argument("--warmup", type=int, default=None, help="data files before the first point (default 4; "
+                   "1 on the criteo/avazu samples)")
     p.add_argument("--every", default=None, help="cut into time windows of this length (Taobao preset: 5m)")
     p.add_argument("--files", type=int, default=None,
                    help="cut into this many equal-count data files in time order (MovieLens presets: 20)")
@@ -62,6 +82,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-point", action="store_true", help="include the per-point table in the result")
     p.add_argument("--strategies", action="store_true",
                    help="also replay periodic (window 4) and fusion (lambda 0.5) and report their mean AUC")
+    p.add_argument("--wide", action=argparse.BooleanOptionalAction, default=None,
+                   help="the model's first-order part (model.wide; default: the model's default)")
+    p.add_argument("--embedding-dim", type=int, default=None,
+                   help="every sparse feature's embedding dim (a multiple of 4; default: the spec's)")
+    p.add_argument("--history-files", type=int, default=0,
+                   help="the first this many data files are the cold start's history (<= --warmup)")
+    p.add_argument("--history-epochs", type=int, default=None,
+                   help="train.history_epochs: passes over the history files (default: the TrainConfig default)")
+    p.add_argument("--full-retrain", action=argparse.BooleanOptionalAction, default=True,
+                   help="--no-full-retrain: skip the full retrains (a sweep of the online model against the LR)")
+    p.add_argument("--lr", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run the FTRL-Proximal logistic-regression baseline (auc_lr, logloss_lr)")
+    p.add_argument("--lr-alpha", type=float, default=None, help="FTRL alpha; default: per data set")
+    p.add_argument("--lr-beta", type=float, default=1.0, help="FTRL beta")
+    p.add_argument("--lr-l1", type=float, default=None, help="FTRL l1; default: per data set")
+    p.add_argument("--lr-l2", type=float, default=1.0, help="FTRL l2")
+    p.add_argument("--lr-batch-size", type=int, default=16, help="rows per vectorised FTRL step")
+    p.add_argument("--lr-bits", type=int, default=22, help="2**bits hashed coordinates for the ids")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -72,12 +110,11 @@ def run(args: argparse.Namespace) -> dict:
     from trainer.config import ModelConfig, TrainConfig
     from trainer.data import load_spec
     from trainer.data.split import parse_duration
+    from trainer.ftrl import FTRLConfig
     from trainer.quality import choose_points, log_files, run_quality
 
     torch.set_num_threads(args.threads)
     preset_spec, preset_input, preset_cut = PRESETS[args.dataset]
-    if args.data and not args.spec:
-        raise UserError("--data needs --spec (the feature spec of that data)")
     inputs = args.data or [args.input or preset_input]
     for path in inputs:
         if "://" not in str(path) and not Path(path).exists():
@@ -89,29 +126,51 @@ def run(args: argparse.Namespace) -> dict:
         every = parse_duration(args.every) if args.every else None
     except (ConfigError, ValueError) as exc:
         raise UserError(str(exc)) from exc
+    small_files, small_warmup, min_rows = SMALL.get(args.dataset, (20, 4, 1000)) if not args.spec else (20, 4, 1000)
+    warmup = small_warmup if args.warmup is None else args.warmup
     n_files = args.files
     if every is None and n_files is None:
-        every, n_files = (parse_duration("5m"), None) if preset_cut == "every" and not args.spec else (None, 20)
+        by_time = preset_cut == "every" and not args.spec
+        every, n_files = (parse_duration("5m"), None) if by_time else (None, small_files)
+    if not 0 <= args.history_files <= warmup:
+        raise UserError(f"--history-files must be in [0, --warmup={warmup}]: a history file is trained on more "
+                        "than once, so no point may score it")
+    if args.embedding_dim is not None:
+        if args.embedding_dim < 4 or args.embedding_dim % 4:
+            raise UserError(f"--embedding-dim must be a positive multiple of 4 (FBGEMM), got {args.embedding_dim}")
+        spec = _with_dims(spec, args.embedding_dim)
     t0 = time.perf_counter()
     shards, names = log_files(spec, inputs, every_s=every, n_files=n_files)
-    points = choose_points([len(s) for s in shards], args.warmup, args.points)
+    points = choose_points([len(s) for s in shards], warmup, args.points, min_rows=min_rows)
     if not points:
-        raise UserError(f"no evaluation point: {len(shards)} data files and --warmup {args.warmup}")
+        raise UserError(f"no evaluation point: {len(shards)} data files and --warmup {warmup}")
     d = DEFAULTS[args.dataset] if not args.spec else DEFAULTS["taobao"]
 
     def pick(name):
         value = getattr(args, name)
         return d[name] if value is None else value
 
-    train = TrainConfig(batch_size=pick("batch_size"), sparse_lr=pick("sparse_lr"), dense_lr=pick("dense_lr"),
-                        init_scale=pick("init_scale"), seed=args.seed, epochs_full_retrain=pick("epochs"))
-    model = ModelConfig(interaction=args.interaction, bottom_mlp=(16,))
+    extra = {} if args.history_epochs is None else {"history_epochs": args.history_epochs}
+    try:
+        train = TrainConfig(batch_size=pick("batch_size"), sparse_lr=pick("sparse_lr"), dense_lr=pick("dense_lr"),
+                            init_scale=pick("init_scale"), seed=args.seed, epochs_full_retrain=pick("epochs"), **extra)
+        bottom = (args.embedding_dim or 16) if args.interaction == "dot" else 16  # dot: == the embedding dim
+        model = ModelConfig(interaction=args.interaction, bottom_mlp=(bottom,),
+                            **({} if args.wide is None else {"wide": args.wide}))
+        lr = FTRLConfig(alpha=pick("lr_alpha"), beta=args.lr_beta, l1=pick("lr_l1"), l2=args.lr_l2,
+                        batch_size=args.lr_batch_size, bits=args.lr_bits, seed=args.seed) if args.lr else None
+    except (ConfigError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
     dataset = spec.name if args.spec else args.dataset
-    result = run_quality(dataset, spec, shards, names, model, train, points)
+    result = run_quality(dataset, spec, shards, names, model, train, points, lr=lr, history=args.history_files,
+                         full_retrain=args.full_retrain)
     out = {"dataset": dataset, "spec": spec.name, **result.summary(), "wall_s": time.perf_counter() - t0,
-           "config": {k: getattr(train, k) for k in ("batch_size", "sparse_lr", "dense_lr", "init_scale", "seed")}
-           | {"interaction": args.interaction,
-              "files": f"every {args.every or '5m'}" if every else f"{n_files} equal-count"}}
+           "config": {k: getattr(train, k) for k in ("batch_size", "sparse_lr", "dense_lr", "init_scale", "seed",
+                                                      "history_epochs")}
+           | {"interaction": args.interaction, "wide": model.wide, "history_files": args.history_files,
+              "embedding_dims": sorted({f.dim for f in spec.model_sparse}),
+              "files": f"every {args.every or '5m'}" if every else f"{n_files} equal-count"}
+           | ({"lr": dataclasses.asdict(lr)} if lr is not None else {})}
     if spec.dynamic is not None:  # the state after the whole log: tracked ids and bytes per id, per key
         from trainer.features import DynamicFeatures
 
@@ -137,7 +196,13 @@ def run(args: argparse.Namespace) -> dict:
                 "rows": p.examples, "positives": p.positives,
                 "auc_inc": round(p.auc_incremental, 4), "auc_full": round(p.auc_full_retrain, 4),
                 "logloss_inc": round(p.log_loss_incremental, 4), "logloss_full": round(p.log_loss_full_retrain, 4),
+                "auc_lr": round(p.auc_lr, 4), "logloss_lr": round(p.log_loss_lr, 4),
                 "inc_examples": p.inc_examples, "full_examples": p.full_examples,
                 "inc_s": round(p.inc_seconds, 3), "full_s": round(p.full_seconds, 3),
             } for p in result.points}
     return out
+
+
+def _with_dims(spec, dim: int):
+    """``spec`` with every sparse feature's embedding dim set to ``dim`` (the defaults re-check)."""
+    return dataclasses.replace(spec, sparse=tuple(dataclasses.replace(f, dim=dim) for f in spec.sparse))

@@ -34,7 +34,7 @@ from serving.retrieval import ItemIndex
 from serving.tables import FrozenTable, FrozenTables
 from trainer import bundle
 from trainer.backends import ps_config_for
-from trainer.config import ModelConfig, PSOptions, Strategy, TrainConfig, model_config_from_dict
+from trainer.config import ModelConfig, PSOptions, Strategy, TrainConfig, model_config_of_version
 from trainer.core import TrainerCore
 from trainer.data.spec import spec_from_dict
 from versions import VersionStore, table_parts
@@ -87,7 +87,7 @@ class ModelSetup:
                                    "not written by freshrec's trainer and cannot be served")
         spec = spec_from_dict(yaml.safe_load(text), where=f"version {m.version} spec")
         cfg = bundle.run_config(m)
-        model_cfg = model_config_from_dict(dict(cfg.get("model") or {}))
+        model_cfg = model_config_of_version(cfg.get("model"))
         train = dict(cfg.get("train") or {})
         train_cfg = TrainConfig.from_dict(train).replace(strategy=Strategy.ONLINE)  # serving never trains
         ps = PSOptions.from_dict(dict(cfg.get("ps") or {}))
@@ -97,11 +97,8 @@ class ModelSetup:
 def setup_with_spec(m, spec) -> ModelSetup:
     """The setup of a version whose feature spec the caller gives (a search ranker carries a SearchSpec,
     not a spec YAML): the run config still comes from the manifest."""
-    cfg = (m.extra or {}).get("config") or {}
-    model_cfg = model_config_from_dict(dict(cfg.get("model") or {}))
-    train_cfg = TrainConfig.from_dict(dict(cfg.get("train") or {})).replace(strategy=Strategy.ONLINE)
-    ps = PSOptions.from_dict(dict(cfg.get("ps") or {}))
-    return ModelSetup(spec, model_cfg, train_cfg, ps, repr(spec))
+    model_cfg, train_cfg, ps = bundle.configs(m)
+    return ModelSetup(spec, model_cfg, train_cfg.replace(strategy=Strategy.ONLINE), ps, repr(spec))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +175,7 @@ class ServableModel:
 def ps_config_of(store: VersionStore, version: int):
     """The parameter-server configuration (tables, seed, admission) a version was trained with."""
     setup = ModelSetup.from_manifest(store.manifest(version))
-    return ps_config_for(setup.spec, setup.train_cfg, setup.ps)
+    return ps_config_for(setup.spec, setup.train_cfg, setup.ps, model=setup.model_cfg)
 
 
 def load_model(store: VersionStore, version: int, catalogue: ItemCatalogue | None = None,
@@ -196,7 +193,7 @@ def load_model(store: VersionStore, version: int, catalogue: ItemCatalogue | Non
     setup = ModelSetup.from_manifest(m) if spec is None else setup_with_spec(m, spec)
     if previous is not None and previous.setup.spec_yaml == setup.spec_yaml:
         setup = dataclasses.replace(setup, spec=previous.setup.spec)
-    ps_cfg = ps_config_for(setup.spec, setup.train_cfg, setup.ps)
+    ps_cfg = ps_config_for(setup.spec, setup.train_cfg, setup.ps, model=setup.model_cfg)
     remote_names = set(remote.names) if remote is not None else set()
     arrays = _tables(store, chain, ps_cfg, previous, remote_names)
     opened = None

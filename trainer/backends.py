@@ -25,19 +25,27 @@ import numpy as np
 
 from paramserver.config import PSConfig, TableConfig
 from paramserver.shard import EmbeddingShard
-from trainer.config import PSOptions, TrainConfig
+from trainer.config import ModelConfig, PSOptions, TrainConfig
 
 
-def table_configs(spec, init_scale: float | None = None) -> tuple[TableConfig, ...]:
-    """The PS table configs of a :class:`trainer.data.FeatureSpec` (name, dim, init scale)."""
-    return tuple(TableConfig(f.name, f.dim, init_scale) for f in spec.model_sparse)  # dynamic sequences included
+def table_configs(spec, init_scale: float | None = None, wide: bool = False) -> tuple[TableConfig, ...]:
+    """The PS table configs of a :class:`trainer.data.FeatureSpec` (name, dim, init scale); with ``wide``
+    (``model.wide``) then the first-order tables ``<feature>__wide`` (dim 4, FBGEMM's smallest; zero init)."""
+    deep = tuple(TableConfig(f.name, f.dim, init_scale) for f in spec.model_sparse)  # dynamic sequences included
+    if not wide:
+        return deep
+    from trainer.sparse import WIDE_DIM, wide_table_names
+
+    return deep + tuple(TableConfig(name, WIDE_DIM, 0.0) for name in wide_table_names(spec))
 
 
-def ps_config_for(spec, train: TrainConfig, ps: PSOptions | None = None, num_workers: int = 1) -> PSConfig:
-    """The parameter-server config of a run: tables from the spec, the sparse optimizer and seed from
-    ``train``, everything else from ``ps``."""
+def ps_config_for(spec, train: TrainConfig, ps: PSOptions | None = None, num_workers: int = 1,
+                  model: ModelConfig | None = None) -> PSConfig:
+    """The parameter-server config of a run: tables from the spec (and ``model.wide``; None: the
+    ModelConfig defaults), the sparse optimizer and seed from ``train``, everything else from ``ps``."""
     ps = ps or PSOptions()
-    return PSConfig(tables=table_configs(spec, train.init_scale), optimizer=train.sparse_optimizer,
+    wide = (model or ModelConfig()).wide
+    return PSConfig(tables=table_configs(spec, train.init_scale, wide), optimizer=train.sparse_optimizer,
                     learning_rate=train.sparse_lr, eps=train.sparse_eps, seed=train.seed, num_workers=num_workers,
                     **dataclasses.asdict(ps))
 

@@ -95,10 +95,10 @@ def search_spec(manifest) -> dict | None:
 
 def configs(manifest):
     """(ModelConfig, TrainConfig, PSOptions) of a version (defaults where it says nothing)."""
-    from trainer.config import ModelConfig, PSOptions, TrainConfig, model_config_from_dict
+    from trainer.config import PSOptions, TrainConfig, model_config_of_version
 
     cfg = run_config(manifest)
-    model_cfg = model_config_from_dict(dict(cfg["model"])) if cfg.get("model") else ModelConfig()
+    model_cfg = model_config_of_version(cfg.get("model"))  # a version from before model.wide: wide off
     train_cfg = TrainConfig.from_dict(dict(cfg["train"])) if cfg.get("train") else TrainConfig()
     ps = PSOptions.from_dict(dict(cfg["ps"])) if cfg.get("ps") else PSOptions()
     return model_cfg, train_cfg, ps

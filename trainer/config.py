@@ -40,6 +40,12 @@ class ModelConfig:
     interaction: ``dcn`` (DCNv2 cross layers over [embeddings, bottom output]) or ``dot``
     (DLRM pairwise dot products; every embedding dim must equal ``bottom_mlp[-1]``).
     ``dcn_rank``: 0 for full-rank cross weights, else the low-rank factor (DCN-Mix style U V^T).
+    ``wide``: a first-order part (Wide&Deep / DeepFM): one weight per id of every sparse feature, the
+    pooled weights summed into the logit, plus a linear term of the dense features. Default: on for
+    ``arch: dlrm`` (it never hurt on the shared logs, docs/benchmarks.md "Quality"), off for TorchRec's
+    archs. The weights are PS tables like the others (``<feature>__wide``, FBGEMM row-wise Adagrad,
+    versioned and served alike); FBGEMM's smallest row is 4 floats, so the weight is column 0 of a
+    4-wide row whose other columns stay 0 (zero init, zero gradient).
     """
 
     interaction: str = "dcn"
@@ -48,14 +54,22 @@ class ModelConfig:
     dcn_rank: int = 0
     bottom_mlp: tuple[int, ...] = (16,)
     top_mlp: tuple[int, ...] = (64, 32)
+    wide: bool | None = None  # None: on for arch dlrm (measured, docs/benchmarks.md), off for TorchRec's
 
     def __post_init__(self) -> None:
+        if self.wide is None:
+            object.__setattr__(self, "wide", self.arch == "dlrm")
         object.__setattr__(self, "bottom_mlp", tuple(self.bottom_mlp))
         object.__setattr__(self, "top_mlp", tuple(self.top_mlp))
         if self.arch not in ARCHS:
             raise ConfigError(f"model.arch must be one of {list(ARCHS)}, got {self.arch!r}")
         if self.interaction not in INTERACTIONS:
             raise ConfigError(f"model.interaction must be one of {list(INTERACTIONS)}, got {self.interaction!r}")
+        if not isinstance(self.wide, bool):
+            raise ConfigError(f"model.wide must be true or false, got {self.wide!r}")
+        if self.wide and self.arch != "dlrm":
+            raise ConfigError(f"model.wide adds a first-order part to freshrec's own DLRM; model.arch={self.arch!r} "
+                              "(TorchRec's classes) has none: use arch dlrm or wide false")
         _int_at_least("model.dcn_layers", self.dcn_layers, 0)
         _int_at_least("model.dcn_rank", self.dcn_rank, 0)
         if not self.bottom_mlp:
@@ -82,6 +96,10 @@ class TrainConfig:
     dense_clip: normalised dense features are clipped to [-dense_clip, dense_clip] (a feature
     constant so far, e.g. the hour in a 2-hour log, would otherwise become huge when it moves).
     init_scale: new embedding rows are uniform in +-init_scale (None: 1/sqrt(dim), the PS default).
+    history_epochs: passes over the history (``stream --history``, ``train --data``) before following new
+    data files: the first pass is progressive (each file scored, then trained on once, in time order);
+    passes 2.. are training only (shuffled, seeded like a full retrain), so no progressive score ever
+    comes from data the model has already seen. 1: one pass, the plain online cold start.
 
     The defaults of the learning rates, init_scale and epochs_full_retrain are the ones tuned on
     the Taobao log (docs/benchmarks.md, "Quality"); a full retrain beyond one epoch overfits there.
@@ -101,6 +119,7 @@ class TrainConfig:
     epochs_full_retrain: int = 1
     dense_clip: float = 5.0
     init_scale: float | None = 0.01
+    history_epochs: int = 1
 
     def __post_init__(self) -> None:
         try:
@@ -112,6 +131,7 @@ class TrainConfig:
         _int_at_least("train.window", self.window, 1)
         _int_at_least("train.period", self.period, 1)
         _int_at_least("train.epochs_full_retrain", self.epochs_full_retrain, 1)
+        _int_at_least("train.history_epochs", self.history_epochs, 1)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError(f"train.seed must be an integer, got {self.seed!r}")
         for key in ("sparse_lr", "sparse_eps", "dense_lr", "dense_clip"):
@@ -145,6 +165,18 @@ def model_config_from_dict(raw: dict[str, Any]) -> ModelConfig:
     """Build from a YAML mapping (``model:`` section), refusing unknown keys."""
     check_keys(ModelConfig, raw, "model")
     return ModelConfig(**raw)
+
+
+def model_config_of_version(raw: dict[str, Any] | None) -> ModelConfig:
+    """The model config a stored version was trained with (its manifest's ``config.model``). A version
+    written before ``model.wide`` existed has no such key and no wide tables: it loads with wide false.
+
+    >>> model_config_of_version({"arch": "dlrm"}).wide, model_config_of_version({"wide": True}).wide
+    (False, True)
+    """
+    raw = dict(raw or {})
+    raw.setdefault("wide", False)
+    return model_config_from_dict(raw)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,8 @@ class LocalTrainer(TrainerCore):
     def __init__(self, spec, model_cfg: ModelConfig, train_cfg: TrainConfig, ps: PSOptions | None = None,
                  model=None) -> None:
         self.ps_options = ps or PSOptions()
-        super().__init__(spec, model_cfg, train_cfg, LocalBackend(ps_config_for(spec, train_cfg, self.ps_options)),
+        super().__init__(spec, model_cfg, train_cfg, LocalBackend(ps_config_for(spec, train_cfg, self.ps_options,
+                                                                                  model=model_cfg)),
                          model=model)
 
     def fresh(self) -> "LocalTrainer":

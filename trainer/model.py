@@ -15,6 +15,11 @@ collection (``arch: torchrec_dlrm`` / ``torchrec_dlrm_dcn``)::
                  dot: [b, pairwise <e_i, e_j> over {b, emb...}]               (DLRM)
           ▼
     top MLP ─► one logit [B];   loss = BCE-with-logits (mean),  score = sigmoid(logit)
+
+With ``model.wide`` (Wide&Deep / DeepFM's first-order part) the collection also holds one wide table
+per sparse feature (``<feature>__wide``, rows of 4 floats: FBGEMM's smallest) and the logit gains
+``sum_f w_f[id]`` (column 0 of each pooled wide row; the other columns get no gradient and stay 0)
+plus a linear term of the normalised dense features (a dense parameter, zero at start).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from common.config import ConfigError
 from trainer.config import ModelConfig
-from trainer.sparse import BackendEmbeddingBagCollection, tables_for_spec
+from trainer.sparse import WIDE_SUFFIX, BackendEmbeddingBagCollection, tables_for_spec
 
 
 def mlp(widths: Sequence[int], in_dim: int, last_relu: bool = True) -> nn.Sequential:
@@ -74,9 +79,12 @@ class DLRM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embedding_bag_collection = embedding_bag_collection
-        features = [(f, t.embedding_dim) for t in embedding_bag_collection.embedding_bag_configs()
-                    for f in t.feature_names]
-        tables = dict(features)
+        pairs = [(t, f) for t in embedding_bag_collection.embedding_bag_configs() for f in t.feature_names]
+        keys = getattr(embedding_bag_collection, "output_keys", [f for _, f in pairs])
+        # wide (first-order) tables: their pooled column 0 is summed into the logit; the others are the deep part
+        self.wide_keys = tuple(k for (t, _), k in zip(pairs, keys) if t.name.endswith(WIDE_SUFFIX))
+        # the collection decides: build_model gives it the wide tables when model.wide is on
+        tables = {k: t.embedding_dim for (t, _), k in zip(pairs, keys) if not t.name.endswith(WIDE_SUFFIX)}
         self.tables = tuple(tables)
         self.dims = tuple(tables.values())
         self.dense_dim = dense_dim
@@ -95,6 +103,10 @@ class DLRM(nn.Module):
             width = b + n * (n - 1) // 2
         self.top = mlp(cfg.top_mlp, width)
         self.head = nn.Linear(cfg.top_mlp[-1] if cfg.top_mlp else width, 1)
+        # the wide part's dense term: the normalised dense features, linearly (Wide&Deep's wide part sees them too)
+        self.wide_dense = nn.Linear(max(dense_dim, 1), 1, bias=False) if self.wide_keys else None
+        if self.wide_dense is not None:
+            nn.init.zeros_(self.wide_dense.weight)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         """Logits [B] from normalised ``dense`` [B, max(d, 1)] and the sparse features ``sparse``."""
@@ -110,7 +122,11 @@ class DLRM(nn.Module):
             z = torch.stack([b, *es], dim=1)  # [B, n, dim]
             gram = torch.bmm(z, z.transpose(1, 2))
             x = torch.cat([b, gram[:, self._tri[0], self._tri[1]]], dim=1)
-        return self.head(self.top(x)).squeeze(1)
+        logit = self.head(self.top(x)).squeeze(1)
+        if self.wide_dense is not None:  # first order: sum_f w_f[id] (column 0 of the wide rows) + <v, dense>
+            wide = torch.stack([emb[k][:, 0] for k in self.wide_keys], dim=1).sum(dim=1)
+            logit = logit + wide + self.wide_dense(dense).squeeze(1)
+        return logit
 
     @staticmethod
     def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -131,7 +147,7 @@ def build_model(spec, cfg: ModelConfig, seed: int = 0) -> nn.Module:
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        ebc = BackendEmbeddingBagCollection(tables_for_spec(spec))
+        ebc = BackendEmbeddingBagCollection(tables_for_spec(spec, wide=cfg.wide))
         if cfg.arch == "dlrm":
             return DLRM(ebc, len(spec.model_dense_names), cfg)
         return _torchrec_model(ebc, max(len(spec.model_dense_names), 1), cfg)

@@ -12,12 +12,17 @@ Compute is counted in examples processed by training (each example of each epoch
 scoring is not counted, both sides score the same files) and in wall seconds of
 training. For the run as a whole::
 
-    incremental compute  = sum of n_s over files s < last point        (each file once)
+    incremental compute  = sum of n_s over files s < last point        (each file once;
+                           plus (history_epochs - 1) * the history's rows with a history)
     full-retrain compute = sum over points t of epochs * sum_{s < t} n_s (a retrain per point)
     compute_ratio        = incremental compute / full-retrain compute
 
 i.e. what it costs to have a fresh model at every point either way. Per point,
 ``inc_examples`` is what the online model trained since the previous point.
+
+With ``lr`` (:class:`trainer.ftrl.FTRLConfig`) an FTRL-Proximal logistic regression follows the same
+files in the same order, one pass each, and scores file t at each point before training on it: the
+``auc_lr`` / ``logloss_lr`` baseline beside the model's figures.
 
 Dynamic features (a spec's ``dynamic:`` section) are a function of the data, not of the model:
 :func:`with_features` computes every file's once, in order, each event from strictly earlier
@@ -36,9 +41,10 @@ import numpy as np
 
 from trainer.config import ModelConfig, TrainConfig
 from trainer.data import EventBatch, Validator, iter_batches, load_spec, read_data_file
+from trainer.ftrl import FTRLConfig, FTRLProximal
 from trainer.local import LocalTrainer
 from trainer.metrics import auc, log_loss
-from trainer.strategies import FullRetrainPolicy
+from trainer.strategies import FullRetrainPolicy, history_decision
 
 
 def mean_auc(aucs: Sequence[float], losses: Sequence[float]) -> float:
@@ -70,6 +76,8 @@ class QualityPoint:
     inc_seconds: float
     full_examples: int  # examples the full retrain processed (epochs * rows of files < t)
     full_seconds: float
+    auc_lr: float = float("nan")  # the FTRL-LR baseline trained on files 0..t-1 once each, in order (nan: not run)
+    log_loss_lr: float = float("nan")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,18 +92,23 @@ class QualityResult:
 
     def summary(self) -> dict[str, float]:
         p = self.points
-        inc_ex = sum(self.file_rows[:p[-1].point]) if p else 0
+        inc_ex = sum(q.inc_examples for q in p)  # each file before the last point once (+ history epochs)
         inc_s = sum(q.inc_seconds for q in p)
         full_ex = sum(q.full_examples for q in p)
         full_s = sum(q.full_seconds for q in p)
         a_inc = mean_auc([q.auc_incremental for q in p], [q.log_loss_incremental for q in p])
         a_full = mean_auc([q.auc_full_retrain for q in p], [q.log_loss_full_retrain for q in p])
+        lr = [q for q in p if not np.isnan(q.auc_lr)]
+        a_lr = mean_auc([q.auc_lr for q in lr], [q.log_loss_lr for q in lr]) if lr else float("nan")
         return {
             "auc_incremental": a_inc,
             "auc_full_retrain": a_full,
             "auc_gap": a_full - a_inc,
             "log_loss_incremental": float(np.mean([q.log_loss_incremental for q in p])) if p else float("nan"),
             "log_loss_full_retrain": float(np.mean([q.log_loss_full_retrain for q in p])) if p else float("nan"),
+            "auc_lr": a_lr,
+            "logloss_lr": float(np.mean([q.log_loss_lr for q in lr])) if lr else float("nan"),
+            "auc_incremental_minus_lr": a_inc - a_lr,
             "compute_ratio": inc_ex / full_ex if full_ex else float("nan"),
             "compute_ratio_seconds": inc_s / full_s if full_s else float("nan"),
             "incremental_examples": inc_ex,
@@ -177,11 +190,25 @@ def with_features(spec, files: Sequence[EventBatch]) -> list[EventBatch]:
 
 
 def run_quality(dataset: str, spec, files: Sequence[EventBatch], names: Sequence[str], model_cfg: ModelConfig,
-                train_cfg: TrainConfig, points: Sequence[int], progress=None) -> QualityResult:
-    """Replay ``files`` in order; at each of ``points`` compare incremental with a full retrain."""
+                train_cfg: TrainConfig, points: Sequence[int], progress=None, lr: FTRLConfig | None = None,
+                history: int = 0, full_retrain: bool = True) -> QualityResult:
+    """Replay ``files`` in order; at each of ``points`` compare incremental with a full retrain and, with
+    ``lr``, with an FTRL-Proximal logistic regression (:mod:`trainer.ftrl`) fed the same files in the same
+    order, scored at the same points before training on the file (progressive validation).
+
+    ``history``: ``train.history_epochs`` of the online model, counted in files: its cold start passes
+    over files ``0..history-1`` that many times (``train_cfg.history_epochs``) before following the rest
+    once each; the points must be at or after ``history`` (0: plain online from the first file).
+    ``full_retrain=False`` skips the full retrains (their figures are nan): a sweep of the online model's
+    settings against the LR baseline at a fraction of the cost.
+    """
     points = sorted(points)
+    if points and history > points[0]:
+        raise ValueError(f"run_quality: history of {history} files overlaps the first point {points[0]}: a history "
+                         "file is trained on more than once, so it cannot be scored honestly")
     files = with_features(spec, files)
     online = LocalTrainer(spec, model_cfg, train_cfg)
+    baseline = FTRLProximal(spec, lr) if lr is not None else None
     retrain = FullRetrainPolicy(train_cfg.epochs_full_retrain)
     out: list[QualityPoint] = []
     last = points[-1] if points else -1
@@ -189,24 +216,39 @@ def run_quality(dataset: str, spec, files: Sequence[EventBatch], names: Sequence
     for t, batch in enumerate(files[:last + 1]):
         if t in points:
             inc_scores = online.score(batch)
-            full = online.fresh()
-            spent = full.apply_decision(retrain.decide(t - 1), files)
-            full_scores = full.score(batch)
+            lr_scores = baseline.score(batch) if baseline is not None else None
+            if full_retrain:
+                full = online.fresh()
+                spent = full.apply_decision(retrain.decide(t - 1), files)
+                full_scores = full.score(batch)
+            else:
+                spent, full_scores = {"examples": 0, "seconds": 0.0}, np.full(len(batch), np.nan, np.float32)
             out.append(QualityPoint(
                 point=t, file=names[t], examples=len(batch), positives=int((batch.label > 0.5).sum()),
                 auc_incremental=auc(batch.label, inc_scores), log_loss_incremental=log_loss(batch.label, inc_scores),
-                auc_full_retrain=auc(batch.label, full_scores), log_loss_full_retrain=log_loss(batch.label, full_scores),
+                auc_full_retrain=auc(batch.label, full_scores) if full_retrain else float("nan"),
+                log_loss_full_retrain=log_loss(batch.label, full_scores) if full_retrain else float("nan"),
                 inc_examples=since_ex, inc_seconds=since_s,
-                full_examples=int(spent["examples"]), full_seconds=float(spent["seconds"])))
+                full_examples=int(spent["examples"]), full_seconds=float(spent["seconds"]),
+                **({"auc_lr": auc(batch.label, lr_scores), "log_loss_lr": log_loss(batch.label, lr_scores)}
+                   if lr_scores is not None else {})))
             since_ex, since_s = 0, 0.0
             if progress:
                 progress(out[-1])
         if t == last:
             online.validator.record(names[t], batch.label, online.score(batch))
             break
+        if baseline is not None:
+            baseline.train(batch)
         m = online.step_file(batch, names[t])
         since_ex += m.examples
         since_s += m.train_seconds
+        if t == history - 1:  # the cold start's extra passes over the history (training only)
+            spent = online.apply_decision(history_decision(train_cfg, history), files)
+            since_ex += int(spent["examples"])
+            since_s += float(spent["seconds"])
+            if baseline is not None and train_cfg.history_epochs > 1:  # the LR gets the same passes
+                baseline.train(EventBatch.concat(list(files[:history])), epochs=train_cfg.history_epochs - 1)
     v = online.validator.files
     return QualityResult(
         dataset=dataset, files=tuple(names), file_rows=tuple(len(b) for b in files), points=tuple(out),

@@ -168,7 +168,7 @@ def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_di
         follower.start()
         return follower
 
-    ps_cfg = ps_config_for(spec, train_cfg, ps, num_workers=num_workers)
+    ps_cfg = ps_config_for(spec, train_cfg, ps, num_workers=num_workers, model=model_cfg)
     ps_cfg = dataclasses.replace(ps_cfg, placement=resolve_placement(ps_cfg.placement, num_workers, client is not None,
                                                                        keep_ps))
     in_worker = ps_cfg.placement == "in_process"  # the one worker hosts the shards (and restores them)

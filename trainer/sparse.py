@@ -70,9 +70,27 @@ def batch_to_kjt(batch, features: Sequence[str], rows: np.ndarray | slice | None
                              lengths=torch.from_numpy(np.concatenate(lengths)))
 
 
-def tables_for_spec(spec, num_embeddings: int = 1 << 17) -> list[EmbeddingBagConfig]:
+#: The wide (first-order) table of feature ``f`` is ``f + WIDE_SUFFIX``; its rows are WIDE_DIM floats,
+#: FBGEMM's smallest row (TBE asserts "embedding_dim must be a multiple of 4"), of which the model uses column 0.
+WIDE_SUFFIX = "__wide"
+WIDE_DIM = 4
+
+
+def wide_table_names(spec) -> list[str]:
+    """The wide tables of a spec (one per sparse feature of ``spec.model_sparse``); a spec feature whose
+    name already ends in ``__wide`` is refused (it would collide)."""
+    names = [f.name for f in spec.model_sparse]
+    bad = [n for n in names if n.endswith(WIDE_SUFFIX)]
+    if bad:
+        raise ConfigError(f"sparse feature(s) {bad} end in {WIDE_SUFFIX!r}, the suffix of model.wide's tables: "
+                          "rename them in the spec or set model.wide false")
+    return [n + WIDE_SUFFIX for n in names]
+
+
+def tables_for_spec(spec, num_embeddings: int = 1 << 17, wide: bool = False) -> list[EmbeddingBagConfig]:
     """TorchRec table configs of a feature spec: one table per sparse feature, named after it
-    (the dynamic sequences of ``spec.model_sparse`` included).
+    (the dynamic sequences of ``spec.model_sparse`` included); with ``wide``, then one wide table
+    per feature (``<feature>__wide``, dim :data:`WIDE_DIM`, same pooling) that reads the same feature.
 
     ``num_embeddings`` is informational (rows live in the backend, which admits and evicts).
     """
@@ -81,6 +99,11 @@ def tables_for_spec(spec, num_embeddings: int = 1 << 17) -> list[EmbeddingBagCon
         pooling = PoolingType.MEAN if getattr(f, "pooling", "sum") == "mean" else PoolingType.SUM
         out.append(EmbeddingBagConfig(num_embeddings=num_embeddings, embedding_dim=f.dim, name=f.name,
                                       feature_names=[f.name], pooling=pooling))
+    if wide:
+        for f, name in zip(spec.model_sparse, wide_table_names(spec)):
+            pooling = PoolingType.MEAN if getattr(f, "pooling", "sum") == "mean" else PoolingType.SUM
+            out.append(EmbeddingBagConfig(num_embeddings=num_embeddings, embedding_dim=WIDE_DIM, name=name,
+                                          feature_names=[f.name], pooling=pooling))
     return out
 
 
@@ -108,10 +131,21 @@ class BackendEmbeddingBagCollection(EmbeddingBagCollectionInterface):
                 raise ConfigError(f"table {t.name} lists no feature_names")
         self._configs = list(tables)
         self._device = device or torch.device("cpu")
-        self.feature_names: list[str] = [f for t in tables for f in t.feature_names]
-        if len(set(self.feature_names)) != len(self.feature_names):
-            raise ConfigError(f"a feature may feed only one table, got {self.feature_names}")
-        self._table_of = {f: t for t in tables for f in t.feature_names}
+        # a feature may feed several tables (a wide table beside its deep one): the KJT holds it once, and
+        # the pooled output is keyed by the feature for its first table, by the table's name for the others
+        self.feature_names: list[str] = list(dict.fromkeys(f for t in tables for f in t.feature_names))
+        keys, seen = [], set()
+        for t in tables:
+            for f in t.feature_names:
+                if f in seen and len(t.feature_names) != 1:
+                    raise ConfigError(f"table {t.name} re-reads feature {f}, which an earlier table reads: such a "
+                                      "table must read that one feature only (its output is keyed by its name)")
+                keys.append(t.name if f in seen else f)
+                seen.add(f)
+        if len(set(keys)) != len(keys):
+            raise ConfigError(f"pooled output keys collide: {keys} (a table re-reading a feature is keyed by its "
+                              "own name, which must not be a feature name)")
+        self.output_keys: list[str] = keys  # per (table, feature) in order: the key of its pooled rows
         self._ids: dict[str, np.ndarray] = {}
         self._rows: dict[str, torch.Tensor] = {}
 
@@ -183,7 +217,7 @@ class BackendEmbeddingBagCollection(EmbeddingBagCollectionInterface):
                 pooled.append(_pool(rows[at:at + n], lengths, t.pooling))
                 dims.append(t.embedding_dim)
                 at += n
-        return KeyedTensor(keys=list(self.feature_names), length_per_key=dims, values=torch.cat(pooled, dim=1))
+        return KeyedTensor(keys=list(self.output_keys), length_per_key=dims, values=torch.cat(pooled, dim=1))
 
 
 def _values_by_key(features: KeyedJaggedTensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

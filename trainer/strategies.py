@@ -10,6 +10,8 @@ shuffled or not, from scratch or not, fuse the dense params or not) and
     PeriodicPolicy(W, P)   every P-th file: train [i-W+1 .. i], 1 epoch, warm start; else skip
     FusionPolicy(lam)      train [i] (online), then theta = lam * theta_new + (1 - lam) * theta_prev
     FullRetrainPolicy(k)   from scratch on [0 .. i], k epochs, shuffled (the baseline)
+    history_decision       after the cold start's progressive pass over history files [0 .. H-1]:
+                           train [0 .. H-1], train.history_epochs - 1 epochs, shuffled (training only)
 
 Fusion applies to the dense parameters only (MLP and interaction); embedding rows keep
 the online update (they are sparse: a row the new data file did not touch is unchanged anyway).
@@ -102,6 +104,21 @@ class FullRetrainPolicy:
 
     def decide(self, i: int) -> Decision:
         return Decision(Action.RETRAIN, tuple(range(i + 1)), epochs=self.epochs, shuffle=True)
+
+
+def history_decision(cfg: TrainConfig, n_history: int) -> Decision:
+    """The extra passes of a cold start over its ``n_history`` history files (0..n-1), once the first,
+    progressive pass over them is done: ``history_epochs - 1`` shuffled epochs, warm start (SKIP when
+    ``history_epochs`` is 1 or there is no history). Training only: no file is scored again.
+
+    >>> history_decision(TrainConfig(history_epochs=3), 2)
+    Decision(action=<Action.TRAIN: 'train'>, files=(0, 1), epochs=2, shuffle=True, fuse_lambda=None)
+    >>> history_decision(TrainConfig(), 2).action
+    <Action.SKIP: 'skip'>
+    """
+    if cfg.history_epochs <= 1 or n_history <= 0:
+        return Decision(Action.SKIP)
+    return Decision(Action.TRAIN, tuple(range(n_history)), epochs=cfg.history_epochs - 1, shuffle=True)
 
 
 def make_policy(cfg: TrainConfig):

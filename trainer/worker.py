@@ -77,9 +77,16 @@ def _train(config: dict, rank: int, world: int, spec, client) -> None:
                                barrier=barrier, broadcast=broadcast, publish=config.get("publish"), data=data_state)
         keeper.restore(reread=lambda name: _reread(name, history, incoming, spec))
     files = 0
+    extra_epochs = config["train_cfg"].history_epochs > 1
+    history_batches: list = []  # train.history_epochs: the history files of this run, for the extra passes
     for ref in _followed(rank, broadcast, history, incoming, core.ledger, config, paths):
+        from_history = extra_epochs and _is_under(ref, history)
+        if history_batches and not from_history:  # the history is done: its extra passes, then a version
+            _history_passes(core, history_batches, keeper)
+            history_batches = []
         picked_up_at = time.time()  # rank 0: the data file has landed and was taken (freshness starts)
-        taken = consume(ref, core, validator, dead, config.get("max_dead_share", spec.max_dead_share))
+        keep = (lambda batch: history_batches.append(core.with_features(batch))) if from_history else None
+        taken = consume(ref, core, validator, dead, config.get("max_dead_share", spec.max_dead_share), keep)
         if taken is None:  # refused: nothing trained
             continue
         report, metrics = taken
@@ -101,7 +108,10 @@ def _train(config: dict, rank: int, world: int, spec, client) -> None:
         if keeper is not None:
             keeper.after_file(force=bool(stop), picked_up_at=picked_up_at if rank == 0 else None)
         if stop:
+            history_batches = []  # stopped: the extra passes are not started (a restart does not redo them)
             break
+    if history_batches:  # a run of history only (`freshrec train --data`)
+        _history_passes(core, history_batches, keeper)
     dead.close()
     if keeper is not None:
         keeper.finish()
@@ -111,9 +121,10 @@ def _train(config: dict, rank: int, world: int, spec, client) -> None:
                       "version": keeper.last_version if keeper else None})
 
 
-def consume(ref, core, validator, dead, max_dead_share: float):
+def consume(ref, core, validator, dead, max_dead_share: float, keep=None):
     """Every rank: take one data file (a DataFileRef carrying its bytes) into ``core``: validate the bytes,
     train on the good rows (after the rows an earlier partial read took), record it in the ledger.
+    ``keep(batch)``, if given, sees the validated batch before it is trained (the history's extra passes).
     Returns (FileReport, FileMetrics or None off rank 0), or None for a refused file (nothing trained)."""
     if ref.refused:
         _refuse(ref, core, dead, core.rank)
@@ -122,6 +133,8 @@ def consume(ref, core, validator, dead, max_dead_share: float):
     skip = partial.rows if partial is not None else 0
     batch = read_data_file(ref, validator, skip_rows=skip)
     report = check_file_report(validator.last_file, max_dead_share)
+    if keep is not None:
+        keep(batch)
     metrics = core.step_file(batch, ref, rows_read=skip + report.rows_in, complete=report.complete)
     return report, metrics
 
@@ -156,6 +169,25 @@ def _followed(rank: int, broadcast, history, incoming, ledger, config: dict, pat
         if ref is None:
             return
         yield ref
+
+
+def _is_under(ref, directory) -> bool:
+    """Whether data file ``ref`` was found in ``directory`` (the history), not in the incoming one."""
+    if directory is None:
+        return False
+    return str(getattr(ref, "path", ref)).startswith(str(directory).rstrip("/") + "/")
+
+
+def _history_passes(core: TrainerCore, batches: list, keeper) -> None:
+    """``train.history_epochs - 1`` more passes over the history files of this run, training only (shuffled,
+    seeded: the same on every rank), then a version that holds them. They run once, after the progressive
+    pass over the history: a run restarted after that version does not repeat them; one restarted before it
+    (a crash during the passes) resumes without them (docs/training.md, "Cold start")."""
+    from trainer.strategies import history_decision
+
+    core.apply_decision(history_decision(core.cfg, len(batches)), dict(enumerate(batches)))
+    if keeper is not None:
+        keeper.after_file(force=True)
 
 
 def _reread(name: str, history, incoming, spec):

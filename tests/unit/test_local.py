@@ -86,6 +86,7 @@ def test_matches_a_sync_parameter_server_shard_step_for_step(interaction):
     for step, lo in enumerate(range(0, len(batch), CFG.batch_size)):
         sl = slice(lo, lo + CFG.batch_size)
         ids = {k: v[sl] for k, v in batch.sparse.items()}
+        ids |= {f"{k}__wide": v for k, v in ids.items()}  # model.wide (the default): each feature's wide table
         rows = {k: torch.from_numpy(r).requires_grad_() for k, r in shard.pull(ids, step=step).items()}
         loss = DLRM.loss(model.forward_pooled(rows, dense[sl]), torch.from_numpy(batch.label[sl]))
         opt.zero_grad()
@@ -93,7 +94,7 @@ def test_matches_a_sync_parameter_server_shard_step_for_step(interaction):
         shard.push({k: (ids[k], rows[k].grad.numpy()) for k in ids}, step=step)
         opt.step()
 
-    for table in ("user", "item", "category"):
+    for table in ("user", "item", "category", "user__wide", "item__wide", "category__wide"):
         lid, lrows = local.backend.table_rows(table)
         pid, prows = shard.table_rows(table)
         assert np.array_equal(lid, pid)

@@ -6,7 +6,7 @@ import numpy as np
 
 from trainer.config import ModelConfig, TrainConfig
 from trainer.data import load_spec
-from trainer.quality import choose_points, run_quality, taobao_files
+from trainer.quality import choose_points, run_quality, synthetic_shard, taobao_files
 
 
 def test_choose_points_spreads_and_skips_small_shards():
@@ -68,3 +68,36 @@ def test_write_report_makes_a_png(tmp_path):
     (path,) = write_report(r, tmp_path)
     assert path.name == "quality_synthetic.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_history_epochs_train_only_and_the_lr_baseline_is_scored_before_it_trains():
+    import pytest
+
+    from trainer.data import EventBatch
+    from trainer.ftrl import FTRLConfig, FTRLProximal
+    from trainer.metrics import auc
+
+    spec = load_spec("taobao")
+    files = [synthetic_shard(spec, 300, s, start_ts=1_511_658_000 + 300 * s) for s in range(5)]
+    names = [f"f{i}" for i in range(5)]
+    rows = [len(f) for f in files]
+    cfg = TrainConfig(batch_size=64, history_epochs=3)
+    r = run_quality("syn", spec, files, names, ModelConfig(), cfg, points=[2, 4], lr=FTRLConfig(), history=2,
+                    full_retrain=False)
+    s = r.summary()
+    # files 0, 1 once (progressive), then 2 more epochs over both (training only), then files 2, 3 once
+    assert r.points[0].inc_examples == sum(rows[:2]) + 2 * sum(rows[:2])
+    assert s["incremental_examples"] == sum(rows[:4]) + 2 * sum(rows[:2])
+    assert len(r.incremental_auc_by_file) == 5  # each file scored exactly once
+    assert math.isnan(s["auc_full_retrain"]) and s["full_retrain_examples"] == 0
+    ref = FTRLProximal(spec, FTRLConfig())  # the LR gets the same files, in order, and the same history passes
+    ref.train(files[0])
+    ref.train(files[1])
+    ref.train(EventBatch.concat(files[:2]), epochs=2)
+    assert r.points[0].auc_lr == auc(files[2].label, ref.score(files[2]))
+    ref.train(files[2])
+    ref.train(files[3])
+    assert r.points[1].auc_lr == auc(files[4].label, ref.score(files[4]))
+    assert s["auc_lr"] == pytest.approx((r.points[0].auc_lr + r.points[1].auc_lr) / 2)
+    with pytest.raises(ValueError, match="overlaps the first point"):
+        run_quality("syn", spec, files, names, ModelConfig(), cfg, points=[1, 4], history=2)
