@@ -488,6 +488,11 @@ class Publisher:
                                                          f"{prior.reason}")
             if decision.publish and self.recent and self.recent[-1][0] == source:
                 self.recent[-1] = (version, self.recent[-1][1])
+        elif not problems and candidate.files == 0 and candidate.examples == 0 and not self.carried:
+            # no data file was validated at all (a search ranker: its replay judges it by NDCG): there is no
+            # window to judge, small or not; checksums only
+            decision = PublishDecision(True, "ok", "checksums verify; the version validated no data file "
+                                       "(no progressive window): nothing to judge on scores", None, base_v, None)
         else:
             baseline = self.baseline(base_v) if base_v is not None else None
             carried = [m for _, m in self.carried]
