@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.freshrec-installed
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test test-unit test-integration protos bench install clean
+.PHONY: demo test test-fast test-unit test-integration lint format protos bench install clean
 
 install: $(STAMP)
 
@@ -26,8 +26,20 @@ protos:
 demo: $(STAMP)
 	$(VENV)/bin/freshrec demo --out $(DEMO_OUT)
 
-test: $(STAMP)
+# the lint gate (ruff.toml) runs first: a lint or format finding fails the run before any test starts
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint
 	$(PY) -m pytest -q tests
+
+test-fast: lint
+	$(PY) -m pytest -q tests/unit
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit

@@ -39,9 +39,13 @@ def _items(args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows = rng.standard_normal((args.items, args.dim)).astype(np.float32)
     else:
         centres = rng.standard_normal((1000, args.dim)).astype(np.float32) * 2
-        rows = centres[rng.integers(0, 1000, args.items)] + rng.standard_normal((args.items, args.dim)).astype(np.float32)
+        rows = centres[rng.integers(0, 1000, args.items)] + rng.standard_normal((args.items, args.dim)).astype(
+            np.float32
+        )
     ids = np.sort(rng.choice(np.int64(4) * args.items, args.items, replace=False)).astype(np.int64)
-    users = rows[rng.integers(0, args.items, args.queries)] + 0.3 * rng.standard_normal((args.queries, args.dim)).astype(np.float32)
+    users = rows[rng.integers(0, args.items, args.queries)] + 0.3 * rng.standard_normal(
+        (args.queries, args.dim)
+    ).astype(np.float32)
     return ids, rows, users
 
 
@@ -75,18 +79,28 @@ def run(args: argparse.Namespace) -> dict:
     upd = ann.updated(ids, rows2)
     update_s = time.perf_counter() - t
     exact2 = ItemIndex(ids, torch.from_numpy(rows2))
-    recall_upd = float(np.mean([len(np.intersect1d(upd.top(u, args.n)[0], exact2.top(u, args.n)[0])) / args.n
-                                for u in users[:50]]))
+    recall_upd = float(
+        np.mean([len(np.intersect1d(upd.top(u, args.n)[0], exact2.top(u, args.n)[0])) / args.n for u in users[:50]])
+    )
     med_e, med_a = statistics.median(exact_ms), statistics.median(ann_ms)
     return {
-        "items": args.items, "dim": args.dim, "n": args.n, "nlist": int(ann.index.nlist), "nprobe": args.nprobe,
+        "items": args.items,
+        "dim": args.dim,
+        "n": args.n,
+        "nlist": int(ann.index.nlist),
+        "nprobe": args.nprobe,
         "items_kind": "gaussian noise" if args.noise else "clustered (1000 centres)",
-        "exact_ms_per_query": round(med_e, 3), "exact_ms_range": [round(min(exact_ms), 3), round(max(exact_ms), 3)],
-        "ann_ms_per_query": round(med_a, 3), "ann_ms_range": [round(min(ann_ms), 3), round(max(ann_ms), 3)],
+        "exact_ms_per_query": round(med_e, 3),
+        "exact_ms_range": [round(min(exact_ms), 3), round(max(exact_ms), 3)],
+        "ann_ms_per_query": round(med_a, 3),
+        "ann_ms_range": [round(min(ann_ms), 3), round(max(ann_ms), 3)],
         "ann_speedup": round(med_e / med_a, 2),
         "recall_at_n": round(recall, 4),
         "build_s": round(build_s, 2),
-        "update_s": round(update_s, 3), "changed_items": int(len(moved)), "update_over_build": round(update_s / build_s, 4),
+        "update_s": round(update_s, 3),
+        "changed_items": int(len(moved)),
+        "update_over_build": round(update_s / build_s, 4),
         "recall_at_n_after_update": round(recall_upd, 4),
-        "loadavg_start": [round(x, 2) for x in load0], "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        "loadavg_start": [round(x, 2) for x in load0],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
     }

@@ -12,8 +12,10 @@ from pathlib import Path
 
 from trainer.data.fetch import SHARED_TAOBAO
 
-DESCRIPTION = ("rows/s of dynamic-feature computation (taobao_dynamic: counters, rates, sequences; state "
-               "updated file by file) as a ratio against the reader's rows/s on the same log, same run")
+DESCRIPTION = (
+    "rows/s of dynamic-feature computation (taobao_dynamic: counters, rates, sequences; state "
+    "updated file by file) as a ratio against the reader's rows/s on the same log, same run"
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

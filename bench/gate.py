@@ -30,8 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-DESCRIPTION = ("hold rate of the publish gate on a log replay with no regression (one version per data file), "
-               "and that flipped labels, a constant and a NaN model are held")
+DESCRIPTION = (
+    "hold rate of the publish gate on a log replay with no regression (one version per data file), "
+    "and that flipped labels, a constant and a NaN model are held"
+)
 FAULTS = ("flipped_labels", "constant_model", "nan_model")
 EXPECTED = {"flipped_labels": "auc_drop", "constant_model": "constant_scores", "nan_model": "nonfinite_scores"}
 
@@ -39,12 +41,23 @@ EXPECTED = {"flipped_labels": "auc_drop", "constant_model": "constant_scores", "
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from trainer.data.fetch import SHARED_TAOBAO
 
-    p.add_argument("--data", type=Path, default=SHARED_TAOBAO,
-                   help="a Taobao-format log (user_id,item_id,category_id,behavior,ts); default: the shared 96k sample")
-    p.add_argument("--every", default="1m", help="cut the log into data files of this time span (1m: ~115 files of ~840 rows)")
-    p.add_argument("--synthetic", type=int, default=0, metavar="FILES",
-                   help="replay this many synthetic files instead (bench.servedata.write_taobao_csv; used when --data "
-                        "is missing too)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=SHARED_TAOBAO,
+        help="a Taobao-format log (user_id,item_id,category_id,behavior,ts); default: the shared 96k sample",
+    )
+    p.add_argument(
+        "--every", default="1m", help="cut the log into data files of this time span (1m: ~115 files of ~840 rows)"
+    )
+    p.add_argument(
+        "--synthetic",
+        type=int,
+        default=0,
+        metavar="FILES",
+        help="replay this many synthetic files instead (bench.servedata.write_taobao_csv; used when --data "
+        "is missing too)",
+    )
     p.add_argument("--rows", type=int, default=1500, help="rows per synthetic file")
     p.add_argument("--max-files", type=int, default=0, help="replay at most this many files (0: all)")
     p.add_argument("--max-auc-drop", type=float, default=None, help="publish.max_auc_drop (default: the config's)")
@@ -58,10 +71,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _publish_config(args):
     from versions import PublishConfig
 
-    over = {k: getattr(args, a) for k, a in (("max_auc_drop", "max_auc_drop"), ("significance", "significance"),
-                                               ("min_examples", "min_examples"),
-                                               ("baseline_versions", "baseline_versions"))
-            if getattr(args, a) is not None}
+    over = {
+        k: getattr(args, a)
+        for k, a in (
+            ("max_auc_drop", "max_auc_drop"),
+            ("significance", "significance"),
+            ("min_examples", "min_examples"),
+            ("baseline_versions", "baseline_versions"),
+        )
+        if getattr(args, a) is not None
+    }
     return dataclasses.replace(PublishConfig(), **over)
 
 
@@ -71,14 +90,19 @@ def _data_files(args, work: Path) -> tuple[list[Path], str]:
 
     if args.synthetic or not Path(args.data).exists():
         n = args.synthetic or 40
-        files = [write_taobao_csv(work / "in" / f"part-{i:04d}.csv", args.rows, args.seed + i,
-                                  start_ts=1_511_658_000 + 3600 * i) for i in range(n)]
+        files = [
+            write_taobao_csv(
+                work / "in" / f"part-{i:04d}.csv", args.rows, args.seed + i, start_ts=1_511_658_000 + 3600 * i
+            )
+            for i in range(n)
+        ]
         return files, f"synthetic: {n} files x {args.rows} rows (bench.servedata.write_taobao_csv)"
     from trainer.data import Validator, load_spec
     from trainer.data.split import parse_duration, split_into_files
 
-    result = split_into_files([str(args.data)], Validator(load_spec("taobao")), parse_duration(args.every),
-                              work / "in", progress=False)
+    result = split_into_files(
+        [str(args.data)], Validator(load_spec("taobao")), parse_duration(args.every), work / "in", progress=False
+    )
     return list(result.files), f"{args.data} cut every {args.every}"
 
 
@@ -101,12 +125,17 @@ def run(args: argparse.Namespace) -> dict:
         files, source = _data_files(args, work)
         if len(files) < len(FAULTS) + 2:
             raise UserError(f"{len(files)} data files: need at least {len(FAULTS) + 2} (a longer log or --synthetic N)")
-        replay, fault_files = files[:-len(FAULTS)], files[-len(FAULTS):]
+        replay, fault_files = files[: -len(FAULTS)], files[-len(FAULTS) :]
         if args.max_files:
-            replay = replay[:args.max_files]
+            replay = replay[: args.max_files]
         d = DEFAULTS["taobao"]
-        train = TrainConfig(batch_size=d["batch_size"], sparse_lr=d["sparse_lr"], dense_lr=d["dense_lr"],
-                            init_scale=d["init_scale"], seed=args.seed)
+        train = TrainConfig(
+            batch_size=d["batch_size"],
+            sparse_lr=d["sparse_lr"],
+            dense_lr=d["dense_lr"],
+            init_scale=d["init_scale"],
+            seed=args.seed,
+        )
         t = StoreTrainer(work / "versions", model=ModelConfig(bottom_mlp=(16,)), train=train)
         t.keeper.publisher = Publisher(t.keeper.store, cfg)  # the gate under test, with this run's config
         rows: list[dict] = []
@@ -135,8 +164,12 @@ def run(args: argparse.Namespace) -> dict:
             t.keeper.after_file()
             t.keeper.wait()
             r = _row(t, t.keeper.last_version, path)
-            faults[name] = {"held": r["decision"] == "hold", "code": r["code"], "expected": EXPECTED[name],
-                            "reason": r["reason"]}
+            faults[name] = {
+                "held": r["decision"] == "hold",
+                "code": r["code"],
+                "expected": EXPECTED[name],
+                "reason": r["reason"],
+            }
         examples = np.array([r["examples"] for r in good], np.float64)
         before = _fixed_drop_holds(windows, [r["version"] for r in good])
         out = {
@@ -150,10 +183,16 @@ def run(args: argparse.Namespace) -> dict:
             "held_versions": [{k: r[k] for k in ("version", "file", "code", "reason")} for r in held],
             "faults_held": sum(f["held"] and f["code"] == f["expected"] for f in faults.values()),
             "faults": faults,
-            "window_examples": {"p10": float(np.percentile(examples, 10)), "p50": float(np.median(examples)),
-                                "p90": float(np.percentile(examples, 90))} if len(examples) else {},
+            "window_examples": {
+                "p10": float(np.percentile(examples, 10)),
+                "p50": float(np.median(examples)),
+                "p90": float(np.percentile(examples, 90)),
+            }
+            if len(examples)
+            else {},
             "progressive_auc_p50": float(np.nanmedian([r["auc"] if r["auc"] is not None else np.nan for r in good]))
-            if good else float("nan"),
+            if good
+            else float("nan"),
             "gate_counts": dict(t.keeper.publisher.counts),
             "config": dataclasses.asdict(cfg) | {"seed": args.seed},
             "wall_s": time.perf_counter() - t0,
@@ -166,10 +205,16 @@ def run(args: argparse.Namespace) -> dict:
 def _row(t, version, path) -> dict:
     d = t.keeper.decisions.get(version)
     m = t.keeper.store.manifest(version).extra.get("metrics", {}) if version is not None else {}
-    return {"version": version, "file": Path(path).name, "decision": None if d is None else ("publish" if d.publish else "hold"),
-            "code": getattr(d, "code", None), "reason": getattr(d, "reason", None),
-            "examples": m.get("examples_validated", 0), "auc": m.get("progressive_auc"),
-            "p_value": getattr(d, "p_value", None)}
+    return {
+        "version": version,
+        "file": Path(path).name,
+        "decision": None if d is None else ("publish" if d.publish else "hold"),
+        "code": getattr(d, "code", None),
+        "reason": getattr(d, "reason", None),
+        "examples": m.get("examples_validated", 0),
+        "auc": m.get("progressive_auc"),
+        "p_value": getattr(d, "p_value", None),
+    }
 
 
 class _Windows:

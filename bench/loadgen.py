@@ -29,13 +29,27 @@ class LoadResult:
 
     def summary(self) -> dict:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.asarray([np.nan])
-        return {"sent": self.sent, "ok": len(self.latencies_ms), "errors": sum(self.errors.values()),
-                "error_codes": dict(self.errors), "p50_ms": float(np.percentile(lat, 50)),
-                "p99_ms": float(np.percentile(lat, 99)), "qps": len(self.latencies_ms) / self.wall_s}
+        return {
+            "sent": self.sent,
+            "ok": len(self.latencies_ms),
+            "errors": sum(self.errors.values()),
+            "error_codes": dict(self.errors),
+            "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)),
+            "qps": len(self.latencies_ms) / self.wall_s,
+        }
 
 
-async def offered_load(call, target: str, qps: float, seconds: float, timeout_s: float = 2.0,
-                       metadata=(("application", "freshrec"),), channels: int = 2, stub=None) -> LoadResult:
+async def offered_load(
+    call,
+    target: str,
+    qps: float,
+    seconds: float,
+    timeout_s: float = 2.0,
+    metadata=(("application", "freshrec"),),
+    channels: int = 2,
+    stub=None,
+) -> LoadResult:
     """``call(stub, i)`` returns the awaitable of request i on a stub (``stub``: its class, default
     ``ScorerStub``) of a grpc.aio channel."""
     import grpc
@@ -59,7 +73,7 @@ async def offered_load(call, target: str, qps: float, seconds: float, timeout_s:
             versions.append((time.time(), int(getattr(r, "model_version", 0))))
         except grpc.RpcError as exc:
             errors[exc.code().name] += 1
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors[type(exc).__name__] += 1
 
     try:

@@ -31,14 +31,24 @@ DESCRIPTION = "parameter-server pull+push rows/s vs a local TBE and a naive whol
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=8, help="alternating rounds baseline <-> PS (default 8)")
-    parser.add_argument("--rows", default="200000",
-                        help="distinct ids per table / table size (default 200000); with --scale, the table sizes "
-                             "(rows in all, pre-filled) to time, e.g. 1000000,10000000,50000000")
-    parser.add_argument("--scale", action="store_true",
-                        help="the table-size run: pre-fill the tables to each --rows value and report ms per step "
-                             "per size (admission and id map cost must not grow with the table)")
-    parser.add_argument("--weights-dtype", default=None, choices=["fp32", "fp16"],
-                        help="stored row dtype (default fp32; fp16 with --scale)")
+    parser.add_argument(
+        "--rows",
+        default="200000",
+        help="distinct ids per table / table size (default 200000); with --scale, the table sizes "
+        "(rows in all, pre-filled) to time, e.g. 1000000,10000000,50000000",
+    )
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="the table-size run: pre-fill the tables to each --rows value and report ms per step "
+        "per size (admission and id map cost must not grow with the table)",
+    )
+    parser.add_argument(
+        "--weights-dtype",
+        default=None,
+        choices=["fp32", "fp16"],
+        help="stored row dtype (default fp32; fp16 with --scale)",
+    )
     parser.add_argument("--batch", type=int, default=8192, help="ids per table per step (default 8192)")
     parser.add_argument("--tables", type=int, default=4, help="number of tables (default 4)")
     parser.add_argument("--dim", type=int, default=64, help="row dim (default 64)")
@@ -47,12 +57,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--naive-steps", type=int, default=5, help="timed steps of the naive PS (default 5)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     parser.add_argument("--chunk", type=int, default=5, help="timed steps per round and side (default 5)")
-    parser.add_argument("--placements", default="ray,in_process",
-                        help="shard placements to time: ray (actors) and/or in_process (threads of this process); "
-                             "default both")
-    parser.add_argument("--depths", default="0",
-                        help="sync pipeline depths to time (ps.pipeline_depth: step s's push travels with step "
-                             "s+1+d's pull, so the client's work overlaps the shards'); default 0, e.g. 0,1")
+    parser.add_argument(
+        "--placements",
+        default="ray,in_process",
+        help="shard placements to time: ray (actors) and/or in_process (threads of this process); default both",
+    )
+    parser.add_argument(
+        "--depths",
+        default="0",
+        help="sync pipeline depths to time (ps.pipeline_depth: step s's push travels with step "
+        "s+1+d's pull, so the client's work overlaps the shards'); default 0, e.g. 0,1",
+    )
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -78,8 +93,9 @@ class _LocalTBE:
         from paramserver.config import PSConfig, TableConfig
         from paramserver.tbe import build_tbe
 
-        cfg = PSConfig(tables=tuple(TableConfig(f"t{i}", args.dim) for i in range(args.tables)),
-                       capacity_per_shard=args.rows)
+        cfg = PSConfig(
+            tables=tuple(TableConfig(f"t{i}", args.dim) for i in range(args.tables)), capacity_per_shard=args.rows
+        )
         self.tables = args.tables
         self.tbe = build_tbe(cfg.tables, cfg.capacity_per_shard, cfg.optimizer, cfg.learning_rate, cfg.eps)
         self.offsets = torch.arange(args.tables * args.batch + 1, dtype=torch.int64)
@@ -105,10 +121,17 @@ def _ps(args, shards: int, batches, grads, local: _LocalTBE, placement: str = "r
 
     from paramserver import PSConfig, TableConfig, create_parameter_server
 
-    cfg = PSConfig(tables=tuple(TableConfig(f"t{i}", args.dim) for i in range(args.tables)),
-                   num_shards=shards, capacity_per_shard=int(args.rows * 1.2 / shards) + 1024,
-                   mode="sync", num_workers=1, learning_rate=0.01, seed=args.seed, pipeline_depth=depth,
-                   weights_dtype=args.weights_dtype or "fp32")
+    cfg = PSConfig(
+        tables=tuple(TableConfig(f"t{i}", args.dim) for i in range(args.tables)),
+        num_shards=shards,
+        capacity_per_shard=int(args.rows * 1.2 / shards) + 1024,
+        mode="sync",
+        num_workers=1,
+        learning_rate=0.01,
+        seed=args.seed,
+        pipeline_depth=depth,
+        weights_dtype=args.weights_dtype or "fp32",
+    )
     client = create_parameter_server(cfg, placement=placement)
     state = {"step": 0, "tickets": {}}
 
@@ -120,8 +143,7 @@ def _ps(args, shards: int, batches, grads, local: _LocalTBE, placement: str = "r
             batch = batches[s % len(batches)]
             if not tickets:  # the first steps' rows (depth + 1 of them) are pulled up front
                 for k in range(depth + 1):
-                    tickets[s + k] = client.pull_many(batches[(s + k) % len(batches)], step=s + k, lease=True,
-                                                      stale=k)
+                    tickets[s + k] = client.pull_many(batches[(s + k) % len(batches)], step=s + k, lease=True, stale=k)
             client.wait(tickets.pop(s))  # rows of this step (the model would compute here)
             grads_s = {t: (ids, grads[t]) for t, ids in batch.items()}
             ahead = s + 1 + depth
@@ -133,7 +155,7 @@ def _ps(args, shards: int, batches, grads, local: _LocalTBE, placement: str = "r
     rounds = []
     try:
         ps_steps(args.warmup)
-        local.run(batches[:args.warmup])
+        local.run(batches[: args.warmup])
         load_start = os.getloadavg()
         for r in range(args.rounds):
             chunk = [batches[(state["step"] + i) % len(batches)] for i in range(args.chunk)]
@@ -148,9 +170,12 @@ def _ps(args, shards: int, batches, grads, local: _LocalTBE, placement: str = "r
         stats = client.stats()
     finally:
         client.shutdown()
-    return {"rounds": rounds, "load": (load_start, load_end), "rows": sum(s["rows"] for s in stats),
-            "shard_cpu_ms_per_step": 1e3 * sum(s["pull_cpu_s"] + s["push_cpu_s"] for s in stats)
-            / max(state["step"], 1)}
+    return {
+        "rounds": rounds,
+        "load": (load_start, load_end),
+        "rows": sum(s["rows"] for s in stats),
+        "shard_cpu_ms_per_step": 1e3 * sum(s["pull_cpu_s"] + s["push_cpu_s"] for s in stats) / max(state["step"], 1),
+    }
 
 
 def summary(values: list[float]) -> dict:
@@ -184,8 +209,9 @@ def _naive(args, shards: int, batches, grads) -> float:
 
     bounds = np.linspace(0, args.rows, shards + 1).astype(np.int64)
     cls = ray.remote(_NaiveShard)
-    actors = [cls.options(num_cpus=0).remote(args.tables, int(bounds[i + 1] - bounds[i]), args.dim)
-              for i in range(shards)]
+    actors = [
+        cls.options(num_cpus=0).remote(args.tables, int(bounds[i + 1] - bounds[i]), args.dim) for i in range(shards)
+    ]
     ray.get([a.get.remote() for a in actors])
     n = args.warmup + args.naive_steps
 
@@ -198,14 +224,15 @@ def _naive(args, shards: int, batches, grads) -> float:
             dense = np.zeros_like(tables[t])
             np.add.at(dense, ids, -0.01 * grads[t])
             update[t] = dense
-        ray.get([a.apply.remote({t: u[bounds[i]:bounds[i + 1]] for t, u in update.items()})
-                 for i, a in enumerate(actors)])
+        ray.get(
+            [a.apply.remote({t: u[bounds[i] : bounds[i + 1]] for t, u in update.items()}) for i, a in enumerate(actors)]
+        )
 
     try:
-        for batch in batches[:args.warmup]:
+        for batch in batches[: args.warmup]:
             step(batch)
         t0 = time.perf_counter()
-        for batch in batches[args.warmup:n]:
+        for batch in batches[args.warmup : n]:
             step(batch)
         return (time.perf_counter() - t0) / (n - args.warmup)
     finally:
@@ -220,9 +247,8 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     from cluster.config import RayConfig
-    from cluster.ray_runtime import ensure_ray
-
     from cluster.errors import UserError
+    from cluster.ray_runtime import ensure_ray
 
     try:
         shard_counts = [int(s) for s in str(args.shards).split(",")]
@@ -261,8 +287,14 @@ def run(args: argparse.Namespace) -> dict:
         "tables x batch x dim": f"{args.tables} x {args.batch} x {args.dim}, {args.rows} rows, zipf {args.zipf}",
         "unique ids per table-step": float(np.mean([len(np.unique(b["t0"])) for b in batches])),
         "rounds x steps": f"{args.rounds} x {args.chunk} per side, alternating (baseline first on even rounds)",
-        "ratio_vs_local_tbe": {}, "local_tbe_ms_per_step": {}, "ps_ms_per_step": {}, "ps_rows_per_s_median": {},
-        "load_average_1_5_15": {}, "shard_cpu_ms_per_step": {}, "naive_ps_ms_per_step": {}, "ratio_vs_naive_ps": {},
+        "ratio_vs_local_tbe": {},
+        "local_tbe_ms_per_step": {},
+        "ps_ms_per_step": {},
+        "ps_rows_per_s_median": {},
+        "load_average_1_5_15": {},
+        "shard_cpu_ms_per_step": {},
+        "naive_ps_ms_per_step": {},
+        "ratio_vs_naive_ps": {},
     }
     baseline = _LocalTBE(args, grads)
     for n, placement, depth in [(n, p, d) for d in depths for p in placements for n in shard_counts]:
@@ -274,8 +306,10 @@ def run(args: argparse.Namespace) -> dict:
         result["local_tbe_ms_per_step"][key] = summary([1e3 * b for b in base])
         result["ps_ms_per_step"][key] = summary([1e3 * p for p in ps])
         result["ps_rows_per_s_median"][key] = rows_per_step / summary(ps)["median"]
-        result["load_average_1_5_15"][key] = {"start": [round(x, 2) for x in info["load"][0]],
-                                              "end": [round(x, 2) for x in info["load"][1]]}
+        result["load_average_1_5_15"][key] = {
+            "start": [round(x, 2) for x in info["load"][0]],
+            "end": [round(x, 2) for x in info["load"][1]],
+        }
         result["shard_cpu_ms_per_step"][key] = info["shard_cpu_ms_per_step"]
         if args.naive_steps > 0 and placement == "ray" and depth == 0:
             naive = _naive(args, n, batches, grads)
@@ -289,8 +323,10 @@ def _scale_batches(args, steps: int):
     import numpy as np
 
     rng = np.random.default_rng(args.seed)
-    return [{f"t{i}": (rng.zipf(args.zipf, size=args.batch) - 1).astype(np.int64) for i in range(args.tables)}
-            for _ in range(steps)]
+    return [
+        {f"t{i}": (rng.zipf(args.zipf, size=args.batch) - 1).astype(np.int64) for i in range(args.tables)}
+        for _ in range(steps)
+    ]
 
 
 def _prefill(client, tables: int, per_table: int, chunk: int = 1 << 17) -> float:
@@ -337,20 +373,33 @@ def _scale(args, row_counts, shard_counts, placements, depths) -> dict:
     result: dict = {
         "machine": f"{os.cpu_count()} CPUs, torch threads 1",
         "tables x batch x dim": f"{args.tables} x {args.batch} x {args.dim}, {dtype} rows, zipf {args.zipf} over "
-                                "an unbounded id space",
-        "new ids per step (all tables, median of the timed steps)": statistics.median(new_per_step[args.warmup:]),
+        "an unbounded id space",
+        "new ids per step (all tables, median of the timed steps)": statistics.median(new_per_step[args.warmup :]),
         "steps": f"{args.warmup} warm-up + {args.rounds} x {args.chunk} timed",
-        "ps_ms_per_step": {}, "ratio_to_smallest": {}, "shard_cpu_ms_per_step": {}, "prefill_s": {},
-        "rows_held": {}, "load_average_1_5_15": {}, "peak_rss_gib_so_far": {},
+        "ps_ms_per_step": {},
+        "ratio_to_smallest": {},
+        "shard_cpu_ms_per_step": {},
+        "prefill_s": {},
+        "rows_held": {},
+        "load_average_1_5_15": {},
+        "peak_rss_gib_so_far": {},
     }
     for n, placement, depth in [(n, p, d) for d in depths for p in placements for n in shard_counts]:
         first = None
         for rows in row_counts:
             per_table = max(1, rows // args.tables)
             cap = int(per_table * 1.05 / n) + 2 * steps * args.batch + 1024
-            cfg = PSConfig(tables=tuple(TableConfig(f"t{i}", args.dim) for i in range(args.tables)),
-                           num_shards=n, capacity_per_shard=cap, mode="sync", num_workers=1, learning_rate=0.01,
-                           seed=args.seed, pipeline_depth=depth, weights_dtype=dtype)
+            cfg = PSConfig(
+                tables=tuple(TableConfig(f"t{i}", args.dim) for i in range(args.tables)),
+                num_shards=n,
+                capacity_per_shard=cap,
+                mode="sync",
+                num_workers=1,
+                learning_rate=0.01,
+                seed=args.seed,
+                pipeline_depth=depth,
+                weights_dtype=dtype,
+            )
             client = create_parameter_server(cfg, placement=placement)
             try:
                 fill_s = _prefill(client, args.tables, per_table)
@@ -368,12 +417,15 @@ def _scale(args, row_counts, shard_counts, placements, depths) -> dict:
             result["ps_ms_per_step"][key] = summary(ms)
             first = first or summary(ms)["median"]
             result["ratio_to_smallest"][key] = summary(ms)["median"] / first
-            result["shard_cpu_ms_per_step"][key] = 1e3 * (sum(s["pull_cpu_s"] + s["push_cpu_s"] for s in after)
-                                                          - cpu0) / max(1, steps)
+            result["shard_cpu_ms_per_step"][key] = (
+                1e3 * (sum(s["pull_cpu_s"] + s["push_cpu_s"] for s in after) - cpu0) / max(1, steps)
+            )
             result["prefill_s"][key] = fill_s
             result["rows_held"][key] = sum(s["rows"] for s in after)
-            result["load_average_1_5_15"][key] = {"start": [round(x, 2) for x in load_start],
-                                                  "end": [round(x, 2) for x in load_end]}
+            result["load_average_1_5_15"][key] = {
+                "start": [round(x, 2) for x in load_start],
+                "end": [round(x, 2) for x in load_end],
+            }
             result["peak_rss_gib_so_far"][key] = _peak_rss_bytes() / 2**30
     return result
 

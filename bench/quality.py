@@ -21,9 +21,11 @@ from trainer.data.fetch import SHARED_DATA
 from trainer.data.fetch import SHARED_ML100K as ML100K
 from trainer.data.fetch import SHARED_TAOBAO as TAOBAO
 
-DESCRIPTION = ("AUC of incremental training (each data file once, in time order) vs a full retrain from scratch "
-               "at each point, and vs an FTRL-Proximal logistic regression fed the same files in the same order, "
-               "on real data; compute_ratio = incremental / full-retrain examples")
+DESCRIPTION = (
+    "AUC of incremental training (each data file once, in time order) vs a full retrain from scratch "
+    "at each point, and vs an FTRL-Proximal logistic regression fed the same files in the same order, "
+    "on real data; compute_ratio = incremental / full-retrain examples"
+)
 
 # DeepCTR's public example files (github shenweichen/DeepCTR, examples/), kept beside the checkout like the
 # other shared data (../shared/data/deepctr_samples/SOURCE.md says how they were made): 200 Criteo rows in the
@@ -36,10 +38,10 @@ AVAZU_SAMPLE = SHARED_DATA / "deepctr_samples" / "avazu_sample.txt"
 # the Taobao log overfits the id embeddings (log-loss 0.34 -> 0.52); MovieLens gains a little.
 # lr_*: the FTRL-Proximal baseline's alpha and l1 (beta 1, l2 1), tuned on the same logs (docs/benchmarks.md).
 DEFAULTS = {
-    "taobao": dict(batch_size=256, sparse_lr=0.03, dense_lr=0.003, init_scale=0.01, epochs=1,
-                   lr_alpha=0.05, lr_l1=0.1),
-    "movielens": dict(batch_size=256, sparse_lr=0.1, dense_lr=0.01, init_scale=0.01, epochs=2,
-                      lr_alpha=0.05, lr_l1=0.1),
+    "taobao": dict(batch_size=256, sparse_lr=0.03, dense_lr=0.003, init_scale=0.01, epochs=1, lr_alpha=0.05, lr_l1=0.1),
+    "movielens": dict(
+        batch_size=256, sparse_lr=0.1, dense_lr=0.01, init_scale=0.01, epochs=2, lr_alpha=0.05, lr_l1=0.1
+    ),
 }
 DEFAULTS["movielens_genres"] = DEFAULTS["movielens"]
 # the same data and protocol with dynamic features (counters, rates, behaviour sequences; docs/features.md)
@@ -47,29 +49,51 @@ DEFAULTS["taobao_dynamic"] = DEFAULTS["taobao"]
 DEFAULTS["movielens_dynamic"] = DEFAULTS["movielens"]
 DEFAULTS["criteo"] = DEFAULTS["avazu"] = DEFAULTS["taobao"]  # a newcomer's log: the documented defaults
 # preset -> (spec, shared input, how it is cut into data files)
-PRESETS = {"taobao": ("taobao", TAOBAO, "every"), "movielens": ("movielens100k", ML100K, "files"),
-           "movielens_genres": ("movielens100k_genres", ML100K, "files"),
-           "taobao_dynamic": ("taobao_dynamic", TAOBAO, "every"),
-           "movielens_dynamic": ("movielens100k_dynamic", ML100K, "files"),
-           "criteo": ("criteo", CRITEO_SAMPLE, "files"), "avazu": ("avazu", AVAZU_SAMPLE, "files")}
+PRESETS = {
+    "taobao": ("taobao", TAOBAO, "every"),
+    "movielens": ("movielens100k", ML100K, "files"),
+    "movielens_genres": ("movielens100k_genres", ML100K, "files"),
+    "taobao_dynamic": ("taobao_dynamic", TAOBAO, "every"),
+    "movielens_dynamic": ("movielens100k_dynamic", ML100K, "files"),
+    "criteo": ("criteo", CRITEO_SAMPLE, "files"),
+    "avazu": ("avazu", AVAZU_SAMPLE, "files"),
+}
 # presets on small samples: (equal-count data files, warm-up files, smallest file that is a point)
 SMALL = {"criteo": (5, 1, 1), "avazu": (5, 1, 1)}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", "--preset", choices=tuple(PRESETS), default="taobao",
-                   help="a preset: its spec, the shared data file, how it is cut, tuned learning rates")
+    p.add_argument(
+        "--dataset",
+        "--preset",
+        choices=tuple(PRESETS),
+        default="taobao",
+        help="a preset: its spec, the shared data file, how it is cut, tuned learning rates",
+    )
     p.add_argument("--spec", default=None, help="any feature spec (YAML or built-in name); with --data")
-    p.add_argument("--data", nargs="+", default=None, metavar="PATH",
-                   help="the log(s) to replay (default: the preset's shared file); without --spec, the preset's spec, "
-                        "cut and tuned defaults apply to them")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="the log(s) to replay (default: the preset's shared file); without --spec, the preset's spec, "
+        "cut and tuned defaults apply to them",
+    )
     p.add_argument("--input", type=Path, default=None, help=argparse.SUPPRESS)  # older name of --data
     p.add_argument("--points", type=int, default=0, help="evaluation points spread over the log (0: every data file)")
-    p.add_argument("--warmup", type=int, default=None, help="data files before the first point (default 4; "
-                   "1 on the criteo/avazu samples)")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="data files before the first point (default 4; 1 on the criteo/avazu samples)",
+    )
     p.add_argument("--every", default=None, help="cut into time windows of this length (Taobao preset: 5m)")
-    p.add_argument("--files", type=int, default=None,
-                   help="cut into this many equal-count data files in time order (MovieLens presets: 20)")
+    p.add_argument(
+        "--files",
+        type=int,
+        default=None,
+        help="cut into this many equal-count data files in time order (MovieLens presets: 20)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="full-retrain epochs k (default: per data set)")
     p.add_argument("--interaction", choices=("dcn", "dot"), default="dcn")
     p.add_argument("--batch-size", type=int, default=None, help="default: per data set (see DEFAULTS)")
@@ -80,20 +104,47 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: less noise from neighbours)")
     p.add_argument("--plot-dir", type=Path, default=None, help="write quality_<dataset>.png here")
     p.add_argument("--per-point", action="store_true", help="include the per-point table in the result")
-    p.add_argument("--strategies", action="store_true",
-                   help="also replay periodic (window 4) and fusion (lambda 0.5) and report their mean AUC")
-    p.add_argument("--wide", action=argparse.BooleanOptionalAction, default=None,
-                   help="the model's first-order part (model.wide; default: the model's default)")
-    p.add_argument("--embedding-dim", type=int, default=None,
-                   help="every sparse feature's embedding dim (a multiple of 4; default: the spec's)")
-    p.add_argument("--history-files", type=int, default=0,
-                   help="the first this many data files are the cold start's history (<= --warmup)")
-    p.add_argument("--history-epochs", type=int, default=None,
-                   help="train.history_epochs: passes over the history files (default: the TrainConfig default)")
-    p.add_argument("--full-retrain", action=argparse.BooleanOptionalAction, default=True,
-                   help="--no-full-retrain: skip the full retrains (a sweep of the online model against the LR)")
-    p.add_argument("--lr", action=argparse.BooleanOptionalAction, default=True,
-                   help="also run the FTRL-Proximal logistic-regression baseline (auc_lr, logloss_lr)")
+    p.add_argument(
+        "--strategies",
+        action="store_true",
+        help="also replay periodic (window 4) and fusion (lambda 0.5) and report their mean AUC",
+    )
+    p.add_argument(
+        "--wide",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the model's first-order part (model.wide; default: the model's default)",
+    )
+    p.add_argument(
+        "--embedding-dim",
+        type=int,
+        default=None,
+        help="every sparse feature's embedding dim (a multiple of 4; default: the spec's)",
+    )
+    p.add_argument(
+        "--history-files",
+        type=int,
+        default=0,
+        help="the first this many data files are the cold start's history (<= --warmup)",
+    )
+    p.add_argument(
+        "--history-epochs",
+        type=int,
+        default=None,
+        help="train.history_epochs: passes over the history files (default: the TrainConfig default)",
+    )
+    p.add_argument(
+        "--full-retrain",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="--no-full-retrain: skip the full retrains (a sweep of the online model against the LR)",
+    )
+    p.add_argument(
+        "--lr",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the FTRL-Proximal logistic-regression baseline (auc_lr, logloss_lr)",
+    )
     p.add_argument("--lr-alpha", type=float, default=None, help="FTRL alpha; default: per data set")
     p.add_argument("--lr-beta", type=float, default=1.0, help="FTRL beta")
     p.add_argument("--lr-l1", type=float, default=None, help="FTRL l1; default: per data set")
@@ -105,8 +156,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from common.config import ConfigError
     from cluster.errors import UserError
+    from common.config import ConfigError
     from trainer.config import ModelConfig, TrainConfig
     from trainer.data import load_spec
     from trainer.data.split import parse_duration
@@ -133,8 +184,10 @@ def run(args: argparse.Namespace) -> dict:
         by_time = preset_cut == "every" and not args.spec
         every, n_files = (parse_duration("5m"), None) if by_time else (None, small_files)
     if not 0 <= args.history_files <= warmup:
-        raise UserError(f"--history-files must be in [0, --warmup={warmup}]: a history file is trained on more "
-                        "than once, so no point may score it")
+        raise UserError(
+            f"--history-files must be in [0, --warmup={warmup}]: a history file is trained on more "
+            "than once, so no point may score it"
+        )
     if args.embedding_dim is not None:
         if args.embedding_dim < 4 or args.embedding_dim % 4:
             raise UserError(f"--embedding-dim must be a positive multiple of 4 (FBGEMM), got {args.embedding_dim}")
@@ -152,25 +205,65 @@ def run(args: argparse.Namespace) -> dict:
 
     extra = {} if args.history_epochs is None else {"history_epochs": args.history_epochs}
     try:
-        train = TrainConfig(batch_size=pick("batch_size"), sparse_lr=pick("sparse_lr"), dense_lr=pick("dense_lr"),
-                            init_scale=pick("init_scale"), seed=args.seed, epochs_full_retrain=pick("epochs"), **extra)
+        train = TrainConfig(
+            batch_size=pick("batch_size"),
+            sparse_lr=pick("sparse_lr"),
+            dense_lr=pick("dense_lr"),
+            init_scale=pick("init_scale"),
+            seed=args.seed,
+            epochs_full_retrain=pick("epochs"),
+            **extra,
+        )
         bottom = (args.embedding_dim or 16) if args.interaction == "dot" else 16  # dot: == the embedding dim
-        model = ModelConfig(interaction=args.interaction, bottom_mlp=(bottom,),
-                            **({} if args.wide is None else {"wide": args.wide}))
-        lr = FTRLConfig(alpha=pick("lr_alpha"), beta=args.lr_beta, l1=pick("lr_l1"), l2=args.lr_l2,
-                        batch_size=args.lr_batch_size, bits=args.lr_bits, seed=args.seed) if args.lr else None
+        model = ModelConfig(
+            interaction=args.interaction, bottom_mlp=(bottom,), **({} if args.wide is None else {"wide": args.wide})
+        )
+        lr = (
+            FTRLConfig(
+                alpha=pick("lr_alpha"),
+                beta=args.lr_beta,
+                l1=pick("lr_l1"),
+                l2=args.lr_l2,
+                batch_size=args.lr_batch_size,
+                bits=args.lr_bits,
+                seed=args.seed,
+            )
+            if args.lr
+            else None
+        )
     except (ConfigError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     dataset = spec.name if args.spec else args.dataset
-    result = run_quality(dataset, spec, shards, names, model, train, points, lr=lr, history=args.history_files,
-                         full_retrain=args.full_retrain)
-    out = {"dataset": dataset, "spec": spec.name, **result.summary(), "wall_s": time.perf_counter() - t0,
-           "config": {k: getattr(train, k) for k in ("batch_size", "sparse_lr", "dense_lr", "init_scale", "seed",
-                                                      "history_epochs")}
-           | {"interaction": args.interaction, "wide": model.wide, "history_files": args.history_files,
-              "embedding_dims": sorted({f.dim for f in spec.model_sparse}),
-              "files": f"every {args.every or '5m'}" if every else f"{n_files} equal-count"}
-           | ({"lr": dataclasses.asdict(lr)} if lr is not None else {})}
+    result = run_quality(
+        dataset,
+        spec,
+        shards,
+        names,
+        model,
+        train,
+        points,
+        lr=lr,
+        history=args.history_files,
+        full_retrain=args.full_retrain,
+    )
+    out = {
+        "dataset": dataset,
+        "spec": spec.name,
+        **result.summary(),
+        "wall_s": time.perf_counter() - t0,
+        "config": {
+            k: getattr(train, k)
+            for k in ("batch_size", "sparse_lr", "dense_lr", "init_scale", "seed", "history_epochs")
+        }
+        | {
+            "interaction": args.interaction,
+            "wide": model.wide,
+            "history_files": args.history_files,
+            "embedding_dims": sorted({f.dim for f in spec.model_sparse}),
+            "files": f"every {args.every or '5m'}" if every else f"{n_files} equal-count",
+        }
+        | ({"lr": dataclasses.asdict(lr)} if lr is not None else {}),
+    }
     if spec.dynamic is not None:  # the state after the whole log: tracked ids and bytes per id, per key
         from trainer.features import DynamicFeatures
 
@@ -182,10 +275,15 @@ def run(args: argparse.Namespace) -> dict:
         from trainer.quality import run_strategy
         from trainer.strategies import FusionPolicy, OnlinePolicy, PeriodicPolicy
 
-        policies = {"online": OnlinePolicy(), "periodic_w4": PeriodicPolicy(window=4),
-                    "fusion_0.5": FusionPolicy(0.5), "fusion_0.9": FusionPolicy(0.9)}
-        out["strategies"] = {name: run_strategy(spec, shards, model, train, pol, points)
-                             for name, pol in policies.items()}
+        policies = {
+            "online": OnlinePolicy(),
+            "periodic_w4": PeriodicPolicy(window=4),
+            "fusion_0.5": FusionPolicy(0.5),
+            "fusion_0.9": FusionPolicy(0.9),
+        }
+        out["strategies"] = {
+            name: run_strategy(spec, shards, model, train, pol, points) for name, pol in policies.items()
+        }
     if args.plot_dir is not None:
         from trainer.report import write_report
 
@@ -193,13 +291,21 @@ def run(args: argparse.Namespace) -> dict:
     if args.per_point:
         out["per_point"] = {
             f"{p.point:02d} {p.file}": {
-                "rows": p.examples, "positives": p.positives,
-                "auc_inc": round(p.auc_incremental, 4), "auc_full": round(p.auc_full_retrain, 4),
-                "logloss_inc": round(p.log_loss_incremental, 4), "logloss_full": round(p.log_loss_full_retrain, 4),
-                "auc_lr": round(p.auc_lr, 4), "logloss_lr": round(p.log_loss_lr, 4),
-                "inc_examples": p.inc_examples, "full_examples": p.full_examples,
-                "inc_s": round(p.inc_seconds, 3), "full_s": round(p.full_seconds, 3),
-            } for p in result.points}
+                "rows": p.examples,
+                "positives": p.positives,
+                "auc_inc": round(p.auc_incremental, 4),
+                "auc_full": round(p.auc_full_retrain, 4),
+                "logloss_inc": round(p.log_loss_incremental, 4),
+                "logloss_full": round(p.log_loss_full_retrain, 4),
+                "auc_lr": round(p.auc_lr, 4),
+                "logloss_lr": round(p.log_loss_lr, 4),
+                "inc_examples": p.inc_examples,
+                "full_examples": p.full_examples,
+                "inc_s": round(p.inc_seconds, 3),
+                "full_s": round(p.full_seconds, 3),
+            }
+            for p in result.points
+        }
     return out
 
 

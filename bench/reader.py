@@ -9,8 +9,10 @@ from pathlib import Path
 
 from trainer.data.fetch import SHARED_TAOBAO
 
-DESCRIPTION = ("rows/s of freshrec's read + validate + featurise on the Taobao log, as a ratio against "
-               "pyarrow's plain CSV read of the same file in the same run")
+DESCRIPTION = (
+    "rows/s of freshrec's read + validate + featurise on the Taobao log, as a ratio against "
+    "pyarrow's plain CSV read of the same file in the same run"
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -65,8 +65,9 @@ def _grpcio_main(store: str, catalogue: str, port_file: str) -> None:
 def _start_grpcio(store: str, catalogue: str, work: Path) -> tuple[subprocess.Popen, str]:
     port_file = work / "grpcio.port"
     code = f"import bench.search as b; b._grpcio_main({store!r}, {catalogue!r}, {str(port_file)!r})"
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while not port_file.exists() or not port_file.read_text():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -103,10 +104,12 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)
     cfg = RankerConfig()
     corpus = SearchCorpus(catalogue)
-    result: dict = {"data": f"{args.data}: {len(catalogue)} products, {len(judgments.query_ids)} queries, "
-                            f"{len(judgments)} judged pairs",
-                    "ranker": {"sparse_features": list(corpus.spec.sparse_features), **cfg.run_config()},
-                    "loadavg_start": list(os.getloadavg())}
+    result: dict = {
+        "data": f"{args.data}: {len(catalogue)} products, {len(judgments.query_ids)} queries, "
+        f"{len(judgments)} judged pairs",
+        "ranker": {"sparse_features": list(corpus.spec.sparse_features), **cfg.run_config()},
+        "loadavg_start": list(os.getloadavg()),
+    }
     if "folds" not in skip:
         t0 = time.perf_counter()
         cv = cross_validate(corpus, judgments, cfg, folds=args.folds, seed=args.seed)
@@ -120,9 +123,9 @@ def run(args: argparse.Namespace) -> dict:
             rep = replay(corpus, judgments, cfg, store, batch_queries=args.batch_queries, seed=args.seed)
             s = rep.summary()
             result["progressive"] = {k: v for k, v in s.items() if k not in ("batches",)}
-            result["progressive"]["per_batch"] = [{k: b[k] for k in ("batch", "ndcg10_lexical",
-                                                                      "ndcg10_progressive", "version")}
-                                                  for b in s["batches"]]
+            result["progressive"]["per_batch"] = [
+                {k: b[k] for k in ("batch", "ndcg10_lexical", "ndcg10_progressive", "version")} for b in s["batches"]
+            ]
             result["progressive_ndcg10"] = s["progressive_ndcg10"]
         if "latency" not in skip:
             result.update(_latency(args, store, str(Path(args.data) / "eval40_products.tsv"), judgments, work, skip))

@@ -50,16 +50,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, default=20, help="k of Recommend (default 20)")
     parser.add_argument("--swaps", type=int, default=10, help="versions committed under load (default 10)")
     parser.add_argument("--fresh-files", type=int, default=20, help="data files for freshness (default 20)")
-    parser.add_argument("--ingress", choices=("proxy", "throughput"), default="proxy",
-                        help="proxy: Ray Serve's gRPC proxy (default); throughput: RAY_SERVE_THROUGHPUT_OPTIMIZED=1 "
-                             "(direct ingress, user code on the replica's loop)")
+    parser.add_argument(
+        "--ingress",
+        choices=("proxy", "throughput"),
+        default="proxy",
+        help="proxy: Ray Serve's gRPC proxy (default); throughput: RAY_SERVE_THROUGHPUT_OPTIMIZED=1 "
+        "(direct ingress, user code on the replica's loop)",
+    )
     parser.add_argument("--data", default=str(TAOBAO), help="a Taobao-format CSV (default: the shared Taobao log)")
-    parser.add_argument("--recall-users", type=int, default=100,
-                        help="users for retrieval recall@k against the full model over the whole catalogue (default 100)")
+    parser.add_argument(
+        "--recall-users",
+        type=int,
+        default=100,
+        help="users for retrieval recall@k against the full model over the whole catalogue (default 100)",
+    )
     parser.add_argument("--skip", default="", help="comma list of phases to skip: grpcio,recommend,swaps,freshness")
-    parser.add_argument("--keep-work", action="store_true",
-                        help="keep the work directory (version store, data files, trainer logs) and print its path; "
-                             "by default it is removed at the end, also on an error or Ctrl-C")
+    parser.add_argument(
+        "--keep-work",
+        action="store_true",
+        help="keep the work directory (version store, data files, trainer logs) and print its path; "
+        "by default it is removed at the end, also on an error or Ctrl-C",
+    )
 
 
 # ----------------------------------------------------------------------- work dir
@@ -106,14 +117,21 @@ def _prepare(args, work: Path) -> dict:
         (work / "history").mkdir(parents=True)
         (work / "history" / "part-0000.csv").write_text("\n".join(lines[:cut]) + "\n")
         chunks = np.array_split(np.arange(cut, len(lines)), later_n)
-        later = ["\n".join(lines[c[0]:c[-1] + 1]) + "\n" for c in chunks]
+        later = ["\n".join(lines[c[0] : c[-1] + 1]) + "\n" for c in chunks]
         source = f"taobao {data.name}: {cut} history rows, {later_n} files of ~{len(chunks[0])} rows"
     else:
         write_taobao_csv(work / "history" / "part-0000.csv", 30000, 0, users=2000, items=5000)
         later = []
         for i in range(later_n):
-            p = write_taobao_csv(work / f"gen-{i}.csv", 800, i + 1, start_ts=1_511_700_000 + 600 * i,
-                                 users=2000, items=5000, new_items=100)
+            p = write_taobao_csv(
+                work / f"gen-{i}.csv",
+                800,
+                i + 1,
+                start_ts=1_511_700_000 + 600 * i,
+                users=2000,
+                items=5000,
+                new_items=100,
+            )
             later.append(p.read_text())
         source = "synthetic taobao-format log (the Taobao file is absent)"
     return {"history": work / "history" / "part-0000.csv", "later": later, "source": source}
@@ -169,8 +187,11 @@ def _timed(fn, reps: int) -> dict:
         t0 = time.perf_counter()
         fn(i)
         lat.append((time.perf_counter() - t0) * 1e3)
-    return {"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-            "qps": 1e3 / float(np.mean(lat))}
+    return {
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "qps": 1e3 / float(np.mean(lat)),
+    }
 
 
 # ----------------------------------------------------------------------- servers
@@ -189,8 +210,9 @@ def _grpcio_main(store: str, catalogue: str, port_file: str) -> None:
 def _start_grpcio(store: str, catalogue: str, work: Path) -> tuple[subprocess.Popen, str]:
     port_file = work / "grpcio.port"
     code = f"import bench.serve as b; b._grpcio_main({store!r}, {catalogue!r}, {str(port_file)!r})"
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while not port_file.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
@@ -254,9 +276,14 @@ def _run(args: argparse.Namespace, work: Path, children: list) -> dict:
     model = svc.follower.model
     reqs = _requests(model, 64, args.candidates)
     rec_reqs = _recommend_requests(model, 64, args.k)
-    batches = [model.features.batch({"user_id": r.context["user_id"].id, "ts": r.context["ts"].id},
-                                    {"item_id": __import__("pyarrow").array(list(r.candidate_columns["item_id"].ids))},
-                                    args.candidates)[0] for r in reqs]
+    batches = [
+        model.features.batch(
+            {"user_id": r.context["user_id"].id, "ts": r.context["ts"].id},
+            {"item_id": __import__("pyarrow").array(list(r.candidate_columns["item_id"].ids))},
+            args.candidates,
+        )[0]
+        for r in reqs
+    ]
     result["score_bare_forward"] = _timed(lambda i: model.score(batches[i % 64]), 400)
     result["score_in_process"] = _timed(lambda i: svc.score(reqs[i % 64]), 400)
     result["recommend_in_process"] = _timed(lambda i: svc.recommend(rec_reqs[i % 64]), 200)
@@ -287,8 +314,9 @@ def _run(args: argparse.Namespace, work: Path, children: list) -> dict:
             serve_rounds.append(_load(target, reqs, "Score", args.qps, args.seconds, True).summary())
             if "recommend" not in skip:
                 if grpcio_proc is not None:
-                    grpcio_rec.append(_load(grpcio_target, rec_reqs, "Recommend", args.qps, args.seconds,
-                                            False).summary())
+                    grpcio_rec.append(
+                        _load(grpcio_target, rec_reqs, "Recommend", args.qps, args.seconds, False).summary()
+                    )
                 serve_rec.append(_load(target, rec_reqs, "Recommend", args.qps, args.seconds, True).summary())
         result["score_serve"] = median_of(serve_rounds)
         if grpcio_rounds:
@@ -300,8 +328,13 @@ def _run(args: argparse.Namespace, work: Path, children: list) -> dict:
         if grpcio_proc is not None:
             grpcio_proc.kill()
             grpcio_proc = None
-        result.update({"p50_ms": result["score_serve"]["p50_ms"], "p99_ms": result["score_serve"]["p99_ms"],
-                       "qps": result["score_serve"]["qps"]})
+        result.update(
+            {
+                "p50_ms": result["score_serve"]["p50_ms"],
+                "p99_ms": result["score_serve"]["p99_ms"],
+                "qps": result["score_serve"]["qps"],
+            }
+        )
         later = list(data["later"])
         if "swaps" not in skip:
             from serving.app import pin
@@ -310,20 +343,31 @@ def _run(args: argparse.Namespace, work: Path, children: list) -> dict:
             # user_config update: the same replica goes on serving
             pinned = ScoringClient(target).model_info().model_version
             pin(cfg, pinned)
-            control = _swaps(args, store_url, work, target, reqs, later[:args.swaps], result["p99_ms"], "control",
-                             children)
+            control = _swaps(
+                args, store_url, work, target, reqs, later[: args.swaps], result["p99_ms"], "control", children
+            )
             result["swap_control_pinned"] = control
             pin(cfg, None)
             ScoringClient(target).wait_ready(60, min_version=pinned + 1)
             time.sleep(2.0)
-            swaps = _swaps(args, store_url, work, target, reqs, later[args.swaps:2 * args.swaps], result["p99_ms"],
-                           "swap", children)
+            swaps = _swaps(
+                args,
+                store_url,
+                work,
+                target,
+                reqs,
+                later[args.swaps : 2 * args.swaps],
+                result["p99_ms"],
+                "swap",
+                children,
+            )
             result.update({f"swap_{k}": v for k, v in swaps.items()})
             result["swap_p99_over_pinned_control"] = swaps["p99_ms"] / control["p99_ms"]
-        later = later[2 * args.swaps:]
+        later = later[2 * args.swaps :]
         if "freshness" not in skip:
-            result.update(_freshness(args, store, store_url, work, target, reqs[0], later[:args.fresh_files],
-                                     children))
+            result.update(
+                _freshness(args, store, store_url, work, target, reqs[0], later[: args.fresh_files], children)
+            )
     finally:
         if grpcio_proc is not None:
             grpcio_proc.kill()
@@ -363,9 +407,25 @@ def _recall(model, k: int, users: int, seed: int = 2) -> dict:
 
 def _trainer(store_url: str, incoming: Path, files: int, work: Path, name: str) -> subprocess.Popen:
     with open(work / f"{name}.log", "w") as log:  # the child holds its own copy of the descriptor
-        return subprocess.Popen([sys.executable, "-m", "bench.servedata", "--store", store_url, "--incoming",
-                                 str(incoming), "--files", str(files), "--idle-timeout", "60"],
-                                cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.servedata",
+                "--store",
+                store_url,
+                "--incoming",
+                str(incoming),
+                "--files",
+                str(files),
+                "--idle-timeout",
+                "60",
+            ],
+            cwd=REPO,
+            env=_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _wait_line(work: Path, name: str, text: str, timeout: float = 120) -> None:
@@ -378,8 +438,9 @@ def _wait_line(work: Path, name: str, text: str, timeout: float = 120) -> None:
     raise RuntimeError(f"the trainer process did not print {text!r}: see {work / f'{name}.log'}")
 
 
-def _swaps(args, store_url: str, work: Path, target: str, reqs, files: list[str], steady_p99: float,
-           name: str, children: list) -> dict:
+def _swaps(
+    args, store_url: str, work: Path, target: str, reqs, files: list[str], steady_p99: float, name: str, children: list
+) -> dict:
     """Land ``files`` one by one while Score runs at the offered load: every file becomes a version."""
     incoming = work / f"incoming-{name}"
     incoming.mkdir()
@@ -389,8 +450,7 @@ def _swaps(args, store_url: str, work: Path, target: str, reqs, files: list[str]
     interval = 0.8
     seconds = len(files) * interval + 3.0
     box = {}
-    load = threading.Thread(target=lambda: box.setdefault("res", _load(target, reqs, "Score", args.qps, seconds,
-                                                                         True)))
+    load = threading.Thread(target=lambda: box.setdefault("res", _load(target, reqs, "Score", args.qps, seconds, True)))
     load.start()
     time.sleep(1.0)
     for i, text in enumerate(files):
@@ -401,9 +461,16 @@ def _swaps(args, store_url: str, work: Path, target: str, reqs, files: list[str]
     res = box["res"]
     s = res.summary()
     seen = sorted({v for _, v in res.versions})
-    return {"failed_requests": s["errors"], "error_codes": s["error_codes"], "requests": s["sent"],
-            "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"], "p99_over_steady": s["p99_ms"] / steady_p99,
-            "versions_seen": len(seen), "versions": [seen[0], seen[-1]] if seen else []}
+    return {
+        "failed_requests": s["errors"],
+        "error_codes": s["error_codes"],
+        "requests": s["sent"],
+        "p50_ms": s["p50_ms"],
+        "p99_ms": s["p99_ms"],
+        "p99_over_steady": s["p99_ms"] / steady_p99,
+        "versions_seen": len(seen),
+        "versions": [seen[0], seen[-1]] if seen else [],
+    }
 
 
 def _freshness(args, store, store_url: str, work: Path, target: str, req, files: list[str], children: list) -> dict:
@@ -460,7 +527,11 @@ def _freshness(args, store, store_url: str, work: Path, target: str, req, files:
             to_commit.append(store.manifest(v).committed_at - t_land)
     if not fresh:
         return {"freshness_p50_s": float("nan"), "freshness_p99_s": float("nan"), "freshness_files": 0}
-    return {"freshness_p50_s": float(np.percentile(fresh, 50)), "freshness_p99_s": float(np.percentile(fresh, 99)),
-            "freshness_max_s": float(max(fresh)), "freshness_files": len(fresh),
-            "land_to_commit_p50_s": float(np.percentile(to_commit, 50)),
-            "commit_to_served_p50_s": float(np.percentile(np.subtract(fresh, to_commit), 50))}
+    return {
+        "freshness_p50_s": float(np.percentile(fresh, 50)),
+        "freshness_p99_s": float(np.percentile(fresh, 99)),
+        "freshness_max_s": float(max(fresh)),
+        "freshness_files": len(fresh),
+        "land_to_commit_p50_s": float(np.percentile(to_commit, 50)),
+        "commit_to_served_p50_s": float(np.percentile(np.subtract(fresh, to_commit), 50)),
+    }

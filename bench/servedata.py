@@ -21,8 +21,16 @@ from trainer.versioning import VersionKeeper, version_extra
 from versions import SnapshotConfig
 
 
-def write_taobao_csv(path: str | Path, rows: int, seed: int, start_ts: int = 1_511_658_000, users: int = 300,
-                     items: int = 400, categories: int = 20, new_items: int = 0) -> Path:
+def write_taobao_csv(
+    path: str | Path,
+    rows: int,
+    seed: int,
+    start_ts: int = 1_511_658_000,
+    users: int = 300,
+    items: int = 400,
+    categories: int = 20,
+    new_items: int = 0,
+) -> Path:
     """A Taobao-format CSV (user_id,item_id,category_id,behavior,ts) with a learnable signal: even
     items are bought often. ``new_items`` ids start at 10**6 + seed*1000 (items no earlier file had)."""
     rng = np.random.default_rng(seed)
@@ -48,16 +56,23 @@ def write_taobao_csv(path: str | Path, rows: int, seed: int, start_ts: int = 1_5
 class StoreTrainer:
     """Train file by file and commit a version after each (every_data_file), like ``freshrec stream``."""
 
-    def __init__(self, store_url: str | Path, spec: str = "taobao", model: ModelConfig | None = None,
-                 train: TrainConfig | None = None, ps: PSOptions | None = None,
-                 snapshots: SnapshotConfig | None = None) -> None:
+    def __init__(
+        self,
+        store_url: str | Path,
+        spec: str = "taobao",
+        model: ModelConfig | None = None,
+        train: TrainConfig | None = None,
+        ps: PSOptions | None = None,
+        snapshots: SnapshotConfig | None = None,
+    ) -> None:
         self.spec = load_spec(spec)
         model, train = model or ModelConfig(), train or TrainConfig()
         ps = ps or PSOptions(num_shards=1)
         config = {"model": _plain(model), "train": _plain(train), "ps": _plain(ps)}
         self.trainer = LocalTrainer(self.spec, model, train, ps)
-        self.keeper = VersionKeeper(str(store_url), self.trainer.backend, self.trainer, snapshots,
-                                    extra=version_extra(spec, config))
+        self.keeper = VersionKeeper(
+            str(store_url), self.trainer.backend, self.trainer, snapshots, extra=version_extra(spec, config)
+        )
         self.validator = Validator(self.spec, stream=True)
 
     def add_file(self, path: str | Path) -> int:
@@ -72,15 +87,18 @@ class StoreTrainer:
         """Continue from the newest valid version in the store (None when it has none)."""
         return self.keeper.restore()
 
-    def follow(self, incoming: str | Path, files: int, idle_timeout_s: float = 120.0, poll_s: float = 0.05) -> list[int]:
+    def follow(
+        self, incoming: str | Path, files: int, idle_timeout_s: float = 120.0, poll_s: float = 0.05
+    ) -> list[int]:
         """Train on data files as they land in ``incoming`` (the stream's follower), a version after each;
         stop after ``files`` files or ``idle_timeout_s`` without one. Returns the versions committed."""
         from trainer.data import DataLedger
         from trainer.data.follow import follow_data_files
 
         out = []
-        for ref in follow_data_files(None, str(incoming), DataLedger(), drain=False, poll_s=poll_s, settle_s=0.0,
-                                     idle_timeout_s=idle_timeout_s):
+        for ref in follow_data_files(
+            None, str(incoming), DataLedger(), drain=False, poll_s=poll_s, settle_s=0.0, idle_timeout_s=idle_timeout_s
+        ):
             out.append(self.add_file(ref.path))
             print(f"committed version {out[-1]} with {ref.name}", flush=True)
             if len(out) >= files:

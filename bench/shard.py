@@ -40,11 +40,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", default="rowwise_adagrad", choices=["rowwise_adagrad", "adagrad", "sgd"])
     parser.add_argument("--weights-dtype", default="fp32", choices=["fp32", "fp16"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--idmap", action="store_true",
-                        help="time the id map alone: insert/remove of --batch new ids with --held ids held, hash map "
-                             "vs the previous sorted map")
-    parser.add_argument("--held", default="500000,5000000,15000000",
-                        help="with --idmap: ids held before timing (default 500000,5000000,15000000)")
+    parser.add_argument(
+        "--idmap",
+        action="store_true",
+        help="time the id map alone: insert/remove of --batch new ids with --held ids held, hash map "
+        "vs the previous sorted map",
+    )
+    parser.add_argument(
+        "--held",
+        default="500000,5000000,15000000",
+        help="with --idmap: ids held before timing (default 500000,5000000,15000000)",
+    )
 
 
 def _check(args) -> None:
@@ -60,14 +66,14 @@ def _check(args) -> None:
 class SortedIdMap:
     """The previous ``IdMap``: keys sorted with a parallel slot array, one ``np.insert`` per new batch."""
 
-    def __init__(self, capacity: int, held: "np.ndarray") -> None:
+    def __init__(self, capacity: int, held) -> None:  # held: int64 ids
         import numpy as np
 
         order = np.argsort(held)
         self._keys = held[order]
         self._slots = order.astype(np.int64)
         self.slot_key = np.zeros(capacity, np.int64)
-        self.slot_key[:len(held)] = held
+        self.slot_key[: len(held)] = held
         self._free = np.arange(capacity - 1, len(held) - 1, -1, dtype=np.int64)
         self._free = np.concatenate([self._free, np.zeros(len(held), np.int64)])
         self._n_free = capacity - len(held)
@@ -76,7 +82,7 @@ class SortedIdMap:
         import numpy as np
 
         n = len(ids)
-        slots = self._free[self._n_free - n:self._n_free][::-1].copy()
+        slots = self._free[self._n_free - n : self._n_free][::-1].copy()
         self._n_free -= n
         order = np.argsort(ids, kind="stable")
         at = np.searchsorted(self._keys, ids[order])
@@ -92,7 +98,7 @@ class SortedIdMap:
         keep = np.ones(len(self._keys), dtype=bool)
         keep[np.searchsorted(self._keys, ids)] = False
         self._keys, self._slots = self._keys[keep], self._slots[keep]
-        self._free[self._n_free:self._n_free + len(slots)] = slots
+        self._free[self._n_free : self._n_free + len(slots)] = slots
         self._n_free += len(slots)
         return ids
 
@@ -118,11 +124,19 @@ def _idmap(args) -> dict:
     def summary(values):
         return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
-    out = {"machine": f"{os.cpu_count()} CPUs", "new ids per call": args.batch,
-           "rounds x calls": f"{args.rounds} x {args.chunk} per side, alternating (sorted first on even rounds)",
-           "insert_ms_hash": {}, "insert_ms_sorted": {}, "remove_ms_hash": {}, "remove_ms_sorted": {},
-           "insert_ratio_sorted_over_hash": {}, "hash_insert_over_smallest": {}, "hash_map_bytes_per_slot": {},
-           "load_average_1_5_15": {}}
+    out = {
+        "machine": f"{os.cpu_count()} CPUs",
+        "new ids per call": args.batch,
+        "rounds x calls": f"{args.rounds} x {args.chunk} per side, alternating (sorted first on even rounds)",
+        "insert_ms_hash": {},
+        "insert_ms_sorted": {},
+        "remove_ms_hash": {},
+        "remove_ms_sorted": {},
+        "insert_ratio_sorted_over_hash": {},
+        "hash_insert_over_smallest": {},
+        "hash_map_bytes_per_slot": {},
+        "load_average_1_5_15": {},
+    }
     first = None
     for held in sizes:
         cap = held + args.batch + 1
@@ -130,12 +144,13 @@ def _idmap(args) -> dict:
         ids = ids[rng.permutation(len(ids))][:held]
         new_map = IdMap(cap)
         for a in range(0, held, 1 << 20):
-            new_map.insert(ids[a:a + (1 << 20)])
+            new_map.insert(ids[a : a + (1 << 20)])
         old_map = SortedIdMap(cap, ids)
-        fresh = [rng.integers(-(2**63), 2**63 - 1, size=args.batch, dtype=np.int64)
-                 for _ in range(args.chunk)]  # collisions with held ids: odds ~ held * batch / 2**64
+        fresh = [
+            rng.integers(-(2**63), 2**63 - 1, size=args.batch, dtype=np.int64) for _ in range(args.chunk)
+        ]  # collisions with held ids: odds ~ held * batch / 2**64
 
-        def one_side(m):
+        def one_side(m, fresh=fresh):
             ins = rem = 0.0
             for f in fresh:
                 t0 = time.perf_counter()
@@ -166,8 +181,10 @@ def _idmap(args) -> dict:
         first = first or med
         out["hash_insert_over_smallest"][key] = med / first
         out["hash_map_bytes_per_slot"][key] = new_map.nbytes / cap
-        out["load_average_1_5_15"][key] = {"start": [round(x, 2) for x in load_start],
-                                           "end": [round(x, 2) for x in os.getloadavg()]}
+        out["load_average_1_5_15"][key] = {
+            "start": [round(x, 2) for x in load_start],
+            "end": [round(x, 2) for x in os.getloadavg()],
+        }
         del new_map, old_map
     return out
 
@@ -179,8 +196,7 @@ def run(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from paramserver import EmbeddingShard, PSConfig, TableConfig
-    from paramserver import wire
+    from paramserver import EmbeddingShard, PSConfig, TableConfig, wire
 
     _check(args)
     if args.idmap:
@@ -189,8 +205,14 @@ def run(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(args.seed)
     perm = rng.permutation(args.rows)
     names = tuple(f"t{i}" for i in range(args.tables))
-    cfg = PSConfig(tables=tuple(TableConfig(n, args.dim) for n in names), capacity_per_shard=args.rows,
-                   optimizer=args.optimizer, weights_dtype=args.weights_dtype, learning_rate=0.01, seed=args.seed)
+    cfg = PSConfig(
+        tables=tuple(TableConfig(n, args.dim) for n in names),
+        capacity_per_shard=args.rows,
+        optimizer=args.optimizer,
+        weights_dtype=args.weights_dtype,
+        learning_rate=0.01,
+        seed=args.seed,
+    )
     new, old = EmbeddingShard(cfg), EmbeddingShard(cfg, direct_update=False)
     steps = args.chunk * 2
     pulls, pushes = [], []
@@ -200,8 +222,9 @@ def run(args: argparse.Namespace) -> dict:
             ids, counts = np.unique(perm[(rng.zipf(args.zipf, args.batch) - 1) % args.rows], return_counts=True)
             batch[n] = (ids.astype(np.int64), counts.astype(np.int64))
         pulls.append(batch)
-        grads = {n: (ids, rng.standard_normal((len(ids), args.dim)).astype(np.float32))
-                 for n, (ids, _) in batch.items()}
+        grads = {
+            n: (ids, rng.standard_normal((len(ids), args.dim)).astype(np.float32)) for n, (ids, _) in batch.items()
+        }
         pushes.append(new.prepare_push(grads))
     for shard in (new, old):  # admit every row first, so both push and pull hit resident rows
         for batch in pulls:
@@ -246,15 +269,20 @@ def run(args: argparse.Namespace) -> dict:
     load_mid = os.getloadavg()
     pull_rounds = alternate(pull_old, pull_new)
     load_end = os.getloadavg()
-    same = all(np.array_equal(new.table_state(n)["rows"], old.table_state(n)["rows"])
-               and all(np.array_equal(new.table_state(n)[k], old.table_state(n)[k])
-                       for k in new.table_state(n) if k.startswith("opt_state"))
-               for n in names)
+    same = all(
+        np.array_equal(new.table_state(n)["rows"], old.table_state(n)["rows"])
+        and all(
+            np.array_equal(new.table_state(n)[k], old.table_state(n)[k])
+            for k in new.table_state(n)
+            if k.startswith("opt_state")
+        )
+        for n in names
+    )
     rows = float(np.mean([sum(len(v[0]) for v in b.values()) for b in pulls]))
     return {
         "machine": f"{os.cpu_count()} CPUs, torch threads 1",
         "tables x batch x dim": f"{args.tables} x {args.batch} x {args.dim}, {args.rows} rows, zipf {args.zipf}, "
-                                f"{args.optimizer}, {args.weights_dtype}",
+        f"{args.optimizer}, {args.weights_dtype}",
         "distinct rows per call (all tables)": rows,
         "rounds x calls": f"{args.rounds} x {args.chunk} per side, alternating (old first on even rounds)",
         "direct_update": new.direct_update,
@@ -265,6 +293,9 @@ def run(args: argparse.Namespace) -> dict:
         "pull_ms_old": summary([1e3 * o for o, _ in pull_rounds]),
         "pull_ms_new": summary([1e3 * n for _, n in pull_rounds]),
         "bit_identical_after_pushes": bool(same),
-        "load_average_1_5_15": {"start": [round(x, 2) for x in load_start], "after_push": [round(x, 2) for x in load_mid],
-                                "end": [round(x, 2) for x in load_end]},
+        "load_average_1_5_15": {
+            "start": [round(x, 2) for x in load_start],
+            "after_push": [round(x, 2) for x in load_mid],
+            "end": [round(x, 2) for x in load_end],
+        },
     }

@@ -33,8 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="full/delta rounds (default 3)")
     parser.add_argument("--store", default=None, help="version store URL (default: a temporary directory)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--free-before-restore", action="store_true",
-                        help="free the trained shard before restoring (one table copy in memory: the 50M-row run)")
+    parser.add_argument(
+        "--free-before-restore",
+        action="store_true",
+        help="free the trained shard before restoring (one table copy in memory: the 50M-row run)",
+    )
 
 
 def _rss() -> int:
@@ -103,8 +106,14 @@ def _held_bytes(shard) -> dict:
     for ts in shard._tables.values():
         m = ts.ids
         out["id_map"] += m.nbytes
-        out["metadata"] += (ts.count.nbytes + ts.last_seen.nbytes + ts.last_version.nbytes + ts.touched.nbytes
-                            + ts.pinned.nbytes + ts.seen_at.nbytes)
+        out["metadata"] += (
+            ts.count.nbytes
+            + ts.last_seen.nbytes
+            + ts.last_version.nbytes
+            + ts.touched.nbytes
+            + ts.pinned.nbytes
+            + ts.seen_at.nbytes
+        )
         keys, counts, last = ts.pending.items()
         out["pending"] += keys.nbytes + counts.nbytes + last.nbytes
     return out
@@ -124,9 +133,17 @@ def _version(shard, store, full: bool, cut_id: str) -> dict:
         w.commit(infos)
         shard.commit_cut(cut_id)
         t3 = time.perf_counter()
-    return {"total_s": (t2 - t0) + (t3 - t2b), "prepare_ms": (t1 - t0) * 1e3, "write_s": t2 - t1,
-            "commit_ms": (t3 - t2b) * 1e3, "bytes": sum(i.bytes for i in infos), "version": w.version,
-            "parts": len(infos), "cut_extra": cut_peak.extra, "commit_extra": commit_peak.extra}
+    return {
+        "total_s": (t2 - t0) + (t3 - t2b),
+        "prepare_ms": (t1 - t0) * 1e3,
+        "write_s": t2 - t1,
+        "commit_ms": (t3 - t2b) * 1e3,
+        "bytes": sum(i.bytes for i in infos),
+        "version": w.version,
+        "parts": len(infos),
+        "cut_extra": cut_peak.extra,
+        "commit_extra": commit_peak.extra,
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -139,8 +156,13 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)
     per_table = args.rows // args.tables
     tables = tuple(TableConfig(f"t{i}", args.dim) for i in range(args.tables))
-    cfg = PSConfig(tables=tables, capacity_per_shard=per_table, weights_dtype="fp16", optimizer="rowwise_adagrad",
-                   learning_rate=0.01)
+    cfg = PSConfig(
+        tables=tables,
+        capacity_per_shard=per_table,
+        weights_dtype="fp16",
+        optimizer="rowwise_adagrad",
+        learning_rate=0.01,
+    )
     rng = np.random.default_rng(args.seed)
     tmp = None
     if args.store is None:
@@ -148,8 +170,10 @@ def run(args: argparse.Namespace) -> dict:
     store = VersionStore(args.store or os.path.join(tmp.name, "versions"))
     load_before = os.getloadavg()
     try:
-        ids = {t.name: np.unique(rng.integers(-(2**62), 2**62, size=per_table + per_table // 100 + 10))[:per_table]
-               for t in tables}
+        ids = {
+            t.name: np.unique(rng.integers(-(2**62), 2**62, size=per_table + per_table // 100 + 10))[:per_table]
+            for t in tables
+        }
         ids = {t: rng.permutation(v) for t, v in ids.items()}
         EmbeddingShard(PSConfig(tables=tables[:1], capacity_per_shard=16))  # load FBGEMM before measuring
         _trim()
@@ -157,7 +181,7 @@ def run(args: argparse.Namespace) -> dict:
         shard = EmbeddingShard(cfg)
         chunk = 1 << 20
         for start in range(0, per_table, chunk):  # admit every row (init rows), 1M ids per pull
-            shard.pull({t: v[start:start + chunk] for t, v in ids.items()}, step=0)
+            shard.pull({t: v[start : start + chunk] for t, v in ids.items()}, step=0)
         _trim()
         rss_filled = _rss()
         held = _held_bytes(shard)
@@ -193,13 +217,17 @@ def run(args: argparse.Namespace) -> dict:
 
     def over(extra, base=1.0):
         return None if extra is None else base + extra / table_rss
+
     rows = per_table * args.tables
     held_total = sum(held.values())
     return {
         "machine": f"{os.cpu_count()} CPUs, torch threads 1",
         "load_avg_before": [round(x, 2) for x in load_before],
         "load_avg_after": [round(x, 2) for x in os.getloadavg()],
-        "rows": rows, "tables": args.tables, "dim": args.dim, "rows_changed_per_delta": n_dirty * args.tables,
+        "rows": rows,
+        "tables": args.tables,
+        "dim": args.dim,
+        "rows_changed_per_delta": n_dirty * args.tables,
         "rounds": args.rounds,
         "delta_over_full": statistics.median(ratios),
         "delta_over_full_range": [min(ratios), max(ratios)],
@@ -210,15 +238,19 @@ def run(args: argparse.Namespace) -> dict:
         "full_pause_ms": _stats([f["prepare_ms"] for f in full]),
         "full_write_s": _stats([f["write_s"] for f in full]),
         "delta_write_s": _stats([d["write_s"] for d in delta]),
-        "full_bytes": full[-1]["bytes"], "delta_bytes": delta[-1]["bytes"],
-        "restore_s": restore_s, "restore_alloc_s": t_alloc, "restored_sample_equal": restored_equal,
+        "full_bytes": full[-1]["bytes"],
+        "delta_bytes": delta[-1]["bytes"],
+        "restore_s": restore_s,
+        "restore_alloc_s": t_alloc,
+        "restored_sample_equal": restored_equal,
         "bytes_per_row": held_total / rows,
         "bytes_per_row_by_kind": {k: v / rows for k, v in held.items()},
         "rss_bytes_per_row": (rss_filled - rss0) / rows,
         "physical_bytes_per_row": 2 * args.dim + 4,
         "physical_with_id_bytes_per_row": 2 * args.dim + 4 + 8,
         "table_rss_bytes": table_rss,
-        "parts_per_full": full[-1]["parts"], "parts_per_delta": delta[-1]["parts"],
+        "parts_per_full": full[-1]["parts"],
+        "parts_per_delta": delta[-1]["parts"],
         "peak_rss_over_table": {
             "full_cut": max((over(f["cut_extra"]) for f in full), default=None),
             "delta_cut": max((over(d["cut_extra"]) for d in delta), default=None),
@@ -226,8 +258,12 @@ def run(args: argparse.Namespace) -> dict:
             "restore": over(restore_peak.extra, 0.0),
         },
         "peak_rss_note": "cut and commit: 1 + (peak RSS during the phase - RSS at its start) / the table's RSS "
-                         "(the table is resident throughout); restore: (peak - start) / the table's RSS, the "
-                         "new shard included (the trained shard is freed first with --free-before-restore)",
-        "targets": {"delta_over_full": "<= 0.05", "pause_ms": "<= 50", "bytes_per_row": "<= 215",
-                    "peak_rss_over_table": "<= 1.25"},
+        "(the table is resident throughout); restore: (peak - start) / the table's RSS, the "
+        "new shard included (the trained shard is freed first with --free-before-restore)",
+        "targets": {
+            "delta_over_full": "<= 0.05",
+            "pause_ms": "<= 50",
+            "bytes_per_row": "<= 215",
+            "peak_rss_over_table": "<= 1.25",
+        },
     }

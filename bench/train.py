@@ -17,9 +17,11 @@ from pathlib import Path
 
 from trainer.data.fetch import SHARED_TAOBAO
 
-DESCRIPTION = ("training examples/s in PS mode (Ray Train, 1 and 2 workers, 2 PS shards, shard placement and sync "
-               "pipeline depth as variants) as a ratio against the local reference trainer (one process, FBGEMM TBE, "
-               "no PS) on the same model and data in the same run")
+DESCRIPTION = (
+    "training examples/s in PS mode (Ray Train, 1 and 2 workers, 2 PS shards, shard placement and sync "
+    "pipeline depth as variants) as a ratio against the local reference trainer (one process, FBGEMM TBE, "
+    "no PS) on the same model and data in the same run"
+)
 DEFAULT_VARIANTS = "1:ray:0,1:in_process:0,1:ray:1,1:in_process:1,2:ray:0,2:ray:1"
 
 
@@ -31,9 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--every", default="5m", help="data file window")
     p.add_argument("--mode", choices=["sync", "async"], default="sync", help="PS consistency mode")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds local <-> PS (default 3)")
-    p.add_argument("--variants", default=DEFAULT_VARIANTS,
-                   help="PS runs per round as WORKERS:PLACEMENT:DEPTH, comma-separated (placement ray | in_process, "
-                        f"in_process with 1 worker only; depth = ps.pipeline_depth, sync only); default {DEFAULT_VARIANTS}")
+    p.add_argument(
+        "--variants",
+        default=DEFAULT_VARIANTS,
+        help="PS runs per round as WORKERS:PLACEMENT:DEPTH, comma-separated (placement ray | in_process, "
+        f"in_process with 1 worker only; depth = ps.pipeline_depth, sync only); default {DEFAULT_VARIANTS}",
+    )
 
 
 def parse_variants(text: str, mode: str) -> list[tuple[int, str, int]]:
@@ -49,8 +54,9 @@ def parse_variants(text: str, mode: str) -> list[tuple[int, str, int]]:
         except (IndexError, ValueError):
             raise UserError(f"--variants {item!r}: expected WORKERS:PLACEMENT:DEPTH, e.g. 1:in_process:0") from None
         if len(parts) != 3 or w < 1 or placement not in ("ray", "in_process") or not 0 <= depth <= MAX_PIPELINE_DEPTH:
-            raise UserError(f"--variants {item!r}: workers >= 1, placement ray or in_process, "
-                            f"depth 0-{MAX_PIPELINE_DEPTH}")
+            raise UserError(
+                f"--variants {item!r}: workers >= 1, placement ray or in_process, depth 0-{MAX_PIPELINE_DEPTH}"
+            )
         if placement == "in_process" and w != 1:
             raise UserError(f"--variants {item!r}: in_process hosts the shards in the one worker's process")
         if depth and mode != "sync":
@@ -91,8 +97,9 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="freshrec-bench-train-") as tmp:
         tmp = Path(tmp)
         _head(args.input, args.rows, tmp / "head.csv")
-        files = split_into_files([tmp / "head.csv"], Validator(spec), parse_duration(args.every), tmp / "data",
-                                 progress=False).files
+        files = split_into_files(
+            [tmp / "head.csv"], Validator(spec), parse_duration(args.every), tmp / "data", progress=False
+        ).files
         torch.set_num_threads(1)  # as each Ray Train worker does
         v = Validator(spec)
         batches = [read_data_file(f, v) for f in files]
@@ -109,12 +116,17 @@ def run(args: argparse.Namespace) -> dict:
 
         def ps_rate(variant: tuple[int, str, int], r: int) -> float:
             w, placement, depth = variant
-            result, _ = run_ps_training(spec, mcfg, tcfg, tmp / f"run{w}-{placement}-{depth}-{r}", history=tmp / "data",
-                                        num_workers=w, versions=False,
-                                        ps=PSOptions(num_shards=2, mode=args.mode, placement=placement,
-                                                     pipeline_depth=depth))
-            return (sum(m["examples_trained"] for m in result.metrics)
-                    / sum(m["train_seconds"] for m in result.metrics))
+            result, _ = run_ps_training(
+                spec,
+                mcfg,
+                tcfg,
+                tmp / f"run{w}-{placement}-{depth}-{r}",
+                history=tmp / "data",
+                num_workers=w,
+                versions=False,
+                ps=PSOptions(num_shards=2, mode=args.mode, placement=placement, pipeline_depth=depth),
+            )
+            return sum(m["examples_trained"] for m in result.metrics) / sum(m["train_seconds"] for m in result.metrics)
 
         rounds = []
         for r in range(args.rounds):
@@ -134,15 +146,22 @@ def run(args: argparse.Namespace) -> dict:
         "mode": args.mode,
         "shards": 2,
         "rounds": f"{args.rounds}, alternating (local first on even rounds)",
-        "local_examples_per_s": {"median": med([r["local"] for r in rounds]),
-                                 "min": min(r["local"] for r in rounds), "max": max(r["local"] for r in rounds)},
+        "local_examples_per_s": {
+            "median": med([r["local"] for r in rounds]),
+            "min": min(r["local"] for r in rounds),
+            "max": max(r["local"] for r in rounds),
+        },
     }
     for v in variants:
         ratios = [r["ps"][v] / r["local"] for r in rounds]
         rates = [r["ps"][v] for r in rounds]
         out[f"{v[0]}_workers_{v[1]}_depth_{v[2]}"] = {
-            "examples_per_s": med(rates), "ratio_vs_local": med(ratios),
-            "ratio_min": min(ratios), "ratio_max": max(ratios)}
-    out["load_average_1_5_15"] = [{"start": [round(x, 2) for x in r["load_start"]],
-                                   "end": [round(x, 2) for x in r["load_end"]]} for r in rounds]
+            "examples_per_s": med(rates),
+            "ratio_vs_local": med(ratios),
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+        }
+    out["load_average_1_5_15"] = [
+        {"start": [round(x, 2) for x in r["load_start"]], "end": [round(x, 2) for x in r["load_end"]]} for r in rounds
+    ]
     return out

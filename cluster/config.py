@@ -72,8 +72,13 @@ class RunConfig:
         from trainer.config import ModelConfig, PSOptions, TrainConfig
         from versions import PublishConfig, SnapshotConfig
 
-        for key, cls in (("model", ModelConfig), ("train", TrainConfig), ("ps", PSOptions),
-                         ("snapshots", SnapshotConfig), ("publish", PublishConfig)):
+        for key, cls in (
+            ("model", ModelConfig),
+            ("train", TrainConfig),
+            ("ps", PSOptions),
+            ("snapshots", SnapshotConfig),
+            ("publish", PublishConfig),
+        ):
             if getattr(self, key) is None:
                 object.__setattr__(self, key, cls())
         if not isinstance(self.spec, str) or not self.spec:
@@ -81,8 +86,10 @@ class RunConfig:
         if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
             raise ConfigError(f"workers must be an integer >= 1 (Ray Train workers), got {self.workers!r}")
         if self.ps.placement == "in_process" and self.workers > 1:
-            raise ConfigError(f"ps.placement=in_process hosts the shards in the one training worker's process, but "
-                              f"workers is {self.workers}: use ps.placement=auto or ray")
+            raise ConfigError(
+                f"ps.placement=in_process hosts the shards in the one training worker's process, but "
+                f"workers is {self.workers}: use ps.placement=auto or ray"
+            )
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
@@ -93,9 +100,14 @@ class RunConfig:
         kw: dict[str, Any] = {k: raw[k] for k in ("spec", "workers") if k in raw}
         from versions import PublishConfig, SnapshotPolicy
 
-        builders = {"model": model_config_from_dict, "train": TrainConfig.from_dict, "ps": PSOptions.from_dict,
-                    "snapshots": lambda raw: SnapshotPolicy.from_dict(raw).cfg, "publish": PublishConfig.from_dict,
-                    "ray": _ray_from_dict}
+        builders = {
+            "model": model_config_from_dict,
+            "train": TrainConfig.from_dict,
+            "ps": PSOptions.from_dict,
+            "snapshots": lambda raw: SnapshotPolicy.from_dict(raw).cfg,
+            "publish": PublishConfig.from_dict,
+            "ray": _ray_from_dict,
+        }
         for key, build in builders.items():
             section = raw.get(key)
             if section is None:

@@ -32,9 +32,11 @@ CONNECT_TIMEOUT_S = 3.0
 
 _VERBOSE = False
 
-AUTH_HELP = ("the cluster uses Ray's token authentication: give this process the cluster's token as "
-             "RAY_AUTH_TOKEN=<token>, or RAY_AUTH_TOKEN_PATH=<file>, or in ~/.ray/auth_token (on the head node "
-             "`ray get-auth-token` prints it), with RAY_AUTH_MODE=token; see docs/operations.md")
+AUTH_HELP = (
+    "the cluster uses Ray's token authentication: give this process the cluster's token as "
+    "RAY_AUTH_TOKEN=<token>, or RAY_AUTH_TOKEN_PATH=<file>, or in ~/.ray/auth_token (on the head node "
+    "`ray get-auth-token` prints it), with RAY_AUTH_MODE=token; see docs/operations.md"
+)
 
 
 def set_verbose(on: bool) -> None:
@@ -76,8 +78,10 @@ def resolve_address(address: str) -> str:
     except ConnectionError:
         found = None
     if not found:
-        raise UserError("--address auto: no Ray cluster is registered on this machine (start one with "
-                        "`ray start --head`, pass its HOST:PORT, or drop --address for an embedded Ray)")
+        raise UserError(
+            "--address auto: no Ray cluster is registered on this machine (start one with "
+            "`ray start --head`, pass its HOST:PORT, or drop --address for an embedded Ray)"
+        )
     return found
 
 
@@ -88,17 +92,22 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         with socket.create_connection((host, port), timeout=timeout_s):
             pass
     except OSError as exc:
-        what = "a Ray Client server (ray://, port 10001 by default)" if address.startswith("ray://") else \
-            "the GCS of a Ray head (`ray start --head` prints it; port 6379 by default)"
-        raise UserError(f"cannot reach a Ray cluster at {address} ({exc.strerror or exc}): --address must name "
-                        f"{what}; is the cluster running? Drop --address for an embedded local Ray") from None
+        what = (
+            "a Ray Client server (ray://, port 10001 by default)"
+            if address.startswith("ray://")
+            else "the GCS of a Ray head (`ray start --head` prints it; port 6379 by default)"
+        )
+        raise UserError(
+            f"cannot reach a Ray cluster at {address} ({exc.strerror or exc}): --address must name "
+            f"{what}; is the cluster running? Drop --address for an embedded local Ray"
+        ) from None
 
 
 def is_auth_error(exc: BaseException) -> bool:
     try:
         from ray.exceptions import AuthenticationError
     except ImportError:  # pragma: no cover (older Ray)
-        AuthenticationError = ()  # noqa: N806
+        AuthenticationError = ()
     text = str(exc).lower()
     return isinstance(exc, AuthenticationError) or "unauthenticated" in text or "authentication" in text
 
@@ -124,14 +133,18 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
         if cfg.object_store_memory:
             kwargs["object_store_memory"] = cfg.object_store_memory
         if os.environ.get("RAY_ADDRESS"):
-            log.info("RAY_ADDRESS is set, but without --address freshrec starts its own Ray (pass --address auto "
-                     "to join that cluster)")
+            log.info(
+                "RAY_ADDRESS is set, but without --address freshrec starts its own Ray (pass --address auto "
+                "to join that cluster)"
+            )
         log.info("starting an embedded local Ray (num_cpus=%s)", cfg.num_cpus)
         ray.init(**kwargs)
         return
     if cfg.num_cpus is not None or cfg.object_store_memory:
-        raise UserError("ray.num_cpus and ray.object_store_memory apply only to an embedded Ray: the cluster at "
-                        f"{address} has its own; drop them")
+        raise UserError(
+            "ray.num_cpus and ray.object_store_memory apply only to an embedded Ray: the cluster at "
+            f"{address} has its own; drop them"
+        )
     target = resolve_address(address)
     check_reachable(target)
     del kwargs["include_dashboard"]  # an option of a new cluster only
@@ -139,21 +152,26 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
     log.info("connecting to Ray at %s", target)
     try:
         ray.init(**kwargs)
-    except Exception as exc:  # noqa: BLE001 (said in the user's terms below)
+    except Exception as exc:
         if is_auth_error(exc):
-            raise UserError(f"the Ray cluster at {target} refused this process: {AUTH_HELP} "
-                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})") from None
+            raise UserError(
+                f"the Ray cluster at {target} refused this process: {AUTH_HELP} "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})"
+            ) from None
         if isinstance(exc, (ConnectionError, TimeoutError)):  # the port answered (checked above): its GCS refused
             token = token_source()
             if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
-                why = ("without an authentication token (RAY_AUTH_MODE is not 'token', so none was sent: joining an "
-                       "explicit --address never turns it on by itself)")
+                why = (
+                    "without an authentication token (RAY_AUTH_MODE is not 'token', so none was sent: joining an "
+                    "explicit --address never turns it on by itself)"
+                )
             elif token:
                 why = f"with the token from {token} (is it this cluster's token?)"
             else:
                 why = "without an authentication token (none in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)"
-            raise UserError(f"the Ray cluster at {target} answers but refused this process {why}: most likely "
-                            f"{AUTH_HELP}. ({exc})") from None
+            raise UserError(
+                f"the Ray cluster at {target} answers but refused this process {why}: most likely {AUTH_HELP}. ({exc})"
+            ) from None
         raise
 
 

@@ -30,8 +30,14 @@ GRPC_PORT = 9000
 HTTP_PORT = 8000  # Serve's HTTP proxy: health checks only (/-/healthz); not exposed outside the cluster
 
 
-def serve_deploy_config(store: str, *, grpc_port: int = GRPC_PORT, replicas: int = 2, replica_cpus: float = 1.0,
-                        max_ongoing_requests: int = 64) -> dict[str, Any]:
+def serve_deploy_config(
+    store: str,
+    *,
+    grpc_port: int = GRPC_PORT,
+    replicas: int = 2,
+    replica_cpus: float = 1.0,
+    max_ongoing_requests: int = 64,
+) -> dict[str, Any]:
     """The multi-application Serve config (``ServeDeploySchema``) that serves the versions in ``store``."""
     if not store:
         raise ConfigError("serve config: a version store (a path or s3://... URL) is required")
@@ -42,21 +48,24 @@ def serve_deploy_config(store: str, *, grpc_port: int = GRPC_PORT, replicas: int
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": HTTP_PORT},
-        "grpc_options": {"port": grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION,
-                                                                                 HEALTH_SERVICER_FUNCTION]},
-        "applications": [{
-            "name": APP_NAME,
-            "route_prefix": "/",
-            "import_path": IMPORT_PATH,
-            "args": {"store": store, "grpc_port": grpc_port, "replicas": replicas},
-            "deployments": [{
-                "name": DEPLOYMENT,
-                "num_replicas": replicas,
-                "max_ongoing_requests": max_ongoing_requests,
-                "health_check_period_s": 2.0,
-                "ray_actor_options": {"num_cpus": replica_cpus},
-            }],
-        }],
+        "grpc_options": {"port": grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION, HEALTH_SERVICER_FUNCTION]},
+        "applications": [
+            {
+                "name": APP_NAME,
+                "route_prefix": "/",
+                "import_path": IMPORT_PATH,
+                "args": {"store": store, "grpc_port": grpc_port, "replicas": replicas},
+                "deployments": [
+                    {
+                        "name": DEPLOYMENT,
+                        "num_replicas": replicas,
+                        "max_ongoing_requests": max_ongoing_requests,
+                        "health_check_period_s": 2.0,
+                        "ray_actor_options": {"num_cpus": replica_cpus},
+                    }
+                ],
+            }
+        ],
     }
 
 

@@ -29,8 +29,10 @@ import sys
 import threading
 from collections.abc import Mapping
 
-NAME_RE = re.compile(r"^freshrec_(ps|trainer|versions|serving)_[a-z0-9_]+_(seconds|bytes|total|ratio|nats|"
-                     r"versions|version|per_second|rows)$")
+NAME_RE = re.compile(
+    r"^freshrec_(ps|trainer|versions|serving)_[a-z0-9_]+_(seconds|bytes|total|ratio|nats|"
+    r"versions|version|per_second|rows)$"
+)
 KINDS = ("counter", "gauge", "histogram")
 PROMETHEUS_PREFIX = "ray_"  # Ray's metrics agent exports every application metric as ray_<name>
 
@@ -76,18 +78,29 @@ def _h(name, description, boundaries, *tags):
 
 DEFINITIONS: tuple[MetricDef, ...] = (
     # parameter server (paramserver/actor.py), per shard actor
-    _h("freshrec_ps_pull_latency_seconds", "Time a shard actor takes to answer a pull (sync mode: including the "
-       "wait for the previous step)", _RPC_S, "shard"),
+    _h(
+        "freshrec_ps_pull_latency_seconds",
+        "Time a shard actor takes to answer a pull (sync mode: including the wait for the previous step)",
+        _RPC_S,
+        "shard",
+    ),
     _h("freshrec_ps_push_latency_seconds", "Time a shard actor takes to apply or buffer a push", _RPC_S, "shard"),
     _c("freshrec_ps_rows_pulled_total", "Rows served by pulls", "shard"),
     _c("freshrec_ps_rows_pushed_total", "Rows updated by pushes", "shard"),
     _c("freshrec_ps_stale_pushes_total", "Async pushes older than the staleness bound", "shard"),
     _c("freshrec_ps_dropped_pushes_total", "Async pushes dropped for staleness", "shard"),
     _c("freshrec_ps_evictions_total", "Rows evicted from the id map", "shard", "reason"),
-    _c("freshrec_ps_full_table_refusals_total", "New ids refused a row: the table was full of this batch's and "
-       "leased rows (they read zeros, their gradients are dropped)", "shard"),
-    _c("freshrec_ps_lease_timeouts_total", "Leases on pulled rows released by their timeout, not by their "
-       "step's push", "shard"),
+    _c(
+        "freshrec_ps_full_table_refusals_total",
+        "New ids refused a row: the table was full of this batch's and "
+        "leased rows (they read zeros, their gradients are dropped)",
+        "shard",
+    ),
+    _c(
+        "freshrec_ps_lease_timeouts_total",
+        "Leases on pulled rows released by their timeout, not by their step's push",
+        "shard",
+    ),
     _g("freshrec_ps_resident_rows", "Rows held by the shard (all tables)", "shard"),
     # training (trainer/telemetry.py, called by rank 0 per data file)
     _g("freshrec_trainer_examples_per_second", "Training throughput of the last data file"),
@@ -99,28 +112,48 @@ DEFINITIONS: tuple[MetricDef, ...] = (
     _c("freshrec_trainer_dead_letters_total", "Rows sent to the dead-letter file", "reason"),
     _c("freshrec_trainer_late_rows_total", "Late events trained with a later data file (or dead-lettered)"),
     # model versions (trainer/versioning.py via trainer/telemetry.py)
-    _h("freshrec_versions_write_duration_seconds", "Time from a version cut to its commit (parts, manifest, LATEST)",
-       _WRITE_S, "kind"),
+    _h(
+        "freshrec_versions_write_duration_seconds",
+        "Time from a version cut to its commit (parts, manifest, LATEST)",
+        _WRITE_S,
+        "kind",
+    ),
     _h("freshrec_versions_pause_seconds", "Training pause of a version cut (the shards' copies)", _PAUSE_S, "kind"),
     _g("freshrec_versions_size_bytes", "Bytes written by the last committed version", "kind"),
     _c("freshrec_versions_committed_total", "Versions committed", "kind"),
     _c("freshrec_versions_failed_total", "Version writes that failed (their changes go into the next version)"),
     _g("freshrec_versions_latest_version", "Number of the newest committed version"),
     _c("freshrec_versions_published_total", "Versions the publish gate let through to serving"),
-    _c("freshrec_versions_held_total", "Versions the publish gate held back, by reason (checksum, auc_drop)",
-       "reason"),
+    _c("freshrec_versions_held_total", "Versions the publish gate held back, by reason (checksum, auc_drop)", "reason"),
     _g("freshrec_versions_published_version", "Number of the newest published version (what replicas follow)"),
     # serving (defined here, emitted by serving/)
     _h("freshrec_serving_request_latency_seconds", "Time to answer one gRPC request", _RPC_S, "method"),
-    _c("freshrec_serving_requests_total", "gRPC requests answered, by status code (OK, INVALID_ARGUMENT, ...)",
-       "method", "code"),
-    _g("freshrec_serving_version_lag_versions", "Versions the replica is behind the one it should serve "
-       "(pinned, else published, else latest committed; minus served)", "replica"),
+    _c(
+        "freshrec_serving_requests_total",
+        "gRPC requests answered, by status code (OK, INVALID_ARGUMENT, ...)",
+        "method",
+        "code",
+    ),
+    _g(
+        "freshrec_serving_version_lag_versions",
+        "Versions the replica is behind the one it should serve "
+        "(pinned, else published, else latest committed; minus served)",
+        "replica",
+    ),
     _g("freshrec_serving_loaded_version", "Number of the version the replica serves", "replica"),
-    _c("freshrec_serving_load_failures_total", "Version loads that failed: transient (retried with backoff), "
-       "corrupt (refused), recheck (a refused version looked at again)", "replica", "kind"),
-    _h("freshrec_serving_freshness_seconds", "From a data file landing to a replica serving a version that holds it",
-       _FRESH_S, "replica"),
+    _c(
+        "freshrec_serving_load_failures_total",
+        "Version loads that failed: transient (retried with backoff), "
+        "corrupt (refused), recheck (a refused version looked at again)",
+        "replica",
+        "kind",
+    ),
+    _h(
+        "freshrec_serving_freshness_seconds",
+        "From a data file landing to a replica serving a version that holds it",
+        _FRESH_S,
+        "replica",
+    ),
 )
 
 BY_NAME: dict[str, MetricDef] = {d.name: d for d in DEFINITIONS}
@@ -222,7 +255,7 @@ def _refresh_gauges() -> None:
         for (name, _), (value, tags) in items:
             try:
                 _handle(BY_NAME[name]).set(value, tags=tags or None)
-            except Exception:  # noqa: BLE001 (metrics never break the work they describe)
+            except Exception:
                 pass
 
 

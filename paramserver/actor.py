@@ -24,12 +24,12 @@ import time
 
 import numpy as np
 
+from paramserver import wire
 from paramserver.config import PSConfig
 from paramserver.consistency import SyncAggregator
 from paramserver.errors import BadPullError, BadPushError, ShardUnavailableError
 from paramserver.policies import StaleDecision, StalenessPolicy
 from paramserver.telemetry import ShardTelemetry
-from paramserver import wire
 
 
 class ShardHost:
@@ -87,17 +87,26 @@ class ShardHost:
             self._call_waiting[(caller, n)] = future
             try:
                 await asyncio.wait_for(future, self.cfg.lease_timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._call_waiting.pop((caller, n), None)
-                raise ShardUnavailableError(self.shard.index, f"call {n - 1} of client {caller} never arrived "
-                                                              f"within {self.cfg.lease_timeout_s} s") from None
+                raise ShardUnavailableError(
+                    self.shard.index,
+                    f"call {n - 1} of client {caller} never arrived within {self.cfg.lease_timeout_s} s",
+                ) from None
         self._next_call[caller] = n + 1
         successor = self._call_waiting.pop((caller, n + 1), None)
         if successor is not None and not successor.done():
             successor.set_result(None)
 
-    async def pull(self, msg: tuple, step: int | None, rank: int = 0, lease: bool = False,
-                   stale: int = 0, order: tuple | None = None) -> tuple[np.ndarray, int]:
+    async def pull(
+        self,
+        msg: tuple,
+        step: int | None,
+        rank: int = 0,
+        lease: bool = False,
+        stale: int = 0,
+        order: tuple | None = None,
+    ) -> tuple[np.ndarray, int]:
         """Rows for a packed pull request (see :mod:`paramserver.wire`) and the read marker the rank's push
         of this step sends back (async: the rank's own pushes applied here; sync: the shard version).
 
@@ -158,19 +167,21 @@ class ShardHost:
         rows = self.shard.pull(union, step, lease=(-1, step))
         out = {}
         for r, batch in ranks.items():
-            parts = [(rows[t], np.searchsorted(union[t][0], v[0] if isinstance(v, tuple) else v))
-                     for t, v in batch.items()]
+            parts = [
+                (rows[t], np.searchsorted(union[t][0], v[0] if isinstance(v, tuple) else v)) for t, v in batch.items()
+            ]
             flat = np.empty(sum(len(at) * src.shape[1] for src, at in parts), np.float32)
             start = 0
             for src, at in parts:
                 size = len(at) * src.shape[1]
-                np.take(src, at, axis=0, out=flat[start:start + size].reshape(len(at), src.shape[1]))
+                np.take(src, at, axis=0, out=flat[start : start + size].reshape(len(at), src.shape[1]))
                 start += size
             out[r] = flat
         return out
 
-    async def push(self, msg: tuple, step: int | None, rank: int, read_version: int | None,
-                   order: tuple | None = None) -> dict:
+    async def push(
+        self, msg: tuple, step: int | None, rank: int, read_version: int | None, order: tuple | None = None
+    ) -> dict:
         """Apply (async) or buffer until the step is complete (sync) a packed push; returns what happened."""
         await self._in_order(order)
         t0, t_call = time.thread_time(), time.perf_counter()
@@ -198,8 +209,11 @@ class ShardHost:
             return {"applied_steps": [s for s, _ in ready], "version": self.shard.version}
         prepared = self.shard.prepare_push(batch)
         if read_version is None:
-            raise BadPushError("*", f"async push of step {step} from rank {rank} carries no read version: pull the "
-                                    "ids with pull_many(..., step=s), wait for the rows, then push_many(..., step=s)")
+            raise BadPushError(
+                "*",
+                f"async push of step {step} from rank {rank} carries no read version: pull the "
+                "ids with pull_many(..., step=s), wait for the rows, then push_many(..., step=s)",
+            )
         own = self._own.get(rank, 0)
         staleness = own - int(read_version)
         decision = self.policy.decide(int(read_version), own)
@@ -211,11 +225,23 @@ class ShardHost:
             self._own[rank] = own + 1
         if step is not None:
             self.shard.release_through(step, rank)  # applied or dropped: this rank is done with these rows
-        return {"decision": decision.value, "staleness": staleness, "version": self.shard.version,
-                "dropped_rows": dropped_rows}
+        return {
+            "decision": decision.value,
+            "staleness": staleness,
+            "version": self.shard.version,
+            "dropped_rows": dropped_rows,
+        }
 
-    async def push_pull(self, push_msg: tuple, pull_msg: tuple, step: int, rank: int,
-                        read_version: int | None, ahead: int = 1, order: tuple | None = None) -> tuple[np.ndarray, int]:
+    async def push_pull(
+        self,
+        push_msg: tuple,
+        pull_msg: tuple,
+        step: int,
+        rank: int,
+        read_version: int | None,
+        ahead: int = 1,
+        order: tuple | None = None,
+    ) -> tuple[np.ndarray, int]:
         """Push of ``step`` then the training pull of step ``step + ahead`` in one call (sync: answered once
         ``step`` is applied; ``ahead`` > 1 is pipelining, the rows miss the ``ahead - 1`` steps in between)."""
         await self._in_order(order)
@@ -298,8 +324,10 @@ def create_shard_actors(cfg: PSConfig) -> list:
     import ray
 
     remote_cls = ray.remote(ShardHost)
-    actors = [remote_cls.options(num_cpus=cfg.actor_num_cpus, max_concurrency=1000).remote(cfg, i)
-              for i in range(cfg.num_shards)]
+    actors = [
+        remote_cls.options(num_cpus=cfg.actor_num_cpus, max_concurrency=1000).remote(cfg, i)
+        for i in range(cfg.num_shards)
+    ]
     try:
         for i, actor in enumerate(actors):
             get(actor.ready.remote(), i)
@@ -327,16 +355,18 @@ def get(ref, shard: int, timeout_s: float | None = None):
         try:
             return ref.result(timeout=timeout_s)
         except concurrent.futures.TimeoutError:
-            raise ShardUnavailableError(shard, f"no reply within {timeout_s} s (sync mode: does every worker "
-                                               "push every step?)") from None
+            raise ShardUnavailableError(
+                shard, f"no reply within {timeout_s} s (sync mode: does every worker push every step?)"
+            ) from None
     import ray
     from ray import exceptions as rex
 
     try:
         return ray.get(ref, timeout=timeout_s)
     except rex.GetTimeoutError:
-        raise ShardUnavailableError(shard, f"no reply within {timeout_s} s (sync mode: does every worker "
-                                           "push every step?)") from None
+        raise ShardUnavailableError(
+            shard, f"no reply within {timeout_s} s (sync mode: does every worker push every step?)"
+        ) from None
     except rex.RayTaskError as exc:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, Exception) and not isinstance(cause, rex.RayError):
@@ -357,7 +387,7 @@ def get_many(refs: list, timeout_s: float | None = None) -> list:
 
     try:
         return ray.get([ref for _, ref in refs], timeout=timeout_s)
-    except Exception:  # noqa: BLE001 (re-raised per shard below, with its shard named)
+    except Exception:
         return [get(ref, s, timeout_s) for s, ref in refs]
 
 

@@ -33,8 +33,8 @@ from paramserver import actor as _ray
 from paramserver import wire
 from paramserver.config import PLACEMENTS, PSConfig
 from paramserver.errors import BadPullError, BadPushError, UnknownTableError
-from paramserver.tbe import sum_by_inverse, sum_duplicates
 from paramserver.sharding import group_by_shard
+from paramserver.tbe import sum_by_inverse, sum_duplicates
 
 
 @dataclasses.dataclass
@@ -86,8 +86,9 @@ class PSClient:
         ticket.single = table
         return ticket
 
-    def pull_many(self, ids_by_table: Mapping[str, np.ndarray], step: int | None = None,
-                  lease: bool = False, stale: int = 0) -> Ticket:
+    def pull_many(
+        self, ids_by_table: Mapping[str, np.ndarray], step: int | None = None, lease: bool = False, stale: int = 0
+    ) -> Ticket:
         """Rows of several tables in one call per shard; ``wait`` returns {table: rows}.
 
         Pulling counts as seeing the ids (frequency admission, LFU, TTL). ``lease=True`` marks a
@@ -113,11 +114,15 @@ class PSClient:
         if lease and self.cfg.mode == "sync" and self.cfg.num_workers > 1:  # every shard gathers every rank's pull
             empty = wire.pack_ids({})
             sent = {s: sent.get(s, empty) for s in range(self.cfg.num_shards)}
-        refs = [(s, _ray.submit(self._actors[s], "pull", msg, step, self.rank, bool(lease), int(stale),
-                                self._order(s))) for s, msg in sent.items()]
+        refs = [
+            (s, _ray.submit(self._actors[s], "pull", msg, step, self.rank, bool(lease), int(stale), self._order(s)))
+            for s, msg in sent.items()
+        ]
         return Ticket("pull", refs, plan, step, layout={s: (msg[0], msg[1]) for s, msg in sent.items()})
 
-    def _route_pull(self, ids_by_table: Mapping[str, np.ndarray], step: int | None = None) -> tuple[dict[int, tuple], dict]:
+    def _route_pull(
+        self, ids_by_table: Mapping[str, np.ndarray], step: int | None = None
+    ) -> tuple[dict[int, tuple], dict]:
         """De-duplicate and route: ({shard: packed request}, plan to reassemble the reply). The plan of a
         step's pull is kept for that step's push of the same id arrays (no second unique or routing)."""
         n = self.cfg.num_shards
@@ -146,8 +151,7 @@ class PSClient:
         """Push grads of one table (duplicates summed); ``wait`` returns per-shard replies."""
         return self.push_many({table: (ids, grads)}, step=step)
 
-    def push_many(self, grads_by_table: Mapping[str, tuple[np.ndarray, np.ndarray]],
-                  step: int | None = None) -> Ticket:
+    def push_many(self, grads_by_table: Mapping[str, tuple[np.ndarray, np.ndarray]], step: int | None = None) -> Ticket:
         """Push {table: (ids, grads)} as ONE call per shard.
 
         Sync mode: ``step`` is required and counts up from 0; every worker pushes every
@@ -157,12 +161,18 @@ class PSClient:
         push raises BadPushError and nothing is sent.
         """
         sent = self._route_push(grads_by_table, step)
-        refs = [(s, _ray.submit(self._actors[s], "push", msg, step, self.rank, version, self._order(s)))
-                for s, (msg, version) in sent.items()]
+        refs = [
+            (s, _ray.submit(self._actors[s], "push", msg, step, self.rank, version, self._order(s)))
+            for s, (msg, version) in sent.items()
+        ]
         return Ticket("push", refs, step=step)
 
-    def push_pull(self, grads_by_table: Mapping[str, tuple[np.ndarray, np.ndarray]],
-                  next_ids_by_table: Mapping[str, np.ndarray], step: int) -> Ticket:
+    def push_pull(
+        self,
+        grads_by_table: Mapping[str, tuple[np.ndarray, np.ndarray]],
+        next_ids_by_table: Mapping[str, np.ndarray],
+        step: int,
+    ) -> Ticket:
         """Push step ``step``'s grads and pull the rows of step ``step + 1 + cfg.pipeline_depth``: ONE call
         per shard (a leased, training pull).
 
@@ -187,19 +197,37 @@ class PSClient:
         for s in sorted(set(pushes) | set(pulls)):
             if s in pushes:
                 msg, version = pushes[s]
-                refs.append((s, _ray.submit(self._actors[s], "push_pull", msg, pulls.get(s, empty), step, self.rank,
-                                            version, ahead, self._order(s))))
+                refs.append(
+                    (
+                        s,
+                        _ray.submit(
+                            self._actors[s],
+                            "push_pull",
+                            msg,
+                            pulls.get(s, empty),
+                            step,
+                            self.rank,
+                            version,
+                            ahead,
+                            self._order(s),
+                        ),
+                    )
+                )
             else:  # async mode: nothing to push to this shard
-                refs.append((s, _ray.submit(self._actors[s], "pull", pulls[s], step + 1, self.rank, True, 0,
-                                            self._order(s))))
+                refs.append(
+                    (s, _ray.submit(self._actors[s], "pull", pulls[s], step + 1, self.rank, True, 0, self._order(s)))
+                )
         return Ticket("push_pull", refs, plan, step + ahead, layout={s: (m[0], m[1]) for s, m in pulls.items()})
 
-    def _route_push(self, grads_by_table: Mapping[str, tuple[np.ndarray, np.ndarray]],
-                    step: int | None) -> dict[int, tuple]:
+    def _route_push(
+        self, grads_by_table: Mapping[str, tuple[np.ndarray, np.ndarray]], step: int | None
+    ) -> dict[int, tuple]:
         """Validate, sum duplicates, route: {shard: (packed push, read version)}; raises before sending."""
         n = self.cfg.num_shards
         if self.cfg.mode == "sync" and (step is None or step < 0):
-            raise BadPushError("*", f"sync mode needs push_many(..., step=s) with s >= 0 counting up from 0, got {step}")
+            raise BadPushError(
+                "*", f"sync mode needs push_many(..., step=s) with s >= 0 counting up from 0, got {step}"
+            )
         per_shard: list[dict] = [{} for _ in range(n)]
         plans = self._plans.pop(step, {}) if step is not None else {}
         for table, value in grads_by_table.items():
@@ -209,18 +237,23 @@ class PSClient:
             grads = value[1]
             dim = self._dims[table]
             if not isinstance(grads, np.ndarray) or grads.dtype != np.float32:
-                raise BadPushError(table, f"grads must be a float32 numpy array, got "
-                                          f"{getattr(grads, 'dtype', type(grads).__name__)}")
+                raise BadPushError(
+                    table, f"grads must be a float32 numpy array, got {getattr(grads, 'dtype', type(grads).__name__)}"
+                )
             if grads.shape != (len(ids), dim):
-                raise BadPushError(table, f"grads must have shape [len(ids)={len(ids)}, dim={dim}], "
-                                          f"got {list(grads.shape)}")
+                raise BadPushError(
+                    table, f"grads must have shape [len(ids)={len(ids)}, dim={dim}], got {list(grads.shape)}"
+                )
             if not np.isfinite(grads).all():
                 raise BadPushError(table, "gradients hold NaN or inf")
             cached = plans.get(table)
             if cached is not None and cached[0] is value[0]:  # the ids this step pulled: reuse that plan
                 _, uniq, inverse, groups = cached
-                summed = grads if len(uniq) == len(ids) and (ids[1:] > ids[:-1]).all() else \
-                    sum_by_inverse(len(uniq), inverse, grads)
+                summed = (
+                    grads
+                    if len(uniq) == len(ids) and (ids[1:] > ids[:-1]).all()
+                    else sum_by_inverse(len(uniq), inverse, grads)
+                )
             else:
                 uniq, summed = sum_duplicates(ids, grads)
                 groups = group_by_shard(uniq, n) if n > 1 else None
@@ -232,16 +265,21 @@ class PSClient:
                     per_shard[s][table] = (uniq[pos], summed[pos])
         versions = self._read_versions.pop(step, None) if step is not None else None
         sync = self.cfg.mode == "sync"
-        out = {s: (wire.pack_grads(batch), None if versions is None else versions.get(s))
-               for s, batch in enumerate(per_shard)
-               if batch or sync}  # in sync mode every shard must hear from every worker each step
+        out = {
+            s: (wire.pack_grads(batch), None if versions is None else versions.get(s))
+            for s, batch in enumerate(per_shard)
+            if batch or sync
+        }  # in sync mode every shard must hear from every worker each step
         unread = sorted(s for s, (_, v) in out.items() if v is None)
         if not sync and unread:
             if versions is not None:
                 self._read_versions[step] = versions  # nothing was sent: the caller may retry
-            raise BadPushError("*", f"async push of step {step} to shard(s) {unread} that this worker's "
-                                    f"pull_many(..., step={step}) did not read (or whose rows were not waited "
-                                    "for): the shard measures staleness from the read; nothing was sent")
+            raise BadPushError(
+                "*",
+                f"async push of step {step} to shard(s) {unread} that this worker's "
+                f"pull_many(..., step={step}) did not read (or whose rows were not waited "
+                "for): the shard measures staleness from the read; nothing was sent",
+            )
         return out
 
     def _order(self, shard: int) -> tuple[str, int]:
@@ -260,8 +298,9 @@ class PSClient:
         replies = list(zip([s for s, _ in ticket.refs], _ray.get_many(ticket.refs, timeout_s)))  # one ray.get
         if ticket.kind == "push":
             return {s: r for s, r in replies}
-        by_shard = {s: wire.unpack_rows(*ticket.layout[s], self._dims, flat)
-                    for s, (flat, _) in replies if s in ticket.layout}
+        by_shard = {
+            s: wire.unpack_rows(*ticket.layout[s], self._dims, flat) for s, (flat, _) in replies if s in ticket.layout
+        }
         if ticket.step is not None:
             self._read_versions[ticket.step] = {s: v for s, (_, v) in replies}
             for old in [k for k in self._read_versions if k < ticket.step - 64]:
@@ -311,8 +350,9 @@ class PSClient:
 
     def write_cut(self, cut_id: str, store_url: str, version: int, storage_options: dict | None = None) -> list:
         """Every shard writes its parts of ``version`` (``ps/shard-{i}/{table}``) itself; returns all PartInfos."""
-        return [info for infos in self._all("write_cut", cut_id, store_url, int(version), storage_options)
-                for info in infos]
+        return [
+            info for infos in self._all("write_cut", cut_id, store_url, int(version), storage_options) for info in infos
+        ]
 
     def commit_cut(self, cut_id: str) -> None:
         """The version is committed: every shard forgets the changes the cut covered."""
@@ -345,8 +385,9 @@ class PSClient:
         if table not in self._dims:
             raise UnknownTableError(table, self.cfg.table_names)
         if not isinstance(ids, np.ndarray) or ids.ndim != 1 or ids.dtype.kind != "i":
-            raise error(table, f"ids must be a 1-D numpy signed integer array, got "
-                               f"{getattr(ids, 'dtype', type(ids).__name__)}")
+            raise error(
+                table, f"ids must be a 1-D numpy signed integer array, got {getattr(ids, 'dtype', type(ids).__name__)}"
+            )
         return ids.astype(np.int64, copy=False)
 
 

@@ -40,7 +40,7 @@ class TableConfig:
 
     @property
     def scale(self) -> float:
-        return self.init_scale if self.init_scale is not None else self.dim ** -0.5
+        return self.init_scale if self.init_scale is not None else self.dim**-0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +128,8 @@ class PSConfig:
         if self.device == "cpu" and self.optimizer not in CPU_OPTIMIZERS:
             raise ConfigError(
                 f"ps.optimizer={self.optimizer!r} needs CUDA: FBGEMM's CPU kernels offer only "
-                f"{list(CPU_OPTIMIZERS)}; pick one of those or set ps.device to 'cuda'")
+                f"{list(CPU_OPTIMIZERS)}; pick one of those or set ps.device to 'cuda'"
+            )
         if not (self.learning_rate > 0 and self.learning_rate < float("inf")):
             raise ConfigError(f"ps.learning_rate must be a positive finite number, got {self.learning_rate!r}")
         if not (self.eps > 0 and self.eps < float("inf")):
@@ -141,27 +142,40 @@ class PSConfig:
         if self.ttl_seconds is not None:
             _positive_number("ttl_seconds", self.ttl_seconds)
         _positive_number("lease_timeout_s", self.lease_timeout_s)
-        if isinstance(self.lfu_decay, bool) or not isinstance(self.lfu_decay, (int, float)) \
-                or not 0.0 < self.lfu_decay < 1.0:
-            raise ConfigError(f"ps.lfu_decay must be a number in (0, 1) (the factor counts keep each period), "
-                              f"got {self.lfu_decay!r}")
+        if (
+            isinstance(self.lfu_decay, bool)
+            or not isinstance(self.lfu_decay, (int, float))
+            or not 0.0 < self.lfu_decay < 1.0
+        ):
+            raise ConfigError(
+                f"ps.lfu_decay must be a number in (0, 1) (the factor counts keep each period), got {self.lfu_decay!r}"
+            )
         if not isinstance(self.max_staleness, int) or self.max_staleness < 0:
             raise ConfigError(f"ps.max_staleness must be an integer >= 0, got {self.max_staleness!r}")
         if not isinstance(self.seed, int):
             raise ConfigError(f"ps.seed must be an integer, got {self.seed!r}")
         if not (0 <= self.actor_num_cpus < float("inf")):
             raise ConfigError(f"ps.actor_num_cpus must be >= 0, got {self.actor_num_cpus!r}")
-        if not isinstance(self.pipeline_depth, int) or isinstance(self.pipeline_depth, bool) \
-                or not 0 <= self.pipeline_depth <= MAX_PIPELINE_DEPTH:
-            raise ConfigError(f"ps.pipeline_depth must be an integer in [0, {MAX_PIPELINE_DEPTH}] (steps a training "
-                              f"pull runs ahead of the updates), got {self.pipeline_depth!r}")
+        if (
+            not isinstance(self.pipeline_depth, int)
+            or isinstance(self.pipeline_depth, bool)
+            or not 0 <= self.pipeline_depth <= MAX_PIPELINE_DEPTH
+        ):
+            raise ConfigError(
+                f"ps.pipeline_depth must be an integer in [0, {MAX_PIPELINE_DEPTH}] (steps a training "
+                f"pull runs ahead of the updates), got {self.pipeline_depth!r}"
+            )
         if self.pipeline_depth and self.mode != "sync":
-            raise ConfigError("ps.pipeline_depth is for sync mode (async mode already pulls the next step ahead and "
-                              "bounds staleness with ps.max_staleness): set ps.pipeline_depth to 0 or ps.mode to sync")
+            raise ConfigError(
+                "ps.pipeline_depth is for sync mode (async mode already pulls the next step ahead and "
+                "bounds staleness with ps.max_staleness): set ps.pipeline_depth to 0 or ps.mode to sync"
+            )
         _choice("placement", self.placement, PLACEMENTS)
         if self.placement == "in_process" and self.num_workers > 1:
-            raise ConfigError(f"ps.placement=in_process hosts the shards in the one training worker's process, but "
-                              f"there are {self.num_workers} workers: use ray or auto")
+            raise ConfigError(
+                f"ps.placement=in_process hosts the shards in the one training worker's process, but "
+                f"there are {self.num_workers} workers: use ray or auto"
+            )
         if not isinstance(self.sync_prefetch, bool):
             raise ConfigError(f"ps.sync_prefetch must be true or false, got {self.sync_prefetch!r}")
 

@@ -35,8 +35,11 @@ class SyncAggregator:
         if not 0 <= rank < self.num_workers:
             raise BadPushError("*", f"rank {rank} is outside [0, num_workers={self.num_workers})")
         if step is None or step < next_step:
-            raise BadPushError("*", f"sync push for step {step}, but steps before {next_step} are already "
-                                    "applied; steps must count up from 0 without gaps")
+            raise BadPushError(
+                "*",
+                f"sync push for step {step}, but steps before {next_step} are already "
+                "applied; steps must count up from 0 without gaps",
+            )
         ranks = self._waiting.setdefault(step, {})
         if rank in ranks:
             raise BadPushError("*", f"rank {rank} already pushed step {step}")

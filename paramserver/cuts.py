@@ -42,8 +42,8 @@ import numpy as np
 import torch
 
 from paramserver.errors import CutError, RestoreError
-from paramserver.idmap import CountTable, IdMap
 from paramserver.hashing import splitmix64
+from paramserver.idmap import CountTable, IdMap
 from paramserver.sharding import shard_of
 from versions import VersionStore, table_parts, write_part
 from versions.merge import merge_keyed
@@ -100,8 +100,7 @@ def table_arrays(shard, ts, ids: np.ndarray, slots: np.ndarray) -> dict[str, np.
     """The keyed arrays of ``ids`` held in ``slots`` of table ``ts`` (copies)."""
     t = shard.cfg.table_names.index(ts.cfg.name)
     idx = torch.from_numpy(np.ascontiguousarray(slots, np.int64)).to(shard.device)
-    out = {"ids": np.ascontiguousarray(ids, np.int64),
-           "rows": shard._weights[t].index_select(0, idx).cpu().numpy()}
+    out = {"ids": np.ascontiguousarray(ids, np.int64), "rows": shard._weights[t].index_select(0, idx).cpu().numpy()}
     for k, st in enumerate(shard._states[t]):
         out[f"opt_state_{k}"] = st.index_select(0, idx).cpu().numpy()
     out["count"] = ts.count[slots]
@@ -115,8 +114,9 @@ def prepare(shard, cut_id: str, full: bool) -> dict:
     t0 = time.perf_counter()
     if shard._cuts:
         stale = list(shard._cuts)
-        log.warning("shard %d: cut(s) %s were never committed or aborted; cut %r replaces them",
-                    shard.index, stale, cut_id)
+        log.warning(
+            "shard %d: cut(s) %s were never committed or aborted; cut %r replaces them", shard.index, stale, cut_id
+        )
         shard._cuts.clear()
         shard._lazy = None
     epoch, committed = shard._epoch, shard._committed_epoch
@@ -126,8 +126,11 @@ def prepare(shard, cut_id: str, full: bool) -> dict:
         if full and shard.lazy_full_cuts:  # no copy: copy-on-write while the cut is written
             n = len(ts.ids)
             nbytes = n * _row_bytes(shard, ts)
-            lazy[name] = LazyTable(slice_bits(nbytes, _part_target(nbytes, PART_BYTES)), ts.ids.occupied.copy(),
-                                   [[] for _ in range(1 << slice_bits(nbytes, _part_target(nbytes, PART_BYTES)))])
+            lazy[name] = LazyTable(
+                slice_bits(nbytes, _part_target(nbytes, PART_BYTES)),
+                ts.ids.occupied.copy(),
+                [[] for _ in range(1 << slice_bits(nbytes, _part_target(nbytes, PART_BYTES)))],
+            )
             tables[name] = lazy[name]
             rows_after[name] = n
             if shard.cfg.admission_threshold > 1:
@@ -156,13 +159,22 @@ def prepare(shard, cut_id: str, full: bool) -> dict:
             pending[name] = {"ids": keys, "count": counts, "last_seen": last}
     shard._epoch = epoch + 1
     shard._lazy = lazy or None
-    shard._cuts[cut_id] = PreparedCut(cut_id, epoch, bool(full), tables, pending, rows_after,
-                                      {"version": shard.version, "step": shard.step,
-                                       "next_ttl_sweep": shard._next_ttl_sweep})
-    return {"cut_id": cut_id, "full": bool(full),
-            "rows": {t: rows_after[t] if isinstance(a, LazyTable) else len(a["ids"]) for t, a in tables.items()},
-            "deleted": {t: 0 if isinstance(a, LazyTable) else len(a["deleted"]) for t, a in tables.items()},
-            "pause_ms": (time.perf_counter() - t0) * 1e3}
+    shard._cuts[cut_id] = PreparedCut(
+        cut_id,
+        epoch,
+        bool(full),
+        tables,
+        pending,
+        rows_after,
+        {"version": shard.version, "step": shard.step, "next_ttl_sweep": shard._next_ttl_sweep},
+    )
+    return {
+        "cut_id": cut_id,
+        "full": bool(full),
+        "rows": {t: rows_after[t] if isinstance(a, LazyTable) else len(a["ids"]) for t, a in tables.items()},
+        "deleted": {t: 0 if isinstance(a, LazyTable) else len(a["deleted"]) for t, a in tables.items()},
+        "pause_ms": (time.perf_counter() - t0) * 1e3,
+    }
 
 
 def _cut(shard, cut_id: str) -> PreparedCut:
@@ -170,8 +182,11 @@ def _cut(shard, cut_id: str) -> PreparedCut:
         return shard._cuts[cut_id]
     except KeyError:
         known = list(shard._cuts)
-        raise CutError(cut_id, f"shard {shard.index} has no prepared cut of that id (prepared: {known}); "
-                               "call prepare_cut first, and commit or abort each cut once") from None
+        raise CutError(
+            cut_id,
+            f"shard {shard.index} has no prepared cut of that id (prepared: {known}); "
+            "call prepare_cut first, and commit or abort each cut once",
+        ) from None
 
 
 def commit(shard, cut_id: str) -> None:
@@ -244,7 +259,7 @@ def preserve(shard, ts, slots: np.ndarray) -> None:
         order = np.argsort(sl, kind="stable")
         bounds = np.searchsorted(sl[order], np.arange((1 << lazy.bits) + 1))
         for s in np.flatnonzero(np.diff(bounds)):
-            pos = order[bounds[s]:bounds[s + 1]]
+            pos = order[bounds[s] : bounds[s + 1]]
             lazy.saved[s].append({k: v[pos] for k, v in arrays.items()})
 
 
@@ -252,8 +267,8 @@ def _lazy_slice(shard, ts, lazy: LazyTable, s: int) -> dict:
     """Slice ``s`` of a lazy full cut as it was at the prepare: rows not changed since, read live, and
     the saved ones; ids ascending."""
     with shard._cut_lock:
-        ids = lazy.ids[lazy.bounds[s]:lazy.bounds[s + 1]]
-        slots = lazy.slots[lazy.bounds[s]:lazy.bounds[s + 1]]
+        ids = lazy.ids[lazy.bounds[s] : lazy.bounds[s + 1]]
+        slots = lazy.slots[lazy.bounds[s] : lazy.bounds[s + 1]]
         live = lazy.pending[slots]
         parts = [table_arrays(shard, ts, ids[live], slots[live])]
         lazy.pending[slots] = False
@@ -289,17 +304,31 @@ def write(shard, cut_id: str, store, version: int, storage_options=None, part_by
     cut = _cut(shard, cut_id)
     cfg = shard.cfg
     part_bytes = PART_BYTES if part_bytes is None else int(part_bytes)
-    common = {"shard": shard.index, "num_shards": cfg.num_shards, "kind": "full" if cut.full else "delta",
-              "optimizer": cfg.optimizer, "weights_dtype": cfg.weights_dtype,
-              **{f"ps_{k}": v for k, v in cut.counters.items()}}
+    common = {
+        "shard": shard.index,
+        "num_shards": cfg.num_shards,
+        "kind": "full" if cut.full else "delta",
+        "optimizer": cfg.optimizer,
+        "weights_dtype": cfg.weights_dtype,
+        **{f"ps_{k}": v for k, v in cut.counters.items()},
+    }
     infos = []
     for name, arrays in cut.tables.items():
-        meta = {"role": "table", "table": name, "merge": "by_id", "dim": cfg.table(name).dim,
-                "rows_after": cut.rows_after[name], **common}
+        meta = {
+            "role": "table",
+            "table": name,
+            "merge": "by_id",
+            "dim": cfg.table(name).dim,
+            "rows_after": cut.rows_after[name],
+            **common,
+        }
         if isinstance(arrays, LazyTable):
             if arrays.written:
-                raise CutError(cut_id, "a full cut is written once (copy-on-write, nothing is kept after the "
-                                       "write): abort it and prepare a new one")
+                raise CutError(
+                    cut_id,
+                    "a full cut is written once (copy-on-write, nothing is kept after the "
+                    "write): abort it and prepare a new one",
+                )
             arrays.written = True
             ts = shard._tables[name]
             held = np.flatnonzero(arrays.pending)  # a snapshot; slots changed since are skipped per slice
@@ -310,38 +339,65 @@ def write(shard, cut_id: str, store, version: int, storage_options=None, part_by
                 part["deleted"] = np.empty(0, np.int64)
                 if len(part["ids"]) == 0 and not (sl == (1 << arrays.bits) - 1 and not infos_of(infos, name)):
                     continue
-                name_s = part_name(shard.index, name) if arrays.bits == 0 else \
-                    f"{part_name(shard.index, name)}.s{sl}-{arrays.bits}"
+                name_s = (
+                    part_name(shard.index, name)
+                    if arrays.bits == 0
+                    else f"{part_name(shard.index, name)}.s{sl}-{arrays.bits}"
+                )
                 first = not infos_of(infos, name)
-                infos.append(write_part(store, version, name_s, part, storage_options,
-                                        {**meta, "slice_bits": arrays.bits, "slice": sl,
-                                         "rows_after": meta["rows_after"] if first else 0}))
+                infos.append(
+                    write_part(
+                        store,
+                        version,
+                        name_s,
+                        part,
+                        storage_options,
+                        {
+                            **meta,
+                            "slice_bits": arrays.bits,
+                            "slice": sl,
+                            "rows_after": meta["rows_after"] if first else 0,
+                        },
+                    )
+                )
                 del part
             continue
         nbytes = sum(a.nbytes for a in arrays.values())
         bits = slice_bits(nbytes, _part_target(nbytes, part_bytes))
         if bits == 0:
-            infos.append(write_part(store, version, part_name(shard.index, name), arrays, storage_options,
-                                    {**meta, "slice_bits": 0, "slice": 0}))
+            infos.append(
+                write_part(
+                    store,
+                    version,
+                    part_name(shard.index, name),
+                    arrays,
+                    storage_options,
+                    {**meta, "slice_bits": 0, "slice": 0},
+                )
+            )
             continue
         order, bounds = _grouped(arrays["ids"], bits)
         d_order, d_bounds = _grouped(arrays["deleted"], bits)
         first = True
         for sl in range(1 << bits):
-            pos = order[bounds[sl]:bounds[sl + 1]]
-            d_pos = d_order[d_bounds[sl]:d_bounds[sl + 1]]
+            pos = order[bounds[sl] : bounds[sl + 1]]
+            d_pos = d_order[d_bounds[sl] : d_bounds[sl + 1]]
             if len(pos) == 0 and len(d_pos) == 0 and not (first and sl == (1 << bits) - 1):
                 continue  # an empty slice has nothing to say (the last one is written if all were empty)
             part = {k: (v[d_pos] if k == "deleted" else v[pos]) for k, v in arrays.items()}
             part_meta = {**meta, "slice_bits": bits, "slice": sl, "rows_after": meta["rows_after"] if first else 0}
-            infos.append(write_part(store, version, f"{part_name(shard.index, name)}.s{sl}-{bits}", part,
-                                    storage_options, part_meta))
+            infos.append(
+                write_part(
+                    store, version, f"{part_name(shard.index, name)}.s{sl}-{bits}", part, storage_options, part_meta
+                )
+            )
             first = False
             del part
     for name, arrays in cut.pending.items():
         meta = {"role": "pending", "table": name, **common}
-        infos.append(write_part(store, version, part_name(shard.index, name) + ".pending", arrays,
-                                storage_options, meta))
+        infos.append(
+            write_part(store, version, part_name(shard.index, name) + ".pending", arrays, storage_options, meta)
+        )
     return infos
 
 
@@ -360,11 +416,13 @@ def read_content(store, version: int, cfg, index: int, storage_options=None) -> 
             pending[t] = store.materialize(version, table_parts(t, role="pending"), keep)
     unknown = sorted(name for kind, name in groups if kind == "table" and name not in cfg.table_names)
     if unknown:
-        log.warning("version %d holds tables %s that this parameter server does not have; they are ignored",
-                    version, unknown)
+        log.warning(
+            "version %d holds tables %s that this parameter server does not have; they are ignored", version, unknown
+        )
     metas = [p.meta for p in manifest.parts if p.meta.get("role") == "table"]
-    counters = {k: max((int(m.get(f"ps_{k}", 0)) for m in metas), default=0)
-                for k in ("version", "step", "next_ttl_sweep")}
+    counters = {
+        k: max((int(m.get(f"ps_{k}", 0)) for m in metas), default=0) for k in ("version", "step", "next_ttl_sweep")
+    }
     return RestoreContent(version, tables, pending, counters)
 
 
@@ -376,20 +434,32 @@ def _check_arrays(shard, name: str, arrays: dict, version, n_total: int | None =
     n, dim = len(arrays["ids"]), ts.cfg.dim
     total = n if n_total is None else n_total
     if total > cfg.capacity_per_shard:
-        raise RestoreError(shard.index, version, f"table {name!r} has {total} rows for this shard but "
-                           f"capacity_per_shard is {cfg.capacity_per_shard}: raise ps.capacity_per_shard or use "
-                           "more shards")
+        raise RestoreError(
+            shard.index,
+            version,
+            f"table {name!r} has {total} rows for this shard but "
+            f"capacity_per_shard is {cfg.capacity_per_shard}: raise ps.capacity_per_shard or use "
+            "more shards",
+        )
     if arrays["rows"].shape != (n, dim):
-        raise RestoreError(shard.index, version, f"table {name!r} rows have shape "
-                           f"{list(arrays['rows'].shape)}, this parameter server has dim {dim}")
+        raise RestoreError(
+            shard.index,
+            version,
+            f"table {name!r} rows have shape {list(arrays['rows'].shape)}, this parameter server has dim {dim}",
+        )
     states = sorted(k for k in arrays if k.startswith("opt_state_"))
     want = [f"opt_state_{k}" for k in range(len(shard._states[t]))]
     shapes_ok = states == want and all(
-        arrays[k].shape[1:] == tuple(shard._states[t][i].shape[1:]) for i, k in enumerate(want))
+        arrays[k].shape[1:] == tuple(shard._states[t][i].shape[1:]) for i, k in enumerate(want)
+    )
     if not shapes_ok:
-        raise RestoreError(shard.index, version, f"table {name!r}: the version's optimizer state "
-                           f"{states} does not fit ps.optimizer={cfg.optimizer!r}; restore with the optimizer "
-                           "the version was trained with")
+        raise RestoreError(
+            shard.index,
+            version,
+            f"table {name!r}: the version's optimizer state "
+            f"{states} does not fit ps.optimizer={cfg.optimizer!r}; restore with the optimizer "
+            "the version was trained with",
+        )
 
 
 def _reset(shard) -> None:
@@ -484,8 +554,8 @@ def _slices(store: VersionStore, layers: list, keep, verify: bool = True):
                     layer.append(arrays)
                 else:
                     (order, bounds), (d_order, d_bounds) = groups
-                    pos = order[bounds[unit]:bounds[unit + 1]]
-                    d_pos = d_order[d_bounds[unit]:d_bounds[unit + 1]]
+                    pos = order[bounds[unit] : bounds[unit + 1]]
+                    d_pos = d_order[d_bounds[unit] : d_bounds[unit + 1]]
                     sub = {k2: v[pos] for k2, v in arrays.items() if k2 != "deleted"}
                     if "deleted" in arrays:
                         sub["deleted"] = arrays["deleted"][d_pos]
@@ -514,42 +584,62 @@ def restore_from_store(shard, store, version: int, storage_options=None, verify:
     chain = store.chain(version)
     plans = {}
     for name in cfg.table_names:
-        layers = [(m.version, [p for p in m.parts if p.meta.get("role") == "table" and p.meta.get("table") == name])
-                  for m in chain]
+        layers = [
+            (m.version, [p for p in m.parts if p.meta.get("role") == "table" and p.meta.get("table") == name])
+            for m in chain
+        ]
         plans[name] = layers if any(ps for _, ps in layers) else None
-    unknown = sorted({p.meta.get("table") for m in chain for p in m.parts if p.meta.get("role") == "table"}
-                     - set(cfg.table_names))
+    unknown = sorted(
+        {p.meta.get("table") for m in chain for p in m.parts if p.meta.get("role") == "table"} - set(cfg.table_names)
+    )
     if unknown:
-        log.warning("version %d holds tables %s that this parameter server does not have; they are ignored",
-                    version, unknown)
+        log.warning(
+            "version %d holds tables %s that this parameter server does not have; they are ignored", version, unknown
+        )
     for name, layers in plans.items():  # what the manifests tell, before any change
         if layers is None:
             continue
         metas = [p.meta for _, ps in layers for p in ps]
         dims = {int(m["dim"]) for m in metas if "dim" in m}
         if dims and dims != {cfg.table(name).dim}:
-            raise RestoreError(index, version, f"table {name!r} rows have dim {sorted(dims)}, this parameter "
-                               f"server has dim {cfg.table(name).dim}")
+            raise RestoreError(
+                index,
+                version,
+                f"table {name!r} rows have dim {sorted(dims)}, this parameter server has dim {cfg.table(name).dim}",
+            )
         opts = {m["optimizer"] for m in metas if "optimizer" in m}
         if opts and opts != {cfg.optimizer}:
-            raise RestoreError(index, version, f"table {name!r}: the version's optimizer state "
-                               f"({sorted(opts)}) does not fit ps.optimizer={cfg.optimizer!r}; restore with the "
-                               "optimizer the version was trained with")
+            raise RestoreError(
+                index,
+                version,
+                f"table {name!r}: the version's optimizer state "
+                f"({sorted(opts)}) does not fit ps.optimizer={cfg.optimizer!r}; restore with the "
+                "optimizer the version was trained with",
+            )
         last = layers[-1][1]
-        bound = (sum(int(p.meta["rows_after"]) for p in last)
-                 if last and all("rows_after" in p.meta for p in last) else None)
+        bound = (
+            sum(int(p.meta["rows_after"]) for p in last) if last and all("rows_after" in p.meta for p in last) else None
+        )
         if bound is None or bound > cfg.capacity_per_shard:  # count exactly (ids routed here), reading ids only
             total = sum(len(m["ids"]) for m in _slices(store, layers, keep, verify))
             if total > cfg.capacity_per_shard:
-                raise RestoreError(index, version, f"table {name!r} has {total} rows for this shard but "
-                                   f"capacity_per_shard is {cfg.capacity_per_shard}: raise ps.capacity_per_shard "
-                                   "or use more shards")
+                raise RestoreError(
+                    index,
+                    version,
+                    f"table {name!r} has {total} rows for this shard but "
+                    f"capacity_per_shard is {cfg.capacity_per_shard}: raise ps.capacity_per_shard "
+                    "or use more shards",
+                )
     groups = store.groups(version)
-    pending = {name: store.materialize(version, table_parts(name, role="pending"), keep, verify)
-               for name in cfg.table_names if ("pending", name) in groups}
+    pending = {
+        name: store.materialize(version, table_parts(name, role="pending"), keep, verify)
+        for name in cfg.table_names
+        if ("pending", name) in groups
+    }
     metas = [p.meta for p in chain[-1].parts if p.meta.get("role") == "table"]
-    counters = {k: max((int(m.get(f"ps_{k}", 0)) for m in metas), default=0)
-                for k in ("version", "step", "next_ttl_sweep")}
+    counters = {
+        k: max((int(m.get(f"ps_{k}", 0)) for m in metas), default=0) for k in ("version", "step", "next_ttl_sweep")
+    }
     _reset(shard)
     try:
         for name, layers in plans.items():

@@ -98,7 +98,9 @@ class TableFullError(PSError, RuntimeError):
         self.capacity = capacity
 
     def __str__(self) -> str:
-        return (f"table {self.table!r} is full: the pull needs {self.needed} new row(s) but only {self.available} "
-                f"of {self.capacity} slots are free or evictable (the rest hold this batch or rows leased to "
-                "steps whose push is pending); raise ps.capacity_per_shard, add shards, or set "
-                "ps.full_table: refuse (the extra ids then read zeros, counted as refused_rows); nothing was changed")
+        return (
+            f"table {self.table!r} is full: the pull needs {self.needed} new row(s) but only {self.available} "
+            f"of {self.capacity} slots are free or evictable (the rest hold this batch or rows leased to "
+            "steps whose push is pending); raise ps.capacity_per_shard, add shards, or set "
+            "ps.full_table: refuse (the extra ids then read zeros, counted as refused_rows); nothing was changed"
+        )

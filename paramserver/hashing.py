@@ -73,7 +73,7 @@ def init_rows(table: TableConfig, ids: np.ndarray, seed: int = 0) -> np.ndarray:
     with np.errstate(over="ignore"):
         for a in range(0, n, rows):
             b = min(n, a + rows)
-            zb, tb = z[:b - a], tmp[:b - a]
+            zb, tb = z[: b - a], tmp[: b - a]
             np.add(h[a:b, None], cols[None, :], out=zb)
             np.right_shift(zb, _S30, out=tb)
             zb ^= tb
@@ -90,7 +90,7 @@ def init_rows(table: TableConfig, ids: np.ndarray, seed: int = 0) -> np.ndarray:
             out[a:b, :, 1] = fields[:, :, 0]
     unit = out.reshape(n, 2 * half)
     if 2 * half != table.dim:
-        unit = np.ascontiguousarray(unit[:, :table.dim])
+        unit = np.ascontiguousarray(unit[:, : table.dim])
     scale = np.float32(table.scale)
     np.multiply(unit, np.float32(2.0 / (1 << 24)), out=unit)  # the reference's operations, in its order
     np.multiply(unit, scale, out=unit)
@@ -110,6 +110,6 @@ def init_rows_reference(table: TableConfig, ids: np.ndarray, seed: int = 0) -> n
     pairs = np.empty((len(ids), half, 2), np.float32)
     pairs[:, :, 0] = bits >> np.uint64(40)
     pairs[:, :, 1] = (bits >> np.uint64(8)) & np.uint64(0xFFFFFF)
-    unit = pairs.reshape(len(ids), 2 * half)[:, :table.dim]  # integers in [0, 2**24), exact in float32
+    unit = pairs.reshape(len(ids), 2 * half)[:, : table.dim]  # integers in [0, 2**24), exact in float32
     scale = np.float32(table.scale)
     return unit * np.float32(2.0 / (1 << 24)) * scale - scale

@@ -253,7 +253,7 @@ class IdMap:
         if n == 0:
             return _EMPTY
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        slots = self._free[self._n_free - n:self._n_free][::-1].copy()
+        slots = self._free[self._n_free - n : self._n_free][::-1].copy()
         self._n_free -= n
         self.slot_key[slots] = ids
         self.occupied[slots] = True
@@ -272,7 +272,7 @@ class IdMap:
         ids = self.slot_key[slots].copy()
         self._index.remove(ids, slots)
         self.occupied[slots] = False
-        self._free[self._n_free:self._n_free + len(slots)] = slots
+        self._free[self._n_free : self._n_free + len(slots)] = slots
         self._n_free += len(slots)
         return ids
 
@@ -306,11 +306,11 @@ class CountTable:
             size *= 2
         for name in ("_keys", "_counts", "_last"):
             arr = np.zeros(size, np.int64)
-            arr[:self._n] = getattr(self, name)[:self._n]
+            arr[: self._n] = getattr(self, name)[: self._n]
             setattr(self, name, arr)
 
     def _reindex(self, entries: int) -> None:
-        self._index.rebuild(self._keys[:self._n], np.arange(self._n), entries)
+        self._index.rebuild(self._keys[: self._n], np.arange(self._n), entries)
 
     def add(self, ids: np.ndarray, counts: np.ndarray, step: int) -> np.ndarray:
         """Add ``counts`` for distinct ``ids``; returns every id's total count so far."""
@@ -326,9 +326,9 @@ class CountTable:
         if len(new):
             k, at = len(new), self._n
             self._grow(at + k)
-            self._keys[at:at + k] = ids[new]
-            self._counts[at:at + k] = counts[new]
-            self._last[at:at + k] = step
+            self._keys[at : at + k] = ids[new]
+            self._counts[at : at + k] = counts[new]
+            self._last[at : at + k] = step
             self._n += k
             try:
                 self._index.insert(ids[new], np.arange(at, at + k), self._keys)
@@ -336,8 +336,8 @@ class CountTable:
                 self._reindex(need.entries)
         if self._n > self.limit:  # forget the least recently seen ids, down to 90% (amortised)
             target = max(1, (self.limit * 9) // 10)
-            order = np.argsort(self._keys[:self._n])  # rank in ascending-id order, as the sorted table did
-            keep = order[np.sort(np.argpartition(-self._last[:self._n][order], target - 1)[:target])]
+            order = np.argsort(self._keys[: self._n])  # rank in ascending-id order, as the sorted table did
+            keep = order[np.sort(np.argpartition(-self._last[: self._n][order], target - 1)[:target])]
             self._set(self._keys[keep], self._counts[keep], self._last[keep])
         return totals
 
@@ -370,14 +370,15 @@ class CountTable:
 
     def items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Copies of (ids ascending, counts, last step seen)."""
-        order = np.argsort(self._keys[:self._n])
+        order = np.argsort(self._keys[: self._n])
         return self._keys[order], self._counts[order], self._last[order]
 
     def load(self, ids: np.ndarray, counts: np.ndarray, last: np.ndarray) -> None:
         """Replace the content with (distinct ``ids``, ``counts``, ``last``) (a restored version)."""
         order = np.argsort(np.asarray(ids, np.int64), kind="stable")
-        self._set(np.asarray(ids, np.int64)[order], np.asarray(counts, np.int64)[order],
-                  np.asarray(last, np.int64)[order])
+        self._set(
+            np.asarray(ids, np.int64)[order], np.asarray(counts, np.int64)[order], np.asarray(last, np.int64)[order]
+        )
 
     def _set(self, keys: np.ndarray, counts: np.ndarray, last: np.ndarray) -> None:
         n = len(keys)

@@ -46,8 +46,10 @@ class InProcessShard:
             self._thread.join(timeout=5)
 
     def __reduce__(self):
-        raise TypeError("an in-process parameter-server shard lives in this process and cannot be sent to another; "
-                        "use create_parameter_server(cfg) (Ray actors) for Ray Train workers")
+        raise TypeError(
+            "an in-process parameter-server shard lives in this process and cannot be sent to another; "
+            "use create_parameter_server(cfg) (Ray actors) for Ray Train workers"
+        )
 
 
 def create_in_process_shards(cfg: PSConfig) -> list[InProcessShard]:

@@ -11,7 +11,7 @@ import numpy as np
 class StaleDecision(enum.Enum):
     APPLY = "apply"
     APPLY_STALE = "apply_stale"  # too stale, applied anyway (policy "apply"); counted
-    DROP = "drop"                # too stale, dropped (policy "drop"); counted
+    DROP = "drop"  # too stale, dropped (policy "drop"); counted
 
 
 class StalenessPolicy:
@@ -52,8 +52,7 @@ def expired_slots(occupied: np.ndarray, seen: np.ndarray, now, ttl, pinned: np.n
     return np.flatnonzero(mask)
 
 
-def aged_counts(count: np.ndarray, last_seen: np.ndarray, version: int, every: int | None,
-                decay: float) -> np.ndarray:
+def aged_counts(count: np.ndarray, last_seen: np.ndarray, version: int, every: int | None, decay: float) -> np.ndarray:
     """Aged LFU, lazily: a count stored when its row was last seen (shard version ``last_seen``) has
     decayed by ``decay`` once per period of ``every`` versions since: ``floor(count * decay**periods)``
     (one floor, so the value depends only on (count, last_seen, version): deterministic, and a
@@ -68,9 +67,15 @@ def aged_counts(count: np.ndarray, last_seen: np.ndarray, version: int, every: i
     return np.floor(count * np.power(decay, periods.astype(np.float64))).astype(np.int64)
 
 
-def lfu_victims(occupied: np.ndarray, count: np.ndarray, last_seen: np.ndarray,
-                protected: np.ndarray, n: int, slot_key: np.ndarray | None = None,
-                pinned: np.ndarray | None = None) -> np.ndarray:
+def lfu_victims(
+    occupied: np.ndarray,
+    count: np.ndarray,
+    last_seen: np.ndarray,
+    protected: np.ndarray,
+    n: int,
+    slot_key: np.ndarray | None = None,
+    pinned: np.ndarray | None = None,
+) -> np.ndarray:
     """LFU: the ``n`` occupied slots, neither ``protected`` (this batch) nor ``pinned`` (leased to a step
     whose push is pending), with the lowest count (older last_seen first on ties, then lower id
     when ``slot_key`` (slot -> id) is given).
@@ -91,5 +96,5 @@ def lfu_victims(occupied: np.ndarray, count: np.ndarray, last_seen: np.ndarray,
     kth = np.partition(key, n - 1)[n - 1]
     below = cand[key < kth]
     tied = cand[key == kth]
-    tied = tied[np.argsort(slot_key[tied], kind="stable")[:n - len(below)]]
+    tied = tied[np.argsort(slot_key[tied], kind="stable")[: n - len(below)]]
     return np.concatenate([below, tied])

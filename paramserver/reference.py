@@ -26,7 +26,7 @@ class LocalTables:
             keys = np.unique(universe[t.name]).astype(np.int64)
             self._keys[t.name] = keys
             w.zero_()
-            w[:len(keys)] = torch.from_numpy(init_rows(t, keys, cfg.seed)).to(w.dtype)
+            w[: len(keys)] = torch.from_numpy(init_rows(t, keys, cfg.seed)).to(w.dtype)
 
     def rows_of(self, table: str, ids: np.ndarray) -> np.ndarray:
         """Row indices of ``ids`` (which must be in the universe)."""
@@ -42,9 +42,9 @@ class LocalTables:
         for i, t in enumerate(self.cfg.tables):
             if t.name in ids:
                 n = len(ids[t.name])
-                lengths[i * batch:i * batch + n] = 1
+                lengths[i * batch : i * batch + n] = 1
                 indices.append(self.rows_of(t.name, ids[t.name]))
-                grad_out[:n, col:col + t.dim] = grads[t.name]
+                grad_out[:n, col : col + t.dim] = grads[t.name]
             col += t.dim
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         out = self._tbe(torch.from_numpy(np.concatenate(indices)), torch.from_numpy(offsets))

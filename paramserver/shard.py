@@ -84,16 +84,19 @@ def resolve_device(cfg: PSConfig) -> torch.device:
     if want_cuda and not torch.cuda.is_available():
         raise ConfigError("ps.device='cuda' but no CUDA device is visible here; use 'cpu' or 'auto'")
     if not want_cuda and cfg.optimizer == "adam":
-        raise ConfigError("ps.optimizer='adam' needs CUDA (FBGEMM's CPU kernels have no Adam); "
-                          "use rowwise_adagrad, adagrad or sgd on CPU")
+        raise ConfigError(
+            "ps.optimizer='adam' needs CUDA (FBGEMM's CPU kernels have no Adam); "
+            "use rowwise_adagrad, adagrad or sgd on CPU"
+        )
     return torch.device("cuda") if want_cuda else torch.device("cpu")
 
 
 class EmbeddingShard:
     """Shard ``index`` of ``num_shards``: storage, id map, admission/eviction and updates."""
 
-    def __init__(self, cfg: PSConfig, index: int = 0, clock: Callable[[], float] = time.time,
-                 direct_update: bool = True) -> None:
+    def __init__(
+        self, cfg: PSConfig, index: int = 0, clock: Callable[[], float] = time.time, direct_update: bool = True
+    ) -> None:
         """``direct_update``: a push calls FBGEMM's fused backward + optimizer kernel directly
         (:func:`paramserver.tbe.fused_update`; CPU with rowwise_adagrad, adagrad or sgd); False, or
         where there is no such kernel (CUDA, Adam), it runs the module's forward then backward. Both
@@ -102,8 +105,15 @@ class EmbeddingShard:
         self.index = index
         self._clock = clock  # seconds: ttl_seconds and lease timeouts (tests pass a fake clock)
         self.device = resolve_device(cfg)
-        self._tbe = build_tbe(cfg.tables, cfg.capacity_per_shard, cfg.optimizer, cfg.learning_rate, cfg.eps,
-                              cfg.weights_dtype, self.device)
+        self._tbe = build_tbe(
+            cfg.tables,
+            cfg.capacity_per_shard,
+            cfg.optimizer,
+            cfg.learning_rate,
+            cfg.eps,
+            cfg.weights_dtype,
+            self.device,
+        )
         direct = fused_update(self._tbe, cfg.optimizer) if direct_update else None
         self.direct_update = direct is not None
         self._update = direct or autograd_update(self._tbe)
@@ -116,10 +126,18 @@ class EmbeddingShard:
         for t, w in zip(cfg.tables, self._weights):
             w.zero_()
             self._tables[t.name] = _TableState(
-                cfg=t, col=col, ids=IdMap(cap), pending=CountTable(2 * cap),
-                count=np.zeros(cap, np.int64), last_seen=np.zeros(cap, np.int64),
-                last_version=np.zeros(cap, np.int64), touched=np.zeros(cap, np.int32), evicted=[],
-                pinned=np.zeros(cap, np.int32), seen_at=np.zeros(cap, np.float64))
+                cfg=t,
+                col=col,
+                ids=IdMap(cap),
+                pending=CountTable(2 * cap),
+                count=np.zeros(cap, np.int64),
+                last_seen=np.zeros(cap, np.int64),
+                last_version=np.zeros(cap, np.int64),
+                touched=np.zeros(cap, np.int32),
+                evicted=[],
+                pinned=np.zeros(cap, np.int32),
+                seen_at=np.zeros(cap, np.float64),
+            )
             col += t.dim
         for states_t in self._states:
             for s in states_t:
@@ -137,9 +155,21 @@ class EmbeddingShard:
         self.lazy_full_cuts = True  # a full cut is written copy-on-write (cuts.LazyTable), not copied at prepare
         self._lazy = None  # {table: cuts.LazyTable} while a lazy full cut is prepared and not committed
         self._cut_lock = threading.Lock()  # the cut writer's thread against changes of rows it still has to write
-        self._stats = dict(admitted=0, evicted=0, evicted_ttl=0, evicted_lfu=0, dropped_grads=0,
-                           stale_pushes=0, dropped_stale_pushes=0, pulls=0, pushes=0, rows_pulled=0,
-                           rows_pushed=0, refused_rows=0, lease_timeouts=0)
+        self._stats = dict(
+            admitted=0,
+            evicted=0,
+            evicted_ttl=0,
+            evicted_lfu=0,
+            dropped_grads=0,
+            stale_pushes=0,
+            dropped_stale_pushes=0,
+            pulls=0,
+            pushes=0,
+            rows_pulled=0,
+            rows_pushed=0,
+            refused_rows=0,
+            lease_timeouts=0,
+        )
 
     # ------------------------------------------------------------------ reads
     def pull(self, batch: PullBatch, step: int | None = None, lease: Hashable | None = None) -> dict[str, np.ndarray]:
@@ -156,7 +186,7 @@ class EmbeddingShard:
         out, at = {}, 0
         for name, value in batch.items():
             n, dim = len(value[0] if isinstance(value, tuple) else value), self._tables[name].cfg.dim
-            out[name] = flat[at:at + n * dim].reshape(n, dim)
+            out[name] = flat[at : at + n * dim].reshape(n, dim)
             at += n * dim
         return out
 
@@ -177,8 +207,10 @@ class EmbeddingShard:
         if self.cfg.full_table == "error":
             for name, (ids, counts, _) in prepared.items():
                 self._check_room(self._tables[name], ids, counts)
-        sizes = [len(ids if inverse is None else inverse) * self._tables[name].cfg.dim
-                 for name, (ids, _, inverse) in prepared.items()]
+        sizes = [
+            len(ids if inverse is None else inverse) * self._tables[name].cfg.dim
+            for name, (ids, _, inverse) in prepared.items()
+        ]
         flat = np.empty(sum(sizes), np.float32)
         held, plans, at = [], {}, 0
         for (name, (ids, counts, inverse)), size in zip(prepared.items(), sizes):
@@ -191,7 +223,7 @@ class EmbeddingShard:
                 held.append((ts, got))
                 if len(got) == len(ids) and inverse is None:  # the step's push may reuse this lookup
                     plans[name] = (ids, slots)
-            self._gather_into(flat[at:at + size], name, slots if inverse is None else slots[inverse])
+            self._gather_into(flat[at : at + size], name, slots if inverse is None else slots[inverse])
             at += size
             self._stats["rows_pulled"] += len(ids)
         if lease is not None:
@@ -255,11 +287,13 @@ class EmbeddingShard:
             ids = _as_ids(value[0], name, BadPushError)
             grads = value[1]
             if not isinstance(grads, np.ndarray) or grads.dtype != np.float32:
-                raise BadPushError(name, f"grads must be a float32 numpy array, got "
-                                         f"{getattr(grads, 'dtype', type(grads).__name__)}")
+                raise BadPushError(
+                    name, f"grads must be a float32 numpy array, got {getattr(grads, 'dtype', type(grads).__name__)}"
+                )
             if grads.ndim != 2 or grads.shape != (len(ids), ts.cfg.dim):
-                raise BadPushError(name, f"grads must have shape [len(ids)={len(ids)}, dim={ts.cfg.dim}], "
-                                         f"got {list(grads.shape)}")
+                raise BadPushError(
+                    name, f"grads must have shape [len(ids)={len(ids)}, dim={ts.cfg.dim}], got {list(grads.shape)}"
+                )
             if not np.isfinite(grads).all():
                 bad = int(np.count_nonzero(~np.isfinite(grads).all(axis=1)))
                 raise BadPushError(name, f"{bad} gradient row(s) hold NaN or inf")
@@ -361,9 +395,16 @@ class EmbeddingShard:
         """Counters since start: rows (admitted and resident), admitted, evicted, dropped_grads, ..."""
         rows = {name: len(ts.ids) for name, ts in self._tables.items()}
         leased = sum(int(np.count_nonzero(ts.pinned)) for ts in self._tables.values())
-        return {"shard": self.index, "rows": sum(rows.values()), "rows_per_table": rows,
-                "version": self.version, "step": self.step, "leases": len(self._leases), "leased_rows": leased,
-                **self._stats}
+        return {
+            "shard": self.index,
+            "rows": sum(rows.values()),
+            "rows_per_table": rows,
+            "version": self.version,
+            "step": self.step,
+            "leases": len(self._leases),
+            "leased_rows": leased,
+            **self._stats,
+        }
 
     # -------------------------------------------------------------- internals
     def _table(self, name: str) -> _TableState:
@@ -382,8 +423,11 @@ class EmbeddingShard:
             if counts.shape != ids.shape or (counts < 1).any():
                 raise BadPullError(name, "counts must be >= 1 and as long as ids")
             if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():  # a repeated id would get two slots
-                raise BadPullError(name, "the (ids, counts) form needs distinct ids in ascending order "
-                                         "(send raw ids instead, or np.unique them)")
+                raise BadPullError(
+                    name,
+                    "the (ids, counts) form needs distinct ids in ascending order "
+                    "(send raw ids instead, or np.unique them)",
+                )
             return ids, counts, None
         ids = _as_ids(value, name, BadPullError)
         uniq, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
@@ -394,8 +438,9 @@ class EmbeddingShard:
             self.step = int(step)  # the highest step seen (a counter of versions; eviction uses versions)
 
     def _aged(self, ts: _TableState, slots: np.ndarray) -> np.ndarray:
-        return aged_counts(ts.count[slots], ts.last_seen[slots], self.version, self.cfg.lfu_decay_every,
-                           self.cfg.lfu_decay)
+        return aged_counts(
+            ts.count[slots], ts.last_seen[slots], self.version, self.cfg.lfu_decay_every, self.cfg.lfu_decay
+        )
 
     def _maintain(self, now: float) -> None:
         """Housekeeping before a pull: expired leases (counted), then the ``ttl_seconds`` sweep when due."""
@@ -419,8 +464,7 @@ class EmbeddingShard:
             return
         self._next_ttl_sweep = self.version + max(1, ttl // 8)
         for ts in self._tables.values():
-            self._evict(ts, expired_slots(ts.ids.occupied, ts.last_seen, self.version, ttl, ts.pinned),
-                        "evicted_ttl")
+            self._evict(ts, expired_slots(ts.ids.occupied, ts.last_seen, self.version, ttl, ts.pinned), "evicted_ttl")
 
     def _check_room(self, ts: _TableState, ids: np.ndarray, counts: np.ndarray) -> None:
         """full_table="error": raise TableFullError, before any change, if the new rows cannot all be had."""
@@ -473,7 +517,7 @@ class EmbeddingShard:
             self._evict(ts, victims, "evicted_lfu")
         if len(miss) > ts.ids.free:  # still full (this batch and leased rows fill it): refuse, most frequent first
             self._stats["refused_rows"] += len(miss) - ts.ids.free
-            keep = np.sort(np.argsort(-totals, kind="stable")[:ts.ids.free])
+            keep = np.sort(np.argsort(-totals, kind="stable")[: ts.ids.free])
             miss, totals = miss[keep], totals[keep]
         new_ids = ids[miss]
         new_slots = ts.ids.insert(new_ids)
@@ -554,16 +598,19 @@ class EmbeddingShard:
         for t, (name, ts) in enumerate(self._tables.items()):  # table order fixes the index layout
             hs, g = by_table.get(name, (None, None))
             n = 0 if hs is None else len(hs)
-            grad_out[n:, ts.col:ts.col + ts.cfg.dim] = 0.0  # padding bags
+            grad_out[n:, ts.col : ts.col + ts.cfg.dim] = 0.0  # padding bags
             if n:
                 lengths[t, :n] = 1
                 indices.append(hs)
-                grad_out[:n, ts.col:ts.col + ts.cfg.dim] = g
+                grad_out[:n, ts.col : ts.col + ts.cfg.dim] = g
         offsets = np.zeros(lengths.size + 1, np.int64)
         np.cumsum(lengths.reshape(-1), out=offsets[1:])
         dev = self.device
-        self._update(torch.from_numpy(np.concatenate(indices)).to(dev), torch.from_numpy(offsets).to(dev),
-                     torch.from_numpy(grad_out).to(dev))
+        self._update(
+            torch.from_numpy(np.concatenate(indices)).to(dev),
+            torch.from_numpy(offsets).to(dev),
+            torch.from_numpy(grad_out).to(dev),
+        )
 
 
 def _as_ids(ids, table: str, error: type) -> np.ndarray:

@@ -36,4 +36,4 @@ def group_by_shard(ids: np.ndarray, num_shards: int) -> list[np.ndarray]:
         return [np.arange(len(shards), dtype=np.int64)]
     order = np.argsort(shards, kind="stable")
     bounds = np.searchsorted(shards[order], np.arange(num_shards + 1))
-    return [order[bounds[s]:bounds[s + 1]] for s in range(num_shards)]
+    return [order[bounds[s] : bounds[s + 1]] for s in range(num_shards)]

@@ -10,8 +10,15 @@ import torch
 from paramserver.config import TableConfig
 
 
-def build_tbe(tables: Sequence[TableConfig], rows: int, optimizer: str = "rowwise_adagrad", learning_rate: float = 0.01,
-              eps: float = 1e-8, weights_dtype: str = "fp32", device: torch.device | None = None):
+def build_tbe(
+    tables: Sequence[TableConfig],
+    rows: int,
+    optimizer: str = "rowwise_adagrad",
+    learning_rate: float = 0.01,
+    eps: float = 1e-8,
+    weights_dtype: str = "fp32",
+    device: torch.device | None = None,
+):
     """One FBGEMM ``SplitTableBatchedEmbeddingBagsCodegen`` holding ``rows`` rows of every table.
 
     SUM pooling, the optimizer fused into backward, deterministic fp16 updates (no stochastic
@@ -30,8 +37,12 @@ def build_tbe(tables: Sequence[TableConfig], rows: int, optimizer: str = "rowwis
         SplitTableBatchedEmbeddingBagsCodegen,
     )
 
-    optim = {"rowwise_adagrad": OptimType.EXACT_ROWWISE_ADAGRAD, "adagrad": OptimType.EXACT_ADAGRAD,
-             "sgd": OptimType.EXACT_SGD, "adam": OptimType.ADAM}[optimizer]
+    optim = {
+        "rowwise_adagrad": OptimType.EXACT_ROWWISE_ADAGRAD,
+        "adagrad": OptimType.EXACT_ADAGRAD,
+        "sgd": OptimType.EXACT_SGD,
+        "adam": OptimType.ADAM,
+    }[optimizer]
     if device.type == "cuda":
         location, compute = EmbeddingLocation.DEVICE, ComputeDevice.CUDA
     else:
@@ -83,18 +94,46 @@ def fused_update(tbe, optimizer: str) -> FusedUpdate | None:
         args = m.optimizer_args  # read per call, as the forward does
         if args.gradient_clipping:  # what the autograd backward does before the kernel
             grad_output = grad_output.clamp(-args.max_gradient, args.max_gradient)
-        common = (grad_output, m.weights_host, m.weights_placements, m.weights_offsets, m.D_offsets, m.max_D,
-                  m.hash_size_cumsum, m.total_hash_size_bits, indices, offsets, m.pooling_mode, None,
-                  args.stochastic_rounding)
+        common = (
+            grad_output,
+            m.weights_host,
+            m.weights_placements,
+            m.weights_offsets,
+            m.D_offsets,
+            m.max_D,
+            m.hash_size_cumsum,
+            m.total_hash_size_bits,
+            indices,
+            offsets,
+            m.pooling_mode,
+            None,
+            args.stochastic_rounding,
+        )
         if optimizer == "sgd":
             op(*common, m.learning_rate_tensor, output_dtype=m.output_dtype)
         elif optimizer == "adagrad":
-            op(*common, m.momentum1_host, m.momentum1_placements, m.momentum1_offsets, m.learning_rate_tensor,
-               eps=args.eps, output_dtype=m.output_dtype)
+            op(
+                *common,
+                m.momentum1_host,
+                m.momentum1_placements,
+                m.momentum1_offsets,
+                m.learning_rate_tensor,
+                eps=args.eps,
+                output_dtype=m.output_dtype,
+            )
         else:
-            op(*common, m.momentum1_host, m.momentum1_placements, m.momentum1_offsets, m.learning_rate_tensor,
-               eps=args.eps, weight_decay=args.weight_decay, weight_decay_mode=args.weight_decay_mode,
-               max_norm=args.max_norm, output_dtype=m.output_dtype)
+            op(
+                *common,
+                m.momentum1_host,
+                m.momentum1_placements,
+                m.momentum1_offsets,
+                m.learning_rate_tensor,
+                eps=args.eps,
+                weight_decay=args.weight_decay,
+                weight_decay_mode=args.weight_decay_mode,
+                max_norm=args.max_norm,
+                output_dtype=m.output_dtype,
+            )
 
     return update
 
@@ -136,6 +175,9 @@ def sum_by_inverse(n: int, inverse: np.ndarray, grads: np.ndarray) -> np.ndarray
     bit-identical to ``np.add.at`` (and to a sum in input order), at a fraction of its cost.
     """
     out = torch.zeros((n, grads.shape[1]), dtype=torch.float32)
-    out.index_add_(0, torch.from_numpy(np.ascontiguousarray(inverse, np.int64)),
-                   torch.from_numpy(np.ascontiguousarray(grads, np.float32)))
+    out.index_add_(
+        0,
+        torch.from_numpy(np.ascontiguousarray(inverse, np.int64)),
+        torch.from_numpy(np.ascontiguousarray(grads, np.float32)),
+    )
     return out.numpy()

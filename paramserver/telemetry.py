@@ -28,8 +28,13 @@ COUNTERS: dict[str, tuple[str, dict]] = {
 class ShardTelemetry:
     """Emits one shard's series; ``record`` and ``clock`` are knobs for tests."""
 
-    def __init__(self, shard: int, every_s: float = 1.0, record: Callable = metrics.record,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        shard: int,
+        every_s: float = 1.0,
+        record: Callable = metrics.record,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.shard, self.every_s, self._record, self._clock = str(shard), every_s, record, clock
         self._last: dict[str, int] = {}
         self._next = 0.0

@@ -35,7 +35,7 @@ def unpack_ids(msg: Message) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     if len(counts) != len(ids):
         raise BadPullError("*", f"{len(ids)} ids but {len(counts)} counts")
     bounds = np.concatenate([[0], np.cumsum(lengths)])
-    return {n: (ids[bounds[i]:bounds[i + 1]], counts[bounds[i]:bounds[i + 1]]) for i, n in enumerate(names)}
+    return {n: (ids[bounds[i] : bounds[i + 1]], counts[bounds[i] : bounds[i + 1]]) for i, n in enumerate(names)}
 
 
 def pack_rows(names: tuple[str, ...], rows: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -46,12 +46,13 @@ def pack_rows(names: tuple[str, ...], rows: Mapping[str, np.ndarray]) -> np.ndar
     return _concat([rows[n].reshape(-1) for n in names], np.float32)
 
 
-def unpack_rows(names: tuple[str, ...], lengths: np.ndarray, dims: Mapping[str, int],
-                flat: np.ndarray) -> dict[str, np.ndarray]:
+def unpack_rows(
+    names: tuple[str, ...], lengths: np.ndarray, dims: Mapping[str, int], flat: np.ndarray
+) -> dict[str, np.ndarray]:
     out, at = {}, 0
     for n, k in zip(names, lengths.tolist()):
         size = k * dims[n]
-        out[n] = flat[at:at + size].reshape(k, dims[n])
+        out[n] = flat[at : at + size].reshape(k, dims[n])
         at += size
     return out
 
@@ -77,11 +78,13 @@ def unpack_grads(msg: Message, dims: Mapping[str, int]) -> dict[str, tuple[np.nd
         raise BadPushError("*", "grads must be one flat float32 array on the wire")
     expected = sum(k * dims[n] for n, k in zip(names, lengths.tolist()))
     if len(grads) != expected:
-        raise BadPushError("*", f"{len(grads)} gradient values on the wire, expected {expected} "
-                                "(sum of len(ids) x dim over the tables)")
+        raise BadPushError(
+            "*",
+            f"{len(grads)} gradient values on the wire, expected {expected} (sum of len(ids) x dim over the tables)",
+        )
     bounds = np.concatenate([[0], np.cumsum(lengths)])
     rows = unpack_rows(names, lengths, dims, grads)
-    return {n: (ids[bounds[i]:bounds[i + 1]], rows[n]) for i, n in enumerate(names)}
+    return {n: (ids[bounds[i] : bounds[i + 1]], rows[n]) for i, n in enumerate(names)}
 
 
 def _checked(msg, error: type):

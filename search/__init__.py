@@ -35,7 +35,7 @@ _EXPORTS = {
     "SearchClient": "search.client",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605 (lazy exports, PEP 562)
 
 
 def __getattr__(name: str):

@@ -21,8 +21,7 @@ from serving.app import health_check, health_response
 from serving.errors import ServingError
 
 
-@serve.deployment(name="Search", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64,
-                  health_check_period_s=2.0)
+@serve.deployment(name="Search", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64, health_check_period_s=2.0)
 class SearchDeployment:
     """One replica: a SearchService (read-only, concurrent); its gRPC method computes without awaiting
     (1-3 ms of CPU). ``check_health`` fails when no ranker version has loaded within the grace period."""
@@ -38,7 +37,7 @@ class SearchDeployment:
     def reconfigure(self, user_config: dict) -> None:
         self.service.reconfigure(user_config)
 
-    async def Search(self, request, grpc_context):  # noqa: N802 (gRPC method name)
+    async def Search(self, request, grpc_context):
         try:
             return self.service.search(request)
         except ServingError as exc:  # INVALID_ARGUMENT & co: answered, the replica goes on
@@ -46,7 +45,7 @@ class SearchDeployment:
             grpc_context.set_details(exc.message)
             return pb.SearchResponse()
 
-    async def Check(self, request, grpc_context):  # noqa: N802 (grpc.health.v1.Health/Check)
+    async def Check(self, request, grpc_context):
         return health_response(self.service.health)
 
     def check_health(self) -> None:
@@ -59,8 +58,9 @@ def build_search_app(cfg: SearchServeConfig, replicas: int = 1):
     return SearchDeployment.options(num_replicas=replicas, user_config={"pin_version": cfg.pin_version}).bind(cfg)
 
 
-def start_search_serving(cfg: SearchServeConfig, grpc_port: int | None = None, replicas: int = 1,
-                         host: str = "127.0.0.1") -> int:
+def start_search_serving(
+    cfg: SearchServeConfig, grpc_port: int | None = None, replicas: int = 1, host: str = "127.0.0.1"
+) -> int:
     """Deploy on the connected Ray (``ray.init`` first); returns the gRPC port. The proxy is started with
     the Scorer's and Search's servicers, so ``freshrec serve``'s application can share it."""
     from serving.app import free_port, start_proxy

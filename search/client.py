@@ -1,9 +1,9 @@
 """A client of freshrec.v1.Search.
 
-    with SearchClient("127.0.0.1:9000") as c:
-        c.wait_ready(60)
-        r = c.search("king poster bed", k=5)
-        [(h.product_id, h.score, h.product_name) for h in r.hits], r.model_version
+with SearchClient("127.0.0.1:9000") as c:
+    c.wait_ready(60)
+    r = c.search("king poster bed", k=5)
+    [(h.product_id, h.score, h.product_name) for h in r.hits], r.model_version
 """
 
 from __future__ import annotations
@@ -32,8 +32,15 @@ class SearchClient:
         self.channel.close()
 
     @staticmethod
-    def request(query: str, k: int = 10, user: int | None = None, classes=(), categories=(), num_candidates: int = 0,
-                pin_version: int = 0) -> "pb.SearchRequest":
+    def request(
+        query: str,
+        k: int = 10,
+        user: int | None = None,
+        classes=(),
+        categories=(),
+        num_candidates: int = 0,
+        pin_version: int = 0,
+    ) -> "pb.SearchRequest":
         req = pb.SearchRequest(query=query, k=k, num_candidates=num_candidates, pin_version=pin_version)
         if user is not None:
             req.user_id = int(user)
@@ -51,8 +58,11 @@ class SearchClient:
             try:
                 return self.search(probe, k=1)
             except grpc.RpcError as exc:
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND,
-                                      grpc.StatusCode.UNIMPLEMENTED) or time.monotonic() > deadline:
+                if (
+                    exc.code()
+                    not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED)
+                    or time.monotonic() > deadline
+                ):
                     raise
             time.sleep(0.25)
 

@@ -70,20 +70,34 @@ class Catalogue:
         return h.hexdigest()
 
     def row_digests(self) -> dict[int, str]:
-        return {int(p): hashlib.sha1(repr((n, c, k)).encode()).hexdigest()
-                for p, n, c, k in zip(self.product_id, self.name, self.product_class, self.category)}
+        return {
+            int(p): hashlib.sha1(repr((n, c, k)).encode()).hexdigest()
+            for p, n, c, k in zip(self.product_id, self.name, self.product_class, self.category)
+        }
 
 
 def read_catalogue(path: str | Path, spec: SearchSpec = SearchSpec()) -> Catalogue:
     cols = (spec.product_id_column, spec.name_column, spec.class_column, spec.category_column)
-    t = _read_tsv(Path(path), cols, {spec.product_id_column: pa.int64(), spec.name_column: pa.string(),
-                                      spec.class_column: pa.string(), spec.category_column: pa.string()})
+    t = _read_tsv(
+        Path(path),
+        cols,
+        {
+            spec.product_id_column: pa.int64(),
+            spec.name_column: pa.string(),
+            spec.class_column: pa.string(),
+            spec.category_column: pa.string(),
+        },
+    )
     ids = t.column(spec.product_id_column).to_numpy()
     _, first = np.unique(ids, return_index=True)
     if len(first) != len(ids):
         raise SearchDataError(f"{path}: {len(ids) - len(first)} repeated product id(s)")
-    return Catalogue(ids.astype(np.int64), tuple(t.column(cols[1]).to_pylist()),
-                     tuple(t.column(cols[2]).to_pylist()), tuple(t.column(cols[3]).to_pylist()))
+    return Catalogue(
+        ids.astype(np.int64),
+        tuple(t.column(cols[1]).to_pylist()),
+        tuple(t.column(cols[2]).to_pylist()),
+        tuple(t.column(cols[3]).to_pylist()),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,17 +119,26 @@ class Judgments:
 
     def of(self, query_ids) -> "Judgments":
         keep = np.isin(self.query_id, np.asarray(query_ids, np.int64))
-        return Judgments(self.query_id[keep], self.product_id[keep], self.gain[keep],
-                         {q: self.queries[q] for q in np.unique(self.query_id[keep]).tolist()})
+        return Judgments(
+            self.query_id[keep],
+            self.product_id[keep],
+            self.gain[keep],
+            {q: self.queries[q] for q in np.unique(self.query_id[keep]).tolist()},
+        )
 
 
 def read_judgments(queries_path: str | Path, labels_path: str | Path, spec: SearchSpec = SearchSpec()) -> Judgments:
-    q = _read_tsv(Path(queries_path), (spec.query_id_column, spec.query_column),
-                  {spec.query_id_column: pa.int64(), spec.query_column: pa.string()})
+    q = _read_tsv(
+        Path(queries_path),
+        (spec.query_id_column, spec.query_column),
+        {spec.query_id_column: pa.int64(), spec.query_column: pa.string()},
+    )
     queries = dict(zip(q.column(spec.query_id_column).to_pylist(), q.column(spec.query_column).to_pylist()))
-    lab = _read_tsv(Path(labels_path), (spec.query_id_column, spec.product_id_column, spec.label_column),
-                    {spec.query_id_column: pa.int64(), spec.product_id_column: pa.int64(),
-                     spec.label_column: pa.string()})
+    lab = _read_tsv(
+        Path(labels_path),
+        (spec.query_id_column, spec.product_id_column, spec.label_column),
+        {spec.query_id_column: pa.int64(), spec.product_id_column: pa.int64(), spec.label_column: pa.string()},
+    )
     qid = lab.column(spec.query_id_column).to_numpy().astype(np.int64)
     pid = lab.column(spec.product_id_column).to_numpy().astype(np.int64)
     names = lab.column(spec.label_column).to_pylist()
@@ -138,5 +161,7 @@ def read_judgments(queries_path: str | Path, labels_path: str | Path, spec: Sear
 def read_wands(directory: str | Path, spec: SearchSpec = SearchSpec()) -> tuple[Catalogue, Judgments]:
     """The catalogue and judgments of a WANDS-layout directory (``eval40_*.tsv``)."""
     d = Path(directory)
-    return (read_catalogue(d / WANDS_FILES["products"], spec),
-            read_judgments(d / WANDS_FILES["queries"], d / WANDS_FILES["labels"], spec))
+    return (
+        read_catalogue(d / WANDS_FILES["products"], spec),
+        read_judgments(d / WANDS_FILES["queries"], d / WANDS_FILES["labels"], spec),
+    )

@@ -59,9 +59,15 @@ class ProductFeatures:
         cats = [category_prefixes(c, spec.category_separator) for c in catalogue.category]
         cat_words = [tok.unique(c) for c in catalogue.category]
         anyw = [list(dict.fromkeys(a + b + c)) for a, b, c in zip(names, class_words, cat_words)]
-        return ProductFeatures(_bags("name", names), _bags("class", classes), _bags("cat", cats),
-                               _bags("tok", names), _bags("tok", class_words), _bags("tok", cat_words),
-                               _bags("tok", anyw))
+        return ProductFeatures(
+            _bags("name", names),
+            _bags("class", classes),
+            _bags("cat", cats),
+            _bags("tok", names),
+            _bags("tok", class_words),
+            _bags("tok", cat_words),
+            _bags("tok", anyw),
+        )
 
 
 def _segment_sum(mask: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -78,9 +84,17 @@ def _keyed(ids: np.ndarray, key: np.int64) -> np.ndarray:
     return combine([ids, np.full(len(ids), key, np.int64)]) if len(ids) else np.zeros(0, np.int64)
 
 
-def pair_batch(spec: SearchSpec, products: ProductFeatures, query_tokens: Sequence[str], rows: np.ndarray,
-               bm25: np.ndarray, bm25_rank: np.ndarray, relevance: np.ndarray | None = None,
-               source: str = "search", features: Sequence[str] | None = None) -> EventBatch:
+def pair_batch(
+    spec: SearchSpec,
+    products: ProductFeatures,
+    query_tokens: Sequence[str],
+    rows: np.ndarray,
+    bm25: np.ndarray,
+    bm25_rank: np.ndarray,
+    relevance: np.ndarray | None = None,
+    source: str = "search",
+    features: Sequence[str] | None = None,
+) -> EventBatch:
     """The EventBatch of one query against catalogue ``rows`` (int64 [n]).
 
     ``bm25`` [n]: the lexical score of each row; ``bm25_rank`` [n]: its 0-based rank in the query's
@@ -112,8 +126,13 @@ def pair_batch(spec: SearchSpec, products: ProductFeatures, query_tokens: Sequen
     col = {name: i for i, name in enumerate(DENSE)}
     qn = max(len(q), 1)
     field_hits = []
-    for f, (field, key) in enumerate(((products.name_tok, "match_name"), (products.class_tok, "match_class"),
-                                      (products.category_tok, "match_category"))):
+    for f, (field, key) in enumerate(
+        (
+            (products.name_tok, "match_name"),
+            (products.class_tok, "match_class"),
+            (products.category_tok, "match_category"),
+        )
+    ):
         v, ln = field.take(rows)
         hit_f = np.isin(v, q_raw)
         dense[:, col[key]] = _segment_sum(hit_f, ln) / qn
@@ -138,6 +157,14 @@ def pair_batch(spec: SearchSpec, products: ProductFeatures, query_tokens: Sequen
     dense[:, col["query_len"]] = len(q)
     dense[:, col["name_len"]] = products.name_ids.lengths[rows]
     label = np.zeros(n, np.float32) if relevance is None else np.asarray(relevance, np.float32)
-    return EventBatch(source=source, event_id=np.arange(n, dtype=np.int64), ts=np.zeros(n, np.int64), label=label,
-                      sparse=sparse, dense=dense, rows=np.arange(1, n + 1, dtype=np.int64),
-                      table=pa.table({"row": pa.array(rows)}), lengths=lengths)
+    return EventBatch(
+        source=source,
+        event_id=np.arange(n, dtype=np.int64),
+        ts=np.zeros(n, np.int64),
+        label=label,
+        sparse=sparse,
+        dense=dense,
+        rows=np.arange(1, n + 1, dtype=np.int64),
+        table=pa.table({"row": pa.array(rows)}),
+        lengths=lengths,
+    )

@@ -37,7 +37,7 @@ class RefreshStats:
 def category_prefixes(path: str, separator: str) -> list[str]:
     """Every prefix of a category path: 'A / B / C' -> ['A', 'A / B', 'A / B / C']."""
     parts = [p.strip() for p in path.split(separator) if p.strip()]
-    return [separator.join(parts[:i + 1]) for i in range(len(parts))]
+    return [separator.join(parts[: i + 1]) for i in range(len(parts))]
 
 
 def classes_of(text: str, separator: str) -> list[str]:
@@ -81,8 +81,9 @@ class LexicalIndex:
         doc = tantivy.Document()
         doc.add_integer("pid", int(cat.product_id[i]))
         doc.add_text("text", " ".join(product_text(spec, cat.name[i], cat.product_class[i], cat.category[i])))
-        for f in (classes_of(cat.product_class[i], spec.class_separator)
-                  + category_prefixes(cat.category[i], spec.category_separator)):
+        for f in classes_of(cat.product_class[i], spec.class_separator) + category_prefixes(
+            cat.category[i], spec.category_separator
+        ):
             doc.add_text("facet", f)
         return doc
 
@@ -110,8 +111,9 @@ class LexicalIndex:
         return RefreshStats(len(added), len(changed), len(removed), len(catalogue))
 
     def _query(self, tokens: Sequence[str], classes: Sequence[str], categories: Sequence[str]):
-        should = [(tantivy.Occur.Should, tantivy.Query.term_query(self.schema, "text", t))
-                  for t in dict.fromkeys(tokens)]
+        should = [
+            (tantivy.Occur.Should, tantivy.Query.term_query(self.schema, "text", t)) for t in dict.fromkeys(tokens)
+        ]
         text = tantivy.Query.boolean_query(should)
         filters = []
         if classes:
@@ -120,17 +122,19 @@ class LexicalIndex:
             filters.append(tantivy.Query.term_set_query(self.schema, "facet", list(categories)))
         if not filters:
             return text
-        return tantivy.Query.boolean_query([(tantivy.Occur.Must, text)]
-                                           + [(tantivy.Occur.Must, tantivy.Query.const_score_query(f, 0.0))
-                                              for f in filters])
+        return tantivy.Query.boolean_query(
+            [(tantivy.Occur.Must, text)]
+            + [(tantivy.Occur.Must, tantivy.Query.const_score_query(f, 0.0)) for f in filters]
+        )
 
     def view(self) -> "IndexView":
         """An immutable snapshot (searcher and catalogue together): searches on it never see a refresh."""
         with self._lock:
             return IndexView(self, self._searcher, self._order, self._sorted_ids, self.catalogue)
 
-    def search(self, tokens: Sequence[str], n: int, classes: Sequence[str] = (),
-               categories: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, tokens: Sequence[str], n: int, classes: Sequence[str] = (), categories: Sequence[str] = ()
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Catalogue rows int64 [m] and BM25 scores float32 [m] of the best ``n`` products matching any token
         (and every filter: one of ``classes``, one of ``categories`` (a category path prefix)), best first."""
         return self.view().search(tokens, n, classes, categories)
@@ -157,8 +161,9 @@ class IndexView:
     def __len__(self) -> int:
         return len(self.catalogue)
 
-    def search(self, tokens: Sequence[str], n: int, classes: Sequence[str] = (),
-               categories: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, tokens: Sequence[str], n: int, classes: Sequence[str] = (), categories: Sequence[str] = ()
+    ) -> tuple[np.ndarray, np.ndarray]:
         if not tokens or n < 1:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         result = self.searcher.search(self.index._query(tokens, classes, categories), limit=int(n), count=False)

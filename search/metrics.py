@@ -18,7 +18,7 @@ import numpy as np
 
 def dcg(gains: Sequence[float], k: int) -> float:
     g = np.asarray(gains, np.float64)[:k]
-    return float(((2.0 ** g - 1.0) / np.log2(np.arange(2, len(g) + 2))).sum())
+    return float(((2.0**g - 1.0) / np.log2(np.arange(2, len(g) + 2))).sum())
 
 
 def ndcg_at_k(ranked_gains: Sequence[float], ideal_gains: Sequence[float], k: int = 10) -> float:
@@ -42,4 +42,4 @@ def query_batches(query_ids: Sequence[int], batch_queries: int, seed: int) -> li
     if batch_queries < 1:
         raise ValueError(f"batch_queries must be >= 1, got {batch_queries}")
     perm = np.random.default_rng(seed).permutation(np.unique(np.asarray(query_ids, np.int64)))
-    return [perm[i:i + batch_queries] for i in range(0, len(perm), batch_queries)]
+    return [perm[i : i + batch_queries] for i in range(0, len(perm), batch_queries)]

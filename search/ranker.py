@@ -51,8 +51,11 @@ class RankerConfig:
         """The ``config`` a version manifest carries (what :func:`trainer.versioning.load_trainer` reads)."""
         model = dataclasses.asdict(self.model)
         train = {k: (v.value if hasattr(v, "value") else v) for k, v in dataclasses.asdict(self.train).items()}
-        return {"model": model, "train": train, "search": {"num_candidates": self.num_candidates,
-                                                            "epochs": self.epochs}}
+        return {
+            "model": model,
+            "train": train,
+            "search": {"num_candidates": self.num_candidates, "epochs": self.epochs},
+        }
 
 
 class SearchCorpus:
@@ -115,8 +118,14 @@ def new_trainer(spec: SearchSpec, cfg: RankerConfig):
     return LocalTrainer(spec.feature_spec(), cfg.model, cfg.train)
 
 
-def query_examples(corpus: SearchCorpus, text: str, product_ids: np.ndarray, gains: np.ndarray,
-                   num_candidates: int, judged_outside: bool = False) -> EventBatch:
+def query_examples(
+    corpus: SearchCorpus,
+    text: str,
+    product_ids: np.ndarray,
+    gains: np.ndarray,
+    num_candidates: int,
+    judged_outside: bool = False,
+) -> EventBatch:
     """One query's training examples: the BM25 top ``num_candidates`` (what serving ranks), plus every
     other judged product with ``judged_outside``."""
     spec = corpus.spec
@@ -134,14 +143,22 @@ def query_examples(corpus: SearchCorpus, text: str, product_ids: np.ndarray, gai
     return pair_batch(spec, corpus.products, tokens, rows, scores[rows], rank[rows], relevance[rows], source=text)
 
 
-def examples(corpus: SearchCorpus, judgments: Judgments, query_ids: Sequence[int], num_candidates: int,
-             judged_outside: bool = False) -> EventBatch:
+def examples(
+    corpus: SearchCorpus,
+    judgments: Judgments,
+    query_ids: Sequence[int],
+    num_candidates: int,
+    judged_outside: bool = False,
+) -> EventBatch:
     """The training examples of ``query_ids`` (in that order), one EventBatch."""
     parts = []
     for q in np.asarray(query_ids, np.int64).tolist():
         m = judgments.query_id == q
-        parts.append(query_examples(corpus, judgments.queries[q], judgments.product_id[m], judgments.gain[m],
-                                    num_candidates, judged_outside))
+        parts.append(
+            query_examples(
+                corpus, judgments.queries[q], judgments.product_id[m], judgments.gain[m], num_candidates, judged_outside
+            )
+        )
     return EventBatch.concat(parts)
 
 
@@ -153,16 +170,24 @@ class Ranked:
     candidates: int  # products the index retrieved
 
 
-def candidates(corpus: SearchCorpus, tokens: Sequence[str], n: int, classes: Sequence[str] = (),
-               categories: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray, EventBatch | None]:
+def candidates(
+    corpus: SearchCorpus, tokens: Sequence[str], n: int, classes: Sequence[str] = (), categories: Sequence[str] = ()
+) -> tuple[np.ndarray, np.ndarray, EventBatch | None]:
     rows, bm25 = corpus.index.search(tokens, n, classes, categories)
     if not len(rows):
         return rows, bm25, None
     return rows, bm25, pair_batch(corpus.spec, corpus.products, tokens, rows, bm25, np.arange(len(rows)))
 
 
-def rank(trainer, corpus: SearchCorpus, text: str, k: int, num_candidates: int = 200, classes: Sequence[str] = (),
-         categories: Sequence[str] = ()) -> Ranked:
+def rank(
+    trainer,
+    corpus: SearchCorpus,
+    text: str,
+    k: int,
+    num_candidates: int = 200,
+    classes: Sequence[str] = (),
+    categories: Sequence[str] = (),
+) -> Ranked:
     """The best ``k`` products for ``text``: BM25 candidates ordered by the model (lexically when ``trainer``
     is None). Ties keep the lexical order."""
     tokens = corpus.spec.tokenizer.tokens(text)
@@ -174,15 +199,22 @@ def rank(trainer, corpus: SearchCorpus, text: str, k: int, num_candidates: int =
     return Ranked(rows[order], scores[order], bm25[order], len(rows))
 
 
-def train_queries(trainer, corpus: SearchCorpus, judgments: Judgments, query_ids: Sequence[int],
-                  cfg: "RankerConfig") -> dict:
+def train_queries(
+    trainer, corpus: SearchCorpus, judgments: Judgments, query_ids: Sequence[int], cfg: "RankerConfig"
+) -> dict:
     """``cfg.epochs`` shuffled passes of the core over the examples of ``query_ids``."""
     batch = examples(corpus, judgments, query_ids, cfg.num_candidates, cfg.train_on_judged_outside)
     return trainer.train(batch, epochs=cfg.epochs, shuffle=True)
 
 
-def ndcg_of(trainer, corpus: SearchCorpus, judgments: Judgments, query_ids: Sequence[int], k: int = 10,
-            num_candidates: int = 200) -> dict[int, float]:
+def ndcg_of(
+    trainer,
+    corpus: SearchCorpus,
+    judgments: Judgments,
+    query_ids: Sequence[int],
+    k: int = 10,
+    num_candidates: int = 200,
+) -> dict[int, float]:
     """NDCG@k per query over the whole catalogue (unjudged products gain 0); lexical when ``trainer`` is None."""
     out = {}
     for q in np.asarray(query_ids, np.int64).tolist():
@@ -200,8 +232,9 @@ def mean(values: Mapping[int, float] | Sequence[float]) -> float:
     return float(v.mean()) if len(v) else float("nan")
 
 
-def cross_validate(corpus: SearchCorpus, judgments: Judgments, cfg: RankerConfig, folds: int = 5, seed: int = 0,
-                   k: int = 10) -> dict:
+def cross_validate(
+    corpus: SearchCorpus, judgments: Judgments, cfg: RankerConfig, folds: int = 5, seed: int = 0, k: int = 10
+) -> dict:
     """Folds by query: for each fold a fresh ranker trained on the other folds' queries; NDCG@k of the
     held-out queries, lexical and ranked. No query is both trained and tested."""
     parts = query_folds(judgments.query_ids, folds, seed)
@@ -215,12 +248,24 @@ def cross_validate(corpus: SearchCorpus, judgments: Judgments, cfg: RankerConfig
         ran = ndcg_of(trainer, corpus, judgments, test, k, cfg.num_candidates)
         lexical_q.update(lex)
         ranker_q.update(ran)
-        per_fold.append({"fold": i, "test_queries": [int(q) for q in test], "ndcg_lexical": mean(lex),
-                         "ndcg_ranker": mean(ran), "delta": mean(ran) - mean(lex)})
+        per_fold.append(
+            {
+                "fold": i,
+                "test_queries": [int(q) for q in test],
+                "ndcg_lexical": mean(lex),
+                "ndcg_ranker": mean(ran),
+                "delta": mean(ran) - mean(lex),
+            }
+        )
     deltas = np.array([f["delta"] for f in per_fold])
-    return {"ndcg10_lexical": mean(lexical_q), "ndcg10_ranker": mean(ranker_q), "folds": per_fold,
-            "fold_delta_min": float(deltas.min()), "fold_delta_max": float(deltas.max()),
-            "fold_delta_std": float(deltas.std(ddof=1)) if len(deltas) > 1 else 0.0,
-            "folds_ranker_wins": int((deltas > 0).sum()),
-            "queries_ranker_better": int(sum(ranker_q[q] > lexical_q[q] for q in ranker_q)),
-            "queries_ranker_worse": int(sum(ranker_q[q] < lexical_q[q] for q in ranker_q))}
+    return {
+        "ndcg10_lexical": mean(lexical_q),
+        "ndcg10_ranker": mean(ranker_q),
+        "folds": per_fold,
+        "fold_delta_min": float(deltas.min()),
+        "fold_delta_max": float(deltas.max()),
+        "fold_delta_std": float(deltas.std(ddof=1)) if len(deltas) > 1 else 0.0,
+        "folds_ranker_wins": int((deltas > 0).sum()),
+        "queries_ranker_better": int(sum(ranker_q[q] > lexical_q[q] for q in ranker_q)),
+        "queries_ranker_worse": int(sum(ranker_q[q] < lexical_q[q] for q in ranker_q)),
+    }

@@ -48,23 +48,34 @@ class ReplayResult:
 
     def summary(self) -> dict:
         first_half = self.batches[: len(self.batches) // 2]
-        second_half = self.batches[len(self.batches) // 2:]
+        second_half = self.batches[len(self.batches) // 2 :]
 
         def m(bs, key):
             return mean([v for b in bs for v in b[key].values()])
 
-        return {"progressive_ndcg10": self.progressive_ndcg10, "lexical_ndcg10": self.lexical_ndcg10,
-                "progressive_ndcg10_first_half": m(first_half, "per_query_progressive"),
-                "lexical_ndcg10_first_half": m(first_half, "per_query_lexical"),
-                "progressive_ndcg10_second_half": m(second_half, "per_query_progressive"),
-                "lexical_ndcg10_second_half": m(second_half, "per_query_lexical"),
-                "batches": [{k: v for k, v in b.items() if not k.startswith("per_query")} for b in self.batches],
-                "versions": self.versions}
+        return {
+            "progressive_ndcg10": self.progressive_ndcg10,
+            "lexical_ndcg10": self.lexical_ndcg10,
+            "progressive_ndcg10_first_half": m(first_half, "per_query_progressive"),
+            "lexical_ndcg10_first_half": m(first_half, "per_query_lexical"),
+            "progressive_ndcg10_second_half": m(second_half, "per_query_progressive"),
+            "lexical_ndcg10_second_half": m(second_half, "per_query_lexical"),
+            "batches": [{k: v for k, v in b.items() if not k.startswith("per_query")} for b in self.batches],
+            "versions": self.versions,
+        }
 
 
-def replay(corpus: SearchCorpus, judgments: Judgments, cfg: RankerConfig, store_url: str | None,
-           batch_queries: int = 4, seed: int = 0, metrics_path: str | Path | None = None,
-           on_batch: Callable[[dict], None] | None = None, resume: bool = True) -> ReplayResult:
+def replay(
+    corpus: SearchCorpus,
+    judgments: Judgments,
+    cfg: RankerConfig,
+    store_url: str | None,
+    batch_queries: int = 4,
+    seed: int = 0,
+    metrics_path: str | Path | None = None,
+    on_batch: Callable[[dict], None] | None = None,
+    resume: bool = True,
+) -> ReplayResult:
     """Replay ``judgments`` in seeded batches of ``batch_queries`` queries: score, train, cut a version
     (no versions when ``store_url`` is None). Appends one JSON line per batch to ``metrics_path``.
 
@@ -76,25 +87,38 @@ def replay(corpus: SearchCorpus, judgments: Judgments, cfg: RankerConfig, store_
     keeper = None
     done: list[int] = []
     if store_url is not None:
-        extra = {"search_spec": corpus.spec.to_dict(), "config": cfg.run_config(), "kind": "search",
-                 "catalogue_digest": corpus.catalogue.digest(), "trained_queries": done}
-        keeper = VersionKeeper(store_url, trainer.backend, trainer,
-                               SnapshotConfig(every_data_file=True, full_every=10, keep=5), extra=extra)
+        extra = {
+            "search_spec": corpus.spec.to_dict(),
+            "config": cfg.run_config(),
+            "kind": "search",
+            "catalogue_digest": corpus.catalogue.digest(),
+            "trained_queries": done,
+        }
+        keeper = VersionKeeper(
+            store_url,
+            trainer.backend,
+            trainer,
+            SnapshotConfig(every_data_file=True, full_every=10, keep=5),
+            extra=extra,
+        )
         if resume and keeper.store.latest_valid() is not None:
             restored = keeper.store.manifest(keeper.store.latest_valid()).extra
             if restored.get("search_spec") != corpus.spec.to_dict():
-                raise ValueError(f"{store_url} holds a ranker of another search spec or not a search ranker: "
-                                 "use a new run directory (or resume=False to write a fresh ranker after it)")
+                raise ValueError(
+                    f"{store_url} holds a ranker of another search spec or not a search ranker: "
+                    "use a new run directory (or resume=False to write a fresh ranker after it)"
+                )
             if "trained_queries" not in restored:
-                raise ValueError(f"{store_url}: its newest version does not say which queries it was trained on: "
-                                 "use a new run directory")
+                raise ValueError(
+                    f"{store_url}: its newest version does not say which queries it was trained on: "
+                    "use a new run directory"
+                )
             keeper.restore()
             done.extend(int(q) for q in restored["trained_queries"])
     first = len(trainer.ledger.to_dict()["entries"])  # batch names continue after the restored ledger
     new_queries = np.setdiff1d(judgments.query_ids, np.asarray(done, np.int64))
     batches, versions = [], []
-    for i, qids in enumerate(query_batches(new_queries, batch_queries, seed) if len(new_queries) else [],
-                             start=first):
+    for i, qids in enumerate(query_batches(new_queries, batch_queries, seed) if len(new_queries) else [], start=first):
         name = f"judgments-batch-{i:04d}"
         lex = ndcg_of(None, corpus, judgments, qids, 10, cfg.num_candidates)
         prog = ndcg_of(trainer, corpus, judgments, qids, 10, cfg.num_candidates)  # before training on them
@@ -108,9 +132,18 @@ def replay(corpus: SearchCorpus, judgments: Judgments, cfg: RankerConfig, store_
             keeper.wait()
             version = keeper.last_version
             versions.append(version)
-        rec = {"batch": i, "file": name, "queries": [int(q) for q in qids], "examples": len(batch),
-               "ndcg10_lexical": mean(lex), "ndcg10_progressive": mean(prog), "loss": info["loss"],
-               "version": version, "per_query_lexical": lex, "per_query_progressive": prog}
+        rec = {
+            "batch": i,
+            "file": name,
+            "queries": [int(q) for q in qids],
+            "examples": len(batch),
+            "ndcg10_lexical": mean(lex),
+            "ndcg10_progressive": mean(prog),
+            "loss": info["loss"],
+            "version": version,
+            "per_query_lexical": lex,
+            "per_query_progressive": prog,
+        }
         batches.append(rec)
         if metrics_path is not None:
             with open(metrics_path, "a", encoding="utf-8") as fh:

@@ -79,8 +79,10 @@ def load_ranker(store_url: str, version: int | None = None) -> ServedRanker:
             raise NoSuchVersionError(None, store.versions())
     m = store.manifest(version)
     if bundle.search_spec(m) is None:
-        raise ValueError(f"version {version} of {store_url} is not a search ranker (no extra.search_spec): "
-                         "train one with `freshrec search-train`")
+        raise ValueError(
+            f"version {version} of {store_url} is not a search ranker (no extra.search_spec): "
+            "train one with `freshrec search-train`"
+        )
     spec = SearchSpec.from_dict(bundle.search_spec(m))
     trainer, manifest = load_trainer(store_url, version, spec=spec.feature_spec())
     n = int(bundle.run_config(m).get("search", {}).get("num_candidates", RankerConfig.num_candidates))
@@ -115,8 +117,10 @@ def load_frozen_ranker(store, version: int, previous: FrozenRanker | None = None
 
     m = store.manifest(version)
     if bundle.search_spec(m) is None:
-        raise ValueError(f"version {version} of {store.url} is not a search ranker (no extra.search_spec): "
-                         "train one with `freshrec search-train`")
+        raise ValueError(
+            f"version {version} of {store.url} is not a search ranker (no extra.search_spec): "
+            "train one with `freshrec search-train`"
+        )
     spec = SearchSpec.from_dict(bundle.search_spec(m))
     n = int(bundle.run_config(m).get("search", {}).get("num_candidates", RankerConfig.num_candidates))
     prev = previous.model if previous is not None and previous.spec == spec else None
@@ -134,8 +138,13 @@ class SearchService:
         self._catalogue_stamp: tuple | None = None
         self.catalogue_error: str | None = None
         self.follower: VersionFollower[FrozenRanker] = VersionFollower(
-            self.store, self._load, poll_interval_s=cfg.poll_interval_s, pin_version=cfg.pin_version,
-            lease=LeaseSettings(holder=f"search-{replica_name()}", role="search"), name="search")
+            self.store,
+            self._load,
+            poll_interval_s=cfg.poll_interval_s,
+            pin_version=cfg.pin_version,
+            lease=LeaseSettings(holder=f"search-{replica_name()}", role="search"),
+            name="search",
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -205,7 +214,7 @@ class SearchService:
                     log.info("search: catalogue refreshed: %s", stats)
                 self._catalogue_stamp = stamp
             self.catalogue_error = None
-        except Exception as exc:  # noqa: BLE001 (serving goes on with the last good catalogue)
+        except Exception as exc:
             self.catalogue_error = f"catalogue {self.cfg.catalogue}: {exc}"
             log.warning("search: %s", self.catalogue_error)
 
@@ -223,8 +232,9 @@ class SearchService:
         ranker, corpus = self.ranker, self.corpus
         if ranker is None or corpus is None:
             raise NotReadyError(f"not ready: {self.health()[1]}")
-        limits = dataclasses.replace(self.cfg.limits, default_candidates=min(ranker.num_candidates,
-                                                                             self.cfg.limits.max_candidates))
+        limits = dataclasses.replace(
+            self.cfg.limits, default_candidates=min(ranker.num_candidates, self.cfg.limits.max_candidates)
+        )
         req = validate(request, limits, ranker.spec.tokenizer)
         if req.pin_version is not None and req.pin_version != ranker.version:
             raise VersionMismatchError(f"pin_version {req.pin_version} is not served (serving {ranker.version})")
@@ -232,9 +242,14 @@ class SearchService:
         ranked = rank(ranker, view, " ".join(req.tokens), req.k, req.num_candidates, req.classes, req.categories)
         cat = view.catalogue
         ids = cat.product_id[ranked.rows]
-        resp = pb.SearchResponse(model_version=ranker.version, catalogue_digest=view.digest,
-                                 candidates=int(ranked.candidates), catalogue_products=len(cat))
-        for pid, row, s, b in zip(ids.tolist(), ranked.rows.tolist(), np.asarray(ranked.scores).tolist(),
-                                  ranked.bm25.tolist()):
+        resp = pb.SearchResponse(
+            model_version=ranker.version,
+            catalogue_digest=view.digest,
+            candidates=int(ranked.candidates),
+            catalogue_products=len(cat),
+        )
+        for pid, row, s, b in zip(
+            ids.tolist(), ranked.rows.tolist(), np.asarray(ranked.scores).tolist(), ranked.bm25.tolist()
+        ):
             resp.hits.add(product_id=pid, score=s, lexical_score=b, product_name=cat.name[row])
         return resp

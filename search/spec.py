@@ -30,16 +30,31 @@ import dataclasses
 
 from common.config import ConfigError
 from search.tokenizer import Tokenizer
-from trainer.data.spec import (ColumnSpec, ColumnType, DenseFeature, FeatureSpec, LabelRule, Pooling,
-                               SparseFeature)
+from trainer.data.spec import ColumnSpec, ColumnType, DenseFeature, FeatureSpec, LabelRule, Pooling, SparseFeature
 
-SPARSE = ("query_tokens", "name_tokens", "product_class", "category", "query_x_class", "matched_tokens",
-          "matched_fields")
+SPARSE = (
+    "query_tokens",
+    "name_tokens",
+    "product_class",
+    "category",
+    "query_x_class",
+    "matched_tokens",
+    "matched_fields",
+)
 # what the ranker's model reads by default: the cross features. Query-only and product-only token embeddings
 # memorise the training queries and lower held-out NDCG@10 (docs/search.md, "Which features").
 DEFAULT_SPARSE = ("query_x_class", "matched_tokens")
-DENSE = ("bm25", "bm25_rel", "bm25_rank", "match_name", "match_class", "match_category", "match_any",
-         "query_len", "name_len")
+DENSE = (
+    "bm25",
+    "bm25_rel",
+    "bm25_rank",
+    "match_name",
+    "match_class",
+    "match_category",
+    "match_any",
+    "query_len",
+    "name_len",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +85,10 @@ class SearchSpec:
         object.__setattr__(self, "sparse_features", tuple(self.sparse_features))
         unknown = sorted(set(self.sparse_features) - set(SPARSE))
         if unknown or not self.sparse_features:
-            raise ConfigError(f"search spec {self.name}: sparse_features must be a non-empty subset of {list(SPARSE)}, "
-                              f"got {list(self.sparse_features)}")
+            raise ConfigError(
+                f"search spec {self.name}: sparse_features must be a non-empty subset of {list(SPARSE)}, "
+                f"got {list(self.sparse_features)}"
+            )
         object.__setattr__(self, "gains", tuple((str(k), float(v)) for k, v in self.gains))
         if not self.gains or len({k for k, _ in self.gains}) != len(self.gains):
             raise ConfigError(f"search spec {self.name}: gains must name each label once, got {self.gains}")
@@ -98,9 +115,14 @@ class SearchSpec:
         cols += [ColumnSpec(n, ColumnType.FLOAT) for n in DENSE]
         cols.append(ColumnSpec("relevance", ColumnType.FLOAT, min=0.0, max=1.0))
         return FeatureSpec(
-            name=f"search_{self.name}", columns=tuple(cols), label=LabelRule(column="relevance", threshold=0.5),
+            name=f"search_{self.name}",
+            columns=tuple(cols),
+            label=LabelRule(column="relevance", threshold=0.5),
             sparse=tuple(SparseFeature(n, n, dim=self.dim, pooling=Pooling.SUM) for n in self.sparse_features),
-            dense=tuple(DenseFeature(n, n) for n in DENSE), time="row_order", event_id_row=True)
+            dense=tuple(DenseFeature(n, n) for n in DENSE),
+            time="row_order",
+            event_id_row=True,
+        )
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -77,8 +77,10 @@ def validate(request, limits: SearchLimits, tokenizer: Tokenizer) -> ValidSearch
     if not 1 <= request.k <= limits.max_k:
         raise InvalidRequestError(f"k must be in [1, {limits.max_k}], got {request.k}")
     if not 0 <= request.num_candidates <= limits.max_candidates:
-        raise InvalidRequestError(f"num_candidates must be in [0, {limits.max_candidates}] (0: the server's "
-                                  f"{limits.default_candidates}), got {request.num_candidates}")
+        raise InvalidRequestError(
+            f"num_candidates must be in [0, {limits.max_candidates}] (0: the server's "
+            f"{limits.default_candidates}), got {request.num_candidates}"
+        )
     n = max(request.num_candidates or limits.default_candidates, request.k)
     classes = _filter(request.filters.product_class, "product_class", limits)
     categories = _filter(request.filters.category, "category", limits)

@@ -31,7 +31,7 @@ _EXPORTS = {
     "ServingError": "serving.errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605 (lazy exports, PEP 562)
 
 
 def __getattr__(name: str):

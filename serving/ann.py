@@ -54,8 +54,9 @@ class AnnOptions:
 class AnnItemIndex:
     """Same interface as :class:`serving.retrieval.ItemIndex` (``ids``, ``rows``, ``categories``, ``top``)."""
 
-    def __init__(self, ids: np.ndarray, rows: np.ndarray, index, categories: np.ndarray | None,
-                 options: AnnOptions) -> None:
+    def __init__(
+        self, ids: np.ndarray, rows: np.ndarray, index, categories: np.ndarray | None, options: AnnOptions
+    ) -> None:
         self.ids = ids  # int64 ascending
         self.rows = rows  # float32 [N, d] aligned with ids (numpy)
         self.index = index  # faiss IndexIVFFlat, ids as labels
@@ -66,8 +67,9 @@ class AnnItemIndex:
         return len(self.ids)
 
     @classmethod
-    def build(cls, ids: np.ndarray, rows, categories: np.ndarray | None = None,
-              options: AnnOptions = AnnOptions()) -> "AnnItemIndex":
+    def build(
+        cls, ids: np.ndarray, rows, categories: np.ndarray | None = None, options: AnnOptions = AnnOptions()
+    ) -> "AnnItemIndex":
         faiss = _faiss()
         ids = np.ascontiguousarray(ids, np.int64)
         rows = np.ascontiguousarray(rows.numpy() if hasattr(rows, "numpy") else rows, np.float32)
@@ -108,8 +110,9 @@ class AnnItemIndex:
             index.add_with_ids(rows[changed], ids[changed])
         return AnnItemIndex(ids, rows, index, categories, self.options)
 
-    def top(self, query: np.ndarray, n: int, exclude: np.ndarray | None = None,
-            category: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def top(
+        self, query: np.ndarray, n: int, exclude: np.ndarray | None = None, category: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         faiss = _faiss()
         if len(self.ids) == 0 or n <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)

@@ -27,12 +27,12 @@ from ray import serve
 from ray.serve.config import gRPCOptions
 
 from serving.config import FollowSettings, ServeConfig
-from serving.follower import LeaseSettings, VersionFollower
 from serving.errors import ServingError
+from serving.follower import LeaseSettings, VersionFollower
 from serving.model import ps_config_of
 from serving.service import ScoringService
-from serving.telemetry import replica_name
 from serving.shards import RemoteTables, ShardSlice, merge_changes
+from serving.telemetry import replica_name
 from serving.wire import SERVICER_FUNCTION, pb
 from versions import VersionStore
 
@@ -62,12 +62,12 @@ def health_response(health):
     from grpc_health.v1 import health_pb2
 
     ok, _ = health()
-    return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING if ok
-                                          else health_pb2.HealthCheckResponse.NOT_SERVING)
+    return health_pb2.HealthCheckResponse(
+        status=health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
 
 
-@serve.deployment(name="Scorer", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64,
-                  health_check_period_s=2.0)
+@serve.deployment(name="Scorer", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64, health_check_period_s=2.0)
 class ScorerDeployment:
     """One replica: a ScoringService and the gRPC methods of freshrec.v1.Scorer.
 
@@ -111,16 +111,16 @@ class ScorerDeployment:
         # remote tables wait on shard calls, which must not block (or run on) the replica's event loop
         return await asyncio.get_running_loop().run_in_executor(None, self._call, fn, request, grpc_context, empty)
 
-    async def Score(self, request, grpc_context):  # noqa: N802 (gRPC method names)
+    async def Score(self, request, grpc_context):
         return await self._answer(self.service.score, request, grpc_context, pb.ScoreResponse())
 
-    async def Recommend(self, request, grpc_context):  # noqa: N802
+    async def Recommend(self, request, grpc_context):
         return await self._answer(self.service.recommend, request, grpc_context, pb.RecommendResponse())
 
-    async def ModelInfo(self, request, grpc_context):  # noqa: N802
+    async def ModelInfo(self, request, grpc_context):
         return self._call(self.service.model_info, request, grpc_context, pb.ModelInfoResponse())
 
-    async def Check(self, request, grpc_context):  # noqa: N802 (grpc.health.v1.Health/Check)
+    async def Check(self, request, grpc_context):
         return health_response(self.service.health)
 
     def check_health(self) -> None:
@@ -129,7 +129,7 @@ class ScorerDeployment:
     def __del__(self) -> None:
         try:
             self.service.stop()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
 
@@ -140,8 +140,9 @@ class HeldVersion:
     version: int
 
 
-@serve.deployment(name="TableShard", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256,
-                  health_check_period_s=2.0)
+@serve.deployment(
+    name="TableShard", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256, health_check_period_s=2.0
+)
 class TableShardDeployment:
     """One read-only shard of the ``remote_tables`` (:class:`serving.shards.ShardSlice`): it restores its
     ids from the version store and follows the versions the scoring replicas ask for."""
@@ -155,9 +156,13 @@ class TableShardDeployment:
         # the shard follows the same pointers as the replicas (the one follower): it loads the target before
         # the replicas ask for it, and leases it; any other version a replica asks for is loaded on demand
         self.follower = VersionFollower(
-            self.store, self._prefetch, poll_interval_s=cfg.poll_interval_s, pin_version=cfg.pin_version,
+            self.store,
+            self._prefetch,
+            poll_interval_s=cfg.poll_interval_s,
+            pin_version=cfg.pin_version,
             lease=LeaseSettings(holder=f"table-shard-{index}-{replica_name()}", role="table-shard"),
-            name=f"table-shard-{index}").start()
+            name=f"table-shard-{index}",
+        ).start()
 
     def _prefetch(self, version: int, previous) -> HeldVersion:
         self._slice(version).load(version)
@@ -174,14 +179,19 @@ class TableShardDeployment:
     def __del__(self) -> None:
         try:
             self.follower.stop()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
     def _slice(self, version: int) -> ShardSlice:
         with self._lock:
             if self.slice is None:
-                self.slice = ShardSlice(self.store, ps_config_of(self.store, version), self.cfg.remote_tables,
-                                        self.index, self.cfg.table_shards)
+                self.slice = ShardSlice(
+                    self.store,
+                    ps_config_of(self.store, version),
+                    self.cfg.remote_tables,
+                    self.index,
+                    self.cfg.table_shards,
+                )
             return self.slice
 
     async def load(self, version: int, since: int | None = None):
@@ -208,8 +218,10 @@ def build_app(cfg: ServeConfig, replicas: int = 1, pin_version=_FOLLOW):
     restart); a different ``cfg`` would replace the replicas."""
     pin = cfg.pin_version if pin_version is _FOLLOW else pin_version
     user_config = {"pin_version": pin, "poll_interval_s": cfg.poll_interval_s}
-    shards = [TableShardDeployment.options(name=f"TableShard{i}", user_config=user_config).bind(cfg, i)
-              for i in range(cfg.table_shards if cfg.remote_tables else 0)]
+    shards = [
+        TableShardDeployment.options(name=f"TableShard{i}", user_config=user_config).bind(cfg, i)
+        for i in range(cfg.table_shards if cfg.remote_tables else 0)
+    ]
     return ScorerDeployment.options(num_replicas=replicas, user_config=user_config).bind(cfg, *shards)
 
 
@@ -222,12 +234,15 @@ def app_from_args(args: dict):
     args = dict(args or {})
     if not args.get("store"):
         raise ServingError("serve config args: 'store' (the version store URL) is required")
-    cfg = ServeConfig(store_url=str(args["store"]), pin_version=args.get("pin_version"),
-                      catalogue=tuple(args.get("catalogue") or ()),
-                      poll_interval_s=float(args.get("poll_interval_s", ServeConfig.poll_interval_s)),
-                      remote_tables=tuple(args.get("remote_tables") or ()),
-                      table_shards=int(args.get("table_shards", ServeConfig.table_shards)),
-                      cache_rows=int(args.get("cache_rows", ServeConfig.cache_rows)))
+    cfg = ServeConfig(
+        store_url=str(args["store"]),
+        pin_version=args.get("pin_version"),
+        catalogue=tuple(args.get("catalogue") or ()),
+        poll_interval_s=float(args.get("poll_interval_s", ServeConfig.poll_interval_s)),
+        remote_tables=tuple(args.get("remote_tables") or ()),
+        table_shards=int(args.get("table_shards", ServeConfig.table_shards)),
+        cache_rows=int(args.get("cache_rows", ServeConfig.cache_rows)),
+    )
     return build_app(cfg, replicas=int(args.get("replicas", 1)))
 
 
@@ -242,22 +257,31 @@ def proxy_env(max_request_bytes: int) -> dict[str, str]:
     return {GRPC_SIZE_ENV: str(int(max_request_bytes))}
 
 
-def start_proxy(grpc_port: int, max_request_bytes: int, host: str = "127.0.0.1",
-                http_port: int | None = None) -> None:
+def start_proxy(grpc_port: int, max_request_bytes: int, host: str = "127.0.0.1", http_port: int | None = None) -> None:
     """Start Serve (once per Ray cluster) with the gRPC proxy serving Scorer, Search and grpc.health.v1.
 
     ``host``: the HTTP proxy's bind address (loopback unless told otherwise). Ray 2.60's gRPC proxy binds
     every interface (``[::]:PORT``, not configurable): keep the port closed to the outside by the network
     (the k8s NetworkPolicy, a host firewall) where that matters."""
-    serve.start(http_options={"host": host, "port": http_port or free_port()},
-                grpc_options=gRPCOptions(port=grpc_port, enable_reflection=True,
-                                         grpc_servicer_functions=[SERVICER_FUNCTION, SEARCH_SERVICER_FUNCTION,
-                                                                  HEALTH_SERVICER_FUNCTION]),
-                controller_options={"runtime_env": {"env_vars": proxy_env(max_request_bytes)}})
+    serve.start(
+        http_options={"host": host, "port": http_port or free_port()},
+        grpc_options=gRPCOptions(
+            port=grpc_port,
+            enable_reflection=True,
+            grpc_servicer_functions=[SERVICER_FUNCTION, SEARCH_SERVICER_FUNCTION, HEALTH_SERVICER_FUNCTION],
+        ),
+        controller_options={"runtime_env": {"env_vars": proxy_env(max_request_bytes)}},
+    )
 
 
-def start_serving(cfg: ServeConfig, grpc_port: int | None = None, replicas: int = 1, http_port: int | None = None,
-                  wait_s: float = 120.0, host: str = "127.0.0.1") -> int:
+def start_serving(
+    cfg: ServeConfig,
+    grpc_port: int | None = None,
+    replicas: int = 1,
+    http_port: int | None = None,
+    wait_s: float = 120.0,
+    host: str = "127.0.0.1",
+) -> int:
     """Deploy the application on the connected Ray (``ray.init`` first) and return the gRPC port.
 
     The proxy serves ``freshrec.v1.Scorer`` with reflection (:func:`start_proxy`); HTTP binds ``host``.
@@ -268,8 +292,9 @@ def start_serving(cfg: ServeConfig, grpc_port: int | None = None, replicas: int 
     return grpc_port
 
 
-def serve_and_wait(cfg: ServeConfig, grpc_port: int | None = None, replicas: int = 1,
-                   timeout_s: float = 120.0) -> tuple[str, int]:
+def serve_and_wait(
+    cfg: ServeConfig, grpc_port: int | None = None, replicas: int = 1, timeout_s: float = 120.0
+) -> tuple[str, int]:
     """Deploy (Ray initialised first) and wait until a version answers: ("127.0.0.1:PORT", version).
 
     What ``freshrec demo`` calls after training::

@@ -72,6 +72,7 @@ class ItemCatalogue:
 
         v = Validator(spec)
         cat = cls.from_batches(iter_batches(list(paths), v, progress=False), item_column, columns)
-        log.info("item catalogue: %d items from %d rows (%d rows refused)", len(cat), v.report.rows_in,
-                 v.report.rows_dead)
+        log.info(
+            "item catalogue: %d items from %d rows (%d rows refused)", len(cat), v.report.rows_in, v.report.rows_dead
+        )
         return cat

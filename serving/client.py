@@ -48,8 +48,14 @@ def column(values: Sequence) -> "pb.FeatureColumn":
 class ScoringClient:
     """Calls Score, Recommend and ModelInfo on ``target`` (HOST:PORT), answering with the messages."""
 
-    def __init__(self, target: str, application: str | None = DEFAULT_APP, timeout_s: float = 10.0,
-                 user_column: str = "user_id", item_column: str = "item_id") -> None:
+    def __init__(
+        self,
+        target: str,
+        application: str | None = DEFAULT_APP,
+        timeout_s: float = 10.0,
+        user_column: str = "user_id",
+        item_column: str = "item_id",
+    ) -> None:
         self.target, self.timeout_s = target, timeout_s
         self.channel = grpc.insecure_channel(target)
         self.stub = pb_grpc.ScorerStub(self.channel)
@@ -65,8 +71,14 @@ class ScoringClient:
     def close(self) -> None:
         self.channel.close()
 
-    def score_request(self, user, items: Sequence, context: Mapping | None = None,
-                      item_columns: Mapping[str, Sequence] | None = None, pin_version: int = 0) -> "pb.ScoreRequest":
+    def score_request(
+        self,
+        user,
+        items: Sequence,
+        context: Mapping | None = None,
+        item_columns: Mapping[str, Sequence] | None = None,
+        pin_version: int = 0,
+    ) -> "pb.ScoreRequest":
         req = pb.ScoreRequest(pin_version=pin_version)
         if user is not None:
             req.context[self.user_column].CopyFrom(feature(user))
@@ -77,15 +89,33 @@ class ScoringClient:
             req.candidate_columns[k].CopyFrom(column(list(v)))
         return req
 
-    def score(self, user, items: Sequence, context: Mapping | None = None,
-              item_columns: Mapping[str, Sequence] | None = None, pin_version: int = 0) -> "pb.ScoreResponse":
-        return self.stub.Score(self.score_request(user, items, context, item_columns, pin_version),
-                               timeout=self.timeout_s, metadata=self.metadata)
+    def score(
+        self,
+        user,
+        items: Sequence,
+        context: Mapping | None = None,
+        item_columns: Mapping[str, Sequence] | None = None,
+        pin_version: int = 0,
+    ) -> "pb.ScoreResponse":
+        return self.stub.Score(
+            self.score_request(user, items, context, item_columns, pin_version),
+            timeout=self.timeout_s,
+            metadata=self.metadata,
+        )
 
-    def recommend(self, user, k: int, context: Mapping | None = None, exclude: Sequence[int] = (),
-                  category=None, num_candidates: int = 0, pin_version: int = 0) -> "pb.RecommendResponse":
-        req = pb.RecommendRequest(k=k, exclude_item_ids=list(exclude), num_candidates=num_candidates,
-                                  pin_version=pin_version)
+    def recommend(
+        self,
+        user,
+        k: int,
+        context: Mapping | None = None,
+        exclude: Sequence[int] = (),
+        category=None,
+        num_candidates: int = 0,
+        pin_version: int = 0,
+    ) -> "pb.RecommendResponse":
+        req = pb.RecommendRequest(
+            k=k, exclude_item_ids=list(exclude), num_candidates=num_candidates, pin_version=pin_version
+        )
         req.context[self.user_column].CopyFrom(feature(user))
         for key, v in (context or {}).items():
             req.context[key].CopyFrom(feature(v))
@@ -109,13 +139,15 @@ class ScoringClient:
             except grpc.RpcError as exc:
                 last = f"{exc.code().name}: {exc.details()}"
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.target} did not serve a version >= {min_version} within "
-                                   f"{timeout_s:g} s (last: {last})")
+                raise TimeoutError(
+                    f"{self.target} did not serve a version >= {min_version} within {timeout_s:g} s (last: {last})"
+                )
             time.sleep(0.1)
 
 
-def score_and_show(target: str, user, items: Sequence, context: Mapping | None = None,
-                   application: str | None = DEFAULT_APP) -> str:
+def score_and_show(
+    target: str, user, items: Sequence, context: Mapping | None = None, application: str | None = DEFAULT_APP
+) -> str:
     """One line per item, for the demo: 'version 7: item 42 0.0312, item 9 0.0121'."""
     with ScoringClient(target, application) as c:
         r = c.score(user, items, context)

@@ -95,7 +95,11 @@ class ServeConfig:
         object.__setattr__(self, "remote_tables", tuple(str(t) for t in self.remote_tables))
         if len(set(self.remote_tables)) != len(self.remote_tables):
             raise ConfigError(f"serve.remote_tables names a table twice: {list(self.remote_tables)}")
-        if not isinstance(self.table_shards, int) or isinstance(self.table_shards, bool) or not 1 <= self.table_shards <= 256:
+        if (
+            not isinstance(self.table_shards, int)
+            or isinstance(self.table_shards, bool)
+            or not 1 <= self.table_shards <= 256
+        ):
             raise ConfigError(f"serve.table_shards must be an integer in [1, 256], got {self.table_shards!r}")
         c = self.cache_rows
         if not isinstance(c, int) or isinstance(c, bool) or c < 1 or c & (c - 1):

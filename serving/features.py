@@ -73,8 +73,11 @@ class SpecRoles:
             if side.on == icol:
                 item_cols += [c.name for c in side.joined]
         for col in needed:
-            if icol and col != icol and col.split("_")[0] in ("category", "cate", "brand", "price", "genre", "shop",
-                                                              "seller", "item"):
+            if (
+                icol
+                and col != icol
+                and col.split("_")[0] in ("category", "cate", "brand", "price", "genre", "shop", "seller", "item")
+            ):
                 item_cols.append(col)
         return cls(user, item, ucol, icol, tuple(dict.fromkeys(item_cols)), tuple(needed))
 
@@ -110,8 +113,9 @@ class RequestFeatures:
         self.columns = tuple(by[c] for c in roles.needed)
         self.known = set(by)
 
-    def batch(self, context: Mapping[str, object], columns: Mapping[str, pa.Array], n: int,
-              now: int | None = None) -> tuple[EventBatch, tuple[str, ...]]:
+    def batch(
+        self, context: Mapping[str, object], columns: Mapping[str, pa.Array], n: int, now: int | None = None
+    ) -> tuple[EventBatch, tuple[str, ...]]:
         """(EventBatch of ``n`` rows, columns defaulted); InvalidRequestError naming what is wrong.
 
         ``context[col]`` is one raw value (int, str or float); ``columns[col]`` an arrow array of n.
@@ -121,8 +125,9 @@ class RequestFeatures:
             raise InvalidRequestError(f"column(s) {both} given both in context and per candidate: give each once")
         unknown = sorted((set(context) | set(columns)) - self.known)
         if unknown:
-            raise InvalidRequestError(f"unknown column(s) {unknown}; the spec {self.spec.name} has columns "
-                                      f"{sorted(self.known)}")
+            raise InvalidRequestError(
+                f"unknown column(s) {unknown}; the spec {self.spec.name} has columns {sorted(self.known)}"
+            )
         for name, arr in columns.items():
             if len(arr) != n:
                 raise InvalidRequestError(f"candidate column {name!r} has {len(arr)} values for {n} candidates")
@@ -174,8 +179,10 @@ class RequestFeatures:
         for j, f in enumerate(self.spec.dense):
             dense[:, j] = dense_values(f, parsed[f.column], missing.get(f.column), idx)
         if not np.isfinite(dense).all():
-            raise InvalidRequestError(f"a dense feature is not finite for candidate(s) "
-                                      f"{np.flatnonzero(~np.isfinite(dense).all(axis=1))[:MAX_REPORTED].tolist()}")
+            raise InvalidRequestError(
+                f"a dense feature is not finite for candidate(s) "
+                f"{np.flatnonzero(~np.isfinite(dense).all(axis=1))[:MAX_REPORTED].tolist()}"
+            )
         sparse, lengths = {}, {}
         for f in self.spec.sparse:
             v = parsed[f.column]
@@ -186,8 +193,17 @@ class RequestFeatures:
         zeros = np.zeros(n, np.int64)
         tcol = self.spec.time_column
         ts = np.asarray(parsed[tcol], np.int64) if tcol in parsed else zeros  # dynamic features decay to it
-        return EventBatch(source="<request>", event_id=zeros, ts=ts, label=np.zeros(n, np.float32), sparse=sparse,
-                          dense=dense, rows=idx, table=table, lengths=lengths)
+        return EventBatch(
+            source="<request>",
+            event_id=zeros,
+            ts=ts,
+            label=np.zeros(n, np.float32),
+            sparse=sparse,
+            dense=dense,
+            rows=idx,
+            table=table,
+            lengths=lengths,
+        )
 
 
 def _repeat(value, n: int) -> pa.Array:

@@ -74,8 +74,9 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if not 0 < self.floor_s <= self.base_s <= self.max_s:
-            raise ValueError(f"retry: need 0 < floor_s <= base_s <= max_s, got {self.floor_s}, {self.base_s}, "
-                             f"{self.max_s}")
+            raise ValueError(
+                f"retry: need 0 < floor_s <= base_s <= max_s, got {self.floor_s}, {self.base_s}, {self.max_s}"
+            )
         if self.recheck_corrupt_s <= 0:
             raise ValueError(f"retry.recheck_corrupt_s must be > 0, got {self.recheck_corrupt_s}")
 
@@ -115,14 +116,22 @@ class VersionFollower(Generic[T]):
     poll, the freshness of each forward swap, and each load failure by kind.
     """
 
-    def __init__(self, store: VersionStore, load: Callable[[int, T | None], T], *,
-                 poll_interval_s: float = 0.2, pin_version: int | None = None,
-                 on_swap: Callable[[T], None] | None = None,
-                 telemetry: ReplicaTelemetry | None = None,
-                 version_of: Callable[[T], int] = lambda m: m.version,
-                 retry: RetryPolicy = RetryPolicy(), lease: LeaseSettings = LeaseSettings(),
-                 seed: int | None = None, clock: Callable[[], float] = time.monotonic,
-                 name: str = "replica") -> None:
+    def __init__(
+        self,
+        store: VersionStore,
+        load: Callable[[int, T | None], T],
+        *,
+        poll_interval_s: float = 0.2,
+        pin_version: int | None = None,
+        on_swap: Callable[[T], None] | None = None,
+        telemetry: ReplicaTelemetry | None = None,
+        version_of: Callable[[T], int] = lambda m: m.version,
+        retry: RetryPolicy = RetryPolicy(),
+        lease: LeaseSettings = LeaseSettings(),
+        seed: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        name: str = "replica",
+    ) -> None:
         self.store, self._load = store, load
         self.poll_interval_s = poll_interval_s
         self.pin_version = pin_version
@@ -196,9 +205,13 @@ class VersionFollower(Generic[T]):
         if self.lease.holder is not None and self._leased is not None:
             try:
                 self.store.release_lease(self.lease.holder)
-            except Exception as exc:  # noqa: BLE001 (the lease expires by itself)
-                log.warning("%s: releasing the serving lease failed (it expires in %.0f s): %s", self.name,
-                            self.lease.ttl_s, exc)
+            except Exception as exc:
+                log.warning(
+                    "%s: releasing the serving lease failed (it expires in %.0f s): %s",
+                    self.name,
+                    self.lease.ttl_s,
+                    exc,
+                )
             self._leased = None
 
     def configure(self, pin_version: int | None, poll_interval_s: float | None = None) -> None:
@@ -240,8 +253,11 @@ class VersionFollower(Generic[T]):
         if self.pin_version is not None:
             self.why = "config-pin"
             return self.pin_version
-        for why, read in (("pinned", self.store.pinned), ("published", self.store.published),
-                          ("latest", self.store.latest)):
+        for why, read in (
+            ("pinned", self.store.pinned),
+            ("published", self.store.published),
+            ("latest", self.store.latest),
+        ):
             v = read()
             if v is not None:
                 self.why = why
@@ -261,7 +277,7 @@ class VersionFollower(Generic[T]):
     def _poll(self, target: list) -> bool:
         try:
             v = target[0] = self.target()
-        except Exception as exc:  # noqa: BLE001 (an unreachable store: keep serving, back off)
+        except Exception as exc:
             self._store_failures += 1
             self._failed(f"the version store is unavailable: {type(exc).__name__}: {exc}", "store")
             return False
@@ -281,8 +297,13 @@ class VersionFollower(Generic[T]):
                 self.last_error = None  # nothing failed this poll: the refusal is in ``refused``
                 self._renew(served)
                 return False
-            log.warning("%s: re-checking version %d, refused %.0f s ago: %s", self.name, v,
-                        now - self._refused_at[v], self.refused[v])
+            log.warning(
+                "%s: re-checking version %d, refused %.0f s ago: %s",
+                self.name,
+                v,
+                now - self._refused_at[v],
+                self.refused[v],
+            )
             self.telemetry.load_failure("recheck")
         b = self._backoff.get(v)
         if b is not None and now < b.next_at:
@@ -293,7 +314,7 @@ class VersionFollower(Generic[T]):
         t0 = time.perf_counter()
         try:
             model = self._load(v, previous)
-        except Exception as exc:  # noqa: BLE001 (classified: corrupt is refused, the rest retried)
+        except Exception as exc:
             why = f"{type(exc).__name__}: {exc}"
             self._renew(served, force=True)  # the lease goes back to what is served
             if is_corrupt(exc):
@@ -301,14 +322,20 @@ class VersionFollower(Generic[T]):
                 self._refused_at = {k: t for k, t in self._refused_at.items() if k in self.refused}
                 self._refused_at[v] = now
                 self._backoff.pop(v, None)
-                self._failed(f"version {v} is refused (re-checked in {self.retry.recheck_corrupt_s:.0f} s), serving "
-                             f"{served if served is not None else 'nothing'}: {why}", "corrupt")
+                self._failed(
+                    f"version {v} is refused (re-checked in {self.retry.recheck_corrupt_s:.0f} s), serving "
+                    f"{served if served is not None else 'nothing'}: {why}",
+                    "corrupt",
+                )
             else:
                 attempts = (b.attempts if b is not None else 0) + 1
                 delay = self.retry.delay(attempts, self._rng)
                 self._remember(self._backoff, v, _Backoff(attempts, now + delay))
-                self._failed(f"loading version {v} failed (attempt {attempts}, retried in {delay:.2f} s), serving "
-                             f"{served if served is not None else 'nothing'}: {why}", "transient")
+                self._failed(
+                    f"loading version {v} failed (attempt {attempts}, retried in {delay:.2f} s), serving "
+                    f"{served if served is not None else 'nothing'}: {why}",
+                    "transient",
+                )
             return False
         self._model = model  # the atomic swap
         self.refused.pop(v, None)
@@ -320,11 +347,16 @@ class VersionFollower(Generic[T]):
         if newest is not None and v > newest and not self.pinned:  # a version newer than any served: freshness
             try:
                 self.telemetry.swap(self.store.manifest(v).extra)
-            except Exception:  # noqa: BLE001 (metrics never fail a swap)
+            except Exception:
                 log.debug("freshness of version %d not recorded", v, exc_info=True)
-        log.info("%s: serving version %d (%s, loaded in %.0f ms%s)", self.name, v, self.why,
-                 (time.perf_counter() - t0) * 1e3,
-                 f", deltas on {previous and self.version_of(previous)}" if previous is not None else "")
+        log.info(
+            "%s: serving version %d (%s, loaded in %.0f ms%s)",
+            self.name,
+            v,
+            self.why,
+            (time.perf_counter() - t0) * 1e3,
+            f", deltas on {previous and self.version_of(previous)}" if previous is not None else "",
+        )
         self.on_swap(model)
         return True
 
@@ -333,13 +365,17 @@ class VersionFollower(Generic[T]):
         if self.lease.holder is None or version is None:
             return
         now = self._clock()
-        if not force and self._leased is not None and self._leased[0] == version and \
-                now - self._leased[1] < self.lease.renew_every_s:
+        if (
+            not force
+            and self._leased is not None
+            and self._leased[0] == version
+            and now - self._leased[1] < self.lease.renew_every_s
+        ):
             return
         try:
             self.store.renew_lease(self.lease.holder, version, ttl_s=self.lease.ttl_s, role=self.lease.role)
             self._leased = (version, now)
-        except Exception as exc:  # noqa: BLE001 (serving goes on; the next poll renews)
+        except Exception as exc:
             log.warning("%s: renewing the serving lease on version %d failed: %s", self.name, version, exc)
 
     @staticmethod

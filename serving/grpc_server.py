@@ -35,13 +35,13 @@ class ScorerServicer(pb_grpc.ScorerServicer):
     def __init__(self, service: ScoringService) -> None:
         self.service = service
 
-    def Score(self, request, context):  # noqa: N802 (gRPC method names)
+    def Score(self, request, context):
         return call(self.service.score, request, context)
 
-    def Recommend(self, request, context):  # noqa: N802
+    def Recommend(self, request, context):
         return call(self.service.recommend, request, context)
 
-    def ModelInfo(self, request, context):  # noqa: N802
+    def ModelInfo(self, request, context):
         return call(self.service.model_info, request, context)
 
 
@@ -52,7 +52,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
     def __init__(self, service: ScoringService) -> None:
         self.service = service
 
-    def Check(self, request, context):  # noqa: N802
+    def Check(self, request, context):
         if request.service not in ("", SCORER):
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r} (ask '' or {SCORER!r})")
         ok, why = self.service.health()
@@ -62,13 +62,16 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
         return health_pb2.HealthCheckResponse(status=status)
 
 
-def start_grpc_server(service: ScoringService, address: str = "127.0.0.1:0", threads: int = 4,
-                      reflection: bool = True) -> tuple[grpc.Server, int]:
+def start_grpc_server(
+    service: ScoringService, address: str = "127.0.0.1:0", threads: int = 4, reflection: bool = True
+) -> tuple[grpc.Server, int]:
     """Start a grpcio server on ``address`` (port 0: a free one); returns (server, port)."""
     # least exposure: the transport refuses a message above the service's limit before parsing it
     # (RESOURCE_EXHAUSTED); the service's own check stays for the Ray Serve path and in-process calls
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads),
-                         options=[("grpc.max_receive_message_length", service.cfg.limits.max_request_bytes)])
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=threads),
+        options=[("grpc.max_receive_message_length", service.cfg.limits.max_request_bytes)],
+    )
     pb_grpc.add_ScorerServicer_to_server(ScorerServicer(service), server)
     health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(service), server)
     if reflection:

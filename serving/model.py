@@ -26,10 +26,10 @@ import time
 import numpy as np
 import yaml
 
+from serving.ann import AnnItemIndex, AnnOptions
 from serving.catalogue import ItemCatalogue
 from serving.errors import UnsupportedError
 from serving.features import RequestFeatures, SpecRoles
-from serving.ann import AnnItemIndex, AnnOptions
 from serving.retrieval import ItemIndex
 from serving.tables import FrozenTable, FrozenTables
 from trainer import bundle
@@ -61,12 +61,29 @@ class VersionInfo:
     @classmethod
     def of(cls, m, spec_name: str) -> "VersionInfo":
         files, rows = bundle.ledger_totals(m)
-        metrics = {k: float(v) for k, v in (m.extra or {}).items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        metrics.update({k: float(v) for k, v in ((m.extra or {}).get("metrics") or {}).items()
-                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        return cls(m.version, spec_name, m.committed_at, m.kind, m.step, tuple(m.data_files), rows,
-                   m.model_digest, metrics, time.time(), files)
+        metrics = {
+            k: float(v) for k, v in (m.extra or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        metrics.update(
+            {
+                k: float(v)
+                for k, v in ((m.extra or {}).get("metrics") or {}).items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+        )
+        return cls(
+            m.version,
+            spec_name,
+            m.committed_at,
+            m.kind,
+            m.step,
+            tuple(m.data_files),
+            rows,
+            m.model_digest,
+            metrics,
+            time.time(),
+            files,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +100,10 @@ class ModelSetup:
     def from_manifest(cls, m) -> "ModelSetup":
         text = bundle.spec_yaml(m)
         if text is None:
-            raise UnsupportedError(f"version {m.version} carries no feature spec (manifest extra.spec_yaml): it was "
-                                   "not written by freshrec's trainer and cannot be served")
+            raise UnsupportedError(
+                f"version {m.version} carries no feature spec (manifest extra.spec_yaml): it was "
+                "not written by freshrec's trainer and cannot be served"
+            )
         spec = spec_from_dict(yaml.safe_load(text), where=f"version {m.version} spec")
         cfg = bundle.run_config(m)
         model_cfg = model_config_of_version(cfg.get("model"))
@@ -119,9 +138,17 @@ class ServableModel:
     (array([0.031, 0.012], dtype=float32), 0)
     """
 
-    def __init__(self, info: VersionInfo, setup: ModelSetup, core: TrainerCore, tables: FrozenTables,
-                 roles: SpecRoles, catalogue: ItemCatalogue | None, retrieval: "RetrievalOptions | None" = None,
-                 previous: "ServableModel | None" = None) -> None:
+    def __init__(
+        self,
+        info: VersionInfo,
+        setup: ModelSetup,
+        core: TrainerCore,
+        tables: FrozenTables,
+        roles: SpecRoles,
+        catalogue: ItemCatalogue | None,
+        retrieval: "RetrievalOptions | None" = None,
+        previous: "ServableModel | None" = None,
+    ) -> None:
         self.info, self.setup, self.core, self.tables = info, setup, core, tables
         self.roles, self.catalogue = roles, catalogue
         self.spec = setup.spec
@@ -140,8 +167,11 @@ class ServableModel:
             return None
         t = self.tables[item]
         if not isinstance(t, FrozenTable):  # read through shards: no local rows to search
-            log.warning("the item table %r is served by read-only shards: Recommend has no retrieval index "
-                        "(keep the item table local: serve --remote-tables names the user-side tables)", item)
+            log.warning(
+                "the item table %r is served by read-only shards: Recommend has no retrieval index "
+                "(keep the item table local: serve --remote-tables names the user-side tables)",
+                item,
+            )
             return None
         cats = None
         if self.catalogue is not None:
@@ -178,10 +208,17 @@ def ps_config_of(store: VersionStore, version: int):
     return ps_config_for(setup.spec, setup.train_cfg, setup.ps, model=setup.model_cfg)
 
 
-def load_model(store: VersionStore, version: int, catalogue: ItemCatalogue | None = None,
-               previous: ServableModel | None = None, user_feature: str | None = None,
-               item_feature: str | None = None, remote=None,
-               retrieval: RetrievalOptions | None = None, spec=None) -> ServableModel:
+def load_model(
+    store: VersionStore,
+    version: int,
+    catalogue: ItemCatalogue | None = None,
+    previous: ServableModel | None = None,
+    user_feature: str | None = None,
+    item_feature: str | None = None,
+    remote=None,
+    retrieval: RetrievalOptions | None = None,
+    spec=None,
+) -> ServableModel:
     """Build version ``version`` from the store, every part checksummed (CorruptVersionError otherwise).
 
     With ``previous`` (a model of an earlier version of the same chain) only the deltas after it
@@ -200,11 +237,13 @@ def load_model(store: VersionStore, version: int, catalogue: ItemCatalogue | Non
     if remote is not None:
         unknown = sorted(remote_names - {t.name for t in ps_cfg.tables})
         if unknown:
-            raise UnsupportedError(f"remote tables {unknown} are not tables of version {version} "
-                                   f"({[t.name for t in ps_cfg.tables]})")
+            raise UnsupportedError(
+                f"remote tables {unknown} are not tables of version {version} ({[t.name for t in ps_cfg.tables]})"
+            )
         before = None
-        if previous is not None and all(n in previous.tables.tables and not isinstance(previous.tables[n], FrozenTable)
-                                        for n in remote_names):
+        if previous is not None and all(
+            n in previous.tables.tables and not isinstance(previous.tables[n], FrozenTable) for n in remote_names
+        ):
             before = {n: previous.tables[n] for n in remote_names}
         opened = remote.open(ps_cfg, version, before)
     tables = FrozenTables.from_arrays(arrays, ps_cfg, opened)
@@ -214,16 +253,16 @@ def load_model(store: VersionStore, version: int, catalogue: ItemCatalogue | Non
     core.import_features(*bundle.read_features(store, chain))
     core.base_model.eval()
     roles = SpecRoles.of(setup.spec, user_feature, item_feature)
-    return ServableModel(VersionInfo.of(m, setup.spec.name), setup, core, tables, roles, catalogue, retrieval,
-                         previous)
+    return ServableModel(VersionInfo.of(m, setup.spec.name), setup, core, tables, roles, catalogue, retrieval, previous)
 
 
-def _tables(store: VersionStore, chain, ps_cfg, previous: ServableModel | None,
-            skip: set[str] = frozenset()) -> dict[str, dict[str, np.ndarray]]:
+def _tables(
+    store: VersionStore, chain, ps_cfg, previous: ServableModel | None, skip: set[str] = frozenset()
+) -> dict[str, dict[str, np.ndarray]]:
     versions = [c.version for c in chain]
     same_tables = previous is not None and [t for t in previous.tables.cfg.tables] == list(ps_cfg.tables)
     if same_tables and previous.version in versions:
-        todo = chain[versions.index(previous.version) + 1:]
+        todo = chain[versions.index(previous.version) + 1 :]
         out = {}
         for t in ps_cfg.tables:
             cur = previous.tables[t.name]
@@ -249,6 +288,8 @@ def _tables(store: VersionStore, chain, ps_cfg, previous: ServableModel | None,
 def _core_part(store: VersionStore, chain) -> tuple[dict, dict]:
     core = bundle.read_core(store, chain)
     if core is None:
-        raise UnsupportedError(f"version {chain[-1].version} has no {bundle.CORE_PART} part (dense parameters and "
-                               "feature statistics): it was not written by freshrec's trainer")
+        raise UnsupportedError(
+            f"version {chain[-1].version} has no {bundle.CORE_PART} part (dense parameters and "
+            "feature statistics): it was not written by freshrec's trainer"
+        )
     return core

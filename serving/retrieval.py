@@ -30,8 +30,9 @@ class ItemIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def top(self, query: np.ndarray, n: int, exclude: np.ndarray | None = None,
-            category: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def top(
+        self, query: np.ndarray, n: int, exclude: np.ndarray | None = None, category: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(item ids int64 [<= n], inner products float32) best first; ``exclude`` ids and items
         outside ``category`` (needs categories) are never returned."""
         if len(self.ids) == 0:

@@ -24,11 +24,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from serving.ann import AnnOptions
 from serving.catalogue import ItemCatalogue
 from serving.config import FollowSettings, ServeConfig
 from serving.errors import InvalidRequestError, NotReadyError, ServingError, UnsupportedError, VersionMismatchError
 from serving.follower import LeaseSettings, VersionFollower
-from serving.ann import AnnOptions
 from serving.model import RetrievalOptions, ServableModel, load_model
 from serving.telemetry import ReplicaTelemetry
 from serving.validation import validation_metrics
@@ -42,13 +42,20 @@ class ScoringService:
     ``freshrec_serving_requests_total{method,code}``: OK, INVALID_ARGUMENT, ..., INTERNAL for an
     unexpected exception); the follower reports the served version, its lag and freshness."""
 
-    def __init__(self, cfg: ServeConfig, catalogue: ItemCatalogue | None = None,
-                 telemetry: ReplicaTelemetry | None = None, remote=None) -> None:
+    def __init__(
+        self,
+        cfg: ServeConfig,
+        catalogue: ItemCatalogue | None = None,
+        telemetry: ReplicaTelemetry | None = None,
+        remote=None,
+    ) -> None:
         """``remote``: a :class:`serving.shards.RemoteTables` for ``cfg.remote_tables`` (the Ray app builds it
         over its shard deployments); required when ``cfg.remote_tables`` is set."""
         if cfg.remote_tables and remote is None:
-            raise UnsupportedError(f"serve.remote_tables {list(cfg.remote_tables)} need read-only table shards: "
-                                   "run them with the Ray Serve application (freshrec serve), not a plain process")
+            raise UnsupportedError(
+                f"serve.remote_tables {list(cfg.remote_tables)} need read-only table shards: "
+                "run them with the Ray Serve application (freshrec serve), not a plain process"
+            )
         self.cfg = cfg
         self.remote = remote
         self.retrieval = RetrievalOptions(cfg.ann_above, AnnOptions(nprobe=cfg.ann_nprobe))
@@ -57,10 +64,15 @@ class ScoringService:
         self.store = VersionStore(cfg.store_url, cfg.storage_options)
         self._catalogue = catalogue
         self._catalogue_loaded = catalogue is not None or not cfg.catalogue
-        self.follower = VersionFollower(self.store, self._load, poll_interval_s=cfg.poll_interval_s,
-                                        pin_version=cfg.pin_version, telemetry=self.telemetry,
-                                        lease=LeaseSettings(holder=f"scorer-{self.telemetry.replica}", role="replica"),
-                                        name="scorer")
+        self.follower = VersionFollower(
+            self.store,
+            self._load,
+            poll_interval_s=cfg.poll_interval_s,
+            pin_version=cfg.pin_version,
+            telemetry=self.telemetry,
+            lease=LeaseSettings(holder=f"scorer-{self.telemetry.replica}", role="replica"),
+            name="scorer",
+        )
 
     def start(self, wait_s: float = 0.0, load_now: bool = True) -> "ScoringService":
         """Load the first version now (if there is one, and ``load_now``) and follow the store in the
@@ -90,8 +102,16 @@ class ScoringService:
         if not self._catalogue_loaded:
             self._catalogue = self._read_catalogue(version)
             self._catalogue_loaded = True
-        model = load_model(self.store, version, self._catalogue, previous, self.cfg.user_feature,
-                           self.cfg.item_feature, remote=self.remote, retrieval=self.retrieval)
+        model = load_model(
+            self.store,
+            version,
+            self._catalogue,
+            previous,
+            self.cfg.user_feature,
+            self.cfg.item_feature,
+            remote=self.remote,
+            retrieval=self.retrieval,
+        )
         metrics = validation_metrics(self.cfg.metrics_path, model.info.data_files)
         if metrics:
             model.info = dataclasses.replace(model.info, metrics={**model.info.metrics, **metrics})
@@ -110,18 +130,24 @@ class ScoringService:
         """The model to answer with (read once per request)."""
         m = self.follower.model
         if m is None:
-            raise NotReadyError(f"no model version is served yet ({self.follower.health()[1]}); the replica keeps "
-                                f"polling {self.cfg.store_url}")
+            raise NotReadyError(
+                f"no model version is served yet ({self.follower.health()[1]}); the replica keeps "
+                f"polling {self.cfg.store_url}"
+            )
         if pin and pin != m.version:
-            raise VersionMismatchError(f"pin_version {pin} is not served: this replica serves version {m.version} "
-                                       f"(pin one with `freshrec serve --pin-version {pin}`)")
+            raise VersionMismatchError(
+                f"pin_version {pin} is not served: this replica serves version {m.version} "
+                f"(pin one with `freshrec serve --pin-version {pin}`)"
+            )
         return m
 
     def _check_size(self, request) -> None:
         size = request.ByteSize()
         if size > self.cfg.limits.max_request_bytes:
-            raise InvalidRequestError(f"the request is {size} bytes, over the limit of "
-                                      f"{self.cfg.limits.max_request_bytes} bytes: send fewer candidates per call")
+            raise InvalidRequestError(
+                f"the request is {size} bytes, over the limit of "
+                f"{self.cfg.limits.max_request_bytes} bytes: send fewer candidates per call"
+            )
 
     def _timed(self, method: str, fn, request):
         t0 = time.perf_counter()
@@ -155,8 +181,9 @@ class ScoringService:
         columns, n = candidate_columns(request, self.cfg.limits.max_candidates)
         batch, defaulted = model.features.batch(context, columns, n)
         scores, unknown = model.score(batch)
-        return pb.ScoreResponse(scores=scores.tolist(), model_version=model.version,
-                                defaulted_columns=list(defaulted), unknown_ids=unknown)
+        return pb.ScoreResponse(
+            scores=scores.tolist(), model_version=model.version, defaulted_columns=list(defaulted), unknown_ids=unknown
+        )
 
     # -------------------------------------------------------------- Recommend
     def _recommend(self, request: "pb.RecommendRequest") -> "pb.RecommendResponse":
@@ -165,18 +192,23 @@ class ScoringService:
         if not 1 <= request.k <= lim.max_k:
             raise InvalidRequestError(f"k must be in [1, {lim.max_k}], got {request.k}")
         if request.num_candidates < 0 or request.num_candidates > lim.max_retrieve:
-            raise InvalidRequestError(f"num_candidates must be in [0, {lim.max_retrieve}] (0: the server's default "
-                                      f"{self.cfg.retrieve}), got {request.num_candidates}")
+            raise InvalidRequestError(
+                f"num_candidates must be in [0, {lim.max_retrieve}] (0: the server's default "
+                f"{self.cfg.retrieve}), got {request.num_candidates}"
+            )
         if len(request.exclude_item_ids) > lim.max_exclude:
-            raise InvalidRequestError(f"exclude_item_ids holds {len(request.exclude_item_ids)} ids, over the limit "
-                                      f"of {lim.max_exclude}")
+            raise InvalidRequestError(
+                f"exclude_item_ids holds {len(request.exclude_item_ids)} ids, over the limit of {lim.max_exclude}"
+            )
         if request.pin_version < 0:
             raise InvalidRequestError(f"pin_version must be >= 0, got {request.pin_version}")
         model = self.model(request.pin_version)
         if model.index is None:
-            raise UnsupportedError(f"version {model.version} cannot recommend: it needs a user and an item feature "
-                                   f"of the same dim (found user={model.roles.user_feature}, "
-                                   f"item={model.roles.item_feature})")
+            raise UnsupportedError(
+                f"version {model.version} cannot recommend: it needs a user and an item feature "
+                f"of the same dim (found user={model.roles.user_feature}, "
+                f"item={model.roles.item_feature})"
+            )
         context = context_values(request.context, "context")
         ucol, icol = model.roles.user_column, model.roles.item_column
         if ucol not in context:
@@ -197,9 +229,11 @@ class ScoringService:
             return pb.RecommendResponse(model_version=model.version, catalogue_items=len(model.index))
         batch, _ = model.features.batch(context, {icol: pa.array(ids)}, len(ids))
         scores, _ = model.score(batch)
-        order = np.argsort(-scores, kind="stable")[:request.k]
-        items = [pb.RecommendedItem(item_id=i, score=s, retrieval_score=r)
-                 for i, s, r in zip(ids[order].tolist(), scores[order].tolist(), retrieval[order].tolist())]
+        order = np.argsort(-scores, kind="stable")[: request.k]
+        items = [
+            pb.RecommendedItem(item_id=i, score=s, retrieval_score=r)
+            for i, s, r in zip(ids[order].tolist(), scores[order].tolist(), retrieval[order].tolist())
+        ]
         return pb.RecommendResponse(items=items, model_version=model.version, catalogue_items=len(model.index))
 
     @staticmethod
@@ -220,11 +254,20 @@ class ScoringService:
         model = self.model()
         i = model.info
         return pb.ModelInfoResponse(
-            model_version=i.version, spec_name=i.spec_name, committed_at_unix_ms=int(i.committed_at * 1000),
-            kind=i.kind, step=i.step, data_files=i.files_trained, rows_trained=i.rows_trained,
-            last_data_file=i.data_files[-1] if i.data_files else "", model_digest=i.model_digest,
-            metrics=i.metrics, pinned=self.follower.pinned,
-            loaded_at_unix_ms=int(i.loaded_at * 1000), catalogue_items=len(model.index) if model.index else 0)
+            model_version=i.version,
+            spec_name=i.spec_name,
+            committed_at_unix_ms=int(i.committed_at * 1000),
+            kind=i.kind,
+            step=i.step,
+            data_files=i.files_trained,
+            rows_trained=i.rows_trained,
+            last_data_file=i.data_files[-1] if i.data_files else "",
+            model_digest=i.model_digest,
+            metrics=i.metrics,
+            pinned=self.follower.pinned,
+            loaded_at_unix_ms=int(i.loaded_at * 1000),
+            catalogue_items=len(model.index) if model.index else 0,
+        )
 
 
 # ------------------------------------------------------------------ messages -> values
@@ -267,24 +310,29 @@ def candidate_columns(request, max_candidates: int) -> tuple[dict[str, pa.Array]
     for name, col in cols.items():
         given = [(k, getattr(col, k)) for k in ("ids", "tokens", "numbers") if len(getattr(col, k))]
         if len(given) != 1:
-            raise InvalidRequestError(f"candidate_columns.{name}: set exactly one of ids, tokens, numbers "
-                                      f"(found {[k for k, _ in given] or 'none'})")
+            raise InvalidRequestError(
+                f"candidate_columns.{name}: set exactly one of ids, tokens, numbers "
+                f"(found {[k for k, _ in given] or 'none'})"
+            )
         kind, values = given[0]
         if n is None:
             n = len(values)
             if n > max_candidates:
                 raise InvalidRequestError(f"{n} candidates, over the limit of {max_candidates} per call")
         elif len(values) != n:
-            raise InvalidRequestError(f"candidate_columns.{name} has {len(values)} values, "
-                                      f"candidate_columns.{next(iter(cols))} has {n}: give one per candidate")
+            raise InvalidRequestError(
+                f"candidate_columns.{name} has {len(values)} values, "
+                f"candidate_columns.{next(iter(cols))} has {n}: give one per candidate"
+            )
         if kind == "ids":
             out[name] = pa.array(np.fromiter(values, np.int64, len(values)))
         elif kind == "numbers":
             arr = np.fromiter(values, np.float64, len(values))
             bad = np.flatnonzero(~np.isfinite(arr))
             if len(bad):
-                raise InvalidRequestError(f"candidate_columns.{name}: non-finite number(s) at candidates "
-                                          f"{bad[:5].tolist()}")
+                raise InvalidRequestError(
+                    f"candidate_columns.{name}: non-finite number(s) at candidates {bad[:5].tolist()}"
+                )
             out[name] = pa.array(arr)
         else:
             out[name] = pa.array(list(values), pa.string())
@@ -294,8 +342,10 @@ def candidate_columns(request, max_candidates: int) -> tuple[dict[str, pa.Array]
 def _column(values: list, where: str) -> pa.Array:
     kinds = {type(v) for v in values}
     if len(kinds) > 1:
-        raise InvalidRequestError(f"{where}: mixed value kinds {sorted(k.__name__ for k in kinds)}: use one of "
-                                  "id, token, number for every candidate")
+        raise InvalidRequestError(
+            f"{where}: mixed value kinds {sorted(k.__name__ for k in kinds)}: use one of "
+            "id, token, number for every candidate"
+        )
     kind = kinds.pop()
     if kind is str:
         return pa.array(values, pa.string())

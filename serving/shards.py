@@ -53,8 +53,15 @@ class ShardSlice:
     >>> s.lookup(7, "user", np.array([3, 11]))   # (rows, known) of this shard's ids
     """
 
-    def __init__(self, store: VersionStore, ps_cfg: PSConfig, tables: Sequence[str], index: int, num_shards: int,
-                 keep_versions: int = 3) -> None:
+    def __init__(
+        self,
+        store: VersionStore,
+        ps_cfg: PSConfig,
+        tables: Sequence[str],
+        index: int,
+        num_shards: int,
+        keep_versions: int = 3,
+    ) -> None:
         if not 0 <= index < num_shards:
             raise ValueError(f"shard index {index} is not in [0, {num_shards})")
         by_name = {t.name: t for t in ps_cfg.tables}
@@ -103,14 +110,15 @@ class ShardSlice:
         (not the oldest: a rollback target or a lagging replica's version stays while it is used)."""
         try:
             leased = {lease.version for lease in self.store.leases()}
-        except Exception as exc:  # noqa: BLE001 (leases unreadable: evict by use only)
-            log.warning("shard %d/%d: serving leases unreadable (%s): evicting by use only", self.index,
-                        self.num_shards, exc)
+        except Exception as exc:
+            log.warning(
+                "shard %d/%d: serving leases unreadable (%s): evicting by use only", self.index, self.num_shards, exc
+            )
             leased = set()
         protected = (keep | leased) & set(self._versions)
         others = sorted((v for v in self._versions if v not in protected), key=lambda v: self._used.get(v, 0.0))
         room = max(0, self.keep_versions - len(protected))
-        for old in others[:max(0, len(others) - room)]:
+        for old in others[: max(0, len(others) - room)]:
             del self._versions[old]
             self._used.pop(old, None)
         for old in [v for v in self._changed if v not in self._versions]:
@@ -134,17 +142,24 @@ class ShardSlice:
                 held = self._versions[base][name]
                 arrays = {"ids": held.ids, "rows": held.rows.numpy()}
                 moved = []
-                for m in chain[numbers.index(base) + 1:]:
-                    parts = [self.store.read_part(m.version, p.name) for p in sorted(m.parts, key=lambda p: p.name)
-                             if select(p)]
+                for m in chain[numbers.index(base) + 1 :]:
+                    parts = [
+                        self.store.read_part(m.version, p.name)
+                        for p in sorted(m.parts, key=lambda p: p.name)
+                        if select(p)
+                    ]
                     if not parts:
                         continue
                     if m.kind == "full":
                         changed = None  # everything may have changed: the replicas start their caches cold
                     parts = [{k: v for k, v in p.items() if k in ("ids", "deleted", "rows")} for p in parts]
                     if changed is not None:
-                        moved += [ids[self._keep(ids)] for p in parts for k in ("ids", "deleted")
-                                  if k in p and len(ids := np.asarray(p[k], np.int64))]
+                        moved += [
+                            ids[self._keep(ids)]
+                            for p in parts
+                            for k in ("ids", "deleted")
+                            if k in p and len(ids := np.asarray(p[k], np.int64))
+                        ]
                     layers = [parts] if m.kind == "full" else [[arrays], parts]
                     arrays = merge_keyed(layers, self._keep, ("rows",))
                 if changed is not None:
@@ -152,8 +167,14 @@ class ShardSlice:
             out[name] = FrozenTable.build(cfg, arrays["ids"], arrays["rows"], self.ps_cfg.seed, admit, fp16)
         self._versions[version] = out
         self._changed[version] = (base, changed)
-        log.info("shard %d/%d holds version %d (%d rows%s)", self.index, self.num_shards, version,
-                 self.rows_held(version), f", deltas on {base}" if base is not None else "")
+        log.info(
+            "shard %d/%d holds version %d (%d rows%s)",
+            self.index,
+            self.num_shards,
+            version,
+            self.rows_held(version),
+            f", deltas on {base}" if base is not None else "",
+        )
 
     def _changes(self, since: int | None, version: int) -> dict[str, np.ndarray] | None:
         if since is None or since >= version:
@@ -226,14 +247,21 @@ class RemoteTables:
     (merged over shards); ``fetch`` reads rows. Both are the Ray calls :mod:`serving.app` provides.
     """
 
-    def __init__(self, tables: Sequence[str], num_shards: int, cache_rows: int,
-                 load: Callable[[int, int | None], dict[str, np.ndarray] | None], fetch: Fetch) -> None:
+    def __init__(
+        self,
+        tables: Sequence[str],
+        num_shards: int,
+        cache_rows: int,
+        load: Callable[[int, int | None], dict[str, np.ndarray] | None],
+        fetch: Fetch,
+    ) -> None:
         self.names = tuple(tables)
         self.num_shards, self.cache_rows = num_shards, cache_rows
         self._load, self._fetch = load, fetch
 
-    def open(self, ps_cfg: PSConfig, version: int,
-             previous: Mapping[str, RemoteTable] | None = None) -> dict[str, RemoteTable]:
+    def open(
+        self, ps_cfg: PSConfig, version: int, previous: Mapping[str, RemoteTable] | None = None
+    ) -> dict[str, RemoteTable]:
         since = next(iter(previous.values())).version if previous else None
         changed = self._load(version, since)
         by_name = {t.name: t for t in ps_cfg.tables}

@@ -41,8 +41,9 @@ class FrozenTable:
     fp16: bool = False  # the PS stores rows in fp16: an admitted row is its init_rows rounded to fp16
 
     @classmethod
-    def build(cls, cfg: TableConfig, ids: np.ndarray, rows: np.ndarray, seed: int, admit: bool,
-              fp16: bool = False) -> "FrozenTable":
+    def build(
+        cls, cfg: TableConfig, ids: np.ndarray, rows: np.ndarray, seed: int, admit: bool, fp16: bool = False
+    ) -> "FrozenTable":
         ids = np.ascontiguousarray(ids, np.int64)
         rows = np.asarray(rows)
         if rows.shape != (len(ids), cfg.dim):
@@ -66,8 +67,11 @@ class FrozenTable:
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(float32 rows [n, dim] aligned with ``ids``, known mask [n]); unknown ids: the cold-start row."""
         pos, known = self.positions(ids)
-        rows = self.rows.index_select(0, torch.from_numpy(pos)).numpy() if len(self.ids) else \
-            np.zeros((len(pos), self.cfg.dim), np.float32)
+        rows = (
+            self.rows.index_select(0, torch.from_numpy(pos)).numpy()
+            if len(self.ids)
+            else np.zeros((len(pos), self.cfg.dim), np.float32)
+        )
         if not known.all():
             miss = ~known
             if self.admit:
@@ -91,8 +95,12 @@ class FrozenTables:
         self.unknown = 0  # ids without a row in the last pull (the caller holds the model's lock)
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, Mapping[str, np.ndarray]], ps_cfg: PSConfig,
-                    remote: Mapping[str, object] | None = None) -> "FrozenTables":
+    def from_arrays(
+        cls,
+        arrays: Mapping[str, Mapping[str, np.ndarray]],
+        ps_cfg: PSConfig,
+        remote: Mapping[str, object] | None = None,
+    ) -> "FrozenTables":
         """``arrays[table] = {"ids", "rows"}`` as :meth:`versions.VersionStore.materialize` gives them;
         ``remote[table]``: a table read through read-only shards (:class:`serving.shards.RemoteTable`)."""
         admit = ps_cfg.admission_threshold <= 1

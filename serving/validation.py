@@ -36,8 +36,11 @@ def validation_metrics(path: str | None, data_files: Sequence[str]) -> dict[str,
     last = by_file.get(data_files[-1])
     out: dict[str, float] = {"files_validated": float(len(by_file))}
     if last is not None:
-        for key, name in (("auc", "progressive_auc"), ("log_loss", "progressive_log_loss"),
-                          ("cumulative_auc", "cumulative_auc")):
+        for key, name in (
+            ("auc", "progressive_auc"),
+            ("log_loss", "progressive_log_loss"),
+            ("cumulative_auc", "cumulative_auc"),
+        ):
             v = last.get(key)
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                 out[name] = float(v)

@@ -9,8 +9,10 @@ try:
     from protos.freshrec.v1 import scoring_pb2 as pb
     from protos.freshrec.v1 import scoring_pb2_grpc as pb_grpc
 except ImportError as exc:  # pragma: no cover - an install without generated stubs
-    raise ImportError("the gRPC stubs of protos/freshrec/v1/scoring.proto are not generated: run `make protos` "
-                      "(python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. "
-                      "protos/freshrec/v1/*.proto) in the repository") from exc
+    raise ImportError(
+        "the gRPC stubs of protos/freshrec/v1/scoring.proto are not generated: run `make protos` "
+        "(python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. "
+        "protos/freshrec/v1/*.proto) in the repository"
+    ) from exc
 
 __all__ = ["SERVICE", "SERVICER_FUNCTION", "pb", "pb_grpc"]

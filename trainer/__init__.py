@@ -27,7 +27,7 @@ _EXPORTS = {
     "follow_data_files": "trainer.data.follow",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605 (lazy exports, PEP 562)
 
 
 def __getattr__(name: str):

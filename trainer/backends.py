@@ -39,15 +39,22 @@ def table_configs(spec, init_scale: float | None = None, wide: bool = False) -> 
     return deep + tuple(TableConfig(name, WIDE_DIM, 0.0) for name in wide_table_names(spec))
 
 
-def ps_config_for(spec, train: TrainConfig, ps: PSOptions | None = None, num_workers: int = 1,
-                  model: ModelConfig | None = None) -> PSConfig:
+def ps_config_for(
+    spec, train: TrainConfig, ps: PSOptions | None = None, num_workers: int = 1, model: ModelConfig | None = None
+) -> PSConfig:
     """The parameter-server config of a run: tables from the spec (and ``model.wide``; None: the
     ModelConfig defaults), the sparse optimizer and seed from ``train``, everything else from ``ps``."""
     ps = ps or PSOptions()
     wide = (model or ModelConfig()).wide
-    return PSConfig(tables=table_configs(spec, train.init_scale, wide), optimizer=train.sparse_optimizer,
-                    learning_rate=train.sparse_lr, eps=train.sparse_eps, seed=train.seed, num_workers=num_workers,
-                    **dataclasses.asdict(ps))
+    return PSConfig(
+        tables=table_configs(spec, train.init_scale, wide),
+        optimizer=train.sparse_optimizer,
+        learning_rate=train.sparse_lr,
+        eps=train.sparse_eps,
+        seed=train.seed,
+        num_workers=num_workers,
+        **dataclasses.asdict(ps),
+    )
 
 
 @dataclasses.dataclass
@@ -70,15 +77,15 @@ class LocalBackend:
         self.cfg = dataclasses.replace(cfg, num_shards=1, num_workers=1)
         self.shard = EmbeddingShard(self.cfg, 0)
 
-    def pull_many(self, ids_by_table: Mapping[str, np.ndarray], step: int | None = None,
-                  lease: bool = False, stale: int = 0) -> _Done:
+    def pull_many(
+        self, ids_by_table: Mapping[str, np.ndarray], step: int | None = None, lease: bool = False, stale: int = 0
+    ) -> _Done:
         """Every call is done when it returns, so calls take effect in the order they are made (what a PS
         shard does with one worker's calls) and ``stale`` needs no wait. ``lease``: the rows stay resident
         until the push of ``step`` (pipelined or prefetched pulls run ahead of the pushes, as on the PS)."""
         return _Done(self.shard.pull(ids_by_table, step, lease=(0, step) if lease else None))
 
-    def push_many(self, grads_by_table: Mapping[str, tuple[np.ndarray, np.ndarray]],
-                  step: int | None = None) -> _Done:
+    def push_many(self, grads_by_table: Mapping[str, tuple[np.ndarray, np.ndarray]], step: int | None = None) -> _Done:
         """Every push is applied, an empty one too: the shard version then counts steps as a sync PS
         does (TTL in versions and aged LFU age alike in both backends)."""
         dropped = self.shard.push(grads_by_table, step)

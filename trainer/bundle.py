@@ -58,8 +58,11 @@ def version_extra(spec_source: str, run_config: dict | None = None) -> dict:
     path = Path(spec_source)
     if not path.exists():
         path = builtin_specs()[str(spec_source)]
-    return {_SPEC_SOURCE: str(spec_source), _SPEC_YAML: path.read_text(encoding="utf-8"),
-            _CONFIG: dict(run_config or {})}
+    return {
+        _SPEC_SOURCE: str(spec_source),
+        _SPEC_YAML: path.read_text(encoding="utf-8"),
+        _CONFIG: dict(run_config or {}),
+    }
 
 
 def spec_yaml(manifest) -> str | None:
@@ -116,8 +119,9 @@ class DataExport:
     summary: dict  # {"files": n, "rows": n, "entries": [entries changed since the parent]}
 
 
-def write_model(writer, core: tuple[dict, dict], features: tuple[dict, dict] | None = None,
-                data: DataExport | None = None) -> list:
+def write_model(
+    writer, core: tuple[dict, dict], features: tuple[dict, dict] | None = None, data: DataExport | None = None
+) -> list:
     """Write the trainer's parts of version ``writer`` (a :class:`versions.VersionWriter`); returns their
     PartInfos (the shards write their own). ``core`` is (arrays, meta) of ``TrainerCore.export_state``."""
     arrays, meta = core
@@ -127,10 +131,30 @@ def write_model(writer, core: tuple[dict, dict], features: tuple[dict, dict] | N
     if data is not None:
         for name, arrays_ in ((LEDGER, data.ledger), (DEDUP, data.dedup)):  # keyed: a delta holds the changes
             if writer.kind == "full" or len(arrays_["ids"]) or len(arrays_.get("deleted", ())):
-                parts.append(writer.write_part(name, arrays_, {"role": "pending", "table": name, "merge": "by_id",
-                                                               "rows_after": 0, "owner": "trainer.bundle"}))
-        parts.append(writer.write_part(STATE, data.state, {"role": "pending", "table": STATE,  # whole, small
-                                                           "owner": "trainer.bundle"}))
+                parts.append(
+                    writer.write_part(
+                        name,
+                        arrays_,
+                        {
+                            "role": "pending",
+                            "table": name,
+                            "merge": "by_id",
+                            "rows_after": 0,
+                            "owner": "trainer.bundle",
+                        },
+                    )
+                )
+        parts.append(
+            writer.write_part(
+                STATE,
+                data.state,
+                {
+                    "role": "pending",
+                    "table": STATE,  # whole, small
+                    "owner": "trainer.bundle",
+                },
+            )
+        )
     return parts
 
 
@@ -138,8 +162,13 @@ def ledger_ref(summary: Mapping | None) -> dict:
     """What ``manifest.ledger`` holds: the totals and the entries changed by this version (bounded), not
     the whole ledger (which is the ``data/ledger`` part)."""
     summary = dict(summary or {})
-    return {"version": LEDGER_FORMAT, "part": LEDGER, "files": int(summary.get("files", 0)),
-            "rows": int(summary.get("rows", 0)), "entries": list(summary.get("entries", ()))}
+    return {
+        "version": LEDGER_FORMAT,
+        "part": LEDGER,
+        "files": int(summary.get("files", 0)),
+        "rows": int(summary.get("rows", 0)),
+        "entries": list(summary.get("entries", ())),
+    }
 
 
 def model_rows(parts: Sequence, kind: str) -> int:
@@ -152,8 +181,12 @@ def model_rows(parts: Sequence, kind: str) -> int:
 def _core_arrays(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.ndarray]:
     """The core's arrays plus the feature statistics as arrays (so the digest covers them)."""
     stats = meta["stats"]
-    return {**arrays, "stats/count": np.array([stats["count"]], np.int64),
-            "stats/mean": np.asarray(stats["mean"], np.float64), "stats/m2": np.asarray(stats["m2"], np.float64)}
+    return {
+        **arrays,
+        "stats/count": np.array([stats["count"]], np.int64),
+        "stats/mean": np.asarray(stats["mean"], np.float64),
+        "stats/m2": np.asarray(stats["m2"], np.float64),
+    }
 
 
 # ---------------------------------------------------------------------------- reading
@@ -180,8 +213,9 @@ def read_features(store, version_or_chain) -> tuple[dict | None, dict | None]:
 
 
 def has_data_state(store, version: int) -> bool:
-    return any(p.meta.get("table") == LEDGER and p.meta.get("role") == "pending"
-               for m in store.chain(version) for p in m.parts)
+    return any(
+        p.meta.get("table") == LEDGER and p.meta.get("role") == "pending" for m in store.chain(version) for p in m.parts
+    )
 
 
 def read_data(store, version: int) -> dict[str, dict[str, np.ndarray]] | None:

@@ -68,8 +68,10 @@ class ModelConfig:
         if not isinstance(self.wide, bool):
             raise ConfigError(f"model.wide must be true or false, got {self.wide!r}")
         if self.wide and self.arch != "dlrm":
-            raise ConfigError(f"model.wide adds a first-order part to freshrec's own DLRM; model.arch={self.arch!r} "
-                              "(TorchRec's classes) has none: use arch dlrm or wide false")
+            raise ConfigError(
+                f"model.wide adds a first-order part to freshrec's own DLRM; model.arch={self.arch!r} "
+                "(TorchRec's classes) has none: use arch dlrm or wide false"
+            )
         _int_at_least("model.dcn_layers", self.dcn_layers, 0)
         _int_at_least("model.dcn_rank", self.dcn_rank, 0)
         if not self.bottom_mlp:
@@ -125,8 +127,9 @@ class TrainConfig:
         try:
             object.__setattr__(self, "strategy", Strategy(self.strategy))
         except ValueError:
-            raise ConfigError(f"train.strategy must be one of {[s.value for s in Strategy]}, "
-                              f"got {self.strategy!r}") from None
+            raise ConfigError(
+                f"train.strategy must be one of {[s.value for s in Strategy]}, got {self.strategy!r}"
+            ) from None
         _int_at_least("train.batch_size", self.batch_size, 1)
         _int_at_least("train.window", self.window, 1)
         _int_at_least("train.period", self.period, 1)
@@ -138,18 +141,22 @@ class TrainConfig:
             v = getattr(self, key)
             if not isinstance(v, (int, float)) or not (0 < v < float("inf")):
                 raise ConfigError(f"train.{key} must be a positive finite number, got {v!r}")
-        if self.init_scale is not None and not (isinstance(self.init_scale, (int, float))
-                                                and 0 <= self.init_scale < float("inf")):
+        if self.init_scale is not None and not (
+            isinstance(self.init_scale, (int, float)) and 0 <= self.init_scale < float("inf")
+        ):
             raise ConfigError(f"train.init_scale must be None or a finite number >= 0, got {self.init_scale!r}")
         if self.sparse_optimizer not in SPARSE_OPTIMIZERS:
-            raise ConfigError(f"train.sparse_optimizer must be one of {list(SPARSE_OPTIMIZERS)}, "
-                              f"got {self.sparse_optimizer!r}")
+            raise ConfigError(
+                f"train.sparse_optimizer must be one of {list(SPARSE_OPTIMIZERS)}, got {self.sparse_optimizer!r}"
+            )
         if self.dense_optimizer not in DENSE_OPTIMIZERS:
-            raise ConfigError(f"train.dense_optimizer must be one of {list(DENSE_OPTIMIZERS)}, "
-                              f"got {self.dense_optimizer!r}")
+            raise ConfigError(
+                f"train.dense_optimizer must be one of {list(DENSE_OPTIMIZERS)}, got {self.dense_optimizer!r}"
+            )
         if not isinstance(self.fusion_lambda, (int, float)) or not 0.0 <= self.fusion_lambda <= 1.0:
-            raise ConfigError(f"train.fusion_lambda must be in [0, 1] (1 keeps only the new params), "
-                              f"got {self.fusion_lambda!r}")
+            raise ConfigError(
+                f"train.fusion_lambda must be in [0, 1] (1 keeps only the new params), got {self.fusion_lambda!r}"
+            )
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

@@ -76,8 +76,12 @@ def dropped_parts(reply) -> int:
     return sum(1 for r in (reply or {}).values() if isinstance(r, dict) and r.get("decision") == "drop")
 
 
-def _merge_rows(ids: Mapping[str, np.ndarray], shared: Mapping[str, np.ndarray], rest: Mapping[str, np.ndarray],
-                rows_shared: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _merge_rows(
+    ids: Mapping[str, np.ndarray],
+    shared: Mapping[str, np.ndarray],
+    rest: Mapping[str, np.ndarray],
+    rows_shared: Mapping[str, np.ndarray],
+) -> dict[str, np.ndarray]:
     """A step's rows from its two pulls (sync_prefetch): the ids the step before did not touch and the shared ones."""
     out = {}
     for t, v in ids.items():
@@ -96,9 +100,19 @@ class TrainerCore:
     FileMetrics(file='part-...', examples=4012, positives=389, auc=0.61, log_loss=0.33, train_seconds=0.2)
     """
 
-    def __init__(self, spec, model_cfg: ModelConfig, train_cfg: TrainConfig, backend, *, rank: int = 0,
-                 world: int = 1, wrap_model=None, device: torch.device | None = None,
-                 model: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        spec,
+        model_cfg: ModelConfig,
+        train_cfg: TrainConfig,
+        backend,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        wrap_model=None,
+        device: torch.device | None = None,
+        model: nn.Module | None = None,
+    ) -> None:
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is outside [0, world={world})")
         self.spec, self.model_cfg, self.cfg = spec, model_cfg, train_cfg
@@ -110,8 +124,10 @@ class TrainerCore:
         self.dynamic = DynamicFeatures(spec) if getattr(spec, "dynamic", None) is not None else None
         self._build(model)
         if train_cfg.strategy is Strategy.FULL_RETRAIN and not hasattr(backend, "reset"):
-            raise ConfigError("train.strategy=full_retrain is the baseline of `freshrec bench quality`, not a PS "
-                              "mode: use online, periodic or fusion")
+            raise ConfigError(
+                "train.strategy=full_retrain is the baseline of `freshrec bench quality`, not a PS "
+                "mode: use online, periodic or fusion"
+            )
         self.policy = make_policy(train_cfg)
         self.validator = ProgressiveValidator()
         self.ledger = DataLedger()
@@ -185,7 +201,7 @@ class TrainerCore:
         bs = self.cfg.batch_size
         out = []
         for lo in range(0, n, bs):
-            rows = order[lo:lo + bs] if order is not None else np.arange(lo, min(lo + bs, n))
+            rows = order[lo : lo + bs] if order is not None else np.arange(lo, min(lo + bs, n))
             out.append((np.array_split(rows, self.world)[self.rank], len(rows)))
         return out
 
@@ -215,8 +231,9 @@ class TrainerCore:
         self.train_seconds += seconds
         return {"examples": n * epochs, "seconds": seconds, "loss": loss_total / max(seen, 1)}
 
-    def _pass(self, batch: EventBatch, dense: torch.Tensor, labels: torch.Tensor,
-              parts: list[tuple[np.ndarray, int]]) -> tuple[float, int]:
+    def _pass(
+        self, batch: EventBatch, dense: torch.Tensor, labels: torch.Tensor, parts: list[tuple[np.ndarray, int]]
+    ) -> tuple[float, int]:
         """Train on ``parts`` (this worker's rows of each global minibatch), the pulls ahead as the backend's
         mode says: async prefetches step k+1 before computing step k; sync pushes step k and pulls step
         k+1+depth in one call (``pipeline_depth``), and with ``sync_prefetch`` (depth 0, one worker) pulls
@@ -243,8 +260,9 @@ class TrainerCore:
             if self.async_mode and not last:
                 tickets[k + 1] = backend.pull_many(ids[k + 1], step=step0 + k + 1, lease=True)  # during this step
             elif prefetch and not last:
-                shared = {t: np.isin(v, ids[k][t]) if t in ids[k] else np.zeros(len(v), bool)
-                          for t, v in ids[k + 1].items()}
+                shared = {
+                    t: np.isin(v, ids[k][t]) if t in ids[k] else np.zeros(len(v), bool) for t, v in ids[k + 1].items()
+                }
                 if not all(m.all() for m in shared.values()):  # the rest cannot change in step k: exact
                     rest = {t: v[~shared[t]] for t, v in ids[k + 1].items()}
                     split = (shared, backend.pull_many(rest, step=step0 + k + 1, lease=True, stale=1))
@@ -285,14 +303,16 @@ class TrainerCore:
         if decision.action is Action.RETRAIN:
             self.reset()
         prev = self.dense_state() if decision.fuse_lambda is not None else None
-        info = self.train(EventBatch.concat([batches[i] for i in decision.files]), epochs=decision.epochs,
-                          shuffle=decision.shuffle)
+        info = self.train(
+            EventBatch.concat([batches[i] for i in decision.files]), epochs=decision.epochs, shuffle=decision.shuffle
+        )
         if prev is not None:
             self.load_dense_state(fuse(self.dense_state(), prev, decision.fuse_lambda))
         return {"examples": info["examples"], "seconds": info["seconds"]}
 
-    def step_file(self, batch: EventBatch, file=None, rows_read: int | None = None,
-                  complete: bool = True) -> FileMetrics | None:
+    def step_file(
+        self, batch: EventBatch, file=None, rows_read: int | None = None, complete: bool = True
+    ) -> FileMetrics | None:
         """Progressive validation (rank 0 scores the whole file first), then the strategy's update.
 
         ``file`` is the data file's name or its :class:`trainer.data.DataFileRef` (name + sha256);
@@ -326,8 +346,10 @@ class TrainerCore:
     def reset(self) -> None:
         """A fresh, untrained model and empty embeddings (the start of a full retrain); local backend only."""
         if not hasattr(self.backend, "reset"):
-            raise ConfigError("a full retrain resets the embeddings, which only the local backend can do: use "
-                              "strategy online, periodic or fusion with the parameter server")
+            raise ConfigError(
+                "a full retrain resets the embeddings, which only the local backend can do: use "
+                "strategy online, periodic or fusion with the parameter server"
+            )
         if self._user_model:
             raise ConfigError("reset() rebuilds the model from the spec; it cannot rebuild a model passed in")
         self.backend.reset()
@@ -373,12 +395,15 @@ class TrainerCore:
         if self.dynamic is None:
             return
         if arrays is None:
-            raise ValueError(f"the version has no dynamic-feature part, but spec {self.spec.name} declares dynamic "
-                             "features: it was trained with another spec")
+            raise ValueError(
+                f"the version has no dynamic-feature part, but spec {self.spec.name} declares dynamic "
+                "features: it was trained with another spec"
+            )
         self.dynamic.load(arrays, meta)
 
-    def import_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping, reread=None,
-                     ledger: DataLedger | None = None) -> None:
+    def import_state(
+        self, arrays: Mapping[str, np.ndarray], meta: Mapping, reread=None, ledger: DataLedger | None = None
+    ) -> None:
         """Restore what :meth:`export_state` gave (the embedding rows are the backend's business) and
         ``ledger`` (a version's :class:`DataLedger`; versions written before it was a part of its own
         carried it in ``meta``).
@@ -386,7 +411,9 @@ class TrainerCore:
         ``reread(name) -> EventBatch`` reads a data file again, for the strategy's recent files
         (a periodic update revisits them); without it they are forgotten.
         """
-        params = {k[len("model/"):]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("model/")}
+        params = {
+            k[len("model/") :]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("model/")
+        }
         self.base_model.load_state_dict(params)
         state: dict = {}
         for key, value in arrays.items():

@@ -147,8 +147,9 @@ class FTRLProximal:
         order = np.argsort(r, kind="stable")
         counts = np.bincount(r, minlength=n)
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return _Design(np.concatenate(coords)[order], np.concatenate(values)[order], offsets,
-                       np.asarray(batch.label, np.float64))
+        return _Design(
+            np.concatenate(coords)[order], np.concatenate(values)[order], offsets, np.asarray(batch.label, np.float64)
+        )
 
     # --------------------------------------------------------------- weights
     def _weights(self, idx: np.ndarray) -> np.ndarray:
@@ -167,7 +168,7 @@ class FTRLProximal:
         s, e = d.offsets[lo], d.offsets[hi]
         uniq, inv = np.unique(d.coords[s:e], return_inverse=True)
         w = self._weights(uniq)
-        row = np.repeat(np.arange(hi - lo), np.diff(d.offsets[lo:hi + 1]))
+        row = np.repeat(np.arange(hi - lo), np.diff(d.offsets[lo : hi + 1]))
         v = d.values[s:e]
         logit = np.bincount(row, weights=w[inv] * v, minlength=hi - lo)
         return logit, uniq, inv, w, row
@@ -196,7 +197,7 @@ class FTRLProximal:
             for lo in range(0, n, bs):
                 hi = min(lo + bs, n)
                 logit, uniq, inv, w, row = self._logits(d, lo, hi)
-                gv = (_sigmoid(logit) - d.label[lo:hi])[row] * d.values[d.offsets[lo]:d.offsets[hi]]
+                gv = (_sigmoid(logit) - d.label[lo:hi])[row] * d.values[d.offsets[lo] : d.offsets[hi]]
                 g = np.bincount(inv, weights=gv, minlength=len(uniq))
                 g2 = np.bincount(inv, weights=gv * gv, minlength=len(uniq))
                 n_old = self.n[uniq]
@@ -214,8 +215,7 @@ class FTRLProximal:
     def state(self) -> dict[str, np.ndarray]:
         """Copies of the state: z, n and the dense statistics (for tests and comparisons)."""
         st = self.stats.state_dict()
-        return {"z": self.z.copy(), "n": self.n.copy(),
-                **{f"stats/{k}": np.asarray(v).copy() for k, v in st.items()}}
+        return {"z": self.z.copy(), "n": self.n.copy(), **{f"stats/{k}": np.asarray(v).copy() for k, v in st.items()}}
 
 
 def progressive_ftrl(spec, files: Sequence[EventBatch], cfg: FTRLConfig | None = None) -> list[np.ndarray]:

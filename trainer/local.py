@@ -19,12 +19,17 @@ class LocalTrainer(TrainerCore):
     FileMetrics(file='part-...', examples=4012, positives=389, auc=0.61, log_loss=0.33, ...)
     """
 
-    def __init__(self, spec, model_cfg: ModelConfig, train_cfg: TrainConfig, ps: PSOptions | None = None,
-                 model=None) -> None:
+    def __init__(
+        self, spec, model_cfg: ModelConfig, train_cfg: TrainConfig, ps: PSOptions | None = None, model=None
+    ) -> None:
         self.ps_options = ps or PSOptions()
-        super().__init__(spec, model_cfg, train_cfg, LocalBackend(ps_config_for(spec, train_cfg, self.ps_options,
-                                                                                  model=model_cfg)),
-                         model=model)
+        super().__init__(
+            spec,
+            model_cfg,
+            train_cfg,
+            LocalBackend(ps_config_for(spec, train_cfg, self.ps_options, model=model_cfg)),
+            model=model,
+        )
 
     def fresh(self) -> "LocalTrainer":
         """A new, untrained trainer with the same spec and configs (a full retrain starts here)."""

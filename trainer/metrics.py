@@ -135,8 +135,18 @@ class ProgressiveValidator:
         scores = np.asarray(scores, np.float64).reshape(-1)
         h = ScoreHistogram.of(labels, scores)
         ll = log_loss(labels, scores)
-        m = FileMetrics(file, len(labels), int((labels > 0.5).sum()), auc(labels, scores), ll, train_seconds,
-                        h.nonfinite, h.out_of_range, h.score_min, h.score_max)
+        m = FileMetrics(
+            file,
+            len(labels),
+            int((labels > 0.5).sum()),
+            auc(labels, scores),
+            ll,
+            train_seconds,
+            h.nonfinite,
+            h.out_of_range,
+            h.score_min,
+            h.score_max,
+        )
         self.files.append(m)
         self._hist = self._hist + h
         self._window = self._window + h
@@ -165,8 +175,13 @@ class ProgressiveValidator:
         ll = self._loss_sum / self._loss_n if self._loss_n else float("nan")
         if self._nonfinite:
             a = bound = ll = float("nan")
-        return {"examples": self._examples, "auc": a, "auc_error_bound": bound, "log_loss": ll,
-                "nonfinite": self._nonfinite}
+        return {
+            "examples": self._examples,
+            "auc": a,
+            "auc_error_bound": bound,
+            "log_loss": ll,
+            "nonfinite": self._nonfinite,
+        }
 
     def mean_shard_auc(self) -> float:
         """Mean of the per-shard AUCs (shards with one class only are left out)."""

@@ -28,7 +28,6 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
-
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from common.config import ConfigError
@@ -52,8 +51,9 @@ class CrossNet(nn.Module):
     def __init__(self, dim: int, layers: int, rank: int = 0) -> None:
         super().__init__()
         if rank:
-            self.w = nn.ModuleList(nn.Sequential(nn.Linear(dim, rank, bias=False), nn.Linear(rank, dim))
-                                   for _ in range(layers))
+            self.w = nn.ModuleList(
+                nn.Sequential(nn.Linear(dim, rank, bias=False), nn.Linear(rank, dim)) for _ in range(layers)
+            )
         else:
             self.w = nn.ModuleList(nn.Linear(dim, dim) for _ in range(layers))
 
@@ -74,8 +74,9 @@ class DLRM(nn.Module):
     torch.Size([3])
     """
 
-    def __init__(self, embedding_bag_collection: BackendEmbeddingBagCollection, dense_dim: int,
-                 cfg: ModelConfig) -> None:
+    def __init__(
+        self, embedding_bag_collection: BackendEmbeddingBagCollection, dense_dim: int, cfg: ModelConfig
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.embedding_bag_collection = embedding_bag_collection
@@ -96,8 +97,10 @@ class DLRM(nn.Module):
         else:
             bad = {t: d for t, d in tables.items() if d != b}
             if bad:
-                raise ConfigError(f"model.interaction='dot' needs every embedding dim == bottom_mlp[-1]={b}; "
-                                  f"tables {bad} differ: change bottom_mlp[-1] or the spec's dims")
+                raise ConfigError(
+                    f"model.interaction='dot' needs every embedding dim == bottom_mlp[-1]={b}; "
+                    f"tables {bad} differ: change bottom_mlp[-1] or the spec's dims"
+                )
             n = len(self.dims) + 1
             self._tri = torch.triu_indices(n, n, offset=1)
             width = b + n * (n - 1) // 2
@@ -163,12 +166,23 @@ def _torchrec_model(ebc: BackendEmbeddingBagCollection, dense_in: int, cfg: Mode
     dim = cfg.bottom_mlp[-1]
     bad = {t: d for t, d in dims.items() if d != dim}
     if bad:
-        raise ConfigError(f"model.arch={cfg.arch!r} (TorchRec) needs every embedding dim == bottom_mlp[-1]={dim}; "
-                          f"tables {bad} differ: change bottom_mlp[-1] or the spec's dims")
+        raise ConfigError(
+            f"model.arch={cfg.arch!r} (TorchRec) needs every embedding dim == bottom_mlp[-1]={dim}; "
+            f"tables {bad} differ: change bottom_mlp[-1] or the spec's dims"
+        )
     over = [*cfg.top_mlp, 1]
     if cfg.arch == "torchrec_dlrm":
-        return TorchRecDLRM(embedding_bag_collection=ebc, dense_in_features=dense_in,
-                            dense_arch_layer_sizes=list(cfg.bottom_mlp), over_arch_layer_sizes=over)
-    return DLRM_DCN(embedding_bag_collection=ebc, dense_in_features=dense_in,
-                    dense_arch_layer_sizes=list(cfg.bottom_mlp), over_arch_layer_sizes=over,
-                    dcn_num_layers=cfg.dcn_layers, dcn_low_rank_dim=cfg.dcn_rank or dim)
+        return TorchRecDLRM(
+            embedding_bag_collection=ebc,
+            dense_in_features=dense_in,
+            dense_arch_layer_sizes=list(cfg.bottom_mlp),
+            over_arch_layer_sizes=over,
+        )
+    return DLRM_DCN(
+        embedding_bag_collection=ebc,
+        dense_in_features=dense_in,
+        dense_arch_layer_sizes=list(cfg.bottom_mlp),
+        over_arch_layer_sizes=over,
+        dcn_num_layers=cfg.dcn_layers,
+        dcn_low_rank_dim=cfg.dcn_rank or dim,
+    )

@@ -122,8 +122,13 @@ class QualityResult:
 
 
 # ---------------------------------------------------------------- data sets
-def log_files(spec, inputs: Sequence[str | Path], every_s: int | None = None, n_files: int | None = None,
-              work_dir: str | Path | None = None) -> tuple[list[EventBatch], list[str]]:
+def log_files(
+    spec,
+    inputs: Sequence[str | Path],
+    every_s: int | None = None,
+    n_files: int | None = None,
+    work_dir: str | Path | None = None,
+) -> tuple[list[EventBatch], list[str]]:
     """Any log replayed as data files, for a feature spec: ``every_s``-second time windows (split
     as ``freshrec data split`` does, parquet in a temp dir, read back), or ``n_files`` files of
     equal count in time order (row order for a spec without a time column)."""
@@ -142,18 +147,23 @@ def log_files(spec, inputs: Sequence[str | Path], every_s: int | None = None, n_
     batch = batch.take(np.argsort(batch.ts, kind="stable"))
     bounds = np.linspace(0, len(batch), n_files + 1).round().astype(np.int64)
     files = [batch.take(np.arange(lo, hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
-    names = [f"part-{i:02d}-" + time.strftime("%Y%m%d", time.gmtime(int(f.ts[0]))) if len(f) else f"part-{i:02d}"
-             for i, f in enumerate(files)]
+    names = [
+        f"part-{i:02d}-" + time.strftime("%Y%m%d", time.gmtime(int(f.ts[0]))) if len(f) else f"part-{i:02d}"
+        for i, f in enumerate(files)
+    ]
     return files, names
 
 
-def taobao_files(csv: str | Path, every_s: int = 300, work_dir: str | Path | None = None
-                 ) -> tuple[list[EventBatch], list[str]]:
+def taobao_files(
+    csv: str | Path, every_s: int = 300, work_dir: str | Path | None = None
+) -> tuple[list[EventBatch], list[str]]:
     """The Taobao log split into ``every_s``-second files."""
     return log_files(load_spec("taobao"), [csv], every_s=every_s, work_dir=work_dir)
 
 
-def movielens_files(inter: str | Path, n_files: int = 20, spec: str = "movielens100k") -> tuple[list[EventBatch], list[str]]:
+def movielens_files(
+    inter: str | Path, n_files: int = 20, spec: str = "movielens100k"
+) -> tuple[list[EventBatch], list[str]]:
     """MovieLens-100K sorted by timestamp and cut into ``n_files`` files of equal count.
 
     Equal counts rather than calendar weeks: ratings are very unevenly spread over the 7
@@ -189,9 +199,19 @@ def with_features(spec, files: Sequence[EventBatch]) -> list[EventBatch]:
     return [dyn.process(f) for f in files]
 
 
-def run_quality(dataset: str, spec, files: Sequence[EventBatch], names: Sequence[str], model_cfg: ModelConfig,
-                train_cfg: TrainConfig, points: Sequence[int], progress=None, lr: FTRLConfig | None = None,
-                history: int = 0, full_retrain: bool = True) -> QualityResult:
+def run_quality(
+    dataset: str,
+    spec,
+    files: Sequence[EventBatch],
+    names: Sequence[str],
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    points: Sequence[int],
+    progress=None,
+    lr: FTRLConfig | None = None,
+    history: int = 0,
+    full_retrain: bool = True,
+) -> QualityResult:
     """Replay ``files`` in order; at each of ``points`` compare incremental with a full retrain and, with
     ``lr``, with an FTRL-Proximal logistic regression (:mod:`trainer.ftrl`) fed the same files in the same
     order, scored at the same points before training on the file (progressive validation).
@@ -204,8 +224,10 @@ def run_quality(dataset: str, spec, files: Sequence[EventBatch], names: Sequence
     """
     points = sorted(points)
     if points and history > points[0]:
-        raise ValueError(f"run_quality: history of {history} files overlaps the first point {points[0]}: a history "
-                         "file is trained on more than once, so it cannot be scored honestly")
+        raise ValueError(
+            f"run_quality: history of {history} files overlaps the first point {points[0]}: a history "
+            "file is trained on more than once, so it cannot be scored honestly"
+        )
     files = with_features(spec, files)
     online = LocalTrainer(spec, model_cfg, train_cfg)
     baseline = FTRLProximal(spec, lr) if lr is not None else None
@@ -213,7 +235,7 @@ def run_quality(dataset: str, spec, files: Sequence[EventBatch], names: Sequence
     out: list[QualityPoint] = []
     last = points[-1] if points else -1
     since_ex, since_s = 0, 0.0
-    for t, batch in enumerate(files[:last + 1]):
+    for t, batch in enumerate(files[: last + 1]):
         if t in points:
             inc_scores = online.score(batch)
             lr_scores = baseline.score(batch) if baseline is not None else None
@@ -223,15 +245,27 @@ def run_quality(dataset: str, spec, files: Sequence[EventBatch], names: Sequence
                 full_scores = full.score(batch)
             else:
                 spent, full_scores = {"examples": 0, "seconds": 0.0}, np.full(len(batch), np.nan, np.float32)
-            out.append(QualityPoint(
-                point=t, file=names[t], examples=len(batch), positives=int((batch.label > 0.5).sum()),
-                auc_incremental=auc(batch.label, inc_scores), log_loss_incremental=log_loss(batch.label, inc_scores),
-                auc_full_retrain=auc(batch.label, full_scores) if full_retrain else float("nan"),
-                log_loss_full_retrain=log_loss(batch.label, full_scores) if full_retrain else float("nan"),
-                inc_examples=since_ex, inc_seconds=since_s,
-                full_examples=int(spent["examples"]), full_seconds=float(spent["seconds"]),
-                **({"auc_lr": auc(batch.label, lr_scores), "log_loss_lr": log_loss(batch.label, lr_scores)}
-                   if lr_scores is not None else {})))
+            out.append(
+                QualityPoint(
+                    point=t,
+                    file=names[t],
+                    examples=len(batch),
+                    positives=int((batch.label > 0.5).sum()),
+                    auc_incremental=auc(batch.label, inc_scores),
+                    log_loss_incremental=log_loss(batch.label, inc_scores),
+                    auc_full_retrain=auc(batch.label, full_scores) if full_retrain else float("nan"),
+                    log_loss_full_retrain=log_loss(batch.label, full_scores) if full_retrain else float("nan"),
+                    inc_examples=since_ex,
+                    inc_seconds=since_s,
+                    full_examples=int(spent["examples"]),
+                    full_seconds=float(spent["seconds"]),
+                    **(
+                        {"auc_lr": auc(batch.label, lr_scores), "log_loss_lr": log_loss(batch.label, lr_scores)}
+                        if lr_scores is not None
+                        else {}
+                    ),
+                )
+            )
             since_ex, since_s = 0, 0.0
             if progress:
                 progress(out[-1])
@@ -251,14 +285,19 @@ def run_quality(dataset: str, spec, files: Sequence[EventBatch], names: Sequence
                 baseline.train(EventBatch.concat(list(files[:history])), epochs=train_cfg.history_epochs - 1)
     v = online.validator.files
     return QualityResult(
-        dataset=dataset, files=tuple(names), file_rows=tuple(len(b) for b in files), points=tuple(out),
+        dataset=dataset,
+        files=tuple(names),
+        file_rows=tuple(len(b) for b in files),
+        points=tuple(out),
         epochs_full_retrain=train_cfg.epochs_full_retrain,
         incremental_auc_by_file=tuple(m.auc for m in v),
-        incremental_examples_per_s=tuple(m.examples_per_s for m in v))
+        incremental_examples_per_s=tuple(m.examples_per_s for m in v),
+    )
 
 
-def synthetic_shard(spec, n: int, seed: int, start_ts: int = 1_511_658_000, n_users: int = 300,
-                    n_items: int = 200) -> EventBatch:
+def synthetic_shard(
+    spec, n: int, seed: int, start_ts: int = 1_511_658_000, n_users: int = 300, n_items: int = 200
+) -> EventBatch:
     """A file with a known signal, for tests and smoke runs: P(click) depends on the item
     (a fixed "good" half: 0.6, the rest: 0.1) and on the first dense feature (+0.2 when > 0).
     Every sparse table of ``spec`` gets ids; tables other than user/item get item // 10.
@@ -278,12 +317,22 @@ def synthetic_shard(spec, n: int, seed: int, start_ts: int = 1_511_658_000, n_us
     ts = start_ts + np.sort(rng.integers(0, 300, n)).astype(np.int64)
     eid = (np.int64(seed) << 32) + np.arange(n, dtype=np.int64)
     lengths = {f.name: np.ones(n, np.int64) for f in spec.sparse if f.multi_valued}  # one id per row
-    return EventBatch(source=f"synthetic-{seed}", event_id=eid, ts=ts, label=label, sparse=sparse, dense=dense,
-                      rows=np.arange(1, n + 1, dtype=np.int64), table=pa.table({"event_id": eid}), lengths=lengths)
+    return EventBatch(
+        source=f"synthetic-{seed}",
+        event_id=eid,
+        ts=ts,
+        label=label,
+        sparse=sparse,
+        dense=dense,
+        rows=np.arange(1, n + 1, dtype=np.int64),
+        table=pa.table({"event_id": eid}),
+        lengths=lengths,
+    )
 
 
-def run_strategy(spec, files: Sequence[EventBatch], model_cfg: ModelConfig, train_cfg: TrainConfig, policy,
-                 points: Sequence[int]) -> dict[str, float]:
+def run_strategy(
+    spec, files: Sequence[EventBatch], model_cfg: ModelConfig, train_cfg: TrainConfig, policy, points: Sequence[int]
+) -> dict[str, float]:
     """Progressive replay under ``policy`` (:mod:`trainer.strategies`): before each file t in
     ``points`` the current model scores file t; after every file the policy's decision is
     applied. Returns the mean AUC / log-loss over ``points`` and the examples trained up to the
@@ -303,5 +352,4 @@ def run_strategy(spec, files: Sequence[EventBatch], model_cfg: ModelConfig, trai
         spent = trainer.apply_decision(policy.decide(t), files)
         examples += spent["examples"]
         seconds += spent["seconds"]
-    return {"auc": mean_auc(aucs, losses), "log_loss": float(np.mean(losses)), "examples": examples,
-            "seconds": seconds}
+    return {"auc": mean_auc(aucs, losses), "log_loss": float(np.mean(losses)), "examples": examples, "seconds": seconds}

@@ -37,19 +37,30 @@ def write_report(results, out_dir: str | Path, dpi: int = 90) -> list[Path]:
     paths = []
     for r in results:
         s = r.summary()
-        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True,
-                                       gridspec_kw={"height_ratios": [2, 1]})
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
         x = np.arange(len(r.incremental_auc_by_file))
-        ax1.plot(x, r.incremental_auc_by_file, color="tab:blue", alpha=0.35, lw=1,
-                 label="incremental, every shard")
+        ax1.plot(x, r.incremental_auc_by_file, color="tab:blue", alpha=0.35, lw=1, label="incremental, every shard")
         px = [p.point for p in r.points]
-        ax1.plot(px, [p.auc_incremental for p in r.points], "o-", color="tab:blue",
-                 label=f"incremental at points (mean {s['auc_incremental']:.4f})")
-        ax1.plot(px, [p.auc_full_retrain for p in r.points], "s--", color="tab:orange",
-                 label=f"full retrain, {r.epochs_full_retrain} epoch(s) (mean {s['auc_full_retrain']:.4f})")
+        ax1.plot(
+            px,
+            [p.auc_incremental for p in r.points],
+            "o-",
+            color="tab:blue",
+            label=f"incremental at points (mean {s['auc_incremental']:.4f})",
+        )
+        ax1.plot(
+            px,
+            [p.auc_full_retrain for p in r.points],
+            "s--",
+            color="tab:orange",
+            label=f"full retrain, {r.epochs_full_retrain} epoch(s) (mean {s['auc_full_retrain']:.4f})",
+        )
         ax1.set_ylabel("AUC on shard t\n(trained on shards < t)")
-        ax1.set_title(f"{r.dataset}: incremental vs full retrain; compute ratio {s['compute_ratio']:.3f} "
-                      f"(examples), {s['compute_ratio_seconds']:.3f} (seconds)", fontsize=10)
+        ax1.set_title(
+            f"{r.dataset}: incremental vs full retrain; compute ratio {s['compute_ratio']:.3f} "
+            f"(examples), {s['compute_ratio_seconds']:.3f} (seconds)",
+            fontsize=10,
+        )
         ax1.grid(alpha=0.3)
         ax1.legend(fontsize=8, loc="lower right")
         ax2.bar(x, r.incremental_examples_per_s, color="tab:green", alpha=0.7)
@@ -64,10 +75,13 @@ def write_report(results, out_dir: str | Path, dpi: int = 90) -> list[Path]:
         paths.append(path)
     return paths
 
+
 def load_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a freshrec run directory (freshrec train/stream --run-dir)?")
+        raise FileNotFoundError(
+            f"{path} not found: is {run_dir} a freshrec run directory (freshrec train/stream --run-dir)?"
+        )
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -78,8 +92,10 @@ def table_header() -> str:
 def table_row(i: int, m: dict) -> str:
     """One data file's progressive metrics (scored before training on it), then its warnings if any."""
     warn = "".join(f"  warning: {w}" for w in m.get("warnings") or [])
-    return (f"{i:>4}  {m['file']:<32} {m['examples']:>8,} {m['auc']:>7.4f} {m['cumulative_auc']:>8.4f} "
-            f"{m['log_loss']:>8.4f} {m['examples_per_s']:>10,.0f}{warn}")
+    return (
+        f"{i:>4}  {m['file']:<32} {m['examples']:>8,} {m['auc']:>7.4f} {m['cumulative_auc']:>8.4f} "
+        f"{m['log_loss']:>8.4f} {m['examples_per_s']:>10,.0f}{warn}"
+    )
 
 
 def auc_table(metrics: list[dict]) -> str:

@@ -69,7 +69,7 @@ def _fit(trainer) -> None:
     def run() -> None:
         try:
             box["result"] = trainer.fit()
-        except BaseException as exc:  # noqa: BLE001 (re-raised in the calling thread)
+        except BaseException as exc:
             box["error"] = exc
 
     thread = threading.Thread(target=run, name="freshrec-train-fit", daemon=True)
@@ -98,8 +98,10 @@ def resolve_placement(placement: str, num_workers: int, has_client: bool = False
     """Where a run's shards live: ``ray`` (shard actors) or ``in_process`` (threads of the one worker's
     process). ``auto`` picks in_process for one worker unless the caller brings or keeps the shards."""
     if placement == "in_process" and (has_client or keep_ps):
-        raise ValueError("ps.placement=in_process puts the shards inside the training worker, so there is no "
-                         "client to pass in or keep: use placement ray (or auto) with client= or keep_ps=True")
+        raise ValueError(
+            "ps.placement=in_process puts the shards inside the training worker, so there is no "
+            "client to pass in or keep: use placement ray (or auto) with client= or keep_ps=True"
+        )
     if placement == "auto":
         return "in_process" if num_workers == 1 and not (has_client or keep_ps) else "ray"
     return placement
@@ -107,18 +109,37 @@ def resolve_placement(placement: str, num_workers: int, has_client: bool = False
 
 def describe_ps(ps, num_workers: int) -> str:
     """A run's parameter server in words, e.g. "2 shards in the worker's process (sync)"."""
-    where = ("in the worker's process" if resolve_placement(ps.placement, num_workers) == "in_process"
-             else "as Ray actors")
+    where = (
+        "in the worker's process" if resolve_placement(ps.placement, num_workers) == "in_process" else "as Ray actors"
+    )
     extra = f", pipeline depth {ps.pipeline_depth}" if ps.pipeline_depth else ""
     return f"{ps.num_shards} shard(s) {where} ({ps.mode}{extra})"
 
 
-def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: Path, *,
-                    ps: PSOptions | None = None, history: Path | None = None, incoming: Path | None = None,
-                    drain: bool = True, num_workers: int = 1, client=None, idle_timeout_s: float | None = None,
-                    keep_ps: bool = False, on_file=None, store_url: str | None = None, snapshots=None,
-                    storage_options: dict | None = None, version_extra: dict | None = None, versions: bool = True,
-                    max_restarts: int = 3, on_event=None, publish=None):
+def run_ps_training(
+    spec,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    run_dir: Path,
+    *,
+    ps: PSOptions | None = None,
+    history: Path | None = None,
+    incoming: Path | None = None,
+    drain: bool = True,
+    num_workers: int = 1,
+    client=None,
+    idle_timeout_s: float | None = None,
+    keep_ps: bool = False,
+    on_file=None,
+    store_url: str | None = None,
+    snapshots=None,
+    storage_options: dict | None = None,
+    version_extra: dict | None = None,
+    versions: bool = True,
+    max_restarts: int = 3,
+    on_event=None,
+    publish=None,
+):
     """Start the PS (unless ``client`` is given) and a Ray Train run over the data files.
 
     With ``versions`` (the default) model versions go to ``store_url`` (default
@@ -153,8 +174,10 @@ def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_di
         resumed_from = store.latest_valid()
         if resumed_from is not None:
             manifest = store.manifest(resumed_from)
-            on_event(f"resuming from version {resumed_from} (step {manifest.step}, {bundle.ledger_totals(manifest)[0]} data "
-                     f"files consumed, committed {manifest.committed_at_iso})")
+            on_event(
+                f"resuming from version {resumed_from} (step {manifest.step}, {bundle.ledger_totals(manifest)[0]} data "
+                f"files consumed, committed {manifest.committed_at_iso})"
+            )
     else:
         store_url = None
         for stale in (paths.metrics, paths.ledger):
@@ -163,23 +186,37 @@ def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_di
     def follow_from(version: int | None) -> MetricsFollower:
         """Tail metrics.jsonl from the records of ``version``'s data files on (later files are replayed)."""
         consumed = {e.file for e in bundle.read_ledger(store, version).entries} if version is not None else set()
-        follower = MetricsFollower(paths.metrics, on_file or (lambda i, rec: None),
-                                   skip=keep_metrics_of(paths.metrics, consumed))
+        follower = MetricsFollower(
+            paths.metrics, on_file or (lambda i, rec: None), skip=keep_metrics_of(paths.metrics, consumed)
+        )
         follower.start()
         return follower
 
     ps_cfg = ps_config_for(spec, train_cfg, ps, num_workers=num_workers, model=model_cfg)
-    ps_cfg = dataclasses.replace(ps_cfg, placement=resolve_placement(ps_cfg.placement, num_workers, client is not None,
-                                                                       keep_ps))
+    ps_cfg = dataclasses.replace(
+        ps_cfg, placement=resolve_placement(ps_cfg.placement, num_workers, client is not None, keep_ps)
+    )
     in_worker = ps_cfg.placement == "in_process"  # the one worker hosts the shards (and restores them)
     if client is None and not in_worker:
         client = create_parameter_server(ps_cfg)
     # Ray Train workers run in their own working directory: hand them absolute paths
-    config = {"spec": spec, "model_cfg": model_cfg, "train_cfg": train_cfg, "client": client, "ps_cfg": ps_cfg,
-              "run_dir": str(run_dir),
-              "history": _absolute(history), "incoming": _absolute(incoming),
-              "drain": drain, "idle_timeout_s": idle_timeout_s, "store_url": store_url, "snapshots": snapshots,
-              "storage_options": storage_options, "version_extra": version_extra or {}, "publish": publish}
+    config = {
+        "spec": spec,
+        "model_cfg": model_cfg,
+        "train_cfg": train_cfg,
+        "client": client,
+        "ps_cfg": ps_cfg,
+        "run_dir": str(run_dir),
+        "history": _absolute(history),
+        "incoming": _absolute(incoming),
+        "drain": drain,
+        "idle_timeout_s": idle_timeout_s,
+        "store_url": store_url,
+        "snapshots": snapshots,
+        "storage_options": storage_options,
+        "version_extra": version_extra or {},
+        "publish": publish,
+    }
     use_gpu = torch.cuda.is_available()  # NCCL for the dense all-reduce on GPUs, gloo on CPU
     follower = follow_from(resumed_from)
     t0 = time.perf_counter()
@@ -190,22 +227,25 @@ def run_ps_training(spec, model_cfg: ModelConfig, train_cfg: TrainConfig, run_di
                 train_loop_per_worker,
                 train_loop_config=config,
                 torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-                scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
-                                                       resources_per_worker=None if use_gpu else {"CPU": 1}),
+                scaling_config=ray.train.ScalingConfig(
+                    num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=None if use_gpu else {"CPU": 1}
+                ),
                 run_config=ray.train.RunConfig(storage_path=str(run_dir / "ray"), name=f"train-{restarts}"),
             )
             try:
                 _fit(trainer)
                 break
-            except Exception as exc:  # noqa: BLE001 (a dead shard or worker: restart from the last version)
+            except Exception as exc:
                 data_error = _data_error(exc)
                 if data_error is not None:  # the same file would fail again: stop and say why
                     raise DataFileError(data_error) from None
                 if store_url is None or restarts >= max_restarts:
                     raise
                 restarts += 1
-                on_event(f"training failed ({_failure_cause(exc)}); restart {restarts}/{max_restarts}: new shard "
-                         f"actors and workers resume from the last committed version")
+                on_event(
+                    f"training failed ({_failure_cause(exc)}); restart {restarts}/{max_restarts}: new shard "
+                    f"actors and workers resume from the last committed version"
+                )
                 if not in_worker:  # in_process: the new worker starts new shards itself
                     client.shutdown()
                     client = create_parameter_server(ps_cfg)

@@ -1,11 +1,11 @@
 """A run directory's files, and the driver-side follower of its metrics.
 
-    RUN_DIR/metrics.jsonl      one JSON record per data file (progressive AUC, throughput, ...)
-    RUN_DIR/ledger.json        the data ledger: which data files, how many rows of each
-    RUN_DIR/dead-letter.jsonl  every rejected row with its reason
-    RUN_DIR/dense.pt           the core's state at a clean end (dense params, optimizer, statistics)
-    RUN_DIR/versions/          the version store (unless the run names another store URL)
-    RUN_DIR/STOP               asks the workers to commit a final version and stop (Ctrl-C)
+RUN_DIR/metrics.jsonl      one JSON record per data file (progressive AUC, throughput, ...)
+RUN_DIR/ledger.json        the data ledger: which data files, how many rows of each
+RUN_DIR/dead-letter.jsonl  every rejected row with its reason
+RUN_DIR/dense.pt           the core's state at a clean end (dense params, optimizer, statistics)
+RUN_DIR/versions/          the version store (unless the run names another store URL)
+RUN_DIR/STOP               asks the workers to commit a final version and stop (Ctrl-C)
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class MetricsFollower(threading.Thread):
             return
         text = self.path.read_text()
         complete = text[: text.rfind("\n") + 1].splitlines()  # a line still being written waits
-        for line in complete[self._seen:]:
+        for line in complete[self._seen :]:
             self._seen += 1
             self.on_record(self._seen, json.loads(line))
 

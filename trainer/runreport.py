@@ -91,16 +91,26 @@ def collect(run_dir: str | Path, store_url: str | None = None, storage_options: 
     try:
         manifests = store.list()
         pointers = {k: v for k, v in store.serving_state().items() if k in ("latest", "published", "pinned")}
-    except Exception as exc:  # noqa: BLE001 (a report of the metrics alone is still useful)
+    except Exception as exc:
         manifests = []
         notes.append(f"the version store {store.url} could not be read ({type(exc).__name__}: {exc})")
     for m in manifests:
         gate = store.gate_decision(m.version) or {}
         metrics_extra = m.extra.get("metrics") or {}
         picked = (m.extra.get("freshness") or {}).get("newest_file_picked_up_at")
-        versions.append(VersionRow(m.version, m.kind, m.committed_at, gate.get("decision"), gate.get("code"),
-                                   gate.get("reason"), gate.get("decided_at"),
-                                   _num(metrics_extra.get("progressive_auc")), _num(picked)))
+        versions.append(
+            VersionRow(
+                m.version,
+                m.kind,
+                m.committed_at,
+                gate.get("decision"),
+                gate.get("code"),
+                gate.get("reason"),
+                gate.get("decided_at"),
+                _num(metrics_extra.get("progressive_auc")),
+                _num(picked),
+            )
+        )
         spec = m.extra.get("spec_source") or (m.extra.get("config") or {}).get("spec") or spec
     if spec is None:
         cfg = run_dir / "config.yaml"
@@ -121,8 +131,12 @@ def write_report(s: RunSummary, out_dir: str | Path, dpi: int = 90) -> list[Path
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written, missing = [], {}
-    for name, draw in (("quality", _quality), ("throughput", _throughput), ("freshness", _freshness),
-                       ("versions", _versions)):
+    for name, draw in (
+        ("quality", _quality),
+        ("throughput", _throughput),
+        ("freshness", _freshness),
+        ("versions", _versions),
+    ):
         why_not = draw(s, out / f"{name}.png", dpi)
         if why_not:
             missing[name] = why_not
@@ -139,7 +153,7 @@ def _title(s: RunSummary, what: str) -> str:
 
 
 def _dates(ts):
-    return [datetime.datetime.fromtimestamp(t, datetime.timezone.utc) for t in ts]
+    return [datetime.datetime.fromtimestamp(t, datetime.UTC) for t in ts]
 
 
 def _axes_time(ax):
@@ -175,11 +189,23 @@ def _quality(s: RunSummary, path: Path, dpi: int) -> str | None:
     pub = [v for v in s.versions if v.decision == "publish" and v.auc is not None]
     held = [v for v in s.versions if v.decision == "hold" and v.auc is not None]
     if pub:
-        a1.plot(_dates([v.committed_at for v in pub]), [v.auc for v in pub], "^", color="tab:green",
-                label="version published (its window's AUC)")
+        a1.plot(
+            _dates([v.committed_at for v in pub]),
+            [v.auc for v in pub],
+            "^",
+            color="tab:green",
+            label="version published (its window's AUC)",
+        )
     if held:
-        a1.plot(_dates([v.committed_at for v in held]), [v.auc for v in held], "x", color="tab:red", ms=9, mew=2,
-                label="version held back")
+        a1.plot(
+            _dates([v.committed_at for v in held]),
+            [v.auc for v in held],
+            "x",
+            color="tab:red",
+            ms=9,
+            mew=2,
+            label="version held back",
+        )
     a1.set_ylabel("AUC")
     a1.legend(fontsize=8, loc="lower right")
     a1.grid(alpha=0.3)
@@ -213,13 +239,22 @@ def _freshness(s: RunSummary, path: Path, dpi: int) -> str | None:
     commit = [(v.committed_at, v.to_commit_s) for v in s.versions if v.to_commit_s is not None]
     publish = [(v.decided_at, v.to_publish_s) for v in s.versions if v.to_publish_s is not None]
     if not commit:
-        return ("no version records when its newest data file was taken (manifest extra.freshness: written by "
-                "freshrec train/stream since the publish gate)" if s.versions else "no committed version")
+        return (
+            "no version records when its newest data file was taken (manifest extra.freshness: written by "
+            "freshrec train/stream since the publish gate)"
+            if s.versions
+            else "no committed version"
+        )
     fig, ax = plt.subplots(figsize=(9, 3.5))
     ax.plot(_dates([c[0] for c in commit]), [c[1] for c in commit], "o-", ms=3, label="data file taken -> committed")
     if publish:
-        ax.plot(_dates([p[0] for p in publish]), [p[1] for p in publish], "^", color="tab:green",
-                label="data file taken -> published")
+        ax.plot(
+            _dates([p[0] for p in publish]),
+            [p[1] for p in publish],
+            "^",
+            color="tab:green",
+            label="data file taken -> published",
+        )
     ax.set_ylabel("seconds")
     ax.legend(fontsize=8)
     ax.set_title(_title(s, "freshness of each version"), fontsize=10)
@@ -234,13 +269,21 @@ def _versions(s: RunSummary, path: Path, dpi: int) -> str | None:
     if not s.versions:
         return "no committed version"
     fig, ax = plt.subplots(figsize=(9, 3.5))
-    for decision, style, color, label in (("publish", "^", "tab:green", "published"),
-                                          ("hold", "x", "tab:red", "held back"),
-                                          (None, "o", "tab:gray", "not judged by the gate")):
+    for decision, style, color, label in (
+        ("publish", "^", "tab:green", "published"),
+        ("hold", "x", "tab:red", "held back"),
+        (None, "o", "tab:gray", "not judged by the gate"),
+    ):
         vs = [v for v in s.versions if v.decision == decision]
         if vs:
-            ax.plot(_dates([v.committed_at for v in vs]), [v.version for v in vs], style, color=color, ms=7,
-                    label=f"{label} ({len(vs)})")
+            ax.plot(
+                _dates([v.committed_at for v in vs]),
+                [v.version for v in vs],
+                style,
+                color=color,
+                ms=7,
+                label=f"{label} ({len(vs)})",
+            )
     ax.set_ylabel("version")
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title(_title(s, "versions committed, published and held back"), fontsize=10)
@@ -259,7 +302,7 @@ def _no_data(s: RunSummary, what: str) -> str:
 def _iso(t: float | None) -> str:
     if t is None:
         return "-"
-    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _fmt(v, spec: str = ".4f") -> str:
@@ -280,11 +323,13 @@ def _markdown(s: RunSummary, images: list[str], missing: dict[str, str]) -> str:
     if r:
         times = [x["wall_time"] for x in r if _finite(x.get("wall_time"))]
         examples = sum(int(x.get("examples", 0) or 0) for x in r)
-        lines += [f"* data files trained: **{len(r)}** ({examples:,} examples validated), "
-                  f"{_iso(min(times)) if times else '-'} to {_iso(max(times)) if times else '-'}",
-                  f"* progressive AUC: last file {_fmt(r[-1].get('auc'))}, cumulative "
-                  f"{_fmt(r[-1].get('cumulative_auc'))}; log-loss last file {_fmt(r[-1].get('log_loss'))}",
-                  f"* throughput: median {_fmt(_median([x.get('examples_per_s') for x in r]), ',.0f')} examples/s"]
+        lines += [
+            f"* data files trained: **{len(r)}** ({examples:,} examples validated), "
+            f"{_iso(min(times)) if times else '-'} to {_iso(max(times)) if times else '-'}",
+            f"* progressive AUC: last file {_fmt(r[-1].get('auc'))}, cumulative "
+            f"{_fmt(r[-1].get('cumulative_auc'))}; log-loss last file {_fmt(r[-1].get('log_loss'))}",
+            f"* throughput: median {_fmt(_median([x.get('examples_per_s') for x in r]), ',.0f')} examples/s",
+        ]
     else:
         lines += ["* **no data**: no data file was trained in this run directory (metrics.jsonl holds no record)"]
     pub = [v for v in s.versions if v.decision == "publish"]
@@ -292,15 +337,19 @@ def _markdown(s: RunSummary, images: list[str], missing: dict[str, str]) -> str:
     unjudged = [v for v in s.versions if v.decision is None]
     if s.versions:
         p = s.pointers
-        lines += [f"* versions: **{len(s.versions)}** committed, **{len(pub)}** published, **{len(held)}** held back"
-                  + (f", {len(unjudged)} not judged by the gate" if unjudged else ""),
-                  f"* serving pointers: LATEST {p.get('latest', '-')}, PUBLISHED {p.get('published') or '-'}, "
-                  f"PINNED {p.get('pinned') or '-'}"]
+        lines += [
+            f"* versions: **{len(s.versions)}** committed, **{len(pub)}** published, **{len(held)}** held back"
+            + (f", {len(unjudged)} not judged by the gate" if unjudged else ""),
+            f"* serving pointers: LATEST {p.get('latest', '-')}, PUBLISHED {p.get('published') or '-'}, "
+            f"PINNED {p.get('pinned') or '-'}",
+        ]
         fc = _median([v.to_commit_s for v in s.versions])
         fp = _median([v.to_publish_s for v in s.versions])
         if fc is not None:
-            lines += [f"* freshness (data file taken -> version): median {fc:.2f} s committed"
-                      + (f", {fp:.2f} s published" if fp is not None else "")]
+            lines += [
+                f"* freshness (data file taken -> version): median {fc:.2f} s committed"
+                + (f", {fp:.2f} s published" if fp is not None else "")
+            ]
     else:
         lines += ["* versions: none committed (no version store, or an empty one)"]
     lines += [""]

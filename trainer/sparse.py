@@ -50,7 +50,7 @@ def take_jagged(values: np.ndarray, lengths: np.ndarray, rows: np.ndarray | slic
     if isinstance(rows, slice):
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         lo, hi, _ = rows.indices(len(lengths))
-        return values[offsets[lo]:offsets[hi]], lengths[lo:hi]
+        return values[offsets[lo] : offsets[hi]], lengths[lo:hi]
     rows = np.asarray(rows, np.int64)
     if len(values) == len(lengths) and (lengths == 1).all():  # single-valued: one id per row
         return values[rows], lengths[rows]
@@ -66,8 +66,11 @@ def batch_to_kjt(batch, features: Sequence[str], rows: np.ndarray | slice | None
             v, ln = take_jagged(v, ln, rows)
         values.append(v)
         lengths.append(ln)
-    return KeyedJaggedTensor(keys=list(features), values=torch.from_numpy(np.concatenate(values)),
-                             lengths=torch.from_numpy(np.concatenate(lengths)))
+    return KeyedJaggedTensor(
+        keys=list(features),
+        values=torch.from_numpy(np.concatenate(values)),
+        lengths=torch.from_numpy(np.concatenate(lengths)),
+    )
 
 
 #: The wide (first-order) table of feature ``f`` is ``f + WIDE_SUFFIX``; its rows are WIDE_DIM floats,
@@ -82,8 +85,10 @@ def wide_table_names(spec) -> list[str]:
     names = [f.name for f in spec.model_sparse]
     bad = [n for n in names if n.endswith(WIDE_SUFFIX)]
     if bad:
-        raise ConfigError(f"sparse feature(s) {bad} end in {WIDE_SUFFIX!r}, the suffix of model.wide's tables: "
-                          "rename them in the spec or set model.wide false")
+        raise ConfigError(
+            f"sparse feature(s) {bad} end in {WIDE_SUFFIX!r}, the suffix of model.wide's tables: "
+            "rename them in the spec or set model.wide false"
+        )
     return [n + WIDE_SUFFIX for n in names]
 
 
@@ -97,13 +102,23 @@ def tables_for_spec(spec, num_embeddings: int = 1 << 17, wide: bool = False) -> 
     out = []
     for f in spec.model_sparse:
         pooling = PoolingType.MEAN if getattr(f, "pooling", "sum") == "mean" else PoolingType.SUM
-        out.append(EmbeddingBagConfig(num_embeddings=num_embeddings, embedding_dim=f.dim, name=f.name,
-                                      feature_names=[f.name], pooling=pooling))
+        out.append(
+            EmbeddingBagConfig(
+                num_embeddings=num_embeddings, embedding_dim=f.dim, name=f.name, feature_names=[f.name], pooling=pooling
+            )
+        )
     if wide:
         for f, name in zip(spec.model_sparse, wide_table_names(spec)):
             pooling = PoolingType.MEAN if getattr(f, "pooling", "sum") == "mean" else PoolingType.SUM
-            out.append(EmbeddingBagConfig(num_embeddings=num_embeddings, embedding_dim=WIDE_DIM, name=name,
-                                          feature_names=[f.name], pooling=pooling))
+            out.append(
+                EmbeddingBagConfig(
+                    num_embeddings=num_embeddings,
+                    embedding_dim=WIDE_DIM,
+                    name=name,
+                    feature_names=[f.name],
+                    pooling=pooling,
+                )
+            )
     return out
 
 
@@ -138,13 +153,17 @@ class BackendEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         for t in tables:
             for f in t.feature_names:
                 if f in seen and len(t.feature_names) != 1:
-                    raise ConfigError(f"table {t.name} re-reads feature {f}, which an earlier table reads: such a "
-                                      "table must read that one feature only (its output is keyed by its name)")
+                    raise ConfigError(
+                        f"table {t.name} re-reads feature {f}, which an earlier table reads: such a "
+                        "table must read that one feature only (its output is keyed by its name)"
+                    )
                 keys.append(t.name if f in seen else f)
                 seen.add(f)
         if len(set(keys)) != len(keys):
-            raise ConfigError(f"pooled output keys collide: {keys} (a table re-reading a feature is keyed by its "
-                              "own name, which must not be a feature name)")
+            raise ConfigError(
+                f"pooled output keys collide: {keys} (a table re-reading a feature is keyed by its "
+                "own name, which must not be a feature name)"
+            )
         self.output_keys: list[str] = keys  # per (table, feature) in order: the key of its pooled rows
         self._ids: dict[str, np.ndarray] = {}
         self._rows: dict[str, torch.Tensor] = {}
@@ -181,8 +200,10 @@ class BackendEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             r = rows[t.name]
             tensor = torch.from_numpy(r) if isinstance(r, np.ndarray) else r
             if tensor.shape != (len(ids[t.name]), t.embedding_dim):
-                raise ValueError(f"table {t.name}: staged rows {tuple(tensor.shape)} do not fit "
-                                 f"{len(ids[t.name])} ids x dim {t.embedding_dim}")
+                raise ValueError(
+                    f"table {t.name}: staged rows {tuple(tensor.shape)} do not fit "
+                    f"{len(ids[t.name])} ids x dim {t.embedding_dim}"
+                )
             staged[t.name] = tensor.to(self._device).requires_grad_(requires_grad)
         self._rows = staged
 
@@ -204,8 +225,10 @@ class BackendEmbeddingBagCollection(EmbeddingBagCollectionInterface):
     # ------------------------------------------------------------------ forward
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         if not self._rows:
-            raise RuntimeError("no rows staged: the training core pulls rows from the embedding backend and "
-                               "calls stage() before each forward pass (see trainer.core)")
+            raise RuntimeError(
+                "no rows staged: the training core pulls rows from the embedding backend and "
+                "calls stage() before each forward pass (see trainer.core)"
+            )
         by_key = _values_by_key(features)
         pooled, dims = [], []
         for t in self._configs:
@@ -214,7 +237,7 @@ class BackendEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             for f in t.feature_names:
                 values, lengths = by_key[f]
                 n = len(values)
-                pooled.append(_pool(rows[at:at + n], lengths, t.pooling))
+                pooled.append(_pool(rows[at : at + n], lengths, t.pooling))
                 dims.append(t.embedding_dim)
                 at += n
         return KeyedTensor(keys=list(self.output_keys), length_per_key=dims, values=torch.cat(pooled, dim=1))
@@ -245,7 +268,9 @@ def find_collection(model: torch.nn.Module) -> BackendEmbeddingBagCollection:
     """The one BackendEmbeddingBagCollection inside ``model`` (DDP-wrapped or not)."""
     found = [m for m in model.modules() if isinstance(m, BackendEmbeddingBagCollection)]
     if len(found) != 1:
-        raise ConfigError(f"the model must hold exactly one BackendEmbeddingBagCollection (its embedding rows come "
-                          f"from the backend), found {len(found)}: build it with trainer.model.build_model or pass "
-                          f"one to your TorchRec model")
+        raise ConfigError(
+            f"the model must hold exactly one BackendEmbeddingBagCollection (its embedding rows come "
+            f"from the backend), found {len(found)}: build it with trainer.model.build_model or pass "
+            f"one to your TorchRec model"
+        )
     return found[0]

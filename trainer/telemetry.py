@@ -15,10 +15,12 @@ def record_file(rec: dict, report) -> None:
     """A data file is done: ``rec`` is its metrics.jsonl record, ``report`` its data FileReport."""
     record("freshrec_trainer_data_files_total", 1)
     record("freshrec_trainer_examples_total", int(rec.get("examples_trained", 0)))
-    for name, key in (("freshrec_trainer_examples_per_second", "examples_per_s"),
-                      ("freshrec_trainer_progressive_auc_ratio", "auc"),
-                      ("freshrec_trainer_progressive_logloss_nats", "log_loss"),
-                      ("freshrec_trainer_cumulative_auc_ratio", "cumulative_auc")):
+    for name, key in (
+        ("freshrec_trainer_examples_per_second", "examples_per_s"),
+        ("freshrec_trainer_progressive_auc_ratio", "auc"),
+        ("freshrec_trainer_progressive_logloss_nats", "log_loss"),
+        ("freshrec_trainer_cumulative_auc_ratio", "cumulative_auc"),
+    ):
         value = rec.get(key)
         if isinstance(value, (int, float)) and math.isfinite(value):
             record(name, float(value))

@@ -83,11 +83,21 @@ class VersionKeeper:
     data files trained since the previous version, each scored before training on it).
     """
 
-    def __init__(self, store_url: str, backend, core, snapshots: SnapshotConfig | None = None, *,
-                 storage_options: dict | None = None, extra: dict | None = None,
-                 barrier: Callable[[], None] = _single_process_barrier,
-                 broadcast: Callable = _single_process_broadcast, on_commit=None,
-                 publish: PublishConfig | None = None, data=None) -> None:
+    def __init__(
+        self,
+        store_url: str,
+        backend,
+        core,
+        snapshots: SnapshotConfig | None = None,
+        *,
+        storage_options: dict | None = None,
+        extra: dict | None = None,
+        barrier: Callable[[], None] = _single_process_barrier,
+        broadcast: Callable = _single_process_broadcast,
+        on_commit=None,
+        publish: PublishConfig | None = None,
+        data=None,
+    ) -> None:
         self.url, self.storage_options = str(store_url), storage_options
         self.store = VersionStore(self.url, storage_options)
         self.backend, self.core = backend, core
@@ -117,7 +127,7 @@ class VersionKeeper:
     def _window_metrics(self) -> VersionMetrics:
         """Progressive validation of the data files trained since the last cut (rank 0's validator)."""
         validator = getattr(self.core, "validator", None)
-        files = validator.files[self._files_mark:] if validator is not None else []
+        files = validator.files[self._files_mark :] if validator is not None else []
         self._files_mark = self._validated()
         take = getattr(validator, "take_window", None)  # the window's score histogram (the publish gate's test)
         return VersionMetrics.of_files(files, take() if take is not None else None)
@@ -155,8 +165,12 @@ class VersionKeeper:
                 self._consecutive_failures += 1
                 if self._consecutive_failures >= self.max_failures:
                     self._raise_writer_error()
-                log.warning("writing a model version failed (%d in a row; training goes on, the next version "
-                            "carries its changes): %s", self._consecutive_failures, self._error)
+                log.warning(
+                    "writing a model version failed (%d in a row; training goes on, the next version "
+                    "carries its changes): %s",
+                    self._consecutive_failures,
+                    self._error,
+                )
                 self._error = None
             d = self.policy.decide(self.core.step, time.time(), data_file_done=True)
             if d.snapshot or force:
@@ -186,9 +200,12 @@ class VersionKeeper:
             window = {"metrics": self._window_metrics().to_dict()}
             if self._picked_up_at is not None:
                 window["freshness"] = {"newest_file_picked_up_at": self._picked_up_at}
-            self._writer = threading.Thread(target=self._write,
-                                            args=(cut_id, decision, step, arrays, meta, pause_ms, window),
-                                            name="freshrec-version-writer", daemon=True)
+            self._writer = threading.Thread(
+                target=self._write,
+                args=(cut_id, decision, step, arrays, meta, pause_ms, window),
+                name="freshrec-version-writer",
+                daemon=True,
+            )
             self._writer.start()
         self.barrier()  # training resumes
         return True
@@ -206,8 +223,9 @@ class VersionKeeper:
         if self.rank == 0:
             self.wait()
 
-    def _write(self, cut_id: str, decision, step: int, arrays: dict, meta: dict, pause_ms: float,
-               window: dict | None = None) -> None:
+    def _write(
+        self, cut_id: str, decision, step: int, arrays: dict, meta: dict, pause_ms: float, window: dict | None = None
+    ) -> None:
         t_write = time.perf_counter()
         kind = decision.kind
         parent = self.last_version if kind == "delta" else None
@@ -220,9 +238,13 @@ class VersionKeeper:
             parts += bundle.write_model(writer, (arrays, meta), feats, data)
             digest = writer.digest(parts)
             ledger = bundle.ledger_ref(data.summary) if data is not None else self.core.ledger.to_dict()
-            manifest = writer.commit(parts, ledger=ledger, model_digest=digest, rows=bundle.model_rows(parts, kind),
-                                     extra={"pause_ms": round(pause_ms, 3), "examples_trained": meta["examples_trained"],
-                                            **(window or {})})
+            manifest = writer.commit(
+                parts,
+                ledger=ledger,
+                model_digest=digest,
+                rows=bundle.model_rows(parts, kind),
+                extra={"pause_ms": round(pause_ms, 3), "examples_trained": meta["examples_trained"], **(window or {})},
+            )
             if data is not None:
                 self.data.committed(data)
             self.backend.commit_cut(cut_id)
@@ -236,14 +258,14 @@ class VersionKeeper:
                 self.last_version = self.store.compact(manifest.version).version
                 self._gate(self.last_version)  # the same model: the same decision, unless its parts are bad
                 self.store.gc(keep=self.policy.cfg.keep)  # retention: never a base a kept delta needs
-        except BaseException as exc:  # noqa: BLE001 (reported by the next after_file or wait)
+        except BaseException as exc:
             self.failures += 1
             telemetry.record_version_failure()
             try:
                 self.backend.abort_cut(cut_id)
                 if writer is not None and not writer.done:
                     writer.abort()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("aborting a failed version")
             self._error = exc
 
@@ -252,7 +274,7 @@ class VersionKeeper:
         version unpublished (the next one is judged again) and never fails the version."""
         try:
             d = self.publisher(version)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("the publish gate could not judge version %d: it stays unpublished", version)
             return
         self.decisions[version] = d
@@ -271,8 +293,10 @@ class VersionKeeper:
     def _raise_writer_error(self) -> None:
         if self._error is not None:
             exc, self._error = self._error, None
-            raise RuntimeError(f"writing a model version failed (its changes stay pending for the next one): "
-                               f"{type(exc).__name__}: {exc}") from exc
+            raise RuntimeError(
+                f"writing a model version failed (its changes stay pending for the next one): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
 
 
 def load_trainer(store_url: str, version: int | None = None, spec=None, storage_options: dict | None = None):

@@ -62,8 +62,16 @@ def _train(config: dict, rank: int, world: int, spec, client) -> None:
     import ray.train.torch
 
     wrap = ray.train.torch.prepare_model if world > 1 else None
-    core = TrainerCore(spec, config["model_cfg"], config["train_cfg"], client, rank=rank, world=world,
-                       wrap_model=wrap, device=ray.train.torch.get_device())
+    core = TrainerCore(
+        spec,
+        config["model_cfg"],
+        config["train_cfg"],
+        client,
+        rank=rank,
+        world=world,
+        wrap_model=wrap,
+        device=ray.train.torch.get_device(),
+    )
     paths = RunPaths(Path(config["run_dir"]))
     dead = DeadLetterWriter(paths.dead_letter if rank == 0 else None)
     validator = Validator(spec, dead, stream=True)  # late events: the spec's lateness policy
@@ -72,9 +80,18 @@ def _train(config: dict, rank: int, world: int, spec, client) -> None:
     barrier, broadcast = collectives(world)
     keeper = None
     if config.get("store_url"):
-        keeper = VersionKeeper(config["store_url"], client, core, config.get("snapshots"),
-                               storage_options=config.get("storage_options"), extra=config.get("version_extra"),
-                               barrier=barrier, broadcast=broadcast, publish=config.get("publish"), data=data_state)
+        keeper = VersionKeeper(
+            config["store_url"],
+            client,
+            core,
+            config.get("snapshots"),
+            storage_options=config.get("storage_options"),
+            extra=config.get("version_extra"),
+            barrier=barrier,
+            broadcast=broadcast,
+            publish=config.get("publish"),
+            data=data_state,
+        )
         keeper.restore(reread=lambda name: _reread(name, history, incoming, spec))
     files = 0
     extra_epochs = config["train_cfg"].history_epochs > 1
@@ -85,7 +102,7 @@ def _train(config: dict, rank: int, world: int, spec, client) -> None:
             _history_passes(core, history_batches, keeper)
             history_batches = []
         picked_up_at = time.time()  # rank 0: the data file has landed and was taken (freshness starts)
-        keep = (lambda batch: history_batches.append(core.with_features(batch))) if from_history else None
+        keep = (lambda batch, kept=history_batches: kept.append(core.with_features(batch))) if from_history else None
         taken = consume(ref, core, validator, dead, config.get("max_dead_share", spec.max_dead_share), keep)
         if taken is None:  # refused: nothing trained
             continue
@@ -93,13 +110,21 @@ def _train(config: dict, rank: int, world: int, spec, client) -> None:
         files += 1
         if rank == 0:
             rate = core.last_trained / metrics.train_seconds if metrics.train_seconds > 0 else float("nan")
-            record = {**dataclasses.asdict(metrics), "examples_trained": core.last_trained, "examples_per_s": rate,
-                      "dropped_pushes": core.dropped_pushes,
-                      "cumulative_auc": core.validator.cumulative()["auc"], "ledger_rows": core.ledger.total_rows,
-                      "rows_dead": report.rows_dead, "rows_late": report.rows_late,
-                      "warnings": list(report.warnings) + ([] if report.complete else [report.unreadable or
-                                                           "not read to its end: retried when it changes"]),
-                      "step": core.step, "picked_up_at": picked_up_at, "wall_time": time.time()}
+            record = {
+                **dataclasses.asdict(metrics),
+                "examples_trained": core.last_trained,
+                "examples_per_s": rate,
+                "dropped_pushes": core.dropped_pushes,
+                "cumulative_auc": core.validator.cumulative()["auc"],
+                "ledger_rows": core.ledger.total_rows,
+                "rows_dead": report.rows_dead,
+                "rows_late": report.rows_late,
+                "warnings": list(report.warnings)
+                + ([] if report.complete else [report.unreadable or "not read to its end: retried when it changes"]),
+                "step": core.step,
+                "picked_up_at": picked_up_at,
+                "wall_time": time.time(),
+            }
             with open(paths.metrics, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
             record_file(record, report)  # Prometheus series through Ray's metrics
@@ -117,8 +142,14 @@ def _train(config: dict, rank: int, world: int, spec, client) -> None:
         keeper.finish()
     if rank == 0:
         torch.save(core.state_dict(), paths.dense)
-    ray.train.report({"files": files, "steps": core.step, "examples": core.examples_trained,
-                      "version": keeper.last_version if keeper else None})
+    ray.train.report(
+        {
+            "files": files,
+            "steps": core.step,
+            "examples": core.examples_trained,
+            "version": keeper.last_version if keeper else None,
+        }
+    )
 
 
 def consume(ref, core, validator, dead, max_dead_share: float, keep=None):
@@ -148,9 +179,11 @@ def _refuse(ref, core, dead, rank: int) -> None:
     if rank != 0:
         return
     taken = [e.sha256 for e in core.ledger.consumed(ref.name, ref.source)]
-    detail = (f"{ref.name} now has sha256 {ref.sha256} ({ref.size} bytes); the file consumed under this name had "
-              f"{', '.join(str(t) for t in taken)}: a data file must not change after it lands (write under an "
-              "in-progress name, then rename); publish new rows as a new file")
+    detail = (
+        f"{ref.name} now has sha256 {ref.sha256} ({ref.size} bytes); the file consumed under this name had "
+        f"{', '.join(str(t) for t in taken)}: a data file must not change after it lands (write under an "
+        "in-progress name, then rename); publish new rows as a new file"
+    )
     dead.write(ref.path, [0], [CHANGED_FILE], [detail], [""])
     record("freshrec_trainer_dead_letters_total", 1, reason=CHANGED_FILE)
     log.warning("data file refused (%s): %s", CHANGED_FILE, detail)
@@ -161,8 +194,14 @@ def _followed(rank: int, broadcast, history, incoming, ledger, config: dict, pat
     and broadcasts each file (None: the end, also on a stop request while it waits for files)."""
     files = None
     if rank == 0:
-        files = follow_data_files(history, incoming, ledger, config["drain"], idle_timeout_s=config.get("idle_timeout_s"),
-                                  stop=paths.stop.exists)
+        files = follow_data_files(
+            history,
+            incoming,
+            ledger,
+            config["drain"],
+            idle_timeout_s=config.get("idle_timeout_s"),
+            stop=paths.stop.exists,
+        )
     while True:
         ref = next(files, None) if rank == 0 else None
         ref = broadcast(ref)

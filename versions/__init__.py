@@ -13,8 +13,15 @@ A leaf package: it imports only ``common`` (plus numpy and fsspec).
 """
 
 from versions.digest import ModelDigest, model_digest
-from versions.errors import (CorruptVersionError, NoSuchVersionError, StoreError, StoreUnavailableError,
-                             VersionError, VersionWriteError, WriterFencedError)
+from versions.errors import (
+    CorruptVersionError,
+    NoSuchVersionError,
+    StoreError,
+    StoreUnavailableError,
+    VersionError,
+    VersionWriteError,
+    WriterFencedError,
+)
 from versions.leases import ServingLease
 from versions.manifest import Manifest, PartInfo
 from versions.policy import SnapshotConfig, SnapshotDecision, SnapshotPolicy

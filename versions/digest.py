@@ -78,8 +78,10 @@ class ModelDigest:
     def _order(self, section: str, name: str) -> None:
         key = (self._SECTIONS.index(section), name)
         if self._last is not None and key <= self._last:
-            raise ValueError(f"ModelDigest: {section} {name!r} comes after {self._SECTIONS[self._last[0]]} "
-                             f"{self._last[1]!r}; feed tables, then dense, then arrays, each in name order, once")
+            raise ValueError(
+                f"ModelDigest: {section} {name!r} comes after {self._SECTIONS[self._last[0]]} "
+                f"{self._last[1]!r}; feed tables, then dense, then arrays, each in name order, once"
+            )
         self._last = key
 
     def table(self, name: str, arrays: Mapping[str, np.ndarray]) -> None:
@@ -107,8 +109,11 @@ class ModelDigest:
         return self._h.hexdigest()
 
 
-def model_digest(tables: Mapping[str, Mapping[str, np.ndarray]], dense: Mapping[str, np.ndarray] | None = None,
-                 extra_arrays: Mapping[str, np.ndarray] | None = None) -> str:
+def model_digest(
+    tables: Mapping[str, Mapping[str, np.ndarray]],
+    dense: Mapping[str, np.ndarray] | None = None,
+    extra_arrays: Mapping[str, np.ndarray] | None = None,
+) -> str:
     """sha256 hex of the canonical content (module docstring) of ``tables`` ({table: {"ids": int64 [n],
     "rows": [n, dim], "opt_state_0": ..., "count": ..., "last_seen": ...}}), ``dense`` ({name: array},
     e.g. a torch state_dict as numpy) and ``extra_arrays`` (feature statistics, ...).

@@ -43,8 +43,10 @@ class CorruptVersionError(VersionError):
         self.reason = reason
 
     def __str__(self) -> str:
-        return (f"version {self.version} is corrupt: part {self.part!r} {self.reason}; load an earlier version "
-                f"(VersionStore.latest_valid()) and check the storage, or rewrite it with a full version")
+        return (
+            f"version {self.version} is corrupt: part {self.part!r} {self.reason}; load an earlier version "
+            f"(VersionStore.latest_valid()) and check the storage, or rewrite it with a full version"
+        )
 
 
 class NoSuchVersionError(VersionError, LookupError):
@@ -74,9 +76,11 @@ class StoreUnavailableError(StoreError, ConnectionError):
         self.args = (url, str(cause))
 
     def __str__(self) -> str:
-        return (f"version store {self.url} is unavailable: {self.cause}; this may be transient (retry with "
-                f"backoff); if it persists check the URL, the credentials (storage_options) and that the bucket "
-                f"or directory exists")
+        return (
+            f"version store {self.url} is unavailable: {self.cause}; this may be transient (retry with "
+            f"backoff); if it persists check the URL, the credentials (storage_options) and that the bucket "
+            f"or directory exists"
+        )
 
 
 class VersionWriteError(VersionError):

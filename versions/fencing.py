@@ -88,8 +88,10 @@ def is_live(state: dict | None, now: float | None = None) -> bool:
 
 def describe(state: dict) -> str:
     left = float(state.get("expires_at", 0)) - time.time()
-    return (f"{state.get('holder')!r} (host {state.get('host')}, pid {state.get('pid')}, epoch {state.get('epoch')}, "
-            f"lease {f'expires in {left:.0f} s' if left > 0 else 'expired'})")
+    return (
+        f"{state.get('holder')!r} (host {state.get('host')}, pid {state.get('pid')}, epoch {state.get('epoch')}, "
+        f"lease {f'expires in {left:.0f} s' if left > 0 else 'expired'})"
+    )
 
 
 class WriterLease:
@@ -155,8 +157,14 @@ class WriterLease:
                 raise ValueError("no epoch")
         except ValueError as exc:
             log.warning("the writer lease %s is unreadable (%s): treated as expired", self.path, exc)
-            return {"epoch": 0, "holder": "", "expires_at": 0, "writing": {}, "last_version": 0,
-                    "unreadable": True}, tag
+            return {
+                "epoch": 0,
+                "holder": "",
+                "expires_at": 0,
+                "writing": {},
+                "last_version": 0,
+                "unreadable": True,
+            }, tag
         return state, tag
 
     def _write(self, state: dict, tag: str | None, existed: bool) -> bool:
@@ -201,8 +209,15 @@ class WriterLease:
     # ------------------------------------------------------------- the lease
     def _fresh(self, state: dict | None, epoch: int, now: float) -> dict:
         state = dict(state or {})
-        state.update(epoch=epoch, holder=self.holder, host=socket.gethostname(), pid=os.getpid(),
-                     renewed_at=now, expires_at=now + self.store.writer_ttl_s, released=False)
+        state.update(
+            epoch=epoch,
+            holder=self.holder,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            renewed_at=now,
+            expires_at=now + self.store.writer_ttl_s,
+            released=False,
+        )
         state.setdefault("acquired_at", now)
         state.setdefault("writing", {})
         state.setdefault("last_version", 0)
@@ -215,10 +230,14 @@ class WriterLease:
         if state is not None and state.get("holder") == self.holder and not state.get("released"):
             return self._fresh(state, int(state["epoch"]), now)  # a renewal (or another store of this process)
         if state is not None and is_live(state, now) and not takeover:
-            raise WriterFencedError(None, f"another writer holds this store: {describe(state)}; stop it, or wait "
-                                          f"until its lease expires (a crashed writer's lease expires "
-                                          f"{self.store.writer_ttl_s:g} s after its last heartbeat)",
-                                    str(state.get("holder")), int(state.get("epoch", 0)))
+            raise WriterFencedError(
+                None,
+                f"another writer holds this store: {describe(state)}; stop it, or wait "
+                f"until its lease expires (a crashed writer's lease expires "
+                f"{self.store.writer_ttl_s:g} s after its last heartbeat)",
+                str(state.get("holder")),
+                int(state.get("epoch", 0)),
+            )
         epoch = int(state.get("epoch", 0)) + 1 if state else 1
         if state is not None and state.get("holder") != self.holder and state.get("holder"):
             log.warning("taking over the writer lease of %s with epoch %d", describe(state), epoch)
@@ -245,15 +264,25 @@ class WriterLease:
 
     def check(self, epoch: int, version: int | None = None) -> dict:
         """Renew the lease if it is still this writer's at ``epoch``; WriterFencedError otherwise."""
+
         def renew(state):
-            if state is None or state.get("holder") != self.holder or state.get("epoch") != epoch \
-                    or state.get("released"):
+            if (
+                state is None
+                or state.get("holder") != self.holder
+                or state.get("epoch") != epoch
+                or state.get("released")
+            ):
                 who = describe(state) if state else "nobody (WRITER.json is gone)"
-                raise WriterFencedError(version, f"this writer (epoch {epoch}) was fenced: the store's writer "
-                                                 f"lease is now held by {who}; restart the writer (it resumes "
-                                                 f"from the newest committed version)",
-                                        str((state or {}).get("holder", "")), int((state or {}).get("epoch", 0)))
+                raise WriterFencedError(
+                    version,
+                    f"this writer (epoch {epoch}) was fenced: the store's writer "
+                    f"lease is now held by {who}; restart the writer (it resumes "
+                    f"from the newest committed version)",
+                    str((state or {}).get("holder", "")),
+                    int((state or {}).get("epoch", 0)),
+                )
             return self._fresh(state, epoch, time.time())
+
         try:
             state = self.update(renew)
         except WriterFencedError:
@@ -273,6 +302,7 @@ class WriterLease:
             if state is None or state.get("holder") != self.holder or state.get("epoch") != epoch:
                 return None
             return {**state, "released": True, "expires_at": time.time()}
+
         self.update(drop)
         return True
 

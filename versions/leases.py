@@ -54,8 +54,13 @@ class ServingLease:
         """Parse a lease object; ValueError on anything that is not one."""
         try:
             raw = json.loads(text)
-            lease = cls(holder=str(raw["holder"]), version=int(raw["version"]), role=str(raw["role"]),
-                        expires_at=float(raw["expires_at"]), host=str(raw.get("host", "")))
+            lease = cls(
+                holder=str(raw["holder"]),
+                version=int(raw["version"]),
+                role=str(raw["role"]),
+                expires_at=float(raw["expires_at"]),
+                host=str(raw.get("host", "")),
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"not a serving lease: {exc}") from None
         if lease.version < 1 or not math.isfinite(lease.expires_at):
@@ -66,8 +71,10 @@ class ServingLease:
 def check_holder(holder: str) -> str:
     """A holder name: non-empty text of at most 200 printable characters, no '/' or whitespace-only."""
     if not isinstance(holder, str) or not holder.strip() or len(holder) > MAX_HOLDER or not holder.isprintable():
-        raise ValueError(f"bad lease holder {holder!r}: use a non-empty printable name of at most {MAX_HOLDER} "
-                         f"characters that identifies one serving process (e.g. 'replica-3@pod-a')")
+        raise ValueError(
+            f"bad lease holder {holder!r}: use a non-empty printable name of at most {MAX_HOLDER} "
+            f"characters that identifies one serving process (e.g. 'replica-3@pod-a')"
+        )
     return holder
 
 

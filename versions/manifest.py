@@ -81,18 +81,35 @@ class Manifest:
 
     def summary(self) -> dict:
         """The fields ``freshrec snapshots list`` shows."""
-        return {"version": self.version, "parent": self.parent, "kind": self.kind, "step": self.step,
-                "committed_at": self.committed_at_iso, "data_files": list(self.data_files), "rows": self.rows,
-                "bytes": self.bytes, "model_digest": self.model_digest}
+        return {
+            "version": self.version,
+            "parent": self.parent,
+            "kind": self.kind,
+            "step": self.step,
+            "committed_at": self.committed_at_iso,
+            "data_files": list(self.data_files),
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "model_digest": self.model_digest,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Manifest":
-        return cls(version=int(d["version"]), parent=None if d.get("parent") is None else int(d["parent"]),
-                   kind=str(d["kind"]), step=int(d["step"]), committed_at=float(d["committed_at"]),
-                   committed_at_iso=str(d["committed_at_iso"]), ledger=dict(d.get("ledger") or {}),
-                   data_files=tuple(d.get("data_files", ())), rows=int(d.get("rows", 0)),
-                   bytes=int(d.get("bytes", 0)), model_digest=str(d.get("model_digest", "")),
-                   parts=tuple(PartInfo.from_dict(p) for p in d.get("parts", ())), extra=dict(d.get("extra") or {}))
+        return cls(
+            version=int(d["version"]),
+            parent=None if d.get("parent") is None else int(d["parent"]),
+            kind=str(d["kind"]),
+            step=int(d["step"]),
+            committed_at=float(d["committed_at"]),
+            committed_at_iso=str(d["committed_at_iso"]),
+            ledger=dict(d.get("ledger") or {}),
+            data_files=tuple(d.get("data_files", ())),
+            rows=int(d.get("rows", 0)),
+            bytes=int(d.get("bytes", 0)),
+            model_digest=str(d.get("model_digest", "")),
+            parts=tuple(PartInfo.from_dict(p) for p in d.get("parts", ())),
+            extra=dict(d.get("extra") or {}),
+        )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Manifest":
@@ -112,7 +129,7 @@ def data_files_of(ledger: dict | None) -> tuple[str, ...]:
 
 def now() -> tuple[float, str]:
     """(unix time, ISO 8601 UTC) of this instant."""
-    t = datetime.datetime.now(datetime.timezone.utc)
+    t = datetime.datetime.now(datetime.UTC)
     return t.timestamp(), t.isoformat()
 
 

@@ -23,8 +23,9 @@ import numpy as np
 Keep = Callable[[np.ndarray], np.ndarray]  # ids -> bool mask of the ids to keep
 
 
-def merge_keyed(layers: Sequence[Sequence[dict[str, np.ndarray]]], keep: Keep | None = None,
-                fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+def merge_keyed(
+    layers: Sequence[Sequence[dict[str, np.ndarray]]], keep: Keep | None = None, fields: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
     """Merge ``layers`` (one list of part arrays per version, base first) into one sorted table.
 
     ``keep(ids) -> bool mask`` filters ids as parts are read (a shard restoring only its own
@@ -59,8 +60,10 @@ def merge_keyed(layers: Sequence[Sequence[dict[str, np.ndarray]]], keep: Keep | 
     names = [k for k in sources[0] if k not in ("ids", "deleted")]
     for s in sources[1:]:
         if sorted(k for k in s if k not in ("ids", "deleted")) != sorted(names):
-            raise ValueError(f"keyed parts disagree on their arrays: {sorted(names)} vs "
-                             f"{sorted(k for k in s if k not in ('ids', 'deleted'))}")
+            raise ValueError(
+                f"keyed parts disagree on their arrays: {sorted(names)} vs "
+                f"{sorted(k for k in s if k not in ('ids', 'deleted'))}"
+            )
     if fields is not None:
         missing = sorted(set(fields) - set(names))
         if missing:
@@ -70,8 +73,10 @@ def merge_keyed(layers: Sequence[Sequence[dict[str, np.ndarray]]], keep: Keep | 
         ids, pos = ids_l[0], pos_l[0]
         if len(ids) < 2 or (ids[1:] > ids[:-1]).all():
             whole = len(pos) == len(sources[0]["ids"])
-            return {"ids": ids, **{k: (np.asarray(sources[0][k]) if whole else np.asarray(sources[0][k])[pos])
-                                   for k in names}}
+            return {
+                "ids": ids,
+                **{k: (np.asarray(sources[0][k]) if whole else np.asarray(sources[0][k])[pos]) for k in names},
+            }
     all_ids = np.concatenate(ids_l) if ids_l else np.empty(0, np.int64)
     all_src = np.concatenate(src_l) if src_l else np.empty(0, np.int32)
     all_pos = np.concatenate(pos_l) if pos_l else np.empty(0, np.int64)

@@ -47,8 +47,15 @@ def encode(arrays: Mapping[str, np.ndarray], meta: Mapping | None = None) -> Ite
     arrays = {str(k): _le(v, str(k)) for k, v in arrays.items()}
     entries, offset = [], 0
     for name, arr in arrays.items():
-        entries.append({"name": name, "dtype": arr.dtype.str, "shape": list(arr.shape), "offset": offset,
-                        "nbytes": int(arr.nbytes)})
+        entries.append(
+            {
+                "name": name,
+                "dtype": arr.dtype.str,
+                "shape": list(arr.shape),
+                "offset": offset,
+                "nbytes": int(arr.nbytes),
+            }
+        )
         offset += arr.nbytes + _pad(arr.nbytes)
     header = json.dumps({"meta": dict(meta or {}), "arrays": entries}, sort_keys=True).encode()
     header += b" " * _pad(16 + len(header))
@@ -66,7 +73,7 @@ def write(fileobj, arrays: Mapping[str, np.ndarray], meta: Mapping | None = None
     digest, size = hashlib.sha256(), 0
     for chunk in encode(arrays, meta):
         for start in range(0, len(chunk), 64 << 20):  # 64 MiB pieces: bounded buffers on object stores
-            piece = chunk[start:start + (64 << 20)]
+            piece = chunk[start : start + (64 << 20)]
             digest.update(piece)
             fileobj.write(piece)
             size += len(piece)
@@ -82,7 +89,7 @@ def decode(buf: bytes | bytearray | memoryview) -> tuple[dict, dict[str, np.ndar
     if 16 + hlen > len(view):
         raise ValueError("is truncated inside its header")
     try:
-        header = json.loads(bytes(view[16:16 + hlen]))
+        header = json.loads(bytes(view[16 : 16 + hlen]))
     except ValueError as exc:
         raise ValueError(f"has an unreadable header ({exc})") from None
     base = 16 + hlen
@@ -95,6 +102,7 @@ def decode(buf: bytes | bytearray | memoryview) -> tuple[dict, dict[str, np.ndar
         if nbytes == 0:
             out[e["name"]] = np.empty(e["shape"], dtype)
             continue
-        out[e["name"]] = np.frombuffer(view, dtype=dtype, count=nbytes // dtype.itemsize,
-                                       offset=start).reshape(e["shape"])
+        out[e["name"]] = np.frombuffer(view, dtype=dtype, count=nbytes // dtype.itemsize, offset=start).reshape(
+            e["shape"]
+        )
     return header.get("meta", {}), out

@@ -53,17 +53,23 @@ class SnapshotConfig:
     def __post_init__(self) -> None:
         if self.every_steps is not None and (not _is_int(self.every_steps) or self.every_steps < 1):
             raise ConfigError(f"snapshots.every_steps must be an integer >= 1 or null, got {self.every_steps!r}")
-        if self.every_seconds is not None and not (isinstance(self.every_seconds, (int, float))
-                                                   and not isinstance(self.every_seconds, bool)
-                                                   and 0 < self.every_seconds < math.inf):
+        if self.every_seconds is not None and not (
+            isinstance(self.every_seconds, (int, float))
+            and not isinstance(self.every_seconds, bool)
+            and 0 < self.every_seconds < math.inf
+        ):
             raise ConfigError(f"snapshots.every_seconds must be a positive number or null, got {self.every_seconds!r}")
         if not isinstance(self.every_data_file, bool):
             raise ConfigError(f"snapshots.every_data_file must be true or false, got {self.every_data_file!r}")
         if self.every_steps is None and self.every_seconds is None and not self.every_data_file:
-            raise ConfigError("snapshots: set at least one of every_steps, every_seconds, every_data_file: true "
-                              "(otherwise no version is ever written)")
+            raise ConfigError(
+                "snapshots: set at least one of every_steps, every_seconds, every_data_file: true "
+                "(otherwise no version is ever written)"
+            )
         if not _is_int(self.full_every) or self.full_every < 1:
-            raise ConfigError(f"snapshots.full_every must be an integer >= 1 (1 = always full), got {self.full_every!r}")
+            raise ConfigError(
+                f"snapshots.full_every must be an integer >= 1 (1 = always full), got {self.full_every!r}"
+            )
         if self.full_by not in ("compaction", "cut"):
             raise ConfigError(f"snapshots.full_by must be 'compaction' or 'cut', got {self.full_by!r}")
         if not _is_int(self.keep) or self.keep < 1:
@@ -102,15 +108,21 @@ class SnapshotPolicy:
 
     def _compact(self) -> bool:
         """With compaction: this delta's chain (full + deltas since + this one) reaches ``full_every``."""
-        return (self.cfg.full_by == "compaction" and self._since_full is not None
-                and self._since_full + 2 >= self.cfg.full_every)
+        return (
+            self.cfg.full_by == "compaction"
+            and self._since_full is not None
+            and self._since_full + 2 >= self.cfg.full_every
+        )
 
     def decide(self, step: int, now: float, data_file_done: bool = False) -> SnapshotDecision:
         c = self.cfg
         reasons = []
         if c.every_data_file and data_file_done:
             reasons.append("data file done")
-        if c.every_steps is not None and step - (self._last_step if self._last_step is not None else 0) >= c.every_steps:
+        if (
+            c.every_steps is not None
+            and step - (self._last_step if self._last_step is not None else 0) >= c.every_steps
+        ):
             reasons.append(f"{c.every_steps} steps")
         if c.every_seconds is not None and self._last_time is not None and now - self._last_time >= c.every_seconds:
             reasons.append(f"{c.every_seconds:g} s")

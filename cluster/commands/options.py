@@ -27,19 +27,31 @@ FLAG_KEYS = {
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("run configuration (defaults < --config < --set < these flags; see `freshrec config show`)")
+    g = p.add_argument_group(
+        "run configuration (defaults < --config < --set < these flags; see `freshrec config show`)"
+    )
     g.add_argument("--config", default=None, metavar="YAML", help="run YAML: spec, workers, model, train, ps, ray")
-    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override one setting, e.g. --set train.sparse_lr=0.05 --set ps.ttl_versions=1000 (repeatable)")
+    g.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override one setting, e.g. --set train.sparse_lr=0.05 --set ps.ttl_versions=1000 (repeatable)",
+    )
     g.add_argument("--spec", default=None, help="feature spec: a YAML file or a built-in name (taobao, movielens100k)")
     g.add_argument("--workers", type=int, default=None, help="Ray Train workers (gloo DDP on CPU); default 1")
     g.add_argument("--ps-shards", type=int, default=None, help="parameter-server shards; default 2")
     g.add_argument("--mode", choices=["sync", "async"], default=None, help="PS consistency (sync: deterministic)")
     g.add_argument("--batch-size", type=int, default=None)
     g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--strategy", choices=["online", "periodic", "fusion"], default=None,
-                   help="online: each data file once; periodic: the last --window files every --period files; "
-                        "fusion: online, then dense theta = lambda*new + (1-lambda)*prev")
+    g.add_argument(
+        "--strategy",
+        choices=["online", "periodic", "fusion"],
+        default=None,
+        help="online: each data file once; periodic: the last --window files every --period files; "
+        "fusion: online, then dense theta = lambda*new + (1-lambda)*prev",
+    )
     g.add_argument("--window", type=int, default=None, help="periodic: data files per update")
     g.add_argument("--period", type=int, default=None, help="periodic: update every N data files")
     g.add_argument("--fusion-lambda", type=float, default=None, help="fusion: weight of the new dense params")

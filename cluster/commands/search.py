@@ -37,7 +37,6 @@ def _k(text: str) -> int:
     return v
 
 
-
 def _candidates(text: str) -> int:
     v = _positive(text)
     if v > 1000:
@@ -46,11 +45,14 @@ def _candidates(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("search-train", help="replay graded search judgments into ranker versions (progressive NDCG@10)",
-                       description="Replay the judgments of a WANDS-layout directory in seeded batches of queries: "
-                                   "each batch is ranked before the ranker trains on it (progressive NDCG@10), then "
-                                   "trained on and cut as a model version in RUN_DIR/versions. Run again on the "
-                                   "same RUN_DIR, it resumes from the newest version and trains only new queries.")
+    t = sub.add_parser(
+        "search-train",
+        help="replay graded search judgments into ranker versions (progressive NDCG@10)",
+        description="Replay the judgments of a WANDS-layout directory in seeded batches of queries: "
+        "each batch is ranked before the ranker trains on it (progressive NDCG@10), then "
+        "trained on and cut as a model version in RUN_DIR/versions. Run again on the "
+        "same RUN_DIR, it resumes from the newest version and trains only new queries.",
+    )
     t.add_argument("--data", required=True, metavar="DIR", help="directory with eval40_{products,queries,labels}.tsv")
     t.add_argument("--run-dir", required=True, metavar="DIR", help="where versions/ and metrics.jsonl are written")
     t.add_argument("--batch-queries", type=_positive, default=4, help="queries per replayed batch (default 4)")
@@ -59,34 +61,55 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--json", action="store_true", help="print the summary as JSON")
     t.set_defaults(func=_train)
 
-    s = sub.add_parser("search-serve", help="serve freshrec.v1.Search over gRPC (Ray Serve), following new versions",
-                       description="Run the search application (Tantivy retrieval + the newest ranker version, "
-                                   "gRPC reflection on) in the foreground; Ctrl-C or SIGTERM stops it.")
+    s = sub.add_parser(
+        "search-serve",
+        help="serve freshrec.v1.Search over gRPC (Ray Serve), following new versions",
+        description="Run the search application (Tantivy retrieval + the newest ranker version, "
+        "gRPC reflection on) in the foreground; Ctrl-C or SIGTERM stops it.",
+    )
     where = s.add_mutually_exclusive_group(required=True)
     where.add_argument("--run-dir", metavar="DIR", help="a search-train run directory: the store at DIR/versions")
     where.add_argument("--store", metavar="URL", help="the version store")
     s.add_argument("--catalogue", required=True, metavar="FILE", help="the products TSV (re-indexed when it changes)")
     s.add_argument("--grpc-port", type=_port, default=9000, help="gRPC port of the Serve proxy (default 9000)")
-    s.add_argument("--host", default="127.0.0.1", type=_host, metavar="ADDR",
-                   help="the Serve proxy's HTTP bind address (default 127.0.0.1: this machine only; the k8s manifests "
-                        "pass 0.0.0.0). Ray 2.60's gRPC proxy binds every interface whatever this says: close the "
-                        "port with a firewall where the machine is reachable")
+    s.add_argument(
+        "--host",
+        default="127.0.0.1",
+        type=_host,
+        metavar="ADDR",
+        help="the Serve proxy's HTTP bind address (default 127.0.0.1: this machine only; the k8s manifests "
+        "pass 0.0.0.0). Ray 2.60's gRPC proxy binds every interface whatever this says: close the "
+        "port with a firewall where the machine is reachable",
+    )
     s.add_argument("--replicas", type=_positive, default=1, help="replicas (default 1)")
     s.add_argument("--pin-version", type=_positive, default=None, metavar="V", help="serve exactly version V")
     s.set_defaults(func=_serve)
 
     c = sub.add_parser("search", help="search products on a running search server (gRPC client)")
-    c.add_argument("--target", default="127.0.0.1:9000", metavar="HOST:PORT",
-                   help="the server (default 127.0.0.1:9000)")
+    c.add_argument(
+        "--target", default="127.0.0.1:9000", metavar="HOST:PORT", help="the server (default 127.0.0.1:9000)"
+    )
     c.add_argument("--query", type=_query, required=True, help="the query text")
     c.add_argument("--k", type=_k, default=10, help=f"how many products, 1..{MAX_K} (default 10)")
     c.add_argument("--user", type=int, default=None, help="the user id (accepted; not used by the current ranker)")
-    c.add_argument("--class", dest="classes", action="append", default=[], metavar="CLASS",
-                   help="only products of this class (repeatable: any of them)")
-    c.add_argument("--category", action="append", default=[], metavar="PATH",
-                   help="only products under this category path, e.g. 'Furniture / Bedroom Furniture' (repeatable)")
-    c.add_argument("--num-candidates", type=_candidates, default=0,
-                   help="retrieved before ranking (default: the server's)")
+    c.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        default=[],
+        metavar="CLASS",
+        help="only products of this class (repeatable: any of them)",
+    )
+    c.add_argument(
+        "--category",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="only products under this category path, e.g. 'Furniture / Bedroom Furniture' (repeatable)",
+    )
+    c.add_argument(
+        "--num-candidates", type=_candidates, default=0, help="retrieved before ranking (default: the server's)"
+    )
     c.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default 10)")
     c.add_argument("--json", action="store_true", help="print JSON")
     c.set_defaults(func=_search)
@@ -105,19 +128,31 @@ def _train(args: argparse.Namespace) -> int:
     except SearchDataError as exc:
         raise UserError(str(exc)) from None
     cfg = RankerConfig()
-    cfg = dataclasses.replace(cfg, epochs=args.epochs or cfg.epochs,
-                              train=dataclasses.replace(cfg.train, seed=args.seed))
+    cfg = dataclasses.replace(
+        cfg, epochs=args.epochs or cfg.epochs, train=dataclasses.replace(cfg.train, seed=args.seed)
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     corpus = SearchCorpus(catalogue)
 
     def progress(rec: dict) -> None:
         if not args.json:
-            print(f"{rec['file']}: {len(rec['queries'])} queries, NDCG@10 lexical {rec['ndcg10_lexical']:.4f} "
-                  f"progressive {rec['ndcg10_progressive']:.4f} -> version {rec['version']}", flush=True)
+            print(
+                f"{rec['file']}: {len(rec['queries'])} queries, NDCG@10 lexical {rec['ndcg10_lexical']:.4f} "
+                f"progressive {rec['ndcg10_progressive']:.4f} -> version {rec['version']}",
+                flush=True,
+            )
 
     try:
-        result = replay(corpus, judgments, cfg, str(run_dir / "versions"), args.batch_queries, args.seed,
-                        metrics_path=run_dir / "metrics.jsonl", on_batch=progress)
+        result = replay(
+            corpus,
+            judgments,
+            cfg,
+            str(run_dir / "versions"),
+            args.batch_queries,
+            args.seed,
+            metrics_path=run_dir / "metrics.jsonl",
+            on_batch=progress,
+        )
     except ValueError as exc:
         raise UserError(str(exc)) from None
     summary = result.summary()
@@ -126,9 +161,11 @@ def _train(args: argparse.Namespace) -> int:
     elif not result.batches:
         print(f"nothing new: every query of {args.data} is already trained into {run_dir / 'versions'}")
     else:
-        print(f"progressive NDCG@10 {summary['progressive_ndcg10']:.4f} (lexical {summary['lexical_ndcg10']:.4f}) "
-              f"over {len({q for b in result.batches for q in b['queries']})} new queries; "
-              f"versions {result.versions[0]}..{result.versions[-1]}")
+        print(
+            f"progressive NDCG@10 {summary['progressive_ndcg10']:.4f} (lexical {summary['lexical_ndcg10']:.4f}) "
+            f"over {len({q for b in result.batches for q in b['queries']})} new queries; "
+            f"versions {result.versions[0]}..{result.versions[-1]}"
+        )
     return 0
 
 
@@ -147,8 +184,9 @@ def _serve(args: argparse.Namespace) -> int:
     from serving.app import proxy_env, worker_env
     from serving.config import Limits
 
-    cfg = SearchServeConfig(store_url=store, catalogue=str(Path(args.catalogue).resolve()),
-                            pin_version=args.pin_version)
+    cfg = SearchServeConfig(
+        store_url=store, catalogue=str(Path(args.catalogue).resolve()), pin_version=args.pin_version
+    )
     os.environ["PYTHONPATH"] = worker_env()["env_vars"]["PYTHONPATH"]
     os.environ.update(proxy_env(Limits().max_request_bytes))
     ensure_ray(RayConfig())
@@ -180,15 +218,35 @@ def _search(args: argparse.Namespace) -> int:
 
     try:
         with SearchClient(args.target, args.timeout) as c:
-            r = c.search(args.query, args.k, user=args.user, classes=args.classes, categories=args.category,
-                         num_candidates=args.num_candidates)
+            r = c.search(
+                args.query,
+                args.k,
+                user=args.user,
+                classes=args.classes,
+                categories=args.category,
+                num_candidates=args.num_candidates,
+            )
     except grpc.RpcError as exc:
         raise UserError(f"{args.target}: {exc.code().name}: {exc.details()}") from None
     if args.json:
-        print(json.dumps({"model_version": r.model_version, "catalogue_digest": r.catalogue_digest,
-                          "candidates": r.candidates,
-                          "hits": [{"product_id": h.product_id, "score": h.score, "lexical_score": h.lexical_score,
-                                    "product_name": h.product_name} for h in r.hits]}))
+        print(
+            json.dumps(
+                {
+                    "model_version": r.model_version,
+                    "catalogue_digest": r.catalogue_digest,
+                    "candidates": r.candidates,
+                    "hits": [
+                        {
+                            "product_id": h.product_id,
+                            "score": h.score,
+                            "lexical_score": h.lexical_score,
+                            "product_name": h.product_name,
+                        }
+                        for h in r.hits
+                    ],
+                }
+            )
+        )
     else:
         print(format_response(r))
     return 0

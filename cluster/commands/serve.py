@@ -17,8 +17,6 @@ from cluster.commands.argtypes import seconds as _seconds
 from cluster.errors import UserError
 
 
-
-
 def _id(text: str) -> int | str:
     """A numeric id stays an int; anything else is a text id (hashed by the server like in training)."""
     try:
@@ -61,45 +59,92 @@ def _host(text: str) -> str:
     try:
         return str(ipaddress.ip_address(text.strip("[]")))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an IP address to bind (127.0.0.1, 0.0.0.0, ::1), got {text!r}") \
-            from None
+        raise argparse.ArgumentTypeError(
+            f"expected an IP address to bind (127.0.0.1, 0.0.0.0, ::1), got {text!r}"
+        ) from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve the newest model version over gRPC (Ray Serve), following new versions",
-                       description="Run freshrec's Ray Serve application (freshrec.v1.Scorer: Score, Recommend, "
-                                   "ModelInfo; gRPC server reflection on) in the foreground. Each replica loads the "
-                                   "newest committed version, follows the store and swaps atomically. Ctrl-C or "
-                                   "SIGTERM stops it.")
+    p = sub.add_parser(
+        "serve",
+        help="serve the newest model version over gRPC (Ray Serve), following new versions",
+        description="Run freshrec's Ray Serve application (freshrec.v1.Scorer: Score, Recommend, "
+        "ModelInfo; gRPC server reflection on) in the foreground. Each replica loads the "
+        "newest committed version, follows the store and swaps atomically. Ctrl-C or "
+        "SIGTERM stops it.",
+    )
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--run-dir", metavar="DIR", help="a training run directory: the store at DIR/versions")
     where.add_argument("--store", metavar="URL", help="the version store: a path, file://, s3://bucket/prefix")
     p.add_argument("--grpc-port", type=_port, default=9000, help="gRPC port of the Serve proxy (default 9000)")
-    p.add_argument("--host", default="127.0.0.1", type=_host, metavar="ADDR",
-                   help="the Serve proxy's HTTP bind address (default 127.0.0.1: this machine only; the k8s manifests "
-                        "pass 0.0.0.0). Ray 2.60's gRPC proxy binds every interface whatever this says: close the "
-                        "port with a firewall where the machine is reachable")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        type=_host,
+        metavar="ADDR",
+        help="the Serve proxy's HTTP bind address (default 127.0.0.1: this machine only; the k8s manifests "
+        "pass 0.0.0.0). Ray 2.60's gRPC proxy binds every interface whatever this says: close the "
+        "port with a firewall where the machine is reachable",
+    )
     p.add_argument("--replicas", type=_positive, default=1, help="replicas of the scorer (default 1)")
-    p.add_argument("--pin-version", type=_positive, default=None, metavar="V",
-                   help="serve exactly version V (rollback) instead of following the newest")
-    p.add_argument("--poll-interval", type=_seconds, default=0.2, metavar="S",
-                   help="seconds between looks for a newer version (default 0.2)")
-    p.add_argument("--catalogue", nargs="+", default=[], metavar="FILE",
-                   help="data files (the spec's format) giving each item's item-side columns (e.g. category_id) "
-                        "for Recommend and category filters")
-    p.add_argument("--remote-tables", type=_names, default=(), metavar="T1,T2",
-                   help="tables too large for one replica (e.g. user): read through read-only shards restored "
-                        "from the version, with a hot-row cache in each replica (keep the item table local)")
-    p.add_argument("--table-shards", type=_positive, default=2, metavar="N",
-                   help="read-only shards of the --remote-tables (default 2)")
-    p.add_argument("--cache-rows", type=_positive, default=1 << 16, metavar="R",
-                   help="hot-row cache per remote table in each replica, a power of two (default 65536)")
+    p.add_argument(
+        "--pin-version",
+        type=_positive,
+        default=None,
+        metavar="V",
+        help="serve exactly version V (rollback) instead of following the newest",
+    )
+    p.add_argument(
+        "--poll-interval",
+        type=_seconds,
+        default=0.2,
+        metavar="S",
+        help="seconds between looks for a newer version (default 0.2)",
+    )
+    p.add_argument(
+        "--catalogue",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="data files (the spec's format) giving each item's item-side columns (e.g. category_id) "
+        "for Recommend and category filters",
+    )
+    p.add_argument(
+        "--remote-tables",
+        type=_names,
+        default=(),
+        metavar="T1,T2",
+        help="tables too large for one replica (e.g. user): read through read-only shards restored "
+        "from the version, with a hot-row cache in each replica (keep the item table local)",
+    )
+    p.add_argument(
+        "--table-shards",
+        type=_positive,
+        default=2,
+        metavar="N",
+        help="read-only shards of the --remote-tables (default 2)",
+    )
+    p.add_argument(
+        "--cache-rows",
+        type=_positive,
+        default=1 << 16,
+        metavar="R",
+        help="hot-row cache per remote table in each replica, a power of two (default 65536)",
+    )
     p.add_argument("--address", default=None, help="join an existing Ray cluster (default: start a local Ray)")
-    p.add_argument("--throughput-optimized", action="store_true",
-                   help="a local Ray with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (direct ingress; lower latency, "
-                        "see docs/benchmarks.md#serving)")
-    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="fsspec storage option of the store (repeatable)")
+    p.add_argument(
+        "--throughput-optimized",
+        action="store_true",
+        help="a local Ray with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (direct ingress; lower latency, "
+        "see docs/benchmarks.md#serving)",
+    )
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec storage option of the store (repeatable)",
+    )
     p.set_defaults(func=_serve)
 
     s = sub.add_parser("score", help="score items for a user on a running server (gRPC client)")
@@ -116,10 +161,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", default="127.0.0.1:9000", metavar="HOST:PORT", help="the server (default 127.0.0.1:9000)")
+    p.add_argument(
+        "--target", default="127.0.0.1:9000", metavar="HOST:PORT", help="the server (default 127.0.0.1:9000)"
+    )
     p.add_argument("--user", type=_id, required=True, help="the user id")
-    p.add_argument("--context", type=_context, action="append", default=[], metavar="COLUMN=VALUE",
-                   help="another context column, e.g. ts=1511658000 (repeatable)")
+    p.add_argument(
+        "--context",
+        type=_context,
+        action="append",
+        default=[],
+        metavar="COLUMN=VALUE",
+        help="another context column, e.g. ts=1511658000 (repeatable)",
+    )
     p.add_argument("--application", default="freshrec", help="the Ray Serve application name (default freshrec)")
     p.add_argument("--timeout", type=_seconds, default=10.0, help="seconds per call (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -136,11 +189,17 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         from serving.config import ServeConfig
 
-        cfg = ServeConfig(store_url=store, storage_options=options, pin_version=args.pin_version,
-                          poll_interval_s=args.poll_interval, catalogue=tuple(args.catalogue),
-                          metrics_path=str(Path(args.run_dir) / "metrics.jsonl") if args.run_dir else None,
-                          remote_tables=args.remote_tables, table_shards=args.table_shards,
-                          cache_rows=args.cache_rows)
+        cfg = ServeConfig(
+            store_url=store,
+            storage_options=options,
+            pin_version=args.pin_version,
+            poll_interval_s=args.poll_interval,
+            catalogue=tuple(args.catalogue),
+            metrics_path=str(Path(args.run_dir) / "metrics.jsonl") if args.run_dir else None,
+            remote_tables=args.remote_tables,
+            table_shards=args.table_shards,
+            cache_rows=args.cache_rows,
+        )
     except ConfigError as exc:
         raise UserError(str(exc)) from None
     if args.run_dir and not Path(args.run_dir).is_dir():
@@ -157,8 +216,10 @@ def _serve(args: argparse.Namespace) -> int:
         if args.throughput_optimized:
             os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     elif args.throughput_optimized:
-        raise UserError("--throughput-optimized sets up a local Ray; on a cluster set RAY_SERVE_THROUGHPUT_OPTIMIZED=1 "
-                        "in its environment instead")
+        raise UserError(
+            "--throughput-optimized sets up a local Ray; on a cluster set RAY_SERVE_THROUGHPUT_OPTIMIZED=1 "
+            "in its environment instead"
+        )
     ensure_ray(RayConfig(address=args.address))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own SIGTERM handler
@@ -206,8 +267,17 @@ def _call(args: argparse.Namespace, fn):
 def _score(args: argparse.Namespace) -> int:
     r = _call(args, lambda c: c.score(args.user, args.items, dict(args.context)))
     if args.json:
-        print(json.dumps({"model_version": r.model_version, "items": args.items, "scores": list(r.scores),
-                          "defaulted_columns": list(r.defaulted_columns), "unknown_ids": r.unknown_ids}))
+        print(
+            json.dumps(
+                {
+                    "model_version": r.model_version,
+                    "items": args.items,
+                    "scores": list(r.scores),
+                    "defaulted_columns": list(r.defaulted_columns),
+                    "unknown_ids": r.unknown_ids,
+                }
+            )
+        )
         return 0
     print(f"version {r.model_version}")
     for item, s in zip(args.items, r.scores):

@@ -61,16 +61,27 @@ def _option(text: str) -> tuple[str, object]:
 
 def _store_args(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--store", metavar="URL", help="the version store: a path, file://, s3://bucket/prefix, memory://")
+    where.add_argument(
+        "--store", metavar="URL", help="the version store: a path, file://, s3://bucket/prefix, memory://"
+    )
     where.add_argument("--run-dir", metavar="DIR", help="a training run directory: the store at DIR/versions")
-    p.add_argument("--storage-option", action="append", type=_option, default=[], metavar="KEY=VALUE",
-                   help="fsspec storage option (repeatable), e.g. endpoint_url=http://127.0.0.1:9000")
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        type=_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec storage option (repeatable), e.g. endpoint_url=http://127.0.0.1:9000",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("snapshots", help="list, show, verify and gc committed model versions; roll serving back",
-                       description="Committed model versions (full and delta) in a version store; see docs/versions.md.")
+    p = sub.add_parser(
+        "snapshots",
+        help="list, show, verify and gc committed model versions; roll serving back",
+        description="Committed model versions (full and delta) in a version store; see docs/versions.md.",
+    )
     ssub = p.add_subparsers(dest="snapshots_command", metavar="ACTION", required=True)
 
     ls = ssub.add_parser("list", help="committed versions: kind, step, data files, rows, bytes, digest")
@@ -82,51 +93,77 @@ def register(sub: argparse._SubParsersAction) -> None:
     _store_args(show)
     show.set_defaults(func=_show)
 
-    verify = ssub.add_parser("verify", help="check every part's checksum (the whole chain) and recompute the model digest",
-                             description="Exit 0 when every part of VERSION and of the versions it builds on is intact "
-                                         "and the recomputed model digest equals the manifest's; exit 1 naming the "
-                                         "bad part otherwise.")
+    verify = ssub.add_parser(
+        "verify",
+        help="check every part's checksum (the whole chain) and recompute the model digest",
+        description="Exit 0 when every part of VERSION and of the versions it builds on is intact "
+        "and the recomputed model digest equals the manifest's; exit 1 naming the "
+        "bad part otherwise.",
+    )
     verify.add_argument("version", type=_version, metavar="VERSION", help="a version number or 'latest'")
     verify.add_argument("--no-digest", action="store_true", help="checksums only (no materialisation)")
     _store_args(verify)
     verify.set_defaults(func=_verify)
 
-    gc = ssub.add_parser("gc", help="delete old versions, keeping the newest N and every version their chains need",
-                         description="Keeps the newest N committed versions, LATEST, PUBLISHED, PINNED, every "
-                                     "version a serving lease names and the chains they need; never removes a "
-                                     "version the writer is still writing (its writer lease lists it). Safe while "
-                                     "training and serving run; see docs/versions.md.")
+    gc = ssub.add_parser(
+        "gc",
+        help="delete old versions, keeping the newest N and every version their chains need",
+        description="Keeps the newest N committed versions, LATEST, PUBLISHED, PINNED, every "
+        "version a serving lease names and the chains they need; never removes a "
+        "version the writer is still writing (its writer lease lists it). Safe while "
+        "training and serving run; see docs/versions.md.",
+    )
     gc.add_argument("--keep", type=_positive, default=5, metavar="N", help="committed versions to keep (default 5)")
-    gc.add_argument("--grace-s", type=_seconds, default=3600.0, metavar="S",
-                    help="uncommitted directories older than this are removed (default 3600)")
+    gc.add_argument(
+        "--grace-s",
+        type=_seconds,
+        default=3600.0,
+        metavar="S",
+        help="uncommitted directories older than this are removed (default 3600)",
+    )
     _store_args(gc)
     gc.set_defaults(func=_gc)
 
-    status = ssub.add_parser("status", help="what serving follows (PINNED, PUBLISHED, LATEST, the gate's last "
-                                             "decisions), who serves what (serving leases) and who writes",
-                             description="PINNED, PUBLISHED, LATEST and the versions held back since the last "
-                                         "published one; every serving lease (replica, table shard, search: the "
-                                         "version it serves, expired ones marked) and the writer lease.")
+    status = ssub.add_parser(
+        "status",
+        help="what serving follows (PINNED, PUBLISHED, LATEST, the gate's last "
+        "decisions), who serves what (serving leases) and who writes",
+        description="PINNED, PUBLISHED, LATEST and the versions held back since the last "
+        "published one; every serving lease (replica, table shard, search: the "
+        "version it serves, expired ones marked) and the writer lease.",
+    )
     _store_args(status)
     status.set_defaults(func=_status)
 
-    rb = ssub.add_parser("rollback", help="pin serving to an earlier version (every replica, within seconds)",
-                         description="Write the store's PINNED pointer: every replica following the store loads "
-                                     "VERSION at its next poll and serves it until `freshrec snapshots unpin`. The "
-                                     "version's chain is verified first (a corrupt one is refused, exit 1). A replica "
-                                     "started with `freshrec serve --pin-version` keeps its own pin.")
+    rb = ssub.add_parser(
+        "rollback",
+        help="pin serving to an earlier version (every replica, within seconds)",
+        description="Write the store's PINNED pointer: every replica following the store loads "
+        "VERSION at its next poll and serves it until `freshrec snapshots unpin`. The "
+        "version's chain is verified first (a corrupt one is refused, exit 1). A replica "
+        "started with `freshrec serve --pin-version` keeps its own pin.",
+    )
     rb.add_argument("version", type=_version_number, metavar="VERSION", help="a committed version number")
-    rb.add_argument("--wait-target", metavar="HOST:PORT",
-                    help="then wait until the gRPC server at HOST:PORT answers ModelInfo with VERSION")
+    rb.add_argument(
+        "--wait-target",
+        metavar="HOST:PORT",
+        help="then wait until the gRPC server at HOST:PORT answers ModelInfo with VERSION",
+    )
     rb.add_argument("--timeout", type=_seconds, default=30.0, metavar="S", help="for --wait-target (default 30)")
     _store_args(rb)
     rb.set_defaults(func=_rollback)
 
-    un = ssub.add_parser("unpin", help="serving follows the newest published version again",
-                         description="Remove the store's PINNED pointer: replicas go back to PUBLISHED (or LATEST "
-                                     "for a store that was never published) at their next poll.")
-    un.add_argument("--wait-target", metavar="HOST:PORT",
-                    help="then wait until the gRPC server at HOST:PORT serves the version it should follow")
+    un = ssub.add_parser(
+        "unpin",
+        help="serving follows the newest published version again",
+        description="Remove the store's PINNED pointer: replicas go back to PUBLISHED (or LATEST "
+        "for a store that was never published) at their next poll.",
+    )
+    un.add_argument(
+        "--wait-target",
+        metavar="HOST:PORT",
+        help="then wait until the gRPC server at HOST:PORT serves the version it should follow",
+    )
     un.add_argument("--timeout", type=_seconds, default=30.0, metavar="S", help="for --wait-target (default 30)")
     _store_args(un)
     un.set_defaults(func=_unpin)
@@ -191,16 +228,20 @@ def print_versions(store, rows: list[dict] | None = None) -> int:
     if not rows:
         print(f"no committed versions in {store.url}")
         return 0
-    print(f"{'version':>7} {'parent':>6} {'kind':5} {'step':>8} {'committed_at (UTC)':20} {'rows':>11} {'bytes':>13} "
-          f"{'digest':12} {'gate':8} data files")
+    print(
+        f"{'version':>7} {'parent':>6} {'kind':5} {'step':>8} {'committed_at (UTC)':20} {'rows':>11} {'bytes':>13} "
+        f"{'digest':12} {'gate':8} data files"
+    )
     for r in rows:
         files = r["data_files"]
         shown = f"{len(files)} (last {files[-1]})" if files else "0"
         gate = r.get("gate") or "-"
         marks = f"  <- {', '.join(r['pointers'])}" if r.get("pointers") else ""
-        print(f"{r['version']:>7} {r['parent'] if r['parent'] is not None else '-':>6} {r['kind']:5} {r['step']:>8} "
-              f"{r['committed_at'][:19].replace('T', ' '):20} {r['rows']:>11,} {r['bytes']:>13,} "
-              f"{r['model_digest'][:12]:12} {gate:8} {shown}{marks}")
+        print(
+            f"{r['version']:>7} {r['parent'] if r['parent'] is not None else '-':>6} {r['kind']:5} {r['step']:>8} "
+            f"{r['committed_at'][:19].replace('T', ' '):20} {r['rows']:>11,} {r['bytes']:>13,} "
+            f"{r['model_digest'][:12]:12} {gate:8} {shown}{marks}"
+        )
     return 0
 
 
@@ -235,19 +276,32 @@ def _do_verify(args, store) -> int:
             problems.append(str(exc))
         else:
             if m.model_digest and digest != m.model_digest:
-                problems.append(f"version {v}: model digest mismatch: recomputed {digest}, the manifest says "
-                                f"{m.model_digest}")
-    result = {"version": v, "ok": not problems, "problems": problems, "chain": [c.version for c in store.chain(v)]
-              if not any("(parent" in p for p in problems) else None,
-              "model_digest": m.model_digest, "recomputed_digest": digest}
+                problems.append(
+                    f"version {v}: model digest mismatch: recomputed {digest}, the manifest says {m.model_digest}"
+                )
+    result = {
+        "version": v,
+        "ok": not problems,
+        "problems": problems,
+        "chain": [c.version for c in store.chain(v)] if not any("(parent" in p for p in problems) else None,
+        "model_digest": m.model_digest,
+        "recomputed_digest": digest,
+    }
     if args.json:
         print(json.dumps(result))
     elif problems:
         for p in problems:
             print(f"BAD  {p}", file=sys.stderr)
     else:
-        note = "" if args.no_digest else (" and the recomputed model digest matches" if m.model_digest
-                                          else " (the manifest records no model digest)")
+        note = (
+            ""
+            if args.no_digest
+            else (
+                " and the recomputed model digest matches"
+                if m.model_digest
+                else " (the manifest records no model digest)"
+            )
+        )
         print(f"OK   version {v}: every part of chain {result['chain']} is intact{note}")
     return 0 if not problems else 1
 
@@ -261,9 +315,11 @@ def _do_gc(args, store) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"removed versions {result['removed'] or 'none'}; kept {result['kept']}; "
-              f"removed uncommitted {result['removed_uncommitted'] or 'none'}; "
-              f"removed {len(result.get('removed_temp', []))} temporary files of failed writes")
+        print(
+            f"removed versions {result['removed'] or 'none'}; kept {result['kept']}; "
+            f"removed uncommitted {result['removed_uncommitted'] or 'none'}; "
+            f"removed {len(result.get('removed_temp', []))} temporary files of failed writes"
+        )
     return 0
 
 
@@ -282,18 +338,25 @@ def _do_status(args, store) -> int:
             held.append({"version": v, "code": d.get("code"), "reason": d.get("reason")})
     state["held_since_published"] = held[::-1]
     now = time.time()
-    state["leases"] = [{**dataclasses.asdict(lease), "expired": lease.expired(now),
-                        "expires_in_s": round(lease.expires_at - now, 1)}
-                       for lease in store.leases(include_expired=True)]
+    state["leases"] = [
+        {**dataclasses.asdict(lease), "expired": lease.expired(now), "expires_in_s": round(lease.expires_at - now, 1)}
+        for lease in store.leases(include_expired=True)
+    ]
     writer = store.writer_state()
-    state["writer"] = None if writer is None else {
-        k: writer.get(k) for k in ("holder", "host", "pid", "epoch", "live", "expires_at", "last_version")} | {
-        "writing": sorted(int(v) for v in writer.get("writing", {}))}
+    state["writer"] = (
+        None
+        if writer is None
+        else {k: writer.get(k) for k in ("holder", "host", "pid", "epoch", "live", "expires_at", "last_version")}
+        | {"writing": sorted(int(v) for v in writer.get("writing", {}))}
+    )
     if args.json:
         print(json.dumps(state))
         return 0
-    print(f"serving follows version {state['target']} ({state['why']})" if state["target"] is not None
-          else "no committed version yet: replicas wait")
+    print(
+        f"serving follows version {state['target']} ({state['why']})"
+        if state["target"] is not None
+        else "no committed version yet: replicas wait"
+    )
     for name in ("pinned", "published", "latest"):
         print(f"  {name.upper():9} {state[name] if state[name] is not None else '-'}")
     for h in state["held_since_published"]:
@@ -302,8 +365,9 @@ def _do_status(args, store) -> int:
         print(f"serving leases ({sum(not x['expired'] for x in state['leases'])} live):")
         print(f"  {'holder':32} {'role':11} {'version':>7} {'host':20} lease")
         for x in state["leases"]:
-            when = (f"EXPIRED {-x['expires_in_s']:.0f} s ago" if x["expired"]
-                    else f"expires in {x['expires_in_s']:.0f} s")
+            when = (
+                f"EXPIRED {-x['expires_in_s']:.0f} s ago" if x["expired"] else f"expires in {x['expires_in_s']:.0f} s"
+            )
             print(f"  {x['holder']:32} {x['role']:11} {x['version']:>7} {x['host']:20} {when}")
     else:
         print("serving leases: none (no replica, table shard or search replica records what it serves)")
@@ -311,8 +375,10 @@ def _do_status(args, store) -> int:
     if w is None:
         print("writer: none has written with a lease")
     else:
-        print(f"writer: {w['holder']} (host {w['host']}, pid {w['pid']}, epoch {w['epoch']}, "
-              f"{'live' if w['live'] else 'lease lapsed or released'}; writing {w['writing'] or 'nothing'})")
+        print(
+            f"writer: {w['holder']} (host {w['host']}, pid {w['pid']}, epoch {w['epoch']}, "
+            f"{'live' if w['live'] else 'lease lapsed or released'}; writing {w['writing'] or 'nothing'})"
+        )
     return 0
 
 
@@ -330,8 +396,10 @@ def _do_rollback(args, store) -> int:
         print(f"freshrec: error: version {v} does not verify: not pinned (serving is unchanged)", file=sys.stderr)
         return 1
     store.pin(v)
-    print(f"pinned serving to version {v}: replicas following {store.url} load it at their next poll; "
-          f"`freshrec snapshots unpin` releases it")
+    print(
+        f"pinned serving to version {v}: replicas following {store.url} load it at their next poll; "
+        f"`freshrec snapshots unpin` releases it"
+    )
     return _wait(args, v)
 
 
@@ -343,8 +411,10 @@ def _do_unpin(args, store) -> int:
     was = store.pinned()
     store.unpin()
     state = store.serving_state()
-    print(f"unpinned (was {was if was is not None else 'not pinned'}): serving follows version {state['target']} "
-          f"({state['why']})")
+    print(
+        f"unpinned (was {was if was is not None else 'not pinned'}): serving follows version {state['target']} "
+        f"({state['why']})"
+    )
     return _wait(args, state["target"]) if state["target"] is not None else 0
 
 
@@ -362,12 +432,15 @@ def _wait(args, version: int) -> int:
         while time.monotonic() < deadline:
             try:
                 last = client.model_info().model_version
-            except Exception as exc:  # noqa: BLE001 (grpc errors: keep trying until the deadline)
+            except Exception as exc:
                 last = f"{type(exc).__name__}"
             if last == version:
                 print(f"{args.wait_target} serves version {version} ({time.monotonic() - t0:.2f} s)")
                 return 0
             time.sleep(0.05)
-    print(f"freshrec: error: {args.wait_target} did not serve version {version} within {args.timeout:g} s "
-          f"(last answer: {last}); the pointer is written, replicas may still be loading it", file=sys.stderr)
+    print(
+        f"freshrec: error: {args.wait_target} did not serve version {version} within {args.timeout:g} s "
+        f"(last answer: {last}); the pointer is written, replicas may still be loading it",
+        file=sys.stderr,
+    )
     return 1

@@ -10,25 +10,37 @@ from cluster.errors import UserError
 
 
 def _training_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run-dir", type=Path, default=Path("runs/latest"),
-                   help="metrics, ledger, dead letters, model versions (RUN_DIR/versions); a run directory that holds "
-                        "versions resumes from the newest")
-    p.add_argument("--store", default=None, metavar="URL", help="version store (default RUN_DIR/versions; s3://... works)")
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        default=Path("runs/latest"),
+        help="metrics, ledger, dead letters, model versions (RUN_DIR/versions); a run directory that holds "
+        "versions resumes from the newest",
+    )
+    p.add_argument(
+        "--store", default=None, metavar="URL", help="version store (default RUN_DIR/versions; s3://... works)"
+    )
     add_run_options(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("train", help="cold start: train on a directory of data files (PS mode, Ray Train)",
-                       description="Train on every data file of --data in name (time) order, scoring each file before "
-                                   "training on it (progressive validation). Prints one line per data file.")
+    t = sub.add_parser(
+        "train",
+        help="cold start: train on a directory of data files (PS mode, Ray Train)",
+        description="Train on every data file of --data in name (time) order, scoring each file before "
+        "training on it (progressive validation). Prints one line per data file.",
+    )
     t.add_argument("--data", type=Path, required=True, help="directory of data files (freshrec data split)")
     _training_options(t)
     t.set_defaults(func=_train)
 
-    s = sub.add_parser("stream", help="incremental: follow a directory of incoming data files, each consumed once, in order",
-                       description="Optionally cold-start on --history, then follow --incoming: a new data file is picked "
-                                   "up within a second of landing, trained on once, and recorded in the run's ledger. "
-                                   "Runs until stopped, or until the directory is drained with --drain.")
+    s = sub.add_parser(
+        "stream",
+        help="incremental: follow a directory of incoming data files, each consumed once, in order",
+        description="Optionally cold-start on --history, then follow --incoming: a new data file is picked "
+        "up within a second of landing, trained on once, and recorded in the run's ledger. "
+        "Runs until stopped, or until the directory is drained with --drain.",
+    )
     s.add_argument("--incoming", type=Path, required=True)
     s.add_argument("--history", type=Path, default=None)
     s.add_argument("--drain", action="store_true", help="stop once every data file present has been consumed")
@@ -41,7 +53,9 @@ def _data_files(d: Path, what: str) -> list[Path]:
     from trainer.data import expand_inputs
 
     if not d.is_dir():
-        raise UserError(f"{what} {d} is not a directory of data files (make one with: freshrec data split ... --out {d})")
+        raise UserError(
+            f"{what} {d} is not a directory of data files (make one with: freshrec data split ... --out {d})"
+        )
     return expand_inputs([d])
 
 
@@ -53,7 +67,9 @@ def check_inputs(history: Path | None, incoming: Path | None, drain: bool) -> No
             found += len(_data_files(d, what))
     if found == 0 and (incoming is None or drain):
         where = " and ".join(str(d) for d in (history, incoming) if d is not None)
-        raise UserError(f"no data files in {where}: nothing to train on (make them with: freshrec data split ... --out DIR)")
+        raise UserError(
+            f"no data files in {where}: nothing to train on (make them with: freshrec data split ... --out DIR)"
+        )
 
 
 def run_and_summarise(args, history: Path | None, incoming: Path | None, drain: bool, idle_timeout=None) -> int:
@@ -69,28 +85,45 @@ def run_and_summarise(args, history: Path | None, incoming: Path | None, drain: 
     from trainer.versioning import version_extra
 
     ensure_ray(cfg.ray)
-    print(f"parameter server: {describe_ps(cfg.ps, cfg.workers)}; Ray Train: {cfg.workers} worker(s); "
-          f"versions in {args.store or args.run_dir / 'versions'}")
+    print(
+        f"parameter server: {describe_ps(cfg.ps, cfg.workers)}; Ray Train: {cfg.workers} worker(s); "
+        f"versions in {args.store or args.run_dir / 'versions'}"
+    )
     print(table_header(), flush=True)
     from trainer.run import DataFileError
 
     store_url = args.store or str((args.run_dir / "versions").absolute())
     with graceful_stop(args.run_dir) as stopping, VersionTicker(store_url):
         try:
-            result, _ = run_ps_training(spec, cfg.model, cfg.train, args.run_dir, ps=cfg.ps, history=history,
-                                        incoming=incoming, drain=drain, num_workers=cfg.workers,
-                                        idle_timeout_s=idle_timeout, store_url=store_url, snapshots=cfg.snapshots,
-                                        publish=cfg.publish,
-                                        version_extra=version_extra(cfg.spec, cfg.to_dict()),
-                                        on_file=lambda i, m: print(table_row(i, m), flush=True),
-                                        on_event=lambda text: print(text, flush=True))
+            result, _ = run_ps_training(
+                spec,
+                cfg.model,
+                cfg.train,
+                args.run_dir,
+                ps=cfg.ps,
+                history=history,
+                incoming=incoming,
+                drain=drain,
+                num_workers=cfg.workers,
+                idle_timeout_s=idle_timeout,
+                store_url=store_url,
+                snapshots=cfg.snapshots,
+                publish=cfg.publish,
+                version_extra=version_extra(cfg.spec, cfg.to_dict()),
+                on_file=lambda i, m: print(table_row(i, m), flush=True),
+                on_event=lambda text: print(text, flush=True),
+            )
         except DataFileError as exc:
-            raise UserError(f"{exc} (the versions committed so far are intact; fix the spec or the file and run "
-                            f"the same command again)") from None
+            raise UserError(
+                f"{exc} (the versions committed so far are intact; fix the spec or the file and run "
+                f"the same command again)"
+            ) from None
     print_summary(result)
     if stopping.requested:
-        print("stopped on request: the last version above holds everything trained so far; run the same command "
-              "again to resume")
+        print(
+            "stopped on request: the last version above holds everything trained so far; run the same command "
+            "again to resume"
+        )
         return 130
     if not result.metrics:
         print(f"no data files were consumed from {history or ''} {incoming or ''}")
@@ -104,15 +137,19 @@ def print_summary(result) -> None:
 
     if result.metrics:
         last = result.metrics[-1]
-        print(f"{result.files} data files, {result.steps} steps in {result.seconds:.1f} s; cumulative progressive "
-              f"AUC {last['cumulative_auc']:.4f}; run directory {result.run_dir}")
+        print(
+            f"{result.files} data files, {result.steps} steps in {result.seconds:.1f} s; cumulative progressive "
+            f"AUC {last['cumulative_auc']:.4f}; run directory {result.run_dir}"
+        )
     if result.store_url:
         manifests = VersionStore(result.store_url).list()
         if manifests:
             m = manifests[-1]
-            print(f"versions: {len(manifests)} committed in {result.store_url}; latest v{m.version} ({m.kind}, step "
-                  f"{m.step}, {bundle.ledger_totals(m)[0]} data files, digest {m.model_digest[:12]})"
-                  + (f"; restarted {result.restarts} time(s) from the last version" if result.restarts else ""))
+            print(
+                f"versions: {len(manifests)} committed in {result.store_url}; latest v{m.version} ({m.kind}, step "
+                f"{m.step}, {bundle.ledger_totals(m)[0]} data files, digest {m.model_digest[:12]})"
+                + (f"; restarted {result.restarts} time(s) from the last version" if result.restarts else "")
+            )
 
 
 class VersionTicker:
@@ -145,15 +182,21 @@ class VersionTicker:
     def _tick(self) -> None:
         try:
             committed = [v for v in self.store.versions() if v > self.seen]
-        except Exception:  # noqa: BLE001 (a store being written: next poll)
+        except Exception:
             return
         for v in committed:
             m = self.store.manifest(v)
             last = m.data_files[-1] if m.data_files else "-"
-            how = f"compacted from v{m.extra['compacted_from']}" if "compacted_from" in m.extra else \
-                f"pause {m.extra.get('pause_ms', 0):.1f} ms"
-            print(f"      committed version {v}: {m.kind}, step {m.step}, after {last}, {m.rows:,} rows, "
-                  f"digest {m.model_digest[:12]} ({how})", flush=True)
+            how = (
+                f"compacted from v{m.extra['compacted_from']}"
+                if "compacted_from" in m.extra
+                else f"pause {m.extra.get('pause_ms', 0):.1f} ms"
+            )
+            print(
+                f"      committed version {v}: {m.kind}, step {m.step}, after {last}, {m.rows:,} rows, "
+                f"digest {m.model_digest[:12]} ({how})",
+                flush=True,
+            )
             self.seen = v
 
 
@@ -173,8 +216,11 @@ class graceful_stop:
             raise KeyboardInterrupt
         self.requested = True
         request_stop(self.run_dir)
-        print("\nstopping: committing a final version at the next data-file boundary (Ctrl-C again to abort "
-              "at once)", file=sys.stderr, flush=True)
+        print(
+            "\nstopping: committing a final version at the next data-file boundary (Ctrl-C again to abort at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def __enter__(self) -> "graceful_stop":
         import signal
@@ -198,4 +244,3 @@ def _train(args: argparse.Namespace) -> int:
 
 def _stream(args: argparse.Namespace) -> int:
     return run_and_summarise(args, args.history, args.incoming, drain=args.drain, idle_timeout=args.idle_timeout)
-

@@ -16,8 +16,13 @@ from __future__ import annotations
 
 import pytest
 
-RAY_OPTIONS = dict(num_cpus=2, object_store_memory=300 * 1024 * 1024, include_dashboard=False,
-                   namespace="freshrec-test", log_to_driver=False)
+RAY_OPTIONS = dict(
+    num_cpus=2,
+    object_store_memory=300 * 1024 * 1024,
+    include_dashboard=False,
+    namespace="freshrec-test",
+    log_to_driver=False,
+)
 
 
 class SharedRay:
@@ -88,8 +93,11 @@ def _only_what_the_modules_use(request, shared_ray):
     _keep_only(shared_ray, _uses(items[i] for i in mine))
     yield
     after = mine[-1] + 1 if mine else len(items)
-    following = [item for item in items[after:] if getattr(item, "module", None) is getattr(items[after], "module", None)] \
-        if after < len(items) else []
+    following = (
+        [item for item in items[after:] if getattr(item, "module", None) is getattr(items[after], "module", None)]
+        if after < len(items)
+        else []
+    )
     _keep_only(shared_ray, _uses(following))
 
 

@@ -23,8 +23,10 @@ def test_sync_core_on_the_ps_with_dynamic_features_is_bit_identical_to_local(ray
     from trainer.local import LocalTrainer
 
     spec = load_spec("taobao_dynamic")
-    files = [write_taobao_csv(tmp_path / f"log{i}.csv", 1000, i, start_ts=1_511_658_000 + 600 * i, users=120)
-             for i in range(3)]
+    files = [
+        write_taobao_csv(tmp_path / f"log{i}.csv", 1000, i, start_ts=1_511_658_000 + 600 * i, users=120)
+        for i in range(3)
+    ]
     out = split_into_files(files, Validator(spec), 300, tmp_path / "data", progress=False)
     v = Validator(spec)
     batches = [(p.name, read_data_file(p, v)) for p in out.files]
@@ -59,8 +61,9 @@ def app(serve_port, tmp_path_factory):
     root = tmp_path_factory.mktemp("served-dynamic")
     trainer = StoreTrainer(root / "versions", spec="taobao_dynamic")
     for i in range(2):
-        trainer.add_file(write_taobao_csv(root / "in" / f"part-{i}.csv", 1200, i, start_ts=1_511_658_000 + 3600 * i,
-                                          users=150))
+        trainer.add_file(
+            write_taobao_csv(root / "in" / f"part-{i}.csv", 1200, i, start_ts=1_511_658_000 + 3600 * i, users=150)
+        )
     port = start_serving(ServeConfig(store_url=str(root / "versions"), poll_interval_s=0.1), grpc_port=serve_port)
     client = ScoringClient(f"127.0.0.1:{port}")
     client.wait_ready(120)

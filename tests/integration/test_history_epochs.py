@@ -40,8 +40,18 @@ def test_history_epochs_pass_over_the_history_before_the_incoming_files(ray_loca
         shutil.copy(f, history / f.name)
     shutil.copy(files[2], incoming / files[2].name)
     tcfg = TrainConfig(batch_size=128, seed=3, history_epochs=3)
-    result, client = run_ps_training(SPEC, ModelConfig(), tcfg, tmp_path / "run", history=history, incoming=incoming,
-                                     drain=True, num_workers=1, ps=PSOptions(num_shards=2), keep_ps=True)
+    result, client = run_ps_training(
+        SPEC,
+        ModelConfig(),
+        tcfg,
+        tmp_path / "run",
+        history=history,
+        incoming=incoming,
+        drain=True,
+        num_workers=1,
+        ps=PSOptions(num_shards=2),
+        keep_ps=True,
+    )
     try:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as the Ray Train worker runs

@@ -32,8 +32,17 @@ import pytest
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-PORT_FLAGS = ("port", "dashboard-port", "metrics-export-port", "ray-client-server-port", "dashboard-agent-listen-port",
-              "dashboard-agent-grpc-port", "node-manager-port", "object-manager-port", "runtime-env-agent-port")
+PORT_FLAGS = (
+    "port",
+    "dashboard-port",
+    "metrics-export-port",
+    "ray-client-server-port",
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "node-manager-port",
+    "object-manager-port",
+    "runtime-env-agent-port",
+)
 
 
 def free_port() -> int:
@@ -50,7 +59,7 @@ def wait_until(what: str, fn, timeout_s: float, every_s: float = 0.5):
             value = fn()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 (not up yet)
+        except Exception as exc:
             last = exc
         time.sleep(every_s)
     raise AssertionError(f"{what}: not within {timeout_s} s (last error: {last})")
@@ -77,14 +86,26 @@ class Head:
     def start(self) -> None:
         (self.tmp / "home").mkdir()
         worker = free_port()
-        cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-               "--include-dashboard=true", "--dashboard-host=127.0.0.1", "--num-cpus=2",
-               "--object-store-memory=100000000", f"--temp-dir={self.tmp / 'ray'}", "--disable-usage-stats",
-               f"--min-worker-port={worker}", f"--max-worker-port={worker + 40}"]
+        cmd = [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            "--num-cpus=2",
+            "--object-store-memory=100000000",
+            f"--temp-dir={self.tmp / 'ray'}",
+            "--disable-usage-stats",
+            f"--min-worker-port={worker}",
+            f"--max-worker-port={worker + 40}",
+        ]
         cmd += [f"--{flag}={port}" for flag, port in self.ports.items()]
         self.log = open(self.tmp / "ray-start.log", "w")
-        self.proc = subprocess.Popen(cmd, env=self.env(), cwd=self.tmp, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)  # its own process group: stopped by its id
+        self.proc = subprocess.Popen(
+            cmd, env=self.env(), cwd=self.tmp, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )  # its own process group: stopped by its id
         wait_until("the dashboard's job API", self._jobs_api_up, 120)
 
     def _jobs_api_up(self) -> bool:
@@ -140,13 +161,34 @@ def head():
 
 
 def freshrec(head: Head, *args: str, with_token: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cluster.cli", *args], cwd=REPO, env=head.env(with_token),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cluster.cli", *args],
+        cwd=REPO,
+        env=head.env(with_token),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_submit_runs_a_freshrec_command_as_a_ray_job(head):
-    sub = freshrec(head, "submit", "--address", head.dashboard, "--python", sys.executable, "--follow",
-                   "--timeout", "150", "--", "config", "show", "--workers", "3", "--json")
+    sub = freshrec(
+        head,
+        "submit",
+        "--address",
+        head.dashboard,
+        "--python",
+        sys.executable,
+        "--follow",
+        "--timeout",
+        "150",
+        "--",
+        "config",
+        "show",
+        "--workers",
+        "3",
+        "--json",
+    )
     assert sub.returncode == 0, sub.stdout + sub.stderr
     job_id = sub.stdout.splitlines()[0].strip()
     assert job_id.startswith("raysubmit_")
@@ -161,7 +203,7 @@ def test_submit_runs_a_freshrec_command_as_a_ray_job(head):
     status = freshrec(head, "jobs", "status", job_id, "--address", head.dashboard)
     assert status.returncode == 0 and f"{job_id}: SUCCEEDED" in status.stdout
     logs = freshrec(head, "jobs", "logs", job_id, "--address", head.dashboard)
-    assert logs.returncode == 0 and json.loads(logs.stdout[logs.stdout.index("{"):])["workers"] == 3
+    assert logs.returncode == 0 and json.loads(logs.stdout[logs.stdout.index("{") :])["workers"] == 3
 
     missing = freshrec(head, "jobs", "status", "raysubmit_nosuchjob", "--address", head.dashboard)
     assert missing.returncode == 2 and "freshrec: error:" in missing.stderr
@@ -177,10 +219,32 @@ def test_a_submitted_training_run_joins_the_cluster_and_commits_a_version(head, 
     _synthetic_log(log, rows=1500)
     split_into_files([log], Validator(load_spec("taobao")), 300, tmp_path / "data", progress=False)
     run_dir = tmp_path / "run"
-    sub = freshrec(head, "submit", "--address", head.dashboard, "--python", sys.executable, "--follow",
-                   "--timeout", "240", "--", "train", "--data", str(tmp_path / "data"), "--spec", "taobao",
-                   "--run-dir", str(run_dir), "--workers", "1", "--ps-shards", "1", "--batch-size", "256",
-                   timeout=300)
+    sub = freshrec(
+        head,
+        "submit",
+        "--address",
+        head.dashboard,
+        "--python",
+        sys.executable,
+        "--follow",
+        "--timeout",
+        "240",
+        "--",
+        "train",
+        "--data",
+        str(tmp_path / "data"),
+        "--spec",
+        "taobao",
+        "--run-dir",
+        str(run_dir),
+        "--workers",
+        "1",
+        "--ps-shards",
+        "1",
+        "--batch-size",
+        "256",
+        timeout=300,
+    )
     assert sub.returncode == 0, sub.stdout[-3000:] + sub.stderr[-3000:]
     # FRESHREC_RAY_ADDRESS=auto from the runtime env: the job joined this cluster, no embedded Ray
     assert re.search(rf"connecting to Ray at \S+:{head.ports['port']}\b", sub.stdout + sub.stderr), sub.stdout[-3000:]
@@ -190,8 +254,11 @@ def test_a_submitted_training_run_joins_the_cluster_and_commits_a_version(head, 
 
     assert bundle.ledger_totals(manifest)[0] >= 2 and manifest.rows > 0
     # the run's own emission points (worker.py, versioning.py, the shard actor) reached the metrics endpoint
-    want = {"ray_freshrec_trainer_data_files_total", "ray_freshrec_versions_committed_total",
-            "ray_freshrec_ps_push_latency_seconds_bucket"}
+    want = {
+        "ray_freshrec_trainer_data_files_total",
+        "ray_freshrec_versions_committed_total",
+        "ray_freshrec_ps_push_latency_seconds_bucket",
+    }
     wait_until("the training run's series", lambda: want <= set(scrape(head)), 60, every_s=2)
 
 
@@ -208,15 +275,37 @@ def scrape(head: Head) -> dict[str, list[str]]:
 
 def test_a_streaming_job_runs_until_stopped(head, tmp_path):
     (tmp_path / "incoming").mkdir()
-    sub = freshrec(head, "submit", "--address", head.dashboard, "--python", sys.executable, "--", "stream",
-                   "--incoming", str(tmp_path / "incoming"), "--spec", "taobao", "--run-dir", str(tmp_path / "run"),
-                   "--workers", "1", "--ps-shards", "1", "--idle-timeout", "600")
+    sub = freshrec(
+        head,
+        "submit",
+        "--address",
+        head.dashboard,
+        "--python",
+        sys.executable,
+        "--",
+        "stream",
+        "--incoming",
+        str(tmp_path / "incoming"),
+        "--spec",
+        "taobao",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--workers",
+        "1",
+        "--ps-shards",
+        "1",
+        "--idle-timeout",
+        "600",
+    )
     assert sub.returncode == 0, sub.stderr
     job_id = sub.stdout.splitlines()[0].strip()
     # running and waiting for data files: the Ray Train worker has started (the table header is printed)
-    wait_until("the stream job to follow its directory",
-               lambda: "auc" in freshrec(head, "jobs", "logs", job_id, "--address", head.dashboard).stdout.lower(),
-               180, every_s=3)
+    wait_until(
+        "the stream job to follow its directory",
+        lambda: "auc" in freshrec(head, "jobs", "logs", job_id, "--address", head.dashboard).stdout.lower(),
+        180,
+        every_s=3,
+    )
     stop = freshrec(head, "jobs", "stop", job_id, "--wait", "--timeout", "90", "--address", head.dashboard)
     assert stop.returncode == 0 and f"{job_id}: STOPPED" in stop.stdout, stop.stdout + stop.stderr
     status = freshrec(head, "jobs", "status", job_id, "--address", head.dashboard)
@@ -235,17 +324,33 @@ def test_without_the_token_both_apis_say_authentication_failed(head):
     assert "token authentication" in jobs.stderr and "RAY_AUTH_TOKEN" in jobs.stderr
 
     join = subprocess.run(
-        [sys.executable, "-c", "from cluster.cli import main; import sys; "
-                               f"sys.exit(main(['config', 'show', '--address', '{head.gcs}']))"],
-        cwd=REPO, env=head.env(with_token=False), capture_output=True, text=True, timeout=30)
+        [
+            sys.executable,
+            "-c",
+            f"from cluster.cli import main; import sys; sys.exit(main(['config', 'show', '--address', '{head.gcs}']))",
+        ],
+        cwd=REPO,
+        env=head.env(with_token=False),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert join.returncode == 0  # config show does not start Ray: nothing to refuse
-    probe = ("import sys\nfrom cluster.config import RayConfig\nfrom cluster.errors import UserError\n"
-             "from cluster.ray_runtime import ensure_ray\n"
-             f"try:\n    ensure_ray(RayConfig(address='{head.gcs}'))\nexcept UserError as e:\n"
-             "    print(e); sys.exit(2)\n")
+    probe = (
+        "import sys\nfrom cluster.config import RayConfig\nfrom cluster.errors import UserError\n"
+        "from cluster.ray_runtime import ensure_ray\n"
+        f"try:\n    ensure_ray(RayConfig(address='{head.gcs}'))\nexcept UserError as e:\n"
+        "    print(e); sys.exit(2)\n"
+    )
     t0 = time.monotonic()
-    refused = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=head.env(with_token=False),
-                             capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=REPO,
+        env=head.env(with_token=False),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert refused.returncode == 2, refused.stdout + refused.stderr[-2000:]
     assert "without an authentication token" in refused.stdout and "RAY_AUTH_TOKEN" in refused.stdout
     assert time.monotonic() - t0 < 90
@@ -253,22 +358,26 @@ def test_without_the_token_both_apis_say_authentication_failed(head):
 
 def test_a_dead_address_fails_fast_and_no_address_starts_an_embedded_ray(head):
     dead = f"127.0.0.1:{free_port()}"
-    probe = ("import sys\nfrom cluster.config import RayConfig\nfrom cluster.errors import UserError\n"
-             "from cluster.ray_runtime import ensure_ray\n"
-             f"try:\n    ensure_ray(RayConfig(address='{dead}'))\nexcept UserError as e:\n    print(e); sys.exit(2)\n")
+    probe = (
+        "import sys\nfrom cluster.config import RayConfig\nfrom cluster.errors import UserError\n"
+        "from cluster.ray_runtime import ensure_ray\n"
+        f"try:\n    ensure_ray(RayConfig(address='{dead}'))\nexcept UserError as e:\n    print(e); sys.exit(2)\n"
+    )
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=head.env(), capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, env=head.env(), capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 2 and f"cannot reach a Ray cluster at {dead}" in r.stdout
     assert time.monotonic() - t0 < 20  # not the minutes of a hanging ray.init
 
     env = head.env()
     env["RAY_ADDRESS"] = head.gcs  # a registered cluster must not be joined without --address
-    embedded = ("import ray\nfrom cluster.config import RayConfig\nfrom cluster.ray_runtime import ensure_ray\n"
-                "ensure_ray(RayConfig(num_cpus=1))\nprint(ray.get_runtime_context().gcs_address)\n"
-                "print(ray.cluster_resources().get('CPU'))\nray.shutdown()\n")
-    r = subprocess.run([sys.executable, "-c", embedded], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=120)
+    embedded = (
+        "import ray\nfrom cluster.config import RayConfig\nfrom cluster.ray_runtime import ensure_ray\n"
+        "ensure_ray(RayConfig(num_cpus=1))\nprint(ray.get_runtime_context().gcs_address)\n"
+        "print(ray.cluster_resources().get('CPU'))\nray.shutdown()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", embedded], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     gcs, cpus = r.stdout.split()[-2:]
     assert gcs.rsplit(":", 1)[1] != str(head.ports["port"]) and float(cpus) == 1.0
@@ -344,8 +453,15 @@ client.shutdown()
 def test_the_metrics_endpoint_serves_freshrec_series(head):
     from common import metrics
 
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, head.gcs], cwd=REPO, env=head.env(),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, head.gcs],
+        cwd=REPO,
+        env=head.env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline, line = time.monotonic() + 240, ""
         while line.strip() != "emitted" and time.monotonic() < deadline:  # bounded wait for "emitted"
@@ -354,17 +470,30 @@ def test_the_metrics_endpoint_serves_freshrec_series(head):
             if not line:  # the driver ended
                 break
         assert line.strip() == "emitted", driver.stderr.read()[-3000:] if driver.poll() is not None else line
-        want = {"ray_freshrec_ps_pull_latency_seconds_bucket", "ray_freshrec_ps_push_latency_seconds_count",
-                "ray_freshrec_ps_rows_pulled_total", "ray_freshrec_ps_rows_pushed_total",
-                "ray_freshrec_ps_resident_rows", "ray_freshrec_trainer_examples_total",
-                "ray_freshrec_trainer_examples_per_second", "ray_freshrec_trainer_progressive_auc_ratio",
-                "ray_freshrec_trainer_progressive_logloss_nats", "ray_freshrec_trainer_dead_letters_total",
-                "ray_freshrec_trainer_late_rows_total", "ray_freshrec_versions_size_bytes",
-                "ray_freshrec_versions_pause_seconds_bucket", "ray_freshrec_versions_write_duration_seconds_sum",
-                "ray_freshrec_versions_latest_version", "ray_freshrec_versions_published_total",
-                "ray_freshrec_versions_published_version", "ray_freshrec_serving_requests_total",
-                "ray_freshrec_serving_request_latency_seconds_bucket", "ray_freshrec_serving_loaded_version",
-                "ray_freshrec_serving_version_lag_versions", "ray_freshrec_serving_freshness_seconds_count"}
+        want = {
+            "ray_freshrec_ps_pull_latency_seconds_bucket",
+            "ray_freshrec_ps_push_latency_seconds_count",
+            "ray_freshrec_ps_rows_pulled_total",
+            "ray_freshrec_ps_rows_pushed_total",
+            "ray_freshrec_ps_resident_rows",
+            "ray_freshrec_trainer_examples_total",
+            "ray_freshrec_trainer_examples_per_second",
+            "ray_freshrec_trainer_progressive_auc_ratio",
+            "ray_freshrec_trainer_progressive_logloss_nats",
+            "ray_freshrec_trainer_dead_letters_total",
+            "ray_freshrec_trainer_late_rows_total",
+            "ray_freshrec_versions_size_bytes",
+            "ray_freshrec_versions_pause_seconds_bucket",
+            "ray_freshrec_versions_write_duration_seconds_sum",
+            "ray_freshrec_versions_latest_version",
+            "ray_freshrec_versions_published_total",
+            "ray_freshrec_versions_published_version",
+            "ray_freshrec_serving_requests_total",
+            "ray_freshrec_serving_request_latency_seconds_bucket",
+            "ray_freshrec_serving_loaded_version",
+            "ray_freshrec_serving_version_lag_versions",
+            "ray_freshrec_serving_freshness_seconds_count",
+        }
         seen: dict[str, list[str]] = {}
 
         def found() -> bool:
@@ -376,8 +505,10 @@ def test_the_metrics_endpoint_serves_freshrec_series(head):
             wait_until("the freshrec series on the metrics endpoint", found, 60, every_s=2)
         except AssertionError as exc:
             raise AssertionError(f"{exc}; missing {sorted(want - set(seen))}") from None
-        assert any('reason="unknown action"' in row and row.endswith(" 3.0")
-                   for row in seen["ray_freshrec_trainer_dead_letters_total"])
+        assert any(
+            'reason="unknown action"' in row and row.endswith(" 3.0")
+            for row in seen["ray_freshrec_trainer_dead_letters_total"]
+        )
         assert any('shard="0"' in row and row.endswith(" 30.0") for row in seen["ray_freshrec_ps_rows_pulled_total"])
         assert any(row.endswith(" 0.71") for row in seen["ray_freshrec_trainer_progressive_auc_ratio"])
         # the replica's own series: requests by method and code, the served version, its lag, freshness

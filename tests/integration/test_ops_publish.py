@@ -54,8 +54,9 @@ def served(serve_port, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("gated")
     trainer = StoreTrainer(root / "versions")
-    good = [trainer.add_file(write_taobao_csv(root / "in" / f"part-{i}.csv", 1500, i, start_ts=_ts(i)))
-            for i in range(2)]
+    good = [
+        trainer.add_file(write_taobao_csv(root / "in" / f"part-{i}.csv", 1500, i, start_ts=_ts(i))) for i in range(2)
+    ]
     cfg = ServeConfig(store_url=str(root / "versions"), poll_interval_s=0.1)
     port = start_serving(cfg, grpc_port=serve_port)  # the shared proxy (conftest)
     client = ScoringClient(f"127.0.0.1:{port}")
@@ -71,8 +72,9 @@ def test_a_version_trained_on_flipped_labels_is_held_back_while_serving_keeps_th
     load = Load(client)
     load.start()
     try:
-        bad = trainer.add_file(flipped(write_taobao_csv(root / "x.csv", 1500, 2, start_ts=_ts(2)),
-                                       root / "in" / "part-2.csv"))
+        bad = trainer.add_file(
+            flipped(write_taobao_csv(root / "x.csv", 1500, 2, start_ts=_ts(2)), root / "in" / "part-2.csv")
+        )
         store = VersionStore(root / "versions")
         decision = store.gate_decision(bad)
         assert decision["decision"] == "hold" and decision["code"] == "auc_drop", decision
@@ -93,8 +95,19 @@ def test_rollback_and_unpin_under_load_with_zero_failed_requests(served, capsys)
     load.start()
     try:
         t0 = time.monotonic()
-        code = main(["snapshots", "rollback", str(first), "--run-dir", str(root), "--wait-target", f"127.0.0.1:{port}",
-                     "--timeout", "20"])
+        code = main(
+            [
+                "snapshots",
+                "rollback",
+                str(first),
+                "--run-dir",
+                str(root),
+                "--wait-target",
+                f"127.0.0.1:{port}",
+                "--timeout",
+                "20",
+            ]
+        )
         rolled_back_s = time.monotonic() - t0
         out = capsys.readouterr().out
         assert code == 0 and f"serves version {first}" in out, out
@@ -102,8 +115,9 @@ def test_rollback_and_unpin_under_load_with_zero_failed_requests(served, capsys)
         assert info.model_version == first and info.pinned
         time.sleep(0.5)
         t1 = time.monotonic()
-        code = main(["snapshots", "unpin", "--run-dir", str(root), "--wait-target", f"127.0.0.1:{port}",
-                     "--timeout", "20"])
+        code = main(
+            ["snapshots", "unpin", "--run-dir", str(root), "--wait-target", f"127.0.0.1:{port}", "--timeout", "20"]
+        )
         unpinned_s = time.monotonic() - t1
         out = capsys.readouterr().out
         assert code == 0 and f"follows version {published} (published)" in out and f"serves version {published}" in out

@@ -3,10 +3,17 @@
 import numpy as np
 import pytest
 
-from paramserver import (BadPushError, PSConfig, ShardUnavailableError, TableConfig, UnknownTableError,
-                         create_parameter_server, init_rows)
+from paramserver import (
+    BadPushError,
+    PSConfig,
+    ShardUnavailableError,
+    TableConfig,
+    UnknownTableError,
+    create_parameter_server,
+    init_rows,
+    wire,
+)
 from paramserver import actor as ps_actor
-from paramserver import wire
 from paramserver.reference import LocalTables
 from paramserver.tbe import sum_duplicates
 
@@ -21,8 +28,9 @@ def make_steps(seed, num_steps, num_workers, universe):
         per_worker = []
         for _ in range(num_workers):
             ids = {t.name: rng.choice(universe, size=30) for t in TABLES}
-            per_worker.append({t.name: (ids[t.name], rng.standard_normal((30, t.dim)).astype(np.float32))
-                               for t in TABLES})
+            per_worker.append(
+                {t.name: (ids[t.name], rng.standard_normal((30, t.dim)).astype(np.float32)) for t in TABLES}
+            )
         steps.append(per_worker)
     return steps
 
@@ -42,8 +50,9 @@ def test_sync_actors_are_bit_identical_to_one_local_tbe(ray_local):
     universe = np.random.default_rng(0).integers(-(2**62), 2**62, size=80)
     steps = make_steps(1, 5, 2, universe)
     for n in (1, 2, 4):
-        cfg = PSConfig(tables=TABLES, num_shards=n, num_workers=2, mode="sync", learning_rate=0.05,
-                       capacity_per_shard=128)
+        cfg = PSConfig(
+            tables=TABLES, num_shards=n, num_workers=2, mode="sync", learning_rate=0.05, capacity_per_shard=128
+        )
         c0 = create_parameter_server(cfg)
         c1 = ray_local.get(ray_local.put(c0.for_rank(1)))  # clients pickle (actor handles inside)
         try:
@@ -54,14 +63,14 @@ def test_sync_actors_are_bit_identical_to_one_local_tbe(ray_local):
                 for t in TABLES:
                     assert rows[0][t.name].shape == (30, t.dim)
                 if s + 1 < len(steps):  # prefetch the next step before pushing this one
-                    pulls = [c.pull_many({t: w[t][0] for t in w}, step=s + 1)
-                             for c, w in zip(clients, steps[s + 1])]
+                    pulls = [c.pull_many({t: w[t][0] for t in w}, step=s + 1) for c, w in zip(clients, steps[s + 1])]
                 for c, w in reversed(list(zip(clients, per_worker))):
                     c.push_many(w, step=s)
             final = c0.wait(c0.pull_many({t.name: universe for t in TABLES}, step=len(steps)))
             ref = reference(cfg, steps, universe)
-            seen = {t.name: np.isin(universe, np.concatenate([w[t.name][0] for ws in steps for w in ws]))
-                    for t in TABLES}
+            seen = {
+                t.name: np.isin(universe, np.concatenate([w[t.name][0] for ws in steps for w in ws])) for t in TABLES
+            }
             for t in TABLES:
                 m = seen[t.name]
                 np.testing.assert_array_equal(final[t.name][m], ref.read(t.name, universe[m]), err_msg=f"{n} shards")
@@ -86,8 +95,10 @@ def test_sync_push_pull_rounds_equal_separate_push_and_pull(ray_local):
             rows = [c.wait(tk) for c, tk in zip(clients, tickets)]
             assert all(rows[r][t.name].shape == (30, t.dim) for r in range(2) for t in TABLES)
             if s + 1 < len(steps):
-                tickets = [c.push_pull(w, {t: nw[t][0] for t in nw}, step=s)
-                           for c, w, nw in zip(clients, per_worker, steps[s + 1])]
+                tickets = [
+                    c.push_pull(w, {t: nw[t][0] for t in nw}, step=s)
+                    for c, w, nw in zip(clients, per_worker, steps[s + 1])
+                ]
             else:
                 for c, w in zip(clients, per_worker):
                     c.wait(c.push_many(w, step=s))
@@ -101,8 +112,16 @@ def test_sync_push_pull_rounds_equal_separate_push_and_pull(ray_local):
 
 
 def test_async_two_concurrent_clients_and_bounded_staleness(ray_local):
-    cfg = PSConfig(tables=TABLES, num_shards=2, mode="async", num_workers=2, optimizer="sgd",
-                   learning_rate=0.1, max_staleness=1000, capacity_per_shard=64)
+    cfg = PSConfig(
+        tables=TABLES,
+        num_shards=2,
+        mode="async",
+        num_workers=2,
+        optimizer="sgd",
+        learning_rate=0.1,
+        max_staleness=1000,
+        capacity_per_shard=64,
+    )
     client = create_parameter_server(cfg)
     try:
         ids = np.arange(10)
@@ -154,8 +173,10 @@ def test_bad_calls_are_rejected_by_the_shard_and_a_dead_shard_is_named(ray_local
     with pytest.raises(BadPushError, match="NaN"):
         client.push("user", ids, np.full((3, 8), np.nan, np.float32))  # refused before sending
     actor = client._actors[0]
-    bad = {"item": (np.array([1]), np.ones((1, 4), np.float32)),
-           "user": (np.array([3]), np.full((1, 8), np.inf, np.float32))}
+    bad = {
+        "item": (np.array([1]), np.ones((1, 4), np.float32)),
+        "user": (np.array([3]), np.full((1, 8), np.inf, np.float32)),
+    }
     with pytest.raises(BadPushError, match="NaN or inf"):  # the shard validates too, before any change
         ps_actor.get(actor.push.remote(wire.pack_grads(bad), None, 0, None), 0)
     with pytest.raises(UnknownTableError):

@@ -31,7 +31,9 @@ def _synthetic_log(path, rows=4000, seed=0):
     items = np.where(head, rng.integers(1, 300, rows), rng.integers(1, 5000, rows))
     buy = rng.random(rows) < np.where(items % 7 == 0, 0.6, 0.05)
     ts = 1511658000 + np.sort(rng.integers(0, 600, rows))
-    path.write_text("".join(f"{u},{i},{i % 40},{'buy' if b else 'pv'},{t}\n" for u, i, b, t in zip(users, items, buy, ts)))
+    path.write_text(
+        "".join(f"{u},{i},{i % 40},{'buy' if b else 'pv'},{t}\n" for u, i, b, t in zip(users, items, buy, ts))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -169,18 +171,28 @@ def local_reference(batches):
     return local
 
 
-def test_ray_train_one_worker_is_bit_identical_to_one_process(ray_local, small_files, batches, local_reference,
-                                                              tmp_path):
-    result, client = run_ps_training(SPEC, ModelConfig(), TrainConfig(batch_size=128, seed=3), tmp_path / "run",
-                                     history=small_files, num_workers=1, ps=PSOptions(num_shards=2), keep_ps=True)
+def test_ray_train_one_worker_is_bit_identical_to_one_process(
+    ray_local, small_files, batches, local_reference, tmp_path
+):
+    result, client = run_ps_training(
+        SPEC,
+        ModelConfig(),
+        TrainConfig(batch_size=128, seed=3),
+        tmp_path / "run",
+        history=small_files,
+        num_workers=1,
+        ps=PSOptions(num_shards=2),
+        keep_ps=True,
+    )
     try:
         _check_run_against_local(result, client, local_reference, batches, exact=True)
     finally:
         client.shutdown()
 
 
-def test_two_workers_stream_each_file_once_and_match_one_process(ray_local, small_files, batches, local_reference,
-                                                                 tmp_path):
+def test_two_workers_stream_each_file_once_and_match_one_process(
+    ray_local, small_files, batches, local_reference, tmp_path
+):
     """W=2 (gloo DDP, both ranks push rows) equals one process on the same global minibatches within
     float rounding; history then incoming, each data file once, in order, in the ledger."""
     files = sorted(small_files.glob("part-*.parquet"))
@@ -189,9 +201,18 @@ def test_two_workers_stream_each_file_once_and_match_one_process(ray_local, smal
     shutil.copy(files[0], history / files[0].name)
     for f in files[1:]:
         shutil.copy(f, incoming / f.name)
-    result, client = run_ps_training(SPEC, ModelConfig(), TrainConfig(batch_size=128, seed=3), tmp_path / "run",
-                                     history=history, incoming=incoming, drain=True, num_workers=2,
-                                     ps=PSOptions(num_shards=2), keep_ps=True)
+    result, client = run_ps_training(
+        SPEC,
+        ModelConfig(),
+        TrainConfig(batch_size=128, seed=3),
+        tmp_path / "run",
+        history=history,
+        incoming=incoming,
+        drain=True,
+        num_workers=2,
+        ps=PSOptions(num_shards=2),
+        keep_ps=True,
+    )
     try:
         _check_run_against_local(result, client, local_reference, batches, exact=False)
         ledger = (result.run_dir / "ledger.json").read_text()
@@ -245,8 +266,11 @@ def _same_tables(a, b, exact: bool) -> None:
 
 
 def _train(client_or_local, tcfg, batches):
-    core = client_or_local if isinstance(client_or_local, TrainerCore) else TrainerCore(SPEC, ModelConfig(), tcfg,
-                                                                                        client_or_local)
+    core = (
+        client_or_local
+        if isinstance(client_or_local, TrainerCore)
+        else TrainerCore(SPEC, ModelConfig(), tcfg, client_or_local)
+    )
     for name, b in batches:
         core.step_file(b, name)
     return core
@@ -283,13 +307,16 @@ def test_sync_under_eviction_pressure_equals_the_local_backend_and_repeats(ray_l
     for table in TABLES:
         for key, value in state_a[table].items():
             np.testing.assert_array_equal(state_b[table][key], value, err_msg=f"2 shards {table} {key}")
-    assert one_stats[0]["evicted_lfu"] == stats["evicted_lfu"] and one_stats[0]["dropped_grads"] == stats["dropped_grads"]
+    assert (
+        one_stats[0]["evicted_lfu"] == stats["evicted_lfu"] and one_stats[0]["dropped_grads"] == stats["dropped_grads"]
+    )
     assert [m.auc for m in two_a.validator.files] == [m.auc for m in two_b.validator.files]
 
 
 @pytest.mark.parametrize("pipeline_depth", [0, 1])
-def test_two_workers_under_eviction_pressure_match_one_process(ray_local, small_files, batches, tmp_path,
-                                                               pipeline_depth):
+def test_two_workers_under_eviction_pressure_match_one_process(
+    ray_local, small_files, batches, tmp_path, pipeline_depth
+):
     """W=2 (Ray Train, gloo DDP), 1 shard under eviction pressure: the leased pulls of a step are served as one
     union, so admission and eviction are the one process's exactly (ids, counts); rows within float rounding.
     Pipelined (depth 1: step k's push and step k+2's pull in one call) the same holds against one process
@@ -297,14 +324,29 @@ def test_two_workers_under_eviction_pressure_match_one_process(ray_local, small_
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        local = _train(LocalTrainer(SPEC, ModelConfig(), TrainConfig(batch_size=128, seed=3),
-                                    ps=PSOptions(**PRESSURE, pipeline_depth=pipeline_depth)), None, batches)
+        local = _train(
+            LocalTrainer(
+                SPEC,
+                ModelConfig(),
+                TrainConfig(batch_size=128, seed=3),
+                ps=PSOptions(**PRESSURE, pipeline_depth=pipeline_depth),
+            ),
+            None,
+            batches,
+        )
     finally:
         torch.set_num_threads(threads)
-    result, client = run_ps_training(SPEC, ModelConfig(), TrainConfig(batch_size=128, seed=3), tmp_path / "run",
-                                     history=small_files, num_workers=2, versions=False,
-                                     ps=PSOptions(num_shards=1, **PRESSURE, pipeline_depth=pipeline_depth),
-                                     keep_ps=True)
+    result, client = run_ps_training(
+        SPEC,
+        ModelConfig(),
+        TrainConfig(batch_size=128, seed=3),
+        tmp_path / "run",
+        history=small_files,
+        num_workers=2,
+        versions=False,
+        ps=PSOptions(num_shards=1, **PRESSURE, pipeline_depth=pipeline_depth),
+        keep_ps=True,
+    )
     try:
         state, local_state = client.table_state(), local.backend.table_state()
         for table in TABLES:
@@ -315,8 +357,9 @@ def test_two_workers_under_eviction_pressure_match_one_process(ray_local, small_
         for key in ("evicted_lfu", "evicted_ttl", "refused_rows", "dropped_grads", "admitted"):
             assert stats[key] == local_stats[key], key
         assert stats["leases"] == 0 and stats["lease_timeouts"] == 0
-        np.testing.assert_allclose([m["auc"] for m in result.metrics], [m.auc for m in local.validator.files],
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            [m["auc"] for m in result.metrics], [m.auc for m in local.validator.files], atol=1e-4
+        )
     finally:
         client.shutdown()
 
@@ -345,8 +388,11 @@ def test_the_async_trainer_keeps_prefetched_rows_leased_and_reports_dropped_push
     pushes the shards drop are the ones the trainer is told about."""
     tcfg = TrainConfig(batch_size=128, seed=3)
     for max_staleness in (8, 0):
-        client = create_parameter_server(ps_config_for(SPEC, tcfg, PSOptions(
-            num_shards=2, mode="async", max_staleness=max_staleness, capacity_per_shard=256)))
+        client = create_parameter_server(
+            ps_config_for(
+                SPEC, tcfg, PSOptions(num_shards=2, mode="async", max_staleness=max_staleness, capacity_per_shard=256)
+            )
+        )
         try:
             core = _train(client, tcfg, batches)
             stats = client.stats()

@@ -33,8 +33,7 @@ def write_version(client, store, cut_id, full, step):
 def test_versions_survive_killing_every_shard(ray_local, tmp_path):
     store = VersionStore(tmp_path / "versions")
     universe = np.random.default_rng(0).integers(-(2**62), 2**62, size=120)
-    cfg = PSConfig(tables=TABLES, num_shards=2, mode="sync", num_workers=1, capacity_per_shard=48,
-                   learning_rate=0.05)
+    cfg = PSConfig(tables=TABLES, num_shards=2, mode="sync", num_workers=1, capacity_per_shard=48, learning_rate=0.05)
     rng = np.random.default_rng(1)
     client = create_parameter_server(cfg)
     try:
@@ -66,8 +65,9 @@ def test_versions_survive_killing_every_shard(ray_local, tmp_path):
     finally:
         fresh.shutdown()
 
-    single = create_parameter_server(PSConfig(tables=TABLES, num_shards=1, mode="sync", num_workers=1,
-                                              capacity_per_shard=96, learning_rate=0.05))
+    single = create_parameter_server(
+        PSConfig(tables=TABLES, num_shards=1, mode="sync", num_workers=1, capacity_per_shard=96, learning_rate=0.05)
+    )
     try:
         single.restore(str(store.url), m2.version)
         assert model_digest(single.table_state()) == m2.model_digest

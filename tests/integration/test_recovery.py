@@ -69,8 +69,9 @@ def local_digest(files, tmp_path) -> str:
     return store.manifest(store.latest()).model_digest
 
 
-def test_one_shard_two_shards_and_local_end_with_the_same_digest(ray_local, data_files, uninterrupted, tmp_path,
-                                                                  one_thread):
+def test_one_shard_two_shards_and_local_end_with_the_same_digest(
+    ray_local, data_files, uninterrupted, tmp_path, one_thread
+):
     want = uninterrupted[0]
     for shards in (1, 2):
         client = create_parameter_server(ps_config_for(SPEC, TCFG, PSOptions(num_shards=shards)))
@@ -88,9 +89,9 @@ def test_one_shard_two_shards_and_local_end_with_the_same_digest(ray_local, data
             client.shutdown()
 
 
-def test_one_worker_hosts_its_shards_in_process_and_ends_with_the_one_process_digest(ray_local, data_files,
-                                                                                    uninterrupted, tmp_path,
-                                                                                    one_thread):
+def test_one_worker_hosts_its_shards_in_process_and_ends_with_the_one_process_digest(
+    ray_local, data_files, uninterrupted, tmp_path, one_thread
+):
     """ps.placement auto with one Ray Train worker: the shards are threads of the worker's process (no shard
     actors, no client for the driver); versions cut there end with the digest of one local process. (The
     SIGKILLed `freshrec stream` test restarts this placement on the same run directory.)"""
@@ -99,8 +100,9 @@ def test_one_worker_hosts_its_shards_in_process_and_ends_with_the_one_process_di
     incoming.mkdir()
     for f in data_files:
         shutil.copy(f, incoming)
-    result, client = run_ps_training(SPEC, ModelConfig(), TCFG, run_dir, ps=PSOptions(num_shards=2),
-                                     incoming=incoming, drain=True)
+    result, client = run_ps_training(
+        SPEC, ModelConfig(), TCFG, run_dir, ps=PSOptions(num_shards=2), incoming=incoming, drain=True
+    )
     assert client is None and result.resumed_from is None
     store = VersionStore(str(run_dir / "versions"))
     manifest = store.manifest(store.latest())
@@ -108,8 +110,9 @@ def test_one_worker_hosts_its_shards_in_process_and_ends_with_the_one_process_di
     assert [e.file for e in bundle.read_ledger(store, manifest.version).entries] == [f.name for f in data_files]
 
 
-def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(ray_local, data_files, uninterrupted, tmp_path,
-                                                                      one_thread):
+def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(
+    ray_local, data_files, uninterrupted, tmp_path, one_thread
+):
     """Sync mode: SIGKILL shard 0's process after a few versions; the driver restarts the shards and
     the worker from the last version, the stream completes, and the final digest is the one of an
     uninterrupted run; the ledger holds every data file exactly once."""
@@ -127,9 +130,19 @@ def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(ray_local
     def run():
         try:
             out["result"], out["client"] = run_ps_training(
-                SPEC, ModelConfig(), TCFG, run_dir, ps=PSOptions(num_shards=2), history=history, incoming=incoming,
-                drain=False, idle_timeout_s=8.0, client=client, on_event=events.append)
-        except BaseException as exc:  # noqa: BLE001 (reported by the test below)
+                SPEC,
+                ModelConfig(),
+                TCFG,
+                run_dir,
+                ps=PSOptions(num_shards=2),
+                history=history,
+                incoming=incoming,
+                drain=False,
+                idle_timeout_s=8.0,
+                client=client,
+                on_event=events.append,
+            )
+        except BaseException as exc:
             out["error"] = exc
 
     thread = threading.Thread(target=run)
@@ -150,8 +163,9 @@ def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(ray_local
         assert result.restarts >= 1 and any("restart" in e for e in events), events
         manifest = store.manifest(store.latest())
         assert manifest.model_digest == want, explain_mismatch(reference, str(run_dir / "versions"))
-        assert [e.file for e in bundle.read_ledger(store, manifest.version).entries] == \
-        [f.name for f in data_files]  # each once, in order
+        assert [e.file for e in bundle.read_ledger(store, manifest.version).entries] == [
+            f.name for f in data_files
+        ]  # each once, in order
         assert [m["file"] for m in result.metrics] == [f.name for f in data_files]
     finally:
         out["client"].shutdown()
@@ -162,8 +176,16 @@ def test_async_mode_consumes_every_data_file(ray_local, data_files, tmp_path):
     incoming.mkdir()
     for f in data_files:
         shutil.copy(f, incoming)
-    result, _ = run_ps_training(SPEC, ModelConfig(), TCFG, tmp_path / "run", ps=PSOptions(num_shards=2, mode="async"),
-                                incoming=incoming, drain=True, num_workers=2)
+    result, _ = run_ps_training(
+        SPEC,
+        ModelConfig(),
+        TCFG,
+        tmp_path / "run",
+        ps=PSOptions(num_shards=2, mode="async"),
+        incoming=incoming,
+        drain=True,
+        num_workers=2,
+    )
     store = VersionStore(str(tmp_path / "run" / "versions"))
     manifest = store.manifest(store.latest())
     assert [e.file for e in bundle.read_ledger(store, manifest.version).entries] == [f.name for f in data_files]

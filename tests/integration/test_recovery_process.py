@@ -6,14 +6,13 @@ version and exits 130."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-
-import json
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -31,9 +30,27 @@ ARGS = ["--spec", "taobao", "--batch-size", "128", "--seed", "7", "--ps-shards",
 
 def _stream(tmp_path, *extra: str) -> subprocess.Popen:
     log = open(tmp_path / f"stream-{time.monotonic_ns()}.log", "w")
-    return subprocess.Popen([sys.executable, "-m", "cluster.cli", "stream", "--history", "history", "--incoming",
-                             "incoming", "--run-dir", "run", *ARGS, *extra], cwd=tmp_path, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cluster.cli",
+            "stream",
+            "--history",
+            "history",
+            "--incoming",
+            "incoming",
+            "--run-dir",
+            "run",
+            *ARGS,
+            *extra,
+        ],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def _wait_for_version(store: VersionStore, at_least: int, proc: subprocess.Popen, timeout: float = 180) -> None:
@@ -136,8 +153,7 @@ def _output(tmp_path) -> str:
     return "\n".join(p.read_text() for p in sorted(tmp_path.glob("stream-*.log")))
 
 
-def test_killed_stream_process_restarts_to_the_uninterrupted_model(data_files, dirty_files, dirty_reference,
-                                                                  tmp_path):
+def test_killed_stream_process_restarts_to_the_uninterrupted_model(data_files, dirty_files, dirty_reference, tmp_path):
     want = dirty_reference
     _layout(tmp_path, dirty_files, 3)
     store = VersionStore(str(tmp_path / "run" / "versions"))
@@ -169,10 +185,20 @@ def test_killed_stream_process_restarts_to_the_uninterrupted_model(data_files, d
     seconds = pc.cast(pc.cast(ts, pa.timestamp("s", tz="UTC")), pa.int64())
     shifted = pc.cast(pc.subtract(seconds, 7200), pa.timestamp("s", tz="UTC")).cast(ts.type)
     idx = late.schema.get_field_index("ts")
-    late = late.set_column(idx, "ts", pa.chunked_array([pa.concat_arrays(
-        [ts.combine_chunks().slice(0, len(ts) // 2), shifted.combine_chunks().slice(len(ts) // 2)])]))
-    late = late.set_column(late.schema.get_field_index("user_id"), "user_id",
-                           pc.add(late.column("user_id"), 10**9))  # new events, not duplicates
+    late = late.set_column(
+        idx,
+        "ts",
+        pa.chunked_array(
+            [
+                pa.concat_arrays(
+                    [ts.combine_chunks().slice(0, len(ts) // 2), shifted.combine_chunks().slice(len(ts) // 2)]
+                )
+            ]
+        ),
+    )
+    late = late.set_column(
+        late.schema.get_field_index("user_id"), "user_id", pc.add(late.column("user_id"), 10**9)
+    )  # new events, not duplicates
     name = "part-0-late.parquet"
     assert name < min(f.name for f in data_files)
     pq.write_table(late, tmp_path / "incoming" / f".{name}.tmp")
@@ -202,5 +228,5 @@ def test_ctrl_c_commits_a_final_version_and_exits_130(data_files, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     out = _output(tmp_path)
     assert "stopped on request" in out and "run the same command again to resume" in out
-    manifest = store.manifest(store.latest())
+    assert store.manifest(store.latest()).version == store.latest()
     assert _files_of(store) == [f.name for f in data_files[:3]]

@@ -38,12 +38,20 @@ def app(serve_port, tmp_path_factory):
     store = root / "versions"
     cfg = RankerConfig(epochs=1, num_candidates=50)
     replay(corpus, judgments.of(judgments.query_ids[:8]), cfg, str(store), batch_queries=8)
-    port = start_search_serving(SearchServeConfig(str(store), str(root / "eval40_products.tsv"), poll_interval_s=0.1),
-                                grpc_port=serve_port)  # the shared proxy (conftest)
+    port = start_search_serving(
+        SearchServeConfig(str(store), str(root / "eval40_products.tsv"), poll_interval_s=0.1), grpc_port=serve_port
+    )  # the shared proxy (conftest)
     client = SearchClient(f"127.0.0.1:{port}")
     client.wait_ready(120)
-    yield {"root": root, "corpus": corpus, "judgments": judgments, "store": store, "port": port, "client": client,
-           "cfg": cfg}
+    yield {
+        "root": root,
+        "corpus": corpus,
+        "judgments": judgments,
+        "store": store,
+        "port": port,
+        "client": client,
+        "cfg": cfg,
+    }
     client.close()
     serve.delete(APP_NAME)  # the proxy stays for the next module (conftest)
 
@@ -65,15 +73,24 @@ def test_bad_requests_get_invalid_argument_and_a_new_version_is_followed(app):
     from search.replay import replay
 
     c = app["client"]
-    for kwargs, msg in (({"query": "", "k": 5}, "query: empty"), ({"query": "bed", "k": 0}, "k must be in"),
-                        ({"query": "x" * 600, "k": 5}, "longer than"), ({"query": "bed", "k": 101}, "k must be in")):
+    for kwargs, msg in (
+        ({"query": "", "k": 5}, "query: empty"),
+        ({"query": "bed", "k": 0}, "k must be in"),
+        ({"query": "x" * 600, "k": 5}, "longer than"),
+        ({"query": "bed", "k": 101}, "k must be in"),
+    ):
         with pytest.raises(grpc.RpcError) as exc:
             c.search(**kwargs)
         assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and msg in exc.value.details()
     assert len(c.search("oak table", k=3).hits) == 3  # the replica goes on
     # another replay commits version 2 into the same store: the replica follows it
-    replay(SearchCorpus(app["corpus"].catalogue), app["judgments"].of(app["judgments"].query_ids[8:12]), app["cfg"],
-           str(app["store"]), batch_queries=4)
+    replay(
+        SearchCorpus(app["corpus"].catalogue),
+        app["judgments"].of(app["judgments"].query_ids[8:12]),
+        app["cfg"],
+        str(app["store"]),
+        batch_queries=4,
+    )
     deadline = time.monotonic() + 30
     while c.search("bed", k=1).model_version != 2 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -86,8 +103,20 @@ def test_grpcurl_lists_search_by_reflection(app):
     target = f"127.0.0.1:{app['port']}"
     out = subprocess.run([GRPCURL, "-plaintext", target, "list"], capture_output=True, text=True, timeout=30)
     assert "freshrec.v1.Search" in out.stdout, out.stderr
-    out = subprocess.run([GRPCURL, "-plaintext", "-H", "application: freshrec-search", "-d",
-                          json.dumps({"query": "round rug", "k": 2}), target, "freshrec.v1.Search/Search"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [
+            GRPCURL,
+            "-plaintext",
+            "-H",
+            "application: freshrec-search",
+            "-d",
+            json.dumps({"query": "round rug", "k": 2}),
+            target,
+            "freshrec.v1.Search/Search",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     assert len(json.loads(out.stdout)["hits"]) == 2

@@ -148,11 +148,16 @@ def test_every_answer_is_the_named_versions_exact_score_through_faults_and_rollb
     url = f"faulty://{tmp_path / 'versions'}"
     shards = Shards(VersionStore(url, options), 2)
     remote = RemoteTables(("user",), 2, 256, shards.load, shards.fetch)  # small cache: collisions, evictions
-    cfg = ServeConfig(store_url=url, storage_options=options, poll_interval_s=0.02, remote_tables=("user",),
-                      cache_rows=256)
+    cfg = ServeConfig(
+        store_url=url, storage_options=options, poll_interval_s=0.02, remote_tables=("user",), cache_rows=256
+    )
     failures: list[str] = []
-    telemetry = ReplicaTelemetry("chaos", record=lambda name, value, **tags: failures.append(tags["kind"])
-                                 if name == "freshrec_serving_load_failures_total" else None)
+    telemetry = ReplicaTelemetry(
+        "chaos",
+        record=lambda name, value, **tags: (
+            failures.append(tags["kind"]) if name == "freshrec_serving_load_failures_total" else None
+        ),
+    )
     svc = ScoringService(cfg, remote=remote, telemetry=telemetry)
     svc.follower.retry = RetryPolicy(base_s=0.02, max_s=0.2, floor_s=0.01)  # a refusal would last 300 s
     svc.start(wait_s=30)
@@ -170,7 +175,7 @@ def test_every_answer_is_the_named_versions_exact_score_through_faults_and_rollb
             except ServingError as exc:  # only UNAVAILABLE would be acceptable, and only before a first load
                 errors.append(f"{exc.code}: {exc.message}")
                 continue
-            except Exception as exc:  # noqa: BLE001 (an answer that is an internal error)
+            except Exception as exc:
                 errors.append(f"INTERNAL: {type(exc).__name__}: {exc}")
                 continue
             answers.append((i, resp.model_version, np.asarray(resp.scores, np.float32)))
@@ -192,8 +197,11 @@ def test_every_answer_is_the_named_versions_exact_score_through_faults_and_rollb
         for t in threads:
             t.start()
         for i in range(3):  # the stream goes on: a version per data file
-            trainer.add_file(write_taobao_csv(tmp_path / "in" / f"part-{2 + i}.csv", 800, 10 + i,
-                                              start_ts=1_511_680_000 + 3600 * i, new_items=20))
+            trainer.add_file(
+                write_taobao_csv(
+                    tmp_path / "in" / f"part-{2 + i}.csv", 800, 10 + i, start_ts=1_511_680_000 + 3600 * i, new_items=20
+                )
+            )
         time.sleep(1.0)
     finally:
         stop.set()

@@ -31,8 +31,9 @@ def app(serve_port, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("served")
     trainer = StoreTrainer(root / "versions")
-    files = [write_taobao_csv(root / "in" / f"part-{i}.csv", 1500, i, start_ts=1_511_658_000 + 3600 * i)
-             for i in range(2)]
+    files = [
+        write_taobao_csv(root / "in" / f"part-{i}.csv", 1500, i, start_ts=1_511_658_000 + 3600 * i) for i in range(2)
+    ]
     for f in files:
         trainer.add_file(f)
     cfg = ServeConfig(store_url=str(root / "versions"), poll_interval_s=0.1, catalogue=(str(root / "in"),))
@@ -47,7 +48,9 @@ def app(serve_port, tmp_path_factory):
 def test_served_through_grpc_equals_offline(app):
     trainer, client = app["trainer"], app["client"]
     batch = trainer.read(write_taobao_csv(app["root"] / "probe.csv", 300, 9, start_ts=1_511_670_000, users=500))
-    cols = {c: batch.table.column(c).cast("int64").to_numpy().tolist() for c in ("user_id", "item_id", "category_id", "ts")}
+    cols = {
+        c: batch.table.column(c).cast("int64").to_numpy().tolist() for c in ("user_id", "item_id", "category_id", "ts")
+    }
     offline = trainer.trainer.score(batch)  # the trainer that wrote the served version, scoring the same rows
     # the same rows in one request (every column per candidate): the same numbers, bit for bit
     r = client.score(None, cols["item_id"], item_columns={k: v for k, v in cols.items() if k != "item_id"})
@@ -55,8 +58,12 @@ def test_served_through_grpc_equals_offline(app):
     np.testing.assert_array_equal(np.float32(r.scores), offline)
     # one request per row (user and time in the context): equal up to float rounding of a batch of 1
     for i in range(0, len(batch), 30):
-        r = client.score(cols["user_id"][i], [cols["item_id"][i]], context={"ts": cols["ts"][i]},
-                         item_columns={"category_id": [cols["category_id"][i]]})
+        r = client.score(
+            cols["user_id"][i],
+            [cols["item_id"][i]],
+            context={"ts": cols["ts"][i]},
+            item_columns={"category_id": [cols["category_id"][i]]},
+        )
         assert abs(r.scores[0] - offline[i]) < 1e-6
 
 
@@ -67,12 +74,27 @@ def test_grpcurl_finds_the_service_by_reflection_and_calls_it(app):
     listed = subprocess.run([GRPCURL, "-plaintext", target, "list"], capture_output=True, text=True, timeout=30)
     assert "freshrec.v1.Scorer" in listed.stdout, listed.stderr
     body = json.dumps({"context": {"user_id": {"id": 5}}, "candidate_columns": {"item_id": {"ids": [2, 4, 7]}}})
-    out = subprocess.run([GRPCURL, "-plaintext", "-d", body, "-H", "application: freshrec", target,
-                          "freshrec.v1.Scorer/Score"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [GRPCURL, "-plaintext", "-d", body, "-H", "application: freshrec", target, "freshrec.v1.Scorer/Score"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     answer = json.loads(out.stdout)
     assert len(answer["scores"]) == 3 and int(answer["model_version"]) >= 2
-    bad = subprocess.run([GRPCURL, "-plaintext", "-d", json.dumps({"context": {"user_id": {"id": 5}}, "k": 0}),
-                          target, "freshrec.v1.Scorer/Recommend"], capture_output=True, text=True, timeout=30)
+    bad = subprocess.run(
+        [
+            GRPCURL,
+            "-plaintext",
+            "-d",
+            json.dumps({"context": {"user_id": {"id": 5}}, "k": 0}),
+            target,
+            "freshrec.v1.Scorer/Recommend",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert "InvalidArgument" in bad.stdout + bad.stderr and "k must be in [1, 1000]" in bad.stdout + bad.stderr
 
 
@@ -81,8 +103,11 @@ def test_bad_requests_get_invalid_argument_and_serving_goes_on(app):
     stub, md = client.stub, client.metadata
     too_many = client.score_request(5, list(range(1001)))
     nan_time = client.score_request(5, [1], context={"ts": float("nan")})
-    for req, message in [(pb.ScoreRequest(), "no candidates"), (too_many, "over the limit of 1000"),
-                         (nan_time, "non-finite")]:
+    for req, message in [
+        (pb.ScoreRequest(), "no candidates"),
+        (too_many, "over the limit of 1000"),
+        (nan_time, "non-finite"),
+    ]:
         with pytest.raises(grpc.RpcError) as err:
             stub.Score(req, metadata=md, timeout=10)
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details()
@@ -135,16 +160,19 @@ def test_remote_tables_through_read_only_shard_deployments_score_like_local_tabl
     cfg = app["cfg"].replace(remote_tables=("user", "category"), table_shards=2, cache_rows=1024)
     serve.run(build_app(cfg), name="freshrec-remote", route_prefix="/remote", blocking=False)
     trainer = app["trainer"]
-    batch = trainer.read(write_taobao_csv(app["root"] / "probe-remote.csv", 200, 11, start_ts=1_511_671_000,
-                                          users=400))
-    cols = {c: batch.table.column(c).cast("int64").to_numpy().tolist() for c in ("user_id", "item_id", "category_id", "ts")}
+    batch = trainer.read(write_taobao_csv(app["root"] / "probe-remote.csv", 200, 11, start_ts=1_511_671_000, users=400))
+    cols = {
+        c: batch.table.column(c).cast("int64").to_numpy().tolist() for c in ("user_id", "item_id", "category_id", "ts")
+    }
     with ScoringClient(f"127.0.0.1:{app['port']}", "freshrec-remote") as remote:
         info = remote.wait_ready(120)
         local = app["client"].wait_ready(30, min_version=info.model_version)
         assert local.model_version == info.model_version
         for _ in range(2):  # cold cache, then warm
             a = remote.score(None, cols["item_id"], item_columns={k: v for k, v in cols.items() if k != "item_id"})
-            b = app["client"].score(None, cols["item_id"], item_columns={k: v for k, v in cols.items() if k != "item_id"})
+            b = app["client"].score(
+                None, cols["item_id"], item_columns={k: v for k, v in cols.items() if k != "item_id"}
+            )
             assert a.model_version == b.model_version and a.unknown_ids == b.unknown_ids
             np.testing.assert_array_equal(np.float32(a.scores), np.float32(b.scores))
         v = trainer.add_file(write_taobao_csv(app["root"] / "in" / "part-99.csv", 600, 10, start_ts=1_511_710_000))

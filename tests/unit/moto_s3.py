@@ -18,7 +18,7 @@ def s3_server():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     try:
         server.start()
-    except Exception as exc:  # noqa: BLE001 - any failure to bind or start means: no S3 here
+    except Exception as exc:
         pytest.skip(f"moto's S3 server could not start on 127.0.0.1: {exc}")
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
@@ -30,8 +30,11 @@ def s3_options(s3_server, monkeypatch):
     """``(url_of(name) -> s3://fresh-bucket/name, storage_options)``: a new bucket per test."""
     import boto3
 
-    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(key, value)
     bucket = f"models-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)

@@ -61,11 +61,13 @@ def test_keep_keeps_the_directory_and_says_where(capsys):
 
 
 def test_sigterm_cleans_up_and_exits_143(tmp_path):
-    code = ("import os, signal, sys, time\n"
-            "from bench.serve import work_dir\n"
-            "with work_dir() as (work, children):\n"
-            "    print(work, flush=True)\n"
-            "    time.sleep(60)\n")
+    code = (
+        "import os, signal, sys, time\n"
+        "from bench.serve import work_dir\n"
+        "with work_dir() as (work, children):\n"
+        "    print(work, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         work = Path(proc.stdout.readline().strip())

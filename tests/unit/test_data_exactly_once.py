@@ -34,9 +34,13 @@ BASE = 1_511_600_000
 
 
 def _events(rng, n, t0, users=50, items=200):
-    return {"user_id": rng.integers(1, users, n), "item_id": rng.integers(1, items, n),
-            "category_id": rng.integers(1, 9, n), "behavior": rng.choice(["pv", "cart", "buy", "fav"], n),
-            "ts": t0 + np.sort(rng.integers(0, 3000, n))}
+    return {
+        "user_id": rng.integers(1, users, n),
+        "item_id": rng.integers(1, items, n),
+        "category_id": rng.integers(1, 9, n),
+        "behavior": rng.choice(["pv", "cart", "buy", "fav"], n),
+        "ts": t0 + np.sort(rng.integers(0, 3000, n)),
+    }
 
 
 def _write(path, cols) -> None:
@@ -56,8 +60,11 @@ def dirty_stream(root, files: int = 5, rows: int = 120, seed: int = 0) -> list:
         cols = _events(rng, rows, BASE + k * 7200)
         if prev is not None:
             for c in cols:  # 3 repeats of the previous file's events, then a late one (new ids)
-                late = np.array([BASE + (k - 1) * 7200 - 4000]) if c == "ts" else (
-                    np.array([7777 + k]) if c in ("user_id", "item_id") else cols[c][:1])
+                late = (
+                    np.array([BASE + (k - 1) * 7200 - 4000])
+                    if c == "ts"
+                    else (np.array([7777 + k]) if c in ("user_id", "item_id") else cols[c][:1])
+                )
                 cols[c] = np.concatenate([cols[c], prev[c][:3], late])
         path = root / f"part-{k:03d}.parquet"
         _write(path, cols)
@@ -73,8 +80,13 @@ def stream(src, store_url, stop_after: int | None = None, data_state: bool = Tru
 
     t = LocalTrainer(SPEC, ModelConfig(), TrainConfig(seed=3, batch_size=64))
     v = Validator(SPEC, DeadLetterWriter(None), stream=True)
-    keeper = VersionKeeper(store_url, t.backend, t, SnapshotConfig(full_every=3),
-                           data=DataState(v, lambda: t.ledger) if data_state else None)
+    keeper = VersionKeeper(
+        store_url,
+        t.backend,
+        t,
+        SnapshotConfig(full_every=3),
+        data=DataState(v, lambda: t.ledger) if data_state else None,
+    )
     keeper.restore()
     reports = {}
     for ref in follow_data_files(None, src, t.ledger, drain=True, poll_s=0.01, settle_s=0.0):
@@ -104,8 +116,11 @@ def test_a_resumed_stream_drops_exactly_the_duplicates_of_an_uninterrupted_one(t
     assert sorted(first) + sorted(rest) == sorted(whole)  # each file once
     resumed = {**first, **rest}
     for name, r in whole.items():
-        assert (resumed[name].rows_duplicate, resumed[name].rows_late, resumed[name].rows_good) == \
-            (r.rows_duplicate, r.rows_late, r.rows_good), name
+        assert (resumed[name].rows_duplicate, resumed[name].rows_late, resumed[name].rows_good) == (
+            r.rows_duplicate,
+            r.rows_late,
+            r.rows_good,
+        ), name
     assert _digest(str(tmp_path / "a")) == _digest(str(tmp_path / "b"))
     # without the data layer's state in the version (the bug of issue 19) the resumed run trains a duplicate
     stream(src, str(tmp_path / "c"), stop_after=2, data_state=False)
@@ -144,7 +159,7 @@ def test_a_restored_dedup_window_forgets_exactly_what_the_uninterrupted_one_forg
 
     def step(w, ids, ts, floor):
         ids = ids[~w.contains(ids)]
-        w.add(ids, ts[:len(ids)])
+        w.add(ids, ts[: len(ids)])
         w.forget(floor)
 
     for _ in range(80):
@@ -263,8 +278,15 @@ def test_the_bytes_trained_are_the_bytes_hashed(tmp_path, monkeypatch):
 def test_in_progress_names_are_ignored_until_renamed(tmp_path):
     from trainer.data.pipeline import is_data_file_name
 
-    for name in (".part-1.parquet", "_part-1.parquet", "part-1.parquet.tmp", "part-1.parquet.inprogress",
-                 "part-1.parquet._COPYING_", "part-1.tmp.parquet", "part-1.inprogress.csv"):
+    for name in (
+        ".part-1.parquet",
+        "_part-1.parquet",
+        "part-1.parquet.tmp",
+        "part-1.parquet.inprogress",
+        "part-1.parquet._COPYING_",
+        "part-1.tmp.parquet",
+        "part-1.inprogress.csv",
+    ):
         assert not is_data_file_name(name), name
     assert is_data_file_name("part-1.parquet")
     src = tmp_path / "in"
@@ -311,12 +333,14 @@ def test_restart_recognises_consumed_files_without_reading_them(tmp_path, monkey
         t0 = time.perf_counter()
         t2 = LocalTrainer(SPEC, ModelConfig(), TrainConfig(seed=3))
         v2 = Validator(SPEC, stream=True)
-        VersionKeeper(str(tmp_path / f"s-{n}"), t2.backend, t2, data=DataState(v2, lambda: t2.ledger)).restore()
+        VersionKeeper(str(tmp_path / f"s-{n}"), t2.backend, t2, data=DataState(v2, lambda t2=t2: t2.ledger)).restore()
         assert list(follow_data_files(None, src, t2.ledger, drain=True, settle_s=0.0)) == []
         times[n] = time.perf_counter() - t0
         assert reads == [] and len(t2.ledger) == n
-    print(f"\nrestart (restore + one pass of the follower): {times[10] * 1e3:.1f} ms after 10 consumed files, "
-          f"{times[1000] * 1e3:.1f} ms after 1,000 ({times[1000] / times[10]:.2f}x)")
+    print(
+        f"\nrestart (restore + one pass of the follower): {times[10] * 1e3:.1f} ms after 10 consumed files, "
+        f"{times[1000] * 1e3:.1f} ms after 1,000 ({times[1000] / times[10]:.2f}x)"
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -12,11 +12,16 @@ from trainer.data.dedup import DedupWindow
 from trainer.data.hashing import combine, hash_strings
 
 
-
 def test_hash_is_stable_across_processes():
     code = "import pyarrow as pa; from trainer.data.hashing import hash_strings; print(list(hash_strings(pa.array(['alice', '', '商品-42']))))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONHASHSEED": "123", "PATH": ""}, cwd=".").stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123", "PATH": ""},
+        cwd=".",
+    ).stdout
     here = list(hash_strings(pa.array(["alice", "", "商品-42"])))
     assert out.strip() == str(here)
 
@@ -83,7 +88,7 @@ def test_dedup_window_bounded_and_exact():
     rng = np.random.default_rng(0)
     seen = []
     for _ in range(40):
-        ids = rng.integers(-2**62, 2**62, 100)
+        ids = rng.integers(-(2**62), 2**62, 100)
         assert not w.contains(ids).any()
         w.add(ids)
         seen.append(ids)
@@ -100,13 +105,20 @@ def test_ledger_identifies_files_by_name_and_content(tmp_path):
     (a / "part-1.csv").write_text("first")
     (b / "part-1.csv").write_text("second")
     (b / "part-0-renamed.csv").write_text("first")
-    ra, rb, renamed = data_file_ref(a / "part-1.csv"), data_file_ref(b / "part-1.csv"), data_file_ref(b / "part-0-renamed.csv")
+    ra, rb, renamed = (
+        data_file_ref(a / "part-1.csv"),
+        data_file_ref(b / "part-1.csv"),
+        data_file_ref(b / "part-0-renamed.csv"),
+    )
     led = DataLedger()
     led.record(ra, 5, complete=True)
     assert not led.is_complete(rb) and led.is_complete(renamed)
     led.record(rb, 7, complete=True)
     d = led.to_dict()
-    assert d["version"] == 3 and [(e["file"], e["rows"]) for e in d["entries"]] == [("part-1.csv", 5), ("part-1.csv", 7)]
+    assert d["version"] == 3 and [(e["file"], e["rows"]) for e in d["entries"]] == [
+        ("part-1.csv", 5),
+        ("part-1.csv", 7),
+    ]
     assert all(len(e["sha256"]) == 64 for e in d["entries"]) and DataLedger.from_dict(d) == led
     old = DataLedger.from_dict({"version": 2, "entries": [{"file": "part-1.csv", "rows": 3, "complete": True}]})
     assert old.is_complete("x/part-1.csv") and old.is_complete(ra)  # a name-only entry still counts
@@ -115,13 +127,24 @@ def test_ledger_identifies_files_by_name_and_content(tmp_path):
 garbage = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=12)
-entry = st.fixed_dictionaries({"file": garbage | st.just("part-1.csv"), "rows": garbage | st.integers(0, 9),
-                               "complete": garbage | st.booleans(), "sha256": garbage | st.just("a" * 64)})
+    max_leaves=12,
+)
+entry = st.fixed_dictionaries(
+    {
+        "file": garbage | st.just("part-1.csv"),
+        "rows": garbage | st.integers(0, 9),
+        "complete": garbage | st.booleans(),
+        "sha256": garbage | st.just("a" * 64),
+    }
+)
 
 
-@given(garbage | st.fixed_dictionaries({"version": st.sampled_from([1, 2, 3]) | garbage,
-                                        "entries": st.lists(entry, max_size=3) | garbage}))
+@given(
+    garbage
+    | st.fixed_dictionaries(
+        {"version": st.sampled_from([1, 2, 3]) | garbage, "entries": st.lists(entry, max_size=3) | garbage}
+    )
+)
 @settings(max_examples=200, deadline=None)
 def test_ledger_from_dict_rejects_garbage_with_ledger_error(data):
     try:

@@ -10,8 +10,18 @@ import pytest
 
 from cluster.cli import main
 from common.config import ConfigError
-from trainer.data import (DeadLetterWriter, EventBatch, FileQualityError, RunningStats, Validator, check_file_report,
-                          iter_batches, load_spec, read_data_file, read_dead_letters)
+from trainer.data import (
+    DeadLetterWriter,
+    EventBatch,
+    FileQualityError,
+    RunningStats,
+    Validator,
+    check_file_report,
+    iter_batches,
+    load_spec,
+    read_data_file,
+    read_dead_letters,
+)
 from trainer.data.spec import spec_from_dict
 from trainer.data.split import split_into_files
 
@@ -60,12 +70,22 @@ def test_user_grouped_export_loses_nothing_and_splits_in_time_order(tmp_path):
 
 
 def test_split_needs_a_time_column_name_not_ts(tmp_path):
-    spec = spec_from_dict({
-        "name": "t", "format": "csv", "header": True,
-        "columns": [{"name": "u", "type": "int_id"}, {"name": "clicked", "type": "int"},
-                    {"name": "when", "type": "timestamp", "unit": "ms"}],
-        "time_column": "when", "event_id": {"derive": ["u", "when"]}, "label": {"column": "clicked", "threshold": 1},
-        "sparse": [{"name": "u", "column": "u", "dim": 8}]})
+    spec = spec_from_dict(
+        {
+            "name": "t",
+            "format": "csv",
+            "header": True,
+            "columns": [
+                {"name": "u", "type": "int_id"},
+                {"name": "clicked", "type": "int"},
+                {"name": "when", "type": "timestamp", "unit": "ms"},
+            ],
+            "time_column": "when",
+            "event_id": {"derive": ["u", "when"]},
+            "label": {"column": "clicked", "threshold": 1},
+            "sparse": [{"name": "u", "column": "u", "dim": 8}],
+        }
+    )
     src = tmp_path / "x.csv"
     src.write_text("u,clicked,when\n" + "".join(f"{i},{i % 2},{(T0 + 400 * (9 - i)) * 1000}\n" for i in range(10)))
     result = split_into_files([src], Validator(spec), 600, tmp_path / "out", progress=False)
@@ -83,9 +103,13 @@ def _stream_spec(policy):
 
 def load_spec_raw():
     return {
-        "name": "s", "format": "csv", "header": False,
+        "name": "s",
+        "format": "csv",
+        "header": False,
         "columns": [{"name": "e", "type": "int_id"}, {"name": "y", "type": "int"}, {"name": "ts", "type": "timestamp"}],
-        "time_column": "ts", "event_id": {"column": "e"}, "label": {"column": "y", "threshold": 1},
+        "time_column": "ts",
+        "event_id": {"column": "e"},
+        "label": {"column": "y", "threshold": 1},
         "sparse": [{"name": "e", "column": "e", "dim": 4}],
     }
 
@@ -134,38 +158,80 @@ def test_time_format_yymmddhh_is_strict(tmp_path):
 
 # -- ids and null tokens --------------------------------------------------------------------
 def test_null_tokens_control_characters_and_typed_ids(tmp_path):
-    spec = spec_from_dict({
-        "name": "ids", "format": "tsv", "header": True,
-        "columns": [{"name": "e", "type": "int_id"}, {"name": "user", "type": "string_id", "max_len": 10},
-                    {"name": "item", "type": "id"}, {"name": "ts", "type": "timestamp"}],
-        "time_column": "ts", "event_id": {"column": "e"}, "label": {"column": "e", "threshold": 2},
-        "sparse": [{"name": "user", "column": "user", "dim": 4}, {"name": "item", "column": "item", "dim": 4}]})
+    spec = spec_from_dict(
+        {
+            "name": "ids",
+            "format": "tsv",
+            "header": True,
+            "columns": [
+                {"name": "e", "type": "int_id"},
+                {"name": "user", "type": "string_id", "max_len": 10},
+                {"name": "item", "type": "id"},
+                {"name": "ts", "type": "timestamp"},
+            ],
+            "time_column": "ts",
+            "event_id": {"column": "e"},
+            "label": {"column": "e", "threshold": 2},
+            "sparse": [{"name": "user", "column": "user", "dim": 4}, {"name": "item", "column": "item", "dim": 4}],
+        }
+    )
     path = tmp_path / "ids.tsv"
-    body = ["e\tuser\titem\tts", f"1\talice\t7\t{T0}", f"2\tNaN\t7\t{T0}", f"3\tbob\t\\N\t{T0}",
-            f"4\tbo\x01b\t7\t{T0}", f"5\tbob\tit\x7fem\t{T0}", f"x6\tbob\t7\t{T0}", f"7\t007\t007\t{T0}",
-            f"8\tcarol\tnull\t{T0}", f"9\ta\tb\tc\t{T0}"]
+    body = [
+        "e\tuser\titem\tts",
+        f"1\talice\t7\t{T0}",
+        f"2\tNaN\t7\t{T0}",
+        f"3\tbob\t\\N\t{T0}",
+        f"4\tbo\x01b\t7\t{T0}",
+        f"5\tbob\tit\x7fem\t{T0}",
+        f"x6\tbob\t7\t{T0}",
+        f"7\t007\t007\t{T0}",
+        f"8\tcarol\tnull\t{T0}",
+        f"9\ta\tb\tc\t{T0}",
+    ]
     path.write_bytes(("\n".join(body) + "\n").encode() + b"10\t\xff\xfe\t7\t" + str(T0).encode() + b"\n")
     v, b, reasons = _run(path, spec, tmp_path)
     assert v.report.balanced
-    assert reasons == {3: "missing field", 4: "missing field", 5: "control characters", 6: "control characters",
-                       7: "malformed id", 9: "missing field", 10: "wrong column count", 11: "invalid utf-8"}
+    assert reasons == {
+        3: "missing field",
+        4: "missing field",
+        5: "control characters",
+        6: "control characters",
+        7: "malformed id",
+        9: "missing field",
+        10: "wrong column count",
+        11: "invalid utf-8",
+    }
     assert b.event_id.tolist() == [1, 7]
     assert b.sparse["item"].tolist()[1] == 7 and b.sparse["user"][1] not in (7,)  # "007" is text for a string_id
 
 
 # -- missing values, padding, transforms, zero dense features ---------------------------------
 def test_fill_indicator_pad_trailing_and_transforms(tmp_path):
-    spec = spec_from_dict({
-        "name": "m", "format": "tsv", "header": False, "pad_trailing": True, "time": "row_order", "event_id": "row",
-        "columns": [{"name": "y", "type": "int"}, {"name": "a", "type": "float", "required": False, "fill": -5},
-                    {"name": "b", "type": "int", "required": False}, {"name": "c", "type": "string_id", "required": False}],
-        "label": {"column": "y", "threshold": 1},
-        "sparse": [{"name": "c", "column": "c", "dim": 4}],
-        "dense": [{"name": "a_log", "column": "a", "transform": "log1p"},
-                  {"name": "a_shift", "column": "a", "transform": "log1p", "shift": 10, "clip_max": 90},
-                  {"name": "a_missing", "column": "a", "transform": "missing"},
-                  {"name": "b_clip", "column": "b", "transform": "clip", "clip_min": 0, "clip_max": 3},
-                  {"name": "b_bucket", "column": "b", "transform": "bucketize", "boundaries": [0, 2, 5]}]})
+    spec = spec_from_dict(
+        {
+            "name": "m",
+            "format": "tsv",
+            "header": False,
+            "pad_trailing": True,
+            "time": "row_order",
+            "event_id": "row",
+            "columns": [
+                {"name": "y", "type": "int"},
+                {"name": "a", "type": "float", "required": False, "fill": -5},
+                {"name": "b", "type": "int", "required": False},
+                {"name": "c", "type": "string_id", "required": False},
+            ],
+            "label": {"column": "y", "threshold": 1},
+            "sparse": [{"name": "c", "column": "c", "dim": 4}],
+            "dense": [
+                {"name": "a_log", "column": "a", "transform": "log1p"},
+                {"name": "a_shift", "column": "a", "transform": "log1p", "shift": 10, "clip_max": 90},
+                {"name": "a_missing", "column": "a", "transform": "missing"},
+                {"name": "b_clip", "column": "b", "transform": "clip", "clip_min": 0, "clip_max": 3},
+                {"name": "b_bucket", "column": "b", "transform": "bucketize", "boundaries": [0, 2, 5]},
+            ],
+        }
+    )
     path = tmp_path / "m.tsv"
     path.write_text("1\t0\t7\tx\n0\t\t-2\n1\t-3\n0\t99\t4\ty\n")  # rows 2 and 3 had trailing fields trimmed
     v, b, reasons = _run(path, spec, tmp_path)
@@ -221,8 +287,12 @@ def test_headers_checked_per_file(tmp_path, capsys):
     dead = str(tmp_path / "d.jsonl")
     assert main(["data", "validate", str(without), "--spec", str(spec_file), "--dead-letter", dead]) == 2
     assert "--no-header" in capsys.readouterr().err
-    assert main(["data", "validate", str(without), "--spec", str(spec_file), "--dead-letter", dead, "--no-header",
-                 "--json"]) == 0
+    assert (
+        main(
+            ["data", "validate", str(without), "--spec", str(spec_file), "--dead-letter", dead, "--no-header", "--json"]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["rows_good"] == 2
 
 
@@ -295,8 +365,11 @@ def test_avazu_style_csv(tmp_path):
     assert b.label.tolist() == [0, 0, 1, 0] and len(set(b.event_id.tolist())) == 4
     assert b.dense[:, 0].tolist() == [0, 0, 1, 23]
     result = split_into_files([path], Validator(spec), 3600, tmp_path / "files", progress=False)
-    assert [p.name for p in result.files] == ["part-20141021T000000Z.parquet", "part-20141021T010000Z.parquet",
-                                              "part-20141022T230000Z.parquet"]
+    assert [p.name for p in result.files] == [
+        "part-20141021T000000Z.parquet",
+        "part-20141021T010000Z.parquet",
+        "part-20141022T230000Z.parquet",
+    ]
 
 
 def test_spec_errors_for_new_options():
@@ -323,29 +396,61 @@ import string  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-FUZZ_SPEC = spec_from_dict({
-    "name": "fuzz", "format": "tsv", "header": "auto", "pad_trailing": True,
-    "columns": [{"name": "e", "type": "int_id"}, {"name": "u", "type": "string_id", "max_len": 12},
-                {"name": "tags", "type": "id_list", "separator": "|", "required": False, "max_items": 4, "max_len": 6},
-                {"name": "x", "type": "float", "required": False},
-                {"name": "ts", "type": "timestamp", "format": "%y%m%d%H"}],
-    "time_column": "ts", "event_id": {"column": "e"}, "label": {"column": "e", "threshold": 50},
-    "lateness": {"allowed_s": 3600, "policy": "defer"},
-    "sparse": [{"name": "u", "column": "u", "dim": 4}, {"name": "tags", "column": "tags", "dim": 4}],
-    "dense": [{"name": "x", "column": "x", "transform": "log1p", "clip_max": 1e6},
-              {"name": "x_missing", "column": "x", "transform": "missing"}],
-})
+FUZZ_SPEC = spec_from_dict(
+    {
+        "name": "fuzz",
+        "format": "tsv",
+        "header": "auto",
+        "pad_trailing": True,
+        "columns": [
+            {"name": "e", "type": "int_id"},
+            {"name": "u", "type": "string_id", "max_len": 12},
+            {"name": "tags", "type": "id_list", "separator": "|", "required": False, "max_items": 4, "max_len": 6},
+            {"name": "x", "type": "float", "required": False},
+            {"name": "ts", "type": "timestamp", "format": "%y%m%d%H"},
+        ],
+        "time_column": "ts",
+        "event_id": {"column": "e"},
+        "label": {"column": "e", "threshold": 50},
+        "lateness": {"allowed_s": 3600, "policy": "defer"},
+        "sparse": [{"name": "u", "column": "u", "dim": 4}, {"name": "tags", "column": "tags", "dim": 4}],
+        "dense": [
+            {"name": "x", "column": "x", "transform": "log1p", "clip_max": 1e6},
+            {"name": "x_missing", "column": "x", "transform": "missing"},
+        ],
+    }
+)
 fuzz_field = st.one_of(
-    st.sampled_from(["", "NaN", "null", "\\N", "7", "-1", "a|b", "a||b|c|d|e", "x\x01y", "14102100", "14102223",
-                     "1410210", "99999999", "1e308", "inf", "e", "ts"]),
+    st.sampled_from(
+        [
+            "",
+            "NaN",
+            "null",
+            "\\N",
+            "7",
+            "-1",
+            "a|b",
+            "a||b|c|d|e",
+            "x\x01y",
+            "14102100",
+            "14102223",
+            "1410210",
+            "99999999",
+            "1e308",
+            "inf",
+            "e",
+            "ts",
+        ]
+    ),
     st.integers(0, 100).map(str),
     st.text(alphabet=string.printable.replace("\n", "").replace("\r", ""), max_size=12),
 )
-good_line = st.tuples(st.integers(0, 60), st.integers(0, 23), st.sampled_from(["", "a|b", "7", "NaN"]),
-                      st.sampled_from(["", "2.5", "-3"])).map(
-    lambda t: f"{t[0]}\tu{t[0]}\t{t[2]}\t{t[3]}\t141021{t[1]:02d}")  # valid: exercises late rows and duplicates
+good_line = st.tuples(
+    st.integers(0, 60), st.integers(0, 23), st.sampled_from(["", "a|b", "7", "NaN"]), st.sampled_from(["", "2.5", "-3"])
+).map(lambda t: f"{t[0]}\tu{t[0]}\t{t[2]}\t{t[3]}\t141021{t[1]:02d}")  # valid: exercises late rows and duplicates
 fuzz_line = st.one_of(
-    good_line, good_line,
+    good_line,
+    good_line,
     st.lists(fuzz_field, min_size=5, max_size=5).map("\t".join),
     st.lists(fuzz_field, min_size=0, max_size=7).map("\t".join),
     st.binary(max_size=40).map(lambda b: b.replace(b"\n", b" ").replace(b"\r", b" ").decode("latin-1")),
@@ -376,10 +481,15 @@ def test_fuzz_stream_with_new_paths_keeps_the_invariant(tmp_path, files, block):
 
 
 json_value = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=10)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()
+    | st.text(max_size=10)
     | st.sampled_from(["NaN", "a|b", "14102100", "u\x01"]),
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=3), inner, max_size=2),
-    max_leaves=8)
+    max_leaves=8,
+)
 json_row = st.fixed_dictionaries({}, optional={k: json_value for k in ("e", "u", "tags", "x", "ts")})
 
 
@@ -398,11 +508,16 @@ def test_fuzz_json_lines_with_lists_never_crash(tmp_path, lines, block):
 @st.composite
 def arrow_column(draw, n):
     opt = st.none
-    kind = draw(st.sampled_from(["int", "float", "str", "bool", "list_int", "list_str", "list_float", "struct", "null",
-                                 "ts", "dict"]))
+    kind = draw(
+        st.sampled_from(
+            ["int", "float", "str", "bool", "list_int", "list_str", "list_float", "struct", "null", "ts", "dict"]
+        )
+    )
     values = {
-        "int": (st.integers(-2**63, 2**63 - 1), pa.int64()), "float": (st.floats(), pa.float64()),
-        "str": (st.text(max_size=12), pa.string()), "bool": (st.booleans(), pa.bool_()),
+        "int": (st.integers(-(2**63), 2**63 - 1), pa.int64()),
+        "float": (st.floats(), pa.float64()),
+        "str": (st.text(max_size=12), pa.string()),
+        "bool": (st.booleans(), pa.bool_()),
         "list_int": (st.lists(st.integers(-99, 99) | opt(), max_size=6), pa.list_(pa.int64())),
         "list_str": (st.lists(st.text(max_size=8) | opt(), max_size=6), pa.list_(pa.string())),
         "list_float": (st.lists(st.floats() | opt(), max_size=6), pa.list_(pa.float64())),
@@ -421,8 +536,10 @@ def arrow_column(draw, n):
 @st.composite
 def arrow_table(draw):
     n = draw(st.integers(0, 6))
-    return pa.table({name: draw(arrow_column(n)) for name in ("e", "u", "tags", "x", "ts") if draw(st.booleans())}
-                    or {"e": pa.nulls(n)})
+    return pa.table(
+        {name: draw(arrow_column(n)) for name in ("e", "u", "tags", "x", "ts") if draw(st.booleans())}
+        or {"e": pa.nulls(n)}
+    )
 
 
 @given(arrow_table())

@@ -6,8 +6,8 @@ import pytest
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
 
-from trainer.data import DataLedger, Validator, iter_batches, load_spec, read_data_file  # noqa: E402
-from trainer.data.follow import follow_data_files  # noqa: E402
+from trainer.data import DataLedger, Validator, iter_batches, load_spec, read_data_file
+from trainer.data.follow import follow_data_files
 
 ROWS = [f"{u},{u * 7},{u % 3},{'buy' if u % 4 == 0 else 'pv'},{1511658000 + u}\n" for u in range(1, 41)]
 

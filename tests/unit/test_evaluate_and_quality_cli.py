@@ -19,7 +19,9 @@ def _csv(path, rows, seed):
     users, items = rng.integers(1, 200, rows), rng.integers(1, 300, rows)
     buy = rng.random(rows) < np.where(items % 5 == 0, 0.7, 0.05)
     ts = 1511658000 + seed * 900 + np.sort(rng.integers(0, 900, rows))
-    path.write_text("".join(f"{u},{i},{i % 30},{'buy' if b else 'pv'},{t}\n" for u, i, b, t in zip(users, items, buy, ts)))
+    path.write_text(
+        "".join(f"{u},{i},{i % 30},{'buy' if b else 'pv'},{t}\n" for u, i, b, t in zip(users, items, buy, ts))
+    )
     return path
 
 
@@ -29,9 +31,12 @@ def test_evaluate_scores_held_out_files_with_the_committed_model(tmp_path, capsy
     spec = load_spec("taobao")
     files = [_csv(tmp_path / f"f{i}.csv", 1500, i) for i in range(4)]
     t = LocalTrainer(spec, ModelConfig(), TrainConfig(batch_size=128, sparse_lr=0.1, dense_lr=0.05))
-    keeper = VersionKeeper(str(tmp_path / "run" / "versions"), t.backend, t,
-                           extra=version_extra("taobao", {"model": dataclasses.asdict(ModelConfig()),
-                                                          "train": {"batch_size": 128}}))
+    keeper = VersionKeeper(
+        str(tmp_path / "run" / "versions"),
+        t.backend,
+        t,
+        extra=version_extra("taobao", {"model": dataclasses.asdict(ModelConfig()), "train": {"batch_size": 128}}),
+    )
     v = Validator(spec)
     for f in files[:3]:
         t.step_file(read_data_file(f, v), f.name, rows_read=1500)
@@ -69,8 +74,26 @@ def test_evaluate_scores_held_out_files_with_the_committed_model(tmp_path, capsy
 
 def test_bench_quality_replays_any_spec(tmp_path, capsys):
     data = [_csv(tmp_path / f"log{i}.csv", 2000, i) for i in range(3)]
-    assert main(["bench", "quality", "--spec", "taobao", "--data", *map(str, data), "--files", "5", "--warmup", "2",
-                 "--points", "2", "--json"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "quality",
+                "--spec",
+                "taobao",
+                "--data",
+                *map(str, data),
+                "--files",
+                "5",
+                "--warmup",
+                "2",
+                "--points",
+                "2",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["spec"] == "taobao_userbehavior" and out["points"] == 2 and out["files"] == 5
     assert 0 < out["compute_ratio"] < 1 and 0.4 < out["auc_incremental"] <= 1

@@ -18,24 +18,36 @@ ACTIONS = np.array(["pv", "cart", "fav", "buy"])
 
 def spec_with(dynamic=None):
     raw = {
-        "name": "t", "format": "csv", "header": False,
-        "columns": [{"name": "user_id", "type": "id"}, {"name": "item_id", "type": "id"},
-                    {"name": "behavior", "type": "string"}, {"name": "ts", "type": "timestamp"}],
-        "time_column": "ts", "event_id": {"derive": ["user_id", "item_id", "behavior", "ts"]},
+        "name": "t",
+        "format": "csv",
+        "header": False,
+        "columns": [
+            {"name": "user_id", "type": "id"},
+            {"name": "item_id", "type": "id"},
+            {"name": "behavior", "type": "string"},
+            {"name": "ts", "type": "timestamp"},
+        ],
+        "time_column": "ts",
+        "event_id": {"derive": ["user_id", "item_id", "behavior", "ts"]},
         "actions": {"column": "behavior", "values": ["pv", "cart", "fav", "buy"]},
         "label": {"actions": ["cart", "fav", "buy"]},
         "sparse": [{"name": "user", "column": "user_id", "dim": 4}, {"name": "item", "column": "item_id", "dim": 4}],
         "dense": [{"name": "hour", "column": "ts", "transform": "hour_of_day"}],
-        "dynamic": dynamic if dynamic is not None else {
+        "dynamic": dynamic
+        if dynamic is not None
+        else {
             "ttl_s": "30d",
-            "counters": [{"name": "iv", "key": "item_id", "actions": ["pv"], "half_lives": [60, "1h"]},
-                         {"name": "ic", "key": "item_id", "actions": ["cart", "buy"], "half_lives": ["1h"]},
-                         {"name": "ue", "key": "user_id", "half_lives": [600]},
-                         {"name": "up", "key": "user_id", "positive": True, "half_lives": [600]}],
+            "counters": [
+                {"name": "iv", "key": "item_id", "actions": ["pv"], "half_lives": [60, "1h"]},
+                {"name": "ic", "key": "item_id", "actions": ["cart", "buy"], "half_lives": ["1h"]},
+                {"name": "ue", "key": "user_id", "half_lives": [600]},
+                {"name": "up", "key": "user_id", "positive": True, "half_lives": [600]},
+            ],
             "rates": [{"name": "icvr", "numerator": "ic", "denominator": "iv", "prior": 0.1, "strength": 2}],
-            "sequences": [{"name": "ui", "key": "user_id", "column": "item_id", "length": 3, "dim": 4},
-                          {"name": "ub", "key": "user_id", "column": "item_id", "length": 2, "dim": 4,
-                           "actions": ["buy"]}],
+            "sequences": [
+                {"name": "ui", "key": "user_id", "column": "item_id", "length": 3, "dim": 4},
+                {"name": "ub", "key": "user_id", "column": "item_id", "length": 2, "dim": 4, "actions": ["buy"]},
+            ],
         },
     }
     return spec_from_dict(raw)
@@ -48,16 +60,26 @@ def make_batch(user, item, act, ts, event_id=None) -> EventBatch:
     n = len(user)
     act = np.asarray(act)
     eid = np.arange(n, dtype=np.int64) if event_id is None else np.asarray(event_id, np.int64)
-    return EventBatch(source="t", event_id=eid, ts=np.asarray(ts, np.int64),
-                      label=np.isin(act, ["cart", "fav", "buy"]).astype(np.float32),
-                      sparse={"user": np.asarray(user, np.int64), "item": np.asarray(item, np.int64)},
-                      dense=np.zeros((n, 1), np.float32), rows=np.arange(n, dtype=np.int64),
-                      table=pa.table({"behavior": pa.array([str(a) for a in act], pa.string())}))
+    return EventBatch(
+        source="t",
+        event_id=eid,
+        ts=np.asarray(ts, np.int64),
+        label=np.isin(act, ["cart", "fav", "buy"]).astype(np.float32),
+        sparse={"user": np.asarray(user, np.int64), "item": np.asarray(item, np.int64)},
+        dense=np.zeros((n, 1), np.float32),
+        rows=np.arange(n, dtype=np.int64),
+        table=pa.table({"behavior": pa.array([str(a) for a in act], pa.string())}),
+    )
 
 
 def random_batch(rng, n, t0=1_511_658_000, span=3000, users=6, items=5):
-    return make_batch(rng.integers(0, users, n), rng.integers(0, items, n), ACTIONS[rng.integers(0, 4, n)],
-                      t0 + rng.integers(0, span, n), event_id=rng.integers(0, 1 << 40, n))
+    return make_batch(
+        rng.integers(0, users, n),
+        rng.integers(0, items, n),
+        ACTIONS[rng.integers(0, 4, n)],
+        t0 + rng.integers(0, span, n),
+        event_id=rng.integers(0, 1 << 40, n),
+    )
 
 
 # ------------------------------------------------------------- the reference
@@ -68,10 +90,17 @@ def reference(history: list[EventBatch], batch: EventBatch, spec=SPEC):
     past = []  # (ts, user, item, action)
     for b in history:  # each earlier batch in its event order
         b = b.take(np.lexsort((np.arange(len(b)), b.ts)))
-        past += list(zip(b.ts.tolist(), b.sparse["user"].tolist(), b.sparse["item"].tolist(),
-                         b.table["behavior"].to_pylist()))
-    cur = list(zip(batch.ts.tolist(), batch.sparse["user"].tolist(), batch.sparse["item"].tolist(),
-                   batch.table["behavior"].to_pylist()))
+        past += list(
+            zip(b.ts.tolist(), b.sparse["user"].tolist(), b.sparse["item"].tolist(), b.table["behavior"].to_pylist())
+        )
+    cur = list(
+        zip(
+            batch.ts.tolist(),
+            batch.sparse["user"].tolist(),
+            batch.sparse["item"].tolist(),
+            batch.table["behavior"].to_pylist(),
+        )
+    )
     dense, seqs = [], {s.name: [] for s in d.sequences}
     col = {"user_id": 1, "item_id": 2}
     for i, (t, u, it, a) in enumerate(cur):
@@ -99,14 +128,14 @@ def reference(history: list[EventBatch], batch: EventBatch, spec=SPEC):
         for s in d.sequences:
             in_order = past + sorted((e for j, e in enumerate(cur) if (e[0], j) < (t, i)), key=lambda e: e[0])
             mine = [e for e in in_order if e[col[s.key]] == u and (not s.actions or e[3] in s.actions)]
-            seqs[s.name].append([e[col[s.column]] for e in mine][-s.length:] if mine else [])
+            seqs[s.name].append([e[col[s.column]] for e in mine][-s.length :] if mine else [])
     return np.array(dense, np.float64).reshape(len(cur), -1), seqs
 
 
 def jagged_rows(batch, name):
     v, ln = batch.sparse[name], batch.lengths[name]
     off = np.concatenate([[0], np.cumsum(ln)])
-    return [v[off[i]:off[i + 1]].tolist() for i in range(len(ln))]
+    return [v[off[i] : off[i + 1]].tolist() for i in range(len(ln))]
 
 
 def test_features_equal_the_per_event_reference_across_files_with_ties():
@@ -123,8 +152,9 @@ def test_features_equal_the_per_event_reference_across_files_with_ties():
         np.testing.assert_allclose(out.dense[~late, 1:], want_dense[~late], rtol=2e-6, atol=1e-6)
         for s in SPEC.dynamic.sequences:
             got = jagged_rows(out, s.name)
-            assert [g for g, bad in zip(got, late) if not bad] == [w for w, bad in zip(want_seq[s.name], late)
-                                                                   if not bad]
+            assert [g for g, bad in zip(got, late) if not bad] == [
+                w for w, bad in zip(want_seq[s.name], late) if not bad
+            ]
         history.append(b)
     assert out.dense.shape == (40, 1 + len(SPEC.dynamic.dense_names))
 
@@ -140,23 +170,31 @@ def test_an_event_never_counts_for_itself_and_ties_follow_row_order():
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 60), cut=st.floats(0, 1), how=st.sampled_from(
-    ["drop", "permute", "relabel", "retime"]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 60),
+    cut=st.floats(0, 1),
+    how=st.sampled_from(["drop", "permute", "relabel", "retime"]),
+)
 def test_features_never_depend_on_the_event_itself_or_later_events(seed, n, cut, how):
     rng = np.random.default_rng(seed)
     warm = random_batch(rng, 30, t0=1_511_650_000, span=5000)
     b = random_batch(rng, n, span=600)
     order = np.lexsort((np.arange(n), b.ts))
     k = min(int(cut * n), n - 1)
-    early, later = order[:k + 1], order[k + 1:]  # events 0..k in (ts, row) order, and the rest
+    early, later = order[: k + 1], order[k + 1 :]  # events 0..k in (ts, row) order, and the rest
     # the subject: event order[k] itself is changed too (its action), and every later event
     acts = b.table["behavior"].to_numpy(zero_copy_only=False).copy()
     changed = np.concatenate([[order[k]], later])
     if how == "drop":
         keep = np.sort(early)
         other = b.take(keep)
-        other = make_batch(other.sparse["user"], other.sparse["item"],
-                           np.where(keep == order[k], "buy" if acts[order[k]] != "buy" else "pv", acts[keep]), other.ts)
+        other = make_batch(
+            other.sparse["user"],
+            other.sparse["item"],
+            np.where(keep == order[k], "buy" if acts[order[k]] != "buy" else "pv", acts[keep]),
+            other.ts,
+        )
         mapping = {int(r): i for i, r in enumerate(keep)}
     else:
         user, item, ts = b.sparse["user"].copy(), b.sparse["item"].copy(), b.ts.copy()
@@ -226,8 +264,14 @@ def test_export_and_load_restore_the_state_exactly():
 
 
 def test_ttl_and_max_ids_bound_the_state_and_bytes_per_id_are_recorded():
-    spec = spec_with({"ttl_s": 100, "max_ids": 3, "counters": [{"name": "c", "key": "item_id", "half_lives": [10]}],
-                      "sequences": [{"name": "s", "key": "user_id", "column": "item_id", "length": 4, "dim": 4}]})
+    spec = spec_with(
+        {
+            "ttl_s": 100,
+            "max_ids": 3,
+            "counters": [{"name": "c", "key": "item_id", "half_lives": [10]}],
+            "sequences": [{"name": "s", "key": "user_id", "column": "item_id", "length": 4, "dim": 4}],
+        }
+    )
     dyn = DynamicFeatures(spec)
     dyn.process(make_batch([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], ["pv"] * 5, 1_500_000_000 + np.arange(5)))
     assert dyn.tables["item_id"].ids.tolist() == [3, 4, 5]  # capped: the most recently seen
@@ -238,21 +282,42 @@ def test_ttl_and_max_ids_bound_the_state_and_bytes_per_id_are_recorded():
     assert dyn.bytes_per_id("user_id") == 8 + 8 + (8 * 4 + 8)
 
 
-@pytest.mark.parametrize("dynamic, message", [
-    ({"counters": [{"name": "c", "key": "nope"}]}, "feeds no single-valued sparse feature"),
-    ({"counters": [{"name": "c", "key": "item_id", "actions": ["click"]}]}, "not in the spec's actions"),
-    ({"counters": [{"name": "c", "key": "item_id", "half_lives": ["soon"]}]}, "not a duration"),
-    ({"counters": [{"name": "c", "key": "item_id"}], "rates": [{"name": "r", "numerator": "c", "denominator": "z"}]},
-     "is not a counter"),
-    ({"counters": [{"name": "c", "key": "item_id", "half_lives": [1]}, {"name": "d", "key": "item_id",
-      "half_lives": [2]}], "rates": [{"name": "r", "numerator": "c", "denominator": "d"}]}, "share no half-life"),
-    ({"sequences": [{"name": "s", "key": "user_id", "column": "item_id", "length": 0}]}, "length"),
-    ({"counters": [{"name": "hour", "key": "item_id", "half_lives": [1]}], "ttl_s": "1d"}, None),
-    ({"counters": [{"name": "item", "key": "item_id"}], "sequences": [{"name": "user", "key": "user_id",
-      "column": "item_id"}]}, "clash with static features"),
-    ({}, "at least one counter or sequence"),
-    ({"counters": [{"name": "c", "key": "item_id"}], "bogus": 1}, "unknown key"),
-])
+@pytest.mark.parametrize(
+    "dynamic, message",
+    [
+        ({"counters": [{"name": "c", "key": "nope"}]}, "feeds no single-valued sparse feature"),
+        ({"counters": [{"name": "c", "key": "item_id", "actions": ["click"]}]}, "not in the spec's actions"),
+        ({"counters": [{"name": "c", "key": "item_id", "half_lives": ["soon"]}]}, "not a duration"),
+        (
+            {
+                "counters": [{"name": "c", "key": "item_id"}],
+                "rates": [{"name": "r", "numerator": "c", "denominator": "z"}],
+            },
+            "is not a counter",
+        ),
+        (
+            {
+                "counters": [
+                    {"name": "c", "key": "item_id", "half_lives": [1]},
+                    {"name": "d", "key": "item_id", "half_lives": [2]},
+                ],
+                "rates": [{"name": "r", "numerator": "c", "denominator": "d"}],
+            },
+            "share no half-life",
+        ),
+        ({"sequences": [{"name": "s", "key": "user_id", "column": "item_id", "length": 0}]}, "length"),
+        ({"counters": [{"name": "hour", "key": "item_id", "half_lives": [1]}], "ttl_s": "1d"}, None),
+        (
+            {
+                "counters": [{"name": "item", "key": "item_id"}],
+                "sequences": [{"name": "user", "key": "user_id", "column": "item_id"}],
+            },
+            "clash with static features",
+        ),
+        ({}, "at least one counter or sequence"),
+        ({"counters": [{"name": "c", "key": "item_id"}], "bogus": 1}, "unknown key"),
+    ],
+)
 def test_spec_errors_name_what_to_fix(dynamic, message):
     if message is None:
         spec_with(dynamic)
@@ -266,7 +331,7 @@ def test_builtin_dynamic_specs_extend_the_static_ones():
         spec, base = load_spec(name), load_spec(static)
         assert spec.columns == base.columns and spec.sparse == base.sparse and spec.dense == base.dense
         assert len(spec.model_dense_names) > len(base.model_dense_names)
-        assert [f.name for f in spec.model_sparse][:len(base.sparse)] == [f.name for f in base.sparse]
+        assert [f.name for f in spec.model_sparse][: len(base.sparse)] == [f.name for f in base.sparse]
 
 
 def test_an_empty_batch_and_an_empty_state_are_fine():

@@ -27,8 +27,26 @@ def test_quality_replay_with_dynamic_features_scores_what_step_file_scores(tmp_p
 
 def test_bench_quality_and_features_cli_with_a_dynamic_spec(tmp_path, capsys):
     data = [_csv(tmp_path / f"log{i}.csv", 1500, i) for i in range(3)]
-    assert main(["bench", "quality", "--spec", "taobao_dynamic", "--data", *map(str, data), "--files", "4",
-                 "--warmup", "2", "--points", "1", "--json"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "quality",
+                "--spec",
+                "taobao_dynamic",
+                "--data",
+                *map(str, data),
+                "--files",
+                "4",
+                "--warmup",
+                "2",
+                "--points",
+                "1",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["spec"] == "taobao_userbehavior_dynamic" and out["feature_state"]["item_id"]["bytes_per_id"] == 80
     assert main(["bench", "features", "--spec", "taobao", "--input", str(data[0])]) == 2

@@ -10,19 +10,22 @@ from bench.servedata import StoreTrainer, write_taobao_csv
 from serving.config import ServeConfig
 from serving.model import load_model
 from serving.service import ScoringService
+from tests.unit.test_serving import row_request
 from trainer.config import ModelConfig, PSOptions, TrainConfig
 from trainer.local import LocalTrainer
 from trainer.versioning import FEATURES_PART, VersionKeeper, load_trainer
 from versions import VersionStore
 
-from tests.unit.test_serving import row_request
-
 SPEC = "taobao_dynamic"
 
 
 def files(root, n):
-    return [write_taobao_csv(root / "in" / f"part-{i}.csv", 900, i, start_ts=1_511_658_000 + 3600 * i, users=80,
-                             new_items=20) for i in range(n)]
+    return [
+        write_taobao_csv(
+            root / "in" / f"part-{i}.csv", 900, i, start_ts=1_511_658_000 + 3600 * i, users=80, new_items=20
+        )
+        for i in range(n)
+    ]
 
 
 def same_state(a: dict, b: dict) -> bool:

@@ -100,8 +100,18 @@ def test_a_file_read_incompletely_is_retried_when_its_content_changes(tmp_path):
     from trainer.data import Validator, load_spec, read_data_file
 
     whole = tmp_path / "whole.parquet"
-    pq.write_table(pa.table({"user_id": [1, 2], "item_id": [3, 4], "category_id": [5, 6], "behavior": ["pv", "buy"],
-                             "ts": [1511658000, 1511658001]}), whole)
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": [1, 2],
+                "item_id": [3, 4],
+                "category_id": [5, 6],
+                "behavior": ["pv", "buy"],
+                "ts": [1511658000, 1511658001],
+            }
+        ),
+        whole,
+    )
     incoming = tmp_path / "in"
     incoming.mkdir()
     target = incoming / "part-1.parquet"

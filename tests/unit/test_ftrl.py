@@ -76,8 +76,11 @@ def _textbook(spec, batch, cfg: FTRLConfig):
         w = {}
         for i in idx:
             zi = z[i]
-            w[i] = 0.0 if abs(zi) <= cfg.l1 else -(zi - math.copysign(cfg.l1, zi)) / (
-                (cfg.beta + math.sqrt(n[i])) / cfg.alpha + cfg.l2)
+            w[i] = (
+                0.0
+                if abs(zi) <= cfg.l1
+                else -(zi - math.copysign(cfg.l1, zi)) / ((cfg.beta + math.sqrt(n[i])) / cfg.alpha + cfg.l2)
+            )
         p = 1.0 / (1.0 + math.exp(-sum(w[i] * xi for i, xi in zip(idx, x))))
         for i, xi in zip(idx, x):
             g = (p - d.label[r]) * xi

@@ -78,7 +78,9 @@ def test_a_stationary_run_is_published_flipped_labels_a_nan_and_a_constant_model
     assert "below" in flipped.reason and "DeLong" in flipped.reason
     nan = pub(store.add(window(rng, scores=lambda n: np.full(n, np.nan))))
     assert not nan.publish and nan.code == "nonfinite_scores" and "940 of the 940" in nan.reason
-    some_nan = pub(store.add(window(rng, scores=lambda n: np.where(np.arange(n) == 3, np.nan, 0.2 + 0.5 * rng.random(n)))))
+    some_nan = pub(
+        store.add(window(rng, scores=lambda n: np.where(np.arange(n) == 3, np.nan, 0.2 + 0.5 * rng.random(n))))
+    )
     assert not some_nan.publish and some_nan.code == "nonfinite_scores" and "1 of the 940" in some_nan.reason
     const = pub(store.add(window(rng, scores=lambda n: np.full(n, 0.1))))
     assert not const.publish and const.code == "constant_scores"
@@ -149,14 +151,25 @@ def test_the_gate_needs_no_torch_and_reports_its_statistics():
     assert d.to_dict()["examples_judged"] == 940 and "no drop beyond the margin" in d.reason
     import subprocess
     import sys
-    code = ("import sys, versions.publish; bad = [m for m in sys.modules if m.split('.')[0] in "
-            "('torch', 'trainer', 'serving', 'paramserver')]; print(bad); sys.exit(1 if bad else 0)")
+
+    code = (
+        "import sys, versions.publish; bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'trainer', 'serving', 'paramserver')]; print(bad); sys.exit(1 if bad else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, check=False).returncode == 0
 
 
 def test_a_nan_log_loss_in_an_older_manifest_is_not_dropped():
-    m = VersionMetrics.from_extra({"metrics": {"progressive_auc": 0.9, "progressive_log_loss": float("nan"),
-                                               "examples_validated": 800, "files_validated": 1}})
+    m = VersionMetrics.from_extra(
+        {
+            "metrics": {
+                "progressive_auc": 0.9,
+                "progressive_log_loss": float("nan"),
+                "examples_validated": 800,
+                "files_validated": 1,
+            }
+        }
+    )
     assert m.nonfinite == 800
     d = PublishGate().decide(m, [], None, None)
     assert not d.publish and d.code == "nonfinite_scores"

@@ -4,11 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.config import ModelConfig, TrainConfig
-from trainer.data import EventBatch, RunningStats, load_spec
 from trainer.backends import ps_config_for
-from trainer.config import PSOptions
+from trainer.config import ModelConfig, PSOptions, TrainConfig
 from trainer.core import dense_optimizer
+from trainer.data import EventBatch, RunningStats, load_spec
 from trainer.local import LocalTrainer
 from trainer.metrics import auc
 from trainer.model import DLRM, build_model

@@ -5,20 +5,29 @@ import pytest
 import torch
 
 from cluster.config import ConfigError
+from paramserver.config import PSConfig, TableConfig
+from trainer.backends import LocalBackend, ps_config_for
 from trainer.config import ModelConfig, TrainConfig
 from trainer.data import load_spec
-from trainer.backends import LocalBackend, ps_config_for
 from trainer.model import DLRM, build_model
 from trainer.sparse import BackendEmbeddingBagCollection, EmbeddingBagConfig, batch_to_kjt
-from paramserver.config import TableConfig, PSConfig
 
 
 def _ebc(dims):
-    return BackendEmbeddingBagCollection([EmbeddingBagConfig(num_embeddings=64, embedding_dim=d, name=t, feature_names=[t]) for t, d in dims.items()])
+    return BackendEmbeddingBagCollection(
+        [EmbeddingBagConfig(num_embeddings=64, embedding_dim=d, name=t, feature_names=[t]) for t, d in dims.items()]
+    )
 
 
-@pytest.mark.parametrize("cfg", [ModelConfig("dcn", dcn_layers=2), ModelConfig("dcn", dcn_layers=3, dcn_rank=4),
-                                 ModelConfig("dot", bottom_mlp=(32, 16)), ModelConfig("dcn", top_mlp=())])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        ModelConfig("dcn", dcn_layers=2),
+        ModelConfig("dcn", dcn_layers=3, dcn_rank=4),
+        ModelConfig("dot", bottom_mlp=(32, 16)),
+        ModelConfig("dcn", top_mlp=()),
+    ],
+)
 def test_forward_shapes_and_loss(cfg):
     m = DLRM(_ebc({"user": 16, "item": 16, "category": 16}), dense_dim=2, cfg=cfg)
     emb = {t: torch.randn(5, 16) for t in ("user", "item", "category")}

@@ -51,7 +51,9 @@ def test_the_parser_catches_what_it_must():
     with pytest.raises(ValueError):
         series_of("sum(rate(ray_freshrec_ps_rows_pulled_total[5m])")
     assert series_of("rate(ray_freshrec_ps_rows_pulled_total[5m]) / on() group_left max(x)") == {
-        "ray_freshrec_ps_rows_pulled_total", "x"}
+        "ray_freshrec_ps_rows_pulled_total",
+        "x",
+    }
     assert "freshrec_ps_rows_pulled_total" not in EXPORTED  # the name without Ray's prefix is not a series
 
 
@@ -67,8 +69,13 @@ def test_every_alert_rule_is_well_formed_and_uses_exported_series():
         used = series_of(rule["expr"])
         assert used and used <= EXPORTED, f"{rule['alert']}: {sorted(used - EXPORTED)} not exported by freshrec"
     # the five: version lag, freshness, error rate, AUC drop, dead-letter rate
-    assert {"FreshrecReplicaVersionLag", "FreshrecFreshnessSlow", "FreshrecErrorRate", "FreshrecAUCDrop",
-            "FreshrecDeadLetterRate"} <= seen
+    assert {
+        "FreshrecReplicaVersionLag",
+        "FreshrecFreshnessSlow",
+        "FreshrecErrorRate",
+        "FreshrecAUCDrop",
+        "FreshrecDeadLetterRate",
+    } <= seen
 
 
 def test_alert_templates_name_only_labels_the_expression_keeps():

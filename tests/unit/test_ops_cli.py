@@ -4,11 +4,11 @@ import socket
 
 import pytest
 
+from cluster import ray_runtime
 from cluster.cli import main
 from cluster.commands import jobs
 from cluster.config import RayConfig
 from cluster.errors import UserError
-from cluster import ray_runtime
 
 
 def test_host_port_parses_the_address_forms():
@@ -79,6 +79,8 @@ def test_the_runtime_env_ships_this_tree_and_joins_the_cluster(tmp_path):
     with pytest.raises(UserError, match="not a freshrec source tree"):
         jobs.runtime_env(jobs.argparse.Namespace(env=[], no_working_dir=False, working_dir=tmp_path))
     assert "working_dir" not in jobs.runtime_env(jobs.argparse.Namespace(env=[], no_working_dir=True, working_dir=None))
-    assert jobs.entrypoint(["data", "validate", "a b.csv"], installed=False) == \
-        "python -m cluster.cli data validate 'a b.csv'"
+    assert (
+        jobs.entrypoint(["data", "validate", "a b.csv"], installed=False)
+        == "python -m cluster.cli data validate 'a b.csv'"
+    )
     assert jobs.entrypoint(["train"], installed=True) == "freshrec train"

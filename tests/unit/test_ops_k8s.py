@@ -46,8 +46,9 @@ _built: dict[str, list[dict]] = {}
 
 def build(overlay: str) -> list[dict]:
     if overlay not in _built:
-        out = subprocess.run([tool("kubectl"), "kustomize", str(K8S / overlay)], capture_output=True, text=True,
-                             timeout=60)
+        out = subprocess.run(
+            [tool("kubectl"), "kustomize", str(K8S / overlay)], capture_output=True, text=True, timeout=60
+        )
         assert out.returncode == 0, out.stderr
         _built[overlay] = [d for d in yaml.safe_load_all(out.stdout) if d]
     return copy.deepcopy(_built[overlay])
@@ -77,8 +78,12 @@ def check_jsonschema(kind: str, docs: list[dict], tmp_path: Path) -> subprocess.
         path = tmp_path / f"{kind.lower()}-{i}.yaml"
         path.write_text(yaml.safe_dump(doc))
         files.append(str(path))
-    return subprocess.run([tool("check-jsonschema"), "--schemafile", str(schemas() / CRD_SCHEMA[kind]), *files],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [tool("check-jsonschema"), "--schemafile", str(schemas() / CRD_SCHEMA[kind]), *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 # ---------------------------------------------------------------- the validators
@@ -88,8 +93,16 @@ def test_core_objects_pass_kubernetes_validate_strict(overlay):
 
     docs = build(overlay)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ConfigMap", "NetworkPolicy", "NetworkPolicy", "PersistentVolumeClaim", "RayJob", "RayService",
-                     "Service", "ServiceAccount"]
+    assert kinds == [
+        "ConfigMap",
+        "NetworkPolicy",
+        "NetworkPolicy",
+        "PersistentVolumeClaim",
+        "RayJob",
+        "RayService",
+        "Service",
+        "ServiceAccount",
+    ]
     for doc in docs:
         if not is_kuberay(doc):
             kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
@@ -111,9 +124,12 @@ def test_pod_templates_inside_kuberay_objects_are_valid_pods():
         for doc in build(overlay):
             if is_kuberay(doc):
                 for where, template in pod_templates(doc):
-                    wrapped = {"apiVersion": "v1", "kind": "PodTemplate",
-                               "metadata": {"name": f"{doc['metadata']['name']}-{where.replace(' ', '-')}"},
-                               "template": template}
+                    wrapped = {
+                        "apiVersion": "v1",
+                        "kind": "PodTemplate",
+                        "metadata": {"name": f"{doc['metadata']['name']}-{where.replace(' ', '-')}"},
+                        "template": template,
+                    }
                     kubernetes_validate.validate(wrapped, KUBE_VERSION, strict=True)
 
 
@@ -123,7 +139,8 @@ def test_a_misspelled_field_fails_both_validators(tmp_path):
     docs = build("base")
     job = next(d for d in docs if d["kind"] == "RayJob")
     job["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParam"] = job["spec"]["rayClusterSpec"][
-        "headGroupSpec"].pop("rayStartParams")
+        "headGroupSpec"
+    ].pop("rayStartParams")
     result = check_jsonschema("RayJob", [job], tmp_path)
     assert result.returncode != 0 and "rayStartParam" in result.stdout + result.stderr
     service = next(d for d in docs if d["kind"] == "RayService")
@@ -164,8 +181,13 @@ def test_the_serve_config_is_generated_by_the_cli_and_valid_for_ray_serve(capsys
     assert isinstance(app, Application)
     assert app._bound_deployment.name == embedded["applications"][0]["deployments"][0]["name"] == "Scorer"
     # the gRPC port the Serve proxy listens on is the one the pods expose and the Service targets
-    grpc_ports = {p["containerPort"] for _, t in pod_templates(service) for c in t["spec"]["containers"]
-                  for p in c.get("ports", []) if p.get("name") == "grpc"}
+    grpc_ports = {
+        p["containerPort"]
+        for _, t in pod_templates(service)
+        for c in t["spec"]["containers"]
+        for p in c.get("ports", [])
+        if p.get("name") == "grpc"
+    }
     assert grpc_ports == {9000}
 
 
@@ -319,8 +341,13 @@ def imported_packages(root: Path, start: str = "cluster") -> set[str]:
         seen.add(pkg)
         for path in (root / pkg).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                    [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module]
+                    if isinstance(node, ast.ImportFrom) and node.module and not node.level
+                    else []
+                )
                 todo += [n.split(".")[0] for n in names if n.split(".")[0] in ours]
     return seen
 

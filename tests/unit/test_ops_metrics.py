@@ -23,17 +23,29 @@ def test_every_definition_follows_the_naming_rules():
 
 
 def test_the_issue_s_series_are_all_defined():
-    for name in ("freshrec_trainer_examples_per_second", "freshrec_ps_pull_latency_seconds",
-                 "freshrec_ps_push_latency_seconds", "freshrec_ps_stale_pushes_total", "freshrec_ps_dropped_pushes_total",
-                 "freshrec_ps_evictions_total", "freshrec_versions_write_duration_seconds", "freshrec_versions_size_bytes",
-                 "freshrec_serving_version_lag_versions", "freshrec_serving_freshness_seconds",
-                 "freshrec_serving_request_latency_seconds", "freshrec_serving_requests_total",
-                 "freshrec_trainer_dead_letters_total", "freshrec_trainer_progressive_auc_ratio",
-                 "freshrec_trainer_progressive_logloss_nats"):
+    for name in (
+        "freshrec_trainer_examples_per_second",
+        "freshrec_ps_pull_latency_seconds",
+        "freshrec_ps_push_latency_seconds",
+        "freshrec_ps_stale_pushes_total",
+        "freshrec_ps_dropped_pushes_total",
+        "freshrec_ps_evictions_total",
+        "freshrec_versions_write_duration_seconds",
+        "freshrec_versions_size_bytes",
+        "freshrec_serving_version_lag_versions",
+        "freshrec_serving_freshness_seconds",
+        "freshrec_serving_request_latency_seconds",
+        "freshrec_serving_requests_total",
+        "freshrec_trainer_dead_letters_total",
+        "freshrec_trainer_progressive_auc_ratio",
+        "freshrec_trainer_progressive_logloss_nats",
+    ):
         assert name in metrics.BY_NAME
     assert metrics.BY_NAME["freshrec_serving_requests_total"].tags == ("method", "code")
-    assert metrics.exported_names(metrics.BY_NAME["freshrec_ps_pull_latency_seconds"])[0] == \
-        "ray_freshrec_ps_pull_latency_seconds_bucket"
+    assert (
+        metrics.exported_names(metrics.BY_NAME["freshrec_ps_pull_latency_seconds"])[0]
+        == "ray_freshrec_ps_pull_latency_seconds_bucket"
+    )
 
 
 def test_record_checks_names_tags_and_values_and_sends_nothing_without_ray():
@@ -51,10 +63,18 @@ def test_record_checks_names_tags_and_values_and_sends_nothing_without_ray():
 
 def test_shard_telemetry_sends_counter_increments_at_most_once_per_interval():
     sent, now = [], [0.0]
-    t = ShardTelemetry(2, every_s=1.0, record=lambda name, value, **tags: sent.append((name, value, tags)),
-                       clock=lambda: now[0])
-    stats = {"rows": 5, "rows_pulled": 10, "rows_pushed": 4, "stale_pushes": 0, "dropped_stale_pushes": 0,
-             "evicted_ttl": 1, "evicted_lfu": 0}
+    t = ShardTelemetry(
+        2, every_s=1.0, record=lambda name, value, **tags: sent.append((name, value, tags)), clock=lambda: now[0]
+    )
+    stats = {
+        "rows": 5,
+        "rows_pulled": 10,
+        "rows_pushed": 4,
+        "stale_pushes": 0,
+        "dropped_stale_pushes": 0,
+        "evicted_ttl": 1,
+        "evicted_lfu": 0,
+    }
     t.counters(lambda: stats)
     assert ("freshrec_ps_rows_pulled_total", 10, {"shard": "2"}) in sent
     assert ("freshrec_ps_evictions_total", 1, {"shard": "2", "reason": "ttl"}) in sent
@@ -82,8 +102,10 @@ def test_trainer_telemetry_maps_a_file_record_and_a_version(monkeypatch):
     sent = []
     monkeypatch.setattr(telemetry, "record", lambda name, value=1, **tags: sent.append((name, value, tags)))
     report = types.SimpleNamespace(by_reason={"unknown action": 3}, rows_late=2)
-    telemetry.record_file({"examples_trained": 100, "examples_per_s": 50.0, "auc": float("nan"), "log_loss": 0.5,
-                           "cumulative_auc": 0.6}, report)
+    telemetry.record_file(
+        {"examples_trained": 100, "examples_per_s": 50.0, "auc": float("nan"), "log_loss": 0.5, "cumulative_auc": 0.6},
+        report,
+    )
     names = [n for n, _, _ in sent]
     assert "freshrec_trainer_progressive_auc_ratio" not in names  # NaN (one class only) is not sent
     assert ("freshrec_trainer_dead_letters_total", 3, {"reason": "unknown action"}) in sent

@@ -10,11 +10,23 @@ REPO = Path(__file__).resolve().parents[2]
 def test_protos_compile_and_roundtrip(tmp_path):
     protos = sorted(str(p.relative_to(REPO)) for p in (REPO / "protos").rglob("*.proto"))
     assert protos
-    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", str(REPO), f"--python_out={tmp_path}",
-                    f"--grpc_python_out={tmp_path}", *protos], check=True, cwd=REPO)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I",
+            str(REPO),
+            f"--python_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
+            *protos,
+        ],
+        check=True,
+        cwd=REPO,
+    )
     sys.path.insert(0, str(tmp_path))
     try:
-        from protos.freshrec.v1 import scoring_pb2, scoring_pb2_grpc  # noqa: F401
+        from protos.freshrec.v1 import scoring_pb2, scoring_pb2_grpc
 
         req = scoring_pb2.ScoreRequest(pin_version=3)
         req.context["user_id"].id = 7

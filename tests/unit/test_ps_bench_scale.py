@@ -7,9 +7,37 @@ from cluster.cli import main
 
 
 def test_bench_ps_scale_prefills_each_size_and_reports_ms_per_step(capsys):
-    assert main(["bench", "ps", "--json", "--scale", "--rows", "4000,12000", "--shards", "1",
-                 "--placements", "in_process", "--rounds", "2", "--chunk", "1", "--warmup", "1",
-                 "--batch", "128", "--tables", "2", "--dim", "8", "--naive-steps", "0"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "ps",
+                "--json",
+                "--scale",
+                "--rows",
+                "4000,12000",
+                "--shards",
+                "1",
+                "--placements",
+                "in_process",
+                "--rounds",
+                "2",
+                "--chunk",
+                "1",
+                "--warmup",
+                "1",
+                "--batch",
+                "128",
+                "--tables",
+                "2",
+                "--dim",
+                "8",
+                "--naive-steps",
+                "0",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     keys = list(out["ps_ms_per_step"])
     assert keys == ["4000 rows, 1 shards in_process", "12000 rows, 1 shards in_process"]
@@ -26,8 +54,25 @@ def test_bench_ps_refuses_several_rows_without_scale(capsys):
 
 
 def test_bench_shard_idmap_times_both_maps(capsys):
-    assert main(["bench", "shard", "--json", "--idmap", "--held", "0,3000", "--batch", "256",
-                 "--rounds", "2", "--chunk", "2"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "shard",
+                "--json",
+                "--idmap",
+                "--held",
+                "0,3000",
+                "--batch",
+                "256",
+                "--rounds",
+                "2",
+                "--chunk",
+                "2",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert set(out["insert_ms_hash"]) == {"0 held", "3000 held"}
     assert out["hash_insert_over_smallest"]["0 held"] == 1.0

@@ -19,16 +19,19 @@ def client():
     return PSClient(cfg, [_NoActor(), _NoActor()])
 
 
-@pytest.mark.parametrize("call, error, match", [
-    (lambda c: c.push_many({"a": (np.array([1]), np.ones((1, 4), np.float32))}), BadPushError, "step"),
-    (lambda c: c.push("a", np.array([1]), np.ones((1, 4), np.float32), step=-1), BadPushError, "step"),
-    (lambda c: c.push("a", np.array([1]), np.ones((1, 4), np.float64), step=0), BadPushError, "float32"),
-    (lambda c: c.push("a", np.array([1, 2]), np.ones((1, 4), np.float32), step=0), BadPushError, "shape"),
-    (lambda c: c.push("a", np.array([1]), np.full((1, 4), np.nan, np.float32), step=0), BadPushError, "NaN"),
-    (lambda c: c.push("b", np.array([1]), np.ones((1, 4), np.float32), step=0), UnknownTableError, "'b'"),
-    (lambda c: c.pull("a", np.array([1.5])), BadPullError, "integer"),
-    (lambda c: c.pull("a", [1, 2]), BadPullError, "numpy"),
-])
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda c: c.push_many({"a": (np.array([1]), np.ones((1, 4), np.float32))}), BadPushError, "step"),
+        (lambda c: c.push("a", np.array([1]), np.ones((1, 4), np.float32), step=-1), BadPushError, "step"),
+        (lambda c: c.push("a", np.array([1]), np.ones((1, 4), np.float64), step=0), BadPushError, "float32"),
+        (lambda c: c.push("a", np.array([1, 2]), np.ones((1, 4), np.float32), step=0), BadPushError, "shape"),
+        (lambda c: c.push("a", np.array([1]), np.full((1, 4), np.nan, np.float32), step=0), BadPushError, "NaN"),
+        (lambda c: c.push("b", np.array([1]), np.ones((1, 4), np.float32), step=0), UnknownTableError, "'b'"),
+        (lambda c: c.pull("a", np.array([1.5])), BadPullError, "integer"),
+        (lambda c: c.pull("a", [1, 2]), BadPullError, "numpy"),
+    ],
+)
 def test_bad_calls_are_refused_before_sending(client, call, error, match):
     with pytest.raises(error, match=match):
         call(client)

@@ -97,8 +97,14 @@ def test_a_full_cut_holds_every_row_and_its_state_in_the_stored_dtype():
     np.testing.assert_array_equal(cut["rows"].astype(np.float32), shard.read("user", cut["ids"]))
 
 
-OPS = st.lists(st.tuples(st.sampled_from(["train", "train", "train", "delta", "full", "abort", "prepare_then_train"]),
-                         st.integers(0, 2**31 - 1)), min_size=3, max_size=14)
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["train", "train", "train", "delta", "full", "abort", "prepare_then_train"]),
+        st.integers(0, 2**31 - 1),
+    ),
+    min_size=3,
+    max_size=14,
+)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

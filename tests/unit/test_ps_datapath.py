@@ -14,8 +14,15 @@ CAPACITY = 96
 
 
 def cfg_of(optimizer, weights_dtype, **kw):
-    return PSConfig(tables=TABLES, capacity_per_shard=CAPACITY, optimizer=optimizer, weights_dtype=weights_dtype,
-                    learning_rate=0.05, eps=1e-6, **kw)
+    return PSConfig(
+        tables=TABLES,
+        capacity_per_shard=CAPACITY,
+        optimizer=optimizer,
+        weights_dtype=weights_dtype,
+        learning_rate=0.05,
+        eps=1e-6,
+        **kw,
+    )
 
 
 def assert_same_state(a: EmbeddingShard, b: EmbeddingShard) -> None:
@@ -103,14 +110,17 @@ def test_pull_flat_is_the_wire_reply_table_after_table(weights_dtype):
     shard.pull(ids)  # one sighting: nothing admitted yet (threshold 2)
     half = {name: v[:5] for name, v in ids.items()}
     shard.pull(half)  # the first 5 of each table are admitted now
-    batch = {"item": (np.sort(ids["item"]), np.ones(9, np.int64)),  # the client's (distinct ids, counts) form
-             "user": np.concatenate([ids["user"], ids["user"][:3]])}  # raw ids with repeats
+    batch = {
+        "item": (np.sort(ids["item"]), np.ones(9, np.int64)),  # the client's (distinct ids, counts) form
+        "user": np.concatenate([ids["user"], ids["user"][:3]]),
+    }  # raw ids with repeats
     before = {name: shard.read(name, ids[name]) for name in ids}
     flat = shard.pull_flat(batch)
     assert flat.dtype == np.float32 and flat.ndim == 1 and flat.flags.c_contiguous
     # the pull saw the ids again: "item" got all 9 rows, "user" too (its 4 others reached 2 sightings)
-    expect = np.concatenate([shard.read("item", batch["item"][0]).reshape(-1),
-                             shard.read("user", batch["user"]).reshape(-1)])
+    expect = np.concatenate(
+        [shard.read("item", batch["item"][0]).reshape(-1), shard.read("user", batch["user"]).reshape(-1)]
+    )
     assert np.array_equal(flat, expect)
     assert np.array_equal(before["item"][5:], np.zeros((4, 16), np.float32))  # no slot: zeros
 
@@ -142,8 +152,30 @@ def test_bench_shard_cli_runs_small_and_refuses_a_bad_dim(capsys):
 
     from cluster.cli import main
 
-    assert main(["bench", "shard", "--json", "--rounds", "2", "--chunk", "1", "--rows", "500", "--batch", "64",
-                 "--tables", "2", "--dim", "8", "--optimizer", "adagrad"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "shard",
+                "--json",
+                "--rounds",
+                "2",
+                "--chunk",
+                "1",
+                "--rows",
+                "500",
+                "--batch",
+                "64",
+                "--tables",
+                "2",
+                "--dim",
+                "8",
+                "--optimizer",
+                "adagrad",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["direct_update"] is True and out["bit_identical_after_pushes"] is True
     assert out["push_ratio_old_over_new"]["median"] > 0 and len(out["load_average_1_5_15"]["start"]) == 3

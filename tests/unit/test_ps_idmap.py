@@ -36,7 +36,7 @@ class SortedIdMap:
 
     def insert(self, ids):
         n = len(ids)
-        slots = self._free[self._n_free - n:self._n_free][::-1].copy()
+        slots = self._free[self._n_free - n : self._n_free][::-1].copy()
         self._n_free -= n
         order = np.argsort(ids, kind="stable")
         at = np.searchsorted(self._keys, ids[order])
@@ -50,7 +50,7 @@ class SortedIdMap:
         keep = np.ones(len(self._keys), dtype=bool)
         keep[_find(self._keys, ids)[0]] = False
         self._keys, self._slots = self._keys[keep], self._slots[keep]
-        self._free[self._n_free:self._n_free + len(slots)] = slots
+        self._free[self._n_free : self._n_free + len(slots)] = slots
         self._n_free += len(slots)
         return ids
 
@@ -101,8 +101,7 @@ class SortedCountTable:
 
 # a small id universe makes re-inserts and removals of held ids frequent; the full range checks hashing
 id_st = st.one_of(st.integers(-40, 40), st.integers(-(2**63), 2**63 - 1))
-ops_st = st.lists(st.tuples(st.sampled_from(["insert", "remove", "lookup"]), st.lists(id_st, max_size=24)),
-                  max_size=30)
+ops_st = st.lists(st.tuples(st.sampled_from(["insert", "remove", "lookup"]), st.lists(id_st, max_size=24)), max_size=30)
 
 
 @settings(max_examples=150, deadline=None)
@@ -171,9 +170,13 @@ def test_id_map_churn_through_many_tombstone_rebuilds_stays_exact():
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["add", "add", "peek", "discard"]), st.lists(id_st, max_size=20),
-                          st.integers(1, 3)), max_size=30),
-       st.integers(1, 30))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["add", "add", "peek", "discard"]), st.lists(id_st, max_size=20), st.integers(1, 3)),
+        max_size=30,
+    ),
+    st.integers(1, 30),
+)
 def test_count_table_matches_the_sorted_table_including_what_it_forgets(ops, limit):
     table, ref = CountTable(limit), SortedCountTable(limit)
     for step, (op, raw, c) in enumerate(ops):
@@ -208,7 +211,7 @@ def test_hash_index_grows_and_finds_every_key_after_many_rebuilds():
             index.insert(keys[chunk], chunk, keys)
         except Exception as need:  # _NeedsRebuild: the owner re-indexes everything held, larger
             everything = np.arange(chunk[-1] + 1)
-            index.rebuild(keys[everything], everything, getattr(need, "entries"))
+            index.rebuild(keys[everything], everything, need.entries)
         held = chunk[-1] + 1
         assert index.live == held <= index.buckets // 2
     assert index.lookup(keys, keys).tolist() == list(range(len(keys)))

@@ -7,8 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from paramserver import EmbeddingShard, PSConfig, TableConfig
-from paramserver import wire
+from paramserver import EmbeddingShard, PSConfig, TableConfig, wire
 from paramserver.actor import ShardHost, merge_pulls
 from paramserver.errors import BadPushError, TableFullError
 

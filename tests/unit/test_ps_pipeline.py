@@ -54,8 +54,9 @@ def test_in_process_shards_equal_the_local_backend_when_pipelined_or_prefetching
     local = _train(LocalBackend(ps_config_for(SPEC, TCFG, PSOptions(num_shards=1, **PRESSURE, **extra))), batches)
     stats = local.backend.shard.stats()
     assert stats["evicted_lfu"] > 1000 and stats["refused_rows"] > 0
-    client = create_parameter_server(ps_config_for(SPEC, TCFG, PSOptions(num_shards=2, **PRESSURE, **extra)),
-                                     placement="in_process")
+    client = create_parameter_server(
+        ps_config_for(SPEC, TCFG, PSOptions(num_shards=2, **PRESSURE, **extra)), placement="in_process"
+    )
     try:
         ps = _train(client, batches)
         st = client.stats()
@@ -64,8 +65,9 @@ def test_in_process_shards_equal_the_local_backend_when_pipelined_or_prefetching
         ps_state = _state(ps)
     finally:
         client.shutdown()
-    one = create_parameter_server(ps_config_for(SPEC, TCFG, PSOptions(num_shards=1, **PRESSURE, **extra)),
-                                  placement="in_process")
+    one = create_parameter_server(
+        ps_config_for(SPEC, TCFG, PSOptions(num_shards=1, **PRESSURE, **extra)), placement="in_process"
+    )
     try:  # one shard of the local backend's capacity: bit-identical, eviction included
         _assert_same(_state(local), _state(_train(one, batches)))
     finally:
@@ -78,16 +80,14 @@ def test_sync_prefetch_is_exact_and_pipelining_is_stale():
     depth of 1 trains on rows one update old, so the parameters differ (but training still learns)."""
     batches = _batches()
     plain = _state(_train(LocalBackend(ps_config_for(SPEC, TCFG, PSOptions(num_shards=1))), batches))
-    pre = _state(_train(LocalBackend(ps_config_for(SPEC, TCFG, PSOptions(num_shards=1, sync_prefetch=True))),
-                        batches))
+    pre = _state(_train(LocalBackend(ps_config_for(SPEC, TCFG, PSOptions(num_shards=1, sync_prefetch=True))), batches))
     for k, v in plain[0].items():
         assert torch.equal(pre[0][k], v), k
     for table, arrays in plain[1].items():
         for key in ("ids", "rows", "opt_state_0", "count"):  # last_seen differs: the prefetch sees ids a step early
             np.testing.assert_array_equal(pre[1][table][key], arrays[key], err_msg=f"{table} {key}")
     assert pre[2] == plain[2]
-    stale = _state(_train(LocalBackend(ps_config_for(SPEC, TCFG, PSOptions(num_shards=1, pipeline_depth=1))),
-                          batches))
+    stale = _state(_train(LocalBackend(ps_config_for(SPEC, TCFG, PSOptions(num_shards=1, pipeline_depth=1))), batches))
     assert not np.array_equal(stale[1]["item"]["rows"], plain[1]["item"]["rows"])
     assert stale[2][-1] > 0.6 and abs(stale[2][-1] - plain[2][-1]) < 0.05
 
@@ -129,9 +129,10 @@ def test_pipeline_options_are_checked():
 def test_the_async_trainer_over_in_process_shards_reports_the_drops_the_shards_make():
     """Async mode (the placement a one-worker run gets): prefetched rows stay leased, and with a staleness bound
     of 0 every part the shards drop is counted by the trainer."""
-    client = create_parameter_server(ps_config_for(SPEC, TCFG, PSOptions(num_shards=2, mode="async", max_staleness=0,
-                                                                          capacity_per_shard=150)),
-                                     placement="in_process")
+    client = create_parameter_server(
+        ps_config_for(SPEC, TCFG, PSOptions(num_shards=2, mode="async", max_staleness=0, capacity_per_shard=150)),
+        placement="in_process",
+    )
     try:
         core = _train(client, _batches())
         stats = client.stats()

@@ -26,8 +26,7 @@ def pushes(draw):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pushes(), st.integers(4, 12))
 def test_push_is_applied_exactly_or_rejected_untouched(batches, capacity):
-    shard = EmbeddingShard(PSConfig(tables=(TABLE,), capacity_per_shard=capacity, optimizer="sgd",
-                                    learning_rate=0.5))
+    shard = EmbeddingShard(PSConfig(tables=(TABLE,), capacity_per_shard=capacity, optimizer="sgd", learning_rate=0.5))
     for step, (ids, g) in enumerate(batches):
         shard.pull({"t": ids}, step=step)
         before_ids, before_rows = shard.table_rows("t")
@@ -59,9 +58,13 @@ def test_push_is_applied_exactly_or_rejected_untouched(batches, capacity):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["insert", "remove"]),
-                          st.lists(st.integers(-(2**63), 2**63 - 1), max_size=10)), max_size=12),
-       st.integers(1, 16))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["insert", "remove"]), st.lists(st.integers(-(2**63), 2**63 - 1), max_size=10)),
+        max_size=12,
+    ),
+    st.integers(1, 16),
+)
 def test_id_map_stays_collision_free(ops, capacity):
     m = IdMap(capacity)
     model: dict[int, int] = {}

@@ -8,8 +8,8 @@ from paramserver import BadPullError, BadPushError, EmbeddingShard, PSConfig, Ta
 from paramserver.consistency import SyncAggregator
 from paramserver.policies import StaleDecision, StalenessPolicy
 from paramserver.reference import LocalTables
-from paramserver.tbe import sum_duplicates
 from paramserver.sharding import group_by_shard
+from paramserver.tbe import sum_duplicates
 
 TABLES = (TableConfig("user", 8), TableConfig("item", 4))
 
@@ -197,16 +197,19 @@ def snapshot(shard):
     return {t.name: shard.table_rows(t.name) for t in TABLES}, shard.stats()
 
 
-@pytest.mark.parametrize("batch, error, match", [
-    ({"user": (np.array([1]), np.full((1, 8), np.nan, np.float32))}, BadPushError, "NaN or inf"),
-    ({"user": (np.array([1]), np.full((1, 8), np.inf, np.float32))}, BadPushError, "NaN or inf"),
-    ({"user": (np.array([1]), np.ones((1, 8), np.float64))}, BadPushError, "float32"),
-    ({"user": (np.array([1.0]), np.ones((1, 8), np.float32))}, BadPushError, "signed integer"),
-    ({"user": (np.array([1, 2]), np.ones((1, 8), np.float32))}, BadPushError, "shape"),
-    ({"user": (np.array([1]), np.ones((1, 4), np.float32))}, BadPushError, "dim=8"),
-    ({"nope": (np.array([1]), np.ones((1, 8), np.float32))}, UnknownTableError, "nope"),
-    ({"user": np.array([1])}, BadPushError, "pair"),
-])
+@pytest.mark.parametrize(
+    "batch, error, match",
+    [
+        ({"user": (np.array([1]), np.full((1, 8), np.nan, np.float32))}, BadPushError, "NaN or inf"),
+        ({"user": (np.array([1]), np.full((1, 8), np.inf, np.float32))}, BadPushError, "NaN or inf"),
+        ({"user": (np.array([1]), np.ones((1, 8), np.float64))}, BadPushError, "float32"),
+        ({"user": (np.array([1.0]), np.ones((1, 8), np.float32))}, BadPushError, "signed integer"),
+        ({"user": (np.array([1, 2]), np.ones((1, 8), np.float32))}, BadPushError, "shape"),
+        ({"user": (np.array([1]), np.ones((1, 4), np.float32))}, BadPushError, "dim=8"),
+        ({"nope": (np.array([1]), np.ones((1, 8), np.float32))}, UnknownTableError, "nope"),
+        ({"user": np.array([1])}, BadPushError, "pair"),
+    ],
+)
 def test_bad_pushes_are_rejected_with_every_table_untouched(batch, error, match):
     shard = EmbeddingShard(cfg_of())
     shard.pull({"user": np.array([1, 2]), "item": np.array([1])})
@@ -248,11 +251,14 @@ def test_sync_aggregator_waits_for_every_rank_and_rejects_replays():
         agg.add(5, 2, p, next_step=2)
 
 
-@pytest.mark.parametrize("read, version, policy, decision", [
-    (4, 6, "drop", StaleDecision.APPLY),
-    (3, 6, "drop", StaleDecision.DROP),
-    (3, 6, "apply", StaleDecision.APPLY_STALE),
-])
+@pytest.mark.parametrize(
+    "read, version, policy, decision",
+    [
+        (4, 6, "drop", StaleDecision.APPLY),
+        (3, 6, "drop", StaleDecision.DROP),
+        (3, 6, "apply", StaleDecision.APPLY_STALE),
+    ],
+)
 def test_staleness_policy_decisions(read, version, policy, decision):
     assert StalenessPolicy(2, policy).decide(read, version) is decision
 

@@ -65,8 +65,12 @@ def test_sliced_chain_restores_like_the_whole_table_path_into_one_and_three_shar
             v, infos = run_version(shard, store, full=(s == 3 or s == 15), cut_id=f"c{s}", part_bytes=900)
             slice_counts.append(max(p.meta.get("slice_bits", 0) for p in infos if p.meta.get("role") == "table"))
     assert max(slice_counts) >= 2 and len(set(slice_counts)) > 1  # several granularities in one chain
-    deleted = [len(store.read_part(m.version, p.name)["deleted"]) for m in store.chain(v) for p in m.parts
-               if p.meta.get("role") == "table" and m.kind == "delta"]
+    deleted = [
+        len(store.read_part(m.version, p.name)["deleted"])
+        for m in store.chain(v)
+        for p in m.parts
+        if p.meta.get("role") == "table" and m.kind == "delta"
+    ]
     assert sum(deleted) > 0  # the chain carries evictions
     want = want_at_v = states(shard)
     restored = EmbeddingShard(cfg)
@@ -116,8 +120,9 @@ def _table_bytes(shard):
     out = sum(w.numel() * w.element_size() for w in shard._weights)
     out += sum(s.numel() * s.element_size() for st in shard._states for s in st)
     for ts in shard._tables.values():
-        out += ts.ids.nbytes + sum(a.nbytes for a in (ts.count, ts.last_seen, ts.last_version, ts.touched,
-                                                      ts.pinned, ts.seen_at))
+        out += ts.ids.nbytes + sum(
+            a.nbytes for a in (ts.count, ts.last_seen, ts.last_version, ts.touched, ts.pinned, ts.seen_at)
+        )
     return out
 
 
@@ -148,8 +153,9 @@ def test_restore_and_cut_write_hold_little_beside_the_table(tmp_path, monkeypatc
     whole_table_restore(cfg, 0, store, w.version)
     _, whole_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    np.testing.assert_array_equal(fresh.read("t", np.arange(0, rows * 7919, 7919 * 97)),
-                                  shard.read("t", np.arange(0, rows * 7919, 7919 * 97)))
+    np.testing.assert_array_equal(
+        fresh.read("t", np.arange(0, rows * 7919, 7919 * 97)), shard.read("t", np.arange(0, rows * 7919, 7919 * 97))
+    )
     assert whole_peak > 1.0 * table  # the measurement sees the whole-table path's copies ...
     assert sliced_peak < 0.25 * table, (sliced_peak, table)  # ... and the sliced path stays within 1.25x
 
@@ -177,8 +183,9 @@ def test_a_copy_on_write_full_cut_holds_the_table_as_it_was_at_the_prepare(tmp_p
     w = store.begin("full", step=shard.step)
     if concurrent:
         out = {}
-        writer = threading.Thread(target=lambda: out.setdefault("infos", cuts.write(shard, "f", store, w.version,
-                                                                                   part_bytes=400)))
+        writer = threading.Thread(
+            target=lambda: out.setdefault("infos", cuts.write(shard, "f", store, w.version, part_bytes=400))
+        )
         writer.start()
         _train(shard, rng, 20, 30)
         writer.join()

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from paramserver import BadPullError, BadPushError, UnknownTableError
-from paramserver import wire
+from paramserver import BadPullError, BadPushError, UnknownTableError, wire
 
 DIMS = {"a": 4, "b": 8}
 

@@ -22,8 +22,15 @@ from serving.service import ScoringService
 from serving.telemetry import ReplicaTelemetry
 from serving.wire import pb
 from trainer.metrics import FileMetrics
-from versions import (NoSuchVersionError, PublishConfig, PublishGate, Publisher, VersionMetrics, VersionStore,
-                      model_digest)
+from versions import (
+    NoSuchVersionError,
+    PublishConfig,
+    Publisher,
+    PublishGate,
+    VersionMetrics,
+    VersionStore,
+    model_digest,
+)
 from versions.publish import serving_target
 
 
@@ -35,41 +42,79 @@ def vm(auc, examples=2000):
 OLD = PublishConfig(max_auc_drop=0.05)  # the fixed-drop rule of manifests without a score histogram
 
 
-@pytest.mark.parametrize("cand, problems, base, base_v, cfg, publish, code, words", [
-    (vm(0.60), [], None, None, OLD, True, "ok", "no version was published before"),
-    (vm(0.66), [], vm(0.70), 4, OLD, True, "ok", "allowed drop 0.05"),
-    (vm(0.64), [], vm(0.70), 4, OLD, False, "auc_drop", "0.0600 below 0.7000 of the published versions up to 4"),
-    (vm(0.30), ["part 'dense': missing"], vm(0.70), 4, OLD, False, "checksum", "part 'dense': missing"),
-    (vm(0.99), ["x"], None, None, PublishConfig(max_auc_drop=None), False, "checksum", "does not verify"),
-    (vm(0.30), [], vm(0.70), 4, PublishConfig(max_auc_drop=None), True, "ok", "AUC check is off"),
-    (vm(0.30, examples=100), [], vm(0.70), 4, OLD, False, "small_window", "100 validated examples"),
-    (vm(None), [], vm(0.70), 4, OLD, False, "small_window", "one class only"),
-    (vm(0.30), [], vm(None), 4, OLD, True, "ok", "version 4 has no progressive AUC"),
-    (vm(0.69), [], vm(0.70), 4, PublishConfig(max_auc_drop=0.0), False, "auc_drop", "max_auc_drop 0"),
-    (VersionMetrics(None, None, 900, 1, nonfinite=900), [], vm(0.70), 4, OLD, False, "nonfinite_scores",
-     "900 of the 900 scores"),
-    (VersionMetrics(0.7, 0.4, 900, 1, nonfinite=3), [], None, None, PublishConfig(max_auc_drop=None), False,
-     "nonfinite_scores", "NaN or infinite"),
-    (VersionMetrics(0.7, 0.4, 900, 1, out_of_range=2, score_min=-0.5, score_max=1.0), [], None, None, OLD, False,
-     "scores_out_of_range", "outside [0, 1]"),
-    (VersionMetrics(None, 0.4, 900, 1, score_min=0.25, score_max=0.25), [], vm(0.7), 4, OLD, False,
-     "constant_scores", "all 900 scores of its window are 0.25"),
-])
+@pytest.mark.parametrize(
+    "cand, problems, base, base_v, cfg, publish, code, words",
+    [
+        (vm(0.60), [], None, None, OLD, True, "ok", "no version was published before"),
+        (vm(0.66), [], vm(0.70), 4, OLD, True, "ok", "allowed drop 0.05"),
+        (vm(0.64), [], vm(0.70), 4, OLD, False, "auc_drop", "0.0600 below 0.7000 of the published versions up to 4"),
+        (vm(0.30), ["part 'dense': missing"], vm(0.70), 4, OLD, False, "checksum", "part 'dense': missing"),
+        (vm(0.99), ["x"], None, None, PublishConfig(max_auc_drop=None), False, "checksum", "does not verify"),
+        (vm(0.30), [], vm(0.70), 4, PublishConfig(max_auc_drop=None), True, "ok", "AUC check is off"),
+        (vm(0.30, examples=100), [], vm(0.70), 4, OLD, False, "small_window", "100 validated examples"),
+        (vm(None), [], vm(0.70), 4, OLD, False, "small_window", "one class only"),
+        (vm(0.30), [], vm(None), 4, OLD, True, "ok", "version 4 has no progressive AUC"),
+        (vm(0.69), [], vm(0.70), 4, PublishConfig(max_auc_drop=0.0), False, "auc_drop", "max_auc_drop 0"),
+        (
+            VersionMetrics(None, None, 900, 1, nonfinite=900),
+            [],
+            vm(0.70),
+            4,
+            OLD,
+            False,
+            "nonfinite_scores",
+            "900 of the 900 scores",
+        ),
+        (
+            VersionMetrics(0.7, 0.4, 900, 1, nonfinite=3),
+            [],
+            None,
+            None,
+            PublishConfig(max_auc_drop=None),
+            False,
+            "nonfinite_scores",
+            "NaN or infinite",
+        ),
+        (
+            VersionMetrics(0.7, 0.4, 900, 1, out_of_range=2, score_min=-0.5, score_max=1.0),
+            [],
+            None,
+            None,
+            OLD,
+            False,
+            "scores_out_of_range",
+            "outside [0, 1]",
+        ),
+        (
+            VersionMetrics(None, 0.4, 900, 1, score_min=0.25, score_max=0.25),
+            [],
+            vm(0.7),
+            4,
+            OLD,
+            False,
+            "constant_scores",
+            "all 900 scores of its window are 0.25",
+        ),
+    ],
+)
 def test_the_gate_publishes_or_holds_with_a_reason(cand, problems, base, base_v, cfg, publish, code, words):
     d = PublishGate(cfg).decide(cand, problems, base, base_v)
     assert (d.publish, d.code) == (publish, code) and words in d.reason
     assert d.to_dict()["decision"] == ("publish" if publish else "hold")
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"max_auc_drop": -0.1}, "max_auc_drop must be an AUC difference"),
-    ({"max_auc_drop": "lots"}, "max_auc_drop"),
-    ({"min_examples": -1}, "min_examples must be an integer >= 0"),
-    ({"verify_checksums": "yes"}, "verify_checksums must be true or false"),
-    ({"margin": 0.1}, "margin"),
-    ({"significance": 0.7}, "significance must be a p-value"),
-    ({"significance": 0}, "significance"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"max_auc_drop": -0.1}, "max_auc_drop must be an AUC difference"),
+        ({"max_auc_drop": "lots"}, "max_auc_drop"),
+        ({"min_examples": -1}, "min_examples must be an integer >= 0"),
+        ({"verify_checksums": "yes"}, "verify_checksums must be true or false"),
+        ({"margin": 0.1}, "margin"),
+        ({"significance": 0.7}, "significance must be a p-value"),
+        ({"significance": 0}, "significance"),
+    ],
+)
 def test_publish_config_errors_say_what_to_fix(raw, message):
     with pytest.raises(ConfigError, match=message):
         PublishConfig.from_dict(raw)
@@ -80,16 +125,23 @@ def test_the_margin_is_in_the_run_config_tree(tmp_path):
     assert cfg.publish == PublishConfig(max_auc_drop=0.02, min_examples=0)
     (tmp_path / "run.yaml").write_text("publish: {max_auc_drop: null}\n")
     assert load_run_config(tmp_path / "run.yaml").publish.max_auc_drop is None
-    assert load_run_config().to_dict()["publish"] == {"max_auc_drop": 0.02, "min_examples": 500,
-                                                      "verify_checksums": True, "baseline_versions": 5,
-                                                      "significance": 0.001}
+    assert load_run_config().to_dict()["publish"] == {
+        "max_auc_drop": 0.02,
+        "min_examples": 500,
+        "verify_checksums": True,
+        "baseline_versions": 5,
+        "significance": 0.001,
+    }
     with pytest.raises(ConfigError, match="publish.max_auc_drop"):
         load_run_config(None, ["publish.max_auc_drop=2"])
 
 
 def test_version_metrics_weight_files_by_examples_and_skip_undefined_aucs():
-    files = [FileMetrics("a", 100, 10, 0.8, 0.3), FileMetrics("b", 300, 30, 0.6, 0.5),
-             FileMetrics("c", 50, 0, float("nan"), 0.1)]
+    files = [
+        FileMetrics("a", 100, 10, 0.8, 0.3),
+        FileMetrics("b", 300, 30, 0.6, 0.5),
+        FileMetrics("c", 50, 0, float("nan"), 0.1),
+    ]
     m = VersionMetrics.of_files(files)
     assert m.auc == pytest.approx((100 * 0.8 + 300 * 0.6) / 400) and m.examples == 450 and m.files == 3
     assert m.log_loss == pytest.approx((100 * 0.3 + 300 * 0.5 + 50 * 0.1) / 450)
@@ -111,8 +163,7 @@ def _commit(store: VersionStore, auc: float | None, examples: int = 2000) -> int
 
 def test_published_moves_forward_only_and_pinned_overrides_it(tmp_path):
     store = VersionStore(tmp_path)
-    assert store.serving_state() == {"pinned": None, "published": None, "latest": None, "target": None,
-                                     "why": "latest"}
+    assert store.serving_state() == {"pinned": None, "published": None, "latest": None, "target": None, "why": "latest"}
     v1, v2, v3 = (_commit(store, a) for a in (0.7, 0.7, 0.7))
     assert store.serving_state()["target"] == v3 and store.serving_state()["why"] == "latest"  # never published
     store.publish(v2)
@@ -175,13 +226,14 @@ def _ts(i: int) -> int:
 
 def test_the_training_loop_holds_back_a_version_trained_on_flipped_labels(tmp_path):
     t = StoreTrainer(tmp_path / "versions")
-    good = [t.add_file(write_taobao_csv(tmp_path / "in" / f"part-{i}.csv", 1500, i, start_ts=_ts(i)))
-            for i in range(3)]
+    good = [t.add_file(write_taobao_csv(tmp_path / "in" / f"part-{i}.csv", 1500, i, start_ts=_ts(i))) for i in range(3)]
     store = VersionStore(tmp_path / "versions")
     assert store.published() == good[-1] and all(t.keeper.decisions[v].publish for v in good)
     m = store.manifest(good[-1]).extra["metrics"]
     assert m["progressive_auc"] > 0.7 and m["examples_validated"] == 1500 and m["files_validated"] == 1
-    bad = t.add_file(flipped(write_taobao_csv(tmp_path / "x.csv", 1500, 3, start_ts=_ts(3)), tmp_path / "in" / "part-3.csv"))
+    bad = t.add_file(
+        flipped(write_taobao_csv(tmp_path / "x.csv", 1500, 3, start_ts=_ts(3)), tmp_path / "in" / "part-3.csv")
+    )
     d = t.keeper.decisions[bad]
     assert not d.publish and d.code == "auc_drop" and d.baseline_version == good[-1]
     assert d.auc < 0.4 and store.published() == good[-1] and store.latest() == bad  # training went on
@@ -206,10 +258,13 @@ def test_replicas_follow_published_then_the_stores_pin(tmp_path):
     v2 = t.add_file(write_taobao_csv(tmp_path / "in" / "part-1.csv", 1500, 1, start_ts=_ts(1)))
     store = VersionStore(tmp_path / "versions")
     sink = Sink()
-    f = VersionFollower(store, lambda v, prev: load_model(store, v, previous=prev),
-                        telemetry=ReplicaTelemetry("r0", record=sink))
+    f = VersionFollower(
+        store, lambda v, prev: load_model(store, v, previous=prev), telemetry=ReplicaTelemetry("r0", record=sink)
+    )
     assert f.poll() and f.model.version == v2 and f.why == "published"
-    bad = t.add_file(flipped(write_taobao_csv(tmp_path / "x.csv", 1500, 2, start_ts=_ts(2)), tmp_path / "in" / "part-2.csv"))
+    bad = t.add_file(
+        flipped(write_taobao_csv(tmp_path / "x.csv", 1500, 2, start_ts=_ts(2)), tmp_path / "in" / "part-2.csv")
+    )
     assert store.latest() == bad and store.published() == v2
     assert not f.poll() and f.model.version == v2  # the held-back version is not served
     store.pin(v1)
@@ -227,8 +282,9 @@ def test_lag_and_freshness_are_reported_when_a_replica_moves_forward(tmp_path):
     t.add_file(write_taobao_csv(tmp_path / "in" / "part-0.csv", 1500, 0, start_ts=_ts(0)))
     store = VersionStore(tmp_path / "versions")
     sink = Sink()
-    f = VersionFollower(store, lambda v, prev: load_model(store, v, previous=prev),
-                        telemetry=ReplicaTelemetry("r1", record=sink))
+    f = VersionFollower(
+        store, lambda v, prev: load_model(store, v, previous=prev), telemetry=ReplicaTelemetry("r1", record=sink)
+    )
     f.poll()
     picked = time.time()
     path = write_taobao_csv(tmp_path / "in" / "part-1.csv", 800, 1, start_ts=_ts(1))
@@ -243,7 +299,7 @@ def test_lag_and_freshness_are_reported_when_a_replica_moves_forward(tmp_path):
     f._load = lambda v, prev: load_model(store, v, previous=prev)
     f.retry_now()  # a transient failure is retried after a jittered backoff; do not wait for it
     assert f.model.version == v2
-    (fresh, tags), = sink.of("freshrec_serving_freshness_seconds")
+    ((fresh, tags),) = sink.of("freshrec_serving_freshness_seconds")
     assert tags == {"replica": "r1"} and 0 <= fresh < 60
     assert sink.of("freshrec_serving_version_lag_versions")[-1] == (0, {"replica": "r1"})
 
@@ -262,8 +318,11 @@ def test_every_request_is_timed_and_counted_by_status_code(tmp_path):
         svc.score(pb.ScoreRequest())
     svc.model_info()
     counted = sink.of("freshrec_serving_requests_total")
-    assert counted == [(1, {"method": "Score", "code": "OK"}), (1, {"method": "Score", "code": "INVALID_ARGUMENT"}),
-                       (1, {"method": "ModelInfo", "code": "OK"})]
+    assert counted == [
+        (1, {"method": "Score", "code": "OK"}),
+        (1, {"method": "Score", "code": "INVALID_ARGUMENT"}),
+        (1, {"method": "ModelInfo", "code": "OK"}),
+    ]
     timed = sink.of("freshrec_serving_request_latency_seconds")
     assert len(timed) == 3 and all(0 <= v < 10 and tags.keys() == {"method"} for v, tags in timed)
 
@@ -310,8 +369,10 @@ class _FakeStore:
     def __init__(self, aucs):
         import types
 
-        self.extra = {v: {"metrics": {"progressive_auc": a, "examples_validated": 1000, "files_validated": 1}}
-                      for v, a in enumerate(aucs, start=1)}
+        self.extra = {
+            v: {"metrics": {"progressive_auc": a, "examples_validated": 1000, "files_validated": 1}}
+            for v, a in enumerate(aucs, start=1)
+        }
         self.pointer, self.decisions, self._types = None, {}, types
 
     def manifest(self, v):

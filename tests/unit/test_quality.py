@@ -82,8 +82,9 @@ def test_history_epochs_train_only_and_the_lr_baseline_is_scored_before_it_train
     names = [f"f{i}" for i in range(5)]
     rows = [len(f) for f in files]
     cfg = TrainConfig(batch_size=64, history_epochs=3)
-    r = run_quality("syn", spec, files, names, ModelConfig(), cfg, points=[2, 4], lr=FTRLConfig(), history=2,
-                    full_retrain=False)
+    r = run_quality(
+        "syn", spec, files, names, ModelConfig(), cfg, points=[2, 4], lr=FTRLConfig(), history=2, full_retrain=False
+    )
     s = r.summary()
     # files 0, 1 once (progressive), then 2 more epochs over both (training only), then files 2, 3 once
     assert r.points[0].inc_examples == sum(rows[:2]) + 2 * sum(rows[:2])

@@ -11,17 +11,28 @@ import pytest
 from bench.servedata import StoreTrainer, write_taobao_csv
 from cluster.cli import main
 from trainer.runreport import collect, write_report
-from versions import Publisher, PublishConfig, VersionMetrics, VersionStore, model_digest
+from versions import PublishConfig, Publisher, VersionMetrics, VersionStore, model_digest
 
 PNG = b"\x89PNG\r\n\x1a\n"
 T0 = 1_795_000_000.0
 
 
 def _records(n: int, t0: float = T0) -> list[dict]:
-    return [{"file": f"part-{i}.parquet", "examples": 1000, "positives": 100, "auc": 0.6 + i / 100,
-             "log_loss": 0.4 - i / 100, "train_seconds": 0.5, "examples_per_s": 2000.0 + 10 * i,
-             "cumulative_auc": 0.6 + i / 200, "picked_up_at": t0 + 10 * i, "wall_time": t0 + 10 * i + 1}
-            for i in range(n)]
+    return [
+        {
+            "file": f"part-{i}.parquet",
+            "examples": 1000,
+            "positives": 100,
+            "auc": 0.6 + i / 100,
+            "log_loss": 0.4 - i / 100,
+            "train_seconds": 0.5,
+            "examples_per_s": 2000.0 + 10 * i,
+            "cumulative_auc": 0.6 + i / 200,
+            "picked_up_at": t0 + 10 * i,
+            "wall_time": t0 + 10 * i + 1,
+        }
+        for i in range(n)
+    ]
 
 
 def _run_dir(tmp_path, n=4, aucs=(0.70, 0.71, 0.40, 0.72)):
@@ -34,9 +45,14 @@ def _run_dir(tmp_path, n=4, aucs=(0.70, 0.71, 0.40, 0.72)):
         tables = {"user": {"ids": np.arange(3, dtype=np.int64), "rows": np.full((3, 2), i, np.float32)}}
         w = store.begin("full", step=i, meta={"spec_source": "taobao"})
         part = w.write_part("ps/shard-0/user", tables["user"], {"merge": "by_id", "role": "table", "table": "user"})
-        w.commit([part], model_digest=model_digest(tables),
-                 extra={"metrics": VersionMetrics(auc, 0.4, 1000, 1).to_dict(),
-                        "freshness": {"newest_file_picked_up_at": T0 + 10 * i}})
+        w.commit(
+            [part],
+            model_digest=model_digest(tables),
+            extra={
+                "metrics": VersionMetrics(auc, 0.4, 1000, 1).to_dict(),
+                "freshness": {"newest_file_picked_up_at": T0 + 10 * i},
+            },
+        )
         pub(w.version)
     return run
 
@@ -117,7 +133,9 @@ def test_a_real_store_written_by_the_training_loop(tmp_path):
     t = StoreTrainer(run / "versions")
     for i in range(2):
         t.add_file(write_taobao_csv(run / "in" / f"part-{i}.csv", 1500, i, start_ts=1_511_658_000 + 3600 * i))
-    t.add_file(flipped(write_taobao_csv(tmp_path / "x.csv", 1500, 2, start_ts=1_511_665_200), run / "in" / "part-2.csv"))
+    t.add_file(
+        flipped(write_taobao_csv(tmp_path / "x.csv", 1500, 2, start_ts=1_511_665_200), run / "in" / "part-2.csv")
+    )
     s = collect(run)
     assert [v.decision for v in s.versions] == ["publish", "publish", "hold"] and s.spec == "taobao"
     paths = write_report(s, run / "report")

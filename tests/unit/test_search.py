@@ -27,11 +27,22 @@ from tests.conftest import SHARED_DATA, require
 WANDS = SHARED_DATA / "wands_eval40"
 NOUNS = ["bed", "table", "chair", "rug", "lamp", "sofa"]
 ADJS = ["king", "oak", "round", "blue", "tufted", "metal", "velvet", "outdoor"]
-CLASSES = {"bed": "Beds", "table": "Coffee Tables", "chair": "Dining Chairs", "rug": "Area Rugs",
-           "lamp": "Table Lamps", "sofa": "Sofas"}
-CATS = {"bed": "Furniture / Bedroom Furniture / Beds", "table": "Furniture / Living Room Furniture / Tables",
-        "chair": "Furniture / Kitchen & Dining Furniture / Chairs", "rug": "Rugs / Area Rugs",
-        "lamp": "Lighting / Lamps / Table Lamps", "sofa": "Furniture / Living Room Furniture / Sofas"}
+CLASSES = {
+    "bed": "Beds",
+    "table": "Coffee Tables",
+    "chair": "Dining Chairs",
+    "rug": "Area Rugs",
+    "lamp": "Table Lamps",
+    "sofa": "Sofas",
+}
+CATS = {
+    "bed": "Furniture / Bedroom Furniture / Beds",
+    "table": "Furniture / Living Room Furniture / Tables",
+    "chair": "Furniture / Kitchen & Dining Furniture / Chairs",
+    "rug": "Rugs / Area Rugs",
+    "lamp": "Lighting / Lamps / Table Lamps",
+    "sofa": "Furniture / Living Room Furniture / Sofas",
+}
 
 
 def write_synthetic(root, products: int = 120, seed: int = 0):
@@ -45,8 +56,9 @@ def write_synthetic(root, products: int = 120, seed: int = 0):
         adjs = list(rng.choice(ADJS, 2, replace=False))
         prods.append((pid, adjs, noun))
         rows.append(f"{pid}\t{adjs[0]} {adjs[1]} {noun} model {pid}\t{CLASSES[noun]}\t{CATS[noun]}")
-    (root / "eval40_products.tsv").write_text("product_id\tproduct_name\tproduct_class\tcategory_hierarchy\n"
-                                              + "\n".join(rows) + "\n")
+    (root / "eval40_products.tsv").write_text(
+        "product_id\tproduct_name\tproduct_class\tcategory_hierarchy\n" + "\n".join(rows) + "\n"
+    )
     queries, labels = [], []
     qid = 0
     for noun in NOUNS:
@@ -101,8 +113,13 @@ def test_spec_gains_and_feature_spec():
     assert [f.name for f in every.sparse] == list(SPARSE) and every.multi_valued == SPARSE
     assert fs.dense_names == DENSE
     assert SearchSpec.from_dict(spec.to_dict()) == spec
-    for bad in ({"dim": 6}, {"gains": (("Exact", 1.0), ("Exact", 2.0))}, {"gains": (("A", -1.0),)},
-                {"sparse_features": ("nope",)}, {"sparse_features": ()}):
+    for bad in (
+        {"dim": 6},
+        {"gains": (("Exact", 1.0), ("Exact", 2.0))},
+        {"gains": (("A", -1.0),)},
+        {"sparse_features": ("nope",)},
+        {"sparse_features": ()},
+    ):
         with pytest.raises(ConfigError):
             SearchSpec(**bad)
 
@@ -121,8 +138,9 @@ def test_reader_keeps_the_best_of_repeated_judgments_and_refuses_bad_files(tmp_p
         read_catalogue(tmp_path / "p.tsv")
     with pytest.raises(SearchDataError, match="no such file"):
         read_catalogue(tmp_path / "absent.tsv")
-    (tmp_path / "p2.tsv").write_text("product_id\tproduct_name\tproduct_class\tcategory_hierarchy\n"
-                                     "1\t12'' bed \"x\tBeds\tA / B\n1\tbed\tBeds\tA\n")
+    (tmp_path / "p2.tsv").write_text(
+        "product_id\tproduct_name\tproduct_class\tcategory_hierarchy\n1\t12'' bed \"x\tBeds\tA / B\n1\tbed\tBeds\tA\n"
+    )
     with pytest.raises(SearchDataError, match="repeated product"):
         read_catalogue(tmp_path / "p2.tsv")
 
@@ -141,10 +159,14 @@ def _catalogue(rows):
 
 
 def test_index_ranks_by_bm25_filters_and_refreshes_in_place():
-    cat = _catalogue([(10, "king poster bed", "Beds", "Furniture / Beds"),
-                      (11, "queen bed", "Beds|Kids Beds", "Furniture / Beds"),
-                      (12, "king size rug", "Area Rugs", "Rugs"),
-                      (13, "oak table", "Tables", "Furniture / Tables")])
+    cat = _catalogue(
+        [
+            (10, "king poster bed", "Beds", "Furniture / Beds"),
+            (11, "queen bed", "Beds|Kids Beds", "Furniture / Beds"),
+            (12, "king size rug", "Area Rugs", "Rugs"),
+            (13, "oak table", "Tables", "Furniture / Tables"),
+        ]
+    )
     idx = LexicalIndex(cat)
     rows, scores = idx.search(["king", "bed"], 10)
     assert cat.product_id[rows].tolist()[0] == 10 and set(cat.product_id[rows].tolist()) == {10, 11, 12}
@@ -159,10 +181,14 @@ def test_index_ranks_by_bm25_filters_and_refreshes_in_place():
     full = idx.scores_all(["king"])
     assert full.shape == (4,) and (full[[0, 2]] > 0).all() and (full[[1, 3]] == 0).all()
     # the catalogue changes: 12 removed, 13 renamed, 14 added
-    new = _catalogue([(10, "king poster bed", "Beds", "Furniture / Beds"),
-                      (11, "queen bed", "Beds|Kids Beds", "Furniture / Beds"),
-                      (13, "zebra table", "Tables", "Furniture / Tables"),
-                      (14, "king zebra lamp", "Lamps", "Lighting")])
+    new = _catalogue(
+        [
+            (10, "king poster bed", "Beds", "Furniture / Beds"),
+            (11, "queen bed", "Beds|Kids Beds", "Furniture / Beds"),
+            (13, "zebra table", "Tables", "Furniture / Tables"),
+            (14, "king zebra lamp", "Lamps", "Lighting"),
+        ]
+    )
     stats = idx.refresh(new)
     assert (stats.added, stats.changed, stats.removed, stats.products) == (1, 1, 1, 4)
     rows, _ = idx.search(["zebra"], 10)
@@ -181,18 +207,31 @@ def test_category_prefixes():
 # ------------------------------------------------------------------ features
 def test_pair_features_match_a_per_pair_reference():
     spec = SearchSpec()
-    cat = _catalogue([(1, "king poster bed", "Beds", "Furniture / Beds"),
-                      (2, "oak table", "Tables|Desks", "Furniture / Tables"),
-                      (3, "rug", "Rugs", "Rugs")])
+    cat = _catalogue(
+        [
+            (1, "king poster bed", "Beds", "Furniture / Beds"),
+            (2, "oak table", "Tables|Desks", "Furniture / Tables"),
+            (3, "rug", "Rugs", "Rugs"),
+        ]
+    )
     prods = ProductFeatures.build(cat, spec)
     q = ["king", "bed", "bed"]
-    b = pair_batch(spec, prods, q, np.array([2, 0, 1]), np.array([0.5, 3.0, 0.0], np.float32), np.array([1, 0, 2]),
-                   np.array([0.0, 1.0, 0.5], np.float32), features=SPARSE)
-    assert set(pair_batch(spec, prods, q, np.array([0]), np.array([1.0], np.float32), np.array([0])).sparse) \
-        == set(spec.sparse_features)
+    b = pair_batch(
+        spec,
+        prods,
+        q,
+        np.array([2, 0, 1]),
+        np.array([0.5, 3.0, 0.0], np.float32),
+        np.array([1, 0, 2]),
+        np.array([0.0, 1.0, 0.5], np.float32),
+        features=SPARSE,
+    )
+    assert set(pair_batch(spec, prods, q, np.array([0]), np.array([1.0], np.float32), np.array([0])).sparse) == set(
+        spec.sparse_features
+    )
     col = {n: i for i, n in enumerate(DENSE)}
     assert len(b) == 3 and b.label.tolist() == [0.0, 1.0, 0.5]
-    assert b.dense[:, col["match_name"]].tolist() == [0.0, 1.0, 0.0]       # 2 distinct query tokens
+    assert b.dense[:, col["match_name"]].tolist() == [0.0, 1.0, 0.0]  # 2 distinct query tokens
     assert b.dense[:, col["match_category"]].tolist() == [0.0, 0.0, 0.0]
     assert b.dense[:, col["match_any"]].tolist() == [0.0, 1.0, 0.0]
     assert b.dense[:, col["bm25_rel"]].tolist() == pytest.approx([0.5 / 3, 1.0, 0.0])
@@ -208,15 +247,15 @@ def test_pair_features_match_a_per_pair_reference():
     for name in SPARSE:
         v, ln = b.jagged(name)
         start = int(ln[0])
-        assert v[start:start + int(ln[1])].tolist() == one.jagged(name)[0].tolist()
+        assert v[start : start + int(ln[1])].tolist() == one.jagged(name)[0].tolist()
 
 
 # ------------------------------------------------------------------- metrics
 def test_ndcg_and_folds():
     assert ndcg_at_k([2, 1, 0], [2, 1], 10) == pytest.approx(1.0)
-    assert ndcg_at_k([0, 0, 2], [2], 10) == pytest.approx(1 / math.log2(4) / 1.0 * (2 ** 2 - 1) / (2 ** 2 - 1))
+    assert ndcg_at_k([0, 0, 2], [2], 10) == pytest.approx(1 / math.log2(4) / 1.0 * (2**2 - 1) / (2**2 - 1))
     assert math.isnan(ndcg_at_k([0, 0], [0, 0], 10))
-    assert ndcg_at_k([1, 2], [2, 1], 1) == pytest.approx((2 ** 1 - 1) / (2 ** 2 - 1))
+    assert ndcg_at_k([1, 2], [2, 1], 1) == pytest.approx((2**1 - 1) / (2**2 - 1))
     assert dcg([2, 2], 1) == pytest.approx(3.0)
     folds = query_folds(range(40), 5, seed=3)
     assert [len(f) for f in folds] == [8] * 5
@@ -238,15 +277,17 @@ def test_ndcg_is_between_zero_and_one(ranked, extra):
 # ---------------------------------------------------------------- validation
 def test_bad_requests_are_invalid_argument():
     limits, tok = SearchLimits(), Tokenizer()
-    cases = [(pb.SearchRequest(query="", k=5), "query: empty"),
-             (pb.SearchRequest(query="   ", k=5), "query: empty"),
-             (pb.SearchRequest(query="x" * 513, k=5), "longer than 512"),
-             (pb.SearchRequest(query="?!", k=5), "no word tokens"),
-             (pb.SearchRequest(query="bed\x00", k=5), "control characters"),
-             (pb.SearchRequest(query="bed", k=0), "k must be in"),
-             (pb.SearchRequest(query="bed", k=101), "k must be in"),
-             (pb.SearchRequest(query="bed", k=5, num_candidates=1001), "num_candidates"),
-             (pb.SearchRequest(query="bed", k=5, num_candidates=-1), "num_candidates")]
+    cases = [
+        (pb.SearchRequest(query="", k=5), "query: empty"),
+        (pb.SearchRequest(query="   ", k=5), "query: empty"),
+        (pb.SearchRequest(query="x" * 513, k=5), "longer than 512"),
+        (pb.SearchRequest(query="?!", k=5), "no word tokens"),
+        (pb.SearchRequest(query="bed\x00", k=5), "control characters"),
+        (pb.SearchRequest(query="bed", k=0), "k must be in"),
+        (pb.SearchRequest(query="bed", k=101), "k must be in"),
+        (pb.SearchRequest(query="bed", k=5, num_candidates=1001), "num_candidates"),
+        (pb.SearchRequest(query="bed", k=5, num_candidates=-1), "num_candidates"),
+    ]
     for req, msg in cases:
         with pytest.raises(InvalidRequestError, match=msg):
             validate(req, limits, tok)
@@ -264,10 +305,15 @@ def test_bad_requests_are_invalid_argument():
 
 
 @settings(max_examples=300, deadline=None)
-@given(query=st.text(max_size=600), k=st.integers(-10, 200), n=st.integers(-10, 1200),
-       classes=st.lists(st.text(max_size=300), max_size=40), pin=st.integers(0, 2 ** 64 - 1))
+@given(
+    query=st.text(max_size=600),
+    k=st.integers(-10, 200),
+    n=st.integers(-10, 1200),
+    classes=st.lists(st.text(max_size=300), max_size=40),
+    pin=st.integers(0, 2**64 - 1),
+)
 def test_validation_fuzz_accepts_or_refuses_cleanly(query, k, n, classes, pin):
-    req = pb.SearchRequest(query=query, k=max(min(k, 2 ** 31 - 1), -(2 ** 31)), num_candidates=n, pin_version=pin)
+    req = pb.SearchRequest(query=query, k=max(min(k, 2**31 - 1), -(2**31)), num_candidates=n, pin_version=pin)
     req.filters.product_class.extend(classes)
     try:
         v = validate(req, SearchLimits(), Tokenizer())
@@ -372,8 +418,9 @@ def test_replay_resumes_from_the_store_and_trains_only_new_queries(synthetic, tm
         replay(SearchCorpus(catalogue, SearchSpec(sparse_features=("matched_tokens",))), judgments, cfg, store)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(query=st.text(max_size=80), k=st.integers(-3, 120))
 def test_service_fuzz_never_fails_otherwise(synthetic_service, query, k):
     svc, n = synthetic_service
@@ -391,8 +438,13 @@ def synthetic_service(synthetic, tmp_path_factory):
 
     root, catalogue, judgments = synthetic
     store = str(tmp_path_factory.mktemp("svc") / "versions")
-    replay(SearchCorpus(catalogue), judgments.of(judgments.query_ids[:4]), RankerConfig(epochs=1, num_candidates=40),
-           store, batch_queries=4)
+    replay(
+        SearchCorpus(catalogue),
+        judgments.of(judgments.query_ids[:4]),
+        RankerConfig(epochs=1, num_candidates=40),
+        store,
+        batch_queries=4,
+    )
     svc = SearchService(SearchServeConfig(store, str(root / "eval40_products.tsv"))).start()
     yield svc, len(catalogue)
     svc.stop()
@@ -419,16 +471,19 @@ def test_service_is_unavailable_without_a_version_and_refuses_a_non_search_versi
 
 
 # ----------------------------------------------------------------------- CLI
-@pytest.mark.parametrize("argv, message", [
-    (["search", "--query", "", "--k", "3"], "no word tokens"),
-    (["search", "--query", "?!", "--k", "3"], "no word tokens"),
-    (["search", "--query", "x" * 513], "at most 512 characters"),
-    (["search", "--query", "bed", "--k", "0"], "expected an integer >= 1"),
-    (["search", "--query", "bed", "--k", "101"], "k is at most 100"),
-    (["search", "--query", "bed", "--num-candidates", "5000"], "at most 1000"),
-    (["search-serve", "--run-dir", "r", "--catalogue", "p.tsv", "--grpc-port", "70000"], "at most 65535"),
-    (["search-train", "--data", "d", "--run-dir", "r", "--batch-queries", "0"], "expected an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["search", "--query", "", "--k", "3"], "no word tokens"),
+        (["search", "--query", "?!", "--k", "3"], "no word tokens"),
+        (["search", "--query", "x" * 513], "at most 512 characters"),
+        (["search", "--query", "bed", "--k", "0"], "expected an integer >= 1"),
+        (["search", "--query", "bed", "--k", "101"], "k is at most 100"),
+        (["search", "--query", "bed", "--num-candidates", "5000"], "at most 1000"),
+        (["search-serve", "--run-dir", "r", "--catalogue", "p.tsv", "--grpc-port", "70000"], "at most 65535"),
+        (["search-train", "--data", "d", "--run-dir", "r", "--batch-queries", "0"], "expected an integer >= 1"),
+    ],
+)
 def test_cli_refuses_bad_values_before_anything_starts(capsys, argv, message):
     from cluster.cli import main
 

@@ -27,8 +27,14 @@ def search_store(tmp_path_factory):
     root = write_synthetic(tmp_path_factory.mktemp("wands"))
     catalogue, judgments = read_wands(root)
     store = str(root / "versions")
-    replay(SearchCorpus(catalogue), judgments.of(judgments.query_ids[:12]), RankerConfig(epochs=1, num_candidates=40),
-           store, batch_queries=6, seed=3)
+    replay(
+        SearchCorpus(catalogue),
+        judgments.of(judgments.query_ids[:12]),
+        RankerConfig(epochs=1, num_candidates=40),
+        store,
+        batch_queries=6,
+        seed=3,
+    )
     return root, catalogue, store
 
 
@@ -61,7 +67,7 @@ def test_unseen_tokens_never_change_the_ranker_and_answers_equal_offline(search_
         tables = svc.ranker.model.tables.tables
         before = {n: (t.ids.copy(), t.rows.clone()) for n, t in tables.items()}
         rng = np.random.default_rng(0)
-        for i in range(30):  # 30 requests full of tokens no version has seen
+        for _ in range(30):  # 30 requests full of tokens no version has seen
             words = " ".join(f"zq{rng.integers(1 << 40):x}" for _ in range(8))
             svc.search(pb.SearchRequest(query=f"bed {words}", k=5))
         for n, t in svc.ranker.model.tables.tables.items():
@@ -80,8 +86,9 @@ def test_concurrent_searches_are_each_answered_by_one_version_exactly(search_sto
     root, catalogue, store = search_store
     versions = VersionStore(store).versions()
     want = {v: offline(store, v, catalogue, QUERIES) for v in versions[-2:]}
-    svc = SearchService(SearchServeConfig(store, str(root / "eval40_products.tsv"), poll_interval_s=60,
-                                          scorers=3)).start()
+    svc = SearchService(
+        SearchServeConfig(store, str(root / "eval40_products.tsv"), poll_interval_s=60, scorers=3)
+    ).start()
     errors, seen = [], []
 
     def client(k):
@@ -93,7 +100,7 @@ def test_concurrent_searches_are_each_answered_by_one_version_exactly(search_sto
                 seen.append(version)
                 assert ids == want[version][q][0], (version, q)
                 np.testing.assert_array_equal(scores, want[version][q][1])
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     try:

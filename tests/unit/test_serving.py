@@ -33,8 +33,9 @@ def make_store(root: Path, files: int = 2, ps: PSOptions | None = None) -> tuple
     t = StoreTrainer(root / "versions", ps=ps)
     paths = []
     for i in range(files):
-        paths.append(write_taobao_csv(root / "in" / f"part-{i}.csv", 1500, i, start_ts=1_511_658_000 + 3600 * i,
-                                      new_items=30))
+        paths.append(
+            write_taobao_csv(root / "in" / f"part-{i}.csv", 1500, i, start_ts=1_511_658_000 + 3600 * i, new_items=30)
+        )
         t.add_file(paths[-1])
     return t, paths
 
@@ -68,16 +69,24 @@ def served(tmp_path_factory):
 
 
 def test_importing_serving_does_not_import_ray_train():
-    code = ("import sys, serving, serving.model, serving.service, serving.app, serving.client, serving.grpc_server;"
-            "bad = sorted(m for m in sys.modules if m == 'ray.train' or m.startswith('ray.train.'));"
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, serving, serving.model, serving.service, serving.app, serving.client, serving.grpc_server;"
+        "bad = sorted(m for m in sys.modules if m == 'ray.train' or m.startswith('ray.train.'));"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-@pytest.mark.parametrize("ps", [PSOptions(num_shards=1), PSOptions(num_shards=1, weights_dtype="fp16"),
-                                PSOptions(num_shards=1, admission_threshold=2)],
-                         ids=["fp32", "fp16", "admit2"])
+@pytest.mark.parametrize(
+    "ps",
+    [
+        PSOptions(num_shards=1),
+        PSOptions(num_shards=1, weights_dtype="fp16"),
+        PSOptions(num_shards=1, admission_threshold=2),
+    ],
+    ids=["fp32", "fp16", "admit2"],
+)
 def test_served_scores_equal_offline_scores_including_cold_ids(tmp_path, ps):
     trainer, paths = make_store(tmp_path, files=2, ps=ps)
     store = VersionStore(str(tmp_path / "versions"))
@@ -170,8 +179,13 @@ def test_model_info_carries_the_versions_validation_metrics(served):
 
     root, trainer, paths, svc = served
     path = root / "metrics.jsonl"
-    path.write_text("\n".join(_json.dumps({"file": f"part-{i}.csv", "auc": 0.6 + i / 100, "log_loss": 0.3,
-                                            "cumulative_auc": 0.62}) for i in range(2)) + "\n{\"file\": \"par")
+    path.write_text(
+        "\n".join(
+            _json.dumps({"file": f"part-{i}.csv", "auc": 0.6 + i / 100, "log_loss": 0.3, "cumulative_auc": 0.62})
+            for i in range(2)
+        )
+        + '\n{"file": "par'
+    )
     other = ScoringService(dc.replace(svc.cfg, metrics_path=str(path), catalogue=()))
     other.follower.poll()
     m = other.model_info().metrics
@@ -225,8 +239,10 @@ def test_bad_score_requests_say_what_is_wrong(served, name, mutate, message):
     assert len(svc.score(_score_request()).scores) == 3  # and it goes on serving
 
 
-@pytest.mark.parametrize("k,num,message", [(0, 0, "k must be in [1, 1000]"), (1001, 0, "k must be in"),
-                                           (5, 10**6, "num_candidates must be in")])
+@pytest.mark.parametrize(
+    "k,num,message",
+    [(0, 0, "k must be in [1, 1000]"), (1001, 0, "k must be in"), (5, 10**6, "num_candidates must be in")],
+)
 def test_bad_recommend_requests(served, k, num, message):
     req = pb.RecommendRequest(k=k, num_candidates=num)
     req.context["user_id"].id = 5
@@ -240,10 +256,12 @@ def test_unknown_ids_get_the_cold_start_row_not_an_error(served):
 
 
 # ------------------------------------------------------------------------------ fuzzing
-values = st.one_of(st.integers(-(2**63), 2**63 - 1).map(lambda v: pb.Feature(id=v)),
-                   st.text(max_size=30).map(lambda v: pb.Feature(token=v)),
-                   st.floats(allow_nan=True, allow_infinity=True).map(lambda v: pb.Feature(number=v)),
-                   st.just(pb.Feature()))
+values = st.one_of(
+    st.integers(-(2**63), 2**63 - 1).map(lambda v: pb.Feature(id=v)),
+    st.text(max_size=30).map(lambda v: pb.Feature(token=v)),
+    st.floats(allow_nan=True, allow_infinity=True).map(lambda v: pb.Feature(number=v)),
+    st.just(pb.Feature()),
+)
 names = st.sampled_from(["user_id", "item_id", "category_id", "ts", "behavior", "colour", ""])
 
 
@@ -256,8 +274,9 @@ def score_requests(draw):
         n = draw(st.integers(0, 20))
         for k in draw(st.lists(names, max_size=3, unique=True)):
             kind = draw(st.sampled_from(["ids", "tokens", "numbers"]))
-            elems = {"ids": st.integers(-(2**63), 2**63 - 1), "tokens": st.text(max_size=10),
-                     "numbers": st.floats()}[kind]
+            elems = {"ids": st.integers(-(2**63), 2**63 - 1), "tokens": st.text(max_size=10), "numbers": st.floats()}[
+                kind
+            ]
             getattr(req.candidate_columns[k], kind).extend(draw(st.lists(elems, min_size=n, max_size=n + 1)))
     else:
         for _ in range(draw(st.integers(0, 5))):
@@ -276,14 +295,22 @@ def test_fuzzed_score_requests_are_answered_or_refused_clearly(served, req):
     except (InvalidRequestError, VersionMismatchError) as exc:
         assert exc.message
         return
-    n = len(req.candidates) or len(next(iter(req.candidate_columns.values())).ids) or \
-        max(len(c.tokens) + len(c.numbers) for c in req.candidate_columns.values())
+    n = (
+        len(req.candidates)
+        or len(next(iter(req.candidate_columns.values())).ids)
+        or max(len(c.tokens) + len(c.numbers) for c in req.candidate_columns.values())
+    )
     assert len(r.scores) == n and all(0 <= s <= 1 for s in r.scores) and r.model_version == svc.follower.model.version
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(k=st.integers(-5, 1100), num=st.integers(-5, 6000), user=values, exclude=st.lists(st.integers(-5, 500)),
-       category=st.one_of(st.none(), values))
+@given(
+    k=st.integers(-5, 1100),
+    num=st.integers(-5, 6000),
+    user=values,
+    exclude=st.lists(st.integers(-5, 500)),
+    category=st.one_of(st.none(), values),
+)
 def test_fuzzed_recommend_requests(served, k, num, user, exclude, category):
     req = pb.RecommendRequest(k=k, num_candidates=num, exclude_item_ids=exclude)
     req.context["user_id"].CopyFrom(user)
@@ -307,15 +334,38 @@ def test_score_and_recommend_commands_against_a_grpcio_server(served, capsys):
     server, port = start_grpc_server(served[3])
     try:
         target = f"127.0.0.1:{port}"
-        assert main(["score", "--target", target, "--user", "5", "--items", "2,4,7", "--context", "ts=1511658000",
-                     "--application", "", "--json"]) == 0
+        assert (
+            main(
+                [
+                    "score",
+                    "--target",
+                    target,
+                    "--user",
+                    "5",
+                    "--items",
+                    "2,4,7",
+                    "--context",
+                    "ts=1511658000",
+                    "--application",
+                    "",
+                    "--json",
+                ]
+            )
+            == 0
+        )
         out = _json.loads(capsys.readouterr().out)
         assert out["model_version"] == 2 and len(out["scores"]) == 3 and out["items"] == [2, 4, 7]
-        assert main(["recommend", "--target", target, "--user", "5", "--k", "3", "--exclude", "2,4",
-                     "--application", ""]) == 0
+        assert (
+            main(["recommend", "--target", target, "--user", "5", "--k", "3", "--exclude", "2,4", "--application", ""])
+            == 0
+        )
         assert capsys.readouterr().out.startswith("version 2")
-        assert main(["score", "--target", target, "--user", "5", "--items", "1", "--context", "ts=nan",
-                     "--application", ""]) == 2
+        assert (
+            main(
+                ["score", "--target", target, "--user", "5", "--items", "1", "--context", "ts=nan", "--application", ""]
+            )
+            == 2
+        )
         assert "INVALID_ARGUMENT: context.ts: non-finite number" in capsys.readouterr().err
     finally:
         server.stop(0)

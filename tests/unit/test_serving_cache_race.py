@@ -42,8 +42,9 @@ def mismatched(cache: HotRowCache) -> int:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_opening_the_next_version_snapshots_a_cache_that_requests_keep_filling(seed):
     ps_cfg = PSConfig(tables=(TableConfig("user", DIM),), num_shards=1)
-    remote = RemoteTables(("user",), num_shards=2, cache_rows=1024, load=lambda v, since: {"user": np.zeros(0, np.int64)},
-                          fetch=fetch)
+    remote = RemoteTables(
+        ("user",), num_shards=2, cache_rows=1024, load=lambda v, since: {"user": np.zeros(0, np.int64)}, fetch=fetch
+    )
     old = remote.open(ps_cfg, 1)
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -55,7 +56,7 @@ def test_opening_the_next_version_snapshots_a_cache_that_requests_keep_filling(s
                 ids = rng.integers(0, 1 << 40, 256)
                 rows, known = old["user"].lookup(ids)
                 assert (rows == row_of(ids)).all() and known.all()
-        except BaseException as exc:  # noqa: BLE001 (reported by the main thread)
+        except BaseException as exc:
             errors.append(exc)
             stop.set()
 

@@ -126,7 +126,7 @@ def test_a_transient_store_error_is_retried_with_backoff_never_refused():
     assert not ok and "503 Slow Down" in why  # not ready, and says why
     assert f.poll() and f.version == 1 and f.health()[0]
     assert sink.kinds() == ["transient"] * 3
-    assert all(0 < w <= RetryPolicy().base_s * 2 ** i for i, w in enumerate(waits))
+    assert all(0 < w <= RetryPolicy().base_s * 2**i for i, w in enumerate(waits))
 
 
 def test_a_pinned_rollback_target_survives_a_transient_error():
@@ -158,10 +158,20 @@ def test_a_corrupt_version_is_refused_then_rechecked_after_a_while():
     assert sink.kinds() == ["corrupt", "recheck", "corrupt", "recheck"]
 
 
-@pytest.mark.parametrize("exc,corrupt", [
-    (CorruptVersionError(1, "p", "truncated"), True), (UnsupportedError("no spec"), True), (ValueError("shape"), True),
-    (KeyError("table"), True), (StoreUnavailableError("s3://b", "reset"), False), (NoSuchVersionError(1), False),
-    (OSError("EIO"), False), (TimeoutError(), False), (RuntimeError("ray actor died"), False)])
+@pytest.mark.parametrize(
+    "exc,corrupt",
+    [
+        (CorruptVersionError(1, "p", "truncated"), True),
+        (UnsupportedError("no spec"), True),
+        (ValueError("shape"), True),
+        (KeyError("table"), True),
+        (StoreUnavailableError("s3://b", "reset"), False),
+        (NoSuchVersionError(1), False),
+        (OSError("EIO"), False),
+        (TimeoutError(), False),
+        (RuntimeError("ray actor died"), False),
+    ],
+)
 def test_only_checksum_and_format_failures_are_corrupt(exc, corrupt):
     assert is_corrupt(exc) is corrupt
 
@@ -220,7 +230,7 @@ def test_remembered_failures_are_bounded():
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.integers(1, 40), st.integers(0, 2 ** 32))
+@given(st.integers(1, 40), st.integers(0, 2**32))
 def test_backoff_is_jittered_and_bounded(attempt, seed):
     p = RetryPolicy(base_s=0.2, max_s=5.0)
     d = [p.delay(attempt, random.Random(seed + k)) for k in range(8)]

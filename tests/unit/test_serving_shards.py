@@ -71,8 +71,10 @@ def test_cache_hits_misses_collisions_and_carry():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.lists(st.integers(-2**63, 2**63 - 1), min_size=1, max_size=40, unique=True), min_size=1,
-                max_size=6), st.sampled_from([1, 4, 64]))
+@given(
+    st.lists(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=40, unique=True), min_size=1, max_size=6),
+    st.sampled_from([1, 4, 64]),
+)
 def test_cache_answers_only_what_was_put(batches, capacity):
     """Whatever the ids and collisions, a hit returns exactly the row last put for that id."""
     c = HotRowCache(capacity, dim=2)
@@ -126,16 +128,19 @@ def test_following_deltas_reports_changed_ids_and_keeps_the_cache_warm(store_wit
     t1.lookup(ids)
     before = shards.fetched
     t2 = remote.open(ps_cfg, v2, {"user": t1})["user"]
-    changed = np.concatenate([store.read_part(v2, p.name)["ids"] for p in store.manifest(v2).parts
-                              if table_parts("user")(p)])
+    changed = np.concatenate(
+        [store.read_part(v2, p.name)["ids"] for p in store.manifest(v2).parts if table_parts("user")(p)]
+    )
     rows, known = t2.lookup(ids)
     refetched = shards.fetched - before
     assert refetched == len(np.intersect1d(ids, changed))  # only the ids v2 changed were fetched again
     want_rows, want_known = load_model(store, v2).tables["user"].lookup(ids)
     np.testing.assert_array_equal(rows, want_rows)
     np.testing.assert_array_equal(known, want_known)
-    assert shards.slices[0].load(v2, since=v1)["user"].tolist() == \
-        np.unique(changed[shards.slices[0]._keep(changed)]).tolist()
+    assert (
+        shards.slices[0].load(v2, since=v1)["user"].tolist()
+        == np.unique(changed[shards.slices[0]._keep(changed)]).tolist()
+    )
     assert shards.slices[0].load(v2, since=None) is None
 
 
@@ -144,11 +149,13 @@ def test_scores_through_remote_tables_equal_local_scores_across_a_swap(tmp_path)
     store = VersionStore(str(tmp_path / "versions"))
     later = write_taobao_csv(tmp_path / "part-9.csv", 600, 7, start_ts=1_511_700_000, users=600, new_items=40)
     req = row_request(trainer.read(later))
-    cfg = ServeConfig(store_url=str(tmp_path / "versions"), remote_tables=("user", "category"), table_shards=2,
-                      cache_rows=256)
+    cfg = ServeConfig(
+        store_url=str(tmp_path / "versions"), remote_tables=("user", "category"), table_shards=2, cache_rows=256
+    )
     shards = InProcessShards(store, cfg.remote_tables, 2)
-    remote_svc = ScoringService(cfg, remote=RemoteTables(cfg.remote_tables, 2, cfg.cache_rows, shards.load,
-                                                         shards.fetch)).start()
+    remote_svc = ScoringService(
+        cfg, remote=RemoteTables(cfg.remote_tables, 2, cfg.cache_rows, shards.load, shards.fetch)
+    ).start()
     local_svc = ScoringService(ServeConfig(store_url=str(tmp_path / "versions"))).start()
     try:
         for _ in range(2):  # the second time from the cache
@@ -240,8 +247,7 @@ def test_recommend_uses_the_ann_index_above_its_threshold(tmp_path):
         a, b = svc.recommend(req), exact.recommend(req)
         # nprobe >= nlist scans every list: the same candidates, the same ranking as exact retrieval
         assert [i.item_id for i in a.items] == [i.item_id for i in b.items]
-        trainer.add_file(write_taobao_csv(tmp_path / "in" / "part-8.csv", 600, 8, start_ts=1_511_700_000,
-                                          new_items=50))
+        trainer.add_file(write_taobao_csv(tmp_path / "in" / "part-8.csv", 600, 8, start_ts=1_511_700_000, new_items=50))
         follow(svc, exact)
         assert isinstance(svc.follower.model.index, AnnItemIndex)
         a, b = svc.recommend(req), exact.recommend(req)

@@ -39,8 +39,11 @@ def test_pooling_matches_torchrecs_own_embedding_bag_collection():
     ref = EmbeddingBagCollection(tables=tables)
     ours = BackendEmbeddingBagCollection(tables)
     assert isinstance(ours, EmbeddingBagCollectionInterface)
-    kjt = KeyedJaggedTensor(keys=["user", "genre", "genre2"], values=torch.tensor([3, 7, 3, 1, 2, 2, 9, 5, 5, 5, 0, 1]),
-                            lengths=torch.tensor([1, 1, 1, 2, 0, 3, 1, 2, 1]))
+    kjt = KeyedJaggedTensor(
+        keys=["user", "genre", "genre2"],
+        values=torch.tensor([3, 7, 3, 1, 2, 2, 9, 5, 5, 5, 0, 1]),
+        lengths=torch.tensor([1, 1, 1, 2, 0, 3, 1, 2, 1]),
+    )
     ids = ours.table_ids(kjt)
     assert ids["user"].tolist() == [3, 7, 3] and ids["genre"].tolist() == [1, 2, 2, 9, 5, 5, 5, 0, 1]
     weights = {"user": ref.embedding_bags["user"].weight, "genre": ref.embedding_bags["genre"].weight}

@@ -40,8 +40,12 @@ def test_fusion_and_full_retrain_decisions():
     assert FusionPolicy(0.25).decide(4) == Decision(Action.TRAIN, (4,), fuse_lambda=0.25)
     d = FullRetrainPolicy(3).decide(2)
     assert (d.action, d.files, d.epochs, d.shuffle) == (Action.RETRAIN, (0, 1, 2), 3, True)
-    for s, cls in [("online", OnlinePolicy), ("periodic", PeriodicPolicy), ("fusion", FusionPolicy),
-                   ("full_retrain", FullRetrainPolicy)]:
+    for s, cls in [
+        ("online", OnlinePolicy),
+        ("periodic", PeriodicPolicy),
+        ("fusion", FusionPolicy),
+        ("full_retrain", FullRetrainPolicy),
+    ]:
         assert isinstance(make_policy(TrainConfig(strategy=s)), cls)
     assert TrainConfig(strategy="fusion").strategy is Strategy.FUSION
 

@@ -9,9 +9,22 @@ from trainer.report import auc_table, load_metrics
 def _run_dir(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    recs = [{"file": f"part-{i}.parquet", "examples": 100 + i, "positives": 10, "auc": 0.5 + i / 100,
-             "log_loss": 0.4, "train_seconds": 0.5, "examples_trained": 100 + i, "examples_per_s": 200.0 + i,
-             "cumulative_auc": 0.5 + i / 200, "ledger_rows": 100 * (i + 1), "wall_time": 0.0} for i in range(3)]
+    recs = [
+        {
+            "file": f"part-{i}.parquet",
+            "examples": 100 + i,
+            "positives": 10,
+            "auc": 0.5 + i / 100,
+            "log_loss": 0.4,
+            "train_seconds": 0.5,
+            "examples_trained": 100 + i,
+            "examples_per_s": 200.0 + i,
+            "cumulative_auc": 0.5 + i / 200,
+            "ledger_rows": 100 * (i + 1),
+            "wall_time": 0.0,
+        }
+        for i in range(3)
+    ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     return run
 
@@ -44,12 +57,17 @@ def test_train_refuses_bad_input_before_ray_starts(tmp_path, capsys, monkeypatch
     assert "no data files" in capsys.readouterr().err
     assert main(["stream", "--incoming", str(tmp_path), "--spec", "nospec"]) == 2
     assert "built-in" in capsys.readouterr().err
-    for bad, says in ((["--workers", "0"], "workers must be"), (["--ps-shards", "0"], "ps.num_shards"),
-                      (["--set", "train.lr=1"], "unknown key"), (["--set", "ps.mode=fast"], "ps.mode"),
-                      (["--set", "oops"], "KEY=VALUE"), (["--config", str(tmp_path / "none.yaml")], "does not exist"),
-                      (["--set", "ps.placement=in_process", "--workers", "2"], "one training worker's process"),
-                      (["--set", "ps.pipeline_depth=1", "--mode", "async"], "for sync mode"),
-                      (["--set", "ps.pipeline_depth=7"], "ps.pipeline_depth must be")):
+    for bad, says in (
+        (["--workers", "0"], "workers must be"),
+        (["--ps-shards", "0"], "ps.num_shards"),
+        (["--set", "train.lr=1"], "unknown key"),
+        (["--set", "ps.mode=fast"], "ps.mode"),
+        (["--set", "oops"], "KEY=VALUE"),
+        (["--config", str(tmp_path / "none.yaml")], "does not exist"),
+        (["--set", "ps.placement=in_process", "--workers", "2"], "one training worker's process"),
+        (["--set", "ps.pipeline_depth=1", "--mode", "async"], "for sync mode"),
+        (["--set", "ps.pipeline_depth=7"], "ps.pipeline_depth must be"),
+    ):
         assert main(["stream", "--incoming", str(tmp_path), "--spec", "taobao", *bad]) == 2, bad
         assert says in capsys.readouterr().err, bad
     assert main(["stream", "--incoming", str(tmp_path), "--spec", "taobao", "--idle-timeout", "0"]) == 2
@@ -72,10 +90,23 @@ def test_config_show_layers_defaults_yaml_set_and_flags(tmp_path, capsys):
 def test_every_command_has_help(capsys):
     import pytest
 
-    for argv in (["--help"], ["data", "--help"], ["data", "validate", "--help"], ["data", "split", "--help"],
-                 ["data", "fetch", "--help"], ["train", "--help"], ["stream", "--help"], ["report", "--help"],
-                 ["demo", "--help"], ["config", "show", "--help"], ["bench", "--help"], ["bench", "reader", "--help"], ["bench", "ps", "--help"],
-                 ["bench", "train", "--help"], ["bench", "quality", "--help"]):
+    for argv in (
+        ["--help"],
+        ["data", "--help"],
+        ["data", "validate", "--help"],
+        ["data", "split", "--help"],
+        ["data", "fetch", "--help"],
+        ["train", "--help"],
+        ["stream", "--help"],
+        ["report", "--help"],
+        ["demo", "--help"],
+        ["config", "show", "--help"],
+        ["bench", "--help"],
+        ["bench", "reader", "--help"],
+        ["bench", "ps", "--help"],
+        ["bench", "train", "--help"],
+        ["bench", "quality", "--help"],
+    ):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 0, argv

@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 
+from trainer import bundle
 from trainer.config import ModelConfig, TrainConfig
 from trainer.data import load_spec
 from trainer.local import LocalTrainer
 from trainer.quality import synthetic_shard
-from trainer import bundle
 from trainer.versioning import CORE_PART, VersionKeeper
 from versions import SnapshotConfig, VersionStore, table_parts
 
@@ -65,8 +65,11 @@ def test_a_corrupt_version_is_refused_and_resume_falls_back(tmp_path, caplog):
     _run(str(tmp_path), 3)
     store = VersionStore(str(tmp_path))
     latest = store.manifest(store.latest())
-    victim = next(p for p in sorted(tmp_path.rglob("*")) if p.is_file() and f"v{latest.version:08d}" in str(p)
-                  and p.suffix == ".part")
+    victim = next(
+        p
+        for p in sorted(tmp_path.rglob("*"))
+        if p.is_file() and f"v{latest.version:08d}" in str(p) and p.suffix == ".part"
+    )
     data = bytearray(victim.read_bytes())
     data[-1] ^= 0xFF
     victim.write_bytes(bytes(data))

@@ -18,14 +18,21 @@ def run_dir(tmp_path):
     rows = np.ones((10, 4), np.float16)
     tables = {"user": {"ids": ids, "rows": rows}}
     w = store.begin("full", step=100)
-    parts = [w.write_part("ps/shard-0/user", {"ids": ids, "rows": rows, "deleted": np.empty(0, np.int64)},
-                          {**KEYED, "rows_after": 10})]
-    w.commit(parts, ledger={"version": 2, "entries": [{"file": "part-1.parquet", "rows": 7, "complete": True}]},
-             model_digest=model_digest(tables))
+    parts = [
+        w.write_part(
+            "ps/shard-0/user", {"ids": ids, "rows": rows, "deleted": np.empty(0, np.int64)}, {**KEYED, "rows_after": 10}
+        )
+    ]
+    w.commit(
+        parts,
+        ledger={"version": 2, "entries": [{"file": "part-1.parquet", "rows": 7, "complete": True}]},
+        model_digest=model_digest(tables),
+    )
     w = store.begin("delta", parent=1, step=200)
     rows2 = np.full((1, 4), 2, np.float16)
-    part = w.write_part("ps/shard-0/user", {"ids": np.array([3]), "rows": rows2, "deleted": np.array([9])},
-                        {**KEYED, "rows_after": 9})
+    part = w.write_part(
+        "ps/shard-0/user", {"ids": np.array([3]), "rows": rows2, "deleted": np.array([9])}, {**KEYED, "rows_after": 9}
+    )
     tables2 = {"user": {"ids": np.delete(ids, 9), "rows": np.delete(rows, 9, axis=0)}}
     tables2["user"]["rows"][3] = 2
     w.commit([part], model_digest=model_digest(tables2))
@@ -43,8 +50,17 @@ def test_list_and_show(run_dir, capsys):
     rows = json.loads(out)
     assert code == 0 and [r["version"] for r in rows] == [1, 2]
     assert rows[0]["data_files"] == ["part-1.parquet"] and rows[1]["parent"] == 1 and rows[1]["rows"] == 9
-    assert set(rows[0]) >= {"version", "parent", "kind", "step", "committed_at", "data_files", "rows", "bytes",
-                            "model_digest"}
+    assert set(rows[0]) >= {
+        "version",
+        "parent",
+        "kind",
+        "step",
+        "committed_at",
+        "data_files",
+        "rows",
+        "bytes",
+        "model_digest",
+    }
     code, out, _ = run(capsys, "snapshots", "list", "--store", str(run_dir / "versions"))
     assert code == 0 and "delta" in out and "part-1.parquet" in out
     code, out, _ = run(capsys, "snapshots", "show", "latest", "--run-dir", str(run_dir), "--json")
@@ -85,14 +101,17 @@ def test_gc_and_user_errors(run_dir, capsys):
     assert code == 2 and "no committed version" in err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["snapshots", "gc", "--keep", "0", "--run-dir", "x"], "integer >= 1"),
-    (["snapshots", "gc", "--grace-s", "-1", "--run-dir", "x"], "seconds >= 0"),
-    (["snapshots", "show", "abc", "--run-dir", "x"], "positive integer or 'latest'"),
-    (["snapshots", "list"], "one of the arguments --store --run-dir is required"),
-    (["snapshots", "list", "--store", "a", "--run-dir", "b"], "not allowed with"),
-    (["snapshots", "list", "--store", "a", "--storage-option", "novalue"], "KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["snapshots", "gc", "--keep", "0", "--run-dir", "x"], "integer >= 1"),
+        (["snapshots", "gc", "--grace-s", "-1", "--run-dir", "x"], "seconds >= 0"),
+        (["snapshots", "show", "abc", "--run-dir", "x"], "positive integer or 'latest'"),
+        (["snapshots", "list"], "one of the arguments --store --run-dir is required"),
+        (["snapshots", "list", "--store", "a", "--run-dir", "b"], "not allowed with"),
+        (["snapshots", "list", "--store", "a", "--storage-option", "novalue"], "KEY=VALUE"),
+    ],
+)
 def test_bad_arguments_are_refused_by_argparse(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)

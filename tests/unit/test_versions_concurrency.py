@@ -44,8 +44,13 @@ def parts(w, rng, kind):
     n = int(rng.integers(1, 6))
     ids = rng.choice(1000, size=n, replace=False).astype(np.int64)
     rows = rng.standard_normal((n, 4)).astype(np.float16)
-    out = [w.write_part("ps/shard-0/user", {"ids": ids, "rows": rows, "deleted": np.empty(0, np.int64)},
-                        {**KEYED, **({} if kind == "delta" else {"kind": "full"})})]
+    out = [
+        w.write_part(
+            "ps/shard-0/user",
+            {"ids": ids, "rows": rows, "deleted": np.empty(0, np.int64)},
+            {**KEYED, **({} if kind == "delta" else {"kind": "full"})},
+        )
+    ]
     if kind == "full":
         out.append(w.write_part("dense", {"w": rng.standard_normal(3).astype(np.float32)}, {"role": "dense"}))
     return out
@@ -80,6 +85,7 @@ def test_a_version_committed_at_any_point_inside_gc_survives_it(url_options, mon
         if not fired:
             fired.append(pending.commit(info).version)
         return original(*a, **k)
+
     monkeypatch.setattr(collector, point, commit_then)
     result = collector.gc(keep=1, grace_s=0)
     assert fired == [2], f"gc never called {point}"
@@ -136,7 +142,7 @@ def run_interleaved(url_options, seed: int, ops: int) -> dict:
                 broken = still_good_or_gone(writer, committed[-1])
                 if broken:
                     failures.append(f"version {committed[-1]} is broken right after its commit: {broken}")
-        except Exception as exc:  # noqa: BLE001 (reported by the test)
+        except Exception as exc:
             failures.append(f"writer: {type(exc).__name__}: {exc}")
         finally:
             done.set()
@@ -148,7 +154,7 @@ def run_interleaved(url_options, seed: int, ops: int) -> dict:
                 counts["gc"] += 1
                 counts["removed"] += len(out["removed"]) + len(out["removed_uncommitted"])
                 time.sleep(pace.random() * 0.005)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             failures.append(f"gc: {type(exc).__name__}: {exc}")
 
     def check():
@@ -187,8 +193,10 @@ EXTRA_SEEDS = int(os.environ.get("FRESHREC_STORE_SEEDS", "0"))  # more seeds: FR
 @pytest.mark.parametrize("seed", [3, 11, 1020, 1023, 1057, *range(1000, 1000 + EXTRA_SEEDS)])
 def test_seeded_commits_and_gc_interleaved_never_lose_a_committed_version(url_options, seed):
     if "s3://" in url_options[0] and seed != 3 and not EXTRA_SEEDS:
-        pytest.skip("one seed on moto S3 in the default run (moto serves from this process: slow); "
-                    "FRESHREC_STORE_SEEDS=N runs N more everywhere")
+        pytest.skip(
+            "one seed on moto S3 in the default run (moto serves from this process: slow); "
+            "FRESHREC_STORE_SEEDS=N runs N more everywhere"
+        )
     ops = 8 if "s3://" in url_options[0] else 20
     counts = run_interleaved(url_options, seed, ops)
     assert counts["gc"] >= 2 and counts["commits"] >= ops // 2, counts
@@ -201,7 +209,9 @@ def test_gc_forgets_a_committed_version_its_writer_could_not_mark_done(url_optio
 
     def unavailable(*a, **k):
         from versions import StoreUnavailableError
+
         raise StoreUnavailableError(writer.url, "ConnectionResetError: reset by peer")
+
     monkeypatch.setattr(writer, "_writer_done", unavailable)
     assert w.commit(info).version == 1  # committed: the manifest and LATEST are written
     assert collector.writer_state()["writing"] == {"1": None}
@@ -224,5 +234,6 @@ def test_every_version_a_reader_can_see_has_its_whole_chain_at_each_step_of_gc(u
         for visible in reader.versions():
             assert reader.verify_chain(visible) == [], f"after removing {v}, version {visible} lost its chain"
         seen.append(v)
+
     monkeypatch.setattr(collector, "remove_version", remove_then_look)
     assert collector.gc(keep=1, grace_s=0)["removed"] == [1, 2, 3] and seen == [3, 2, 1]

@@ -97,6 +97,7 @@ def test_racing_writers_one_wins(url_options):
             wins.append(i)
         except WriterFencedError:
             losses.append(i)
+
     threads = [threading.Thread(target=race, args=(i,)) for i in range(6)]
     for t in threads:
         t.start()
@@ -126,8 +127,14 @@ WRITER_SCRIPT = textwrap.dedent("""
 
 def writer_process(url, options, ttl):
     env = {**os.environ, "PYTHONPATH": REPO}
-    return subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, url, json.dumps(options), str(ttl)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER_SCRIPT, url, json.dumps(options), str(ttl)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
 
 
 @pytest.fixture(params=["local", "s3"])

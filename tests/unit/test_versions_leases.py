@@ -27,8 +27,11 @@ def store(request, tmp_path):
 def commit(store, kind="full", parent=None, value=1.0):
     w = store.begin(kind, parent=parent, step=1)
     ids = np.arange(3, dtype=np.int64)
-    p = w.write_part("ps/shard-0/user", {"ids": ids, "rows": np.full((3, 2), value, np.float16),
-                                         "deleted": np.empty(0, np.int64)}, KEYED)
+    p = w.write_part(
+        "ps/shard-0/user",
+        {"ids": ids, "rows": np.full((3, 2), value, np.float16), "deleted": np.empty(0, np.int64)},
+        KEYED,
+    )
     return w.commit([p]).version
 
 
@@ -39,7 +42,9 @@ def test_renew_list_and_release_a_lease(store):
     store.renew_lease("shard:0@pod-b", 2, ttl_s=30, role="table-shard")
     other = VersionStore(store.url, store.storage_options)  # another process: only what is in the store
     assert [(x.holder, x.version, x.role) for x in other.leases()] == [
-        ("replica-1", 3, "replica"), ("shard:0@pod-b", 2, "table-shard")]
+        ("replica-1", 3, "replica"),
+        ("shard:0@pod-b", 2, "table-shard"),
+    ]
     store.renew_lease("replica-1", 4, ttl_s=30)  # a renewal replaces the holder's lease
     assert {x.holder: x.version for x in other.leases()} == {"replica-1": 4, "shard:0@pod-b": 2}
     store.release_lease("replica-1")

@@ -15,8 +15,15 @@ def test_after_each_data_file_by_default_with_a_compaction_every_k():
         got.append((d.kind, d.compact))
         p.record(d, step=10 * i, now=float(i))
     # one full cut, then deltas; every third version is followed by a compaction (no full cut)
-    assert got == [("full", False), ("delta", False), ("delta", True), ("delta", False), ("delta", True),
-                   ("delta", False), ("delta", True)]
+    assert got == [
+        ("full", False),
+        ("delta", False),
+        ("delta", True),
+        ("delta", False),
+        ("delta", True),
+        ("delta", False),
+        ("delta", True),
+    ]
     p.restored(step=70, now=7.0, chain_length=2)
     assert p.decide(step=71, now=7.0, data_file_done=True).compact
 
@@ -45,15 +52,18 @@ def test_every_steps_and_every_seconds():
     assert p.decide(step=150, now=70.0).reason == "60 s"
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"every_step": 5}, "unknown key"),
-    ({"every_steps": 0}, "every_steps"),
-    ({"every_seconds": -1}, "every_seconds"),
-    ({"every_data_file": False}, "at least one of"),
-    ({"full_every": 0}, "full_every"),
-    ({"full_by": "magic"}, "full_by"),
-    ({"keep": True}, "keep"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"every_step": 5}, "unknown key"),
+        ({"every_steps": 0}, "every_steps"),
+        ({"every_seconds": -1}, "every_seconds"),
+        ({"every_data_file": False}, "at least one of"),
+        ({"full_every": 0}, "full_every"),
+        ({"full_by": "magic"}, "full_by"),
+        ({"keep": True}, "keep"),
+    ],
+)
 def test_config_errors_say_what_to_fix(raw, message):
     with pytest.raises(ConfigError, match=message):
         SnapshotPolicy.from_dict(raw)

@@ -13,14 +13,14 @@ KEYED = {"role": "table", "table": "user", "merge": "by_id"}
 @pytest.fixture(scope="module")
 def s3_server():
     try:
-        from moto.server import ThreadedMotoServer
         import s3fs  # noqa: F401
+        from moto.server import ThreadedMotoServer
     except ImportError as exc:
         pytest.skip(f"moto[server] and s3fs are needed for the S3 tests ({exc}); pip install -r requirements-dev.txt")
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     try:
         server.start()
-    except Exception as exc:  # noqa: BLE001 - any failure to bind or start means: no S3 here
+    except Exception as exc:
         pytest.skip(f"moto's S3 server could not start on 127.0.0.1: {exc}")
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
@@ -31,8 +31,11 @@ def s3_server():
 def s3_store(s3_server, monkeypatch):
     import boto3
 
-    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(key, value)
     bucket = f"models-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
@@ -49,8 +52,11 @@ def test_s3_round_trip_delta_chain_verify_and_gc(s3_store):
     d = w.write_part("dense", {"w": np.ones((4, 4), np.float32)}, {"role": "dense"})
     w.commit([p, d], ledger={"version": 2, "entries": [{"file": "a.parquet", "rows": 9, "complete": True}]})
     w2 = store.begin("delta", parent=1, step=6)
-    p2 = w2.write_part("ps/shard-0/user", {"ids": np.array([3, 2000]), "rows": np.zeros((2, 16), np.float16),
-                                           "deleted": np.array([4])}, KEYED)
+    p2 = w2.write_part(
+        "ps/shard-0/user",
+        {"ids": np.array([3, 2000]), "rows": np.zeros((2, 16), np.float16), "deleted": np.array([4])},
+        KEYED,
+    )
     unfinished = store.begin("full", step=7)  # never committed
     unfinished.write_part("dense", {"w": np.zeros(1)})
     w2.commit([p2])
@@ -83,8 +89,15 @@ def test_an_unreachable_endpoint_is_a_store_unavailable_error():
     with socket.socket() as s:  # a port that nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    store = VersionStore("s3://models/run", {"endpoint_url": f"http://127.0.0.1:{port}", "key": "x", "secret": "y",
-                                            "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1}})
+    store = VersionStore(
+        "s3://models/run",
+        {
+            "endpoint_url": f"http://127.0.0.1:{port}",
+            "key": "x",
+            "secret": "y",
+            "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1},
+        },
+    )
     with pytest.raises(StoreUnavailableError, match=f"127.0.0.1:{port}") as err:
         store.versions()
     assert "storage_options" in str(err.value)

@@ -14,18 +14,30 @@ import uuid
 import numpy as np
 import pytest
 
-from versions import (CorruptVersionError, NoSuchVersionError, StoreUnavailableError, VersionStore, VersionWriteError,
-                      model_digest, table_parts, write_part)
+from versions import (
+    CorruptVersionError,
+    NoSuchVersionError,
+    StoreUnavailableError,
+    VersionStore,
+    VersionWriteError,
+    model_digest,
+    table_parts,
+    write_part,
+)
 from versions.manifest import Manifest
-from versions.store import BEGUN, MANIFEST
+from versions.store import MANIFEST
 
 KEYED = {"role": "table", "table": "user", "merge": "by_id"}
 
 
 def table(ids, value, dim=4, deleted=()):
     ids = np.asarray(ids, np.int64)
-    return {"ids": ids, "rows": np.full((len(ids), dim), value, np.float16),
-            "count": np.arange(len(ids), dtype=np.int64), "deleted": np.asarray(deleted, np.int64)}
+    return {
+        "ids": ids,
+        "rows": np.full((len(ids), dim), value, np.float16),
+        "count": np.arange(len(ids), dtype=np.int64),
+        "deleted": np.asarray(deleted, np.int64),
+    }
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -37,8 +49,10 @@ def store(request, tmp_path):
 
 def commit_full(store, ids=(1, 2, 3), value=1.0, step=10, **kw):
     w = store.begin("full", step=step)
-    parts = [w.write_part("ps/shard-0/user", table(ids, value), {**KEYED, "rows_after": len(ids)}),
-             w.write_part("dense", {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, {"role": "dense"})]
+    parts = [
+        w.write_part("ps/shard-0/user", table(ids, value), {**KEYED, "rows_after": len(ids)}),
+        w.write_part("dense", {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, {"role": "dense"}),
+    ]
     return w.commit(parts, **kw)
 
 
@@ -49,8 +63,13 @@ def commit_delta(store, parent, ids, value, deleted=(), step=20):
 
 
 def test_round_trip_manifest_parts_and_latest(store):
-    ledger = {"version": 2, "entries": [{"file": "part-1.parquet", "rows": 5, "complete": True},
-                                        {"file": "part-2.parquet", "rows": 3, "complete": False}]}
+    ledger = {
+        "version": 2,
+        "entries": [
+            {"file": "part-1.parquet", "rows": 5, "complete": True},
+            {"file": "part-2.parquet", "rows": 3, "complete": False},
+        ],
+    }
     assert store.latest() is None and store.list() == []
     m = commit_full(store, ledger=ledger, model_digest="abc", extra={"spec": "taobao"})
     assert (m.version, m.kind, m.parent, m.step, m.rows) == (1, "full", None, 10, 3)
@@ -147,8 +166,9 @@ def test_a_writer_killed_mid_write_leaves_nothing_visible(tmp_path):
             w.write_part("ps/shard-0/user", {{"ids": np.arange(len(big)), "rows": big}})
     """)
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=repo,
-                            env={**os.environ, "PYTHONPATH": repo})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=repo, env={**os.environ, "PYTHONPATH": repo}
+    )
     try:
         version = int(proc.stdout.readline())
         deadline = time.time() + 30
@@ -188,8 +208,9 @@ def corrupt(store, version, name, how):
         store.fs.pipe_file(path, bytes(data))
 
 
-@pytest.mark.parametrize("how, reason", [("flip", "fails its checksum"), ("truncate", "bytes, the manifest says"),
-                                         ("delete", "is missing")])
+@pytest.mark.parametrize(
+    "how, reason", [("flip", "fails its checksum"), ("truncate", "bytes, the manifest says"), ("delete", "is missing")]
+)
 def test_a_corrupt_part_is_refused_and_loading_falls_back(store, how, reason, caplog):
     commit_full(store)
     commit_delta(store, 1, [4], 2.0)
@@ -211,11 +232,11 @@ def test_a_corrupt_part_is_refused_and_loading_falls_back(store, how, reason, ca
 
 
 def test_gc_keeps_every_base_and_delta_a_kept_version_needs(store):
-    commit_full(store)                                 # 1
-    commit_delta(store, 1, [4], 2.0)                   # 2
-    commit_delta(store, 2, [5], 2.0)                   # 3
-    commit_full(store, ids=[9])                        # 4
-    commit_delta(store, 4, [6], 2.0)                   # 5
+    commit_full(store)  # 1
+    commit_delta(store, 1, [4], 2.0)  # 2
+    commit_delta(store, 2, [5], 2.0)  # 3
+    commit_full(store, ids=[9])  # 4
+    commit_delta(store, 4, [6], 2.0)  # 5
     assert store.gc(keep=3) == {"removed": [], "kept": [1, 2, 3, 4, 5], "removed_uncommitted": [], "removed_temp": []}
     assert store.gc(keep=2)["removed"] == [1, 2, 3]
     assert store.versions() == [4, 5] and store.materialize(5, table_parts("user"))["ids"].tolist() == [6, 9]
@@ -237,16 +258,23 @@ def test_compaction_writes_a_full_version_with_the_same_content(store):
 def test_digest_is_independent_of_how_rows_are_split():
     rng = np.random.default_rng(0)
     ids = rng.permutation(1000).astype(np.int64)
-    full = {"ids": ids, "rows": rng.standard_normal((1000, 8)).astype(np.float16),
-            "opt_state_0": rng.random(1000).astype(np.float32), "count": rng.integers(0, 9, 1000),
-            "last_seen": rng.integers(0, 9, 1000), "last_version": rng.integers(0, 9, 1000)}
+    full = {
+        "ids": ids,
+        "rows": rng.standard_normal((1000, 8)).astype(np.float16),
+        "opt_state_0": rng.random(1000).astype(np.float32),
+        "count": rng.integers(0, 9, 1000),
+        "last_seen": rng.integers(0, 9, 1000),
+        "last_version": rng.integers(0, 9, 1000),
+    }
     dense = {"mlp.w": rng.standard_normal((3, 3)).astype(np.float32), "mlp.b": np.zeros(3, np.float32)}
     one = model_digest({"user": full}, dense, {"stats/mean": np.ones(2)})
     halves = [{k: v[:400] for k, v in full.items()}, {k: v[400:] for k, v in full.items()}]
     swapped = {k: np.concatenate([halves[1][k], halves[0][k]]) for k in full}
     assert model_digest({"user": swapped}, dict(reversed(dense.items())), {"stats/mean": np.ones(2)}) == one
-    assert model_digest({"user": {**full, "last_version": full["last_version"] + 1}}, dense,
-                        {"stats/mean": np.ones(2)}) == one  # last_version counts one shard's updates: not hashed
+    assert (
+        model_digest({"user": {**full, "last_version": full["last_version"] + 1}}, dense, {"stats/mean": np.ones(2)})
+        == one
+    )  # last_version counts one shard's updates: not hashed
     changed = {**full, "count": full["count"] + (np.arange(1000) == 7)}
     assert model_digest({"user": changed}, dense, {"stats/mean": np.ones(2)}) != one
     assert model_digest({"user": full}, dense) != one
@@ -263,16 +291,22 @@ def test_store_digest_recomputes_the_manifest_digest_across_parts_and_versions(s
     expect = model_digest({"user": {"ids": ids, "rows": rows}}, dense)
     w = store.begin("full")
     odd = ids % 2 == 1
-    parts = [w.write_part(f"ps/shard-{i}/user", {"ids": ids[m], "rows": rows[m], "deleted": np.empty(0, np.int64)},
-                          KEYED) for i, m in enumerate((odd, ~odd))]
+    parts = [
+        w.write_part(f"ps/shard-{i}/user", {"ids": ids[m], "rows": rows[m], "deleted": np.empty(0, np.int64)}, KEYED)
+        for i, m in enumerate((odd, ~odd))
+    ]
     parts.append(w.write_part("dense", dense, {"role": "dense"}))
     w.commit(parts[::-1], model_digest=expect)
     assert store.digest(1) == expect == store.manifest(1).model_digest
 
 
 def test_errors_pickle_with_their_fields_and_say_what_to_do(tmp_path):
-    for err in (CorruptVersionError(3, "ps/shard-0/user", "is missing"), NoSuchVersionError(7, (1, 2)),
-                StoreUnavailableError("s3://b/p", "timeout"), VersionWriteError(4, "no parts")):
+    for err in (
+        CorruptVersionError(3, "ps/shard-0/user", "is missing"),
+        NoSuchVersionError(7, (1, 2)),
+        StoreUnavailableError("s3://b/p", "timeout"),
+        VersionWriteError(4, "no parts"),
+    ):
         back = pickle.loads(pickle.dumps(err))
         assert type(back) is type(err) and back.args == err.args and str(back) == str(err)
     assert "latest_valid" in str(CorruptVersionError(3, "dense", "is missing"))
@@ -307,8 +341,11 @@ def test_versions_is_a_leaf_package():
     allowed = {"common", "versions", "numpy", "fsspec", "__future__"}
     for path in pathlib.Path(__file__).resolve().parents[2].joinpath("versions").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            )
             for name in names:
                 top = name.split(".")[0]
                 assert top in allowed or top in _sys.stdlib_module_names, f"{path.name} imports {name}"
@@ -340,10 +377,16 @@ def test_transient_store_errors_are_unavailable_not_corrupt(store, monkeypatch):
     commit_full(store)
     reader = VersionStore(store.url)
     fs = reader.fs
-    for exc in (ConnectionResetError("reset by peer"), TimeoutError("read timed out"), OSError(5, "EIO"),
-                PermissionError("503 SlowDown")):
+    for exc in (
+        ConnectionResetError("reset by peer"),
+        TimeoutError("read timed out"),
+        OSError(5, "EIO"),
+        PermissionError("503 SlowDown"),
+    ):
+
         def fail(*a, exc=exc, **k):
             raise exc
+
         for name in ("cat_file", "size", "open" if store.local else "cat_file"):  # memory:// reads by cat_file
             with monkeypatch.context() as m:
                 m.setattr(fs, name, fail)
@@ -364,8 +407,20 @@ def test_the_manifest_cache_is_bounded_while_reading_2000_manifests(tmp_path):
     store = VersionStore(f"memory://versions-{uuid.uuid4().hex[:8]}", manifest_cache=300)
     part = PartInfo(name="dense", sha256="0" * 64, bytes=1, rows=0, meta={})
     for v in range(1, 2001):  # 2,000 committed manifests, written directly (no parts needed to read them)
-        m = Manifest(version=v, parent=None, kind="full", step=v, committed_at=0.0, committed_at_iso="", ledger={},
-                     data_files=(), rows=0, bytes=1, model_digest="", parts=(part,))
+        m = Manifest(
+            version=v,
+            parent=None,
+            kind="full",
+            step=v,
+            committed_at=0.0,
+            committed_at_iso="",
+            ledger={},
+            data_files=(),
+            rows=0,
+            bytes=1,
+            model_digest="",
+            parts=(part,),
+        )
         store._write_small(f"{store.vdir(v)}/{MANIFEST}", m.to_json().encode())
     sizes = []
     for v in range(1, 2001):
@@ -385,8 +440,11 @@ def test_temp_files_of_failed_writes_are_cleaned_by_the_next_commit_and_by_gc(tm
     commit_full(store)
     root = tmp_path / "v"
     (root / "leases").mkdir()
-    old = [root / "PUBLISHED.tmp-0123456789ab", root / "leases" / "r.json.tmp-0123456789ab",
-           root / "v00000001" / "ps" / "shard-0" / "user.part.tmp-0123456789ab"]
+    old = [
+        root / "PUBLISHED.tmp-0123456789ab",
+        root / "leases" / "r.json.tmp-0123456789ab",
+        root / "v00000001" / "ps" / "shard-0" / "user.part.tmp-0123456789ab",
+    ]
     fresh = root / "LATEST.tmp-ba9876543210"  # a write in progress right now (another process): kept
     for p in old + [fresh]:
         p.write_bytes(b"partial")

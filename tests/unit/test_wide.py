@@ -33,7 +33,8 @@ def test_wide_tables_are_ps_tables_of_fbgemms_smallest_dim_with_zero_init():
     assert all(tables[n].dim == WIDE_DIM == 4 and tables[n].scale == 0.0 for n in WIDE_TABLES)
     assert ps_config_for(SPEC, TCFG).tables == cfg.tables  # on by default (arch dlrm)
     assert [t.name for t in ps_config_for(SPEC, TCFG, model=ModelConfig(wide=False)).tables] == [
-        f.name for f in SPEC.sparse]
+        f.name for f in SPEC.sparse
+    ]
     assert ModelConfig().wide and not ModelConfig(arch="torchrec_dlrm", interaction="dot").wide
     from paramserver.config import TableConfig
 
@@ -83,8 +84,9 @@ def _train(backend, batches, model=WIDE):
 def test_wide_training_is_bit_identical_on_the_local_backend_and_on_ps_shards():
     batches = [synthetic_shard(SPEC, 600, seed=s) for s in range(3)]
     local = _train(LocalBackend(ps_config_for(SPEC, TCFG, PSOptions(num_shards=1), model=WIDE)), batches)
-    client = create_parameter_server(ps_config_for(SPEC, TCFG, PSOptions(num_shards=2), model=WIDE),
-                                     placement="in_process")
+    client = create_parameter_server(
+        ps_config_for(SPEC, TCFG, PSOptions(num_shards=2), model=WIDE), placement="in_process"
+    )
     try:
         ps = _train(client, batches)
         a, b = local.backend.table_state(), client.table_state()
@@ -114,8 +116,11 @@ def test_a_wide_model_serves_the_scores_of_offline_evaluation(tmp_path):
     ps = PSOptions(num_shards=1)
     t = StoreTrainer(tmp_path / "versions", model=WIDE, ps=ps)
     for i in range(2):
-        t.add_file(write_taobao_csv(tmp_path / "in" / f"part-{i}.csv", 1200, i, start_ts=1_511_658_000 + 3600 * i,
-                                    new_items=30))
+        t.add_file(
+            write_taobao_csv(
+                tmp_path / "in" / f"part-{i}.csv", 1200, i, start_ts=1_511_658_000 + 3600 * i, new_items=30
+            )
+        )
     v = VersionStore(str(tmp_path / "versions")).latest()
     later = write_taobao_csv(tmp_path / "later.csv", 600, 7, start_ts=1_511_700_000, users=600, new_items=40)
     batch = t.read(later)

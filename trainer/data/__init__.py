@@ -37,7 +37,24 @@ from trainer.data.stats import RunningStats
 from trainer.data.validate import Validator
 
 __all__ = [
-    "DataFileRef", "DataLedger", "DeadLetterWriter", "EventBatch", "FeatureSpec", "FileQualityError", "FileReport",
-    "LedgerError", "Reason", "RunningStats", "ValidationReport", "Validator", "check_file_report", "data_file_ref",
-    "expand_inputs", "hash_strings", "iter_batches", "load_spec", "read_dead_letters", "read_data_file",
+    "DataFileRef",
+    "DataLedger",
+    "DeadLetterWriter",
+    "EventBatch",
+    "FeatureSpec",
+    "FileQualityError",
+    "FileReport",
+    "LedgerError",
+    "Reason",
+    "RunningStats",
+    "ValidationReport",
+    "Validator",
+    "check_file_report",
+    "data_file_ref",
+    "expand_inputs",
+    "hash_strings",
+    "iter_batches",
+    "load_spec",
+    "read_dead_letters",
+    "read_data_file",
 ]

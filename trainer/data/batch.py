@@ -53,8 +53,10 @@ class EventBatch:
             if name not in self.sparse:
                 raise ValueError(f"EventBatch: lengths[{name!r}] has no sparse[{name!r}]")
             if len(lens) != n or int(np.sum(lens)) != len(self.sparse[name]):
-                raise ValueError(f"EventBatch: feature {name}: {len(lens)} lengths summing to {int(np.sum(lens))} "
-                                 f"for {n} rows and {len(self.sparse[name])} ids")
+                raise ValueError(
+                    f"EventBatch: feature {name}: {len(lens)} lengths summing to {int(np.sum(lens))} "
+                    f"for {n} rows and {len(self.sparse[name])} ids"
+                )
         for name, ids in self.sparse.items():
             if name not in self.lengths and len(ids) != n:
                 raise ValueError(f"EventBatch: single-valued feature {name} has {len(ids)} ids for {n} rows")
@@ -100,7 +102,9 @@ class EventBatch:
         first = batches[0]
         for b in batches[1:]:
             if set(b.sparse) != set(first.sparse) or set(b.lengths) != set(first.lengths):
-                raise ValueError(f"concat: batches of different features ({sorted(first.sparse)} vs {sorted(b.sparse)})")
+                raise ValueError(
+                    f"concat: batches of different features ({sorted(first.sparse)} vs {sorted(b.sparse)})"
+                )
         return EventBatch(
             source=first.source if all(b.source == first.source for b in batches) else "<mixed>",
             event_id=np.concatenate([b.event_id for b in batches]),

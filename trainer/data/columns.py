@@ -230,8 +230,11 @@ def parse_id_list(arr: pa.Array, separator: str | None) -> ParsedList:
     empty and null elements are dropped."""
     n = len(arr)
     if is_text(arr):
-        lists = (pc.split_pattern(arr, separator) if separator
-                 else pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), arr))
+        lists = (
+            pc.split_pattern(arr, separator)
+            if separator
+            else pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), arr)
+        )
         if arr.null_count:
             lists = pc.if_else(arr.is_valid(), lists, pa.nulls(n, lists.type))
     elif is_list(arr):

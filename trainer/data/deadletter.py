@@ -1,6 +1,6 @@
 """The dead-letter file: one JSON object per rejected row, with its source, row and reason.
 
-    {"source": "day1.csv", "row": 17, "reason": "unknown action", "detail": "behavior", "raw": "1,2,3,clik,1511658000"}
+{"source": "day1.csv", "row": 17, "reason": "unknown action", "detail": "behavior", "raw": "1,2,3,clik,1511658000"}
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ class DeadLetterWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "a", encoding="utf-8")
         lines = [
-            json.dumps({"source": source, "row": int(r), "reason": str(reason), "detail": d, "raw": raw}, ensure_ascii=False)
+            json.dumps(
+                {"source": source, "row": int(r), "reason": str(reason), "detail": d, "raw": raw}, ensure_ascii=False
+            )
             for r, reason, d, raw in zip(rows, reasons, details, raws)
         ]
         if lines:

@@ -119,8 +119,10 @@ class DedupWindow:
     def export(self, since_generation: int = 0, since_journal: int | None = None) -> dict[str, np.ndarray]:
         """Keyed arrays ``{"ids", "ts", "generation"}`` of the ids added at or after ``since_generation``
         (all with 0), sorted by id; with ``since_journal`` also ``deleted``: ids forgotten since then."""
-        parts = [(ids[gen >= since_generation], ts[gen >= since_generation], gen[gen >= since_generation])
-                 for ids, ts, gen in self._runs]
+        parts = [
+            (ids[gen >= since_generation], ts[gen >= since_generation], gen[gen >= since_generation])
+            for ids, ts, gen in self._runs
+        ]
         ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
         ts = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
         gen = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int64)
@@ -148,8 +150,13 @@ class DedupWindow:
         if arrays is not None and len(arrays["ids"]):
             ids = np.asarray(arrays["ids"], np.int64)
             order = np.argsort(ids, kind="stable")
-            self._runs.append((ids[order], np.asarray(arrays["ts"], np.int64)[order],
-                               np.asarray(arrays["generation"], np.int64)[order]))
+            self._runs.append(
+                (
+                    ids[order],
+                    np.asarray(arrays["ts"], np.int64)[order],
+                    np.asarray(arrays["generation"], np.int64)[order],
+                )
+            )
             self._size = len(ids)
             g, c = np.unique(self._runs[0][2], return_counts=True)
             self._gen_counts = {int(a): int(b) for a, b in zip(g, c)}

@@ -146,8 +146,9 @@ class DynamicSpec:
                     raise ConfigError(f"dynamic rate {r.name}: {side!r} is not a counter; counters: {sorted(by)}")
             num, den = by[r.numerator], by[r.denominator]
             if num.key != den.key:
-                raise ConfigError(f"dynamic rate {r.name}: numerator and denominator count different keys "
-                                  f"({num.key} vs {den.key})")
+                raise ConfigError(
+                    f"dynamic rate {r.name}: numerator and denominator count different keys ({num.key} vs {den.key})"
+                )
             if not self.rate_half_lives(r):
                 raise ConfigError(f"dynamic rate {r.name}: {r.numerator} and {r.denominator} share no half-life")
 
@@ -177,14 +178,18 @@ class DynamicSpec:
             cols = [item.key] + ([item.column] if what == "sequence" else [])
             for col in cols:
                 if col not in single:
-                    raise ConfigError(f"spec {spec.name}: dynamic {what} {item.name} reads column {col!r}, which feeds "
-                                      f"no single-valued sparse feature; add one "
-                                      f"(sparse: - {{name: .., column: {col}}}) "
-                                      f"or use one of {sorted(single)}")
+                    raise ConfigError(
+                        f"spec {spec.name}: dynamic {what} {item.name} reads column {col!r}, which feeds "
+                        f"no single-valued sparse feature; add one "
+                        f"(sparse: - {{name: .., column: {col}}}) "
+                        f"or use one of {sorted(single)}"
+                    )
             unknown = set(item.actions) - actions
             if unknown:
-                raise ConfigError(f"spec {spec.name}: dynamic {what} {item.name}: actions {sorted(unknown)} are not "
-                                  f"in the spec's actions.values {sorted(actions)}")
+                raise ConfigError(
+                    f"spec {spec.name}: dynamic {what} {item.name}: actions {sorted(unknown)} are not "
+                    f"in the spec's actions.values {sorted(actions)}"
+                )
         clash = static & (set(self.dense_names) | {s.name for s in self.sequences})
         if clash:
             raise ConfigError(f"spec {spec.name}: dynamic feature names {sorted(clash)} clash with static features")
@@ -221,14 +226,21 @@ def dynamic_from_dict(raw: Any, where: str, build) -> DynamicSpec:
     for key in ("counters", "rates", "sequences"):
         if not isinstance(out.get(key, []), list):
             raise ConfigError(f"{where}.{key}: must be a list")
-    out["counters"] = tuple(build(CounterSpec, c, f"{where}.counters[{i}]",
-                                  half_lives=_half_lives(f"{where}.counters[{i}].half_lives"),
-                                  actions=_names(f"{where}.counters[{i}].actions"))
-                            for i, c in enumerate(out.get("counters") or []))
+    out["counters"] = tuple(
+        build(
+            CounterSpec,
+            c,
+            f"{where}.counters[{i}]",
+            half_lives=_half_lives(f"{where}.counters[{i}].half_lives"),
+            actions=_names(f"{where}.counters[{i}].actions"),
+        )
+        for i, c in enumerate(out.get("counters") or [])
+    )
     out["rates"] = tuple(build(RateSpec, r, f"{where}.rates[{i}]") for i, r in enumerate(out.get("rates") or []))
-    out["sequences"] = tuple(build(SequenceSpec, s, f"{where}.sequences[{i}]",
-                                   actions=_names(f"{where}.sequences[{i}].actions"))
-                             for i, s in enumerate(out.get("sequences") or []))
+    out["sequences"] = tuple(
+        build(SequenceSpec, s, f"{where}.sequences[{i}]", actions=_names(f"{where}.sequences[{i}].actions"))
+        for i, s in enumerate(out.get("sequences") or [])
+    )
     if "ttl_s" in out:
         out["ttl_s"] = duration_s(out["ttl_s"], f"{where}.ttl_s")
     return build(DynamicSpec, out, where)

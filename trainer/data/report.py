@@ -70,15 +70,27 @@ class FileReport:
         return ", ".join(f"{r} {c:,}" for r, c in self.by_reason.most_common(k)) or "none"
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "rows_in": self.rows_in, "rows_good": self.rows_good, "rows_dead": self.rows_dead,
-                "rows_duplicate": self.rows_duplicate, "rows_late": self.rows_late, "positives": self.positives,
-                "by_reason": dict(sorted(self.by_reason.items())), "error": self.error, "unreadable": self.unreadable,
-                "complete": self.complete, "warnings": list(self.warnings)}
+        return {
+            "name": self.name,
+            "rows_in": self.rows_in,
+            "rows_good": self.rows_good,
+            "rows_dead": self.rows_dead,
+            "rows_duplicate": self.rows_duplicate,
+            "rows_late": self.rows_late,
+            "positives": self.positives,
+            "by_reason": dict(sorted(self.by_reason.items())),
+            "error": self.error,
+            "unreadable": self.unreadable,
+            "complete": self.complete,
+            "warnings": list(self.warnings),
+        }
 
     def line(self) -> str:
         """One human line, e.g. for a trainer's per-file log."""
-        text = (f"{self.name}: rows in {self.rows_in:,}, good {self.rows_good:,}, dead {self.rows_dead:,}, "
-                f"duplicate {self.rows_duplicate:,}, late {self.rows_late:,}")
+        text = (
+            f"{self.name}: rows in {self.rows_in:,}, good {self.rows_good:,}, dead {self.rows_dead:,}, "
+            f"duplicate {self.rows_duplicate:,}, late {self.rows_late:,}"
+        )
         if self.error:
             text += f"; REFUSED: {self.error}"
         for w in self.warnings:
@@ -126,9 +138,11 @@ class FileQualityError(RuntimeError):
         if report.error:
             msg = f"{report.name} was refused: {report.error}"
         else:
-            msg = (f"{report.name}: {report.rows_dead:,} of {report.rows_in:,} rows ({report.dead_share:.0%}) were "
-                   f"dead-lettered, more than the allowed {max_dead_share:.0%}; top reasons: {report.top_reasons()}. "
-                   "Is this the right spec for this file? (The dead-letter file has each row and its reason.)")
+            msg = (
+                f"{report.name}: {report.rows_dead:,} of {report.rows_in:,} rows ({report.dead_share:.0%}) were "
+                f"dead-lettered, more than the allowed {max_dead_share:.0%}; top reasons: {report.top_reasons()}. "
+                "Is this the right spec for this file? (The dead-letter file has each row and its reason.)"
+            )
         super().__init__(msg)
 
     def __reduce__(self):

@@ -51,8 +51,10 @@ class LoadedSideTable:
     def warning(self) -> str | None:
         if not (self.rows_dead or self.keys_repeated):
             return None
-        return (f"side table {self.spec.name} ({self.path}): {self.rows_dead} rows did not parse (dead-lettered), "
-                f"{self.keys_repeated} repeated keys (first row kept); {len(self.keys)} keys loaded")
+        return (
+            f"side table {self.spec.name} ({self.path}): {self.rows_dead} rows did not parse (dead-lettered), "
+            f"{self.keys_repeated} repeated keys (first row kept); {len(self.keys)} keys loaded"
+        )
 
     def join(self, on: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
         """(joined values, missing mask) for event keys ``on``."""
@@ -75,7 +77,11 @@ class LoadedSideTable:
                 else:
                     got = np.zeros(len(on), np.int64)
                 if col.type is ColumnType.STRING:
-                    got = pc.if_else(pa.array(found), got if len(self.keys) else pa.nulls(len(on), pa.string()), pa.scalar(fill, pa.string()))
+                    got = pc.if_else(
+                        pa.array(found),
+                        got if len(self.keys) else pa.nulls(len(on), pa.string()),
+                        pa.scalar(fill, pa.string()),
+                    )
                 else:
                     got = np.where(found, got, np.asarray(fill, np.asarray(got).dtype))
                 out[col.name] = got
@@ -98,8 +104,10 @@ def resolve_path(table: SideTable, input_file: str | None, spec_dir: str | None,
         tried.append(cand)
         if storage.exists(cand):
             return cand
-    raise SideTableError(f"side table {table.name}: {table.path} not found (looked in {tried}); put it beside the "
-                         f"input file, give an absolute path in the spec, or pass --side-table {table.name}=PATH")
+    raise SideTableError(
+        f"side table {table.name}: {table.path} not found (looked in {tried}); put it beside the "
+        f"input file, give an absolute path in the spec, or pass --side-table {table.name}=PATH"
+    )
 
 
 def load_side_table(table: SideTable, path: str, dead_letter=None) -> LoadedSideTable:
@@ -119,17 +127,26 @@ def load_side_table(table: SideTable, path: str, dead_letter=None) -> LoadedSide
         if dead_letter is not None and (chunk.rejects or len(bad)):
             rows = [r.row for r in chunk.rejects] + chunk.rows[bad].tolist()
             reasons = [r.reason.value for r in chunk.rejects] + [REASON_CODES[c].value for c in rej.code[bad]]
-            details = [f"side table {table.name}: {r.detail}" for r in chunk.rejects] + \
-                [f"side table {table.name}: {d}" for d in rej.detail[bad]]
+            details = [f"side table {table.name}: {r.detail}" for r in chunk.rejects] + [
+                f"side table {table.name}: {d}" for d in rej.detail[bad]
+            ]
             dead_letter.write(path, rows, reasons, details, [r.raw for r in chunk.rejects] + chunk.raw_text(bad))
         parts.append({k: take_value(v, good) for k, v in parsed.items()})
     if not parts or sum(len(p[key_col.name]) for p in parts) == 0:
-        raise SideTableError(f"side table {table.name}: {path} has no good rows ({dead} bad); check its columns in the spec")
+        raise SideTableError(
+            f"side table {table.name}: {path} has no good rows ({dead} bad); check its columns in the spec"
+        )
     keys = np.concatenate([p[key_col.name] for p in parts]).astype(np.int64)
     values = {c.name: _concat([p[c.name] for p in parts]) for c in table.joined}
     keys_sorted, first = np.unique(keys, return_index=True)  # a repeated key keeps its first row
-    return LoadedSideTable(table, path, keys_sorted, {k: take_value(v, first) for k, v in values.items()}, dead,
-                           len(keys) - len(keys_sorted))
+    return LoadedSideTable(
+        table,
+        path,
+        keys_sorted,
+        {k: take_value(v, first) for k, v in values.items()},
+        dead,
+        len(keys) - len(keys_sorted),
+    )
 
 
 def _concat(parts: list):

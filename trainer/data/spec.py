@@ -118,7 +118,9 @@ class ColumnSpec:
             raise ConfigError(f"column {self.name}: 'separator' is for id_list columns and must not be empty")
         if self.format is not None:
             if self.type is not ColumnType.TIMESTAMP or "%" not in self.format:
-                raise ConfigError(f"column {self.name}: 'format' is a strftime layout (like '%y%m%d%H') for timestamp columns")
+                raise ConfigError(
+                    f"column {self.name}: 'format' is a strftime layout (like '%y%m%d%H') for timestamp columns"
+                )
         if self.fill is not None:
             if self.required:
                 raise ConfigError(f"column {self.name}: 'fill' is for optional columns: add 'required: false'")
@@ -126,7 +128,9 @@ class ColumnSpec:
                 raise ConfigError(f"column {self.name}: a missing id_list is the empty list; drop 'fill'")
             text = self.type in (ColumnType.STRING, ColumnType.STRING_ID)
             if text != isinstance(self.fill, str) or isinstance(self.fill, bool):
-                raise ConfigError(f"column {self.name}: fill must be {'text' if text else 'a number'} for a {self.type.value} column")
+                raise ConfigError(
+                    f"column {self.name}: fill must be {'text' if text else 'a number'} for a {self.type.value} column"
+                )
 
     @property
     def source_name(self) -> str:
@@ -153,7 +157,9 @@ class SparseFeature:
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.dim % 4:
-            raise ConfigError(f"sparse feature {self.name}: dim must be a positive multiple of 4 (FBGEMM), got {self.dim}")
+            raise ConfigError(
+                f"sparse feature {self.name}: dim must be a positive multiple of 4 (FBGEMM), got {self.dim}"
+            )
 
     @property
     def multi_valued(self) -> bool:
@@ -266,8 +272,10 @@ class SideTable:
             raise ConfigError(f"side table {self.name}: key {self.key} must be an id column")
         for c in self.columns:
             if c.name != self.key and c.required:
-                raise ConfigError(f"side table {self.name}: joined column {c.name} must be 'required: false' "
-                                  "(an event whose key is not in the table gets its missing value)")
+                raise ConfigError(
+                    f"side table {self.name}: joined column {c.name} must be 'required: false' "
+                    "(an event whose key is not in the table gets its missing value)"
+                )
 
     @property
     def joined(self) -> tuple[ColumnSpec, ...]:
@@ -326,7 +334,9 @@ class FeatureSpec:
         if (self.time_column is None) == (self.time is None):
             raise ConfigError(f"spec {self.name}: give exactly one of 'time_column: NAME' or 'time: row_order'")
         if self.time is not None and self.time != "row_order":
-            raise ConfigError(f"spec {self.name}: time must be 'row_order' (the log has no time column), got {self.time!r}")
+            raise ConfigError(
+                f"spec {self.name}: time must be 'row_order' (the log has no time column), got {self.time!r}"
+            )
         if self.time_column is not None:
             self._need(self.time_column, "time_column")
             if by[self.time_column].type is not ColumnType.TIMESTAMP:
@@ -335,8 +345,10 @@ class FeatureSpec:
                 raise ConfigError(f"spec {self.name}: time_column {self.time_column} must be required")
         ways = sum([self.event_id_column is not None, bool(self.event_id_derive), self.event_id_row])
         if ways != 1:
-            raise ConfigError(f"spec {self.name}: event_id needs exactly one of {{column: NAME}}, {{derive: [COLUMNS]}} or 'row'")
-        for c in ((self.event_id_column,) if self.event_id_column else self.event_id_derive):
+            raise ConfigError(
+                f"spec {self.name}: event_id needs exactly one of {{column: NAME}}, {{derive: [COLUMNS]}} or 'row'"
+            )
+        for c in (self.event_id_column,) if self.event_id_column else self.event_id_derive:
             self._need(c, "event_id")
             if by[c].type is ColumnType.ID_LIST:
                 raise ConfigError(f"spec {self.name}: event_id cannot use the id_list column {c}")
@@ -347,7 +359,9 @@ class FeatureSpec:
             self._need(f.column, f"sparse feature {f.name}")
             t = by[f.column].type
             if t not in (*ID_TYPES, ColumnType.INT, ColumnType.ID_LIST):
-                raise ConfigError(f"spec {self.name}: sparse feature {f.name} needs an id, int_id, string_id, int or id_list column")
+                raise ConfigError(
+                    f"spec {self.name}: sparse feature {f.name} needs an id, int_id, string_id, int or id_list column"
+                )
             sparse.append(dataclasses.replace(f, column_type=t))
         object.__setattr__(self, "sparse", tuple(sparse))
         for f in self.dense:
@@ -355,12 +369,18 @@ class FeatureSpec:
             t = by[f.column].type
             time_tf = f.transform in (DenseTransform.HOUR_OF_DAY, DenseTransform.DAY_OF_WEEK)
             if time_tf and t is not ColumnType.TIMESTAMP:
-                raise ConfigError(f"spec {self.name}: dense feature {f.name}: {f.transform.value} needs a timestamp column, not {t.value}")
+                raise ConfigError(
+                    f"spec {self.name}: dense feature {f.name}: {f.transform.value} needs a timestamp column, not {t.value}"
+                )
             if f.transform is DenseTransform.MISSING:
                 if by[f.column].required:
-                    raise ConfigError(f"spec {self.name}: dense feature {f.name}: a missing indicator needs an optional column (required: false)")
+                    raise ConfigError(
+                        f"spec {self.name}: dense feature {f.name}: a missing indicator needs an optional column (required: false)"
+                    )
             elif not time_tf and t not in (ColumnType.INT, ColumnType.FLOAT):
-                raise ConfigError(f"spec {self.name}: dense feature {f.name} needs a numeric (int or float) column, not {t.value}")
+                raise ConfigError(
+                    f"spec {self.name}: dense feature {f.name} needs a numeric (int or float) column, not {t.value}"
+                )
         if not self.sparse:
             raise ConfigError(f"spec {self.name}: at least one sparse feature is needed")
         tables = [f.name for f in self.sparse] + [f.name for f in self.dense]
@@ -393,7 +413,9 @@ class FeatureSpec:
 
     def _need(self, column: str | None, what: str) -> None:
         if column not in self.column_map:
-            raise ConfigError(f"spec {self.name}: {what} names column {column!r}, which is not in columns {list(self.column_map)}")
+            raise ConfigError(
+                f"spec {self.name}: {what} names column {column!r}, which is not in columns {list(self.column_map)}"
+            )
 
     @property
     def column_map(self) -> dict[str, ColumnSpec]:
@@ -420,8 +442,9 @@ class FeatureSpec:
         (multi-valued, mean-pooled, one table each)."""
         if self.dynamic is None:
             return self.sparse
-        seqs = tuple(SparseFeature(s.name, s.column, s.dim, Pooling.MEAN, ColumnType.ID_LIST)
-                     for s in self.dynamic.sequences)
+        seqs = tuple(
+            SparseFeature(s.name, s.column, s.dim, Pooling.MEAN, ColumnType.ID_LIST) for s in self.dynamic.sequences
+        )
         return self.sparse + seqs
 
     @property
@@ -432,7 +455,9 @@ class FeatureSpec:
     @property
     def layout(self) -> Layout:
         joined = tuple(c.name for t in self.side_tables for c in t.joined)
-        return Layout(self.columns, self.format, self.header, self.delimiter, self.pad_trailing, self.null_tokens, joined)
+        return Layout(
+            self.columns, self.format, self.header, self.delimiter, self.pad_trailing, self.null_tokens, joined
+        )
 
     def with_header(self, header: bool | str) -> "FeatureSpec":
         """The same spec with ``header`` overridden (``--header`` / ``--no-header``)."""
@@ -461,14 +486,19 @@ def _build(cls: type, raw: Any, where: str, **convert: Any):
 def _columns(raw: Any, where: str) -> tuple[ColumnSpec, ...]:
     if not isinstance(raw, list):
         raise ConfigError(f"{where}: must be a list")
-    return tuple(_build(ColumnSpec, c, f"{where}[{i}]", type=_enum(ColumnType, f"{where}[{i}].type"))
-                 for i, c in enumerate(raw))
+    return tuple(
+        _build(ColumnSpec, c, f"{where}[{i}]", type=_enum(ColumnType, f"{where}[{i}].type")) for i, c in enumerate(raw)
+    )
 
 
 def _tuple_of(kind: type, where: str):
     def convert(value: Any) -> tuple:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
-            raise ConfigError(f"{where}: expected a list of {kind.__name__ if isinstance(kind, type) else 'numbers'}, got {value!r}")
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, kind) and not isinstance(v, bool) for v in value
+        ):
+            raise ConfigError(
+                f"{where}: expected a list of {kind.__name__ if isinstance(kind, type) else 'numbers'}, got {value!r}"
+            )
         return tuple(value)
 
     return convert
@@ -490,26 +520,37 @@ def spec_from_dict(raw: dict[str, Any], where: str = "spec", spec_dir: str | Pat
     else:
         raise ConfigError(f"{where}: event_id must be {{column: NAME}}, {{derive: [COLUMNS]}} or row")
     if "max_out_of_order_s" in raw:
-        raise ConfigError(f"{where}: max_out_of_order_s is gone: order is never a reason to reject a row; "
-                          "for streams use 'lateness: {allowed_s: N, policy: defer|dead_letter}'")
+        raise ConfigError(
+            f"{where}: max_out_of_order_s is gone: order is never a reason to reject a row; "
+            "for streams use 'lateness: {allowed_s: N, policy: defer|dead_letter}'"
+        )
     if not isinstance(raw.get("sparse"), list):
         raise ConfigError(f"{where}: 'sparse' must be a list")
     raw["columns"] = _columns(raw.get("columns"), f"{where}.columns")
     for i, f in enumerate(raw["sparse"]):
         if isinstance(f, dict) and "column_type" in f:
             raise ConfigError(f"{where}.sparse[{i}]: column_type comes from the column; drop it")
-    raw["sparse"] = tuple(_build(SparseFeature, f, f"{where}.sparse[{i}]", pooling=_enum(Pooling, f"{where}.sparse[{i}].pooling"))
-                          for i, f in enumerate(raw["sparse"]))
+    raw["sparse"] = tuple(
+        _build(SparseFeature, f, f"{where}.sparse[{i}]", pooling=_enum(Pooling, f"{where}.sparse[{i}].pooling"))
+        for i, f in enumerate(raw["sparse"])
+    )
     raw["dense"] = tuple(
-        _build(DenseFeature, f, f"{where}.dense[{i}]", transform=_enum(DenseTransform, f"{where}.dense[{i}].transform"),
-               boundaries=_tuple_of((int, float), f"{where}.dense[{i}].boundaries"))
+        _build(
+            DenseFeature,
+            f,
+            f"{where}.dense[{i}]",
+            transform=_enum(DenseTransform, f"{where}.dense[{i}].transform"),
+            boundaries=_tuple_of((int, float), f"{where}.dense[{i}].boundaries"),
+        )
         for i, f in enumerate(raw.get("dense") or [])
     )
     raw["label"] = _build(LabelRule, raw.get("label"), f"{where}.label", actions=tuple)
     if raw.get("actions") is not None:
         raw["actions"] = _build(ActionSpec, raw["actions"], f"{where}.actions", values=tuple)
     if "lateness" in raw:
-        raw["lateness"] = _build(Lateness, raw["lateness"], f"{where}.lateness", policy=_enum(LatePolicy, f"{where}.lateness.policy"))
+        raw["lateness"] = _build(
+            Lateness, raw["lateness"], f"{where}.lateness", policy=_enum(LatePolicy, f"{where}.lateness.policy")
+        )
     if "null_tokens" in raw:
         raw["null_tokens"] = _tuple_of(str, f"{where}.null_tokens")(raw["null_tokens"])
     side = raw.get("side_tables") or []
@@ -518,8 +559,14 @@ def spec_from_dict(raw: dict[str, Any], where: str = "spec", spec_dir: str | Pat
     # YAML 1.1 reads a bare `on:` key as the boolean true: take it back as "on"
     side = [{("on" if k is True else k): v for k, v in t.items()} if isinstance(t, dict) else t for t in side]
     raw["side_tables"] = tuple(
-        _build(SideTable, t, f"{where}.side_tables[{i}]", columns=lambda c, i=i: _columns(c, f"{where}.side_tables[{i}].columns"))
-        for i, t in enumerate(side))
+        _build(
+            SideTable,
+            t,
+            f"{where}.side_tables[{i}]",
+            columns=lambda c, i=i: _columns(c, f"{where}.side_tables[{i}].columns"),
+        )
+        for i, t in enumerate(side)
+    )
     if spec_dir is not None:
         raw["spec_dir"] = str(spec_dir)
     if raw.get("dynamic") is not None:

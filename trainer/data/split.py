@@ -67,7 +67,9 @@ class SplitResult:
 
 def write_data_file_atomic(table: pa.Table, path: Path) -> None:
     if path.exists():
-        raise FileExistsError(f"data file {path} already exists; data files are immutable: split into an empty directory")
+        raise FileExistsError(
+            f"data file {path} already exists; data files are immutable: split into an empty directory"
+        )
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, tmp)
     tmp.rename(path)
@@ -80,8 +82,9 @@ def _times(table: pa.Table, column: str) -> np.ndarray:
     return col.to_numpy()
 
 
-def sorted_by_time(tables: Iterable[pa.Table], column: str, memory_rows: int, tmp_dir: str | None,
-                   runs_out: list | None = None) -> Iterator[pa.Table]:
+def sorted_by_time(
+    tables: Iterable[pa.Table], column: str, memory_rows: int, tmp_dir: str | None, runs_out: list | None = None
+) -> Iterator[pa.Table]:
     """The rows of ``tables`` in (stable) time order, as tables, holding at most about
     ``memory_rows`` rows (plus one merge batch per spilled run) in memory."""
     buffer: list[pa.Table] = []
@@ -155,9 +158,17 @@ def _merge(runs: list[Path], column: str) -> Iterator[pa.Table]:
             yield _sort(pa.concat_tables(out), column)
 
 
-def split_into_files(inputs: Iterable, validator: Validator, every_s: int | None, out_dir: str | Path,
-                     progress: bool = True, rows_per_file: int | None = None, memory_rows: int = DEFAULT_MEMORY_ROWS,
-                     tmp_dir: str | None = None, max_dead_share: float | None = None) -> SplitResult:
+def split_into_files(
+    inputs: Iterable,
+    validator: Validator,
+    every_s: int | None,
+    out_dir: str | Path,
+    progress: bool = True,
+    rows_per_file: int | None = None,
+    memory_rows: int = DEFAULT_MEMORY_ROWS,
+    tmp_dir: str | None = None,
+    max_dead_share: float | None = None,
+) -> SplitResult:
     """Validate ``inputs`` and write their good rows as data files (see the module docstring).
 
     Give ``every_s`` (window length) or ``rows_per_file``; a ``time: row_order`` spec needs
@@ -231,5 +242,3 @@ def _by_window(stream: Iterator[pa.Table], column: str, every_s: int) -> Iterato
             held.append(t.slice(int(lo), int(hi - lo)))
     if held:
         yield current * every_s, pa.concat_tables(held).combine_chunks()
-
-

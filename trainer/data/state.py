@@ -53,8 +53,12 @@ class DataState:
         win = dedup.export(since_generation=base.dedup_generation, since_journal=None if full else base.dedup_journal)
         if full:
             led.pop("deleted", None)
-        summary = {"files": len(ledger), "rows": ledger.total_rows, "entries": ledger.changed_since(self.marks.ledger_seq),
-                   "marks": dataclasses.asdict(now)}
+        summary = {
+            "files": len(ledger),
+            "rows": ledger.total_rows,
+            "entries": ledger.changed_since(self.marks.ledger_seq),
+            "marks": dataclasses.asdict(now),
+        }
         return DataExport(led, win, self.validator_state(), summary)
 
     def dirty(self) -> bool:
@@ -86,9 +90,12 @@ class DataState:
     def validator_state(self) -> dict[str, np.ndarray]:
         """Watermark, row ordinal, the next dedup generation and the deferred late rows (arrays)."""
         v = self.validator
-        out = {"ids": np.zeros(1, np.int64), "watermark": np.array([v.watermark], np.int64),
-               "ordinal": np.array([v._ordinal], np.int64),
-               "dedup_generation": np.array([v.dedup.generation], np.int64)}
+        out = {
+            "ids": np.zeros(1, np.int64),
+            "watermark": np.array([v.watermark], np.int64),
+            "ordinal": np.array([v._ordinal], np.int64),
+            "dedup_generation": np.array([v.dedup.generation], np.int64),
+        }
         late = EventBatch.concat(v._late) if v._late else None
         out.update(_late_to_arrays(late))
         return out
@@ -100,11 +107,16 @@ def _late_to_arrays(batch: EventBatch | None) -> dict[str, np.ndarray]:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, batch.table.schema) as w:
         w.write_table(batch.table)
-    out = {"late/n": np.array([len(batch)], np.int64), "late/event_id": batch.event_id.astype(np.int64),
-           "late/ts": batch.ts.astype(np.int64), "late/label": batch.label.astype(np.float32),
-           "late/dense": np.ascontiguousarray(batch.dense, np.float32), "late/rows": batch.rows.astype(np.int64),
-           "late/table": np.frombuffer(sink.getvalue().to_pybytes(), np.uint8).copy(),
-           "late/source": np.frombuffer(batch.source.encode(), np.uint8).copy()}
+    out = {
+        "late/n": np.array([len(batch)], np.int64),
+        "late/event_id": batch.event_id.astype(np.int64),
+        "late/ts": batch.ts.astype(np.int64),
+        "late/label": batch.label.astype(np.float32),
+        "late/dense": np.ascontiguousarray(batch.dense, np.float32),
+        "late/rows": batch.rows.astype(np.int64),
+        "late/table": np.frombuffer(sink.getvalue().to_pybytes(), np.uint8).copy(),
+        "late/source": np.frombuffer(batch.source.encode(), np.uint8).copy(),
+    }
     for name, ids in batch.sparse.items():
         out[f"late/sparse/{name}"] = np.asarray(ids, np.int64)
     for name, lens in batch.lengths.items():
@@ -116,9 +128,20 @@ def _late_from_arrays(state: dict, spec) -> EventBatch | None:
     if not state or "late/n" not in state or int(state["late/n"][0]) == 0:
         return None
     table = pa.ipc.open_stream(pa.py_buffer(np.asarray(state["late/table"], np.uint8).tobytes())).read_all()
-    sparse = {k[len("late/sparse/"):]: np.asarray(v, np.int64) for k, v in state.items() if k.startswith("late/sparse/")}
-    lengths = {k[len("late/lengths/"):]: np.asarray(v, np.int64) for k, v in state.items()
-               if k.startswith("late/lengths/")}
-    return EventBatch(bytes(np.asarray(state["late/source"], np.uint8)).decode(), np.asarray(state["late/event_id"]),
-                      np.asarray(state["late/ts"]), np.asarray(state["late/label"]), sparse,
-                      np.asarray(state["late/dense"]), np.asarray(state["late/rows"]), table, lengths)
+    sparse = {
+        k[len("late/sparse/") :]: np.asarray(v, np.int64) for k, v in state.items() if k.startswith("late/sparse/")
+    }
+    lengths = {
+        k[len("late/lengths/") :]: np.asarray(v, np.int64) for k, v in state.items() if k.startswith("late/lengths/")
+    }
+    return EventBatch(
+        bytes(np.asarray(state["late/source"], np.uint8)).decode(),
+        np.asarray(state["late/event_id"]),
+        np.asarray(state["late/ts"]),
+        np.asarray(state["late/label"]),
+        sparse,
+        np.asarray(state["late/dense"]),
+        np.asarray(state["late/rows"]),
+        table,
+        lengths,
+    )

@@ -54,7 +54,13 @@ class RunningStats:
         return ((np.asarray(x, np.float64) - self.mean) / np.sqrt(self.var + self.eps)).astype(np.float32)
 
     def state_dict(self) -> dict:
-        return {"dim": self.dim, "eps": self.eps, "count": self.count, "mean": self.mean.tolist(), "m2": self.m2.tolist()}
+        return {
+            "dim": self.dim,
+            "eps": self.eps,
+            "count": self.count,
+            "mean": self.mean.tolist(),
+            "m2": self.m2.tolist(),
+        }
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "RunningStats":

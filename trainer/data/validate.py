@@ -33,9 +33,8 @@ every model version and restored with it (:mod:`trainer.data.state`).
 
 from __future__ import annotations
 
-import time
-
 import dataclasses
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -65,8 +64,13 @@ class Validator:
     ``side_tables`` overrides where a side table is read from: ``{"items": "/data/items.tsv"}``.
     """
 
-    def __init__(self, spec: FeatureSpec, dead_letter: DeadLetterWriter | None = None, stream: bool = False,
-                 side_tables: dict[str, str] | None = None):
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        dead_letter: DeadLetterWriter | None = None,
+        stream: bool = False,
+        side_tables: dict[str, str] | None = None,
+    ):
         self.spec = spec
         self.dead_letter = dead_letter or DeadLetterWriter(None)
         self.stream = stream
@@ -129,8 +133,13 @@ class Validator:
             frep.by_reason[rej.reason.value] += 1
         self._count(len(rows_rej), dead=len(rows_rej))
         if chunk.rejects:
-            self.dead_letter.write(chunk.source, [r.row for r in chunk.rejects], [r.reason.value for r in chunk.rejects],
-                                   [r.detail for r in chunk.rejects], [r.raw for r in chunk.rejects])
+            self.dead_letter.write(
+                chunk.source,
+                [r.row for r in chunk.rejects],
+                [r.reason.value for r in chunk.rejects],
+                [r.detail for r in chunk.rejects],
+                [r.raw for r in chunk.rejects],
+            )
         n = chunk.table.num_rows
         rej = Rejections(n)
         parsed, missing = self._parse(chunk, rej)
@@ -140,7 +149,9 @@ class Validator:
         dup = 0
         if len(dead):
             reasons = [REASON_CODES[c].value for c in rej.code[dead]]
-            self.dead_letter.write(chunk.source, chunk.rows[dead], reasons, list(rej.detail[dead]), chunk.raw_text(dead))
+            self.dead_letter.write(
+                chunk.source, chunk.rows[dead], reasons, list(rej.detail[dead]), chunk.raw_text(dead)
+            )
             rep.by_reason.update(reasons)
             frep.by_reason.update(reasons)
             dup = int(np.count_nonzero(rej.code[dead] == _DUP))
@@ -163,9 +174,13 @@ class Validator:
         keep = np.flatnonzero(chunk.rows > last)
         table = chunk.table.take(pa.array(keep, pa.int64()))
         raw = chunk.raw_text
-        return dataclasses.replace(chunk, table=table, rows=chunk.rows[keep],
-                                   rejects=[r for r in chunk.rejects if r.row == 0 or r.row > last],
-                                   raw_text=lambda index, raw=raw, keep=keep: raw(keep[index]))
+        return dataclasses.replace(
+            chunk,
+            table=table,
+            rows=chunk.rows[keep],
+            rejects=[r for r in chunk.rejects if r.row == 0 or r.row > last],
+            raw_text=lambda index, raw=raw, keep=keep: raw(keep[index]),
+        )
 
     def _count(self, rows_in: int, good: int = 0, dead: int = 0, dup: int = 0, late: int = 0) -> None:
         for r in (self.report, self._file):
@@ -188,12 +203,21 @@ class Validator:
             parsed.update(p)
             missing.update(m)
         if spec.actions is not None:
-            raw = table.column(spec.column_map[spec.actions.column].source_name) \
-                if spec.column_map[spec.actions.column].source_name in table.column_names else pa.nulls(n, pa.string())
+            raw = (
+                table.column(spec.column_map[spec.actions.column].source_name)
+                if spec.column_map[spec.actions.column].source_name in table.column_names
+                else pa.nulls(n, pa.string())
+            )
             raw = C.combined(raw)
-            act = pc.utf8_trim_whitespace(pc.cast(raw, pa.string())) if not C.is_nested(raw) else pa.nulls(n, pa.string())
+            act = (
+                pc.utf8_trim_whitespace(pc.cast(raw, pa.string())) if not C.is_nested(raw) else pa.nulls(n, pa.string())
+            )
             known = pa.array(list(spec.actions.values), pa.string())
-            rej(~C.to_numpy(pc.fill_null(pc.is_in(act, value_set=known), False)), Reason.UNKNOWN_ACTION, spec.actions.column)
+            rej(
+                ~C.to_numpy(pc.fill_null(pc.is_in(act, value_set=known), False)),
+                Reason.UNKNOWN_ACTION,
+                spec.actions.column,
+            )
             parsed[spec.actions.column] = act
         return parsed, missing
 
@@ -236,8 +260,11 @@ class Validator:
             limit = max(self.watermark, int(self.clock())) + spec.lateness.max_future_s
             future = parsed["__ts"][cand] > limit
             if future.any():
-                rej(_mask(n, cand[future]), Reason.FUTURE,
-                    f"more than {spec.lateness.max_future_s}s ahead of the watermark and the wall clock")
+                rej(
+                    _mask(n, cand[future]),
+                    Reason.FUTURE,
+                    f"more than {spec.lateness.max_future_s}s ahead of the watermark and the wall clock",
+                )
                 cand = cand[~future]
         if len(cand) and not spec.event_id_row:
             eid = parsed["__event_id"][cand]
@@ -254,8 +281,11 @@ class Validator:
             prefix = np.maximum.accumulate(np.concatenate([[self.watermark], ts]))[:-1]
             is_late = ts < prefix - spec.lateness.allowed_s
             if spec.lateness.policy is LatePolicy.DEAD_LETTER:
-                rej(_mask(n, cand[is_late]), Reason.LATE,
-                    f"older than the watermark by more than {spec.lateness.allowed_s}s")
+                rej(
+                    _mask(n, cand[is_late]),
+                    Reason.LATE,
+                    f"older than the watermark by more than {spec.lateness.allowed_s}s",
+                )
             else:
                 late[cand[is_late]] = True
             on_time = cand[~is_late]
@@ -296,8 +326,17 @@ class Validator:
                 sparse[f.name], lengths[f.name] = v.values, v.lengths
             else:
                 sparse[f.name] = np.asarray(v, np.int64)
-        return EventBatch(source=chunk.source, event_id=event_id, ts=ts, label=label.astype(np.float32), sparse=sparse,
-                          dense=dense, rows=chunk.rows[idx], table=pa.table(cols), lengths=lengths)
+        return EventBatch(
+            source=chunk.source,
+            event_id=event_id,
+            ts=ts,
+            label=label.astype(np.float32),
+            sparse=sparse,
+            dense=dense,
+            rows=chunk.rows[idx],
+            table=pa.table(cols),
+            lengths=lengths,
+        )
 
 
 def _mask(n: int, index: np.ndarray) -> np.ndarray:
@@ -317,7 +356,9 @@ def dense_values(f, values, missing: np.ndarray | None, idx: np.ndarray) -> np.n
         return (v // 86400 + 3) % 7
     x = v.astype(np.float64) + f.shift
     if f.clip_min is not None or f.clip_max is not None:
-        x = np.clip(x, f.clip_min if f.clip_min is not None else -np.inf, f.clip_max if f.clip_max is not None else np.inf)
+        x = np.clip(
+            x, f.clip_min if f.clip_min is not None else -np.inf, f.clip_max if f.clip_max is not None else np.inf
+        )
     if f.transform is DenseTransform.LOG1P:
         return np.log1p(np.maximum(x, 0.0))
     if f.transform is DenseTransform.BUCKETIZE:

@@ -48,9 +48,13 @@ class KeyTable:
 
     @classmethod
     def empty(cls, n_counts: int, seq_lengths: dict[str, int]) -> "KeyTable":
-        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, n_counts), np.float64),
-                   {s: np.zeros((0, n), np.int64) for s, n in seq_lengths.items()},
-                   {s: np.zeros(0, np.int64) for s in seq_lengths})
+        return cls(
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros((0, n_counts), np.float64),
+            {s: np.zeros((0, n), np.int64) for s, n in seq_lengths.items()},
+            {s: np.zeros(0, np.int64) for s in seq_lengths},
+        )
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"ids": self.ids, "last_ts": self.last_ts, "counts": self.counts}
@@ -59,8 +63,13 @@ class KeyTable:
         return out
 
     def take(self, keep: np.ndarray) -> "KeyTable":
-        return KeyTable(self.ids[keep], self.last_ts[keep], self.counts[keep],
-                        {s: v[keep] for s, v in self.seqs.items()}, {s: v[keep] for s, v in self.lens.items()})
+        return KeyTable(
+            self.ids[keep],
+            self.last_ts[keep],
+            self.counts[keep],
+            {s: v[keep] for s, v in self.seqs.items()},
+            {s: v[keep] for s, v in self.lens.items()},
+        )
 
     @property
     def nbytes(self) -> int:
@@ -108,16 +117,23 @@ class DynamicFeatures:
         if actions:
             col = self.spec.actions.column
             if col not in batch.table.column_names:
-                raise ValueError(f"dynamic features need the action column {col!r} of every event; the batch has "
-                                 f"{batch.table.column_names}")
-            return np.asarray(pc.fill_null(pc.is_in(batch.table[col], value_set=pa.array(list(actions))), False)
-                              .to_numpy(zero_copy_only=False), bool)
+                raise ValueError(
+                    f"dynamic features need the action column {col!r} of every event; the batch has "
+                    f"{batch.table.column_names}"
+                )
+            return np.asarray(
+                pc.fill_null(pc.is_in(batch.table[col], value_set=pa.array(list(actions))), False).to_numpy(
+                    zero_copy_only=False
+                ),
+                bool,
+            )
         return np.ones(n, bool)
 
     def is_annotated(self, batch: EventBatch) -> bool:
         """True when ``batch`` already carries the dynamic features (dense width and sequences)."""
-        return (batch.dense.shape[1] == self.n_static + self.n_dense
-                and all(s.name in batch.sparse for s in self.d.sequences))
+        return batch.dense.shape[1] == self.n_static + self.n_dense and all(
+            s.name in batch.sparse for s in self.d.sequences
+        )
 
     # --------------------------------------------------------------- compute
     def annotate(self, batch: EventBatch) -> EventBatch:
@@ -158,8 +174,11 @@ class DynamicFeatures:
             keys = self._ids(batch, key)
             g = Groups.of(keys, ts)
             pos = np.searchsorted(t.ids, g.uniq)
-            found = (pos < len(t.ids)) & (t.ids[np.minimum(pos, max(len(t.ids) - 1, 0))] == g.uniq) if len(t.ids) \
+            found = (
+                (pos < len(t.ids)) & (t.ids[np.minimum(pos, max(len(t.ids) - 1, 0))] == g.uniq)
+                if len(t.ids)
                 else np.zeros(len(g.uniq), bool)
+            )
             first_ts = ts[g.order[g.start]] if n else np.zeros(0, np.int64)
             cur = np.zeros((len(g.uniq), len(self._cols[key])), np.float64)
             tref = first_ts.copy()
@@ -168,8 +187,10 @@ class DynamicFeatures:
             cols = self._cols[key]
             new_seqs, new_lens = {}, {}
             if cols:
-                masks = {ci: self._mask(batch, self.d.counters[ci].actions, self.d.counters[ci].positive)
-                         for ci in dict.fromkeys(c.counter for c in cols)}
+                masks = {
+                    ci: self._mask(batch, self.d.counters[ci].actions, self.d.counters[ci].positive)
+                    for ci in dict.fromkeys(c.counter for c in cols)
+                }
                 x = np.stack([masks[c.counter] for c in cols], axis=1).astype(np.float64)
                 half = np.array([c.half_life for c in cols], np.float64)
                 values, cur, tref = decayed_counts(g, ts, x, half, cur, tref)
@@ -185,7 +206,8 @@ class DynamicFeatures:
                 saved_len[found] = t.lens[s.name][pos[found]]
                 mask = self._mask(batch, s.actions, s.positive)
                 vals, lens, new_seqs[s.name], new_lens[s.name] = sequences(
-                    g, mask, self._ids(batch, s.column), s.length, saved, saved_len)
+                    g, mask, self._ids(batch, s.column), s.length, saved, saved_len
+                )
                 seq_out[s.name] = (vals, lens)
             tables[key] = _merge(t, g.uniq, pos, found, tref, cur, new_seqs, new_lens)
         return self._attach(batch, self._dense(raw_counts, dense), seq_out), tables
@@ -219,7 +241,7 @@ class DynamicFeatures:
     def _dense(self, raw: dict[int, np.ndarray], out: np.ndarray) -> np.ndarray:
         j = 0
         for i, c in enumerate(self.d.counters):
-            out[:, j:j + len(c.half_lives)] = np.log1p(raw[i])
+            out[:, j : j + len(c.half_lives)] = np.log1p(raw[i])
             j += len(c.half_lives)
         by = {c.name: i for i, c in enumerate(self.d.counters)}
         for r in self.d.rates:
@@ -232,12 +254,11 @@ class DynamicFeatures:
         return out.astype(np.float32)
 
     def _attach(self, batch: EventBatch, dense: np.ndarray, seqs: dict) -> EventBatch:
-        static = batch.dense[:, :self.n_static]
+        static = batch.dense[:, : self.n_static]
         sparse, lengths = dict(batch.sparse), dict(batch.lengths)
         for name, (vals, lens) in seqs.items():
             sparse[name], lengths[name] = vals, lens
-        return dataclasses.replace(batch, dense=np.concatenate([static, dense], axis=1), sparse=sparse,
-                                   lengths=lengths)
+        return dataclasses.replace(batch, dense=np.concatenate([static, dense], axis=1), sparse=sparse, lengths=lengths)
 
     # ------------------------------------------------------------- bounding
     def _bound(self, t: KeyTable) -> KeyTable:
@@ -255,8 +276,11 @@ class DynamicFeatures:
         """Per key column: tracked ids, bytes, bytes per tracked id."""
         out = {}
         for k, t in self.tables.items():
-            out[k] = {"ids": len(t.ids), "bytes": t.nbytes,
-                      "bytes_per_id": t.nbytes / len(t.ids) if len(t.ids) else float(self.bytes_per_id(k))}
+            out[k] = {
+                "ids": len(t.ids),
+                "bytes": t.nbytes,
+                "bytes_per_id": t.nbytes / len(t.ids) if len(t.ids) else float(self.bytes_per_id(k)),
+            }
         return out
 
     def bytes_per_id(self, key: str) -> int:
@@ -265,37 +289,51 @@ class DynamicFeatures:
 
     def export(self) -> tuple[dict[str, np.ndarray], dict]:
         """(arrays, meta) for the version's dynamic-feature part (:mod:`trainer.bundle`; copies: training may go on)."""
-        arrays = {f"{k}/{name}": np.array(v, copy=True)
-                  for k, t in self.tables.items() for name, v in t.arrays().items()}
+        arrays = {
+            f"{k}/{name}": np.array(v, copy=True) for k, t in self.tables.items() for name, v in t.arrays().items()
+        }
         arrays["watermark"] = np.array([self.watermark], np.int64)
-        meta = {"keys": list(self.d.keys), "columns": {k: len(c) for k, c in self._cols.items()},
-                "sequences": {k: dict(v) for k, v in self._seqs.items()}, "stats": self.stats()}
+        meta = {
+            "keys": list(self.d.keys),
+            "columns": {k: len(c) for k, c in self._cols.items()},
+            "sequences": {k: dict(v) for k, v in self._seqs.items()},
+            "stats": self.stats(),
+        }
         return arrays, meta
 
     def load(self, arrays, meta) -> None:
         """Restore what :meth:`export` gave; refuses a state of a different declaration."""
-        want = {"keys": list(self.d.keys), "columns": {k: len(c) for k, c in self._cols.items()},
-                "sequences": {k: dict(v) for k, v in self._seqs.items()}}
+        want = {
+            "keys": list(self.d.keys),
+            "columns": {k: len(c) for k, c in self._cols.items()},
+            "sequences": {k: dict(v) for k, v in self._seqs.items()},
+        }
         got = {k: meta.get(k) for k in want}
         if got != want:
-            raise ValueError(f"the saved dynamic-feature state was declared differently ({got}) from this spec's "
-                             f"dynamic section ({want}): serve or resume it with the spec it was trained with")
+            raise ValueError(
+                f"the saved dynamic-feature state was declared differently ({got}) from this spec's "
+                f"dynamic section ({want}): serve or resume it with the spec it was trained with"
+            )
         tables = {}
         for k in self.d.keys:
-            a = {name[len(k) + 1:]: np.asarray(v) for name, v in arrays.items() if name.startswith(k + "/")}
-            tables[k] = KeyTable(a["ids"].astype(np.int64), a["last_ts"].astype(np.int64),
-                                 a["counts"].astype(np.float64).reshape(len(a["ids"]), len(self._cols[k])),
-                                 {s: a[f"seq/{s}"].astype(np.int64).reshape(len(a["ids"]), n)
-                                  for s, n in self._seqs[k].items()},
-                                 {s: a[f"len/{s}"].astype(np.int64) for s in self._seqs[k]})
+            a = {name[len(k) + 1 :]: np.asarray(v) for name, v in arrays.items() if name.startswith(k + "/")}
+            tables[k] = KeyTable(
+                a["ids"].astype(np.int64),
+                a["last_ts"].astype(np.int64),
+                a["counts"].astype(np.float64).reshape(len(a["ids"]), len(self._cols[k])),
+                {s: a[f"seq/{s}"].astype(np.int64).reshape(len(a["ids"]), n) for s, n in self._seqs[k].items()},
+                {s: a[f"len/{s}"].astype(np.int64) for s in self._seqs[k]},
+            )
         self.tables = tables
         self.watermark = int(np.asarray(arrays["watermark"])[0])
         self._pending = None
 
     def copy(self) -> "DynamicFeatures":
         out = copy.copy(self)
-        out.tables = {k: KeyTable(**{f.name: copy.deepcopy(getattr(t, f.name)) for f in dataclasses.fields(t)})
-                      for k, t in self.tables.items()}
+        out.tables = {
+            k: KeyTable(**{f.name: copy.deepcopy(getattr(t, f.name)) for f in dataclasses.fields(t)})
+            for k, t in self.tables.items()
+        }
         out._pending = None
         return out
 
@@ -323,6 +361,7 @@ def _merge(t: KeyTable, uniq, pos, found, tref, cur, seqs, lens) -> KeyTable:
 
         p = moved[pos[found]]
     else:
+
         def grow(old: np.ndarray, rows: np.ndarray) -> np.ndarray:
             return old.copy()
 

@@ -58,8 +58,9 @@ class Groups:
         return out
 
 
-def decayed_counts(g: Groups, ts: np.ndarray, x: np.ndarray, half_lives: np.ndarray, cur: np.ndarray,
-                   tref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decayed_counts(
+    g: Groups, ts: np.ndarray, x: np.ndarray, half_lives: np.ndarray, cur: np.ndarray, tref: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Decayed counts of each event's strictly earlier events, and the state after all of them.
 
     ``ts`` int64 [n] and ``x`` float [n, C] (1.0 where event j counts for column c) are in batch
@@ -119,8 +120,9 @@ def decayed_lookup(counts: np.ndarray, last_ts: np.ndarray, ts: np.ndarray, half
     return counts * np.exp2(-dt[:, None] / np.asarray(half_lives, np.float64)[None, :])
 
 
-def sequences(g: Groups, mask: np.ndarray, values: np.ndarray, length: int, saved: np.ndarray,
-              saved_len: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def sequences(
+    g: Groups, mask: np.ndarray, values: np.ndarray, length: int, saved: np.ndarray, saved_len: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Each event's last ``length`` values (oldest first) among its key's strictly earlier events
     where ``mask`` holds, after the group's saved sequence; and the groups' sequences after all.
 
