@@ -49,8 +49,8 @@ def _features_pass(files, spec) -> tuple[int, dict]:
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from cluster.errors import UserError
     from common.config import ConfigError
+    from common.errors import UserError
     from trainer.data import load_spec
     from trainer.data.split import parse_duration
     from trainer.quality import log_files

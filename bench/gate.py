@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from bench.quality import DEFAULTS
     from bench.servedata import StoreTrainer
-    from cluster.errors import UserError
+    from common.errors import UserError
     from trainer.config import ModelConfig, TrainConfig
     from trainer.data import read_data_file
     from versions import Publisher

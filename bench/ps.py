@@ -247,8 +247,8 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     from cluster.config import RayConfig
-    from cluster.errors import UserError
     from cluster.ray_runtime import ensure_ray
+    from common.errors import UserError
 
     try:
         shard_counts = [int(s) for s in str(args.shards).split(",")]

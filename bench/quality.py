@@ -156,8 +156,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from cluster.errors import UserError
     from common.config import ConfigError
+    from common.errors import UserError
     from trainer.config import ModelConfig, TrainConfig
     from trainer.data import load_spec
     from trainer.data.split import parse_duration

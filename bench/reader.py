@@ -43,7 +43,7 @@ def _pyarrow_pass(path: Path, spec) -> int:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from cluster.errors import UserError
+    from common.errors import UserError
     from trainer.data import load_spec
 
     if not args.input.exists():

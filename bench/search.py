@@ -89,7 +89,7 @@ def _load(target: str, reqs, qps: float, seconds: float, app: bool) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from cluster.errors import UserError
+    from common.errors import UserError
     from search.data import SearchDataError, read_wands
     from search.ranker import RankerConfig, SearchCorpus, cross_validate
     from search.replay import replay

@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check(args) -> None:
-    from cluster.errors import UserError
+    from common.errors import UserError
 
     for name in ("rounds", "chunk", "rows", "batch", "tables"):
         if getattr(args, name) < 1:
@@ -110,7 +110,7 @@ def _idmap(args) -> dict:
 
     import numpy as np
 
-    from cluster.errors import UserError
+    from common.errors import UserError
     from paramserver.idmap import IdMap
 
     try:

@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def parse_variants(text: str, mode: str) -> list[tuple[int, str, int]]:
     """``"1:ray:0,2:ray:1"`` -> [(1, "ray", 0), (2, "ray", 1)]; UserError on anything else."""
-    from cluster.errors import UserError
+    from common.errors import UserError
     from paramserver.config import MAX_PIPELINE_DEPTH
 
     out = []
@@ -79,8 +79,8 @@ def run(args: argparse.Namespace) -> dict:
 
     import torch
 
-    from cluster.errors import UserError
     from cluster.ray_runtime import ensure_ray
+    from common.errors import UserError
     from trainer.config import ModelConfig, PSOptions, TrainConfig
     from trainer.data import Validator, load_spec, read_data_file
     from trainer.data.split import parse_duration, split_into_files

@@ -25,8 +25,10 @@ COMMAND_MODULES = (
     "cluster.commands.k8s",
     "cluster.commands.serve",
     "cluster.commands.search",
-    "cluster.commands.bench",
 )
+# Commands that other packages plug in (pyproject.toml [project.entry-points."freshrec.commands"]):
+# ``bench`` registers ``freshrec bench`` this way, so that cluster never imports bench (bench uses cluster).
+PLUGIN_GROUP = "freshrec.commands"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        ep.load()(sub)
     return parser
 
 

@@ -1,7 +1,7 @@
-"""Errors meant for the person at the terminal: the CLI prints them without a traceback."""
+"""The CLI's user-facing error (defined in :mod:`common.errors`; re-exported for the CLI's modules)."""
 
 from __future__ import annotations
 
+from common.errors import UserError
 
-class UserError(Exception):
-    """Bad input from the user (a missing file, a wrong flag); the message says what to do."""
+__all__ = ["UserError"]

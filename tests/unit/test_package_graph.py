@@ -4,7 +4,9 @@
             <-  versions     <-  (paramserver, trainer, serving, cluster)
     (common, versions, trainer, serving)  <-  search  <-  (cluster, bench)
 
-Every import counts, at module level or inside a function.
+Every import counts, at module level or inside a function, and so does ``importlib.import_module``
+with a literal name or an f-string that starts with one (``f"bench.{name}"`` imports bench). ``freshrec
+bench`` is plugged into the CLI by an entry point (pyproject.toml), so cluster never imports bench.
 """
 
 import ast
@@ -20,7 +22,7 @@ ALLOWED = {
     "trainer": {"common", "versions", "paramserver"},
     "serving": {"common", "versions", "paramserver", "trainer"},
     "search": {"common", "versions", "trainer", "serving"},
-    "cluster": {"common", "versions", "paramserver", "trainer", "serving", "search", "bench"},
+    "cluster": {"common", "versions", "paramserver", "trainer", "serving", "search"},
     "bench": {"common", "versions", "paramserver", "trainer", "serving", "search", "cluster"},
 }
 
@@ -36,6 +38,8 @@ def imports_of(package: str, repo: Path = REPO) -> dict[str, set[str]]:
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
+            elif (name := _dynamic_import(node)) is not None:
+                names = [name]
             else:
                 continue
             for name in names:
@@ -43,6 +47,23 @@ def imports_of(package: str, repo: Path = REPO) -> dict[str, set[str]]:
                 if top in PACKAGES and top != package:
                     out.setdefault(top, set()).add(str(path.relative_to(repo)))
     return out
+
+
+def _dynamic_import(node: ast.AST) -> str | None:
+    """The module name (or its literal prefix) of ``importlib.import_module(...)`` / ``import_module(...)`` /
+    ``__import__(...)`` / ``importlib.util.find_spec(...)`` called with a literal or an f-string."""
+    if not isinstance(node, ast.Call) or not node.args:
+        return None
+    f = node.func
+    called = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+    if called not in ("import_module", "__import__", "find_spec"):
+        return None
+    arg = node.args[0]
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        return arg.value
+    if isinstance(arg, ast.JoinedStr) and arg.values and isinstance(arg.values[0], ast.Constant):
+        return str(arg.values[0].value)
+    return None
 
 
 def test_every_package_imports_only_what_it_may():
@@ -77,3 +98,13 @@ def test_the_checker_sees_function_level_imports(tmp_path):
     pkg.mkdir()
     (pkg / "x.py").write_text("import numpy\n\ndef f():\n    from trainer.core import TrainerCore\n")
     assert imports_of("common", tmp_path) == {"trainer": {"common/x.py"}}
+
+
+def test_the_checker_sees_importlib_with_literal_and_prefix_names(tmp_path):
+    pkg = tmp_path / "cluster"
+    pkg.mkdir()
+    (pkg / "x.py").write_text(
+        "import importlib\n\ndef f(b):\n    importlib.import_module(f'bench.{b}')\n"
+        "    importlib.util.find_spec('search.index')\n    importlib.import_module(b)\n"
+    )
+    assert imports_of("cluster", tmp_path) == {"bench": {"cluster/x.py"}, "search": {"cluster/x.py"}}
