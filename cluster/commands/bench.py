@@ -12,7 +12,7 @@ import importlib
 import importlib.util
 import json
 
-BENCHES = ("reader", "ps", "shard", "train", "quality", "features", "serve", "snapshot", "ann", "search")
+BENCHES = ("reader", "ps", "shard", "train", "quality", "features", "serve", "snapshot", "ann", "search", "chaos")
 
 
 def _available() -> list[str]:
