@@ -60,6 +60,7 @@ class InjectedOSError(OSError, InjectedFault):
 class FaultyFileSystem(DirFileSystem):
     protocol = (PROTOCOL,)
     root_marker = ""
+    cachable = False  # each instance counts its own calls (the fault schedule is per instance)
 
     def __init__(self, seed: int | None = None, rate: float | None = None, enospc: float | None = None,
                  target: str | None = None, options: dict | None = None, log: str | None = None, **kw):

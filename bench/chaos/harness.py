@@ -286,7 +286,7 @@ class StreamRun:
             gc_thread.start()
         writers = streams.deliver(self.plan, 0, self.incoming)
         self._start()
-        max_starts = 1 + (self.cfg.max_restarts if self.fault_plan is not None else 1)
+        max_starts = 1 + (self.cfg.max_restarts if self.fault_plan is not None else 0)  # a reference never restarts
         try:
             for wave in range(len(self.plan.waves)):
                 if wave > 0:
@@ -422,21 +422,23 @@ def run_seed(seed: int, cfg: ChaosConfig, work: Path, s3: dict | None = None, lo
     faults = make_fault_plan(seed, cfg, cfg.files)
     if cfg.store == "s3":
         s3 = _bucket(s3, seed)
-    notes = []
     log(f"seed {seed}: reference run")
     ref = StreamRun(plan, cfg, work / f"seed-{seed}" / "reference", None, seed, s3, faults.shard_actors)
     ref_log = ref.run(drain_after=False)
     ref_obs = ref.observe()
-    log(f"seed {seed}: faulted run ({[f.kind for f in faults.kills]}, store errors {faults.store_errors}, gc {faults.gc})")
-    run = StreamRun(plan, cfg, work / f"seed-{seed}" / "faulted", faults, seed, s3, faults.shard_actors)
-    run_log = run.run(drain_after=True)
-    run_obs = run.observe()
     violations: list[checker.Violation] = []
     if ref_log.waves_timed_out or (ref_log.exits and ref_log.exits[-1] not in (0, 130)) or any(
             rc not in (0, 130) for rc in ref_log.exits):
         violations.append(checker.Violation("liveness", "reference", "every wave consumed, exit 0/130",
                                             f"waves timed out {ref_log.waves_timed_out}, exits {ref_log.exits}"))
     violations += checker.check_contract(expect, ref_obs.files, "reference")
+    violations += [dataclasses.replace(v, note="reference " + v.note) for v in checker.check_store(ref_obs)]
+    if not cfg.faults:  # no faults asked for: the reference alone, against the data contract
+        return _result(seed, cfg, work, plan, expect, violations, ref_log, ref_obs, None, None, t0)
+    log(f"seed {seed}: faulted run ({[f.kind for f in faults.kills]}, store errors {faults.store_errors}, gc {faults.gc})")
+    run = StreamRun(plan, cfg, work / f"seed-{seed}" / "faulted", faults, seed, s3, faults.shard_actors)
+    run_log = run.run(drain_after=True)
+    run_obs = run.observe()
     if run_log.waves_timed_out or run_log.final_rc != 0:
         violations.append(checker.Violation("liveness", "faulted", "every wave consumed, stream --drain exits 0",
                                             f"waves timed out {run_log.waves_timed_out}, exits {run_log.exits}"))
@@ -449,20 +451,28 @@ def run_seed(seed: int, cfg: ChaosConfig, work: Path, s3: dict | None = None, lo
     violations += checker.check_exactly_once(expect, run_obs.files, final_sizes)
     violations += checker.check_balance(run_obs.files, run_obs.order)
     violations += checker.check_store(run_obs)
-    violations += [dataclasses.replace(v, note="reference " + v.note) for v in checker.check_store(ref_obs)]
+    return _result(seed, cfg, work, plan, expect, violations, ref_log, ref_obs, run, run_obs, t0)
+
+
+def _result(seed, cfg, work, plan, expect, violations, ref_log, ref_obs, run, run_obs, t0) -> SeedResult:
     counts: dict[str, int] = {}
-    for kind, what in run_log.faults:
-        if "not injected" not in what:
-            counts[kind] = counts.get(kind, 0) + 1
-    for rec in checker.read_jsonl(run.fault_log):
-        counts[rec["kind"]] = counts.get(rec["kind"], 0) + 1
+    notes = []
+    run_log = run.log if run is not None else None
+    if run is not None:
+        for kind, what in run_log.faults:
+            if "not injected" not in what:
+                counts[kind] = counts.get(kind, 0) + 1
+        for rec in checker.read_jsonl(run.fault_log):
+            counts[rec["kind"]] = counts.get(rec["kind"], 0) + 1
     if plan.timing_dependent:
         notes.append("a slowly written file makes the input timing-dependent: digest not compared")
-    notes.append(f"reference: {ref_log.starts} start(s), exits {ref_log.exits}, {ref_log.seconds:.0f} s; faulted: "
-                 f"{run_log.starts} start(s), exits {run_log.exits}, {run_log.seconds:.0f} s")
+    notes.append(f"reference: {ref_log.starts} start(s), exits {ref_log.exits}, {ref_log.seconds:.0f} s"
+                 + (f"; faulted: {run_log.starts} start(s), exits {run_log.exits}, {run_log.seconds:.0f} s"
+                    if run_log else "; no faulted run (no fault kinds)"))
     (work / f"seed-{seed}" / "observations.json").write_text(json.dumps(
-        {"expected": [e.as_dict() for e in expect], "reference": ref_obs.as_dict(), "faulted": run_obs.as_dict(),
-         "fault_log": run_log.faults}, indent=1, default=str))
+        {"expected": [e.as_dict() for e in expect], "reference": ref_obs.as_dict(),
+         "faulted": run_obs.as_dict() if run_obs else None, "fault_log": run_log.faults if run_log else []},
+        indent=1, default=str))
     return SeedResult(seed, not violations, violations, counts, reproduce_command(seed, cfg), time.monotonic() - t0,
                       plan.describe(), notes)
 
