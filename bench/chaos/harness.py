@@ -104,8 +104,9 @@ def make_fault_plan(seed: int, cfg: ChaosConfig, files: int) -> FaultPlan:
         kind = kinds[int(rng.integers(0, len(kinds)))]
         kills.append(Fault(kind, int(rng.integers(1, max(2, files))), float(rng.uniform(0.0, 1.5))))
     kills.sort(key=lambda f: (f.at_version, f.delay_s))
-    return FaultPlan(tuple(kills), "store_errors" in cfg.faults and rng.random() < 0.5,
-                     "gc" in cfg.faults and rng.random() < 0.5)
+    alone = len(cfg.faults) == 1  # a kind asked for alone is always injected; with others, on half the seeds
+    return FaultPlan(tuple(kills), "store_errors" in cfg.faults and (rng.random() < 0.5 or alone),
+                     "gc" in cfg.faults and (rng.random() < 0.5 or alone))
 
 
 @dataclasses.dataclass
@@ -134,6 +135,31 @@ class SeedResult:
         return {"seed": self.seed, "passed": self.passed, "violations": [v.line() for v in self.violations],
                 "broken": sorted({v.invariant for v in self.violations}), "faults": self.faults,
                 "reproduce": self.reproduce, "seconds": round(self.seconds, 1), "plan": self.plan, "notes": self.notes}
+
+
+def descendants(root: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every process below ``root``, from /proc (Ray's workers show their proctitle,
+    e.g. ``ray::RayTrainWorker.run``)."""
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+                parent[int(d.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        for child, pp in parent.items():
+            if pp == p:
+                todo.append(child)
+                try:
+                    title = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                out.append((child, title.strip()))
+    return out
 
 
 # ----------------------------------------------------------------------------- one stream run
@@ -234,32 +260,20 @@ class StreamRun:
 
     # faults --------------------------------------------------------------------------
     def _kill_process(self, fault: Fault) -> str:
-        import psutil
-
         if fault.kind == "kill_driver":
             self._kill_group()
             return "driver process group"
-        try:
-            kids = psutil.Process(self.proc.pid).children(recursive=True)
-        except psutil.Error:
-            return "no driver"
         want = PROCTITLE[fault.kind]
-        found = []
-        for p in kids:
-            try:
-                title = " ".join(p.cmdline())
-            except psutil.Error:
-                continue
-            if any(w in title for w in want) and "IDLE" not in title:
-                found.append(p)
+        found = [(pid, title) for pid, title in descendants(self.proc.pid)
+                 if any(w in title for w in want) and "IDLE" not in title]
         if not found:
             return ""
-        victim = found[self.seed % len(found)]
+        pid, title = found[self.seed % len(found)]
         try:
-            victim.send_signal(signal.SIGKILL)
-        except psutil.Error:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
             return ""
-        return f"pid {victim.pid}"
+        return f"pid {pid} ({title[:60]})"
 
     def _gc_loop(self) -> None:
         store, n = self.store(), 0
@@ -292,8 +306,15 @@ class StreamRun:
                 if wave > 0:
                     writers += streams.deliver(self.plan, wave, self.incoming)
                 deadline = time.monotonic() + self.cfg.wave_timeout_s
-                armed_at = None
-                while not self._consumed(wave):
+                armed_at, looking_since = None, None
+                last = wave == len(self.plan.waves) - 1
+                while True:
+                    consumed = self._consumed(wave)
+                    v, _ = self._latest() if pending else (None, None)
+                    # a fault is due once the store reaches its version; after the last wave, every fault left
+                    due = bool(pending) and ((last and consumed) or (v is not None and v >= pending[0].at_version))
+                    if consumed and not due:
+                        break
                     if time.monotonic() > deadline:
                         self.log.waves_timed_out.append(wave)
                         break
@@ -303,15 +324,15 @@ class StreamRun:
                             self.log.waves_timed_out.append(wave)
                             break
                         self._start()
-                    if pending:
-                        v, _ = self._latest()
-                        if v is not None and v >= pending[0].at_version:
-                            armed_at = armed_at or time.monotonic()
-                            if time.monotonic() - armed_at >= pending[0].delay_s:
+                    if due:
+                        armed_at = armed_at or time.monotonic()
+                        if time.monotonic() - armed_at >= pending[0].delay_s:
+                            what = self._kill_process(pending[0])
+                            looking_since = looking_since or time.monotonic()
+                            if what or time.monotonic() - looking_since > 90:  # its process may be starting
                                 fault = pending.pop(0)
-                                what = self._kill_process(fault)
                                 self.log.faults.append((fault.kind, what or "no such process (not injected)"))
-                                armed_at = None
+                                armed_at, looking_since = None, None
                     time.sleep(0.2)
                 for t in writers:
                     t.join()
