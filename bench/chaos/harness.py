@@ -246,17 +246,31 @@ class StreamRun:
         _, m = self._latest()
         if m is None:
             return False
-        entries = {(e["file"], e.get("sha256")) for e in m.ledger.get("entries", []) if e.get("complete")}
+        entries = {(e["file"], e.get("sha256")) for e in self._ledger_entries(m) if e.get("complete")}
+        last_op = {}  # name -> its last operation so far (a replaced file is refused: not waited for)
         for wave in self.plan.waves[: upto_wave + 1]:
             for op in wave:
-                if op.kind in ("write", "finish", "slow"):
-                    path = self.incoming / op.name
-                    if not path.exists():
-                        return False
-                    sha = hashlib.sha256(path.read_bytes()).hexdigest()
-                    if (op.name, sha) not in entries and not any(n == op.name for n, _ in entries if op.kind == "slow"):
-                        return False
+                if op.kind != "partial":
+                    last_op[op.name] = op
+        for op in last_op.values():
+            if op.kind in ("write", "finish", "slow"):
+                path = self.incoming / op.name
+                if not path.exists():
+                    return False
+                sha = hashlib.sha256(path.read_bytes()).hexdigest()
+                if (op.name, sha) not in entries and not any(n == op.name for n, _ in entries if op.kind == "slow"):
+                    return False
         return True
+
+    def _ledger_entries(self, manifest) -> list[dict]:
+        """The ledger of a version: in its manifest, or (a manifest that only references it) RUN_DIR/ledger.json."""
+        entries = (manifest.ledger or {}).get("entries") if manifest is not None else None
+        if entries:
+            return list(entries)
+        try:
+            return list(json.loads((self.run_dir / "ledger.json").read_text()).get("entries", []))
+        except (OSError, ValueError, AttributeError):
+            return []
 
     # faults --------------------------------------------------------------------------
     def _kill_process(self, fault: Fault) -> str:
@@ -410,7 +424,7 @@ class StreamRun:
                 obs.verify_problems.setdefault(m.version, []).append(f"digest: {exc}"[:300])
         metrics = checker.read_jsonl(self.run_dir / "metrics.jsonl")
         dead = checker.read_jsonl(self.run_dir / "dead-letter.jsonl")
-        entries = m.ledger.get("entries", []) if m is not None else []
+        entries = self._ledger_entries(m)
         obs.files = checker.observe_files(metrics, dead, entries)
         obs.order = [r["file"] for r in metrics]
         try:

@@ -153,3 +153,25 @@ def test_the_reproduce_command_names_the_seed_and_every_setting():
     cmd = reproduce_command(17, ChaosConfig(workers=2, store="s3", faults=("kill_driver",)))
     assert cmd.startswith("freshrec bench chaos --seeds 1 --first-seed 17 --workers 2")
     assert "--store s3" in cmd and "--faults kill_driver" in cmd and "--anomalies" in cmd
+
+
+def test_bench_chaos_is_registered_and_its_options_build_a_config():
+    from bench.chaos import config_from_args
+    from cluster.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "chaos", "--seeds", "3", "--first-seed", "9", "--workers", "2",
+                                      "--shards", "1", "--store", "s3", "--anomalies", "duplicates,late_file",
+                                      "--faults", "kill_driver,gc", "--json"])
+    cfg = config_from_args(args)
+    assert (args.seeds, args.first_seed, args.json) == (3, 9, True)
+    assert (cfg.workers, cfg.shards, cfg.store, cfg.faults) == (2, 1, "s3", ("kill_driver", "gc"))
+    assert cfg.anomalies.names() == ["duplicates", "late_file"]
+    assert config_from_args(build_parser().parse_args(["bench", "chaos", "--faults", "none"])).faults == ()
+
+
+def test_bench_chaos_refuses_a_bad_fault_kind_with_the_choices(capsys):
+    from cluster.cli import main
+
+    assert main(["bench", "chaos", "--faults", "kill_everything"]) != 0
+    err = capsys.readouterr().err
+    assert "unknown fault kinds" in err and "kill_driver" in err
