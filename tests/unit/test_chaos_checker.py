@@ -175,3 +175,33 @@ def test_bench_chaos_refuses_a_bad_fault_kind_with_the_choices(capsys):
     assert main(["bench", "chaos", "--faults", "kill_everything"]) != 0
     err = capsys.readouterr().err
     assert "unknown fault kinds" in err and "kill_driver" in err
+
+
+def test_faulty_filesystem_wraps_s3_on_moto_and_injects_there_too(monkeypatch):
+    try:
+        import boto3
+        import s3fs  # noqa: F401
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:
+        pytest.skip(f"moto[server] and s3fs are needed ({exc}); pip install -r requirements-dev.txt")
+    from versions import StoreUnavailableError, VersionStore
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="chaos")
+        faultyfs.register()
+        s3 = {"target": "s3", "options": {"endpoint_url": endpoint, "key": "test", "secret": "test"}, "log": ""}
+        store = VersionStore("faulty://chaos/run/versions", {**s3, "rate": 0.0, "enospc": 0.0})
+        w = store.begin("full", step=1)
+        w.commit([w.write_part("dense", {"w": np.ones(3)}, {"role": "dense"})])
+        assert store.versions() == [1] and store.verify(1) == []
+        broken = VersionStore("faulty://chaos/run/versions", {**s3, "rate": 1.0, "enospc": 0.0})
+        with pytest.raises(StoreUnavailableError, match="injected"):
+            broken.versions()
+    finally:
+        server.stop()
