@@ -29,6 +29,7 @@ embedded Ray is the driver's own, so nothing else on the machine is touched.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -44,7 +45,8 @@ import numpy as np
 
 from bench.chaos import checker, faultyfs, streams
 
-FAULT_KINDS = ("kill_driver", "kill_worker", "kill_shard", "store_errors", "gc")
+FAULT_KINDS = ("kill_driver", "kill_driver_group", "kill_worker", "kill_shard", "store_errors", "gc")
+KILLS = ("kill_driver", "kill_driver_group", "kill_worker", "kill_shard")
 PROCTITLE = {"kill_worker": ("RayTrainWorker", "TrainWorker"), "kill_shard": ("ShardHost",)}
 
 
@@ -96,10 +98,10 @@ class FaultPlan:
 def make_fault_plan(seed: int, cfg: ChaosConfig, files: int) -> FaultPlan:
     rng = np.random.default_rng([seed, 1])
     kills = []
-    for kind in ("kill_driver", "kill_worker", "kill_shard"):
+    for kind in KILLS:
         if kind in cfg.faults and rng.random() < 0.7:
             kills.append(Fault(kind, int(rng.integers(1, max(2, files))), float(rng.uniform(0.0, 1.5))))
-    kinds = [k for k in ("kill_driver", "kill_worker", "kill_shard") if k in cfg.faults]
+    kinds = [k for k in KILLS if k in cfg.faults]
     if not kills and kinds:  # at least one process fault per seed when any is allowed
         kind = kinds[int(rng.integers(0, len(kinds)))]
         kills.append(Fault(kind, int(rng.integers(1, max(2, files))), float(rng.uniform(0.0, 1.5))))
@@ -196,6 +198,8 @@ class StreamRun:
                                                   [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
                     "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
         self._stop_gc = threading.Event()
+        self._seen: dict[int, str] = {}
+        self._seen_at = 0.0
 
     # the store, read from this process without faults
     def store(self):
@@ -274,7 +278,15 @@ class StreamRun:
 
     # faults --------------------------------------------------------------------------
     def _kill_process(self, fault: Fault) -> str:
-        if fault.kind == "kill_driver":
+        if fault.kind == "kill_driver":  # the machine dies: the CLI and every process of its Ray at once
+            tree = descendants(self.proc.pid)
+            self._kill_group()
+            for pid, _ in tree:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            return f"driver and its {len(tree)} descendants"
+        if fault.kind == "kill_driver_group":  # only the CLI's process group: Ray's workers have their own
+            self._remember()
             self._kill_group()
             return "driver process group"
         want = PROCTITLE[fault.kind]
@@ -288,6 +300,21 @@ class StreamRun:
         except ProcessLookupError:
             return ""
         return f"pid {pid} ({title[:60]})"
+
+    def _remember(self) -> None:
+        """Note the run's processes, so that orphans (Ray workers outliving a killed driver) are ended at teardown."""
+        if self.proc is not None and self.proc.poll() is None:
+            self._seen.update(descendants(self.proc.pid))
+
+    def _end_orphans(self) -> None:
+        for pid, title in list(self._seen.items()):
+            try:
+                now = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue
+            if now == title:  # the same process (not a reused pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def _gc_loop(self) -> None:
         store, n = self.store(), 0
@@ -332,6 +359,9 @@ class StreamRun:
                     if time.monotonic() > deadline:
                         self.log.waves_timed_out.append(wave)
                         break
+                    if time.monotonic() - self._seen_at > 3:
+                        self._remember()
+                        self._seen_at = time.monotonic()
                     if self.proc.poll() is not None:
                         self._reap()
                         if self.log.starts >= max_starts:
@@ -372,15 +402,19 @@ class StreamRun:
             if gc_thread is not None:
                 gc_thread.join(60)
             self._kill_group()
+            self._end_orphans()
         self.log.seconds = time.monotonic() - t0
         return self.log
 
     def _wait(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._kill_group()
-            return -9
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                return self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self._remember()
+        self._kill_group()
+        return -9
 
     def _reap(self) -> None:
         """Record the current process's exit status, once."""
