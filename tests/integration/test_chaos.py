@@ -5,10 +5,13 @@ run and against the data contract.
 The scenarios that break today because of the known defects of issue 19 are ``xfail(strict=True)``: each
 names the defect and the fix it waits for, and turns into a failure (XPASS) once that fix lands, so that
 the mark is removed and the scenario guards the fix from then on. Each scenario starts its own embedded Ray
-(one or two `freshrec stream` processes, about a minute each on a loaded 2-core machine).
+(one to four `freshrec stream` processes, 25-60 s each), so only two run by default (about 5 minutes on a
+loaded 2-core machine); ``FRESHREC_CHAOS=full`` runs them all (about 30 minutes).
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -17,6 +20,10 @@ from bench.chaos.streams import Anomalies
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SMALL = dict(files=4, rows_per_file=60, waves=2, wave_timeout_s=180.0)
+
+
+full_only = pytest.mark.skipif(os.environ.get("FRESHREC_CHAOS") != "full",
+                               reason="a chaos scenario of several minutes: run with FRESHREC_CHAOS=full")
 
 
 def _only(*names: str) -> Anomalies:
@@ -37,6 +44,7 @@ def test_a_clean_stream_survives_sigkill_of_the_driver_and_a_train_worker(tmp_pa
     assert result.passed, detail
 
 
+@full_only
 @pytest.mark.xfail(strict=True, reason="issue 19: the dedup window is not in the version, so an event repeated "
                                        "across a restart is trained twice (awaits h-data: data-layer state in every "
                                        "version)")
@@ -45,6 +53,7 @@ def test_duplicates_across_a_killed_and_restarted_stream_are_not_trained_twice(t
     assert result.passed, detail
 
 
+@full_only
 @pytest.mark.xfail(strict=True, reason="issue 19: a file named before consumed ones is trained, then refused by "
                                        "the ledger (LedgerError) in a restart loop (awaits h-data: late files "
                                        "under the lateness policy)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 
 import numpy as np
 import pytest
@@ -205,3 +206,27 @@ def test_faulty_filesystem_wraps_s3_on_moto_and_injects_there_too(monkeypatch):
             broken.versions()
     finally:
         server.stop()
+
+
+def test_descendants_finds_grandchildren_with_their_command_lines():
+    import subprocess
+    import sys
+    import time
+
+    from bench.chaos.harness import descendants
+
+    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)  # chaos-grandchild']); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            found = descendants(child.pid)
+            if any("chaos-grandchild" in title for _, title in found):
+                break
+            time.sleep(0.05)
+        assert any("chaos-grandchild" in title for _, title in found), found
+    finally:
+        for pid, _ in descendants(child.pid):
+            os.kill(pid, 9)
+        child.kill()
+        child.wait()
