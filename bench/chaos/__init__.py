@@ -53,9 +53,8 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> dict:
-    from cluster.errors import UserError
-
     from bench.chaos.harness import MotoServer, run_seed
+    from cluster.errors import UserError
 
     if args.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")

@@ -223,9 +223,9 @@ class StreamRun:
 
     def _start(self, drain: bool = False) -> None:
         self.log.starts += 1
-        out = open(self.root / f"stream-{self.log.starts:02d}.log", "w")
-        self.proc = subprocess.Popen(self.command(drain), cwd=self.root, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True, env=self.env)
+        with open(self.root / f"stream-{self.log.starts:02d}.log", "w") as out:  # the child keeps its own copy
+            self.proc = subprocess.Popen(self.command(drain), cwd=self.root, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True, env=self.env)
 
     def _kill_group(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -465,8 +465,8 @@ class StreamRun:
             for path in store.fs.find(store.root):
                 if checker.is_temp_name(path.rsplit("/", 1)[-1]):
                     obs.temp_files.append(path)
-        except Exception:  # noqa: BLE001
-            pass
+        except Exception as exc:  # noqa: BLE001 (the listing is what failed: say so)
+            obs.temp_files.append(f"(store not listable: {type(exc).__name__}: {exc})")
         for path in self.run_dir.glob("*"):
             if path.is_file() and checker.is_temp_name(path.name):
                 obs.temp_files.append(str(path))

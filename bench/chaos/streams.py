@@ -84,11 +84,11 @@ class Anomalies:
     slow_write: bool = False
 
     @classmethod
-    def none(cls) -> "Anomalies":
+    def none(cls) -> Anomalies:
         return cls(**{f.name: False for f in dataclasses.fields(cls)})
 
     @classmethod
-    def parse(cls, text: str) -> "Anomalies":
+    def parse(cls, text: str) -> Anomalies:
         """``all``, ``none``, or a comma list of names (``duplicates,late_file``); ``-name`` removes one from all."""
         text = text.strip()
         if text in ("", "none"):

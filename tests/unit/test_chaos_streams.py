@@ -10,7 +10,6 @@ from bench.chaos import streams
 from bench.chaos.streams import Anomalies, expected, make_plan
 
 
-
 def _log(n: int = 2000, step: int = 1):
     """A small clean log: unique events, one second apart."""
     return [f"{u},{1000 + u},{u % 7},{'buy' if u % 5 == 0 else 'pv'},{1_511_658_000 + step * u}" for u in range(n)], "test"
