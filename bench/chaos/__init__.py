@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows-per-file", type=int, default=120)
     p.add_argument("--waves", type=int, default=3, help="deliveries of files (default 3)")
     p.add_argument("--work-dir", type=Path, default=None, help="keep every run's files here (default: a temp dir)")
+    p.add_argument("--store-error-rate", type=float, default=0.01,
+                   help="store_errors: the share of store calls that fail (default 0.01; writes also get ENOSPC "
+                        "at half this rate)")
     p.add_argument("--wave-timeout", type=float, default=240.0, help="seconds a wave may take to be consumed")
 
 
@@ -49,7 +52,8 @@ def config_from_args(args: argparse.Namespace):
     faults = () if args.faults.strip() in ("", "none") else tuple(f.strip() for f in args.faults.split(",") if f.strip())
     return ChaosConfig(workers=args.workers, shards=args.shards, store=args.store,
                        anomalies=Anomalies.parse(args.anomalies), faults=faults, files=args.files,
-                       rows_per_file=args.rows_per_file, waves=args.waves, wave_timeout_s=args.wave_timeout)
+                       rows_per_file=args.rows_per_file, waves=args.waves, wave_timeout_s=args.wave_timeout,
+                       store_error_rate=args.store_error_rate, enospc_rate=args.store_error_rate / 2)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -478,7 +478,7 @@ def reproduce_command(seed: int, cfg: ChaosConfig) -> str:
     parts = ["freshrec", "bench", "chaos", "--seeds", "1", "--first-seed", str(seed), "--workers", str(cfg.workers),
              "--shards", str(cfg.shards), "--store", cfg.store, "--anomalies", ",".join(cfg.anomalies.names()) or "none",
              "--faults", ",".join(cfg.faults) or "none", "--files", str(cfg.files), "--rows-per-file",
-             str(cfg.rows_per_file), "--waves", str(cfg.waves), "--json"]
+             str(cfg.rows_per_file), "--waves", str(cfg.waves), "--store-error-rate", str(cfg.store_error_rate), "--json"]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -561,8 +561,11 @@ class MotoServer:
     """moto's S3 server on 127.0.0.1 (a free port), for ``store=s3``."""
 
     def __enter__(self) -> dict:
+        import logging
+
         from moto.server import ThreadedMotoServer
 
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.server.start()
         host, port = self.server.get_host_and_port()
