@@ -37,8 +37,8 @@ def test_a_poller_on_s3_sees_a_version_committed_by_another_writer_after_it_look
     writer = VersionStore("s3://models/v", {**options, "skip_instance_cache": True})  # another process
     w = writer.begin("full", step=1)
     w.commit([w.write_part("dense", {"w": np.ones(2)}, {"role": "dense"})])
-    assert reader.latest() == 1
+    assert reader.latest() == 1 and reader.versions() == [1]
     w = writer.begin("full", step=2)
-    assert reader.latest() == 1  # looked while version 2 was being written
+    assert reader.latest() == 1 and reader.versions() == [1]  # looked (and listed) while version 2 was written
     w.commit([w.write_part("dense", {"w": np.ones(2)}, {"role": "dense"})])
     assert reader.latest() == 2 and reader.versions() == [1, 2]
