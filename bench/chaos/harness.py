@@ -14,7 +14,9 @@ change its model.
 Faults (:class:`FaultPlan`, drawn from the seed), each at a random point of the faulted run
 (when the store has reached a drawn version, plus a drawn delay):
 
-* ``kill_driver``  SIGKILL of the ``freshrec stream`` process group (the CLI and its Ray)
+* ``kill_driver``  the machine dies: SIGKILL of the ``freshrec stream`` process group and of every process
+                   below it (Ray starts each worker in a process group of its own)
+* ``kill_driver_group``  SIGKILL of the CLI's process group only: Ray's workers outlive it for a while
 * ``kill_worker``  SIGKILL of one Ray Train worker process (``ray::RayTrainWorker``)
 * ``kill_shard``   SIGKILL of one parameter-server shard actor process (``ray::ShardHost``;
                    the run then places its shards as Ray actors)
