@@ -12,7 +12,20 @@ import importlib
 import importlib.util
 import json
 
-BENCHES = ("reader", "ps", "shard", "train", "quality", "features", "serve", "snapshot", "ann", "search", "gate")
+BENCHES = (
+    "reader",
+    "ps",
+    "shard",
+    "train",
+    "quality",
+    "features",
+    "serve",
+    "snapshot",
+    "ann",
+    "search",
+    "gate",
+    "chaos",
+)
 
 
 def _available() -> list[str]:
