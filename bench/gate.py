@@ -8,9 +8,10 @@ false alarm (the log has no real regression), so ``hold_rate`` is the gate's fal
 (target: at most 1 in 100). Then three faults, each on a further data file:
 
 * ``flipped_labels``: the file's labels inverted (a corrupt upstream join): must be held (auc_drop);
-* ``constant_model``: every dense parameter zeroed (the model scores 0.5 for everything): held
+* ``constant_model``: a collapsed model that scores 0.5 for everything (its scored logits zeroed): held
   (constant_scores);
-* ``nan_model``: a dense parameter set to NaN (a diverged model): held (nonfinite_scores).
+* ``nan_model``: a diverged model whose scores are NaN (its window's scores; the training pushes of that
+  file stay finite, as the tables refuse a NaN push before any gate runs): held (nonfinite_scores).
 
 ``fixed_drop_rule_held``: how many of the same versions the gate before the significance test
 (a fixed AUC drop of 0.05 against the pooled baseline) would have held.
@@ -152,15 +153,19 @@ def run(args: argparse.Namespace) -> dict:
             batch = read_data_file(path, t.validator)
             if name == "flipped_labels":
                 batch = dataclasses.replace(batch, label=(1.0 - batch.label).astype(np.float32))
-            else:
-                with torch.no_grad():
-                    params = list(core.base_model.parameters())
-                    for p in params:
-                        if name == "constant_model":
-                            p.zero_()
-                    if name == "nan_model":
-                        params[-1].fill_(float("nan"))
-            core.step_file(batch, path.name, rows_read=t.validator.last_file.rows_in)
+            # a collapsed (constant) or diverged (NaN) model, as the window the gate judges sees it: the scored
+            # logits are replaced; training pushes stay finite (the tables refuse a NaN push before any gate)
+            fill = {"constant_model": 0.0, "nan_model": float("nan")}.get(name)
+            hook = None
+            if fill is not None:
+                hook = core.base_model.register_forward_hook(
+                    lambda m, i, out, fill=fill: torch.full_like(out, fill) if not torch.is_grad_enabled() else None
+                )
+            try:
+                core.step_file(batch, path.name, rows_read=t.validator.last_file.rows_in)
+            finally:
+                if hook is not None:
+                    hook.remove()
             t.keeper.after_file()
             t.keeper.wait()
             r = _row(t, t.keeper.last_version, path)

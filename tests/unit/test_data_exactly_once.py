@@ -411,3 +411,25 @@ def test_event_id_row_specs_are_not_deduplicated_and_a_retry_goes_on_after_the_r
     DataState(restored, lambda: led).load({"ledger": None, "dedup": saved.dedup, "state": saved.state})
     again = read_data_file(path, restored, skip_rows=3)  # a partial read took 3 rows
     assert len(again) == 1 and again.ts.tolist() == [4]  # the ordinal goes on where the version left it
+
+
+def test_a_restart_rewinds_the_dead_letter_file_to_the_version_so_each_rejected_row_is_written_once(tmp_path):
+    """Rows rejected after a cut are rejected again when a restart replays their file: the version records
+    the dead-letter file's length and a restore from it rewinds the file there (found by the SIGKILL test:
+    the far-future event was dead-lettered twice when the kill fell between its file and the next version)."""
+    path = tmp_path / "dead-letter.jsonl"
+    dead = DeadLetterWriter(path)
+    state = DataState(Validator(SPEC, dead, stream=True), DataLedger)
+    dead.write("a.csv", [1], ["future event"], [""], ["x"])
+    cut = state.validator_state()  # a version is cut here
+    dead.write("b.csv", [2, 3], ["malformed id", "duplicate event id"], ["", ""], ["y", "z"])
+    assert len(path.read_text().splitlines()) == 3
+    dead.close()  # the process dies; a new one restores from the version
+    again = DeadLetterWriter(path)
+    DataState(Validator(SPEC, again, stream=True), DataLedger).load({"state": cut})
+    assert [line for line in path.read_text().splitlines()] == [path.read_text().splitlines()[0]]
+    again.write("b.csv", [2, 3], ["malformed id", "duplicate event id"], ["", ""], ["y", "z"])  # the replay
+    assert len(path.read_text().splitlines()) == 3
+    # a store without the record (a version from before it) leaves the file alone
+    DataState(Validator(SPEC, DeadLetterWriter(path), stream=True), DataLedger).load({"state": {}})
+    assert len(path.read_text().splitlines()) == 3

@@ -36,6 +36,21 @@ class DeadLetterWriter:
             self._fh.flush()
         self.written += len(lines)
 
+    def size(self) -> int:
+        """Bytes in the file now (every write is flushed): what a version records of it (-1: no file kept)."""
+        if self.path is None:
+            return -1
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def rewind(self, size: int) -> None:
+        """Drop what was appended after a version recorded ``size`` bytes: a restart from that version
+        replays those rows and writes them again, so every rejected row is in the file once."""
+        if self.path is None or size < 0 or not self.path.exists() or self.path.stat().st_size <= size:
+            return
+        self.close()
+        with open(self.path, "r+b") as fh:
+            fh.truncate(size)
+
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()

@@ -84,6 +84,8 @@ class DataState:
         generation = int(state["dedup_generation"][0]) if "dedup_generation" in state else 0
         v.dedup.load(data.get("dedup"), generation)
         v._late = [late] if (late := _late_from_arrays(state, v.spec)) is not None else []
+        if "dead_letter_bytes" in state:  # rows rejected after the cut are rejected again by the replay
+            v.dead_letter.rewind(int(state["dead_letter_bytes"][0]))
         ledger = self.ledger_of()
         self.marks = Marks(ledger.seq, v.dedup.generation, v.dedup.journal_end)
 
@@ -95,6 +97,8 @@ class DataState:
             "watermark": np.array([v.watermark], np.int64),
             "ordinal": np.array([v._ordinal], np.int64),
             "dedup_generation": np.array([v.dedup.generation], np.int64),
+            # the dead-letter file's length at the cut: a restart from this version rewinds it there
+            "dead_letter_bytes": np.array([v.dead_letter.size()], np.int64),
         }
         late = EventBatch.concat(v._late) if v._late else None
         out.update(_late_to_arrays(late))
