@@ -326,7 +326,15 @@ class StreamRun:
         return True
 
     def _ledger_entries(self, manifest) -> list[dict]:
-        """The ledger of a version: in its manifest, or (a manifest that only references it) RUN_DIR/ledger.json."""
+        """The whole ledger of a version (the manifest references it: read through the bundle), else (a
+        manifest carrying it whole) its entries, else RUN_DIR/ledger.json."""
+        if manifest is not None and "part" in (manifest.ledger or {}):
+            try:
+                from trainer import bundle
+
+                return bundle.read_ledger(self.store(), manifest.version).to_dict()["entries"]
+            except Exception:  # a store error or a version gc'd meanwhile: the run directory's copy below
+                pass
         entries = (manifest.ledger or {}).get("entries") if manifest is not None else None
         if entries:
             return list(entries)
