@@ -5,7 +5,7 @@ While a trainer commits a version per data file, client threads send Score reque
 the replica's hot-row cache), and a seeded fault injector:
 
 * makes the replica's and the shards' store fail transiently (a fault-injecting fsspec filesystem,
-  ``faulty://``: ``ConnectionResetError`` on a seeded fraction of its reads and writes),
+  ``flaky://``: ``ConnectionResetError`` on a seeded fraction of its reads and writes),
 * rolls back and unpins (the store's PINNED pointer, as ``freshrec snapshots rollback`` / ``unpin``).
 
 A checker then recomputes every answer offline with the version the response names (a fresh, full
@@ -57,9 +57,9 @@ class Faults:
 
 
 class FaultyFileSystem(AbstractFileSystem):
-    """The local file system with seeded transient failures (``faulty:///abs/path``)."""
+    """The local file system with seeded transient failures (``flaky:///abs/path``)."""
 
-    protocol = "faulty"
+    protocol = "flaky"
     cachable = False
 
     def __init__(self, faults: str, **kwargs) -> None:
@@ -94,14 +94,14 @@ class FaultyFileSystem(AbstractFileSystem):
         return self.inner.mv(path1, path2, **kwargs)
 
 
-register_implementation("faulty", FaultyFileSystem, clobber=True)
+register_implementation("flaky", FaultyFileSystem, clobber=True)  # not faulty:// (bench.chaos.faultyfs owns that name)
 
 
 class Shards:
     """serving.app's shard calls, in process (the shards read the faulty store too)."""
 
     def __init__(self, store: VersionStore, n: int) -> None:
-        ps_cfg = ps_config_of(VersionStore(store.url.replace("faulty://", ""), None), 1)
+        ps_cfg = ps_config_of(VersionStore(store.url.replace("flaky://", ""), None), 1)
         self.slices = [ShardSlice(store, ps_cfg, ("user",), i, n) for i in range(n)]
 
     def load(self, version, since):
@@ -145,7 +145,7 @@ def test_every_answer_is_the_named_versions_exact_score_through_faults_and_rollb
     clean = VersionStore(str(tmp_path / "versions"))
     FAULTS[f"chaos-{seed}"] = faults = Faults(seed)
     options = {"faults": f"chaos-{seed}"}
-    url = f"faulty://{tmp_path / 'versions'}"
+    url = f"flaky://{tmp_path / 'versions'}"
     shards = Shards(VersionStore(url, options), 2)
     remote = RemoteTables(("user",), 2, 256, shards.load, shards.fetch)  # small cache: collisions, evictions
     cfg = ServeConfig(
