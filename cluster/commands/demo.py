@@ -60,8 +60,8 @@ def _demo(args: argparse.Namespace) -> int:
     )
     for reason, count in sorted(r.by_reason.items()):
         print(f"      dead-letter {reason}: {count:,}")
-    held_back = result.files[-1]  # lands after serving has started: the newer version answers
-    run = _train_stage(args, out, spec, result.files[:-1], spec_name)
+    held_back = _held_back(result.files)  # land after serving has started: the newer version answers
+    run = _train_stage(args, out, spec, result.files[: len(result.files) - len(held_back)], spec_name)
     _serve_stage(out, spec, spec_name, run, held_back)
     return 0
 
@@ -135,9 +135,26 @@ def _train_stage(args, out, spec, files, spec_name: str) -> dict:
     return {"cfg": cfg, "store_url": store_url, "history": history, "incoming": incoming}
 
 
-def _serve_stage(out, spec, spec_name: str, run: dict, held_back) -> None:
-    """Serve the newest version over gRPC, score with it, land one more data file, train on it (the run
-    resumes from its versions) and show the newer version answering."""
+def _held_back(files, min_rows: int | None = None, most: int = 8) -> list:
+    """The last data files, enough of them to hold ``publish.min_examples`` rows: the publish gate judges a
+    smaller window together with the next one, so fewer rows would leave the newer version unpublished."""
+    import pyarrow.parquet as pq
+
+    from versions import PublishConfig
+
+    need = PublishConfig().min_examples if min_rows is None else min_rows
+    held, rows = [], 0
+    for f in reversed(files[1:]):  # at least one file trains before serving starts
+        held.insert(0, f)
+        rows += pq.ParquetFile(f).metadata.num_rows if str(f).endswith(".parquet") else need
+        if rows >= need or len(held) >= most:
+            break
+    return held
+
+
+def _serve_stage(out, spec, spec_name: str, run: dict, held_back: list) -> None:
+    """Serve the newest version over gRPC, score with it, land the held-back data files, train on them (the
+    run resumes from its versions) and show the newer version answering."""
     from serving.app import serve_and_wait, stop_serving
     from serving.client import ScoringClient, score_and_show
     from serving.config import ServeConfig
@@ -150,7 +167,7 @@ def _serve_stage(out, spec, spec_name: str, run: dict, held_back) -> None:
     cfg, store_url = run["cfg"], run["store_url"]
     print(f"[3/3] serving: Ray Serve gRPC (freshrec.v1.Scorer, reflection on) following {store_url}")
     target, version = serve_and_wait(ServeConfig(store_url=store_url, catalogue=(str(run["history"]),)))
-    batch = read_data_file(held_back, Validator(spec))
+    batch = read_data_file(held_back[0], Validator(spec))
     user_col = next(f.column for f in spec.sparse if f.name == "user")
     item_col = next(f.column for f in spec.sparse if f.name == "item")
     user = int(batch.table.column(user_col)[0].as_py())
@@ -158,10 +175,15 @@ def _serve_stage(out, spec, spec_name: str, run: dict, held_back) -> None:
     print(f"      serving freshrec.v1 on {target} (version {version})")
     print(f"      Score user {user}, {len(items)} candidates -> {score_and_show(target, user, items)}")
     try:
-        tmp = run["incoming"] / f".{held_back.name}.tmp"  # the documented protocol: write, then rename
-        held_back.rename(tmp)
-        tmp.rename(run["incoming"] / held_back.name)
-        print(f"      landed {held_back.name}; the stream resumes from version {version} and trains on it")
+        for f in held_back:
+            tmp = run["incoming"] / f".{f.name}.tmp"  # the documented protocol: write, then rename
+            f.rename(tmp)
+            tmp.rename(run["incoming"] / f.name)
+        names = held_back[0].name if len(held_back) == 1 else f"{held_back[0].name} .. {held_back[-1].name}"
+        print(
+            f"      landed {len(held_back)} data file(s) ({names}); the stream resumes from version {version} "
+            "and trains on them"
+        )
         run_ps_training(
             spec,
             cfg.model,
