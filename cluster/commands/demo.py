@@ -201,18 +201,18 @@ def _serve_stage(out, spec, spec_name: str, run: dict, held_back: list) -> None:
             on_file=lambda i, m: print(table_row(i, m), flush=True),
         )
         store = VersionStore(store_url)
-        latest = store.latest()
-        decision = store.gate_decision(latest) or {}
-        if decision.get("decision") == "hold":  # the publish gate kept it from serving: say so
-            print(
-                f"      the publish gate held version {latest} back ({decision.get('reason')}); the replica keeps "
-                f"serving version {store.published()} (freshrec snapshots status --run-dir {out / 'run'})"
-            )
-        else:
+        latest, published = store.latest(), store.published()
+        if published is not None and published > version:  # the replica follows PUBLISHED on its own
             with ScoringClient(target) as client:
-                newer = client.wait_ready(60, min_version=version + 1).model_version
+                newer = client.wait_ready(60, min_version=published).model_version
             print(f"      the replica swapped to version {newer} on its own; the same request now answers:")
             print(f"      Score user {user}, {len(items)} candidates -> {score_and_show(target, user, items)}")
+        decision = store.gate_decision(latest) or {}
+        if decision.get("decision") == "hold":  # the publish gate kept the newest from serving: say so
+            print(
+                f"      the publish gate held version {latest} back ({decision.get('reason')}); the replica keeps "
+                f"serving version {published} (freshrec snapshots status --run-dir {out / 'run'})"
+            )
         print(
             f"      (try it yourself while a `freshrec serve --run-dir {out / 'run'}` runs: grpcurl -plaintext "
             f"HOST:PORT list, or freshrec score --target HOST:PORT --user {user} --items "
