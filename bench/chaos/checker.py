@@ -160,15 +160,21 @@ def observe_files(metrics: list[dict], dead_letters: list[dict], ledger_entries:
     return files
 
 
+CHANGED = "changed after consumption"  # trainer.data.reasons.CHANGED_FILE: a data file rewritten after it was consumed
+
+
 def check_contract(expect: list[FileExpect], seen: dict[str, FileSeen], who: str = "reference") -> list[Violation]:
     """A run against the data contract: per file what is trained, dead, duplicate, deferred."""
     out: list[Violation] = []
     names = set()
+    refused = {e.name for e in expect if e.refused}
     for e in expect:
         names.add(e.name)
         f = seen.get(e.name)
-        if e.refused:
-            continue  # exactly_once checks that a replaced file is never trained again
+        if e.refused:  # exactly_once checks that a replaced file is never trained again; here: refused loudly
+            if f is None or f.dead.get(CHANGED, 0) < 1:
+                out.append(Violation("contract", e.name, f"a dead-letter line '{CHANGED}'", "none", who))
+            continue
         if f is None or f.records == 0:
             out.append(Violation("contract", e.name, "consumed", "never trained", who))
             continue
@@ -179,7 +185,12 @@ def check_contract(expect: list[FileExpect], seen: dict[str, FileSeen], who: str
             ("trained", e.trained, f.trained),
             ("deferred", e.deferred, f.deferred),
             ("duplicate", e.duplicate, f.duplicate),
-            ("dead", dict(sorted(e.dead.items())), f.dead),
+            # the refusal of a later rewrite is dead-lettered under the same name: not this consumption's rows
+            (
+                "dead",
+                dict(sorted(e.dead.items())),
+                {k: v for k, v in f.dead.items() if not (k == CHANGED and e.name in refused)},
+            ),
         ):
             if want != got:
                 out.append(Violation("contract", e.name, {field: want}, {field: got}, who))
