@@ -1,46 +1,18 @@
 """The version store against a real S3 API: moto's server on 127.0.0.1 (a free port), through s3fs."""
 
-import uuid
-
 import numpy as np
 import pytest
+from moto_s3 import s3_options, s3_server  # noqa: F401 (pytest fixtures)
 
 from versions import CorruptVersionError, VersionStore, table_parts
 
 KEYED = {"role": "table", "table": "user", "merge": "by_id"}
 
 
-@pytest.fixture(scope="module")
-def s3_server():
-    try:
-        import s3fs  # noqa: F401
-        from moto.server import ThreadedMotoServer
-    except ImportError as exc:
-        pytest.skip(f"moto[server] and s3fs are needed for the S3 tests ({exc}); pip install -r requirements-dev.txt")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    try:
-        server.start()
-    except Exception as exc:
-        pytest.skip(f"moto's S3 server could not start on 127.0.0.1: {exc}")
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def s3_store(s3_server, monkeypatch):
-    import boto3
-
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(key, value)
-    bucket = f"models-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
-    options = {"endpoint_url": s3_server, "key": "test", "secret": "test"}  # listings cache on, as by default
-    return VersionStore(f"s3://{bucket}/run-1/versions", options)
+def s3_store(s3_options):  # noqa: F811 (the fixture from moto_s3)
+    url_of, options = s3_options  # the listings cache on, as by default
+    return VersionStore(url_of("run-1/versions"), options)
 
 
 def test_s3_round_trip_delta_chain_verify_and_gc(s3_store):
