@@ -1,4 +1,5 @@
-"""Shared test helpers: where the real data lives, and a clear skip when it does not."""
+"""Shared test fixtures: the real data, with a clear skip when it is absent (the paths and helpers live in
+tests/support/data.py)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-TAOBAO_CSV = SHARED_DATA / "taobao_userbehavior" / "UserBehavior_timeordered_96k.csv"
-ML100K_DIR = SHARED_DATA / "ml-100k"
-
-
-def require(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"real data not found at {path}: see ../shared/data/README.md (it is never committed here)")
-    return path
+from tests.support.data import ML100K_DIR, TAOBAO_CSV, require
 
 
 @pytest.fixture(scope="session")

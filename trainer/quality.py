@@ -295,41 +295,6 @@ def run_quality(
     )
 
 
-def synthetic_shard(
-    spec, n: int, seed: int, start_ts: int = 1_511_658_000, n_users: int = 300, n_items: int = 200
-) -> EventBatch:
-    """A file with a known signal, for tests and smoke runs: P(click) depends on the item
-    (a fixed "good" half: 0.6, the rest: 0.1) and on the first dense feature (+0.2 when > 0).
-    Every sparse table of ``spec`` gets ids; tables other than user/item get item // 10.
-    """
-    import pyarrow as pa
-
-    rng = np.random.default_rng(seed)
-    user = rng.integers(0, n_users, n)
-    item = rng.integers(0, n_items, n)
-    dense = rng.normal(size=(n, len(spec.dense))).astype(np.float32)
-    good = (item * 2654435761 % 97) % 2 == 0
-    p = np.where(good, 0.6, 0.1) + (0.2 * (dense[:, 0] > 0) if len(spec.dense) else 0.0)
-    label = (rng.random(n) < p).astype(np.float32)
-    sparse = {}
-    for f in spec.sparse:
-        sparse[f.name] = {"user": user, "item": item}.get(f.name, item // 10).astype(np.int64)
-    ts = start_ts + np.sort(rng.integers(0, 300, n)).astype(np.int64)
-    eid = (np.int64(seed) << 32) + np.arange(n, dtype=np.int64)
-    lengths = {f.name: np.ones(n, np.int64) for f in spec.sparse if f.multi_valued}  # one id per row
-    return EventBatch(
-        source=f"synthetic-{seed}",
-        event_id=eid,
-        ts=ts,
-        label=label,
-        sparse=sparse,
-        dense=dense,
-        rows=np.arange(1, n + 1, dtype=np.int64),
-        table=pa.table({"event_id": eid}),
-        lengths=lengths,
-    )
-
-
 def run_strategy(
     spec, files: Sequence[EventBatch], model_cfg: ModelConfig, train_cfg: TrainConfig, policy, points: Sequence[int]
 ) -> dict[str, float]:

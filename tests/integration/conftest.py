@@ -114,6 +114,8 @@ def serve_port(ray_local, shared_ray) -> int:
 @pytest.fixture(scope="session")
 def data_files(tmp_path_factory):
     """The Taobao data files of the recovery modules (read only: tests copy them where they need them)."""
+    from tests.support.data import taobao_data_files
+
     files = taobao_data_files(tmp_path_factory.mktemp("recovery"))
     assert len(files) >= 5
     return files
@@ -124,7 +126,7 @@ def uninterrupted(data_files, tmp_path_factory):
     """(digest, store URL) of the local reference over ``data_files`` (one process, one thread), computed once."""
     import torch
 
-    from tests.integration.test_recovery import local_digest
+    from tests.support.reference import local_digest
 
     root = tmp_path_factory.mktemp("uninterrupted")
     threads = torch.get_num_threads()
@@ -133,20 +135,3 @@ def uninterrupted(data_files, tmp_path_factory):
         return local_digest(data_files, root), str(root / "local-versions")
     finally:
         torch.set_num_threads(threads)
-
-
-def taobao_data_files(root, rows: int = 5000, window_s: int = 60) -> list:
-    """The first ``rows`` rows of the real Taobao log (a synthetic log of the same format when the shared
-    data is absent) split into ``window_s``-second data files under ``root/data``."""
-    from tests.conftest import TAOBAO_CSV
-    from tests.integration.test_ps_training import _synthetic_log
-    from trainer.data import Validator, load_spec
-    from trainer.data.split import split_into_files
-
-    head = root / "head.csv"
-    if TAOBAO_CSV.exists():
-        with open(TAOBAO_CSV) as src:
-            head.write_text("".join(next(src) for _ in range(rows)))
-    else:
-        _synthetic_log(head, rows=rows)
-    return list(split_into_files([head], Validator(load_spec("taobao")), window_s, root / "data", progress=False).files)

@@ -1,6 +1,8 @@
 """train.history_epochs through the real stream path (Ray Train worker, PS shards): the cold start makes
 its extra passes over the history once the progressive pass over it is done and before the first
-incoming file, training only (no file scored twice), and ends bit-identical to one process doing the same."""
+incoming file, training only (no file scored twice), and ends bit-identical to one process doing the same
+(AUCs, dense state and stats, every table's rows): this is also the proof that one Ray Train worker over PS
+shard actors is bit-identical to one process (it was test_ps_training's one-worker test, merged here)."""
 
 from __future__ import annotations
 
@@ -70,9 +72,10 @@ def test_history_epochs_pass_over_the_history_before_the_incoming_files(ray_loca
         assert [m["auc"] for m in result.metrics] == [m.auc for m in local.validator.files]
         saved = torch.load(result.run_dir / "dense.pt")
         assert saved["step"] == local.step and saved["examples_trained"] == local.examples_trained
+        assert saved["stats"] == local.stats.state_dict()
         for k, val in local.dense_state().items():
             assert torch.equal(saved["model"][k], val), k
-        for table in ("user", "item", "user__wide"):
+        for table in ("user", "item", "category", "user__wide"):
             ids, rows = local.backend.table_rows(table)
             np.testing.assert_array_equal(client.wait(client.pull_many({table: ids}))[table], rows, err_msg=table)
     finally:

@@ -210,13 +210,13 @@ def test_submit_runs_a_freshrec_command_as_a_ray_job(head):
 
 
 def test_a_submitted_training_run_joins_the_cluster_and_commits_a_version(head, tmp_path):
-    from tests.integration.test_ps_training import _synthetic_log
+    from tests.support.data import synthetic_log
     from trainer.data import Validator, load_spec
     from trainer.data.split import split_into_files
     from versions import VersionStore
 
     log = tmp_path / "log.csv"
-    _synthetic_log(log, rows=1500)
+    synthetic_log(log, rows=1500)
     split_into_files([log], Validator(load_spec("taobao")), 300, tmp_path / "data", progress=False)
     run_dir = tmp_path / "run"
     sub = freshrec(

@@ -13,7 +13,7 @@ import pytest
 
 from bench.servedata import StoreTrainer, write_taobao_csv
 from cluster.cli import main
-from tests.unit.test_publish_gate import flipped
+from tests.support.data import flipped
 from versions import VersionStore
 
 

@@ -14,8 +14,8 @@ from paramserver import (
     wire,
 )
 from paramserver import actor as ps_actor
-from paramserver.reference import LocalTables
 from paramserver.tbe import sum_duplicates
+from tests.support.reference import LocalTables
 
 pytestmark = pytest.mark.integration
 TABLES = (TableConfig("user", 8), TableConfig("item", 4))

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from paramserver import create_parameter_server
+from tests.support.data import taobao_head
 from trainer.backends import ps_config_for
 from trainer.config import ModelConfig, PSOptions, TrainConfig
 from trainer.core import TrainerCore
@@ -23,32 +24,12 @@ SPEC = load_spec("taobao")
 TABLES = ("user", "item", "category")
 
 
-def _synthetic_log(path, rows=4000, seed=0):
-    """A Taobao-format log (user,item,category,behavior,ts) with a learnable signal."""
-    rng = np.random.default_rng(seed)
-    head = rng.random(rows) < 0.5  # half the events from a few heavy ids, half from a long tail (as the real log)
-    users = np.where(head, rng.integers(1, 200, rows), rng.integers(1, 3000, rows))
-    items = np.where(head, rng.integers(1, 300, rows), rng.integers(1, 5000, rows))
-    buy = rng.random(rows) < np.where(items % 7 == 0, 0.6, 0.05)
-    ts = 1511658000 + np.sort(rng.integers(0, 600, rows))
-    path.write_text(
-        "".join(f"{u},{i},{i % 40},{'buy' if b else 'pv'},{t}\n" for u, i, b, t in zip(users, items, buy, ts))
-    )
-
-
 @pytest.fixture(scope="module")
 def small_files(tmp_path_factory):
     """The first 4,000 rows of the real Taobao log in 2-minute data files; a synthetic log of the
     same format when the shared data is absent (the PS training path is tested either way)."""
-    from tests.conftest import TAOBAO_CSV
-
     root = tmp_path_factory.mktemp("taobao")
-    head = root / "head.csv"
-    if TAOBAO_CSV.exists():
-        with open(TAOBAO_CSV) as src:
-            head.write_text("".join(next(src) for _ in range(4000)))
-    else:
-        _synthetic_log(head)
+    head = taobao_head(root / "head.csv", 4000)
     out = split_into_files([head], Validator(SPEC), 120, root / "data", progress=False)
     assert len(out.files) >= 2
     return root / "data"
@@ -169,25 +150,6 @@ def local_reference(batches):
     finally:
         torch.set_num_threads(threads)
     return local
-
-
-def test_ray_train_one_worker_is_bit_identical_to_one_process(
-    ray_local, small_files, batches, local_reference, tmp_path
-):
-    result, client = run_ps_training(
-        SPEC,
-        ModelConfig(),
-        TrainConfig(batch_size=128, seed=3),
-        tmp_path / "run",
-        history=small_files,
-        num_workers=1,
-        ps=PSOptions(num_shards=2),
-        keep_ps=True,
-    )
-    try:
-        _check_run_against_local(result, client, local_reference, batches, exact=True)
-    finally:
-        client.shutdown()
 
 
 def test_two_workers_stream_each_file_once_and_match_one_process(

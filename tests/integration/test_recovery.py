@@ -13,19 +13,18 @@ import numpy as np
 import pytest
 
 from paramserver import create_parameter_server
+from tests.support.reference import RECOVERY_SPEC, RECOVERY_TCFG, explain_mismatch
 from trainer import bundle
 from trainer.backends import ps_config_for
-from trainer.config import ModelConfig, PSOptions, TrainConfig
+from trainer.config import ModelConfig, PSOptions
 from trainer.core import TrainerCore
-from trainer.data import Validator, load_spec, read_data_file
-from trainer.local import LocalTrainer
+from trainer.data import Validator, read_data_file
 from trainer.run import run_ps_training
 from trainer.versioning import VersionKeeper
 from versions import VersionStore
 
 pytestmark = pytest.mark.integration
-SPEC = load_spec("taobao")
-TCFG = TrainConfig(batch_size=128, seed=7)
+SPEC, TCFG = RECOVERY_SPEC, RECOVERY_TCFG
 
 
 @pytest.fixture
@@ -37,36 +36,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def explain_mismatch(a_url: str, b_url: str) -> str:
-    """Which part of the model differs between the latest versions of two stores (test diagnostics)."""
-    from versions import table_parts
-
-    a, b = VersionStore(a_url), VersionStore(b_url)
-    va, vb = a.latest(), b.latest()
-    out = []
-    for table in SPEC.sparse:
-        ta, tb = a.materialize(va, table_parts(table.name)), b.materialize(vb, table_parts(table.name))
-        for k in ta:
-            if k in tb and (ta[k].shape != tb[k].shape or not np.array_equal(ta[k], tb[k])):
-                out.append(f"{table.name}.{k}: {ta[k].shape} vs {tb[k].shape}")
-    ca, cb = a.read_part(va, "trainer/core"), b.read_part(vb, "trainer/core")
-    out += [f"core {k}" for k in ca if k not in cb or not np.array_equal(ca[k], cb[k])]
-    return "; ".join(out) or "no difference in content"
-
-
-def local_digest(files, tmp_path) -> str:
-    """The reference: one process, local backend, the same files in order (use with ``one_thread``)."""
-    t = LocalTrainer(SPEC, ModelConfig(), TCFG)
-    keeper = VersionKeeper(str(tmp_path / "local-versions"), t.backend, t)
-    v = Validator(SPEC)
-    for f in files:
-        t.step_file(read_data_file(f, v), f.name, rows_read=0)
-        keeper.after_file()
-    keeper.wait()
-    store = VersionStore(str(tmp_path / "local-versions"))
-    return store.manifest(store.latest()).model_digest
 
 
 def test_one_shard_two_shards_and_local_end_with_the_same_digest(
@@ -172,6 +141,7 @@ def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(
 
 
 def test_async_mode_consumes_every_data_file(ray_local, data_files, tmp_path):
+    data_files = data_files[:3]  # two workers, two shards, async: three files prove each is consumed once
     incoming = tmp_path / "incoming"
     incoming.mkdir()
     for f in data_files:

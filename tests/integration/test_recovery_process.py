@@ -104,7 +104,7 @@ def dirty_reference(dirty_files, tmp_path_factory):
     validator: the same duplicates and the same far-future event dropped)."""
     import torch
 
-    from tests.integration.test_recovery import TCFG
+    from tests.support.reference import RECOVERY_TCFG as TCFG
     from trainer.config import ModelConfig
     from trainer.data import Validator, read_data_file
     from trainer.local import LocalTrainer

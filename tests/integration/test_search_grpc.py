@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 import pytest
 
-from tests.unit.test_search import write_synthetic
+from tests.support.wands import write_synthetic
 
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
 

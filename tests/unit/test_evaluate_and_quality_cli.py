@@ -6,30 +6,18 @@ import json
 import pytest
 
 from cluster.cli import main
+from tests.support.data import small_csv
 from trainer.config import ModelConfig, TrainConfig
 from trainer.data import load_spec
 from trainer.local import LocalTrainer
 from trainer.versioning import VersionKeeper, version_extra
 
 
-def _csv(path, rows, seed):
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    users, items = rng.integers(1, 200, rows), rng.integers(1, 300, rows)
-    buy = rng.random(rows) < np.where(items % 5 == 0, 0.7, 0.05)
-    ts = 1511658000 + seed * 900 + np.sort(rng.integers(0, 900, rows))
-    path.write_text(
-        "".join(f"{u},{i},{i % 30},{'buy' if b else 'pv'},{t}\n" for u, i, b, t in zip(users, items, buy, ts))
-    )
-    return path
-
-
 def test_evaluate_scores_held_out_files_with_the_committed_model(tmp_path, capsys):
     from trainer.data import Validator, read_data_file
 
     spec = load_spec("taobao")
-    files = [_csv(tmp_path / f"f{i}.csv", 1500, i) for i in range(4)]
+    files = [small_csv(tmp_path / f"f{i}.csv", 1500, i) for i in range(4)]
     t = LocalTrainer(spec, ModelConfig(), TrainConfig(batch_size=128, sparse_lr=0.1, dense_lr=0.05))
     keeper = VersionKeeper(
         str(tmp_path / "run" / "versions"),
@@ -73,7 +61,7 @@ def test_evaluate_scores_held_out_files_with_the_committed_model(tmp_path, capsy
 
 
 def test_bench_quality_replays_any_spec(tmp_path, capsys):
-    data = [_csv(tmp_path / f"log{i}.csv", 2000, i) for i in range(3)]
+    data = [small_csv(tmp_path / f"log{i}.csv", 2000, i) for i in range(3)]
     assert (
         main(
             [

@@ -6,7 +6,7 @@ import json
 import numpy as np
 
 from cluster.cli import main
-from tests.unit.test_evaluate_and_quality_cli import _csv
+from tests.support.data import small_csv
 from trainer.config import ModelConfig, TrainConfig
 from trainer.data import load_spec
 from trainer.quality import log_files, run_quality, with_features
@@ -14,7 +14,7 @@ from trainer.quality import log_files, run_quality, with_features
 
 def test_quality_replay_with_dynamic_features_scores_what_step_file_scores(tmp_path):
     spec = load_spec("taobao_dynamic")
-    data = [_csv(tmp_path / f"log{i}.csv", 1500, i) for i in range(3)]
+    data = [small_csv(tmp_path / f"log{i}.csv", 1500, i) for i in range(3)]
     files, names = log_files(spec, data, n_files=5)
     ann = with_features(spec, files)
     assert ann[0].dense.shape[1] == len(spec.model_dense_names) and "user_items" in ann[3].sparse
@@ -26,7 +26,7 @@ def test_quality_replay_with_dynamic_features_scores_what_step_file_scores(tmp_p
 
 
 def test_bench_quality_and_features_cli_with_a_dynamic_spec(tmp_path, capsys):
-    data = [_csv(tmp_path / f"log{i}.csv", 1500, i) for i in range(3)]
+    data = [small_csv(tmp_path / f"log{i}.csv", 1500, i) for i in range(3)]
     assert (
         main(
             [

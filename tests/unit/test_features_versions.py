@@ -10,7 +10,7 @@ from bench.servedata import StoreTrainer, write_taobao_csv
 from serving.config import ServeConfig
 from serving.model import load_model
 from serving.service import ScoringService
-from tests.unit.test_serving import row_request
+from tests.support.serving import row_request
 from trainer.config import ModelConfig, PSOptions, TrainConfig
 from trainer.local import LocalTrainer
 from trainer.versioning import FEATURES_PART, VersionKeeper, load_trainer

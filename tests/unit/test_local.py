@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.support.data import synthetic_file
 from trainer.backends import ps_config_for
 from trainer.config import ModelConfig, PSOptions, TrainConfig
 from trainer.core import dense_optimizer
@@ -11,7 +12,6 @@ from trainer.data import EventBatch, RunningStats, load_spec
 from trainer.local import LocalTrainer
 from trainer.metrics import auc
 from trainer.model import DLRM, build_model
-from trainer.quality import synthetic_shard
 
 SPEC = load_spec("taobao")
 CFG = TrainConfig(batch_size=128, sparse_lr=0.1, dense_lr=0.05, seed=11)
@@ -21,8 +21,8 @@ PS = PSOptions(capacity_per_shard=1024)
 def test_learns_a_synthetic_signal_on_a_held_out_shard():
     t = LocalTrainer(SPEC, ModelConfig(), CFG, PS)
     for s in range(4):
-        t.step_file(synthetic_shard(SPEC, 3000, seed=s))
-    held_out = synthetic_shard(SPEC, 3000, seed=99)
+        t.step_file(synthetic_file(SPEC, 3000, seed=s))
+    held_out = synthetic_file(SPEC, 3000, seed=99)
     a = auc(held_out.label, t.score(held_out))
     assert a > 0.75, a  # the Bayes AUC of this signal is about 0.8; an untrained model gives 0.5
     first, last = t.validator.files[0], t.validator.files[-1]
@@ -34,8 +34,8 @@ def test_same_seed_gives_bit_identical_parameters():
     def run(seed):
         t = LocalTrainer(SPEC, ModelConfig(), CFG.replace(seed=seed), PS)
         for s in range(2):
-            t.step_file(synthetic_shard(SPEC, 1500, seed=s))
-        t.train(synthetic_shard(SPEC, 1000, seed=5), epochs=2, shuffle=True)
+            t.step_file(synthetic_file(SPEC, 1500, seed=s))
+        t.train(synthetic_file(SPEC, 1000, seed=5), epochs=2, shuffle=True)
         return t.state_dict()
 
     a, b, c = run(1), run(1), run(2)
@@ -50,7 +50,7 @@ def test_same_seed_gives_bit_identical_parameters():
 
 def test_scoring_a_fresh_model_leaves_the_batch_alone():
     """Regression: with empty statistics, scoring clipped the batch's own dense features in place."""
-    batch = synthetic_shard(SPEC, 300, seed=4)
+    batch = synthetic_file(SPEC, 300, seed=4)
     batch.dense[:, 0] = 23.0  # beyond dense_clip: a raw hour of day
     before = batch.dense.copy()
     LocalTrainer(SPEC, ModelConfig(), CFG, PS).score(batch)
@@ -59,9 +59,9 @@ def test_scoring_a_fresh_model_leaves_the_batch_alone():
 
 def test_score_does_not_change_the_model_or_the_statistics():
     t = LocalTrainer(SPEC, ModelConfig(), CFG, PS)
-    t.train(synthetic_shard(SPEC, 500, seed=0))
+    t.train(synthetic_file(SPEC, 500, seed=0))
     before = t.state_dict()
-    t.score(synthetic_shard(SPEC, 500, seed=1))
+    t.score(synthetic_file(SPEC, 500, seed=1))
     after = t.state_dict()
     assert before["stats"] == after["stats"]
     assert all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
@@ -73,7 +73,7 @@ def test_matches_a_sync_parameter_server_shard_step_for_step(interaction):
     from paramserver.shard import EmbeddingShard
 
     mcfg = ModelConfig(interaction, bottom_mlp=(16,))
-    batch = EventBatch.concat([synthetic_shard(SPEC, 700, seed=s) for s in range(2)])
+    batch = EventBatch.concat([synthetic_file(SPEC, 700, seed=s) for s in range(2)])
     local = LocalTrainer(SPEC, mcfg, CFG, PS)
     local.train(batch)
 

@@ -70,13 +70,13 @@ def test_build_model_is_seeded_and_leaves_global_rng_alone():
 @pytest.mark.parametrize("arch", ["dlrm", "torchrec_dlrm", "torchrec_dlrm_dcn"])
 def test_a_push_updates_exactly_the_rows_looked_up(arch):
     """Pull -> stage -> forward -> backward -> push changes the looked-up rows and no other."""
-    from trainer.quality import synthetic_shard
+    from tests.support.data import synthetic_file
 
     spec = load_spec("taobao")
     backend = LocalBackend(ps_config_for(spec, TrainConfig()))
     model = build_model(spec, ModelConfig(interaction="dot", arch=arch, bottom_mlp=(16,)))
     ebc = model.embedding_bag_collection if arch == "dlrm" else model.sparse_arch.embedding_bag_collection
-    batch = synthetic_shard(spec, 3, seed=0)
+    batch = synthetic_file(spec, 3, seed=0)
     untouched = {"user": np.array([7777]), "item": np.array([7777]), "category": np.array([7777])}
     backend.wait(backend.pull_many(untouched, step=0))
     before = {t: dict(zip(*map(list, backend.table_rows(t)))) for t in untouched}

@@ -108,3 +108,23 @@ def test_the_checker_sees_importlib_with_literal_and_prefix_names(tmp_path):
         "    importlib.util.find_spec('search.index')\n    importlib.import_module(b)\n"
     )
     assert imports_of("cluster", tmp_path) == {"bench": {"cluster/x.py"}, "search": {"cluster/x.py"}}
+
+
+def test_no_product_package_or_bench_imports_the_tests():
+    """Test-only helpers live in tests/support; the product and the benches never import ``tests`` (what a
+    bench shares with the tests, like bench.servedata, stays in bench and the tests import it from there)."""
+    found = []
+    for package in PACKAGES:
+        for path in (REPO / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module]
+                    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                    else [n]
+                    if (n := _dynamic_import(node)) is not None
+                    else []
+                )
+                found += [f"{path.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] == "tests"]
+    assert not found, found

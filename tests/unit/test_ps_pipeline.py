@@ -13,11 +13,11 @@ import torch
 from common.config import ConfigError
 from paramserver import PSConfig, TableConfig, create_parameter_server, wire
 from paramserver.actor import ShardHost
+from tests.support.data import synthetic_file
 from trainer.backends import LocalBackend, ps_config_for
 from trainer.config import ModelConfig, PSOptions, TrainConfig
 from trainer.core import TrainerCore
 from trainer.data import load_spec
-from trainer.quality import synthetic_shard
 
 SPEC = load_spec("taobao")
 TCFG = TrainConfig(batch_size=64, seed=5, sparse_lr=0.1)
@@ -25,7 +25,7 @@ PRESSURE = dict(capacity_per_shard=150, ttl_versions=8, lfu_decay_every=4)  # we
 
 
 def _batches():
-    return [synthetic_shard(SPEC, 700, seed=s) for s in range(3)]
+    return [synthetic_file(SPEC, 700, seed=s) for s in range(3)]
 
 
 def _train(backend, batches):

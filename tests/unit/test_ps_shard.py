@@ -7,9 +7,9 @@ import pytest
 from paramserver import BadPullError, BadPushError, EmbeddingShard, PSConfig, TableConfig, UnknownTableError, init_rows
 from paramserver.consistency import SyncAggregator
 from paramserver.policies import StaleDecision, StalenessPolicy
-from paramserver.reference import LocalTables
 from paramserver.sharding import group_by_shard
 from paramserver.tbe import sum_duplicates
+from tests.support.reference import LocalTables
 
 TABLES = (TableConfig("user", 8), TableConfig("item", 4))
 

@@ -21,6 +21,7 @@ from serving.model import load_model
 from serving.service import ScoringService
 from serving.telemetry import ReplicaTelemetry
 from serving.wire import pb
+from tests.support.data import flipped
 from trainer.metrics import FileMetrics
 from versions import (
     NoSuchVersionError,
@@ -210,16 +211,6 @@ def test_the_publisher_holds_an_auc_drop_and_a_bad_checksum_and_keeps_its_decisi
 
 
 # ------------------------------------------------------------------ the gate in the training loop
-def flipped(src: Path, dst: Path) -> Path:
-    """The same events with every label flipped (buy/cart <-> pv): a corrupted data file."""
-    out = []
-    for line in src.read_text().splitlines():
-        u, i, c, b, t = line.split(",")
-        out.append(",".join((u, i, c, "pv" if b in ("buy", "cart") else "buy", t)))
-    dst.write_text("\n".join(out) + "\n")
-    return dst
-
-
 def _ts(i: int) -> int:
     return 1_511_658_000 + 3600 * i
 

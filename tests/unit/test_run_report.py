@@ -127,7 +127,7 @@ def test_a_missing_run_dir_is_a_user_error(tmp_path, capsys):
 
 def test_a_real_store_written_by_the_training_loop(tmp_path):
     """Versions from the real VersionKeeper + gate (a flipped-label file held back): the report reads them."""
-    from tests.unit.test_publish_gate import flipped
+    from tests.support.data import flipped
 
     run = tmp_path / "real"
     t = StoreTrainer(run / "versions")

@@ -12,9 +12,10 @@ import threading
 import numpy as np
 import pytest
 
+from search.data import read_wands
 from search.ranker import RankerConfig, SearchCorpus, rank
 from search.wire import pb
-from tests.unit.test_search import read_wands, write_synthetic
+from tests.support.wands import write_synthetic
 from versions import VersionStore
 
 QUERIES = ["king bed", "blue modern sofa", "red chair", "oak table lamp", "bed"]

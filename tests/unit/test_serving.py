@@ -13,42 +13,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.servedata import StoreTrainer, write_taobao_csv
+from bench.servedata import write_taobao_csv
 from serving.config import ServeConfig
 from serving.errors import InvalidRequestError, NotReadyError, VersionMismatchError
 from serving.follower import VersionFollower
 from serving.model import load_model
 from serving.service import ScoringService
 from serving.wire import pb
+from tests.support.serving import make_store, row_request
 from trainer.config import ModelConfig, PSOptions, TrainConfig
 from trainer.local import LocalTrainer
 from trainer.versioning import VersionKeeper
 from versions import VersionStore
 
 REPO = Path(__file__).resolve().parents[2]
-COLUMNS = ("user_id", "item_id", "category_id", "ts")
-
-
-def make_store(root: Path, files: int = 2, ps: PSOptions | None = None) -> tuple[StoreTrainer, list[Path]]:
-    t = StoreTrainer(root / "versions", ps=ps)
-    paths = []
-    for i in range(files):
-        paths.append(
-            write_taobao_csv(root / "in" / f"part-{i}.csv", 1500, i, start_ts=1_511_658_000 + 3600 * i, new_items=30)
-        )
-        t.add_file(paths[-1])
-    return t, paths
-
-
-def row_request(batch) -> pb.ScoreRequest:
-    """The rows of a data file as one ScoreRequest (row form: one message per candidate)."""
-    req = pb.ScoreRequest()
-    cols = {c: batch.table.column(c).cast("int64").to_numpy() for c in COLUMNS}
-    for i in range(len(batch)):
-        cand = req.candidates.add()
-        for c in COLUMNS:
-            cand.features[c].id = int(cols[c][i])
-    return req
 
 
 def offline_scores(store_url: str, version: int, spec, batch, ps: PSOptions) -> np.ndarray:

@@ -15,7 +15,7 @@ from serving.errors import UnsupportedError
 from serving.model import load_model, ps_config_of
 from serving.service import ScoringService
 from serving.shards import RemoteTables, ShardSlice, merge_changes
-from tests.unit.test_serving import make_store, row_request
+from tests.support.serving import make_store, row_request
 from versions import VersionStore, table_parts
 
 

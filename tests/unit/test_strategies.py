@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from tests.support.data import synthetic_file
 from trainer.config import ModelConfig, Strategy, TrainConfig
 from trainer.data import load_spec
 from trainer.local import LocalTrainer
-from trainer.quality import synthetic_shard
 from trainer.strategies import (
     Action,
     Decision,
@@ -63,7 +63,7 @@ def test_fuse_formula_is_exact():
 
 
 def test_apply_fusion_mixes_dense_params_of_before_and_after():
-    shards = [synthetic_shard(SPEC, 600, seed=s) for s in range(2)]
+    shards = [synthetic_file(SPEC, 600, seed=s) for s in range(2)]
     t = LocalTrainer(SPEC, ModelConfig(), CFG)
     t.train(shards[0])
     prev = t.dense_state()
@@ -77,7 +77,7 @@ def test_apply_fusion_mixes_dense_params_of_before_and_after():
 
 
 def test_full_retrain_starts_fresh_and_counts_every_epoch():
-    shards = [synthetic_shard(SPEC, 400, seed=s) for s in range(3)]
+    shards = [synthetic_file(SPEC, 400, seed=s) for s in range(3)]
     t = LocalTrainer(SPEC, ModelConfig(), CFG)
     t.train(shards[0])
     fresh = t.fresh()

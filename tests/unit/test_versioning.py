@@ -6,16 +6,16 @@ import json
 import numpy as np
 import pytest
 
+from tests.support.data import synthetic_file
 from trainer import bundle
 from trainer.config import ModelConfig, TrainConfig
 from trainer.data import load_spec
 from trainer.local import LocalTrainer
-from trainer.quality import synthetic_shard
 from trainer.versioning import CORE_PART, VersionKeeper
 from versions import SnapshotConfig, VersionStore, table_parts
 
 SPEC = load_spec("taobao")
-FILES = [synthetic_shard(SPEC, 600, seed=s) for s in range(5)]
+FILES = [synthetic_file(SPEC, 600, seed=s) for s in range(5)]
 
 
 def _run(url, upto, snapshots=None, strategy="online"):

@@ -12,12 +12,12 @@ import torch
 
 from common.config import ConfigError
 from paramserver import create_parameter_server
+from tests.support.data import synthetic_file
 from trainer.backends import LocalBackend, ps_config_for
 from trainer.config import ModelConfig, PSOptions, TrainConfig
 from trainer.core import TrainerCore
 from trainer.data import load_spec
 from trainer.model import build_model
-from trainer.quality import synthetic_shard
 from trainer.sparse import WIDE_DIM
 
 SPEC = load_spec("taobao")
@@ -82,7 +82,7 @@ def _train(backend, batches, model=WIDE):
 
 
 def test_wide_training_is_bit_identical_on_the_local_backend_and_on_ps_shards():
-    batches = [synthetic_shard(SPEC, 600, seed=s) for s in range(3)]
+    batches = [synthetic_file(SPEC, 600, seed=s) for s in range(3)]
     local = _train(LocalBackend(ps_config_for(SPEC, TCFG, PSOptions(num_shards=1), model=WIDE)), batches)
     client = create_parameter_server(
         ps_config_for(SPEC, TCFG, PSOptions(num_shards=2), model=WIDE), placement="in_process"
