@@ -1,6 +1,10 @@
 """The Ray Serve gRPC application, called by a real grpc client and by grpcurl (reflection), on one
-shared local Ray and one application: same numbers as offline, INVALID_ARGUMENT for bad requests,
-new versions followed within seconds, pinning through user_config."""
+shared local Ray and one application over one trained store: same numbers as offline, INVALID_ARGUMENT
+for bad requests, new versions followed within seconds, pinning through user_config; then the publish
+gate and rollback end to end (was test_ops_publish.py): a data file with flipped labels produces a
+version the gate holds back while the replicas keep serving the previous one; ``freshrec snapshots
+rollback`` / ``unpin`` move every replica within seconds while a client calls Score in a loop, with
+zero failed requests. The tests run in file order on the one store (each later one adds versions)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,9 +21,35 @@ import numpy as np
 import pytest
 
 from bench.servedata import StoreTrainer, write_taobao_csv
+from cluster.cli import main
 from serving.wire import pb
+from tests.support.data import flipped
+from versions import VersionStore
 
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+
+
+class Load(threading.Thread):
+    """Real gRPC Score calls in a loop (one every ~10 ms); every answer's version and every failure kept."""
+
+    def __init__(self, client) -> None:
+        super().__init__(daemon=True)
+        self.client, self.versions, self.failures, self.calls = client, [], [], 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                r = self.client.score(5, [1, 2, 3])
+                self.versions.append(r.model_version)
+            except grpc.RpcError as exc:
+                self.failures.append(f"{exc.code().name}: {exc.details()}")
+            self.calls += 1
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +214,69 @@ def test_remote_tables_through_read_only_shard_deployments_score_like_local_tabl
         assert a.model_version == b.model_version == v
         np.testing.assert_array_equal(np.float32(a.scores), np.float32(b.scores))
     serve.delete("freshrec-remote")
+
+
+def test_a_version_trained_on_flipped_labels_is_held_back_while_serving_keeps_the_previous(app):
+    root, trainer, client = app["root"], app["trainer"], app["client"]
+    store = VersionStore(root / "versions")
+    published = store.published()  # the newest good version (the tests above added some)
+    assert published == store.latest() and client.model_info().model_version == published
+    load = Load(client)
+    load.start()
+    try:
+        bad = trainer.add_file(  # after the newest file's hour (an earlier hour would be late data)
+            flipped(write_taobao_csv(root / "x.csv", 1500, 2, start_ts=1_511_720_000), root / "in" / "part-x.csv")
+        )
+        decision = store.gate_decision(bad)
+        assert decision["decision"] == "hold" and decision["code"] == "auc_drop", decision
+        assert store.latest() == bad and store.published() == published  # committed, not published
+        time.sleep(1.5)  # 15 polls of the replica
+        assert client.model_info().model_version == published
+    finally:
+        load.stop()
+    assert load.failures == [] and load.calls > 20
+    assert set(load.versions) == {published}  # the held-back version never answered
+
+
+def test_rollback_and_unpin_under_load_with_zero_failed_requests(app, capsys):
+    root, client, port = app["root"], app["client"], app["port"]
+    store = VersionStore(root / "versions")
+    first, published = 1, store.published()
+    load = Load(client)
+    load.start()
+    try:
+        t0 = time.monotonic()
+        code = main(
+            [
+                "snapshots",
+                "rollback",
+                str(first),
+                "--run-dir",
+                str(root),
+                "--wait-target",
+                f"127.0.0.1:{port}",
+                "--timeout",
+                "20",
+            ]
+        )
+        rolled_back_s = time.monotonic() - t0
+        out = capsys.readouterr().out
+        assert code == 0 and f"serves version {first}" in out, out
+        info = client.model_info()
+        assert info.model_version == first and info.pinned
+        time.sleep(0.5)
+        t1 = time.monotonic()
+        code = main(
+            ["snapshots", "unpin", "--run-dir", str(root), "--wait-target", f"127.0.0.1:{port}", "--timeout", "20"]
+        )
+        unpinned_s = time.monotonic() - t1
+        out = capsys.readouterr().out
+        assert code == 0 and f"follows version {published} (published)" in out and f"serves version {published}" in out
+        assert not client.model_info().pinned
+        time.sleep(0.3)
+    finally:
+        load.stop()
+    assert load.failures == [], load.failures[:5]
+    assert set(load.versions) == {first, published} and load.versions[-1] == published
+    assert rolled_back_s < 20 and unpinned_s < 20  # bounded by --timeout; the figures are printed below
+    print(f"rollback served in {rolled_back_s:.2f} s, unpin in {unpinned_s:.2f} s, {load.calls} calls, 0 failed")
