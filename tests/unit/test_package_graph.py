@@ -10,6 +10,7 @@ bench`` is plugged into the CLI by an entry point (pyproject.toml), so cluster n
 """
 
 import ast
+import functools
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,8 +33,7 @@ def imports_of(package: str, repo: Path = REPO) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     root = repo / package
     for path in root.rglob("*.py") if root.exists() else []:
-        tree = ast.parse(path.read_text(), filename=str(path))
-        for node in ast.walk(tree):
+        for node in _nodes(path):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -47,6 +47,12 @@ def imports_of(package: str, repo: Path = REPO) -> dict[str, set[str]]:
                 if top in PACKAGES and top != package:
                     out.setdefault(top, set()).add(str(path.relative_to(repo)))
     return out
+
+
+@functools.cache
+def _nodes(path: Path) -> tuple[ast.AST, ...]:
+    """Every node of a file's syntax tree, parsed once per session (the tests walk the whole tree several times)."""
+    return tuple(ast.walk(ast.parse(path.read_text(), filename=str(path))))
 
 
 def _dynamic_import(node: ast.AST) -> str | None:
@@ -116,7 +122,7 @@ def test_no_product_package_or_bench_imports_the_tests():
     found = []
     for package in PACKAGES:
         for path in (REPO / package).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            for node in _nodes(path):
                 names = (
                     [a.name for a in node.names]
                     if isinstance(node, ast.Import)

@@ -81,8 +81,12 @@ def test_bench_shard_idmap_times_both_maps(capsys):
 
 
 def test_bench_snapshot_reports_peak_rss_over_table_per_phase(capsys):
+    """One small run of ``bench snapshot`` (it also covers test_versions_cli's former smoke run of the bench)."""
     assert main(["bench", "snapshot", "--json", "--rows", "20000", "--rounds", "1", "--free-before-restore"]) == 0
     out = json.loads(capsys.readouterr().out)
+    assert out["rows"] == 20000 and out["bytes_per_row_by_kind"]["rows"] == 128
+    for key in ("delta_over_full", "pause_ms", "restore_s", "bytes_per_row"):
+        assert out[key] > 0, key
     peaks = out["peak_rss_over_table"]
     assert set(peaks) == {"full_cut", "delta_cut", "commit", "restore"}
     assert all(v is None or v > 0 for v in peaks.values()) and out["restored_sample_equal"] is True

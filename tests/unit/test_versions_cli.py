@@ -118,15 +118,6 @@ def test_bad_arguments_are_refused_by_argparse(argv, message, capsys):
     assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_bench_snapshot_runs_small(capsys):
-    code = main(["bench", "snapshot", "--rows", "20000", "--rounds", "1", "--json"])
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert code == 0 and result["rows"] == 20000 and result["restored_sample_equal"] is True
-    for key in ("delta_over_full", "pause_ms", "restore_s", "bytes_per_row"):
-        assert result[key] > 0
-    assert result["bytes_per_row_by_kind"]["rows"] == 128
-
-
 def test_status_lists_who_serves_what_and_who_writes(run_dir, capsys):
     import time
 
