@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.freshrec-installed
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test test-fast test-unit test-integration lint format protos bench install clean
+.PHONY: demo test test-fast test-quick test-unit test-integration lint format protos bench install clean
 
 install: $(STAMP)
 
@@ -40,6 +40,11 @@ test: lint
 
 test-fast: lint
 	$(PY) -m pytest -q tests/unit
+
+# everything but the real-process tests of a minute or more (marker slow: the ray start cluster, the SIGKILLed
+# freshrec stream, chaos); make test runs them
+test-quick: lint
+	$(PY) -m pytest -q tests -m "not slow"
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit

@@ -23,7 +23,7 @@ from trainer import bundle
 from trainer.data import load_spec
 from versions import VersionStore
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SPEC = load_spec("taobao")
 ARGS = ["--spec", "taobao", "--batch-size", "128", "--seed", "7", "--ps-shards", "2"]
 
