@@ -6,13 +6,13 @@ from pathlib import Path
 
 from bench.servedata import StoreTrainer, write_taobao_csv
 from serving.wire import pb
-from trainer.config import PSOptions
 
 COLUMNS = ("user_id", "item_id", "category_id", "ts")
 
 
-def make_store(root: Path, files: int = 2, ps: PSOptions | None = None) -> tuple[StoreTrainer, list[Path]]:
-    """A version store at ``root/versions`` with one version per 1,500-row data file (hourly, 30 new items each)."""
+def make_store(root: Path, files: int = 2, ps=None) -> tuple[StoreTrainer, list[Path]]:
+    """A version store at ``root/versions`` with one version per 1,500-row data file (hourly, 30 new items each);
+    ``ps``: the PS settings of the trainer (StoreTrainer's default when None)."""
     t = StoreTrainer(root / "versions", ps=ps)
     paths = []
     for i in range(files):
