@@ -24,6 +24,9 @@ _EXPORTS = {
     "ProgressiveValidator": "trainer.metrics",
     "auc": "trainer.metrics",
     "run_ps_training": "trainer.run",
+    "TrainJob": "trainer.config",
+    "FailurePolicy": "trainer.failure",
+    "DataFileError": "trainer.failure",
     "follow_data_files": "trainer.data.follow",
 }
 

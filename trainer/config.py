@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from pathlib import Path
 from typing import Any
 
 from common.config import ConfigError, check_keys
@@ -237,6 +238,66 @@ class PSOptions:
     def from_dict(cls, raw: dict[str, Any]) -> "PSOptions":
         check_keys(cls, raw, "ps")
         return cls(**raw)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainJob:
+    """Everything a PS-mode training run is (what :func:`trainer.run.run_ps_training` runs).
+
+    spec: the feature spec (a :class:`trainer.data.FeatureSpec`). run_dir: the run directory
+    (:mod:`trainer.runfiles`). model / train / ps: the model, training and parameter-server settings.
+    history / incoming: the directories (or fsspec URLs) of the data files: the history first, then
+    files landing in incoming; ``drain``: stop once incoming is empty (else follow it), after
+    ``idle_timeout_s`` without a new file (None: never). num_workers: Ray Train workers.
+    keep_ps: leave the shard actors running after the run (the caller gets the client).
+    versions: keep model versions in ``store_url`` (None: ``RUN_DIR/versions``; ``storage_options``
+    for fsspec) at the boundaries ``snapshots`` (a versions.SnapshotConfig; None: its defaults) picks,
+    behind the publish gate ``publish`` (a versions.PublishConfig; None: its defaults), each version's
+    manifest carrying ``version_extra``; a run directory with committed versions resumes from the newest.
+    max_restarts: failures of the worker group (a shard actor or a worker died) restarted from the last
+    committed version, in the whole run (:class:`trainer.failure.FailurePolicy`).
+    """
+
+    spec: Any
+    run_dir: Path
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    ps: PSOptions = dataclasses.field(default_factory=lambda: PSOptions())
+    history: str | Path | None = None
+    incoming: str | Path | None = None
+    drain: bool = True
+    num_workers: int = 1
+    idle_timeout_s: float | None = None
+    keep_ps: bool = False
+    versions: bool = True
+    store_url: str | None = None
+    storage_options: dict | None = None
+    snapshots: Any = None  # versions.SnapshotConfig | None
+    publish: Any = None  # versions.PublishConfig | None
+    version_extra: dict = dataclasses.field(default_factory=dict)
+    max_restarts: int = 3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "run_dir", Path(self.run_dir))
+        object.__setattr__(self, "version_extra", dict(self.version_extra or {}))
+        for key, cls in (("model", ModelConfig), ("train", TrainConfig), ("ps", PSOptions)):
+            if not isinstance(getattr(self, key), cls):
+                raise ConfigError(f"TrainJob.{key} must be a {cls.__name__}, got {getattr(self, key)!r}")
+        _int_at_least("workers (TrainJob.num_workers)", self.num_workers, 1)
+        _int_at_least("TrainJob.max_restarts", self.max_restarts, 0)
+        if self.idle_timeout_s is not None and not (
+            isinstance(self.idle_timeout_s, (int, float)) and 0 < self.idle_timeout_s < float("inf")
+        ):
+            raise ConfigError(
+                f"idle_timeout_s must be None or a positive number of seconds, got {self.idle_timeout_s!r}"
+            )
+        if self.history is None and self.incoming is None:
+            raise ConfigError("a training run needs data files: give history (--data/--history) or incoming")
+        if not self.versions and self.store_url is not None:
+            raise ConfigError(f"versions=False keeps no versions, but store_url is {self.store_url!r}: drop one")
+
+    def replace(self, **changes: Any) -> TrainJob:
+        return dataclasses.replace(self, **changes)
 
 
 def _int_at_least(key: str, value: Any, low: int) -> None:

@@ -16,7 +16,7 @@ from trainer.core import TrainerCore
 from trainer.data import Validator, load_spec, read_data_file
 from trainer.data.split import split_into_files
 from trainer.local import LocalTrainer
-from trainer.run import run_ps_training
+from trainer.run import TrainJob, run_ps_training
 
 pytestmark = pytest.mark.integration
 SPEC = load_spec("taobao")
@@ -175,14 +175,16 @@ def test_ray_train_one_worker_is_bit_identical_to_one_process(
     ray_local, small_files, batches, local_reference, tmp_path
 ):
     result, client = run_ps_training(
-        SPEC,
-        ModelConfig(),
-        TrainConfig(batch_size=128, seed=3),
-        tmp_path / "run",
-        history=small_files,
-        num_workers=1,
-        ps=PSOptions(num_shards=2),
-        keep_ps=True,
+        TrainJob(
+            SPEC,
+            tmp_path / "run",
+            model=ModelConfig(),
+            train=TrainConfig(batch_size=128, seed=3),
+            history=small_files,
+            num_workers=1,
+            ps=PSOptions(num_shards=2),
+            keep_ps=True,
+        )
     )
     try:
         _check_run_against_local(result, client, local_reference, batches, exact=True)
@@ -202,16 +204,18 @@ def test_two_workers_stream_each_file_once_and_match_one_process(
     for f in files[1:]:
         shutil.copy(f, incoming / f.name)
     result, client = run_ps_training(
-        SPEC,
-        ModelConfig(),
-        TrainConfig(batch_size=128, seed=3),
-        tmp_path / "run",
-        history=history,
-        incoming=incoming,
-        drain=True,
-        num_workers=2,
-        ps=PSOptions(num_shards=2),
-        keep_ps=True,
+        TrainJob(
+            SPEC,
+            tmp_path / "run",
+            model=ModelConfig(),
+            train=TrainConfig(batch_size=128, seed=3),
+            history=history,
+            incoming=incoming,
+            drain=True,
+            num_workers=2,
+            ps=PSOptions(num_shards=2),
+            keep_ps=True,
+        )
     )
     try:
         _check_run_against_local(result, client, local_reference, batches, exact=False)
@@ -337,15 +341,17 @@ def test_two_workers_under_eviction_pressure_match_one_process(
     finally:
         torch.set_num_threads(threads)
     result, client = run_ps_training(
-        SPEC,
-        ModelConfig(),
-        TrainConfig(batch_size=128, seed=3),
-        tmp_path / "run",
-        history=small_files,
-        num_workers=2,
-        versions=False,
-        ps=PSOptions(num_shards=1, **PRESSURE, pipeline_depth=pipeline_depth),
-        keep_ps=True,
+        TrainJob(
+            SPEC,
+            tmp_path / "run",
+            model=ModelConfig(),
+            train=TrainConfig(batch_size=128, seed=3),
+            history=small_files,
+            num_workers=2,
+            versions=False,
+            ps=PSOptions(num_shards=1, **PRESSURE, pipeline_depth=pipeline_depth),
+            keep_ps=True,
+        )
     )
     try:
         state, local_state = client.table_state(), local.backend.table_state()

@@ -19,7 +19,7 @@ from trainer.config import ModelConfig, PSOptions, TrainConfig
 from trainer.core import TrainerCore
 from trainer.data import Validator, load_spec, read_data_file
 from trainer.local import LocalTrainer
-from trainer.run import run_ps_training
+from trainer.run import TrainJob, run_ps_training
 from trainer.versioning import VersionKeeper
 from versions import VersionStore
 
@@ -101,7 +101,9 @@ def test_one_worker_hosts_its_shards_in_process_and_ends_with_the_one_process_di
     for f in data_files:
         shutil.copy(f, incoming)
     result, client = run_ps_training(
-        SPEC, ModelConfig(), TCFG, run_dir, ps=PSOptions(num_shards=2), incoming=incoming, drain=True
+        TrainJob(
+            SPEC, run_dir, model=ModelConfig(), train=TCFG, ps=PSOptions(num_shards=2), incoming=incoming, drain=True
+        )
     )
     assert client is None and result.resumed_from is None
     store = VersionStore(str(run_dir / "versions"))
@@ -130,15 +132,17 @@ def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(
     def run():
         try:
             out["result"], out["client"] = run_ps_training(
-                SPEC,
-                ModelConfig(),
-                TCFG,
-                run_dir,
-                ps=PSOptions(num_shards=2),
-                history=history,
-                incoming=incoming,
-                drain=False,
-                idle_timeout_s=8.0,
+                TrainJob(
+                    SPEC,
+                    run_dir,
+                    model=ModelConfig(),
+                    train=TCFG,
+                    ps=PSOptions(num_shards=2),
+                    history=history,
+                    incoming=incoming,
+                    drain=False,
+                    idle_timeout_s=8.0,
+                ),
                 client=client,
                 on_event=events.append,
             )
@@ -177,14 +181,16 @@ def test_async_mode_consumes_every_data_file(ray_local, data_files, tmp_path):
     for f in data_files:
         shutil.copy(f, incoming)
     result, _ = run_ps_training(
-        SPEC,
-        ModelConfig(),
-        TCFG,
-        tmp_path / "run",
-        ps=PSOptions(num_shards=2, mode="async"),
-        incoming=incoming,
-        drain=True,
-        num_workers=2,
+        TrainJob(
+            SPEC,
+            tmp_path / "run",
+            model=ModelConfig(),
+            train=TCFG,
+            ps=PSOptions(num_shards=2, mode="async"),
+            incoming=incoming,
+            drain=True,
+            num_workers=2,
+        )
     )
     store = VersionStore(str(tmp_path / "run" / "versions"))
     manifest = store.manifest(store.latest())
