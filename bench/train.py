@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> dict:
 
     from cluster.ray_runtime import ensure_ray
     from common.errors import UserError
-    from trainer.config import ModelConfig, PSOptions, TrainConfig
+    from paramserver.config import PSConfig
+    from trainer.config import ModelConfig, TrainConfig
     from trainer.data import Validator, load_spec, read_data_file
     from trainer.data.split import parse_duration, split_into_files
     from trainer.local import LocalTrainer
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> dict:
                     history=tmp / "data",
                     num_workers=w,
                     versions=False,
-                    ps=PSOptions(num_shards=2, mode=args.mode, placement=placement, pipeline_depth=depth),
+                    ps=PSConfig(num_shards=2, mode=args.mode, placement=placement, pipeline_depth=depth),
                 )
             )
             return sum(m["examples_trained"] for m in result.metrics) / sum(m["train_seconds"] for m in result.metrics)

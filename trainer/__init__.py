@@ -15,7 +15,6 @@ _EXPORTS = {
     "TrainConfig": "trainer.config",
     "Strategy": "trainer.config",
     "DLRM": "trainer.model",
-    "PSOptions": "trainer.config",
     "TrainerCore": "trainer.core",
     "LocalBackend": "trainer.backends",
     "ps_config_for": "trainer.backends",

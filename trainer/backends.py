@@ -30,7 +30,7 @@ import numpy as np
 
 from paramserver.config import PSConfig, TableConfig
 from paramserver.shard import EmbeddingShard
-from trainer.config import ModelConfig, PSOptions, TrainConfig
+from trainer.config import ModelConfig, TrainConfig
 
 
 @runtime_checkable
@@ -103,20 +103,22 @@ def table_configs(spec, init_scale: float | None = None, wide: bool = False) -> 
 
 
 def ps_config_for(
-    spec, train: TrainConfig, ps: PSOptions | None = None, num_workers: int = 1, model: ModelConfig | None = None
+    spec, train: TrainConfig, ps: PSConfig | None = None, num_workers: int = 1, model: ModelConfig | None = None
 ) -> PSConfig:
-    """The parameter-server config of a run: tables from the spec (and ``model.wide``; None: the
-    ModelConfig defaults), the sparse optimizer and seed from ``train``, everything else from ``ps``."""
-    ps = ps or PSOptions()
+    """The parameter-server config of a run: ``ps`` (the run's ``ps:`` section; None: the PSConfig defaults)
+    with the fields of ``paramserver.config.RUN_FILLED`` filled in: tables from the spec (and ``model.wide``;
+    None: the ModelConfig defaults), the sparse optimizer, its learning rate, eps and the seed from ``train``,
+    ``num_workers``. Tables ``ps`` already lists are replaced."""
+    ps = ps or PSConfig()
     wide = (model or ModelConfig()).wide
-    return PSConfig(
+    return dataclasses.replace(
+        ps,
         tables=table_configs(spec, train.init_scale, wide),
         optimizer=train.sparse_optimizer,
         learning_rate=train.sparse_lr,
         eps=train.sparse_eps,
         seed=train.seed,
         num_workers=num_workers,
-        **dataclasses.asdict(ps),
     )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import ConfigError, check_keys
+from paramserver.config import PSConfig
 
 INTERACTIONS = ("dcn", "dot")
 ARCHS = ("dlrm", "torchrec_dlrm", "torchrec_dlrm_dcn")
@@ -188,64 +189,13 @@ def model_config_of_version(raw: dict[str, Any] | None) -> ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class PSOptions:
-    """The parameter-server settings of a run (the ``ps:`` section); tables, the sparse optimizer,
-    its learning rate and the seed come from the spec and ``train`` (see :func:`trainer.backends.ps_config_for`).
-
-    num_shards: shard actors (partitions of every table). capacity_per_shard: rows each shard holds
-    per table (the local backend holds this many per table too). admission_threshold: pulls before
-    an id gets a row. ttl_versions / ttl_seconds: evict rows unseen for this many shard versions
-    (sync: steps) / seconds (None: never). lfu_decay_every / lfu_decay: aged LFU, counts multiplied
-    by lfu_decay every lfu_decay_every versions (None: no ageing). full_table: refuse | error, when
-    a pull needs more new rows than eviction can free. lease_timeout_s: rows pulled for a step stay
-    resident until its push is applied, or this many seconds (counted). mode: sync (deterministic) |
-    async (bounded staleness in the worker's own steps: max_staleness, stale_policy drop | apply).
-    weights_dtype: fp32 | fp16 rows. device: cpu | cuda | auto.
-    actor_num_cpus: CPUs each shard actor reserves (0 lets shards share a small local Ray).
-    pipeline_depth: sync mode, steps a training pull runs ahead of the updates (0: exact; d: rows
-    miss the last d steps' updates while the worker computes beside the shards). sync_prefetch:
-    sync, depth 0, one worker: pull step k+1's ids that step k does not touch during step k (exact).
-    placement: auto (in the worker's process with one worker, shard actors otherwise) | ray | in_process.
-    See docs/paramserver.md.
-    """
-
-    num_shards: int = 2
-    capacity_per_shard: int = 1 << 17
-    admission_threshold: int = 1
-    ttl_versions: int | None = None
-    ttl_seconds: float | None = None
-    lfu_decay_every: int | None = None
-    lfu_decay: float = 0.5
-    full_table: str = "refuse"
-    lease_timeout_s: float = 300.0
-    mode: str = "sync"
-    max_staleness: int = 8
-    stale_policy: str = "drop"
-    weights_dtype: str = "fp32"
-    device: str = "cpu"
-    actor_num_cpus: float = 0.0
-    pipeline_depth: int = 0
-    sync_prefetch: bool = False
-    placement: str = "auto"
-
-    def __post_init__(self) -> None:
-        from paramserver.config import PSConfig, TableConfig
-
-        # one validation for every knob: the PS's own (errors name ps.<key>)
-        PSConfig(tables=(TableConfig("probe", 4),), **dataclasses.asdict(self))
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "PSOptions":
-        check_keys(cls, raw, "ps")
-        return cls(**raw)
-
-
-@dataclasses.dataclass(frozen=True)
 class TrainJob:
     """Everything a PS-mode training run is (what :func:`trainer.run.run_ps_training` runs).
 
     spec: the feature spec (a :class:`trainer.data.FeatureSpec`). run_dir: the run directory
-    (:mod:`trainer.runfiles`). model / train / ps: the model, training and parameter-server settings.
+    (:mod:`trainer.runfiles`). model / train / ps: the model, training and parameter-server settings
+    (``ps``: a :class:`paramserver.PSConfig` without tables; the run fills in its tables, sparse optimizer,
+    seed and workers, :func:`trainer.backends.ps_config_for`).
     history / incoming: the directories (or fsspec URLs) of the data files: the history first, then
     files landing in incoming; ``drain``: stop once incoming is empty (else follow it), after
     ``idle_timeout_s`` without a new file (None: never). num_workers: Ray Train workers.
@@ -262,7 +212,7 @@ class TrainJob:
     run_dir: Path
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    ps: PSOptions = dataclasses.field(default_factory=lambda: PSOptions())
+    ps: PSConfig = dataclasses.field(default_factory=PSConfig)
     history: str | Path | None = None
     incoming: str | Path | None = None
     drain: bool = True
@@ -280,7 +230,7 @@ class TrainJob:
     def __post_init__(self) -> None:
         object.__setattr__(self, "run_dir", Path(self.run_dir))
         object.__setattr__(self, "version_extra", dict(self.version_extra or {}))
-        for key, cls in (("model", ModelConfig), ("train", TrainConfig), ("ps", PSOptions)):
+        for key, cls in (("model", ModelConfig), ("train", TrainConfig), ("ps", PSConfig)):
             if not isinstance(getattr(self, key), cls):
                 raise ConfigError(f"TrainJob.{key} must be a {cls.__name__}, got {getattr(self, key)!r}")
         _int_at_least("workers (TrainJob.num_workers)", self.num_workers, 1)

@@ -9,7 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from trainer.config import PSOptions, TrainConfig
+from paramserver.config import PSConfig
+from trainer.config import TrainConfig
 from trainer.data import Validator, load_spec
 from trainer.data.split import split_into_files
 from trainer.run import DataFileError, TrainJob, run_ps_training
@@ -31,7 +32,7 @@ def test_a_bad_data_file_stops_a_real_run_with_its_reasons_and_no_restart(ray_lo
     (incoming / "zz-wrong-spec.csv").write_text("".join(f"{i},only two columns\n" for i in range(50)))
     events: list[str] = []
     job = TrainJob(
-        SPEC, tmp_path / "run", train=TrainConfig(batch_size=128), ps=PSOptions(num_shards=1), incoming=incoming
+        SPEC, tmp_path / "run", train=TrainConfig(batch_size=128), ps=PSConfig(num_shards=1), incoming=incoming
     )
     with pytest.raises(DataFileError, match=r"zz-wrong-spec\.csv.*dead-lettered.*right spec") as caught:
         run_ps_training(job, on_event=events.append)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.config import ModelConfig, PSOptions, TrainConfig
+from paramserver.config import PSConfig
+from trainer.config import ModelConfig, TrainConfig
 from trainer.data import Validator, load_spec, read_data_file
 from trainer.data.split import split_into_files
 from trainer.local import LocalTrainer
@@ -50,7 +51,7 @@ def test_history_epochs_pass_over_the_history_before_the_incoming_files(ray_loca
             incoming=incoming,
             drain=True,
             num_workers=1,
-            ps=PSOptions(num_shards=2),
+            ps=PSConfig(num_shards=2),
             keep_ps=True,
         )
     )

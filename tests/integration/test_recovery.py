@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from paramserver import create_parameter_server
+from paramserver.config import PSConfig
 from trainer import bundle
 from trainer.backends import ps_config_for
-from trainer.config import ModelConfig, PSOptions, TrainConfig
+from trainer.config import ModelConfig, TrainConfig
 from trainer.core import TrainerCore
 from trainer.data import Validator, load_spec, read_data_file
 from trainer.local import LocalTrainer
@@ -74,7 +75,7 @@ def test_one_shard_two_shards_and_local_end_with_the_same_digest(
 ):
     want = uninterrupted[0]
     for shards in (1, 2):
-        client = create_parameter_server(ps_config_for(SPEC, TCFG, PSOptions(num_shards=shards)))
+        client = create_parameter_server(ps_config_for(SPEC, TCFG, PSConfig(num_shards=shards)))
         try:
             core = TrainerCore(SPEC, ModelConfig(), TCFG, client)
             keeper = VersionKeeper(str(tmp_path / f"ps{shards}"), client, core)
@@ -102,7 +103,7 @@ def test_one_worker_hosts_its_shards_in_process_and_ends_with_the_one_process_di
         shutil.copy(f, incoming)
     result, client = run_ps_training(
         TrainJob(
-            SPEC, run_dir, model=ModelConfig(), train=TCFG, ps=PSOptions(num_shards=2), incoming=incoming, drain=True
+            SPEC, run_dir, model=ModelConfig(), train=TCFG, ps=PSConfig(num_shards=2), incoming=incoming, drain=True
         )
     )
     assert client is None and result.resumed_from is None
@@ -124,7 +125,7 @@ def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(
     shutil.copy(data_files[0], history)
     for f in data_files[1:3]:
         shutil.copy(f, incoming)
-    client = create_parameter_server(ps_config_for(SPEC, TCFG, PSOptions(num_shards=2)))
+    client = create_parameter_server(ps_config_for(SPEC, TCFG, PSConfig(num_shards=2)))
     victim = client.pids()[0]
     events: list[str] = []
     out: dict = {}
@@ -137,7 +138,7 @@ def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(
                     run_dir,
                     model=ModelConfig(),
                     train=TCFG,
-                    ps=PSOptions(num_shards=2),
+                    ps=PSConfig(num_shards=2),
                     history=history,
                     incoming=incoming,
                     drain=False,
@@ -186,7 +187,7 @@ def test_async_mode_consumes_every_data_file(ray_local, data_files, tmp_path):
             tmp_path / "run",
             model=ModelConfig(),
             train=TCFG,
-            ps=PSOptions(num_shards=2, mode="async"),
+            ps=PSConfig(num_shards=2, mode="async"),
             incoming=incoming,
             drain=True,
             num_workers=2,

@@ -134,10 +134,10 @@ def test_a_category_filter_without_a_catalogue_is_a_clear_error(name):
 @pytest.fixture(scope="module")
 def store_of_two_versions(tmp_path_factory):
     from bench.servedata import StoreTrainer, write_taobao_csv
-    from trainer.config import PSOptions
+    from paramserver.config import PSConfig
 
     root = tmp_path_factory.mktemp("loaders")
-    trainer = StoreTrainer(root / "versions", ps=PSOptions(num_shards=1, capacity_per_shard=4096))
+    trainer = StoreTrainer(root / "versions", ps=PSConfig(num_shards=1, capacity_per_shard=4096))
     for i in range(2):
         path = write_taobao_csv(root / "in" / f"part-{i}.csv", 400, i, start_ts=1_511_658_000 + 3600 * i, new_items=20)
         trainer.add_file(path)

@@ -14,13 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.servedata import StoreTrainer, write_taobao_csv
+from paramserver.config import PSConfig
 from serving.config import ServeConfig
 from serving.errors import InvalidRequestError, NotReadyError, VersionMismatchError
 from serving.follower import VersionFollower
 from serving.model import load_model
 from serving.service import ScoringService
 from serving.wire import pb
-from trainer.config import ModelConfig, PSOptions, TrainConfig
+from trainer.config import ModelConfig, TrainConfig
 from trainer.local import LocalTrainer
 from trainer.versioning import VersionKeeper
 from versions import VersionStore
@@ -29,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 COLUMNS = ("user_id", "item_id", "category_id", "ts")
 
 
-def make_store(root: Path, files: int = 2, ps: PSOptions | None = None) -> tuple[StoreTrainer, list[Path]]:
+def make_store(root: Path, files: int = 2, ps: PSConfig | None = None) -> tuple[StoreTrainer, list[Path]]:
     t = StoreTrainer(root / "versions", ps=ps)
     paths = []
     for i in range(files):
@@ -51,7 +52,7 @@ def row_request(batch) -> pb.ScoreRequest:
     return req
 
 
-def offline_scores(store_url: str, version: int, spec, batch, ps: PSOptions) -> np.ndarray:
+def offline_scores(store_url: str, version: int, spec, batch, ps: PSConfig) -> np.ndarray:
     """A fresh trainer restored from the version (what training would score with it)."""
     t = LocalTrainer(spec, ModelConfig(), TrainConfig(), ps)
     keeper = VersionKeeper(store_url, t.backend, t)
@@ -81,9 +82,9 @@ def test_importing_serving_does_not_import_ray_train():
 @pytest.mark.parametrize(
     "ps",
     [
-        PSOptions(num_shards=1),
-        PSOptions(num_shards=1, weights_dtype="fp16"),
-        PSOptions(num_shards=1, admission_threshold=2),
+        PSConfig(num_shards=1),
+        PSConfig(num_shards=1, weights_dtype="fp16"),
+        PSConfig(num_shards=1, admission_threshold=2),
     ],
     ids=["fp32", "fp16", "admit2"],
 )
