@@ -26,7 +26,7 @@ import dataclasses
 import enum
 from collections.abc import Callable, Iterator
 
-from trainer.data.report import FileQualityError, FileReport
+from trainer.data.counts import FileQualityError, FileReport
 
 
 class FailureDecision(enum.Enum):

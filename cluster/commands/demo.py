@@ -71,7 +71,7 @@ def _train_stage(args, out, spec, files, spec_name: str) -> dict:
     from cluster.commands.train import VersionTicker
     from cluster.config import RunConfig
     from cluster.ray_runtime import ensure_ray
-    from trainer.report import plot_run, table_header, table_row
+    from trainer.plots import plot_run, table_header, table_row
     from trainer.run import TrainJob, run_ps_training
     from trainer.versioning import version_extra
     from versions import VersionStore
@@ -161,7 +161,7 @@ def _serve_stage(out, spec, spec_name: str, run: dict, held_back: list) -> None:
     from serving.client import ScoringClient, score_and_show
     from serving.config import ServeConfig
     from trainer.data import Validator, read_data_file
-    from trainer.report import table_row
+    from trainer.plots import table_row
     from trainer.run import TrainJob, run_ps_training
     from trainer.versioning import version_extra
     from versions import VersionStore

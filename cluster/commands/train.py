@@ -73,7 +73,7 @@ def check_inputs(history: Path | None, incoming: Path | None, drain: bool) -> No
 
 
 def run_and_summarise(args, history: Path | None, incoming: Path | None, drain: bool, idle_timeout=None) -> int:
-    from trainer.report import table_header, table_row
+    from trainer.plots import table_header, table_row
 
     if idle_timeout is not None and idle_timeout <= 0:
         raise UserError(f"--idle-timeout must be > 0 seconds, got {idle_timeout}")

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from common.config import ConfigError
 from trainer.config import TrainJob
-from trainer.data.report import FileQualityError, FileReport
+from trainer.data.counts import FileQualityError, FileReport
 from trainer.failure import (
     DataFileError,
     FailureDecision,
@@ -99,7 +99,7 @@ def test_a_refused_file_is_a_data_stop_with_the_refusal():
 
 def test_the_decision_goes_by_the_error_type_never_by_traceback_text():
     """An error that only MENTIONS FileQualityError (a log line, a traceback string) is not one."""
-    text = "trainer.data.report.FileQualityError: 93% of f1 dead-lettered"
+    text = "trainer.data.counts.FileQualityError: 93% of f1 dead-lettered"
     policy = FailurePolicy(3)
     decision = policy.make_decision(_ray_failure({0: RuntimeError(text)}))
     assert decision.action is FailureDecision.RESTART and decision.data_stop is None
