@@ -156,7 +156,7 @@ def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(
     deadline = time.monotonic() + 180
     while (store.latest() or 0) < 3 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert (store.latest() or 0) >= 3, "no versions were committed"
+    assert (store.latest() or 0) >= 3, f"no versions were committed; run error: {out.get('error')!r}; events: {events}"
     os.kill(victim, signal.SIGKILL)
     for f in data_files[3:]:
         shutil.copy(f, incoming)
