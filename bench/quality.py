@@ -285,7 +285,7 @@ def run(args: argparse.Namespace) -> dict:
             name: run_strategy(spec, shards, model, train, pol, points) for name, pol in policies.items()
         }
     if args.plot_dir is not None:
-        from trainer.report import write_report
+        from trainer.plots import write_report
 
         out["plots"] = [str(p) for p in write_report([result], args.plot_dir)]
     if args.per_point:

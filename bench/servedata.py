@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.config import ModelConfig, PSOptions, TrainConfig
+from paramserver.config import PSConfig
+from trainer.config import ModelConfig, TrainConfig
 from trainer.data import Validator, load_spec, read_data_file
 from trainer.local import LocalTrainer
 from trainer.versioning import VersionKeeper, version_extra
@@ -62,13 +63,13 @@ class StoreTrainer:
         spec: str = "taobao",
         model: ModelConfig | None = None,
         train: TrainConfig | None = None,
-        ps: PSOptions | None = None,
+        ps: PSConfig | None = None,
         snapshots: SnapshotConfig | None = None,
     ) -> None:
         self.spec = load_spec(spec)
         model, train = model or ModelConfig(), train or TrainConfig()
-        ps = ps or PSOptions(num_shards=1)
-        config = {"model": _plain(model), "train": _plain(train), "ps": _plain(ps)}
+        ps = ps or PSConfig(num_shards=1)
+        config = {"model": _plain(model), "train": _plain(train), "ps": _plain_dict(ps.settings())}
         self.trainer = LocalTrainer(self.spec, model, train, ps)
         self.keeper = VersionKeeper(
             str(store_url), self.trainer.backend, self.trainer, snapshots, extra=version_extra(spec, config)
@@ -112,12 +113,16 @@ class StoreTrainer:
 
 def _plain(cfg) -> dict:
     import dataclasses
+
+    return _plain_dict(dataclasses.asdict(cfg))
+
+
+def _plain_dict(values: dict) -> dict:
     import enum
 
-    out = {}
-    for k, v in dataclasses.asdict(cfg).items():
-        out[k] = v.value if isinstance(v, enum.Enum) else list(v) if isinstance(v, tuple) else v
-    return out
+    return {
+        k: v.value if isinstance(v, enum.Enum) else list(v) if isinstance(v, tuple) else v for k, v in values.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,11 +81,12 @@ def run(args: argparse.Namespace) -> dict:
 
     from cluster.ray_runtime import ensure_ray
     from common.errors import UserError
-    from trainer.config import ModelConfig, PSOptions, TrainConfig
+    from paramserver.config import PSConfig
+    from trainer.config import ModelConfig, TrainConfig
     from trainer.data import Validator, load_spec, read_data_file
     from trainer.data.split import parse_duration, split_into_files
     from trainer.local import LocalTrainer
-    from trainer.run import run_ps_training
+    from trainer.run import TrainJob, run_ps_training
 
     if not args.input.exists():
         raise UserError(f"{args.input} not found: pass --input, or see ../shared/data/README.md")
@@ -117,14 +118,16 @@ def run(args: argparse.Namespace) -> dict:
         def ps_rate(variant: tuple[int, str, int], r: int) -> float:
             w, placement, depth = variant
             result, _ = run_ps_training(
-                spec,
-                mcfg,
-                tcfg,
-                tmp / f"run{w}-{placement}-{depth}-{r}",
-                history=tmp / "data",
-                num_workers=w,
-                versions=False,
-                ps=PSOptions(num_shards=2, mode=args.mode, placement=placement, pipeline_depth=depth),
+                TrainJob(
+                    spec,
+                    tmp / f"run{w}-{placement}-{depth}-{r}",
+                    model=mcfg,
+                    train=tcfg,
+                    history=tmp / "data",
+                    num_workers=w,
+                    versions=False,
+                    ps=PSConfig(num_shards=2, mode=args.mode, placement=placement, pipeline_depth=depth),
+                )
             )
             return sum(m["examples_trained"] for m in result.metrics) / sum(m["train_seconds"] for m in result.metrics)
 

@@ -1,7 +1,7 @@
 """The one config tree of a run (:class:`RunConfig`) and what belongs to the cluster itself (Ray).
 
 Each package owns the config of its own part (``trainer.config.TrainConfig``,
-``trainer.config.PSOptions``, ``paramserver.PSConfig``...); the tree gathers them, loads them
+``paramserver.PSConfig``, ``versions.SnapshotConfig``...); the tree gathers them, loads them
 from a run YAML and applies command-line overrides. Errors say what to fix.
 """
 
@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from common.config import ConfigError, check_keys, load_yaml_config
 
 if TYPE_CHECKING:
-    from trainer.config import ModelConfig, PSOptions, TrainConfig
+    from paramserver.config import PSConfig
+    from trainer.config import ModelConfig, TrainConfig
     from versions import PublishConfig, SnapshotConfig
 
 
@@ -51,7 +52,7 @@ class RunConfig:
         model: {arch: dlrm, interaction: dcn, bottom_mlp: [16], top_mlp: [64, 32]}
         train: {batch_size: 256, sparse_optimizer: rowwise_adagrad, sparse_lr: 0.03, dense_lr: 0.003,
                 strategy: online, seed: 0}
-        ps: {num_shards: 2, capacity_per_shard: 131072, admission_threshold: 1, ttl_versions: null, ttl_seconds: null,
+        ps: {num_shards: 1, capacity_per_shard: 131072, admission_threshold: 1, ttl_versions: null, ttl_seconds: null,
              lfu_decay_every: null, lfu_decay: 0.5, full_table: refuse, lease_timeout_s: 300, mode: sync,
              pipeline_depth: 0, sync_prefetch: false, placement: auto}
         snapshots: {every_data_file: true, every_steps: null, every_seconds: null, full_every: 10, keep: 5}
@@ -63,19 +64,20 @@ class RunConfig:
     workers: int = 1
     model: "ModelConfig" = None  # type: ignore[assignment]  (filled in __post_init__)
     train: "TrainConfig" = None  # type: ignore[assignment]
-    ps: "PSOptions" = None  # type: ignore[assignment]
+    ps: "PSConfig" = None  # type: ignore[assignment]
     snapshots: "SnapshotConfig" = None  # type: ignore[assignment]
     publish: "PublishConfig" = None  # type: ignore[assignment]
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
-        from trainer.config import ModelConfig, PSOptions, TrainConfig
+        from paramserver.config import PSConfig
+        from trainer.config import ModelConfig, TrainConfig
         from versions import PublishConfig, SnapshotConfig
 
         for key, cls in (
             ("model", ModelConfig),
             ("train", TrainConfig),
-            ("ps", PSOptions),
+            ("ps", PSConfig),
             ("snapshots", SnapshotConfig),
             ("publish", PublishConfig),
         ):
@@ -94,7 +96,8 @@ class RunConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
         """Build from a mapping (a run YAML), refusing unknown keys in every section."""
-        from trainer.config import PSOptions, TrainConfig, model_config_from_dict
+        from paramserver.config import PSConfig
+        from trainer.config import TrainConfig, model_config_from_dict
 
         check_keys(cls, raw, "config")
         kw: dict[str, Any] = {k: raw[k] for k in ("spec", "workers") if k in raw}
@@ -103,7 +106,7 @@ class RunConfig:
         builders = {
             "model": model_config_from_dict,
             "train": TrainConfig.from_dict,
-            "ps": PSOptions.from_dict,
+            "ps": PSConfig.settings_from_dict,
             "snapshots": lambda raw: SnapshotPolicy.from_dict(raw).cfg,
             "publish": PublishConfig.from_dict,
             "ray": _ray_from_dict,
@@ -121,8 +124,12 @@ class RunConfig:
         return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain YAML-able values (enums as their names, tuples as lists)."""
-        return _plain(dataclasses.asdict(self))
+        """Plain YAML-able values (enums as their names, tuples as lists); ``ps`` holds the settings of a run's
+        ``ps:`` section (what the run fills in from elsewhere is left out)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in out.items()}
+        out["ps"] = self.ps.settings()
+        return _plain(out)
 
 
 def _ray_from_dict(raw: dict[str, Any]) -> RayConfig:

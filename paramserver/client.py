@@ -399,6 +399,7 @@ def create_parameter_server(cfg: PSConfig, placement: str | None = None) -> PSCl
     ``"in_process"``: shards on threads of THIS process (:mod:`paramserver.inprocess`), no
     Ray round trips; for a single worker on the shards' node (the client cannot be pickled).
     """
+    cfg.require_tables()  # before any shard starts
     placement = placement or cfg.placement
     if placement == "in_process":
         from paramserver.inprocess import create_in_process_shards

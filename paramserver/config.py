@@ -43,9 +43,31 @@ class TableConfig:
         return self.init_scale if self.init_scale is not None else self.dim**-0.5
 
 
+# the PS settings a training run fills in from elsewhere (never set in its ``ps:`` section): the tables from the
+# feature spec and model.wide, the sparse optimizer, its learning rate, eps and the seed from ``train:``, the
+# workers from ``workers:`` (trainer.backends.ps_config_for)
+RUN_FILLED = {
+    "tables": "the feature spec (and model.wide)",
+    "optimizer": "train.sparse_optimizer",
+    "learning_rate": "train.sparse_lr",
+    "eps": "train.sparse_eps",
+    "seed": "train.seed",
+    "num_workers": "workers",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class PSConfig:
-    """The whole parameter server.
+    """The whole parameter server: the ONE definition of every PS setting and its default.
+
+    A training run's ``ps:`` section is a PSConfig without tables (:meth:`settings_from_dict`); the run fills
+    in the fields of ``RUN_FILLED`` (:func:`trainer.backends.ps_config_for`). Shards need tables
+    (:meth:`require_tables`).
+
+    num_shards: shards (partitions of every table): 1 by default; a sync run gives the same parameters on
+    any number (tests/unit/test_protocols.py), async staleness is counted per shard.
+    capacity_per_shard: rows each shard holds for each table (LFU eviction beyond it); 131072 by default,
+    the setting the recorded quality figures were trained with (docs/benchmarks.md, "Quality").
 
     capacity_per_shard: rows each shard holds for each table (LFU eviction beyond it).
     optimizer: rowwise_adagrad (default) | adagrad | sgd | adam (CUDA only).
@@ -80,9 +102,9 @@ class PSConfig:
     :func:`paramserver.create_parameter_server` alone resolves auto to ray.
     """
 
-    tables: tuple[TableConfig, ...]
+    tables: tuple[TableConfig, ...] = ()
     num_shards: int = 1
-    capacity_per_shard: int = 1 << 16
+    capacity_per_shard: int = 1 << 17
     optimizer: str = "rowwise_adagrad"
     learning_rate: float = 0.01
     eps: float = 1e-8
@@ -108,8 +130,6 @@ class PSConfig:
     def __post_init__(self) -> None:
         tables = tuple(TableConfig(**t) if isinstance(t, dict) else t for t in self.tables)
         object.__setattr__(self, "tables", tables)
-        if not tables:
-            raise ConfigError("ps.tables is empty: list at least one table, e.g. {name: user_id, dim: 16}")
         if not all(isinstance(t, TableConfig) for t in tables):
             raise ConfigError("ps.tables must hold TableConfig objects or mappings")
         names = [t.name for t in tables]
@@ -178,6 +198,27 @@ class PSConfig:
             )
         if not isinstance(self.sync_prefetch, bool):
             raise ConfigError(f"ps.sync_prefetch must be true or false, got {self.sync_prefetch!r}")
+
+    def require_tables(self) -> "PSConfig":
+        """This config, if it lists tables (what shards need); ConfigError otherwise."""
+        if not self.tables:
+            raise ConfigError("ps.tables is empty: list at least one table, e.g. {name: user_id, dim: 16}")
+        return self
+
+    def settings(self) -> dict[str, Any]:
+        """The settings a run's ``ps:`` section holds (every field but those of ``RUN_FILLED``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in RUN_FILLED}
+
+    @classmethod
+    def settings_from_dict(cls, raw: dict[str, Any]) -> "PSConfig":
+        """A run's ``ps:`` section (no tables: the run fills in ``RUN_FILLED``), refusing unknown keys and
+        saying where each run-filled one is set instead."""
+        filled = sorted(set(raw) & set(RUN_FILLED))
+        if filled:
+            where = "; ".join(f"ps.{k} comes from {RUN_FILLED[k]}" for k in filled)
+            raise ConfigError(f"ps: {filled} cannot be set in a run's ps section: {where}")
+        check_keys(cls, raw, "ps")
+        return cls(**raw)
 
     @property
     def table_names(self) -> tuple[str, ...]:

@@ -27,9 +27,6 @@ class SyncAggregator:
         self.num_workers = num_workers
         self._waiting: dict[int, dict[int, PreparedPush]] = {}
 
-    def waiting_steps(self) -> list[int]:
-        return sorted(self._waiting)
-
     def add(self, rank: int, step: int, push: PreparedPush, next_step: int) -> list[tuple[int, PreparedPush]]:
         """Record ``rank``'s push for ``step``; return the steps now complete, merged, in order."""
         if not 0 <= rank < self.num_workers:

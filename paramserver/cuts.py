@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from paramserver.errors import CutError, RestoreError
-from paramserver.hashing import splitmix64
+from paramserver.hashing import splitmix64_next
 from paramserver.idmap import CountTable, IdMap
 from paramserver.sharding import shard_of
 from versions import VersionStore, table_parts, write_part
@@ -217,7 +217,7 @@ def slice_of(ids: np.ndarray, bits: int) -> np.ndarray:
     ids = np.asarray(ids, dtype=np.int64)
     if bits == 0:
         return np.zeros(len(ids), np.int64)
-    return (splitmix64(ids.view(np.uint64) ^ _SLICE_SALT) >> np.uint64(64 - bits)).astype(np.int64)
+    return (splitmix64_next(ids.view(np.uint64) ^ _SLICE_SALT) >> np.uint64(64 - bits)).astype(np.int64)
 
 
 def slice_bits(nbytes: int, part_bytes: int) -> int:

@@ -21,8 +21,11 @@ _S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
 _BLOCK_WORDS = 32 * 1024  # 64-bit words hashed per block of init_rows (256 KiB: stays in cache)
 
 
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser of every element of ``x`` (any integer array), as uint64."""
+def splitmix64_next(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's output for state ``x`` (every element of any integer array), as uint64: the golden gamma
+    added, then the finaliser. NOT :func:`trainer.data.hashing.splitmix64_mix` (the finaliser alone, other
+    outputs): each is baked into stored data (shard routing, cut slices, initial rows, the serving cache, FTRL
+    coordinates here), so neither may change or be swapped for the other."""
     z = np.asarray(x).astype(np.uint64, copy=True)
     with np.errstate(over="ignore"):
         z += _GOLDEN
@@ -37,7 +40,7 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
 def table_key(table: TableConfig, seed: int) -> np.uint64:
     """A 64-bit key for (seed, table name): the per-table seed of :func:`init_rows`."""
     name_hash = zlib.crc32(table.name.encode("utf-8"))
-    mixed = splitmix64(np.array([(seed & 0xFFFFFFFF) << 32 | name_hash], dtype=np.uint64))
+    mixed = splitmix64_next(np.array([(seed & 0xFFFFFFFF) << 32 | name_hash], dtype=np.uint64))
     return mixed[0]
 
 
@@ -50,7 +53,7 @@ def init_rows(table: TableConfig, ids: np.ndarray, seed: int = 0) -> np.ndarray:
         >>> bool((init_rows(t, np.array([7, -3, 7]))[0] == init_rows(t, np.array([7]))[0]).all())
         True
 
-    Column pair (2j, 2j+1) of id x comes from ``b = splitmix64(splitmix64(x ^ key) + j * golden)``:
+    Column pair (2j, 2j+1) of id x comes from ``b = splitmix64_next(splitmix64_next(x ^ key) + j * golden)``:
     column 2j is bits 40..63 of b, column 2j+1 bits 8..31, each a 24-bit integer u mapped to
     ``u * 2**-23 * scale - scale`` in float32. The hashes run in place over blocks of about 32k
     64-bit words (cache-resident), and the two 24-bit fields are the upper 24 bits of b's two
@@ -64,7 +67,7 @@ def init_rows(table: TableConfig, ids: np.ndarray, seed: int = 0) -> np.ndarray:
     key = table_key(table, seed)
     half = (table.dim + 1) // 2  # one 64-bit hash gives two 24-bit uniforms (columns 2j and 2j+1)
     with np.errstate(over="ignore"):
-        h = splitmix64(ids.view(np.uint64) ^ key)
+        h = splitmix64_next(ids.view(np.uint64) ^ key)
         cols = np.arange(half, dtype=np.uint64) * _GOLDEN + _GOLDEN  # splitmix64's first add folded in
     out = np.empty((n, half, 2), np.float32)
     rows = max(1, _BLOCK_WORDS // half)
@@ -104,9 +107,9 @@ def init_rows_reference(table: TableConfig, ids: np.ndarray, seed: int = 0) -> n
     key = table_key(table, seed)
     half = (table.dim + 1) // 2
     with np.errstate(over="ignore"):
-        h = splitmix64(ids.view(np.uint64) ^ key)
+        h = splitmix64_next(ids.view(np.uint64) ^ key)
         cols = np.arange(half, dtype=np.uint64) * _GOLDEN
-        bits = splitmix64(h[:, None] + cols[None, :])
+        bits = splitmix64_next(h[:, None] + cols[None, :])
     pairs = np.empty((len(ids), half, 2), np.float32)
     pairs[:, :, 0] = bits >> np.uint64(40)
     pairs[:, :, 1] = (bits >> np.uint64(8)) & np.uint64(0xFFFFFF)

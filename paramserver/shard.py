@@ -101,7 +101,7 @@ class EmbeddingShard:
         (:func:`paramserver.tbe.fused_update`; CPU with rowwise_adagrad, adagrad or sgd); False, or
         where there is no such kernel (CUDA, Adam), it runs the module's forward then backward. Both
         give the same bits; the direct call skips the forward lookup nobody reads."""
-        self.cfg = cfg
+        self.cfg = cfg.require_tables()
         self.index = index
         self._clock = clock  # seconds: ttl_seconds and lease timeouts (tests pass a fake clock)
         self.device = resolve_device(cfg)

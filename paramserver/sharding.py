@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from paramserver.hashing import splitmix64
+from paramserver.hashing import splitmix64_next
 
 
 def shard_of(ids: np.ndarray, num_shards: int) -> np.ndarray:
@@ -22,7 +22,7 @@ def shard_of(ids: np.ndarray, num_shards: int) -> np.ndarray:
     ids = np.asarray(ids, dtype=np.int64)
     if num_shards == 1:
         return np.zeros(ids.shape, dtype=np.int64)
-    return (splitmix64(ids.view(np.uint64)) % np.uint64(num_shards)).astype(np.int64)
+    return (splitmix64_next(ids.view(np.uint64)) % np.uint64(num_shards)).astype(np.int64)
 
 
 def group_by_shard(ids: np.ndarray, num_shards: int) -> list[np.ndarray]:

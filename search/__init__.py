@@ -31,7 +31,7 @@ _EXPORTS = {
     "ndcg_at_k": "search.metrics",
     "SearchService": "search.service",
     "SearchServeConfig": "search.service",
-    "SearchLimits": "search.validation",
+    "SearchLimits": "search.request_checks",
     "SearchClient": "search.client",
 }
 

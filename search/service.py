@@ -32,8 +32,8 @@ import numpy as np
 
 from search.data import read_catalogue
 from search.ranker import RankerConfig, SearchCorpus, rank
+from search.request_checks import SearchLimits, validate
 from search.spec import SearchSpec
-from search.validation import SearchLimits, validate
 from search.wire import pb
 from serving.errors import NotReadyError, VersionMismatchError
 from serving.follower import LeaseSettings, VersionFollower

@@ -52,7 +52,8 @@ class AnnOptions:
 
 
 class AnnItemIndex:
-    """Same interface as :class:`serving.retrieval.ItemIndex` (``ids``, ``rows``, ``categories``, ``top``)."""
+    """Approximate retrieval: a :class:`serving.retrieval.CandidateIndex` (``ids``, ``rows``, ``categories``,
+    ``top``), like the exact :class:`serving.retrieval.ItemIndex`; with ``nprobe >= nlist`` it is exact."""
 
     def __init__(
         self, ids: np.ndarray, rows: np.ndarray, index, categories: np.ndarray | None, options: AnnOptions

@@ -1,6 +1,6 @@
 """A replica's hot-row cache in front of read-only table shards: direct-mapped, vectorised.
 
-``capacity`` slots (a power of two); an id lives in slot ``splitmix64(id) & (capacity - 1)``.
+``capacity`` slots (a power of two); an id lives in slot ``splitmix64_next(id) & (capacity - 1)``.
 A lookup of n ids is a handful of array operations, no per-id Python::
 
     slot  = hash(ids) & mask
@@ -34,7 +34,7 @@ import threading
 
 import numpy as np
 
-from paramserver.hashing import splitmix64
+from paramserver.hashing import splitmix64_next
 
 
 class HotRowCache:
@@ -52,7 +52,7 @@ class HotRowCache:
         self._lock = threading.Lock()
 
     def slots(self, ids: np.ndarray) -> np.ndarray:
-        return (splitmix64(np.asarray(ids, np.int64).view(np.uint64)) & self._mask).astype(np.int64)
+        return (splitmix64_next(np.asarray(ids, np.int64).view(np.uint64)) & self._mask).astype(np.int64)
 
     def get(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rows float32 [n, dim], known [n], positions of the misses): rows of misses are zeros."""

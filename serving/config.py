@@ -9,6 +9,17 @@ from __future__ import annotations
 import dataclasses
 
 from common.config import ConfigError
+from serving.ann import AnnOptions
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalOptions:
+    """Recommend's candidate retrieval: exact inner product up to ``ann_above`` items, else a FAISS
+    IVF index (:mod:`serving.ann`) with ``ann`` settings. The one definition of these defaults
+    (``ServeConfig.ann_above`` / ``ann_nprobe`` and the ``serve`` flags take theirs from here)."""
+
+    ann_above: int = 1_000_000
+    ann: AnnOptions = AnnOptions()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +81,8 @@ class ServeConfig:
     torch_threads: int = 1
     metrics_path: str | None = None
     limits: Limits = Limits()
-    ann_above: int = 1_000_000
-    ann_nprobe: int = 64
+    ann_above: int = RetrievalOptions.ann_above
+    ann_nprobe: int = AnnOptions.nprobe
     remote_tables: tuple[str, ...] = ()
     table_shards: int = 2
     cache_rows: int = 1 << 16
@@ -109,6 +120,11 @@ class ServeConfig:
 
     def replace(self, **changes) -> "ServeConfig":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def retrieval(self) -> RetrievalOptions:
+        """Recommend's retrieval settings of this replica."""
+        return RetrievalOptions(self.ann_above, dataclasses.replace(AnnOptions(), nprobe=self.ann_nprobe))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,7 @@ statistics from the ``trainer/core`` part, the embedding rows from the tables' p
 over the delta chain. Scoring runs the training core's own ``score`` over the frozen tables
 (:class:`serving.tables.FrozenTables`), so a served score is the offline score::
 
-    store ──► manifest.extra {spec_yaml, config}  ──► spec, ModelConfig, TrainConfig, PSOptions
+    store ──► manifest.extra {spec_yaml, config}  ──► spec, ModelConfig, TrainConfig, PSConfig
           ──► part trainer/core                    ──► TrainerCore.import_state (params, stats)
           ──► part trainer/features (if any)       ──► TrainerCore.import_features (dynamic-feature state)
           ──► table parts (full + deltas)          ──► FrozenTables (ids, float32 rows)
@@ -26,15 +26,17 @@ import time
 import numpy as np
 import yaml
 
-from serving.ann import AnnItemIndex, AnnOptions
+from paramserver.config import PSConfig
+from serving.ann import AnnItemIndex
 from serving.catalogue import ItemCatalogue
+from serving.config import RetrievalOptions
 from serving.errors import UnsupportedError
 from serving.features import RequestFeatures, SpecRoles
 from serving.retrieval import ItemIndex
 from serving.tables import FrozenTable, FrozenTables
 from trainer import bundle
 from trainer.backends import ps_config_for
-from trainer.config import ModelConfig, PSOptions, Strategy, TrainConfig, model_config_of_version
+from trainer.config import ModelConfig, Strategy, TrainConfig, model_config_of_version
 from trainer.core import TrainerCore
 from trainer.data.spec import spec_from_dict
 from versions import VersionStore, table_parts
@@ -93,7 +95,7 @@ class ModelSetup:
     spec: object
     model_cfg: ModelConfig
     train_cfg: TrainConfig
-    ps: PSOptions
+    ps: PSConfig
     spec_yaml: str
 
     @classmethod
@@ -109,7 +111,7 @@ class ModelSetup:
         model_cfg = model_config_of_version(cfg.get("model"))
         train = dict(cfg.get("train") or {})
         train_cfg = TrainConfig.from_dict(train).replace(strategy=Strategy.ONLINE)  # serving never trains
-        ps = PSOptions.from_dict(dict(cfg.get("ps") or {}))
+        ps = PSConfig.settings_from_dict(dict(cfg.get("ps") or {}))
         return cls(spec, model_cfg, train_cfg, ps, text)
 
 
@@ -118,15 +120,6 @@ def setup_with_spec(m, spec) -> ModelSetup:
     not a spec YAML): the run config still comes from the manifest."""
     model_cfg, train_cfg, ps = bundle.configs(m)
     return ModelSetup(spec, model_cfg, train_cfg.replace(strategy=Strategy.ONLINE), ps, repr(spec))
-
-
-@dataclasses.dataclass(frozen=True)
-class RetrievalOptions:
-    """Recommend's candidate retrieval: exact inner product up to ``ann_above`` items, else a FAISS
-    IVF index (:mod:`serving.ann`) with ``ann`` settings."""
-
-    ann_above: int = 1_000_000
-    ann: AnnOptions = AnnOptions()
 
 
 class ServableModel:

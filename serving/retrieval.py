@@ -7,8 +7,10 @@ rebuilt with each version. A query is the user's embedding row::
     scores[excluded or filtered out] = -inf
     top = topk(scores, n)                         ids and inner products, best first
 
-Exact search costs O(N d) per query: about 1 ms for 1M 16-d items on one core. Beyond about a
-million items an ANN index (FAISS IVF/HNSW) belongs here; it is not built yet.
+Exact search costs O(N d) per query: about 1 ms for 1M 16-d items on one core. Above
+``ann_above`` items a replica builds :class:`serving.ann.AnnItemIndex` (FAISS IVF) instead. Both
+implement :class:`CandidateIndex` (a ``typing.Protocol``); the conformance test
+``tests/unit/test_protocols.py`` holds every implementation to it.
 
 >>> idx = ItemIndex(np.array([1, 2, 3]), torch.tensor([[1., 0.], [0., 1.], [2., 0.]]))
 >>> idx.top(np.array([1., 0.], np.float32), 2)[0].tolist()
@@ -17,11 +19,36 @@ million items an ANN index (FAISS IVF/HNSW) belongs here; it is not built yet.
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import numpy as np
 import torch
 
 
+@runtime_checkable
+class CandidateIndex(Protocol):
+    """The item index of one version: the items a replica retrieves candidates from.
+
+    ``ids``: int64 ascending; ``rows``: float32 [N, d] aligned with them (numpy or torch);
+    ``categories``: int64 [N] aligned, or None without a catalogue. ``top(query, n, exclude, category)``:
+    (ids int64 [<= n], inner products float32), best first; ``exclude``d ids and items outside
+    ``category`` are never returned; a category filter without categories is a ValueError.
+    """
+
+    ids: np.ndarray
+    rows: object
+    categories: np.ndarray | None
+
+    def __len__(self) -> int: ...
+
+    def top(
+        self, query: np.ndarray, n: int, exclude: np.ndarray | None = None, category: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
 class ItemIndex:
+    """Exact retrieval (a :class:`CandidateIndex`): one matrix-vector product per query."""
+
     def __init__(self, ids: np.ndarray, rows: torch.Tensor, categories: np.ndarray | None = None) -> None:
         self.ids = np.ascontiguousarray(ids, np.int64)  # ascending
         self.rows = rows  # float32 [N, d], aligned with ids

@@ -30,8 +30,8 @@ from serving.config import FollowSettings, ServeConfig
 from serving.errors import InvalidRequestError, NotReadyError, ServingError, UnsupportedError, VersionMismatchError
 from serving.follower import LeaseSettings, VersionFollower
 from serving.model import RetrievalOptions, ServableModel, load_model
+from serving.run_metrics import validation_metrics
 from serving.telemetry import ReplicaTelemetry
-from serving.validation import validation_metrics
 from serving.wire import pb
 from versions import VersionStore
 

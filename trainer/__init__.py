@@ -15,7 +15,6 @@ _EXPORTS = {
     "TrainConfig": "trainer.config",
     "Strategy": "trainer.config",
     "DLRM": "trainer.model",
-    "PSOptions": "trainer.config",
     "TrainerCore": "trainer.core",
     "LocalBackend": "trainer.backends",
     "ps_config_for": "trainer.backends",
@@ -24,6 +23,9 @@ _EXPORTS = {
     "ProgressiveValidator": "trainer.metrics",
     "auc": "trainer.metrics",
     "run_ps_training": "trainer.run",
+    "TrainJob": "trainer.config",
+    "FailurePolicy": "trainer.failure",
+    "DataFileError": "trainer.failure",
     "follow_data_files": "trainer.data.follow",
 }
 

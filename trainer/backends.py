@@ -9,9 +9,13 @@ the core is written once::
     backend.wait(backend.push_many({table: (ids, grads)}, step=s))
     backend.cfg.mode                                          "sync" | "async" (a paramserver.PSConfig)
 
+The API is declared as :class:`EmbeddingBackend` (a ``typing.Protocol``); every implementation passes the
+conformance test ``tests/unit/test_protocols.py``:
+
 * :class:`LocalBackend`: one :class:`paramserver.EmbeddingShard` in this process (FBGEMM TBE,
   fused row-wise optimizer, collisionless id map, admission and eviction), no Ray.
-* :class:`paramserver.PSClient`: the shard actors of a Ray parameter server.
+* :class:`paramserver.PSClient`: the shard actors of a Ray parameter server, or (``ps.placement``
+  in_process) shard threads of this process.
 
 Both run the same shard code, so a sync run gives the same parameters on either.
 """
@@ -20,12 +24,71 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from paramserver.config import PSConfig, TableConfig
 from paramserver.shard import EmbeddingShard
-from trainer.config import ModelConfig, PSOptions, TrainConfig
+from trainer.config import ModelConfig, TrainConfig
+
+
+@runtime_checkable
+class EmbeddingBackend(Protocol):
+    """Where the training core's embedding rows live: the parameter server's ticket API (ps-lite's worker API).
+
+    Requests return a ticket at once; :meth:`wait` blocks for its result. A sync backend applies one
+    worker's calls in the order they are made. ``cfg`` is the backend's :class:`paramserver.PSConfig`
+    (the core reads ``cfg.mode``, ``cfg.pipeline_depth``, ``cfg.table_names``).
+    """
+
+    cfg: PSConfig
+
+    def pull_many(
+        self, ids_by_table: Mapping[str, np.ndarray], step: int | None = None, lease: bool = False, stale: int = 0
+    ) -> Any:
+        """A ticket for the rows of ``ids`` in every table (as of ``step``; ``lease``: kept resident until the
+        push of ``step``). Its result: {table: float32 [len(ids), dim]}, rows in the order of the ids."""
+        ...
+
+    def push_many(self, grads_by_table: Mapping[str, tuple[np.ndarray, np.ndarray]], step: int | None = None) -> Any:
+        """A ticket for applying {table: (ids, grads)} of ``step`` (the sparse optimizer runs on the backend)."""
+        ...
+
+    def push_pull(
+        self,
+        grads_by_table: Mapping[str, tuple[np.ndarray, np.ndarray]],
+        next_ids_by_table: Mapping[str, np.ndarray],
+        step: int,
+    ) -> Any:
+        """Push ``step``, then pull the rows of step ``step + 1 + cfg.pipeline_depth`` (one round trip)."""
+        ...
+
+    def wait(self, ticket: Any, timeout_s: float | None = None) -> Any:
+        """The result of a ticket (pull: {table: rows}; push: per-shard decisions)."""
+        ...
+
+    def table_state(self) -> dict[str, dict[str, np.ndarray]]:
+        """{table: {"ids", "rows", "opt_state_0".., "count", "last_seen", "last_version"}}, ids ascending."""
+        ...
+
+    def prepare_cut(self, cut_id: str, full: bool) -> list[dict]:
+        """Versions, step 1: freeze a consistent cut of every shard (full, or the rows changed since the last)."""
+        ...
+
+    def write_cut(self, cut_id: str, store_url: str, version: int, storage_options: dict | None = None) -> list:
+        """Versions, step 2: write the cut's parts under ``version`` of the store."""
+        ...
+
+    def commit_cut(self, cut_id: str) -> None: ...
+
+    def abort_cut(self, cut_id: str) -> None: ...
+
+    def restore(self, store_url: str, version: int, storage_options: dict | None = None) -> list[dict]:
+        """Replace every row by those of committed ``version`` (any shard count); the shards' stats."""
+        ...
+
+    def shutdown(self) -> None: ...
 
 
 def table_configs(spec, init_scale: float | None = None, wide: bool = False) -> tuple[TableConfig, ...]:
@@ -40,20 +103,22 @@ def table_configs(spec, init_scale: float | None = None, wide: bool = False) -> 
 
 
 def ps_config_for(
-    spec, train: TrainConfig, ps: PSOptions | None = None, num_workers: int = 1, model: ModelConfig | None = None
+    spec, train: TrainConfig, ps: PSConfig | None = None, num_workers: int = 1, model: ModelConfig | None = None
 ) -> PSConfig:
-    """The parameter-server config of a run: tables from the spec (and ``model.wide``; None: the
-    ModelConfig defaults), the sparse optimizer and seed from ``train``, everything else from ``ps``."""
-    ps = ps or PSOptions()
+    """The parameter-server config of a run: ``ps`` (the run's ``ps:`` section; None: the PSConfig defaults)
+    with the fields of ``paramserver.config.RUN_FILLED`` filled in: tables from the spec (and ``model.wide``;
+    None: the ModelConfig defaults), the sparse optimizer, its learning rate, eps and the seed from ``train``,
+    ``num_workers``. Tables ``ps`` already lists are replaced."""
+    ps = ps or PSConfig()
     wide = (model or ModelConfig()).wide
-    return PSConfig(
+    return dataclasses.replace(
+        ps,
         tables=table_configs(spec, train.init_scale, wide),
         optimizer=train.sparse_optimizer,
         learning_rate=train.sparse_lr,
         eps=train.sparse_eps,
         seed=train.seed,
         num_workers=num_workers,
-        **dataclasses.asdict(ps),
     )
 
 

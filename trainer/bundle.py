@@ -97,13 +97,14 @@ def search_spec(manifest) -> dict | None:
 
 
 def configs(manifest):
-    """(ModelConfig, TrainConfig, PSOptions) of a version (defaults where it says nothing)."""
-    from trainer.config import PSOptions, TrainConfig, model_config_of_version
+    """(ModelConfig, TrainConfig, PSConfig) of a version (defaults where it says nothing)."""
+    from paramserver.config import PSConfig
+    from trainer.config import TrainConfig, model_config_of_version
 
     cfg = run_config(manifest)
     model_cfg = model_config_of_version(cfg.get("model"))  # a version from before model.wide: wide off
     train_cfg = TrainConfig.from_dict(dict(cfg["train"])) if cfg.get("train") else TrainConfig()
-    ps = PSOptions.from_dict(dict(cfg["ps"])) if cfg.get("ps") else PSOptions()
+    ps = PSConfig.settings_from_dict(dict(cfg["ps"])) if cfg.get("ps") else PSConfig()
     return model_cfg, train_cfg, ps
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from pathlib import Path
 from typing import Any
 
 from common.config import ConfigError, check_keys
+from paramserver.config import PSConfig
 
 INTERACTIONS = ("dcn", "dot")
 ARCHS = ("dlrm", "torchrec_dlrm", "torchrec_dlrm_dcn")
@@ -187,56 +189,65 @@ def model_config_of_version(raw: dict[str, Any] | None) -> ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class PSOptions:
-    """The parameter-server settings of a run (the ``ps:`` section); tables, the sparse optimizer,
-    its learning rate and the seed come from the spec and ``train`` (see :func:`trainer.backends.ps_config_for`).
+class TrainJob:
+    """Everything a PS-mode training run is (what :func:`trainer.run.run_ps_training` runs).
 
-    num_shards: shard actors (partitions of every table). capacity_per_shard: rows each shard holds
-    per table (the local backend holds this many per table too). admission_threshold: pulls before
-    an id gets a row. ttl_versions / ttl_seconds: evict rows unseen for this many shard versions
-    (sync: steps) / seconds (None: never). lfu_decay_every / lfu_decay: aged LFU, counts multiplied
-    by lfu_decay every lfu_decay_every versions (None: no ageing). full_table: refuse | error, when
-    a pull needs more new rows than eviction can free. lease_timeout_s: rows pulled for a step stay
-    resident until its push is applied, or this many seconds (counted). mode: sync (deterministic) |
-    async (bounded staleness in the worker's own steps: max_staleness, stale_policy drop | apply).
-    weights_dtype: fp32 | fp16 rows. device: cpu | cuda | auto.
-    actor_num_cpus: CPUs each shard actor reserves (0 lets shards share a small local Ray).
-    pipeline_depth: sync mode, steps a training pull runs ahead of the updates (0: exact; d: rows
-    miss the last d steps' updates while the worker computes beside the shards). sync_prefetch:
-    sync, depth 0, one worker: pull step k+1's ids that step k does not touch during step k (exact).
-    placement: auto (in the worker's process with one worker, shard actors otherwise) | ray | in_process.
-    See docs/paramserver.md.
+    spec: the feature spec (a :class:`trainer.data.FeatureSpec`). run_dir: the run directory
+    (:mod:`trainer.runfiles`). model / train / ps: the model, training and parameter-server settings
+    (``ps``: a :class:`paramserver.PSConfig` without tables; the run fills in its tables, sparse optimizer,
+    seed and workers, :func:`trainer.backends.ps_config_for`).
+    history / incoming: the directories (or fsspec URLs) of the data files: the history first, then
+    files landing in incoming; ``drain``: stop once incoming is empty (else follow it), after
+    ``idle_timeout_s`` without a new file (None: never). num_workers: Ray Train workers.
+    keep_ps: leave the shard actors running after the run (the caller gets the client).
+    versions: keep model versions in ``store_url`` (None: ``RUN_DIR/versions``; ``storage_options``
+    for fsspec) at the boundaries ``snapshots`` (a versions.SnapshotConfig; None: its defaults) picks,
+    behind the publish gate ``publish`` (a versions.PublishConfig; None: its defaults), each version's
+    manifest carrying ``version_extra``; a run directory with committed versions resumes from the newest.
+    max_restarts: failures of the worker group (a shard actor or a worker died) restarted from the last
+    committed version, in the whole run (:class:`trainer.failure.FailurePolicy`).
     """
 
-    num_shards: int = 2
-    capacity_per_shard: int = 1 << 17
-    admission_threshold: int = 1
-    ttl_versions: int | None = None
-    ttl_seconds: float | None = None
-    lfu_decay_every: int | None = None
-    lfu_decay: float = 0.5
-    full_table: str = "refuse"
-    lease_timeout_s: float = 300.0
-    mode: str = "sync"
-    max_staleness: int = 8
-    stale_policy: str = "drop"
-    weights_dtype: str = "fp32"
-    device: str = "cpu"
-    actor_num_cpus: float = 0.0
-    pipeline_depth: int = 0
-    sync_prefetch: bool = False
-    placement: str = "auto"
+    spec: Any
+    run_dir: Path
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    ps: PSConfig = dataclasses.field(default_factory=PSConfig)
+    history: str | Path | None = None
+    incoming: str | Path | None = None
+    drain: bool = True
+    num_workers: int = 1
+    idle_timeout_s: float | None = None
+    keep_ps: bool = False
+    versions: bool = True
+    store_url: str | None = None
+    storage_options: dict | None = None
+    snapshots: Any = None  # versions.SnapshotConfig | None
+    publish: Any = None  # versions.PublishConfig | None
+    version_extra: dict = dataclasses.field(default_factory=dict)
+    max_restarts: int = 3
 
     def __post_init__(self) -> None:
-        from paramserver.config import PSConfig, TableConfig
+        object.__setattr__(self, "run_dir", Path(self.run_dir))
+        object.__setattr__(self, "version_extra", dict(self.version_extra or {}))
+        for key, cls in (("model", ModelConfig), ("train", TrainConfig), ("ps", PSConfig)):
+            if not isinstance(getattr(self, key), cls):
+                raise ConfigError(f"TrainJob.{key} must be a {cls.__name__}, got {getattr(self, key)!r}")
+        _int_at_least("workers (TrainJob.num_workers)", self.num_workers, 1)
+        _int_at_least("TrainJob.max_restarts", self.max_restarts, 0)
+        if self.idle_timeout_s is not None and not (
+            isinstance(self.idle_timeout_s, (int, float)) and 0 < self.idle_timeout_s < float("inf")
+        ):
+            raise ConfigError(
+                f"idle_timeout_s must be None or a positive number of seconds, got {self.idle_timeout_s!r}"
+            )
+        if self.history is None and self.incoming is None:
+            raise ConfigError("a training run needs data files: give history (--data/--history) or incoming")
+        if not self.versions and self.store_url is not None:
+            raise ConfigError(f"versions=False keeps no versions, but store_url is {self.store_url!r}: drop one")
 
-        # one validation for every knob: the PS's own (errors name ps.<key>)
-        PSConfig(tables=(TableConfig("probe", 4),), **dataclasses.asdict(self))
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "PSOptions":
-        check_keys(cls, raw, "ps")
-        return cls(**raw)
+    def replace(self, **changes: Any) -> TrainJob:
+        return dataclasses.replace(self, **changes)
 
 
 def _int_at_least(key: str, value: Any, low: int) -> None:

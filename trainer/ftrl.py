@@ -34,20 +34,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from paramserver.hashing import splitmix64_next  # the same function as the PS's (tests/unit/test_hash_names.py)
 from trainer.data import EventBatch, RunningStats
-
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser, elementwise on uint64 (wrapping arithmetic)."""
-    with np.errstate(over="ignore"):
-        x = x + _GOLDEN
-        x = (x ^ (x >> np.uint64(30))) * _M1
-        x = (x ^ (x >> np.uint64(27))) * _M2
-        return x ^ (x >> np.uint64(31))
 
 
 def hash_coordinates(ids: np.ndarray, feature: int, seed: int, bits: int) -> np.ndarray:
@@ -56,8 +44,8 @@ def hash_coordinates(ids: np.ndarray, feature: int, seed: int, bits: int) -> np.
     >>> hash_coordinates(np.array([1, 2, 1]), 0, 0, 10).tolist()[0] == hash_coordinates(np.array([1]), 0, 0, 10)[0]
     True
     """
-    salt = _splitmix64(np.array([(int(seed) & 0xFFFFFFFF) << 32 | (feature & 0xFFFFFFFF)], np.uint64))[0]
-    h = _splitmix64(np.ascontiguousarray(ids).astype(np.int64, copy=False).view(np.uint64) ^ salt)
+    salt = splitmix64_next(np.array([(int(seed) & 0xFFFFFFFF) << 32 | (feature & 0xFFFFFFFF)], np.uint64))[0]
+    h = splitmix64_next(np.ascontiguousarray(ids).astype(np.int64, copy=False).view(np.uint64) ^ salt)
     return (h & np.uint64((1 << bits) - 1)).astype(np.int64)
 
 

@@ -6,8 +6,9 @@ the same shard code) and the engine of the quality benchmark.
 
 from __future__ import annotations
 
+from paramserver.config import PSConfig
 from trainer.backends import LocalBackend, ps_config_for
-from trainer.config import ModelConfig, PSOptions, TrainConfig
+from trainer.config import ModelConfig, TrainConfig
 from trainer.core import TrainerCore
 
 
@@ -20,9 +21,9 @@ class LocalTrainer(TrainerCore):
     """
 
     def __init__(
-        self, spec, model_cfg: ModelConfig, train_cfg: TrainConfig, ps: PSOptions | None = None, model=None
+        self, spec, model_cfg: ModelConfig, train_cfg: TrainConfig, ps: PSConfig | None = None, model=None
     ) -> None:
-        self.ps_options = ps or PSOptions()
+        self.ps_options = ps or PSConfig()
         super().__init__(
             spec,
             model_cfg,

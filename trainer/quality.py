@@ -161,19 +161,6 @@ def taobao_files(
     return log_files(load_spec("taobao"), [csv], every_s=every_s, work_dir=work_dir)
 
 
-def movielens_files(
-    inter: str | Path, n_files: int = 20, spec: str = "movielens100k"
-) -> tuple[list[EventBatch], list[str]]:
-    """MovieLens-100K sorted by timestamp and cut into ``n_files`` files of equal count.
-
-    Equal counts rather than calendar weeks: ratings are very unevenly spread over the 7
-    months (a few weeks hold a large part of them), so weekly files would range from a
-    few hundred to over ten thousand rows and the per-file AUC would be noisy where small.
-    """
-    files, names = log_files(load_spec(spec), [inter], n_files=n_files)
-    return files, [n.replace("part-", "ml-", 1) for n in names]
-
-
 def choose_points(file_rows: Sequence[int], warmup: int, points: int, min_rows: int = 1000) -> list[int]:
     """``points`` file indices >= warmup spread evenly (0: all), skipping files under ``min_rows``.
 

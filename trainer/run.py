@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import time
 from pathlib import Path
 
@@ -16,9 +15,12 @@ import torch
 
 from trainer import bundle
 from trainer.backends import ps_config_for
-from trainer.config import ModelConfig, PSOptions, TrainConfig
+from trainer.config import TrainJob
+from trainer.failure import DataFileError, FailurePolicy, supervise
 from trainer.runfiles import MetricsFollower, RunPaths, keep_metrics_of
-from trainer.worker import train_loop_per_worker
+from trainer.worker import WorkerConfig, train_loop_per_worker
+
+__all__ = ["DataFileError", "RunResult", "TrainJob", "describe_ps", "resolve_placement", "run_ps_training"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,32 +33,6 @@ class RunResult:
     resumed_from: int | None = None  # the version this run started from (None: from scratch)
     restarts: int = 0  # times the PS and the workers were restarted from the last version after a failure
     store_url: str | None = None
-
-
-class DataFileError(RuntimeError):
-    """A data file stopped the run (most of its rows were dead-lettered: usually the wrong spec)."""
-
-
-def _data_error(exc: BaseException) -> str | None:
-    """The FileQualityError message inside a Ray Train failure, if that is what it was."""
-    seen, todo = set(), [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if type(e).__name__ == "FileQualityError":
-            return str(e)
-        text = str(e)
-        found = re.findall(r"FileQualityError: ([^\n]+)", text)
-        if found:  # the last line of a remote traceback: "...FileQualityError: <message>"
-            return found[-1]
-        if isinstance(e, BaseException):
-            todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
-            failures = getattr(e, "worker_failures", None)
-            if isinstance(failures, dict):
-                todo += list(failures.values())
-    return None
 
 
 def _fit(trainer) -> None:
@@ -116,42 +92,19 @@ def describe_ps(ps, num_workers: int) -> str:
     return f"{ps.num_shards} shard(s) {where} ({ps.mode}{extra})"
 
 
-def run_ps_training(
-    spec,
-    model_cfg: ModelConfig,
-    train_cfg: TrainConfig,
-    run_dir: Path,
-    *,
-    ps: PSOptions | None = None,
-    history: Path | None = None,
-    incoming: Path | None = None,
-    drain: bool = True,
-    num_workers: int = 1,
-    client=None,
-    idle_timeout_s: float | None = None,
-    keep_ps: bool = False,
-    on_file=None,
-    store_url: str | None = None,
-    snapshots=None,
-    storage_options: dict | None = None,
-    version_extra: dict | None = None,
-    versions: bool = True,
-    max_restarts: int = 3,
-    on_event=None,
-    publish=None,
-):
-    """Start the PS (unless ``client`` is given) and a Ray Train run over the data files.
+def run_ps_training(job: TrainJob, *, client=None, on_file=None, on_event=None):
+    """Start the PS (unless ``client`` is given) and a Ray Train run over the data files of ``job``.
 
-    With ``versions`` (the default) model versions go to ``store_url`` (default
-    ``RUN_DIR/versions``) at the data-file boundaries ``snapshots`` (a versions.SnapshotConfig)
-    picks, and a run directory that holds committed versions resumes from the newest valid one;
-    ``publish`` (a versions.PublishConfig, default: its defaults) configures the publish gate.
-    A failure during training (a shard actor or a worker that died) restarts the PS and the
-    workers from the last committed version, up to ``max_restarts`` times: nothing is lost or
-    applied twice. ``on_file(i, record)`` is called in the driver as each data file is done,
-    ``on_event(text)`` for resumes and restarts. Returns ``(RunResult, client)``; the PS is shut
-    down unless ``keep_ps``. With ``ps.placement`` auto and one worker (or in_process) the shards live
-    in the worker's process and the returned client is None.
+    With ``job.versions`` (the default) model versions go to ``job.store_url`` (default
+    ``RUN_DIR/versions``) at the data-file boundaries ``job.snapshots`` picks, and a run directory
+    that holds committed versions resumes from the newest valid one. Each failure of the worker
+    group goes to a :class:`trainer.failure.FailurePolicy`: a shard actor or a worker that died
+    restarts the PS and the workers from the last committed version, up to ``job.max_restarts``
+    times (nothing is lost or applied twice); a data file that stopped a worker raises
+    :class:`trainer.failure.DataFileError` with its report. ``on_file(i, record)`` is called in the
+    driver as each data file is done, ``on_event(text)`` for resumes and restarts. Returns
+    ``(RunResult, client)``; the PS is shut down unless ``job.keep_ps``. With ``ps.placement`` auto and
+    one worker (or in_process) the shards live in the worker's process and the returned client is None.
     """
     import ray
     import ray.train
@@ -162,15 +115,17 @@ def run_ps_training(
 
     if not ray.is_initialized():
         raise RuntimeError("run_ps_training needs a running Ray: call cluster.ray_runtime.ensure_ray() first")
+    if not isinstance(job, TrainJob):
+        raise TypeError(f"run_ps_training takes a trainer.config.TrainJob, got {type(job).__name__}")
     on_event = on_event or (lambda text: None)
-    run_dir = Path(run_dir).absolute()
+    run_dir = job.run_dir.absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
     paths = RunPaths(run_dir)
     paths.stop.unlink(missing_ok=True)
-    resumed_from, store = None, None
-    if versions:
-        store_url = store_url or str(paths.versions)
-        store = VersionStore(store_url, storage_options)
+    resumed_from, store, store_url = None, None, None
+    if job.versions:
+        store_url = job.store_url or str(paths.versions)
+        store = VersionStore(store_url, job.storage_options)
         resumed_from = store.latest_valid()
         if resumed_from is not None:
             manifest = store.manifest(resumed_from)
@@ -179,7 +134,6 @@ def run_ps_training(
                 f"files consumed, committed {manifest.committed_at_iso})"
             )
     else:
-        store_url = None
         for stale in (paths.metrics, paths.ledger):
             stale.unlink(missing_ok=True)
 
@@ -192,72 +146,55 @@ def run_ps_training(
         follower.start()
         return follower
 
-    ps_cfg = ps_config_for(spec, train_cfg, ps, num_workers=num_workers, model=model_cfg)
+    num_workers = job.num_workers
+    ps_cfg = ps_config_for(job.spec, job.train, job.ps, num_workers=num_workers, model=job.model)
     ps_cfg = dataclasses.replace(
-        ps_cfg, placement=resolve_placement(ps_cfg.placement, num_workers, client is not None, keep_ps)
+        ps_cfg, placement=resolve_placement(ps_cfg.placement, num_workers, client is not None, job.keep_ps)
     )
     in_worker = ps_cfg.placement == "in_process"  # the one worker hosts the shards (and restores them)
     if client is None and not in_worker:
         client = create_parameter_server(ps_cfg)
     # Ray Train workers run in their own working directory: hand them absolute paths
-    config = {
-        "spec": spec,
-        "model_cfg": model_cfg,
-        "train_cfg": train_cfg,
-        "client": client,
-        "ps_cfg": ps_cfg,
-        "run_dir": str(run_dir),
-        "history": _absolute(history),
-        "incoming": _absolute(incoming),
-        "drain": drain,
-        "idle_timeout_s": idle_timeout_s,
-        "store_url": store_url,
-        "snapshots": snapshots,
-        "storage_options": storage_options,
-        "version_extra": version_extra or {},
-        "publish": publish,
-    }
+    resolved = job.replace(
+        run_dir=run_dir, history=_absolute(job.history), incoming=_absolute(job.incoming), store_url=store_url
+    )
     use_gpu = torch.cuda.is_available()  # NCCL for the dense all-reduce on GPUs, gloo on CPU
-    follower = follow_from(resumed_from)
+    box = {"client": client, "follower": follow_from(resumed_from)}
+
+    def attempt(i: int):
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=WorkerConfig(resolved, ps_cfg, box["client"]),
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=None if use_gpu else {"CPU": 1}
+            ),
+            run_config=ray.train.RunConfig(storage_path=str(run_dir / "ray"), name=f"train-{i}"),
+        )
+        _fit(trainer)
+
+    def restart(exc: BaseException, decision) -> None:
+        on_event(
+            f"training failed ({_failure_cause(exc)}); restart {decision.restart}/{job.max_restarts}: new shard "
+            f"actors and workers resume from the last committed version"
+        )
+        if not in_worker:  # in_process: the new worker starts new shards itself
+            box["client"].shutdown()
+            box["client"] = create_parameter_server(ps_cfg)
+        box["follower"].stop()
+        box["follower"] = follow_from(store.latest_valid())
+
+    policy = FailurePolicy(job.max_restarts, can_restart=store_url is not None)
     t0 = time.perf_counter()
-    restarts = 0
     try:
-        while True:
-            trainer = TorchTrainer(
-                train_loop_per_worker,
-                train_loop_config=config,
-                torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-                scaling_config=ray.train.ScalingConfig(
-                    num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=None if use_gpu else {"CPU": 1}
-                ),
-                run_config=ray.train.RunConfig(storage_path=str(run_dir / "ray"), name=f"train-{restarts}"),
-            )
-            try:
-                _fit(trainer)
-                break
-            except Exception as exc:
-                data_error = _data_error(exc)
-                if data_error is not None:  # the same file would fail again: stop and say why
-                    raise DataFileError(data_error) from None
-                if store_url is None or restarts >= max_restarts:
-                    raise
-                restarts += 1
-                on_event(
-                    f"training failed ({_failure_cause(exc)}); restart {restarts}/{max_restarts}: new shard "
-                    f"actors and workers resume from the last committed version"
-                )
-                if not in_worker:  # in_process: the new worker starts new shards itself
-                    client.shutdown()
-                    client = create_parameter_server(ps_cfg)
-                    config["client"] = client
-                follower.stop()
-                follower = follow_from(store.latest_valid())
+        supervise(attempt, policy, restart)
     finally:
-        follower.stop()
-        if not keep_ps and client is not None:
-            client.shutdown()
+        box["follower"].stop()
+        if not job.keep_ps and box["client"] is not None:
+            box["client"].shutdown()
+    client = box["client"]
     seconds = time.perf_counter() - t0
     metrics = [json.loads(line) for line in paths.metrics.read_text().splitlines()] if paths.metrics.exists() else []
     steps = metrics[-1]["step"] if metrics else 0
-    result = RunResult(run_dir, metrics, len(metrics), steps, seconds, resumed_from, restarts, store_url)
+    result = RunResult(run_dir, metrics, len(metrics), steps, seconds, resumed_from, policy.restarts, store_url)
     return result, client

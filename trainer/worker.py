@@ -20,9 +20,12 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from paramserver.config import PSConfig
+from trainer.config import TrainJob
 from trainer.core import TrainerCore
 from trainer.data import DeadLetterWriter, Validator, check_file_report, read_data_file
 from trainer.data.follow import follow_data_files
@@ -35,75 +38,90 @@ from trainer.versioning import VersionKeeper, collectives
 log = logging.getLogger(__name__)
 
 
-def train_loop_per_worker(config: dict) -> None:
+@dataclasses.dataclass(frozen=True)
+class WorkerConfig:
+    """What every Ray Train worker of a run gets (its ``train_loop_config``).
+
+    job: the run (:class:`trainer.config.TrainJob`) with absolute paths and its store URL resolved (None:
+    no versions). ps_cfg: the parameter server's config, tables included (placement resolved).
+    client: the driver's PS client (shard actors; each rank takes ``client.for_rank(rank)``), or None
+    when the shards live in the (one) worker's process (``ps.placement`` in_process).
+    """
+
+    job: TrainJob
+    ps_cfg: PSConfig
+    client: Any = None
+
+
+def train_loop_per_worker(config: WorkerConfig) -> None:
     import ray.train
     import ray.train.torch
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(config["train_cfg"].seed)
+    torch.manual_seed(config.job.train.seed)
     torch.set_num_threads(1)
-    spec = config["spec"]
-    if config["client"] is not None:
-        client = config["client"].for_rank(rank)
+    if config.client is not None:
+        client = config.client.for_rank(rank)
     else:  # ps.placement in_process: this (only) worker hosts the shards; rank 0 restores them below
         from paramserver import create_parameter_server
 
-        client = create_parameter_server(config["ps_cfg"], placement="in_process")
+        client = create_parameter_server(config.ps_cfg, placement="in_process")
     try:
-        _train(config, rank, world, spec, client)
+        _train(config.job, rank, world, client)
     finally:
-        if config["client"] is None:
+        if config.client is None:
             client.shutdown()
 
 
-def _train(config: dict, rank: int, world: int, spec, client) -> None:
+def _train(job: TrainJob, rank: int, world: int, client) -> None:
     import ray.train
     import ray.train.torch
 
+    spec = job.spec
     wrap = ray.train.torch.prepare_model if world > 1 else None
     core = TrainerCore(
         spec,
-        config["model_cfg"],
-        config["train_cfg"],
+        job.model,
+        job.train,
         client,
         rank=rank,
         world=world,
         wrap_model=wrap,
         device=ray.train.torch.get_device(),
     )
-    paths = RunPaths(Path(config["run_dir"]))
+    paths = RunPaths(Path(job.run_dir))
     dead = DeadLetterWriter(paths.dead_letter if rank == 0 else None)
     validator = Validator(spec, dead, stream=True)  # late events: the spec's lateness policy
     data_state = DataState(validator, lambda: core.ledger)  # saved with every version, restored with it
-    history, incoming = config.get("history"), config.get("incoming")  # paths or fsspec URLs
+    history, incoming = job.history, job.incoming  # absolute paths or fsspec URLs
     barrier, broadcast = collectives(world)
     keeper = None
-    if config.get("store_url"):
+    if job.store_url:
         keeper = VersionKeeper(
-            config["store_url"],
+            job.store_url,
             client,
             core,
-            config.get("snapshots"),
-            storage_options=config.get("storage_options"),
-            extra=config.get("version_extra"),
+            job.snapshots,
+            storage_options=job.storage_options,
+            extra=job.version_extra,
             barrier=barrier,
             broadcast=broadcast,
-            publish=config.get("publish"),
+            publish=job.publish,
             data=data_state,
         )
         keeper.restore(reread=lambda name: _reread(name, history, incoming, spec))
     files = 0
-    extra_epochs = config["train_cfg"].history_epochs > 1
+    extra_epochs = job.train.history_epochs > 1
     history_batches: list = []  # train.history_epochs: the history files of this run, for the extra passes
-    for ref in _followed(rank, broadcast, history, incoming, core.ledger, config, paths):
+    for ref in _followed(rank, broadcast, job, core.ledger, paths):
         from_history = extra_epochs and _is_under(ref, history)
         if history_batches and not from_history:  # the history is done: its extra passes, then a version
             _history_passes(core, history_batches, keeper)
             history_batches = []
         picked_up_at = time.time()  # rank 0: the data file has landed and was taken (freshness starts)
         keep = (lambda batch, kept=history_batches: kept.append(core.with_features(batch))) if from_history else None
-        taken = consume(ref, core, validator, dead, config.get("max_dead_share", spec.max_dead_share), keep)
+        taken = consume(ref, core, validator, dead, spec.max_dead_share, keep)
         if taken is None:  # refused: nothing trained
             continue
         report, metrics = taken
@@ -189,17 +207,17 @@ def _refuse(ref, core, dead, rank: int) -> None:
     log.warning("data file refused (%s): %s", CHANGED_FILE, detail)
 
 
-def _followed(rank: int, broadcast, history, incoming, ledger, config: dict, paths: RunPaths):
+def _followed(rank: int, broadcast, job: TrainJob, ledger, paths: RunPaths):
     """The data files to train on, in the same order on every rank: rank 0 follows the directories
     and broadcasts each file (None: the end, also on a stop request while it waits for files)."""
     files = None
     if rank == 0:
         files = follow_data_files(
-            history,
-            incoming,
+            job.history,
+            job.incoming,
             ledger,
-            config["drain"],
-            idle_timeout_s=config.get("idle_timeout_s"),
+            job.drain,
+            idle_timeout_s=job.idle_timeout_s,
             stop=paths.stop.exists,
         )
     while True:

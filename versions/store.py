@@ -458,9 +458,6 @@ class VersionStore:
         (``verify``) checksum mismatch."""
         return self._read_part(version, name, verify)[1]
 
-    def read_part_meta(self, version: int, name: str) -> dict:
-        return self.manifest(version).part(name).meta
-
     def _read_part(self, version: int, name: str, verify: bool) -> tuple[dict, dict[str, np.ndarray]]:
         info = self.manifest(version).part(name)
         buf = self._read_bytes(version, info)

@@ -71,8 +71,8 @@ def _train_stage(args, out, spec, files, spec_name: str) -> dict:
     from cluster.commands.train import VersionTicker
     from cluster.config import RunConfig
     from cluster.ray_runtime import ensure_ray
-    from trainer.report import plot_run, table_header, table_row
-    from trainer.run import run_ps_training
+    from trainer.plots import plot_run, table_header, table_row
+    from trainer.run import TrainJob, run_ps_training
     from trainer.versioning import version_extra
     from versions import VersionStore
 
@@ -101,19 +101,21 @@ def _train_stage(args, out, spec, files, spec_name: str) -> dict:
     print(table_header(), flush=True)
     with VersionTicker(store_url):
         result, _ = run_ps_training(
-            spec,
-            cfg.model,
-            cfg.train,
-            out / "run",
-            ps=cfg.ps,
-            history=history,
-            incoming=incoming,
-            drain=True,
-            num_workers=cfg.workers,
-            store_url=store_url,
-            snapshots=cfg.snapshots,
-            publish=cfg.publish,
-            version_extra=version_extra(spec_name, cfg.to_dict()),
+            TrainJob(
+                spec,
+                out / "run",
+                model=cfg.model,
+                train=cfg.train,
+                ps=cfg.ps,
+                history=history,
+                incoming=incoming,
+                drain=True,
+                num_workers=cfg.workers,
+                store_url=store_url,
+                snapshots=cfg.snapshots,
+                publish=cfg.publish,
+                version_extra=version_extra(spec_name, cfg.to_dict()),
+            ),
             on_file=lambda i, m: print(table_row(i, m), flush=True),
         )
     last = result.metrics[-1]
@@ -159,8 +161,8 @@ def _serve_stage(out, spec, spec_name: str, run: dict, held_back: list) -> None:
     from serving.client import ScoringClient, score_and_show
     from serving.config import ServeConfig
     from trainer.data import Validator, read_data_file
-    from trainer.report import table_row
-    from trainer.run import run_ps_training
+    from trainer.plots import table_row
+    from trainer.run import TrainJob, run_ps_training
     from trainer.versioning import version_extra
     from versions import VersionStore
 
@@ -185,19 +187,21 @@ def _serve_stage(out, spec, spec_name: str, run: dict, held_back: list) -> None:
             "and trains on them"
         )
         run_ps_training(
-            spec,
-            cfg.model,
-            cfg.train,
-            out / "run",
-            ps=cfg.ps,
-            history=run["history"],
-            incoming=run["incoming"],
-            drain=True,
-            num_workers=cfg.workers,
-            store_url=store_url,
-            snapshots=cfg.snapshots,
-            publish=cfg.publish,
-            version_extra=version_extra(spec_name, cfg.to_dict()),
+            TrainJob(
+                spec,
+                out / "run",
+                model=cfg.model,
+                train=cfg.train,
+                ps=cfg.ps,
+                history=run["history"],
+                incoming=run["incoming"],
+                drain=True,
+                num_workers=cfg.workers,
+                store_url=store_url,
+                snapshots=cfg.snapshots,
+                publish=cfg.publish,
+                version_extra=version_extra(spec_name, cfg.to_dict()),
+            ),
             on_file=lambda i, m: print(table_row(i, m), flush=True),
         )
         store = VersionStore(store_url)

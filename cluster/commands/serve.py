@@ -94,12 +94,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="V",
         help="serve exactly version V (rollback) instead of following the newest",
     )
+    from serving.config import ServeConfig  # the defaults below are ServeConfig's (defined once, there)
+
     p.add_argument(
         "--poll-interval",
         type=_seconds,
-        default=0.2,
+        default=None,
         metavar="S",
-        help="seconds between looks for a newer version (default 0.2)",
+        help=f"seconds between looks for a newer version (default {ServeConfig.poll_interval_s})",
     )
     p.add_argument(
         "--catalogue",
@@ -120,16 +122,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--table-shards",
         type=_positive,
-        default=2,
+        default=None,
         metavar="N",
-        help="read-only shards of the --remote-tables (default 2)",
+        help=f"read-only shards of the --remote-tables (default {ServeConfig.table_shards})",
     )
     p.add_argument(
         "--cache-rows",
         type=_positive,
-        default=1 << 16,
+        default=None,
         metavar="R",
-        help="hot-row cache per remote table in each replica, a power of two (default 65536)",
+        help=f"hot-row cache per remote table in each replica, a power of two (default {ServeConfig.cache_rows})",
     )
     p.add_argument("--address", default=None, help="join an existing Ray cluster (default: start a local Ray)")
     p.add_argument(
@@ -189,16 +191,19 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         from serving.config import ServeConfig
 
+        given = {  # flags left out keep ServeConfig's defaults (defined once, in serving/config.py)
+            "poll_interval_s": args.poll_interval,
+            "table_shards": args.table_shards,
+            "cache_rows": args.cache_rows,
+        }
         cfg = ServeConfig(
             store_url=store,
             storage_options=options,
             pin_version=args.pin_version,
-            poll_interval_s=args.poll_interval,
             catalogue=tuple(args.catalogue),
             metrics_path=str(Path(args.run_dir) / "metrics.jsonl") if args.run_dir else None,
             remote_tables=args.remote_tables,
-            table_shards=args.table_shards,
-            cache_rows=args.cache_rows,
+            **{k: v for k, v in given.items() if v is not None},
         )
     except ConfigError as exc:
         raise UserError(str(exc)) from None

@@ -73,7 +73,7 @@ def check_inputs(history: Path | None, incoming: Path | None, drain: bool) -> No
 
 
 def run_and_summarise(args, history: Path | None, incoming: Path | None, drain: bool, idle_timeout=None) -> int:
-    from trainer.report import table_header, table_row
+    from trainer.plots import table_header, table_row
 
     if idle_timeout is not None and idle_timeout <= 0:
         raise UserError(f"--idle-timeout must be > 0 seconds, got {idle_timeout}")
@@ -81,7 +81,7 @@ def run_and_summarise(args, history: Path | None, incoming: Path | None, drain: 
     check_inputs(history, incoming, drain)
 
     from cluster.ray_runtime import ensure_ray
-    from trainer.run import describe_ps, run_ps_training
+    from trainer.run import TrainJob, describe_ps, run_ps_training
     from trainer.versioning import version_extra
 
     ensure_ray(cfg.ray)
@@ -96,20 +96,22 @@ def run_and_summarise(args, history: Path | None, incoming: Path | None, drain: 
     with graceful_stop(args.run_dir) as stopping, VersionTicker(store_url):
         try:
             result, _ = run_ps_training(
-                spec,
-                cfg.model,
-                cfg.train,
-                args.run_dir,
-                ps=cfg.ps,
-                history=history,
-                incoming=incoming,
-                drain=drain,
-                num_workers=cfg.workers,
-                idle_timeout_s=idle_timeout,
-                store_url=store_url,
-                snapshots=cfg.snapshots,
-                publish=cfg.publish,
-                version_extra=version_extra(cfg.spec, cfg.to_dict()),
+                TrainJob(
+                    spec,
+                    args.run_dir,
+                    model=cfg.model,
+                    train=cfg.train,
+                    ps=cfg.ps,
+                    history=history,
+                    incoming=incoming,
+                    drain=drain,
+                    num_workers=cfg.workers,
+                    idle_timeout_s=idle_timeout,
+                    store_url=store_url,
+                    snapshots=cfg.snapshots,
+                    publish=cfg.publish,
+                    version_extra=version_extra(cfg.spec, cfg.to_dict()),
+                ),
                 on_file=lambda i, m: print(table_row(i, m), flush=True),
                 on_event=lambda text: print(text, flush=True),
             )

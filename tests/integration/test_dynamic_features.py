@@ -15,8 +15,9 @@ COLUMNS = ("user_id", "item_id", "category_id", "ts")
 
 def test_sync_core_on_the_ps_with_dynamic_features_is_bit_identical_to_local(ray_local, tmp_path):
     from paramserver import create_parameter_server
+    from paramserver.config import PSConfig
     from trainer.backends import ps_config_for
-    from trainer.config import ModelConfig, PSOptions, TrainConfig
+    from trainer.config import ModelConfig, TrainConfig
     from trainer.core import TrainerCore
     from trainer.data import Validator, load_spec, read_data_file
     from trainer.data.split import split_into_files
@@ -32,7 +33,7 @@ def test_sync_core_on_the_ps_with_dynamic_features_is_bit_identical_to_local(ray
     batches = [(p.name, read_data_file(p, v)) for p in out.files]
     tcfg = TrainConfig(batch_size=128, seed=3)
     local = LocalTrainer(spec, ModelConfig(), tcfg)
-    client = create_parameter_server(ps_config_for(spec, tcfg, PSOptions(num_shards=2)))
+    client = create_parameter_server(ps_config_for(spec, tcfg, PSConfig(num_shards=2)))
     try:
         core = TrainerCore(spec, ModelConfig(), tcfg, client)
         for name, b in batches:

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.config import ModelConfig, PSOptions, TrainConfig
+from paramserver.config import PSConfig
+from trainer.config import ModelConfig, TrainConfig
 from trainer.data import Validator, load_spec, read_data_file
 from trainer.data.split import split_into_files
 from trainer.local import LocalTrainer
-from trainer.run import run_ps_training
+from trainer.run import TrainJob, run_ps_training
 from trainer.strategies import history_decision
 
 pytestmark = pytest.mark.integration
@@ -43,16 +44,18 @@ def test_history_epochs_pass_over_the_history_before_the_incoming_files(ray_loca
     shutil.copy(files[2], incoming / files[2].name)
     tcfg = TrainConfig(batch_size=128, seed=3, history_epochs=3)
     result, client = run_ps_training(
-        SPEC,
-        ModelConfig(),
-        tcfg,
-        tmp_path / "run",
-        history=history,
-        incoming=incoming,
-        drain=True,
-        num_workers=1,
-        ps=PSOptions(num_shards=2),
-        keep_ps=True,
+        TrainJob(
+            SPEC,
+            tmp_path / "run",
+            model=ModelConfig(),
+            train=tcfg,
+            history=history,
+            incoming=incoming,
+            drain=True,
+            num_workers=1,
+            ps=PSConfig(num_shards=2),
+            keep_ps=True,
+        )
     )
     try:
         threads = torch.get_num_threads()

@@ -10,14 +10,15 @@ import pytest
 import torch
 
 from paramserver import create_parameter_server
+from paramserver.config import PSConfig
 from tests.support.data import taobao_head
 from trainer.backends import ps_config_for
-from trainer.config import ModelConfig, PSOptions, TrainConfig
+from trainer.config import ModelConfig, TrainConfig
 from trainer.core import TrainerCore
 from trainer.data import Validator, load_spec, read_data_file
 from trainer.data.split import split_into_files
 from trainer.local import LocalTrainer
-from trainer.run import run_ps_training
+from trainer.run import TrainJob, run_ps_training
 
 pytestmark = pytest.mark.integration
 SPEC = load_spec("taobao")
@@ -75,7 +76,7 @@ def test_sync_core_on_the_ps_is_bit_identical_to_the_local_backend(ray_local, ba
     """The same core over the PS client (1 worker, 1/2/4 shard actors) and over in-process FBGEMM."""
     tcfg = TrainConfig(batch_size=128, seed=3)
     local = local_sync
-    client = create_parameter_server(ps_config_for(SPEC, tcfg, PSOptions(num_shards=num_shards)))
+    client = create_parameter_server(ps_config_for(SPEC, tcfg, PSConfig(num_shards=num_shards)))
     try:
         core = TrainerCore(SPEC, ModelConfig(), tcfg, client)
         for name, b in batches:
@@ -94,7 +95,7 @@ def test_torchrec_dlrm_dcn_trains_through_the_ps_like_the_local_backend(ray_loca
     tcfg = TrainConfig(batch_size=128, seed=4)
     local = LocalTrainer(SPEC, mcfg, tcfg)
     assert isinstance(local.base_model, DLRM_DCN)
-    client = create_parameter_server(ps_config_for(SPEC, tcfg, PSOptions(num_shards=2)))
+    client = create_parameter_server(ps_config_for(SPEC, tcfg, PSConfig(num_shards=2)))
     try:
         core = TrainerCore(SPEC, mcfg, tcfg, client)
         for name, b in batches:
@@ -110,7 +111,7 @@ def test_torchrec_dlrm_dcn_trains_through_the_ps_like_the_local_backend(ray_loca
 def test_ps_strategies_match_local_strategies(ray_local, batches, strategy):
     tcfg = TrainConfig(batch_size=128, seed=5, strategy=strategy, window=2, period=2, fusion_lambda=0.3)
     local = LocalTrainer(SPEC, ModelConfig(), tcfg)
-    client = create_parameter_server(ps_config_for(SPEC, tcfg, PSOptions(num_shards=2)))
+    client = create_parameter_server(ps_config_for(SPEC, tcfg, PSConfig(num_shards=2)))
     try:
         core = TrainerCore(SPEC, ModelConfig(), tcfg, client)
         for name, b in batches:
@@ -164,16 +165,18 @@ def test_two_workers_stream_each_file_once_and_match_one_process(
     for f in files[1:]:
         shutil.copy(f, incoming / f.name)
     result, client = run_ps_training(
-        SPEC,
-        ModelConfig(),
-        TrainConfig(batch_size=128, seed=3),
-        tmp_path / "run",
-        history=history,
-        incoming=incoming,
-        drain=True,
-        num_workers=2,
-        ps=PSOptions(num_shards=2),
-        keep_ps=True,
+        TrainJob(
+            SPEC,
+            tmp_path / "run",
+            model=ModelConfig(),
+            train=TrainConfig(batch_size=128, seed=3),
+            history=history,
+            incoming=incoming,
+            drain=True,
+            num_workers=2,
+            ps=PSConfig(num_shards=2),
+            keep_ps=True,
+        )
     )
     try:
         _check_run_against_local(result, client, local_reference, batches, exact=False)
@@ -195,7 +198,7 @@ def test_multi_valued_genres_train_on_the_ps_like_the_local_backend(ray_local, m
     assert files[0].lengths["genre"].max() > 1  # really multi-valued
     tcfg = TrainConfig(batch_size=128, seed=2)
     local = LocalTrainer(spec, ModelConfig(), tcfg)
-    client = create_parameter_server(ps_config_for(spec, tcfg, PSOptions(num_shards=2)))
+    client = create_parameter_server(ps_config_for(spec, tcfg, PSConfig(num_shards=2)))
     try:
         core = TrainerCore(spec, ModelConfig(), tcfg, client)
         for name, b in zip(names, files):
@@ -253,12 +256,12 @@ def test_sync_under_eviction_pressure_equals_the_local_backend_and_repeats(ray_l
     """1 worker: 1 shard of the local backend's capacity is bit-identical to it under eviction; 2 shards
     give the same result run to run."""
     tcfg = TrainConfig(batch_size=128, seed=3)
-    local = _train(LocalTrainer(SPEC, ModelConfig(), tcfg, ps=PSOptions(**PRESSURE)), tcfg, batches)
+    local = _train(LocalTrainer(SPEC, ModelConfig(), tcfg, ps=PSConfig(**PRESSURE)), tcfg, batches)
     stats = local.backend.shard.stats()
     assert stats["evicted_lfu"] > 1000 and stats["refused_rows"] > 0 and stats["evicted_ttl"] > 0
     runs = []
     for num_shards in (1, 2, 2):
-        client = create_parameter_server(ps_config_for(SPEC, tcfg, PSOptions(num_shards=num_shards, **PRESSURE)))
+        client = create_parameter_server(ps_config_for(SPEC, tcfg, PSConfig(num_shards=num_shards, **PRESSURE)))
         try:
             core = _train(client, tcfg, batches)
             runs.append((core, client.table_state(), client.stats()))
@@ -291,7 +294,7 @@ def test_two_workers_under_eviction_pressure_match_one_process(
                 SPEC,
                 ModelConfig(),
                 TrainConfig(batch_size=128, seed=3),
-                ps=PSOptions(**PRESSURE, pipeline_depth=pipeline_depth),
+                ps=PSConfig(**PRESSURE, pipeline_depth=pipeline_depth),
             ),
             None,
             batches,
@@ -299,15 +302,17 @@ def test_two_workers_under_eviction_pressure_match_one_process(
     finally:
         torch.set_num_threads(threads)
     result, client = run_ps_training(
-        SPEC,
-        ModelConfig(),
-        TrainConfig(batch_size=128, seed=3),
-        tmp_path / "run",
-        history=small_files,
-        num_workers=2,
-        versions=False,
-        ps=PSOptions(num_shards=1, **PRESSURE, pipeline_depth=pipeline_depth),
-        keep_ps=True,
+        TrainJob(
+            SPEC,
+            tmp_path / "run",
+            model=ModelConfig(),
+            train=TrainConfig(batch_size=128, seed=3),
+            history=small_files,
+            num_workers=2,
+            versions=False,
+            ps=PSConfig(num_shards=1, **PRESSURE, pipeline_depth=pipeline_depth),
+            keep_ps=True,
+        )
     )
     try:
         state, local_state = client.table_state(), local.backend.table_state()
@@ -333,8 +338,8 @@ def test_pipelined_and_prefetching_sync_on_shard_actors_equals_the_local_backend
     to the local backend doing the same. (The prefetch itself: tests/unit/test_ps_pipeline.py.)"""
     extra = dict(pipeline_depth=2, sync_prefetch=True)
     tcfg = TrainConfig(batch_size=128, seed=3)
-    local = _train(LocalTrainer(SPEC, ModelConfig(), tcfg, ps=PSOptions(**PRESSURE, **extra)), tcfg, batches)
-    client = create_parameter_server(ps_config_for(SPEC, tcfg, PSOptions(num_shards=1, **PRESSURE, **extra)))
+    local = _train(LocalTrainer(SPEC, ModelConfig(), tcfg, ps=PSConfig(**PRESSURE, **extra)), tcfg, batches)
+    client = create_parameter_server(ps_config_for(SPEC, tcfg, PSConfig(num_shards=1, **PRESSURE, **extra)))
     try:
         core = _train(client, tcfg, batches)
         state, stats = client.table_state(), client.stats()[0]
@@ -352,7 +357,7 @@ def test_the_async_trainer_keeps_prefetched_rows_leased_and_reports_dropped_push
     for max_staleness in (8, 0):
         client = create_parameter_server(
             ps_config_for(
-                SPEC, tcfg, PSOptions(num_shards=2, mode="async", max_staleness=max_staleness, capacity_per_shard=256)
+                SPEC, tcfg, PSConfig(num_shards=2, mode="async", max_staleness=max_staleness, capacity_per_shard=256)
             )
         )
         try:

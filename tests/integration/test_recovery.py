@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 
 from paramserver import create_parameter_server
+from paramserver.config import PSConfig
 from tests.support.reference import RECOVERY_SPEC, RECOVERY_TCFG, explain_mismatch
 from trainer import bundle
 from trainer.backends import ps_config_for
-from trainer.config import ModelConfig, PSOptions
+from trainer.config import ModelConfig
 from trainer.core import TrainerCore
 from trainer.data import Validator, read_data_file
-from trainer.run import run_ps_training
+from trainer.run import TrainJob, run_ps_training
 from trainer.versioning import VersionKeeper
 from versions import VersionStore
 
@@ -43,7 +44,7 @@ def test_one_shard_two_shards_and_local_end_with_the_same_digest(
 ):
     want = uninterrupted[0]
     for shards in (1, 2):
-        client = create_parameter_server(ps_config_for(SPEC, TCFG, PSOptions(num_shards=shards)))
+        client = create_parameter_server(ps_config_for(SPEC, TCFG, PSConfig(num_shards=shards)))
         try:
             core = TrainerCore(SPEC, ModelConfig(), TCFG, client)
             keeper = VersionKeeper(str(tmp_path / f"ps{shards}"), client, core)
@@ -70,7 +71,9 @@ def test_one_worker_hosts_its_shards_in_process_and_ends_with_the_one_process_di
     for f in data_files:
         shutil.copy(f, incoming)
     result, client = run_ps_training(
-        SPEC, ModelConfig(), TCFG, run_dir, ps=PSOptions(num_shards=2), incoming=incoming, drain=True
+        TrainJob(
+            SPEC, run_dir, model=ModelConfig(), train=TCFG, ps=PSConfig(num_shards=2), incoming=incoming, drain=True
+        )
     )
     assert client is None and result.resumed_from is None
     store = VersionStore(str(run_dir / "versions"))
@@ -91,7 +94,7 @@ def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(
     shutil.copy(data_files[0], history)
     for f in data_files[1:3]:
         shutil.copy(f, incoming)
-    client = create_parameter_server(ps_config_for(SPEC, TCFG, PSOptions(num_shards=2)))
+    client = create_parameter_server(ps_config_for(SPEC, TCFG, PSConfig(num_shards=2)))
     victim = client.pids()[0]
     events: list[str] = []
     out: dict = {}
@@ -99,15 +102,17 @@ def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(
     def run():
         try:
             out["result"], out["client"] = run_ps_training(
-                SPEC,
-                ModelConfig(),
-                TCFG,
-                run_dir,
-                ps=PSOptions(num_shards=2),
-                history=history,
-                incoming=incoming,
-                drain=False,
-                idle_timeout_s=8.0,
+                TrainJob(
+                    SPEC,
+                    run_dir,
+                    model=ModelConfig(),
+                    train=TCFG,
+                    ps=PSConfig(num_shards=2),
+                    history=history,
+                    incoming=incoming,
+                    drain=False,
+                    idle_timeout_s=8.0,
+                ),
                 client=client,
                 on_event=events.append,
             )
@@ -120,7 +125,7 @@ def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(
     deadline = time.monotonic() + 180
     while (store.latest() or 0) < 3 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert (store.latest() or 0) >= 3, "no versions were committed"
+    assert (store.latest() or 0) >= 3, f"no versions were committed; run error: {out.get('error')!r}; events: {events}"
     os.kill(victim, signal.SIGKILL)
     for f in data_files[3:]:
         shutil.copy(f, incoming)
@@ -147,14 +152,16 @@ def test_async_mode_consumes_every_data_file(ray_local, data_files, tmp_path):
     for f in data_files:
         shutil.copy(f, incoming)
     result, _ = run_ps_training(
-        SPEC,
-        ModelConfig(),
-        TCFG,
-        tmp_path / "run",
-        ps=PSOptions(num_shards=2, mode="async"),
-        incoming=incoming,
-        drain=True,
-        num_workers=2,
+        TrainJob(
+            SPEC,
+            tmp_path / "run",
+            model=ModelConfig(),
+            train=TCFG,
+            ps=PSConfig(num_shards=2, mode="async"),
+            incoming=incoming,
+            drain=True,
+            num_workers=2,
+        )
     )
     store = VersionStore(str(tmp_path / "run" / "versions"))
     manifest = store.manifest(store.latest())

@@ -7,11 +7,12 @@ from __future__ import annotations
 import numpy as np
 
 from bench.servedata import StoreTrainer, write_taobao_csv
+from paramserver.config import PSConfig
 from serving.config import ServeConfig
 from serving.model import load_model
 from serving.service import ScoringService
 from tests.support.serving import row_request
-from trainer.config import ModelConfig, PSOptions, TrainConfig
+from trainer.config import ModelConfig, TrainConfig
 from trainer.local import LocalTrainer
 from trainer.versioning import FEATURES_PART, VersionKeeper, load_trainer
 from versions import VersionStore
@@ -70,7 +71,7 @@ def test_served_scores_equal_offline_scores_and_read_the_versions_state(tmp_path
         svc.stop()
     assert served.model_version == v
     offline = trainer.trainer.score(batch)  # the trainer that wrote the version
-    restored = LocalTrainer(trainer.spec, ModelConfig(), TrainConfig(), PSOptions(num_shards=1))
+    restored = LocalTrainer(trainer.spec, ModelConfig(), TrainConfig(), PSConfig(num_shards=1))
     assert VersionKeeper(str(tmp_path / "versions"), restored.backend, restored).restore() == v
     np.testing.assert_array_equal(np.asarray(served.scores, np.float32), offline)
     np.testing.assert_array_equal(restored.score(batch), offline)

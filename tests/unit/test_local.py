@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from paramserver.config import PSConfig
 from tests.support.data import synthetic_file
 from trainer.backends import ps_config_for
-from trainer.config import ModelConfig, PSOptions, TrainConfig
+from trainer.config import ModelConfig, TrainConfig
 from trainer.core import dense_optimizer
 from trainer.data import EventBatch, RunningStats, load_spec
 from trainer.local import LocalTrainer
@@ -15,7 +16,7 @@ from trainer.model import DLRM, build_model
 
 SPEC = load_spec("taobao")
 CFG = TrainConfig(batch_size=128, sparse_lr=0.1, dense_lr=0.05, seed=11)
-PS = PSOptions(capacity_per_shard=1024)
+PS = PSConfig(capacity_per_shard=1024)
 
 
 def test_learns_a_synthetic_signal_on_a_held_out_shard():

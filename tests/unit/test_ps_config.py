@@ -23,7 +23,6 @@ T = (TableConfig("a", 8),)
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(tables=()), "tables is empty"),
         (dict(tables=(TableConfig("a", 8), TableConfig("a", 4))), "unique"),
         (dict(tables=T, optimizer="adam"), "needs CUDA"),
         (dict(tables=T, optimizer="lamb"), "optimizer must be one of"),

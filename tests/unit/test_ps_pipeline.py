@@ -15,7 +15,7 @@ from paramserver import PSConfig, TableConfig, create_parameter_server, wire
 from paramserver.actor import ShardHost
 from tests.support.data import synthetic_file
 from trainer.backends import LocalBackend, ps_config_for
-from trainer.config import ModelConfig, PSOptions, TrainConfig
+from trainer.config import ModelConfig, TrainConfig
 from trainer.core import TrainerCore
 from trainer.data import load_spec
 
@@ -51,11 +51,11 @@ def _assert_same(a, b):
 @pytest.mark.parametrize("extra", [dict(pipeline_depth=1), dict(pipeline_depth=2), dict(sync_prefetch=True)])
 def test_in_process_shards_equal_the_local_backend_when_pipelined_or_prefetching(extra):
     batches = _batches()
-    local = _train(LocalBackend(ps_config_for(SPEC, TCFG, PSOptions(num_shards=1, **PRESSURE, **extra))), batches)
+    local = _train(LocalBackend(ps_config_for(SPEC, TCFG, PSConfig(num_shards=1, **PRESSURE, **extra))), batches)
     stats = local.backend.shard.stats()
     assert stats["evicted_lfu"] > 1000 and stats["refused_rows"] > 0
     client = create_parameter_server(
-        ps_config_for(SPEC, TCFG, PSOptions(num_shards=2, **PRESSURE, **extra)), placement="in_process"
+        ps_config_for(SPEC, TCFG, PSConfig(num_shards=2, **PRESSURE, **extra)), placement="in_process"
     )
     try:
         ps = _train(client, batches)
@@ -66,7 +66,7 @@ def test_in_process_shards_equal_the_local_backend_when_pipelined_or_prefetching
     finally:
         client.shutdown()
     one = create_parameter_server(
-        ps_config_for(SPEC, TCFG, PSOptions(num_shards=1, **PRESSURE, **extra)), placement="in_process"
+        ps_config_for(SPEC, TCFG, PSConfig(num_shards=1, **PRESSURE, **extra)), placement="in_process"
     )
     try:  # one shard of the local backend's capacity: bit-identical, eviction included
         _assert_same(_state(local), _state(_train(one, batches)))
@@ -79,15 +79,15 @@ def test_sync_prefetch_is_exact_and_pipelining_is_stale():
     """Without eviction pressure, prefetching step k+1's untouched ids changes nothing at all; a pipeline
     depth of 1 trains on rows one update old, so the parameters differ (but training still learns)."""
     batches = _batches()
-    plain = _state(_train(LocalBackend(ps_config_for(SPEC, TCFG, PSOptions(num_shards=1))), batches))
-    pre = _state(_train(LocalBackend(ps_config_for(SPEC, TCFG, PSOptions(num_shards=1, sync_prefetch=True))), batches))
+    plain = _state(_train(LocalBackend(ps_config_for(SPEC, TCFG, PSConfig(num_shards=1))), batches))
+    pre = _state(_train(LocalBackend(ps_config_for(SPEC, TCFG, PSConfig(num_shards=1, sync_prefetch=True))), batches))
     for k, v in plain[0].items():
         assert torch.equal(pre[0][k], v), k
     for table, arrays in plain[1].items():
         for key in ("ids", "rows", "opt_state_0", "count"):  # last_seen differs: the prefetch sees ids a step early
             np.testing.assert_array_equal(pre[1][table][key], arrays[key], err_msg=f"{table} {key}")
     assert pre[2] == plain[2]
-    stale = _state(_train(LocalBackend(ps_config_for(SPEC, TCFG, PSOptions(num_shards=1, pipeline_depth=1))), batches))
+    stale = _state(_train(LocalBackend(ps_config_for(SPEC, TCFG, PSConfig(num_shards=1, pipeline_depth=1))), batches))
     assert not np.array_equal(stale[1]["item"]["rows"], plain[1]["item"]["rows"])
     assert stale[2][-1] > 0.6 and abs(stale[2][-1] - plain[2][-1]) < 0.05
 
@@ -123,14 +123,14 @@ def test_pipeline_options_are_checked():
     with pytest.raises(ConfigError, match="for sync mode"):
         PSConfig(tables=(TableConfig("t", 4),), pipeline_depth=1, mode="async")
     with pytest.raises(ConfigError, match="sync_prefetch"):
-        PSOptions(sync_prefetch="yes")
+        PSConfig(sync_prefetch="yes")
 
 
 def test_the_async_trainer_over_in_process_shards_reports_the_drops_the_shards_make():
     """Async mode (the placement a one-worker run gets): prefetched rows stay leased, and with a staleness bound
     of 0 every part the shards drop is counted by the trainer."""
     client = create_parameter_server(
-        ps_config_for(SPEC, TCFG, PSOptions(num_shards=2, mode="async", max_staleness=0, capacity_per_shard=150)),
+        ps_config_for(SPEC, TCFG, PSConfig(num_shards=2, mode="async", max_staleness=0, capacity_per_shard=150)),
         placement="in_process",
     )
     try:

@@ -60,7 +60,7 @@ def test_online_strategy_replay_agrees_with_the_incremental_side_of_run_quality(
 
 def test_write_report_makes_a_png(tmp_path):
     from tests.support.data import synthetic_file
-    from trainer.report import write_report
+    from trainer.plots import write_report
 
     spec = load_spec("taobao")
     shards = [synthetic_file(spec, 400, seed=s) for s in range(4)]

@@ -17,9 +17,9 @@ from search.features import ProductFeatures, pair_batch
 from search.index import LexicalIndex, category_prefixes
 from search.metrics import dcg, ndcg_at_k, query_batches, query_folds
 from search.ranker import RankerConfig, SearchCorpus, examples, ndcg_of, new_trainer, rank, train_queries
+from search.request_checks import SearchLimits, validate
 from search.spec import DENSE, SPARSE, SearchSpec
 from search.tokenizer import Tokenizer, hash_tokens
-from search.validation import SearchLimits, validate
 from search.wire import pb
 from serving.errors import InvalidRequestError, VersionMismatchError
 from tests.support.data import SHARED_DATA, require

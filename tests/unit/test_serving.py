@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.servedata import write_taobao_csv
+from paramserver.config import PSConfig
 from serving.config import ServeConfig
 from serving.errors import InvalidRequestError, NotReadyError, VersionMismatchError
 from serving.follower import VersionFollower
@@ -21,7 +22,7 @@ from serving.model import load_model
 from serving.service import ScoringService
 from serving.wire import pb
 from tests.support.serving import make_store, row_request
-from trainer.config import ModelConfig, PSOptions, TrainConfig
+from trainer.config import ModelConfig, TrainConfig
 from trainer.local import LocalTrainer
 from trainer.versioning import VersionKeeper
 from versions import VersionStore
@@ -29,7 +30,7 @@ from versions import VersionStore
 REPO = Path(__file__).resolve().parents[2]
 
 
-def offline_scores(store_url: str, version: int, spec, batch, ps: PSOptions) -> np.ndarray:
+def offline_scores(store_url: str, version: int, spec, batch, ps: PSConfig) -> np.ndarray:
     """A fresh trainer restored from the version (what training would score with it)."""
     t = LocalTrainer(spec, ModelConfig(), TrainConfig(), ps)
     keeper = VersionKeeper(store_url, t.backend, t)
@@ -59,9 +60,9 @@ def test_importing_serving_does_not_import_ray_train():
 @pytest.mark.parametrize(
     "ps",
     [
-        PSOptions(num_shards=1),
-        PSOptions(num_shards=1, weights_dtype="fp16"),
-        PSOptions(num_shards=1, admission_threshold=2),
+        PSConfig(num_shards=1),
+        PSConfig(num_shards=1, weights_dtype="fp16"),
+        PSConfig(num_shards=1, admission_threshold=2),
     ],
     ids=["fp32", "fp16", "admit2"],
 )

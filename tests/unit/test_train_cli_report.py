@@ -3,7 +3,7 @@
 import json
 
 from cluster.cli import main
-from trainer.report import auc_table, load_metrics
+from trainer.plots import auc_table, load_metrics
 
 
 def _run_dir(tmp_path):

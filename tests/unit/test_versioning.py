@@ -101,20 +101,6 @@ def test_a_failed_write_loses_no_dirty_row(tmp_path):
     assert json.loads(json.dumps(store.manifest(3).ledger))["entries"][-1]["file"] == "f1"
 
 
-def test_a_data_error_is_found_inside_a_ray_train_failure():
-    from trainer.run import _data_error
-
-    class WorkerGroupError(RuntimeError):
-        def __init__(self, failures):
-            super().__init__("Training failed due to worker errors")
-            self.worker_failures = failures
-
-    inner = RuntimeError("x")
-    text = "  raise FileQualityError(report, share)\ntrainer.data.report.FileQualityError: 93% of f1 dead-lettered\n"
-    assert _data_error(WorkerGroupError({0: text})) == "93% of f1 dead-lettered"
-    assert _data_error(WorkerGroupError({0: inner, 1: "shard 0 is unavailable"})) is None
-
-
 def test_retention_keeps_the_newest_versions_and_the_bases_they_need(tmp_path):
     _run(str(tmp_path), 5, SnapshotConfig(full_every=2, keep=2))
     store = VersionStore(str(tmp_path))

@@ -12,9 +12,10 @@ import torch
 
 from common.config import ConfigError
 from paramserver import create_parameter_server
+from paramserver.config import PSConfig
 from tests.support.data import synthetic_file
 from trainer.backends import LocalBackend, ps_config_for
-from trainer.config import ModelConfig, PSOptions, TrainConfig
+from trainer.config import ModelConfig, TrainConfig
 from trainer.core import TrainerCore
 from trainer.data import load_spec
 from trainer.model import build_model
@@ -83,9 +84,9 @@ def _train(backend, batches, model=WIDE):
 
 def test_wide_training_is_bit_identical_on_the_local_backend_and_on_ps_shards():
     batches = [synthetic_file(SPEC, 600, seed=s) for s in range(3)]
-    local = _train(LocalBackend(ps_config_for(SPEC, TCFG, PSOptions(num_shards=1), model=WIDE)), batches)
+    local = _train(LocalBackend(ps_config_for(SPEC, TCFG, PSConfig(num_shards=1), model=WIDE)), batches)
     client = create_parameter_server(
-        ps_config_for(SPEC, TCFG, PSOptions(num_shards=2), model=WIDE), placement="in_process"
+        ps_config_for(SPEC, TCFG, PSConfig(num_shards=2), model=WIDE), placement="in_process"
     )
     try:
         ps = _train(client, batches)
@@ -113,7 +114,7 @@ def test_a_wide_model_serves_the_scores_of_offline_evaluation(tmp_path):
     from trainer.versioning import VersionKeeper, load_trainer
     from versions import VersionStore
 
-    ps = PSOptions(num_shards=1)
+    ps = PSConfig(num_shards=1)
     t = StoreTrainer(tmp_path / "versions", model=WIDE, ps=ps)
     for i in range(2):
         t.add_file(

@@ -26,12 +26,12 @@ through :class:`trainer.data.state.DataState` (trainer.worker.consume is the wor
 """
 
 from trainer.data.batch import EventBatch
+from trainer.data.counts import FileQualityError, FileReport, ValidationReport, check_file_report
 from trainer.data.deadletter import DeadLetterWriter, read_dead_letters
 from trainer.data.hashing import hash_strings
 from trainer.data.ledger import DataFileRef, DataLedger, LedgerError, data_file_ref
 from trainer.data.pipeline import expand_inputs, iter_batches, read_data_file
 from trainer.data.reasons import Reason
-from trainer.data.report import FileQualityError, FileReport, ValidationReport, check_file_report
 from trainer.data.spec import FeatureSpec, load_spec
 from trainer.data.stats import RunningStats
 from trainer.data.validate import Validator

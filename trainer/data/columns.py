@@ -201,10 +201,6 @@ class ParsedList:
     bad: np.ndarray  # bool [n]: an element is not an id (e.g. 1.5, a nested value)
     longest: np.ndarray  # int64 [n]: characters of the longest text element
 
-    def take_rows(self, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(values, lengths) of the rows at ``keep`` (int index), vectorised."""
-        return jagged_take(self.values, self.lengths, keep)
-
 
 def jagged_take(values: np.ndarray, lengths: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows ``index`` of a jagged column (flat ``values`` row after row, ``lengths`` per row).

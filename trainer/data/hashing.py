@@ -20,8 +20,10 @@ _FNV_PRIME = np.uint64(0x100000001B3)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser on uint64 values (a bijection with good avalanche)."""
+def splitmix64_mix(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser alone on uint64 values (a bijection with good avalanche; no gamma added).
+    NOT :func:`paramserver.hashing.splitmix64_next` (gamma, then this; other outputs): the ids of hashed
+    strings and crosses in stored models depend on this one, so neither may change or be swapped."""
     z = np.asarray(x, dtype=np.uint64).copy()
     with np.errstate(over="ignore"):
         z ^= z >> np.uint64(30)
@@ -52,7 +54,7 @@ def hash_strings(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
         for j in range(int(lengths.max(initial=0))):
             active = np.flatnonzero(lengths > j)
             h[active] = (h[active] ^ data[starts[active] + j].astype(np.uint64)) * _FNV_PRIME
-    return splitmix64(h).view(np.int64)
+    return splitmix64_mix(h).view(np.int64)
 
 
 def combine(columns: list[np.ndarray]) -> np.ndarray:
@@ -62,5 +64,5 @@ def combine(columns: list[np.ndarray]) -> np.ndarray:
     h = np.full(len(columns[0]), _FNV_OFFSET, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for col in columns:
-            h = splitmix64(h ^ (np.asarray(col).astype(np.int64).view(np.uint64) + _GOLDEN))
+            h = splitmix64_mix(h ^ (np.asarray(col).astype(np.int64).view(np.uint64) + _GOLDEN))
     return h.view(np.int64)

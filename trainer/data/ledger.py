@@ -188,10 +188,6 @@ class DataLedger:
                 return e
         return None
 
-    def rows_taken(self, file) -> int:
-        e = self._find(file)
-        return e.rows if e else 0
-
     def is_complete(self, file) -> bool:
         """Taken in full (or refused): by content hash for a DataFileRef (the same file renamed counts), else by name."""
         e = self._find(file)

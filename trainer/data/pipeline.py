@@ -11,8 +11,8 @@ from tqdm import tqdm
 
 from trainer.data import storage
 from trainer.data.batch import EventBatch
+from trainer.data.counts import check_file_report
 from trainer.data.reader import DEFAULT_BLOCK_SIZE, read_chunks
-from trainer.data.report import check_file_report
 from trainer.data.spec import FeatureSpec
 from trainer.data.validate import Validator
 

@@ -43,13 +43,13 @@ import pyarrow.compute as pc
 from trainer.data import columns as C
 from trainer.data import storage
 from trainer.data.batch import EventBatch
+from trainer.data.counts import FileReport, ValidationReport
 from trainer.data.deadletter import DeadLetterWriter
 from trainer.data.dedup import DedupWindow
 from trainer.data.hashing import combine, hash_strings
 from trainer.data.parse import REASON_CODES, Jagged, Rejections, parse_columns, take_value, to_arrow
 from trainer.data.reader import RawChunk
 from trainer.data.reasons import Reason
-from trainer.data.report import FileReport, ValidationReport
 from trainer.data.sidetable import LoadedSideTable, load_side_table, resolve_path
 from trainer.data.spec import ColumnType, DenseTransform, FeatureSpec, LatePolicy
 

@@ -8,9 +8,9 @@ Quality runs: ``write_report(results, out_dir)`` takes one or more
 :class:`trainer.quality.QualityResult` and writes, per data set,
 ``quality_<dataset>.png`` with two panels:
 
-* progressive AUC per shard over time: incremental (every shard, before training on it)
+* progressive AUC per data file over time: incremental (every data file, before training on it)
   and full retrain (at each evaluation point), with the points marked;
-* training throughput of the incremental model per shard (examples/s).
+* training throughput of the incremental model per data file (examples/s).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def write_report(results, out_dir: str | Path, dpi: int = 90) -> list[Path]:
         s = r.summary()
         fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
         x = np.arange(len(r.incremental_auc_by_file))
-        ax1.plot(x, r.incremental_auc_by_file, color="tab:blue", alpha=0.35, lw=1, label="incremental, every shard")
+        ax1.plot(x, r.incremental_auc_by_file, color="tab:blue", alpha=0.35, lw=1, label="incremental, every data file")
         px = [p.point for p in r.points]
         ax1.plot(
             px,
@@ -55,7 +55,7 @@ def write_report(results, out_dir: str | Path, dpi: int = 90) -> list[Path]:
             color="tab:orange",
             label=f"full retrain, {r.epochs_full_retrain} epoch(s) (mean {s['auc_full_retrain']:.4f})",
         )
-        ax1.set_ylabel("AUC on shard t\n(trained on shards < t)")
+        ax1.set_ylabel("AUC on data file t\n(trained on files < t)")
         ax1.set_title(
             f"{r.dataset}: incremental vs full retrain; compute ratio {s['compute_ratio']:.3f} "
             f"(examples), {s['compute_ratio_seconds']:.3f} (seconds)",
@@ -65,7 +65,7 @@ def write_report(results, out_dir: str | Path, dpi: int = 90) -> list[Path]:
         ax1.legend(fontsize=8, loc="lower right")
         ax2.bar(x, r.incremental_examples_per_s, color="tab:green", alpha=0.7)
         ax2.set_ylabel("incremental\nexamples/s")
-        ax2.set_xlabel("shard index t (time order)")
+        ax2.set_xlabel("data file t (time order)")
         ax2.grid(alpha=0.3)
         ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.tight_layout()
@@ -112,9 +112,9 @@ def plot_run(metrics: list[dict], out_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     x = list(range(1, len(metrics) + 1))
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.plot(x, [m["auc"] for m in metrics], marker="o", label="shard AUC (scored before training)")
+    ax.plot(x, [m["auc"] for m in metrics], marker="o", label="data file AUC (scored before training)")
     ax.plot(x, [m["cumulative_auc"] for m in metrics], label="cumulative AUC")
-    ax.set_xlabel("shard (time order)")
+    ax.set_xlabel("data file (time order)")
     ax.set_ylabel("AUC")
     ax.set_title("Progressive validation")
     ax.grid(alpha=0.3)
@@ -125,9 +125,9 @@ def plot_run(metrics: list[dict], out_dir: str | Path) -> list[Path]:
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.bar(x, [m["examples_per_s"] for m in metrics])
-    ax.set_xlabel("shard (time order)")
+    ax.set_xlabel("data file (time order)")
     ax.set_ylabel("training examples / s")
-    ax.set_title("Throughput per shard")
+    ax.set_title("Throughput per data file")
     ax.grid(alpha=0.3, axis="y")
     tput_png = out / "throughput.png"
     fig.tight_layout()
