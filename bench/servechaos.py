@@ -55,7 +55,6 @@ DESCRIPTION = (
     "replica and shard kills, rollback/unpin storms and gc; every answer checked bit-for-bit offline"
 )
 PROTOCOL = "faultysw"
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class SwitchedFaultyFileSystem(FaultyFileSystem):
@@ -65,7 +64,7 @@ class SwitchedFaultyFileSystem(FaultyFileSystem):
 
     protocol = (PROTOCOL,)
 
-    def __init__(self, switch: str | None = None, **kw) -> None:
+    def __init__(self, switch: str | None = None, registered=None, **kw) -> None:
         super().__init__(**kw)
         self.switch = switch
 
@@ -88,10 +87,24 @@ class SwitchedFaultyFileSystem(FaultyFileSystem):
 
 
 def register() -> None:
-    """Make ``faultysw://`` known to fsspec in this process (the run's ``sitecustomize`` calls it in Ray workers)."""
+    """Make ``faultysw://`` known to fsspec in this process (:class:`Registered` does in Ray workers)."""
     from fsspec.registry import register_implementation
 
     register_implementation(PROTOCOL, "bench.servechaos.SwitchedFaultyFileSystem", clobber=True)
+
+
+class Registered:
+    """A storage option whose unpickling registers ``faultysw://``: every process that receives the serving
+    config (a Ray Serve replica's init args) knows the protocol before it opens the store, with no
+    runtime_env (replicas with a runtime_env of their own waited about 2 minutes to be scheduled)."""
+
+    def __reduce__(self):
+        return (_registered, ())
+
+
+def _registered() -> Registered:
+    register()
+    return Registered()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +153,20 @@ def make_requests(trainer, root: Path, seed: int, n: int = 6):
         rec.context["user_id"].id = int(users[rows[1]])
         recommend.append(rec)
     return score, recommend
+
+
+REPLICA_DIED = "The actor died unexpectedly before finishing this task"
+
+
+def replica_died(code: str, details: str) -> bool:
+    """INTERNAL answered by Ray Serve's proxy for a request in flight on a replica that was killed (Ray 2.60
+    maps RayActorError to INTERNAL, not UNAVAILABLE: ray/serve/_private/grpc_util.py); the request never
+    ran to an answer, so the client retries it like UNAVAILABLE."""
+    return code == "INTERNAL" and REPLICA_DIED in details and "ServeReplica:" in details
+
+
+def retryable(exc) -> bool:
+    return exc.code().name == "UNAVAILABLE" or replica_died(exc.code().name, exc.details() or "")
 
 
 def answer_of(kind: str, resp) -> tuple:
@@ -191,24 +218,13 @@ class Offline:
 
 
 # ------------------------------------------------------------------------------------ Ray parts
-def deploy(cfg, name: str, replicas: int, runtime_env: dict) -> None:
-    """serving.app's application (the same deployments), with the run's runtime_env on every replica."""
+def deploy(cfg, name: str, replicas: int) -> None:
+    """serving.app's application (its builder, its deployments) under the name ``name``."""
     from ray import serve
 
-    from serving.app import ScorerDeployment, TableShardDeployment
+    from serving.app import build_app
 
-    opts = {"num_cpus": 0, "runtime_env": runtime_env}
-    user_config = {"pin_version": None, "poll_interval_s": cfg.poll_interval_s}
-    shards = [
-        TableShardDeployment.options(name=f"TableShard{i}", user_config=user_config, ray_actor_options=opts).bind(
-            cfg, i
-        )
-        for i in range(cfg.table_shards)
-    ]
-    app = ScorerDeployment.options(num_replicas=replicas, user_config=user_config, ray_actor_options=opts).bind(
-        cfg, *shards
-    )
-    serve.run(app, name=name, route_prefix=f"/{name}", blocking=False)
+    serve.run(build_app(cfg, replicas), name=name, route_prefix=f"/{name}", blocking=False)
 
 
 def replica_actors(app: str, deployment: str) -> list[str]:
@@ -265,11 +281,7 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
     clean.publish(clean.latest())
     switch, fault_log = root / "fault-rate", root / "faults.jsonl"
     switch.write_text("0")
-    site = root / "site"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text("from bench.servechaos import register\nregister()\n")
-    pythonpath = os.pathsep.join(p for p in (str(site), str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    options = {"seed": s.seed, "rate": 0.0, "switch": str(switch), "log": str(fault_log)}
+    options = {"seed": s.seed, "rate": 0.0, "switch": str(switch), "log": str(fault_log), "registered": Registered()}
     cfg = ServeConfig(
         store_url=f"{PROTOCOL}://{store_dir}",
         storage_options=options,
@@ -282,7 +294,7 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
     app = f"servechaos-{s.seed}"
     offline = Offline(str(store_dir), str(catalogue))
     score_reqs, rec_reqs = make_requests(trainer, root, s.seed)
-    deploy(cfg, app, s.replicas, {"env_vars": {"PYTHONPATH": pythonpath}})
+    deploy(cfg, app, s.replicas)
     channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
     stub = pb_grpc.ScorerStub(channel)
     meta = (("application", app),)
@@ -320,7 +332,7 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
                     except grpc.RpcError as exc:
                         with lock:
                             errors.append((exc.code().name, exc.details() or "", time.monotonic() - t_start))
-                        if exc.code() == grpc.StatusCode.UNAVAILABLE and not stop.is_set():
+                        if retryable(exc) and not stop.is_set():
                             retried[kind] += 1
                             time.sleep(0.05 * min(attempt + 1, 10))
                             continue
@@ -329,9 +341,42 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
                         answers.append((kind, i, resp.model_version, answer_of(kind, resp)))
                     break
 
-        kills = ["kill_scorer"] * s.kill_scorer + ["kill_shard"] * s.kill_shard
-        rng.shuffle(kills)
+        # each run does every kind at least once (kills as configured), in a seeded order, among random actions
+        must = ["kill_scorer"] * s.kill_scorer + ["kill_shard"] * s.kill_shard + ["storm", "gc"]
+        rng.shuffle(must)
         kill_log: list[dict] = []
+
+        def storm(versions) -> None:
+            for _ in range(rng.randint(2, 6)):
+                if rng.random() < 0.6:
+                    clean.pin(rng.choice(versions))
+                    events["pin"] += 1
+                else:
+                    clean.unpin()
+                    events["unpin"] += 1
+            events["storm"] += 1
+
+        def gc(versions) -> None:
+            offline.preload(versions)  # the checker keeps what it must recompute
+            removed = clean.gc(keep=s.gc_keep)["removed"]
+            events["gc"] += 1
+            events["gc_removed"] += len(removed)
+
+        def kill_one(what: str) -> None:
+            deployment = "Scorer" if what == "kill_scorer" else f"TableShard{rng.randrange(s.table_shards)}"
+            want = s.replicas if deployment == "Scorer" else 1
+            before = set(replica_actors(app, deployment))
+            name = kill(app, deployment, rng)
+            if not name:
+                return
+            events[what] += 1
+            t0 = time.monotonic()
+            kill_log.append({"what": what, "replica": name, "at_s": round(t0 - t_start, 2)})
+            while time.monotonic() - t0 < 180:  # back: a new replica RUNNING, the full count
+                if set(replica_actors(app, deployment)) - before and running(app, deployment) >= want:
+                    break
+                time.sleep(0.1)
+            kill_log[-1]["back_after_s"] = round(time.monotonic() - t0, 2)
 
         def injector() -> None:
             while not stop.is_set():
@@ -341,35 +386,13 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
                     rate = rng.choice(s.rates)
                     switch.write_text(repr(rate))
                     events[f"rate_{rate:g}"] += 1
-                elif action < 0.5 and versions:
-                    for _ in range(rng.randint(2, 6)):
-                        if rng.random() < 0.6:
-                            clean.pin(rng.choice(versions))
-                            events["pin"] += 1
-                        else:
-                            clean.unpin()
-                            events["unpin"] += 1
-                    events["storm"] += 1
-                elif action < 0.6:
-                    offline.preload(versions)  # the checker keeps what it must recompute
-                    removed = clean.gc(keep=s.gc_keep)["removed"]
-                    events["gc"] += 1
-                    events["gc_removed"] += len(removed)
-                elif action < 0.75 and kills:
-                    what = kills.pop()
-                    deployment = (
-                        "Scorer" if what == "kill_scorer" else "TableShard0" if rng.random() < 0.5 else "TableShard1"
-                    )
-                    want = s.replicas if deployment == "Scorer" else 1
-                    name = kill(app, deployment, rng)
-                    if name:
-                        events[what] += 1
-                        t0 = time.monotonic()
-                        kill_log.append({"what": what, "replica": name, "at_s": round(t0 - t_start, 2)})
-                        time.sleep(0.5)
-                        while running(app, deployment) < want and not stop.is_set():
-                            time.sleep(0.1)
-                        kill_log[-1]["back_after_s"] = round(time.monotonic() - t0, 2)
+                elif action < 0.45:
+                    storm(versions)
+                elif action < 0.5:
+                    gc(versions)
+                elif action < 0.7 and must:
+                    what = must.pop()
+                    storm(versions) if what == "storm" else gc(versions) if what == "gc" else kill_one(what)
                 stop.wait(rng.uniform(0.05, 0.3))
 
         threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(s.clients)]
@@ -377,20 +400,21 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
         for t in [*threads, inj]:
             t.start()
         t_faults = time.monotonic()
+        stream_rng = random.Random(s.seed + 1)  # the injector's rng is its own thread's
         for i in range(s.files):  # the stream: a version per data file, most published
             v = trainer.add_file(
                 write_taobao_csv(
                     root / "stream" / f"part-{2 + i}.csv", 800, 10 + i, start_ts=1_511_680_000 + 3600 * i, new_items=20
                 )
             )
-            if rng.random() < s.publish_share or i == s.files - 1:
+            if stream_rng.random() < s.publish_share or i == s.files - 1:
                 clean.publish(v)
                 events["published"] += 1
             else:
                 events["held_back"] += 1
-        while time.monotonic() - t_faults < s.min_fault_s or kills:
+        while time.monotonic() - t_faults < s.min_fault_s or must:
             time.sleep(0.05)
-            if time.monotonic() - t_faults > 120:
+            if time.monotonic() - t_faults > 400:  # a stuck injector: the result says what was done
                 break
         stop.set()
         inj.join(120)
@@ -443,14 +467,17 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
         faults.update(
             {k: n for k, n in events.items() if k in ("kill_scorer", "kill_shard", "storm", "gc", "pin", "unpin")}
         )
-        by_code = collections.Counter(code for code, _, _ in errors)
-        bad = {c: n for c, n in by_code.items() if c != "UNAVAILABLE"}
+        by_code = collections.Counter(
+            "INTERNAL_REPLICA_KILLED" if replica_died(code, d) else code for code, d, _ in errors
+        )
+        killed = events["kill_scorer"] + events["kill_shard"] > 0
+        bad = {c: n for c, n in by_code.items() if c not in ("UNAVAILABLE", "INTERNAL_REPLICA_KILLED")}
         passed = (
             not wrong
             and not bad
             and time_to_newest is not None
             and time_to_newest <= s.newest_within_s
-            and (by_code["UNAVAILABLE"] == 0 or events["kill_scorer"] + events["kill_shard"] > 0)
+            and (killed or not by_code)
         )
         result = {
             "seed": s.seed,
@@ -461,7 +488,9 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
             "wrong_answers": len(wrong),
             "wrong_examples": wrong[:5],
             "errors_by_code": dict(by_code),
-            "error_examples": [f"{c} at {t:.1f} s: {d[:300]}" for c, d, t in errors if c != "UNAVAILABLE"][:5],
+            "error_examples": [
+                f"{c} at {t:.1f} s: {d[:300]}" for c, d, t in errors if c != "UNAVAILABLE" and not replica_died(c, d)
+            ][:5],
             "unavailable_examples": [f"at {t:.1f} s: {d[:200]}" for c, d, t in errors if c == "UNAVAILABLE"][:3],
             "retried": dict(retried),
             "faults_by_kind": dict(faults),

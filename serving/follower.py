@@ -68,7 +68,7 @@ class RetryPolicy:
     ``floor_s``."""
 
     base_s: float = 0.2
-    max_s: float = 10.0
+    max_s: float = 1.0  # a replica serves the newest version within about a second after the store recovers
     floor_s: float = 0.05
     recheck_corrupt_s: float = 300.0
 
