@@ -26,7 +26,8 @@ full jitter (:class:`RetryPolicy`), forever. A refused version is re-checked aft
 
 Health: a follower that has never loaded a version is not ready (:meth:`VersionFollower.health`
 says why); the transports turn that into a failed Ray Serve ``check_health`` and a NOT_SERVING
-``grpc.health.v1`` status, and ModelInfo answers UNAVAILABLE with the reason.
+``grpc.health.v1`` status; ModelInfo answers UNAVAILABLE with the reason, or (``include_not_ready``)
+``ready = false`` and the reason in ``not_ready_reason``.
 
 A request reads ``follower.model`` once and uses that object to the end, so every answer is
 computed by one version and names it; the old model is freed when its last request ends.
