@@ -129,8 +129,14 @@ class ChaosSettings:
 
 
 # ----------------------------------------------------------------------------------- requests
+ROW_COLUMNS = ("user_id", "item_id", "category_id", "ts")
+
+
 def make_requests(trainer, root: Path, seed: int, n: int = 6):
-    """Score requests (column form, known and never-seen items) and Recommend requests."""
+    """Score requests, Recommend requests, and for each Score request the data-file batch it holds (None
+    for the context form). Even Score requests are a small data file's rows (every column per candidate:
+    checked with ``freshrec evaluate``'s code path); odd ones give the user and the time in the context
+    and candidate items (known and never-seen), checked with a pinned local ScoringService."""
     import numpy as np
 
     from bench.servedata import write_taobao_csv
@@ -140,19 +146,27 @@ def make_requests(trainer, root: Path, seed: int, n: int = 6):
     table = trainer.read(path).table
     rng = np.random.default_rng(seed)
     users = table.column("user_id").to_numpy()
-    score, recommend = [], []
-    for _ in range(n):
-        rows = rng.choice(table.num_rows, 24, replace=False)
+    score, batches, recommend = [], [], []
+    for i in range(n):
         req = pb.ScoreRequest()
-        req.context["user_id"].id = int(users[rows[0]])
-        req.context["ts"].id = 1_511_700_000 + int(rng.integers(3600))
-        for c in ("item_id", "category_id"):
-            req.candidate_columns[c].ids.extend(table.column(c).cast("int64").to_numpy()[rows].tolist())
+        if i % 2 == 0:
+            f = write_taobao_csv(root / f"req-{i}.csv", 24, 1000 * (seed + 1) + i, start_ts=1_511_700_000, new_items=5)
+            batch = trainer.read(f)
+            for c in ROW_COLUMNS:
+                req.candidate_columns[c].ids.extend(batch.table.column(c).cast("int64").to_numpy().tolist())
+        else:
+            batch = None
+            rows = rng.choice(table.num_rows, 24, replace=False)
+            req.context["user_id"].id = int(users[rows[0]])
+            req.context["ts"].id = 1_511_700_000 + int(rng.integers(3600))
+            for c in ("item_id", "category_id"):
+                req.candidate_columns[c].ids.extend(table.column(c).cast("int64").to_numpy()[rows].tolist())
         score.append(req)
+        batches.append(batch)
         rec = pb.RecommendRequest(k=5, num_candidates=30)
-        rec.context["user_id"].id = int(users[rows[1]])
+        rec.context["user_id"].id = int(rng.choice(users))
         recommend.append(rec)
-    return score, recommend
+    return score, batches, recommend
 
 
 REPLICA_DIED = "The actor died unexpectedly before finishing this task"
@@ -189,6 +203,7 @@ class Offline:
     def __init__(self, store_url: str, catalogue: str) -> None:
         self.store_url, self.catalogue = store_url, catalogue
         self.services: dict = {}
+        self.trainers: dict = {}
         self.lock = threading.Lock()
 
     def load(self, version: int):
@@ -208,11 +223,26 @@ class Offline:
                 self.services[version] = svc
             return self.services[version]
 
+    def trainer(self, version: int):
+        from trainer.versioning import load_trainer
+
+        with self.lock:
+            if version not in self.trainers:
+                self.trainers[version] = load_trainer(self.store_url, version)[0]
+            return self.trainers[version]
+
     def preload(self, versions) -> None:
         for v in versions:
             self.load(v)
+            self.trainer(v)
 
-    def answer(self, kind: str, version: int, req) -> tuple:
+    def answer(self, kind: str, version: int, req, batch=None) -> tuple:
+        """A data file's rows: ``freshrec evaluate``'s path (the version's trainer scores the batch);
+        otherwise the pinned local service answers the same request."""
+        import numpy as np
+
+        if batch is not None:
+            return (np.asarray(self.trainer(version).score(batch), np.float32).tobytes(),)
         svc = self.load(version)
         return answer_of(kind, svc.score(req) if kind == "Score" else svc.recommend(req))
 
@@ -293,7 +323,7 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
     )
     app = f"servechaos-{s.seed}"
     offline = Offline(str(store_dir), str(catalogue))
-    score_reqs, rec_reqs = make_requests(trainer, root, s.seed)
+    score_reqs, score_batches, rec_reqs = make_requests(trainer, root, s.seed)
     deploy(cfg, app, s.replicas)
     channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
     stub = pb_grpc.ScorerStub(channel)
@@ -451,7 +481,7 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
         for kind, i, v, got in answers:
             reqs = score_reqs if kind == "Score" else rec_reqs
             try:
-                want = offline.answer(kind, v, reqs[i])
+                want = offline.answer(kind, v, reqs[i], score_batches[i] if kind == "Score" else None)
             except Exception as exc:  # a version named by an answer that the checker cannot load
                 wrong.append({"kind": kind, "request": i, "version": v, "why": f"{type(exc).__name__}: {exc}"})
                 continue
