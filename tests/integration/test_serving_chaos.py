@@ -5,8 +5,8 @@ On the shared local Ray and Serve proxy (conftest): two Scorer replicas and two 
 threads send Score and Recommend over real gRPC (UNAVAILABLE retried), and a seeded injector makes the
 store fail transiently (``faultysw://``: bench.chaos's ``faulty://`` with a rate switch), kills a Scorer
 replica and a table shard replica (``ray.kill``), storms rollbacks and unpins, and runs gc with keep=2.
-Every answer is recomputed offline with the version it names (a clean store, local tables, a pinned
-ScoringService) and must be bit-identical; no error but UNAVAILABLE; after the faults stop every
+Every answer is recomputed offline with the version it names from a clean store (a data file's rows with
+``freshrec evaluate``'s path, other requests with a pinned local ScoringService) and must be bit-identical; no error but UNAVAILABLE; after the faults stop every
 replica serves the newest published version (the time it took is reported by the bench, not asserted
 here: the machine running the tests is not quiet). ``FRESHREC_CHAOS=full`` runs three seeds.
 """
