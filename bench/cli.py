@@ -25,11 +25,17 @@ BENCHES = (
     "search",
     "gate",
     "chaos",
+    "serve-chaos",
 )
 
 
+def _module(name: str) -> str:
+    """``bench.<module>`` of a bench name (``serve-chaos`` -> ``bench.servechaos``)."""
+    return f"bench.{name.replace('-', '')}"
+
+
 def _available() -> list[str]:
-    return [b for b in BENCHES if importlib.util.find_spec(f"bench.{b}") is not None]
+    return [b for b in BENCHES if importlib.util.find_spec(_module(b)) is not None]
 
 
 def print_table(result: dict, indent: str = "") -> None:
@@ -50,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="run a benchmark (ratios against a same-run baseline)")
     bsub = p.add_subparsers(dest="bench", metavar="NAME", required=True)
     for name in _available():
-        module = importlib.import_module(f"bench.{name}")
+        module = importlib.import_module(_module(name))
         bp = bsub.add_parser(name, help=module.DESCRIPTION, description=module.DESCRIPTION)
         bp.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
         module.add_arguments(bp)

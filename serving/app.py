@@ -47,6 +47,21 @@ HEALTH_SERVICER_FUNCTION = "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to
 READY_GRACE_S = 60.0
 
 
+# a shard call waits at most this long: while a killed table shard restarts (30 s and more on a loaded host)
+# Serve queues calls for it; a request then answers UNAVAILABLE (serving.shards), a load is retried
+SHARD_LOOKUP_TIMEOUT_S = 5.0
+SHARD_LOAD_TIMEOUT_S = 60.0
+
+
+def _result(call, timeout_s: float):
+    """A DeploymentResponse's result within ``timeout_s`` (``TimeoutError`` after it, the call cancelled)."""
+    try:
+        return call.result(timeout_s=timeout_s)
+    except TimeoutError:
+        call.cancel()
+        raise
+
+
 def health_check(health, started: float, grace_s: float = READY_GRACE_S) -> None:
     """Raise (Ray Serve's ``check_health`` contract) when ``health() -> (ok, why)`` is not ok: at once when
     the follower thread died, after ``grace_s`` when no version has loaded yet."""
@@ -88,11 +103,11 @@ class ScorerDeployment:
 
     def _shard_load(self, version: int, since: int | None):
         calls = [h.load.remote(version, since) for h in self.shards]
-        return merge_changes([c.result() for c in calls])
+        return merge_changes([_result(c, SHARD_LOAD_TIMEOUT_S) for c in calls])
 
     def _shard_fetch(self, version: int, table: str, asked):
         calls = {s: self.shards[s].lookup.remote(version, table, ids) for s, ids in asked.items()}
-        return {s: c.result() for s, c in calls.items()}
+        return {s: _result(c, SHARD_LOOKUP_TIMEOUT_S) for s, c in calls.items()}
 
     def reconfigure(self, user_config: dict) -> None:
         self.service.reconfigure(user_config)

@@ -26,7 +26,8 @@ full jitter (:class:`RetryPolicy`), forever. A refused version is re-checked aft
 
 Health: a follower that has never loaded a version is not ready (:meth:`VersionFollower.health`
 says why); the transports turn that into a failed Ray Serve ``check_health`` and a NOT_SERVING
-``grpc.health.v1`` status, and ModelInfo answers UNAVAILABLE with the reason.
+``grpc.health.v1`` status; ModelInfo answers UNAVAILABLE with the reason, or (``include_not_ready``)
+``ready = false`` and the reason in ``not_ready_reason``.
 
 A request reads ``follower.model`` once and uses that object to the end, so every answer is
 computed by one version and names it; the old model is freed when its last request ends.
@@ -68,7 +69,7 @@ class RetryPolicy:
     ``floor_s``."""
 
     base_s: float = 0.2
-    max_s: float = 10.0
+    max_s: float = 1.0  # a replica serves the newest version within about a second after the store recovers
     floor_s: float = 0.05
     recheck_corrupt_s: float = 300.0
 

@@ -251,6 +251,9 @@ class ScoringService:
 
     # -------------------------------------------------------------- ModelInfo
     def _model_info(self, request: "pb.ModelInfoRequest | None" = None) -> "pb.ModelInfoResponse":
+        f = self.follower
+        if f.model is None and request is not None and request.include_not_ready:
+            return pb.ModelInfoResponse(ready=False, not_ready_reason=f.health()[1], last_load_error=f.last_error or "")
         model = self.model()
         i = model.info
         return pb.ModelInfoResponse(
@@ -267,6 +270,9 @@ class ScoringService:
             pinned=self.follower.pinned,
             loaded_at_unix_ms=int(i.loaded_at * 1000),
             catalogue_items=len(model.index) if model.index else 0,
+            ready=True,
+            follows=f.why or "",
+            last_load_error=f.last_error or "",
         )
 
 

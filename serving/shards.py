@@ -35,6 +35,7 @@ import numpy as np
 from paramserver.config import PSConfig, TableConfig
 from paramserver.sharding import group_by_shard, shard_of
 from serving.cache import HotRowCache
+from serving.errors import ServingError
 from serving.tables import FrozenTable
 from versions import VersionStore, table_parts
 from versions.merge import merge_keyed
@@ -205,6 +206,26 @@ class ShardSlice:
         return held[table].lookup(np.asarray(ids, np.int64))
 
 
+class ShardUnavailableError(ServingError):
+    """A table shard died, restarts, or failed to read the store (UNAVAILABLE: the caller retries)."""
+
+    code = "UNAVAILABLE"
+
+
+# Ray's errors for an actor that died or cannot be reached (matched by name: this module runs without Ray)
+RAY_UNAVAILABLE = frozenset(
+    {"RayActorError", "ActorDiedError", "ActorUnavailableError", "ActorUnschedulableError", "NodeDiedError"}
+)
+
+
+def shard_unavailable(exc: BaseException) -> bool:
+    """True when a shard call failed for a transient reason: the shard's actor died or is unreachable (a kill,
+    a restart), or the shard's store read failed (``OSError``: ``StoreUnavailableError``, a connection reset;
+    Ray re-raises a task's exception as a subclass of its type). A checksum, format or lookup error is not."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    return bool(names & RAY_UNAVAILABLE) or isinstance(exc, OSError)
+
+
 @dataclasses.dataclass
 class RemoteTable:
     """One table of one version, read through the shards and the replica's hot-row cache.
@@ -230,7 +251,15 @@ class RemoteTable:
             missing = uniq[miss]
             groups = group_by_shard(missing, self.num_shards)
             asked = {s: missing[g] for s, g in enumerate(groups) if len(g)}
-            got = self.fetch(self.version, self.cfg.name, asked)
+            try:
+                got = self.fetch(self.version, self.cfg.name, asked)
+            except Exception as exc:
+                if shard_unavailable(exc):
+                    raise ShardUnavailableError(
+                        f"a table shard of {self.cfg.name!r} could not answer for version {self.version} "
+                        f"({type(exc).__name__}: {str(exc)[:200]}): it is restarting or its store failed; retry"
+                    ) from exc
+                raise
             for s, g in enumerate(groups):
                 if len(g):
                     r, k = got[s]
