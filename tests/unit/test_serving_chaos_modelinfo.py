@@ -15,7 +15,7 @@ from serving.grpc_server import start_grpc_server
 from serving.service import ScoringService
 from serving.shards import RemoteTable, ShardUnavailableError, shard_unavailable
 from serving.wire import pb, pb_grpc
-from tests.unit.test_serving import make_store
+from tests.support.serving import make_store
 from versions import VersionStore
 from versions.errors import CorruptVersionError, StoreUnavailableError
 

@@ -10,7 +10,7 @@ import random
 import pytest
 
 from serving.follower import VersionFollower
-from tests.unit.test_serving_follower import FakeStore, Model
+from tests.support.follower import FakeStore, Model
 from versions.errors import StoreUnavailableError
 
 
