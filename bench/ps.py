@@ -10,7 +10,10 @@ get all weights, compute, send a whole dense update).
 Baseline and PS alternate in ``--rounds`` rounds of ``--chunk`` steps each (which goes first
 alternates too), so both see the same background load; the result gives, per shard count, the
 median and the range of the per-round ratios and the load average (``os.getloadavg()``) at the
-start and end of the measurement.
+start and end of the measurement, and the CPU each side used: ``cpu_s_per_1k_rows`` sums the
+CPU-seconds of every process of the run during the PS chunks (:mod:`bench.cputree`: this process, the
+shard actors, the raylet, the GCS) per 1,000 rows pulled and pushed; the local TBE's is this process's
+own (``time.process_time``); ``cpu_ratio_vs_local_tbe`` is their ratio round by round.
 
 ``--scale`` (the table-size run): for each of ``--rows`` (e.g. ``1000000,10000000,50000000``) the
 shards' tables are first pre-filled, through ordinary pulls (the admission path), to that many
@@ -113,7 +116,7 @@ class _LocalTBE:
         return time.perf_counter() - t0
 
 
-def _ps(args, shards: int, batches, grads, local: _LocalTBE, placement: str = "ray", depth: int = 0) -> dict:
+def _ps(args, shards: int, batches, grads, local: _LocalTBE, placement: str = "ray", depth: int = 0, tree=None) -> dict:
     """Per round: seconds per step of ``args.chunk`` PS steps (``push_pull``: push step s and pull s+1+depth in
     one call per shard, as the trainer steps) and of the local TBE on the same batches; the side that
     goes first alternates. Each PS chunk waits for its last reply inside its timing."""
@@ -152,7 +155,13 @@ def _ps(args, shards: int, batches, grads, local: _LocalTBE, placement: str = "r
         client.wait(tickets[state["step"]])  # the last reply counts in this chunk; the next step's rows are here
         return time.perf_counter() - t0
 
-    rounds = []
+    def cpu_of(fn, whole_tree: bool):
+        """(fn's result, CPU-seconds it used: every process of the tree, or this process only)."""
+        c0 = tree.snapshot() if whole_tree else time.process_time()
+        out = fn()
+        return out, (tree.snapshot() if whole_tree else time.process_time()) - c0
+
+    rounds, cpus = [], []
     try:
         ps_steps(args.warmup)
         local.run(batches[: args.warmup])
@@ -160,18 +169,20 @@ def _ps(args, shards: int, batches, grads, local: _LocalTBE, placement: str = "r
         for r in range(args.rounds):
             chunk = [batches[(state["step"] + i) % len(batches)] for i in range(args.chunk)]
             if r % 2 == 0:
-                base = local.run(chunk)
-                ps = ps_steps(args.chunk)
+                base, base_cpu = cpu_of(lambda c=chunk: local.run(c), False)
+                ps, ps_cpu = cpu_of(lambda: ps_steps(args.chunk), tree is not None)
             else:
-                ps = ps_steps(args.chunk)
-                base = local.run(chunk)
+                ps, ps_cpu = cpu_of(lambda: ps_steps(args.chunk), tree is not None)
+                base, base_cpu = cpu_of(lambda c=chunk: local.run(c), False)
             rounds.append((base / args.chunk, ps / args.chunk))
+            cpus.append((base_cpu, ps_cpu))
         load_end = os.getloadavg()
         stats = client.stats()
     finally:
         client.shutdown()
     return {
         "rounds": rounds,
+        "cpu": cpus,  # per round: (local TBE CPU-s, PS CPU-s) for args.chunk steps each
         "load": (load_start, load_end),
         "rows": sum(s["rows"] for s in stats),
         "shard_cpu_ms_per_step": 1e3 * sum(s["pull_cpu_s"] + s["push_cpu_s"] for s in stats) / max(state["step"], 1),
@@ -296,9 +307,25 @@ def run(args: argparse.Namespace) -> dict:
         "naive_ps_ms_per_step": {},
         "ratio_vs_naive_ps": {},
     }
+    result["cpu_s_per_1k_rows"] = {}
+    result["local_tbe_cpu_s_per_1k_rows"] = {}
+    result["cpu_ratio_vs_local_tbe"] = {}
+    from bench.cputree import ProcessTreeCPU, per_thousand
+
+    tree = ProcessTreeCPU().start()
     baseline = _LocalTBE(args, grads)
-    for n, placement, depth in [(n, p, d) for d in depths for p in placements for n in shard_counts]:
-        info = _ps(args, n, batches, grads, baseline, placement, depth)
+    try:
+        runs = [(n, p, d) for d in depths for p in placements for n in shard_counts]
+        _ps_runs(args, runs, batches, grads, baseline, tree, result, rows_per_step, per_thousand)
+    finally:
+        result["cpu_s_by_process"] = {k: round(v, 2) for k, v in list(tree.by_name().items())[:12]}
+        tree.stop()
+    return result
+
+
+def _ps_runs(args, runs, batches, grads, baseline, tree, result, rows_per_step, per_thousand) -> None:
+    for n, placement, depth in runs:
+        info = _ps(args, n, batches, grads, baseline, placement, depth, tree)
         key = (str(n) if placement == "ray" else f"{n} in_process") + (f" depth {depth}" if depth else "")
         base = [b for b, _ in info["rounds"]]
         ps = [p for _, p in info["rounds"]]
@@ -311,11 +338,14 @@ def run(args: argparse.Namespace) -> dict:
             "end": [round(x, 2) for x in info["load"][1]],
         }
         result["shard_cpu_ms_per_step"][key] = info["shard_cpu_ms_per_step"]
+        rows = rows_per_step * args.chunk
+        result["cpu_s_per_1k_rows"][key] = summary([per_thousand(p, rows) for _, p in info["cpu"]])
+        result["local_tbe_cpu_s_per_1k_rows"][key] = summary([per_thousand(b, rows) for b, _ in info["cpu"]])
+        result["cpu_ratio_vs_local_tbe"][key] = summary([p / b for b, p in info["cpu"] if b > 0] or [float("nan")])
         if args.naive_steps > 0 and placement == "ray" and depth == 0:
             naive = _naive(args, n, batches, grads)
             result["naive_ps_ms_per_step"][key] = naive * 1e3
             result["ratio_vs_naive_ps"][key] = naive / summary(ps)["median"]
-    return result
 
 
 def _scale_batches(args, steps: int):

@@ -1,0 +1,137 @@
+"""The measuring tools of issue 22: the capacity curve's verdict and PNG, the per-round ratios to the no-op
+app, py-spy's collapsed stacks as shares, cProfile shares, the process-tree CPU, the grpcio launcher's
+port file, and bench train's run keys. Pure logic and one real child process; no Ray."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.cputree import ProcessTreeCPU, per_thousand
+from bench.profiling import cprofile_calls, parse_collapsed, stage_of, summarize_collapsed
+from bench.serve import APP_NAME, max_qps_within, plot_curve, round_ratios
+from bench.train import run_key
+from serving.grpc_server import read_port_file, wait_port_file, write_port_file
+
+
+def _pt(p99, errors=0):
+    return {"p50_ms": p99 / 2, "p99_ms": p99, "qps": 1.0, "errors": errors, "loadgen_cpu_share": 0.1}
+
+
+def _curve(ours, floor, ours_err=()):
+    qps = [25, 50, 100, 200, 400]
+    return {
+        "qps": qps,
+        "freshrec": [_pt(p, 1 if i in ours_err else 0) for i, p in enumerate(ours)],
+        "noop": [_pt(p) for p in floor],
+    }
+
+
+def test_max_qps_within_is_the_top_of_the_run_of_loads_that_keep_the_factor():
+    floor = [10, 10, 12, 20, 60]
+    assert max_qps_within(_curve([12, 14, 17, 29, 200], floor), "freshrec", "noop", 1.5) == 200
+    assert max_qps_within(_curve([12, 14, 17, 31, 80], floor), "freshrec", "noop", 1.5) == 100
+    # a later point back within the factor does not count: the curve must hold up to the load
+    assert max_qps_within(_curve([12, 16, 17, 29, 80], floor), "freshrec", "noop", 1.5) == 25
+    assert max_qps_within(_curve([16, 14, 17, 29, 80], floor), "freshrec", "noop", 1.5) is None
+    # failed requests at a load: that load does not count, whatever the p99 of the answers
+    assert max_qps_within(_curve([12, 14, 17, 29, 80], floor, ours_err=(2,)), "freshrec", "noop", 1.5) == 50
+
+
+def test_round_ratios_pair_rounds_and_refuse_a_missing_one():
+    ours, floor = [{"p99_ms": 30.0}, {"p99_ms": 12.0}], [{"p99_ms": 10.0}, {"p99_ms": 8.0}]
+    assert round_ratios(ours, floor, "p99_ms") == [3.0, 1.5]
+    with pytest.raises(ValueError):
+        round_ratios(ours, floor[:1], "p99_ms")
+
+
+def test_the_curve_png_is_written(tmp_path):
+    out = plot_curve(_curve([12, 14, 17, 29, 200], [10, 10, 12, 20, 60]), str(tmp_path / "c.png"), 100)
+    data = (tmp_path / "c.png").read_bytes()
+    assert out.endswith("c.png") and data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_the_bench_targets_the_application_serving_deploys():
+    import serving
+
+    source = (Path(serving.__file__).parent / "app.py").read_text()  # not imported: it imports Ray Serve
+    assert f'APP_NAME = "{APP_NAME}"' in source
+
+
+COLLAPSED = """\
+process 1:"ray::ServeReplica:freshrec:Scorer";thread (0x1);run (/x/lib/python3.11/asyncio/base_events.py:600);\
+handle (/s/site-packages/ray/serve/_private/replica.py:10);_score (/w/serving/service.py:163);\
+batch (/w/serving/features.py:40) 30
+thread (0x1);run (/x/lib/python3.11/asyncio/base_events.py:600);\
+handle (/s/site-packages/ray/serve/_private/replica.py:10);_score (/w/serving/service.py:163);\
+score (/w/serving/model.py:90);forward (/s/site-packages/torch/nn/modules/module.py:1) 50
+thread (0x1);run (/x/lib/python3.11/asyncio/base_events.py:600);\
+handle (/s/site-packages/ray/serve/_private/replica.py:10) 15
+thread (0x1);select (/x/lib/python3.11/selectors.py:468) 5
+garbage line
+"""
+
+
+def test_collapsed_stacks_become_shares_per_function_and_stage():
+    stacks = parse_collapsed(COLLAPSED)
+    assert len(stacks) == 4 and stacks[0][0][0] == "asyncio/base_events.py:run"  # thread/process frames dropped
+    s = summarize_collapsed(COLLAPSED, top=3)
+    assert s["samples"] == 100
+    assert s["own"][0] == ["torch/nn/modules/module.py:forward", 0.5]
+    assert dict(s["inclusive"])["serving/service.py:_score"] == 0.8
+    assert s["stages"] == {"forward": 0.5, "features": 0.3, "ray_serve": 0.15, "other": 0.05}
+    assert abs(sum(s["stages"].values()) - 1.0) < 1e-9
+    assert stage_of(["ray/serve/x.py:f", "serving/service.py:candidate_columns"]) == "request_conversion"
+    assert summarize_collapsed("") == {"samples": 0}
+
+
+def test_cprofile_shares_name_the_expensive_call_and_its_calls_per_request():
+    def slow(n):
+        return sum(i * i for i in range(n))
+
+    def request(i):
+        slow(20000)
+        slow(10)
+
+    out = cprofile_calls(request, 5, top=40)
+    rows = {k: (share, per_req) for k, share, per_req in out["cumulative"]}
+    key = next(k for k in rows if k.endswith(":slow"))
+    assert rows[key][1] == 2.0 and rows[key][0] > 0.5
+
+
+def test_process_tree_cpu_counts_a_child_that_has_ended():
+    burn = "import time\nwhile time.process_time() < 0.4: pass\ntime.sleep(0.4)"
+    with ProcessTreeCPU(interval_s=0.05) as tree:
+        before = tree.snapshot()
+        child = subprocess.Popen([sys.executable, "-c", burn])
+        child.wait(timeout=120)
+        time.sleep(0.05)
+        used = tree.snapshot() - before
+        names = tree.by_name()
+    assert used >= 0.4  # the child's CPU, kept after it ended
+    assert any("python" in n for n in names)
+    assert per_thousand(2.0, 4000) == 0.5 and per_thousand(1.0, 0) != per_thousand(1.0, 0)  # NaN without examples
+
+
+def test_the_port_file_is_never_read_half_written(tmp_path):
+    p = tmp_path / "g.port"
+    assert read_port_file(p) is None
+    p.write_text("")  # another writer's empty file: not a port
+    assert read_port_file(p) is None
+    write_port_file(p, 50123)
+    assert read_port_file(p) == 50123 and sorted(x.name for x in tmp_path.iterdir()) == ["g.port"]
+
+
+def test_waiting_for_a_port_says_when_the_server_died(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    with pytest.raises(RuntimeError, match="ended \\(exit 3\\) before it wrote its port"):
+        wait_port_file(tmp_path / "never.port", proc, timeout_s=60)
+
+
+def test_run_keys_keep_the_recorded_names_for_two_shards():
+    assert run_key((1, "ray", 0, 2)) == "1_workers_ray_depth_0"
+    assert run_key((2, "ray", 1, 4)) == "2_workers_ray_depth_1_4_shards"
