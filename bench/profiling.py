@@ -149,17 +149,22 @@ def cprofile_calls(fn, reps: int, out: Path | None = None, top: int = 15) -> dic
     }
 
 
-def serve_pids() -> dict[str, int]:
-    """The pids of the freshrec Scorer replica and of the proxy actors (the connected Ray)."""
-    from ray.util.state import list_actors
+def serve_pids(root_pid: int | None = None) -> dict[str, int]:
+    """The pids of the freshrec Scorer replica and of the proxy actor among this process's descendants (a
+    local Ray started by the run; Ray titles its actor processes ``ray::ServeReplica:APP:DEPLOYMENT`` and
+    ``ray::ProxyActor``). No Ray API: the state API needs the dashboard, and finds other runs' clusters."""
+    import psutil
 
     pids: dict[str, int] = {}
-    for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000):
-        name = a.class_name or ""
-        if name.endswith("freshrec:Scorer") and "replica" not in pids:
-            pids["replica"] = a.pid
-        elif name == "ProxyActor" and "proxy" not in pids:
-            pids["proxy"] = a.pid
+    for p in psutil.Process(root_pid or os.getpid()).children(recursive=True):
+        try:
+            title = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+        if "ServeReplica:freshrec:Scorer" in title and "replica" not in pids:
+            pids["replica"] = p.pid
+        elif "ray::ProxyActor" in title and "proxy" not in pids:
+            pids["proxy"] = p.pid
     return pids
 
 

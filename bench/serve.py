@@ -674,22 +674,57 @@ def _freshness(args, store, store_url: str, work: Path, target: str, req, files:
     for m in store.list():
         for f in m.data_files:
             first_with.setdefault(f, m.version)
-    fresh, to_commit = [], []
+    return freshness_summary(landed, answers, first_with, store)
+
+
+def freshness_summary(landed: dict, answers: list, first_with: dict, store) -> dict:
+    """Freshness per file (landing -> first answer by a version that includes it), split where it goes:
+    land -> commit (the trainer: pick-up, train, write), commit -> published (the gate's decision),
+    published -> served (the replica's poll and load, the prober's period). The five slowest files name
+    their parts and the version's kind (a full cut loads slower than a delta) and gate code."""
+    rows = []
     for name, t_land in landed.items():
         v = first_with.get(name)
         if v is None:
             continue
         t = next((t for t, ver in answers if ver >= v and t >= t_land), None)
-        if t is not None:
-            fresh.append(t - t_land)
-            to_commit.append(store.manifest(v).committed_at - t_land)
-    if not fresh:
+        if t is None:
+            continue
+        m = store.manifest(v)
+        decision = store.gate_decision(v) or {}
+        # the version that first served the file: the first published one >= v (v itself unless held)
+        decided = float(decision.get("decided_at", m.committed_at))
+        rows.append(
+            {
+                "file": name,
+                "fresh_s": t - t_land,
+                "land_to_commit_s": m.committed_at - t_land,
+                "commit_to_gate_s": decided - m.committed_at,
+                "gate_to_served_s": t - decided,
+                "version": v,
+                "kind": m.kind,
+                "gate": decision.get("code", "none"),
+            }
+        )
+    if not rows:
         return {"freshness_p50_s": float("nan"), "freshness_p99_s": float("nan"), "freshness_files": 0}
-    return {
-        "freshness_p50_s": float(np.percentile(fresh, 50)),
-        "freshness_p99_s": float(np.percentile(fresh, 99)),
-        "freshness_max_s": float(max(fresh)),
-        "freshness_files": len(fresh),
-        "land_to_commit_p50_s": float(np.percentile(to_commit, 50)),
-        "commit_to_served_p50_s": float(np.percentile(np.subtract(fresh, to_commit), 50)),
+
+    def pct(key: str, q: float) -> float:
+        return float(np.percentile([r[key] for r in rows], q))
+
+    out = {
+        "freshness_p50_s": pct("fresh_s", 50),
+        "freshness_p99_s": pct("fresh_s", 99),
+        "freshness_max_s": max(r["fresh_s"] for r in rows),
+        "freshness_files": len(rows),
+        "freshness_held_files": sum(r["gate"] not in ("ok", "none") for r in rows),
     }
+    for part in ("land_to_commit_s", "commit_to_gate_s", "gate_to_served_s"):
+        out[f"{part[:-2]}_p50_s"] = pct(part, 50)
+        out[f"{part[:-2]}_p99_s"] = pct(part, 99)
+    out["commit_to_served_p50_s"] = float(np.percentile([r["fresh_s"] - r["land_to_commit_s"] for r in rows], 50))
+    out["freshness_slowest"] = [
+        {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
+        for r in sorted(rows, key=lambda r: -r["fresh_s"])[:5]
+    ]
+    return out

@@ -135,3 +135,43 @@ def test_waiting_for_a_port_says_when_the_server_died(tmp_path):
 def test_run_keys_keep_the_recorded_names_for_two_shards():
     assert run_key((1, "ray", 0, 2)) == "1_workers_ray_depth_0"
     assert run_key((2, "ray", 1, 4)) == "2_workers_ray_depth_1_4_shards"
+
+
+class _Store:
+    """Manifests and gate decisions of three versions: v2 a held delta, v3 a published full cut."""
+
+    def __init__(self):
+        from types import SimpleNamespace as NS
+
+        self.m = {
+            1: NS(committed_at=10.5, kind="delta"),
+            2: NS(committed_at=20.8, kind="delta"),
+            3: NS(committed_at=30.9, kind="full"),
+        }
+        self.d = {1: {"code": "ok", "decided_at": 10.6}, 2: {"code": "small_window", "decided_at": 20.9}}
+
+    def manifest(self, v):
+        return self.m[v]
+
+    def gate_decision(self, v):
+        return self.d.get(v)
+
+
+def test_freshness_is_split_into_trainer_gate_and_serving_parts():
+    from bench.serve import freshness_summary
+
+    landed = {"a.csv": 10.0, "b.csv": 20.0, "c.csv": 30.0, "lost.csv": 40.0}
+    answers = [(9.0, 1), (10.2, 0), (10.9, 1), (21.0, 1), (31.5, 3), (32.0, 3)]  # b is first served by v3
+    first_with = {"a.csv": 1, "b.csv": 2, "c.csv": 3}
+    out = freshness_summary(landed, answers, first_with, _Store())
+    assert out["freshness_files"] == 3 and out["freshness_held_files"] == 1
+    slow = {r["file"]: r for r in out["freshness_slowest"]}
+    assert slow["a.csv"]["fresh_s"] == pytest.approx(0.9)  # the answer at 9.0 came before it landed
+    assert slow["b.csv"]["fresh_s"] == pytest.approx(11.5) and slow["b.csv"]["gate"] == "small_window"
+    assert slow["c.csv"]["kind"] == "full" and slow["c.csv"]["commit_to_gate_s"] == 0.0  # no decision: commit time
+    assert [r["file"] for r in out["freshness_slowest"]] == ["b.csv", "c.csv", "a.csv"]
+    for r in out["freshness_slowest"]:
+        parts = r["land_to_commit_s"] + r["commit_to_gate_s"] + r["gate_to_served_s"]
+        assert parts == pytest.approx(r["fresh_s"], abs=2e-3)
+    assert out["freshness_p99_s"] <= out["freshness_max_s"] == pytest.approx(11.5)
+    assert freshness_summary({"x": 1.0}, [], {}, _Store())["freshness_files"] == 0
