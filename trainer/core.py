@@ -185,7 +185,8 @@ class TrainerCore:
         n = len(batch)
         out = np.empty(n, np.float32)
         model = self.base_model  # never the DDP wrapper: scoring is rank 0's alone
-        model.eval()
+        if model.training:  # eval() walks every submodule: a serving replica scores in eval mode already
+            model.eval()
         with torch.no_grad():
             for lo in range(0, n, SCORE_BATCH):
                 rows = slice(lo, min(lo + SCORE_BATCH, n))
