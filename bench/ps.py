@@ -72,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "s+1+d's pull, so the client's work overlaps the shards'); default 0, e.g. 0,1",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the shards' and the local baseline's FBGEMM TBEs live (ps.device; default cpu; cuda: "
+        "see docs/gpu.md)",
+    )
 
 
 def _batches(args, steps: int):
@@ -100,19 +107,27 @@ class _LocalTBE:
             tables=tuple(TableConfig(f"t{i}", args.dim) for i in range(args.tables)), capacity_per_shard=args.rows
         )
         self.tables = args.tables
-        self.tbe = build_tbe(cfg.tables, cfg.capacity_per_shard, cfg.optimizer, cfg.learning_rate, cfg.eps)
-        self.offsets = torch.arange(args.tables * args.batch + 1, dtype=torch.int64)
-        self.grad = torch.from_numpy(np.concatenate([grads[f"t{i}"] for i in range(args.tables)], axis=1))
+        self.device = torch.device(getattr(args, "device", "cpu"))
+        self.tbe = build_tbe(
+            cfg.tables, cfg.capacity_per_shard, cfg.optimizer, cfg.learning_rate, cfg.eps, device=self.device
+        )
+        self.offsets = torch.arange(args.tables * args.batch + 1, dtype=torch.int64, device=self.device)
+        grad = torch.from_numpy(np.concatenate([grads[f"t{i}"] for i in range(args.tables)], axis=1))
+        self.grad = grad.to(self.device)
 
     def run(self, batches) -> float:
         """Seconds for forward + backward of every batch."""
         import numpy as np
         import torch
 
-        inputs = [torch.from_numpy(np.concatenate([b[f"t{i}"] for i in range(self.tables)])) for b in batches]
+        inputs = [
+            torch.from_numpy(np.concatenate([b[f"t{i}"] for i in range(self.tables)])).to(self.device) for b in batches
+        ]
         t0 = time.perf_counter()
         for idx in inputs:
             self.tbe(idx, self.offsets).backward(self.grad)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()  # the kernels are asynchronous: the time includes their end
         return time.perf_counter() - t0
 
 
@@ -134,6 +149,7 @@ def _ps(args, shards: int, batches, grads, local: _LocalTBE, placement: str = "r
         seed=args.seed,
         pipeline_depth=depth,
         weights_dtype=args.weights_dtype or "fp32",
+        device=getattr(args, "device", "cpu"),
     )
     client = create_parameter_server(cfg, placement=placement)
     state = {"step": 0, "tickets": {}}
@@ -187,6 +203,19 @@ def _ps(args, shards: int, batches, grads, local: _LocalTBE, placement: str = "r
         "rows": sum(s["rows"] for s in stats),
         "shard_cpu_ms_per_step": 1e3 * sum(s["pull_cpu_s"] + s["push_cpu_s"] for s in stats) / max(state["step"], 1),
     }
+
+
+def check_device(device: str) -> None:
+    """UserError, before any work, when ``--device cuda`` is asked where torch sees no CUDA device."""
+    import torch
+
+    from common.errors import UserError
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            "--device cuda: torch sees no CUDA device here (a CPU build of torch/fbgemm, or no GPU); "
+            "install the CUDA builds as docs/gpu.md says, or leave --device at cpu"
+        )
 
 
 def summary(values: list[float]) -> dict:
@@ -282,6 +311,7 @@ def run(args: argparse.Namespace) -> dict:
         raise UserError(f"--depths takes pipeline depths in [0, {MAX_PIPELINE_DEPTH}]")
     if not placements or not set(placements) <= {"ray", "in_process"} or min(shard_counts) < 1 or args.rounds < 1:
         raise UserError("--placements takes ray and/or in_process; --shards counts and --rounds must be >= 1")
+    check_device(getattr(args, "device", "cpu"))
     torch.set_num_threads(1)
     if "ray" in placements:
         ensure_ray(RayConfig(num_cpus=2))
@@ -429,6 +459,7 @@ def _scale(args, row_counts, shard_counts, placements, depths) -> dict:
                 seed=args.seed,
                 pipeline_depth=depth,
                 weights_dtype=dtype,
+                device=getattr(args, "device", "cpu"),
             )
             client = create_parameter_server(cfg, placement=placement)
             try:

@@ -107,7 +107,9 @@ def run(args: argparse.Namespace) -> dict:
     if not args.input.exists():
         raise UserError(f"{args.input} not found: pass --input, or see ../shared/data/README.md")
     from bench.cputree import ProcessTreeCPU, per_thousand
+    from bench.ps import check_device
 
+    check_device(getattr(args, "device", "cpu"))
     variants = parse_variants(args.variants, args.mode)
     try:
         shard_counts = [int(x) for x in str(args.shards).split(",")]
@@ -155,7 +157,13 @@ def run(args: argparse.Namespace) -> dict:
                 history=tmp / "data",
                 num_workers=w,
                 versions=False,
-                ps=PSOptions(num_shards=n, mode=args.mode, placement=placement, pipeline_depth=depth),
+                ps=PSOptions(
+                    num_shards=n,
+                    mode=args.mode,
+                    placement=placement,
+                    pipeline_depth=depth,
+                    device=getattr(args, "device", "cpu"),
+                ),
             )
             examples = sum(m["examples_trained"] for m in result.metrics)
             cpu.setdefault(r, {})[run_] = per_thousand(tree.snapshot() - c0, examples)

@@ -175,3 +175,17 @@ def test_freshness_is_split_into_trainer_gate_and_serving_parts():
         assert parts == pytest.approx(r["fresh_s"], abs=2e-3)
     assert out["freshness_p99_s"] <= out["freshness_max_s"] == pytest.approx(11.5)
     assert freshness_summary({"x": 1.0}, [], {}, _Store())["freshness_files"] == 0
+
+
+def test_device_cuda_is_refused_before_any_work_where_there_is_no_gpu():
+    import torch
+
+    from bench.ps import check_device
+    from common.errors import UserError
+
+    check_device("cpu")
+    if torch.cuda.is_available():
+        check_device("cuda")
+    else:
+        with pytest.raises(UserError, match="docs/gpu.md"):
+            check_device("cuda")

@@ -56,3 +56,38 @@ def test_scoring_leaves_eval_mode_alone_and_training_sets_it_back(tmp_path):
     core.base_model.train()
     after = core.score(batch)  # back from training: eval mode again
     assert seen[-1] is False and not core.base_model.training and after.shape == first.shape
+
+
+def test_the_foreach_dense_optimizer_trains_the_same_bits(tmp_path, monkeypatch):
+    """Adagrad (and SGD) stepping all dense parameters in one foreach call: the same weights and state,
+    bit for bit, as the per-parameter loop; a version's param groups restore with foreach on."""
+    import torch
+
+    import trainer.core as core_mod
+    from bench.servedata import write_taobao_csv
+    from trainer.config import ModelConfig, TrainConfig
+    from trainer.data import Validator, read_data_file
+    from trainer.local import LocalTrainer
+
+    batch = read_data_file(write_taobao_csv(tmp_path / "p.csv", 400, 3), Validator(SPEC))
+    out = {}
+    for foreach in (False, True):
+        for opt in ("adagrad", "sgd"):
+            monkeypatch.setattr(core_mod, "DENSE_FOREACH", foreach)
+            t = LocalTrainer(SPEC, ModelConfig(), TrainConfig(batch_size=64, dense_optimizer=opt, seed=5))
+            t.train(batch)
+            out[(foreach, opt)] = t
+    for opt in ("adagrad", "sgd"):
+        loop, fused = out[(False, opt)], out[(True, opt)]
+        assert fused.optimizer.param_groups[0]["foreach"] is True
+        for (k, a), b in zip(loop.dense_state().items(), fused.dense_state().values(), strict=True):
+            assert torch.equal(a, b), k
+        arrays, meta = loop.export_state()
+        for key in [k for k in arrays if k.startswith("optimizer/")]:
+            assert np.array_equal(arrays[key], fused.export_state()[0][key]), key
+    # a version written with the loop (foreach False in its param groups) restores stepping with foreach
+    monkeypatch.setattr(core_mod, "DENSE_FOREACH", True)
+    arrays, meta = out[(False, "adagrad")].export_state()
+    restored = out[(True, "adagrad")]
+    restored.import_state(arrays, meta)
+    assert restored.optimizer.param_groups[0]["foreach"] is True
