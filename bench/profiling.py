@@ -1,7 +1,8 @@
 """Where the time goes per request: relative profiles of the serving path (``bench serve --profile DIR``).
 
 * The replica and the proxy of the running Ray Serve application are sampled by py-spy while a Score
-  phase runs (``--nonblocking``: the processes are not paused; collapsed stacks in DIR), and
+  phase runs (``--nonblocking``: the processes are not paused; ``--gil``: only the thread holding the GIL,
+  so a thread parked in a C call is not counted as busy; collapsed stacks in DIR), and
   :func:`summarize_collapsed` turns each into shares of the samples: the top functions by own time and by
   inclusive time, and the replica's samples per stage of a request (:data:`STAGES`).
 * The in-process service (validation, conversions, features, forward, response) runs under cProfile
@@ -28,11 +29,11 @@ from pathlib import Path
 
 # a replica sample is counted in the first stage (in this order) whose pattern one of its frames contains
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("forward", ("serving/model.py:score", "torch/", "fbgemm")),
+    ("forward", ("ServableModel.score", "TrainerCore.score", "torch/", "fbgemm")),
     ("features", ("serving/features.py",)),
-    ("request_conversion", ("candidate_columns", "context_values", "feature_value", "_check_size", "pyarrow")),
+    ("request_conversion", ("candidate_columns", "context_values", "feature_value", "_check_size")),
     ("telemetry", ("serving/telemetry.py", "prometheus", "ray/util/metrics")),
-    ("handler_rest", ("service.py:_score", "service.py:_recommend")),  # the response, tolist, the rest
+    ("handler_rest", ("ScoringService._score", "ScoringService._recommend", "ScoringService._timed")),
     ("ray_serve", ("ray/serve/",)),
     ("grpc_protobuf", ("grpc/", "google/protobuf")),
     ("ray_core", ("ray/",)),
@@ -61,9 +62,12 @@ def py_spy_binary() -> str | None:
 
 
 def _frame_key(frame: str) -> str:
-    """``score (serving/model.py:123)`` -> ``serving/model.py:score`` (the line dropped, the path shortened)."""
+    """``score (serving/model.py:123)`` -> ``serving/model.py:score`` (the line dropped, an absolute path
+    shortened to its package path; py-spy already writes them relative to sys.path)."""
     name, _, where = frame.partition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
+    if not path.startswith("/"):
+        return f"{path}:{name}"
     std = re.search(r"/lib/python3\.\d+/", path)
     if "site-packages/" in path:
         path = path.split("site-packages/", 1)[1]
@@ -181,7 +185,8 @@ def profile_serve_phase(out_dir: Path, run_phase, rate: int = 250) -> dict:
     else:
         for role, pid in pids.items():
             path = out_dir / f"{role}.collapsed"
-            cmd = [spy, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "--nonblocking"]
+            # --gil: only the thread holding the GIL is sampled (Python work, not threads parked in C calls)
+            cmd = [spy, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "--nonblocking", "--gil"]
             cmd += ["--output", str(path)]
             procs[role] = (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), path)
     try:

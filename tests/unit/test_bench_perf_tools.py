@@ -64,14 +64,13 @@ def test_the_bench_targets_the_application_serving_deploys():
 
 COLLAPSED = """\
 process 1:"ray::ServeReplica:freshrec:Scorer";thread (0x1);run (/x/lib/python3.11/asyncio/base_events.py:600);\
-handle (/s/site-packages/ray/serve/_private/replica.py:10);_score (/w/serving/service.py:163);\
-batch (/w/serving/features.py:40) 30
-thread (0x1);run (/x/lib/python3.11/asyncio/base_events.py:600);\
-handle (/s/site-packages/ray/serve/_private/replica.py:10);_score (/w/serving/service.py:163);\
-score (/w/serving/model.py:90);forward (/s/site-packages/torch/nn/modules/module.py:1) 50
-thread (0x1);run (/x/lib/python3.11/asyncio/base_events.py:600);\
-handle (/s/site-packages/ray/serve/_private/replica.py:10) 15
-thread (0x1);select (/x/lib/python3.11/selectors.py:468) 5
+W.handle (ray/serve/_private/replica.py:10);ScoringService._score (serving/service.py:163);\
+RequestFeatures.batch (serving/features.py:40) 30
+Runner.run (asyncio/base_events.py:600);W.handle (/s/site-packages/ray/serve/_private/replica.py:10);\
+ScoringService._score (serving/service.py:163);ServableModel.score (serving/model.py:90);\
+Linear.forward (torch/nn/modules/linear.py:1) 50
+Runner.run (asyncio/base_events.py:600);W.handle (ray/serve/_private/replica.py:10) 15
+EpollSelector.select (/x/lib/python3.11/selectors.py:468) 5
 garbage line
 """
 
@@ -79,10 +78,11 @@ garbage line
 def test_collapsed_stacks_become_shares_per_function_and_stage():
     stacks = parse_collapsed(COLLAPSED)
     assert len(stacks) == 4 and stacks[0][0][0] == "asyncio/base_events.py:run"  # thread/process frames dropped
+    assert stacks[1][0][1] == "ray/serve/_private/replica.py:W.handle"  # absolute and relative paths alike
     s = summarize_collapsed(COLLAPSED, top=3)
     assert s["samples"] == 100
-    assert s["own"][0] == ["torch/nn/modules/module.py:forward", 0.5]
-    assert dict(s["inclusive"])["serving/service.py:_score"] == 0.8
+    assert s["own"][0] == ["torch/nn/modules/linear.py:Linear.forward", 0.5]
+    assert dict(s["inclusive"])["serving/service.py:ScoringService._score"] == 0.8
     assert s["stages"] == {"forward": 0.5, "features": 0.3, "ray_serve": 0.15, "other": 0.05}
     assert abs(sum(s["stages"].values()) - 1.0) < 1e-9
     assert stage_of(["ray/serve/x.py:f", "serving/service.py:candidate_columns"]) == "request_conversion"
