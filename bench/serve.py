@@ -667,9 +667,17 @@ def _freshness(args, store, store_url: str, work: Path, target: str, req, files:
         while time.time() < deadline and (not answers or answers[-1][1] <= before):
             time.sleep(0.01)
         time.sleep(0.2)
-    stop.set()
-    th.join()
-    proc.wait(timeout=60)
+    # the prober goes on until the trainer has committed every file and the newest version is answered (a
+    # slow machine may still be training the last files): a file served after the loop still counts
+    try:
+        proc.wait(timeout=120)
+    finally:
+        newest = max((m.version for m in store.list()), default=0)
+        deadline = time.time() + 60
+        while time.time() < deadline and (not answers or answers[-1][1] < newest):
+            time.sleep(0.05)
+        stop.set()
+        th.join()
     first_with = {}  # file -> first version that includes it
     for m in store.list():
         for f in m.data_files:
