@@ -672,7 +672,9 @@ def _freshness(args, store, store_url: str, work: Path, target: str, req, files:
     try:
         proc.wait(timeout=120)
     finally:
-        newest = max((m.version for m in store.list()), default=0)
+        newest = store.published()  # what the replica follows (a version the gate held is never served)
+        if newest is None:
+            newest = max((m.version for m in store.list()), default=0)
         deadline = time.time() + 60
         while time.time() < deadline and (not answers or answers[-1][1] < newest):
             time.sleep(0.05)
