@@ -526,7 +526,7 @@ def plot_curve(curve: dict, path: str, candidates: int) -> str:
     ax.set_xticks(curve["qps"], [f"{q:g}" for q in curve["qps"]])
     ax.set_xlabel("offered load (requests/s)")
     ax.set_ylabel("latency (ms)")
-    ax.set_title(f"Score ({candidates} candidates) over gRPC: freshrec vs the no-op Serve app and grpcio")
+    ax.set_title(f"Score ({candidates} candidates) over gRPC: freshrec, the no-op Serve app, grpcio", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

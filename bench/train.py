@@ -48,6 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         f"in_process with 1 worker only; depth = ps.pipeline_depth, sync only); default {DEFAULT_VARIANTS}",
     )
     p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the PS shards' FBGEMM TBEs live (ps.device; default cpu; cuda: see docs/gpu.md)",
+    )
+    p.add_argument(
         "--shards", default="2", help="PS shard counts, every variant runs with each (default 2; e.g. 1,2,4)"
     )
 

@@ -189,3 +189,16 @@ def test_device_cuda_is_refused_before_any_work_where_there_is_no_gpu():
     else:
         with pytest.raises(UserError, match="docs/gpu.md"):
             check_device("cuda")
+
+
+def test_the_new_options_parse():
+    from cluster.cli import build_parser
+
+    p = build_parser()
+    a = p.parse_args(["bench", "serve", "--curve", "--profile", "prof"])
+    assert a.curve == "25,50,100,200,400" and a.profile == "prof" and a.fresh_files == 50
+    assert p.parse_args(["bench", "serve", "--curve", "50,100"]).curve == "50,100"
+    assert p.parse_args(["bench", "serve"]).curve == ""
+    t = p.parse_args(["bench", "train", "--shards", "1,2,4", "--device", "cuda"])
+    assert t.shards == "1,2,4" and t.device == "cuda"
+    assert p.parse_args(["bench", "ps"]).device == "cpu"
