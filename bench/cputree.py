@@ -65,7 +65,7 @@ class ProcessTreeCPU:
                 with p.oneshot():
                     t = p.cpu_times()
                     key = (p.pid, p.create_time())
-                    name = p.name()
+                    name = self._names.get(key) or _name_of(p)
             except psutil.Error:  # ended meanwhile: its last value seen stays
                 continue
             used = t.user + t.system
@@ -88,6 +88,21 @@ class ProcessTreeCPU:
                 name = self._names.get(key, "?")
                 out[name] = out.get(name, 0.0) + used
         return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def _name_of(p) -> str:
+    """The process's name; for a plain ``python`` process the script or module it runs (Ray's dashboard,
+    log monitor, a worker before it names itself): ``python:dashboard.py``."""
+    name = p.name()
+    if name.startswith("python"):
+        args = p.cmdline()[1:]
+        if args[:1] == ["-m"] and len(args) > 1:
+            return f"python:-m {args[1]}"
+        if args[:1] == ["-c"]:
+            return "python:-c"
+        script = next((a for a in args if not a.startswith("-")), "")
+        return f"python:{script.rsplit('/', 1)[-1]}" if script else name
+    return name
 
 
 def per_thousand(cpu_s: float, examples: int) -> float:
