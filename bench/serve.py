@@ -317,7 +317,12 @@ def _run(args: argparse.Namespace, work: Path, children: list) -> dict:
     result["data"] = data["source"]
     store_url = str(work / "versions")
     t0 = time.perf_counter()
-    StoreTrainer(store_url).add_file(data["history"])
+    history = StoreTrainer(store_url)
+    history.add_file(data["history"])
+    # give the store's writer lease up: the trainer processes of the swaps and freshness phases write next
+    # (held, it fenced them out: every version they tried failed with WriterFencedError)
+    history.keeper.store.release_writer()
+    history = None
     result["train_history_s"] = time.perf_counter() - t0
     store = VersionStore(store_url)
     catalogue = str(data["history"])
