@@ -4,6 +4,11 @@ Requests are sent at fixed times t0 + i / qps whatever the answers (open loop, s
 server cannot lower the load it is measured under); a request's latency runs from its
 scheduled time to its answer. Bounded in count (qps x seconds) and time (a per-call deadline).
 
+The generator's own cost is measured with it: ``loadgen_cpu_share`` is the CPU time of this process
+during the phase over its wall time (1.0 = one core busy: the generator then competes with the
+server for the machine), ``send_lag_p99_ms`` how late the generator sent its requests (a late send
+counts in the latency, since latency runs from the scheduled time).
+
     res = asyncio.run(offered_load(lambda stub, i: stub.Score(reqs[i % 64]), target, qps=200, seconds=10))
     res.summary()   # {"sent": 2000, "ok": 2000, "errors": 0, "p50_ms": 2.1, "p99_ms": 6.3, "qps": 199.7}
 """
@@ -26,9 +31,12 @@ class LoadResult:
     sent: int
     wall_s: float
     versions: list[tuple[float, int]]  # (answer time, model_version) of each answer
+    cpu_s: float = 0.0  # CPU seconds of this process (every thread) during the phase
+    send_lag_ms: list[float] = dataclasses.field(default_factory=list)  # send time - scheduled time
 
     def summary(self) -> dict:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.asarray([np.nan])
+        lag = np.asarray(self.send_lag_ms) if self.send_lag_ms else np.asarray([0.0])
         return {
             "sent": self.sent,
             "ok": len(self.latencies_ms),
@@ -37,6 +45,8 @@ class LoadResult:
             "p50_ms": float(np.percentile(lat, 50)),
             "p99_ms": float(np.percentile(lat, 99)),
             "qps": len(self.latencies_ms) / self.wall_s,
+            "loadgen_cpu_share": self.cpu_s / self.wall_s,
+            "send_lag_p99_ms": float(np.percentile(lag, 99)),
         }
 
 
@@ -64,8 +74,10 @@ async def offered_load(
     lat: list[float] = []
     versions: list[tuple[float, int]] = []
     errors: Counter = Counter()
+    lag: list[float] = []
 
     async def one(i: int, due: float) -> None:
+        lag.append((time.perf_counter() - due) * 1e3)
         try:
             r = await call(stubs[i % channels], i, timeout_s, metadata)
             now = time.perf_counter()
@@ -80,6 +92,7 @@ async def offered_load(
         for c in chans:
             await c.channel_ready()
         t0 = time.perf_counter() + 0.05
+        cpu0 = time.process_time()
         tasks = []
         for i in range(n):
             due = t0 + i / qps
@@ -89,10 +102,11 @@ async def offered_load(
             tasks.append(asyncio.create_task(one(i, due)))
         await asyncio.gather(*tasks)
         wall = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
     finally:
         for c in chans:
             await c.close()
-    return LoadResult(lat, errors, n, wall, versions)
+    return LoadResult(lat, errors, n, wall, versions, cpu, lag)
 
 
 def run_load(call, target: str, qps: float, seconds: float, **kw) -> LoadResult:

@@ -10,7 +10,10 @@ get all weights, compute, send a whole dense update).
 Baseline and PS alternate in ``--rounds`` rounds of ``--chunk`` steps each (which goes first
 alternates too), so both see the same background load; the result gives, per shard count, the
 median and the range of the per-round ratios and the load average (``os.getloadavg()``) at the
-start and end of the measurement.
+start and end of the measurement, and the CPU each side used: ``cpu_s_per_1k_rows`` sums the
+CPU-seconds of every process of the run during the PS chunks (:mod:`bench.cputree`: this process, the
+shard actors, the raylet, the GCS) per 1,000 rows pulled and pushed; the local TBE's is this process's
+own (``time.process_time``); ``cpu_ratio_vs_local_tbe`` is their ratio round by round.
 
 ``--scale`` (the table-size run): for each of ``--rows`` (e.g. ``1000000,10000000,50000000``) the
 shards' tables are first pre-filled, through ordinary pulls (the admission path), to that many
@@ -69,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "s+1+d's pull, so the client's work overlaps the shards'); default 0, e.g. 0,1",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the shards' and the local baseline's FBGEMM TBEs live (ps.device; default cpu; cuda: "
+        "see docs/gpu.md)",
+    )
 
 
 def _batches(args, steps: int):
@@ -97,23 +107,31 @@ class _LocalTBE:
             tables=tuple(TableConfig(f"t{i}", args.dim) for i in range(args.tables)), capacity_per_shard=args.rows
         )
         self.tables = args.tables
-        self.tbe = build_tbe(cfg.tables, cfg.capacity_per_shard, cfg.optimizer, cfg.learning_rate, cfg.eps)
-        self.offsets = torch.arange(args.tables * args.batch + 1, dtype=torch.int64)
-        self.grad = torch.from_numpy(np.concatenate([grads[f"t{i}"] for i in range(args.tables)], axis=1))
+        self.device = torch.device(getattr(args, "device", "cpu"))
+        self.tbe = build_tbe(
+            cfg.tables, cfg.capacity_per_shard, cfg.optimizer, cfg.learning_rate, cfg.eps, device=self.device
+        )
+        self.offsets = torch.arange(args.tables * args.batch + 1, dtype=torch.int64, device=self.device)
+        grad = torch.from_numpy(np.concatenate([grads[f"t{i}"] for i in range(args.tables)], axis=1))
+        self.grad = grad.to(self.device)
 
     def run(self, batches) -> float:
         """Seconds for forward + backward of every batch."""
         import numpy as np
         import torch
 
-        inputs = [torch.from_numpy(np.concatenate([b[f"t{i}"] for i in range(self.tables)])) for b in batches]
+        inputs = [
+            torch.from_numpy(np.concatenate([b[f"t{i}"] for i in range(self.tables)])).to(self.device) for b in batches
+        ]
         t0 = time.perf_counter()
         for idx in inputs:
             self.tbe(idx, self.offsets).backward(self.grad)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()  # the kernels are asynchronous: the time includes their end
         return time.perf_counter() - t0
 
 
-def _ps(args, shards: int, batches, grads, local: _LocalTBE, placement: str = "ray", depth: int = 0) -> dict:
+def _ps(args, shards: int, batches, grads, local: _LocalTBE, placement: str = "ray", depth: int = 0, tree=None) -> dict:
     """Per round: seconds per step of ``args.chunk`` PS steps (``push_pull``: push step s and pull s+1+depth in
     one call per shard, as the trainer steps) and of the local TBE on the same batches; the side that
     goes first alternates. Each PS chunk waits for its last reply inside its timing."""
@@ -131,6 +149,7 @@ def _ps(args, shards: int, batches, grads, local: _LocalTBE, placement: str = "r
         seed=args.seed,
         pipeline_depth=depth,
         weights_dtype=args.weights_dtype or "fp32",
+        device=getattr(args, "device", "cpu"),
     )
     client = create_parameter_server(cfg, placement=placement)
     state = {"step": 0, "tickets": {}}
@@ -152,7 +171,13 @@ def _ps(args, shards: int, batches, grads, local: _LocalTBE, placement: str = "r
         client.wait(tickets[state["step"]])  # the last reply counts in this chunk; the next step's rows are here
         return time.perf_counter() - t0
 
-    rounds = []
+    def cpu_of(fn, whole_tree: bool):
+        """(fn's result, CPU-seconds it used: every process of the tree, or this process only)."""
+        c0 = tree.snapshot() if whole_tree else time.process_time()
+        out = fn()
+        return out, (tree.snapshot() if whole_tree else time.process_time()) - c0
+
+    rounds, cpus = [], []
     try:
         ps_steps(args.warmup)
         local.run(batches[: args.warmup])
@@ -160,22 +185,37 @@ def _ps(args, shards: int, batches, grads, local: _LocalTBE, placement: str = "r
         for r in range(args.rounds):
             chunk = [batches[(state["step"] + i) % len(batches)] for i in range(args.chunk)]
             if r % 2 == 0:
-                base = local.run(chunk)
-                ps = ps_steps(args.chunk)
+                base, base_cpu = cpu_of(lambda c=chunk: local.run(c), False)
+                ps, ps_cpu = cpu_of(lambda: ps_steps(args.chunk), tree is not None)
             else:
-                ps = ps_steps(args.chunk)
-                base = local.run(chunk)
+                ps, ps_cpu = cpu_of(lambda: ps_steps(args.chunk), tree is not None)
+                base, base_cpu = cpu_of(lambda c=chunk: local.run(c), False)
             rounds.append((base / args.chunk, ps / args.chunk))
+            cpus.append((base_cpu, ps_cpu))
         load_end = os.getloadavg()
         stats = client.stats()
     finally:
         client.shutdown()
     return {
         "rounds": rounds,
+        "cpu": cpus,  # per round: (local TBE CPU-s, PS CPU-s) for args.chunk steps each
         "load": (load_start, load_end),
         "rows": sum(s["rows"] for s in stats),
         "shard_cpu_ms_per_step": 1e3 * sum(s["pull_cpu_s"] + s["push_cpu_s"] for s in stats) / max(state["step"], 1),
     }
+
+
+def check_device(device: str) -> None:
+    """UserError, before any work, when ``--device cuda`` is asked where torch sees no CUDA device."""
+    import torch
+
+    from common.errors import UserError
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            "--device cuda: torch sees no CUDA device here (a CPU build of torch/fbgemm, or no GPU); "
+            "install the CUDA builds as docs/gpu.md says, or leave --device at cpu"
+        )
 
 
 def summary(values: list[float]) -> dict:
@@ -271,6 +311,7 @@ def run(args: argparse.Namespace) -> dict:
         raise UserError(f"--depths takes pipeline depths in [0, {MAX_PIPELINE_DEPTH}]")
     if not placements or not set(placements) <= {"ray", "in_process"} or min(shard_counts) < 1 or args.rounds < 1:
         raise UserError("--placements takes ray and/or in_process; --shards counts and --rounds must be >= 1")
+    check_device(getattr(args, "device", "cpu"))
     torch.set_num_threads(1)
     if "ray" in placements:
         ensure_ray(RayConfig(num_cpus=2))
@@ -296,9 +337,25 @@ def run(args: argparse.Namespace) -> dict:
         "naive_ps_ms_per_step": {},
         "ratio_vs_naive_ps": {},
     }
+    result["cpu_s_per_1k_rows"] = {}
+    result["local_tbe_cpu_s_per_1k_rows"] = {}
+    result["cpu_ratio_vs_local_tbe"] = {}
+    from bench.cputree import ProcessTreeCPU, per_thousand
+
+    tree = ProcessTreeCPU().start()
     baseline = _LocalTBE(args, grads)
-    for n, placement, depth in [(n, p, d) for d in depths for p in placements for n in shard_counts]:
-        info = _ps(args, n, batches, grads, baseline, placement, depth)
+    try:
+        runs = [(n, p, d) for d in depths for p in placements for n in shard_counts]
+        _ps_runs(args, runs, batches, grads, baseline, tree, result, rows_per_step, per_thousand)
+    finally:
+        result["cpu_s_by_process"] = {k: round(v, 2) for k, v in list(tree.by_name().items())[:12]}
+        tree.stop()
+    return result
+
+
+def _ps_runs(args, runs, batches, grads, baseline, tree, result, rows_per_step, per_thousand) -> None:
+    for n, placement, depth in runs:
+        info = _ps(args, n, batches, grads, baseline, placement, depth, tree)
         key = (str(n) if placement == "ray" else f"{n} in_process") + (f" depth {depth}" if depth else "")
         base = [b for b, _ in info["rounds"]]
         ps = [p for _, p in info["rounds"]]
@@ -311,11 +368,14 @@ def run(args: argparse.Namespace) -> dict:
             "end": [round(x, 2) for x in info["load"][1]],
         }
         result["shard_cpu_ms_per_step"][key] = info["shard_cpu_ms_per_step"]
+        rows = rows_per_step * args.chunk
+        result["cpu_s_per_1k_rows"][key] = summary([per_thousand(p, rows) for _, p in info["cpu"]])
+        result["local_tbe_cpu_s_per_1k_rows"][key] = summary([per_thousand(b, rows) for b, _ in info["cpu"]])
+        result["cpu_ratio_vs_local_tbe"][key] = summary([p / b for b, p in info["cpu"] if b > 0] or [float("nan")])
         if args.naive_steps > 0 and placement == "ray" and depth == 0:
             naive = _naive(args, n, batches, grads)
             result["naive_ps_ms_per_step"][key] = naive * 1e3
             result["ratio_vs_naive_ps"][key] = naive / summary(ps)["median"]
-    return result
 
 
 def _scale_batches(args, steps: int):
@@ -399,6 +459,7 @@ def _scale(args, row_counts, shard_counts, placements, depths) -> dict:
                 seed=args.seed,
                 pipeline_depth=depth,
                 weights_dtype=dtype,
+                device=getattr(args, "device", "cpu"),
             )
             client = create_parameter_server(cfg, placement=placement)
             try:

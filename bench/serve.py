@@ -3,9 +3,18 @@
 In one run, on loopback, at a fixed offered load (open loop, :mod:`bench.loadgen`):
 
 * Score with ``--candidates`` items and Recommend (``--k``) through Ray Serve's gRPC proxy,
-  against the same model hosted by a plain grpcio server (another process) and against the
+  against (rounds alternating, the order reversed every other round) a **no-op Ray Serve
+  application** on the same proxy (same contract, the same request and reply sizes: its replica
+  returns a fixed reply, so it measures the floor of proxy + handle hop + load generator), the same
+  model hosted by a plain grpcio server (``python -m serving.grpc_server``, another process), the
   model's bare in-process forward (the training core's score on a prepared batch) and the
-  in-process service (validation + features + forward), rounds alternating;
+  in-process service (validation + features + forward). Freshrec's p99 is reported per round as a
+  ratio to the no-op app's (``score_p99_over_noop``);
+* ``--curve``: a capacity curve, p50/p99 of freshrec, the no-op app and grpcio at offered loads
+  25, 50, 100, 200, 400 QPS (JSON ``curve``, a PNG at ``--plot``), and ``max_qps_within_1_5x_noop``;
+* ``--profile DIR``: where the time goes per request: py-spy samples the replica and the proxy under
+  load (collapsed stacks in DIR and their top functions in the JSON), cProfile the in-process service,
+  and the load generator's own CPU is measured in every phase (``loadgen_cpu_share``);
 * ``--swaps`` version swaps under that load: failed requests, p99 during swaps over steady p99;
 * freshness over ``--fresh-files`` data files: from a file's rename into the incoming directory
   to the first Score answer by a version that includes it (a trainer process follows the
@@ -37,8 +46,12 @@ import numpy as np
 
 from bench.loadgen import median_of
 
+APP_NAME = "freshrec"  # serving.app.APP_NAME (not imported here: importing serving.app imports Ray Serve)
+
 DESCRIPTION = "Score/Recommend p50/p99 over Ray Serve gRPC vs grpcio and the bare forward; swaps; freshness"
 REPO = Path(__file__).resolve().parents[1]
+CURVE_QPS = (25, 50, 100, 200, 400)
+NOOP_APP = "noop"
 TAOBAO = REPO.parent / "shared" / "data" / "taobao_userbehavior" / "UserBehavior_timeordered_96k.csv"
 
 
@@ -49,7 +62,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--candidates", type=int, default=100, help="candidates per Score (default 100)")
     parser.add_argument("--k", type=int, default=20, help="k of Recommend (default 20)")
     parser.add_argument("--swaps", type=int, default=10, help="versions committed under load (default 10)")
-    parser.add_argument("--fresh-files", type=int, default=20, help="data files for freshness (default 20)")
+    parser.add_argument("--fresh-files", type=int, default=50, help="data files for freshness (default 50)")
+    parser.add_argument(
+        "--curve",
+        nargs="?",
+        const=",".join(str(q) for q in CURVE_QPS),
+        default="",
+        metavar="QPS,...",
+        help="measure a capacity curve at these offered loads (bare --curve: 25,50,100,200,400)",
+    )
+    parser.add_argument("--curve-seconds", type=float, default=5.0, help="seconds per curve point (default 5)")
+    parser.add_argument(
+        "--plot", default="bench-serve-curve.png", help="the capacity curve's PNG (default bench-serve-curve.png)"
+    )
+    parser.add_argument(
+        "--profile",
+        default="",
+        metavar="DIR",
+        help="profile one Score phase: py-spy samples of the replica and the proxy and a cProfile of the "
+        "in-process service go to DIR, their top functions to the JSON",
+    )
     parser.add_argument(
         "--ingress",
         choices=("proxy", "throughput"),
@@ -64,7 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=100,
         help="users for retrieval recall@k against the full model over the whole catalogue (default 100)",
     )
-    parser.add_argument("--skip", default="", help="comma list of phases to skip: grpcio,recommend,swaps,freshness")
+    parser.add_argument(
+        "--skip", default="", help="comma list of phases to skip: grpcio,noop,recommend,recall,swaps,freshness"
+    )
     parser.add_argument(
         "--keep-work",
         action="store_true",
@@ -195,31 +229,47 @@ def _timed(fn, reps: int) -> dict:
 
 
 # ----------------------------------------------------------------------- servers
-def _grpcio_main(store: str, catalogue: str, port_file: str) -> None:
-    """Entry of the baseline process: a plain grpcio server with the same ScoringService."""
-    from serving.config import ServeConfig
-    from serving.grpc_server import start_grpc_server
-    from serving.service import ScoringService
-
-    svc = ScoringService(ServeConfig(store_url=store, catalogue=(catalogue,), poll_interval_s=0.1)).start(wait_s=60)
-    server, port = start_grpc_server(svc, "127.0.0.1:0", threads=4)
-    Path(port_file).write_text(str(port))
-    server.wait_for_termination()
-
-
 def _start_grpcio(store: str, catalogue: str, work: Path) -> tuple[subprocess.Popen, str]:
-    port_file = work / "grpcio.port"
-    code = f"import bench.serve as b; b._grpcio_main({store!r}, {catalogue!r}, {str(port_file)!r})"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 120
-    while not port_file.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    if not port_file.exists():
-        proc.kill()
-        raise RuntimeError("the grpcio baseline server did not start")
-    return proc, f"127.0.0.1:{port_file.read_text()}"
+    """The plain grpcio host, started by the product's launcher (:func:`serving.grpc_server.spawn_grpc_server`:
+    its port file is written atomically, so it is never read empty)."""
+    from serving.grpc_server import spawn_grpc_server
+
+    return spawn_grpc_server(store, (catalogue,), work, threads=4, poll_interval_s=0.1, env=_env())
+
+
+class NoopScorer:
+    """The no-op replica: freshrec.v1.Scorer answering every call with a fixed reply (bytes of a real
+    freshrec answer, so the reply has the same size); what it measures is the floor of Ray Serve's
+    proxy, the handle hop and the load generator."""
+
+    def __init__(self, score_reply: bytes, recommend_reply: bytes) -> None:
+        from serving.wire import pb
+
+        self.score_reply = pb.ScoreResponse.FromString(score_reply)
+        self.recommend_reply = pb.RecommendResponse.FromString(recommend_reply)
+
+    async def Score(self, request, grpc_context):
+        return self.score_reply
+
+    async def Recommend(self, request, grpc_context):
+        return self.recommend_reply
+
+    async def ModelInfo(self, request, grpc_context):
+        from serving.wire import pb
+
+        return pb.ModelInfoResponse(model_version=self.score_reply.model_version)
+
+
+def _start_noop(score_reply: bytes, recommend_reply: bytes) -> None:
+    """Deploy the no-op application beside freshrec's, with the Scorer deployment's options."""
+    from ray import serve
+
+    from serving.app import ScorerDeployment
+
+    dep = serve.deployment(
+        name="Noop", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=ScorerDeployment.max_ongoing_requests
+    )(NoopScorer)
+    serve.run(dep.bind(score_reply, recommend_reply), name=NOOP_APP, route_prefix="/" + NOOP_APP, blocking=False)
 
 
 def _env() -> dict:
@@ -228,10 +278,11 @@ def _env() -> dict:
     return env
 
 
-def _load(target: str, reqs, method: str, qps: float, seconds: float, app: bool):
+def _load(target: str, reqs, method: str, qps: float, seconds: float, app: str | None):
+    """One open-loop phase; ``app``: the Ray Serve application (metadata), None for the grpcio host."""
     from bench.loadgen import run_load
 
-    md = (("application", "freshrec"),) if app else ()
+    md = (("application", app),) if app else ()
 
     def call(stub, i, timeout, metadata):
         return getattr(stub, method)(reqs[i % len(reqs)], timeout=timeout, metadata=metadata)
@@ -266,7 +317,12 @@ def _run(args: argparse.Namespace, work: Path, children: list) -> dict:
     result["data"] = data["source"]
     store_url = str(work / "versions")
     t0 = time.perf_counter()
-    StoreTrainer(store_url).add_file(data["history"])
+    history = StoreTrainer(store_url)
+    history.add_file(data["history"])
+    # give the store's writer lease up: the trainer processes of the swaps and freshness phases write next
+    # (held, it fenced them out: every version they tried failed with WriterFencedError)
+    history.keeper.store.release_writer()
+    history = None
     result["train_history_s"] = time.perf_counter() - t0
     store = VersionStore(store_url)
     catalogue = str(data["history"])
@@ -287,6 +343,15 @@ def _run(args: argparse.Namespace, work: Path, children: list) -> dict:
     result["score_bare_forward"] = _timed(lambda i: model.score(batches[i % 64]), 400)
     result["score_in_process"] = _timed(lambda i: svc.score(reqs[i % 64]), 400)
     result["recommend_in_process"] = _timed(lambda i: svc.recommend(rec_reqs[i % 64]), 200)
+    # the no-op app's fixed replies: real answers, so the messages have freshrec's sizes
+    replies = (svc.score(reqs[0]).SerializeToString(), svc.recommend(rec_reqs[0]).SerializeToString())
+    if args.profile:
+        from bench.profiling import cprofile_calls
+
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+        result["profile_in_process_score"] = cprofile_calls(
+            lambda i: svc.score(reqs[i % 64]), 400, Path(args.profile) / "in_process_score.pstats"
+        )
     result["catalogue_items"] = len(model.index) if model.index is not None else 0
     if "recall" not in skip and model.index is not None:
         result["recall"] = _recall(model, args.k, args.recall_users)
@@ -307,24 +372,29 @@ def _run(args: argparse.Namespace, work: Path, children: list) -> dict:
             grpcio_proc, grpcio_target = _start_grpcio(store_url, catalogue, work)
             children.append(grpcio_proc)
             ScoringClient(grpcio_target, None).wait_ready(120)
-        serve_rounds, grpcio_rounds, serve_rec, grpcio_rec = [], [], [], []
-        for _ in range(args.rounds):
-            if grpcio_proc is not None:
-                grpcio_rounds.append(_load(grpcio_target, reqs, "Score", args.qps, args.seconds, False).summary())
-            serve_rounds.append(_load(target, reqs, "Score", args.qps, args.seconds, True).summary())
-            if "recommend" not in skip:
-                if grpcio_proc is not None:
-                    grpcio_rec.append(
-                        _load(grpcio_target, rec_reqs, "Recommend", args.qps, args.seconds, False).summary()
-                    )
-                serve_rec.append(_load(target, rec_reqs, "Recommend", args.qps, args.seconds, True).summary())
-        result["score_serve"] = median_of(serve_rounds)
-        if grpcio_rounds:
-            result["score_grpcio"] = median_of(grpcio_rounds)
-        if serve_rec:
-            result["recommend_serve"] = median_of(serve_rec)
-        if grpcio_rec:
-            result["recommend_grpcio"] = median_of(grpcio_rec)
+        apps = {"freshrec": (target, APP_NAME)}
+        if "noop" not in skip:
+            _start_noop(*replies)
+            ScoringClient(target, NOOP_APP).wait_ready(120)
+            apps["noop"] = (target, NOOP_APP)
+        if grpcio_proc is not None:
+            apps["grpcio"] = (grpcio_target, None)
+        methods = [("Score", reqs)] + ([("Recommend", rec_reqs)] if "recommend" not in skip else [])
+        rounds = _rounds(apps, methods, args.qps, args.seconds, args.rounds)
+        result.update(_round_summary(rounds))
+        if args.curve:
+            loads = [float(q) for q in args.curve.split(",") if q.strip()]
+            curve = _curve(apps, reqs, loads, args.curve_seconds)
+            result["curve"] = curve
+            result["max_qps_within_1_5x_noop"] = max_qps_within(curve, "freshrec", "noop", 1.5)
+            if args.plot:
+                result["curve_png"] = plot_curve(curve, args.plot, args.candidates)
+        if args.profile:
+            from bench.profiling import profile_serve_phase
+
+            result["profile_serve"] = profile_serve_phase(
+                Path(args.profile), lambda: _load(target, reqs, "Score", args.qps, args.seconds, APP_NAME)
+            )
         if grpcio_proc is not None:
             grpcio_proc.kill()
             grpcio_proc = None
@@ -377,6 +447,97 @@ def _run(args: argparse.Namespace, work: Path, children: list) -> dict:
         ray.shutdown()
     result["loadavg_end"] = list(os.getloadavg())
     return result
+
+
+def _rounds(apps: dict, methods: list, qps: float, seconds: float, n_rounds: int) -> dict:
+    """``n_rounds`` rounds; in each, every app takes one phase per method, the order of the apps reversed
+    every other round (no app always runs first, or always after a given other). -> {method: {app: [summaries]}}."""
+    out: dict = {m: {a: [] for a in apps} for m, _ in methods}
+    for r in range(n_rounds):
+        order = list(apps) if r % 2 == 0 else list(reversed(apps))
+        for method, reqs in methods:
+            for name in order:
+                tgt, app = apps[name]
+                out[method][name].append(_load(tgt, reqs, method, qps, seconds, app).summary())
+    return out
+
+
+_KEYS = {("Score", "freshrec"): "score_serve", ("Score", "grpcio"): "score_grpcio", ("Score", "noop"): "score_noop"}
+_KEYS.update(
+    {("Recommend", a): f"recommend_{k}" for a, k in (("freshrec", "serve"), ("grpcio", "grpcio"), ("noop", "noop"))}
+)
+
+
+def _round_summary(rounds: dict) -> dict:
+    """Medians over rounds per method and app, and freshrec's p99 over the no-op app's, round by round."""
+    out: dict = {}
+    for method, per_app in rounds.items():
+        for app, summaries in per_app.items():
+            out[_KEYS[(method, app)]] = median_of(summaries)
+        if "noop" in per_app:
+            m = method.lower()
+            ratios = round_ratios(per_app["freshrec"], per_app["noop"], "p99_ms")
+            out[f"{m}_p99_over_noop"] = ratios
+            out[f"{m}_p99_over_noop_max"] = max(ratios)
+            out[f"{m}_p50_over_noop"] = round_ratios(per_app["freshrec"], per_app["noop"], "p50_ms")
+            out[f"{m}_loadgen_cpu_share"] = max(s["loadgen_cpu_share"] for a in per_app.values() for s in a)
+    if "score_noop" in out:
+        out["noop_p99_ms"] = out["score_noop"]["p99_ms"]
+    return out
+
+
+def round_ratios(ours: list[dict], floor: list[dict], key: str) -> list[float]:
+    """Per round: our ``key`` over the floor's in the same round."""
+    return [a[key] / b[key] if b[key] > 0 else float("inf") for a, b in zip(ours, floor, strict=True)]
+
+
+def _curve(apps: dict, reqs, loads: list[float], seconds: float) -> dict:
+    """p50/p99 per app at each offered load (Score), apps alternating at every load."""
+    curve: dict = {"qps": loads, **{a: [] for a in apps}}
+    for j, q in enumerate(loads):
+        order = list(apps) if j % 2 == 0 else list(reversed(apps))
+        for name in order:
+            tgt, app = apps[name]
+            s = _load(tgt, reqs, "Score", q, seconds, app).summary()
+            curve[name].append({k: s[k] for k in ("p50_ms", "p99_ms", "qps", "errors", "loadgen_cpu_share")})
+    return {k: curve[k] for k in ["qps", *apps]}
+
+
+def max_qps_within(curve: dict, ours: str, floor: str, factor: float) -> float | None:
+    """The highest offered load up to which (at that load and every lower one) ``ours``' p99 stays within
+    ``factor`` x ``floor``'s p99, with no failed request; None when it fails at the lowest load."""
+    best = None
+    points = sorted(zip(curve["qps"], curve[ours], curve[floor]), key=lambda t: t[0])
+    for q, a, b in points:
+        if a["errors"] or b["errors"] or not a["p99_ms"] <= factor * b["p99_ms"]:
+            break
+        best = q
+    return best
+
+
+def plot_curve(curve: dict, path: str, candidates: int) -> str:
+    """The capacity curve as a PNG: p50 (dashed) and p99 (solid) against the offered load, one colour per app."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for app in [k for k in curve if k != "qps"]:
+        (line,) = ax.plot(curve["qps"], [p["p99_ms"] for p in curve[app]], marker="o", label=f"{app} p99")
+        ax.plot(curve["qps"], [p["p50_ms"] for p in curve[app]], ls="--", color=line.get_color(), label=f"{app} p50")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(curve["qps"], [f"{q:g}" for q in curve["qps"]])
+    ax.set_xlabel("offered load (requests/s)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title(f"Score ({candidates} candidates) over gRPC: freshrec, the no-op Serve app, grpcio", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(Path(path).resolve())
 
 
 def _recall(model, k: int, users: int, seed: int = 2) -> dict:
@@ -450,7 +611,9 @@ def _swaps(
     interval = 0.8
     seconds = len(files) * interval + 3.0
     box = {}
-    load = threading.Thread(target=lambda: box.setdefault("res", _load(target, reqs, "Score", args.qps, seconds, True)))
+    load = threading.Thread(
+        target=lambda: box.setdefault("res", _load(target, reqs, "Score", args.qps, seconds, APP_NAME))
+    )
     load.start()
     time.sleep(1.0)
     for i, text in enumerate(files):
@@ -492,7 +655,7 @@ def _freshness(args, store, store_url: str, work: Path, target: str, req, files:
             stub = pb_grpc.ScorerStub(ch)
             while not stop.is_set():
                 try:
-                    r = stub.Score(req, timeout=2, metadata=(("application", "freshrec"),))
+                    r = stub.Score(req, timeout=2, metadata=(("application", APP_NAME),))
                     answers.append((time.time(), r.model_version))
                 except grpc.RpcError:
                     pass
@@ -509,29 +672,74 @@ def _freshness(args, store, store_url: str, work: Path, target: str, req, files:
         while time.time() < deadline and (not answers or answers[-1][1] <= before):
             time.sleep(0.01)
         time.sleep(0.2)
-    stop.set()
-    th.join()
-    proc.wait(timeout=60)
+    # the prober goes on until the trainer has committed every file and the newest version is answered (a
+    # slow machine may still be training the last files): a file served after the loop still counts
+    try:
+        proc.wait(timeout=120)
+    finally:
+        newest = store.published()  # what the replica follows (a version the gate held is never served)
+        if newest is None:
+            newest = max((m.version for m in store.list()), default=0)
+        deadline = time.time() + 60
+        while time.time() < deadline and (not answers or answers[-1][1] < newest):
+            time.sleep(0.05)
+        stop.set()
+        th.join()
     first_with = {}  # file -> first version that includes it
     for m in store.list():
         for f in m.data_files:
             first_with.setdefault(f, m.version)
-    fresh, to_commit = [], []
+    return freshness_summary(landed, answers, first_with, store)
+
+
+def freshness_summary(landed: dict, answers: list, first_with: dict, store) -> dict:
+    """Freshness per file (landing -> first answer by a version that includes it), split where it goes:
+    land -> commit (the trainer: pick-up, train, write), commit -> published (the gate's decision),
+    published -> served (the replica's poll and load, the prober's period). The five slowest files name
+    their parts and the version's kind (a full cut loads slower than a delta) and gate code."""
+    rows = []
     for name, t_land in landed.items():
         v = first_with.get(name)
         if v is None:
             continue
         t = next((t for t, ver in answers if ver >= v and t >= t_land), None)
-        if t is not None:
-            fresh.append(t - t_land)
-            to_commit.append(store.manifest(v).committed_at - t_land)
-    if not fresh:
+        if t is None:
+            continue
+        m = store.manifest(v)
+        decision = store.gate_decision(v) or {}
+        # the version that first served the file: the first published one >= v (v itself unless held)
+        decided = float(decision.get("decided_at", m.committed_at))
+        rows.append(
+            {
+                "file": name,
+                "fresh_s": t - t_land,
+                "land_to_commit_s": m.committed_at - t_land,
+                "commit_to_gate_s": decided - m.committed_at,
+                "gate_to_served_s": t - decided,
+                "version": v,
+                "kind": m.kind,
+                "gate": decision.get("code", "none"),
+            }
+        )
+    if not rows:
         return {"freshness_p50_s": float("nan"), "freshness_p99_s": float("nan"), "freshness_files": 0}
-    return {
-        "freshness_p50_s": float(np.percentile(fresh, 50)),
-        "freshness_p99_s": float(np.percentile(fresh, 99)),
-        "freshness_max_s": float(max(fresh)),
-        "freshness_files": len(fresh),
-        "land_to_commit_p50_s": float(np.percentile(to_commit, 50)),
-        "commit_to_served_p50_s": float(np.percentile(np.subtract(fresh, to_commit), 50)),
+
+    def pct(key: str, q: float) -> float:
+        return float(np.percentile([r[key] for r in rows], q))
+
+    out = {
+        "freshness_p50_s": pct("fresh_s", 50),
+        "freshness_p99_s": pct("fresh_s", 99),
+        "freshness_max_s": max(r["fresh_s"] for r in rows),
+        "freshness_files": len(rows),
+        "freshness_held_files": sum(r["gate"] not in ("ok", "none") for r in rows),
     }
+    for part in ("land_to_commit_s", "commit_to_gate_s", "gate_to_served_s"):
+        out[f"{part[:-2]}_p50_s"] = pct(part, 50)
+        out[f"{part[:-2]}_p99_s"] = pct(part, 99)
+    out["commit_to_served_p50_s"] = float(np.percentile([r["fresh_s"] - r["land_to_commit_s"] for r in rows], 50))
+    out["freshness_slowest"] = [
+        {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
+        for r in sorted(rows, key=lambda r: -r["fresh_s"])[:5]
+    ]
+    return out

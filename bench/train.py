@@ -7,12 +7,20 @@ local baseline and the PS variants alternate over ``--rounds`` rounds (which sid
 alternates too): each round gives its own ratios, the result reports their median and range and
 the load average (``os.getloadavg()``) around each round, since one run of either side moves with
 the machine's background load (examples/s of training time, startup excluded).
+
+Beside the wall-clock ratios, every run's **CPU-seconds per 1,000 examples summed over every process of
+the run** (:mod:`bench.cputree`: this process and its descendants, i.e. the driver, the Ray Train workers,
+the shard actors, the raylet, the GCS; startup included): the local baseline is this process alone
+(``time.process_time``), a PS run the whole process tree during ``run_ps_training``. ``cpu_ratio_vs_local``
+is a run's CPU per example over the local trainer's in the same round; ``cpu_2w_over_1w`` compares 2
+workers with 1 (same placement, depth and shards). ``--shards 1,2,4`` repeats every variant per shard count.
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
 
 from trainer.data.fetch import SHARED_TAOBAO
@@ -38,6 +46,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_VARIANTS,
         help="PS runs per round as WORKERS:PLACEMENT:DEPTH, comma-separated (placement ray | in_process, "
         f"in_process with 1 worker only; depth = ps.pipeline_depth, sync only); default {DEFAULT_VARIANTS}",
+    )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the PS shards' FBGEMM TBEs live (ps.device; default cpu; cuda: see docs/gpu.md)",
+    )
+    p.add_argument(
+        "--shards", default="2", help="PS shard counts, every variant runs with each (default 2; e.g. 1,2,4)"
     )
 
 
@@ -65,6 +82,12 @@ def parse_variants(text: str, mode: str) -> list[tuple[int, str, int]]:
     return out
 
 
+def run_key(run_: tuple[int, str, int, int]) -> str:
+    """(2, "ray", 0, 4) -> "2_workers_ray_depth_0" plus "_4_shards" when not the default 2 shards."""
+    w, placement, depth, n = run_
+    return f"{w}_workers_{placement}_depth_{depth}" + ("" if n == 2 else f"_{n}_shards")
+
+
 def _head(src: Path, rows: int, dst: Path) -> None:
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         for i, line in enumerate(fin):
@@ -90,7 +113,18 @@ def run(args: argparse.Namespace) -> dict:
 
     if not args.input.exists():
         raise UserError(f"{args.input} not found: pass --input, or see ../shared/data/README.md")
+    from bench.cputree import ProcessTreeCPU, per_thousand
+    from bench.ps import check_device
+
+    check_device(getattr(args, "device", "cpu"))
     variants = parse_variants(args.variants, args.mode)
+    try:
+        shard_counts = [int(x) for x in str(args.shards).split(",")]
+    except ValueError:
+        raise UserError(f"--shards {args.shards!r}: expected shard counts like 1,2,4") from None
+    if not shard_counts or min(shard_counts) < 1:
+        raise UserError("--shards takes shard counts >= 1, e.g. 1,2,4")
+    runs = [(w, placement, depth, n) for (w, placement, depth) in variants for n in shard_counts]
     if args.rounds < 1:
         raise UserError("--rounds must be >= 1")
     spec = load_spec(args.spec)
@@ -105,49 +139,66 @@ def run(args: argparse.Namespace) -> dict:
         v = Validator(spec)
         batches = [read_data_file(f, v) for f in files]
         ensure_ray()
+        tree = ProcessTreeCPU().start()  # after ensure_ray: the local Ray's processes are our descendants
+        cpu: dict = {}  # per round: {"local": CPU-s per 1k examples, run: ...}
 
-        def local_rate() -> tuple[float, int]:
+        def local_rate(r: int) -> tuple[float, int]:
+            c0 = time.process_time()
             local = LocalTrainer(spec, mcfg, tcfg)
             seconds = examples = 0
             for b in batches:
                 info = local.train(b)
                 seconds += info["seconds"]
                 examples += info["examples"]
+            cpu.setdefault(r, {})["local"] = per_thousand(time.process_time() - c0, examples)
             return examples / seconds, examples
 
-        def ps_rate(variant: tuple[int, str, int], r: int) -> float:
-            w, placement, depth = variant
+        def ps_rate(run_: tuple[int, str, int, int], r: int) -> float:
+            w, placement, depth, n = run_
+            c0 = tree.snapshot()
             result, _ = run_ps_training(
                 TrainJob(
                     spec,
-                    tmp / f"run{w}-{placement}-{depth}-{r}",
+                    tmp / f"run{w}-{placement}-{depth}-{n}-{r}",
                     model=mcfg,
                     train=tcfg,
                     history=tmp / "data",
                     num_workers=w,
                     versions=False,
-                    ps=PSConfig(num_shards=2, mode=args.mode, placement=placement, pipeline_depth=depth),
+                    ps=PSConfig(
+                        num_shards=n,
+                        mode=args.mode,
+                        placement=placement,
+                        pipeline_depth=depth,
+                        device=getattr(args, "device", "cpu"),
+                    ),
                 )
             )
-            return sum(m["examples_trained"] for m in result.metrics) / sum(m["train_seconds"] for m in result.metrics)
+            examples = sum(m["examples_trained"] for m in result.metrics)
+            cpu.setdefault(r, {})[run_] = per_thousand(tree.snapshot() - c0, examples)
+            return examples / sum(m["train_seconds"] for m in result.metrics)
 
         rounds = []
-        for r in range(args.rounds):
-            load_start = os.getloadavg()
-            if r % 2 == 0:
-                local, examples = local_rate()
-                ps = {v: ps_rate(v, r) for v in variants}
-            else:
-                ps = {v: ps_rate(v, r) for v in variants}
-                local, examples = local_rate()
-            rounds.append({"local": local, "ps": ps, "load_start": load_start, "load_end": os.getloadavg()})
+        try:
+            for r in range(args.rounds):
+                load_start = os.getloadavg()
+                if r % 2 == 0:
+                    local, examples = local_rate(r)
+                    ps = {v: ps_rate(v, r) for v in runs}
+                else:
+                    ps = {v: ps_rate(v, r) for v in runs}
+                    local, examples = local_rate(r)
+                rounds.append({"local": local, "ps": ps, "load_start": load_start, "load_end": os.getloadavg()})
+        finally:
+            cpu_by_process = tree.by_name()
+            tree.stop()
     med = statistics.median
     out = {
         "rows": examples,
         "files": len(files),
         "batch_size": args.batch_size,
         "mode": args.mode,
-        "shards": 2,
+        "shards": shard_counts,
         "rounds": f"{args.rounds}, alternating (local first on even rounds)",
         "local_examples_per_s": {
             "median": med([r["local"] for r in rounds]),
@@ -155,15 +206,28 @@ def run(args: argparse.Namespace) -> dict:
             "max": max(r["local"] for r in rounds),
         },
     }
-    for v in variants:
+    out["local_cpu_s_per_1k_examples"] = med([cpu[r]["local"] for r in range(len(rounds))])
+    for v in runs:
         ratios = [r["ps"][v] / r["local"] for r in rounds]
         rates = [r["ps"][v] for r in rounds]
-        out[f"{v[0]}_workers_{v[1]}_depth_{v[2]}"] = {
+        cpus = [cpu[i][v] for i in range(len(rounds))]
+        cpu_ratios = [cpu[i][v] / cpu[i]["local"] for i in range(len(rounds))]
+        out[run_key(v)] = {
             "examples_per_s": med(rates),
             "ratio_vs_local": med(ratios),
             "ratio_min": min(ratios),
             "ratio_max": max(ratios),
+            "cpu_s_per_1k_examples": med(cpus),
+            "cpu_ratio_vs_local": med(cpu_ratios),
+            "cpu_ratio_range": [min(cpu_ratios), max(cpu_ratios)],
         }
+    for w, placement, depth, n in runs:
+        one = (1, placement, depth, n)
+        if w == 2 and one in runs:
+            out[run_key((w, placement, depth, n))]["cpu_2w_over_1w"] = med(
+                [cpu[i][(w, placement, depth, n)] / cpu[i][one] for i in range(len(rounds))]
+            )
+    out["cpu_s_by_process"] = {k: round(v, 2) for k, v in list(cpu_by_process.items())[:12]}
     out["load_average_1_5_15"] = [
         {"start": [round(x, 2) for x in r["load_start"]], "end": [round(x, 2) for x in r["load_end"]]} for r in rounds
     ]

@@ -164,6 +164,8 @@ class RequestFeatures:
     def _ids_of(self, name: str, arr: pa.Array) -> np.ndarray:
         """Parsed ids of an item column (for the catalogue); malformed ones are refused later by _parse."""
         col = self.spec.column_map[name]
+        if col.type in (ColumnType.ID, ColumnType.INT_ID) and pa.types.is_int64(arr.type) and not arr.null_count:
+            return arr.to_numpy()  # int64 ids (a request's column form) parse to themselves: no second parse
         rej = Rejections(len(arr))
         parsed, _ = parse_columns(pa.table({name: arr}), (col,), self.spec.null_tokens, rej)
         return np.asarray(parsed[name], np.int64)

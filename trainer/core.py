@@ -59,10 +59,15 @@ SCORE_BATCH = 8192
 MAX_PUSHES_IN_FLIGHT = 4
 
 
+# the dense optimizer steps every parameter in one multi-tensor (``foreach``) call instead of a Python loop per
+# parameter: the same elementwise operations, so the same bits (tests/unit/test_bench_serving_fastpaths.py)
+DENSE_FOREACH = True
+
+
 def dense_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.dense_optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.dense_lr)
-    return torch.optim.Adagrad(params, lr=cfg.dense_lr, eps=1e-10)
+        return torch.optim.SGD(params, lr=cfg.dense_lr, foreach=DENSE_FOREACH)
+    return torch.optim.Adagrad(params, lr=cfg.dense_lr, eps=1e-10, foreach=DENSE_FOREACH)
 
 
 def logits_of(model: nn.Module, dense: torch.Tensor, kjt) -> torch.Tensor:
@@ -185,7 +190,8 @@ class TrainerCore:
         n = len(batch)
         out = np.empty(n, np.float32)
         model = self.base_model  # never the DDP wrapper: scoring is rank 0's alone
-        model.eval()
+        if model.training:  # eval() walks every submodule: a serving replica scores in eval mode already
+            model.eval()
         with torch.no_grad():
             for lo in range(0, n, SCORE_BATCH):
                 rows = slice(lo, min(lo + SCORE_BATCH, n))
@@ -421,6 +427,8 @@ class TrainerCore:
                 _, i, name = key.split("/", 2)
                 state.setdefault(int(i), {})[name] = torch.from_numpy(np.array(value))
         self.optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_param_groups"]})
+        for group in self.optimizer.param_groups:  # a version saved before foreach (None) steps with it too
+            group["foreach"] = DENSE_FOREACH
         self.stats = RunningStats.from_state_dict(meta["stats"])
         self.step = int(meta["step"])
         self.examples_trained = int(meta["examples_trained"])

@@ -1,0 +1,211 @@
+"""Where the time goes per request: relative profiles of the serving path (``bench serve --profile DIR``).
+
+* The replica and the proxy of the running Ray Serve application are sampled by py-spy while a Score
+  phase runs (``--nonblocking``: the processes are not paused; ``--gil``: only the thread holding the GIL,
+  so a thread parked in a C call is not counted as busy; collapsed stacks in DIR), and
+  :func:`summarize_collapsed` turns each into shares of the samples: the top functions by own time and by
+  inclusive time, and the replica's samples per stage of a request (:data:`STAGES`).
+* The in-process service (validation, conversions, features, forward, response) runs under cProfile
+  (:func:`cprofile_calls`): the top functions by cumulative time, as shares of the total.
+
+Every number is a share of samples or of time, never an absolute figure: they compare where the time
+goes, also on a loaded machine. py-spy is found beside this Python, on PATH, or through its installed
+distribution's files; without it the sampling part says so and the rest goes on.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import importlib.metadata
+import os
+import pstats
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+# a replica sample is counted in the first stage (in this order) whose pattern one of its frames contains
+STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("forward", ("ServableModel.score", "TrainerCore.score", "torch/", "fbgemm")),
+    ("features", ("serving/features.py",)),
+    ("request_conversion", ("candidate_columns", "context_values", "feature_value", "_check_size")),
+    ("telemetry", ("serving/telemetry.py", "prometheus", "ray/util/metrics")),
+    ("handler_rest", ("ScoringService._score", "ScoringService._recommend", "ScoringService._timed")),
+    ("ray_serve", ("ray/serve/",)),
+    ("grpc_protobuf", ("grpc/", "google/protobuf")),
+    ("ray_core", ("ray/",)),
+    ("asyncio", ("asyncio/",)),
+)
+
+
+def py_spy_binary() -> str | None:
+    """The py-spy executable: beside this interpreter, on PATH, or among the files of the py-spy distribution."""
+    near = Path(sys.executable).parent / "py-spy"
+    if near.exists():
+        return str(near)
+    found = shutil.which("py-spy")
+    if found:
+        return found
+    try:
+        dist = importlib.metadata.distribution("py-spy")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in dist.files or ():
+        if f.name == "py-spy":
+            p = Path(dist.locate_file(f)).resolve()
+            if p.exists():
+                return str(p)
+    return None
+
+
+def _frame_key(frame: str) -> str:
+    """``score (serving/model.py:123)`` -> ``serving/model.py:score`` (the line dropped, an absolute path
+    shortened to its package path; py-spy already writes them relative to sys.path)."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    if not path.startswith("/"):
+        return f"{path}:{name}"
+    std = re.search(r"/lib/python3\.\d+/", path)
+    if "site-packages/" in path:
+        path = path.split("site-packages/", 1)[1]
+    elif std:
+        path = path[std.end() :]
+    else:
+        parts = Path(path).parts
+        path = "/".join(parts[-2:]) if len(parts) >= 2 else path
+    return f"{path}:{name}"
+
+
+def parse_collapsed(text: str) -> list[tuple[list[str], int]]:
+    """Collapsed stacks (``frame;frame;... COUNT`` per line, py-spy's ``--format raw``) -> [(frame keys, count)]."""
+    out = []
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [f for f in stack.split(";") if f]
+        # py-spy puts the thread (and process) as the first frames: "thread (0x..)" / "process 12:..."
+        frames = [f for f in frames if not f.startswith(("thread (", "process "))]
+        out.append(([_frame_key(f) for f in frames], int(count)))
+    return out
+
+
+def stage_of(frames: list[str]) -> str:
+    """The stage of one sample: the first of :data:`STAGES` (in their order) that one of its frames matches."""
+    for stage, patterns in STAGES:
+        if any(p in f for f in frames for p in patterns):
+            return stage
+    return "other"
+
+
+def summarize_collapsed(text: str, top: int = 12) -> dict:
+    """Shares of the samples: the top functions by own (innermost) time and by inclusive time, and per stage."""
+    stacks = parse_collapsed(text)
+    total = sum(c for _, c in stacks)
+    if not total:
+        return {"samples": 0}
+    own, incl, stages = Counter(), Counter(), Counter()
+    for frames, c in stacks:
+        if frames:
+            own[frames[-1]] += c
+        for f in set(frames):
+            incl[f] += c
+        stages[stage_of(frames)] += c
+
+    def shares(counter: Counter) -> list[list]:
+        return [[k, round(v / total, 4)] for k, v in counter.most_common(top)]
+
+    return {
+        "samples": total,
+        "own": shares(own),
+        "inclusive": shares(incl),
+        "stages": {k: round(v / total, 4) for k, v in stages.most_common()},
+    }
+
+
+def cprofile_calls(fn, reps: int, out: Path | None = None, top: int = 15) -> dict:
+    """Run ``fn(i)`` ``reps`` times under cProfile: the top functions by cumulative time as shares of the total."""
+    for i in range(min(20, reps)):
+        fn(i)
+    prof = cProfile.Profile()
+    prof.enable()
+    for i in range(reps):
+        fn(i)
+    prof.disable()
+    if out is not None:
+        prof.dump_stats(str(out))
+    st = pstats.Stats(prof)
+    total = st.total_tt or 1e-12
+    rows = []
+    for (file, line, name), (_cc, nc, tt, ct, _) in st.stats.items():
+        rows.append((ct, tt, nc, f"{_frame_key(f'{name} ({file}:{line})')}"))
+    rows.sort(reverse=True)
+    return {
+        "calls": reps,
+        "cumulative": [[k, round(ct / total, 4), round(nc / reps, 2)] for ct, _, nc, k in rows[:top]],
+        "own": [
+            [k, round(tt / total, 4), round(nc / reps, 2)] for tt, _, nc, k in sorted(rows, key=lambda r: -r[1])[:top]
+        ],
+        "note": "shares of the profiled time; the third value is calls per request",
+    }
+
+
+def serve_pids(root_pid: int | None = None) -> dict[str, int]:
+    """The pids of the freshrec Scorer replica and of the proxy actor among this process's descendants (a
+    local Ray started by the run; Ray titles its actor processes ``ray::ServeReplica:APP:DEPLOYMENT`` and
+    ``ray::ProxyActor``). No Ray API: the state API needs the dashboard, and finds other runs' clusters."""
+    import psutil
+
+    pids: dict[str, int] = {}
+    for p in psutil.Process(root_pid or os.getpid()).children(recursive=True):
+        try:
+            title = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+        if "ServeReplica:freshrec:Scorer" in title and "replica" not in pids:
+            pids["replica"] = p.pid
+        elif "ray::ProxyActor" in title and "proxy" not in pids:
+            pids["proxy"] = p.pid
+    return pids
+
+
+def profile_serve_phase(out_dir: Path, run_phase, rate: int = 250) -> dict:
+    """Sample the replica and the proxy with py-spy while ``run_phase()`` (a load phase returning a
+    LoadResult) runs; the summaries of the samples and the phase's own summary."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spy = py_spy_binary()
+    pids = serve_pids()
+    result: dict = {"pids": pids}
+    procs: dict[str, tuple[subprocess.Popen, Path]] = {}
+    if spy is None:
+        result["py_spy"] = "not found (pip install py-spy): no samples of the replica and the proxy"
+    else:
+        for role, pid in pids.items():
+            path = out_dir / f"{role}.collapsed"
+            # --gil: only the thread holding the GIL is sampled (Python work, not threads parked in C calls)
+            cmd = [spy, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "--nonblocking", "--gil"]
+            cmd += ["--output", str(path)]
+            procs[role] = (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), path)
+    try:
+        result["phase"] = run_phase().summary()
+    finally:
+        for role, (proc, path) in procs.items():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
+            try:
+                _, err = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            if path.exists():
+                result[role] = summarize_collapsed(path.read_text())
+                result[role]["file"] = str(path)
+            else:
+                result[role] = {"error": (err or b"").decode(errors="replace")[-500:] or f"exit {proc.returncode}"}
+    result["note"] = "shares of py-spy samples (own = innermost frame); stages: the replica's request stages"
+    if os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1":
+        result["note"] += "; throughput ingress: user code runs on the replica's loop"
+    return result
