@@ -264,10 +264,39 @@ class VersionStore:
         with self._io(f"read {path}"):
             return self.fs.cat_file(path)
 
+    def forget_listings(self, path: str | None = None) -> None:
+        """Drop every cached directory listing at and below ``path`` (default: the store's root).
+
+        s3fs (like every fsspec filesystem with a ``dircache``) caches each directory it lists, and its
+        ``invalidate_cache(path)`` drops only ``path`` and its parents, not the directories below it. Other
+        processes write versions here, so a version directory listed while it was being written (no
+        manifest yet) would hide that version's manifest from ``exists`` for the life of the process.
+        Wrappers (``DirFileSystem``, the chaos harness's ``faulty://``) are followed to the filesystem
+        that holds the cache."""
+        path = (path or self.root).rstrip("/") or "/"
+        fs = self.fs
+        fs.invalidate_cache(path)
+        for _ in range(8):  # wrappers of wrappers, bounded
+            cache = getattr(fs, "dircache", None)
+            if cache is not None:
+                prefix = path.rstrip("/") + "/"
+                try:
+                    stale = [k for k in list(cache) if isinstance(k, str) and (k == path or k.startswith(prefix))]
+                except Exception:  # a cache that cannot be listed: nothing to drop by prefix
+                    stale = []
+                for key in stale:
+                    cache.pop(key, None)
+            inner = getattr(fs, "fs", None)
+            if inner is None or inner is fs or not hasattr(inner, "invalidate_cache"):
+                break
+            join = getattr(fs, "_join", None)
+            path = (join(path) if callable(join) else path).rstrip("/") or "/"
+            fs = inner
+
     # ---------------------------------------------------------------- reading
     def _version_dirs(self) -> list[int]:
         with self._io(f"list {self.root}"):
-            self.fs.invalidate_cache(self.root)  # object stores cache listings; other processes write here
+            self.forget_listings()  # object stores cache listings; other processes write here
             try:
                 names = self.fs.ls(self.root, detail=False)
             except FileNotFoundError:
@@ -282,7 +311,7 @@ class VersionStore:
     def versions(self) -> list[int]:
         """Committed version numbers (those with a manifest), ascending."""
         with self._io(f"list {self.root}"):
-            self.fs.invalidate_cache(self.root)
+            self.forget_listings()
             try:
                 paths = self.fs.glob(f"{self.root}/v*/{MANIFEST}")
             except FileNotFoundError:

@@ -240,8 +240,8 @@ class StreamRun:
         faultyfs.register()
         if self.store_url.startswith("faulty://"):
             clean = {k: v for k, v in self.fs_cfg.items() if k not in ("rate", "enospc", "log")}
-            if clean.get("target") == "s3":  # the observer reads the truth: no listings cache (s3fs keeps one
-                # per directory, which VersionStore's invalidate_cache(root) does not clear)
+            if clean.get("target") == "s3":  # the observer reads the truth: no listings cache at all (the
+                # store drops its listings before each poll, VersionStore.forget_listings; this is belt and braces)
                 clean["options"] = {**clean["options"], "use_listings_cache": False}
             return VersionStore(self.store_url, {**clean, "rate": 0.0, "enospc": 0.0, "log": ""})
         return VersionStore(self.store_url)
