@@ -37,13 +37,22 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import threading
 import time
 import uuid
 from collections.abc import Callable
 
 from trainer import bundle, telemetry
-from versions import PublishConfig, Publisher, SnapshotConfig, SnapshotPolicy, VersionMetrics, VersionStore
+from versions import (
+    PublishConfig,
+    Publisher,
+    SnapshotConfig,
+    SnapshotPolicy,
+    VersionMetrics,
+    VersionStore,
+    is_transient,
+)
 
 log = logging.getLogger(__name__)
 CORE_PART = bundle.CORE_PART  # re-exported for callers that name the parts (tests)
@@ -70,6 +79,10 @@ def collectives(world: int):
         return box[0]
 
     return dist.barrier, broadcast
+
+
+class FinalCommitError(RuntimeError):
+    """The final version of a run could not be committed: the store stayed unavailable through every retry."""
 
 
 class VersionKeeper:
@@ -111,6 +124,8 @@ class VersionKeeper:
         self.pauses_ms: list[float] = []
         self.failures = 0
         self.max_failures = 3  # consecutive failed versions before the run stops with the error
+        self.final_attempts = 5  # the final version (finish): attempts on transient store errors
+        self.retry_base_s, self.retry_max_s = 0.25, 4.0  # its backoff: base * 2**n, capped, jittered x0.5-1.5
         self._consecutive_failures = 0
         self._cut_step = 0  # the step of the last version cut (or restored)
         self._writer: threading.Thread | None = None
@@ -212,16 +227,64 @@ class VersionKeeper:
 
     def finish(self) -> None:
         """Every rank, at the end of a run (drained, idle, or stopped): a final version if anything was
-        trained (or the data layer's state changed) since the last one, then wait until it is committed."""
+        trained (or the data layer's state changed) since the last one, then wait until it is committed.
+
+        The final version is the only one no later version can carry: when its write fails with a
+        transient store error (:func:`versions.is_transient`: the store unreachable, EIO, ENOSPC; never a
+        corrupt part or a fenced writer) it is cut again and retried, every rank together, with jittered
+        exponential backoff, at most ``final_attempts`` times in all; then :meth:`wait` raises a clear error
+        and the run exits non-zero (a restart resumes from the newest committed version)."""
         if self.rank == 0:
             self._join()  # the version in flight is committed (or failed: after_file/wait report it)
         need = self.core.step != self._cut_step
-        if self.data is not None:  # data-layer changes only (a refused file, a file of duplicates) count too
-            need = bool(self.broadcast((need or self.data.dirty()) if self.rank == 0 else None))
-        if need:
-            self.after_file(force=True)
+        if self.rank == 0:
+            if self.data is not None:  # data-layer changes only (a refused file, a file of duplicates) count too
+                need = need or self.data.dirty()
+            if self._error is not None and is_transient(self._error):
+                need = True  # the last version in flight failed: no later version would carry its changes
+        need = bool(self.broadcast(need if self.rank == 0 else None))
+        attempt = 1
+        while need:
+            self.after_file(force=True)  # rank 0 first reports (and clears) a failure before this cut
+            delay = None
+            if self.rank == 0:
+                self._join()
+                delay = self._final_retry_delay(attempt)
+            delay = self.broadcast(delay)
+            if delay is None:
+                break
+            time.sleep(delay)
+            attempt += 1
         if self.rank == 0:
             self.wait()
+
+    def _final_retry_delay(self, attempt: int) -> float | None:
+        """Rank 0, after final attempt ``attempt``: seconds to wait before the next, or None (committed, a
+        permanent error, or out of attempts: the error stays for :meth:`wait`)."""
+        exc = self._error
+        if exc is None:
+            return None
+        if not is_transient(exc) or attempt >= self.final_attempts:
+            if is_transient(exc):
+                self._error = FinalCommitError(
+                    f"the final model version could not be committed in {attempt} attempts, the store "
+                    f"stayed unavailable ({type(exc).__name__}: {exc}); the data files trained since version "
+                    f"{self.last_version} are in no committed version: check the store, then run the stream "
+                    f"again (it resumes from the newest committed version and trains them once)"
+                )
+                self._error.__cause__ = exc
+            return None
+        delay = min(self.retry_max_s, self.retry_base_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+        log.warning(
+            "committing the final model version failed (attempt %d of %d, transient: %s: %s); retrying in %.2f s",
+            attempt,
+            self.final_attempts,
+            type(exc).__name__,
+            exc,
+            delay,
+        )
+        self._error = None
+        return delay
 
     def _write(
         self, cut_id: str, decision, step: int, arrays: dict, meta: dict, pause_ms: float, window: dict | None = None
@@ -291,6 +354,9 @@ class VersionKeeper:
             self._writer = None
 
     def _raise_writer_error(self) -> None:
+        if isinstance(self._error, FinalCommitError):
+            exc, self._error = self._error, None
+            raise exc
         if self._error is not None:
             exc, self._error = self._error, None
             raise RuntimeError(
