@@ -25,6 +25,7 @@ BENCHES = (
     "search",
     "gate",
     "chaos",
+    "restart",
 )
 
 
