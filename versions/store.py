@@ -46,6 +46,7 @@ import io
 import json
 import logging
 import os
+import random
 import re
 import socket
 import threading
@@ -83,6 +84,7 @@ LATEST = "LATEST"
 WRITER_TTL_S = 60.0  # the writer lease: renewed every ttl / 4 by a heartbeat thread while the writer lives
 MANIFEST_CACHE = 256  # manifests a VersionStore keeps in memory (LRU)
 TMP_GRACE_S = 60.0  # a temporary file (``*.tmp-*``) older than this is a failed write's: commit and gc remove it
+READ_ATTEMPTS = 3  # an idempotent read (exists, a small file, a listing) that hit a transient error is retried
 LEASE_SKEW_S = 30.0  # gc keeps a leased version this long past its lease's expiry (clock skew between hosts)
 
 
@@ -233,9 +235,23 @@ class VersionStore:
     def part_path(self, version: int, name: str) -> str:
         return f"{self.vdir(version)}/{check_part_name(name)}.part"
 
+    def _read(self, what: str, fn):
+        """``fn()`` under :meth:`_io`, retried on a transient error (StoreUnavailableError) with a short
+        jittered backoff, ``READ_ATTEMPTS`` times in all: for idempotent reads only (a poller, the CLI's
+        version ticker and a restore must not fail on one dropped connection). FileNotFoundError and
+        VersionErrors are never retried."""
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                with self._io(what):
+                    return fn()
+            except StoreUnavailableError:
+                if attempt == READ_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05 * 2**attempt * random.uniform(0.5, 1.5))
+        raise AssertionError("unreachable")
+
     def _exists(self, path: str) -> bool:
-        with self._io(f"check {path}"):
-            return self.fs.exists(path)
+        return self._read(f"check {path}", lambda: self.fs.exists(path))
 
     def _write_small(self, path: str, data: bytes) -> None:
         """Write a small file atomically: temp + fsync + rename locally, one PUT elsewhere."""
@@ -261,8 +277,7 @@ class VersionStore:
         return self.fs.open(path, "rb")
 
     def _read_small(self, path: str) -> bytes:
-        with self._io(f"read {path}"):
-            return self.fs.cat_file(path)
+        return self._read(f"read {path}", lambda: self.fs.cat_file(path))
 
     def forget_listings(self, path: str | None = None) -> None:
         """Drop every cached directory listing at and below ``path`` (default: the store's root).
@@ -295,12 +310,14 @@ class VersionStore:
 
     # ---------------------------------------------------------------- reading
     def _version_dirs(self) -> list[int]:
-        with self._io(f"list {self.root}"):
+        def ls():
             self.forget_listings()  # object stores cache listings; other processes write here
             try:
-                names = self.fs.ls(self.root, detail=False)
+                return self.fs.ls(self.root, detail=False)
             except FileNotFoundError:
                 return []
+
+        names = self._read(f"list {self.root}", ls)
         out = []
         for n in names:
             m = _VDIR.match(n.rstrip("/").rsplit("/", 1)[-1])
@@ -310,12 +327,15 @@ class VersionStore:
 
     def versions(self) -> list[int]:
         """Committed version numbers (those with a manifest), ascending."""
-        with self._io(f"list {self.root}"):
+
+        def glob():
             self.forget_listings()
             try:
-                paths = self.fs.glob(f"{self.root}/v*/{MANIFEST}")
+                return self.fs.glob(f"{self.root}/v*/{MANIFEST}")
             except FileNotFoundError:
                 return []
+
+        paths = self._read(f"list {self.root}", glob)
         out = []
         for p in paths:
             m = _VDIR.match(p.rstrip("/").rsplit("/", 2)[-2])
