@@ -84,7 +84,9 @@ LATEST = "LATEST"
 WRITER_TTL_S = 60.0  # the writer lease: renewed every ttl / 4 by a heartbeat thread while the writer lives
 MANIFEST_CACHE = 256  # manifests a VersionStore keeps in memory (LRU)
 TMP_GRACE_S = 60.0  # a temporary file (``*.tmp-*``) older than this is a failed write's: commit and gc remove it
-READ_ATTEMPTS = 3  # an idempotent read (exists, a small file, a listing) that hit a transient error is retried
+# an idempotent store call (exists, a listing, reading a small file or a part, writing a whole small file or a
+# whole part: what botocore's own retries do for S3 requests) that hit a transient error is tried this often
+READ_ATTEMPTS = 3
 LEASE_SKEW_S = 30.0  # gc keeps a leased version this long past its lease's expiry (clock skew between hosts)
 
 
@@ -235,11 +237,12 @@ class VersionStore:
     def part_path(self, version: int, name: str) -> str:
         return f"{self.vdir(version)}/{check_part_name(name)}.part"
 
-    def _read(self, what: str, fn):
+    def _retrying(self, what: str, fn):
         """``fn()`` under :meth:`_io`, retried on a transient error (StoreUnavailableError) with a short
-        jittered backoff, ``READ_ATTEMPTS`` times in all: for idempotent reads only (a poller, the CLI's
-        version ticker and a restore must not fail on one dropped connection). FileNotFoundError and
-        VersionErrors are never retried."""
+        jittered backoff, ``READ_ATTEMPTS`` times in all. Only for idempotent calls: reads, and writes of a
+        whole object (a small file, a part) that a second try simply writes again; never the writer lease's
+        compare-and-swap. A poller, the CLI's version ticker, a restore and a version's write must not fail
+        on one dropped connection. FileNotFoundError and VersionErrors are never retried."""
         for attempt in range(READ_ATTEMPTS):
             try:
                 with self._io(what):
@@ -250,23 +253,32 @@ class VersionStore:
                 time.sleep(0.05 * 2**attempt * random.uniform(0.5, 1.5))
         raise AssertionError("unreachable")
 
+    _read = _retrying
+
     def _exists(self, path: str) -> bool:
         return self._read(f"check {path}", lambda: self.fs.exists(path))
 
     def _write_small(self, path: str, data: bytes) -> None:
-        """Write a small file atomically: temp + fsync + rename locally, one PUT elsewhere."""
-        with self._io(f"write {path}"):
-            if self.local:
-                tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
-                os.makedirs(os.path.dirname(path), exist_ok=True)
+        """Write a small file atomically: temp + fsync + rename locally, one PUT elsewhere (retried)."""
+        self._retrying(f"write {path}", lambda: self._write_small_once(path, data))
+
+    def _write_small_once(self, path: str, data: bytes) -> None:
+        if self.local:
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
                 with open(tmp, "wb") as f:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, path)
-                _fsync_dir(os.path.dirname(path))
-            else:
-                self.fs.pipe_file(path, data)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)  # a failed try leaves no temp file behind
+                raise
+            _fsync_dir(os.path.dirname(path))
+        else:
+            self.fs.pipe_file(path, data)
 
     def _open_read(self, path: str):
         """A file to read ``path`` from. memory:// hands every reader the same file object (one
@@ -526,18 +538,20 @@ class VersionStore:
 
     def _read_bytes(self, version: int, info: PartInfo) -> bytearray:
         path = self.part_path(version, info.name)
-        with self._io(f"read {path}"):
-            try:
-                size = self.fs.size(path)
-            except FileNotFoundError:
-                raise CorruptVersionError(version, info.name, "is missing") from None
-            if size != info.bytes:
-                raise CorruptVersionError(version, info.name, f"has {size} bytes, the manifest says {info.bytes}")
-            buf = bytearray(size)
-            with self._open_read(path) as f:
-                got = f.readinto(memoryview(buf)) if size else 0
-            if got != size:
-                raise CorruptVersionError(version, info.name, f"read {got} of {size} bytes")
+        return self._retrying(f"read {path}", lambda: self._read_bytes_once(version, info, path))
+
+    def _read_bytes_once(self, version: int, info: PartInfo, path: str) -> bytearray:
+        try:
+            size = self.fs.size(path)
+        except FileNotFoundError:
+            raise CorruptVersionError(version, info.name, "is missing") from None
+        if size != info.bytes:
+            raise CorruptVersionError(version, info.name, f"has {size} bytes, the manifest says {info.bytes}")
+        buf = bytearray(size)
+        with self._open_read(path) as f:
+            got = f.readinto(memoryview(buf)) if size else 0
+        if got != size:
+            raise CorruptVersionError(version, info.name, f"read {got} of {size} bytes")
         return buf
 
     def verify(self, version: int, checksums: bool = True) -> list[str]:
@@ -1140,18 +1154,26 @@ def write_part(
     check_part_name(name)
     meta = as_json_value(dict(meta or {}), f"meta of part {name!r}")
     path = store.part_path(version, name)
-    with store._io(f"write {path}"):
+
+    def write_once() -> tuple[str, int]:
         if store.local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
-            with open(tmp, "wb") as f:
-                sha, size = partfile.write(f, arrays, meta)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        else:
-            with store.fs.open(path, "wb") as f:
-                sha, size = partfile.write(f, arrays, meta)
+            try:
+                with open(tmp, "wb") as f:
+                    got = partfile.write(f, arrays, meta)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)  # a failed try leaves no temp file behind
+                raise
+            return got
+        with store.fs.open(path, "wb") as f:
+            return partfile.write(f, arrays, meta)
+
+    sha, size = store._retrying(f"write {path}", write_once)  # one whole object: a second try rewrites it
     rows = len(arrays["ids"]) if "ids" in arrays else 0
     return PartInfo(name=name, sha256=sha, bytes=size, rows=int(rows), meta=meta)
 
