@@ -53,3 +53,27 @@ def test_a_poller_on_s3_sees_a_version_committed_by_another_writer_after_it_look
     assert reader.latest() == 1 and reader.versions() == [1]  # looked (and listed) while version 2 was written
     w.commit([w.write_part("dense", {"w": np.ones(2)}, {"role": "dense"})])
     assert reader.latest() == 2 and reader.versions() == [1, 2]
+
+
+def test_faulty_over_a_local_directory_writes_whole_objects_atomically(tmp_path):
+    """Found by the default chaos seed: over a local directory, faulty://'s pipe_file wrote MANIFEST.json in
+    place, so the CLI's version ticker parsed an empty manifest (CorruptVersionError) mid-write. An object
+    store's PUT is atomic; the wrapper now writes a temporary name and renames it."""
+    import fsspec
+
+    from bench.chaos import faultyfs
+
+    faultyfs.register()
+    fs, root = fsspec.core.url_to_fs(f"faulty://{tmp_path}/store", rate=0.0, enospc=0.0)
+    seen = []
+    real = fs.fs.pipe_file
+
+    def spy(path, value, *a, **k):  # what a concurrent reader would find at the final name meanwhile
+        seen.append((path, fs.fs.exists(f"{tmp_path}/store/v1/MANIFEST.json")))
+        return real(path, value, *a, **k)
+
+    fs.fs.pipe_file = spy
+    fs.pipe_file(f"{root}/v1/MANIFEST.json", b'{"version": 1}')
+    assert [exists for _, exists in seen] == [False] and ".tmp-" in seen[0][0]
+    assert fs.cat_file(f"{root}/v1/MANIFEST.json") == b'{"version": 1}'
+    assert sorted(p.name for p in (tmp_path / "store" / "v1").iterdir()) == ["MANIFEST.json"]  # no temp file left
