@@ -26,6 +26,7 @@ BENCHES = (
     "gate",
     "chaos",
     "serve-chaos",
+    "restart",
 )
 
 

@@ -35,15 +35,27 @@ an uninterrupted run drops. What a version contains is :mod:`trainer.bundle`'s b
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
+import random
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 
 from trainer import bundle, telemetry
-from versions import PublishConfig, Publisher, SnapshotConfig, SnapshotPolicy, VersionMetrics, VersionStore
+from versions import (
+    PublishConfig,
+    Publisher,
+    SnapshotConfig,
+    SnapshotPolicy,
+    VersionMetrics,
+    VersionStore,
+    is_transient,
+)
 
 log = logging.getLogger(__name__)
 CORE_PART = bundle.CORE_PART  # re-exported for callers that name the parts (tests)
@@ -70,6 +82,71 @@ def collectives(world: int):
         return box[0]
 
     return dist.barrier, broadcast
+
+
+ORPHAN_EXIT = 75  # the exit status of a Ray worker that found its raylet gone (EX_TEMPFAIL)
+
+
+class OrphanGuard:
+    """Ends this process promptly once the process that started it is gone (it was re-parented).
+
+    A Ray worker is a child of its node's raylet; ``os.killpg`` of the ``freshrec stream`` CLI kills the
+    CLI, the GCS and the raylet, but not the workers (each in a process group of its own), and Ray's own
+    check lets them run on for a while: an orphaned Ray Train worker went on training and committing
+    versions beside the restarted stream, and its writer lease made the restart wait, then fail. The
+    guard checks ``os.getppid()`` every ``interval_s`` (and :meth:`VersionKeeper._write` checks it just
+    before a commit); when it changed, ``on_orphan()`` runs (log, exit). Only in Ray workers: a run in
+    the CLI's own process keeps running when its shell goes away."""
+
+    def __init__(self, on_orphan: Callable[[], None], interval_s: float = 0.5, parent: int | None = None) -> None:
+        self.parent = os.getppid() if parent is None else int(parent)
+        self.on_orphan, self.interval_s = on_orphan, float(interval_s)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def in_ray_worker() -> bool:
+        """Whether this process is a Ray actor's worker process (Ray Train workers and shard hosts are)."""
+        ray = sys.modules.get("ray")
+        try:
+            return bool(ray is not None and ray.is_initialized() and ray.get_runtime_context().get_actor_id())
+        except Exception:
+            return False
+
+    def orphaned(self) -> bool:
+        return os.getppid() != self.parent
+
+    def start(self) -> OrphanGuard:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._watch, name="freshrec-orphan-guard", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            if self.orphaned():
+                self.on_orphan()
+                return
+
+
+def _exit_orphan() -> None:
+    log.error(
+        "the raylet that started this Ray worker is gone (the freshrec stream driver was killed): this orphaned "
+        "worker exits now (status %d) so that it trains and commits nothing more and a restarted stream takes "
+        "the store's writer lease at once",
+        ORPHAN_EXIT,
+    )
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    os._exit(ORPHAN_EXIT)
+
+
+class FinalCommitError(RuntimeError):
+    """The final version of a run could not be committed: the store stayed unavailable through every retry."""
 
 
 class VersionKeeper:
@@ -111,6 +188,8 @@ class VersionKeeper:
         self.pauses_ms: list[float] = []
         self.failures = 0
         self.max_failures = 3  # consecutive failed versions before the run stops with the error
+        self.final_attempts = 5  # the final version (finish): attempts on transient store errors
+        self.retry_base_s, self.retry_max_s = 0.25, 4.0  # its backoff: base * 2**n, capped, jittered x0.5-1.5
         self._consecutive_failures = 0
         self._cut_step = 0  # the step of the last version cut (or restored)
         self._writer: threading.Thread | None = None
@@ -119,6 +198,8 @@ class VersionKeeper:
         self.decisions: dict[int, object] = {}  # version -> PublishDecision (this run's)
         self._files_mark = self._validated()  # validated data files already in a version
         self._picked_up_at: float | None = None  # when rank 0 took the newest data file (freshness)
+        # in a Ray worker: exit once the raylet is gone (an orphan must not train or commit beside a restart)
+        self.orphan_guard = OrphanGuard(_exit_orphan).start() if OrphanGuard.in_ray_worker() else None
 
     def _validated(self) -> int:
         validator = getattr(self.core, "validator", None)
@@ -212,16 +293,64 @@ class VersionKeeper:
 
     def finish(self) -> None:
         """Every rank, at the end of a run (drained, idle, or stopped): a final version if anything was
-        trained (or the data layer's state changed) since the last one, then wait until it is committed."""
+        trained (or the data layer's state changed) since the last one, then wait until it is committed.
+
+        The final version is the only one no later version can carry: when its write fails with a
+        transient store error (:func:`versions.is_transient`: the store unreachable, EIO, ENOSPC; never a
+        corrupt part or a fenced writer) it is cut again and retried, every rank together, with jittered
+        exponential backoff, at most ``final_attempts`` times in all; then :meth:`wait` raises a clear error
+        and the run exits non-zero (a restart resumes from the newest committed version)."""
         if self.rank == 0:
             self._join()  # the version in flight is committed (or failed: after_file/wait report it)
         need = self.core.step != self._cut_step
-        if self.data is not None:  # data-layer changes only (a refused file, a file of duplicates) count too
-            need = bool(self.broadcast((need or self.data.dirty()) if self.rank == 0 else None))
-        if need:
-            self.after_file(force=True)
+        if self.rank == 0:
+            if self.data is not None:  # data-layer changes only (a refused file, a file of duplicates) count too
+                need = need or self.data.dirty()
+            if self._error is not None and is_transient(self._error):
+                need = True  # the last version in flight failed: no later version would carry its changes
+        need = bool(self.broadcast(need if self.rank == 0 else None))
+        attempt = 1
+        while need:
+            self.after_file(force=True)  # rank 0 first reports (and clears) a failure before this cut
+            delay = None
+            if self.rank == 0:
+                self._join()
+                delay = self._final_retry_delay(attempt)
+            delay = self.broadcast(delay)
+            if delay is None:
+                break
+            time.sleep(delay)
+            attempt += 1
         if self.rank == 0:
             self.wait()
+
+    def _final_retry_delay(self, attempt: int) -> float | None:
+        """Rank 0, after final attempt ``attempt``: seconds to wait before the next, or None (committed, a
+        permanent error, or out of attempts: the error stays for :meth:`wait`)."""
+        exc = self._error
+        if exc is None:
+            return None
+        if not is_transient(exc) or attempt >= self.final_attempts:
+            if is_transient(exc):
+                self._error = FinalCommitError(
+                    f"the final model version could not be committed in {attempt} attempts, the store "
+                    f"stayed unavailable ({type(exc).__name__}: {exc}); the data files trained since version "
+                    f"{self.last_version} are in no committed version: check the store, then run the stream "
+                    f"again (it resumes from the newest committed version and trains them once)"
+                )
+                self._error.__cause__ = exc
+            return None
+        delay = min(self.retry_max_s, self.retry_base_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+        log.warning(
+            "committing the final model version failed (attempt %d of %d, transient: %s: %s); retrying in %.2f s",
+            attempt,
+            self.final_attempts,
+            type(exc).__name__,
+            exc,
+            delay,
+        )
+        self._error = None
+        return delay
 
     def _write(
         self, cut_id: str, decision, step: int, arrays: dict, meta: dict, pause_ms: float, window: dict | None = None
@@ -238,6 +367,8 @@ class VersionKeeper:
             parts += bundle.write_model(writer, (arrays, meta), feats, data)
             digest = writer.digest(parts)
             ledger = bundle.ledger_ref(data.summary) if data is not None else self.core.ledger.to_dict()
+            if self.orphan_guard is not None and self.orphan_guard.orphaned():  # the driver died meanwhile
+                self.orphan_guard.on_orphan()
             manifest = writer.commit(
                 parts,
                 ledger=ledger,
@@ -291,6 +422,9 @@ class VersionKeeper:
             self._writer = None
 
     def _raise_writer_error(self) -> None:
+        if isinstance(self._error, FinalCommitError):
+            exc, self._error = self._error, None
+            raise exc
         if self._error is not None:
             exc, self._error = self._error, None
             raise RuntimeError(

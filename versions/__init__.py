@@ -21,6 +21,7 @@ from versions.errors import (
     VersionError,
     VersionWriteError,
     WriterFencedError,
+    is_transient,
 )
 from versions.leases import ServingLease
 from versions.manifest import Manifest, PartInfo
@@ -51,6 +52,7 @@ __all__ = [
     "VersionWriteError",
     "VersionWriter",
     "WriterFencedError",
+    "is_transient",
     "model_digest",
     "table_parts",
     "write_part",

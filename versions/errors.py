@@ -108,3 +108,27 @@ class WriterFencedError(VersionWriteError):
     def __str__(self) -> str:
         what = f"cannot write version {self.version}" if self.version is not None else "cannot write versions"
         return f"{what}: {self.reason}"
+
+
+_PERMANENT_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """True when ``exc`` is store trouble worth retrying with backoff: a :class:`StoreUnavailableError`, a
+    ``ConnectionError`` / ``TimeoutError``, or an ``OSError`` such as EIO or ENOSPC, found on ``exc`` or on
+    what it wraps (``__cause__``, ``__context__``, a Ray task error's ``cause``). Never transient: a
+    :class:`VersionError` anywhere in the chain (a corrupt part, a version that cannot be written as
+    asked, a fenced writer), a missing file, a permission error, or anything that is not an I/O error."""
+    transient, seen = False, set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, VersionError) or isinstance(e, _PERMANENT_OS_ERRORS):
+            return False
+        if isinstance(e, (StoreUnavailableError, ConnectionError, TimeoutError, OSError)):
+            transient = True
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return transient

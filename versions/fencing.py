@@ -94,6 +94,9 @@ def describe(state: dict) -> str:
     )
 
 
+PROGRESS_S = 10.0  # acquire(): a progress line this often while another writer's lease blocks it
+
+
 class WriterLease:
     """The compare-and-swap updates of ``ROOT/WRITER.json`` for one VersionStore."""
 
@@ -249,14 +252,25 @@ class WriterLease:
     def acquire(self, *, takeover: bool = False, wait_s: float | None = None) -> dict:
         """Hold the writer lease (waiting up to ``wait_s`` for a held one to lapse); returns the state."""
         wait_s = self.store.writer_wait_s if wait_s is None else wait_s
-        deadline = time.monotonic() + wait_s
+        started = time.monotonic()
+        deadline, told = started + wait_s, started
         while True:
             try:
                 state = self.update(lambda s: self._take(s, takeover=takeover))
                 break
-            except WriterFencedError:
-                if time.monotonic() >= deadline:
+            except WriterFencedError as exc:
+                now = time.monotonic()
+                if now >= deadline:
                     raise
+                if now - told >= PROGRESS_S:  # a restart after a crash waits here: say for whom and how long
+                    told = now
+                    log.warning(
+                        "waiting for the writer lease of %s (%.0f s so far, giving up in %.0f s): %s",
+                        self.store.url,
+                        now - started,
+                        deadline - now,
+                        exc,
+                    )
                 time.sleep(min(0.5, max(0.01, deadline - time.monotonic())))
         self.epoch, self.renewed = int(state["epoch"]), time.time()
         _register(self.store)

@@ -46,6 +46,7 @@ import io
 import json
 import logging
 import os
+import random
 import re
 import socket
 import threading
@@ -83,6 +84,9 @@ LATEST = "LATEST"
 WRITER_TTL_S = 60.0  # the writer lease: renewed every ttl / 4 by a heartbeat thread while the writer lives
 MANIFEST_CACHE = 256  # manifests a VersionStore keeps in memory (LRU)
 TMP_GRACE_S = 60.0  # a temporary file (``*.tmp-*``) older than this is a failed write's: commit and gc remove it
+# an idempotent store call (exists, a listing, reading a small file or a part, writing a whole small file or a
+# whole part: what botocore's own retries do for S3 requests) that hit a transient error is tried this often
+READ_ATTEMPTS = 3
 LEASE_SKEW_S = 30.0  # gc keeps a leased version this long past its lease's expiry (clock skew between hosts)
 
 
@@ -233,24 +237,48 @@ class VersionStore:
     def part_path(self, version: int, name: str) -> str:
         return f"{self.vdir(version)}/{check_part_name(name)}.part"
 
+    def _retrying(self, what: str, fn):
+        """``fn()`` under :meth:`_io`, retried on a transient error (StoreUnavailableError) with a short
+        jittered backoff, ``READ_ATTEMPTS`` times in all. Only for idempotent calls: reads, and writes of a
+        whole object (a small file, a part) that a second try simply writes again; never the writer lease's
+        compare-and-swap. A poller, the CLI's version ticker, a restore and a version's write must not fail
+        on one dropped connection. FileNotFoundError and VersionErrors are never retried."""
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                with self._io(what):
+                    return fn()
+            except StoreUnavailableError:
+                if attempt == READ_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05 * 2**attempt * random.uniform(0.5, 1.5))
+        raise AssertionError("unreachable")
+
+    _read = _retrying
+
     def _exists(self, path: str) -> bool:
-        with self._io(f"check {path}"):
-            return self.fs.exists(path)
+        return self._read(f"check {path}", lambda: self.fs.exists(path))
 
     def _write_small(self, path: str, data: bytes) -> None:
-        """Write a small file atomically: temp + fsync + rename locally, one PUT elsewhere."""
-        with self._io(f"write {path}"):
-            if self.local:
-                tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
-                os.makedirs(os.path.dirname(path), exist_ok=True)
+        """Write a small file atomically: temp + fsync + rename locally, one PUT elsewhere (retried)."""
+        self._retrying(f"write {path}", lambda: self._write_small_once(path, data))
+
+    def _write_small_once(self, path: str, data: bytes) -> None:
+        if self.local:
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
                 with open(tmp, "wb") as f:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, path)
-                _fsync_dir(os.path.dirname(path))
-            else:
-                self.fs.pipe_file(path, data)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)  # a failed try leaves no temp file behind
+                raise
+            _fsync_dir(os.path.dirname(path))
+        else:
+            self.fs.pipe_file(path, data)
 
     def _open_read(self, path: str):
         """A file to read ``path`` from. memory:// hands every reader the same file object (one
@@ -261,17 +289,47 @@ class VersionStore:
         return self.fs.open(path, "rb")
 
     def _read_small(self, path: str) -> bytes:
-        with self._io(f"read {path}"):
-            return self.fs.cat_file(path)
+        return self._read(f"read {path}", lambda: self.fs.cat_file(path))
+
+    def forget_listings(self, path: str | None = None) -> None:
+        """Drop every cached directory listing at and below ``path`` (default: the store's root).
+
+        s3fs (like every fsspec filesystem with a ``dircache``) caches each directory it lists, and its
+        ``invalidate_cache(path)`` drops only ``path`` and its parents, not the directories below it. Other
+        processes write versions here, so a version directory listed while it was being written (no
+        manifest yet) would hide that version's manifest from ``exists`` for the life of the process.
+        Wrappers (``DirFileSystem``, the chaos harness's ``faulty://``) are followed to the filesystem
+        that holds the cache."""
+        path = (path or self.root).rstrip("/") or "/"
+        fs = self.fs
+        fs.invalidate_cache(path)
+        for _ in range(8):  # wrappers of wrappers, bounded
+            cache = getattr(fs, "dircache", None)
+            if cache is not None:
+                prefix = path.rstrip("/") + "/"
+                try:
+                    stale = [k for k in list(cache) if isinstance(k, str) and (k == path or k.startswith(prefix))]
+                except Exception:  # a cache that cannot be listed: nothing to drop by prefix
+                    stale = []
+                for key in stale:
+                    cache.pop(key, None)
+            inner = getattr(fs, "fs", None)
+            if inner is None or inner is fs or not hasattr(inner, "invalidate_cache"):
+                break
+            join = getattr(fs, "_join", None)
+            path = (join(path) if callable(join) else path).rstrip("/") or "/"
+            fs = inner
 
     # ---------------------------------------------------------------- reading
     def _version_dirs(self) -> list[int]:
-        with self._io(f"list {self.root}"):
-            self.fs.invalidate_cache(self.root)  # object stores cache listings; other processes write here
+        def ls():
+            self.forget_listings()  # object stores cache listings; other processes write here
             try:
-                names = self.fs.ls(self.root, detail=False)
+                return self.fs.ls(self.root, detail=False)
             except FileNotFoundError:
                 return []
+
+        names = self._read(f"list {self.root}", ls)
         out = []
         for n in names:
             m = _VDIR.match(n.rstrip("/").rsplit("/", 1)[-1])
@@ -281,12 +339,15 @@ class VersionStore:
 
     def versions(self) -> list[int]:
         """Committed version numbers (those with a manifest), ascending."""
-        with self._io(f"list {self.root}"):
-            self.fs.invalidate_cache(self.root)
+
+        def glob():
+            self.forget_listings()
             try:
-                paths = self.fs.glob(f"{self.root}/v*/{MANIFEST}")
+                return self.fs.glob(f"{self.root}/v*/{MANIFEST}")
             except FileNotFoundError:
                 return []
+
+        paths = self._read(f"list {self.root}", glob)
         out = []
         for p in paths:
             m = _VDIR.match(p.rstrip("/").rsplit("/", 2)[-2])
@@ -474,18 +535,20 @@ class VersionStore:
 
     def _read_bytes(self, version: int, info: PartInfo) -> bytearray:
         path = self.part_path(version, info.name)
-        with self._io(f"read {path}"):
-            try:
-                size = self.fs.size(path)
-            except FileNotFoundError:
-                raise CorruptVersionError(version, info.name, "is missing") from None
-            if size != info.bytes:
-                raise CorruptVersionError(version, info.name, f"has {size} bytes, the manifest says {info.bytes}")
-            buf = bytearray(size)
-            with self._open_read(path) as f:
-                got = f.readinto(memoryview(buf)) if size else 0
-            if got != size:
-                raise CorruptVersionError(version, info.name, f"read {got} of {size} bytes")
+        return self._retrying(f"read {path}", lambda: self._read_bytes_once(version, info, path))
+
+    def _read_bytes_once(self, version: int, info: PartInfo, path: str) -> bytearray:
+        try:
+            size = self.fs.size(path)
+        except FileNotFoundError:
+            raise CorruptVersionError(version, info.name, "is missing") from None
+        if size != info.bytes:
+            raise CorruptVersionError(version, info.name, f"has {size} bytes, the manifest says {info.bytes}")
+        buf = bytearray(size)
+        with self._open_read(path) as f:
+            got = f.readinto(memoryview(buf)) if size else 0
+        if got != size:
+            raise CorruptVersionError(version, info.name, f"read {got} of {size} bytes")
         return buf
 
     def verify(self, version: int, checksums: bool = True) -> list[str]:
@@ -1088,18 +1151,26 @@ def write_part(
     check_part_name(name)
     meta = as_json_value(dict(meta or {}), f"meta of part {name!r}")
     path = store.part_path(version, name)
-    with store._io(f"write {path}"):
+
+    def write_once() -> tuple[str, int]:
         if store.local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
-            with open(tmp, "wb") as f:
-                sha, size = partfile.write(f, arrays, meta)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        else:
-            with store.fs.open(path, "wb") as f:
-                sha, size = partfile.write(f, arrays, meta)
+            try:
+                with open(tmp, "wb") as f:
+                    got = partfile.write(f, arrays, meta)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)  # a failed try leaves no temp file behind
+                raise
+            return got
+        with store.fs.open(path, "wb") as f:
+            return partfile.write(f, arrays, meta)
+
+    sha, size = store._retrying(f"write {path}", write_once)  # one whole object: a second try rewrites it
     rows = len(arrays["ids"]) if "ids" in arrays else 0
     return PartInfo(name=name, sha256=sha, bytes=size, rows=int(rows), meta=meta)
 

@@ -15,6 +15,11 @@ Every process that opens a ``faulty://`` URL must have registered the protocol:
 :func:`register` (the harness puts a ``sitecustomize.py`` that calls it on the run's PYTHONPATH).
 Each injected fault is appended to ``log`` (a JSON-lines file, when configured) so that the
 harness can count faults by kind across processes.
+
+Over a local directory, ``pipe_file`` (a whole small object: a manifest, LATEST, a pointer) is written under
+a temporary name and renamed, as an object store's PUT is atomic: a reader never sees half a manifest
+(the harness found a reader parsing an empty MANIFEST.json that a plain local ``pipe_file`` was writing,
+an artefact of the wrapper, not of any real store).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import hashlib
 import json
 import os
 import threading
+import uuid
 
 from fsspec.implementations.dirfs import DirFileSystem
 
@@ -83,6 +89,7 @@ class FaultyFileSystem(DirFileSystem):
             options.setdefault("auto_mkdir", True)  # object-store semantics: a write makes its directories
         kw.pop("path", None)
         kw.pop("fs", None)
+        self.atomic_pipe = target in ("file", "local")
         super().__init__(path="_", target_protocol=target, target_options=options, **kw)
         self.path = ""  # no prefix: paths pass through to the target unchanged
         self._calls: dict[tuple[str, str], int] = {}
@@ -156,3 +163,18 @@ def _wrap(name: str):
 for _name in _READS + _WRITES:
     if hasattr(DirFileSystem, _name):
         setattr(FaultyFileSystem, _name, _wrap(_name))
+
+
+def _pipe_file(self, path, value, *args, **kwargs):
+    """``pipe_file`` with faults; over a local directory, atomic (a temporary name, then a rename) like a PUT."""
+    self._maybe_fail("pipe_file", path)
+    if not self.atomic_pipe:
+        return DirFileSystem.pipe_file(self, path, value, *args, **kwargs)
+    full = self._join(path)
+    tmp = f"{full}.tmp-{uuid.uuid4().hex[:12]}"  # the store's own temp-file pattern: its cleanup knows it
+    self.fs.pipe_file(tmp, value, *args, **kwargs)
+    os.replace(tmp, full)
+    return None
+
+
+FaultyFileSystem.pipe_file = _pipe_file

@@ -29,19 +29,23 @@ def s3_endpoint(monkeypatch):
     server.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by bench chaos (store=s3): s3fs caches each directory's listing and "
-    "VersionStore.invalidate_cache(root) does not clear the version directories', "
-    "so a poller that listed while a version was being written never sees it "
-    "committed (awaits h-store)",
-)
-def test_a_poller_on_s3_sees_a_version_committed_by_another_writer_after_it_looked_mid_write(s3_endpoint):
+@pytest.mark.parametrize("wrapped", [False, True], ids=["s3", "faulty-over-s3"])
+def test_a_poller_on_s3_sees_a_version_committed_by_another_writer_after_it_looked_mid_write(s3_endpoint, wrapped):
+    """Found by bench chaos (store=s3): s3fs caches each directory's listing and ``invalidate_cache(root)``
+    does not clear the version directories' listings, so a poller that listed a version directory while it
+    was being written (no manifest yet) never saw that version committed. Failed before
+    ``VersionStore.forget_listings``; also through a wrapper filesystem (``faulty://``, rate 0)."""
+    from bench.chaos import faultyfs
     from versions import VersionStore
 
     options = {"endpoint_url": s3_endpoint, "key": "test", "secret": "test"}
-    reader = VersionStore("s3://models/v", options)  # a serving replica, a gc loop, the CLI's version ticker
-    writer = VersionStore("s3://models/v", {**options, "skip_instance_cache": True})  # another process
+    prefix = f"models/poller-{'wrapped' if wrapped else 'plain'}"  # moto keeps its buckets per process
+    if wrapped:
+        faultyfs.register()
+        reader = VersionStore(f"faulty://{prefix}", {"target": "s3", "options": options, "rate": 0.0, "enospc": 0.0})
+    else:  # a serving replica, a gc loop, the CLI's version ticker
+        reader = VersionStore(f"s3://{prefix}", options)
+    writer = VersionStore(f"s3://{prefix}", {**options, "skip_instance_cache": True})  # another process
     w = writer.begin("full", step=1)
     w.commit([w.write_part("dense", {"w": np.ones(2)}, {"role": "dense"})])
     assert reader.latest() == 1 and reader.versions() == [1]
@@ -49,3 +53,27 @@ def test_a_poller_on_s3_sees_a_version_committed_by_another_writer_after_it_look
     assert reader.latest() == 1 and reader.versions() == [1]  # looked (and listed) while version 2 was written
     w.commit([w.write_part("dense", {"w": np.ones(2)}, {"role": "dense"})])
     assert reader.latest() == 2 and reader.versions() == [1, 2]
+
+
+def test_faulty_over_a_local_directory_writes_whole_objects_atomically(tmp_path):
+    """Found by the default chaos seed: over a local directory, faulty://'s pipe_file wrote MANIFEST.json in
+    place, so the CLI's version ticker parsed an empty manifest (CorruptVersionError) mid-write. An object
+    store's PUT is atomic; the wrapper now writes a temporary name and renames it."""
+    import fsspec
+
+    from bench.chaos import faultyfs
+
+    faultyfs.register()
+    fs, root = fsspec.core.url_to_fs(f"faulty://{tmp_path}/store", rate=0.0, enospc=0.0)
+    seen = []
+    real = fs.fs.pipe_file
+
+    def spy(path, value, *a, **k):  # what a concurrent reader would find at the final name meanwhile
+        seen.append((path, fs.fs.exists(f"{tmp_path}/store/v1/MANIFEST.json")))
+        return real(path, value, *a, **k)
+
+    fs.fs.pipe_file = spy
+    fs.pipe_file(f"{root}/v1/MANIFEST.json", b'{"version": 1}')
+    assert [exists for _, exists in seen] == [False] and ".tmp-" in seen[0][0]
+    assert fs.cat_file(f"{root}/v1/MANIFEST.json") == b'{"version": 1}'
+    assert sorted(p.name for p in (tmp_path / "store" / "v1").iterdir()) == ["MANIFEST.json"]  # no temp file left
