@@ -10,14 +10,14 @@ import pytest
 from trainer.data import load_spec
 from trainer.ftrl import FTRLConfig, FTRLProximal, hash_coordinates, progressive_ftrl
 from trainer.metrics import auc
-from trainer.quality import synthetic_shard
+from trainer.quality import synthetic_file
 
 SPEC = load_spec("taobao")
 
 
 def _separable(n: int, seed: int):
     """A synthetic file whose label is a function of the item id alone (a "good" half of the items)."""
-    b = synthetic_shard(SPEC, n, seed)
+    b = synthetic_file(SPEC, n, seed)
     good = (b.sparse["item"] * 2654435761 % 97) % 2 == 0
     return dataclasses.replace(b, label=good.astype(np.float32))
 
@@ -91,7 +91,7 @@ def _textbook(spec, batch, cfg: FTRLConfig):
 
 
 def test_one_row_minibatches_are_textbook_per_example_ftrl():
-    batch = synthetic_shard(SPEC, 300, 21)
+    batch = synthetic_file(SPEC, 300, 21)
     cfg = FTRLConfig(alpha=0.1, l1=0.5, l2=0.3, batch_size=1, bits=16)
     lr = FTRLProximal(SPEC, cfg)
     lr.train(batch)

@@ -6,7 +6,7 @@ import numpy as np
 
 from trainer.config import ModelConfig, TrainConfig
 from trainer.data import load_spec
-from trainer.quality import choose_points, run_quality, synthetic_shard, taobao_files
+from trainer.quality import choose_points, run_quality, synthetic_file, taobao_files
 
 
 def test_choose_points_spreads_and_skips_small_shards():
@@ -43,11 +43,11 @@ def test_small_quality_run_on_real_taobao(taobao_csv, tmp_path):
 
 
 def test_online_strategy_replay_agrees_with_the_incremental_side_of_run_quality():
-    from trainer.quality import run_strategy, synthetic_shard
+    from trainer.quality import run_strategy, synthetic_file
     from trainer.strategies import OnlinePolicy, PeriodicPolicy
 
     spec = load_spec("taobao")
-    shards = [synthetic_shard(spec, 800, seed=s) for s in range(5)]
+    shards = [synthetic_file(spec, 800, seed=s) for s in range(5)]
     cfg = TrainConfig(batch_size=128, epochs_full_retrain=1)
     r = run_quality("synthetic", spec, shards, [str(i) for i in range(5)], ModelConfig(), cfg, points=[2, 4])
     online = run_strategy(spec, shards, ModelConfig(), cfg, OnlinePolicy(), [2, 4])
@@ -58,11 +58,11 @@ def test_online_strategy_replay_agrees_with_the_incremental_side_of_run_quality(
 
 
 def test_write_report_makes_a_png(tmp_path):
-    from trainer.quality import synthetic_shard
+    from trainer.quality import synthetic_file
     from trainer.report import write_report
 
     spec = load_spec("taobao")
-    shards = [synthetic_shard(spec, 400, seed=s) for s in range(4)]
+    shards = [synthetic_file(spec, 400, seed=s) for s in range(4)]
     cfg = TrainConfig(batch_size=128, epochs_full_retrain=1)
     r = run_quality("synthetic", spec, shards, [str(i) for i in range(4)], ModelConfig(), cfg, points=[2, 3])
     (path,) = write_report(r, tmp_path)
@@ -78,7 +78,7 @@ def test_history_epochs_train_only_and_the_lr_baseline_is_scored_before_it_train
     from trainer.metrics import auc
 
     spec = load_spec("taobao")
-    files = [synthetic_shard(spec, 300, s, start_ts=1_511_658_000 + 300 * s) for s in range(5)]
+    files = [synthetic_file(spec, 300, s, start_ts=1_511_658_000 + 300 * s) for s in range(5)]
     names = [f"f{i}" for i in range(5)]
     rows = [len(f) for f in files]
     cfg = TrainConfig(batch_size=64, history_epochs=3)
