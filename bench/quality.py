@@ -1,10 +1,10 @@
 """Quality benchmark: incremental training vs a full retrain, replaying a real log in time order.
 
-At each evaluation point t (after a warm-up), both models score shard t, unseen by either:
-the incremental model has trained on shards < t one pass each in time order; the full
-retrain is a fresh model trained on shards < t, ``--epochs`` shuffled passes. Reported:
+At each evaluation point t (after a warm-up), both models score data file t, unseen by either:
+the incremental model has trained on files < t one pass each in time order; the full
+retrain is a fresh model trained on files < t, ``--epochs`` shuffled passes. Reported:
 mean AUC / log-loss over the points and ``compute_ratio`` = examples the incremental model
-trained on (each shard up to the last point once) / examples all the full retrains
+trained on (each file up to the last point once) / examples all the full retrains
 processed (see trainer/quality.py and docs/benchmarks.md). Beside them, an FTRL-Proximal logistic
 regression (trainer/ftrl.py) follows the same files in the same order and is scored at the same
 points before it trains on the file: ``auc_lr`` / ``logloss_lr`` (``--no-lr`` skips it).
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import time
 from pathlib import Path
 
@@ -30,8 +31,10 @@ DESCRIPTION = (
 # DeepCTR's public example files (github shenweichen/DeepCTR, examples/), kept beside the checkout like the
 # other shared data (../shared/data/deepctr_samples/SOURCE.md says how they were made): 200 Criteo rows in the
 # Kaggle layout of the built-in `criteo` spec, 100 Avazu rows (one hour) for the built-in `avazu` spec.
-CRITEO_SAMPLE = SHARED_DATA / "deepctr_samples" / "criteo_sample.tsv"
-AVAZU_SAMPLE = SHARED_DATA / "deepctr_samples" / "avazu_sample.txt"
+# FRESHREC_DEEPCTR_SAMPLES names another folder (a checkout whose ../shared is elsewhere, e.g. a git worktree).
+SAMPLES = Path(os.environ.get("FRESHREC_DEEPCTR_SAMPLES") or SHARED_DATA / "deepctr_samples")
+CRITEO_SAMPLE = SAMPLES / "criteo_sample.tsv"
+AVAZU_SAMPLE = SAMPLES / "avazu_sample.txt"
 
 # Per data set, tuned for the best full-retrain AUC and used by both sides alike (the sweep is
 # in docs/benchmarks.md, "Quality" section). epochs = full-retrain epochs k: a second pass over
@@ -66,9 +69,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
         "--preset",
-        choices=tuple(PRESETS),
+        choices=(*PRESETS, "all"),
         default="taobao",
-        help="a preset: its spec, the shared data file, how it is cut, tuned learning rates",
+        help="a preset: its spec, the shared data file, how it is cut, tuned learning rates; all: "
+        + ", ".join(ALL)
+        + " in turn (a preset whose shared file is absent is skipped with a line saying how to get it)",
     )
     p.add_argument("--spec", default=None, help="any feature spec (YAML or built-in name); with --data")
     p.add_argument(
@@ -101,6 +106,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dense-lr", type=float, default=None, help="dense Adagrad lr; default: per data set")
     p.add_argument("--init-scale", type=float, default=None, help="new rows in +-init_scale; default: per data set")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="run seeds --seed .. --seed+N-1 and report the per-seed AUCs and the spread of model - LR",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: less noise from neighbours)")
     p.add_argument("--plot-dir", type=Path, default=None, help="write quality_<dataset>.png here")
     p.add_argument("--per-point", action="store_true", help="include the per-point table in the result")
@@ -153,7 +164,67 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-bits", type=int, default=22, help="2**bits hashed coordinates for the ids")
 
 
+# what `--dataset all` replays: every preset on a distinct log (the _genres/_dynamic variants re-read the same ones)
+ALL = ("taobao", "movielens", "criteo", "avazu")
+# how a missing shared log is obtained (``../shared/data/README.md``; the samples: bench/deepctr_samples.py)
+HOW = {
+    "criteo": "python -m bench.deepctr_samples --src <DeepCTR checkout>/examples --out " + str(CRITEO_SAMPLE.parent),
+    "avazu": "python -m bench.deepctr_samples --src <DeepCTR checkout>/examples --out " + str(AVAZU_SAMPLE.parent),
+}
+
+
+def missing_input(args: argparse.Namespace) -> str | None:
+    """Why a preset cannot run (its shared log is absent and no --data names one), or None."""
+    if args.data or args.input:
+        return None
+    path = PRESETS[args.dataset][1]
+    if path.exists():
+        return None
+    how = HOW.get(args.dataset, "see ../shared/data/README.md")
+    return f"skipped: {path} not found ({how}; or pass --data)"
+
+
 def run(args: argparse.Namespace) -> dict:
+    """One preset (or ``--dataset all``: each in turn, a preset whose shared log is absent reported as
+    skipped, with a line on stderr), over ``--seeds`` seeds: with more than one, the result is the first
+    seed's plus ``seeds``, the per-seed AUCs of the model and the LR and the spread of their difference."""
+    import sys
+
+    from common.errors import UserError
+
+    if args.dataset == "all":
+        if args.data or args.input or args.spec:
+            raise UserError("--dataset all replays the presets' shared logs: drop --data/--spec, or name one --dataset")
+        out = {}
+        for name in ALL:
+            out[name] = run(argparse.Namespace(**{**vars(args), "dataset": name}))
+        return out
+    why = missing_input(args)
+    if why is not None:
+        print(f"bench quality --dataset {args.dataset}: {why}", file=sys.stderr)
+        return {"dataset": args.dataset, "skipped": why}
+    if args.seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {args.seeds}")
+    results = [_run_one(argparse.Namespace(**{**vars(args), "seed": args.seed + k})) for k in range(args.seeds)]
+    out = results[0]
+    if args.seeds > 1:
+        import numpy as np
+
+        inc = [r["auc_incremental"] for r in results]
+        lr = [r["auc_lr"] for r in results]
+        d = np.asarray(inc) - np.asarray(lr)
+        out["seeds"] = {
+            "seeds": [args.seed + k for k in range(args.seeds)],
+            "auc_incremental": inc,
+            "auc_full_retrain": [r["auc_full_retrain"] for r in results],
+            "auc_lr": lr,
+            "auc_incremental_minus_lr": {"mean": float(d.mean()), "min": float(d.min()), "max": float(d.max())},
+            "auc_gap_max": float(max(r["auc_gap"] for r in results)),
+        }
+    return out
+
+
+def _run_one(args: argparse.Namespace) -> dict:
     import torch
 
     from common.config import ConfigError
@@ -193,10 +264,10 @@ def run(args: argparse.Namespace) -> dict:
             raise UserError(f"--embedding-dim must be a positive multiple of 4 (FBGEMM), got {args.embedding_dim}")
         spec = _with_dims(spec, args.embedding_dim)
     t0 = time.perf_counter()
-    shards, names = log_files(spec, inputs, every_s=every, n_files=n_files)
-    points = choose_points([len(s) for s in shards], warmup, args.points, min_rows=min_rows)
+    files, names = log_files(spec, inputs, every_s=every, n_files=n_files)
+    points = choose_points([len(f) for f in files], warmup, args.points, min_rows=min_rows)
     if not points:
-        raise UserError(f"no evaluation point: {len(shards)} data files and --warmup {warmup}")
+        raise UserError(f"no evaluation point: {len(files)} data files and --warmup {warmup}")
     d = DEFAULTS[args.dataset] if not args.spec else DEFAULTS["taobao"]
 
     def pick(name):
@@ -237,7 +308,7 @@ def run(args: argparse.Namespace) -> dict:
     result = run_quality(
         dataset,
         spec,
-        shards,
+        files,
         names,
         model,
         train,
@@ -268,8 +339,8 @@ def run(args: argparse.Namespace) -> dict:
         from trainer.features import DynamicFeatures
 
         dyn = DynamicFeatures(spec)
-        for s in shards:
-            dyn.process(s)
+        for f in files:
+            dyn.process(f)
         out["feature_state"] = dyn.stats()
     if args.strategies:
         from trainer.quality import run_strategy
@@ -282,7 +353,7 @@ def run(args: argparse.Namespace) -> dict:
             "fusion_0.9": FusionPolicy(0.9),
         }
         out["strategies"] = {
-            name: run_strategy(spec, shards, model, train, pol, points) for name, pol in policies.items()
+            name: run_strategy(spec, files, model, train, pol, points) for name, pol in policies.items()
         }
     if args.plot_dir is not None:
         from trainer.plots import write_report

@@ -57,6 +57,8 @@ class ModelConfig:
     bottom_mlp: tuple[int, ...] = (16,)
     top_mlp: tuple[int, ...] = (64, 32)
     wide: bool | None = None  # None: on for arch dlrm (measured, docs/benchmarks.md), off for TorchRec's
+    wide_beta: float = 2.0  # the wide weights' FTRL-like step (trainer/model.py); 0: plain row-wise Adagrad
+    wide_dense_gain: float = 16.0  # the wide dense term learns at this multiple of train.dense_lr; 1: as the rest
 
     def __post_init__(self) -> None:
         if self.wide is None:
@@ -74,6 +76,10 @@ class ModelConfig:
                 f"model.wide adds a first-order part to freshrec's own DLRM; model.arch={self.arch!r} "
                 "(TorchRec's classes) has none: use arch dlrm or wide false"
             )
+        for key in ("wide_beta", "wide_dense_gain"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
+                raise ConfigError(f"model.{key} must be a finite number >= 0, got {v!r}")
         _int_at_least("model.dcn_layers", self.dcn_layers, 0)
         _int_at_least("model.dcn_rank", self.dcn_rank, 0)
         if not self.bottom_mlp:
@@ -185,6 +191,8 @@ def model_config_of_version(raw: dict[str, Any] | None) -> ModelConfig:
     """
     raw = dict(raw or {})
     raw.setdefault("wide", False)
+    raw.setdefault("wide_beta", 0.0)  # versions before the LR-like wide path (issue 24): as they were trained
+    raw.setdefault("wide_dense_gain", 1.0)
     return model_config_from_dict(raw)
 
 

@@ -158,7 +158,7 @@ class ProgressiveValidator:
         return m
 
     def set_train_seconds(self, seconds: float) -> None:
-        """Attach the training time of the last recorded shard (known only after training on it)."""
+        """Attach the training time of the last recorded data file (known only after training on it)."""
         self.files[-1] = dataclasses.replace(self.files[-1], train_seconds=seconds)
 
     def take_window(self) -> ScoreHistogram:
@@ -183,7 +183,9 @@ class ProgressiveValidator:
             "nonfinite": self._nonfinite,
         }
 
-    def mean_shard_auc(self) -> float:
-        """Mean of the per-shard AUCs (shards with one class only are left out)."""
+    def mean_file_auc(self) -> float:
+        """Mean of the per-data-file AUCs (files with one class only are left out)."""
         vals = [m.auc for m in self.files if not np.isnan(m.auc)]
         return float(np.mean(vals)) if vals else float("nan")
+
+    mean_shard_auc = mean_file_auc  # the name before issue 23 ("shard" is the PS's word); kept for callers

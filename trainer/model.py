@@ -17,9 +17,23 @@ collection (``arch: torchrec_dlrm`` / ``torchrec_dlrm_dcn``)::
     top MLP ─► one logit [B];   loss = BCE-with-logits (mean),  score = sigmoid(logit)
 
 With ``model.wide`` (Wide&Deep / DeepFM's first-order part) the collection also holds one wide table
-per sparse feature (``<feature>__wide``, rows of 4 floats: FBGEMM's smallest) and the logit gains
-``sum_f w_f[id]`` (column 0 of each pooled wide row; the other columns get no gradient and stay 0)
-plus a linear term of the normalised dense features (a dense parameter, zero at start).
+per sparse feature (``<feature>__wide``, rows of 4 floats: FBGEMM's smallest, zero at start) and the
+logit gains ``sum_f w_f[id]`` (column 0 of each pooled wide row) plus ``wide_dense_gain * <v, dense>``,
+a linear term of the normalised dense features (a dense parameter, zero at start). The wide part is an
+LR-like path that learns like FTRL on a new log (issue 24, docs/training.md "The wide part"):
+
+* the weights' step: FBGEMM's row-wise Adagrad divides a row's step by the root of its accumulated
+  mean squared gradient, so a weight alone in its row would move by ~2 lr per step whatever the
+  gradient's size (sign-like). Column 1 of each wide row gets a constant gradient ``wide_beta / B``
+  per row that uses the id (it is never read). An id in c rows of a batch of B with residuals
+  r = p - y gets g = sum(r) / B on the weight and c * beta / B on the anchor, so its first step is
+  2 lr sum(r) / sqrt(sum(r)^2 + (c beta)^2): proportional to the residuals, independent of B, like
+  FTRL's alpha / (beta + sqrt(n)) (later steps divide by the accumulated sum, as both do).
+  ``wide_beta: 0`` is plain row-wise Adagrad (columns 1-3 stay 0);
+* the dense term is multiplied by ``wide_dense_gain``: Adagrad's step on ``v`` is ~dense_lr whatever
+  the scale, so its step on the logit is ``wide_dense_gain * dense_lr`` (0.003 * 16 ~ FTRL's 0.05);
+* the deep part's head starts at zero weights, so a new model's logit is its wide part's (and the
+  head's bias): the deep part's random embeddings add no noise to the first rankings.
 """
 
 from __future__ import annotations
@@ -62,6 +76,26 @@ class CrossNet(nn.Module):
         for w in self.w:
             x = x0 * w(x) + x
         return x
+
+
+class _WideWeight(torch.autograd.Function):
+    """Column 0 of pooled wide rows [B, 4] -> [B]. Backward: column 0 gets the logit's gradient, column 1 a
+    constant ``beta / B`` per row (the anchor: it is never read, it only enters row-wise Adagrad's
+    accumulator, so the weight's step is ~ lr * g / sqrt(g^2 + beta^2), FTRL-like), columns 2-3 nothing."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, beta: float) -> torch.Tensor:
+        ctx.beta = beta
+        ctx.width = rows.shape[1]
+        return rows[:, 0]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        out = grad.new_zeros(grad.shape[0], ctx.width)
+        out[:, 0] = grad
+        if ctx.beta:
+            out[:, 1] = ctx.beta / max(grad.shape[0], 1)
+        return out, None
 
 
 class DLRM(nn.Module):
@@ -110,6 +144,9 @@ class DLRM(nn.Module):
         self.wide_dense = nn.Linear(max(dense_dim, 1), 1, bias=False) if self.wide_keys else None
         if self.wide_dense is not None:
             nn.init.zeros_(self.wide_dense.weight)
+            # the deep part's contribution starts at zero (its head's weights; the head's bias is the intercept):
+            # on a new log the logit is the wide part's at first, the deep part grows in as it learns
+            nn.init.zeros_(self.head.weight)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         """Logits [B] from normalised ``dense`` [B, max(d, 1)] and the sparse features ``sparse``."""
@@ -127,8 +164,9 @@ class DLRM(nn.Module):
             x = torch.cat([b, gram[:, self._tri[0], self._tri[1]]], dim=1)
         logit = self.head(self.top(x)).squeeze(1)
         if self.wide_dense is not None:  # first order: sum_f w_f[id] (column 0 of the wide rows) + <v, dense>
-            wide = torch.stack([emb[k][:, 0] for k in self.wide_keys], dim=1).sum(dim=1)
-            logit = logit + wide + self.wide_dense(dense).squeeze(1)
+            beta = self.cfg.wide_beta
+            wide = torch.stack([_WideWeight.apply(emb[k], beta) for k in self.wide_keys], dim=1).sum(dim=1)
+            logit = logit + wide + self.cfg.wide_dense_gain * self.wide_dense(dense).squeeze(1)
         return logit
 
     @staticmethod

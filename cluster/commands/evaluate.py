@@ -64,7 +64,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         trainer, manifest = load_trainer(store, args.version, spec)
     except (ConfigError, StoreError, ValueError) as exc:
         raise UserError(f"cannot load a model version from {store}: {exc}") from exc
-    baseline = _train_baseline(args, trainer.spec, manifest) if args.baseline else None
+    baseline = _train_baseline(args, trainer.spec, manifest, store) if args.baseline else None
     v = Validator(trainer.spec)
     rows, labels, scores, lr_scores = [], [], [], []
     for f in files:
@@ -115,11 +115,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_baseline(args: argparse.Namespace, spec, manifest):
-    """(an FTRL-LR trained one pass on the version's data files in name order, the dynamic-feature state
-    after them or None): the files are the manifest's, looked up by name in --train-data."""
+def _train_baseline(args: argparse.Namespace, spec, manifest, store_url: str):
+    """(an FTRL-LR trained one pass on the version's data files in the order they were trained, the
+    dynamic-feature state after them or None): the files are those of the version's whole data ledger
+    (a delta version's manifest names only the files since its parent), looked up by name in --train-data."""
+    from trainer import bundle
     from trainer.data import Validator, expand_inputs, read_data_file
     from trainer.ftrl import FTRLConfig, FTRLProximal
+    from versions import VersionStore
 
     if not args.train_data:
         raise UserError(
@@ -130,7 +133,8 @@ def _train_baseline(args: argparse.Namespace, spec, manifest):
         found = {Path(str(p)).name: p for p in expand_inputs(args.train_data)}
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from exc
-    names = sorted(manifest.data_files)
+    ledger = bundle.read_ledger(VersionStore(store_url), manifest.version)
+    names = [e.file for e in ledger.entries if e.status == "ok" and e.rows > 0] or sorted(manifest.data_files)
     missing = [n for n in names if n not in found]
     if missing:
         raise UserError(

@@ -66,13 +66,46 @@ def test_the_wide_part_adds_one_weight_per_id_to_the_logit():
         model.wide_dense.weight.fill_(0.5)
         with_dense = model.forward_pooled({**deep, **zero}, dense)
     torch.testing.assert_close(with_w - base, sum(w[n][:, 0] for n in WIDE_TABLES))  # columns 1..3 unused
-    torch.testing.assert_close(with_dense - base, 0.5 * dense.sum(dim=1))
-    no_wide = build_model(SPEC, ModelConfig(wide=False), seed=1)  # the deep part is initialised as without wide
-    for k, v in no_wide.state_dict().items():
-        assert torch.equal(model.state_dict()[k], v), k
+    gain = WIDE.wide_dense_gain
+    torch.testing.assert_close(with_dense - base, gain * 0.5 * dense.sum(dim=1))
+    no_wide = build_model(SPEC, ModelConfig(wide=False), seed=1)  # the deep part is initialised as without wide,
+    for k, v in no_wide.state_dict().items():  # but for its head's weights: zero, the deep part grows in
+        assert torch.equal(model.state_dict()[k], torch.zeros_like(v) if k == "head.weight" else v), k
+    assert no_wide.head.weight.abs().sum() > 0
     from trainer.config import model_config_of_version
 
     assert not model_config_of_version({"arch": "dlrm"}).wide  # a version from before model.wide: no wide tables
+    # a wide version from before the LR-like wide path scores as it was trained: no gain, no anchor
+    old = model_config_of_version({"arch": "dlrm", "wide": True})
+    assert old.wide and old.wide_dense_gain == 1.0 and old.wide_beta == 0.0
+    assert model_config_of_version(dataclasses.asdict(WIDE)) == WIDE
+
+
+def test_the_anchor_makes_the_wide_step_proportional_to_the_residual_like_ftrl():
+    """Row-wise Adagrad alone moves a weight ~2 lr whatever its gradient (sign-like); with the anchor (column 1
+    of the wide row, never read) the first step is 2 lr r / sqrt(r^2 + beta^2) for an id in one row with
+    residual r, so a clicked row (large residual) moves its ids more than a shown one, as FTRL does."""
+    from trainer.model import _WideWeight
+
+    rows = torch.zeros(3, WIDE_DIM, requires_grad=True)
+    out = _WideWeight.apply(rows, 2.0)
+    assert torch.equal(out.detach(), rows.detach()[:, 0])
+    out.backward(torch.tensor([0.3, -0.1, 0.0]))
+    want = torch.tensor([[0.3, 2 / 3, 0, 0], [-0.1, 2 / 3, 0, 0], [0.0, 2 / 3, 0, 0]])
+    torch.testing.assert_close(rows.grad, want)
+
+    def first_step(residual: float, beta: float, lr: float = 0.1) -> float:  # FBGEMM's row-wise Adagrad, one row
+        g = torch.tensor([residual, beta, 0.0, 0.0]) / 8  # batch of 8, the id in one row
+        return float(lr * g[0] / (g.pow(2).mean().sqrt() + 1e-8))
+
+    plain = [first_step(r, 0.0) for r in (0.9, 0.1)]
+    anchored = [first_step(r, 2.0) for r in (0.9, 0.1)]
+    assert plain[0] == pytest.approx(plain[1], rel=1e-5)  # sign-like: the residual's size is lost
+    assert anchored[0] / anchored[1] == pytest.approx((0.9 / 0.1) * (4.01 / 4.81) ** 0.5, rel=1e-5)
+    with pytest.raises(ConfigError, match="model.wide_beta must be a finite number >= 0"):
+        ModelConfig(wide_beta=-1)
+    with pytest.raises(ConfigError, match="model.wide_dense_gain must be a finite number >= 0"):
+        ModelConfig(wide_dense_gain=float("inf"))
 
 
 def _train(backend, batches, model=WIDE):
@@ -100,9 +133,9 @@ def test_wide_training_is_bit_identical_on_the_local_backend_and_on_ps_shards():
     for k, v in local.dense_state().items():
         assert torch.equal(ps.dense_state()[k], v), k
     assert [m.auc for m in local.validator.files] == [m.auc for m in ps.validator.files]
-    for n in WIDE_TABLES:  # column 0 learned; the padding columns never move from 0
+    for n in WIDE_TABLES:  # column 0 learned; column 1 is the anchor (moves, never read); 2-3 never move from 0
         rows = a[n]["rows"]
-        assert np.abs(rows[:, 0]).max() > 0 and not rows[:, 1:].any()
+        assert np.abs(rows[:, 0]).max() > 0 and (rows[:, 1] < 0).any() and not rows[:, 2:].any()
 
 
 def test_a_wide_model_serves_the_scores_of_offline_evaluation(tmp_path):
