@@ -205,7 +205,8 @@ class PSOptions:
     miss the last d steps' updates while the worker computes beside the shards). sync_prefetch:
     sync, depth 0, one worker: pull step k+1's ids that step k does not touch during step k (exact).
     placement: auto (in the worker's process with one worker, shard actors otherwise) | ray | in_process.
-    See docs/paramserver.md.
+    spread: none | nodes | spread, how shard actors are laid out over a multi-node cluster
+    (:class:`paramserver.PSConfig`). See docs/paramserver.md and docs/operations.md.
     """
 
     num_shards: int = 2
@@ -226,6 +227,7 @@ class PSOptions:
     pipeline_depth: int = 0
     sync_prefetch: bool = False
     placement: str = "auto"
+    spread: str = "none"
 
     def __post_init__(self) -> None:
         from paramserver.config import PSConfig, TableConfig
