@@ -146,7 +146,9 @@ def bucket(s3_server):  # noqa: F811
         # one PUT: the object appears whole, as a data file landing under its final name must
         s3.put_object(Bucket=name, Key=f"{prefix}/{path.name}", Body=path.read_bytes())
 
-    options = {"endpoint_url": s3_server, "key": "test", "secret": "test"}
+    # no s3fs listing cache: a poller that listed a version directory mid-write would never see it committed
+    # (tests/unit/test_chaos_regressions.py, the strict xfail awaiting the store's fix)
+    options = {"endpoint_url": s3_server, "key": "test", "secret": "test", "use_listings_cache": False}
     return (lambda prefix: f"s3://{name}/{prefix}"), options, upload
 
 
@@ -175,16 +177,23 @@ def grpc_port(cluster) -> int:
     from serving.config import Limits
 
     port = free_port()
-    serve.start(
-        proxy_location="HeadOnly",
-        http_options={"host": "127.0.0.1", "port": free_port()},
-        grpc_options=gRPCOptions(
-            port=port,
-            grpc_servicer_functions=[SERVICER_FUNCTION, SEARCH_SERVICER_FUNCTION, HEALTH_SERVICER_FUNCTION],
-        ),
-        controller_options={"runtime_env": {"env_vars": proxy_env(Limits().max_request_bytes)}},
-    )
-    return port
+    for attempt in range(2):  # a loaded machine can miss Serve's proxy start-up deadline once
+        try:
+            serve.start(
+                proxy_location="HeadOnly",
+                http_options={"host": "127.0.0.1", "port": free_port()},
+                grpc_options=gRPCOptions(
+                    port=port,
+                    grpc_servicer_functions=[SERVICER_FUNCTION, SEARCH_SERVICER_FUNCTION, HEALTH_SERVICER_FUNCTION],
+                ),
+                controller_options={"runtime_env": {"env_vars": proxy_env(Limits().max_request_bytes)}},
+            )
+            return port
+        except Exception:
+            serve.shutdown()
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _serve(port: int, store_url: str, options: dict):
@@ -265,6 +274,11 @@ def test_two_nodes_with_s3_store_and_data_end_with_the_one_process_digest(
         _stop_serving()
 
 
+@pytest.mark.skipif(
+    os.environ.get("FRESHREC_NODE_LOSS") != "1",
+    reason="two Ray Train start-ups and a node restart: over make test's budget; run with FRESHREC_NODE_LOSS=1 "
+    "(docs/operations.md, 'Multi-node')",
+)
 def test_a_node_lost_mid_stream_recovers_to_the_uninterrupted_model_and_serving_follows(
     cluster, grpc_port, bucket, data_files, uninterrupted, one_thread, tmp_path
 ):
@@ -290,7 +304,7 @@ def test_a_node_lost_mid_stream_recovers_to_the_uninterrupted_model_and_serving_
                 ps=PS,
                 incoming=url("incoming"),
                 drain=False,
-                idle_timeout_s=10.0,
+                idle_timeout_s=30.0,  # the node is killed while the stream waits for more files
                 store_url=url("versions"),
                 storage_options=options,
                 version_extra=EXTRA,
@@ -303,13 +317,18 @@ def test_a_node_lost_mid_stream_recovers_to_the_uninterrupted_model_and_serving_
     thread.start()
     scorer = _serve(grpc_port, url("versions"), options)
     try:
-        _wait_for(lambda: (store.latest() or 0) >= 2, 180, "two committed versions")
-        before = scorer.wait_ready(120).model_version
+        _wait_for(
+            lambda: (store.latest() or 0) >= 2 or not thread.is_alive(), 300, f"two committed versions ({events})"
+        )
+        assert thread.is_alive() and "error" not in out, f"the run ended before the node was lost: {out}; {events}"
         victim = cluster.workers.pop(0)
         cluster.cluster.remove_node(victim, allow_graceful=False)  # the raylet and every process on it
-        # serving is on the head: it answers all along, from a committed version
-        answered = scorer.score(1, [2268318, 2333346])
-        assert answered.model_version >= before and len(answered.scores) == 2
+        # serving is on the head: it answers while training is down, from a committed version
+        committed = store.latest()
+        answered = scorer.wait_ready(120)
+        assert 1 <= answered.model_version <= committed
+        scored = scorer.score(1, [2268318, 2333346])
+        assert scored.model_version >= answered.model_version and len(scored.scores) == 2
         cluster.workers.append(cluster.add_worker_node())  # a replacement node joins
         for f in data_files[3:]:
             upload(f, "incoming")
