@@ -354,7 +354,7 @@ def _scheduling(cfg: PSConfig) -> list[dict]:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         layout = shard_node_layout(cfg.num_shards, alive_node_ids())
-        return [{"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)} for node in layout]
+        return [{"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)} for node in layout]
     return [{}] * cfg.num_shards
 
 

@@ -81,9 +81,9 @@ class PSConfig:
     :func:`paramserver.create_parameter_server` alone resolves auto to ray.
     spread: how shard actors are laid out over the nodes of a multi-node Ray cluster. none (the
     default): Ray's default scheduling (shards pack on the driver's node while it has room). nodes:
-    shard i is pinned to the i-th alive node (nodes ordered by id, round-robin; a hard node-affinity
-    constraint), so the shards of n nodes' worth are on n nodes; a restart after a node was lost lays
-    them out again over the nodes alive then. spread: Ray's SPREAD strategy (best effort over nodes).
+    shard i goes to the i-th alive node (nodes ordered by id, round-robin; a soft node affinity: a node
+    that is gone or full falls back to any node); a restart after a node was lost lays them out again
+    over the nodes alive then. spread: Ray's SPREAD strategy (best effort over nodes).
     No placement group: shards reserve ``actor_num_cpus`` CPUs (0 by default) and a bundle cannot be
     empty, so pinning by node id is the one layout that reserves nothing (docs/operations.md).
     """
