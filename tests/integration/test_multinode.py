@@ -66,6 +66,17 @@ def _no_address_file():
         ray_utils.write_ray_address = saved
 
 
+def _twice(start):
+    """Ray gives a new raylet 30 s to register (not configurable): on a machine loaded far past its cores that
+    can run out once. The processes of a failed start are killed at this process's exit (Ray's atexit hook)."""
+    try:
+        return start()
+    except Exception as exc:
+        if "timed out during startup" not in str(exc):
+            raise
+        return start()
+
+
 class LocalCluster:
     """A head node (no CPUs: the driver, Serve and its replica, a shard) and worker nodes with CPUs (Ray Train
     workers, shards), each node with its own scratch (temp) directory."""
@@ -75,9 +86,11 @@ class LocalCluster:
 
         self.scratch: list[str] = []
         with _no_address_file():
-            self.cluster = Cluster(
-                initialize_head=True,
-                head_node_args=self._node_args(num_cpus=0, resources={"serving": 1}, _system_config=SYSTEM_CONFIG),
+            self.cluster = _twice(
+                lambda: Cluster(
+                    initialize_head=True,
+                    head_node_args=self._node_args(num_cpus=0, resources={"serving": 1}, _system_config=SYSTEM_CONFIG),
+                )
             )
         self.head = self.cluster.head_node
         self.workers = [self.add_worker_node()]
@@ -89,7 +102,7 @@ class LocalCluster:
 
     def add_worker_node(self):
         with _no_address_file():
-            return self.cluster.add_node(**self._node_args(num_cpus=2))
+            return _twice(lambda: self.cluster.add_node(**self._node_args(num_cpus=2)))
 
     def node_id(self, node) -> str:
         return node.node_id
@@ -252,8 +265,9 @@ def test_two_nodes_with_s3_store_and_data_end_with_the_one_process_digest(
         keep_ps=True,
     )
     try:
-        # shard 0 on the head, shard 1 on the worker node: both nodes hold rows
-        assert sorted(client.node_ids()) == sorted([cluster.node_id(cluster.head), cluster.node_id(cluster.workers[0])])
+        # one shard on the head, the other on the worker node: both nodes hold rows
+        nodes = client.node_ids()
+        assert cluster.node_id(cluster.head) in nodes and len(set(nodes)) == 2, nodes
     finally:
         client.shutdown()
     store = VersionStore(url("versions"), options)
