@@ -54,7 +54,7 @@ class RunConfig:
                 strategy: online, seed: 0}
         ps: {num_shards: 1, capacity_per_shard: 131072, admission_threshold: 1, ttl_versions: null, ttl_seconds: null,
              lfu_decay_every: null, lfu_decay: 0.5, full_table: refuse, lease_timeout_s: 300, mode: sync,
-             pipeline_depth: 0, sync_prefetch: false, placement: auto}
+             pipeline_depth: 0, sync_prefetch: false, placement: auto, spread: none}
         snapshots: {every_data_file: true, every_steps: null, every_seconds: null, full_every: 10, keep: 5}
         publish: {max_auc_drop: 0.02, significance: 0.001, min_examples: 500, verify_checksums: true}   # the publish gate
         ray: {address: null}      # null: start an embedded local Ray; "auto" or host:port joins one

@@ -260,6 +260,15 @@ class ShardHost:
 
         return os.getpid()
 
+    async def node_id(self) -> str | None:
+        """The Ray node hosting this shard (None outside Ray): where ``ps.spread`` put it."""
+        try:
+            import ray
+
+            return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        except Exception:  # pragma: no cover (no Ray)
+            return None
+
     # --------------------------------------------------------------- versions
     async def prepare_cut(self, cut_id: str, full: bool) -> dict:
         """Copy what version cut ``cut_id`` needs; the only part of a version inside the training pause."""
@@ -319,14 +328,45 @@ def merge_pulls(batches: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]
     return out
 
 
+def alive_node_ids() -> list[str]:
+    """The ids of the alive nodes of the connected Ray cluster, in a fixed order (by id)."""
+    import ray
+
+    return sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+
+
+def shard_node_layout(num_shards: int, nodes: list[str]) -> list[str]:
+    """``ps.spread=nodes``: the node of each shard, round-robin over ``nodes``.
+
+    >>> shard_node_layout(3, ["a", "b"])
+    ['a', 'b', 'a']
+    """
+    if not nodes:
+        raise RuntimeError("ps.spread=nodes: the Ray cluster has no alive node to place shard actors on")
+    return [nodes[i % len(nodes)] for i in range(num_shards)]
+
+
+def _scheduling(cfg: PSConfig) -> list[dict]:
+    """The Ray options that place each shard (``ps.spread``; see :class:`PSConfig`)."""
+    if cfg.spread == "spread":
+        return [{"scheduling_strategy": "SPREAD"}] * cfg.num_shards
+    if cfg.spread == "nodes":
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        layout = shard_node_layout(cfg.num_shards, alive_node_ids())
+        return [{"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)} for node in layout]
+    return [{}] * cfg.num_shards
+
+
 def create_shard_actors(cfg: PSConfig) -> list:
-    """Start ``cfg.num_shards`` shard actors and wait until each holds its tables."""
+    """Start ``cfg.num_shards`` shard actors (laid out over the nodes as ``cfg.spread`` says) and wait
+    until each holds its tables."""
     import ray
 
     remote_cls = ray.remote(ShardHost)
     actors = [
-        remote_cls.options(num_cpus=cfg.actor_num_cpus, max_concurrency=1000).remote(cfg, i)
-        for i in range(cfg.num_shards)
+        remote_cls.options(num_cpus=cfg.actor_num_cpus, max_concurrency=1000, **where).remote(cfg, i)
+        for i, where in enumerate(_scheduling(cfg))
     ]
     try:
         for i, actor in enumerate(actors):
@@ -408,4 +448,4 @@ def kill(actors: list) -> None:
             pass
 
 
-__all__ = ["ShardHost", "create_shard_actors", "get", "get_many", "kill", "merge_pulls", "submit"]
+__all__ = ["ShardHost", "alive_node_ids", "create_shard_actors", "get", "get_many", "kill", "merge_pulls", "submit"]

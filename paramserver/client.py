@@ -341,6 +341,10 @@ class PSClient:
         """The process id of each shard actor, by shard index."""
         return self._all("pid")
 
+    def node_ids(self) -> list[str | None]:
+        """The Ray node of the process hosting each shard, by shard index (None where no Ray runs)."""
+        return self._all("node_id")
+
     def prepare_cut(self, cut_id: str, full: bool) -> list[dict]:
         """Every shard copies what version cut ``cut_id`` needs (call it with training paused).
 

@@ -16,6 +16,7 @@ STALE_POLICIES = ("drop", "apply")
 FULL_TABLE_POLICIES = ("refuse", "error")
 MAX_PIPELINE_DEPTH = 4
 PLACEMENTS = ("auto", "ray", "in_process")
+SPREADS = ("none", "spread", "nodes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +101,13 @@ class PSConfig:
     only, and the shards live and die with it; a restart restores them from the last version).
     auto (the default): in_process for a training run with one worker, ray otherwise;
     :func:`paramserver.create_parameter_server` alone resolves auto to ray.
+    spread: how shard actors are laid out over the nodes of a multi-node Ray cluster. none (the
+    default): Ray's default scheduling (shards pack on the driver's node while it has room). nodes:
+    shard i goes to the i-th alive node (nodes ordered by id, round-robin; a soft node affinity: a node
+    that is gone or full falls back to any node); a restart after a node was lost lays them out again
+    over the nodes alive then. spread: Ray's SPREAD strategy (best effort over nodes).
+    No placement group: shards reserve ``actor_num_cpus`` CPUs (0 by default) and a bundle cannot be
+    empty, so pinning by node id is the one layout that reserves nothing (docs/operations.md).
     """
 
     tables: tuple[TableConfig, ...] = ()
@@ -126,6 +134,7 @@ class PSConfig:
     pipeline_depth: int = 0
     sync_prefetch: bool = False
     placement: str = "auto"
+    spread: str = "none"
 
     def __post_init__(self) -> None:
         tables = tuple(TableConfig(**t) if isinstance(t, dict) else t for t in self.tables)
@@ -191,6 +200,7 @@ class PSConfig:
                 "bounds staleness with ps.max_staleness): set ps.pipeline_depth to 0 or ps.mode to sync"
             )
         _choice("placement", self.placement, PLACEMENTS)
+        _choice("spread", self.spread, SPREADS)
         if self.placement == "in_process" and self.num_workers > 1:
             raise ConfigError(
                 f"ps.placement=in_process hosts the shards in the one training worker's process, but "
