@@ -171,7 +171,7 @@ _SCALARS = {
 }
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(
     yaml_part=st.fixed_dictionaries({}, optional=_SCALARS),
     set_part=st.fixed_dictionaries({}, optional=_SCALARS),
