@@ -28,7 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=200, help="candidates retrieved per query (default 200)")
     parser.add_argument("--queries", type=int, default=200, help="queries per round (default 200)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
-    parser.add_argument("--nprobe", type=int, default=64, help="inverted lists scanned per query (default 64)")
+    from serving.ann import AnnOptions  # the one definition of the default (serve.ann_nprobe takes it too)
+
+    parser.add_argument(
+        "--nprobe",
+        type=int,
+        default=AnnOptions.nprobe,
+        help=f"inverted lists scanned per query (default {AnnOptions.nprobe})",
+    )
     parser.add_argument("--changed", type=float, default=0.01, help="share of items a delta changes (default 0.01)")
     parser.add_argument("--noise", action="store_true", help="unclustered Gaussian items (the hard case)")
 

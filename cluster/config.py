@@ -15,6 +15,7 @@ from common.config import ConfigError, check_keys, load_yaml_config
 
 if TYPE_CHECKING:
     from paramserver.config import PSConfig
+    from serving.config import ServeConfig
     from trainer.config import ModelConfig, TrainConfig
     from versions import PublishConfig, SnapshotConfig
 
@@ -42,7 +43,7 @@ class RayConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """The one config tree of a run: what ``train``, ``stream``, ``demo`` and ``config show`` use.
+    """The one config tree of a run: what ``train``, ``stream``, ``demo``, ``serve`` and ``config show`` use.
 
     Loaded from a run YAML (every section optional, unknown keys refused) and overridden from
     the command line (``--set train.batch_size=512`` or the dedicated flags)::
@@ -57,7 +58,14 @@ class RunConfig:
              pipeline_depth: 0, sync_prefetch: false, placement: auto, spread: none}
         snapshots: {every_data_file: true, every_steps: null, every_seconds: null, full_every: 10, keep: 5}
         publish: {max_auc_drop: 0.02, significance: 0.001, min_examples: 500, verify_checksums: true}   # the publish gate
+        serve: {poll_interval_s: 0.2, replicas: 1, grpc_port: 9000, retrieve: 200, catalogue: [],
+                limits: {max_candidates: 1000, max_k: 1000}, ann_above: 1000000, ann_nprobe: 64}   # freshrec serve
         ray: {address: null}      # null: start an embedded local Ray; "auto" or host:port joins one
+
+    Where each setting is defined (its type, default and check): ``serve`` in ``serving/config.py``
+    (``ServeConfig``, ``Limits``), ``ps`` in ``paramserver/config.py`` (``PSConfig``), ``model`` / ``train`` in
+    ``trainer/config.py``, ``snapshots`` / ``publish`` in ``versions/``, ``ray`` here; ``freshrec config show``
+    prints them all.
     """
 
     spec: str = "taobao"
@@ -67,10 +75,12 @@ class RunConfig:
     ps: "PSConfig" = None  # type: ignore[assignment]
     snapshots: "SnapshotConfig" = None  # type: ignore[assignment]
     publish: "PublishConfig" = None  # type: ignore[assignment]
+    serve: "ServeConfig" = None  # type: ignore[assignment]
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
         from paramserver.config import PSConfig
+        from serving.config import ServeConfig
         from trainer.config import ModelConfig, TrainConfig
         from versions import PublishConfig, SnapshotConfig
 
@@ -80,9 +90,12 @@ class RunConfig:
             ("ps", PSConfig),
             ("snapshots", SnapshotConfig),
             ("publish", PublishConfig),
+            ("serve", ServeConfig),
         ):
             if getattr(self, key) is None:
                 object.__setattr__(self, key, cls())
+            elif not isinstance(getattr(self, key), cls):
+                raise ConfigError(f"{key} must be a {cls.__name__}, got {getattr(self, key)!r}")
         if not isinstance(self.spec, str) or not self.spec:
             raise ConfigError(f"spec must name a feature spec (a YAML file or a built-in name), got {self.spec!r}")
         if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
@@ -97,6 +110,7 @@ class RunConfig:
     def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
         """Build from a mapping (a run YAML), refusing unknown keys in every section."""
         from paramserver.config import PSConfig
+        from serving.config import ServeConfig
         from trainer.config import TrainConfig, model_config_from_dict
 
         check_keys(cls, raw, "config")
@@ -109,6 +123,7 @@ class RunConfig:
             "ps": PSConfig.settings_from_dict,
             "snapshots": lambda raw: SnapshotPolicy.from_dict(raw).cfg,
             "publish": PublishConfig.from_dict,
+            "serve": ServeConfig.from_dict,
             "ray": _ray_from_dict,
         }
         for key, build in builders.items():
@@ -123,10 +138,12 @@ class RunConfig:
                 raise ConfigError(f"{key}: {exc}") from None
         return cls(**kw)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, serve: bool = True) -> dict[str, Any]:
         """Plain YAML-able values (enums as their names, tuples as lists); ``ps`` holds the settings of a run's
-        ``ps:`` section (what the run fills in from elsewhere is left out)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        ``ps:`` section (what the run fills in from elsewhere is left out). ``serve=False`` leaves the
+        ``serve`` section out (what a training run stores in its versions' manifests: serving settings are
+        not part of a model)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if serve or f.name != "serve"}
         out = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in out.items()}
         out["ps"] = self.ps.settings()
         return _plain(out)
@@ -178,7 +195,33 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
-def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """The effective config: defaults, then the run YAML at ``path``, then ``overrides`` (KEY=VALUE)."""
+def set_values(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """``{"serve.catalogue": ["a.csv"]}`` set in a nested mapping (Python values, not YAML text: what a
+    command's flags give).
+
+    >>> set_values({"serve": {"replicas": 2}}, {"serve.catalogue": ["a b.csv"]})
+    {'serve': {'replicas': 2, 'catalogue': ['a b.csv']}}
+    """
+    import copy
+
+    out = copy.deepcopy(raw)
+    for key, value in values.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if node.get(part) is None:  # e.g. serve.storage_options: null in the YAML
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {part} is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def load_run_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, values: dict[str, Any] | None = None
+) -> RunConfig:
+    """The effective config: defaults, then the run YAML at ``path``, then ``overrides`` (KEY=VALUE), then
+    ``values`` (dotted key -> value: a command's flags)."""
     raw = load_yaml_config(path) if path else {}
-    return RunConfig.from_dict(apply_overrides(raw, list(overrides or [])))
+    return RunConfig.from_dict(set_values(apply_overrides(raw, list(overrides or [])), dict(values or {})))

@@ -3,7 +3,8 @@
 Ray Serve's own schema (``ray.serve.schema.ServeDeploySchema``).
 
 The application builder is ``serving.app:app_from_args``, called by Ray Serve with ``args``
-``{"store": URL, "grpc_port": PORT, "replicas": N}`` (a unit test builds the application from
+``{"store": URL, "grpc_port": PORT, "replicas": N}`` (any other key of the run config's ``serve:``
+section, :class:`serving.config.ServeConfig`, may be added; a unit test builds the application from
 the generated args), and the gRPC
 servicers are ``protos.freshrec.v1.scoring_pb2_grpc.add_ScorerServicer_to_server`` (service
 ``freshrec.v1.Scorer``) and ``grpc.health.v1.Health`` (answered by a replica: NOT_SERVING until it
@@ -19,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.config import ConfigError
+from serving.config import ServeConfig
 
 APP_NAME = "freshrec"
 IMPORT_PATH = "serving.app:app_from_args"
@@ -26,7 +28,8 @@ SERVICER_FUNCTION = "protos.freshrec.v1.scoring_pb2_grpc.add_ScorerServicer_to_s
 # grpc.health.v1.Health/Check (with the ``application`` metadata): SERVING once the replica loaded a version
 HEALTH_SERVICER_FUNCTION = "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server"
 DEPLOYMENT = "Scorer"
-GRPC_PORT = 9000
+GRPC_PORT = ServeConfig.grpc_port  # defined once, in serving/config.py
+K8S_REPLICAS = 2  # the RayService's scorer replicas (two: a rolling restart keeps one serving); local serve: 1
 HTTP_PORT = 8000  # Serve's HTTP proxy: health checks only (/-/healthz); not exposed outside the cluster
 
 
@@ -34,7 +37,7 @@ def serve_deploy_config(
     store: str,
     *,
     grpc_port: int = GRPC_PORT,
-    replicas: int = 2,
+    replicas: int = K8S_REPLICAS,
     replica_cpus: float = 1.0,
     max_ongoing_requests: int = 64,
 ) -> dict[str, Any]:

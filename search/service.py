@@ -35,6 +35,7 @@ from search.ranker import RankerConfig, SearchCorpus, rank
 from search.request_checks import SearchLimits, validate
 from search.spec import SearchSpec
 from search.wire import pb
+from serving.config import ServeConfig
 from serving.errors import NotReadyError, VersionMismatchError
 from serving.follower import LeaseSettings, VersionFollower
 from serving.telemetry import replica_name
@@ -47,7 +48,7 @@ class SearchServeConfig:
     store_url: str
     catalogue: str
     pin_version: int | None = None
-    poll_interval_s: float = 0.5
+    poll_interval_s: float = ServeConfig.poll_interval_s  # one default for every replica (serving/config.py)
     limits: SearchLimits = SearchLimits()
     scorers: int = 4  # requests scored side by side in one replica (copies of the core over shared tables)
     storage_options: dict | None = None

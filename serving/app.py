@@ -26,6 +26,7 @@ import grpc
 from ray import serve
 from ray.serve.config import gRPCOptions
 
+from common.config import ConfigError
 from serving.config import FollowSettings, ServeConfig
 from serving.errors import ServingError
 from serving.follower import LeaseSettings, VersionFollower
@@ -165,7 +166,7 @@ class TableShardDeployment:
     def __init__(self, cfg: ServeConfig, index: int) -> None:
         logging.basicConfig(level=logging.INFO)
         self.cfg, self.index = cfg, index
-        self.store = VersionStore(cfg.store_url, cfg.storage_options)
+        self.store = VersionStore(cfg.require_store(), cfg.storage_options)
         self.slice: ShardSlice | None = None
         self._lock = threading.Lock()
         # the shard follows the same pointers as the replicas (the one follower): it loads the target before
@@ -227,10 +228,13 @@ def free_port() -> int:
 _FOLLOW = object()
 
 
-def build_app(cfg: ServeConfig, replicas: int = 1, pin_version=_FOLLOW):
-    """The application. ``pin_version`` (default: ``cfg.pin_version``) travels in ``user_config``: re-running
-    the same ``cfg`` with another pin is a lightweight update (``reconfigure`` on the running replicas, no
-    restart); a different ``cfg`` would replace the replicas."""
+def build_app(cfg: ServeConfig, replicas: int | None = None, pin_version=_FOLLOW):
+    """The application (``replicas`` scorers; None: ``cfg.replicas``). ``pin_version`` (default:
+    ``cfg.pin_version``) travels in ``user_config``: re-running the same ``cfg`` with another pin is a
+    lightweight update (``reconfigure`` on the running replicas, no restart); a different ``cfg`` would
+    replace the replicas."""
+    cfg.require_store()
+    replicas = cfg.replicas if replicas is None else replicas
     pin = cfg.pin_version if pin_version is _FOLLOW else pin_version
     user_config = {"pin_version": pin, "poll_interval_s": cfg.poll_interval_s}
     shards = [
@@ -242,23 +246,20 @@ def build_app(cfg: ServeConfig, replicas: int = 1, pin_version=_FOLLOW):
 
 def app_from_args(args: dict):
     """The builder a Ray Serve config file names (``import_path: serving.app:app_from_args``, as the
-    KubeRay RayService in k8s/ does): Ray Serve calls it with the application's ``args``,
-    ``{"store": URL, "replicas": N, "pin_version": V|null, "catalogue": [FILES], "poll_interval_s": S,
-    "remote_tables": [TABLES], "table_shards": N, "cache_rows": R}``
-    (``grpc_port`` belongs to the proxy and is ignored here)."""
+    KubeRay RayService in k8s/ does): Ray Serve calls it with the application's ``args``: ``store`` (the
+    version store URL) and any key of the run config's ``serve:`` section (:class:`ServeConfig`: ``replicas``,
+    ``pin_version``, ``catalogue``, ``poll_interval_s``, ``remote_tables``, ``limits``...; ``grpc_port``
+    belongs to the proxy and changes nothing here). Defaults are ServeConfig's; an unknown key is refused."""
     args = dict(args or {})
-    if not args.get("store"):
+    store = args.pop("store", None) or args.get("store_url")
+    if not store:
         raise ServingError("serve config args: 'store' (the version store URL) is required")
-    cfg = ServeConfig(
-        store_url=str(args["store"]),
-        pin_version=args.get("pin_version"),
-        catalogue=tuple(args.get("catalogue") or ()),
-        poll_interval_s=float(args.get("poll_interval_s", ServeConfig.poll_interval_s)),
-        remote_tables=tuple(args.get("remote_tables") or ()),
-        table_shards=int(args.get("table_shards", ServeConfig.table_shards)),
-        cache_rows=int(args.get("cache_rows", ServeConfig.cache_rows)),
-    )
-    return build_app(cfg, replicas=int(args.get("replicas", 1)))
+    args["store_url"] = str(store)
+    try:
+        cfg = ServeConfig.from_dict(args, where="serve config args")
+    except ConfigError as exc:
+        raise ServingError(str(exc)) from None
+    return build_app(cfg)
 
 
 GRPC_SIZE_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"  # Ray 2.60's proxy reads its receive/send limit here at start
@@ -292,23 +293,25 @@ def start_proxy(grpc_port: int, max_request_bytes: int, host: str = "127.0.0.1",
 def start_serving(
     cfg: ServeConfig,
     grpc_port: int | None = None,
-    replicas: int = 1,
+    replicas: int | None = None,
     http_port: int | None = None,
     wait_s: float = 120.0,
-    host: str = "127.0.0.1",
+    host: str | None = None,
 ) -> int:
     """Deploy the application on the connected Ray (``ray.init`` first) and return the gRPC port.
 
-    The proxy serves ``freshrec.v1.Scorer`` with reflection (:func:`start_proxy`); HTTP binds ``host``.
+    The proxy serves ``freshrec.v1.Scorer`` with reflection (:func:`start_proxy`); HTTP binds ``host``
+    (None: ``cfg.host``). ``grpc_port`` None: a free port (tests, the demo); ``freshrec serve`` passes
+    ``cfg.grpc_port``. ``replicas`` None: ``cfg.replicas``.
     """
     grpc_port = grpc_port or free_port()
-    start_proxy(grpc_port, cfg.limits.max_request_bytes, host, http_port)
+    start_proxy(grpc_port, cfg.limits.max_request_bytes, host or cfg.host, http_port)
     serve.run(build_app(cfg, replicas), name=APP_NAME, route_prefix="/", blocking=False)
     return grpc_port
 
 
 def serve_and_wait(
-    cfg: ServeConfig, grpc_port: int | None = None, replicas: int = 1, timeout_s: float = 120.0
+    cfg: ServeConfig, grpc_port: int | None = None, replicas: int | None = None, timeout_s: float = 120.0
 ) -> tuple[str, int]:
     """Deploy (Ray initialised first) and wait until a version answers: ("127.0.0.1:PORT", version).
 
@@ -325,7 +328,7 @@ def serve_and_wait(
         return target, client.wait_ready(timeout_s).model_version
 
 
-def pin(cfg: ServeConfig, version: int | None, replicas: int = 1) -> None:
+def pin(cfg: ServeConfig, version: int | None, replicas: int | None = None) -> None:
     """Pin every replica to ``version`` (rollback), or follow the newest again (None): a user_config
     update of the running application started with ``cfg`` (the replicas stay up and keep serving)."""
     serve.run(build_app(cfg, replicas, pin_version=version), name=APP_NAME, route_prefix="/", blocking=False)

@@ -1,14 +1,21 @@
-"""Typed, frozen settings of a serving replica; every error says what to fix.
+"""Typed, frozen settings of serving; every error says what to fix. THE place where every serving
+setting and its default is defined: the ``serve:`` section of the run config tree
+(:class:`cluster.config.RunConfig`, ``freshrec config show``), the ``freshrec serve`` flags,
+``serving.app:app_from_args`` (the Ray Serve config's ``args``), the grpcio launcher and Search's replica
+all take their defaults from here (the FAISS index's from :class:`serving.ann.AnnOptions`).
 
 >>> ServeConfig(store_url="runs/r1/versions", poll_interval_s=0.1).limits.max_candidates
 1000
+>>> ServeConfig.from_dict({"retrieve": 50, "limits": {"max_k": 20}}).limits.max_k
+20
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
-from common.config import ConfigError
+from common.config import ConfigError, check_keys
 from serving.ann import AnnOptions
 
 
@@ -53,7 +60,8 @@ class Limits:
 class ServeConfig:
     """One replica's settings (Ray Serve passes them as the deployment's init argument).
 
-    store_url / storage_options: the version store (``RUN_DIR/versions``, ``s3://...``).
+    store_url / storage_options: the version store (``RUN_DIR/versions``, ``s3://...``); None in a run
+    config (``freshrec serve --run-dir DIR`` / ``--store URL`` give it); a replica refuses to start without.
     pin_version: serve exactly this version (rollback) instead of following the newest.
     poll_interval_s: how often the replica looks for a newer committed version.
     catalogue: data files (the spec's format) whose item-side columns (e.g. category_id) give
@@ -68,9 +76,12 @@ class ServeConfig:
     remote_tables: tables too large for one replica, read through ``table_shards`` read-only shards
     restored from the version (:mod:`serving.shards`) with a hot-row cache of ``cache_rows`` rows
     (a power of two) per table in each replica. Keep the item table local: retrieval needs its rows.
+    replicas / grpc_port / host: the application, not one replica: scorer replicas, the Serve proxy's gRPC
+    port and its HTTP bind address (127.0.0.1: this machine only; Ray 2.60's gRPC proxy binds every
+    interface whatever it says).
     """
 
-    store_url: str
+    store_url: str | None = None
     storage_options: dict | None = None
     pin_version: int | None = None
     poll_interval_s: float = 0.2
@@ -86,18 +97,46 @@ class ServeConfig:
     remote_tables: tuple[str, ...] = ()
     table_shards: int = 2
     cache_rows: int = 1 << 16
+    replicas: int = 1
+    grpc_port: int = 9000
+    host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
+        if isinstance(self.catalogue, str):
+            object.__setattr__(self, "catalogue", (self.catalogue,))
+        if isinstance(self.remote_tables, str):
+            object.__setattr__(self, "remote_tables", tuple(t.strip() for t in self.remote_tables.split(",") if t))
+        for name in ("catalogue", "remote_tables"):
+            if not isinstance(getattr(self, name), (list, tuple)):
+                raise ConfigError(f"serve.{name} must be a list, got {getattr(self, name)!r}")
         object.__setattr__(self, "catalogue", tuple(str(p) for p in self.catalogue))
         if isinstance(self.limits, dict):
+            check_keys(Limits, self.limits, "serve.limits")
             object.__setattr__(self, "limits", Limits(**self.limits))
-        if not self.store_url:
-            raise ConfigError("serve: store_url is empty: pass --store URL or --run-dir DIR")
-        if self.pin_version is not None and (not isinstance(self.pin_version, int) or self.pin_version < 1):
+        if not isinstance(self.limits, Limits):
+            raise ConfigError(f"serve.limits must be a mapping of limits, got {self.limits!r}")
+        if self.store_url is not None and (not isinstance(self.store_url, str) or not self.store_url):
+            raise ConfigError(
+                f"serve.store_url must be a path or URL (or null), got {self.store_url!r}: pass --store URL or --run-dir DIR"
+            )
+        if self.storage_options is not None and not isinstance(self.storage_options, dict):
+            raise ConfigError(
+                f"serve.storage_options must be a mapping of fsspec options, got {self.storage_options!r}"
+            )
+        for name in ("user_feature", "item_feature", "metrics_path"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str):
+                raise ConfigError(f"serve.{name} must be a string or null, got {v!r}")
+        pin = self.pin_version
+        if pin is not None and (not isinstance(pin, int) or isinstance(pin, bool) or pin < 1):
             raise ConfigError(f"serve.pin_version must be a version number >= 1 or None, got {self.pin_version!r}")
-        if not (isinstance(self.poll_interval_s, (int, float)) and 0.01 <= self.poll_interval_s <= 3600):
+        if not _seconds_ok(self.poll_interval_s):
             raise ConfigError(f"serve.poll_interval_s must be in [0.01, 3600] seconds, got {self.poll_interval_s!r}")
-        if not isinstance(self.retrieve, int) or not 1 <= self.retrieve <= self.limits.max_retrieve:
+        if (
+            not isinstance(self.retrieve, int)
+            or isinstance(self.retrieve, bool)
+            or not 1 <= self.retrieve <= self.limits.max_retrieve
+        ):
             raise ConfigError(f"serve.retrieve must be in [1, {self.limits.max_retrieve}], got {self.retrieve!r}")
         for name in ("ann_above", "ann_nprobe"):
             v = getattr(self, name)
@@ -115,11 +154,35 @@ class ServeConfig:
         c = self.cache_rows
         if not isinstance(c, int) or isinstance(c, bool) or c < 1 or c & (c - 1):
             raise ConfigError(f"serve.cache_rows must be a power of two >= 1 (e.g. 65536), got {c!r}")
-        if not isinstance(self.torch_threads, int) or self.torch_threads < 1:
-            raise ConfigError(f"serve.torch_threads must be >= 1, got {self.torch_threads!r}")
+        for name in ("torch_threads", "replicas"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"serve.{name} must be an integer >= 1, got {v!r}")
+        g = self.grpc_port
+        if not isinstance(g, int) or isinstance(g, bool) or not 0 < g < 65536:
+            raise ConfigError(f"serve.grpc_port must be a TCP port in [1, 65535], got {g!r}")
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError(f"serve.host must be an IP address to bind (127.0.0.1, 0.0.0.0), got {self.host!r}")
 
     def replace(self, **changes) -> "ServeConfig":
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "serve") -> "ServeConfig":
+        """Build from a YAML mapping (a run config's ``serve:`` section), refusing unknown keys (named)."""
+        check_keys(cls, raw, where)
+        try:
+            return cls(**raw)
+        except TypeError as exc:  # e.g. a list where a number belongs
+            raise ConfigError(f"{where}: {exc}") from None
+
+    def require_store(self) -> str:
+        """The version store a replica follows; ConfigError when the config names none."""
+        if not self.store_url:
+            raise ConfigError(
+                "serve.store_url is not set: pass --store URL or --run-dir DIR (or set serve.store_url in the run YAML)"
+            )
+        return self.store_url
 
     @property
     def retrieval(self) -> RetrievalOptions:
@@ -136,7 +199,7 @@ class FollowSettings:
     """
 
     pin_version: int | None = None  # None: follow the newest committed version
-    poll_interval_s: float | None = None  # None: keep the replica's setting
+    poll_interval_s: float | None = None  # None: no change (the replica keeps ServeConfig.poll_interval_s)
 
     @classmethod
     def from_user_config(cls, raw: dict | None) -> "FollowSettings":
@@ -148,6 +211,11 @@ class FollowSettings:
         if pin is not None and (not isinstance(pin, int) or isinstance(pin, bool) or pin < 1):
             raise ConfigError(f"serve user_config: pin_version must be a version >= 1 or null, got {pin!r}")
         poll = raw.get("poll_interval_s")
-        if poll is not None and not (isinstance(poll, (int, float)) and 0.01 <= poll <= 3600):
+        if poll is not None and not _seconds_ok(poll):
             raise ConfigError(f"serve user_config: poll_interval_s must be in [0.01, 3600], got {poll!r}")
         return cls(pin, None if poll is None else float(poll))
+
+
+def _seconds_ok(v: Any) -> bool:
+    """A poll interval: a number of seconds in [0.01, 3600]."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0.01 <= v <= 3600

@@ -163,7 +163,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--address", default="127.0.0.1:0", help="bind address (default 127.0.0.1:0: a free port)")
     p.add_argument("--port-file", default=None, help="write the bound port here (atomically) once serving")
     p.add_argument("--threads", type=int, default=4, help="server threads (default 4)")
-    p.add_argument("--poll-interval", type=float, default=0.1, help="store poll interval, seconds (default 0.1)")
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=ServeConfig.poll_interval_s,
+        help=f"store poll interval, seconds (default {ServeConfig.poll_interval_s}: ServeConfig's)",
+    )
     p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for a first version (default 60)")
     a = p.parse_args(argv)
     cfg = ServeConfig(store_url=a.store, catalogue=tuple(a.catalogue), poll_interval_s=a.poll_interval)

@@ -24,12 +24,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from serving.ann import AnnOptions
 from serving.catalogue import ItemCatalogue
 from serving.config import FollowSettings, ServeConfig
 from serving.errors import InvalidRequestError, NotReadyError, ServingError, UnsupportedError, VersionMismatchError
 from serving.follower import LeaseSettings, VersionFollower
-from serving.model import RetrievalOptions, ServableModel, load_model
+from serving.model import ServableModel, load_model
 from serving.run_metrics import validation_metrics
 from serving.telemetry import ReplicaTelemetry
 from serving.wire import pb
@@ -58,10 +57,10 @@ class ScoringService:
             )
         self.cfg = cfg
         self.remote = remote
-        self.retrieval = RetrievalOptions(cfg.ann_above, AnnOptions(nprobe=cfg.ann_nprobe))
+        self.retrieval = cfg.retrieval
         self.telemetry = telemetry or ReplicaTelemetry()
         torch.set_num_threads(cfg.torch_threads)
-        self.store = VersionStore(cfg.store_url, cfg.storage_options)
+        self.store = VersionStore(cfg.require_store(), cfg.storage_options)
         self._catalogue = catalogue
         self._catalogue_loaded = catalogue is not None or not cfg.catalogue
         self.follower = VersionFollower(

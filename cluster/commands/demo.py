@@ -114,7 +114,7 @@ def _train_stage(args, out, spec, files, spec_name: str) -> dict:
                 store_url=store_url,
                 snapshots=cfg.snapshots,
                 publish=cfg.publish,
-                version_extra=version_extra(spec_name, cfg.to_dict()),
+                version_extra=version_extra(spec_name, cfg.to_dict(serve=False)),
             ),
             on_file=lambda i, m: print(table_row(i, m), flush=True),
         )
@@ -200,7 +200,7 @@ def _serve_stage(out, spec, spec_name: str, run: dict, held_back: list) -> None:
                 store_url=store_url,
                 snapshots=cfg.snapshots,
                 publish=cfg.publish,
-                version_extra=version_extra(spec_name, cfg.to_dict()),
+                version_extra=version_extra(spec_name, cfg.to_dict(serve=False)),
             ),
             on_file=lambda i, m: print(table_row(i, m), flush=True),
         )

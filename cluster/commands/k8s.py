@@ -20,8 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "serveConfigV2 or give it to `serve deploy`.",
     )
     s.add_argument("--store", required=True, help="the version store the replicas follow (path or s3://... URL)")
-    s.add_argument("--grpc-port", type=int, default=9000)
-    s.add_argument("--replicas", type=int, default=2)
+    from cluster.serve_config import GRPC_PORT, K8S_REPLICAS
+
+    s.add_argument("--grpc-port", type=int, default=GRPC_PORT)
+    s.add_argument("--replicas", type=int, default=K8S_REPLICAS)
     s.add_argument("--replica-cpus", type=float, default=1.0)
     s.set_defaults(func=_serve_config)
 

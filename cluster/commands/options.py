@@ -1,7 +1,10 @@
-"""The run options every training command shares: ``--config``, ``--set`` and a few common flags.
+"""The run options the commands share: ``--config``, ``--set`` and a few common flags.
 
-Precedence: defaults < the run YAML (``--config``) < ``--set KEY=VALUE`` < the dedicated flags.
-Everything is validated here, before Ray or torch start.
+Precedence (``train``, ``stream``, ``demo``, ``serve``, ``config show`` alike): defaults < the run YAML
+(``--config``) < ``--set KEY=VALUE`` < the dedicated flags. Everything is validated here, before Ray or
+torch start. Each flag names its key in the config tree (``FLAG_KEYS``; ``serve``'s in
+cluster/commands/serve.py ``SERVE_FLAG_KEYS``); the settings themselves are defined in cluster/config.py's
+``RunConfig`` sections.
 """
 
 from __future__ import annotations
@@ -26,19 +29,26 @@ FLAG_KEYS = {
 }
 
 
-def add_run_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group(
-        "run configuration (defaults < --config < --set < these flags; see `freshrec config show`)"
+def add_config_options(g, example: str = "--set train.sparse_lr=0.05 --set ps.ttl_versions=1000") -> None:
+    """``--config YAML`` and ``--set KEY=VALUE`` on the argument group (or parser) ``g``."""
+    g.add_argument(
+        "--config", default=None, metavar="YAML", help="run YAML: spec, workers, model, train, ps, serve, ray"
     )
-    g.add_argument("--config", default=None, metavar="YAML", help="run YAML: spec, workers, model, train, ps, ray")
     g.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         dest="overrides",
-        help="override one setting, e.g. --set train.sparse_lr=0.05 --set ps.ttl_versions=1000 (repeatable)",
+        help=f"override one setting, e.g. {example} (repeatable)",
     )
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "run configuration (defaults < --config < --set < these flags; see `freshrec config show`)"
+    )
+    add_config_options(g)
     g.add_argument("--spec", default=None, help="feature spec: a YAML file or a built-in name (taobao, movielens100k)")
     g.add_argument("--workers", type=int, default=None, help="Ray Train workers (gloo DDP on CPU); default 1")
     g.add_argument("--ps-shards", type=int, default=None, help="parameter-server shards; default 2")
@@ -60,17 +70,27 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 def run_config_from_args(args: argparse.Namespace):
     """The effective :class:`cluster.config.RunConfig` and its loaded feature spec; UserError on any bad value."""
-    from cluster.config import ConfigError, load_run_config
+    from cluster.config import ConfigError
     from trainer.data import load_spec
 
-    overrides = list(args.overrides)
-    for dest, key in FLAG_KEYS.items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            overrides.append(f"{key}={value}")
+    cfg = config_from_args(args, {key: getattr(args, dest, None) for dest, key in FLAG_KEYS.items()})
     try:
-        cfg = load_run_config(args.config, overrides)
         spec = load_spec(cfg.spec)
     except ConfigError as exc:
         raise UserError(str(exc)) from exc
     return cfg, spec
+
+
+def config_from_args(args: argparse.Namespace, flags: dict):
+    """The effective :class:`cluster.config.RunConfig`: defaults < ``--config`` < ``--set`` < ``flags`` (dotted
+    key -> the flag's value; None: the flag was not given). UserError on any bad value, naming the key."""
+    from cluster.config import ConfigError, load_run_config
+
+    try:
+        return load_run_config(
+            getattr(args, "config", None),
+            list(getattr(args, "overrides", None) or []),
+            {k: v for k, v in flags.items() if v is not None},
+        )
+    except ConfigError as exc:
+        raise UserError(str(exc)) from exc

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -14,7 +15,22 @@ from pathlib import Path
 from cluster.commands.argtypes import port as _port
 from cluster.commands.argtypes import positive_int as _positive
 from cluster.commands.argtypes import seconds as _seconds
+from cluster.commands.options import add_config_options, config_from_args
 from cluster.errors import UserError
+
+# flag dest -> key in the config tree (cluster/config.py RunConfig; serve.* defined in serving/config.py)
+SERVE_FLAG_KEYS = {
+    "grpc_port": "serve.grpc_port",
+    "host": "serve.host",
+    "replicas": "serve.replicas",
+    "pin_version": "serve.pin_version",
+    "poll_interval": "serve.poll_interval_s",
+    "catalogue": "serve.catalogue",
+    "remote_tables": "serve.remote_tables",
+    "table_shards": "serve.table_shards",
+    "cache_rows": "serve.cache_rows",
+    "address": "ray.address",
+}
 
 
 def _id(text: str) -> int | str:
@@ -73,20 +89,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         "newest committed version, follows the store and swaps atomically. Ctrl-C or "
         "SIGTERM stops it.",
     )
-    where = p.add_mutually_exclusive_group(required=True)
+    from serving.config import ServeConfig  # every default below is ServeConfig's (defined once, there)
+
+    d = ServeConfig()
+    where = p.add_mutually_exclusive_group()
     where.add_argument("--run-dir", metavar="DIR", help="a training run directory: the store at DIR/versions")
-    where.add_argument("--store", metavar="URL", help="the version store: a path, file://, s3://bucket/prefix")
-    p.add_argument("--grpc-port", type=_port, default=9000, help="gRPC port of the Serve proxy (default 9000)")
+    where.add_argument(
+        "--store", metavar="URL", help="the version store: a path, file://, s3://bucket/prefix (or serve.store_url)"
+    )
+    p.add_argument(
+        "--grpc-port", type=_port, default=None, help=f"gRPC port of the Serve proxy (default {d.grpc_port})"
+    )
     p.add_argument(
         "--host",
-        default="127.0.0.1",
+        default=None,
         type=_host,
         metavar="ADDR",
-        help="the Serve proxy's HTTP bind address (default 127.0.0.1: this machine only; the k8s manifests "
+        help=f"the Serve proxy's HTTP bind address (default {d.host}: this machine only; the k8s manifests "
         "pass 0.0.0.0). Ray 2.60's gRPC proxy binds every interface whatever this says: close the "
         "port with a firewall where the machine is reachable",
     )
-    p.add_argument("--replicas", type=_positive, default=1, help="replicas of the scorer (default 1)")
+    p.add_argument("--replicas", type=_positive, default=None, help=f"replicas of the scorer (default {d.replicas})")
     p.add_argument(
         "--pin-version",
         type=_positive,
@@ -94,19 +117,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="V",
         help="serve exactly version V (rollback) instead of following the newest",
     )
-    from serving.config import ServeConfig  # the defaults below are ServeConfig's (defined once, there)
-
     p.add_argument(
         "--poll-interval",
         type=_seconds,
         default=None,
         metavar="S",
-        help=f"seconds between looks for a newer version (default {ServeConfig.poll_interval_s})",
+        help=f"seconds between looks for a newer version (default {d.poll_interval_s})",
     )
     p.add_argument(
         "--catalogue",
         nargs="+",
-        default=[],
+        default=None,
         metavar="FILE",
         help="data files (the spec's format) giving each item's item-side columns (e.g. category_id) "
         "for Recommend and category filters",
@@ -114,7 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--remote-tables",
         type=_names,
-        default=(),
+        default=None,
         metavar="T1,T2",
         help="tables too large for one replica (e.g. user): read through read-only shards restored "
         "from the version, with a hot-row cache in each replica (keep the item table local)",
@@ -124,14 +145,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=_positive,
         default=None,
         metavar="N",
-        help=f"read-only shards of the --remote-tables (default {ServeConfig.table_shards})",
+        help=f"read-only shards of the --remote-tables (default {d.table_shards})",
     )
     p.add_argument(
         "--cache-rows",
         type=_positive,
         default=None,
         metavar="R",
-        help=f"hot-row cache per remote table in each replica, a power of two (default {ServeConfig.cache_rows})",
+        help=f"hot-row cache per remote table in each replica, a power of two (default {d.cache_rows})",
     )
     p.add_argument("--address", default=None, help="join an existing Ray cluster (default: start a local Ray)")
     p.add_argument(
@@ -147,6 +168,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="fsspec storage option of the store (repeatable)",
     )
+    g = p.add_argument_group(
+        "run configuration (defaults < --config < --set < the flags above; see `freshrec config show`)"
+    )
+    add_config_options(g, "--set serve.limits.max_k=100 --set serve.retrieve=500")
     p.set_defaults(func=_serve)
 
     s = sub.add_parser("score", help="score items for a user on a running server (gRPC client)")
@@ -180,42 +205,45 @@ def _client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-def _serve(args: argparse.Namespace) -> int:
+def serve_config_from_args(args: argparse.Namespace):
+    """The effective run config of ``freshrec serve`` (defaults < --config < --set < flags): UserError on any bad
+    value, naming the key. ``--run-dir DIR`` sets ``serve.store_url`` (DIR/versions) and ``serve.metrics_path``."""
     from cluster.commands.snapshots import _option
-    from cluster.config import RayConfig
+
+    flags = {key: getattr(args, dest, None) for dest, key in SERVE_FLAG_KEYS.items()}
+    if flags["serve.catalogue"] is not None:
+        flags["serve.catalogue"] = list(flags["serve.catalogue"])
+    if flags["serve.remote_tables"] is not None:
+        flags["serve.remote_tables"] = list(flags["serve.remote_tables"])
+    if args.run_dir:
+        flags["serve.store_url"] = str(Path(args.run_dir) / "versions")
+        flags["serve.metrics_path"] = str(Path(args.run_dir) / "metrics.jsonl")
+    elif args.store:
+        flags["serve.store_url"] = args.store
+    cfg = config_from_args(args, flags)
+    if args.storage_option:  # merged over serve.storage_options (a key may hold dots: not a tree path)
+        options = {**(cfg.serve.storage_options or {}), **dict(_option(o) for o in args.storage_option)}
+        cfg = dataclasses.replace(cfg, serve=cfg.serve.replace(storage_options=options))
+    if cfg.serve.store_url is None:
+        raise UserError("serve: no version store: pass --store URL or --run-dir DIR (or set serve.store_url)")
+    return cfg
+
+
+def _serve(args: argparse.Namespace) -> int:
     from cluster.ray_runtime import ensure_ray
-    from common.config import ConfigError
 
-    store = args.store or str(Path(args.run_dir) / "versions")
-    options = dict(_option(o) for o in args.storage_option) or None
-    try:
-        from serving.config import ServeConfig
-
-        given = {  # flags left out keep ServeConfig's defaults (defined once, in serving/config.py)
-            "poll_interval_s": args.poll_interval,
-            "table_shards": args.table_shards,
-            "cache_rows": args.cache_rows,
-        }
-        cfg = ServeConfig(
-            store_url=store,
-            storage_options=options,
-            pin_version=args.pin_version,
-            catalogue=tuple(args.catalogue),
-            metrics_path=str(Path(args.run_dir) / "metrics.jsonl") if args.run_dir else None,
-            remote_tables=args.remote_tables,
-            **{k: v for k, v in given.items() if v is not None},
-        )
-    except ConfigError as exc:
-        raise UserError(str(exc)) from None
+    run = serve_config_from_args(args)
+    cfg = run.serve
+    store = cfg.store_url
     if args.run_dir and not Path(args.run_dir).is_dir():
         raise UserError(f"--run-dir {args.run_dir} is not a directory")
-    missing = [c for c in args.catalogue if not Path(c).exists() and "://" not in c]
+    missing = [c for c in cfg.catalogue if not Path(c).exists() and "://" not in c]
     if missing:
-        raise UserError(f"--catalogue file(s) not found: {missing}")
+        raise UserError(f"catalogue file(s) not found (--catalogue / serve.catalogue): {missing}")
     from serving.app import proxy_env, start_serving, stop_serving, worker_env
     from serving.client import ScoringClient
 
-    if args.address is None:  # the replicas and the proxy import this checkout's serving code and stubs
+    if run.ray.address is None:  # the replicas and the proxy import this checkout's serving code and stubs
         os.environ["PYTHONPATH"] = worker_env()["env_vars"]["PYTHONPATH"]
         os.environ.update(proxy_env(cfg.limits.max_request_bytes))  # the proxy refuses larger messages unparsed
         if args.throughput_optimized:
@@ -225,12 +253,12 @@ def _serve(args: argparse.Namespace) -> int:
             "--throughput-optimized sets up a local Ray; on a cluster set RAY_SERVE_THROUGHPUT_OPTIMIZED=1 "
             "in its environment instead"
         )
-    ensure_ray(RayConfig(address=args.address))
+    ensure_ray(run.ray)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own SIGTERM handler
         signal.signal(sig, lambda *_: stop.set())
     try:
-        port = start_serving(cfg, args.grpc_port, args.replicas, host=args.host)
+        port = start_serving(cfg, cfg.grpc_port, cfg.replicas, host=cfg.host)
         target = f"127.0.0.1:{port}"
         with ScoringClient(target) as client:
             waited = False

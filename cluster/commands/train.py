@@ -110,7 +110,7 @@ def run_and_summarise(args, history: Path | None, incoming: Path | None, drain: 
                     store_url=store_url,
                     snapshots=cfg.snapshots,
                     publish=cfg.publish,
-                    version_extra=version_extra(cfg.spec, cfg.to_dict()),
+                    version_extra=version_extra(cfg.spec, cfg.to_dict(serve=False)),
                 ),
                 on_file=lambda i, m: print(table_row(i, m), flush=True),
                 on_event=lambda text: print(text, flush=True),

@@ -13,10 +13,17 @@ from serving.config import Limits
 
 @pytest.mark.parametrize("command", [["serve", "--store", "s"], ["search-serve", "--store", "s", "--catalogue", "p"]])
 def test_serve_binds_loopback_unless_host_says_otherwise(command):
+    from cluster.commands.serve import serve_config_from_args
+
     parser = build_parser()
-    assert parser.parse_args(command).host == "127.0.0.1"
-    assert parser.parse_args([*command, "--host", "0.0.0.0"]).host == "0.0.0.0"
-    assert parser.parse_args([*command, "--host", "[::1]"]).host == "::1"
+
+    def host(argv):  # serve: the effective serve.host (flag > --set > YAML > ServeConfig's default)
+        args = parser.parse_args(argv)
+        return serve_config_from_args(args).serve.host if argv[0] == "serve" else args.host
+
+    assert host(command) == "127.0.0.1"
+    assert host([*command, "--host", "0.0.0.0"]) == "0.0.0.0"
+    assert host([*command, "--host", "[::1]"]) == "::1"
 
 
 def test_a_host_that_is_not_an_address_is_refused(capsys):
