@@ -291,6 +291,20 @@ class VersionKeeper:
         self.barrier()  # training resumes
         return True
 
+    def after_idle(self) -> bool:
+        """Every rank, while the stream waits for data files: if the last version's write failed (a transient
+        store error; its changes stay pending), cut a version again now instead of waiting for the next data
+        file, which may never come. Counts as a failed version like :meth:`after_file` (``max_failures`` in a
+        row stop the run, which restarts from the last committed version). True when a version was cut."""
+        retry = None
+        if self.rank == 0:
+            busy = self._writer is not None and self._writer.is_alive()
+            retry = not busy and self._error is not None
+        if not self.broadcast(retry):
+            return False
+        log.info("retrying the model version whose write failed while the stream waits for data files")
+        return self.after_file(force=True)  # rank 0 reports (and clears) the failure before this cut
+
     def finish(self) -> None:
         """Every rank, at the end of a run (drained, idle, or stopped): a final version if anything was
         trained (or the data layer's state changed) since the last one, then wait until it is committed.

@@ -28,7 +28,7 @@ from paramserver.config import PSConfig
 from trainer.config import TrainJob
 from trainer.core import TrainerCore
 from trainer.data import DeadLetterWriter, Validator, check_file_report, read_data_file
-from trainer.data.follow import follow_data_files
+from trainer.data.follow import IdleTick, follow_data_files
 from trainer.data.reasons import CHANGED_FILE
 from trainer.data.state import DataState
 from trainer.runfiles import RunPaths, write_atomic
@@ -115,6 +115,10 @@ def _train(job: TrainJob, rank: int, world: int, client) -> None:
     extra_epochs = job.train.history_epochs > 1
     history_batches: list = []  # train.history_epochs: the history files of this run, for the extra passes
     for ref in _followed(rank, broadcast, job, core.ledger, paths):
+        if isinstance(ref, IdleTick):  # waiting for files: a version whose write failed is cut again now
+            if keeper is not None:
+                keeper.after_idle()
+            continue
         from_history = extra_epochs and _is_under(ref, history)
         if history_batches and not from_history:  # the history is done: its extra passes, then a version
             _history_passes(core, history_batches, keeper)
@@ -207,9 +211,13 @@ def _refuse(ref, core, dead, rank: int) -> None:
     log.warning("data file refused (%s): %s", CHANGED_FILE, detail)
 
 
+IDLE_TICK_S = 2.0  # while a stream waits for files: how often the ranks meet to retry a failed version
+
+
 def _followed(rank: int, broadcast, job: TrainJob, ledger, paths: RunPaths):
     """The data files to train on, in the same order on every rank: rank 0 follows the directories
-    and broadcasts each file (None: the end, also on a stop request while it waits for files)."""
+    and broadcasts each file (None: the end, also on a stop request while it waits for files; an
+    :class:`IdleTick` every ``IDLE_TICK_S`` while it waits, when the run keeps versions)."""
     files = None
     if rank == 0:
         files = follow_data_files(
@@ -219,6 +227,7 @@ def _followed(rank: int, broadcast, job: TrainJob, ledger, paths: RunPaths):
             job.drain,
             idle_timeout_s=job.idle_timeout_s,
             stop=paths.stop.exists,
+            idle_tick_s=IDLE_TICK_S if job.store_url else None,
         )
     while True:
         ref = next(files, None) if rank == 0 else None

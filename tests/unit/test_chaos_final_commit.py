@@ -146,3 +146,30 @@ def test_an_idempotent_store_read_is_retried_on_a_transient_error(tmp_path):
     always.fs._decide = lambda method, path: "eio"
     with pytest.raises(StoreUnavailableError, match="Input/output error"):
         always.versions()
+
+
+def test_a_version_that_failed_while_the_stream_goes_idle_is_cut_again_when_idle(tmp_path):
+    """Found by the default chaos seed in `make test` (faulty:// store, no --drain): the first version's part
+    writes failed (EIO, ENOSPC), the stream then waited for a file that the harness only lands once that version
+    is committed; before the fix nothing retried it while idle (a liveness failure after the wave timeout)."""
+    ref_t, ref = _keeper(str(tmp_path / "ref"))
+    ref_t.step_file(FILES[0], "f0", rows_read=len(FILES[0]))
+    ref.after_file()
+    ref.wait()
+    t, keeper = _keeper(f"faulty://{tmp_path / 'run'}")
+    t.step_file(FILES[0], "f0", rows_read=len(FILES[0]))
+    assert keeper.after_idle() is False  # nothing failed: an idle tick does nothing
+    injected = _fail_next_writes(keeper.store.fs, ["eio"])
+    keeper.after_file()
+    keeper._join()
+    assert injected == ["eio"] and keeper._error is not None and is_transient(keeper._error)
+    store = VersionStore(str(tmp_path / "run"))
+    assert store.latest() is None  # the version failed: f0 is in no committed version
+    assert keeper.after_idle() is True  # the idle tick cuts it again
+    keeper.wait()
+    latest = store.latest()
+    assert latest == keeper.last_version and store.verify(latest) == []
+    assert [e.file for e in bundle.read_ledger(store, latest).entries] == ["f0"]
+    ref_store = VersionStore(str(tmp_path / "ref"))
+    assert store.manifest(latest).model_digest == ref_store.manifest(ref_store.latest()).model_digest
+    assert keeper.after_idle() is False  # committed: nothing to retry

@@ -37,6 +37,14 @@ from trainer.data.pipeline import is_data_file_name
 HISTORY, INCOMING = 0, 1
 
 
+@dataclasses.dataclass(frozen=True)
+class IdleTick:
+    """Yielded (with ``idle_tick_s``) while the follower waits for incoming files: the consumer may do its idle
+    work (the version keeper cuts again a version whose write failed, so its files do not wait for the next one)."""
+
+    idle_s: float
+
+
 def read_once(info: storage.FileInfo, source: int) -> DataFileRef:
     """The file's bytes (read once), their sha256, and the size and mtime they were read under."""
     with storage.open_binary(info.path) as fh:
@@ -64,7 +72,8 @@ def follow_data_files(
     idle_timeout_s: float | None = None,
     settle_s: float | None = None,
     stop=None,
-) -> Iterator[DataFileRef]:
+    idle_tick_s: float | None = None,
+) -> Iterator[DataFileRef | IdleTick]:
     """Yield DataFileRefs (with their bytes) in name order, each once: first ``history``, then ``incoming``
     as they land.
 
@@ -73,7 +82,8 @@ def follow_data_files(
     once every settled data file present has been yielded; otherwise it waits for more
     (until ``idle_timeout_s`` without a new or changing data file, if given, or until
     ``stop()`` returns true). The consumer records each file in ``ledger`` (complete only if it
-    was read to its end; ``ledger.refuse`` for a ref with ``refused`` set).
+    was read to its end; ``ledger.refuse`` for a ref with ``refused`` set). With ``idle_tick_s``, an
+    :class:`IdleTick` is yielded every ``idle_tick_s`` while it waits for incoming files.
     """
     yielded: set[str] = set()
     hashes: dict[tuple[str, int, float], str] = {}  # (path, size, mtime) -> sha256 of what was read
@@ -105,7 +115,7 @@ def follow_data_files(
         return
     settle = poll_s if settle_s is None else settle_s
     seen: dict[str, tuple[int, float, float]] = {}  # path -> (size, mtime, first seen with them)
-    idle_since = time.monotonic()
+    idle_since = last_tick = time.monotonic()
     while True:
         now = time.monotonic()
         files = sorted((f for f in storage.list_files(incoming) if is_data_file_name(f.name)), key=lambda f: f.name)
@@ -141,4 +151,7 @@ def follow_data_files(
                 return
             if stop is not None and stop():
                 return
+            if idle_tick_s is not None and time.monotonic() - last_tick >= idle_tick_s:
+                last_tick = time.monotonic()
+                yield IdleTick(last_tick - idle_since)
             time.sleep(poll_s)
