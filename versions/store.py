@@ -556,30 +556,34 @@ class VersionStore:
         ``checksums=False`` checks presence and sizes only (no read)."""
         problems = []
         m = self.manifest(version)
-        with self._io(f"list {self.vdir(version)}"):
-            self.fs.invalidate_cache(self.vdir(version))
+        self._read(f"list {self.vdir(version)}", lambda: self.fs.invalidate_cache(self.vdir(version)))
         for info in m.parts:
             path = self.part_path(version, info.name)
-            try:
-                with self._io(f"verify {path}"):
-                    size = self.fs.size(path)
-                    if size != info.bytes:
-                        problems.append(f"part {info.name!r}: {size} bytes, the manifest says {info.bytes}")
-                        continue
-                    if not checksums:
-                        continue
-                    h = hashlib.sha256()
-                    with self._open_read(path) as f:
-                        while chunk := f.read(16 << 20):
-                            h.update(chunk)
-                    if h.hexdigest() != info.sha256:
-                        problems.append(
-                            f"part {info.name!r}: checksum mismatch (sha256 {h.hexdigest()[:12]}..., "
-                            f"manifest says {info.sha256[:12]}...)"
-                        )
+            try:  # a read: retried on a transient error like every other (a restart must not fail on one reset)
+                problem = self._read(f"verify {path}", lambda p=path, i=info: self._check_part(p, i, checksums))
             except FileNotFoundError:
-                problems.append(f"part {info.name!r}: missing")
+                problem = f"part {info.name!r}: missing"
+            if problem is not None:
+                problems.append(problem)
         return problems
+
+    def _check_part(self, path: str, info, checksums: bool) -> str | None:
+        """The problem of one part (size, then checksum), None when it is good."""
+        size = self.fs.size(path)
+        if size != info.bytes:
+            return f"part {info.name!r}: {size} bytes, the manifest says {info.bytes}"
+        if not checksums:
+            return None
+        h = hashlib.sha256()
+        with self._open_read(path) as f:
+            while chunk := f.read(16 << 20):
+                h.update(chunk)
+        if h.hexdigest() != info.sha256:
+            return (
+                f"part {info.name!r}: checksum mismatch (sha256 {h.hexdigest()[:12]}..., "
+                f"manifest says {info.sha256[:12]}...)"
+            )
+        return None
 
     def verify_chain(self, version: int, _memo: dict | None = None) -> list[str]:
         """Problems of ``version`` and of every version its chain needs."""

@@ -148,6 +148,35 @@ def test_an_idempotent_store_read_is_retried_on_a_transient_error(tmp_path):
         always.versions()
 
 
+def test_verifying_a_version_retries_a_transient_error_on_its_parts(tmp_path):
+    """Found by the default chaos seed in the merged `make test`: after the SIGKILL every restart of
+    `freshrec stream` died in ``latest_valid()`` -> ``verify``: a part's read got the same injected EIO in each
+    new process (the fault schedule repeats per process), and verify's part reads were not retried. A part read
+    that fails once is retried; a part that keeps failing still raises; a bad part is still a problem."""
+    writer = VersionStore(str(tmp_path))
+    w = writer.begin("full", step=1)
+    w.commit([w.write_part("dense", {"w": np.ones(2)}, {"role": "dense"})])
+    reader = VersionStore(f"faulty://{tmp_path}", {"rate": 0.0, "enospc": 0.0})
+    failed: list[str] = []
+    real = reader.fs._decide
+
+    def decide(method, path):  # the first read of each part fails once
+        if path.endswith(".part") and path not in failed:
+            failed.append(path)
+            return "eio"
+        return real(method, path)
+
+    reader.fs._decide = decide
+    assert reader.verify(1) == [] and reader.latest_valid() == 1 and failed
+    always = VersionStore(f"faulty://{tmp_path}", {"rate": 0.0, "enospc": 0.0})
+    always.fs._decide = lambda method, path: "eio" if path.endswith(".part") else real(method, path)
+    with pytest.raises(StoreUnavailableError):
+        always.verify(1)
+    part = next(tmp_path.rglob("*.part"))
+    part.write_bytes(part.read_bytes()[:-1] + b"x")  # same size, other bytes
+    assert "checksum mismatch" in reader.verify(1)[0]
+
+
 def test_a_version_that_failed_while_the_stream_goes_idle_is_cut_again_when_idle(tmp_path):
     """Found by the default chaos seed in `make test` (faulty:// store, no --drain): the first version's part
     writes failed (EIO, ENOSPC), the stream then waited for a file that the harness only lands once that version
