@@ -96,6 +96,21 @@ def test_compare_reports_digest_data_files_and_per_file_counts():
     assert [v.invariant for v in checker.compare(a, b, timing_dependent=True)] == []  # slow writes: not comparable
 
 
+def test_the_latest_version_may_carry_files_a_failed_version_left_to_it_and_nothing_else():
+    """Found by the default chaos seed in the merged `make test`: a store error aborted the faulted run's version
+    after part-00030, so its latest version holds part-00030 and part-00040 where the reference's holds
+    part-00040 (same digest, same per-file counts). Files before the reference's are carried, not wrong;
+    missing or other files still are."""
+    ref = Observation(model_digest="d", data_files=("p40.csv",))
+
+    def seen(*files):
+        return {v.note for v in checker.compare(ref, Observation(model_digest="d", data_files=files), False)}
+
+    assert seen("p30.csv", "p40.csv") == set()
+    assert seen("p40.csv") == set()
+    assert seen() and seen("p30.csv") and seen("p40.csv", "p50.csv")
+
+
 def test_store_problems_and_temp_files_are_violations():
     obs = Observation(
         verify_problems={3: ["part dense: checksum mismatch"]}, temp_files=["/s/PUBLISHED.tmp-0a1b2c3d4e5f"]
