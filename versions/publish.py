@@ -9,7 +9,7 @@ and the trainer's ``freshrec_versions_held_total{reason}``)::
                    its window's scores (the new data files, each scored before training on it):
                      any NaN / inf ──────────────────────────────────────► HOLD nonfinite_scores
                      any outside [0, 1] ─────────────────────────────────► HOLD scores_out_of_range
-                     all equal ──────────────────────────────────────────► HOLD constant_scores
+                     all equal (once a version is published) ────────────► HOLD constant_scores
                    window (plus held-back small windows before it) has fewer than
                      publish.min_examples examples, or one class only ───► HOLD small_window
                      (its examples are carried: the next version is judged on both windows)
@@ -458,7 +458,14 @@ class PublishGate:
                 f"{candidate.out_of_range} of the {n} scores of its window are outside "
                 f"[0, 1] (smallest {candidate.score_min!r}, largest {candidate.score_max!r})",
             )
-        if n >= 2 and candidate.score_min is not None and candidate.score_min == candidate.score_max:
+        # a window is scored before training on it: with nothing published yet it was scored by the initial model,
+        # which may rank nothing by design (the wide part and the deep head start at zero): not the candidate's fault
+        if (
+            baseline_version is not None
+            and n >= 2
+            and candidate.score_min is not None
+            and candidate.score_min == candidate.score_max
+        ):
             return hold(
                 "constant_scores", f"all {n} scores of its window are {candidate.score_min!r}: the model ranks nothing"
             )

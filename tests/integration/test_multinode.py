@@ -252,6 +252,10 @@ def test_two_nodes_with_s3_store_and_data_end_with_the_one_process_digest(
     url, options, upload = bucket
     for f in data_files:
         upload(f, "incoming")
+    from paramserver.actor import alive_node_ids
+
+    # the layout is taken from the nodes alive when the shards start: both must be registered by then
+    _wait_for(lambda: len(alive_node_ids()) == 2, 60, "both nodes alive in ray.nodes()")
     result, client = run_ps_training(
         TrainJob(
             SPEC,
