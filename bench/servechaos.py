@@ -68,15 +68,6 @@ class SwitchedFaultyFileSystem(FaultyFileSystem):
         super().__init__(**kw)
         self.switch = switch
 
-    @classmethod
-    def _strip_protocol(cls, path):
-        if isinstance(path, list):
-            return [cls._strip_protocol(p) for p in path]
-        path = str(path)
-        if path.startswith(f"{PROTOCOL}://"):
-            path = path[len(PROTOCOL) + 3 :]
-        return path.rstrip("/") or "/"
-
     def _decide(self, method: str, path):
         if self.switch is not None:
             try:

@@ -101,8 +101,10 @@ class FaultyFileSystem(DirFileSystem):
         if isinstance(path, list):
             return [cls._strip_protocol(p) for p in path]
         path = str(path)
-        if path.startswith(f"{PROTOCOL}://"):
-            path = path[len(PROTOCOL) + 3 :]
+        for proto in cls.protocol:  # a subclass registered under another name strips its own
+            if path.startswith(f"{proto}://"):
+                path = path[len(proto) + 3 :]
+                break
         return path.rstrip("/") or "/"
 
     def _decide(self, method: str, path) -> str | None:

@@ -99,23 +99,24 @@ def _train_stage(args, out, spec, files, spec_name: str) -> dict:
         f"{store_url}"
     )
     print(table_header(), flush=True)
+    job = TrainJob(  # the demo's one run: trained here, resumed by the serving stage on the held-back files
+        spec,
+        out / "run",
+        model=cfg.model,
+        train=cfg.train,
+        ps=cfg.ps,
+        history=history,
+        incoming=incoming,
+        drain=True,
+        num_workers=cfg.workers,
+        store_url=store_url,
+        snapshots=cfg.snapshots,
+        publish=cfg.publish,
+        version_extra=version_extra(spec_name, cfg.to_dict(serve=False)),
+    )
     with VersionTicker(store_url):
         result, _ = run_ps_training(
-            TrainJob(
-                spec,
-                out / "run",
-                model=cfg.model,
-                train=cfg.train,
-                ps=cfg.ps,
-                history=history,
-                incoming=incoming,
-                drain=True,
-                num_workers=cfg.workers,
-                store_url=store_url,
-                snapshots=cfg.snapshots,
-                publish=cfg.publish,
-                version_extra=version_extra(spec_name, cfg.to_dict(serve=False)),
-            ),
+            job,
             on_file=lambda i, m: print(table_row(i, m), flush=True),
         )
     last = result.metrics[-1]
@@ -134,7 +135,7 @@ def _train_stage(args, out, spec, files, spec_name: str) -> dict:
         f"a restart on the same run directory resumes from the newest version: freshrec stream --spec {spec_name} "
         f"--history {history} --incoming {incoming} --run-dir {out / 'run'}"
     )
-    return {"cfg": cfg, "store_url": store_url, "history": history, "incoming": incoming}
+    return {"store_url": store_url, "history": history, "incoming": incoming, "job": job}
 
 
 def _held_back(files, min_rows: int | None = None, most: int = 8) -> list:
@@ -162,11 +163,10 @@ def _serve_stage(out, spec, spec_name: str, run: dict, held_back: list) -> None:
     from serving.config import ServeConfig
     from trainer.data import Validator, read_data_file
     from trainer.plots import table_row
-    from trainer.run import TrainJob, run_ps_training
-    from trainer.versioning import version_extra
+    from trainer.run import run_ps_training
     from versions import VersionStore
 
-    cfg, store_url = run["cfg"], run["store_url"]
+    store_url = run["store_url"]
     print(f"[3/3] serving: Ray Serve gRPC (freshrec.v1.Scorer, reflection on) following {store_url}")
     target, version = serve_and_wait(ServeConfig(store_url=store_url, catalogue=(str(run["history"]),)))
     batch = read_data_file(held_back[0], Validator(spec))
@@ -187,21 +187,7 @@ def _serve_stage(out, spec, spec_name: str, run: dict, held_back: list) -> None:
             "and trains on them"
         )
         run_ps_training(
-            TrainJob(
-                spec,
-                out / "run",
-                model=cfg.model,
-                train=cfg.train,
-                ps=cfg.ps,
-                history=run["history"],
-                incoming=run["incoming"],
-                drain=True,
-                num_workers=cfg.workers,
-                store_url=store_url,
-                snapshots=cfg.snapshots,
-                publish=cfg.publish,
-                version_extra=version_extra(spec_name, cfg.to_dict(serve=False)),
-            ),
+            run["job"],
             on_file=lambda i, m: print(table_row(i, m), flush=True),
         )
         store = VersionStore(store_url)
