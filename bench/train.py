@@ -10,7 +10,8 @@ the machine's background load (examples/s of training time, startup excluded).
 
 Beside the wall-clock ratios, every run's **CPU-seconds per 1,000 examples summed over every process of
 the run** (:mod:`bench.cputree`: this process and its descendants, i.e. the driver, the Ray Train workers,
-the shard actors, the raylet, the GCS; startup included): the local baseline is this process alone
+the shard actors, the raylet, the GCS; startup included; and ``steady_*``: from the first data file done
+to the last, start-up and shutdown left out): the local baseline is this process alone
 (``time.process_time``), a PS run the whole process tree during ``run_ps_training``. ``cpu_ratio_vs_local``
 is a run's CPU per example over the local trainer's in the same round; ``cpu_2w_over_1w`` compares 2
 workers with 1 (same placement, depth and shards). ``--shards 1,2,4`` repeats every variant per shard count.
@@ -146,16 +147,27 @@ def run(args: argparse.Namespace) -> dict:
             c0 = time.process_time()
             local = LocalTrainer(spec, mcfg, tcfg)
             seconds = examples = 0
+            c_first = None  # CPU after the first file: the steady-state figure leaves start-up out
             for b in batches:
                 info = local.train(b)
                 seconds += info["seconds"]
                 examples += info["examples"]
-            cpu.setdefault(r, {})["local"] = per_thousand(time.process_time() - c0, examples)
+                if c_first is None:
+                    c_first, e_first = time.process_time(), examples
+            c_end = time.process_time()
+            cpu.setdefault(r, {})["local"] = per_thousand(c_end - c0, examples)
+            cpu[r][("steady", "local")] = per_thousand(c_end - c_first, examples - e_first)
             return examples / seconds, examples
 
         def ps_rate(run_: tuple[int, str, int, int], r: int) -> float:
             w, placement, depth, n = run_
             c0 = tree.snapshot()
+            seen: list[tuple[float, int]] = []  # (tree CPU, examples so far) as each data file is done
+
+            def on_file(i, rec) -> None:
+                done = (seen[-1][1] if seen else 0) + int(rec.get("examples_trained", 0))
+                seen.append((tree.snapshot(), done))
+
             result, _ = run_ps_training(
                 TrainJob(
                     spec,
@@ -172,10 +184,16 @@ def run(args: argparse.Namespace) -> dict:
                         pipeline_depth=depth,
                         device=getattr(args, "device", "cpu"),
                     ),
-                )
+                ),
+                on_file=on_file,
             )
             examples = sum(m["examples_trained"] for m in result.metrics)
             cpu.setdefault(r, {})[run_] = per_thousand(tree.snapshot() - c0, examples)
+            # from the first data file done to the last but one (the last one's record may be read after the
+            # workers' shutdown began): start-up and shutdown left out
+            end = seen[-2] if len(seen) >= 3 else seen[-1] if seen else None
+            if end is not None and end[1] > seen[0][1]:
+                cpu[r][("steady", run_)] = per_thousand(end[0] - seen[0][0], end[1] - seen[0][1])
             return examples / sum(m["train_seconds"] for m in result.metrics)
 
         rounds = []
@@ -207,6 +225,7 @@ def run(args: argparse.Namespace) -> dict:
         },
     }
     out["local_cpu_s_per_1k_examples"] = med([cpu[r]["local"] for r in range(len(rounds))])
+    out["local_steady_cpu_s_per_1k_examples"] = med([cpu[r][("steady", "local")] for r in range(len(rounds))])
     for v in runs:
         ratios = [r["ps"][v] / r["local"] for r in rounds]
         rates = [r["ps"][v] for r in rounds]
@@ -221,12 +240,24 @@ def run(args: argparse.Namespace) -> dict:
             "cpu_ratio_vs_local": med(cpu_ratios),
             "cpu_ratio_range": [min(cpu_ratios), max(cpu_ratios)],
         }
+        steady = [cpu[i].get(("steady", v)) for i in range(len(rounds))]
+        if all(x is not None for x in steady):
+            s_ratios = [steady[i] / cpu[i][("steady", "local")] for i in range(len(rounds))]
+            out[run_key(v)]["steady_cpu_s_per_1k_examples"] = med(steady)
+            out[run_key(v)]["steady_cpu_ratio_vs_local"] = med(s_ratios)
+            out[run_key(v)]["steady_cpu_ratio_range"] = [min(s_ratios), max(s_ratios)]
     for w, placement, depth, n in runs:
         one = (1, placement, depth, n)
         if w == 2 and one in runs:
             out[run_key((w, placement, depth, n))]["cpu_2w_over_1w"] = med(
                 [cpu[i][(w, placement, depth, n)] / cpu[i][one] for i in range(len(rounds))]
             )
+            if all(
+                ("steady", one) in cpu[i] and ("steady", (w, placement, depth, n)) in cpu[i] for i in range(len(rounds))
+            ):
+                out[run_key((w, placement, depth, n))]["steady_cpu_2w_over_1w"] = med(
+                    [cpu[i][("steady", (w, placement, depth, n))] / cpu[i][("steady", one)] for i in range(len(rounds))]
+                )
     out["cpu_s_by_process"] = {k: round(v, 2) for k, v in list(cpu_by_process.items())[:12]}
     out["load_average_1_5_15"] = [
         {"start": [round(x, 2) for x in r["load_start"]], "end": [round(x, 2) for x in r["load_end"]]} for r in rounds
