@@ -360,7 +360,8 @@ def _throughput(args, n: int, files: list[Path], endpoint: str, moto_pid: int, w
         bucket = _Bucket(endpoint)
         for f in files:
             bucket.upload(f, "run/incoming")
-        tree = ProcessTreeCPU().start()  # after the cluster started: its processes are this one's descendants
+        # after the cluster started: its processes are this one's descendants (a poll every 0.25 s: the poll is CPU too)
+        tree = ProcessTreeCPU(interval_s=0.25).start()
         try:
             c0, s0, names0 = tree.snapshot(), _cpu_of(moto_pid), tree.by_name()
             t0 = time.perf_counter()

@@ -32,7 +32,8 @@ the replica (found by their PIDs in Ray's actor table: classes ``RayTrainWorker`
   ``--files`` files, over the same on a copy of both taken after the 10th file (target <= 2), alternating,
   ``--restart-repeats`` each;
 * with ``--tracemalloc``: the driver's allocations that grew most from the first sample after the warm-up
-  to the end (file:line, KiB, blocks), to name what grows.
+  to the end (file:line, KiB, blocks), to name what grows (the driver's RSS then includes tracemalloc's own
+  traces: take its growth figure from a run without it).
 
 The work directory (``/tmp/freshrec-bench-soak-*``) is removed at the end unless ``--work-dir`` names one.
 """
@@ -337,7 +338,7 @@ def _soak(args: argparse.Namespace, work: Path) -> dict:
     if args.tracemalloc:
         import tracemalloc
 
-        tracemalloc.start(8)
+        tracemalloc.start(1)  # one frame: sites by file:line, the least memory per traced block
         trace = tracemalloc
     incoming, run_dir, store_dir = work / "incoming", work / "run", work / "versions"
     incoming.mkdir(parents=True, exist_ok=True)
@@ -378,7 +379,8 @@ def _soak(args: argparse.Namespace, work: Path) -> dict:
         if "error" in box or ("result" in box):
             raise RuntimeError(f"the training run ended early: {box.get('error')!r}; events: {events[-5:]}")
 
-    store = VersionStore(store_url)
+    # the bench's own reader keeps few manifests (the default cache, 256, would grow the driver for 256 versions)
+    store = VersionStore(store_url, manifest_cache=4)
     index = _VersionIndex(store)
     follower = _Follower(store_url, args.no_serve)
     thread = threading.Thread(target=train_thread, name="soak-train", daemon=True)
@@ -435,7 +437,7 @@ def _soak(args: argparse.Namespace, work: Path) -> dict:
                     {"files": done, "version": version, "procs": _memory(pids), "store_versions": len(store.versions())}
                 )
                 if trace is not None and snap0 is None and done >= args.warmup:
-                    snap0 = trace.take_snapshot()
+                    snap0 = _sites(trace)  # per line only: a whole snapshot would stay in the driver's RSS
         request_stop(run_dir)
         thread.join(timeout=300)
         if thread.is_alive():
@@ -495,20 +497,26 @@ def _soak(args: argparse.Namespace, work: Path) -> dict:
         "load_avg": os.getloadavg(),
         "work_dir": str(work) if args.work_dir else None,
     }
-    if top is not None:
+    if top is not None:  # tracemalloc's own traces live in the driver: its RSS growth is not the product's then
         out["driver_allocations_grown"] = top
+        out["driver_rss_includes_tracemalloc"] = True
     return out
 
 
-def _grown(trace, snap0, n: int = 12) -> list[dict]:
-    """The driver's allocation sites that grew most since ``snap0`` (file:line, KiB, blocks)."""
-    if snap0 is None:
-        return []
+def _sites(trace) -> dict[str, tuple[int, int]]:
+    """The driver's traced memory per allocation site (file:line -> (bytes, blocks)), the snapshot dropped."""
     snap = trace.take_snapshot()
+    out = {str(s.traceback[0]): (s.size, s.count) for s in snap.statistics("lineno")}
+    del snap
+    return out
+
+
+def _grown(trace, sites0: dict | None, n: int = 12) -> list[dict]:
+    """The driver's allocation sites that grew most since ``sites0`` (file:line, KiB, blocks)."""
+    if sites0 is None:
+        return []
+    now = _sites(trace)
     trace.stop()
-    stats = snap.compare_to(snap0, "lineno")
-    return [
-        {"where": str(s.traceback[0]), "kib": round(s.size_diff / 1024, 1), "blocks": s.count_diff}
-        for s in stats[:n]
-        if s.size_diff > 0
-    ]
+    diff = [(size - sites0.get(k, (0, 0))[0], count - sites0.get(k, (0, 0))[1], k) for k, (size, count) in now.items()]
+    diff.sort(reverse=True)
+    return [{"where": k, "kib": round(d / 1024, 1), "blocks": c} for d, c, k in diff[:n] if d > 0]

@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 
 from bench.soak import (
     MIB,
+    _grown,
     _memory,
+    _sites,
     _VersionIndex,
     add_arguments,
     growth_by_process,
@@ -195,3 +197,20 @@ def test_soak_is_registered_as_a_bench():
     from bench.cli import BENCHES
 
     assert "soak" in BENCHES
+
+
+def test_the_driver_allocation_site_that_grew_is_named():
+    import tracemalloc
+
+    if tracemalloc.is_tracing():
+        pytest.skip("tracemalloc already on")
+    tracemalloc.start(1)
+    try:
+        before = _sites(tracemalloc)
+        kept = [bytearray(4096) for _ in range(256)]  # 1 MiB held at this line
+        top = _grown(tracemalloc, before)
+    finally:
+        tracemalloc.stop()
+    assert len(kept) == 256
+    assert "test_bench_soak.py" in top[0]["where"] and top[0]["kib"] >= 1000 and top[0]["blocks"] >= 256
+    assert _grown(tracemalloc, None) == []
