@@ -61,7 +61,7 @@ DESCRIPTION = (
 APP_NAME = "freshrec"  # serving.app.APP_NAME (importing serving.app imports Ray Serve)
 BASE_TS = 1_511_600_000
 BASELINE_FILES = 10  # the restart baseline: a copy of the store and the incoming files after this many files
-STARTUP_S = 300.0  # the first version waits for Ray Train's worker, the first answer for Serve's start-up
+STARTUP_S = 600.0  # the first version waits for Ray Train's worker, the first answer for Serve's start-up
 MIB = float(2**20)
 # Ray actor class -> role (the processes whose memory the soak follows)
 ACTOR_ROLES = {"RayTrainWorker": "train_worker", "ShardHost": "shard", f"ServeReplica:{APP_NAME}:Scorer": "replica"}
