@@ -345,6 +345,9 @@ def _connected(n: int, cpus: int, endpoint: str):
         )
         # the shard layout is taken from the nodes alive when the shards start: all must be registered
         _wait_for(lambda: len(alive_node_ids()) == n, 120, f"{n} nodes alive in ray.nodes()")
+        # and their resources known to the scheduler (a node listed alive before its resources reached it was
+        # seen to get no shard: soft node affinity fell back); ``shard_nodes`` in the result says what happened
+        _wait_for(lambda: ray.cluster_resources().get("CPU", 0) >= n * cpus, 120, f"{n * cpus} CPUs in the cluster")
         yield cluster
     finally:
         ray.shutdown()

@@ -517,6 +517,11 @@ def _grown(trace, sites0: dict | None, n: int = 12) -> list[dict]:
         return []
     now = _sites(trace)
     trace.stop()
-    diff = [(size - sites0.get(k, (0, 0))[0], count - sites0.get(k, (0, 0))[1], k) for k, (size, count) in now.items()]
+    own = ("/tracemalloc.py", "/bench/soak.py")  # the tracing's own bookkeeping: not the product
+    diff = [
+        (size - sites0.get(k, (0, 0))[0], count - sites0.get(k, (0, 0))[1], k)
+        for k, (size, count) in now.items()
+        if not any(o in k for o in own)
+    ]
     diff.sort(reverse=True)
     return [{"where": k, "kib": round(d / 1024, 1), "blocks": c} for d, c, k in diff[:n] if d > 0]
