@@ -345,8 +345,8 @@ def _connected(n: int, cpus: int, endpoint: str):
         )
         # the shard layout is taken from the nodes alive when the shards start: all must be registered
         _wait_for(lambda: len(alive_node_ids()) == n, 120, f"{n} nodes alive in ray.nodes()")
-        # and their resources known to the scheduler (a node listed alive before its resources reached it was
-        # seen to get no shard: soft node affinity fell back); ``shard_nodes`` in the result says what happened
+        # and their CPUs known to the scheduler (not enough: shards were still seen on one node of two, the soft
+        # node affinity falling back; docs/benchmarks.md); ``shard_nodes`` in the result says where they ran
         _wait_for(lambda: ray.cluster_resources().get("CPU", 0) >= n * cpus, 120, f"{n * cpus} CPUs in the cluster")
         yield cluster
     finally:
