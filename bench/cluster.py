@@ -193,12 +193,16 @@ class _Cluster:
     def __init__(self, nodes: int, cpus: int) -> None:
         from ray.cluster_utils import Cluster
 
-        self.cpus, self.scratch = cpus, []
-        with _no_address_file():
-            self.cluster = _twice(
-                lambda: Cluster(initialize_head=True, head_node_args=self._args(_system_config=SYSTEM_CONFIG))
-            )
-        self.workers = [self.add_node() for _ in range(nodes - 1)]
+        self.cpus, self.scratch, self.cluster = cpus, [], None
+        try:
+            with _no_address_file():
+                self.cluster = _twice(
+                    lambda: Cluster(initialize_head=True, head_node_args=self._args(_system_config=SYSTEM_CONFIG))
+                )
+            self.workers = [self.add_node() for _ in range(nodes - 1)]
+        except BaseException:
+            self.shutdown()  # a node that failed to start: its scratch directories go too
+            raise
 
     def _args(self, **kw) -> dict:
         scratch = tempfile.mkdtemp(prefix="frc-", dir="/tmp")  # short: Ray's socket paths live under it
@@ -212,9 +216,14 @@ class _Cluster:
             return _twice(lambda: self.cluster.add_node(**self._args()))
 
     def shutdown(self) -> None:
-        self.cluster.shutdown()
+        if self.cluster is not None:
+            self.cluster.shutdown()
         for d in self.scratch:
-            shutil.rmtree(d, ignore_errors=True)
+            for _ in range(3):  # a process of the node may still write its logs there for a moment
+                shutil.rmtree(d, ignore_errors=True)
+                if not os.path.exists(d):
+                    break
+                time.sleep(1.0)
 
 
 class _Bucket:
