@@ -16,7 +16,8 @@ Train workers of one CPU each (with the default ``--cpus-per-node 1``: one worke
   driver, GCS, raylets, Ray Train workers and controller, shard actors, Ray's helpers: :mod:`bench.cputree`),
   start-up included; S3 (moto's process) is left out and reported as ``s3_cpu_s`` (an object store is not
   the cluster's CPU); ``cpu_by_process``: the largest contributors;
-* ``shard_nodes``: the distinct nodes the shards ran on (the spread at work).
+* ``shard_nodes``: the distinct nodes the shards ran on (the spread at work), ``shard_layout`` the node of each
+  shard (``head``, ``worker-K``).
 
 On a 2-core machine the examples/s of more nodes cannot rise (the nodes share the cores): the CPU-seconds per
 1,000 examples is the figure that transfers to a real cluster (``cpu_per_1000_vs_fewest_nodes``: over the
@@ -211,6 +212,12 @@ class _Cluster:
             temp_dir=scratch, object_store_memory=OBJECT_STORE, include_dashboard=False, num_cpus=self.cpus, **kw
         )
 
+    def node_names(self) -> dict[str, str]:
+        """Node id -> ``head`` / ``worker-K`` (the order they joined)."""
+        out = {self.cluster.head_node.node_id: "head"}
+        out.update({node.node_id: f"worker-{k}" for k, node in enumerate(self.workers)})
+        return out
+
     def add_node(self):
         with _no_address_file():
             return _twice(lambda: self.cluster.add_node(**self._args()))
@@ -368,7 +375,7 @@ def _throughput(args, n: int, files: list[Path], endpoint: str, moto_pid: int, w
     from trainer.run import run_ps_training
     from versions import VersionStore
 
-    with _connected(n, args.cpus_per_node, endpoint):
+    with _connected(n, args.cpus_per_node, endpoint) as cluster:
         bucket = _Bucket(endpoint)
         for f in files:
             bucket.upload(f, "run/incoming")
@@ -382,7 +389,10 @@ def _throughput(args, n: int, files: list[Path], endpoint: str, moto_pid: int, w
             )
             seconds = time.perf_counter() - t0
             try:
-                shard_nodes = len(set(client.node_ids()))
+                where = client.node_ids()
+                shard_nodes = len(set(where))
+                names_of = cluster.node_names()
+                layout = [names_of.get(node, "?") for node in where]  # shard i -> "head" / "worker-k"
             finally:
                 client.shutdown()
             cpu, s3 = tree.snapshot() - c0, _cpu_of(moto_pid) - s0
@@ -393,7 +403,8 @@ def _throughput(args, n: int, files: list[Path], endpoint: str, moto_pid: int, w
         digest = store.manifest(store.latest()).model_digest
     out = summarize(result.metrics, seconds, cpu - s3, s3)  # moto is a descendant too: its CPU is left out
     names.pop("python:-m moto.server", None)
-    return {**out, "shard_nodes": shard_nodes, "workers": n, "cpu_by_process": names}, digest
+    result_ = {**out, "shard_nodes": shard_nodes, "shard_layout": layout, "workers": n, "cpu_by_process": names}
+    return result_, digest
 
 
 def _node_loss(args, n: int, files: list[Path], endpoint: str, work: Path, want_digest: str) -> dict:
