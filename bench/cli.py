@@ -27,6 +27,8 @@ BENCHES = (
     "chaos",
     "serve-chaos",
     "restart",
+    "soak",
+    "cluster",
 )
 
 
