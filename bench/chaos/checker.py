@@ -35,6 +35,7 @@ INVARIANTS = (
     "verify",
     "temp_files",
     "drain_idempotent",
+    "orphans",
 )
 TEMP_NAME = re.compile(r"(\.tmp($|-)|\.tmp-[0-9a-f]+$|^\..*\.tmp$)")
 
