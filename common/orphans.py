@@ -36,6 +36,7 @@ class OrphanGuard:
     def __init__(self, on_orphan: Callable[[], None], interval_s: float = 0.5, parent: int | None = None) -> None:
         self.parent = os.getppid() if parent is None else int(parent)
         self.on_orphan, self.interval_s = on_orphan, float(interval_s)
+        self.what = "process"  # what it guards, in words (start_if_ray_worker names it)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -93,7 +94,9 @@ def start_if_ray_worker(what: str, consequence: str = "", force: bool = False) -
     ``force``); None otherwise."""
     if not (force or OrphanGuard.in_ray_worker()):
         return None
-    return OrphanGuard(lambda: exit_orphan(what, consequence)).start()
+    guard = OrphanGuard(lambda: exit_orphan(what, consequence))
+    guard.what = what
+    return guard.start()
 
 
 __all__ = ["ORPHAN_EXIT", "OrphanGuard", "exit_orphan", "start_if_ray_worker"]

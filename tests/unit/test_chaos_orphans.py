@@ -37,12 +37,11 @@ SHARD_CHILD = textwrap.dedent(
 
     out = Path(sys.argv[1])
     logging.basicConfig(filename=str(out / "shard.log"), level=logging.INFO)
-    from paramserver import PSConfig, TableConfig
-    from paramserver.actor import ShardHost
+    from common.orphans import start_if_ray_worker
 
-    # orphan_guard=True: what a shard actor's process gets (there, because it is a Ray actor's process)
-    host = ShardHost(PSConfig(tables=(TableConfig("t", 4),), capacity_per_shard=8), 0, orphan_guard=True)
-    assert host.orphan_guard is not None and host.orphan_guard.running
+    # what ShardHost.__init__ starts in a shard actor's process (force: this child is not a Ray actor; the
+    # ShardHost wiring is checked in process below and on real actors in tests/integration/test_ps_actors.py)
+    guard = start_if_ray_worker("parameter-server shard actor 0", "(its rows are in the last version)", force=True)
     out.joinpath("child.pid").write_text(str(os.getpid()))
     time.sleep(120)  # an orphaned shard actor that nobody ends would live this long
     """
@@ -100,7 +99,8 @@ def test_a_worker_whose_parent_is_sigkilled_exits_promptly(tmp_path):
 
 
 def test_a_shard_actor_whose_raylet_is_sigkilled_exits_promptly(tmp_path):
-    """Issue 19's remainder: shard actors had no guard and lingered with their tables after a killpg of the CLI."""
+    """Issue 19's remainder: shard actors had no guard and lingered with their tables after a killpg of the CLI.
+    The guard a shard actor runs logs what it was and exits with status 75."""
     _orphan_exits(tmp_path, SHARD_CHILD)
     text = (tmp_path / "shard.log").read_text()
     assert "parameter-server shard actor 0" in text and "status 75" in text, text
@@ -124,6 +124,7 @@ def test_shard_hosts_guard_themselves_only_in_a_ray_actor_process(monkeypatch):
         actor = ShardHost(cfg, 0)  # what ray.remote(ShardHost) builds in the actor's process
         try:
             assert actor.orphan_guard is not None and actor.orphan_guard.running
+            assert actor.orphan_guard.what == "parameter-server shard actor 0"  # the guard the child above runs
             assert actor.orphan_guard.parent == os.getppid()
             assert ShardHost(cfg, 0, orphan_guard=False).orphan_guard is None
         finally:
