@@ -102,3 +102,15 @@ def test_a_far_future_event_is_dead_lettered_and_does_not_move_the_watermark(tmp
 def test_a_file_rewritten_after_consumption_is_refused_and_never_trained_again(tmp_path):
     result, detail = _run(tmp_path, 5, anomalies=_only("replaced"), faults=())
     assert result.passed, detail
+
+
+@full_only
+def test_seed_20_two_workers_two_shards_every_anomaly_and_fault(tmp_path):
+    """Found in the second 2026-12-07 session (`freshrec bench chaos --seeds 1 --first-seed 20 --workers 2 --shards 2
+    --files 4 --rows-per-file 60 --waves 2`, 13 min loaded): a kill of a Train worker, of the driver tree, of a shard
+    actor and of the driver's process group, store errors, and a consumed file rewritten. The system was right (the
+    reference's digest and per-file counts); the checker counted the ledger's refusal of the rewrite as a second
+    consumption and its dead letter as a row (unit test:
+    test_chaos_checker.py::test_a_refused_rewrite_is_neither_a_second_consumption_nor_a_row_of_the_first)."""
+    result, detail = _run(tmp_path, 20, workers=2, shards=2, wave_timeout_s=600.0)
+    assert result.passed, detail

@@ -346,3 +346,35 @@ def test_ray_actor_processes_left_alive_after_a_killed_driver_group_are_reported
         lingering.kill()
         lingering.wait()
     assert process_start(lingering.pid) is None
+
+
+def test_a_refused_rewrite_is_neither_a_second_consumption_nor_a_row_of_the_first():
+    """Found by bench chaos seed 20 (2 workers, 2 shards, local store, every anomaly and fault): a consumed file
+    rewritten with other bytes was refused as it should be (same digest and counts as the reference), but the
+    checker counted the ledger's refusal entry (status "changed", 0 rows, complete) as a second complete
+    consumption (``exactly_once``) and its "changed after consumption" dead letter as a row of the first
+    (``balance``). The checks had never run on a faulted run with a replaced file before."""
+    entries = [
+        {"file": "part-00020.csv", "rows": 63, "complete": True, "sha256": "848b", "source": 1},
+        {"file": "part-00010.csv", "rows": 61, "complete": True, "sha256": "8dac", "source": 1},
+        {"file": "part-00020.csv", "rows": 0, "complete": True, "sha256": "0bc5", "source": 1, "status": "changed"},
+    ]
+    dead = [
+        {"source": "/in/part-00020.csv", "row": 7, "reason": "unknown action"},
+        {"source": "/in/part-00020.csv", "row": 30, "reason": "event time 4071000000 is in the future"},
+        {"source": "/in/part-00020.csv", "row": 0, "reason": checker.CHANGED},
+        {"source": "/in/part-00010.csv", "row": 3, "reason": "missing field"},
+        {"source": "/in/part-00010.csv", "row": 0, "reason": "duplicate event_id"},
+    ]
+    metrics = [
+        {"file": "part-00020.csv", "examples": 61, "examples_trained": 61, "rows_late": 0, "rows_dead": 2},
+        {"file": "part-00010.csv", "examples": 0, "examples_trained": 0, "rows_late": 59, "rows_dead": 1},
+    ]
+    seen = checker.observe_files(metrics, dead, entries)
+    f = seen["part-00020.csv"]
+    assert (f.ledger_entries, f.ledger_complete, f.ledger_refused, f.ledger_rows) == (2, 1, 1, 63)
+    assert checker.check_exactly_once([], seen, {}) == []
+    assert checker.check_balance(seen, [m["file"] for m in metrics]) == []
+    entries.append({"file": "part-00020.csv", "rows": 63, "complete": True, "sha256": "ffff", "source": 1})
+    twice = checker.observe_files(metrics, dead, entries)  # other bytes really taken again: still caught
+    assert [v.invariant for v in checker.check_exactly_once([], twice, {})] == ["exactly_once"]
