@@ -14,6 +14,10 @@ empty) and served as ONE pull of their union, counts summed in rank order: admis
 eviction then see exactly what one process pulling the whole global minibatch sees, whatever
 the arrival order (deterministic, and equal to the local backend).
 
+A shard actor's process runs an orphan guard (:mod:`common.orphans`): once its raylet is gone (the
+``freshrec stream`` driver's process group was killed) it exits (status 75) instead of lingering with
+its tables until Ray notices; its rows are in the last committed version.
+
 ``ShardHost`` is plain Python (its methods are coroutines): the unit tests drive it without Ray.
 """
 
@@ -24,6 +28,7 @@ import time
 
 import numpy as np
 
+from common import orphans
 from paramserver import wire
 from paramserver.config import PSConfig
 from paramserver.consistency import SyncAggregator
@@ -35,13 +40,23 @@ from paramserver.telemetry import ShardTelemetry
 class ShardHost:
     """Hosts shard ``index``; methods take and return numpy arrays only."""
 
-    def __init__(self, cfg: PSConfig, index: int, set_threads: bool = True) -> None:
+    def __init__(self, cfg: PSConfig, index: int, set_threads: bool = True, orphan_guard: bool | None = None) -> None:
         import torch
 
         from paramserver.shard import EmbeddingShard
 
         if set_threads:  # an actor process: one torch thread (an in-process host leaves the caller's alone)
             torch.set_num_threads(1)
+        # an actor process exits once its raylet is gone (common.orphans). orphan_guard None: when this is a Ray
+        # actor's process (an in-process host, set_threads=False, lives in a Ray Train worker, which has its own
+        # guard); True: always (a test); False: never
+        self.orphan_guard = None
+        if orphan_guard or (orphan_guard is None and set_threads):
+            self.orphan_guard = orphans.start_if_ray_worker(
+                f"parameter-server shard actor {index}",
+                "(its rows are in the last committed version: a restarted stream starts new shard actors from it)",
+                force=orphan_guard is True,
+            )
         self.cfg = cfg
         self._init_error: Exception | None = None
         try:
@@ -253,6 +268,10 @@ class ShardHost:
     async def stats(self) -> dict:
         self.telemetry.counters(self.shard.stats, force=True)
         return {**self.shard.stats(), **self._busy}
+
+    async def orphan_guarded(self) -> bool:
+        """Whether this host runs an orphan guard (every shard actor in a Ray worker process does)."""
+        return self.orphan_guard is not None and self.orphan_guard.running
 
     async def pid(self) -> int:
         """The process hosting this shard (operations, and the recovery tests that SIGKILL it)."""

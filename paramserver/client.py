@@ -341,6 +341,10 @@ class PSClient:
         """The process id of each shard actor, by shard index."""
         return self._all("pid")
 
+    def orphan_guarded(self) -> list[bool]:
+        """Whether each shard's process runs an orphan guard (exits once its raylet is gone; common.orphans)."""
+        return self._all("orphan_guarded")
+
     def node_ids(self) -> list[str | None]:
         """The Ray node of the process hosting each shard, by shard index (None where no Ray runs)."""
         return self._all("node_id")

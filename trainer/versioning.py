@@ -35,17 +35,15 @@ an uninterrupted run drops. What a version contains is :mod:`trainer.bundle`'s b
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import os
 import random
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 
+from common import orphans
 from trainer import bundle, telemetry
 from versions import (
     PublishConfig,
@@ -84,65 +82,12 @@ def collectives(world: int):
     return dist.barrier, broadcast
 
 
-ORPHAN_EXIT = 75  # the exit status of a Ray worker that found its raylet gone (EX_TEMPFAIL)
-
-
-class OrphanGuard:
-    """Ends this process promptly once the process that started it is gone (it was re-parented).
-
-    A Ray worker is a child of its node's raylet; ``os.killpg`` of the ``freshrec stream`` CLI kills the
-    CLI, the GCS and the raylet, but not the workers (each in a process group of its own), and Ray's own
-    check lets them run on for a while: an orphaned Ray Train worker went on training and committing
-    versions beside the restarted stream, and its writer lease made the restart wait, then fail. The
-    guard checks ``os.getppid()`` every ``interval_s`` (and :meth:`VersionKeeper._write` checks it just
-    before a commit); when it changed, ``on_orphan()`` runs (log, exit). Only in Ray workers: a run in
-    the CLI's own process keeps running when its shell goes away."""
-
-    def __init__(self, on_orphan: Callable[[], None], interval_s: float = 0.5, parent: int | None = None) -> None:
-        self.parent = os.getppid() if parent is None else int(parent)
-        self.on_orphan, self.interval_s = on_orphan, float(interval_s)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @staticmethod
-    def in_ray_worker() -> bool:
-        """Whether this process is a Ray actor's worker process (Ray Train workers and shard hosts are)."""
-        ray = sys.modules.get("ray")
-        try:
-            return bool(ray is not None and ray.is_initialized() and ray.get_runtime_context().get_actor_id())
-        except Exception:
-            return False
-
-    def orphaned(self) -> bool:
-        return os.getppid() != self.parent
-
-    def start(self) -> OrphanGuard:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._watch, name="freshrec-orphan-guard", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            if self.orphaned():
-                self.on_orphan()
-                return
-
-
-def _exit_orphan() -> None:
-    log.error(
-        "the raylet that started this Ray worker is gone (the freshrec stream driver was killed): this orphaned "
-        "worker exits now (status %d) so that it trains and commits nothing more and a restarted stream takes "
-        "the store's writer lease at once",
-        ORPHAN_EXIT,
-    )
-    for handler in logging.getLogger().handlers:
-        with contextlib.suppress(Exception):
-            handler.flush()
-    os._exit(ORPHAN_EXIT)
+# the orphan guard lives in common (paramserver's shard actors run it too); re-exported for callers and tests
+ORPHAN_EXIT = orphans.ORPHAN_EXIT
+OrphanGuard = orphans.OrphanGuard
+_TRAIN_ORPHAN = (
+    "so that it trains and commits nothing more and a restarted stream takes the store's writer lease at once"
+)
 
 
 class FinalCommitError(RuntimeError):
@@ -199,7 +144,7 @@ class VersionKeeper:
         self._files_mark = self._validated()  # validated data files already in a version
         self._picked_up_at: float | None = None  # when rank 0 took the newest data file (freshness)
         # in a Ray worker: exit once the raylet is gone (an orphan must not train or commit beside a restart)
-        self.orphan_guard = OrphanGuard(_exit_orphan).start() if OrphanGuard.in_ray_worker() else None
+        self.orphan_guard = orphans.start_if_ray_worker("Ray Train worker", _TRAIN_ORPHAN)
 
     def _validated(self) -> int:
         validator = getattr(self.core, "validator", None)

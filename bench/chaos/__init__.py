@@ -55,6 +55,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "at half this rate)",
     )
     p.add_argument("--wave-timeout", type=float, default=240.0, help="seconds a wave may take to be consumed")
+    p.add_argument(
+        "--reference",
+        choices=["auto", "inprocess", "stream"],
+        default="auto",
+        help="the fault-free reference run: a freshrec stream process, or the same worker loop in this process "
+        "without Ray (inprocess: one worker, shards in its process, local store); auto: inprocess where it fits",
+    )
+    p.add_argument(
+        "--final-drain",
+        choices=["stream", "inprocess"],
+        default="stream",
+        help="the faulted run's final `stream --drain` (must not change the model): a freshrec stream process "
+        "(default) or the worker loop in this process over the same faulty store (one worker, local store)",
+    )
 
 
 def config_from_args(args: argparse.Namespace):
@@ -76,6 +90,8 @@ def config_from_args(args: argparse.Namespace):
         wave_timeout_s=args.wave_timeout,
         store_error_rate=args.store_error_rate,
         enospc_rate=args.store_error_rate / 2,
+        reference=args.reference,
+        final_drain=args.final_drain,
     )
 
 
@@ -129,6 +145,8 @@ def run(args: argparse.Namespace) -> dict:
             "files": cfg.files,
             "rows_per_file": cfg.rows_per_file,
             "waves": cfg.waves,
+            "reference": cfg.reference,
+            "final_drain": cfg.final_drain,
         },
         "faults_injected": dict(sorted(faults.items())),
         "broken_invariants": broken,

@@ -35,6 +35,7 @@ INVARIANTS = (
     "verify",
     "temp_files",
     "drain_idempotent",
+    "orphans",
 )
 TEMP_NAME = re.compile(r"(\.tmp($|-)|\.tmp-[0-9a-f]+$|^\..*\.tmp$)")
 
@@ -67,7 +68,8 @@ class FileSeen:
     rows_dead_metric: int = 0
     ledger_rows: int | None = None
     ledger_entries: int = 0  # ledger entries under this name (different shas)
-    ledger_complete: int = 0
+    ledger_complete: int = 0  # entries of bytes taken in full (a refusal of changed bytes is not one)
+    ledger_refused: int = 0  # entries refusing bytes that changed after consumption (status "changed")
     dead: dict = dataclasses.field(default_factory=dict)  # expectation's reason -> rows (dead letters, unique)
     duplicate: int = 0
 
@@ -146,6 +148,9 @@ def observe_files(metrics: list[dict], dead_letters: list[dict], ledger_entries:
     for e in ledger_entries:
         f = get(e["file"])
         f.ledger_entries += 1
+        if e.get("status", "ok") != "ok":  # a refusal (0 rows, never trained): not a consumption of the name
+            f.ledger_refused += 1
+            continue
         f.ledger_complete += bool(e.get("complete"))
         f.ledger_rows = int(e["rows"]) if f.ledger_rows is None else max(f.ledger_rows, int(e["rows"]))
     seen: dict[str, dict[int, str]] = defaultdict(dict)
@@ -236,7 +241,8 @@ def check_balance(seen: dict[str, FileSeen], order: list[str]) -> list[Violation
     for name in order:
         f = seen[name]
         good = f.examples - carried
-        dead = sum(f.dead.values())
+        # the refusal of a later rewrite is dead-lettered under the same name: not a row of this consumption
+        dead = sum(n for reason, n in f.dead.items() if reason != CHANGED)
         if f.ledger_rows is not None and f.ledger_rows != good + dead + f.duplicate + f.deferred:
             out.append(
                 Violation(

@@ -3,8 +3,12 @@
     result = run_seed(7, ChaosConfig(workers=1, shards=2, store="local"), Path("/tmp/chaos"))
     result.passed, result.violations, result.faults
 
-Both runs are real ``freshrec stream`` processes (the CLI, its embedded Ray, Ray Train workers,
-shard actors) over the same :class:`~bench.chaos.streams.StreamPlan`, delivered wave by wave:
+The faulted run is real ``freshrec stream`` processes (the CLI, its embedded Ray, Ray Train workers,
+shard actors); the reference is one too, or, where the faulted run has one worker with its shards in
+the worker's process and a local store (``ChaosConfig.reference`` auto), the same worker loop in
+the harness's own process without Ray (:mod:`bench.chaos.inproc`: one code path, one
+``model_digest``, a Ray start and a Ray Train start saved). Both go over the same
+:class:`~bench.chaos.streams.StreamPlan`, delivered wave by wave:
 the next wave lands once the newest committed version has taken every data file of the waves
 so far (or after ``wave_timeout_s``). The reference ends with a stop request (``RUN_DIR/STOP``,
 what Ctrl-C does); the faulted run ends the same way and is then run once more with ``--drain``
@@ -49,7 +53,10 @@ from bench.chaos import checker, faultyfs, streams
 
 FAULT_KINDS = ("kill_driver", "kill_driver_group", "kill_worker", "kill_shard", "store_errors", "gc")
 KILLS = ("kill_driver", "kill_driver_group", "kill_worker", "kill_shard")
+REFERENCES = ("auto", "inprocess", "stream")
 PROCTITLE = {"kill_worker": ("RayTrainWorker", "TrainWorker"), "kill_shard": ("ShardHost",)}
+ORPHAN_TITLES = PROCTITLE["kill_worker"] + PROCTITLE["kill_shard"]  # Ray actor processes that guard themselves
+ORPHAN_GRACE_S = 30.0  # the guard exits within about half a second; a loaded machine gets the rest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,12 +75,26 @@ class ChaosConfig:
     wave_timeout_s: float = 240.0
     max_restarts: int = 5  # process starts of the faulted run beyond the first
     s3_endpoint: str | None = None  # moto's server (the harness starts one for store=s3 when None)
+    # the fault-free reference: "stream" (a freshrec stream process), "inprocess" (the same worker loop in this
+    # process, no Ray: bench.chaos.inproc), "auto" (inprocess wherever the faulted run has one worker with its
+    # shards in the worker's process and a local store, else stream)
+    reference: str = "auto"
+    # the faulted run's final `stream --drain` (drain_idempotent): "stream" (a freshrec stream process) or
+    # "inprocess" (the worker loop in this process, over the same faulty store; one worker, shards in-process,
+    # local store): a Ray start and a Ray Train start less; the process starts before it stay real
+    final_drain: str = "stream"
 
     def __post_init__(self) -> None:
         if self.workers not in (1, 2) or self.shards not in (1, 2):
             raise ValueError(f"workers and shards must be 1 or 2, got {self.workers} and {self.shards}")
         if self.store not in ("local", "s3"):
             raise ValueError(f"store must be local or s3, got {self.store!r}")
+        if self.reference not in REFERENCES:
+            raise ValueError(f"reference must be one of {', '.join(REFERENCES)}, got {self.reference!r}")
+        if self.final_drain not in ("stream", "inprocess"):
+            raise ValueError(f"final_drain must be stream or inprocess, got {self.final_drain!r}")
+        if self.final_drain == "inprocess" and (self.workers != 1 or self.store != "local"):
+            raise ValueError("final_drain=inprocess needs one worker and a local store: use final_drain=stream")
         bad = set(self.faults) - set(FAULT_KINDS)
         if bad:
             raise ValueError(f"unknown fault kinds {sorted(bad)}: choose from {', '.join(FAULT_KINDS)}")
@@ -125,6 +146,7 @@ class RunLog:
     final_rc: int | None = None
     digest_before_drain: str | None = None
     seconds: float = 0.0
+    in_process: bool = False  # the run went in the harness's process (bench.chaos.inproc), not as freshrec stream
 
 
 @dataclasses.dataclass
@@ -150,6 +172,16 @@ class SeedResult:
             "plan": self.plan,
             "notes": self.notes,
         }
+
+
+def process_start(pid: int) -> int | None:
+    """The start time (clock ticks since boot) of a live process, None when it is gone or a zombie: with its
+    pid it names one process (a Ray worker's title changes as it runs methods, so the title cannot)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
 
 
 def descendants(root: int) -> list[tuple[int, str]]:
@@ -190,12 +222,20 @@ class StreamRun:
         seed: int,
         s3: dict | None = None,
         shard_actors: bool = False,
+        in_process: bool = False,
     ) -> None:
         self.plan, self.cfg, self.root, self.fault_plan, self.seed = plan, cfg, root, faults, seed
         self.shard_actors = shard_actors or cfg.workers > 1
-        self._reaped: set[int] = set()
+        if in_process and (faults is not None or self.shard_actors or cfg.store != "local"):
+            raise ValueError("an in-process run is a fault-free one-worker run on a local store, shards in-process")
+        self.in_process = in_process  # the run in this process (bench.chaos.inproc), not a freshrec stream process
+        # the faulted run's final drain in this process (ChaosConfig.final_drain), where its shards live in the
+        # worker's process (a seed that draws kill_shard places them as Ray actors: its drain stays a process)
+        self.drain_in_process = faults is not None and cfg.final_drain == "inprocess" and not self.shard_actors
+        self._reaped: set[int] = set()  # id() of each process (or in-process run) whose exit is recorded
+        self._started: list = []
         self.incoming, self.run_dir = root / "incoming", root / "run"
-        self.log = RunLog()
+        self.log = RunLog(in_process=in_process)
         self.proc: subprocess.Popen | None = None
         self.fault_log = root / "faults.jsonl"
         root.mkdir(parents=True, exist_ok=True)
@@ -231,6 +271,8 @@ class StreamRun:
         }
         self._stop_gc = threading.Event()
         self._seen: dict[int, str] = {}
+        self._orphan_watch: list[tuple[float, dict]] = []  # (when, {pid: (start time, title)}) per kill_driver_group
+        self.orphans_left: list[str] = []
         self._seen_at = 0.0
 
     # the store, read from this process without faults
@@ -276,6 +318,17 @@ class StreamRun:
 
     def _start(self, drain: bool = False) -> None:
         self.log.starts += 1
+        if self.in_process or (drain and self.drain_in_process):
+            from bench.chaos.inproc import InProcessStream
+
+            options = None
+            if self.store_url.startswith("faulty://"):  # a process of the run reads this from its environment
+                faultyfs.register()
+                options = dict(self.fs_cfg)
+            self.proc = InProcessStream(
+                self.command(drain)[3:], self.root / f"stream-{self.log.starts:02d}.log", options
+            )
+            return
         with open(self.root / f"stream-{self.log.starts:02d}.log", "w") as out:  # the child keeps its own copy
             self.proc = subprocess.Popen(
                 self.command(drain),
@@ -287,6 +340,12 @@ class StreamRun:
             )
 
     def _kill_group(self) -> None:
+        if self.proc is not None and self.proc.pid is None:  # in process: ask it to stop at its next file boundary
+            if self.proc is not None and self.proc.poll() is None:
+                (self.run_dir / "STOP").write_text("stop requested by the chaos harness\n")
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(120)
+            return
         if self.proc is not None and self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -354,8 +413,14 @@ class StreamRun:
             return f"driver and its {len(tree)} descendants"
         if fault.kind == "kill_driver_group":  # only the CLI's process group: Ray's workers have their own
             self._remember()
+            actors = {
+                pid: (process_start(pid), title)
+                for pid, title in descendants(self.proc.pid)
+                if any(w in title for w in ORPHAN_TITLES) and "IDLE" not in title
+            }
             self._kill_group()
-            return "driver process group"
+            self._orphan_watch.append((time.monotonic(), actors))
+            return f"driver process group ({len(actors)} Ray actor process(es) of the run left without their raylet)"
         want = PROCTITLE[fault.kind]
         found = [
             (pid, title)
@@ -371,9 +436,25 @@ class StreamRun:
             return ""
         return f"pid {pid} ({title[:60]})"
 
+    def _check_orphans(self, final: bool = False) -> None:
+        """The Ray actor processes (Train workers, shard actors) a ``kill_driver_group`` left without their raylet
+        must have exited within ``ORPHAN_GRACE_S`` (their orphan guard, common/orphans.py); those still alive then
+        go to ``orphans_left``. ``final``: the run is over, wait out the grace of a recent kill first."""
+        for entry in list(self._orphan_watch):
+            killed_at, actors = entry
+            waited = time.monotonic() - killed_at
+            if waited < ORPHAN_GRACE_S:
+                if not final:
+                    continue
+                time.sleep(ORPHAN_GRACE_S - waited)
+            self._orphan_watch.remove(entry)
+            for pid, (started, title) in actors.items():
+                if started is not None and process_start(pid) == started:
+                    self.orphans_left.append(f"pid {pid} ({title[:60]}) alive {ORPHAN_GRACE_S:.0f} s after the kill")
+
     def _remember(self) -> None:
         """Note the run's processes, so that orphans (Ray workers outliving a killed driver) are ended at teardown."""
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc is not None and self.proc.pid is not None and self.proc.poll() is None:
             self._seen.update(descendants(self.proc.pid))
 
     def _end_orphans(self) -> None:
@@ -431,6 +512,7 @@ class StreamRun:
                         break
                     if time.monotonic() - self._seen_at > 3:
                         self._remember()
+                        self._check_orphans()
                         self._seen_at = time.monotonic()
                     if self.proc.poll() is not None:
                         self._reap()
@@ -453,7 +535,8 @@ class StreamRun:
                 writers = []
                 if self.log.waves_timed_out and self.log.starts >= max_starts:
                     break
-            time.sleep(1.0)  # a replaced file (not in any ledger by its new bytes) gets its chance
+            if any(op.kind == "replace" for wave in self.plan.waves for op in wave):
+                time.sleep(1.0)  # a replaced file (not in any ledger by its new bytes) gets its chance
             self._stop_process()
             if drain_after:
                 v, m = self._latest()
@@ -472,6 +555,7 @@ class StreamRun:
             if gc_thread is not None:
                 gc_thread.join(60)
             self._kill_group()
+            self._check_orphans(final=True)
             self._end_orphans()
         self.log.seconds = time.monotonic() - t0
         return self.log
@@ -488,8 +572,9 @@ class StreamRun:
 
     def _reap(self) -> None:
         """Record the current process's exit status, once."""
-        if self.proc is not None and self.proc.pid not in self._reaped and self.proc.poll() is not None:
-            self._reaped.add(self.proc.pid)
+        if self.proc is not None and id(self.proc) not in self._reaped and self.proc.poll() is not None:
+            self._reaped.add(id(self.proc))
+            self._started.append(self.proc)  # kept: an id stays unique while its object lives
             self.log.exits.append(self.proc.returncode)
 
     def _stop_process(self) -> None:
@@ -545,6 +630,19 @@ class StreamRun:
 
 
 # ----------------------------------------------------------------------------- one seed
+def reference_in_process(cfg: ChaosConfig, faults: FaultPlan) -> bool:
+    """Whether the seed's reference runs in this process (:mod:`bench.chaos.inproc`): asked for, or ``auto`` where
+    the faulted run has one worker with its shards in the worker's process and a local store (then the two run
+    one code path, and the in-process run saves a Ray start and a Ray Train start)."""
+    fits = cfg.workers == 1 and not faults.shard_actors and cfg.store == "local"
+    if cfg.reference == "inprocess" and not fits:
+        raise ValueError(
+            "reference=inprocess needs one worker, shards in the worker's process (no kill_shard) and a local "
+            "store: use reference=stream (or auto) for this configuration"
+        )
+    return cfg.reference == "inprocess" or (cfg.reference == "auto" and fits)
+
+
 def reproduce_command(seed: int, cfg: ChaosConfig) -> str:
     parts = [
         "freshrec",
@@ -572,6 +670,10 @@ def reproduce_command(seed: int, cfg: ChaosConfig) -> str:
         str(cfg.waves),
         "--store-error-rate",
         str(cfg.store_error_rate),
+        "--reference",
+        cfg.reference,
+        "--final-drain",
+        cfg.final_drain,
         "--json",
     ]
     return " ".join(shlex.quote(p) for p in parts)
@@ -586,8 +688,11 @@ def run_seed(seed: int, cfg: ChaosConfig, work: Path, s3: dict | None = None, lo
     faults = make_fault_plan(seed, cfg, cfg.files)
     if cfg.store == "s3":
         s3 = _bucket(s3, seed)
-    log(f"seed {seed}: reference run")
-    ref = StreamRun(plan, cfg, work / f"seed-{seed}" / "reference", None, seed, s3, faults.shard_actors)
+    in_process = reference_in_process(cfg, faults)
+    log(f"seed {seed}: reference run ({'in this process' if in_process else 'freshrec stream'})")
+    ref = StreamRun(
+        plan, cfg, work / f"seed-{seed}" / "reference", None, seed, s3, faults.shard_actors, in_process=in_process
+    )
     ref_log = ref.run(drain_after=False)
     ref_obs = ref.observe()
     violations: list[checker.Violation] = []
@@ -634,6 +739,15 @@ def run_seed(seed: int, cfg: ChaosConfig, work: Path, s3: dict | None = None, lo
                 "a stream --drain with nothing new changed the model",
             )
         )
+    if run.orphans_left:
+        violations.append(
+            checker.Violation(
+                "orphans",
+                "",
+                f"every Ray actor process of a killed driver process group gone within {ORPHAN_GRACE_S:.0f} s",
+                run.orphans_left,
+            )
+        )
     violations += checker.compare(ref_obs, run_obs, plan.timing_dependent)
     final_sizes = {
         name: len([ln for ln in data.decode().splitlines() if ln]) for name, data in streams.final_files(plan).items()
@@ -656,8 +770,11 @@ def _result(seed, cfg, work, plan, expect, violations, ref_log, ref_obs, run, ru
             counts[rec["kind"]] = counts.get(rec["kind"], 0) + 1
     if plan.timing_dependent:
         notes.append("a slowly written file makes the input timing-dependent: digest not compared")
+    if run is not None and run.drain_in_process:
+        notes.append("the faulted run's final stream --drain ran in this process (final_drain=inprocess)")
     notes.append(
-        f"reference: {ref_log.starts} start(s), exits {ref_log.exits}, {ref_log.seconds:.0f} s"
+        f"reference ({'in process' if ref_log.in_process else 'freshrec stream'}): {ref_log.starts} start(s), "
+        f"exits {ref_log.exits}, {ref_log.seconds:.0f} s"
         + (
             f"; faulted: {run_log.starts} start(s), exits {run_log.exits}, {run_log.seconds:.0f} s"
             if run_log

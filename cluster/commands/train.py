@@ -72,6 +72,30 @@ def check_inputs(history: Path | None, incoming: Path | None, drain: bool) -> No
         )
 
 
+def cli_job(args, cfg, spec, history: Path | None, incoming: Path | None, drain: bool, idle_timeout=None):
+    """The :class:`trainer.config.TrainJob` that ``train`` / ``stream`` run for these arguments (``cfg``, ``spec``:
+    :func:`run_config_from_args`). The chaos harness's in-process reference builds its job here too."""
+    from trainer.config import TrainJob
+    from trainer.versioning import version_extra
+
+    return TrainJob(
+        spec,
+        args.run_dir,
+        model=cfg.model,
+        train=cfg.train,
+        ps=cfg.ps,
+        history=history,
+        incoming=incoming,
+        drain=drain,
+        num_workers=cfg.workers,
+        idle_timeout_s=idle_timeout,
+        store_url=args.store or str((args.run_dir / "versions").absolute()),
+        snapshots=cfg.snapshots,
+        publish=cfg.publish,
+        version_extra=version_extra(cfg.spec, cfg.to_dict(serve=False)),
+    )
+
+
 def run_and_summarise(args, history: Path | None, incoming: Path | None, drain: bool, idle_timeout=None) -> int:
     from trainer.plots import table_header, table_row
 
@@ -81,8 +105,7 @@ def run_and_summarise(args, history: Path | None, incoming: Path | None, drain: 
     check_inputs(history, incoming, drain)
 
     from cluster.ray_runtime import ensure_ray
-    from trainer.run import TrainJob, describe_ps, run_ps_training
-    from trainer.versioning import version_extra
+    from trainer.run import describe_ps, run_ps_training
 
     ensure_ray(cfg.ray)
     print(
@@ -96,22 +119,7 @@ def run_and_summarise(args, history: Path | None, incoming: Path | None, drain: 
     with graceful_stop(args.run_dir) as stopping, VersionTicker(store_url):
         try:
             result, _ = run_ps_training(
-                TrainJob(
-                    spec,
-                    args.run_dir,
-                    model=cfg.model,
-                    train=cfg.train,
-                    ps=cfg.ps,
-                    history=history,
-                    incoming=incoming,
-                    drain=drain,
-                    num_workers=cfg.workers,
-                    idle_timeout_s=idle_timeout,
-                    store_url=store_url,
-                    snapshots=cfg.snapshots,
-                    publish=cfg.publish,
-                    version_extra=version_extra(cfg.spec, cfg.to_dict(serve=False)),
-                ),
+                cli_job(args, cfg, spec, history, incoming, drain, idle_timeout),
                 on_file=lambda i, m: print(table_row(i, m), flush=True),
                 on_event=lambda text: print(text, flush=True),
             )
@@ -155,18 +163,50 @@ def print_summary(result) -> None:
 
 
 class VersionTicker:
-    """Prints a line as each new model version of a store is committed (a thread polling the store)."""
+    """Prints a line as each new model version of a store is committed (a thread polling the store).
 
-    def __init__(self, store_url: str, poll_s: float = 0.3) -> None:
+    A display aid: no store error ends the CLI or the thread. Its first reading (the newest version before
+    the run) is retried on transient store errors (``attempts``, jittered exponential backoff from
+    ``backoff_s``); a store still unavailable after that leaves the first reading to the thread, which
+    keeps polling (found by bench chaos: one connection reset at that first ``latest()`` ended
+    ``freshrec stream``, and every restart, a new process with the same fault schedule, ended the same
+    way). A version whose manifest cannot be read is retried at the next poll on a transient error, and
+    reported as unreadable (and passed) on any other."""
+
+    def __init__(self, store_url: str, poll_s: float = 0.3, attempts: int = 5, backoff_s: float = 0.2) -> None:
         import threading
 
         from versions import VersionStore
 
         self.store = VersionStore(store_url)
-        self.seen = self.store.latest() or 0
         self.poll_s = poll_s
+        self.seen: int | None = self._first_reading(max(1, attempts), backoff_s)  # None: not read yet
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="freshrec-version-ticker")
+
+    def _first_reading(self, attempts: int, backoff_s: float) -> int | None:
+        import random
+        import sys
+        import time
+
+        from versions import is_transient
+
+        for attempt in range(attempts):
+            try:
+                return self.store.latest() or 0
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                if attempt == attempts - 1:
+                    print(
+                        f"      (the version store is not answering ({exc}); committed versions are listed once it "
+                        "does: training goes on)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    return None
+                time.sleep(backoff_s * 2**attempt * random.uniform(0.5, 1.5))
+        return None
 
     def __enter__(self) -> "VersionTicker":
         self._thread.start()
@@ -182,12 +222,27 @@ class VersionTicker:
             self._tick()
 
     def _tick(self) -> None:
+        from versions import NoSuchVersionError, is_transient
+
         try:
+            if self.seen is None:  # the store did not answer at start: the newest version now is the baseline
+                self.seen = self.store.latest() or 0
+                return
             committed = [v for v in self.store.versions() if v > self.seen]
         except Exception:
             return
         for v in committed:
-            m = self.store.manifest(v)
+            try:
+                m = self.store.manifest(v)
+            except NoSuchVersionError:  # removed (gc) since it was listed
+                self.seen = v
+                continue
+            except Exception as exc:
+                if is_transient(exc):
+                    return  # the next poll reads it again
+                print(f"      committed version {v}: manifest unreadable ({type(exc).__name__}: {exc})", flush=True)
+                self.seen = v
+                continue
             last = m.data_files[-1] if m.data_files else "-"
             how = (
                 f"compacted from v{m.extra['compacted_from']}"

@@ -5,8 +5,11 @@ run and against the data contract.
 One scenario runs in `make test` (the cheapest that still exercises the exactly-once machinery end to end:
 1 worker, 1 shard in the worker's process, local store, 4 files of 40 rows in 2 waves; duplicates across file
 boundaries, an in-progress name that completes after a later-named file (so it is also a late file), a SIGKILL
-of the whole driver tree, and a `faulty://` store failing 3% of calls). It is four `freshrec stream` starts:
-the reference, the faulted run, its restart after the kill, and the final `--drain` (25 s or more each).
+of the whole driver tree, and a `faulty://` store failing 3% of calls). It is two `freshrec stream` starts (the
+faulted run and its restart after the kill, 25 s or more each: Ray, then Ray Train); the fault-free reference
+and the final `--drain` run the same worker loop in the test's process without Ray (bench/chaos/inproc.py: the
+reference has the faulted run's code path, so the digests must agree; the drain goes over the faulted run's
+`faulty://` store with its fault schedule).
 The anomaly scenarios below broke on the code before issue 19's fixes (duplicates trained twice across a
 restart, a late file or a rewritten file in a crash loop, a far-future event moving the watermark:
 docs/chaos.md); each takes minutes, so they run with ``FRESHREC_CHAOS=full`` only.
@@ -27,7 +30,9 @@ SMALL = dict(files=4, rows_per_file=60, waves=2, wave_timeout_s=180.0)
 
 # the default scenario's wave timeout only bounds a broken run: a passing one never waits for it, so a loaded
 # machine (where a stream start can take minutes) does not turn it into a false liveness failure
-DEFAULT = dict(files=4, rows_per_file=40, waves=2, shards=1, wave_timeout_s=600.0)
+DEFAULT = dict(
+    files=4, rows_per_file=40, waves=2, shards=1, wave_timeout_s=600.0, reference="inprocess", final_drain="inprocess"
+)
 
 
 full_only = pytest.mark.skipif(
@@ -49,8 +54,9 @@ def _run(tmp_path, seed: int, **cfg):
 def test_a_dirty_stream_survives_a_whole_tree_sigkill_and_store_errors(tmp_path):
     """In `make test`: seed 3 draws a SIGKILL of the driver and every process below it once version 2 is
     committed, and store errors (ConnectionReset / EIO at 3% of calls, ENOSPC at 1.5% of writes). The run
-    restarted after the kill, then drained, must end with the reference's model_digest and per-file counts,
-    each event trained once, every version verifying and no temp files left."""
+    restarted after the kill, then drained (in this process, over the same faulty store), must end with the
+    in-process reference's model_digest and per-file counts, each event trained once, every version verifying
+    and no temp files left."""
     result, detail = _run(
         tmp_path,
         3,
@@ -61,6 +67,7 @@ def test_a_dirty_stream_survives_a_whole_tree_sigkill_and_store_errors(tmp_path)
         enospc_rate=0.015,
     )
     assert result.faults.get("kill_driver", 0) == 1, detail
+    assert any(note.startswith("reference (in process)") for note in result.notes), detail
     assert result.passed, detail
 
 
@@ -94,4 +101,16 @@ def test_a_far_future_event_is_dead_lettered_and_does_not_move_the_watermark(tmp
 @full_only
 def test_a_file_rewritten_after_consumption_is_refused_and_never_trained_again(tmp_path):
     result, detail = _run(tmp_path, 5, anomalies=_only("replaced"), faults=())
+    assert result.passed, detail
+
+
+@full_only
+def test_seed_20_two_workers_two_shards_every_anomaly_and_fault(tmp_path):
+    """Found in the second 2026-12-07 session (`freshrec bench chaos --seeds 1 --first-seed 20 --workers 2 --shards 2
+    --files 4 --rows-per-file 60 --waves 2`, 13 min loaded): a kill of a Train worker, of the driver tree, of a shard
+    actor and of the driver's process group, store errors, and a consumed file rewritten. The system was right (the
+    reference's digest and per-file counts); the checker counted the ledger's refusal of the rewrite as a second
+    consumption and its dead letter as a row (unit test:
+    test_chaos_checker.py::test_a_refused_rewrite_is_neither_a_second_consumption_nor_a_row_of_the_first)."""
+    result, detail = _run(tmp_path, 20, workers=2, shards=2, wave_timeout_s=600.0)
     assert result.passed, detail

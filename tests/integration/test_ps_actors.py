@@ -89,6 +89,7 @@ def test_sync_push_pull_rounds_equal_separate_push_and_pull(ray_local):
     c0 = create_parameter_server(cfg)
     c1 = c0.for_rank(1)
     try:
+        assert c0.orphan_guarded() == [True, True]  # each shard actor exits once its raylet is gone (common.orphans)
         clients = (c0, c1)
         tickets = [c.pull_many({t: w[t][0] for t in w}, step=0) for c, w in zip(clients, steps[0])]
         for s, per_worker in enumerate(steps):

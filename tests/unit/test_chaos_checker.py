@@ -181,10 +181,36 @@ def test_bad_configs_are_refused_clearly():
         ChaosConfig(faults=("kill_everything",))
 
 
+def test_the_reference_runs_in_process_only_where_the_faulted_run_has_the_same_code_path():
+    """In process (bench.chaos.inproc): one worker, its shards in its process, a local store; else a stream."""
+    from bench.chaos.harness import reference_in_process
+
+    def plan(cfg):
+        return make_fault_plan(1, cfg, 4)
+
+    one = ChaosConfig(workers=1, shards=2, faults=("kill_driver", "store_errors"))
+    assert reference_in_process(one, plan(one))
+    for cfg in (
+        ChaosConfig(workers=2, faults=("kill_driver",)),  # DDP over two workers, shard actors
+        ChaosConfig(workers=1, faults=("kill_shard",)),  # the faulted run places its shards as Ray actors
+        ChaosConfig(workers=1, store="s3", faults=("kill_driver",)),  # the s3 store's options live in the env
+        ChaosConfig(workers=1, faults=("kill_driver",), reference="stream"),
+    ):
+        assert not reference_in_process(cfg, plan(cfg)), cfg
+    with pytest.raises(ValueError, match="reference=inprocess needs one worker"):
+        cfg = ChaosConfig(workers=2, faults=("kill_driver",), reference="inprocess")
+        reference_in_process(cfg, plan(cfg))
+    with pytest.raises(ValueError, match="reference must be one of"):
+        ChaosConfig(reference="elsewhere")
+    with pytest.raises(ValueError, match="final_drain=inprocess needs one worker"):
+        ChaosConfig(workers=2, final_drain="inprocess")
+
+
 def test_the_reproduce_command_names_the_seed_and_every_setting():
     cmd = reproduce_command(17, ChaosConfig(workers=2, store="s3", faults=("kill_driver",)))
     assert cmd.startswith("freshrec bench chaos --seeds 1 --first-seed 17 --workers 2")
     assert "--store s3" in cmd and "--faults kill_driver" in cmd and "--anomalies" in cmd
+    assert "--reference auto" in cmd and "--final-drain stream" in cmd
 
 
 def test_bench_chaos_is_registered_and_its_options_build_a_config():
@@ -209,12 +235,15 @@ def test_bench_chaos_is_registered_and_its_options_build_a_config():
             "duplicates,late_file",
             "--faults",
             "kill_driver,gc",
+            "--reference",
+            "stream",
             "--json",
         ]
     )
     cfg = config_from_args(args)
     assert (args.seeds, args.first_seed, args.json) == (3, 9, True)
     assert (cfg.workers, cfg.shards, cfg.store, cfg.faults) == (2, 1, "s3", ("kill_driver", "gc"))
+    assert cfg.reference == "stream"
     assert cfg.anomalies.names() == ["duplicates", "late_file"]
     assert config_from_args(build_parser().parse_args(["bench", "chaos", "--faults", "none"])).faults == ()
 
@@ -283,3 +312,69 @@ def test_descendants_finds_grandchildren_with_their_command_lines():
             os.kill(pid, 9)
         child.kill()
         child.wait()
+
+
+def test_ray_actor_processes_left_alive_after_a_killed_driver_group_are_reported_after_their_grace(monkeypatch):
+    """The ``orphans`` invariant: the actor processes (Train workers, shard actors) that a ``kill_driver_group``
+    leaves without their raylet must exit by themselves (common/orphans.py) within ``ORPHAN_GRACE_S``."""
+    import subprocess
+    import sys
+    import time
+
+    from bench.chaos import harness
+    from bench.chaos.harness import StreamRun, process_start
+
+    lingering = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    try:
+        assert process_start(lingering.pid) is not None and process_start(gone.pid) is None
+        monkeypatch.setattr(harness, "ORPHAN_GRACE_S", 0.3)
+        run = StreamRun.__new__(StreamRun)  # only the orphan bookkeeping is under test
+        run._orphan_watch, run.orphans_left = [], []
+        actors = {
+            lingering.pid: (process_start(lingering.pid), "ray::ShardHost.pull"),
+            gone.pid: (12345, "ray::RayTrainWorker.run"),
+        }
+        run._orphan_watch.append((time.monotonic(), actors))
+        run._check_orphans()  # within the grace: nothing judged yet
+        assert run.orphans_left == [] and run._orphan_watch
+        run._check_orphans(final=True)  # waits out the grace, then judges once
+        assert len(run.orphans_left) == 1 and f"pid {lingering.pid} (ray::ShardHost" in run.orphans_left[0]
+        assert run._orphan_watch == []
+    finally:
+        lingering.kill()
+        lingering.wait()
+    assert process_start(lingering.pid) is None
+
+
+def test_a_refused_rewrite_is_neither_a_second_consumption_nor_a_row_of_the_first():
+    """Found by bench chaos seed 20 (2 workers, 2 shards, local store, every anomaly and fault): a consumed file
+    rewritten with other bytes was refused as it should be (same digest and counts as the reference), but the
+    checker counted the ledger's refusal entry (status "changed", 0 rows, complete) as a second complete
+    consumption (``exactly_once``) and its "changed after consumption" dead letter as a row of the first
+    (``balance``). The checks had never run on a faulted run with a replaced file before."""
+    entries = [
+        {"file": "part-00020.csv", "rows": 63, "complete": True, "sha256": "848b", "source": 1},
+        {"file": "part-00010.csv", "rows": 61, "complete": True, "sha256": "8dac", "source": 1},
+        {"file": "part-00020.csv", "rows": 0, "complete": True, "sha256": "0bc5", "source": 1, "status": "changed"},
+    ]
+    dead = [
+        {"source": "/in/part-00020.csv", "row": 7, "reason": "unknown action"},
+        {"source": "/in/part-00020.csv", "row": 30, "reason": "event time 4071000000 is in the future"},
+        {"source": "/in/part-00020.csv", "row": 0, "reason": checker.CHANGED},
+        {"source": "/in/part-00010.csv", "row": 3, "reason": "missing field"},
+        {"source": "/in/part-00010.csv", "row": 0, "reason": "duplicate event_id"},
+    ]
+    metrics = [
+        {"file": "part-00020.csv", "examples": 61, "examples_trained": 61, "rows_late": 0, "rows_dead": 2},
+        {"file": "part-00010.csv", "examples": 0, "examples_trained": 0, "rows_late": 59, "rows_dead": 1},
+    ]
+    seen = checker.observe_files(metrics, dead, entries)
+    f = seen["part-00020.csv"]
+    assert (f.ledger_entries, f.ledger_complete, f.ledger_refused, f.ledger_rows) == (2, 1, 1, 63)
+    assert checker.check_exactly_once([], seen, {}) == []
+    assert checker.check_balance(seen, [m["file"] for m in metrics]) == []
+    entries.append({"file": "part-00020.csv", "rows": 63, "complete": True, "sha256": "ffff", "source": 1})
+    twice = checker.observe_files(metrics, dead, entries)  # other bytes really taken again: still caught
+    assert [v.invariant for v in checker.check_exactly_once([], twice, {})] == ["exactly_once"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -77,3 +79,55 @@ def test_faulty_over_a_local_directory_writes_whole_objects_atomically(tmp_path)
     assert [exists for _, exists in seen] == [False] and ".tmp-" in seen[0][0]
     assert fs.cat_file(f"{root}/v1/MANIFEST.json") == b'{"version": 1}'
     assert sorted(p.name for p in (tmp_path / "store" / "v1").iterdir()) == ["MANIFEST.json"]  # no temp file left
+
+
+def _commit(store, step: int) -> None:
+    w = store.begin("full", step=step)
+    w.commit([w.write_part("dense", {"w": np.ones(2)}, {"role": "dense"})])
+
+
+def test_the_cli_version_ticker_starts_through_store_errors_and_never_ends_the_cli(tmp_path, capsys, monkeypatch):
+    """Found by bench chaos (``faulty://`` store): the CLI's ``VersionTicker`` read ``latest()`` in its
+    ``__init__`` unguarded, so a store failing a few calls in a row at the start (beyond the store's own 3
+    tries) ended ``freshrec stream``; a restart, with the same fault schedule, ended the same way. Its first
+    reading is now retried like the other store reads; a store that stays down leaves the reading to the
+    thread, and nothing a store raises ends the CLI. Real ``faulty://`` filesystems over a local store."""
+    from bench.chaos import faultyfs
+    from cluster.commands.train import VersionTicker
+    from versions import StoreUnavailableError, VersionStore
+
+    faultyfs.register()
+    monkeypatch.setenv(faultyfs.ENV, '{"rate": 0.0, "enospc": 0.0}')
+    writer = VersionStore(str(tmp_path))
+    _commit(writer, 1)
+    state = {"calls": 0, "fail_first": 0}
+
+    def decide(self, method, path):  # the first `fail_first` store calls fail (connection reset), then none
+        state["calls"] += 1
+        return "reset" if state["calls"] <= state["fail_first"] else None
+
+    monkeypatch.setattr(faultyfs.FaultyFileSystem, "_decide", decide)
+    url = f"faulty://{tmp_path}"
+    state.update(calls=0, fail_first=4)
+    with pytest.raises(StoreUnavailableError):  # more failures in a row than the store's own tries
+        VersionStore(url).latest()
+
+    state.update(calls=0, fail_first=4)
+    ticker = VersionTicker(url, poll_s=0.05, backoff_s=0.01)  # raised StoreUnavailableError before the fix
+    assert ticker.seen == 1 and state["calls"] > 4  # retried past the failures, then took its reading
+    with ticker:
+        _commit(writer, 2)
+        deadline = time.monotonic() + 10
+        while ticker.seen != 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert "committed version 2: full" in capsys.readouterr().out
+
+    state.update(calls=0, fail_first=10**9)  # a store that does not answer at all
+    ticker = VersionTicker(url, poll_s=0.05, attempts=3, backoff_s=0.01)
+    assert ticker.seen is None and "not answering" in capsys.readouterr().err
+    with ticker:  # the thread keeps polling; leaving the block (a final tick) raises nothing
+        time.sleep(0.2)
+    assert ticker.seen is None
+    state.update(fail_first=0)  # the store answers again: the thread's next poll takes the first reading
+    ticker._tick()
+    assert ticker.seen == 2
