@@ -89,6 +89,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="proxy: Ray Serve's gRPC proxy (default); throughput: RAY_SERVE_THROUGHPUT_OPTIMIZED=1 "
         "(direct ingress, user code on the replica's loop)",
     )
+    parser.add_argument(
+        "--max-ongoing",
+        type=int,
+        default=None,
+        help="serve.max_ongoing_requests of the Scorer replica and the no-op app (default: ServeConfig's, 64)",
+    )
+    parser.add_argument(
+        "--score-batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="serve.score_batch_size: Score requests scored together by @serve.batch, up to N (default: "
+        "ServeConfig's, 1: off)",
+    )
+    parser.add_argument(
+        "--score-batch-wait",
+        type=float,
+        default=None,
+        metavar="S",
+        help="serve.score_batch_wait_s: how long a batch waits for company (default: ServeConfig's, 0.002)",
+    )
     parser.add_argument("--data", default=str(TAOBAO), help="a Taobao-format CSV (default: the shared Taobao log)")
     parser.add_argument(
         "--recall-users",
@@ -260,15 +281,13 @@ class NoopScorer:
         return pb.ModelInfoResponse(model_version=self.score_reply.model_version)
 
 
-def _start_noop(score_reply: bytes, recommend_reply: bytes) -> None:
+def _start_noop(score_reply: bytes, recommend_reply: bytes, max_ongoing_requests: int) -> None:
     """Deploy the no-op application beside freshrec's, with the Scorer deployment's options."""
     from ray import serve
 
-    from serving.app import ScorerDeployment
-
-    dep = serve.deployment(
-        name="Noop", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=ScorerDeployment.max_ongoing_requests
-    )(NoopScorer)
+    dep = serve.deployment(name="Noop", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=max_ongoing_requests)(
+        NoopScorer
+    )
     serve.run(dep.bind(score_reply, recommend_reply), name=NOOP_APP, route_prefix="/" + NOOP_APP, blocking=False)
 
 
@@ -364,7 +383,10 @@ def _run(args: argparse.Namespace, work: Path, children: list) -> dict:
     ensure_ray(RayConfig(num_cpus=2))
     grpcio_proc = None
     try:
-        cfg = ServeConfig(store_url=store_url, poll_interval_s=0.1, catalogue=(catalogue,))
+        cfg = serve_config(args, store_url, catalogue)
+        result["serve_options"] = {
+            k: getattr(cfg, k) for k in ("max_ongoing_requests", "score_batch_size", "score_batch_wait_s")
+        }
         port = start_serving(cfg)
         target = f"127.0.0.1:{port}"
         ScoringClient(target).wait_ready(120)
@@ -374,7 +396,7 @@ def _run(args: argparse.Namespace, work: Path, children: list) -> dict:
             ScoringClient(grpcio_target, None).wait_ready(120)
         apps = {"freshrec": (target, APP_NAME)}
         if "noop" not in skip:
-            _start_noop(*replies)
+            _start_noop(*replies, cfg.max_ongoing_requests)
             ScoringClient(target, NOOP_APP).wait_ready(120)
             apps["noop"] = (target, NOOP_APP)
         if grpcio_proc is not None:
@@ -447,6 +469,24 @@ def _run(args: argparse.Namespace, work: Path, children: list) -> dict:
         ray.shutdown()
     result["loadavg_end"] = list(os.getloadavg())
     return result
+
+
+def serve_config(args: argparse.Namespace, store_url: str, catalogue: str):
+    """The replica's ServeConfig: the bench's store and catalogue, a 0.1 s poll, and the concurrency options
+    given (``--max-ongoing``, ``--score-batch``, ``--score-batch-wait``; ServeConfig's defaults otherwise)."""
+    from serving.config import ServeConfig
+
+    given = {
+        "max_ongoing_requests": getattr(args, "max_ongoing", None),
+        "score_batch_size": getattr(args, "score_batch", None),
+        "score_batch_wait_s": getattr(args, "score_batch_wait", None),
+    }
+    return ServeConfig(
+        store_url=store_url,
+        poll_interval_s=0.1,
+        catalogue=(catalogue,),
+        **{k: v for k, v in given.items() if v is not None},
+    )
 
 
 def _rounds(apps: dict, methods: list, qps: float, seconds: float, n_rounds: int) -> dict:

@@ -90,6 +90,11 @@ class ScorerDeployment:
     The methods are coroutines that compute without awaiting: a request costs 1-3 ms of CPU, less
     than a hop to a thread pool, and the replica's loop runs one at a time (the model's lock is
     never contended). Loading versions happens on the follower's own thread.
+
+    ``serve.max_ongoing_requests`` (default 64) is the deployment's option of that name (set in
+    :func:`build_app`). ``serve.score_batch_size`` > 1 turns on ``@serve.batch`` for Score: requests that
+    arrive within ``serve.score_batch_wait_s`` are scored in one forward (ScoringService.score_many); off by
+    default (scores then equal scoring alone up to float rounding only, see ServeConfig).
     """
 
     def __init__(self, cfg: ServeConfig, *shards) -> None:
@@ -101,6 +106,10 @@ class ScorerDeployment:
             remote = RemoteTables(cfg.remote_tables, len(shards), cfg.cache_rows, self._shard_load, self._shard_fetch)
         # with shards, the first version is loaded by the follower thread (a constructor must not wait on them)
         self.service = ScoringService(cfg, remote=remote).start(load_now=remote is None)
+        self._batching = cfg.score_batch_size > 1  # serve.score_batch_size: Score requests scored together
+        if self._batching:
+            self._score_together.set_max_batch_size(cfg.score_batch_size)
+            self._score_together.set_batch_wait_timeout_s(cfg.score_batch_wait_s)
 
     def _shard_load(self, version: int, since: int | None):
         calls = [h.load.remote(version, since) for h in self.shards]
@@ -128,7 +137,19 @@ class ScorerDeployment:
         return await asyncio.get_running_loop().run_in_executor(None, self._call, fn, request, grpc_context, empty)
 
     async def Score(self, request, grpc_context):
+        if self._batching:
+            out = await self._score_together(request)
+            if isinstance(out, ServingError):  # this request refused, the others of its batch answered
+                grpc_context.set_code(getattr(grpc.StatusCode, out.code))
+                grpc_context.set_details(out.message)
+                return pb.ScoreResponse()
+            return out
         return await self._answer(self.service.score, request, grpc_context, pb.ScoreResponse())
+
+    @serve.batch(max_batch_size=2, batch_wait_timeout_s=0.002)  # sizes set from the ServeConfig in __init__
+    async def _score_together(self, requests: list) -> list:
+        """Score requests that arrived together in one forward (ScoringService.score_many)."""
+        return self.service.score_many(requests)
 
     async def Recommend(self, request, grpc_context):
         return await self._answer(self.service.recommend, request, grpc_context, pb.RecommendResponse())
@@ -241,7 +262,9 @@ def build_app(cfg: ServeConfig, replicas: int | None = None, pin_version=_FOLLOW
         TableShardDeployment.options(name=f"TableShard{i}", user_config=user_config).bind(cfg, i)
         for i in range(cfg.table_shards if cfg.remote_tables else 0)
     ]
-    return ScorerDeployment.options(num_replicas=replicas, user_config=user_config).bind(cfg, *shards)
+    return ScorerDeployment.options(
+        num_replicas=replicas, user_config=user_config, max_ongoing_requests=cfg.max_ongoing_requests
+    ).bind(cfg, *shards)
 
 
 def app_from_args(args: dict):

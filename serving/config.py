@@ -79,6 +79,13 @@ class ServeConfig:
     replicas / grpc_port / host: the application, not one replica: scorer replicas, the Serve proxy's gRPC
     port and its HTTP bind address (127.0.0.1: this machine only; Ray 2.60's gRPC proxy binds every
     interface whatever it says).
+    max_ongoing_requests: requests one scorer replica accepts at a time (Ray Serve's deployment option;
+    more wait in the proxy's queue).
+    score_batch_size / score_batch_wait_s: 1 (default): each Score request is scored alone. Above 1: Score
+    requests that arrive within ``score_batch_wait_s`` of each other are scored together, up to this many
+    (Ray Serve's ``@serve.batch``), in one forward: the fixed cost of a forward is paid once per batch, but a
+    request waits up to ``score_batch_wait_s`` for company, and its scores come from a forward over other
+    requests' rows too: equal to scoring it alone up to float rounding (about 1e-7), not bit for bit.
     """
 
     store_url: str | None = None
@@ -100,6 +107,9 @@ class ServeConfig:
     replicas: int = 1
     grpc_port: int = 9000
     host: str = "127.0.0.1"
+    max_ongoing_requests: int = 64
+    score_batch_size: int = 1
+    score_batch_wait_s: float = 0.002
 
     def __post_init__(self) -> None:
         if isinstance(self.catalogue, str):
@@ -154,10 +164,23 @@ class ServeConfig:
         c = self.cache_rows
         if not isinstance(c, int) or isinstance(c, bool) or c < 1 or c & (c - 1):
             raise ConfigError(f"serve.cache_rows must be a power of two >= 1 (e.g. 65536), got {c!r}")
-        for name in ("torch_threads", "replicas"):
+        for name in ("torch_threads", "replicas", "max_ongoing_requests", "score_batch_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"serve.{name} must be an integer >= 1, got {v!r}")
+        w = self.score_batch_wait_s
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or not 0 <= w <= 1:
+            raise ConfigError(f"serve.score_batch_wait_s must be in [0, 1] seconds, got {w!r}")
+        if self.score_batch_size > 1 and self.remote_tables:
+            raise ConfigError(
+                "serve.score_batch_size > 1 needs every table in the replica: remote_tables are read per request "
+                "(set score_batch_size: 1, or serve without remote_tables)"
+            )
+        if self.score_batch_size > self.max_ongoing_requests:
+            raise ConfigError(
+                f"serve.score_batch_size ({self.score_batch_size}) must be <= serve.max_ongoing_requests "
+                f"({self.max_ongoing_requests}): a replica never holds more requests than that to batch"
+            )
         g = self.grpc_port
         if not isinstance(g, int) or isinstance(g, bool) or not 0 < g < 65536:
             raise ConfigError(f"serve.grpc_port must be a TCP port in [1, 65535], got {g!r}")

@@ -6,10 +6,16 @@ columns a data file gives the trainer (``trainer.data.parse.parse_columns``: ids
 hashed, times parsed, numbers checked) and the same dense features
 (``trainer.data.validate.dense_values``), so nothing is re-implemented on the serving side::
 
-    context    {"user_id": 7, "ts": 1511658000}             broadcast to every candidate
-    columns    {"item_id": [42, 9], "category_id": [3, 3]}  one value per candidate
+    context    {"user_id": 7, "ts": 1511658000}             parsed once, broadcast to every candidate
+    columns    {"item_id": [42, 9], "category_id": [3, 3]}  one value per candidate, parsed per row
       -> EventBatch(sparse={"user": [7, 7], "item": [42, 9], "category": [3, 3]},
                     dense=[[hour, weekday], [hour, weekday]])  (raw: the core normalises)
+
+A context value (and a constant default) is parsed as one row and its parsed value repeated (numpy /
+arrow take, no per-row Python): the same bits as parsing it on every row, since parsing is row-wise. At
+n = 100 the parser's cost is per column, not per row, so parsing once alone saves little: the parsed
+value of each (column, value) is also kept in a bounded LRU (``ONCE_CACHE`` per model version), so a
+user, a time or a default seen before is not parsed again.
 
 With dynamic features (``spec.dynamic``) the core adds them from the served version's state,
 decayed to the request's time column (:mod:`trainer.features`); a request never changes the state.
@@ -23,7 +29,9 @@ row is the cold-start row).
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 
 import numpy as np
@@ -32,11 +40,12 @@ import pyarrow as pa
 from common.config import ConfigError
 from serving.errors import InvalidRequestError
 from trainer.data.batch import EventBatch
-from trainer.data.parse import REASON_CODES, Jagged, Rejections, fill_value, parse_columns
+from trainer.data.parse import REASON_CODES, Jagged, Rejections, fill_value, parse_columns, take_value
 from trainer.data.spec import ColumnType, FeatureSpec
 from trainer.data.validate import dense_values
 
 MAX_REPORTED = 5  # bad candidates named in one error message
+ONCE_CACHE = 4096  # parsed context values (and constant defaults) kept per model version
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +111,8 @@ def _feature(spec: FeatureSpec, given: str | None, role: str) -> str | None:
 
 
 class RequestFeatures:
-    """Builds scoring batches for one spec (see the module docstring). Thread-safe (no state).
+    """Builds scoring batches for one spec (see the module docstring). Thread-safe (its one state, the cache
+    of parsed context values, is a bounded LRU under a lock).
 
     ``catalogue(item_ids) -> {column: parsed values}`` gives item-side columns a request left out.
     """
@@ -112,6 +122,8 @@ class RequestFeatures:
         by = spec.column_map
         self.columns = tuple(by[c] for c in roles.needed)
         self.known = set(by)
+        self._once_cache: OrderedDict[tuple, tuple] = OrderedDict()  # (column, value key) -> parsed (_parse_once)
+        self._lock = threading.Lock()
 
     def batch(
         self, context: Mapping[str, object], columns: Mapping[str, pa.Array], n: int, now: int | None = None
@@ -119,6 +131,13 @@ class RequestFeatures:
         """(EventBatch of ``n`` rows, columns defaulted); InvalidRequestError naming what is wrong.
 
         ``context[col]`` is one raw value (int, str or float); ``columns[col]`` an arrow array of n.
+
+        A column that is the same on every row (a context value, a default that is a constant: the
+        request's time, a fill) is parsed ONCE, as one row, and its parsed value broadcast to the n rows;
+        only the candidate columns (and the catalogue's per-item values) are parsed row by row. Parsing is
+        row-wise (each row's value and rejection depend on that row's raw value alone), so the batch is
+        the one the n repeated rows would parse to, bit for bit
+        (tests/unit/test_bench_serving_fastpaths.py compares the two over generated requests).
         """
         both = sorted(set(context) & set(columns))
         if both:
@@ -131,22 +150,56 @@ class RequestFeatures:
         for name, arr in columns.items():
             if len(arr) != n:
                 raise InvalidRequestError(f"candidate column {name!r} has {len(arr)} values for {n} candidates")
-        table, defaulted = {}, []
+        once: dict[str, tuple] = {}  # the same value on every row: (cache key, one-row raw array)
+        per_row: dict[str, pa.Array] = {}  # n rows
+        defaulted = []
         for col in self.columns:
             if col.name in columns:
-                table[col.name] = columns[col.name]
+                per_row[col.name] = columns[col.name]
             elif col.name in context:
-                table[col.name] = _repeat(context[col.name], n)
+                value = context[col.name]
+                once[col.name] = (("context", type(value).__name__, _exact(value)), _repeat(value, 1))
             else:
                 defaulted.append(col.name)
-                table[col.name] = self._default(col, columns, context, n, now)
-        batch = self._parse(pa.table(table), context)
+                arr = self._default(col, columns, context, n, now)
+                if arr is None:
+                    one = self._constant_default(col, now)
+                    once[col.name] = (("default", _exact(one[0].as_py())), one)
+                else:
+                    per_row[col.name] = arr
+        if n <= 1:  # nothing to broadcast: one parse of every column (n rows of each)
+            per_row = {**per_row, **{k: _rows(one, n) for k, (_, one) in once.items()}}
+            once = {}
+        batch = self._parse(once, per_row, n, context)
         return batch, tuple(sorted(defaulted))
 
-    def _default(self, col, columns, context, n: int, now: int | None) -> pa.Array:
-        if col.name == self.spec.time_column:
-            return pa.array(np.full(n, int(time.time()) if now is None else now, np.int64))
+    def _parse_once(self, col, key: tuple, one: pa.Array) -> tuple:
+        """(parsed one-row value, missing mask [1], problem or None) of one column's one value: parsed alone, as
+        one row, the first time; then from a bounded cache (parsing is a pure function of the column and the
+        raw value, so a hit is the same bits; ``key`` tells every value apart: its kind, and a float's exact
+        bits). The user, the time of day's second and the defaults repeat from request to request."""
+        ck = (col.name, key)
+        with self._lock:
+            hit = self._once_cache.get(ck)
+            if hit is not None:
+                self._once_cache.move_to_end(ck)
+                return hit
+        rej = Rejections(1)
+        p1, m1 = parse_columns(pa.table({col.name: one}), (col,), self.spec.null_tokens, rej)
+        problem = None if rej.good.all() else _describe(rej, {col.name: None} if key[0] == "context" else {}, True)
+        out = (p1[col.name], m1[col.name], problem)
+        with self._lock:
+            self._once_cache[ck] = out
+            while len(self._once_cache) > ONCE_CACHE:
+                self._once_cache.popitem(last=False)
+        return out
+
+    def _default(self, col, columns, context, n: int, now: int | None) -> pa.Array | None:
+        """The catalogue's values of an item-side column for the request's items (n rows); None when the
+        column's default is a constant (:meth:`_constant_default`)."""
         item = self.roles.item_column
+        if col.name == self.spec.time_column:
+            return None
         if col.name in self.roles.item_columns and self.catalogue is not None and item is not None:
             ids = columns.get(item)
             if ids is None and item in context:
@@ -155,11 +208,18 @@ class RequestFeatures:
                 values = self.catalogue.lookup(col.name, self._ids_of(item, ids))
                 if values is not None:
                     return pa.array(values)
+        return None
+
+    def _constant_default(self, col, now: int | None) -> pa.Array:
+        """One row of a left-out column's constant default: the request's arrival time for the time
+        column, else the column's missing value."""
+        if col.name == self.spec.time_column:
+            return pa.array(np.full(1, int(time.time()) if now is None else now, np.int64))
         if col.type is ColumnType.STRING:
-            return pa.array([fill_value(col)] * n, pa.string())
+            return pa.array([fill_value(col)], pa.string())
         if col.type is ColumnType.ID_LIST:
-            return pa.nulls(n, pa.string())  # a missing id list is the empty list
-        return pa.array(np.full(n, fill_value(col), np.float64 if col.type is ColumnType.FLOAT else np.int64))
+            return pa.nulls(1, pa.string())  # a missing id list is the empty list
+        return pa.array(np.full(1, fill_value(col), np.float64 if col.type is ColumnType.FLOAT else np.int64))
 
     def _ids_of(self, name: str, arr: pa.Array) -> np.ndarray:
         """Parsed ids of an item column (for the catalogue); malformed ones are refused later by _parse."""
@@ -170,12 +230,31 @@ class RequestFeatures:
         parsed, _ = parse_columns(pa.table({name: arr}), (col,), self.spec.null_tokens, rej)
         return np.asarray(parsed[name], np.int64)
 
-    def _parse(self, table: pa.Table, context: Mapping[str, object]) -> EventBatch:
-        n = table.num_rows
-        rej = Rejections(n)
-        parsed, missing = parse_columns(table, self.columns, self.spec.null_tokens, rej)
-        if not rej.good.all():
-            raise InvalidRequestError(_describe(rej, context))
+    def _parse(self, once: dict, per_row: dict, n: int, context: Mapping[str, object]) -> EventBatch:
+        """Parse ``once`` (one row each) and ``per_row`` (n rows each), broadcast the first to n rows."""
+        nulls = self.spec.null_tokens
+        parsed, missing, problems = {}, {}, []
+        if once:
+            zero = np.zeros(n, np.int64)
+            for col in self.columns:
+                if col.name in once:
+                    value, miss, problem = self._parse_once(col, *once[col.name])
+                    if problem is not None:
+                        problems.append(problem)
+                    parsed[col.name], missing[col.name] = take_value(value, zero), miss[zero]
+        if per_row:
+            cols = tuple(c for c in self.columns if c.name in per_row)
+            rej = Rejections(n)
+            pn, mn = parse_columns(pa.table(per_row), cols, nulls, rej)
+            if not rej.good.all():
+                problems.append(_describe(rej, context))
+            parsed.update(pn)
+            missing.update(mn)
+        if problems:
+            raise InvalidRequestError("; ".join(problems))
+        table = pa.table(
+            {c.name: per_row[c.name] if c.name in per_row else _rows(once[c.name][1], n) for c in self.columns}
+        )
         idx = np.arange(n)
         dense = np.zeros((n, len(self.spec.dense)), np.float32)
         for j, f in enumerate(self.spec.dense):
@@ -208,6 +287,17 @@ class RequestFeatures:
         )
 
 
+def _exact(value):
+    """A cache key that tells apart every value that may parse differently: a float by its exact bits (-0.0 and
+    0.0 differ, every NaN is its own), anything else as it is (its kind is a separate part of the key)."""
+    return value.hex() if isinstance(value, float) else value
+
+
+def _rows(one: pa.Array, n: int) -> pa.Array:
+    """A one-row arrow array repeated to n rows (the raw column a data file would hold)."""
+    return one.take(pa.array(np.zeros(n, np.int64)))
+
+
 def _repeat(value, n: int) -> pa.Array:
     if isinstance(value, str):
         return pa.array([value] * n, pa.string()) if n else pa.array([], pa.string())
@@ -216,8 +306,9 @@ def _repeat(value, n: int) -> pa.Array:
     return pa.array(np.full(n, value, np.int64))
 
 
-def _describe(rej: Rejections, context: Mapping[str, object]) -> str:
-    """'context user_id: malformed id (user_id: not an id)' or 'candidates [3, 7]: ...'."""
+def _describe(rej: Rejections, context: Mapping[str, object], every_row: bool = False) -> str:
+    """'context user_id: malformed id (user_id: not an id)' or 'candidates [3, 7]: ...'; ``every_row``: the
+    rejections of the columns parsed once (a bad default holds for every candidate)."""
     bad = np.flatnonzero(~rej.good)
     problems = []
     for code in np.unique(rej.code[bad]):
@@ -227,6 +318,8 @@ def _describe(rej: Rejections, context: Mapping[str, object]) -> str:
         reason = REASON_CODES[int(code)].value
         if column in context:
             problems.append(f"context {column}: {reason} ({detail})")
+        elif every_row:
+            problems.append(f"every candidate: {reason} ({detail})")
         else:
             shown = rows[:MAX_REPORTED].tolist()
             more = f" and {len(rows) - len(shown)} more" if len(rows) > len(shown) else ""

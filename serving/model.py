@@ -99,14 +99,19 @@ class ModelSetup:
     spec_yaml: str
 
     @classmethod
-    def from_manifest(cls, m) -> "ModelSetup":
+    def from_manifest(cls, m, previous: "ModelSetup | None" = None) -> "ModelSetup":
+        """``previous``: the served version's setup; its parsed spec is reused when the spec's YAML text is the
+        same (the YAML parse was most of a delta's load on the replica)."""
         text = bundle.spec_yaml(m)
         if text is None:
             raise UnsupportedError(
                 f"version {m.version} carries no feature spec (manifest extra.spec_yaml): it was "
                 "not written by freshrec's trainer and cannot be served"
             )
-        spec = spec_from_dict(yaml.safe_load(text), where=f"version {m.version} spec")
+        if previous is not None and previous.spec_yaml == text:
+            spec = previous.spec
+        else:
+            spec = spec_from_dict(yaml.safe_load(text), where=f"version {m.version} spec")
         cfg = bundle.run_config(m)
         model_cfg = model_config_of_version(cfg.get("model"))
         train = dict(cfg.get("train") or {})
@@ -220,9 +225,12 @@ def load_model(
     """
     chain = store.chain(version)
     m = chain[-1]
-    setup = ModelSetup.from_manifest(m) if spec is None else setup_with_spec(m, spec)
-    if previous is not None and previous.setup.spec_yaml == setup.spec_yaml:
-        setup = dataclasses.replace(setup, spec=previous.setup.spec)
+    if spec is None:  # the previous version's parsed spec when the text is the same (no YAML parse)
+        setup = ModelSetup.from_manifest(m, previous.setup if previous is not None else None)
+    else:
+        setup = setup_with_spec(m, spec)
+        if previous is not None and previous.setup.spec_yaml == setup.spec_yaml:
+            setup = dataclasses.replace(setup, spec=previous.setup.spec)
     ps_cfg = ps_config_for(setup.spec, setup.train_cfg, setup.ps, model=setup.model_cfg)
     remote_names = set(remote.names) if remote is not None else set()
     arrays = _tables(store, chain, ps_cfg, previous, remote_names)

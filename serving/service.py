@@ -16,6 +16,7 @@ INVALID_ARGUMENT and go on serving.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -28,10 +29,11 @@ from serving.catalogue import ItemCatalogue
 from serving.config import FollowSettings, ServeConfig
 from serving.errors import InvalidRequestError, NotReadyError, ServingError, UnsupportedError, VersionMismatchError
 from serving.follower import LeaseSettings, VersionFollower
-from serving.model import ServableModel, load_model
+from serving.model import ServableModel, VersionInfo, load_model
 from serving.run_metrics import validation_metrics
 from serving.telemetry import ReplicaTelemetry
 from serving.wire import pb
+from trainer.data.batch import EventBatch
 from versions import VersionStore
 
 
@@ -98,6 +100,9 @@ class ScoringService:
         self.follower.configure(s.pin_version, s.poll_interval_s)
 
     def _load(self, version: int, previous: ServableModel | None) -> ServableModel:
+        same = self._compacted_from_served(version, previous)
+        if same is not None:
+            return same
         if not self._catalogue_loaded:
             self._catalogue = self._read_catalogue(version)
             self._catalogue_loaded = True
@@ -116,6 +121,26 @@ class ScoringService:
             model.info = dataclasses.replace(model.info, metrics={**model.info.metrics, **metrics})
         return model
 
+    def _compacted_from_served(self, version: int, previous: ServableModel | None) -> ServableModel | None:
+        """The served model under ``version``'s number when ``version`` is the store's compaction of it (a full
+        version written from the served one's chain: ``extra["compacted_from"]``, the same ``model_digest``):
+        the same model, so nothing is read or rebuilt. Loading it from its parts took the follower's thread for
+        a whole full load (every table) while the next data file's delta waited behind it. The next delta (a
+        delta on ``version``) then applies on these tables as usual."""
+        if previous is None:
+            return None
+        m = self.store.manifest(version)
+        source = (m.extra or {}).get("compacted_from")
+        if m.kind != "full" or source != previous.version or not m.model_digest:
+            return None
+        if m.model_digest != previous.info.model_digest:
+            return None
+        model = copy.copy(previous)  # shares the core, tables, features and index (and the core's lock)
+        info = VersionInfo.of(m, previous.info.spec_name)
+        metrics = validation_metrics(self.cfg.metrics_path, info.data_files)
+        model.info = dataclasses.replace(info, metrics={**info.metrics, **metrics}) if metrics else info
+        return model
+
     def _read_catalogue(self, version: int) -> ItemCatalogue:
         from serving.features import SpecRoles
         from serving.model import ModelSetup
@@ -127,7 +152,9 @@ class ScoringService:
     # ---------------------------------------------------------------- helpers
     def model(self, pin: int = 0) -> ServableModel:
         """The model to answer with (read once per request)."""
-        m = self.follower.model
+        return self._served(self.follower.model, pin)
+
+    def _served(self, m: ServableModel | None, pin: int = 0) -> ServableModel:
         if m is None:
             raise NotReadyError(
                 f"no model version is served yet ({self.follower.health()[1]}); the replica keeps "
@@ -172,17 +199,63 @@ class ScoringService:
 
     # ------------------------------------------------------------------ Score
     def _score(self, request: "pb.ScoreRequest") -> "pb.ScoreResponse":
-        self._check_size(request)
-        if request.pin_version < 0:
-            raise InvalidRequestError(f"pin_version must be >= 0 (0: the served version), got {request.pin_version}")
-        model = self.model(request.pin_version)
-        context = context_values(request.context, "context")
-        columns, n = candidate_columns(request, self.cfg.limits.max_candidates)
-        batch, defaulted = model.features.batch(context, columns, n)
+        model, batch, defaulted = self._score_batch(request, self.follower.model)
         scores, unknown = model.score(batch)
         return pb.ScoreResponse(
             scores=scores.tolist(), model_version=model.version, defaulted_columns=list(defaulted), unknown_ids=unknown
         )
+
+    def _score_batch(self, request: "pb.ScoreRequest", served: ServableModel | None):
+        """(model, EventBatch, defaulted columns) of a Score request; ``served``: the model read for it."""
+        self._check_size(request)
+        if request.pin_version < 0:
+            raise InvalidRequestError(f"pin_version must be >= 0 (0: the served version), got {request.pin_version}")
+        model = self._served(served, request.pin_version)
+        context = context_values(request.context, "context")
+        columns, n = candidate_columns(request, self.cfg.limits.max_candidates)
+        batch, defaulted = model.features.batch(context, columns, n)
+        return model, batch, defaulted
+
+    def score_many(self, requests: list) -> list:
+        """Score requests together (``serve.score_batch_size`` > 1: Ray Serve's ``@serve.batch`` hands a replica
+        the requests that arrived together): one model for all of them (read once: every answer names it), each
+        request validated and featurised on its own, then ONE forward over their rows. Returns, in order, a
+        ScoreResponse or the :class:`ServingError` refusing that request (the others are answered). Each request
+        is counted in telemetry with its code and the batch's time.
+
+        A request's scores come from a forward over the other requests' rows too: equal to scoring it alone up
+        to float rounding, not bit for bit (which is why batching is off by default). ``unknown_ids`` counts the
+        request's own ids without a row (its single-valued and list features)."""
+        t0 = time.perf_counter()
+        out: list = [None] * len(requests)
+        codes = ["INTERNAL"] * len(requests)
+        try:
+            served = self.follower.model
+            ready = []
+            for i, request in enumerate(requests):
+                try:
+                    ready.append((i, *self._score_batch(request, served)))
+                except ServingError as exc:
+                    out[i], codes[i] = exc, exc.code
+            if ready:
+                model = ready[0][1]  # every answered request has the one model read above
+                batches = [b for _, _, b, _ in ready]
+                scores, _ = model.score(batches[0] if len(batches) == 1 else EventBatch.concat(batches))
+                lo = 0
+                for i, _, b, defaulted in ready:
+                    out[i] = pb.ScoreResponse(
+                        scores=scores[lo : lo + len(b)].tolist(),
+                        model_version=model.version,
+                        defaulted_columns=list(defaulted),
+                        unknown_ids=_unknown_ids(model, b),
+                    )
+                    codes[i] = "OK"
+                    lo += len(b)
+        finally:
+            dt = time.perf_counter() - t0
+            for code in codes:
+                self.telemetry.request("Score", code, dt)
+        return out
 
     # -------------------------------------------------------------- Recommend
     def _recommend(self, request: "pb.RecommendRequest") -> "pb.RecommendResponse":
@@ -359,3 +432,16 @@ def _column(values: list, where: str) -> pa.Array:
 
 def _one(value) -> pa.Array:
     return _column([value], "value")
+
+
+def _unknown_ids(model: ServableModel, batch) -> int:
+    """Ids of ``batch`` that have no row in the model's tables (what ``ServableModel.score`` reports for a
+    batch scored alone), counted over the tables' features that the batch carries."""
+    unknown = 0
+    for cfg in model.core.ebc.embedding_bag_configs():
+        table = model.tables[cfg.name]
+        for f in cfg.feature_names:
+            if f in batch.sparse:
+                _, known = table.positions(batch.sparse[f])
+                unknown += int(len(known) - np.count_nonzero(known))
+    return unknown
