@@ -3,11 +3,25 @@ tests/support/data.py); and the order of the integration modules (grouped by the
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.support.data import ML100K_DIR, TAOBAO_CSV, require
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_writer_leases():
+    """After each module: forget (no I/O) the writer leases its version stores still hold. The stores and the
+    servers behind them (moto, started per module) are done with; left in ``versions.fencing``'s registry, a
+    lease on a stopped moto server was released by the next S3 module's teardown or by the interpreter's exit
+    hook, and s3fs retried each call against the dead server (a 24 s teardown in the last quiet run, 135 s
+    at exit in an earlier one)."""
+    yield
+    fencing = sys.modules.get("versions.fencing")
+    for store in list(fencing._HOLDING) if fencing is not None else []:
+        fencing._HOLDING.discard(store)  # no heartbeat renews it, no exit hook releases it
 
 
 @pytest.fixture(scope="session")
