@@ -34,7 +34,7 @@ ARGS = ["--spec", "taobao", "--batch-size", "128", "--seed", "7", "--ps-shards",
 
 def _stream(tmp_path, *extra: str) -> subprocess.Popen:
     log = open(tmp_path / f"stream-{time.monotonic_ns()}.log", "w")
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -55,12 +55,19 @@ def _stream(tmp_path, *extra: str) -> subprocess.Popen:
         start_new_session=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    proc.log_path = log.name
+    return proc
+
+
+def _exited_early(proc: subprocess.Popen, what: str) -> str:
+    with open(proc.log_path) as f:
+        return f"freshrec stream exited early ({proc.returncode}) waiting for {what}; its output:\n{f.read()[-4000:]}"
 
 
 def _wait_for_version(store: VersionStore, at_least: int, proc: subprocess.Popen, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while (store.latest() or 0) < at_least:
-        assert proc.poll() is None, f"freshrec stream exited early ({proc.returncode})"
+        assert proc.poll() is None, _exited_early(proc, f"version {at_least}")
         assert time.monotonic() < deadline, "no version was committed in time"
         time.sleep(0.2)
 
@@ -160,7 +167,7 @@ def _output(tmp_path) -> str:
 def _wait_until(what: str, predicate, proc: subprocess.Popen, timeout: float = 180):
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
-        assert proc.poll() is None, f"freshrec stream exited early ({proc.returncode}) waiting for {what}"
+        assert proc.poll() is None, _exited_early(proc, what)
         assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
         time.sleep(0.2)
     return value
