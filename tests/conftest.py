@@ -1,13 +1,27 @@
 """Shared test fixtures: the real data, with a clear skip when it is absent (the paths and helpers live in
-tests/support/data.py)."""
+tests/support/data.py); and the order of the integration modules (grouped by the shared Ray and Serve they use)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.support.data import ML100K_DIR, TAOBAO_CSV, require
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_writer_leases():
+    """After each module: forget (no I/O) the writer leases its version stores still hold. The stores and the
+    servers behind them (moto, started per module) are done with; left in ``versions.fencing``'s registry, a
+    lease on a stopped moto server was released by the next S3 module's teardown or by the interpreter's exit
+    hook, and s3fs retried each call against the dead server (a 24 s teardown in the last quiet run, 135 s
+    at exit in an earlier one)."""
+    yield
+    fencing = sys.modules.get("versions.fencing")
+    for store in list(fencing._HOLDING) if fencing is not None else []:
+        fencing._HOLDING.discard(store)  # no heartbeat renews it, no exit hook releases it
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +32,24 @@ def taobao_csv() -> Path:
 @pytest.fixture(scope="session")
 def ml100k_dir() -> Path:
     return require(ML100K_DIR / "ml-100k.inter").parent
+
+
+def _module_rank(items) -> int:
+    """0: an integration module that uses neither the shared Ray nor Serve (its own processes or cluster);
+    1: the shared Ray only; 2: the shared Ray and Serve; 3: everything else (the unit tests)."""
+    if not all("integration" in item.path.parts for item in items):
+        return 3
+    names = {name for item in items for name in getattr(item, "fixturenames", ())}
+    return 2 if "serve_port" in names else 1 if "ray_local" in names else 0
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Group the integration modules by what they share (tests/integration/conftest.py): the ones with their own
+    Rays first, then the ones on the shared Ray, then the ones on the shared Ray and Serve, so that the shared
+    Ray and the Serve proxy each start once per session instead of once per run of modules (in name order they
+    were started four and two times). Within a group, and within a module, the collected order is kept."""
+    modules: dict = {}
+    for item in items:
+        modules.setdefault(item.path, []).append(item)
+    order = sorted(modules.values(), key=_module_rank)  # stable: name order within a group
+    items[:] = [item for module in order for item in module]

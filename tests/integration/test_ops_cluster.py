@@ -6,6 +6,8 @@ RAY_AUTH_MODE=token and a random token, and stops it by its own process group (n
 `ray stop`, which would stop other people's Ray too). Then:
 
 * `freshrec submit ... -- config show` runs as a Ray job and `freshrec jobs list|status|logs` read it;
+* a submitted `freshrec stream` joins the cluster, commits versions, emits its series and is stopped by
+  `freshrec jobs stop`;
 * without the token, `freshrec jobs` and `--address` say that authentication failed;
 * without --address, freshrec starts its own Ray even when RAY_ADDRESS names this cluster;
 * a driver joins with --address, drives a parameter-server shard actor and the trainer's
@@ -209,59 +211,6 @@ def test_submit_runs_a_freshrec_command_as_a_ray_job(head):
     assert missing.returncode == 2 and "freshrec: error:" in missing.stderr
 
 
-def test_a_submitted_training_run_joins_the_cluster_and_commits_a_version(head, tmp_path):
-    from tests.support.data import synthetic_log
-    from trainer.data import Validator, load_spec
-    from trainer.data.split import split_into_files
-    from versions import VersionStore
-
-    log = tmp_path / "log.csv"
-    synthetic_log(log, rows=1500)
-    split_into_files([log], Validator(load_spec("taobao")), 300, tmp_path / "data", progress=False)
-    run_dir = tmp_path / "run"
-    sub = freshrec(
-        head,
-        "submit",
-        "--address",
-        head.dashboard,
-        "--python",
-        sys.executable,
-        "--follow",
-        "--timeout",
-        "240",
-        "--",
-        "train",
-        "--data",
-        str(tmp_path / "data"),
-        "--spec",
-        "taobao",
-        "--run-dir",
-        str(run_dir),
-        "--workers",
-        "1",
-        "--ps-shards",
-        "1",
-        "--batch-size",
-        "256",
-        timeout=300,
-    )
-    assert sub.returncode == 0, sub.stdout[-3000:] + sub.stderr[-3000:]
-    # FRESHREC_RAY_ADDRESS=auto from the runtime env: the job joined this cluster, no embedded Ray
-    assert re.search(rf"connecting to Ray at \S+:{head.ports['port']}\b", sub.stdout + sub.stderr), sub.stdout[-3000:]
-    assert "starting an embedded local Ray" not in sub.stdout + sub.stderr
-    manifest = VersionStore(str(run_dir / "versions")).list()[-1]
-    from trainer import bundle  # the manifest references the ledger (issue 19): its totals, not every entry
-
-    assert bundle.ledger_totals(manifest)[0] >= 2 and manifest.rows > 0
-    # the run's own emission points (worker.py, versioning.py, the shard actor) reached the metrics endpoint
-    want = {
-        "ray_freshrec_trainer_data_files_total",
-        "ray_freshrec_versions_committed_total",
-        "ray_freshrec_ps_push_latency_seconds_bucket",
-    }
-    wait_until("the training run's series", lambda: want <= set(scrape(head)), 60, every_s=2)
-
-
 def scrape(head: Head) -> dict[str, list[str]]:
     """{series name: sample lines} of freshrec's series on the head's metrics endpoint."""
     with urllib.request.urlopen(head.metrics_url, timeout=5) as r:
@@ -273,8 +222,22 @@ def scrape(head: Head) -> dict[str, list[str]]:
     return seen
 
 
-def test_a_streaming_job_runs_until_stopped(head, tmp_path):
-    (tmp_path / "incoming").mkdir()
+def test_a_submitted_stream_joins_the_cluster_commits_versions_and_runs_until_stopped(head, tmp_path):
+    """`freshrec stream` as a Ray job (what k8s/ and docs/operations.md run): it joins this cluster (no embedded
+    Ray), trains the data files already there, commits versions and emits its series, follows its directory,
+    and `freshrec jobs stop` stops it. (The one Ray Train job of this module: it was a `train` job and a
+    separate idle `stream` job.)"""
+    from tests.support.data import synthetic_log
+    from trainer import bundle  # the manifest references the ledger (issue 19): its totals, not every entry
+    from trainer.data import Validator, load_spec
+    from trainer.data.split import split_into_files
+    from versions import VersionStore
+
+    log = tmp_path / "log.csv"
+    synthetic_log(log, rows=1500)
+    files = split_into_files([log], Validator(load_spec("taobao")), 300, tmp_path / "incoming", progress=False).files
+    assert len(files) >= 2
+    run_dir = tmp_path / "run"
     sub = freshrec(
         head,
         "submit",
@@ -289,23 +252,47 @@ def test_a_streaming_job_runs_until_stopped(head, tmp_path):
         "--spec",
         "taobao",
         "--run-dir",
-        str(tmp_path / "run"),
+        str(run_dir),
         "--workers",
         "1",
         "--ps-shards",
         "1",
+        "--batch-size",
+        "256",
         "--idle-timeout",
         "600",
     )
     assert sub.returncode == 0, sub.stderr
     job_id = sub.stdout.splitlines()[0].strip()
-    # running and waiting for data files: the Ray Train worker has started (the table header is printed)
-    wait_until(
-        "the stream job to follow its directory",
-        lambda: "auc" in freshrec(head, "jobs", "logs", job_id, "--address", head.dashboard).stdout.lower(),
-        180,
-        every_s=3,
-    )
+    store = VersionStore(str(run_dir / "versions"))
+
+    def consumed() -> int:
+        latest = store.latest()
+        return bundle.ledger_totals(store.manifest(latest))[0] if latest else 0
+
+    def job_failed() -> str:
+        status = freshrec(head, "jobs", "status", job_id, "--address", head.dashboard).stdout
+        return status if "FAILED" in status or "STOPPED" in status else ""
+
+    try:
+        wait_until("a version holding every data file", lambda: consumed() == len(files), 240, every_s=0.5)
+    except AssertionError as exc:
+        logs = freshrec(head, "jobs", "logs", job_id, "--address", head.dashboard).stdout
+        raise AssertionError(f"{exc}; {job_failed()}; {logs[-3000:]}") from None
+    assert store.manifest(store.latest()).rows > 0
+    logs = freshrec(head, "jobs", "logs", job_id, "--address", head.dashboard).stdout
+    # FRESHREC_RAY_ADDRESS=auto from the runtime env: the job joined this cluster, no embedded Ray
+    assert re.search(rf"connecting to Ray at \S+:{head.ports['port']}\b", logs), logs[-3000:]
+    assert "starting an embedded local Ray" not in logs
+    # the run's own emission points (worker.py, versioning.py, the shard actor) reached the metrics endpoint
+    want = {
+        "ray_freshrec_trainer_data_files_total",
+        "ray_freshrec_versions_committed_total",
+        "ray_freshrec_ps_push_latency_seconds_bucket",
+    }
+    wait_until("the training run's series", lambda: want <= set(scrape(head)), 60, every_s=2)
+    # still following its directory: stopped on request
+    assert not job_failed()
     stop = freshrec(head, "jobs", "stop", job_id, "--wait", "--timeout", "90", "--address", head.dashboard)
     assert stop.returncode == 0 and f"{job_id}: STOPPED" in stop.stdout, stop.stdout + stop.stderr
     status = freshrec(head, "jobs", "status", job_id, "--address", head.dashboard)

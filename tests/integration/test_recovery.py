@@ -21,6 +21,7 @@ from trainer.config import ModelConfig
 from trainer.core import TrainerCore
 from trainer.data import Validator, read_data_file
 from trainer.run import TrainJob, run_ps_training
+from trainer.runfiles import request_stop
 from trainer.versioning import VersionKeeper
 from versions import VersionStore
 
@@ -111,7 +112,7 @@ def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(
                     history=history,
                     incoming=incoming,
                     drain=False,
-                    idle_timeout_s=8.0,
+                    idle_timeout_s=120.0,  # a bound only: the test requests the stop once every file is committed
                 ),
                 client=client,
                 on_event=events.append,
@@ -129,6 +130,14 @@ def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(
     os.kill(victim, signal.SIGKILL)
     for f in data_files[3:]:
         shutil.copy(f, incoming)
+    names = [f.name for f in data_files]
+    deadline = time.monotonic() + 300
+    while thread.is_alive() and time.monotonic() < deadline:
+        latest = store.latest()
+        if latest and [e.file for e in bundle.read_ledger(store, latest).entries] == names:
+            break
+        time.sleep(0.2)
+    request_stop(run_dir)  # every file is in a committed version: stop now (Ctrl-C's path), not after an idle wait
     thread.join(timeout=300)
     assert not thread.is_alive()
     assert "error" not in out, f"the run failed: {out.get('error')!r}; events: {events}"
