@@ -61,6 +61,10 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
     import ray.train
     import ray.train.torch
 
+    from trainer.data import storage
+
+    if config.channel is None:
+        raise ValueError("WorkerConfig.channel is None: trainer.run.run_ps_training makes the run's channel")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(config.job.train.seed)
@@ -71,10 +75,6 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
         from paramserver import create_parameter_server
 
         client = create_parameter_server(config.ps_cfg, placement="in_process")
-    from trainer.data import storage
-
-    if config.channel is None:
-        raise ValueError("WorkerConfig.channel is None: trainer.run.run_ps_training makes the run's channel")
     try:
         with storage.storage_options(config.job.storage_options):  # the data URLs' fsspec options
             _train(config.job, rank, world, client, RankZeroFiles(config.channel) if rank == 0 else None)
