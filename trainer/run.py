@@ -139,8 +139,6 @@ def run_ps_training(job: TrainJob, *, client=None, on_file=None, on_event=None):
         for stale in (paths.metrics, paths.ledger):
             stale.unlink(missing_ok=True)
 
-    channel = create_run_channel()  # rank 0 -> this driver's run directory (and STOP back)
-
     def follow_from(version: int | None) -> RunBook:
         """Apply rank 0's records to the run directory, from the records of ``version``'s data files on (later
         files are replayed)."""
@@ -162,6 +160,8 @@ def run_ps_training(job: TrainJob, *, client=None, on_file=None, on_event=None):
         run_dir=run_dir, history=_absolute(job.history), incoming=_absolute(job.incoming), store_url=store_url
     )
     use_gpu = torch.cuda.is_available()  # NCCL for the dense all-reduce on GPUs, gloo on CPU
+    # rank 0 -> this driver's run directory (and STOP back); made once the shards are laid out over the nodes
+    channel = create_run_channel()
     box = {"client": client, "follower": follow_from(resumed_from)}
 
     def attempt(i: int):
