@@ -61,6 +61,8 @@ class RunConfig:
         serve: {poll_interval_s: 0.2, replicas: 1, grpc_port: 9000, retrieve: 200, catalogue: [],
                 limits: {max_candidates: 1000, max_k: 1000}, ann_above: 1000000, ann_nprobe: 64}   # freshrec serve
         ray: {address: null}      # null: start an embedded local Ray; "auto" or host:port joins one
+        storage_options: {endpoint_url: "http://minio:9000", key: ..., secret: ...}   # fsspec options of a
+                                  # train/stream run's store, history and incoming URLs (never stored in a manifest)
 
     Where each setting is defined (its type, default and check): ``serve`` in ``serving/config.py``
     (``ServeConfig``, ``Limits``), ``ps`` in ``paramserver/config.py`` (``PSConfig``), ``model`` / ``train`` in
@@ -77,6 +79,7 @@ class RunConfig:
     publish: "PublishConfig" = None  # type: ignore[assignment]
     serve: "ServeConfig" = None  # type: ignore[assignment]
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+    storage_options: dict | None = None  # fsspec options of train/stream's store and data URLs (--storage-option)
 
     def __post_init__(self) -> None:
         from paramserver.config import PSConfig
@@ -100,6 +103,13 @@ class RunConfig:
             raise ConfigError(f"spec must name a feature spec (a YAML file or a built-in name), got {self.spec!r}")
         if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
             raise ConfigError(f"workers must be an integer >= 1 (Ray Train workers), got {self.workers!r}")
+        if self.storage_options is not None and not (
+            isinstance(self.storage_options, dict) and all(isinstance(k, str) and k for k in self.storage_options)
+        ):
+            raise ConfigError(
+                "storage_options must be a mapping of fsspec options (e.g. {endpoint_url: http://host:9000, "
+                f"key: ..., secret: ...}}), got {self.storage_options!r}"
+            )
         if self.ps.placement == "in_process" and self.workers > 1:
             raise ConfigError(
                 f"ps.placement=in_process hosts the shards in the one training worker's process, but "
@@ -114,7 +124,7 @@ class RunConfig:
         from trainer.config import TrainConfig, model_config_from_dict
 
         check_keys(cls, raw, "config")
-        kw: dict[str, Any] = {k: raw[k] for k in ("spec", "workers") if k in raw}
+        kw: dict[str, Any] = {k: raw[k] for k in ("spec", "workers", "storage_options") if k in raw}
         from versions import PublishConfig, SnapshotPolicy
 
         builders = {
@@ -141,9 +151,10 @@ class RunConfig:
     def to_dict(self, serve: bool = True) -> dict[str, Any]:
         """Plain YAML-able values (enums as their names, tuples as lists); ``ps`` holds the settings of a run's
         ``ps:`` section (what the run fills in from elsewhere is left out). ``serve=False`` leaves the
-        ``serve`` section out (what a training run stores in its versions' manifests: serving settings are
-        not part of a model)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if serve or f.name != "serve"}
+        ``serve`` section out, and ``storage_options`` (what a training run stores in its versions' manifests:
+        serving settings are not part of a model, and storage options may hold credentials)."""
+        left_out = () if serve else ("serve", "storage_options")
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in left_out}
         out = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in out.items()}
         out["ps"] = self.ps.settings()
         return _plain(out)

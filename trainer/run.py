@@ -1,7 +1,9 @@
 """The driver of a PS-mode run: the parameter server's shard actors and a Ray Train run over the data files.
 
-Needs a running Ray (``cluster.ray_runtime.ensure_ray`` starts or joins one). The driver
-tails the run's metrics for live per-file lines while the workers train.
+Needs a running Ray (``cluster.ray_runtime.ensure_ray`` starts or joins one). The run directory is the
+driver's: training rank 0 sends each data file's record, the ledger, its dead-letter lines and the final
+dense state through a channel actor, and the driver writes them there and prints the per-file lines
+(:mod:`trainer.runfiles`), so the workers may run on nodes with no disk in common with the driver.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from trainer import bundle
 from trainer.backends import ps_config_for
 from trainer.config import TrainJob
 from trainer.failure import DataFileError, FailurePolicy, supervise
-from trainer.runfiles import MetricsFollower, RunPaths, keep_metrics_of
+from trainer.runfiles import RunBook, RunPaths, create_run_channel, keep_metrics_of
 from trainer.worker import WorkerConfig, train_loop_per_worker
 
 __all__ = ["DataFileError", "RunResult", "TrainJob", "describe_ps", "resolve_placement", "run_ps_training"]
@@ -137,14 +139,13 @@ def run_ps_training(job: TrainJob, *, client=None, on_file=None, on_event=None):
         for stale in (paths.metrics, paths.ledger):
             stale.unlink(missing_ok=True)
 
-    def follow_from(version: int | None) -> MetricsFollower:
-        """Tail metrics.jsonl from the records of ``version``'s data files on (later files are replayed)."""
+    def follow_from(version: int | None) -> RunBook:
+        """Apply rank 0's records to the run directory, from the records of ``version``'s data files on (later
+        files are replayed)."""
         consumed = {e.file for e in bundle.read_ledger(store, version).entries} if version is not None else set()
-        follower = MetricsFollower(
-            paths.metrics, on_file or (lambda i, rec: None), skip=keep_metrics_of(paths.metrics, consumed)
-        )
-        follower.start()
-        return follower
+        book = RunBook(channel, paths, on_file or (lambda i, rec: None), skip=keep_metrics_of(paths.metrics, consumed))
+        book.start()
+        return book
 
     num_workers = job.num_workers
     ps_cfg = ps_config_for(job.spec, job.train, job.ps, num_workers=num_workers, model=job.model)
@@ -159,12 +160,14 @@ def run_ps_training(job: TrainJob, *, client=None, on_file=None, on_event=None):
         run_dir=run_dir, history=_absolute(job.history), incoming=_absolute(job.incoming), store_url=store_url
     )
     use_gpu = torch.cuda.is_available()  # NCCL for the dense all-reduce on GPUs, gloo on CPU
+    # rank 0 -> this driver's run directory (and STOP back); made once the shards are laid out over the nodes
+    channel = create_run_channel()
     box = {"client": client, "follower": follow_from(resumed_from)}
 
     def attempt(i: int):
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config=WorkerConfig(resolved, ps_cfg, box["client"]),
+            train_loop_config=WorkerConfig(resolved, ps_cfg, box["client"], channel),
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             scaling_config=ray.train.ScalingConfig(
                 num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=None if use_gpu else {"CPU": 1}
@@ -190,6 +193,7 @@ def run_ps_training(job: TrainJob, *, client=None, on_file=None, on_event=None):
         supervise(attempt, policy, restart)
     finally:
         box["follower"].stop()
+        ray.kill(channel)
         if not job.keep_ps and box["client"] is not None:
             box["client"].shutdown()
     client = box["client"]

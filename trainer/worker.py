@@ -7,19 +7,20 @@ trains on its part of every global minibatch, and pushes/pulls rows through its 
 parameter-server client. A file whose bytes changed after it was consumed is refused: recorded
 in the ledger with status ``changed``, dead-lettered with reason ``changed after consumption``,
 counted (``freshrec_trainer_dead_letters_total``) and logged; never trained. Rank 0 scores
-each file first (progressive validation) and keeps the books: metrics.jsonl, ledger.json,
-the dead-letter file and, at a clean end, dense.pt. With a version store, every rank first
-restores the newest valid version (rank 0 restores the shards), and a version is cut at the
-data-file boundaries the snapshot policy picks (:mod:`trainer.versioning`).
+each file first (progressive validation) and keeps the books: each file's metrics record, the
+ledger, the dead-letter lines and, at a clean end, the dense state go to the driver through Ray
+(:mod:`trainer.runfiles`), which writes them into ITS run directory (rank 0 may be on a node with
+no disk in common); a stop request comes back the same way. Data URLs are opened with the run's
+``storage_options``. With a version store, every rank first restores the newest valid version
+(rank 0 restores the shards), and a version is cut at the data-file boundaries the snapshot
+policy picks (:mod:`trainer.versioning`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,7 +32,7 @@ from trainer.data import DeadLetterWriter, Validator, check_file_report, read_da
 from trainer.data.follow import IdleTick, follow_data_files
 from trainer.data.reasons import CHANGED_FILE
 from trainer.data.state import DataState
-from trainer.runfiles import RunPaths, write_atomic
+from trainer.runfiles import LocalRunChannel, RankZeroFiles
 from trainer.telemetry import record_file
 from trainer.versioning import VersionKeeper, collectives
 
@@ -46,17 +47,24 @@ class WorkerConfig:
     no versions). ps_cfg: the parameter server's config, tables included (placement resolved).
     client: the driver's PS client (shard actors; each rank takes ``client.for_rank(rank)``), or None
     when the shards live in the (one) worker's process (``ps.placement`` in_process).
+    channel: the driver's :class:`trainer.runfiles.RunChannel` actor (rank 0 sends the run directory's
+    files through it; every rank's stop decision comes from it through rank 0).
     """
 
     job: TrainJob
     ps_cfg: PSConfig
     client: Any = None
+    channel: Any = None
 
 
 def train_loop_per_worker(config: WorkerConfig) -> None:
     import ray.train
     import ray.train.torch
 
+    from trainer.data import storage
+
+    if config.channel is None:
+        raise ValueError("WorkerConfig.channel is None: trainer.run.run_ps_training makes the run's channel")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(config.job.train.seed)
@@ -68,13 +76,19 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
 
         client = create_parameter_server(config.ps_cfg, placement="in_process")
     try:
-        _train(config.job, rank, world, client)
+        with storage.storage_options(config.job.storage_options):  # the data URLs' fsspec options
+            _train(config.job, rank, world, client, _rank_zero_files(config.channel) if rank == 0 else None)
     finally:
         if config.client is None:
             client.shutdown()
 
 
-def _train(job: TrainJob, rank: int, world: int, client) -> None:
+def _rank_zero_files(channel) -> RankZeroFiles:
+    """Rank 0's side of the run channel: the driver's RunChannel actor, or a LocalRunChannel (no Ray)."""
+    return channel.files() if isinstance(channel, LocalRunChannel) else RankZeroFiles(channel)
+
+
+def _train(job: TrainJob, rank: int, world: int, client, book: RankZeroFiles | None) -> None:
     import ray.train
     import ray.train.torch
 
@@ -90,8 +104,7 @@ def _train(job: TrainJob, rank: int, world: int, client) -> None:
         wrap_model=wrap,
         device=ray.train.torch.get_device(),
     )
-    paths = RunPaths(Path(job.run_dir))
-    dead = DeadLetterWriter(paths.dead_letter if rank == 0 else None)
+    dead = book.dead_letters() if book is not None else DeadLetterWriter(None)
     validator = Validator(spec, dead, stream=True)  # late events: the spec's lateness policy
     data_state = DataState(validator, lambda: core.ledger)  # saved with every version, restored with it
     history, incoming = job.history, job.incoming  # absolute paths or fsspec URLs
@@ -114,7 +127,7 @@ def _train(job: TrainJob, rank: int, world: int, client) -> None:
     files = 0
     extra_epochs = job.train.history_epochs > 1
     history_batches: list = []  # train.history_epochs: the history files of this run, for the extra passes
-    for ref in _followed(rank, broadcast, job, core.ledger, paths):
+    for ref in _followed(rank, broadcast, job, core.ledger, book):
         if isinstance(ref, IdleTick):  # waiting for files: a version whose write failed is cut again now
             if keeper is not None:
                 keeper.after_idle()
@@ -147,11 +160,9 @@ def _train(job: TrainJob, rank: int, world: int, client) -> None:
                 "picked_up_at": picked_up_at,
                 "wall_time": time.time(),
             }
-            with open(paths.metrics, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            book.file_done(record, core.ledger.to_json(), dead)  # on the driver's disk before we go on
             record_file(record, report)  # Prometheus series through Ray's metrics
-            write_atomic(paths.ledger, core.ledger.to_json())
-        stop = broadcast(paths.stop.exists() if rank == 0 else None)  # one decision for every rank
+        stop = broadcast(book.stop_requested() if rank == 0 else None)  # one decision for every rank
         if keeper is not None:
             keeper.after_file(force=bool(stop), picked_up_at=picked_up_at if rank == 0 else None)
         if stop:
@@ -163,7 +174,7 @@ def _train(job: TrainJob, rank: int, world: int, client) -> None:
     if keeper is not None:
         keeper.finish()
     if rank == 0:
-        torch.save(core.state_dict(), paths.dense)
+        book.dense(core.state_dict())
     ray.train.report(
         {
             "files": files,
@@ -214,7 +225,7 @@ def _refuse(ref, core, dead, rank: int) -> None:
 IDLE_TICK_S = 2.0  # while a stream waits for files: how often the ranks meet to retry a failed version
 
 
-def _followed(rank: int, broadcast, job: TrainJob, ledger, paths: RunPaths):
+def _followed(rank: int, broadcast, job: TrainJob, ledger, book: RankZeroFiles | None):
     """The data files to train on, in the same order on every rank: rank 0 follows the directories
     and broadcasts each file (None: the end, also on a stop request while it waits for files; an
     :class:`IdleTick` every ``IDLE_TICK_S`` while it waits, when the run keeps versions)."""
@@ -226,7 +237,7 @@ def _followed(rank: int, broadcast, job: TrainJob, ledger, paths: RunPaths):
             ledger,
             job.drain,
             idle_timeout_s=job.idle_timeout_s,
-            stop=paths.stop.exists,
+            stop=book.stop_requested,
             idle_tick_s=IDLE_TICK_S if job.store_url else None,
         )
     while True:

@@ -66,7 +66,7 @@ def run_stream_in_process(argv: list[str], storage_options: dict | None = None) 
     from cluster.commands.train import check_inputs, cli_job
     from trainer.backends import ps_config_for
     from trainer.run import _absolute, resolve_placement
-    from trainer.runfiles import RunPaths
+    from trainer.runfiles import LocalRunChannel, RunPaths
     from trainer.worker import WorkerConfig, train_loop_per_worker
 
     args = build_parser().parse_args(argv)
@@ -104,7 +104,7 @@ def run_stream_in_process(argv: list[str], storage_options: dict | None = None) 
         patches.enter_context(mock.patch.object(ray.train.torch, "get_device", lambda: torch.device("cpu")))
         patches.enter_context(mock.patch.object(ray.train, "report", lambda metrics, *a, **k: reports.append(metrics)))
         try:
-            train_loop_per_worker(WorkerConfig(job, ps_cfg, None))
+            train_loop_per_worker(WorkerConfig(job, ps_cfg, None, LocalRunChannel(run_dir)))
         finally:
             torch.set_num_threads(threads)
     return reports[-1] if reports else {}

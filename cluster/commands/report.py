@@ -32,6 +32,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="the run's version store when it is not RUN_DIR/versions (s3://...)",
     )
+    from cluster.commands.snapshots import _option
+
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        type=_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec storage option of --store (repeatable), as for freshrec stream",
+    )
     p.set_defaults(func=_report)
 
 
@@ -42,7 +52,7 @@ def _report(args: argparse.Namespace) -> int:
         raise UserError(
             f"--run-dir {args.run_dir} is not a run directory: pass the --run-dir of a freshrec train/stream run"
         )
-    summary = collect(args.run_dir, args.store)
+    summary = collect(args.run_dir, args.store, dict(args.storage_option) or None)
     out = args.out or args.run_dir / "report"
     paths = write_report(summary, out)
     for path in paths:

@@ -9,7 +9,16 @@ from cluster.commands.options import add_run_options, run_config_from_args
 from cluster.errors import UserError
 
 
+def _location(text: str) -> str | Path:
+    """A data location: a local directory (a Path) or an fsspec URL such as s3://bucket/prefix (kept as given)."""
+    from trainer.data import storage
+
+    return text if storage.is_url(text) else Path(text)
+
+
 def _training_options(p: argparse.ArgumentParser) -> None:
+    from cluster.commands.snapshots import _option
+
     p.add_argument(
         "--run-dir",
         type=Path,
@@ -19,6 +28,15 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--store", default=None, metavar="URL", help="version store (default RUN_DIR/versions; s3://... works)"
+    )
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        type=_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec storage option of the store, history and incoming URLs (repeatable; the value is JSON or "
+        "text), e.g. endpoint_url=http://minio:9000 key=... secret=...; merged over the config's storage_options",
     )
     add_run_options(p)
 
@@ -30,7 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train on every data file of --data in name (time) order, scoring each file before "
         "training on it (progressive validation). Prints one line per data file.",
     )
-    t.add_argument("--data", type=Path, required=True, help="directory of data files (freshrec data split)")
+    t.add_argument(
+        "--data", type=_location, required=True, help="directory (or URL) of data files (freshrec data split)"
+    )
     _training_options(t)
     t.set_defaults(func=_train)
 
@@ -41,30 +61,50 @@ def register(sub: argparse._SubParsersAction) -> None:
         "up within a second of landing, trained on once, and recorded in the run's ledger. "
         "Runs until stopped, or until the directory is drained with --drain.",
     )
-    s.add_argument("--incoming", type=Path, required=True)
-    s.add_argument("--history", type=Path, default=None)
+    s.add_argument("--incoming", type=_location, required=True, help="directory or URL (s3://bucket/prefix)")
+    s.add_argument("--history", type=_location, default=None, help="directory or URL of the history's data files")
     s.add_argument("--drain", action="store_true", help="stop once every data file present has been consumed")
     s.add_argument("--idle-timeout", type=float, default=None, help="stop after this many seconds without a new file")
     _training_options(s)
     s.set_defaults(func=_stream)
 
 
-def _data_files(d: Path, what: str) -> list[Path]:
-    from trainer.data import expand_inputs
+def _data_files(d: str | Path, what: str, storage_options: dict | None = None) -> list:
+    from trainer.data import expand_inputs, storage
+    from trainer.data.pipeline import is_data_file_name
 
-    if not d.is_dir():
+    if storage.is_url(str(d)):  # an object-store prefix with no objects yet is an empty directory
+        try:
+            with storage.storage_options(storage_options):
+                if storage.is_dir(d):
+                    return [f.path for f in storage.list_files(d) if is_data_file_name(f.name)]
+                return [str(d)] if storage.exists(d) else []
+        except Exception as exc:
+            raise UserError(
+                f"{what} {d} cannot be listed ({type(exc).__name__}: {exc}): check the store's address and "
+                "credentials (--storage-option endpoint_url=... --storage-option key=... --storage-option "
+                "secret=..., the config's storage_options, or the AWS_* environment)"
+            ) from None
+    if not Path(d).is_dir():
         raise UserError(
             f"{what} {d} is not a directory of data files (make one with: freshrec data split ... --out {d})"
         )
     return expand_inputs([d])
 
 
-def check_inputs(history: Path | None, incoming: Path | None, drain: bool) -> None:
-    """Refuse, before Ray starts, directories that do not exist or a run with nothing to train on."""
+def storage_options_from_args(args: argparse.Namespace, cfg) -> dict | None:
+    """The config's ``storage_options`` with each ``--storage-option KEY=VALUE`` over it (None: none)."""
+    options = {**(cfg.storage_options or {}), **dict(getattr(args, "storage_option", None) or [])}
+    return options or None
+
+
+def check_inputs(history, incoming, drain: bool, storage_options: dict | None = None) -> None:
+    """Refuse, before Ray starts, directories that do not exist, URLs that cannot be listed (with
+    ``storage_options``) or a run with nothing to train on."""
     found = 0
     for d, what in ((history, "--history"), (incoming, "--incoming")):
         if d is not None:
-            found += len(_data_files(d, what))
+            found += len(_data_files(d, what, storage_options))
     if found == 0 and (incoming is None or drain):
         where = " and ".join(str(d) for d in (history, incoming) if d is not None)
         raise UserError(
@@ -72,7 +112,7 @@ def check_inputs(history: Path | None, incoming: Path | None, drain: bool) -> No
         )
 
 
-def cli_job(args, cfg, spec, history: Path | None, incoming: Path | None, drain: bool, idle_timeout=None):
+def cli_job(args, cfg, spec, history, incoming, drain: bool, idle_timeout=None, storage_options: dict | None = None):
     """The :class:`trainer.config.TrainJob` that ``train`` / ``stream`` run for these arguments (``cfg``, ``spec``:
     :func:`run_config_from_args`). The chaos harness's in-process reference builds its job here too."""
     from trainer.config import TrainJob
@@ -90,19 +130,21 @@ def cli_job(args, cfg, spec, history: Path | None, incoming: Path | None, drain:
         num_workers=cfg.workers,
         idle_timeout_s=idle_timeout,
         store_url=args.store or str((args.run_dir / "versions").absolute()),
+        storage_options=storage_options,
         snapshots=cfg.snapshots,
         publish=cfg.publish,
         version_extra=version_extra(cfg.spec, cfg.to_dict(serve=False)),
     )
 
 
-def run_and_summarise(args, history: Path | None, incoming: Path | None, drain: bool, idle_timeout=None) -> int:
+def run_and_summarise(args, history, incoming, drain: bool, idle_timeout=None) -> int:
     from trainer.plots import table_header, table_row
 
     if idle_timeout is not None and idle_timeout <= 0:
         raise UserError(f"--idle-timeout must be > 0 seconds, got {idle_timeout}")
     cfg, spec = run_config_from_args(args)
-    check_inputs(history, incoming, drain)
+    options = storage_options_from_args(args, cfg)
+    check_inputs(history, incoming, drain, options)
 
     from cluster.ray_runtime import ensure_ray
     from trainer.run import describe_ps, run_ps_training
@@ -116,10 +158,10 @@ def run_and_summarise(args, history: Path | None, incoming: Path | None, drain: 
     from trainer.run import DataFileError
 
     store_url = args.store or str((args.run_dir / "versions").absolute())
-    with graceful_stop(args.run_dir) as stopping, VersionTicker(store_url):
+    with graceful_stop(args.run_dir) as stopping, VersionTicker(store_url, storage_options=options):
         try:
             result, _ = run_ps_training(
-                cli_job(args, cfg, spec, history, incoming, drain, idle_timeout),
+                cli_job(args, cfg, spec, history, incoming, drain, idle_timeout, options),
                 on_file=lambda i, m: print(table_row(i, m), flush=True),
                 on_event=lambda text: print(text, flush=True),
             )
@@ -128,7 +170,7 @@ def run_and_summarise(args, history: Path | None, incoming: Path | None, drain: 
                 f"{exc} (the versions committed so far are intact; fix the spec or the file and run "
                 f"the same command again)"
             ) from None
-    print_summary(result)
+    print_summary(result, options)
     if stopping.requested:
         print(
             "stopped on request: the last version above holds everything trained so far; run the same command "
@@ -141,7 +183,7 @@ def run_and_summarise(args, history: Path | None, incoming: Path | None, drain: 
     return 0
 
 
-def print_summary(result) -> None:
+def print_summary(result, storage_options: dict | None = None) -> None:
     from trainer import bundle
     from versions import VersionStore
 
@@ -152,7 +194,7 @@ def print_summary(result) -> None:
             f"AUC {last['cumulative_auc']:.4f}; run directory {result.run_dir}"
         )
     if result.store_url:
-        manifests = VersionStore(result.store_url).list()
+        manifests = VersionStore(result.store_url, storage_options).list()
         if manifests:
             m = manifests[-1]
             print(
@@ -173,12 +215,19 @@ class VersionTicker:
     way). A version whose manifest cannot be read is retried at the next poll on a transient error, and
     reported as unreadable (and passed) on any other."""
 
-    def __init__(self, store_url: str, poll_s: float = 0.3, attempts: int = 5, backoff_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        store_url: str,
+        poll_s: float = 0.3,
+        attempts: int = 5,
+        backoff_s: float = 0.2,
+        storage_options: dict | None = None,
+    ) -> None:
         import threading
 
         from versions import VersionStore
 
-        self.store = VersionStore(store_url)
+        self.store = VersionStore(store_url, storage_options)
         self.poll_s = poll_s
         self.seen: int | None = self._first_reading(max(1, attempts), backoff_s)  # None: not read yet
         self._stop = threading.Event()

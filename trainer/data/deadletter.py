@@ -10,6 +10,16 @@ from pathlib import Path
 from typing import IO
 
 
+def dead_letter_lines(source: str, rows, reasons, details, raws) -> list[str]:
+    """The JSON Lines (without newlines) of rejected rows, as a dead-letter file holds them."""
+    return [
+        json.dumps(
+            {"source": source, "row": int(r), "reason": str(reason), "detail": d, "raw": raw}, ensure_ascii=False
+        )
+        for r, reason, d, raw in zip(rows, reasons, details, raws)
+    ]
+
+
 class DeadLetterWriter:
     """Appends rejected rows to a JSON Lines file (opened lazily, flushed per write)."""
 
@@ -25,12 +35,7 @@ class DeadLetterWriter:
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "a", encoding="utf-8")
-        lines = [
-            json.dumps(
-                {"source": source, "row": int(r), "reason": str(reason), "detail": d, "raw": raw}, ensure_ascii=False
-            )
-            for r, reason, d, raw in zip(rows, reasons, details, raws)
-        ]
+        lines = dead_letter_lines(source, rows, reasons, details, raws)
         if lines:
             self._fh.write("\n".join(lines) + "\n")
             self._fh.flush()
