@@ -56,7 +56,7 @@ import numpy as np
 
 DESCRIPTION = (
     "soak: tiny data files, one version each, a Serve replica following, gc on; RSS per process per "
-    "1,000 versions, commit time and freshness last 10% vs first 10%, restart after N vs after 10 files"
+    "1,000 versions, commit time and freshness last tenth vs first tenth of the files, restart after N vs after 10 files"
 )
 APP_NAME = "freshrec"  # serving.app.APP_NAME (importing serving.app imports Ray Serve)
 BASE_TS = 1_511_600_000
