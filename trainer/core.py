@@ -103,7 +103,7 @@ def count_anchor(ids: np.ndarray, grads: np.ndarray) -> None:
     ``beta sqrt(c) / B`` instead of ``beta c / B``: row-wise Adagrad's accumulator then grows with the id's
     occurrences (FTRL's n), not with their square (trainer/model.py).
 
-    >>> g = np.ones((3, 4), np.float32); count_anchor(np.array([7, 7, 9]), g); g[:, 1].round(4).tolist()
+    >>> g = np.ones((3, 4), np.float32); count_anchor(np.array([7, 7, 9]), g); [round(x, 4) for x in g[:, 1].tolist()]
     [0.7071, 0.7071, 1.0]
     """
     if not len(ids):
