@@ -127,6 +127,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the model's first-order part (model.wide; default: the model's default)",
     )
     p.add_argument(
+        "--wide-anchor",
+        choices=("row", "count"),
+        default=None,
+        help="model.wide_anchor (default: the model's, count; row: issue 24's second pass)",
+    )
+    p.add_argument(
+        "--wide-bias",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="model.wide_bias, the wide part's intercept (default: the model's, on)",
+    )
+    p.add_argument(
         "--embedding-dim",
         type=int,
         default=None,
@@ -286,8 +298,9 @@ def _run_one(args: argparse.Namespace) -> dict:
             **extra,
         )
         bottom = (args.embedding_dim or 16) if args.interaction == "dot" else 16  # dot: == the embedding dim
+        wide = {"wide": args.wide, "wide_anchor": args.wide_anchor, "wide_bias": args.wide_bias}
         model = ModelConfig(
-            interaction=args.interaction, bottom_mlp=(bottom,), **({} if args.wide is None else {"wide": args.wide})
+            interaction=args.interaction, bottom_mlp=(bottom,), **{k: v for k, v in wide.items() if v is not None}
         )
         lr = (
             FTRLConfig(
@@ -329,6 +342,8 @@ def _run_one(args: argparse.Namespace) -> dict:
         | {
             "interaction": args.interaction,
             "wide": model.wide,
+            "wide_anchor": model.wide_anchor,
+            "wide_bias": model.wide_bias,
             "history_files": args.history_files,
             "embedding_dims": sorted({f.dim for f in spec.model_sparse}),
             "files": f"every {args.every or '5m'}" if every else f"{n_files} equal-count",

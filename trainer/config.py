@@ -20,6 +20,7 @@ INTERACTIONS = ("dcn", "dot")
 ARCHS = ("dlrm", "torchrec_dlrm", "torchrec_dlrm_dcn")
 DENSE_OPTIMIZERS = ("adagrad", "sgd")
 SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
+WIDE_ANCHORS = ("row", "count")
 
 
 @enum.unique
@@ -48,6 +49,10 @@ class ModelConfig:
     archs. The weights are PS tables like the others (``<feature>__wide``, FBGEMM row-wise Adagrad,
     versioned and served alike); FBGEMM's smallest row is 4 floats, so the weight is column 0 of a
     4-wide row whose other columns stay 0 (zero init, zero gradient).
+    ``wide_beta`` / ``wide_anchor`` / ``wide_dense_gain`` / ``wide_bias``: how the wide part learns like an
+    FTRL-Proximal LR (trainer/model.py, docs/training.md "The first-order (wide) part"): the anchor's
+    size, ``count`` (an id's Adagrad accumulator grows with its occurrences, FTRL's n) or ``row`` (with
+    their square: the second pass's path), the dense term's rate, and the wide intercept.
     """
 
     interaction: str = "dcn"
@@ -59,6 +64,8 @@ class ModelConfig:
     wide: bool | None = None  # None: on for arch dlrm (measured, docs/benchmarks.md), off for TorchRec's
     wide_beta: float = 2.0  # the wide weights' FTRL-like step (trainer/model.py); 0: plain row-wise Adagrad
     wide_dense_gain: float = 16.0  # the wide dense term learns at this multiple of train.dense_lr; 1: as the rest
+    wide_bias: bool = True  # the wide part's own intercept (FTRL's bias coordinate), at wide_dense_gain
+    wide_anchor: str = "count"  # row: anchor beta/B per row using an id; count: beta/(B sqrt(c)), c = the id's rows
 
     def __post_init__(self) -> None:
         if self.wide is None:
@@ -71,6 +78,10 @@ class ModelConfig:
             raise ConfigError(f"model.interaction must be one of {list(INTERACTIONS)}, got {self.interaction!r}")
         if not isinstance(self.wide, bool):
             raise ConfigError(f"model.wide must be true or false, got {self.wide!r}")
+        if not isinstance(self.wide_bias, bool):
+            raise ConfigError(f"model.wide_bias must be true or false, got {self.wide_bias!r}")
+        if self.wide_anchor not in WIDE_ANCHORS:
+            raise ConfigError(f"model.wide_anchor must be one of {list(WIDE_ANCHORS)}, got {self.wide_anchor!r}")
         if self.wide and self.arch != "dlrm":
             raise ConfigError(
                 f"model.wide adds a first-order part to freshrec's own DLRM; model.arch={self.arch!r} "
@@ -193,6 +204,8 @@ def model_config_of_version(raw: dict[str, Any] | None) -> ModelConfig:
     raw.setdefault("wide", False)
     raw.setdefault("wide_beta", 0.0)  # versions before the LR-like wide path (issue 24): as they were trained
     raw.setdefault("wide_dense_gain", 1.0)
+    raw.setdefault("wide_bias", False)  # versions before the wide intercept: none
+    raw.setdefault("wide_anchor", "row")
     return model_config_from_dict(raw)
 
 

@@ -52,7 +52,7 @@ from trainer.data import DataLedger, EventBatch, RunningStats
 from trainer.features import DynamicFeatures
 from trainer.metrics import FileMetrics, ProgressiveValidator
 from trainer.model import build_model
-from trainer.sparse import batch_to_kjt, find_collection
+from trainer.sparse import WIDE_SUFFIX, batch_to_kjt, find_collection
 from trainer.strategies import Action, Decision, fuse, make_policy
 
 SCORE_BATCH = 8192
@@ -95,6 +95,21 @@ def _merge_rows(
         r[~shared[t]] = rest[t]
         out[t] = r
     return out
+
+
+def count_anchor(ids: np.ndarray, grads: np.ndarray) -> None:
+    """``model.wide_anchor: count``: divide the anchor column (1) of a wide table's per-occurrence gradients by
+    the square root of the id's occurrences in the step, in place, so an id in c rows gets an anchor of
+    ``beta sqrt(c) / B`` instead of ``beta c / B``: row-wise Adagrad's accumulator then grows with the id's
+    occurrences (FTRL's n), not with their square (trainer/model.py).
+
+    >>> g = np.ones((3, 4), np.float32); count_anchor(np.array([7, 7, 9]), g); [round(x, 4) for x in g[:, 1].tolist()]
+    [0.7071, 0.7071, 1.0]
+    """
+    if not len(ids):
+        return
+    _, inv, cnt = np.unique(ids, return_inverse=True, return_counts=True)
+    grads[:, 1] /= np.sqrt(cnt[inv]).astype(np.float32)
 
 
 class TrainerCore:
@@ -146,6 +161,11 @@ class TrainerCore:
         self.base_model = base.to(self.device)
         self.ebc = find_collection(self.base_model)
         self.features = list(self.ebc.feature_names)
+        # model.wide_anchor count: the wide tables whose anchor column is scaled per id (count_anchor)
+        m = self.model_cfg
+        count = m.wide and m.wide_beta and m.wide_anchor == "count" and not self._user_model
+        wide = [t.name for t in self.ebc.embedding_bag_configs() if t.name.endswith(WIDE_SUFFIX)]
+        self._count_anchor = wide if count else []
         self.model = self._wrap(self.base_model) if self._wrap is not None else self.base_model
         self.optimizer = dense_optimizer(self.base_model.parameters(), self.cfg)
         self.stats = RunningStats(len(self.spec.model_dense_names))
@@ -285,6 +305,8 @@ class TrainerCore:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grads = ebc.take_grads(1.0 / world)
+            for t in self._count_anchor:
+                count_anchor(grads[t][0], grads[t][1])
             if self.async_mode or nxt >= n:
                 pending.append(backend.push_many(grads, step=step0 + k))
             else:  # sync: one round trip per shard pushes step k and brings step k+1+depth's rows

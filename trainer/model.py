@@ -18,20 +18,26 @@ collection (``arch: torchrec_dlrm`` / ``torchrec_dlrm_dcn``)::
 
 With ``model.wide`` (Wide&Deep / DeepFM's first-order part) the collection also holds one wide table
 per sparse feature (``<feature>__wide``, rows of 4 floats: FBGEMM's smallest, zero at start) and the
-logit gains ``sum_f w_f[id]`` (column 0 of each pooled wide row) plus ``wide_dense_gain * <v, dense>``,
-a linear term of the normalised dense features (a dense parameter, zero at start). The wide part is an
-LR-like path that learns like FTRL on a new log (issue 24, docs/training.md "The wide part"):
+logit gains ``sum_f w_f[id]`` (column 0 of each pooled wide row) plus ``wide_dense_gain * (<v, dense> + b)``,
+a linear term of the normalised dense features and, with ``model.wide_bias``, an intercept ``b`` (dense
+parameters, zero at start). The wide part is an LR-like path that learns like FTRL on a new log (issue 24,
+docs/training.md "The wide part"):
 
 * the weights' step: FBGEMM's row-wise Adagrad divides a row's step by the root of its accumulated
   mean squared gradient, so a weight alone in its row would move by ~2 lr per step whatever the
   gradient's size (sign-like). Column 1 of each wide row gets a constant gradient ``wide_beta / B``
-  per row that uses the id (it is never read). An id in c rows of a batch of B with residuals
-  r = p - y gets g = sum(r) / B on the weight and c * beta / B on the anchor, so its first step is
-  2 lr sum(r) / sqrt(sum(r)^2 + (c beta)^2): proportional to the residuals, independent of B, like
-  FTRL's alpha / (beta + sqrt(n)) (later steps divide by the accumulated sum, as both do).
-  ``wide_beta: 0`` is plain row-wise Adagrad (columns 1-3 stay 0);
+  per row that uses the id (the anchor; it is never read). With ``wide_anchor: count`` (the default)
+  the training core then divides each occurrence's anchor by sqrt(c), c the id's occurrences in the
+  step (:func:`trainer.core.count_anchor`). An id in c rows of a batch of B with residuals r = p - y
+  gets g = sum(r) / B on the weight and a = beta sqrt(c) / B on the anchor (``row``: beta c / B), so
+  each step is 2 lr sum(r) / sqrt(sum over steps of (sum(r)^2 + beta^2 c)): the accumulator grows
+  with the id's occurrences like FTRL's n in alpha / (beta + sqrt(n)), and a frequent id moves more
+  per step than a rare one, as in FTRL (``row``: with their square, so every id moved alike whatever
+  its count). ``wide_beta: 0`` is plain row-wise Adagrad (columns 1-3 stay 0);
 * the dense term is multiplied by ``wide_dense_gain``: Adagrad's step on ``v`` is ~dense_lr whatever
   the scale, so its step on the logit is ``wide_dense_gain * dense_lr`` (0.003 * 16 ~ FTRL's 0.05);
+  the intercept ``b`` (FTRL's bias coordinate) learns at that rate too, where the head's bias (the deep
+  part's intercept) moves by dense_lr per step;
 * the deep part's head starts at zero weights, so a new model's logit is its wide part's (and the
   head's bias): the deep part's random embeddings add no noise to the first rankings.
 """
@@ -141,9 +147,11 @@ class DLRM(nn.Module):
         self.top = mlp(cfg.top_mlp, width)
         self.head = nn.Linear(cfg.top_mlp[-1] if cfg.top_mlp else width, 1)
         # the wide part's dense term: the normalised dense features, linearly (Wide&Deep's wide part sees them too)
-        self.wide_dense = nn.Linear(max(dense_dim, 1), 1, bias=False) if self.wide_keys else None
+        self.wide_dense = nn.Linear(max(dense_dim, 1), 1, bias=cfg.wide_bias) if self.wide_keys else None
         if self.wide_dense is not None:
             nn.init.zeros_(self.wide_dense.weight)
+            if self.wide_dense.bias is not None:  # the wide intercept (FTRL's bias coordinate), at the term's gain
+                nn.init.zeros_(self.wide_dense.bias)
             # the deep part's contribution starts at zero (its head's weights; the head's bias is the intercept):
             # on a new log the logit is the wide part's at first, the deep part grows in as it learns
             nn.init.zeros_(self.head.weight)
@@ -163,7 +171,7 @@ class DLRM(nn.Module):
             gram = torch.bmm(z, z.transpose(1, 2))
             x = torch.cat([b, gram[:, self._tri[0], self._tri[1]]], dim=1)
         logit = self.head(self.top(x)).squeeze(1)
-        if self.wide_dense is not None:  # first order: sum_f w_f[id] (column 0 of the wide rows) + <v, dense>
+        if self.wide_dense is not None:  # first order: sum_f w_f[id] (column 0 of the wide rows) + <v, dense> + b
             beta = self.cfg.wide_beta
             wide = torch.stack([_WideWeight.apply(emb[k], beta) for k in self.wide_keys], dim=1).sum(dim=1)
             logit = logit + wide + self.cfg.wide_dense_gain * self.wide_dense(dense).squeeze(1)

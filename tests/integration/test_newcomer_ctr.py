@@ -33,13 +33,7 @@ def _sample(name: str) -> Path:
     return path
 
 
-NOT_MET = pytest.mark.xfail(
-    strict=True,
-    reason="issue 24, not met on the Avazu sample: 0.3733 vs the LR's 0.6533 on 20 held-out rows (docs/benchmarks.md)",
-)
-
-
-@pytest.mark.parametrize("case", [pytest.param("avazu", marks=NOT_MET), "criteo"])
+@pytest.mark.parametrize("case", ["avazu", "criteo"])
 def test_newcomer_path_on_a_public_ctr_sample_beats_lr_on_the_same_rows(case, ray_local, tmp_path, capsys, monkeypatch):
     spec, name, rows, n_train = CASES[case]
     sample = _sample(name)

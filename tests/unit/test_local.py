@@ -72,6 +72,7 @@ def test_score_does_not_change_the_model_or_the_statistics():
 def test_matches_a_sync_parameter_server_shard_step_for_step(interaction):
     """The core's recipe equals a hand-written pull / forward / backward / push loop on a PS shard."""
     from paramserver.shard import EmbeddingShard
+    from trainer.core import count_anchor
 
     mcfg = ModelConfig(interaction, bottom_mlp=(16,))
     batch = EventBatch.concat([synthetic_file(SPEC, 700, seed=s) for s in range(2)])
@@ -91,7 +92,11 @@ def test_matches_a_sync_parameter_server_shard_step_for_step(interaction):
         loss = DLRM.loss(model.forward_pooled(rows, dense[sl]), torch.from_numpy(batch.label[sl]))
         opt.zero_grad()
         loss.backward()
-        shard.push({k: (ids[k], rows[k].grad.numpy()) for k in ids}, step=step)
+        grads = {k: (ids[k], rows[k].grad.numpy()) for k in ids}
+        for k in grads:  # model.wide_anchor count (the default): the anchor column scaled per id
+            if k.endswith("__wide"):
+                count_anchor(*grads[k])
+        shard.push(grads, step=step)
         opt.step()
 
     for table in ("user", "item", "category", "user__wide", "item__wide", "category__wide"):
