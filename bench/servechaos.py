@@ -241,7 +241,7 @@ def make_search_requests(data: Path, seed: int, n: int = 6):
     out = []
     for i in range(n):
         text = rng.choice(texts)
-        req = pb.SearchRequest(query=text, k=rng.choice((5, 10)), num_candidates=rng.choice((0, 30)))
+        req = pb.SearchRequest(query=text, k=(5, 10)[i % 2], num_candidates=(0, 30)[i % 4 // 2])
         if i % 3 == 1:
             req.query = f"{text} zq{rng.getrandbits(40):x}"
         elif i % 3 == 2:
