@@ -502,6 +502,7 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
     from versions import SnapshotConfig, VersionStore
 
     register()
+    t_setup = time.monotonic()
     rng = random.Random(s.seed)
     root.mkdir(parents=True, exist_ok=True)
     events: collections.Counter = collections.Counter()
@@ -697,6 +698,7 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
                     storm() if what == "storm" else gc() if what == "gc" else kill_one(what)
                 stop_injector.wait(rng.uniform(0.05, 0.3))
 
+        t_ready = time.monotonic()
         threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(s.clients)]
         inj = threading.Thread(target=injector, daemon=True)
         for t in [*threads, inj]:
@@ -772,6 +774,7 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
                 store.pin(rollback[name])
         t_pin = time.monotonic()
         time_to_rollback, last_rollback = reach(rollback, t_pin)
+        time_to_rollback_end = time.monotonic()
         stop_clients.set()
         for t in threads:
             t.join(60)
@@ -785,6 +788,7 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
         reached = all(v is not None for v in time_to_newest_by_app.values())
         time_to_newest = max(time_to_newest_by_app.values()) if reached else None
         # ------------------------------------------------------------------ the checker
+        t_check = time.monotonic()
         with commit_lock:
             sync_copies()
         wrong, unpublished = [], []
@@ -859,6 +863,14 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
             "last_seen_version": last_seen,
             "fault_phase_s": round(t_pin - t_faults, 2),
             "seconds": round(time.monotonic() - t_start, 2),
+            "phases_s": {  # where a seed's time goes
+                "stores_and_requests": round(t_start - t_setup, 2),
+                "deploy_to_first_answers": round(t_ready - t_start, 2),
+                "faults": round(t_pin - t_ready, 2),
+                "rollback": round(time_to_rollback_end - t_pin, 2),
+                "newest": round(t_check - t_stop, 2),
+                "check": round(time.monotonic() - t_check, 2),
+            },
         }
         if not passed:
             result["reproduce"] = s.command()
