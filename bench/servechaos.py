@@ -439,22 +439,22 @@ class OfflineSearch:
 
 
 # ------------------------------------------------------------------------------------ Ray parts
-def deploy(cfg, name: str, replicas: int) -> None:
-    """serving.app's application (its builder, its deployments) under the name ``name``."""
-    from ray import serve
-
-    from serving.app import build_app
-
-    serve.run(build_app(cfg, replicas), name=name, route_prefix=f"/{name}", blocking=False)
-
-
-def deploy_search(cfg, name: str, replicas: int) -> None:
-    """search.app's application under the name ``name`` (on the same proxy, picked by metadata)."""
+def deploy_both(cfg, name: str, replicas: int, search_cfg, search_name: str, search_replicas: int) -> None:
+    """serving.app's application and search.app's (on the same proxy, picked by the ``application``
+    metadata), deployed together: their replicas start side by side."""
     from ray import serve
 
     from search.app import build_search_app
+    from serving.app import build_app
 
-    serve.run(build_search_app(cfg, replicas), name=name, route_prefix=f"/{name}", blocking=False)
+    serve.run_many(
+        [
+            serve.RunTarget(build_app(cfg, replicas), name=name, route_prefix=f"/{name}"),
+            serve.RunTarget(
+                build_search_app(search_cfg, search_replicas), name=search_name, route_prefix=f"/{search_name}"
+            ),
+        ]
+    )
 
 
 def replica_actors(app: str, deployment: str) -> list[str]:
@@ -565,8 +565,8 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
     score_reqs, score_batches, rec_reqs = make_requests(trainer, root, s.seed)
     search_reqs = make_search_requests(search_data, s.seed)
     reqs = {"Score": score_reqs, "Recommend": rec_reqs, "Search": search_reqs}
-    deploy(cfg, app, s.replicas)
-    deploy_search(search_cfg, search_app, s.search_replicas)
+    t_deploy = time.monotonic()
+    deploy_both(cfg, app, s.replicas, search_cfg, search_app, s.search_replicas)
     channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
     stub, search_stub = pb_grpc.ScorerStub(channel), spb_grpc.SearchStub(channel)
     meta, search_meta = (("application", app),), (("application", search_app),)
@@ -634,6 +634,7 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
         )
         rng.shuffle(must)
         kill_log: list[dict] = []
+        comebacks: list[threading.Thread] = []  # each kill's wait for Serve's replacement
 
         def storm() -> None:
             for _ in range(rng.randint(2, 6)):
@@ -675,12 +676,18 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
                 return
             events[what] += 1
             t0 = time.monotonic()
-            kill_log.append({"what": what, "replica": name, "at_s": round(t0 - t_start, 2)})
-            while time.monotonic() - t0 < 180:  # back: a new replica RUNNING, the full count
-                if set(replica_actors(where, deployment)) - before and running(where, deployment) >= want:
-                    break
-                time.sleep(0.1)
-            kill_log[-1]["back_after_s"] = round(time.monotonic() - t0, 2)
+            entry = {"what": what, "replica": name, "at_s": round(t0 - t_start, 2)}
+            kill_log.append(entry)
+
+            def back() -> None:  # a new replica RUNNING, the full count (the faults go on meanwhile)
+                while time.monotonic() - t0 < 180:
+                    if set(replica_actors(where, deployment)) - before and running(where, deployment) >= want:
+                        break
+                    time.sleep(0.1)
+                entry["back_after_s"] = round(time.monotonic() - t0, 2)
+
+            comebacks.append(threading.Thread(target=back, daemon=True))
+            comebacks[-1].start()
 
         def injector() -> None:
             while not stop_injector.is_set():
@@ -720,13 +727,13 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
             for name, store in stores.items():
                 published[name].add(store.latest())
                 store.publish(store.latest())
-        while time.monotonic() - t_faults < s.min_fault_s or must:
+        # the fault phase ends when every fault kind happened and every killed replica is back
+        while time.monotonic() - t_faults < s.min_fault_s or must or any(t.is_alive() for t in list(comebacks)):
             time.sleep(0.05)
             if time.monotonic() - t_faults > 400:  # a stuck injector: the result says what was done
                 break
         stop_injector.set()
         inj.join(120)
-        gc()  # every version committed: gc(keep) removes what no replica serves, while the clients go on
 
         def probe(name: str, flip: int):
             """One answer of application ``name`` through the proxy: its version (or the error code)."""
@@ -765,7 +772,7 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
 
         # ------------------------------------------------------------- rollback: PINNED reaches every app
         rollback = {}
-        with commit_lock:
+        with commit_lock:  # to the newest earlier published version still in the store (else the oldest)
             for name, store in stores.items():
                 present, newest = set(store.versions()), store.published()
                 earlier = sorted(v for v in published[name] if v in present and v < newest)
@@ -773,6 +780,7 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
                 pinned[name].add(rollback[name])
                 store.pin(rollback[name])
         t_pin = time.monotonic()
+        gc()  # every version committed, replicas moving to the pin: gc(keep) removes what nothing serves
         time_to_rollback, last_rollback = reach(rollback, t_pin)
         time_to_rollback_end = time.monotonic()
         stop_clients.set()
@@ -864,8 +872,9 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
             "fault_phase_s": round(t_pin - t_faults, 2),
             "seconds": round(time.monotonic() - t_start, 2),
             "phases_s": {  # where a seed's time goes
-                "stores_and_requests": round(t_start - t_setup, 2),
-                "deploy_to_first_answers": round(t_ready - t_start, 2),
+                "stores_and_requests": round(t_deploy - t_setup, 2),
+                "deploy": round(t_start - t_deploy, 2),
+                "first_answers": round(t_ready - t_start, 2),
                 "faults": round(t_pin - t_ready, 2),
                 "rollback": round(time_to_rollback_end - t_pin, 2),
                 "newest": round(t_check - t_stop, 2),
