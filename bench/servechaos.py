@@ -367,6 +367,24 @@ def answer_of(kind: str, resp) -> tuple:
     )
 
 
+def describe(kind: str, answer: tuple) -> dict:
+    """A wrong answer's content, readable (for the result's ``wrong_examples``)."""
+    import numpy as np
+
+    if kind == "Score":
+        return {"scores": np.frombuffer(answer[0], np.float32).tolist()[:8]}
+    if kind == "Search":
+        from search.wire import pb
+
+        r = pb.SearchResponse.FromString(answer[0])
+        return {"hits": [(h.product_id, h.score) for h in r.hits][:8], "candidates": r.candidates}
+    return {
+        "items": list(answer[0])[:8],
+        "scores": np.frombuffer(answer[1], np.float32).tolist()[:8],
+        "retrieval": np.frombuffer(answer[2], np.float32).tolist()[:8],
+    }
+
+
 class Offline:
     """Each version's answers recomputed from the checker's copy of the store: a pinned ScoringService with
     local tables (a fresh full load of the version: no deltas, no hot-row cache, no fault, no lease)."""
@@ -813,7 +831,16 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
                 wrong.append({"kind": kind, "request": i, "version": v, "why": f"{type(exc).__name__}: {exc}"})
                 continue
             if got != want:
-                wrong.append({"kind": kind, "request": i, "version": v, "why": "differs from the offline answer"})
+                wrong.append(
+                    {
+                        "kind": kind,
+                        "request": i,
+                        "version": v,
+                        "why": "differs from the offline answer",
+                        "served": describe(kind, got),
+                        "offline": describe(kind, want),
+                    }
+                )
         faults = collections.Counter()
         if fault_log.exists():
             for line in fault_log.read_text().splitlines():
@@ -852,7 +879,9 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
             "served_unpublished_examples": unpublished[:5],
             "errors_by_code": dict(by_code),
             "error_examples": [
-                f"{c} at {t:.1f} s: {d[:300]}" for c, d, t in errors if c != "UNAVAILABLE" and not replica_died(c, d)
+                f"{c} at {t:.1f} s: {d[:150]} ... {d[-500:]}"
+                for c, d, t in errors
+                if c != "UNAVAILABLE" and not replica_died(c, d)
             ][:5],
             "unavailable_examples": [f"at {t:.1f} s: {d[:200]}" for c, d, t in errors if c == "UNAVAILABLE"][:3],
             "retried": dict(retried),
