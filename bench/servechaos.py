@@ -672,13 +672,19 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
             with commit_lock:  # no commit in flight: the checker's copy takes every committed version first
                 sync_copies()
                 for name, store in stores.items():
-                    protected = {lease.version for lease in store.leases()}
-                    protected |= {store.pinned(), store.published(), store.latest()} - {None}
+
+                    def protected() -> set:
+                        held = {lease.version for lease in store.leases()}  # noqa: B023 (called at once)
+                        return held | ({store.pinned(), store.published(), store.latest()} - {None})  # noqa: B023
+
+                    before = protected()
                     removed = store.gc(keep=s.gc_keep)["removed"]
+                    # protected before AND after gc: a lease that moved off a version meanwhile released it
+                    held = before & protected()
                     events[f"gc_removed_{name.lower()}"] += len(removed)
-                    bad = sorted(set(removed) & protected)
+                    bad = sorted(set(removed) & held)
                     if bad:
-                        gc_protected_removed.append({"store": name, "removed": bad, "protected": sorted(protected)})
+                        gc_protected_removed.append({"store": name, "removed": bad, "protected": sorted(held)})
             events["gc"] += 1
 
         def kill_one(what: str) -> None:
