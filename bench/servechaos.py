@@ -1,35 +1,54 @@
 """``freshrec bench serve-chaos``: serving never lies (issue 20's proof), one run per seed.
 
-For each seed, on the connected local Ray, one Ray Serve application (``servechaos-SEED``: Scorer
-replicas and read-only TableShard deployments for the ``user`` table, behind Serve's gRPC proxy)
-follows a version store while
+For each seed, on the connected local Ray, two Ray Serve applications behind Serve's gRPC proxy follow
+two version stores:
 
-* a stream commits a version per data file and publishes most of them (the gate's PUBLISHED pointer;
-  the others are held back and must not be served while a newer one is published),
+* ``servechaos-SEED`` (:func:`serving.app.build_app`): Scorer replicas and read-only TableShard
+  deployments for the ``user`` table, following the recommendation store,
+* ``servechaos-search-SEED`` (:func:`search.app.build_search_app`, as ``freshrec search-serve`` deploys
+  it beside the Scorer's application): Search replicas following a search ranker store (a small
+  synthetic catalogue in the WANDS layout, :func:`write_search_data`),
+
+while
+
+* a stream commits a version per data file to the recommendation store (``freshrec stream``'s trainer and
+  version writer) and a batch of search judgments to the ranker store (:func:`search.replay.replay`, the
+  code path of ``freshrec search-train``), both compacting every ``full_every``-th version into a full
+  one (so old chains become collectable). Each trainer's publish gate is a seeded stand-in
+  (:class:`SeededGate`) that publishes most versions and holds the others back: served versions must
+  have been PUBLISHED or PINNED at some time, never a held-back LATEST,
 * a bounded loopback load generator (``--clients`` threads, one request in flight each) sends
-  Score and Recommend over real gRPC and retries UNAVAILABLE,
+  Score, Recommend and Search over real gRPC and retries UNAVAILABLE,
 * a seeded fault injector, until the stream ends:
 
-  - ``store``: the replicas' and shards' store is ``faultysw://`` (:class:`SwitchedFaultyFileSystem`:
+  - ``store``: every replica's and shard's store is ``faultysw://`` (:class:`SwitchedFaultyFileSystem`:
     bench.chaos's ``faulty://`` filesystem, its seeded fault schedule and fault log, plus a switch
     file that sets the failure rate while the run goes on); the rate changes between 0, 5 % and 20 %,
-  - ``kill_scorer`` / ``kill_shard``: ``ray.kill`` of a Scorer replica and of a table shard replica
-    (Serve starts another),
-  - ``storm``: 2-6 quick rollbacks and unpins (the store's PINNED pointer, as
+  - ``kill_scorer`` / ``kill_shard`` / ``kill_search``: ``ray.kill`` of a Scorer replica, of a table
+    shard replica, of a Search replica (Serve starts another),
+  - ``storm``: 2-6 quick rollbacks and unpins of each store (its PINNED pointer, as
     ``freshrec snapshots rollback`` / ``unpin``),
-  - ``gc``: ``VersionStore.gc(keep=2)`` (served versions are leased: gc must keep them).
+  - ``gc``: ``VersionStore.gc(keep=2)`` of both stores while the replicas serve. Before each gc the
+    versions every unexpired serving lease names, PINNED, PUBLISHED and LATEST are read: gc removing
+    one of them is a failure; how many versions gc removed is counted (it must bite).
 
-Then the faults stop (rate 0, unpinned) and the prober measures how long until every answer
-(ModelInfo and Score, several in a row, so that both replicas answer) names the newest published
-version. A checker recomputes every answer offline with the version the response names, from a
-clean store (no faults, no deltas, no cache, no Ray: a pinned :class:`serving.service.ScoringService`
-with local tables, the code path ``freshrec evaluate`` scores with) and requires bit-identical
-scores, items and retrieval scores.
+After the stream, one more gc, then a rollback: both stores are pinned to an earlier published version
+and the prober waits until the Scorer and Search answers name it (PINNED reaches every application).
+Then the faults stop (rate 0, unpinned) and the prober measures how long until every answer names the
+newest published version: ModelInfo/Score and Search in turn, until ``in_a_row`` answers in a row of
+each application name it (with 2 replicas picked at random per request, a lagging replica escapes 8 in
+a row with probability 1/256). A checker recomputes every answer offline with the version the response
+names, from a copy of the stores that gc does not touch (hard links taken before each gc; no faults,
+no deltas, no cache, no Ray): a data file's rows with ``freshrec evaluate``'s path, other Score and
+Recommend requests with a pinned local :class:`serving.service.ScoringService`, Search with
+:func:`search.service.load_ranker`'s trainer through :func:`search.service.search_answer` over a
+freshly indexed catalogue; it requires bit-identical answers (Search: the serialized response).
 
-A seed passes with zero wrong answers, zero errors other than UNAVAILABLE (retried), and the newest
-published version served by every replica within ``--newest-within-s`` (2 s) after the faults stop.
-A failed seed prints the command that runs it again. Run it on a quiet machine: under load the
-time-to-newest includes a killed replica's restart.
+A seed passes with zero wrong answers, zero errors other than UNAVAILABLE (retried), no served version
+that was never published nor pinned, no leased/pinned/published version removed by gc, the rollback
+reached, and the newest published version served by every replica within ``--newest-within-s`` (2 s)
+after the faults stop. A failed seed prints the command that runs it again. Run it on a quiet machine:
+under load the time-to-newest is not the serving system's alone.
 
     freshrec bench serve-chaos --seeds 5 --json
 """
@@ -51,10 +70,11 @@ from pathlib import Path
 from bench.chaos.faultyfs import FaultyFileSystem
 
 DESCRIPTION = (
-    "serving chaos: Score/Recommend over Ray Serve gRPC while versions commit, with store faults, "
+    "serving chaos: Score/Recommend/Search over Ray Serve gRPC while versions commit, with store faults, "
     "replica and shard kills, rollback/unpin storms and gc; every answer checked bit-for-bit offline"
 )
 PROTOCOL = "faultysw"
+SEARCH_BATCH = 4  # judged queries per search ranker version
 
 
 class SwitchedFaultyFileSystem(FaultyFileSystem):
@@ -101,22 +121,28 @@ def _registered() -> Registered:
 @dataclasses.dataclass(frozen=True)
 class ChaosSettings:
     seed: int
-    files: int = 3  # data files the stream commits under the faults (a version each)
+    files: int = 3  # data files the stream commits under the faults (a version each, plus compactions)
     replicas: int = 2
     table_shards: int = 2
+    search_replicas: int = 2
     clients: int = 2
     kill_scorer: int = 1  # ray.kill of a Scorer replica, per run
     kill_shard: int = 1  # ray.kill of a table shard replica, per run
+    kill_search: int = 1  # ray.kill of a Search replica, per run
     gc_keep: int = 2
+    full_every: int = 3  # both stores: every 2nd delta is compacted into a full version (old chains collectable)
     rates: tuple[float, ...] = (0.0, 0.05, 0.2)
     publish_share: float = 0.75
     min_fault_s: float = 4.0  # the fault phase lasts at least this long
-    settle_timeout_s: float = 90.0  # give up waiting for the newest version after this long
+    settle_timeout_s: float = 90.0  # give up waiting for the rollback / the newest version after this long
     newest_within_s: float = 2.0  # the requirement
-    in_a_row: int = 8  # consecutive answers naming the newest version that count as "every replica"
+    in_a_row: int = 8  # consecutive answers naming the version that count as "every replica"
 
     def command(self) -> str:
-        return f"freshrec bench serve-chaos --first-seed {self.seed} --seeds 1 --files {self.files} --json"
+        return (
+            f"freshrec bench serve-chaos --first-seed {self.seed} --seeds 1 --files {self.files} "
+            f"--search-replicas {self.search_replicas} --kill-search {self.kill_search} --json"
+        )
 
 
 # ----------------------------------------------------------------------------------- requests
@@ -160,6 +186,158 @@ def make_requests(trainer, root: Path, seed: int, n: int = 6):
     return score, batches, recommend
 
 
+# ------------------------------------------------------------------------------------- search
+SEARCH_NOUNS = {
+    "bed": ("Beds", "Furniture / Bedroom Furniture / Beds"),
+    "table": ("Coffee Tables", "Furniture / Living Room Furniture / Tables"),
+    "chair": ("Dining Chairs", "Furniture / Kitchen & Dining Furniture / Chairs"),
+    "rug": ("Area Rugs", "Rugs / Area Rugs"),
+    "lamp": ("Table Lamps", "Lighting / Lamps / Table Lamps"),
+    "sofa": ("Sofas", "Furniture / Living Room Furniture / Sofas"),
+}
+SEARCH_ADJS = ("king", "oak", "round", "blue", "tufted", "metal", "velvet", "outdoor")
+
+
+def write_search_data(root: Path, seed: int, products: int = 150) -> Path:
+    """A small catalogue and graded judgments in the WANDS layout (``search.data.read_wands``): products
+    '<adj> <adj> <noun> model <id>'; a query for every '<adj> <noun>' (48), judged Exact when the product has
+    both words, Partial for the noun only, Irrelevant for the adjective only."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    nouns = sorted(SEARCH_NOUNS)
+    prods, rows = [], []
+    for pid in range(1, products + 1):
+        noun, adjs = rng.choice(nouns), rng.sample(SEARCH_ADJS, 2)
+        prods.append((pid, set(adjs), noun))
+        cls, cat = SEARCH_NOUNS[noun]
+        rows.append(f"{pid}\t{adjs[0]} {adjs[1]} {noun} model {pid}\t{cls}\t{cat}")
+    queries, labels = [], []
+    for qid, (noun, adj) in enumerate(((n, a) for n in nouns for a in SEARCH_ADJS), start=1):
+        queries.append(f"{qid}\t{adj} {noun}\t{SEARCH_NOUNS[noun][0]}")
+        for pid, adjs, n in prods:
+            if n == noun:
+                labels.append(f"{qid}\t{pid}\t{'Exact' if adj in adjs else 'Partial'}")
+            elif adj in adjs:
+                labels.append(f"{qid}\t{pid}\tIrrelevant")
+    files = {
+        "eval40_products.tsv": "product_id\tproduct_name\tproduct_class\tcategory_hierarchy\n" + "\n".join(rows),
+        "eval40_queries.tsv": "query_id\tquery\tquery_class\n" + "\n".join(queries),
+        "eval40_labels.tsv": "query_id\tproduct_id\tlabel\n" + "\n".join(labels),
+    }
+    for name, text in files.items():
+        (root / name).write_text(text + "\n")
+    return root
+
+
+def make_search_requests(data: Path, seed: int, n: int = 6):
+    """Search requests over the judged queries: some with a token no version has a row for (the
+    cold-start row, never admitted), some filtered by product class, server-default and explicit depths."""
+    from search.data import read_wands
+    from search.wire import pb
+
+    _, judgments = read_wands(data)
+    texts = [judgments.queries[q] for q in judgments.query_ids.tolist()]
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        text = rng.choice(texts)
+        req = pb.SearchRequest(query=text, k=(5, 10)[i % 2], num_candidates=(0, 30)[i % 4 // 2])
+        if i % 3 == 1:
+            req.query = f"{text} zq{rng.getrandbits(40):x}"
+        elif i % 3 == 2:
+            req.filters.product_class.append(SEARCH_NOUNS[text.split()[-1]][0])
+        out.append(req)
+    return out
+
+
+class SearchStream:
+    """Search ranker versions from judgments that arrive ``SEARCH_BATCH`` queries at a time: each :meth:`add`
+    replays the judgments of the queries so far into the store (:func:`search.replay.replay` resumes from
+    the newest version and trains only the new queries), as ``freshrec search-train`` would."""
+
+    def __init__(self, data: Path, store_dir: Path, seed: int, snapshots, publisher) -> None:
+        import numpy as np
+
+        from search.data import read_wands
+        from search.ranker import RankerConfig, SearchCorpus
+
+        catalogue, self.judgments = read_wands(data)
+        self.corpus = SearchCorpus(catalogue)
+        self.cfg = RankerConfig(epochs=1)
+        self.order = np.random.default_rng(seed).permutation(self.judgments.query_ids)
+        self.store, self.seed, self.snapshots, self.publisher = str(store_dir), seed, snapshots, publisher
+        self.trained = 0
+
+    def add(self, queries: int = SEARCH_BATCH) -> int | None:
+        """Train ``queries`` more queries; the newest version (None when every query was trained already)."""
+        from search.replay import replay
+
+        if self.trained >= len(self.order):
+            return None
+        self.trained = min(len(self.order), self.trained + queries)
+        r = replay(
+            self.corpus,
+            self.judgments.of(self.order[: self.trained]),
+            self.cfg,
+            self.store,
+            batch_queries=SEARCH_BATCH,
+            seed=self.seed,
+            snapshots=self.snapshots,
+            publisher=self.publisher,
+        )
+        return r.versions[-1] if r.versions else None
+
+
+class SeededGate:
+    """The publish gate of a store's trainer (``VersionKeeper.publisher``), replaced by a seeded stand-in:
+    it publishes a ``share`` of the versions and holds the others back (as an AUC drop would); a compacted
+    version gets its source's decision, like the real gate. The real gate publishes nearly every version
+    of these synthetic streams (a search ranker's only on checksums), so without it nothing would be held
+    back. ``published`` receives every version before PUBLISHED moves to it."""
+
+    def __init__(self, store_dir: Path, share: float, rng: random.Random, published: set, events, name: str) -> None:
+        from versions import VersionStore
+
+        self.store, self.share, self.rng = VersionStore(str(store_dir)), share, rng
+        self.published, self.events, self.name = published, events, name
+        self.decided: dict[int, bool] = {}
+
+    def __call__(self, version: int):
+        from versions.publish import PublishDecision
+
+        source = (self.store.manifest(version).extra or {}).get("compacted_from")
+        ok = self.decided[source] if source in self.decided else self.rng.random() < self.share
+        self.decided[version] = ok
+        self.events[f"{self.name}_{'published' if ok else 'held_back'}"] += 1
+        if not ok:
+            return PublishDecision(False, "auc_drop", "held back by the chaos run's seeded gate")
+        self.published.add(version)
+        self.store.publish(version)
+        return PublishDecision(True, "ok", "published by the chaos run's seeded gate")
+
+
+# ----------------------------------------------------------------------------------- checking
+def mirror(src: Path, dst: Path) -> None:
+    """Hard-link the store's files into the checker's copy (committed version files never change; gc may
+    delete them later, the copy keeps them). Leases and temporary files are left out; pointers are stale
+    (the checker loads versions by number)."""
+    for dirpath, _, files in os.walk(src):
+        rel = Path(dirpath).relative_to(src)
+        if rel.parts[:1] == ("leases",):
+            continue
+        (dst / rel).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            target = dst / rel / f
+            if f.startswith(".") or ".tmp" in f or target.exists():
+                continue
+            try:
+                os.link(Path(dirpath) / f, target)
+            except FileNotFoundError:
+                pass  # removed meanwhile (an aborted version's part)
+            except OSError:
+                shutil.copy2(Path(dirpath) / f, target)
+
+
 REPLICA_DIED = "The actor died unexpectedly before finishing this task"
 
 
@@ -175,11 +353,13 @@ def retryable(exc) -> bool:
 
 
 def answer_of(kind: str, resp) -> tuple:
-    """The comparable content of an answer (exact floats as float32 bytes)."""
+    """The comparable content of an answer (exact floats as float32 bytes; Search: the serialized response)."""
     import numpy as np
 
     if kind == "Score":
         return (np.asarray(resp.scores, np.float32).tobytes(),)
+    if kind == "Search":
+        return (resp.SerializeToString(deterministic=True),)
     return (
         tuple(i.item_id for i in resp.items),
         np.asarray([i.score for i in resp.items], np.float32).tobytes(),
@@ -187,9 +367,27 @@ def answer_of(kind: str, resp) -> tuple:
     )
 
 
+def describe(kind: str, answer: tuple) -> dict:
+    """A wrong answer's content, readable (for the result's ``wrong_examples``)."""
+    import numpy as np
+
+    if kind == "Score":
+        return {"scores": np.frombuffer(answer[0], np.float32).tolist()[:8]}
+    if kind == "Search":
+        from search.wire import pb
+
+        r = pb.SearchResponse.FromString(answer[0])
+        return {"hits": [(h.product_id, h.score) for h in r.hits][:8], "candidates": r.candidates}
+    return {
+        "items": list(answer[0])[:8],
+        "scores": np.frombuffer(answer[1], np.float32).tolist()[:8],
+        "retrieval": np.frombuffer(answer[2], np.float32).tolist()[:8],
+    }
+
+
 class Offline:
-    """Each version's answers recomputed from the clean store: a pinned ScoringService with local tables
-    (a fresh full load of the version: no deltas, no hot-row cache, no fault, no lease)."""
+    """Each version's answers recomputed from the checker's copy of the store: a pinned ScoringService with
+    local tables (a fresh full load of the version: no deltas, no hot-row cache, no fault, no lease)."""
 
     def __init__(self, store_url: str, catalogue: str) -> None:
         self.store_url, self.catalogue = store_url, catalogue
@@ -222,11 +420,6 @@ class Offline:
                 self.trainers[version] = load_trainer(self.store_url, version)[0]
             return self.trainers[version]
 
-    def preload(self, versions) -> None:
-        for v in versions:
-            self.load(v)
-            self.trainer(v)
-
     def answer(self, kind: str, version: int, req, batch=None) -> tuple:
         """A data file's rows: ``freshrec evaluate``'s path (the version's trainer scores the batch);
         otherwise the pinned local service answers the same request."""
@@ -238,14 +431,48 @@ class Offline:
         return answer_of(kind, svc.score(req) if kind == "Score" else svc.recommend(req))
 
 
+class OfflineSearch:
+    """Search answers recomputed offline: the version's ranker rebuilt from the store's parts
+    (:func:`search.service.load_ranker`: ``load_trainer``, a fresh training core, no frozen tables, no
+    deltas) over a freshly indexed catalogue, answered by :func:`search.service.search_answer`."""
+
+    def __init__(self, store_url: str, catalogue: str) -> None:
+        self.store_url, self.catalogue = store_url, catalogue
+        self.rankers: dict = {}
+        self.corpora: dict = {}
+
+    def answer(self, version: int, req) -> tuple:
+        from search.data import read_catalogue
+        from search.ranker import SearchCorpus
+        from search.service import load_ranker, search_answer
+
+        if version not in self.rankers:
+            self.rankers[version] = load_ranker(self.store_url, version)
+        r = self.rankers[version]
+        key = json.dumps(r.spec.to_dict(), sort_keys=True)
+        if key not in self.corpora:
+            self.corpora[key] = SearchCorpus(read_catalogue(self.catalogue, r.spec), r.spec)
+        resp = search_answer(r.trainer, r.version, r.spec, r.num_candidates, self.corpora[key], req)
+        return answer_of("Search", resp)
+
+
 # ------------------------------------------------------------------------------------ Ray parts
-def deploy(cfg, name: str, replicas: int) -> None:
-    """serving.app's application (its builder, its deployments) under the name ``name``."""
+def deploy_both(cfg, name: str, replicas: int, search_cfg, search_name: str, search_replicas: int) -> None:
+    """serving.app's application and search.app's (on the same proxy, picked by the ``application``
+    metadata), deployed together: their replicas start side by side."""
     from ray import serve
 
+    from search.app import build_search_app
     from serving.app import build_app
 
-    serve.run(build_app(cfg, replicas), name=name, route_prefix=f"/{name}", blocking=False)
+    serve.run_many(
+        [
+            serve.RunTarget(build_app(cfg, replicas), name=name, route_prefix=f"/{name}"),
+            serve.RunTarget(
+                build_search_app(search_cfg, search_replicas), name=search_name, route_prefix=f"/{search_name}"
+            ),
+        ]
+    )
 
 
 def replica_actors(app: str, deployment: str) -> list[str]:
@@ -286,20 +513,42 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
     from ray import serve
 
     from bench.servedata import StoreTrainer, write_taobao_csv
+    from search.service import SearchServeConfig
+    from search.wire import pb_grpc as spb_grpc
     from serving.config import ServeConfig
     from serving.wire import pb, pb_grpc
-    from versions import VersionStore
+    from versions import SnapshotConfig, VersionStore
 
     register()
+    t_setup = time.monotonic()
     rng = random.Random(s.seed)
     root.mkdir(parents=True, exist_ok=True)
+    events: collections.Counter = collections.Counter()
+    published = {"Scorer": set(), "Search": set()}  # every version PUBLISHED at some time (before it moved)
+    pinned = {"Scorer": set(), "Search": set()}  # every version PINNED at some time (before it moved)
+    commit_lock = threading.Lock()  # commits vs. (checker copy + gc): the copy sees no version half written
+    # the trainers' own retention is off (keep 1000): only the injector's gc removes versions
+    snapshots = SnapshotConfig(every_data_file=True, full_every=s.full_every, keep=1000)
     store_dir = (root / "versions").absolute()
-    trainer = StoreTrainer(store_dir)
+    search_dir = (root / "search-versions").absolute()
+    trainer = StoreTrainer(store_dir, snapshots=snapshots)
+    gates = {
+        name: SeededGate(d, s.publish_share, random.Random(s.seed * 7 + k), published[name], events, name.lower())
+        for k, (name, d) in enumerate((("Scorer", store_dir), ("Search", search_dir)))
+    }
+    trainer.keeper.publisher = gates["Scorer"]
     clean = VersionStore(str(store_dir))
     catalogue = root / "catalogue"
     for i in range(2):
         trainer.add_file(write_taobao_csv(catalogue / f"part-{i}.csv", 1500, i, start_ts=1_511_658_000 + 3600 * i))
-    clean.publish(clean.latest())
+    search_data = write_search_data(root / "search-data", s.seed)
+    search_clean = VersionStore(str(search_dir))
+    search_stream = SearchStream(search_data, search_dir, s.seed, snapshots, gates["Search"])
+    search_stream.add(2 * SEARCH_BATCH)
+    stores = {"Scorer": clean, "Search": search_clean}
+    for name, store in stores.items():  # serving starts on the newest version
+        published[name].add(store.latest())
+        store.publish(store.latest())
     switch, fault_log = root / "fault-rate", root / "faults.jsonl"
     switch.write_text("0")
     options = {"seed": s.seed, "rate": 0.0, "switch": str(switch), "log": str(fault_log), "registered": Registered()}
@@ -312,172 +561,292 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
         table_shards=s.table_shards,
         cache_rows=256,  # small: collisions and evictions
     )
-    app = f"servechaos-{s.seed}"
-    offline = Offline(str(store_dir), str(catalogue))
+    products = str(search_data / "eval40_products.tsv")
+    search_cfg = SearchServeConfig(
+        store_url=f"{PROTOCOL}://{search_dir}",
+        catalogue=products,
+        poll_interval_s=0.05,
+        storage_options=options,
+        scorers=2,
+    )
+    app, search_app = f"servechaos-{s.seed}", f"servechaos-search-{s.seed}"
+    copies = {"Scorer": (store_dir, root / "checker" / "versions"), "Search": (search_dir, root / "checker" / "search")}
+
+    def sync_copies() -> None:
+        for src, dst in copies.values():
+            mirror(src, dst)
+
+    with commit_lock:
+        sync_copies()
+    offline = Offline(str(copies["Scorer"][1]), str(catalogue))
+    offline_search = OfflineSearch(str(copies["Search"][1]), products)
     score_reqs, score_batches, rec_reqs = make_requests(trainer, root, s.seed)
-    deploy(cfg, app, s.replicas)
+    search_reqs = make_search_requests(search_data, s.seed)
+    reqs = {"Score": score_reqs, "Recommend": rec_reqs, "Search": search_reqs}
+    t_deploy = time.monotonic()
+    deploy_both(cfg, app, s.replicas, search_cfg, search_app, s.search_replicas)
     channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
-    stub = pb_grpc.ScorerStub(channel)
-    meta = (("application", app),)
-    events: collections.Counter = collections.Counter()
+    stub, search_stub = pb_grpc.ScorerStub(channel), spb_grpc.SearchStub(channel)
+    meta, search_meta = (("application", app),), (("application", search_app),)
     answers: list[tuple[str, int, int, tuple]] = []  # (kind, request index, version named, answer)
     errors: list[tuple[str, str, float]] = []  # (code, details, when)
     retried = collections.Counter()
+    gc_protected_removed: list[dict] = []
     lock = threading.Lock()
-    stop = threading.Event()
+    stop_injector, stop_clients = threading.Event(), threading.Event()
     t_start = time.monotonic()
     try:
-        deadline = time.monotonic() + 180
-        while True:  # first answer (the replicas' first loads wait on the shards)
-            try:
-                stub.ModelInfo(pb.ModelInfoRequest(), timeout=5, metadata=meta)
-                break
-            except grpc.RpcError as exc:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{app} never answered: {exc.code().name}: {exc.details()}") from exc
-                time.sleep(0.2)
 
         def call(kind: str, i: int):
             if kind == "Score":
                 return stub.Score(score_reqs[i], timeout=30, metadata=meta)
+            if kind == "Search":
+                return search_stub.Search(search_reqs[i], timeout=30, metadata=search_meta)
             return stub.Recommend(rec_reqs[i], timeout=30, metadata=meta)
+
+        deadline = time.monotonic() + 180
+        for first in (
+            lambda: stub.ModelInfo(pb.ModelInfoRequest(), timeout=5, metadata=meta),
+            lambda: call("Search", 0),
+        ):
+            while True:  # a first answer of each application (the Scorers' first loads wait on the shards)
+                try:
+                    first()
+                    break
+                except grpc.RpcError as exc:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"{app}/{search_app} never answered: {exc.code().name}: {exc.details()}"
+                        ) from exc
+                    time.sleep(0.2)
+
+        def record(kind: str, i: int, resp) -> None:
+            with lock:
+                answers.append((kind, i, int(resp.model_version), answer_of(kind, resp)))
 
         def client(k: int) -> None:
             r = random.Random(s.seed * 1000 + k)
-            while not stop.is_set():
-                kind = r.choice(("Score", "Score", "Recommend"))
-                i = r.randrange(len(score_reqs))
+            while not stop_clients.is_set():
+                kind = r.choice(("Score", "Score", "Recommend", "Search", "Search"))
+                i = r.randrange(len(reqs[kind]))
                 for attempt in range(50):  # UNAVAILABLE is retried (a killed replica, a replica not ready yet)
                     try:
                         resp = call(kind, i)
                     except grpc.RpcError as exc:
                         with lock:
                             errors.append((exc.code().name, exc.details() or "", time.monotonic() - t_start))
-                        if retryable(exc) and not stop.is_set():
+                        if retryable(exc) and not stop_clients.is_set():
                             retried[kind] += 1
                             time.sleep(0.05 * min(attempt + 1, 10))
                             continue
                         break
-                    with lock:
-                        answers.append((kind, i, resp.model_version, answer_of(kind, resp)))
+                    record(kind, i, resp)
                     break
 
         # each run does every kind at least once (kills as configured), in a seeded order, among random actions
-        must = ["kill_scorer"] * s.kill_scorer + ["kill_shard"] * s.kill_shard + ["storm", "gc"]
+        must = (
+            ["kill_scorer"] * s.kill_scorer
+            + ["kill_shard"] * s.kill_shard
+            + ["kill_search"] * (s.kill_search if s.search_replicas else 0)
+            + ["storm", "gc"]
+        )
         rng.shuffle(must)
         kill_log: list[dict] = []
+        comebacks: list[threading.Thread] = []  # each kill's wait for Serve's replacement
 
-        def storm(versions) -> None:
+        def storm() -> None:
             for _ in range(rng.randint(2, 6)):
-                if rng.random() < 0.6:
-                    clean.pin(rng.choice(versions))
-                    events["pin"] += 1
-                else:
-                    clean.unpin()
-                    events["unpin"] += 1
+                for name, store in stores.items():
+                    tag = "" if name == "Scorer" else "search_"
+                    if rng.random() < 0.6:
+                        v = rng.choice(store.versions())
+                        pinned[name].add(v)  # before the pointer moves: a replica may load it at once
+                        store.pin(v)
+                        events[f"{tag}pin"] += 1
+                    else:
+                        store.unpin()
+                        events[f"{tag}unpin"] += 1
             events["storm"] += 1
 
-        def gc(versions) -> None:
-            offline.preload(versions)  # the checker keeps what it must recompute
-            removed = clean.gc(keep=s.gc_keep)["removed"]
+        def gc() -> None:
+            with commit_lock:  # no commit in flight: the checker's copy takes every committed version first
+                sync_copies()
+                for name, store in stores.items():
+
+                    def protected() -> set:
+                        held = {lease.version for lease in store.leases()}  # noqa: B023 (called at once)
+                        return held | ({store.pinned(), store.published(), store.latest()} - {None})  # noqa: B023
+
+                    before = protected()
+                    removed = store.gc(keep=s.gc_keep)["removed"]
+                    # protected before AND after gc: a lease that moved off a version meanwhile released it
+                    held = before & protected()
+                    events[f"gc_removed_{name.lower()}"] += len(removed)
+                    bad = sorted(set(removed) & held)
+                    if bad:
+                        gc_protected_removed.append({"store": name, "removed": bad, "protected": sorted(held)})
             events["gc"] += 1
-            events["gc_removed"] += len(removed)
 
         def kill_one(what: str) -> None:
-            deployment = "Scorer" if what == "kill_scorer" else f"TableShard{rng.randrange(s.table_shards)}"
-            want = s.replicas if deployment == "Scorer" else 1
-            before = set(replica_actors(app, deployment))
-            name = kill(app, deployment, rng)
+            if what == "kill_search":
+                where, deployment, want = search_app, "Search", s.search_replicas
+            elif what == "kill_scorer":
+                where, deployment, want = app, "Scorer", s.replicas
+            else:
+                where, deployment, want = app, f"TableShard{rng.randrange(s.table_shards)}", 1
+            before = set(replica_actors(where, deployment))
+            name = kill(where, deployment, rng)
             if not name:
                 return
             events[what] += 1
             t0 = time.monotonic()
-            kill_log.append({"what": what, "replica": name, "at_s": round(t0 - t_start, 2)})
-            while time.monotonic() - t0 < 180:  # back: a new replica RUNNING, the full count
-                if set(replica_actors(app, deployment)) - before and running(app, deployment) >= want:
-                    break
-                time.sleep(0.1)
-            kill_log[-1]["back_after_s"] = round(time.monotonic() - t0, 2)
+            entry = {"what": what, "replica": name, "at_s": round(t0 - t_start, 2)}
+            kill_log.append(entry)
+
+            def back() -> None:  # a new replica RUNNING, the full count (the faults go on meanwhile)
+                while time.monotonic() - t0 < 180:
+                    if set(replica_actors(where, deployment)) - before and running(where, deployment) >= want:
+                        break
+                    time.sleep(0.1)
+                entry["back_after_s"] = round(time.monotonic() - t0, 2)
+
+            comebacks.append(threading.Thread(target=back, daemon=True))
+            comebacks[-1].start()
 
         def injector() -> None:
-            while not stop.is_set():
+            while not stop_injector.is_set():
                 action = rng.random()
-                versions = clean.versions()
                 if action < 0.3:
                     rate = rng.choice(s.rates)
                     switch.write_text(repr(rate))
                     events[f"rate_{rate:g}"] += 1
                 elif action < 0.45:
-                    storm(versions)
+                    storm()
                 elif action < 0.5:
-                    gc(versions)
+                    gc()
                 elif action < 0.7 and must:
                     what = must.pop()
-                    storm(versions) if what == "storm" else gc(versions) if what == "gc" else kill_one(what)
-                stop.wait(rng.uniform(0.05, 0.3))
+                    storm() if what == "storm" else gc() if what == "gc" else kill_one(what)
+                stop_injector.wait(rng.uniform(0.05, 0.3))
 
+        t_ready = time.monotonic()
         threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(s.clients)]
         inj = threading.Thread(target=injector, daemon=True)
         for t in [*threads, inj]:
             t.start()
         t_faults = time.monotonic()
-        stream_rng = random.Random(s.seed + 1)  # the injector's rng is its own thread's
-        for i in range(s.files):  # the stream: a version per data file, most published
-            v = trainer.add_file(
-                write_taobao_csv(
-                    root / "stream" / f"part-{2 + i}.csv", 800, 10 + i, start_ts=1_511_680_000 + 3600 * i, new_items=20
+        for i in range(s.files):  # the stream: a version per data file and per batch of judged queries
+            with commit_lock:
+                trainer.add_file(
+                    write_taobao_csv(
+                        root / "stream" / f"part-{2 + i}.csv",
+                        800,
+                        10 + i,
+                        start_ts=1_511_680_000 + 3600 * i,
+                        new_items=20,
+                    )
                 )
-            )
-            if stream_rng.random() < s.publish_share or i == s.files - 1:
-                clean.publish(v)
-                events["published"] += 1
-            else:
-                events["held_back"] += 1
-        while time.monotonic() - t_faults < s.min_fault_s or must:
+                search_stream.add()
+        with commit_lock:  # the newest versions are published (the ones the replicas must reach at the end)
+            for name, store in stores.items():
+                published[name].add(store.latest())
+                store.publish(store.latest())
+        # the fault phase ends when every fault kind happened and every killed replica is back
+        while time.monotonic() - t_faults < s.min_fault_s or must or any(t.is_alive() for t in list(comebacks)):
             time.sleep(0.05)
             if time.monotonic() - t_faults > 400:  # a stuck injector: the result says what was done
                 break
-        stop.set()
+        stop_injector.set()
         inj.join(120)
+
+        def probe(name: str, flip: int):
+            """One answer of application ``name`` through the proxy: its version (or the error code)."""
+            try:
+                if name == "Search":
+                    resp = search_stub.Search(search_reqs[0], timeout=10, metadata=search_meta)
+                    record("Search", 0, resp)
+                elif flip % 2:
+                    resp = stub.Score(score_reqs[0], timeout=10, metadata=meta)
+                    record("Score", 0, resp)
+                else:
+                    resp = stub.ModelInfo(pb.ModelInfoRequest(), timeout=10, metadata=meta)
+                return int(resp.model_version)
+            except grpc.RpcError as exc:
+                return exc.code().name
+
+        def reach(want: dict[str, int], t0: float) -> tuple[dict, dict]:
+            """Seconds from ``t0`` until ``in_a_row`` answers in a row of each application name its version in
+            ``want`` (None: not within settle_timeout_s), and the last version each answered."""
+            streak = dict.fromkeys(want, 0)
+            first: dict = dict.fromkeys(want)
+            last: dict = dict.fromkeys(want)
+            while time.monotonic() - t0 < s.settle_timeout_s and any(n < s.in_a_row for n in streak.values()):
+                for name, v in want.items():
+                    if streak[name] >= s.in_a_row:
+                        continue
+                    got = last[name] = probe(name, streak[name])
+                    if got == v:
+                        streak[name] += 1
+                        first[name] = first[name] or time.monotonic()
+                    else:
+                        streak[name], first[name] = 0, None
+                        time.sleep(0.02)
+            took = {n: round(first[n] - t0, 3) if streak[n] >= s.in_a_row else None for n in want}
+            return took, last
+
+        # ------------------------------------------------------------- rollback: PINNED reaches every app
+        rollback = {}
+        with commit_lock:  # to the newest earlier published version still in the store (else the oldest)
+            for name, store in stores.items():
+                present, newest = set(store.versions()), store.published()
+                earlier = sorted(v for v in published[name] if v in present and v < newest)
+                rollback[name] = earlier[-1] if earlier else min(present)
+                pinned[name].add(rollback[name])
+                store.pin(rollback[name])
+        t_pin = time.monotonic()
+        gc()  # every version committed, replicas moving to the pin: gc(keep) removes what nothing serves
+        time_to_rollback, last_rollback = reach(rollback, t_pin)
+        time_to_rollback_end = time.monotonic()
+        stop_clients.set()
         for t in threads:
             t.join(60)
         # ------------------------------------------------------------------ the faults stop
         switch.write_text("0")
-        clean.unpin()
+        for store in stores.values():
+            store.unpin()
         t_stop = time.monotonic()
-        newest = clean.published()
-        streak, first_newest, last_seen = 0, None, None
-        while time.monotonic() - t_stop < s.settle_timeout_s and streak < s.in_a_row:
-            try:
-                if streak % 2:
-                    resp = stub.Score(score_reqs[0], timeout=10, metadata=meta)
-                    with lock:
-                        answers.append(("Score", 0, resp.model_version, answer_of("Score", resp)))
-                    v = resp.model_version
-                else:
-                    v = stub.ModelInfo(pb.ModelInfoRequest(), timeout=10, metadata=meta).model_version
-            except grpc.RpcError as exc:
-                v = f"{exc.code().name}"
-            last_seen = v
-            if v == newest:
-                streak += 1
-                first_newest = first_newest or time.monotonic()
-            else:
-                streak, first_newest = 0, None
-                time.sleep(0.02)
-        time_to_newest = round(first_newest - t_stop, 3) if streak >= s.in_a_row else None
+        newest = {name: store.published() for name, store in stores.items()}
+        time_to_newest_by_app, last_seen = reach(newest, t_stop)
+        reached = all(v is not None for v in time_to_newest_by_app.values())
+        time_to_newest = max(time_to_newest_by_app.values()) if reached else None
         # ------------------------------------------------------------------ the checker
-        offline.preload(clean.versions())
-        wrong = []
+        t_check = time.monotonic()
+        with commit_lock:
+            sync_copies()
+        wrong, unpublished = [], []
         for kind, i, v, got in answers:
-            reqs = score_reqs if kind == "Score" else rec_reqs
+            app_of = "Search" if kind == "Search" else "Scorer"
+            if v not in published[app_of] | pinned[app_of]:
+                unpublished.append({"kind": kind, "request": i, "version": v})
             try:
-                want = offline.answer(kind, v, reqs[i], score_batches[i] if kind == "Score" else None)
+                if kind == "Search":
+                    want = offline_search.answer(v, search_reqs[i])
+                else:
+                    want = offline.answer(kind, v, reqs[kind][i], score_batches[i] if kind == "Score" else None)
             except Exception as exc:  # a version named by an answer that the checker cannot load
                 wrong.append({"kind": kind, "request": i, "version": v, "why": f"{type(exc).__name__}: {exc}"})
                 continue
             if got != want:
-                wrong.append({"kind": kind, "request": i, "version": v, "why": "differs from the offline answer"})
+                wrong.append(
+                    {
+                        "kind": kind,
+                        "request": i,
+                        "version": v,
+                        "why": "differs from the offline answer",
+                        "served": describe(kind, got),
+                        "offline": describe(kind, want),
+                    }
+                )
         faults = collections.Counter()
         if fault_log.exists():
             for line in fault_log.read_text().splitlines():
@@ -485,17 +854,19 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
                     faults[json.loads(line)["kind"]] += 1
                 except (ValueError, KeyError):
                     pass
-        faults.update(
-            {k: n for k, n in events.items() if k in ("kill_scorer", "kill_shard", "storm", "gc", "pin", "unpin")}
-        )
+        fault_kinds = ("kill_scorer", "kill_shard", "kill_search", "storm", "gc", "pin", "unpin")
+        faults.update({k: n for k, n in events.items() if k in fault_kinds or k in ("search_pin", "search_unpin")})
         by_code = collections.Counter(
             "INTERNAL_REPLICA_KILLED" if replica_died(code, d) else code for code, d, _ in errors
         )
-        killed = events["kill_scorer"] + events["kill_shard"] > 0
+        killed = events["kill_scorer"] + events["kill_shard"] + events["kill_search"] > 0
         bad = {c: n for c, n in by_code.items() if c not in ("UNAVAILABLE", "INTERNAL_REPLICA_KILLED")}
         passed = (
             not wrong
             and not bad
+            and not unpublished
+            and not gc_protected_removed
+            and all(v is not None for v in time_to_rollback.values())
             and time_to_newest is not None
             and time_to_newest <= s.newest_within_s
             and (killed or not by_code)
@@ -505,34 +876,58 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
             "passed": passed,
             "answers": len(answers),
             "answers_by_kind": dict(collections.Counter(k for k, *_ in answers)),
-            "versions_named": sorted({v for _, _, v, _ in answers}),
+            "versions_named": {
+                name: sorted({v for k, _, v, _ in answers if (k == "Search") == (name == "Search")}) for name in stores
+            },
             "wrong_answers": len(wrong),
             "wrong_examples": wrong[:5],
+            "served_unpublished": len(unpublished),  # a version never PUBLISHED nor PINNED (a held-back LATEST)
+            "served_unpublished_examples": unpublished[:5],
             "errors_by_code": dict(by_code),
             "error_examples": [
-                f"{c} at {t:.1f} s: {d[:300]}" for c, d, t in errors if c != "UNAVAILABLE" and not replica_died(c, d)
+                f"{c} at {t:.1f} s: {d[:150]} ... {d[-500:]}"
+                for c, d, t in errors
+                if c != "UNAVAILABLE" and not replica_died(c, d)
             ][:5],
             "unavailable_examples": [f"at {t:.1f} s: {d[:200]}" for c, d, t in errors if c == "UNAVAILABLE"][:3],
             "retried": dict(retried),
             "faults_by_kind": dict(faults),
             "events": dict(events),
             "kills": kill_log,
+            "gc_removed": {name: events[f"gc_removed_{name.lower()}"] for name in stores},
+            "gc_removed_protected": gc_protected_removed,  # must be empty
+            "held_back": {name: sorted(v for v, ok in gate.decided.items() if not ok) for name, gate in gates.items()},
+            "rollback_to": rollback,
+            "time_to_rollback_s": time_to_rollback,
+            "last_seen_in_rollback": last_rollback,
             "newest_published": newest,
             "time_to_newest_s": time_to_newest,
+            "time_to_newest_by_app_s": time_to_newest_by_app,
             "last_seen_version": last_seen,
-            "fault_phase_s": round(t_stop - t_faults, 2),
+            "fault_phase_s": round(t_pin - t_faults, 2),
             "seconds": round(time.monotonic() - t_start, 2),
+            "phases_s": {  # where a seed's time goes
+                "stores_and_requests": round(t_deploy - t_setup, 2),
+                "deploy": round(t_start - t_deploy, 2),
+                "first_answers": round(t_ready - t_start, 2),
+                "faults": round(t_pin - t_ready, 2),
+                "rollback": round(time_to_rollback_end - t_pin, 2),
+                "newest": round(t_check - t_stop, 2),
+                "check": round(time.monotonic() - t_check, 2),
+            },
         }
         if not passed:
             result["reproduce"] = s.command()
         return result
     finally:
-        stop.set()
+        stop_injector.set()
+        stop_clients.set()
         channel.close()
-        try:
-            serve.delete(app)
-        except Exception:
-            pass
+        for name in (app, search_app):
+            try:
+                serve.delete(name)
+            except Exception:
+                pass
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -543,6 +938,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--files", type=int, default=4, help="data files committed under the faults per seed (default 4)"
     )
     parser.add_argument("--replicas", type=int, default=2, help="Scorer replicas (default 2)")
+    parser.add_argument("--search-replicas", type=int, default=2, help="Search replicas (default 2)")
+    parser.add_argument("--kill-search", type=int, default=1, help="kills of a Search replica per seed (default 1)")
     parser.add_argument("--clients", type=int, default=2, help="load generator threads (default 2)")
     parser.add_argument("--newest-within-s", type=float, default=2.0, help="required time-to-newest (default 2)")
     parser.add_argument("--keep-work", action="store_true", help="keep the work directory and print its path")
@@ -566,6 +963,8 @@ def run(args: argparse.Namespace) -> dict:
                 seed=seed,
                 files=args.files,
                 replicas=args.replicas,
+                search_replicas=args.search_replicas,
+                kill_search=args.kill_search,
                 clients=args.clients,
                 newest_within_s=args.newest_within_s,
             )
@@ -587,17 +986,26 @@ def run(args: argparse.Namespace) -> dict:
     ttn = [r["time_to_newest_s"] for r in results if r.get("time_to_newest_s") is not None]
     codes: collections.Counter = collections.Counter()
     faults: collections.Counter = collections.Counter()
+    answers: collections.Counter = collections.Counter()
+    removed: collections.Counter = collections.Counter()
     for r in results:
         codes.update(r.get("errors_by_code", {}))
         faults.update(r.get("faults_by_kind", {}))
+        answers.update(r.get("answers_by_kind", {}))
+        removed.update(r.get("gc_removed", {}))
     return {
         "seeds": len(results),
         "seeds_passed": sum(r["passed"] for r in results),
         "faults_by_kind": dict(faults),
         "wrong_answers": sum(r.get("wrong_answers", 0) for r in results),
         "answers": sum(r.get("answers", 0) for r in results),
+        "answers_by_kind": dict(answers),
+        "served_unpublished": sum(r.get("served_unpublished", 0) for r in results),
         "errors_by_code": dict(codes),
+        "gc_removed": dict(removed),
+        "gc_removed_protected": sum(len(r.get("gc_removed_protected", [])) for r in results),
         "max_time_to_newest_s": max(ttn) if len(ttn) == len(results) and ttn else None,
+        "time_to_newest_s": [r.get("time_to_newest_s") for r in results],
         "failed": [{"seed": r["seed"], "reproduce": r["reproduce"]} for r in results if not r["passed"]],
         "per_seed": results,
     }

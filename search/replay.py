@@ -75,6 +75,8 @@ def replay(
     metrics_path: str | Path | None = None,
     on_batch: Callable[[dict], None] | None = None,
     resume: bool = True,
+    snapshots: SnapshotConfig | None = None,
+    publisher: Callable[[int], object] | None = None,
 ) -> ReplayResult:
     """Replay ``judgments`` in seeded batches of ``batch_queries`` queries: score, train, cut a version
     (no versions when ``store_url`` is None). Appends one JSON line per batch to ``metrics_path``.
@@ -82,6 +84,10 @@ def replay(
     With ``resume`` and a store that holds a search version, the ranker continues from the newest valid
     one (rows, dense state, ledger) and replays only the queries it has not trained on yet (each
     version's ``extra.trained_queries``): judgments that arrive later are trained incrementally.
+
+    ``snapshots``: the version cadence and retention (default: a version per batch, a full one every 10th
+    by compaction, keep 5). ``publisher``: replaces the publish gate (``publisher(version)`` after each commit,
+    it moves PUBLISHED itself; ``bench serve-chaos`` holds back a seeded share of versions with it).
     """
     trainer = new_trainer(corpus.spec, cfg)
     keeper = None
@@ -98,9 +104,11 @@ def replay(
             store_url,
             trainer.backend,
             trainer,
-            SnapshotConfig(every_data_file=True, full_every=10, keep=5),
+            snapshots or SnapshotConfig(every_data_file=True, full_every=10, keep=5),
             extra=extra,
         )
+        if publisher is not None:
+            keeper.publisher = publisher
         if resume and keeper.store.latest_valid() is not None:
             restored = keeper.store.manifest(keeper.store.latest_valid()).extra
             if restored.get("search_spec") != corpus.spec.to_dict():

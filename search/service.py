@@ -233,24 +233,35 @@ class SearchService:
         ranker, corpus = self.ranker, self.corpus
         if ranker is None or corpus is None:
             raise NotReadyError(f"not ready: {self.health()[1]}")
-        limits = dataclasses.replace(
-            self.cfg.limits, default_candidates=min(ranker.num_candidates, self.cfg.limits.max_candidates)
-        )
-        req = validate(request, limits, ranker.spec.tokenizer)
-        if req.pin_version is not None and req.pin_version != ranker.version:
-            raise VersionMismatchError(f"pin_version {req.pin_version} is not served (serving {ranker.version})")
         view = corpus.view()  # one catalogue state for the whole answer; no lock held while ranking
-        ranked = rank(ranker, view, " ".join(req.tokens), req.k, req.num_candidates, req.classes, req.categories)
-        cat = view.catalogue
-        ids = cat.product_id[ranked.rows]
-        resp = pb.SearchResponse(
-            model_version=ranker.version,
-            catalogue_digest=view.digest,
-            candidates=int(ranked.candidates),
-            catalogue_products=len(cat),
-        )
-        for pid, row, s, b in zip(
-            ids.tolist(), ranked.rows.tolist(), np.asarray(ranked.scores).tolist(), ranked.bm25.tolist()
-        ):
-            resp.hits.add(product_id=pid, score=s, lexical_score=b, product_name=cat.name[row])
-        return resp
+        return search_answer(ranker, ranker.version, ranker.spec, ranker.num_candidates, view, request, self.cfg.limits)
+
+
+def search_answer(
+    scorer, version: int, spec: SearchSpec, num_candidates: int, view, request, limits: SearchLimits = SearchLimits()
+) -> "pb.SearchResponse":
+    """The answer to ``request`` of ranker ``version`` over one corpus state ``view`` (a
+    :meth:`search.ranker.SearchCorpus.view`, or the corpus itself): the request checked (INVALID_ARGUMENT),
+    BM25 candidates ranked by ``scorer`` (anything with ``score(batch)``: a served :class:`FrozenRanker`, or
+    offline the trainer of :func:`load_ranker`), the response built. ``num_candidates``: the version's
+    retrieval depth, the default when the request gives none. The Search replica answers with this function
+    and so does offline ranking (``bench serve-chaos``'s checker), so their answers can be compared bit for bit.
+    """
+    limits = dataclasses.replace(limits, default_candidates=min(num_candidates, limits.max_candidates))
+    req = validate(request, limits, spec.tokenizer)
+    if req.pin_version is not None and req.pin_version != version:
+        raise VersionMismatchError(f"pin_version {req.pin_version} is not served (serving {version})")
+    ranked = rank(scorer, view, " ".join(req.tokens), req.k, req.num_candidates, req.classes, req.categories)
+    cat = view.catalogue
+    ids = cat.product_id[ranked.rows]
+    resp = pb.SearchResponse(
+        model_version=version,
+        catalogue_digest=view.digest,
+        candidates=int(ranked.candidates),
+        catalogue_products=len(cat),
+    )
+    for pid, row, s, b in zip(
+        ids.tolist(), ranked.rows.tolist(), np.asarray(ranked.scores).tolist(), ranked.bm25.tolist()
+    ):
+        resp.hits.add(product_id=pid, score=s, lexical_score=b, product_name=cat.name[row])
+    return resp

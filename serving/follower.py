@@ -10,9 +10,11 @@ daemon thread per follower::
         v == serving                  -> renew the serving lease, nothing else
         v refused (corrupt) recently  -> nothing; re-checked once ``retry.recheck_corrupt_s`` passed
         v failed transiently          -> nothing until its jittered backoff expires, then retried
-        lease v                       the serving lease moves to v BEFORE loading (gc keeps leased versions)
+        lease v                       v is leased BEFORE loading (gc keeps leased versions) under a second
+                                      holder name (``HOLDER+loading``): the served version keeps its lease
         build T(v)                    deltas after the served version applied; every part checksummed
-        self._model = new             ONE reference assignment: the swap is atomic
+        self._model = new             ONE reference assignment: the swap is atomic; then the serving lease
+                                      moves to v and the loading lease is released
 
 The lease (``VersionStore.renew_lease(holder, v)``, renewed every ttl/3) is released on :meth:`stop`.
 
@@ -214,6 +216,8 @@ class VersionFollower(Generic[T]):
                     exc,
                 )
             self._leased = None
+        if self.lease.holder is not None:
+            self._release_next()  # a load cut short by stop: its lease goes too
 
     def configure(self, pin_version: int | None, poll_interval_s: float | None = None) -> None:
         """Pin a version (rollback) or follow the pointers (None); takes effect at once."""
@@ -311,13 +315,21 @@ class VersionFollower(Generic[T]):
             self._renew(served)
             return False
         previous = current if current is not None and v > served else None
-        self._renew(v, force=True)  # lease the target before loading it: gc must not collect it meanwhile
+        # lease the target before loading it (gc must not collect it meanwhile) under a second holder name:
+        # the served version keeps its own lease while the load runs (its requests still read it, e.g. from
+        # table shards); found by the serving chaos run: gc removed the served version during a slow load
+        loading = served is not None and self._lease_next(v)
+        if served is None:
+            self._renew(v, force=True)
         t0 = time.perf_counter()
         try:
             model = self._load(v, previous)
         except Exception as exc:
             why = f"{type(exc).__name__}: {exc}"
-            self._renew(served, force=True)  # the lease goes back to what is served
+            if loading:
+                self._release_next()
+            else:
+                self._renew(served, force=True)  # the lease goes back to what is served
             if is_corrupt(exc):
                 self._remember(self.refused, v, why)
                 self._refused_at = {k: t for k, t in self._refused_at.items() if k in self.refused}
@@ -339,6 +351,10 @@ class VersionFollower(Generic[T]):
                 )
             return False
         self._model = model  # the atomic swap
+        if served is not None:
+            self._renew(v, force=True)  # the lease moves to the new version, then the loading lease goes
+            if loading:
+                self._release_next()
         self.refused.pop(v, None)
         self._refused_at.pop(v, None)
         self._backoff.pop(v, None)
@@ -378,6 +394,26 @@ class VersionFollower(Generic[T]):
             self._leased = (version, now)
         except Exception as exc:
             log.warning("%s: renewing the serving lease on version %d failed: %s", self.name, version, exc)
+
+    @property
+    def _next_holder(self) -> str:
+        return f"{self.lease.holder}+loading"
+
+    def _lease_next(self, version: int) -> bool:
+        """Lease ``version`` (being loaded) under the loading holder name; False without a lease holder."""
+        if self.lease.holder is None:
+            return False
+        try:
+            self.store.renew_lease(self._next_holder, version, ttl_s=self.lease.ttl_s, role=self.lease.role)
+        except Exception as exc:
+            log.warning("%s: leasing version %d for its load failed: %s", self.name, version, exc)
+        return True
+
+    def _release_next(self) -> None:
+        try:
+            self.store.release_lease(self._next_holder)
+        except Exception as exc:
+            log.warning("%s: releasing the loading lease failed (it expires by itself): %s", self.name, exc)
 
     @staticmethod
     def _remember(d: OrderedDict, key: int, value) -> None:

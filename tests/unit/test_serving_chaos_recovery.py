@@ -41,3 +41,24 @@ def test_after_the_store_recovers_the_newest_version_is_served_within_a_second(s
         now[0] += f._next_wait()
         f.poll()
     assert now[0] - recovered <= 1.0 + f.poll_interval_s, (seed, now[0] - recovered)
+
+
+def test_the_served_version_stays_leased_while_the_next_one_loads():
+    """Found by the serving chaos run (issue 20): the lease moved to the target before its load, so gc could
+    remove the version still served during a slow load (its table-shard lookups then failed). Both are
+    leased during the load (the target under ``HOLDER+loading``); after the swap only the new one."""
+    from serving.follower import LeaseSettings
+
+    store = FakeStore(latest=1)
+    during = []
+
+    def load(v, previous):
+        during.append(dict(store.leases))
+        return Model(v, previous and previous.version)
+
+    f = VersionFollower(store, load, lease=LeaseSettings(holder="r", role="replica"), seed=0)
+    assert f.poll() and store.leases == {"r": (1, "replica")}
+    store._latest = 2
+    assert f.poll() and f.version == 2
+    assert during[-1] == {"r": (1, "replica"), "r+loading": (2, "replica")}
+    assert store.leases == {"r": (2, "replica")}
