@@ -220,6 +220,8 @@ class VersionKeeper:
                 meta = {**meta, "features": feats}
             if self.data is not None:  # what changed since the last committed version (whole in a full one)
                 meta = {**meta, "data": self.data.cut(full=kind == "full")}
+            else:  # the ledger as of this cut: the writer runs while the next data files are trained
+                meta = {**meta, "_ledger_at_cut": self.core.ledger.to_dict()}
             pause_ms = (time.perf_counter() - t0) * 1e3
             self.pauses_ms.append(pause_ms)
             step = self.core.step
@@ -323,9 +325,10 @@ class VersionKeeper:
             parts = list(self.backend.write_cut(cut_id, self.url, writer.version, self.storage_options))
             feats = meta.pop("features", None)
             data = meta.pop("data", None)
+            cut_ledger = meta.pop("_ledger_at_cut", None)
             parts += bundle.write_model(writer, (arrays, meta), feats, data)
             digest = writer.digest(parts)
-            ledger = bundle.ledger_ref(data.summary) if data is not None else self.core.ledger.to_dict()
+            ledger = bundle.ledger_ref(data.summary) if data is not None else cut_ledger
             if self.orphan_guard is not None and self.orphan_guard.orphaned():  # the driver died meanwhile
                 self.orphan_guard.on_orphan()
             manifest = writer.commit(
