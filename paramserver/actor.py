@@ -24,6 +24,7 @@ its tables until Ray notices; its rows are in the last committed version.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import numpy as np
@@ -35,6 +36,8 @@ from paramserver.consistency import SyncAggregator
 from paramserver.errors import BadPullError, BadPushError, ShardUnavailableError
 from paramserver.policies import StaleDecision, StalenessPolicy
 from paramserver.telemetry import ShardTelemetry
+
+log = logging.getLogger(__name__)
 
 
 class ShardHost:
@@ -365,31 +368,71 @@ def shard_node_layout(num_shards: int, nodes: list[str]) -> list[str]:
     return [nodes[i % len(nodes)] for i in range(num_shards)]
 
 
-def _scheduling(cfg: PSConfig) -> list[dict]:
-    """The Ray options that place each shard (``ps.spread``; see :class:`PSConfig`)."""
+def _scheduling(cfg: PSConfig) -> tuple[list[dict], list[str | None]]:
+    """The Ray options that place each shard (``ps.spread``; see :class:`PSConfig`), and the node each shard
+    is meant for (None: anywhere)."""
     if cfg.spread == "spread":
-        return [{"scheduling_strategy": "SPREAD"}] * cfg.num_shards
+        return [{"scheduling_strategy": "SPREAD"}] * cfg.num_shards, [None] * cfg.num_shards
     if cfg.spread == "nodes":
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         layout = shard_node_layout(cfg.num_shards, alive_node_ids())
-        return [{"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)} for node in layout]
-    return [{}] * cfg.num_shards
+        return [{"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)} for node in layout], layout
+    return [{}] * cfg.num_shards, [None] * cfg.num_shards
+
+
+def misplaced(targets: list, placed: list, alive: set) -> list[int]:
+    """The shards not on the node meant for them while that node is alive (``ps.spread=nodes``).
+
+    >>> misplaced(["a", "b", None], ["a", "a", "a"], {"a", "b"})
+    [1]
+    >>> misplaced(["a", "b"], ["a", "a"], {"a"})  # b is gone: shard 1 stays where the fallback put it
+    []
+    """
+    return [i for i, t in enumerate(targets) if t is not None and placed[i] != t and t in alive]
+
+
+PLACEMENT_ATTEMPTS = 4  # ps.spread=nodes: new actors for a shard that a soft affinity put off its node
 
 
 def create_shard_actors(cfg: PSConfig) -> list:
     """Start ``cfg.num_shards`` shard actors (laid out over the nodes as ``cfg.spread`` says) and wait
-    until each holds its tables."""
+    until each holds its tables.
+
+    ``ps.spread=nodes`` uses a soft node affinity (a node lost meanwhile must not stop the run), and Ray falls
+    back to another node when the scheduler does not know the target node yet (a node that just joined):
+    seen as both shards on one node of a fresh two-node cluster. A new shard holds nothing yet, so a shard
+    found off its node while that node is alive is replaced (up to ``PLACEMENT_ATTEMPTS`` times, then it
+    stays where Ray put it, with a warning)."""
     import ray
 
     remote_cls = ray.remote(ShardHost)
-    actors = [
-        remote_cls.options(num_cpus=cfg.actor_num_cpus, max_concurrency=1000, **where).remote(cfg, i)
-        for i, where in enumerate(_scheduling(cfg))
-    ]
+    options, targets = _scheduling(cfg)
+
+    def start(i: int):
+        return remote_cls.options(num_cpus=cfg.actor_num_cpus, max_concurrency=1000, **options[i]).remote(cfg, i)
+
+    actors = [start(i) for i in range(cfg.num_shards)]
     try:
         for i, actor in enumerate(actors):
             get(actor.ready.remote(), i)
+        for attempt in range(1, PLACEMENT_ATTEMPTS + 1):
+            if all(t is None for t in targets):
+                break
+            alive = set(alive_node_ids())
+            placed = [get(a.node_id.remote(), i) for i, a in enumerate(actors)]
+            off = misplaced(targets, placed, alive)
+            if not off:
+                break
+            if attempt == PLACEMENT_ATTEMPTS:
+                log.warning("ps.spread=nodes: shards %s are not on their nodes after %d attempts", off, attempt)
+                break
+            time.sleep(0.5 * attempt)  # the scheduler's view of a new node catches up
+            for i in off:
+                kill([actors[i]])
+                actors[i] = start(i)
+            for i in off:
+                get(actors[i].ready.remote(), i)
     except Exception:
         kill(actors)
         raise

@@ -30,15 +30,23 @@ def test_nodes_go_round_robin_and_an_empty_cluster_is_an_error():
 def test_scheduling_options_per_spread(monkeypatch):
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    assert actor._scheduling(PSConfig(tables=TABLES, num_shards=2)) == [{}, {}]
-    assert (
-        actor._scheduling(PSConfig(tables=TABLES, num_shards=2, spread="spread"))
-        == [{"scheduling_strategy": "SPREAD"}] * 2
+    assert actor._scheduling(PSConfig(tables=TABLES, num_shards=2)) == ([{}, {}], [None, None])
+    assert actor._scheduling(PSConfig(tables=TABLES, num_shards=2, spread="spread")) == (
+        [{"scheduling_strategy": "SPREAD"}] * 2,
+        [None, None],
     )
     n1, n2 = "a" * 56, "b" * 56  # the form of Ray's node ids (hex)
     monkeypatch.setattr(actor, "alive_node_ids", lambda: [n1, n2])
-    got = actor._scheduling(PSConfig(tables=TABLES, num_shards=3, spread="nodes"))
+    got, targets = actor._scheduling(PSConfig(tables=TABLES, num_shards=3, spread="nodes"))
+    assert targets == [n1, n2, n1]
     strategies = [o["scheduling_strategy"] for o in got]
     assert all(isinstance(s, NodeAffinitySchedulingStrategy) for s in strategies)
     assert [s.node_id for s in strategies] == [n1, n2, n1]
     assert all(s.soft for s in strategies)  # a node that is gone or full falls back to any node
+
+
+def test_a_shard_off_its_alive_node_is_misplaced_and_one_whose_node_is_gone_is_not():
+    assert actor.misplaced(["a", "b", "a"], ["a", "a", "a"], {"a", "b"}) == [1]
+    assert actor.misplaced(["a", "b"], ["a", "b"], {"a", "b"}) == []
+    assert actor.misplaced(["a", "b"], ["a", "a"], {"a"}) == []  # b lost meanwhile: the fallback stands
+    assert actor.misplaced([None, None], ["a", "b"], {"a", "b"}) == []  # spread none/spread: anywhere
