@@ -97,7 +97,7 @@ def _merge_rows(
     return out
 
 
-def count_anchor(ids: np.ndarray, grads: np.ndarray) -> None:
+def count_anchor(ids: np.ndarray, grads: np.ndarray, step_ids: np.ndarray | None = None) -> None:
     """``model.wide_anchor: count``: divide the anchor column (1) of a wide table's per-occurrence gradients by
     the square root of the id's occurrences in the step, in place, so an id in c rows gets an anchor of
     ``beta sqrt(c) / B`` instead of ``beta c / B``: row-wise Adagrad's accumulator then grows with the id's
@@ -105,11 +105,18 @@ def count_anchor(ids: np.ndarray, grads: np.ndarray) -> None:
 
     >>> g = np.ones((3, 4), np.float32); count_anchor(np.array([7, 7, 9]), g); [round(x, 4) for x in g[:, 1].tolist()]
     [0.7071, 0.7071, 1.0]
+
+    ``step_ids``: the table's ids of the whole global minibatch when this worker trains only its part of it
+    (Ray Train, several workers): c counts an id over every worker's rows of the step, as one process does.
     """
     if not len(ids):
         return
-    _, inv, cnt = np.unique(ids, return_inverse=True, return_counts=True)
-    grads[:, 1] /= np.sqrt(cnt[inv]).astype(np.float32)
+    if step_ids is None:
+        _, inv, cnt = np.unique(ids, return_inverse=True, return_counts=True)
+        grads[:, 1] /= np.sqrt(cnt[inv]).astype(np.float32)
+        return
+    uniq, cnt = np.unique(step_ids, return_counts=True)
+    grads[:, 1] /= np.sqrt(cnt[np.searchsorted(uniq, ids)]).astype(np.float32)
 
 
 class TrainerCore:
@@ -222,13 +229,13 @@ class TrainerCore:
         return out
 
     # ---------------------------------------------------------------- training
-    def _parts(self, order: np.ndarray | None, n: int) -> list[tuple[np.ndarray, int]]:
-        """This worker's rows of each global minibatch and the minibatch's size."""
+    def _parts(self, order: np.ndarray | None, n: int) -> list[tuple[np.ndarray, int, np.ndarray]]:
+        """This worker's rows of each global minibatch, the minibatch's size and its rows (every worker's)."""
         bs = self.cfg.batch_size
         out = []
         for lo in range(0, n, bs):
             rows = order[lo : lo + bs] if order is not None else np.arange(lo, min(lo + bs, n))
-            out.append((np.array_split(rows, self.world)[self.rank], len(rows)))
+            out.append((np.array_split(rows, self.world)[self.rank], len(rows), rows))
         return out
 
     def train(self, batch: EventBatch, epochs: int = 1, shuffle: bool = False) -> dict[str, float]:
@@ -258,14 +265,18 @@ class TrainerCore:
         return {"examples": n * epochs, "seconds": seconds, "loss": loss_total / max(seen, 1)}
 
     def _pass(
-        self, batch: EventBatch, dense: torch.Tensor, labels: torch.Tensor, parts: list[tuple[np.ndarray, int]]
+        self,
+        batch: EventBatch,
+        dense: torch.Tensor,
+        labels: torch.Tensor,
+        parts: list[tuple[np.ndarray, int, np.ndarray]],
     ) -> tuple[float, int]:
         """Train on ``parts`` (this worker's rows of each global minibatch), the pulls ahead as the backend's
         mode says: async prefetches step k+1 before computing step k; sync pushes step k and pulls step
         k+1+depth in one call (``pipeline_depth``), and with ``sync_prefetch`` (depth 0, one worker) pulls
         step k+1's ids that step k does not touch while step k computes."""
         backend, world, ebc = self.backend, self.world, self.ebc
-        kjts = [batch_to_kjt(batch, self.features, idx) for idx, _ in parts]
+        kjts = [batch_to_kjt(batch, self.features, idx) for idx, _, _ in parts]
         ids = [ebc.table_ids(k) for k in kjts]
         step0, n = self.step, len(parts)
         cfg = backend.cfg
@@ -276,7 +287,7 @@ class TrainerCore:
         split = None  # sync_prefetch: (shared masks, ticket of the rest) of the next step
         pending: list = []
         loss_sum, seen = 0.0, 0
-        for k, (idx, n_global) in enumerate(parts):
+        for k, (idx, n_global, step_rows) in enumerate(parts):
             rows = backend.wait(tickets.pop(k))
             if split is not None:
                 rows = _merge_rows(ids[k], split[0], backend.wait(split[1]), rows)
@@ -305,8 +316,10 @@ class TrainerCore:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grads = ebc.take_grads(1.0 / world)
-            for t in self._count_anchor:
-                count_anchor(grads[t][0], grads[t][1])
+            if self._count_anchor:  # c over the whole global minibatch: several workers count as one process
+                step_ids = ebc.table_ids(batch_to_kjt(batch, self.features, step_rows)) if world > 1 else {}
+                for t in self._count_anchor:
+                    count_anchor(grads[t][0], grads[t][1], step_ids.get(t))
             if self.async_mode or nxt >= n:
                 pending.append(backend.push_many(grads, step=step0 + k))
             else:  # sync: one round trip per shard pushes step k and brings step k+1+depth's rows

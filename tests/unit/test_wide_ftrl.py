@@ -96,3 +96,21 @@ def test_versions_from_before_load_with_the_wide_path_they_were_trained_with():
         ModelConfig(wide_anchor="sqrt")
     with pytest.raises(ConfigError, match="model.wide_bias must be true or false"):
         ModelConfig(wide_bias="yes")
+
+
+def test_workers_count_an_id_over_the_whole_global_minibatch_like_one_process():
+    """Ray Train with 2 workers: each pushes its part's gradients; the anchors must be those of one process
+    (c counted over the whole minibatch), so the summed update equals the one-process update."""
+    step = np.array([7, 7, 9, 7, 3], np.int64)
+    whole = np.ones((5, WIDE_DIM), np.float32)
+    count_anchor(step, whole)
+    parts = [step[:2], step[2:]]
+    got = []
+    for ids in parts:
+        g = np.ones((len(ids), WIDE_DIM), np.float32)
+        count_anchor(ids, g, step_ids=step)
+        got.append(g)
+    np.testing.assert_array_equal(np.concatenate(got), whole)
+    alone = np.ones((2, WIDE_DIM), np.float32)
+    count_anchor(parts[0], alone)  # counted within the part only: not what one process does
+    assert not np.array_equal(alone, whole[:2])
