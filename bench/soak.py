@@ -41,6 +41,7 @@ The work directory (``/tmp/freshrec-bench-soak-*``) is removed at the end unless
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import shutil
@@ -349,7 +350,7 @@ def _soak(args: argparse.Namespace, work: Path) -> dict:
     # the gate still verifies checksums and scores of every version
     publish = PublishConfig(max_auc_drop=None, min_examples=0)
     config = {
-        "model": {"wide": ModelConfig().wide},
+        "model": dataclasses.asdict(ModelConfig()),  # the whole model config: serving builds the model from it
         "train": {"seed": train.seed},
         "ps": {"num_shards": args.shards, "placement": "ray"},
     }

@@ -94,6 +94,18 @@ class FinalCommitError(RuntimeError):
     """The final version of a run could not be committed: the store stayed unavailable through every retry."""
 
 
+def _with_model_config(extra: dict, model_cfg) -> dict:
+    """The manifest's run config with the model config the core really trains (whole): serving and evaluate
+    build the model from it, and a partial ``model`` section (a caller's hand-written config) made versions
+    that no replica could load (a state_dict without the keys a newer default adds)."""
+    from trainer.config import ModelConfig
+
+    config = extra.get("config")
+    if isinstance(config, dict) and "model" in config and isinstance(model_cfg, ModelConfig):
+        extra["config"] = {**config, "model": dataclasses.asdict(model_cfg)}
+    return extra
+
+
 class VersionKeeper:
     """Writes and restores the model versions of one run (see the module docstring).
 
@@ -125,7 +137,7 @@ class VersionKeeper:
         self.backend, self.core = backend, core
         self.data = data  # trainer.data.DataState: the data layer's state (every rank holds the same)
         self.policy = SnapshotPolicy(snapshots)
-        self.extra = dict(extra or {})
+        self.extra = _with_model_config(dict(extra or {}), getattr(core, "model_cfg", None))
         self.barrier, self.broadcast = barrier, broadcast
         self.on_commit = on_commit or (lambda manifest, pause_ms: None)
         self.rank = core.rank

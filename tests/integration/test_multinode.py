@@ -16,6 +16,7 @@ machine would join it), and the driver joins it only through ``ray.init(address=
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -42,7 +43,7 @@ PS = PSConfig(num_shards=2, placement="ray", spread="nodes")
 EXTRA = bundle.version_extra(
     "taobao",
     {
-        "model": {"wide": ModelConfig().wide},
+        "model": dataclasses.asdict(ModelConfig()),  # the whole model config: serving builds the model from it
         "train": {"batch_size": 128, "seed": 7},
         "ps": {"num_shards": 2, "placement": "ray", "spread": "nodes"},
     },
