@@ -880,6 +880,7 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
                 name: sorted({v for k, _, v, _ in answers if (k == "Search") == (name == "Search")}) for name in stores
             },
             "wrong_answers": len(wrong),
+            "wrong_by_kind": dict(collections.Counter(w.get("kind", "?") for w in wrong)),
             "wrong_examples": wrong[:5],
             "served_unpublished": len(unpublished),  # a version never PUBLISHED nor PINNED (a held-back LATEST)
             "served_unpublished_examples": unpublished[:5],
