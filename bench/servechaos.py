@@ -147,13 +147,15 @@ class ChaosSettings:
 
 # ----------------------------------------------------------------------------------- requests
 ROW_COLUMNS = ("user_id", "item_id", "category_id", "ts")
+STREAM_TS = 1_511_680_000  # the first stream file's first second (07:06:40 UTC): its files are hours 7, 8, ...
 
 
 def make_requests(trainer, root: Path, seed: int, n: int = 6):
     """Score requests, Recommend requests, and for each Score request the data-file batch it holds (None
     for the context form). Even Score requests are a small data file's rows (every column per candidate:
     checked with ``freshrec evaluate``'s code path); odd ones give the user and the time in the context
-    and candidate items (known and never-seen), checked with a pinned local ScoringService."""
+    and candidate items (known and never-seen), checked with a pinned local ScoringService. Every request
+    gives the time column (a request without it is scored at its arrival time: not reproducible later)."""
     import numpy as np
 
     from bench.servedata import write_taobao_csv
@@ -182,6 +184,9 @@ def make_requests(trainer, root: Path, seed: int, n: int = 6):
         batches.append(batch)
         rec = pb.RecommendRequest(k=5, num_candidates=30)
         rec.context["user_id"].id = int(rng.choice(users))
+        # the request's time, as every Score request gives it: without it a replica scores at its arrival time
+        # (the hour of day is a feature), which the checker, later, cannot reproduce. Hours the stream trains.
+        rec.context["ts"].id = STREAM_TS + 1800 * i
         recommend.append(rec)
     return score, batches, recommend
 
@@ -622,7 +627,9 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
 
         def record(kind: str, i: int, resp) -> None:
             with lock:
-                answers.append((kind, i, int(resp.model_version), answer_of(kind, resp)))
+                answers.append(
+                    (kind, i, int(resp.model_version), answer_of(kind, resp), round(time.monotonic() - t_start, 2))
+                )
 
         def client(k: int) -> None:
             r = random.Random(s.seed * 1000 + k)
@@ -742,7 +749,7 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
                         root / "stream" / f"part-{2 + i}.csv",
                         800,
                         10 + i,
-                        start_ts=1_511_680_000 + 3600 * i,
+                        start_ts=STREAM_TS + 3600 * i,
                         new_items=20,
                     )
                 )
@@ -824,7 +831,7 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
         with commit_lock:
             sync_copies()
         wrong, unpublished = [], []
-        for kind, i, v, got in answers:
+        for kind, i, v, got, at_s in answers:
             app_of = "Search" if kind == "Search" else "Scorer"
             if v not in published[app_of] | pinned[app_of]:
                 unpublished.append({"kind": kind, "request": i, "version": v})
@@ -843,10 +850,13 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
                         "request": i,
                         "version": v,
                         "why": "differs from the offline answer",
+                        "at_s": at_s,
                         "served": describe(kind, got),
                         "offline": describe(kind, want),
                     }
                 )
+        if os.environ.get("FRESHREC_CHAOS_DUMP"):  # every wrong answer, for a diagnosis (the result keeps five)
+            Path(os.environ["FRESHREC_CHAOS_DUMP"]).write_text(json.dumps(wrong, indent=1, default=str))
         faults = collections.Counter()
         if fault_log.exists():
             for line in fault_log.read_text().splitlines():
@@ -877,7 +887,7 @@ def run_seed(s: ChaosSettings, root: Path, grpc_port: int) -> dict:
             "answers": len(answers),
             "answers_by_kind": dict(collections.Counter(k for k, *_ in answers)),
             "versions_named": {
-                name: sorted({v for k, _, v, _ in answers if (k == "Search") == (name == "Search")}) for name in stores
+                name: sorted({v for k, _, v, *_ in answers if (k == "Search") == (name == "Search")}) for name in stores
             },
             "wrong_answers": len(wrong),
             "wrong_by_kind": dict(collections.Counter(w.get("kind", "?") for w in wrong)),
