@@ -18,7 +18,9 @@ In one run, on loopback, at a fixed offered load (open loop, :mod:`bench.loadgen
 * ``--swaps`` version swaps under that load: failed requests, p99 during swaps over steady p99;
 * freshness over ``--fresh-files`` data files: from a file's rename into the incoming directory
   to the first Score answer by a version that includes it (a trainer process follows the
-  directory and commits a version per file, like ``freshrec stream``; a prober scores every 10 ms).
+  directory and commits a version per file, like ``freshrec stream``; a prober scores every 10 ms,
+  its answered rate is ``freshness_probe_qps``). ``--fresh-warmup`` files (default 3) land first and
+  are not counted: they carry the trainer's start-up and its first version, a full one.
 
 The model: the Taobao log when present (the first 60% of rows trained as history, the rest cut
 into small data files), otherwise a synthetic log of the same format.
@@ -63,6 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, default=20, help="k of Recommend (default 20)")
     parser.add_argument("--swaps", type=int, default=10, help="versions committed under load (default 10)")
     parser.add_argument("--fresh-files", type=int, default=50, help="data files for freshness (default 50)")
+    parser.add_argument(
+        "--fresh-warmup",
+        type=int,
+        default=3,
+        help="data files landed before the measured ones and not counted: the trainer's start-up and its first "
+        "(full) version (default 3)",
+    )
     parser.add_argument(
         "--curve",
         nargs="?",
@@ -164,7 +173,7 @@ def _exit_on_sigterm(signum, frame) -> None:
 def _prepare(args, work: Path) -> dict:
     from bench.servedata import write_taobao_csv
 
-    later_n = 2 * args.swaps + args.fresh_files + 1
+    later_n = 2 * args.swaps + args.fresh_warmup + args.fresh_files + 1
     data = Path(args.data)
     if data.exists():
         lines = data.read_text().splitlines()
@@ -458,7 +467,16 @@ def _run(args: argparse.Namespace, work: Path, children: list) -> dict:
         later = later[2 * args.swaps :]
         if "freshness" not in skip:
             result.update(
-                _freshness(args, store, store_url, work, target, reqs[0], later[: args.fresh_files], children)
+                _freshness(
+                    args,
+                    store,
+                    store_url,
+                    work,
+                    target,
+                    reqs[0],
+                    later[: args.fresh_warmup + args.fresh_files],
+                    children,
+                )
             )
     finally:
         if grpcio_proc is not None:
@@ -704,14 +722,21 @@ def _freshness(args, store, store_url: str, work: Path, target: str, req, files:
     th = threading.Thread(target=probe, daemon=True)
     th.start()
     landed = {}
+    warmup = min(getattr(args, "fresh_warmup", 0), max(len(files) - 1, 0))
+    t_measure = None
     for i, text in enumerate(files):
         name = f"part-b-fresh-{i:04d}.csv"
         before = answers[-1][1] if answers else 0
-        landed[name] = _land(incoming, name, text)
-        deadline = time.time() + 10
+        if i == warmup:
+            t_measure = time.time()
+        t_land = _land(incoming, name, text)
+        if i >= warmup:  # the warm-up files carry the trainer's start-up and first (full) version: not counted
+            landed[name] = t_land
+        deadline = time.time() + (10 if i >= warmup else 120)
         while time.time() < deadline and (not answers or answers[-1][1] <= before):
             time.sleep(0.01)
         time.sleep(0.2)
+    t_landed = time.time()
     # the prober goes on until the trainer has committed every file and the newest version is answered (a
     # slow machine may still be training the last files): a file served after the loop still counts
     try:
@@ -729,7 +754,12 @@ def _freshness(args, store, store_url: str, work: Path, target: str, req, files:
     for m in store.list():
         for f in m.data_files:
             first_with.setdefault(f, m.version)
-    return freshness_summary(landed, answers, first_with, store)
+    out = freshness_summary(landed, answers, first_with, store)
+    if t_measure is not None:  # the offered load while the measured files landed: the prober's own rate
+        probes = sum(1 for t, _ in answers if t_measure <= t <= t_landed)
+        out["freshness_probe_qps"] = round(probes / max(t_landed - t_measure, 1e-9), 1)
+    out["freshness_warmup_files"] = warmup
+    return out
 
 
 def freshness_summary(landed: dict, answers: list, first_with: dict, store) -> dict:
