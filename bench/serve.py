@@ -123,6 +123,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="serve.access_log: Ray Serve's log line per request in the proxy and the replicas, freshrec's and "
         "the no-op app's alike (default off, as ServeConfig)",
     )
+    parser.add_argument(
+        "--user-code-on-loop",
+        action="store_true",
+        help="serve.user_code_thread=false: the replicas (freshrec's and the no-op app's) run the request methods "
+        "on Ray Serve's own loop, not on a thread of their own (default: Ray Serve's separate thread)",
+    )
     parser.add_argument("--data", default=str(TAOBAO), help="a Taobao-format CSV (default: the shared Taobao log)")
     parser.add_argument(
         "--recall-users",
@@ -294,13 +300,17 @@ class NoopScorer:
         return pb.ModelInfoResponse(model_version=self.score_reply.model_version)
 
 
-def _start_noop(score_reply: bytes, recommend_reply: bytes, max_ongoing_requests: int, access_log: bool) -> None:
-    """Deploy the no-op application beside freshrec's, with the Scorer deployment's options."""
+def _start_noop(score_reply: bytes, recommend_reply: bytes, cfg) -> None:
+    """Deploy the no-op application beside freshrec's, with the Scorer deployment's options (``cfg``: its
+    ServeConfig: max_ongoing_requests, access_log, user_code_thread)."""
     from ray import serve
 
+    from serving.app import replica_actor_options
+
+    max_ongoing_requests, access_log = cfg.max_ongoing_requests, cfg.access_log
     dep = serve.deployment(
         name="Noop",
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options=replica_actor_options(cfg),
         max_ongoing_requests=max_ongoing_requests,
         logging_config={"enable_access_log": access_log},
     )(NoopScorer)
@@ -436,7 +446,14 @@ def _run(args: argparse.Namespace, work: Path, children: list) -> dict:
         cfg = serve_config(args, store_url, catalogue)
         result["serve_options"] = {
             k: getattr(cfg, k)
-            for k in ("max_ongoing_requests", "score_batch_size", "score_batch_wait_s", "request_spans", "access_log")
+            for k in (
+                "max_ongoing_requests",
+                "score_batch_size",
+                "score_batch_wait_s",
+                "request_spans",
+                "access_log",
+                "user_code_thread",
+            )
         }
         port = start_serving(cfg)
         target = f"127.0.0.1:{port}"
@@ -447,7 +464,7 @@ def _run(args: argparse.Namespace, work: Path, children: list) -> dict:
             ScoringClient(grpcio_target, None).wait_ready(120)
         apps = {"freshrec": (target, APP_NAME)}
         if "noop" not in skip:
-            _start_noop(*replies, cfg.max_ongoing_requests, cfg.access_log)
+            _start_noop(*replies, cfg)
             ScoringClient(target, NOOP_APP).wait_ready(120)
             apps["noop"] = (target, NOOP_APP)
         if grpcio_proc is not None:
@@ -546,6 +563,7 @@ def serve_config(args: argparse.Namespace, store_url: str, catalogue: str):
         catalogue=(catalogue,),
         request_spans=bool(getattr(args, "replica_perf", False)),
         access_log=bool(getattr(args, "access_log", False)),
+        user_code_thread=not getattr(args, "user_code_on_loop", False),
         **{k: v for k, v in given.items() if v is not None},
     )
 

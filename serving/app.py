@@ -31,7 +31,7 @@ from serving.config import FollowSettings, ServeConfig
 from serving.errors import ServingError
 from serving.follower import LeaseSettings, VersionFollower
 from serving.model import ps_config_of
-from serving.service import ScoringService
+from serving.service import SENT_AT_KEY, ScoringService, arrival_lag_s, thread_cpu  # noqa: F401
 from serving.shards import RemoteTables, ShardSlice, merge_changes
 from serving.telemetry import replica_name
 from serving.wire import SERVICER_FUNCTION, pb
@@ -61,34 +61,6 @@ def _result(call, timeout_s: float):
     except TimeoutError:
         call.cancel()
         raise
-
-
-SENT_AT_KEY = "x-freshrec-sent-ns"  # metadata a load generator may send: its time.time_ns() at the send
-
-
-def thread_cpu() -> dict[str, float]:
-    """CPU seconds (user + system) of each thread of this process, by Python thread name (threads Python did
-    not start, Ray's and gRPC's C++ threads, summed under ``native``)."""
-    import psutil
-
-    names = {t.native_id: t.name for t in threading.enumerate()}
-    out: dict[str, float] = {}
-    for t in psutil.Process().threads():
-        name = names.get(t.id, "native")
-        out[name] = out.get(name, 0.0) + t.user_time + t.system_time
-    return out
-
-
-def arrival_lag_s(grpc_context, now_ns: int | None = None) -> float | None:
-    """Seconds from the client's send (metadata :data:`SENT_AT_KEY`) to now: the proxy, the hop to this replica
-    and the wait for this replica's loop; None when the client sent no time."""
-    for key, value in grpc_context.invocation_metadata():
-        if key == SENT_AT_KEY:
-            try:
-                return ((now_ns or time.time_ns()) - int(value)) / 1e9
-            except ValueError:
-                return None
-    return None
 
 
 def health_check(health, started: float, grace_s: float = READY_GRACE_S) -> None:
@@ -347,7 +319,21 @@ def build_app(cfg: ServeConfig, replicas: int | None = None, pin_version=_FOLLOW
         user_config=user_config,
         max_ongoing_requests=cfg.max_ongoing_requests,
         logging_config=logs,
+        ray_actor_options=replica_actor_options(cfg),
     ).bind(cfg, *shards)
+
+
+USER_CODE_THREAD_ENV = "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"  # read by Ray Serve when the replica starts
+
+
+def replica_actor_options(cfg: ServeConfig) -> dict:
+    """The Scorer replica's ``ray_actor_options``: no CPU reserved; with ``serve.user_code_thread: false`` the
+    environment that makes Ray Serve run the request methods on its own loop (the job's env_vars, such as the
+    workers' PYTHONPATH, are merged with it by Ray)."""
+    opts: dict = {"num_cpus": 0}
+    if not cfg.user_code_thread:
+        opts["runtime_env"] = {"env_vars": {USER_CODE_THREAD_ENV: "0"}}
+    return opts
 
 
 def app_from_args(args: dict):

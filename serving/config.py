@@ -89,6 +89,10 @@ class ServeConfig:
     access_log: Ray Serve's access log line per request, in the replicas and the proxy (off by default: a
     formatted line and a file write per request on the request path; freshrec's own request metrics count
     every request by method and code).
+    user_code_thread: True (Ray Serve's default): a replica runs the request methods on an event loop of their own
+    thread, beside Ray Serve's loop; False: on Ray Serve's loop (``RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0``
+    in the replica's runtime_env): no hop between the two loops per request (a cross-thread future and a GIL
+    hand-off each way), but a computing request holds up Ray Serve's own request handling meanwhile.
     request_spans: record per-stage durations of every request in the replica (validate, convert, features,
     retrieval, forward, respond, telemetry; the handler and the arrival lag from the client's send time) and
     the CPU of the replica's threads, for ``bench serve --replica-perf`` (off by default: a few timer reads
@@ -119,6 +123,7 @@ class ServeConfig:
     score_batch_wait_s: float = 0.002
     request_spans: bool = False
     access_log: bool = False
+    user_code_thread: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.catalogue, str):
@@ -190,7 +195,7 @@ class ServeConfig:
                 f"serve.score_batch_size ({self.score_batch_size}) must be <= serve.max_ongoing_requests "
                 f"({self.max_ongoing_requests}): a replica never holds more requests than that to batch"
             )
-        for name in ("request_spans", "access_log"):
+        for name in ("request_spans", "access_log", "user_code_thread"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"serve.{name} must be true or false, got {getattr(self, name)!r}")
         g = self.grpc_port

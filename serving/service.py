@@ -433,6 +433,34 @@ class ScoringService:
         )
 
 
+SENT_AT_KEY = "x-freshrec-sent-ns"  # metadata a load generator may send: its time.time_ns() at the send
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds (user + system) of each thread of this process, by Python thread name (threads Python did
+    not start, Ray's and gRPC's C++ threads, summed under ``native``)."""
+    import psutil
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for t in psutil.Process().threads():
+        name = names.get(t.id, "native")
+        out[name] = out.get(name, 0.0) + t.user_time + t.system_time
+    return out
+
+
+def arrival_lag_s(grpc_context, now_ns: int | None = None) -> float | None:
+    """Seconds from the client's send (metadata :data:`SENT_AT_KEY`) to now: the proxy, the hop to this replica
+    and the wait for this replica's loop; None when the client sent no time."""
+    for key, value in grpc_context.invocation_metadata():
+        if key == SENT_AT_KEY:
+            try:
+                return ((now_ns or time.time_ns()) - int(value)) / 1e9
+            except ValueError:
+                return None
+    return None
+
+
 # ------------------------------------------------------------------ messages -> values
 def feature_value(f, where: str):
     """The raw value of a Feature: int (id), str (token) or float (number, finite)."""
