@@ -124,10 +124,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the no-op app's alike (default off, as ServeConfig)",
     )
     parser.add_argument(
-        "--user-code-on-loop",
+        "--user-code-thread",
         action="store_true",
-        help="serve.user_code_thread=false: the replicas (freshrec's and the no-op app's) run the request methods "
-        "on Ray Serve's own loop, not on a thread of their own (default: Ray Serve's separate thread)",
+        help="serve.user_code_thread=true: the replicas (freshrec's and the no-op app's) run the request methods "
+        "on an event loop of their own thread, Ray Serve's default (default: on Ray Serve's own loop, as ServeConfig)",
     )
     parser.add_argument("--data", default=str(TAOBAO), help="a Taobao-format CSV (default: the shared Taobao log)")
     parser.add_argument(
@@ -563,7 +563,7 @@ def serve_config(args: argparse.Namespace, store_url: str, catalogue: str):
         catalogue=(catalogue,),
         request_spans=bool(getattr(args, "replica_perf", False)),
         access_log=bool(getattr(args, "access_log", False)),
-        user_code_thread=not getattr(args, "user_code_on_loop", False),
+        user_code_thread=bool(getattr(args, "user_code_thread", False)),
         **{k: v for k, v in given.items() if v is not None},
     )
 

@@ -89,7 +89,9 @@ class ScorerDeployment:
 
     The methods are coroutines that compute without awaiting: a request costs 1-3 ms of CPU, less
     than a hop to a thread pool, and the replica's loop runs one at a time (the model's lock is
-    never contended). Loading versions happens on the follower's own thread.
+    never contended). Loading versions happens on the follower's own thread. That loop is Ray Serve's
+    own unless ``serve.user_code_thread`` (:func:`replica_actor_options`). ``serve.request_spans``: the
+    replica records where each request's time goes (:meth:`perf_report`, ``bench serve --replica-perf``).
 
     ``serve.max_ongoing_requests`` (default 64) is the deployment's option of that name (set in
     :func:`build_app`). ``serve.score_batch_size`` > 1 turns on ``@serve.batch`` for Score: requests that

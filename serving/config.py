@@ -89,10 +89,11 @@ class ServeConfig:
     access_log: Ray Serve's access log line per request, in the replicas and the proxy (off by default: a
     formatted line and a file write per request on the request path; freshrec's own request metrics count
     every request by method and code).
-    user_code_thread: True (Ray Serve's default): a replica runs the request methods on an event loop of their own
-    thread, beside Ray Serve's loop; False: on Ray Serve's loop (``RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0``
-    in the replica's runtime_env): no hop between the two loops per request (a cross-thread future and a GIL
-    hand-off each way), but a computing request holds up Ray Serve's own request handling meanwhile.
+    user_code_thread: False (default): a Scorer replica runs the request methods on Ray Serve's own loop
+    (``RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0`` in the replica's runtime_env): no hop between two loops per
+    request (a cross-thread future and a GIL hand-off each way, ~10% of the replica's samples), at the cost that
+    a computing request holds up Ray Serve's own request handling meanwhile (the methods compute 1-5 ms without
+    awaiting either way). True: Ray Serve's default, the methods on an event loop of their own thread.
     request_spans: record per-stage durations of every request in the replica (validate, convert, features,
     retrieval, forward, respond, telemetry; the handler and the arrival lag from the client's send time) and
     the CPU of the replica's threads, for ``bench serve --replica-perf`` (off by default: a few timer reads
@@ -123,7 +124,7 @@ class ServeConfig:
     score_batch_wait_s: float = 0.002
     request_spans: bool = False
     access_log: bool = False
-    user_code_thread: bool = True
+    user_code_thread: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.catalogue, str):

@@ -185,13 +185,13 @@ def test_the_perf_options_are_checked_and_reach_the_replica_and_the_bench():
         with pytest.raises(ConfigError, match=f"serve.{key} must be true or false"):
             ServeConfig(**{key: "yes"})
     default = ServeConfig()
-    assert not default.request_spans and not default.access_log and default.user_code_thread
-    assert replica_actor_options(default) == {"num_cpus": 0}
-    on_loop = replica_actor_options(ServeConfig(user_code_thread=False))
+    assert not default.request_spans and not default.access_log and not default.user_code_thread
+    on_loop = replica_actor_options(default)
     assert on_loop["runtime_env"] == {"env_vars": {USER_CODE_THREAD_ENV: "0"}} and on_loop["num_cpus"] == 0
+    assert replica_actor_options(ServeConfig(user_code_thread=True)) == {"num_cpus": 0}
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    cfg = serve_config(parser.parse_args(["--replica-perf", "--access-log", "--user-code-on-loop"]), "s", "c")
-    assert cfg.request_spans and cfg.access_log and not cfg.user_code_thread
+    cfg = serve_config(parser.parse_args(["--replica-perf", "--access-log", "--user-code-thread"]), "s", "c")
+    assert cfg.request_spans and cfg.access_log and cfg.user_code_thread
     plain = serve_config(parser.parse_args([]), "s", "c")
-    assert not plain.request_spans and not plain.access_log and plain.user_code_thread
+    assert not plain.request_spans and not plain.access_log and not plain.user_code_thread
