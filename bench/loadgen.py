@@ -59,9 +59,11 @@ async def offered_load(
     metadata=(("application", "freshrec"),),
     channels: int = 2,
     stub=None,
+    sent_at_key: str | None = None,
 ) -> LoadResult:
-    """``call(stub, i)`` returns the awaitable of request i on a stub (``stub``: its class, default
-    ``ScorerStub``) of a grpc.aio channel."""
+    """``call(stub, i, timeout_s, metadata)`` returns the awaitable of request i on a stub (``stub``: its class,
+    default ``ScorerStub``) of a grpc.aio channel. ``sent_at_key``: also send this metadata key with the send's
+    ``time.time_ns()`` (a replica with ``serve.request_spans`` measures the arrival lag from it)."""
     import grpc
 
     if stub is None:
@@ -78,8 +80,9 @@ async def offered_load(
 
     async def one(i: int, due: float) -> None:
         lag.append((time.perf_counter() - due) * 1e3)
+        md = metadata if sent_at_key is None else (*metadata, (sent_at_key, str(time.time_ns())))
         try:
-            r = await call(stubs[i % channels], i, timeout_s, metadata)
+            r = await call(stubs[i % channels], i, timeout_s, md)
             now = time.perf_counter()
             lat.append((now - due) * 1e3)
             versions.append((time.time(), int(getattr(r, "model_version", 0))))

@@ -167,6 +167,8 @@ def serve_pids(root_pid: int | None = None) -> dict[str, int]:
             continue
         if "ServeReplica:freshrec:Scorer" in title and "replica" not in pids:
             pids["replica"] = p.pid
+        elif "ServeReplica:noop:Noop" in title and "noop_replica" not in pids:
+            pids["noop_replica"] = p.pid
         elif "ray::ProxyActor" in title and "proxy" not in pids:
             pids["proxy"] = p.pid
     return pids
@@ -209,3 +211,22 @@ def profile_serve_phase(out_dir: Path, run_phase, rate: int = 250) -> dict:
     if os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1":
         result["note"] += "; throughput ingress: user code runs on the replica's loop"
     return result
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system, every thread) so far of each named process; a process gone is left out."""
+    import psutil
+
+    out = {}
+    for role, pid in pids.items():
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        out[role] = t.user + t.system
+    return out
+
+
+def cpu_shares(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float]:
+    """Each process's CPU over a phase as a share of one core (1.0: one core busy the whole phase)."""
+    return {k: round((after[k] - before[k]) / wall_s, 4) for k in after if k in before and wall_s > 0}

@@ -119,6 +119,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="serve.score_batch_wait_s: how long a batch waits for company (default: ServeConfig's, 0.002)",
     )
+    parser.add_argument(
+        "--replica-perf",
+        action="store_true",
+        help="where the time goes per request: the Scorer replica records per-stage spans (serve.request_spans), "
+        "the arrival lag from the client's send, its loop's lag and its threads' CPU; every phase reports the CPU "
+        "share of the proxy, the replicas and the load generator (JSON replica_perf)",
+    )
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="serve.access_log: Ray Serve's log line per request in the proxy and the replicas, freshrec's and "
+        "the no-op app's alike (default off, as ServeConfig)",
+    )
+    parser.add_argument(
+        "--user-code-thread",
+        action="store_true",
+        help="serve.user_code_thread=true: the replicas (freshrec's and the no-op app's) run the request methods "
+        "on an event loop of their own thread, Ray Serve's default (default: on Ray Serve's own loop, as ServeConfig)",
+    )
     parser.add_argument("--data", default=str(TAOBAO), help="a Taobao-format CSV (default: the shared Taobao log)")
     parser.add_argument(
         "--recall-users",
@@ -290,13 +309,20 @@ class NoopScorer:
         return pb.ModelInfoResponse(model_version=self.score_reply.model_version)
 
 
-def _start_noop(score_reply: bytes, recommend_reply: bytes, max_ongoing_requests: int) -> None:
-    """Deploy the no-op application beside freshrec's, with the Scorer deployment's options."""
+def _start_noop(score_reply: bytes, recommend_reply: bytes, cfg) -> None:
+    """Deploy the no-op application beside freshrec's, with the Scorer deployment's options (``cfg``: its
+    ServeConfig: max_ongoing_requests, access_log, user_code_thread)."""
     from ray import serve
 
-    dep = serve.deployment(name="Noop", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=max_ongoing_requests)(
-        NoopScorer
-    )
+    from serving.app import replica_actor_options
+
+    max_ongoing_requests, access_log = cfg.max_ongoing_requests, cfg.access_log
+    dep = serve.deployment(
+        name="Noop",
+        ray_actor_options=replica_actor_options(cfg),
+        max_ongoing_requests=max_ongoing_requests,
+        logging_config={"enable_access_log": access_log},
+    )(NoopScorer)
     serve.run(dep.bind(score_reply, recommend_reply), name=NOOP_APP, route_prefix="/" + NOOP_APP, blocking=False)
 
 
@@ -306,8 +332,9 @@ def _env() -> dict:
     return env
 
 
-def _load(target: str, reqs, method: str, qps: float, seconds: float, app: str | None):
-    """One open-loop phase; ``app``: the Ray Serve application (metadata), None for the grpcio host."""
+def _load(target: str, reqs, method: str, qps: float, seconds: float, app: str | None, sent_at: bool = False):
+    """One open-loop phase; ``app``: the Ray Serve application (metadata), None for the grpcio host;
+    ``sent_at``: every request carries its send time (serving.app.SENT_AT_KEY)."""
     from bench.loadgen import run_load
 
     md = (("application", app),) if app else ()
@@ -315,7 +342,40 @@ def _load(target: str, reqs, method: str, qps: float, seconds: float, app: str |
     def call(stub, i, timeout, metadata):
         return getattr(stub, method)(reqs[i % len(reqs)], timeout=timeout, metadata=metadata)
 
-    return run_load(call, target, qps, seconds, metadata=md)
+    return run_load(call, target, qps, seconds, metadata=md, sent_at_key=SENT_AT_KEY if sent_at else None)
+
+
+SENT_AT_KEY = "x-freshrec-sent-ns"  # serving.app.SENT_AT_KEY (not imported: importing serving.app imports Serve)
+
+
+class ReplicaPerf:
+    """``--replica-perf``: around each load phase, the CPU share of the proxy, the freshrec replica, the no-op
+    replica (psutil, by process title) and, for freshrec's phases, the replica's own report (per-stage spans,
+    arrival lag, loop lag, threads' CPU: ``ScorerDeployment.perf_report``)."""
+
+    def __init__(self) -> None:
+        from ray import serve
+
+        from bench.profiling import serve_pids
+
+        self.pids = serve_pids()
+        self.handle = serve.get_deployment_handle("Scorer", app_name=APP_NAME)
+
+    def report(self) -> dict:
+        return self.handle.perf_report.remote(True).result(timeout_s=60)
+
+    def phase(self, name: str, run) -> dict:
+        """``run()`` -> LoadResult; its summary with ``cpu_share`` (and ``replica`` for freshrec)."""
+        from bench.profiling import cpu_seconds, cpu_shares
+
+        if name == "freshrec":
+            self.report()  # forget what came before this phase
+        before, t0 = cpu_seconds(self.pids), time.perf_counter()
+        s = run().summary()
+        s["cpu_share"] = cpu_shares(before, cpu_seconds(self.pids), time.perf_counter() - t0)
+        if name == "freshrec":
+            s["replica"] = self.report()
+        return s
 
 
 # --------------------------------------------------------------------------- run
@@ -394,7 +454,15 @@ def _run(args: argparse.Namespace, work: Path, children: list) -> dict:
     try:
         cfg = serve_config(args, store_url, catalogue)
         result["serve_options"] = {
-            k: getattr(cfg, k) for k in ("max_ongoing_requests", "score_batch_size", "score_batch_wait_s")
+            k: getattr(cfg, k)
+            for k in (
+                "max_ongoing_requests",
+                "score_batch_size",
+                "score_batch_wait_s",
+                "request_spans",
+                "access_log",
+                "user_code_thread",
+            )
         }
         port = start_serving(cfg)
         target = f"127.0.0.1:{port}"
@@ -405,17 +473,20 @@ def _run(args: argparse.Namespace, work: Path, children: list) -> dict:
             ScoringClient(grpcio_target, None).wait_ready(120)
         apps = {"freshrec": (target, APP_NAME)}
         if "noop" not in skip:
-            _start_noop(*replies, cfg.max_ongoing_requests)
+            _start_noop(*replies, cfg)
             ScoringClient(target, NOOP_APP).wait_ready(120)
             apps["noop"] = (target, NOOP_APP)
         if grpcio_proc is not None:
             apps["grpcio"] = (grpcio_target, None)
         methods = [("Score", reqs)] + ([("Recommend", rec_reqs)] if "recommend" not in skip else [])
-        rounds = _rounds(apps, methods, args.qps, args.seconds, args.rounds)
+        perf = ReplicaPerf() if getattr(args, "replica_perf", False) else None
+        rounds = _rounds(apps, methods, args.qps, args.seconds, args.rounds, perf)
         result.update(_round_summary(rounds))
+        if perf is not None:
+            result["replica_perf"] = _perf_by_method(rounds)
         if args.curve:
             loads = [float(q) for q in args.curve.split(",") if q.strip()]
-            curve = _curve(apps, reqs, loads, args.curve_seconds)
+            curve = _curve(apps, reqs, loads, args.curve_seconds, perf)
             result["curve"] = curve
             result["max_qps_within_1_5x_noop"] = max_qps_within(curve, "freshrec", "noop", 1.5)
             if args.plot:
@@ -424,8 +495,13 @@ def _run(args: argparse.Namespace, work: Path, children: list) -> dict:
             from bench.profiling import profile_serve_phase
 
             result["profile_serve"] = profile_serve_phase(
-                Path(args.profile), lambda: _load(target, reqs, "Score", args.qps, args.seconds, APP_NAME)
+                Path(args.profile) / "score", lambda: _load(target, reqs, "Score", args.qps, args.seconds, APP_NAME)
             )
+            if "recommend" not in skip:
+                result["profile_serve_recommend"] = profile_serve_phase(
+                    Path(args.profile) / "recommend",
+                    lambda: _load(target, rec_reqs, "Recommend", args.qps, args.seconds, APP_NAME),
+                )
         if grpcio_proc is not None:
             grpcio_proc.kill()
             grpcio_proc = None
@@ -503,11 +579,21 @@ def serve_config(args: argparse.Namespace, store_url: str, catalogue: str):
         store_url=store_url,
         poll_interval_s=0.1,
         catalogue=(catalogue,),
+        request_spans=bool(getattr(args, "replica_perf", False)),
+        access_log=bool(getattr(args, "access_log", False)),
+        user_code_thread=bool(getattr(args, "user_code_thread", False)),
         **{k: v for k, v in given.items() if v is not None},
     )
 
 
-def _rounds(apps: dict, methods: list, qps: float, seconds: float, n_rounds: int) -> dict:
+def _phase(perf: "ReplicaPerf | None", name: str, tgt: str, reqs, method: str, qps: float, seconds: float, app):
+    """One load phase's summary (with ``--replica-perf``: the CPU shares and the replica's report)."""
+    if perf is None:
+        return _load(tgt, reqs, method, qps, seconds, app).summary()
+    return perf.phase(name, lambda: _load(tgt, reqs, method, qps, seconds, app, sent_at=True))
+
+
+def _rounds(apps: dict, methods: list, qps: float, seconds: float, n_rounds: int, perf=None) -> dict:
     """``n_rounds`` rounds; in each, every app takes one phase per method, the order of the apps reversed
     every other round (no app always runs first, or always after a given other). -> {method: {app: [summaries]}}."""
     out: dict = {m: {a: [] for a in apps} for m, _ in methods}
@@ -516,8 +602,18 @@ def _rounds(apps: dict, methods: list, qps: float, seconds: float, n_rounds: int
         for method, reqs in methods:
             for name in order:
                 tgt, app = apps[name]
-                out[method][name].append(_load(tgt, reqs, method, qps, seconds, app).summary())
+                out[method][name].append(_phase(perf, name, tgt, reqs, method, qps, seconds, app))
     return out
+
+
+def _perf_by_method(rounds: dict) -> dict:
+    """``--replica-perf``'s figures per method, app and round: the CPU shares, the load generator's, the
+    replica's report (freshrec), and p50/p99 beside them."""
+    keep = ("p50_ms", "p99_ms", "loadgen_cpu_share", "cpu_share", "replica")
+    return {
+        m: {a: [{k: s[k] for k in keep if k in s} for s in ss] for a, ss in per_app.items()}
+        for m, per_app in rounds.items()
+    }
 
 
 _KEYS = {("Score", "freshrec"): "score_serve", ("Score", "grpcio"): "score_grpcio", ("Score", "noop"): "score_noop"}
@@ -549,15 +645,16 @@ def round_ratios(ours: list[dict], floor: list[dict], key: str) -> list[float]:
     return [a[key] / b[key] if b[key] > 0 else float("inf") for a, b in zip(ours, floor, strict=True)]
 
 
-def _curve(apps: dict, reqs, loads: list[float], seconds: float) -> dict:
+def _curve(apps: dict, reqs, loads: list[float], seconds: float, perf=None) -> dict:
     """p50/p99 per app at each offered load (Score), apps alternating at every load."""
     curve: dict = {"qps": loads, **{a: [] for a in apps}}
+    keep = ("p50_ms", "p99_ms", "qps", "errors", "loadgen_cpu_share", "cpu_share", "replica")
     for j, q in enumerate(loads):
         order = list(apps) if j % 2 == 0 else list(reversed(apps))
         for name in order:
             tgt, app = apps[name]
-            s = _load(tgt, reqs, "Score", q, seconds, app).summary()
-            curve[name].append({k: s[k] for k in ("p50_ms", "p99_ms", "qps", "errors", "loadgen_cpu_share")})
+            s = _phase(perf, name, tgt, reqs, "Score", q, seconds, app)
+            curve[name].append({k: s[k] for k in keep if k in s})
     return {k: curve[k] for k in ["qps", *apps]}
 
 

@@ -31,7 +31,7 @@ from serving.config import FollowSettings, ServeConfig
 from serving.errors import ServingError
 from serving.follower import LeaseSettings, VersionFollower
 from serving.model import ps_config_of
-from serving.service import ScoringService
+from serving.service import SENT_AT_KEY, ScoringService, arrival_lag_s, thread_cpu  # noqa: F401
 from serving.shards import RemoteTables, ShardSlice, merge_changes
 from serving.telemetry import replica_name
 from serving.wire import SERVICER_FUNCTION, pb
@@ -89,7 +89,9 @@ class ScorerDeployment:
 
     The methods are coroutines that compute without awaiting: a request costs 1-3 ms of CPU, less
     than a hop to a thread pool, and the replica's loop runs one at a time (the model's lock is
-    never contended). Loading versions happens on the follower's own thread.
+    never contended). Loading versions happens on the follower's own thread. That loop is Ray Serve's
+    own unless ``serve.user_code_thread`` (:func:`replica_actor_options`). ``serve.request_spans``: the
+    replica records where each request's time goes (:meth:`perf_report`, ``bench serve --replica-perf``).
 
     ``serve.max_ongoing_requests`` (default 64) is the deployment's option of that name (set in
     :func:`build_app`). ``serve.score_batch_size`` > 1 turns on ``@serve.batch`` for Score: requests that
@@ -107,6 +109,9 @@ class ScorerDeployment:
         # with shards, the first version is loaded by the follower thread (a constructor must not wait on them)
         self.service = ScoringService(cfg, remote=remote).start(load_now=remote is None)
         self._batching = cfg.score_batch_size > 1  # serve.score_batch_size: Score requests scored together
+        self._spans = self.service.spans  # serve.request_spans: None (off) or the service's RequestSpans
+        self._lag_probe = None  # the loop-lag probe task (request_spans only), started by the first request
+        self._cpu0 = thread_cpu() if self._spans is not None else {}
         if self._batching:
             self._score_together.set_max_batch_size(cfg.score_batch_size)
             self._score_together.set_batch_wait_timeout_s(cfg.score_batch_wait_s)
@@ -131,20 +136,68 @@ class ScorerDeployment:
             return empty
 
     async def _answer(self, fn, request, grpc_context, empty):
+        if self._spans is not None:
+            return await self._answer_timed(fn, request, grpc_context, empty)
         if not self.shards:  # compute on the loop: cheaper than a hop to a thread
             return self._call(fn, request, grpc_context, empty)
         # remote tables wait on shard calls, which must not block (or run on) the replica's event loop
         return await asyncio.get_running_loop().run_in_executor(None, self._call, fn, request, grpc_context, empty)
 
+    async def _answer_timed(self, fn, request, grpc_context, empty):
+        """``_answer`` with the transport's spans: ``arrival`` (the client's send to this handler) and
+        ``handler`` (this handler's own time)."""
+        t0 = time.perf_counter()
+        lag = arrival_lag_s(grpc_context)
+        if lag is not None:
+            self._spans.add("arrival", lag)
+        if self._lag_probe is None:
+            self._lag_probe = asyncio.get_running_loop().create_task(self._probe_loop())
+        if not self.shards:
+            out = self._call(fn, request, grpc_context, empty)
+        else:
+            out = await asyncio.get_running_loop().run_in_executor(None, self._call, fn, request, grpc_context, empty)
+        self._spans.add("handler", time.perf_counter() - t0)
+        return out
+
+    async def _probe_loop(self, period_s: float = 0.005) -> None:
+        """How late this replica's request loop wakes a 5 ms sleep (``loop_lag``): how long a request that
+        arrives would wait for the loop."""
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(period_s)
+            self._spans.add("loop_lag", time.perf_counter() - t - period_s)
+
+    def perf_report(self, reset: bool = True) -> dict:
+        """Where this replica's time went since the last report (``serve.request_spans``): per-stage spans of
+        the requests (:class:`serving.service.RequestSpans`) and the CPU seconds of each of its threads."""
+        if self._spans is None:
+            return {"error": "serve.request_spans is off: nothing is recorded"}
+        now = thread_cpu()
+        cpu = {k: round(v - self._cpu0.get(k, 0.0), 3) for k, v in now.items()}
+        if reset:
+            self._cpu0 = now
+        return {"spans": self._spans.summary(reset), "thread_cpu_s": {k: v for k, v in cpu.items() if v > 0}}
+
     async def Score(self, request, grpc_context):
-        if self._batching:
-            out = await self._score_together(request)
-            if isinstance(out, ServingError):  # this request refused, the others of its batch answered
-                grpc_context.set_code(getattr(grpc.StatusCode, out.code))
-                grpc_context.set_details(out.message)
-                return pb.ScoreResponse()
+        if self._batching and self._spans is not None:
+            t0 = time.perf_counter()
+            lag = arrival_lag_s(grpc_context)
+            if lag is not None:
+                self._spans.add("arrival", lag)
+            out = await self._score_batched(request, grpc_context)
+            self._spans.add("handler", time.perf_counter() - t0)
             return out
+        if self._batching:
+            return await self._score_batched(request, grpc_context)
         return await self._answer(self.service.score, request, grpc_context, pb.ScoreResponse())
+
+    async def _score_batched(self, request, grpc_context):
+        out = await self._score_together(request)
+        if isinstance(out, ServingError):  # this request refused, the others of its batch answered
+            grpc_context.set_code(getattr(grpc.StatusCode, out.code))
+            grpc_context.set_details(out.message)
+            return pb.ScoreResponse()
+        return out
 
     @serve.batch(max_batch_size=2, batch_wait_timeout_s=0.002)  # sizes set from the ServeConfig in __init__
     async def _score_together(self, requests: list) -> list:
@@ -258,13 +311,31 @@ def build_app(cfg: ServeConfig, replicas: int | None = None, pin_version=_FOLLOW
     replicas = cfg.replicas if replicas is None else replicas
     pin = cfg.pin_version if pin_version is _FOLLOW else pin_version
     user_config = {"pin_version": pin, "poll_interval_s": cfg.poll_interval_s}
+    logs = {"enable_access_log": cfg.access_log}  # serve.access_log: a log line per request, off by default
     shards = [
-        TableShardDeployment.options(name=f"TableShard{i}", user_config=user_config).bind(cfg, i)
+        TableShardDeployment.options(name=f"TableShard{i}", user_config=user_config, logging_config=logs).bind(cfg, i)
         for i in range(cfg.table_shards if cfg.remote_tables else 0)
     ]
     return ScorerDeployment.options(
-        num_replicas=replicas, user_config=user_config, max_ongoing_requests=cfg.max_ongoing_requests
+        num_replicas=replicas,
+        user_config=user_config,
+        max_ongoing_requests=cfg.max_ongoing_requests,
+        logging_config=logs,
+        ray_actor_options=replica_actor_options(cfg),
     ).bind(cfg, *shards)
+
+
+USER_CODE_THREAD_ENV = "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"  # read by Ray Serve when the replica starts
+
+
+def replica_actor_options(cfg: ServeConfig) -> dict:
+    """The Scorer replica's ``ray_actor_options``: no CPU reserved; with ``serve.user_code_thread: false`` the
+    environment that makes Ray Serve run the request methods on its own loop (the job's env_vars, such as the
+    workers' PYTHONPATH, are merged with it by Ray)."""
+    opts: dict = {"num_cpus": 0}
+    if not cfg.user_code_thread:
+        opts["runtime_env"] = {"env_vars": {USER_CODE_THREAD_ENV: "0"}}
+    return opts
 
 
 def app_from_args(args: dict):
@@ -296,14 +367,22 @@ def proxy_env(max_request_bytes: int) -> dict[str, str]:
     return {GRPC_SIZE_ENV: str(int(max_request_bytes))}
 
 
-def start_proxy(grpc_port: int, max_request_bytes: int, host: str = "127.0.0.1", http_port: int | None = None) -> None:
+def start_proxy(
+    grpc_port: int,
+    max_request_bytes: int,
+    host: str = "127.0.0.1",
+    http_port: int | None = None,
+    access_log: bool = False,
+) -> None:
     """Start Serve (once per Ray cluster) with the gRPC proxy serving Scorer, Search and grpc.health.v1.
 
     ``host``: the HTTP proxy's bind address (loopback unless told otherwise). Ray 2.60's gRPC proxy binds
     every interface (``[::]:PORT``, not configurable): keep the port closed to the outside by the network
-    (the k8s NetworkPolicy, a host firewall) where that matters."""
+    (the k8s NetworkPolicy, a host firewall) where that matters. ``access_log`` (``serve.access_log``): the
+    proxy's log line per request (off: a formatted line and a file write per request)."""
     serve.start(
         http_options={"host": host, "port": http_port or free_port()},
+        logging_config={"enable_access_log": access_log},
         grpc_options=gRPCOptions(
             port=grpc_port,
             enable_reflection=True,
@@ -328,7 +407,7 @@ def start_serving(
     ``cfg.grpc_port``. ``replicas`` None: ``cfg.replicas``.
     """
     grpc_port = grpc_port or free_port()
-    start_proxy(grpc_port, cfg.limits.max_request_bytes, host or cfg.host, http_port)
+    start_proxy(grpc_port, cfg.limits.max_request_bytes, host or cfg.host, http_port, cfg.access_log)
     serve.run(build_app(cfg, replicas), name=APP_NAME, route_prefix="/", blocking=False)
     return grpc_port
 

@@ -86,6 +86,18 @@ class ServeConfig:
     (Ray Serve's ``@serve.batch``), in one forward: the fixed cost of a forward is paid once per batch, but a
     request waits up to ``score_batch_wait_s`` for company, and its scores come from a forward over other
     requests' rows too: equal to scoring it alone up to float rounding (about 1e-7), not bit for bit.
+    access_log: Ray Serve's access log line per request, in the replicas and the proxy (off by default: a
+    formatted line and a file write per request on the request path; freshrec's own request metrics count
+    every request by method and code).
+    user_code_thread: False (default): a Scorer replica runs the request methods on Ray Serve's own loop
+    (``RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0`` in the replica's runtime_env): no hop between two loops per
+    request (a cross-thread future and a GIL hand-off each way, ~10% of the replica's samples), at the cost that
+    a computing request holds up Ray Serve's own request handling meanwhile (the methods compute 1-5 ms without
+    awaiting either way). True: Ray Serve's default, the methods on an event loop of their own thread.
+    request_spans: record per-stage durations of every request in the replica (validate, convert, features,
+    retrieval, forward, respond, telemetry; the handler and the arrival lag from the client's send time) and
+    the CPU of the replica's threads, for ``bench serve --replica-perf`` (off by default: a few timer reads
+    per request, and up to 100,000 floats per stage held until read).
     """
 
     store_url: str | None = None
@@ -110,6 +122,9 @@ class ServeConfig:
     max_ongoing_requests: int = 64
     score_batch_size: int = 1
     score_batch_wait_s: float = 0.002
+    request_spans: bool = False
+    access_log: bool = False
+    user_code_thread: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.catalogue, str):
@@ -181,6 +196,9 @@ class ServeConfig:
                 f"serve.score_batch_size ({self.score_batch_size}) must be <= serve.max_ongoing_requests "
                 f"({self.max_ongoing_requests}): a replica never holds more requests than that to batch"
             )
+        for name in ("request_spans", "access_log", "user_code_thread"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"serve.{name} must be true or false, got {getattr(self, name)!r}")
         g = self.grpc_port
         if not isinstance(g, int) or isinstance(g, bool) or not 0 < g < 65536:
             raise ConfigError(f"serve.grpc_port must be a TCP port in [1, 65535], got {g!r}")

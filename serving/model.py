@@ -22,8 +22,10 @@ import dataclasses
 import logging
 import threading
 import time
+from collections import OrderedDict
 
 import numpy as np
+import pyarrow as pa
 import yaml
 
 from paramserver.config import PSConfig
@@ -154,6 +156,7 @@ class ServableModel:
         self.retrieval = retrieval or RetrievalOptions()
         self.index = self._index(previous.index if previous is not None else None)
         self._lock = threading.Lock()
+        self._user_ids: OrderedDict = OrderedDict()  # (kind, raw value) -> user id (user_id), bounded
 
     @property
     def version(self) -> int:
@@ -194,10 +197,53 @@ class ServableModel:
             scores = self.core.score(batch)
             return scores, self.tables.unknown
 
+    def user_id(self, value) -> int:
+        """The user feature's id of a request's raw user value (Recommend's retrieval query): the user column
+        parsed ALONE, as the one row it is, instead of a whole one-row batch (every column of the spec parsed
+        and defaulted: most of Recommend's feature time); the same id, since parsing is row-wise and per
+        column (``tests/unit/test_serve_perf.py`` compares the two). Kept in a bounded per-version cache (a
+        pure function of the spec and the value). A value that does not parse raises InvalidRequestError
+        with the message the whole batch gives."""
+        key = (type(value).__name__, value.hex() if isinstance(value, float) else value)
+        with self._lock:
+            hit = self._user_ids.get(key)
+            if hit is not None:
+                self._user_ids.move_to_end(key)
+                return hit
+        uid = parse_user_id(self.features, value)
+        with self._lock:
+            self._user_ids[key] = uid
+            while len(self._user_ids) > USER_ID_CACHE:
+                self._user_ids.popitem(last=False)
+        return uid
+
     def user_vector(self, user_id: int) -> np.ndarray:
         """The user's embedding row (the cold-start row for an unknown user): the retrieval query."""
         rows, _ = self.tables[self.roles.user_feature].lookup(np.array([user_id], np.int64))
         return rows[0]
+
+
+USER_ID_CACHE = 1 << 16  # raw user values -> ids kept per served version
+
+
+def parse_user_id(features: RequestFeatures, value) -> int:
+    """The user feature's id of one raw user value (int, str or float), parsed as the user column alone; the
+    whole one-row batch (``features.batch({user_column: value}, {}, 1)``) when the user feature is a list."""
+    from serving.errors import InvalidRequestError
+    from serving.features import _describe, _repeat
+    from trainer.data.parse import Jagged, Rejections, parse_columns
+
+    roles, spec = features.roles, features.spec
+    col = spec.column_map[roles.user_column]
+    rej = Rejections(1)
+    parsed, _ = parse_columns(pa.table({col.name: _repeat(value, 1)}), (col,), spec.null_tokens, rej)
+    if not rej.good.all():
+        raise InvalidRequestError(_describe(rej, {col.name: value}))
+    v = parsed[col.name]
+    if isinstance(v, Jagged):  # an id-list user feature: the batch's own path
+        batch, _ = features.batch({col.name: value}, {}, 1)
+        return int(batch.sparse[roles.user_feature][0])
+    return int(np.asarray(v, np.int64)[0])
 
 
 def ps_config_of(store: VersionStore, version: int):

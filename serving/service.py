@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import threading
 import time
 
 import numpy as np
@@ -35,6 +36,68 @@ from serving.telemetry import ReplicaTelemetry
 from serving.wire import pb
 from trainer.data.batch import EventBatch
 from versions import VersionStore
+
+
+class RequestSpans:
+    """Where a replica's time goes, per request stage (``serve.request_spans``): durations in seconds per stage
+    (``validate``, ``convert``, ``features``, ``retrieval``, ``forward``, ``respond``, ``telemetry``, and what the
+    transport adds: ``handler`` and ``arrival``), at most ``cap`` per stage; :meth:`summary` gives count, mean,
+    p50, p99 and total per stage (and forgets them with ``reset``)."""
+
+    def __init__(self, cap: int = 100_000) -> None:
+        self.cap = cap
+        self._d: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, stage: str, seconds: float) -> None:
+        got = self._d.get(stage)
+        if got is None:
+            with self._lock:
+                got = self._d.setdefault(stage, [])
+        if len(got) < self.cap:
+            got.append(seconds)
+
+    def summary(self, reset: bool = False) -> dict:
+        with self._lock:
+            d = self._d
+            if reset:
+                self._d = {}
+        out = {}
+        for stage, vals in d.items():
+            a = np.asarray(list(vals), np.float64) * 1e3
+            if len(a):
+                out[stage] = {
+                    "n": len(a),
+                    "mean_ms": float(a.mean()),
+                    "p50_ms": float(np.percentile(a, 50)),
+                    "p99_ms": float(np.percentile(a, 99)),
+                    "total_s": float(a.sum() / 1e3),
+                }
+        return out
+
+
+class _Clock:
+    """Laps of one request's stages into a :class:`RequestSpans`."""
+
+    __slots__ = ("spans", "t")
+
+    def __init__(self, spans: RequestSpans) -> None:
+        self.spans, self.t = spans, time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.spans.add(stage, now - self.t)
+        self.t = now
+
+
+class _NoClock:
+    __slots__ = ()
+
+    def lap(self, stage: str) -> None:
+        pass
+
+
+_NO_CLOCK = _NoClock()
 
 
 class ScoringService:
@@ -61,6 +124,8 @@ class ScoringService:
         self.remote = remote
         self.retrieval = cfg.retrieval
         self.telemetry = telemetry or ReplicaTelemetry()
+        # serve.request_spans: per-stage durations of every request (bench serve --replica-perf reads them)
+        self.spans: RequestSpans | None = RequestSpans() if cfg.request_spans else None
         torch.set_num_threads(cfg.torch_threads)
         self.store = VersionStore(cfg.require_store(), cfg.storage_options)
         self._catalogue = catalogue
@@ -175,6 +240,9 @@ class ScoringService:
                 f"{self.cfg.limits.max_request_bytes} bytes: send fewer candidates per call"
             )
 
+    def _clock(self):
+        return _Clock(self.spans) if self.spans is not None else _NO_CLOCK
+
     def _timed(self, method: str, fn, request):
         t0 = time.perf_counter()
         code = "INTERNAL"  # an unexpected exception: the transport answers it as an internal error
@@ -186,7 +254,10 @@ class ScoringService:
             code = exc.code
             raise
         finally:
-            self.telemetry.request(method, code, time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            self.telemetry.request(method, code, t1 - t0)
+            if self.spans is not None:
+                self.spans.add("telemetry", time.perf_counter() - t1)
 
     def score(self, request: "pb.ScoreRequest") -> "pb.ScoreResponse":
         return self._timed("Score", self._score, request)
@@ -199,21 +270,28 @@ class ScoringService:
 
     # ------------------------------------------------------------------ Score
     def _score(self, request: "pb.ScoreRequest") -> "pb.ScoreResponse":
-        model, batch, defaulted = self._score_batch(request, self.follower.model)
+        clock = self._clock()
+        model, batch, defaulted = self._score_batch(request, self.follower.model, clock)
         scores, unknown = model.score(batch)
-        return pb.ScoreResponse(
+        clock.lap("forward")
+        out = pb.ScoreResponse(
             scores=scores.tolist(), model_version=model.version, defaulted_columns=list(defaulted), unknown_ids=unknown
         )
+        clock.lap("respond")
+        return out
 
-    def _score_batch(self, request: "pb.ScoreRequest", served: ServableModel | None):
+    def _score_batch(self, request: "pb.ScoreRequest", served: ServableModel | None, clock=_NO_CLOCK):
         """(model, EventBatch, defaulted columns) of a Score request; ``served``: the model read for it."""
         self._check_size(request)
         if request.pin_version < 0:
             raise InvalidRequestError(f"pin_version must be >= 0 (0: the served version), got {request.pin_version}")
         model = self._served(served, request.pin_version)
+        clock.lap("validate")
         context = context_values(request.context, "context")
         columns, n = candidate_columns(request, self.cfg.limits.max_candidates)
+        clock.lap("convert")
         batch, defaulted = model.features.batch(context, columns, n)
+        clock.lap("features")
         return model, batch, defaulted
 
     def score_many(self, requests: list) -> list:
@@ -259,6 +337,7 @@ class ScoringService:
 
     # -------------------------------------------------------------- Recommend
     def _recommend(self, request: "pb.RecommendRequest") -> "pb.RecommendResponse":
+        clock = self._clock()
         self._check_size(request)
         lim = self.cfg.limits
         if not 1 <= request.k <= lim.max_k:
@@ -281,14 +360,14 @@ class ScoringService:
                 f"of the same dim (found user={model.roles.user_feature}, "
                 f"item={model.roles.item_feature})"
             )
+        clock.lap("validate")
         context = context_values(request.context, "context")
         ucol, icol = model.roles.user_column, model.roles.item_column
         if ucol not in context:
             raise InvalidRequestError(f"context must give the user column {ucol!r}")
         if icol in context:
             raise InvalidRequestError(f"context must not give the item column {icol!r}: Recommend chooses the items")
-        user_batch, _ = model.features.batch({ucol: context[ucol]}, {}, 1)
-        user_id = int(user_batch.sparse[model.roles.user_feature][0])
+        user_id = model.user_id(context[ucol])  # the user column alone (cached per version)
         category = None
         if request.HasField("category"):
             if model.index.categories is None:
@@ -296,17 +375,23 @@ class ScoringService:
             category = self._category_id(model, request.category)
         n = max(request.num_candidates or self.cfg.retrieve, request.k)
         exclude = np.fromiter(request.exclude_item_ids, np.int64, len(request.exclude_item_ids))
+        clock.lap("convert")
         ids, retrieval = model.index.top(model.user_vector(user_id), n, exclude, category)
+        clock.lap("retrieval")
         if len(ids) == 0:
             return pb.RecommendResponse(model_version=model.version, catalogue_items=len(model.index))
         batch, _ = model.features.batch(context, {icol: pa.array(ids)}, len(ids))
+        clock.lap("features")
         scores, _ = model.score(batch)
+        clock.lap("forward")
         order = np.argsort(-scores, kind="stable")[: request.k]
         items = [
             pb.RecommendedItem(item_id=i, score=s, retrieval_score=r)
             for i, s, r in zip(ids[order].tolist(), scores[order].tolist(), retrieval[order].tolist())
         ]
-        return pb.RecommendResponse(items=items, model_version=model.version, catalogue_items=len(model.index))
+        out = pb.RecommendResponse(items=items, model_version=model.version, catalogue_items=len(model.index))
+        clock.lap("respond")
+        return out
 
     @staticmethod
     def _category_id(model: ServableModel, feature) -> int:
@@ -346,6 +431,34 @@ class ScoringService:
             follows=f.why or "",
             last_load_error=f.last_error or "",
         )
+
+
+SENT_AT_KEY = "x-freshrec-sent-ns"  # metadata a load generator may send: its time.time_ns() at the send
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds (user + system) of each thread of this process, by Python thread name (threads Python did
+    not start, Ray's and gRPC's C++ threads, summed under ``native``)."""
+    import psutil
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for t in psutil.Process().threads():
+        name = names.get(t.id, "native")
+        out[name] = out.get(name, 0.0) + t.user_time + t.system_time
+    return out
+
+
+def arrival_lag_s(grpc_context, now_ns: int | None = None) -> float | None:
+    """Seconds from the client's send (metadata :data:`SENT_AT_KEY`) to now: the proxy, the hop to this replica
+    and the wait for this replica's loop; None when the client sent no time."""
+    for key, value in grpc_context.invocation_metadata():
+        if key == SENT_AT_KEY:
+            try:
+                return ((now_ns or time.time_ns()) - int(value)) / 1e9
+            except ValueError:
+                return None
+    return None
 
 
 # ------------------------------------------------------------------ messages -> values
