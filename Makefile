@@ -35,19 +35,25 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# The unit tests (no Ray, one process each) run in two pytest-xdist processes, a whole module in one process
+# (--dist loadfile: module fixtures such as a moto server start once); the integration tests share one Ray and
+# Serve (tests/integration/conftest.py) and run in this process, after the unit tests (both run; the exit
+# status is the first failure's). UNIT_XDIST= runs the unit tests in one process.
+UNIT_XDIST ?= -n 2 --dist loadfile
+
 test: lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q $(UNIT_XDIST) tests/unit; unit=$$?; $(PY) -m pytest -q tests/integration && exit $$unit
 
 test-fast: lint
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q $(UNIT_XDIST) tests/unit
 
 # everything but the real-process tests of a minute or more (marker slow: the ray start cluster, the SIGKILLed
 # freshrec stream, chaos); make test runs them
 test-quick: lint
-	$(PY) -m pytest -q tests -m "not slow"
+	$(PY) -m pytest -q $(UNIT_XDIST) tests/unit -m "not slow"; unit=$$?; $(PY) -m pytest -q tests/integration -m "not slow" && exit $$unit
 
 test-unit: $(STAMP)
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q $(UNIT_XDIST) tests/unit
 
 test-integration: $(STAMP)
 	$(PY) -m pytest -q tests/integration

@@ -1,29 +1,34 @@
 """A multi-node Ray cluster on this machine, with no shared disk in the data path: the version store AND the
-incoming data files on S3 (moto's server on loopback), shard actors laid out over the nodes (``ps.spread=nodes``),
-the Ray Train worker on a node of its own resources, one Serve replica on the head node.
+incoming data files on S3 (moto's server on loopback) reached through ``--storage-option`` alone (no AWS variable
+anywhere: the nodes and this process are started without them), shard actors laid out over the nodes
+(``ps.spread=nodes``), the Ray Train worker on a node of its own resources, one Serve replica on the head node.
 
-* Two nodes, a few files: the final ``model_digest`` equals the one-process reference's, and the replica
-  answers with the newest committed version.
-* Node loss: the node that hosts the training worker and a shard is killed (every process on it, no grace)
-  mid-stream; the driver restarts the shards and the worker on the nodes alive from the last committed
-  version; the run ends with the uninterrupted digest, every file in the ledger once; the replica kept
-  answering from its last version while training was down, and follows again when training resumes.
+* Two nodes, one ``freshrec stream --address`` run over a few files: the final ``model_digest`` equals the
+  one-process reference's, the shards ran on both nodes, the driver's run directory (on the head, which has no CPU
+  for a Ray Train worker: rank 0 runs on another node and never opens it) holds what rank 0 sent through Ray
+  (metrics.jsonl, ledger.json, dense.pt, a printed line per file), ``freshrec report`` reports the run, and a
+  replica on the head answers with the newest committed version.
+* Node loss (``FRESHREC_NODE_LOSS=1``): the node that hosts the training worker and a shard is killed (every
+  process on it, no grace) mid-stream; the driver restarts the shards and the worker on the nodes alive from the
+  last committed version; the run ends with the uninterrupted digest, every file in the ledger once; the replica
+  kept answering from its last version while training was down, and follows again when training resumes.
 
-The cluster is ``ray.cluster_utils.Cluster`` (one GCS of its own, one raylet per node, each node with its own
-temp directory); it never writes ``/tmp/ray/ray_current_cluster`` (another engineer's ``ray.init()`` on this
-machine would join it), and the driver joins it only through ``ray.init(address=cluster.address)``.
+The cluster (``tests/support/multinode.py``) is ``ray.cluster_utils.Cluster`` (one GCS of its own, one raylet per
+node, each node with its own temp directory); it never writes ``/tmp/ray/ray_current_cluster`` (another
+engineer's ``ray.init()`` on this machine would join it), and the driver joins it only through its address.
+On this one machine the nodes do share a disk; what the test pins is that the driver's run directory is complete
+although rank 0 runs on another node and the workers never open it (trainer/worker.py writes no file:
+tests/unit/test_run_book.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-import shutil
-import tempfile
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 
 import pytest
 
@@ -39,6 +44,8 @@ pytestmark = pytest.mark.integration
 SPEC = load_spec("taobao")
 TCFG = TrainConfig(batch_size=128, seed=7)  # as test_recovery's one-process reference (`uninterrupted`)
 PS = PSConfig(num_shards=2, placement="ray", spread="nodes")
+ARGS = ["--spec", "taobao", "--batch-size", "128", "--seed", "7", "--ps-shards", "2"]  # TCFG and PS as CLI flags
+ARGS += ["--set", "ps.placement=ray", "--set", "ps.spread=nodes"]
 # what a freshrec run writes into every manifest (the spec and the run config): serving needs it
 EXTRA = bundle.version_extra(
     "taobao",
@@ -48,143 +55,69 @@ EXTRA = bundle.version_extra(
         "ps": {"num_shards": 2, "placement": "ray", "spread": "nodes"},
     },
 )
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-OBJECT_STORE = 80 * 1024 * 1024
-# a dead node is noticed in about 1.5 s (Ray's default: 5 missed checks of 3 s)
-SYSTEM_CONFIG = {"health_check_period_ms": 500, "health_check_failure_threshold": 3, "health_check_timeout_ms": 500}
-
-
-@contextmanager
-def _no_address_file():
-    """``Cluster`` records its GCS in /tmp/ray/ray_current_cluster, where a plain ``ray.init()`` of another
-    process on this machine would find and join it: keep that file as it is."""
-    import ray._private.utils as ray_utils
-
-    saved = ray_utils.write_ray_address
-    ray_utils.write_ray_address = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        ray_utils.write_ray_address = saved
-
-
-def _twice(start):
-    """Ray gives a new raylet 30 s to register (not configurable): on a machine loaded far past its cores that
-    can run out once. The processes of a failed start are killed at this process's exit (Ray's atexit hook)."""
-    try:
-        return start()
-    except Exception as exc:
-        if "timed out during startup" not in str(exc):
-            raise
-        return start()
-
-
-class LocalCluster:
-    """A head node (no CPUs: the driver, Serve and its replica, a shard) and worker nodes with CPUs (Ray Train
-    workers, shards), each node with its own scratch (temp) directory."""
-
-    def __init__(self) -> None:
-        from ray.cluster_utils import Cluster
-
-        self.scratch: list[str] = []
-        with _no_address_file():
-            self.cluster = _twice(
-                lambda: Cluster(
-                    initialize_head=True,
-                    head_node_args=self._node_args(num_cpus=0, resources={"serving": 1}, _system_config=SYSTEM_CONFIG),
-                )
-            )
-        self.head = self.cluster.head_node
-        self.workers = [self.add_worker_node()]
-
-    def _node_args(self, **kw) -> dict:
-        scratch = tempfile.mkdtemp(prefix="frn-", dir="/tmp")  # short: Ray's socket paths live under it
-        self.scratch.append(scratch)
-        return dict(temp_dir=scratch, object_store_memory=OBJECT_STORE, include_dashboard=False, **kw)
-
-    def add_worker_node(self):
-        with _no_address_file():
-            return _twice(lambda: self.cluster.add_node(**self._node_args(num_cpus=2)))
-
-    def node_id(self, node) -> str:
-        return node.node_id
-
-    def shutdown(self) -> None:
-        self.cluster.shutdown()
-        for d in self.scratch:
-            shutil.rmtree(d, ignore_errors=True)
+AWS_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_PROFILE",
+)
 
 
 @pytest.fixture(scope="module")
 def cluster(s3_server):  # noqa: F811 (the fixture imported above)
+    """Two nodes (a head with no CPUs and the custom resource ``serving``, a worker node with 2 CPUs) started
+    with no AWS variable in their environment or this one's; the driver joins with ``--address``."""
     import ray
+
+    from tests.support.multinode import LocalCluster
 
     if ray.is_initialized():  # the shared embedded Ray of other modules (conftest stops it before this module)
         ray.shutdown()
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    os.environ.update(CREDENTIALS)  # this process (the driver, the store reads of the test)
-    local = LocalCluster()
-    env = {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_server}  # every worker on every node reads data from S3
+    saved = {k: os.environ.pop(k) for k in AWS_VARIABLES if k in os.environ}
+    local = LocalCluster(head_resources={"serving": 1})
     try:
-        ray.init(
-            address=local.cluster.address,
-            namespace="freshrec-multinode",
-            log_to_driver=False,
-            runtime_env={"env_vars": env},
-        )
         yield local
     finally:
-        from ray import serve
-
         try:
-            serve.shutdown()
+            if ray.is_initialized():
+                from ray import serve
+
+                serve.shutdown()
         finally:
             ray.shutdown()
             local.shutdown()
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+            os.environ.update(saved)
 
 
-@pytest.fixture
-def bucket(s3_server):  # noqa: F811
-    """``(url_of(name), storage_options, upload(local_path, name))`` on a fresh bucket."""
-    import boto3
+def _join(cluster) -> None:
+    """Connect this process to the cluster (a no-op when ``freshrec`` already joined it with ``--address``)."""
+    import ray
 
-    name = f"multinode-{uuid.uuid4().hex[:8]}"
-    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1", **_boto_keys())
-    s3.create_bucket(Bucket=name)
-
-    def upload(path, prefix: str) -> None:
-        # one PUT: the object appears whole, as a data file landing under its final name must
-        s3.put_object(Bucket=name, Key=f"{prefix}/{path.name}", Body=path.read_bytes())
-
-    # no s3fs listing cache: a poller that listed a version directory mid-write would never see it committed
-    # (tests/unit/test_chaos_regressions.py, the strict xfail awaiting the store's fix)
-    options = {"endpoint_url": s3_server, "key": "test", "secret": "test", "use_listings_cache": False}
-    return (lambda prefix: f"s3://{name}/{prefix}"), options, upload
-
-
-def _boto_keys() -> dict:
-    return {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
-
-
-@pytest.fixture
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    if not ray.is_initialized():
+        ray.init(address=cluster.address, namespace="freshrec-multinode", log_to_driver=False)
 
 
 @pytest.fixture(scope="module")
-def grpc_port(cluster) -> int:
-    """Serve with its gRPC proxy on the head node only (every node of this one machine would otherwise bind the
-    same port; on separate hosts the default, a proxy per node, is fine)."""
+def head_grpc(cluster):
+    """``start()``: the gRPC port of Serve with its proxy on the head node only, started on the first call (after
+    the test's own run joined the cluster). Every node of this one machine would otherwise bind the same port; on
+    separate hosts the default, a proxy per node, is fine."""
+    port: list[int] = []
+
+    def start() -> int:
+        if not port:
+            _join(cluster)
+            port.append(_start_serve())
+        return port[0]
+
+    return start
+
+
+def _start_serve() -> int:
     from ray import serve
     from ray.serve.config import gRPCOptions
 
@@ -209,6 +142,32 @@ def grpc_port(cluster) -> int:
             if attempt:
                 raise
     raise AssertionError("unreachable")
+
+
+@pytest.fixture
+def bucket(s3_server):  # noqa: F811
+    """``(url_of(prefix), storage options, upload(local_path, prefix))`` on a fresh bucket."""
+    import boto3
+
+    name = f"multinode-{uuid.uuid4().hex[:8]}"
+    s3 = boto3.client(
+        "s3", endpoint_url=s3_server, region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t"
+    )
+    s3.create_bucket(Bucket=name)
+
+    def upload(path, prefix: str) -> None:
+        # one PUT: the object appears whole, as a data file landing under its final name must
+        s3.put_object(Bucket=name, Key=f"{prefix}/{path.name}", Body=path.read_bytes())
+
+    # no s3fs listing cache: a poller that listed a version directory mid-write would never see it committed
+    options = {
+        "endpoint_url": s3_server,
+        "key": "t",
+        "secret": "t",
+        "use_listings_cache": False,
+        "client_kwargs": {"region_name": "us-east-1"},
+    }
+    return (lambda prefix: f"s3://{name}/{prefix}"), options, upload
 
 
 def _serve(port: int, store_url: str, options: dict):
@@ -246,46 +205,71 @@ def _wait_for(predicate, timeout_s: float, what: str):
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
-def test_two_nodes_with_s3_store_and_data_end_with_the_one_process_digest(
-    cluster, grpc_port, bucket, data_files, uninterrupted, one_thread, tmp_path
+def _shard_nodes() -> tuple[set[str], list]:
+    """The nodes of the run's two shard actors: the last two ``ShardHost`` actors to end (the run's end kills them,
+    and ``ray.kill`` is asynchronous: one not dead yet has no end time, so it counts as the last; a shard Ray put
+    off its node at the start was replaced and killed then, before any row); and every ShardHost seen."""
+    import ray
+
+    shards = [a for a in ray._private.state.actors().values() if a["ActorClassName"] == "ShardHost"]
+    seen = [(a["State"], a["Address"]["NodeID"][:8], a["StartTime"], a["EndTime"]) for a in shards]
+    last = sorted(shards, key=lambda a: a["EndTime"] or float("inf"))[-2:]
+    return {a["Address"]["NodeID"] for a in last}, seen
+
+
+def test_a_stream_on_two_nodes_over_s3_ends_with_the_one_process_digest_fills_the_drivers_run_dir_and_serves(
+    cluster, head_grpc, bucket, data_files, uninterrupted, tmp_path, capsys
 ):
+    import ray
+    import torch
+
+    from cluster.cli import main
+
     want, _ = uninterrupted
     url, options, upload = bucket
     for f in data_files:
         upload(f, "incoming")
-    from paramserver.actor import alive_node_ids
+    names = [f.name for f in data_files]
+    # the shards' layout is taken from the nodes alive when they start: both must be registered by then
+    cluster.cluster.wait_for_nodes(60)
+    flags = [f"--storage-option={k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in options.items()]
+    run_dir = tmp_path / "driver-run"
+    argv = ["stream", "--incoming", url("incoming"), "--drain", "--store", url("versions"), "--run-dir", str(run_dir)]
+    assert not ray.is_initialized()  # the CLI joins the cluster itself
+    rc = main([*argv, *ARGS, "--address", cluster.address, *flags])
+    out = capsys.readouterr().out
+    assert rc == 0, out
 
-    # the layout is taken from the nodes alive when the shards start: both must be registered by then
-    _wait_for(lambda: len(alive_node_ids()) == 2, 60, "both nodes alive in ray.nodes()")
-    result, client = run_ps_training(
-        TrainJob(
-            SPEC,
-            tmp_path / "driver-scratch",
-            model=ModelConfig(),
-            train=TCFG,
-            ps=PS,
-            incoming=url("incoming"),
-            drain=True,
-            store_url=url("versions"),
-            storage_options=options,
-            version_extra=EXTRA,
-            keep_ps=True,
-        )
-    )
-    try:
-        # one shard on the head, the other on the worker node: both nodes hold rows
-        nodes = client.node_ids()
-        assert cluster.node_id(cluster.head) in nodes and len(set(nodes)) == 2, nodes
-    finally:
-        client.shutdown()
+    # rank 0 ran on another node: the driver's node (the head) has no CPU for a Ray Train worker
+    here = ray.get_runtime_context().get_node_id()
+    assert here == cluster.head.node_id
+    assert [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n["NodeID"] == here] == [0]
+    # ps.spread=nodes: one shard on the head, the other on the worker node
+    nodes, seen = _shard_nodes()
+    assert cluster.head.node_id in nodes and len(nodes) == 2, (nodes, seen, out)
+    # the driver printed one line per data file, as rank 0 finished it
+    assert [n for n in names if any(line.split()[1:2] == [n] for line in out.splitlines())] == names, out
+    # ... and wrote the run directory's files from what rank 0 sent
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["file"] for r in records] == names
+    assert [e["file"] for e in json.loads((run_dir / "ledger.json").read_text())["entries"]] == names
+    dense = torch.load(run_dir / "dense.pt")
+    assert dense["step"] == records[-1]["step"]
+
     store = VersionStore(url("versions"), options)
     latest = store.latest()
-    manifest = store.manifest(latest)
-    assert manifest.model_digest == want
-    assert [e.file for e in bundle.read_ledger(store, latest).entries] == [f.name for f in data_files]
-    assert result.files == len(data_files)
-    print(f"multinode run: {result.seconds:.1f} s for {result.files} files")
-    scorer = _serve(grpc_port, url("versions"), options)
+    assert store.manifest(latest).model_digest == want  # the one-process reference's model
+    assert [e.file for e in bundle.read_ledger(store, latest).entries] == names
+    assert "storage_options" not in json.dumps(store.manifest(latest).extra)  # credentials stay out of versions
+
+    rc = main(["report", "--run-dir", str(run_dir), "--store", url("versions"), *flags])
+    assert rc == 0
+    report = (run_dir / "report" / "report.md").read_text()
+    assert f"data files trained: **{len(names)}**" in report, report
+    assert f"versions: **{len(store.versions())}** committed" in report, report
+
+    # a replica on the head loads the newest version from S3 (storage options only) and answers with it
+    scorer = _serve(head_grpc(), url("versions"), options)
     try:
         answer = scorer.wait_ready(120)
         assert answer.model_version == latest
@@ -296,13 +280,23 @@ def test_two_nodes_with_s3_store_and_data_end_with_the_one_process_digest(
         _stop_serving()
 
 
+@pytest.fixture
+def one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.skipif(
     os.environ.get("FRESHREC_NODE_LOSS") != "1",
     reason="two Ray Train start-ups and a node restart: over make test's budget; run with FRESHREC_NODE_LOSS=1 "
     "(docs/operations.md, 'Multi-node')",
 )
 def test_a_node_lost_mid_stream_recovers_to_the_uninterrupted_model_and_serving_follows(
-    cluster, grpc_port, bucket, data_files, uninterrupted, one_thread, tmp_path
+    cluster, head_grpc, bucket, data_files, uninterrupted, one_thread, tmp_path
 ):
     """Kill the node of the training worker and shard 1 (every process on it, SIGKILL) after a few versions.
     Serving (on the head) keeps answering its last version; the driver restarts shards and worker on the
@@ -312,6 +306,9 @@ def test_a_node_lost_mid_stream_recovers_to_the_uninterrupted_model_and_serving_
     url, options, upload = bucket
     for f in data_files[:3]:
         upload(f, "incoming")
+    _join(cluster)
+    cluster.cluster.wait_for_nodes(60)
+    port = head_grpc()
     store = VersionStore(url("versions"), options)
     events: list[str] = []
     out: dict = {}
@@ -339,7 +336,7 @@ def test_a_node_lost_mid_stream_recovers_to_the_uninterrupted_model_and_serving_
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    scorer = _serve(grpc_port, url("versions"), options)
+    scorer = _serve(port, url("versions"), options)
     try:
         _wait_for(
             lambda: (store.latest() or 0) >= 2 or not thread.is_alive(), 300, f"two committed versions ({events})"

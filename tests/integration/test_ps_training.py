@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -122,71 +123,6 @@ def test_ps_strategies_match_local_strategies(ray_local, batches, strategy):
         client.shutdown()
 
 
-def _check_run_against_local(result, client, local, batches, exact: bool) -> None:
-    assert [m["file"] for m in result.metrics] == [name for name, _ in batches]
-    aucs = [m["auc"] for m in result.metrics]
-    if exact:
-        assert aucs == [m.auc for m in local.validator.files]
-    else:
-        np.testing.assert_allclose(aucs, [m.auc for m in local.validator.files], atol=1e-4)
-    saved = torch.load(result.run_dir / "dense.pt")
-    assert saved["step"] == local.step and saved["stats"] == local.stats.state_dict()
-    for k, v in local.dense_state().items():
-        torch.testing.assert_close(saved["model"][k], v, atol=0 if exact else 1e-5, rtol=0)
-    for table in TABLES:
-        ids, rows = local.backend.table_rows(table)
-        diff = np.abs(_rows(client, table, ids) - rows).max()
-        assert (diff == 0) if exact else (diff <= 1e-5), (table, diff)
-
-
-@pytest.fixture(scope="module")
-def local_reference(batches):
-    """One process on one thread, as each Ray Train worker runs (products on two threads may round differently)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        local = LocalTrainer(SPEC, ModelConfig(), TrainConfig(batch_size=128, seed=3))
-        for name, b in batches:
-            local.step_file(b, name)
-    finally:
-        torch.set_num_threads(threads)
-    return local
-
-
-def test_two_workers_stream_each_file_once_and_match_one_process(
-    ray_local, small_files, batches, local_reference, tmp_path
-):
-    """W=2 (gloo DDP, both ranks push rows) equals one process on the same global minibatches within
-    float rounding; history then incoming, each data file once, in order, in the ledger."""
-    files = sorted(small_files.glob("part-*.parquet"))
-    history, incoming = tmp_path / "history", tmp_path / "incoming"
-    history.mkdir(), incoming.mkdir()
-    shutil.copy(files[0], history / files[0].name)
-    for f in files[1:]:
-        shutil.copy(f, incoming / f.name)
-    result, client = run_ps_training(
-        TrainJob(
-            SPEC,
-            tmp_path / "run",
-            model=ModelConfig(),
-            train=TrainConfig(batch_size=128, seed=3),
-            history=history,
-            incoming=incoming,
-            drain=True,
-            num_workers=2,
-            ps=PSConfig(num_shards=2),
-            keep_ps=True,
-        )
-    )
-    try:
-        _check_run_against_local(result, client, local_reference, batches, exact=False)
-        ledger = (result.run_dir / "ledger.json").read_text()
-        assert all(f.name in ledger for f in files)
-        assert result.metrics[-1]["ledger_rows"] == sum(len(b) for _, b in batches)
-    finally:
-        client.shutdown()
-
-
 def test_multi_valued_genres_train_on_the_ps_like_the_local_backend(ray_local, ml100k_dir):
     """MovieLens ratings with each movie's genre list (jagged, mean pooled): the PS pulls each distinct
     genre once, pooling happens on the worker, gradients flow back per id; equal to the local backend."""
@@ -279,15 +215,17 @@ def test_sync_under_eviction_pressure_equals_the_local_backend_and_repeats(ray_l
 
 
 @pytest.mark.parametrize("pipeline_depth", [0, 1])
-def test_two_workers_under_eviction_pressure_match_one_process(
+def test_two_workers_under_eviction_pressure_stream_each_file_once_and_match_one_process(
     ray_local, small_files, batches, tmp_path, pipeline_depth
 ):
-    """W=2 (Ray Train, gloo DDP), 1 shard under eviction pressure: the leased pulls of a step are served as one
-    union, so admission and eviction are the one process's exactly (ids, counts); rows within float rounding.
-    Pipelined (depth 1: step k's push and step k+2's pull in one call) the same holds against one process
-    pipelined alike."""
+    """W=2 (Ray Train, gloo DDP, both ranks push rows), 1 shard under eviction pressure: the leased pulls of a step
+    are served as one union, so admission and eviction are the one process's exactly (ids, counts); rows, dense
+    parameters and AUCs within float rounding. Pipelined (depth 1: step k's push and step k+2's pull in one call)
+    the same holds against one process pipelined alike. Each data file once, in order, in the ledger (depth 0: history
+    then incoming, a stream; depth 1: history only, as `freshrec train`), and the run directory's dense.pt is the one
+    process's model. (This merges the stream test of two workers and two shards without pressure: docs/testing.md.)"""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # one process on one thread, as each Ray Train worker runs
     try:
         local = _train(
             LocalTrainer(
@@ -301,13 +239,24 @@ def test_two_workers_under_eviction_pressure_match_one_process(
         )
     finally:
         torch.set_num_threads(threads)
+    files = sorted(small_files.glob("part-*.parquet"))
+    history, incoming = tmp_path / "history", tmp_path / "incoming"
+    history.mkdir(), incoming.mkdir()
+    # depth 0: a stream (one history file, then the incoming ones); depth 1: history only (what `freshrec train` runs)
+    split = 1 if pipeline_depth == 0 else len(files)
+    for f in files[:split]:
+        shutil.copy(f, history / f.name)
+    for f in files[split:]:
+        shutil.copy(f, incoming / f.name)
     result, client = run_ps_training(
         TrainJob(
             SPEC,
             tmp_path / "run",
             model=ModelConfig(),
             train=TrainConfig(batch_size=128, seed=3),
-            history=small_files,
+            history=history,
+            incoming=incoming if split < len(files) else None,
+            drain=True,
             num_workers=2,
             versions=False,
             ps=PSConfig(num_shards=1, **PRESSURE, pipeline_depth=pipeline_depth),
@@ -324,9 +273,17 @@ def test_two_workers_under_eviction_pressure_match_one_process(
         for key in ("evicted_lfu", "evicted_ttl", "refused_rows", "dropped_grads", "admitted"):
             assert stats[key] == local_stats[key], key
         assert stats["leases"] == 0 and stats["lease_timeouts"] == 0
+        assert [m["file"] for m in result.metrics] == [name for name, _ in batches]
         np.testing.assert_allclose(
             [m["auc"] for m in result.metrics], [m.auc for m in local.validator.files], atol=1e-4
         )
+        saved = torch.load(result.run_dir / "dense.pt")
+        assert saved["step"] == local.step and saved["stats"] == local.stats.state_dict()
+        for k, v in local.dense_state().items():
+            torch.testing.assert_close(saved["model"][k], v, atol=1e-5, rtol=0)
+        entries = json.loads((result.run_dir / "ledger.json").read_text())["entries"]
+        assert [e["file"] for e in entries] == [f.name for f in files]
+        assert result.metrics[-1]["ledger_rows"] == sum(len(b) for _, b in batches)
     finally:
         client.shutdown()
 

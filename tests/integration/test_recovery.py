@@ -60,29 +60,6 @@ def test_one_shard_two_shards_and_local_end_with_the_same_digest(
             client.shutdown()
 
 
-def test_one_worker_hosts_its_shards_in_process_and_ends_with_the_one_process_digest(
-    ray_local, data_files, uninterrupted, tmp_path, one_thread
-):
-    """ps.placement auto with one Ray Train worker: the shards are threads of the worker's process (no shard
-    actors, no client for the driver); versions cut there end with the digest of one local process. (The
-    SIGKILLed `freshrec stream` test restarts this placement on the same run directory.)"""
-    want, reference = uninterrupted
-    incoming, run_dir = tmp_path / "incoming", tmp_path / "run"
-    incoming.mkdir()
-    for f in data_files:
-        shutil.copy(f, incoming)
-    result, client = run_ps_training(
-        TrainJob(
-            SPEC, run_dir, model=ModelConfig(), train=TCFG, ps=PSConfig(num_shards=2), incoming=incoming, drain=True
-        )
-    )
-    assert client is None and result.resumed_from is None
-    store = VersionStore(str(run_dir / "versions"))
-    manifest = store.manifest(store.latest())
-    assert manifest.model_digest == want, explain_mismatch(reference, str(run_dir / "versions"))
-    assert [e.file for e in bundle.read_ledger(store, manifest.version).entries] == [f.name for f in data_files]
-
-
 def test_a_shard_killed_mid_stream_recovers_to_the_uninterrupted_model(
     ray_local, data_files, uninterrupted, tmp_path, one_thread
 ):

@@ -2,7 +2,9 @@
 mid-stream, then a restart ends with the digest of an uninterrupted run over data files that repeat events of
 the files before them and carry a far-future event (exactly once across the crash: issue 19); the restarted
 stream then takes a late data file once while it follows its directory, and Ctrl-C commits a final version
-and exits 130.
+and exits 130. One Ray Train worker with ``--ps-shards 2`` and ``ps.placement`` auto: the shards are threads of the
+worker's process, so the restart ending with the uninterrupted digest is also the suite's end-to-end check of that
+placement (formerly test_recovery.py::test_one_worker_hosts_its_shards_in_process_and_ends_with_the_one_process_digest).
 
 This was two tests and five starts (each an embedded Ray and a Ray Train worker: 25 s or more); a third start
 with ``--drain`` and nothing new (exit 0, the model unchanged, after a stop request) is the chaos seed's
@@ -252,6 +254,7 @@ def test_killed_stream_restarts_to_the_uninterrupted_model_takes_a_late_file_and
             _kill_tree(proc)
     out = _output(tmp_path)
     assert "resuming from version" in out
+    assert "parameter server: 2 shard(s) in the worker's process (sync)" in out  # ps.placement auto, one worker
     assert "stopped on request" in out and "run the same command again to resume" in out
     stopped = store.manifest(store.latest())
     assert _files_of(store) == [*names, name] and store.verify(stopped.version) == []
