@@ -8,6 +8,10 @@ trained on (each file up to the last point once) / examples all the full retrain
 processed (see trainer/quality.py and docs/benchmarks.md). Beside them, an FTRL-Proximal logistic
 regression (trainer/ftrl.py) follows the same files in the same order and is scored at the same
 points before it trains on the file: ``auc_lr`` / ``logloss_lr`` (``--no-lr`` skips it).
+
+``--newcomer TRAIN,TEST,WINDOWS[,FILE_ROWS]`` runs issue 24's newcomer case instead (a fresh model and a fresh
+FTRL-LR trained on TRAIN rows, scored on the TEST rows after them) on WINDOWS disjoint windows of the log, and
+reports the paired AUC difference model - LR with its standard error (``trainer.quality.newcomer_windows``).
 """
 
 from __future__ import annotations
@@ -174,6 +178,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-l2", type=float, default=1.0, help="FTRL l2")
     p.add_argument("--lr-batch-size", type=int, default=16, help="rows per vectorised FTRL step")
     p.add_argument("--lr-bits", type=int, default=22, help="2**bits hashed coordinates for the ids")
+    p.add_argument(
+        "--newcomer",
+        default=None,
+        metavar="TRAIN,TEST,WINDOWS[,FILE_ROWS]",
+        help="instead of the replay: issue 24's newcomer case (a fresh model and a fresh FTRL-LR trained on TRAIN "
+        "rows, scored on the TEST rows after them) on WINDOWS disjoint windows of the log; reports the paired "
+        "AUC difference model - LR, its standard error, wins/ties/losses (trainer.quality.newcomer_windows)",
+    )
 
 
 # what `--dataset all` replays: every preset on a distinct log (the _genres/_dynamic variants re-read the same ones)
@@ -318,6 +330,8 @@ def _run_one(args: argparse.Namespace) -> dict:
     except (ConfigError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     dataset = spec.name if args.spec else args.dataset
+    if args.newcomer:
+        return _newcomer(args, dataset, spec, files, model, train, lr)
     result = run_quality(
         dataset,
         spec,
@@ -393,6 +407,46 @@ def _run_one(args: argparse.Namespace) -> dict:
             for p in result.points
         }
     return out
+
+
+def _newcomer(args: argparse.Namespace, dataset: str, spec, files, model, train, lr) -> dict:
+    """``--newcomer TRAIN,TEST,WINDOWS[,FILE_ROWS]``: the newcomer case on disjoint windows of the whole log."""
+    from common.errors import UserError
+    from trainer.data import EventBatch
+    from trainer.quality import newcomer_windows
+
+    try:
+        parts = [int(x) for x in args.newcomer.split(",")]
+        if len(parts) not in (3, 4) or min(parts) < 1:
+            raise ValueError
+    except ValueError:
+        raise UserError(
+            f"--newcomer must be TRAIN,TEST,WINDOWS[,FILE_ROWS] (positive integers), got {args.newcomer!r}: "
+            "e.g. 80,20,100,40 for 80 trained rows in files of 40 and 20 held-out rows, on 100 windows"
+        ) from None
+    if args.history_files or args.seeds > 1:
+        raise UserError("--newcomer trains each window as its own history: drop --history-files and --seeds")
+    try:
+        res = newcomer_windows(
+            spec,
+            EventBatch.concat(files),
+            parts[0],
+            parts[1],
+            parts[2],
+            model,
+            train,
+            lr,
+            parts[3] if len(parts) == 4 else None,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    return {
+        "dataset": dataset,
+        "newcomer": True,
+        "seed": args.seed,
+        "history_epochs": train.history_epochs,
+        **res.summary(),
+    }
 
 
 def _with_dims(spec, dim: int):

@@ -305,3 +305,85 @@ def run_strategy(
         examples += spent["examples"]
         seconds += spent["seconds"]
     return {"auc": mean_auc(aucs, losses), "log_loss": float(np.mean(losses)), "examples": examples, "seconds": seconds}
+
+
+# --------------------------------------------------------------- the newcomer path, replicated
+@dataclasses.dataclass(frozen=True)
+class NewcomerWindows:
+    """The newcomer comparison repeated on many disjoint windows of one log (:func:`newcomer_windows`)."""
+
+    train_rows: int
+    test_rows: int
+    starts: tuple[
+        int, ...
+    ]  # first row of every window scored (windows whose held-out rows hold one class are left out)
+    auc_model: tuple[float, ...]
+    auc_lr: tuple[float, ...]
+
+    def summary(self) -> dict[str, float]:
+        """Means, the paired difference model - LR with its standard error (over windows), wins / ties / losses."""
+        m, b = np.asarray(self.auc_model, np.float64), np.asarray(self.auc_lr, np.float64)
+        d = m - b
+        n = len(d)
+        return {
+            "windows": n,
+            "train_rows": self.train_rows,
+            "test_rows": self.test_rows,
+            "auc_model": float(m.mean()) if n else float("nan"),
+            "auc_lr": float(b.mean()) if n else float("nan"),
+            "auc_model_minus_lr": float(d.mean()) if n else float("nan"),
+            "stderr": float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
+            "wins": int((d > 0).sum()),
+            "ties": int((d == 0).sum()),
+            "losses": int((d < 0).sum()),
+        }
+
+
+def newcomer_windows(
+    spec,
+    log: EventBatch,
+    train_rows: int,
+    test_rows: int,
+    windows: int,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    lr: FTRLConfig | None = None,
+    file_rows: int | None = None,
+) -> NewcomerWindows:
+    """Issue 24's newcomer case (a new log: train on its first rows, score held-out rows that follow, against
+    an FTRL-LR trained on the same rows) repeated on ``windows`` disjoint windows of ``log`` (time order),
+    so that a claim about a few hundred rows is not decided by one 20-row AUC (its standard error is ~0.1).
+
+    In each window a fresh model (seed ``train_cfg.seed``) follows the first ``train_rows`` rows cut into data
+    files of ``file_rows`` rows (None: one file) as ``freshrec train`` does (each file scored, then trained on
+    once, then ``train.history_epochs - 1`` more passes over them), a fresh LR takes the same rows once, and
+    both score the next ``test_rows`` rows. A window whose held-out rows hold one class (AUC undefined) is
+    left out. Windows are spread evenly over the log and never overlap (fewer when the log is short).
+    """
+    span = train_rows + test_rows
+    if train_rows < 1 or test_rows < 1 or windows < 1:
+        raise ValueError(
+            f"newcomer_windows: train_rows, test_rows and windows must be >= 1, got {train_rows}, {test_rows}, {windows}"
+        )
+    if len(log) < span:
+        raise ValueError(f"newcomer_windows: the log has {len(log)} rows, fewer than one window ({span})")
+    n = min(windows, len(log) // span)
+    starts = np.linspace(0, len(log) - span, n).round().astype(np.int64) if n > 1 else np.zeros(1, np.int64)
+    step = file_rows or train_rows
+    kept, a_model, a_lr = [], [], []
+    for s in starts.tolist():
+        test = log.take(np.arange(s + train_rows, s + span))
+        if test.label.min() == test.label.max():
+            continue
+        parts = [log.take(np.arange(lo, min(lo + step, s + train_rows))) for lo in range(s, s + train_rows, step)]
+        model = LocalTrainer(spec, model_cfg, train_cfg)
+        for i, part in enumerate(parts):
+            model.step_file(part, f"part-{i:05d}")
+        model.apply_decision(history_decision(train_cfg, len(parts)), dict(enumerate(parts)))
+        baseline = FTRLProximal(spec, lr or FTRLConfig())
+        for part in parts:
+            baseline.train(part)
+        kept.append(s)
+        a_model.append(auc(test.label, model.score(test)))
+        a_lr.append(auc(test.label, baseline.score(test)))
+    return NewcomerWindows(train_rows, test_rows, tuple(kept), tuple(a_model), tuple(a_lr))
