@@ -135,7 +135,8 @@ class VersionKeeper:
         data=None,
     ) -> None:
         self.url, self.storage_options = str(store_url), storage_options
-        self.store = VersionStore(self.url, storage_options)
+        # its manifest cache holds a chain and the gate's recent versions: 64, full long before a soak's warm-up
+        self.store = VersionStore(self.url, storage_options, manifest_cache=KEEP_VERSIONS)
         self.backend, self.core = backend, core
         self.data = data  # trainer.data.DataState: the data layer's state (every rank holds the same)
         self.policy = SnapshotPolicy(snapshots)
