@@ -124,7 +124,7 @@ class ProgressiveValidator:
     2
     """
 
-    KEEP_FILES = 256
+    KEEP_FILES = 128  # full before a soak's warm-up (200 versions)
 
     def __init__(self, keep_files: int | None = None) -> None:
         self.files: list[FileMetrics] = []  # the latest records (bounded), oldest first

@@ -603,7 +603,7 @@ class Publisher:
     """
 
     MAX_CARRIED = 1000
-    MAX_VERIFIED = 256  # verified versions remembered (issue 21: bounded per-run state)
+    MAX_VERIFIED = 128  # verified versions remembered (issue 21: bounded per-run state)
 
     def __init__(self, store, cfg: PublishConfig | None = None) -> None:
         self.store = store

@@ -80,6 +80,18 @@ def _trim(hashes: dict, yielded: set, ledger: DataLedger, listed: set[str]) -> i
     return len(hashes) + len(yielded)
 
 
+def _trim_all(hashes: dict, yielded: set, seen: dict, ledger: DataLedger, files: list) -> int:
+    """:func:`_trim`, and ``seen`` forgets files gone from the directory or consumed. Returns the entries left."""
+    listed = {f.path for f in files}
+    for f in files:
+        known = ledger.by_stat(f.name, f.size, f.mtime)
+        if known is not None and known.complete:
+            seen.pop(f.path, None)
+    for path in [p for p in seen if p not in listed]:
+        del seen[path]
+    return _trim(hashes, yielded, ledger, listed) + len(seen)
+
+
 def follow_data_files(
     history: str | os.PathLike | None,
     incoming: str | os.PathLike | None,
@@ -165,11 +177,10 @@ def follow_data_files(
             taken += 1
             yield ref
             idle_since = time.monotonic()
+            if len(hashes) + len(yielded) + len(seen) > 2 * kept[0] + KEEP_FOLLOW:  # a backlog: trim as it goes
+                kept[0] = _trim_all(hashes, yielded, seen, ledger, files)
         if len(hashes) + len(yielded) + len(seen) > 2 * kept[0] + KEEP_FOLLOW:
-            listed = {f.path for f in files}
-            for path in [p for p in seen if p not in listed]:  # gone from the directory
-                del seen[path]
-            kept[0] = _trim(hashes, yielded, ledger, listed) + len(seen)
+            kept[0] = _trim_all(hashes, yielded, seen, ledger, files)
         if not taken:
             if drain and not waiting:
                 return

@@ -109,7 +109,7 @@ def _name_id(name: str) -> int:
     return int.from_bytes(hashlib.sha256(b"name\0" + name.encode()).digest()[:8], "little", signed=True)
 
 
-HOT_ENTRIES = 256  # complete entries kept as objects (the latest); older ones go to the compact columns
+HOT_ENTRIES = 128  # complete entries kept as objects (the latest); older ones go to the compact columns
 
 
 class _Cold:
