@@ -529,7 +529,11 @@ def worker_trace(args: argparse.Namespace, work: Path) -> dict:
         _land(incoming, _name(i), soak_rows(i, args.rows))
     argv = ["stream", "--incoming", str(incoming), "--run-dir", str(run_dir), "--store", str(store_dir)]
     argv += ["--spec", "taobao", "--seed", "3", "--workers", "1", "--ps-shards", str(args.shards), "--drain"]
+    import psutil
+
+    proc = psutil.Process()
     marks: dict[int, float] = {}  # version number reached -> traced bytes (while the run goes)
+    rss: dict[int, float] = {}
     sites: list[dict] = []  # the allocation sites at the first mark and at the latest one
     done = threading.Event()
 
@@ -545,6 +549,7 @@ def worker_trace(args: argparse.Namespace, work: Path) -> dict:
             if versions() >= nxt:
                 now = _sites(tracemalloc)
                 marks[nxt] = tracemalloc.get_traced_memory()[0]
+                rss[nxt] = proc.memory_info().rss  # the process's RSS too (tracemalloc's own traces included)
                 sites[1:] = [now] if sites else []
                 if not sites:
                     sites.append(now)
@@ -571,7 +576,8 @@ def worker_trace(args: argparse.Namespace, work: Path) -> dict:
         "wall_s": round(time.perf_counter() - t0, 1),
         "traced_growth_mib_per_1000": growth_mib_per_1000(points, args.warmup),
         "traced_growth_after_versions": args.warmup,
-        "traced_mib": [{"versions": k, "mib": round(b / MIB, 3)} for k, b in points],
+        "traced_mib": [{"versions": k, "mib": round(b / MIB, 3), "rss_mib": round(rss[k] / MIB, 2)} for k, b in points],
+        "rss_growth_mib_per_1000": growth_mib_per_1000(sorted(rss.items()), args.warmup),
         "sites_grown": top,
         "load_avg": os.getloadavg(),
         "note": "traced Python allocations of the worker loop and its in-process shards (not RSS); under load",

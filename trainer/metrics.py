@@ -113,7 +113,9 @@ class ProgressiveValidator:
     except those after ``hold_from``, the first record a version has not taken yet), running sums
     for the mean per-file AUC, and two fixed-size histograms (cumulative, and the current version
     window's): it grows neither with the number of examples nor with the number of data files
-    (issue 21). ``recorded`` counts every record; ``since(n)`` gives those after the n-th.
+    (issue 21). ``recorded`` counts every record; ``since(n)`` gives those after the n-th. The version
+    keeper moves ``hold_from`` at each cut; where none does (a replay that reads every record at the end,
+    ``trainer/quality.py``), every record is kept.
     ``take_window()`` hands the histogram of the scores recorded since the last call to the
     version writer and starts a new one.
 
