@@ -548,7 +548,7 @@ def worker_trace(args: argparse.Namespace, work: Path) -> dict:
         while not done.is_set():
             if versions() >= nxt:
                 now = _sites(tracemalloc)
-                marks[nxt] = tracemalloc.get_traced_memory()[0]
+                marks[nxt] = sum(b for k, (b, _) in now.items() if not any(o in k for o in _OWN))  # the bench's own out
                 rss[nxt] = proc.memory_info().rss  # the process's RSS too (tracemalloc's own traces included)
                 sites[1:] = [now] if sites else []
                 if not sites:
@@ -580,8 +580,12 @@ def worker_trace(args: argparse.Namespace, work: Path) -> dict:
         "rss_growth_mib_per_1000": growth_mib_per_1000(sorted(rss.items()), args.warmup),
         "sites_grown": top,
         "load_avg": os.getloadavg(),
-        "note": "traced Python allocations of the worker loop and its in-process shards (not RSS); under load",
+        "note": "traced Python allocations of the worker loop and its in-process shards, the bench's own left out; "
+        "rss_mib includes tracemalloc's traces and the bench's site tables",
     }
+
+
+_OWN = ("/tracemalloc.py", "/bench/soak.py")  # the tracing's own bookkeeping (snapshots, site tables): not the product
 
 
 def _sites(trace) -> dict[str, tuple[int, int]]:
@@ -603,11 +607,10 @@ def _grown(trace, sites0: dict | None, n: int = 12) -> list[dict]:
 
 def _diff(sites0: dict, now: dict, n: int = 12) -> list[dict]:
     """The allocation sites that grew most from ``sites0`` to ``now`` (file:line, KiB, blocks)."""
-    own = ("/tracemalloc.py", "/bench/soak.py")  # the tracing's own bookkeeping: not the product
     diff = [
         (size - sites0.get(k, (0, 0))[0], count - sites0.get(k, (0, 0))[1], k)
         for k, (size, count) in now.items()
-        if not any(o in k for o in own)
+        if not any(o in k for o in _OWN)
     ]
     diff.sort(reverse=True)
     return [{"where": k, "kib": round(d / 1024, 1), "blocks": c} for d, c, k in diff[:n] if d > 0]
