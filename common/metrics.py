@@ -114,7 +114,7 @@ DEFINITIONS: tuple[MetricDef, ...] = (
     _g(
         "freshrec_trainer_state_entries_rows",
         "Entries a per-run in-memory structure of rank 0 holds (each bounded: issue 21), by structure "
-        "(ledger_objects, ledger_compact, progressive_files, file_reports, decisions)",
+        "(ledger_objects, ledger_compact, progressive_files, file_reports, decisions, pauses)",
         "structure",
     ),
     # model versions (trainer/versioning.py via trainer/telemetry.py)
