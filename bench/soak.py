@@ -329,7 +329,13 @@ def run(args: argparse.Namespace) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     try:
         if getattr(args, "worker_trace", False):
-            return worker_trace(args, work)
+            try:
+                return worker_trace(args, work)
+            finally:  # the in-process run's writer lease, released now (at exit it would re-create the dir)
+                from versions import fencing
+
+                fencing._release_all()
+                fencing._EXITING.clear()
         return _soak(args, work)
     finally:
         if not keep:
