@@ -31,6 +31,11 @@ the replica (found by their PIDs in Ray's actor table: classes ``RayTrainWorker`
   new file trained; in process, no Ray start-up) on this run's store and incoming directory after all
   ``--files`` files, over the same on a copy of both taken after the 10th file (target <= 2), alternating,
   ``--restart-repeats`` each;
+* with ``--worker-trace`` (instead of the above): the Ray Train worker loop itself, with its shards, run in
+  this process (``bench.chaos.inproc``: the real loop, Ray Train's three calls answered in process) over
+  ``--files`` landed data files with tracemalloc on, a version after each: the allocation sites of that
+  process that grew from the ``--warmup``-th version to the end and the traced growth per 1,000 versions
+  (the structures issue 21 bounds live there, out of reach of the driver's tracemalloc);
 * with ``--tracemalloc``: the driver's allocations that grew most from the first sample after the warm-up
   to the end (file:line, KiB, blocks), to name what grows (the driver's RSS then includes tracemalloc's own
   traces: take its growth figure from a run without it).
@@ -82,6 +87,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracemalloc", action="store_true", help="trace the driver's allocations (names what grows)")
     p.add_argument("--file-timeout", type=float, default=120.0, help="seconds to wait for one file's version")
     p.add_argument("--work-dir", type=Path, default=None, help="keep the run here (default: a temp dir, removed)")
+    p.add_argument(
+        "--worker-trace",
+        action="store_true",
+        help="instead: the Ray Train worker loop (and its shards) in this process under tracemalloc, a version per "
+        "file: the worker-side sites that grew after the warm-up, and the bounded structures' sizes (no Ray)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- pure parts
@@ -317,6 +328,14 @@ def run(args: argparse.Namespace) -> dict:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="freshrec-bench-soak-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
+        if getattr(args, "worker_trace", False):
+            try:
+                return worker_trace(args, work)
+            finally:  # the in-process run's writer lease, released now (at exit it would re-create the dir)
+                from versions import fencing
+
+                fencing._release_all()
+                fencing._EXITING.clear()
         return _soak(args, work)
     finally:
         if not keep:
@@ -504,6 +523,77 @@ def _soak(args: argparse.Namespace, work: Path) -> dict:
     return out
 
 
+def worker_trace(args: argparse.Namespace, work: Path) -> dict:
+    """``--worker-trace``: the worker loop in this process under tracemalloc (see the module docstring)."""
+    import tracemalloc
+
+    from bench.chaos.inproc import run_stream_in_process
+
+    incoming, run_dir, store_dir = work / "incoming", work / "run", work / "versions"
+    incoming.mkdir(parents=True, exist_ok=True)
+    for i in range(args.files):  # every file landed first; the drain run takes them in name order
+        _land(incoming, _name(i), soak_rows(i, args.rows))
+    argv = ["stream", "--incoming", str(incoming), "--run-dir", str(run_dir), "--store", str(store_dir)]
+    argv += ["--spec", "taobao", "--seed", "3", "--workers", "1", "--ps-shards", str(args.shards), "--drain"]
+    import psutil
+
+    proc = psutil.Process()
+    marks: dict[int, float] = {}  # version number reached -> traced bytes (while the run goes)
+    rss: dict[int, float] = {}
+    sites: list[dict] = []  # the allocation sites at the first mark and at the latest one
+    done = threading.Event()
+
+    def versions() -> int:  # the newest committed version's number (gc keeps only the latest few)
+        try:
+            return int((store_dir / "LATEST").read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def watch() -> None:  # at the warm-up and every --sample-every versions after it, while the run goes
+        nxt = args.warmup
+        while not done.is_set():
+            if versions() >= nxt:
+                now = _sites(tracemalloc)
+                marks[nxt] = sum(b for k, (b, _) in now.items() if not any(o in k for o in _OWN))  # the bench's own out
+                rss[nxt] = proc.memory_info().rss  # the process's RSS too (tracemalloc's own traces included)
+                sites[1:] = [now] if sites else []
+                if not sites:
+                    sites.append(now)
+                nxt += args.sample_every
+            time.sleep(0.05)
+
+    tracemalloc.start(1)
+    watcher = threading.Thread(target=watch, name="soak-worker-trace", daemon=True)
+    t0 = time.perf_counter()
+    watcher.start()
+    try:
+        run_stream_in_process(argv)
+    finally:
+        done.set()
+        watcher.join(timeout=30)
+    n = versions()
+    tracemalloc.stop()
+    top = _diff(sites[0], sites[-1]) if len(sites) == 2 else []
+    points = sorted(marks.items())  # the run's own marks: after it, its shards and buffers are freed
+    return {
+        "mode": "worker_trace",
+        "files": args.files,
+        "latest_version_at_end": n,  # version numbers count the compacted fulls too
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "traced_growth_mib_per_1000": growth_mib_per_1000(points, args.warmup),
+        "traced_growth_after_versions": args.warmup,
+        "traced_mib": [{"versions": k, "mib": round(b / MIB, 3), "rss_mib": round(rss[k] / MIB, 2)} for k, b in points],
+        "rss_growth_mib_per_1000": growth_mib_per_1000(sorted(rss.items()), args.warmup),
+        "sites_grown": top,
+        "load_avg": os.getloadavg(),
+        "note": "traced Python allocations of the worker loop and its in-process shards, the bench's own left out; "
+        "rss_mib includes tracemalloc's traces and the bench's site tables",
+    }
+
+
+_OWN = ("/tracemalloc.py", "/bench/soak.py")  # the tracing's own bookkeeping (snapshots, site tables): not the product
+
+
 def _sites(trace) -> dict[str, tuple[int, int]]:
     """The driver's traced memory per allocation site (file:line -> (bytes, blocks)), the snapshot dropped."""
     snap = trace.take_snapshot()
@@ -518,11 +608,15 @@ def _grown(trace, sites0: dict | None, n: int = 12) -> list[dict]:
         return []
     now = _sites(trace)
     trace.stop()
-    own = ("/tracemalloc.py", "/bench/soak.py")  # the tracing's own bookkeeping: not the product
+    return _diff(sites0, now, n)
+
+
+def _diff(sites0: dict, now: dict, n: int = 12) -> list[dict]:
+    """The allocation sites that grew most from ``sites0`` to ``now`` (file:line, KiB, blocks)."""
     diff = [
         (size - sites0.get(k, (0, 0))[0], count - sites0.get(k, (0, 0))[1], k)
         for k, (size, count) in now.items()
-        if not any(o in k for o in own)
+        if not any(o in k for o in _OWN)
     ]
     diff.sort(reverse=True)
     return [{"where": k, "kib": round(d / 1024, 1), "blocks": c} for d, c, k in diff[:n] if d > 0]

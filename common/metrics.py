@@ -111,6 +111,12 @@ DEFINITIONS: tuple[MetricDef, ...] = (
     _g("freshrec_trainer_cumulative_auc_ratio", "Progressive AUC over every data file of the run"),
     _c("freshrec_trainer_dead_letters_total", "Rows sent to the dead-letter file", "reason"),
     _c("freshrec_trainer_late_rows_total", "Late events trained with a later data file (or dead-lettered)"),
+    _g(
+        "freshrec_trainer_state_entries_rows",
+        "Entries a per-run in-memory structure of rank 0 holds (each bounded: issue 21), by structure "
+        "(ledger_objects, ledger_compact, progressive_files, file_reports, decisions, pauses)",
+        "structure",
+    ),
     # model versions (trainer/versioning.py via trainer/telemetry.py)
     _h(
         "freshrec_versions_write_duration_seconds",

@@ -109,10 +109,15 @@ class FileMetrics:
 class ProgressiveValidator:
     """Per-file (exact) and cumulative (binned, bounded) AUC / log-loss of scores made before training.
 
-    Its state is the list of per-file records (a few numbers per data file) and two fixed-size
-    histograms (cumulative, and the current version window's): it does not grow with the
-    number of examples. ``take_window()`` hands the histogram of the scores recorded since the
-    last call to the version writer and starts a new one.
+    Its state is the latest ``keep_files`` per-file records (``files``; older ones are dropped,
+    except those after ``hold_from``, the first record a version has not taken yet), running sums
+    for the mean per-file AUC, and two fixed-size histograms (cumulative, and the current version
+    window's): it grows neither with the number of examples nor with the number of data files
+    (issue 21). ``recorded`` counts every record; ``since(n)`` gives those after the n-th. The version
+    keeper moves ``hold_from`` at each cut; where none does (a replay that reads every record at the end,
+    ``trainer/quality.py``), every record is kept.
+    ``take_window()`` hands the histogram of the scores recorded since the last call to the
+    version writer and starts a new one.
 
     >>> v = ProgressiveValidator()
     >>> v.record("s0", np.array([0, 1]), np.array([0.2, 0.9])).auc
@@ -121,8 +126,16 @@ class ProgressiveValidator:
     2
     """
 
-    def __init__(self) -> None:
-        self.files: list[FileMetrics] = []
+    KEEP_FILES = 128  # full before a soak's warm-up (200 versions)
+
+    def __init__(self, keep_files: int | None = None) -> None:
+        self.files: list[FileMetrics] = []  # the latest records (bounded), oldest first
+        self.keep_files = self.KEEP_FILES if keep_files is None else int(keep_files)
+        if self.keep_files < 1:
+            raise ValueError(f"keep_files must be >= 1, got {keep_files!r}")
+        self.recorded = 0  # records ever made; files[0] is record number recorded - len(files)
+        self.hold_from = 0  # records from this number on are kept whatever keep_files says (not yet in a version)
+        self._auc_sum, self._auc_n = 0.0, 0  # mean per-file AUC over every record (files with one class left out)
         self._hist = ScoreHistogram.empty()
         self._window = ScoreHistogram.empty()
         self._loss_sum = 0.0  # sum of per-example log-loss over examples with finite scores
@@ -148,6 +161,13 @@ class ProgressiveValidator:
             h.score_max,
         )
         self.files.append(m)
+        self.recorded += 1
+        if not np.isnan(m.auc):
+            self._auc_sum += m.auc
+            self._auc_n += 1
+        drop = min(len(self.files) - self.keep_files, self.hold_from - (self.recorded - len(self.files)))
+        if drop > 0:
+            del self.files[:drop]
         self._hist = self._hist + h
         self._window = self._window + h
         self._examples += len(labels)
@@ -160,6 +180,11 @@ class ProgressiveValidator:
     def set_train_seconds(self, seconds: float) -> None:
         """Attach the training time of the last recorded data file (known only after training on it)."""
         self.files[-1] = dataclasses.replace(self.files[-1], train_seconds=seconds)
+
+    def since(self, mark: int) -> list[FileMetrics]:
+        """The records made after the ``mark``-th (those still held: see ``hold_from``)."""
+        first = self.recorded - len(self.files)
+        return self.files[max(0, mark - first) :]
 
     def take_window(self) -> ScoreHistogram:
         """The score histogram of every example recorded since the last call (a version's window)."""
@@ -184,8 +209,7 @@ class ProgressiveValidator:
         }
 
     def mean_file_auc(self) -> float:
-        """Mean of the per-data-file AUCs (files with one class only are left out)."""
-        vals = [m.auc for m in self.files if not np.isnan(m.auc)]
-        return float(np.mean(vals)) if vals else float("nan")
+        """Mean of the per-data-file AUCs over every record (files with one class only are left out)."""
+        return self._auc_sum / self._auc_n if self._auc_n else float("nan")
 
     mean_shard_auc = mean_file_auc  # the name before issue 23 ("shard" is the PS's word); kept for callers

@@ -50,3 +50,9 @@ def record_gate(decision, version: int) -> None:
         record("freshrec_versions_published_version", int(version))
     else:
         record("freshrec_versions_held_total", 1, reason=decision.code)
+
+
+def record_state(sizes: dict[str, int]) -> None:
+    """Entries held by each per-run structure (bounded; issue 21): ``{"ledger_objects": 256, ...}``."""
+    for structure, n in sorted(sizes.items()):
+        record("freshrec_trainer_state_entries_rows", int(n), structure=structure)

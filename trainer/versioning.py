@@ -35,6 +35,7 @@ an uninterrupted run drops. What a version contains is :mod:`trainer.bundle`'s b
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import random
@@ -56,6 +57,7 @@ from versions import (
 )
 
 log = logging.getLogger(__name__)
+KEEP_VERSIONS = 64  # per-version records (publish decisions, cut pauses) a run keeps in memory: the latest
 CORE_PART = bundle.CORE_PART  # re-exported for callers that name the parts (tests)
 FEATURES_PART = bundle.FEATURES_PART
 
@@ -133,7 +135,8 @@ class VersionKeeper:
         data=None,
     ) -> None:
         self.url, self.storage_options = str(store_url), storage_options
-        self.store = VersionStore(self.url, storage_options)
+        # its manifest cache holds a chain and the gate's recent versions: 64, full long before a soak's warm-up
+        self.store = VersionStore(self.url, storage_options, manifest_cache=KEEP_VERSIONS)
         self.backend, self.core = backend, core
         self.data = data  # trainer.data.DataState: the data layer's state (every rank holds the same)
         self.policy = SnapshotPolicy(snapshots)
@@ -142,7 +145,7 @@ class VersionKeeper:
         self.on_commit = on_commit or (lambda manifest, pause_ms: None)
         self.rank = core.rank
         self.last_version: int | None = None  # the newest version committed (or restored) by this run
-        self.pauses_ms: list[float] = []
+        self.pauses_ms: collections.deque[float] = collections.deque(maxlen=KEEP_VERSIONS)  # the latest cuts'
         self.failures = 0
         self.max_failures = 3  # consecutive failed versions before the run stops with the error
         self.final_attempts = 5  # the final version (finish): attempts on transient store errors
@@ -152,7 +155,7 @@ class VersionKeeper:
         self._writer: threading.Thread | None = None
         self._error: BaseException | None = None
         self.publisher = Publisher(self.store, publish)
-        self.decisions: dict[int, object] = {}  # version -> PublishDecision (this run's)
+        self.decisions: dict[int, object] = {}  # version -> PublishDecision (this run's latest KEEP_VERSIONS)
         self._files_mark = self._validated()  # validated data files already in a version
         self._picked_up_at: float | None = None  # when rank 0 took the newest data file (freshness)
         # in a Ray worker: exit once the raylet is gone (an orphan must not train or commit beside a restart)
@@ -160,13 +163,22 @@ class VersionKeeper:
 
     def _validated(self) -> int:
         validator = getattr(self.core, "validator", None)
-        return len(validator.files) if validator is not None else 0
+        if validator is None:
+            return 0
+        return getattr(validator, "recorded", None) or len(validator.files)
 
     def _window_metrics(self) -> VersionMetrics:
         """Progressive validation of the data files trained since the last cut (rank 0's validator)."""
         validator = getattr(self.core, "validator", None)
-        files = validator.files[self._files_mark :] if validator is not None else []
+        if validator is None:
+            files = []
+        elif hasattr(validator, "since"):
+            files = validator.since(self._files_mark)
+        else:
+            files = validator.files[self._files_mark :]
         self._files_mark = self._validated()
+        if validator is not None:
+            validator.hold_from = self._files_mark  # the records before it are in a version: they may go
         take = getattr(validator, "take_window", None)  # the window's score histogram (the publish gate's test)
         return VersionMetrics.of_files(files, take() if take is not None else None)
 
@@ -383,7 +395,31 @@ class VersionKeeper:
             log.exception("the publish gate could not judge version %d: it stays unpublished", version)
             return
         self.decisions[version] = d
+        while len(self.decisions) > KEEP_VERSIONS:  # a long run keeps the latest only (issue 21)
+            del self.decisions[next(iter(self.decisions))]
         telemetry.record_gate(d, version)
+        self._record_state()
+
+    def state_sizes(self) -> dict[str, int]:
+        """Entries held by the run's per-file/per-version structures (each bounded; issue 21)."""
+        out = {"decisions": len(self.decisions), "pauses": len(self.pauses_ms)}
+        ledger = getattr(self.core, "ledger", None)
+        if ledger is not None and hasattr(ledger, "held"):
+            held = ledger.held()
+            out["ledger_objects"], out["ledger_compact"] = held["objects"], held["compact"]
+        validator = getattr(self.core, "validator", None)
+        if validator is not None:
+            out["progressive_files"] = len(validator.files)
+        data_validator = getattr(self.data, "validator", None)
+        if data_validator is not None:
+            out["file_reports"] = len(data_validator.report.per_file)
+        return out
+
+    def _record_state(self) -> None:
+        try:
+            telemetry.record_state(self.state_sizes())
+        except Exception:  # a metric never fails a version
+            log.exception("recording the state sizes")
 
     def wait(self) -> None:
         """Block until the version being written is committed (or raise its error)."""

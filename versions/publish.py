@@ -603,11 +603,12 @@ class Publisher:
     """
 
     MAX_CARRIED = 1000
+    MAX_VERIFIED = 128  # verified versions remembered (issue 21: bounded per-run state)
 
     def __init__(self, store, cfg: PublishConfig | None = None) -> None:
         self.store = store
         self.gate = PublishGate(cfg)
-        self.verified: dict[int, list[str]] = {}
+        self.verified: dict[int, list[str]] = {}  # version -> its problems, the latest MAX_VERIFIED
         self.recent: list[tuple[int, VersionMetrics]] = []
         self.carried: list[tuple[int, VersionMetrics]] = []
         self.counts: collections.Counter = collections.Counter()
@@ -623,6 +624,8 @@ class Publisher:
         store = self.store
         manifest = store.manifest(version)
         problems = store.verify_chain(version, self.verified) if self.gate.cfg.verify_checksums else []
+        while len(self.verified) > self.MAX_VERIFIED:  # a long run forgets the oldest (re-verified if needed)
+            del self.verified[min(self.verified)]
         base_v = store.published()
         if base_v is not None and base_v >= version:  # re-judging an old version: compare with nothing newer
             base_v = None

@@ -108,7 +108,20 @@ class ValidationReport:
     files: int = 0
     files_unreadable: int = 0  # files that could not be read (to their end), or lack the header the spec expects
     by_reason: Counter = dataclasses.field(default_factory=Counter)
-    per_file: list[FileReport] = dataclasses.field(default_factory=list)
+    per_file: list[FileReport] = dataclasses.field(default_factory=list)  # the latest reports (bounded)
+    per_file_dropped: int = 0  # older reports dropped from per_file (their counts stay in the totals)
+    files_warned: int = 0  # files with a warning, and files refused: over every report, dropped ones too
+    files_refused: int = 0
+
+    def add(self, report: FileReport, keep: int) -> None:
+        """Keep ``report`` in ``per_file``, dropping the oldest beyond ``keep`` (a long stream)."""
+        self.per_file.append(report)
+        self.files_warned += bool(report.warnings)
+        self.files_refused += bool(report.error)
+        if len(self.per_file) > keep:
+            drop = len(self.per_file) - keep
+            del self.per_file[:drop]
+            self.per_file_dropped += drop
 
     def as_dict(self) -> dict:
         return {
@@ -122,6 +135,9 @@ class ValidationReport:
             "by_reason": dict(sorted(self.by_reason.items())),
             "warnings": [f"{f.name}: {w}" for f in self.per_file for w in f.warnings],
             "refused": [f"{f.name}: {f.error}" for f in self.per_file if f.error],
+            "files_warned": self.files_warned,
+            "files_refused": self.files_refused,
+            "per_file_dropped": self.per_file_dropped,
         }
 
     @property

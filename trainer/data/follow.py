@@ -63,6 +63,35 @@ def _listing(where: str | os.PathLike) -> list[storage.FileInfo]:
     return sorted(files, key=lambda f: f.name)
 
 
+KEEP_FOLLOW = 256  # cache entries the follower keeps before trimming what the ledger already answers
+
+
+def _trim(hashes: dict, yielded: set, ledger: DataLedger, listed: set[str]) -> int:
+    """Drop what the ledger answers by itself: shas of complete files from ``yielded``, and the cached
+    hashes of files the ledger recognises by name, size and mtime or that are no longer listed (a renamed
+    copy still listed keeps its hash: it is not read again). Returns the entries left."""
+    for sha in [s for s in yielded if ledger.is_complete(DataFileRef("", s, ""))]:
+        yielded.discard(sha)
+    for key in list(hashes):
+        path, size, mtime = key
+        known = ledger.by_stat(storage.base_name(path), size, mtime)
+        if path not in listed or (known is not None and known.complete):
+            del hashes[key]
+    return len(hashes) + len(yielded)
+
+
+def _trim_all(hashes: dict, yielded: set, seen: dict, ledger: DataLedger, files: list) -> int:
+    """:func:`_trim`, and ``seen`` forgets files gone from the directory or consumed. Returns the entries left."""
+    listed = {f.path for f in files}
+    for f in files:
+        known = ledger.by_stat(f.name, f.size, f.mtime)
+        if known is not None and known.complete:
+            seen.pop(f.path, None)
+    for path in [p for p in seen if p not in listed]:
+        del seen[path]
+    return _trim(hashes, yielded, ledger, listed) + len(seen)
+
+
 def follow_data_files(
     history: str | os.PathLike | None,
     incoming: str | os.PathLike | None,
@@ -85,7 +114,9 @@ def follow_data_files(
     was read to its end; ``ledger.refuse`` for a ref with ``refused`` set). With ``idle_tick_s``, an
     :class:`IdleTick` is yielded every ``idle_tick_s`` while it waits for incoming files.
     """
-    yielded: set[str] = set()
+    # bounded (issue 21): a consumed file is recognised by the ledger, so the caches below drop it (_trim);
+    # ``seen`` holds only files listed and not yet consumed
+    yielded: set[str] = set()  # sha256 of files yielded and not yet complete in the ledger
     hashes: dict[tuple[str, int, float], str] = {}  # (path, size, mtime) -> sha256 of what was read
 
     def judge(f: storage.FileInfo, source: int) -> DataFileRef | None:
@@ -114,6 +145,7 @@ def follow_data_files(
     if incoming is None:
         return
     settle = poll_s if settle_s is None else settle_s
+    kept = [0]  # entries left by the last trim (the next one runs once the caches doubled past it)
     seen: dict[str, tuple[int, float, float]] = {}  # path -> (size, mtime, first seen with them)
     idle_since = last_tick = time.monotonic()
     while True:
@@ -121,14 +153,15 @@ def follow_data_files(
         files = sorted((f for f in storage.list_files(incoming) if is_data_file_name(f.name)), key=lambda f: f.name)
         taken, waiting = 0, False
         for f in files:
+            known = ledger.by_stat(f.name, f.size, f.mtime)
+            if known is not None and known.complete:  # consumed: nothing to watch (``seen`` stays bounded)
+                seen.pop(f.path, None)
+                continue
             size, mtime, since = seen.get(f.path, (-1, -1.0, now))
             if (size, mtime) != (f.size, f.mtime):
                 seen[f.path] = (f.size, f.mtime, now)
                 since = now
                 idle_since = now  # a file appearing or growing is activity, not idleness
-            known = ledger.by_stat(f.name, f.size, f.mtime)
-            if known is not None and known.complete:
-                continue
             key = (f.path, f.size, f.mtime)
             if key in hashes and (
                 hashes[key] in yielded or ledger.is_complete(DataFileRef(f.name, hashes[key], f.path))
@@ -144,6 +177,10 @@ def follow_data_files(
             taken += 1
             yield ref
             idle_since = time.monotonic()
+            if len(hashes) + len(yielded) + len(seen) > 2 * kept[0] + KEEP_FOLLOW:  # a backlog: trim as it goes
+                kept[0] = _trim_all(hashes, yielded, seen, ledger, files)
+        if len(hashes) + len(yielded) + len(seen) > 2 * kept[0] + KEEP_FOLLOW:
+            kept[0] = _trim_all(hashes, yielded, seen, ledger, files)
         if not taken:
             if drain and not waiting:
                 return

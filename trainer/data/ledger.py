@@ -11,6 +11,14 @@ reading them again, and its status: ``ok``, or ``changed`` (a file whose bytes c
 it was consumed: refused, never trained twice). A file named before consumed ones (a late
 file) is recorded like any other: its rows are judged by the lateness policy.
 
+Memory (issue 21): the ledger stays exact (every consumed file is refused again, by content
+hash, for the whole run and after a restart), but only the latest ``HOT_ENTRIES`` complete
+entries (and every partly taken one) are Python objects; older complete entries are moved to
+columns of numpy arrays (:class:`_Cold`: about 110 bytes plus the name per data file, instead
+of ~600 as objects), looked up by binary search on 64-bit hashes of their key and name (a
+hash match is confirmed on the stored name/sha256, so a collision never refuses a new file).
+``held()`` gives the sizes for the ``freshrec_trainer_state_entries_rows`` gauge.
+
     ref = data_file_ref("incoming/part-000001.parquet")     # DataFileRef(name, sha256, path)
     ledger = DataLedger()
     ledger.record(ref, rows=5000, complete=True)
@@ -97,28 +105,167 @@ def _key_id(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little", signed=True)
 
 
+def _name_id(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(b"name\0" + name.encode()).digest()[:8], "little", signed=True)
+
+
+HOT_ENTRIES = 128  # complete entries kept as objects (the latest); older ones go to the compact columns
+
+
+class _Cold:
+    """Complete ledger entries as columns (append order), with sorted indexes on the 64-bit hashes
+    of their key and of their name. Rows are only ever added (a complete entry is never replaced:
+    taking a file again is refused)."""
+
+    def __init__(self) -> None:
+        z = np.zeros
+        self.key_id, self.name_id = z(0, np.int64), z(0, np.int64)
+        self.name_blob, self.name_off = z(0, np.uint8), z(1, np.int64)  # row i: blob[off[i]:off[i + 1]]
+        self.sha, self.has_sha = z((0, 32), np.uint8), z(0, bool)
+        self.rows, self.size, self.mtime = z(0, np.int64), z(0, np.int64), z(0, np.float64)
+        self.status, self.source, self.order = z(0, np.int8), z(0, np.int8), z(0, np.int64)
+        self.by_key, self.by_name = z(0, np.int64), z(0, np.int64)  # argsorts of key_id / name_id
+        self.key_sorted, self.name_sorted = z(0, np.int64), z(0, np.int64)  # key_id[by_key], name_id[by_name]
+        self.total_rows = 0
+
+    def __len__(self) -> int:
+        return len(self.key_id)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in vars(self).values() if isinstance(a, np.ndarray))
+
+    def add(self, entries: list[LedgerEntry], orders: list[int]) -> None:
+        names = [e.file.encode() for e in entries]
+        lens = np.array([len(n) for n in names], np.int64)
+        sha = np.zeros((len(entries), 32), np.uint8)
+        for i, e in enumerate(entries):  # one row per data file moved (once in its life)
+            if e.sha256:
+                sha[i] = np.frombuffer(bytes.fromhex(e.sha256), np.uint8)
+        cat = np.concatenate
+        self.key_id = cat([self.key_id, np.array([_key_id(e.key) for e in entries], np.int64)])
+        self.name_id = cat([self.name_id, np.array([_name_id(e.file) for e in entries], np.int64)])
+        self.name_blob = cat([self.name_blob, np.frombuffer(b"".join(names), np.uint8)])
+        self.name_off = cat([self.name_off, self.name_off[-1] + np.cumsum(lens)])
+        self.sha = cat([self.sha, sha])
+        self.has_sha = cat([self.has_sha, np.array([e.sha256 is not None for e in entries], bool)])
+        self.rows = cat([self.rows, np.array([e.rows for e in entries], np.int64)])
+        self.size = cat([self.size, np.array([-1 if e.size is None else e.size for e in entries], np.int64)])
+        self.mtime = cat([self.mtime, np.array([np.nan if e.mtime is None else e.mtime for e in entries])])
+        self.status = cat([self.status, np.array([STATUSES.index(e.status) for e in entries], np.int8)])
+        self.source = cat([self.source, np.array([e.source for e in entries], np.int8)])
+        self.order = cat([self.order, np.array(orders, np.int64)])
+        self.by_key = np.argsort(self.key_id, kind="stable")
+        self.by_name = np.argsort(self.name_id, kind="stable")
+        self.key_sorted, self.name_sorted = self.key_id[self.by_key], self.name_id[self.by_name]
+        self.total_rows += sum(e.rows for e in entries)
+
+    def name(self, i: int) -> str:
+        return bytes(self.name_blob[self.name_off[i] : self.name_off[i + 1]]).decode()
+
+    def entry(self, i: int) -> LedgerEntry:
+        size, mtime = int(self.size[i]), float(self.mtime[i])
+        return LedgerEntry(
+            self.name(i),
+            int(self.rows[i]),
+            True,
+            bytes(self.sha[i]).hex() if self.has_sha[i] else None,
+            None if size < 0 else size,
+            None if np.isnan(mtime) else mtime,
+            STATUSES[int(self.status[i])],
+            int(self.source[i]),
+        )
+
+    @staticmethod
+    def _match(ordered: np.ndarray, index: np.ndarray, value: int) -> list[int]:
+        lo, hi = np.searchsorted(ordered, value, "left"), np.searchsorted(ordered, value, "right")
+        return index[lo:hi].tolist()
+
+    def get(self, key: str) -> LedgerEntry | None:
+        for i in self._match(self.key_sorted, self.by_key, _key_id(key)):
+            e = self.entry(i)
+            if e.key == key:  # the hash matched: confirm on the stored key
+                return e
+        return None
+
+    def named(self, name: str) -> list[LedgerEntry]:
+        """The entries of files named ``name``, oldest first."""
+        rows = self._match(self.name_sorted, self.by_name, _name_id(name))
+        return [e for i in sorted(rows, key=lambda i: int(self.order[i])) if (e := self.entry(i)).file == name]
+
+    def names(self, rows: np.ndarray) -> np.ndarray:
+        """The names of ``rows`` as a (len(rows), NAME_BYTES) uint8 array, zero-padded (vectorised)."""
+        start, lens = self.name_off[rows], self.name_off[rows + 1] - self.name_off[rows]
+        if len(lens) and int(lens.max()) > NAME_BYTES:
+            raise LedgerError(f"a data file name is longer than {NAME_BYTES} bytes: rename it")
+        pos = start[:, None] + np.arange(NAME_BYTES)[None, :]
+        inside = np.arange(NAME_BYTES)[None, :] < lens[:, None]
+        if not len(self.name_blob):
+            return np.zeros((len(rows), NAME_BYTES), np.uint8)
+        return np.where(inside, self.name_blob[np.minimum(pos, len(self.name_blob) - 1)], 0).astype(np.uint8)
+
+
 class DataLedger:
     FORMAT_VERSION = 3
 
-    def __init__(self, entries: list[LedgerEntry] | None = None):
-        self._entries: dict[str, LedgerEntry] = {}
+    def __init__(self, entries: list[LedgerEntry] | None = None, hot_entries: int | None = None):
+        self._entries: dict[str, LedgerEntry] = {}  # the latest entries (every partly taken one among them)
         self._by_name: dict[str, list[str]] = {}
         self._changed: dict[str, int] = {}  # key -> change sequence number (for incremental saving)
         self._removed: list[tuple[int, str]] = []  # (sequence, key) of entries replaced since the journal mark
+        self._cold = _Cold()  # older complete entries, compactly
+        self.hot_entries = HOT_ENTRIES if hot_entries is None else int(hot_entries)
         self.seq = 0
+        self._loading = True
         for e in entries or []:
             self._put(e)
+        self._loading = False
+        self._spill()
 
     def _put(self, e: LedgerEntry) -> None:
+        if self._cold.get(e.key) is not None:
+            raise LedgerError(f"data file {e.file}: already recorded {self._cold.get(e.key)}")
+        old = self._entries.get(e.key)
+        if old is not None and old.file != e.file:  # a partly taken file finished under another name
+            self._by_name[old.file].remove(e.key)
+            if not self._by_name[old.file]:
+                del self._by_name[old.file]
         self._entries[e.key] = e
         keys = self._by_name.setdefault(e.file, [])
         if e.key not in keys:
             keys.append(e.key)
         self.seq += 1
         self._changed[e.key] = self.seq
+        if not self._loading:
+            self._spill()
+
+    def _spill(self) -> None:
+        """Move the oldest complete entries to the compact columns once more than ``hot_entries`` are held
+        (half of them at a time: amortised, each entry moves once)."""
+        if len(self._entries) <= self.hot_entries:
+            return
+        done = [k for k, e in self._entries.items() if e.complete]
+        if len(done) <= self.hot_entries:
+            return
+        done.sort(key=self._changed.__getitem__)
+        move = done[: len(done) - self.hot_entries // 2]
+        self._cold.add([self._entries[k] for k in move], [self._changed[k] for k in move])
+        for k in move:
+            e = self._entries.pop(k)
+            self._by_name[e.file].remove(k)
+            if not self._by_name[e.file]:
+                del self._by_name[e.file]
+            del self._changed[k]
+
+    def _get(self, key: str) -> LedgerEntry | None:
+        return self._entries.get(key) or self._cold.get(key)
+
+    def _named(self, name: str) -> list[LedgerEntry]:
+        """Every entry of files named ``name``: the compact (older) ones first."""
+        return self._cold.named(name) + [self._entries[k] for k in self._by_name.get(name, ())]
 
     def _drop(self, key: str) -> None:
-        e = self._entries.pop(key)
+        e = self._entries.pop(key)  # only a partly taken entry is ever replaced (always held as an object)
         self._by_name[e.file].remove(key)
         self._changed.pop(key, None)
         self.seq += 1
@@ -127,8 +274,8 @@ class DataLedger:
     def _find(self, file) -> LedgerEntry | None:
         name, sha = _identity(file)
         if sha is not None:  # by content; else an entry recorded by name only (no hash known)
-            return self._entries.get(sha) or self._entries.get("name:" + name)
-        return self._entries.get("name:" + name) or next((self._entries[k] for k in self._by_name.get(name, ())), None)
+            return self._get(sha) or self._get("name:" + name)
+        return self._get("name:" + name) or next(iter(self._named(name)), None)
 
     def record(self, file, rows: int, complete: bool, sha256: str | None = None) -> None:
         """Record ``rows`` taken of ``file`` (a DataFileRef, or a path with ``sha256``). A partly taken
@@ -137,7 +284,7 @@ class DataLedger:
         sha = sha or sha256
         if sha is not None and not _SHA.match(sha):
             raise LedgerError(f"data file {name}: sha256 must be 64 lowercase hex digits, got {sha!r}")
-        prev = self._entries.get(sha) if sha else self._find(name)
+        prev = self._get(sha) if sha else self._find(name)
         if prev is not None and (prev.complete or rows < prev.rows):
             raise LedgerError(
                 f"data file {name}: already recorded {prev}; refusing to take it again or go back to {rows} rows"
@@ -163,8 +310,8 @@ class DataLedger:
         if status not in STATUSES[1:]:
             raise LedgerError(f"unknown refusal status {status!r}")
         entry = LedgerEntry(ref.name, 0, True, ref.sha256, ref.size, ref.mtime, status, ref.source)
-        if entry.key in self._entries:
-            raise LedgerError(f"data file {ref.name}: already recorded {self._entries[entry.key]}")
+        if (old := self._get(entry.key)) is not None:
+            raise LedgerError(f"data file {ref.name}: already recorded {old}")
         self._put(entry)
         return entry
 
@@ -175,15 +322,12 @@ class DataLedger:
     def consumed(self, name: str, source: int | None = None) -> list[LedgerEntry]:
         """Entries of files named ``name`` taken in full (from ``source``, if given)."""
         return [
-            e
-            for k in self._by_name.get(name, ())
-            if (e := self._entries[k]).complete and e.status == "ok" and (source is None or e.source == source)
+            e for e in self._named(name) if e.complete and e.status == "ok" and (source is None or e.source == source)
         ]
 
     def by_stat(self, name: str, size: int, mtime: float) -> LedgerEntry | None:
         """The entry of a file with this name, size and modification time (recognised without reading it)."""
-        for k in self._by_name.get(name, ()):
-            e = self._entries[k]
+        for e in self._named(name):
             if e.size == size and e.mtime is not None and abs(e.mtime - mtime) < 1e-6:
                 return e
         return None
@@ -200,15 +344,26 @@ class DataLedger:
 
     @property
     def entries(self) -> list[LedgerEntry]:
-        """In the order the files were first taken."""
-        return list(self._entries.values())
+        """In the order the files were first taken (the compactly held, older ones first)."""
+        c = self._cold
+        return [c.entry(i) for i in np.argsort(c.order, kind="stable").tolist()] + list(self._entries.values())
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + len(self._cold)
 
     @property
     def total_rows(self) -> int:
-        return sum(e.rows for e in self._entries.values())
+        return self._cold.total_rows + sum(e.rows for e in self._entries.values())
+
+    def held(self) -> dict[str, int]:
+        """What the ledger holds in memory: entries as objects (bounded by ``hot_entries`` plus the partly
+        taken ones), entries held compactly, their bytes, and the replaced-entry journal (trimmed at commit)."""
+        return {
+            "objects": len(self._entries),
+            "compact": len(self._cold),
+            "compact_bytes": self._cold.nbytes,
+            "journal": len(self._removed),
+        }
 
     # -- incremental saving (trainer.data.state, trainer.bundle) ----------------------------
     def to_arrays(self, since: int = 0) -> dict[str, np.ndarray]:
@@ -241,6 +396,25 @@ class DataLedger:
             "source": np.array([e.source for e in es], np.int8),
             "order": np.array([self._changed[k] for k in keys], np.int64),
         }
+        c = self._cold
+        if len(c):
+            rows = np.flatnonzero(c.order > since)
+            cold = {
+                "ids": c.key_id[rows],
+                "name": c.names(rows),
+                "name_len": (c.name_off[rows + 1] - c.name_off[rows]).astype(np.int64),
+                "sha256": c.sha[rows],
+                "has_sha": c.has_sha[rows],
+                "rows": c.rows[rows],
+                "complete": np.ones(len(rows), bool),
+                "size": c.size[rows],
+                "mtime": c.mtime[rows],
+                "status": c.status[rows],
+                "source": c.source[rows],
+                "order": c.order[rows],
+            }
+            out = {k: np.concatenate([cold[k], v]) for k, v in out.items()}
+            ids = out["ids"]
         order = np.argsort(ids, kind="stable")
         out = {k: v[order] for k, v in out.items()}
         out["deleted"] = np.array(
@@ -286,7 +460,11 @@ class DataLedger:
 
     def changed_since(self, since: int) -> list[dict]:
         """The entries changed after sequence ``since``, as dicts (what a manifest lists)."""
-        return [_entry_dict(self._entries[k]) for k, s in self._changed.items() if s > since]
+        c = self._cold
+        cold = [c.entry(i) for i in np.flatnonzero(c.order > since)[np.argsort(c.order[c.order > since])].tolist()]
+        return [_entry_dict(e) for e in cold] + [
+            _entry_dict(self._entries[k]) for k, s in self._changed.items() if s > since
+        ]
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -339,7 +517,7 @@ class DataLedger:
             )
         ledger = cls(out)
         ledger._removed = []
-        if len(ledger._entries) != len(out):
+        if len(ledger) != len(out):
             raise LedgerError("ledger has repeated entries for the same data file")
         return ledger
 

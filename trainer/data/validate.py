@@ -54,7 +54,8 @@ from trainer.data.sidetable import LoadedSideTable, load_side_table, resolve_pat
 from trainer.data.spec import ColumnType, DenseTransform, FeatureSpec, LatePolicy
 
 _DUP = REASON_CODES.index(Reason.DUPLICATE)
-MAX_FILE_REPORTS = 10_000  # per-file reports kept in ValidationReport.per_file (the latest)
+MAX_FILE_REPORTS = 10_000  # per-file reports kept in ValidationReport.per_file (the latest), a batch run
+STREAM_FILE_REPORTS = 64  # the same in a stream (issue 21: a week-long run keeps the latest only)
 
 
 class Validator:
@@ -102,9 +103,7 @@ class Validator:
         f, self._file = self._file, None
         if f is not None:
             f.finish()
-            self.report.per_file.append(f)
-            if len(self.report.per_file) > MAX_FILE_REPORTS:  # a long stream keeps the latest only
-                del self.report.per_file[: len(self.report.per_file) - MAX_FILE_REPORTS]
+            self.report.add(f, STREAM_FILE_REPORTS if self.stream else MAX_FILE_REPORTS)
             self.last_file = f
         return f
 
