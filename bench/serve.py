@@ -19,8 +19,10 @@ In one run, on loopback, at a fixed offered load (open loop, :mod:`bench.loadgen
 * freshness over ``--fresh-files`` data files: from a file's rename into the incoming directory
   to the first Score answer by a version that includes it (a trainer process follows the
   directory and commits a version per file, like ``freshrec stream``; a prober scores every 10 ms,
-  its answered rate is ``freshness_probe_qps``). ``--fresh-warmup`` files (default 3) land first and
-  are not counted: they carry the trainer's start-up and its first version, a full one.
+  its answered rate is ``freshness_probe_qps``) while ``--fresh-load`` Score requests per second (default
+  100) are offered beside it. ``--fresh-warmup`` files (default 3) land first and are not counted: they carry
+  the trainer's start-up and its first version, a full one. Each file's first version and commit time come
+  from the trainer's log (gc removes most versions before the phase ends).
 
 The model: the Taobao log when present (the first 60% of rows trained as history, the rest cut
 into small data files), otherwise a synthetic log of the same format.
@@ -65,6 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, default=20, help="k of Recommend (default 20)")
     parser.add_argument("--swaps", type=int, default=10, help="versions committed under load (default 10)")
     parser.add_argument("--fresh-files", type=int, default=50, help="data files for freshness (default 50)")
+    parser.add_argument(
+        "--fresh-load",
+        type=float,
+        default=100.0,
+        help="Score requests per second offered while the measured freshness files land, beside the prober "
+        "(default 100; 0: the prober alone)",
+    )
     parser.add_argument(
         "--fresh-warmup",
         type=int,
@@ -820,12 +829,23 @@ def _freshness(args, store, store_url: str, work: Path, target: str, req, files:
     th.start()
     landed = {}
     warmup = min(getattr(args, "fresh_warmup", 0), max(len(files) - 1, 0))
-    t_measure = None
+    fresh_qps = float(getattr(args, "fresh_load", 0) or 0)
+    t_measure, load, load_window, box = None, None, None, {}
     for i, text in enumerate(files):
         name = f"part-b-fresh-{i:04d}.csv"
         before = answers[-1][1] if answers else 0
         if i == warmup:
             t_measure = time.time()
+            if fresh_qps > 0:  # the offered Score load beside the prober, over the measured files
+                load_s = (len(files) - warmup) * 1.0 + 5.0
+                load = threading.Thread(
+                    target=lambda s=load_s: box.setdefault(
+                        "res", _load(target, [req], "Score", fresh_qps, s, APP_NAME)
+                    ),
+                    daemon=True,
+                )
+                load.start()
+                load_window = (t_measure, t_measure + load_s)
         t_land = _land(incoming, name, text)
         if i >= warmup:  # the warm-up files carry the trainer's start-up and first (full) version: not counted
             landed[name] = t_land
@@ -847,15 +867,36 @@ def _freshness(args, store, store_url: str, work: Path, target: str, req, files:
             time.sleep(0.05)
         stop.set()
         th.join()
-    first_with = {}  # file -> first version that includes it
-    for m in store.list():
-        for f in m.data_files:
-            first_with.setdefault(f, m.version)
+    # file -> the version that first included it, from the trainer's log: gc (keep 5) removes most of those
+    # versions before the run ends, and the first SURVIVING version naming a file is a later compacted full one
+    # (it lists the whole ledger): reading the store here timed most files to a much later commit
+    first_with = commits_of((work / "fresh.log").read_text())
     out = freshness_summary(landed, answers, first_with, store)
     if t_measure is not None:  # the offered load while the measured files landed: the prober's own rate
         probes = sum(1 for t, _ in answers if t_measure <= t <= t_landed)
         out["freshness_probe_qps"] = round(probes / max(t_landed - t_measure, 1e-9), 1)
     out["freshness_warmup_files"] = warmup
+    if load is not None:
+        load.join()
+        ls = box["res"].summary()
+        out["freshness_load_offered_qps"] = fresh_qps
+        out["freshness_load"] = {k: ls[k] for k in ("qps", "p50_ms", "p99_ms", "errors")}
+        out["freshness_files_under_load"] = sum(1 for t in landed.values() if load_window[0] <= t <= load_window[1])
+    return out
+
+
+def commits_of(log: str) -> dict[str, tuple[int, float, str]]:
+    """{data file: (version, committed_at, kind)} from ``bench.servedata``'s lines
+    ``committed version V with NAME at T kind K``.
+
+    >>> commits_of("restored version 3\\ncommitted version 4 with a.csv at 17.5 kind delta\\n")
+    {'a.csv': (4, 17.5, 'delta')}
+    """
+    out = {}
+    for line in log.splitlines():
+        p = line.split()
+        if len(p) == 9 and p[:2] == ["committed", "version"] and p[3] == "with" and p[5] == "at" and p[7] == "kind":
+            out.setdefault(p[4], (int(p[2]), float(p[6]), p[8]))
     return out
 
 
@@ -866,25 +907,33 @@ def freshness_summary(landed: dict, answers: list, first_with: dict, store) -> d
     their parts and the version's kind (a full cut loads slower than a delta) and gate code."""
     rows = []
     for name, t_land in landed.items():
-        v = first_with.get(name)
-        if v is None:
+        first = first_with.get(name)
+        if first is None:
             continue
+        if isinstance(first, tuple):  # (version, committed_at, kind) from the trainer's log
+            v, committed_at, kind = first
+        else:  # a version number: its manifest from the store
+            v = first
+            m = store.manifest(v)
+            committed_at, kind = m.committed_at, m.kind
         t = next((t for t, ver in answers if ver >= v and t >= t_land), None)
         if t is None:
             continue
-        m = store.manifest(v)
-        decision = store.gate_decision(v) or {}
+        try:
+            decision = store.gate_decision(v) or {}
+        except Exception:  # removed by gc since
+            decision = {}
         # the version that first served the file: the first published one >= v (v itself unless held)
-        decided = float(decision.get("decided_at", m.committed_at))
+        decided = float(decision.get("decided_at", committed_at))
         rows.append(
             {
                 "file": name,
                 "fresh_s": t - t_land,
-                "land_to_commit_s": m.committed_at - t_land,
-                "commit_to_gate_s": decided - m.committed_at,
+                "land_to_commit_s": committed_at - t_land,
+                "commit_to_gate_s": decided - committed_at,
                 "gate_to_served_s": t - decided,
                 "version": v,
-                "kind": m.kind,
+                "kind": kind,
                 "gate": decision.get("code", "none"),
             }
         )

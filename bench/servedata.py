@@ -101,7 +101,8 @@ class StoreTrainer:
             None, str(incoming), DataLedger(), drain=False, poll_s=poll_s, settle_s=0.0, idle_timeout_s=idle_timeout_s
         ):
             out.append(self.add_file(ref.path))
-            print(f"committed version {out[-1]} with {ref.name}", flush=True)
+            m = self.keeper.store.manifest(out[-1])  # logged: gc (keep 5) may remove the version before a reader
+            print(f"committed version {out[-1]} with {ref.name} at {m.committed_at:.6f} kind {m.kind}", flush=True)
             if len(out) >= files:
                 break
         return out
