@@ -38,6 +38,7 @@ from serving.cache import HotRowCache
 from serving.errors import ServingError
 from serving.tables import FrozenTable
 from versions import VersionStore, table_parts
+from versions.errors import CorruptVersionError, NoSuchVersionError
 from versions.merge import merge_keyed
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,24 @@ class ShardSlice:
             f", deltas on {base}" if base is not None else "",
         )
 
+    def _gone(self, version: int) -> bool:
+        """Whether ``version`` or a version of its chain is no longer committed in the store (a fresh listing)."""
+        try:
+            committed = set(self.store.versions())
+            v = version
+            for _ in range(len(committed) + 1):  # walk the parents: a delta needs every version down to a full one
+                if v not in committed:
+                    return True
+                m = self.store.manifest(v)
+                if m.kind == "full" or m.parent is None:
+                    return False
+                v = m.parent
+            return False
+        except NoSuchVersionError:
+            return True
+        except Exception:  # the store cannot say now: not known to be gone
+            return False
+
     def _changes(self, since: int | None, version: int) -> dict[str, np.ndarray] | None:
         if since is None or since >= version:
             return None
@@ -194,16 +213,41 @@ class ShardSlice:
         return {t: np.unique(np.concatenate(a)) if a else np.zeros(0, np.int64) for t, a in acc.items()}
 
     def lookup(self, version: int, table: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(rows float32 [n, dim], known [n]) of ``ids`` (all routed to this shard) at ``version``."""
+        """(rows float32 [n, dim], known [n]) of ``ids`` (all routed to this shard) at ``version``.
+
+        A version this shard must load but that gc removed from the store meanwhile (a request still in flight
+        on a replica's previous model, reaching a shard restarted since) raises :class:`VersionGoneError`: the
+        replica answers UNAVAILABLE and the client's retry is served by its current version. A version still
+        in the store whose parts fail to read stays a CorruptVersionError."""
         held = self._versions.get(version)
         if held is None:  # a version this shard does not hold (a rollback, a lagging replica): load it
             with self._lock:
-                held = self._hold(version)
+                try:
+                    held = self._hold(version)
+                except (CorruptVersionError, NoSuchVersionError) as exc:
+                    if self._gone(version):
+                        raise VersionGoneError(version, self.store.url) from exc
+                    raise
         else:
             self._used[version] = time.monotonic()
         if table not in held:
             raise KeyError(f"table {table!r} is not served by the read-only shards (they hold {sorted(held)})")
         return held[table].lookup(np.asarray(ids, np.int64))
+
+
+class VersionGoneError(LookupError):
+    """A shard was asked for a version (or a version of its chain) that gc has removed from the store since the
+    asking replica loaded it: transient for the client (its retry reaches the replica's current version)."""
+
+    def __init__(self, version: int, store_url: str = "") -> None:
+        super().__init__(version, store_url)
+        self.version, self.store_url = version, store_url
+
+    def __str__(self) -> str:
+        return (
+            f"version {self.version} is no longer in the store {self.store_url} (gc removed it while a request "
+            "on it was in flight): retry, the replica serves a newer version"
+        )
 
 
 class ShardUnavailableError(ServingError):
@@ -220,10 +264,11 @@ RAY_UNAVAILABLE = frozenset(
 
 def shard_unavailable(exc: BaseException) -> bool:
     """True when a shard call failed for a transient reason: the shard's actor died or is unreachable (a kill,
-    a restart), or the shard's store read failed (``OSError``: ``StoreUnavailableError``, a connection reset;
-    Ray re-raises a task's exception as a subclass of its type). A checksum, format or lookup error is not."""
+    a restart), the shard's store read failed (``OSError``: ``StoreUnavailableError``, a connection reset;
+    Ray re-raises a task's exception as a subclass of its type), or the version was removed by gc while the
+    request was in flight (:class:`VersionGoneError`). A checksum, format or lookup error is not."""
     names = {c.__name__ for c in type(exc).__mro__}
-    return bool(names & RAY_UNAVAILABLE) or isinstance(exc, OSError)
+    return bool(names & (RAY_UNAVAILABLE | {"VersionGoneError"})) or isinstance(exc, OSError)
 
 
 @dataclasses.dataclass
