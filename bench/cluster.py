@@ -165,7 +165,7 @@ def _cpu_of(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def _no_address_file():
+def no_address_file():
     """``Cluster`` records its GCS in /tmp/ray/ray_current_cluster, where a plain ``ray.init()`` of another
     process on this machine would find and join it: keep that file as it is."""
     import ray._private.utils as ray_utils
@@ -178,7 +178,7 @@ def _no_address_file():
         ray_utils.write_ray_address = saved
 
 
-def _twice(start):
+def twice(start):
     """Ray gives a new raylet 30 s to register: on a loaded machine that can run out once."""
     try:
         return start()
@@ -196,8 +196,8 @@ class _Cluster:
 
         self.cpus, self.scratch, self.cluster = cpus, [], None
         try:
-            with _no_address_file():
-                self.cluster = _twice(
+            with no_address_file():
+                self.cluster = twice(
                     lambda: Cluster(initialize_head=True, head_node_args=self._args(_system_config=SYSTEM_CONFIG))
                 )
             self.workers = [self.add_node() for _ in range(nodes - 1)]
@@ -219,8 +219,8 @@ class _Cluster:
         return out
 
     def add_node(self):
-        with _no_address_file():
-            return _twice(lambda: self.cluster.add_node(**self._args()))
+        with no_address_file():
+            return twice(lambda: self.cluster.add_node(**self._args()))
 
     def shutdown(self) -> None:
         if self.cluster is not None:

@@ -343,8 +343,9 @@ def _env() -> dict:
 
 def _load(target: str, reqs, method: str, qps: float, seconds: float, app: str | None, sent_at: bool = False):
     """One open-loop phase; ``app``: the Ray Serve application (metadata), None for the grpcio host;
-    ``sent_at``: every request carries its send time (serving.app.SENT_AT_KEY)."""
+    ``sent_at``: every request carries its send time (serving.service.SENT_AT_KEY)."""
     from bench.loadgen import run_load
+    from serving.service import SENT_AT_KEY
 
     md = (("application", app),) if app else ()
 
@@ -352,9 +353,6 @@ def _load(target: str, reqs, method: str, qps: float, seconds: float, app: str |
         return getattr(stub, method)(reqs[i % len(reqs)], timeout=timeout, metadata=metadata)
 
     return run_load(call, target, qps, seconds, metadata=md, sent_at_key=SENT_AT_KEY if sent_at else None)
-
-
-SENT_AT_KEY = "x-freshrec-sent-ns"  # serving.app.SENT_AT_KEY (not imported: importing serving.app imports Serve)
 
 
 class ReplicaPerf:

@@ -31,7 +31,7 @@ from serving.config import FollowSettings, ServeConfig
 from serving.errors import ServingError
 from serving.follower import LeaseSettings, VersionFollower
 from serving.model import ps_config_of
-from serving.service import SENT_AT_KEY, ScoringService, arrival_lag_s, thread_cpu  # noqa: F401
+from serving.service import ScoringService, arrival_lag_s, thread_cpu
 from serving.shards import RemoteTables, ShardSlice, merge_changes
 from serving.telemetry import replica_name
 from serving.wire import SERVICER_FUNCTION, pb
@@ -136,28 +136,31 @@ class ScorerDeployment:
             return empty
 
     async def _answer(self, fn, request, grpc_context, empty):
-        if self._spans is not None:
-            return await self._answer_timed(fn, request, grpc_context, empty)
+        t0 = self._arrived(grpc_context)
         if not self.shards:  # compute on the loop: cheaper than a hop to a thread
-            return self._call(fn, request, grpc_context, empty)
-        # remote tables wait on shard calls, which must not block (or run on) the replica's event loop
-        return await asyncio.get_running_loop().run_in_executor(None, self._call, fn, request, grpc_context, empty)
+            out = self._call(fn, request, grpc_context, empty)
+        else:  # remote tables wait on shard calls, which must not block (or run on) the replica's event loop
+            out = await asyncio.get_running_loop().run_in_executor(None, self._call, fn, request, grpc_context, empty)
+        self._handled(t0)
+        return out
 
-    async def _answer_timed(self, fn, request, grpc_context, empty):
-        """``_answer`` with the transport's spans: ``arrival`` (the client's send to this handler) and
-        ``handler`` (this handler's own time)."""
+    def _arrived(self, grpc_context) -> float | None:
+        """With ``serve.request_spans``: record the ``arrival`` span (the client's send to this handler), start
+        the loop-lag probe once, and return the handler's start time; None (nothing recorded) otherwise."""
+        if self._spans is None:
+            return None
         t0 = time.perf_counter()
         lag = arrival_lag_s(grpc_context)
         if lag is not None:
             self._spans.add("arrival", lag)
         if self._lag_probe is None:
             self._lag_probe = asyncio.get_running_loop().create_task(self._probe_loop())
-        if not self.shards:
-            out = self._call(fn, request, grpc_context, empty)
-        else:
-            out = await asyncio.get_running_loop().run_in_executor(None, self._call, fn, request, grpc_context, empty)
-        self._spans.add("handler", time.perf_counter() - t0)
-        return out
+        return t0
+
+    def _handled(self, t0: float | None) -> None:
+        """The ``handler`` span (this handler's own time) of a request :meth:`_arrived` timed."""
+        if t0 is not None:
+            self._spans.add("handler", time.perf_counter() - t0)
 
     async def _probe_loop(self, period_s: float = 0.005) -> None:
         """How late this replica's request loop wakes a 5 ms sleep (``loop_lag``): how long a request that
@@ -179,16 +182,11 @@ class ScorerDeployment:
         return {"spans": self._spans.summary(reset), "thread_cpu_s": {k: v for k, v in cpu.items() if v > 0}}
 
     async def Score(self, request, grpc_context):
-        if self._batching and self._spans is not None:
-            t0 = time.perf_counter()
-            lag = arrival_lag_s(grpc_context)
-            if lag is not None:
-                self._spans.add("arrival", lag)
-            out = await self._score_batched(request, grpc_context)
-            self._spans.add("handler", time.perf_counter() - t0)
-            return out
         if self._batching:
-            return await self._score_batched(request, grpc_context)
+            t0 = self._arrived(grpc_context)
+            out = await self._score_batched(request, grpc_context)
+            self._handled(t0)
+            return out
         return await self._answer(self.service.score, request, grpc_context, pb.ScoreResponse())
 
     async def _score_batched(self, request, grpc_context):

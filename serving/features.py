@@ -287,6 +287,22 @@ class RequestFeatures:
         )
 
 
+def parse_user_id(features: RequestFeatures, value) -> int:
+    """The user feature's id of one raw user value (int, str or float), parsed as the user column alone; the
+    whole one-row batch (``features.batch({user_column: value}, {}, 1)``) when the user feature is a list."""
+    roles, spec = features.roles, features.spec
+    col = spec.column_map[roles.user_column]
+    rej = Rejections(1)
+    parsed, _ = parse_columns(pa.table({col.name: _repeat(value, 1)}), (col,), spec.null_tokens, rej)
+    if not rej.good.all():
+        raise InvalidRequestError(_describe(rej, {col.name: value}))
+    v = parsed[col.name]
+    if isinstance(v, Jagged):  # an id-list user feature: the batch's own path
+        batch, _ = features.batch({col.name: value}, {}, 1)
+        return int(batch.sparse[roles.user_feature][0])
+    return int(np.asarray(v, np.int64)[0])
+
+
 def _exact(value):
     """A cache key that tells apart every value that may parse differently: a float by its exact bits (-0.0 and
     0.0 differ, every NaN is its own), anything else as it is (its kind is a separate part of the key)."""

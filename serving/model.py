@@ -25,7 +25,6 @@ import time
 from collections import OrderedDict
 
 import numpy as np
-import pyarrow as pa
 import yaml
 
 from paramserver.config import PSConfig
@@ -33,7 +32,7 @@ from serving.ann import AnnItemIndex
 from serving.catalogue import ItemCatalogue
 from serving.config import RetrievalOptions
 from serving.errors import UnsupportedError
-from serving.features import RequestFeatures, SpecRoles
+from serving.features import RequestFeatures, SpecRoles, _exact, parse_user_id
 from serving.retrieval import ItemIndex
 from serving.tables import FrozenTable, FrozenTables
 from trainer import bundle
@@ -204,7 +203,7 @@ class ServableModel:
         column (``tests/unit/test_serve_perf.py`` compares the two). Kept in a bounded per-version cache (a
         pure function of the spec and the value). A value that does not parse raises InvalidRequestError
         with the message the whole batch gives."""
-        key = (type(value).__name__, value.hex() if isinstance(value, float) else value)
+        key = (type(value).__name__, _exact(value))
         with self._lock:
             hit = self._user_ids.get(key)
             if hit is not None:
@@ -224,26 +223,6 @@ class ServableModel:
 
 
 USER_ID_CACHE = 1 << 16  # raw user values -> ids kept per served version
-
-
-def parse_user_id(features: RequestFeatures, value) -> int:
-    """The user feature's id of one raw user value (int, str or float), parsed as the user column alone; the
-    whole one-row batch (``features.batch({user_column: value}, {}, 1)``) when the user feature is a list."""
-    from serving.errors import InvalidRequestError
-    from serving.features import _describe, _repeat
-    from trainer.data.parse import Jagged, Rejections, parse_columns
-
-    roles, spec = features.roles, features.spec
-    col = spec.column_map[roles.user_column]
-    rej = Rejections(1)
-    parsed, _ = parse_columns(pa.table({col.name: _repeat(value, 1)}), (col,), spec.null_tokens, rej)
-    if not rej.good.all():
-        raise InvalidRequestError(_describe(rej, {col.name: value}))
-    v = parsed[col.name]
-    if isinstance(v, Jagged):  # an id-list user feature: the batch's own path
-        batch, _ = features.batch({col.name: value}, {}, 1)
-        return int(batch.sparse[roles.user_feature][0])
-    return int(np.asarray(v, np.int64)[0])
 
 
 def ps_config_of(store: VersionStore, version: int):

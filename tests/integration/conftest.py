@@ -101,6 +101,17 @@ def _only_what_the_modules_use(request, shared_ray):
     _keep_only(shared_ray, _uses(following))
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread, as in each Ray Train worker (products on two threads may round differently)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def ray_local(shared_ray):
     return shared_ray.ray()

@@ -280,16 +280,6 @@ def test_a_stream_on_two_nodes_over_s3_ends_with_the_one_process_digest_fills_th
         _stop_serving()
 
 
-@pytest.fixture
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.skipif(
     os.environ.get("FRESHREC_NODE_LOSS") != "1",
     reason="two Ray Train start-ups and a node restart: over make test's budget; run with FRESHREC_NODE_LOSS=1 "

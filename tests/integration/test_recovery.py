@@ -29,17 +29,6 @@ pytestmark = pytest.mark.integration
 SPEC, TCFG = RECOVERY_SPEC, RECOVERY_TCFG
 
 
-@pytest.fixture
-def one_thread():
-    """Torch on one thread, as in each Ray Train worker (products on two threads may round differently)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_one_shard_two_shards_and_local_end_with_the_same_digest(
     ray_local, data_files, uninterrupted, tmp_path, one_thread
 ):

@@ -10,36 +10,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from contextlib import contextmanager
+
+from bench.cluster import no_address_file, twice
 
 OBJECT_STORE = 80 * 1024 * 1024
 # a dead node is noticed in about 1.5 s (Ray's default: 5 missed checks of 3 s)
 SYSTEM_CONFIG = {"health_check_period_ms": 500, "health_check_failure_threshold": 3, "health_check_timeout_ms": 500}
-
-
-@contextmanager
-def no_address_file():
-    """``Cluster`` records its GCS in /tmp/ray/ray_current_cluster, where a plain ``ray.init()`` of another
-    process on this machine would find and join it: keep that file as it is."""
-    import ray._private.utils as ray_utils
-
-    saved = ray_utils.write_ray_address
-    ray_utils.write_ray_address = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        ray_utils.write_ray_address = saved
-
-
-def twice(start):
-    """Ray gives a new raylet 30 s to register (not configurable): on a machine loaded far past its cores that
-    can run out once. The processes of a failed start are killed at this process's exit (Ray's atexit hook)."""
-    try:
-        return start()
-    except Exception as exc:
-        if "timed out during startup" not in str(exc):
-            raise
-        return start()
 
 
 class LocalCluster:

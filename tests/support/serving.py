@@ -23,6 +23,18 @@ def make_store(root: Path, files: int = 2, ps=None) -> tuple[StoreTrainer, list[
     return t, paths
 
 
+def make_service(root: Path, files: int = 2):
+    """:func:`make_store` and a ScoringService (no Ray) serving its newest version with the data files as its
+    item catalogue: (trainer, data file paths, service)."""
+    from serving.config import ServeConfig
+    from serving.service import ScoringService
+
+    trainer, paths = make_store(root, files)
+    svc = ScoringService(ServeConfig(store_url=str(root / "versions"), catalogue=(str(root / "in"),)))
+    svc.follower.poll()
+    return trainer, paths, svc
+
+
 def row_request(batch) -> pb.ScoreRequest:
     """The rows of a data file as one ScoreRequest (row form: one message per candidate)."""
     req = pb.ScoreRequest()

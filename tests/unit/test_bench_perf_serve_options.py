@@ -11,17 +11,13 @@ import pytest
 from common.config import ConfigError
 from serving.config import ServeConfig
 from serving.errors import InvalidRequestError, VersionMismatchError
-from serving.service import ScoringService
 from serving.wire import pb
-from tests.support.serving import make_store
+from tests.support.serving import make_service
 
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory):
-    root = tmp_path_factory.mktemp("batched")
-    make_store(root, files=1)
-    s = ScoringService(ServeConfig(store_url=str(root / "versions"), catalogue=(str(root / "in"),)))
-    s.follower.poll()
+    _, _, s = make_service(tmp_path_factory.mktemp("batched"), files=1)
     yield s
     s.stop()
 

@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 
 from serving.config import ServeConfig
 from serving.errors import InvalidRequestError
-from serving.features import RequestFeatures, SpecRoles
-from serving.model import parse_user_id
+from serving.features import RequestFeatures, SpecRoles, parse_user_id
 from serving.service import SENT_AT_KEY, RequestSpans, ScoringService, arrival_lag_s, thread_cpu
 from serving.wire import pb
 from tests.support.serving import make_store

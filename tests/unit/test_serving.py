@@ -21,7 +21,7 @@ from serving.follower import VersionFollower
 from serving.model import load_model
 from serving.service import ScoringService
 from serving.wire import pb
-from tests.support.serving import make_store, row_request
+from tests.support.serving import make_service, make_store, row_request
 from trainer.config import ModelConfig, TrainConfig
 from trainer.local import LocalTrainer
 from trainer.versioning import VersionKeeper
@@ -41,9 +41,7 @@ def offline_scores(store_url: str, version: int, spec, batch, ps: PSConfig) -> n
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
-    trainer, paths = make_store(root)
-    svc = ScoringService(ServeConfig(store_url=str(root / "versions"), catalogue=(str(root / "in"),)))
-    svc.follower.poll()
+    trainer, paths, svc = make_service(root)
     return root, trainer, paths, svc
 
 

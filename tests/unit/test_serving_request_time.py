@@ -17,10 +17,8 @@ import numpy as np
 import pytest
 
 from bench.servechaos import make_requests
-from serving.config import ServeConfig
-from serving.service import ScoringService
 from serving.wire import pb
-from tests.support.serving import make_store
+from tests.support.serving import make_service
 
 BEFORE, AFTER = 1_765_072_799.0, 1_765_072_801.0  # 01:59:59 and 02:00:01 UTC: the store trains hours 1 and 2
 
@@ -28,9 +26,7 @@ BEFORE, AFTER = 1_765_072_799.0, 1_765_072_801.0  # 01:59:59 and 02:00:01 UTC: t
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("request-time")
-    trainer, _ = make_store(root)
-    svc = ScoringService(ServeConfig(store_url=str(root / "versions"), catalogue=(str(root / "in"),)))
-    svc.follower.poll()
+    trainer, _, svc = make_service(root)
     return root, trainer, svc
 
 
