@@ -206,14 +206,14 @@ def _wait_for(predicate, timeout_s: float, what: str):
 
 
 def _shard_nodes() -> tuple[set[str], list]:
-    """The nodes of the run's two shard actors: the last two ``ShardHost`` actors to end (the run's end kills them,
-    and ``ray.kill`` is asynchronous: one not dead yet has no end time, so it counts as the last; a shard Ray put
-    off its node at the start was replaced and killed then, before any row); and every ShardHost seen."""
+    """The nodes of the run's two shard actors: the last two ``ShardHost`` actors to START (a shard Ray put off its
+    node at the start was replaced then, so the replacement starts later; end times are no guide: ``ray.kill`` is
+    asynchronous and the run's end kills both); and every ShardHost seen."""
     import ray
 
     shards = [a for a in ray._private.state.actors().values() if a["ActorClassName"] == "ShardHost"]
     seen = [(a["State"], a["Address"]["NodeID"][:8], a["StartTime"], a["EndTime"]) for a in shards]
-    last = sorted(shards, key=lambda a: a["EndTime"] or float("inf"))[-2:]
+    last = sorted(shards, key=lambda a: a["StartTime"] or 0)[-2:]
     return {a["Address"]["NodeID"] for a in last}, seen
 
 
