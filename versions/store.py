@@ -949,6 +949,17 @@ class VersionStore:
         that has them.
         """
         src = self.manifest(version)
+        held = self._writer.epoch is not None  # the writer's own compaction keeps its lease
+        try:
+            return self._compact(src, version, step, extra)
+        finally:
+            if not held and self._writer.epoch is not None:
+                # a one-off compaction (an operator, a helper thread) gives the lease back at once: held on,
+                # its renewals would fence the trainer out of its own store for as long as it lives
+                with contextlib.suppress(StoreError):
+                    self.release_writer()
+
+    def _compact(self, src: Manifest, version: int, step: int | None, extra: Mapping | None) -> Manifest:
         w = self.begin(
             "full",
             parent=version,

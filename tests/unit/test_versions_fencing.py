@@ -68,6 +68,33 @@ def test_a_released_lease_is_taken_over_with_a_bumped_epoch_and_numbers_go_on(ur
         VersionStore(url, options, writer_id="a", writer_wait_s=0).begin("full")
 
 
+def test_a_one_off_compaction_gives_the_lease_back_so_the_restarted_trainer_can_write(url_options):
+    """bench chaos seed 1 (gc beside kills): a long-lived process compacting now and then kept the writer lease
+    it took for its first compaction and renewed it with every later one, so the restarted trainer waited out
+    writer_wait_s, failed every version and restarted until it gave up. A compaction that had to take the lease
+    gives it back; the writer's own compaction keeps its lease."""
+    url, options = url_options
+    trainer = VersionStore(url, options, writer_id="trainer")
+    w = trainer.begin("full")
+    w.commit(dense(w))
+    assert trainer.release_writer()  # the trainer is gone (crashed: its lease lapsed, or stopped)
+    operator = VersionStore(url, options, writer_id="operator", writer_wait_s=0)
+    for _ in range(2):  # a loop beside the writer, as in the chaos harness
+        m = operator.compact(operator.latest())
+        assert m.extra["compacted_from"] == m.version - 1
+    state = operator.writer_state()
+    assert state["holder"] == "operator" and not state["live"] and state["writing"] == {}
+    restarted = VersionStore(url, options, writer_id="trainer", writer_wait_s=0)
+    w = restarted.begin("full")  # at once: before the fix, WriterFencedError naming 'operator'
+    assert w.version == 4
+    w.commit(dense(w, 2.0))
+    own = restarted.compact(4)  # the writer's own compaction keeps the lease it holds
+    assert own.version == 5 and restarted.writer_state()["holder"] == "trainer" and restarted.writer_state()["live"]
+    with pytest.raises(WriterFencedError, match="'trainer'"):
+        operator.compact(5)  # and a one-off compaction beside a live writer is refused, not a takeover
+    assert restarted.writer_state()["holder"] == "trainer"
+
+
 def test_a_forced_takeover_fences_the_old_writer_for_good(url_options):
     url, options = url_options
     old = VersionStore(url, options, writer_id="old")
