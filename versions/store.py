@@ -967,6 +967,14 @@ class VersionStore:
             meta={**src.extra, **dict(extra or {}), "compacted_from": version},
         )
         try:
+            newest = self.latest()  # under the writer lease now: no other writer can commit until we are done
+            if newest != version:
+                raise VersionWriteError(
+                    w.version,
+                    f"version {version} is no longer the newest committed version (v{newest} was committed "
+                    f"since): its compaction would become the newest version and roll the store back to "
+                    f"v{version}'s model and data state; compact v{newest} instead",
+                )
             infos = []
             for kind, name in self.groups(version):
                 newest = next(p for m in reversed(self.chain(version)) for p in m.parts if group_of(p) == (kind, name))

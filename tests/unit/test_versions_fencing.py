@@ -95,6 +95,34 @@ def test_a_one_off_compaction_gives_the_lease_back_so_the_restarted_trainer_can_
     assert restarted.writer_state()["holder"] == "trainer"
 
 
+def test_a_compaction_of_a_version_that_is_no_longer_the_newest_is_refused_not_committed(url_options):
+    """bench chaos seed 1 (gc beside kills), second cause: the compacting loop read LATEST (v1), waited for the
+    trainer's lease, and once the trainer was killed (after it had committed v2) committed the compaction of v1
+    as the newest version: the restarted trainer resumed from v1's model and ledger and trained part of the
+    stream twice. A compaction checks, under the lease, that its source is still the newest version."""
+    url, options = url_options
+    trainer = VersionStore(url, options, writer_id="trainer")
+    w = trainer.begin("full")
+    w.commit(dense(w))
+    trainer.release_writer()
+    operator = VersionStore(url, options, writer_id="operator", writer_wait_s=0)
+    begin = operator.begin
+
+    def trainer_commits_first(*args, **kwargs):  # the trainer commits v2 between the read and the lease
+        w = trainer.begin("full")
+        w.commit(dense(w, 2.0))
+        trainer.release_writer()
+        return begin(*args, **kwargs)
+
+    operator.begin = trainer_commits_first
+    with pytest.raises(VersionWriteError, match="version 1 is no longer the newest committed version"):
+        operator.compact(1)
+    assert operator.latest() == 2 and operator.versions() == [1, 2]
+    assert not operator.writer_state()["live"]  # given back
+    operator.begin = begin
+    assert operator.compact(2).version == 4 and operator.latest() == 4  # the newest is compacted (3 was aborted)
+
+
 def test_a_forced_takeover_fences_the_old_writer_for_good(url_options):
     url, options = url_options
     old = VersionStore(url, options, writer_id="old")
