@@ -205,7 +205,8 @@ def run_quality(
 
     ``history``: ``train.history_epochs`` of the online model, counted in files: its cold start passes
     over files ``0..history-1`` that many times (``train_cfg.history_passes`` of their rows: the integer, or
-    with ``auto`` from the history's size) before following the rest once each; the points must be at or after ``history`` (0: plain online from the first file).
+    with ``auto`` from the history's size) before following the rest once each; the points must be at or
+    after ``history`` (0: plain online from the first file).
     ``full_retrain=False`` skips the full retrains (their figures are nan): a sweep of the online model's
     settings against the LR baseline at a fraction of the cost.
     """
