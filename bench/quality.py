@@ -118,7 +118,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: less noise from neighbours)")
     p.add_argument("--plot-dir", type=Path, default=None, help="write quality_<dataset>.png here")
-    p.add_argument("--per-point", action="store_true", help="include the per-point table in the result")
+    p.add_argument(
+        "--per-point",
+        action="store_true",
+        help="include the per-point table in the result (--newcomer: the per-window AUCs)",
+    )
     p.add_argument(
         "--strategies",
         action="store_true",
@@ -156,9 +160,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--history-epochs",
-        type=int,
+        type=_history_epochs,
         default=None,
-        help="train.history_epochs: passes over the history files (default: the TrainConfig default)",
+        help="train.history_epochs: passes over the history files, an integer >= 1 or auto (from the history's "
+        "size: train.history_steps, train.history_max_epochs); default: the TrainConfig default",
     )
     p.add_argument(
         "--full-retrain",
@@ -186,6 +191,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "rows, scored on the TEST rows after them) on WINDOWS disjoint windows of the log; reports the paired "
         "AUC difference model - LR, its standard error, wins/ties/losses (trainer.quality.newcomer_windows)",
     )
+
+
+def _history_epochs(text: str) -> int | str:
+    """``--history-epochs``: an integer or ``auto``.
+
+    >>> _history_epochs("3"), _history_epochs("auto")
+    (3, 'auto')
+    """
+    from trainer.config import HISTORY_AUTO
+
+    if text.strip().lower() == HISTORY_AUTO:
+        return HISTORY_AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1 or {HISTORY_AUTO}, got {text!r}") from None
 
 
 # what `--dataset all` replays: every preset on a distinct log (the _genres/_dynamic variants re-read the same ones)
@@ -359,6 +380,9 @@ def _run_one(args: argparse.Namespace) -> dict:
             "wide_anchor": model.wide_anchor,
             "wide_bias": model.wide_bias,
             "history_files": args.history_files,
+            "history_passes": train.history_passes([len(f) for f in files[: args.history_files]])
+            if args.history_files
+            else 1,
             "embedding_dims": sorted({f.dim for f in spec.model_sparse}),
             "files": f"every {args.every or '5m'}" if every else f"{n_files} equal-count",
         }
@@ -440,13 +464,21 @@ def _newcomer(args: argparse.Namespace, dataset: str, spec, files, model, train,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    return {
+    step = parts[3] if len(parts) == 4 else parts[0]
+    rows = [min(step, parts[0] - lo) for lo in range(0, parts[0], step)]
+    out = {
         "dataset": dataset,
         "newcomer": True,
         "seed": args.seed,
         "history_epochs": train.history_epochs,
+        "history_passes": train.history_passes(rows),  # what auto resolved to for TRAIN rows in these files
         **res.summary(),
     }
+    if args.per_point:  # per window: for a paired comparison of two settings on the same windows
+        out["per_window"] = {
+            str(s): {"auc_model": m, "auc_lr": b} for s, m, b in zip(res.starts, res.auc_model, res.auc_lr)
+        }
+    return out
 
 
 def _with_dims(spec, dim: int):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ ARCHS = ("dlrm", "torchrec_dlrm", "torchrec_dlrm_dcn")
 DENSE_OPTIMIZERS = ("adagrad", "sgd")
 SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
 WIDE_ANCHORS = ("row", "count")
+HISTORY_AUTO = "auto"  # train.history_epochs: passes from the history's size (TrainConfig.history_passes)
 
 
 @enum.unique
@@ -120,7 +122,11 @@ class TrainConfig:
     history_epochs: passes over the history (``stream --history``, ``train --data``) before following new
     data files: the first pass is progressive (each file scored, then trained on once, in time order);
     passes 2.. are training only (shuffled, seeded like a full retrain), so no progressive score ever
-    comes from data the model has already seen. 1: one pass, the plain online cold start.
+    comes from data the model has already seen. 1: one pass, the plain online cold start. ``auto``: as
+    many passes as it takes for the history to have given at least ``history_steps`` optimizer steps (a
+    pass over files of n_1, n_2, ... rows is sum ceil(n_i / batch_size) steps), at most
+    ``history_max_epochs`` (:meth:`history_passes`): a small new log gets several passes, a long history
+    one. A run without history (``stream`` over incoming files only) makes no extra pass either way.
 
     The defaults of the learning rates, init_scale and epochs_full_retrain are the ones tuned on
     the Taobao log (docs/benchmarks.md, "Quality"); a full retrain beyond one epoch overfits there.
@@ -140,7 +146,9 @@ class TrainConfig:
     epochs_full_retrain: int = 1
     dense_clip: float = 5.0
     init_scale: float | None = 0.01
-    history_epochs: int = 1
+    history_epochs: int | str = 1  # or "auto" (HISTORY_AUTO): from the history's size, history_passes()
+    history_steps: int = 48  # auto: pass until the history has given this many steps (docs/benchmarks.md, issue 24)
+    history_max_epochs: int = 3  # auto: at most this many passes
 
     def __post_init__(self) -> None:
         try:
@@ -153,7 +161,15 @@ class TrainConfig:
         _int_at_least("train.window", self.window, 1)
         _int_at_least("train.period", self.period, 1)
         _int_at_least("train.epochs_full_retrain", self.epochs_full_retrain, 1)
-        _int_at_least("train.history_epochs", self.history_epochs, 1)
+        if self.history_epochs != HISTORY_AUTO:
+            if isinstance(self.history_epochs, str):
+                raise ConfigError(
+                    f"train.history_epochs must be an integer >= 1 or {HISTORY_AUTO!r} (passes from the history's "
+                    f"size), got {self.history_epochs!r}"
+                )
+            _int_at_least("train.history_epochs", self.history_epochs, 1)
+        _int_at_least("train.history_steps", self.history_steps, 1)
+        _int_at_least("train.history_max_epochs", self.history_max_epochs, 1)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError(f"train.seed must be an integer, got {self.seed!r}")
         for key in ("sparse_lr", "sparse_eps", "dense_lr", "dense_clip"):
@@ -179,6 +195,46 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+    def history_steps_of(self, file_rows: Sequence[int]) -> int:
+        """Optimizer steps of one pass over history files of ``file_rows`` rows (each file its own minibatches
+        of ``batch_size`` rows, as the progressive pass trains them).
+
+        >>> TrainConfig(batch_size=256).history_steps_of([4000, 40, 0])
+        17
+        """
+        b = self.batch_size
+        return sum(-(-int(r) // b) for r in file_rows if r > 0)
+
+    def history_passes(self, file_rows: Sequence[int]) -> int:
+        """Passes over a history of data files of ``file_rows`` rows: ``history_epochs``, or with ``auto`` the
+        fewest passes whose steps reach ``history_steps``, between 1 and ``history_max_epochs`` (1 for an
+        empty history).
+
+        >>> cfg = TrainConfig(history_epochs="auto")  # 48 steps, at most 3 passes, batch 256
+        >>> [cfg.history_passes(rows) for rows in ([80], [4000], [8000], [6400], [12800], [3549, 3644, 3770, 3822], [])]
+        [3, 3, 2, 2, 1, 1, 1]
+        >>> TrainConfig(history_epochs=2).history_passes([10**6])
+        2
+        """
+        if self.history_epochs != HISTORY_AUTO:
+            return self.history_epochs
+        steps = self.history_steps_of(file_rows)
+        if steps == 0:
+            return 1
+        return max(1, min(self.history_max_epochs, -(-self.history_steps // steps)))
+
+    def history_done(self, file_rows: Sequence[int]) -> bool:
+        """Whether a history of ``file_rows`` so far already settles on one pass whatever follows (``auto``: it
+        has given ``history_steps`` steps; an integer: 1), so that its files need not be kept for more passes.
+
+        >>> cfg = TrainConfig(history_epochs="auto")
+        >>> cfg.history_done([4000] * 2), cfg.history_done([4000] * 3), TrainConfig(history_epochs=3).history_done([10**6])
+        (False, True, False)
+        """
+        if self.history_epochs != HISTORY_AUTO:
+            return self.history_epochs == 1
+        return self.history_steps_of(file_rows) >= self.history_steps
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "TrainConfig":

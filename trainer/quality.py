@@ -13,7 +13,7 @@ scoring is not counted, both sides score the same files) and in wall seconds of
 training. For the run as a whole::
 
     incremental compute  = sum of n_s over files s < last point        (each file once;
-                           plus (history_epochs - 1) * the history's rows with a history)
+                           plus (passes - 1) * the history's rows with a history)
     full-retrain compute = sum over points t of epochs * sum_{s < t} n_s (a retrain per point)
     compute_ratio        = incremental compute / full-retrain compute
 
@@ -204,8 +204,9 @@ def run_quality(
     order, scored at the same points before training on the file (progressive validation).
 
     ``history``: ``train.history_epochs`` of the online model, counted in files: its cold start passes
-    over files ``0..history-1`` that many times (``train_cfg.history_epochs``) before following the rest
-    once each; the points must be at or after ``history`` (0: plain online from the first file).
+    over files ``0..history-1`` that many times (``train_cfg.history_passes`` of their rows: the integer, or
+    with ``auto`` from the history's size) before following the rest once each; the points must be at or
+    after ``history`` (0: plain online from the first file).
     ``full_retrain=False`` skips the full retrains (their figures are nan): a sweep of the online model's
     settings against the LR baseline at a fraction of the cost.
     """
@@ -265,11 +266,13 @@ def run_quality(
         since_ex += m.examples
         since_s += m.train_seconds
         if t == history - 1:  # the cold start's extra passes over the history (training only)
-            spent = online.apply_decision(history_decision(train_cfg, history), files)
+            rows = [len(f) for f in files[:history]]
+            spent = online.apply_decision(history_decision(train_cfg, history, rows), files)
             since_ex += int(spent["examples"])
             since_s += float(spent["seconds"])
-            if baseline is not None and train_cfg.history_epochs > 1:  # the LR gets the same passes
-                baseline.train(EventBatch.concat(list(files[:history])), epochs=train_cfg.history_epochs - 1)
+            passes = train_cfg.history_passes(rows)
+            if baseline is not None and passes > 1:  # the LR gets the same passes
+                baseline.train(EventBatch.concat(list(files[:history])), epochs=passes - 1)
     v = online.validator.files
     return QualityResult(
         dataset=dataset,
@@ -356,7 +359,7 @@ def newcomer_windows(
 
     In each window a fresh model (seed ``train_cfg.seed``) follows the first ``train_rows`` rows cut into data
     files of ``file_rows`` rows (None: one file) as ``freshrec train`` does (each file scored, then trained on
-    once, then ``train.history_epochs - 1`` more passes over them), a fresh LR takes the same rows once, and
+    once, then ``train_cfg.history_passes(rows) - 1`` more passes over them), a fresh LR takes the same rows once, and
     both score the next ``test_rows`` rows. A window whose held-out rows hold one class (AUC undefined) is
     left out. Windows are spread evenly over the log and never overlap (fewer when the log is short).
     """
@@ -379,7 +382,7 @@ def newcomer_windows(
         model = LocalTrainer(spec, model_cfg, train_cfg)
         for i, part in enumerate(parts):
             model.step_file(part, f"part-{i:05d}")
-        model.apply_decision(history_decision(train_cfg, len(parts)), dict(enumerate(parts)))
+        model.apply_decision(history_decision(train_cfg, len(parts), [len(p) for p in parts]), dict(enumerate(parts)))
         baseline = FTRLProximal(spec, lr or FTRLConfig())
         for part in parts:
             baseline.train(part)

@@ -11,7 +11,8 @@ shuffled or not, from scratch or not, fuse the dense params or not) and
     FusionPolicy(lam)      train [i] (online), then theta = lam * theta_new + (1 - lam) * theta_prev
     FullRetrainPolicy(k)   from scratch on [0 .. i], k epochs, shuffled (the baseline)
     history_decision       after the cold start's progressive pass over history files [0 .. H-1]:
-                           train [0 .. H-1], train.history_epochs - 1 epochs, shuffled (training only)
+                           train [0 .. H-1], passes - 1 epochs, shuffled (training only; passes:
+                           train.history_epochs, or with auto from the history's size)
 
 Fusion applies to the dense parameters only (MLP and interaction); embedding rows keep
 the online update (they are sparse: a row the new data file did not touch is unchanged anyway).
@@ -21,10 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Sequence
 
 import torch
 
-from trainer.config import Strategy, TrainConfig
+from trainer.config import HISTORY_AUTO, Strategy, TrainConfig
 
 
 @enum.unique
@@ -106,19 +108,29 @@ class FullRetrainPolicy:
         return Decision(Action.RETRAIN, tuple(range(i + 1)), epochs=self.epochs, shuffle=True)
 
 
-def history_decision(cfg: TrainConfig, n_history: int) -> Decision:
+def history_decision(cfg: TrainConfig, n_history: int, file_rows: Sequence[int] | None = None) -> Decision:
     """The extra passes of a cold start over its ``n_history`` history files (0..n-1), once the first,
-    progressive pass over them is done: ``history_epochs - 1`` shuffled epochs, warm start (SKIP when
-    ``history_epochs`` is 1 or there is no history). Training only: no file is scored again.
+    progressive pass over them is done: ``cfg.history_passes(file_rows) - 1`` shuffled epochs, warm start (SKIP
+    when that is one pass or there is no history). Training only: no file is scored again. ``file_rows``: the
+    history files' rows, which ``history_epochs: auto`` needs (its passes depend on the history's size).
 
     >>> history_decision(TrainConfig(history_epochs=3), 2)
     Decision(action=<Action.TRAIN: 'train'>, files=(0, 1), epochs=2, shuffle=True, fuse_lambda=None)
     >>> history_decision(TrainConfig(), 2).action
     <Action.SKIP: 'skip'>
+    >>> history_decision(TrainConfig(history_epochs="auto"), 2, [4000, 4000]).epochs  # 32 steps: 2 passes
+    1
     """
-    if cfg.history_epochs <= 1 or n_history <= 0:
+    if n_history <= 0:
         return Decision(Action.SKIP)
-    return Decision(Action.TRAIN, tuple(range(n_history)), epochs=cfg.history_epochs - 1, shuffle=True)
+    if file_rows is None:
+        if cfg.history_epochs == HISTORY_AUTO:
+            raise ValueError("history_decision: train.history_epochs auto needs the history files' rows (file_rows)")
+        file_rows = ()
+    passes = cfg.history_passes(file_rows)
+    if passes <= 1:
+        return Decision(Action.SKIP)
+    return Decision(Action.TRAIN, tuple(range(n_history)), epochs=passes - 1, shuffle=True)
 
 
 def make_policy(cfg: TrainConfig):

@@ -125,7 +125,7 @@ def _train(job: TrainJob, rank: int, world: int, client, book: RankZeroFiles | N
         )
         keeper.restore(reread=lambda name: _reread(name, history, incoming, spec))
     files = 0
-    extra_epochs = job.train.history_epochs > 1
+    extra_epochs = not job.train.history_done([])  # history_epochs > 1, or auto (until the history is long enough)
     history_batches: list = []  # train.history_epochs: the history files of this run, for the extra passes
     for ref in _followed(rank, broadcast, job, core.ledger, book):
         if isinstance(ref, IdleTick):  # waiting for files: a version whose write failed is cut again now
@@ -142,6 +142,8 @@ def _train(job: TrainJob, rank: int, world: int, client, book: RankZeroFiles | N
         if taken is None:  # refused: nothing trained
             continue
         report, metrics = taken
+        if from_history and job.train.history_done([len(b) for b in history_batches]):
+            extra_epochs, history_batches = False, []  # auto: one pass will do, whatever follows: keep no more
         files += 1
         if rank == 0:
             rate = core.last_trained / metrics.train_seconds if metrics.train_seconds > 0 else float("nan")
@@ -256,13 +258,13 @@ def _is_under(ref, directory) -> bool:
 
 
 def _history_passes(core: TrainerCore, batches: list, keeper) -> None:
-    """``train.history_epochs - 1`` more passes over the history files of this run, training only (shuffled,
+    """``train.history_passes - 1`` more passes over the history files of this run, training only (shuffled,
     seeded: the same on every rank), then a version that holds them. They run once, after the progressive
     pass over the history: a run restarted after that version does not repeat them; one restarted before it
     (a crash during the passes) resumes without them (docs/training.md, "Cold start")."""
     from trainer.strategies import history_decision
 
-    core.apply_decision(history_decision(core.cfg, len(batches)), dict(enumerate(batches)))
+    core.apply_decision(history_decision(core.cfg, len(batches), [len(b) for b in batches]), dict(enumerate(batches)))
     if keeper is not None:
         keeper.after_file(force=True)
 

@@ -26,7 +26,11 @@ class EventBatch:
     lengths[name]     int64 [n]           multi-valued features only: ids per row (0 allowed)
     dense             float32 [n, d]      raw dense features (normalise with RunningStats)
     rows              int64 [n]           1-based row (line) number in ``source``
-    table             pyarrow.Table       the canonical typed columns (what split data files store)
+    table             pyarrow.Table       the canonical typed columns, a missing optional field as its fill
+    missing[name]     bool [n]            rows whose optional column ``name`` was missing (null, blank or a
+                                          null token) and holds its fill in ``table``; only columns with at
+                                          least one such row. Split data files store these fields as nulls,
+                                          so a ``missing`` dense flag reads back as it was
     ================  ==================  ==============================================
 
     A multi-valued feature ``genre`` over three rows (TorchRec's KeyedJaggedTensor layout)::
@@ -46,9 +50,13 @@ class EventBatch:
     rows: np.ndarray
     table: pa.Table
     lengths: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    missing: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.event_id)
+        for name, mask in self.missing.items():
+            if len(mask) != n:
+                raise ValueError(f"EventBatch: missing[{name!r}] has {len(mask)} rows for {n}")
         for name, lens in self.lengths.items():
             if name not in self.sparse:
                 raise ValueError(f"EventBatch: lengths[{name!r}] has no sparse[{name!r}]")
@@ -93,6 +101,7 @@ class EventBatch:
             rows=self.rows[index],
             table=self.table.take(pa.array(index, pa.int64())),
             lengths=lengths,
+            missing={k: v[index] for k, v in self.missing.items()},
         )
 
     @staticmethod
@@ -115,4 +124,8 @@ class EventBatch:
             rows=np.concatenate([b.rows for b in batches]),
             table=pa.concat_tables([b.table for b in batches], promote_options="permissive"),
             lengths={k: np.concatenate([b.lengths[k] for b in batches]) for k in first.lengths},
+            missing={
+                k: np.concatenate([b.missing.get(k, np.zeros(len(b), bool)) for b in batches])
+                for k in dict.fromkeys(k for b in batches for k in b.missing)
+            },
         )

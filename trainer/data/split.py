@@ -16,7 +16,9 @@ File names sort in time order:
 Files are written under a temporary name and renamed, so a follower never sees a
 half-written data file; an existing data file is never overwritten (data files are
 immutable). Data files carry the canonical typed columns, joined side-table columns
-included, so they are read back with the same spec.
+included, so they are read back with the same spec; a missing field of an optional column
+is stored as a null (not its fill), so reading the file back sees it missing, as reading the
+input did (a ``transform: missing`` flag such as Criteo's ``i1_missing`` keeps its value).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from trainer.data.batch import EventBatch
 from trainer.data.pipeline import iter_batches
 from trainer.data.validate import Validator
 
@@ -63,6 +66,17 @@ class SplitResult:
     files: tuple[Path, ...]
     rows: tuple[int, ...]
     spilled_runs: int = 0  # sorted runs written to disk (0: the input fit in memory)
+
+
+def stored_table(batch: EventBatch) -> pa.Table:
+    """``batch.table`` as a data file stores it: each missing field of an optional column a null
+    (``batch.missing``), which the reader takes as missing again (and fills as it did the first time)."""
+    table = batch.table
+    for name, mask in batch.missing.items():
+        i = table.schema.get_field_index(name)
+        col = table.column(i).combine_chunks()
+        table = table.set_column(i, name, pc.if_else(pa.array(mask), pa.scalar(None, col.type), col))
+    return table
 
 
 def write_data_file_atomic(table: pa.Table, path: Path) -> None:
@@ -193,7 +207,9 @@ def split_into_files(
         files.append(path)
         rows.append(table.num_rows)
 
-    tables = (b.table for b in iter_batches(inputs, validator, progress=progress, max_dead_share=max_dead_share))
+    tables = (
+        stored_table(b) for b in iter_batches(inputs, validator, progress=progress, max_dead_share=max_dead_share)
+    )
     runs: list[int] = []
     if spec.row_order:
         stream: Iterator[pa.Table] = tables

@@ -316,8 +316,12 @@ class Validator:
             return value if everything else take_value(value, idx)
 
         cols = {"event_id": pa.array(event_id, pa.int64())}
+        gaps = {}
         for col in spec.column_map.values():
             cols[col.name] = to_arrow(col, rows(parsed[col.name]))
+            m = missing.get(col.name)
+            if m is not None and not col.required and (m := m[idx]).any():
+                gaps[col.name] = m
         sparse, lengths = {}, {}
         for f in spec.sparse:
             v = rows(parsed[f.column])
@@ -335,6 +339,7 @@ class Validator:
             rows=chunk.rows[idx],
             table=pa.table(cols),
             lengths=lengths,
+            missing=gaps,
         )
 
 
