@@ -53,6 +53,7 @@ from versions import (
     SnapshotPolicy,
     VersionMetrics,
     VersionStore,
+    VersionWriteError,
     is_transient,
 )
 
@@ -106,6 +107,10 @@ def _with_model_config(extra: dict, model_cfg) -> dict:
     if isinstance(config, dict) and "model" in config and isinstance(model_cfg, ModelConfig):
         extra["config"] = {**config, "model": dataclasses.asdict(model_cfg)}
     return extra
+
+
+RESTORE_LEASE_S = 900.0  # a restore's lease on its version (released when done; a crash leaves it to expire)
+RESTORE_LEASE_TRIES = 5
 
 
 class VersionKeeper:
@@ -184,10 +189,37 @@ class VersionKeeper:
 
     # ---------------------------------------------------------------- restore
     def restore(self, reread=None) -> int | None:
-        """Every rank: load the newest valid version (shards by rank 0); None when the store has none."""
-        version = self.broadcast(self.store.latest_valid() if self.rank == 0 else None)
+        """Every rank: load the newest valid version (shards by rank 0); None when the store has none.
+
+        Rank 0 holds a lease on the version while every rank reads it (``ROOT/leases/``, as a serving
+        replica does), so that a gc beside the restart (an operator's, or its compaction's) cannot remove
+        it mid-read; the lease goes once every rank has read it."""
+        holder = f"restore-{uuid.uuid4().hex[:12]}"
+        version = self.broadcast(self._leased_newest(holder) if self.rank == 0 else None)
         if version is None:
             return None
+        try:
+            return self._restore_from(version, reread)
+        finally:
+            if self.rank == 0:
+                try:
+                    self.store.release_lease(holder)
+                except Exception:  # it expires by itself (RESTORE_LEASE_S)
+                    log.warning("could not release the restore lease %s of version %d", holder, version)
+
+    def _leased_newest(self, holder: str) -> int | None:
+        """(Rank 0) the newest valid version, leased: a version gc removed between the choice and the lease
+        is chosen again (bounded)."""
+        for _ in range(RESTORE_LEASE_TRIES):
+            version = self.store.latest_valid()
+            if version is None:
+                return None
+            self.store.renew_lease(holder, version, ttl_s=RESTORE_LEASE_S, role="restore")
+            if version in self.store.versions():  # still there once leased: gc keeps it (and its chain) now
+                return version
+        raise VersionWriteError(None, f"no version of {self.url} stayed in the store long enough to restore it")
+
+    def _restore_from(self, version: int, reread) -> int:
         if self.rank == 0:
             self.backend.restore(self.url, version, self.storage_options)
         self.barrier()
@@ -200,6 +232,7 @@ class VersionKeeper:
         self.last_version = version
         self._cut_step = self.core.step
         self._files_mark = self._validated()
+        self.barrier()  # every rank has read the version: its restore lease may go
         return version
 
     # -------------------------------------------------------------------- cut

@@ -27,7 +27,7 @@ import math
 import re
 
 LEASES = "leases"
-ROLES = ("replica", "table-shard", "search")
+ROLES = ("replica", "table-shard", "search", "restore")  # restore: a trainer reading the version it resumes from
 MAX_HOLDER = 200
 _SAFE = re.compile(r"[^A-Za-z0-9._=-]")
 

@@ -108,3 +108,28 @@ def test_retention_keeps_the_newest_versions_and_the_bases_they_need(tmp_path):
     assert len(kept) < 8 and kept[-1] == store.latest()  # older versions went at each compaction
     for v in kept:
         assert store.verify_chain(v) == []  # no kept version lost a base or a delta it needs
+
+
+def test_a_restore_holds_a_lease_so_a_gc_beside_the_restart_cannot_remove_its_version(tmp_path):
+    """bench chaos seed 33 (under load): the harness's gc loop (compaction, then gc keep=2) removed the version
+    a restarted trainer was restoring, mid-read: `CorruptVersionError: part ... is missing`, on every restart.
+    The restore now leases its version (as a serving replica does) until every rank has read it."""
+    url = str(tmp_path)
+    _, first = _run(url, 3)
+    first.store.release_writer()  # the first run is over
+    operator = VersionStore(url, writer_id="operator", writer_wait_s=0)
+    t = LocalTrainer(SPEC, ModelConfig(), TrainConfig(seed=2, batch_size=128, window=2, period=2))
+    keeper = VersionKeeper(url, t.backend, t, extra={"spec": "taobao"})
+    chosen = operator.latest()
+    restore = t.backend.restore
+
+    def gc_beside_the_restart(*args, **kwargs):  # once the version is chosen, before its parts are read
+        operator.compact(operator.latest())
+        operator.gc(keep=1, grace_s=0.0)
+        assert [lease.role for lease in operator.leases()] == ["restore"]
+        return restore(*args, **kwargs)
+
+    t.backend.restore = gc_beside_the_restart
+    assert keeper.restore(reread=lambda name: FILES[int(name[1:])]) == chosen
+    assert [e.file for e in t.ledger.entries] == ["f0", "f1", "f2"]
+    assert operator.leases(include_expired=True) == []  # released once read: gc may remove the version again
