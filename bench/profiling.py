@@ -153,6 +153,49 @@ def cprofile_calls(fn, reps: int, out: Path | None = None, top: int = 15) -> dic
     }
 
 
+def summarize_pstats(stats: dict, requests: int, top: int = 20) -> dict:
+    """A raw ``pstats`` table ({(file, line, function): (primitive calls, calls, own s, cumulative s, ...)}, what
+    ``ScorerDeployment.cprofile("stop")`` returns) per request: the top functions by cumulative time and by own
+    time, each as [function, ms per request, calls per request]. cProfile's own cost inflates Python-heavy
+    functions: compare the rows with each other, not with an unprofiled run."""
+    n = max(int(requests), 1)
+    rows = [(v[3], v[2], v[1], _frame_key(f"{name} ({file}:{line})")) for (file, line, name), v in stats.items()]
+
+    def table(key: int) -> list[list]:
+        picked = sorted(rows, key=lambda r: -r[key])[:top]
+        return [[r[3], round(r[key] * 1e3 / n, 4), round(r[2] / n, 2)] for r in picked]
+
+    return {
+        "requests": n,
+        "cumulative_ms_per_request": table(0),
+        "own_ms_per_request": table(1),
+        "note": "cProfile in the replica: [function, ms per request, calls per request]; cProfile inflates them",
+    }
+
+
+def handled_requests(stats: dict) -> int:
+    """Score and Recommend calls that the replica's :class:`serving.service.ScoringService` answered, from a raw
+    pstats table (0 when it holds none)."""
+    return sum(
+        v[1]
+        for (file, _line, name), v in stats.items()
+        if file.endswith("serving/service.py") and name in ("score", "recommend")
+    )
+
+
+def replica_cprofile(handle, run_phase, top: int = 20) -> dict:
+    """A cProfile of the Scorer replica (``handle``: its DeploymentHandle) while ``run_phase()`` (a load phase
+    returning a LoadResult) runs: :func:`summarize_pstats` per request answered, and the phase's summary."""
+    handle.cprofile.remote("start").result(timeout_s=60)
+    try:
+        phase = run_phase().summary()
+    finally:
+        stats = handle.cprofile.remote("stop").result(timeout_s=60)
+    out = summarize_pstats(stats, handled_requests(stats) or phase["sent"], top)
+    out["phase"] = phase
+    return out
+
+
 def serve_pids(root_pid: int | None = None) -> dict[str, int]:
     """The pids of the freshrec Scorer replica and of the proxy actor among this process's descendants (a
     local Ray started by the run; Ray titles its actor processes ``ray::ServeReplica:APP:DEPLOYMENT`` and
@@ -172,6 +215,42 @@ def serve_pids(root_pid: int | None = None) -> dict[str, int]:
         elif "ray::ProxyActor" in title and "proxy" not in pids:
             pids["proxy"] = p.pid
     return pids
+
+
+ACTOR_ROLES = {
+    "ServeReplica:freshrec:Scorer": "replica",
+    "ServeReplica:noop:Noop": "noop_replica",
+    "ProxyActor": "proxy",
+}
+
+
+def actor_pids() -> dict[str, int]:
+    """The pids of the freshrec Scorer replica, the no-op replica and the proxy from Ray's actor table (the GCS's
+    ``ActorClassName`` and ``Pid`` of the ALIVE actors: ``ray._private.state.actors``, no dashboard needed); a role
+    the table does not give (an older Ray, no connection) comes from the process titles (:func:`serve_pids`)."""
+    out: dict[str, int] = {}
+    try:
+        from ray._private import state
+
+        table = state.actors(actor_state_name="ALIVE")
+    except Exception:  # not connected, or the private API moved: the process titles below
+        table = {}
+    for info in table.values():
+        role = ACTOR_ROLES.get(info.get("ActorClassName", ""))
+        pid = info.get("Pid") or 0
+        if role is not None and role not in out and pid > 0:
+            out[role] = int(pid)
+    if len(out) < len(ACTOR_ROLES):
+        for role, pid in serve_pids().items():
+            out.setdefault(role, pid)
+    return out
+
+
+def cpu_ms_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:
+    """Each process's CPU milliseconds (user + system) over a phase per request sent in it."""
+    if requests <= 0:
+        return {}
+    return {k: round((after[k] - before[k]) * 1e3 / requests, 4) for k in after if k in before}
 
 
 def profile_serve_phase(out_dir: Path, run_phase, rate: int = 250) -> dict:
