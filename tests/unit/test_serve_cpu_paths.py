@@ -153,3 +153,39 @@ def test_recommends_reply_built_in_place_is_the_message_a_list_of_items_gave(ser
         ]
         want = pb.RecommendResponse(items=items, model_version=m.version, catalogue_items=len(m.index))
         assert got.SerializeToString() == want.SerializeToString() and len(got.items) == 10
+
+
+def test_tables_with_the_same_ids_share_them_and_a_pull_finds_positions_once_with_the_same_rows(monkeypatch):
+    from paramserver.config import PSConfig
+    from serving.tables import FrozenTables
+
+    rng = np.random.default_rng(8)
+    ids = np.sort(rng.choice(10**6, 300, replace=False)).astype(np.int64)
+    other = np.sort(rng.choice(10**6, 300, replace=False)).astype(np.int64)
+    cfgs = [TableConfig("user", 8), TableConfig("user__wide", 4), TableConfig("item", 8)]
+    ps = PSConfig(tables=tuple(cfgs))
+    arrays = {
+        "user": {"ids": ids, "rows": rng.normal(size=(300, 8)).astype(np.float32)},
+        "user__wide": {"ids": ids.copy(), "rows": rng.normal(size=(300, 4)).astype(np.float32)},
+        "item": {"ids": other, "rows": rng.normal(size=(300, 8)).astype(np.float32)},
+    }
+    tables = FrozenTables.from_arrays(arrays, ps)
+    assert tables["user"].ids is tables["user__wide"].ids and tables["item"].ids is not tables["user"].ids
+    q = np.concatenate([rng.choice(ids, 30), rng.integers(2 * 10**6, 3 * 10**6, 5)])
+    asks = [
+        {"user": q, "user__wide": q.copy(), "item": rng.choice(other, 10)},  # the same query: positions once
+        {"user": q, "user__wide": q[::-1].copy(), "item": q},  # another query on the shared ids: its own
+    ]
+    searches = []
+    real = FrozenTable.positions
+    monkeypatch.setattr(FrozenTable, "positions", lambda self, x: searches.append(self.cfg.name) or real(self, x))
+    for ask in asks:
+        searches.clear()
+        got = tables.pull_many(ask)
+        unknown, during = tables.unknown, list(searches)
+        want = {}
+        for name, x in ask.items():  # each table alone
+            want[name], known = tables[name].lookup(x)
+        assert all(got[k].tobytes() == want[k].tobytes() for k in ask)
+        assert unknown == sum(int((~tables[k].positions(x)[1]).sum()) for k, x in ask.items()) > 0
+        assert during == (["user", "item"] if ask is asks[0] else ["user", "user__wide", "item"])
