@@ -90,3 +90,29 @@ def test_the_replicas_cprofile_switch_profiles_the_loops_thread_and_returns_the_
     assert calls.get("work") == 3
     assert all(len(v) == 4 for v in stats.values())
     assert asyncio.run(replica.cprofile("stop")) == {}  # stopped: a second stop gives nothing
+
+
+def test_a_phase_reports_each_processs_cpu_per_request_and_the_load_generators():
+    """``ReplicaPerf.phase`` (no Ray: the handle is not used without spans) on a phase that burns this process's
+    CPU: its pid's CPU per request sent, and the load generator's from the LoadResult."""
+    import os
+    import time
+    from collections import Counter
+
+    from bench.loadgen import LoadResult
+    from bench.serve import ReplicaPerf
+
+    perf = ReplicaPerf.__new__(ReplicaPerf)
+    perf.pids, perf.spans, perf.handle = {"replica": os.getpid()}, False, None
+
+    def run():
+        t0 = time.process_time()
+        while time.process_time() - t0 < 0.05:  # 50 ms of CPU
+            pass
+        return LoadResult([1.0] * 10, Counter(), 10, 0.1, [], cpu_s=0.02)
+
+    s = perf.phase("freshrec", run)
+    assert s["sent"] == 10 and "replica" not in s
+    assert s["cpu_ms_per_request"]["loadgen"] == 2.0  # 20 ms over 10 requests
+    assert 4.0 <= s["cpu_ms_per_request"]["replica"] < 50.0  # >= 50 ms of CPU over 10 requests
+    assert s["cpu_share"]["replica"] > 0
