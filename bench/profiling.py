@@ -309,3 +309,122 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
 def cpu_shares(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float]:
     """Each process's CPU over a phase as a share of one core (1.0: one core busy the whole phase)."""
     return {k: round((after[k] - before[k]) / wall_s, 4) for k in after if k in before and wall_s > 0}
+
+
+# ------------------------------------------------------------------ the CPU cuts, A/B in process
+def _old_rows(one, n: int):
+    """serving.features._rows before: ``take`` of row 0, n times."""
+    import numpy as np
+    import pyarrow as pa
+
+    return one.take(pa.array(np.zeros(n, np.int64)))
+
+
+def _old_lookup(self, ids, at=None):
+    """serving.tables.FrozenTable.lookup before: torch's index_select."""
+    import numpy as np
+    import torch
+
+    from paramserver import init_rows
+
+    pos, known = self.positions(ids) if at is None else at
+    rows = (
+        self.rows.index_select(0, torch.from_numpy(pos)).numpy()
+        if len(self.ids)
+        else np.zeros((len(pos), self.cfg.dim), np.float32)
+    )
+    if not known.all():
+        miss = ~known
+        if self.admit:
+            cold = init_rows(self.cfg, np.asarray(ids, np.int64)[miss], self.seed)
+            rows[miss] = cold.astype(np.float16).astype(np.float32) if self.fp16 else cold
+        else:
+            rows[miss] = 0.0
+    return rows, known
+
+
+def _old_pull_many(self, ids, step=None):
+    """serving.tables.FrozenTables.pull_many before: every table searches its positions."""
+    import numpy as np
+
+    out, unknown = {}, 0
+    for name, table_ids in ids.items():
+        out[name], known = self.tables[name].lookup(table_ids)
+        unknown += int(len(known) - np.count_nonzero(known))
+    self.unknown = unknown
+    return out
+
+
+def _old_score(self, batch):
+    """serving.model.ServableModel.score before: no inference_mode (the core's no_grad only)."""
+    with self._lock:
+        return self.core.score(batch), self.tables.unknown
+
+
+def cpu_cuts() -> dict[str, list[tuple[object, str, object]]]:
+    """Each cut of the replica's CPU per request (issue 22, fourth session) as (owner, attribute, the code it
+    replaced): :func:`cpu_ab` puts the old code back to measure what the cut bought. Recommend's reply built in
+    place is not among them (it is inside ``ScoringService._recommend``)."""
+    import serving.features as features
+    import serving.model as model
+    import serving.tables as tables
+
+    cuts = {
+        "int_ids_skip_parser": [(features, "_passes_through", lambda *a: False)],
+        "pa_repeat": [(features, "_rows", _old_rows)],
+        "numpy_take": [(tables.FrozenTable, "lookup", _old_lookup)],
+        "shared_positions": [(tables.FrozenTables, "pull_many", _old_pull_many)],
+        "inference_mode": [(model.ServableModel, "score", _old_score)],
+    }
+    cuts["all"] = [c for v in cuts.values() for c in v]
+    return cuts
+
+
+def cpu_ab(methods: dict, alternations: int = 10, block: int = 150, names=None) -> dict:
+    """In process (no Ray): per cut and method, ``alternations`` pairs of blocks of ``block`` requests, the cut's
+    old code (``before``) and the current code (``after``) in alternating order; CPU (``time.process_time``) per
+    request. ``methods``: {name: (fn(request), requests)}. Returns per cut and method the median of after/before
+    over the pairs, its range, and the median ms per request of each side. The answers of both sides are the same
+    bits (tests/unit/test_serve_cpu_paths.py); only their cost differs."""
+    import statistics
+    import time
+
+    cuts = cpu_cuts()
+
+    def timed(fn, reqs) -> float:
+        t0 = time.process_time()
+        for i in range(block):
+            fn(reqs[i % len(reqs)])
+        return (time.process_time() - t0) * 1e3 / block
+
+    def with_old(name, fn, reqs) -> float:
+        saved = [(o, a, getattr(o, a)) for o, a, _ in cuts[name]]
+        for o, a, old in cuts[name]:
+            setattr(o, a, old)
+        try:
+            return timed(fn, reqs)
+        finally:
+            for o, a, cur in saved:
+                setattr(o, a, cur)
+
+    out: dict = {}
+    for name in names or list(cuts):
+        out[name] = {}
+        for method, (fn, reqs) in methods.items():
+            before, after = [], []
+            for k in range(alternations):
+                if k % 2 == 0:
+                    before.append(with_old(name, fn, reqs))
+                    after.append(timed(fn, reqs))
+                else:
+                    after.append(timed(fn, reqs))
+                    before.append(with_old(name, fn, reqs))
+            ratios = [a / b for a, b in zip(after, before)]
+            out[name][method] = {
+                "after_over_before": round(statistics.median(ratios), 3),
+                "range": [round(min(ratios), 3), round(max(ratios), 3)],
+                "before_ms": round(statistics.median(before), 4),
+                "after_ms": round(statistics.median(after), 4),
+            }
+    out["note"] = f"CPU ms per request in process, {alternations} alternating pairs of {block} requests"
+    return out

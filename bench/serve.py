@@ -17,6 +17,8 @@ In one run, on loopback, at a fixed offered load (open loop, :mod:`bench.loadgen
   and the load generator; JSON ``cpu_ms_per_request`` {method: {app: {process: median ms per request sent}},
   ``replica_over_noop`` and ``replica_minus_noop_ms`` per round}: CPU-seconds are far less sensitive than
   latency to other work on the machine, and on 2 cores what a request costs decides the capacity;
+* ``--cpu-ab N``: in process only, what each cut of the replica's CPU per request bought: its old code put back
+  in alternating blocks (:func:`bench.profiling.cpu_ab`), JSON ``cpu_ab``; the run stops there;
 * ``--profile DIR``: where the time goes per request: py-spy samples the replica and the proxy under
   load (collapsed stacks in DIR and their top functions in the JSON), a cProfile inside the replica under
   a Score and a Recommend phase (``profile_replica_cprofile``: the top functions in ms per request), a
@@ -152,6 +154,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="serve.user_code_thread=true: the replicas (freshrec's and the no-op app's) run the request methods "
         "on an event loop of their own thread, Ray Serve's default (default: on Ray Serve's own loop, as ServeConfig)",
+    )
+    parser.add_argument(
+        "--cpu-ab",
+        type=int,
+        default=0,
+        metavar="N",
+        help="in process only (no Ray): the CPU per Score and Recommend request with each of the replica's CPU cuts "
+        "turned back to its old code, N alternating pairs of blocks (JSON cpu_ab), then stop",
     )
     parser.add_argument("--data", default=str(TAOBAO), help="a Taobao-format CSV (default: the shared Taobao log)")
     parser.add_argument(
@@ -467,6 +477,14 @@ def _run(args: argparse.Namespace, work: Path, children: list) -> dict:
             lambda i: svc.score(reqs[i % 64]), 400, Path(args.profile) / "in_process_score.pstats"
         )
     result["catalogue_items"] = len(model.index) if model.index is not None else 0
+    if getattr(args, "cpu_ab", 0):
+        from bench.profiling import cpu_ab
+
+        result["cpu_ab"] = cpu_ab(
+            {"Score": (svc.score, reqs), "Recommend": (svc.recommend, rec_reqs)}, alternations=args.cpu_ab
+        )
+        svc.stop()
+        return result
     if "recall" not in skip and model.index is not None:
         result["recall"] = _recall(model, args.k, args.recall_users)
     svc.stop()

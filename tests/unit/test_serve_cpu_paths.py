@@ -189,3 +189,31 @@ def test_tables_with_the_same_ids_share_them_and_a_pull_finds_positions_once_wit
         assert all(got[k].tobytes() == want[k].tobytes() for k in ask)
         assert unknown == sum(int((~tables[k].positions(x)[1]).sum()) for k, x in ask.items()) > 0
         assert during == (["user", "item"] if ask is asks[0] else ["user", "user__wide", "item"])
+
+
+def test_the_cpu_ab_puts_each_cuts_old_code_back_only_while_it_measures_it_and_the_answers_stay(served):
+    import serving.features as features
+    import serving.model as model
+    import serving.tables as tables
+    from bench.profiling import cpu_ab, cpu_cuts
+
+    current = {(o, a): getattr(o, a) for cut in cpu_cuts().values() for o, a, _ in cut}
+    reqs = _score_requests(served, 3, 20)
+    want = [served.score(r).SerializeToString() for r in reqs]
+    answers = []
+
+    def score(r):
+        answers.append(served.score(r).SerializeToString())
+
+    out = cpu_ab({"Score": (score, reqs)}, alternations=2, block=3, names=["all", "numpy_take"])
+    assert set(out) == {"all", "numpy_take", "note"}
+    for name in ("all", "numpy_take"):
+        s = out[name]["Score"]
+        assert s["before_ms"] > 0 and s["after_ms"] > 0 and s["range"][0] <= s["after_over_before"] <= s["range"][1]
+    assert len(answers) == 2 * 2 * 2 * 3 and set(answers) <= set(want)  # old code or new: the same replies
+    assert all(getattr(o, a) is f for (o, a), f in current.items())  # the current code is back
+    assert (
+        features._rows is current[(features, "_rows")]
+        and model.ServableModel.score is current[(model.ServableModel, "score")]
+    )
+    assert tables.FrozenTable.lookup is current[(tables.FrozenTable, "lookup")]
