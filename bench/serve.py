@@ -652,8 +652,9 @@ def _phase(perf: "ReplicaPerf | None", name: str, tgt: str, reqs, method: str, q
 def cpu_per_request(rounds: dict) -> dict:
     """``{method: {app: {process: median CPU ms per request over rounds}}}`` from the phases'
     ``cpu_ms_per_request``, with per round ``replica_over_noop`` (freshrec's replica over the no-op replica, each
-    in its own phase) and ``replica_minus_noop_ms`` (the CPU a request costs in freshrec's replica beyond the
-    no-op replica's)."""
+    in its own phase), ``replica_minus_noop_ms`` (the CPU a request costs in freshrec's replica beyond the
+    no-op replica's) and ``replica_idle_ms`` (freshrec's replica during the no-op app's phase, per request of that
+    phase: its background work, the follower's polls, which the first two include)."""
     out: dict = {}
     for method, per_app in rounds.items():
         m: dict = {}
@@ -667,6 +668,10 @@ def cpu_per_request(rounds: dict) -> dict:
         if pairs:
             m["replica_over_noop"] = [round(a / b, 3) if b > 0 else float("inf") for a, b in pairs]
             m["replica_minus_noop_ms"] = [round(a - b, 4) for a, b in pairs]
+        # freshrec's replica while the no-op app takes the load: its background (the follower's polls), per request
+        idle = [(s.get("cpu_ms_per_request") or {}).get("replica") for s in per_app.get("noop", [])]
+        if any(v is not None for v in idle):
+            m["replica_idle_ms"] = idle
         out[method] = m
     return out
 

@@ -25,7 +25,11 @@ def test_cpu_per_request_gives_medians_and_freshrecs_replica_against_the_noop_re
     rounds = {
         "Score": {
             "freshrec": [_phase(replica=5.0, proxy=4.0), _phase(replica=6.0, proxy=4.2), _phase(replica=5.5)],
-            "noop": [_phase(noop_replica=2.5, proxy=4.1), _phase(noop_replica=3.0), _phase(noop_replica=2.75)],
+            "noop": [
+                _phase(noop_replica=2.5, proxy=4.1, replica=0.1),
+                _phase(noop_replica=3.0),
+                _phase(noop_replica=2.75),
+            ],
             "grpcio": [_phase(grpcio=2.0), _phase(grpcio=2.2), _phase(grpcio=2.1)],
         },
         "Recommend": {"freshrec": [_phase(replica=7.0)], "noop": [{}]},  # a phase without figures: no ratio
@@ -33,7 +37,8 @@ def test_cpu_per_request_gives_medians_and_freshrecs_replica_against_the_noop_re
     got = cpu_per_request(rounds)
     s = got["Score"]
     assert s["freshrec"] == {"replica": 5.5, "proxy": 4.1}  # proxy: the median of the two rounds that gave it
-    assert s["noop"] == {"noop_replica": 2.75, "proxy": 4.1}
+    assert s["noop"] == {"noop_replica": 2.75, "proxy": 4.1, "replica": 0.1}
+    assert s["replica_idle_ms"] == [0.1, None, None]  # freshrec's replica while the no-op app took the load
     assert s["grpcio"] == {"grpcio": 2.1}
     assert s["replica_over_noop"] == [2.0, 2.0, 2.0]
     assert s["replica_minus_noop_ms"] == [2.5, 3.0, 2.75]
