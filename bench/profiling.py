@@ -153,6 +153,49 @@ def cprofile_calls(fn, reps: int, out: Path | None = None, top: int = 15) -> dic
     }
 
 
+def summarize_pstats(stats: dict, requests: int, top: int = 20) -> dict:
+    """A raw ``pstats`` table ({(file, line, function): (primitive calls, calls, own s, cumulative s, ...)}, what
+    ``ScorerDeployment.cprofile("stop")`` returns) per request: the top functions by cumulative time and by own
+    time, each as [function, ms per request, calls per request]. cProfile's own cost inflates Python-heavy
+    functions: compare the rows with each other, not with an unprofiled run."""
+    n = max(int(requests), 1)
+    rows = [(v[3], v[2], v[1], _frame_key(f"{name} ({file}:{line})")) for (file, line, name), v in stats.items()]
+
+    def table(key: int) -> list[list]:
+        picked = sorted(rows, key=lambda r: -r[key])[:top]
+        return [[r[3], round(r[key] * 1e3 / n, 4), round(r[2] / n, 2)] for r in picked]
+
+    return {
+        "requests": n,
+        "cumulative_ms_per_request": table(0),
+        "own_ms_per_request": table(1),
+        "note": "cProfile in the replica: [function, ms per request, calls per request]; cProfile inflates them",
+    }
+
+
+def handled_requests(stats: dict) -> int:
+    """Score and Recommend calls that the replica's :class:`serving.service.ScoringService` answered, from a raw
+    pstats table (0 when it holds none)."""
+    return sum(
+        v[1]
+        for (file, _line, name), v in stats.items()
+        if file.endswith("serving/service.py") and name in ("score", "recommend")
+    )
+
+
+def replica_cprofile(handle, run_phase, top: int = 20) -> dict:
+    """A cProfile of the Scorer replica (``handle``: its DeploymentHandle) while ``run_phase()`` (a load phase
+    returning a LoadResult) runs: :func:`summarize_pstats` per request answered, and the phase's summary."""
+    handle.cprofile.remote("start").result(timeout_s=60)
+    try:
+        phase = run_phase().summary()
+    finally:
+        stats = handle.cprofile.remote("stop").result(timeout_s=60)
+    out = summarize_pstats(stats, handled_requests(stats) or phase["sent"], top)
+    out["phase"] = phase
+    return out
+
+
 def serve_pids(root_pid: int | None = None) -> dict[str, int]:
     """The pids of the freshrec Scorer replica and of the proxy actor among this process's descendants (a
     local Ray started by the run; Ray titles its actor processes ``ray::ServeReplica:APP:DEPLOYMENT`` and
@@ -172,6 +215,42 @@ def serve_pids(root_pid: int | None = None) -> dict[str, int]:
         elif "ray::ProxyActor" in title and "proxy" not in pids:
             pids["proxy"] = p.pid
     return pids
+
+
+ACTOR_ROLES = {
+    "ServeReplica:freshrec:Scorer": "replica",
+    "ServeReplica:noop:Noop": "noop_replica",
+    "ProxyActor": "proxy",
+}
+
+
+def actor_pids() -> dict[str, int]:
+    """The pids of the freshrec Scorer replica, the no-op replica and the proxy from Ray's actor table (the GCS's
+    ``ActorClassName`` and ``Pid`` of the ALIVE actors: ``ray._private.state.actors``, no dashboard needed); a role
+    the table does not give (an older Ray, no connection) comes from the process titles (:func:`serve_pids`)."""
+    out: dict[str, int] = {}
+    try:
+        from ray._private import state
+
+        table = state.actors(actor_state_name="ALIVE")
+    except Exception:  # not connected, or the private API moved: the process titles below
+        table = {}
+    for info in table.values():
+        role = ACTOR_ROLES.get(info.get("ActorClassName", ""))
+        pid = info.get("Pid") or 0
+        if role is not None and role not in out and pid > 0:
+            out[role] = int(pid)
+    if len(out) < len(ACTOR_ROLES):
+        for role, pid in serve_pids().items():
+            out.setdefault(role, pid)
+    return out
+
+
+def cpu_ms_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:
+    """Each process's CPU milliseconds (user + system) over a phase per request sent in it."""
+    if requests <= 0:
+        return {}
+    return {k: round((after[k] - before[k]) * 1e3 / requests, 4) for k in after if k in before}
 
 
 def profile_serve_phase(out_dir: Path, run_phase, rate: int = 250) -> dict:
@@ -230,3 +309,122 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
 def cpu_shares(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float]:
     """Each process's CPU over a phase as a share of one core (1.0: one core busy the whole phase)."""
     return {k: round((after[k] - before[k]) / wall_s, 4) for k in after if k in before and wall_s > 0}
+
+
+# ------------------------------------------------------------------ the CPU cuts, A/B in process
+def _old_rows(one, n: int):
+    """serving.features._rows before: ``take`` of row 0, n times."""
+    import numpy as np
+    import pyarrow as pa
+
+    return one.take(pa.array(np.zeros(n, np.int64)))
+
+
+def _old_lookup(self, ids, at=None):
+    """serving.tables.FrozenTable.lookup before: torch's index_select."""
+    import numpy as np
+    import torch
+
+    from paramserver import init_rows
+
+    pos, known = self.positions(ids) if at is None else at
+    rows = (
+        self.rows.index_select(0, torch.from_numpy(pos)).numpy()
+        if len(self.ids)
+        else np.zeros((len(pos), self.cfg.dim), np.float32)
+    )
+    if not known.all():
+        miss = ~known
+        if self.admit:
+            cold = init_rows(self.cfg, np.asarray(ids, np.int64)[miss], self.seed)
+            rows[miss] = cold.astype(np.float16).astype(np.float32) if self.fp16 else cold
+        else:
+            rows[miss] = 0.0
+    return rows, known
+
+
+def _old_pull_many(self, ids, step=None):
+    """serving.tables.FrozenTables.pull_many before: every table searches its positions."""
+    import numpy as np
+
+    out, unknown = {}, 0
+    for name, table_ids in ids.items():
+        out[name], known = self.tables[name].lookup(table_ids)
+        unknown += int(len(known) - np.count_nonzero(known))
+    self.unknown = unknown
+    return out
+
+
+def _old_score(self, batch):
+    """serving.model.ServableModel.score before: no inference_mode (the core's no_grad only)."""
+    with self._lock:
+        return self.core.score(batch), self.tables.unknown
+
+
+def cpu_cuts() -> dict[str, list[tuple[object, str, object]]]:
+    """Each cut of the replica's CPU per request (issue 22, fourth session) as (owner, attribute, the code it
+    replaced): :func:`cpu_ab` puts the old code back to measure what the cut bought. Recommend's reply built in
+    place is not among them (it is inside ``ScoringService._recommend``)."""
+    import serving.features as features
+    import serving.model as model
+    import serving.tables as tables
+
+    cuts = {
+        "int_ids_skip_parser": [(features, "_passes_through", lambda *a: False)],
+        "pa_repeat": [(features, "_rows", _old_rows)],
+        "numpy_take": [(tables.FrozenTable, "lookup", _old_lookup)],
+        "shared_positions": [(tables.FrozenTables, "pull_many", _old_pull_many)],
+        "inference_mode": [(model.ServableModel, "score", _old_score)],
+    }
+    cuts["all"] = [c for v in cuts.values() for c in v]
+    return cuts
+
+
+def cpu_ab(methods: dict, alternations: int = 10, block: int = 150, names=None) -> dict:
+    """In process (no Ray): per cut and method, ``alternations`` pairs of blocks of ``block`` requests, the cut's
+    old code (``before``) and the current code (``after``) in alternating order; CPU (``time.process_time``) per
+    request. ``methods``: {name: (fn(request), requests)}. Returns per cut and method the median of after/before
+    over the pairs, its range, and the median ms per request of each side. The answers of both sides are the same
+    bits (tests/unit/test_serve_cpu_paths.py); only their cost differs."""
+    import statistics
+    import time
+
+    cuts = cpu_cuts()
+
+    def timed(fn, reqs) -> float:
+        t0 = time.process_time()
+        for i in range(block):
+            fn(reqs[i % len(reqs)])
+        return (time.process_time() - t0) * 1e3 / block
+
+    def with_old(name, fn, reqs) -> float:
+        saved = [(o, a, getattr(o, a)) for o, a, _ in cuts[name]]
+        for o, a, old in cuts[name]:
+            setattr(o, a, old)
+        try:
+            return timed(fn, reqs)
+        finally:
+            for o, a, cur in saved:
+                setattr(o, a, cur)
+
+    out: dict = {}
+    for name in names or list(cuts):
+        out[name] = {}
+        for method, (fn, reqs) in methods.items():
+            before, after = [], []
+            for k in range(alternations):
+                if k % 2 == 0:
+                    before.append(with_old(name, fn, reqs))
+                    after.append(timed(fn, reqs))
+                else:
+                    after.append(timed(fn, reqs))
+                    before.append(with_old(name, fn, reqs))
+            ratios = [a / b for a, b in zip(after, before)]
+            out[name][method] = {
+                "after_over_before": round(statistics.median(ratios), 3),
+                "range": [round(min(ratios), 3), round(max(ratios), 3)],
+                "before_ms": round(statistics.median(before), 4),
+                "after_ms": round(statistics.median(after), 4),
+            }
+    out["note"] = f"CPU ms per request in process, {alternations} alternating pairs of {block} requests"
+    return out

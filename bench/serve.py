@@ -12,9 +12,17 @@ In one run, on loopback, at a fixed offered load (open loop, :mod:`bench.loadgen
   ratio to the no-op app's (``score_p99_over_noop``);
 * ``--curve``: a capacity curve, p50/p99 of freshrec, the no-op app and grpcio at offered loads
   25, 50, 100, 200, 400 QPS (JSON ``curve``, a PNG at ``--plot``), and ``max_qps_within_1_5x_noop``;
+* the CPU a request costs, per process: around every load phase psutil reads the user + system CPU of the
+  freshrec replica, the no-op replica and the proxy (their pids from Ray's actor table), the grpcio host
+  and the load generator; JSON ``cpu_ms_per_request`` {method: {app: {process: median ms per request sent}},
+  ``replica_over_noop`` and ``replica_minus_noop_ms`` per round}: CPU-seconds are far less sensitive than
+  latency to other work on the machine, and on 2 cores what a request costs decides the capacity;
+* ``--cpu-ab N``: in process only, what each cut of the replica's CPU per request bought: its old code put back
+  in alternating blocks (:func:`bench.profiling.cpu_ab`), JSON ``cpu_ab``; the run stops there;
 * ``--profile DIR``: where the time goes per request: py-spy samples the replica and the proxy under
-  load (collapsed stacks in DIR and their top functions in the JSON), cProfile the in-process service,
-  and the load generator's own CPU is measured in every phase (``loadgen_cpu_share``);
+  load (collapsed stacks in DIR and their top functions in the JSON), a cProfile inside the replica under
+  a Score and a Recommend phase (``profile_replica_cprofile``: the top functions in ms per request), a
+  cProfile of the in-process service, and the load generator's own CPU in every phase (``loadgen_cpu_share``);
 * ``--swaps`` version swaps under that load: failed requests, p99 during swaps over steady p99;
 * freshness over ``--fresh-files`` data files: from a file's rename into the incoming directory
   to the first Score answer by a version that includes it (a trainer process follows the
@@ -146,6 +154,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="serve.user_code_thread=true: the replicas (freshrec's and the no-op app's) run the request methods "
         "on an event loop of their own thread, Ray Serve's default (default: on Ray Serve's own loop, as ServeConfig)",
+    )
+    parser.add_argument(
+        "--cpu-ab",
+        type=int,
+        default=0,
+        metavar="N",
+        help="in process only (no Ray): the CPU per Score and Recommend request with each of the replica's CPU cuts "
+        "turned back to its old code, N alternating pairs of blocks (JSON cpu_ab), then stop",
     )
     parser.add_argument("--data", default=str(TAOBAO), help="a Taobao-format CSV (default: the shared Taobao log)")
     parser.add_argument(
@@ -356,31 +372,44 @@ def _load(target: str, reqs, method: str, qps: float, seconds: float, app: str |
 
 
 class ReplicaPerf:
-    """``--replica-perf``: around each load phase, the CPU share of the proxy, the freshrec replica, the no-op
-    replica (psutil, by process title) and, for freshrec's phases, the replica's own report (per-stage spans,
-    arrival lag, loop lag, threads' CPU: ``ScorerDeployment.perf_report``)."""
+    """Around each load phase, the CPU of the proxy, the freshrec replica, the no-op replica (psutil on the pids
+    of Ray's actor table) and the grpcio host: ``cpu_ms_per_request`` (each process's CPU milliseconds per
+    request sent in the phase, the load generator's included: far less sensitive to other work on the machine
+    than latency) and ``cpu_share``; with ``spans`` (``--replica-perf``), for freshrec's phases also the
+    replica's own report (per-stage spans, arrival lag, loop lag, threads' CPU: ``ScorerDeployment.perf_report``).
+    """
 
-    def __init__(self) -> None:
+    def __init__(self, spans: bool = False, grpcio_pid: int | None = None) -> None:
         from ray import serve
 
-        from bench.profiling import serve_pids
+        from bench.profiling import actor_pids
 
-        self.pids = serve_pids()
+        self.pids = actor_pids()
+        if grpcio_pid is not None:
+            self.pids["grpcio"] = grpcio_pid
+        self.spans = spans
         self.handle = serve.get_deployment_handle("Scorer", app_name=APP_NAME)
 
     def report(self) -> dict:
         return self.handle.perf_report.remote(True).result(timeout_s=60)
 
     def phase(self, name: str, run) -> dict:
-        """``run()`` -> LoadResult; its summary with ``cpu_share`` (and ``replica`` for freshrec)."""
-        from bench.profiling import cpu_seconds, cpu_shares
+        """``run()`` -> LoadResult; its summary with ``cpu_ms_per_request``, ``cpu_share`` (and ``replica`` for
+        freshrec with spans)."""
+        from bench.profiling import cpu_ms_per_request, cpu_seconds, cpu_shares
 
-        if name == "freshrec":
+        spans = self.spans and name == "freshrec"
+        if spans:
             self.report()  # forget what came before this phase
         before, t0 = cpu_seconds(self.pids), time.perf_counter()
-        s = run().summary()
-        s["cpu_share"] = cpu_shares(before, cpu_seconds(self.pids), time.perf_counter() - t0)
-        if name == "freshrec":
+        res = run()
+        after, wall = cpu_seconds(self.pids), time.perf_counter() - t0
+        s = res.summary()
+        s["cpu_share"] = cpu_shares(before, after, wall)
+        s["cpu_ms_per_request"] = cpu_ms_per_request(before, after, res.sent)
+        if res.sent:
+            s["cpu_ms_per_request"]["loadgen"] = round(res.cpu_s * 1e3 / res.sent, 4)
+        if spans:
             s["replica"] = self.report()
         return s
 
@@ -448,6 +477,14 @@ def _run(args: argparse.Namespace, work: Path, children: list) -> dict:
             lambda i: svc.score(reqs[i % 64]), 400, Path(args.profile) / "in_process_score.pstats"
         )
     result["catalogue_items"] = len(model.index) if model.index is not None else 0
+    if getattr(args, "cpu_ab", 0):
+        from bench.profiling import cpu_ab
+
+        result["cpu_ab"] = cpu_ab(
+            {"Score": (svc.score, reqs), "Recommend": (svc.recommend, rec_reqs)}, alternations=args.cpu_ab
+        )
+        svc.stop()
+        return result
     if "recall" not in skip and model.index is not None:
         result["recall"] = _recall(model, args.k, args.recall_users)
     svc.stop()
@@ -486,11 +523,13 @@ def _run(args: argparse.Namespace, work: Path, children: list) -> dict:
         if grpcio_proc is not None:
             apps["grpcio"] = (grpcio_target, None)
         methods = [("Score", reqs)] + ([("Recommend", rec_reqs)] if "recommend" not in skip else [])
-        perf = ReplicaPerf() if getattr(args, "replica_perf", False) else None
+        perf = ReplicaPerf(bool(getattr(args, "replica_perf", False)), grpcio_proc.pid if grpcio_proc else None)
+        result["cpu_pids"] = dict(perf.pids)
         rounds = _rounds(apps, methods, args.qps, args.seconds, args.rounds, perf)
         result.update(_round_summary(rounds))
-        if perf is not None:
+        if perf.spans:
             result["replica_perf"] = _perf_by_method(rounds)
+        result["cpu_ms_per_request"] = cpu_per_request(rounds)
         if args.curve:
             loads = [float(q) for q in args.curve.split(",") if q.strip()]
             curve = _curve(apps, reqs, loads, args.curve_seconds, perf)
@@ -509,6 +548,15 @@ def _run(args: argparse.Namespace, work: Path, children: list) -> dict:
                     Path(args.profile) / "recommend",
                     lambda: _load(target, rec_reqs, "Recommend", args.qps, args.seconds, APP_NAME),
                 )
+            # cProfile inside the replica (a separate phase per method: py-spy is not sampling meanwhile)
+            from bench.profiling import replica_cprofile
+
+            result["profile_replica_cprofile"] = {
+                method: replica_cprofile(
+                    perf.handle, lambda rs=rs, m=method: _load(target, rs, m, args.qps, args.seconds, APP_NAME)
+                )
+                for method, rs in methods
+            }
         if grpcio_proc is not None:
             grpcio_proc.kill()
             grpcio_proc = None
@@ -594,10 +642,38 @@ def serve_config(args: argparse.Namespace, store_url: str, catalogue: str):
 
 
 def _phase(perf: "ReplicaPerf | None", name: str, tgt: str, reqs, method: str, qps: float, seconds: float, app):
-    """One load phase's summary (with ``--replica-perf``: the CPU shares and the replica's report)."""
+    """One load phase's summary (with ``perf``: the CPU per request and shares; with ``--replica-perf`` also the
+    replica's report)."""
     if perf is None:
         return _load(tgt, reqs, method, qps, seconds, app).summary()
-    return perf.phase(name, lambda: _load(tgt, reqs, method, qps, seconds, app, sent_at=True))
+    return perf.phase(name, lambda: _load(tgt, reqs, method, qps, seconds, app, sent_at=perf.spans))
+
+
+def cpu_per_request(rounds: dict) -> dict:
+    """``{method: {app: {process: median CPU ms per request over rounds}}}`` from the phases'
+    ``cpu_ms_per_request``, with per round ``replica_over_noop`` (freshrec's replica over the no-op replica, each
+    in its own phase), ``replica_minus_noop_ms`` (the CPU a request costs in freshrec's replica beyond the
+    no-op replica's) and ``replica_idle_ms`` (freshrec's replica during the no-op app's phase, per request of that
+    phase: its background work, the follower's polls, which the first two include)."""
+    out: dict = {}
+    for method, per_app in rounds.items():
+        m: dict = {}
+        for app, summaries in per_app.items():
+            per = [s.get("cpu_ms_per_request") or {} for s in summaries]
+            procs = sorted({k for p in per for k in p})
+            m[app] = {k: round(float(np.median([p[k] for p in per if k in p])), 4) for k in procs}
+        ours = [(s.get("cpu_ms_per_request") or {}).get("replica") for s in per_app.get("freshrec", [])]
+        floor = [(s.get("cpu_ms_per_request") or {}).get("noop_replica") for s in per_app.get("noop", [])]
+        pairs = [(a, b) for a, b in zip(ours, floor) if a is not None and b is not None]
+        if pairs:
+            m["replica_over_noop"] = [round(a / b, 3) if b > 0 else float("inf") for a, b in pairs]
+            m["replica_minus_noop_ms"] = [round(a - b, 4) for a, b in pairs]
+        # freshrec's replica while the no-op app takes the load: its background (the follower's polls), per request
+        idle = [(s.get("cpu_ms_per_request") or {}).get("replica") for s in per_app.get("noop", [])]
+        if any(v is not None for v in idle):
+            m["replica_idle_ms"] = idle
+        out[method] = m
+    return out
 
 
 def _rounds(apps: dict, methods: list, qps: float, seconds: float, n_rounds: int, perf=None) -> dict:
@@ -655,7 +731,7 @@ def round_ratios(ours: list[dict], floor: list[dict], key: str) -> list[float]:
 def _curve(apps: dict, reqs, loads: list[float], seconds: float, perf=None) -> dict:
     """p50/p99 per app at each offered load (Score), apps alternating at every load."""
     curve: dict = {"qps": loads, **{a: [] for a in apps}}
-    keep = ("p50_ms", "p99_ms", "qps", "errors", "loadgen_cpu_share", "cpu_share", "replica")
+    keep = ("p50_ms", "p99_ms", "qps", "errors", "loadgen_cpu_share", "cpu_share", "cpu_ms_per_request", "replica")
     for j, q in enumerate(loads):
         order = list(apps) if j % 2 == 0 else list(reversed(apps))
         for name in order:

@@ -181,6 +181,25 @@ class ScorerDeployment:
             self._cpu0 = now
         return {"spans": self._spans.summary(reset), "thread_cpu_s": {k: v for k, v in cpu.items() if v > 0}}
 
+    async def cprofile(self, action: str):
+        """A cProfile of this replica's request loop (``bench serve --profile``): ``start`` profiles the thread
+        that runs the request methods (this coroutine runs on the same loop: Ray Serve's own, or the user-code
+        thread's with ``serve.user_code_thread``), so Ray Serve's own per-request work on that loop counts
+        too; ``stop`` ends it and returns the raw ``pstats`` table ({(file, line, function): (primitive calls,
+        calls, own s, cumulative s)}; the caller summarises it per request)."""
+        import cProfile
+
+        if action == "start":
+            self._cprofile = cProfile.Profile()
+            self._cprofile.enable()
+            return {}
+        prof, self._cprofile = getattr(self, "_cprofile", None), None
+        if prof is None:
+            return {}
+        prof.disable()
+        prof.create_stats()
+        return {k: v[:4] for k, v in prof.stats.items()}
+
     async def Score(self, request, grpc_context):
         if self._batching:
             t0 = self._arrived(grpc_context)

@@ -376,7 +376,8 @@ class ScoringService:
         n = max(request.num_candidates or self.cfg.retrieve, request.k)
         exclude = np.fromiter(request.exclude_item_ids, np.int64, len(request.exclude_item_ids))
         clock.lap("convert")
-        ids, retrieval = model.index.top(model.user_vector(user_id), n, exclude, category)
+        with torch.inference_mode():  # the index's torch ops without autograd bookkeeping (same kernels, same bits)
+            ids, retrieval = model.index.top(model.user_vector(user_id), n, exclude, category)
         clock.lap("retrieval")
         if len(ids) == 0:
             return pb.RecommendResponse(model_version=model.version, catalogue_items=len(model.index))
@@ -385,11 +386,10 @@ class ScoringService:
         scores, _ = model.score(batch)
         clock.lap("forward")
         order = np.argsort(-scores, kind="stable")[: request.k]
-        items = [
-            pb.RecommendedItem(item_id=i, score=s, retrieval_score=r)
-            for i, s, r in zip(ids[order].tolist(), scores[order].tolist(), retrieval[order].tolist())
-        ]
-        out = pb.RecommendResponse(items=items, model_version=model.version, catalogue_items=len(model.index))
+        out = pb.RecommendResponse(model_version=model.version, catalogue_items=len(model.index))
+        add = out.items.add  # built in place: no message per item copied into the reply
+        for i, s, r in zip(ids[order].tolist(), scores[order].tolist(), retrieval[order].tolist()):
+            add(item_id=i, score=s, retrieval_score=r)
         clock.lap("respond")
         return out
 

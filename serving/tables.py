@@ -1,7 +1,7 @@
 """A model version's embedding tables, frozen in a replica: vectorised lookups with the cold-start default.
 
 Each table is its ids (ascending int64) and rows (float32 torch tensor, fp16 versions are
-widened once at load). A lookup is one ``searchsorted`` plus one ``index_select``; an id the
+widened once at load). A lookup is one ``searchsorted`` plus one gather of rows (numpy ``take``); an id the
 version has no row for gets what training would give it on its first pull::
 
     admission_threshold == 1   paramserver.init_rows(table, id, seed)   (a pull admits it)
@@ -64,14 +64,13 @@ class FrozenTable:
         np.minimum(pos, len(self.ids) - 1, out=pos)
         return pos, self.ids[pos] == ids
 
-    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(float32 rows [n, dim] aligned with ``ids``, known mask [n]); unknown ids: the cold-start row."""
-        pos, known = self.positions(ids)
-        rows = (
-            self.rows.index_select(0, torch.from_numpy(pos)).numpy()
-            if len(self.ids)
-            else np.zeros((len(pos), self.cfg.dim), np.float32)
-        )
+    def lookup(self, ids: np.ndarray, at: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 rows [n, dim] aligned with ``ids``, known mask [n]); unknown ids: the cold-start row.
+        ``at``: ``positions(ids)`` when the caller has them (a table with the same ids array, same query)."""
+        pos, known = self.positions(ids) if at is None else at
+        # numpy's take of whole rows: a copy of the same float32 rows as torch's index_select, a few us
+        # less per table and request (tests/unit/test_serve_cpu_paths.py)
+        rows = self.rows.numpy().take(pos, axis=0) if len(self.ids) else np.zeros((len(pos), self.cfg.dim), np.float32)
         if not known.all():
             miss = ~known
             if self.admit:
@@ -105,20 +104,44 @@ class FrozenTables:
         ``remote[table]``: a table read through read-only shards (:class:`serving.shards.RemoteTable`)."""
         admit = ps_cfg.admission_threshold <= 1
         out = dict(remote or {})
+        built: list[FrozenTable] = []
         for t in ps_cfg.tables:
             if t.name in out:
                 continue
             a = arrays.get(t.name, {"ids": np.zeros(0, np.int64), "rows": np.zeros((0, t.dim), np.float32)})
-            out[t.name] = FrozenTable.build(t, a["ids"], a["rows"], ps_cfg.seed, admit, ps_cfg.weights_dtype == "fp16")
+            ids = np.ascontiguousarray(a["ids"], np.int64)
+            # a table holding the same ids as one built before (a feature's deep and wide tables are admitted
+            # together) shares that ids array: one copy in RAM, and pull_many finds a query's positions once
+            same = next((b.ids for b in built if len(b.ids) == len(ids) and np.array_equal(b.ids, ids)), None)
+            table = FrozenTable.build(
+                t, ids if same is None else same, a["rows"], ps_cfg.seed, admit, ps_cfg.weights_dtype == "fp16"
+            )
+            built.append(table)
+            out[t.name] = table
         return cls(out, ps_cfg)
 
     def __getitem__(self, name: str) -> FrozenTable:
         return self.tables[name]
 
     def pull_many(self, ids: Mapping[str, np.ndarray], step: int | None = None) -> dict[str, np.ndarray]:
+        """``{table: rows}`` for ``{table: ids}``. Tables that share one ids array (:meth:`from_arrays`) asked for
+        the same ids (a feature's deep and wide tables read the same feature) search their positions once: the
+        searchsorted over a table's ids is most of a lookup's cost."""
         out, unknown = {}, 0
+        found: dict[int, tuple] = {}  # id(table ids array) -> (query ids, positions, known)
         for name, table_ids in ids.items():
-            out[name], known = self.tables[name].lookup(table_ids)
+            table = self.tables[name]
+            at = None
+            if isinstance(table, FrozenTable):
+                prev = found.get(id(table.ids))
+                if prev is not None and (prev[0] is table_ids or np.array_equal(prev[0], table_ids)):
+                    at = prev[1:]
+                else:
+                    at = table.positions(table_ids)
+                    found[id(table.ids)] = (table_ids, *at)
+                out[name], known = table.lookup(table_ids, at)
+            else:
+                out[name], known = table.lookup(table_ids)
             unknown += int(len(known) - np.count_nonzero(known))
         self.unknown = unknown
         return out
