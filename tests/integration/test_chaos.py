@@ -117,8 +117,8 @@ def test_seed_20_two_workers_two_shards_every_anomaly_and_fault(tmp_path):
 
 
 @full_only
-@pytest.mark.parametrize("seed", [1, 2])
-def test_seeds_1_and_2_gc_and_compaction_beside_kills_never_roll_the_store_back(tmp_path, seed):
+@pytest.mark.parametrize("seed", [1, 2, 33])
+def test_seeds_1_2_33_gc_and_compaction_beside_kills_never_roll_back_or_remove_the_restored_version(tmp_path, seed):
     """Found by the 50-seed campaign of 2026-12-07's fourth session (`freshrec bench chaos --seeds 1 --first-seed 1`
     and `2`, the defaults: 6 files, 3 waves, every anomaly but slow_write, every fault kind). The harness's gc loop
     compacts the newest version beside the writer. Seed 1 first hung: the loop kept the writer lease it took for
@@ -127,6 +127,9 @@ def test_seeds_1_and_2_gc_and_compaction_beside_kills_never_roll_the_store_back(
     before the trainer committed v2 was committed after it as the newest version, rolling the store back to v1's
     model and ledger. Fixed in versions.VersionStore.compact (unit tests:
     test_versions_fencing.py::test_a_one_off_compaction_gives_the_lease_back_so_the_restarted_trainer_can_write and
-    ::test_a_compaction_of_a_version_that_is_no_longer_the_newest_is_refused_not_committed)."""
+    ::test_a_compaction_of_a_version_that_is_no_longer_the_newest_is_refused_not_committed). Seed 33 (load average
+    10-13): the gc loop removed the version a restarting trainer was reading (`CorruptVersionError: part
+    'compacted/data/ledger.pending' is missing`, on all six restarts); a restore now leases its version
+    (test_versioning.py::test_a_restore_holds_a_lease_so_a_gc_beside_the_restart_cannot_remove_its_version)."""
     result, detail = _run(tmp_path, seed, files=6, rows_per_file=120, waves=3, wave_timeout_s=600.0)
     assert result.passed, detail
