@@ -97,7 +97,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--warmup", type=int, default=200, help="fit RSS growth from this many files on (default 200, the issue's)"
     )
     p.add_argument("--no-serve", action="store_true", help="follow with an in-process follower, not a Serve replica")
-    p.add_argument("--restart-repeats", type=int, default=3, help="restarts timed per state (default 3)")
+    p.add_argument(
+        "--restart-repeats", type=int, default=3, help="restarts timed per state (default 3; 0: no restart phase)"
+    )
     p.add_argument("--tracemalloc", action="store_true", help="trace the driver's allocations (names what grows)")
     p.add_argument("--file-timeout", type=float, default=120.0, help="seconds to wait for one file's version")
     p.add_argument("--work-dir", type=Path, default=None, help="keep the run here (default: a temp dir, removed)")
@@ -408,8 +410,8 @@ def run(args: argparse.Namespace) -> dict:
 
     if args.files < BASELINE_FILES + 1:
         raise UserError(f"--files must be > {BASELINE_FILES} (the restart baseline is taken after {BASELINE_FILES})")
-    if args.rows < 2 or args.shards < 1 or args.sample_every < 1 or args.restart_repeats < 1 or args.warmup < 0:
-        raise UserError("--rows >= 2, --shards >= 1, --sample-every >= 1, --restart-repeats >= 1, --warmup >= 0")
+    if args.rows < 2 or args.shards < 1 or args.sample_every < 1 or args.restart_repeats < 0 or args.warmup < 0:
+        raise UserError("--rows >= 2, --shards >= 1, --sample-every >= 1, --restart-repeats >= 0, --warmup >= 0")
     keep = args.work_dir is not None
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="freshrec-bench-soak-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -566,17 +568,19 @@ def _soak(args: argparse.Namespace, work: Path) -> dict:
     soak_s = time.perf_counter() - t_start
     top = _grown(trace, snap0) if trace is not None else None
     # restart after all files vs after BASELINE_FILES: one new data file lands in each incoming directory
-    new = soak_rows(args.files + 1, max(args.rows, 200))
-    _land(incoming, _name(args.files + 1), new)
-    _land(work / "at-10" / "incoming", _name(args.files + 1), new)
-    restart = _restarts(
-        {
-            f"after_{BASELINE_FILES}": (work / "at-10" / "incoming", str(work / "at-10" / "versions")),
-            f"after_{args.files}": (incoming, store_url),
-        },
-        args.restart_repeats,
-    )
-    lo, hi = restart[f"after_{BASELINE_FILES}"]["restart_s"], restart[f"after_{args.files}"]["restart_s"]
+    restart, lo, hi = {}, float("nan"), float("nan")
+    if args.restart_repeats > 0:
+        new = soak_rows(args.files + 1, max(args.rows, 200))
+        _land(incoming, _name(args.files + 1), new)
+        _land(work / "at-10" / "incoming", _name(args.files + 1), new)
+        restart = _restarts(
+            {
+                f"after_{BASELINE_FILES}": (work / "at-10" / "incoming", str(work / "at-10" / "versions")),
+                f"after_{args.files}": (incoming, store_url),
+            },
+            args.restart_repeats,
+        )
+        lo, hi = restart[f"after_{BASELINE_FILES}"]["restart_s"], restart[f"after_{args.files}"]["restart_s"]
     growth = growth_by_process(samples, args.warmup)
     commit = last_over_first(commit_s.tolist())
     fresh = last_over_first(fresh_s.tolist())

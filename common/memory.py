@@ -20,7 +20,8 @@ and what glibc's allocator holds, and gives a long-running loop one call per ver
   ``FRESHREC_MEMORY_PROBE=PATH`` (append a JSON line of this process's memory, :func:`probe`, every
   ``FRESHREC_MEMORY_PROBE_EVERY`` versions, default 25), ``FRESHREC_TRACEMALLOC=FRAMES`` (trace Python's
   allocations; each probe line then names the sites grown since the first probe at or after
-  ``FRESHREC_TRACEMALLOC_FROM`` versions, default 0).
+  ``FRESHREC_TRACEMALLOC_FROM`` versions, default 0), ``FRESHREC_MALLOC_ARENA_MAX=N`` and
+  ``FRESHREC_MALLOC_MMAP_THRESHOLD=BYTES`` (glibc's ``mallopt`` when the loop starts: :func:`mallopt`).
 
 glibc reads ``MALLOC_ARENA_MAX`` (and ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``) from the
 environment once, when the process starts: they must be in a process's environment when it is exec'ed
@@ -46,6 +47,8 @@ from collections.abc import Mapping
 MIB = float(2**20)
 ARENA_ALIGN = 64 * 2**20  # glibc's HEAP_MAX_SIZE on 64-bit: every heap of a non-main arena starts on it
 TRIM_ENV = "FRESHREC_MALLOC_TRIM"
+ARENA_MAX_ENV = "FRESHREC_MALLOC_ARENA_MAX"  # mallopt(M_ARENA_MAX) when the loop starts (glibc's own: at exec)
+MMAP_THRESHOLD_ENV = "FRESHREC_MALLOC_MMAP_THRESHOLD"  # mallopt(M_MMAP_THRESHOLD): fixed, no dynamic raise
 PROBE_ENV = "FRESHREC_MEMORY_PROBE"
 PROBE_EVERY_ENV = "FRESHREC_MEMORY_PROBE_EVERY"
 TRACE_ENV = "FRESHREC_TRACEMALLOC"
@@ -132,6 +135,8 @@ def _glibc():
             lib.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
             lib.fclose.argtypes = [ctypes.c_void_p]
             lib.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+            lib.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+            lib.mallopt.restype = ctypes.c_int
             _libc = lib
         except (OSError, AttributeError):
             _libc = False
@@ -202,6 +207,17 @@ def malloc_trim(pad: int = 0) -> bool | None:
     heap's top beyond ``pad`` too. True if memory was released, None without glibc."""
     lib = _glibc()
     return None if lib is None else bool(lib.malloc_trim(int(pad)))
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc's malloc.h
+
+
+def mallopt(param: int, value: int) -> bool | None:
+    """glibc's ``mallopt(param, value)`` (:data:`M_ARENA_MAX`, :data:`M_MMAP_THRESHOLD`, ...): True if accepted,
+    None without glibc. At run time ``M_ARENA_MAX`` binds only while the process has not yet needed more
+    arenas than glibc's test count (8 on 64-bit): glibc fixes its limit the first time it does."""
+    lib = _glibc()
+    return None if lib is None else bool(lib.mallopt(int(param), int(value)))
 
 
 def allocator_env(arena_max: int | None = 2) -> dict[str, str]:
@@ -282,7 +298,8 @@ def probe(pid: int | str = "self") -> dict:
     out["python_objects"] = len(gc.get_objects())
     out["python_threads"] = threading.active_count()
     out["ray"] = ray_refs()
-    out["env"] = {v: os.environ[v] for v in (*ALLOCATOR_VARS, TRIM_ENV) if v in os.environ}
+    own = (TRIM_ENV, ARENA_MAX_ENV, MMAP_THRESHOLD_ENV)
+    out["env"] = {v: os.environ[v] for v in (*ALLOCATOR_VARS, *own) if v in os.environ}
     return out
 
 
@@ -300,8 +317,15 @@ class MemoryConfig:
     probe_every: int = 25
     trace_frames: int = 0
     trace_from: int = 0
+    arena_max: int = 0  # > 0: mallopt(M_ARENA_MAX) when the housekeeping starts
+    mmap_threshold: int = 0  # > 0: mallopt(M_MMAP_THRESHOLD): blocks from this size mmapped (and unmapped)
 
     def __post_init__(self) -> None:
+        if self.arena_max < 0 or self.mmap_threshold < 0:
+            raise ValueError(
+                f"memory housekeeping: arena_max and mmap_threshold >= 0 (0: glibc's default); got {self.arena_max}, "
+                f"{self.mmap_threshold} (set {ARENA_MAX_ENV}, {MMAP_THRESHOLD_ENV})"
+            )
         if self.probe_every < 1 or self.trace_frames < 0 or self.trace_from < 0:
             raise ValueError(
                 f"memory housekeeping: probe_every >= 1, trace_frames >= 0, trace_from >= 0; got {self.probe_every}, "
@@ -330,11 +354,19 @@ class MemoryConfig:
             probe_every=integer(PROBE_EVERY_ENV, 25),
             trace_frames=integer(TRACE_ENV, 0),
             trace_from=integer(TRACE_FROM_ENV, 0),
+            arena_max=integer(ARENA_MAX_ENV, 0),
+            mmap_threshold=integer(MMAP_THRESHOLD_ENV, 0),
         )
 
     @property
     def active(self) -> bool:
-        return self.trim or self.probe_path is not None or self.trace_frames > 0
+        return (
+            self.trim
+            or self.probe_path is not None
+            or self.trace_frames > 0
+            or self.arena_max > 0
+            or self.mmap_threshold > 0
+        )
 
 
 class MemoryHousekeeping:
@@ -346,6 +378,11 @@ class MemoryHousekeeping:
     def __init__(self, cfg: MemoryConfig | None = None) -> None:
         self.cfg = cfg if cfg is not None else MemoryConfig.from_env()
         self.trims = self.released = 0
+        self.allocator: dict[str, bool | None] = {}  # mallopt settings applied, and whether glibc took them
+        if self.cfg.arena_max > 0:
+            self.allocator["arena_max"] = mallopt(M_ARENA_MAX, self.cfg.arena_max)
+        if self.cfg.mmap_threshold > 0:
+            self.allocator["mmap_threshold"] = mallopt(M_MMAP_THRESHOLD, self.cfg.mmap_threshold)
         self._base_sites: dict | None = None
         self._trace = None
         if self.cfg.trace_frames > 0:
@@ -364,7 +401,7 @@ class MemoryHousekeeping:
             self.released += bool(malloc_trim(0))
         if cfg.probe_path is None or n % cfg.probe_every:
             return None
-        line = {"n": int(n), **probe(), "trims": self.trims, "trims_released": self.released}
+        line = {"n": int(n), **probe(), "trims": self.trims, "trims_released": self.released, "mallopt": self.allocator}
         if self._trace is not None:
             sites = trace_sites(self._trace)
             line["traced_mib"] = round(
@@ -402,6 +439,7 @@ __all__ = [
     "grown_sites",
     "malloc_stats",
     "malloc_trim",
+    "mallopt",
     "parse_malloc_info",
     "parse_smaps",
     "parse_status",

@@ -193,6 +193,10 @@ def test_config_from_the_environment_and_clear_errors():
         }
     )
     assert cfg == MemoryConfig(True, "/tmp/x.jsonl", 10, 2, 100) and cfg.active
+    tuned = MemoryConfig.from_env({memory.ARENA_MAX_ENV: "2", memory.MMAP_THRESHOLD_ENV: "131072"})
+    assert (tuned.arena_max, tuned.mmap_threshold, tuned.active) == (2, 131072, True)
+    with pytest.raises(ValueError, match="FRESHREC_MALLOC_ARENA_MAX"):
+        MemoryConfig.from_env({memory.ARENA_MAX_ENV: "-1"})
     with pytest.raises(ValueError, match="FRESHREC_MEMORY_PROBE_EVERY='ten': give a whole number"):
         MemoryConfig.from_env({memory.PROBE_EVERY_ENV: "ten"})
     with pytest.raises(ValueError, match="FRESHREC_MALLOC_TRIM='maybe'"):
@@ -250,3 +254,24 @@ def test_ray_refs_without_ray_is_none_and_does_not_import_it(monkeypatch):
     monkeypatch.delitem(sys.modules, "ray", raising=False)
     assert memory.ray_refs() is None
     assert "ray" not in sys.modules
+
+
+@linux_glibc
+def test_mallopt_settings_are_applied_when_the_housekeeping_starts(tmp_path):
+    import subprocess
+
+    code = (
+        "import json, sys; from common import memory as m\n"
+        "h = m.MemoryHousekeeping(m.MemoryConfig(arena_max=2, mmap_threshold=131072, probe_path=sys.argv[1], "
+        "probe_every=1))\n"
+        "print(json.dumps(h.after_version(1)['mallopt']))"
+    )
+    out = subprocess.run(  # a process of its own: this one's allocator stays as it is
+        [sys.executable, "-c", code, str(tmp_path / "p.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"arena_max": True, "mmap_threshold": True}
