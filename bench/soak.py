@@ -661,6 +661,7 @@ def summarize_probe(lines: Sequence[Mapping], after: float) -> dict:
         m = ln.get("malloc_mib") or {}
         r = ln.get("regions_mib") or {}
         ray = ln.get("ray") or {}
+        py = ln.get("pymalloc_mib") or {}
         rows.append(
             {
                 "n": ln["n"],
@@ -675,6 +676,8 @@ def summarize_probe(lines: Sequence[Mapping], after: float) -> dict:
                 "malloc_mmapped": m.get("mmapped"),
                 "malloc_arenas": m.get("arenas"),
                 "threads": r.get("threads"),
+                "pymalloc_arena": py.get("arena_bytes"),
+                "pymalloc_in_use": py.get("in_use"),
                 "python_objects": ln.get("python_objects"),
                 "object_refs": ray.get("object_refs"),
                 "traced_mib": ln.get("traced_mib"),
@@ -689,7 +692,8 @@ def summarize_probe(lines: Sequence[Mapping], after: float) -> dict:
     growth = {
         k: slope(k)
         for k in ("rss", "anon", "heap", "arenas", "anon_other", "shmem", "malloc_in_use", "malloc_free")
-        + ("malloc_mmapped", "traced_mib", "python_objects", "object_refs", "threads", "malloc_arenas")
+        + ("malloc_mmapped", "pymalloc_arena", "pymalloc_in_use", "traced_mib", "python_objects", "object_refs")
+        + ("threads", "malloc_arenas")
     }
     return {
         "lines": len(rows),
@@ -700,6 +704,8 @@ def summarize_probe(lines: Sequence[Mapping], after: float) -> dict:
         "growth_per_1000": growth,  # MiB per 1,000 versions; counts (objects, refs, threads, arenas) per 1,000
         "arena_mib_last": lines[-1].get("malloc_arena_mib"),  # (held, free) per glibc arena
         "traced_grown": lines[-1].get("traced_grown"),
+        "trim_ms_mean": lines[-1].get("trim_ms_mean"),  # FRESHREC_MALLOC_TRIM: the cost of one malloc_trim
+        "mallopt": lines[-1].get("mallopt"),
     }
 
 

@@ -238,6 +238,59 @@ def allocator_env(arena_max: int | None = 2) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------ Python and Ray
+def parse_pymalloc_stats(text: str) -> dict[str, int]:
+    """``sys._debugmallocstats()``'s text -> pymalloc's ``arenas`` (current), ``arenas_highwater``, ``arena_bytes``
+    (what its arenas hold from the kernel), ``in_use`` (bytes in allocated blocks), ``available`` (free blocks
+    in used pools) and ``unused_pools`` (bytes): an arena goes back only when all of it is free, so
+    ``arena_bytes`` far above ``in_use`` is fragmentation of Python's small objects."""
+    keys = {
+        "# arenas allocated current": "arenas",
+        "# arenas highwater mark": "arenas_highwater",
+        "# bytes in allocated blocks": "in_use",
+        "# bytes in available blocks": "available",
+    }
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        left, sep, right = line.partition("=")
+        if not sep:
+            continue
+        left, value = left.strip(), right.strip().replace(",", "")
+        if not value.isdigit():
+            continue
+        if left in keys:
+            out[keys[left]] = int(value)
+        elif "unused pools *" in left:
+            out["unused_pools"] = int(value)
+        elif "bytes/arena" in left and "arena_bytes" not in out:
+            out["arena_bytes"] = int(value)
+    return out
+
+
+def pymalloc_stats() -> dict[str, int] | None:
+    """This process's pymalloc (:func:`parse_pymalloc_stats`), from ``sys._debugmallocstats()``, which writes to
+    file descriptor 2: it is pointed at a temporary file for the call (another thread's stderr output in that
+    millisecond goes there too: a diagnostic, for probes only). None where that is not available."""
+    if not hasattr(sys, "_debugmallocstats"):
+        return None
+    try:
+        sys.stderr.flush()
+    except (AttributeError, OSError, ValueError):
+        pass
+    try:
+        with tempfile.TemporaryFile("w+") as tmp:
+            saved = os.dup(2)
+            try:
+                os.dup2(tmp.fileno(), 2)
+                sys._debugmallocstats()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            tmp.seek(0)
+            return parse_pymalloc_stats(tmp.read()) or None
+    except OSError:
+        return None
+
+
 def ray_refs() -> dict | None:
     """What this process's Ray core worker holds: object references counted, objects and bytes in its
     in-process memory store; None without a running Ray (Ray is never imported just to find out)."""
@@ -295,6 +348,9 @@ def probe(pid: int | str = "self") -> dict:
         per = ms.pop("per_arena", [])
         out["malloc_mib"] = {k: (v if k in ("arenas", "mmapped_blocks") else round(v / MIB, 2)) for k, v in ms.items()}
         out["malloc_arena_mib"] = [(round(a["system"] / MIB, 2), round(a["free"] / MIB, 2)) for a in per]
+    py = pymalloc_stats()
+    if py is not None:
+        out["pymalloc_mib"] = {k: (v if k.startswith("arenas") else round(v / MIB, 2)) for k, v in py.items()}
     out["python_objects"] = len(gc.get_objects())
     out["python_threads"] = threading.active_count()
     out["ray"] = ray_refs()
@@ -378,6 +434,7 @@ class MemoryHousekeeping:
     def __init__(self, cfg: MemoryConfig | None = None) -> None:
         self.cfg = cfg if cfg is not None else MemoryConfig.from_env()
         self.trims = self.released = 0
+        self.trim_s = 0.0  # seconds spent in malloc_trim, all calls
         self.allocator: dict[str, bool | None] = {}  # mallopt settings applied, and whether glibc took them
         if self.cfg.arena_max > 0:
             self.allocator["arena_max"] = mallopt(M_ARENA_MAX, self.cfg.arena_max)
@@ -397,11 +454,20 @@ class MemoryHousekeeping:
         written, if any."""
         cfg = self.cfg
         if cfg.trim:
-            self.trims += 1
+            t0 = time.perf_counter()
             self.released += bool(malloc_trim(0))
+            self.trim_s += time.perf_counter() - t0
+            self.trims += 1
         if cfg.probe_path is None or n % cfg.probe_every:
             return None
-        line = {"n": int(n), **probe(), "trims": self.trims, "trims_released": self.released, "mallopt": self.allocator}
+        line = {
+            "n": int(n),
+            **probe(),
+            "trims": self.trims,
+            "trims_released": self.released,
+            "trim_ms_mean": round(1e3 * self.trim_s / self.trims, 3) if self.trims else None,
+            "mallopt": self.allocator,
+        }
         if self._trace is not None:
             sites = trace_sites(self._trace)
             line["traced_mib"] = round(
@@ -441,9 +507,11 @@ __all__ = [
     "malloc_trim",
     "mallopt",
     "parse_malloc_info",
+    "parse_pymalloc_stats",
     "parse_smaps",
     "parse_status",
     "probe",
+    "pymalloc_stats",
     "ray_refs",
     "read_probe",
     "regions",

@@ -275,3 +275,34 @@ def test_mallopt_settings_are_applied_when_the_housekeeping_starts(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"arena_max": True, "mmap_threshold": True}
+
+
+PYMALLOC = """Small block threshold = 512, in 32 size classes.
+
+# arenas allocated total           =                2,056
+# arenas reclaimed                 =                1,993
+# arenas highwater mark            =                   73
+# arenas allocated current         =                   63
+63 arenas * 1048576 bytes/arena    =           66,060,288
+
+# bytes in allocated blocks        =           62,874,880
+# bytes in available blocks        =              651,312
+34 unused pools * 16384 bytes      =              557,056
+# bytes lost to pool headers       =              190,656
+Total                              =           66,060,288
+"""
+
+
+def test_pymalloc_stats_parse_and_a_live_call_leaves_stderr_working(capfd):
+    assert memory.parse_pymalloc_stats(PYMALLOC) == {
+        "arenas": 63,
+        "arenas_highwater": 73,
+        "arena_bytes": 66060288,
+        "in_use": 62874880,
+        "available": 651312,
+        "unused_pools": 557056,
+    }
+    live = memory.pymalloc_stats()
+    assert live is not None and live["arenas"] >= 1 and 0 < live["in_use"] <= live["arena_bytes"]
+    os.write(2, b"still stderr\n")
+    assert capfd.readouterr().err == "still stderr\n"  # nothing of the stats leaked, fd 2 restored
