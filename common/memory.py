@@ -389,8 +389,10 @@ class MemoryConfig:
             )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> MemoryConfig:
+    def from_env(cls, environ: Mapping[str, str] | None = None, defaults: MemoryConfig | None = None) -> MemoryConfig:
+        """The settings of ``environ`` (default ``os.environ``) over ``defaults`` (default: everything off)."""
         env = os.environ if environ is None else environ
+        base = defaults if defaults is not None else cls()
 
         def integer(name: str, default: int) -> int:
             raw = env.get(name, "").strip()
@@ -405,13 +407,13 @@ class MemoryConfig:
         if trim not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
             raise ValueError(f"{TRIM_ENV}={trim!r}: give 1 (malloc_trim after each version) or 0")
         return cls(
-            trim=trim in ("1", "true", "yes", "on"),
-            probe_path=env.get(PROBE_ENV, "").strip() or None,
-            probe_every=integer(PROBE_EVERY_ENV, 25),
-            trace_frames=integer(TRACE_ENV, 0),
-            trace_from=integer(TRACE_FROM_ENV, 0),
-            arena_max=integer(ARENA_MAX_ENV, 0),
-            mmap_threshold=integer(MMAP_THRESHOLD_ENV, 0),
+            trim=base.trim if trim == "" else trim in ("1", "true", "yes", "on"),
+            probe_path=env.get(PROBE_ENV, "").strip() or base.probe_path,
+            probe_every=integer(PROBE_EVERY_ENV, base.probe_every),
+            trace_frames=integer(TRACE_ENV, base.trace_frames),
+            trace_from=integer(TRACE_FROM_ENV, base.trace_from),
+            arena_max=integer(ARENA_MAX_ENV, base.arena_max),
+            mmap_threshold=integer(MMAP_THRESHOLD_ENV, base.mmap_threshold),
         )
 
     @property

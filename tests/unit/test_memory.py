@@ -195,6 +195,9 @@ def test_config_from_the_environment_and_clear_errors():
     assert cfg == MemoryConfig(True, "/tmp/x.jsonl", 10, 2, 100) and cfg.active
     tuned = MemoryConfig.from_env({memory.ARENA_MAX_ENV: "2", memory.MMAP_THRESHOLD_ENV: "131072"})
     assert (tuned.arena_max, tuned.mmap_threshold, tuned.active) == (2, 131072, True)
+    on = MemoryConfig(trim=True, arena_max=2)  # a loop's own defaults: the environment overrides them
+    assert MemoryConfig.from_env({}, on) == on
+    assert MemoryConfig.from_env({memory.TRIM_ENV: "0", memory.ARENA_MAX_ENV: "4"}, on) == MemoryConfig(arena_max=4)
     with pytest.raises(ValueError, match="FRESHREC_MALLOC_ARENA_MAX"):
         MemoryConfig.from_env({memory.ARENA_MAX_ENV: "-1"})
     with pytest.raises(ValueError, match="FRESHREC_MEMORY_PROBE_EVERY='ten': give a whole number"):
