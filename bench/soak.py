@@ -36,6 +36,18 @@ the replica (found by their PIDs in Ray's actor table: classes ``RayTrainWorker`
   ``--files`` landed data files with tracemalloc on, a version after each: the allocation sites of that
   process that grew from the ``--warmup``-th version to the end and the traced growth per 1,000 versions
   (the structures issue 21 bounds live there, out of reach of the driver's tracemalloc);
+* ``regions_growth_mib_per_1000``: per process, the same fit for each kind of resident memory
+  (``common.memory.regions``: anonymous split into glibc's main heap, its other arenas and other anonymous
+  mappings; file-backed; shared memory, where Ray's object store is): which kind of page grows;
+  ``env.seen``: the glibc variables (and ``--env``'s) each process started with, from ``/proc/PID/environ``;
+* ``--env KEY=VALUE``: a variable in the environment of every Ray process of the run (set while the embedded
+  Ray starts: the raylet and every worker inherit it; not the driver), to try an allocator setting
+  (``MALLOC_ARENA_MAX=2``, ``MALLOC_TRIM_THRESHOLD_=...``) or the worker's ``FRESHREC_MALLOC_TRIM=1``;
+* with ``--worker-probe``: the Ray Train worker writes its own memory every ``--sample-every`` versions
+  (``common.memory.MemoryHousekeeping``: glibc's bytes in use and free inside its arenas, the number of
+  arenas, Python's object count, Ray's object references, threads), reported as ``worker_probe`` with the
+  growth of each from ``--warmup``; ``--worker-tracemalloc FRAMES`` adds tracemalloc inside that worker (the
+  sites grown since ``--warmup``; its RSS then includes the traces);
 * with ``--tracemalloc``: the driver's allocations that grew most from the first sample after the warm-up
   to the end (file:line, KiB, blocks), to name what grows (the driver's RSS then includes tracemalloc's own
   traces: take its growth figure from a run without it).
@@ -60,6 +72,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common import memory
+
 DESCRIPTION = (
     "soak: tiny data files, one version each, a Serve replica following, gc on; RSS per process per "
     "1,000 versions, commit time and freshness last tenth vs first tenth of the files, restart after N vs after 10 files"
@@ -83,10 +97,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--warmup", type=int, default=200, help="fit RSS growth from this many files on (default 200, the issue's)"
     )
     p.add_argument("--no-serve", action="store_true", help="follow with an in-process follower, not a Serve replica")
-    p.add_argument("--restart-repeats", type=int, default=3, help="restarts timed per state (default 3)")
+    p.add_argument(
+        "--restart-repeats", type=int, default=3, help="restarts timed per state (default 3; 0: no restart phase)"
+    )
     p.add_argument("--tracemalloc", action="store_true", help="trace the driver's allocations (names what grows)")
     p.add_argument("--file-timeout", type=float, default=120.0, help="seconds to wait for one file's version")
     p.add_argument("--work-dir", type=Path, default=None, help="keep the run here (default: a temp dir, removed)")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an environment variable for every process of the run's embedded Ray (the raylet and every worker "
+        "inherit it; not the driver): e.g. MALLOC_ARENA_MAX=2, FRESHREC_MALLOC_TRIM=1 (repeatable)",
+    )
+    p.add_argument(
+        "--worker-probe",
+        action="store_true",
+        help="the Ray Train worker writes its own memory every --sample-every versions (glibc arenas, in use and "
+        "free, Python objects, Ray references; common/memory.py): reported as worker_probe",
+    )
+    p.add_argument(
+        "--worker-tracemalloc",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="with --worker-probe: tracemalloc in the Ray Train worker, its sites grown since --warmup named "
+        "(its RSS then includes the traces: take growth figures from a run without it)",
+    )
     p.add_argument(
         "--worker-trace",
         action="store_true",
@@ -160,9 +198,11 @@ def roles_of(actors: Mapping[str, Mapping], driver_pid: int) -> dict[str, int]:
     return out
 
 
-def growth_by_process(samples: Sequence[Mapping], after: float) -> dict[str, float]:
+def growth_by_process(samples: Sequence[Mapping], after: float, value=None) -> dict[str, float]:
     """Per process key of ``samples`` (each ``{"files": n, "procs": {key: {"pid", "rss"}}}``), the RSS growth
-    in MiB per 1,000 files from ``after`` on, over the samples of the key's last PID only."""
+    in MiB per 1,000 files from ``after`` on, over the samples of the key's last PID only. ``value(proc)``
+    picks another figure of a process's sample (None: a sample without it is left out)."""
+    value = value or (lambda proc: proc["rss"])
     keys = sorted({k for s in samples for k in s["procs"]})
     out = {}
     for key in keys:
@@ -172,8 +212,24 @@ def growth_by_process(samples: Sequence[Mapping], after: float) -> dict[str, flo
         for files, proc in reversed(series):
             if proc["pid"] != last_pid:
                 break
-            tail.append((files, proc["rss"]))
+            v = value(proc)
+            if v is not None:
+                tail.append((files, v))
         out[key] = growth_mib_per_1000(list(reversed(tail)), after)
+    return out
+
+
+REGION_FITS = ("anon", "heap", "arenas", "anon_other", "file", "shmem")
+
+
+def region_growth(samples: Sequence[Mapping], after: float) -> dict[str, dict[str, float]]:
+    """Per process, the growth (MiB per 1,000 files from ``after``) of each kind of resident memory
+    (:data:`REGION_FITS`, from the samples' ``regions``): which kind of pages grows."""
+    out: dict[str, dict[str, float]] = {}
+    for kind in REGION_FITS:
+        g = growth_by_process(samples, after, value=lambda p, k=kind: p.get("regions", {}).get(k))
+        for proc, slope in g.items():
+            out.setdefault(proc, {})[kind] = slope
     return out
 
 
@@ -214,6 +270,38 @@ def _memory(pids: Mapping[str, int]) -> dict[str, dict]:
         except psutil.Error:
             continue
         out[key] = {"pid": pid, "rss": int(info.rss), "uss": int(getattr(info, "uss", 0))}
+        try:  # where the pages are: anonymous (main heap, glibc's other arenas, mmapped), file-backed, shared
+            out[key]["regions"] = memory.regions(pid)
+        except OSError:
+            pass
+    return out
+
+
+def environments(pids: Mapping[str, int], names: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Per process, the variables of ``names`` in the environment it was started with (``/proc/PID/environ``):
+    proof that an ``--env`` setting reached the Ray processes."""
+    out = {}
+    for key, pid in pids.items():
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                pairs = [kv.split(b"=", 1) for kv in fh.read().split(b"\0") if b"=" in kv]
+        except OSError:
+            continue
+        env = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
+        out[key] = {n: env[n] for n in names if n in env}
+    return out
+
+
+def parse_env(items: Sequence[str]) -> dict[str, str]:
+    """``["KEY=VALUE", ...]`` -> a dict; UserError for an item without ``=`` or with an empty key."""
+    from common.errors import UserError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--env {item!r}: give KEY=VALUE (e.g. --env MALLOC_ARENA_MAX=2)")
+        out[key.strip()] = value
     return out
 
 
@@ -322,8 +410,8 @@ def run(args: argparse.Namespace) -> dict:
 
     if args.files < BASELINE_FILES + 1:
         raise UserError(f"--files must be > {BASELINE_FILES} (the restart baseline is taken after {BASELINE_FILES})")
-    if args.rows < 2 or args.shards < 1 or args.sample_every < 1 or args.restart_repeats < 1 or args.warmup < 0:
-        raise UserError("--rows >= 2, --shards >= 1, --sample-every >= 1, --restart-repeats >= 1, --warmup >= 0")
+    if args.rows < 2 or args.shards < 1 or args.sample_every < 1 or args.restart_repeats < 0 or args.warmup < 0:
+        raise UserError("--rows >= 2, --shards >= 1, --sample-every >= 1, --restart-repeats >= 0, --warmup >= 0")
     keep = args.work_dir is not None
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="freshrec-bench-soak-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -385,7 +473,13 @@ def _soak(args: argparse.Namespace, work: Path) -> dict:
         publish=publish,
         version_extra=bundle.version_extra("taobao", config),
     )
-    ensure_ray()
+    ray_env = parse_env(args.env)
+    probe_path = work / "worker-probe.jsonl"
+    if args.worker_probe:
+        ray_env.update({memory.PROBE_ENV: str(probe_path), memory.PROBE_EVERY_ENV: str(args.sample_every)})
+        if args.worker_tracemalloc > 0:
+            ray_env.update({memory.TRACE_ENV: str(args.worker_tracemalloc), memory.TRACE_FROM_ENV: str(args.warmup)})
+    _start_ray(ensure_ray, ray_env)
     events: list[str] = []
     box: dict = {}
 
@@ -412,6 +506,7 @@ def _soak(args: argparse.Namespace, work: Path) -> dict:
     outcomes: Counter = Counter()  # served, or why not: a gate code, timeout, startup
     version = 0
     samples: list[dict] = []
+    envs: dict = {}  # the allocator / --env variables each process started with
     snap0 = None
     try:
         for i in range(args.files):
@@ -456,6 +551,8 @@ def _soak(args: argparse.Namespace, work: Path) -> dict:
                 samples.append(
                     {"files": done, "version": version, "procs": _memory(pids), "store_versions": len(store.versions())}
                 )
+                if done == args.sample_every or (done == args.files and not envs):
+                    envs = environments(pids, sorted({*memory.ALLOCATOR_VARS, *ray_env}))
                 if trace is not None and snap0 is None and done >= args.warmup:
                     snap0 = _sites(trace)  # per line only: a whole snapshot would stay in the driver's RSS
         request_stop(run_dir)
@@ -471,17 +568,19 @@ def _soak(args: argparse.Namespace, work: Path) -> dict:
     soak_s = time.perf_counter() - t_start
     top = _grown(trace, snap0) if trace is not None else None
     # restart after all files vs after BASELINE_FILES: one new data file lands in each incoming directory
-    new = soak_rows(args.files + 1, max(args.rows, 200))
-    _land(incoming, _name(args.files + 1), new)
-    _land(work / "at-10" / "incoming", _name(args.files + 1), new)
-    restart = _restarts(
-        {
-            f"after_{BASELINE_FILES}": (work / "at-10" / "incoming", str(work / "at-10" / "versions")),
-            f"after_{args.files}": (incoming, store_url),
-        },
-        args.restart_repeats,
-    )
-    lo, hi = restart[f"after_{BASELINE_FILES}"]["restart_s"], restart[f"after_{args.files}"]["restart_s"]
+    restart, lo, hi = {}, float("nan"), float("nan")
+    if args.restart_repeats > 0:
+        new = soak_rows(args.files + 1, max(args.rows, 200))
+        _land(incoming, _name(args.files + 1), new)
+        _land(work / "at-10" / "incoming", _name(args.files + 1), new)
+        restart = _restarts(
+            {
+                f"after_{BASELINE_FILES}": (work / "at-10" / "incoming", str(work / "at-10" / "versions")),
+                f"after_{args.files}": (incoming, store_url),
+            },
+            args.restart_repeats,
+        )
+        lo, hi = restart[f"after_{BASELINE_FILES}"]["restart_s"], restart[f"after_{args.files}"]["restart_s"]
     growth = growth_by_process(samples, args.warmup)
     commit = last_over_first(commit_s.tolist())
     fresh = last_over_first(fresh_s.tolist())
@@ -513,14 +612,101 @@ def _soak(args: argparse.Namespace, work: Path) -> dict:
             }
             for s in samples
         ],
+        "regions_growth_mib_per_1000": region_growth(samples, args.warmup),
+        "regions_mib": [
+            {
+                "files": s["files"],
+                **{k: memory.regions_mib(p["regions"]) for k, p in s["procs"].items() if "regions" in p},
+            }
+            for s in samples
+        ],
+        "env": {"set": ray_env, "seen": envs},
         "restarts_of_training": box["result"].restarts,
         "load_avg": os.getloadavg(),
         "work_dir": str(work) if args.work_dir else None,
     }
+    if args.worker_probe:
+        out["worker_probe"] = summarize_probe(memory.read_probe(probe_path), args.warmup)
     if top is not None:  # tracemalloc's own traces live in the driver: its RSS growth is not the product's then
         out["driver_allocations_grown"] = top
         out["driver_rss_includes_tracemalloc"] = True
     return out
+
+
+def _start_ray(ensure_ray, env: Mapping[str, str]) -> None:
+    """Start the embedded Ray with ``env`` in the raylet's environment (every Ray worker process inherits it;
+    glibc's variables must be there when a process starts), then put this driver's environment back."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        ensure_ray()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def summarize_probe(lines: Sequence[Mapping], after: float) -> dict:
+    """The Ray Train worker's probe lines (:class:`common.memory.MemoryHousekeeping`), per version probed:
+    RSS by kind, glibc's bytes in use / free / arena count, Python objects, Ray references; the growth of
+    each from ``after`` on (MiB or count per 1,000 versions), and the traced sites grown (last line)."""
+    if not lines:
+        return {"lines": 0, "note": "no probe line: did the Ray Train worker get FRESHREC_MEMORY_PROBE?"}
+    last_pid = lines[-1].get("pid")
+    lines = [ln for ln in lines if ln.get("pid") == last_pid]  # a restarted worker: its last process only
+    rows = []
+    for ln in lines:
+        m = ln.get("malloc_mib") or {}
+        r = ln.get("regions_mib") or {}
+        ray = ln.get("ray") or {}
+        py = ln.get("pymalloc_mib") or {}
+        rows.append(
+            {
+                "n": ln["n"],
+                "rss": r.get("rss"),
+                "anon": r.get("anon"),
+                "heap": r.get("heap"),
+                "arenas": r.get("arenas"),
+                "anon_other": r.get("anon_other"),
+                "shmem": r.get("shmem"),
+                "malloc_in_use": m.get("in_use"),
+                "malloc_free": m.get("free"),
+                "malloc_mmapped": m.get("mmapped"),
+                "malloc_arenas": m.get("arenas"),
+                "threads": r.get("threads"),
+                "pymalloc_arena": py.get("arena_bytes"),
+                "pymalloc_in_use": py.get("in_use"),
+                "python_objects": ln.get("python_objects"),
+                "object_refs": ray.get("object_refs"),
+                "traced_mib": ln.get("traced_mib"),
+            }
+        )
+
+    def slope(key: str) -> float:  # per 1,000 versions, in the figure's own unit (MiB, or a count)
+        return growth_mib_per_1000(
+            [(r["n"], r[key] * MIB) for r in rows if isinstance(r.get(key), (int, float))], after
+        )
+
+    growth = {
+        k: slope(k)
+        for k in ("rss", "anon", "heap", "arenas", "anon_other", "shmem", "malloc_in_use", "malloc_free")
+        + ("malloc_mmapped", "pymalloc_arena", "pymalloc_in_use", "traced_mib", "python_objects", "object_refs")
+        + ("threads", "malloc_arenas")
+    }
+    return {
+        "lines": len(rows),
+        "pid": last_pid,
+        "env": lines[-1].get("env"),
+        "series": rows,
+        "growth_per_1000_after": after,
+        "growth_per_1000": growth,  # MiB per 1,000 versions; counts (objects, refs, threads, arenas) per 1,000
+        "arena_mib_last": lines[-1].get("malloc_arena_mib"),  # (held, free) per glibc arena
+        "traced_grown": lines[-1].get("traced_grown"),
+        "trim_ms_mean": lines[-1].get("trim_ms_mean"),  # FRESHREC_MALLOC_TRIM: the cost of one malloc_trim
+        "mallopt": lines[-1].get("mallopt"),
+    }
 
 
 def worker_trace(args: argparse.Namespace, work: Path) -> dict:
@@ -596,10 +782,7 @@ _OWN = ("/tracemalloc.py", "/bench/soak.py")  # the tracing's own bookkeeping (s
 
 def _sites(trace) -> dict[str, tuple[int, int]]:
     """The driver's traced memory per allocation site (file:line -> (bytes, blocks)), the snapshot dropped."""
-    snap = trace.take_snapshot()
-    out = {str(s.traceback[0]): (s.size, s.count) for s in snap.statistics("lineno")}
-    del snap
-    return out
+    return memory.trace_sites(trace)
 
 
 def _grown(trace, sites0: dict | None, n: int = 12) -> list[dict]:
@@ -613,10 +796,4 @@ def _grown(trace, sites0: dict | None, n: int = 12) -> list[dict]:
 
 def _diff(sites0: dict, now: dict, n: int = 12) -> list[dict]:
     """The allocation sites that grew most from ``sites0`` to ``now`` (file:line, KiB, blocks)."""
-    diff = [
-        (size - sites0.get(k, (0, 0))[0], count - sites0.get(k, (0, 0))[1], k)
-        for k, (size, count) in now.items()
-        if not any(o in k for o in _OWN)
-    ]
-    diff.sort(reverse=True)
-    return [{"where": k, "kib": round(d / 1024, 1), "blocks": c} for d, c, k in diff[:n] if d > 0]
+    return memory.grown_sites(sites0, now, n, _OWN)

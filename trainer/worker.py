@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from common.memory import MemoryHousekeeping
 from paramserver.config import PSConfig
 from trainer.config import TrainJob
 from trainer.core import TrainerCore
@@ -124,6 +125,7 @@ def _train(job: TrainJob, rank: int, world: int, client, book: RankZeroFiles | N
             data=data_state,
         )
         keeper.restore(reread=lambda name: _reread(name, history, incoming, spec))
+    memory = MemoryHousekeeping()  # FRESHREC_MALLOC_TRIM / _MEMORY_PROBE / _TRACEMALLOC (common/memory.py)
     files = 0
     extra_epochs = not job.train.history_done([])  # history_epochs > 1, or auto (until the history is long enough)
     history_batches: list = []  # train.history_epochs: the history files of this run, for the extra passes
@@ -167,6 +169,7 @@ def _train(job: TrainJob, rank: int, world: int, client, book: RankZeroFiles | N
         stop = broadcast(book.stop_requested() if rank == 0 else None)  # one decision for every rank
         if keeper is not None:
             keeper.after_file(force=bool(stop), picked_up_at=picked_up_at if rank == 0 else None)
+        memory.after_version(files)
         if stop:
             history_batches = []  # stopped: the extra passes are not started (a restart does not redo them)
             break
