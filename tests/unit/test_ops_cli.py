@@ -84,3 +84,19 @@ def test_the_runtime_env_ships_this_tree_and_joins_the_cluster(tmp_path):
         == "python -m cluster.cli data validate 'a b.csv'"
     )
     assert jobs.entrypoint(["train"], installed=True) == "freshrec train"
+
+
+def test_an_embedded_ray_starts_its_processes_with_at_most_two_malloc_arenas_unless_the_user_set_it(monkeypatch):
+    import ray
+
+    seen = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(
+        ray, "init", lambda **kw: seen.append((kw["address"], __import__("os").environ.get("MALLOC_ARENA_MAX")))
+    )
+    monkeypatch.delenv(ray_runtime.ADDRESS_ENV, raising=False)
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    ray_runtime.ensure_ray(RayConfig())
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    ray_runtime.ensure_ray(RayConfig())
+    assert seen == [("local", "2"), ("local", "4")]
