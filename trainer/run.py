@@ -20,6 +20,7 @@ from trainer.backends import ps_config_for
 from trainer.config import TrainJob
 from trainer.failure import DataFileError, FailurePolicy, supervise
 from trainer.runfiles import RunBook, RunPaths, create_run_channel, keep_metrics_of
+from trainer.versioning import read_newest
 from trainer.worker import WorkerConfig, train_loop_per_worker
 
 __all__ = ["DataFileError", "RunResult", "TrainJob", "describe_ps", "resolve_placement", "run_ps_training"]
@@ -94,6 +95,17 @@ def describe_ps(ps, num_workers: int) -> str:
     return f"{ps.num_shards} shard(s) {where} ({ps.mode}{extra})"
 
 
+def newest_consumed(store) -> tuple[int | None, tuple[object | None, set[str]]]:
+    """``(version, (manifest, consumed data files))`` of the store's newest valid version, read under a restore
+    lease (:func:`trainer.versioning.read_newest`); ``(None, (None, set()))`` for an empty store."""
+
+    def read(version: int):
+        return store.manifest(version), {e.file for e in bundle.read_ledger(store, version).entries}
+
+    version, got = read_newest(store, read)
+    return version, (got if got is not None else (None, set()))
+
+
 def run_ps_training(job: TrainJob, *, client=None, on_file=None, on_event=None):
     """Start the PS (unless ``client`` is given) and a Ray Train run over the data files of ``job``.
 
@@ -128,9 +140,10 @@ def run_ps_training(job: TrainJob, *, client=None, on_file=None, on_event=None):
     if job.versions:
         store_url = job.store_url or str(paths.versions)
         store = VersionStore(store_url, job.storage_options)
-        resumed_from = store.latest_valid()
+        # the newest version and its consumed files, read under a restore lease: a gc beside the restart (an
+        # operator's, or a compaction's keep) cannot remove it mid-read (the workers lease it again to restore)
+        resumed_from, (manifest, consumed_at_start) = newest_consumed(store)
         if resumed_from is not None:
-            manifest = store.manifest(resumed_from)
             on_event(
                 f"resuming from version {resumed_from} (step {manifest.step}, {bundle.ledger_totals(manifest)[0]} data "
                 f"files consumed, committed {manifest.committed_at_iso})"
@@ -138,11 +151,11 @@ def run_ps_training(job: TrainJob, *, client=None, on_file=None, on_event=None):
     else:
         for stale in (paths.metrics, paths.ledger):
             stale.unlink(missing_ok=True)
+        consumed_at_start = set()
 
-    def follow_from(version: int | None) -> RunBook:
-        """Apply rank 0's records to the run directory, from the records of ``version``'s data files on (later
-        files are replayed)."""
-        consumed = {e.file for e in bundle.read_ledger(store, version).entries} if version is not None else set()
+    def follow_from(consumed: set[str]) -> RunBook:
+        """Apply rank 0's records to the run directory, from the records of the ``consumed`` data files (those
+        of the version the run resumes from) on (later files are replayed)."""
         book = RunBook(channel, paths, on_file or (lambda i, rec: None), skip=keep_metrics_of(paths.metrics, consumed))
         book.start()
         return book
@@ -162,7 +175,7 @@ def run_ps_training(job: TrainJob, *, client=None, on_file=None, on_event=None):
     use_gpu = torch.cuda.is_available()  # NCCL for the dense all-reduce on GPUs, gloo on CPU
     # rank 0 -> this driver's run directory (and STOP back); made once the shards are laid out over the nodes
     channel = create_run_channel()
-    box = {"client": client, "follower": follow_from(resumed_from)}
+    box = {"client": client, "follower": follow_from(consumed_at_start)}
 
     def attempt(i: int):
         trainer = TorchTrainer(
@@ -185,7 +198,7 @@ def run_ps_training(job: TrainJob, *, client=None, on_file=None, on_event=None):
             box["client"].shutdown()
             box["client"] = create_parameter_server(ps_cfg)
         box["follower"].stop()
-        box["follower"] = follow_from(store.latest_valid())
+        box["follower"] = follow_from(newest_consumed(store)[1][1])
 
     policy = FailurePolicy(job.max_restarts, can_restart=store_url is not None)
     t0 = time.perf_counter()

@@ -47,6 +47,7 @@ from collections.abc import Callable
 from common import orphans
 from trainer import bundle, telemetry
 from versions import (
+    CorruptVersionError,
     PublishConfig,
     Publisher,
     SnapshotConfig,
@@ -111,6 +112,48 @@ def _with_model_config(extra: dict, model_cfg) -> dict:
 
 RESTORE_LEASE_S = 900.0  # a restore's lease on its version (released when done; a crash leaves it to expire)
 RESTORE_LEASE_TRIES = 5
+
+
+def lease_newest(store: VersionStore, holder: str, tries: int = RESTORE_LEASE_TRIES) -> int | None:
+    """The newest valid version of ``store``, leased by ``holder`` (role ``restore``): a version gc removed
+    between the choice and the lease is chosen again (bounded). None when the store has none."""
+    for _ in range(tries):
+        version = store.latest_valid()
+        if version is None:
+            return None
+        store.renew_lease(holder, version, ttl_s=RESTORE_LEASE_S, role="restore")
+        if version in store.versions():  # still there once leased: gc keeps it (and its chain) now
+            return version
+    raise VersionWriteError(None, f"no version of {store.root} stayed in the store long enough to restore it")
+
+
+def read_newest(store: VersionStore, read: Callable[[int], object], tries: int = RESTORE_LEASE_TRIES):
+    """``(version, read(version))`` for the newest valid version, read under a restore lease that is released
+    afterwards; ``(None, None)`` when the store has none.
+
+    The trainer's driver reads what it resumes from this way (the manifest, the ledger) so that a gc beside
+    the restart (an operator's, or a compaction's ``keep``) cannot remove the version mid-read. A gc that
+    listed the leases just before this lease was written may still remove the version: then its manifest is
+    gone (gc removes the manifest first) and the newest version is chosen again, instead of reporting a
+    version that no longer exists as corrupt."""
+    holder = f"restore-{uuid.uuid4().hex[:12]}"
+    try:
+        for _ in range(tries):
+            version = lease_newest(store, holder, tries)
+            if version is None:
+                return None, None
+            try:
+                return version, read(version)
+            except CorruptVersionError:
+                if version in store.versions():
+                    raise  # really corrupt (its manifest is there): latest_valid skips it next time
+                log.info("version %d was removed by a gc while it was read; reading the newest again", version)
+        raise VersionWriteError(None, f"no version of {store.root} stayed in the store long enough to read it")
+    finally:
+        try:
+            store.release_lease(holder)
+        except Exception:  # it expires by itself (RESTORE_LEASE_S)
+            log.warning("could not release the restore lease %s", holder)
 
 
 class VersionKeeper:
@@ -208,16 +251,8 @@ class VersionKeeper:
                     log.warning("could not release the restore lease %s of version %d", holder, version)
 
     def _leased_newest(self, holder: str) -> int | None:
-        """(Rank 0) the newest valid version, leased: a version gc removed between the choice and the lease
-        is chosen again (bounded)."""
-        for _ in range(RESTORE_LEASE_TRIES):
-            version = self.store.latest_valid()
-            if version is None:
-                return None
-            self.store.renew_lease(holder, version, ttl_s=RESTORE_LEASE_S, role="restore")
-            if version in self.store.versions():  # still there once leased: gc keeps it (and its chain) now
-                return version
-        raise VersionWriteError(None, f"no version of {self.url} stayed in the store long enough to restore it")
+        """(Rank 0) the newest valid version, leased (:func:`lease_newest`)."""
+        return lease_newest(self.store, holder)
 
     def _restore_from(self, version: int, reread) -> int:
         if self.rank == 0:
@@ -485,23 +520,29 @@ def load_trainer(store_url: str, version: int | None = None, spec=None, storage_
     from versions import NoSuchVersionError
 
     store = VersionStore(str(store_url), storage_options)
-    if version is None:
-        version = store.latest_valid()
-        if version is None:
-            raise NoSuchVersionError(None, store.versions())
-    manifest = store.manifest(version)
-    if spec is None:
-        try:
-            spec = bundle.load_spec(manifest)
-        except ValueError as exc:
-            raise ValueError(f"{exc}: pass the spec explicitly") from None
-    model_cfg, train_cfg, ps = bundle.configs(manifest)
-    trainer = LocalTrainer(spec, model_cfg, train_cfg, ps)
-    trainer.backend.restore(str(store_url), version, storage_options)
-    arrays, meta = bundle.read_core(store, version)
-    trainer.import_state(arrays, meta, ledger=bundle.read_ledger(store, version))
-    trainer.import_features(*bundle.read_features(store, version))
-    return trainer, manifest
+
+    def load(version: int):
+        manifest = store.manifest(version)
+        the_spec = spec
+        if the_spec is None:
+            try:
+                the_spec = bundle.load_spec(manifest)
+            except ValueError as exc:
+                raise ValueError(f"{exc}: pass the spec explicitly") from None
+        model_cfg, train_cfg, ps = bundle.configs(manifest)
+        trainer = LocalTrainer(the_spec, model_cfg, train_cfg, ps)
+        trainer.backend.restore(str(store_url), version, storage_options)
+        arrays, meta = bundle.read_core(store, version)
+        trainer.import_state(arrays, meta, ledger=bundle.read_ledger(store, version))
+        trainer.import_features(*bundle.read_features(store, version))
+        return trainer, manifest
+
+    if version is not None:
+        return load(version)
+    newest, loaded = read_newest(store, load)  # the newest, under a restore lease: a gc beside cannot remove it
+    if newest is None:
+        raise NoSuchVersionError(None, store.versions())
+    return loaded
 
 
 read_features = bundle.read_features

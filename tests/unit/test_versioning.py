@@ -133,3 +133,75 @@ def test_a_restore_holds_a_lease_so_a_gc_beside_the_restart_cannot_remove_its_ve
     assert keeper.restore(reread=lambda name: FILES[int(name[1:])]) == chosen
     assert [e.file for e in t.ledger.entries] == ["f0", "f1", "f2"]
     assert operator.leases(include_expired=True) == []  # released once read: gc may remove the version again
+
+
+def test_the_drivers_resume_read_holds_a_lease_so_a_gc_beside_the_restart_cannot_remove_its_version(
+    tmp_path, monkeypatch
+):
+    """bench chaos seed 2 (fifth session, under load): the restarted driver chose the newest version, then
+    started its shard actors (seconds under load) and only then read that version's ledger, with no lease:
+    the harness's gc loop (compaction, then gc keep=2) had removed it: `CorruptVersionError: part
+    'compacted/data/ledger.pending' is missing`, on every restart. The driver now reads under a restore
+    lease (`trainer.run.newest_consumed`)."""
+    from trainer import run
+
+    url = str(tmp_path)
+    _, first = _run(url, 3)
+    first.store.release_writer()
+    operator = VersionStore(url, writer_id="operator", writer_wait_s=0)
+    operator.compact(operator.latest())  # the newest is a compaction: not published, so only a lease keeps it
+    store = VersionStore(url)
+    chosen = operator.latest()
+    read_ledger = bundle.read_ledger
+    roles = []
+
+    def gc_beside_the_restart(s, version):  # once the version is chosen, before its ledger is read
+        operator.compact(operator.latest())
+        operator.compact(operator.latest())
+        operator.gc(keep=1, grace_s=0.0)
+        roles.extend(lease.role for lease in operator.leases())
+        return read_ledger(s, version)  # without the lease: CorruptVersionError, the version is gone
+
+    monkeypatch.setattr(bundle, "read_ledger", gc_beside_the_restart)
+    version, (manifest, consumed) = run.newest_consumed(store)
+    assert version == chosen and manifest.version == chosen
+    assert consumed == {"f0", "f1", "f2"} and roles == ["restore"]
+    assert operator.leases(include_expired=True) == []  # released once read
+    monkeypatch.setattr(bundle, "read_ledger", read_ledger)
+    assert run.newest_consumed(VersionStore(str(tmp_path / "empty"))) == (None, (None, set()))
+
+
+def test_a_version_removed_by_a_gc_that_listed_the_leases_just_before_the_lease_is_read_again_not_corrupt(tmp_path):
+    """The lease cannot stop a gc that read the leases a moment before it was written: that gc removes the
+    version mid-read (manifest first). `read_newest` then reads the newest version again; a version whose
+    manifest is still there but whose part is missing is really corrupt and is reported."""
+    from trainer.versioning import read_newest
+    from versions import CorruptVersionError
+
+    url = str(tmp_path)
+    _, first = _run(url, 3)
+    first.store.release_writer()
+    operator = VersionStore(url, writer_id="operator", writer_wait_s=0)
+    store = VersionStore(url)
+    seen = []
+
+    def read(version):
+        seen.append(version)
+        if len(seen) == 1:  # the racing gc: a newer version, then this one removed (its lease came too late)
+            operator.compact(version)
+            operator.remove_version(version)
+        return bundle.read_ledger(store, version)
+
+    version, ledger = read_newest(store, read)
+    assert seen == [seen[0], version] and version > seen[0]
+    assert [e.file for e in ledger.entries] == ["f0", "f1", "f2"]
+    assert operator.leases(include_expired=True) == []
+
+    def corrupted_mid_read(version):  # its parts go, its manifest stays: not a gc (gc removes the manifest first)
+        for part in store.manifest(version).parts:
+            store.fs.rm_file(store.part_path(version, part.name))
+        return bundle.read_ledger(store, version)
+
+    with pytest.raises(CorruptVersionError):
+        read_newest(store, corrupted_mid_read)
+    assert operator.leases(include_expired=True) == []
