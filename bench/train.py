@@ -129,7 +129,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.rounds < 1:
         raise UserError("--rounds must be >= 1")
     spec = load_spec(args.spec)
-    mcfg, tcfg = ModelConfig(), TrainConfig(batch_size=args.batch_size)
+    # one pass over the data (its directory is the history): no cold-start passes at small --rows (the default auto)
+    mcfg, tcfg = ModelConfig(), TrainConfig(batch_size=args.batch_size, history_epochs=1)
     with tempfile.TemporaryDirectory(prefix="freshrec-bench-train-") as tmp:
         tmp = Path(tmp)
         _head(args.input, args.rows, tmp / "head.csv")

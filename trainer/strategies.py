@@ -116,7 +116,7 @@ def history_decision(cfg: TrainConfig, n_history: int, file_rows: Sequence[int] 
 
     >>> history_decision(TrainConfig(history_epochs=3), 2)
     Decision(action=<Action.TRAIN: 'train'>, files=(0, 1), epochs=2, shuffle=True, fuse_lambda=None)
-    >>> history_decision(TrainConfig(), 2).action
+    >>> history_decision(TrainConfig(history_epochs=1), 2).action
     <Action.SKIP: 'skip'>
     >>> history_decision(TrainConfig(history_epochs="auto"), 2, [4000, 4000]).epochs  # 32 steps: 2 passes
     1

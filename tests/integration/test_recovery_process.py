@@ -31,7 +31,8 @@ from versions import VersionStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SPEC = load_spec("taobao")
-ARGS = ["--spec", "taobao", "--batch-size", "128", "--seed", "7", "--ps-shards", "2"]
+# history_epochs 1: the one-file history once, as the reference (RECOVERY_TCFG; the default auto would pass 3 times)
+ARGS = ["--spec", "taobao", "--batch-size", "128", "--seed", "7", "--ps-shards", "2", "--set", "train.history_epochs=1"]
 
 
 def _stream(tmp_path, *extra: str) -> subprocess.Popen:
