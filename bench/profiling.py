@@ -442,13 +442,15 @@ def cpu_cuts() -> dict[str, list[tuple[object, str, object]]]:
 def cpu_ab_names(text: str) -> list[str] | None:
     """``--cpu-ab-cuts``: a comma list of :func:`cpu_cuts`' names (None: every cut); an unknown name is refused
     with the list of the known ones."""
+    from common.errors import UserError
+
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         return None
     known = list(cpu_cuts())
     bad = [n for n in names if n not in known]
     if bad:
-        raise ValueError(f"--cpu-ab-cuts: unknown cut(s) {bad}; the cuts are {known}")
+        raise UserError(f"--cpu-ab-cuts: unknown cut(s) {bad}; the cuts are {known}")
     return names
 
 

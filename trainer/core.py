@@ -29,6 +29,11 @@ minibatches in order (or in a permutation seeded by (seed, epoch, examples train
 A new id's row is ``paramserver.init_rows(table, id, seed)`` with zero optimizer state, created
 the first time the id is pulled (scoring included).
 
+Scoring (``score``: progressive validation, evaluation, a serving replica) reads rows like a training step but
+stages nothing: freshrec's DLRM is scored without a KJT (:class:`_PooledPlan`: each table's ids and pooled rows
+straight from the batch's numpy columns, into the model's ``forward_pooled``), the same ops on the same values as the
+KJT path, so the same bits; TorchRec's archs take the KJT path.
+
 Dynamic features (a spec's ``dynamic:`` section, :mod:`trainer.features`): ``step_file`` computes
 each event's features from strictly earlier events (the state plus the file's earlier events),
 scores and trains on them, and folds the file into the state; ``score`` of a batch without them

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import trainer.core as core_mod
 from bench.profiling import _old_core_score, _old_forward_pooled, cpu_ab_names, cpu_cuts
+from common.errors import UserError
 from trainer.config import ModelConfig, TrainConfig
 from trainer.core import TrainerCore, _PooledPlan
 from trainer.data import EventBatch, load_spec
@@ -219,5 +220,5 @@ def test_the_cpu_ab_knows_the_fifth_sessions_cuts_and_refuses_an_unknown_name():
     assert len(cuts["all"]) == sum(len(v) for k, v in cuts.items() if k not in ("all", "fifth_session"))
     assert cpu_ab_names("") is None
     assert cpu_ab_names(" fifth_session, all ") == ["fifth_session", "all"]
-    with pytest.raises(ValueError, match="unknown cut.*core_score_no_kjt"):
+    with pytest.raises(UserError, match="unknown cut.*core_score_no_kjt"):
         cpu_ab_names("core_score_no_kjt,kjt")
