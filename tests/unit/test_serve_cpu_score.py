@@ -171,6 +171,13 @@ def test_training_with_progressive_validation_is_the_same_whichever_scoring_code
     a, b = new.state_dict(), old.state_dict()
     for k, v in a["model"].items():
         assert v.numpy().tobytes() == b["model"][k].numpy().tobytes(), k
+    for i, state in a["dense_optimizer"]["state"].items():
+        for k, v in state.items():
+            assert (
+                torch.as_tensor(v).numpy().tobytes()
+                == torch.as_tensor(b["dense_optimizer"]["state"][i][k]).numpy().tobytes()
+            )
+    assert a["stats"] == b["stats"] and a["step"] == b["step"] > 0
     for t, part in a["embeddings"].items():
         for field, arr in part.items():
             assert np.asarray(arr).tobytes() == np.asarray(b["embeddings"][t][field]).tobytes(), (t, field)
