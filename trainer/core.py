@@ -159,15 +159,20 @@ class _PooledPlan:
 
     def columns(self, batch: EventBatch, rows: slice, n: int) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
         """{feature: (ids of ``rows``, their lengths; None for a single-valued feature: one id per row)}: views of
-        the batch's arrays when ``rows`` is every row, ``take_jagged``'s slice otherwise (as ``batch_to_kjt``)."""
+        the batch's arrays when ``rows`` is every row, ``take_jagged``'s slice otherwise (as ``batch_to_kjt``). The
+        ids go to the backend as they are (the KJT path gave it a copy): read-only views, so a backend that wrote
+        into them would fail loudly instead of changing the caller's batch."""
         full = rows.start == 0 and rows.stop == n
         out = {}
         for f in self.features:
             v, ln = batch.sparse[f], batch.lengths.get(f)
             if ln is None:
-                out[f] = (v if full else v[rows], None)
-            else:
-                out[f] = (v, ln) if full else take_jagged(v, ln, rows)
+                v = v[rows]
+            elif not full:
+                v, ln = take_jagged(v, ln, rows)
+            v = v.view()
+            v.flags.writeable = False
+            out[f] = (v, ln)
         return out
 
     def pool(

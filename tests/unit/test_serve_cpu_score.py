@@ -141,9 +141,13 @@ def test_a_fixed_request_set_scores_the_same_bits_with_the_old_and_the_new_code(
     batches.append(core.with_features(batches[0]))  # a data file's events annotated (step_file's own scoring)
     seen = {}
     for b in batches:
+        arrays = [*b.sparse.values(), *b.lengths.values()]
+        before = [v.copy() for v in arrays]
         for inference in (False, True):
             seen[(id(b), inference)] = _same(core, b, inference)
         assert seen[(id(b), False)].tobytes() == seen[(id(b), True)].tobytes()
+        for v, w in zip(arrays, before):  # the backend got read-only views: the batch is intact
+            assert v.flags.writeable and np.array_equal(v, w)
     b = batches[0]
     assert (b.lengths["genre"] == 0).any() and (b.lengths["tags"] > 1).any()
     assert len(np.unique(seen[(id(b), False)])) > 50  # a real model: the scores differ row to row
@@ -229,3 +233,19 @@ def test_the_cpu_ab_knows_the_fifth_sessions_cuts_and_refuses_an_unknown_name():
     assert cpu_ab_names(" fifth_session, all ") == ["fifth_session", "all"]
     with pytest.raises(UserError, match="unknown cut.*core_score_no_kjt"):
         cpu_ab_names("core_score_no_kjt,kjt")
+
+
+def test_a_backend_that_writes_into_the_ids_fails_instead_of_changing_the_batch(core, monkeypatch):
+    rng = np.random.default_rng(9)
+    b = _batch(rng, 12, 95)
+    users = b.sparse["user"].copy()
+    real = type(core.backend).pull_many
+
+    def scribbling(self, ids_by_table, *a, **k):
+        ids_by_table["user"][:] = 0
+        return real(self, ids_by_table, *a, **k)
+
+    monkeypatch.setattr(type(core.backend), "pull_many", scribbling)
+    with pytest.raises(ValueError, match="read-only"):
+        core.score(b)
+    assert np.array_equal(b.sparse["user"], users)
