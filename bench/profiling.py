@@ -361,13 +361,67 @@ def _old_score(self, batch):
         return self.core.score(batch), self.tables.unknown
 
 
+def _old_core_score(self, batch):
+    """trainer.core.TrainerCore.score before the fifth session: every chunk through ``batch_to_kjt`` on a row slice,
+    ``table_ids``, ``stage`` and the model's forward (the collection's ``_values_by_key`` again, ``_pool`` per
+    table, a KeyedTensor and its ``to_dict``). Kept verbatim: the reference of tests/unit/test_serve_cpu_score.py."""
+    import numpy as np
+    import torch
+
+    from trainer.core import SCORE_BATCH, logits_of
+    from trainer.sparse import batch_to_kjt
+
+    batch = self._candidates(batch)
+    step = None if self.async_mode else self.step
+    dense = self._dense(batch)
+    n = len(batch)
+    out = np.empty(n, np.float32)
+    model = self.base_model
+    if model.training:
+        model.eval()
+    with torch.no_grad():
+        for lo in range(0, n, SCORE_BATCH):
+            rows = slice(lo, min(lo + SCORE_BATCH, n))
+            kjt = batch_to_kjt(batch, self.features, rows)
+            ids = self.ebc.table_ids(kjt)
+            self.ebc.stage(ids, self.backend.wait(self.backend.pull_many(ids, step=step)), requires_grad=False)
+            out[rows] = torch.sigmoid(logits_of(model, dense[rows].to(self.device), kjt)).cpu().numpy()
+    return out
+
+
+def _old_forward_pooled(self, emb, dense):
+    """trainer.model.DLRM.forward_pooled before the fifth session: the wide columns through ``_WideWeight.apply``
+    (an autograd.Function) also when scoring. Verbatim."""
+    import torch
+
+    from trainer.model import _WideWeight
+
+    b = self.bottom(dense)
+    es = [emb[t] for t in self.tables]
+    if self.cfg.interaction == "dcn":
+        x = self.cross(torch.cat([*es, b], dim=1))
+    else:
+        z = torch.stack([b, *es], dim=1)
+        gram = torch.bmm(z, z.transpose(1, 2))
+        x = torch.cat([b, gram[:, self._tri[0], self._tri[1]]], dim=1)
+    logit = self.head(self.top(x)).squeeze(1)
+    if self.wide_dense is not None:
+        beta = self.cfg.wide_beta
+        wide = torch.stack([_WideWeight.apply(emb[k], beta) for k in self.wide_keys], dim=1).sum(dim=1)
+        logit = logit + wide + self.cfg.wide_dense_gain * self.wide_dense(dense).squeeze(1)
+    return logit
+
+
 def cpu_cuts() -> dict[str, list[tuple[object, str, object]]]:
-    """Each cut of the replica's CPU per request (issue 22, fourth session) as (owner, attribute, the code it
-    replaced): :func:`cpu_ab` puts the old code back to measure what the cut bought. Recommend's reply built in
-    place is not among them (it is inside ``ScoringService._recommend``)."""
+    """Each cut of the replica's CPU per request (issue 22, fourth and fifth sessions) as (owner, attribute, the code
+    it replaced): :func:`cpu_ab` puts the old code back to measure what the cut bought. Recommend's reply built in
+    place is not among them (it is inside ``ScoringService._recommend``). ``fifth_session``: the fifth session's two
+    cuts together (the training core's score path); ``all``: every cut."""
     import serving.features as features
     import serving.model as model
     import serving.tables as tables
+    from trainer.core import TrainerCore
+    from trainer.model import DLRM
 
     cuts = {
         "int_ids_skip_parser": [(features, "_passes_through", lambda *a: False)],
@@ -375,9 +429,29 @@ def cpu_cuts() -> dict[str, list[tuple[object, str, object]]]:
         "numpy_take": [(tables.FrozenTable, "lookup", _old_lookup)],
         "shared_positions": [(tables.FrozenTables, "pull_many", _old_pull_many)],
         "inference_mode": [(model.ServableModel, "score", _old_score)],
+        # fifth session: the training core scores freshrec's DLRM without a KJT (trainer.core._PooledPlan)
+        "core_score_no_kjt": [(TrainerCore, "score", _old_core_score)],
+        # fifth session: a scoring forward takes the wide rows' column 0 without the autograd.Function
+        "wide_column_no_autograd_fn": [(DLRM, "forward_pooled", _old_forward_pooled)],
     }
-    cuts["all"] = [c for v in cuts.values() for c in v]
+    cuts["fifth_session"] = cuts["core_score_no_kjt"] + cuts["wide_column_no_autograd_fn"]
+    cuts["all"] = [c for k, v in cuts.items() if k != "fifth_session" for c in v]
     return cuts
+
+
+def cpu_ab_names(text: str) -> list[str] | None:
+    """``--cpu-ab-cuts``: a comma list of :func:`cpu_cuts`' names (None: every cut); an unknown name is refused
+    with the list of the known ones."""
+    from common.errors import UserError
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        return None
+    known = list(cpu_cuts())
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise UserError(f"--cpu-ab-cuts: unknown cut(s) {bad}; the cuts are {known}")
+    return names
 
 
 def cpu_ab(methods: dict, alternations: int = 10, block: int = 150, names=None) -> dict:

@@ -18,7 +18,8 @@ In one run, on loopback, at a fixed offered load (open loop, :mod:`bench.loadgen
   ``replica_over_noop`` and ``replica_minus_noop_ms`` per round}: CPU-seconds are far less sensitive than
   latency to other work on the machine, and on 2 cores what a request costs decides the capacity;
 * ``--cpu-ab N``: in process only, what each cut of the replica's CPU per request bought: its old code put back
-  in alternating blocks (:func:`bench.profiling.cpu_ab`), JSON ``cpu_ab``; the run stops there;
+  in alternating blocks (:func:`bench.profiling.cpu_ab`), JSON ``cpu_ab``; the run stops there; ``--cpu-ab-cuts``
+  names the cuts to measure (e.g. ``fifth_session``: the training core's score path);
 * ``--profile DIR``: where the time goes per request: py-spy samples the replica and the proxy under
   load (collapsed stacks in DIR and their top functions in the JSON), a cProfile inside the replica under
   a Score and a Recommend phase (``profile_replica_cprofile``: the top functions in ms per request), a
@@ -162,6 +163,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="in process only (no Ray): the CPU per Score and Recommend request with each of the replica's CPU cuts "
         "turned back to its old code, N alternating pairs of blocks (JSON cpu_ab), then stop",
+    )
+    parser.add_argument(
+        "--cpu-ab-cuts",
+        default="",
+        metavar="NAMES",
+        help="with --cpu-ab: a comma list of the cuts to measure (bench.profiling.cpu_cuts; default every one), e.g. "
+        "core_score_no_kjt,wide_column_no_autograd_fn,fifth_session",
     )
     parser.add_argument("--data", default=str(TAOBAO), help="a Taobao-format CSV (default: the shared Taobao log)")
     parser.add_argument(
@@ -436,6 +444,10 @@ def _run(args: argparse.Namespace, work: Path, children: list) -> dict:
     from versions import VersionStore
 
     skip = set(filter(None, args.skip.split(",")))
+    if getattr(args, "cpu_ab", 0):  # a misspelt cut refused before the history is trained
+        from bench.profiling import cpu_ab_names
+
+        cpu_ab_names(getattr(args, "cpu_ab_cuts", ""))
     result: dict = {"loadavg_start": list(os.getloadavg()), "ingress": args.ingress}
     data = _prepare(args, work)
     result["data"] = data["source"]
@@ -478,10 +490,12 @@ def _run(args: argparse.Namespace, work: Path, children: list) -> dict:
         )
     result["catalogue_items"] = len(model.index) if model.index is not None else 0
     if getattr(args, "cpu_ab", 0):
-        from bench.profiling import cpu_ab
+        from bench.profiling import cpu_ab, cpu_ab_names
 
         result["cpu_ab"] = cpu_ab(
-            {"Score": (svc.score, reqs), "Recommend": (svc.recommend, rec_reqs)}, alternations=args.cpu_ab
+            {"Score": (svc.score, reqs), "Recommend": (svc.recommend, rec_reqs)},
+            alternations=args.cpu_ab,
+            names=cpu_ab_names(getattr(args, "cpu_ab_cuts", "")),
         )
         svc.stop()
         return result

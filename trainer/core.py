@@ -29,6 +29,11 @@ minibatches in order (or in a permutation seeded by (seed, epoch, examples train
 A new id's row is ``paramserver.init_rows(table, id, seed)`` with zero optimizer state, created
 the first time the id is pulled (scoring included).
 
+Scoring (``score``: progressive validation, evaluation, a serving replica) reads rows like a training step but
+stages nothing: freshrec's DLRM is scored without a KJT (:class:`_PooledPlan`: each table's ids and pooled rows
+straight from the batch's numpy columns, into the model's ``forward_pooled``), the same ops on the same values as the
+KJT path, so the same bits; TorchRec's archs take the KJT path.
+
 Dynamic features (a spec's ``dynamic:`` section, :mod:`trainer.features`): ``step_file`` computes
 each event's features from strictly earlier events (the state plus the file's earlier events),
 scores and trains on them, and folds the file into the state; ``score`` of a batch without them
@@ -45,14 +50,15 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 from torch import nn
+from torchrec.modules.embedding_configs import PoolingType
 
 from common.config import ConfigError
 from trainer.config import ModelConfig, Strategy, TrainConfig
 from trainer.data import DataLedger, EventBatch, RunningStats
 from trainer.features import DynamicFeatures
 from trainer.metrics import FileMetrics, ProgressiveValidator
-from trainer.model import build_model
-from trainer.sparse import WIDE_SUFFIX, batch_to_kjt, find_collection
+from trainer.model import DLRM, build_model
+from trainer.sparse import WIDE_SUFFIX, BackendEmbeddingBagCollection, batch_to_kjt, find_collection, take_jagged
 from trainer.strategies import Action, Decision, fuse, make_policy
 
 SCORE_BATCH = 8192
@@ -119,6 +125,98 @@ def count_anchor(ids: np.ndarray, grads: np.ndarray, step_ids: np.ndarray | None
     grads[:, 1] /= np.sqrt(cnt[np.searchsorted(uniq, ids)]).astype(np.float32)
 
 
+class _PooledPlan:
+    """How :meth:`TrainerCore._logits_pooled` scores freshrec's DLRM without a KJT: the collection's layout read
+    once per model (its features, each table's features, pooling and dim, the key of each pooled output).
+
+    It does what ``batch_to_kjt`` -> ``table_ids`` -> ``stage`` -> the collection's ``forward`` (``_pool``) ->
+    ``KeyedTensor.to_dict`` -> ``forward_pooled`` do, on the same values with the same torch ops where a value is
+    computed (the pooling's ``index_add`` and mean), so the logits are the same bits; what it leaves out is the
+    Python and the tensors in between (the KJT, its split per key twice, the concatenation of every pooled row
+    and its split back), a third of a 100-row score (docs/benchmarks.md, "the Score path's own CPU").
+    """
+
+    def __init__(self, ebc: BackendEmbeddingBagCollection) -> None:
+        self.features = tuple(ebc.feature_names)
+        self.tables = tuple((t.name, tuple(t.feature_names), t) for t in ebc.embedding_bag_configs())
+        keys = iter(ebc.output_keys)  # per (table, feature) in order, as the collection's forward keys them
+        self.keys = tuple(tuple(next(keys) for _ in t.feature_names) for t in ebc.embedding_bag_configs())
+
+    @classmethod
+    def of(cls, model: nn.Module, ebc) -> "_PooledPlan | None":
+        """The plan when ``model``'s forward is exactly ``forward_pooled(ebc(kjt).to_dict(), dense)`` (freshrec's
+        DLRM, ``forward`` not overridden, over this collection); None otherwise (the KJT path)."""
+        if not isinstance(model, DLRM) or type(model).forward is not DLRM.forward:
+            return None
+        if model.embedding_bag_collection is not ebc or type(ebc).forward is not BackendEmbeddingBagCollection.forward:
+            return None
+        return cls(ebc)
+
+    def fits(self, batch: EventBatch) -> bool:
+        """Every feature's ids are int64 (the KJT's values are their concatenation, whose dtype would otherwise
+        be another: such a batch takes the KJT path)."""
+        return all(batch.sparse[f].dtype == np.int64 for f in self.features)
+
+    def columns(self, batch: EventBatch, rows: slice, n: int) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+        """{feature: (ids of ``rows``, their lengths; None for a single-valued feature: one id per row)}: views of
+        the batch's arrays when ``rows`` is every row, ``take_jagged``'s slice otherwise (as ``batch_to_kjt``). The
+        ids go to the backend as they are (the KJT path gave it a copy): read-only views, so a backend that wrote
+        into them would fail loudly instead of changing the caller's batch."""
+        full = rows.start == 0 and rows.stop == n
+        out = {}
+        for f in self.features:
+            v, ln = batch.sparse[f], batch.lengths.get(f)
+            if ln is None:
+                v = v[rows]
+            elif not full:
+                v, ln = take_jagged(v, ln, rows)
+            v = v.view()
+            v.flags.writeable = False
+            out[f] = (v, ln)
+        return out
+
+    def pool(
+        self,
+        cols: Mapping[str, tuple[np.ndarray, np.ndarray | None]],
+        ids: Mapping[str, np.ndarray],
+        pulled: Mapping[str, np.ndarray],
+        device: torch.device,
+    ) -> dict[str, torch.Tensor]:
+        """{output key: pooled rows [rows, dim]} from each table's pulled rows, as the collection's forward pools
+        its staged rows (``stage``'s shape check, ``_pool``'s sum or mean per bag, empty bags zero)."""
+        out: dict[str, torch.Tensor] = {}
+        bags: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # a multi-valued feature's bag index, mean divisor
+        for (name, features, cfg), keys in zip(self.tables, self.keys):
+            r = pulled[name]
+            tensor = torch.from_numpy(r) if isinstance(r, np.ndarray) else r
+            if tensor.shape != (len(ids[name]), cfg.embedding_dim):
+                raise ValueError(
+                    f"table {name}: staged rows {tuple(tensor.shape)} do not fit "
+                    f"{len(ids[name])} ids x dim {cfg.embedding_dim}"
+                )
+            if tensor.device != device:  # stage's .to(device)
+                tensor = tensor.to(device)
+            at = 0
+            for f, key in zip(features, keys):
+                values, lengths = cols[f]
+                k = len(values)
+                part = tensor if len(features) == 1 else tensor[at : at + k]  # a table's only feature: every row
+                at += k
+                if lengths is None or (k == len(lengths) and bool((lengths == 1).all())):
+                    out[key] = part  # one id per row: the bag is the row itself (_pool's exact shortcut)
+                    continue
+                if f not in bags:  # _pool's ops: repeat_interleave's index, index_add into zeros, / lengths
+                    ln = torch.from_numpy(np.asarray(lengths)).to(device)
+                    bag = torch.repeat_interleave(torch.arange(len(ln), device=device), ln)
+                    bags[f] = (bag, ln)
+                bag, ln = bags[f]
+                pooled = torch.zeros(len(ln), part.shape[1], dtype=part.dtype, device=device).index_add(0, bag, part)
+                if cfg.pooling is PoolingType.MEAN:
+                    pooled = pooled / ln.clamp(min=1).to(pooled.dtype).unsqueeze(1)
+                out[key] = pooled
+        return out
+
+
 class TrainerCore:
     """Score and train one model over an embedding backend (see the module docstring).
 
@@ -168,6 +266,7 @@ class TrainerCore:
         self.base_model = base.to(self.device)
         self.ebc = find_collection(self.base_model)
         self.features = list(self.ebc.feature_names)
+        self._plan = _PooledPlan.of(self.base_model, self.ebc)  # scoring without a KJT (None: the KJT path)
         # model.wide_anchor count: the wide tables whose anchor column is scaled per id (count_anchor)
         m = self.model_cfg
         count = m.wide and m.wide_beta and m.wide_anchor == "count" and not self._user_model
@@ -210,7 +309,12 @@ class TrainerCore:
         """Probabilities float32 [n] (statistics unchanged); sync mode reads once every step so far is applied.
 
         A batch without its dynamic features gets them from the state only (:meth:`with_features` gives a
-        data file's events theirs from earlier events: what ``step_file`` scores)."""
+        data file's events theirs from earlier events: what ``step_file`` scores).
+
+        freshrec's own DLRM is scored without a KJT (:meth:`_logits_pooled`: the ids and the pooled rows straight
+        from the batch's numpy columns); other models (TorchRec's archs, a model whose ``forward`` is its own) go
+        through the KJT and the collection like training (:meth:`_logits_kjt`). Both give the same bits
+        (tests/unit/test_serve_cpu_score.py)."""
         batch = self._candidates(batch)
         step = None if self.async_mode else self.step
         dense = self._dense(batch)
@@ -219,14 +323,41 @@ class TrainerCore:
         model = self.base_model  # never the DDP wrapper: scoring is rank 0's alone
         if model.training:  # eval() walks every submodule: a serving replica scores in eval mode already
             model.eval()
+        plan = self._plan if self._plan is not None and self._plan.fits(batch) else None
         with torch.no_grad():
             for lo in range(0, n, SCORE_BATCH):
                 rows = slice(lo, min(lo + SCORE_BATCH, n))
-                kjt = batch_to_kjt(batch, self.features, rows)
-                ids = self.ebc.table_ids(kjt)
-                self.ebc.stage(ids, self.backend.wait(self.backend.pull_many(ids, step=step)), requires_grad=False)
-                out[rows] = torch.sigmoid(logits_of(model, dense[rows].to(self.device), kjt)).cpu().numpy()
+                d = (dense if rows.stop - lo == n else dense[rows]).to(self.device)
+                if plan is not None:
+                    logits = self._logits_pooled(plan, batch, rows, n, d, step)
+                else:
+                    logits = self._logits_kjt(batch, rows, d, step)
+                out[rows] = torch.sigmoid(logits).cpu().numpy()
         return out
+
+    def _logits_kjt(self, batch: EventBatch, rows: slice, dense: torch.Tensor, step: int | None) -> torch.Tensor:
+        """Logits of ``rows`` through the KJT, the collection's stage and the model's own forward (training's inputs)."""
+        kjt = batch_to_kjt(batch, self.features, rows)
+        ids = self.ebc.table_ids(kjt)
+        self.ebc.stage(ids, self.backend.wait(self.backend.pull_many(ids, step=step)), requires_grad=False)
+        return logits_of(self.base_model, dense, kjt)
+
+    def _logits_pooled(
+        self, plan: "_PooledPlan", batch: EventBatch, rows: slice, n: int, dense: torch.Tensor, step: int | None
+    ) -> torch.Tensor:
+        """Logits of ``rows`` without a KJT: what ``model(dense, batch_to_kjt(batch, features, rows))`` computes,
+        op for op on the same values (so the same bits), with the Python around it cut: each feature's ids and
+        lengths taken from the batch's numpy columns once (a view when ``rows`` is every row), a feature's
+        tables (deep and wide) handed the same ids array (the frozen tables then search its positions once),
+        a single-valued bag's pooled row the row itself (``_pool``'s own shortcut) and a multi-valued
+        feature's bag index built once for its tables."""
+        cols = plan.columns(batch, rows, n)
+        ids = {
+            name: (cols[fs[0]][0] if len(fs) == 1 else np.concatenate([cols[f][0] for f in fs]))
+            for name, fs, _ in plan.tables
+        }
+        pulled = self.backend.wait(self.backend.pull_many(ids, step=step))
+        return self.base_model.forward_pooled(plan.pool(cols, ids, pulled, self.ebc.device), dense)
 
     # ---------------------------------------------------------------- training
     def _parts(self, order: np.ndarray | None, n: int) -> list[tuple[np.ndarray, int, np.ndarray]]:

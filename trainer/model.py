@@ -173,7 +173,11 @@ class DLRM(nn.Module):
         logit = self.head(self.top(x)).squeeze(1)
         if self.wide_dense is not None:  # first order: sum_f w_f[id] (column 0 of the wide rows) + <v, dense> + b
             beta = self.cfg.wide_beta
-            wide = torch.stack([_WideWeight.apply(emb[k], beta) for k in self.wide_keys], dim=1).sum(dim=1)
+            if torch.is_grad_enabled():  # training: the anchor's gradient (_WideWeight.backward)
+                cols = [_WideWeight.apply(emb[k], beta) for k in self.wide_keys]
+            else:  # scoring: _WideWeight's forward, the same view, without autograd.Function's own cost per call
+                cols = [emb[k][:, 0] for k in self.wide_keys]
+            wide = torch.stack(cols, dim=1).sum(dim=1)
             logit = logit + wide + self.cfg.wide_dense_gain * self.wide_dense(dense).squeeze(1)
         return logit
 
