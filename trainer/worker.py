@@ -124,10 +124,14 @@ def _train(job: TrainJob, rank: int, world: int, client, book: RankZeroFiles | N
             publish=job.publish,
             data=data_state,
         )
-        keeper.restore(reread=lambda name: _reread(name, history, incoming, spec))
+    restored = keeper.restore(reread=lambda name: _reread(name, history, incoming, spec)) if keeper else None
     memory = MemoryHousekeeping()  # FRESHREC_MALLOC_TRIM / _MEMORY_PROBE / _TRACEMALLOC (common/memory.py)
     files = 0
-    extra_epochs = not job.train.history_done([])  # history_epochs > 1, or auto (until the history is long enough)
+    # history_epochs > 1, or auto (until the history is long enough). Crash-consistent: no version is cut while
+    # the extra passes are still due (the history's first pass, unsettled), so a run restored from a version has
+    # either made its passes (the version after them) or settled on one pass before it: it never starts them
+    # again, and a crash before then restarts the cold start from the beginning, as the uninterrupted run went.
+    extra_epochs = restored is None and not job.train.history_done([])
     history_batches: list = []  # train.history_epochs: the history files of this run, for the extra passes
     for ref in _followed(rank, broadcast, job, core.ledger, book):
         if isinstance(ref, IdleTick):  # waiting for files: a version whose write failed is cut again now
@@ -167,16 +171,21 @@ def _train(job: TrainJob, rank: int, world: int, client, book: RankZeroFiles | N
             book.file_done(record, core.ledger.to_json(), dead)  # on the driver's disk before we go on
             record_file(record, report)  # Prometheus series through Ray's metrics
         stop = broadcast(book.stop_requested() if rank == 0 else None)  # one decision for every rank
-        if keeper is not None:
+        passes_due = extra_epochs and from_history  # the history's first pass, extra passes to come: no version
+        if keeper is not None and not passes_due:
             keeper.after_file(force=bool(stop), picked_up_at=picked_up_at if rank == 0 else None)
         memory.after_version(files)
         if stop:
-            history_batches = []  # stopped: the extra passes are not started (a restart does not redo them)
+            # stopped before the extra passes: they are not started and no version holds the history (nor does the
+            # final one below), so a restart begins the cold start again (small: at most history_steps steps, auto)
+            abandoned, history_batches = passes_due, []
             break
+    else:
+        abandoned = False
     if history_batches:  # a run of history only (`freshrec train --data`)
         _history_passes(core, history_batches, keeper)
     dead.close()
-    if keeper is not None:
+    if keeper is not None and not abandoned:
         keeper.finish()
     if rank == 0:
         book.dense(core.state_dict())
@@ -262,9 +271,10 @@ def _is_under(ref, directory) -> bool:
 
 def _history_passes(core: TrainerCore, batches: list, keeper) -> None:
     """``train.history_passes - 1`` more passes over the history files of this run, training only (shuffled,
-    seeded: the same on every rank), then a version that holds them. They run once, after the progressive
-    pass over the history: a run restarted after that version does not repeat them; one restarted before it
-    (a crash during the passes) resumes without them (docs/training.md, "Cold start")."""
+    seeded: the same on every rank), then a version that holds them: the first version of the run, since no
+    version is cut while the passes are due. A run restarted after it does not repeat them; one restarted before
+    it (a crash during the history or the passes) has no version and starts the cold start again
+    (docs/training.md, "Cold start")."""
     from trainer.strategies import history_decision
 
     core.apply_decision(history_decision(core.cfg, len(batches), [len(b) for b in batches]), dict(enumerate(batches)))

@@ -11,11 +11,13 @@ history) with the digest of the integer auto resolves to (3).
 from __future__ import annotations
 
 import shutil
+import time
 
 import pytest
 
 from bench.chaos.inproc import run_stream_in_process
 from tests.support.data import small_csv
+from trainer.bundle import ledger_totals
 from trainer.config import HISTORY_AUTO, TrainConfig
 from versions import VersionStore
 
@@ -79,3 +81,52 @@ def test_a_long_history_gets_the_plain_cold_start(data, tmp_path):
     # one step short of it: two passes (what moved is the passes, not something else of the default)
     two, rep2 = _run(tmp_path, "two", history, 8, *AUTO, "--set", "train.history_steps=29")
     assert two != one and rep2["examples"] == 2 * 220
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory):
+    """Three small data files (one step each at batch 128)."""
+    root = tmp_path_factory.mktemp("history-crash")
+    (root / "files").mkdir()
+    return [small_csv(root / "files" / f"part-{i:05d}.csv", rows, 10 + i) for i, rows in enumerate((120, 100, 110))]
+
+
+@pytest.mark.parametrize(
+    "steps, passes",
+    [(48, 3), (2, 1)],  # a short history (3 passes), a long one (settled on one pass after its second file)
+    ids=["short-history", "settled-history"],
+)
+def test_a_crash_during_the_history_ends_with_the_uninterrupted_digest(three, tmp_path, monkeypatch, steps, passes):
+    """The extra passes are crash-consistent: a run killed while training the history's third file, then run
+    again on its run directory, ends with the uninterrupted run's model. Before, a version was cut after every
+    history file: the restart resumed after the second file and made its extra passes over the third only (a
+    short history), or made extra passes that the uninterrupted run, settled on one pass, never made (the worker
+    judged the history's length from the files it read since it started)."""
+    from trainer import worker
+
+    history = _dirs(tmp_path, three, history=True)
+    settings = (*AUTO, "--set", f"train.history_steps={steps}")
+    whole, rep = _run(tmp_path, "whole", history, 128, *settings)
+    assert rep["examples"] == passes * 330
+    consume, calls = worker.consume, []
+
+    def killed_at_the_third_file(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            if passes == 1:  # settled after the second file: its version is committed before the kill
+                store, t0 = VersionStore(str(tmp_path / "crashed" / "versions")), time.monotonic()
+                while time.monotonic() - t0 < 60:
+                    if store.latest() is not None and ledger_totals(store.manifest(store.latest()))[0] == 2:
+                        break
+                    time.sleep(0.05)
+                else:
+                    raise AssertionError("no version after the second history file")
+            raise RuntimeError("killed (test)")
+        return consume(*args, **kwargs)
+
+    monkeypatch.setattr(worker, "consume", killed_at_the_third_file)
+    with pytest.raises(RuntimeError, match="killed"):
+        _run(tmp_path, "crashed", history, 128, *settings)
+    monkeypatch.setattr(worker, "consume", consume)
+    again, _ = _run(tmp_path, "crashed", history, 128, *settings)
+    assert again == whole
