@@ -163,7 +163,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=_history_epochs,
         default=None,
         help="train.history_epochs: passes over the history files, an integer >= 1 or auto (from the history's "
-        "size: train.history_steps, train.history_max_epochs); default: the TrainConfig default, 1",
+        "size: train.history_steps, train.history_max_epochs); default: the TrainConfig default, auto",
     )
     p.add_argument(
         "--full-retrain",

@@ -122,13 +122,13 @@ class TrainConfig:
     history_epochs: passes over the history (``stream --history``, ``train --data``) before following new
     data files: the first pass is progressive (each file scored, then trained on once, in time order);
     passes 2.. are training only (shuffled, seeded like a full retrain), so no progressive score ever
-    comes from data the model has already seen. 1 (the default): one pass, the plain online cold start.
-    ``auto`` (opt-in): as many passes as it takes for the history to have given at least ``history_steps`` optimizer
+    comes from data the model has already seen. 1: one pass, the plain online cold start. ``auto`` (the
+    default): as many passes as it takes for the history to have given at least ``history_steps`` optimizer
     steps (a pass over files of n_1, n_2, ... rows is sum ceil(n_i / batch_size) steps), at most
     ``history_max_epochs`` (:meth:`history_passes`): a small new log gets several passes, a long history
-    one. A run without history (``stream`` over incoming files only) makes no extra pass either way.
-    ``auto`` is not the default because its extra passes are not crash-consistent yet (docs/training.md,
-    "Cold start"; docs/benchmarks.md, "Issue 24, sixth pass").
+    one (so a production run's cold start is the plain one). A run without history (``stream`` over
+    incoming files only) makes no extra pass either way. The default and its figures: docs/benchmarks.md,
+    "Issue 24, sixth pass".
 
     The defaults of the learning rates, init_scale and epochs_full_retrain are the ones tuned on
     the Taobao log (docs/benchmarks.md, "Quality"); a full retrain beyond one epoch overfits there.
@@ -148,7 +148,7 @@ class TrainConfig:
     epochs_full_retrain: int = 1
     dense_clip: float = 5.0
     init_scale: float | None = 0.01
-    history_epochs: int | str = 1  # or "auto" (HISTORY_AUTO): from the history's size, history_passes()
+    history_epochs: int | str = HISTORY_AUTO  # or an integer >= 1; auto: from the history's size, history_passes()
     history_steps: int = 48  # auto: pass until the history has given this many steps (docs/benchmarks.md, issue 24)
     history_max_epochs: int = 3  # auto: at most this many passes
 
@@ -234,7 +234,7 @@ class TrainConfig:
         >>> cfg = TrainConfig(history_epochs="auto")
         >>> cfg.history_done([4000] * 2), cfg.history_done([4000] * 3), TrainConfig(history_epochs=3).history_done([10**6])
         (False, True, False)
-        >>> TrainConfig(history_epochs="auto", history_max_epochs=1).history_done([])  # capped at one pass: keep nothing
+        >>> TrainConfig(history_max_epochs=1).history_done([])  # auto capped at one pass: nothing to keep
         True
         """
         if self.history_epochs != HISTORY_AUTO:

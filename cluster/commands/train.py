@@ -47,8 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="cold start: train on a directory of data files (PS mode, Ray Train)",
         description="Train on every data file of --data in name (time) order, scoring each file before "
         "training on it (progressive validation). Prints one line per data file. --data is the run's history: "
-        "--set train.history_epochs=auto gives a small one (under train.history_steps = 48 optimizer steps) up to "
-        "2 more shuffled passes, training only (not crash-consistent yet: docs/training.md).",
+        "a small one (under train.history_steps = 48 optimizer steps) then gets up to 2 more shuffled passes, "
+        "training only (train.history_epochs: auto, the default; --set train.history_epochs=1 for one pass).",
     )
     t.add_argument(
         "--data", type=_location, required=True, help="directory (or URL) of data files (freshrec data split)"
@@ -59,8 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "stream",
         help="incremental: follow a directory of incoming data files, each consumed once, in order",
-        description="Optionally cold-start on --history (with train.history_epochs: auto a small history, under "
-        "train.history_steps = 48 optimizer steps, gets up to 2 more shuffled passes, training only), then "
+        description="Optionally cold-start on --history (a small history, under train.history_steps = 48 "
+        "optimizer steps, gets up to 2 more shuffled passes, training only: train.history_epochs: auto), then "
         "follow --incoming: a new data file is picked up within a second of landing, trained on once, and "
         "recorded in the run's ledger. "
         "Runs until stopped, or until the directory is drained with --drain.",

@@ -1,8 +1,8 @@
 """Issue 24's newcomer claim on public CTR logs: a new log with a built-in spec (criteo, avazu), cut by
 ``freshrec data split``, trained by ``freshrec train`` (PS, Ray Train, local Ray) and evaluated on held-out
-rows by ``freshrec evaluate --baseline lr``, is at least as good as an FTRL-LR trained on the same rows (at the
-default ``train.history_epochs: 1``: Criteo 0.7236 vs 0.7123, Avazu a tie, 0.6533 = 0.6533; with ``auto``, not the
-default, 0.7208 and 0.6800: docs/benchmarks.md, "Issue 24, sixth pass").
+rows by ``freshrec evaluate --baseline lr``, beats an FTRL-LR trained on the same rows (strictly: at the default
+``train.history_epochs: auto`` the 160 or 80 trained rows get 3 passes; Criteo 0.7208 vs 0.7123, Avazu 0.6800 vs
+0.6533, where one pass tied on Avazu: docs/benchmarks.md, "Issue 24, sixth pass").
 
 The logs are DeepCTR's public samples (``../shared/data/deepctr_samples``, made by
 ``python -m bench.deepctr_samples``; ``FRESHREC_DEEPCTR_SAMPLES`` names another folder); the test skips
@@ -58,4 +58,4 @@ def test_newcomer_path_on_a_public_ctr_sample_beats_lr_on_the_same_rows(case, ra
     result = json.loads(capsys.readouterr().out)
     assert result["lr_examples"] == rows * n_train and result["examples"] > 0  # the LR saw exactly the trained rows
     print(f"{case}: model auc {result['auc']:.4f} vs FTRL-LR {result['auc_lr']:.4f} on {result['examples']} rows")
-    assert result["auc"] >= result["auc_lr"], result
+    assert result["auc"] > result["auc_lr"], result

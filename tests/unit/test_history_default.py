@@ -1,4 +1,4 @@
-"""Issue 24, sixth pass: ``train.history_epochs: auto`` (opt-in; the default stays 1: docs/training.md, "Cold start").
+"""Issue 24, sixth pass: ``train.history_epochs: auto`` is the default (docs/training.md, "Cold start").
 
 Through the real ``freshrec stream`` / ``freshrec train`` worker loop, run in this process without Ray
 (:func:`bench.chaos.inproc.run_stream_in_process`: the CLI's parser and job, the Ray Train worker loop as its one
@@ -46,19 +46,17 @@ def _dirs(root, data, history: bool) -> list[str]:
     return ["train", "--data", str(d)] if history else ["stream", "--incoming", str(d), "--drain"]
 
 
-AUTO = ("--set", f"train.history_epochs={HISTORY_AUTO}")
+AUTO = ("--set", f"train.history_epochs={HISTORY_AUTO}")  # the default, named where a test is about auto
 
 
-def test_one_pass_is_the_default_and_auto_resolves_from_the_history_size():
-    # auto is not the default: its extra passes are not crash-consistent yet (docs/training.md, "Cold start")
-    assert TrainConfig().history_epochs == 1 and TrainConfig().history_passes([4000]) == 1
-    auto = TrainConfig(history_epochs=HISTORY_AUTO)
-    assert auto.history_passes([4000]) == 3 and auto.history_passes([10**6]) == 1
+def test_auto_is_the_default():
+    assert TrainConfig().history_epochs == HISTORY_AUTO
+    assert TrainConfig().history_passes([4000]) == 3 and TrainConfig().history_passes([10**6]) == 1
 
 
 def test_a_stream_without_history_is_bit_identical_to_one_pass(data, tmp_path):
     incoming = _dirs(tmp_path, data, history=False)
-    default, rep = _run(tmp_path, "auto", incoming, 128, *AUTO)
+    default, rep = _run(tmp_path, "default", incoming, 128)
     one, rep1 = _run(tmp_path, "one", incoming, 128, "--set", "train.history_epochs=1")
     assert default == one
     assert rep["steps"] == rep1["steps"] == 2 and rep["examples"] == rep1["examples"] == 220  # each file once
@@ -67,7 +65,7 @@ def test_a_stream_without_history_is_bit_identical_to_one_pass(data, tmp_path):
 def test_a_short_history_gets_the_passes_auto_resolves_to(data, tmp_path):
     history = _dirs(tmp_path, data, history=True)
     # 2 steps in one pass at batch 128: auto (48 steps, at most 3 passes) resolves to 3
-    short, rep = _run(tmp_path, "short", history, 128, *AUTO)
+    short, rep = _run(tmp_path, "short", history, 128)
     three, rep3 = _run(tmp_path, "three", history, 128, "--set", "train.history_epochs=3")
     assert short == three and rep["examples"] == rep3["examples"] == 3 * 220  # two more passes, training only
 
@@ -75,11 +73,11 @@ def test_a_short_history_gets_the_passes_auto_resolves_to(data, tmp_path):
 def test_a_long_history_gets_the_plain_cold_start(data, tmp_path):
     history = _dirs(tmp_path, data, history=True)
     # 15 + 13 = 28 steps in one pass at batch 8: with history_steps 28 auto is settled after one pass
-    auto, rep = _run(tmp_path, "long", history, 8, *AUTO, "--set", "train.history_steps=28")
+    auto, rep = _run(tmp_path, "long", history, 8, "--set", "train.history_steps=28")
     one, rep1 = _run(tmp_path, "one", history, 8, "--set", "train.history_epochs=1")
     assert auto == one and rep["examples"] == rep1["examples"] == 220
     # one step short of it: two passes (what moved is the passes, not something else of the default)
-    two, rep2 = _run(tmp_path, "two", history, 8, *AUTO, "--set", "train.history_steps=29")
+    two, rep2 = _run(tmp_path, "two", history, 8, "--set", "train.history_steps=29")
     assert two != one and rep2["examples"] == 2 * 220
 
 
