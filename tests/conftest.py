@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import cpu_profile
 from tests.support.data import ML100K_DIR, TAOBAO_CSV, require
+
+
+def pytest_configure(config):
+    """``FRESHREC_TEST_CPU=DIR``: each pytest process writes its CPU seconds per module to ``DIR``
+    (``tests/support/cpu_profile.py``); without it nothing is registered."""
+    cpu_profile.register(config)
 
 
 @pytest.fixture(scope="module", autouse=True)
