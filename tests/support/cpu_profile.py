@@ -32,8 +32,26 @@ from pathlib import Path
 
 ENV = "FRESHREC_TEST_CPU"
 # the dependencies whose import costs a worker seconds: which of them collection imported (``heavy_imported_at_collection``)
-HEAVY = ("torch", "fbgemm_gpu", "torchrec", "ray", "ray.train", "ray.serve", "pyarrow.dataset", "moto", "hypothesis",
-         "matplotlib", "grpc", "pandas", "s3fs", "boto3", "scipy", "sklearn", "fastapi", "uvicorn")
+HEAVY = (
+    "torch",
+    "fbgemm_gpu",
+    "torchrec",
+    "ray",
+    "ray.train",
+    "ray.serve",
+    "pyarrow.dataset",
+    "moto",
+    "hypothesis",
+    "matplotlib",
+    "grpc",
+    "pandas",
+    "s3fs",
+    "boto3",
+    "scipy",
+    "sklearn",
+    "fastapi",
+    "uvicorn",
+)
 
 
 def _cpu() -> tuple[float, float]:
@@ -80,12 +98,15 @@ class CpuProfile:
             "collect_s": round(collected[0] - self.startup[0] + collected[1] - self.startup[1], 4),
             "total_s": round(end[0] + end[1], 4),
             "total_self_s": round(end[0], 4),  # the xdist controller's children are its workers: count them once
-            "modules": {name: {"self_s": round(v[0], 4), "children_s": round(v[1], 4)} for name, v in self.modules.items()},
+            "modules": {
+                name: {"self_s": round(v[0], 4), "children_s": round(v[1], 4)} for name, v in self.modules.items()
+            },
             "tests": self.tests,
             "heavy_imported_at_collection": self.heavy,
         }
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / f"{self.worker}.json").write_text(json.dumps(data, indent=1, sort_keys=True))
+
 
 def register(config) -> None:
     """Register the plugin when ``FRESHREC_TEST_CPU`` names a directory (called by ``tests/conftest.py``)."""
@@ -108,13 +129,18 @@ def _fmt(values: list[float]) -> str:
 
 def summarise(run_dirs: list[Path], top: int = 30) -> str:
     """A text summary of one or more runs' JSON files (each run a directory written by the plugin)."""
-    runs = [{json.loads(p.read_text())["worker"]: json.loads(p.read_text()) for p in sorted(d.glob("*.json"))} for d in run_dirs]
+    runs = [
+        {json.loads(p.read_text())["worker"]: json.loads(p.read_text()) for p in sorted(d.glob("*.json"))}
+        for d in run_dirs
+    ]
     lines = [f"{len(runs)} run(s): median [range] of CPU seconds (user+sys, children included)"]
     workers = sorted({w for run in runs for w in run})
     for w in workers:
         per = [run[w] for run in runs if w in run]
         if w == "main" and len(workers) > 1:  # the xdist controller: it collects nothing; its children are the workers
-            lines.append(f"  {w:>5}: start-up {_fmt([p['startup_s'] for p in per])}  own total {_fmt([p['total_self_s'] for p in per])}")
+            lines.append(
+                f"  {w:>5}: start-up {_fmt([p['startup_s'] for p in per])}  own total {_fmt([p['total_self_s'] for p in per])}"
+            )
             continue
         lines.append(
             f"  {w:>5}: start-up {_fmt([p['startup_s'] for p in per])}  collection {_fmt([p['collect_s'] for p in per])}"
@@ -123,7 +149,9 @@ def summarise(run_dirs: list[Path], top: int = 30) -> str:
         )
     busiest = [max((run[w]["total_s"] for w in run if w != "main"), default=0.0) for run in runs]
     all_cpu = [sum(run[w]["total_self_s" if w == "main" and len(run) > 1 else "total_s"] for w in run) for run in runs]
-    lines.append(f"  all processes: {_fmt(all_cpu)}  the busier worker (the wall time on idle cores, about): {_fmt(busiest)}")
+    lines.append(
+        f"  all processes: {_fmt(all_cpu)}  the busier worker (the wall time on idle cores, about): {_fmt(busiest)}"
+    )
     modules: dict[str, list[float]] = {}
     for run in runs:
         for w, data in run.items():
@@ -146,5 +174,7 @@ def summarise(run_dirs: list[Path], top: int = 30) -> str:
 if __name__ == "__main__":
     args = sys.argv[1:]
     if not args:
-        sys.exit("usage: python -m tests.support.cpu_profile RUN_DIR [RUN_DIR ...] (directories written with FRESHREC_TEST_CPU=RUN_DIR)")
+        sys.exit(
+            "usage: python -m tests.support.cpu_profile RUN_DIR [RUN_DIR ...] (directories written with FRESHREC_TEST_CPU=RUN_DIR)"
+        )
     print(summarise([Path(a) for a in args]))
