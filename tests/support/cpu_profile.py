@@ -154,7 +154,7 @@ def summarise(run_dirs: list[Path], top: int = 30) -> str:
     )
     modules: dict[str, list[float]] = {}
     for run in runs:
-        for w, data in run.items():
+        for data in run.values():
             for name, m in data["modules"].items():
                 modules.setdefault(name, []).append(m["self_s"] + m["children_s"])
     lines.append(f"modules by CPU (top {top} of {len(modules)}):")
