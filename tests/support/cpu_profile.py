@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ENV = "FRESHREC_TEST_CPU"
 # the dependencies whose import costs a worker seconds: which of them collection imported (``heavy_imported_at_collection``)
 HEAVY = (
@@ -77,6 +79,7 @@ class CpuProfile:
         self.collected = _cpu()
         self.heavy = sorted(name for name in HEAVY if name in sys.modules)
 
+    @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_protocol(self, item, nextitem):
         before, wall = _cpu(), time.perf_counter()
         yield
@@ -86,8 +89,6 @@ class CpuProfile:
         module[0] += own
         module[1] += kids
         self.tests[item.nodeid] = [round(own, 4), round(kids, 4), round(wall, 4)]
-
-    pytest_runtest_protocol.hookwrapper = True  # type: ignore[attr-defined]
 
     def pytest_sessionfinish(self, session, exitstatus) -> None:
         end = _cpu()
@@ -163,7 +164,7 @@ def summarise(run_dirs: list[Path], top: int = 30) -> str:
     tests: dict[str, list[float]] = {}
     for run in runs:
         for data in run.values():
-            for name, (own, kids, _wall) in data["tests"].items():
+            for name, (own, kids, *_wall) in data["tests"].items():
                 tests.setdefault(name, []).append(own + kids)
     lines.append(f"tests by CPU (top {top}):")
     for name, values in sorted(tests.items(), key=lambda kv: -_median(kv[1]))[:top]:
