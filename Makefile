@@ -36,10 +36,12 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 # The unit tests (no Ray, one process each) run in two pytest-xdist processes, a whole module in one process
-# (--dist loadfile: module fixtures such as a moto server start once); the integration tests share one Ray and
-# Serve (tests/integration/conftest.py) and run in this process, after the unit tests (both run; the exit
-# status is the first failure's). UNIT_XDIST= runs the unit tests in one process.
-UNIT_XDIST ?= -n 2 --dist loadfile
+# (--dist loadfile: module fixtures such as a moto server start once), handed out the most CPU first
+# (--no-loadscope-reorder keeps tests/conftest.py's order, from tests/unit/cpu_seconds.json: the workers end
+# close together); the integration tests share one Ray and Serve (tests/integration/conftest.py) and run in
+# this process, after the unit tests (both run; the exit status is the first failure's). UNIT_XDIST= runs the
+# unit tests in one process.
+UNIT_XDIST ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 test: lint
 	$(PY) -m pytest -q $(UNIT_XDIST) tests/unit; unit=$$?; $(PY) -m pytest -q tests/integration && exit $$unit

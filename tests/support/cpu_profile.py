@@ -15,10 +15,11 @@ writes ``DIR/<worker id or main>.json`` at the end of its session:
   a timeout, a poll); ``heavy_imported_at_collection``: which of ``HEAVY`` collection imported;
   ``total_s``: the whole process at the end, children included.
 
-``python -m tests.support.cpu_profile DIR [DIR ...]`` prints a summary of one or more runs (the median over the
-runs and its range per line): start-up and collection per worker, the modules by CPU, each worker's total, and
+``python -m tests.support.cpu_profile [--write-costs tests/unit/cpu_seconds.json] DIR [DIR ...]`` prints a summary
+of one or more runs (the median over the runs and its range per line): start-up and collection per worker, the modules by CPU, each worker's total, and
 the estimated wall time on two idle cores (the busier worker's CPU: ``--dist loadfile`` gives a whole module to one
-worker, so the slowest module and the imbalance bound it).
+worker, so the slowest module and the imbalance bound it). ``--write-costs`` also writes each module's median CPU
+seconds, the order in which ``tests/conftest.py`` hands the unit modules to the workers (the most first).
 """
 
 from __future__ import annotations
@@ -172,10 +173,33 @@ def summarise(run_dirs: list[Path], top: int = 30) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    args = sys.argv[1:]
+def module_costs(run_dirs: list[Path]) -> dict[str, float]:
+    """{module: its median CPU seconds over the runs}, the most first (``tests/unit/cpu_seconds.json``)."""
+    per: dict[str, list[float]] = {}
+    for d in run_dirs:
+        for p in d.glob("*.json"):
+            for name, m in json.loads(p.read_text())["modules"].items():
+                per.setdefault(name, []).append(m["self_s"] + m["children_s"])
+    costs = {name: round(_median(values), 1) for name, values in per.items()}
+    return dict(sorted(costs.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def main(args: list[str]) -> None:
+    usage = (
+        "usage: python -m tests.support.cpu_profile [--write-costs FILE] RUN_DIR [RUN_DIR ...] "
+        "(directories written with FRESHREC_TEST_CPU=RUN_DIR)"
+    )
+    out = None
+    if args[:1] == ["--write-costs"] and len(args) > 1:
+        out, args = Path(args[1]), args[2:]
     if not args:
-        sys.exit(
-            "usage: python -m tests.support.cpu_profile RUN_DIR [RUN_DIR ...] (directories written with FRESHREC_TEST_CPU=RUN_DIR)"
-        )
-    print(summarise([Path(a) for a in args]))
+        sys.exit(usage)
+    runs = [Path(a) for a in args]
+    if out is not None:
+        out.write_text(json.dumps(module_costs(runs), indent=0) + "\n")
+        print(f"wrote {out}")
+    print(summarise(runs))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
