@@ -1,5 +1,6 @@
 """Shared test fixtures: the real data, with a clear skip when it is absent (the paths and helpers live in
-tests/support/data.py); and the order of the integration modules (grouped by the shared Ray and Serve they use)."""
+tests/support/data.py); the order of the integration modules (grouped by the shared Ray and Serve they use) and of
+the unit modules (the most CPU first); the CPU measurement when FRESHREC_TEST_CPU asks for it."""
 
 from __future__ import annotations
 
