@@ -1,14 +1,24 @@
 """Shared test fixtures: the real data, with a clear skip when it is absent (the paths and helpers live in
-tests/support/data.py); and the order of the integration modules (grouped by the shared Ray and Serve they use)."""
+tests/support/data.py); the order of the integration modules (grouped by the shared Ray and Serve they use) and of
+the unit modules (the most CPU first); the CPU measurement when FRESHREC_TEST_CPU asks for it."""
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support import cpu_profile
 from tests.support.data import ML100K_DIR, TAOBAO_CSV, require
+
+
+def pytest_configure(config):
+    """``FRESHREC_TEST_CPU=DIR``: each pytest process writes its CPU seconds per module to ``DIR``
+    (``tests/support/cpu_profile.py``); without it nothing is registered."""
+    cpu_profile.register(config)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,13 +53,39 @@ def _module_rank(items) -> int:
     return 2 if "serve_port" in names else 1 if "ray_local" in names else 0
 
 
+UNIT_CPU_SECONDS = Path(__file__).parent / "unit" / "cpu_seconds.json"
+
+
+def _unit_cpu_seconds() -> dict[str, float]:
+    """{test module path relative to the repository: its CPU seconds in a measured run}: the order in which the
+    two xdist workers are handed the unit modules (written by ``python -m tests.support.cpu_profile --write-costs``;
+    a module not in it counts 0 and is handed out last; a stale figure only moves a module in the queue)."""
+    try:
+        return json.loads(UNIT_CPU_SECONDS.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def pytest_collection_modifyitems(session, config, items):
     """Group the integration modules by what they share (tests/integration/conftest.py): the ones with their own
     Rays first, then the ones on the shared Ray, then the ones on the shared Ray and Serve, so that the shared
     Ray and the Serve proxy each start once per session instead of once per run of modules (in name order they
-    were started four and two times). Within a group, and within a module, the collected order is kept."""
+    were started four and two times). Within a group, and within a module, the collected order is kept.
+
+    The unit modules come after them, the most CPU first (``tests/unit/cpu_seconds.json``), then name order:
+    with ``--dist loadfile --no-loadscope-reorder`` (``make test-fast``) xdist hands the modules out in this
+    order to whichever worker is free, so the last ones are small and the two workers end close together
+    (xdist's own reorder, by number of tests, handed out a 10-CPU-second module of five tests among the last)."""
     modules: dict = {}
     for item in items:
         modules.setdefault(item.path, []).append(item)
-    order = sorted(modules.values(), key=_module_rank)  # stable: name order within a group
+    cost = _unit_cpu_seconds()
+    root = str(config.rootpath)
+
+    def key(module) -> tuple[int, float]:
+        rank = _module_rank(module)
+        name = os.path.relpath(module[0].path, root)
+        return rank, -cost.get(name, 0.0) if rank == 3 else 0.0
+
+    order = sorted(modules.values(), key=key)  # stable: name order within a group and among equal costs
     items[:] = [item for module in order for item in module]
