@@ -336,6 +336,10 @@ def _reindex(kept: list[bytes], offsets: list[int]) -> list[bytes]:
 def _jsonl_fast(block: bytes, n_lines: int):
     if b"\n\n" in block or b"\n\r\n" in block or block.startswith((b"\n", b"\r\n")):
         return None
+    # only a block whose every line starts with an object: pyarrow 26's JSON reader SEGFAULTS on a first line
+    # `null` (and takes a later `null` line as a row); anything else is judged line by line (_jsonl_slow)
+    if not block.startswith(b"{") or block.count(b"\n{") != n_lines - 1:
+        return None
     try:
         table = pjson.read_json(io.BytesIO(block), read_options=pjson.ReadOptions(use_threads=False))
         table.validate(full=True)  # pyarrow 26's JSON reader can build invalid lists (e.g. [null, null])
