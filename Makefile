@@ -42,13 +42,13 @@ format: $(STAMP)
 # this process, after the unit tests (both run; the exit status is the first failure's). UNIT_XDIST= runs the
 # unit tests in one process.
 UNIT_XDIST ?= -n 2 --dist loadfile --no-loadscope-reorder
-# test-fast and test-unit write bytecode (__pycache__, git-ignored) even where PYTHONDONTWRITEBYTECODE is set:
+# test, test-fast and test-unit write bytecode (__pycache__, git-ignored) even where PYTHONDONTWRITEBYTECODE is set:
 # each worker, and each subprocess check, otherwise compiles the packages and rewrites the test modules anew
 # (about 6 of a worker's 13 CPU seconds of collection; docs/testing.md). UNIT_ENV= keeps the environment's.
 UNIT_ENV ?= PYTHONDONTWRITEBYTECODE=
 
 test: lint
-	$(PY) -m pytest -q $(UNIT_XDIST) tests/unit; unit=$$?; $(PY) -m pytest -q tests/integration && exit $$unit
+	$(UNIT_ENV) $(PY) -m pytest -q $(UNIT_XDIST) tests/unit; unit=$$?; $(UNIT_ENV) $(PY) -m pytest -q tests/integration && exit $$unit
 
 test-fast: lint
 	$(UNIT_ENV) $(PY) -m pytest -q $(UNIT_XDIST) tests/unit
