@@ -312,8 +312,9 @@ class TrainerCore:
         data file's events theirs from earlier events: what ``step_file`` scores).
 
         freshrec's own DLRM is scored without a KJT (:meth:`_logits_pooled`: the ids and the pooled rows straight
-        from the batch's numpy columns); other models (TorchRec's archs, a model whose ``forward`` is its own) go
-        through the KJT and the collection like training (:meth:`_logits_kjt`). Both give the same bits
+        from the batch's numpy columns); other models (TorchRec's archs, a model whose ``forward`` is its own, a
+        model with a forward hook, which must see the call) go through the KJT and the collection like training
+        (:meth:`_logits_kjt`). Both give the same bits
         (tests/unit/test_serve_cpu_score.py)."""
         batch = self._candidates(batch)
         step = None if self.async_mode else self.step
@@ -323,7 +324,9 @@ class TrainerCore:
         model = self.base_model  # never the DDP wrapper: scoring is rank 0's alone
         if model.training:  # eval() walks every submodule: a serving replica scores in eval mode already
             model.eval()
-        plan = self._plan if self._plan is not None and self._plan.fits(batch) else None
+        # a hook on the model's forward sees every score (bench gate's faults: a collapsed or NaN model): the KJT path
+        hooked = bool(model._forward_hooks or model._forward_pre_hooks)
+        plan = self._plan if self._plan is not None and not hooked and self._plan.fits(batch) else None
         with torch.no_grad():
             for lo in range(0, n, SCORE_BATCH):
                 rows = slice(lo, min(lo + SCORE_BATCH, n))
