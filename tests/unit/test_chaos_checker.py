@@ -378,3 +378,35 @@ def test_a_refused_rewrite_is_neither_a_second_consumption_nor_a_row_of_the_firs
     entries.append({"file": "part-00020.csv", "rows": 63, "complete": True, "sha256": "ffff", "source": 1})
     twice = checker.observe_files(metrics, dead, entries)  # other bytes really taken again: still caught
     assert [v.invariant for v in checker.check_exactly_once([], twice, {})] == ["exactly_once"]
+
+
+def test_the_files_after_a_slowly_written_one_are_timing_dependent_too():
+    """bench chaos seed 101 with slow_write (fifth session): the run took part-00050.csv after its first append
+    (28 rows trained, its later appends refused as changed), so part-00060.csv's first rows, which repeat
+    part-00050.csv's last rows, were new events, not duplicates: both the fault-free reference and the faulted
+    run trained them, and the contract check, expecting part-00050.csv whole, called that a violation."""
+    slow = b"1,1,1,pv,1511658000\n2,2,2,pv,1511658001\n3,3,3,pv,1511658002\n"
+    after = b"3,3,3,pv,1511658002\n4,4,4,pv,1511658003\n"
+    plan = streams.StreamPlan(
+        seed=0,
+        anomalies=streams.Anomalies(),
+        waves=(
+            (streams.FileOp("write", "part-00010.csv", b"9,9,9,pv,1511657999\n"),),
+            (
+                streams.FileOp("slow", "part-00020.csv", slow, chunks=3),
+                streams.FileOp("write", "part-00030.csv", after),
+            ),
+        ),
+        allowed_s=2,
+        policy="defer",
+        source="test",
+    )
+    got = {e.name: e for e in streams.expected(plan, now=1511658000)}
+    assert not got["part-00010.csv"].uncertain  # before the slow file: exact
+    assert got["part-00020.csv"].uncertain and got["part-00030.csv"].uncertain
+    assert got["part-00030.csv"].duplicate == 1  # the whole-file expectation, no longer checked exactly
+    seen = {
+        name: FileSeen(name, records=1, examples=n, trained=n, trained_total=n, ledger_rows=rows, duplicate=0)
+        for name, n, rows in (("part-00010.csv", 1, 1), ("part-00020.csv", 1, 1), ("part-00030.csv", 2, 2))
+    }
+    assert checker.check_contract(list(got.values()), seen) == []
