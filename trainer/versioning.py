@@ -238,7 +238,7 @@ class VersionKeeper:
         replica does), so that a gc beside the restart (an operator's, or its compaction's) cannot remove
         it mid-read; the lease goes once every rank has read it."""
         holder = f"restore-{uuid.uuid4().hex[:12]}"
-        version = self.broadcast(self._leased_newest(holder) if self.rank == 0 else None)
+        version = self.broadcast(lease_newest(self.store, holder) if self.rank == 0 else None)
         if version is None:
             return None
         try:
@@ -249,10 +249,6 @@ class VersionKeeper:
                     self.store.release_lease(holder)
                 except Exception:  # it expires by itself (RESTORE_LEASE_S)
                     log.warning("could not release the restore lease %s of version %d", holder, version)
-
-    def _leased_newest(self, holder: str) -> int | None:
-        """(Rank 0) the newest valid version, leased (:func:`lease_newest`)."""
-        return lease_newest(self.store, holder)
 
     def _restore_from(self, version: int, reread) -> int:
         if self.rank == 0:
