@@ -94,6 +94,7 @@ def describe(state: dict) -> str:
     )
 
 
+READ_ATTEMPTS_CAS = 3  # update(): transient errors on the lease's write tolerated before giving up
 PROGRESS_S = 10.0  # acquire(): a progress line this often while another writer's lease blocks it
 
 
@@ -139,21 +140,30 @@ class WriterLease:
         else:
             yield
 
-    def read(self) -> tuple[dict | None, str | None]:
-        """``(state, tag)``: the lease object (None when absent) and its ETag on S3."""
+    def _read_once(self) -> tuple[bytes, str | None] | None:
         store = self.store
-        with store._io(f"read {self.path}"):
-            tag = None
-            if _kind(store) == "s3":
-                store.fs.invalidate_cache(self.path)
-                try:
-                    tag = store.fs.info(self.path).get("ETag")
-                except FileNotFoundError:
-                    return None, None
+        tag = None
+        if _kind(store) == "s3":
+            store.fs.invalidate_cache(self.path)
             try:
-                data = store.fs.cat_file(self.path)
+                tag = store.fs.info(self.path).get("ETag")
             except FileNotFoundError:
-                return None, None
+                return None
+        try:
+            return store.fs.cat_file(self.path), tag
+        except FileNotFoundError:
+            return None
+
+    def read(self) -> tuple[dict | None, str | None]:
+        """``(state, tag)``: the lease object (None when absent) and its ETag on S3. A read is idempotent, so a
+        transient store error is retried like every other read (``VersionStore._retrying``): one dropped
+        connection on WRITER.json must not fail a version, a renewal or a restart (bench chaos found a reset
+        here failing the Ray Train worker group, which the driver then restarted)."""
+        store = self.store
+        found = store._retrying(f"read {self.path}", self._read_once)
+        if found is None:
+            return None, None
+        data, tag = found
         try:
             state = json.loads(data)
             if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
@@ -198,14 +208,27 @@ class WriterLease:
 
     def update(self, fn) -> dict | None:
         """Apply ``fn(state) -> new state | None (no change)`` as a compare-and-swap, retrying lost races."""
+        transient = 0
         for attempt in range(50):
             with self._mutex():
                 state, tag = self.read()
                 new = fn(None if state is None else dict(state))
                 if new is None:
                     return state
-                if self._write(new, tag, existed=state is not None):
-                    return new
+                try:
+                    if self._write(new, tag, existed=state is not None):
+                        return new
+                except StoreUnavailableError as exc:
+                    # A failed conditional write is ambiguous: the request may have been applied and only its
+                    # answer lost. Read again: our own state there means it was (every state this writer writes
+                    # carries a fresh renewed_at, so it cannot be an older one); anything else means it was not,
+                    # and fn is applied again to what is there now, as after a lost race.
+                    transient += 1
+                    if transient >= READ_ATTEMPTS_CAS:
+                        raise
+                    log.warning("writing %s failed (%s): reading it back to see whether the write landed", self.path, exc)
+                    if self.read()[0] == json.loads(json.dumps(new, sort_keys=True)):
+                        return new
             time.sleep(random.uniform(0.005, 0.05) * min(attempt + 1, 10))
         raise StoreUnavailableError(self.store.url, f"could not update {self.path}: too many concurrent updates")
 

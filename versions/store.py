@@ -240,8 +240,9 @@ class VersionStore:
     def _retrying(self, what: str, fn):
         """``fn()`` under :meth:`_io`, retried on a transient error (StoreUnavailableError) with a short
         jittered backoff, ``READ_ATTEMPTS`` times in all. Only for idempotent calls: reads, and writes of a
-        whole object (a small file, a part) that a second try simply writes again; never the writer lease's
-        compare-and-swap. A poller, the CLI's version ticker, a restore and a version's write must not fail
+        whole object (a small file, a part) that a second try simply writes again. The writer lease's
+        compare-and-swap retries its reads here and settles a failed conditional write by reading it back
+        (fencing.py). A poller, the CLI's version ticker, a restore and a version's write must not fail
         on one dropped connection. FileNotFoundError and VersionErrors are never retried."""
         for attempt in range(READ_ATTEMPTS):
             try:

@@ -162,6 +162,73 @@ def test_racing_writers_one_wins(url_options):
     assert VersionStore(url, options).writer_state()["holder"] == f"w{wins[0]}"
 
 
+def test_a_transient_error_reading_the_writer_lease_is_retried_not_fatal(url_options, monkeypatch):
+    """bench chaos (CI, seed 0 of test_chaos): one injected connection reset on WRITER.json's read failed the
+    version being begun, so the Ray Train worker group failed and the driver restarted it. One call in three on
+    the lease file fails here (reads and, on S3, the ETag lookup): begin, commit, gc and release all go on."""
+    url, options = url_options
+    store = VersionStore(url, options, writer_id="trainer")
+    fs = store.fs
+    faults = {"n": 0, "calls": 0}
+
+    def flaky(name):
+        real = getattr(fs, name)
+
+        def call(path, *a, **k):
+            if str(path).endswith("WRITER.json"):
+                faults["calls"] += 1
+                if faults["calls"] % 3 == 1:
+                    faults["n"] += 1
+                    raise ConnectionResetError(f"injected: {name} {path}")
+            return real(path, *a, **k)
+
+        return call
+
+    for name in ("cat_file", "info"):
+        monkeypatch.setattr(fs, name, flaky(name))
+    for value in (1.0, 2.0, 3.0):
+        w = store.begin("full")
+        w.commit(dense(w, value))
+    assert store.gc(keep=1, grace_s=0)["removed"]
+    assert store.release_writer()
+    assert faults["n"] >= 6
+    monkeypatch.undo()
+    state = VersionStore(url, options).writer_state()
+    assert state["last_version"] == 3 and state["epoch"] == 1 and not state["live"]
+
+
+def test_a_lease_write_whose_answer_is_lost_is_read_back_not_applied_twice(url_options, monkeypatch):
+    """A conditional PUT of WRITER.json that S3 applied but whose answer was lost (a connection reset after the
+    request): the writer reads the lease back and sees its own state, instead of failing the version (or, had it
+    retried blindly, allocating a second version number). On a local directory and memory:// the write is a
+    whole-file replace under a lock, retried as such."""
+    url, options = url_options
+    store = VersionStore(url, options, writer_id="trainer")
+    w = store.begin("full")
+    w.commit(dense(w))
+    fs = store.fs
+    lost = {"n": 0}
+    real_pipe = fs.pipe_file
+
+    def pipe_then_lose_the_answer(path, *a, **k):
+        out = real_pipe(path, *a, **k)
+        if str(path).endswith("WRITER.json") and lost["n"] < 2:
+            lost["n"] += 1
+            raise ConnectionResetError("injected: the answer to a PUT that was applied")
+        return out
+
+    monkeypatch.setattr(fs, "pipe_file", pipe_then_lose_the_answer)
+    w = store.begin("full")
+    assert w.version == 2
+    w.commit(dense(w, 2.0))
+    monkeypatch.undo()
+    if not store.local:  # local writes go through open/rename, not pipe_file
+        assert lost["n"] == 2
+    state = VersionStore(url, options).writer_state()
+    assert state["last_version"] == 2 and state["writing"] == {}
+    assert VersionStore(url, options).latest() == 2
+
+
 WRITER_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
