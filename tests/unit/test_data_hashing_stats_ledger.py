@@ -152,3 +152,47 @@ def test_ledger_from_dict_rejects_garbage_with_ledger_error(data):
     except LedgerError:
         return
     assert DataLedger.from_dict(led.to_dict()) == led  # whatever is accepted round-trips
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_consumed_by_stat_equals_by_stat_file_by_file(seed):
+    """The follower's vectorised test of a whole listing (``consumed_by_stat``) against the per-file ``by_stat``
+    it replaced, on a seeded ledger with entries in both the compact columns and the held ones: partly taken
+    files, refused (changed) ones, names taken more than once, a renamed copy, and listings that differ in
+    size, mtime or one byte of the name."""
+    import hashlib
+
+    from trainer.data.ledger import DataFileRef
+    from trainer.data.storage import FileInfo
+
+    rng = np.random.default_rng(seed)
+    ledger = DataLedger(hot_entries=int(rng.integers(2, 40)))
+    recorded = []
+    for i in range(int(rng.integers(50, 400))):
+        name = f"part-{int(rng.integers(0, 300)):05d}.csv" if rng.random() < 0.8 else f"p{i}-" + "x" * int(rng.integers(1, 300))
+        size, mtime = int(rng.integers(1, 10**6)), float(rng.integers(1, 10**9)) + float(rng.random())
+        sha = hashlib.sha256(f"{seed}-{i}".encode()).hexdigest()
+        ref = DataFileRef(name, sha, f"/in/{name}", size, mtime, source=int(rng.integers(0, 2)))
+        kind = rng.random()
+        try:
+            if kind < 0.1:
+                ledger.refuse(ref)
+            else:
+                ledger.record(ref, int(rng.integers(1, 100)), complete=kind > 0.25)
+        except Exception:  # names too long for the compact columns, an entry going back: not recorded
+            continue
+        recorded.append((name, size, mtime))
+    files = []
+    for name, size, mtime in recorded:
+        files.append(FileInfo(f"/in/{name}", size, mtime))
+        files.append(FileInfo(f"/in/{name}", size + 1, mtime))
+        files.append(FileInfo(f"/in/{name}", size, mtime + 0.5))
+        files.append(FileInfo(f"/in/{name[:-1]}v", size, mtime))
+    files += [FileInfo(f"/in/new-{i}.csv", 10, 1.0) for i in range(20)]
+    order = rng.permutation(len(files))
+    files = [files[i] for i in order]
+    want = [(e := ledger.by_stat(f.name, f.size, f.mtime)) is not None and e.complete for f in files]
+    got = ledger.consumed_by_stat(files).tolist()
+    assert got == want and any(want) and not all(want)
+    assert ledger.consumed_by_stat([]).tolist() == []
+    assert len(ledger._cold) > 0 and len(ledger._entries) > 0  # both places exercised

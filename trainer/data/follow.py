@@ -83,9 +83,8 @@ def _trim(hashes: dict, yielded: set, ledger: DataLedger, listed: set[str]) -> i
 def _trim_all(hashes: dict, yielded: set, seen: dict, ledger: DataLedger, files: list) -> int:
     """:func:`_trim`, and ``seen`` forgets files gone from the directory or consumed. Returns the entries left."""
     listed = {f.path for f in files}
-    for f in files:
-        known = ledger.by_stat(f.name, f.size, f.mtime)
-        if known is not None and known.complete:
+    for f, done in zip(files, ledger.consumed_by_stat(files).tolist(), strict=True):
+        if done:
             seen.pop(f.path, None)
     for path in [p for p in seen if p not in listed]:
         del seen[path]
@@ -151,10 +150,10 @@ def follow_data_files(
     while True:
         now = time.monotonic()
         files = sorted((f for f in storage.list_files(incoming) if is_data_file_name(f.name)), key=lambda f: f.name)
+        consumed = ledger.consumed_by_stat(files).tolist()  # every file at once (a poll is O(files listed))
         taken, waiting = 0, False
-        for f in files:
-            known = ledger.by_stat(f.name, f.size, f.mtime)
-            if known is not None and known.complete:  # consumed: nothing to watch (``seen`` stays bounded)
+        for f, done in zip(files, consumed, strict=True):
+            if done:  # consumed: nothing to watch (``seen`` stays bounded)
                 seen.pop(f.path, None)
                 continue
             size, mtime, since = seen.get(f.path, (-1, -1.0, now))

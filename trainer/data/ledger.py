@@ -193,15 +193,15 @@ class _Cold:
         rows = self._match(self.name_sorted, self.by_name, _name_id(name))
         return [e for i in sorted(rows, key=lambda i: int(self.order[i])) if (e := self.entry(i)).file == name]
 
-    def names(self, rows: np.ndarray) -> np.ndarray:
-        """The names of ``rows`` as a (len(rows), NAME_BYTES) uint8 array, zero-padded (vectorised)."""
+    def names(self, rows: np.ndarray, width: int = NAME_BYTES) -> np.ndarray:
+        """The names of ``rows`` as a (len(rows), width) uint8 array, zero-padded (vectorised)."""
         start, lens = self.name_off[rows], self.name_off[rows + 1] - self.name_off[rows]
-        if len(lens) and int(lens.max()) > NAME_BYTES:
-            raise LedgerError(f"a data file name is longer than {NAME_BYTES} bytes: rename it")
-        pos = start[:, None] + np.arange(NAME_BYTES)[None, :]
-        inside = np.arange(NAME_BYTES)[None, :] < lens[:, None]
+        if len(lens) and int(lens.max()) > width:
+            raise LedgerError(f"a data file name is longer than {width} bytes: rename it")
+        pos = start[:, None] + np.arange(width)[None, :]
+        inside = np.arange(width)[None, :] < lens[:, None]
         if not len(self.name_blob):
-            return np.zeros((len(rows), NAME_BYTES), np.uint8)
+            return np.zeros((len(rows), width), np.uint8)
         return np.where(inside, self.name_blob[np.minimum(pos, len(self.name_blob) - 1)], 0).astype(np.uint8)
 
 
@@ -331,6 +331,64 @@ class DataLedger:
             if e.size == size and e.mtime is not None and abs(e.mtime - mtime) < 1e-6:
                 return e
         return None
+
+    def consumed_by_stat(self, files: list) -> np.ndarray:
+        """For each ``storage.FileInfo`` of ``files``: whether ``by_stat`` finds a complete entry for it (the
+        follower's test, per poll, of every file in its directory). The compact columns are matched at once
+        (the names' 64-bit hashes against their sorted index, then size, mtime and the stored name bytes);
+        only the few files not settled there go through the held entries one by one."""
+        n = len(files)
+        out = np.zeros(n, bool)
+        if not n:
+            return out
+        names = [f.name for f in files]
+        cold = self._cold
+        if len(cold):
+            ids = np.fromiter((_name_id(x) for x in names), np.int64, n)
+            lo = np.searchsorted(cold.name_sorted, ids, "left")
+            count = np.searchsorted(cold.name_sorted, ids, "right") - lo
+            one = np.flatnonzero(count == 1)  # the usual case: one entry of that name
+            if len(one):
+                rows = cold.by_name[lo[one]]
+                sizes = np.fromiter((files[i].size for i in one), np.int64, len(one))
+                mtimes = np.fromiter((files[i].mtime for i in one), np.float64, len(one))
+                hit = (cold.size[rows] == sizes) & (np.abs(cold.mtime[rows] - mtimes) < 1e-6)
+                if hit.any():  # confirm the hash's match on the stored name
+                    h = np.flatnonzero(hit)
+                    encoded = [names[i].encode() for i in one[h]]
+                    stored = cold.name_off[rows[h] + 1] - cold.name_off[rows[h]]
+                    fits = np.array([len(e) <= NAME_BYTES for e in encoded], bool) & (stored <= NAME_BYTES)
+                    same = np.zeros(len(h), bool)
+                    if fits.any():
+                        width = max(len(e) for e, ok in zip(encoded, fits, strict=True) if ok)
+                        width = max(width, int(stored[fits].max()), 1)
+                        blob = b"".join(e.ljust(width, b"\0") for e, ok in zip(encoded, fits, strict=True) if ok)
+                        want = np.frombuffer(blob, np.uint8).reshape(-1, width)
+                        same[fits] = (cold.names(rows[h][fits], width) == want).all(axis=1)
+                    for j in np.flatnonzero(~fits).tolist():  # a name longer than the columns' width: as a string
+                        same[j] = cold.name(int(rows[h[j]])) == names[int(one[h[j]])]
+                    out[one[h[same]]] = True
+            for i in np.flatnonzero(count > 1).tolist():  # a name taken more than once (rare): entry by entry
+                f = files[i]
+                out[i] = any(
+                    e.size == f.size and e.mtime is not None and abs(e.mtime - f.mtime) < 1e-6
+                    for e in cold.named(names[i])
+                )
+        for i in np.flatnonzero(~out).tolist():  # the held (latest) entries: at most HOT_ENTRIES
+            if self._by_name.get(names[i]):
+                f = files[i]
+                e = next(
+                    (
+                        e
+                        for k in self._by_name[names[i]]
+                        if (e := self._entries[k]).size == f.size
+                        and e.mtime is not None
+                        and abs(e.mtime - f.mtime) < 1e-6
+                    ),
+                    None,
+                )
+                out[i] = e is not None and e.complete
+        return out
 
     def is_complete(self, file) -> bool:
         """Taken in full (or refused): by content hash for a DataFileRef (the same file renamed counts), else by name."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import hashlib
 import os
 import re
@@ -35,7 +36,11 @@ def is_url(path: str | os.PathLike) -> bool:
 
 def base_name(path: str | os.PathLike) -> str:
     """The file name of a path or URL."""
-    return str(path).rstrip("/").rsplit("/", 1)[-1] if is_url(str(path)) else Path(path).name
+    s = str(path)
+    name = s.rstrip("/").rsplit("/", 1)[-1]
+    if is_url(s) or name not in ("", ".", ".."):
+        return name  # (a plain string split: a follower names every listed file on every poll)
+    return Path(s).name  # the forms a path normalises
 
 
 def parent_of(path: str | os.PathLike) -> str:
@@ -83,8 +88,8 @@ class FileInfo:
     size: int
     mtime: float  # seconds; 0.0 where the filesystem does not say
 
-    @property
-    def name(self) -> str:
+    @functools.cached_property
+    def name(self) -> str:  # computed once: a follower sorts, filters and matches every listed file per poll
         return base_name(self.path)
 
 
