@@ -137,28 +137,46 @@ class _Cold:
 
     def add(self, entries: list[LedgerEntry], orders: list[int]) -> None:
         names = [e.file.encode() for e in entries]
-        lens = np.array([len(n) for n in names], np.int64)
         sha = np.zeros((len(entries), 32), np.uint8)
         for i, e in enumerate(entries):  # one row per data file moved (once in its life)
             if e.sha256:
                 sha[i] = np.frombuffer(bytes.fromhex(e.sha256), np.uint8)
+        self.add_columns(
+            key_id=np.array([_key_id(e.key) for e in entries], np.int64),
+            name_id=np.array([_name_id(e.file) for e in entries], np.int64),
+            name_blob=np.frombuffer(b"".join(names), np.uint8),
+            name_len=np.array([len(n) for n in names], np.int64),
+            sha=sha,
+            has_sha=np.array([e.sha256 is not None for e in entries], bool),
+            rows=np.array([e.rows for e in entries], np.int64),
+            size=np.array([-1 if e.size is None else e.size for e in entries], np.int64),
+            mtime=np.array([np.nan if e.mtime is None else e.mtime for e in entries], np.float64),
+            status=np.array([STATUSES.index(e.status) for e in entries], np.int8),
+            source=np.array([e.source for e in entries], np.int8),
+            order=np.array(orders, np.int64),
+        )
+
+    def add_columns(
+        self, *, key_id, name_id, name_blob, name_len, sha, has_sha, rows, size, mtime, status, source, order
+    ):
+        """Append complete entries given as columns (``name_blob``: their names' bytes back to back)."""
         cat = np.concatenate
-        self.key_id = cat([self.key_id, np.array([_key_id(e.key) for e in entries], np.int64)])
-        self.name_id = cat([self.name_id, np.array([_name_id(e.file) for e in entries], np.int64)])
-        self.name_blob = cat([self.name_blob, np.frombuffer(b"".join(names), np.uint8)])
-        self.name_off = cat([self.name_off, self.name_off[-1] + np.cumsum(lens)])
-        self.sha = cat([self.sha, sha])
-        self.has_sha = cat([self.has_sha, np.array([e.sha256 is not None for e in entries], bool)])
-        self.rows = cat([self.rows, np.array([e.rows for e in entries], np.int64)])
-        self.size = cat([self.size, np.array([-1 if e.size is None else e.size for e in entries], np.int64)])
-        self.mtime = cat([self.mtime, np.array([np.nan if e.mtime is None else e.mtime for e in entries])])
-        self.status = cat([self.status, np.array([STATUSES.index(e.status) for e in entries], np.int8)])
-        self.source = cat([self.source, np.array([e.source for e in entries], np.int8)])
-        self.order = cat([self.order, np.array(orders, np.int64)])
+        self.key_id = cat([self.key_id, key_id.astype(np.int64)])
+        self.name_id = cat([self.name_id, name_id.astype(np.int64)])
+        self.name_blob = cat([self.name_blob, name_blob.astype(np.uint8)])
+        self.name_off = cat([self.name_off, self.name_off[-1] + np.cumsum(name_len.astype(np.int64))])
+        self.sha = cat([self.sha, sha.astype(np.uint8).reshape(-1, 32)])
+        self.has_sha = cat([self.has_sha, has_sha.astype(bool)])
+        self.rows = cat([self.rows, rows.astype(np.int64)])
+        self.size = cat([self.size, size.astype(np.int64)])
+        self.mtime = cat([self.mtime, mtime.astype(np.float64)])
+        self.status = cat([self.status, status.astype(np.int8)])
+        self.source = cat([self.source, source.astype(np.int8)])
+        self.order = cat([self.order, order.astype(np.int64)])
         self.by_key = np.argsort(self.key_id, kind="stable")
         self.by_name = np.argsort(self.name_id, kind="stable")
         self.key_sorted, self.name_sorted = self.key_id[self.by_key], self.name_id[self.by_name]
-        self.total_rows += sum(e.rows for e in entries)
+        self.total_rows += int(rows.sum())
 
     def name(self, i: int) -> str:
         return bytes(self.name_blob[self.name_off[i] : self.name_off[i + 1]]).decode()
@@ -486,31 +504,70 @@ class DataLedger:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "DataLedger":
-        """The inverse of :meth:`to_arrays` over a whole (merged) ledger."""
+        """The inverse of :meth:`to_arrays` over a whole (merged) ledger: the same ledger as recording its
+        entries one by one in their saved order (``DataLedger(entries)``), built as columns. A restart reads
+        every file ever consumed, so the complete entries that go to the compact columns are moved there as
+        arrays; only the latest ``hot_entries // 2`` and the partly taken ones become objects."""
         n = len(arrays["ids"])
-        order = np.argsort(arrays["order"], kind="stable")
-        entries = []
-        for i in order.tolist():  # one iteration per data file
-            name = bytes(arrays["name"][i, : int(arrays["name_len"][i])]).decode()
-            sha = bytes(arrays["sha256"][i]).hex() if bool(arrays["has_sha"][i]) else None
-            size = int(arrays["size"][i])
-            mtime = float(arrays["mtime"][i])
-            entries.append(
-                LedgerEntry(
-                    name,
-                    int(arrays["rows"][i]),
-                    bool(arrays["complete"][i]),
-                    sha,
-                    None if size < 0 else size,
-                    None if np.isnan(mtime) else mtime,
-                    STATUSES[int(arrays["status"][i])],
-                    int(arrays["source"][i]),
-                )
+        ids = np.asarray(arrays["ids"], np.int64)
+        if len(np.unique(ids)) != n:
+            raise LedgerError(f"the saved ledger has {n} entries but only {len(np.unique(ids))} distinct data files")
+        order = np.argsort(arrays["order"], kind="stable")  # position p gets the sequence number p + 1
+        col = {k: np.asarray(v)[order] for k, v in arrays.items() if k != "deleted"}
+        lens = col["name_len"].astype(np.int64)
+        if n and (int(lens.min()) < 1 or int(lens.max()) > NAME_BYTES):
+            raise LedgerError(f"the saved ledger has a data file name of {int(lens.max())} bytes (1-{NAME_BYTES})")
+        led = cls()
+        complete = np.flatnonzero(col["complete"].astype(bool))
+        cold = (
+            complete[: len(complete) - led.hot_entries // 2]
+            if n > led.hot_entries and len(complete) > led.hot_entries
+            else complete[:0]
+        )
+        if len(cold):  # what the constructor's one spill would move, in one go
+            inside = np.arange(NAME_BYTES)[None, :] < lens[cold][:, None]
+            blob = np.ascontiguousarray(col["name"][cold][:, :NAME_BYTES][inside]).astype(np.uint8)
+            off = np.concatenate([[0], np.cumsum(lens[cold])])
+            raw = blob.tobytes()
+            led._cold.add_columns(
+                key_id=col["ids"][cold],
+                name_id=np.fromiter(  # the one per-file step: a 64-bit hash of each name (hashlib)
+                    (_name_id(raw[a:b].decode()) for a, b in zip(off[:-1].tolist(), off[1:].tolist(), strict=True)),
+                    np.int64,
+                    len(cold),
+                ),
+                name_blob=blob,
+                name_len=lens[cold],
+                sha=col["sha256"][cold],
+                has_sha=col["has_sha"][cold],
+                rows=col["rows"][cold],
+                size=col["size"][cold],
+                mtime=col["mtime"][cold],
+                status=col["status"][cold],
+                source=col["source"][cold],
+                order=cold.astype(np.int64) + 1,
             )
-        led = cls(entries)
+        held = np.ones(n, bool)
+        held[cold] = False
+        for p in np.flatnonzero(held).tolist():  # at most hot_entries // 2 complete ones, and the partly taken
+            size, mtime = int(col["size"][p]), float(col["mtime"][p])
+            e = LedgerEntry(
+                bytes(col["name"][p, : int(lens[p])]).decode(),
+                int(col["rows"][p]),
+                bool(col["complete"][p]),
+                bytes(col["sha256"][p]).hex() if bool(col["has_sha"][p]) else None,
+                None if size < 0 else size,
+                None if np.isnan(mtime) else mtime,
+                STATUSES[int(col["status"][p])],
+                int(col["source"][p]),
+            )
+            if _key_id(e.key) != int(col["ids"][p]):
+                raise LedgerError(f"the saved ledger's entry for {e.file} does not match its id")
+            led._entries[e.key] = e
+            led._by_name.setdefault(e.file, []).append(e.key)
+            led._changed[e.key] = p + 1
+        led.seq = n
         led._removed = []
-        if len(led) != n:
-            raise LedgerError(f"the saved ledger has {n} entries but only {len(led)} distinct data files")
         return led
 
     def to_dict(self) -> dict:
