@@ -127,3 +127,47 @@ def test_a_file_read_incompletely_is_retried_when_its_content_changes(tmp_path):
     assert taken == [(0, False), (2, True)]
     # the partly taken entry is replaced by the complete one (its position is where a retry goes on)
     assert [(e.complete, e.rows) for e in ledger.entries] == [(True, 2)]
+
+
+def test_a_live_poll_stats_only_the_files_not_consumed_and_a_changed_one_is_still_found(tmp_path, monkeypatch):
+    """A follower over a local directory of many consumed files: between full polls (every FULL_SCAN_S) a poll lists
+    names and stats only the files not yet consumed (before: a stat and a ledger test per consumed file, 41 ms per
+    poll at 1,000 files); a consumed file whose bytes then change is still found, at the next full poll, and yielded
+    refused, and a new file is taken at once."""
+    import hashlib
+    import os
+
+    from trainer.data import follow, storage
+    from trainer.data.ledger import DataFileRef
+
+    monkeypatch.setattr(follow, "FULL_SCAN_S", 0.5)
+    ledger = DataLedger()
+    for i in range(300):
+        path = tmp_path / f"part-{i:04d}.csv"
+        _touch(path, f"row {i}\n")
+        st = os.stat(path)
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        ledger.record(DataFileRef(path.name, sha, str(path), st.st_size, st.st_mtime, source=1), 1, complete=True)
+    stats, full, polls, got = [], [], [0], []
+    real_stat, real_list = storage.stat, storage.list_files
+    monkeypatch.setattr(storage, "stat", lambda p, *a, **k: stats.append(str(p)) or real_stat(p, *a, **k))
+    monkeypatch.setattr(storage, "list_files", lambda d, *a, **k: full.append(1) or real_list(d, *a, **k))
+
+    def stop():  # called once per poll that took nothing
+        polls[0] += 1
+        if polls[0] == 5:  # quick polls by now: a consumed file changes, a new one lands
+            stats.clear()
+            with open(tmp_path / "part-0007.csv", "a") as fh:
+                fh.write("appended after it was consumed\n")
+            _touch(tmp_path / "part-9999.csv", "new\n")
+        return polls[0] > 2000
+
+    t0 = time.monotonic()
+    for ref in follow_data_files(None, tmp_path, ledger, drain=False, poll_s=0.005, settle_s=0.0, stop=stop):
+        got.append((ref.name, ref.refused, time.monotonic() - t0))
+        ledger.record(ref, 1, complete=True) if ref.refused is None else ledger.refuse(ref)
+        if len(got) >= 2:
+            break
+    assert [(n, r) for n, r, _ in got] == [("part-9999.csv", None), ("part-0007.csv", "changed")]
+    assert 2 <= len(full) and len(full) * 5 < polls[0]  # most polls were quick; a full one found the change
+    assert set(stats) <= {str(tmp_path / "part-9999.csv")}  # quick polls stat'ed no consumed file

@@ -64,6 +64,10 @@ def _listing(where: str | os.PathLike) -> list[storage.FileInfo]:
 
 
 KEEP_FOLLOW = 256  # cache entries the follower keeps before trimming what the ledger already answers
+# A local incoming directory: a poll lists names only and stats just the files not yet consumed; every FULL_SCAN_S
+# (and before a drain ends) a full poll stats every file again, which is when a consumed file whose bytes changed
+# is found (and refused). A poll over thousands of consumed files otherwise costs a stat and a ledger test each.
+FULL_SCAN_S = 5.0
 
 
 def _trim(hashes: dict, yielded: set, ledger: DataLedger, listed: set[str]) -> int:
@@ -146,15 +150,32 @@ def follow_data_files(
     settle = poll_s if settle_s is None else settle_s
     kept = [0]  # entries left by the last trim (the next one runs once the caches doubled past it)
     seen: dict[str, tuple[int, float, float]] = {}  # path -> (size, mtime, first seen with them)
+    done_paths: set[str] = set()  # local files found consumed since the last full poll (bounded by the listing)
+    last_full = -float("inf")
     idle_since = last_tick = time.monotonic()
     while True:
         now = time.monotonic()
-        files = sorted((f for f in storage.list_files(incoming) if is_data_file_name(f.name)), key=lambda f: f.name)
-        consumed = ledger.consumed_by_stat(files).tolist()  # every file at once (a poll is O(files listed))
+        paths = storage.list_paths(incoming) if now - last_full < FULL_SCAN_S else None
+        full = paths is None
+        if full:
+            listed, last_full = storage.list_files(incoming), now
+            done_paths.clear()
+        else:
+            listed = []
+            for path in paths:
+                if path in done_paths or not is_data_file_name(storage.base_name(path)):
+                    continue
+                try:
+                    listed.append(storage.stat(path))
+                except FileNotFoundError:  # gone between the listing and the stat
+                    continue
+        files = sorted((f for f in listed if is_data_file_name(f.name)), key=lambda f: f.name)
+        consumed = ledger.consumed_by_stat(files).tolist()  # every file at once
         taken, waiting = 0, False
         for f, done in zip(files, consumed, strict=True):
             if done:  # consumed: nothing to watch (``seen`` stays bounded)
                 seen.pop(f.path, None)
+                done_paths.add(f.path)
                 continue
             size, mtime, since = seen.get(f.path, (-1, -1.0, now))
             if (size, mtime) != (f.size, f.mtime):
@@ -182,6 +203,9 @@ def follow_data_files(
             kept[0] = _trim_all(hashes, yielded, seen, ledger, files)
         if not taken:
             if drain and not waiting:
+                if not full:  # a drain ends on a full poll: a consumed file that changed is found first
+                    last_full = -float("inf")
+                    continue
                 return
             if idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
                 return

@@ -150,6 +150,16 @@ def list_files(directory: str | os.PathLike, options: Mapping | None = None) -> 
     return out
 
 
+def list_paths(directory: str | os.PathLike) -> list[str] | None:
+    """The paths of the plain files directly in a local ``directory``, without a ``stat`` of each (a follower's
+    quick poll); None for a URL, whose listing already carries sizes and times (use :func:`list_files`)."""
+    s = str(directory)
+    if is_url(s):
+        return None
+    with os.scandir(s) as it:
+        return [entry.path for entry in it if entry.is_file()]
+
+
 def stat(path: str | os.PathLike, options: Mapping | None = None) -> FileInfo:
     s = str(path)
     if is_url(s):
