@@ -10,7 +10,8 @@ version is a real one, cut by ``VersionKeeper`` with the data layer's state); th
 and the restart is timed, in process, as a stream does it: a new training core and ``VersionKeeper.restore``
 (shards, core, ledger, data-layer state), the follower's pass over the directory up to the new file (consumed
 files are recognised by name, size and mtime, not re-read), and the new file validated and trained (the
-same ``consume`` the Ray Train worker runs). Reported per N: the median (and min/max) of ``--repeats``
+same ``consume`` the Ray Train worker runs); then the CPU per poll of a live follower over the directory, every
+file consumed (``poll_cpu_ms``: what a waiting stream pays every ``poll_s``). Reported per N: the median (and min/max) of ``--repeats``
 restarts and of each phase (``restore_s``, ``follow_s``, ``train_s``), and ``ratio`` = the largest N's median
 over the smallest's. Not included: the embedded Ray's start and the Ray Train worker's (constant in N, 25 s
 or more: ``freshrec stream`` end to end is dominated by them), and training the history (its dedup window is
@@ -27,6 +28,7 @@ from pathlib import Path
 
 DESCRIPTION = "restart-to-first-new-file time after N consumed data files (in process, no Ray)"
 BASE_TS = 1_511_600_000
+POLLS = 200  # live polls timed after each restart (poll_cpu_ms)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -111,7 +113,30 @@ def restart_once(src: Path, store: str) -> dict:
     if taken is None or t.last_trained < 1:
         raise RuntimeError(f"the new data file {ref.name} was not trained")
     keeper.store.release_writer()
-    return {"restart_s": t3 - t0, "restore_s": t1 - t0, "follow_s": t2 - t1, "train_s": t3 - t2}
+    return {
+        "restart_s": t3 - t0,
+        "restore_s": t1 - t0,
+        "follow_s": t2 - t1,
+        "train_s": t3 - t2,
+        "poll_cpu_ms": poll_cpu_ms(src, t.ledger),
+    }
+
+
+def poll_cpu_ms(src: Path, ledger, polls: int = POLLS) -> float:
+    """CPU milliseconds per poll of a live follower over ``src`` once every file in it is consumed (what a
+    long-running stream pays every ``poll_s`` while it waits: full polls every ``FULL_SCAN_S``, quick between)."""
+    from trainer.data.follow import follow_data_files
+
+    n = [0]
+
+    def stop() -> bool:
+        n[0] += 1
+        return n[0] >= polls
+
+    c0 = time.process_time()
+    for ref in follow_data_files(None, src, ledger, drain=False, poll_s=0.002, settle_s=0.0, stop=stop):
+        raise RuntimeError(f"the follower found {ref.name} after every file was consumed")
+    return (time.process_time() - c0) / n[0] * 1e3
 
 
 def _stats(values: list[float]) -> dict:
@@ -134,12 +159,17 @@ def run(args: argparse.Namespace) -> dict:
         (src / f"part-{n:06d}.csv").write_text(_rows(BASE_TS + n * 60 + 3600, args.new_rows, n))
         runs = [restart_once(src, store) for _ in range(args.repeats)]
         out[str(n)] = {
-            **{k: _stats([r[k] for r in runs]) for k in ("restart_s", "restore_s", "follow_s", "train_s")},
+            **{
+                k: _stats([r[k] for r in runs])
+                for k in ("restart_s", "restore_s", "follow_s", "train_s", "poll_cpu_ms")
+            },
             "build_s": round(build_s, 2),
         }
     lo, hi = out[str(counts[0])]["restart_s"]["median"], out[str(counts[-1])]["restart_s"]["median"]
+    plo, phi = out[str(counts[0])]["poll_cpu_ms"]["median"], out[str(counts[-1])]["poll_cpu_ms"]["median"]
     return {
         "consumed_files": out,
+        "poll_ratio": phi / plo if plo > 0 else float("nan"),
         "ratio": hi / lo if lo > 0 else float("nan"),
         "ratio_of": f"{counts[-1]} over {counts[0]} consumed files (restart_s medians; issue 19's target: <= 2)",
         "repeats": args.repeats,
