@@ -226,7 +226,9 @@ class WriterLease:
                     transient += 1
                     if transient >= READ_ATTEMPTS_CAS:
                         raise
-                    log.warning("writing %s failed (%s): reading it back to see whether the write landed", self.path, exc)
+                    log.warning(
+                        "writing %s failed (%s): reading it back to see whether the write landed", self.path, exc
+                    )
                     if self.read()[0] == json.loads(json.dumps(new, sort_keys=True)):
                         return new
             time.sleep(random.uniform(0.005, 0.05) * min(attempt + 1, 10))

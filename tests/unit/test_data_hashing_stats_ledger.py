@@ -169,7 +169,11 @@ def test_consumed_by_stat_equals_by_stat_file_by_file(seed):
     ledger = DataLedger(hot_entries=int(rng.integers(2, 40)))
     recorded = []
     for i in range(int(rng.integers(50, 400))):
-        name = f"part-{int(rng.integers(0, 300)):05d}.csv" if rng.random() < 0.8 else f"p{i}-" + "x" * int(rng.integers(1, 300))
+        name = (
+            f"part-{int(rng.integers(0, 300)):05d}.csv"
+            if rng.random() < 0.8
+            else f"p{i}-" + "x" * int(rng.integers(1, 300))
+        )
         size, mtime = int(rng.integers(1, 10**6)), float(rng.integers(1, 10**9)) + float(rng.random())
         sha = hashlib.sha256(f"{seed}-{i}".encode()).hexdigest()
         ref = DataFileRef(name, sha, f"/in/{name}", size, mtime, source=int(rng.integers(0, 2)))
