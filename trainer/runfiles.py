@@ -1,7 +1,8 @@
 """A run directory's files, and how they reach it from the training workers through Ray (no shared disk).
 
 RUN_DIR/metrics.jsonl      one JSON record per data file (progressive AUC, throughput, ...)
-RUN_DIR/ledger.json        the data ledger: which data files, how many rows of each (a readable copy)
+RUN_DIR/ledger.json        the data ledger: which data files, how many rows of each (a readable copy, at most
+                           LEDGER_COPY_S old while files stream; current whenever the stream waits, and at the end)
 RUN_DIR/dead-letter.jsonl  every rejected row with its reason
 RUN_DIR/dense.pt           the core's state at a clean end (dense params, optimizer, statistics)
 RUN_DIR/versions/          the version store (unless the run names another store URL)
@@ -37,6 +38,7 @@ DEAD = "dead"  # dead-letter lines (text, newline-terminated): appended to dead-
 REWIND = "rewind"  # a byte size: dead-letter.jsonl cut back to it (a restore replays what came after)
 DENSE = "dense"  # torch.save bytes of the core's state: RUN_DIR/dense.pt, replaced
 APPLY_TIMEOUT_S = 300.0  # rank 0 gives up (the run fails) if the driver applies nothing for this long
+LEDGER_COPY_S = 10.0  # RUN_DIR/ledger.json is rewritten at most this often while files stream (LedgerCopy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,9 +262,14 @@ class RankZeroFiles:
                 f"the driver applied nothing to the run directory in {APPLY_TIMEOUT_S:.0f} s (is it stuck?)"
             )
 
-    def file_done(self, record: dict, ledger_json: str, dead: "ShippedDeadLetters | None" = None) -> None:
-        """A data file is done: its dead-letter lines (of ``dead``), its record and the ledger, in one call."""
-        self.send((dead.take_ops() if dead is not None else []) + [(RECORD, record), (LEDGER, ledger_json)])
+    def file_done(self, record: dict, ledger_json: str | None, dead: "ShippedDeadLetters | None" = None) -> None:
+        """A data file is done: its dead-letter lines (of ``dead``), its record and the ledger (None: not this
+        time, see :class:`LedgerCopy`), in one call."""
+        ops = (dead.take_ops() if dead is not None else []) + [(RECORD, record)]
+        self.send(ops + ([(LEDGER, ledger_json)] if ledger_json is not None else []))
+
+    def ledger(self, ledger_json: str) -> None:
+        self.send([(LEDGER, ledger_json)])
 
     def dense(self, state: dict) -> None:
         import io
@@ -282,6 +289,36 @@ class RankZeroFiles:
         import ray
 
         return ShippedDeadLetters(self, ray.get(self.channel.dead_letter_bytes.remote()))
+
+
+class LedgerCopy:
+    """Rank 0's copy of the ledger in RUN_DIR/ledger.json. Its JSON grows with every file ever consumed, so
+    serialising, sending and rewriting it after each file made a long stream's cost per file grow with its
+    history; it is sent with a file's record at most every ``every_s`` (the first file's at once), whenever the
+    stream waits for files (:meth:`flush` on an idle tick) and at the end. The ledger of record is in every
+    version; this copy is for people and tools reading the run directory."""
+
+    def __init__(self, files: RankZeroFiles, every_s: float = LEDGER_COPY_S, clock=None) -> None:
+        import time
+
+        self.files, self.every_s = files, float(every_s)
+        self.clock = clock or time.monotonic
+        self.sent_seq: int | None = None  # DataLedger.seq of the copy last sent
+        self.sent_at = -float("inf")
+
+    def due(self, ledger) -> str | None:
+        """The ledger's JSON when a copy is due with this file's record (mark it sent), else None."""
+        now = self.clock()
+        if ledger.seq == self.sent_seq or now - self.sent_at < self.every_s:
+            return None
+        self.sent_seq, self.sent_at = ledger.seq, now
+        return ledger.to_json()
+
+    def flush(self, ledger) -> None:
+        """Send the ledger now if it changed since the last copy (the stream waits, or it ends)."""
+        if ledger.seq != self.sent_seq:
+            self.sent_seq, self.sent_at = ledger.seq, self.clock()
+            self.files.ledger(ledger.to_json())
 
 
 class LocalRunChannel:

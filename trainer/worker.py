@@ -33,7 +33,7 @@ from trainer.data import DeadLetterWriter, Validator, check_file_report, read_da
 from trainer.data.follow import IdleTick, follow_data_files
 from trainer.data.reasons import CHANGED_FILE
 from trainer.data.state import DataState
-from trainer.runfiles import LocalRunChannel, RankZeroFiles
+from trainer.runfiles import LedgerCopy, LocalRunChannel, RankZeroFiles
 from trainer.telemetry import record_file
 from trainer.versioning import VersionKeeper, collectives
 
@@ -133,10 +133,13 @@ def _train(job: TrainJob, rank: int, world: int, client, book: RankZeroFiles | N
     # again, and a crash before then restarts the cold start from the beginning, as the uninterrupted run went.
     extra_epochs = restored is None and not job.train.history_done([])
     history_batches: list = []  # train.history_epochs: the history files of this run, for the extra passes
+    ledger_copy = LedgerCopy(book) if rank == 0 else None  # RUN_DIR/ledger.json, bounded in cost per file
     for ref in _followed(rank, broadcast, job, core.ledger, book):
         if isinstance(ref, IdleTick):  # waiting for files: a version whose write failed is cut again now
             if keeper is not None:
                 keeper.after_idle()
+            if ledger_copy is not None:  # and RUN_DIR/ledger.json is brought up to date
+                ledger_copy.flush(core.ledger)
             continue
         from_history = extra_epochs and _is_under(ref, history)
         if history_batches and not from_history:  # the history is done: its extra passes, then a version
@@ -168,7 +171,7 @@ def _train(job: TrainJob, rank: int, world: int, client, book: RankZeroFiles | N
                 "picked_up_at": picked_up_at,
                 "wall_time": time.time(),
             }
-            book.file_done(record, core.ledger.to_json(), dead)  # on the driver's disk before we go on
+            book.file_done(record, ledger_copy.due(core.ledger), dead)  # on the driver's disk before we go on
             record_file(record, report)  # Prometheus series through Ray's metrics
         stop = broadcast(book.stop_requested() if rank == 0 else None)  # one decision for every rank
         passes_due = extra_epochs and from_history  # the history's first pass, extra passes to come: no version
@@ -188,6 +191,7 @@ def _train(job: TrainJob, rank: int, world: int, client, book: RankZeroFiles | N
     if keeper is not None and not abandoned:
         keeper.finish()
     if rank == 0:
+        ledger_copy.flush(core.ledger)
         book.dense(core.state_dict())
     ray.train.report(
         {

@@ -110,3 +110,33 @@ def test_the_worker_loop_writes_no_file_itself():
     attrs = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
     assert not names & {"open", "RunPaths", "write_atomic"}, names & {"open", "RunPaths", "write_atomic"}
     assert not attrs & {"save", "write_text", "write_bytes", "run_dir", "mkdir"}, attrs & {"save", "write_text"}
+
+
+def test_the_ledger_copy_is_sent_at_most_every_period_while_files_stream_and_whenever_the_stream_waits(tmp_path):
+    """RUN_DIR/ledger.json grows with every file ever consumed: rewriting it after each file made a long stream's
+    cost per file grow with its history. LedgerCopy sends it with the first file, then at most every period, on an
+    idle tick and at the end; the copy on the driver's disk is then the ledger's own JSON."""
+    import json
+
+    from trainer.data import DataLedger
+    from trainer.runfiles import LedgerCopy, RankZeroFiles
+
+    paths = RunPaths(tmp_path)
+    book = RunBook(None, paths, lambda i, rec: None)
+    files = RankZeroFiles(None)
+    loop = _Loopback(book)
+    files.send = loop.send
+    now = [0.0]
+    copy = LedgerCopy(files, every_s=10.0, clock=lambda: now[0])
+    ledger = DataLedger()
+    for i in range(40):  # a file a second for 40 s
+        ledger.record(f"part-{i:03d}.csv", 5, complete=True, sha256=f"{i:064x}")
+        files.file_done({"file": f"part-{i:03d}.csv"}, copy.due(ledger))
+        now[0] += 1.0
+    assert loop.sent.count("record") == 40 and loop.sent.count("ledger") == 4  # at 0, 10, 20, 30 s
+    assert len(json.loads(paths.ledger.read_text())["entries"]) == 31
+    copy.flush(ledger)  # the stream waits (an idle tick), or ends
+    assert paths.ledger.read_text() == ledger.to_json() and loop.sent.count("ledger") == 5
+    copy.flush(ledger)  # nothing changed: nothing sent
+    assert loop.sent.count("ledger") == 5
+    assert copy.due(ledger) is None  # unchanged since the flush
