@@ -171,3 +171,47 @@ def test_a_live_poll_stats_only_the_files_not_consumed_and_a_changed_one_is_stil
     assert [(n, r) for n, r, _ in got] == [("part-9999.csv", None), ("part-0007.csv", "changed")]
     assert 2 <= len(full) and len(full) * 5 < polls[0]  # most polls were quick; a full one found the change
     assert set(stats) <= {str(tmp_path / "part-9999.csv")}  # quick polls stat'ed no consumed file
+
+
+def test_a_stop_during_quick_polls_ends_on_a_full_poll_that_finds_a_changed_file(tmp_path, monkeypatch):
+    """A stop (Ctrl-C, the chaos harness's STOP) or an idle timeout ends the follower on a full poll, so a consumed
+    file rewritten since the last full poll is yielded refused first, as before quick polls existed."""
+    import hashlib
+    import os
+
+    from trainer.data import follow
+    from trainer.data.ledger import DataFileRef
+
+    monkeypatch.setattr(follow, "FULL_SCAN_S", 3600.0)  # no periodic full poll in this test
+    ledger = DataLedger()
+    path = tmp_path / "part-1.csv"
+    _touch(path, "a\n")
+    st = os.stat(path)
+    ledger.record(
+        DataFileRef(path.name, hashlib.sha256(b"a\n").hexdigest(), str(path), st.st_size, st.st_mtime, source=1),
+        1,
+        complete=True,
+    )
+    for how in ("stop", "idle"):
+        calls = [0]
+
+        def stop(calls=calls, how=how):
+            calls[0] += 1
+            if calls[0] == 3:  # quick polls by now
+                path.write_text(f"rewritten for {how}\n")
+            return how == "stop" and calls[0] >= 3
+
+        refs = list(
+            follow_data_files(
+                None,
+                tmp_path,
+                ledger,
+                drain=False,
+                poll_s=0.005,
+                settle_s=0.0,
+                stop=stop,
+                idle_timeout_s=0.3 if how == "idle" else None,
+            )
+        )
+        assert [(r.name, r.refused) for r in refs] == [("part-1.csv", "changed")], how
+        ledger.refuse(refs[0])

@@ -64,9 +64,10 @@ def _listing(where: str | os.PathLike) -> list[storage.FileInfo]:
 
 
 KEEP_FOLLOW = 256  # cache entries the follower keeps before trimming what the ledger already answers
-# A local incoming directory: a poll lists names only and stats just the files not yet consumed; every FULL_SCAN_S
-# (and before a drain ends) a full poll stats every file again, which is when a consumed file whose bytes changed
-# is found (and refused). A poll over thousands of consumed files otherwise costs a stat and a ledger test each.
+# A local incoming directory: a poll lists names only and stats just the files not yet consumed; every FULL_SCAN_S,
+# and before the follower ends (a drain, a stop, an idle timeout), a full poll stats every file again: that is when
+# a consumed file whose bytes changed is found (and refused). A poll over thousands of consumed files otherwise
+# costs a stat and a ledger test each.
 FULL_SCAN_S = 5.0
 
 
@@ -202,14 +203,15 @@ def follow_data_files(
         if len(hashes) + len(yielded) + len(seen) > 2 * kept[0] + KEEP_FOLLOW:
             kept[0] = _trim_all(hashes, yielded, seen, ledger, files)
         if not taken:
-            if drain and not waiting:
-                if not full:  # a drain ends on a full poll: a consumed file that changed is found first
+            ending = (
+                (drain and not waiting)
+                or (idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s)
+                or (stop is not None and stop())
+            )
+            if ending:
+                if not full:  # the follower ends on a full poll: a consumed file that changed is found first
                     last_full = -float("inf")
                     continue
-                return
-            if idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
-                return
-            if stop is not None and stop():
                 return
             if idle_tick_s is not None and time.monotonic() - last_tick >= idle_tick_s:
                 last_tick = time.monotonic()
