@@ -141,6 +141,7 @@ def test_a_live_poll_stats_only_the_files_not_consumed_and_a_changed_one_is_stil
     from trainer.data.ledger import DataFileRef
 
     monkeypatch.setattr(follow, "FULL_SCAN_S", 0.5)
+    monkeypatch.setattr(follow, "FULL_SCAN_CPU_SHARE", 1e-6)  # full polls every FULL_SCAN_S, whatever they cost
     ledger = DataLedger()
     for i in range(300):
         path = tmp_path / f"part-{i:04d}.csv"
@@ -183,6 +184,7 @@ def test_a_stop_during_quick_polls_ends_on_a_full_poll_that_finds_a_changed_file
     from trainer.data.ledger import DataFileRef
 
     monkeypatch.setattr(follow, "FULL_SCAN_S", 3600.0)  # no periodic full poll in this test
+    monkeypatch.setattr(follow, "FULL_SCAN_CPU_SHARE", 1e-9)
     ledger = DataLedger()
     path = tmp_path / "part-1.csv"
     _touch(path, "a\n")
@@ -215,3 +217,42 @@ def test_a_stop_during_quick_polls_ends_on_a_full_poll_that_finds_a_changed_file
         )
         assert [(r.name, r.refused) for r in refs] == [("part-1.csv", "changed")], how
         ledger.refuse(refs[0])
+
+
+def test_a_small_directory_is_polled_in_full_every_time_so_a_rewrite_is_found_in_name_order(tmp_path, monkeypatch):
+    """Full polls are spaced by their own CPU cost (FULL_SCAN_CPU_SHARE of a core): a few files cost next to nothing,
+    so every poll is a full one and a consumed file rewritten in place is found at the next poll, in name order with
+    the files landed beside it (bench chaos seed 51 on 665efe6, where full polls were every 5 s whatever their cost:
+    the reference found the rewrite after the next wave's files, a restarted run before them, and the runs' latest
+    versions differed)."""
+    import hashlib
+    import os
+
+    from trainer.data import storage
+    from trainer.data.ledger import DataFileRef
+
+    ledger = DataLedger()
+    for name in ("part-10.csv", "part-30.csv"):
+        _touch(tmp_path / name, f"{name}\n")
+        st = os.stat(tmp_path / name)
+        sha = hashlib.sha256(f"{name}\n".encode()).hexdigest()
+        ledger.record(DataFileRef(name, sha, str(tmp_path / name), st.st_size, st.st_mtime, source=1), 1, complete=True)
+    full = []
+    real_list = storage.list_files
+    monkeypatch.setattr(storage, "list_files", lambda d, *a, **k: full.append(1) or real_list(d, *a, **k))
+    polls = [0]
+
+    def stop():
+        polls[0] += 1
+        if polls[0] == 10:  # a wave: a consumed file rewritten in place, and new files beside it
+            (tmp_path / "part-30.csv").write_text("rewritten\n")
+            _touch(tmp_path / "part-20.csv", "new 20\n")
+            _touch(tmp_path / "part-40.csv", "new 40\n")
+        return polls[0] > 30
+
+    got = []  # poll_s 0.05 (the default is 0.2): a full poll of a few files costs well under 1 ms of CPU
+    for ref in follow_data_files(None, tmp_path, ledger, drain=False, poll_s=0.05, settle_s=0.0, stop=stop):
+        got.append((ref.name, ref.refused))
+        ledger.record(ref, 1, complete=True) if ref.refused is None else ledger.refuse(ref)
+    assert got == [("part-20.csv", None), ("part-30.csv", "changed"), ("part-40.csv", None)]
+    assert len(full) >= 0.9 * polls[0]  # (nearly) every poll was a full one

@@ -64,11 +64,15 @@ def _listing(where: str | os.PathLike) -> list[storage.FileInfo]:
 
 
 KEEP_FOLLOW = 256  # cache entries the follower keeps before trimming what the ledger already answers
-# A local incoming directory: a poll lists names only and stats just the files not yet consumed; every FULL_SCAN_S,
-# and before the follower ends (a drain, a stop, an idle timeout), a full poll stats every file again: that is when
-# a consumed file whose bytes changed is found (and refused). A poll over thousands of consumed files otherwise
-# costs a stat and a ledger test each.
+# A local incoming directory: a full poll stats every file and tests it against the ledger; between full polls a poll
+# lists names only and stats just the files not yet consumed. Full polls are spaced so that they take at most
+# FULL_SCAN_CPU_SHARE of a core (each one's CPU time / the share), at most FULL_SCAN_S apart, and one is always made
+# before the follower ends (a drain, a stop, an idle timeout): a small directory is polled in full every time (a
+# consumed file rewritten in place is found at the next poll, in name order with the others), a directory of
+# thousands of consumed files costs a stat and a ledger test per file only every so often (a rewritten consumed
+# file is then found within FULL_SCAN_S).
 FULL_SCAN_S = 5.0
+FULL_SCAN_CPU_SHARE = 0.02
 
 
 def _trim(hashes: dict, yielded: set, ledger: DataLedger, listed: set[str]) -> int:
@@ -152,13 +156,14 @@ def follow_data_files(
     kept = [0]  # entries left by the last trim (the next one runs once the caches doubled past it)
     seen: dict[str, tuple[int, float, float]] = {}  # path -> (size, mtime, first seen with them)
     done_paths: set[str] = set()  # local files found consumed since the last full poll (bounded by the listing)
-    last_full = -float("inf")
+    last_full, full_every = -float("inf"), 0.0
     idle_since = last_tick = time.monotonic()
     while True:
         now = time.monotonic()
-        paths = storage.list_paths(incoming) if now - last_full < FULL_SCAN_S else None
+        paths = storage.list_paths(incoming) if now - last_full < full_every else None
         full = paths is None
         if full:
+            cpu0 = time.thread_time()
             listed, last_full = storage.list_files(incoming), now
             done_paths.clear()
         else:
@@ -172,6 +177,8 @@ def follow_data_files(
                     continue
         files = sorted((f for f in listed if is_data_file_name(f.name)), key=lambda f: f.name)
         consumed = ledger.consumed_by_stat(files).tolist()  # every file at once
+        if full:  # the next full poll once this one's CPU is FULL_SCAN_CPU_SHARE of the time between them
+            full_every = min(FULL_SCAN_S, (time.thread_time() - cpu0) / FULL_SCAN_CPU_SHARE)
         taken, waiting = 0, False
         for f, done in zip(files, consumed, strict=True):
             if done:  # consumed: nothing to watch (``seen`` stays bounded)
