@@ -11,7 +11,8 @@ and the restart is timed, in process, as a stream does it: a new training core a
 (shards, core, ledger, data-layer state), the follower's pass over the directory up to the new file (consumed
 files are recognised by name, size and mtime, not re-read), and the new file validated and trained (the
 same ``consume`` the Ray Train worker runs); then the CPU per poll of a live follower over the directory, every
-file consumed (``poll_cpu_ms``: what a waiting stream pays every ``poll_s``). Reported per N: the median (and min/max) of ``--repeats``
+file consumed, at the default ``poll_s`` (``poll_cpu_ms`` per poll, ``poll_cpu_share`` of a core: what a waiting
+stream pays). Reported per N: the median (and min/max) of ``--repeats``
 restarts and of each phase (``restore_s``, ``follow_s``, ``train_s``), and ``ratio`` = the largest N's median
 over the smallest's. Not included: the embedded Ray's start and the Ray Train worker's (constant in N, 25 s
 or more: ``freshrec stream`` end to end is dominated by them), and training the history (its dedup window is
@@ -28,7 +29,7 @@ from pathlib import Path
 
 DESCRIPTION = "restart-to-first-new-file time after N consumed data files (in process, no Ray)"
 BASE_TS = 1_511_600_000
-POLLS = 200  # live polls timed after each restart (poll_cpu_ms)
+POLL_SECONDS = 3.0  # a live follower timed after each restart, at the default poll_s (poll_cpu_ms, poll_cpu_share)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -118,25 +119,28 @@ def restart_once(src: Path, store: str) -> dict:
         "restore_s": t1 - t0,
         "follow_s": t2 - t1,
         "train_s": t3 - t2,
-        "poll_cpu_ms": poll_cpu_ms(src, t.ledger),
+        **dict(zip(("poll_cpu_ms", "poll_cpu_share"), poll_cpu(src, t.ledger), strict=True)),
     }
 
 
-def poll_cpu_ms(src: Path, ledger, polls: int = POLLS) -> float:
-    """CPU milliseconds per poll of a live follower over ``src`` once every file in it is consumed (what a
-    long-running stream pays every ``poll_s`` while it waits: full polls every ``FULL_SCAN_S``, quick between)."""
+def poll_cpu(src: Path, ledger, seconds: float | None = None) -> tuple[float, float]:
+    """``(CPU ms per poll, share of a core)`` of a live follower over ``src`` at the default ``poll_s`` once every
+    file in it is consumed, for ``seconds``: what a long-running stream pays while it waits (full polls spaced by
+    their own CPU cost, quick ones between: trainer/data/follow.py)."""
     from trainer.data.follow import follow_data_files
 
-    n = [0]
+    seconds = POLL_SECONDS if seconds is None else seconds
+    n, end = [0], time.monotonic() + seconds
 
     def stop() -> bool:
         n[0] += 1
-        return n[0] >= polls
+        return time.monotonic() >= end
 
-    c0 = time.process_time()
-    for ref in follow_data_files(None, src, ledger, drain=False, poll_s=0.002, settle_s=0.0, stop=stop):
+    c0, w0 = time.process_time(), time.monotonic()
+    for ref in follow_data_files(None, src, ledger, drain=False, settle_s=0.0, stop=stop):
         raise RuntimeError(f"the follower found {ref.name} after every file was consumed")
-    return (time.process_time() - c0) / n[0] * 1e3
+    cpu = time.process_time() - c0
+    return cpu / n[0] * 1e3, cpu / (time.monotonic() - w0)
 
 
 def _stats(values: list[float]) -> dict:
@@ -161,7 +165,7 @@ def run(args: argparse.Namespace) -> dict:
         out[str(n)] = {
             **{
                 k: _stats([r[k] for r in runs])
-                for k in ("restart_s", "restore_s", "follow_s", "train_s", "poll_cpu_ms")
+                for k in ("restart_s", "restore_s", "follow_s", "train_s", "poll_cpu_ms", "poll_cpu_share")
             },
             "build_s": round(build_s, 2),
         }
