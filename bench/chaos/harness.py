@@ -679,10 +679,25 @@ def reproduce_command(seed: int, cfg: ChaosConfig) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def fresh_seed_dir(work: Path, seed: int, log=None) -> Path:
+    """``work/seed-N``, emptied: a seed run again in the same work directory (a kept failing seed, re-run to check
+    a fix) must not observe the last run's incoming files, run directories and stores as its own (found when
+    seeds 51 and 52 were re-run in their kept directories: the reference saw its old versions, took each wave as
+    consumed at once and landed all three within 0.1 s)."""
+    import shutil
+
+    root = work / f"seed-{seed}"
+    if root.exists():
+        (log or (lambda text: None))(f"seed {seed}: removing the previous run's {root}")
+        shutil.rmtree(root)
+    return root
+
+
 def run_seed(seed: int, cfg: ChaosConfig, work: Path, s3: dict | None = None, log=None) -> SeedResult:
     """The reference and the faulted run of one seed, checked; ``work`` keeps both runs' files."""
     log = log or (lambda text: None)
     t0 = time.monotonic()
+    fresh_seed_dir(work, seed, log)
     plan = streams.make_plan(seed, cfg.anomalies, cfg.files, cfg.rows_per_file, cfg.waves)
     expect = streams.expected(plan)
     faults = make_fault_plan(seed, cfg, cfg.files)

@@ -137,3 +137,17 @@ def test_the_guard_is_off_outside_ray_workers():
     from trainer.versioning import OrphanGuard
 
     assert OrphanGuard.in_ray_worker() is False  # a run in the CLI's own process outlives its shell
+
+
+def test_a_seed_run_again_in_the_same_work_directory_starts_from_an_empty_one(tmp_path):
+    """Seeds 51 and 52, re-run in their kept work directories to check a fix, observed the last run's stores as
+    their own; run_seed now empties work/seed-N first (and says so)."""
+    from bench.chaos.harness import fresh_seed_dir
+
+    old = tmp_path / "seed-51" / "reference" / "store"
+    old.mkdir(parents=True)
+    (old / "LATEST").write_text("7")
+    said = []
+    root = fresh_seed_dir(tmp_path, 51, said.append)
+    assert root == tmp_path / "seed-51" and not root.exists() and said and "removing" in said[0]
+    assert fresh_seed_dir(tmp_path, 52) == tmp_path / "seed-52"  # nothing there: nothing to say or remove
