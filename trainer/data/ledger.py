@@ -91,6 +91,13 @@ STATUSES = ("ok", "changed")
 NAME_BYTES = 256  # a file name in the saved ledger (fixed width: the parts of a chain merge row by row)
 
 
+MTIME_TOLERANCE_S = 1e-6  # a file is recognised by name, size and mtime (to this tolerance) without reading it
+
+
+def _same_stat(e: "LedgerEntry", size: int, mtime: float) -> bool:
+    return e.size == size and e.mtime is not None and abs(e.mtime - mtime) < MTIME_TOLERANCE_S
+
+
 class LedgerError(ValueError):
     """The ledger would go backwards, take a file twice, or was given garbage; the message says which."""
 
@@ -345,10 +352,7 @@ class DataLedger:
 
     def by_stat(self, name: str, size: int, mtime: float) -> LedgerEntry | None:
         """The entry of a file with this name, size and modification time (recognised without reading it)."""
-        for e in self._named(name):
-            if e.size == size and e.mtime is not None and abs(e.mtime - mtime) < 1e-6:
-                return e
-        return None
+        return next((e for e in self._named(name) if _same_stat(e, size, mtime)), None)
 
     def consumed_by_stat(self, files: list) -> np.ndarray:
         """For each ``storage.FileInfo`` of ``files``: whether ``by_stat`` finds a complete entry for it (the
@@ -370,7 +374,7 @@ class DataLedger:
                 rows = cold.by_name[lo[one]]
                 sizes = np.fromiter((files[i].size for i in one), np.int64, len(one))
                 mtimes = np.fromiter((files[i].mtime for i in one), np.float64, len(one))
-                hit = (cold.size[rows] == sizes) & (np.abs(cold.mtime[rows] - mtimes) < 1e-6)
+                hit = (cold.size[rows] == sizes) & (np.abs(cold.mtime[rows] - mtimes) < MTIME_TOLERANCE_S)
                 if hit.any():  # confirm the hash's match on the stored name
                     h = np.flatnonzero(hit)
                     encoded = [names[i].encode() for i in one[h]]
@@ -387,25 +391,11 @@ class DataLedger:
                         same[j] = cold.name(int(rows[h[j]])) == names[int(one[h[j]])]
                     out[one[h[same]]] = True
             for i in np.flatnonzero(count > 1).tolist():  # a name taken more than once (rare): entry by entry
-                f = files[i]
-                out[i] = any(
-                    e.size == f.size and e.mtime is not None and abs(e.mtime - f.mtime) < 1e-6
-                    for e in cold.named(names[i])
-                )
+                out[i] = any(_same_stat(e, files[i].size, files[i].mtime) for e in cold.named(names[i]))
         for i in np.flatnonzero(~out).tolist():  # the held (latest) entries: at most HOT_ENTRIES
-            if self._by_name.get(names[i]):
-                f = files[i]
-                e = next(
-                    (
-                        e
-                        for k in self._by_name[names[i]]
-                        if (e := self._entries[k]).size == f.size
-                        and e.mtime is not None
-                        and abs(e.mtime - f.mtime) < 1e-6
-                    ),
-                    None,
-                )
-                out[i] = e is not None and e.complete
+            held = (self._entries[k] for k in self._by_name.get(names[i], ()))
+            e = next((e for e in held if _same_stat(e, files[i].size, files[i].mtime)), None)
+            out[i] = e is not None and e.complete
         return out
 
     def is_complete(self, file) -> bool:
